@@ -1,0 +1,1 @@
+"""Keys, signatures over exact bytes, hashes, Merkle trees and the canonical encoding."""

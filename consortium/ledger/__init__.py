@@ -1,0 +1,1 @@
+"""Transactions, blocks, certificates, the block store, the application and the offline audit."""
