@@ -87,3 +87,43 @@ def verify_inclusion(
         fn >>= 1
         sn >>= 1
     return sn == 0 and r == root
+
+
+class MerkleTree:
+    """All levels of one tree, so every inclusion proof of a block costs O(log n), not O(n).
+
+    Levels are built bottom-up pairing left to right and carrying an odd last node up unchanged,
+    which is exactly RFC 6962's largest-power-of-two split; a proof takes the sibling at each
+    level where one exists.
+    """
+
+    __slots__ = ("_levels",)
+
+    def __init__(self, leaves: Sequence[bytes]) -> None:
+        level = [leaf_hash(x) for x in leaves]
+        self._levels = [level]
+        while len(level) > 1:
+            nxt = [node_hash(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)]
+            if len(level) % 2:
+                nxt.append(level[-1])
+            self._levels.append(nxt)
+            level = nxt
+
+    @property
+    def size(self) -> int:
+        return len(self._levels[0])
+
+    @property
+    def root(self) -> bytes:
+        return self._levels[-1][0] if self._levels[0] else EMPTY_ROOT
+
+    def proof(self, index: int) -> list[bytes]:
+        if not 0 <= index < self.size:
+            raise IndexError(f"leaf {index} not in a tree of {self.size}")
+        path: list[bytes] = []
+        for level in self._levels[:-1]:
+            sibling = index ^ 1
+            if sibling < len(level):
+                path.append(level[sibling])
+            index //= 2
+        return path

@@ -1,0 +1,3 @@
+from consortium.cli.main import app
+
+app(prog_name="consortium")

@@ -1,0 +1,304 @@
+"""`consortium`: run a network, submit signed transactions, watch it, audit its ledger."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import trio
+import typer
+
+from consortium.cli import output
+from consortium.cli.network import (
+    LocalNetwork,
+    NetworkError,
+    init_network,
+    load_client_setup,
+)
+from consortium.crypto.keys import InvalidKeyError
+from consortium.ledger.genesis import MODES, Genesis, GenesisError
+from consortium.ledger.store import StoreError
+from consortium.node.config import ConfigError
+
+app = typer.Typer(
+    help="Consortium: a permissioned ledger node ordering client-signed transactions "
+    "with PBFT (Byzantine faults) or Raft (crash faults).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+node_app = typer.Typer(help="Run one member.", no_args_is_help=True)
+tx_app = typer.Typer(help="Sign and submit transactions.", no_args_is_help=True)
+ledger_app = typer.Typer(help="Audit a ledger offline.", no_args_is_help=True)
+app.add_typer(node_app, name="node")
+app.add_typer(tx_app, name="tx")
+app.add_typer(ledger_app, name="ledger")
+
+NetOpt = Annotated[
+    Path,
+    typer.Option(
+        "--net",
+        envvar="CONSORTIUM_NET",
+        help="Network directory written by `consortium init` (holds client.toml).",
+    ),
+]
+
+EXIT_USAGE = 2
+EXIT_FAILED = 1
+
+
+def _fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+@app.command()
+def init(
+    directory: Annotated[Path, typer.Option("--dir", help="Where to write the network.")] = Path(
+        "net"
+    ),
+    members: Annotated[int, typer.Option(help="Number of members (pbft: 3f+1).")] = 4,
+    clients: Annotated[int, typer.Option(help="Client keys to admit in genesis.")] = 3,
+    mode: Annotated[str, typer.Option(help="Consensus: pbft or raft.")] = "pbft",
+    chain_name: Annotated[str, typer.Option(help="A name for the network.")] = "local",
+    force: Annotated[bool, typer.Option(help="Replace an existing directory.")] = False,
+) -> None:
+    """Write a local network: keys, genesis, one node home per member, client config."""
+    if mode not in MODES:
+        raise _fail(f"--mode must be one of {', '.join(MODES)}")
+    if mode == "raft":
+        raise _fail("raft mode is not available yet in this release; use --mode pbft")
+    try:
+        genesis = init_network(
+            directory,
+            members=members,
+            clients=clients,
+            mode=mode,  # type: ignore[arg-type]
+            chain_name=chain_name,
+            force=force,
+        )
+    except (NetworkError, GenesisError) as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(
+        f"wrote {directory}: {genesis.mode} network of {genesis.n} members "
+        f"(f={genesis.f}, quorum {genesis.quorum}), {len(genesis.clients)} clients, "
+        f"chain id {genesis.chain_id.hex()[:16]}…"
+    )
+    output.endpoint_table(genesis, directory)
+    typer.echo(f"next: consortium up --net {directory}")
+
+
+@app.command()
+def up(net: NetOpt = Path("net")) -> None:
+    """Run every member of a local network as its own OS process, until Ctrl-C."""
+    try:
+        setup = load_client_setup(net)
+        network = LocalNetwork(net)
+    except (NetworkError, GenesisError) as exc:
+        raise _fail(str(exc)) from None
+    stop = False
+
+    def on_signal(signum: int, frame: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    network.start()
+    typer.echo(f"started {len(network.procs)} members; logs in {net}/nodes/*/node.log")
+    output.endpoint_table(setup.genesis, net)
+    typer.echo("Ctrl-C stops all members.")
+    try:
+        while not stop:
+            time.sleep(0.2)
+            dead = network.dead()
+            if len(dead) == len(network.procs):
+                typer.echo("all members exited; see their node.log", err=True)
+                break
+    finally:
+        codes = network.stop()
+        typer.echo("stopped: " + ", ".join(f"{n} ({c})" for n, c in codes.items()))
+
+
+@node_app.command("start")
+def node_start(
+    home: Annotated[Path, typer.Option("--home", help="The member's home directory.")],
+) -> None:
+    """Run one member from its home directory (config/node.toml, node_key.pem, genesis.json)."""
+    from consortium.node.config import load_identity
+    from consortium.node.logs import setup_logging
+    from consortium.node.runtime import Node
+
+    passphrase = os.environ.get("CONSORTIUM_KEY_PASSPHRASE")
+    try:
+        identity = load_identity(home, passphrase.encode() if passphrase else None)
+    except ConfigError as exc:
+        raise _fail(str(exc)) from None
+    log = setup_logging(identity.member.name, identity.config.log_level, identity.config.log_format)
+
+    async def main() -> None:
+        node = Node(identity.config, identity.genesis, identity.keys, log=log)
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(node.run)
+                async for signum in signals:
+                    log.info("signal %d: stopping", signum)
+                    nursery.cancel_scope.cancel()
+                    break
+
+    try:
+        trio.run(main)
+    except (StoreError, ConfigError) as exc:
+        raise _fail(str(exc), EXIT_FAILED) from None
+    except OSError as exc:
+        raise _fail(f"cannot start member {identity.member.name}: {exc}", EXIT_FAILED) from None
+
+
+def _parse_ops(op: str, args: list[str]) -> list[object]:
+    from consortium.ledger.tx import CompareAndSet, Delete, Get, Put
+
+    def b(s: str) -> bytes:
+        return s.encode()
+
+    def opt(s: str) -> bytes | None:
+        return None if s == "-" else s.encode()
+
+    usage = {
+        "put": "put KEY VALUE",
+        "del": "del KEY",
+        "cas": "cas KEY EXPECTED NEW   ('-' means absent)",
+        "get": "get KEY",
+    }
+    arity = {"put": 2, "del": 1, "cas": 3, "get": 1}
+    if op not in arity:
+        raise _fail(f"unknown operation '{op}'; one of: {', '.join(usage.values())}")
+    if len(args) != arity[op]:
+        raise _fail(f"usage: consortium tx submit {usage[op]}")
+    if op == "put":
+        return [Put(b(args[0]), b(args[1]))]
+    if op == "del":
+        return [Delete(b(args[0]))]
+    if op == "cas":
+        return [CompareAndSet(b(args[0]), opt(args[1]), opt(args[2]))]
+    return [Get(b(args[0]))]
+
+
+@tx_app.command("submit")
+def tx_submit(
+    op: Annotated[str, typer.Argument(help="put | del | cas | get")],
+    args: Annotated[list[str] | None, typer.Argument(help="KEY [VALUE ...]")] = None,
+    net: NetOpt = Path("net"),
+    client: Annotated[int, typer.Option(help="Which client key of client.toml (1-based).")] = 1,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for f+1 confirmations.")] = 10.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Sign a transaction, submit it to every member, wait for f+1 matching signed receipts."""
+    from consortium.node.client import ConsortiumClient
+
+    ops = _parse_ops(op, args or [])
+    try:
+        setup = load_client_setup(net)
+        if not 1 <= client <= len(setup.key_paths):
+            raise _fail(f"--client must be 1..{len(setup.key_paths)}")
+        keys = setup.keys()[client - 1]
+    except (NetworkError, GenesisError, InvalidKeyError) as exc:
+        raise _fail(str(exc)) from None
+
+    async def main() -> object:
+        async with ConsortiumClient(setup.genesis, keys) as c:
+            tx = c.make_tx(ops)  # type: ignore[arg-type]
+            outcomes = await c.submit_and_wait([tx], timeout_s=timeout)
+            return outcomes[0]
+
+    outcome = trio.run(main)
+    output.print_outcome(outcome, as_json=as_json)
+    status = getattr(outcome, "status", "pending")
+    if status == "pending":
+        raise typer.Exit(3)
+    if status == "rejected":
+        raise typer.Exit(EXIT_FAILED)
+
+
+@app.command()
+def status(
+    net: NetOpt = Path("net"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for each member.")] = 2.0,
+) -> None:
+    """Every member's mode, view, primary, height, checkpoint and peers, and why it is stuck."""
+    try:
+        setup = load_client_setup(net)
+    except (NetworkError, GenesisError) as exc:
+        raise _fail(str(exc)) from None
+    statuses = trio.run(output.collect_status, setup.genesis, timeout)
+    if as_json:
+        typer.echo(json.dumps(statuses, indent=2, default=str))
+    else:
+        output.status_table(setup.genesis, statuses)
+    if all(s.get("error") for s in statuses):
+        raise typer.Exit(EXIT_FAILED)
+
+
+@ledger_app.command("verify")
+def ledger_verify(
+    home: Annotated[
+        Path | None, typer.Option("--home", help="A member's home directory.")
+    ] = None,
+    db: Annotated[Path | None, typer.Option(help="A ledger file (ledger.sqlite).")] = None,
+    genesis_path: Annotated[
+        Path | None, typer.Option("--genesis", help="The genesis file to audit against.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Audit a ledger from the genesis file alone: hash chain, Merkle roots, every certificate,
+    every client signature, and re-execution to the same state roots."""
+    from consortium.ledger.audit import audit_ledger
+
+    if home is not None:
+        db = db or home / "data" / "ledger.sqlite"
+        genesis_path = genesis_path or home / "config" / "genesis.json"
+    if db is None or genesis_path is None:
+        raise _fail("give --home DIR, or both --db FILE and --genesis FILE")
+    if not db.exists():
+        raise _fail(f"{db}: no ledger file")
+    try:
+        genesis = Genesis.load(genesis_path)
+    except GenesisError as exc:
+        raise _fail(str(exc)) from None
+    report = audit_ledger(db, genesis)
+    output.print_audit(db, report, as_json=as_json)
+    if not report.ok:
+        raise typer.Exit(EXIT_FAILED)
+
+
+@app.command()
+def demo(
+    directory: Annotated[Path, typer.Option("--dir", help="Where to put the demo network.")] = Path(
+        "demo-net"
+    ),
+    members: Annotated[int, typer.Option(help="Members (3f+1).")] = 4,
+    clients: Annotated[int, typer.Option(help="Concurrent clients.")] = 4,
+    txs: Annotated[int, typer.Option(help="Transactions to submit in all.")] = 2000,
+    keep: Annotated[bool, typer.Option(help="Leave the network directory in place.")] = True,
+) -> None:
+    """Start a PBFT network of real processes, submit signed transactions from several
+    clients, show progress, then print every member's height and head hash and audit each
+    ledger. Exits 0 only if every ledger is identical and verifies."""
+    from consortium.cli.demo import run_demo
+
+    ok = run_demo(directory, members=members, clients=clients, txs=txs, keep=keep)
+    if not ok:
+        raise typer.Exit(EXIT_FAILED)
+
+
+def main() -> None:  # pragma: no cover - console entry
+    app(prog_name="consortium")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

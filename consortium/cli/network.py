@@ -1,0 +1,208 @@
+"""Local networks: `consortium init` writes one, `consortium up` runs it as OS processes.
+
+Layout written by init (the network directory, `./net` by default):
+
+    genesis.json                the network; its hash is the chain id
+    client.toml                 what client commands read: genesis path and client key files
+    clients/<name>.pem          client keys (PKCS#8 PEM, mode 0600)
+    nodes/<name>/config/        node.toml, node_key.pem, genesis.json
+    nodes/<name>/data/          the block store and consensus state
+    nodes/<name>/node.log       the node's log when started by `consortium up`
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import tomllib
+from contextlib import ExitStack
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from consortium.crypto.keys import KeyPair
+from consortium.ledger.genesis import Client, Genesis, Member, Mode, Params
+from consortium.node.config import write_config
+
+
+class NetworkError(RuntimeError):
+    """A network directory that cannot be used; the message says what to do."""
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """Ports the kernel says are free now, all distinct (bound together, then released)."""
+    with ExitStack() as stack:
+        ports: list[int] = []
+        for _ in range(count):
+            s = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            s.bind((host, 0))
+            ports.append(s.getsockname()[1])
+        return ports
+
+
+def init_network(
+    directory: Path,
+    *,
+    members: int,
+    clients: int = 3,
+    mode: Mode = "pbft",
+    chain_name: str = "local",
+    host: str = "127.0.0.1",
+    params: Params | None = None,
+    force: bool = False,
+) -> Genesis:
+    if directory.exists() and any(directory.iterdir()):
+        if not force:
+            raise NetworkError(
+                f"{directory} already exists and is not empty; choose another --dir or pass "
+                "--force to replace it"
+            )
+        shutil.rmtree(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    ports = free_ports(2 * members, host)
+    member_keys = [KeyPair.generate() for _ in range(members)]
+    member_list = tuple(
+        Member(
+            index=i,
+            name=f"n{i + 1}",
+            public_key=k.public,
+            peer_address=f"{host}:{ports[2 * i]}",
+            client_address=f"{host}:{ports[2 * i + 1]}",
+        )
+        for i, k in enumerate(member_keys)
+    )
+    client_keys = [KeyPair.generate() for _ in range(clients)]
+    client_list = tuple(Client(f"c{i + 1}", k.public) for i, k in enumerate(client_keys))
+    genesis = Genesis(
+        chain_name=chain_name,
+        mode=mode,
+        created_ms=int(time.time() * 1000),
+        members=member_list,
+        clients=client_list,
+        params=params or Params(),
+    )
+    genesis.validate(str(directory / "genesis.json"))
+    text = genesis.to_json()
+    (directory / "genesis.json").write_text(text)
+    for k, c in zip(client_keys, client_list, strict=True):
+        k.save(directory / "clients" / f"{c.name}.pem")
+    (directory / "client.toml").write_text(
+        "# Read by `consortium tx`, `status` and `demo`.\n"
+        'genesis = "genesis.json"\n'
+        f"keys = [{', '.join(repr(f'clients/{c.name}.pem') for c in client_list)}]\n".replace(
+            "'", '"'
+        )
+    )
+    for k, m in zip(member_keys, member_list, strict=True):
+        home = directory / "nodes" / m.name
+        write_config(
+            home, name=m.name, peer_listen=m.peer_address, client_listen=m.client_address
+        )
+        k.save(home / "config" / "node_key.pem")
+        (home / "config" / "genesis.json").write_text(text)
+        (home / "data").mkdir(parents=True, exist_ok=True)
+    return genesis
+
+
+@dataclass(frozen=True, slots=True)
+class ClientSetup:
+    directory: Path
+    genesis: Genesis
+    key_paths: tuple[Path, ...]
+
+    def keys(self) -> list[KeyPair]:
+        return [KeyPair.load(p) for p in self.key_paths]
+
+
+def load_client_setup(directory: Path) -> ClientSetup:
+    path = directory / "client.toml"
+    if not path.exists():
+        raise NetworkError(
+            f"{path}: no client configuration; run `consortium init --dir {directory}` first, "
+            "or point --net at a network directory"
+        )
+    try:
+        doc = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise NetworkError(f"{path}: not valid TOML: {exc}") from None
+    for key in doc:
+        if key not in ("genesis", "keys"):
+            raise NetworkError(f"{path}: unknown key '{key}' (known: genesis, keys)")
+    genesis_file = doc.get("genesis")
+    keys = doc.get("keys", [])
+    if not isinstance(genesis_file, str) or not isinstance(keys, list):
+        raise NetworkError(f"{path}: 'genesis' must be a path and 'keys' a list of paths")
+    genesis = Genesis.load(directory / genesis_file)
+    return ClientSetup(directory, genesis, tuple(directory / str(k) for k in keys))
+
+
+def node_homes(directory: Path) -> list[Path]:
+    nodes = directory / "nodes"
+    if not nodes.is_dir():
+        raise NetworkError(f"{nodes}: no node homes; run `consortium init --dir {directory}` first")
+    homes = sorted(p for p in nodes.iterdir() if (p / "config" / "node.toml").exists())
+    # n1, n2, ..., n10 in numeric order
+    return sorted(homes, key=lambda p: (len(p.name), p.name))
+
+
+class LocalNetwork:
+    """N member processes (`python -m consortium node start --home ...`), logs to node.log."""
+
+    def __init__(self, directory: Path, *, log_level: str = "info") -> None:
+        self.directory = directory
+        self.homes = node_homes(directory)
+        self.log_level = log_level
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, name: str | None = None) -> None:
+        for home in self.homes:
+            if name is not None and home.name != name:
+                continue
+            proc = self.procs.get(home.name)
+            if proc is not None and proc.poll() is None:
+                continue
+            log = (home / "node.log").open("ab")
+            self.procs[home.name] = subprocess.Popen(
+                [sys.executable, "-m", "consortium", "node", "start", "--home", str(home)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+            log.close()
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        proc = self.procs[name]
+        proc.send_signal(sig)
+        proc.wait(timeout=10)
+
+    def stop(self, timeout_s: float = 10.0) -> dict[str, int | None]:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        codes: dict[str, int | None] = {}
+        for name, proc in self.procs.items():
+            try:
+                codes[name] = proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                codes[name] = proc.wait()
+        return codes
+
+    def dead(self) -> list[str]:
+        return [n for n, p in self.procs.items() if p.poll() is not None]
+
+    def __enter__(self) -> LocalNetwork:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def with_params(genesis: Genesis, **changes: int) -> Genesis:
+    return replace(genesis, params=replace(genesis.params, **changes))

@@ -1,0 +1,1 @@
+"""The Trio process around a consensus core: transport, storage, client API."""

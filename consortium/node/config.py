@@ -1,0 +1,203 @@
+"""Node configuration: `<home>/config/node.toml`, next to `node_key.pem` and `genesis.json`.
+
+    [node]
+    name = "n1"                     # this member's name in genesis.json
+    data_dir = "data"               # relative to the home directory
+    [listen]
+    peer = "127.0.0.1:7101"         # where other members dial us
+    client = "127.0.0.1:7201"       # where clients connect
+    [peers]                         # optional: member name -> "host:port", overriding genesis
+    n2 = "10.0.0.2:7101"
+    [log]
+    level = "info"                  # debug | info | warning | error
+    format = "text"                 # text | json
+
+Unknown sections or keys and bad values are errors that name the file, the key and the fix. A
+node never generates its key: it loads config/node_key.pem and refuses to run unless that key is
+the one genesis lists for the configured member.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from consortium.crypto.keys import InvalidKeyError, KeyPair
+from consortium.ledger.genesis import Genesis, GenesisError, Member, parse_address
+
+
+class ConfigError(ValueError):
+    """An operator mistake in the node's files; the message names the file, key and fix."""
+
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
+
+_SCHEMA: dict[str, set[str]] = {
+    "node": {"name", "data_dir"},
+    "listen": {"peer", "client"},
+    "peers": set(),  # free-form: member name -> address
+    "log": {"level", "format"},
+}
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    home: Path
+    name: str
+    data_dir: Path
+    peer_listen: tuple[str, int]
+    client_listen: tuple[str, int]
+    peers: dict[str, tuple[str, int]] = field(default_factory=dict)
+    log_level: str = "info"
+    log_format: str = "text"
+
+    @property
+    def config_dir(self) -> Path:
+        return self.home / "config"
+
+    @property
+    def genesis_path(self) -> Path:
+        return self.config_dir / "genesis.json"
+
+    @property
+    def key_path(self) -> Path:
+        return self.config_dir / "node_key.pem"
+
+    @property
+    def store_path(self) -> Path:
+        return self.data_dir / "ledger.sqlite"
+
+
+def config_path(home: Path) -> Path:
+    return home / "config" / "node.toml"
+
+
+def load_config(home: Path) -> NodeConfig:
+    path = config_path(home)
+    try:
+        doc = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError(
+            f"{path}: cannot read node config ({exc.strerror}); is --home the node's home "
+            "directory (the one holding config/node.toml)?"
+        ) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    for section, value in doc.items():
+        if section not in _SCHEMA:
+            raise ConfigError(
+                f"{path}: unknown section [{section}] (known: {', '.join(sorted(_SCHEMA))})"
+            )
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: '{section}' must be a [section]")
+        allowed = _SCHEMA[section]
+        if allowed:
+            for key in value:
+                if key not in allowed:
+                    raise ConfigError(
+                        f"{path}: unknown key '{section}.{key}' "
+                        f"(known: {', '.join(sorted(allowed))})"
+                    )
+    node = doc.get("node", {})
+    name = node.get("name")
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"{path}: 'node.name' must be this member's name in genesis.json")
+    data_dir_text = node.get("data_dir", "data")
+    if not isinstance(data_dir_text, str) or not data_dir_text:
+        raise ConfigError(f"{path}: 'node.data_dir' must be a path")
+    data_dir = Path(data_dir_text)
+    if not data_dir.is_absolute():
+        data_dir = home / data_dir
+    listen = doc.get("listen", {})
+    peer_listen = _address(listen, "peer", path, "listen")
+    client_listen = _address(listen, "client", path, "listen")
+    peers: dict[str, tuple[str, int]] = {}
+    for peer_name in doc.get("peers", {}):
+        peers[peer_name] = _address(doc["peers"], peer_name, path, "peers")
+    log = doc.get("log", {})
+    level = log.get("level", "info")
+    if level not in LOG_LEVELS:
+        raise ConfigError(f"{path}: 'log.level' must be one of {', '.join(LOG_LEVELS)}")
+    fmt = log.get("format", "text")
+    if fmt not in LOG_FORMATS:
+        raise ConfigError(f"{path}: 'log.format' must be one of {', '.join(LOG_FORMATS)}")
+    return NodeConfig(home, name, data_dir, peer_listen, client_listen, peers, level, fmt)
+
+
+def _address(table: dict[str, Any], key: str, path: Path, section: str) -> tuple[str, int]:
+    value = table.get(key)
+    if not isinstance(value, str):
+        raise ConfigError(f"{path}: '{section}.{key}' must be a 'host:port' string")
+    try:
+        return parse_address(value, f"{path}: '{section}.{key}'")
+    except GenesisError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def write_config(
+    home: Path,
+    *,
+    name: str,
+    peer_listen: str,
+    client_listen: str,
+    data_dir: str = "data",
+    log_level: str = "info",
+) -> Path:
+    path = config_path(home)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        "# Consortium node configuration (see `consortium node start --help`).\n"
+        "[node]\n"
+        f'name = "{name}"\n'
+        f'data_dir = "{data_dir}"\n\n'
+        "[listen]\n"
+        f'peer = "{peer_listen}"\n'
+        f'client = "{client_listen}"\n\n'
+        "[log]\n"
+        f'level = "{log_level}"\n'
+        'format = "text"\n'
+    )
+    return path
+
+
+@dataclass(frozen=True, slots=True)
+class NodeIdentity:
+    config: NodeConfig
+    genesis: Genesis
+    keys: KeyPair
+    member: Member
+
+
+def load_identity(home: Path, passphrase: bytes | None = None) -> NodeIdentity:
+    """Config, genesis and key, cross-checked: the key must be the member's key in genesis."""
+    config = load_config(home)
+    try:
+        genesis = Genesis.load(config.genesis_path)
+    except GenesisError as exc:
+        raise ConfigError(str(exc)) from None
+    member = genesis.member_by_name(config.name)
+    if member is None:
+        names = ", ".join(m.name for m in genesis.members)
+        raise ConfigError(
+            f"{config_path(home)}: node.name '{config.name}' is not a member in "
+            f"{config.genesis_path} (members: {names})"
+        )
+    if not config.key_path.exists():
+        raise ConfigError(
+            f"{config.key_path}: no key file. A node never generates its key at start: "
+            "copy the member's key here (consortium init writes one per member)"
+        )
+    try:
+        keys = KeyPair.load(config.key_path, passphrase)
+    except InvalidKeyError as exc:
+        raise ConfigError(str(exc)) from None
+    if keys.public != member.public_key:
+        raise ConfigError(
+            f"{config.genesis_path}: member '{member.name}' key does not match "
+            f"{config.key_path} (genesis lists {member.public_key.hex()[:8]}…, "
+            f"the key file holds {keys.public.hex()[:8]}…)"
+        )
+    return NodeIdentity(config, genesis, keys, member)

@@ -1,0 +1,380 @@
+"""The node process: one Trio program around one consensus core.
+
+Tasks (one nursery):
+    peers      PeerNetwork: authenticated peer connections, bounded queues, coalesced sends
+    pump       reads peer frames, decodes them, pre-verifies the client signatures a PRE-PREPARE
+               carries on worker threads, and hands the message to the core task
+    clients    ClientServer: submissions, receipts, reads, blocks, status
+    core       the only task that touches the core: feeds it events and ticks, then carries out
+               each Ready in the order the core requires:
+                   1. execute committed batches into blocks (deterministic, in sequence order)
+                   2. ONE durable write (fsync) for the step: the core's records (own votes,
+                      stable checkpoints) and the new blocks with their certificates and our
+                      block signatures
+                   3. send the core's messages (a vote is on disk before it leaves)
+                   4. tell the core what executed; push receipts to waiting clients
+
+Completed I/O comes back to the core as input, never as a callback into it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from consortium.crypto.keys import KeyPair
+from consortium.crypto.merkle import MerkleTree
+from consortium.crypto.signing import Domain, Ed25519Signer, Ed25519Verifier
+from consortium.ledger.block import Block
+from consortium.ledger.certificates import SignedVote, block_signature_body
+from consortium.ledger.genesis import Genesis
+from consortium.ledger.state import Execution, build_block
+from consortium.ledger.store import BlockStore
+from consortium.ledger.tx import Transaction
+from consortium.node.config import NodeConfig
+from consortium.node.logs import RateLimitedLog
+from consortium.node.transport import PeerNetwork
+from consortium.node.verification import TxSignatureCache
+from consortium.pbft import messages as pbft_messages
+from consortium.pbft.replica import PbftConfig, PbftReplica, RecoveredState
+
+TICK_MS = 2
+EVENTS_MAX = 8192  # bounded queue between the pump/clients and the core task
+WATCHED_TXS_MAX = 200_000  # transactions with a waiting client, over all connections
+DRAIN_MAX = 512  # events handled per core step before taking the Ready
+
+
+@dataclass(slots=True)
+class NodeMetrics:
+    started_ms: int = 0
+    blocks: int = 0
+    txs_committed: int = 0
+    steps: int = 0
+    fsyncs: int = 0
+    submitted: int = 0
+    rejected_at_submit: dict[str, int] = field(default_factory=dict)
+
+
+class Node:
+    """One member. `run()` serves until cancelled; `status()` is always cheap."""
+
+    def __init__(
+        self,
+        config: NodeConfig,
+        genesis: Genesis,
+        keys: KeyPair,
+        *,
+        log: logging.Logger | None = None,
+        peer_listen: tuple[str, int] | None = None,
+        client_listen: tuple[str, int] | None = None,
+    ) -> None:
+        member = genesis.member_by_key(keys.public)
+        assert member is not None, "load_identity checks the key is a member"
+        self.config = config
+        self.genesis = genesis
+        self.chain_id = genesis.chain_id
+        self.member = member
+        self.me = member.index
+        self.keys = keys
+        self.signer = Ed25519Signer(keys)
+        self.verifier = Ed25519Verifier()
+        self.log = log or logging.getLogger(f"consortium.node.{member.name}")
+        self._ratelog = RateLimitedLog(self.log)
+        self.metrics = NodeMetrics(started_ms=int(time.time() * 1000))
+        self.tx_cache = TxSignatureCache(self.verifier)
+        self.client_keys = genesis.client_keys()
+
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        self.store = BlockStore.open(config.store_path, genesis)
+        self.app = self.store.app
+
+        addresses = {m.index: _split(m.peer_address) for m in genesis.members}
+        for name, addr in config.peers.items():
+            m = genesis.member_by_name(name)
+            if m is not None:
+                addresses[m.index] = addr
+        self.peers = PeerNetwork(
+            genesis,
+            self.me,
+            self.signer,
+            self.verifier,
+            listen=peer_listen or config.peer_listen,
+            peer_addresses={i: a for i, a in addresses.items() if i != self.me},
+            frame_bytes_max=genesis.params.frame_bytes_max,
+            log=self.log,
+        )
+        self.client_listen = client_listen or config.client_listen
+
+        head = self.store.head
+        self.core = PbftReplica(
+            PbftConfig.from_genesis(genesis, self.me),
+            self.signer,
+            self.verifier,
+            tx_ok=self.tx_cache.check,
+            recovered=RecoveredState(
+                last_executed=head.height,
+                last_block_hash=head.hash,
+                stable_checkpoint=self.store.latest_checkpoint(),
+                records=self.store.load_records(),
+            ),
+        )
+        self._events_send, self._events_recv = trio.open_memory_channel[
+            tuple[str, Any, Any]
+        ](EVENTS_MAX)
+        # tx id -> connections waiting for its receipt (bounded in total)
+        self._watchers: dict[bytes, list[Any]] = {}
+        self._watch_count = 0
+        self._on_block: list[Callable[[Block], None]] = []
+        self.client_port = 0
+        self.peer_port = 0
+
+    # --- running ---------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        from consortium.node.service import ClientService
+
+        service = ClientService(self)
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self.peers.run)
+                self.peer_port = self.peers.listen_port
+                self.client_port = await nursery.start(service.run)
+                nursery.start_soon(self._pump)
+                nursery.start_soon(self._core_loop)
+                self.log.info(
+                    "member %s (%d of %d) up: mode %s, height %d, peer port %d, client port %d",
+                    self.member.name,
+                    self.me,
+                    self.genesis.n,
+                    self.genesis.mode,
+                    self.store.height,
+                    self.peer_port,
+                    self.client_port,
+                )
+                task_status.started()
+        finally:
+            self.store.close()
+
+    async def propose(self, txs: list[Transaction]) -> None:
+        """Hand client transactions (signatures already verified) to the core task."""
+        await self._events_send.send(("propose", txs, None))
+
+    async def _pump(self) -> None:
+        params = self.genesis.params
+        async for sender, frame in self.peers.inbound:
+            try:
+                msg = pbft_messages.decode(frame, params)
+            except pbft_messages.WireFormatError as exc:
+                self.core.rejected["malformed"] += 1
+                self._ratelog.warning(
+                    f"malformed:{sender}", f"malformed message from member {sender}: {exc}"
+                )
+                continue
+            if isinstance(msg, pbft_messages.PrePrepare) and msg.txs:
+                # Fill the signature cache on worker threads; the core's tx_ok then hits it.
+                await self.tx_cache.verify_all(msg.txs)
+            await self._events_send.send(("peer", sender, msg))
+
+    def _now(self) -> tuple[int, int]:
+        return int(trio.current_time() * 1000), int(time.time() * 1000)
+
+    async def _core_loop(self) -> None:
+        core = self.core
+        recv = self._events_recv
+        while True:
+            mono_ms, _ = self._now()
+            with trio.move_on_at((mono_ms + TICK_MS) / 1000):
+                event = await recv.receive()
+                self._handle(event)
+                for _ in range(DRAIN_MAX):
+                    try:
+                        event = recv.receive_nowait()
+                    except trio.WouldBlock:
+                        break
+                    self._handle(event)
+            mono_ms, wall_ms = self._now()
+            core.tick(mono_ms, wall_ms)
+            await self._carry_out_ready()
+            await trio.lowlevel.checkpoint()
+
+    def _handle(self, event: tuple[str, Any, Any]) -> None:
+        kind, a, b = event
+        if kind == "peer":
+            self.core.receive(a, b)
+        elif kind == "propose":
+            for tx in a:
+                self.core.propose(tx)
+        else:
+            raise AssertionError(f"unknown event {kind}")
+
+    async def _carry_out_ready(self) -> None:
+        core = self.core
+        while True:
+            ready = core.take_ready()
+            if not ready:
+                return
+            self.metrics.steps += 1
+            blocks: list[tuple[Block, Execution, bytes | None]] = []
+            signatures: list[tuple[int, SignedVote]] = []
+            for batch in ready.committed:
+                block, execution = build_block(
+                    self.store.head if not blocks else blocks[-1][0].header,
+                    ("pbft", batch.seq, batch.proposed_ms),
+                    batch.proposed_ms,
+                    batch.txs,
+                    self.app,
+                )
+                assert block.height == batch.seq, "in pbft, height equals sequence number"
+                # Apply now so the next batch in this step executes on top of it; the store
+                # writes the same execution durably below.
+                self.app.apply(execution)
+                blocks.append((block, execution, batch.certificate.encode()))
+                body = block_signature_body(block.height, block.hash, self.me)
+                signatures.append(
+                    (block.height, SignedVote(body, self.signer.sign(Domain.BLOCK, self.chain_id, body)))
+                )
+            if blocks or ready.records or ready.stable_checkpoints:
+                self.store.save(
+                    blocks=blocks,
+                    records=ready.records,
+                    block_signatures=signatures,
+                    checkpoints=ready.stable_checkpoints,
+                )
+                self.metrics.fsyncs += 1
+            for out in ready.messages:
+                if out.dest is None:
+                    self.peers.broadcast(out.frame)
+                else:
+                    self.peers.send(out.dest, out.frame)
+            for (block, _, _), (_, vote) in zip(blocks, signatures, strict=True):
+                core.executed(block.height, block.hash)
+                self.metrics.blocks += 1
+                self.metrics.txs_committed += len(block.txs)
+                self._notify(block, vote)
+            for cp in ready.stable_checkpoints:
+                self.log.debug("checkpoint %d stable", cp.seq)
+
+    # --- client notifications ---------------------------------------------------------------
+
+    def watch(self, tx_id: bytes, conn: Any) -> bool:
+        if self._watch_count >= WATCHED_TXS_MAX:
+            return False
+        conns = self._watchers.setdefault(tx_id, [])
+        if conn not in conns:
+            conns.append(conn)
+            self._watch_count += 1
+        return True
+
+    def unwatch_connection(self, conn: Any, tx_ids: set[bytes]) -> None:
+        for tx_id in tx_ids:
+            conns = self._watchers.get(tx_id)
+            if conns and conn in conns:
+                conns.remove(conn)
+                self._watch_count -= 1
+                if not conns:
+                    del self._watchers[tx_id]
+
+    def _notify(self, block: Block, vote: SignedVote) -> None:
+        tree: MerkleTree | None = None
+        for index, tx in enumerate(block.txs):
+            conns = self._watchers.pop(tx.id, None)
+            if not conns:
+                continue
+            self._watch_count -= len(conns)
+            if tree is None:
+                tree = MerkleTree([r.encode() for r in block.receipts])
+            bundle = self.make_bundle(block, index, vote, tree)
+            for conn in conns:
+                conn.receipt_ready(tx.id, bundle)
+        for hook in self._on_block:
+            hook(block)
+
+    def make_bundle(
+        self, block: Block, index: int, vote: SignedVote, tree: MerkleTree | None = None
+    ) -> list[Any]:
+        if tree is None:
+            tree = MerkleTree([r.encode() for r in block.receipts])
+        return [
+            block.receipts[index].to_array(),
+            tree.proof(index),
+            tree.size,
+            block.header.to_array(),
+            vote.to_array(),
+        ]
+
+    def own_block_signature(self, height: int) -> SignedVote:
+        stored = self.store.get_block(height)
+        if stored is not None:
+            for vote in stored.block_signatures:
+                if vote.body == block_signature_body(height, stored.block.hash, self.me):
+                    return vote
+        block_hash = self.store.block_hash_at(height)
+        assert block_hash is not None
+        body = block_signature_body(height, block_hash, self.me)
+        return SignedVote(body, self.signer.sign(Domain.BLOCK, self.chain_id, body))
+
+    # --- status -----------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        core = self.core.status()
+        head = self.store.head
+        peers = self.peers.peer_status()
+        connected = sum(1 for p in peers if p.get("outbound_connected"))
+        up = connected + 1
+        reasons: list[str] = []
+        waiting = core.get("waiting_for")
+        if waiting:
+            reasons.append(str(waiting))
+        if up < self.genesis.quorum:
+            down = [str(p.get("name")) for p in peers if not p.get("outbound_connected")]
+            reasons.append(f"no quorum: {', '.join(down)} unreachable")
+        return {
+            "member": self.member.name,
+            "index": self.me,
+            "mode": self.genesis.mode,
+            "chain_id": self.chain_id.hex(),
+            "n": self.genesis.n,
+            "f": self.genesis.f,
+            "quorum": self.genesis.quorum,
+            "view": core.get("view"),
+            "primary": self.genesis.members[int(core.get("primary", 0))].name,
+            "height": head.height,
+            "head_hash": head.hash.hex(),
+            "stable_checkpoint": core.get("stable_checkpoint"),
+            "core": core,
+            "peers": peers,
+            "reachable": f"{up} of {self.genesis.n} reachable",
+            "not_progressing_because": reasons,
+            "rejected": dict(sorted(self.core.rejected.items())),
+            "transport": dict(sorted(self.peers.counters.items())),
+            "metrics": {
+                "blocks": self.metrics.blocks,
+                "txs_committed": self.metrics.txs_committed,
+                "fsyncs": self.store.fsync_count,
+                "fsyncs_per_block": round(self.store.fsync_count / max(1, self.metrics.blocks), 3),
+                "signatures_verified": self.tx_cache.verified,
+                "signature_cache_hits": self.tx_cache.hits,
+                "submitted": self.metrics.submitted,
+                "rejected_at_submit": self.metrics.rejected_at_submit,
+                "uptime_s": round(time.time() - self.metrics.started_ms / 1000, 1),
+            },
+        }
+
+    def status_json(self) -> str:
+        return json.dumps(self.status(), default=str)
+
+
+def _split(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def data_dir_of(home: Path) -> Path:
+    return home / "data"

@@ -1,0 +1,119 @@
+"""Four members as real processes over loopback TCP: agreement, audit, crash of a backup."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import trio
+
+from consortium.cli.demo import drive
+from consortium.cli.network import LocalNetwork, load_client_setup
+from consortium.ledger.genesis import Genesis
+from consortium.ledger.store import BlockStore
+from consortium.node.client import ConsortiumClient
+from tests.e2e.conftest import cli
+
+pytestmark = pytest.mark.e2e
+
+
+async def heights(genesis: Genesis, members: list[int]) -> dict[int, int]:
+    out: dict[int, int] = {}
+    async with ConsortiumClient(genesis) as client:
+        for i in members:
+            out[i] = int((await client.status(i, 2.0))["height"])
+    return out
+
+
+async def wait_same_height(genesis: Genesis, members: list[int], timeout_s: float) -> int:
+    with trio.fail_after(timeout_s):
+        while True:
+            hs = await heights(genesis, members)
+            if len(set(hs.values())) == 1:
+                return next(iter(hs.values()))
+            await trio.sleep(0.2)
+
+
+def block_hashes(home: Path, genesis: Genesis) -> list[bytes]:
+    store = BlockStore.open(home / "data" / "ledger.sqlite", genesis)
+    try:
+        hashes = [store.block_hash_at(h) for h in range(store.height + 1)]
+    finally:
+        store.close()
+    assert all(h is not None for h in hashes)
+    return [h for h in hashes if h is not None]
+
+
+def test_four_members_order_transactions_from_several_clients_into_identical_ledgers(
+    network: LocalNetwork,
+) -> None:
+    setup = load_client_setup(network.directory)
+    genesis = setup.genesis
+    committed, failed, _ = trio.run(drive, genesis, setup.keys(), 600, False)
+    assert (committed, failed) == (600, 0)
+    height = trio.run(wait_same_height, genesis, [0, 1, 2, 3], 20.0)
+    assert height >= 1
+    network.stop()
+
+    chains = [block_hashes(home, genesis) for home in network.homes]
+    assert len(chains[0]) == height + 1
+    for chain in chains[1:]:
+        assert chain == chains[0], "block hashes differ at some height"
+    for home in network.homes:
+        result = cli("ledger", "verify", "--home", str(home))
+        assert result.returncode == 0, result.stderr + result.stdout
+        assert "OK" in result.stdout
+
+
+def test_a_backup_killed_under_load_leaves_three_committing_and_reopens_intact(
+    network: LocalNetwork,
+) -> None:
+    setup = load_client_setup(network.directory)
+    genesis = setup.genesis
+    keys = setup.keys()
+
+    async def scenario() -> tuple[int, int]:
+        async with trio.open_nursery() as nursery:
+            # Load from two clients while the third is used to observe; kill n4 mid-run.
+            results: list[tuple[int, int, float]] = []
+
+            async def load() -> None:
+                results.append(await drive(genesis, keys[:2], 400, False))
+
+            nursery.start_soon(load)
+            await trio.sleep(0.5)
+            network.kill("n4", signal.SIGKILL)
+        committed, failed, _ = results[0]
+        return committed, failed
+
+    committed, failed = trio.run(scenario)
+    assert (committed, failed) == (400, 0)
+    before = trio.run(heights, genesis, [0, 1, 2])
+    # The three survivors keep committing new transactions.
+    more, more_failed, _ = trio.run(drive, genesis, keys[2:], 60, False)
+    assert (more, more_failed) == (60, 0)
+    after = trio.run(heights, genesis, [0, 1, 2])
+    assert min(after.values()) > min(before.values())
+
+    # Restarted, n4 reopens its store intact (catching up is a later issue): it serves status
+    # at the height it had durably reached, and its ledger verifies.
+    n4 = network.homes[3]
+    killed_height = len(block_hashes(n4, genesis)) - 1
+    network.start("n4")
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            status = trio.run(heights, genesis, [3])
+            break
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+    assert status[3] >= killed_height
+    network.stop()
+    result = cli("ledger", "verify", "--home", str(n4))
+    assert result.returncode == 0, result.stderr + result.stdout
+    survivors = block_hashes(network.homes[0], genesis)
+    assert block_hashes(n4, genesis) == survivors[: killed_height + 1]
