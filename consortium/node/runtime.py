@@ -292,7 +292,7 @@ class Node:
                 tree = MerkleTree([r.encode() for r in block.receipts])
             bundle = self.make_bundle(block, index, vote, tree)
             for conn in conns:
-                conn.receipt_ready(tx.id, bundle)
+                conn.push_receipt(bundle)
         for hook in self._on_block:
             hook(block)
 

@@ -1,0 +1,157 @@
+"""The client API of a member: what a ClientServer request does against the node.
+
+submit   each transaction is checked before it reaches the core, cheapest check first, and
+         rejected with a reason that changes nothing: malformed, wrong_chain, unknown_client,
+         expired, bad_signature. An id already committed is answered with its FIRST receipt
+         (never a later duplicate's). Otherwise it is accepted: the connection is told its
+         receipt when the block holding it executes.
+receipt  the first receipt of an id, with its Merkle proof, header and our block signature
+get      a fast-path read: our current value of a key, signed with the height and block hash
+         it was read at (a client accepts it at a quorum of matching replies)
+block    a stored block with its certificate and block signatures
+status   what `consortium status` shows
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from consortium.crypto.codec import WireFormatError, pack
+from consortium.crypto.signing import Domain
+from consortium.ledger.tx import Transaction
+from consortium.node import api
+
+if TYPE_CHECKING:
+    from consortium.node.runtime import Node
+
+WATCHES_PER_CONNECTION_MAX = 100_000
+
+
+class ClientService:
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self._watched: dict[int, set[bytes]] = {}
+
+    async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        server = api.ClientServer(
+            self,
+            listen=self.node.client_listen,
+            frame_bytes_max=self.node.genesis.params.frame_bytes_max,
+            params=self.node.genesis.params,
+        )
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.run)
+            task_status.started(server.listen_port)
+
+    # --- ClientHandler ----------------------------------------------------------------------
+
+    def disconnected(self, conn: api.ClientConnection) -> None:
+        ids = self._watched.pop(conn.id, set())
+        self.node.unwatch_connection(conn, ids)
+
+    async def handle(self, conn: api.ClientConnection, request: api.Request) -> None:
+        match request:
+            case api.SubmitRequest():
+                await self._submit(conn, request)
+            case api.ReceiptRequest():
+                conn.reply(request.req_id, self._receipt_bundle(request.tx_id))
+            case api.GetRequest():
+                conn.reply(request.req_id, self._read(request.key))
+            case api.BlockRequest():
+                conn.reply(request.req_id, self._block(request.height))
+            case api.StatusRequest():
+                conn.reply(request.req_id, self.node.status_json())
+            case api.WatchRequest():
+                for tx_id in request.tx_ids:
+                    self._watch(conn, tx_id)
+                conn.reply(request.req_id, None)
+            case _:
+                conn.error(request.req_id, "unsupported request")
+
+    def _watch(self, conn: api.ClientConnection, tx_id: bytes) -> bool:
+        ids = self._watched.setdefault(conn.id, set())
+        if len(ids) >= WATCHES_PER_CONNECTION_MAX:
+            return False
+        if self.node.watch(tx_id, conn):
+            ids.add(tx_id)
+            return True
+        return False
+
+    async def _submit(self, conn: api.ClientConnection, request: api.SubmitRequest) -> None:
+        node = self.node
+        params = node.genesis.params
+        now_ms = int(time.time() * 1000)
+        verdicts: list[list[Any]] = []
+        candidates: list[tuple[int, Transaction]] = []
+        for raw in request.txs:
+            try:
+                tx = Transaction.from_array(raw, params)
+            except WireFormatError as exc:
+                verdicts.append([b"", "rejected", f"malformed: {exc}"])
+                continue
+            verdicts.append([tx.id, "accepted", ""])
+            reason = ""
+            if tx.chain_id != node.chain_id:
+                reason = "wrong_chain"
+            elif tx.client_key not in node.client_keys:
+                reason = "unknown_client"
+            elif tx.expiry_ms < now_ms:
+                reason = "expired"
+            if reason:
+                verdicts[-1] = [tx.id, "rejected", reason]
+                continue
+            first = node.store.receipt_of(tx.id)
+            if first is not None:
+                verdicts[-1] = [tx.id, "committed", self._receipt_bundle(tx.id)]
+                continue
+            candidates.append((len(verdicts) - 1, tx))
+        if candidates:
+            oks = await node.tx_cache.verify_all([tx for _, tx in candidates])
+            accepted: list[Transaction] = []
+            for (i, tx), ok in zip(candidates, oks, strict=True):
+                if not ok:
+                    verdicts[i] = [tx.id, "rejected", "bad_signature"]
+                elif not self._watch(conn, tx.id):
+                    verdicts[i] = [tx.id, "rejected", "overloaded: too many pending receipts"]
+                else:
+                    accepted.append(tx)
+            if accepted:
+                await node.propose(accepted)
+        node.metrics.submitted += len(verdicts)
+        for v in verdicts:
+            if v[1] == "rejected":
+                key = str(v[2]).split(":")[0]
+                node.metrics.rejected_at_submit[key] = node.metrics.rejected_at_submit.get(key, 0) + 1
+        conn.reply(request.req_id, verdicts)
+
+    def _receipt_bundle(self, tx_id: bytes) -> list[Any] | None:
+        node = self.node
+        receipt = node.store.receipt_of(tx_id)
+        if receipt is None:
+            return None
+        stored = node.store.get_block(receipt.height)
+        assert stored is not None, "a receipt's block is stored with it"
+        return node.make_bundle(stored.block, receipt.index, node.own_block_signature(receipt.height))
+
+    def _read(self, key: bytes) -> list[Any]:
+        node = self.node
+        value = node.app.kv.get(key)
+        head = node.store.head
+        body = pack(["read", key, value, head.height, head.hash, node.me])
+        sig = node.signer.sign(Domain.READ, node.chain_id, body)
+        return [key, value, head.height, head.hash, node.me, sig]
+
+    def _block(self, height: int) -> list[Any] | None:
+        stored = self.node.store.get_block(height)
+        if stored is None:
+            return None
+        return [
+            stored.block.header.to_array(),
+            [t.to_array() for t in stored.block.txs],
+            [r.to_array() for r in stored.block.receipts],
+            stored.certificate,
+            [v.to_array() for v in stored.block_signatures],
+        ]

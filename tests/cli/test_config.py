@@ -1,0 +1,99 @@
+"""Operator mistakes in a node's files are errors that name the file, the key and the fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from consortium.cli.network import free_ports, init_network, load_client_setup, node_homes
+from consortium.crypto.keys import KeyPair
+from consortium.ledger.genesis import Genesis
+from consortium.node.config import ConfigError, config_path, load_config, load_identity
+
+
+@pytest.fixture
+def net(tmp_path: Path) -> Path:
+    directory = tmp_path / "net"
+    init_network(directory, members=4, clients=2)
+    return directory
+
+
+def test_init_writes_a_network_that_loads(net: Path) -> None:
+    setup = load_client_setup(net)
+    assert setup.genesis.n == 4 and setup.genesis.f == 1 and setup.genesis.quorum == 3
+    assert len(setup.keys()) == 2
+    homes = node_homes(net)
+    assert [h.name for h in homes] == ["n1", "n2", "n3", "n4"]
+    for i, home in enumerate(homes):
+        identity = load_identity(home)
+        assert identity.member.index == i
+        assert (home / "config" / "node_key.pem").stat().st_mode & 0o777 == 0o600
+        assert Genesis.load(home / "config" / "genesis.json").chain_id == setup.genesis.chain_id
+    ports = [int(a.rsplit(":", 1)[1]) for m in setup.genesis.members
+             for a in (m.peer_address, m.client_address)]
+    assert len(set(ports)) == len(ports)
+
+
+def test_init_refuses_to_overwrite_without_force(net: Path) -> None:
+    from consortium.cli.network import NetworkError
+
+    with pytest.raises(NetworkError, match="--force"):
+        init_network(net, members=4)
+    init_network(net, members=4, force=True)
+
+
+def test_unknown_key_in_node_toml_is_named(net: Path) -> None:
+    home = net / "nodes" / "n1"
+    path = config_path(home)
+    path.write_text(path.read_text().replace("[listen]", "[listen]\nbogus = 1"))
+    with pytest.raises(ConfigError, match=r"node\.toml: unknown key 'listen\.bogus'"):
+        load_config(home)
+
+
+def test_unknown_section_and_bad_values_are_named(net: Path) -> None:
+    home = net / "nodes" / "n1"
+    path = config_path(home)
+    original = path.read_text()
+    path.write_text(original + "\n[metricz]\n")
+    with pytest.raises(ConfigError, match=r"unknown section \[metricz\]"):
+        load_config(home)
+    path.write_text(original.replace('level = "info"', 'level = "loud"'))
+    with pytest.raises(ConfigError, match=r"'log\.level' must be one of"):
+        load_config(home)
+    path.write_text(original.replace("127.0.0.1:", "127.0.0.1:x", 1))
+    with pytest.raises(ConfigError, match=r"listen\.peer.*host:port"):
+        load_config(home)
+    path.write_text("not = [toml")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(home)
+
+
+def test_a_key_that_is_not_the_members_key_is_refused(net: Path) -> None:
+    home = net / "nodes" / "n1"
+    key = home / "config" / "node_key.pem"
+    key.unlink()
+    KeyPair.generate().save(key)
+    with pytest.raises(ConfigError, match=r"member 'n1' key does not match .*node_key\.pem"):
+        load_identity(home)
+
+
+def test_a_missing_key_is_never_generated(net: Path) -> None:
+    home = net / "nodes" / "n2"
+    (home / "config" / "node_key.pem").unlink()
+    with pytest.raises(ConfigError, match="never generates its key"):
+        load_identity(home)
+    assert not (home / "config" / "node_key.pem").exists()
+
+
+def test_a_name_not_in_genesis_is_refused(net: Path) -> None:
+    home = net / "nodes" / "n3"
+    path = config_path(home)
+    path.write_text(path.read_text().replace('name = "n3"', 'name = "n9"'))
+    with pytest.raises(ConfigError, match=r"'n9' is not a member"):
+        load_identity(home)
+
+
+def test_free_ports_are_distinct() -> None:
+    ports = free_ports(16)
+    assert len(set(ports)) == 16
