@@ -1,0 +1,1 @@
+"""Raft crash-fault mode (a later issue)."""

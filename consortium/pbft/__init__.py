@@ -1,0 +1,1 @@
+"""PBFT (Castro & Liskov) as a sans-IO state machine."""
