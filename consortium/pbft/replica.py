@@ -358,8 +358,8 @@ class PbftReplica:
     # --- primary: batching ------------------------------------------------------------------
 
     def _maybe_propose(self) -> None:
-        if not self.is_primary:
-            return
+        if not self.is_primary or self._wall_ms == 0:
+            return  # proposals carry our wall clock: wait for the first tick to learn it
         params = self.params
         while self._pool and self._next_seq <= self.high_watermark:
             in_flight = self._next_seq - 1 - self.last_executed
