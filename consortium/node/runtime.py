@@ -125,9 +125,9 @@ class Node:
                 records=self.store.load_records(),
             ),
         )
-        self._events_send, self._events_recv = trio.open_memory_channel[
-            tuple[str, Any, Any]
-        ](EVENTS_MAX)
+        self._events_send, self._events_recv = trio.open_memory_channel[tuple[str, Any, Any]](
+            EVENTS_MAX
+        )
         # tx id -> connections waiting for its receipt (bounded in total)
         self._watchers: dict[bytes, list[Any]] = {}
         self._watch_count = 0
@@ -238,7 +238,10 @@ class Node:
                 blocks.append((block, execution, batch.certificate.encode()))
                 body = block_signature_body(block.height, block.hash, self.me)
                 signatures.append(
-                    (block.height, SignedVote(body, self.signer.sign(Domain.BLOCK, self.chain_id, body)))
+                    (
+                        block.height,
+                        SignedVote(body, self.signer.sign(Domain.BLOCK, self.chain_id, body)),
+                    )
                 )
             if blocks or ready.records or ready.stable_checkpoints:
                 self.store.save(

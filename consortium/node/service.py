@@ -124,7 +124,9 @@ class ClientService:
         for v in verdicts:
             if v[1] == "rejected":
                 key = str(v[2]).split(":")[0]
-                node.metrics.rejected_at_submit[key] = node.metrics.rejected_at_submit.get(key, 0) + 1
+                node.metrics.rejected_at_submit[key] = (
+                    node.metrics.rejected_at_submit.get(key, 0) + 1
+                )
         conn.reply(request.req_id, verdicts)
 
     def _receipt_bundle(self, tx_id: bytes) -> list[Any] | None:
@@ -134,7 +136,9 @@ class ClientService:
             return None
         stored = node.store.get_block(receipt.height)
         assert stored is not None, "a receipt's block is stored with it"
-        return node.make_bundle(stored.block, receipt.index, node.own_block_signature(receipt.height))
+        return node.make_bundle(
+            stored.block, receipt.index, node.own_block_signature(receipt.height)
+        )
 
     def _read(self, key: bytes) -> list[Any]:
         node = self.node

@@ -19,9 +19,7 @@ from consortium.ledger.tx import Transaction
 
 
 class TxSignatureCache:
-    def __init__(
-        self, verifier: Verifier, *, entries_max: int = 262_144, threads: int = 2
-    ) -> None:
+    def __init__(self, verifier: Verifier, *, entries_max: int = 262_144, threads: int = 2) -> None:
         self._verifier = verifier
         self._entries_max = entries_max
         self._results: OrderedDict[bytes, bool] = OrderedDict()
@@ -76,9 +74,7 @@ class TxSignatureCache:
             outcomes: list[list[bool]] = [[] for _ in chunks]
 
             async def worker(k: int) -> None:
-                outcomes[k] = await trio.to_thread.run_sync(
-                    run, chunks[k], limiter=self._limiter
-                )
+                outcomes[k] = await trio.to_thread.run_sync(run, chunks[k], limiter=self._limiter)
 
             async with trio.open_nursery() as nursery:
                 for k in range(len(chunks)):
