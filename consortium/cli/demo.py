@@ -45,7 +45,9 @@ async def drive(
     genesis: Genesis, keys: list[KeyPair], total: int, progress: bool = True
 ) -> tuple[int, int, float]:
     """Submit `total` transactions spread over the clients; returns (ok, not ok, seconds)."""
-    per_client = [total // len(keys) + (1 if i < total % len(keys) else 0) for i in range(len(keys))]
+    per_client = [
+        total // len(keys) + (1 if i < total % len(keys) else 0) for i in range(len(keys))
+    ]
     committed = 0
     failed = 0
     started = time.monotonic()
@@ -54,9 +56,7 @@ async def drive(
         if progress:
             rate = committed / max(1e-6, time.monotonic() - started)
             bar = "#" * int(30 * committed / max(1, total))
-            typer.echo(
-                f"\r  [{bar:<30}] {committed}/{total} committed  {rate:,.0f} tx/s", nl=False
-            )
+            typer.echo(f"\r  [{bar:<30}] {committed}/{total} committed  {rate:,.0f} tx/s", nl=False)
 
     async def one_client(k: KeyPair, count: int, ci: int) -> None:
         nonlocal committed, failed
@@ -72,7 +72,11 @@ async def drive(
                 ]
                 outcomes = await client.submit_and_wait(txs, timeout_s=30.0)
                 for o in outcomes:
-                    if o.status == "committed" and o.receipt is not None and o.receipt.status == "ok":
+                    if (
+                        o.status == "committed"
+                        and o.receipt is not None
+                        and o.receipt.status == "ok"
+                    ):
                         committed += 1
                     else:
                         failed += 1
@@ -119,7 +123,9 @@ def run_demo(directory: Path, *, members: int, clients: int, txs: int, keep: boo
     heads: set[tuple[int, bytes]] = set()
     for m in genesis.members:
         home = directory / "nodes" / m.name
-        report = audit_ledger(home / "data" / "ledger.sqlite", Genesis.load(home / "config" / "genesis.json"))
+        report = audit_ledger(
+            home / "data" / "ledger.sqlite", Genesis.load(home / "config" / "genesis.json")
+        )
         heads.add((report.height, report.head_hash))
         verdict = (
             f"verify OK ({report.certificates_checked} certificates)"
@@ -128,7 +134,8 @@ def run_demo(directory: Path, *, members: int, clients: int, txs: int, keep: boo
             f"{report.problem.reason if report.problem else ''}"
         )
         typer.echo(
-            f"   {m.name}: height {report.height:>5}  head {report.head_hash.hex()[:16]}…  {verdict}"
+            f"   {m.name}: height {report.height:>5}  "
+            f"head {report.head_hash.hex()[:16]}…  {verdict}"
         )
         ok = ok and report.ok
     if len(heads) != 1:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sys
 import time
 from pathlib import Path
 from typing import Annotated
@@ -71,14 +70,14 @@ def init(
     """Write a local network: keys, genesis, one node home per member, client config."""
     if mode not in MODES:
         raise _fail(f"--mode must be one of {', '.join(MODES)}")
-    if mode == "raft":
+    if mode != "pbft":
         raise _fail("raft mode is not available yet in this release; use --mode pbft")
     try:
         genesis = init_network(
             directory,
             members=members,
             clients=clients,
-            mode=mode,  # type: ignore[arg-type]
+            mode="pbft",
             chain_name=chain_name,
             force=force,
         )
@@ -246,9 +245,7 @@ def status(
 
 @ledger_app.command("verify")
 def ledger_verify(
-    home: Annotated[
-        Path | None, typer.Option("--home", help="A member's home directory.")
-    ] = None,
+    home: Annotated[Path | None, typer.Option("--home", help="A member's home directory.")] = None,
     db: Annotated[Path | None, typer.Option(help="A ledger file (ledger.sqlite).")] = None,
     genesis_path: Annotated[
         Path | None, typer.Option("--genesis", help="The genesis file to audit against.")
@@ -296,9 +293,5 @@ def demo(
         raise typer.Exit(EXIT_FAILED)
 
 
-def main() -> None:  # pragma: no cover - console entry
-    app(prog_name="consortium")
-
-
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    app(prog_name="consortium")

@@ -99,9 +99,7 @@ def init_network(
     )
     for k, m in zip(member_keys, member_list, strict=True):
         home = directory / "nodes" / m.name
-        write_config(
-            home, name=m.name, peer_listen=m.peer_address, client_listen=m.client_address
-        )
+        write_config(home, name=m.name, peer_listen=m.peer_address, client_listen=m.client_address)
         k.save(home / "config" / "node_key.pem")
         (home / "config" / "genesis.json").write_text(text)
         (home / "data").mkdir(parents=True, exist_ok=True)

@@ -55,8 +55,10 @@ def status_table(genesis: Genesis, statuses: list[dict[str, Any]]) -> None:
     )
     for s in statuses:
         if s.get("error"):
-            typer.echo(f"{s.get('member', '?'):<7} {'-':>5} {'-':<8} {'-':>7} {'-':>10} "
-                       f"{'-':>6}  {'-':<14} {s['error']}")
+            typer.echo(
+                f"{s.get('member', '?'):<7} {'-':>5} {'-':<8} {'-':>7} {'-':>10} "
+                f"{'-':>6}  {'-':<14} {s['error']}"
+            )
             continue
         peers = s.get("peers", [])
         connected = sum(1 for p in peers if p.get("outbound_connected"))
@@ -99,7 +101,7 @@ def print_outcome(outcome: Any, *, as_json: bool) -> None:
         typer.echo(
             f"receipt   {receipt.status}"
             + (f" ({receipt.reason})" if receipt.reason else "")
-            + f", results {doc['receipt']['results']}, index {receipt.index}"  # type: ignore[index]
+            + f", results {[_show(r) for r in receipt.results]}, index {receipt.index}"
         )
     if outcome.status == "pending":
         typer.echo(

@@ -31,6 +31,7 @@ class Domain(Enum):
     BLOCK = b"consortium/v1/block\x00"
     RAFT_ENTRY = b"consortium/v1/raft-entry\x00"
     CONFIG = b"consortium/v1/config\x00"
+    READ = b"consortium/v1/read\x00"
 
 
 def signed_message(domain: Domain, chain_id: bytes, body: bytes) -> bytes:

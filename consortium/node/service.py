@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from consortium.crypto.codec import WireFormatError, pack
+from consortium.crypto.codec import WireFormatError
 from consortium.crypto.signing import Domain
 from consortium.ledger.tx import Transaction
 from consortium.node import api
@@ -144,7 +144,7 @@ class ClientService:
         node = self.node
         value = node.app.kv.get(key)
         head = node.store.head
-        body = pack(["read", key, value, head.height, head.hash, node.me])
+        body = api.read_body(key, value, head.height, head.hash, node.me)
         sig = node.signer.sign(Domain.READ, node.chain_id, body)
         return [key, value, head.height, head.hash, node.me, sig]
 
