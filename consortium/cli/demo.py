@@ -7,6 +7,7 @@ member's ledger is audited offline from the genesis file alone.
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -52,11 +53,21 @@ async def drive(
     failed = 0
     started = time.monotonic()
 
+    tty = sys.stdout.isatty()
+    shown = [0]
+
     def show() -> None:
-        if progress:
-            rate = committed / max(1e-6, time.monotonic() - started)
-            bar = "#" * int(30 * committed / max(1, total))
-            typer.echo(f"\r  [{bar:<30}] {committed}/{total} committed  {rate:,.0f} tx/s", nl=False)
+        if not progress:
+            return
+        done = committed + failed
+        rate = committed / max(1e-6, time.monotonic() - started)
+        bar = "#" * int(30 * done / max(1, total))
+        line = f"  [{bar:<30}] {committed}/{total} committed  {rate:,.0f} tx/s"
+        if tty:
+            typer.echo("\r" + line, nl=False)
+        elif done >= shown[0] + max(1, total // 4) or done == total:
+            shown[0] = done
+            typer.echo(line)
 
     async def one_client(k: KeyPair, count: int, ci: int) -> None:
         nonlocal committed, failed
@@ -87,7 +98,7 @@ async def drive(
         for ci, (k, count) in enumerate(zip(keys, per_client, strict=True)):
             nursery.start_soon(one_client, k, count, ci)
     elapsed = time.monotonic() - started
-    if progress:
+    if progress and tty:
         typer.echo("")
     return committed, failed, elapsed
 

@@ -364,11 +364,9 @@ class ClientServer:
         try:
             with conn.scope:
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(conn.writer, stream)
+                    nursery.start_soon(self._write_replies, stream, conn)
                     await self._read_requests(stream, conn)
                     nursery.cancel_scope.cancel()
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            pass
         finally:
             del self.connections[conn.id]
             if conn.closed_reason:
@@ -378,6 +376,12 @@ class ClientServer:
             self.handler.disconnected(conn)
             await trio.aclose_forcefully(stream)
 
+    async def _write_replies(self, stream: trio.SocketStream, conn: ClientConnection) -> None:
+        try:
+            await conn.writer(stream)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            conn.scope.cancel()  # the client went away; the reader stops too
+
     async def _read_requests(self, stream: trio.SocketStream, conn: ClientConnection) -> None:
         reader = FrameReader(stream, self._frame_max)
         while True:
@@ -386,6 +390,8 @@ class ClientServer:
             except FrameError as exc:
                 self._count("bad_frame")
                 self._ratelog.warning("frame", f"client {conn.peer}: closing: {exc}")
+                return
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 return
             if frame is None:
                 return
@@ -398,4 +404,11 @@ class ClientServer:
                     return
                 conn.error(exc.req_id, f"bad request: {exc}")
                 continue
-            await self.handler.handle(conn, request)
+            try:
+                await self.handler.handle(conn, request)
+            except Exception:
+                # A bug reached by client input must not take the member down: log it loudly
+                # with its traceback, answer the request, keep serving.
+                self._count("internal_error")
+                self.log.exception("internal error serving %s from %s", request, conn.peer)
+                conn.error(request.req_id, "internal error (logged by the member)")

@@ -89,6 +89,7 @@ class ConsortiumClient:
         addresses: dict[int, tuple[str, int]] | None = None,
         frame_bytes_max: int | None = None,
         retransmit_s: float = 1.0,
+        connect_timeout_s: float = 1.0,
     ) -> None:
         self.genesis = genesis
         self.keys = keys
@@ -96,6 +97,7 @@ class ConsortiumClient:
         self.verifier = Ed25519Verifier()
         self.confirmations_needed = genesis.f + 1 if genesis.mode == "pbft" else 1
         self.retransmit_s = retransmit_s
+        self.connect_timeout_s = connect_timeout_s
         self._frame_max = frame_bytes_max or genesis.params.frame_bytes_max
         if addresses is None:
             addresses = {}
@@ -119,6 +121,11 @@ class ConsortiumClient:
         self._nursery = await self._cm.__aenter__()
         for member in self._members.values():
             self._nursery.start_soon(self._member_loop, member)
+        # Give every member a moment to accept us, so the first submit reaches all of them;
+        # members that are down are simply not waited for beyond this.
+        with trio.move_on_after(self.connect_timeout_s):
+            for member in self._members.values():
+                await member.connected.wait()
         return self
 
     async def __aexit__(
