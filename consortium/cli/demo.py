@@ -103,6 +103,25 @@ async def drive(
     return committed, failed, elapsed
 
 
+async def heights(genesis: Genesis, members: list[int]) -> dict[int, int]:
+    """Each member's current height, from its status."""
+    out: dict[int, int] = {}
+    async with ConsortiumClient(genesis) as client:
+        for i in members:
+            out[i] = int((await client.status(i, 2.0))["height"])
+    return out
+
+
+async def wait_same_height(genesis: Genesis, members: list[int], timeout_s: float) -> int:
+    """Wait until the members report one height (the last commits reached everyone)."""
+    with trio.fail_after(timeout_s):
+        while True:
+            hs = await heights(genesis, members)
+            if len(set(hs.values())) == 1:
+                return next(iter(hs.values()))
+            await trio.sleep(0.1)
+
+
 def run_demo(directory: Path, *, members: int, clients: int, txs: int, keep: bool) -> bool:
     typer.echo(f"== writing a {members}-member PBFT network in {directory}")
     genesis = init_network(directory, members=members, clients=clients, mode="pbft", force=True)
@@ -125,7 +144,7 @@ def run_demo(directory: Path, *, members: int, clients: int, txs: int, keep: boo
         )
         ok = failed == 0 and committed == txs
         # Let the last block's commits reach every member, then stop them cleanly.
-        time.sleep(1.0)
+        trio.run(wait_same_height, genesis, list(range(genesis.n)), 20.0)
     finally:
         codes = network.stop()
     if any(c not in (0, None) for c in codes.values()):

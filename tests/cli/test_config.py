@@ -30,8 +30,11 @@ def test_init_writes_a_network_that_loads(net: Path) -> None:
         assert identity.member.index == i
         assert (home / "config" / "node_key.pem").stat().st_mode & 0o777 == 0o600
         assert Genesis.load(home / "config" / "genesis.json").chain_id == setup.genesis.chain_id
-    ports = [int(a.rsplit(":", 1)[1]) for m in setup.genesis.members
-             for a in (m.peer_address, m.client_address)]
+    ports = [
+        int(a.rsplit(":", 1)[1])
+        for m in setup.genesis.members
+        for a in (m.peer_address, m.client_address)
+    ]
     assert len(set(ports)) == len(ports)
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,14 +24,3 @@ def network(tmp_path: Path) -> Iterator[LocalNetwork]:
         yield net
     finally:
         net.stop()
-
-
-def cli(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
-    """Run `consortium ARGS` as a separate process, the way an operator would."""
-    return subprocess.run(
-        [sys.executable, "-m", "consortium", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )

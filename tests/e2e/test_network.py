@@ -9,31 +9,13 @@ from pathlib import Path
 import pytest
 import trio
 
-from consortium.cli.demo import drive
+from consortium.cli.demo import drive, heights, wait_same_height
 from consortium.cli.network import LocalNetwork, load_client_setup
 from consortium.ledger.genesis import Genesis
 from consortium.ledger.store import BlockStore
-from consortium.node.client import ConsortiumClient
-from tests.e2e.conftest import cli
+from tests.e2e.procs import cli
 
 pytestmark = pytest.mark.e2e
-
-
-async def heights(genesis: Genesis, members: list[int]) -> dict[int, int]:
-    out: dict[int, int] = {}
-    async with ConsortiumClient(genesis) as client:
-        for i in members:
-            out[i] = int((await client.status(i, 2.0))["height"])
-    return out
-
-
-async def wait_same_height(genesis: Genesis, members: list[int], timeout_s: float) -> int:
-    with trio.fail_after(timeout_s):
-        while True:
-            hs = await heights(genesis, members)
-            if len(set(hs.values())) == 1:
-                return next(iter(hs.values()))
-            await trio.sleep(0.2)
 
 
 def block_hashes(home: Path, genesis: Genesis) -> list[bytes]:
