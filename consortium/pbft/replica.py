@@ -71,6 +71,7 @@ EVIDENCE_MAX = 16
 FETCH_ANSWERS_MAX = 4096  # remembered (asker, seq) answers, for rate limiting
 FETCH_AHEAD = 4  # sequence numbers a lagging replica asks for at once
 RETRANSMIT_SLOTS_MAX = 16  # slots re-sent per tick
+STABLE_ARCHIVE_MAX = 4  # recent checkpoint certificates kept for replicas that missed votes
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -200,6 +201,9 @@ class PbftReplica:
         self._slots: dict[int, _Slot] = {}
         self._archive: OrderedDict[int, tuple[PrePrepare, CommitCertificate]] = OrderedDict()
         self._checkpoint_votes: dict[int, dict[int, Checkpoint]] = {}
+        self._stable_archive: OrderedDict[int, CheckpointCertificate] = OrderedDict()
+        if cp is not None:
+            self._stable_archive[cp.seq] = cp
         self._own_checkpoint: Checkpoint | None = None
         self._checkpoint_sent_ms = 0
 
@@ -548,6 +552,12 @@ class PbftReplica:
     def _on_checkpoint(self, cp: Checkpoint) -> None:
         if cp.seq <= self.low_watermark:
             self.rejected["stale_checkpoint"] += 1
+            # The sender still votes for a checkpoint that is stable here: it missed the
+            # votes. Hand it the certificate (Q signed CHECKPOINTs), rate-limited.
+            cert = self._stable_archive.get(cp.seq)
+            if cert is not None and self._may_answer(cp.sender, -cp.seq):
+                for vote in cert.votes:
+                    self._send_raw(cp.sender, pack([vote.body, vote.signature]))
             return
         if cp.seq > self.high_watermark or cp.seq % self.params.checkpoint_interval:
             self.rejected["outside_window"] += 1
@@ -564,20 +574,23 @@ class PbftReplica:
         self._highest_seen = max(self._highest_seen, cp.seq)
         self._try_stabilise(cp.seq)
 
+    def _may_answer(self, peer: int, key: int) -> bool:
+        """Rate limit for help given to one peer: once per retransmit interval per key."""
+        last = self._fetch_answered.get((peer, key))
+        if last is not None and self._mono_ms - last < self.config.retransmit_after_ms:
+            self.rejected["fetch_rate_limited"] += 1
+            return False
+        self._fetch_answered[(peer, key)] = self._mono_ms
+        while len(self._fetch_answered) > FETCH_ANSWERS_MAX:
+            self._fetch_answered.popitem(last=False)
+        return True
+
     def _on_fetch(self, sender: int, fetch: Fetch) -> None:
         if fetch.sender != sender:
             self.rejected["sender_mismatch"] += 1
             return
-        if not self._verify(fetch):
+        if not self._verify(fetch) or not self._may_answer(sender, fetch.seq):
             return
-        key = (sender, fetch.seq)
-        last = self._fetch_answered.get(key)
-        if last is not None and self._mono_ms - last < self.config.retransmit_after_ms:
-            self.rejected["fetch_rate_limited"] += 1
-            return
-        self._fetch_answered[key] = self._mono_ms
-        while len(self._fetch_answered) > FETCH_ANSWERS_MAX:
-            self._fetch_answered.popitem(last=False)
         slot = self._slots.get(fetch.seq)
         if slot is not None and slot.preprepare is not None:
             self._send(sender, slot.preprepare)
@@ -598,14 +611,7 @@ class PbftReplica:
         self.rejected["fetch_unknown"] += 1
 
     def _help_laggard(self, peer: int, slot: _Slot) -> None:
-        key = (peer, slot.seq)
-        last = self._fetch_answered.get(key)
-        if last is not None and self._mono_ms - last < self.config.retransmit_after_ms:
-            return
-        self._fetch_answered[key] = self._mono_ms
-        while len(self._fetch_answered) > FETCH_ANSWERS_MAX:
-            self._fetch_answered.popitem(last=False)
-        if slot.sent_commit is not None:
+        if slot.sent_commit is not None and self._may_answer(peer, slot.seq):
             self._send(peer, slot.sent_commit)
 
     # --- the predicates ---------------------------------------------------------------------
@@ -694,6 +700,9 @@ class PbftReplica:
         assert seq <= self.last_executed
         self.low_watermark = seq
         self.stable_certificate = cert
+        self._stable_archive[seq] = cert
+        while len(self._stable_archive) > STABLE_ARCHIVE_MAX:
+            self._stable_archive.popitem(last=False)
         self._ready.stable_checkpoints.append(cert)
         for s in sorted(k for k in self._slots if k <= seq):
             slot = self._slots.pop(s)
