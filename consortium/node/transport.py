@@ -324,7 +324,7 @@ class PeerNetwork:
                 peer.last_error = ""
                 backoff = BACKOFF_MIN_S
                 self.log.info("connected to %s at %s:%d", peer.name, host, port)
-                await self._send_loop(stream, peer)
+                await self._session(stream, peer)
             except HandshakeError as exc:
                 peer.last_error = exc.detail
                 self._failed("handshake", exc.reason, f"to {peer.name}: {exc.detail}")
@@ -344,6 +344,31 @@ class PeerNetwork:
             # Exponential backoff with jitter, so restarted members do not dial in lockstep.
             await trio.sleep(backoff * (0.5 + secrets.randbelow(1000) / 1000))
             backoff = min(BACKOFF_MAX_S, backoff * 2)
+
+    async def _session(self, stream: trio.SocketStream, peer: _Peer) -> None:
+        """Send until the connection fails. The listener never writes after the handshake, so
+        reading tells us at once when it goes away (instead of at the next send)."""
+        async with trio.open_nursery() as nursery:
+
+            async def watch_for_close() -> None:
+                try:
+                    while await stream.receive_some(4096):
+                        pass
+                    peer.last_error = "peer closed the connection"
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                    peer.last_error = str(exc) or type(exc).__name__
+                nursery.cancel_scope.cancel()
+
+            async def send() -> None:
+                try:
+                    await self._send_loop(stream, peer)
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                    peer.last_error = str(exc) or type(exc).__name__
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(watch_for_close)
+            nursery.start_soon(send)
+        self.log.info("lost connection to %s: %s", peer.name, peer.last_error)
 
     async def _send_loop(self, stream: trio.SocketStream, peer: _Peer) -> None:
         while True:
