@@ -224,6 +224,32 @@ def tx_submit(
 
 
 @app.command()
+def read(
+    key: Annotated[str, typer.Argument(help="The key to read.")],
+    net: NetOpt = Path("net"),
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for a quorum.")] = 5.0,
+) -> None:
+    """Fast-path read: the value a quorum of members sign for KEY right now. For a read
+    ordered with writes, use `consortium tx submit get KEY`."""
+    from consortium.node.client import ClientError, ConsortiumClient
+
+    try:
+        setup = load_client_setup(net)
+    except (NetworkError, GenesisError) as exc:
+        raise _fail(str(exc)) from None
+
+    async def main() -> bytes | None:
+        async with ConsortiumClient(setup.genesis) as c:
+            return await c.get(key.encode(), timeout_s=timeout)
+
+    try:
+        value = trio.run(main)
+    except ClientError as exc:
+        raise _fail(str(exc), EXIT_FAILED) from None
+    typer.echo("(absent)" if value is None else output.show_value(value))
+
+
+@app.command()
 def status(
     net: NetOpt = Path("net"),
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,

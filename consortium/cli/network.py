@@ -170,6 +170,9 @@ class LocalNetwork:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                # Its own session: a Ctrl-C in the terminal reaches `up` only, which then
+                # stops every member in order with SIGTERM.
+                start_new_session=True,
             )
             log.close()
 

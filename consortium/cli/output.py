@@ -110,6 +110,11 @@ def print_outcome(outcome: Any, *, as_json: bool) -> None:
         )
 
 
+def show_value(v: bytes) -> str:
+    shown = _show(v)
+    return shown if isinstance(shown, str) else repr(shown)
+
+
 def _show(v: object) -> object:
     if isinstance(v, bytes):
         try:

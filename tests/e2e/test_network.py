@@ -99,3 +99,31 @@ def test_a_backup_killed_under_load_leaves_three_committing_and_reopens_intact(
     assert result.returncode == 0, result.stderr + result.stdout
     survivors = block_hashes(network.homes[0], genesis)
     assert block_hashes(n4, genesis) == survivors[: killed_height + 1]
+
+
+def test_the_cli_submits_reads_and_shows_status(network: LocalNetwork) -> None:
+    net = str(network.directory)
+    put = cli("tx", "submit", "put", "greeting", "hello", "--net", net)
+    assert put.returncode == 0, put.stdout + put.stderr
+    assert "status    committed" in put.stdout
+    assert "confirmed by" in put.stdout
+    get = cli("tx", "submit", "get", "greeting", "--net", net, "--json")
+    assert get.returncode == 0, get.stdout + get.stderr
+    assert '"hello"' in get.stdout
+    cas = cli("tx", "submit", "cas", "greeting", "nope", "x", "--net", net)
+    assert cas.returncode == 0  # ordered and committed, with a rejected receipt
+    assert "cas_mismatch" in cas.stdout
+    read = cli("read", "greeting", "--net", net)
+    assert read.returncode == 0 and read.stdout.strip() == "hello", read.stdout + read.stderr
+    status = cli("status", "--net", net)
+    assert status.returncode == 0, status.stdout + status.stderr
+    lines = status.stdout.splitlines()
+    assert "n=4 f=1: 4 of 4 up" in lines[0]
+    for name in ("n1", "n2", "n3", "n4"):
+        assert any(line.startswith(name) for line in lines)
+    network.kill("n3")
+    status = cli("status", "--net", net)
+    assert "3 of 4 up, tolerates 0 more" in status.stdout
+    assert "unreachable" in status.stdout
+    usage = cli("tx", "submit", "put", "only-a-key", "--net", net)
+    assert usage.returncode == 2 and "usage" in usage.stderr
