@@ -151,10 +151,10 @@ def run_demo(directory: Path, *, members: int, clients: int, txs: int, keep: boo
         # Let the last block's commits reach every member, then stop them cleanly.
         trio.run(wait_same_height, genesis, list(range(genesis.n)), 20.0)
         metrics = trio.run(member_metrics, genesis)
-        for name, m in metrics:
+        for name, figures in metrics:
             typer.echo(
-                f"   {name}: {m['fsyncs_per_block']} fsyncs per block (one per core step), "
-                f"{m['signatures_verified']} client signatures verified"
+                f"   {name}: {figures['fsyncs_per_block']} fsyncs per block (one per core step), "
+                f"{figures['signatures_verified']} client signatures verified"
             )
     finally:
         codes = network.stop()
