@@ -347,7 +347,7 @@ class Node:
             "f": self.genesis.f,
             "quorum": self.genesis.quorum,
             "view": core.get("view"),
-            "primary": self.genesis.members[int(core.get("primary", 0))].name,
+            "primary": self.genesis.members[self.core.primary].name,
             "height": head.height,
             "head_hash": head.hash.hex(),
             "stable_checkpoint": core.get("stable_checkpoint"),

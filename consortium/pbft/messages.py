@@ -1,21 +1,27 @@
-"""PBFT protocol messages and their wire form (Castro & Liskov 1999, §4.2; TOCS 2002, §2.3).
+"""PBFT protocol messages and their wire form (Castro & Liskov, OSDI 1999 §4.2-4.3; TOCS 2002
+§2.3 and §4, the variant with signatures rather than authenticators).
 
-Every message travels as the msgpack array [body, signature] (a PRE-PREPARE adds the batch:
-[body, signature, [tx, ...]]). The body is the canonical encoding of a fixed-order array whose
-first element names the kind and whose last is the sender's member index; the signature is the
-sender's Ed25519 signature over Domain.PBFT + chain id + body, verified over the body bytes
-exactly as received (a non-canonical body is refused at decode, so no re-encoding is needed).
+Theory of operation
+-------------------
+Every message travels as one canonical msgpack array [body, signature]; a PRE-PREPARE appends
+its batch: [body, signature, [tx.to_array(), ...]]. The body is the canonical encoding of a
+fixed-order array naming the kind first and the sender last:
 
     PRE-PREPARE  ["preprepare", view, seq, digest, proposed_ms, sender]   + the batch
     PREPARE      ["prepare", view, seq, digest, sender]
-    COMMIT       ["commit", view, seq, digest, sender]     (= certificates.commit_body)
-    CHECKPOINT   ["checkpoint", seq, block_hash, sender]   (= certificates.checkpoint_body)
-    FETCH        ["fetch", seq, sender]    a lagging replica asks for a batch it is missing
+    COMMIT       ["commit", view, seq, digest, sender]     == certificates.commit_body
+    CHECKPOINT   ["checkpoint", seq, block_hash, sender]   == certificates.checkpoint_body
 
-Because each vote is signed by its author, a vote relayed by another replica is as good as one
-received directly: the author is the signer, not the connection. Batches travel with the
-PRE-PREPARE; the digest binds the ordered tx ids and the proposed timestamp
-(ledger.block.batch_digest), and the client signatures are checked separately.
+The signature is the sender's, over Domain.PBFT + chain id + body (consortium.crypto.signing),
+and it is checked over the body bytes exactly as received: `decode` refuses a non-canonical
+frame or body, so nothing is ever re-encoded before verifying. Because COMMIT and CHECKPOINT
+bodies are exactly the certificate bodies, a commit or checkpoint certificate is just the
+signed messages kept as SignedVote(body, signature).
+
+The digest binds the ordered transaction ids and the proposed timestamp
+(ledger.block.batch_digest); it is not checked here, nor are signatures, membership or limits
+that depend on the network's state: `decode` checks shape only and raises only WireFormatError,
+and the replica validates the rest and counts what it drops.
 """
 
 from __future__ import annotations
@@ -28,28 +34,39 @@ from consortium.crypto.codec import (
     as_int,
     as_list,
     pack,
-    unpack,
     unpack_canonical,
 )
+from consortium.crypto.keys import SIGNATURE_BYTES
 from consortium.crypto.signing import Domain, Signer
+from consortium.ledger.block import batch_digest
 from consortium.ledger.certificates import SignedVote, checkpoint_body, commit_body
 from consortium.ledger.genesis import Params
 from consortium.ledger.tx import Transaction
 
 __all__ = [
+    "BODY_BYTES_MAX",
     "Checkpoint",
     "Commit",
-    "Fetch",
     "Message",
     "PrePrepare",
     "Prepare",
     "WireFormatError",
     "decode",
     "encode",
+    "preprepare_body",
+    "prepare_body",
 ]
 
-BODY_BYTES_MAX = 256
-_MEMBERS_MAX = 1024
+BODY_BYTES_MAX = 256  # every body is a short array of small ints and two 32-byte hashes
+DIGEST_BYTES = 32
+
+
+def preprepare_body(view: int, seq: int, digest: bytes, proposed_ms: int, sender: int) -> bytes:
+    return pack(["preprepare", view, seq, digest, proposed_ms, sender])
+
+
+def prepare_body(view: int, seq: int, digest: bytes, sender: int) -> bytes:
+    return pack(["prepare", view, seq, digest, sender])
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -68,16 +85,17 @@ class PrePrepare:
         cls,
         signer: Signer,
         chain_id: bytes,
-        *,
         view: int,
         seq: int,
-        digest: bytes,
         proposed_ms: int,
         sender: int,
         txs: tuple[Transaction, ...],
+        *,
+        digest: bytes | None = None,  # tests only: a digest that does not match the batch
     ) -> PrePrepare:
-        body = pack(["preprepare", view, seq, digest, proposed_ms, sender])
-        sig = signer.sign(Domain.PBFT, chain_id, body)
+        if digest is None:
+            digest = batch_digest(proposed_ms, [t.id for t in txs])
+        body = preprepare_body(view, seq, digest, proposed_ms, sender)
         return cls(
             view=view,
             seq=seq,
@@ -86,8 +104,15 @@ class PrePrepare:
             sender=sender,
             txs=txs,
             body=body,
-            signature=sig,
+            signature=signer.sign(Domain.PBFT, chain_id, body),
         )
+
+    @property
+    def batch_bytes(self) -> int:
+        return sum(t.size for t in self.txs)
+
+    def vote(self) -> SignedVote:
+        return SignedVote(self.body, self.signature)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -101,9 +126,9 @@ class Prepare:
 
     @classmethod
     def create(
-        cls, signer: Signer, chain_id: bytes, *, view: int, seq: int, digest: bytes, sender: int
+        cls, signer: Signer, chain_id: bytes, view: int, seq: int, digest: bytes, sender: int
     ) -> Prepare:
-        body = pack(["prepare", view, seq, digest, sender])
+        body = prepare_body(view, seq, digest, sender)
         return cls(
             view=view,
             seq=seq,
@@ -125,7 +150,7 @@ class Commit:
 
     @classmethod
     def create(
-        cls, signer: Signer, chain_id: bytes, *, view: int, seq: int, digest: bytes, sender: int
+        cls, signer: Signer, chain_id: bytes, view: int, seq: int, digest: bytes, sender: int
     ) -> Commit:
         body = commit_body(view, seq, digest, sender)
         return cls(
@@ -151,7 +176,7 @@ class Checkpoint:
 
     @classmethod
     def create(
-        cls, signer: Signer, chain_id: bytes, *, seq: int, block_hash: bytes, sender: int
+        cls, signer: Signer, chain_id: bytes, seq: int, block_hash: bytes, sender: int
     ) -> Checkpoint:
         body = checkpoint_body(seq, block_hash, sender)
         return cls(
@@ -166,87 +191,63 @@ class Checkpoint:
         return SignedVote(self.body, self.signature)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Fetch:
-    seq: int
-    sender: int
-    body: bytes
-    signature: bytes
-
-    @classmethod
-    def create(cls, signer: Signer, chain_id: bytes, *, seq: int, sender: int) -> Fetch:
-        body = pack(["fetch", seq, sender])
-        return cls(
-            seq=seq, sender=sender, body=body, signature=signer.sign(Domain.PBFT, chain_id, body)
-        )
-
-
-Message = PrePrepare | Prepare | Commit | Checkpoint | Fetch
+Message = PrePrepare | Prepare | Commit | Checkpoint
 
 
 def encode(msg: Message) -> bytes:
+    """The frame of `msg`; for a decoded message this is exactly the frame it came from."""
     if isinstance(msg, PrePrepare):
         return pack([msg.body, msg.signature, [t.to_array() for t in msg.txs]])
     return pack([msg.body, msg.signature])
 
 
 def decode(frame: bytes, params: Params) -> Message:
-    """Decode one frame; raises only WireFormatError. Signatures are NOT checked here."""
-    envelope = as_list(unpack(frame, max_len=params.frame_bytes_max), what="pbft message")
+    """Decode one frame; raises only WireFormatError. Shape only: no signature is checked."""
+    envelope = as_list(unpack_canonical(frame, max_len=params.frame_bytes_max), what="pbft message")
     if len(envelope) not in (2, 3):
         raise WireFormatError(
             "pbft message: expected [body, signature] or [body, signature, batch]"
         )
     body = as_bytes(envelope[0], "body", max_len=BODY_BYTES_MAX)
-    signature = as_bytes(envelope[1], "signature", size=64)
-    b = as_list(unpack_canonical(body, max_len=BODY_BYTES_MAX), what="body")
-    if not b or not isinstance(b[0], str):
-        raise WireFormatError("body: missing kind")
-    kind = b[0]
+    signature = as_bytes(envelope[1], "signature", size=SIGNATURE_BYTES)
+    fields = as_list(unpack_canonical(body, max_len=BODY_BYTES_MAX), what="body")
+    if not fields or not isinstance(fields[0], str):
+        raise WireFormatError("body: the first field must name the message kind")
+    kind = fields[0]
     if kind == "preprepare":
         if len(envelope) != 3:
             raise WireFormatError("preprepare: the batch is missing")
-        as_list(b, 6, "preprepare")
+        as_list(fields, 6, kind)
         raw_txs = as_list(envelope[2], what="batch")
-        if len(raw_txs) > params.batch_txs_max:
-            raise WireFormatError(f"batch: more than {params.batch_txs_max} transactions")
         return PrePrepare(
-            view=as_int(b[1], "view"),
-            seq=as_int(b[2], "seq"),
-            digest=as_bytes(b[3], "digest", size=32),
-            proposed_ms=as_int(b[4], "proposed_ms"),
-            sender=as_int(b[5], "sender", hi=_MEMBERS_MAX),
+            view=as_int(fields[1], "view"),
+            seq=as_int(fields[2], "seq"),
+            digest=as_bytes(fields[3], "digest", size=DIGEST_BYTES),
+            proposed_ms=as_int(fields[4], "proposed_ms"),
+            sender=as_int(fields[5], "sender"),
             txs=tuple(Transaction.from_array(t, params) for t in raw_txs),
             body=body,
             signature=signature,
         )
     if len(envelope) != 2:
-        raise WireFormatError(f"{kind}: unexpected batch")
+        raise WireFormatError(f"{kind[:16]}: unexpected third field")
     if kind in ("prepare", "commit"):
-        as_list(b, 5, kind)
+        as_list(fields, 5, kind)
         cls = Prepare if kind == "prepare" else Commit
         return cls(
-            view=as_int(b[1], "view"),
-            seq=as_int(b[2], "seq"),
-            digest=as_bytes(b[3], "digest", size=32),
-            sender=as_int(b[4], "sender", hi=_MEMBERS_MAX),
+            view=as_int(fields[1], "view"),
+            seq=as_int(fields[2], "seq"),
+            digest=as_bytes(fields[3], "digest", size=DIGEST_BYTES),
+            sender=as_int(fields[4], "sender"),
             body=body,
             signature=signature,
         )
     if kind == "checkpoint":
-        as_list(b, 4, kind)
+        as_list(fields, 4, kind)
         return Checkpoint(
-            seq=as_int(b[1], "seq"),
-            block_hash=as_bytes(b[2], "block_hash", size=32),
-            sender=as_int(b[3], "sender", hi=_MEMBERS_MAX),
-            body=body,
-            signature=signature,
-        )
-    if kind == "fetch":
-        as_list(b, 3, kind)
-        return Fetch(
-            seq=as_int(b[1], "seq"),
-            sender=as_int(b[2], "sender", hi=_MEMBERS_MAX),
+            seq=as_int(fields[1], "seq"),
+            block_hash=as_bytes(fields[2], "block_hash", size=DIGEST_BYTES),
+            sender=as_int(fields[3], "sender"),
             body=body,
             signature=signature,
         )

@@ -1,86 +1,120 @@
-"""The PBFT replica, normal case, as a pure state machine (Castro & Liskov, OSDI 1999 §4.2-4.3
-and §4.6 batching; TOCS 2002 §2-3, signature variant).
+"""The PBFT replica, normal case, as a pure sans-IO state machine (Castro & Liskov, OSDI 1999
+§4.2 normal-case operation, §4.3 garbage collection, §4.6 batching; TOCS 2002 §2.3 and §5.1,
+the variant with signatures).
 
-Inputs: tick(mono_ms, wall_ms), receive(sender, message), propose(tx), executed(seq, hash).
-Output: take_ready() -> Ready(records, messages, committed, stable_checkpoints), in the order the
-shell must carry them out: persist the records, then send the messages, then execute the
-committed batches and report each with executed().
+Theory of operation
+-------------------
+Inputs: tick(mono_ms, wall_ms), receive(sender, frame | message), propose(tx),
+executed(seq, block_hash). Output: take_ready() -> Ready(records, messages, committed,
+stable_checkpoints), which the shell carries out in that order: persist the records (one
+fsync, with any blocks), then send the messages, then execute the committed batches in order
+and report each with executed(). The core reads no clock and does no I/O.
 
-Rules.
-- Quorum Q = ceil((n+f+1)/2) (2f+1 when n = 3f+1): any two quorums share an honest member.
-- The primary of view v is v mod n. It assigns consecutive sequence numbers inside the window
-  (h, h+L] and broadcasts a signed PRE-PREPARE with the batch. A backup accepts it when it is
-  from the primary of its view, in the window, every transaction is well-formed, of this chain
-  and client-signed (tx_ok), the digest matches, and it has not accepted another digest for
-  that (view, seq); then it broadcasts a PREPARE.
-- prepared(seq): the PRE-PREPARE plus Q-1 matching PREPAREs from distinct backups (the primary
-  sends none). Prepared -> broadcast COMMIT.
-- committed(seq): the PRE-PREPARE plus Q matching COMMITs from distinct members. Q COMMITs mean
-  at least f+1 honest members prepared, which is the paper's committed predicate; a replica
-  that was not itself prepared may therefore execute a batch on a commit certificate (this is
-  how a replica that lost messages recovers them, and it is what state transfer relies on).
-- Batches execute strictly in sequence order; each comes out exactly once with its commit
-  certificate (Q signed COMMITs).
-- Every K sequence numbers a replica signs CHECKPOINT(seq, block hash) after executing seq.
-  Q matching CHECKPOINTs make it stable: h moves to seq, and the log at or below h is dropped,
-  except a bounded archive of the last L committed batches with their certificates, kept to
-  answer FETCH from replicas that lost messages.
-- Every input is checked before it counts (member, signature, role, view, window, digest, each
-  client signature); a rejected input is dropped and counted in `rejected` by reason, never
-  raised.
-- Own votes are persisted (Ready.records) before they are sent, so a restarted replica never
-  contradicts itself: it reloads them and re-sends the same votes.
+Rules (n members, f = (n-1)//3, Q = ceil((n+f+1)/2): any two quorums share f+1 members, so
+at least one honest one; Q = 2f+1 when n = 3f+1):
 
-Deviations and additions, each for liveness under message loss, which the paper leaves to
-retransmission: a replica re-sends its own votes for slots not committed after retransmit_ms;
-a replica that sees no progress while it knows of pending work sends FETCH for the next
-sequence number, and others answer with the PRE-PREPARE and the COMMITs they hold (relayed: the
-signatures name the authors). A backup withholds its PREPARE when the proposed timestamp is
-more than timestamp_skew_ms from its clock (not evidence; other replicas may still prepare).
+    primary(v) = v mod n. It batches client transactions and assigns the next sequence number
+      inside the window (h, h+L], signing PRE-PREPARE(v, seq, digest, proposed_ms) + batch.
+    backup accepts a PRE-PREPARE  from primary(v), in view v, in the window, validly signed,
+      when it holds no other digest for (v, seq), the batch is within limits, every
+      transaction is of this chain and client-signed (tx_ok), and the digest matches. Then it
+      persists the PRE-PREPARE and its PREPARE and multicasts the PREPARE, unless the proposed
+      timestamp is further than timestamp_skew_ms from its clock: then it withholds its
+      PREPARE (counted, not evidence; the others may still prepare the batch).
+    prepared(seq)   the PRE-PREPARE plus Q-1 matching PREPAREs from distinct backups (the
+      primary sends none): persist the prepared certificate and our COMMIT, multicast it.
+    committed-local(seq)   prepared plus Q matching COMMITs from distinct members (ours
+      included); batches come out in Ready.committed strictly in sequence order, each once,
+      with a commit certificate of Q signed COMMITs.
+    checkpoint   after executing a multiple of K, sign CHECKPOINT(seq, block hash); Q matching
+      make it stable: h moves, the log at or below h is collected (pbft/checkpoint.py).
 
-View change is a later issue: view is carried everywhere and the primary is view mod n; the
-seams are `view`, `evidence` (conflicting PRE-PREPAREs are kept) and the request pool.
+Every peer input is checked before it counts, and anything wrong is dropped and counted in
+`rejected` by reason, never raised:
+
+    malformed          the frame does not decode (messages.decode)
+    not_member         the authenticated sender is not a member index
+    from_self          a message claiming to come from this replica over the network
+    sender_mismatch    the signed sender field is not the authenticated sender
+    bad_signature      the signature does not verify over the exact body received
+    wrong_view         the view is not ours (a higher view is also kept, bounded, for the
+                       view-change issue)
+    not_primary        a PRE-PREPARE from a member that is not primary of its view
+    prepare_from_primary   the primary of the view sent a PREPARE
+    outside_window     sequence number at or below h (or a CHECKPOINT above h+L); messages
+                       above h+L are buffered per sender, bounded, and re-fed when h moves
+    buffer_full        that sender's buffer of early messages is full
+    duplicate          the same vote again (retransmissions land here)
+    conflicting_vote   a second, different PREPARE/COMMIT/CHECKPOINT from one member
+    conflicting_preprepare   a second PRE-PREPARE for (v, seq) with another digest: both
+                       signed bodies are kept in `evidence` for the view-change issue
+    batch_too_large, wrong_chain, digest_mismatch, bad_client_signature   an invalid batch;
+                       stateless, so every honest replica decides alike; kept in `evidence`
+    timestamp_skew     our PREPARE was withheld (the PRE-PREPARE itself is accepted)
+    not_checkpoint_seq a CHECKPOINT for a sequence number that is not a multiple of K
+    stale_checkpoint   a CHECKPOINT at or below our h: the sender lags, we answer it
+    checkpoint_mismatch   a quorum certified a block hash other than ours (never adopted)
+    and, for propose(): tx_duplicate, pool_full, wrong_chain, tx_too_large.
+
+Retransmission is the only recovery from message loss until view change and state transfer
+exist; pbft/retransmit.py decides which own frames to re-send to whom (timers of
+retransmit_ms = params.request_timeout_ms // 4 by default, plus gaps and repeats in what peers
+send). A replica that lags by more than L needs state transfer (a later issue): status() says so.
+
+Seams for view change (not implemented): `view` and `primary`, the view in every slot and
+message, `evidence`, the pool kept by backups, the buffer of higher-view messages, and tick()
+as the place for the view-change timer.
 """
 
 from __future__ import annotations
 
-from collections import Counter, OrderedDict
+from collections import Counter, deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
-from consortium.crypto.codec import WireFormatError, pack, unpack
+from consortium.crypto.codec import WireFormatError
 from consortium.crypto.signing import Domain, Signer, Verifier
 from consortium.ledger.block import batch_digest
-from consortium.ledger.certificates import CheckpointCertificate, CommitCertificate
+from consortium.ledger.certificates import CheckpointCertificate, CommitCertificate, SignedVote
 from consortium.ledger.genesis import Genesis, Params
 from consortium.ledger.tx import Transaction
+from consortium.pbft import records
+from consortium.pbft.checkpoint import CheckpointVotes
+from consortium.pbft.effects import CommittedBatch, Outbound, Ready
+from consortium.pbft.log import FutureBuffer, MessageLog, Slot
 from consortium.pbft.messages import (
     Checkpoint,
     Commit,
-    Fetch,
     Message,
     Prepare,
     PrePrepare,
     decode,
     encode,
 )
+from consortium.pbft.pool import TxPool
+from consortium.pbft.retransmit import Retransmitter
 
-POOL_TXS_MAX = 100_000  # client transactions waiting to be ordered
-EVIDENCE_MAX = 16
-FETCH_ANSWERS_MAX = 4096  # remembered (asker, seq) answers, for rate limiting
-FETCH_AHEAD = 4  # sequence numbers a lagging replica asks for at once
-RETRANSMIT_SLOTS_MAX = 16  # slots re-sent per tick
-STABLE_ARCHIVE_MAX = 4  # recent checkpoint certificates kept for replicas that missed votes
+__all__ = [
+    "CommittedBatch",
+    "Evidence",
+    "Outbound",
+    "PbftConfig",
+    "PbftReplica",
+    "Ready",
+    "RecoveredState",
+]
+
+EVIDENCE_MAX = 32
+PENDING_TXS_MAX = 100_000
+PENDING_BYTES_MAX = 256 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PbftConfig:
     chain_id: bytes
-    member_keys: tuple[bytes, ...]
+    member_keys: tuple[bytes, ...]  # index = member id (genesis order)
     me: int
     params: Params
-    retransmit_ms: int = 0  # 0: derived from params.request_timeout_ms
 
     @property
     def n(self) -> int:
@@ -92,11 +126,8 @@ class PbftConfig:
 
     @property
     def quorum(self) -> int:
+        """ceil((n+f+1)/2): two quorums intersect in at least f+1 members."""
         return (self.n + self.f + 2) // 2
-
-    @property
-    def retransmit_after_ms(self) -> int:
-        return self.retransmit_ms or max(20, self.params.request_timeout_ms // 4)
 
     @classmethod
     def from_genesis(cls, genesis: Genesis, me: int) -> PbftConfig:
@@ -109,60 +140,23 @@ class PbftConfig:
 
 
 @dataclass(frozen=True, slots=True)
-class Outbound:
-    dest: int | None  # None: every other member
-    frame: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class CommittedBatch:
-    seq: int
-    view: int
-    digest: bytes
-    proposed_ms: int
-    txs: tuple[Transaction, ...]
-    certificate: CommitCertificate
-
-
-@dataclass(slots=True)
-class Ready:
-    records: list[tuple[bytes, bytes | None]] = field(default_factory=list)
-    messages: list[Outbound] = field(default_factory=list)
-    committed: list[CommittedBatch] = field(default_factory=list)
-    stable_checkpoints: list[CheckpointCertificate] = field(default_factory=list)
-
-    def __bool__(self) -> bool:
-        return bool(self.records or self.messages or self.committed or self.stable_checkpoints)
-
-
-@dataclass(frozen=True, slots=True)
 class RecoveredState:
-    last_executed: int
+    last_executed: int  # ledger height (height == seq in pbft)
     last_block_hash: bytes
     stable_checkpoint: CheckpointCertificate | None
-    records: list[tuple[bytes, bytes]]
+    records: list[tuple[bytes, bytes]]  # what earlier Ready.records persisted
 
 
-@dataclass(slots=True)
-class _Slot:
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    """Signed proof (or, for an invalid batch, the primary's signed claim) that the primary of
+    `view` misbehaved: material for the view-change issue."""
+
+    reason: str  # conflicting_preprepare | batch_too_large | wrong_chain | digest_mismatch | ...
+    view: int
     seq: int
-    preprepare: PrePrepare | None = None
-    prepares: dict[int, Prepare] = field(default_factory=dict)
-    commits: dict[int, Commit] = field(default_factory=dict)
-    sent_prepare: Prepare | None = None
-    sent_commit: Commit | None = None
-    prepared: bool = False
-    committed: bool = False
-    certificate: CommitCertificate | None = None
-    last_sent_ms: int = 0
-
-
-def _vote_key(seq: int, kind: str) -> bytes:
-    return b"pbft/vote/%020d/%s" % (seq, kind.encode())
-
-
-VIEW_KEY = b"pbft/view"
-PRIMARY_NEXT_KEY = b"pbft/next_seq"
+    primary: int
+    preprepares: tuple[SignedVote, ...]  # the signed PRE-PREPARE bodies
 
 
 class PbftReplica:
@@ -174,52 +168,58 @@ class PbftReplica:
         *,
         tx_ok: Callable[[Transaction], bool],
         recovered: RecoveredState,
+        retransmit_ms: int | None = None,
+        pending_txs_max: int = PENDING_TXS_MAX,
+        pending_bytes_max: int = PENDING_BYTES_MAX,
     ) -> None:
-        assert config.n >= 4, "pbft needs n >= 4"
+        params = config.params
+        assert config.n >= 4, "pbft needs n = 3f+1 >= 4 members"
         assert 0 <= config.me < config.n
-        assert signer.public_key == config.member_keys[config.me]
+        assert signer.public_key == config.member_keys[config.me], "signer is not member `me`"
+        assert params.window % params.checkpoint_interval == 0
         self.config = config
-        self.params = config.params
-        self._signer = signer
-        self._verifier = verifier
-        self._tx_ok = tx_ok
+        self.params = params
         self.chain_id = config.chain_id
         self.me = config.me
         self.n = config.n
-        self.f = config.f
-        self.quorum = config.quorum
+        self.quorum = config.quorum  # what this replica waits for (a test subclass lowers it)
+        self.retransmit_ms = (
+            retransmit_ms if retransmit_ms is not None else max(1, params.request_timeout_ms // 4)
+        )
+        self._signer = signer
+        self._verifier = verifier
+        self._tx_ok = tx_ok
+
         self.view = 0
         self.rejected: Counter[str] = Counter()
-        self.evidence: list[tuple[PrePrepare, PrePrepare]] = []
-
+        self.evidence: deque[Evidence] = deque(maxlen=EVIDENCE_MAX)
         self.last_executed = recovered.last_executed
-        self._last_emitted = recovered.last_executed
         self._last_block_hash = recovered.last_block_hash
-        cp = recovered.stable_checkpoint
-        self.low_watermark = cp.seq if cp is not None and cp.seq <= self.last_executed else 0
-        self.stable_certificate = cp if self.low_watermark else None
-        self._slots: dict[int, _Slot] = {}
-        self._archive: OrderedDict[int, tuple[PrePrepare, CommitCertificate]] = OrderedDict()
-        self._checkpoint_votes: dict[int, dict[int, Checkpoint]] = {}
-        self._stable_archive: OrderedDict[int, CheckpointCertificate] = OrderedDict()
-        if cp is not None:
-            self._stable_archive[cp.seq] = cp
-        self._own_checkpoint: Checkpoint | None = None
-        self._checkpoint_sent_ms = 0
-
-        self._pool: OrderedDict[bytes, Transaction] = OrderedDict()  # tx id -> tx
-        self._pool_bytes = 0
-        self._in_flight_ids: set[bytes] = set()
-        self._pending_since_ms: int | None = None
-        self._next_seq = self.last_executed + 1
-        self._highest_seen = self.last_executed
-        self._progress_ms = 0
-        self._fetch_answered: OrderedDict[tuple[int, int], int] = OrderedDict()
-
+        self._last_committed = recovered.last_executed  # last seq handed out in Ready.committed
+        self._highest_accepted = recovered.last_executed  # highest seq with a PRE-PREPARE
+        self._next_seq = recovered.last_executed + 1  # the primary's next sequence number
+        self.stable_certificate: CheckpointCertificate | None = None
+        self._stable_above = 0  # a quorum certified this seq, above what we executed
+        self._log = MessageLog(params.window)
+        self._checkpoints = CheckpointVotes(self.me)
+        self._pool = TxPool(pending_txs_max, pending_bytes_max, remembered_max=pending_txs_max)
+        self._future = FutureBuffer(
+            self.n,
+            messages_max=3 * params.window,
+            bytes_max=2 * params.batch_bytes_max + 64 * 1024,
+        )
+        self._retransmit = Retransmitter(
+            self.n, self.me, self.retransmit_ms, self._log, self._checkpoints
+        )
+        self._clock_known = False
         self._mono_ms = 0
         self._wall_ms = 0
-        self._ready = Ready()
-        self._restore(recovered.records)
+
+        self._records: list[tuple[bytes, bytes | None]] = []
+        self._messages: list[Outbound] = []
+        self._committed: list[CommittedBatch] = []
+        self._stable_out: list[CheckpointCertificate] = []
+        self._restore(recovered)
         self._check_invariants()
 
     # --- derived ----------------------------------------------------------------------------
@@ -229,81 +229,73 @@ class PbftReplica:
         return self.view % self.n
 
     @property
-    def is_primary(self) -> bool:
-        return self.primary == self.me
+    def low_watermark(self) -> int:
+        return self._log.low
 
     @property
     def high_watermark(self) -> int:
-        return self.low_watermark + self.params.window
+        return self._log.high
 
     @property
     def stable_checkpoint_seq(self) -> int:
-        return self.low_watermark
-
-    # --- recovery ---------------------------------------------------------------------------
-
-    def _restore(self, records: list[tuple[bytes, bytes]]) -> None:
-        """Reload our own votes so a restarted replica re-sends, never contradicts, them."""
-        for key, value in sorted(records):
-            if key == VIEW_KEY:
-                self.view = int(unpack(value))
-                continue
-            if key == PRIMARY_NEXT_KEY:
-                continue
-            if not key.startswith(b"pbft/vote/"):
-                continue
-            try:
-                msg = decode(value, self.params)
-            except WireFormatError:
-                continue  # our own record: cannot be malformed unless the disk lies
-            seq = getattr(msg, "seq", 0)
-            if seq <= self.last_executed:
-                continue
-            slot = self._slot(seq)
-            match msg:
-                case PrePrepare():
-                    slot.preprepare = msg
-                    self._next_seq = max(self._next_seq, seq + 1)
-                    self._in_flight_ids.update(t.id for t in msg.txs)
-                case Prepare():
-                    slot.sent_prepare = msg
-                    slot.prepares[self.me] = msg
-                case Commit():
-                    slot.sent_commit = msg
-                    slot.commits[self.me] = msg
-                    slot.prepared = True
-                case _:
-                    pass
-            self._highest_seen = max(self._highest_seen, seq)
+        return self._log.low
 
     # --- inputs -----------------------------------------------------------------------------
 
     def tick(self, mono_ms: int, wall_ms: int) -> None:
-        mono_ms = max(mono_ms, self._mono_ms)  # never let time run backwards inside the core
-        self._mono_ms = mono_ms
+        """Time: mono_ms drives timers, wall_ms stamps new batches (and the skew check)."""
+        self._mono_ms = max(self._mono_ms, mono_ms)
         self._wall_ms = wall_ms
-        if self._progress_ms == 0:
-            self._progress_ms = mono_ms
+        self._clock_known = True
         self._maybe_propose()
-        self._retransmit()
+        self._messages.extend(self._retransmit.on_tick(self._mono_ms, self.primary))
+        self._check_invariants()
+
+    def receive(self, sender: int, msg: bytes | Message) -> None:
+        """A message from authenticated member `sender`: a raw frame or messages.decode()d."""
+        self._on_input(sender, msg)
         self._check_invariants()
 
     def propose(self, tx: Transaction) -> None:
-        if tx.id in self._pool or tx.id in self._in_flight_ids:
-            self.rejected["duplicate_request"] += 1
-            return
-        if len(self._pool) >= POOL_TXS_MAX:
-            self.rejected["pool_full"] += 1
-            return
-        if not self._pool:
-            self._pending_since_ms = self._mono_ms
-        self._pool[tx.id] = tx
-        self._pool_bytes += tx.size
+        """A client transaction whose signature the shell verified."""
+        reason: str | None
+        if tx.chain_id != self.chain_id:
+            reason = "wrong_chain"
+        elif tx.size > self.params.batch_bytes_max:
+            reason = "tx_too_large"
+        else:
+            reason = self._pool.add(tx, self._mono_ms)
+        if reason is not None:
+            self.rejected[reason] += 1
         self._maybe_propose()
+        self._check_invariants()
 
-    def receive(self, sender: int, msg: bytes | Message) -> None:
-        if not 0 <= sender < self.n or sender == self.me:
+    def executed(self, seq: int, block_hash: bytes) -> None:
+        """The shell executed committed batch `seq` into a block with this hash."""
+        assert seq == self.last_executed + 1, "the shell executes batches strictly in order"
+        assert seq <= self._last_committed, "only committed batches execute"
+        self.last_executed = seq
+        self._last_block_hash = block_hash
+        if seq % self.params.checkpoint_interval == 0:
+            self._checkpoint(seq, block_hash)
+        if self._stable_above <= seq:
+            self._stable_above = 0  # caught up; the votes make it stable here, or already did
+        self._maybe_propose()
+        self._check_invariants()
+
+    def take_ready(self) -> Ready:
+        ready = Ready(self._records, self._messages, self._committed, self._stable_out)
+        self._records, self._messages, self._committed, self._stable_out = [], [], [], []
+        return ready
+
+    # --- dispatch and admission -------------------------------------------------------------
+
+    def _on_input(self, sender: int, msg: bytes | Message) -> None:
+        if not 0 <= sender < self.n:
             self.rejected["not_member"] += 1
+            return
+        if sender == self.me:
+            self.rejected["from_self"] += 1
             return
         if isinstance(msg, bytes):
             try:
@@ -311,11 +303,8 @@ class PbftReplica:
             except WireFormatError:
                 self.rejected["malformed"] += 1
                 return
-        if not 0 <= msg.sender < self.n:
-            self.rejected["not_member"] += 1
-            return
-        if msg.sender == self.me:
-            self.rejected["own_message"] += 1
+        if msg.sender != sender:
+            self.rejected["sender_mismatch"] += 1
             return
         match msg:
             case PrePrepare():
@@ -326,101 +315,35 @@ class PbftReplica:
                 self._on_commit(msg)
             case Checkpoint():
                 self._on_checkpoint(msg)
-            case Fetch():
-                self._on_fetch(sender, msg)
-        self._check_invariants()
 
-    def executed(self, seq: int, block_hash: bytes) -> None:
-        assert seq == self.last_executed + 1, "batches execute strictly in order"
-        assert seq <= self._last_emitted, "only emitted batches execute"
-        self.last_executed = seq
-        self._last_block_hash = block_hash
-        self._progress_ms = self._mono_ms
-        slot = self._slots.get(seq)
-        if slot is not None and slot.preprepare is not None:
-            for tx in slot.preprepare.txs:
-                self._in_flight_ids.discard(tx.id)
-                dropped = self._pool.pop(tx.id, None)
-                if dropped is not None:
-                    self._pool_bytes -= dropped.size
-        if seq % self.params.checkpoint_interval == 0:
-            cp = Checkpoint.create(
-                self._signer, self.chain_id, seq=seq, block_hash=block_hash, sender=self.me
-            )
-            self._own_checkpoint = cp
-            self._checkpoint_sent_ms = self._mono_ms
-            self._checkpoint_votes.setdefault(seq, {})[self.me] = cp
-            self._broadcast(cp)
-            self._try_stabilise(seq)
-        self._maybe_propose()
-        self._check_invariants()
+    def _admit(self, msg: PrePrepare | Prepare | Commit) -> bool:
+        """Role, view and window checks, cheapest first; buffers what arrived early."""
+        view_primary = msg.view % self.n
+        if isinstance(msg, PrePrepare) and msg.sender != view_primary:
+            self.rejected["not_primary"] += 1
+            return False
+        if isinstance(msg, Prepare) and msg.sender == view_primary:
+            self.rejected["prepare_from_primary"] += 1
+            return False
+        if msg.view != self.view:
+            # A higher view is kept (bounded) for the view-change issue, and counted either way.
+            if msg.view > self.view and not self._future.add(msg.sender, msg):
+                self.rejected["buffer_full"] += 1
+            else:
+                self.rejected["wrong_view"] += 1
+            return False
+        if msg.seq <= self._log.low:
+            self.rejected["outside_window"] += 1
+            self._repeated(msg)
+            return False
+        if msg.seq > self._log.high:
+            if not self._future.add(msg.sender, msg):
+                self.rejected["buffer_full"] += 1
+            self._behind()
+            return False
+        return True
 
-    def take_ready(self) -> Ready:
-        ready, self._ready = self._ready, Ready()
-        return ready
-
-    # --- primary: batching ------------------------------------------------------------------
-
-    def _maybe_propose(self) -> None:
-        if not self.is_primary or self._wall_ms == 0:
-            return  # proposals carry our wall clock: wait for the first tick to learn it
-        params = self.params
-        while self._pool and self._next_seq <= self.high_watermark:
-            in_flight = self._next_seq - 1 - self.last_executed
-            full = (
-                len(self._pool) >= params.batch_txs_max
-                or self._pool_bytes >= params.batch_bytes_max
-            )
-            waited = (
-                self._pending_since_ms is not None
-                and self._mono_ms - self._pending_since_ms >= params.batch_delay_ms
-            )
-            # Never wait when idle; when busy, wait to fill a batch for at most batch_delay_ms.
-            if not (full or in_flight == 0 or waited):
-                return
-            self._cut_batch()
-
-    def _cut_batch(self) -> None:
-        params = self.params
-        txs: list[Transaction] = []
-        size = 0
-        while self._pool and len(txs) < params.batch_txs_max:
-            tx_id, tx = next(iter(self._pool.items()))
-            if txs and size + tx.size > params.batch_bytes_max:
-                break
-            del self._pool[tx_id]
-            self._pool_bytes -= tx.size
-            txs.append(tx)
-            size += tx.size
-            self._in_flight_ids.add(tx_id)
-        self._pending_since_ms = self._mono_ms if self._pool else None
-        seq = self._next_seq
-        self._next_seq += 1
-        proposed_ms = self._wall_ms
-        batch = tuple(txs)
-        digest = batch_digest(proposed_ms, [t.id for t in batch])
-        pp = PrePrepare.create(
-            self._signer,
-            self.chain_id,
-            view=self.view,
-            seq=seq,
-            digest=digest,
-            proposed_ms=proposed_ms,
-            sender=self.me,
-            txs=batch,
-        )
-        slot = self._slot(seq)
-        assert slot.preprepare is None, "the primary assigns each sequence number once"
-        slot.preprepare = pp
-        slot.last_sent_ms = self._mono_ms
-        self._highest_seen = max(self._highest_seen, seq)
-        self._persist(_vote_key(seq, "pp"), encode(pp))
-        self._broadcast(pp)
-        self._advance(slot)
-
-    # --- message handlers -------------------------------------------------------------------
-
-    def _verify(self, msg: Message) -> bool:
+    def _verified(self, msg: Message) -> bool:
         ok = self._verifier.verify(
             self.config.member_keys[msg.sender], Domain.PBFT, self.chain_id, msg.body, msg.signature
         )
@@ -428,403 +351,426 @@ class PbftReplica:
             self.rejected["bad_signature"] += 1
         return ok
 
-    def _in_window(self, seq: int) -> bool:
-        if not self.low_watermark < seq <= self.high_watermark:
-            self.rejected["outside_window"] += 1
-            return False
-        return True
+    # --- PRE-PREPARE ------------------------------------------------------------------------
 
     def _on_preprepare(self, pp: PrePrepare) -> None:
-        if pp.view != self.view:
-            self.rejected["wrong_view"] += 1
+        if not self._admit(pp):
             return
-        if pp.sender != self.primary:
-            self.rejected["not_primary"] += 1
-            return
-        if pp.seq <= self.last_executed and pp.seq in self._slots:
-            self.rejected["duplicate"] += 1
-            return
-        if not self._in_window(pp.seq) or not self._verify(pp):
-            return
-        existing = self._slots.get(pp.seq)
-        if existing is not None and existing.preprepare is not None:
-            if existing.preprepare.digest == pp.digest:
+        slot = self._log.get(pp.seq)
+        if slot is not None and slot.preprepare is not None:
+            accepted = slot.preprepare
+            if accepted.digest == pp.digest:
                 self.rejected["duplicate"] += 1
-            else:
-                # Two signed PRE-PREPAREs for one (view, seq): proof the primary equivocates.
+                self._repeated(pp)
+            elif self._verified(pp):
+                # Two signed PRE-PREPAREs for one (view, seq): proof that the primary lies.
                 self.rejected["conflicting_preprepare"] += 1
-                if len(self.evidence) < EVIDENCE_MAX:
-                    self.evidence.append((existing.preprepare, pp))
+                self._evidence("conflicting_preprepare", accepted, pp)
             return
-        if not self._batch_valid(pp):
+        if not self._verified(pp):
             return
-        slot = self._slot(pp.seq)
+        problem = self._batch_problem(pp)
+        if problem is not None:
+            self.rejected[problem] += 1
+            self._evidence(problem, pp)
+            return
+        self._accept_preprepare(self._log.slot(pp.seq, pp.view), pp)
+
+    def _batch_problem(self, pp: PrePrepare) -> str | None:
+        """Stateless validity, decided alike by every honest replica (DESIGN: such a batch is
+        evidence against the primary). Cheapest first; tx_ok is asked for every transaction."""
+        params = self.params
+        if len(pp.txs) > params.batch_txs_max or pp.batch_bytes > params.batch_bytes_max:
+            return "batch_too_large"
+        if any(tx.chain_id != self.chain_id for tx in pp.txs):
+            return "wrong_chain"
+        if batch_digest(pp.proposed_ms, [tx.id for tx in pp.txs]) != pp.digest:
+            return "digest_mismatch"
+        signed = [self._tx_ok(tx) for tx in pp.txs]  # every one is asked, by contract
+        if not all(signed):
+            return "bad_client_signature"
+        return None
+
+    def _evidence(self, reason: str, *pps: PrePrepare) -> None:
+        first = pps[0]
+        self.evidence.append(
+            Evidence(reason, first.view, first.seq, first.sender, tuple(p.vote() for p in pps))
+        )
+
+    def _accept_preprepare(self, slot: Slot, pp: PrePrepare) -> None:
+        assert slot.preprepare is None
         slot.preprepare = pp
-        self._highest_seen = max(self._highest_seen, pp.seq)
-        if pp.seq > self.last_executed and not slot.committed and slot.sent_prepare is None:
-            if abs(pp.proposed_ms - self._wall_ms) > self.params.timestamp_skew_ms:
-                self.rejected["timestamp_skew"] += 1
-            else:
-                prepare = Prepare.create(
-                    self._signer,
-                    self.chain_id,
-                    view=pp.view,
-                    seq=pp.seq,
-                    digest=pp.digest,
-                    sender=self.me,
-                )
-                slot.sent_prepare = prepare
-                slot.prepares[self.me] = prepare
-                slot.last_sent_ms = self._mono_ms
-                self._persist(_vote_key(pp.seq, "p"), encode(prepare))
-                self._broadcast(prepare)
+        self._highest_accepted = max(self._highest_accepted, pp.seq)
+        self._pool.in_flight(pp.seq, pp.txs)
+        frame = encode(pp)
+        self._persist(slot, "preprepare", frame)
+        if pp.sender == self.me:
+            slot.own_preprepare = frame
+            self._send_own(slot, frame)
+        elif self._clock_known and abs(pp.proposed_ms - self._wall_ms) > (
+            self.params.timestamp_skew_ms
+        ):
+            slot.prepare_withheld = True
+            self.rejected["timestamp_skew"] += 1
+        else:
+            prepare = Prepare.create(
+                self._signer, self.chain_id, pp.view, pp.seq, pp.digest, self.me
+            )
+            slot.prepares[self.me] = prepare
+            frame = encode(prepare)
+            self._persist(slot, "prepare", frame)
+            slot.own_prepare = frame
+            self._send_own(slot, frame)
         self._advance(slot)
 
-    def _batch_valid(self, pp: PrePrepare) -> bool:
-        """Stateless checks every honest replica decides alike (DESIGN: evidence material)."""
-        params = self.params
-        if (
-            len(pp.txs) > params.batch_txs_max
-            or sum(t.size for t in pp.txs) > params.batch_bytes_max
-        ):
-            self.rejected["batch_too_large"] += 1
-            return False
-        if batch_digest(pp.proposed_ms, [t.id for t in pp.txs]) != pp.digest:
-            self.rejected["digest_mismatch"] += 1
-            return False
-        for tx in pp.txs:
-            if tx.chain_id != self.chain_id:
-                self.rejected["wrong_chain"] += 1
-                return False
-        for tx in pp.txs:
-            if not self._tx_ok(tx):
-                self.rejected["bad_client_signature"] += 1
-                return False
-        return True
-
-    def _vote_checks(self, msg: Prepare | Commit) -> _Slot | None:
-        if msg.view != self.view:
-            self.rejected["wrong_view"] += 1
-            return None
-        existing = self._slots.get(msg.seq)
-        if existing is None and not self._in_window(msg.seq):
-            return None
-        if existing is not None and existing.committed and msg.seq <= self.last_executed:
-            # A laggard is still voting on a batch we executed: help it along, cheaply.
-            self._help_laggard(msg.sender, existing)
-            self.rejected["duplicate"] += 1
-            return None
-        if not self._verify(msg):
-            return None
-        return self._slot(msg.seq)
+    # --- PREPARE and COMMIT -----------------------------------------------------------------
 
     def _on_prepare(self, prepare: Prepare) -> None:
-        if prepare.sender == self.primary:
-            self.rejected["prepare_from_primary"] += 1
+        if not self._admit(prepare):
             return
-        slot = self._vote_checks(prepare)
-        if slot is None:
-            return
-        earlier = slot.prepares.get(prepare.sender)
+        slot = self._log.get(prepare.seq)
+        earlier = slot.prepares.get(prepare.sender) if slot is not None else None
         if earlier is not None:
-            self.rejected[
-                "duplicate" if earlier.digest == prepare.digest else "conflicting_vote"
-            ] += 1
+            same = earlier.digest == prepare.digest
+            self.rejected["duplicate" if same else "conflicting_vote"] += 1
+            if same:
+                self._repeated(prepare)
             return
+        if not self._verified(prepare):
+            return
+        slot = self._log.slot(prepare.seq, prepare.view)
         slot.prepares[prepare.sender] = prepare
-        self._highest_seen = max(self._highest_seen, prepare.seq)
         self._advance(slot)
+        self._gaps(prepare)
 
     def _on_commit(self, commit: Commit) -> None:
-        slot = self._vote_checks(commit)
-        if slot is None:
+        if not self._admit(commit):
             return
-        earlier = slot.commits.get(commit.sender)
+        slot = self._log.get(commit.seq)
+        earlier = slot.commits.get(commit.sender) if slot is not None else None
         if earlier is not None:
-            self.rejected[
-                "duplicate" if earlier.digest == commit.digest else "conflicting_vote"
-            ] += 1
+            same = earlier.digest == commit.digest
+            self.rejected["duplicate" if same else "conflicting_vote"] += 1
+            if same:
+                self._repeated(commit)
             return
+        if not self._verified(commit):
+            return
+        slot = self._log.slot(commit.seq, commit.view)
         slot.commits[commit.sender] = commit
-        self._highest_seen = max(self._highest_seen, commit.seq)
         self._advance(slot)
+        self._gaps(commit)
 
-    def _on_checkpoint(self, cp: Checkpoint) -> None:
-        if cp.seq <= self.low_watermark:
-            self.rejected["stale_checkpoint"] += 1
-            # The sender still votes for a checkpoint that is stable here: it missed the
-            # votes. Hand it the certificate (Q signed CHECKPOINTs), rate-limited.
-            cert = self._stable_archive.get(cp.seq)
-            if cert is not None and self._may_answer(cp.sender, -cp.seq):
-                for vote in cert.votes:
-                    self._send_raw(cp.sender, pack([vote.body, vote.signature]))
-            return
-        if cp.seq > self.high_watermark or cp.seq % self.params.checkpoint_interval:
-            self.rejected["outside_window"] += 1
-            return
-        votes = self._checkpoint_votes.setdefault(cp.seq, {})
-        if cp.sender in votes:
-            self.rejected["duplicate"] += 1
-            return
-        if not self._verify(cp):
-            if not votes:
-                del self._checkpoint_votes[cp.seq]
-            return
-        votes[cp.sender] = cp
-        self._highest_seen = max(self._highest_seen, cp.seq)
-        self._try_stabilise(cp.seq)
-
-    def _may_answer(self, peer: int, key: int) -> bool:
-        """Rate limit for help given to one peer: once per retransmit interval per key."""
-        last = self._fetch_answered.get((peer, key))
-        if last is not None and self._mono_ms - last < self.config.retransmit_after_ms:
-            self.rejected["fetch_rate_limited"] += 1
-            return False
-        self._fetch_answered[(peer, key)] = self._mono_ms
-        while len(self._fetch_answered) > FETCH_ANSWERS_MAX:
-            self._fetch_answered.popitem(last=False)
-        return True
-
-    def _on_fetch(self, sender: int, fetch: Fetch) -> None:
-        if fetch.sender != sender:
-            self.rejected["sender_mismatch"] += 1
-            return
-        if not self._verify(fetch) or not self._may_answer(sender, fetch.seq):
-            return
-        slot = self._slots.get(fetch.seq)
-        if slot is not None and slot.preprepare is not None:
-            self._send(sender, slot.preprepare)
-            if slot.certificate is not None:
-                for vote in slot.certificate.votes:
-                    self._send_raw(sender, pack([vote.body, vote.signature]))
-            else:
-                for commit in slot.commits.values():
-                    self._send(sender, commit)
-            return
-        archived = self._archive.get(fetch.seq)
-        if archived is not None:
-            pp, cert = archived
-            self._send(sender, pp)
-            for vote in cert.votes:
-                self._send_raw(sender, pack([vote.body, vote.signature]))
-            return
-        self.rejected["fetch_unknown"] += 1
-
-    def _help_laggard(self, peer: int, slot: _Slot) -> None:
-        if slot.sent_commit is not None and self._may_answer(peer, slot.seq):
-            self._send(peer, slot.sent_commit)
-
-    # --- the predicates ---------------------------------------------------------------------
-
-    def _advance(self, slot: _Slot) -> None:
+    def _advance(self, slot: Slot) -> None:
+        """Apply the prepared and committed-local predicates to one slot."""
         pp = slot.preprepare
-        if pp is None or slot.committed:
+        if pp is None:
             return
-        digest = pp.digest
         if not slot.prepared:
-            matching = sum(
-                1
-                for s, p in slot.prepares.items()
-                if p.digest == digest and p.view == pp.view and s != self.primary
-            )
-            if matching >= self.quorum - 1:
-                slot.prepared = True
-                if slot.sent_commit is None:
-                    commit = Commit.create(
-                        self._signer,
-                        self.chain_id,
-                        view=pp.view,
-                        seq=pp.seq,
-                        digest=digest,
-                        sender=self.me,
-                    )
-                    slot.sent_commit = commit
-                    slot.commits[self.me] = commit
-                    slot.last_sent_ms = self._mono_ms
-                    self._persist(_vote_key(pp.seq, "c"), encode(commit))
-                    self._broadcast(commit)
-        senders = sorted(
-            s for s, c in slot.commits.items() if c.digest == digest and c.view == pp.view
-        )
-        if len(senders) >= self.quorum:
-            slot.committed = True
-            slot.certificate = CommitCertificate(
-                pp.view,
-                pp.seq,
-                digest,
-                tuple(slot.commits[s].vote() for s in senders[: self.quorum]),
-            )
-            self._emit_in_order()
-
-    def _emit_in_order(self) -> None:
-        while True:
-            slot = self._slots.get(self._last_emitted + 1)
-            if slot is None or not slot.committed:
+            senders = slot.matching(slot.prepares)
+            if len(senders) < self.quorum - 1:
                 return
-            pp = slot.preprepare
-            assert pp is not None and slot.certificate is not None
-            self._ready.committed.append(
-                CommittedBatch(pp.seq, pp.view, pp.digest, pp.proposed_ms, pp.txs, slot.certificate)
+            slot.prepared = True
+            certificate = [encode(slot.prepares[s]) for s in senders]
+            self._persist(slot, "prepared", records.prepared_value(certificate))
+            commit = Commit.create(self._signer, self.chain_id, pp.view, pp.seq, pp.digest, self.me)
+            slot.commits[self.me] = commit
+            frame = encode(commit)
+            self._persist(slot, "commit", frame)
+            slot.own_commit = frame
+            self._send_own(slot, frame)
+        if slot.committed_local:
+            return
+        senders = slot.matching(slot.commits)
+        if len(senders) < self.quorum:
+            return
+        slot.committed_local = True
+        votes = tuple(slot.commits[s].vote() for s in senders[: self.quorum])
+        slot.certificate = CommitCertificate(pp.view, pp.seq, pp.digest, votes)
+        self._deliver()
+        if slot.seq > self._last_committed:
+            self._behind()
+
+    def _deliver(self) -> None:
+        """Hand out committed batches strictly in sequence order, each exactly once."""
+        while True:
+            slot = self._log.get(self._last_committed + 1)
+            if slot is None or not slot.committed_local:
+                return
+            pp, certificate = slot.preprepare, slot.certificate
+            assert pp is not None and certificate is not None
+            self._committed.append(
+                CommittedBatch(pp.seq, pp.view, pp.digest, pp.proposed_ms, pp.txs, certificate)
             )
-            self._last_emitted = pp.seq
-            self._progress_ms = self._mono_ms
+            self._last_committed = pp.seq
+            self._pool.committed(pp.seq, pp.txs)
+
+    # --- the primary: batching --------------------------------------------------------------
+
+    def _maybe_propose(self) -> None:
+        if self.primary != self.me or not self._clock_known:
+            return  # a batch carries our wall clock: wait for the first tick to learn it
+        params = self.params
+        pool = self._pool
+        while pool.pending_count and self._next_seq <= self._log.high:
+            idle = self._last_committed >= self._next_seq - 1
+            full = (
+                pool.pending_count >= params.batch_txs_max
+                or pool.pending_bytes >= params.batch_bytes_max
+            )
+            first_ms = pool.first_arrival_ms
+            waited = first_ms is not None and self._mono_ms - first_ms >= params.batch_delay_ms
+            # Never wait when idle; when busy, wait at most batch_delay_ms to fill a batch.
+            if not (idle or full or waited):
+                return
+            txs = pool.take_batch(params.batch_txs_max, params.batch_bytes_max)
+            seq = self._next_seq
+            self._next_seq += 1
+            pp = PrePrepare.create(
+                self._signer, self.chain_id, self.view, seq, self._wall_ms, self.me, txs
+            )
+            self._accept_preprepare(self._log.slot(seq, self.view), pp)
 
     # --- checkpoints ------------------------------------------------------------------------
 
-    def _try_stabilise(self, seq: int) -> None:
-        votes = self._checkpoint_votes.get(seq, {})
-        if seq > self.last_executed:
-            return  # we cannot vouch for it yet; re-checked when we execute seq
-        by_hash: dict[bytes, list[int]] = {}
-        for sender in sorted(votes):
-            by_hash.setdefault(votes[sender].block_hash, []).append(sender)
-        own = votes.get(self.me)
-        for block_hash in sorted(by_hash):
-            senders = by_hash[block_hash]
-            if len(senders) < self.quorum:
-                continue
-            if own is None or own.block_hash != block_hash:
-                # A quorum certified a hash we did not compute: our ledger diverged. Never
-                # adopt it silently; status shows it (state transfer is a later issue).
-                self.rejected["checkpoint_disagrees_with_us"] += 1
-                continue
-            cert = CheckpointCertificate(
-                seq, block_hash, tuple(votes[s].vote() for s in senders[: self.quorum])
-            )
-            self._stabilise(cert)
-            return
+    def _checkpoint(self, seq: int, block_hash: bytes) -> None:
+        vote = Checkpoint.create(self._signer, self.chain_id, seq, block_hash, self.me)
+        frame = encode(vote)
+        self._records.append((records.checkpoint_key(seq), frame))
+        self._messages.append(Outbound(None, frame))
+        self._retransmit.checkpoint_sent(self._mono_ms)
+        self._checkpoints.add(vote)
+        self._try_stable(seq)
 
-    def _stabilise(self, cert: CheckpointCertificate) -> None:
-        seq = cert.seq
-        assert seq > self.low_watermark
-        assert seq <= self.last_executed
-        self.low_watermark = seq
+    def _on_checkpoint(self, vote: Checkpoint) -> None:
+        if vote.seq == 0 or vote.seq % self.params.checkpoint_interval:
+            self.rejected["not_checkpoint_seq"] += 1
+            return
+        peer = vote.sender
+        repeat = vote.seq <= self._retransmit.peer_executed[peer]
+        if vote.seq <= self._log.low:
+            self.rejected["stale_checkpoint"] += 1
+        elif vote.seq > self._log.high:
+            self.rejected["outside_window"] += 1
+            return
+        elif not self._verified(vote):
+            return
+        else:
+            problem = self._checkpoints.add(vote)
+            if problem is None:
+                self._retransmit.executed_by(peer, vote.seq)
+                self._try_stable(vote.seq)
+                return
+            self.rejected[problem] += 1
+            if problem != "duplicate":
+                return
+        # A stale or duplicate vote. Its execution claim steers only what we re-send to the
+        # sender, so a stale one is not worth verifying.
+        self._retransmit.executed_by(peer, vote.seq)
+        if repeat:
+            self._messages.extend(
+                self._retransmit.repeated_checkpoint(peer, vote.seq, self._mono_ms, self.primary)
+            )
+
+    def _try_stable(self, seq: int) -> None:
+        block_hash = self._checkpoints.quorum_hash(seq, self.quorum)
+        if block_hash is None or seq <= self._log.low:
+            return
+        if seq > self.last_executed:
+            # Certified above what we executed: keep the window so retransmission can still
+            # bring us there; adopted when we execute seq (or by state transfer, later).
+            self._stable_above = max(self._stable_above, seq)
+            return
+        own = self._checkpoints.own(seq)
+        ours = own.block_hash if own is not None else None
+        if ours is None and seq == self.last_executed:
+            ours = self._last_block_hash
+        if ours is not None and ours != block_hash:
+            self.rejected["checkpoint_mismatch"] += 1
+            return
+        self._stabilize(self._checkpoints.certificate(seq, block_hash, self.quorum))
+
+    def _stabilize(self, cert: CheckpointCertificate) -> None:
+        """Persist the certificate, move h, collect the log (OSDI'99 §4.3)."""
+        assert self._log.low < cert.seq <= self.last_executed
         self.stable_certificate = cert
-        self._stable_archive[seq] = cert
-        while len(self._stable_archive) > STABLE_ARCHIVE_MAX:
-            self._stable_archive.popitem(last=False)
-        self._ready.stable_checkpoints.append(cert)
-        for s in sorted(k for k in self._slots if k <= seq):
-            slot = self._slots.pop(s)
-            if slot.preprepare is not None and slot.certificate is not None:
-                self._archive[s] = (slot.preprepare, slot.certificate)
-            for kind in ("pp", "p", "c"):
-                self._ready.records.append((_vote_key(s, kind), None))
-        while self._archive and next(iter(self._archive)) <= seq - self.params.window:
-            self._archive.popitem(last=False)
-        for s in [k for k in self._checkpoint_votes if k <= seq]:
-            del self._checkpoint_votes[s]
+        self._stable_out.append(cert)
+        self._records.append((records.STABLE_KEY, cert.encode()))
+        for slot in self._log.advance(cert.seq):
+            self._records.extend((key, None) for key in slot.record_keys)
+            slot.record_keys.clear()
+        for seq in self._checkpoints.collect(cert.seq, self.params.window):
+            self._records.append((records.checkpoint_key(seq), None))
+        if self._stable_above <= cert.seq:
+            self._stable_above = 0
+        for sender, msg in self._future.drain(self.view):
+            self._on_input(sender, msg)  # still above the new window: buffered again
         self._maybe_propose()
 
-    # --- retransmission ---------------------------------------------------------------------
+    # --- retransmission (pbft/retransmit.py) ---------------------------------------------------
 
-    def _retransmit(self) -> None:
-        now = self._mono_ms
-        after = self.config.retransmit_after_ms
-        resent = 0
-        for seq in sorted(self._slots):
-            if resent >= RETRANSMIT_SLOTS_MAX:
-                break
-            slot = self._slots[seq]
-            if slot.committed or now - slot.last_sent_ms < after:
-                continue
-            sent = False
-            if slot.preprepare is not None and slot.preprepare.sender == self.me:
-                self._broadcast(slot.preprepare)
-                sent = True
-            if slot.sent_prepare is not None:
-                self._broadcast(slot.sent_prepare)
-                sent = True
-            if slot.sent_commit is not None:
-                self._broadcast(slot.sent_commit)
-                sent = True
-            if sent:
-                slot.last_sent_ms = now
-                resent += 1
-        own = self._own_checkpoint
-        if (
-            own is not None
-            and own.seq > self.low_watermark
-            and now - self._checkpoint_sent_ms >= after
-        ):
-            self._broadcast(own)
-            self._checkpoint_sent_ms = now
-        # No progress while we know of work: ask peers for the next batches.
-        waiting = bool(self._pool) or self._highest_seen > self.last_executed
-        if (
-            waiting
-            and self._last_emitted == self.last_executed
-            and now - self._progress_ms >= after
-        ):
-            start = self.last_executed + 1
-            for seq in range(start, min(start + FETCH_AHEAD, self.high_watermark + 1)):
-                known = self._slots.get(seq)
-                if known is not None and known.committed:
-                    continue
-                self._broadcast(Fetch.create(self._signer, self.chain_id, seq=seq, sender=self.me))
-            self._progress_ms = now
+    def _repeated(self, msg: PrePrepare | Prepare | Commit) -> None:
+        self._messages.extend(
+            self._retransmit.repeated_vote(msg.sender, msg.seq, self._mono_ms, self.primary)
+        )
+
+    def _gaps(self, msg: Prepare | Commit) -> None:
+        self._messages.extend(
+            self._retransmit.fill_gaps(msg.sender, msg.seq, self._mono_ms, self.primary)
+        )
+
+    def _behind(self) -> None:
+        blocked = self._last_committed + 1
+        self._messages.extend(self._retransmit.behind(blocked, self._mono_ms, self.primary))
 
     # --- effects ----------------------------------------------------------------------------
 
-    def _slot(self, seq: int) -> _Slot:
-        slot = self._slots.get(seq)
-        if slot is None:
-            slot = self._slots[seq] = _Slot(seq, last_sent_ms=self._mono_ms)
-        return slot
+    def _persist(self, slot: Slot, kind: str, value: bytes) -> None:
+        key = records.slot_key(slot.seq, kind)
+        self._records.append((key, value))
+        slot.record_keys.append(key)
 
-    def _persist(self, key: bytes, value: bytes) -> None:
-        self._ready.records.append((key, value))
+    def _send_own(self, slot: Slot, frame: bytes) -> None:
+        self._messages.append(Outbound(None, frame))
+        self._retransmit.own_sent(slot, self._mono_ms)
 
-    def _broadcast(self, msg: Message) -> None:
-        self._ready.messages.append(Outbound(None, encode(msg)))
+    # --- recovery ---------------------------------------------------------------------------
 
-    def _send(self, dest: int, msg: Message) -> None:
-        self._ready.messages.append(Outbound(dest, encode(msg)))
+    def _restore(self, recovered: RecoveredState) -> None:
+        """Reload own votes, so a restarted replica re-sends them and never contradicts them."""
+        restored = records.parse(recovered.records, self.params, self.me)
+        window = self.params.window
+        certs = [c for c in (recovered.stable_checkpoint, restored.stable) if c is not None]
+        usable = [c for c in certs if c.seq <= self.last_executed]
+        if usable:
+            best = max(usable, key=lambda c: c.seq)
+            self.stable_certificate = best
+            self._log.advance(best.seq)
+        self._stable_above = max([c.seq for c in certs if c.seq > self.last_executed], default=0)
+        low = self._log.low
+        for vote, _ in restored.checkpoints:
+            if vote.seq <= low - window:
+                continue
+            self._checkpoints.add(vote)
+            if vote.seq > low:
+                self._retransmit.checkpoint_sent(-self.retransmit_ms)  # re-send at once
+        for seq in self._checkpoints.collect(low, window):
+            self._records.append((records.checkpoint_key(seq), None))
+        for seq in sorted(restored.slots):
+            self._restore_slot(restored.slots[seq])
+        self._records.extend((key, None) for key in restored.unknown_keys)
+        boundary = self.last_executed
+        if (
+            boundary > low
+            and boundary % self.params.checkpoint_interval == 0
+            and self._checkpoints.own(boundary) is None
+        ):
+            self._checkpoint(boundary, self._last_block_hash)
 
-    def _send_raw(self, dest: int, frame: bytes) -> None:
-        self._ready.messages.append(Outbound(dest, frame))
+    def _restore_slot(self, saved: records.RestoredSlot) -> None:
+        pp = saved.preprepare
+        if pp is None or not self._log.in_window(saved.seq):
+            self._records.extend((key, None) for key in saved.keys)
+            return
+        self.view = max(self.view, pp.view)
+        slot = self._log.slot(saved.seq, pp.view)
+        slot.preprepare = pp
+        slot.record_keys = list(saved.keys)
+        if pp.sender == self.me:
+            slot.own_preprepare = saved.preprepare_frame
+            self._next_seq = max(self._next_seq, saved.seq + 1)
+        if saved.prepare is not None:
+            slot.prepares[self.me] = saved.prepare
+            slot.own_prepare = saved.prepare_frame
+        for prepare in saved.prepared:
+            slot.prepares[prepare.sender] = prepare
+        if saved.prepared or saved.commit is not None:
+            slot.prepared = True
+        if saved.commit is not None:
+            slot.commits[self.me] = saved.commit
+            slot.own_commit = saved.commit_frame
+        if saved.seq <= self.last_executed:
+            slot.prepared = slot.committed_local = True
+        else:
+            self._pool.in_flight(saved.seq, pp.txs)
+        self._highest_accepted = max(self._highest_accepted, saved.seq)
+        if slot.own_preprepare or slot.own_prepare or slot.own_commit:
+            slot.retransmit_at_ms = 0  # re-send on the first tick
 
     # --- invariants and status --------------------------------------------------------------
 
     def _check_invariants(self) -> None:
-        assert self.low_watermark <= self.last_executed <= self._last_emitted
-        assert len(self._pool) <= POOL_TXS_MAX
-        assert len(self.evidence) <= EVIDENCE_MAX
-        assert all(s > self.low_watermark for s in self._slots)
-        assert all(s <= self.high_watermark or s <= self._last_emitted for s in self._slots)
+        """Cheap (constant-time) checks after every input; check_invariants() checks all."""
+        low = self._log.low
+        assert low <= self.last_executed <= self._last_committed <= self._log.high
+        assert low % self.params.checkpoint_interval == 0
+        assert self._next_seq <= self._log.high + 1 or self.primary != self.me
+        assert self._last_committed <= self._highest_accepted
+        assert self.stable_certificate is None or self.stable_certificate.seq == low
+        assert len(self._log) <= self.params.window
+        assert self._stable_above == 0 or self._stable_above > self.last_executed
 
-    def status(self) -> dict[str, Any]:
-        waiting = ""
-        nxt = self._slots.get(self.last_executed + 1)
-        if self._last_emitted > self.last_executed:
-            waiting = f"executing batch {self.last_executed + 1}"
-        elif nxt is not None and not nxt.committed:
-            if nxt.preprepare is None:
-                waiting = f"PRE-PREPARE for seq {nxt.seq} from the primary ({self.primary})"
-            elif not nxt.prepared:
-                have = sum(1 for s, p in nxt.prepares.items() if p.digest == nxt.preprepare.digest)
-                waiting = f"PREPAREs for seq {nxt.seq}: {have} of {self.quorum - 1}"
-            else:
-                have = sum(1 for c in nxt.commits.values() if c.digest == nxt.preprepare.digest)
-                waiting = f"COMMITs for seq {nxt.seq}: {have} of {self.quorum}"
-        elif self._pool and not self.is_primary and self._highest_seen <= self.last_executed:
-            waiting = f"{len(self._pool)} client transactions not yet proposed by the primary"
-        elif self._highest_seen > self.last_executed + self.params.window:
-            waiting = (
-                f"behind: peers are at seq {self._highest_seen}, we executed "
-                f"{self.last_executed} (state transfer comes in a later release)"
-            )
+    def check_invariants(self) -> None:
+        self._check_invariants()
+        self._log.check()
+        self._pool.check()
+        self._future.check()
+        self._checkpoints.check(self._log.low, self._log.high, self.params.window)
+        for slot in self._log.window_slots():
+            if slot.seq <= self._last_committed:
+                assert slot.committed_local, f"seq {slot.seq} handed out before committing"
+            if slot.own_prepare is not None or slot.own_commit is not None:
+                assert slot.preprepare is not None
+            if self.me in slot.prepares and slot.preprepare is not None:
+                assert slot.prepares[self.me].digest == slot.preprepare.digest
+            if self.me in slot.commits and slot.preprepare is not None:
+                assert slot.commits[self.me].digest == slot.preprepare.digest
+
+    def status(self) -> dict[str, int | str | list[int]]:
         return {
             "mode": "pbft",
             "view": self.view,
             "primary": self.primary,
             "last_executed": self.last_executed,
-            "low_watermark": self.low_watermark,
-            "high_watermark": self.high_watermark,
-            "stable_checkpoint": self.low_watermark,
-            "in_flight": max(0, self._next_seq - 1 - self.last_executed) if self.is_primary else 0,
-            "slots": len(self._slots),
-            "pending_txs": len(self._pool),
+            "low_watermark": self._log.low,
+            "high_watermark": self._log.high,
+            "stable_checkpoint": self._log.low,
+            "in_flight": max(0, self._highest_accepted - self._last_committed),
+            "pending_txs": self._pool.pending_count,
+            "log_slots": len(self._log),
+            "buffered_messages": len(self._future),
             "evidence": len(self.evidence),
-            "waiting_for": waiting,
+            "peers_executed": list(self._retransmit.peer_executed),
+            "waiting_for": self._waiting_for(),
         }
+
+    def _waiting_for(self) -> str:
+        """Why nothing moves, in one line (cheap: looks at one slot)."""
+        if self._stable_above:
+            return (
+                f"state transfer: a quorum certified checkpoint {self._stable_above}, above our "
+                f"last executed {self.last_executed} (not implemented yet)"
+            )
+        if self._last_committed > self.last_executed:
+            return f"the node to execute seq {self.last_executed + 1}"
+        seq = self._last_committed + 1
+        slot = self._log.get(seq)
+        if slot is not None and slot.preprepare is None:
+            return f"pre-prepare for seq {seq} from primary {self.primary}"
+        if slot is not None and slot.preprepare is not None and not slot.prepared:
+            have = len(slot.matching(slot.prepares))
+            withheld = " (ours withheld: timestamp skew)" if slot.prepare_withheld else ""
+            return f"prepares for seq {seq}: {have} of {self.quorum - 1}{withheld}"
+        if slot is not None and not slot.committed_local:
+            have = len(slot.matching(slot.commits))
+            return f"commits for seq {seq}: {have} of {self.quorum}"
+        pending = self._pool.pending_count
+        if pending and self.primary == self.me and self._next_seq > self._log.high:
+            nxt = self._log.low + self.params.checkpoint_interval
+            return (
+                f"window full: seq {self._next_seq} is above h+L = {self._log.high}; "
+                f"checkpoint {nxt} to become stable"
+            )
+        if pending and self.primary != self.me:
+            return f"pre-prepare from primary {self.primary} for {pending} pending transactions"
+        return ""

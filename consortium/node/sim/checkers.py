@@ -1,14 +1,19 @@
-"""Safety and liveness checkers for simulated clusters.
+"""Safety and liveness checkers for simulated clusters (the TigerBeetle VOPR split).
 
-Safety (after every step): no two honest replicas commit different batch digests at one sequence
-number, and honest ledgers (block hash lists) are prefixes of each other.
-Liveness (at the end, after healing with at most f faulty): every submitted transaction
-committed, and honest replicas hold identical ledgers.
+Safety, checked after every step, over the replicas the test calls honest:
+    agreement  no two of them commit different batch digests at one sequence number;
+    prefix     their ledgers (block hashes by height) are prefixes of each other.
+Both are checked incrementally as blocks appear: each new (seq, digest) and (height, hash) is
+compared with the first one any honest replica produced, which is equivalent to comparing
+every pair of ledgers after every step, at a cost independent of the ledger length.
+
+Liveness, checked at the end (after healing, with at most f faulty): every submitted
+transaction committed at every honest replica, and all honest ledgers are identical.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Iterable, Sequence
 from typing import Protocol
 
 
@@ -20,44 +25,63 @@ class LivenessViolation(AssertionError):
     pass
 
 
+class SafetyChecker:
+    def __init__(self, honest: Iterable[int]) -> None:
+        self.honest = frozenset(honest)
+        self._digests: dict[int, tuple[int, bytes]] = {}  # seq -> (first node, digest)
+        self._hashes: list[tuple[int, bytes]] = []  # height-1 -> (first node, block hash)
+
+    def committed(self, node: int, seq: int, digest: bytes) -> None:
+        if node not in self.honest:
+            return
+        first = self._digests.setdefault(seq, (node, digest))
+        if first[1] != digest:
+            raise SafetyViolation(
+                f"agreement: seq {seq} committed as {first[1].hex()[:12]} by n{first[0] + 1} "
+                f"and as {digest.hex()[:12]} by n{node + 1}"
+            )
+
+    def appended(self, node: int, height: int, block_hash: bytes) -> None:
+        if node not in self.honest:
+            return
+        if height > len(self._hashes):
+            if height != len(self._hashes) + 1:
+                raise SafetyViolation(f"prefix: n{node + 1} appended height {height} out of order")
+            self._hashes.append((node, block_hash))
+            return
+        first = self._hashes[height - 1]
+        if first[1] != block_hash:
+            raise SafetyViolation(
+                f"prefix: block {height} of n{node + 1} is {block_hash.hex()[:12]}, "
+                f"but n{first[0] + 1} has {first[1].hex()[:12]}"
+            )
+
+
 class Observed(Protocol):
     @property
     def name(self) -> str: ...
-    @property
-    def digests(self) -> dict[int, bytes]: ...
+
     @property
     def block_hashes(self) -> list[bytes]: ...
 
+    @property
+    def committed_ids(self) -> set[bytes]: ...
 
-def check_safety(nodes: Sequence[Observed]) -> None:
-    seen: dict[int, tuple[str, bytes]] = {}
+    def explain(self) -> str: ...
+
+
+def check_converged(nodes: Sequence[Observed], submitted: Collection[bytes]) -> None:
+    """Liveness at the end: everything submitted committed everywhere, identical ledgers."""
     for node in nodes:
-        for seq, digest in node.digests.items():
-            first = seen.setdefault(seq, (node.name, digest))
-            if first[1] != digest:
-                raise SafetyViolation(
-                    f"seq {seq}: {first[0]} committed {first[1].hex()[:12]}, "
-                    f"{node.name} committed {digest.hex()[:12]}"
-                )
-    chains = sorted((list(n.block_hashes), n.name) for n in nodes)
-    longest = max(chains, key=lambda c: len(c[0]))
-    for chain, name in chains:
-        if longest[0][: len(chain)] != chain:
-            raise SafetyViolation(f"ledger of {name} is not a prefix of {longest[1]}'s")
-
-
-def check_all_committed(
-    nodes: Sequence[Observed], committed_ids: Sequence[set[bytes]], submitted: set[bytes]
-) -> None:
-    for node, ids in zip(nodes, committed_ids, strict=True):
-        missing = submitted - ids
+        missing = len(set(submitted) - node.committed_ids)
         if missing:
             raise LivenessViolation(
-                f"{node.name}: {len(missing)} of {len(submitted)} transactions never committed"
+                f"{node.name}: {missing} of {len(submitted)} transactions never committed "
+                f"({node.explain()})"
             )
-    hashes = {tuple(n.block_hashes) for n in nodes}
-    if len(hashes) != 1:
+    ledgers = {tuple(node.block_hashes) for node in nodes}
+    if len(ledgers) != 1:
         raise LivenessViolation(
             "honest ledgers differ at the end: "
-            + ", ".join(f"{n.name}={len(n.block_hashes)}" for n in nodes)
+            + ", ".join(f"{n.name} height {len(n.block_hashes) - 1} ({n.explain()})" for n in nodes)
         )

@@ -1,35 +1,68 @@
 """A simulated PBFT cluster: n unmodified PbftReplica cores, each with an in-memory ledger,
-driven from one seed on a simulated clock over a SimNetwork.
+driven by one seeded random.Random over a simulated millisecond clock.
+
+The loop (a plain loop, not Trio, whose scheduler is randomised): take the earliest of the next
+network delivery, the next client submission and the next tick; deliver or tick; then carry out
+the replica's Ready the way the node runtime does (records to its in-memory store, messages to
+the network, committed batches through build_block into its ledger, then executed()); then run
+the safety checker and the replica's full invariant check. Same seed, same trace. Clients
+send every transaction to every replica and retransmit it every client_retry_ms until f+1
+honest replicas committed it (DESIGN: clients retransmit on timeout), so a transaction only
+a crashed primary had is proposed again.
 
 Signatures: real Ed25519 is correct but slow for hundreds of seeds, so by default members sign
-with HMAC-SHA512 under a per-member secret that only the cluster holds (a stand-in the DESIGN
-allows: a replica still cannot produce another replica's signature). Client transactions are
-real Ed25519-signed transactions, verified once when the workload is made.
+with HMAC-SHA512 under a per-member secret only the cluster holds: a replica still cannot
+produce another member's signature, which is all the protocol relies on. `real_signatures=True`
+uses Ed25519 for smaller runs. Client transactions are real Ed25519-signed transactions, signed
+once per chain (`workload`), and tx_ok trusts the set the cluster made.
+
+Crashes: the shell here persists records synchronously, so a crash loses nothing written;
+restart(i) rebuilds the replica from its records, its ledger head and its last stable
+checkpoint, exactly what the node runtime hands a restarting replica.
 """
 
 from __future__ import annotations
 
 import hashlib
+import heapq
 import hmac
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from functools import cache
 
 from consortium.crypto.keys import KeyPair
-from consortium.crypto.signing import Domain, Ed25519Signer, Ed25519Verifier, Signer, Verifier
+from consortium.crypto.signing import (
+    Domain,
+    Ed25519Signer,
+    Ed25519Verifier,
+    Signer,
+    Verifier,
+    signed_message,
+)
 from consortium.ledger.block import BlockHeader, genesis_block, genesis_state_root
+from consortium.ledger.certificates import CheckpointCertificate
 from consortium.ledger.genesis import Client, Genesis, Member, Params
 from consortium.ledger.state import KeyValueState, build_block
 from consortium.ledger.tx import Put, Transaction
-from consortium.node.sim.checkers import check_all_committed, check_safety
+from consortium.node.sim.checkers import SafetyChecker, check_converged
 from consortium.node.sim.network import NetworkFaults, SimNetwork
 from consortium.pbft.replica import PbftConfig, PbftReplica, RecoveredState
 
 CLIENT_SEED = b"consortium-sim-client".ljust(32, b"\x00")
+EPOCH_MS = 1_700_000_000_000  # simulated wall clock at simulated time 0
+SIM_PARAMS = Params(
+    batch_txs_max=16,
+    batch_delay_ms=4,
+    checkpoint_interval=4,
+    window=16,
+    request_timeout_ms=400,  # retransmission after 100 ms
+)
 
 
 class HmacSigner:
+    """Stand-in signer: HMAC-SHA512 (64 bytes, like Ed25519) under the member's secret."""
+
     def __init__(self, public_key: bytes, secret: bytes) -> None:
         self._public = public_key
         self._secret = secret
@@ -39,10 +72,13 @@ class HmacSigner:
         return self._public
 
     def sign(self, domain: Domain, chain_id: bytes, body: bytes) -> bytes:
-        return hmac.new(self._secret, domain.value + chain_id + body, hashlib.sha512).digest()
+        message = signed_message(domain, chain_id, body)
+        return hmac.new(self._secret, message, hashlib.sha512).digest()
 
 
 class HmacVerifier:
+    """Checks a stand-in signature with the secret of the member whose key is named."""
+
     def __init__(self, secrets: dict[bytes, bytes]) -> None:
         self._secrets = secrets
 
@@ -52,51 +88,43 @@ class HmacVerifier:
         secret = self._secrets.get(public_key)
         if secret is None:
             return False
-        expected = hmac.new(secret, domain.value + chain_id + body, hashlib.sha512).digest()
-        return hmac.compare_digest(expected, signature)
+        message = signed_message(domain, chain_id, body)
+        return hmac.compare_digest(hmac.new(secret, message, hashlib.sha512).digest(), signature)
 
 
-def member_keys(n: int) -> list[KeyPair]:
-    return [KeyPair.from_seed(hashlib.sha256(b"sim-member-%d" % i).digest()) for i in range(n)]
+@cache
+def member_keys(n: int) -> tuple[KeyPair, ...]:
+    return tuple(KeyPair.from_seed(hashlib.sha256(b"sim-member-%d" % i).digest()) for i in range(n))
 
 
-def sim_genesis(n: int, params: Params | None = None) -> Genesis:
-    keys = member_keys(n)
+def sim_genesis(n: int, params: Params = SIM_PARAMS) -> Genesis:
     client = KeyPair.from_seed(CLIENT_SEED)
-    return Genesis(
+    genesis = Genesis(
         chain_name="sim",
         mode="pbft",
-        created_ms=1_000,
+        created_ms=EPOCH_MS,
         members=tuple(
             Member(i, f"n{i + 1}", k.public, f"127.0.0.1:{7000 + i}", f"127.0.0.1:{8000 + i}")
-            for i, k in enumerate(keys)
+            for i, k in enumerate(member_keys(n))
         ),
         clients=(Client("c1", client.public),),
-        params=params or Params(batch_txs_max=16, checkpoint_interval=4, window=8),
+        params=params,
     )
+    genesis.validate("sim genesis")
+    return genesis
 
 
 @cache
 def workload(chain_id: bytes, count: int) -> tuple[Transaction, ...]:
-    """`count` real client-signed transactions (signed once per chain id and count)."""
+    """`count` real client-signed transactions for this chain, signed once and reused."""
     client = KeyPair.from_seed(CLIENT_SEED)
+    expiry_ms = EPOCH_MS + 5 * 60 * 1000
     return tuple(
-        Transaction.create(client, chain_id, b"%d" % i, 10**12, [Put(b"k%d" % (i % 7), b"v%d" % i)])
+        Transaction.create(
+            client, chain_id, b"%d" % i, expiry_ms, [Put(b"k%d" % (i % 13), b"v%d" % i)]
+        )
         for i in range(count)
     )
-
-
-@dataclass
-class SimNode:
-    name: str
-    index: int
-    replica: PbftReplica
-    app: KeyValueState
-    head: BlockHeader
-    block_hashes: list[bytes] = field(default_factory=list)
-    digests: dict[int, bytes] = field(default_factory=dict)
-    committed_ids: set[bytes] = field(default_factory=set)
-    records: dict[bytes, bytes] = field(default_factory=dict)
 
 
 ReplicaFactory = Callable[
@@ -104,7 +132,7 @@ ReplicaFactory = Callable[
 ]
 
 
-def default_factory(
+def honest_replica(
     config: PbftConfig,
     signer: Signer,
     verifier: Verifier,
@@ -114,6 +142,29 @@ def default_factory(
     return PbftReplica(config, signer, verifier, tx_ok=tx_ok, recovered=recovered)
 
 
+@dataclass
+class SimNode:
+    """One member: its replica, its in-memory ledger and its durable records."""
+
+    index: int
+    replica: PbftReplica
+    app: KeyValueState
+    head: BlockHeader
+    block_hashes: list[bytes]  # index = height; [0] is genesis
+    committed_ids: set[bytes] = field(default_factory=set)
+    records: dict[bytes, bytes] = field(default_factory=dict)
+    stable: CheckpointCertificate | None = None
+    up: bool = True
+
+    @property
+    def name(self) -> str:
+        return f"n{self.index + 1}"
+
+    def explain(self) -> str:
+        status = self.replica.status()
+        return f"height {self.head.height}, waiting for: {status['waiting_for'] or 'nothing'}"
+
+
 class SimCluster:
     def __init__(
         self,
@@ -121,77 +172,174 @@ class SimCluster:
         n: int = 4,
         *,
         faults: NetworkFaults | None = None,
-        params: Params | None = None,
+        params: Params = SIM_PARAMS,
         real_signatures: bool = False,
         factories: dict[int, ReplicaFactory] | None = None,
+        byzantine: Collection[int] = (),
+        wall_skew_ms: dict[int, int] | None = None,
         tick_ms: int = 5,
+        client_delay_ms: tuple[int, int] = (0, 10),
+        client_retry_ms: int = 1_000,
     ) -> None:
         self.rng = random.Random(seed)
+        self.n = n
         self.genesis = sim_genesis(n, params)
         self.chain_id = self.genesis.chain_id
+        self.params = params
         self.net = SimNetwork(self.rng, faults or NetworkFaults())
         self.now_ms = 0
         self.tick_ms = tick_ms
-        self.n = n
-        self.wall_offset_ms = 1_000_000
+        self.client_delay_ms = client_delay_ms
+        self.client_retry_ms = client_retry_ms
+        self.wall_skew_ms = dict(wall_skew_ms or {})
+        self.byzantine = frozenset(byzantine)
+        self.safety = SafetyChecker(i for i in range(n) if i not in self.byzantine)
+        self.submitted: list[bytes] = []
+        self.steps = 0
         keys = member_keys(n)
-        secrets = {k.public: k.seed() for k in keys}
-        verifier: Verifier = Ed25519Verifier() if real_signatures else HmacVerifier(secrets)
-        valid = {t.id + t.signature for t in workload(self.chain_id, 0)}
-        self._valid_txs = valid
+        if real_signatures:
+            self.signers: list[Signer] = [Ed25519Signer(k) for k in keys]
+            self.verifier: Verifier = Ed25519Verifier()
+        else:
+            self.signers = [HmacSigner(k.public, k.seed()) for k in keys]
+            self.verifier = HmacVerifier({k.public: k.seed() for k in keys})
+        self._factories = dict(factories or {})
+        self._valid_txs: set[bytes] = set()
+        self._client_queue: list[tuple[int, int, int, Transaction]] = []
+        self._client_seq = 0
+        # Clients retransmit to every replica until f+1 honest replicas committed (the reply
+        # quorum): tx id -> (tx, last sent), in submission order; and commit counts.
+        self._awaiting: dict[bytes, tuple[Transaction, int]] = {}
+        self._commits: dict[bytes, int] = {}
+        self._next_retry_ms = client_retry_ms
+        genesis = genesis_block(self.genesis)
         self.nodes: list[SimNode] = []
-        g = genesis_block(self.genesis)
-        for i, k in enumerate(keys):
-            signer: Signer = Ed25519Signer(k) if real_signatures else HmacSigner(k.public, k.seed())
-            factory = (factories or {}).get(i, default_factory)
-            replica = factory(
-                PbftConfig.from_genesis(self.genesis, i),
-                signer,
-                verifier,
-                self._tx_ok,
-                RecoveredState(0, g.hash, None, []),
-            )
+        for i in range(n):
             app = KeyValueState(
                 self.chain_id,
-                self.genesis.params,
+                params,
                 self.genesis.client_keys(),
                 genesis_state_root(self.chain_id),
             )
-            self.nodes.append(SimNode(f"n{i + 1}", i, replica, app, g.header, [g.hash]))
-        self.submitted: set[bytes] = set()
-        self.byzantine: set[int] = set()
+            node = SimNode(
+                i,
+                self._new_replica(i, genesis.header, None, {}),
+                app,
+                genesis.header,
+                [genesis.hash],
+            )
+            self.nodes.append(node)
+
+    # --- construction -----------------------------------------------------------------------
+
+    def _new_replica(
+        self,
+        i: int,
+        head: BlockHeader,
+        stable: CheckpointCertificate | None,
+        stored: dict[bytes, bytes],
+    ) -> PbftReplica:
+        factory = self._factories.get(i, honest_replica)
+        return factory(
+            PbftConfig.from_genesis(self.genesis, i),
+            self.signers[i],
+            self.verifier,
+            self._tx_ok,
+            RecoveredState(head.height, head.hash, stable, sorted(stored.items())),
+        )
 
     def _tx_ok(self, tx: Transaction) -> bool:
-        return (tx.id + tx.signature) in self._valid_txs
+        return tx.id + tx.signature in self._valid_txs
 
     def honest(self) -> list[SimNode]:
-        return [node for i, node in enumerate(self.nodes) if i not in self.byzantine]
+        return [node for node in self.nodes if node.index not in self.byzantine]
 
-    def submit(self, txs: tuple[Transaction, ...], to: list[int] | None = None) -> None:
+    # --- inputs from the test ---------------------------------------------------------------
+
+    def submit(self, txs: tuple[Transaction, ...], to: Collection[int] | None = None) -> None:
+        """Clients send each transaction to every replica, each copy delayed, and retransmit
+        it until it commits. With `to`, one copy to each of those only, never retransmitted
+        (for tests that place transactions by hand)."""
         for tx in txs:
             self._valid_txs.add(tx.id + tx.signature)
-            self.submitted.add(tx.id)
-            for i in to if to is not None else range(self.n):
-                self.nodes[i].replica.propose(tx)
-                self._drain(self.nodes[i])
+            if to is None:
+                self.submitted.append(tx.id)
+                self._awaiting[tx.id] = (tx, self.now_ms)
+            self._send_to_replicas(tx, range(self.n) if to is None else sorted(to))
 
-    def _drain(self, node: SimNode) -> None:
+    def _send_to_replicas(self, tx: Transaction, replicas: Iterable[int]) -> None:
+        for i in replicas:
+            self._client_seq += 1
+            at_ms = self.now_ms + self.rng.randint(*self.client_delay_ms)
+            heapq.heappush(self._client_queue, (at_ms, self._client_seq, i, tx))
+
+    def _client_retries(self) -> None:
+        self._next_retry_ms = self.now_ms + self.client_retry_ms // 4
+        for tx_id, (tx, sent_ms) in list(self._awaiting.items()):
+            if self.now_ms - sent_ms >= self.client_retry_ms:
+                self._awaiting[tx_id] = (tx, self.now_ms)
+                self._send_to_replicas(tx, range(self.n))
+
+    def crash(self, i: int) -> None:
+        self.nodes[i].up = False
+
+    def restart(self, i: int) -> None:
+        """Rebuild replica i from what it persisted (records, ledger, stable checkpoint)."""
+        node = self.nodes[i]
+        node.replica = self._new_replica(i, node.head, node.stable, node.records)
+        node.up = True
+        self._carry_out(node)
+
+    # --- the loop ---------------------------------------------------------------------------
+
+    def step(self) -> None:
+        """Advance the clock to the next event, handle everything due, check."""
+        next_tick = (self.now_ms // self.tick_ms + 1) * self.tick_ms
+        candidates = [next_tick]
+        if (t := self.net.next_time()) is not None:
+            candidates.append(t)
+        if self._client_queue:
+            candidates.append(self._client_queue[0][0])
+        self.now_ms = max(self.now_ms, min(candidates))
+        self.steps += 1
+        if self.now_ms >= self._next_retry_ms:
+            self._client_retries()
+        while self._client_queue and self._client_queue[0][0] <= self.now_ms:
+            _, _, i, tx = heapq.heappop(self._client_queue)
+            node = self.nodes[i]
+            if node.up:
+                node.replica.propose(tx)
+                self._carry_out(node)
+        for src, dst, frame in self.net.pop_due(self.now_ms):
+            node = self.nodes[dst]
+            if node.up:
+                node.replica.receive(src, frame)
+                self._carry_out(node)
+        if self.now_ms % self.tick_ms == 0:
+            for node in self.nodes:
+                if node.up:
+                    wall_ms = EPOCH_MS + self.now_ms + self.wall_skew_ms.get(node.index, 0)
+                    node.replica.tick(self.now_ms, wall_ms)
+                    self._carry_out(node)
+
+    def _carry_out(self, node: SimNode) -> None:
+        """What the node runtime does with a Ready: persist, send, execute, report."""
         replica = node.replica
-        while True:
-            ready = replica.take_ready()
-            if not ready:
-                return
+        while ready := replica.take_ready():
             for key, value in ready.records:
                 if value is None:
                     node.records.pop(key, None)
                 else:
                     node.records[key] = value
+            if ready.stable_checkpoints:
+                node.stable = ready.stable_checkpoints[-1]
             for out in ready.messages:
-                dests = range(self.n) if out.dest is None else [out.dest]
-                for d in dests:
-                    if d != node.index:
-                        self.net.send(self.now_ms, node.index, d, out.frame)
+                dests = range(self.n) if out.dest is None else (out.dest,)
+                for dst in dests:
+                    if dst != node.index:
+                        self.net.send(self.now_ms, node.index, dst, out.frame)
             for batch in ready.committed:
+                self.safety.committed(node.index, batch.seq, batch.digest)
                 block, execution = build_block(
                     node.head,
                     ("pbft", batch.seq, batch.proposed_ms),
@@ -199,39 +347,38 @@ class SimCluster:
                     batch.txs,
                     node.app,
                 )
+                assert block.height == batch.seq, "in pbft, height equals sequence number"
                 node.app.apply(execution)
                 node.head = block.header
                 node.block_hashes.append(block.hash)
-                node.digests[batch.seq] = batch.digest
-                node.committed_ids.update(t.id for t in batch.txs)
+                node.committed_ids.update(tx.id for tx in batch.txs)
+                if node.index not in self.byzantine:
+                    self._replied(batch.txs)
+                self.safety.appended(node.index, block.height, block.hash)
                 replica.executed(batch.seq, block.hash)
+        replica.check_invariants()
 
-    def step(self) -> None:
-        """Advance to the next event or tick, deliver, tick, drain, check safety."""
-        nxt = self.net.next_time()
-        next_tick = (self.now_ms // self.tick_ms + 1) * self.tick_ms
-        self.now_ms = next_tick if nxt is None else min(nxt, next_tick)
-        for src, dst, frame in self.net.pop_due(self.now_ms):
-            node = self.nodes[dst]
-            node.replica.receive(src, frame)
-            self._drain(node)
-        if self.now_ms % self.tick_ms == 0:
-            for node in self.nodes:
-                node.replica.tick(self.now_ms, self.now_ms + self.wall_offset_ms)
-                self._drain(node)
-        check_safety(self.honest())
+    def _replied(self, txs: tuple[Transaction, ...]) -> None:
+        reply_quorum = self.genesis.f + 1
+        for tx in txs:
+            count = self._commits[tx.id] = self._commits.get(tx.id, 0) + 1
+            if count >= reply_quorum:
+                self._awaiting.pop(tx.id, None)
 
     def run_until(self, end_ms: int) -> None:
         while self.now_ms < end_ms:
             self.step()
 
+    def all_committed(self) -> bool:
+        ids = set(self.submitted)
+        return all(ids <= node.committed_ids for node in self.honest())
+
     def run_until_committed(self, deadline_ms: int) -> bool:
         while self.now_ms < deadline_ms:
             self.step()
-            if all(self.submitted <= node.committed_ids for node in self.honest()):
+            if not self._client_queue and self.all_committed():
                 return True
         return False
 
-    def check_liveness(self) -> None:
-        honest = self.honest()
-        check_all_committed(honest, [n.committed_ids for n in honest], self.submitted)
+    def check_converged(self) -> None:
+        check_converged(self.honest(), self.submitted)

@@ -1,0 +1,38 @@
+"""What a PBFT replica asks its shell to do (DESIGN "Sans-IO consensus cores"): take_ready()
+returns a Ready, carried out in field order: persist `records` (one fsync, with any blocks),
+then send `messages`, then execute `committed` in order, reporting each with executed().
+Re-exported by pbft/replica.py, which is where the shell imports them from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from consortium.ledger.certificates import CheckpointCertificate, CommitCertificate
+from consortium.ledger.tx import Transaction
+
+
+@dataclass(frozen=True, slots=True)
+class Outbound:
+    dest: int | None  # None: broadcast to every other member
+    frame: bytes  # messages.encode(...)
+
+
+@dataclass(frozen=True, slots=True)
+class CommittedBatch:
+    seq: int
+    view: int
+    digest: bytes
+    proposed_ms: int
+    txs: tuple[Transaction, ...]
+    certificate: CommitCertificate  # Q signed COMMITs from distinct members
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    records: list[tuple[bytes, bytes | None]]  # persist first (None deletes the key)
+    messages: list[Outbound]  # then send
+    committed: list[CommittedBatch]  # then execute, in order, and report executed()
+    stable_checkpoints: list[CheckpointCertificate]
+
+    def __bool__(self) -> bool:
+        return bool(self.records or self.messages or self.committed or self.stable_checkpoints)

@@ -1,0 +1,133 @@
+"""What a PBFT replica persists, and how it reads it back after a restart (Castro & Liskov,
+TOCS 2002 §4.2 "a replica must not send conflicting messages after a restart"; DESIGN.md:
+"durable before the message that depends on it leaves").
+
+Theory of operation
+-------------------
+The shell stores Ready.records opaquely (key -> value, None deletes) in the same fsync as any
+blocks, before it sends Ready.messages. Keys and values:
+
+    b"pbft/log/<seq:020d>/preprepare"  the accepted PRE-PREPARE frame (ours as primary, or the
+                                       primary's): persisted before our PREPARE leaves, so a
+                                       restarted replica still holds the batch it voted for
+    b"pbft/log/<seq:020d>/prepare"     our PREPARE frame
+    b"pbft/log/<seq:020d>/prepared"    msgpack array of the Q-1 matching PREPARE frames (the
+                                       prepared certificate), before our COMMIT leaves
+    b"pbft/log/<seq:020d>/commit"      our COMMIT frame
+    b"pbft/checkpoint/<seq:020d>"      our CHECKPOINT frame
+    b"pbft/stable"                     the latest stable CheckpointCertificate (encode())
+
+Frames are exactly what was sent, so a restarted replica re-sends the same signed bytes and
+never signs a second, conflicting vote for one (view, seq). Sequence numbers are zero-padded so
+the keys sort numerically. When a checkpoint becomes stable, the log records at or below it and
+own checkpoint records below it are deleted in the same Ready that persists the certificate.
+
+Records are this replica's own data: one that does not decode means the disk or the operator
+changed it, and restarting on it could make the replica contradict itself, so `parse` raises
+RecoveryError naming the key instead of guessing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from consortium.crypto.codec import WireFormatError, as_bytes, as_list, pack, unpack_canonical
+from consortium.ledger.certificates import CheckpointCertificate
+from consortium.ledger.genesis import Params
+from consortium.pbft.messages import Checkpoint, Commit, Prepare, PrePrepare, decode
+
+STABLE_KEY = b"pbft/stable"
+_LOG_PREFIX = b"pbft/log/"
+_CHECKPOINT_PREFIX = b"pbft/checkpoint/"
+SLOT_KINDS = ("preprepare", "prepare", "prepared", "commit")
+
+
+class RecoveryError(ValueError):
+    """The consensus records in the data directory cannot be read back."""
+
+
+def slot_key(seq: int, kind: str) -> bytes:
+    assert kind in SLOT_KINDS
+    return _LOG_PREFIX + b"%020d/%s" % (seq, kind.encode())
+
+
+def checkpoint_key(seq: int) -> bytes:
+    return _CHECKPOINT_PREFIX + b"%020d" % seq
+
+
+def prepared_value(frames: list[bytes]) -> bytes:
+    return pack(frames)
+
+
+@dataclass(slots=True)
+class RestoredSlot:
+    seq: int
+    preprepare: PrePrepare | None = None
+    preprepare_frame: bytes | None = None
+    prepare: Prepare | None = None
+    prepare_frame: bytes | None = None
+    prepared: list[Prepare] = field(default_factory=list)
+    commit: Commit | None = None
+    commit_frame: bytes | None = None
+    keys: list[bytes] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Restored:
+    stable: CheckpointCertificate | None = None
+    checkpoints: list[tuple[Checkpoint, bytes]] = field(default_factory=list)  # (vote, frame)
+    slots: dict[int, RestoredSlot] = field(default_factory=dict)
+    unknown_keys: list[bytes] = field(default_factory=list)
+
+
+def parse(records: list[tuple[bytes, bytes]], params: Params, me: int) -> Restored:
+    out = Restored()
+    for key, value in sorted(records):
+        try:
+            _parse_one(out, key, value, params, me)
+        except WireFormatError as exc:
+            raise RecoveryError(
+                f"consensus record {key!r} does not decode ({exc}); the data directory was "
+                "changed outside the node: restore it from a backup"
+            ) from None
+    return out
+
+
+def _parse_one(out: Restored, key: bytes, value: bytes, params: Params, me: int) -> None:
+    if key == STABLE_KEY:
+        out.stable = CheckpointCertificate.from_array(unpack_canonical(value))
+        return
+    if key.startswith(_CHECKPOINT_PREFIX):
+        vote = decode(value, params)
+        if not isinstance(vote, Checkpoint) or vote.sender != me:
+            raise WireFormatError("not one of our CHECKPOINTs")
+        out.checkpoints.append((vote, value))
+        return
+    if not key.startswith(_LOG_PREFIX):
+        out.unknown_keys.append(key)
+        return
+    seq_text, _, kind = key[len(_LOG_PREFIX) :].partition(b"/")
+    if not seq_text.isdigit() or kind.decode("ascii", "replace") not in SLOT_KINDS:
+        out.unknown_keys.append(key)
+        return
+    seq = int(seq_text)
+    slot = out.slots.setdefault(seq, RestoredSlot(seq))
+    slot.keys.append(key)
+    if kind == b"prepared":
+        for frame in as_list(unpack_canonical(value), what="prepared certificate"):
+            prepare = decode(as_bytes(frame, "prepare frame"), params)
+            if not isinstance(prepare, Prepare) or prepare.seq != seq:
+                raise WireFormatError("prepared certificate holds another message")
+            slot.prepared.append(prepare)
+        return
+    msg = decode(value, params)
+    if getattr(msg, "seq", None) != seq:
+        raise WireFormatError("record for another sequence number")
+    if kind == b"preprepare" and isinstance(msg, PrePrepare):
+        slot.preprepare, slot.preprepare_frame = msg, value
+    elif kind == b"prepare" and isinstance(msg, Prepare) and msg.sender == me:
+        slot.prepare, slot.prepare_frame = msg, value
+    elif kind == b"commit" and isinstance(msg, Commit) and msg.sender == me:
+        slot.commit, slot.commit_frame = msg, value
+    else:
+        raise WireFormatError(f"record {kind!r} holds another kind of message")

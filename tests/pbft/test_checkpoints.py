@@ -1,0 +1,150 @@
+"""Checkpoints, stable checkpoints, garbage collection and the window (Castro & Liskov,
+OSDI'99 §4.3; TOCS'02 §2.3.4)."""
+
+from __future__ import annotations
+
+from pbft_harness import Group, block_hash, drive, frames
+
+from consortium.pbft import records
+from consortium.pbft.messages import Checkpoint, Prepare, PrePrepare, decode, encode
+
+ME = 1
+
+
+def executed_through(group: Group, seq: int, i: int = ME) -> list[PrePrepare]:
+    pps = [group.preprepare(s, group.txs[s : s + 1]) for s in range(1, seq + 1)]
+    for pp in pps:
+        drive(group, i, pp)
+    return pps
+
+
+def test_a_replica_signs_a_checkpoint_after_executing_every_kth_sequence_number() -> None:
+    group = Group()  # K = 2
+    r = group.replicas[ME]
+    executed_through(group, 1)
+    assert not any(isinstance(decode(f, group.params), Checkpoint) for f in frames(r.take_ready()))
+    executed_through(group, 2)
+    ready = r.take_ready()
+    own = group.checkpoint(2, ME)
+    assert encode(own) in frames(ready)
+    assert (records.checkpoint_key(2), encode(own)) in ready.records
+
+
+def test_a_checkpoint_is_stable_at_q_matching_votes_from_distinct_members() -> None:
+    group = Group()  # Q = 3: its own vote and two more
+    r = group.replicas[ME]
+    executed_through(group, 2)
+    r.take_ready()
+    r.receive(2, group.checkpoint(2, 2))
+    r.receive(2, group.checkpoint(2, 2))  # the same member twice counts once
+    assert r.low_watermark == 0 and r.rejected["duplicate"] == 1
+    assert not r.take_ready().stable_checkpoints
+    r.receive(3, group.checkpoint(2, 3))
+    ready = r.take_ready()
+    (cert,) = ready.stable_checkpoints
+    assert (cert.seq, cert.block_hash) == (2, block_hash(2))
+    assert cert.verify(group.genesis, group.verifier) is None
+    assert (records.STABLE_KEY, cert.encode()) in ready.records
+    assert r.low_watermark == r.stable_checkpoint_seq == 2
+    assert r.high_watermark == 2 + group.params.window
+
+
+def test_a_stable_checkpoint_collects_the_log_and_its_records_at_or_below_h() -> None:
+    group = Group()
+    r = group.replicas[ME]
+    pps = [group.preprepare(s, group.txs[s : s + 1]) for s in (1, 2, 3)]
+    written = [kv for pp in pps for kv in drive(group, ME, pp).records]
+    keys = {k for k, v in written + r.take_ready().records if k.startswith(b"pbft/log/") and v}
+    assert {records.slot_key(s, "preprepare") for s in (1, 2, 3)} <= keys
+    assert r.status()["log_slots"] == 3
+    for s in (2, 3):
+        r.receive(s, group.checkpoint(2, s))
+    ready = r.take_ready()
+    deleted = {k for k, v in ready.records if v is None}
+    assert deleted == {k for k in keys if int(k.split(b"/")[2]) <= 2}
+    assert r.status()["log_slots"] == 1  # only seq 3 is left in the window
+    r.receive(2, group.prepare(pps[0], 2))  # a vote for a collected seq is outside the window
+    assert r.rejected["outside_window"] == 1
+
+
+def test_checkpoints_with_different_block_hashes_do_not_combine() -> None:
+    group = Group()
+    r = group.replicas[ME]
+    executed_through(group, 2)
+    r.take_ready()
+    r.receive(2, group.checkpoint(2, 2, block=b"x" * 32))
+    r.receive(3, group.checkpoint(2, 3))
+    assert r.low_watermark == 0
+    r.receive(0, group.checkpoint(2, 0))
+    assert r.low_watermark == 2
+    assert r.stable_certificate is not None
+    assert {v.body for v in r.stable_certificate.votes} == {
+        group.checkpoint(2, s).body for s in (0, 1, 3)
+    }
+
+
+def test_a_quorum_for_a_hash_other_than_ours_is_never_adopted() -> None:
+    group = Group()
+    r = group.replicas[ME]
+    executed_through(group, 2)
+    for s in (0, 2, 3):
+        r.receive(s, group.checkpoint(2, s, block=b"x" * 32))
+    assert r.low_watermark == 0
+    assert r.rejected["checkpoint_mismatch"] >= 1
+
+
+def test_a_checkpoint_at_or_below_h_is_stale() -> None:
+    group = Group()
+    r = group.replicas[ME]
+    executed_through(group, 2)
+    for s in (2, 3):
+        r.receive(s, group.checkpoint(2, s))
+    r.take_ready()
+    r.receive(0, group.checkpoint(2, 0))
+    assert r.rejected["stale_checkpoint"] == 1 and not r.take_ready()
+
+
+def test_a_replica_behind_a_stable_checkpoint_keeps_its_window_and_says_so() -> None:
+    group = Group()
+    r = group.replicas[ME]
+    for s in (0, 2, 3):
+        r.receive(s, group.checkpoint(4, s))
+    assert r.low_watermark == 0 and r.last_executed == 0
+    assert str(r.status()["waiting_for"]).startswith(
+        "state transfer: a quorum certified checkpoint 4"
+    )
+    # Executing up to it (retransmission brought the batches) makes it stable here too.
+    executed_through(group, 4)
+    assert r.low_watermark == 4 and r.status()["waiting_for"] == ""
+
+
+def test_the_primary_proposes_only_inside_the_window() -> None:
+    group = Group()  # L = 4, batch_txs_max = 4
+    primary = group.replicas[0]
+    for tx in group.txs[:24]:
+        primary.propose(tx)
+    group.tick_all(group.params.batch_delay_ms)
+    seqs = [decode(f, group.params).seq for f in frames(group.take(0))]
+    assert seqs == [1, 2, 3, 4]
+    assert primary.status()["pending_txs"] == 24 - 13  # [tx0] at once, then three of four
+    # As checkpoints become stable the window moves and the rest is proposed.
+    for _ in range(12):
+        group.deliver(0, [])
+        group.pump()
+        group.tick_all(group.params.batch_delay_ms)
+    assert all(r.last_executed == 7 for r in group.replicas)
+    assert primary.status()["pending_txs"] == 0
+
+
+def test_messages_above_the_window_are_replayed_when_it_moves() -> None:
+    group = Group()
+    r = group.replicas[ME]
+    early = Prepare.create(group.signers[2], group.chain_id, 0, 5, b"d" * 32, 2)
+    r.receive(2, early)
+    assert r.status()["buffered_messages"] == 1 and r.status()["log_slots"] == 0
+    executed_through(group, 2)
+    for s in (2, 3):
+        r.receive(s, group.checkpoint(2, s))
+    assert r.low_watermark == 2
+    assert r.status()["buffered_messages"] == 0
+    assert r.status()["log_slots"] == 1  # seq 5 now holds member 2's PREPARE

@@ -1,0 +1,199 @@
+"""Peer input is validated explicitly and never raised out of the core: everything wrong is
+dropped, counted in `rejected` by reason, and changes nothing else (DESIGN "Security notes";
+Castro & Liskov OSDI'99 §4.2 acceptance conditions; TOCS'02 §2.3.3)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+import pytest
+from pbft_harness import RETRANSMIT_MS, WALL, Group, forge, frames
+
+from consortium.node.sim.cluster import workload
+from consortium.pbft.messages import Message, Prepare, encode
+from consortium.pbft.replica import PbftReplica
+
+ME = 1  # the replica under test: a backup
+
+
+def snapshot(r: PbftReplica) -> dict[str, Any]:
+    return {**r.status(), "evidence": len(r.evidence)}
+
+
+Case = Callable[[Group], tuple[int, bytes | Message]]
+
+
+def prepare_from(sender: int, *, view: int = 0, seq: int = 1) -> Case:
+    def make(g: Group) -> tuple[int, Message]:
+        return sender, Prepare.create(g.signers[sender], g.chain_id, view, seq, b"d" * 32, sender)
+
+    return make
+
+
+CASES: dict[str, Case] = {
+    "malformed": lambda g: (2, b"\x93\x01\x02"),
+    "not_member": lambda g: (7, prepare_from(2)(g)[1]),
+    "from_self": lambda g: (ME, prepare_from(ME)(g)[1]),
+    "sender_mismatch": lambda g: (2, prepare_from(3)(g)[1]),
+    "bad_signature": lambda g: (
+        2,
+        forge(Prepare.create(g.signers[2], g.chain_id, 0, 1, b"d" * 32, 2)),
+    ),
+    "wrong_view": prepare_from(2, view=1),
+    "prepare_from_primary": prepare_from(0),
+    "not_primary": lambda g: (2, g.preprepare(1, g.txs[:1], sender=2)),
+    "outside_window": prepare_from(2, seq=0),
+    "digest_mismatch": lambda g: (0, g.preprepare(1, g.txs[:2], digest=b"x" * 32)),
+    "batch_too_large": lambda g: (0, g.preprepare(1, g.txs[:5])),
+    "wrong_chain": lambda g: (0, g.preprepare(1, (g.txs[0], workload(b"\x01" * 32, 1)[0]))),
+    "not_checkpoint_seq": lambda g: (2, g.checkpoint(3, 2)),
+}
+
+
+@pytest.mark.parametrize("reason", sorted(CASES))
+def test_invalid_input_is_dropped_counted_and_changes_nothing(reason: str) -> None:
+    group = Group()
+    r = group.replicas[ME]
+    before = snapshot(r)
+    sender, msg = CASES[reason](group)
+    r.receive(sender, msg)
+    assert dict(r.rejected) == {reason: 1}
+    after = snapshot(r)
+    if reason == "wrong_view":
+        # A higher view's message also waits (bounded) for the view-change issue.
+        assert after.pop("buffered_messages") == before.pop("buffered_messages") + 1
+    if reason in ("digest_mismatch", "batch_too_large", "wrong_chain"):
+        # An invalid batch from the primary is evidence for the view-change issue.
+        assert after.pop("evidence") == before.pop("evidence") + 1
+        assert r.evidence[-1].reason == reason
+    assert after == before
+    assert not r.take_ready()
+    r.check_invariants()
+
+
+def test_a_bad_client_signature_rejects_the_whole_batch_after_asking_about_every_tx() -> None:
+    group = Group()
+    r = group.replicas[ME]
+    txs = group.txs[:3]
+    group.bad_txs.add(txs[1].id)
+    r.receive(0, group.preprepare(1, txs))
+    assert dict(r.rejected) == {"bad_client_signature": 1}
+    assert group.asked == [tx.id for tx in txs]
+    assert r.status()["log_slots"] == 0 and not r.take_ready()
+
+
+def test_a_conflicting_preprepare_is_counted_kept_as_evidence_and_changes_nothing() -> None:
+    group = Group()
+    r = group.replicas[ME]
+    first = group.preprepare(1, group.txs[:1])
+    second = group.preprepare(1, group.txs[1:2])
+    r.receive(0, first)
+    group.take(ME)
+    before = snapshot(r)
+    r.receive(0, second)
+    assert r.rejected["conflicting_preprepare"] == 1
+    assert not r.take_ready()
+    after = snapshot(r)
+    assert after.pop("evidence") == before.pop("evidence") + 1 and after == before
+    (evidence,) = r.evidence
+    assert (evidence.reason, evidence.view, evidence.seq, evidence.primary) == (
+        "conflicting_preprepare",
+        0,
+        1,
+        0,
+    )
+    assert [v.body for v in evidence.preprepares] == [first.body, second.body]
+
+
+def test_a_forged_conflicting_preprepare_is_a_bad_signature_not_evidence() -> None:
+    group = Group()
+    r = group.replicas[ME]
+    r.receive(0, group.preprepare(1, group.txs[:1]))
+    r.receive(0, forge(group.preprepare(1, group.txs[1:2])))
+    assert r.rejected["bad_signature"] == 1 and not r.evidence
+
+
+@pytest.mark.parametrize("kind", ["prepare", "commit"])
+def test_a_second_different_vote_from_one_member_does_not_count(kind: str) -> None:
+    group = Group()
+    r = group.replicas[3]
+    pp = group.preprepare(1, group.txs[:1])
+    other = replace(pp, digest=b"o" * 32)
+    vote = group.prepare if kind == "prepare" else group.commit
+    r.receive(2, vote(other, 2))  # before the PRE-PREPARE: kept, for the wrong digest
+    r.receive(2, vote(pp, 2))
+    assert r.rejected["conflicting_vote"] == 1
+    r.receive(0, pp)
+    if kind == "prepare":
+        # Only its own PREPARE matches; member 2's first one was for another digest.
+        assert r.status()["waiting_for"] == "prepares for seq 1: 1 of 2"
+    else:
+        r.receive(1, group.prepare(pp, 1))
+        r.receive(0, group.commit(pp, 0))
+        assert r.status()["waiting_for"] == "commits for seq 1: 2 of 3"
+
+
+def test_a_backup_withholds_its_prepare_for_a_skewed_timestamp() -> None:
+    group = Group()
+    r = group.replicas[ME]
+    skew = group.params.timestamp_skew_ms
+    pp = group.preprepare(1, group.txs[:1], proposed_ms=WALL + group.mono_ms + skew + 1)
+    r.receive(0, pp)
+    ready = group.take(ME)
+    assert r.rejected["timestamp_skew"] == 1
+    assert ready.messages == [] and not r.evidence  # withheld, and not evidence
+    assert r.status()["log_slots"] == 1  # the PRE-PREPARE itself is accepted
+    # The others prepare it; this backup still commits with them.
+    for sender in (2, 3):
+        r.receive(sender, group.prepare(pp, sender))
+    assert frames(group.take(ME)) == [encode(group.commit(pp, ME))]
+
+
+def test_a_timestamp_within_the_skew_is_prepared() -> None:
+    group = Group()
+    r = group.replicas[ME]
+    skew = group.params.timestamp_skew_ms
+    r.receive(0, group.preprepare(1, group.txs[:1], proposed_ms=WALL + group.mono_ms - skew))
+    assert r.rejected["timestamp_skew"] == 0 and len(group.take(ME).messages) == 1
+
+
+def test_messages_above_the_window_wait_in_a_bounded_per_sender_buffer() -> None:
+    group = Group()
+    r = group.replicas[ME]
+    high = r.high_watermark
+    cap = 3 * group.params.window
+    for k in range(cap + 5):
+        r.receive(
+            2, Prepare.create(group.signers[2], group.chain_id, 0, high + 1, bytes([k]) * 32, 2)
+        )
+    r.receive(3, Prepare.create(group.signers[3], group.chain_id, 0, high + 1, b"d" * 32, 3))
+    assert r.rejected["buffer_full"] == 5
+    assert r.status()["buffered_messages"] == cap + 1
+    assert r.status()["log_slots"] == 0
+
+
+def test_messages_for_a_higher_view_are_counted_and_kept_bounded_for_view_change() -> None:
+    group = Group()
+    r = group.replicas[ME]
+    r.receive(2, prepare_from(2, view=5)(group)[1])
+    assert r.rejected["wrong_view"] == 1 and r.status()["buffered_messages"] == 1
+
+
+def test_peer_input_never_raises() -> None:
+    group = Group()
+    r = group.replicas[ME]
+    pp = group.preprepare(1, group.txs[:2])
+    frame = encode(pp)
+    for i in range(0, len(frame), 7):
+        for flip in (1, 0x80):
+            mutated = bytearray(frame)
+            mutated[i] ^= flip
+            r.receive(0, bytes(mutated))
+            r.receive(2, bytes(mutated))
+    for cut in range(len(frame)):
+        r.receive(0, frame[:cut])
+    group.tick_all(RETRANSMIT_MS)
+    r.check_invariants()
+    assert r.rejected["malformed"] > 0
