@@ -44,10 +44,15 @@ async def collect_status(genesis: Genesis, timeout_s: float) -> list[dict[str, A
 
 def status_table(genesis: Genesis, statuses: list[dict[str, Any]]) -> None:
     up = sum(1 for s in statuses if not s.get("error"))
+    down = genesis.n - up
+    budget = (
+        f"tolerates {genesis.f - down} more"
+        if down <= genesis.f
+        else f"fault budget exceeded by {down - genesis.f}: no progress until a member returns"
+    )
     typer.echo(
         f"network {genesis.chain_name} ({genesis.chain_id.hex()[:12]}…): mode {genesis.mode}, "
-        f"n={genesis.n} f={genesis.f}: {up} of {genesis.n} up, "
-        f"tolerates {max(0, genesis.f - (genesis.n - up))} more"
+        f"n={genesis.n} f={genesis.f}: {up} of {genesis.n} up, {budget}"
     )
     typer.echo(
         f"{'member':<7} {'view':>5} {'primary':<8} {'height':>7} {'checkpoint':>10} "
