@@ -138,6 +138,10 @@ class _Audit:
             self.blocks += 1
         if prev is None:
             raise _Failed(0, "the ledger holds no blocks (not even genesis)")
+        # The tables the node serves reads from must be what re-execution gives.
+        stored_kv = {bytes(k): bytes(v) for k, v in db.execute("SELECT key, value FROM kv")}
+        if stored_kv != app.kv:
+            raise _Failed(prev.height, "the stored key-value table differs from re-execution")
         self._check_checkpoints(db)
 
     def _decode(self, height: int, header_b: bytes, body_b: bytes, receipts_b: bytes) -> Block:
@@ -228,7 +232,13 @@ class _Audit:
             if problem:
                 raise _Failed(seq, f"checkpoint certificate: {problem}")
             stored = self.hashes.get(seq)
-            if stored is not None and stored != cert.block_hash:
+            if stored is None:
+                raise _Failed(
+                    seq,
+                    f"a checkpoint certificate certifies seq {seq}, above the ledger head at "
+                    f"{self.height}: blocks are missing",
+                )
+            if stored != cert.block_hash:
                 raise _Failed(seq, "checkpoint certificate certifies another block hash")
             self.certificates += 1
 

@@ -44,6 +44,7 @@ from consortium.node.framing import FrameError, FrameReader, encode_frame
 OutcomeStatus = Literal["committed", "rejected", "pending"]
 BACKOFF_MAX_S = 1.0
 SUBMITS_TRACKED_MAX = 10_000
+FINAL_REJECTIONS = frozenset({"bad_signature", "wrong_chain", "unknown_client"})
 
 
 class ClientError(RuntimeError):
@@ -254,7 +255,10 @@ class ConsortiumClient:
             if state is None:
                 continue
             if v[1] == "rejected" and isinstance(v[2], str):
-                state.rejections.setdefault(v[2], set()).add(member)
+                # Only reasons every member decides alike from the bytes are final; "expired"
+                # (each member's clock) or "overloaded" may differ, and the tx may still commit.
+                if v[2] in FINAL_REJECTIONS or v[2].startswith("malformed"):
+                    state.rejections.setdefault(v[2], set()).add(member)
                 state.last_news = time.monotonic()
             elif v[1] == "committed":
                 self._on_bundle(member, v[2])

@@ -169,6 +169,7 @@ class Node:
     async def _pump(self) -> None:
         params = self.genesis.params
         async for sender, frame in self.peers.inbound:
+            self.peers.consumed(frame)
             try:
                 msg = pbft_messages.decode(frame, params)
             except pbft_messages.WireFormatError as exc:
@@ -177,10 +178,26 @@ class Node:
                     f"malformed:{sender}", f"malformed message from member {sender}: {exc}"
                 )
                 continue
-            if isinstance(msg, pbft_messages.PrePrepare) and msg.txs:
+            if (
+                isinstance(msg, pbft_messages.PrePrepare)
+                and msg.txs
+                and self._worth_verifying(sender, msg)
+            ):
                 # Fill the signature cache on worker threads; the core's tx_ok then hits it.
                 await self.tx_cache.verify_all(msg.txs)
             await self._events_send.send(("peer", sender, msg))
+
+    def _worth_verifying(self, sender: int, pp: pbft_messages.PrePrepare) -> bool:
+        """Spend client-signature checks only on a PRE-PREPARE the core could accept: from the
+        current primary, in our view and window, and signed by it (one check). Anything else
+        the core drops cheaply, so a hostile member cannot buy our CPU with junk batches."""
+        core = self.core
+        if not (sender == pp.sender == core.primary and pp.view == core.view):
+            return False
+        if not core.low_watermark < pp.seq <= core.high_watermark:
+            return False
+        key = self.genesis.members[sender].public_key
+        return self.verifier.verify(key, Domain.PBFT, self.chain_id, pp.body, pp.signature)
 
     def _now(self) -> tuple[int, int]:
         return int(trio.current_time() * 1000), int(time.time() * 1000)
@@ -291,6 +308,14 @@ class Node:
             if not conns:
                 continue
             self._watch_count -= len(conns)
+            if block.receipts[index].reason == "duplicate":
+                # A later copy of an id that already executed: never report it as that
+                # transaction's result; answer with the first receipt instead.
+                first = self.first_receipt_bundle(tx.id)
+                for conn in conns:
+                    if first is not None:
+                        conn.push_receipt(first)
+                continue
             if tree is None:
                 tree = MerkleTree([r.encode() for r in block.receipts])
             bundle = self.make_bundle(block, index, vote, tree)
@@ -311,6 +336,16 @@ class Node:
             block.header.to_array(),
             vote.to_array(),
         ]
+
+    def first_receipt_bundle(self, tx_id: bytes) -> list[Any] | None:
+        receipt = self.store.receipt_of(tx_id)
+        if receipt is None:
+            return None
+        stored = self.store.get_block(receipt.height)
+        assert stored is not None, "a receipt's block is stored with it"
+        return self.make_bundle(
+            stored.block, receipt.index, self.own_block_signature(receipt.height)
+        )
 
     def own_block_signature(self, height: int) -> SignedVote:
         stored = self.store.get_block(height)

@@ -43,6 +43,9 @@ from consortium.node.logs import RateLimitedLog
 HANDSHAKE_TIMEOUT_S = 5.0
 HANDSHAKE_FRAME_MAX = 4096
 COALESCE_BYTES_MAX = 1 << 20
+OUTBOUND_BYTES_MAX = 64 << 20  # per peer: frames queued while it is slow or down
+INBOUND_UNIT_BYTES = 64 << 10
+INBOUND_BUDGET_UNITS = 1024  # 64 MiB of received frames waiting for the consensus task
 BACKOFF_MIN_S = 0.05
 BACKOFF_MAX_S = 2.0
 
@@ -105,6 +108,7 @@ class PeerNetwork:
         self._inbound_send, self.inbound = trio.open_memory_channel[tuple[int, bytes]](
             inbound_frames_max
         )
+        self._inbound_budget = trio.Semaphore(INBOUND_BUDGET_UNITS)
         self.counters: Counter[str] = Counter()
         self.listen_port = 0
 
@@ -125,7 +129,10 @@ class PeerNetwork:
         if peer is None:
             self.counters["send_to_unknown_member"] += 1
             return False
-        if len(peer.queue) >= self._outbound_max:
+        if (
+            len(peer.queue) >= self._outbound_max
+            or peer.queued_bytes + len(frame) > OUTBOUND_BYTES_MAX
+        ):
             peer.frames_dropped += 1
             self.counters["outbound_queue_full"] += 1
             return False
@@ -133,6 +140,11 @@ class PeerNetwork:
         peer.queued_bytes += len(frame)
         peer.wakeup.set()
         return True
+
+    def consumed(self, frame: bytes) -> None:
+        """The consumer is done with a frame from `inbound`: return its bytes to the budget."""
+        for _ in range(_units(len(frame))):
+            self._inbound_budget.release()
 
     def broadcast(self, frame: bytes) -> None:
         for index in self.peers:
@@ -298,6 +310,10 @@ class PeerNetwork:
                         break
                     peer.frames_received += 1
                     peer.bytes_received += len(body)
+                    # Bounded in bytes as well as frames: wait (back-pressure on this peer's
+                    # TCP connection) while the consumer holds too much; see consumed().
+                    for _ in range(_units(len(body))):
+                        await self._inbound_budget.acquire()
                     await self._inbound_send.send((sender, body))
             except FrameError as exc:
                 self._failed("frame", "bad_frame", f"closing connection from {peer.name}: {exc}")
@@ -393,3 +409,7 @@ async def _refuse(stream: trio.SocketStream, reason: str) -> None:
             await stream.send_all(encode_frame(pack(["refused", reason[:200]])))
     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
         pass
+
+
+def _units(size: int) -> int:
+    return min(INBOUND_BUDGET_UNITS, 1 + size // INBOUND_UNIT_BYTES)

@@ -201,8 +201,14 @@ def encode(msg: Message) -> bytes:
     return pack([msg.body, msg.signature])
 
 
+ENVELOPE_BYTES_MAX = 64 * 1024  # a batch's framing overhead, generously
+
+
 def decode(frame: bytes, params: Params) -> Message:
     """Decode one frame; raises only WireFormatError. Shape only: no signature is checked."""
+    if len(frame) > params.batch_bytes_max + ENVELOPE_BYTES_MAX:
+        # No honest message is larger than a full batch: refuse before decoding anything.
+        raise WireFormatError(f"message of {len(frame)} bytes exceeds a full batch")
     envelope = as_list(unpack_canonical(frame, max_len=params.frame_bytes_max), what="pbft message")
     if len(envelope) not in (2, 3):
         raise WireFormatError(
@@ -219,6 +225,10 @@ def decode(frame: bytes, params: Params) -> Message:
             raise WireFormatError("preprepare: the batch is missing")
         as_list(fields, 6, kind)
         raw_txs = as_list(envelope[2], what="batch")
+        # Limits before any transaction is decoded or verified: a peer's oversize batch costs
+        # us one look at its length, not a decode and thousands of signature checks.
+        if len(raw_txs) > params.batch_txs_max:
+            raise WireFormatError(f"batch: more than {params.batch_txs_max} transactions")
         return PrePrepare(
             view=as_int(fields[1], "view"),
             seq=as_int(fields[2], "seq"),

@@ -20,7 +20,8 @@ at least one honest one; Q = 2f+1 when n = 3f+1):
       transaction is of this chain and client-signed (tx_ok), and the digest matches. Then it
       persists the PRE-PREPARE and its PREPARE and multicasts the PREPARE, unless the proposed
       timestamp is further than timestamp_skew_ms from its clock: then it withholds its
-      PREPARE (counted, not evidence; the others may still prepare the batch).
+      PREPARE (counted, not evidence; the others may still prepare the batch). Only a timestamp
+      in the future counts: an old one is a retransmission.
     prepared(seq)   the PRE-PREPARE plus Q-1 matching PREPAREs from distinct backups (the
       primary sends none): persist the prepared certificate and our COMMIT, multicast it.
     committed-local(seq)   prepared plus Q matching COMMITs from distinct members (ours
@@ -407,7 +408,10 @@ class PbftReplica:
         if pp.sender == self.me:
             slot.own_preprepare = frame
             self._send_own(slot, frame)
-        elif self._clock_known and abs(pp.proposed_ms - self._wall_ms) > (
+        elif self._clock_known and pp.proposed_ms - self._wall_ms > (
+            # Only a timestamp in the future: an old one is a retransmitted or delayed batch
+            # (a backup back from a partition must still prepare it), and back-dating gains
+            # nothing since block time = max(proposed, previous block's time).
             self.params.timestamp_skew_ms
         ):
             slot.prepare_withheld = True

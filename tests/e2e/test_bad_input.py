@@ -219,3 +219,21 @@ def test_tampering_with_a_block_or_a_certificate_makes_verify_name_the_height(
     assert bad.returncode == 1
     assert "FAILED at height 3" in bad.stderr
     assert "bad signature" in bad.stderr
+
+
+def test_a_committed_transaction_resubmitted_after_it_expired_gets_its_first_receipt(
+    network: LocalNetwork,
+) -> None:
+    setup = load_client_setup(network.directory)
+
+    async def scenario() -> None:
+        async with ConsortiumClient(setup.genesis, setup.keys()[0]) as client:
+            tx = client.make_tx([Put(b"short-lived", b"1")], expiry_s=1.0)
+            [first] = await client.submit_and_wait([tx], timeout_s=15)
+            assert first.status == "committed"
+            await trio.sleep(1.5)  # now past its expiry on every member's clock
+            [again] = await client.submit_and_wait([tx], timeout_s=15)
+            assert again.status == "committed"
+            assert (again.height, again.block_hash) == (first.height, first.block_hash)
+
+    trio.run(scenario)

@@ -354,3 +354,32 @@ def test_a_forged_block_signature_fails_the_audit(tmp_path: Path) -> None:
     assert report.problem is not None and report.problem.height == 2
     assert "block signature" in report.problem.reason
     assert CLIENT.public in chain.genesis.client_keys()
+
+
+def test_cutting_blocks_below_a_checkpoint_certificate_fails_the_audit(tmp_path: Path) -> None:
+    from consortium.crypto.signing import Domain, Ed25519Signer
+    from consortium.ledger.certificates import CheckpointCertificate, checkpoint_body
+    from tests.ledger.chain_fixture import MEMBERS
+
+    path, chain = _ledger(tmp_path)
+    block_hash = chain.blocks[3][0].hash
+    votes = []
+    for s in (0, 1, 2):
+        body = checkpoint_body(4, block_hash, s)
+        sig = Ed25519Signer(MEMBERS[s]).sign(Domain.PBFT, chain.genesis.chain_id, body)
+        votes.append(SignedVote(body, sig))
+    store = BlockStore.open(path, chain.genesis)
+    store.put_checkpoint(CheckpointCertificate(4, block_hash, tuple(votes)))
+    store.close()
+    assert audit_ledger(path, chain.genesis).ok
+    _edit(path, "DELETE FROM blocks WHERE height = ?", 4)
+    report = audit_ledger(path, chain.genesis)
+    assert not report.ok and report.problem is not None
+    assert "blocks are missing" in report.problem.reason
+
+
+def test_a_tampered_key_value_table_fails_the_audit(tmp_path: Path) -> None:
+    path, chain = _ledger(tmp_path)
+    _edit(path, "UPDATE kv SET value = ? WHERE key = ?", b"forged", b"k0")
+    report = audit_ledger(path, chain.genesis)
+    assert report.problem is not None and "key-value table" in report.problem.reason

@@ -108,3 +108,17 @@ def test_a_frame_larger_than_the_limit_is_refused() -> None:
     small = GROUP.params.__class__(frame_bytes_max=len(frame) - 1, tx_bytes_max=64)
     with pytest.raises(WireFormatError):
         decode(frame, small)
+
+
+def test_a_batch_over_the_limits_is_refused_before_any_transaction_is_decoded() -> None:
+    from dataclasses import replace
+
+    pp = GROUP.preprepare(1, GROUP.txs[:4])
+    frame = encode(pp)
+    three = replace(GROUP.params, batch_txs_max=3)
+    with pytest.raises(WireFormatError, match="more than 3 transactions"):
+        decode(frame, three)
+    tiny = replace(GROUP.params, batch_bytes_max=16, frame_bytes_max=len(frame) * 4)
+    oversize = frame + b"\x00" * (70 * 1024)
+    with pytest.raises(WireFormatError, match="exceeds a full batch"):
+        decode(oversize, tiny)
