@@ -43,7 +43,7 @@ from consortium.node.logs import RateLimitedLog
 from consortium.node.transport import PeerNetwork
 from consortium.node.verification import TxSignatureCache
 from consortium.pbft import messages as pbft_messages
-from consortium.pbft.replica import PbftConfig, PbftReplica, RecoveredState
+from consortium.pbft.replica import CommittedBatch, PbftConfig, PbftReplica, RecoveredState
 
 TICK_MS = 2
 EVENTS_MAX = 8192  # bounded queue between the pump/clients and the core task
@@ -238,48 +238,63 @@ class Node:
             if not ready:
                 return
             self.metrics.steps += 1
+            records = list(ready.records)
+            messages = list(ready.messages)
+            stable = list(ready.stable_checkpoints)
             blocks: list[tuple[Block, Execution, bytes | None]] = []
             signatures: list[tuple[int, SignedVote]] = []
-            for batch in ready.committed:
-                block, execution = build_block(
-                    self.store.head if not blocks else blocks[-1][0].header,
-                    ("pbft", batch.seq, batch.proposed_ms),
-                    batch.proposed_ms,
-                    batch.txs,
-                    self.app,
-                )
-                assert block.height == batch.seq, "in pbft, height equals sequence number"
-                # Apply now so the next batch in this step executes on top of it; the store
-                # writes the same execution durably below.
-                self.app.apply(execution)
-                blocks.append((block, execution, batch.certificate.encode()))
-                body = block_signature_body(block.height, block.hash, self.me)
-                signatures.append(
-                    (
-                        block.height,
-                        SignedVote(body, self.signer.sign(Domain.BLOCK, self.chain_id, body)),
-                    )
-                )
-            if blocks or ready.records or ready.stable_checkpoints:
+            committed = list(ready.committed)
+            while committed:
+                for batch in committed:
+                    self._execute(batch, blocks, signatures)
+                # Report executions before the write, so what they produce (our CHECKPOINT
+                # vote, a stable checkpoint) lands in the SAME fsync as the blocks; their
+                # messages still leave only after it.
+                more = core.take_ready()
+                records += more.records
+                messages += more.messages
+                stable += more.stable_checkpoints
+                committed = list(more.committed)
+            if blocks or records or stable:
                 self.store.save(
-                    blocks=blocks,
-                    records=ready.records,
-                    block_signatures=signatures,
-                    checkpoints=ready.stable_checkpoints,
+                    blocks=blocks, records=records, block_signatures=signatures, checkpoints=stable
                 )
                 self.metrics.fsyncs += 1
-            for out in ready.messages:
+            for out in messages:
                 if out.dest is None:
                     self.peers.broadcast(out.frame)
                 else:
                     self.peers.send(out.dest, out.frame)
             for (block, _, _), (_, vote) in zip(blocks, signatures, strict=True):
-                core.executed(block.height, block.hash)
                 self.metrics.blocks += 1
                 self.metrics.txs_committed += len(block.txs)
                 self._notify(block, vote)
-            for cp in ready.stable_checkpoints:
+            for cp in stable:
                 self.log.debug("checkpoint %d stable", cp.seq)
+
+    def _execute(
+        self,
+        batch: CommittedBatch,
+        blocks: list[tuple[Block, Execution, bytes | None]],
+        signatures: list[tuple[int, SignedVote]],
+    ) -> None:
+        """Execute one committed batch into a block on top of the last one (durable later)."""
+        block, execution = build_block(
+            self.store.head if not blocks else blocks[-1][0].header,
+            ("pbft", batch.seq, batch.proposed_ms),
+            batch.proposed_ms,
+            batch.txs,
+            self.app,
+        )
+        assert block.height == batch.seq, "in pbft, height equals sequence number"
+        # Apply now so the next batch executes on top of it; the store writes the same
+        # execution durably in this step's save.
+        self.app.apply(execution)
+        blocks.append((block, execution, batch.certificate.encode()))
+        body = block_signature_body(block.height, block.hash, self.me)
+        vote = SignedVote(body, self.signer.sign(Domain.BLOCK, self.chain_id, body))
+        signatures.append((block.height, vote))
+        self.core.executed(block.height, block.hash)
 
     # --- client notifications ---------------------------------------------------------------
 
