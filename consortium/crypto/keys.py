@@ -101,9 +101,11 @@ class KeyPair:
                 else f"{path}: a passphrase was given but the key is not encrypted"
             ) from None
         except ValueError:
-            raise InvalidKeyError(
-                f"{path}: not a PKCS#8 PEM private key, or the passphrase is wrong"
-            ) from None
+            if passphrase is not None and b"ENCRYPTED" in data:
+                raise InvalidKeyError(
+                    f"{path}: the passphrase is wrong for this encrypted key"
+                ) from None
+            raise InvalidKeyError(f"{path}: not a PKCS#8 PEM private key") from None
         if not isinstance(sk, Ed25519PrivateKey):
             raise InvalidKeyError(f"{path}: not an Ed25519 key")
         return cls(sk, _raw_public(sk))

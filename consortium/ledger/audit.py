@@ -1,15 +1,30 @@
 """The offline audit: check a member's ledger from the genesis file alone.
 
-Read-only and independent of the node: it opens the SQLite file with mode=ro and trusts nothing
-in it. In order, stopping at the first failure with its height and a precise reason:
+Read-only and independent of the node: it opens the SQLite file with mode=ro, never goes through
+BlockStore (which refuses a damaged store; the audit reports instead) and trusts nothing in it.
+It streams the blocks once, holding only the re-executed application state. For each height, in
+this order, it stops at the first failure and names the height and the problem:
 
-    block 0 is this genesis; each header decodes canonically, names this chain, follows the
-    previous height and hash; the stored hash is the header's; tx and receipts Merkle roots;
-    every client signature and chain id; the commit certificate (pbft: Q distinct members'
-    valid COMMIT signatures for this seq and the batch digest of these txs and proposed
-    timestamp); every stored block signature; then re-execution from genesis reproduces each
-    header exactly (timestamp, state root, receipts root); finally each stored checkpoint
-    certificate is valid and certifies the stored block hash at its seq.
+    1. continuity: the next stored block is the next height;
+    2. the header decodes canonically, names this height and this chain, and hashes to the
+       stored hash; block 0 is exactly genesis_block(genesis); the previous-hash link holds;
+    3. the body and receipts decode; the tx and receipts Merkle roots (Block.check_roots);
+    4. every transaction names this chain and carries a valid client signature (always real
+       Ed25519: clients sign with Ed25519 even where a simulator stands in for members);
+    5. consensus metadata matches the genesis mode; pbft: ("pbft", seq, proposed_ms) with
+       seq = height and a commit certificate that decodes, is for this seq and for the batch
+       digest of these tx ids and proposed timestamp, with a quorum of distinct members' valid
+       COMMIT signatures; raft: ("raft", term, index, proposed_ms) (the leader's signature is
+       checked by a later issue; nothing else is skipped);
+    6. every stored block signature is a valid signature by a member over this height and hash;
+    7. a stored checkpoint certificate at this seq is valid and certifies this block's hash;
+    8. re-execution from genesis (a fresh KeyValueState, build_block) reproduces the header
+       exactly; the report names the field that differs.
+
+After the last block: a checkpoint certificate above the head means certified blocks were cut
+off; the stored key-value table and replay set (what the node serves and loads) must equal the
+re-executed state. `verifier` checks member signatures (commit and checkpoint certificates,
+block signatures); Ed25519 by default.
 """
 
 from __future__ import annotations
@@ -17,17 +32,18 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from consortium.crypto.codec import WireFormatError, unpack_canonical
 from consortium.crypto.signing import Ed25519Verifier, Verifier
 from consortium.ledger.block import (
+    ZERO_HASH,
     Block,
     BlockHeader,
     batch_digest,
     decode_receipts,
     decode_txs,
     genesis_block,
-    genesis_state_root,
 )
 from consortium.ledger.certificates import (
     CheckpointCertificate,
@@ -37,6 +53,17 @@ from consortium.ledger.certificates import (
 )
 from consortium.ledger.genesis import Genesis
 from consortium.ledger.state import KeyValueState, build_block
+
+_HEADER_FIELDS = (
+    "chain_id",
+    "height",
+    "prev_hash",
+    "timestamp_ms",
+    "tx_root",
+    "state_root",
+    "receipts_root",
+    "consensus",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,10 +75,10 @@ class AuditProblem:
 @dataclass(frozen=True, slots=True)
 class AuditReport:
     ok: bool
-    height: int
-    head_hash: bytes
+    height: int  # the last height that passed every check
+    head_hash: bytes  # its block hash
     blocks_checked: int
-    certificates_checked: int
+    certificates_checked: int  # commit and checkpoint certificates
     problem: AuditProblem | None
 
 
@@ -63,49 +90,55 @@ class _Failed(Exception):
 
 
 def audit_ledger(db_path: Path, genesis: Genesis, verifier: Verifier | None = None) -> AuditReport:
-    verifier = verifier or Ed25519Verifier()
-    state = _Audit(genesis, verifier)
+    """Audit the ledger file at `db_path` against `genesis`; reports, never raises, on a bad
+    ledger."""
+    audit = _Audit(genesis, verifier or Ed25519Verifier())
     try:
-        db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+        db = sqlite3.connect(f"{Path(db_path).resolve().as_uri()}?mode=ro", uri=True)
     except sqlite3.Error as exc:
-        return state.report(AuditProblem(0, f"cannot open {db_path}: {exc}"))
+        return audit.report(AuditProblem(0, f"cannot open {db_path}: {exc}"))
     try:
-        state.run(db)
+        audit.run(db)
     except _Failed as failed:
-        return state.report(AuditProblem(failed.height, failed.reason))
-    except sqlite3.DatabaseError as exc:
-        return state.report(AuditProblem(state.height + 1, f"unreadable store: {exc}"))
+        return audit.report(AuditProblem(failed.height, failed.reason))
+    except sqlite3.Error as exc:
+        return audit.report(
+            AuditProblem(audit.height + 1, f"cannot read {db_path} as a ledger: {exc}")
+        )
     finally:
         db.close()
-    return state.report(None)
+    return audit.report(None)
+
+
+def _short(data: bytes) -> str:
+    return data.hex()[:12] + "…"
 
 
 class _Audit:
     def __init__(self, genesis: Genesis, verifier: Verifier) -> None:
         self.genesis = genesis
         self.verifier = verifier
+        self.client_verifier = Ed25519Verifier()
         self.chain_id = genesis.chain_id
         self.height = -1
-        self.head_hash = b"\x00" * 32
+        self.head_hash = ZERO_HASH
         self.blocks = 0
         self.certificates = 0
-        self.hashes: dict[int, bytes] = {}
 
     def report(self, problem: AuditProblem | None) -> AuditReport:
         return AuditReport(
-            problem is None,
-            max(self.height, 0),
-            self.head_hash,
-            self.blocks,
-            self.certificates,
-            problem,
+            ok=problem is None,
+            height=max(self.height, 0),
+            head_hash=self.head_hash,
+            blocks_checked=self.blocks,
+            certificates_checked=self.certificates,
+            problem=problem,
         )
 
     def run(self, db: sqlite3.Connection) -> None:
         g = self.genesis
-        app = KeyValueState(
-            self.chain_id, g.params, g.client_keys(), genesis_state_root(self.chain_id)
-        )
+        genesis = genesis_block(g)
+        app = KeyValueState(self.chain_id, g.params, g.client_keys(), genesis.header.state_root)
         prev: BlockHeader | None = None
         rows = db.execute(
             "SELECT height, hash, header, body, receipts, certificate FROM blocks ORDER BY height"
@@ -113,139 +146,208 @@ class _Audit:
         for height, stored_hash, header_b, body_b, receipts_b, cert_b in rows:
             expected = 0 if prev is None else prev.height + 1
             if height != expected:
-                raise _Failed(expected, f"block {expected} is missing (next stored is {height})")
-            block = self._decode(height, bytes(header_b), bytes(body_b), bytes(receipts_b))
-            header = block.header
-            if header.hash != bytes(stored_hash):
-                raise _Failed(height, "stored block hash does not match the header")
-            if prev is None:
-                if header != genesis_block(g).header:
-                    raise _Failed(0, "block 0 is not the genesis of this genesis file")
-            else:
-                self._check_block(block, prev, None if cert_b is None else bytes(cert_b))
-                rebuilt, execution = build_block(
-                    prev, header.consensus, header.proposed_ms, block.txs, app
+                raise _Failed(
+                    expected, f"block {expected} is missing (the next stored is {height})"
                 )
-                self._compare(rebuilt.header, header)
-                if rebuilt.receipts != block.receipts:
-                    raise _Failed(height, "stored receipts differ from re-execution")
-                app.apply(execution)
-            self._check_block_signatures(db, height, header.hash)
+            header = self._header(height, stored_hash, header_b)
+            if prev is None:
+                if (
+                    header != genesis.header
+                    or body_b != genesis.encode_body()
+                    or receipts_b != genesis.encode_receipts()
+                ):
+                    raise _Failed(0, "block 0 is not the genesis block of this genesis file")
+                block = genesis
+            else:
+                if header.prev_hash != prev.hash:
+                    raise _Failed(
+                        height,
+                        f"previous-hash link is broken: prev_hash {_short(header.prev_hash)} but "
+                        f"block {prev.height} hashes to {_short(prev.hash)}",
+                    )
+                block = self._body(header, body_b, receipts_b)
+                self._transactions(block)
+                self._consensus(block, cert_b)
+            self._block_signatures(db, header)
+            self._checkpoint_at(db, header)
+            if prev is not None:
+                self._re_execute(block, prev, app)
             prev = header
             self.height = height
             self.head_hash = header.hash
-            self.hashes[height] = header.hash
             self.blocks += 1
         if prev is None:
-            raise _Failed(0, "the ledger holds no blocks (not even genesis)")
-        # The tables the node serves reads from must be what re-execution gives.
-        stored_kv = {bytes(k): bytes(v) for k, v in db.execute("SELECT key, value FROM kv")}
-        if stored_kv != app.kv:
-            raise _Failed(prev.height, "the stored key-value table differs from re-execution")
-        self._check_checkpoints(db)
+            raise _Failed(0, "the ledger holds no blocks, not even genesis")
+        self._checkpoints_above(db, prev.height)
+        self._served_state(db, prev, app)
 
-    def _decode(self, height: int, header_b: bytes, body_b: bytes, receipts_b: bytes) -> Block:
+    # --- per-block checks -------------------------------------------------------------------
+
+    def _header(self, height: int, stored_hash: Any, header_b: Any) -> BlockHeader:
         try:
             header = BlockHeader.from_array(unpack_canonical(header_b))
-            block = Block(
-                header, decode_txs(body_b, self.genesis.params), decode_receipts(receipts_b)
-            )
         except WireFormatError as exc:
-            raise _Failed(height, f"block does not decode: {exc}") from None
+            raise _Failed(height, f"header does not decode: {exc}") from None
         if header.height != height:
             raise _Failed(height, f"header says height {header.height}")
         if header.chain_id != self.chain_id:
-            raise _Failed(height, "header names another chain")
-        return block
+            raise _Failed(
+                height,
+                f"header names chain {_short(header.chain_id)}, genesis is {_short(self.chain_id)}",
+            )
+        if header.hash != stored_hash:
+            raise _Failed(height, "stored block hash does not match the header")
+        return header
 
-    def _check_block(self, block: Block, prev: BlockHeader, cert_b: bytes | None) -> None:
-        header = block.header
-        height = header.height
-        if header.prev_hash != prev.hash:
-            raise _Failed(height, "previous-hash link is broken")
+    def _body(self, header: BlockHeader, body_b: Any, receipts_b: Any) -> Block:
+        try:
+            txs = decode_txs(body_b, self.genesis.params)
+        except WireFormatError as exc:
+            raise _Failed(header.height, f"block body does not decode: {exc}") from None
+        try:
+            receipts = decode_receipts(receipts_b)
+        except WireFormatError as exc:
+            raise _Failed(header.height, f"receipts do not decode: {exc}") from None
+        block = Block(header, txs, receipts)
         problem = block.check_roots()
         if problem:
-            raise _Failed(height, problem)
+            raise _Failed(header.height, problem)
+        return block
+
+    def _transactions(self, block: Block) -> None:
         for i, tx in enumerate(block.txs):
             if tx.chain_id != self.chain_id:
-                raise _Failed(height, f"transaction {i} names another chain")
-            if not tx.verify_signature(self.verifier):
                 raise _Failed(
-                    height, f"transaction {i} ({tx.id.hex()[:12]}…) has a bad client signature"
+                    block.height, f"transaction {i} ({_short(tx.id)}) names another chain"
                 )
-        mode = header.consensus[0] if header.consensus else None
-        if mode != self.genesis.mode:
-            raise _Failed(
-                height, f"consensus metadata says {mode!r}, genesis says {self.genesis.mode}"
-            )
-        if mode == "pbft":
-            self._check_commit_certificate(block, cert_b)
+            if not tx.verify_signature(self.client_verifier):
+                raise _Failed(
+                    block.height, f"transaction {i} ({_short(tx.id)}) has a bad client signature"
+                )
 
-    def _check_commit_certificate(self, block: Block, cert_b: bytes | None) -> None:
+    def _consensus(self, block: Block, cert_b: Any) -> None:
         header = block.header
         height = header.height
-        if len(header.consensus) != 3 or header.consensus[1] != height:
+        cons = header.consensus
+        mode = cons[0]
+        if mode != self.genesis.mode:
             raise _Failed(
-                height, f"pbft metadata {list(header.consensus)} is not (pbft, {height}, ts)"
+                height, f"consensus metadata says {mode!r}, genesis says {self.genesis.mode!r}"
+            )
+        if mode == "raft":
+            if len(cons) != 4 or not all(isinstance(x, int) and x >= 0 for x in cons[1:]):
+                raise _Failed(
+                    height, f"raft metadata {list(cons)} is not (raft, term, index, proposed_ms)"
+                )
+            return
+        if len(cons) != 3 or cons[1] != height or not isinstance(cons[2], int) or cons[2] < 0:
+            raise _Failed(
+                height, f"pbft metadata {list(cons)} is not (pbft, {height}, proposed_ms)"
             )
         if cert_b is None:
-            raise _Failed(height, "no commit certificate")
+            raise _Failed(height, "no commit certificate stored for this block")
         try:
             cert = decode_certificate(cert_b)
         except WireFormatError as exc:
             raise _Failed(height, f"commit certificate does not decode: {exc}") from None
         if cert.seq != height:
-            raise _Failed(height, f"commit certificate is for seq {cert.seq}")
-        digest = batch_digest(header.proposed_ms, [t.id for t in block.txs])
+            raise _Failed(height, f"commit certificate is for seq {cert.seq}, not {height}")
+        digest = batch_digest(cons[2], [t.id for t in block.txs])
         if cert.digest != digest:
-            raise _Failed(height, "commit certificate is for another batch digest")
+            raise _Failed(
+                height,
+                f"commit certificate is for another batch digest ({_short(cert.digest)}; these "
+                f"transactions and proposed timestamp give {_short(digest)})",
+            )
         problem = cert.verify(self.genesis, self.verifier)
         if problem:
             raise _Failed(height, f"commit certificate: {problem}")
         self.certificates += 1
 
-    def _check_block_signatures(
-        self, db: sqlite3.Connection, height: int, block_hash: bytes
-    ) -> None:
+    def _block_signatures(self, db: sqlite3.Connection, header: BlockHeader) -> None:
         votes = tuple(
             SignedVote(bytes(b), bytes(s))
             for b, s in db.execute(
-                "SELECT body, signature FROM block_signatures WHERE height = ?", (height,)
+                "SELECT body, signature FROM block_signatures WHERE height = ? ORDER BY body",
+                (header.height,),
             )
         )
-        for vote in votes:
-            problem = verify_block_signatures(
-                (vote,), height, block_hash, self.genesis, self.verifier, 1
-            )
-            if problem:
-                raise _Failed(height, f"block signature: {problem}")
+        problem = verify_block_signatures(
+            votes, header.height, header.hash, self.genesis, self.verifier, 0
+        )
+        if problem:
+            raise _Failed(header.height, f"block signature: {problem}")
 
-    def _check_checkpoints(self, db: sqlite3.Connection) -> None:
-        for seq, cert_b in db.execute("SELECT seq, certificate FROM checkpoints ORDER BY seq"):
-            try:
-                cert = CheckpointCertificate.from_array(unpack_canonical(bytes(cert_b)))
-            except WireFormatError as exc:
-                raise _Failed(seq, f"checkpoint certificate does not decode: {exc}") from None
-            if cert.seq != seq:
-                raise _Failed(seq, f"checkpoint certificate is for seq {cert.seq}")
-            problem = cert.verify(self.genesis, self.verifier)
-            if problem:
-                raise _Failed(seq, f"checkpoint certificate: {problem}")
-            stored = self.hashes.get(seq)
-            if stored is None:
-                raise _Failed(
-                    seq,
-                    f"a checkpoint certificate certifies seq {seq}, above the ledger head at "
-                    f"{self.height}: blocks are missing",
-                )
-            if stored != cert.block_hash:
-                raise _Failed(seq, "checkpoint certificate certifies another block hash")
-            self.certificates += 1
-
-    def _compare(self, rebuilt: BlockHeader, stored: BlockHeader) -> None:
-        if rebuilt == stored:
+    def _checkpoint_at(self, db: sqlite3.Connection, header: BlockHeader) -> None:
+        row = db.execute(
+            "SELECT certificate FROM checkpoints WHERE seq = ?", (header.height,)
+        ).fetchone()
+        if row is None:
             return
-        for name in ("timestamp_ms", "tx_root", "state_root", "receipts_root", "consensus"):
-            if getattr(rebuilt, name) != getattr(stored, name):
-                raise _Failed(stored.height, f"re-execution gives a different {name}")
-        raise _Failed(stored.height, "re-execution gives a different header")
+        cert = self._checkpoint(header.height, row[0])
+        if cert.block_hash != header.hash:
+            raise _Failed(
+                header.height,
+                f"checkpoint certificate certifies block hash {_short(cert.block_hash)}, the "
+                f"stored block hashes to {_short(header.hash)}",
+            )
+
+    def _checkpoint(self, seq: int, cert_b: Any) -> CheckpointCertificate:
+        try:
+            cert = CheckpointCertificate.from_array(unpack_canonical(cert_b))
+        except WireFormatError as exc:
+            raise _Failed(seq, f"checkpoint certificate does not decode: {exc}") from None
+        if cert.seq != seq:
+            raise _Failed(seq, f"checkpoint certificate is for seq {cert.seq}, stored at {seq}")
+        problem = cert.verify(self.genesis, self.verifier)
+        if problem:
+            raise _Failed(seq, f"checkpoint certificate: {problem}")
+        self.certificates += 1
+        return cert
+
+    def _re_execute(self, block: Block, prev: BlockHeader, app: KeyValueState) -> None:
+        stored = block.header
+        rebuilt, execution = build_block(prev, stored.consensus, stored.proposed_ms, block.txs, app)
+        if rebuilt.header != stored:
+            for name in _HEADER_FIELDS:
+                want, got = getattr(rebuilt.header, name), getattr(stored, name)
+                if want != got:
+                    shown = (
+                        f"stored {_short(got)}, re-executed {_short(want)}"
+                        if isinstance(got, bytes)
+                        else f"stored {got!r}, re-executed {want!r}"
+                    )
+                    raise _Failed(stored.height, f"re-execution gives a different {name} ({shown})")
+        if rebuilt.receipts != block.receipts:
+            raise _Failed(stored.height, "stored receipts differ from re-execution")
+        app.apply(execution)
+
+    # --- after the last block ---------------------------------------------------------------
+
+    def _checkpoints_above(self, db: sqlite3.Connection, head: int) -> None:
+        row = db.execute(
+            "SELECT seq FROM checkpoints WHERE seq > ? ORDER BY seq LIMIT 1", (head,)
+        ).fetchone()
+        if row is not None:
+            raise _Failed(
+                int(row[0]),
+                f"a checkpoint certificate certifies seq {row[0]}, above the ledger head at "
+                f"{head}: blocks are missing",
+            )
+
+    def _served_state(self, db: sqlite3.Connection, head: BlockHeader, app: KeyValueState) -> None:
+        """The tables the node serves reads from and reloads at start must be what re-execution
+        gives (the state root cannot show it: it commits to the history of writes)."""
+        stored_kv = {bytes(k): bytes(v) for k, v in db.execute("SELECT key, value FROM kv")}
+        if stored_kv != app.kv:
+            raise _Failed(head.height, "the stored key-value table differs from re-execution")
+        stored_replay = {
+            bytes(t): int(e)
+            for t, e in db.execute(
+                "SELECT tx_id, expiry_ms FROM replay WHERE expiry_ms >= ?", (head.timestamp_ms,)
+            )
+        }
+        if stored_replay != app.replay:
+            raise _Failed(
+                head.height, "the stored replay set (executed ids) differs from re-execution"
+            )

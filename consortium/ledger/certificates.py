@@ -62,6 +62,13 @@ def block_signature_body(height: int, block_hash: bytes, signer: int) -> bytes:
     return pack(["block", height, block_hash, signer])
 
 
+_VOTE_FIELDS = {
+    "commit": "(view, seq, digest)",
+    "checkpoint": "(seq, block hash)",
+    "block": "(height, block hash)",
+}
+
+
 def _decode_body(body: bytes, kind: str, n_fields: int) -> list[Any]:
     a = as_list(unpack_canonical(body, max_len=VOTE_BODY_BYTES_MAX), n_fields, kind)
     if a[0] != kind:
@@ -86,9 +93,10 @@ def _check_signers(
         except WireFormatError as exc:
             return f"{kind} vote {i}: {exc}"
         if a[1:-1] != expect:
-            return f"{kind} vote {i} is for a different {'/'.join(map(str, expect[:2]))}"
+            return f"{kind} vote {i} is not for this {_VOTE_FIELDS[kind]}"
         signer = a[-1]
-        if not isinstance(signer, int) or not 0 <= signer < genesis.n:
+        # bool is an int in Python; a canonical signer index is a plain integer.
+        if not isinstance(signer, int) or isinstance(signer, bool) or not 0 <= signer < genesis.n:
             return f"{kind} vote {i}: signer {signer!r} is not a member"
         if signer in signers:
             return f"{kind} vote {i}: member {genesis.members[signer].name} counted twice"

@@ -1,23 +1,39 @@
 """The block store: embedded SQLite, append-only, crash-safe.
 
-Rules:
-- WAL mode with synchronous=FULL, both asserted at open: every COMMIT is durable (one fsync of
-  the WAL) before `save` returns. `fsync_count` counts those commits.
+Rules and invariants:
+- WAL mode with synchronous=FULL, both asserted at open (StoreError if SQLite did not take them):
+  every COMMIT is durable (one fsync of the WAL) before `save` returns. `fsync_count` counts
+  those commits, for the "fsyncs per block" metric.
 - One `save` = one transaction = one fsync, whatever it holds: new blocks with their
-  certificates, block signatures, stable checkpoint certificates, state writes, the executed-id
-  index and the consensus core's records. fsyncs are grouped per core step, never one per
-  transaction.
-- Append-only: a block whose height is not head+1, whose previous hash is not the head's hash or
-  whose chain id differs is refused with nothing written. Block rows are never updated.
-- After a crash (kill -9) the database reopens to the last whole block, since a block, its state
-  writes and the applied position commit together. On open the stored chain is re-verified
-  (links, Merkle roots) and the application state is loaded.
+  certificates, block signatures, stable checkpoint certificates, the state writes, the replay
+  set, the transaction index, the applied height and the consensus core's records. fsyncs are
+  grouped per core step, never one per transaction. A save with nothing in it writes nothing.
+- Append-only: a block whose height is not head+1, whose previous hash is not the head's hash,
+  whose chain id differs or that does not match its Execution is refused before anything is
+  written. Block rows are only ever INSERTed (never UPDATEd, REPLACEd or DELETEd).
+- The head block, the kv table, the replay set and meta.applied_height always commit together,
+  so after a crash (kill -9 at any moment) the store reopens to the last whole block with the
+  state after exactly that block. At open, applied_height must equal the head's height and
+  block 0 must be this genesis; with verify=True the whole stored chain is re-checked (height
+  continuity, stored hash = header hash, previous-hash links, transaction and receipt Merkle
+  roots) and the first broken height is named.
+- The transaction index maps an id to its first *executed* receipt: the first occurrence is
+  recorded, a later occurrence never replaces an executed one (a later copy is a `duplicate`),
+  and only an occurrence that executed may replace an earlier one that did not (a transaction
+  rejected as expiry_too_far that executes later).
+- `self.app` is the application state at the head. `save` applies each block's Execution after
+  the commit unless the application already reflects it: the node applies as it executes (so the
+  next batch of a step runs on top), and the state root, a hash chain with one value per
+  position, tells how far the application is.
 - The data directory is stamped with the chain id; a store of another network is refused.
+- Per-block work is proportional to the block (indexed lookups and inserts only); memory holds
+  the application state and the replay set, nothing else that grows with the chain.
 """
 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,38 +45,51 @@ from consortium.ledger.block import (
     decode_receipts,
     decode_txs,
     genesis_block,
-    genesis_state_root,
 )
 from consortium.ledger.certificates import CheckpointCertificate, SignedVote
 from consortium.ledger.genesis import Genesis
 from consortium.ledger.state import Execution, KeyValueState
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+_SYNCHRONOUS_FULL = 2  # what `PRAGMA synchronous` reports for FULL
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS blocks (
-    height INTEGER PRIMARY KEY,
-    hash BLOB NOT NULL,
-    header BLOB NOT NULL,
-    body BLOB NOT NULL,
-    receipts BLOB NOT NULL,
-    certificate BLOB
-);
-CREATE TABLE IF NOT EXISTS block_signatures (
-    height INTEGER NOT NULL,
-    body BLOB NOT NULL,
-    signature BLOB NOT NULL,
-    PRIMARY KEY (height, body)
-);
-CREATE TABLE IF NOT EXISTS checkpoints (seq INTEGER PRIMARY KEY, certificate BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS tx_index (
-    tx_id BLOB PRIMARY KEY, height INTEGER NOT NULL, idx INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS replay (tx_id BLOB PRIMARY KEY, expiry_ms INTEGER NOT NULL);
-CREATE INDEX IF NOT EXISTS replay_by_expiry ON replay (expiry_ms);
-CREATE TABLE IF NOT EXISTS kv (key BLOB PRIMARY KEY, value BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS records (key BLOB PRIMARY KEY, value BLOB NOT NULL);
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS blocks (
+        height INTEGER PRIMARY KEY,
+        hash BLOB NOT NULL,
+        header BLOB NOT NULL,
+        body BLOB NOT NULL,
+        receipts BLOB NOT NULL,
+        certificate BLOB
+    )""",
+    """CREATE TABLE IF NOT EXISTS block_signatures (
+        height INTEGER NOT NULL,
+        body BLOB NOT NULL,
+        signature BLOB NOT NULL,
+        PRIMARY KEY (height, body)
+    ) WITHOUT ROWID""",
+    "CREATE TABLE IF NOT EXISTS checkpoints (seq INTEGER PRIMARY KEY, certificate BLOB NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS tx_index (
+        tx_id BLOB PRIMARY KEY,
+        height INTEGER NOT NULL,
+        idx INTEGER NOT NULL,
+        executed INTEGER NOT NULL
+    ) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS replay (
+        tx_id BLOB PRIMARY KEY, expiry_ms INTEGER NOT NULL
+    ) WITHOUT ROWID""",
+    "CREATE INDEX IF NOT EXISTS replay_by_expiry ON replay (expiry_ms)",
+    "CREATE TABLE IF NOT EXISTS kv (key BLOB PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS records (key BLOB PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID",
+)
+
+# The first occurrence of an id is recorded; only an executed occurrence may replace one that
+# did not execute, and nothing replaces an executed one.
+_INDEX_TX = """
+INSERT INTO tx_index (tx_id, height, idx, executed) VALUES (?, ?, ?, ?)
+ON CONFLICT (tx_id) DO UPDATE SET height = excluded.height, idx = excluded.idx, executed = 1
+WHERE tx_index.executed = 0 AND excluded.executed = 1
 """
 
 
@@ -76,9 +105,12 @@ class StoredBlock:
 
 
 BlockItem = tuple[Block, Execution, bytes | None]
+Record = tuple[bytes, bytes | None]
 
 
 class BlockStore:
+    """Use `BlockStore.open`. One connection, used by one task at a time."""
+
     def __init__(self, db: sqlite3.Connection, path: Path, genesis: Genesis) -> None:
         self._db = db
         self.path = path
@@ -86,131 +118,203 @@ class BlockStore:
         self.fsync_count = 0
         self._head: BlockHeader = genesis_block(genesis).header
         self.app = KeyValueState(
-            genesis.chain_id,
-            genesis.params,
-            genesis.client_keys(),
-            genesis_state_root(genesis.chain_id),
+            genesis.chain_id, genesis.params, genesis.client_keys(), self._head.state_root
         )
 
     # --- opening ----------------------------------------------------------------------------
 
     @classmethod
     def open(cls, path: Path, genesis: Genesis, *, verify: bool = True) -> BlockStore:
+        """Open (or create, writing block 0) the store for `genesis`; see the module rules."""
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            # check_same_thread=False: the node may run the fsync on a worker thread; only one
-            # task ever uses the connection at a time.
+            # check_same_thread=False: the node may run a save on a worker thread; only one task
+            # ever uses the connection at a time. isolation_level=None: we issue BEGIN/COMMIT.
             db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-            mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            db.execute("PRAGMA synchronous=FULL")
-            sync = db.execute("PRAGMA synchronous").fetchone()[0]
         except sqlite3.Error as exc:
             raise StoreError(f"{path}: cannot open the block store: {exc}") from None
-        if str(mode).lower() != "wal" or sync != 2:
-            db.close()
-            raise StoreError(
-                f"{path}: the store needs WAL mode with synchronous=FULL (got {mode}, {sync}); "
-                "is the file on a filesystem that supports WAL?"
-            )
-        store = cls(db, path, genesis)
         try:
+            store = cls(db, path, genesis)
+            store._configure()
             store._init(verify)
         except BaseException:
             db.close()
             raise
         return store
 
+    def _configure(self) -> None:
+        db = self._db
+        try:
+            mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            db.execute("PRAGMA synchronous=FULL")
+            sync = db.execute("PRAGMA synchronous").fetchone()[0]
+        except sqlite3.Error as exc:
+            raise StoreError(
+                f"{self.path}: cannot open the block store ({exc}); is it a block store file?"
+            ) from None
+        if str(mode).lower() != "wal":
+            raise StoreError(
+                f"{self.path}: SQLite refused WAL mode (journal_mode is {mode}); put the data "
+                "directory on a local filesystem that supports shared memory"
+            )
+        if sync != _SYNCHRONOUS_FULL:
+            raise StoreError(
+                f"{self.path}: SQLite refused synchronous=FULL (got {sync}); the store cannot "
+                "promise durability, so it will not run"
+            )
+
     def _init(self, verify: bool) -> None:
         db = self._db
         try:
-            db.executescript(_SCHEMA)
-        except sqlite3.DatabaseError as exc:
-            raise StoreError(f"{self.path}: not a block store ({exc})") from None
-        chain_id = self.genesis.chain_id
-        row = db.execute("SELECT value FROM meta WHERE key = 'chain_id'").fetchone()
-        if row is None:
+            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            if "meta" not in tables:
+                if tables:
+                    raise StoreError(
+                        f"{self.path}: this SQLite file is not a block store (it holds "
+                        f"{', '.join(sorted(tables))}); point data_dir at an empty directory"
+                    )
+                if self._create():
+                    self.fsync_count += 1
+            self._check_meta()
+            self._load_head()
+            if verify:
+                self._verify_chain()
+            self._load_state()
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: cannot read the block store: {exc}") from None
+
+    def _create(self) -> bool:
+        """Create the tables and block 0 in one transaction (False if another process did)."""
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _SCHEMA:
+                db.execute(statement)
+            if db.execute("SELECT 1 FROM meta WHERE key = 'chain_id'").fetchone() is not None:
+                db.execute("ROLLBACK")
+                return False
             g = genesis_block(self.genesis)
-            db.execute("BEGIN IMMEDIATE")
-            db.execute("INSERT INTO meta VALUES ('chain_id', ?)", (chain_id,))
-            db.execute("INSERT INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
+            db.executemany(
+                "INSERT INTO meta (key, value) VALUES (?, ?)",
+                [
+                    ("chain_id", g.header.chain_id),
+                    ("schema", SCHEMA_VERSION),
+                    ("applied_height", 0),
+                ],
+            )
             db.execute(
                 "INSERT INTO blocks VALUES (0, ?, ?, ?, ?, NULL)",
                 (g.hash, g.header.encode(), g.encode_body(), g.encode_receipts()),
             )
             db.execute("COMMIT")
-            self.fsync_count += 1
-        elif bytes(row[0]) != chain_id:
+        except BaseException:
+            self._rollback()
+            raise
+        return True
+
+    def _meta(self, key: str) -> object:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else row[0]
+
+    def _check_meta(self) -> None:
+        chain_id = self.genesis.chain_id
+        stamped = self._meta("chain_id")
+        if not isinstance(stamped, bytes):
+            raise StoreError(f"{self.path}: the block store has no chain id stamp; it is damaged")
+        if stamped != chain_id:
             raise StoreError(
-                f"{self.path}: this data directory belongs to network {bytes(row[0]).hex()[:8]}…, "
-                f"but genesis is {chain_id.hex()[:8]}…; point data_dir elsewhere or use the "
-                "right genesis.json"
+                f"{self.path}: data directory belongs to network {stamped.hex()[:8]}, genesis is "
+                f"{chain_id.hex()[:8]}; use that network's genesis.json or another data directory"
             )
-        if verify:
-            self._verify_chain()
-        self._load_head_and_state()
+        schema = self._meta("schema")
+        if schema != SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path}: block store format {schema!r}, this version reads format "
+                f"{SCHEMA_VERSION}; move the data directory away and let the node catch up"
+            )
+
+    def _damaged(self, height: int, problem: str) -> StoreError:
+        return StoreError(
+            f"{self.path}: stored chain is damaged at height {height}: {problem}; "
+            "run `consortium ledger verify` for a full report"
+        )
+
+    def _load_head(self) -> None:
+        db = self._db
+        row = db.execute(
+            "SELECT height, header FROM blocks ORDER BY height DESC LIMIT 1"
+        ).fetchone()
+        if row is None:
+            raise StoreError(f"{self.path}: the block store holds no blocks; it is damaged")
+        height = int(row[0])
+        self._head = self._decode_header(height, row[1])
+        applied = self._meta("applied_height")
+        if applied != height:
+            raise self._damaged(
+                height, f"the applied height is {applied!r} but the last block is {height}"
+            )
+        first = db.execute("SELECT hash FROM blocks WHERE height = 0").fetchone()
+        if first is None or first[0] != genesis_block(self.genesis).hash:
+            raise self._damaged(0, "block 0 is not this genesis")
 
     def _verify_chain(self) -> None:
-        expected_prev = b""
-        g = genesis_block(self.genesis)
+        """Stream the chain once: continuity, hashes, links, Merkle roots; name the height."""
+        genesis_header = genesis_block(self.genesis).header
+        prev_hash = b""
         rows = self._db.execute(
             "SELECT height, hash, header, body, receipts FROM blocks ORDER BY height"
         )
-        for expected_height, (height, stored_hash, header_bytes, body, receipts) in enumerate(rows):
-            problem = self._check_row(
-                height, bytes(stored_hash), bytes(header_bytes), bytes(body), bytes(receipts)
-            )
-            if problem is None and height != expected_height:
-                problem = f"height {expected_height} is missing"
+        for expected, (height, stored_hash, header_b, body_b, receipts_b) in enumerate(rows):
+            if height != expected:
+                raise self._damaged(expected, f"block {expected} is missing")
+            problem = self._check_row(height, stored_hash, header_b, body_b, receipts_b)
             if problem is None:
-                header = BlockHeader.from_array(unpack_canonical(bytes(header_bytes)))
-                if height == 0 and header != g.header:
+                header = BlockHeader.from_array(unpack_canonical(header_b))
+                if height == 0 and header != genesis_header:
                     problem = "block 0 is not this genesis"
-                elif height > 0 and header.prev_hash != expected_prev:
+                elif height > 0 and header.prev_hash != prev_hash:
                     problem = "previous-hash link is broken"
-                expected_prev = header.hash
+                prev_hash = header.hash
             if problem is not None:
-                raise StoreError(
-                    f"{self.path}: stored chain is damaged at height {height}: {problem}; "
-                    "run `consortium ledger verify` for a full report"
-                )
+                raise self._damaged(height, problem)
 
     def _check_row(
-        self, height: int, stored_hash: bytes, header_bytes: bytes, body: bytes, receipts: bytes
+        self, height: int, stored_hash: bytes, header_b: bytes, body_b: bytes, receipts_b: bytes
     ) -> str | None:
         try:
-            header = BlockHeader.from_array(unpack_canonical(header_bytes))
-            block = Block(header, decode_txs(body, self.genesis.params), decode_receipts(receipts))
+            header = BlockHeader.from_array(unpack_canonical(header_b))
+            txs = decode_txs(body_b, self.genesis.params)
+            receipts = decode_receipts(receipts_b)
         except WireFormatError as exc:
-            return f"undecodable block ({exc})"
+            return f"block does not decode ({exc})"
         if header.height != height:
             return f"header says height {header.height}"
         if header.chain_id != self.genesis.chain_id:
             return "header names another chain"
         if header.hash != stored_hash:
-            return "block hash does not match its header"
-        return block.check_roots()
+            return "stored block hash does not match its header"
+        return Block(header, txs, receipts).check_roots()
 
-    def _load_head_and_state(self) -> None:
+    def _load_state(self) -> None:
         db = self._db
-        row = db.execute("SELECT header FROM blocks ORDER BY height DESC LIMIT 1").fetchone()
-        self._head = BlockHeader.from_array(unpack_canonical(bytes(row[0])))
+        head = self._head
         kv = {bytes(k): bytes(v) for k, v in db.execute("SELECT key, value FROM kv")}
+        # Ids whose expiry passed the head's time are rejected as expired anyway (the app prunes
+        # them the same way), so only the unexpired ones are loaded.
         replay = {
             bytes(t): int(e)
             for t, e in db.execute(
-                "SELECT tx_id, expiry_ms FROM replay WHERE expiry_ms >= ?",
-                (self._head.timestamp_ms,),
+                "SELECT tx_id, expiry_ms FROM replay WHERE expiry_ms >= ?", (head.timestamp_ms,)
             )
         }
-        state_root = self._head.state_root
         self.app = KeyValueState(
             self.genesis.chain_id,
             self.genesis.params,
             self.genesis.client_keys(),
-            state_root,
+            head.state_root,
             kv=kv,
             replay=replay,
-            last_timestamp_ms=self._head.timestamp_ms,
+            last_timestamp_ms=head.timestamp_ms,
         )
 
     # --- reading ----------------------------------------------------------------------------
@@ -223,27 +327,35 @@ class BlockStore:
     def height(self) -> int:
         return self._head.height
 
+    def _decode_header(self, height: int, data: bytes) -> BlockHeader:
+        try:
+            return BlockHeader.from_array(unpack_canonical(data))
+        except WireFormatError as exc:
+            raise self._damaged(height, f"header does not decode ({exc})") from None
+
     def get_header(self, height: int) -> BlockHeader | None:
         row = self._db.execute("SELECT header FROM blocks WHERE height = ?", (height,)).fetchone()
-        return None if row is None else BlockHeader.from_array(unpack_canonical(bytes(row[0])))
+        return None if row is None else self._decode_header(height, row[0])
 
     def block_hash_at(self, height: int) -> bytes | None:
         row = self._db.execute("SELECT hash FROM blocks WHERE height = ?", (height,)).fetchone()
         return None if row is None else bytes(row[0])
 
     def get_block(self, height: int) -> StoredBlock | None:
-        row = self._db.execute(
+        db = self._db
+        row = db.execute(
             "SELECT header, body, receipts, certificate FROM blocks WHERE height = ?", (height,)
         ).fetchone()
         if row is None:
             return None
-        header = BlockHeader.from_array(unpack_canonical(bytes(row[0])))
-        block = Block(
-            header, decode_txs(bytes(row[1]), self.genesis.params), decode_receipts(bytes(row[2]))
-        )
+        header = self._decode_header(height, row[0])
+        try:
+            block = Block(header, decode_txs(row[1], self.genesis.params), decode_receipts(row[2]))
+        except WireFormatError as exc:
+            raise self._damaged(height, f"block does not decode ({exc})") from None
         sigs = tuple(
             SignedVote(bytes(b), bytes(s))
-            for b, s in self._db.execute(
+            for b, s in db.execute(
                 "SELECT body, signature FROM block_signatures WHERE height = ? ORDER BY body",
                 (height,),
             )
@@ -251,45 +363,125 @@ class BlockStore:
         return StoredBlock(block, None if row[3] is None else bytes(row[3]), sigs)
 
     def receipt_of(self, tx_id: bytes) -> Receipt | None:
-        row = self._db.execute(
-            "SELECT height, idx FROM tx_index WHERE tx_id = ?", (tx_id,)
-        ).fetchone()
+        """The first executed receipt of `tx_id` (if no occurrence executed: the first one)."""
+        db = self._db
+        row = db.execute("SELECT height, idx FROM tx_index WHERE tx_id = ?", (tx_id,)).fetchone()
         if row is None:
             return None
-        rec = self._db.execute("SELECT receipts FROM blocks WHERE height = ?", (row[0],)).fetchone()
-        return decode_receipts(bytes(rec[0]))[int(row[1])]
+        height, index = int(row[0]), int(row[1])
+        rec = db.execute("SELECT receipts FROM blocks WHERE height = ?", (height,)).fetchone()
+        try:
+            receipts = decode_receipts(rec[0]) if rec is not None else ()
+        except WireFormatError as exc:
+            raise self._damaged(height, f"receipts do not decode ({exc})") from None
+        if index >= len(receipts) or receipts[index].tx_id != tx_id:
+            raise self._damaged(height, f"the transaction index points at a wrong receipt {index}")
+        return receipts[index]
 
     def latest_checkpoint(self) -> CheckpointCertificate | None:
         row = self._db.execute(
-            "SELECT certificate FROM checkpoints ORDER BY seq DESC LIMIT 1"
+            "SELECT seq, certificate FROM checkpoints ORDER BY seq DESC LIMIT 1"
         ).fetchone()
         if row is None:
             return None
-        return CheckpointCertificate.from_array(unpack_canonical(bytes(row[0])))
+        try:
+            return CheckpointCertificate.from_array(unpack_canonical(row[1]))
+        except WireFormatError as exc:
+            raise self._damaged(row[0], f"checkpoint certificate does not decode ({exc})") from None
 
     def load_records(self, prefix: bytes = b"") -> list[tuple[bytes, bytes]]:
-        rows = self._db.execute("SELECT key, value FROM records ORDER BY key").fetchall()
-        return [(bytes(k), bytes(v)) for k, v in rows if bytes(k).startswith(prefix)]
+        """Records whose key starts with `prefix`, in key order (an indexed range scan)."""
+        upper = _prefix_end(prefix)
+        if upper is None:
+            cursor = self._db.execute(
+                "SELECT key, value FROM records WHERE key >= ? ORDER BY key", (prefix,)
+            )
+        else:
+            cursor = self._db.execute(
+                "SELECT key, value FROM records WHERE key >= ? AND key < ? ORDER BY key",
+                (prefix, upper),
+            )
+        return [(bytes(k), bytes(v)) for k, v in cursor]
 
     # --- writing ----------------------------------------------------------------------------
 
     def save(
         self,
         *,
-        blocks: list[BlockItem] | None = None,
-        records: list[tuple[bytes, bytes | None]] | None = None,
-        block_signatures: list[tuple[int, SignedVote]] | None = None,
-        checkpoints: list[CheckpointCertificate] | None = None,
-        apply: bool = False,
+        blocks: Sequence[BlockItem] = (),
+        records: Sequence[Record] = (),
+        block_signatures: Sequence[tuple[int, SignedVote]] = (),
+        checkpoints: Sequence[CheckpointCertificate] = (),
     ) -> None:
-        """One transaction, one fsync. `apply=True` also applies each block's Execution to
-        `self.app` after the commit (the node applies as it executes, so it passes False)."""
-        blocks = blocks or []
+        """One transaction, one fsync, for everything given (a record value None deletes the
+        key); then apply the blocks' Executions that `self.app` does not reflect yet. A refused
+        block leaves everything unwritten."""
+        new_head = self._check_blocks(blocks)
+        applied = self._applied_prefix(blocks)
+        if not (blocks or records or block_signatures or checkpoints):
+            return
+        db = self._db
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            for block, execution, certificate in blocks:
+                self._write_block(block, execution, certificate)
+            if blocks:
+                # Forget ids whose expiry passed (the app prunes the same ones after applying).
+                db.execute("DELETE FROM replay WHERE expiry_ms < ?", (new_head.timestamp_ms,))
+                db.execute(
+                    "UPDATE meta SET value = ? WHERE key = 'applied_height'", (new_head.height,)
+                )
+            db.executemany(
+                "INSERT OR IGNORE INTO block_signatures VALUES (?, ?, ?)",
+                [(height, v.body, v.signature) for height, v in block_signatures],
+            )
+            db.executemany(
+                "INSERT OR IGNORE INTO checkpoints VALUES (?, ?)",
+                [(cp.seq, cp.encode()) for cp in checkpoints],
+            )
+            db.executemany(
+                "INSERT INTO records VALUES (?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                [(k, v) for k, v in records if v is not None],
+            )
+            db.executemany(
+                "DELETE FROM records WHERE key = ?", [(k,) for k, v in records if v is None]
+            )
+            db.execute("COMMIT")
+        except sqlite3.IntegrityError as exc:
+            self._rollback()
+            raise StoreError(
+                f"{self.path}: write refused, nothing written ({exc}); is another process using "
+                "this data directory?"
+            ) from None
+        except sqlite3.Error as exc:
+            self._rollback()
+            raise StoreError(
+                f"{self.path}: write failed, nothing written ({exc}); check free disk space and "
+                "permissions"
+            ) from None
+        except BaseException:
+            self._rollback()
+            raise
+        self.fsync_count += 1
+        self._head = new_head
+        for _, execution, _ in blocks[applied:]:
+            self.app.apply(execution)
+
+    def _rollback(self) -> None:
+        if self._db.in_transaction:
+            self._db.execute("ROLLBACK")
+
+    def _check_blocks(self, blocks: Sequence[BlockItem]) -> BlockHeader:
+        """The head after `blocks`, or StoreError if one does not follow or is inconsistent."""
         head = self._head
-        for block, _, _ in blocks:
+        for block, execution, certificate in blocks:
             h = block.header
             if h.chain_id != self.genesis.chain_id:
-                raise StoreError(f"block {h.height} names another chain; nothing written")
+                raise StoreError(
+                    f"block {h.height} names chain {h.chain_id.hex()[:8]}, this store holds "
+                    f"{self.genesis.chain_id.hex()[:8]}; nothing written"
+                )
             if h.height != head.height + 1:
                 raise StoreError(
                     f"block {h.height} does not follow the head at {head.height}; nothing written"
@@ -299,69 +491,90 @@ class BlockStore:
                     f"block {h.height}'s previous hash is not the hash of block {head.height}; "
                     "nothing written"
                 )
+            if (
+                execution.state_root != h.state_root
+                or execution.timestamp_ms != h.timestamp_ms
+                or execution.receipts != block.receipts
+            ):
+                raise StoreError(
+                    f"block {h.height} does not match the Execution given with it; nothing written"
+                )
+            if certificate is not None and not isinstance(certificate, bytes):
+                raise StoreError(f"block {h.height}: a certificate must be bytes; nothing written")
             head = h
+        return head
+
+    def _applied_prefix(self, blocks: Sequence[BlockItem]) -> int:
+        """How many of `blocks` the application already reflects, read off its state root."""
+        if not blocks:
+            return 0
+        root = self.app.state_root
+        if root == self._head.state_root:
+            return 0
+        for i, (block, _, _) in enumerate(blocks):
+            if block.header.state_root == root:
+                return i + 1
+        raise StoreError(
+            f"the application state is neither at the head ({self._head.height}) nor at one of "
+            "the blocks being saved; nothing written"
+        )
+
+    def _write_block(self, block: Block, execution: Execution, certificate: bytes | None) -> None:
         db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            for block, execution, certificate in blocks:
-                h = block.header
-                db.execute(
-                    "INSERT INTO blocks VALUES (?, ?, ?, ?, ?, ?)",
-                    (
-                        h.height,
-                        h.hash,
-                        h.encode(),
-                        block.encode_body(),
-                        block.encode_receipts(),
-                        certificate,
-                    ),
-                )
-                db.executemany(
-                    "INSERT OR IGNORE INTO tx_index VALUES (?, ?, ?)",
-                    [(t.id, h.height, i) for i, t in enumerate(block.txs)],
-                )
-                db.executemany(
-                    "INSERT OR REPLACE INTO replay VALUES (?, ?)", list(execution.consumed)
-                )
-                puts = [(k, v) for k, v in execution.writes.items() if v is not None]
-                dels = [(k,) for k, v in execution.writes.items() if v is None]
-                if puts:
-                    db.executemany("INSERT OR REPLACE INTO kv VALUES (?, ?)", puts)
-                if dels:
-                    db.executemany("DELETE FROM kv WHERE key = ?", dels)
-            if blocks:
-                # Forget expired ids: they are rejected as expired anyway.
-                db.execute("DELETE FROM replay WHERE expiry_ms < ?", (head.timestamp_ms,))
-            for height, vote in block_signatures or []:
-                db.execute(
-                    "INSERT OR IGNORE INTO block_signatures VALUES (?, ?, ?)",
-                    (height, vote.body, vote.signature),
-                )
-            for cp in checkpoints or []:
-                db.execute("INSERT OR IGNORE INTO checkpoints VALUES (?, ?)", (cp.seq, cp.encode()))
-            for key, value in records or []:
-                if value is None:
-                    db.execute("DELETE FROM records WHERE key = ?", (key,))
-                else:
-                    db.execute("INSERT OR REPLACE INTO records VALUES (?, ?)", (key, value))
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        self.fsync_count += 1
-        self._head = head
-        if apply:
-            for _, execution, _ in blocks:
-                self.app.apply(execution)
+        h = block.header
+        db.execute(
+            "INSERT INTO blocks (height, hash, header, body, receipts, certificate) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                h.height,
+                h.hash,
+                h.encode(),
+                block.encode_body(),
+                block.encode_receipts(),
+                certificate,
+            ),
+        )
+        consumed = {tid for tid, _ in execution.consumed}
+        seen: set[bytes] = set()
+        index_rows = []
+        for i, tx in enumerate(block.txs):
+            # Within a block an id executes at most once, at its first occurrence.
+            executed = tx.id in consumed and tx.id not in seen
+            seen.add(tx.id)
+            index_rows.append((tx.id, h.height, i, int(executed)))
+        db.executemany(_INDEX_TX, index_rows)
+        db.executemany(
+            "INSERT INTO replay VALUES (?, ?) "
+            "ON CONFLICT (tx_id) DO UPDATE SET expiry_ms = excluded.expiry_ms",
+            list(execution.consumed),
+        )
+        db.executemany(
+            "INSERT INTO kv VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            [(k, v) for k, v in execution.writes.items() if v is not None],
+        )
+        db.executemany(
+            "DELETE FROM kv WHERE key = ?", [(k,) for k, v in execution.writes.items() if v is None]
+        )
 
     def append_blocks(self, items: list[BlockItem]) -> None:
-        self.save(blocks=items, apply=True)
+        """The same as save(blocks=items)."""
+        self.save(blocks=items)
 
     def add_block_signatures(self, height: int, votes: list[SignedVote]) -> None:
+        """Idempotent: a vote already stored for (height, body) is kept as it is."""
         self.save(block_signatures=[(height, v) for v in votes])
 
     def put_checkpoint(self, cert: CheckpointCertificate) -> None:
+        """Idempotent: the first certificate stored for a seq is kept."""
         self.save(checkpoints=[cert])
 
     def close(self) -> None:
         self._db.close()
+
+
+def _prefix_end(prefix: bytes) -> bytes | None:
+    """The smallest byte string above every string that starts with `prefix` (None: none)."""
+    stripped = prefix.rstrip(b"\xff")
+    if not stripped:
+        return None
+    return stripped[:-1] + bytes([stripped[-1] + 1])

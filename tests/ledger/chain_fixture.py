@@ -1,4 +1,10 @@
-"""Build real ledgers for tests: 4 members, one client, blocks with real commit certificates."""
+"""Build real ledgers for tests: 4 members, one client, real Ed25519 everywhere.
+
+`ChainBuilder` executes batches with build_block on top of genesis_block, exactly as a replica
+does, and gives each pbft block a commit certificate signed by a quorum of members (COMMITs over
+commit_body in Domain.PBFT). Raft geneses get ("raft", term, index, proposed_ms) metadata and no
+certificate. `block_signatures` and `checkpoint` sign what replicas store beside blocks.
+"""
 
 from __future__ import annotations
 
@@ -8,20 +14,28 @@ from dataclasses import dataclass, field
 from consortium.crypto.keys import KeyPair
 from consortium.crypto.signing import Domain, Ed25519Signer
 from consortium.ledger.block import Block, batch_digest, genesis_block, genesis_state_root
-from consortium.ledger.certificates import CommitCertificate, SignedVote, commit_body
-from consortium.ledger.genesis import Client, Genesis, Member, Params
+from consortium.ledger.certificates import (
+    CheckpointCertificate,
+    CommitCertificate,
+    SignedVote,
+    block_signature_body,
+    checkpoint_body,
+    commit_body,
+)
+from consortium.ledger.genesis import Client, Genesis, Member, Mode, Params
 from consortium.ledger.state import Execution, KeyValueState, build_block
 from consortium.ledger.tx import Op, Put, Transaction
 
 MEMBERS = [KeyPair.from_seed(hashlib.sha256(b"member %d" % i).digest()) for i in range(4)]
 CLIENT = KeyPair.from_seed(hashlib.sha256(b"client").digest())
 CREATED_MS = 1_700_000_000_000
+QUORUM = (0, 1, 2)
 
 
-def make_genesis(params: Params | None = None) -> Genesis:
+def make_genesis(params: Params | None = None, mode: Mode = "pbft") -> Genesis:
     return Genesis(
         chain_name="test",
-        mode="pbft",
+        mode=mode,
         created_ms=CREATED_MS,
         members=tuple(
             Member(i, f"n{i + 1}", k.public, f"127.0.0.1:{9100 + i}", f"127.0.0.1:{9200 + i}")
@@ -32,16 +46,33 @@ def make_genesis(params: Params | None = None) -> Genesis:
     )
 
 
+def vote(genesis: Genesis, domain: Domain, body: bytes, signer: int) -> SignedVote:
+    return SignedVote(body, Ed25519Signer(MEMBERS[signer]).sign(domain, genesis.chain_id, body))
+
+
 def certificate(
-    genesis: Genesis, seq: int, digest: bytes, signers: tuple[int, ...] = (0, 1, 2)
+    genesis: Genesis, seq: int, digest: bytes, signers: tuple[int, ...] = QUORUM, view: int = 0
 ) -> CommitCertificate:
-    votes = []
-    for s in signers:
-        body = commit_body(0, seq, digest, s)
-        votes.append(
-            SignedVote(body, Ed25519Signer(MEMBERS[s]).sign(Domain.PBFT, genesis.chain_id, body))
-        )
-    return CommitCertificate(0, seq, digest, tuple(votes))
+    votes = tuple(vote(genesis, Domain.PBFT, commit_body(view, seq, digest, s), s) for s in signers)
+    return CommitCertificate(view, seq, digest, votes)
+
+
+def checkpoint(
+    genesis: Genesis, seq: int, block_hash: bytes, signers: tuple[int, ...] = QUORUM
+) -> CheckpointCertificate:
+    votes = tuple(
+        vote(genesis, Domain.PBFT, checkpoint_body(seq, block_hash, s), s) for s in signers
+    )
+    return CheckpointCertificate(seq, block_hash, votes)
+
+
+def block_signatures(
+    genesis: Genesis, block: Block, signers: tuple[int, ...] = (0, 1)
+) -> list[SignedVote]:
+    return [
+        vote(genesis, Domain.BLOCK, block_signature_body(block.height, block.hash, s), s)
+        for s in signers
+    ]
 
 
 @dataclass
@@ -70,12 +101,20 @@ class ChainBuilder:
         )
 
     def add(self, txs: list[Transaction], proposed_ms: int | None = None) -> Block:
+        """Execute `txs` as the next block, apply it, and keep (block, execution, cert)."""
         seq = self.head.height + 1
         ts = proposed_ms if proposed_ms is not None else CREATED_MS + seq
-        block, execution = build_block(self.head, ("pbft", seq, ts), ts, tuple(txs), self.app)
+        consensus: tuple[str | int, ...]
+        if self.genesis.mode == "raft":
+            consensus = ("raft", 1, seq + 1, ts)  # entry 1 is the leader's no-op
+        else:
+            consensus = ("pbft", seq, ts)
+        block, execution = build_block(self.head, consensus, ts, tuple(txs), self.app)
         self.app.apply(execution)
-        cert = certificate(self.genesis, seq, batch_digest(ts, [t.id for t in txs]))
-        self.blocks.append((block, execution, cert.encode()))
+        cert: bytes | None = None
+        if self.genesis.mode == "pbft":
+            cert = certificate(self.genesis, seq, batch_digest(ts, [t.id for t in txs])).encode()
+        self.blocks.append((block, execution, cert))
         self.head = block.header
         return block
 
