@@ -1,32 +1,52 @@
-"""The client protocol: requests, replies, receipt bundles, and the server side of the client port.
+"""The client protocol: requests, replies, receipt bundles, signed reads, and the client port.
 
 Same framing as between members (4-byte length, one msgpack value), on a separate port that
-never carries peer messages.
+never carries peer messages. Every value is a canonical msgpack array (our codec has no maps,
+so status travels as a JSON string).
 
-    requests   ["submit", req_id, [tx, ...]]      many transactions per frame
-               ["receipt", req_id, tx_id]
-               ["get", req_id, key]               fast-path read
-               ["block", req_id, height]
-               ["status", req_id]
-               ["watch", req_id, [tx_id, ...]]    push these receipts when they execute
-    replies    [req_id, "ok", payload] | [req_id, "error", message]
+    requests   ["submit", req_id, [tx, ...]]      many transactions ([body, signature]) per frame
+               ["receipt", req_id, tx_id]          the first receipt of an id, as a bundle, or nil
+               ["get", req_id, key]                fast-path read: a signed read reply
+               ["block", req_id, height]           a stored block (raw), or nil
+               ["status", req_id]                  a JSON string
+               ["watch", req_id, [tx_id, ...]]     push these receipts when they execute
+    replies    [req_id, "ok", payload] | [req_id, "error", message]      (req_id >= 1)
     pushes     [0, "receipt", bundle]
+               [0, "error", message]               the server is closing this connection
 
-Submit payload: one [tx_id, verdict, detail] per transaction: "accepted" (its receipt will be
-pushed), "committed" (detail is the bundle of its FIRST receipt) or "rejected" (detail is the
-reason). A receipt bundle is [receipt, proof, tree_size, header, block_signature]: the receipt,
-its RFC 6962 inclusion proof against header.receipts_root, and the member's signature over
-(chain id, height, block hash). A read reply is [key, value, height, block_hash, signer, sig],
-signed under Domain.READ. Status is a JSON string (our canonical encoding has no maps).
+Submit payload: one [tx_id, status, detail] per transaction, status one of
+    "accepted"    detail "": its receipt will be pushed when its block executes
+    "committed"   detail is the bundle of its FIRST receipt
+    "rejected"    detail is the reason (malformed: ..., wrong_chain, unknown_client,
+                  bad_signature, expired, overloaded: ...)
+A receipt bundle is [receipt, proof, tree_size, header, block_signature]: the receipt, its
+RFC 6962 inclusion proof against header.receipts_root (leaf = receipt.encode()), the size of
+that tree, the block header, and one member's block signature [body, sig] with
+body = block_signature_body(height, header.hash, signer) under Domain.BLOCK.
+A read reply is [key, value|nil, height, block_hash, signer, sig] with sig over
+pack(["read", key, value, height, block_hash, signer]) under Domain.READ.
+
+Frames must be canonical msgpack (one encoding per value); a request that is not gets an error
+reply when its req_id can be read. Decoders raise only WireFormatError. `verify_bundle` and
+`verify_read` are pure and return what is wrong (a sentence) or None.
+
+The server (`ClientServer`) accepts at most `connections_max` clients; per connection one task
+reads requests and hands each to the injected `ClientHandler`, one task writes replies. Replies
+and pushes are queued without blocking, bounded in frames and bytes: a client that does not
+read is disconnected (slow consumer), never allowed to grow our memory. A malformed request is
+answered with an error when its req_id can be recovered; an oversize or undecodable frame closes
+that connection (after a best-effort [0, "error", why]); every other client is unaffected.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import logging
-from collections import deque
+from collections import Counter, deque
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import trio
 
@@ -40,16 +60,25 @@ from consortium.crypto.codec import (
     unpack,
     unpack_canonical,
 )
-from consortium.crypto.merkle import verify_inclusion
-from consortium.crypto.signing import Domain, Verifier
-from consortium.ledger.block import BlockHeader, Receipt
-from consortium.ledger.certificates import SignedVote, block_signature_body
+from consortium.crypto.merkle import MerkleTree, verify_inclusion
+from consortium.crypto.signing import Domain, Signer, Verifier
+from consortium.ledger.block import Block, BlockHeader, Receipt
+from consortium.ledger.certificates import VOTE_BODY_BYTES_MAX, SignedVote, block_signature_body
 from consortium.ledger.genesis import Genesis, Params
 from consortium.node.framing import FrameError, FrameReader, encode_frames
 from consortium.node.logs import RateLimitedLog
 
-PUSH = 0
+PUSH = 0  # the req_id of server pushes
 TX_IDS_PER_REQUEST_MAX = 10_000
+TXS_PER_REQUEST_MAX = 100_000
+KEY_BYTES_MAX = 4096
+PROOF_HASHES_MAX = 64
+MESSAGE_CHARS_MAX = 4096
+METHOD_CHARS_MAX = 16
+COALESCE_BYTES_MAX = 1 << 20
+OUTBOUND_BYTES_MAX = 64 << 20
+SLOW_CONSUMER = "slow consumer"
+FLUSH_S = 1.0  # how long queued replies may still be written after the client stops sending
 
 
 # --- requests --------------------------------------------------------------------------------
@@ -58,7 +87,7 @@ TX_IDS_PER_REQUEST_MAX = 10_000
 @dataclass(frozen=True, slots=True)
 class SubmitRequest:
     req_id: int
-    txs: list[Any]  # raw [body, signature] arrays, decoded by the handler
+    txs: list[Any]  # raw [body, signature] arrays; the handler decodes them with the params
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +123,7 @@ Request = SubmitRequest | ReceiptRequest | GetRequest | BlockRequest | StatusReq
 
 
 class RequestError(WireFormatError):
-    """A request that cannot be served; req_id is set when it could be recovered."""
+    """A request that cannot be served; `req_id` is set when it could be recovered."""
 
     def __init__(self, message: str, req_id: int | None) -> None:
         super().__init__(message)
@@ -104,7 +133,7 @@ class RequestError(WireFormatError):
 def encode_request(request: Request) -> bytes:
     match request:
         case SubmitRequest(req_id=r, txs=txs):
-            return pack(["submit", r, txs])
+            return pack(["submit", r, list(txs)])
         case ReceiptRequest(req_id=r, tx_id=t):
             return pack(["receipt", r, t])
         case GetRequest(req_id=r, key=k):
@@ -114,11 +143,11 @@ def encode_request(request: Request) -> bytes:
         case StatusRequest(req_id=r):
             return pack(["status", r])
         case WatchRequest(req_id=r, tx_ids=ids):
-            return pack(["watch", r, ids])
+            return pack(["watch", r, list(ids)])
 
 
 def decode_request(frame: bytes, frame_bytes_max: int) -> Request:
-    """Raises RequestError (a WireFormatError) only."""
+    """Raises RequestError (a WireFormatError) only; its req_id is set when recoverable."""
     try:
         msg = as_list(unpack(frame, max_len=frame_bytes_max), what="request")
     except WireFormatError as exc:
@@ -128,16 +157,20 @@ def decode_request(frame: bytes, frame_bytes_max: int) -> Request:
         if len(msg) < 2:
             raise WireFormatError("request: expected [method, req_id, ...]")
         req_id = as_int(msg[1], "req_id", lo=1)
-        method = as_str(msg[0], "method", max_len=16)
+        method = as_str(msg[0], "method", max_len=METHOD_CHARS_MAX)
+        unpack_canonical(frame)  # one encoding per value, as on every port (DESIGN.md)
         if method == "submit":
             as_list(msg, 3, "submit")
-            return SubmitRequest(req_id, as_list(msg[2], what="transactions"))
+            txs = as_list(msg[2], what="transactions")
+            if len(txs) > TXS_PER_REQUEST_MAX:
+                raise WireFormatError(f"submit: more than {TXS_PER_REQUEST_MAX} transactions")
+            return SubmitRequest(req_id, txs)
         if method == "receipt":
             as_list(msg, 3, "receipt")
             return ReceiptRequest(req_id, as_bytes(msg[2], "tx_id", size=32))
         if method == "get":
             as_list(msg, 3, "get")
-            return GetRequest(req_id, as_bytes(msg[2], "key", max_len=4096))
+            return GetRequest(req_id, as_bytes(msg[2], "key", max_len=KEY_BYTES_MAX))
         if method == "block":
             as_list(msg, 3, "block")
             return BlockRequest(req_id, as_int(msg[2], "height"))
@@ -155,22 +188,37 @@ def decode_request(frame: bytes, frame_bytes_max: int) -> Request:
         raise RequestError(str(exc), req_id) from None
 
 
-# --- receipt bundles and signed reads ----------------------------------------------------------
+# --- receipt bundles -------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
 class Bundle:
+    """A receipt with what proves it: a Merkle path to the header, one member's block
+    signature over that header's hash."""
+
     receipt: Receipt
     proof: tuple[bytes, ...]
     tree_size: int
     header: BlockHeader
     signature: SignedVote
 
+    def to_array(self) -> list[Any]:
+        return [
+            self.receipt.to_array(),
+            list(self.proof),
+            self.tree_size,
+            self.header.to_array(),
+            self.signature.to_array(),
+        ]
+
+    def encode(self) -> bytes:
+        return pack(self.to_array())
+
     @classmethod
     def from_array(cls, v: Any) -> Bundle:
         a = as_list(v, 5, "bundle")
         proof = as_list(a[1], what="proof")
-        if len(proof) > 64:
+        if len(proof) > PROOF_HASHES_MAX:
             raise WireFormatError("proof: too long")
         return cls(
             Receipt.from_array(a[0]),
@@ -181,44 +229,94 @@ class Bundle:
         )
 
     def signer(self) -> int | None:
+        """The member index the block signature names, or None when its body is malformed."""
         try:
-            body = as_list(unpack_canonical(self.signature.body, max_len=256), 4, "block vote")
+            body = as_list(
+                unpack_canonical(self.signature.body, max_len=VOTE_BODY_BYTES_MAX),
+                4,
+                "block signature",
+            )
         except WireFormatError:
             return None
         signer = body[3]
         return signer if isinstance(signer, int) and not isinstance(signer, bool) else None
 
     def verify(self, genesis: Genesis, verifier: Verifier) -> str | None:
-        """What is wrong with this bundle, or None: inclusion proof, header chain, signature."""
-        if self.header.chain_id != genesis.chain_id:
-            return "bundle is for another chain"
-        if self.receipt.height != self.header.height:
-            return "receipt height differs from the header's"
-        if not verify_inclusion(
-            self.receipt.encode(),
-            self.receipt.index,
-            self.tree_size,
-            self.proof,
-            self.header.receipts_root,
-        ):
-            return "receipt is not in the block (bad Merkle proof)"
-        signer = self.signer()
-        if signer is None or not 0 <= signer < genesis.n:
-            return "block signature is not by a member"
-        expected = block_signature_body(self.header.height, self.header.hash, signer)
-        if self.signature.body != expected:
-            return "block signature is for another block"
-        key = genesis.members[signer].public_key
-        if not verifier.verify(
-            key, Domain.BLOCK, genesis.chain_id, self.signature.body, self.signature.signature
-        ):
-            return f"bad block signature by {genesis.members[signer].name}"
-        return None
+        return verify_bundle(self, genesis, verifier)
+
+
+def bundle_for(
+    block: Block, index: int, signature: SignedVote, tree: MerkleTree | None = None
+) -> Bundle:
+    """The bundle for the receipt at `index` of `block` (pass `tree` to share it per block)."""
+    if tree is None:
+        tree = MerkleTree([r.encode() for r in block.receipts])
+    return Bundle(
+        block.receipts[index], tuple(tree.proof(index)), tree.size, block.header, signature
+    )
+
+
+_CHAIN_IDS: list[tuple[Genesis, bytes]] = []
+_CHAIN_IDS_MAX = 8
+
+
+def chain_id_of(genesis: Genesis) -> bytes:
+    """genesis.chain_id, remembered per Genesis object: it hashes the whole genesis, and the
+    client checks one bundle per member and transaction."""
+    for known, chain_id in _CHAIN_IDS:
+        if known is genesis:
+            return chain_id
+    chain_id = genesis.chain_id
+    if len(_CHAIN_IDS) >= _CHAIN_IDS_MAX:
+        del _CHAIN_IDS[0]
+    _CHAIN_IDS.append((genesis, chain_id))
+    return chain_id
+
+
+def verify_bundle(bundle: Bundle, genesis: Genesis, verifier: Verifier) -> str | None:
+    """What is wrong with `bundle`, or None: chain id, receipt inclusion (leaf =
+    receipt.encode(), index and tree size) against header.receipts_root, and a block
+    signature by a genesis member over (height, header hash, signer) in Domain.BLOCK."""
+    header = bundle.header
+    receipt = bundle.receipt
+    chain_id = chain_id_of(genesis)
+    if header.chain_id != chain_id:
+        return (
+            f"bundle is for another chain ({header.chain_id.hex()[:8]}…, "
+            f"we are on {chain_id.hex()[:8]}…)"
+        )
+    if receipt.height != header.height:
+        return f"receipt height {receipt.height} differs from the header's {header.height}"
+    if not 0 <= receipt.index < bundle.tree_size:
+        return f"receipt index {receipt.index} outside a tree of {bundle.tree_size}"
+    if not verify_inclusion(
+        receipt.encode(), receipt.index, bundle.tree_size, bundle.proof, header.receipts_root
+    ):
+        return "receipt is not in the block (bad Merkle proof)"
+    signer = bundle.signer()
+    if signer is None or not 0 <= signer < genesis.n:
+        return "block signature is not by a member"
+    if bundle.signature.body != block_signature_body(header.height, header.hash, signer):
+        return "block signature is for another block"
+    member = genesis.members[signer]
+    if not verifier.verify(
+        member.public_key,
+        Domain.BLOCK,
+        chain_id,
+        bundle.signature.body,
+        bundle.signature.signature,
+    ):
+        return f"bad block signature by {member.name}"
+    return None
+
+
+# --- signed reads ----------------------------------------------------------------------------
 
 
 def read_body(
     key: bytes, value: bytes | None, height: int, block_hash: bytes, signer: int
 ) -> bytes:
+    """The bytes a member signs (Domain.READ) for a fast-path read."""
     return pack(["read", key, value, height, block_hash, signer])
 
 
@@ -232,88 +330,261 @@ class ReadReply:
     signature: bytes
 
     @classmethod
+    def signed(
+        cls,
+        signer: Signer,
+        chain_id: bytes,
+        member: int,
+        key: bytes,
+        value: bytes | None,
+        height: int,
+        block_hash: bytes,
+    ) -> ReadReply:
+        body = read_body(key, value, height, block_hash, member)
+        signature = signer.sign(Domain.READ, chain_id, body)
+        return cls(key, value, height, block_hash, member, signature)
+
+    def to_array(self) -> list[Any]:
+        return [self.key, self.value, self.height, self.block_hash, self.signer, self.signature]
+
+    @classmethod
     def from_array(cls, v: Any) -> ReadReply:
         a = as_list(v, 6, "read reply")
         value = None if a[1] is None else as_bytes(a[1], "value")
         return cls(
-            as_bytes(a[0], "key", max_len=4096),
+            as_bytes(a[0], "key", max_len=KEY_BYTES_MAX),
             value,
             as_int(a[2], "height"),
             as_bytes(a[3], "block_hash", size=32),
-            as_int(a[4], "signer", hi=1024),
+            as_int(a[4], "signer", hi=1 << 16),
             as_bytes(a[5], "signature", size=64),
         )
 
     def verify(self, genesis: Genesis, verifier: Verifier) -> bool:
-        if not 0 <= self.signer < genesis.n:
-            return False
-        body = read_body(self.key, self.value, self.height, self.block_hash, self.signer)
-        return verifier.verify(
-            genesis.members[self.signer].public_key,
-            Domain.READ,
-            genesis.chain_id,
-            body,
-            self.signature,
-        )
+        return verify_read(self, genesis, verifier) is None
 
 
-# --- server ------------------------------------------------------------------------------------
+def verify_read(
+    reply: ReadReply,
+    genesis: Genesis,
+    verifier: Verifier,
+    *,
+    key: bytes | None = None,
+    signer: int | None = None,
+) -> str | None:
+    """What is wrong with a read reply, or None. `key` and `signer`: what was asked, of whom."""
+    if key is not None and reply.key != key:
+        return "reply is for another key"
+    if signer is not None and reply.signer != signer:
+        return f"reply from member {signer} is signed as member {reply.signer}"
+    if not 0 <= reply.signer < genesis.n:
+        return "reply is not signed by a member"
+    member = genesis.members[reply.signer]
+    body = read_body(reply.key, reply.value, reply.height, reply.block_hash, reply.signer)
+    if not verifier.verify(
+        member.public_key, Domain.READ, chain_id_of(genesis), body, reply.signature
+    ):
+        return f"bad read signature by {member.name}"
+    return None
+
+
+# --- responses -------------------------------------------------------------------------------
+
+
+VerdictStatus = Literal["accepted", "committed", "rejected"]
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitVerdict:
+    """One transaction's answer to a submit. tx_id is b"" when the transaction was malformed."""
+
+    tx_id: bytes
+    status: VerdictStatus
+    detail: str | Bundle  # the reason ("" when accepted), or the bundle when committed
+
+    def to_array(self) -> list[Any]:
+        detail = self.detail.to_array() if isinstance(self.detail, Bundle) else self.detail
+        return [self.tx_id, self.status, detail]
+
+    @classmethod
+    def from_array(cls, v: Any) -> SubmitVerdict:
+        a = as_list(v, 3, "verdict")
+        tx_id = as_bytes(a[0], "tx_id", max_len=32)
+        if len(tx_id) not in (0, 32):
+            raise WireFormatError("verdict tx_id: expected 0 or 32 bytes")
+        status = as_str(a[1], "verdict status", max_len=16)
+        if status == "committed":
+            return cls(tx_id, "committed", Bundle.from_array(a[2]))
+        if status == "accepted":
+            return cls(tx_id, "accepted", as_str(a[2], "detail", max_len=MESSAGE_CHARS_MAX))
+        if status == "rejected":
+            return cls(tx_id, "rejected", as_str(a[2], "reason", max_len=MESSAGE_CHARS_MAX))
+        raise WireFormatError(f"verdict status {status!r}")
+
+
+def encode_verdicts(verdicts: Sequence[SubmitVerdict]) -> list[Any]:
+    """The submit reply payload."""
+    return [v.to_array() for v in verdicts]
+
+
+def decode_verdicts(payload: Any) -> list[SubmitVerdict]:
+    return [SubmitVerdict.from_array(v) for v in as_list(payload, what="verdicts")]
+
+
+@dataclass(frozen=True, slots=True)
+class OkReply:
+    req_id: int
+    payload: Any
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorReply:
+    req_id: int  # PUSH (0): the server is closing the connection
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiptPush:
+    bundle: Bundle
+
+
+Response = OkReply | ErrorReply | ReceiptPush
+
+
+def encode_response(response: Response) -> bytes:
+    match response:
+        case OkReply(req_id=r, payload=p):
+            return pack([r, "ok", p])
+        case ErrorReply(req_id=r, message=m):
+            return pack([r, "error", m])
+        case ReceiptPush(bundle=b):
+            return pack([PUSH, "receipt", b.to_array()])
+
+
+def decode_response(frame: bytes, frame_bytes_max: int) -> Response:
+    """Raises WireFormatError only."""
+    msg = as_list(unpack_canonical(frame, max_len=frame_bytes_max), 3, "response")
+    req_id = as_int(msg[0], "req_id")
+    kind = as_str(msg[1], "response kind", max_len=16)
+    if kind == "error":
+        return ErrorReply(req_id, as_str(msg[2], "message", max_len=MESSAGE_CHARS_MAX))
+    if req_id == PUSH:
+        if kind == "receipt":
+            return ReceiptPush(Bundle.from_array(msg[2]))
+        raise WireFormatError(f"unknown push {kind!r}")
+    if kind == "ok":
+        return OkReply(req_id, msg[2])
+    raise WireFormatError(f"unknown response kind {kind!r}")
+
+
+def encode_status(doc: dict[str, Any]) -> str:
+    """Status as a JSON string (our canonical msgpack has no maps)."""
+    return json.dumps(doc, sort_keys=True, default=str)
+
+
+def decode_status(payload: Any) -> dict[str, Any]:
+    """Raises WireFormatError only."""
+    text = as_str(payload, "status", max_len=16 << 20)
+    try:
+        doc = json.loads(text)
+    except ValueError as exc:
+        raise WireFormatError(f"status: not JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise WireFormatError("status: expected a JSON object")
+    return doc
+
+
+# --- server ----------------------------------------------------------------------------------
 
 
 class ClientHandler(Protocol):
-    async def handle(self, conn: ClientConnection, request: Request) -> None: ...
+    async def handle(self, conn: ClientConnection, request: Request) -> None:
+        """Serve one request: answer with conn.reply/conn.error; may push later."""
+        ...
 
-    def disconnected(self, conn: ClientConnection) -> None: ...
+    def disconnected(self, conn: ClientConnection) -> None:
+        """The connection is gone: forget what was kept for it."""
+        ...
 
 
 class ClientConnection:
     """One client. Replies and pushes are queued without blocking; a client that does not read
     (its queue is full) is disconnected rather than allowed to grow our memory."""
 
-    def __init__(self, conn_id: int, peer: str, frames_max: int) -> None:
+    def __init__(
+        self, conn_id: int, peer: str, frames_max: int, bytes_max: int = OUTBOUND_BYTES_MAX
+    ) -> None:
         self.id = conn_id
         self.peer = peer
         self._frames_max = frames_max
+        self._bytes_max = bytes_max
         self._queue: deque[bytes] = deque()
+        self._queued_bytes = 0
         self._wakeup = trio.Event()
+        self._finishing = False
         self.scope = trio.CancelScope()
         self.closed_reason = ""
+        self.frames_sent = 0
 
-    def _enqueue(self, frame: bytes) -> bool:
+    @property
+    def open(self) -> bool:
+        return not self.closed_reason
+
+    def push(self, body: bytes) -> bool:
+        """Queue one encoded response (a frame body). False when the connection is closed, or
+        is closed now because its queue is full (slow consumer)."""
         if self.closed_reason:
             return False
-        if len(self._queue) >= self._frames_max:
-            self.closed_reason = "slow consumer: reply queue full"
-            self.scope.cancel()
+        if len(self._queue) >= self._frames_max or self._queued_bytes + len(body) > self._bytes_max:
+            self.close(f"{SLOW_CONSUMER}: reply queue full")
             return False
-        self._queue.append(frame)
+        self._queue.append(body)
+        self._queued_bytes += len(body)
         self._wakeup.set()
         return True
 
     def reply(self, req_id: int, payload: Any) -> bool:
-        return self._enqueue(pack([req_id, "ok", payload]))
+        return self.push(pack([req_id, "ok", payload]))
 
     def error(self, req_id: int, message: str) -> bool:
-        return self._enqueue(pack([req_id, "error", message]))
+        return self.push(pack([req_id, "error", message[:MESSAGE_CHARS_MAX]]))
 
-    def push_receipt(self, bundle: list[Any]) -> bool:
-        return self._enqueue(pack([PUSH, "receipt", bundle]))
+    def push_receipt(self, bundle: Bundle | list[Any]) -> bool:
+        raw = bundle.to_array() if isinstance(bundle, Bundle) else bundle
+        return self.push(pack([PUSH, "receipt", raw]))
+
+    def close(self, reason: str) -> None:
+        """Disconnect now; what is queued is discarded."""
+        if not self.closed_reason:
+            self.closed_reason = reason
+        self.scope.cancel()
+
+    def finish(self) -> None:
+        """Write what is queued, then stop (the client stopped sending)."""
+        self._finishing = True
+        self._wakeup.set()
 
     async def writer(self, stream: trio.abc.SendStream) -> None:
         while True:
             while not self._queue:
+                if self._finishing:
+                    return
                 self._wakeup = trio.Event()
                 await self._wakeup.wait()
             batch: list[bytes] = []
             size = 0
-            while self._queue and size < (1 << 20):
+            while self._queue and size < COALESCE_BYTES_MAX:
                 frame = self._queue.popleft()
                 batch.append(frame)
                 size += len(frame)
+            self._queued_bytes -= size
             await stream.send_all(encode_frames(batch))
+            self.frames_sent += len(batch)
 
 
 class ClientServer:
+    """Serves the client port; see the module docstring."""
+
     def __init__(
         self,
         handler: ClientHandler,
@@ -323,6 +594,7 @@ class ClientServer:
         params: Params,
         connections_max: int = 1024,
         outbound_frames_max: int = 8192,
+        outbound_bytes_max: int = OUTBOUND_BYTES_MAX,
         log: logging.Logger | None = None,
     ) -> None:
         self.handler = handler
@@ -330,18 +602,17 @@ class ClientServer:
         self._frame_max = frame_bytes_max
         self.params = params
         self._connections_max = connections_max
-        self._outbound_max = outbound_frames_max
+        self._outbound_frames_max = outbound_frames_max
+        self._outbound_bytes_max = outbound_bytes_max
         self.connections: dict[int, ClientConnection] = {}
         self._ids = itertools.count(1)
         self.listen_port = 0
         self.log = log or logging.getLogger("consortium.clients")
         self._ratelog = RateLimitedLog(self.log)
-        self.counters: dict[str, int] = {}
-
-    def _count(self, key: str) -> None:
-        self.counters[key] = self.counters.get(key, 0) + 1
+        self.counters: Counter[str] = Counter()
 
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve forever; started(listen_port) once the listener is bound."""
         host, port = self._listen
         listeners = await trio.open_tcp_listeners(port, host=host)
         self.listen_port = listeners[0].socket.getsockname()[1]
@@ -351,7 +622,10 @@ class ClientServer:
 
     async def _serve(self, stream: trio.SocketStream) -> None:
         if len(self.connections) >= self._connections_max:
-            self._count("refused_too_many_connections")
+            self.counters["refused_too_many_connections"] += 1
+            self._ratelog.warning(
+                "too_many", f"refusing a client: {self._connections_max} connections open"
+            )
             await trio.aclose_forcefully(stream)
             return
         try:
@@ -359,22 +633,33 @@ class ClientServer:
             peer = f"{host}:{port}"
         except OSError:
             peer = "?"
-        conn = ClientConnection(next(self._ids), peer, self._outbound_max)
+        conn = ClientConnection(
+            next(self._ids), peer, self._outbound_frames_max, self._outbound_bytes_max
+        )
         self.connections[conn.id] = conn
+        self.counters["connections"] += 1
         try:
             with conn.scope:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._write_replies, stream, conn)
                     await self._read_requests(stream, conn)
-                    nursery.cancel_scope.cancel()
+                    # Let the writer flush what is queued (the last replies, an error notice)
+                    # for a bounded time.
+                    conn.finish()
+                    nursery.cancel_scope.deadline = trio.current_time() + FLUSH_S
         finally:
             del self.connections[conn.id]
-            if conn.closed_reason:
-                self._count("disconnected_slow_consumer")
+            if conn.closed_reason.startswith(SLOW_CONSUMER):
+                self.counters["disconnected_slow_consumer"] += 1
                 self._ratelog.warning("slow", f"client {peer}: {conn.closed_reason}")
-            conn.closed_reason = conn.closed_reason or "closed"
-            self.handler.disconnected(conn)
-            await trio.aclose_forcefully(stream)
+            elif conn.closed_reason:
+                self.counters["disconnected_by_handler"] += 1
+            else:
+                conn.closed_reason = "closed"
+            try:
+                self.handler.disconnected(conn)
+            finally:
+                await trio.aclose_forcefully(stream)
 
     async def _write_replies(self, stream: trio.SocketStream, conn: ClientConnection) -> None:
         try:
@@ -382,14 +667,18 @@ class ClientServer:
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             conn.scope.cancel()  # the client went away; the reader stops too
 
+    def _closing(self, conn: ClientConnection, counter: str, why: str) -> None:
+        self.counters[counter] += 1
+        self._ratelog.warning(counter, f"client {conn.peer}: closing: {why}")
+        conn.error(PUSH, f"closing the connection: {why}")
+
     async def _read_requests(self, stream: trio.SocketStream, conn: ClientConnection) -> None:
         reader = FrameReader(stream, self._frame_max)
         while True:
             try:
                 frame = await reader.read()
             except FrameError as exc:
-                self._count("bad_frame")
-                self._ratelog.warning("frame", f"client {conn.peer}: closing: {exc}")
+                self._closing(conn, "bad_frame", str(exc))
                 return
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 return
@@ -398,17 +687,18 @@ class ClientServer:
             try:
                 request = decode_request(frame, self._frame_max)
             except RequestError as exc:
-                self._count("bad_request")
                 if exc.req_id is None:
-                    self._ratelog.warning("request", f"client {conn.peer}: closing: {exc}")
+                    self._closing(conn, "undecodable_request", str(exc))
                     return
+                self.counters["bad_request"] += 1
                 conn.error(exc.req_id, f"bad request: {exc}")
                 continue
+            self.counters[f"request_{type(request).__name__}"] += 1
             try:
                 await self.handler.handle(conn, request)
             except Exception:
                 # A bug reached by client input must not take the member down: log it loudly
                 # with its traceback, answer the request, keep serving.
-                self._count("internal_error")
+                self.counters["internal_error"] += 1
                 self.log.exception("internal error serving %s from %s", request, conn.peer)
                 conn.error(request.req_id, "internal error (logged by the member)")

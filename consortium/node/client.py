@@ -1,4 +1,4 @@
-"""The client library (Trio).
+"""The client library (Trio), used by `consortium tx submit`, the demo and the e2e tests.
 
     async with ConsortiumClient(genesis, keys) as client:
         tx = client.make_tx([Put(b"greeting", b"hello")])
@@ -6,53 +6,102 @@
         outcome.status      # "committed" | "rejected" | "pending"
 
 How it decides, in pbft mode (n = 3f+1, up to f members may lie):
-- submit sends the transactions to EVERY member, so a silent or censoring primary cannot hide
-  them from the others, and returns the ids at once (ids are chosen by the client: a
-  resubmission is always safe, it executes at most once).
-- A transaction is "committed" once f+1 distinct members have sent receipt bundles that verify
-  (Merkle proof of the receipt in the block, the member's signature over the block hash) and
-  agree on the receipt and the block hash: at least one of them is honest.
-- "rejected" needs f+1 members agreeing on the same rejection reason at submit.
+- The client keeps one connection to EVERY member's client port, tolerates members that are
+  down and reconnects in the background with backoff.
+- `submit` sends the transactions to every connected member, so a silent or censoring primary
+  cannot hide them from the others, and returns the ids at once. Ids are chosen by the client
+  (the hash of the signed body), so a resubmission is always safe: an id executes at most once.
+- A transaction is "committed" once f+1 DISTINCT members have sent receipt bundles that verify
+  (`verify_bundle`: the receipt's Merkle proof against the header, that member's signature
+  over the block hash) and agree on the receipt and the block hash: at least one of them is
+  honest. "committed" means it is in the ledger; `receipt.status` says whether it took effect
+  ("ok") or was deterministically rejected at execution (e.g. a compare-and-set mismatch).
+- "rejected" needs f+1 members agreeing on the same rejection at submit, and only for reasons
+  every member decides alike from the bytes (bad_signature, wrong_chain, unknown_client,
+  malformed). "expired" (each member's clock) and "overloaded" are never final: the
+  transaction may still commit.
 - A timeout ends in "pending", never an ambiguous failure: the transaction may still commit.
-  While waiting, transactions with no news for `retransmit_s` are resubmitted to all members.
-- Reads on the fast path (`get`) need a quorum of matching signed replies.
+  While waiting, transactions without news for `retransmit_s` are resubmitted to all members.
+- Fast-path reads (`get`) need a quorum (genesis.quorum) of matching signed replies from
+  distinct members.
+In raft mode (crash faults only) one verified receipt suffices. `SyncClient` wraps the same
+calls for code that is not running Trio.
+
+Everything is bounded: one outbound queue per member (a member that does not read loses
+frames, which resubmission covers), the transactions tracked, the signature cache.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
-import json
 import secrets
 import time
-from collections.abc import Sequence
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import trio
 
-from consortium.crypto.codec import WireFormatError, as_int, as_list, pack, unpack
+from consortium.crypto.codec import WireFormatError, pack
 from consortium.crypto.keys import KeyPair
-from consortium.crypto.merkle import verify_inclusion
-from consortium.crypto.signing import Ed25519Verifier
+from consortium.crypto.signing import Domain, Ed25519Verifier, Verifier
 from consortium.ledger.block import Receipt
 from consortium.ledger.genesis import Genesis
 from consortium.ledger.tx import Op, Transaction
-from consortium.node.api import Bundle, ReadReply
-from consortium.node.framing import FrameError, FrameReader, encode_frame
+from consortium.node.api import (
+    PUSH,
+    Bundle,
+    ErrorReply,
+    OkReply,
+    ReadReply,
+    ReceiptPush,
+    decode_response,
+    decode_status,
+    decode_verdicts,
+    verify_bundle,
+    verify_read,
+)
+from consortium.node.framing import FrameError, FrameReader, encode_frames
 
 OutcomeStatus = Literal["committed", "rejected", "pending"]
-BACKOFF_MAX_S = 1.0
-SUBMITS_TRACKED_MAX = 10_000
 FINAL_REJECTIONS = frozenset({"bad_signature", "wrong_chain", "unknown_client"})
+BACKOFF_MIN_S = 0.05
+BACKOFF_MAX_S = 1.0
+CONNECT_TIMEOUT_S = 5.0
+QUEUE_FRAMES_MAX = 1024
+QUEUE_BYTES_MAX = 64 << 20
+COALESCE_BYTES_MAX = 1 << 20
+SUBMITS_TRACKED_MAX = 10_000
+TXS_TRACKED_MAX = 200_000
+SIGNATURE_CACHE_MAX = 100_000
+SUBMIT_FRAME_OVERHEAD = 64
+TX_ARRAY_OVERHEAD = 16
+
+T = TypeVar("T")
 
 
 class ClientError(RuntimeError):
-    """A request that could not be answered as asked (no quorum, member unreachable)."""
+    """A request that could not be answered as asked (no quorum, member unreachable, ...)."""
+
+
+def is_final_rejection(reason: str) -> bool:
+    """Whether every honest member decides this rejection alike from the transaction's bytes."""
+    return reason in FINAL_REJECTIONS or reason.startswith("malformed")
 
 
 @dataclass(frozen=True, slots=True)
 class TxOutcome:
+    """What the client knows about one transaction.
+
+    committed: f+1 members proved its receipt (`receipt`, `height`, `block_hash` set);
+    rejected:  f+1 members agreed on a final rejection (`reason`);
+    pending:   neither yet (`reason` says how far it got); it may still commit.
+    `confirmations` is how many distinct members vouched for the reported result.
+    """
+
     tx_id: bytes
     status: OutcomeStatus
     receipt: Receipt | None = None
@@ -62,26 +111,68 @@ class TxOutcome:
     confirmations: int = 0
 
 
+class _CachingVerifier:
+    """Remembers signatures that verified: every receipt of a block shares one block signature,
+    so a batch of receipts costs one Ed25519 check per member and block, not per receipt."""
+
+    def __init__(self, inner: Verifier, entries_max: int = SIGNATURE_CACHE_MAX) -> None:
+        self._inner = inner
+        self._good: set[tuple[bytes, Domain, bytes, bytes, bytes]] = set()
+        self._entries_max = entries_max
+
+    def verify(
+        self, public_key: bytes, domain: Domain, chain_id: bytes, body: bytes, signature: bytes
+    ) -> bool:
+        key = (public_key, domain, chain_id, body, signature)
+        if key in self._good:
+            return True
+        if not self._inner.verify(public_key, domain, chain_id, body, signature):
+            return False
+        if len(self._good) >= self._entries_max:
+            self._good.clear()
+        self._good.add(key)
+        return True
+
+
 @dataclass
 class _TxState:
     tx: Transaction
-    # (receipt bytes, block hash) -> members that vouched for it with a valid bundle
-    confirmations: dict[tuple[bytes, bytes], dict[int, Bundle]] = field(default_factory=dict)
-    rejections: dict[str, set[int]] = field(default_factory=dict)
+    # member -> (receipt bytes, block hash, bundle): the first valid bundle each member sent
+    vouched: dict[int, tuple[bytes, bytes, Bundle]] = field(default_factory=dict)
+    # member -> the final rejection it reported at submit
+    rejected: dict[int, str] = field(default_factory=dict)
     last_news: float = 0.0
+
+
+@dataclass
+class _Waiter:
+    member: int
+    done: trio.Event = field(default_factory=trio.Event)
+    response: OkReply | ErrorReply | None = None
 
 
 @dataclass
 class _Member:
     index: int
+    name: str
     address: tuple[str, int]
-    stream: trio.SocketStream | None = None
-    lock: trio.Lock = field(default_factory=trio.Lock)
+    online: bool = False
     connected: trio.Event = field(default_factory=trio.Event)
+    queue: deque[bytes] = field(default_factory=deque)
+    queued_bytes: int = 0
+    wakeup: trio.Event = field(default_factory=trio.Event)
     last_error: str = ""
+    connections: int = 0
+
+
+def _split_address(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    return host.strip("[]"), int(port)
 
 
 class ConsortiumClient:
+    """An async Trio client of every member; see the module docstring for how it decides."""
+
     def __init__(
         self,
         genesis: Genesis,
@@ -91,42 +182,45 @@ class ConsortiumClient:
         frame_bytes_max: int | None = None,
         retransmit_s: float = 1.0,
         connect_timeout_s: float = 1.0,
+        verifier: Verifier | None = None,
     ) -> None:
+        """`addresses` defaults to every member's client_address in genesis; `frame_bytes_max`
+        to genesis params. Entering the context waits up to `connect_timeout_s` for every
+        member to accept (members that are down are not waited for beyond it)."""
         self.genesis = genesis
         self.keys = keys
         self.chain_id = genesis.chain_id
-        self.verifier = Ed25519Verifier()
+        self.verifier: Verifier = _CachingVerifier(verifier or Ed25519Verifier())
         self.confirmations_needed = genesis.f + 1 if genesis.mode == "pbft" else 1
         self.retransmit_s = retransmit_s
         self.connect_timeout_s = connect_timeout_s
         self._frame_max = frame_bytes_max or genesis.params.frame_bytes_max
         if addresses is None:
-            addresses = {}
-            for m in genesis.members:
-                host, _, port = m.client_address.rpartition(":")
-                addresses[m.index] = (host.strip("[]"), int(port))
-        self._members = {i: _Member(i, a) for i, a in addresses.items()}
+            addresses = {m.index: _split_address(m.client_address) for m in genesis.members}
+        for index in addresses:
+            if not 0 <= index < genesis.n:
+                raise ValueError(f"addresses: {index} is not a member index")
+        self._members = {
+            i: _Member(i, genesis.members[i].name, a) for i, a in sorted(addresses.items())
+        }
         self._req_ids = itertools.count(1)
-        self._replies: dict[int, tuple[trio.Event, list[Any]]] = {}
-        self._submit_reqs: dict[int, int] = {}
+        self._waiters: dict[int, _Waiter] = {}
+        self._submits: dict[int, int] = {}  # submit req_id -> replies still expected
         self._txs: dict[bytes, _TxState] = {}
         self._changed = trio.Event()
-        self._verified_blocks: dict[tuple[int, bytes, bytes], bool] = {}
+        self.counters: Counter[str] = Counter()
+        self._stack: contextlib.AsyncExitStack | None = None
         self._nursery: trio.Nursery | None = None
-        self._cm: Any = None
 
     # --- lifecycle --------------------------------------------------------------------------
 
     async def __aenter__(self) -> ConsortiumClient:
-        self._cm = trio.open_nursery()
-        self._nursery = await self._cm.__aenter__()
+        stack = contextlib.AsyncExitStack()
+        self._nursery = await stack.enter_async_context(trio.open_nursery())
+        self._stack = stack
         for member in self._members.values():
             self._nursery.start_soon(self._member_loop, member)
-        # Give every member a moment to accept us, so the first submit reaches all of them;
-        # members that are down are simply not waited for beyond this.
-        with trio.move_on_after(self.connect_timeout_s):
-            for member in self._members.values():
-                await member.connected.wait()
+        await self.wait_connected(timeout_s=self.connect_timeout_s)
         return self
 
     async def __aexit__(
@@ -135,297 +229,435 @@ class ConsortiumClient:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool | None:
-        assert self._nursery is not None
+        assert self._nursery is not None and self._stack is not None, "not entered"
         self._nursery.cancel_scope.cancel()
-        result: bool | None = await self._cm.__aexit__(exc_type, exc, tb)
-        return result
+        stack, self._stack, self._nursery = self._stack, None, None
+        return await stack.__aexit__(exc_type, exc, tb)
+
+    async def wait_connected(self, count: int | None = None, timeout_s: float = 5.0) -> bool:
+        """Wait until `count` members (default: all) are connected; False on timeout."""
+        want = len(self._members) if count is None else min(count, len(self._members))
+        with trio.move_on_after(timeout_s):
+            while len(self.connected_members()) < want:
+                async with trio.open_nursery() as nursery:
+                    # Wake when any member connects, then count again.
+                    for m in self._members.values():
+                        if not m.online:
+                            nursery.start_soon(_set_when, m.connected, nursery.cancel_scope)
+            return True
+        return False
+
+    def _require_open(self) -> None:
+        if self._nursery is None:
+            raise ClientError("the client is not connected: use `async with ConsortiumClient(...)`")
+
+    def connected_members(self) -> list[int]:
+        return [m.index for m in self._members.values() if m.online]
+
+    def member_errors(self) -> dict[int, str]:
+        """The last connection error seen per member ("" when none)."""
+        return {m.index: m.last_error for m in self._members.values()}
 
     async def _member_loop(self, member: _Member) -> None:
-        backoff = 0.05
+        backoff = BACKOFF_MIN_S
         while True:
             try:
-                stream = await trio.open_tcp_stream(*member.address)
-            except OSError as exc:
-                member.last_error = str(exc)
-                await trio.sleep(backoff)
-                backoff = min(BACKOFF_MAX_S, backoff * 2)
-                continue
-            backoff = 0.05
-            member.stream = stream
-            member.connected.set()
-            try:
-                reader = FrameReader(stream, self._frame_max)
-                while True:
-                    frame = await reader.read()
-                    if frame is None:
-                        break
-                    self._dispatch(member.index, frame)
-            except (FrameError, OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                member.last_error = str(exc)
-            finally:
-                member.stream = None
-                member.connected = trio.Event()
-                await trio.aclose_forcefully(stream)
+                with trio.fail_after(CONNECT_TIMEOUT_S):
+                    stream = await trio.open_tcp_stream(*member.address)
+            except (OSError, trio.TooSlowError) as exc:
+                member.last_error = str(exc) or "connect timed out"
+            else:
+                backoff = BACKOFF_MIN_S
+                await self._connection(member, stream)
+            # Backoff with jitter, so clients do not reconnect in lockstep.
+            await trio.sleep(backoff * (0.5 + secrets.randbelow(1000) / 1000))
+            backoff = min(BACKOFF_MAX_S, backoff * 2)
 
-    async def _send(self, member: _Member, frame: bytes) -> bool:
-        stream = member.stream
-        if stream is None:
-            return False
+    async def _connection(self, member: _Member, stream: trio.SocketStream) -> None:
+        member.online = True
+        member.connections += 1
+        member.last_error = ""
+        member.connected.set()
         try:
-            async with member.lock:
-                await stream.send_all(encode_frame(frame))
-        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            member.last_error = str(exc)
+            async with trio.open_nursery() as nursery:
+
+                async def writer() -> None:
+                    try:
+                        await self._write(member, stream)
+                    except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                        member.last_error = str(exc) or type(exc).__name__
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(writer)
+                try:
+                    reader = FrameReader(stream, self._frame_max)
+                    while (frame := await reader.read()) is not None:
+                        self._dispatch(member.index, frame)
+                    member.last_error = member.last_error or "member closed the connection"
+                except (FrameError, OSError, trio.BrokenResourceError) as exc:
+                    member.last_error = str(exc) or type(exc).__name__
+                nursery.cancel_scope.cancel()
+        finally:
+            member.online = False
+            member.connected = trio.Event()
+            member.queue.clear()
+            member.queued_bytes = 0
+            for waiter in self._waiters.values():
+                if waiter.member == member.index and waiter.response is None:
+                    waiter.done.set()  # fail fast: the answer cannot come on this connection
+            await trio.aclose_forcefully(stream)
+
+    async def _write(self, member: _Member, stream: trio.SocketStream) -> None:
+        while True:
+            while not member.queue:
+                member.wakeup = trio.Event()
+                await member.wakeup.wait()
+            batch: list[bytes] = []
+            size = 0
+            while member.queue and size < COALESCE_BYTES_MAX:
+                frame = member.queue.popleft()
+                batch.append(frame)
+                size += len(frame)
+            member.queued_bytes -= size
+            await stream.send_all(encode_frames(batch))
+
+    def _enqueue(self, member: _Member, body: bytes) -> bool:
+        """Queue a frame body for a member without blocking; False when it is not connected or
+        its queue is full (it is not reading)."""
+        if not member.online:
+            self.counters["dropped_not_connected"] += 1
             return False
+        if (
+            len(member.queue) >= QUEUE_FRAMES_MAX
+            or member.queued_bytes + len(body) > QUEUE_BYTES_MAX
+        ):
+            self.counters["dropped_queue_full"] += 1
+            return False
+        member.queue.append(body)
+        member.queued_bytes += len(body)
+        member.wakeup.set()
         return True
 
     # --- incoming ---------------------------------------------------------------------------
 
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
     def _dispatch(self, member: int, frame: bytes) -> None:
         try:
-            msg = as_list(unpack(frame, max_len=self._frame_max), 3, "reply")
-            req_id = as_int(msg[0], "req_id")
+            response = decode_response(frame, self._frame_max)
         except WireFormatError:
-            return  # a member sending garbage gets no say
-        if req_id == 0:
-            if msg[1] == "receipt":
-                self._on_bundle(member, msg[2])
+            self.counters["bad_response"] += 1  # a member sending garbage gets no say
             return
-        outstanding = self._submit_reqs.get(req_id)
-        if outstanding is not None:
-            if msg[1] == "ok":
-                self._on_submit_reply(member, msg[2])
-            if outstanding <= 1:
-                del self._submit_reqs[req_id]
-            else:
-                self._submit_reqs[req_id] = outstanding - 1
-            return
-        waiter = self._replies.get(req_id)
-        if waiter is None:
-            return
-        event, slot = waiter
-        slot.append((member, msg[1], msg[2]))
-        event.set()
+        match response:
+            case ReceiptPush(bundle=bundle):
+                self._on_bundle(member, bundle)
+            case ErrorReply(req_id=req_id, message=message) if req_id == PUSH:
+                self._members[member].last_error = message
+            case OkReply(req_id=req_id) | ErrorReply(req_id=req_id) if req_id in self._submits:
+                if isinstance(response, OkReply):
+                    self._on_submit_reply(member, response.payload)
+                else:
+                    self.counters["submit_error"] += 1
+                    self._members[member].last_error = response.message
+                left = self._submits.pop(req_id) - 1
+                if left > 0:
+                    self._submits[req_id] = left
+            case OkReply(req_id=req_id) | ErrorReply(req_id=req_id):
+                waiter = self._waiters.get(req_id)
+                if waiter is not None and waiter.member == member and waiter.response is None:
+                    waiter.response = response
+                    waiter.done.set()
 
-    def _on_bundle(self, member: int, raw: Any) -> None:
-        try:
-            bundle = Bundle.from_array(raw)
-        except WireFormatError:
-            return
+    def _on_bundle(self, member: int, bundle: Bundle) -> None:
         state = self._txs.get(bundle.receipt.tx_id)
-        if state is None or bundle.signer() != member:
+        if state is None or member in state.vouched:
             return
-        if not self._bundle_ok(bundle):
+        if bundle.signer() != member:
+            self.counters["bundle_wrong_signer"] += 1
             return
-        key = (bundle.receipt.encode(), bundle.header.hash)
-        state.confirmations.setdefault(key, {})[member] = bundle
-        state.last_news = time.monotonic()
-        self._changed.set()
+        if verify_bundle(bundle, self.genesis, self.verifier) is not None:
+            self.counters["bundle_invalid"] += 1
+            return
+        block_hash = bundle.header.hash
+        state.vouched[member] = (bundle.receipt.encode(), block_hash, bundle)
+        state.last_news = trio.current_time()
+        self._notify()
 
-    def _bundle_ok(self, bundle: Bundle) -> bool:
-        # One signature check per (member, block): every receipt of a block shares it.
-        signer = bundle.signer()
-        key = (signer if signer is not None else -1, bundle.header.hash, bundle.signature.signature)
-        cached = self._verified_blocks.get(key)
-        if cached:
-            return (
-                verify_inclusion(
-                    bundle.receipt.encode(),
-                    bundle.receipt.index,
-                    bundle.tree_size,
-                    bundle.proof,
-                    bundle.header.receipts_root,
-                )
-                and bundle.receipt.height == bundle.header.height
-            )
-        ok = bundle.verify(self.genesis, self.verifier) is None
-        if ok:
-            if len(self._verified_blocks) > 100_000:
-                self._verified_blocks.clear()
-            self._verified_blocks[key] = True
-        return ok
-
-    def _on_submit_reply(self, member: int, verdicts: Any) -> None:
-        if not isinstance(verdicts, list):
+    def _on_submit_reply(self, member: int, payload: Any) -> None:
+        try:
+            verdicts = decode_verdicts(payload)
+        except WireFormatError:
+            self.counters["bad_response"] += 1
             return
+        now = trio.current_time()
         for v in verdicts:
-            if not isinstance(v, list) or len(v) != 3 or not isinstance(v[0], bytes):
-                continue
-            state = self._txs.get(v[0])
+            state = self._txs.get(v.tx_id)
             if state is None:
                 continue
-            if v[1] == "rejected" and isinstance(v[2], str):
-                # Only reasons every member decides alike from the bytes are final; "expired"
-                # (each member's clock) or "overloaded" may differ, and the tx may still commit.
-                if v[2] in FINAL_REJECTIONS or v[2].startswith("malformed"):
-                    state.rejections.setdefault(v[2], set()).add(member)
-                state.last_news = time.monotonic()
-            elif v[1] == "committed":
-                self._on_bundle(member, v[2])
-            elif v[1] == "accepted":
-                state.last_news = time.monotonic()
-        self._changed.set()
+            if isinstance(v.detail, Bundle):
+                self._on_bundle(member, v.detail)
+            elif v.status == "rejected" and is_final_rejection(v.detail):
+                state.rejected[member] = v.detail
+                state.last_news = now
+            elif v.status == "accepted":
+                state.last_news = now
+            # A transient rejection is no news: the transaction is resubmitted.
+        self._notify()
 
-    # --- requests ---------------------------------------------------------------------------
-
-    async def _request(self, member: int, method: str, *args: Any, timeout_s: float) -> Any:
-        m = self._members[member]
-        req_id = next(self._req_ids)
-        event = trio.Event()
-        slot: list[Any] = []
-        self._replies[req_id] = (event, slot)
-        try:
-            with trio.fail_after(timeout_s):
-                while m.stream is None:
-                    await m.connected.wait()
-                if not await self._send(m, pack([method, req_id, *args])):
-                    raise ClientError(f"member {member} unreachable: {m.last_error}")
-                await event.wait()
-        except trio.TooSlowError:
-            raise ClientError(
-                f"member {self.genesis.members[member].name} did not answer within {timeout_s} s"
-                + (f" ({m.last_error})" if m.last_error else "")
-            ) from None
-        finally:
-            del self._replies[req_id]
-        _, kind, payload = slot[0]
-        if kind != "ok":
-            raise ClientError(f"member {member}: {payload}")
-        return payload
+    # --- transactions -----------------------------------------------------------------------
 
     def make_tx(
         self, ops: Sequence[Op], *, expiry_s: float = 60.0, nonce: bytes | None = None
     ) -> Transaction:
+        """Sign a transaction with this client's key, expiring `expiry_s` from now (wall
+        clock). A fresh random nonce (the default) makes each call a new transaction id."""
         if self.keys is None:
-            raise ClientError("this client has no key; give keys= to sign transactions")
+            raise ClientError("this client has no key; pass keys= to sign transactions")
         expiry_ms = int((time.time() + expiry_s) * 1000)
         return Transaction.create(
-            self.keys, self.chain_id, nonce or secrets.token_bytes(16), expiry_ms, list(ops)
+            self.keys,
+            self.chain_id,
+            nonce if nonce is not None else secrets.token_bytes(16),
+            expiry_ms,
+            list(ops),
         )
 
     async def submit(self, txs: Sequence[Transaction]) -> list[bytes]:
-        """Send to every connected member; returns the ids at once."""
-        now = time.monotonic()
+        """Send the transactions to every connected member (one submit frame per member, split
+        only when they exceed the frame limit) and return their ids at once."""
+        self._require_open()
+        now = trio.current_time()
         for tx in txs:
-            state = self._txs.setdefault(tx.id, _TxState(tx))
+            state = self._txs.pop(tx.id, None) or _TxState(tx)
             state.last_news = now
-        await self._broadcast_submit(list(txs))
+            self._txs[tx.id] = state  # re-inserted, so the oldest is evicted first
+        while len(self._txs) > TXS_TRACKED_MAX:
+            del self._txs[next(iter(self._txs))]
+            self.counters["tx_tracking_evicted"] += 1
+        self._broadcast_submit(list(txs))
+        await trio.lowlevel.checkpoint()
         return [tx.id for tx in txs]
 
-    async def _broadcast_submit(self, txs: list[Transaction]) -> None:
+    def _broadcast_submit(self, txs: list[Transaction]) -> None:
+        limit = self._frame_max - SUBMIT_FRAME_OVERHEAD
+        chunk: list[list[bytes]] = []
+        size = 0
+        for tx in txs:
+            tx_bytes = tx.size + TX_ARRAY_OVERHEAD
+            if chunk and size + tx_bytes > limit:
+                self._send_submit(chunk)
+                chunk, size = [], 0
+            chunk.append(tx.to_array())
+            size += tx_bytes
+        if chunk:
+            self._send_submit(chunk)
+
+    def _send_submit(self, txs: list[list[bytes]]) -> None:
         req_id = next(self._req_ids)
-        self._submit_reqs[req_id] = len(self._members)  # replies still expected
-        while len(self._submit_reqs) > SUBMITS_TRACKED_MAX:
-            del self._submit_reqs[next(iter(self._submit_reqs))]
-        frame = pack(["submit", req_id, [t.to_array() for t in txs]])
-        async with trio.open_nursery() as nursery:
-            for m in self._members.values():
-                nursery.start_soon(self._send, m, frame)
+        body = pack(["submit", req_id, txs])
+        sent = sum(self._enqueue(m, body) for m in self._members.values())
+        if sent:
+            self._submits[req_id] = sent
+            while len(self._submits) > SUBMITS_TRACKED_MAX:
+                del self._submits[next(iter(self._submits))]
 
     def outcome(self, tx_id: bytes) -> TxOutcome:
+        """What is known about `tx_id` now (see TxOutcome)."""
         state = self._txs.get(tx_id)
         if state is None:
             return TxOutcome(tx_id, "pending", reason="unknown to this client")
-        best = 0
-        for (_receipt, block_hash), members in state.confirmations.items():
-            best = max(best, len(members))
-            if len(members) >= self.confirmations_needed:
-                bundle = next(iter(members.values()))
-                return TxOutcome(
-                    tx_id,
-                    "committed",
-                    bundle.receipt,
-                    bundle.header.height,
-                    block_hash,
-                    bundle.receipt.reason,
-                    len(members),
-                )
-        for reason, rejecting in sorted(state.rejections.items()):
-            if len(rejecting) >= self.confirmations_needed:
-                return TxOutcome(tx_id, "rejected", reason=reason, confirmations=len(rejecting))
+        groups: dict[tuple[bytes, bytes], list[Bundle]] = {}
+        for receipt_bytes, block_hash, bundle in state.vouched.values():
+            groups.setdefault((receipt_bytes, block_hash), []).append(bundle)
+        best_key, best = max(groups.items(), key=lambda kv: len(kv[1]), default=(None, []))
+        if best_key is not None and len(best) >= self.confirmations_needed:
+            bundle = best[0]
+            return TxOutcome(
+                tx_id,
+                "committed",
+                bundle.receipt,
+                bundle.header.height,
+                best_key[1],
+                bundle.receipt.reason,
+                len(best),
+            )
+        reasons = Counter(state.rejected.values())
+        for reason, count in sorted(reasons.items()):
+            if count >= self.confirmations_needed:
+                return TxOutcome(tx_id, "rejected", reason=reason, confirmations=count)
         return TxOutcome(
             tx_id,
             "pending",
-            reason=f"{best} of {self.confirmations_needed} confirmations",
-            confirmations=best,
+            reason=f"{len(best)} of {self.confirmations_needed} confirmations",
+            confirmations=len(best),
         )
 
     async def wait(self, tx_ids: Sequence[bytes], timeout_s: float) -> list[TxOutcome]:
+        """Outcomes for `tx_ids` once none is pending, or at the timeout (those not decided
+        then are "pending"). Transactions without news for `retransmit_s` are resubmitted."""
         deadline = trio.current_time() + timeout_s
         while True:
+            changed = self._changed
             outcomes = [self.outcome(t) for t in tx_ids]
             pending = [o.tx_id for o in outcomes if o.status == "pending"]
-            if not pending or trio.current_time() >= deadline:
+            now = trio.current_time()
+            if not pending or now >= deadline:
                 for o in outcomes:
                     if o.status != "pending":
                         self._txs.pop(o.tx_id, None)
                 return outcomes
-            now = time.monotonic()
             stale = [
-                self._txs[t].tx
+                self._txs[t]
                 for t in pending
                 if t in self._txs and now - self._txs[t].last_news >= self.retransmit_s
             ]
             if stale:
-                for t in stale:
-                    self._txs[t.id].last_news = now
-                await self._broadcast_submit(stale)
-            self._changed = trio.Event()
-            with trio.move_on_at(min(deadline, trio.current_time() + self.retransmit_s / 2)):
-                await self._changed.wait()
+                for state in stale:
+                    state.last_news = now
+                self.counters["resubmitted"] += len(stale)
+                self._broadcast_submit([s.tx for s in stale])
+            with trio.move_on_at(min(deadline, now + self.retransmit_s / 2)):
+                await changed.wait()
 
     async def submit_and_wait(
         self, txs: Sequence[Transaction], timeout_s: float
     ) -> list[TxOutcome]:
+        """`submit`, then `wait` for all of them."""
         ids = await self.submit(txs)
         return await self.wait(ids, timeout_s)
 
-    async def get(self, key: bytes, timeout_s: float = 5.0) -> bytes | None:
-        """Fast-path read: a quorum of members' signed replies agreeing on the value."""
-        replies: dict[bytes | None, set[int]] = {}
-        done = trio.Event()
-        needed = self.genesis.quorum if self.genesis.mode == "pbft" else 1
+    # --- requests to one member -------------------------------------------------------------
 
-        async def ask(i: int) -> None:
+    async def _request(self, member: int, method: str, *args: Any, timeout_s: float) -> Any:
+        """One request to one member: its "ok" payload, or ClientError."""
+        self._require_open()
+        m = self._members.get(member)
+        if m is None:
+            raise ClientError(f"no address for member {member}")
+        req_id = next(self._req_ids)
+        waiter = _Waiter(member)
+        self._waiters[req_id] = waiter
+        try:
+            with trio.move_on_after(timeout_s) as scope:
+                while not m.online:
+                    await m.connected.wait()
+                if not self._enqueue(m, pack([method, req_id, *args])):
+                    raise ClientError(f"member {m.name} is not reading our requests")
+                await waiter.done.wait()
+        finally:
+            del self._waiters[req_id]
+        response = waiter.response
+        why = f" ({m.last_error})" if m.last_error else ""
+        if response is None and scope.cancelled_caught:
+            raise ClientError(f"member {m.name} did not answer {method} within {timeout_s} s{why}")
+        if response is None:
+            raise ClientError(f"lost the connection to member {m.name} during {method}{why}")
+        if isinstance(response, ErrorReply):
+            raise ClientError(f"member {m.name}: {response.message}")
+        return response.payload
+
+    async def get(self, key: bytes, timeout_s: float = 5.0) -> bytes | None:
+        """Fast-path read: the value of `key` that a quorum (genesis.quorum) of distinct
+        members sign, each reply checked with `verify_read`; ClientError when no quorum
+        agrees within `timeout_s`."""
+        needed = self.genesis.quorum
+        agree: dict[bytes | None, set[int]] = {}
+        problems: dict[int, str] = {}
+        result: list[bytes | None] = []
+
+        async def ask(i: int, done: trio.CancelScope) -> None:
             try:
                 payload = await self._request(i, "get", key, timeout_s=timeout_s)
                 reply = ReadReply.from_array(payload)
-            except (ClientError, WireFormatError):
+            except (ClientError, WireFormatError) as exc:
+                problems[i] = str(exc)
                 return
-            if (
-                reply.signer != i
-                or reply.key != key
-                or not reply.verify(self.genesis, self.verifier)
-            ):
+            wrong = verify_read(reply, self.genesis, self.verifier, key=key, signer=i)
+            if wrong is not None:
+                problems[i] = wrong
                 return
-            replies.setdefault(reply.value, set()).add(i)
-            if len(replies[reply.value]) >= needed:
-                done.set()
+            members = agree.setdefault(reply.value, set())
+            members.add(i)
+            if len(members) >= needed and not result:
+                result.append(reply.value)
+                done.cancel()
 
         with trio.move_on_after(timeout_s):
             async with trio.open_nursery() as nursery:
                 for i in self._members:
-                    nursery.start_soon(ask, i)
-                await done.wait()
-                nursery.cancel_scope.cancel()
-        for value, members in replies.items():
-            if len(members) >= needed:
-                return value
+                    nursery.start_soon(ask, i, nursery.cancel_scope)
+        if result:
+            return result[0]
+        counts = sorted((len(m) for m in agree.values()), reverse=True)
+        detail = "; ".join(
+            f"{self.genesis.members[i].name}: {p}" for i, p in sorted(problems.items())
+        )
         raise ClientError(
             f"no {needed} members agreed on the value of {key!r} within {timeout_s} s "
-            f"(answers: {sorted((len(m) for m in replies.values()), reverse=True)}); "
-            "use an ordered read (tx submit get KEY) when the key is changing"
+            f"(matching answers: {counts or 'none'}"
+            + (f"; {detail}" if detail else "")
+            + "); use an ordered read (tx submit get KEY) when the key is changing"
         )
 
     async def status(self, member: int, timeout_s: float = 2.0) -> dict[str, Any]:
+        """One member's status document (what `consortium status` shows)."""
         payload = await self._request(member, "status", timeout_s=timeout_s)
-        doc = json.loads(payload)
-        assert isinstance(doc, dict)
-        return doc
+        try:
+            return decode_status(payload)
+        except WireFormatError as exc:
+            raise ClientError(f"member {member}: {exc}") from None
 
     async def block(self, member: int, height: int, timeout_s: float = 5.0) -> Any:
+        """One member's stored block at `height`, as it sent it (None when it has none)."""
         return await self._request(member, "block", height, timeout_s=timeout_s)
 
     async def receipt(self, member: int, tx_id: bytes, timeout_s: float = 5.0) -> Bundle | None:
+        """One member's bundle for the first receipt of `tx_id` (None when it has none). One
+        member is one member: check it with verify_bundle, and ask f+1 to be sure."""
         payload = await self._request(member, "receipt", tx_id, timeout_s=timeout_s)
-        return None if payload is None else Bundle.from_array(payload)
+        if payload is None:
+            return None
+        try:
+            return Bundle.from_array(payload)
+        except WireFormatError as exc:
+            raise ClientError(f"member {member}: {exc}") from None
+
+
+async def _set_when(event: trio.Event, scope: trio.CancelScope) -> None:
+    await event.wait()
+    scope.cancel()
+
+
+class SyncClient:
+    """A blocking wrapper for scripts: each call connects, does one thing and disconnects.
+    It runs `trio.run`, so it must not be called from inside a Trio run."""
+
+    def __init__(self, genesis: Genesis, keys: KeyPair | None = None, **options: Any) -> None:
+        """`options` are ConsortiumClient's keyword arguments."""
+        self.genesis = genesis
+        self.keys = keys
+        self._options = options
+
+    def _run(self, fn: Callable[[ConsortiumClient], Awaitable[T]]) -> T:
+        async def main() -> T:
+            async with ConsortiumClient(self.genesis, self.keys, **self._options) as client:
+                return await fn(client)
+
+        return trio.run(main)
+
+    def make_tx(
+        self, ops: Sequence[Op], *, expiry_s: float = 60.0, nonce: bytes | None = None
+    ) -> Transaction:
+        client = ConsortiumClient(self.genesis, self.keys, **self._options)
+        return client.make_tx(ops, expiry_s=expiry_s, nonce=nonce)
+
+    def submit_and_wait(self, txs: Sequence[Transaction], timeout_s: float) -> list[TxOutcome]:
+        return self._run(lambda c: c.submit_and_wait(txs, timeout_s))
+
+    def get(self, key: bytes, timeout_s: float = 5.0) -> bytes | None:
+        return self._run(lambda c: c.get(key, timeout_s))
+
+    def status(self, member: int, timeout_s: float = 2.0) -> dict[str, Any]:
+        return self._run(lambda c: c.status(member, timeout_s))

@@ -1,56 +1,86 @@
 """Authenticated peer connections between members.
 
-Two one-way TCP connections per pair: each member dials every other member for its own
-outgoing messages and accepts connections on which it only receives. That keeps each
-connection's job simple (no duplicate-connection races) and lets a sender coalesce every
-queued frame into one send_all.
+Theory of operation
+-------------------
+Two one-way TCP connections per pair: each member DIALS every other member for its own outgoing
+messages and ACCEPTS connections on which it only receives. Each connection has one job, there
+are no duplicate-connection races to break, and a sender can coalesce every queued frame into
+one `send_all`.
 
 Handshake (DESIGN.md, "Wire format"): each side signs the other's fresh nonce, the network id
-(chain id), the protocol version and both member ids with the key genesis lists for it.
+(chain id), the protocol version and both member indices with the key genesis lists for it.
 
     dialer   -> ["hello", version, chain_id, dialer, nonce_d]
     listener -> ["hello-ack", version, chain_id, listener, nonce_l, sig_l]
                  sig_l signs ["handshake", version, nonce_d, dialer, listener, "listener"]
     dialer   -> ["auth", sig_d]
                  sig_d signs ["handshake", version, nonce_l, dialer, listener, "dialer"]
-    (each under Domain.HANDSHAKE and the chain id)
+    (both under Domain.HANDSHAKE and the chain id; the role string keeps one side's signature
+    from being replayed as the other's, the fresh nonce keeps an old one from being replayed)
 
-A refusal (unknown member, wrong chain id, wrong version, bad signature, timeout) is answered
-with ["refused", reason] where that is safe, closes only that connection, is counted by reason
-and logged (rate-limited). After the handshake the sender of every frame on an inbound
-connection is the authenticated member; an oversize or malformed frame closes the connection.
+The listener checks version, chain id and that the dialer is a member before it signs anything,
+and answers a refusal with ["refused", reason] so the operator at the other end learns why.
+The dialer checks that the listener is the member it dialed. A failed handshake (unknown member,
+wrong chain id, wrong version, bad signature, malformed message, timeout) closes only that
+connection, is counted under `handshake_<reason>` and logged, rate-limited; nothing else
+changes. After the handshake the sender of every frame on an inbound connection is the
+authenticated member; an oversize or malformed frame closes that connection (`bad_frame`), and
+a new inbound connection from a member replaces its old one.
 
-Bounded everywhere: a per-peer outbound queue (oldest frames are kept; new ones are dropped and
-counted when it is full: the consensus layer retransmits), one inbound channel with
-back-pressure, a handshake timeout, at most one inbound connection per member.
+Bounds (a slow or hostile peer is cut off, never allowed to grow memory):
+- Outbound, per peer: at most `outbound_frames_max` frames and `outbound_bytes_max` bytes
+  queued. `send` never blocks: a frame for a peer that is not connected, or whose queue is
+  full, is dropped and counted (the consensus layer retransmits). Frames still queued when a
+  connection fails are dropped too, so nothing stale is delivered after a reconnect.
+- Inbound: one channel of at most `inbound_frames_max` (sender, body) pairs and
+  `inbound_bytes_max` bytes not yet `consumed()` by the consumer. A reader reserves a frame's
+  bytes atomically before handing it over and otherwise waits, which pushes back on that peer
+  through TCP (a frame larger than the whole budget passes alone, so nothing deadlocks).
+- At most `handshakes_max` unauthenticated connections at a time, each for at most
+  `handshake_timeout_s`, with handshake messages of at most HANDSHAKE_FRAME_MAX bytes; at most
+  one authenticated inbound connection per member.
 """
 
 from __future__ import annotations
 
 import logging
 import secrets
+import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
+from typing import Any
 
 import trio
 
-from consortium.crypto.codec import WireFormatError, as_bytes, as_int, as_list, pack, unpack
+from consortium.crypto.codec import (
+    WireFormatError,
+    as_bytes,
+    as_int,
+    as_list,
+    pack,
+    unpack_canonical,
+)
 from consortium.crypto.signing import PROTOCOL_VERSION, Domain, Signer, Verifier
 from consortium.ledger.genesis import Genesis
 from consortium.node.framing import FrameError, FrameReader, encode_frame, encode_frames
 from consortium.node.logs import RateLimitedLog
 
 HANDSHAKE_TIMEOUT_S = 5.0
+CONNECT_TIMEOUT_S = 5.0
 HANDSHAKE_FRAME_MAX = 4096
+HANDSHAKES_MAX = 64
+NONCE_BYTES = 32
 COALESCE_BYTES_MAX = 1 << 20
-OUTBOUND_BYTES_MAX = 64 << 20  # per peer: frames queued while it is slow or down
-INBOUND_UNIT_BYTES = 64 << 10
-INBOUND_BUDGET_UNITS = 1024  # 64 MiB of received frames waiting for the consensus task
+OUTBOUND_BYTES_MAX = 64 << 20  # per peer: frames queued while it is slow
+INBOUND_BYTES_MAX = 64 << 20  # received frames waiting for the consumer
 BACKOFF_MIN_S = 0.05
 BACKOFF_MAX_S = 2.0
+REFUSAL_CHARS_MAX = 200
 
 
 class HandshakeError(Exception):
+    """Why a handshake failed: `reason` is a short counter key, `detail` the sentence to log."""
+
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(detail)
         self.reason = reason
@@ -67,7 +97,7 @@ class _Peer:
     wakeup: trio.Event = field(default_factory=trio.Event)
     outbound_connected: bool = False
     inbound_connected: bool = False
-    connected_since: float | None = None
+    connected_since: float | None = None  # wall clock, seconds (for operators)
     frames_sent: int = 0
     bytes_sent: int = 0
     frames_received: int = 0
@@ -77,7 +107,26 @@ class _Peer:
     inbound_scope: trio.CancelScope | None = None
 
 
+def handshake_transcript(nonce: bytes, dialer: int, listener: int, role: str) -> bytes:
+    """The bytes one side signs: the other side's nonce, both indices and its own role."""
+    return pack(["handshake", PROTOCOL_VERSION, nonce, dialer, listener, role])
+
+
+def _decode(frame: bytes, n_fields: int, kind: str) -> list[Any]:
+    msg = as_list(unpack_canonical(frame, max_len=HANDSHAKE_FRAME_MAX), n_fields, kind)
+    if msg[0] != kind:
+        raise WireFormatError(f"expected {kind}, got {str(msg[0])[:16]!r}")
+    return msg
+
+
 class PeerNetwork:
+    """The member's peer links; see the module docstring.
+
+    `inbound` yields (authenticated sender index, frame body); the consumer calls
+    `consumed(body)` for each. `send`/`broadcast` never block. `peer_status()` and `counters`
+    are what operators see.
+    """
+
     def __init__(
         self,
         genesis: Genesis,
@@ -90,8 +139,19 @@ class PeerNetwork:
         frame_bytes_max: int,
         outbound_frames_max: int = 4096,
         inbound_frames_max: int = 4096,
+        outbound_bytes_max: int = OUTBOUND_BYTES_MAX,
+        inbound_bytes_max: int = INBOUND_BYTES_MAX,
+        handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S,
+        handshakes_max: int = HANDSHAKES_MAX,
         log: logging.Logger | None = None,
     ) -> None:
+        if not 0 <= me < genesis.n:
+            raise ValueError(f"member index {me} is not in genesis (0..{genesis.n - 1})")
+        for index in peer_addresses:
+            if index == me or not 0 <= index < genesis.n:
+                raise ValueError(f"peer_addresses: {index} is not another member's index")
+        if min(frame_bytes_max, outbound_frames_max, inbound_frames_max) <= 0:
+            raise ValueError("frame_bytes_max and the queue bounds must be positive")
         self.genesis = genesis
         self.chain_id = genesis.chain_id
         self.me = me
@@ -99,7 +159,14 @@ class PeerNetwork:
         self._verifier = verifier
         self._listen = listen
         self._frame_max = frame_bytes_max
-        self._outbound_max = outbound_frames_max
+        self._outbound_frames_max = outbound_frames_max
+        self._outbound_bytes_max = outbound_bytes_max
+        self._inbound_bytes_max = inbound_bytes_max
+        self._inbound_bytes = 0  # reserved by readers, not yet consumed
+        self._inbound_space = trio.Event()
+        self._handshake_timeout_s = handshake_timeout_s
+        self._handshakes_max = handshakes_max
+        self._handshakes = 0
         self.log = log or logging.getLogger("consortium.transport")
         self._ratelog = RateLimitedLog(self.log)
         self.peers: dict[int, _Peer] = {
@@ -108,13 +175,14 @@ class PeerNetwork:
         self._inbound_send, self.inbound = trio.open_memory_channel[tuple[int, bytes]](
             inbound_frames_max
         )
-        self._inbound_budget = trio.Semaphore(INBOUND_BUDGET_UNITS)
         self.counters: Counter[str] = Counter()
         self.listen_port = 0
 
     # --- public -----------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Listen, dial every peer, reconnect forever; started() once the listener is bound
+        (so `listen_port` is known even when listening on port 0)."""
         host, port = self._listen
         listeners = await trio.open_tcp_listeners(port, host=host)
         self.listen_port = listeners[0].socket.getsockname()[1]
@@ -125,30 +193,50 @@ class PeerNetwork:
             task_status.started()
 
     def send(self, dest: int, frame: bytes) -> bool:
+        """Queue `frame` for `dest` without blocking. False (dropped and counted) when `dest`
+        is unknown or not connected, its queue is full, or the frame is empty or oversize."""
         peer = self.peers.get(dest)
         if peer is None:
-            self.counters["send_to_unknown_member"] += 1
+            self.counters["dropped_unknown_member"] += 1
+            return False
+        if not frame or len(frame) > self._frame_max:
+            # Our own bug (every message must fit the frame limit): loud, but never fatal.
+            self.counters["dropped_bad_size"] += 1
+            peer.frames_dropped += 1
+            self._ratelog.warning(
+                "bad_size", f"dropping a frame of {len(frame)} bytes (limit {self._frame_max})"
+            )
+            return False
+        if not peer.outbound_connected:
+            self.counters["dropped_not_connected"] += 1
+            peer.frames_dropped += 1
             return False
         if (
-            len(peer.queue) >= self._outbound_max
-            or peer.queued_bytes + len(frame) > OUTBOUND_BYTES_MAX
+            len(peer.queue) >= self._outbound_frames_max
+            or peer.queued_bytes + len(frame) > self._outbound_bytes_max
         ):
+            self.counters["dropped_queue_full"] += 1
             peer.frames_dropped += 1
-            self.counters["outbound_queue_full"] += 1
             return False
         peer.queue.append(frame)
         peer.queued_bytes += len(frame)
         peer.wakeup.set()
         return True
 
-    def consumed(self, frame: bytes) -> None:
-        """The consumer is done with a frame from `inbound`: return its bytes to the budget."""
-        for _ in range(_units(len(frame))):
-            self._inbound_budget.release()
-
     def broadcast(self, frame: bytes) -> None:
+        """`send` to every other member."""
         for index in self.peers:
             self.send(index, frame)
+
+    def set_peer_address(self, index: int, address: tuple[str, int]) -> None:
+        """Dial member `index` at `address` from the next attempt on."""
+        self.peers[index].address = address
+
+    def consumed(self, frame: bytes) -> None:
+        """The consumer of `inbound` is done with `frame`: its bytes leave the inbound budget."""
+        self._inbound_bytes = max(0, self._inbound_bytes - len(frame))
+        self._inbound_space.set()
+        self._inbound_space = trio.Event()
 
     def peer_status(self) -> list[dict[str, object]]:
         return [
@@ -172,21 +260,20 @@ class PeerNetwork:
 
     # --- handshake --------------------------------------------------------------------------
 
-    def _transcript(self, nonce: bytes, dialer: int, listener: int, role: str) -> bytes:
-        return pack(["handshake", PROTOCOL_VERSION, nonce, dialer, listener, role])
-
     def _check_sig(self, member: int, transcript: bytes, sig: bytes) -> None:
         key = self.genesis.members[member].public_key
         if not self._verifier.verify(key, Domain.HANDSHAKE, self.chain_id, transcript, sig):
             raise HandshakeError(
                 "bad_handshake_signature",
-                f"member {self.genesis.members[member].name} did not prove the key genesis lists",
+                f"the peer claiming to be {self.genesis.members[member].name} did not prove "
+                "the key genesis lists for it",
             )
 
     def _check_hello(self, version: int, chain_id: bytes) -> None:
         if version != PROTOCOL_VERSION:
             raise HandshakeError(
-                "wrong_version", f"protocol version {version}, we speak {PROTOCOL_VERSION}"
+                "wrong_version",
+                f"peer speaks protocol version {version}, we speak {PROTOCOL_VERSION}",
             )
         if chain_id != self.chain_id:
             raise HandshakeError(
@@ -198,7 +285,7 @@ class PeerNetwork:
     async def _handshake_dialer(
         self, stream: trio.SocketStream, reader: FrameReader, peer: _Peer
     ) -> None:
-        nonce_d = secrets.token_bytes(32)
+        nonce_d = secrets.token_bytes(NONCE_BYTES)
         await stream.send_all(
             encode_frame(pack(["hello", PROTOCOL_VERSION, self.chain_id, self.me, nonce_d]))
         )
@@ -206,28 +293,30 @@ class PeerNetwork:
         if frame is None:
             raise HandshakeError("closed", "peer closed the connection during the handshake")
         try:
-            msg = as_list(unpack(frame, max_len=HANDSHAKE_FRAME_MAX), what="hello-ack")
-            if msg and msg[0] == "refused":
-                raise HandshakeError("refused", f"peer refused us: {str(msg[1])[:200]}")
-            as_list(msg, 6, "hello-ack")
-            if msg[0] != "hello-ack":
-                raise WireFormatError("expected hello-ack")
+            msg = as_list(unpack_canonical(frame, max_len=HANDSHAKE_FRAME_MAX), what="hello-ack")
+            if len(msg) == 2 and msg[0] == "refused":
+                raise HandshakeError(
+                    "refused", f"{peer.name} refused us: {str(msg[1])[:REFUSAL_CHARS_MAX]}"
+                )
+            msg = _decode(frame, 6, "hello-ack")
             version = as_int(msg[1], "version")
             chain_id = as_bytes(msg[2], "chain_id", size=32)
             listener = as_int(msg[3], "listener")
-            nonce_l = as_bytes(msg[4], "nonce", size=32)
+            nonce_l = as_bytes(msg[4], "nonce", size=NONCE_BYTES)
             sig_l = as_bytes(msg[5], "signature", size=64)
         except WireFormatError as exc:
-            raise HandshakeError("malformed_handshake", str(exc)) from None
+            raise HandshakeError("malformed_handshake", f"{peer.name}: {exc}") from None
         self._check_hello(version, chain_id)
         if listener != peer.index:
             raise HandshakeError(
-                "wrong_member", f"dialed {peer.name} but the listener says it is member {listener}"
+                "wrong_member",
+                f"dialed {peer.name} (member {peer.index}) at {peer.address[0]}:"
+                f"{peer.address[1]} but it says it is member {listener}",
             )
-        self._check_sig(listener, self._transcript(nonce_d, self.me, listener, "listener"), sig_l)
-        sig_d = self._signer.sign(
-            Domain.HANDSHAKE, self.chain_id, self._transcript(nonce_l, self.me, listener, "dialer")
-        )
+        transcript_l = handshake_transcript(nonce_d, self.me, listener, "listener")
+        self._check_sig(listener, transcript_l, sig_l)
+        transcript_d = handshake_transcript(nonce_l, self.me, listener, "dialer")
+        sig_d = self._signer.sign(Domain.HANDSHAKE, self.chain_id, transcript_d)
         await stream.send_all(encode_frame(pack(["auth", sig_d])))
 
     async def _handshake_listener(self, stream: trio.SocketStream, reader: FrameReader) -> int:
@@ -235,26 +324,25 @@ class PeerNetwork:
         if frame is None:
             raise HandshakeError("closed", "peer closed the connection before hello")
         try:
-            msg = as_list(unpack(frame, max_len=HANDSHAKE_FRAME_MAX), 5, "hello")
-            if msg[0] != "hello":
-                raise WireFormatError("expected hello")
+            msg = _decode(frame, 5, "hello")
             version = as_int(msg[1], "version")
             chain_id = as_bytes(msg[2], "chain_id", size=32)
             dialer = as_int(msg[3], "dialer")
-            nonce_d = as_bytes(msg[4], "nonce", size=32)
+            nonce_d = as_bytes(msg[4], "nonce", size=NONCE_BYTES)
         except WireFormatError as exc:
             raise HandshakeError("malformed_handshake", str(exc)) from None
         try:
             self._check_hello(version, chain_id)
             if dialer not in self.peers:
-                raise HandshakeError("unknown_member", f"member index {dialer} is not in genesis")
+                raise HandshakeError(
+                    "unknown_member", f"member index {dialer} is not in genesis as a peer of ours"
+                )
         except HandshakeError as exc:
             await _refuse(stream, exc.detail)
             raise
-        nonce_l = secrets.token_bytes(32)
-        sig_l = self._signer.sign(
-            Domain.HANDSHAKE, self.chain_id, self._transcript(nonce_d, dialer, self.me, "listener")
-        )
+        nonce_l = secrets.token_bytes(NONCE_BYTES)
+        transcript_l = handshake_transcript(nonce_d, dialer, self.me, "listener")
+        sig_l = self._signer.sign(Domain.HANDSHAKE, self.chain_id, transcript_l)
         await stream.send_all(
             encode_frame(
                 pack(["hello-ack", PROTOCOL_VERSION, self.chain_id, self.me, nonce_l, sig_l])
@@ -264,102 +352,148 @@ class PeerNetwork:
         if frame is None:
             raise HandshakeError("closed", "peer closed the connection before auth")
         try:
-            msg = as_list(unpack(frame, max_len=HANDSHAKE_FRAME_MAX), 2, "auth")
-            if msg[0] != "auth":
-                raise WireFormatError("expected auth")
-            sig_d = as_bytes(msg[1], "signature", size=64)
+            sig_d = as_bytes(_decode(frame, 2, "auth")[1], "signature", size=64)
         except WireFormatError as exc:
             raise HandshakeError("malformed_handshake", str(exc)) from None
-        self._check_sig(dialer, self._transcript(nonce_l, dialer, self.me, "dialer"), sig_d)
+        self._check_sig(dialer, handshake_transcript(nonce_l, dialer, self.me, "dialer"), sig_d)
         return dialer
 
-    # --- connections ------------------------------------------------------------------------
+    def _handshake_failed(self, reason: str, detail: str) -> None:
+        self.counters[f"handshake_{reason}"] += 1
+        self._ratelog.warning(f"handshake:{reason}", f"handshake failed ({reason}): {detail}")
 
-    def _failed(self, where: str, reason: str, detail: str) -> None:
-        self.counters[f"handshake_{reason}" if where == "handshake" else reason] += 1
-        self._ratelog.warning(f"{where}:{reason}", f"{where}: {detail}")
+    # --- inbound ----------------------------------------------------------------------------
 
     async def _serve_inbound(self, stream: trio.SocketStream) -> None:
-        reader = FrameReader(stream, HANDSHAKE_FRAME_MAX)
         try:
-            with trio.fail_after(HANDSHAKE_TIMEOUT_S):
+            await self._serve_inbound_checked(stream)
+        except Exception:
+            # A bug reached by peer input must not take the member down: loud, counted, and
+            # only this connection is lost.
+            self.counters["internal_error"] += 1
+            self.log.exception("internal error on an inbound peer connection")
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    async def _serve_inbound_checked(self, stream: trio.SocketStream) -> None:
+        if self._handshakes >= self._handshakes_max:
+            self._handshake_failed(
+                "too_many", f"more than {self._handshakes_max} unauthenticated connections"
+            )
+            return
+        reader = FrameReader(stream, HANDSHAKE_FRAME_MAX)
+        self._handshakes += 1
+        try:
+            with trio.fail_after(self._handshake_timeout_s):
                 sender = await self._handshake_listener(stream, reader)
         except HandshakeError as exc:
-            self._failed("handshake", exc.reason, f"inbound connection refused: {exc.detail}")
-            await trio.aclose_forcefully(stream)
+            self._handshake_failed(exc.reason, f"inbound connection refused: {exc.detail}")
             return
         except trio.TooSlowError:
-            self._failed("handshake", "timeout", "inbound handshake timed out")
-            await trio.aclose_forcefully(stream)
+            self._handshake_failed("timeout", "inbound handshake timed out")
             return
-        except (FrameError, trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-            self._failed("handshake", "broken", f"inbound handshake failed: {exc}")
-            await trio.aclose_forcefully(stream)
+        except FrameError as exc:
+            self._handshake_failed("bad_frame", f"inbound handshake: {exc}")
             return
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            self._handshake_failed("broken", f"inbound handshake: {exc}")
+            return
+        finally:
+            self._handshakes -= 1
         peer = self.peers[sender]
         if peer.inbound_scope is not None:
-            peer.inbound_scope.cancel()  # a reconnecting member replaces its old connection
+            # A reconnecting member replaces its old connection (which may be half-dead).
+            self.counters["inbound_replaced"] += 1
+            peer.inbound_scope.cancel()
+        else:
+            self.log.info("accepted connection from %s", peer.name)
         reader.set_limit(self._frame_max)
         with trio.CancelScope() as scope:
             peer.inbound_scope = scope
             peer.inbound_connected = True
             try:
-                while True:
-                    body = await reader.read()
-                    if body is None:
-                        break
-                    peer.frames_received += 1
-                    peer.bytes_received += len(body)
-                    # Bounded in bytes as well as frames: wait (back-pressure on this peer's
-                    # TCP connection) while the consumer holds too much; see consumed().
-                    for _ in range(_units(len(body))):
-                        await self._inbound_budget.acquire()
-                    await self._inbound_send.send((sender, body))
+                await self._receive_frames(reader, peer)
             except FrameError as exc:
-                self._failed("frame", "bad_frame", f"closing connection from {peer.name}: {exc}")
+                self.counters["bad_frame"] += 1
+                peer.last_error = f"inbound: {exc}"
+                self._ratelog.warning(
+                    f"frame:{sender}", f"closing the connection from {peer.name}: {exc}"
+                )
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 peer.last_error = f"inbound: {exc}"
             finally:
                 if peer.inbound_scope is scope:
                     peer.inbound_connected = False
                     peer.inbound_scope = None
-        await trio.aclose_forcefully(stream)
+
+    async def _receive_frames(self, reader: FrameReader, peer: _Peer) -> None:
+        while (body := await reader.read()) is not None:
+            peer.frames_received += 1
+            peer.bytes_received += len(body)
+            # Reserve the bytes atomically (no await between the check and the add), so
+            # readers never hold partial reservations that could starve each other.
+            while self._inbound_bytes and self._inbound_bytes + len(body) > (
+                self._inbound_bytes_max
+            ):
+                await self._inbound_space.wait()
+            self._inbound_bytes += len(body)
+            try:
+                await self._inbound_send.send((peer.index, body))
+            except BaseException:
+                self._inbound_bytes -= len(body)  # never handed over
+                raise
+
+    # --- outbound ---------------------------------------------------------------------------
 
     async def _dial_loop(self, peer: _Peer) -> None:
         backoff = BACKOFF_MIN_S
-        host, port = peer.address
         while True:
+            host, port = peer.address
             stream: trio.SocketStream | None = None
             try:
-                stream = await trio.open_tcp_stream(host, port)
+                try:
+                    with trio.fail_after(CONNECT_TIMEOUT_S):
+                        stream = await trio.open_tcp_stream(host, port)
+                except trio.TooSlowError:
+                    raise OSError(f"connecting to {host}:{port} timed out") from None
                 reader = FrameReader(stream, HANDSHAKE_FRAME_MAX)
-                with trio.fail_after(HANDSHAKE_TIMEOUT_S):
+                with trio.fail_after(self._handshake_timeout_s):
                     await self._handshake_dialer(stream, reader, peer)
                 peer.outbound_connected = True
-                peer.connected_since = trio.current_time()
+                peer.connected_since = time.time()
                 peer.last_error = ""
                 backoff = BACKOFF_MIN_S
                 self.log.info("connected to %s at %s:%d", peer.name, host, port)
                 await self._session(stream, peer)
+                self.log.info("lost connection to %s: %s", peer.name, peer.last_error)
             except HandshakeError as exc:
                 peer.last_error = exc.detail
-                self._failed("handshake", exc.reason, f"to {peer.name}: {exc.detail}")
+                self._handshake_failed(exc.reason, f"to {peer.name}: {exc.detail}")
             except trio.TooSlowError:
                 peer.last_error = "handshake timed out"
-                self._failed("handshake", "timeout", f"to {peer.name}: handshake timed out")
-            except (OSError, FrameError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                if peer.outbound_connected:
-                    self.log.info("lost connection to %s: %s", peer.name, exc)
+                self._handshake_failed("timeout", f"to {peer.name}: handshake timed out")
+            except FrameError as exc:
+                peer.last_error = str(exc)
+                self._handshake_failed("bad_frame", f"to {peer.name}: {exc}")
+            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                # Connection refused while a peer is down is normal: status shows it, no log.
                 peer.last_error = str(exc) or type(exc).__name__
             finally:
-                if peer.outbound_connected:
-                    peer.outbound_connected = False
-                    peer.connected_since = None
+                self._disconnected(peer)
                 if stream is not None:
                     await trio.aclose_forcefully(stream)
             # Exponential backoff with jitter, so restarted members do not dial in lockstep.
             await trio.sleep(backoff * (0.5 + secrets.randbelow(1000) / 1000))
             backoff = min(BACKOFF_MAX_S, backoff * 2)
+
+    def _disconnected(self, peer: _Peer) -> None:
+        peer.outbound_connected = False
+        peer.connected_since = None
+        if peer.queue:
+            self.counters["dropped_on_disconnect"] += len(peer.queue)
+            peer.frames_dropped += len(peer.queue)
+            peer.queue.clear()
+            peer.queued_bytes = 0
 
     async def _session(self, stream: trio.SocketStream, peer: _Peer) -> None:
         """Send until the connection fails. The listener never writes after the handshake, so
@@ -384,9 +518,9 @@ class PeerNetwork:
 
             nursery.start_soon(watch_for_close)
             nursery.start_soon(send)
-        self.log.info("lost connection to %s: %s", peer.name, peer.last_error)
 
     async def _send_loop(self, stream: trio.SocketStream, peer: _Peer) -> None:
+        """Write everything queued (up to COALESCE_BYTES_MAX) with one send_all per round."""
         while True:
             while not peer.queue:
                 peer.wakeup = trio.Event()
@@ -404,12 +538,9 @@ class PeerNetwork:
 
 
 async def _refuse(stream: trio.SocketStream, reason: str) -> None:
+    """Tell a refused dialer why, best effort (it may already be gone)."""
     try:
         with trio.move_on_after(1):
-            await stream.send_all(encode_frame(pack(["refused", reason[:200]])))
+            await stream.send_all(encode_frame(pack(["refused", reason[:REFUSAL_CHARS_MAX]])))
     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
         pass
-
-
-def _units(size: int) -> int:
-    return min(INBOUND_BUDGET_UNITS, 1 + size // INBOUND_UNIT_BYTES)

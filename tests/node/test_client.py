@@ -1,0 +1,453 @@
+"""The client library against fake members: real ClientServers on 127.0.0.1 whose handlers
+build real blocks and sign real bundles and reads with the members' Ed25519 keys.
+
+n = 4, f = 1: a result needs f+1 = 2 distinct members' verified bundles agreeing on the
+receipt and block hash; a fast-path read needs the quorum, 3.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+import trio
+
+from consortium.crypto.codec import WireFormatError
+from consortium.crypto.signing import Domain, Ed25519Signer
+from consortium.ledger.block import Block
+from consortium.ledger.certificates import SignedVote, block_signature_body
+from consortium.ledger.tx import Put, Transaction
+from consortium.node.api import (
+    BlockRequest,
+    ClientConnection,
+    ClientServer,
+    GetRequest,
+    ReadReply,
+    Request,
+    StatusRequest,
+    SubmitRequest,
+    SubmitVerdict,
+    bundle_for,
+    encode_status,
+    encode_verdicts,
+)
+from consortium.node.client import ClientError, ConsortiumClient, SyncClient, TxOutcome
+from tests.ledger.chain_fixture import CLIENT, MEMBERS, ChainBuilder, make_genesis
+
+GENESIS = make_genesis()
+PARAMS = GENESIS.params
+HOST = "127.0.0.1"
+
+
+class FakeLedger:
+    """Blocks built for real (ChainBuilder); a transaction is placed once, in the first block
+    that holds it. Honest members share one; a liar keeps its own, which diverges."""
+
+    def __init__(self, extra_blocks: int = 0) -> None:
+        self.builder = ChainBuilder(genesis=GENESIS)
+        for _ in range(extra_blocks):
+            self.builder.add([])
+        self.where: dict[bytes, tuple[Block, int]] = {}
+
+    def commit(self, txs: list[Transaction]) -> list[tuple[Block, int]]:
+        new = [t for t in txs if t.id not in self.where]
+        if new:
+            block = self.builder.add(new, proposed_ms=int(time.time() * 1000))
+            for i, tx in enumerate(block.txs):
+                self.where.setdefault(tx.id, (block, i))
+        return [self.where[t.id] for t in txs]
+
+
+class FakeMember:
+    """A member's client API, honest unless told otherwise:
+    silent         never answers a submit
+    drop_submits   ignores the first N submits
+    reject         rejects every transaction with this reason
+    in_verdict     answers with the committed bundle in the submit reply (a resubmission)
+    sign_as        signs bundles and reads as another member (a relay or a forger)
+    """
+
+    def __init__(
+        self,
+        index: int,
+        ledger: FakeLedger,
+        *,
+        values: dict[bytes, bytes] | None = None,
+        silent: bool = False,
+        drop_submits: int = 0,
+        reject: str = "",
+        in_verdict: bool = False,
+        sign_as: int | None = None,
+        status: str | None = None,
+    ) -> None:
+        self.index = index
+        self.ledger = ledger
+        self.values = values if values is not None else {}
+        self.silent = silent
+        self.drop_submits = drop_submits
+        self.reject = reject
+        self.in_verdict = in_verdict
+        self.sign_as = index if sign_as is None else sign_as
+        self.status = status
+        self.submits = 0
+
+    def vote(self, block: Block) -> SignedVote:
+        body = block_signature_body(block.height, block.hash, self.sign_as)
+        sig = Ed25519Signer(MEMBERS[self.sign_as]).sign(Domain.BLOCK, GENESIS.chain_id, body)
+        return SignedVote(body, sig)
+
+    async def handle(self, conn: ClientConnection, request: Request) -> None:
+        await trio.lowlevel.checkpoint()
+        match request:
+            case SubmitRequest():
+                self._submit(conn, request)
+            case GetRequest(key=key):
+                head = self.ledger.builder.head
+                reply = ReadReply.signed(
+                    Ed25519Signer(MEMBERS[self.sign_as]),
+                    GENESIS.chain_id,
+                    self.sign_as,
+                    key,
+                    self.values.get(key),
+                    head.height,
+                    head.hash,
+                )
+                conn.reply(request.req_id, reply.to_array())
+            case StatusRequest():
+                doc = self.status or encode_status({"member": self.index})
+                conn.reply(request.req_id, doc)
+            case BlockRequest(height=height):
+                blocks = {b.height: b for b, _, _ in self.ledger.builder.blocks}
+                block = blocks.get(height)
+                conn.reply(request.req_id, None if block is None else block.header.to_array())
+            case _:
+                conn.error(request.req_id, "unsupported request")
+
+    def _submit(self, conn: ClientConnection, request: SubmitRequest) -> None:
+        self.submits += 1
+        if self.silent or self.submits <= self.drop_submits:
+            return
+        verdicts: list[SubmitVerdict] = []
+        txs: list[Transaction] = []
+        for raw in request.txs:
+            try:
+                txs.append(Transaction.from_array(raw, PARAMS))
+            except WireFormatError as exc:
+                verdicts.append(SubmitVerdict(b"", "rejected", f"malformed: {exc}"))
+        if self.reject:
+            verdicts += [SubmitVerdict(t.id, "rejected", self.reject) for t in txs]
+            conn.reply(request.req_id, encode_verdicts(verdicts))
+            return
+        bundles = [bundle_for(block, i, self.vote(block)) for block, i in self.ledger.commit(txs)]
+        if self.in_verdict:
+            verdicts += [
+                SubmitVerdict(t.id, "committed", b) for t, b in zip(txs, bundles, strict=True)
+            ]
+            conn.reply(request.req_id, encode_verdicts(verdicts))
+            return
+        verdicts += [SubmitVerdict(t.id, "accepted", "") for t in txs]
+        conn.reply(request.req_id, encode_verdicts(verdicts))
+        for bundle in bundles:  # as the member would once the block executes
+            conn.push_receipt(bundle)
+
+    def disconnected(self, conn: ClientConnection) -> None:
+        pass
+
+
+class Cluster:
+    def __init__(self, nursery: trio.Nursery) -> None:
+        self._nursery = nursery
+        self.ports: dict[int, int] = {}
+        self._scopes: dict[int, trio.CancelScope] = {}
+
+    async def start(self, member: FakeMember, port: int = 0) -> None:
+        self.ports[member.index] = await self._nursery.start(self._run, member, port)
+
+    async def _run(
+        self, member: FakeMember, port: int, *, task_status: trio.TaskStatus[int]
+    ) -> None:
+        with trio.CancelScope() as scope:
+            self._scopes[member.index] = scope
+            server = ClientServer(
+                member, listen=(HOST, port), frame_bytes_max=1 << 20, params=PARAMS
+            )
+            await server.run(task_status=task_status)
+
+    def stop(self, index: int) -> None:
+        self._scopes.pop(index).cancel()
+
+    def addresses(self) -> dict[int, tuple[str, int]]:
+        return {i: (HOST, self.ports.get(i, 1)) for i in range(GENESIS.n)}
+
+
+@asynccontextmanager
+async def cluster(*members: FakeMember) -> AsyncIterator[Cluster]:
+    async with trio.open_nursery() as nursery:
+        c = Cluster(nursery)
+        for m in members:
+            await c.start(m)
+        yield c
+        nursery.cancel_scope.cancel()
+
+
+def honest(count: int = 4, **options: Any) -> list[FakeMember]:
+    ledger = FakeLedger()
+    return [FakeMember(i, ledger, **options) for i in range(count)]
+
+
+@asynccontextmanager
+async def client_of(c: Cluster, **options: Any) -> AsyncIterator[ConsortiumClient]:
+    options.setdefault("retransmit_s", 0.2)
+    options.setdefault("connect_timeout_s", 2.0)
+    async with ConsortiumClient(GENESIS, CLIENT, addresses=c.addresses(), **options) as client:
+        yield client
+
+
+def committed_in(outcome: TxOutcome, ledger: FakeLedger) -> bool:
+    block, index = ledger.where[outcome.tx_id]
+    return (
+        outcome.status == "committed"
+        and outcome.height == block.height
+        and outcome.block_hash == block.hash
+        and outcome.receipt == block.receipts[index]
+    )
+
+
+# --- transactions ----------------------------------------------------------------------------
+
+
+async def test_transactions_commit_at_f_plus_1_matching_verified_receipts() -> None:
+    members = honest()
+    with trio.fail_after(10):
+        async with cluster(*members) as c, client_of(c) as client:
+            assert client.connected_members() == [0, 1, 2, 3]
+            txs = [client.make_tx([Put(b"k%d" % i, b"v")]) for i in range(20)]
+            ids = await client.submit(txs)
+            assert ids == [t.id for t in txs]
+            outcomes = await client.wait(ids, timeout_s=5)
+            assert all(committed_in(o, members[0].ledger) for o in outcomes)
+            assert all(o.confirmations >= 2 and o.receipt is not None for o in outcomes)
+            assert {o.receipt.status for o in outcomes if o.receipt} == {"ok"}
+            assert all(m.submits == 1 for m in members)  # one frame per member for all 20
+            assert client.counters["bundle_invalid"] == 0
+
+
+async def test_a_single_lying_member_cannot_commit_a_transaction() -> None:
+    ledger = FakeLedger()
+    liar = FakeMember(1, FakeLedger(extra_blocks=1))  # validly signed, another block
+    with trio.fail_after(10):
+        async with (
+            cluster(
+                FakeMember(0, ledger),
+                liar,
+                FakeMember(2, ledger, silent=True),
+                FakeMember(3, ledger, silent=True),
+            ) as c,
+            client_of(c) as client,
+        ):
+            [outcome] = await client.submit_and_wait([client.make_tx([Put(b"k", b"v")])], 0.6)
+            assert outcome.status == "pending"
+            assert outcome.confirmations == 1
+            assert outcome.reason == "1 of 2 confirmations"
+
+
+async def test_the_honest_result_wins_over_a_liar() -> None:
+    ledger = FakeLedger()
+    members = [
+        FakeMember(0, ledger),
+        FakeMember(1, FakeLedger(extra_blocks=1)),
+        FakeMember(2, ledger),
+        FakeMember(3, ledger, silent=True),
+    ]
+    with trio.fail_after(10):
+        async with cluster(*members) as c, client_of(c) as client:
+            [outcome] = await client.submit_and_wait([client.make_tx([Put(b"k", b"v")])], 5)
+            assert committed_in(outcome, ledger)
+            assert outcome.confirmations == 2
+
+
+async def test_bundles_count_once_per_signing_member_on_its_own_connection() -> None:
+    ledger = FakeLedger()
+    members = [
+        FakeMember(0, ledger),
+        FakeMember(1, ledger, sign_as=0),  # relays member 0's (valid) signatures
+        FakeMember(2, ledger, sign_as=3),  # same, for member 3
+        FakeMember(3, ledger, silent=True),
+    ]
+    with trio.fail_after(10):
+        async with cluster(*members) as c, client_of(c) as client:
+            [outcome] = await client.submit_and_wait([client.make_tx([Put(b"k", b"v")])], 0.6)
+            assert outcome.status == "pending" and outcome.confirmations == 1
+            assert client.counters["bundle_wrong_signer"] >= 2
+
+
+async def test_a_committed_bundle_in_the_submit_reply_counts() -> None:
+    members = honest(in_verdict=True)
+    with trio.fail_after(10):
+        async with cluster(*members) as c, client_of(c) as client:
+            [outcome] = await client.submit_and_wait([client.make_tx([Put(b"k", b"v")])], 5)
+            assert committed_in(outcome, members[0].ledger)
+
+
+async def test_a_stateless_rejection_is_final_at_f_plus_1_members() -> None:
+    with trio.fail_after(10):
+        async with cluster(*honest(reject="bad_signature")) as c, client_of(c) as client:
+            [outcome] = await client.submit_and_wait([client.make_tx([Put(b"k", b"v")])], 5)
+            assert (outcome.status, outcome.reason) == ("rejected", "bad_signature")
+            assert outcome.confirmations >= 2
+
+
+@pytest.mark.parametrize("reason", ["expired", "overloaded: too many pending receipts"])
+async def test_a_rejection_that_may_change_is_never_final(reason: str) -> None:
+    with trio.fail_after(10):
+        async with cluster(*honest(reject=reason)) as c, client_of(c) as client:
+            [outcome] = await client.submit_and_wait([client.make_tx([Put(b"k", b"v")])], 0.6)
+            assert outcome.status == "pending"
+            assert client.counters["resubmitted"] >= 1
+
+
+async def test_one_member_rejecting_is_not_enough() -> None:
+    ledger = FakeLedger()
+    members = [FakeMember(0, ledger, reject="unknown_client")] + [
+        FakeMember(i, ledger, silent=True) for i in (1, 2, 3)
+    ]
+    with trio.fail_after(10):
+        async with cluster(*members) as c, client_of(c) as client:
+            [outcome] = await client.submit_and_wait([client.make_tx([Put(b"k", b"v")])], 0.5)
+            assert outcome.status == "pending"
+
+
+async def test_silent_members_get_the_transaction_again_until_it_commits() -> None:
+    members = honest(drop_submits=2)
+    with trio.fail_after(10):
+        async with cluster(*members) as c, client_of(c, retransmit_s=0.1) as client:
+            [outcome] = await client.submit_and_wait([client.make_tx([Put(b"k", b"v")])], 5)
+            assert committed_in(outcome, members[0].ledger)
+            assert client.counters["resubmitted"] >= 2
+            assert all(m.submits >= 3 for m in members)
+
+
+async def test_a_member_that_is_down_is_tolerated_and_rejoined_when_it_returns() -> None:
+    members = honest()
+    with trio.fail_after(15):
+        async with cluster(*members[:3]) as c, client_of(c, connect_timeout_s=0.3) as client:
+            assert client.connected_members() == [0, 1, 2]
+            [outcome] = await client.submit_and_wait([client.make_tx([Put(b"a", b"1")])], 5)
+            assert committed_in(outcome, members[0].ledger)
+            # Member 2 goes away and comes back on its port; the client reconnects.
+            port = c.ports[2]
+            c.stop(2)
+            while 2 in client.connected_members():  # noqa: ASYNC110
+                await trio.sleep(0.01)
+            await c.start(members[2], port=port)
+            assert await client.wait_connected(3, timeout_s=5)
+            assert client.connected_members() == [0, 1, 2]
+
+
+async def test_waiting_for_an_unknown_id_times_out_as_pending() -> None:
+    with trio.fail_after(10):
+        async with cluster(*honest()) as c, client_of(c) as client:
+            [outcome] = await client.wait([b"\x01" * 32], timeout_s=0.1)
+            assert (outcome.status, outcome.reason) == ("pending", "unknown to this client")
+
+
+async def test_a_client_must_be_entered_and_needs_keys_to_sign() -> None:
+    client = ConsortiumClient(GENESIS)
+    with pytest.raises(ClientError, match="no key"):
+        client.make_tx([Put(b"k", b"v")])
+    with pytest.raises(ClientError, match="async with"):
+        await client.status(0)
+    keyed = ConsortiumClient(GENESIS, CLIENT)
+    tx = keyed.make_tx([Put(b"k", b"v")], expiry_s=30, nonce=b"fixed")
+    assert tx.nonce == b"fixed" and tx.verify_signature(keyed.verifier)
+    assert abs(tx.expiry_ms - (time.time() + 30) * 1000) < 5_000
+    assert keyed.confirmations_needed == GENESIS.f + 1 == 2
+
+
+# --- reads and single-member requests --------------------------------------------------------
+
+
+async def test_a_read_needs_a_quorum_of_matching_signed_replies() -> None:
+    ledger = FakeLedger()
+    truth = {b"k": b"true"}
+    members = [
+        FakeMember(0, ledger, values=truth),
+        FakeMember(1, ledger, values=truth),
+        FakeMember(2, ledger, values=truth),
+        FakeMember(3, ledger, values={b"k": b"lie"}),
+    ]
+    with trio.fail_after(10):
+        async with cluster(*members) as c, client_of(c) as client:
+            assert await client.get(b"k", timeout_s=5) == b"true"
+            assert await client.get(b"absent", timeout_s=5) is None
+
+
+async def test_a_read_without_a_quorum_is_a_clear_error() -> None:
+    ledger = FakeLedger()
+    members = [
+        FakeMember(0, ledger, values={b"k": b"a"}),
+        FakeMember(1, ledger, values={b"k": b"a"}),
+        FakeMember(2, ledger, values={b"k": b"b"}),
+        FakeMember(3, ledger, values={b"k": b"a"}, sign_as=0),  # forged attribution
+    ]
+    with trio.fail_after(10):
+        async with cluster(*members) as c, client_of(c) as client:
+            with pytest.raises(ClientError, match=r"no 3 members agreed.*signed as member 0"):
+                await client.get(b"k", timeout_s=1)
+
+
+async def test_status_and_block_requests_to_one_member() -> None:
+    members = honest()
+    members[1].status = "not json"
+    with trio.fail_after(10):
+        async with cluster(*members) as c, client_of(c) as client:
+            assert await client.status(0, timeout_s=5) == {"member": 0}
+            with pytest.raises(ClientError, match="status: not JSON"):
+                await client.status(1, timeout_s=5)
+            await client.submit_and_wait([client.make_tx([Put(b"k", b"v")])], 5)
+            head = members[0].ledger.builder.head
+            assert await client.block(2, head.height, timeout_s=5) == head.to_array()
+            assert await client.block(2, 999, timeout_s=5) is None
+            c.stop(3)
+            while 3 in client.connected_members():  # noqa: ASYNC110
+                await trio.sleep(0.01)
+            with pytest.raises(ClientError, match=r"did not answer status within 0\.2 s"):
+                await client.status(3, timeout_s=0.2)
+
+
+# --- the blocking wrapper --------------------------------------------------------------------
+
+
+def test_the_sync_client_submits_and_reads_from_outside_trio() -> None:
+    members = honest(values={b"k": b"v"})
+    ready = threading.Event()
+    box: dict[str, Any] = {}
+
+    def serve() -> None:
+        async def main() -> None:
+            async with cluster(*members) as c:
+                box["addresses"] = c.addresses()
+                box["token"] = trio.lowlevel.current_trio_token()
+                box["stop"] = stop = trio.Event()
+                ready.set()
+                await stop.wait()
+
+        trio.run(main)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        assert ready.wait(10)
+        client = SyncClient(GENESIS, CLIENT, addresses=box["addresses"], connect_timeout_s=2.0)
+        [outcome] = client.submit_and_wait([client.make_tx([Put(b"k", b"w")])], timeout_s=5)
+        assert committed_in(outcome, members[0].ledger)
+        assert client.get(b"k", timeout_s=5) == b"v"
+        assert client.status(0, timeout_s=5) == {"member": 0}
+    finally:
+        stop: Callable[[], None] = box["stop"].set
+        trio.from_thread.run_sync(stop, trio_token=box["token"])
+        thread.join(10)
