@@ -500,11 +500,9 @@ def decode_status(payload: Any) -> dict[str, Any]:
 class ClientHandler(Protocol):
     async def handle(self, conn: ClientConnection, request: Request) -> None:
         """Serve one request: answer with conn.reply/conn.error; may push later."""
-        ...
 
     def disconnected(self, conn: ClientConnection) -> None:
         """The connection is gone: forget what was kept for it."""
-        ...
 
 
 class ClientConnection:
