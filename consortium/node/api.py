@@ -65,7 +65,7 @@ from consortium.crypto.signing import Domain, Signer, Verifier
 from consortium.ledger.block import Block, BlockHeader, Receipt
 from consortium.ledger.certificates import VOTE_BODY_BYTES_MAX, SignedVote, block_signature_body
 from consortium.ledger.genesis import Genesis, Params
-from consortium.node.framing import FrameError, FrameReader, encode_frames
+from consortium.node.framing import FrameError, FrameReader, encode_frames, take_batch
 from consortium.node.logs import RateLimitedLog
 
 PUSH = 0  # the req_id of server pushes
@@ -569,12 +569,7 @@ class ClientConnection:
                     return
                 self._wakeup = trio.Event()
                 await self._wakeup.wait()
-            batch: list[bytes] = []
-            size = 0
-            while self._queue and size < COALESCE_BYTES_MAX:
-                frame = self._queue.popleft()
-                batch.append(frame)
-                size += len(frame)
+            batch, size = take_batch(self._queue, COALESCE_BYTES_MAX)
             self._queued_bytes -= size
             await stream.send_all(encode_frames(batch))
             self.frames_sent += len(batch)

@@ -17,6 +17,7 @@ Writes coalesce: `send_frames` frames a list of bodies and writes them with ONE 
 from __future__ import annotations
 
 import struct
+from collections import deque
 from collections.abc import Iterable
 
 import trio
@@ -127,3 +128,15 @@ class FrameReader:
             body = bytes(view[start : start + length])  # one copy, not a slice and a copy
         self._pos = start + length
         return body
+
+
+def take_batch(queue: deque[bytes], bytes_max: int) -> tuple[list[bytes], int]:
+    """Pop queued frames (at least one, then up to `bytes_max`) for one coalesced send_all;
+    returns them and their total body size."""
+    batch: list[bytes] = []
+    size = 0
+    while queue and size < bytes_max:
+        frame = queue.popleft()
+        batch.append(frame)
+        size += len(frame)
+    return batch, size

@@ -100,8 +100,9 @@ class ClientService:
             verdicts.append([tx.id, "accepted", ""])
             # An id already committed is answered with its FIRST receipt, before any other
             # check: it may have expired since, or be resubmitted with a mangled signature.
-            if node.store.receipt_of(tx.id) is not None:
-                verdicts[-1] = [tx.id, "committed", self._receipt_bundle(tx.id)]
+            first = self._receipt_bundle(tx.id)
+            if first is not None:
+                verdicts[-1] = [tx.id, "committed", first]
                 continue
             reason = ""
             if tx.chain_id != node.chain_id:
@@ -120,9 +121,9 @@ class ClientService:
             for (i, tx), ok in zip(candidates, oks, strict=True):
                 if not ok:
                     verdicts[i] = [tx.id, "rejected", "bad_signature"]
-                elif node.store.receipt_of(tx.id) is not None:
+                elif (first := self._receipt_bundle(tx.id)) is not None:
                     # It committed while we verified: answer with its receipt, do not watch.
-                    verdicts[i] = [tx.id, "committed", self._receipt_bundle(tx.id)]
+                    verdicts[i] = [tx.id, "committed", first]
                 elif not self._watch(conn, tx.id):
                     verdicts[i] = [tx.id, "rejected", "overloaded: too many pending receipts"]
                 else:

@@ -62,7 +62,13 @@ from consortium.crypto.codec import (
 )
 from consortium.crypto.signing import PROTOCOL_VERSION, Domain, Signer, Verifier
 from consortium.ledger.genesis import Genesis
-from consortium.node.framing import FrameError, FrameReader, encode_frame, encode_frames
+from consortium.node.framing import (
+    FrameError,
+    FrameReader,
+    encode_frame,
+    encode_frames,
+    take_batch,
+)
 from consortium.node.logs import RateLimitedLog
 
 HANDSHAKE_TIMEOUT_S = 5.0
@@ -525,12 +531,7 @@ class PeerNetwork:
             while not peer.queue:
                 peer.wakeup = trio.Event()
                 await peer.wakeup.wait()
-            batch: list[bytes] = []
-            size = 0
-            while peer.queue and size < COALESCE_BYTES_MAX:
-                frame = peer.queue.popleft()
-                batch.append(frame)
-                size += len(frame)
+            batch, size = take_batch(peer.queue, COALESCE_BYTES_MAX)
             peer.queued_bytes -= size
             await stream.send_all(encode_frames(batch))
             peer.frames_sent += len(batch)
