@@ -28,11 +28,23 @@ class CommittedBatch:
 
 
 @dataclass(frozen=True, slots=True)
+class Serve:
+    """A peer asked for blocks from `from_seq` (state transfer): the shell answers from its
+    store with pbft/transfer.py, after this Ready's records are durable."""
+
+    peer: int
+    from_seq: int
+
+
+@dataclass(frozen=True, slots=True)
 class Ready:
     records: list[tuple[bytes, bytes | None]]  # persist first (None deletes the key)
     messages: list[Outbound]  # then send
     committed: list[CommittedBatch]  # then execute, in order, and report executed()
     stable_checkpoints: list[CheckpointCertificate]
+    serve: list[Serve]  # then answer these FETCH requests from the store
 
     def __bool__(self) -> bool:
-        return bool(self.records or self.messages or self.committed or self.stable_checkpoints)
+        return bool(
+            self.records or self.messages or self.committed or self.stable_checkpoints or self.serve
+        )

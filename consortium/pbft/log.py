@@ -35,7 +35,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
 from consortium.ledger.certificates import CommitCertificate
-from consortium.pbft.messages import Checkpoint, Commit, Message, Prepare, PrePrepare
+from consortium.pbft.messages import Commit, Prepare, PrePrepare
+
+Buffered = PrePrepare | Prepare | Commit
 
 
 @dataclass(slots=True)
@@ -50,6 +52,8 @@ class Slot:
     prepared: bool = False
     committed_local: bool = False
     prepare_withheld: bool = False  # the proposed timestamp was outside our skew
+    reissued: PrePrepare | None = None  # a NEW-VIEW's PRE-PREPARE, waiting for its batch
+    redo: bool = False  # re-issued by a NEW-VIEW at or below what we already committed
     certificate: CommitCertificate | None = None
     own_preprepare: bytes | None = None  # frames of our own messages, re-sent verbatim
     own_prepare: bytes | None = None
@@ -127,6 +131,14 @@ class MessageLog:
             del self._tail[s]
         return moved
 
+    def reset(self) -> list[Slot]:
+        """A new view: every slot of the old one leaves (the window and the tail); returns the
+        window's. Prepared certificates outlive this (pbft/replica.py keeps them)."""
+        dropped = self.window_slots()
+        self._slots.clear()
+        self._tail.clear()
+        return dropped
+
     def retained_slot(self, seq: int) -> Slot | None:
         if seq <= self.low:
             return self._tail.get(seq)
@@ -165,7 +177,7 @@ class MessageLog:
             assert self.low - self.window < seq <= self.low
 
 
-def wire_bytes(msg: Message) -> int:
+def wire_bytes(msg: Buffered) -> int:
     size = len(msg.body) + len(msg.signature)
     if isinstance(msg, PrePrepare):
         size += msg.batch_bytes
@@ -179,10 +191,10 @@ class FutureBuffer:
     def __init__(self, n: int, messages_max: int, bytes_max: int) -> None:
         self.messages_max = messages_max
         self.bytes_max = bytes_max
-        self._queues: list[deque[Message]] = [deque() for _ in range(n)]
+        self._queues: list[deque[Buffered]] = [deque() for _ in range(n)]
         self._bytes = [0] * n
 
-    def add(self, sender: int, msg: Message) -> bool:
+    def add(self, sender: int, msg: Buffered) -> bool:
         size = wire_bytes(msg)
         queue = self._queues[sender]
         if len(queue) >= self.messages_max or self._bytes[sender] + size > self.bytes_max:
@@ -191,17 +203,18 @@ class FutureBuffer:
         self._bytes[sender] += size
         return True
 
-    def drain(self, view: int) -> list[tuple[int, Message]]:
-        """Remove and return the messages of `view` (CHECKPOINTs are never buffered)."""
-        out: list[tuple[int, Message]] = []
+    def drain(self, view: int) -> list[tuple[int, Buffered]]:
+        """Remove and return the messages of `view`; those of older views are dropped."""
+        out: list[tuple[int, Buffered]] = []
         for sender, queue in enumerate(self._queues):
-            keep: deque[Message] = deque()
+            keep: deque[Buffered] = deque()
             for msg in queue:
-                if isinstance(msg, Checkpoint) or msg.view == view:
-                    out.append((sender, msg))
-                    self._bytes[sender] -= wire_bytes(msg)
-                else:
+                if msg.view > view:
                     keep.append(msg)
+                    continue
+                self._bytes[sender] -= wire_bytes(msg)
+                if msg.view == view:
+                    out.append((sender, msg))
             self._queues[sender] = keep
         return out
 

@@ -11,6 +11,22 @@ fixed-order array naming the kind first and the sender last:
     PREPARE      ["prepare", view, seq, digest, sender]
     COMMIT       ["commit", view, seq, digest, sender]     == certificates.commit_body
     CHECKPOINT   ["checkpoint", seq, block_hash, sender]   == certificates.checkpoint_body
+    VIEW-CHANGE  ["viewchange", view, stable_seq, proofs_digest, sender]
+                 + [stable checkpoint certificate or nil, [prepared proof, ...]]
+    NEW-VIEW     ["newview", view, proofs_digest, sender]
+                 + [[VIEW-CHANGE frame, ...], [[PRE-PREPARE body, signature], ...]]
+    BATCH-REQ    ["batchreq", digest, sender]               ask any replica for a batch
+    BATCH        ["batch", digest, proposed_ms, sender]     + the batch (checked by digest)
+    FETCH        ["fetch", from_seq, sender]                state transfer: blocks from a seq
+    BLOCKS       ["blocks", from_seq, sender]
+                 + [stable checkpoint certificate or nil, [[proposed_ms, batch, commit
+                   certificate], ...]]   each block checked by its own commit certificate
+
+VIEW-CHANGE and NEW-VIEW sign a short body that binds their proofs by digest
+(proofs_digest = SHA-256 of the canonical encoding of the attached proofs), so bodies stay
+small and fixed-shape while a relay still cannot change a single proof. A prepared proof is
+[PRE-PREPARE body, its signature, [[PREPARE body, signature], ...]]: batches travel by digest
+and are fetched with BATCH-REQ, so every VIEW-CHANGE and NEW-VIEW fits the frame limit.
 
 The signature is the sender's, over Domain.PBFT + chain id + body (consortium.crypto.signing),
 and it is checked over the body bytes exactly as received: `decode` refuses a non-canonical
@@ -27,29 +43,44 @@ and the replica validates the rest and counts what it drops.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from consortium.crypto.codec import (
     WireFormatError,
     as_bytes,
     as_int,
     as_list,
+    digest_of,
     pack,
     unpack_canonical,
 )
 from consortium.crypto.keys import SIGNATURE_BYTES
 from consortium.crypto.signing import Domain, Signer
 from consortium.ledger.block import batch_digest
-from consortium.ledger.certificates import SignedVote, checkpoint_body, commit_body
+from consortium.ledger.certificates import (
+    CheckpointCertificate,
+    CommitCertificate,
+    SignedVote,
+    checkpoint_body,
+    commit_body,
+)
 from consortium.ledger.genesis import Params
 from consortium.ledger.tx import Transaction
 
 __all__ = [
     "BODY_BYTES_MAX",
+    "Batch",
+    "BatchRequest",
+    "Blocks",
     "Checkpoint",
     "Commit",
+    "Fetch",
     "Message",
+    "NewView",
     "PrePrepare",
     "Prepare",
+    "PreparedProof",
+    "ViewChange",
     "WireFormatError",
     "decode",
     "encode",
@@ -191,73 +222,473 @@ class Checkpoint:
         return SignedVote(self.body, self.signature)
 
 
-Message = PrePrepare | Prepare | Commit | Checkpoint
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PreparedProof:
+    """A prepared certificate: the primary's signed PRE-PREPARE (its batch travels separately,
+    by digest) and Q-1 signed PREPAREs from distinct backups for the same (view, seq, digest).
+    Self-authenticating: anyone can check it with the members' keys (pbft/viewchange.py)."""
+
+    preprepare: PrePrepare  # txs empty when it came over the wire
+    prepares: tuple[Prepare, ...]
+
+    @property
+    def view(self) -> int:
+        return self.preprepare.view
+
+    @property
+    def seq(self) -> int:
+        return self.preprepare.seq
+
+    @property
+    def digest(self) -> bytes:
+        return self.preprepare.digest
+
+    def without_batch(self) -> PreparedProof:
+        return PreparedProof(
+            preprepare=PrePrepare(
+                view=self.preprepare.view,
+                seq=self.preprepare.seq,
+                digest=self.preprepare.digest,
+                proposed_ms=self.preprepare.proposed_ms,
+                sender=self.preprepare.sender,
+                txs=(),
+                body=self.preprepare.body,
+                signature=self.preprepare.signature,
+            ),
+            prepares=self.prepares,
+        )
+
+    def to_array(self) -> list[object]:
+        pp = self.preprepare
+        return [pp.body, pp.signature, [[p.body, p.signature] for p in self.prepares]]
+
+
+def proofs_digest_of(
+    stable: CheckpointCertificate | None, proofs: tuple[PreparedProof, ...]
+) -> bytes:
+    return digest_of(
+        [None if stable is None else stable.to_array(), [p.to_array() for p in proofs]]
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ViewChange:
+    view: int  # the view this replica moves to
+    stable_seq: int
+    proofs_digest: bytes
+    sender: int
+    stable: CheckpointCertificate | None
+    prepared: tuple[PreparedProof, ...]  # at most one per seq, the highest view's
+    body: bytes
+    signature: bytes
+
+    @classmethod
+    def create(
+        cls,
+        signer: Signer,
+        chain_id: bytes,
+        view: int,
+        stable: CheckpointCertificate | None,
+        prepared: tuple[PreparedProof, ...],
+        sender: int,
+    ) -> ViewChange:
+        stable_seq = 0 if stable is None else stable.seq
+        digest = proofs_digest_of(stable, prepared)
+        body = pack(["viewchange", view, stable_seq, digest, sender])
+        return cls(
+            view=view,
+            stable_seq=stable_seq,
+            proofs_digest=digest,
+            sender=sender,
+            stable=stable,
+            prepared=prepared,
+            body=body,
+            signature=signer.sign(Domain.PBFT, chain_id, body),
+        )
+
+
+def new_view_digest(frames: tuple[bytes, ...], preprepares: tuple[PrePrepare, ...]) -> bytes:
+    return digest_of([list(frames), [[p.body, p.signature] for p in preprepares]])
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NewView:
+    view: int
+    proofs_digest: bytes
+    sender: int
+    view_change_frames: tuple[bytes, ...]  # the Q VIEW-CHANGEs, exactly as their senders signed
+    preprepares: tuple[PrePrepare, ...]  # re-issued for (min_s, max_s], without batches
+    body: bytes
+    signature: bytes
+
+    @classmethod
+    def create(
+        cls,
+        signer: Signer,
+        chain_id: bytes,
+        view: int,
+        view_change_frames: tuple[bytes, ...],
+        preprepares: tuple[PrePrepare, ...],
+        sender: int,
+    ) -> NewView:
+        digest = new_view_digest(view_change_frames, preprepares)
+        body = pack(["newview", view, digest, sender])
+        return cls(
+            view=view,
+            proofs_digest=digest,
+            sender=sender,
+            view_change_frames=view_change_frames,
+            preprepares=preprepares,
+            body=body,
+            signature=signer.sign(Domain.PBFT, chain_id, body),
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BatchRequest:
+    digest: bytes
+    sender: int
+    body: bytes
+    signature: bytes
+
+    @classmethod
+    def create(cls, signer: Signer, chain_id: bytes, digest: bytes, sender: int) -> BatchRequest:
+        body = pack(["batchreq", digest, sender])
+        return cls(
+            digest=digest,
+            sender=sender,
+            body=body,
+            signature=signer.sign(Domain.PBFT, chain_id, body),
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Batch:
+    """A batch sent by digest; valid when batch_digest(proposed_ms, ids) == digest, whoever
+    sends it."""
+
+    digest: bytes
+    proposed_ms: int
+    sender: int
+    txs: tuple[Transaction, ...]
+    body: bytes
+    signature: bytes
+
+    @classmethod
+    def create(
+        cls,
+        signer: Signer,
+        chain_id: bytes,
+        proposed_ms: int,
+        txs: tuple[Transaction, ...],
+        sender: int,
+        *,
+        digest: bytes | None = None,  # tests only
+    ) -> Batch:
+        if digest is None:
+            digest = batch_digest(proposed_ms, [t.id for t in txs])
+        body = pack(["batch", digest, proposed_ms, sender])
+        return cls(
+            digest=digest,
+            proposed_ms=proposed_ms,
+            sender=sender,
+            txs=txs,
+            body=body,
+            signature=signer.sign(Domain.PBFT, chain_id, body),
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Fetch:
+    from_seq: int
+    sender: int
+    body: bytes
+    signature: bytes
+
+    @classmethod
+    def create(cls, signer: Signer, chain_id: bytes, from_seq: int, sender: int) -> Fetch:
+        body = pack(["fetch", from_seq, sender])
+        return cls(
+            from_seq=from_seq,
+            sender=sender,
+            body=body,
+            signature=signer.sign(Domain.PBFT, chain_id, body),
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TransferredBlock:
+    """One committed batch as state transfer carries it: checked by its commit certificate
+    (Q signed COMMITs for (view, seq, digest)) and digest == batch_digest(proposed_ms, ids)."""
+
+    proposed_ms: int
+    txs: tuple[Transaction, ...]
+    certificate: CommitCertificate
+
+    @property
+    def seq(self) -> int:
+        return self.certificate.seq
+
+    def to_array(self) -> list[object]:
+        return [self.proposed_ms, [t.to_array() for t in self.txs], self.certificate.to_array()]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Blocks:
+    from_seq: int
+    sender: int
+    stable: CheckpointCertificate | None
+    blocks: tuple[TransferredBlock, ...]
+    body: bytes
+    signature: bytes
+
+    @classmethod
+    def create(
+        cls,
+        signer: Signer,
+        chain_id: bytes,
+        from_seq: int,
+        stable: CheckpointCertificate | None,
+        blocks: tuple[TransferredBlock, ...],
+        sender: int,
+    ) -> Blocks:
+        body = pack(["blocks", from_seq, sender])
+        return cls(
+            from_seq=from_seq,
+            sender=sender,
+            stable=stable,
+            blocks=blocks,
+            body=body,
+            signature=signer.sign(Domain.PBFT, chain_id, body),
+        )
+
+
+Message = (
+    PrePrepare
+    | Prepare
+    | Commit
+    | Checkpoint
+    | ViewChange
+    | NewView
+    | BatchRequest
+    | Batch
+    | Fetch
+    | Blocks
+)
+ENVELOPE_BYTES_MAX = 64 * 1024  # a batch's framing overhead, generously
 
 
 def encode(msg: Message) -> bytes:
     """The frame of `msg`; for a decoded message this is exactly the frame it came from."""
     if isinstance(msg, PrePrepare):
         return pack([msg.body, msg.signature, [t.to_array() for t in msg.txs]])
+    if isinstance(msg, ViewChange):
+        stable = None if msg.stable is None else msg.stable.to_array()
+        return pack([msg.body, msg.signature, stable, [p.to_array() for p in msg.prepared]])
+    if isinstance(msg, NewView):
+        pps = [[p.body, p.signature] for p in msg.preprepares]
+        return pack([msg.body, msg.signature, list(msg.view_change_frames), pps])
+    if isinstance(msg, Batch):
+        return pack([msg.body, msg.signature, [t.to_array() for t in msg.txs]])
+    if isinstance(msg, Blocks):
+        stable = None if msg.stable is None else msg.stable.to_array()
+        blocks = [b.to_array() for b in msg.blocks]
+        return pack([msg.body, msg.signature, stable, blocks])
     return pack([msg.body, msg.signature])
 
 
-ENVELOPE_BYTES_MAX = 64 * 1024  # a batch's framing overhead, generously
+def _fields(body: bytes) -> list[Any]:
+    fields = as_list(unpack_canonical(body, max_len=BODY_BYTES_MAX), what="body")
+    if not fields or not isinstance(fields[0], str):
+        raise WireFormatError("body: the first field must name the message kind")
+    return fields
+
+
+def _signed(v: Any, what: str) -> tuple[bytes, bytes]:
+    a = as_list(v, 2, what)
+    return (
+        as_bytes(a[0], f"{what} body", max_len=BODY_BYTES_MAX),
+        as_bytes(a[1], f"{what} signature", size=SIGNATURE_BYTES),
+    )
+
+
+def _preprepare(body: bytes, signature: bytes, txs: tuple[Transaction, ...]) -> PrePrepare:
+    fields = _fields(body)
+    if fields[0] != "preprepare":
+        raise WireFormatError("expected a preprepare body")
+    as_list(fields, 6, "preprepare")
+    return PrePrepare(
+        view=as_int(fields[1], "view"),
+        seq=as_int(fields[2], "seq"),
+        digest=as_bytes(fields[3], "digest", size=DIGEST_BYTES),
+        proposed_ms=as_int(fields[4], "proposed_ms"),
+        sender=as_int(fields[5], "sender"),
+        txs=txs,
+        body=body,
+        signature=signature,
+    )
+
+
+def _vote(body: bytes, signature: bytes) -> Prepare | Commit:
+    fields = _fields(body)
+    kind = fields[0]
+    if kind not in ("prepare", "commit"):
+        raise WireFormatError(f"expected a prepare or commit body, got {str(kind)[:16]!r}")
+    as_list(fields, 5, kind)
+    cls = Prepare if kind == "prepare" else Commit
+    return cls(
+        view=as_int(fields[1], "view"),
+        seq=as_int(fields[2], "seq"),
+        digest=as_bytes(fields[3], "digest", size=DIGEST_BYTES),
+        sender=as_int(fields[4], "sender"),
+        body=body,
+        signature=signature,
+    )
+
+
+def _txs(v: Any, params: Params) -> tuple[Transaction, ...]:
+    raw = as_list(v, what="batch")
+    # Limits before any transaction is decoded or verified: a peer's oversize batch costs us
+    # one look at its length, not a decode and thousands of signature checks.
+    if len(raw) > params.batch_txs_max:
+        raise WireFormatError(f"batch: more than {params.batch_txs_max} transactions")
+    return tuple(Transaction.from_array(t, params) for t in raw)
+
+
+def _stable(v: Any) -> CheckpointCertificate | None:
+    return None if v is None else CheckpointCertificate.from_array(v)
+
+
+def _proof(v: Any, params: Params) -> PreparedProof:
+    a = as_list(v, 3, "prepared proof")
+    pp = _preprepare(
+        as_bytes(a[0], "preprepare body", max_len=BODY_BYTES_MAX),
+        as_bytes(a[1], "preprepare signature", size=SIGNATURE_BYTES),
+        (),
+    )
+    raw = as_list(a[2], what="prepares")
+    if len(raw) > 1024:
+        raise WireFormatError("prepared proof: too many prepares")
+    prepares = []
+    for item in raw:
+        vote = _vote(*_signed(item, "prepare"))
+        if not isinstance(vote, Prepare):
+            raise WireFormatError("prepared proof: a commit among the prepares")
+        prepares.append(vote)
+    return PreparedProof(preprepare=pp, prepares=tuple(prepares))
 
 
 def decode(frame: bytes, params: Params) -> Message:
     """Decode one frame; raises only WireFormatError. Shape only: no signature is checked."""
-    if len(frame) > params.batch_bytes_max + ENVELOPE_BYTES_MAX:
-        # No honest message is larger than a full batch: refuse before decoding anything.
+    if len(frame) > min(params.frame_bytes_max, params.batch_bytes_max + ENVELOPE_BYTES_MAX):
+        # No honest message is larger than a full batch (a NEW-VIEW carries proofs by digest,
+        # well under it): refuse before decoding anything.
         raise WireFormatError(f"message of {len(frame)} bytes exceeds a full batch")
     envelope = as_list(unpack_canonical(frame, max_len=params.frame_bytes_max), what="pbft message")
-    if len(envelope) not in (2, 3):
-        raise WireFormatError(
-            "pbft message: expected [body, signature] or [body, signature, batch]"
-        )
+    if len(envelope) not in (2, 3, 4):
+        raise WireFormatError("pbft message: expected [body, signature, ...]")
     body = as_bytes(envelope[0], "body", max_len=BODY_BYTES_MAX)
     signature = as_bytes(envelope[1], "signature", size=SIGNATURE_BYTES)
-    fields = as_list(unpack_canonical(body, max_len=BODY_BYTES_MAX), what="body")
-    if not fields or not isinstance(fields[0], str):
-        raise WireFormatError("body: the first field must name the message kind")
+    fields = _fields(body)
     kind = fields[0]
+    extra = {
+        "preprepare": 1,
+        "viewchange": 2,
+        "newview": 2,
+        "batch": 1,
+        "blocks": 2,
+    }.get(kind, 0)
+    if len(envelope) != 2 + extra:
+        raise WireFormatError(f"{kind[:16]}: expected {2 + extra} fields")
     if kind == "preprepare":
-        if len(envelope) != 3:
-            raise WireFormatError("preprepare: the batch is missing")
-        as_list(fields, 6, kind)
-        raw_txs = as_list(envelope[2], what="batch")
-        # Limits before any transaction is decoded or verified: a peer's oversize batch costs
-        # us one look at its length, not a decode and thousands of signature checks.
-        if len(raw_txs) > params.batch_txs_max:
-            raise WireFormatError(f"batch: more than {params.batch_txs_max} transactions")
-        return PrePrepare(
-            view=as_int(fields[1], "view"),
-            seq=as_int(fields[2], "seq"),
-            digest=as_bytes(fields[3], "digest", size=DIGEST_BYTES),
-            proposed_ms=as_int(fields[4], "proposed_ms"),
-            sender=as_int(fields[5], "sender"),
-            txs=tuple(Transaction.from_array(t, params) for t in raw_txs),
-            body=body,
-            signature=signature,
-        )
-    if len(envelope) != 2:
-        raise WireFormatError(f"{kind[:16]}: unexpected third field")
+        return _preprepare(body, signature, _txs(envelope[2], params))
     if kind in ("prepare", "commit"):
-        as_list(fields, 5, kind)
-        cls = Prepare if kind == "prepare" else Commit
-        return cls(
-            view=as_int(fields[1], "view"),
-            seq=as_int(fields[2], "seq"),
-            digest=as_bytes(fields[3], "digest", size=DIGEST_BYTES),
-            sender=as_int(fields[4], "sender"),
-            body=body,
-            signature=signature,
-        )
+        return _vote(body, signature)
     if kind == "checkpoint":
         as_list(fields, 4, kind)
         return Checkpoint(
             seq=as_int(fields[1], "seq"),
             block_hash=as_bytes(fields[2], "block_hash", size=DIGEST_BYTES),
             sender=as_int(fields[3], "sender"),
+            body=body,
+            signature=signature,
+        )
+    if kind == "viewchange":
+        as_list(fields, 5, kind)
+        raw = as_list(envelope[3], what="prepared proofs")
+        if len(raw) > params.window:
+            raise WireFormatError(f"viewchange: more than {params.window} prepared proofs")
+        return ViewChange(
+            view=as_int(fields[1], "view"),
+            stable_seq=as_int(fields[2], "stable_seq"),
+            proofs_digest=as_bytes(fields[3], "proofs_digest", size=DIGEST_BYTES),
+            sender=as_int(fields[4], "sender"),
+            stable=_stable(envelope[2]),
+            prepared=tuple(_proof(p, params) for p in raw),
+            body=body,
+            signature=signature,
+        )
+    if kind == "newview":
+        as_list(fields, 4, kind)
+        frames = as_list(envelope[2], what="view changes")
+        pps = as_list(envelope[3], what="re-issued preprepares")
+        if len(frames) > 1024 or len(pps) > params.window:
+            raise WireFormatError("newview: too many view changes or preprepares")
+        return NewView(
+            view=as_int(fields[1], "view"),
+            proofs_digest=as_bytes(fields[2], "proofs_digest", size=DIGEST_BYTES),
+            sender=as_int(fields[3], "sender"),
+            view_change_frames=tuple(as_bytes(f, "view change frame") for f in frames),
+            preprepares=tuple(_preprepare(*_signed(p, "preprepare"), ()) for p in pps),
+            body=body,
+            signature=signature,
+        )
+    if kind == "batchreq":
+        as_list(fields, 3, kind)
+        return BatchRequest(
+            digest=as_bytes(fields[1], "digest", size=DIGEST_BYTES),
+            sender=as_int(fields[2], "sender"),
+            body=body,
+            signature=signature,
+        )
+    if kind == "batch":
+        as_list(fields, 4, kind)
+        return Batch(
+            digest=as_bytes(fields[1], "digest", size=DIGEST_BYTES),
+            proposed_ms=as_int(fields[2], "proposed_ms"),
+            sender=as_int(fields[3], "sender"),
+            txs=_txs(envelope[2], params),
+            body=body,
+            signature=signature,
+        )
+    if kind == "fetch":
+        as_list(fields, 3, kind)
+        return Fetch(
+            from_seq=as_int(fields[1], "from_seq"),
+            sender=as_int(fields[2], "sender"),
+            body=body,
+            signature=signature,
+        )
+    if kind == "blocks":
+        as_list(fields, 3, kind)
+        raw_blocks = as_list(envelope[3], what="blocks")
+        if len(raw_blocks) > params.window:
+            raise WireFormatError(f"blocks: more than {params.window} blocks")
+        blocks = []
+        for item in raw_blocks:
+            a = as_list(item, 3, "transferred block")
+            blocks.append(
+                TransferredBlock(
+                    proposed_ms=as_int(a[0], "proposed_ms"),
+                    txs=_txs(a[1], params),
+                    certificate=CommitCertificate.from_array(a[2]),
+                )
+            )
+        return Blocks(
+            from_seq=as_int(fields[1], "from_seq"),
+            sender=as_int(fields[2], "sender"),
+            stable=_stable(envelope[2]),
+            blocks=tuple(blocks),
             body=body,
             signature=signature,
         )

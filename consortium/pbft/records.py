@@ -11,11 +11,20 @@ blocks, before it sends Ready.messages. Keys and values:
                                        primary's): persisted before our PREPARE leaves, so a
                                        restarted replica still holds the batch it voted for
     b"pbft/log/<seq:020d>/prepare"     our PREPARE frame
-    b"pbft/log/<seq:020d>/prepared"    msgpack array of the Q-1 matching PREPARE frames (the
-                                       prepared certificate), before our COMMIT leaves
     b"pbft/log/<seq:020d>/commit"      our COMMIT frame
+    b"pbft/proof/<seq:020d>"           [PRE-PREPARE frame with its batch, [Q-1 PREPARE frames]]:
+                                       the prepared certificate of the highest view for seq,
+                                       before our COMMIT leaves; it outlives view changes (a
+                                       VIEW-CHANGE must carry it) until a checkpoint covers seq
     b"pbft/checkpoint/<seq:020d>"      our CHECKPOINT frame
     b"pbft/stable"                     the latest stable CheckpointCertificate (encode())
+    b"pbft/view"                       [view, active]: written before our VIEW-CHANGE leaves and
+                                       when we enter a view
+    b"pbft/viewchange"                 our VIEW-CHANGE frame for the view we are moving to
+    b"pbft/newview"                    the NEW-VIEW frame that started our current view
+
+Slot records belong to the current view: entering a new view deletes them (in the same write
+as the new view's), so after a restart every slot record is of the view in b"pbft/view".
 
 Frames are exactly what was sent, so a restarted replica re-sends the same signed bytes and
 never signs a second, conflicting vote for one (view, seq). Sequence numbers are zero-padded so
@@ -31,15 +40,34 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from consortium.crypto.codec import WireFormatError, as_bytes, as_list, pack, unpack_canonical
+from consortium.crypto.codec import (
+    WireFormatError,
+    as_bytes,
+    as_int,
+    as_list,
+    pack,
+    unpack_canonical,
+)
 from consortium.ledger.certificates import CheckpointCertificate
 from consortium.ledger.genesis import Params
-from consortium.pbft.messages import Checkpoint, Commit, Prepare, PrePrepare, decode
+from consortium.pbft.messages import (
+    Checkpoint,
+    Commit,
+    NewView,
+    Prepare,
+    PrePrepare,
+    ViewChange,
+    decode,
+)
 
 STABLE_KEY = b"pbft/stable"
+VIEW_KEY = b"pbft/view"
+VIEW_CHANGE_KEY = b"pbft/viewchange"
+NEW_VIEW_KEY = b"pbft/newview"
 _LOG_PREFIX = b"pbft/log/"
+_PROOF_PREFIX = b"pbft/proof/"
 _CHECKPOINT_PREFIX = b"pbft/checkpoint/"
-SLOT_KINDS = ("preprepare", "prepare", "prepared", "commit")
+SLOT_KINDS = ("preprepare", "prepare", "commit")
 
 
 class RecoveryError(ValueError):
@@ -55,8 +83,16 @@ def checkpoint_key(seq: int) -> bytes:
     return _CHECKPOINT_PREFIX + b"%020d" % seq
 
 
-def prepared_value(frames: list[bytes]) -> bytes:
-    return pack(frames)
+def view_value(view: int, active: bool) -> bytes:
+    return pack([view, 1 if active else 0])
+
+
+def proof_key(seq: int) -> bytes:
+    return _PROOF_PREFIX + b"%020d" % seq
+
+
+def proof_value(preprepare_frame: bytes, prepare_frames: list[bytes]) -> bytes:
+    return pack([preprepare_frame, prepare_frames])
 
 
 @dataclass(slots=True)
@@ -66,7 +102,6 @@ class RestoredSlot:
     preprepare_frame: bytes | None = None
     prepare: Prepare | None = None
     prepare_frame: bytes | None = None
-    prepared: list[Prepare] = field(default_factory=list)
     commit: Commit | None = None
     commit_frame: bytes | None = None
     keys: list[bytes] = field(default_factory=list)
@@ -77,6 +112,11 @@ class Restored:
     stable: CheckpointCertificate | None = None
     checkpoints: list[tuple[Checkpoint, bytes]] = field(default_factory=list)  # (vote, frame)
     slots: dict[int, RestoredSlot] = field(default_factory=dict)
+    proofs: dict[int, tuple[PrePrepare, list[Prepare], bytes]] = field(default_factory=dict)
+    view: int = 0
+    active: bool = True
+    view_change: bytes | None = None
+    new_view: bytes | None = None
     unknown_keys: list[bytes] = field(default_factory=list)
 
 
@@ -97,6 +137,35 @@ def _parse_one(out: Restored, key: bytes, value: bytes, params: Params, me: int)
     if key == STABLE_KEY:
         out.stable = CheckpointCertificate.from_array(unpack_canonical(value))
         return
+    if key == VIEW_KEY:
+        a = as_list(unpack_canonical(value), 2, "view record")
+        out.view, out.active = as_int(a[0], "view"), bool(as_int(a[1], "active"))
+        return
+    if key == VIEW_CHANGE_KEY:
+        vc = decode(value, params)
+        if not isinstance(vc, ViewChange) or vc.sender != me:
+            raise WireFormatError("not our VIEW-CHANGE")
+        out.view_change = value
+        return
+    if key == NEW_VIEW_KEY:
+        if not isinstance(decode(value, params), NewView):
+            raise WireFormatError("not a NEW-VIEW")
+        out.new_view = value
+        return
+    if key.startswith(_PROOF_PREFIX):
+        seq_text = key[len(_PROOF_PREFIX) :]
+        a = as_list(unpack_canonical(value), 2, "prepared proof")
+        pp = decode(as_bytes(a[0], "pre-prepare frame"), params)
+        if not isinstance(pp, PrePrepare) or not seq_text.isdigit() or pp.seq != int(seq_text):
+            raise WireFormatError("prepared proof holds another message")
+        prepares = []
+        for frame in as_list(a[1], what="prepares"):
+            prepare = decode(as_bytes(frame, "prepare frame"), params)
+            if not isinstance(prepare, Prepare) or prepare.seq != pp.seq:
+                raise WireFormatError("prepared proof holds another message")
+            prepares.append(prepare)
+        out.proofs[pp.seq] = (pp, prepares, key)
+        return
     if key.startswith(_CHECKPOINT_PREFIX):
         vote = decode(value, params)
         if not isinstance(vote, Checkpoint) or vote.sender != me:
@@ -113,13 +182,6 @@ def _parse_one(out: Restored, key: bytes, value: bytes, params: Params, me: int)
     seq = int(seq_text)
     slot = out.slots.setdefault(seq, RestoredSlot(seq))
     slot.keys.append(key)
-    if kind == b"prepared":
-        for frame in as_list(unpack_canonical(value), what="prepared certificate"):
-            prepare = decode(as_bytes(frame, "prepare frame"), params)
-            if not isinstance(prepare, Prepare) or prepare.seq != seq:
-                raise WireFormatError("prepared certificate holds another message")
-            slot.prepared.append(prepare)
-        return
     msg = decode(value, params)
     if getattr(msg, "seq", None) != seq:
         raise WireFormatError("record for another sequence number")

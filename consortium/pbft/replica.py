@@ -57,23 +57,51 @@ Every peer input is checked before it counts, and anything wrong is dropped and 
     checkpoint_mismatch   a quorum certified a block hash other than ours (never adopted)
     and, for propose(): tx_duplicate, pool_full, wrong_chain, tx_too_large.
 
-Retransmission is the only recovery from message loss until view change and state transfer
-exist; pbft/retransmit.py decides which own frames to re-send to whom (timers of
-retransmit_ms = params.request_timeout_ms // 4 by default, plus gaps and repeats in what peers
-send). A replica that lags by more than L needs state transfer (a later issue): status() says so.
+    and, for view change and state transfer (below): stale_view_change, bad_view_change,
+    bad_new_view, stale_new_view, unwanted_batch, bad_batch, bad_transfer, unasked_blocks.
 
-Seams for view change (not implemented): `view` and `primary`, the view in every slot and
-message, `evidence`, the pool kept by backups, the buffer of higher-view messages, and tick()
-as the place for the view-change timer.
+Retransmission (pbft/retransmit.py) recovers from message loss inside a view.
+
+View change (OSDI'99 §4.4; proofs in pbft/viewchange.py). A backup suspects the primary when
+(a) it has work (pending or accepted, unexecuted batches) and nothing executed for the current
+timeout; (b) a transaction it forwarded to the primary (it waited a timeout in our pool: the
+client's copy to the primary may be lost, or the primary censors it) is still in no accepted
+batch a timeout later; (c) the primary proves itself faulty: two signed PRE-PREPAREs for one
+(view, seq), or a batch failing a stateless check (kept in `evidence`); or (d) a NEW-VIEW from
+it does not recompute. It then moves to view v+1: persists the view, multicasts
+VIEW-CHANGE(v+1, stable certificate, prepared proofs) and re-sends it until a NEW-VIEW for v+1
+or later arrives. Once it holds Q VIEW-CHANGEs for v+1 it starts a timer; if no valid NEW-VIEW
+arrives in time it moves on to v+2. The timeout doubles with each successive view change and
+returns to params.request_timeout_ms once a request executes. f+1 VIEW-CHANGEs for views above
+ours make us join the smallest of them (a faulty replica alone cannot start a view change).
+The new primary, with Q VIEW-CHANGEs, fetches any batch it lacks by digest, then sends
+NEW-VIEW with the re-issued PRE-PREPAREs (null requests for gaps); every replica recomputes
+it, persists it, drops the old view's slots, re-issues the transactions of dropped batches to
+its pool, fetches missing batches by digest (BATCH-REQ to the primary, then to all), and runs
+the re-issued sequence numbers through PREPARE and COMMIT in the new view. The skew check never
+applies to re-issued batches. A replica that holds the NEW-VIEW relays it to a peer still
+asking for the old view change, so laggards join without another view change.
+
+State transfer. A stable checkpoint certificate above what we committed (from Q CHECKPOINTs,
+a NEW-VIEW's min_s, or a peer's answer) is adopted at once: h moves to it and the log below is
+collected. Whenever h is above what we committed, or f+1 peers showed (by CHECKPOINTs) that
+they executed beyond it and we are stuck, we FETCH blocks from one peer at a time, rotating on
+timeout or on a bad answer. Each block in BLOCKS is checked by its own commit certificate (Q
+signed COMMITs for (view, seq, digest)) and digest == batch_digest(proposed_ms, ids), so f
+lying peers can only waste a round trip; accepted blocks come out in Ready.committed like any
+committed batch. Serving FETCH reads the block store, so the core hands it to the shell
+(Ready.serve) and the shell answers (pbft/transfer.py).
 """
 
 from __future__ import annotations
 
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 from consortium.crypto.codec import WireFormatError
+from consortium.crypto.hashing import sha256
 from consortium.crypto.signing import Domain, Signer, Verifier
 from consortium.ledger.block import batch_digest
 from consortium.ledger.certificates import CheckpointCertificate, CommitCertificate, SignedVote
@@ -81,19 +109,38 @@ from consortium.ledger.genesis import Genesis, Params
 from consortium.ledger.tx import Transaction
 from consortium.pbft import records
 from consortium.pbft.checkpoint import CheckpointVotes
-from consortium.pbft.effects import CommittedBatch, Outbound, Ready
+from consortium.pbft.effects import CommittedBatch, Outbound, Ready, Serve
 from consortium.pbft.log import FutureBuffer, MessageLog, Slot
 from consortium.pbft.messages import (
+    Batch,
+    BatchRequest,
+    Blocks,
     Checkpoint,
     Commit,
+    Fetch,
     Message,
+    NewView,
     Prepare,
+    PreparedProof,
     PrePrepare,
+    TransferredBlock,
+    ViewChange,
     decode,
     encode,
 )
 from consortium.pbft.pool import TxPool
 from consortium.pbft.retransmit import Retransmitter
+from consortium.pbft.viewchange import (
+    NULL_DIGEST,
+    NULL_PROPOSED_MS,
+    Members,
+    NewViewPlan,
+    check_checkpoint_certificate,
+    check_commit_certificate,
+    check_new_view,
+    check_view_change,
+    plan_new_view,
+)
 
 __all__ = [
     "CommittedBatch",
@@ -103,9 +150,14 @@ __all__ = [
     "PbftReplica",
     "Ready",
     "RecoveredState",
+    "Serve",
 ]
 
 EVIDENCE_MAX = 32
+FORWARD_PER_TICK = 256  # overdue transactions a backup forwards to the primary per tick
+FORWARD_DIGEST = b"\xff" * 32  # marks a BATCH of forwarded transactions (no batch has it)
+BATCHES_SERVED_PER_TICK = 8  # BATCH answers per peer per tick
+_LONG_AGO = -(2**62)
 PENDING_TXS_MAX = 100_000
 PENDING_BYTES_MAX = 256 * 1024 * 1024
 
@@ -183,6 +235,7 @@ class PbftReplica:
         self.chain_id = config.chain_id
         self.me = config.me
         self.n = config.n
+        self.f = config.f
         self.quorum = config.quorum  # what this replica waits for (a test subclass lowers it)
         self.retransmit_ms = (
             retransmit_ms if retransmit_ms is not None else max(1, params.request_timeout_ms // 4)
@@ -190,8 +243,12 @@ class PbftReplica:
         self._signer = signer
         self._verifier = verifier
         self._tx_ok = tx_ok
+        self._members = Members(self.chain_id, config.member_keys, self.quorum, params.window)
 
         self.view = 0
+        self.active = True  # normal operation in self.view (False: moving to it)
+        self.view_changes = 0  # view changes this replica started or joined
+        self.last_view_change_reason = ""
         self.rejected: Counter[str] = Counter()
         self.evidence: deque[Evidence] = deque(maxlen=EVIDENCE_MAX)
         self.last_executed = recovered.last_executed
@@ -200,7 +257,6 @@ class PbftReplica:
         self._highest_accepted = recovered.last_executed  # highest seq with a PRE-PREPARE
         self._next_seq = recovered.last_executed + 1  # the primary's next sequence number
         self.stable_certificate: CheckpointCertificate | None = None
-        self._stable_above = 0  # a quorum certified this seq, above what we executed
         self._log = MessageLog(params.window)
         self._checkpoints = CheckpointVotes(self.me)
         self._pool = TxPool(pending_txs_max, pending_bytes_max, remembered_max=pending_txs_max)
@@ -216,10 +272,38 @@ class PbftReplica:
         self._mono_ms = 0
         self._wall_ms = 0
 
+        # View change.
+        self._prepared: dict[int, PreparedProof] = {}  # seq -> highest view's, batch attached
+        self._vcs: dict[int, ViewChange] = {}  # sender -> its latest valid VIEW-CHANGE
+        self._checked_vcs: OrderedDict[bytes, None] = OrderedDict()  # frames already checked
+        self._own_vc: bytes | None = None
+        self._vc_resend_at: int | None = None
+        self._vc_backoff = 1
+        self._nv_frame: bytes | None = None  # the NEW-VIEW that started self.view
+        self._nv_sent = False  # as primary of self.view
+        self._nv_relayed_ms = [_LONG_AGO] * self.n
+        self._timeouts = 0  # successive view changes since a request last executed
+        self._work_since_ms: int | None = None  # progress timer (a)
+        self._nv_timer_at: int | None = None  # waiting for NEW-VIEW after Q VIEW-CHANGEs
+        self._wanted: dict[bytes, int] = {}  # batch digest -> when we last asked for it
+        self._batches_served: dict[int, int] = {}  # peer -> batches sent this interval
+
+        # State transfer.
+        self._fetch_peer: int | None = None
+        self._fetch_sent_ms = _LONG_AGO
+        self._fetch_next = (self.me + 1) % self.n
+        self._served_ms = [_LONG_AGO] * self.n
+        self._served_from = [0] * self.n
+        self._progress_ms = 0  # last time something committed here
+        self._transferred_to = 0  # highest seq delivered by state transfer
+        self.transferred = 0  # blocks accepted by state transfer
+        self.transfer_retries = 0  # FETCHes that timed out (lost, or a silent peer)
+
         self._records: list[tuple[bytes, bytes | None]] = []
         self._messages: list[Outbound] = []
         self._committed: list[CommittedBatch] = []
         self._stable_out: list[CheckpointCertificate] = []
+        self._serve: list[Serve] = []
         self._restore(recovered)
         self._check_invariants()
 
@@ -241,15 +325,31 @@ class PbftReplica:
     def stable_checkpoint_seq(self) -> int:
         return self._log.low
 
+    @property
+    def timeout_ms(self) -> int:
+        """The view-change timeout: doubles per successive view change, base once a request
+        executes."""
+        return self.params.request_timeout_ms << min(self._timeouts, 6)
+
+    def expecting_blocks_from(self, peer: int) -> bool:
+        return self._fetch_peer == peer
+
     # --- inputs -----------------------------------------------------------------------------
 
     def tick(self, mono_ms: int, wall_ms: int) -> None:
         """Time: mono_ms drives timers, wall_ms stamps new batches (and the skew check)."""
+        first = not self._clock_known
         self._mono_ms = max(self._mono_ms, mono_ms)
         self._wall_ms = wall_ms
         self._clock_known = True
+        if first:
+            self._progress_ms = self._mono_ms
         self._maybe_propose()
-        self._messages.extend(self._retransmit.on_tick(self._mono_ms, self.primary))
+        if self.active:
+            self._messages.extend(self._retransmit.on_tick(self._mono_ms, self.primary))
+        self._view_change_timers()
+        self._batch_requests()
+        self._maybe_fetch()
         self._check_invariants()
 
     def receive(self, sender: int, msg: bytes | Message) -> None:
@@ -277,16 +377,24 @@ class PbftReplica:
         assert seq <= self._last_committed, "only committed batches execute"
         self.last_executed = seq
         self._last_block_hash = block_hash
-        if seq % self.params.checkpoint_interval == 0:
+        if self.active:
+            self._timeouts = 0  # a request executed: the timeout returns to its base
+        if self._work_since_ms is not None:
+            self._work_since_ms = self._mono_ms
+        stable = self.stable_certificate
+        if stable is not None and stable.seq == seq and stable.block_hash != block_hash:
+            # Blocks accepted by commit certificate re-executed to another hash than the one Q
+            # members certified: our execution diverged. Never adopt silently.
+            self.rejected["checkpoint_mismatch"] += 1
+        if seq % self.params.checkpoint_interval == 0 and seq > self._log.low:
             self._checkpoint(seq, block_hash)
-        if self._stable_above <= seq:
-            self._stable_above = 0  # caught up; the votes make it stable here, or already did
         self._maybe_propose()
         self._check_invariants()
 
     def take_ready(self) -> Ready:
-        ready = Ready(self._records, self._messages, self._committed, self._stable_out)
-        self._records, self._messages, self._committed, self._stable_out = [], [], [], []
+        ready = Ready(self._records, self._messages, self._committed, self._stable_out, self._serve)
+        self._records, self._messages, self._committed = [], [], []
+        self._stable_out, self._serve = [], []
         return ready
 
     # --- dispatch and admission -------------------------------------------------------------
@@ -316,6 +424,18 @@ class PbftReplica:
                 self._on_commit(msg)
             case Checkpoint():
                 self._on_checkpoint(msg)
+            case ViewChange():
+                self._on_view_change(msg)
+            case NewView():
+                self._on_new_view(msg)
+            case BatchRequest():
+                self._on_batch_request(msg)
+            case Batch():
+                self._on_batch(msg)
+            case Fetch():
+                self._on_fetch(msg)
+            case Blocks():
+                self._on_blocks(msg)
 
     def _admit(self, msg: PrePrepare | Prepare | Commit) -> bool:
         """Role, view and window checks, cheapest first; buffers what arrived early."""
@@ -326,12 +446,16 @@ class PbftReplica:
         if isinstance(msg, Prepare) and msg.sender == view_primary:
             self.rejected["prepare_from_primary"] += 1
             return False
-        if msg.view != self.view:
-            # A higher view is kept (bounded) for the view-change issue, and counted either way.
-            if msg.view > self.view and not self._future.add(msg.sender, msg):
+        if msg.view > self.view or (msg.view == self.view and not self.active):
+            # A view we have not entered yet: kept (bounded) and re-fed when we enter it.
+            if not self._future.add(msg.sender, msg):
                 self.rejected["buffer_full"] += 1
             else:
                 self.rejected["wrong_view"] += 1
+            return False
+        if msg.view < self.view:
+            self.rejected["wrong_view"] += 1
+            self._relay_new_view(msg.sender)
             return False
         if msg.seq <= self._log.low:
             self.rejected["outside_window"] += 1
@@ -368,6 +492,11 @@ class PbftReplica:
                 self.rejected["conflicting_preprepare"] += 1
                 self._evidence("conflicting_preprepare", accepted, pp)
             return
+        if slot is not None and slot.reissued is not None:
+            # A re-issued sequence number: the NEW-VIEW fixed the signed PRE-PREPARE; this is
+            # the same one with its batch attached (the primary's retransmission).
+            self._fill_batch(slot, pp.proposed_ms, pp.digest, pp.txs)
+            return
         if not self._verified(pp):
             return
         problem = self._batch_problem(pp)
@@ -380,14 +509,19 @@ class PbftReplica:
     def _batch_problem(self, pp: PrePrepare) -> str | None:
         """Stateless validity, decided alike by every honest replica (DESIGN: such a batch is
         evidence against the primary). Cheapest first; tx_ok is asked for every transaction."""
+        return self._txs_problem(pp.proposed_ms, pp.digest, pp.txs)
+
+    def _txs_problem(
+        self, proposed_ms: int, digest: bytes, txs: tuple[Transaction, ...]
+    ) -> str | None:
         params = self.params
-        if len(pp.txs) > params.batch_txs_max or pp.batch_bytes > params.batch_bytes_max:
+        if len(txs) > params.batch_txs_max or sum(t.size for t in txs) > params.batch_bytes_max:
             return "batch_too_large"
-        if any(tx.chain_id != self.chain_id for tx in pp.txs):
+        if any(tx.chain_id != self.chain_id for tx in txs):
             return "wrong_chain"
-        if batch_digest(pp.proposed_ms, [tx.id for tx in pp.txs]) != pp.digest:
+        if batch_digest(proposed_ms, [tx.id for tx in txs]) != digest:
             return "digest_mismatch"
-        signed = [self._tx_ok(tx) for tx in pp.txs]  # every one is asked, by contract
+        signed = [self._tx_ok(tx) for tx in txs]  # every one is asked, by contract
         if not all(signed):
             return "bad_client_signature"
         return None
@@ -397,23 +531,29 @@ class PbftReplica:
         self.evidence.append(
             Evidence(reason, first.view, first.seq, first.sender, tuple(p.vote() for p in pps))
         )
+        if first.view == self.view and self.active:
+            self._start_view_change(self.view + 1, f"primary misbehaved: {reason}")
 
-    def _accept_preprepare(self, slot: Slot, pp: PrePrepare) -> None:
+    def _accept_preprepare(self, slot: Slot, pp: PrePrepare, *, reissued: bool = False) -> None:
         assert slot.preprepare is None
         slot.preprepare = pp
+        slot.reissued = None
         self._highest_accepted = max(self._highest_accepted, pp.seq)
         self._pool.in_flight(pp.seq, pp.txs)
+        self._work_started()
         frame = encode(pp)
         self._persist(slot, "preprepare", frame)
         if pp.sender == self.me:
             slot.own_preprepare = frame
             self._send_own(slot, frame)
-        elif self._clock_known and pp.proposed_ms - self._wall_ms > (
+        elif (
+            not reissued
+            and self._clock_known
+            and pp.proposed_ms - self._wall_ms > self.params.timestamp_skew_ms
+        ):
             # Only a timestamp in the future: an old one is a retransmitted or delayed batch
             # (a backup back from a partition must still prepare it), and back-dating gains
             # nothing since block time = max(proposed, previous block's time).
-            self.params.timestamp_skew_ms
-        ):
             slot.prepare_withheld = True
             self.rejected["timestamp_skew"] += 1
         else:
@@ -475,8 +615,12 @@ class PbftReplica:
             if len(senders) < self.quorum - 1:
                 return
             slot.prepared = True
-            certificate = [encode(slot.prepares[s]) for s in senders]
-            self._persist(slot, "prepared", records.prepared_value(certificate))
+            proof = PreparedProof(preprepare=pp, prepares=tuple(slot.prepares[s] for s in senders))
+            held = self._prepared.get(pp.seq)
+            if held is None or held.view <= pp.view:
+                self._prepared[pp.seq] = proof
+                value = records.proof_value(encode(pp), [encode(p) for p in proof.prepares])
+                self._records.append((records.proof_key(pp.seq), value))
             commit = Commit.create(self._signer, self.chain_id, pp.view, pp.seq, pp.digest, self.me)
             slot.commits[self.me] = commit
             frame = encode(commit)
@@ -503,16 +647,22 @@ class PbftReplica:
                 return
             pp, certificate = slot.preprepare, slot.certificate
             assert pp is not None and certificate is not None
-            self._committed.append(
+            self._hand_out(
                 CommittedBatch(pp.seq, pp.view, pp.digest, pp.proposed_ms, pp.txs, certificate)
             )
-            self._last_committed = pp.seq
-            self._pool.committed(pp.seq, pp.txs)
+
+    def _hand_out(self, batch: CommittedBatch) -> None:
+        assert batch.seq == self._last_committed + 1
+        self._committed.append(batch)
+        self._last_committed = batch.seq
+        self._highest_accepted = max(self._highest_accepted, batch.seq)
+        self._pool.committed(batch.seq, batch.txs)
+        self._progress_ms = self._mono_ms
 
     # --- the primary: batching --------------------------------------------------------------
 
     def _maybe_propose(self) -> None:
-        if self.primary != self.me or not self._clock_known:
+        if self.primary != self.me or not self.active or not self._clock_known:
             return  # a batch carries our wall clock: wait for the first tick to learn it
         params = self.params
         pool = self._pool
@@ -556,6 +706,9 @@ class PbftReplica:
             self.rejected["stale_checkpoint"] += 1
         elif vote.seq > self._log.high:
             self.rejected["outside_window"] += 1
+            if vote.seq > self._retransmit.peer_executed[peer] and self._verified(vote):
+                # A peer far ahead: its claim steers state transfer (f+1 such claims).
+                self._retransmit.executed_by(peer, vote.seq)
             return
         elif not self._verified(vote):
             return
@@ -571,7 +724,7 @@ class PbftReplica:
         # A stale or duplicate vote. Its execution claim steers only what we re-send to the
         # sender, so a stale one is not worth verifying.
         self._retransmit.executed_by(peer, vote.seq)
-        if repeat:
+        if repeat and self.active:
             self._messages.extend(
                 self._retransmit.repeated_checkpoint(peer, vote.seq, self._mono_ms, self.primary)
             )
@@ -580,11 +733,6 @@ class PbftReplica:
         block_hash = self._checkpoints.quorum_hash(seq, self.quorum)
         if block_hash is None or seq <= self._log.low:
             return
-        if seq > self.last_executed:
-            # Certified above what we executed: keep the window so retransmission can still
-            # bring us there; adopted when we execute seq (or by state transfer, later).
-            self._stable_above = max(self._stable_above, seq)
-            return
         own = self._checkpoints.own(seq)
         ours = own.block_hash if own is not None else None
         if ours is None and seq == self.last_executed:
@@ -592,11 +740,13 @@ class PbftReplica:
         if ours is not None and ours != block_hash:
             self.rejected["checkpoint_mismatch"] += 1
             return
+        # Above what we executed: we fell behind; adopt it and fetch the blocks below it.
         self._stabilize(self._checkpoints.certificate(seq, block_hash, self.quorum))
 
     def _stabilize(self, cert: CheckpointCertificate) -> None:
-        """Persist the certificate, move h, collect the log (OSDI'99 §4.3)."""
-        assert self._log.low < cert.seq <= self.last_executed
+        """Persist the certificate, move h, collect the log (OSDI'99 §4.3). A certificate above
+        what we committed is adopted too: state transfer fetches the blocks up to it."""
+        assert self._log.low < cert.seq
         self.stable_certificate = cert
         self._stable_out.append(cert)
         self._records.append((records.STABLE_KEY, cert.encode()))
@@ -605,11 +755,17 @@ class PbftReplica:
             slot.record_keys.clear()
         for seq in self._checkpoints.collect(cert.seq, self.params.window):
             self._records.append((records.checkpoint_key(seq), None))
-        if self._stable_above <= cert.seq:
-            self._stable_above = 0
-        for sender, msg in self._future.drain(self.view):
-            self._on_input(sender, msg)  # still above the new window: buffered again
+        for seq in [s for s in self._prepared if s <= cert.seq]:
+            del self._prepared[seq]
+            self._records.append((records.proof_key(seq), None))
+        if cert.seq > self._last_committed:
+            self._highest_accepted = max(self._highest_accepted, cert.seq)
+        self._next_seq = max(self._next_seq, cert.seq + 1)
+        if self.active:
+            for sender, msg in self._future.drain(self.view):
+                self._on_input(sender, msg)  # still above the new window: buffered again
         self._maybe_propose()
+        self._maybe_fetch()
 
     # --- retransmission (pbft/retransmit.py) ---------------------------------------------------
 
@@ -627,12 +783,539 @@ class PbftReplica:
         blocked = self._last_committed + 1
         self._messages.extend(self._retransmit.behind(blocked, self._mono_ms, self.primary))
 
+    # --- view change: timers ----------------------------------------------------------------
+
+    def _work_started(self) -> None:
+        if self._work_since_ms is None:
+            self._work_since_ms = self._mono_ms
+
+    def _view_change_timers(self) -> None:
+        now = self._mono_ms
+        if not self.active:
+            if self._nv_timer_at is not None and now >= self._nv_timer_at:
+                self._nv_timer_at = None
+                self._start_view_change(self.view + 1, "no valid NEW-VIEW in time")
+                return
+            if self._vc_resend_at is not None and now >= self._vc_resend_at and self._own_vc:
+                self._messages.append(Outbound(None, self._own_vc))
+                self._vc_backoff = min(2 * self._vc_backoff, 8)
+                self._vc_resend_at = now + self.retransmit_ms * self._vc_backoff
+            self._try_new_view()
+            return
+        pool = self._pool
+        if not (pool.pending_count or pool.in_flight_count or self._behind_committed()):
+            self._work_since_ms = None
+            return
+        self._work_started()
+        if self.primary == self.me:
+            return
+        if self._transfer_target() > self._last_committed:
+            # f+1 peers executed beyond us: the primary is working, we are behind; state
+            # transfer, not a view change, is the cure.
+            self._work_since_ms = now
+            return
+        assert self._work_since_ms is not None
+        if now - max(self._work_since_ms, self._progress_ms) >= self.timeout_ms:
+            self._start_view_change(self.view + 1, "no request executed within the timeout")
+            return
+        # Transactions waiting a timeout go to the primary (the client's copy may be lost);
+        # one still in no accepted batch a timeout after that means the primary censors it.
+        overdue = pool.overdue(now, self.timeout_ms, FORWARD_PER_TICK)
+        forward: list[Transaction] = []
+        for entry in overdue:
+            if entry.forwarded_ms is None:
+                entry.forwarded_ms = now
+                forward.append(entry.tx)
+            elif now - entry.forwarded_ms >= self.timeout_ms:
+                self._start_view_change(
+                    self.view + 1, "a forwarded transaction stayed out of every batch"
+                )
+                return
+        if forward:
+            batch = Batch.create(
+                self._signer,
+                self.chain_id,
+                NULL_PROPOSED_MS,
+                tuple(forward),
+                self.me,
+                digest=FORWARD_DIGEST,
+            )
+            self._messages.append(Outbound(self.primary, encode(batch)))
+
+    def _behind_committed(self) -> bool:
+        return self._highest_accepted > self._last_committed
+
+    # --- view change: VIEW-CHANGE -----------------------------------------------------------
+
+    def _start_view_change(self, view: int, why: str) -> None:
+        """Move to `view`: persist it, then multicast VIEW-CHANGE (OSDI'99 §4.4)."""
+        assert view > self.view or (view == self.view and not self.active and view > 0)
+        self.view = view
+        self.active = False
+        self.view_changes += 1
+        self.last_view_change_reason = why
+        self._timeouts += 1
+        self._nv_timer_at = None
+        self._nv_sent = False
+        self._work_since_ms = None
+        low = self._log.low
+        proofs = tuple(
+            self._prepared[s].without_batch()
+            for s in sorted(self._prepared)
+            if low < s <= low + self.params.window
+        )
+        vc = ViewChange.create(
+            self._signer, self.chain_id, view, self.stable_certificate, proofs, self.me
+        )
+        frame = encode(vc)
+        self._own_vc = frame
+        self._vcs[self.me] = vc
+        self._records.append((records.VIEW_KEY, records.view_value(view, False)))
+        self._records.append((records.VIEW_CHANGE_KEY, frame))
+        self._messages.append(Outbound(None, frame))
+        self._vc_backoff = 1
+        self._vc_resend_at = self._mono_ms + self.retransmit_ms
+        self._on_quorum_of_view_changes()
+        self._try_new_view()
+
+    def _on_view_change(self, vc: ViewChange) -> None:
+        if vc.view < self.view or (vc.view == self.view and self.active):
+            self.rejected["stale_view_change"] += 1
+            self._relay_new_view(vc.sender)
+            return
+        held = self._vcs.get(vc.sender)
+        if held is not None and held.view >= vc.view:
+            self.rejected["duplicate"] += 1
+            return
+        if not self._verified(vc) or not self._view_change_ok(vc):
+            return
+        self._vcs[vc.sender] = vc
+        # f+1 members moving above our view include an honest one: join the smallest view
+        # among the f+1 highest (OSDI'99 §4.5.2 "liveness").
+        above = sorted(
+            (v.view for s, v in self._vcs.items() if s != self.me and v.view > self.view),
+            reverse=True,
+        )
+        if len(above) >= self.f + 1:
+            target = above[self.f]
+            if target > self.view or (target == self.view and self.active):
+                self._start_view_change(target, f"{self.f + 1} members moved to view {target}")
+                return
+        if vc.view == self.view and not self.active:
+            self._on_quorum_of_view_changes()
+            self._try_new_view()
+
+    def _view_change_ok(self, vc: ViewChange) -> bool:
+        key = sha256(vc.body + vc.signature + vc.proofs_digest)
+        if key in self._checked_vcs:
+            return True
+        problem = check_view_change(self._members, self._verifier, vc)
+        if problem is not None:
+            self.rejected["bad_view_change"] += 1
+            return False
+        self._checked_vcs[key] = None
+        while len(self._checked_vcs) > 4 * self.n:
+            self._checked_vcs.popitem(last=False)
+        return True
+
+    def _view_changes_for(self, view: int) -> list[ViewChange]:
+        return [self._vcs[s] for s in sorted(self._vcs) if self._vcs[s].view == view]
+
+    def _on_quorum_of_view_changes(self) -> None:
+        if (
+            not self.active
+            and self._nv_timer_at is None
+            and len(self._view_changes_for(self.view)) >= self.quorum
+        ):
+            self._nv_timer_at = self._mono_ms + self.timeout_ms
+
+    # --- view change: NEW-VIEW --------------------------------------------------------------
+
+    def _try_new_view(self) -> None:
+        """As primary of the view we are moving to: with Q VIEW-CHANGEs and every batch they
+        name, send NEW-VIEW and enter the view."""
+        if self.active or self._nv_sent or self.primary != self.me:
+            return
+        vcs = self._view_changes_for(self.view)
+        if len(vcs) < self.quorum:
+            return
+        # Ours first, then by member: a deterministic choice of Q.
+        vcs.sort(key=lambda vc: (vc.sender != self.me, vc.sender))
+        chosen = vcs[: self.quorum]
+        plan = plan_new_view(chosen)
+        batches: dict[int, tuple[Transaction, ...]] = {}
+        missing = False
+        for item in plan.reissue:
+            txs = () if item.null else self._find_batch(item.digest)
+            if txs is None:
+                missing = True
+                self._want(item.digest)
+            else:
+                batches[item.seq] = txs
+        if missing:
+            return  # BATCH-REQs are out; we try again when a batch arrives or on tick
+        pps = tuple(
+            PrePrepare.create(
+                self._signer,
+                self.chain_id,
+                self.view,
+                item.seq,
+                item.proposed_ms,
+                self.me,
+                batches[item.seq],
+                digest=item.digest,
+            )
+            for item in plan.reissue
+        )
+        nv = NewView.create(
+            self._signer,
+            self.chain_id,
+            self.view,
+            tuple(encode(vc) for vc in chosen),
+            tuple(replace(pp, txs=()) for pp in pps),
+            self.me,
+        )
+        self._nv_sent = True
+        frame = encode(nv)
+        self._messages.append(Outbound(None, frame))
+        self._enter_view(frame, plan, pps)
+
+    def _on_new_view(self, nv: NewView) -> None:
+        if nv.view < self.view or (nv.view == self.view and self.active):
+            self.rejected["stale_new_view"] += 1
+            return
+        if nv.sender != nv.view % self.n:
+            self.rejected["not_primary"] += 1
+            return
+        if not self._verified(nv):
+            return
+        decoded: list[ViewChange] = []
+        problem: str | None = None
+        for frame in nv.view_change_frames:
+            try:
+                vc = decode(frame, self.params)
+            except WireFormatError:
+                problem = "a view change does not decode"
+                break
+            if not isinstance(vc, ViewChange):
+                problem = "not a view change"
+                break
+            if not (
+                self._members.signed(self._verifier, vc.sender, vc.body, vc.signature)
+                and self._view_change_ok(vc)
+            ):
+                problem = "a view change does not check"
+                break
+            decoded.append(vc)
+        if problem is None:
+            problem = check_new_view(self._members, self._verifier, nv, decoded)
+        if problem is not None:
+            # The primary of nv.view signed a NEW-VIEW that does not recompute: it is faulty.
+            self.rejected["bad_new_view"] += 1
+            self.evidence.append(
+                Evidence(
+                    "bad_new_view", nv.view, 0, nv.sender, (SignedVote(nv.body, nv.signature),)
+                )
+            )
+            if nv.view >= self.view:
+                self._start_view_change(nv.view + 1, f"bad NEW-VIEW from the primary: {problem}")
+            return
+        if nv.view > self.view:
+            self.view_changes += 1
+        self.view = nv.view
+        self.active = False
+        self._enter_view(encode(nv), plan_new_view(decoded), nv.preprepares)
+
+    def _enter_view(
+        self, frame: bytes, plan: NewViewPlan, preprepares: tuple[PrePrepare, ...]
+    ) -> None:
+        """Start normal operation in self.view with the NEW-VIEW's re-issued PRE-PREPAREs."""
+        assert not self.active
+        self._nv_frame = frame
+        self._own_vc = None
+        self._vc_resend_at = None
+        self._nv_timer_at = None
+        self._work_since_ms = None
+        self._progress_ms = self._mono_ms
+        self._records.append((records.VIEW_KEY, records.view_value(self.view, True)))
+        self._records.append((records.NEW_VIEW_KEY, frame))
+        self._records.append((records.VIEW_CHANGE_KEY, None))
+        # The old view's slots go; their batches' transactions not re-issued are pending again.
+        reissued = {pp.seq: pp.digest for pp in preprepares}
+        old_digests: dict[int, bytes] = {}
+        for slot in self._log.reset():
+            self._records.extend((key, None) for key in slot.record_keys)
+            if slot.preprepare is not None:
+                old_digests[slot.seq] = slot.preprepare.digest
+        self._pool.release(reissued, old_digests, self._mono_ms)
+        if plan.stable is not None and plan.stable.seq > self._log.low:
+            self._stabilize(plan.stable)  # not active yet: proposes nothing, drains nothing
+        low = self._log.low
+        for pp in preprepares:
+            if pp.seq <= low:
+                continue
+            slot = self._log.slot(pp.seq, self.view)
+            slot.redo = pp.seq <= self._last_committed
+            if pp.sender == self.me:
+                self._accept_preprepare(slot, pp, reissued=True)
+                continue
+            slot.reissued = replace(pp, txs=())
+            if pp.digest == NULL_DIGEST and pp.proposed_ms == NULL_PROPOSED_MS:
+                self._fill_batch(slot, NULL_PROPOSED_MS, NULL_DIGEST, ())
+                continue
+            txs = self._find_batch(pp.digest)
+            if txs is not None:
+                self._fill_batch(slot, pp.proposed_ms, pp.digest, txs)
+            else:
+                self._want(pp.digest)
+        self._highest_accepted = max(self._highest_accepted, self._last_committed, plan.max_s)
+        self._next_seq = max(plan.max_s, low, self._last_committed) + 1
+        for s in [s for s in self._vcs if self._vcs[s].view <= self.view]:
+            del self._vcs[s]
+        self.active = True
+        for sender, msg in self._future.drain(self.view):
+            self._on_input(sender, msg)
+        self._deliver()
+        self._maybe_propose()
+
+    def _relay_new_view(self, peer: int) -> None:
+        """A peer still in an older view: the NEW-VIEW we hold brings it here (it is
+        self-authenticating, so any replica may relay it). At most once per interval."""
+        if self._nv_frame is None or not self.active:
+            return
+        if self._mono_ms - self._nv_relayed_ms[peer] < self.retransmit_ms:
+            return
+        self._nv_relayed_ms[peer] = self._mono_ms
+        self._messages.append(Outbound(peer, self._nv_frame))
+
+    # --- batches by digest ------------------------------------------------------------------
+
+    def _find_batch(self, digest: bytes) -> tuple[Transaction, ...] | None:
+        if digest == NULL_DIGEST:
+            return ()
+        for proof in self._prepared.values():
+            held = proof.preprepare
+            if held.digest == digest and (held.txs or _empty_batch(held)):
+                return held.txs
+        for slot in self._log.window_slots():
+            pp = slot.preprepare
+            if pp is not None and pp.digest == digest:
+                return pp.txs
+        return None
+
+    def _want(self, digest: bytes) -> None:
+        if digest in self._wanted:
+            return
+        if len(self._wanted) >= self.params.window:
+            return
+        self._wanted[digest] = self._mono_ms
+        request = encode(BatchRequest.create(self._signer, self.chain_id, digest, self.me))
+        self._messages.append(Outbound(None, request))
+
+    def _batch_requests(self) -> None:
+        for digest, asked_ms in list(self._wanted.items()):
+            if self._mono_ms - asked_ms >= self.retransmit_ms:
+                self._wanted[digest] = self._mono_ms
+                request = encode(BatchRequest.create(self._signer, self.chain_id, digest, self.me))
+                self._messages.append(Outbound(None, request))
+        self._batches_served.clear()
+
+    def _on_batch_request(self, req: BatchRequest) -> None:
+        served = self._batches_served.get(req.sender, 0)
+        if served >= BATCHES_SERVED_PER_TICK:
+            self.rejected["buffer_full"] += 1
+            return
+        txs = self._find_batch(req.digest)
+        if txs is None:
+            return
+        proposed_ms = self._proposed_ms_of(req.digest)
+        if proposed_ms is None:
+            return
+        self._batches_served[req.sender] = served + 1
+        batch = Batch.create(self._signer, self.chain_id, proposed_ms, txs, self.me)
+        self._messages.append(Outbound(req.sender, encode(batch)))
+
+    def _proposed_ms_of(self, digest: bytes) -> int | None:
+        for proof in self._prepared.values():
+            if proof.digest == digest:
+                return proof.preprepare.proposed_ms
+        for slot in self._log.window_slots():
+            if slot.preprepare is not None and slot.preprepare.digest == digest:
+                return slot.preprepare.proposed_ms
+        return None
+
+    def _on_batch(self, batch: Batch) -> None:
+        if batch.digest == FORWARD_DIGEST:
+            self._on_forwarded(batch)
+            return
+        if batch.digest not in self._wanted:
+            self.rejected["unwanted_batch"] += 1
+            return
+        problem = self._txs_problem(batch.proposed_ms, batch.digest, batch.txs)
+        if problem is not None:
+            self.rejected["bad_batch"] += 1
+            return
+        del self._wanted[batch.digest]
+        for slot in self._log.window_slots():
+            held = slot.reissued
+            if held is not None and held.digest == batch.digest:
+                self._fill_batch(slot, batch.proposed_ms, batch.digest, batch.txs)
+        # The new primary keeps the batch where _find_batch looks: in its prepared proofs.
+        for seq, proof in list(self._prepared.items()):
+            if proof.digest == batch.digest and not proof.preprepare.txs:
+                self._prepared[seq] = replace(
+                    proof, preprepare=replace(proof.preprepare, txs=batch.txs)
+                )
+        self._try_new_view()
+
+    def _fill_batch(
+        self, slot: Slot, proposed_ms: int, digest: bytes, txs: tuple[Transaction, ...]
+    ) -> None:
+        held = slot.reissued
+        assert held is not None
+        if (proposed_ms, digest) != (held.proposed_ms, held.digest):
+            self.rejected["bad_batch"] += 1
+            return
+        if self._txs_problem(proposed_ms, digest, txs) is not None:
+            self.rejected["bad_batch"] += 1
+            return
+        self._accept_preprepare(slot, replace(held, txs=txs), reissued=True)
+
+    def _on_forwarded(self, batch: Batch) -> None:
+        """A backup forwarded transactions that waited too long: propose them first."""
+        if self.primary != self.me or len(batch.txs) > self.params.batch_txs_max:
+            self.rejected["unwanted_batch"] += 1
+            return
+        for tx in batch.txs:
+            if tx.chain_id != self.chain_id or not self._tx_ok(tx):
+                self.rejected["bad_client_signature"] += 1
+                continue
+            if not self._pool.to_front(tx.id):
+                reason = self._pool.add(tx, self._mono_ms)
+                if reason is None:
+                    self._pool.to_front(tx.id)
+        self._maybe_propose()
+
+    # --- state transfer ---------------------------------------------------------------------
+
+    def _transfer_target(self) -> int:
+        """How far f+1 peers (one honest at least) showed they executed, or our h."""
+        claims = sorted(self._retransmit.peer_executed, reverse=True)
+        return max(self._log.low, claims[self.f] if len(claims) > self.f else 0)
+
+    def _maybe_fetch(self) -> None:
+        if not self._clock_known:
+            return
+        now = self._mono_ms
+        interval = 2 * self.retransmit_ms
+        if self._fetch_peer is not None:
+            if now - self._fetch_sent_ms < interval:
+                return
+            self.transfer_retries += 1  # lost, or a silent peer: ask the next one
+            self._fetch_peer = None
+        target = self._transfer_target()
+        behind_h = self._log.low > self._last_committed
+        stuck = now - self._progress_ms >= interval
+        needed = target > self._last_committed and (behind_h or stuck)
+        # A replica waiting alone in a view change takes no part in the old view, which may
+        # go on committing without it: it keeps its ledger current by asking now and then.
+        probe = not self.active and now - max(self._progress_ms, self._fetch_sent_ms) >= (
+            2 * interval
+        )
+        if needed or probe:
+            self._fetch_from(self._pick_fetch_peer(target))
+
+    def _pick_fetch_peer(self, target: int) -> int:
+        """Round robin, preferring peers that claimed to have executed up to the target."""
+        order = [(self._fetch_next + i) % self.n for i in range(self.n)]
+        order = [p for p in order if p != self.me]
+        ahead = [p for p in order if self._retransmit.peer_executed[p] >= target]
+        peer = (ahead or order)[0]
+        self._fetch_next = (peer + 1) % self.n
+        return peer
+
+    def _fetch_from(self, peer: int) -> None:
+        self._fetch_peer = peer
+        self._fetch_sent_ms = self._mono_ms
+        fetch = Fetch.create(self._signer, self.chain_id, self._last_committed + 1, self.me)
+        self._messages.append(Outbound(peer, encode(fetch)))
+
+    def _on_fetch(self, fetch: Fetch) -> None:
+        # A peer catching up asks for the next blocks as soon as it has the last: serve that
+        # at once; the same or an earlier start again only once per quarter interval.
+        last_ms, last_from = self._served_ms[fetch.sender], self._served_from[fetch.sender]
+        if fetch.from_seq <= last_from and self._mono_ms - last_ms < self.retransmit_ms // 4:
+            self.rejected["duplicate"] += 1  # or a retry too soon
+            return
+        if not self._verified(fetch):
+            return
+        self._served_ms[fetch.sender] = self._mono_ms
+        self._served_from[fetch.sender] = fetch.from_seq
+        self._serve.append(Serve(fetch.sender, max(1, fetch.from_seq)))
+
+    def _on_blocks(self, reply: Blocks) -> None:
+        if reply.sender != self._fetch_peer:
+            self.rejected["unasked_blocks"] += 1
+            return
+        if not self._verified(reply):
+            return
+        cert = reply.stable
+        if cert is not None and cert.seq > self._log.low:
+            if check_checkpoint_certificate(self._members, self._verifier, cert) is None:
+                self._stabilize(cert)
+            else:
+                self.rejected["bad_transfer"] += 1
+                self._fetch_from(self._pick_fetch_peer(self._transfer_target()))
+                return
+        delivered = 0
+        for block in reply.blocks:
+            seq = block.seq
+            if seq <= self._last_committed:
+                continue
+            if seq != self._last_committed + 1 or seq > self._log.high:
+                break
+            problem = self._transferred_problem(block)
+            if problem is not None:
+                # A lying or broken peer: never trust it for this round; ask the next one.
+                self.rejected["bad_transfer"] += 1
+                self._fetch_from(self._pick_fetch_peer(self._transfer_target()))
+                return
+            c = block.certificate
+            self._hand_out(CommittedBatch(seq, c.view, c.digest, block.proposed_ms, block.txs, c))
+            slot = self._log.get(seq)
+            if slot is not None:
+                slot.redo = True
+            self._transferred_to = seq
+            self.transferred += 1
+            delivered += 1
+        if delivered:
+            self._fetch_from(reply.sender)  # maybe more: keep going with a peer that helps
+        elif self._log.low > self._last_committed:
+            self._fetch_from(self._pick_fetch_peer(self._transfer_target()))
+        else:
+            self._fetch_peer = None
+        self._deliver()
+
+    def _transferred_problem(self, block: TransferredBlock) -> str | None:
+        c = block.certificate
+        params = self.params
+        if len(block.txs) > params.batch_txs_max or (
+            sum(t.size for t in block.txs) > params.batch_bytes_max
+        ):
+            return "batch_too_large"
+        if batch_digest(block.proposed_ms, [t.id for t in block.txs]) != c.digest:
+            return "digest_mismatch"
+        # A valid commit certificate means Q members, f+1 of them honest, accepted this batch
+        # after checking its client signatures, so they are not checked again here.
+        return check_commit_certificate(self._members, self._verifier, c)
+
     # --- effects ----------------------------------------------------------------------------
 
     def _persist(self, slot: Slot, kind: str, value: bytes) -> None:
         key = records.slot_key(slot.seq, kind)
         self._records.append((key, value))
-        slot.record_keys.append(key)
+        if key not in slot.record_keys:
+            slot.record_keys.append(key)
 
     def _send_own(self, slot: Slot, frame: bytes) -> None:
         self._messages.append(Outbound(None, frame))
@@ -641,17 +1324,20 @@ class PbftReplica:
     # --- recovery ---------------------------------------------------------------------------
 
     def _restore(self, recovered: RecoveredState) -> None:
-        """Reload own votes, so a restarted replica re-sends them and never contradicts them."""
+        """Reload own votes, view and proofs, so a restarted replica re-sends them and never
+        contradicts them."""
         restored = records.parse(recovered.records, self.params, self.me)
         window = self.params.window
         certs = [c for c in (recovered.stable_checkpoint, restored.stable) if c is not None]
-        usable = [c for c in certs if c.seq <= self.last_executed]
-        if usable:
-            best = max(usable, key=lambda c: c.seq)
+        if certs:
+            best = max(certs, key=lambda c: c.seq)
             self.stable_certificate = best
             self._log.advance(best.seq)
-        self._stable_above = max([c.seq for c in certs if c.seq > self.last_executed], default=0)
+            if best.seq > self._last_committed:
+                self._highest_accepted = best.seq
         low = self._log.low
+        self._next_seq = max(self._next_seq, low + 1)
+        self.view, self.active = restored.view, restored.active
         for vote, _ in restored.checkpoints:
             if vote.seq <= low - window:
                 continue
@@ -660,9 +1346,25 @@ class PbftReplica:
                 self._retransmit.checkpoint_sent(-self.retransmit_ms)  # re-send at once
         for seq in self._checkpoints.collect(low, window):
             self._records.append((records.checkpoint_key(seq), None))
+        for seq, (pp, prepares, key) in sorted(restored.proofs.items()):
+            if seq <= low:
+                self._records.append((key, None))
+                continue
+            self._prepared[seq] = PreparedProof(preprepare=pp, prepares=tuple(prepares))
         for seq in sorted(restored.slots):
             self._restore_slot(restored.slots[seq])
         self._records.extend((key, None) for key in restored.unknown_keys)
+        if not self.active:
+            if restored.view_change is not None:
+                self._own_vc = restored.view_change
+                vc = decode(restored.view_change, self.params)
+                assert isinstance(vc, ViewChange)
+                self._vcs[self.me] = vc
+                self._vc_resend_at = 0  # re-send on the first tick
+            else:
+                self._start_view_change(self.view + 1, "restarted during a view change")
+        else:
+            self._nv_frame = restored.new_view
         boundary = self.last_executed
         if (
             boundary > low
@@ -673,10 +1375,12 @@ class PbftReplica:
 
     def _restore_slot(self, saved: records.RestoredSlot) -> None:
         pp = saved.preprepare
-        if pp is None or not self._log.in_window(saved.seq):
+        if pp is None or not self._log.in_window(saved.seq) or pp.view != self.view:
+            # Records of an older view (we crashed moving to this one) are not slots anymore,
+            # and we never send an old view's messages again; what they proved lives on in the
+            # prepared proofs.
             self._records.extend((key, None) for key in saved.keys)
             return
-        self.view = max(self.view, pp.view)
         slot = self._log.slot(saved.seq, pp.view)
         slot.preprepare = pp
         slot.record_keys = list(saved.keys)
@@ -686,11 +1390,13 @@ class PbftReplica:
         if saved.prepare is not None:
             slot.prepares[self.me] = saved.prepare
             slot.own_prepare = saved.prepare_frame
-        for prepare in saved.prepared:
-            slot.prepares[prepare.sender] = prepare
-        if saved.prepared or saved.commit is not None:
+        proof = self._prepared.get(saved.seq)
+        if proof is not None and proof.view == pp.view and proof.digest == pp.digest:
+            for prepare in proof.prepares:
+                slot.prepares[prepare.sender] = prepare
             slot.prepared = True
         if saved.commit is not None:
+            slot.prepared = True
             slot.commits[self.me] = saved.commit
             slot.own_commit = saved.commit_frame
         if saved.seq <= self.last_executed:
@@ -706,13 +1412,17 @@ class PbftReplica:
     def _check_invariants(self) -> None:
         """Cheap (constant-time) checks after every input; check_invariants() checks all."""
         low = self._log.low
-        assert low <= self.last_executed <= self._last_committed <= self._log.high
+        assert self.last_executed <= self._last_committed <= self._log.high
         assert low % self.params.checkpoint_interval == 0
         assert self._next_seq <= self._log.high + 1 or self.primary != self.me
+        assert self._next_seq > low or self.primary != self.me or not self.active
         assert self._last_committed <= self._highest_accepted
         assert self.stable_certificate is None or self.stable_certificate.seq == low
         assert len(self._log) <= self.params.window
-        assert self._stable_above == 0 or self._stable_above > self.last_executed
+        assert len(self._prepared) <= self.params.window
+        assert len(self._wanted) <= self.params.window
+        assert len(self._vcs) <= self.n
+        assert self.active or self._own_vc is not None
 
     def check_invariants(self) -> None:
         self._check_invariants()
@@ -720,9 +1430,11 @@ class PbftReplica:
         self._pool.check()
         self._future.check()
         self._checkpoints.check(self._log.low, self._log.high, self.params.window)
+        for seq, proof in self._prepared.items():
+            assert proof.seq == seq and self._log.low < seq <= self._log.high
         for slot in self._log.window_slots():
             if slot.seq <= self._last_committed:
-                assert slot.committed_local, f"seq {slot.seq} handed out before committing"
+                assert slot.committed_local or slot.redo, f"seq {slot.seq} handed out early"
             if slot.own_prepare is not None or slot.own_commit is not None:
                 assert slot.preprepare is not None
             if self.me in slot.prepares and slot.preprepare is not None:
@@ -730,10 +1442,13 @@ class PbftReplica:
             if self.me in slot.commits and slot.preprepare is not None:
                 assert slot.commits[self.me].digest == slot.preprepare.digest
 
-    def status(self) -> dict[str, int | str | list[int]]:
+    def status(self) -> dict[str, Any]:
         return {
             "mode": "pbft",
             "view": self.view,
+            "view_active": self.active,
+            "view_changes": self.view_changes,
+            "view_timeout_ms": self.timeout_ms,
             "primary": self.primary,
             "last_executed": self.last_executed,
             "low_watermark": self._log.low,
@@ -743,22 +1458,40 @@ class PbftReplica:
             "pending_txs": self._pool.pending_count,
             "log_slots": len(self._log),
             "buffered_messages": len(self._future),
-            "evidence": len(self.evidence),
+            "transferred_blocks": self.transferred,
+            "evidence": [
+                {"reason": e.reason, "view": e.view, "seq": e.seq, "primary": e.primary}
+                for e in self.evidence
+            ],
             "peers_executed": list(self._retransmit.peer_executed),
             "waiting_for": self._waiting_for(),
         }
 
     def _waiting_for(self) -> str:
         """Why nothing moves, in one line (cheap: looks at one slot)."""
-        if self._stable_above:
+        if not self.active:
+            have = len(self._view_changes_for(self.view))
+            if have < self.quorum:
+                return (
+                    f"view change to {self.view} in progress: {have} of {self.quorum} needed "
+                    "VIEW-CHANGE messages"
+                )
             return (
-                f"state transfer: a quorum certified checkpoint {self._stable_above}, above our "
-                f"last executed {self.last_executed} (not implemented yet)"
+                f"view change to {self.view}: NEW-VIEW from primary {self.primary} "
+                f"({have} VIEW-CHANGEs held)"
+            )
+        if self._log.low > self._last_committed or self._fetch_peer is not None:
+            target = self._transfer_target()
+            return (
+                f"state transfer: behind by {target - self._last_committed} blocks, catching "
+                f"up from member {self._fetch_peer}"
             )
         if self._last_committed > self.last_executed:
             return f"the node to execute seq {self.last_executed + 1}"
         seq = self._last_committed + 1
         slot = self._log.get(seq)
+        if slot is not None and slot.reissued is not None:
+            return f"the batch re-issued for seq {seq} (asked by digest)"
         if slot is not None and slot.preprepare is None:
             return f"pre-prepare for seq {seq} from primary {self.primary}"
         if slot is not None and slot.preprepare is not None and not slot.prepared:
@@ -778,3 +1511,7 @@ class PbftReplica:
         if pending and self.primary != self.me:
             return f"pre-prepare from primary {self.primary} for {pending} pending transactions"
         return ""
+
+
+def _empty_batch(pp: PrePrepare) -> bool:
+    return batch_digest(pp.proposed_ms, []) == pp.digest

@@ -3,10 +3,10 @@ OSDI'99 §4.3; TOCS'02 §2.3.4)."""
 
 from __future__ import annotations
 
-from pbft_harness import Group, block_hash, drive, frames
+from pbft_harness import WALL, Group, block_hash, drive, frames
 
 from consortium.pbft import records
-from consortium.pbft.messages import Checkpoint, Prepare, PrePrepare, decode, encode
+from consortium.pbft.messages import Checkpoint, Fetch, Prepare, PrePrepare, decode, encode
 
 ME = 1
 
@@ -61,7 +61,8 @@ def test_a_stable_checkpoint_collects_the_log_and_its_records_at_or_below_h() ->
         r.receive(s, group.checkpoint(2, s))
     ready = r.take_ready()
     deleted = {k for k, v in ready.records if v is None}
-    assert deleted == {k for k in keys if int(k.split(b"/")[2]) <= 2}
+    proofs = {records.proof_key(s) for s in (1, 2)}  # prepared certificates at or below h
+    assert deleted == {k for k in keys if int(k.split(b"/")[2]) <= 2} | proofs
     assert r.status()["log_slots"] == 1  # only seq 3 is left in the window
     r.receive(2, group.prepare(pps[0], 2))  # a vote for a collected seq is outside the window
     assert r.rejected["outside_window"] == 1
@@ -104,18 +105,18 @@ def test_a_checkpoint_at_or_below_h_is_stale() -> None:
     assert r.rejected["stale_checkpoint"] == 1 and not r.take_ready()
 
 
-def test_a_replica_behind_a_stable_checkpoint_keeps_its_window_and_says_so() -> None:
+def test_a_replica_behind_a_stable_checkpoint_adopts_it_and_fetches_the_blocks() -> None:
     group = Group()
     r = group.replicas[ME]
+    r.tick(group.mono_ms, WALL)
     for s in (0, 2, 3):
         r.receive(s, group.checkpoint(4, s))
-    assert r.low_watermark == 0 and r.last_executed == 0
-    assert str(r.status()["waiting_for"]).startswith(
-        "state transfer: a quorum certified checkpoint 4"
-    )
-    # Executing up to it (retransmission brought the batches) makes it stable here too.
-    executed_through(group, 4)
-    assert r.low_watermark == 4 and r.status()["waiting_for"] == ""
+    assert r.low_watermark == 4 and r.last_executed == 0
+    assert r.stable_certificate is not None and r.stable_certificate.seq == 4
+    assert str(r.status()["waiting_for"]).startswith("state transfer: behind by 4 blocks")
+    fetches = [decode(m.frame, group.params) for m in r.take_ready().messages]
+    fetch = [m for m in fetches if isinstance(m, Fetch)]
+    assert len(fetch) == 1 and fetch[0].from_seq == 1
 
 
 def test_the_primary_proposes_only_inside_the_window() -> None:

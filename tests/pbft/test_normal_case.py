@@ -197,9 +197,11 @@ def test_the_prepared_certificate_is_persisted_before_the_commit() -> None:
     r.receive(0, pp)
     r.receive(2, group.prepare(pp, 2))
     stored = dict(group.take(1).records)
-    certificate = stored[records.slot_key(1, "prepared")]
-    assert certificate is not None
-    assert sorted(decode(f, group.params).sender for f in unpack(certificate)) == [1, 2]
+    proof = stored[records.proof_key(1)]
+    assert proof is not None
+    pp_frame, prepares = unpack(proof)
+    assert pp_frame == encode(pp)  # with its batch: a VIEW-CHANGE may need it later
+    assert sorted(decode(f, group.params).sender for f in prepares) == [1, 2]
     assert stored[records.slot_key(1, "preprepare")] == encode(pp)
     assert stored[records.slot_key(1, "commit")] == encode(group.commit(pp, 1))
 

@@ -52,7 +52,9 @@ def test_a_restarted_backup_re_sends_its_prepare_and_refuses_a_conflicting_prepr
     assert set(frames(restarted.take_ready())) == {prepare}  # the same signed bytes
     restarted.receive(0, group.preprepare(1, group.txs[1:2]))
     assert restarted.rejected["conflicting_preprepare"] == 1
-    assert not restarted.take_ready()
+    # Evidence against the primary: a view change, never a second PREPARE for seq 1.
+    messages = [m.frame for m in restarted.take_ready().messages]
+    assert [type(decode(m, group.params)).__name__ for m in messages] == ["ViewChange"]
 
 
 def test_a_restarted_replica_that_sent_its_commit_still_holds_the_batch() -> None:

@@ -12,7 +12,8 @@ import pytest
 from pbft_harness import RETRANSMIT_MS, WALL, Group, forge, frames
 
 from consortium.node.sim.cluster import workload
-from consortium.pbft.messages import Message, Prepare, encode
+from consortium.pbft import records
+from consortium.pbft.messages import Message, Prepare, ViewChange, decode, encode
 from consortium.pbft.replica import PbftReplica
 
 ME = 1  # the replica under test: a backup
@@ -20,6 +21,34 @@ ME = 1  # the replica under test: a backup
 
 def snapshot(r: PbftReplica) -> dict[str, Any]:
     return {**r.status(), "evidence": len(r.evidence)}
+
+
+VIEW_CHANGE_FIELDS = (
+    "view",
+    "primary",
+    "view_active",
+    "view_changes",
+    "view_timeout_ms",
+    "waiting_for",
+)
+
+
+def assert_view_change_started(
+    r: PbftReplica, before: dict[str, Any], after: dict[str, Any]
+) -> None:
+    """Evidence against the primary: the replica moves to view 1 at once, persisting the view
+    and its VIEW-CHANGE before multicasting it, and nothing else changes."""
+    assert (after["view"], after["view_active"], after["view_changes"]) == (1, False, 1)
+    for key in VIEW_CHANGE_FIELDS:
+        before.pop(key)
+        after.pop(key)
+    ready = r.take_ready()
+    assert [k for k, _ in ready.records] == [records.VIEW_KEY, records.VIEW_CHANGE_KEY]
+    (out,) = ready.messages
+    assert out.dest is None and out.frame == dict(ready.records)[records.VIEW_CHANGE_KEY]
+    vc = decode(out.frame, r.params)
+    assert isinstance(vc, ViewChange) and vc.view == 1 and vc.sender == r.me
+    assert not ready.committed
 
 
 Case = Callable[[Group], tuple[int, bytes | Message]]
@@ -65,9 +94,10 @@ def test_invalid_input_is_dropped_counted_and_changes_nothing(reason: str) -> No
         # A higher view's message also waits (bounded) for the view-change issue.
         assert after.pop("buffered_messages") == before.pop("buffered_messages") + 1
     if reason in ("digest_mismatch", "batch_too_large", "wrong_chain"):
-        # An invalid batch from the primary is evidence for the view-change issue.
+        # An invalid batch from the primary is evidence: kept, and a view change at once.
         assert after.pop("evidence") == before.pop("evidence") + 1
         assert r.evidence[-1].reason == reason
+        assert_view_change_started(r, before, after)
     assert after == before
     assert not r.take_ready()
     r.check_invariants()
@@ -81,7 +111,9 @@ def test_a_bad_client_signature_rejects_the_whole_batch_after_asking_about_every
     r.receive(0, group.preprepare(1, txs))
     assert dict(r.rejected) == {"bad_client_signature": 1}
     assert group.asked == [tx.id for tx in txs]
-    assert r.status()["log_slots"] == 0 and not r.take_ready()
+    assert r.status()["log_slots"] == 0
+    assert r.evidence[-1].reason == "bad_client_signature"
+    assert r.view == 1 and not r.active  # evidence: a view change at once
 
 
 def test_a_conflicting_preprepare_is_counted_kept_as_evidence_and_changes_nothing() -> None:
@@ -94,9 +126,10 @@ def test_a_conflicting_preprepare_is_counted_kept_as_evidence_and_changes_nothin
     before = snapshot(r)
     r.receive(0, second)
     assert r.rejected["conflicting_preprepare"] == 1
-    assert not r.take_ready()
     after = snapshot(r)
-    assert after.pop("evidence") == before.pop("evidence") + 1 and after == before
+    assert after.pop("evidence") == before.pop("evidence") + 1
+    assert_view_change_started(r, before, after)
+    assert after == before
     (evidence,) = r.evidence
     assert (evidence.reason, evidence.view, evidence.seq, evidence.primary) == (
         "conflicting_preprepare",

@@ -47,7 +47,9 @@ from consortium.ledger.state import KeyValueState, build_block
 from consortium.ledger.tx import Put, Transaction
 from consortium.node.sim.checkers import SafetyChecker, check_converged
 from consortium.node.sim.network import NetworkFaults, SimNetwork
+from consortium.pbft.messages import TransferredBlock
 from consortium.pbft.replica import PbftConfig, PbftReplica, RecoveredState
+from consortium.pbft.transfer import blocks_reply
 
 CLIENT_SEED = b"consortium-sim-client".ljust(32, b"\x00")
 EPOCH_MS = 1_700_000_000_000  # simulated wall clock at simulated time 0
@@ -151,6 +153,7 @@ class SimNode:
     app: KeyValueState
     head: BlockHeader
     block_hashes: list[bytes]  # index = height; [0] is genesis
+    blocks: list[TransferredBlock] = field(default_factory=list)  # index = height - 1
     committed_ids: set[bytes] = field(default_factory=set)
     records: dict[bytes, bytes] = field(default_factory=dict)
     stable: CheckpointCertificate | None = None
@@ -352,11 +355,36 @@ class SimCluster:
                 node.head = block.header
                 node.block_hashes.append(block.hash)
                 node.committed_ids.update(tx.id for tx in batch.txs)
+                node.blocks.append(
+                    TransferredBlock(
+                        proposed_ms=batch.proposed_ms, txs=batch.txs, certificate=batch.certificate
+                    )
+                )
                 if node.index not in self.byzantine:
                     self._replied(batch.txs)
                 self.safety.appended(node.index, block.height, block.hash)
                 replica.executed(batch.seq, block.hash)
+            for serve in ready.serve:
+                self._serve(node, serve.peer, serve.from_seq)
         replica.check_invariants()
+
+    def _serve(self, node: SimNode, peer: int, from_seq: int) -> None:
+        """Answer a FETCH from the node's ledger (the runtime reads its block store)."""
+
+        def block_at(seq: int) -> TransferredBlock | None:
+            return node.blocks[seq - 1] if 0 < seq <= len(node.blocks) else None
+
+        frame = blocks_reply(
+            self.signers[node.index],
+            self.chain_id,
+            node.index,
+            self.params,
+            from_seq,
+            node.head.height,
+            node.stable,
+            block_at,
+        )
+        self.net.send(self.now_ms, node.index, peer, frame)
 
     def _replied(self, txs: tuple[Transaction, ...]) -> None:
         reply_quorum = self.genesis.f + 1

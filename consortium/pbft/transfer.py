@@ -1,0 +1,45 @@
+"""Serving state transfer: the shell's half of FETCH / BLOCKS (the core's half, choosing whom
+to ask and checking every block by its commit certificate, is in pbft/replica.py).
+
+A replica asks one peer at a time for the blocks from a sequence number; the peer answers with
+as many consecutive committed batches, each with its commit certificate, as fit one message
+(params.batch_bytes_max of transactions, at most params.window blocks, always at least one),
+plus its latest stable checkpoint certificate, which lets the asker move its window. Nothing in
+an answer is trusted for being in it: the asker checks each block's certificate and digest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from consortium.crypto.signing import Signer
+from consortium.ledger.certificates import CheckpointCertificate
+from consortium.ledger.genesis import Params
+from consortium.pbft.messages import Blocks, TransferredBlock, encode
+
+
+def blocks_reply(
+    signer: Signer,
+    chain_id: bytes,
+    me: int,
+    params: Params,
+    from_seq: int,
+    height: int,
+    stable: CheckpointCertificate | None,
+    block_at: Callable[[int], TransferredBlock | None],
+) -> bytes:
+    """The BLOCKS frame answering FETCH(from_seq), read through block_at(seq)."""
+    blocks: list[TransferredBlock] = []
+    size = 0
+    seq = from_seq
+    while seq <= height and len(blocks) < params.window:
+        block = block_at(seq)
+        if block is None:
+            break
+        block_size = sum(t.size for t in block.txs)
+        if blocks and size + block_size > params.batch_bytes_max:
+            break
+        blocks.append(block)
+        size += block_size
+        seq += 1
+    return encode(Blocks.create(signer, chain_id, from_seq, stable, tuple(blocks), me))
