@@ -129,6 +129,12 @@ class TxPool:
                 released += 1
         return released
 
+    def forget_forwarding(self) -> None:
+        """A new primary: what was forwarded to the old one is forwarded again before it counts
+        against the new one (once per view change, so linear in the pool is fine)."""
+        for entry in self._pending.values():
+            entry.forwarded_ms = None
+
     def overdue(self, now_ms: int, age_ms: int, limit: int) -> list[_Pending]:
         """The oldest pending entries older than age_ms (at most `limit`), oldest first."""
         out: list[_Pending] = []

@@ -286,6 +286,8 @@ class PbftReplica:
         self._work_since_ms: int | None = None  # progress timer (a)
         self._nv_timer_at: int | None = None  # waiting for NEW-VIEW after Q VIEW-CHANGEs
         self._wanted: dict[bytes, int] = {}  # batch digest -> when we last asked for it
+        # Batches that came by digest, for the NEW-VIEW being built or entered (<= L).
+        self._fetched: OrderedDict[bytes, tuple[int, tuple[Transaction, ...]]] = OrderedDict()
         self._batches_served: dict[int, int] = {}  # peer -> batches sent this interval
 
         # State transfer.
@@ -298,6 +300,9 @@ class PbftReplica:
         self._transferred_to = 0  # highest seq delivered by state transfer
         self.transferred = 0  # blocks accepted by state transfer
         self.transfer_retries = 0  # FETCHes that timed out (lost, or a silent peer)
+        # At start we ask f+1 peers (one honest at least) whether they are ahead of our
+        # ledger: a replica restarted into an idle network would otherwise never hear of it.
+        self._probes_left = self.f + 1
 
         self._records: list[tuple[bytes, bytes | None]] = []
         self._messages: list[Outbound] = []
@@ -412,7 +417,8 @@ class PbftReplica:
             except WireFormatError:
                 self.rejected["malformed"] += 1
                 return
-        if msg.sender != sender:
+        if msg.sender != sender and not isinstance(msg, NewView):
+            # (a NEW-VIEW is self-authenticating: any replica may relay the primary's)
             self.rejected["sender_mismatch"] += 1
             return
         match msg:
@@ -539,8 +545,9 @@ class PbftReplica:
         slot.preprepare = pp
         slot.reissued = None
         self._highest_accepted = max(self._highest_accepted, pp.seq)
-        self._pool.in_flight(pp.seq, pp.txs)
-        self._work_started()
+        if pp.seq > self._last_committed:  # (a re-issued seq we committed is no work)
+            self._pool.in_flight(pp.seq, pp.txs)
+            self._work_started()
         frame = encode(pp)
         self._persist(slot, "preprepare", frame)
         if pp.sender == self.me:
@@ -1048,6 +1055,7 @@ class PbftReplica:
             if slot.preprepare is not None:
                 old_digests[slot.seq] = slot.preprepare.digest
         self._pool.release(reissued, old_digests, self._mono_ms)
+        self._pool.forget_forwarding()  # forward to the new primary before suspecting it
         if plan.stable is not None and plan.stable.seq > self._log.low:
             self._stabilize(plan.stable)  # not active yet: proposes nothing, drains nothing
         low = self._log.low
@@ -1093,6 +1101,9 @@ class PbftReplica:
     def _find_batch(self, digest: bytes) -> tuple[Transaction, ...] | None:
         if digest == NULL_DIGEST:
             return ()
+        fetched = self._fetched.get(digest)
+        if fetched is not None:
+            return fetched[1]
         for proof in self._prepared.values():
             held = proof.preprepare
             if held.digest == digest and (held.txs or _empty_batch(held)):
@@ -1136,6 +1147,9 @@ class PbftReplica:
         self._messages.append(Outbound(req.sender, encode(batch)))
 
     def _proposed_ms_of(self, digest: bytes) -> int | None:
+        fetched = self._fetched.get(digest)
+        if fetched is not None:
+            return fetched[0]
         for proof in self._prepared.values():
             if proof.digest == digest:
                 return proof.preprepare.proposed_ms
@@ -1156,16 +1170,13 @@ class PbftReplica:
             self.rejected["bad_batch"] += 1
             return
         del self._wanted[batch.digest]
+        self._fetched[batch.digest] = (batch.proposed_ms, batch.txs)
+        while len(self._fetched) > self.params.window:
+            self._fetched.popitem(last=False)
         for slot in self._log.window_slots():
             held = slot.reissued
             if held is not None and held.digest == batch.digest:
                 self._fill_batch(slot, batch.proposed_ms, batch.digest, batch.txs)
-        # The new primary keeps the batch where _find_batch looks: in its prepared proofs.
-        for seq, proof in list(self._prepared.items()):
-            if proof.digest == batch.digest and not proof.preprepare.txs:
-                self._prepared[seq] = replace(
-                    proof, preprepare=replace(proof.preprepare, txs=batch.txs)
-                )
         self._try_new_view()
 
     def _fill_batch(
@@ -1222,7 +1233,7 @@ class PbftReplica:
         probe = not self.active and now - max(self._progress_ms, self._fetch_sent_ms) >= (
             2 * interval
         )
-        if needed or probe:
+        if needed or probe or self._probes_left > 0:
             self._fetch_from(self._pick_fetch_peer(target))
 
     def _pick_fetch_peer(self, target: int) -> int:
@@ -1251,6 +1262,7 @@ class PbftReplica:
             return
         self._served_ms[fetch.sender] = self._mono_ms
         self._served_from[fetch.sender] = fetch.from_seq
+        self._relay_new_view(fetch.sender)  # a restarted peer may not know our view either
         self._serve.append(Serve(fetch.sender, max(1, fetch.from_seq)))
 
     def _on_blocks(self, reply: Blocks) -> None:
@@ -1288,6 +1300,8 @@ class PbftReplica:
             self._transferred_to = seq
             self.transferred += 1
             delivered += 1
+        if not delivered and self._probes_left > 0:
+            self._probes_left -= 1  # one more peer says we are not behind it
         if delivered:
             self._fetch_from(reply.sender)  # maybe more: keep going with a peer that helps
         elif self._log.low > self._last_committed:
@@ -1421,6 +1435,7 @@ class PbftReplica:
         assert len(self._log) <= self.params.window
         assert len(self._prepared) <= self.params.window
         assert len(self._wanted) <= self.params.window
+        assert len(self._fetched) <= self.params.window
         assert len(self._vcs) <= self.n
         assert self.active or self._own_vc is not None
 
@@ -1434,7 +1449,10 @@ class PbftReplica:
             assert proof.seq == seq and self._log.low < seq <= self._log.high
         for slot in self._log.window_slots():
             if slot.seq <= self._last_committed:
-                assert slot.committed_local or slot.redo, f"seq {slot.seq} handed out early"
+                # (or it came by state transfer, and the slot holds late votes for it)
+                assert slot.committed_local or slot.redo or slot.seq <= self._transferred_to, (
+                    f"seq {slot.seq} handed out early"
+                )
             if slot.own_prepare is not None or slot.own_commit is not None:
                 assert slot.preprepare is not None
             if self.me in slot.prepares and slot.preprepare is not None:

@@ -16,9 +16,16 @@ produce another member's signature, which is all the protocol relies on. `real_s
 uses Ed25519 for smaller runs. Client transactions are real Ed25519-signed transactions, signed
 once per chain (`workload`), and tx_ok trusts the set the cluster made.
 
-Crashes: the shell here persists records synchronously, so a crash loses nothing written;
-restart(i) rebuilds the replica from its records, its ledger head and its last stable
-checkpoint, exactly what the node runtime hands a restarting replica.
+Crashes and durability: the shell here does what the node runtime does with each Ready: write
+its records, fsync, and only then send its messages and execute its batches. crash(i) between
+events loses nothing fsynced; crash_mid_write(i) arms a crash inside node i's next Ready that
+writes anything, after the write and before the fsync, so the write is lost (as a power cut
+would lose it; kill -9 on a real machine keeps the page cache and cannot show this). With
+`broken_shell=True` the shell sends at once but fsyncs only every BROKEN_FSYNC_MS, so any
+crash loses the writes since: a replica that forgets votes it sent. The test that the safety
+checker catches this gives the durability tests their teeth. restart(i) rebuilds the replica
+from its durable records, its ledger head and its last stable checkpoint, exactly what the
+node runtime hands a restarting replica.
 """
 
 from __future__ import annotations
@@ -48,10 +55,11 @@ from consortium.ledger.tx import Put, Transaction
 from consortium.node.sim.checkers import SafetyChecker, check_converged
 from consortium.node.sim.network import NetworkFaults, SimNetwork
 from consortium.pbft.messages import TransferredBlock
-from consortium.pbft.replica import PbftConfig, PbftReplica, RecoveredState
+from consortium.pbft.replica import Outbound, PbftConfig, PbftReplica, RecoveredState
 from consortium.pbft.transfer import blocks_reply
 
 CLIENT_SEED = b"consortium-sim-client".ljust(32, b"\x00")
+BROKEN_FSYNC_MS = 100
 EPOCH_MS = 1_700_000_000_000  # simulated wall clock at simulated time 0
 SIM_PARAMS = Params(
     batch_txs_max=16,
@@ -155,7 +163,9 @@ class SimNode:
     block_hashes: list[bytes]  # index = height; [0] is genesis
     blocks: list[TransferredBlock] = field(default_factory=list)  # index = height - 1
     committed_ids: set[bytes] = field(default_factory=set)
-    records: dict[bytes, bytes] = field(default_factory=dict)
+    records: dict[bytes, bytes] = field(default_factory=dict)  # durable (fsynced)
+    crash_mid_write: bool = False  # armed by SimCluster.crash_mid_write
+    unsynced: list[tuple[bytes, bytes | None]] = field(default_factory=list)  # broken shell
     stable: CheckpointCertificate | None = None
     up: bool = True
 
@@ -181,6 +191,7 @@ class SimCluster:
         byzantine: Collection[int] = (),
         wall_skew_ms: dict[int, int] | None = None,
         tick_ms: int = 5,
+        broken_shell: bool = False,
         client_delay_ms: tuple[int, int] = (0, 10),
         client_retry_ms: int = 1_000,
     ) -> None:
@@ -192,6 +203,8 @@ class SimCluster:
         self.net = SimNetwork(self.rng, faults or NetworkFaults())
         self.now_ms = 0
         self.tick_ms = tick_ms
+        self.broken_shell = broken_shell
+        self.lost_writes = 0  # Readies whose records a crash mid-write dropped
         self.client_delay_ms = client_delay_ms
         self.client_retry_ms = client_retry_ms
         self.wall_skew_ms = dict(wall_skew_ms or {})
@@ -215,6 +228,8 @@ class SimCluster:
         self._awaiting: dict[bytes, tuple[Transaction, int]] = {}
         self._commits: dict[bytes, int] = {}
         self._next_retry_ms = client_retry_ms
+        self._scheduled: list[tuple[int, int, Callable[[], None]]] = []  # fault injections
+        self._scheduled_seq = 0
         genesis = genesis_block(self.genesis)
         self.nodes: list[SimNode] = []
         for i in range(n):
@@ -283,8 +298,21 @@ class SimCluster:
                 self._awaiting[tx_id] = (tx, self.now_ms)
                 self._send_to_replicas(tx, range(self.n))
 
+    def at(self, at_ms: int, action: Callable[[], None]) -> None:
+        """Run `action` (a crash, a restart, a partition...) at simulated time at_ms."""
+        self._scheduled_seq += 1
+        heapq.heappush(self._scheduled, (at_ms, self._scheduled_seq, action))
+
     def crash(self, i: int) -> None:
-        self.nodes[i].up = False
+        node = self.nodes[i]
+        node.up = False
+        if node.unsynced:
+            self.lost_writes += 1
+            node.unsynced.clear()  # never reached the disk
+
+    def crash_mid_write(self, i: int) -> None:
+        """Crash node i inside its next Ready that writes: after the write, before the fsync."""
+        self.nodes[i].crash_mid_write = True
 
     def restart(self, i: int) -> None:
         """Rebuild replica i from what it persisted (records, ledger, stable checkpoint)."""
@@ -303,8 +331,13 @@ class SimCluster:
             candidates.append(t)
         if self._client_queue:
             candidates.append(self._client_queue[0][0])
+        if self._scheduled:
+            candidates.append(self._scheduled[0][0])
         self.now_ms = max(self.now_ms, min(candidates))
         self.steps += 1
+        while self._scheduled and self._scheduled[0][0] <= self.now_ms:
+            _, _, action = heapq.heappop(self._scheduled)
+            action()
         if self.now_ms >= self._next_retry_ms:
             self._client_retries()
         while self._client_queue and self._client_queue[0][0] <= self.now_ms:
@@ -329,18 +362,25 @@ class SimCluster:
         """What the node runtime does with a Ready: persist, send, execute, report."""
         replica = node.replica
         while ready := replica.take_ready():
-            for key, value in ready.records:
-                if value is None:
-                    node.records.pop(key, None)
-                else:
-                    node.records[key] = value
+            if node.crash_mid_write and ready.records:
+                # Power lost between the write and its fsync: the write never happened. A
+                # correct shell has sent nothing yet; a broken one already sent the messages.
+                node.crash_mid_write = False
+                self.lost_writes += 1
+                if self.broken_shell:
+                    self._send(node, ready.messages)
+                self.crash(node.index)
+                return
+            if self.broken_shell:
+                node.unsynced.extend(ready.records)  # fsynced later, if at all
+                if self.now_ms % BROKEN_FSYNC_MS == 0:
+                    self._fsync(node, node.unsynced)
+                    node.unsynced.clear()
+            else:
+                self._fsync(node, ready.records)
             if ready.stable_checkpoints:
                 node.stable = ready.stable_checkpoints[-1]
-            for out in ready.messages:
-                dests = range(self.n) if out.dest is None else (out.dest,)
-                for dst in dests:
-                    if dst != node.index:
-                        self.net.send(self.now_ms, node.index, dst, out.frame)
+            self._send(node, ready.messages)
             for batch in ready.committed:
                 self.safety.committed(node.index, batch.seq, batch.digest)
                 block, execution = build_block(
@@ -367,6 +407,21 @@ class SimCluster:
             for serve in ready.serve:
                 self._serve(node, serve.peer, serve.from_seq)
         replica.check_invariants()
+
+    @staticmethod
+    def _fsync(node: SimNode, records: list[tuple[bytes, bytes | None]]) -> None:
+        for key, value in records:
+            if value is None:
+                node.records.pop(key, None)
+            else:
+                node.records[key] = value
+
+    def _send(self, node: SimNode, messages: list[Outbound]) -> None:
+        for out in messages:
+            dests = range(self.n) if out.dest is None else (out.dest,)
+            for dst in dests:
+                if dst != node.index:
+                    self.net.send(self.now_ms, node.index, dst, out.frame)
 
     def _serve(self, node: SimNode, peer: int, from_seq: int) -> None:
         """Answer a FETCH from the node's ledger (the runtime reads its block store)."""
@@ -404,7 +459,7 @@ class SimCluster:
     def run_until_committed(self, deadline_ms: int) -> bool:
         while self.now_ms < deadline_ms:
             self.step()
-            if not self._client_queue and self.all_committed():
+            if not self._client_queue and not self._scheduled and self.all_committed():
                 return True
         return False
 

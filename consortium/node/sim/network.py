@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import heapq
 import random
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 
@@ -41,6 +41,8 @@ class SimNetwork:
         self._queue: list[_Delivery] = []
         self._seq = 0
         self._cut: set[tuple[int, int]] = set()
+        # Tests only: drop a message when this returns True (src, dst, frame).
+        self.drop_if: Callable[[int, int, bytes], bool] | None = None
         self.sent = 0
         self.dropped = 0
         self.duplicated = 0
@@ -75,6 +77,7 @@ class SimNetwork:
         faults = self.faults
         if (
             (src, dst) in self._cut
+            or (self.drop_if is not None and self.drop_if(src, dst, frame))
             or self.rng.random() < faults.drop
             or len(self._queue) >= self.in_flight_max
         ):
