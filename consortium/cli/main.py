@@ -127,8 +127,20 @@ def up(net: NetOpt = Path("net")) -> None:
 @node_app.command("start")
 def node_start(
     home: Annotated[Path, typer.Option("--home", help="The member's home directory.")],
+    test_byzantine: Annotated[
+        str | None,
+        typer.Option(
+            "--test-byzantine",
+            hidden=True,
+            help="TESTS ONLY: misbehave as primary (silent-primary, equivocating-primary).",
+        ),
+    ] = None,
 ) -> None:
     """Run one member from its home directory (config/node.toml, node_key.pem, genesis.json)."""
+    from consortium.node.runtime import TEST_BYZANTINE_MODES
+
+    if test_byzantine is not None and test_byzantine not in TEST_BYZANTINE_MODES:
+        raise _fail(f"--test-byzantine: choose one of {', '.join(TEST_BYZANTINE_MODES)}")
     from consortium.node.config import load_identity
     from consortium.node.logs import setup_logging
     from consortium.node.runtime import Node
@@ -141,7 +153,11 @@ def node_start(
     log = setup_logging(identity.member.name, identity.config.log_level, identity.config.log_format)
 
     async def main() -> None:
-        node = Node(identity.config, identity.genesis, identity.keys, log=log)
+        node = Node(
+            identity.config, identity.genesis, identity.keys, log=log, test_byzantine=test_byzantine
+        )
+        if test_byzantine is not None:
+            log.warning("TEST MODE: this member misbehaves as primary (%s)", test_byzantine)
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async with trio.open_nursery() as nursery:
                 await nursery.start(node.run)

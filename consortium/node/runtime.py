@@ -33,7 +33,12 @@ from consortium.crypto.keys import KeyPair
 from consortium.crypto.merkle import MerkleTree
 from consortium.crypto.signing import Domain, Ed25519Signer, Ed25519Verifier
 from consortium.ledger.block import Block
-from consortium.ledger.certificates import SignedVote, block_signature_body
+from consortium.ledger.certificates import (
+    CheckpointCertificate,
+    SignedVote,
+    block_signature_body,
+    decode_certificate,
+)
 from consortium.ledger.genesis import Genesis
 from consortium.ledger.state import Execution, build_block
 from consortium.ledger.store import BlockStore
@@ -44,8 +49,10 @@ from consortium.node.transport import PeerNetwork
 from consortium.node.verification import TxSignatureCache
 from consortium.pbft import messages as pbft_messages
 from consortium.pbft.replica import CommittedBatch, PbftConfig, PbftReplica, RecoveredState
+from consortium.pbft.transfer import blocks_reply
 
 TICK_MS = 2
+TEST_BYZANTINE_MODES = ("silent-primary", "equivocating-primary")
 EVENTS_MAX = 8192  # bounded queue between the pump/clients and the core task
 WATCHED_TXS_MAX = 200_000  # transactions with a waiting client, over all connections
 DRAIN_MAX = 512  # events handled per core step before taking the Ready
@@ -74,10 +81,13 @@ class Node:
         log: logging.Logger | None = None,
         peer_listen: tuple[str, int] | None = None,
         client_listen: tuple[str, int] | None = None,
+        test_byzantine: str | None = None,
     ) -> None:
+        assert test_byzantine in (None, *TEST_BYZANTINE_MODES), test_byzantine
         member = genesis.member_by_key(keys.public)
         assert member is not None, "load_identity checks the key is a member"
         self.config = config
+        self.test_byzantine = test_byzantine
         self.genesis = genesis
         self.chain_id = genesis.chain_id
         self.member = member
@@ -134,6 +144,8 @@ class Node:
         self._on_block: list[Callable[[Block], None]] = []
         self.client_port = 0
         self.peer_port = 0
+        self._certs_above: list[CheckpointCertificate] = []
+        self._view_logged = (self.core.view, self.core.active)
 
     # --- running ---------------------------------------------------------------------------
 
@@ -182,7 +194,7 @@ class Node:
                 isinstance(msg, pbft_messages.PrePrepare)
                 and msg.txs
                 and self._worth_verifying(sender, msg)
-            ):
+            ) or (isinstance(msg, pbft_messages.Batch) and self.core.wants_batch(msg)):
                 # Fill the signature cache on worker threads; the core's tx_ok then hits it.
                 await self.tx_cache.verify_all(msg.txs)
             await self._events_send.send(("peer", sender, msg))
@@ -255,13 +267,22 @@ class Node:
                 messages += more.messages
                 stable += more.stable_checkpoints
                 committed = list(more.committed)
+            # A stable checkpoint above our ledger (we are catching up by state transfer) is in
+            # the core's records; the ledger's table gets it once its block is stored, so the
+            # ledger never certifies a block it does not hold.
+            height = blocks[-1][0].height if blocks else self.store.height
+            self._certs_above += stable
+            stable = [c for c in self._certs_above if c.seq <= height]
+            self._certs_above = [c for c in self._certs_above if c.seq > height][-4:]
             if blocks or records or stable:
                 self.store.save(
                     blocks=blocks, records=records, block_signatures=signatures, checkpoints=stable
                 )
                 self.metrics.fsyncs += 1
             for out in messages:
-                if out.dest is None:
+                if self.test_byzantine is not None:
+                    self._send_byzantine(out.dest, out.frame)
+                elif out.dest is None:
                     self.peers.broadcast(out.frame)
                 else:
                     self.peers.send(out.dest, out.frame)
@@ -271,6 +292,74 @@ class Node:
                 self._notify(block, vote)
             for cp in stable:
                 self.log.debug("checkpoint %d stable", cp.seq)
+            for serve in ready.serve:
+                self._serve_blocks(serve.peer, serve.from_seq)
+            self._log_view(core)
+
+    def _send_byzantine(self, dest: int | None, frame: bytes) -> None:
+        """Test-only misbehaviour while primary (the core stays honest; only what leaves
+        changes): `silent-primary` sends nothing; `equivocating-primary` sends each of its
+        PRE-PREPAREs to half the backups and, to the other half, the same batch stamped one
+        millisecond later (another digest), both correctly signed."""
+        core = self.core
+        dests = [i for i in range(self.genesis.n) if i != self.me] if dest is None else [dest]
+        if core.primary != self.me or not core.active:
+            for d in dests:
+                self.peers.send(d, frame)
+            return
+        if self.test_byzantine == "silent-primary":
+            return
+        msg = pbft_messages.decode(frame, self.genesis.params)
+        if not isinstance(msg, pbft_messages.PrePrepare) or not msg.txs:
+            for d in dests:
+                self.peers.send(d, frame)
+            return
+        twin = pbft_messages.PrePrepare.create(
+            self.signer, self.chain_id, msg.view, msg.seq, msg.proposed_ms + 1, self.me, msg.txs
+        )
+        for d in dests:
+            self.peers.send(d, frame if d % 2 == 0 else pbft_messages.encode(twin))
+
+    def _serve_blocks(self, peer: int, from_seq: int) -> None:
+        """Answer a peer's FETCH from the block store (pbft/transfer.py)."""
+
+        def block_at(seq: int) -> pbft_messages.TransferredBlock | None:
+            stored = self.store.get_block(seq)
+            if stored is None or stored.certificate is None:
+                return None
+            consensus = stored.block.header.consensus
+            return pbft_messages.TransferredBlock(
+                proposed_ms=int(consensus[2]),
+                txs=stored.block.txs,
+                certificate=decode_certificate(stored.certificate),
+            )
+
+        frame = blocks_reply(
+            self.signer,
+            self.chain_id,
+            self.me,
+            self.genesis.params,
+            from_seq,
+            self.store.height,
+            self.core.stable_certificate,
+            block_at,
+        )
+        self.peers.send(peer, frame)
+
+    def _log_view(self, core: PbftReplica) -> None:
+        """One line per view change and per view entered (rate-limited by its nature)."""
+        state = (core.view, core.active)
+        if state == self._view_logged:
+            return
+        self._view_logged = state
+        if core.active:
+            self.log.warning(
+                "view %d: entered, primary %s", core.view, self.genesis.members[core.primary].name
+            )
+        else:
+            self.log.warning(
+                "view change to %d: %s", core.view, core.last_view_change_reason or "joined"
+            )
 
     def _execute(
         self,

@@ -339,6 +339,13 @@ class PbftReplica:
     def expecting_blocks_from(self, peer: int) -> bool:
         return self._fetch_peer == peer
 
+    def wants_batch(self, batch: Batch) -> bool:
+        """Whether the shell should verify this batch's client signatures ahead of the core
+        (a batch asked for by digest, or transactions forwarded to us as primary)."""
+        if batch.digest == FORWARD_DIGEST:
+            return self.primary == self.me and self.active
+        return batch.digest in self._wanted
+
     # --- inputs -----------------------------------------------------------------------------
 
     def tick(self, mono_ms: int, wall_ms: int) -> None:
@@ -1498,8 +1505,10 @@ class PbftReplica:
                 f"view change to {self.view}: NEW-VIEW from primary {self.primary} "
                 f"({have} VIEW-CHANGEs held)"
             )
-        if self._log.low > self._last_committed or self._fetch_peer is not None:
-            target = self._transfer_target()
+        target = self._transfer_target()
+        if target > self._last_committed and (
+            self._log.low > self._last_committed or self._fetch_peer is not None
+        ):
             return (
                 f"state transfer: behind by {target - self._last_committed} blocks, catching "
                 f"up from member {self._fetch_peer}"

@@ -1,0 +1,234 @@
+"""PBFT faults on real processes over loopback: the primary killed (kill -9) or stopped (SIGSTOP)
+under load, a member down for thousands of transactions, and a member started in a test-only
+Byzantine mode. After each: commits go on, nothing a client saw committed is lost, the ledgers
+are identical and `ledger verify` passes."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from consortium.cli.demo import wait_same_height, wait_until_up
+from consortium.cli.network import LocalNetwork, init_network, load_client_setup
+from consortium.crypto.keys import KeyPair
+from consortium.ledger.genesis import Genesis, Params
+from consortium.ledger.store import BlockStore
+from consortium.ledger.tx import Put
+from consortium.node.client import ConsortiumClient
+from tests.e2e.procs import cli
+from tests.e2e.test_network import block_hashes
+
+pytestmark = pytest.mark.e2e
+
+TIMEOUT_MS = 1_000  # the view-change timeout of these networks
+
+
+def make_network(tmp_path: Path, **params: int) -> LocalNetwork:
+    directory = tmp_path / "net"
+    init_network(
+        directory,
+        members=4,
+        clients=3,
+        params=Params(request_timeout_ms=TIMEOUT_MS, **params),  # type: ignore[arg-type]
+    )
+    return LocalNetwork(directory)
+
+
+@pytest.fixture
+def net(tmp_path: Path) -> Iterator[LocalNetwork]:
+    network = make_network(tmp_path)
+    network.start()
+    try:
+        trio.run(wait_until_up, load_client_setup(network.directory).genesis, 30.0)
+        yield network
+    finally:
+        network.stop()
+
+
+async def statuses(genesis: Genesis, members: list[int]) -> dict[int, dict[str, Any]]:
+    out: dict[int, dict[str, Any]] = {}
+    async with ConsortiumClient(genesis) as client:
+        for i in members:
+            try:
+                out[i] = await client.status(i, 1.0)
+            except Exception:  # a stopped member does not answer
+                continue
+    return out
+
+
+async def submit(genesis: Genesis, key: KeyPair, count: int, tag: str) -> list[bytes]:
+    """Submit `count` transactions, 50 at a time; returns the ids seen committed."""
+    committed: list[bytes] = []
+    async with ConsortiumClient(genesis, key) as client:
+        for start in range(0, count, 50):
+            txs = [
+                client.make_tx([Put(f"{tag}/{start + j}".encode(), b"v")])
+                for j in range(min(50, count - start))
+            ]
+            outcomes = await client.submit_and_wait(txs, timeout_s=30.0)
+            for tx, outcome in zip(txs, outcomes, strict=True):
+                if outcome.status == "committed":
+                    committed.append(tx.id)
+    return committed
+
+
+def check_ledgers(network: LocalNetwork, genesis: Genesis, committed: list[bytes]) -> None:
+    """Stopped network: identical ledgers that verify and hold every id seen committed."""
+    network.stop()
+    chains = [block_hashes(home, genesis) for home in network.homes]
+    for chain in chains[1:]:
+        assert chain == chains[0], "block hashes differ at some height"
+    store = BlockStore.open(network.homes[1] / "data" / "ledger.sqlite", genesis)
+    try:
+        lost = [tx_id for tx_id in committed if store.receipt_of(tx_id) is None]
+    finally:
+        store.close()
+    assert not lost, f"{len(lost)} transactions a client saw committed are not in the ledger"
+    for home in network.homes:
+        result = cli("ledger", "verify", "--home", str(home))
+        assert result.returncode == 0, result.stderr + result.stdout
+
+
+def test_killing_the_primary_under_load_moves_commits_to_a_new_view(net: LocalNetwork) -> None:
+    setup = load_client_setup(net.directory)
+    genesis, keys = setup.genesis, setup.keys()
+    committed: list[bytes] = []
+    timing: dict[str, float] = {}
+    done = trio.Event()
+
+    async def scenario() -> None:
+        async def load(key: KeyPair, tag: str) -> None:
+            rounds = 0
+            while not done.is_set():  # load until the new view has committed for a while
+                committed.extend(await submit(genesis, key, 100, f"{tag}{rounds}"))
+                rounds += 1
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(load, keys[0], "a")
+            nursery.start_soon(load, keys[1], "b")
+            await trio.sleep(0.6)
+            async with ConsortiumClient(genesis) as observer:  # connected before the kill
+
+                async def survivors() -> list[dict[str, Any]]:
+                    return [await observer.status(i, 1.0) for i in (1, 2, 3)]
+
+                top = max(s["height"] for s in await survivors())
+                net.kill("n1", signal.SIGKILL)
+                killed = time.monotonic()
+                with trio.fail_after(10 * TIMEOUT_MS / 1000):
+                    while True:
+                        moved = [
+                            s
+                            for s in await survivors()
+                            if s["view"] >= 1 and s["core"]["view_active"]
+                        ]
+                        if moved and max(s["height"] for s in moved) > top:
+                            timing["first_commit"] = time.monotonic() - killed
+                            break
+                        await trio.sleep(0.01)
+            await trio.sleep(0.5)
+            done.set()
+
+    trio.run(scenario)
+    print(f"\nprimary killed -> first commit in the new view: {timing['first_commit']:.3f} s")
+    assert timing["first_commit"] <= 2 * TIMEOUT_MS / 1000
+    trio.run(wait_same_height, genesis, [1, 2, 3], 20.0)
+    net.start("n1")  # back from kill -9: it rejoins the new view and catches up
+    committed += trio.run(submit, genesis, keys[2], 100, "c")
+    trio.run(wait_same_height, genesis, [0, 1, 2, 3], 30.0)
+    views = trio.run(statuses, genesis, [0, 1, 2, 3])
+    assert len({s["view"] for s in views.values()}) == 1
+    check_ledgers(net, genesis, committed)
+
+
+def test_a_stopped_primary_comes_back_into_the_new_view_without_divergence(
+    net: LocalNetwork,
+) -> None:
+    setup = load_client_setup(net.directory)
+    genesis, keys = setup.genesis, setup.keys()
+    committed = trio.run(submit, genesis, keys[0], 100, "a")
+    net.procs["n1"].send_signal(signal.SIGSTOP)
+    try:
+        committed += trio.run(submit, genesis, keys[1], 300, "b")
+        time.sleep(2 * TIMEOUT_MS / 1000)  # stopped for well over the view-change timeout
+        others = trio.run(statuses, genesis, [1, 2, 3])
+        assert all(s["view"] >= 1 for s in others.values())
+    finally:
+        net.procs["n1"].send_signal(signal.SIGCONT)
+    committed += trio.run(submit, genesis, keys[2], 200, "c")
+    trio.run(wait_same_height, genesis, [0, 1, 2, 3], 30.0)
+    views = trio.run(statuses, genesis, [0, 1, 2, 3])
+    assert len({s["view"] for s in views.values()}) == 1, views
+    assert all(s["core"]["view_active"] for s in views.values())
+    check_ledgers(net, genesis, committed)
+
+
+def test_a_member_down_for_thousands_of_transactions_catches_up_after_restart(
+    tmp_path: Path,
+) -> None:
+    # Small batches and window: thousands of transactions are hundreds of blocks, many windows.
+    net = make_network(tmp_path, batch_txs_max=16, checkpoint_interval=8, window=16)
+    net.start()
+    try:
+        caught_up(net)
+    finally:
+        net.stop()
+
+
+def caught_up(net: LocalNetwork) -> None:
+    setup = load_client_setup(net.directory)
+    genesis, keys = setup.genesis, setup.keys()
+    trio.run(wait_until_up, genesis, 30.0)
+    net.kill("n4", signal.SIGKILL)
+
+    async def load() -> list[bytes]:
+        out: list[bytes] = []
+
+        async def one(key: KeyPair, tag: str) -> None:
+            out.extend(await submit(genesis, key, 1_500, tag))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(one, keys[0], "a")
+            nursery.start_soon(one, keys[1], "b")
+        return out
+
+    committed = trio.run(load)
+    assert len(committed) == 3_000
+    lead = trio.run(statuses, genesis, [0])[0]["height"]
+    assert lead > 4 * genesis.params.window  # far beyond what retransmission could bring
+    net.start("n4")
+    trio.run(wait_until_up, genesis, 30.0)
+    trio.run(wait_same_height, genesis, [0, 1, 2, 3], 60.0)
+    n4 = trio.run(statuses, genesis, [3])[3]
+    assert n4["core"]["transferred_blocks"] >= lead - genesis.params.window
+    check_ledgers(net, genesis, committed)
+
+
+@pytest.mark.parametrize("mode", ["silent-primary", "equivocating-primary"])
+def test_a_byzantine_primary_does_not_stop_the_other_three(tmp_path: Path, mode: str) -> None:
+    network = make_network(tmp_path)
+    genesis = load_client_setup(network.directory).genesis
+    keys = load_client_setup(network.directory).keys()
+    try:
+        network.start("n1", extra=("--test-byzantine", mode))
+        for name in ("n2", "n3", "n4"):
+            network.start(name)
+        trio.run(wait_until_up, genesis, 30.0)
+        committed = trio.run(submit, genesis, keys[0], 300, "a")
+        assert len(committed) == 300
+        honest = trio.run(statuses, genesis, [1, 2, 3])
+        assert all(s["view"] >= 1 for s in honest.values())  # n1 was replaced
+        trio.run(wait_same_height, genesis, [1, 2, 3], 20.0)
+    finally:
+        network.stop()
+    chains = [block_hashes(home, genesis) for home in network.homes[1:]]
+    assert chains[0] == chains[1] == chains[2]
+    for home in network.homes[1:]:
+        result = cli("ledger", "verify", "--home", str(home))
+        assert result.returncode == 0, result.stderr + result.stdout
