@@ -249,6 +249,7 @@ class PbftReplica:
         self.active = True  # normal operation in self.view (False: moving to it)
         self.view_changes = 0  # view changes this replica started or joined
         self.last_view_change_reason = ""
+        self.view_change_history: deque[tuple[int, str]] = deque(maxlen=16)  # (view, why)
         self.rejected: Counter[str] = Counter()
         self.evidence: deque[Evidence] = deque(maxlen=EVIDENCE_MAX)
         self.last_executed = recovered.last_executed
@@ -868,6 +869,7 @@ class PbftReplica:
         self.active = False
         self.view_changes += 1
         self.last_view_change_reason = why
+        self.view_change_history.append((view, why))
         self._timeouts += 1
         self._nv_timer_at = None
         self._nv_sent = False
@@ -1473,6 +1475,7 @@ class PbftReplica:
             "view": self.view,
             "view_active": self.active,
             "view_changes": self.view_changes,
+            "view_change_history": [f"{v}: {why}" for v, why in self.view_change_history],
             "view_timeout_ms": self.timeout_ms,
             "primary": self.primary,
             "last_executed": self.last_executed,
