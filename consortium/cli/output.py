@@ -73,6 +73,12 @@ def status_table(genesis: Genesis, statuses: list[dict[str, Any]]) -> None:
             f"{s.get('height', '?')!s:>7} {s.get('stable_checkpoint', '?')!s:>10} "
             f"{connected:>3}/{len(peers):<2}  {str(s.get('head_hash', ''))[:12]}… {note}"
         )
+    for s in statuses:
+        for e in s.get("evidence", []) or []:
+            typer.echo(
+                f"evidence held by {s['member']}: primary {e.get('primary')} of view "
+                f"{e.get('view')}, seq {e.get('seq')}: {e.get('reason')}"
+            )
 
 
 def print_outcome(outcome: Any, *, as_json: bool) -> None:

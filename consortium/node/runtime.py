@@ -299,8 +299,8 @@ class Node:
     def _send_byzantine(self, dest: int | None, frame: bytes) -> None:
         """Test-only misbehaviour while primary (the core stays honest; only what leaves
         changes): `silent-primary` sends nothing; `equivocating-primary` sends each of its
-        PRE-PREPAREs to half the backups and, to the other half, the same batch stamped one
-        millisecond later (another digest), both correctly signed."""
+        PRE-PREPAREs to half the backups and, to the other half, first the same batch stamped
+        one millisecond later (another digest) and then the original, both correctly signed."""
         core = self.core
         dests = [i for i in range(self.genesis.n) if i != self.me] if dest is None else [dest]
         if core.primary != self.me or not core.active:
@@ -318,7 +318,11 @@ class Node:
             self.signer, self.chain_id, msg.view, msg.seq, msg.proposed_ms + 1, self.me, msg.txs
         )
         for d in dests:
-            self.peers.send(d, frame if d % 2 == 0 else pbft_messages.encode(twin))
+            if d % 2 == 0:
+                self.peers.send(d, frame)
+            else:  # the twin, then the original: these backups hold both, signed
+                self.peers.send(d, pbft_messages.encode(twin))
+                self.peers.send(d, frame)
 
     def _serve_blocks(self, peer: int, from_seq: int) -> None:
         """Answer a peer's FETCH from the block store (pbft/transfer.py)."""
@@ -486,6 +490,12 @@ class Node:
             "f": self.genesis.f,
             "quorum": self.genesis.quorum,
             "view": core.get("view"),
+            "view_active": core.get("view_active"),
+            "view_changes": core.get("view_changes"),
+            "evidence": [
+                {**e, "primary": self.genesis.members[int(e["primary"])].name}
+                for e in core.get("evidence", [])
+            ],
             "primary": self.genesis.members[self.core.primary].name,
             "height": head.height,
             "head_hash": head.hash.hex(),

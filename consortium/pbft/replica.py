@@ -283,6 +283,7 @@ class PbftReplica:
         self._nv_frame: bytes | None = None  # the NEW-VIEW that started self.view
         self._nv_sent = False  # as primary of self.view
         self._nv_relayed_ms = [_LONG_AGO] * self.n
+        self._vc_checked_ms = [_LONG_AGO] * self.n
         self._timeouts = 0  # successive view changes since a request last executed
         self._work_since_ms: int | None = None  # progress timer (a)
         self._nv_timer_at: int | None = None  # waiting for NEW-VIEW after Q VIEW-CHANGEs
@@ -903,8 +904,14 @@ class PbftReplica:
         if held is not None and held.view >= vc.view:
             self.rejected["duplicate"] += 1
             return
+        if self._mono_ms - self._vc_checked_ms[vc.sender] < self.retransmit_ms // 2:
+            # Checking one costs up to L*Q signature checks: a member that raises its view
+            # with every message gets one checked per half interval (honest ones re-send).
+            self.rejected["view_change_too_often"] += 1
+            return
         if not self._verified(vc) or not self._view_change_ok(vc):
             return
+        self._vc_checked_ms[vc.sender] = self._mono_ms
         self._vcs[vc.sender] = vc
         # f+1 members moving above our view include an honest one: join the smallest view
         # among the f+1 highest (OSDI'99 §4.5.2 "liveness").

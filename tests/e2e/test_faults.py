@@ -225,6 +225,12 @@ def test_a_byzantine_primary_does_not_stop_the_other_three(tmp_path: Path, mode:
         honest = trio.run(statuses, genesis, [1, 2, 3])
         assert all(s["view"] >= 1 for s in honest.values())  # n1 was replaced
         trio.run(wait_same_height, genesis, [1, 2, 3], 20.0)
+        shown = cli("status", "--net", str(network.directory))
+        assert shown.returncode == 0, shown.stderr
+        if mode == "equivocating-primary":
+            # n2 and n4 got both signed PRE-PREPAREs: kept as evidence, shown by status.
+            assert "evidence held by n2: primary n1 of view 0" in shown.stdout, shown.stdout
+            assert "conflicting_preprepare" in shown.stdout
     finally:
         network.stop()
     chains = [block_hashes(home, genesis) for home in network.homes[1:]]

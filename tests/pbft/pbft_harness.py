@@ -69,7 +69,7 @@ class Group:
         if recovered is None:
             g = genesis_block(self.genesis)
             recovered = RecoveredState(0, g.hash, None, [])
-        return PbftReplica(
+        replica = PbftReplica(
             PbftConfig.from_genesis(self.genesis, i),
             self.signers[i],
             self.verifier,
@@ -77,6 +77,10 @@ class Group:
             recovered=recovered,
             pending_txs_max=pending_txs_max,
         )
+        # No start-up FETCH probes here: these groups have no shell to serve blocks, and the
+        # tests read exact message lists (probing is tested in the simulator).
+        replica._probes_left = 0
+        return replica
 
     # --- time and traffic -------------------------------------------------------------------
 

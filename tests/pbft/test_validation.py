@@ -27,6 +27,7 @@ VIEW_CHANGE_FIELDS = (
     "view",
     "primary",
     "view_active",
+    "view_change_history",
     "view_changes",
     "view_timeout_ms",
     "waiting_for",

@@ -1,0 +1,196 @@
+"""The view-change core, message by message (Castro & Liskov OSDI'99 §4.4): what a backup
+forwards and when it suspects the primary, what VIEW-CHANGE carries and persists, how the new
+primary computes NEW-VIEW, and what a backup refuses."""
+
+from __future__ import annotations
+
+from pbft_harness import PARAMS, RETRANSMIT_MS, Group, drive, frames
+
+from consortium.pbft import records
+from consortium.pbft.messages import (
+    Batch,
+    BatchRequest,
+    NewView,
+    PrePrepare,
+    ViewChange,
+    decode,
+    encode,
+)
+from consortium.pbft.replica import FORWARD_DIGEST, PbftReplica
+from consortium.pbft.viewchange import NULL_DIGEST
+
+TIMEOUT = PARAMS.request_timeout_ms
+
+
+def kinds(group: Group, i: int) -> list[object]:
+    return [decode(f, group.params) for f in frames(group.take(i))]
+
+
+def view_change_of(group: Group, i: int) -> ViewChange:
+    vcs = [m for m in kinds(group, i) if isinstance(m, ViewChange)]
+    assert len(vcs) == 1
+    return vcs[0]
+
+
+def test_a_backup_forwards_what_waited_a_timeout_then_suspects_the_primary() -> None:
+    group = Group()
+    backup = group.replicas[1]
+    group.take(1)
+    backup.propose(group.txs[0])
+    out: list[object] = []
+    # Batches keep executing meanwhile (the primary is alive), but never with tx0.
+    for seq in (1, 2, 3, 4):
+        group.tick_all(TIMEOUT // 2)
+        ready = drive(group, 1, group.preprepare(seq, group.txs[seq : seq + 1]))
+        out += [decode(f, group.params) for f in frames(ready)] + kinds(group, 1)
+        if seq == 2:
+            # Waited a timeout: forwarded to the primary (once), no view change yet.
+            forwarded = [m for m in out if isinstance(m, Batch)]
+            assert len(forwarded) == 1 and forwarded[0].digest == FORWARD_DIGEST
+            assert forwarded[0].txs == group.txs[:1]
+            assert backup.view == 0
+    group.tick_all(1)
+    # A timeout after forwarding, still in no batch: the primary censors it.
+    assert backup.view == 1 and not backup.active
+    assert backup.last_view_change_reason == "a forwarded transaction stayed out of every batch"
+
+
+def test_the_primary_puts_forwarded_transactions_first() -> None:
+    group = Group()
+    primary = group.replicas[0]
+    group.take(0)
+    batch = Batch.create(
+        group.signers[2], group.chain_id, 0, group.txs[5:6], 2, digest=FORWARD_DIGEST
+    )
+    primary.receive(2, encode(batch))
+    pps = [m for m in kinds(group, 0) if isinstance(m, PrePrepare)]
+    assert [pp.txs for pp in pps] == [group.txs[5:6]]
+
+
+def test_view_change_carries_the_stable_proof_and_prepared_certificates_and_is_durable() -> None:
+    group = Group()
+    r = group.replicas[1]
+    group.take(1)
+    # seq 1 and 2 commit and checkpoint 2 becomes stable; seq 3 only prepares.
+    for seq in (1, 2):
+        drive(group, 1, group.preprepare(seq, group.txs[seq : seq + 1]))
+    for s in (0, 2):
+        r.receive(s, group.checkpoint(2, s))
+    pp3 = group.preprepare(3, group.txs[3:4])
+    r.receive(0, pp3)
+    r.receive(2, group.prepare(pp3, 2))
+    group.take(1)
+    group.tick_all(TIMEOUT + 1)
+    ready = r.take_ready()
+    stored = dict(ready.records)
+    assert stored[records.VIEW_KEY] == records.view_value(1, False)
+    vc = decode(stored[records.VIEW_CHANGE_KEY], group.params)
+    assert isinstance(vc, ViewChange) and encode(vc) in frames(ready)  # durable, then sent
+    assert vc.view == 1 and vc.stable_seq == 2 and vc.stable is not None
+    assert [(p.seq, p.view, p.digest) for p in vc.prepared] == [(3, 0, pp3.digest)]
+    assert vc.prepared[0].preprepare.txs == ()  # by digest: the batch is fetched if needed
+
+
+def test_the_new_primary_reissues_prepared_batches_and_fills_gaps_with_null_requests() -> None:
+    group = Group()
+    for i in range(4):
+        group.take(i)
+    # seq 1 prepared at n2, n3, n4 in view 0; seq 2 prepared nowhere; seq 3 prepared at n3.
+    pp1, pp3 = group.preprepare(1, group.txs[1:2]), group.preprepare(3, group.txs[3:4])
+    for i in (1, 2, 3):
+        group.replicas[i].receive(0, pp1)
+        for s in (1, 2, 3):
+            if s != i:
+                group.replicas[i].receive(s, group.prepare(pp1, s))
+    group.replicas[2].receive(0, pp3)
+    group.replicas[2].receive(1, group.prepare(pp3, 1))
+    group.replicas[2].receive(3, group.prepare(pp3, 3))
+    for i in (1, 2, 3):
+        group.take(i)
+    # The primary n1 is gone: n2, n3, n4 time out.
+    group.mono_ms += TIMEOUT + 1
+    for i in (1, 2, 3):
+        group.replicas[i].tick(group.mono_ms, 0)
+    vcs = {i: view_change_of(group, i) for i in (2, 3)}
+    new_primary = group.replicas[1]
+    new_primary.take_ready()
+    for i, vc in vcs.items():
+        new_primary.receive(i, encode(vc))
+    # It lacks seq 3's batch (only n3 saw it): it asks by digest before sending NEW-VIEW.
+    (ask,) = [m for m in kinds(group, 1) if isinstance(m, BatchRequest)]
+    assert ask.digest == pp3.digest
+    group.replicas[2].receive(1, encode(ask))
+    (answer,) = [m for m in kinds(group, 2) if isinstance(m, Batch)]
+    new_primary.receive(2, encode(answer))
+    out = kinds(group, 1)
+    (nv,) = [m for m in out if isinstance(m, NewView)]
+    assert nv.view == 1 and len(nv.view_change_frames) == 3
+    assert [(p.seq, p.digest) for p in nv.preprepares] == [
+        (1, pp1.digest),
+        (2, NULL_DIGEST),
+        (3, pp3.digest),
+    ]
+    assert new_primary.active and new_primary.view == 1
+    # Every backup recomputes it and enters view 1, preparing the re-issued batches.
+    for i in (2, 3):
+        group.replicas[i].receive(1, encode(nv))
+        assert group.replicas[i].active and group.replicas[i].view == 1
+
+
+def test_a_new_view_that_leaves_out_a_prepared_batch_is_refused_and_replaced() -> None:
+    group = Group()
+    for i in range(4):
+        group.take(i)
+    pp1 = group.preprepare(1, group.txs[1:2])
+    for i in (1, 2, 3):
+        group.replicas[i].receive(0, pp1)
+        for s in (1, 2, 3):
+            if s != i:
+                group.replicas[i].receive(s, group.prepare(pp1, s))
+        group.take(i)
+    group.mono_ms += TIMEOUT + 1
+    for i in (1, 2, 3):
+        group.replicas[i].tick(group.mono_ms, 0)
+    vcs = [view_change_of(group, i) for i in (1, 2, 3)]
+    null = PrePrepare.create(group.signers[1], group.chain_id, 1, 1, 0, 1, (), digest=NULL_DIGEST)
+    bad = NewView.create(
+        group.signers[1], group.chain_id, 1, tuple(encode(v) for v in vcs), (null,), 1
+    )
+    backup = group.replicas[2]
+    for vc, i in zip(vcs, (1, 2, 3), strict=True):
+        if i != 2:
+            backup.receive(i, encode(vc))
+    backup.receive(1, encode(bad))
+    assert backup.rejected["bad_new_view"] == 1
+    assert backup.evidence[-1].reason == "bad_new_view"
+    assert backup.view == 2 and not backup.active  # the primary of view 1 is replaced
+
+
+def test_f_plus_one_view_changes_for_higher_views_make_a_replica_join_the_smallest() -> None:
+    group = Group()
+    r = group.replicas[3]
+    group.take(3)
+    for sender, view in ((1, 3), (2, 5)):
+        other: PbftReplica = group.replicas[sender]
+        other._start_view_change(view, "test")
+        r.receive(sender, encode(view_change_of(group, sender)))
+    assert r.view == 3 and not r.active  # f+1 = 2 members above view 0: join the smaller
+
+
+def test_a_replica_restarted_during_a_view_change_re_sends_the_same_view_change() -> None:
+    group = Group()
+    r = group.replicas[2]
+    group.take(2)
+    r._start_view_change(1, "test")
+    ready = r.take_ready()
+    disk = dict(ready.records)
+    frame = disk[records.VIEW_CHANGE_KEY]
+    from consortium.ledger.block import genesis_block
+    from consortium.pbft.replica import RecoveredState
+
+    restarted = group.make(
+        2, RecoveredState(0, genesis_block(group.genesis).hash, None, sorted(disk.items()))
+    )
+    assert restarted.view == 1 and not restarted.active
+    restarted.tick(group.mono_ms + RETRANSMIT_MS, 0)
+    assert frame in frames(restarted.take_ready())
