@@ -156,7 +156,10 @@ __all__ = [
 EVIDENCE_MAX = 32
 FORWARD_PER_TICK = 256  # overdue transactions a backup forwards to the primary per tick
 FORWARD_DIGEST = b"\xff" * 32  # marks a BATCH of forwarded transactions (no batch has it)
-BATCHES_SERVED_PER_TICK = 8  # BATCH answers per peer per tick
+# What a peer may ask of us per retransmission interval: each answer can be a full batch
+# (params.batch_bytes_max), so these bound what a Byzantine member's requests cost us.
+BATCHES_SERVED_PER_INTERVAL = 16
+FETCHES_SERVED_PER_INTERVAL = 4
 _LONG_AGO = -(2**62)
 PENDING_TXS_MAX = 100_000
 PENDING_BYTES_MAX = 256 * 1024 * 1024
@@ -290,7 +293,9 @@ class PbftReplica:
         self._wanted: dict[bytes, int] = {}  # batch digest -> when we last asked for it
         # Batches that came by digest, for the NEW-VIEW being built or entered (<= L).
         self._fetched: OrderedDict[bytes, tuple[int, tuple[Transaction, ...]]] = OrderedDict()
-        self._batches_served: dict[int, int] = {}  # peer -> batches sent this interval
+        self._batch_tokens = [BATCHES_SERVED_PER_INTERVAL] * self.n  # refilled per interval
+        self._fetch_tokens = [FETCHES_SERVED_PER_INTERVAL] * self.n
+        self._tokens_refilled_ms = 0
 
         # State transfer.
         self._fetch_peer: int | None = None
@@ -1145,12 +1150,14 @@ class PbftReplica:
                 self._wanted[digest] = self._mono_ms
                 request = encode(BatchRequest.create(self._signer, self.chain_id, digest, self.me))
                 self._messages.append(Outbound(None, request))
-        self._batches_served.clear()
+        if self._mono_ms - self._tokens_refilled_ms >= self.retransmit_ms:
+            self._tokens_refilled_ms = self._mono_ms
+            self._batch_tokens = [BATCHES_SERVED_PER_INTERVAL] * self.n
+            self._fetch_tokens = [FETCHES_SERVED_PER_INTERVAL] * self.n
 
     def _on_batch_request(self, req: BatchRequest) -> None:
-        served = self._batches_served.get(req.sender, 0)
-        if served >= BATCHES_SERVED_PER_TICK:
-            self.rejected["buffer_full"] += 1
+        if self._batch_tokens[req.sender] <= 0:
+            self.rejected["requests_too_often"] += 1
             return
         txs = self._find_batch(req.digest)
         if txs is None:
@@ -1158,7 +1165,7 @@ class PbftReplica:
         proposed_ms = self._proposed_ms_of(req.digest)
         if proposed_ms is None:
             return
-        self._batches_served[req.sender] = served + 1
+        self._batch_tokens[req.sender] -= 1
         batch = Batch.create(self._signer, self.chain_id, proposed_ms, txs, self.me)
         self._messages.append(Outbound(req.sender, encode(batch)))
 
@@ -1274,8 +1281,12 @@ class PbftReplica:
         if fetch.from_seq <= last_from and self._mono_ms - last_ms < self.retransmit_ms // 4:
             self.rejected["duplicate"] += 1  # or a retry too soon
             return
+        if self._fetch_tokens[fetch.sender] <= 0:
+            self.rejected["requests_too_often"] += 1
+            return
         if not self._verified(fetch):
             return
+        self._fetch_tokens[fetch.sender] -= 1
         self._served_ms[fetch.sender] = self._mono_ms
         self._served_from[fetch.sender] = fetch.from_seq
         self._relay_new_view(fetch.sender)  # a restarted peer may not know our view either
