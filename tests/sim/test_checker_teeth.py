@@ -5,6 +5,7 @@ client, and members that lie during state transfer."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import ClassVar
 
 import pytest
@@ -239,3 +240,44 @@ def test_a_replica_catches_up_when_f_members_lie_during_state_transfer() -> None
         if liar == 0:
             # n4 asks n1 first (round robin from the next member): its forgery was refused.
             assert n4.rejected["bad_transfer"] >= 1
+
+
+# --- every committed transaction was signed by its client --------------------------------
+
+
+def trusting(
+    config: PbftConfig,
+    signer: Signer,
+    verifier: Verifier,
+    tx_ok: Callable[[Transaction], bool],
+    recovered: RecoveredState,
+) -> PbftReplica:
+    """Deliberately broken: never asks whether a batch's transactions are client-signed."""
+    return PbftReplica(config, signer, verifier, tx_ok=lambda tx: True, recovered=recovered)
+
+
+def propose_forgery(cluster: SimCluster) -> Transaction:
+    """The primary's shell is bypassed: it proposes a transaction whose signature is not its
+    client's (as a Byzantine primary would)."""
+    genuine = workload(cluster.chain_id, 1)[0]
+    forged = replace(genuine, signature=bytes(64))
+    cluster.run_until(10)
+    cluster.nodes[0].replica.propose(forged)
+    return forged
+
+
+def test_the_checker_catches_a_core_that_commits_an_unsigned_transaction() -> None:
+    cluster = SimCluster(9, 4, byzantine={0}, factories={i: trusting for i in (1, 2, 3)})
+    propose_forgery(cluster)
+    with pytest.raises(SafetyViolation, match="without a valid signature"):
+        cluster.run_until(1_000)
+
+
+def test_correct_cores_refuse_an_unsigned_transaction_and_replace_the_primary() -> None:
+    cluster = SimCluster(9, 4, byzantine={0})
+    forged = propose_forgery(cluster)
+    cluster.run_until(2_000)
+    for node in cluster.honest():
+        assert forged.id not in node.committed_ids
+        assert node.replica.evidence[0].reason == "bad_client_signature"
+        assert node.replica.view >= 1

@@ -2,7 +2,9 @@
 
 Safety, checked after every step, over the replicas the test calls honest:
     agreement  no two of them commit different batch digests at one sequence number;
-    prefix     their ledgers (block hashes by height) are prefixes of each other.
+    prefix     their ledgers (block hashes by height) are prefixes of each other;
+    signed     every transaction they commit carries a valid signature of a client that
+               genesis admits (checked with real Ed25519, once per transaction).
 Both are checked incrementally as blocks appear: each new (seq, digest) and (height, hash) is
 compared with the first one any honest replica produced, which is equivalent to comparing
 every pair of ledgers after every step, at a cost independent of the ledger length.
@@ -16,6 +18,9 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Sequence
 from typing import Protocol
 
+from consortium.crypto.signing import Verifier
+from consortium.ledger.tx import Transaction
+
 
 class SafetyViolation(AssertionError):
     pass
@@ -26,8 +31,16 @@ class LivenessViolation(AssertionError):
 
 
 class SafetyChecker:
-    def __init__(self, honest: Iterable[int]) -> None:
+    def __init__(
+        self,
+        honest: Iterable[int],
+        clients: Collection[bytes] = (),
+        verifier: Verifier | None = None,
+    ) -> None:
         self.honest = frozenset(honest)
+        self.clients = frozenset(clients)
+        self.verifier = verifier
+        self._signed: set[bytes] = set()  # id + signature of transactions already checked
         self._digests: dict[int, tuple[int, bytes]] = {}  # seq -> (first node, digest)
         self._hashes: list[tuple[int, bytes]] = []  # height-1 -> (first node, block hash)
 
@@ -40,6 +53,20 @@ class SafetyChecker:
                 f"agreement: seq {seq} committed as {first[1].hex()[:12]} by n{first[0] + 1} "
                 f"and as {digest.hex()[:12]} by n{node + 1}"
             )
+
+    def signed(self, node: int, seq: int, txs: Iterable[Transaction]) -> None:
+        if node not in self.honest or self.verifier is None:
+            return
+        for tx in txs:
+            key = tx.id + tx.signature
+            if key in self._signed:
+                continue
+            if tx.client_key not in self.clients or not tx.verify_signature(self.verifier):
+                raise SafetyViolation(
+                    f"signed: n{node + 1} committed transaction {tx.id.hex()[:12]} at seq {seq} "
+                    "without a valid signature of an admitted client"
+                )
+            self._signed.add(key)
 
     def appended(self, node: int, height: int, block_hash: bytes) -> None:
         if node not in self.honest:

@@ -209,7 +209,11 @@ class SimCluster:
         self.client_retry_ms = client_retry_ms
         self.wall_skew_ms = dict(wall_skew_ms or {})
         self.byzantine = frozenset(byzantine)
-        self.safety = SafetyChecker(i for i in range(n) if i not in self.byzantine)
+        self.safety = SafetyChecker(
+            (i for i in range(n) if i not in self.byzantine),
+            self.genesis.client_keys(),
+            Ed25519Verifier(),
+        )
         self.submitted: list[bytes] = []
         self.steps = 0
         keys = member_keys(n)
@@ -383,6 +387,7 @@ class SimCluster:
             self._send(node, ready.messages)
             for batch in ready.committed:
                 self.safety.committed(node.index, batch.seq, batch.digest)
+                self.safety.signed(node.index, batch.seq, batch.txs)
                 block, execution = build_block(
                     node.head,
                     ("pbft", batch.seq, batch.proposed_ms),
