@@ -830,9 +830,9 @@ class PbftReplica:
         self._work_started()
         if self.primary == self.me:
             return
-        if self._transfer_target() > self._last_committed:
-            # f+1 peers executed beyond us: the primary is working, we are behind; state
-            # transfer, not a view change, is the cure.
+        if self._log.low > self._last_committed:
+            # A quorum certified a checkpoint above what we committed: the network is making
+            # progress and we are behind. State transfer, not a view change, is the cure.
             self._work_since_ms = now
             return
         assert self._work_since_ms is not None
@@ -1241,7 +1241,7 @@ class PbftReplica:
         if not self._clock_known:
             return
         now = self._mono_ms
-        interval = 2 * self.retransmit_ms
+        interval = self.retransmit_ms
         if self._fetch_peer is not None:
             if now - self._fetch_sent_ms < interval:
                 return

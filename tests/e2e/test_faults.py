@@ -64,17 +64,21 @@ async def statuses(genesis: Genesis, members: list[int]) -> dict[int, dict[str, 
 
 async def submit(genesis: Genesis, key: KeyPair, count: int, tag: str) -> list[bytes]:
     """Submit `count` transactions, 50 at a time; returns the ids seen committed."""
-    committed: list[bytes] = []
     async with ConsortiumClient(genesis, key) as client:
-        for start in range(0, count, 50):
-            txs = [
-                client.make_tx([Put(f"{tag}/{start + j}".encode(), b"v")])
-                for j in range(min(50, count - start))
-            ]
-            outcomes = await client.submit_and_wait(txs, timeout_s=30.0)
-            for tx, outcome in zip(txs, outcomes, strict=True):
-                if outcome.status == "committed":
-                    committed.append(tx.id)
+        return await submit_with(client, count, tag)
+
+
+async def submit_with(client: ConsortiumClient, count: int, tag: str) -> list[bytes]:
+    committed: list[bytes] = []
+    for start in range(0, count, 50):
+        txs = [
+            client.make_tx([Put(f"{tag}/{start + j}".encode(), b"v")])
+            for j in range(min(50, count - start))
+        ]
+        outcomes = await client.submit_and_wait(txs, timeout_s=30.0)
+        for tx, outcome in zip(txs, outcomes, strict=True):
+            if outcome.status == "committed":
+                committed.append(tx.id)
     return committed
 
 
@@ -104,10 +108,12 @@ def test_killing_the_primary_under_load_moves_commits_to_a_new_view(net: LocalNe
 
     async def scenario() -> None:
         async def load(key: KeyPair, tag: str) -> None:
-            rounds = 0
-            while not done.is_set():  # load until the new view has committed for a while
-                committed.extend(await submit(genesis, key, 100, f"{tag}{rounds}"))
-                rounds += 1
+            # One connected client throughout: a new one would first wait for the dead member.
+            async with ConsortiumClient(genesis, key) as client:
+                rounds = 0
+                while not done.is_set():  # load until the new view committed for a while
+                    committed.extend(await submit_with(client, 100, f"{tag}{rounds}"))
+                    rounds += 1
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(load, keys[0], "a")
