@@ -1,0 +1,270 @@
+"""Byzantine behaviours for the simulator: factories (see cluster.ReplicaFactory) that run the
+unmodified honest core and tamper with what it emits, by overriding take_ready() and tick().
+
+A Byzantine replica holds only its own signing key: it can re-sign anything as itself but never
+produce another member's signature, which is all PBFT assumes. Randomness comes from a
+random.Random seeded by (seed, member), so a run stays a pure function of its seed. Anything a
+behaviour does not specifically handle passes through unchanged. Every queue here is bounded.
+
+    equivocating-primary  as primary: each PRE-PREPARE to half the backups, and to the other half
+                          the same batch stamped 1 ms later (another digest), both signed
+    silent-primary        as primary: sends nothing at all
+    slow-primary          as primary: holds each PRE-PREPARE for 0.8 x the view-change timeout
+    conflicting-votes     its PREPAREs and COMMITs carry a random digest for some peers
+    forged-votes          adds messages naming another member as sender, and copies of its own
+                          votes with corrupted signatures
+    replay                re-sends a sample of its own old frames to random peers
+    off-by-one            re-signs half of its votes with the view or sequence number off by one
+    wrong-digest          as primary: PRE-PREPAREs whose digest does not match their batch
+    flooding              honest, plus up to 10 junk frames per tick: random bytes, votes for
+                          far-future sequence numbers, duplicates
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from collections.abc import Callable
+from dataclasses import replace
+
+from consortium.crypto.codec import WireFormatError
+from consortium.crypto.signing import Signer, Verifier
+from consortium.ledger.tx import Transaction
+from consortium.pbft.effects import Outbound, Ready
+from consortium.pbft.messages import Commit, Message, Prepare, PrePrepare, decode, encode
+from consortium.pbft.replica import PbftConfig, PbftReplica, RecoveredState
+
+ReplicaFactory = Callable[
+    [PbftConfig, Signer, Verifier, Callable[[Transaction], bool], RecoveredState], PbftReplica
+]
+HELD_MAX = 256  # frames a slow primary holds, or a replayer remembers
+
+
+class Byzantine(PbftReplica):
+    """The honest core, with its output rewritten by `tamper`."""
+
+    seed = 0
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.rng = random.Random(self.seed * 1_000 + self.me)
+        self.now_ms = 0
+        self.ticked = False  # extra() adds traffic once per tick, not once per take_ready
+
+    def tick(self, mono_ms: int, wall_ms: int) -> None:
+        self.now_ms = mono_ms
+        self.ticked = True
+        super().tick(mono_ms, wall_ms)
+
+    def take_ready(self) -> Ready:
+        ready = super().take_ready()
+        out: list[Outbound] = []
+        for msg in ready.messages:
+            out.extend(self.tamper(msg))
+        if self.ticked:
+            self.ticked = False
+            out.extend(self.extra())
+        return Ready(ready.records, out, ready.committed, ready.stable_checkpoints, ready.serve)
+
+    # --- overridden by behaviours -----------------------------------------------------------
+
+    def tamper(self, out: Outbound) -> list[Outbound]:
+        return [out]
+
+    def extra(self) -> list[Outbound]:
+        return []
+
+    # --- helpers ----------------------------------------------------------------------------
+
+    def peers(self, out: Outbound) -> list[int]:
+        return [i for i in range(self.n) if i != self.me] if out.dest is None else [out.dest]
+
+    def decoded(self, frame: bytes) -> Message | None:
+        try:
+            return decode(frame, self.params)
+        except WireFormatError:
+            return None
+
+    def leading(self) -> bool:
+        return self.primary == self.me and self.active
+
+    def resign(self, msg: Prepare | Commit, *, view: int, seq: int, digest: bytes) -> bytes:
+        cls = Prepare if isinstance(msg, Prepare) else Commit
+        return encode(cls.create(self._signer, self.chain_id, view, seq, digest, self.me))
+
+
+class EquivocatingPrimary(Byzantine):
+    def tamper(self, out: Outbound) -> list[Outbound]:
+        msg = self.decoded(out.frame)
+        if not (self.leading() and isinstance(msg, PrePrepare) and msg.sender == self.me):
+            return [out]
+        twin = PrePrepare.create(
+            self._signer, self.chain_id, msg.view, msg.seq, msg.proposed_ms + 1, self.me, msg.txs
+        )
+        return [Outbound(p, out.frame if p % 2 == 0 else encode(twin)) for p in self.peers(out)]
+
+
+class SilentPrimary(Byzantine):
+    def tamper(self, out: Outbound) -> list[Outbound]:
+        return [] if self.leading() else [out]
+
+
+class SlowPrimary(Byzantine):
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        self.held: deque[tuple[int, Outbound]] = deque(maxlen=HELD_MAX)
+
+    def tamper(self, out: Outbound) -> list[Outbound]:
+        msg = self.decoded(out.frame)
+        if self.leading() and isinstance(msg, PrePrepare) and msg.sender == self.me:
+            delay = int(0.8 * self.params.request_timeout_ms)
+            self.held.append((self.now_ms + delay, out))
+            return []
+        return [out]
+
+    def extra(self) -> list[Outbound]:
+        due: list[Outbound] = []
+        while self.held and self.held[0][0] <= self.now_ms:
+            due.append(self.held.popleft()[1])
+        return due
+
+
+class ConflictingVotes(Byzantine):
+    def tamper(self, out: Outbound) -> list[Outbound]:
+        msg = self.decoded(out.frame)
+        if not isinstance(msg, Prepare | Commit) or msg.sender != self.me:
+            return [out]
+        result = []
+        for p in self.peers(out):
+            if self.rng.random() < 0.5:
+                wrong = self.rng.randbytes(32)
+                result.append(
+                    Outbound(p, self.resign(msg, view=msg.view, seq=msg.seq, digest=wrong))
+                )
+            else:
+                result.append(Outbound(p, out.frame))
+        return result
+
+
+class ForgedVotes(Byzantine):
+    def tamper(self, out: Outbound) -> list[Outbound]:
+        msg = self.decoded(out.frame)
+        result = [out]
+        if isinstance(msg, Prepare | Commit) and msg.sender == self.me:
+            victim = self.rng.choice([i for i in range(self.n) if i != self.me])
+            cls = Prepare if isinstance(msg, Prepare) else Commit
+            # A vote whose body names another member, signed with our own key...
+            named = cls.create(self._signer, self.chain_id, msg.view, msg.seq, msg.digest, victim)
+            # ...and our own vote with a signature we never made.
+            broken = replace(msg, signature=bytes(b ^ 0x01 for b in msg.signature))
+            result += [Outbound(None, encode(named)), Outbound(None, encode(broken))]
+        return result
+
+
+class Replay(Byzantine):
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        self.seen: deque[bytes] = deque(maxlen=HELD_MAX)
+
+    def tamper(self, out: Outbound) -> list[Outbound]:
+        if self.rng.random() < 0.2:
+            self.seen.append(out.frame)
+        return [out]
+
+    def extra(self) -> list[Outbound]:
+        if not self.seen or self.rng.random() < 0.7:
+            return []
+        peer = self.rng.choice([i for i in range(self.n) if i != self.me])
+        return [Outbound(peer, self.rng.choice(self.seen)) for _ in range(3)]
+
+
+class OffByOne(Byzantine):
+    def tamper(self, out: Outbound) -> list[Outbound]:
+        msg = self.decoded(out.frame)
+        if not isinstance(msg, Prepare | Commit) or self.rng.random() < 0.5:
+            return [out]
+        view, seq = msg.view, msg.seq
+        if self.rng.random() < 0.5:
+            view = max(0, view + self.rng.choice((-1, 1)))
+        else:
+            seq = max(1, seq + self.rng.choice((-1, 1)))
+        return [Outbound(out.dest, self.resign(msg, view=view, seq=seq, digest=msg.digest))]
+
+
+class WrongDigest(Byzantine):
+    def tamper(self, out: Outbound) -> list[Outbound]:
+        msg = self.decoded(out.frame)
+        if not (self.leading() and isinstance(msg, PrePrepare) and msg.sender == self.me):
+            return [out]
+        bad = PrePrepare.create(
+            self._signer,
+            self.chain_id,
+            msg.view,
+            msg.seq,
+            msg.proposed_ms,
+            self.me,
+            msg.txs,
+            digest=self.rng.randbytes(32),
+        )
+        return [Outbound(out.dest, encode(bad))]
+
+
+class Flooding(Byzantine):
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        self.last: deque[bytes] = deque(maxlen=16)
+
+    def tamper(self, out: Outbound) -> list[Outbound]:
+        self.last.append(out.frame)
+        return [out]
+
+    def extra(self) -> list[Outbound]:
+        junk: list[Outbound] = []
+        for _ in range(self.rng.randint(0, 10)):
+            kind = self.rng.random()
+            if kind < 0.3:
+                frame = self.rng.randbytes(self.rng.randint(1, 600))
+            elif kind < 0.6:
+                seq = self.low_watermark + self.params.window * self.rng.randint(2, 50)
+                frame = encode(
+                    Prepare.create(
+                        self._signer, self.chain_id, self.view, seq, self.rng.randbytes(32), self.me
+                    )
+                )
+            elif self.last:
+                frame = self.rng.choice(self.last)
+            else:
+                continue
+            junk.append(Outbound(None, frame))
+        return junk
+
+
+BEHAVIOURS: dict[str, type[Byzantine]] = {
+    "equivocating-primary": EquivocatingPrimary,
+    "silent-primary": SilentPrimary,
+    "slow-primary": SlowPrimary,
+    "conflicting-votes": ConflictingVotes,
+    "forged-votes": ForgedVotes,
+    "replay": Replay,
+    "off-by-one": OffByOne,
+    "wrong-digest": WrongDigest,
+    "flooding": Flooding,
+}
+
+
+def byzantine(name: str, seed: int = 0) -> ReplicaFactory:
+    """The factory for behaviour `name` (one of BEHAVIOURS)."""
+    cls: type[Byzantine] = type(
+        f"{BEHAVIOURS[name].__name__}Seeded", (BEHAVIOURS[name],), {"seed": seed}
+    )
+
+    def make(
+        config: PbftConfig,
+        signer: Signer,
+        verifier: Verifier,
+        tx_ok: Callable[[Transaction], bool],
+        recovered: RecoveredState,
+    ) -> PbftReplica:
+        return cls(config, signer, verifier, tx_ok=tx_ok, recovered=recovered)
+
+    return make

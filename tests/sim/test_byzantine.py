@@ -1,0 +1,63 @@
+"""Every Byzantine behaviour of consortium.node.sim.byzantine, in up to f members, over many
+seeds of a lossy network: the honest members never disagree (checked after every step),
+commit everything submitted into identical ledgers, and count what the liar did."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+
+import pytest
+from test_simulation import run
+
+from consortium.node.sim.byzantine import BEHAVIOURS, byzantine
+from consortium.node.sim.cluster import SimCluster
+
+SOAK = int(os.environ.get("CONSORTIUM_SOAK", "1"))
+
+# What honest members must have seen of each behaviour, summed over the seeds of a test.
+SEEN = {
+    "equivocating-primary": lambda c: c["view_changes"] > 0,
+    "silent-primary": lambda c: c["view_changes"] > 0,
+    "slow-primary": lambda c: c["blocks"] > 0,  # slow but under the timeout: tolerated
+    "conflicting-votes": lambda c: c["blocks"] > 0,  # a mismatching vote never counts
+    "forged-votes": lambda c: c["sender_mismatch"] + c["bad_signature"] > 0,
+    "replay": lambda c: c["duplicate"] > 0,
+    "off-by-one": lambda c: c["wrong_view"] + c["bad_signature"] + c["duplicate"] > 0,
+    "wrong-digest": lambda c: c["digest_mismatch"] > 0 and c["evidence"] > 0,
+    "flooding": lambda c: c["malformed"] > 0,
+}
+
+
+def run_many(name: str, n: int, members: tuple[int, ...], seeds: range) -> Counter[str]:
+    seen: Counter[str] = Counter()
+    for seed in seeds:
+        factories = {m: byzantine(name, seed) for m in members}
+        cluster: SimCluster = run(seed, n, txs=30, factories=factories, byzantine=set(members))
+        for node in cluster.honest():
+            seen.update(node.replica.rejected)
+            seen["view_changes"] += node.replica.view_changes
+            seen["evidence"] += len(node.replica.evidence)
+            seen["blocks"] += node.head.height
+    return seen
+
+
+@pytest.mark.parametrize("name", sorted(BEHAVIOURS))
+@pytest.mark.parametrize("first", range(0, 150 * SOAK, 75))
+def test_n4_a_byzantine_first_primary(name: str, first: int) -> None:
+    seen = run_many(name, 4, (0,), range(first, first + 75))
+    assert SEEN[name](seen), dict(seen)
+
+
+@pytest.mark.parametrize("name", sorted(BEHAVIOURS))
+def test_n4_a_byzantine_backup(name: str) -> None:
+    # Member 2 is a backup, and primary of view 2 if two view changes happen.
+    seen = run_many(name, 4, (2,), range(500, 500 + 50 * SOAK))
+    if name not in ("equivocating-primary", "silent-primary", "slow-primary", "wrong-digest"):
+        assert SEEN[name](seen), dict(seen)
+
+
+@pytest.mark.parametrize("name", sorted(BEHAVIOURS))
+def test_n7_two_byzantine_members(name: str) -> None:
+    seen = run_many(name, 7, (0, 4), range(700, 700 + 50 * SOAK))
+    assert SEEN[name](seen), dict(seen)
