@@ -19,6 +19,7 @@ from consortium.cli.network import (
     init_network,
     load_client_setup,
 )
+from consortium.cli.sim import sim as sim_command
 from consortium.crypto.keys import InvalidKeyError
 from consortium.ledger.genesis import MODES, Genesis, GenesisError
 from consortium.ledger.store import StoreError
@@ -37,6 +38,7 @@ ledger_app = typer.Typer(help="Audit a ledger offline.", no_args_is_help=True)
 app.add_typer(node_app, name="node")
 app.add_typer(tx_app, name="tx")
 app.add_typer(ledger_app, name="ledger")
+app.command("sim")(sim_command)
 
 NetOpt = Annotated[
     Path,

@@ -38,6 +38,7 @@ from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from functools import cache
 
+from consortium.crypto.codec import WireFormatError
 from consortium.crypto.keys import KeyPair
 from consortium.crypto.signing import (
     Domain,
@@ -54,7 +55,7 @@ from consortium.ledger.state import KeyValueState, build_block
 from consortium.ledger.tx import Put, Transaction
 from consortium.node.sim.checkers import SafetyChecker, check_converged
 from consortium.node.sim.network import NetworkFaults, SimNetwork
-from consortium.pbft.messages import TransferredBlock
+from consortium.pbft.messages import TransferredBlock, decode
 from consortium.pbft.replica import Outbound, PbftConfig, PbftReplica, RecoveredState
 from consortium.pbft.transfer import blocks_reply
 
@@ -68,6 +69,26 @@ SIM_PARAMS = Params(
     window=16,
     request_timeout_ms=400,  # retransmission after 100 ms
 )
+
+
+def describe(frame: bytes, params: Params) -> str:
+    """One message in a few words, for traces."""
+    try:
+        msg = decode(frame, params)
+    except WireFormatError as exc:
+        return f"malformed ({str(exc)[:40]})"
+    kind = type(msg).__name__.upper()
+    view = getattr(msg, "view", None)
+    seq = getattr(msg, "seq", getattr(msg, "from_seq", None))
+    digest = getattr(msg, "digest", None)
+    parts = [kind]
+    if view is not None:
+        parts.append(f"v{view}")
+    if seq is not None:
+        parts.append(f"s{seq}")
+    if isinstance(digest, bytes):
+        parts.append(digest.hex()[:8])
+    return " ".join(parts)
 
 
 class HmacSigner:
@@ -205,6 +226,8 @@ class SimCluster:
         self.tick_ms = tick_ms
         self.broken_shell = broken_shell
         self.lost_writes = 0  # Readies whose records a crash mid-write dropped
+        self.trace: Callable[[str], None] | None = None  # one readable line per event
+        self._traced_view: dict[int, tuple[int, bool]] = {}
         self.client_delay_ms = client_delay_ms
         self.client_retry_ms = client_retry_ms
         self.wall_skew_ms = dict(wall_skew_ms or {})
@@ -307,7 +330,12 @@ class SimCluster:
         self._scheduled_seq += 1
         heapq.heappush(self._scheduled, (at_ms, self._scheduled_seq, action))
 
+    def _log(self, text: str) -> None:
+        if self.trace is not None:
+            self.trace(f"{self.now_ms:>7} ms  {text}")
+
     def crash(self, i: int) -> None:
+        self._log(f"n{i + 1} CRASH")
         node = self.nodes[i]
         node.up = False
         if node.unsynced:
@@ -321,6 +349,7 @@ class SimCluster:
     def restart(self, i: int) -> None:
         """Rebuild replica i from what it persisted (records, ledger, stable checkpoint)."""
         node = self.nodes[i]
+        self._log(f"n{i + 1} RESTART at height {node.head.height}")
         node.replica = self._new_replica(i, node.head, node.stable, node.records)
         node.up = True
         self._carry_out(node)
@@ -353,6 +382,8 @@ class SimCluster:
         for src, dst, frame in self.net.pop_due(self.now_ms):
             node = self.nodes[dst]
             if node.up:
+                if self.trace is not None:
+                    self._log(f"n{src + 1} -> n{dst + 1}  {describe(frame, self.params)}")
                 node.replica.receive(src, frame)
                 self._carry_out(node)
         if self.now_ms % self.tick_ms == 0:
@@ -386,6 +417,10 @@ class SimCluster:
                 node.stable = ready.stable_checkpoints[-1]
             self._send(node, ready.messages)
             for batch in ready.committed:
+                self._log(
+                    f"n{node.index + 1} COMMIT seq {batch.seq} {batch.digest.hex()[:8]} "
+                    f"({len(batch.txs)} txs)"
+                )
                 self.safety.committed(node.index, batch.seq, batch.digest)
                 self.safety.signed(node.index, batch.seq, batch.txs)
                 block, execution = build_block(
@@ -412,6 +447,15 @@ class SimCluster:
             for serve in ready.serve:
                 self._serve(node, serve.peer, serve.from_seq)
         replica.check_invariants()
+        if self.trace is not None and (replica.view, replica.active) != self._traced_view.get(
+            node.index, (0, True)
+        ):
+            self._traced_view[node.index] = (replica.view, replica.active)
+            state = "entered" if replica.active else "changing to"
+            self._log(
+                f"n{node.index + 1} VIEW {state} {replica.view}: "
+                f"{replica.last_view_change_reason or 'NEW-VIEW'}"
+            )
 
     @staticmethod
     def _fsync(node: SimNode, records: list[tuple[bytes, bytes | None]]) -> None:

@@ -1,0 +1,139 @@
+"""`consortium sim`: run seeded simulations of unmodified PBFT cores from the command line,
+with chosen network faults, crashes, partitions and Byzantine behaviours; print a summary; and
+replay one seed with a readable trace."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+import typer
+
+from consortium.node.sim.byzantine import BEHAVIOURS
+from consortium.node.sim.scenarios import FAULTS, Outcome, Scenario, run_seed
+
+EXIT_FAILED = 1
+
+
+def parse_seeds(text: str) -> list[int]:
+    """'0-99', '3,7,11' or a mix: '0-9,42'."""
+    seeds: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        first, dash, last = part.partition("-")
+        try:
+            lo = int(first)
+            hi = int(last) if dash else lo
+        except ValueError:
+            raise typer.BadParameter(f"{part!r}: seeds are numbers or ranges like 0-99") from None
+        if hi < lo or hi - lo > 1_000_000:
+            raise typer.BadParameter(f"{part!r}: not a range")
+        seeds.extend(range(lo, hi + 1))
+    if not seeds:
+        raise typer.BadParameter("no seeds")
+    return seeds
+
+
+def sim(
+    n: Annotated[int, typer.Option(help="Members (n = 3f+1 >= 4).")] = 4,
+    seeds: Annotated[str, typer.Option(help="Seeds: 0-99, or 1,5,9.")] = "0-19",
+    txs: Annotated[int, typer.Option(help="Transactions submitted per run.")] = 60,
+    faults: Annotated[str, typer.Option(help="Network: clean, lossy or heavy.")] = "lossy",
+    partition: Annotated[bool, typer.Option(help="Split the members, no side a quorum.")] = False,
+    crash: Annotated[bool, typer.Option(help="Crash the primary mid-run, restart it.")] = False,
+    byzantine: Annotated[
+        list[str] | None,
+        typer.Option(help=f"Behaviour (repeatable, or 'all'): {', '.join(BEHAVIOURS)}."),
+    ] = None,
+    liars: Annotated[str, typer.Option(help="Byzantine member indexes, e.g. 0 or 0,4.")] = "0",
+    trace: Annotated[
+        int | None, typer.Option(help="Replay this one seed and print its trace.")
+    ] = None,
+    trace_lines: Annotated[int, typer.Option(help="Stop the trace after this many lines.")] = 400,
+) -> None:
+    """Seeded simulations: safety checked after every step, liveness after healing."""
+    if n < 4:
+        raise typer.BadParameter("pbft needs n >= 4", param_hint="--n")
+    if faults not in FAULTS:
+        raise typer.BadParameter(f"choose one of {', '.join(FAULTS)}", param_hint="--faults")
+    names: list[str | None] = [None]
+    if byzantine:
+        names = list(BEHAVIOURS) if byzantine == ["all"] else list(byzantine)
+        unknown = [b for b in names if b not in BEHAVIOURS]
+        if unknown:
+            raise typer.BadParameter(
+                f"{unknown[0]!r}: choose from {', '.join(BEHAVIOURS)} or all",
+                param_hint="--byzantine",
+            )
+    try:
+        members = tuple(int(x) for x in liars.split(","))
+    except ValueError:
+        raise typer.BadParameter("indexes like 0 or 0,4", param_hint="--liars") from None
+    f = (n - 1) // 3
+    if len(set(members)) > f or any(not 0 <= m < n for m in members):
+        raise typer.BadParameter(
+            f"at most f = {f} distinct members in 0..{n - 1}", param_hint="--liars"
+        )
+
+    def scenario(name: str | None) -> Scenario:
+        return Scenario(n, txs, faults, partition, crash, name, members)
+
+    if trace is not None:
+        lines = 0
+
+        def emit(line: str) -> None:
+            nonlocal lines
+            lines += 1
+            if lines <= trace_lines:
+                typer.echo(line)
+            elif lines == trace_lines + 1:
+                typer.echo(f"... trace cut at {trace_lines} lines (--trace-lines)")
+
+        outcome = run_seed(scenario(names[0]), trace, emit)
+        typer.echo(_line(outcome))
+        raise typer.Exit(0 if outcome.ok else EXIT_FAILED)
+
+    chosen = parse_seeds(seeds)
+    typer.echo(
+        f"{'behaviour':<22} {'seeds':>6} {'ok':>6} {'safety':>7} {'liveness':>9} "
+        f"{'sim s':>8} {'wall s':>7}"
+    )
+    failed: list[tuple[str | None, Outcome]] = []
+    for name in names:
+        started = time.monotonic()
+        outcomes = [run_seed(scenario(name), seed) for seed in chosen]
+        bad = [o for o in outcomes if not o.ok]
+        failed += [(name, o) for o in bad]
+        typer.echo(
+            f"{name or 'none':<22} {len(outcomes):>6} {len(outcomes) - len(bad):>6} "
+            f"{sum(o.failure == 'safety' for o in bad):>7} "
+            f"{sum(o.failure in ('liveness', 'error') for o in bad):>9} "
+            f"{sum(o.simulated_ms for o in outcomes) / 1000:>8.1f} "
+            f"{time.monotonic() - started:>7.1f}"
+        )
+    for name, o in failed[:10]:
+        typer.echo(f"FAILED {name or 'none'} {_line(o)}")
+    if failed:
+        name, first = failed[0]
+        flags = " ".join(
+            x
+            for x in (
+                f"--n {n} --txs {txs} --faults {faults} --liars {liars}",
+                "--partition" if partition else "",
+                "--crash" if crash else "",
+                f"--byzantine {name}" if name else "",
+            )
+            if x
+        )
+        typer.echo(f"replay: consortium sim {flags} --trace {first.seed}")
+        raise typer.Exit(EXIT_FAILED)
+
+
+def _line(o: Outcome) -> str:
+    status = "ok" if o.ok else f"{o.failure}: {o.message}"
+    return (
+        f"seed {o.seed}: {status} ({o.simulated_ms / 1000:.1f} s simulated, {o.steps} steps, "
+        f"{o.sent} messages, {o.dropped} dropped, heights {o.heights}, views {o.views})"
+    )
