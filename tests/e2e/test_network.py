@@ -79,8 +79,8 @@ def test_a_backup_killed_under_load_leaves_three_committing_and_reopens_intact(
     after = trio.run(heights, genesis, [0, 1, 2])
     assert min(after.values()) > min(before.values())
 
-    # Restarted, n4 reopens its store intact (catching up is a later issue): it serves status
-    # at the height it had durably reached, and its ledger verifies.
+    # Restarted, n4 reopens its store intact: it serves status at least at the height it had
+    # durably reached (it then catches up by state transfer), and its ledger verifies.
     n4 = network.homes[3]
     killed_height = len(block_hashes(n4, genesis)) - 1
     network.start("n4")
@@ -98,7 +98,9 @@ def test_a_backup_killed_under_load_leaves_three_committing_and_reopens_intact(
     result = cli("ledger", "verify", "--home", str(n4))
     assert result.returncode == 0, result.stderr + result.stdout
     survivors = block_hashes(network.homes[0], genesis)
-    assert block_hashes(n4, genesis) == survivors[: killed_height + 1]
+    mine = block_hashes(n4, genesis)
+    assert len(mine) >= killed_height + 1
+    assert mine == survivors[: len(mine)]
 
 
 def test_the_cli_submits_reads_and_shows_status(network: LocalNetwork) -> None:
