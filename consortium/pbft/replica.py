@@ -864,7 +864,15 @@ class PbftReplica:
             self._messages.append(Outbound(self.primary, encode(batch)))
 
     def _behind_committed(self) -> bool:
-        return self._highest_accepted > self._last_committed
+        """An accepted batch (or a re-issued one awaiting its batch) not committed yet."""
+        if self._highest_accepted <= self._last_committed:
+            return False
+        return any(
+            (slot.preprepare is not None or slot.reissued is not None)
+            and not slot.committed_local
+            and slot.seq > self._last_committed
+            for slot in self._log.window_slots()
+        )
 
     # --- view change: VIEW-CHANGE -----------------------------------------------------------
 
@@ -1097,7 +1105,12 @@ class PbftReplica:
                 self._fill_batch(slot, pp.proposed_ms, pp.digest, txs)
             else:
                 self._want(pp.digest)
-        self._highest_accepted = max(self._highest_accepted, self._last_committed, plan.max_s)
+        # Batches of the old view that the new one does not re-issue are gone: what is accepted
+        # now is only what the NEW-VIEW re-issued (or what we committed).
+        self._highest_accepted = max(
+            self._last_committed,
+            max((slot.seq for slot in self._log.window_slots() if slot.preprepare), default=0),
+        )
         self._next_seq = max(plan.max_s, low, self._last_committed) + 1
         for s in [s for s in self._vcs if self._vcs[s].view <= self.view]:
             del self._vcs[s]

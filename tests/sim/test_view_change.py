@@ -284,3 +284,21 @@ def test_regression_a_restarted_member_of_an_idle_network_catches_up(seed: int) 
     # 1012 (n = 7, cascade): the two restarted members came back to an idle network, heard
     # of no newer block and stayed behind until a start-up probe of f+1 peers was added.
     check_after(run(seed, 7, txs=60, during=cascade))
+
+
+def random_member_bounces(cluster: SimCluster, submitted: int) -> None:
+    if submitted >= 30 and _once(cluster, "bounce"):
+        victim = cluster.rng.randrange(cluster.n)
+        cluster.crash(victim)
+        cluster.run_until(cluster.now_ms + cluster.rng.randint(20, 400))
+        cluster.restart(victim)
+
+
+@pytest.mark.parametrize("seed", [4, 13, 14, 18])
+def test_regression_an_idle_network_does_not_change_views(seed: int) -> None:
+    # Found in review: batches accepted in an old view and not re-issued by the NEW-VIEW were
+    # still counted as work in the new one, so an idle network changed views forever.
+    cluster = run(seed, txs=60, partition=True, during=random_member_bounces)
+    before = [node.replica.view_changes for node in cluster.nodes]
+    cluster.run_until(cluster.now_ms + 60_000)
+    assert [node.replica.view_changes for node in cluster.nodes] == before
