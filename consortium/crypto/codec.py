@@ -120,3 +120,9 @@ def as_str(v: Any, what: str = "value", *, max_len: int = 256) -> str:
     if len(v) > max_len:
         raise WireFormatError(f"{what}: string longer than {max_len}")
     return v
+
+
+def as_bool(v: Any, what: str = "value") -> bool:
+    if not isinstance(v, bool):
+        raise WireFormatError(f"{what}: expected a boolean")
+    return v

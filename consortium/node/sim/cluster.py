@@ -50,7 +50,7 @@ from consortium.crypto.signing import (
 )
 from consortium.ledger.block import BlockHeader, genesis_block, genesis_state_root
 from consortium.ledger.certificates import CheckpointCertificate
-from consortium.ledger.genesis import Client, Genesis, Member, Params
+from consortium.ledger.genesis import Client, Genesis, Member, Mode, Params
 from consortium.ledger.state import KeyValueState, build_block
 from consortium.ledger.tx import Put, Transaction
 from consortium.node.sim.checkers import SafetyChecker, check_converged
@@ -128,11 +128,11 @@ def member_keys(n: int) -> tuple[KeyPair, ...]:
     return tuple(KeyPair.from_seed(hashlib.sha256(b"sim-member-%d" % i).digest()) for i in range(n))
 
 
-def sim_genesis(n: int, params: Params = SIM_PARAMS) -> Genesis:
+def sim_genesis(n: int, params: Params = SIM_PARAMS, mode: Mode = "pbft") -> Genesis:
     client = KeyPair.from_seed(CLIENT_SEED)
     genesis = Genesis(
         chain_name="sim",
-        mode="pbft",
+        mode=mode,
         created_ms=EPOCH_MS,
         members=tuple(
             Member(i, f"n{i + 1}", k.public, f"127.0.0.1:{7000 + i}", f"127.0.0.1:{8000 + i}")

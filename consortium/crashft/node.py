@@ -1,0 +1,1373 @@
+"""The Raft node as a pure state machine (Ongaro & Ousterhout, USENIX ATC 2014; Ongaro's
+thesis 2014), run the way etcd runs it: PreVote and CheckQuorum, pipelined AppendEntries with
+flow control, leadership transfer, ReadIndex, log compaction with snapshot install.
+
+Theory of operation
+-------------------
+Events in, effects out, exactly like the PBFT core (DESIGN "Sans-IO consensus cores"):
+
+    node.tick(mono_ms, wall_ms)   timers; wall time stamps proposals
+    node.receive(sender, msg)     a decoded peer message (or its frame); never raises
+    node.propose(tx)              a client transaction; the leader checks it with tx_ok
+    node.read(read_id)            a linearizable read: released as a ReadState(index) when safe
+    node.transfer_leadership(to)  maintenance: hand leadership to `to`
+    ready = node.take_ready()     persist ready.records (one fsync), then send ready.messages,
+                                  then apply ready.committed / ready.install in order,
+                                  reporting each with entry_applied() / installed()
+
+Roles. A follower whose randomised election timer ([E, 2E)) fires first runs a PreVote round
+for term+1 without changing its term; only a majority of "I would vote for you" answers make it
+a candidate (term+1, vote for itself, durable before the requests leave). So a node that was
+partitioned or restarted cannot depose a healthy leader. CheckQuorum: a leader that has not
+heard from a majority within E steps down; and a node that heard from a leader within E
+ignores vote requests (its lease), unless they come from a leadership transfer (TimeoutNow).
+
+Replication. Per follower a Progress in one of three states: PROBE (one AppendEntries at a
+time until the follower's log matches), REPLICATE (optimistic pipelining: up to inflight_max
+appends in flight, each at most append_bytes_max), SNAPSHOT (the entries it needs are
+compacted: it fetches blocks). A leader counts itself only for entries it has handed to the
+shell for its own fsync (the shell persists a Ready's records before anything else of it), and
+commits by counting only entries of its own term (Figure 8); it appends a no-op on election so
+earlier entries commit promptly.
+
+Entries and blocks. A batch entry is one block; the leader signs (chain id, term, index, batch
+digest) when it creates the entry, so the certificate travels inside the entry and every node
+stores the same one. A no-op makes no block: log index and height differ.
+
+Durability (records, keys below): the hard state (term, vote) and log entries are in the
+Ready's records, persisted before the messages that depend on them (vote grants, append
+acknowledgements) leave. Records are written from the final log state of a step, so a
+truncate-then-overwrite never deletes what it just wrote.
+
+    b"raft/hard"            [term, voted_for or -1]
+    b"raft/snap"            [index, term, height, block_hash]: the compaction point
+    b"raft/log/<index:8 BE>" entry.encode()
+
+Compaction and snapshots. Once the applied entries in the log exceed 2 x log_keep, the oldest
+are dropped (their effect is in the ledger) and the compaction point recorded. A follower that
+needs a compacted entry gets SNAPSHOT(index, term, height, block hash): it drops its
+uncommitted suffix and FETCHes the blocks it lacks from the leader in bounded chunks; the shell
+re-executes each and checks it reproduces the header the leader sent (hash chain and state
+root), and the node restarts its log at the snapshot. The ledger itself is the snapshot's
+application state: nothing but blocks is copied.
+
+Reads (ReadIndex, thesis §6.4). The leader serves a read only once an entry of its own term
+is committed; it notes the commit index, confirms it still leads with a heartbeat round whose
+context a majority echoes, and releases ReadState(read_id, index): the shell answers when its
+ledger has applied that index. A follower asks the leader for the index and waits the same way.
+A deposed leader in a minority never gathers the echoes (and steps down within E), so it
+answers no read.
+
+Clients may contact any node: a follower forwards transactions to the leader and forwards them
+again if they are not committed within 2E or the leader changes; clients retransmit too, and
+the ledger's replay protection makes a transaction execute at most once.
+
+Nothing here reads a clock, randomness, the network or the disk; randomness for election
+timeouts comes from a seed, and everything the node holds is bounded (pool_max, reads_max,
+inflight_max, log compaction).
+"""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from consortium.crashft import messages as m
+from consortium.crashft.log import RaftLog
+from consortium.crashft.messages import Entry, TransferredBlock
+from consortium.crypto.codec import (
+    WireFormatError,
+    as_bytes,
+    as_int,
+    as_list,
+    pack,
+    unpack_canonical,
+)
+from consortium.crypto.hashing import sha256
+from consortium.crypto.signing import Domain, Signer
+from consortium.ledger.certificates import raft_entry_body
+from consortium.ledger.genesis import Genesis, Params
+from consortium.ledger.tx import Transaction
+
+FOLLOWER = "follower"
+PRE_CANDIDATE = "pre-candidate"
+CANDIDATE = "candidate"
+LEADER = "leader"
+
+PROBE = "probe"
+REPLICATE = "replicate"
+SNAPSHOT = "snapshot"
+
+HARD_KEY = b"raft/hard"
+SNAP_KEY = b"raft/snap"
+LOG_PREFIX = b"raft/log/"
+
+
+def log_key(index: int) -> bytes:
+    return LOG_PREFIX + index.to_bytes(8, "big")
+
+
+class RecoveryError(Exception):
+    """Persisted Raft state that does not decode or does not fit together."""
+
+
+@dataclass(frozen=True, slots=True)
+class RaftConfig:
+    me: int
+    n: int
+    chain_id: bytes
+    params: Params
+    seed: bytes  # randomness for election timeouts (the core never draws its own)
+    election_ms: int = 1000  # E: election timeouts are drawn from [E, 2E)
+    heartbeat_ms: int = 100
+    pre_vote: bool = True
+    check_quorum: bool = True
+    inflight_max: int = 64  # appends in flight per follower (REPLICATE)
+    append_bytes_max: int = 1 << 20
+    append_entries_max: int = 256
+    uncommitted_max: int = 64  # entries past the commit index before the leader stops batching
+    log_keep: int = 512  # applied entries kept for slow followers; compaction above 2x this
+    pool_max: int = 50_000  # client transactions waiting (leader) or being forwarded
+    reads_max: int = 10_000
+    forward_batch_max: int = 512
+    blocks_per_fetch: int = 64
+
+    @property
+    def majority(self) -> int:
+        return self.n // 2 + 1
+
+    @classmethod
+    def from_genesis(cls, genesis: Genesis, me: int, seed: bytes, **overrides: Any) -> RaftConfig:
+        """E = params.request_timeout_ms (the one timeout genesis names), heartbeats at E/10."""
+        election = genesis.params.request_timeout_ms
+        config = cls(
+            me=me,
+            n=genesis.n,
+            chain_id=genesis.chain_id,
+            params=genesis.params,
+            seed=seed,
+            election_ms=election,
+            heartbeat_ms=max(1, election // 10),
+            append_bytes_max=min(1 << 20, genesis.params.frame_bytes_max // 4),
+        )
+        return replace(config, **overrides)
+
+
+@dataclass(slots=True)
+class RecoveredState:
+    """What the shell hands a restarting node: its records and its ledger's position."""
+
+    term: int = 0
+    voted_for: int | None = None
+    snap_index: int = 0
+    snap_term: int = 0
+    snap_height: int = 0
+    snap_hash: bytes = b""
+    entries: list[Entry] = field(default_factory=list)
+    applied_index: int = 0  # the raft index of the last block in the ledger
+    applied_term: int = 0
+    height: int = 0
+    block_hash: bytes = b""
+
+    @classmethod
+    def from_records(
+        cls,
+        records: list[tuple[bytes, bytes]],
+        params: Params,
+        *,
+        height: int,
+        block_hash: bytes,
+        last_block_point: tuple[int, int] | None,
+    ) -> RecoveredState:
+        """Parse what earlier Readys persisted (keys in order); `last_block_point` is the
+        (term, index) in the consensus metadata of the ledger's last block, if any."""
+        state = cls(height=height, block_hash=block_hash, snap_hash=block_hash)
+        entries: list[Entry] = []
+        for key, value in records:
+            try:
+                if key == HARD_KEY:
+                    a = as_list(unpack_canonical(value), 2, "raft hard state")
+                    state.term = as_int(a[0], "term")
+                    vote = as_int(a[1], "vote", lo=-1)
+                    state.voted_for = None if vote < 0 else vote
+                elif key == SNAP_KEY:
+                    a = as_list(unpack_canonical(value), 4, "raft snapshot point")
+                    state.snap_index = as_int(a[0], "index")
+                    state.snap_term = as_int(a[1], "term")
+                    state.snap_height = as_int(a[2], "height")
+                    state.snap_hash = as_bytes(a[3], "hash", size=32)
+                elif key.startswith(LOG_PREFIX):
+                    entries.append(Entry.decode(value, params))
+            except WireFormatError as exc:
+                raise RecoveryError(f"record {key!r} does not decode: {exc}") from None
+        entries = [e for e in entries if e.index > state.snap_index]
+        for k, e in enumerate(entries):
+            if e.index != state.snap_index + 1 + k:
+                raise RecoveryError(
+                    f"raft log records are not contiguous after index {state.snap_index}: "
+                    f"found {e.index} at position {k}"
+                )
+        state.entries = entries
+        if last_block_point is not None:
+            state.applied_term, state.applied_index = last_block_point
+        if state.snap_index > state.applied_index:
+            state.applied_index, state.applied_term = state.snap_index, state.snap_term
+        return state
+
+
+@dataclass(frozen=True, slots=True)
+class Outbound:
+    dest: int | None  # None: every other member
+    frame: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Serve:
+    """A follower installing a snapshot asked for blocks from_height..to_height: the shell
+    answers from its store (crashft.transfer.blocks_reply) with at most `count` blocks."""
+
+    peer: int
+    term: int
+    from_height: int
+    to_height: int
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReadState:
+    read_id: int
+    index: int  # answer once the ledger has applied this raft index
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    records: list[tuple[bytes, bytes | None]]
+    messages: list[Outbound]
+    committed: list[Entry]  # apply in order; report entry_applied() for each
+    install: list[TransferredBlock]  # re-execute, check, store; report installed()
+    serve: list[Serve]
+    reads: list[ReadState]
+    read_failures: list[tuple[int, str]]
+
+    def __bool__(self) -> bool:
+        return bool(
+            self.records
+            or self.messages
+            or self.committed
+            or self.install
+            or self.serve
+            or self.reads
+            or self.read_failures
+        )
+
+
+@dataclass(slots=True)
+class Progress:
+    """The leader's view of one follower (etcd's tracker.Progress)."""
+
+    match: int = 0
+    next: int = 1
+    state: str = PROBE
+    probe_sent: bool = False  # PROBE: one append outstanding; wait for a reply or heartbeat
+    inflight: deque[int] = field(default_factory=deque)  # last index of each append in flight
+    recent_active: bool = True
+    pending_snapshot: int = 0
+    snapshot_sent_ms: int = 0
+    last_progress_ms: int = 0
+    read_ctx: int = 0  # highest heartbeat context it echoed this term
+
+
+@dataclass(slots=True)
+class _Pending:
+    tx: Transaction
+    arrived_ms: int
+    forwarded_ms: int | None = None
+    forwards: int = 0
+
+
+@dataclass(slots=True)
+class _Install:
+    leader: int
+    index: int
+    index_term: int
+    height: int
+    block_hash: bytes
+    fetch_due_ms: int = 0
+    awaiting: bool = False
+
+
+@dataclass(slots=True)
+class _Read:
+    ctx: int
+    requester: int
+    read_id: int
+    index: int
+
+
+class RaftNode:
+    def __init__(
+        self,
+        config: RaftConfig,
+        signer: Signer,
+        *,
+        tx_ok: Callable[[Transaction], bool] = lambda tx: True,
+        recovered: RecoveredState | None = None,
+    ) -> None:
+        assert 0 <= config.me < config.n
+        self.config = config
+        self.me = config.me
+        self.n = config.n
+        self._signer = signer
+        self._tx_ok = tx_ok
+        rec = recovered or RecoveredState()
+        self.term = rec.term
+        self.voted_for = rec.voted_for
+        self.role = FOLLOWER
+        self.leader: int | None = None
+        self.log = RaftLog(rec.snap_index, rec.snap_term)
+        for e in rec.entries:
+            self.log.append(e)
+        self.applied = rec.applied_index
+        if self.applied > self.log.last_index:
+            # The ledger is ahead of the log (entries compacted by a crash between writes
+            # cannot be, but a fresh snapshot install can): restart the log at the ledger.
+            self.log.restore(self.applied, rec.applied_term)
+        self.commit = self.applied
+        self.height = rec.height
+        self.block_hash = rec.block_hash
+        self._snap_height = rec.snap_height if rec.snap_index else 0
+        self._snap_hash = rec.snap_hash
+        # (height, hash) after each applied entry still in the log: compaction points
+        self._points: dict[int, tuple[int, bytes]] = {}
+        self._disk_first = self.log.first_index
+        self._disk_last = self.log.last_index
+        self._dirty_from: int | None = None
+        self._hard_dirty = False
+        self._snap_dirty = False
+
+        self._now = 0
+        self._wall = 0
+        self._started = False
+        self._election_deadline = 0
+        self._heartbeat_due = 0
+        self._check_quorum_due = 0
+        self._last_leader_contact: int | None = None
+        self._rng_counter = 0
+
+        self._votes: dict[int, bool] = {}
+        self._progress: dict[int, Progress] = {}
+        self._stable_last = self.log.last_index
+        self._transferee: int | None = None
+        self._transfer_deadline = 0
+        self._commit_dirty = False
+
+        self._pool: dict[bytes, _Pending] = {}
+        self._uncommitted_ids: set[bytes] = set()
+        self._install: _Install | None = None
+
+        self._read_ctx = 0
+        self._reads: deque[_Read] = deque()
+        self._reads_unready: deque[tuple[int, int]] = deque()  # (requester, read_id)
+        self._read_heartbeat = False
+        self._forwarded_reads: set[int] = set()
+
+        self._out: list[Outbound] = []
+        self._install_out: list[TransferredBlock] = []
+        self._serve: list[Serve] = []
+        self._ready_reads: list[ReadState] = []
+        self._read_failures: list[tuple[int, str]] = []
+
+        self.rejected: Counter[str] = Counter()
+        self.elections = 0
+        self.leader_changes = 0
+        self.step_downs: list[str] = []
+        self.blocks_installed = 0
+        self._install_problem = ""
+        self.last_election_reason = ""
+
+    # --- derived -----------------------------------------------------------------------------
+
+    @property
+    def is_leader(self) -> bool:
+        return self.role == LEADER
+
+    @property
+    def majority(self) -> int:
+        return self.config.majority
+
+    @property
+    def peers(self) -> range:
+        return range(self.n)
+
+    def _others(self) -> list[int]:
+        return [i for i in range(self.n) if i != self.me]
+
+    # --- input: time --------------------------------------------------------------------------
+
+    def tick(self, mono_ms: int, wall_ms: int) -> None:
+        self._now = mono_ms
+        self._wall = wall_ms
+        if not self._started:
+            self._started = True
+            self._reset_election_timer()
+            if self.n == 1:
+                self._campaign(pre=False)
+            return
+        if self.role == LEADER:
+            self._tick_leader()
+        else:
+            if self._now >= self._election_deadline:
+                self.last_election_reason = (
+                    f"no message from leader {self.leader} for an election timeout"
+                    if self.leader is not None
+                    else "no leader"
+                )
+                self._campaign(pre=self.config.pre_vote)
+            self._tick_follower()
+
+    def _tick_leader(self) -> None:
+        cfg = self.config
+        if self._now >= self._heartbeat_due:
+            self._broadcast_heartbeat()
+        if self._now >= self._check_quorum_due:
+            self._check_quorum_due = self._now + cfg.election_ms
+            active = 1 + sum(1 for p in self._others() if self._progress[p].recent_active)
+            if cfg.check_quorum and active < self.majority:
+                self.step_downs.append(
+                    f"term {self.term}: heard from {active} of {self.n} members within "
+                    f"{cfg.election_ms} ms (check quorum)"
+                )
+                del self.step_downs[:-8]
+                self._become_follower(self.term, None)
+                return
+            for p in self._others():
+                self._progress[p].recent_active = False
+        if self._transferee is not None and self._now >= self._transfer_deadline:
+            self._transferee = None
+        for p in self._others():
+            pr = self._progress[p]
+            if pr.state == SNAPSHOT and self._now - pr.snapshot_sent_ms >= cfg.election_ms:
+                self._send_snapshot(p)
+
+    def _tick_follower(self) -> None:
+        inst = self._install
+        if inst is not None and not inst.awaiting and self._now >= inst.fetch_due_ms:
+            self._fetch_blocks()
+
+    def _random_below(self, k: int) -> int:
+        self._rng_counter += 1
+        h = sha256(self.config.seed + self._rng_counter.to_bytes(8, "big"))
+        return int.from_bytes(h[:8], "big") % max(1, k)
+
+    def _reset_election_timer(self) -> None:
+        e = self.config.election_ms
+        self._election_deadline = self._now + e + self._random_below(e)
+
+    # --- input: messages ----------------------------------------------------------------------
+
+    def receive(self, sender: int, msg: m.Message | bytes) -> None:
+        if not 0 <= sender < self.n or sender == self.me:
+            self.rejected["unknown_sender"] += 1
+            return
+        if isinstance(msg, bytes):
+            try:
+                msg = m.decode(msg, self.config.params)
+            except WireFormatError:
+                self.rejected["malformed"] += 1
+                return
+        term = getattr(msg, "term", None)
+        if term is not None and not self._term_gate(sender, msg, term):
+            return
+        match msg:
+            case m.Vote():
+                self._on_vote(sender, msg)
+            case m.VoteReply():
+                self._on_vote_reply(sender, msg)
+            case m.Append():
+                self._on_append(sender, msg)
+            case m.AppendReply():
+                self._on_append_reply(sender, msg)
+            case m.Heartbeat():
+                self._on_heartbeat(sender, msg)
+            case m.HeartbeatReply():
+                self._on_heartbeat_reply(sender, msg)
+            case m.Snapshot():
+                self._on_snapshot(sender, msg)
+            case m.Fetch():
+                self._on_fetch(sender, msg)
+            case m.Blocks():
+                self._on_blocks(sender, msg)
+            case m.TimeoutNow():
+                self._on_timeout_now(sender, msg)
+            case m.Forward():
+                self._on_forward(sender, msg)
+            case m.Read():
+                self._on_read(sender, msg)
+            case m.ReadReply():
+                self._on_read_reply(sender, msg)
+
+    def _in_lease(self) -> bool:
+        if not self.config.check_quorum:
+            return False
+        if self.role == LEADER:
+            return True
+        return (
+            self.leader is not None
+            and self._last_leader_contact is not None
+            and self._now - self._last_leader_contact < self.config.election_ms
+        )
+
+    def _term_gate(self, sender: int, msg: m.Message, term: int) -> bool:
+        """etcd's Step preamble: what a message's term does to us, and whether to go on."""
+        if term > self.term:
+            if isinstance(msg, m.Vote):
+                if not msg.transfer and self._in_lease():
+                    self.rejected["vote_in_lease"] += 1
+                    return False
+                if msg.prevote:
+                    return True  # a PreVote never changes our term
+            if isinstance(msg, m.VoteReply) and msg.prevote and msg.granted:
+                return True  # granted at the term the candidate asked about
+            self._become_follower(term, sender if isinstance(msg, m.FROM_LEADER) else None)
+            return True
+        if term < self.term:
+            if isinstance(msg, m.Append | m.Heartbeat) and (
+                self.config.pre_vote or self.config.check_quorum
+            ):
+                # A stale leader (or one that missed our term bump): tell it our term.
+                self._send(sender, m.AppendReply(self.term, False, 0, 0))
+            elif isinstance(msg, m.Vote) and msg.prevote:
+                self._send(sender, m.VoteReply(self.term, False, True))
+            self.rejected["stale_term"] += 1
+            return False
+        return True
+
+    # --- elections ----------------------------------------------------------------------------
+
+    def _become_follower(self, term: int, leader: int | None) -> None:
+        was_leader = self.role == LEADER
+        if term != self.term:
+            self.term = term
+            self.voted_for = None
+            self._hard_dirty = True
+        self.role = FOLLOWER
+        if leader != self.leader:
+            self.leader_changes += 1
+            self._reforward_all()
+        self.leader = leader
+        if leader is not None:
+            self._last_leader_contact = self._now
+        self._reset_election_timer()
+        if was_leader:
+            self._stop_leading()
+        if self._install is not None and self._install.leader != leader:
+            self._install = None
+
+    def _stop_leading(self) -> None:
+        self._progress.clear()
+        self._transferee = None
+        for r in self._reads:
+            self._fail_read(r.requester, r.read_id, "leadership lost")
+        for requester, read_id in self._reads_unready:
+            self._fail_read(requester, read_id, "leadership lost")
+        self._reads.clear()
+        self._reads_unready.clear()
+        # Transactions of our uncommitted entries may be lost with them: keep them, and
+        # forward them to the next leader if they are not committed within 2E.
+        for index in range(self.commit + 1, self.log.last_index + 1):
+            for tx in self.log.entry(index).txs:
+                if tx.id not in self._pool and len(self._pool) < self.config.pool_max:
+                    self._pool[tx.id] = _Pending(tx, self._now, forwarded_ms=self._now, forwards=1)
+        self._uncommitted_ids.clear()
+
+    def _campaign(self, *, pre: bool, transfer: bool = False) -> None:
+        self.elections += 1
+        self._votes = {self.me: True}
+        self.leader = None
+        self._reset_election_timer()
+        if pre:
+            self.role = PRE_CANDIDATE
+            term = self.term + 1
+        else:
+            self.role = CANDIDATE
+            self.term += 1
+            self.voted_for = self.me
+            self._hard_dirty = True
+            term = self.term
+        if self._tally():
+            return
+        vote = m.Vote(term, self.log.last_index, self.log.last_term, pre, transfer)
+        self._send(None, vote)
+
+    def _tally(self) -> bool:
+        """Act on the votes so far; True if the election is decided."""
+        granted = sum(1 for v in self._votes.values() if v)
+        rejected = sum(1 for v in self._votes.values() if not v)
+        if granted >= self.majority:
+            if self.role == PRE_CANDIDATE:
+                self._campaign(pre=False)
+            else:
+                self._become_leader()
+            return True
+        if rejected >= self.majority:
+            self._become_follower(self.term, None)
+            return True
+        return False
+
+    def _on_vote(self, sender: int, msg: m.Vote) -> None:
+        can_vote = (
+            self.voted_for == sender
+            or (self.voted_for is None and self.leader is None)
+            or (msg.prevote and msg.term > self.term)
+        )
+        if can_vote and self.log.up_to_date(msg.last_index, msg.last_term):
+            self._send(sender, m.VoteReply(msg.term, True, msg.prevote))
+            if not msg.prevote:
+                self.voted_for = sender
+                self._hard_dirty = True
+                self._reset_election_timer()
+        else:
+            self._send(sender, m.VoteReply(self.term, False, msg.prevote))
+
+    def _on_vote_reply(self, sender: int, msg: m.VoteReply) -> None:
+        if self.role == PRE_CANDIDATE and msg.prevote and msg.term == self.term + 1:
+            self._votes[sender] = msg.granted
+            self._tally()
+        elif self.role == PRE_CANDIDATE and msg.prevote and not msg.granted:
+            self._votes[sender] = False
+            self._tally()
+        elif self.role == CANDIDATE and not msg.prevote and msg.term == self.term:
+            self._votes[sender] = msg.granted
+            self._tally()
+
+    def _become_leader(self) -> None:
+        assert self.role == CANDIDATE or self.n == 1
+        self.role = LEADER
+        if self.leader != self.me:
+            self.leader_changes += 1
+        self.leader = self.me
+        self._install = None
+        self._progress = {
+            p: Progress(next=self.log.last_index + 1, last_progress_ms=self._now)
+            for p in self._others()
+        }
+        self._check_quorum_due = self._now + self.config.election_ms
+        self._read_ctx = 0
+        self._uncommitted_ids = {
+            tx.id
+            for i in range(self.commit + 1, self.log.last_index + 1)
+            for tx in self.log.entry(i).txs
+        }
+        # Transactions we were forwarding are ours to order now.
+        for pending in self._pool.values():
+            pending.forwarded_ms = None
+        self.log.append(Entry(self.term, self.log.last_index + 1))  # the no-op (§8)
+        self._mark_dirty(self.log.last_index)
+        for p in self._others():
+            self._send_append(p, allow_empty=True)
+        self._heartbeat_due = self._now + self.config.heartbeat_ms
+
+    def _on_timeout_now(self, sender: int, msg: m.TimeoutNow) -> None:
+        if self.role == LEADER or sender != self.leader:
+            self.rejected["timeout_now_not_from_leader"] += 1
+            return
+        self.last_election_reason = f"leadership transferred by {sender}"
+        self._campaign(pre=False, transfer=True)
+
+    # --- replication: leader side -------------------------------------------------------------
+
+    def _send_append(self, peer: int, *, allow_empty: bool = False) -> bool:
+        """Send what `peer` needs next, within flow control; True if something was sent."""
+        cfg = self.config
+        pr = self._progress[peer]
+        if pr.state == SNAPSHOT:
+            return False
+        if pr.state == PROBE and pr.probe_sent:
+            return False
+        if pr.state == REPLICATE and len(pr.inflight) >= cfg.inflight_max:
+            return False
+        prev = pr.next - 1
+        prev_term = self.log.term_at(prev)
+        if prev_term is None:
+            if prev < self.log.snap_index:
+                self._send_snapshot(peer)
+                return True
+            prev = self.log.last_index  # next ran past our log (cannot, but be safe)
+            pr.next = prev + 1
+            prev_term = self.log.last_term
+        entries: list[Entry] = []
+        if pr.next <= self.log.last_index:
+            entries = self.log.slice(
+                pr.next, self.log.last_index, cfg.append_bytes_max, cfg.append_entries_max
+            )
+        if not entries and not allow_empty:
+            return False
+        commit = self.commit
+        self._send(peer, m.Append(self.term, prev, prev_term, commit, tuple(entries)))
+        if pr.state == REPLICATE and entries:
+            pr.next = entries[-1].index + 1
+            pr.inflight.append(entries[-1].index)
+        elif pr.state == PROBE:
+            pr.probe_sent = True
+        return True
+
+    def _send_snapshot(self, peer: int) -> None:
+        pr = self._progress[peer]
+        pr.state = SNAPSHOT
+        pr.pending_snapshot = self.log.snap_index
+        pr.snapshot_sent_ms = self._now
+        pr.inflight.clear()
+        self._send(
+            peer,
+            m.Snapshot(
+                self.term,
+                self.log.snap_index,
+                self.log.snap_term,
+                self._snap_height,
+                self._snap_hash,
+            ),
+        )
+
+    def _replicate(self, peer: int) -> None:
+        pr = self._progress[peer]
+        if pr.state == REPLICATE:
+            while pr.next <= self.log.last_index and self._send_append(peer):
+                pass
+        else:
+            self._send_append(peer)
+
+    def _on_append_reply(self, sender: int, msg: m.AppendReply) -> None:
+        if self.role != LEADER:
+            return
+        pr = self._progress[sender]
+        pr.recent_active = True
+        if msg.success:
+            if msg.index > self.log.last_index:
+                self.rejected["append_reply_beyond_log"] += 1
+                return
+            if msg.index > pr.match:
+                pr.match = msg.index
+                pr.last_progress_ms = self._now
+            pr.next = max(pr.next, pr.match + 1)
+            while pr.inflight and pr.inflight[0] <= msg.index:
+                pr.inflight.popleft()
+            if pr.state == PROBE or (pr.state == SNAPSHOT and pr.match >= pr.pending_snapshot):
+                pr.state = REPLICATE
+                pr.next = pr.match + 1
+                pr.inflight.clear()
+            pr.probe_sent = False
+            if self._maybe_commit():
+                self._commit_dirty = True
+            self._replicate(sender)
+            if sender == self._transferee and pr.match == self.log.last_index:
+                self._send(sender, m.TimeoutNow(self.term))
+            return
+        # A rejection: msg.index is the prev_index it refused, msg.hint its last index.
+        if pr.state == REPLICATE:
+            if msg.index <= pr.match:
+                return  # stale
+            pr.state = PROBE
+            pr.next = pr.match + 1
+            pr.inflight.clear()
+        elif pr.state == PROBE:
+            if msg.index != pr.next - 1:
+                return  # stale
+            pr.next = max(min(msg.index, msg.hint + 1), pr.match + 1)
+        else:
+            return
+        pr.probe_sent = False
+        self._send_append(sender)
+
+    def _maybe_commit(self) -> bool:
+        """Commit by counting, only entries of our own term (Figure 8); we count ourselves
+        for what we handed to our own fsync."""
+        matches = sorted(
+            [self._stable_last] + [self._progress[p].match for p in self._others()],
+            reverse=True,
+        )
+        candidate = matches[self.majority - 1]
+        if candidate > self.commit and self.log.term_at(candidate) == self.term:
+            self.commit = candidate
+            return True
+        return False
+
+    def _broadcast_heartbeat(self) -> None:
+        self._heartbeat_due = self._now + self.config.heartbeat_ms
+        if self._reads or self._read_heartbeat:
+            self._read_ctx += 1
+            self._read_heartbeat = False
+        for p in self._others():
+            pr = self._progress[p]
+            commit = min(pr.match, self.commit)
+            self._send(p, m.Heartbeat(self.term, commit, self._read_ctx))
+
+    def _on_heartbeat_reply(self, sender: int, msg: m.HeartbeatReply) -> None:
+        if self.role != LEADER:
+            return
+        pr = self._progress[sender]
+        pr.recent_active = True
+        if msg.ctx > pr.read_ctx:
+            pr.read_ctx = min(msg.ctx, self._read_ctx)
+            self._release_reads()
+        if pr.match < self.log.last_index:
+            if pr.state == PROBE:
+                pr.probe_sent = False
+            elif (
+                pr.state == REPLICATE
+                and self._now - pr.last_progress_ms >= 2 * self.config.heartbeat_ms
+            ):
+                # Appends were lost (a real network drops them when a connection breaks):
+                # go back to probing from what it acknowledged.
+                pr.state = PROBE
+                pr.next = pr.match + 1
+                pr.inflight.clear()
+                pr.probe_sent = False
+            self._send_append(sender)
+
+    # --- replication: follower side -----------------------------------------------------------
+
+    def _heard_from_leader(self, sender: int) -> None:
+        if self.role != FOLLOWER or self.leader != sender:
+            self._become_follower(self.term, sender)
+        self._last_leader_contact = self._now
+        self._reset_election_timer()
+
+    def _on_append(self, sender: int, msg: m.Append) -> None:
+        self._heard_from_leader(sender)
+        prev, prev_term, entries = msg.prev_index, msg.prev_term, msg.entries
+        if prev < self.commit:
+            # Everything up to our commit index is committed and so identical: skip it.
+            skip = self.commit - prev
+            if skip >= len(entries):
+                self._send(sender, m.AppendReply(self.term, True, self.commit, 0))
+                return
+            entries = entries[skip:]
+            prev = self.commit
+            term = self.log.term_at(prev)
+            assert term is not None
+            prev_term = term
+        have = self.log.term_at(prev)
+        if have is None or have != prev_term:
+            hint = self.log.last_index
+            if have is not None:
+                # etcd's findConflictByTerm: the last index whose term is <= prev_term
+                hint = min(prev - 1, self.log.last_index)
+                while hint > self.commit:
+                    t = self.log.term_at(hint)
+                    if t is None or t <= prev_term:
+                        break
+                    hint -= 1
+            self._send(sender, m.AppendReply(self.term, False, msg.prev_index, hint))
+            self.rejected["append_mismatch"] += 1
+            return
+        changed = self.log.merge(prev, entries)
+        if changed is not None:
+            if changed <= self.commit:
+                self.rejected["append_rewrites_committed"] += 1  # cannot happen with honest peers
+            self._mark_dirty(changed)
+        last_new = prev + len(entries)
+        self.commit = max(self.commit, min(msg.commit, last_new))
+        self._send(sender, m.AppendReply(self.term, True, last_new, 0))
+
+    def _on_heartbeat(self, sender: int, msg: m.Heartbeat) -> None:
+        self._heard_from_leader(sender)
+        self.commit = max(self.commit, min(msg.commit, self.log.last_index))
+        self._send(sender, m.HeartbeatReply(self.term, msg.ctx))
+
+    def _mark_dirty(self, index: int) -> None:
+        if self._dirty_from is None or index < self._dirty_from:
+            self._dirty_from = index
+
+    # --- snapshots ----------------------------------------------------------------------------
+
+    def _on_snapshot(self, sender: int, msg: m.Snapshot) -> None:
+        self._heard_from_leader(sender)
+        if msg.index <= self.commit:
+            self._send(sender, m.AppendReply(self.term, True, self.commit, 0))
+            return
+        if self.log.term_at(msg.index) == msg.index_term:
+            self.commit = msg.index  # we hold it: fast-forward
+            self._send(sender, m.AppendReply(self.term, True, msg.index, 0))
+            return
+        if msg.height < self.height:
+            self.rejected["snapshot_below_ledger"] += 1
+            return
+        inst = self._install
+        if inst is not None and inst.index == msg.index and inst.leader == sender:
+            return  # already installing it
+        # Entries past our commit index disagree with the leader's compacted log somewhere at
+        # or before msg.index, so none of them can ever commit: drop them.
+        if self.log.last_index > self.commit:
+            self.log.truncate_from(self.commit + 1)
+            self._mark_dirty(self.commit + 1)
+        self._install = _Install(sender, msg.index, msg.index_term, msg.height, msg.block_hash)
+        self._fetch_blocks()
+
+    def _fetch_blocks(self) -> None:
+        inst = self._install
+        assert inst is not None
+        inst.fetch_due_ms = self._now + self.config.election_ms
+        if self.height >= inst.height:
+            self._finish_install()
+            return
+        self._send(inst.leader, m.Fetch(self.term, self.height + 1, inst.height))
+
+    def _on_fetch(self, sender: int, msg: m.Fetch) -> None:
+        if self.role != LEADER or msg.term != self.term:
+            self.rejected["fetch_not_leader"] += 1
+            return
+        if msg.from_height > msg.to_height or msg.from_height > self.height + 1:
+            self.rejected["fetch_out_of_range"] += 1
+            return
+        if any(s.peer == sender for s in self._serve):
+            return
+        self._serve.append(
+            Serve(
+                sender,
+                self.term,
+                msg.from_height,
+                min(msg.to_height, self.height),
+                self.config.blocks_per_fetch,
+            )
+        )
+
+    def _on_blocks(self, sender: int, msg: m.Blocks) -> None:
+        inst = self._install
+        if inst is None or sender != inst.leader or inst.awaiting:
+            self.rejected["blocks_unexpected"] += 1
+            return
+        self._last_leader_contact = self._now
+        self._reset_election_timer()
+        want = self.height + 1
+        blocks: list[TransferredBlock] = []
+        for b in msg.blocks:
+            if b.header.height != want + len(blocks) or b.header.height > inst.height:
+                break
+            blocks.append(b)
+        if not blocks:
+            self.rejected["blocks_not_next"] += 1
+            return
+        inst.awaiting = True
+        self._install_out.extend(blocks)
+
+    def installed(self, height: int, block_hash: bytes, term: int, index: int) -> None:
+        """The shell re-executed and stored a transferred block at `height`, whose consensus
+        metadata says (term, index)."""
+        self.height, self.block_hash = height, block_hash
+        self.blocks_installed += 1
+        if index > self.applied:
+            if self.log.term_at(index) != term:
+                self.log.restore(index, term)
+                self._points.clear()
+                self._mark_dirty(index + 1)
+                self._snap_height, self._snap_hash = height, block_hash
+                self._snap_dirty = True
+            self.applied = index
+            self.commit = max(self.commit, index)
+        self._points[index] = (height, block_hash)
+        inst = self._install
+        if inst is not None:
+            inst.awaiting = False
+            inst.fetch_due_ms = 0  # fetch the next chunk now
+
+    def install_failed(self, reason: str) -> None:
+        """A transferred block did not reproduce its header: try again later."""
+        self.rejected["install_failed"] += 1
+        if self._install is not None:
+            self._install.awaiting = False
+            self._install.fetch_due_ms = self._now + self.config.election_ms
+        self._install_problem = reason
+
+    def _finish_install(self) -> None:
+        inst = self._install
+        assert inst is not None
+        self._install = None
+        if self.height != inst.height or self.block_hash != inst.block_hash:
+            self.rejected["install_mismatch"] += 1
+            return
+        if self.log.term_at(inst.index) != inst.index_term:
+            self.log.restore(inst.index, inst.index_term)
+            self._points.clear()
+            self._mark_dirty(inst.index + 1)
+        self._snap_height, self._snap_hash = inst.height, inst.block_hash
+        self._snap_dirty = True
+        self.applied = max(self.applied, inst.index)
+        self.commit = max(self.commit, inst.index)
+        self._send(inst.leader, m.AppendReply(self.term, True, inst.index, 0))
+
+    # --- transactions -------------------------------------------------------------------------
+
+    def propose(self, tx: Transaction) -> bool:
+        """Take a client transaction; False if the pool is full (the client should back off)."""
+        if tx.id in self._pool or tx.id in self._uncommitted_ids:
+            self.rejected["duplicate_tx"] += 1
+            return True
+        if len(self._pool) >= self.config.pool_max:
+            self.rejected["pool_full"] += 1
+            return False
+        self._pool[tx.id] = _Pending(tx, self._now)
+        return True
+
+    def _on_forward(self, sender: int, msg: m.Forward) -> None:
+        for tx in msg.txs:
+            if not self.propose(tx):
+                break
+
+    def _reforward_all(self) -> None:
+        for pending in self._pool.values():
+            if pending.forwarded_ms is not None:
+                pending.forwarded_ms = None
+
+    def _forward(self) -> None:
+        leader = self.leader
+        if leader is None or leader == self.me:
+            return
+        cfg = self.config
+        retry_before = self._now - 2 * cfg.election_ms
+        batch: list[Transaction] = []
+        dead: list[bytes] = []
+        for tx_id, pending in self._pool.items():
+            if pending.forwarded_ms is not None and pending.forwarded_ms > retry_before:
+                continue
+            if pending.forwards >= 4:
+                dead.append(tx_id)  # the client has retried elsewhere long since
+                continue
+            pending.forwarded_ms = self._now
+            pending.forwards += 1
+            batch.append(pending.tx)
+            if len(batch) >= cfg.forward_batch_max:
+                self._send(leader, m.Forward(tuple(batch)))
+                batch = []
+        if batch:
+            self._send(leader, m.Forward(tuple(batch)))
+        for tx_id in dead:
+            del self._pool[tx_id]
+            self.rejected["forward_gave_up"] += 1
+
+    def _maybe_batch(self) -> None:
+        cfg = self.config
+        params = cfg.params
+        if self.role != LEADER or self._transferee is not None:
+            return
+        while self._pool and self.log.last_index - self.commit < cfg.uncommitted_max:
+            idle = self.log.last_index == self.commit
+            oldest = next(iter(self._pool.values()))
+            if (
+                len(self._pool) < params.batch_txs_max
+                and not idle
+                and self._now - oldest.arrived_ms < params.batch_delay_ms
+            ):
+                return
+            txs: list[Transaction] = []
+            size = 0
+            while self._pool and len(txs) < params.batch_txs_max:
+                tx_id, pending = next(iter(self._pool.items()))
+                tx = pending.tx
+                if txs and size + tx.size > params.batch_bytes_max:
+                    break
+                del self._pool[tx_id]
+                if not self._tx_ok(tx):
+                    self.rejected["tx_not_ok"] += 1
+                    continue
+                txs.append(tx)
+                size += tx.size
+            if not txs:
+                continue
+            index = self.log.last_index + 1
+            proposed_ms = self._wall
+            entry = Entry(self.term, index, proposed_ms, self.me, b"", tuple(txs))
+            body = raft_entry_body(self.term, index, entry.digest, self.me)
+            signature = self._signer.sign(Domain.RAFT_ENTRY, self.config.chain_id, body)
+            entry = Entry(self.term, index, proposed_ms, self.me, signature, tuple(txs))
+            self.log.append(entry)
+            self._mark_dirty(index)
+            self._uncommitted_ids.update(t.id for t in txs)
+
+    # --- reads --------------------------------------------------------------------------------
+
+    def read(self, read_id: int) -> None:
+        """A linearizable read: released as ReadState(read_id, index) or failed with a reason."""
+        if self.role == LEADER:
+            self._leader_read(self.me, read_id)
+        elif self.leader is not None:
+            if len(self._forwarded_reads) >= self.config.reads_max:
+                self._read_failures.append((read_id, "overloaded: too many reads waiting"))
+                return
+            self._forwarded_reads.add(read_id)
+            self._send(self.leader, m.Read(read_id))
+        else:
+            self._read_failures.append((read_id, "no leader: an election is in progress"))
+
+    def read_abandoned(self, read_id: int) -> None:
+        """The shell gave up waiting (its timeout): forget a forwarded read."""
+        self._forwarded_reads.discard(read_id)
+
+    def _leader_read(self, requester: int, read_id: int) -> None:
+        if len(self._reads) + len(self._reads_unready) >= self.config.reads_max:
+            self._fail_read(requester, read_id, "overloaded: too many reads waiting")
+            return
+        if self.log.term_at(self.commit) != self.term:
+            self._reads_unready.append((requester, read_id))  # until our term commits
+            return
+        if self.n == 1:
+            self._release(requester, read_id, self.commit)
+            return
+        self._reads.append(_Read(self._read_ctx + 1, requester, read_id, self.commit))
+        self._read_heartbeat = True
+
+    def _release_reads(self) -> None:
+        ctxs = sorted(
+            [self._read_ctx] + [self._progress[p].read_ctx for p in self._others()], reverse=True
+        )
+        confirmed = ctxs[self.majority - 1]
+        while self._reads and self._reads[0].ctx <= confirmed:
+            r = self._reads.popleft()
+            self._release(r.requester, r.read_id, r.index)
+
+    def _release(self, requester: int, read_id: int, index: int) -> None:
+        if requester == self.me:
+            self._ready_reads.append(ReadState(read_id, index))
+        else:
+            self._send(requester, m.ReadReply(read_id, index, True))
+
+    def _fail_read(self, requester: int, read_id: int, reason: str) -> None:
+        if requester == self.me:
+            self._read_failures.append((read_id, reason))
+        else:
+            self._send(requester, m.ReadReply(read_id, 0, False))
+
+    def _on_read(self, sender: int, msg: m.Read) -> None:
+        if self.role != LEADER:
+            self._send(sender, m.ReadReply(msg.read_id, 0, False))
+            return
+        self._leader_read(sender, msg.read_id)
+
+    def _on_read_reply(self, sender: int, msg: m.ReadReply) -> None:
+        if msg.read_id not in self._forwarded_reads:
+            return
+        self._forwarded_reads.discard(msg.read_id)
+        if msg.ok:
+            self._ready_reads.append(ReadState(msg.read_id, msg.index))
+        else:
+            self._read_failures.append((msg.read_id, f"member {sender} is no longer the leader"))
+
+    # --- leadership transfer ------------------------------------------------------------------
+
+    def transfer_leadership(self, target: int) -> str | None:
+        """Start handing leadership to `target`; returns why not, or None."""
+        if self.role != LEADER:
+            return f"not the leader (leader: {self.leader})"
+        if not 0 <= target < self.n:
+            return f"no member {target}"
+        if target == self.me:
+            return "already the leader"
+        self._transferee = target
+        self._transfer_deadline = self._now + self.config.election_ms
+        pr = self._progress[target]
+        if pr.match == self.log.last_index:
+            self._send(target, m.TimeoutNow(self.term))
+        else:
+            self._replicate(target)
+        return None
+
+    # --- output -------------------------------------------------------------------------------
+
+    def _send(self, dest: int | None, msg: m.Message) -> None:
+        self._out.append(Outbound(dest, m.encode(msg)))
+
+    def entry_applied(self, index: int, height: int, block_hash: bytes) -> None:
+        """The shell applied the committed entry `index` (a no-op leaves height unchanged)."""
+        self.height, self.block_hash = height, block_hash
+        self._points[index] = (height, block_hash)
+
+    def take_ready(self) -> Ready:
+        if self.role == LEADER:
+            self._maybe_batch()
+        elif self.role == FOLLOWER:
+            self._forward()
+        self._maybe_compact()
+        records = self._records()
+        self._stable_last = self.log.last_index
+        if self.role == LEADER:
+            if self._maybe_commit():
+                self._commit_dirty = True
+            for p in self._others():
+                sent = False
+                if self._progress[p].state != SNAPSHOT:
+                    pr = self._progress[p]
+                    if pr.state == REPLICATE:
+                        while pr.next <= self.log.last_index and self._send_append(p):
+                            sent = True
+                    else:
+                        sent = self._send_append(p)
+                if self._commit_dirty and not sent:
+                    self._send_commit(p)
+            self._commit_dirty = False
+            if self._read_heartbeat:
+                self._broadcast_heartbeat()
+            if self._reads_unready and self.log.term_at(self.commit) == self.term:
+                waiting = list(self._reads_unready)
+                self._reads_unready.clear()
+                for requester, read_id in waiting:
+                    self._leader_read(requester, read_id)
+                if self._read_heartbeat:
+                    self._broadcast_heartbeat()
+        committed: list[Entry] = []
+        if self.commit > self.applied:
+            first = max(self.applied + 1, self.log.first_index)
+            for index in range(first, self.commit + 1):
+                e = self.log.entry(index)
+                committed.append(e)
+                for tx in e.txs:
+                    self._pool.pop(tx.id, None)
+                    self._uncommitted_ids.discard(tx.id)
+            self.applied = self.commit
+        if (
+            self._install is not None
+            and not self._install.awaiting
+            and self._install.fetch_due_ms == 0
+        ):
+            self._fetch_blocks()
+        if self._snap_dirty:
+            records.append(
+                (
+                    SNAP_KEY,
+                    pack(
+                        [
+                            self.log.snap_index,
+                            self.log.snap_term,
+                            self._snap_height,
+                            self._snap_hash,
+                        ]
+                    ),
+                )
+            )
+            self._snap_dirty = False
+        ready = Ready(
+            records=records,
+            messages=self._out,
+            committed=committed,
+            install=self._install_out,
+            serve=self._serve,
+            reads=self._ready_reads,
+            read_failures=self._read_failures,
+        )
+        self._out = []
+        self._install_out = []
+        self._serve = []
+        self._ready_reads = []
+        self._read_failures = []
+        return ready
+
+    def _send_commit(self, peer: int) -> None:
+        pr = self._progress[peer]
+        if pr.state == SNAPSHOT:
+            return
+        prev = pr.next - 1
+        prev_term = self.log.term_at(prev)
+        if prev_term is None:
+            return
+        self._send(peer, m.Append(self.term, prev, prev_term, self.commit, ()))
+
+    def _maybe_compact(self) -> None:
+        keep = self.config.log_keep
+        applied_in_log = self.applied - self.log.snap_index
+        if applied_in_log <= 2 * keep:
+            return
+        target = self.applied - keep
+        if self._dirty_from is not None:
+            target = min(target, self._dirty_from - 1)
+        best = max((i for i in self._points if i <= target), default=None)
+        if best is None or best <= self.log.snap_index:
+            return
+        self._snap_height, self._snap_hash = self._points[best]
+        self.log.compact_to(best)
+        self._points = {i: p for i, p in self._points.items() if i > best}
+        self._snap_dirty = True
+
+    def _records(self) -> list[tuple[bytes, bytes | None]]:
+        records: list[tuple[bytes, bytes | None]] = []
+        if self._hard_dirty:
+            vote = -1 if self.voted_for is None else self.voted_for
+            records.append((HARD_KEY, pack([self.term, vote])))
+            self._hard_dirty = False
+        # Compacted or restored: what is on disk at or below the compaction point goes.
+        snap = self.log.snap_index
+        if self._disk_first <= snap:
+            for i in range(self._disk_first, min(self._disk_last, snap) + 1):
+                records.append((log_key(i), None))
+            self._disk_first = snap + 1
+            self._disk_last = max(self._disk_last, snap)
+        if self._dirty_from is not None:
+            for i in range(max(self._dirty_from, self.log.first_index), self.log.last_index + 1):
+                records.append((log_key(i), self.log.entry(i).encode()))
+            for i in range(self.log.last_index + 1, self._disk_last + 1):
+                records.append((log_key(i), None))
+            self._disk_last = self.log.last_index
+            self._dirty_from = None
+        return records
+
+    # --- status -------------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        progress = {
+            str(p): {
+                "match": pr.match,
+                "next": pr.next,
+                "state": pr.state,
+                "recent_active": pr.recent_active,
+                "lag": max(0, self.log.last_index - pr.match),
+            }
+            for p, pr in sorted(self._progress.items())
+        }
+        return {
+            "mode": "raft",
+            "role": self.role,
+            "term": self.term,
+            "leader": self.leader,
+            "voted_for": self.voted_for,
+            "commit_index": self.commit,
+            "applied_index": self.applied,
+            "last_index": self.log.last_index,
+            "snapshot_index": self.log.snap_index,
+            "log_entries": len(self.log),
+            "progress": progress,
+            "transferring_to": self._transferee,
+            "pending_txs": len(self._pool),
+            "pending_reads": len(self._reads) + len(self._reads_unready),
+            "elections": self.elections,
+            "step_downs": list(self.step_downs),
+            "installing_snapshot": None
+            if self._install is None
+            else {"index": self._install.index, "height": self._install.height},
+            "waiting_for": self._waiting_for(),
+        }
+
+    def _waiting_for(self) -> str:
+        if self.role == PRE_CANDIDATE:
+            have = sum(1 for v in self._votes.values() if v)
+            return (
+                f"pre-vote for term {self.term + 1}: {have} of {self.majority} needed "
+                f"({self.last_election_reason})"
+            )
+        if self.role == CANDIDATE:
+            have = sum(1 for v in self._votes.values() if v)
+            return f"election for term {self.term}: {have} of {self.majority} votes"
+        if self._install is not None:
+            return (
+                f"installing snapshot: behind by {self._install.height - self.height} blocks, "
+                f"fetching from member {self._install.leader}"
+            )
+        if self.role == FOLLOWER and self.leader is None:
+            return "no leader known (waiting for an election)"
+        if self.role == LEADER:
+            behind = [p for p in self._others() if not self._progress[p].recent_active]
+            if 1 + (self.n - 1 - len(behind)) < self.majority:
+                return f"no quorum: members {', '.join(map(str, behind))} not responding"
+            if self.log.term_at(self.commit) != self.term:
+                return f"committing the first entry of term {self.term}"
+            if self._transferee is not None:
+                return f"transferring leadership to member {self._transferee}"
+        return ""

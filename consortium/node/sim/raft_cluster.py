@@ -1,0 +1,524 @@
+"""A simulated Raft cluster: n unmodified RaftNode cores over the seeded SimNetwork (delay,
+loss, duplication, reordering, partitions), on a simulated clock, with crashes that drop writes
+not yet fsynced and restarts from what was persisted. The same loop as the PBFT simulator
+(cluster.py): take the earliest event, deliver or tick, carry out the node's Ready the way the
+node runtime does (records to its store, then messages, then committed entries into its
+ledger with build_block, transferred blocks re-executed and checked with replay_block), then
+run the checkers.
+
+Checkers, after every step (RaftChecker):
+    election safety     at most one leader per term;
+    log matching        an (index, term) pair always names the same entry with the same
+                        predecessor term, checked on every entry any node persists (by
+                        induction: two logs that share an (index, term) are identical up to it);
+    leader completeness a node that becomes leader holds every entry committed anywhere;
+    state machine       committed entries agree by index, and applied ledgers (block hashes by
+                        height) are prefixes of each other; every transaction carries a valid
+                        client signature (real Ed25519, once per transaction);
+    reads               a ReadIndex read is never staler than what was applied anywhere when
+                        it was issued (linearizable reads).
+Liveness, at the end: after healing, every submitted transaction is in every ledger and the
+ledgers are identical.
+
+Clients send each transaction to one random node (followers forward to the leader) and, until
+it is in some ledger, send it again to another random node every client_retry_ms.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import random
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field, replace
+
+from consortium.crashft import messages as rm
+from consortium.crashft.messages import Entry, TransferredBlock
+from consortium.crashft.node import (
+    LEADER,
+    Outbound,
+    RaftConfig,
+    RaftNode,
+    ReadState,
+    RecoveredState,
+    Serve,
+)
+from consortium.crashft.transfer import blocks_reply, replay_block
+from consortium.crypto.codec import WireFormatError
+from consortium.crypto.signing import Ed25519Verifier
+from consortium.ledger.block import Block, BlockHeader, genesis_block, genesis_state_root
+from consortium.ledger.genesis import Params
+from consortium.ledger.state import Execution, KeyValueState, build_block
+from consortium.ledger.tx import Transaction
+from consortium.node.sim.checkers import SafetyChecker, SafetyViolation, check_converged
+from consortium.node.sim.cluster import EPOCH_MS, HmacSigner, member_keys, sim_genesis
+from consortium.node.sim.network import NetworkFaults, SimNetwork
+
+BROKEN_FSYNC_MS = 100
+RAFT_SIM_PARAMS = Params(
+    batch_txs_max=16,
+    batch_delay_ms=4,
+    checkpoint_interval=4,
+    window=16,
+    request_timeout_ms=300,  # E: election timeouts in [300, 600) ms, heartbeats every 30 ms
+)
+
+
+def raft_sim_config(config: RaftConfig) -> RaftConfig:
+    """Small limits so compaction, snapshots and flow control happen in every run."""
+    return replace(
+        config,
+        log_keep=8,
+        inflight_max=4,
+        uncommitted_max=8,
+        append_entries_max=8,
+        blocks_per_fetch=4,
+    )
+
+
+def describe(frame: bytes, params: Params) -> str:
+    try:
+        msg = rm.decode(frame, params)
+    except WireFormatError as exc:
+        return f"malformed ({str(exc)[:40]})"
+    parts = [type(msg).__name__.upper()]
+    for name in ("term", "prev_index", "index", "commit", "ctx", "from_height", "read_id"):
+        v = getattr(msg, name, None)
+        if v is not None:
+            parts.append(f"{name}={v}")
+    if isinstance(msg, rm.Append | rm.Forward):
+        parts.append(f"{len(getattr(msg, 'entries', getattr(msg, 'txs', ())))} items")
+    if isinstance(msg, rm.Vote):
+        parts.append("prevote" if msg.prevote else "vote")
+    if isinstance(msg, rm.VoteReply | rm.AppendReply):
+        ok = msg.granted if isinstance(msg, rm.VoteReply) else msg.success
+        parts.append("yes" if ok else "no")
+    return " ".join(parts)
+
+
+def _content(entry: Entry) -> bytes:
+    return hashlib.sha256(entry.encode()).digest()
+
+
+class RaftChecker:
+    """Raft's safety properties (paper Figure 3), checked incrementally as events happen."""
+
+    def __init__(self, n: int, clients: Collection[bytes]) -> None:
+        self.ledger = SafetyChecker(range(n), clients, Ed25519Verifier())
+        self._leaders: dict[int, int] = {}  # term -> leader
+        self._entries: dict[tuple[int, int], tuple[bytes, int | None]] = {}
+        self._committed: dict[int, tuple[int, bytes, int]] = {}  # index -> (term, content, node)
+        self.max_committed = 0
+        self.reads_checked = 0
+
+    def leader(self, node: int, term: int) -> None:
+        first = self._leaders.setdefault(term, node)
+        if first != node:
+            raise SafetyViolation(f"election safety: n{first + 1} and n{node + 1} lead term {term}")
+
+    def persisted(self, node: int, entry: Entry, prev_term: int | None) -> None:
+        key = (entry.index, entry.term)
+        seen = self._entries.setdefault(key, (_content(entry), prev_term))
+        if seen[0] != _content(entry):
+            raise SafetyViolation(
+                f"log matching: n{node + 1} holds a different entry at index {entry.index} term "
+                f"{entry.term}"
+            )
+        if prev_term is not None and seen[1] is not None and seen[1] != prev_term:
+            raise SafetyViolation(
+                f"log matching: n{node + 1}'s entry {entry.index} (term {entry.term}) follows "
+                f"term {prev_term}, another log has it after term {seen[1]}"
+            )
+
+    def committed(self, node: int, entry: Entry) -> None:
+        content = _content(entry)
+        first = self._committed.setdefault(entry.index, (entry.term, content, node))
+        if first[:2] != (entry.term, content):
+            raise SafetyViolation(
+                f"state machine safety: index {entry.index} applied as term {entry.term} by "
+                f"n{node + 1} and as term {first[0]} by n{first[2] + 1}"
+            )
+        self.max_committed = max(self.max_committed, entry.index)
+
+    def became_leader(self, node: int, raft: RaftNode) -> None:
+        """Leader completeness: every committed entry is in the new leader's log."""
+        log = raft.log
+        for index, (term, _, _) in self._committed.items():
+            if index <= log.snap_index:
+                continue  # compacted: applied by this node, so it is in its ledger
+            if log.term_at(index) != term:
+                raise SafetyViolation(
+                    f"leader completeness: n{node + 1} leads term {raft.term} without committed "
+                    f"entry {index} (term {term})"
+                )
+
+    def read(self, node: int, required: int, state: ReadState) -> None:
+        self.reads_checked += 1
+        if state.index < required:
+            raise SafetyViolation(
+                f"linearizable read: n{node + 1} released read {state.read_id} at index "
+                f"{state.index}, but index {required} was applied before it was issued"
+            )
+
+
+@dataclass
+class RaftSimNode:
+    index: int
+    raft: RaftNode
+    app: KeyValueState
+    head: BlockHeader
+    block_hashes: list[bytes]
+    blocks: list[TransferredBlock] = field(default_factory=list)  # index = height - 1
+    committed_ids: set[bytes] = field(default_factory=set)
+    records: dict[bytes, bytes] = field(default_factory=dict)  # durable (fsynced)
+    unsynced: list[tuple[bytes, bytes | None]] = field(default_factory=list)
+    crash_mid_write: bool = False
+    up: bool = True
+    was_leader_term: int = -1
+    applied_index: int = 0  # raft index of the last applied entry (for reads)
+
+    @property
+    def name(self) -> str:
+        return f"n{self.index + 1}"
+
+    def explain(self) -> str:
+        s = self.raft.status()
+        return (
+            f"{s['role']} term {s['term']} height {self.head.height} commit "
+            f"{s['commit_index']}: {s['waiting_for'] or 'nothing'}"
+        )
+
+
+class RaftSimCluster:
+    def __init__(
+        self,
+        seed: int,
+        n: int = 3,
+        *,
+        faults: NetworkFaults | None = None,
+        params: Params = RAFT_SIM_PARAMS,
+        tick_ms: int = 5,
+        broken_shell: bool = False,
+        pre_vote: bool = True,
+        check_quorum: bool = True,
+        configure: Callable[[RaftConfig], RaftConfig] = raft_sim_config,
+        client_delay_ms: tuple[int, int] = (0, 10),
+        client_retry_ms: int = 1_000,
+    ) -> None:
+        self.seed = seed
+        self.rng = random.Random(seed)
+        self.n = n
+        self.genesis = sim_genesis(n, params, mode="raft")
+        self.chain_id = self.genesis.chain_id
+        self.params = params
+        self.net = SimNetwork(self.rng, faults or NetworkFaults())
+        self.now_ms = 0
+        self.tick_ms = tick_ms
+        self.broken_shell = broken_shell
+        self.lost_writes = 0
+        self.trace: Callable[[str], None] | None = None
+        self.check = RaftChecker(n, self.genesis.client_keys())
+        self.submitted: list[bytes] = []
+        self.steps = 0
+        self.client_delay_ms = client_delay_ms
+        self.client_retry_ms = client_retry_ms
+        keys = member_keys(n)
+        self.signers = [HmacSigner(k.public, k.seed()) for k in keys]
+        self._configure: Callable[[RaftConfig], RaftConfig] = lambda c: configure(
+            replace(c, pre_vote=pre_vote, check_quorum=check_quorum)
+        )
+        self._valid_txs: set[bytes] = set()
+        self._client_queue: list[tuple[int, int, int, Transaction]] = []
+        self._client_seq = 0
+        self._awaiting: dict[bytes, tuple[Transaction, int]] = {}
+        self._next_retry_ms = client_retry_ms
+        self._scheduled: list[tuple[int, int, Callable[[], None]]] = []
+        self._scheduled_seq = 0
+        self._read_seq = 0
+        self._reads: dict[tuple[int, int], int] = {}  # (node, read id) -> required index
+        self.reads_released = 0
+        self.reads_failed: list[str] = []
+        self.elections_won = 0
+        self.installs = 0
+        genesis = genesis_block(self.genesis)
+        self.nodes: list[RaftSimNode] = []
+        for i in range(n):
+            app = KeyValueState(
+                self.chain_id, params, self.genesis.client_keys(), genesis_state_root(self.chain_id)
+            )
+            node = RaftSimNode(
+                i,
+                self._new_raft(i, RecoveredState(block_hash=genesis.hash)),
+                app,
+                genesis.header,
+                [genesis.hash],
+            )
+            self.nodes.append(node)
+
+    def _new_raft(self, i: int, recovered: RecoveredState) -> RaftNode:
+        config = self._configure(
+            RaftConfig.from_genesis(self.genesis, i, seed=b"%d/%d/%d" % (self.seed, i, self.now_ms))
+        )
+        return RaftNode(config, self.signers[i], tx_ok=self._tx_ok, recovered=recovered)
+
+    def _tx_ok(self, tx: Transaction) -> bool:
+        return tx.id + tx.signature in self._valid_txs
+
+    def honest(self) -> list[RaftSimNode]:
+        return self.nodes
+
+    def leaders(self) -> list[RaftSimNode]:
+        return [x for x in self.nodes if x.up and x.raft.role == LEADER]
+
+    # --- inputs ------------------------------------------------------------------------------
+
+    def submit(self, txs: tuple[Transaction, ...], to: int | None = None) -> None:
+        for tx in txs:
+            self._valid_txs.add(tx.id + tx.signature)
+            self.submitted.append(tx.id)
+            self._awaiting[tx.id] = (tx, self.now_ms)
+            self._send_to(tx, self.rng.randrange(self.n) if to is None else to)
+
+    def _send_to(self, tx: Transaction, i: int) -> None:
+        self._client_seq += 1
+        at_ms = self.now_ms + self.rng.randint(*self.client_delay_ms)
+        heapq.heappush(self._client_queue, (at_ms, self._client_seq, i, tx))
+
+    def _client_retries(self) -> None:
+        self._next_retry_ms = self.now_ms + self.client_retry_ms // 4
+        for tx_id, (tx, sent_ms) in list(self._awaiting.items()):
+            if self.now_ms - sent_ms >= self.client_retry_ms:
+                self._awaiting[tx_id] = (tx, self.now_ms)
+                self._send_to(tx, self.rng.randrange(self.n))
+
+    def read(self, i: int) -> int:
+        """Issue a linearizable read at node i; the checker verifies it when released."""
+        self._read_seq += 1
+        required = max(x.applied_index for x in self.nodes)
+        self._reads[(i, self._read_seq)] = required
+        node = self.nodes[i]
+        if node.up:
+            node.raft.read(self._read_seq)
+            self._carry_out(node)
+        return self._read_seq
+
+    def at(self, at_ms: int, action: Callable[[], None]) -> None:
+        self._scheduled_seq += 1
+        heapq.heappush(self._scheduled, (at_ms, self._scheduled_seq, action))
+
+    def _log(self, text: str) -> None:
+        if self.trace is not None:
+            self.trace(f"{self.now_ms:>7} ms  {text}")
+
+    def crash(self, i: int) -> None:
+        self._log(f"n{i + 1} CRASH")
+        node = self.nodes[i]
+        node.up = False
+        if node.unsynced:
+            self.lost_writes += 1
+            node.unsynced.clear()
+
+    def crash_mid_write(self, i: int) -> None:
+        self.nodes[i].crash_mid_write = True
+
+    def restart(self, i: int) -> None:
+        node = self.nodes[i]
+        self._log(f"n{i + 1} RESTART at height {node.head.height}")
+        cons = node.head.consensus
+        point = (int(cons[1]), int(cons[2])) if cons[0] == "raft" else None
+        recovered = RecoveredState.from_records(
+            sorted(node.records.items()),
+            self.params,
+            height=node.head.height,
+            block_hash=node.head.hash,
+            last_block_point=point,
+        )
+        node.raft = self._new_raft(i, recovered)
+        node.applied_index = node.raft.applied
+        node.up = True
+        self._carry_out(node)
+
+    def transfer(self, i: int, target: int) -> str | None:
+        node = self.nodes[i]
+        why = node.raft.transfer_leadership(target)
+        self._carry_out(node)
+        return why
+
+    # --- the loop ----------------------------------------------------------------------------
+
+    def step(self) -> None:
+        next_tick = (self.now_ms // self.tick_ms + 1) * self.tick_ms
+        candidates = [next_tick]
+        if (t := self.net.next_time()) is not None:
+            candidates.append(t)
+        if self._client_queue:
+            candidates.append(self._client_queue[0][0])
+        if self._scheduled:
+            candidates.append(self._scheduled[0][0])
+        self.now_ms = max(self.now_ms, min(candidates))
+        self.steps += 1
+        while self._scheduled and self._scheduled[0][0] <= self.now_ms:
+            _, _, action = heapq.heappop(self._scheduled)
+            action()
+        if self.now_ms >= self._next_retry_ms:
+            self._client_retries()
+        while self._client_queue and self._client_queue[0][0] <= self.now_ms:
+            _, _, i, tx = heapq.heappop(self._client_queue)
+            node = self.nodes[i]
+            if node.up and tx.id in self._awaiting:
+                node.raft.propose(tx)
+                self._carry_out(node)
+        for src, dst, frame in self.net.pop_due(self.now_ms):
+            node = self.nodes[dst]
+            if node.up:
+                if self.trace is not None:
+                    self._log(f"n{src + 1} -> n{dst + 1}  {describe(frame, self.params)}")
+                node.raft.receive(src, frame)
+                self._carry_out(node)
+        if self.now_ms % self.tick_ms == 0:
+            for node in self.nodes:
+                if node.up:
+                    node.raft.tick(self.now_ms, EPOCH_MS + self.now_ms)
+                    self._carry_out(node)
+
+    def _carry_out(self, node: RaftSimNode) -> None:
+        raft = node.raft
+        while ready := raft.take_ready():
+            if node.crash_mid_write and ready.records:
+                node.crash_mid_write = False
+                self.lost_writes += 1
+                if self.broken_shell:
+                    self._send(node, ready.messages)
+                self.crash(node.index)
+                return
+            self._check_persisted(node, ready.records)
+            if self.broken_shell:
+                node.unsynced.extend(ready.records)
+                if self.now_ms % BROKEN_FSYNC_MS == 0:
+                    self._fsync(node, node.unsynced)
+                    node.unsynced.clear()
+            else:
+                self._fsync(node, ready.records)
+            self._send(node, ready.messages)
+            for entry in ready.committed:
+                self._apply(node, entry)
+            for tb in ready.install:
+                self._install(node, tb)
+            for serve in ready.serve:
+                self._serve(node, serve)
+            for state in ready.reads:
+                self.reads_released += 1
+                required = self._reads.pop((node.index, state.read_id), None)
+                if required is not None:
+                    self.check.read(node.index, required, state)
+            for read_id, why in ready.read_failures:
+                self._reads.pop((node.index, read_id), None)
+                self.reads_failed.append(why)
+        if raft.role == LEADER:
+            self.check.leader(node.index, raft.term)
+            if node.was_leader_term != raft.term:
+                node.was_leader_term = raft.term
+                self.elections_won += 1
+                self._log(f"n{node.index + 1} LEADER of term {raft.term}")
+                self.check.became_leader(node.index, raft)
+
+    def _check_persisted(
+        self, node: RaftSimNode, records: list[tuple[bytes, bytes | None]]
+    ) -> None:
+        raft = node.raft
+        for key, value in records:
+            if value is None or not key.startswith(b"raft/log/"):
+                continue
+            entry = Entry.decode(value, self.params)
+            assert entry.index == int.from_bytes(key[len(b"raft/log/") :], "big")
+            self.check.persisted(node.index, entry, raft.log.term_at(entry.index - 1))
+
+    @staticmethod
+    def _fsync(node: RaftSimNode, records: list[tuple[bytes, bytes | None]]) -> None:
+        for key, value in records:
+            if value is None:
+                node.records.pop(key, None)
+            else:
+                node.records[key] = value
+
+    def _send(self, node: RaftSimNode, messages: list[Outbound]) -> None:
+        for out in messages:
+            dests = range(self.n) if out.dest is None else (out.dest,)
+            for dst in dests:
+                if dst != node.index:
+                    self.net.send(self.now_ms, node.index, dst, out.frame)
+
+    def _apply(self, node: RaftSimNode, entry: Entry) -> None:
+        self.check.committed(node.index, entry)
+        node.applied_index = entry.index
+        if entry.is_noop:
+            node.raft.entry_applied(entry.index, node.head.height, node.head.hash)
+            return
+        self.check.ledger.signed(node.index, entry.index, entry.txs)
+        block, execution = build_block(
+            node.head,
+            ("raft", entry.term, entry.index, entry.proposed_ms),
+            entry.proposed_ms,
+            entry.txs,
+            node.app,
+        )
+        self._append_block(node, block, execution, entry.certificate.encode())
+        self._log(f"n{node.index + 1} APPLY index {entry.index} -> block {block.height}")
+        node.raft.entry_applied(entry.index, block.height, block.hash)
+
+    def _append_block(
+        self, node: RaftSimNode, block: Block, execution: Execution, certificate: bytes
+    ) -> None:
+        node.app.apply(execution)
+        node.head = block.header
+        node.block_hashes.append(block.hash)
+        node.committed_ids.update(tx.id for tx in block.txs)
+        node.blocks.append(TransferredBlock(block.header, block.txs, certificate))
+        for tx in block.txs:
+            self._awaiting.pop(tx.id, None)
+        self.check.ledger.appended(node.index, block.height, block.hash)
+
+    def _install(self, node: RaftSimNode, tb: TransferredBlock) -> None:
+        result = replay_block(node.head, tb, node.app)
+        if isinstance(result, str):
+            node.raft.install_failed(result)
+            return
+        block, execution, (term, index) = result
+        self.check.ledger.signed(node.index, index, block.txs)
+        self._append_block(node, block, execution, tb.certificate)
+        node.applied_index = max(node.applied_index, index)
+        self.installs += 1
+        self._log(f"n{node.index + 1} INSTALL block {block.height} (index {index})")
+        node.raft.installed(block.height, block.hash, term, index)
+
+    def _serve(self, node: RaftSimNode, serve: Serve) -> None:
+        def block_at(height: int) -> TransferredBlock | None:
+            return node.blocks[height - 1] if 0 < height <= len(node.blocks) else None
+
+        frame = blocks_reply(
+            serve.term,
+            serve.from_height,
+            serve.to_height,
+            serve.count,
+            self.params.frame_bytes_max,
+            block_at,
+        )
+        self.net.send(self.now_ms, node.index, serve.peer, frame)
+
+    def run_until(self, end_ms: int) -> None:
+        while self.now_ms < end_ms:
+            self.step()
+
+    def all_committed(self) -> bool:
+        ids = set(self.submitted)
+        return all(ids <= node.committed_ids for node in self.nodes)
+
+    def run_until_committed(self, deadline_ms: int) -> bool:
+        while self.now_ms < deadline_ms:
+            self.step()
+            if not self._client_queue and not self._scheduled and self.all_committed():
+                return True
+        return False
+
+    def check_converged(self) -> None:
+        check_converged(self.nodes, self.submitted)

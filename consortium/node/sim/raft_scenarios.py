@@ -1,0 +1,111 @@
+"""Seeded Raft fault mixes, shared by the simulation tests and `consortium sim --mode raft`.
+
+Every run: clients submit `txs` transactions in random bursts to random nodes and issue
+linearizable reads at random nodes, while the mix's faults happen; then the network heals,
+everything restarts, and every transaction must commit into identical ledgers. The checkers
+(raft_cluster.RaftChecker) run after every step throughout.
+
+    lossy       5% loss, 5% duplication, 1-30 ms delay (reordering)
+    crashes     lossy, plus crashes of random members (the leader half the time), half of them
+                in the middle of a write so the unsynced part is lost, and restarts from disk
+    partitions  lossy, plus random partitions (the leader alone, a minority, halves) healed
+                after a while
+    mixed       all of the above, and a leadership transfer now and then
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from consortium.node.sim.checkers import LivenessViolation
+from consortium.node.sim.cluster import workload
+from consortium.node.sim.network import NetworkFaults
+from consortium.node.sim.raft_cluster import RaftSimCluster
+
+LOSSY = NetworkFaults(delay_ms=(1, 30), drop=0.05, duplicate=0.05)
+RAFT_MIXES = ("lossy", "crashes", "partitions", "mixed")
+DEADLINE_MS = 120_000
+
+
+def _crash_some(cluster: RaftSimCluster) -> None:
+    rng = cluster.rng
+    up = [x.index for x in cluster.nodes if x.up]
+    leaders = [x.index for x in cluster.leaders()]
+    down = cluster.n - len(up)
+    if down >= (cluster.n - 1) // 2 or not up:
+        return
+    victim = leaders[0] if leaders and rng.random() < 0.5 else rng.choice(up)
+    if rng.random() < 0.5:
+        cluster.crash_mid_write(victim)
+    else:
+        cluster.crash(victim)
+    cluster.at(cluster.now_ms + rng.randint(100, 1500), lambda: _restart(cluster, victim))
+
+
+def _restart(cluster: RaftSimCluster, i: int) -> None:
+    if not cluster.nodes[i].up:
+        cluster.restart(i)
+
+
+def _partition_some(cluster: RaftSimCluster) -> None:
+    rng = cluster.rng
+    members = list(range(cluster.n))
+    leaders = [x.index for x in cluster.leaders()]
+    choice = rng.random()
+    if leaders and choice < 0.4:
+        cluster.net.isolate(leaders[0], cluster.n)
+    else:
+        rng.shuffle(members)
+        cut = rng.randint(1, cluster.n - 1)
+        cluster.net.partition([members[:cut], members[cut:]])
+    cluster.at(cluster.now_ms + rng.randint(200, 2000), cluster.net.heal)
+
+
+def _transfer_some(cluster: RaftSimCluster) -> None:
+    leaders = cluster.leaders()
+    if leaders:
+        target = cluster.rng.choice([i for i in range(cluster.n) if i != leaders[0].index])
+        cluster.transfer(leaders[0].index, target)
+
+
+def run_raft(
+    seed: int,
+    n: int = 3,
+    mix: str = "lossy",
+    *,
+    txs: int = 80,
+    trace: Callable[[str], None] | None = None,
+    **options: object,
+) -> RaftSimCluster:
+    assert mix in RAFT_MIXES, mix
+    cluster = RaftSimCluster(seed, n, faults=LOSSY, **options)  # type: ignore[arg-type]
+    cluster.trace = trace
+    rng = cluster.rng
+    pool = workload(cluster.chain_id, txs)
+    i = 0
+    while i < txs:
+        k = rng.randint(1, 8)
+        cluster.submit(pool[i : i + k])
+        i += k
+        cluster.run_until(cluster.now_ms + rng.randint(0, 150))
+        if rng.random() < 0.25:
+            cluster.read(rng.randrange(n))
+        if mix in ("crashes", "mixed") and rng.random() < 0.15:
+            _crash_some(cluster)
+        if mix in ("partitions", "mixed") and rng.random() < 0.12:
+            _partition_some(cluster)
+        if mix == "mixed" and rng.random() < 0.05:
+            _transfer_some(cluster)
+    cluster.run_until(cluster.now_ms + 2_500)  # pending restarts and heals happen
+    cluster.net.heal()
+    for node in cluster.nodes:
+        if not node.up:
+            cluster.restart(node.index)
+    for _ in range(3):
+        cluster.read(rng.randrange(n))
+    if not cluster.run_until_committed(cluster.now_ms + DEADLINE_MS):
+        explain = "; ".join(f"{x.name}: {x.explain()}" for x in cluster.nodes)
+        raise LivenessViolation(f"seed {seed} ({mix}, n={n}): not everything committed ({explain})")
+    cluster.run_until(cluster.now_ms + 1_000)
+    cluster.check_converged()
+    return cluster
