@@ -17,7 +17,7 @@ import typer
 from consortium.cli.network import LocalNetwork, init_network, load_client_setup
 from consortium.crypto.keys import KeyPair
 from consortium.ledger.audit import audit_ledger
-from consortium.ledger.genesis import Genesis
+from consortium.ledger.genesis import Genesis, Mode
 from consortium.ledger.tx import Put, Transaction
 from consortium.node.client import ConsortiumClient
 
@@ -127,9 +127,11 @@ async def member_metrics(genesis: Genesis) -> list[tuple[str, dict[str, object]]
         return [(m.name, (await client.status(m.index, 2.0))["metrics"]) for m in genesis.members]
 
 
-def run_demo(directory: Path, *, members: int, clients: int, txs: int, keep: bool) -> bool:
-    typer.echo(f"== writing a {members}-member PBFT network in {directory}")
-    genesis = init_network(directory, members=members, clients=clients, mode="pbft", force=True)
+def run_demo(
+    directory: Path, *, members: int, clients: int, txs: int, keep: bool, mode: Mode = "pbft"
+) -> bool:
+    typer.echo(f"== writing a {members}-member {mode.upper()} network in {directory}")
+    genesis = init_network(directory, members=members, clients=clients, mode=mode, force=True)
     setup = load_client_setup(directory)
     typer.echo(
         f"   chain id {genesis.chain_id.hex()[:16]}…, n={genesis.n}, f={genesis.f}, "
@@ -141,7 +143,7 @@ def run_demo(directory: Path, *, members: int, clients: int, txs: int, keep: boo
         network.start()
         typer.echo(f"== started {members} member processes (logs: {directory}/nodes/*/node.log)")
         trio.run(wait_until_up, genesis, 30.0)
-        typer.echo(f"== {clients} clients submit {txs} signed transactions (each to all members)")
+        typer.echo(f"== {clients} clients submit {txs} signed transactions")
         committed, failed, elapsed = trio.run(drive, genesis, setup.keys(), txs)
         typer.echo(
             f"   {committed} committed, {failed} not, in {elapsed:.2f} s: "

@@ -35,6 +35,8 @@ app = typer.Typer(
 node_app = typer.Typer(help="Run one member.", no_args_is_help=True)
 tx_app = typer.Typer(help="Sign and submit transactions.", no_args_is_help=True)
 ledger_app = typer.Typer(help="Audit a ledger offline.", no_args_is_help=True)
+leader_app = typer.Typer(help="Raft leadership (maintenance).", no_args_is_help=True)
+app.add_typer(leader_app, name="leader")
 app.add_typer(node_app, name="node")
 app.add_typer(tx_app, name="tx")
 app.add_typer(ledger_app, name="ledger")
@@ -63,7 +65,9 @@ def init(
     directory: Annotated[Path, typer.Option("--dir", help="Where to write the network.")] = Path(
         "net"
     ),
-    members: Annotated[int, typer.Option(help="Number of members (pbft: 3f+1).")] = 4,
+    members: Annotated[
+        int | None, typer.Option(help="Number of members (default: 4 for pbft, 3 for raft).")
+    ] = None,
     clients: Annotated[int, typer.Option(help="Client keys to admit in genesis.")] = 3,
     mode: Annotated[str, typer.Option(help="Consensus: pbft or raft.")] = "pbft",
     chain_name: Annotated[str, typer.Option(help="A name for the network.")] = "local",
@@ -72,14 +76,14 @@ def init(
     """Write a local network: keys, genesis, one node home per member, client config."""
     if mode not in MODES:
         raise _fail(f"--mode must be one of {', '.join(MODES)}")
-    if mode != "pbft":
-        raise _fail("raft mode is not available yet in this release; use --mode pbft")
+    if members is None:
+        members = 4 if mode == "pbft" else 3
     try:
         genesis = init_network(
             directory,
             members=members,
             clients=clients,
-            mode="pbft",
+            mode="pbft" if mode == "pbft" else "raft",
             chain_name=chain_name,
             force=force,
         )
@@ -145,7 +149,7 @@ def node_start(
         raise _fail(f"--test-byzantine: choose one of {', '.join(TEST_BYZANTINE_MODES)}")
     from consortium.node.config import load_identity
     from consortium.node.logs import setup_logging
-    from consortium.node.runtime import Node
+    from consortium.node.runtime import make_node
 
     passphrase = os.environ.get("CONSORTIUM_KEY_PASSPHRASE")
     try:
@@ -155,7 +159,7 @@ def node_start(
     log = setup_logging(identity.member.name, identity.config.log_level, identity.config.log_format)
 
     async def main() -> None:
-        node = Node(
+        node = make_node(
             identity.config, identity.genesis, identity.keys, log=log, test_byzantine=test_byzantine
         )
         if test_byzantine is not None:
@@ -172,6 +176,8 @@ def node_start(
         trio.run(main)
     except (StoreError, ConfigError) as exc:
         raise _fail(str(exc), EXIT_FAILED) from None
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
     except OSError as exc:
         raise _fail(f"cannot start member {identity.member.name}: {exc}", EXIT_FAILED) from None
 
@@ -287,6 +293,56 @@ def status(
         raise typer.Exit(EXIT_FAILED)
 
 
+@leader_app.command("transfer")
+def leader_transfer(
+    to: Annotated[str, typer.Option("--to", help="The member to hand leadership to (name).")],
+    net: NetOpt = Path("net"),
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the new leader.")] = 10.0,
+) -> None:
+    """Raft maintenance: hand leadership to another member (TimeoutNow), e.g. before taking
+    the current leader down. Waits until the target reports that it leads."""
+    from consortium.node.client import ClientError, ConsortiumClient
+
+    try:
+        setup = load_client_setup(net)
+    except (NetworkError, GenesisError) as exc:
+        raise _fail(str(exc)) from None
+    genesis = setup.genesis
+    if genesis.mode != "raft":
+        raise _fail(
+            "leadership transfer is a raft operation; in pbft the primary changes by "
+            "view change only"
+        )
+    target = genesis.member_by_name(to)
+    if target is None:
+        raise _fail(
+            f"--to: no member named {to!r} (members: {', '.join(m.name for m in genesis.members)})"
+        )
+
+    async def main() -> str:
+        async with ConsortiumClient(genesis) as c:
+            await c.wait_connected(timeout_s=min(timeout, 5.0))
+            leader = await c.find_leader(timeout_s=timeout)
+            if leader == target.index:
+                return f"{to} already leads"
+            await c.transfer_leadership(leader, target.index, timeout_s=timeout)
+            with trio.fail_after(timeout):
+                while True:
+                    s = await c.status(target.index)
+                    if s.get("role") == "leader":
+                        return (
+                            f"{to} leads term {s.get('term')} (was {genesis.members[leader].name})"
+                        )
+                    await trio.sleep(0.05)
+
+    try:
+        typer.echo(trio.run(main))
+    except ClientError as exc:
+        raise _fail(str(exc), EXIT_FAILED) from None
+    except trio.TooSlowError:
+        raise _fail(f"{to} did not become leader within {timeout:g} s", EXIT_FAILED) from None
+
+
 @ledger_app.command("verify")
 def ledger_verify(
     home: Annotated[Path | None, typer.Option("--home", help="A member's home directory.")] = None,
@@ -322,17 +378,31 @@ def demo(
     directory: Annotated[Path, typer.Option("--dir", help="Where to put the demo network.")] = Path(
         "demo-net"
     ),
-    members: Annotated[int, typer.Option(help="Members (3f+1).")] = 4,
+    members: Annotated[
+        int | None, typer.Option(help="Members (default: 4 for pbft, 3 for raft).")
+    ] = None,
     clients: Annotated[int, typer.Option(help="Concurrent clients.")] = 4,
     txs: Annotated[int, typer.Option(help="Transactions to submit in all.")] = 2000,
+    mode: Annotated[str, typer.Option(help="Consensus: pbft or raft.")] = "pbft",
     keep: Annotated[bool, typer.Option(help="Leave the network directory in place.")] = True,
 ) -> None:
-    """Start a PBFT network of real processes, submit signed transactions from several
-    clients, show progress, then print every member's height and head hash and audit each
-    ledger. Exits 0 only if every ledger is identical and verifies."""
+    """Start a network of real processes (pbft by default), submit signed transactions from
+    several clients, show progress, then print every member's height and head hash and audit
+    each ledger. Exits 0 only if every ledger is identical and verifies."""
     from consortium.cli.demo import run_demo
 
-    ok = run_demo(directory, members=members, clients=clients, txs=txs, keep=keep)
+    if mode not in MODES:
+        raise _fail(f"--mode must be one of {', '.join(MODES)}")
+    if members is None:
+        members = 4 if mode == "pbft" else 3
+    ok = run_demo(
+        directory,
+        members=members,
+        clients=clients,
+        txs=txs,
+        keep=keep,
+        mode="pbft" if mode == "pbft" else "raft",
+    )
     if not ok:
         raise typer.Exit(EXIT_FAILED)
 

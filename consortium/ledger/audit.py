@@ -14,8 +14,9 @@ this order, it stops at the first failure and names the height and the problem:
     5. consensus metadata matches the genesis mode; pbft: ("pbft", seq, proposed_ms) with
        seq = height and a commit certificate that decodes, is for this seq and for the batch
        digest of these tx ids and proposed timestamp, with a quorum of distinct members' valid
-       COMMIT signatures; raft: ("raft", term, index, proposed_ms) (the leader's signature is
-       checked by a later issue; nothing else is skipped);
+       COMMIT signatures; raft: ("raft", term, index, proposed_ms) with the proposing
+       leader's valid signature over (chain id, term, index, batch digest), and (term, index)
+       growing along the ledger as in one log;
     6. every stored block signature is a valid signature by a member over this height and hash;
     7. a stored checkpoint certificate at this seq is valid and certifies this block's hash;
     8. re-execution from genesis (a fresh KeyValueState, build_block) reproduces the header
@@ -47,6 +48,7 @@ from consortium.ledger.block import (
 )
 from consortium.ledger.certificates import (
     CheckpointCertificate,
+    RaftEntryCertificate,
     SignedVote,
     decode_certificate,
     verify_block_signatures,
@@ -116,6 +118,7 @@ def _short(data: bytes) -> str:
 
 class _Audit:
     def __init__(self, genesis: Genesis, verifier: Verifier) -> None:
+        self._raft_point = (0, 0)  # (term, index) of the last raft block checked
         self.genesis = genesis
         self.verifier = verifier
         self.client_verifier = Ed25519Verifier()
@@ -239,6 +242,7 @@ class _Audit:
                 raise _Failed(
                     height, f"raft metadata {list(cons)} is not (raft, term, index, proposed_ms)"
                 )
+            self._raft_certificate(block, cert_b)
             return
         if len(cons) != 3 or cons[1] != height or not isinstance(cons[2], int) or cons[2] < 0:
             raise _Failed(
@@ -262,6 +266,44 @@ class _Audit:
         problem = cert.verify(self.genesis, self.verifier)
         if problem:
             raise _Failed(height, f"commit certificate: {problem}")
+        self.certificates += 1
+
+    def _raft_certificate(self, block: Block, cert_b: Any) -> None:
+        """The proposing leader's signature over (chain id, term, index, batch digest); and
+        (term, index) only grow along the ledger, as entries of one Raft log must."""
+        header = block.header
+        height = header.height
+        term, index, proposed_ms = (int(x) for x in header.consensus[1:])
+        if cert_b is None:
+            raise _Failed(height, "no leader certificate stored for this block")
+        try:
+            cert = RaftEntryCertificate.decode(bytes(cert_b))
+        except WireFormatError as exc:
+            raise _Failed(height, f"leader certificate does not decode: {exc}") from None
+        if (cert.term, cert.index) != (term, index):
+            raise _Failed(
+                height,
+                f"leader certificate is for term {cert.term} index {cert.index}, the block says "
+                f"term {term} index {index}",
+            )
+        digest = batch_digest(proposed_ms, [t.id for t in block.txs])
+        if cert.digest != digest:
+            raise _Failed(
+                height,
+                f"leader certificate is for another batch digest ({_short(cert.digest)}; these "
+                f"transactions and proposed timestamp give {_short(digest)})",
+            )
+        problem = cert.verify(self.genesis, self.verifier)
+        if problem:
+            raise _Failed(height, f"leader certificate: {problem}")
+        if term < self._raft_point[0] or index <= self._raft_point[1]:
+            raise _Failed(
+                height,
+                f"raft (term {term}, index {index}) does not follow the previous block's "
+                f"(term {self._raft_point[0]}, index {self._raft_point[1]}): terms never "
+                "decrease and indexes always increase along one log",
+            )
+        self._raft_point = (term, index)
         self.certificates += 1
 
     def _block_signatures(self, db: sqlite3.Connection, header: BlockHeader) -> None:

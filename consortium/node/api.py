@@ -119,7 +119,23 @@ class WatchRequest:
     tx_ids: list[bytes]
 
 
-Request = SubmitRequest | ReceiptRequest | GetRequest | BlockRequest | StatusRequest | WatchRequest
+@dataclass(frozen=True, slots=True)
+class TransferRequest:
+    """Maintenance (raft): hand leadership to member `target` (its index in genesis)."""
+
+    req_id: int
+    target: int
+
+
+Request = (
+    SubmitRequest
+    | ReceiptRequest
+    | GetRequest
+    | BlockRequest
+    | StatusRequest
+    | WatchRequest
+    | TransferRequest
+)
 
 
 class RequestError(WireFormatError):
@@ -144,6 +160,8 @@ def encode_request(request: Request) -> bytes:
             return pack(["status", r])
         case WatchRequest(req_id=r, tx_ids=ids):
             return pack(["watch", r, list(ids)])
+        case TransferRequest(req_id=r, target=t):
+            return pack(["transfer", r, t])
 
 
 def decode_request(frame: bytes, frame_bytes_max: int) -> Request:
@@ -183,6 +201,9 @@ def decode_request(frame: bytes, frame_bytes_max: int) -> Request:
             if len(ids) > TX_IDS_PER_REQUEST_MAX:
                 raise WireFormatError(f"watch: more than {TX_IDS_PER_REQUEST_MAX} ids")
             return WatchRequest(req_id, [as_bytes(t, "tx_id", size=32) for t in ids])
+        if method == "transfer":
+            as_list(msg, 3, "transfer")
+            return TransferRequest(req_id, as_int(msg[2], "target", hi=1 << 16))
         raise WireFormatError(f"unknown method {method!r}")
     except WireFormatError as exc:
         raise RequestError(str(exc), req_id) from None

@@ -24,8 +24,10 @@ How it decides, in pbft mode (n = 3f+1, up to f members may lie):
   While waiting, transactions without news for `retransmit_s` are resubmitted to all members.
 - Fast-path reads (`get`) need a quorum (genesis.quorum) of matching signed replies from
   distinct members.
-In raft mode (crash faults only) one verified receipt suffices. `SyncClient` wraps the same
-calls for code that is not running Trio.
+In raft mode (crash faults only) one verified receipt suffices: a submit goes to ONE member
+(followers forward to the leader) and a retransmission to the next connected member, and a
+read (`get`) is answered by any one member with a linearizable ReadIndex read. `SyncClient`
+wraps the same calls for code that is not running Trio.
 
 Everything is bounded: one outbound queue per member (a member that does not read loses
 frames, which resubmission covers), the transactions tracked, the signature cache.
@@ -203,6 +205,7 @@ class ConsortiumClient:
         self._members = {
             i: _Member(i, genesis.members[i].name, a) for i, a in sorted(addresses.items())
         }
+        self._raft_target = 0  # raft: the member submits go to (rotated on retransmission)
         self._req_ids = itertools.count(1)
         self._waiters: dict[int, _Waiter] = {}
         self._submits: dict[int, int] = {}  # submit req_id -> replies still expected
@@ -457,11 +460,20 @@ class ConsortiumClient:
     def _send_submit(self, txs: list[list[bytes]]) -> None:
         req_id = next(self._req_ids)
         body = pack(["submit", req_id, txs])
-        sent = sum(self._enqueue(m, body) for m in self._members.values())
+        sent = sum(self._enqueue(m, body) for m in self._submit_targets())
         if sent:
             self._submits[req_id] = sent
             while len(self._submits) > SUBMITS_TRACKED_MAX:
                 del self._submits[next(iter(self._submits))]
+
+    def _submit_targets(self) -> list[_Member]:
+        """pbft: every member (a censoring primary cannot hide a transaction). raft: one
+        connected member, the next one after each retransmission."""
+        members = list(self._members.values())
+        if self.genesis.mode == "pbft":
+            return members
+        online = [m for m in members if m.online] or members
+        return [online[self._raft_target % len(online)]]
 
     def outcome(self, tx_id: bytes) -> TxOutcome:
         """What is known about `tx_id` now (see TxOutcome)."""
@@ -517,6 +529,7 @@ class ConsortiumClient:
                 for state in stale:
                     state.last_news = now
                 self.counters["resubmitted"] += len(stale)
+                self._raft_target += 1  # raft: try another member
                 self._broadcast_submit([s.tx for s in stale])
             with trio.move_on_at(min(deadline, now + self.retransmit_s / 2)):
                 await changed.wait()
@@ -561,8 +574,9 @@ class ConsortiumClient:
     async def get(self, key: bytes, timeout_s: float = 5.0) -> bytes | None:
         """Fast-path read: the value of `key` that a quorum (genesis.quorum) of distinct
         members sign, each reply checked with `verify_read`; ClientError when no quorum
-        agrees within `timeout_s`."""
-        needed = self.genesis.quorum
+        agrees within `timeout_s`. In raft, one member's answer: a linearizable ReadIndex read
+        (a member that cannot confirm the leader's commit index refuses)."""
+        needed = self.genesis.quorum if self.genesis.mode == "pbft" else 1
         agree: dict[bytes | None, set[int]] = {}
         problems: dict[int, str] = {}
         result: list[bytes | None] = []
@@ -600,6 +614,22 @@ class ConsortiumClient:
             + (f"; {detail}" if detail else "")
             + "); use an ordered read (tx submit get KEY) when the key is changing"
         )
+
+    async def find_leader(self, timeout_s: float = 5.0) -> int:
+        """raft: the member that reports itself leader (waits out an election)."""
+        with trio.move_on_after(timeout_s):
+            while True:
+                for i in self._members:
+                    with contextlib.suppress(ClientError):
+                        s = await self.status(i, timeout_s=1.0)
+                        if s.get("role") == "leader":
+                            return i
+                await trio.sleep(0.05)
+        raise ClientError(f"no member reported itself leader within {timeout_s:g} s")
+
+    async def transfer_leadership(self, leader: int, target: int, timeout_s: float = 5.0) -> None:
+        """raft maintenance: ask `leader` to hand leadership to `target` (TimeoutNow)."""
+        await self._request(leader, "transfer", target, timeout_s=timeout_s)
 
     async def status(self, member: int, timeout_s: float = 2.0) -> dict[str, Any]:
         """One member's status document (what `consortium status` shows)."""

@@ -122,9 +122,22 @@ class Node:
         )
         self.client_listen = client_listen or config.client_listen
 
+        self._init_core()
+        self._events_send, self._events_recv = trio.open_memory_channel[tuple[str, Any, Any]](
+            EVENTS_MAX
+        )
+        # tx id -> connections waiting for its receipt (bounded in total)
+        self._watchers: dict[bytes, list[Any]] = {}
+        self._watch_count = 0
+        self._on_block: list[Callable[[Block], None]] = []
+        self.client_port = 0
+        self.peer_port = 0
+
+    def _init_core(self) -> None:
+        """The PBFT replica, recovered from the store (RaftMember overrides this)."""
         head = self.store.head
         self.core = PbftReplica(
-            PbftConfig.from_genesis(genesis, self.me),
+            PbftConfig.from_genesis(self.genesis, self.me),
             self.signer,
             self.verifier,
             tx_ok=self.tx_cache.check,
@@ -135,15 +148,6 @@ class Node:
                 records=self.store.load_records(),
             ),
         )
-        self._events_send, self._events_recv = trio.open_memory_channel[tuple[str, Any, Any]](
-            EVENTS_MAX
-        )
-        # tx id -> connections waiting for its receipt (bounded in total)
-        self._watchers: dict[bytes, list[Any]] = {}
-        self._watch_count = 0
-        self._on_block: list[Callable[[Block], None]] = []
-        self.client_port = 0
-        self.peer_port = 0
         self._certs_above: list[CheckpointCertificate] = []
         self._view_logged = (self.core.view, self.core.active)
 
@@ -389,6 +393,30 @@ class Node:
         signatures.append((block.height, vote))
         self.core.executed(block.height, block.hash)
 
+    # --- reads and maintenance ---------------------------------------------------------------
+
+    async def read_value(self, key: bytes) -> list[Any]:
+        """A signed read of `key`: in pbft the fast path (our current value, signed with the
+        height and block hash it was read at; a client accepts it at a quorum of matching
+        replies). RaftMember overrides this with ReadIndex. Raises ReadRefused."""
+        value = self.app.kv.get(key)
+        return self.signed_read(key, value)
+
+    def signed_read(self, key: bytes, value: bytes | None) -> list[Any]:
+        from consortium.node import api
+
+        head = self.store.head
+        body = api.read_body(key, value, head.height, head.hash, self.me)
+        sig = self.signer.sign(Domain.READ, self.chain_id, body)
+        return [key, value, head.height, head.hash, self.me, sig]
+
+    async def transfer_leadership(self, target: int) -> str | None:
+        """Hand leadership to member `target`; returns why not, or None (raft only)."""
+        return (
+            "leadership transfer is a raft operation; in pbft the primary changes only by a "
+            "view change"
+        )
+
     # --- client notifications ---------------------------------------------------------------
 
     def watch(self, tx_id: bytes, conn: Any) -> bool:
@@ -521,6 +549,19 @@ class Node:
 
     def status_json(self) -> str:
         return json.dumps(self.status(), default=str)
+
+
+class ReadRefused(Exception):
+    """A read this member cannot answer now (raft: not confirmed as leader), with the reason."""
+
+
+def make_node(config: NodeConfig, genesis: Genesis, keys: KeyPair, **options: Any) -> Node:
+    """The member for this network's mode: Node (pbft) or RaftMember (raft)."""
+    if genesis.mode == "raft":
+        from consortium.node.raft_runtime import RaftMember
+
+        return RaftMember(config, genesis, keys, **options)
+    return Node(config, genesis, keys, **options)
 
 
 def _split(address: str) -> tuple[str, int]:

@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from consortium.crypto.codec import WireFormatError
-from consortium.crypto.signing import Domain
 from consortium.ledger.tx import Transaction
 from consortium.node import api
+from consortium.node.runtime import ReadRefused
 
 if TYPE_CHECKING:
     from consortium.node.runtime import Node
@@ -59,7 +59,16 @@ class ClientService:
             case api.ReceiptRequest():
                 conn.reply(request.req_id, self._receipt_bundle(request.tx_id))
             case api.GetRequest():
-                conn.reply(request.req_id, self._read(request.key))
+                try:
+                    conn.reply(request.req_id, await self.node.read_value(request.key))
+                except ReadRefused as exc:
+                    conn.error(request.req_id, f"read refused: {exc}")
+            case api.TransferRequest():
+                why = await self.node.transfer_leadership(request.target)
+                if why is None:
+                    conn.reply(request.req_id, None)
+                else:
+                    conn.error(request.req_id, f"leadership transfer refused: {why}")
             case api.BlockRequest():
                 conn.reply(request.req_id, self._block(request.height))
             case api.StatusRequest():
@@ -141,14 +150,6 @@ class ClientService:
 
     def _receipt_bundle(self, tx_id: bytes) -> list[Any] | None:
         return self.node.first_receipt_bundle(tx_id)
-
-    def _read(self, key: bytes) -> list[Any]:
-        node = self.node
-        value = node.app.kv.get(key)
-        head = node.store.head
-        body = api.read_body(key, value, head.height, head.hash, node.me)
-        sig = node.signer.sign(Domain.READ, node.chain_id, body)
-        return [key, value, head.height, head.hash, node.me, sig]
 
     def _block(self, height: int) -> list[Any] | None:
         stored = self.node.store.get_block(height)

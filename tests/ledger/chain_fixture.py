@@ -2,8 +2,8 @@
 
 `ChainBuilder` executes batches with build_block on top of genesis_block, exactly as a replica
 does, and gives each pbft block a commit certificate signed by a quorum of members (COMMITs over
-commit_body in Domain.PBFT). Raft geneses get ("raft", term, index, proposed_ms) metadata and no
-certificate. `block_signatures` and `checkpoint` sign what replicas store beside blocks.
+commit_body in Domain.PBFT). Raft geneses get ("raft", term, index, proposed_ms) metadata and the
+leader's (member 0's) entry certificate over (chain id, term, index, batch digest). `block_signatures` and `checkpoint` sign what replicas store beside blocks.
 """
 
 from __future__ import annotations
@@ -17,10 +17,12 @@ from consortium.ledger.block import Block, batch_digest, genesis_block, genesis_
 from consortium.ledger.certificates import (
     CheckpointCertificate,
     CommitCertificate,
+    RaftEntryCertificate,
     SignedVote,
     block_signature_body,
     checkpoint_body,
     commit_body,
+    raft_entry_body,
 )
 from consortium.ledger.genesis import Client, Genesis, Member, Mode, Params
 from consortium.ledger.state import Execution, KeyValueState, build_block
@@ -112,8 +114,15 @@ class ChainBuilder:
         block, execution = build_block(self.head, consensus, ts, tuple(txs), self.app)
         self.app.apply(execution)
         cert: bytes | None = None
+        digest = batch_digest(ts, [t.id for t in txs])
         if self.genesis.mode == "pbft":
-            cert = certificate(self.genesis, seq, batch_digest(ts, [t.id for t in txs])).encode()
+            cert = certificate(self.genesis, seq, digest).encode()
+        else:
+            body = raft_entry_body(1, seq + 1, digest, 0)
+            signature = Ed25519Signer(MEMBERS[0]).sign(
+                Domain.RAFT_ENTRY, self.genesis.chain_id, body
+            )
+            cert = RaftEntryCertificate(1, seq + 1, digest, 0, signature).encode()
         self.blocks.append((block, execution, cert))
         self.head = block.header
         return block

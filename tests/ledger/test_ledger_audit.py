@@ -17,7 +17,12 @@ from consortium.crypto.codec import pack, unpack, unpack_canonical
 from consortium.crypto.signing import Domain
 from consortium.ledger.audit import audit_ledger
 from consortium.ledger.block import BlockHeader
-from consortium.ledger.certificates import SignedVote, block_signature_body, commit_body
+from consortium.ledger.certificates import (
+    RaftEntryCertificate,
+    SignedVote,
+    block_signature_body,
+    commit_body,
+)
 from consortium.ledger.genesis import Genesis
 from consortium.ledger.store import BlockStore
 from consortium.ledger.tx import Put
@@ -97,10 +102,10 @@ def test_the_audit_reads_without_writing(tmp_path: Path) -> None:
     assert path.read_bytes() == before
 
 
-def test_a_raft_ledger_is_audited_without_pbft_certificates(tmp_path: Path) -> None:
+def test_a_raft_ledger_is_audited_with_its_leader_certificates(tmp_path: Path) -> None:
     path, chain = _ledger(tmp_path, mode="raft")
     report = audit_ledger(path, chain.genesis)
-    assert report.ok and report.height == HEIGHT and report.certificates_checked == 0
+    assert report.ok and report.height == HEIGHT and report.certificates_checked == HEIGHT
     # Everything else is still checked.
     _set_header(path, 3, state_root=b"\x03" * 32)
     _failure(path, chain.genesis, 3, "re-execution gives a different state_root")
@@ -478,3 +483,21 @@ def test_any_flipped_bit_in_anything_stored_is_found(
         report = audit_ledger(path, genesis)
         assert not report.ok, (table, column, row_key)
         assert report.problem is not None and report.problem.height == row_key
+
+
+def test_a_raft_leader_certificate_is_checked_offline(tmp_path: Path) -> None:
+    path, chain = _ledger(tmp_path, mode="raft")
+    good = bytes(_column(path, "certificate", 2))
+    cert = RaftEntryCertificate.decode(good)
+    # A signature by another member than the one the certificate names.
+    forged = replace(cert, leader=1).encode()
+    _sql(path, "UPDATE blocks SET certificate = ? WHERE height = 2", forged)
+    _failure(path, chain.genesis, 2, "leader certificate: bad entry signature by n2")
+    # A valid certificate of another entry.
+    other = bytes(_column(path, "certificate", 3))
+    _sql(path, "UPDATE blocks SET certificate = ? WHERE height = 2", other)
+    _failure(path, chain.genesis, 2, "leader certificate is for term 1 index 4, the block says")
+    _sql(path, "UPDATE blocks SET certificate = NULL WHERE height = 2")
+    _failure(path, chain.genesis, 2, "no leader certificate stored for this block")
+    _sql(path, "UPDATE blocks SET certificate = ? WHERE height = 2", b"\x93junk")
+    _failure(path, chain.genesis, 2, "leader certificate does not decode")

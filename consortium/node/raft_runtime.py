@@ -1,0 +1,335 @@
+"""The node process in raft mode: the same Trio program as runtime.Node (transport, client
+API, store, status), driving a crashft.RaftNode instead of a PBFT replica.
+
+Each Ready is carried out in the order the core requires (crashft/node.py):
+    1. apply committed entries into blocks (a no-op entry makes none) and re-execute
+       transferred blocks, checking each reproduces the header the leader sent
+    2. ONE durable write (fsync): the core's records (term, vote, log entries, compaction
+       point) with the new blocks, their leader certificates and our block signatures
+    3. send the core's messages (a vote or an append acknowledgement is on disk first)
+    4. tell waiting clients, answer block fetches from the store, release ReadIndex reads
+       once the ledger has applied their index
+
+Between members nothing is signed in raft mode (DESIGN: the members trust each other; the
+peer handshake still authenticates each connection with the member's key). The leader signs
+each batch entry (the block certificate) and every member signs its block hashes for client
+receipts, so receipts and the ledger stay attributable and auditable offline.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from consortium.crashft import messages as raft_messages
+from consortium.crashft.messages import Entry, TransferredBlock
+from consortium.crashft.node import LEADER, RaftConfig, RaftNode, RecoveredState
+from consortium.crashft.transfer import blocks_reply, replay_block
+from consortium.crypto.codec import WireFormatError
+from consortium.crypto.signing import Domain
+from consortium.ledger.block import Block
+from consortium.ledger.certificates import SignedVote, block_signature_body
+from consortium.ledger.state import Execution, build_block
+from consortium.node.runtime import Node, ReadRefused
+
+READ_TIMEOUT_S = 5.0
+READS_WAITING_MAX = 10_000
+
+
+@dataclass(slots=True)
+class _PendingRead:
+    done: trio.Event
+    index: int = -1  # the raft index to have applied before answering
+    failure: str = ""
+
+
+class RaftMember(Node):
+    core: RaftNode  # type: ignore[assignment]
+
+    def _init_core(self) -> None:
+        if self.test_byzantine is not None:
+            raise ValueError("--test-byzantine is a pbft test mode")
+        head = self.store.head
+        cons = head.consensus
+        point = (int(cons[1]), int(cons[2])) if cons and cons[0] == "raft" else None
+        recovered = RecoveredState.from_records(
+            self.store.load_records(b"raft/"),
+            self.genesis.params,
+            height=head.height,
+            block_hash=head.hash,
+            last_block_point=point,
+        )
+        self.core = RaftNode(
+            RaftConfig.from_genesis(self.genesis, self.me, seed=os.urandom(16)),
+            self.signer,
+            tx_ok=self.tx_cache.check,
+            recovered=recovered,
+        )
+        self.applied_index = recovered.applied_index
+        self._read_ids = itertools.count(1)
+        self._pending_reads: dict[int, _PendingRead] = {}
+        self._leader_logged: tuple[int, int | None] = (self.core.term, self.core.leader)
+
+    # --- events -------------------------------------------------------------------------------
+
+    async def _pump(self) -> None:
+        params = self.genesis.params
+        async for sender, frame in self.peers.inbound:
+            self.peers.consumed(frame)
+            try:
+                msg = raft_messages.decode(frame, params)
+            except WireFormatError as exc:
+                self.core.rejected["malformed"] += 1
+                self._ratelog.warning(
+                    f"malformed:{sender}", f"malformed message from member {sender}: {exc}"
+                )
+                continue
+            if isinstance(msg, raft_messages.Forward) and self.core.role == LEADER:
+                # Only the leader checks client signatures (DESIGN: in raft only the leader
+                # must); fill the cache on worker threads so the core's tx_ok hits it.
+                await self.tx_cache.verify_all(msg.txs)
+            await self._events_send.send(("peer", sender, msg))
+
+    def _handle(self, event: tuple[str, Any, Any]) -> None:
+        kind, a, b = event
+        core = self.core
+        if kind == "peer":
+            core.receive(a, b)
+        elif kind == "propose":
+            for tx in a:
+                if not core.propose(tx):
+                    self.metrics.rejected_at_submit["overloaded"] = (
+                        self.metrics.rejected_at_submit.get("overloaded", 0) + 1
+                    )
+        elif kind == "read":
+            core.read(a)
+        elif kind == "read_abandoned":
+            core.read_abandoned(a)
+        elif kind == "transfer":
+            holder, answered = b
+            holder.append(core.transfer_leadership(a))
+            answered.set()
+        else:
+            raise AssertionError(f"unknown event {kind}")
+
+    async def _carry_out_ready(self) -> None:
+        core = self.core
+        while ready := core.take_ready():
+            self.metrics.steps += 1
+            blocks: list[tuple[Block, Execution, bytes | None]] = []
+            signatures: list[tuple[int, SignedVote]] = []
+            for entry in ready.committed:
+                self._apply_entry(entry, blocks, signatures)
+            for transferred in ready.install:
+                self._install_block(transferred, blocks, signatures)
+            if blocks or ready.records:
+                self.store.save(blocks=blocks, records=ready.records, block_signatures=signatures)
+            for out in ready.messages:
+                if out.dest is None:
+                    self.peers.broadcast(out.frame)
+                else:
+                    self.peers.send(out.dest, out.frame)
+            for (block, _, _), (_, vote) in zip(blocks, signatures, strict=True):
+                self.metrics.blocks += 1
+                self.metrics.txs_committed += len(block.txs)
+                self._notify(block, vote)
+            for serve in ready.serve:
+                self._serve_fetch(
+                    serve.peer, serve.term, serve.from_height, serve.to_height, serve.count
+                )
+            for state in ready.reads:
+                pending = self._pending_reads.get(state.read_id)
+                if pending is not None:
+                    pending.index = state.index
+            for read_id, why in ready.read_failures:
+                pending = self._pending_reads.get(read_id)
+                if pending is not None:
+                    pending.failure = why
+                    pending.done.set()
+            self._release_reads()
+            self._log_leader()
+
+    def _apply_entry(
+        self,
+        entry: Entry,
+        blocks: list[tuple[Block, Execution, bytes | None]],
+        signatures: list[tuple[int, SignedVote]],
+    ) -> None:
+        head = blocks[-1][0].header if blocks else self.store.head
+        self.applied_index = entry.index
+        if entry.is_noop:
+            self.core.entry_applied(entry.index, head.height, head.hash)
+            return
+        block, execution = build_block(
+            head,
+            ("raft", entry.term, entry.index, entry.proposed_ms),
+            entry.proposed_ms,
+            entry.txs,
+            self.app,
+        )
+        self._stage(block, execution, entry.certificate.encode(), blocks, signatures)
+        self.core.entry_applied(entry.index, block.height, block.hash)
+
+    def _install_block(
+        self,
+        transferred: TransferredBlock,
+        blocks: list[tuple[Block, Execution, bytes | None]],
+        signatures: list[tuple[int, SignedVote]],
+    ) -> None:
+        head = blocks[-1][0].header if blocks else self.store.head
+        result = replay_block(head, transferred, self.app)
+        if isinstance(result, str):
+            self._ratelog.warning("install", f"snapshot install: {result}")
+            self.core.install_failed(result)
+            return
+        block, execution, (term, index) = result
+        self._stage(block, execution, transferred.certificate, blocks, signatures)
+        self.applied_index = max(self.applied_index, index)
+        self.core.installed(block.height, block.hash, term, index)
+
+    def _stage(
+        self,
+        block: Block,
+        execution: Execution,
+        certificate: bytes,
+        blocks: list[tuple[Block, Execution, bytes | None]],
+        signatures: list[tuple[int, SignedVote]],
+    ) -> None:
+        # Apply now so the next entry executes on top of it; the store writes the same
+        # execution durably in this Ready's save.
+        self.app.apply(execution)
+        blocks.append((block, execution, certificate))
+        body = block_signature_body(block.height, block.hash, self.me)
+        signatures.append(
+            (block.height, SignedVote(body, self.signer.sign(Domain.BLOCK, self.chain_id, body)))
+        )
+
+    def _serve_fetch(
+        self, peer: int, term: int, from_height: int, to_height: int, count: int
+    ) -> None:
+        def block_at(height: int) -> TransferredBlock | None:
+            stored = self.store.get_block(height)
+            if stored is None or stored.certificate is None:
+                return None
+            return TransferredBlock(stored.block.header, stored.block.txs, stored.certificate)
+
+        frame = blocks_reply(
+            term, from_height, to_height, count, self.genesis.params.frame_bytes_max, block_at
+        )
+        self.peers.send(peer, frame)
+
+    def _log_leader(self) -> None:
+        core = self.core
+        state = (core.term, core.leader)
+        if state == self._leader_logged:
+            return
+        self._leader_logged = state
+        if core.leader is None:
+            self.log.warning("term %d: no leader (%s)", core.term, core.last_election_reason)
+        else:
+            self.log.warning(
+                "term %d: leader %s%s",
+                core.term,
+                self.genesis.members[core.leader].name,
+                " (this member)" if core.leader == self.me else "",
+            )
+
+    # --- reads and maintenance ----------------------------------------------------------------
+
+    def _release_reads(self) -> None:
+        for pending in self._pending_reads.values():
+            if 0 <= pending.index <= self.applied_index and not pending.done.is_set():
+                pending.done.set()
+
+    async def read_value(self, key: bytes) -> list[Any]:
+        """A linearizable read (ReadIndex): the leader confirms with a heartbeat quorum that it
+        still leads, and we answer once our ledger has applied the index it returned."""
+        if len(self._pending_reads) >= READS_WAITING_MAX:
+            raise ReadRefused("overloaded: too many reads waiting")
+        read_id = next(self._read_ids)
+        pending = _PendingRead(trio.Event())
+        self._pending_reads[read_id] = pending
+        try:
+            await self._events_send.send(("read", read_id, None))
+            with trio.move_on_after(READ_TIMEOUT_S):
+                await pending.done.wait()
+            if pending.failure:
+                raise ReadRefused(pending.failure)
+            if not pending.done.is_set():
+                await self._events_send.send(("read_abandoned", read_id, None))
+                raise ReadRefused(
+                    f"leadership not confirmed by a quorum within {READ_TIMEOUT_S:g} s "
+                    f"({self.core.status()['waiting_for'] or 'no quorum reachable'})"
+                )
+            return self.signed_read(key, self.app.kv.get(key))
+        finally:
+            del self._pending_reads[read_id]
+
+    async def transfer_leadership(self, target: int) -> str | None:
+        answered = trio.Event()
+        holder: list[str | None] = []
+        await self._events_send.send(("transfer", target, (holder, answered)))
+        with trio.move_on_after(2.0):
+            await answered.wait()
+        return holder[0] if holder else "the node did not answer within 2 s"
+
+    # --- status -------------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        core = self.core.status()
+        head = self.store.head
+        peers = self.peers.peer_status()
+        names = [m.name for m in self.genesis.members]
+        connected = sum(1 for p in peers if p.get("outbound_connected"))
+        up = connected + 1
+        reasons: list[str] = []
+        if core.get("waiting_for"):
+            reasons.append(str(core["waiting_for"]))
+        if up < self.genesis.quorum:
+            down = [str(p.get("name")) for p in peers if not p.get("outbound_connected")]
+            reasons.append(f"no quorum: {', '.join(down)} unreachable")
+        leader = core.get("leader")
+        return {
+            "member": self.member.name,
+            "index": self.me,
+            "mode": "raft",
+            "chain_id": self.chain_id.hex(),
+            "n": self.genesis.n,
+            "f": self.genesis.f,
+            "quorum": self.genesis.quorum,
+            "term": core["term"],
+            "role": core["role"],
+            "leader": None if leader is None else names[leader],
+            # The table columns are shared with pbft: view/primary mean term/leader here.
+            "view": core["term"],
+            "primary": None if leader is None else names[leader],
+            "commit_index": core["commit_index"],
+            "applied_index": core["applied_index"],
+            "last_index": core["last_index"],
+            "snapshot_index": core["snapshot_index"],
+            "followers": {names[int(p)]: info for p, info in core.get("progress", {}).items()},
+            "height": head.height,
+            "head_hash": head.hash.hex(),
+            "stable_checkpoint": core["snapshot_index"],
+            "evidence": [],
+            "core": core,
+            "peers": peers,
+            "reachable": f"{up} of {self.genesis.n} reachable",
+            "not_progressing_because": reasons,
+            "rejected": dict(sorted(self.core.rejected.items())),
+            "transport": dict(sorted(self.peers.counters.items())),
+            "metrics": {
+                "blocks": self.metrics.blocks,
+                "txs_committed": self.metrics.txs_committed,
+                "fsyncs": self.store.fsync_count,
+                "fsyncs_per_block": round(self.store.fsync_count / max(1, self.metrics.blocks), 3),
+                "signatures_verified": self.tx_cache.verified,
+                "signature_cache_hits": self.tx_cache.hits,
+                "submitted": self.metrics.submitted,
+                "rejected_at_submit": self.metrics.rejected_at_submit,
+            },
+        }
