@@ -141,6 +141,14 @@ def node_start(
             help="TESTS ONLY: misbehave as primary (silent-primary, equivocating-primary).",
         ),
     ] = None,
+    test_partition_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--test-partition-file",
+            hidden=True,
+            help="TESTS ONLY: drop all traffic with the members named in this file.",
+        ),
+    ] = None,
 ) -> None:
     """Run one member from its home directory (config/node.toml, node_key.pem, genesis.json)."""
     from consortium.node.runtime import TEST_BYZANTINE_MODES
@@ -160,7 +168,12 @@ def node_start(
 
     async def main() -> None:
         node = make_node(
-            identity.config, identity.genesis, identity.keys, log=log, test_byzantine=test_byzantine
+            identity.config,
+            identity.genesis,
+            identity.keys,
+            log=log,
+            test_byzantine=test_byzantine,
+            test_partition_file=test_partition_file,
         )
         if test_byzantine is not None:
             log.warning("TEST MODE: this member misbehaves as primary (%s)", test_byzantine)

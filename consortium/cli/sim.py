@@ -1,15 +1,19 @@
-"""`consortium sim`: run seeded simulations of unmodified PBFT cores from the command line,
-with chosen network faults, crashes, partitions and Byzantine behaviours; print a summary; and
-replay one seed with a readable trace."""
+"""`consortium sim`: run seeded simulations of unmodified PBFT cores (or, with --mode raft,
+Raft cores) from the command line, with chosen network faults, crashes, partitions and
+Byzantine behaviours (raft: fault mixes); print a summary; and replay one seed with a readable
+trace."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Annotated
 
 import typer
 
 from consortium.node.sim.byzantine import BEHAVIOURS
+from consortium.node.sim.checkers import LivenessViolation, SafetyViolation
+from consortium.node.sim.raft_scenarios import RAFT_MIXES, run_raft
 from consortium.node.sim.scenarios import FAULTS, Outcome, Scenario, run_seed
 
 EXIT_FAILED = 1
@@ -37,7 +41,14 @@ def parse_seeds(text: str) -> list[int]:
 
 
 def sim(
-    n: Annotated[int, typer.Option(help="Members (n = 3f+1 >= 4).")] = 4,
+    mode: Annotated[str, typer.Option(help="pbft, or raft (crash faults only).")] = "pbft",
+    mix: Annotated[
+        list[str] | None,
+        typer.Option(help=f"raft: fault mix (repeatable, or 'all'): {', '.join(RAFT_MIXES)}."),
+    ] = None,
+    n: Annotated[
+        int | None, typer.Option(help="Members (pbft: 3f+1 >= 4, default 4; raft: default 3).")
+    ] = None,
     seeds: Annotated[str, typer.Option(help="Seeds: 0-99, or 1,5,9.")] = "0-19",
     txs: Annotated[int, typer.Option(help="Transactions submitted per run.")] = 60,
     faults: Annotated[str, typer.Option(help="Network: clean, lossy or heavy.")] = "lossy",
@@ -54,6 +65,13 @@ def sim(
     trace_lines: Annotated[int, typer.Option(help="Stop the trace after this many lines.")] = 400,
 ) -> None:
     """Seeded simulations: safety checked after every step, liveness after healing."""
+    if mode == "raft":
+        _raft(n or 3, seeds, txs, mix, trace, trace_lines)
+        return
+    if mode != "pbft":
+        raise typer.BadParameter("pbft or raft", param_hint="--mode")
+    if n is None:
+        n = 4
     if n < 4:
         raise typer.BadParameter("pbft needs n >= 4", param_hint="--n")
     if faults not in FAULTS:
@@ -129,6 +147,68 @@ def sim(
         )
         typer.echo(f"replay: consortium sim {flags} --trace {first.seed}")
         raise typer.Exit(EXIT_FAILED)
+
+
+def _raft(
+    n: int, seeds: str, txs: int, mixes: list[str] | None, trace: int | None, trace_lines: int
+) -> None:
+    if n < 1:
+        raise typer.BadParameter("at least one member", param_hint="--n")
+    names = list(RAFT_MIXES) if not mixes or mixes == ["all"] else list(mixes)
+    unknown = [x for x in names if x not in RAFT_MIXES]
+    if unknown:
+        raise typer.BadParameter(
+            f"{unknown[0]!r}: choose from {', '.join(RAFT_MIXES)} or all", param_hint="--mix"
+        )
+    if trace is not None:
+        lines = 0
+
+        def emit(line: str) -> None:
+            nonlocal lines
+            lines += 1
+            if lines <= trace_lines:
+                typer.echo(line)
+            elif lines == trace_lines + 1:
+                typer.echo(f"... trace cut at {trace_lines} lines (--trace-lines)")
+
+        failure = _raft_one(trace, n, names[0], txs, emit)
+        typer.echo(f"seed {trace} ({names[0]}, n={n}): {failure or 'ok'}")
+        raise typer.Exit(EXIT_FAILED if failure else 0)
+    chosen = parse_seeds(seeds)
+    typer.echo(f"{'mix':<12} {'seeds':>6} {'ok':>6} {'safety':>7} {'liveness':>9} {'wall s':>7}")
+    failed: list[tuple[str, int, str]] = []
+    for name in names:
+        started = time.monotonic()
+        bad = [(seed, _raft_one(seed, n, name, txs, None)) for seed in chosen]
+        bad = [(seed, why) for seed, why in bad if why]
+        failed += [(name, seed, why) for seed, why in bad]
+        typer.echo(
+            f"{name:<12} {len(chosen):>6} {len(chosen) - len(bad):>6} "
+            f"{sum(why.startswith('safety') for _, why in bad):>7} "
+            f"{sum(not why.startswith('safety') for _, why in bad):>9} "
+            f"{time.monotonic() - started:>7.1f}"
+        )
+    for name, seed, why in failed[:10]:
+        typer.echo(f"FAILED {name} seed {seed}: {why}")
+    if failed:
+        name, seed, _ = failed[0]
+        typer.echo(
+            f"replay: consortium sim --mode raft --n {n} --txs {txs} --mix {name} --trace {seed}"
+        )
+        raise typer.Exit(EXIT_FAILED)
+
+
+def _raft_one(seed: int, n: int, mix: str, txs: int, emit: Callable[[str], None] | None) -> str:
+    """'' when the run passed, else 'safety: ...' or 'liveness: ...'."""
+    try:
+        run_raft(seed, n, mix, txs=txs, trace=emit)
+    except SafetyViolation as exc:
+        return f"safety: {exc}"
+    except LivenessViolation as exc:
+        return f"liveness: {exc}"
+    except Exception as exc:  # a crash of the core is a failure to report, not to hide
+        return f"error: {type(exc).__name__}: {exc}"
+    return ""
 
 
 def _line(o: Outcome) -> str:

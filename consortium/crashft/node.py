@@ -140,7 +140,8 @@ class RaftConfig:
 
     @classmethod
     def from_genesis(cls, genesis: Genesis, me: int, seed: bytes, **overrides: Any) -> RaftConfig:
-        """E = params.request_timeout_ms (the one timeout genesis names), heartbeats at E/10."""
+        """E = params.request_timeout_ms (the one timeout genesis names), heartbeats at E/10;
+        applied entries kept for slow followers: 8 x params.window (512 by default)."""
         election = genesis.params.request_timeout_ms
         config = cls(
             me=me,
@@ -151,6 +152,7 @@ class RaftConfig:
             election_ms=election,
             heartbeat_ms=max(1, election // 10),
             append_bytes_max=min(1 << 20, genesis.params.frame_bytes_max // 4),
+            log_keep=max(16, 8 * genesis.params.window),
         )
         return replace(config, **overrides)
 
@@ -1338,6 +1340,7 @@ class RaftNode:
             "pending_txs": len(self._pool),
             "pending_reads": len(self._reads) + len(self._reads_unready),
             "elections": self.elections,
+            "blocks_installed": self.blocks_installed,
             "step_downs": list(self.step_downs),
             "installing_snapshot": None
             if self._install is None

@@ -82,12 +82,14 @@ class Node:
         peer_listen: tuple[str, int] | None = None,
         client_listen: tuple[str, int] | None = None,
         test_byzantine: str | None = None,
+        test_partition_file: Path | None = None,
     ) -> None:
         assert test_byzantine in (None, *TEST_BYZANTINE_MODES), test_byzantine
         member = genesis.member_by_key(keys.public)
         assert member is not None, "load_identity checks the key is a member"
         self.config = config
         self.test_byzantine = test_byzantine
+        self.test_partition_file = test_partition_file
         self.genesis = genesis
         self.chain_id = genesis.chain_id
         self.member = member
@@ -164,6 +166,8 @@ class Node:
                 self.client_port = await nursery.start(service.run)
                 nursery.start_soon(self._pump)
                 nursery.start_soon(self._core_loop)
+                if self.test_partition_file is not None:
+                    nursery.start_soon(self._watch_test_partition, self.test_partition_file)
                 self.log.info(
                     "member %s (%d of %d) up: mode %s, height %d, peer port %d, client port %d",
                     self.member.name,
@@ -177,6 +181,23 @@ class Node:
                 task_status.started()
         finally:
             self.store.close()
+
+    async def _watch_test_partition(self, path: Path) -> None:
+        """TESTS ONLY: every 50 ms, cut this member off from the members named in `path` (one
+        per line; a missing or empty file heals), in both directions."""
+        while True:
+            try:
+                names = (await trio.Path(path).read_text()).split()
+            except OSError:
+                names = []
+            cut = {m.index for m in self.genesis.members if m.name in names and m.index != self.me}
+            if cut != self.peers.test_cut:
+                self.log.warning(
+                    "TEST PARTITION: cut off from %s",
+                    ", ".join(self.genesis.members[i].name for i in sorted(cut)) or "nobody",
+                )
+                self.peers.test_cut = cut
+            await trio.sleep(0.05)
 
     async def propose(self, txs: list[Transaction]) -> None:
         """Hand client transactions (signatures already verified) to the core task."""

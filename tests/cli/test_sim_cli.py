@@ -57,3 +57,35 @@ def test_bad_options_are_refused_with_the_fix() -> None:
     assert result.exit_code != 0 and "at most f = 1" in result.output
     result = runner.invoke(app, ["sim", "--seeds", "9-3"])
     assert result.exit_code != 0 and "not a range" in result.output
+
+
+def test_sim_runs_raft_fault_mixes_and_replays_a_seed() -> None:
+    result = runner.invoke(app, ["sim", "--mode", "raft", "--seeds", "0-4", "--mix", "crashes"])
+    assert result.exit_code == 0, result.output
+    row = [line for line in result.output.splitlines() if line.startswith("crashes")]
+    assert row and row[0].split()[1:5] == ["5", "5", "0", "0"]
+    traced = runner.invoke(
+        app,
+        ["sim", "--mode", "raft", "--mix", "partitions", "--trace", "2", "--trace-lines", "99999"],
+    )
+    assert traced.exit_code == 0, traced.output
+    assert " LEADER of term " in traced.output and "APPEND" in traced.output
+    assert traced.output.strip().endswith("seed 2 (partitions, n=3): ok")
+
+
+def test_a_failing_raft_seed_exits_non_zero_and_says_how_to_replay_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from consortium.node.sim import raft_cluster, raft_scenarios
+
+    # Transactions that never arrive anywhere: what a core that drops them would do.
+    monkeypatch.setattr(raft_cluster.RaftSimCluster, "_send_to", lambda self, tx, i: None)
+    monkeypatch.setattr(raft_scenarios, "DEADLINE_MS", 2_000)
+    result = runner.invoke(app, ["sim", "--mode", "raft", "--seeds", "7", "--mix", "lossy"])
+    assert result.exit_code == 1, result.output
+    assert "FAILED lossy seed 7: liveness: seed 7 (lossy, n=3): not everything committed" in (
+        result.output
+    )
+    assert (
+        "replay: consortium sim --mode raft --n 3 --txs 60 --mix lossy --trace 7" in result.output
+    )

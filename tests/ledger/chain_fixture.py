@@ -3,7 +3,8 @@
 `ChainBuilder` executes batches with build_block on top of genesis_block, exactly as a replica
 does, and gives each pbft block a commit certificate signed by a quorum of members (COMMITs over
 commit_body in Domain.PBFT). Raft geneses get ("raft", term, index, proposed_ms) metadata and the
-leader's (member 0's) entry certificate over (chain id, term, index, batch digest). `block_signatures` and `checkpoint` sign what replicas store beside blocks.
+leader's (member 0's) entry certificate over (chain id, term, index, batch digest).
+`block_signatures` and `checkpoint` sign what replicas store beside blocks.
 """
 
 from __future__ import annotations
