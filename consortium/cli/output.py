@@ -54,8 +54,12 @@ def status_table(genesis: Genesis, statuses: list[dict[str, Any]]) -> None:
         f"network {genesis.chain_name} ({genesis.chain_id.hex()[:12]}…): mode {genesis.mode}, "
         f"n={genesis.n} f={genesis.f}: {up} of {genesis.n} up, {budget}"
     )
+    raft = genesis.mode == "raft"
+    view, primary, mark = (
+        ("term", "leader", "snapshot") if raft else ("view", "primary", "checkpoint")
+    )
     typer.echo(
-        f"{'member':<7} {'view':>5} {'primary':<8} {'height':>7} {'checkpoint':>10} "
+        f"{'member':<7} {view:>5} {primary:<8} {'height':>7} {mark:>10} "
         f"{'peers':>6}  {'head':<14} note"
     )
     for s in statuses:
@@ -74,6 +78,15 @@ def status_table(genesis: Genesis, statuses: list[dict[str, Any]]) -> None:
             f"{connected:>3}/{len(peers):<2}  {str(s.get('head_hash', ''))[:12]}… {note}"
         )
     for s in statuses:
+        if s.get("role") == "leader" and s.get("followers"):
+            followers = ", ".join(
+                f"{name} match {f.get('match')} (lag {f.get('lag')}, {f.get('state')})"
+                for name, f in s["followers"].items()
+            )
+            typer.echo(
+                f"leader {s['member']} (term {s.get('term')}, commit index "
+                f"{s.get('commit_index')}): {followers}"
+            )
         for e in s.get("evidence", []) or []:
             typer.echo(
                 f"evidence held by {s['member']}: primary {e.get('primary')} of view "
