@@ -100,3 +100,28 @@ def test_a_name_not_in_genesis_is_refused(net: Path) -> None:
 def test_free_ports_are_distinct() -> None:
     ports = free_ports(16)
     assert len(set(ports)) == 16
+
+
+def test_init_writes_a_raft_network_of_three_by_default(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from consortium.cli.main import app
+
+    runner = CliRunner()
+    result = runner.invoke(app, ["init", "--dir", str(tmp_path / "r"), "--mode", "raft"])
+    assert result.exit_code == 0, result.output
+    genesis = load_client_setup(tmp_path / "r").genesis
+    assert genesis.mode == "raft" and genesis.n == 3 and genesis.f == 1 and genesis.quorum == 2
+    assert "raft network of 3 members (f=1, quorum 2)" in result.output
+    bad = runner.invoke(app, ["init", "--dir", str(tmp_path / "x"), "--mode", "paxos"])
+    assert bad.exit_code == 2 and "--mode must be one of pbft, raft" in bad.output
+
+
+def test_leader_transfer_is_refused_in_pbft_with_the_reason(net: Path) -> None:
+    from typer.testing import CliRunner
+
+    from consortium.cli.main import app
+
+    result = CliRunner().invoke(app, ["leader", "transfer", "--to", "n2", "--net", str(net)])
+    assert result.exit_code == 2
+    assert "leadership transfer is a raft operation" in result.output

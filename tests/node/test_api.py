@@ -34,6 +34,7 @@ from consortium.node.api import (
     StatusRequest,
     SubmitRequest,
     SubmitVerdict,
+    TransferRequest,
     WatchRequest,
     bundle_for,
     decode_request,
@@ -92,6 +93,7 @@ requests: st.SearchStrategy[Request] = st.one_of(
     st.builds(BlockRequest, req_ids, st.integers(min_value=0, max_value=2**63 - 1)),
     st.builds(StatusRequest, req_ids),
     st.builds(WatchRequest, req_ids, st.lists(ids, max_size=5)),
+    st.builds(TransferRequest, req_ids, st.integers(min_value=0, max_value=1 << 16)),
 )
 values = st.recursive(
     st.none()
