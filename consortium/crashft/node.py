@@ -766,8 +766,17 @@ class RaftNode:
             if sender == self._transferee and pr.match == self.log.last_index:
                 self._send(sender, m.TimeoutNow(self.term))
             return
-        # A rejection: msg.index is the prev_index it refused, msg.hint its last index.
-        if pr.state == REPLICATE:
+        # A rejection: msg.index is the prev_index it refused, msg.hint where its log can
+        # match ours (at most its last index).
+        if msg.hint < pr.match and msg.index > msg.hint:
+            # It no longer holds entries it acknowledged (a disk that lied about fsync, a
+            # restored backup): repair it from what it has, or it is refused forever.
+            self.rejected["follower_lost_entries"] += 1
+            pr.match = msg.hint
+            pr.state = PROBE
+            pr.next = msg.hint + 1
+            pr.inflight.clear()
+        elif pr.state == REPLICATE:
             if msg.index <= pr.match:
                 return  # stale
             pr.state = PROBE
@@ -776,7 +785,10 @@ class RaftNode:
         elif pr.state == PROBE:
             if msg.index != pr.next - 1:
                 return  # stale
+            before = pr.next
             pr.next = max(min(msg.index, msg.hint + 1), pr.match + 1)
+            if pr.next == before:
+                return  # no new information: re-probe at the next heartbeat, not in a loop
         else:
             return
         pr.probe_sent = False

@@ -1,33 +1,38 @@
-"""Counts what the simulation tier covered: clusters (one per seed and scenario) and simulated
-time, printed at the end of the run (the figures quoted in closing notes come from here)."""
+"""Counts what the simulation tier covered: clusters (one per seed and scenario, PBFT's SimCluster
+and Raft's RaftSimCluster) and simulated time, printed at the end of the run (the figures quoted
+in closing notes come from here)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
 from consortium.node.sim.cluster import SimCluster
+from consortium.node.sim.raft_cluster import RaftSimCluster
 
-_clusters: list[SimCluster] = []  # this test's, until it ends
+_clusters: list[SimCluster | RaftSimCluster] = []  # this test's, until it ends
 _totals = {"clusters": 0, "simulated_ms": 0, "steps": 0}
 
 
 @pytest.fixture(autouse=True)
 def _count_simulations(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    original = SimCluster.__init__
-
-    def init(self: SimCluster, *args: object, **kwargs: object) -> None:
-        original(self, *args, **kwargs)  # type: ignore[arg-type]
-        _clusters.append(self)
-
-    monkeypatch.setattr(SimCluster, "__init__", init)
+    for cls in (SimCluster, RaftSimCluster):
+        monkeypatch.setattr(cls, "__init__", _counting(cls.__init__))
     yield
     for cluster in _clusters:
         _totals["clusters"] += 1
         _totals["simulated_ms"] += cluster.now_ms
         _totals["steps"] += cluster.steps
     _clusters.clear()
+
+
+def _counting(original: Callable[..., None]) -> Callable[..., None]:
+    def init(self: SimCluster | RaftSimCluster, *args: object, **kwargs: object) -> None:
+        original(self, *args, **kwargs)
+        _clusters.append(self)
+
+    return init
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

@@ -50,7 +50,12 @@ from consortium.ledger.block import Block, BlockHeader, genesis_block, genesis_s
 from consortium.ledger.genesis import Params
 from consortium.ledger.state import Execution, KeyValueState, build_block
 from consortium.ledger.tx import Transaction
-from consortium.node.sim.checkers import SafetyChecker, SafetyViolation, check_converged
+from consortium.node.sim.checkers import (
+    LivenessViolation,
+    SafetyChecker,
+    SafetyViolation,
+    check_converged,
+)
 from consortium.node.sim.cluster import EPOCH_MS, HmacSigner, member_keys, sim_genesis
 from consortium.node.sim.network import NetworkFaults, SimNetwork
 
@@ -204,6 +209,7 @@ class RaftSimCluster:
         configure: Callable[[RaftConfig], RaftConfig] = raft_sim_config,
         client_delay_ms: tuple[int, int] = (0, 10),
         client_retry_ms: int = 1_000,
+        max_steps: int = 1_000_000,
     ) -> None:
         self.seed = seed
         self.rng = random.Random(seed)
@@ -220,6 +226,7 @@ class RaftSimCluster:
         self.check = RaftChecker(n, self.genesis.client_keys())
         self.submitted: list[bytes] = []
         self.steps = 0
+        self.max_steps = max_steps
         self.client_delay_ms = client_delay_ms
         self.client_retry_ms = client_retry_ms
         keys = member_keys(n)
@@ -357,6 +364,11 @@ class RaftSimCluster:
             candidates.append(self._scheduled[0][0])
         self.now_ms = max(self.now_ms, min(candidates))
         self.steps += 1
+        if self.steps > self.max_steps:
+            raise LivenessViolation(
+                f"seed {self.seed}: {self.steps:,} steps by {self.now_ms} ms simulated: a message "
+                "storm (every run stops by itself)"
+            )
         while self._scheduled and self._scheduled[0][0] <= self.now_ms:
             _, _, action = heapq.heappop(self._scheduled)
             action()
