@@ -265,6 +265,21 @@ class Ready:
         )
 
 
+def merge(first: Ready, then: Ready) -> Ready:
+    """`first` followed by `then`, as one Ready whose committed/install are `then`'s (the
+    shell has applied `first`'s): for a shell that writes what applying produced in the same
+    fsync as the blocks it applied."""
+    return Ready(
+        records=first.records + then.records,
+        messages=first.messages + then.messages,
+        committed=then.committed,
+        install=then.install,
+        serve=first.serve + then.serve,
+        reads=first.reads + then.reads,
+        read_failures=first.read_failures + then.read_failures,
+    )
+
+
 @dataclass(slots=True)
 class Progress:
     """The leader's view of one follower (etcd's tracker.Progress)."""
@@ -332,10 +347,6 @@ class RaftNode:
         for e in rec.entries:
             self.log.append(e)
         self.applied = rec.applied_index
-        if self.applied > self.log.last_index:
-            # The ledger is ahead of the log (entries compacted by a crash between writes
-            # cannot be, but a fresh snapshot install can): restart the log at the ledger.
-            self.log.restore(self.applied, rec.applied_term)
         self.commit = self.applied
         self.height = rec.height
         self.block_hash = rec.block_hash
@@ -343,11 +354,20 @@ class RaftNode:
         self._snap_hash = rec.snap_hash
         # (height, hash) after each applied entry still in the log: compaction points
         self._points: dict[int, tuple[int, bytes]] = {}
-        self._disk_first = self.log.first_index
-        self._disk_last = self.log.last_index
+        # The log records on disk (contiguous): what _records() must delete when they go.
+        self._disk_first = rec.entries[0].index if rec.entries else self.log.first_index
+        self._disk_last = rec.entries[-1].index if rec.entries else self.log.last_index
         self._dirty_from: int | None = None
         self._hard_dirty = False
         self._snap_dirty = False
+        if self.log.term_at(self.applied) != rec.applied_term:
+            # The ledger is ahead of the log or disagrees with it. The runtime writes installed
+            # blocks and the new compaction point in one transaction, so this takes a damaged
+            # or foreign store; what the ledger holds is committed, so restart the log there.
+            self.log.restore(self.applied, rec.applied_term)
+            self._snap_height, self._snap_hash = rec.height, rec.block_hash
+            self._snap_dirty = True
+            self._mark_dirty(self.applied + 1)
 
         self._now = 0
         self._wall = 0
@@ -768,27 +788,27 @@ class RaftNode:
             return
         # A rejection: msg.index is the prev_index it refused, msg.hint where its log can
         # match ours (at most its last index).
-        if msg.hint < pr.match and msg.index > msg.hint:
-            # It no longer holds entries it acknowledged (a disk that lied about fsync, a
-            # restored backup): repair it from what it has, or it is refused forever.
-            self.rejected["follower_lost_entries"] += 1
-            pr.match = msg.hint
-            pr.state = PROBE
-            pr.next = msg.hint + 1
-            pr.inflight.clear()
-        elif pr.state == REPLICATE:
+        if pr.state == REPLICATE:
             if msg.index <= pr.match:
-                return  # stale
+                return  # stale (etcd's MaybeDecrTo)
             pr.state = PROBE
             pr.next = pr.match + 1
             pr.inflight.clear()
         elif pr.state == PROBE:
             if msg.index != pr.next - 1:
-                return  # stale
-            before = pr.next
-            pr.next = max(min(msg.index, msg.hint + 1), pr.match + 1)
-            if pr.next == before:
-                return  # no new information: re-probe at the next heartbeat, not in a loop
+                return  # stale: not the answer to our current probe
+            if msg.index <= pr.match and msg.hint < msg.index:
+                # It refuses an entry it acknowledged: it lost it (a disk that lied about
+                # fsync, a restored backup). Repair it from what it holds, or it is refused
+                # forever.
+                self.rejected["follower_lost_entries"] += 1
+                pr.match = msg.hint
+                pr.next = msg.hint + 1
+            else:
+                before = pr.next
+                pr.next = max(min(msg.index, msg.hint + 1), pr.match + 1)
+                if pr.next == before:
+                    return  # nothing learnt: re-probe at the next heartbeat, not in a loop
         else:
             return
         pr.probe_sent = False
@@ -1041,6 +1061,8 @@ class RaftNode:
         cfg = self.config
         retry_before = self._now - 2 * cfg.election_ms
         batch: list[Transaction] = []
+        size = 0
+        bytes_max = cfg.params.frame_bytes_max // 2
         dead: list[bytes] = []
         for tx_id, pending in self._pool.items():
             if pending.forwarded_ms is not None and pending.forwarded_ms > retry_before:
@@ -1048,12 +1070,15 @@ class RaftNode:
             if pending.forwards >= 4:
                 dead.append(tx_id)  # the client has retried elsewhere long since
                 continue
+            if batch and (
+                len(batch) >= cfg.forward_batch_max or size + pending.tx.size + 8 > bytes_max
+            ):
+                self._send(leader, m.Forward(tuple(batch)))
+                batch, size = [], 0
             pending.forwarded_ms = self._now
             pending.forwards += 1
             batch.append(pending.tx)
-            if len(batch) >= cfg.forward_batch_max:
-                self._send(leader, m.Forward(tuple(batch)))
-                batch = []
+            size += pending.tx.size + 8
         if batch:
             self._send(leader, m.Forward(tuple(batch)))
         for tx_id in dead:

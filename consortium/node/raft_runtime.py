@@ -27,7 +27,7 @@ import trio
 
 from consortium.crashft import messages as raft_messages
 from consortium.crashft.messages import Entry, TransferredBlock
-from consortium.crashft.node import LEADER, RaftConfig, RaftNode, RecoveredState
+from consortium.crashft.node import LEADER, RaftConfig, RaftNode, RecoveredState, merge
 from consortium.crashft.transfer import blocks_reply, replay_block
 from consortium.crypto.codec import WireFormatError
 from consortium.crypto.signing import Domain
@@ -122,10 +122,15 @@ class RaftMember(Node):
             self.metrics.steps += 1
             blocks: list[tuple[Block, Execution, bytes | None]] = []
             signatures: list[tuple[int, SignedVote]] = []
-            for entry in ready.committed:
-                self._apply_entry(entry, blocks, signatures)
-            for transferred in ready.install:
-                self._install_block(transferred, blocks, signatures)
+            while ready.committed or ready.install:
+                for entry in ready.committed:
+                    self._apply_entry(entry, blocks, signatures)
+                for transferred in ready.install:
+                    self._install_block(transferred, blocks, signatures)
+                # What applying produced (a new compaction point after a snapshot install, a
+                # compaction) goes in the SAME write as the blocks, so a crash never leaves
+                # the ledger ahead of the log records; its messages still leave after it.
+                ready = merge(ready, core.take_ready())
             if blocks or ready.records:
                 self.store.save(blocks=blocks, records=ready.records, block_signatures=signatures)
             for out in ready.messages:

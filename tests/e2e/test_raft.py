@@ -42,14 +42,14 @@ def partition_file(net: LocalNetwork, name: str) -> Path:
     return net.directory / "nodes" / name / "partition"
 
 
-def cut(net: LocalNetwork, side: list[str]) -> None:
+def cut(net: LocalNetwork, side: list[str], settle_s: float = 0.3) -> None:
     """Partition `side` from the other members (both directions)."""
     names = [h.name for h in net.homes]
     other = [n for n in names if n not in side]
     for name in names:
         away = other if name in side else side
         partition_file(net, name).write_text("\n".join(away))
-    time.sleep(0.3)  # members poll the file every 50 ms
+    time.sleep(settle_s)  # members poll the file every 50 ms
 
 
 def heal(net: LocalNetwork) -> None:
@@ -193,20 +193,23 @@ def test_a_minority_commits_nothing_and_a_deposed_leader_answers_no_read(
     old = trio.run(leader_of, genesis)
     old_name = genesis.members[old].name
     others = [i for i in range(genesis.n) if i != old]
-    cut(raft, [old_name])
+    cut(raft, [old_name], settle_s=0.1)  # CheckQuorum deposes it no sooner than ~E later
 
     async def minority() -> tuple[int, int, str, int]:
-        """Submit to the old leader alone, try a read there; its height must not move."""
+        """While the cut-off old leader still thinks it leads, ask it for a read: it must
+        never answer one. Then submit to it alone: its height must not move."""
         only_old = {old: client_address(genesis, old)}
         async with ConsortiumClient(genesis, keys[1], addresses=only_old) as client:
+            status = await client.status(old, 1.0)
+            assert status["role"] == "leader", "CheckQuorum deposed it before the read"
+            refused = ""
+            try:
+                await client.get(b"before/0", timeout_s=6.0)
+            except ClientError as exc:
+                refused = str(exc)
             before = (await client.status(old, 1.0))["height"]
             tx = client.make_tx([Put(b"minority", b"x")])
             [outcome] = await client.submit_and_wait([tx], timeout_s=3 * 2 * ELECTION_MS / 1000)
-            refused = ""
-            try:
-                await client.get(b"before/0", timeout_s=2.0)
-            except ClientError as exc:
-                refused = str(exc)
             after = (await client.status(old, 1.0))["height"]
             return before, after, refused, 0 if outcome.status == "pending" else 1
 

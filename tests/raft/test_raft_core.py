@@ -6,6 +6,8 @@ for election safety, log matching, leader completeness and state machine safety.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from raft_harness import HEARTBEAT, E, Msg, RaftGroup, log_terms
 
@@ -18,6 +20,7 @@ from consortium.crashft.node import (
     LOG_PREFIX,
     PRE_CANDIDATE,
     SNAP_KEY,
+    RaftNode,
     ReadState,
     RecoveredState,
     RecoveryError,
@@ -460,3 +463,51 @@ def test_regression_a_follower_that_lost_acknowledged_entries_causes_no_append_s
     g.run(3 * HEARTBEAT, pred=lambda q: q.dst != 1 and q.src != 1)  # n1 and n3 alone
     probes = [q for q in g.delivered if q.src == 0 and q.dst == 2 and isinstance(q.msg, m.Append)]
     assert len(probes) <= 10, f"{len(probes)} appends to n3 in {3 * HEARTBEAT} ms"
+
+
+def test_a_restart_with_the_ledger_ahead_of_the_log_restarts_the_log_at_the_ledger() -> None:
+    """Found in review: a ledger ahead of the log records (a damaged store, or a crash between
+    an install's blocks and its compaction point before they were written together) must move
+    the compaction point to the ledger's head, and delete the stale log records."""
+    g = started()
+    stale = [m.Entry(1, 4), m.Entry(1, 5)]
+    rec = RecoveredState(
+        term=1,
+        snap_index=3,
+        snap_term=1,
+        snap_height=2,
+        snap_hash=b"\x02" * 32,
+        entries=stale,
+        applied_index=9,
+        applied_term=1,
+        height=8,
+        block_hash=b"\x08" * 32,
+    )
+    node = RaftNode(g.config(2), g.signers[2], recovered=rec)
+    assert (node.log.snap_index, node.log.snap_term, node.log.last_index) == (9, 1, 9)
+    assert (node.commit, node.applied) == (9, 9)
+    records = dict(node.take_ready().records)
+    assert records[SNAP_KEY] == pack([9, 1, 8, b"\x08" * 32])
+    assert records[log_key(4)] is None and records[log_key(5)] is None
+
+
+def test_a_forward_is_cut_by_bytes_so_every_frame_fits() -> None:
+    """Found in review: 512 large transactions in one FORWARD exceeded the frame limit and the
+    transport dropped it, every retry."""
+    g = started()
+    follower = 1
+    raft = g.node(follower)
+    big = [g.txs[i] for i in range(8)]
+    limit = sum(t.size for t in big[:3]) * 2 + 64  # frame_bytes_max // 2 ~ three of them
+    raft.config = replace(raft.config, params=replace(raft.config.params, frame_bytes_max=limit))
+    for tx in big:
+        raft.propose(tx)
+    frames = [
+        o.frame
+        for o in raft.take_ready().messages
+        if m.decode(o.frame, g.params).__class__ is m.Forward
+    ]
+    assert len(frames) >= 2
+    assert all(len(f) <= limit for f in frames)
+    forwarded = [t.id for f in frames for t in m.decode(f, g.params).txs]  # type: ignore[union-attr]
+    assert forwarded == [t.id for t in big]

@@ -42,6 +42,7 @@ from consortium.crashft.node import (
     ReadState,
     RecoveredState,
     Serve,
+    merge,
 )
 from consortium.crashft.transfer import blocks_reply, replay_block
 from consortium.crypto.codec import WireFormatError
@@ -396,13 +397,24 @@ class RaftSimCluster:
     def _carry_out(self, node: RaftSimNode) -> None:
         raft = node.raft
         while ready := raft.take_ready():
-            if node.crash_mid_write and ready.records:
+            if node.crash_mid_write and (ready.records or ready.committed or ready.install):
+                # Power lost before this Ready's one write (records and blocks together)
+                # reached the disk: neither happened. A correct shell has sent nothing yet; a
+                # broken one already sent the messages.
                 node.crash_mid_write = False
                 self.lost_writes += 1
                 if self.broken_shell:
                     self._send(node, ready.messages)
                 self.crash(node.index)
                 return
+            # As the runtime does: apply, and write what applying produced in the same
+            # write as the blocks (crashft.node.merge); then send.
+            while ready.committed or ready.install:
+                for entry in ready.committed:
+                    self._apply(node, entry)
+                for tb in ready.install:
+                    self._install(node, tb)
+                ready = merge(ready, raft.take_ready())
             self._check_persisted(node, ready.records)
             if self.broken_shell:
                 node.unsynced.extend(ready.records)
@@ -412,10 +424,6 @@ class RaftSimCluster:
             else:
                 self._fsync(node, ready.records)
             self._send(node, ready.messages)
-            for entry in ready.committed:
-                self._apply(node, entry)
-            for tb in ready.install:
-                self._install(node, tb)
             for serve in ready.serve:
                 self._serve(node, serve)
             for state in ready.reads:
