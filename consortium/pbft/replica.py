@@ -59,6 +59,11 @@ Every peer input is checked before it counts, and anything wrong is dropped and 
 
     and, for view change and state transfer (below): stale_view_change, bad_view_change,
     bad_new_view, stale_new_view, unwanted_batch, bad_batch, bad_transfer, unasked_blocks.
+    conflicts_committed   a PRE-PREPARE (or re-issue) at a seq we committed, for another
+                       digest: we never PREPARE or COMMIT it (a second guard behind NEW-VIEW
+                       checking; a valid NEW-VIEW re-issues what we committed)
+    not_reissued       a fresh PRE-PREPARE at or below the max_s of the NEW-VIEW that started
+                       this view (the new primary proposes only above it)
 
 Retransmission (pbft/retransmit.py) recovers from message loss inside a view.
 
@@ -127,6 +132,7 @@ from consortium.pbft.messages import (
     ViewChange,
     decode,
     encode,
+    proofs_digest_of,
 )
 from consortium.pbft.pool import TxPool
 from consortium.pbft.retransmit import Retransmitter
@@ -259,6 +265,10 @@ class PbftReplica:
         self._last_block_hash = recovered.last_block_hash
         self._last_committed = recovered.last_executed  # last seq handed out in Ready.committed
         self._highest_accepted = recovered.last_executed  # highest seq with a PRE-PREPARE
+        # What we committed in (h, last committed]: a seq we committed never gets our PREPARE
+        # or COMMIT for another digest, whatever a NEW-VIEW or a primary says (a second guard:
+        # a valid NEW-VIEW re-issues exactly these, OSDI'99 §4.4).
+        self._committed_digests: dict[int, bytes] = {}
         self._next_seq = recovered.last_executed + 1  # the primary's next sequence number
         self.stable_certificate: CheckpointCertificate | None = None
         self._log = MessageLog(params.window)
@@ -284,6 +294,7 @@ class PbftReplica:
         self._vc_resend_at: int | None = None
         self._vc_backoff = 1
         self._nv_frame: bytes | None = None  # the NEW-VIEW that started self.view
+        self._reissued_max = 0  # its max_s: fresh PRE-PREPAREs in self.view start above it
         self._nv_sent = False  # as primary of self.view
         self._nv_relayed_ms = [_LONG_AGO] * self.n
         self._vc_checked_ms = [_LONG_AGO] * self.n
@@ -517,6 +528,12 @@ class PbftReplica:
             # the same one with its batch attached (the primary's retransmission).
             self._fill_batch(slot, pp.proposed_ms, pp.digest, pp.txs)
             return
+        if pp.seq <= self._reissued_max:
+            # The NEW-VIEW that started this view fixed every seq up to its max_s; the primary
+            # proposes afresh only above it. (Not evidence: whether we still hold the re-issued
+            # slot depends on our state, e.g. a restart, not on the message alone.)
+            self.rejected["not_reissued"] += 1
+            return
         if not self._verified(pp):
             return
         problem = self._batch_problem(pp)
@@ -554,8 +571,17 @@ class PbftReplica:
         if first.view == self.view and self.active:
             self._start_view_change(self.view + 1, f"primary misbehaved: {reason}")
 
+    def _conflicts_committed(self, seq: int, digest: bytes) -> bool:
+        committed = self._committed_digests.get(seq)
+        if committed is None or committed == digest:
+            return False
+        self.rejected["conflicts_committed"] += 1
+        return True
+
     def _accept_preprepare(self, slot: Slot, pp: PrePrepare, *, reissued: bool = False) -> None:
         assert slot.preprepare is None
+        if self._conflicts_committed(pp.seq, pp.digest):
+            return  # we committed another batch there: never vote for this one
         slot.preprepare = pp
         slot.reissued = None
         self._highest_accepted = max(self._highest_accepted, pp.seq)
@@ -633,7 +659,7 @@ class PbftReplica:
             return
         if not slot.prepared:
             senders = slot.matching(slot.prepares)
-            if len(senders) < self.quorum - 1:
+            if len(senders) < self.quorum - 1 or self._conflicts_committed(pp.seq, pp.digest):
                 return
             slot.prepared = True
             proof = PreparedProof(preprepare=pp, prepares=tuple(slot.prepares[s] for s in senders))
@@ -676,6 +702,8 @@ class PbftReplica:
         assert batch.seq == self._last_committed + 1
         self._committed.append(batch)
         self._last_committed = batch.seq
+        if batch.seq > self._log.low:  # (state transfer also hands out blocks below h)
+            self._committed_digests[batch.seq] = batch.digest
         self._highest_accepted = max(self._highest_accepted, batch.seq)
         self._pool.committed(batch.seq, batch.txs)
         self._progress_ms = self._mono_ms
@@ -779,6 +807,8 @@ class PbftReplica:
         for seq in [s for s in self._prepared if s <= cert.seq]:
             del self._prepared[seq]
             self._records.append((records.proof_key(seq), None))
+        for seq in [s for s in self._committed_digests if s <= cert.seq]:
+            del self._committed_digests[seq]
         if cert.seq > self._last_committed:
             self._highest_accepted = max(self._highest_accepted, cert.seq)
         self._next_seq = max(self._next_seq, cert.seq + 1)
@@ -942,7 +972,14 @@ class PbftReplica:
             self._try_new_view()
 
     def _view_change_ok(self, vc: ViewChange) -> bool:
-        key = sha256(vc.body + vc.signature + vc.proofs_digest)
+        # The signed body names the proofs only by digest: first make sure the proofs attached
+        # are those (one hash), so the cache below, keyed on the signed bytes, can never vouch
+        # for a frame whose proofs someone stripped or swapped (a Byzantine new primary would
+        # put such a frame in its NEW-VIEW to drop a committed batch).
+        if vc.proofs_digest != proofs_digest_of(vc.stable, vc.prepared):
+            self.rejected["bad_view_change"] += 1
+            return False
+        key = sha256(vc.body + vc.signature)
         if key in self._checked_vcs:
             return True
         problem = check_view_change(self._members, self._verifier, vc)
@@ -1112,6 +1149,7 @@ class PbftReplica:
             max((slot.seq for slot in self._log.window_slots() if slot.preprepare), default=0),
         )
         self._next_seq = max(plan.max_s, low, self._last_committed) + 1
+        self._reissued_max = plan.max_s
         for s in [s for s in self._vcs if self._vcs[s].view <= self.view]:
             del self._vcs[s]
         self.active = True
@@ -1405,6 +1443,10 @@ class PbftReplica:
                 self._records.append((key, None))
                 continue
             self._prepared[seq] = PreparedProof(preprepare=pp, prepares=tuple(prepares))
+            if seq <= self.last_executed:
+                # We prepared it in the view we committed it in, or later: any prepared
+                # certificate from then on names the committed digest.
+                self._committed_digests[seq] = pp.digest
         for seq in sorted(restored.slots):
             self._restore_slot(restored.slots[seq])
         self._records.extend((key, None) for key in restored.unknown_keys)
@@ -1419,6 +1461,11 @@ class PbftReplica:
                 self._start_view_change(self.view + 1, "restarted during a view change")
         else:
             self._nv_frame = restored.new_view
+            nv = None if restored.new_view is None else decode(restored.new_view, self.params)
+            if isinstance(nv, NewView) and nv.view == self.view:
+                self._reissued_max = max((pp.seq for pp in nv.preprepares), default=0)
+                if self.primary == self.me:
+                    self._next_seq = max(self._next_seq, self._reissued_max + 1)
         boundary = self.last_executed
         if (
             boundary > low
@@ -1476,6 +1523,7 @@ class PbftReplica:
         assert len(self._prepared) <= self.params.window
         assert len(self._wanted) <= self.params.window
         assert len(self._fetched) <= self.params.window
+        assert len(self._committed_digests) <= self.params.window
         assert len(self._vcs) <= self.n
         assert self.active or self._own_vc is not None
 
