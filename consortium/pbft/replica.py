@@ -76,9 +76,13 @@ batch a timeout later; (c) the primary proves itself faulty: two signed PRE-PREP
 it does not recompute. It then moves to view v+1: persists the view, multicasts
 VIEW-CHANGE(v+1, stable certificate, prepared proofs) and re-sends it until a NEW-VIEW for v+1
 or later arrives. Once it holds Q VIEW-CHANGEs for v+1 it starts a timer; if no valid NEW-VIEW
-arrives in time it moves on to v+2. The timeout doubles with each successive view change and
-returns to params.request_timeout_ms once a request executes. f+1 VIEW-CHANGEs for views above
-ours make us join the smallest of them (a faulty replica alone cannot start a view change).
+arrives in time it moves on to v+2 (a NEW-VIEW for v+1 that does not recompute moves it on at
+once; one whose contents do not match the digest its primary signed was changed by a relay and
+is dropped as malformed, blaming no one; a bad one for any other view is dropped and counted,
+since one faulty member is primary of infinitely many views). The timeout doubles with each
+successive view change and returns to params.request_timeout_ms once a request executes. f+1
+VIEW-CHANGEs for views above ours make us join the smallest of them (a faulty replica alone
+cannot start a view change).
 The new primary, with Q VIEW-CHANGEs, fetches any batch it lacks by digest, then sends
 NEW-VIEW with the re-issued PRE-PREPAREs (null requests for gaps); every replica recomputes
 it, persists it, drops the old view's slots, re-issues the transactions of dropped batches to
@@ -132,6 +136,7 @@ from consortium.pbft.messages import (
     ViewChange,
     decode,
     encode,
+    new_view_digest,
     proofs_digest_of,
 )
 from consortium.pbft.pool import TxPool
@@ -1062,6 +1067,12 @@ class PbftReplica:
             return
         if not self._verified(nv):
             return
+        if nv.proofs_digest != new_view_digest(nv.view_change_frames, nv.preprepares):
+            # The primary signed other contents than these: someone on the way (a relay) swapped
+            # them. Not the primary's doing, so no evidence and no view change: drop it as a
+            # malformed message, like any frame damaged in transit.
+            self.rejected["malformed"] += 1
+            return
         decoded: list[ViewChange] = []
         problem: str | None = None
         for frame in nv.view_change_frames:
@@ -1083,15 +1094,19 @@ class PbftReplica:
         if problem is None:
             problem = check_new_view(self._members, self._verifier, nv, decoded)
         if problem is not None:
-            # The primary of nv.view signed a NEW-VIEW that does not recompute: it is faulty.
             self.rejected["bad_new_view"] += 1
+            if nv.view != self.view or self.active:
+                # A view we are not moving to (any higher one: a single faulty member is primary
+                # of infinitely many): dropped and counted, never a reason to move.
+                return
+            # The primary of the view we wait to enter signed these very contents (its digest
+            # matches them) and they do not recompute: it is faulty.
             self.evidence.append(
                 Evidence(
                     "bad_new_view", nv.view, 0, nv.sender, (SignedVote(nv.body, nv.signature),)
                 )
             )
-            if nv.view >= self.view:
-                self._start_view_change(nv.view + 1, f"bad NEW-VIEW from the primary: {problem}")
+            self._start_view_change(nv.view + 1, f"bad NEW-VIEW from the primary: {problem}")
             return
         if nv.view > self.view:
             self.view_changes += 1

@@ -185,3 +185,54 @@ def test_a_fresh_preprepare_at_or_below_the_new_views_max_s_is_refused() -> None
     # Above max_s the primary proposes afresh as usual.
     r.receive(1, group.preprepare(3, group.txs[6:7], view=1, sender=1))
     assert [f for f in frames(group.take(2)) if isinstance(decode(f, group.params), Prepare)]
+
+
+def test_a_bad_new_view_for_a_far_higher_view_is_dropped_not_followed() -> None:
+    group = Group()
+    r = group.replicas[2]
+    group.take(2)
+    # n2 is primary of view 1001 (1001 % 4 == 1) and signs a NEW-VIEW with nothing in it.
+    nv = NewView.create(group.signers[1], group.chain_id, 1001, (), (), 1)
+    r.receive(1, encode(nv))
+    assert r.rejected["bad_new_view"] == 1
+    assert r.view == 0 and r.active and r.view_changes == 0
+    assert not r.evidence
+    # Nor while moving to another view: only the primary of that very view is blamed.
+    r._start_view_change(1, "test")
+    r.receive(1, encode(NewView.create(group.signers[1], group.chain_id, 5, (), (), 1)))
+    assert r.rejected["bad_new_view"] == 2
+    assert r.view == 1 and not r.active and r.view_changes == 1
+
+
+def test_a_new_view_tampered_by_a_relay_is_dropped_without_blaming_the_primary() -> None:
+    group = Group()
+    r = group.replicas[2]
+    group.take(2)
+    vcs = [ViewChange.create(group.signers[i], group.chain_id, 1, None, (), i) for i in (0, 1, 3)]
+    nv = NewView.create(group.signers[1], group.chain_id, 1, tuple(encode(v) for v in vcs), (), 1)
+    r._start_view_change(1, "test")
+    # n4 relays n2's honest NEW-VIEW with the VIEW-CHANGEs removed, or one swapped for junk.
+    for tampered in (
+        replace(nv, view_change_frames=()),
+        replace(nv, view_change_frames=(b"\x93junk", *nv.view_change_frames[1:])),
+    ):
+        r.receive(3, encode(tampered))
+    assert r.rejected["malformed"] == 2
+    assert r.rejected["bad_new_view"] == 0 and not r.evidence
+    assert r.view == 1 and not r.active and r.view_changes == 1
+    # The genuine one, relayed intact, still brings it into view 1.
+    r.receive(3, encode(nv))
+    assert r.view == 1 and r.active
+
+
+def test_a_new_view_whose_primary_signed_an_undecodable_frame_is_blamed_on_it() -> None:
+    group = Group()
+    r = group.replicas[2]
+    group.take(2)
+    vcs = [ViewChange.create(group.signers[i], group.chain_id, 1, None, (), i) for i in (0, 1)]
+    frames_ = (*(encode(v) for v in vcs), b"\x93junk")
+    nv = NewView.create(group.signers[1], group.chain_id, 1, frames_, (), 1)
+    r._start_view_change(1, "test")
+    r.receive(3, encode(nv))  # relayed intact: the digest n2 signed covers the junk
+    assert r.rejected["bad_new_view"] == 1 and r.evidence[-1].reason == "bad_new_view"
+    assert r.view == 2 and not r.active
