@@ -957,9 +957,13 @@ class PbftReplica:
             # with every message gets one checked per half interval (honest ones re-send).
             self.rejected["view_change_too_often"] += 1
             return
-        if not self._verified(vc) or not self._view_change_ok(vc):
+        if not self._verified(vc):
             return
+        # The sender signed it: its budget is spent now, before the expensive proof checks, so
+        # VIEW-CHANGEs with bad proofs cost it the same half interval as good ones.
         self._vc_checked_ms[vc.sender] = self._mono_ms
+        if not self._view_change_ok(vc):
+            return
         self._vcs[vc.sender] = vc
         # f+1 members moving above our view include an honest one: join the smallest view
         # among the f+1 highest (OSDI'99 §4.5.2 "liveness").

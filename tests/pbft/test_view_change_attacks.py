@@ -236,3 +236,21 @@ def test_a_new_view_whose_primary_signed_an_undecodable_frame_is_blamed_on_it() 
     r.receive(3, encode(nv))  # relayed intact: the digest n2 signed covers the junk
     assert r.rejected["bad_new_view"] == 1 and r.evidence[-1].reason == "bad_new_view"
     assert r.view == 2 and not r.active
+
+
+def test_a_view_change_with_bad_proofs_uses_up_the_senders_check_budget() -> None:
+    group = Group()
+    r = group.replicas[2]
+    group.take(2)
+    pp = group.preprepare(1, group.txs[0:1])
+    bogus = PreparedProof(preprepare=pp, prepares=()).without_batch()  # Q-1 prepares missing
+    bad = ViewChange.create(group.signers[0], group.chain_id, 1, None, (bogus,), 0)
+    r.receive(0, encode(bad))
+    assert r.rejected["bad_view_change"] == 1
+    # The sender signed it: its next VIEW-CHANGE waits half an interval, like a good one.
+    good = ViewChange.create(group.signers[0], group.chain_id, 2, None, (), 0)
+    r.receive(0, encode(good))
+    assert r.rejected["view_change_too_often"] == 1
+    group.tick_all(RETRANSMIT_MS // 2)
+    r.receive(0, encode(good))
+    assert r.rejected["view_change_too_often"] == 1 and r.rejected["bad_view_change"] == 1
