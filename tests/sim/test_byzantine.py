@@ -26,14 +26,37 @@ SEEN = {
     "off-by-one": lambda c: c["wrong_view"] + c["bad_signature"] + c["duplicate"] > 0,
     "wrong-digest": lambda c: c["digest_mismatch"] > 0 and c["evidence"] > 0,
     "flooding": lambda c: c["malformed"] > 0,
+    "tampering-new-primary": lambda c: c["bad_view_change"] > 0 and c["bad_new_view"] > 0,
+    "lying-transfer": lambda c: c["bad_transfer"] > 0,
 }
 
 
+TXS = 30
+
+
+def crash_the_first_primary(cluster: SimCluster, submitted: int) -> None:
+    """A third of the way in, honest member 0 (primary of view 0) crashes, so view 1 begins
+    with a NEW-VIEW; it restarts three view-change timeouts later."""
+    first_view = not any(node.replica.view for node in cluster.nodes)
+    if submitted >= TXS // 3 and cluster.nodes[0].up and first_view:
+        cluster.crash(0)
+        later = cluster.now_ms + 3 * cluster.params.request_timeout_ms
+        cluster.at(later, lambda: cluster.restart(0))
+
+
 def run_many(name: str, n: int, members: tuple[int, ...], seeds: range) -> Counter[str]:
+    during = None
+    if name == "tampering-new-primary":
+        # It can only act as the primary of a new view, and f liars cannot start a view change:
+        # it leads view 1 (member 1, and at n=7 also member 5) after the honest primary crashes.
+        members = (1,) if n == 4 else (1, 5)
+        during = crash_the_first_primary
     seen: Counter[str] = Counter()
     for seed in seeds:
-        factories = {m: byzantine(name, seed) for m in members}
-        cluster: SimCluster = run(seed, n, txs=30, factories=factories, byzantine=set(members))
+        factories = {m: byzantine(name, seed, members) for m in members}
+        cluster: SimCluster = run(
+            seed, n, txs=TXS, factories=factories, byzantine=set(members), during=during
+        )
         for node in cluster.honest():
             seen.update(node.replica.rejected)
             seen["view_changes"] += node.replica.view_changes
