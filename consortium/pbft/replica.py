@@ -412,8 +412,9 @@ class PbftReplica:
         assert seq <= self._last_committed, "only committed batches execute"
         self.last_executed = seq
         self._last_block_hash = block_hash
-        if self.active:
+        if self.active and self._timeouts:
             self._timeouts = 0  # a request executed: the timeout returns to its base
+            self._records.append((records.VIEW_KEY, records.view_value(self.view, True, 0)))
         if self._work_since_ms is not None:
             self._work_since_ms = self._mono_ms
         stable = self.stable_certificate
@@ -935,7 +936,7 @@ class PbftReplica:
         frame = encode(vc)
         self._own_vc = frame
         self._vcs[self.me] = vc
-        self._records.append((records.VIEW_KEY, records.view_value(view, False)))
+        self._records.append((records.VIEW_KEY, records.view_value(view, False, self._timeouts)))
         self._records.append((records.VIEW_CHANGE_KEY, frame))
         self._messages.append(Outbound(None, frame))
         self._vc_backoff = 1
@@ -1129,7 +1130,9 @@ class PbftReplica:
         self._nv_timer_at = None
         self._work_since_ms = None
         self._progress_ms = self._mono_ms
-        self._records.append((records.VIEW_KEY, records.view_value(self.view, True)))
+        self._records.append(
+            (records.VIEW_KEY, records.view_value(self.view, True, self._timeouts))
+        )
         self._records.append((records.NEW_VIEW_KEY, frame))
         self._records.append((records.VIEW_CHANGE_KEY, None))
         # The old view's slots go; their batches' transactions not re-issued are pending again.
@@ -1449,6 +1452,7 @@ class PbftReplica:
         low = self._log.low
         self._next_seq = max(self._next_seq, low + 1)
         self.view, self.active = restored.view, restored.active
+        self._timeouts = restored.timeouts  # a restart does not reset the view-change timer
         for vote, _ in restored.checkpoints:
             if vote.seq <= low - window:
                 continue

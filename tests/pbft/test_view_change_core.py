@@ -83,7 +83,9 @@ def test_view_change_carries_the_stable_proof_and_prepared_certificates_and_is_d
     group.tick_all(TIMEOUT + 1)
     ready = r.take_ready()
     stored = dict(ready.records)
-    assert stored[records.VIEW_KEY] == records.view_value(1, False)
+    assert stored[records.VIEW_KEY] == records.view_value(
+        1, False, 1
+    )  # one view change: timer doubled
     vc = decode(stored[records.VIEW_CHANGE_KEY], group.params)
     assert isinstance(vc, ViewChange) and encode(vc) in frames(ready)  # durable, then sent
     assert vc.view == 1 and vc.stable_seq == 2 and vc.stable is not None
