@@ -171,6 +171,9 @@ FORWARD_DIGEST = b"\xff" * 32  # marks a BATCH of forwarded transactions (no bat
 # (params.batch_bytes_max), so these bound what a Byzantine member's requests cost us.
 BATCHES_SERVED_PER_INTERVAL = 16
 FETCHES_SERVED_PER_INTERVAL = 4
+# Transactions a backup may forward to us as primary per interval, in full batches: each new
+# one costs a client-signature check, so this bounds what one member can make us verify.
+FORWARDED_BATCHES_PER_INTERVAL = 4
 _LONG_AGO = -(2**62)
 PENDING_TXS_MAX = 100_000
 PENDING_BYTES_MAX = 256 * 1024 * 1024
@@ -311,6 +314,7 @@ class PbftReplica:
         self._fetched: OrderedDict[bytes, tuple[int, tuple[Transaction, ...]]] = OrderedDict()
         self._batch_tokens = [BATCHES_SERVED_PER_INTERVAL] * self.n  # refilled per interval
         self._fetch_tokens = [FETCHES_SERVED_PER_INTERVAL] * self.n
+        self._forward_tokens = [self._forward_budget] * self.n
         self._tokens_refilled_ms = 0
 
         # State transfer.
@@ -362,11 +366,23 @@ class PbftReplica:
     def expecting_blocks_from(self, peer: int) -> bool:
         return self._fetch_peer == peer
 
-    def wants_batch(self, batch: Batch) -> bool:
+    @property
+    def _forward_budget(self) -> int:
+        return FORWARDED_BATCHES_PER_INTERVAL * self.params.batch_txs_max
+
+    def wants_batch(self, batch: Batch, sender: int | None = None) -> bool:
         """Whether the shell should verify this batch's client signatures ahead of the core
-        (a batch asked for by digest, or transactions forwarded to us as primary)."""
+        (a batch asked for by digest, or transactions forwarded to us as primary, within what
+        the authenticated `sender` may still forward this interval)."""
         if batch.digest == FORWARD_DIGEST:
-            return self.primary == self.me and self.active
+            peer = batch.sender if sender is None else sender
+            return (
+                self.primary == self.me
+                and self.active
+                and peer == batch.sender
+                and 0 <= peer < self.n
+                and len(batch.txs) <= self._forward_tokens[peer]
+            )
         return batch.digest in self._wanted
 
     # --- inputs -----------------------------------------------------------------------------
@@ -1227,6 +1243,7 @@ class PbftReplica:
             self._tokens_refilled_ms = self._mono_ms
             self._batch_tokens = [BATCHES_SERVED_PER_INTERVAL] * self.n
             self._fetch_tokens = [FETCHES_SERVED_PER_INTERVAL] * self.n
+            self._forward_tokens = [self._forward_budget] * self.n
 
     def _on_batch_request(self, req: BatchRequest) -> None:
         if self._batch_tokens[req.sender] <= 0:
@@ -1294,13 +1311,18 @@ class PbftReplica:
             self.rejected["unwanted_batch"] += 1
             return
         for tx in batch.txs:
+            if self._pool.to_front(tx.id) or self._pool.known(tx.id):
+                continue  # one we hold, batched or committed (already checked): nothing to verify
+            if self._forward_tokens[batch.sender] <= 0:
+                self.rejected["forwarded_too_many"] += 1
+                continue
+            self._forward_tokens[batch.sender] -= 1
             if tx.chain_id != self.chain_id or not self._tx_ok(tx):
                 self.rejected["bad_client_signature"] += 1
                 continue
-            if not self._pool.to_front(tx.id):
-                reason = self._pool.add(tx, self._mono_ms)
-                if reason is None:
-                    self._pool.to_front(tx.id)
+            reason = self._pool.add(tx, self._mono_ms)
+            if reason is None:
+                self._pool.to_front(tx.id)
         self._maybe_propose()
 
     # --- state transfer ---------------------------------------------------------------------
