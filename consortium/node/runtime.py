@@ -219,7 +219,7 @@ class Node:
                 isinstance(msg, pbft_messages.PrePrepare)
                 and msg.txs
                 and self._worth_verifying(sender, msg)
-            ) or (isinstance(msg, pbft_messages.Batch) and self.core.wants_batch(msg)):
+            ) or (isinstance(msg, pbft_messages.Batch) and self.core.wants_batch(msg, sender)):
                 # Fill the signature cache on worker threads; the core's tx_ok then hits it.
                 await self.tx_cache.verify_all(msg.txs)
             await self._events_send.send(("peer", sender, msg))

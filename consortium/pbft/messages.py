@@ -84,6 +84,7 @@ __all__ = [
     "WireFormatError",
     "decode",
     "encode",
+    "frame_bytes_limit",
     "preprepare_body",
     "prepare_body",
 ]
@@ -475,7 +476,15 @@ Message = (
     | Fetch
     | Blocks
 )
-ENVELOPE_BYTES_MAX = 64 * 1024  # a batch's framing overhead, generously
+ENVELOPE_BYTES_MAX = 64 * 1024  # a message's framing and certificates, generously
+TX_FRAMING_BYTES_MAX = 8  # msgpack around one transaction: [bin32 body, bin8 signature]
+
+
+def frame_bytes_limit(params: Params) -> int:
+    """The largest frame decode() accepts: a full batch of transactions with each one's
+    encoding overhead, plus the envelope. A BLOCKS answer is cut to fit it (transfer.py)."""
+    batch = params.batch_bytes_max + params.batch_txs_max * TX_FRAMING_BYTES_MAX
+    return min(params.frame_bytes_max, batch + ENVELOPE_BYTES_MAX)
 
 
 def encode(msg: Message) -> bytes:
@@ -580,7 +589,7 @@ def _proof(v: Any, params: Params) -> PreparedProof:
 
 def decode(frame: bytes, params: Params) -> Message:
     """Decode one frame; raises only WireFormatError. Shape only: no signature is checked."""
-    if len(frame) > min(params.frame_bytes_max, params.batch_bytes_max + ENVELOPE_BYTES_MAX):
+    if len(frame) > frame_bytes_limit(params):
         # No honest message is larger than a full batch (a NEW-VIEW carries proofs by digest,
         # well under it): refuse before decoding anything.
         raise WireFormatError(f"message of {len(frame)} bytes exceeds a full batch")

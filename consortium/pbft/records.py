@@ -18,8 +18,11 @@ blocks, before it sends Ready.messages. Keys and values:
                                        VIEW-CHANGE must carry it) until a checkpoint covers seq
     b"pbft/checkpoint/<seq:020d>"      our CHECKPOINT frame
     b"pbft/stable"                     the latest stable CheckpointCertificate (encode())
-    b"pbft/view"                       [view, active]: written before our VIEW-CHANGE leaves and
-                                       when we enter a view
+    b"pbft/view"                       [view, active, timeouts]: written before our VIEW-CHANGE
+                                       leaves, when we enter a view, and when a request executes
+                                       after view changes; timeouts (successive view changes, which
+                                       double the view-change timer) is absent in records written
+                                       before it existed and then reads as 0
     b"pbft/viewchange"                 our VIEW-CHANGE frame for the view we are moving to
     b"pbft/newview"                    the NEW-VIEW frame that started our current view
 
@@ -83,8 +86,8 @@ def checkpoint_key(seq: int) -> bytes:
     return _CHECKPOINT_PREFIX + b"%020d" % seq
 
 
-def view_value(view: int, active: bool) -> bytes:
-    return pack([view, 1 if active else 0])
+def view_value(view: int, active: bool, timeouts: int = 0) -> bytes:
+    return pack([view, 1 if active else 0, timeouts])
 
 
 def proof_key(seq: int) -> bytes:
@@ -115,6 +118,7 @@ class Restored:
     proofs: dict[int, tuple[PrePrepare, list[Prepare], bytes]] = field(default_factory=dict)
     view: int = 0
     active: bool = True
+    timeouts: int = 0  # successive view changes since a request last executed
     view_change: bytes | None = None
     new_view: bytes | None = None
     unknown_keys: list[bytes] = field(default_factory=list)
@@ -138,8 +142,11 @@ def _parse_one(out: Restored, key: bytes, value: bytes, params: Params, me: int)
         out.stable = CheckpointCertificate.from_array(unpack_canonical(value))
         return
     if key == VIEW_KEY:
-        a = as_list(unpack_canonical(value), 2, "view record")
+        a = as_list(unpack_canonical(value), what="view record")
+        if len(a) not in (2, 3):  # [view, active] before timeouts were persisted
+            raise WireFormatError("view record: expected [view, active, timeouts]")
         out.view, out.active = as_int(a[0], "view"), bool(as_int(a[1], "active"))
+        out.timeouts = as_int(a[2], "timeouts") if len(a) == 3 else 0
         return
     if key == VIEW_CHANGE_KEY:
         vc = decode(value, params)

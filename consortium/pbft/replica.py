@@ -59,6 +59,11 @@ Every peer input is checked before it counts, and anything wrong is dropped and 
 
     and, for view change and state transfer (below): stale_view_change, bad_view_change,
     bad_new_view, stale_new_view, unwanted_batch, bad_batch, bad_transfer, unasked_blocks.
+    conflicts_committed   a PRE-PREPARE (or re-issue) at a seq we committed, for another
+                       digest: we never PREPARE or COMMIT it (a second guard behind NEW-VIEW
+                       checking; a valid NEW-VIEW re-issues what we committed)
+    not_reissued       a fresh PRE-PREPARE at or below the max_s of the NEW-VIEW that started
+                       this view (the new primary proposes only above it)
 
 Retransmission (pbft/retransmit.py) recovers from message loss inside a view.
 
@@ -71,9 +76,13 @@ batch a timeout later; (c) the primary proves itself faulty: two signed PRE-PREP
 it does not recompute. It then moves to view v+1: persists the view, multicasts
 VIEW-CHANGE(v+1, stable certificate, prepared proofs) and re-sends it until a NEW-VIEW for v+1
 or later arrives. Once it holds Q VIEW-CHANGEs for v+1 it starts a timer; if no valid NEW-VIEW
-arrives in time it moves on to v+2. The timeout doubles with each successive view change and
-returns to params.request_timeout_ms once a request executes. f+1 VIEW-CHANGEs for views above
-ours make us join the smallest of them (a faulty replica alone cannot start a view change).
+arrives in time it moves on to v+2 (a NEW-VIEW for v+1 that does not recompute moves it on at
+once; one whose contents do not match the digest its primary signed was changed by a relay and
+is dropped as malformed, blaming no one; a bad one for any other view is dropped and counted,
+since one faulty member is primary of infinitely many views). The timeout doubles with each
+successive view change and returns to params.request_timeout_ms once a request executes. f+1
+VIEW-CHANGEs for views above ours make us join the smallest of them (a faulty replica alone
+cannot start a view change).
 The new primary, with Q VIEW-CHANGEs, fetches any batch it lacks by digest, then sends
 NEW-VIEW with the re-issued PRE-PREPAREs (null requests for gaps); every replica recomputes
 it, persists it, drops the old view's slots, re-issues the transactions of dropped batches to
@@ -127,6 +136,8 @@ from consortium.pbft.messages import (
     ViewChange,
     decode,
     encode,
+    new_view_digest,
+    proofs_digest_of,
 )
 from consortium.pbft.pool import TxPool
 from consortium.pbft.retransmit import Retransmitter
@@ -160,6 +171,9 @@ FORWARD_DIGEST = b"\xff" * 32  # marks a BATCH of forwarded transactions (no bat
 # (params.batch_bytes_max), so these bound what a Byzantine member's requests cost us.
 BATCHES_SERVED_PER_INTERVAL = 16
 FETCHES_SERVED_PER_INTERVAL = 4
+# Transactions a backup may forward to us as primary per interval, in full batches: each new
+# one costs a client-signature check, so this bounds what one member can make us verify.
+FORWARDED_BATCHES_PER_INTERVAL = 4
 _LONG_AGO = -(2**62)
 PENDING_TXS_MAX = 100_000
 PENDING_BYTES_MAX = 256 * 1024 * 1024
@@ -259,6 +273,10 @@ class PbftReplica:
         self._last_block_hash = recovered.last_block_hash
         self._last_committed = recovered.last_executed  # last seq handed out in Ready.committed
         self._highest_accepted = recovered.last_executed  # highest seq with a PRE-PREPARE
+        # What we committed in (h, last committed]: a seq we committed never gets our PREPARE
+        # or COMMIT for another digest, whatever a NEW-VIEW or a primary says (a second guard:
+        # a valid NEW-VIEW re-issues exactly these, OSDI'99 §4.4).
+        self._committed_digests: dict[int, bytes] = {}
         self._next_seq = recovered.last_executed + 1  # the primary's next sequence number
         self.stable_certificate: CheckpointCertificate | None = None
         self._log = MessageLog(params.window)
@@ -284,6 +302,7 @@ class PbftReplica:
         self._vc_resend_at: int | None = None
         self._vc_backoff = 1
         self._nv_frame: bytes | None = None  # the NEW-VIEW that started self.view
+        self._reissued_max = 0  # its max_s: fresh PRE-PREPAREs in self.view start above it
         self._nv_sent = False  # as primary of self.view
         self._nv_relayed_ms = [_LONG_AGO] * self.n
         self._vc_checked_ms = [_LONG_AGO] * self.n
@@ -295,6 +314,7 @@ class PbftReplica:
         self._fetched: OrderedDict[bytes, tuple[int, tuple[Transaction, ...]]] = OrderedDict()
         self._batch_tokens = [BATCHES_SERVED_PER_INTERVAL] * self.n  # refilled per interval
         self._fetch_tokens = [FETCHES_SERVED_PER_INTERVAL] * self.n
+        self._forward_tokens = [self._forward_budget] * self.n
         self._tokens_refilled_ms = 0
 
         # State transfer.
@@ -346,11 +366,23 @@ class PbftReplica:
     def expecting_blocks_from(self, peer: int) -> bool:
         return self._fetch_peer == peer
 
-    def wants_batch(self, batch: Batch) -> bool:
+    @property
+    def _forward_budget(self) -> int:
+        return FORWARDED_BATCHES_PER_INTERVAL * self.params.batch_txs_max
+
+    def wants_batch(self, batch: Batch, sender: int | None = None) -> bool:
         """Whether the shell should verify this batch's client signatures ahead of the core
-        (a batch asked for by digest, or transactions forwarded to us as primary)."""
+        (a batch asked for by digest, or transactions forwarded to us as primary, within what
+        the authenticated `sender` may still forward this interval)."""
         if batch.digest == FORWARD_DIGEST:
-            return self.primary == self.me and self.active
+            peer = batch.sender if sender is None else sender
+            return (
+                self.primary == self.me
+                and self.active
+                and peer == batch.sender
+                and 0 <= peer < self.n
+                and len(batch.txs) <= self._forward_tokens[peer]
+            )
         return batch.digest in self._wanted
 
     # --- inputs -----------------------------------------------------------------------------
@@ -396,8 +428,9 @@ class PbftReplica:
         assert seq <= self._last_committed, "only committed batches execute"
         self.last_executed = seq
         self._last_block_hash = block_hash
-        if self.active:
+        if self.active and self._timeouts:
             self._timeouts = 0  # a request executed: the timeout returns to its base
+            self._records.append((records.VIEW_KEY, records.view_value(self.view, True, 0)))
         if self._work_since_ms is not None:
             self._work_since_ms = self._mono_ms
         stable = self.stable_certificate
@@ -517,6 +550,12 @@ class PbftReplica:
             # the same one with its batch attached (the primary's retransmission).
             self._fill_batch(slot, pp.proposed_ms, pp.digest, pp.txs)
             return
+        if pp.seq <= self._reissued_max:
+            # The NEW-VIEW that started this view fixed every seq up to its max_s; the primary
+            # proposes afresh only above it. (Not evidence: whether we still hold the re-issued
+            # slot depends on our state, e.g. a restart, not on the message alone.)
+            self.rejected["not_reissued"] += 1
+            return
         if not self._verified(pp):
             return
         problem = self._batch_problem(pp)
@@ -554,8 +593,17 @@ class PbftReplica:
         if first.view == self.view and self.active:
             self._start_view_change(self.view + 1, f"primary misbehaved: {reason}")
 
+    def _conflicts_committed(self, seq: int, digest: bytes) -> bool:
+        committed = self._committed_digests.get(seq)
+        if committed is None or committed == digest:
+            return False
+        self.rejected["conflicts_committed"] += 1
+        return True
+
     def _accept_preprepare(self, slot: Slot, pp: PrePrepare, *, reissued: bool = False) -> None:
         assert slot.preprepare is None
+        if self._conflicts_committed(pp.seq, pp.digest):
+            return  # we committed another batch there: never vote for this one
         slot.preprepare = pp
         slot.reissued = None
         self._highest_accepted = max(self._highest_accepted, pp.seq)
@@ -633,7 +681,7 @@ class PbftReplica:
             return
         if not slot.prepared:
             senders = slot.matching(slot.prepares)
-            if len(senders) < self.quorum - 1:
+            if len(senders) < self.quorum - 1 or self._conflicts_committed(pp.seq, pp.digest):
                 return
             slot.prepared = True
             proof = PreparedProof(preprepare=pp, prepares=tuple(slot.prepares[s] for s in senders))
@@ -676,6 +724,8 @@ class PbftReplica:
         assert batch.seq == self._last_committed + 1
         self._committed.append(batch)
         self._last_committed = batch.seq
+        if batch.seq > self._log.low:  # (state transfer also hands out blocks below h)
+            self._committed_digests[batch.seq] = batch.digest
         self._highest_accepted = max(self._highest_accepted, batch.seq)
         self._pool.committed(batch.seq, batch.txs)
         self._progress_ms = self._mono_ms
@@ -779,6 +829,8 @@ class PbftReplica:
         for seq in [s for s in self._prepared if s <= cert.seq]:
             del self._prepared[seq]
             self._records.append((records.proof_key(seq), None))
+        for seq in [s for s in self._committed_digests if s <= cert.seq]:
+            del self._committed_digests[seq]
         if cert.seq > self._last_committed:
             self._highest_accepted = max(self._highest_accepted, cert.seq)
         self._next_seq = max(self._next_seq, cert.seq + 1)
@@ -900,7 +952,7 @@ class PbftReplica:
         frame = encode(vc)
         self._own_vc = frame
         self._vcs[self.me] = vc
-        self._records.append((records.VIEW_KEY, records.view_value(view, False)))
+        self._records.append((records.VIEW_KEY, records.view_value(view, False, self._timeouts)))
         self._records.append((records.VIEW_CHANGE_KEY, frame))
         self._messages.append(Outbound(None, frame))
         self._vc_backoff = 1
@@ -922,9 +974,13 @@ class PbftReplica:
             # with every message gets one checked per half interval (honest ones re-send).
             self.rejected["view_change_too_often"] += 1
             return
-        if not self._verified(vc) or not self._view_change_ok(vc):
+        if not self._verified(vc):
             return
+        # The sender signed it: its budget is spent now, before the expensive proof checks, so
+        # VIEW-CHANGEs with bad proofs cost it the same half interval as good ones.
         self._vc_checked_ms[vc.sender] = self._mono_ms
+        if not self._view_change_ok(vc):
+            return
         self._vcs[vc.sender] = vc
         # f+1 members moving above our view include an honest one: join the smallest view
         # among the f+1 highest (OSDI'99 §4.5.2 "liveness").
@@ -942,7 +998,14 @@ class PbftReplica:
             self._try_new_view()
 
     def _view_change_ok(self, vc: ViewChange) -> bool:
-        key = sha256(vc.body + vc.signature + vc.proofs_digest)
+        # The signed body names the proofs only by digest: first make sure the proofs attached
+        # are those (one hash), so the cache below, keyed on the signed bytes, can never vouch
+        # for a frame whose proofs someone stripped or swapped (a Byzantine new primary would
+        # put such a frame in its NEW-VIEW to drop a committed batch).
+        if vc.proofs_digest != proofs_digest_of(vc.stable, vc.prepared):
+            self.rejected["bad_view_change"] += 1
+            return False
+        key = sha256(vc.body + vc.signature)
         if key in self._checked_vcs:
             return True
         problem = check_view_change(self._members, self._verifier, vc)
@@ -1025,6 +1088,12 @@ class PbftReplica:
             return
         if not self._verified(nv):
             return
+        if nv.proofs_digest != new_view_digest(nv.view_change_frames, nv.preprepares):
+            # The primary signed other contents than these: someone on the way (a relay) swapped
+            # them. Not the primary's doing, so no evidence and no view change: drop it as a
+            # malformed message, like any frame damaged in transit.
+            self.rejected["malformed"] += 1
+            return
         decoded: list[ViewChange] = []
         problem: str | None = None
         for frame in nv.view_change_frames:
@@ -1046,15 +1115,19 @@ class PbftReplica:
         if problem is None:
             problem = check_new_view(self._members, self._verifier, nv, decoded)
         if problem is not None:
-            # The primary of nv.view signed a NEW-VIEW that does not recompute: it is faulty.
             self.rejected["bad_new_view"] += 1
+            if nv.view != self.view or self.active:
+                # A view we are not moving to (any higher one: a single faulty member is primary
+                # of infinitely many): dropped and counted, never a reason to move.
+                return
+            # The primary of the view we wait to enter signed these very contents (its digest
+            # matches them) and they do not recompute: it is faulty.
             self.evidence.append(
                 Evidence(
                     "bad_new_view", nv.view, 0, nv.sender, (SignedVote(nv.body, nv.signature),)
                 )
             )
-            if nv.view >= self.view:
-                self._start_view_change(nv.view + 1, f"bad NEW-VIEW from the primary: {problem}")
+            self._start_view_change(nv.view + 1, f"bad NEW-VIEW from the primary: {problem}")
             return
         if nv.view > self.view:
             self.view_changes += 1
@@ -1073,7 +1146,9 @@ class PbftReplica:
         self._nv_timer_at = None
         self._work_since_ms = None
         self._progress_ms = self._mono_ms
-        self._records.append((records.VIEW_KEY, records.view_value(self.view, True)))
+        self._records.append(
+            (records.VIEW_KEY, records.view_value(self.view, True, self._timeouts))
+        )
         self._records.append((records.NEW_VIEW_KEY, frame))
         self._records.append((records.VIEW_CHANGE_KEY, None))
         # The old view's slots go; their batches' transactions not re-issued are pending again.
@@ -1112,6 +1187,7 @@ class PbftReplica:
             max((slot.seq for slot in self._log.window_slots() if slot.preprepare), default=0),
         )
         self._next_seq = max(plan.max_s, low, self._last_committed) + 1
+        self._reissued_max = plan.max_s
         for s in [s for s in self._vcs if self._vcs[s].view <= self.view]:
             del self._vcs[s]
         self.active = True
@@ -1167,6 +1243,7 @@ class PbftReplica:
             self._tokens_refilled_ms = self._mono_ms
             self._batch_tokens = [BATCHES_SERVED_PER_INTERVAL] * self.n
             self._fetch_tokens = [FETCHES_SERVED_PER_INTERVAL] * self.n
+            self._forward_tokens = [self._forward_budget] * self.n
 
     def _on_batch_request(self, req: BatchRequest) -> None:
         if self._batch_tokens[req.sender] <= 0:
@@ -1234,13 +1311,18 @@ class PbftReplica:
             self.rejected["unwanted_batch"] += 1
             return
         for tx in batch.txs:
+            if self._pool.to_front(tx.id) or self._pool.known(tx.id):
+                continue  # one we hold, batched or committed (already checked): nothing to verify
+            if self._forward_tokens[batch.sender] <= 0:
+                self.rejected["forwarded_too_many"] += 1
+                continue
+            self._forward_tokens[batch.sender] -= 1
             if tx.chain_id != self.chain_id or not self._tx_ok(tx):
                 self.rejected["bad_client_signature"] += 1
                 continue
-            if not self._pool.to_front(tx.id):
-                reason = self._pool.add(tx, self._mono_ms)
-                if reason is None:
-                    self._pool.to_front(tx.id)
+            reason = self._pool.add(tx, self._mono_ms)
+            if reason is None:
+                self._pool.to_front(tx.id)
         self._maybe_propose()
 
     # --- state transfer ---------------------------------------------------------------------
@@ -1392,6 +1474,7 @@ class PbftReplica:
         low = self._log.low
         self._next_seq = max(self._next_seq, low + 1)
         self.view, self.active = restored.view, restored.active
+        self._timeouts = restored.timeouts  # a restart does not reset the view-change timer
         for vote, _ in restored.checkpoints:
             if vote.seq <= low - window:
                 continue
@@ -1405,6 +1488,10 @@ class PbftReplica:
                 self._records.append((key, None))
                 continue
             self._prepared[seq] = PreparedProof(preprepare=pp, prepares=tuple(prepares))
+            if seq <= self.last_executed:
+                # We prepared it in the view we committed it in, or later: any prepared
+                # certificate from then on names the committed digest.
+                self._committed_digests[seq] = pp.digest
         for seq in sorted(restored.slots):
             self._restore_slot(restored.slots[seq])
         self._records.extend((key, None) for key in restored.unknown_keys)
@@ -1419,6 +1506,11 @@ class PbftReplica:
                 self._start_view_change(self.view + 1, "restarted during a view change")
         else:
             self._nv_frame = restored.new_view
+            nv = None if restored.new_view is None else decode(restored.new_view, self.params)
+            if isinstance(nv, NewView) and nv.view == self.view:
+                self._reissued_max = max((pp.seq for pp in nv.preprepares), default=0)
+                if self.primary == self.me:
+                    self._next_seq = max(self._next_seq, self._reissued_max + 1)
         boundary = self.last_executed
         if (
             boundary > low
@@ -1476,6 +1568,7 @@ class PbftReplica:
         assert len(self._prepared) <= self.params.window
         assert len(self._wanted) <= self.params.window
         assert len(self._fetched) <= self.params.window
+        assert len(self._committed_digests) <= self.params.window
         assert len(self._vcs) <= self.n
         assert self.active or self._own_vc is not None
 

@@ -3,19 +3,22 @@ to ask and checking every block by its commit certificate, is in pbft/replica.py
 
 A replica asks one peer at a time for the blocks from a sequence number; the peer answers with
 as many consecutive committed batches, each with its commit certificate, as fit one message
-(params.batch_bytes_max of transactions, at most params.window blocks, always at least one),
-plus its latest stable checkpoint certificate, which lets the asker move its window. Nothing in
-an answer is trusted for being in it: the asker checks each block's certificate and digest.
+(the encoded frame within messages.frame_bytes_limit, the size the asker decodes; at most
+params.window blocks, always at least one, which fits: a full batch with its framing and a
+certificate is what that limit is made of), plus its latest stable checkpoint certificate,
+which lets the asker move its window. Nothing in an answer is trusted for being in it: the
+asker checks each block's certificate and digest.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+from consortium.crypto.codec import pack
 from consortium.crypto.signing import Signer
 from consortium.ledger.certificates import CheckpointCertificate
 from consortium.ledger.genesis import Params
-from consortium.pbft.messages import Blocks, TransferredBlock, encode
+from consortium.pbft.messages import Blocks, TransferredBlock, encode, frame_bytes_limit
 
 
 def blocks_reply(
@@ -30,14 +33,17 @@ def blocks_reply(
 ) -> bytes:
     """The BLOCKS frame answering FETCH(from_seq), read through block_at(seq)."""
     blocks: list[TransferredBlock] = []
-    size = 0
+    # What the answer costs without blocks, plus the blocks list's own header (array32 at most).
+    size = len(encode(Blocks.create(signer, chain_id, from_seq, stable, (), me))) + 5
+    limit = frame_bytes_limit(params)
     seq = from_seq
     while seq <= height and len(blocks) < params.window:
         block = block_at(seq)
         if block is None:
             break
-        block_size = sum(t.size for t in block.txs)
-        if blocks and size + block_size > params.batch_bytes_max:
+        # The exact encoded size: transactions, their framing and the commit certificate.
+        block_size = len(pack(block.to_array()))
+        if blocks and size + block_size > limit:
             break
         blocks.append(block)
         size += block_size

@@ -4,8 +4,9 @@ TOCS'02 §4.2 and §6; DESIGN: "durable before the message that depends on it le
 from __future__ import annotations
 
 import pytest
-from pbft_harness import WALL, Group, block_hash, drive, frames
+from pbft_harness import PARAMS, WALL, Group, block_hash, drive, frames
 
+from consortium.crypto.codec import pack
 from consortium.ledger.block import genesis_block
 from consortium.ledger.certificates import CheckpointCertificate
 from consortium.pbft import records
@@ -129,3 +130,24 @@ def test_a_corrupt_record_is_an_error_that_names_it() -> None:
     recovered = RecoveredState(0, genesis_block(group.genesis).hash, None, [(key, b"junk")])
     with pytest.raises(RecoveryError, match="pbft/log/00000000000000000001/prepare"):
         group.make(1, recovered)
+
+
+def test_a_restart_keeps_the_doubled_view_change_timeout() -> None:
+    group = Group()
+    disk = Disk(group)
+    r = group.replicas[2]
+    disk.write(r.take_ready())
+    base = group.params.request_timeout_ms
+    r._start_view_change(1, "test")
+    r._start_view_change(2, "test")  # no NEW-VIEW for view 1 in time
+    disk.write(r.take_ready())
+    assert r.timeout_ms == base << 2
+    restarted = group.make(2, disk.recovered())
+    assert restarted.view == 2 and not restarted.active
+    assert restarted.timeout_ms == base << 2  # not back to the base timeout
+
+
+def test_a_view_record_written_before_timeouts_were_persisted_still_reads() -> None:
+    old = pack([3, 1])  # [view, active]
+    restored = records.parse([(records.VIEW_KEY, old)], PARAMS, 0)
+    assert (restored.view, restored.active, restored.timeouts) == (3, True, 0)

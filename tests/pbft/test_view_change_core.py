@@ -83,7 +83,9 @@ def test_view_change_carries_the_stable_proof_and_prepared_certificates_and_is_d
     group.tick_all(TIMEOUT + 1)
     ready = r.take_ready()
     stored = dict(ready.records)
-    assert stored[records.VIEW_KEY] == records.view_value(1, False)
+    assert stored[records.VIEW_KEY] == records.view_value(
+        1, False, 1
+    )  # one view change: timer doubled
     vc = decode(stored[records.VIEW_CHANGE_KEY], group.params)
     assert isinstance(vc, ViewChange) and encode(vc) in frames(ready)  # durable, then sent
     assert vc.view == 1 and vc.stable_seq == 2 and vc.stable is not None
@@ -194,3 +196,32 @@ def test_a_replica_restarted_during_a_view_change_re_sends_the_same_view_change(
     assert restarted.view == 1 and not restarted.active
     restarted.tick(group.mono_ms + RETRANSMIT_MS, 0)
     assert frame in frames(restarted.take_ready())
+
+
+def test_the_primary_verifies_at_most_a_budget_of_forwarded_transactions_per_peer() -> None:
+    group = Group()
+    primary = group.replicas[0]
+    group.take(0)
+    budget = 4 * group.params.batch_txs_max  # FORWARDED_BATCHES_PER_INTERVAL full batches
+    size = group.params.batch_txs_max
+
+    def forward(sender: int, first: int) -> None:
+        txs = group.txs[first : first + size]
+        batch = Batch.create(
+            group.signers[sender], group.chain_id, 0, txs, sender, digest=FORWARD_DIGEST
+        )
+        assert primary.wants_batch(batch, sender) == (first - start[sender] < budget)
+        primary.receive(sender, encode(batch))
+
+    start = {2: 0, 3: 40}
+    for first in range(0, budget + size, size):  # one batch over the budget from member 2
+        forward(2, first)
+    assert len(group.asked) == budget
+    assert primary.rejected["forwarded_too_many"] == size
+    # Another backup has its own budget; and the next interval brings new tokens.
+    forward(3, 40)
+    assert len(group.asked) == budget + size
+    group.tick_all(RETRANSMIT_MS)
+    start[2] = 60 - size
+    forward(2, 60 - size)
+    assert primary.rejected["forwarded_too_many"] == size

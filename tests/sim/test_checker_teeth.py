@@ -54,7 +54,11 @@ def factory(cls: type[PbftReplica]) -> Factory:
 
 class LyingNewViewPrimary(PbftReplica):
     """Byzantine: asks for view 1 at once and, as its primary, sends a NEW-VIEW with genuine
-    VIEW-CHANGEs but null requests in place of every batch they prove prepared."""
+    VIEW-CHANGEs but null requests in place of every batch they prove prepared (and votes for
+    them, though it committed the real batches itself)."""
+
+    def _conflicts_committed(self, seq: int, digest: bytes) -> bool:
+        return False
 
     def tick(self, mono_ms: int, wall_ms: int) -> None:
         super().tick(mono_ms, wall_ms)
@@ -94,7 +98,11 @@ class LyingNewViewPrimary(PbftReplica):
 
 class SkipsNewViewCheck(PbftReplica):
     """Deliberately broken: enters any signed NEW-VIEW from the right primary without
-    recomputing it from its VIEW-CHANGEs."""
+    recomputing it from its VIEW-CHANGEs, and drops the second guard (never vote for another
+    digest at a seq already committed), which would otherwise still save it."""
+
+    def _conflicts_committed(self, seq: int, digest: bytes) -> bool:
+        return False
 
     def _on_new_view(self, nv: NewView) -> None:
         if nv.view < self.view or (nv.view == self.view and self.active):

@@ -18,21 +18,47 @@ behaviour does not specifically handle passes through unchanged. Every queue her
     wrong-digest          as primary: PRE-PREPAREs whose digest does not match their batch
     flooding              honest, plus up to 10 junk frames per tick: random bytes, votes for
                           far-future sequence numbers, duplicates
+    tampering-new-primary as the primary of a new view: strips the prepared proofs from the
+                          other members' VIEW-CHANGE frames (bodies and signatures untouched)
+                          and sends a NEW-VIEW computed from what is left, so that a batch
+                          committed before could be re-proposed (f liars cannot start a view
+                          change: tests make an honest primary fail before a view they lead)
+    lying-transfer        answers every FETCH itself with forged BLOCKS: its committed blocks
+                          with their transactions replaced (the commit certificate no longer
+                          matches), or, where it has none, a block under a certificate signed
+                          by itself only
+
+`accomplices` (all the members running the behaviour, set by the factory) is what colluding
+members know of each other (no behaviour here needs it yet).
 """
 
 from __future__ import annotations
 
 import random
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 
 from consortium.crypto.codec import WireFormatError
 from consortium.crypto.signing import Signer, Verifier
+from consortium.ledger.block import batch_digest
+from consortium.ledger.certificates import CommitCertificate
 from consortium.ledger.tx import Transaction
-from consortium.pbft.effects import Outbound, Ready
-from consortium.pbft.messages import Commit, Message, Prepare, PrePrepare, decode, encode
+from consortium.pbft.effects import Outbound, Ready, Serve
+from consortium.pbft.messages import (
+    Blocks,
+    Commit,
+    Message,
+    NewView,
+    Prepare,
+    PrePrepare,
+    TransferredBlock,
+    ViewChange,
+    decode,
+    encode,
+)
 from consortium.pbft.replica import PbftConfig, PbftReplica, RecoveredState
+from consortium.pbft.viewchange import plan_new_view
 
 ReplicaFactory = Callable[
     [PbftConfig, Signer, Verifier, Callable[[Transaction], bool], RecoveredState], PbftReplica
@@ -44,6 +70,7 @@ class Byzantine(PbftReplica):
     """The honest core, with its output rewritten by `tamper`."""
 
     seed = 0
+    accomplices: frozenset[int] = frozenset()
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
@@ -64,12 +91,17 @@ class Byzantine(PbftReplica):
         if self.ticked:
             self.ticked = False
             out.extend(self.extra())
-        return Ready(ready.records, out, ready.committed, ready.stable_checkpoints, ready.serve)
+        serve = self.serve(ready, out)
+        return Ready(ready.records, out, ready.committed, ready.stable_checkpoints, serve)
 
     # --- overridden by behaviours -----------------------------------------------------------
 
     def tamper(self, out: Outbound) -> list[Outbound]:
         return [out]
+
+    def serve(self, ready: Ready, out: list[Outbound]) -> list[Serve]:
+        """What the shell should serve (FETCHes): a behaviour may answer them itself in out."""
+        return ready.serve
 
     def extra(self) -> list[Outbound]:
         return []
@@ -239,6 +271,121 @@ class Flooding(Byzantine):
         return junk
 
 
+class TamperingNewPrimary(Byzantine):
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        # (view, seq) -> the digest we put there instead of the batch the proofs named
+        self.substituted: dict[tuple[int, int], bytes] = {}
+        self.held_vcs: list[ViewChange] = []
+
+    def _try_new_view(self) -> None:
+        # Every VIEW-CHANGE we hold, not only the Q the honest core picks.
+        self.held_vcs = self._view_changes_for(self.view)
+        super()._try_new_view()
+
+    def tamper(self, out: Outbound) -> list[Outbound]:
+        msg = self.decoded(out.frame)
+        if isinstance(msg, NewView) and msg.sender == self.me:
+            # One NEW-VIEW per peer, leaving out the peer's own VIEW-CHANGE where we hold
+            # enough others: a replica that never prepared the batch sees no proof of it.
+            result = []
+            for p in self.peers(out):
+                vcs = [vc for vc in self.held_vcs if vc.view == msg.view]
+                others = [vc for vc in vcs if vc.sender != p]
+                chosen = others if len(others) >= self.quorum else vcs
+                chosen.sort(key=lambda vc: (vc.sender != self.me, vc.sender))
+                result.append(Outbound(p, self.tampered_new_view(msg.view, chosen[: self.quorum])))
+            return result
+        if (
+            isinstance(msg, PrePrepare)
+            and msg.sender == self.me
+            and (msg.view, msg.seq) in self.substituted
+        ):
+            # Our honest core re-issues the batch the stripped proofs named: propose an
+            # empty batch there instead (another digest), which is the whole point.
+            empty = PrePrepare.create(
+                self._signer, self.chain_id, msg.view, msg.seq, msg.proposed_ms + 1, self.me, ()
+            )
+            self.substituted[msg.view, msg.seq] = empty.digest
+            return [Outbound(out.dest, encode(empty))]
+        if isinstance(msg, Commit) and msg.sender == self.me:
+            digest = self.substituted.get((msg.view, msg.seq))
+            if digest is not None:
+                return [
+                    Outbound(out.dest, self.resign(msg, view=msg.view, seq=msg.seq, digest=digest))
+                ]
+        return [out]
+
+    def tampered_new_view(self, view: int, honest: list[ViewChange]) -> bytes:
+        frames: list[bytes] = []
+        vcs: list[ViewChange] = []
+        for vc in honest:
+            if vc.sender == self.me:
+                # Our own we can simply sign again, without proofs.
+                vc = ViewChange.create(self._signer, self.chain_id, vc.view, vc.stable, (), self.me)
+            elif vc.prepared:
+                vc = replace(vc, prepared=())  # the signed body still names the proofs
+            frames.append(encode(vc))
+            vcs.append(vc)
+        plan = plan_new_view(vcs)
+        kept = {item.seq: item.digest for item in plan.reissue}
+        for item in plan_new_view(honest).reissue:
+            if kept.get(item.seq) != item.digest:
+                self.substituted[view, item.seq] = item.digest
+        while len(self.substituted) > HELD_MAX:
+            del self.substituted[next(iter(self.substituted))]
+        pps = tuple(
+            PrePrepare.create(
+                self._signer,
+                self.chain_id,
+                view,
+                item.seq,
+                item.proposed_ms,
+                self.me,
+                (),
+                digest=item.digest,
+            )
+            for item in plan.reissue
+        )
+        nv = NewView.create(self._signer, self.chain_id, view, tuple(frames), pps, self.me)
+        return encode(nv)
+
+
+class LyingTransfer(Byzantine):
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        self.blocks: deque[TransferredBlock] = deque(maxlen=HELD_MAX)
+
+    def serve(self, ready: Ready, out: list[Outbound]) -> list[Serve]:
+        for batch in ready.committed:
+            self.blocks.append(
+                TransferredBlock(
+                    proposed_ms=batch.proposed_ms, txs=batch.txs, certificate=batch.certificate
+                )
+            )
+        for request in ready.serve:
+            held = [b for b in self.blocks if b.seq >= request.from_seq][:16]
+            if held:
+                # Each block's transactions rotated to the next block's (or dropped): the
+                # certificate, which we cannot forge, no longer matches.
+                forged = tuple(
+                    replace(b, txs=held[(i + 1) % len(held)].txs if len(held) > 1 else ())
+                    for i, b in enumerate(held)
+                )
+            else:
+                digest = batch_digest(0, [])
+                vote = Commit.create(
+                    self._signer, self.chain_id, self.view, request.from_seq, digest, self.me
+                ).vote()
+                cert = CommitCertificate(self.view, request.from_seq, digest, (vote,))
+                forged = (TransferredBlock(proposed_ms=0, txs=(), certificate=cert),)
+            reply = Blocks.create(
+                self._signer, self.chain_id, request.from_seq, None, forged, self.me
+            )
+            out.append(Outbound(request.peer, encode(reply)))
+        return []
+
+
 BEHAVIOURS: dict[str, type[Byzantine]] = {
     "equivocating-primary": EquivocatingPrimary,
     "silent-primary": SilentPrimary,
@@ -249,13 +396,18 @@ BEHAVIOURS: dict[str, type[Byzantine]] = {
     "off-by-one": OffByOne,
     "wrong-digest": WrongDigest,
     "flooding": Flooding,
+    "tampering-new-primary": TamperingNewPrimary,
+    "lying-transfer": LyingTransfer,
 }
 
 
-def byzantine(name: str, seed: int = 0) -> ReplicaFactory:
-    """The factory for behaviour `name` (one of BEHAVIOURS)."""
+def byzantine(name: str, seed: int = 0, accomplices: Iterable[int] = ()) -> ReplicaFactory:
+    """The factory for behaviour `name` (one of BEHAVIOURS); `accomplices` are all the members
+    running it (colluders may coordinate)."""
     cls: type[Byzantine] = type(
-        f"{BEHAVIOURS[name].__name__}Seeded", (BEHAVIOURS[name],), {"seed": seed}
+        f"{BEHAVIOURS[name].__name__}Seeded",
+        (BEHAVIOURS[name],),
+        {"seed": seed, "accomplices": frozenset(accomplices)},
     )
 
     def make(

@@ -184,6 +184,7 @@ class SimNode:
     block_hashes: list[bytes]  # index = height; [0] is genesis
     blocks: list[TransferredBlock] = field(default_factory=list)  # index = height - 1
     committed_ids: set[bytes] = field(default_factory=set)
+    committed_ms: list[int] = field(default_factory=list)  # when each block was executed
     records: dict[bytes, bytes] = field(default_factory=dict)  # durable (fsynced)
     crash_mid_write: bool = False  # armed by SimCluster.crash_mid_write
     unsynced: list[tuple[bytes, bytes | None]] = field(default_factory=list)  # broken shell
@@ -435,6 +436,7 @@ class SimCluster:
                 node.head = block.header
                 node.block_hashes.append(block.hash)
                 node.committed_ids.update(tx.id for tx in batch.txs)
+                node.committed_ms.append(self.now_ms)
                 node.blocks.append(
                     TransferredBlock(
                         proposed_ms=batch.proposed_ms, txs=batch.txs, certificate=batch.certificate

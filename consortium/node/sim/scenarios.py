@@ -49,7 +49,7 @@ class Outcome:
 def run_seed(scenario: Scenario, seed: int, trace: Callable[[str], None] | None = None) -> Outcome:
     liars = set(scenario.liars) if scenario.behaviour else set()
     factories = (
-        {m: byzantine(scenario.behaviour, seed) for m in liars} if scenario.behaviour else {}
+        {m: byzantine(scenario.behaviour, seed, liars) for m in liars} if scenario.behaviour else {}
     )
     cluster = SimCluster(
         seed, scenario.n, faults=FAULTS[scenario.faults], factories=factories, byzantine=liars
