@@ -24,8 +24,11 @@ lint: $(STAMP)
 	$(BIN)/ruff check consortium tests
 	$(BIN)/mypy consortium
 
+# Unit and simulation tiers on every core; then the end-to-end tier alone, since its tests
+# time real processes (a failover within 2 s) and must not compete with simulations for CPU.
 test: $(STAMP)
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n auto -m "not e2e"
+	$(BIN)/pytest -q -m e2e
 
 check: lint test
 

@@ -35,6 +35,13 @@ def _counting(original: Callable[..., None]) -> Callable[..., None]:
     return init
 
 
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    # Under pytest-xdist a worker hands its counts to the controller (tests/conftest.py sums).
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:
+        workeroutput["simulation"] = dict(_totals)
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if _totals["clusters"]:
         terminalreporter.write_line(
