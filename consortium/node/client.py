@@ -101,7 +101,9 @@ class TxOutcome:
     committed: f+1 members proved its receipt (`receipt`, `height`, `block_hash` set);
     rejected:  f+1 members agreed on a final rejection (`reason`);
     pending:   neither yet (`reason` says how far it got); it may still commit.
-    `confirmations` is how many distinct members vouched for the reported result.
+    `confirmations` is how many distinct members vouched for the reported result;
+    `latency_s` the time from its first submission by this client to the confirmation that
+    decided it (committed only).
     """
 
     tx_id: bytes
@@ -111,6 +113,8 @@ class TxOutcome:
     block_hash: bytes | None = None
     reason: str = ""
     confirmations: int = 0
+    latency_s: float | None = None
+    decided_at: float | None = None  # trio clock, when the confirmation that decided it came
 
 
 class _CachingVerifier:
@@ -144,6 +148,8 @@ class _TxState:
     # member -> the final rejection it reported at submit
     rejected: dict[int, str] = field(default_factory=dict)
     last_news: float = 0.0
+    first_sent: float = 0.0
+    confirmed_at: float | None = None  # when a result first had enough confirmations
 
 
 @dataclass
@@ -384,8 +390,15 @@ class ConsortiumClient:
             self.counters["bundle_invalid"] += 1
             return
         block_hash = bundle.header.hash
-        state.vouched[member] = (bundle.receipt.encode(), block_hash, bundle)
+        receipt_bytes = bundle.receipt.encode()
+        state.vouched[member] = (receipt_bytes, block_hash, bundle)
         state.last_news = trio.current_time()
+        if state.confirmed_at is None:
+            agreeing = sum(
+                1 for r, h, _ in state.vouched.values() if r == receipt_bytes and h == block_hash
+            )
+            if agreeing >= self.confirmations_needed:
+                state.confirmed_at = state.last_news
         self._notify()
 
     def _on_submit_reply(self, member: int, payload: Any) -> None:
@@ -433,7 +446,7 @@ class ConsortiumClient:
         self._require_open()
         now = trio.current_time()
         for tx in txs:
-            state = self._txs.pop(tx.id, None) or _TxState(tx)
+            state = self._txs.pop(tx.id, None) or _TxState(tx, first_sent=now)
             state.last_news = now
             self._txs[tx.id] = state  # re-inserted, so the oldest is evicted first
         while len(self._txs) > TXS_TRACKED_MAX:
@@ -494,6 +507,8 @@ class ConsortiumClient:
                 best_key[1],
                 bundle.receipt.reason,
                 len(best),
+                None if state.confirmed_at is None else state.confirmed_at - state.first_sent,
+                state.confirmed_at,
             )
         reasons = Counter(state.rejected.values())
         for reason, count in sorted(reasons.items()):

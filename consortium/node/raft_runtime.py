@@ -134,10 +134,7 @@ class RaftMember(Node):
             if blocks or ready.records:
                 self.store.save(blocks=blocks, records=ready.records, block_signatures=signatures)
             for out in ready.messages:
-                if out.dest is None:
-                    self.peers.broadcast(out.frame)
-                else:
-                    self.peers.send(out.dest, out.frame)
+                self.send_peer(out.dest, out.frame)
             for (block, _, _), (_, vote) in zip(blocks, signatures, strict=True):
                 self.metrics.blocks += 1
                 self.metrics.txs_committed += len(block.txs)
@@ -225,7 +222,7 @@ class RaftMember(Node):
         frame = blocks_reply(
             term, from_height, to_height, count, self.genesis.params.frame_bytes_max, block_at
         )
-        self.peers.send(peer, frame)
+        self.send_peer(peer, frame)
 
     def _log_leader(self) -> None:
         core = self.core
@@ -327,14 +324,5 @@ class RaftMember(Node):
             "not_progressing_because": reasons,
             "rejected": dict(sorted(self.core.rejected.items())),
             "transport": dict(sorted(self.peers.counters.items())),
-            "metrics": {
-                "blocks": self.metrics.blocks,
-                "txs_committed": self.metrics.txs_committed,
-                "fsyncs": self.store.fsync_count,
-                "fsyncs_per_block": round(self.store.fsync_count / max(1, self.metrics.blocks), 3),
-                "signatures_verified": self.tx_cache.verified,
-                "signature_cache_hits": self.tx_cache.hits,
-                "submitted": self.metrics.submitted,
-                "rejected_at_submit": self.metrics.rejected_at_submit,
-            },
+            "metrics": self.metrics_doc(),
         }

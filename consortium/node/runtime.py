@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import json
 import logging
+import resource
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,7 +48,12 @@ from consortium.ledger.tx import Transaction
 from consortium.node.config import NodeConfig
 from consortium.node.logs import RateLimitedLog
 from consortium.node.transport import PeerNetwork
-from consortium.node.verification import TxSignatureCache
+from consortium.node.verification import (
+    CountingSigner,
+    CountingVerifier,
+    TxSignatureCache,
+    message_kind,
+)
 from consortium.pbft import messages as pbft_messages
 from consortium.pbft.replica import CommittedBatch, PbftConfig, PbftReplica, RecoveredState
 from consortium.pbft.transfer import blocks_reply
@@ -67,6 +74,8 @@ class NodeMetrics:
     fsyncs: int = 0
     submitted: int = 0
     rejected_at_submit: dict[str, int] = field(default_factory=dict)
+    sent_by_kind: Counter[str] = field(default_factory=Counter)
+    bytes_by_kind: Counter[str] = field(default_factory=Counter)
 
 
 class Node:
@@ -95,12 +104,13 @@ class Node:
         self.member = member
         self.me = member.index
         self.keys = keys
-        self.signer = Ed25519Signer(keys)
-        self.verifier = Ed25519Verifier()
+        self.signer = CountingSigner(Ed25519Signer(keys))
+        ed25519 = Ed25519Verifier()
+        self.verifier = CountingVerifier(ed25519)  # protocol messages, on the core's thread
         self.log = log or logging.getLogger(f"consortium.node.{member.name}")
         self._ratelog = RateLimitedLog(self.log)
         self.metrics = NodeMetrics(started_ms=int(time.time() * 1000))
-        self.tx_cache = TxSignatureCache(self.verifier)
+        self.tx_cache = TxSignatureCache(ed25519)  # client signatures, counted there
         self.client_keys = genesis.client_keys()
 
         config.data_dir.mkdir(parents=True, exist_ok=True)
@@ -307,10 +317,8 @@ class Node:
             for out in messages:
                 if self.test_byzantine is not None:
                     self._send_byzantine(out.dest, out.frame)
-                elif out.dest is None:
-                    self.peers.broadcast(out.frame)
                 else:
-                    self.peers.send(out.dest, out.frame)
+                    self.send_peer(out.dest, out.frame)
             for (block, _, _), (_, vote) in zip(blocks, signatures, strict=True):
                 self.metrics.blocks += 1
                 self.metrics.txs_committed += len(block.txs)
@@ -320,6 +328,17 @@ class Node:
             for serve in ready.serve:
                 self._serve_blocks(serve.peer, serve.from_seq)
             self._log_view(core)
+
+    def send_peer(self, dest: int | None, frame: bytes) -> None:
+        """Send (dest None: to every other member), counting messages and bytes by kind."""
+        kind = message_kind(frame)
+        copies = self.genesis.n - 1 if dest is None else 1
+        self.metrics.sent_by_kind[kind] += copies
+        self.metrics.bytes_by_kind[kind] += copies * len(frame)
+        if dest is None:
+            self.peers.broadcast(frame)
+        else:
+            self.peers.send(dest, frame)
 
     def _send_byzantine(self, dest: int | None, frame: bytes) -> None:
         """Test-only misbehaviour while primary (the core stays honest; only what leaves
@@ -373,7 +392,7 @@ class Node:
             self.core.stable_certificate,
             block_at,
         )
-        self.peers.send(peer, frame)
+        self.send_peer(peer, frame)
 
     def _log_view(self, core: PbftReplica) -> None:
         """One line per view change and per view entered (rate-limited by its nature)."""
@@ -555,17 +574,33 @@ class Node:
             "not_progressing_because": reasons,
             "rejected": dict(sorted(self.core.rejected.items())),
             "transport": dict(sorted(self.peers.counters.items())),
-            "metrics": {
-                "blocks": self.metrics.blocks,
-                "txs_committed": self.metrics.txs_committed,
-                "fsyncs": self.store.fsync_count,
-                "fsyncs_per_block": round(self.store.fsync_count / max(1, self.metrics.blocks), 3),
-                "signatures_verified": self.tx_cache.verified,
-                "signature_cache_hits": self.tx_cache.hits,
-                "submitted": self.metrics.submitted,
-                "rejected_at_submit": self.metrics.rejected_at_submit,
-                "uptime_s": round(time.time() - self.metrics.started_ms / 1000, 1),
-            },
+            "metrics": self.metrics_doc(),
+        }
+
+    def metrics_doc(self) -> dict[str, Any]:
+        """Counters for operators and `consortium bench` (cumulative since start)."""
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        peers = self.peers.peer_status()
+        return {
+            "blocks": self.metrics.blocks,
+            "txs_committed": self.metrics.txs_committed,
+            "fsyncs": self.store.fsync_count,
+            "fsyncs_per_block": round(self.store.fsync_count / max(1, self.metrics.blocks), 3),
+            "signatures_verified": self.tx_cache.verified,
+            "signature_cache_hits": self.tx_cache.hits,
+            "protocol_verifications": self.verifier.count,
+            "signatures": self.signer.count,
+            "messages_sent": sum(self.metrics.sent_by_kind.values()),
+            "messages_sent_by_kind": dict(sorted(self.metrics.sent_by_kind.items())),
+            "bytes_sent_by_kind": dict(sorted(self.metrics.bytes_by_kind.items())),
+            "frames_sent": sum(int(str(p["frames_sent"])) for p in peers),
+            "frames_received": sum(int(str(p["frames_received"])) for p in peers),
+            "bytes_sent": sum(int(str(p["bytes_sent"])) for p in peers),
+            "cpu_s": round(usage.ru_utime + usage.ru_stime, 3),
+            "peak_rss_kb": usage.ru_maxrss,
+            "submitted": self.metrics.submitted,
+            "rejected_at_submit": self.metrics.rejected_at_submit,
+            "uptime_s": round(time.time() - self.metrics.started_ms / 1000, 1),
         }
 
     def status_json(self) -> str:

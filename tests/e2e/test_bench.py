@@ -1,0 +1,77 @@
+"""`consortium bench compare`, run briefly: it works end to end on real processes in both modes,
+and its figures add up (a benchmark's figures are checked here, never its speed)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.procs import cli
+
+pytestmark = pytest.mark.e2e
+
+TXS = 400
+
+
+def test_bench_compare_runs_both_modes_and_its_figures_add_up(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    result = cli(
+        "bench", "compare", "--txs", str(TXS), "--clients", "2", "--window", "40",
+        "--json", str(out),
+        timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "all ledgers identical and verified" in result.stdout
+    assert "committed tx/s" in result.stdout and "ratio" in result.stdout
+    runs = {r["config"]["mode"]: r["figures"] for r in json.loads(out.read_text())}
+    assert set(runs) == {"pbft", "raft"}
+    for mode, fig in runs.items():
+        n = fig["members"]
+        assert fig["committed"] == fig["submitted"] == TXS, mode
+        assert fig["ledgers_verified"] and fig["ledgers_identical"], fig["ledger_problems"]
+        assert 0 < fig["latency_ms"]["p50"] <= fig["latency_ms"]["p95"] <= fig["latency_ms"]["p99"]
+        assert fig["tx_per_s"] > 0 and fig["blocks"] > 0
+        assert fig["txs_per_block"] == pytest.approx(TXS / fig["blocks"], rel=0.01)
+        # Messages counted by the runtime, by kind, add up to its total, and the total matches
+        # what the transport wrote and received (a few heartbeats may be in flight).
+        assert sum(fig["messages_by_kind"].values()) == fig["messages_counted"], mode
+        assert (
+            abs(fig["frames_sent"] - fig["messages_counted"]) <= 0.05 * fig["messages_counted"] + 20
+        )
+        assert abs(fig["frames_received"] - fig["frames_sent"]) <= 0.05 * fig["frames_sent"] + 20
+        per_tx = fig["per_tx"]
+        assert per_tx["messages"] == pytest.approx(fig["messages_counted"] / TXS, rel=0.01)
+        # Every committed batch needs at least what the protocol sends for it.
+        kinds = fig["messages_by_kind"]
+        if mode == "pbft":
+            assert kinds.get("preprepare", 0) >= (n - 1) * fig["blocks"]
+            assert kinds.get("commit", 0) >= n * (n - 1) * fig["blocks"]
+            # Every replica checks every client signature at least once.
+            assert per_tx["verifications"] >= n
+        else:
+            assert kinds.get("append", 0) >= (n - 1) * fig["blocks"]
+            assert per_tx["verifications"] >= 1
+        assert per_tx["fsyncs"] > 0 and per_tx["signatures"] > 0
+        assert fig["ceiling"]["tx_per_s"] > 0
+        assert 0 < fig["ceiling"]["achieved_fraction"] < 1
+        assert set(fig["per_member"]) == {f"n{i + 1}" for i in range(n)}
+        assert all(m["cpu_s"] > 0 and m["peak_rss_mb"] > 0 for m in fig["per_member"].values())
+
+
+def test_bench_measures_failover_when_the_leader_is_killed(tmp_path: Path) -> None:
+    out = tmp_path / "kill.json"
+    result = cli(
+        "bench", "--mode", "raft", "--txs", "3000", "--clients", "2", "--window", "40",
+        "--kill-at", "1.0", "--timeout-ms", "500", "--json", str(out),
+        timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    [run] = json.loads(out.read_text())
+    fig = run["figures"]
+    assert len(fig["killed"]) == 1
+    assert fig["failover_s"] is not None and fig["failover_s"] > 0
+    assert fig["kill_to_first_commit_s"] is not None
+    assert fig["committed"] == fig["submitted"]
+    assert fig["ledgers_verified"] and fig["ledgers_identical"]
