@@ -362,6 +362,20 @@ class BlockStore:
         )
         return StoredBlock(block, None if row[3] is None else bytes(row[3]), sigs)
 
+    def known_tx_ids(self, tx_ids: Sequence[bytes]) -> set[bytes]:
+        """Which of `tx_ids` occur in the ledger (one indexed query per 500 ids)."""
+        found: set[bytes] = set()
+        for start in range(0, len(tx_ids), 500):
+            chunk = tx_ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            found.update(
+                bytes(row[0])
+                for row in self._db.execute(
+                    f"SELECT tx_id FROM tx_index WHERE tx_id IN ({marks})", chunk
+                )
+            )
+        return found
+
     def receipt_of(self, tx_id: bytes) -> Receipt | None:
         """The first executed receipt of `tx_id` (if no occurrence executed: the first one)."""
         db = self._db

@@ -383,6 +383,9 @@ class ConsortiumClient:
         state = self._txs.get(bundle.receipt.tx_id)
         if state is None or member in state.vouched:
             return
+        if state.confirmed_at is not None:
+            self.counters["bundle_after_decision"] += 1
+            return  # decided by f+1 verified bundles already: spare the checks
         if bundle.signer() != member:
             self.counters["bundle_wrong_signer"] += 1
             return

@@ -100,16 +100,22 @@ class ClientService:
         now_ms = int(time.time() * 1000)
         verdicts: list[list[Any]] = []
         candidates: list[tuple[int, Transaction]] = []
+        decoded: list[Transaction | str] = []
         for raw in request.txs:
             try:
-                tx = Transaction.from_array(raw, params)
+                decoded.append(Transaction.from_array(raw, params))
             except WireFormatError as exc:
-                verdicts.append([b"", "rejected", f"malformed: {exc}"])
+                decoded.append(str(exc))
+        # One indexed query for the whole request: which ids are in the ledger already.
+        known = node.store.known_tx_ids([t.id for t in decoded if isinstance(t, Transaction)])
+        for tx in decoded:
+            if isinstance(tx, str):
+                verdicts.append([b"", "rejected", f"malformed: {tx}"])
                 continue
             verdicts.append([tx.id, "accepted", ""])
             # An id already committed is answered with its FIRST receipt, before any other
             # check: it may have expired since, or be resubmitted with a mangled signature.
-            first = self._receipt_bundle(tx.id)
+            first = self._receipt_bundle(tx.id) if tx.id in known else None
             if first is not None:
                 verdicts[-1] = [tx.id, "committed", first]
                 continue
