@@ -17,6 +17,7 @@ Operations (the default key-value application):
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -135,21 +136,33 @@ class Transaction:
 
     @classmethod
     def from_array(cls, v: Any, params: Params) -> Transaction:
-        """Decode [body, signature]; raises WireFormatError (never anything else)."""
+        """Decode [body, signature]; raises WireFormatError (never anything else).
+
+        A member decodes most transactions twice (from the client's submission, then inside
+        the PRE-PREPARE or log entry that orders it): the second decode of the same bytes under
+        the same parameters is served from a bounded cache (Transaction is immutable)."""
         arr = as_list(v, 2, "transaction")
         body = as_bytes(arr[0], "transaction body", max_len=params.tx_bytes_max)
         sig = as_bytes(arr[1], "transaction signature", size=64)
-        fields_ = as_list(unpack_canonical(body), 5, "transaction body")
-        chain_id = as_bytes(fields_[0], "chain_id", size=32)
-        client_key = as_bytes(fields_[1], "client_key", size=32)
-        nonce = as_bytes(fields_[2], "nonce", max_len=NONCE_BYTES_MAX)
-        expiry_ms = as_int(fields_[3], "expiry_ms")
-        ops_v = as_list(fields_[4], what="ops")
-        if not 0 < len(ops_v) <= params.ops_per_tx_max:
-            raise WireFormatError(f"ops: a transaction has 1..{params.ops_per_tx_max} operations")
-        ops = tuple(op_from_array(o, params) for o in ops_v)
-        return cls(body, sig, sha256(body), chain_id, client_key, nonce, expiry_ms, ops)
+        return _decode_cached(body, sig, params)
 
     @classmethod
     def decode(cls, data: bytes, params: Params) -> Transaction:
         return cls.from_array(unpack_canonical(data, max_len=params.tx_bytes_max + 128), params)
+
+
+DECODED_CACHE_MAX = 16_384  # recently decoded transactions (about 10 MB at most)
+
+
+@functools.lru_cache(maxsize=DECODED_CACHE_MAX)
+def _decode_cached(body: bytes, sig: bytes, params: Params) -> Transaction:
+    fields_ = as_list(unpack_canonical(body), 5, "transaction body")
+    chain_id = as_bytes(fields_[0], "chain_id", size=32)
+    client_key = as_bytes(fields_[1], "client_key", size=32)
+    nonce = as_bytes(fields_[2], "nonce", max_len=NONCE_BYTES_MAX)
+    expiry_ms = as_int(fields_[3], "expiry_ms")
+    ops_v = as_list(fields_[4], what="ops")
+    if not 0 < len(ops_v) <= params.ops_per_tx_max:
+        raise WireFormatError(f"ops: a transaction has 1..{params.ops_per_tx_max} operations")
+    ops = tuple(op_from_array(o, params) for o in ops_v)
+    return Transaction(body, sig, sha256(body), chain_id, client_key, nonce, expiry_ms, ops)
