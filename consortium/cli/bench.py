@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import os
+import resource
 import shutil
 import signal
 import sys
@@ -188,7 +189,11 @@ def run_bench(config: BenchConfig, directory: Path | None = None) -> BenchRun:
         run.figures["signing_s"] = round(time.perf_counter() - started, 2)
         run.figures["tx_bytes"] = per_client[0][0].size if per_client[0] else 0
         before = trio.run(_statuses, genesis, list(range(genesis.n)))
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        cpu_before = usage.ru_utime + usage.ru_stime
         results, elapsed, killed, failover = trio.run(_drive, cfg, genesis, keys, per_client, net)
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        run.figures["client_cpu_s"] = round(usage.ru_utime + usage.ru_stime - cpu_before, 2)
         alive = [i for i in range(genesis.n) if genesis.members[i].name not in killed]
         trio.run(wait_same_height, genesis, alive, 60.0)
         after = trio.run(_statuses, genesis, alive)
@@ -436,6 +441,7 @@ ROWS: list[tuple[str, str]] = [
     ("signatures per tx", "per_tx.signatures"),
     ("fsyncs per tx", "per_tx.fsyncs"),
     ("CPU ms per tx per member", "per_tx.cpu_ms_per_member"),
+    ("client CPU s (all clients)", "client_cpu_s"),
     ("quorum", "predicted.quorum"),
     ("ceiling tx/s", "ceiling.tx_per_s"),
     ("achieved of ceiling", "ceiling.achieved_fraction"),
@@ -504,6 +510,7 @@ def draw(runs: list[BenchRun], path: Path) -> None:
         ("verifications per tx", "per_tx.verifications"),
         ("bytes on wire per tx", "per_tx.bytes"),
         ("CPU ms per tx per member", "per_tx.cpu_ms_per_member"),
+        ("client CPU s (all clients)", "client_cpu_s"),
     ]
     fig, axes = plt.subplots(2, 3, figsize=(13, 7))
     for ax, (title, key) in zip(axes.flat, panels, strict=True):

@@ -75,6 +75,7 @@ class Retransmitter:
         self._behind_ms = _LONG_AGO
         self._blocked_seq = 0  # where execution was first seen blocked, and since when
         self._blocked_since_ms = 0
+        self._cleared: dict[int, tuple[int, Slot]] = {}  # peer -> (seq, slot): see fill_gaps
 
     # --- bookkeeping from the replica -------------------------------------------------------
 
@@ -144,6 +145,21 @@ class Retransmitter:
         out: list[Outbound] = []
         window = self._log.window
         start = max(self.peer_executed[peer], self._log.low - window, below - window - 1)
+        # Skip the prefix of slots the peer has already sent its COMMIT for (the loop below
+        # passes over them anyway): remembered per peer with the slot object, so a view change,
+        # which replaces every slot, invalidates it. Without this, every vote scanned up to a
+        # window of slots (profiled: ~10% of a backup's CPU under load).
+        mark = self._cleared.get(peer)
+        if mark is not None and mark[0] > start and mark[0] < below:
+            held = self._log.retained_slot(mark[0])
+            if held is mark[1] and peer in held.commits:
+                start = mark[0]
+        while start + 1 < below:
+            slot = self._log.retained_slot(start + 1)
+            if slot is None or peer not in slot.commits:
+                break
+            start += 1
+            self._cleared[peer] = (start, slot)
         for seq in range(start + 1, below):
             slot = self._log.retained_slot(seq)
             if slot is None or peer in slot.commits or slot.sent_ms + self._settle_ms > now_ms:
