@@ -510,10 +510,9 @@ def draw(runs: list[BenchRun], path: Path) -> None:
         ("verifications per tx", "per_tx.verifications"),
         ("bytes on wire per tx", "per_tx.bytes"),
         ("CPU ms per tx per member", "per_tx.cpu_ms_per_member"),
-        ("client CPU s (all clients)", "client_cpu_s"),
     ]
     fig, axes = plt.subplots(2, 3, figsize=(13, 7))
-    for ax, (title, key) in zip(axes.flat, panels, strict=True):
+    for ax, (title, key) in zip(list(axes.flat), panels, strict=True):
         for mode, style in (("pbft", "o-"), ("raft", "s--")):
             points = sorted(
                 (r.figures["members"], lookup(r.figures, key))

@@ -17,12 +17,14 @@ TXS = 400
 
 def test_bench_compare_runs_both_modes_and_its_figures_add_up(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
+    plot = tmp_path / "bench.png"
     result = cli(
         "bench", "compare", "--txs", str(TXS), "--clients", "2", "--window", "40",
-        "--json", str(out),
+        "--json", str(out), "--plot", str(plot),
         timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "all ledgers identical and verified" in result.stdout
     assert "committed tx/s" in result.stdout and "ratio" in result.stdout
     runs = {r["config"]["mode"]: r["figures"] for r in json.loads(out.read_text())}
