@@ -274,9 +274,12 @@ async def _drive(
                         )
                     show()
 
+            # Two lanes of window/2 keep the window full while one waits; a window of 1 is
+            # one transaction at a time (the latency figure of an idle network).
+            lanes_n = 1 if cfg.window <= 1 else 2
             async with trio.open_nursery() as lanes:
-                lanes.start_soon(lane, txs[0::2])
-                lanes.start_soon(lane, txs[1::2])
+                for k in range(lanes_n):
+                    lanes.start_soon(lane, txs[k::lanes_n])
 
     async def killer() -> None:
         assert cfg.kill_at_s is not None
