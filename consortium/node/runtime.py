@@ -588,6 +588,7 @@ class Node:
             "fsyncs_per_block": round(self.store.fsync_count / max(1, self.metrics.blocks), 3),
             "signatures_verified": self.tx_cache.verified,
             "signature_cache_hits": self.tx_cache.hits,
+            "signatures_trusted": self.tx_cache.trusted,
             "protocol_verifications": self.verifier.count,
             "signatures": self.signer.count,
             "messages_sent": sum(self.metrics.sent_by_kind.values()),
