@@ -306,6 +306,7 @@ class PbftReplica:
         self._nv_sent = False  # as primary of self.view
         self._nv_relayed_ms = [_LONG_AGO] * self.n
         self._vc_checked_ms = [_LONG_AGO] * self.n
+        self._nv_checked_ms = [_LONG_AGO] * self.n
         self._timeouts = 0  # successive view changes since a request last executed
         self._work_since_ms: int | None = None  # progress timer (a)
         self._nv_timer_at: int | None = None  # waiting for NEW-VIEW after Q VIEW-CHANGEs
@@ -1094,9 +1095,20 @@ class PbftReplica:
             # malformed message, like any frame damaged in transit.
             self.rejected["malformed"] += 1
             return
+        if nv.view != self.view:
+            # A NEW-VIEW for a view we are not waiting for costs up to n proof checks: at most
+            # one per signer per half interval (any faulty member is primary of infinitely
+            # many views), stamped now that its signature verified (review).
+            if self._mono_ms - self._nv_checked_ms[nv.sender] < self.retransmit_ms // 2:
+                self.rejected["rate_limited"] += 1
+                return
+            self._nv_checked_ms[nv.sender] = self._mono_ms
         decoded: list[ViewChange] = []
         problem: str | None = None
-        for frame in nv.view_change_frames:
+        # Cheap checks first (shape, distinct senders, the view), signatures and proofs last.
+        if len(nv.view_change_frames) > self.n:
+            problem = f"{len(nv.view_change_frames)} view changes from {self.n} members"
+        for frame in nv.view_change_frames if problem is None else ():
             try:
                 vc = decode(frame, self.params)
             except WireFormatError:
@@ -1105,13 +1117,17 @@ class PbftReplica:
             if not isinstance(vc, ViewChange):
                 problem = "not a view change"
                 break
+            if vc.view != nv.view or any(other.sender == vc.sender for other in decoded):
+                problem = "a view change for another view, or a sender counted twice"
+                break
+            decoded.append(vc)
+        for vc in decoded if problem is None else ():
             if not (
                 self._members.signed(self._verifier, vc.sender, vc.body, vc.signature)
                 and self._view_change_ok(vc)
             ):
                 problem = "a view change does not check"
                 break
-            decoded.append(vc)
         if problem is None:
             problem = check_new_view(self._members, self._verifier, nv, decoded)
         if problem is not None:
@@ -1167,19 +1183,11 @@ class PbftReplica:
             if pp.seq <= low:
                 continue
             slot = self._log.slot(pp.seq, self.view)
-            slot.redo = pp.seq <= self._last_committed
             if pp.sender == self.me:
+                slot.redo = pp.seq <= self._last_committed
                 self._accept_preprepare(slot, pp, reissued=True)
                 continue
-            slot.reissued = replace(pp, txs=())
-            if pp.digest == NULL_DIGEST and pp.proposed_ms == NULL_PROPOSED_MS:
-                self._fill_batch(slot, NULL_PROPOSED_MS, NULL_DIGEST, ())
-                continue
-            txs = self._find_batch(pp.digest)
-            if txs is not None:
-                self._fill_batch(slot, pp.proposed_ms, pp.digest, txs)
-            else:
-                self._want(pp.digest)
+            self._reissue(slot, pp)
         # Batches of the old view that the new one does not re-issue are gone: what is accepted
         # now is only what the NEW-VIEW re-issued (or what we committed).
         self._highest_accepted = max(
@@ -1195,6 +1203,20 @@ class PbftReplica:
             self._on_input(sender, msg)
         self._deliver()
         self._maybe_propose()
+
+    def _reissue(self, slot: Slot, pp: PrePrepare) -> None:
+        """A PRE-PREPARE the NEW-VIEW of this view re-issued by digest: accept it once its batch
+        is here (a null request at once), asking peers for the batch otherwise."""
+        slot.redo = pp.seq <= self._last_committed
+        slot.reissued = replace(pp, txs=())
+        if pp.digest == NULL_DIGEST and pp.proposed_ms == NULL_PROPOSED_MS:
+            self._fill_batch(slot, NULL_PROPOSED_MS, NULL_DIGEST, ())
+            return
+        txs = self._find_batch(pp.digest)
+        if txs is not None:
+            self._fill_batch(slot, pp.proposed_ms, pp.digest, txs)
+        else:
+            self._want(pp.digest)
 
     def _relay_new_view(self, peer: int) -> None:
         """A peer still in an older view: the NEW-VIEW we hold brings it here (it is
@@ -1488,10 +1510,9 @@ class PbftReplica:
                 self._records.append((key, None))
                 continue
             self._prepared[seq] = PreparedProof(preprepare=pp, prepares=tuple(prepares))
-            if seq <= self.last_executed:
-                # We prepared it in the view we committed it in, or later: any prepared
-                # certificate from then on names the committed digest.
-                self._committed_digests[seq] = pp.digest
+            # (No committed digest is taken from a stored proof: a block that came by state
+            # transfer may have committed another digest in a later view. The second guard
+            # covers what this process commits from now on.)
         for seq in sorted(restored.slots):
             self._restore_slot(restored.slots[seq])
         self._records.extend((key, None) for key in restored.unknown_keys)
@@ -1511,6 +1532,15 @@ class PbftReplica:
                 self._reissued_max = max((pp.seq for pp in nv.preprepares), default=0)
                 if self.primary == self.me:
                     self._next_seq = max(self._next_seq, self._reissued_max + 1)
+                # Re-issued slots whose batch had not arrived before the restart were in
+                # memory only: rebuild them from the NEW-VIEW, or the primary's retransmission
+                # of one would be refused as not re-issued and the seq would stall (review).
+                for pp in nv.preprepares:
+                    if pp.seq <= self._log.low:
+                        continue
+                    held = self._log.get(pp.seq)
+                    if held is None or (held.preprepare is None and held.reissued is None):
+                        self._reissue(self._log.slot(pp.seq, self.view), pp)
         boundary = self.last_executed
         if (
             boundary > low

@@ -75,7 +75,8 @@ class Retransmitter:
         self._behind_ms = _LONG_AGO
         self._blocked_seq = 0  # where execution was first seen blocked, and since when
         self._blocked_since_ms = 0
-        self._cleared: dict[int, tuple[int, Slot]] = {}  # peer -> (seq, slot): see fill_gaps
+        # peer -> (origin, seq, slot): see fill_gaps
+        self._cleared: dict[int, tuple[int, int, Slot]] = {}
 
     # --- bookkeeping from the replica -------------------------------------------------------
 
@@ -149,17 +150,24 @@ class Retransmitter:
         # passes over them anyway): remembered per peer with the slot object, so a view change,
         # which replaces every slot, invalidates it. Without this, every vote scanned up to a
         # window of slots (profiled: ~10% of a backup's CPU under load).
+        # The mark is used only when the scan it came from started no later than this one,
+        # so it never skips slots below its origin that were never checked (review).
+        origin = start
         mark = self._cleared.get(peer)
-        if mark is not None and mark[0] > start and mark[0] < below:
-            held = self._log.retained_slot(mark[0])
-            if held is mark[1] and peer in held.commits:
-                start = mark[0]
+        if mark is not None and mark[0] <= start < mark[1] < below:
+            held = self._log.retained_slot(mark[1])
+            if held is mark[2] and peer in held.commits:
+                origin, start = mark[0], mark[1]  # (origin, mark] is known committed
         while start + 1 < below:
             slot = self._log.retained_slot(start + 1)
             if slot is None or peer not in slot.commits:
                 break
             start += 1
-            self._cleared[peer] = (start, slot)
+            self._cleared[peer] = (
+                origin if mark is None or mark[0] > origin else mark[0],
+                start,
+                slot,
+            )
         for seq in range(start + 1, below):
             slot = self._log.retained_slot(seq)
             if slot is None or peer in slot.commits or slot.sent_ms + self._settle_ms > now_ms:

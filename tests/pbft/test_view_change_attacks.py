@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from pbft_harness import RETRANSMIT_MS, Group, drive, frames
+from test_recovery import Disk
 
 from consortium.pbft.messages import (
     Commit,
@@ -197,6 +198,10 @@ def test_a_bad_new_view_for_a_far_higher_view_is_dropped_not_followed() -> None:
     assert r.rejected["bad_new_view"] == 1
     assert r.view == 0 and r.active and r.view_changes == 0
     assert not r.evidence
+    # Checking NEW-VIEWs for views we are not waiting for is rate-limited per signer.
+    r.receive(1, encode(NewView.create(group.signers[1], group.chain_id, 1005, (), (), 1)))
+    assert r.rejected["rate_limited"] == 1 and r.rejected["bad_new_view"] == 1
+    group.tick_all(RETRANSMIT_MS)
     # Nor while moving to another view: only the primary of that very view is blamed.
     r._start_view_change(1, "test")
     r.receive(1, encode(NewView.create(group.signers[1], group.chain_id, 5, (), (), 1)))
@@ -254,3 +259,62 @@ def test_a_view_change_with_bad_proofs_uses_up_the_senders_check_budget() -> Non
     group.tick_all(RETRANSMIT_MS // 2)
     r.receive(0, encode(good))
     assert r.rejected["view_change_too_often"] == 1 and r.rejected["bad_view_change"] == 1
+
+
+def test_regression_a_backup_restarted_before_a_reissued_batch_arrived_still_prepares_it() -> None:
+    """Found in review: re-issued slots waiting for their batch were in memory only, so after a
+    restart the primary's retransmission was refused as not re-issued and the seq stalled."""
+    group = Group()
+    a = group.preprepare(1, group.txs[0:1])
+    proof = PreparedProof(
+        preprepare=a, prepares=(group.prepare(a, 1), group.prepare(a, 2))
+    ).without_batch()
+    vcs = [
+        ViewChange.create(group.signers[i], group.chain_id, 1, None, (proof,) if i else (), i)
+        for i in (0, 1, 2)
+    ]
+    r = group.replicas[3]
+    disk = Disk(group)
+    r._start_view_change(1, "test")
+    disk.write(group.take(3))
+    pp1 = PrePrepare.create(
+        group.signers[1], group.chain_id, 1, 1, a.proposed_ms, 1, a.txs, digest=a.digest
+    )
+    nv = NewView.create(
+        group.signers[1],
+        group.chain_id,
+        1,
+        tuple(encode(v) for v in vcs),
+        (replace(pp1, txs=()),),
+        1,
+    )
+    r.receive(1, encode(nv))
+    assert r.view == 1 and r.active
+    disk.write(group.take(3))
+    # crash before the batch arrives; restart
+    r2 = group.make(3, disk.recovered())
+    group.replicas[3] = r2
+    group.tick_all(RETRANSMIT_MS)
+    r2.take_ready()
+    # the primary retransmits its re-issued PRE-PREPARE with the batch
+    r2.receive(1, encode(pp1))
+    out = [decode(f, group.params) for f in frames(r2.take_ready())]
+    assert "not_reissued" not in r2.rejected
+    assert any(isinstance(m, Prepare) for m in out), (
+        "restarted backup never PREPAREs the re-issued seq"
+    )
+
+
+def test_a_new_view_repeating_one_view_change_is_refused_before_any_proof_is_checked() -> None:
+    """Review: cheap checks (count, distinct senders, the view) come before signatures and
+    proofs, so a NEW-VIEW stuffed with copies costs its receiver one look, not n checks."""
+    group = Group()
+    r = group.replicas[2]
+    group.take(2)
+    vc = ViewChange.create(group.signers[0], group.chain_id, 1, None, (), 0)
+    r._start_view_change(1, "test")
+    stuffed = NewView.create(group.signers[1], group.chain_id, 1, (encode(vc),) * 3, (), 1)
+    r.receive(1, encode(stuffed))
+    assert r.rejected["bad_new_view"] == 1
+    assert r.view == 2 and not r.active  # the primary of view 1 signed it: it is replaced
+    assert [e.reason for e in r.evidence] == ["bad_new_view"]
