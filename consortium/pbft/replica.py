@@ -316,6 +316,7 @@ class PbftReplica:
         self._batch_tokens = [BATCHES_SERVED_PER_INTERVAL] * self.n  # refilled per interval
         self._fetch_tokens = [FETCHES_SERVED_PER_INTERVAL] * self.n
         self._forward_tokens = [self._forward_budget] * self.n
+        self._forwarded_this_interval = 0  # what we forwarded to the primary this interval
         self._tokens_refilled_ms = 0
 
         # State transfer.
@@ -896,8 +897,14 @@ class PbftReplica:
         # one still in no accepted batch a timeout after that means the primary censors it.
         overdue = pool.overdue(now, self.timeout_ms, FORWARD_PER_TICK)
         forward: list[Transaction] = []
+        # No more per interval than the primary accepts from one backup (the rest would be
+        # dropped there and, marked forwarded here, make us suspect an honest primary): the
+        # others wait, unforwarded, for the next interval (review).
+        room = self._forward_budget - self._forwarded_this_interval
         for entry in overdue:
             if entry.forwarded_ms is None:
+                if len(forward) >= room:
+                    continue
                 entry.forwarded_ms = now
                 forward.append(entry.tx)
             elif now - entry.forwarded_ms >= self.timeout_ms:
@@ -905,16 +912,30 @@ class PbftReplica:
                     self.view + 1, "a forwarded transaction stayed out of every batch"
                 )
                 return
-        if forward:
-            batch = Batch.create(
-                self._signer,
-                self.chain_id,
-                NULL_PROPOSED_MS,
-                tuple(forward),
-                self.me,
-                digest=FORWARD_DIGEST,
-            )
-            self._messages.append(Outbound(self.primary, encode(batch)))
+        self._forwarded_this_interval += len(forward)
+        # In batches the primary can decode: at most batch_txs_max and batch_bytes_max each
+        # (one larger BATCH was refused whole as malformed; found in review).
+        chunk: list[Transaction] = []
+        size = 0
+        for tx in [*forward, None]:
+            if chunk and (
+                tx is None
+                or len(chunk) >= self.params.batch_txs_max
+                or size + tx.size > self.params.batch_bytes_max
+            ):
+                batch = Batch.create(
+                    self._signer,
+                    self.chain_id,
+                    NULL_PROPOSED_MS,
+                    tuple(chunk),
+                    self.me,
+                    digest=FORWARD_DIGEST,
+                )
+                self._messages.append(Outbound(self.primary, encode(batch)))
+                chunk, size = [], 0
+            if tx is not None:
+                chunk.append(tx)
+                size += tx.size
 
     def _behind_committed(self) -> bool:
         """An accepted batch (or a re-issued one awaiting its batch) not committed yet."""
@@ -1266,6 +1287,7 @@ class PbftReplica:
             self._batch_tokens = [BATCHES_SERVED_PER_INTERVAL] * self.n
             self._fetch_tokens = [FETCHES_SERVED_PER_INTERVAL] * self.n
             self._forward_tokens = [self._forward_budget] * self.n
+            self._forwarded_this_interval = 0
 
     def _on_batch_request(self, req: BatchRequest) -> None:
         if self._batch_tokens[req.sender] <= 0:

@@ -225,3 +225,39 @@ def test_the_primary_verifies_at_most_a_budget_of_forwarded_transactions_per_pee
     start[2] = 60 - size
     forward(2, 60 - size)
     assert primary.rejected["forwarded_too_many"] == size
+
+
+def test_a_backup_forwards_no_more_per_interval_than_the_primary_accepts_from_it() -> None:
+    """Review: a backup with a backlog forwarded up to 256 transactions per tick while the
+    primary accepts a budget per interval; the rest were dropped there but marked forwarded
+    here, so the backup would suspect an honest primary. Now the rest wait their turn."""
+    group = Group()
+    backup = group.replicas[1]
+    group.take(1)
+    budget = 4 * group.params.batch_txs_max  # FORWARDED_BATCHES_PER_INTERVAL full batches
+    for tx in group.txs:  # 64, four budgets' worth, never proposed by the primary here
+        backup.propose(tx)
+
+    def forwarded_now() -> int:
+        count = 0
+        for out in group.take(1).messages:
+            msg = decode(out.frame, group.params)
+            if isinstance(msg, Batch) and msg.digest == FORWARD_DIGEST:
+                assert out.dest == backup.primary
+                count += len(msg.txs)
+        return count
+
+    sent: list[int] = []
+    # A timeout until they are overdue, then three intervals (a forwarded transaction still
+    # out of every batch a timeout later rightly starts a view change: not reached here).
+    for _ in range((group.params.request_timeout_ms + 3 * RETRANSMIT_MS) // 10):
+        backup._progress_ms = group.mono_ms  # requests keep executing: no view change
+        group.tick_all(10)
+        sent.append(forwarded_now())
+    assert sum(sent) > budget  # the backlog does go out, interval after interval
+    per_interval: dict[int, int] = {}
+    for k, count in enumerate(sent):
+        interval = (k * 10) // RETRANSMIT_MS
+        per_interval[interval] = per_interval.get(interval, 0) + count
+    assert max(per_interval.values()) <= budget, per_interval
+    assert backup.active and backup.view == 0
