@@ -103,6 +103,12 @@ async def drive(
     return committed, failed, elapsed
 
 
+async def wait_for_leader(genesis: Genesis, timeout_s: float) -> int:
+    """raft: the member that reports itself leader, once one is elected."""
+    async with ConsortiumClient(genesis) as client:
+        return await client.find_leader(timeout_s=timeout_s)
+
+
 async def heights(genesis: Genesis, members: list[int]) -> dict[int, int]:
     """Each member's current height, from its status."""
     out: dict[int, int] = {}
@@ -143,6 +149,8 @@ def run_demo(
         network.start()
         typer.echo(f"== started {members} member processes (logs: {directory}/nodes/*/node.log)")
         trio.run(wait_until_up, genesis, 30.0)
+        if genesis.mode == "raft":
+            trio.run(wait_for_leader, genesis, 30.0)  # the first election takes E..2E
         typer.echo(f"== {clients} clients submit {txs} signed transactions")
         committed, failed, elapsed = trio.run(drive, genesis, setup.keys(), txs)
         typer.echo(
