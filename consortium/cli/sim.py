@@ -99,17 +99,7 @@ def sim(
         return Scenario(n, txs, faults, partition, crash, name, members)
 
     if trace is not None:
-        lines = 0
-
-        def emit(line: str) -> None:
-            nonlocal lines
-            lines += 1
-            if lines <= trace_lines:
-                typer.echo(line)
-            elif lines == trace_lines + 1:
-                typer.echo(f"... trace cut at {trace_lines} lines (--trace-lines)")
-
-        outcome = run_seed(scenario(names[0]), trace, emit)
+        outcome = run_seed(scenario(names[0]), trace, _trace_printer(trace_lines))
         typer.echo(_line(outcome))
         raise typer.Exit(0 if outcome.ok else EXIT_FAILED)
 
@@ -149,6 +139,21 @@ def sim(
         raise typer.Exit(EXIT_FAILED)
 
 
+def _trace_printer(limit: int) -> Callable[[str], None]:
+    """Echo trace lines, cut after `limit` with a note saying how to see more."""
+    lines = 0
+
+    def emit(line: str) -> None:
+        nonlocal lines
+        lines += 1
+        if lines <= limit:
+            typer.echo(line)
+        elif lines == limit + 1:
+            typer.echo(f"... trace cut at {limit} lines (--trace-lines)")
+
+    return emit
+
+
 def _raft(
     n: int, seeds: str, txs: int, mixes: list[str] | None, trace: int | None, trace_lines: int
 ) -> None:
@@ -161,17 +166,7 @@ def _raft(
             f"{unknown[0]!r}: choose from {', '.join(RAFT_MIXES)} or all", param_hint="--mix"
         )
     if trace is not None:
-        lines = 0
-
-        def emit(line: str) -> None:
-            nonlocal lines
-            lines += 1
-            if lines <= trace_lines:
-                typer.echo(line)
-            elif lines == trace_lines + 1:
-                typer.echo(f"... trace cut at {trace_lines} lines (--trace-lines)")
-
-        failure = _raft_one(trace, n, names[0], txs, emit)
+        failure = _raft_one(trace, n, names[0], txs, _trace_printer(trace_lines))
         typer.echo(f"seed {trace} ({names[0]}, n={n}): {failure or 'ok'}")
         raise typer.Exit(EXIT_FAILED if failure else 0)
     chosen = parse_seeds(seeds)

@@ -282,28 +282,10 @@ class RaftMember(Node):
 
     # --- status -------------------------------------------------------------------------------
 
-    def status(self) -> dict[str, Any]:
-        core = self.core.status()
-        head = self.store.head
-        peers = self.peers.peer_status()
+    def mode_status(self, core: dict[str, Any]) -> dict[str, Any]:
         names = [m.name for m in self.genesis.members]
-        connected = sum(1 for p in peers if p.get("outbound_connected"))
-        up = connected + 1
-        reasons: list[str] = []
-        if core.get("waiting_for"):
-            reasons.append(str(core["waiting_for"]))
-        if up < self.genesis.quorum:
-            down = [str(p.get("name")) for p in peers if not p.get("outbound_connected")]
-            reasons.append(f"no quorum: {', '.join(down)} unreachable")
         leader = core.get("leader")
         return {
-            "member": self.member.name,
-            "index": self.me,
-            "mode": "raft",
-            "chain_id": self.chain_id.hex(),
-            "n": self.genesis.n,
-            "f": self.genesis.f,
-            "quorum": self.genesis.quorum,
             "term": core["term"],
             "role": core["role"],
             "leader": None if leader is None else names[leader],
@@ -315,15 +297,6 @@ class RaftMember(Node):
             "last_index": core["last_index"],
             "snapshot_index": core["snapshot_index"],
             "followers": {names[int(p)]: info for p, info in core.get("progress", {}).items()},
-            "height": head.height,
-            "head_hash": head.hash.hex(),
             "stable_checkpoint": core["snapshot_index"],
             "evidence": [],
-            "core": core,
-            "peers": peers,
-            "reachable": f"{up} of {self.genesis.n} reachable",
-            "not_progressing_because": reasons,
-            "rejected": dict(sorted(self.core.rejected.items())),
-            "transport": dict(sorted(self.peers.counters.items())),
-            "metrics": self.metrics_doc(),
         }

@@ -537,6 +537,8 @@ class Node:
     # --- status -----------------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
+        """What `consortium status` shows: the fields both modes share, then the mode's own
+        (mode_status; RaftMember overrides it)."""
         core = self.core.status()
         head = self.store.head
         peers = self.peers.peer_status()
@@ -557,6 +559,20 @@ class Node:
             "n": self.genesis.n,
             "f": self.genesis.f,
             "quorum": self.genesis.quorum,
+            **self.mode_status(core),
+            "height": head.height,
+            "head_hash": head.hash.hex(),
+            "core": core,
+            "peers": peers,
+            "reachable": f"{up} of {self.genesis.n} reachable",
+            "not_progressing_because": reasons,
+            "rejected": dict(sorted(self.core.rejected.items())),
+            "transport": dict(sorted(self.peers.counters.items())),
+            "metrics": self.metrics_doc(),
+        }
+
+    def mode_status(self, core: dict[str, Any]) -> dict[str, Any]:
+        return {
             "view": core.get("view"),
             "view_active": core.get("view_active"),
             "view_changes": core.get("view_changes"),
@@ -565,16 +581,7 @@ class Node:
                 for e in core.get("evidence", [])
             ],
             "primary": self.genesis.members[self.core.primary].name,
-            "height": head.height,
-            "head_hash": head.hash.hex(),
             "stable_checkpoint": core.get("stable_checkpoint"),
-            "core": core,
-            "peers": peers,
-            "reachable": f"{up} of {self.genesis.n} reachable",
-            "not_progressing_because": reasons,
-            "rejected": dict(sorted(self.core.rejected.items())),
-            "transport": dict(sorted(self.peers.counters.items())),
-            "metrics": self.metrics_doc(),
         }
 
     def metrics_doc(self) -> dict[str, Any]:
