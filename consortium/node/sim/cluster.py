@@ -53,10 +53,11 @@ from consortium.ledger.certificates import CheckpointCertificate
 from consortium.ledger.genesis import Client, Genesis, Member, Mode, Params
 from consortium.ledger.state import KeyValueState, build_block
 from consortium.ledger.tx import Put, Transaction
-from consortium.node.sim.checkers import SafetyChecker, check_converged
+from consortium.node.sim.checkers import SafetyChecker
 from consortium.node.sim.network import NetworkFaults, SimNetwork
+from consortium.node.sim.shell import SimShell
 from consortium.pbft.messages import TransferredBlock, decode
-from consortium.pbft.replica import Outbound, PbftConfig, PbftReplica, RecoveredState
+from consortium.pbft.replica import PbftConfig, PbftReplica, RecoveredState
 from consortium.pbft.transfer import blocks_reply
 
 CLIENT_SEED = b"consortium-sim-client".ljust(32, b"\x00")
@@ -200,7 +201,7 @@ class SimNode:
         return f"height {self.head.height}, waiting for: {status['waiting_for'] or 'nothing'}"
 
 
-class SimCluster:
+class SimCluster(SimShell[SimNode]):
     def __init__(
         self,
         seed: int,
@@ -326,27 +327,6 @@ class SimCluster:
                 self._awaiting[tx_id] = (tx, self.now_ms)
                 self._send_to_replicas(tx, range(self.n))
 
-    def at(self, at_ms: int, action: Callable[[], None]) -> None:
-        """Run `action` (a crash, a restart, a partition...) at simulated time at_ms."""
-        self._scheduled_seq += 1
-        heapq.heappush(self._scheduled, (at_ms, self._scheduled_seq, action))
-
-    def _log(self, text: str) -> None:
-        if self.trace is not None:
-            self.trace(f"{self.now_ms:>7} ms  {text}")
-
-    def crash(self, i: int) -> None:
-        self._log(f"n{i + 1} CRASH")
-        node = self.nodes[i]
-        node.up = False
-        if node.unsynced:
-            self.lost_writes += 1
-            node.unsynced.clear()  # never reached the disk
-
-    def crash_mid_write(self, i: int) -> None:
-        """Crash node i inside its next Ready that writes: after the write, before the fsync."""
-        self.nodes[i].crash_mid_write = True
-
     def restart(self, i: int) -> None:
         """Rebuild replica i from what it persisted (records, ledger, stable checkpoint)."""
         node = self.nodes[i]
@@ -459,21 +439,6 @@ class SimCluster:
                 f"{replica.last_view_change_reason or 'NEW-VIEW'}"
             )
 
-    @staticmethod
-    def _fsync(node: SimNode, records: list[tuple[bytes, bytes | None]]) -> None:
-        for key, value in records:
-            if value is None:
-                node.records.pop(key, None)
-            else:
-                node.records[key] = value
-
-    def _send(self, node: SimNode, messages: list[Outbound]) -> None:
-        for out in messages:
-            dests = range(self.n) if out.dest is None else (out.dest,)
-            for dst in dests:
-                if dst != node.index:
-                    self.net.send(self.now_ms, node.index, dst, out.frame)
-
     def _serve(self, node: SimNode, peer: int, from_seq: int) -> None:
         """Answer a FETCH from the node's ledger (the runtime reads its block store)."""
 
@@ -498,21 +463,3 @@ class SimCluster:
             count = self._commits[tx.id] = self._commits.get(tx.id, 0) + 1
             if count >= reply_quorum:
                 self._awaiting.pop(tx.id, None)
-
-    def run_until(self, end_ms: int) -> None:
-        while self.now_ms < end_ms:
-            self.step()
-
-    def all_committed(self) -> bool:
-        ids = set(self.submitted)
-        return all(ids <= node.committed_ids for node in self.honest())
-
-    def run_until_committed(self, deadline_ms: int) -> bool:
-        while self.now_ms < deadline_ms:
-            self.step()
-            if not self._client_queue and not self._scheduled and self.all_committed():
-                return True
-        return False
-
-    def check_converged(self) -> None:
-        check_converged(self.honest(), self.submitted)

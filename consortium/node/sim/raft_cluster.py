@@ -36,7 +36,6 @@ from consortium.crashft import messages as rm
 from consortium.crashft.messages import Entry, TransferredBlock
 from consortium.crashft.node import (
     LEADER,
-    Outbound,
     RaftConfig,
     RaftNode,
     ReadState,
@@ -55,10 +54,10 @@ from consortium.node.sim.checkers import (
     LivenessViolation,
     SafetyChecker,
     SafetyViolation,
-    check_converged,
 )
 from consortium.node.sim.cluster import EPOCH_MS, HmacSigner, member_keys, sim_genesis
 from consortium.node.sim.network import NetworkFaults, SimNetwork
+from consortium.node.sim.shell import SimShell
 
 BROKEN_FSYNC_MS = 100
 RAFT_SIM_PARAMS = Params(
@@ -195,7 +194,7 @@ class RaftSimNode:
         )
 
 
-class RaftSimCluster:
+class RaftSimCluster(SimShell[RaftSimNode]):
     def __init__(
         self,
         seed: int,
@@ -272,9 +271,6 @@ class RaftSimCluster:
     def _tx_ok(self, tx: Transaction) -> bool:
         return tx.id + tx.signature in self._valid_txs
 
-    def honest(self) -> list[RaftSimNode]:
-        return self.nodes
-
     def leaders(self) -> list[RaftSimNode]:
         return [x for x in self.nodes if x.up and x.raft.role == LEADER]
 
@@ -309,25 +305,6 @@ class RaftSimCluster:
             node.raft.read(self._read_seq)
             self._carry_out(node)
         return self._read_seq
-
-    def at(self, at_ms: int, action: Callable[[], None]) -> None:
-        self._scheduled_seq += 1
-        heapq.heappush(self._scheduled, (at_ms, self._scheduled_seq, action))
-
-    def _log(self, text: str) -> None:
-        if self.trace is not None:
-            self.trace(f"{self.now_ms:>7} ms  {text}")
-
-    def crash(self, i: int) -> None:
-        self._log(f"n{i + 1} CRASH")
-        node = self.nodes[i]
-        node.up = False
-        if node.unsynced:
-            self.lost_writes += 1
-            node.unsynced.clear()
-
-    def crash_mid_write(self, i: int) -> None:
-        self.nodes[i].crash_mid_write = True
 
     def restart(self, i: int) -> None:
         node = self.nodes[i]
@@ -453,21 +430,6 @@ class RaftSimCluster:
             assert entry.index == int.from_bytes(key[len(b"raft/log/") :], "big")
             self.check.persisted(node.index, entry, raft.log.term_at(entry.index - 1))
 
-    @staticmethod
-    def _fsync(node: RaftSimNode, records: list[tuple[bytes, bytes | None]]) -> None:
-        for key, value in records:
-            if value is None:
-                node.records.pop(key, None)
-            else:
-                node.records[key] = value
-
-    def _send(self, node: RaftSimNode, messages: list[Outbound]) -> None:
-        for out in messages:
-            dests = range(self.n) if out.dest is None else (out.dest,)
-            for dst in dests:
-                if dst != node.index:
-                    self.net.send(self.now_ms, node.index, dst, out.frame)
-
     def _apply(self, node: RaftSimNode, entry: Entry) -> None:
         self.check.committed(node.index, entry)
         node.applied_index = entry.index
@@ -524,21 +486,3 @@ class RaftSimCluster:
             block_at,
         )
         self.net.send(self.now_ms, node.index, serve.peer, frame)
-
-    def run_until(self, end_ms: int) -> None:
-        while self.now_ms < end_ms:
-            self.step()
-
-    def all_committed(self) -> bool:
-        ids = set(self.submitted)
-        return all(ids <= node.committed_ids for node in self.nodes)
-
-    def run_until_committed(self, deadline_ms: int) -> bool:
-        while self.now_ms < deadline_ms:
-            self.step()
-            if not self._client_queue and not self._scheduled and self.all_committed():
-                return True
-        return False
-
-    def check_converged(self) -> None:
-        check_converged(self.nodes, self.submitted)
