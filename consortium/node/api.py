@@ -12,6 +12,8 @@ so status travels as a JSON string).
                ["watch", req_id, [tx_id, ...]]     push these receipts when they execute
     replies    [req_id, "ok", payload] | [req_id, "error", message]      (req_id >= 1)
     pushes     [0, "receipt", bundle]
+               [0, "receipts", [header, block_signature, tree_size, [[receipt, proof], ...]]]
+                                                   this connection's receipts in one block
                [0, "error", message]               the server is closing this connection
 
 Submit payload: one [tx_id, status, detail] per transaction, status one of
@@ -22,7 +24,10 @@ Submit payload: one [tx_id, status, detail] per transaction, status one of
 A receipt bundle is [receipt, proof, tree_size, header, block_signature]: the receipt, its
 RFC 6962 inclusion proof against header.receipts_root (leaf = receipt.encode()), the size of
 that tree, the block header, and one member's block signature [body, sig] with
-body = block_signature_body(height, header.hash, signer) under Domain.BLOCK.
+body = block_signature_body(height, header.hash, signer) under Domain.BLOCK. When a block
+executes, a member pushes every receipt a connection watches in that block in ONE "receipts"
+frame: the header and block signature once, then each receipt with its proof (each entry and
+the shared parts make exactly the bundle above; `BlockReceipts.bundles`).
 A read reply is [key, value|nil, height, block_hash, signer, sig] with sig over
 pack(["read", key, value, height, block_hash, signer]) under Domain.READ.
 
@@ -294,10 +299,17 @@ def chain_id_of(genesis: Genesis) -> bytes:
     return chain_id
 
 
-def verify_bundle(bundle: Bundle, genesis: Genesis, verifier: Verifier) -> str | None:
+def verify_bundle(
+    bundle: Bundle,
+    genesis: Genesis,
+    verifier: Verifier,
+    *,
+    header_hash: bytes | None = None,
+) -> str | None:
     """What is wrong with `bundle`, or None: chain id, receipt inclusion (leaf =
     receipt.encode(), index and tree size) against header.receipts_root, and a block
-    signature by a genesis member over (height, header hash, signer) in Domain.BLOCK."""
+    signature by a genesis member over (height, header hash, signer) in Domain.BLOCK.
+    `header_hash` may pass bundle.header.hash, computed once per block."""
     header = bundle.header
     receipt = bundle.receipt
     chain_id = chain_id_of(genesis)
@@ -317,7 +329,8 @@ def verify_bundle(bundle: Bundle, genesis: Genesis, verifier: Verifier) -> str |
     signer = bundle.signer()
     if signer is None or not 0 <= signer < genesis.n:
         return "block signature is not by a member"
-    if bundle.signature.body != block_signature_body(header.height, header.hash, signer):
+    block_hash = header.hash if header_hash is None else header_hash
+    if bundle.signature.body != block_signature_body(header.height, block_hash, signer):
         return "block signature is for another block"
     member = genesis.members[signer]
     if not verifier.verify(
@@ -469,7 +482,51 @@ class ReceiptPush:
     bundle: Bundle
 
 
-Response = OkReply | ErrorReply | ReceiptPush
+@dataclass(frozen=True, slots=True)
+class BlockReceipts:
+    """One block's receipts for one connection: the header and block signature once, and per
+    receipt the raw [receipt, proof] entry, decoded only when asked (`bundle`), so a client
+    that has decided a transaction already spends nothing more on it."""
+
+    header: BlockHeader
+    signature: SignedVote
+    tree_size: int
+    entries: list[list[Any]]  # each [receipt array, proof array], shape-checked
+
+    def tx_id_at(self, i: int) -> bytes | None:
+        receipt = self.entries[i][0]
+        if isinstance(receipt, list) and receipt and isinstance(receipt[0], bytes):
+            return receipt[0]
+        return None
+
+    def bundle(self, i: int) -> Bundle:
+        """The bundle of entry i; raises WireFormatError."""
+        receipt, proof = self.entries[i]
+        proof = as_list(proof, what="proof")
+        if len(proof) > PROOF_HASHES_MAX:
+            raise WireFormatError("proof: too long")
+        return Bundle(
+            Receipt.from_array(receipt),
+            tuple(as_bytes(p, "proof hash", size=32) for p in proof),
+            self.tree_size,
+            self.header,
+            self.signature,
+        )
+
+    def bundles(self) -> list[Bundle]:
+        return [self.bundle(i) for i in range(len(self.entries))]
+
+
+Response = OkReply | ErrorReply | ReceiptPush | BlockReceipts
+
+
+def encode_block_receipts(
+    header: BlockHeader, signature: SignedVote, tree: MerkleTree, receipts: Sequence[Receipt]
+) -> bytes:
+    """The "receipts" push of `receipts` (all from the block `header` heads, whose receipts
+    make `tree`)."""
+    entries = [[r.to_array(), tree.proof(r.index)] for r in receipts]
+    return pack([PUSH, "receipts", [header.to_array(), signature.to_array(), tree.size, entries]])
 
 
 def encode_response(response: Response) -> bytes:
@@ -480,6 +537,8 @@ def encode_response(response: Response) -> bytes:
             return pack([r, "error", m])
         case ReceiptPush(bundle=b):
             return pack([PUSH, "receipt", b.to_array()])
+        case BlockReceipts(header=h, signature=v, tree_size=size, entries=entries):
+            return pack([PUSH, "receipts", [h.to_array(), v.to_array(), size, entries]])
 
 
 def decode_response(frame: bytes, frame_bytes_max: int) -> Response:
@@ -492,6 +551,17 @@ def decode_response(frame: bytes, frame_bytes_max: int) -> Response:
     if req_id == PUSH:
         if kind == "receipt":
             return ReceiptPush(Bundle.from_array(msg[2]))
+        if kind == "receipts":
+            a = as_list(msg[2], 4, "receipts")
+            tree_size = as_int(a[2], "tree_size", hi=1 << 32)
+            entries = as_list(a[3], what="receipt entries")
+            if len(entries) > tree_size:
+                raise WireFormatError("receipts: more entries than the tree has leaves")
+            for entry in entries:
+                as_list(entry, 2, "receipt entry")
+            return BlockReceipts(
+                BlockHeader.from_array(a[0]), SignedVote.from_array(a[1]), tree_size, entries
+            )
         raise WireFormatError(f"unknown push {kind!r}")
     if kind == "ok":
         return OkReply(req_id, msg[2])
@@ -567,6 +637,10 @@ class ClientConnection:
 
     def error(self, req_id: int, message: str) -> bool:
         return self.push(pack([req_id, "error", message[:MESSAGE_CHARS_MAX]]))
+
+    def push_block_receipts(self, frame: bytes) -> bool:
+        """Queue an encode_block_receipts frame."""
+        return self.push(frame)
 
     def push_receipt(self, bundle: Bundle | list[Any]) -> bool:
         raw = bundle.to_array() if isinstance(bundle, Bundle) else bundle

@@ -55,6 +55,7 @@ from consortium.ledger.genesis import Genesis
 from consortium.ledger.tx import Op, Transaction
 from consortium.node.api import (
     PUSH,
+    BlockReceipts,
     Bundle,
     ErrorReply,
     OkReply,
@@ -362,6 +363,8 @@ class ConsortiumClient:
         match response:
             case ReceiptPush(bundle=bundle):
                 self._on_bundle(member, bundle)
+            case BlockReceipts():
+                self._on_block_receipts(member, response)
             case ErrorReply(req_id=req_id, message=message) if req_id == PUSH:
                 self._members[member].last_error = message
             case OkReply(req_id=req_id) | ErrorReply(req_id=req_id) if req_id in self._submits:
@@ -379,7 +382,29 @@ class ConsortiumClient:
                     waiter.response = response
                     waiter.done.set()
 
-    def _on_bundle(self, member: int, bundle: Bundle) -> None:
+    def _on_block_receipts(self, member: int, push: BlockReceipts) -> None:
+        """A member's receipts in one block: the header is hashed and the block signature
+        checked once for all of them; entries of transactions already decided (or unknown to
+        us) are not even decoded."""
+        header_hash: bytes | None = None
+        for i in range(len(push.entries)):
+            tx_id = push.tx_id_at(i)
+            state = self._txs.get(tx_id) if tx_id is not None else None
+            if state is None or member in state.vouched:
+                continue
+            if state.confirmed_at is not None:
+                self.counters["bundle_after_decision"] += 1
+                continue
+            try:
+                bundle = push.bundle(i)
+            except WireFormatError:
+                self.counters["bad_response"] += 1
+                return
+            if header_hash is None:
+                header_hash = push.header.hash
+            self._on_bundle(member, bundle, header_hash)
+
+    def _on_bundle(self, member: int, bundle: Bundle, header_hash: bytes | None = None) -> None:
         state = self._txs.get(bundle.receipt.tx_id)
         if state is None or member in state.vouched:
             return
@@ -389,20 +414,21 @@ class ConsortiumClient:
         if bundle.signer() != member:
             self.counters["bundle_wrong_signer"] += 1
             return
-        if verify_bundle(bundle, self.genesis, self.verifier) is not None:
+        if header_hash is None:
+            header_hash = bundle.header.hash
+        problem = verify_bundle(bundle, self.genesis, self.verifier, header_hash=header_hash)
+        if problem is not None:
             self.counters["bundle_invalid"] += 1
             return
-        block_hash = bundle.header.hash
         receipt_bytes = bundle.receipt.encode()
-        state.vouched[member] = (receipt_bytes, block_hash, bundle)
+        state.vouched[member] = (receipt_bytes, header_hash, bundle)
         state.last_news = trio.current_time()
-        if state.confirmed_at is None:
-            agreeing = sum(
-                1 for r, h, _ in state.vouched.values() if r == receipt_bytes and h == block_hash
-            )
-            if agreeing >= self.confirmations_needed:
-                state.confirmed_at = state.last_news
-        self._notify()
+        agreeing = sum(
+            1 for r, h, _ in state.vouched.values() if r == receipt_bytes and h == header_hash
+        )
+        if agreeing >= self.confirmations_needed:
+            state.confirmed_at = state.last_news
+            self._notify()  # waiters wake on decisions only, not on every bundle
 
     def _on_submit_reply(self, member: int, payload: Any) -> None:
         try:
@@ -411,6 +437,7 @@ class ConsortiumClient:
             self.counters["bad_response"] += 1
             return
         now = trio.current_time()
+        rejections = False
         for v in verdicts:
             state = self._txs.get(v.tx_id)
             if state is None:
@@ -420,10 +447,12 @@ class ConsortiumClient:
             elif v.status == "rejected" and is_final_rejection(v.detail):
                 state.rejected[member] = v.detail
                 state.last_news = now
+                rejections = True
             elif v.status == "accepted":
                 state.last_news = now
             # A transient rejection is no news: the transaction is resubmitted.
-        self._notify()
+        if rejections:
+            self._notify()
 
     # --- transactions -----------------------------------------------------------------------
 
@@ -528,20 +557,32 @@ class ConsortiumClient:
         """Outcomes for `tx_ids` once none is pending, or at the timeout (those not decided
         then are "pending"). Transactions without news for `retransmit_s` are resubmitted."""
         deadline = trio.current_time() + timeout_s
+        needed = self.confirmations_needed
+        undecided = list(dict.fromkeys(tx_ids))
         while True:
             changed = self._changed
-            outcomes = [self.outcome(t) for t in tx_ids]
-            pending = [o.tx_id for o in outcomes if o.status == "pending"]
+            # Cheap test first: the full outcome only for what may have been decided.
+            undecided = [
+                t
+                for t in undecided
+                if (state := self._txs.get(t)) is None  # unknown: pending until the deadline
+                or (
+                    state.confirmed_at is None
+                    and (len(state.rejected) < needed or self.outcome(t).status == "pending")
+                )
+            ]
             now = trio.current_time()
-            if not pending or now >= deadline:
+            if not undecided or now >= deadline:
+                outcomes = [self.outcome(t) for t in tx_ids]
                 for o in outcomes:
                     if o.status != "pending":
                         self._txs.pop(o.tx_id, None)
                 return outcomes
             stale = [
-                self._txs[t]
-                for t in pending
-                if t in self._txs and now - self._txs[t].last_news >= self.retransmit_s
+                state
+                for t in undecided
+                if (state := self._txs.get(t)) is not None
+                and now - state.last_news >= self.retransmit_s
             ]
             if stale:
                 for state in stale:

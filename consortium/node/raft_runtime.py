@@ -117,9 +117,11 @@ class RaftMember(Node):
         else:
             raise AssertionError(f"unknown event {kind}")
 
-    async def _carry_out_ready(self) -> None:
+    async def _carry_out_ready(self) -> bool:
         core = self.core
+        worked = False
         while ready := core.take_ready():
+            worked = True
             self.metrics.steps += 1
             blocks: list[tuple[Block, Execution, bytes | None]] = []
             signatures: list[tuple[int, SignedVote]] = []
@@ -155,6 +157,7 @@ class RaftMember(Node):
                     pending.done.set()
             self._release_reads()
             self._log_leader()
+        return worked
 
     def _apply_entry(
         self,

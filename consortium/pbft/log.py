@@ -146,10 +146,12 @@ class MessageLog:
 
     def retained(self) -> Iterator[Slot]:
         """Tail and window slots in sequence order (for retransmission)."""
-        for seq in range(self.low - self.window + 1, self.high + 1):
-            slot = self.retained_slot(seq)
-            if slot is not None:
-                yield slot
+        for seq in sorted(self._tail):
+            if seq > self.low - self.window:
+                yield self._tail[seq]
+        for seq in sorted(self._slots):
+            if seq <= self.high:
+                yield self._slots[seq]
 
     def window_slots(self) -> list[Slot]:
         return [self._slots[s] for s in sorted(self._slots)]

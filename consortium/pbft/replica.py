@@ -105,7 +105,7 @@ committed batch. Serving FETCH reads the block store, so the core hands it to th
 from __future__ import annotations
 
 from collections import Counter, OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -412,15 +412,21 @@ class PbftReplica:
 
     def propose(self, tx: Transaction) -> None:
         """A client transaction whose signature the shell verified."""
+        self.propose_all((tx,))
+
+    def propose_all(self, txs: Sequence[Transaction]) -> None:
+        """Client transactions whose signatures the shell verified, pooled together before a
+        batch is cut (an idle primary batches a whole submission, not its first transaction)."""
         reason: str | None
-        if tx.chain_id != self.chain_id:
-            reason = "wrong_chain"
-        elif tx.size > self.params.batch_bytes_max:
-            reason = "tx_too_large"
-        else:
-            reason = self._pool.add(tx, self._mono_ms)
-        if reason is not None:
-            self.rejected[reason] += 1
+        for tx in txs:
+            if tx.chain_id != self.chain_id:
+                reason = "wrong_chain"
+            elif tx.size > self.params.batch_bytes_max:
+                reason = "tx_too_large"
+            else:
+                reason = self._pool.add(tx, self._mono_ms)
+            if reason is not None:
+                self.rejected[reason] += 1
         self._maybe_propose()
         self._check_invariants()
 
@@ -1603,7 +1609,7 @@ class PbftReplica:
             self._pool.in_flight(saved.seq, pp.txs)
         self._highest_accepted = max(self._highest_accepted, saved.seq)
         if slot.own_preprepare or slot.own_prepare or slot.own_commit:
-            slot.retransmit_at_ms = 0  # re-send on the first tick
+            self._retransmit.resend_soon(slot)  # re-send on the first tick
 
     # --- invariants and status --------------------------------------------------------------
 

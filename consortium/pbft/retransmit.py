@@ -49,6 +49,7 @@ from consortium.pbft.messages import encode
 
 BACKOFF_MAX = 8
 _LONG_AGO = -(2**62)
+_NEVER = 2**62
 
 
 class Retransmitter:
@@ -71,6 +72,7 @@ class Retransmitter:
         self._replies: dict[int, int] = {}  # peer -> checkpoint seq it repeated
         self._replied_ms = [_LONG_AGO] * n
         self._checkpoint_due_ms: int | None = None
+        self._next_due_ms = _NEVER  # no slot's retransmit_at_ms is earlier
         self._checkpoint_backoff = 1
         self._behind_ms = _LONG_AGO
         self._blocked_seq = 0  # where execution was first seen blocked, and since when
@@ -87,6 +89,12 @@ class Retransmitter:
         slot.sent_ms = now_ms
         slot.retransmit_at_ms = now_ms + self.retransmit_ms
         slot.retransmit_backoff = 1
+        self._next_due_ms = min(self._next_due_ms, slot.retransmit_at_ms)
+
+    def resend_soon(self, slot: Slot) -> None:
+        """Re-send the slot's own frames on the next tick (after a restart)."""
+        slot.retransmit_at_ms = 0
+        self._next_due_ms = 0
 
     def checkpoint_sent(self, now_ms: int) -> None:
         self._checkpoint_due_ms = now_ms + self.retransmit_ms
@@ -96,15 +104,23 @@ class Retransmitter:
 
     def on_tick(self, now_ms: int, primary: int) -> list[Outbound]:
         out: list[Outbound] = []
-        for slot in self._log.retained():
-            if slot.retransmit_at_ms is None or slot.retransmit_at_ms > now_ms:
-                continue
-            sent = self._resend(slot, now_ms, primary, out)
-            if sent:
-                slot.retransmit_backoff = min(2 * slot.retransmit_backoff, BACKOFF_MAX)
-                slot.retransmit_at_ms = now_ms + self.retransmit_ms * slot.retransmit_backoff
-            else:
-                slot.retransmit_at_ms = None  # every peer showed it executed the slot
+        if now_ms >= self._next_due_ms:
+            # (_next_due_ms is a lower bound of every slot's retransmit_at_ms: the scan of
+            # the whole log is skipped on the many ticks when nothing can be due)
+            next_due = _NEVER
+            for slot in self._log.retained():
+                due = slot.retransmit_at_ms
+                if due is not None and due <= now_ms:
+                    sent = self._resend(slot, now_ms, primary, out)
+                    if sent:
+                        slot.retransmit_backoff = min(2 * slot.retransmit_backoff, BACKOFF_MAX)
+                        due = now_ms + self.retransmit_ms * slot.retransmit_backoff
+                    else:
+                        due = None  # every peer showed it executed the slot
+                    slot.retransmit_at_ms = due
+                if due is not None:
+                    next_due = min(next_due, due)
+            self._next_due_ms = next_due
         own = self._checkpoints.latest_own()
         due = self._checkpoint_due_ms
         if own is not None and own.seq > self._log.low and due is not None and due <= now_ms:
