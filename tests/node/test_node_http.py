@@ -115,7 +115,10 @@ async def test_json_log_lines_carry_node_view_and_sequence(
                 node.log.warning("view change to %d: %s", 1, "a test line")
         lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
     finally:
-        logging.getLogger("consortium").handlers.clear()
+        root = logging.getLogger("consortium")
+        root.handlers.clear()
+        root.propagate = True
+        root.setLevel(logging.NOTSET)
     assert lines, "the member logged nothing"
     assert log is node.log
     ours = next(doc for doc in lines if doc["msg"] == "view change to 1: a test line")
@@ -124,3 +127,24 @@ async def test_json_log_lines_carry_node_view_and_sequence(
     assert ours["height"] == 0
     started = next(doc for doc in lines if "up: mode pbft" in doc["msg"])
     assert {"node", "view", "seq", "height"} <= set(started)
+
+
+async def test_dropped_peer_messages_are_summarised_at_most_once_per_interval(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with trio.fail_after(20):
+        async with lone_member(tmp_path) as node:
+            caplog.set_level(logging.DEBUG, logger="consortium")
+            now = trio.current_time() + 60  # past any summary already due
+            node.core.rejected["bad_signature"] += 3
+            node.core.rejected["duplicate"] += 5
+            node._watch_progress(now)
+            node.core.rejected["bad_signature"] += 1
+            node._watch_progress(now + 1)  # within the interval: nothing more
+    lines = [
+        (r.levelname, r.getMessage()) for r in caplog.records if "dropped as" in r.getMessage()
+    ]
+    assert lines == [
+        ("WARNING", "peer messages dropped as invalid in the last 10 s: bad_signature 3"),
+        ("DEBUG", "peer messages dropped as redundant in the last 10 s: duplicate 5"),
+    ]
