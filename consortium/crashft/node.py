@@ -1387,7 +1387,11 @@ class RaftNode:
             "step_downs": list(self.step_downs),
             "installing_snapshot": None
             if self._install is None
-            else {"index": self._install.index, "height": self._install.height},
+            else {
+                "index": self._install.index,
+                "height": self._install.height,
+                "behind": self._install.height - self.height,
+            },
             "election": self._election_progress(),
             "unresponsive": [p for p in self._others() if not self._progress[p].recent_active]
             if self.role == LEADER

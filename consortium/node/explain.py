@@ -170,8 +170,11 @@ def _raft_blockers(
     install = core.get("installing_snapshot")
     if install:
         leader = core.get("leader")
-        source = f"from {names[int(leader)]}" if leader is not None else ""
-        reasons.append(f"installing a snapshot up to height {int(install['height']):,} {source}")
+        source = f"from {names[int(leader)]}" if leader is not None else "(no leader known)"
+        reasons.append(
+            f"behind by {int(install['behind']):,} blocks, catching up {source} "
+            f"(snapshot to height {int(install['height']):,})"
+        )
     if role == "leader" and connected_quorum:
         silent = [names[int(p)] for p in core.get("unresponsive") or []]
         if 1 + len(names) - 1 - len(silent) < quorum:

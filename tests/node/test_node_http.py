@@ -148,3 +148,16 @@ async def test_dropped_peer_messages_are_summarised_at_most_once_per_interval(
         ("WARNING", "peer messages dropped as invalid in the last 10 s: bad_signature 3"),
         ("DEBUG", "peer messages dropped as redundant in the last 10 s: duplicate 5"),
     ]
+
+
+async def test_healthz_fails_with_the_age_when_the_core_loop_stops_ticking(tmp_path: Path) -> None:
+    with trio.fail_after(20):
+        async with lone_member(tmp_path) as node:
+            await trio.sleep(0.05)
+            assert node.healthz().status == 200
+            # As if the core loop had been stuck for 12 s (no await in between: it cannot
+            # tick and reset the clock before the check).
+            node._last_tick_s = trio.current_time() - 12
+            stuck = node.healthz()
+            assert stuck.status == 503
+            assert stuck.body.startswith(b"not healthy: the core loop last ticked 12.0 s ago")

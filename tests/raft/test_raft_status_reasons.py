@@ -4,7 +4,7 @@ node/explain.py, with member names."""
 
 from __future__ import annotations
 
-from raft_harness import HEARTBEAT, RaftGroup
+from raft_harness import HEARTBEAT, E, RaftGroup
 
 from consortium.crashft import messages as m
 from consortium.crashft.node import CANDIDATE, LEADER, PRE_CANDIDATE
@@ -76,3 +76,27 @@ def test_a_leader_whose_followers_went_silent_has_no_quorum() -> None:
     assert reasons(g, 0) == ["no quorum: n2 and n3 not responding to the leader"]
     # Connections down: the transport's view says it first, and once.
     assert reasons(g, 0, down={1, 2}) == ["no quorum: n2 and n3 unreachable"]
+
+
+def test_a_follower_behind_the_compacted_log_says_it_installs_a_snapshot_and_from_whom() -> None:
+    g = RaftGroup(3, log_keep=2, append_entries_max=2, blocks_per_fetch=2)
+    g.elect(0)
+    g.settle()
+    g.heartbeat(0)
+    for k in range(12):  # n3 is cut off while 12 batches commit
+        g.propose(0, *g.txs[4 * k : 4 * k + 4])
+        g.settle((0, 1))
+        g.heartbeat(0, (0, 1))
+    # The leader sees n3 lagging...
+    rows = peer_rows("raft", g.node(0).status(), links(0), 12, NAMES)
+    assert rows["n3"]["lag"] > 0 and rows["n2"]["lag"] == 0
+    # ...and n3, offered a snapshot but not yet given the blocks, says what it is doing.
+    g.run(2 * E, pred=lambda q: not isinstance(q.msg, m.Blocks))
+    assert g.node(2).status()["installing_snapshot"] is not None
+    height = g.members[2].head.height
+    assert reasons(g, 2) == [
+        f"behind by {8 - height} blocks, catching up from n1 (snapshot to height 8)"
+    ]
+    g.run(2 * E)  # the blocks arrive: caught up, nothing to explain
+    assert g.members[2].head.height == 12
+    assert reasons(g, 2) == []
