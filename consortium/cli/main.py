@@ -327,8 +327,12 @@ def status(
     if every <= 0:
         raise _fail("--every must be a positive number of seconds")
     shown = 0
+    statuses: list[dict[str, object]] = []
     while True:
-        statuses = trio.run(output.collect_status, genesis, timeout, members)
+        try:
+            statuses = trio.run(output.collect_status, genesis, timeout, members)
+        except KeyboardInterrupt:  # Ctrl-C while asking, in --watch: just stop
+            break
         if watch and not as_json and shown and os.isatty(1):
             typer.echo("\x1b[2J\x1b[H", nl=False)  # clear the terminal between refreshes
         if as_json:
@@ -351,7 +355,7 @@ def status(
             time.sleep(every)
         except KeyboardInterrupt:
             break
-    if all(s.get("error") for s in statuses):
+    if not statuses or all(s.get("error") for s in statuses):
         raise typer.Exit(EXIT_FAILED)
 
 
