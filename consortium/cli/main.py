@@ -296,20 +296,66 @@ def read(
 @app.command()
 def status(
     net: NetOpt = Path("net"),
+    member: Annotated[
+        str | None, typer.Option("--member", help="Show one member in detail (its name).")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    watch: Annotated[bool, typer.Option("--watch", help="Refresh until Ctrl-C.")] = False,
+    every: Annotated[
+        float, typer.Option("--every", help="Seconds between refreshes with --watch.")
+    ] = 2.0,
+    count: Annotated[
+        int | None, typer.Option("--count", help="With --watch: stop after this many.")
+    ] = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for each member.")] = 2.0,
 ) -> None:
-    """Every member's mode, view, primary, height, checkpoint and peers, and why it is stuck."""
+    """Mode, view/term, primary/leader, height, checkpoint and peers of every member (or one,
+    with --member), the fault budget, and why a member is not making progress, in words.
+    A member that does not answer is shown as unreachable."""
     try:
         setup = load_client_setup(net)
     except (NetworkError, GenesisError) as exc:
         raise _fail(str(exc)) from None
-    statuses = trio.run(output.collect_status, setup.genesis, timeout)
-    if as_json:
-        typer.echo(json.dumps(statuses, indent=2, default=str))
-    else:
-        output.status_table(setup.genesis, statuses)
-    if all(s.get("error") for s in statuses):
+    genesis = setup.genesis
+    members: list[int] | None = None
+    if member is not None:
+        found = genesis.member_by_name(member)
+        if found is None:
+            names = ", ".join(m.name for m in genesis.members)
+            raise _fail(f"--member: no member named {member!r} (members: {names})")
+        members = [found.index]
+    if every <= 0:
+        raise _fail("--every must be a positive number of seconds")
+    shown = 0
+    statuses: list[dict[str, object]] = []
+    while True:
+        try:
+            statuses = trio.run(output.collect_status, genesis, timeout, members)
+        except KeyboardInterrupt:  # Ctrl-C while asking, in --watch: just stop
+            break
+        if watch and not as_json and shown and os.isatty(1):
+            typer.echo("\x1b[2J\x1b[H", nl=False)  # clear the terminal between refreshes
+        if as_json:
+            doc: object = (
+                statuses[0]
+                if member is not None
+                else {"network": output.network_doc(genesis, statuses), "members": statuses}
+            )
+            typer.echo(json.dumps(doc, indent=None if watch else 2, default=str))
+        elif member is not None:
+            output.member_report(statuses[0])
+        else:
+            output.status_table(genesis, statuses)
+        shown += 1
+        if not watch or (count is not None and shown >= count):
+            break
+        if not as_json:
+            typer.echo(f"-- {time.strftime('%H:%M:%S')}, every {every:g} s; Ctrl-C stops")
+        try:
+            time.sleep(every)
+        except KeyboardInterrupt:
+            break
+    if not statuses or all(s.get("error") for s in statuses):
         raise typer.Exit(EXIT_FAILED)
 
 

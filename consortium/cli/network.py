@@ -5,7 +5,8 @@ Layout written by init (the network directory, `./net` by default):
     genesis.json                the network; its hash is the chain id
     client.toml                 what client commands read: genesis path and client key files
     clients/<name>.pem          client keys (PKCS#8 PEM, mode 0600)
-    nodes/<name>/config/        node.toml, node_key.pem, genesis.json
+    nodes/<name>/config/        node.toml (with an [http] listener on loopback), node_key.pem,
+                                genesis.json
     nodes/<name>/data/          the block store and consensus state
     nodes/<name>/node.log       the node's log when started by `consortium up`
 """
@@ -63,7 +64,11 @@ def init_network(
             )
         shutil.rmtree(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    ports = free_ports(2 * members, host)
+    # Per member: peer, client and HTTP (health/metrics) ports, all distinct. The HTTP
+    # listener is plain and unauthenticated, so init puts it on loopback whatever `host` is.
+    ports = free_ports(3 * members, host)
+    if host != "127.0.0.1":
+        ports[2 * members :] = free_ports(members, "127.0.0.1")
     member_keys = [KeyPair.generate() for _ in range(members)]
     member_list = tuple(
         Member(
@@ -99,7 +104,13 @@ def init_network(
     )
     for k, m in zip(member_keys, member_list, strict=True):
         home = directory / "nodes" / m.name
-        write_config(home, name=m.name, peer_listen=m.peer_address, client_listen=m.client_address)
+        write_config(
+            home,
+            name=m.name,
+            peer_listen=m.peer_address,
+            client_listen=m.client_address,
+            http_listen=f"127.0.0.1:{ports[2 * members + m.index]}",
+        )
         k.save(home / "config" / "node_key.pem")
         (home / "config" / "genesis.json").write_text(text)
         (home / "data").mkdir(parents=True, exist_ok=True)

@@ -11,6 +11,7 @@ import typer
 
 from consortium.ledger.audit import AuditReport
 from consortium.ledger.genesis import Genesis
+from consortium.node.explain import fault_budget, join_names
 
 
 def endpoint_table(genesis: Genesis, directory: Path) -> None:
@@ -21,38 +22,63 @@ def endpoint_table(genesis: Genesis, directory: Path) -> None:
         )
 
 
-async def collect_status(genesis: Genesis, timeout_s: float) -> list[dict[str, Any]]:
+async def collect_status(
+    genesis: Genesis, timeout_s: float, members: list[int] | None = None
+) -> list[dict[str, Any]]:
+    """Ask each member (or those in `members`) for its status, all at once. A member that does
+    not answer within `timeout_s` is reported as unreachable, with why; never an exception."""
     from consortium.node.client import ConsortiumClient
 
-    results: list[dict[str, Any]] = [{} for _ in genesis.members]
+    wanted = list(range(genesis.n)) if members is None else members
+    results: dict[int, dict[str, Any]] = {}
     async with ConsortiumClient(genesis) as client:
 
         async def one(i: int) -> None:
             try:
-                results[i] = await client.status(i, timeout_s)
+                with trio.fail_after(timeout_s + 1):
+                    results[i] = await client.status(i, timeout_s)
             except Exception as exc:  # a member that is down or stuck: report, do not stop
+                why = "no answer in time" if isinstance(exc, trio.TooSlowError) else str(exc)
                 results[i] = {
                     "member": genesis.members[i].name,
-                    "error": f"unreachable at {genesis.members[i].client_address} ({exc})",
+                    "unreachable": True,
+                    "error": f"unreachable at {genesis.members[i].client_address} ({why})",
                 }
 
         async with trio.open_nursery() as nursery:
-            for i in range(genesis.n):
+            for i in wanted:
                 nursery.start_soon(one, i)
-    return results
+    return [results[i] for i in wanted]
+
+
+def network_doc(genesis: Genesis, statuses: list[dict[str, Any]]) -> dict[str, Any]:
+    """The whole network as the members answered: who is up, the fault budget, who is not
+    ready and why."""
+    answered = [s for s in statuses if not s.get("error")]
+    return {
+        "chain_name": genesis.chain_name,
+        "chain_id": genesis.chain_id.hex(),
+        "mode": genesis.mode,
+        "n": genesis.n,
+        "f": genesis.f,
+        "quorum": genesis.quorum,
+        "up": len(answered),
+        "unreachable": [str(s.get("member")) for s in statuses if s.get("error")],
+        "fault_budget": fault_budget(genesis.n, genesis.f, genesis.quorum, len(answered)),
+        "not_ready": {
+            str(s["member"]): s.get("not_progressing_because", [])
+            for s in answered
+            if not s.get("ready", True)
+        },
+    }
 
 
 def status_table(genesis: Genesis, statuses: list[dict[str, Any]]) -> None:
-    up = sum(1 for s in statuses if not s.get("error"))
-    down = genesis.n - up
-    budget = (
-        f"tolerates {genesis.f - down} more"
-        if down <= genesis.f
-        else f"fault budget exceeded by {down - genesis.f}: no progress until a member returns"
-    )
+    net = network_doc(genesis, statuses)
     typer.echo(
         f"network {genesis.chain_name} ({genesis.chain_id.hex()[:12]}…): mode {genesis.mode}, "
-        f"n={genesis.n} f={genesis.f}: {up} of {genesis.n} up, {budget}"
+        f"{net['fault_budget']}"
+        + (f"; unreachable: {join_names(net['unreachable'])}" if net["unreachable"] else "")
     )
     raft = genesis.mode == "raft"
     view, primary, mark = (
@@ -92,6 +118,39 @@ def status_table(genesis: Genesis, statuses: list[dict[str, Any]]) -> None:
                 f"evidence held by {s['member']}: primary {e.get('primary')} of view "
                 f"{e.get('view')}, seq {e.get('seq')}: {e.get('reason')}"
             )
+
+
+def member_report(s: dict[str, Any]) -> None:
+    """One member in detail: position, readiness with reasons, fault budget, each peer."""
+    if s.get("error"):
+        typer.echo(f"{s.get('member', '?')}: {s['error']}")
+        return
+    raft = s.get("mode") == "raft"
+    view, primary, mark = (
+        ("term", "leader", "snapshot index") if raft else ("view", "primary", "stable checkpoint")
+    )
+    role = f", role {s.get('role')}" if raft else ""
+    typer.echo(
+        f"{s['member']} ({s['mode']}, member {int(s['index']) + 1} of {s['n']}{role}): "
+        f"{view} {s.get('view')}, {primary} {s.get('primary') or 'none'}, "
+        f"height {s['height']:,}, head {str(s['head_hash'])[:16]}…, {mark} "
+        f"{s.get('stable_checkpoint')}"
+    )
+    if s.get("ready"):
+        typer.echo("ready: making progress")
+    else:
+        typer.echo("NOT READY:")
+        for reason in s.get("not_progressing_because", []):
+            typer.echo(f"  - {reason}")
+    typer.echo(f"fault budget: {s.get('fault_budget')} (as this member sees it)")
+    if s.get("waiting_for"):
+        typer.echo(f"waiting for: {s['waiting_for']}")
+    errors = {str(p.get("name")): str(p.get("last_error") or "") for p in s.get("peers", [])}
+    typer.echo("peers:")
+    for name, row in s.get("peer_state", {}).items():
+        lag = "" if row.get("lag") is None else f"lag {row['lag']:,}"
+        why = errors.get(name, "") if row.get("state") != "connected" else ""
+        typer.echo(f"  {name:<8} {row.get('state', '?'):<14} {lag:<12} {why}".rstrip())
 
 
 def print_outcome(outcome: Any, *, as_json: bool) -> None:

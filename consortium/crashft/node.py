@@ -1350,6 +1350,12 @@ class RaftNode:
 
     # --- status -------------------------------------------------------------------------------
 
+    @property
+    def pending_count(self) -> int:
+        """Client transactions held here and not yet committed: waiting for the log, or in it
+        uncommitted (read-only, for the shell)."""
+        return len(self._pool) + len(self._uncommitted_ids)
+
     def status(self) -> dict[str, Any]:
         progress = {
             str(p): {
@@ -1381,8 +1387,29 @@ class RaftNode:
             "step_downs": list(self.step_downs),
             "installing_snapshot": None
             if self._install is None
-            else {"index": self._install.index, "height": self._install.height},
+            else {
+                "index": self._install.index,
+                "height": self._install.height,
+                "behind": self._install.height - self.height,
+            },
+            "election": self._election_progress(),
+            "unresponsive": [p for p in self._others() if not self._progress[p].recent_active]
+            if self.role == LEADER
+            else [],
             "waiting_for": self._waiting_for(),
+        }
+
+    def _election_progress(self) -> dict[str, Any] | None:
+        """While this member campaigns: the term, the votes it holds (its own included) and the
+        majority needed; pre-vote is the PreVote round before the term moves (read-only)."""
+        if self.role not in (PRE_CANDIDATE, CANDIDATE):
+            return None
+        return {
+            "pre_vote": self.role == PRE_CANDIDATE,
+            "term": self.term + 1 if self.role == PRE_CANDIDATE else self.term,
+            "votes": sum(1 for v in self._votes.values() if v),
+            "needed": self.majority,
+            "reason": self.last_election_reason,
         }
 
     def _waiting_for(self) -> str:

@@ -33,6 +33,7 @@ Rules and invariants:
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,6 +117,7 @@ class BlockStore:
         self.path = path
         self.genesis = genesis
         self.fsync_count = 0
+        self.last_commit_s = 0.0  # how long the last save's COMMIT (its fsync) took
         self._head: BlockHeader = genesis_block(genesis).header
         self.app = KeyValueState(
             genesis.chain_id, genesis.params, genesis.client_keys(), self._head.state_root
@@ -461,7 +463,9 @@ class BlockStore:
             db.executemany(
                 "DELETE FROM records WHERE key = ?", [(k,) for k, v in records if v is None]
             )
-            db.execute("COMMIT")
+            committing = time.perf_counter()
+            db.execute("COMMIT")  # the fsync (WAL, synchronous=FULL)
+            self.last_commit_s = time.perf_counter() - committing
         except sqlite3.IntegrityError as exc:
             self._rollback()
             raise StoreError(

@@ -11,6 +11,9 @@
     [log]
     level = "info"                  # debug | info | warning | error
     format = "text"                 # text | json
+    [http]                          # optional: health, readiness, status and metrics
+    listen = "127.0.0.1:9301"       # GET /healthz /readyz /status /metrics (no TLS, no auth:
+                                    # keep it on loopback or a monitoring network)
 
 Unknown sections or keys and bad values are errors that name the file, the key and the fix. A
 node never generates its key: it loads config/node_key.pem and refuses to run unless that key is
@@ -40,6 +43,7 @@ _SCHEMA: dict[str, set[str]] = {
     "listen": {"peer", "client"},
     "peers": set(),  # free-form: member name -> address
     "log": {"level", "format"},
+    "http": {"listen"},
 }
 
 
@@ -53,6 +57,7 @@ class NodeConfig:
     peers: dict[str, tuple[str, int]] = field(default_factory=dict)
     log_level: str = "info"
     log_format: str = "text"
+    http_listen: tuple[str, int] | None = None  # None: no HTTP listener
 
     @property
     def config_dir(self) -> Path:
@@ -124,7 +129,18 @@ def load_config(home: Path) -> NodeConfig:
     fmt = log.get("format", "text")
     if fmt not in LOG_FORMATS:
         raise ConfigError(f"{path}: 'log.format' must be one of {', '.join(LOG_FORMATS)}")
-    return NodeConfig(home, name, data_dir, peer_listen, client_listen, peers, level, fmt)
+    http = doc.get("http")
+    http_listen = None
+    if http is not None:
+        if "listen" not in http:
+            raise ConfigError(
+                f"{path}: [http] needs 'http.listen' (e.g. listen = \"127.0.0.1:9301\"); "
+                "remove the [http] section to run without the HTTP listener"
+            )
+        http_listen = _address(http, "listen", path, "http")
+    return NodeConfig(
+        home, name, data_dir, peer_listen, client_listen, peers, level, fmt, http_listen
+    )
 
 
 def _address(table: dict[str, Any], key: str, path: Path, section: str) -> tuple[str, int]:
@@ -145,6 +161,7 @@ def write_config(
     client_listen: str,
     data_dir: str = "data",
     log_level: str = "info",
+    http_listen: str | None = None,
 ) -> Path:
     path = config_path(home)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -159,6 +176,14 @@ def write_config(
         "[log]\n"
         f'level = "{log_level}"\n'
         'format = "text"\n'
+        + (
+            "\n# GET /healthz /readyz /status /metrics (plain HTTP: keep it on loopback or a\n"
+            "# monitoring network; remove the section to turn it off)\n"
+            "[http]\n"
+            f'listen = "{http_listen}"\n'
+            if http_listen is not None
+            else ""
+        )
     )
     return path
 

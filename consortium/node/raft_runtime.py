@@ -80,6 +80,7 @@ class RaftMember(Node):
         params = self.genesis.params
         async for sender, frame in self.peers.inbound:
             self.peers.consumed(frame)
+            self.count_received(frame)
             try:
                 msg = raft_messages.decode(frame, params)
             except WireFormatError as exc:
@@ -136,6 +137,7 @@ class RaftMember(Node):
                 ready = merge(ready, core.take_ready())
             if blocks or ready.records:
                 self.store.save(blocks=blocks, records=ready.records, block_signatures=signatures)
+                self.saved(blocks)
             for out in ready.messages:
                 self.send_peer(out.dest, out.frame)
             for (block, _, _), (_, vote) in zip(blocks, signatures, strict=True):
@@ -284,6 +286,16 @@ class RaftMember(Node):
         return holder[0] if holder else "the node did not answer within 2 s"
 
     # --- status -------------------------------------------------------------------------------
+
+    def log_fields(self) -> dict[str, object]:
+        core = self.core
+        return {
+            "node": self.member.name,
+            "mode": "raft",
+            "term": core.term,
+            "index": core.commit,
+            "height": self.store.height,
+        }
 
     def mode_status(self, core: dict[str, Any]) -> dict[str, Any]:
         names = [m.name for m in self.genesis.members]

@@ -5,6 +5,7 @@ Tasks (one nursery):
     pump       reads peer frames, decodes them, pre-verifies the client signatures a PRE-PREPARE
                carries on worker threads, and hands the message to the core task
     clients    ClientServer: submissions, receipts, reads, blocks, status
+    http       (opt-in, node.toml [http]) GET /healthz /readyz /status /metrics
     core       the only task that touches the core: feeds it events and ticks, then carries out
                each Ready in the order the core requires:
                    1. execute committed batches into blocks (deterministic, in sequence order)
@@ -46,7 +47,17 @@ from consortium.ledger.state import Execution, build_block
 from consortium.ledger.store import BlockStore
 from consortium.ledger.tx import Transaction
 from consortium.node.config import NodeConfig
-from consortium.node.logs import RateLimitedLog
+from consortium.node.explain import PeerLink, blockers, fault_budget, name_members, peer_rows
+from consortium.node.http import HttpServer, Response, json_response, text
+from consortium.node.logs import RateLimitedLog, attach_context
+from consortium.node.metrics import (
+    BATCH_TXS_BUCKETS,
+    CONTENT_TYPE,
+    FSYNC_S_BUCKETS,
+    LATENCY_S_BUCKETS,
+    Histogram,
+    prometheus_text,
+)
 from consortium.node.transport import PeerNetwork
 from consortium.node.verification import (
     CountingSigner,
@@ -64,6 +75,11 @@ TEST_BYZANTINE_MODES = ("silent-primary", "equivocating-primary")
 EVENTS_MAX = 8192  # bounded queue between the pump/clients and the core task
 WATCHED_TXS_MAX = 200_000  # transactions with a waiting client, over all connections
 DRAIN_MAX = 512  # events handled per core step before taking the Ready
+HEALTH_TICK_AGE_S = 5.0  # /healthz fails when the core loop has not ticked for this long
+REJECTIONS_LOG_INTERVAL_S = 10.0  # peer messages dropped by the core: one summary line per
+# Drop reasons that mean a peer sent something no honest member would; the rest (duplicates,
+# stale views, full buffers) happen between honest members and are summarised at debug level.
+MISBEHAVIOUR_MARKS = ("bad", "conflict", "malformed", "mismatch", "not_member", "unknown_sender")
 
 
 @dataclass(slots=True)
@@ -77,6 +93,11 @@ class NodeMetrics:
     rejected_at_submit: dict[str, int] = field(default_factory=dict)
     sent_by_kind: Counter[str] = field(default_factory=Counter)
     bytes_by_kind: Counter[str] = field(default_factory=Counter)
+    received_by_kind: Counter[str] = field(default_factory=Counter)
+    received_bytes_by_kind: Counter[str] = field(default_factory=Counter)
+    batch_txs: Histogram = field(default_factory=lambda: Histogram(BATCH_TXS_BUCKETS))
+    commit_latency_s: Histogram = field(default_factory=lambda: Histogram(LATENCY_S_BUCKETS))
+    fsync_s: Histogram = field(default_factory=lambda: Histogram(FSYNC_S_BUCKETS))
 
 
 class Node:
@@ -91,6 +112,7 @@ class Node:
         log: logging.Logger | None = None,
         peer_listen: tuple[str, int] | None = None,
         client_listen: tuple[str, int] | None = None,
+        http_listen: tuple[str, int] | None = None,
         test_byzantine: str | None = None,
         test_partition_file: Path | None = None,
     ) -> None:
@@ -134,8 +156,18 @@ class Node:
             log=self.log,
         )
         self.client_listen = client_listen or config.client_listen
+        self.http_listen = http_listen or config.http_listen
+        self.http: HttpServer | None = None
+        self.http_port = 0
 
         self._init_core()
+        attach_context(self.log, self.log_fields)
+        self._last_tick_s: float | None = None  # trio clock, seconds
+        # When the height last moved, or work last arrived to an idle member (stall clock).
+        self._moved_s: float | None = None
+        self._moved_height = self.store.height
+        self._rejections_due_s = 0.0
+        self._rejections_seen: Counter[str] = Counter()
         self._events_send, self._events_recv = trio.open_memory_channel[tuple[str, Any, Any]](
             EVENTS_MAX
         )
@@ -175,12 +207,15 @@ class Node:
                 await nursery.start(self.peers.run)
                 self.peer_port = self.peers.listen_port
                 self.client_port = await nursery.start(service.run)
+                if self.http_listen is not None:
+                    self.http = HttpServer(self.http_routes(), self.http_listen, log=self.log)
+                    self.http_port = await nursery.start(self.http.run)
                 nursery.start_soon(self._pump)
                 nursery.start_soon(self._core_loop)
                 if self.test_partition_file is not None:
                     nursery.start_soon(self._watch_test_partition, self.test_partition_file)
                 self.log.info(
-                    "member %s (%d of %d) up: mode %s, height %d, peer port %d, client port %d",
+                    "member %s (%d of %d) up: mode %s, height %d, peer port %d, client port %d%s",
                     self.member.name,
                     self.me,
                     self.genesis.n,
@@ -188,6 +223,7 @@ class Node:
                     self.store.height,
                     self.peer_port,
                     self.client_port,
+                    f", http port {self.http_port}" if self.http is not None else "",
                 )
                 task_status.started()
         finally:
@@ -218,6 +254,7 @@ class Node:
         params = self.genesis.params
         async for sender, frame in self.peers.inbound:
             self.peers.consumed(frame)
+            self.count_received(frame)
             try:
                 msg = pbft_messages.decode(frame, params)
             except pbft_messages.WireFormatError as exc:
@@ -257,6 +294,7 @@ class Node:
         while True:
             mono_ms, _ = self._now()
             woken = False
+            self._last_tick_s = mono_ms / 1000
             with trio.move_on_at((mono_ms + tick_ms) / 1000):
                 event = await recv.receive()
                 woken = True
@@ -270,10 +308,59 @@ class Node:
             mono_ms, wall_ms = self._now()
             core.tick(mono_ms, wall_ms)
             worked = await self._carry_out_ready()
+            self._watch_progress(mono_ms / 1000)
             # Idle (no event, nothing to carry out): tick less often, up to TICK_IDLE_MAX_MS,
             # instead of waking 500 times a second for nothing; any event restores TICK_MS.
             tick_ms = TICK_MS if woken or worked else min(2 * tick_ms, TICK_IDLE_MAX_MS)
             await trio.lowlevel.checkpoint()
+
+    def _watch_progress(self, now_s: float) -> None:
+        """Keep the stall clock (status: "no progress for X s") and, every few seconds, log
+        what the core dropped from peers since the last summary."""
+        height = self.store.height
+        if self._moved_s is None or height != self._moved_height or self.core.pending_count == 0:
+            self._moved_height = height
+            self._moved_s = now_s
+        if now_s < self._rejections_due_s:
+            return
+        self._rejections_due_s = now_s + REJECTIONS_LOG_INTERVAL_S
+        current = Counter(self.core.rejected)
+        new = current - self._rejections_seen
+        self._rejections_seen = current
+        if not new:
+            return
+        bad = {k: v for k, v in new.items() if any(m in k for m in MISBEHAVIOUR_MARKS)}
+        benign = {k: v for k, v in new.items() if k not in bad}
+        if bad:
+            self.log.warning(
+                "peer messages dropped as invalid in the last %.0f s: %s",
+                REJECTIONS_LOG_INTERVAL_S,
+                ", ".join(f"{k} {v}" for k, v in sorted(bad.items())),
+            )
+        if benign:
+            self.log.debug(
+                "peer messages dropped as redundant in the last %.0f s: %s",
+                REJECTIONS_LOG_INTERVAL_S,
+                ", ".join(f"{k} {v}" for k, v in sorted(benign.items())),
+            )
+
+    def count_received(self, frame: bytes) -> None:
+        kind = message_kind(frame)
+        self.metrics.received_by_kind[kind] += 1
+        self.metrics.received_bytes_by_kind[kind] += len(frame)
+
+    def saved(self, blocks: list[tuple[Block, Execution, bytes | None]]) -> None:
+        """Figures for one durable write: its fsync time, and per block its size and how long
+        after its proposed timestamp it became durable here."""
+        self.metrics.fsyncs += 1
+        self.metrics.fsync_s.observe(self.store.last_commit_s)
+        if blocks:
+            wall_ms = time.time() * 1000
+            for block, _, _ in blocks:
+                self.metrics.batch_txs.observe(len(block.txs))
+                self.metrics.commit_latency_s.observe(
+                    max(0.0, wall_ms - block.header.timestamp_ms) / 1000
+                )
 
     def _handle(self, event: tuple[str, Any, Any]) -> None:
         kind, a, b = event
@@ -322,7 +409,7 @@ class Node:
                 self.store.save(
                     blocks=blocks, records=records, block_signatures=signatures, checkpoints=stable
                 )
-                self.metrics.fsyncs += 1
+                self.saved(blocks)
             for out in messages:
                 if self.test_byzantine is not None:
                     self._send_byzantine(out.dest, out.frame)
@@ -554,38 +641,106 @@ class Node:
     # --- status -----------------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
-        """What `consortium status` shows: the fields both modes share, then the mode's own
-        (mode_status; RaftMember overrides it)."""
+        """What `consortium status` and GET /status show: the fields both modes share, then
+        the mode's own (mode_status; RaftMember overrides it), and why it cannot make
+        progress, in words (explain.py)."""
         core = self.core.status()
         head = self.store.head
+        genesis = self.genesis
+        names = [m.name for m in genesis.members]
         peers = self.peers.peer_status()
-        connected = sum(1 for p in peers if p.get("outbound_connected"))
-        up = connected + 1
-        reasons: list[str] = []
-        waiting = core.get("waiting_for")
-        if waiting:
-            reasons.append(str(waiting))
-        if up < self.genesis.quorum:
-            down = [str(p.get("name")) for p in peers if not p.get("outbound_connected")]
-            reasons.append(f"no quorum: {', '.join(down)} unreachable")
+        links = [
+            PeerLink(
+                int(str(p["index"])),
+                str(p["name"]),
+                bool(p["outbound_connected"]),
+                bool(p["inbound_connected"]),
+            )
+            for p in peers
+        ]
+        up = 1 + sum(1 for link in links if link.outbound)
+        reasons = blockers(
+            genesis.mode,
+            core,
+            names=names,
+            me=self.me,
+            quorum=genesis.quorum,
+            links=links,
+            behind_blocks_max=genesis.params.window,
+            stalled_s=self.stalled_s(),
+        )
         return {
             "member": self.member.name,
             "index": self.me,
-            "mode": self.genesis.mode,
+            "mode": genesis.mode,
             "chain_id": self.chain_id.hex(),
-            "n": self.genesis.n,
-            "f": self.genesis.f,
-            "quorum": self.genesis.quorum,
+            "n": genesis.n,
+            "f": genesis.f,
+            "quorum": genesis.quorum,
             **self.mode_status(core),
             "height": head.height,
             "head_hash": head.hash.hex(),
+            "ready": not reasons,
+            "not_progressing_because": reasons,
+            "waiting_for": name_members(str(core.get("waiting_for") or ""), names),
+            "up": up,
+            "reachable": f"{up} of {genesis.n} reachable",
+            "fault_budget": fault_budget(genesis.n, genesis.f, genesis.quorum, up),
+            "peer_state": peer_rows(genesis.mode, core, links, head.height, names),
             "core": core,
             "peers": peers,
-            "reachable": f"{up} of {self.genesis.n} reachable",
-            "not_progressing_because": reasons,
             "rejected": dict(sorted(self.core.rejected.items())),
             "transport": dict(sorted(self.peers.counters.items())),
             "metrics": self.metrics_doc(),
+        }
+
+    def stalled_s(self) -> float | None:
+        """How long transactions have waited with the height not moving, once that exceeds
+        twice the request timeout (a view change or election should have happened by then);
+        None otherwise."""
+        if self._moved_s is None or self._last_tick_s is None:
+            return None
+        waited = self._last_tick_s - self._moved_s
+        limit = 2 * self.genesis.params.request_timeout_ms / 1000
+        return waited if waited > limit else None
+
+    # --- HTTP: health, readiness, status, metrics -------------------------------------------
+
+    def http_routes(self) -> dict[str, Callable[[], Response]]:
+        return {
+            "/healthz": self.healthz,
+            "/readyz": self.readyz,
+            "/status": lambda: json_response(200, self.status()),
+            "/metrics": lambda: Response(200, prometheus_text(self).encode(), CONTENT_TYPE),
+        }
+
+    def healthz(self) -> Response:
+        """Alive: the process answers and the core loop has ticked recently."""
+        if self._last_tick_s is None:
+            return text(503, "not healthy: the core loop has not started")
+        age_s = trio.current_time() - self._last_tick_s
+        if age_s > HEALTH_TICK_AGE_S:
+            return text(503, f"not healthy: the core loop last ticked {age_s:.1f} s ago")
+        return text(200, f"ok: core loop ticked {age_s * 1000:.0f} ms ago")
+
+    def readyz(self) -> Response:
+        """Ready: the member can make progress now; else 503 with every reason, one a line."""
+        doc = self.status()
+        budget = doc["fault_budget"]
+        if doc["ready"]:
+            return text(200, f"ready: {self.member.name} at height {doc['height']}; {budget}")
+        reasons = "\n".join(doc["not_progressing_because"])
+        return text(503, f"not ready: {self.member.name}; {budget}\n{reasons}")
+
+    def log_fields(self) -> dict[str, object]:
+        """The protocol position stamped on every log line (logs.NodeContext)."""
+        core = self.core
+        return {
+            "node": self.member.name,
+            "mode": "pbft",
+            "view": core.view,
+            "seq": core.last_executed,
+            "height": self.store.height,
         }
 
     def mode_status(self, core: dict[str, Any]) -> dict[str, Any]:
@@ -618,9 +773,12 @@ class Node:
             "messages_sent": sum(self.metrics.sent_by_kind.values()),
             "messages_sent_by_kind": dict(sorted(self.metrics.sent_by_kind.items())),
             "bytes_sent_by_kind": dict(sorted(self.metrics.bytes_by_kind.items())),
+            "messages_received_by_kind": dict(sorted(self.metrics.received_by_kind.items())),
+            "bytes_received_by_kind": dict(sorted(self.metrics.received_bytes_by_kind.items())),
             "frames_sent": sum(int(str(p["frames_sent"])) for p in peers),
             "frames_received": sum(int(str(p["frames_received"])) for p in peers),
             "bytes_sent": sum(int(str(p["bytes_sent"])) for p in peers),
+            "bytes_received": sum(int(str(p["bytes_received"])) for p in peers),
             "cpu_s": round(usage.ru_utime + usage.ru_stime, 3),
             "peak_rss_kb": usage.ru_maxrss,
             "submitted": self.metrics.submitted,

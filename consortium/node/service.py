@@ -41,6 +41,7 @@ class ClientService:
             listen=self.node.client_listen,
             frame_bytes_max=self.node.genesis.params.frame_bytes_max,
             params=self.node.genesis.params,
+            log=self.node.log,  # its lines carry the member's position too (logs.NodeContext)
         )
         async with trio.open_nursery() as nursery:
             await nursery.start(server.run)

@@ -1651,6 +1651,12 @@ class PbftReplica:
             if self.me in slot.commits and slot.preprepare is not None:
                 assert slot.commits[self.me].digest == slot.preprepare.digest
 
+    @property
+    def pending_count(self) -> int:
+        """Client transactions held and not yet executed: in no batch yet, or in a batch not
+        yet committed (read-only, for the shell)."""
+        return self._pool.pending_count + self._pool.in_flight_count
+
     def status(self) -> dict[str, Any]:
         return {
             "mode": "pbft",
@@ -1674,8 +1680,36 @@ class PbftReplica:
                 for e in self.evidence
             ],
             "peers_executed": list(self._retransmit.peer_executed),
+            "view_change": self._view_change_progress(),
+            "catching_up": self._catching_up(),
             "waiting_for": self._waiting_for(),
         }
+
+    def _view_change_progress(self) -> dict[str, Any] | None:
+        """While a view change runs: the view it goes to, the VIEW-CHANGEs held for it and the
+        quorum needed, and the member that must send NEW-VIEW (read-only, for status)."""
+        if self.active:
+            return None
+        return {
+            "view": self.view,
+            "view_changes": len(self._view_changes_for(self.view)),
+            "needed": self.quorum,
+            "new_view_from": self.primary,
+        }
+
+    def _catching_up(self) -> dict[str, Any] | None:
+        """While a state transfer runs: how many blocks behind the f+1 claim we are and the
+        member asked (read-only, for status)."""
+        target = self._transfer_target()
+        if target > self._last_committed and (
+            self._log.low > self._last_committed or self._fetch_peer is not None
+        ):
+            return {
+                "behind": target - self._last_committed,
+                "target": target,
+                "from": self._fetch_peer,
+            }
+        return None
 
     def _waiting_for(self) -> str:
         """Why nothing moves, in one line (cheap: looks at one slot)."""

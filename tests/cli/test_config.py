@@ -72,6 +72,43 @@ def test_unknown_section_and_bad_values_are_named(net: Path) -> None:
         load_config(home)
 
 
+def test_init_writes_a_loopback_http_port_per_member_that_collides_with_nothing(
+    net: Path,
+) -> None:
+    setup = load_client_setup(net)
+    ports = [
+        int(a.rsplit(":", 1)[1])
+        for m in setup.genesis.members
+        for a in (m.peer_address, m.client_address)
+    ]
+    for home in node_homes(net):
+        http = load_config(home).http_listen
+        assert http is not None and http[0] == "127.0.0.1"
+        ports.append(http[1])
+    assert len(set(ports)) == len(ports) == 12
+
+
+def test_http_section_mistakes_are_named_with_the_fix(net: Path) -> None:
+    home = net / "nodes" / "n1"
+    path = config_path(home)
+    original = path.read_text()
+    assert "[http]" in original
+    path.write_text(original.replace("[http]\n", "[http]\nport = 9301\n"))
+    with pytest.raises(
+        ConfigError, match=r"node\.toml: unknown key 'http\.port' \(known: listen\)"
+    ):
+        load_config(home)
+    path.write_text(original.replace('listen = "127.0.0.1:', 'listen = "127.0.0.1:99999'))
+    with pytest.raises(ConfigError, match=r"'http\.listen'.*port in 1\.\.65535"):
+        load_config(home)
+    cut = original[: original.index("[http]")]
+    path.write_text(cut + "[http]\n")
+    with pytest.raises(ConfigError, match=r"\[http\] needs 'http\.listen'.*remove the \[http\]"):
+        load_config(home)
+    path.write_text(cut)  # no section: no HTTP listener
+    assert load_config(home).http_listen is None
+
+
 def test_a_key_that_is_not_the_members_key_is_refused(net: Path) -> None:
     home = net / "nodes" / "n1"
     key = home / "config" / "node_key.pem"

@@ -114,7 +114,7 @@ def test_a_raft_network_orders_reads_and_audits_like_pbft(raft: LocalNetwork) ->
     read = cli("read", "colour", "--net", str(raft.directory))
     assert read.returncode == 0 and read.stdout.strip() == "blue", read.stdout + read.stderr
     status = cli("status", "--json", "--net", str(raft.directory))
-    docs = json.loads(status.stdout)
+    docs = json.loads(status.stdout)["members"]
     assert {d["mode"] for d in docs} == {"raft"}
     leaders = {d["leader"] for d in docs}
     assert len(leaders) == 1 and None not in leaders

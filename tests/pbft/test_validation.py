@@ -30,6 +30,7 @@ VIEW_CHANGE_FIELDS = (
     "view_change_history",
     "view_changes",
     "view_timeout_ms",
+    "view_change",
     "waiting_for",
 )
 

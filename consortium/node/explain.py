@@ -1,0 +1,207 @@
+"""Why a member is not making progress, in words an operator can act on.
+
+The cores report what they are doing as structured, read-only status (pbft: `view_change`,
+`catching_up`, `waiting_for`; raft: `election`, `installing_snapshot`, `unresponsive`); the shell
+adds what only it knows (which peers are connected, how long the height has not moved). This
+module turns both into sentences with member names, for `consortium status`, GET /readyz and
+GET /status:
+
+    view change to 5 in progress: 2 of 3 needed VIEW-CHANGE messages
+    behind by 1,200 blocks, catching up from n2
+    no quorum: n3 and n4 unreachable
+    no leader: election in progress (term 7): 1 of 2 votes
+    n=4 f=1: 3 of 4 up, tolerates 0 more                     (the fault budget)
+
+A member is READY (GET /readyz answers 200) exactly when `blockers()` is empty: it reaches a
+quorum, is not in a view change or election, is not far behind and has not stalled with work
+pending. `waiting_for` is finer detail (the next message a slot needs), shown but not blocking:
+it changes every few milliseconds on a healthy node.
+
+Pure functions of their inputs, so the words are unit-tested against the cores' harnesses.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class PeerLink:
+    """What the shell knows of one peer's connections (transport.peer_status)."""
+
+    index: int
+    name: str
+    outbound: bool  # we hold an authenticated connection to it (we can deliver)
+    inbound: bool  # it holds one to us (it can deliver)
+
+    @property
+    def state(self) -> str:
+        if self.outbound and self.inbound:
+            return "connected"
+        if self.outbound:
+            return "outbound only"
+        if self.inbound:
+            return "inbound only"
+        return "unreachable"
+
+
+def join_names(names: Sequence[str]) -> str:
+    """'n3', 'n3 and n4', 'n2, n3 and n4'."""
+    if len(names) <= 1:
+        return "".join(names)
+    return f"{', '.join(names[:-1])} and {names[-1]}"
+
+
+def fault_budget(n: int, f: int, quorum: int, up: int) -> str:
+    """How many more members may go down before the network stops: `up - quorum` (with
+    n = 3f+1 or 2f+1 this is f minus the members already down)."""
+    head = f"n={n} f={f}: {up} of {n} up"
+    if up >= quorum:
+        return f"{head}, tolerates {up - quorum} more"
+    return f"{head}, no quorum ({quorum} needed): no progress until a member returns"
+
+
+def name_members(text: str, names: Sequence[str]) -> str:
+    """The cores speak of members by index ('primary 2', 'member 3'); operators by name."""
+
+    def one(match: re.Match[str]) -> str:
+        index = int(match.group(2))
+        return f"{match.group(1)} {names[index]}" if 0 <= index < len(names) else match.group(0)
+
+    return re.sub(r"\b(primary|member|leader)s? (\d+)\b", one, text)
+
+
+def blockers(
+    mode: str,
+    core: dict[str, Any],
+    *,
+    names: Sequence[str],
+    me: int,
+    quorum: int,
+    links: Sequence[PeerLink],
+    behind_blocks_max: int,
+    stalled_s: float | None = None,
+) -> list[str]:
+    """Every reason this member cannot make progress now (empty: it can), most basic first.
+
+    `core` is the core's status(); `links` this member's peers; `stalled_s` how long the
+    height has not moved while transactions wait (None: not stalled, or nothing waiting);
+    `behind_blocks_max` how far behind the others a member may be and still count as ready.
+    """
+    reasons: list[str] = []
+    unreachable = [link.name for link in links if not link.outbound]
+    up = 1 + sum(1 for link in links if link.outbound)
+    if up < quorum:
+        reasons.append(f"no quorum: {join_names(unreachable)} unreachable")
+    down = set(unreachable)
+    if mode == "pbft":
+        reasons += _pbft_blockers(core, names, me, down, behind_blocks_max)
+    else:
+        reasons += _raft_blockers(core, names, quorum, down, up >= quorum)
+    if stalled_s is not None and not reasons:
+        detail = name_members(str(core.get("waiting_for") or ""), names)
+        pending = int(core.get("pending_txs") or 0)
+        reasons.append(
+            f"no progress for {stalled_s:.1f} s with {pending:,} transactions pending"
+            + (f": waiting for {detail}" if detail else "")
+        )
+    return reasons
+
+
+def _pbft_blockers(
+    core: dict[str, Any], names: Sequence[str], me: int, down: set[str], behind_max: int
+) -> list[str]:
+    reasons: list[str] = []
+    vc = core.get("view_change")
+    if vc:
+        have, needed, view = int(vc["view_changes"]), int(vc["needed"]), int(vc["view"])
+        primary = names[int(vc["new_view_from"])]
+        if have < needed:
+            reasons.append(
+                f"view change to {view} in progress: {have} of {needed} needed VIEW-CHANGE messages"
+            )
+        elif int(vc["new_view_from"]) == me:
+            reasons.append(f"view change to {view}: this member sends NEW-VIEW next")
+        else:
+            gone = " (unreachable)" if primary in down else ""
+            reasons.append(
+                f"view change to {view}: waiting for NEW-VIEW from {primary}{gone} "
+                f"({have} VIEW-CHANGE messages held)"
+            )
+    catching = core.get("catching_up")
+    if catching:
+        source = catching.get("from")
+        who = f"from {names[int(source)]}" if source is not None else "(choosing a member)"
+        reasons.append(f"behind by {int(catching['behind']):,} blocks, catching up {who}")
+    else:
+        executed = [int(x) for i, x in enumerate(core.get("peers_executed") or []) if i != me]
+        last = int(core.get("last_executed") or 0)
+        ahead = sorted(executed, reverse=True)
+        # The f+1-th highest claim: at least one honest member has executed that far.
+        f = (len(names) - 1) // 3
+        target = ahead[f] if len(ahead) > f else 0
+        if target - last > behind_max:
+            reasons.append(f"behind by {target - last:,} blocks, catching up")
+    return reasons
+
+
+def _raft_blockers(
+    core: dict[str, Any],
+    names: Sequence[str],
+    quorum: int,
+    down: set[str],
+    connected_quorum: bool,
+) -> list[str]:
+    reasons: list[str] = []
+    election = core.get("election")
+    role = core.get("role")
+    if election:
+        kind = "pre-vote" if election["pre_vote"] else "election"
+        why = f"; {election['reason']}" if election.get("reason") else ""
+        reasons.append(
+            f"no leader: {kind} in progress (term {election['term']}): {election['votes']} of "
+            f"{election['needed']} votes{name_members(why, names)}"
+        )
+    elif core.get("leader") is None and role != "leader":
+        reasons.append(f"no leader: waiting for an election (term {core.get('term')})")
+    install = core.get("installing_snapshot")
+    if install:
+        leader = core.get("leader")
+        source = f"from {names[int(leader)]}" if leader is not None else "(no leader known)"
+        reasons.append(
+            f"behind by {int(install['behind']):,} blocks, catching up {source} "
+            f"(snapshot to height {int(install['height']):,})"
+        )
+    if role == "leader" and connected_quorum:
+        silent = [names[int(p)] for p in core.get("unresponsive") or []]
+        if 1 + len(names) - 1 - len(silent) < quorum:
+            reasons.append(f"no quorum: {join_names(silent)} not responding to the leader")
+    return reasons
+
+
+def peer_rows(
+    mode: str,
+    core: dict[str, Any],
+    links: Sequence[PeerLink],
+    height: int,
+    names: Sequence[str],
+) -> dict[str, dict[str, Any]]:
+    """Per peer: connection state and, where this member knows it, how far behind it is (pbft:
+    the highest sequence it showed it executed; raft, on the leader: its match index)."""
+    rows: dict[str, dict[str, Any]] = {}
+    executed = core.get("peers_executed") or []
+    progress = core.get("progress") or {}
+    for link in links:
+        row: dict[str, Any] = {"state": link.state}
+        if mode == "pbft" and link.index < len(executed):
+            row["executed"] = int(executed[link.index])
+            row["lag"] = max(0, height - int(executed[link.index]))
+        elif str(link.index) in progress:
+            info = progress[str(link.index)]
+            row["match_index"] = info.get("match")
+            row["lag"] = info.get("lag")
+        rows[link.name] = row
+    return rows

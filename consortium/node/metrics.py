@@ -1,0 +1,315 @@
+"""Prometheus metrics: the text exposition format (version 0.0.4), written by hand.
+
+One set of names for both modes; every sample carries `mode` ("pbft" or "raft") and `member`
+labels, so one dashboard serves both kinds of network. `prometheus_text(node)` reads the
+node's counters (Node.metrics_doc, the same figures `consortium bench` reports), its
+histograms (NodeMetrics) and its status; nothing here is updated on the hot path except
+`Histogram.observe`, which is a bisect and two additions.
+
+Format rules followed (https://prometheus.io/docs/instrumenting/exposition_formats/): one
+`# HELP` and one `# TYPE` line per family, before its samples; label values escape backslash,
+double quote and newline; HELP text escapes backslash and newline; counters end in `_total`;
+histograms give cumulative `_bucket{le=...}` samples ending in `le="+Inf"`, then `_sum` and
+`_count`; units are in the name (`_seconds`, `_bytes`).
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from consortium.node.runtime import Node
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+# Bucket upper bounds (the +Inf bucket is implicit).
+BATCH_TXS_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
+LATENCY_S_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30)
+FSYNC_S_BUCKETS = (0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1)
+VERIFY_S_BUCKETS = (0.00001, 0.00002, 0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.01)
+
+
+@dataclass(slots=True)
+class Histogram:
+    """Fixed buckets; `counts[i]` is the number of observations in (bounds[i-1], bounds[i]],
+    the last entry those above every bound (made cumulative only when exposed)."""
+
+    bounds: tuple[float, ...]
+    counts: list[int] = field(default_factory=list)
+    total: float = 0.0
+    count: int = 0
+
+    def __post_init__(self) -> None:
+        assert list(self.bounds) == sorted(self.bounds), "bucket bounds ascend"
+        if not self.counts:
+            self.counts = [0] * (len(self.bounds) + 1)
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.total += value
+        self.count += 1
+
+    def cumulative(self) -> list[tuple[str, int]]:
+        out: list[tuple[str, int]] = []
+        running = 0
+        for bound, n in zip(self.bounds, self.counts, strict=False):
+            running += n
+            out.append((_number(bound), running))
+        out.append(("+Inf", running + self.counts[-1]))
+        return out
+
+
+def escape_label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def escape_help(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("\n", "\\n")
+
+
+def _number(value: float) -> str:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, int):
+        return str(value)
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    return repr(float(value))
+
+
+def _labels(labels: Mapping[str, str]) -> str:
+    if not labels:
+        return ""
+    inner = ",".join(f'{k}="{escape_label(str(v))}"' for k, v in labels.items())
+    return "{" + inner + "}"
+
+
+class Exposition:
+    """Families in the order added; `text()` is the scrape body."""
+
+    def __init__(self, common: Mapping[str, str]) -> None:
+        self._common = dict(common)
+        self._lines: list[str] = []
+        self._names: set[str] = set()
+
+    def _head(self, name: str, kind: str, help_text: str) -> None:
+        assert name not in self._names, f"metric family {name} exposed twice"
+        self._names.add(name)
+        self._lines.append(f"# HELP {name} {escape_help(help_text)}")
+        self._lines.append(f"# TYPE {name} {kind}")
+
+    def _sample(self, name: str, labels: Mapping[str, str], value: float) -> None:
+        self._lines.append(f"{name}{_labels({**self._common, **labels})} {_number(value)}")
+
+    def gauge(self, name: str, help_text: str, value: float) -> None:
+        self._head(name, "gauge", help_text)
+        self._sample(name, {}, value)
+
+    def counter(self, name: str, help_text: str, value: float) -> None:
+        assert name.endswith("_total"), name
+        self._head(name, "counter", help_text)
+        self._sample(name, {}, value)
+
+    def labelled(
+        self,
+        name: str,
+        kind: str,
+        help_text: str,
+        samples: Iterable[tuple[Mapping[str, str], float]],
+    ) -> None:
+        """One family with one sample per label set (a family with no samples yet is still
+        declared, so dashboards find every name from the first scrape)."""
+        assert kind in ("gauge", "counter"), kind
+        assert kind != "counter" or name.endswith("_total"), name
+        self._head(name, kind, help_text)
+        for labels, value in samples:
+            self._sample(name, labels, value)
+
+    def histogram(
+        self,
+        name: str,
+        help_text: str,
+        hists: Sequence[tuple[Mapping[str, str], Histogram]],
+    ) -> None:
+        self._head(name, "histogram", help_text)
+        for labels, hist in hists:
+            for le, n in hist.cumulative():
+                self._sample(f"{name}_bucket", {**labels, "le": le}, n)
+            self._sample(f"{name}_sum", labels, hist.total)
+            self._sample(f"{name}_count", labels, hist.count)
+
+    def text(self) -> str:
+        return "\n".join(self._lines) + "\n"
+
+
+def _by(label: str, counts: Mapping[str, int]) -> list[tuple[Mapping[str, str], float]]:
+    return [({label: k}, v) for k, v in sorted(counts.items())]
+
+
+def prometheus_text(node: Node, status: dict[str, Any] | None = None) -> str:
+    """The scrape body for GET /metrics."""
+    status = status if status is not None else node.status()
+    doc = status["metrics"]
+    m = node.metrics
+    out = Exposition({"mode": node.genesis.mode, "member": node.member.name})
+    out.gauge("consortium_up", "1 while the member process serves (always 1 when scraped).", 1)
+    out.gauge(
+        "consortium_ready",
+        "1 when the member can make progress (what GET /readyz answers 200 for), else 0.",
+        1 if status["ready"] else 0,
+    )
+    out.gauge("consortium_height", "Height of the last block in the ledger.", status["height"])
+    out.gauge(
+        "consortium_view",
+        "Current view (pbft) or term (raft); the mode label says which.",
+        int(status.get("view") or 0),
+    )
+    out.gauge(
+        "consortium_is_primary",
+        "1 when this member is the pbft primary or the raft leader.",
+        1 if status.get("primary") == node.member.name else 0,
+    )
+    out.gauge(
+        "consortium_stable_checkpoint",
+        "Last stable checkpoint (pbft sequence number) or snapshot index (raft).",
+        int(status.get("stable_checkpoint") or 0),
+    )
+    out.counter(
+        "consortium_view_changes_total",
+        "View changes started (pbft) or elections started (raft).",
+        int(status.get("view_changes") or 0),
+    )
+    out.gauge(
+        "consortium_pending_txs",
+        "Client transactions accepted and not yet committed.",
+        int(status["core"].get("pending_txs") or 0),
+    )
+    out.gauge(
+        "consortium_members_up",
+        "Members this one reaches, itself included (compare with consortium_quorum).",
+        int(status["up"]),
+    )
+    out.gauge("consortium_quorum", "Members needed to make progress.", node.genesis.quorum)
+    out.counter("consortium_blocks_committed_total", "Blocks committed here.", doc["blocks"])
+    out.counter(
+        "consortium_txs_committed_total", "Transactions committed here.", doc["txs_committed"]
+    )
+    out.histogram("consortium_batch_txs", "Transactions per committed block.", [({}, m.batch_txs)])
+    out.histogram(
+        "consortium_commit_latency_seconds",
+        "From a batch's proposed timestamp (the primary's or leader's clock) to its block "
+        "being durable here.",
+        [({}, m.commit_latency_s)],
+    )
+    out.counter("consortium_core_steps_total", "Core steps carried out.", m.steps)
+    out.labelled(
+        "consortium_messages_sent_total",
+        "counter",
+        "Peer messages sent, by kind (a broadcast counts once per recipient).",
+        _by("kind", doc["messages_sent_by_kind"]),
+    )
+    out.labelled(
+        "consortium_message_bytes_sent_total",
+        "counter",
+        "Bytes of peer messages sent, by kind.",
+        _by("kind", doc["bytes_sent_by_kind"]),
+    )
+    out.labelled(
+        "consortium_messages_received_total",
+        "counter",
+        "Peer messages received, by kind (before validation).",
+        _by("kind", doc["messages_received_by_kind"]),
+    )
+    out.labelled(
+        "consortium_message_bytes_received_total",
+        "counter",
+        "Bytes of peer messages received, by kind.",
+        _by("kind", doc["bytes_received_by_kind"]),
+    )
+    out.labelled(
+        "consortium_rejected_messages_total",
+        "counter",
+        "Peer messages the consensus core dropped, by reason.",
+        _by("reason", status["rejected"]),
+    )
+    out.labelled(
+        "consortium_transport_events_total",
+        "counter",
+        "Peer transport events: failed handshakes, bad frames, frames dropped, by event.",
+        _by("event", status["transport"]),
+    )
+    out.counter(
+        "consortium_submissions_total", "Transactions submitted by clients.", doc["submitted"]
+    )
+    out.labelled(
+        "consortium_submissions_rejected_total",
+        "counter",
+        "Client submissions refused before ordering, by reason.",
+        _by("reason", doc["rejected_at_submit"]),
+    )
+    out.labelled(
+        "consortium_signature_verifications_total",
+        "counter",
+        "Signature checks: client (transactions, cache misses) and protocol (peer messages, "
+        "handshakes).",
+        [
+            ({"kind": "client"}, doc["signatures_verified"]),
+            ({"kind": "protocol"}, doc["protocol_verifications"]),
+        ],
+    )
+    out.counter(
+        "consortium_signature_cache_hits_total",
+        "Client signatures found already checked.",
+        doc["signature_cache_hits"],
+    )
+    out.histogram(
+        "consortium_signature_verify_seconds",
+        "Time of one signature check, by kind.",
+        [
+            ({"kind": "client"}, node.tx_cache.verify_s),
+            ({"kind": "protocol"}, node.verifier.verify_s),
+        ],
+    )
+    out.counter("consortium_fsyncs_total", "Durable writes (one fsync each).", doc["fsyncs"])
+    out.histogram(
+        "consortium_fsync_seconds",
+        "Time of one durable write's commit (SQLite WAL COMMIT with synchronous=FULL: the fsync).",
+        [({}, m.fsync_s)],
+    )
+    peers = status["peers"]
+    out.labelled(
+        "consortium_peer_connected",
+        "gauge",
+        "1 while an authenticated connection to (outbound) or from (inbound) the peer is up.",
+        [
+            ({"peer": str(p["name"]), "direction": d}, 1 if p[f"{d}_connected"] else 0)
+            for p in peers
+            for d in ("outbound", "inbound")
+        ],
+    )
+    out.labelled(
+        "consortium_peer_lag_blocks",
+        "gauge",
+        "How far behind this member the peer is, where known (pbft: blocks it showed it "
+        "executed; raft, on the leader: log entries not yet replicated).",
+        [
+            ({"peer": name}, row["lag"])
+            for name, row in status["peer_state"].items()
+            if row.get("lag") is not None
+        ],
+    )
+    out.labelled(
+        "consortium_peer_frames_dropped_total",
+        "counter",
+        "Frames for the peer dropped (not connected, queue full, lost on disconnect).",
+        [({"peer": str(p["name"])}, int(str(p["frames_dropped"]))) for p in peers],
+    )
+    out.counter("consortium_process_cpu_seconds_total", "User and system CPU time.", doc["cpu_s"])
+    out.gauge("consortium_uptime_seconds", "Seconds since the member started.", doc["uptime_s"])
+    return out.text()

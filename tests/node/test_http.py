@@ -1,0 +1,165 @@
+"""The health/metrics HTTP server (node/http.py) on 127.0.0.1, port 0: well-formed requests get
+their route, everything else a clear status code, and no input takes the server down."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import trio
+
+from consortium.node.http import HttpServer, Response, parse_head, text
+
+HOST = "127.0.0.1"
+
+
+def routes() -> dict[str, object]:
+    def boom() -> Response:
+        raise RuntimeError("a bug in a route")
+
+    return {
+        "/healthz": lambda: text(200, "ok"),
+        "/readyz": lambda: text(503, "not ready: no quorum: n3 and n4 unreachable"),
+        "/boom": boom,
+    }
+
+
+@asynccontextmanager
+async def serving(**options: object) -> AsyncIterator[HttpServer]:
+    server = HttpServer(routes(), (HOST, 0), **options)  # type: ignore[arg-type]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.run)
+        yield server
+        nursery.cancel_scope.cancel()
+
+
+async def exchange(port: int, raw: bytes, *, read: bool = True) -> bytes:
+    stream = await trio.open_tcp_stream(HOST, port)
+    async with stream:
+        await stream.send_all(raw)
+        if not read:
+            return b""
+        got = bytearray()
+        try:
+            while data := await stream.receive_some(65536):
+                got += data
+        except trio.BrokenResourceError:
+            pass  # a reset after the answer (or instead of one) ends the reply too
+        return bytes(got)
+
+
+def status_of(reply: bytes) -> int:
+    return int(reply.split(b" ", 2)[1])
+
+
+def body_of(reply: bytes) -> bytes:
+    return reply.split(b"\r\n\r\n", 1)[1]
+
+
+async def test_routes_answer_with_their_status_and_body() -> None:
+    with trio.fail_after(10):
+        async with serving() as server:
+            ok = await exchange(server.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert ok.startswith(b"HTTP/1.1 200 OK\r\n")
+            assert b"Content-Length: 3\r\n" in ok and b"Connection: close\r\n" in ok
+            assert body_of(ok) == b"ok\n"
+            not_ready = await exchange(server.port, b"GET /readyz?verbose=1 HTTP/1.0\r\n\r\n")
+            assert status_of(not_ready) == 503
+            assert b"no quorum: n3 and n4 unreachable" in body_of(not_ready)
+            head = await exchange(server.port, b"HEAD /healthz HTTP/1.1\r\n\r\n")
+            assert status_of(head) == 200 and body_of(head) == b""
+
+
+async def test_unknown_paths_and_methods_are_404_and_405() -> None:
+    with trio.fail_after(10):
+        async with serving() as server:
+            missing = await exchange(server.port, b"GET /nope HTTP/1.1\r\n\r\n")
+            assert status_of(missing) == 404
+            assert b"/healthz" in body_of(missing)  # says what exists
+            post = await exchange(server.port, b"POST /healthz HTTP/1.1\r\n\r\n")
+            assert status_of(post) == 405 and b"Allow: GET, HEAD\r\n" in post
+            body = await exchange(
+                server.port, b"GET /healthz HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello"
+            )
+            assert status_of(body) == 400
+
+
+async def test_junk_gets_400_and_the_server_keeps_serving() -> None:
+    junk = [
+        b"\r\n\r\n",
+        b"hello\r\n\r\n",
+        b"GET\r\n\r\n",
+        b"GET / HTTP/2.0\r\n\r\n",
+        b"GET nopath HTTP/1.1\r\n\r\n",
+        b"get /healthz HTTP/1.1\r\n\r\n",
+        b"GET /health z HTTP/1.1\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\nno colon here\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\n : empty name\r\n\r\n",
+        b"GET /\xff\xfe HTTP/1.1\r\n\r\n",
+        bytes(range(256)) + b"\r\n\r\n",
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 64 + b"\r\n\r\n",  # TLS hello
+    ]
+    with trio.fail_after(20):
+        async with serving() as server:
+            for raw in junk:
+                reply = await exchange(server.port, raw)
+                assert status_of(reply) == 400, raw
+            # Half a request, then the client goes away: nothing to answer, nothing breaks.
+            await exchange(server.port, b"GET /hea", read=False)
+            ok = await exchange(server.port, b"GET /healthz HTTP/1.1\r\n\r\n")
+            assert status_of(ok) == 200
+            assert server.counters.get("internal_error", 0) == 0
+
+
+async def test_an_oversize_head_is_431_and_a_slow_one_408() -> None:
+    with trio.fail_after(20):
+        async with serving(head_bytes_max=1024, head_timeout_s=0.3) as server:
+            huge = b"GET /healthz HTTP/1.1\r\nX-Filler: " + b"a" * 100_000 + b"\r\n\r\n"
+            stream = await trio.open_tcp_stream(HOST, server.port)
+            async with stream:
+                with contextlib.suppress(trio.BrokenResourceError):
+                    await stream.send_all(huge)  # the server may close before taking it all
+                got = bytearray()
+                try:
+                    while data := await stream.receive_some(65536):
+                        got += data
+                except trio.BrokenResourceError:
+                    pass
+            assert status_of(bytes(got)) == 431
+            # Never finishing the head: answered 408 after the timeout.
+            slow = await exchange(server.port, b"GET /healthz HTTP/1.1\r\nX-Slow: 1\r\n")
+            assert status_of(slow) == 408
+            ok = await exchange(server.port, b"GET /healthz HTTP/1.1\r\n\r\n")
+            assert status_of(ok) == 200
+
+
+async def test_a_route_that_raises_is_a_500_not_a_dead_server() -> None:
+    with trio.fail_after(10):
+        async with serving() as server:
+            reply = await exchange(server.port, b"GET /boom HTTP/1.1\r\n\r\n")
+            assert status_of(reply) == 500
+            assert server.counters["route_error"] == 1
+            ok = await exchange(server.port, b"GET /healthz HTTP/1.1\r\n\r\n")
+            assert status_of(ok) == 200
+
+
+async def test_connections_beyond_the_limit_are_closed_at_once() -> None:
+    with trio.fail_after(10):
+        async with serving(connections_max=2, head_timeout_s=5) as server:
+            held = [await trio.open_tcp_stream(HOST, server.port) for _ in range(2)]
+            await trio.sleep(0.1)  # both accepted and waiting for their heads
+            extra = await exchange(server.port, b"GET /healthz HTTP/1.1\r\n\r\n")
+            assert extra == b""  # closed without an answer
+            assert server.counters["refused_busy"] == 1
+            for stream in held:
+                await stream.aclose()
+            await trio.sleep(0.1)
+            ok = await exchange(server.port, b"GET /healthz HTTP/1.1\r\n\r\n")
+            assert status_of(ok) == 200
+
+
+def test_parse_head_keeps_the_path_without_its_query() -> None:
+    request = parse_head(b"GET /metrics?x=1 HTTP/1.1\r\nHost: a:1\r\nAccept: */*")
+    assert (request.method, request.path, request.version) == ("GET", "/metrics", "HTTP/1.1")
+    assert request.headers == {"host": "a:1", "accept": "*/*"}

@@ -1,0 +1,63 @@
+"""The Prometheus text format (node/metrics.py): HELP/TYPE per family, label and help escaping,
+cumulative histograms; checked with a strict reader (exposition.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from consortium.node.metrics import Exposition, Histogram, escape_help, escape_label
+from tests.node.exposition import parse
+
+
+def test_label_values_and_help_text_are_escaped() -> None:
+    assert escape_label('a\\b"c\nd') == 'a\\\\b\\"c\\nd'
+    assert escape_help("line one\nback\\slash") == "line one\\nback\\\\slash"
+    out = Exposition({"mode": "pbft", "member": 'n"1'})
+    out.labelled(
+        "consortium_rejected_messages_total",
+        "counter",
+        "Dropped,\nby reason.",
+        [({"reason": 'bad "sig"\\x\n'}, 3)],
+    )
+    families = parse(out.text())
+    family = families["consortium_rejected_messages_total"]
+    assert family.type == "counter" and family.help == "Dropped,\\nby reason."
+    [(_, labels, value)] = family.samples
+    assert labels == {"mode": "pbft", "member": 'n"1', "reason": 'bad "sig"\\x\n'}
+    assert value == 3
+
+
+def test_histograms_are_cumulative_and_end_in_inf() -> None:
+    hist = Histogram((0.001, 0.01, 0.1))
+    for v in (0.0005, 0.001, 0.005, 0.05, 5.0):
+        hist.observe(v)
+    out = Exposition({"mode": "raft"})
+    out.histogram("consortium_fsync_seconds", "fsync time.", [({}, hist)])
+    family = parse(out.text())["consortium_fsync_seconds"]
+    buckets = [(s[1]["le"], s[2]) for s in family.samples if s[0].endswith("_bucket")]
+    # le is inclusive: 0.001 falls in the first bucket.
+    assert buckets == [("0.001", 2), ("0.01", 3), ("0.1", 4), ("+Inf", 5)]
+    count = next(s[2] for s in family.samples if s[0].endswith("_count"))
+    total = next(s[2] for s in family.samples if s[0].endswith("_sum"))
+    assert count == 5 and total == pytest.approx(5.0565)
+
+
+def test_a_family_is_declared_once_and_counters_end_in_total() -> None:
+    out = Exposition({})
+    out.gauge("consortium_height", "Height.", 1)
+    with pytest.raises(AssertionError):
+        out.gauge("consortium_height", "Height.", 2)
+    with pytest.raises(AssertionError):
+        out.counter("consortium_blocks", "Blocks.", 1)
+
+
+def test_the_reader_has_teeth() -> None:
+    with pytest.raises(AssertionError):
+        parse("consortium_height 1\n")  # no HELP/TYPE
+    with pytest.raises(AssertionError):
+        parse('# HELP x X.\n# TYPE x gauge\nx{a="unterminated} 1\n')
+    with pytest.raises(AssertionError):
+        parse(
+            "# HELP h H.\n# TYPE h histogram\n"
+            'h_bucket{le="1"} 2\nh_bucket{le="+Inf"} 1\nh_sum 1\nh_count 1\n'
+        )

@@ -1,0 +1,130 @@
+"""`consortium status` and GET /readyz explain, in words, why a PBFT member is not making
+progress: the words are computed from the replica's real state (driven here through the
+harness) by node/explain.py, with member names."""
+
+from __future__ import annotations
+
+from pbft_harness import PARAMS, RETRANSMIT_MS, Group
+
+from consortium.node.explain import PeerLink, blockers, fault_budget, peer_rows
+
+NAMES = ["n1", "n2", "n3", "n4"]
+
+
+def links(me: int, down: set[int] = frozenset()) -> list[PeerLink]:  # type: ignore[assignment]
+    return [
+        PeerLink(i, NAMES[i], outbound=i not in down, inbound=i not in down)
+        for i in range(4)
+        if i != me
+    ]
+
+
+def reasons(group: Group, me: int, down: set[int] = frozenset()) -> list[str]:  # type: ignore[assignment]
+    return blockers(
+        "pbft",
+        group.replicas[me].status(),
+        names=NAMES,
+        me=me,
+        quorum=group.genesis.quorum,
+        links=links(me, down),
+        behind_blocks_max=PARAMS.window,
+    )
+
+
+def test_a_healthy_idle_member_has_no_reason_and_is_ready() -> None:
+    group = Group()
+    assert reasons(group, 1) == []
+
+
+def test_a_view_change_in_progress_counts_the_view_change_messages_it_holds() -> None:
+    group = Group()
+    backup = group.replicas[1]
+    group.take(1)
+    backup.propose(group.txs[0])  # a request the primary never orders: the backup suspects it
+    for _ in range(10):
+        group.tick_all(PARAMS.request_timeout_ms // 2)
+    assert not backup.active and backup.view == 1
+    assert reasons(group, 1) == ["view change to 1 in progress: 1 of 3 needed VIEW-CHANGE messages"]
+    # Two more members join (their VIEW-CHANGEs delivered to n2): a quorum; n2 is the new
+    # primary, sends NEW-VIEW and is active in view 1: nothing left to explain.
+    for i in (2, 3):
+        group.replicas[i].propose(group.txs[0])
+    for _ in range(10):
+        group.tick_all(PARAMS.request_timeout_ms // 2)
+    for i in (2, 3):
+        group.deliver(i, group.take(i).messages, to=[1])
+    assert backup.active and backup.view == 1 and backup.primary == 1
+    assert reasons(group, 1) == []
+
+
+def test_a_view_change_waiting_for_an_unreachable_new_primary_names_it() -> None:
+    group = Group()
+    n3 = group.replicas[2]
+    for i in (1, 2, 3):
+        group.take(i)
+        group.replicas[i].propose(group.txs[0])
+    for _ in range(10):
+        group.tick_all(PARAMS.request_timeout_ms // 2)
+    # n3 gets the VIEW-CHANGEs of n2 and n4 (a quorum with its own); view 1's primary is n2,
+    # which then went down before sending NEW-VIEW.
+    for i in (1, 3):
+        group.deliver(i, group.take(i).messages, to=[2])
+    assert n3.view == 1 and not n3.active
+    assert reasons(group, 2, down={1}) == [
+        "view change to 1: waiting for NEW-VIEW from n2 (unreachable) (3 VIEW-CHANGE messages held)"
+    ]
+
+
+def test_a_member_far_behind_says_by_how_much_and_from_whom_it_catches_up() -> None:
+    group = Group()
+    r = group.replicas[1]
+    group.take(1)
+    for s in (0, 2, 3):  # a stable checkpoint at 1,200, far above n2's window
+        r.receive(s, group.checkpoint(1200, s))
+    group.tick_all(RETRANSMIT_MS)
+    source = r.status()["catching_up"]["from"]
+    assert reasons(group, 1) == [f"behind by 1,200 blocks, catching up from {NAMES[source]}"]
+    rows = peer_rows("pbft", r.status(), links(1), 0, NAMES)
+    assert rows["n1"] == {"state": "connected", "executed": 1200, "lag": 0}
+
+
+def test_no_quorum_names_the_unreachable_members() -> None:
+    group = Group()
+    assert reasons(group, 0, down={2, 3}) == ["no quorum: n3 and n4 unreachable"]
+    assert reasons(group, 0, down={1, 2, 3}) == ["no quorum: n2, n3 and n4 unreachable"]
+    assert reasons(group, 0, down={3}) == []  # one down of n=4: still a quorum
+
+
+def test_connection_states_are_named_per_direction() -> None:
+    assert PeerLink(1, "n2", outbound=True, inbound=True).state == "connected"
+    assert PeerLink(1, "n2", outbound=True, inbound=False).state == "outbound only"
+    assert PeerLink(1, "n2", outbound=False, inbound=True).state == "inbound only"
+    assert PeerLink(1, "n2", outbound=False, inbound=False).state == "unreachable"
+
+
+def test_a_member_stalled_with_pending_transactions_says_what_it_waits_for() -> None:
+    group = Group()
+    backup = group.replicas[1]
+    group.take(1)
+    backup.propose(group.txs[0])
+    got = blockers(
+        "pbft",
+        backup.status(),
+        names=NAMES,
+        me=1,
+        quorum=3,
+        links=links(1),
+        behind_blocks_max=PARAMS.window,
+        stalled_s=2.5,
+    )
+    assert got == [
+        "no progress for 2.5 s with 1 transactions pending: waiting for pre-prepare from "
+        "primary n1 for 1 pending transactions"
+    ]
+
+
+def test_the_fault_budget_counts_what_more_may_fail() -> None:
+    assert fault_budget(4, 1, 3, 4) == "n=4 f=1: 4 of 4 up, tolerates 1 more"
+    assert fault_budget(4, 1, 3, 3) == "n=4 f=1: 3 of 4 up, tolerates 0 more"
+    assert fault_budget(4, 1, 3, 2).startswith("n=4 f=1: 2 of 4 up, no quorum (3 needed)")
+    assert fault_budget(7, 2, 5, 6) == "n=7 f=2: 6 of 7 up, tolerates 1 more"

@@ -1,0 +1,102 @@
+"""`consortium status` and GET /readyz explain, in words, why a Raft member is not making
+progress: computed from the core's real state (driven through the harness) by
+node/explain.py, with member names."""
+
+from __future__ import annotations
+
+from raft_harness import HEARTBEAT, E, RaftGroup
+
+from consortium.crashft import messages as m
+from consortium.crashft.node import CANDIDATE, LEADER, PRE_CANDIDATE
+from consortium.node.explain import PeerLink, blockers, peer_rows
+
+NAMES = ["n1", "n2", "n3"]
+
+
+def links(me: int, down: set[int] = frozenset()) -> list[PeerLink]:  # type: ignore[assignment]
+    return [
+        PeerLink(i, NAMES[i], outbound=i not in down, inbound=i not in down)
+        for i in range(3)
+        if i != me
+    ]
+
+
+def reasons(g: RaftGroup, me: int, down: set[int] = frozenset()) -> list[str]:  # type: ignore[assignment]
+    return blockers(
+        "raft",
+        g.node(me).status(),
+        names=NAMES,
+        me=me,
+        quorum=g.genesis.quorum,
+        links=links(me, down),
+        behind_blocks_max=16,
+    )
+
+
+def test_before_any_election_a_follower_waits_for_a_leader() -> None:
+    g = RaftGroup(3)
+    assert reasons(g, 1) == ["no leader: waiting for an election (term 0)"]
+
+
+def test_a_pre_vote_then_an_election_in_progress_count_the_votes() -> None:
+    g = RaftGroup(3)
+    g.timeout(0)
+    assert g.node(0).role == PRE_CANDIDATE
+    assert reasons(g, 0) == ["no leader: pre-vote in progress (term 1): 1 of 2 votes; no leader"]
+    # The pre-vote succeeds; the real vote requests are lost: a candidate in term 1.
+    g.deliver(lambda q: isinstance(q.msg, m.Vote | m.VoteReply) and q.msg.prevote)
+    g.drop()
+    assert g.node(0).role == CANDIDATE and g.node(0).term == 1
+    assert reasons(g, 0)[0].startswith("no leader: election in progress (term 1): 1 of 2 votes")
+
+
+def test_an_elected_leader_with_its_followers_has_no_reason() -> None:
+    g = RaftGroup(3)
+    g.elect(0)
+    g.settle()
+    g.heartbeat(0)
+    assert g.node(0).role == LEADER
+    assert reasons(g, 0) == []
+    assert reasons(g, 1) == []
+    rows = peer_rows("raft", g.node(0).status(), links(0), 0, NAMES)
+    assert rows["n2"]["state"] == "connected" and rows["n2"]["lag"] == 0
+
+
+def test_a_leader_whose_followers_went_silent_has_no_quorum() -> None:
+    g = RaftGroup(3)
+    g.elect(0)
+    g.settle()
+    g.heartbeat(0)
+    g.crash(1)
+    g.crash(2)
+    for _ in range(12):  # past a CheckQuorum round with no answers
+        g.advance(HEARTBEAT, [0])
+        g.drop()
+    # Connections still up (a hung peer): the leader's own view names the silent followers.
+    assert reasons(g, 0) == ["no quorum: n2 and n3 not responding to the leader"]
+    # Connections down: the transport's view says it first, and once.
+    assert reasons(g, 0, down={1, 2}) == ["no quorum: n2 and n3 unreachable"]
+
+
+def test_a_follower_behind_the_compacted_log_says_it_installs_a_snapshot_and_from_whom() -> None:
+    g = RaftGroup(3, log_keep=2, append_entries_max=2, blocks_per_fetch=2)
+    g.elect(0)
+    g.settle()
+    g.heartbeat(0)
+    for k in range(12):  # n3 is cut off while 12 batches commit
+        g.propose(0, *g.txs[4 * k : 4 * k + 4])
+        g.settle((0, 1))
+        g.heartbeat(0, (0, 1))
+    # The leader sees n3 lagging...
+    rows = peer_rows("raft", g.node(0).status(), links(0), 12, NAMES)
+    assert rows["n3"]["lag"] > 0 and rows["n2"]["lag"] == 0
+    # ...and n3, offered a snapshot but not yet given the blocks, says what it is doing.
+    g.run(2 * E, pred=lambda q: not isinstance(q.msg, m.Blocks))
+    assert g.node(2).status()["installing_snapshot"] is not None
+    height = g.members[2].head.height
+    assert reasons(g, 2) == [
+        f"behind by {8 - height} blocks, catching up from n1 (snapshot to height 8)"
+    ]
+    g.run(2 * E)  # the blocks arrive: caught up, nothing to explain
+    assert g.members[2].head.height == 12
+    assert reasons(g, 2) == []
