@@ -13,6 +13,7 @@ import trio
 import typer
 
 from consortium.cli import output
+from consortium.cli.clients import clients_app
 from consortium.cli.network import (
     LocalNetwork,
     NetworkError,
@@ -47,6 +48,7 @@ app.add_typer(bench_app, name="bench")
 app.add_typer(node_app, name="node")
 app.add_typer(tx_app, name="tx")
 app.add_typer(ledger_app, name="ledger")
+app.add_typer(clients_app, name="client")
 app.command("sim")(sim_command)
 
 NetOpt = Annotated[

@@ -32,6 +32,7 @@ class Domain(Enum):
     RAFT_ENTRY = b"consortium/v1/raft-entry\x00"
     CONFIG = b"consortium/v1/config\x00"
     READ = b"consortium/v1/read\x00"
+    CLIENT_CHANGE = b"consortium/v1/client-change\x00"  # a member's approval of an admission
 
 
 def signed_message(domain: Domain, chain_id: bytes, body: bytes) -> bytes:

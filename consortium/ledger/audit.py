@@ -10,7 +10,9 @@ this order, it stops at the first failure and names the height and the problem:
        stored hash; block 0 is exactly genesis_block(genesis); the previous-hash link holds;
     3. the body and receipts decode; the tx and receipts Merkle roots (Block.check_roots);
     4. every transaction names this chain and carries a valid client signature (always real
-       Ed25519: clients sign with Ed25519 even where a simulator stands in for members);
+       Ed25519: clients sign with Ed25519 even where a simulator stands in for members); a
+       client change with an `ok` receipt carries valid approvals of a quorum of distinct
+       members and a valid client key (re-execution would catch it too; this names why);
     5. consensus metadata matches the genesis mode; pbft: ("pbft", seq, proposed_ms) with
        seq = height and a commit certificate that decodes, is for this seq and for the batch
        digest of these tx ids and proposed timestamp, with a quorum of distinct members' valid
@@ -24,7 +26,8 @@ this order, it stops at the first failure and names the height and the problem:
 
 After the last block: a checkpoint certificate above the head means certified blocks were cut
 off; the stored key-value table and replay set (what the node serves and loads) must equal the
-re-executed state. `verifier` checks member signatures (commit and checkpoint certificates,
+re-executed state, and so must the admitted clients and the pending client changes. `verifier`
+checks member signatures (commit and checkpoint certificates,
 block signatures); Ed25519 by default.
 """
 
@@ -37,6 +40,7 @@ from typing import Any
 
 from consortium.crypto.codec import WireFormatError, unpack_canonical
 from consortium.crypto.signing import Ed25519Verifier, Verifier
+from consortium.ledger.admission import PendingChange, check_approvals, check_client_key
 from consortium.ledger.block import (
     ZERO_HASH,
     Block,
@@ -55,6 +59,7 @@ from consortium.ledger.certificates import (
 )
 from consortium.ledger.genesis import Genesis
 from consortium.ledger.state import KeyValueState, build_block
+from consortium.ledger.tx import ConfigChange
 
 _HEADER_FIELDS = (
     "chain_id",
@@ -141,7 +146,7 @@ class _Audit:
     def run(self, db: sqlite3.Connection) -> None:
         g = self.genesis
         genesis = genesis_block(g)
-        app = KeyValueState(self.chain_id, g.params, g.client_keys(), genesis.header.state_root)
+        app = KeyValueState.for_genesis(g, genesis.header.state_root)
         prev: BlockHeader | None = None
         rows = db.execute(
             "SELECT height, hash, header, body, receipts, certificate FROM blocks ORDER BY height"
@@ -227,6 +232,19 @@ class _Audit:
                 raise _Failed(
                     block.height, f"transaction {i} ({_short(tx.id)}) has a bad client signature"
                 )
+            op = tx.ops[0]
+            if isinstance(op, ConfigChange) and block.receipts[i].status == "ok":
+                g = self.genesis
+                members = [m.public_key for m in g.members]
+                refusal = check_client_key(op.change.client_key, members) or check_approvals(
+                    op.change, op.approvals, members, g.quorum
+                )
+                if refusal is not None:
+                    raise _Failed(
+                        block.height,
+                        f"transaction {i} ({_short(tx.id)}) was accepted as a client change "
+                        f"({op.change.kind}) but {refusal.detail}",
+                    )
 
     def _consensus(self, block: Block, cert_b: Any) -> None:
         header = block.header
@@ -393,3 +411,22 @@ class _Audit:
             raise _Failed(
                 head.height, "the stored replay set (executed ids) differs from re-execution"
             )
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if "clients" in tables:
+            stored_clients = {
+                bytes(k): str(label) for k, label in db.execute("SELECT key, label FROM clients")
+            }
+            try:
+                stored_pending = [
+                    PendingChange.from_array(unpack_canonical(bytes(v)))
+                    for (v,) in db.execute("SELECT value FROM pending_client_changes ORDER BY seq")
+                ]
+            except WireFormatError as exc:
+                raise _Failed(head.height, f"a stored pending client change: {exc}") from None
+        else:  # a store from before client changes: it can hold only the genesis clients
+            stored_clients = {c.public_key: c.name for c in self.genesis.clients}
+            stored_pending = []
+        if stored_clients != app.admitted:
+            raise _Failed(head.height, "the stored admitted clients differ from re-execution")
+        if stored_pending != list(app.pending):
+            raise _Failed(head.height, "the stored pending client changes differ from re-execution")

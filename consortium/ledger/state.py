@@ -5,12 +5,21 @@ Execution of one agreed batch, given the previous header, is a pure function of 
 state, so every honest member derives the same receipts, state root and block. State-dependent
 failures are deterministic `rejected` receipts that change nothing:
 
-    unknown_client   the signing key is not an admitted client
+    unknown_client   the signing key is not an admitted client (a member's key may submit
+                     only a client change)
     wrong_chain      the body names another chain (also refused before ordering)
     duplicate        the id already executed (in an earlier block, or earlier in this block)
     expired          expiry_ms < block timestamp
     expiry_too_far   expiry_ms - block timestamp > tx_ttl_max_ms
     cas_mismatch     a compare-and-set found another value (the whole transaction is undone)
+    config_*         a client change was refused (ledger/admission.py: no quorum, a bad or
+                     duplicate or non-member approval, an invalid key, a replayed, expired or
+                     no-op change); the transaction's id is spent, the change's is not
+
+Admitted clients are state too (ledger/admission.py): the set `admitted` and the changes
+`pending` until their effective height E, a checkpoint boundary. A block at height E first
+applies the changes pending for E, then executes its transactions against the new set. Both
+updates are proportional to the changes, and both enter the state root when they happen.
 
 Replay protection is by id: an id executes at most once. Only unexpired ids need remembering
 (an expired id is rejected anyway), so the replay set is bounded by tx_ttl_max_ms times the rate.
@@ -26,11 +35,22 @@ against the block instead.
 from __future__ import annotations
 
 import heapq
+from collections import deque
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from consortium.crypto.codec import digest_of
 from consortium.crypto.merkle import merkle_root
+from consortium.ledger.admission import (
+    ADMIT,
+    CHANGE_TTL_MAX_MS,
+    PendingChange,
+    Refusal,
+    check_approvals,
+    check_client_key,
+    effective_height,
+)
 from consortium.ledger.block import (
     OK,
     REJECTED,
@@ -40,7 +60,10 @@ from consortium.ledger.block import (
     receipts_root,
 )
 from consortium.ledger.genesis import Params
-from consortium.ledger.tx import CompareAndSet, Delete, Get, Put, Transaction
+from consortium.ledger.tx import CompareAndSet, ConfigChange, Delete, Get, Put, Transaction
+
+if TYPE_CHECKING:
+    from consortium.ledger.genesis import Genesis
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +75,22 @@ class Execution:
     consumed: tuple[tuple[bytes, int], ...]  # (tx id, expiry_ms) now in the replay set
     state_root: bytes
     timestamp_ms: int
+    activated: tuple[PendingChange, ...] = ()  # pending client changes applied at this height
+    recorded: tuple[PendingChange, ...] = ()  # client changes accepted in this block
+
+
+class _Overlay:
+    """The admitted set during a block that applies pending changes (without copying it)."""
+
+    __slots__ = ("_base", "_changed")
+
+    def __init__(self, base: Mapping[bytes, str], changed: dict[bytes, bool]) -> None:
+        self._base = base
+        self._changed = changed
+
+    def __contains__(self, key: object) -> bool:
+        changed = self._changed.get(key)  # type: ignore[call-overload]
+        return key in self._base if changed is None else changed
 
 
 class Application(Protocol):
@@ -67,20 +106,74 @@ class Application(Protocol):
 
 @dataclass
 class KeyValueState:
-    """The default application. `execute` is pure; `apply` commits an Execution."""
+    """The default application. `execute` is pure; `apply` commits an Execution.
+
+    `clients` are the admitted clients this state starts with (keys, or key -> label); the
+    current set is `admitted`. `member_keys` and `quorum` decide client changes; a state made
+    without them (simulators, which never change clients) refuses every change."""
 
     chain_id: bytes
     params: Params
-    clients: frozenset[bytes]
+    clients: Collection[bytes] | Mapping[bytes, str]
     state_root: bytes
     kv: dict[bytes, bytes] = field(default_factory=dict)
     replay: dict[bytes, int] = field(default_factory=dict)  # unexpired executed id -> expiry
     _expiry_heap: list[tuple[int, bytes]] = field(default_factory=list)
     last_timestamp_ms: int = 0
+    member_keys: tuple[bytes, ...] = ()
+    quorum: int = 0
+    pending: deque[PendingChange] = field(default_factory=deque)  # by effective height
+    admitted: dict[bytes, str] = field(init=False)  # client key -> label
+    _pending_last: dict[bytes, PendingChange] = field(init=False)  # key -> its latest change
 
     def __post_init__(self) -> None:
         self._expiry_heap = [(exp, tid) for tid, exp in self.replay.items()]
         heapq.heapify(self._expiry_heap)
+        c = self.clients
+        self.admitted = dict(c) if isinstance(c, Mapping) else dict.fromkeys(c, "")
+        self._pending_last = {p.client_key: p for p in self.pending}
+        assert all(
+            a.effective_height <= b.effective_height
+            for a, b in zip(self.pending, list(self.pending)[1:], strict=False)
+        ), "pending client changes are ordered by effective height"
+        assert self.quorum >= 1 or not self.member_keys, "a quorum of at least one member"
+
+    @classmethod
+    def for_genesis(
+        cls,
+        genesis: Genesis,
+        state_root: bytes,
+        *,
+        admitted: Mapping[bytes, str] | None = None,
+        pending: list[PendingChange] | None = None,
+        kv: dict[bytes, bytes] | None = None,
+        replay: dict[bytes, int] | None = None,
+        last_timestamp_ms: int = 0,
+    ) -> KeyValueState:
+        """The state of `genesis`'s network at `state_root` (at genesis when the rest is
+        omitted): genesis clients by name, member keys and quorum for client changes."""
+        return cls(
+            genesis.chain_id,
+            genesis.params,
+            {c.public_key: c.name for c in genesis.clients} if admitted is None else admitted,
+            state_root,
+            kv=kv or {},
+            replay=replay or {},
+            last_timestamp_ms=last_timestamp_ms,
+            member_keys=tuple(m.public_key for m in genesis.members),
+            quorum=genesis.quorum,
+            pending=deque(pending or ()),
+        )
+
+    def will_be_admitted(self, key: bytes) -> bool:
+        """Whether `key` is admitted once every pending change has taken effect."""
+        last = self._pending_last.get(key)
+        return key in self.admitted if last is None else last.kind == ADMIT
+
+    def pending_admission(self, key: bytes) -> PendingChange | None:
+        """The pending change that will admit `key`, if `key` is not admitted now."""
+        last = self._pending_last.get(key)
+        return last if last is not None and last.kind == ADMIT else None
 
     def get(self, key: bytes) -> bytes | None:
         return self.kv.get(key)
@@ -91,6 +184,15 @@ class KeyValueState:
         seen_here: set[bytes] = set()
         receipts: list[Receipt] = []
         ttl_max = self.params.tx_ttl_max_ms
+        activated: list[PendingChange] = []
+        for p in self.pending:  # ordered by effective height: a prefix applies here
+            if p.effective_height > height:
+                break
+            activated.append(p)
+        admitted: Mapping[bytes, str] | _Overlay = self.admitted
+        if activated:
+            admitted = _Overlay(self.admitted, {p.client_key: p.kind == ADMIT for p in activated})
+        recorded: list[PendingChange] = []
 
         def current(key: bytes) -> bytes | None:
             return writes[key] if key in writes else self.kv.get(key)
@@ -99,7 +201,10 @@ class KeyValueState:
             reason = ""
             if tx.chain_id != self.chain_id:
                 reason = "wrong_chain"
-            elif tx.client_key not in self.clients:
+            elif tx.client_key not in admitted and not (
+                # A member may submit a client change without being a client.
+                tx.ops and isinstance(tx.ops[0], ConfigChange) and tx.client_key in self.member_keys
+            ):
                 reason = "unknown_client"
             elif tx.id in seen_here or (
                 tx.id in self.replay and self.replay[tx.id] >= timestamp_ms
@@ -132,9 +237,26 @@ class KeyValueState:
                             results.append(True)
                         case Get(key=k):
                             results.append(read(k))
+                        case ConfigChange():
+                            refusal = self._check_change(op, timestamp_ms, seen_here, recorded)
+                            if refusal is not None:
+                                reason = refusal.reason
+                                break
+                            c = op.change
+                            p = PendingChange(
+                                effective_height(height, self.params.checkpoint_interval),
+                                c.id,
+                                c.kind,
+                                c.client_key,
+                                c.label,
+                            )
+                            recorded.append(p)
+                            seen_here.add(c.id)
+                            consumed.append((c.id, c.expiry_ms))
+                            results.append(c.id)
                 if not reason:
                     writes.update(local)
-            if reason in ("", "cas_mismatch"):
+            if reason in ("", "cas_mismatch") or reason.startswith("config_"):
                 # The id is spent whether or not its operations applied: it executed.
                 seen_here.add(tx.id)
                 consumed.append((tx.id, tx.expiry_ms))
@@ -143,15 +265,60 @@ class KeyValueState:
             else:
                 receipts.append(Receipt(tx.id, OK, "", tuple(results), height, index))
 
-        root = digest_of(
-            [
-                "state",
-                self.state_root,
-                [[k, writes[k]] for k in sorted(writes)],
-                [tid for tid, _ in consumed],
-            ]
+        hashed = [
+            "state",
+            self.state_root,
+            [[k, writes[k]] for k in sorted(writes)],
+            [tid for tid, _ in consumed],
+        ]
+        if activated or recorded:
+            hashed.append(
+                ["clients", [p.to_array() for p in activated], [p.to_array() for p in recorded]]
+            )
+        root = digest_of(hashed)
+        return Execution(
+            tuple(receipts),
+            writes,
+            tuple(consumed),
+            root,
+            timestamp_ms,
+            tuple(activated),
+            tuple(recorded),
         )
-        return Execution(tuple(receipts), writes, tuple(consumed), root, timestamp_ms)
+
+    def _check_change(
+        self,
+        op: ConfigChange,
+        timestamp_ms: int,
+        seen_here: set[bytes],
+        recorded: list[PendingChange],
+    ) -> Refusal | None:
+        """Why a client change cannot be accepted in this block, or None; cheapest first."""
+        c = op.change
+        if c.chain_id != self.chain_id:
+            return Refusal("config_wrong_chain", "the change names another chain")
+        if c.id in seen_here or (c.id in self.replay and self.replay[c.id] >= timestamp_ms):
+            return Refusal("config_duplicate", "this change already executed")
+        if c.expiry_ms < timestamp_ms:
+            return Refusal("config_expired", "the change expired before it was ordered")
+        if c.expiry_ms - timestamp_ms > CHANGE_TTL_MAX_MS:
+            return Refusal("config_expiry_too_far", "the change expires more than a week ahead")
+        refusal = check_client_key(c.client_key, self.member_keys)
+        if refusal is not None:
+            return refusal
+        if not self.member_keys:
+            return Refusal("config_no_quorum", "this state has no members to approve changes")
+        # Accepted earlier in this block: the latest accepted change for the key decides.
+        # (Changes of one block are few: a scan of them is cheaper than another map.)
+        later = self.will_be_admitted(c.client_key)
+        for p in recorded:
+            if p.client_key == c.client_key:
+                later = p.kind == ADMIT
+        if c.kind == ADMIT and later:
+            return Refusal("config_already_admitted", "the key is admitted (or will be)")
+        if c.kind != ADMIT and not later:
+            return Refusal("config_not_admitted", "the key is not admitted (or will not be)")
+        return check_approvals(c, op.approvals, self.member_keys, self.quorum)
 
     def apply(self, execution: Execution) -> None:
         for k, v in execution.writes.items():
@@ -162,6 +329,18 @@ class KeyValueState:
         for tid, exp in execution.consumed:
             self.replay[tid] = exp
             heapq.heappush(self._expiry_heap, (exp, tid))
+        for p in execution.activated:
+            first = self.pending.popleft()
+            assert first == p, "pending client changes apply in order"
+            if p.kind == ADMIT:
+                self.admitted[p.client_key] = p.label
+            else:
+                self.admitted.pop(p.client_key, None)
+            if self._pending_last.get(p.client_key) == p:
+                del self._pending_last[p.client_key]
+        for p in execution.recorded:
+            self.pending.append(p)
+            self._pending_last[p.client_key] = p
         self.state_root = execution.state_root
         self.last_timestamp_ms = execution.timestamp_ms
         self._prune(execution.timestamp_ms)

@@ -25,6 +25,9 @@ Rules and invariants:
   the commit unless the application already reflects it: the node applies as it executes (so the
   next batch of a step runs on top), and the state root, a hash chain with one value per
   position, tells how far the application is.
+- The admitted clients (`clients`, genesis clients at block 0) and the client changes waiting
+  for their effective height (`pending_client_changes`, in the order they were accepted) are
+  application state: written with the block that changes them, loaded at open.
 - The data directory is stamped with the chain id; a store of another network is refused.
 - Per-block work is proportional to the block (indexed lookups and inserts only); memory holds
   the application state and the replay set, nothing else that grows with the chain.
@@ -38,7 +41,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from consortium.crypto.codec import WireFormatError, unpack_canonical
+from consortium.crypto.codec import WireFormatError, pack, unpack_canonical
+from consortium.ledger.admission import ADMIT, PendingChange
 from consortium.ledger.block import (
     Block,
     BlockHeader,
@@ -84,6 +88,14 @@ _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS kv (key BLOB PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID",
     "CREATE TABLE IF NOT EXISTS records (key BLOB PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID",
 )
+# Admitted clients, added after format 2 first shipped: a store without them is given them at
+# open (it can only have the genesis clients: nothing could change them before).
+_CLIENT_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS clients (key BLOB PRIMARY KEY, label TEXT NOT NULL) WITHOUT ROWID",
+    """CREATE TABLE IF NOT EXISTS pending_client_changes (
+        seq INTEGER PRIMARY KEY, change_id BLOB NOT NULL UNIQUE, value BLOB NOT NULL
+    )""",
+)
 
 # The first occurrence of an id is recorded; only an executed occurrence may replace one that
 # did not execute, and nothing replaces an executed one.
@@ -119,9 +131,7 @@ class BlockStore:
         self.fsync_count = 0
         self.last_commit_s = 0.0  # how long the last save's COMMIT (its fsync) took
         self._head: BlockHeader = genesis_block(genesis).header
-        self.app = KeyValueState(
-            genesis.chain_id, genesis.params, genesis.client_keys(), self._head.state_root
-        )
+        self.app = KeyValueState.for_genesis(genesis, self._head.state_root)
 
     # --- opening ----------------------------------------------------------------------------
 
@@ -178,6 +188,8 @@ class BlockStore:
                 if self._create():
                     self.fsync_count += 1
             self._check_meta()
+            if "clients" not in tables and "meta" in tables:
+                self._add_client_tables()
             self._load_head()
             if verify:
                 self._verify_chain()
@@ -190,11 +202,12 @@ class BlockStore:
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
-            for statement in _SCHEMA:
+            for statement in _SCHEMA + _CLIENT_SCHEMA:
                 db.execute(statement)
             if db.execute("SELECT 1 FROM meta WHERE key = 'chain_id'").fetchone() is not None:
                 db.execute("ROLLBACK")
                 return False
+            self._insert_genesis_clients()
             g = genesis_block(self.genesis)
             db.executemany(
                 "INSERT INTO meta (key, value) VALUES (?, ?)",
@@ -213,6 +226,29 @@ class BlockStore:
             self._rollback()
             raise
         return True
+
+    def _insert_genesis_clients(self) -> None:
+        self._db.executemany(
+            "INSERT INTO clients (key, label) VALUES (?, ?)",
+            [(c.public_key, c.name) for c in self.genesis.clients],
+        )
+
+    def _add_client_tables(self) -> None:
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            exists = db.execute(
+                "SELECT 1 FROM sqlite_master WHERE type='table' AND name='clients'"
+            ).fetchone()
+            for statement in _CLIENT_SCHEMA:
+                db.execute(statement)
+            if exists is None:
+                self._insert_genesis_clients()
+            db.execute("COMMIT")
+        except BaseException:
+            self._rollback()
+            raise
+        self.fsync_count += 1
 
     def _meta(self, key: str) -> object:
         row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
@@ -309,11 +345,23 @@ class BlockStore:
                 "SELECT tx_id, expiry_ms FROM replay WHERE expiry_ms >= ?", (head.timestamp_ms,)
             )
         }
-        self.app = KeyValueState(
-            self.genesis.chain_id,
-            self.genesis.params,
-            self.genesis.client_keys(),
+        admitted = {
+            bytes(k): str(label) for k, label in db.execute("SELECT key, label FROM clients")
+        }
+        try:
+            pending = [
+                PendingChange.from_array(unpack_canonical(bytes(v)))
+                for (v,) in db.execute("SELECT value FROM pending_client_changes ORDER BY seq")
+            ]
+        except WireFormatError as exc:
+            raise self._damaged(
+                head.height, f"a pending client change does not decode ({exc})"
+            ) from None
+        self.app = KeyValueState.for_genesis(
+            self.genesis,
             head.state_root,
+            admitted=admitted,
+            pending=pending,
             kv=kv,
             replay=replay,
             last_timestamp_ms=head.timestamp_ms,
@@ -572,6 +620,25 @@ class BlockStore:
         )
         db.executemany(
             "DELETE FROM kv WHERE key = ?", [(k,) for k, v in execution.writes.items() if v is None]
+        )
+        if execution.activated or execution.recorded:
+            self._write_client_changes(execution)
+
+    def _write_client_changes(self, execution: Execution) -> None:
+        db = self._db
+        for p in execution.activated:
+            db.execute("DELETE FROM pending_client_changes WHERE change_id = ?", (p.change_id,))
+            if p.kind == ADMIT:
+                db.execute(
+                    "INSERT INTO clients VALUES (?, ?) "
+                    "ON CONFLICT (key) DO UPDATE SET label = excluded.label",
+                    (p.client_key, p.label),
+                )
+            else:
+                db.execute("DELETE FROM clients WHERE key = ?", (p.client_key,))
+        db.executemany(
+            "INSERT INTO pending_client_changes (change_id, value) VALUES (?, ?)",
+            [(p.change_id, pack(p.to_array())) for p in execution.recorded],
         )
 
     def append_blocks(self, items: list[BlockItem]) -> None:

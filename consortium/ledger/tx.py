@@ -13,6 +13,9 @@ Operations (the default key-value application):
                                              value equals expected (nil: the key is absent);
                                              otherwise the whole transaction is rejected
     ["get", key]                             read key, ordered like any write
+    ["config", change, [[member_key, sig]...]] admit or revoke a client key, approved by a quorum
+                                             of members (ledger/admission.py); it must be the
+                                             transaction's only operation
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from consortium.crypto.codec import (
 from consortium.crypto.hashing import sha256
 from consortium.crypto.keys import KeyPair
 from consortium.crypto.signing import Domain, Signer, Verifier
+from consortium.ledger.admission import Approval, ClientChange, decode_approvals
 from consortium.ledger.genesis import Params
 
 NONCE_BYTES_MAX = 32
@@ -60,7 +64,13 @@ class Get:
     key: bytes
 
 
-Op = Put | Delete | CompareAndSet | Get
+@dataclass(frozen=True, slots=True)
+class ConfigChange:
+    change: ClientChange
+    approvals: tuple[Approval, ...]
+
+
+Op = Put | Delete | CompareAndSet | Get | ConfigChange
 
 
 def op_to_array(op: Op) -> list[Any]:
@@ -73,6 +83,8 @@ def op_to_array(op: Op) -> list[Any]:
             return ["cas", k, e, n]
         case Get(key=k):
             return ["get", k]
+        case ConfigChange(change=c, approvals=a):
+            return ["config", c.body, [list(x) for x in a]]
 
 
 def op_from_array(v: Any, params: Params) -> Op:
@@ -91,6 +103,8 @@ def op_from_array(v: Any, params: Params) -> Op:
         return CompareAndSet(as_bytes(arr[1], "key", max_len=kmax), exp, new)
     if kind == "get" and len(arr) == 2:
         return Get(as_bytes(arr[1], "key", max_len=kmax))
+    if kind == "config" and len(arr) == 3:
+        return ConfigChange(ClientChange.decode(arr[1]), decode_approvals(arr[2]))
     raise WireFormatError(f"op: unknown operation {str(kind)[:16]!r} or wrong arity")
 
 
@@ -165,4 +179,6 @@ def _decode_cached(body: bytes, sig: bytes, params: Params) -> Transaction:
     if not 0 < len(ops_v) <= params.ops_per_tx_max:
         raise WireFormatError(f"ops: a transaction has 1..{params.ops_per_tx_max} operations")
     ops = tuple(op_from_array(o, params) for o in ops_v)
+    if len(ops) > 1 and any(isinstance(o, ConfigChange) for o in ops):
+        raise WireFormatError("ops: a config operation must be the transaction's only operation")
     return Transaction(body, sig, sha256(body), chain_id, client_key, nonce, expiry_ms, ops)

@@ -10,6 +10,7 @@ so status travels as a JSON string).
                ["block", req_id, height]           a stored block (raw), or nil
                ["status", req_id]                  a JSON string
                ["watch", req_id, [tx_id, ...]]     push these receipts when they execute
+               ["clients", req_id]                 the admitted clients and pending changes
     replies    [req_id, "ok", payload] | [req_id, "error", message]      (req_id >= 1)
     pushes     [0, "receipt", bundle]
                [0, "receipts", [header, block_signature, tree_size, [[receipt, proof], ...]]]
@@ -28,6 +29,9 @@ body = block_signature_body(height, header.hash, signer) under Domain.BLOCK. Whe
 executes, a member pushes every receipt a connection watches in that block in ONE "receipts"
 frame: the header and block signature once, then each receipt with its proof (each entry and
 the shared parts make exactly the bundle above; `BlockReceipts.bundles`).
+A clients reply is [height, [[key, label], ...], [pending change, ...], admitted count]: the
+admitted clients at our head (sorted by key, at most CLIENTS_LISTED_MAX of them) and the client
+changes waiting for their effective height (ledger/admission.py, PendingChange.to_array).
 A read reply is [key, value|nil, height, block_hash, signer, sig] with sig over
 pack(["read", key, value, height, block_hash, signer]) under Domain.READ.
 
@@ -67,6 +71,7 @@ from consortium.crypto.codec import (
 )
 from consortium.crypto.merkle import MerkleTree, verify_inclusion
 from consortium.crypto.signing import Domain, Signer, Verifier
+from consortium.ledger.admission import PendingChange
 from consortium.ledger.block import Block, BlockHeader, Receipt
 from consortium.ledger.certificates import VOTE_BODY_BYTES_MAX, SignedVote, block_signature_body
 from consortium.ledger.genesis import Genesis, Params
@@ -74,6 +79,7 @@ from consortium.node.framing import FrameError, FrameReader, encode_frames, take
 from consortium.node.logs import RateLimitedLog
 
 PUSH = 0  # the req_id of server pushes
+CLIENTS_LISTED_MAX = 100_000
 TX_IDS_PER_REQUEST_MAX = 10_000
 TXS_PER_REQUEST_MAX = 100_000
 KEY_BYTES_MAX = 4096
@@ -132,6 +138,11 @@ class TransferRequest:
     target: int
 
 
+@dataclass(frozen=True, slots=True)
+class ClientsRequest:
+    req_id: int
+
+
 Request = (
     SubmitRequest
     | ReceiptRequest
@@ -140,6 +151,7 @@ Request = (
     | StatusRequest
     | WatchRequest
     | TransferRequest
+    | ClientsRequest
 )
 
 
@@ -167,6 +179,8 @@ def encode_request(request: Request) -> bytes:
             return pack(["watch", r, list(ids)])
         case TransferRequest(req_id=r, target=t):
             return pack(["transfer", r, t])
+        case ClientsRequest(req_id=r):
+            return pack(["clients", r])
 
 
 def decode_request(frame: bytes, frame_bytes_max: int) -> Request:
@@ -209,9 +223,44 @@ def decode_request(frame: bytes, frame_bytes_max: int) -> Request:
         if method == "transfer":
             as_list(msg, 3, "transfer")
             return TransferRequest(req_id, as_int(msg[2], "target", hi=1 << 16))
+        if method == "clients":
+            as_list(msg, 2, "clients")
+            return ClientsRequest(req_id)
         raise WireFormatError(f"unknown method {method!r}")
     except WireFormatError as exc:
         raise RequestError(str(exc), req_id) from None
+
+
+@dataclass(frozen=True, slots=True)
+class ClientList:
+    """One member's answer to "clients"."""
+
+    height: int
+    admitted: tuple[tuple[bytes, str], ...]  # sorted by key
+    pending: tuple[PendingChange, ...]
+    admitted_count: int  # may exceed len(admitted) (CLIENTS_LISTED_MAX)
+
+    def to_array(self) -> list[Any]:
+        return [
+            self.height,
+            [[k, label] for k, label in self.admitted],
+            [p.to_array() for p in self.pending],
+            self.admitted_count,
+        ]
+
+    @classmethod
+    def from_array(cls, v: Any) -> ClientList:
+        a = as_list(v, 4, "clients reply")
+        admitted = []
+        for item in as_list(a[1], what="admitted clients"):
+            pair = as_list(item, 2, "admitted client")
+            admitted.append((as_bytes(pair[0], "client key", size=32), as_str(pair[1], "label")))
+        return cls(
+            as_int(a[0], "height"),
+            tuple(admitted),
+            tuple(PendingChange.from_array(p) for p in as_list(a[2], what="pending changes")),
+            as_int(a[3], "admitted count"),
+        )
 
 
 # --- receipt bundles -------------------------------------------------------------------------

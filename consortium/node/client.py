@@ -57,6 +57,7 @@ from consortium.node.api import (
     PUSH,
     BlockReceipts,
     Bundle,
+    ClientList,
     ErrorReply,
     OkReply,
     ReadReply,
@@ -695,6 +696,14 @@ class ConsortiumClient:
         payload = await self._request(member, "status", timeout_s=timeout_s)
         try:
             return decode_status(payload)
+        except WireFormatError as exc:
+            raise ClientError(f"member {member}: {exc}") from None
+
+    async def clients(self, member: int, timeout_s: float = 2.0) -> ClientList:
+        """One member's admitted clients and pending client changes, at its head."""
+        payload = await self._request(member, "clients", timeout_s=timeout_s)
+        try:
+            return ClientList.from_array(payload)
         except WireFormatError as exc:
             raise ClientError(f"member {member}: {exc}") from None
 

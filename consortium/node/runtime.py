@@ -134,7 +134,6 @@ class Node:
         self._ratelog = RateLimitedLog(self.log)
         self.metrics = NodeMetrics(started_ms=int(time.time() * 1000))
         self.tx_cache = TxSignatureCache(ed25519)  # client signatures, counted there
-        self.client_keys = genesis.client_keys()
 
         config.data_dir.mkdir(parents=True, exist_ok=True)
         self.store = BlockStore.open(config.store_path, genesis)

@@ -2,14 +2,19 @@
 
 submit   each transaction is checked before it reaches the core, cheapest check first, and
          rejected with a reason that changes nothing: malformed, wrong_chain, unknown_client,
-         expired, bad_signature. An id already committed is answered with its FIRST receipt
-         (never a later duplicate's). Otherwise it is accepted: the connection is told its
-         receipt when the block holding it executes.
+         expired, bad_signature. unknown_client is judged against the admitted clients at our
+         head (application state, a dict lookup); a key whose admission is pending is refused
+         with "unknown_client: admitted at height E" (not final: it will be admitted), and a
+         client change (which a member may submit too) must carry a valid quorum of approvals.
+         An id already committed is answered with its FIRST receipt (never a later
+         duplicate's). Otherwise it is accepted: the connection is told its receipt when the
+         block holding it executes.
 receipt  the first receipt of an id, with its Merkle proof, header and our block signature
 get      a fast-path read: our current value of a key, signed with the height and block hash
          it was read at (a client accepts it at a quorum of matching replies)
 block    a stored block with its certificate and block signatures
 status   what `consortium status` shows
+clients  the admitted clients at our head and the pending client changes
 """
 
 from __future__ import annotations
@@ -20,7 +25,8 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from consortium.crypto.codec import WireFormatError
-from consortium.ledger.tx import Transaction
+from consortium.ledger.admission import check_approvals, check_client_key
+from consortium.ledger.tx import ConfigChange, Transaction
 from consortium.node import api
 from consortium.node.runtime import ReadRefused
 
@@ -74,6 +80,8 @@ class ClientService:
                 conn.reply(request.req_id, self._block(request.height))
             case api.StatusRequest():
                 conn.reply(request.req_id, self.node.status_json())
+            case api.ClientsRequest():
+                conn.reply(request.req_id, self._clients().to_array())
             case api.WatchRequest():
                 for tx_id in request.tx_ids:
                     bundle = self._receipt_bundle(tx_id)
@@ -109,6 +117,7 @@ class ClientService:
                 decoded.append(str(exc))
         # One indexed query for the whole request: which ids are in the ledger already.
         known = node.store.known_tx_ids([t.id for t in decoded if isinstance(t, Transaction)])
+        admitted = node.app.admitted
         for tx in decoded:
             if isinstance(tx, str):
                 verdicts.append([b"", "rejected", f"malformed: {tx}"])
@@ -123,8 +132,8 @@ class ClientService:
             reason = ""
             if tx.chain_id != node.chain_id:
                 reason = "wrong_chain"
-            elif tx.client_key not in node.client_keys:
-                reason = "unknown_client"
+            elif tx.client_key not in admitted or isinstance(tx.ops[0], ConfigChange):
+                reason = self._admission_check(tx)
             elif tx.expiry_ms < now_ms:
                 reason = "expired"
             if reason:
@@ -154,6 +163,29 @@ class ClientService:
                     node.metrics.rejected_at_submit.get(key, 0) + 1
                 )
         conn.reply(request.req_id, verdicts)
+
+    def _admission_check(self, tx: Transaction) -> str:
+        """The rare path of the client check: a key not admitted now, or a client change."""
+        app = self.node.app
+        op = tx.ops[0]
+        if isinstance(op, ConfigChange):
+            if tx.client_key not in app.admitted and tx.client_key not in app.member_keys:
+                return "unknown_client"
+            refusal = check_client_key(op.change.client_key, app.member_keys) or check_approvals(
+                op.change, op.approvals, app.member_keys, app.quorum
+            )
+            return "" if refusal is None else f"{refusal.reason}: {refusal.detail}"
+        pending = app.pending_admission(tx.client_key)
+        if pending is not None:
+            return f"unknown_client: admitted at height {pending.effective_height}"
+        return "unknown_client"
+
+    def _clients(self) -> api.ClientList:
+        app = self.node.app
+        listed = sorted(app.admitted.items())[: api.CLIENTS_LISTED_MAX]
+        return api.ClientList(
+            self.node.store.height, tuple(listed), tuple(app.pending), len(app.admitted)
+        )
 
     def _receipt_bundle(self, tx_id: bytes) -> list[Any] | None:
         return self.node.first_receipt_bundle(tx_id)

@@ -86,11 +86,8 @@ class ChainBuilder:
 
     def __post_init__(self) -> None:
         self.head = genesis_block(self.genesis).header
-        self.app = KeyValueState(
-            self.genesis.chain_id,
-            self.genesis.params,
-            self.genesis.client_keys(),
-            genesis_state_root(self.genesis.chain_id),
+        self.app = KeyValueState.for_genesis(
+            self.genesis, genesis_state_root(self.genesis.chain_id)
         )
 
     def tx(self, *ops: Op, expiry_ms: int | None = None, signer: KeyPair = CLIENT) -> Transaction:

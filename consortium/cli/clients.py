@@ -1,0 +1,454 @@
+"""`consortium client`: admit and revoke client keys while the network runs.
+
+The flow for members of several organisations (docs/clients-admission.md):
+
+    consortium client keygen --out app.pem                  # the new client, on its machine
+    consortium client propose-admit --key app.pub --label acme-app --home MEMBER_HOME \\
+        --out admit-acme.json                               # anyone with the genesis file
+    consortium client sign admit-acme.json --home MEMBER_HOME   # each member, on its machine
+    consortium client submit admit-*.json --home MEMBER_HOME    # merges copies, submits
+    consortium client list --home MEMBER_HOME               # admitted, pending, effective at
+
+A proposal is a JSON file holding the change body (what members sign) and the approvals
+collected so far; it carries no secret, so it can travel by e-mail or a ticket.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Annotated, Any
+
+import trio
+import typer
+
+from consortium.cli.network import NetworkError, load_client_setup
+from consortium.crypto.keys import InvalidKeyError, KeyPair, validate_public_key
+from consortium.crypto.signing import Ed25519Signer
+from consortium.ledger.admission import (
+    ADMIT,
+    CHANGE_TTL_MAX_MS,
+    REVOKE,
+    ChangeKind,
+    ClientChange,
+    Proposal,
+    ProposalError,
+    check_approvals,
+    check_client_key,
+    effective_height,
+)
+from consortium.ledger.genesis import Genesis, GenesisError
+from consortium.node.config import ConfigError
+
+clients_app = typer.Typer(
+    help="Admit and revoke client keys (a change approved by a quorum of members).",
+    no_args_is_help=True,
+)
+
+EXIT_USAGE = 2
+EXIT_FAILED = 1
+EXIT_PENDING = 3
+
+NetOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--net", envvar="CONSORTIUM_NET", help="Network directory written by `consortium init`."
+    ),
+]
+HomeOpt = Annotated[Path | None, typer.Option("--home", help="A member's home directory.")]
+GenesisOpt = Annotated[Path | None, typer.Option("--genesis", help="The network's genesis.json.")]
+
+
+def _fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def _genesis(net: Path | None, home: Path | None, genesis_path: Path | None) -> Genesis:
+    """The genesis file from --genesis, else --home's config/genesis.json, else --net."""
+    try:
+        if genesis_path is not None:
+            return Genesis.load(genesis_path)
+        if home is not None:
+            return Genesis.load(home / "config" / "genesis.json")
+        if net is not None:
+            return load_client_setup(net).genesis
+    except (GenesisError, NetworkError) as exc:
+        raise _fail(str(exc)) from None
+    raise _fail("say which network: --home MEMBER_HOME, --net DIR or --genesis FILE")
+
+
+def _passphrase() -> bytes | None:
+    p = os.environ.get("CONSORTIUM_KEY_PASSPHRASE")
+    return p.encode() if p else None
+
+
+def _member_key(home: Path) -> tuple[Genesis, KeyPair]:
+    from consortium.node.config import load_identity
+
+    try:
+        identity = load_identity(home, _passphrase())
+    except ConfigError as exc:
+        raise _fail(str(exc)) from None
+    return identity.genesis, identity.keys
+
+
+def parse_public_key(text: str) -> bytes:
+    """64 hex characters, a file holding them, or a PEM private key file (its public key);
+    the key must be a valid Ed25519 key of prime order."""
+    raw: bytes | None = None
+    candidate = text.strip()
+    if len(candidate) == 64:
+        try:
+            raw = bytes.fromhex(candidate)
+        except ValueError:
+            raw = None
+    if raw is None:
+        path = Path(text)
+        if not path.is_file():
+            raise InvalidKeyError(
+                f"--key {text!r}: give 64 hex characters (an Ed25519 public key), a file "
+                "holding them, or the client's PEM key file"
+            )
+        data = path.read_bytes()
+        if b"PRIVATE KEY" in data:
+            raw = KeyPair.load(path, _passphrase()).public
+        else:
+            try:
+                raw = bytes.fromhex(data.decode(errors="replace").strip())
+            except ValueError:
+                raw = b""
+            if len(raw) != 32:
+                raise InvalidKeyError(
+                    f"{path}: expected 64 hex characters (an Ed25519 public key) or a PEM key"
+                )
+    return validate_public_key(raw)
+
+
+@clients_app.command("keygen")
+def keygen(
+    out: Annotated[Path, typer.Option("--out", help="Where to write the new key (PEM, 0600).")],
+) -> None:
+    """Make a new client key; prints its public key, which members then admit."""
+    if out.exists():
+        raise _fail(f"{out} exists; choose another --out (a key is never overwritten)")
+    keys = KeyPair.generate()
+    keys.save(out, _passphrase())
+    out.with_name(out.name + ".pub").write_text(keys.public.hex() + "\n")
+    typer.echo(keys.public.hex())
+    typer.echo(f"wrote {out} (private, mode 0600) and {out}.pub (the public key to admit)")
+
+
+def _propose(
+    kind: ChangeKind,
+    key: str,
+    label: str,
+    out: Path,
+    expires_in_h: float,
+    net: Path | None,
+    home: Path | None,
+    genesis_path: Path | None,
+) -> None:
+    genesis = _genesis(net, home, genesis_path)
+    try:
+        client_key = parse_public_key(key)
+    except InvalidKeyError as exc:
+        raise _fail(str(exc)) from None
+    members = [m.public_key for m in genesis.members]
+    refusal = check_client_key(client_key, members)
+    if refusal is not None:
+        raise _fail(f"--key: {refusal.detail}")
+    if len(label) > 64:
+        raise _fail("--label: at most 64 characters")
+    ttl_ms = int(expires_in_h * 3600 * 1000)
+    if not 0 < ttl_ms <= CHANGE_TTL_MAX_MS:
+        raise _fail(f"--expires-in-hours must be in (0, {CHANGE_TTL_MAX_MS // 3_600_000}]")
+    if out.exists():
+        raise _fail(f"{out} exists; choose another --out")
+    change = ClientChange.create(
+        genesis.chain_id,
+        kind,
+        client_key,
+        label,
+        secrets.token_bytes(16),
+        int(time.time() * 1000) + ttl_ms,
+    )
+    Proposal(change).save(out)
+    typer.echo(f"wrote {out}: {change.describe()}")
+    typer.echo(
+        f"it needs {genesis.quorum} of {genesis.n} member approvals before "
+        f"{time.strftime('%Y-%m-%d %H:%M %Z', time.localtime(change.expiry_ms / 1000))}; "
+        f"each member runs: consortium client sign {out} --home MEMBER_HOME"
+    )
+
+
+KeyOpt = Annotated[
+    str,
+    typer.Option(
+        "--key", help="The client's public key: 64 hex characters, a .pub file or its PEM file."
+    ),
+]
+LabelOpt = Annotated[str, typer.Option("--label", help="A name for operators (<= 64 chars).")]
+OutOpt = Annotated[Path, typer.Option("--out", help="The proposal file to write.")]
+ExpiresOpt = Annotated[
+    float, typer.Option("--expires-in-hours", help="How long members have to approve it.")
+]
+
+
+@clients_app.command("propose-admit")
+def propose_admit(
+    key: KeyOpt,
+    out: OutOpt,
+    label: LabelOpt = "",
+    expires_in_hours: ExpiresOpt = 48.0,
+    net: NetOpt = None,
+    home: HomeOpt = None,
+    genesis: GenesisOpt = None,
+) -> None:
+    """Write a proposal to admit a client key (no member has approved it yet)."""
+    _propose(ADMIT, key, label, out, expires_in_hours, net, home, genesis)
+
+
+@clients_app.command("propose-revoke")
+def propose_revoke(
+    key: KeyOpt,
+    out: OutOpt,
+    label: LabelOpt = "",
+    expires_in_hours: ExpiresOpt = 48.0,
+    net: NetOpt = None,
+    home: HomeOpt = None,
+    genesis: GenesisOpt = None,
+) -> None:
+    """Write a proposal to revoke a client key."""
+    _propose(REVOKE, key, label, out, expires_in_hours, net, home, genesis)
+
+
+def _load(path: Path, genesis: Genesis) -> Proposal:
+    try:
+        proposal = Proposal.load(path)
+    except ProposalError as exc:
+        raise _fail(str(exc)) from None
+    if proposal.change.chain_id != genesis.chain_id:
+        raise _fail(
+            f"{path}: the change is for network {proposal.change.chain_id.hex()[:12]}…, this "
+            f"genesis is {genesis.chain_id.hex()[:12]}…; use that network's genesis"
+        )
+    return proposal
+
+
+def _names(genesis: Genesis) -> dict[bytes, str]:
+    return {m.public_key: m.name for m in genesis.members}
+
+
+@clients_app.command("sign")
+def sign(
+    proposal_path: Annotated[Path, typer.Argument(help="The proposal file.")],
+    home: Annotated[Path, typer.Option("--home", help="Your member's home (its key signs).")],
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Write here instead of updating the file.")
+    ] = None,
+) -> None:
+    """Approve a proposal with your member key (run it on your own machine); read what it
+    says first: the command prints the change it signs."""
+    genesis, keys = _member_key(home)
+    proposal = _load(proposal_path, genesis)
+    change = proposal.change
+    if change.expiry_ms < time.time() * 1000:
+        raise _fail(f"{proposal_path}: the proposal expired; ask for a new one")
+    refusal = check_client_key(change.client_key, [m.public_key for m in genesis.members])
+    if refusal is not None:
+        raise _fail(f"{proposal_path}: {refusal.detail}; do not sign it")
+    proposal.add(change.approve(Ed25519Signer(keys)))
+    target = out or proposal_path
+    proposal.save(target, _names(genesis))
+    name = _names(genesis)[keys.public]
+    typer.echo(f"{name} approved: {change.describe()}")
+    typer.echo(
+        f"{target}: {len(proposal.approvals)} of {genesis.quorum} needed approvals "
+        f"(change id {change.id.hex()[:16]}…)"
+    )
+
+
+@clients_app.command("submit")
+def submit(
+    proposals: Annotated[
+        list[Path], typer.Argument(help="The proposal file, or several signed copies of it.")
+    ],
+    net: NetOpt = None,
+    client: Annotated[
+        int, typer.Option(help="With --net: which client key of client.toml submits (1-based).")
+    ] = 1,
+    home: Annotated[
+        Path | None, typer.Option("--home", help="Submit with this member's key instead.")
+    ] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the receipt.")] = 20.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Merge the approvals of the given copies, check them, and submit the change; prints the
+    height at which it takes effect (the first checkpoint after its block)."""
+    from consortium.ledger.tx import ConfigChange
+    from consortium.node.client import ConsortiumClient
+
+    if home is not None:
+        genesis, keys = _member_key(home)
+    elif net is not None:
+        try:
+            setup = load_client_setup(net)
+            if not 1 <= client <= len(setup.key_paths):
+                raise _fail(f"--client must be 1..{len(setup.key_paths)}")
+            genesis, keys = setup.genesis, setup.keys()[client - 1]
+        except (NetworkError, GenesisError, InvalidKeyError) as exc:
+            raise _fail(str(exc)) from None
+    else:
+        raise _fail("submit with a member key (--home MEMBER_HOME) or a client key (--net DIR)")
+    proposal = _load(proposals[0], genesis)
+    for path in proposals[1:]:
+        try:
+            proposal.merge(_load(path, genesis), str(path))
+        except ProposalError as exc:
+            raise _fail(str(exc)) from None
+    members = [m.public_key for m in genesis.members]
+    change = proposal.change
+    refusal = check_client_key(change.client_key, members) or check_approvals(
+        change, proposal.approval_list(), members, genesis.quorum
+    )
+    if refusal is not None:
+        raise _fail(f"{refusal.detail}; nothing submitted", EXIT_FAILED)
+    op = ConfigChange(change, proposal.approval_list())
+
+    async def main() -> Any:
+        async with ConsortiumClient(genesis, keys) as c:
+            tx = c.make_tx([op])
+            (outcome,) = await c.submit_and_wait([tx], timeout_s=timeout)
+            return outcome
+
+    outcome = trio.run(main)
+    receipt = outcome.receipt
+    doc: dict[str, Any] = {
+        "change_id": change.id.hex(),
+        "change": change.describe(),
+        "tx_id": outcome.tx_id.hex(),
+        "status": outcome.status,
+        "reason": outcome.reason,
+        "height": outcome.height,
+        "receipt": None
+        if receipt is None
+        else {"status": receipt.status, "reason": receipt.reason},
+        "effective_height": None,
+    }
+    if receipt is not None and receipt.status == "ok" and outcome.height is not None:
+        doc["effective_height"] = effective_height(
+            outcome.height, genesis.params.checkpoint_interval
+        )
+    if as_json:
+        typer.echo(json.dumps(doc, indent=2))
+    elif outcome.status == "pending":
+        typer.echo(f"pending: {outcome.reason}; submitting the same files again is safe")
+    elif outcome.status == "rejected":
+        typer.echo(f"refused at submit: {outcome.reason}")
+    elif receipt is not None and receipt.status != "ok":
+        typer.echo(f"committed at height {outcome.height} but refused: {receipt.reason}")
+    else:
+        typer.echo(
+            f"accepted at height {outcome.height}: {change.describe()}; takes effect at height "
+            f"{doc['effective_height']} (the first checkpoint after it)"
+        )
+    if outcome.status == "pending":
+        raise typer.Exit(EXIT_PENDING)
+    if doc["effective_height"] is None:
+        raise typer.Exit(EXIT_FAILED)
+
+
+@clients_app.command("list")
+def list_clients(
+    net: NetOpt = None,
+    home: HomeOpt = None,
+    genesis_path: GenesisOpt = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for each member.")] = 2.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """The admitted clients and the pending changes with their effective height, as the
+    members report them (pbft: the answer f+1 members agree on)."""
+    from consortium.node.api import ClientList
+    from consortium.node.client import ClientError, ConsortiumClient
+
+    genesis = _genesis(net, home, genesis_path)
+
+    async def main() -> dict[int, ClientList | str]:
+        answers: dict[int, ClientList | str] = {}
+        async with ConsortiumClient(genesis) as c:
+
+            async def one(i: int) -> None:
+                try:
+                    answers[i] = await c.clients(i, timeout_s=timeout)
+                except ClientError as exc:
+                    answers[i] = str(exc)
+
+            async with trio.open_nursery() as nursery:
+                for i in range(genesis.n):
+                    nursery.start_soon(one, i)
+        return answers
+
+    answers = trio.run(main)
+    lists = {i: a for i, a in answers.items() if isinstance(a, ClientList)}
+    groups = Counter((a.admitted, a.pending, a.admitted_count) for a in lists.values())
+    needed = genesis.f + 1 if genesis.mode == "pbft" else 1
+    if not groups:
+        raise _fail(
+            "no member answered: " + "; ".join(str(a) for a in answers.values()), EXIT_FAILED
+        )
+    (admitted, pending, count), agreeing = groups.most_common(1)[0]
+    heights = sorted(
+        a.height for a in lists.values() if (a.admitted, a.pending) == (admitted, pending)
+    )
+    doc = {
+        "agreed_by": agreeing,
+        "members": genesis.n,
+        "heights": [heights[0], heights[-1]],
+        "checkpoint_interval": genesis.params.checkpoint_interval,
+        "admitted_count": count,
+        "admitted": [{"public_key": k.hex(), "label": label} for k, label in admitted],
+        "pending": [
+            {
+                "kind": p.kind,
+                "public_key": p.client_key.hex(),
+                "label": p.label,
+                "effective_height": p.effective_height,
+                "change_id": p.change_id.hex(),
+            }
+            for p in pending
+        ],
+        "unreachable": {
+            genesis.members[i].name: a for i, a in answers.items() if isinstance(a, str)
+        },
+    }
+    if as_json:
+        typer.echo(json.dumps(doc, indent=2))
+    else:
+        typer.echo(
+            f"admitted clients: {count} (agreed by {agreeing} of {genesis.n} members, at heights "
+            f"{heights[0]}..{heights[-1]})"
+        )
+        for k, label in admitted:
+            typer.echo(f"  {k.hex()}  {label}")
+        if count > len(admitted):
+            typer.echo(f"  … and {count - len(admitted)} more")
+        typer.echo(f"pending changes: {len(pending) or 'none'}")
+        for p in pending:
+            typer.echo(
+                f"  {p.kind:<6} {p.client_key.hex()}  {p.label}  effective at height "
+                f"{p.effective_height} (ledger at {heights[-1]})"
+            )
+        for name, why in doc["unreachable"].items():  # type: ignore[attr-defined]
+            typer.echo(f"  {name}: {why}", err=True)
+    if agreeing < needed:
+        typer.echo(
+            f"warning: only {agreeing} members agree ({needed} needed to trust the answer); "
+            "members may be at different heights, try again",
+            err=True,
+        )
+        raise typer.Exit(EXIT_FAILED)

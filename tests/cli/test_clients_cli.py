@@ -1,0 +1,83 @@
+"""`consortium client`: operator mistakes are clear errors, and nothing is signed or submitted
+that the network would refuse."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from consortium.cli.main import app
+from consortium.cli.network import init_network
+from consortium.crypto.keys import KeyPair
+
+SMALL_ORDER = "0100000000000000000000000000000000000000000000000000000000000000"
+
+
+@pytest.fixture
+def net(tmp_path: Path) -> Path:
+    directory = tmp_path / "net"
+    init_network(directory, members=4, clients=1)
+    return directory
+
+
+def run(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(app, list(args))
+    return result.exit_code, result.output
+
+
+def test_a_small_order_or_malformed_key_is_refused_when_proposed(net: Path, tmp_path: Path) -> None:
+    out = tmp_path / "p.json"
+    code, text = run(
+        "client", "propose-admit", "--key", SMALL_ORDER, "--net", str(net), "--out", str(out)
+    )
+    assert code == 2 and "small-order" in text and not out.exists()
+    code, text = run("client", "propose-admit", "--key", "zz", "--net", str(net), "--out", str(out))
+    assert code == 2 and "64 hex characters" in text
+    member = (net / "nodes" / "n1" / "config" / "genesis.json").read_text()
+    member_key = json.loads(member)["members"][0]["public_key"]
+    code, text = run(
+        "client", "propose-admit", "--key", member_key, "--net", str(net), "--out", str(out)
+    )
+    assert code == 2 and "a member's key" in text
+
+
+def test_sign_and_submit_refuse_what_the_network_would(net: Path, tmp_path: Path) -> None:
+    key = KeyPair.generate().public.hex()
+    proposal = tmp_path / "p.json"
+    code, text = run(
+        "client",
+        "propose-admit",
+        "--key",
+        key,
+        "--label",
+        "x",
+        "--net",
+        str(net),
+        "--out",
+        str(proposal),
+    )
+    assert code == 0 and "needs 3 of 4 member approvals" in text, text
+    code, text = run("client", "sign", str(proposal), "--home", str(net / "nodes" / "n1"))
+    assert code == 0 and "1 of 3 needed approvals" in text, text
+    code, text = run("client", "sign", str(proposal), "--home", str(net / "nodes" / "n1"))
+    assert code == 0 and "1 of 3 needed approvals" in text  # signing twice counts once
+    code, text = run("client", "submit", str(proposal), "--net", str(net))
+    assert (
+        code == 1 and "1 member signatures, 3 needed (genesis quorum); nothing submitted" in text
+    ), text
+
+    edited = tmp_path / "edited.json"
+    edited.write_text(proposal.read_text().replace('"label": "x"', '"label": "y"'))
+    code, text = run("client", "sign", str(edited), "--home", str(net / "nodes" / "n2"))
+    assert code == 2 and "the file was edited" in text
+
+    other = tmp_path / "other"
+    init_network(other, members=4, clients=1)
+    code, text = run("client", "sign", str(proposal), "--home", str(other / "nodes" / "n2"))
+    assert code == 2 and "use that network's genesis" in text
+
+    code, text = run("client", "submit", str(proposal))
+    assert code == 2 and "--home MEMBER_HOME" in text
