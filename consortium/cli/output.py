@@ -21,11 +21,14 @@ def endpoint_table(genesis: Genesis, directory: Path) -> None:
         )
 
 
-async def collect_status(genesis: Genesis, timeout_s: float) -> list[dict[str, Any]]:
+async def collect_status(
+    genesis: Genesis, timeout_s: float, options: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    """Every member's status; `options` are ConsortiumClient keyword arguments (TLS)."""
     from consortium.node.client import ConsortiumClient
 
     results: list[dict[str, Any]] = [{} for _ in genesis.members]
-    async with ConsortiumClient(genesis) as client:
+    async with ConsortiumClient(genesis, **(options or {})) as client:
 
         async def one(i: int) -> None:
             try:

@@ -11,6 +11,9 @@
     [log]
     level = "info"                  # debug | info | warning | error
     format = "text"                 # text | json
+    [tls]                           # optional, docs/tls.md: TLS 1.3, mutual, genesis keys pinned
+    peer = true                     # between members: every member must agree
+    client = true                   # on the client port: clients set tls = true in client.toml
 
 Unknown sections or keys and bad values are errors that name the file, the key and the fix. A
 node never generates its key: it loads config/node_key.pem and refuses to run unless that key is
@@ -40,6 +43,7 @@ _SCHEMA: dict[str, set[str]] = {
     "listen": {"peer", "client"},
     "peers": set(),  # free-form: member name -> address
     "log": {"level", "format"},
+    "tls": {"peer", "client"},
 }
 
 
@@ -53,6 +57,8 @@ class NodeConfig:
     peers: dict[str, tuple[str, int]] = field(default_factory=dict)
     log_level: str = "info"
     log_format: str = "text"
+    tls_peer: bool = False
+    tls_client: bool = False
 
     @property
     def config_dir(self) -> Path:
@@ -124,7 +130,27 @@ def load_config(home: Path) -> NodeConfig:
     fmt = log.get("format", "text")
     if fmt not in LOG_FORMATS:
         raise ConfigError(f"{path}: 'log.format' must be one of {', '.join(LOG_FORMATS)}")
-    return NodeConfig(home, name, data_dir, peer_listen, client_listen, peers, level, fmt)
+    tls = doc.get("tls", {})
+    tls_on: dict[str, bool] = {}
+    for key in ("peer", "client"):
+        value = tls.get(key, False)
+        if not isinstance(value, bool):
+            raise ConfigError(
+                f"{path}: 'tls.{key}' must be true or false (TLS on the {key} port), not {value!r}"
+            )
+        tls_on[key] = value
+    return NodeConfig(
+        home,
+        name,
+        data_dir,
+        peer_listen,
+        client_listen,
+        peers,
+        level,
+        fmt,
+        tls_peer=tls_on["peer"],
+        tls_client=tls_on["client"],
+    )
 
 
 def _address(table: dict[str, Any], key: str, path: Path, section: str) -> tuple[str, int]:
@@ -145,6 +171,7 @@ def write_config(
     client_listen: str,
     data_dir: str = "data",
     log_level: str = "info",
+    tls: bool = False,
 ) -> Path:
     path = config_path(home)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -159,6 +186,13 @@ def write_config(
         "[log]\n"
         f'level = "{log_level}"\n'
         'format = "text"\n'
+        + (
+            "\n[tls]  # TLS 1.3, mutual, keys pinned by genesis (docs/tls.md)\n"
+            "peer = true\n"
+            "client = true\n"
+            if tls
+            else ""
+        )
     )
     return path
 
