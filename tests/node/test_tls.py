@@ -405,3 +405,36 @@ def test_a_stranger_certificate_is_issued_by_the_public_issuer_like_any_other() 
     out is the pin, which the refusal tests above exercise."""
     seed = hashlib.sha256(b"consortium/tls-issuer/1" + CHAIN).digest()
     assert issuer_keys(CHAIN).seed() == seed
+
+
+def test_node_cert_shows_the_certificate_the_member_derives(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from consortium.cli.main import app
+
+    init_network(tmp_path / "net", members=4, clients=1, tls=True)
+    home = tmp_path / "net" / "nodes" / "n2"
+    out = tmp_path / "n2.pem"
+    result = CliRunner().invoke(app, ["node", "cert", "--home", str(home), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "9999-12-31" in result.output and "peer port on, client port on" in result.output
+    cert = x509.load_pem_x509_certificate(out.read_bytes())
+    genesis = load_client_setup(tmp_path / "net").genesis
+    assert certificate_public_key(cert.public_bytes(Encoding.DER)) == genesis.members[1].public_key
+    # A home whose key is not the member's: the same error as at start, not a certificate.
+    key = home / "config" / "node_key.pem"
+    key.unlink()
+    STRANGER.save(key)
+    result = CliRunner().invoke(app, ["node", "cert", "--home", str(home)])
+    assert result.exit_code == 2 and "key does not match" in result.output
+
+
+def test_a_bad_tls_value_in_client_toml_is_named(tmp_path: Path) -> None:
+    from consortium.cli.network import NetworkError
+
+    init_network(tmp_path / "net", members=4, clients=1)
+    toml = tmp_path / "net" / "client.toml"
+    toml.write_text(toml.read_text() + 'tls = "on"\n')
+    with pytest.raises(NetworkError, match="'tls' must be true or false") as info:
+        load_client_setup(tmp_path / "net")
+    assert str(toml) in str(info.value)
