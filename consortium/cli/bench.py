@@ -55,6 +55,7 @@ class BenchConfig:
     timeout_ms: int = 1_000  # view-change / election timeout
     kill_at_s: float | None = None  # kill -9 the primary/leader this far into the run
     byzantine: str | None = None  # pbft: a test-only Byzantine primary (member n1)
+    tls: bool = False  # TLS on every peer and client port
     progress: bool = True
 
 
@@ -119,9 +120,11 @@ def _workload(
     return per
 
 
-async def _statuses(genesis: Genesis, members: list[int]) -> dict[int, dict[str, Any]]:
+async def _statuses(
+    genesis: Genesis, members: list[int], options: dict[str, Any] | None = None
+) -> dict[int, dict[str, Any]]:
     out: dict[int, dict[str, Any]] = {}
-    async with ConsortiumClient(genesis, connect_timeout_s=0.5) as client:
+    async with ConsortiumClient(genesis, connect_timeout_s=0.5, **(options or {})) as client:
         for i in members:
             try:
                 out[i] = await client.status(i, 2.0)
@@ -130,10 +133,10 @@ async def _statuses(genesis: Genesis, members: list[int]) -> dict[int, dict[str,
     return out
 
 
-async def _leader(genesis: Genesis) -> int:
+async def _leader(genesis: Genesis, options: dict[str, Any] | None = None) -> int:
     with trio.fail_after(30):
         while True:
-            found = await _statuses(genesis, list(range(genesis.n)))
+            found = await _statuses(genesis, list(range(genesis.n)), options)
             if genesis.mode == "pbft":
                 views = [s for s in found.values() if s.get("view_active", True)]
                 if views:
@@ -172,9 +175,11 @@ def run_bench(config: BenchConfig, directory: Path | None = None) -> BenchRun:
         mode=cfg.mode,
         params=params,
         force=True,
+        tls=cfg.tls,
     )
     setup = load_client_setup(directory)
     keys = setup.keys()
+    options = setup.client_options()
     net = LocalNetwork(directory, log_level="warning")
     try:
         for home in net.homes:
@@ -182,21 +187,21 @@ def run_bench(config: BenchConfig, directory: Path | None = None) -> BenchRun:
             if cfg.byzantine and home.name == genesis.members[0].name:
                 extra = ("--test-byzantine", cfg.byzantine)
             net.start(home.name, extra=extra)
-        trio.run(wait_until_up, genesis, 30.0)
-        trio.run(_leader, genesis)
+        trio.run(wait_until_up, genesis, 30.0, options)
+        trio.run(_leader, genesis, options)
         started = time.perf_counter()
         per_client = _workload(genesis, keys, cfg.txs, cfg.payload_bytes)
         run.figures["signing_s"] = round(time.perf_counter() - started, 2)
         run.figures["tx_bytes"] = per_client[0][0].size if per_client[0] else 0
-        before = trio.run(_statuses, genesis, list(range(genesis.n)))
+        before = trio.run(_statuses, genesis, list(range(genesis.n)), options)
         usage = resource.getrusage(resource.RUSAGE_SELF)
         cpu_before = usage.ru_utime + usage.ru_stime
         results, elapsed, killed, failover = trio.run(_drive, cfg, genesis, keys, per_client, net)
         usage = resource.getrusage(resource.RUSAGE_SELF)
         run.figures["client_cpu_s"] = round(usage.ru_utime + usage.ru_stime - cpu_before, 2)
         alive = [i for i in range(genesis.n) if genesis.members[i].name not in killed]
-        trio.run(wait_same_height, genesis, alive, 60.0)
-        after = trio.run(_statuses, genesis, alive)
+        trio.run(wait_same_height, genesis, alive, 60.0, options)
+        after = trio.run(_statuses, genesis, alive, options)
     finally:
         net.stop()
     _figures(run, genesis, results, elapsed, before, after, killed, failover)
@@ -259,7 +264,9 @@ async def _drive(
 
     async def client_loop(key: KeyPair, txs: list[Transaction]) -> None:
         chunk = max(1, cfg.window // 2)
-        async with ConsortiumClient(genesis, key, retransmit_s=2.0) as client:
+        async with ConsortiumClient(
+            genesis, key, retransmit_s=2.0, tls_keys=key if cfg.tls else None
+        ) as client:
 
             async def lane(lane_txs: list[Transaction]) -> None:
                 for i in range(0, len(lane_txs), chunk):
@@ -284,7 +291,7 @@ async def _drive(
     async def killer() -> None:
         assert cfg.kill_at_s is not None
         await trio.sleep(cfg.kill_at_s)
-        victim = await _leader(genesis)
+        victim = await _leader(genesis, {"tls_keys": keys[0]} if cfg.tls else None)
         name = genesis.members[victim].name
         net.kill(name, signal.SIGKILL)
         killed.append(name)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import trio
 import typer
@@ -24,10 +25,13 @@ from consortium.node.client import ConsortiumClient
 CHUNK = 50  # transactions one client submits before waiting for them
 
 
-async def wait_until_up(genesis: Genesis, timeout_s: float) -> None:
-    """Every member answers status (its client port is open and its core is running)."""
+async def wait_until_up(
+    genesis: Genesis, timeout_s: float, options: dict[str, Any] | None = None
+) -> None:
+    """Every member answers status (its client port is open and its core is running).
+    `options`: ConsortiumClient keyword arguments (ClientSetup.client_options())."""
     deadline = trio.current_time() + timeout_s
-    async with ConsortiumClient(genesis) as client:
+    async with ConsortiumClient(genesis, **(options or {})) as client:
         for i in range(genesis.n):
             while True:
                 try:
@@ -109,20 +113,27 @@ async def wait_for_leader(genesis: Genesis, timeout_s: float) -> int:
         return await client.find_leader(timeout_s=timeout_s)
 
 
-async def heights(genesis: Genesis, members: list[int]) -> dict[int, int]:
+async def heights(
+    genesis: Genesis, members: list[int], options: dict[str, Any] | None = None
+) -> dict[int, int]:
     """Each member's current height, from its status."""
     out: dict[int, int] = {}
-    async with ConsortiumClient(genesis) as client:
+    async with ConsortiumClient(genesis, **(options or {})) as client:
         for i in members:
             out[i] = int((await client.status(i, 2.0))["height"])
     return out
 
 
-async def wait_same_height(genesis: Genesis, members: list[int], timeout_s: float) -> int:
+async def wait_same_height(
+    genesis: Genesis,
+    members: list[int],
+    timeout_s: float,
+    options: dict[str, Any] | None = None,
+) -> int:
     """Wait until the members report one height (the last commits reached everyone)."""
     with trio.fail_after(timeout_s):
         while True:
-            hs = await heights(genesis, members)
+            hs = await heights(genesis, members, options)
             if len(set(hs.values())) == 1:
                 return next(iter(hs.values()))
             await trio.sleep(0.1)

@@ -81,6 +81,13 @@ def init(
     mode: Annotated[str, typer.Option(help="Consensus: pbft or raft.")] = "pbft",
     chain_name: Annotated[str, typer.Option(help="A name for the network.")] = "local",
     force: Annotated[bool, typer.Option(help="Replace an existing directory.")] = False,
+    tls: Annotated[
+        bool,
+        typer.Option(
+            help="TLS 1.3 on every peer and client port, mutual, keys pinned by genesis "
+            "(docs/tls.md)."
+        ),
+    ] = False,
 ) -> None:
     """Write a local network: keys, genesis, one node home per member, client config."""
     if mode not in MODES:
@@ -95,13 +102,14 @@ def init(
             mode="pbft" if mode == "pbft" else "raft",
             chain_name=chain_name,
             force=force,
+            tls=tls,
         )
     except (NetworkError, GenesisError) as exc:
         raise _fail(str(exc)) from None
     typer.echo(
         f"wrote {directory}: {genesis.mode} network of {genesis.n} members "
         f"(f={genesis.f}, quorum {genesis.quorum}), {len(genesis.clients)} clients, "
-        f"chain id {genesis.chain_id.hex()[:16]}…"
+        f"chain id {genesis.chain_id.hex()[:16]}…" + (", TLS on every port" if tls else "")
     )
     output.endpoint_table(genesis, directory)
     typer.echo(f"next: consortium up --net {directory}")
@@ -204,6 +212,43 @@ def node_start(
         raise _fail(f"cannot start member {identity.member.name}: {exc}", EXIT_FAILED) from None
 
 
+@node_app.command("cert")
+def node_cert(
+    home: Annotated[Path, typer.Option("--home", help="The member's home directory.")],
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Write the certificate (PEM) to this file.")
+    ] = None,
+) -> None:
+    """Show (or write) the TLS certificate this member presents. It is derived from
+    config/node_key.pem and genesis at every start, never read from a file, never expires:
+    this is for inspection and for tools such as `openssl s_client` (docs/tls.md)."""
+    from consortium.crypto.certs import certificate_fingerprint, certificate_pem, issue_certificate
+    from consortium.node.config import load_identity
+
+    passphrase = os.environ.get("CONSORTIUM_KEY_PASSPHRASE")
+    try:
+        identity = load_identity(home, passphrase.encode() if passphrase else None)
+    except ConfigError as exc:
+        raise _fail(str(exc)) from None
+    cert = issue_certificate(identity.keys, identity.member.name, identity.genesis.chain_id)
+    config = identity.config
+    typer.echo(f"member:       {identity.member.name} (key matches {config.genesis_path})")
+    typer.echo(f"public key:   {identity.keys.public.hex()}")
+    typer.echo(f"fingerprint:  SHA256 {certificate_fingerprint(cert)}")
+    typer.echo(
+        f"valid:        {cert.not_valid_before_utc:%Y-%m-%d} to "
+        f"{cert.not_valid_after_utc:%Y-%m-%d} (dates are not checked)"
+    )
+    toml = config.config_dir / "node.toml"
+    typer.echo(
+        f"tls:          peer port {'on' if config.tls_peer else 'off'}, "
+        f"client port {'on' if config.tls_client else 'off'} ({toml} [tls])"
+    )
+    if out is not None:
+        out.write_bytes(certificate_pem(cert))
+        typer.echo(f"wrote {out} (for inspection only: the member derives it at start)")
+
+
 def _parse_ops(op: str, args: list[str]) -> list[object]:
     from consortium.ledger.tx import CompareAndSet, Delete, Get, Put
 
@@ -251,11 +296,12 @@ def tx_submit(
         if not 1 <= client <= len(setup.key_paths):
             raise _fail(f"--client must be 1..{len(setup.key_paths)}")
         keys = setup.keys()[client - 1]
+        options = setup.client_options(keys)
     except (NetworkError, GenesisError, InvalidKeyError) as exc:
         raise _fail(str(exc)) from None
 
     async def main() -> object:
-        async with ConsortiumClient(setup.genesis, keys) as c:
+        async with ConsortiumClient(setup.genesis, keys, **options) as c:
             tx = c.make_tx(ops)  # type: ignore[arg-type]
             outcomes = await c.submit_and_wait([tx], timeout_s=timeout)
             return outcomes[0]
@@ -281,11 +327,12 @@ def read(
 
     try:
         setup = load_client_setup(net)
-    except (NetworkError, GenesisError) as exc:
+        options = setup.client_options()
+    except (NetworkError, GenesisError, InvalidKeyError) as exc:
         raise _fail(str(exc)) from None
 
     async def main() -> bytes | None:
-        async with ConsortiumClient(setup.genesis) as c:
+        async with ConsortiumClient(setup.genesis, **options) as c:
             return await c.get(key.encode(), timeout_s=timeout)
 
     try:
@@ -316,7 +363,8 @@ def status(
     A member that does not answer is shown as unreachable."""
     try:
         setup = load_client_setup(net)
-    except (NetworkError, GenesisError) as exc:
+        options = setup.client_options()
+    except (NetworkError, GenesisError, InvalidKeyError) as exc:
         raise _fail(str(exc)) from None
     genesis = setup.genesis
     members: list[int] | None = None
@@ -332,7 +380,7 @@ def status(
     statuses: list[dict[str, object]] = []
     while True:
         try:
-            statuses = trio.run(output.collect_status, genesis, timeout, members)
+            statuses = trio.run(output.collect_status, genesis, timeout, members, options)
         except KeyboardInterrupt:  # Ctrl-C while asking, in --watch: just stop
             break
         if watch and not as_json and shown and os.isatty(1):
@@ -373,7 +421,8 @@ def leader_transfer(
 
     try:
         setup = load_client_setup(net)
-    except (NetworkError, GenesisError) as exc:
+        options = setup.client_options()
+    except (NetworkError, GenesisError, InvalidKeyError) as exc:
         raise _fail(str(exc)) from None
     genesis = setup.genesis
     if genesis.mode != "raft":
@@ -388,7 +437,7 @@ def leader_transfer(
         )
 
     async def main() -> str:
-        async with ConsortiumClient(genesis) as c:
+        async with ConsortiumClient(genesis, **options) as c:
             await c.wait_connected(timeout_s=min(timeout, 5.0))
             leader = await c.find_leader(timeout_s=timeout)
             if leader == target.index:
@@ -508,6 +557,7 @@ def bench(
         ),
     ] = None,
     timeout_ms: Annotated[int, typer.Option(help="View-change / election timeout.")] = 1_000,
+    tls: Annotated[bool, typer.Option(help="TLS on every peer and client port.")] = False,
     as_json: Annotated[Path | None, typer.Option("--json", help="Write every figure here.")] = None,
 ) -> None:
     """Run a local network of real member processes in one mode, drive it with concurrent
@@ -533,6 +583,7 @@ def bench(
         timeout_ms=timeout_ms,
         kill_at_s=kill_at,
         byzantine=byzantine_primary,
+        tls=tls,
     )
     try:
         result = run_bench(config)

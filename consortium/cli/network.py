@@ -3,7 +3,8 @@
 Layout written by init (the network directory, `./net` by default):
 
     genesis.json                the network; its hash is the chain id
-    client.toml                 what client commands read: genesis path and client key files
+    client.toml                 what client commands read: genesis path, client key files, and
+                                whether the members' client ports use TLS (`tls = true`)
     clients/<name>.pem          client keys (PKCS#8 PEM, mode 0600)
     nodes/<name>/config/        node.toml (with an [http] listener on loopback), node_key.pem,
                                 genesis.json
@@ -24,6 +25,7 @@ import tomllib
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from consortium.crypto.keys import KeyPair
 from consortium.ledger.genesis import Client, Genesis, Member, Mode, Params
@@ -55,6 +57,7 @@ def init_network(
     host: str = "127.0.0.1",
     params: Params | None = None,
     force: bool = False,
+    tls: bool = False,
 ) -> Genesis:
     if directory.exists() and any(directory.iterdir()):
         if not force:
@@ -101,6 +104,7 @@ def init_network(
         f"keys = [{', '.join(repr(f'clients/{c.name}.pem') for c in client_list)}]\n".replace(
             "'", '"'
         )
+        + ("tls = true  # the members' client ports use TLS (docs/tls.md)\n" if tls else "")
     )
     for k, m in zip(member_keys, member_list, strict=True):
         home = directory / "nodes" / m.name
@@ -110,6 +114,7 @@ def init_network(
             peer_listen=m.peer_address,
             client_listen=m.client_address,
             http_listen=f"127.0.0.1:{ports[2 * members + m.index]}",
+            tls=tls,
         )
         k.save(home / "config" / "node_key.pem")
         (home / "config" / "genesis.json").write_text(text)
@@ -122,9 +127,24 @@ class ClientSetup:
     directory: Path
     genesis: Genesis
     key_paths: tuple[Path, ...]
+    tls: bool = False
 
     def keys(self) -> list[KeyPair]:
         return [KeyPair.load(p) for p in self.key_paths]
+
+    def client_options(self, keys: KeyPair | None = None) -> dict[str, Any]:
+        """ConsortiumClient keyword arguments this network needs: with TLS, the key whose
+        certificate the client presents (`keys`, else the first client key)."""
+        if not self.tls:
+            return {}
+        if keys is None:
+            if not self.key_paths:
+                raise NetworkError(
+                    f"{self.directory / 'client.toml'}: tls = true needs a client key to "
+                    "present, but 'keys' lists none"
+                )
+            keys = KeyPair.load(self.key_paths[0])
+        return {"tls_keys": keys}
 
 
 def load_client_setup(directory: Path) -> ClientSetup:
@@ -139,14 +159,19 @@ def load_client_setup(directory: Path) -> ClientSetup:
     except tomllib.TOMLDecodeError as exc:
         raise NetworkError(f"{path}: not valid TOML: {exc}") from None
     for key in doc:
-        if key not in ("genesis", "keys"):
-            raise NetworkError(f"{path}: unknown key '{key}' (known: genesis, keys)")
+        if key not in ("genesis", "keys", "tls"):
+            raise NetworkError(f"{path}: unknown key '{key}' (known: genesis, keys, tls)")
+    tls = doc.get("tls", False)
+    if not isinstance(tls, bool):
+        raise NetworkError(
+            f"{path}: 'tls' must be true or false (whether the members' client ports use TLS)"
+        )
     genesis_file = doc.get("genesis")
     keys = doc.get("keys", [])
     if not isinstance(genesis_file, str) or not isinstance(keys, list):
         raise NetworkError(f"{path}: 'genesis' must be a path and 'keys' a list of paths")
     genesis = Genesis.load(directory / genesis_file)
-    return ClientSetup(directory, genesis, tuple(directory / str(k) for k in keys))
+    return ClientSetup(directory, genesis, tuple(directory / str(k) for k in keys), tls)
 
 
 def node_homes(directory: Path) -> list[Path]:

@@ -23,15 +23,19 @@ def endpoint_table(genesis: Genesis, directory: Path) -> None:
 
 
 async def collect_status(
-    genesis: Genesis, timeout_s: float, members: list[int] | None = None
+    genesis: Genesis,
+    timeout_s: float,
+    members: list[int] | None = None,
+    options: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Ask each member (or those in `members`) for its status, all at once. A member that does
-    not answer within `timeout_s` is reported as unreachable, with why; never an exception."""
+    not answer within `timeout_s` is reported as unreachable, with why; never an exception.
+    `options` are ConsortiumClient keyword arguments (TLS)."""
     from consortium.node.client import ConsortiumClient
 
     wanted = list(range(genesis.n)) if members is None else members
     results: dict[int, dict[str, Any]] = {}
-    async with ConsortiumClient(genesis) as client:
+    async with ConsortiumClient(genesis, **(options or {})) as client:
 
         async def one(i: int) -> None:
             try:

@@ -45,6 +45,14 @@ and pushes are queued without blocking, bounded in frames and bytes: a client th
 read is disconnected (slow consumer), never allowed to grow our memory. A malformed request is
 answered with an error when its req_id can be recovered; an oversize or undecodable frame closes
 that connection (after a best-effort [0, "error", why]); every other client is unaffected.
+
+TLS (operator option, node.toml `[tls] client = true`; docs/tls.md): each connection must open
+with a TLS 1.3 handshake within `handshake_timeout_s` (at most `handshakes_max` at a time), the
+client presenting a certificate whose key `tls_accepts` admits (an admitted client's or a
+member's). A key it does not admit gets [0, "error", why] inside TLS, then the connection
+closes. A client that connects without TLS to a TLS port, or with TLS to a plain one, gets
+[0, "error", why] in plain framing naming the setting to change, and the member logs and counts
+it (`tls_required`, `tls_unexpected`).
 """
 
 from __future__ import annotations
@@ -53,7 +61,7 @@ import itertools
 import json
 import logging
 from collections import Counter, deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -77,6 +85,14 @@ from consortium.ledger.certificates import VOTE_BODY_BYTES_MAX, SignedVote, bloc
 from consortium.ledger.genesis import Genesis, Params
 from consortium.node.framing import FrameError, FrameReader, encode_frames, take_batch
 from consortium.node.logs import RateLimitedLog
+from consortium.node.tls import (
+    SniffStream,
+    TlsIdentity,
+    TlsRefused,
+    explain_failure,
+    is_tls_hello,
+    peer_key,
+)
 
 PUSH = 0  # the req_id of server pushes
 CLIENTS_LISTED_MAX = 100_000
@@ -90,6 +106,9 @@ COALESCE_BYTES_MAX = 1 << 20
 OUTBOUND_BYTES_MAX = 64 << 20
 SLOW_CONSUMER = "slow consumer"
 FLUSH_S = 1.0  # how long queued replies may still be written after the client stops sending
+TLS_HANDSHAKE_TIMEOUT_S = 5.0
+TLS_HANDSHAKES_MAX = 64
+SNIFF_BYTES = 64 * 1024
 
 
 # --- requests --------------------------------------------------------------------------------
@@ -732,8 +751,16 @@ class ClientServer:
         connections_max: int = 1024,
         outbound_frames_max: int = 8192,
         outbound_bytes_max: int = OUTBOUND_BYTES_MAX,
+        tls: TlsIdentity | None = None,
+        tls_accepts: Callable[[bytes], str | None] | None = None,
+        handshake_timeout_s: float = TLS_HANDSHAKE_TIMEOUT_S,
+        handshakes_max: int = TLS_HANDSHAKES_MAX,
         log: logging.Logger | None = None,
     ) -> None:
+        """`tls`: serve TLS only; `tls_accepts(key)` then names the client a certificate key
+        belongs to, or None to refuse it."""
+        if tls is not None and tls_accepts is None:
+            raise ValueError("a TLS client port needs tls_accepts (which keys to admit)")
         self.handler = handler
         self._listen = listen
         self._frame_max = frame_bytes_max
@@ -747,6 +774,18 @@ class ClientServer:
         self.log = log or logging.getLogger("consortium.clients")
         self._ratelog = RateLimitedLog(self.log)
         self.counters: Counter[str] = Counter()
+        self._tls = tls
+        self._tls_accepts = tls_accepts
+        self._handshake_timeout_s = handshake_timeout_s
+        self._handshakes_max = handshakes_max
+        self._handshakes = 0
+        self.tls_mismatch = ""  # the last client refused for TLS on one side only
+
+    def tls_status(self) -> dict[str, object]:
+        doc: dict[str, object] = {"client": self._tls is not None}
+        if self.tls_mismatch:
+            doc["last_client_mismatch"] = self.tls_mismatch
+        return doc
 
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve forever; started(listen_port) once the listener is bound."""
@@ -770,6 +809,13 @@ class ClientServer:
             peer = f"{host}:{port}"
         except OSError:
             peer = "?"
+        channel: trio.abc.Stream = stream
+        if self._tls is not None:
+            secured = await self._tls_accept(stream, peer)
+            if secured is None:
+                await trio.aclose_forcefully(stream)
+                return
+            channel, peer = secured
         conn = ClientConnection(
             next(self._ids), peer, self._outbound_frames_max, self._outbound_bytes_max
         )
@@ -778,8 +824,8 @@ class ClientServer:
         try:
             with conn.scope:
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._write_replies, stream, conn)
-                    await self._read_requests(stream, conn)
+                    nursery.start_soon(self._write_replies, channel, conn)
+                    await self._read_requests(channel, conn)
                     # Let the writer flush what is queued (the last replies, an error notice)
                     # for a bounded time.
                     conn.finish()
@@ -798,7 +844,94 @@ class ClientServer:
             finally:
                 await trio.aclose_forcefully(stream)
 
-    async def _write_replies(self, stream: trio.SocketStream, conn: ClientConnection) -> None:
+    async def _tls_accept(
+        self, stream: trio.SocketStream, peer: str
+    ) -> tuple[trio.abc.Stream, str] | None:
+        """The TLS handshake of a new client, bounded in time and number, and the pin: its
+        certificate key must be one `tls_accepts` admits. None (logged, counted, the client
+        told why when it can be) when it is not."""
+        assert self._tls is not None and self._tls_accepts is not None
+        if self._handshakes >= self._handshakes_max:
+            self.counters["refused_too_many_handshakes"] += 1
+            self._ratelog.warning(
+                "tls_too_many", f"refusing a client: {self._handshakes_max} TLS handshakes open"
+            )
+            return None
+        self._handshakes += 1
+        first = b""
+        try:
+            with trio.move_on_after(self._handshake_timeout_s):
+                first = await stream.receive_some(SNIFF_BYTES)
+                if not first:
+                    return None
+                sniff = SniffStream(stream, first)
+                if not is_tls_hello(first):
+                    await self._tls_mismatch(
+                        sniff,
+                        "tls_required",
+                        f"client {peer} connected without TLS, but [tls] client = true here",
+                    )
+                    return None
+                conn = trio.SSLStream(sniff, self._tls.server_context, server_side=True)
+                try:
+                    await conn.do_handshake()
+                    key = peer_key(conn)
+                except trio.BrokenResourceError as exc:
+                    self.counters["tls_failed"] += 1
+                    self._ratelog.warning("tls_failed", explain_failure(exc, b"", f"client {peer}"))
+                    return None
+                except TlsRefused as exc:
+                    self.counters["tls_bad_certificate"] += 1
+                    self._ratelog.warning("tls_bad_certificate", f"client {peer} {exc}")
+                    return None
+                name = self._tls_accepts(key)
+                if name is None:
+                    self.counters["tls_unknown_client"] += 1
+                    self._ratelog.warning(
+                        "tls_unknown_client",
+                        f"client {peer} presented TLS key {key.hex()[:16]}…, which is not an "
+                        "admitted client's or a member's key: refused",
+                    )
+                    await _tell(
+                        conn,
+                        f"your TLS key {key.hex()[:16]}… is not an admitted client of this "
+                        "network (genesis.json lists the admitted client keys)",
+                    )
+                    return None
+                return conn, f"{name}@{peer}"
+            # Timed out. Nothing at all: likely a plain client that has not sent a request yet.
+            if not first:
+                await self._tls_mismatch(
+                    stream,
+                    "tls_required",
+                    f"client {peer} sent nothing within {self._handshake_timeout_s:g} s "
+                    "(a client without TLS?); [tls] client = true here",
+                )
+            else:
+                self.counters["tls_handshake_timeout"] += 1
+                self._ratelog.warning(
+                    "tls_timeout", f"client {peer}: TLS handshake did not finish in time"
+                )
+            return None
+        finally:
+            self._handshakes -= 1
+
+    async def _tls_mismatch(self, stream: trio.abc.SendStream, counter: str, detail: str) -> None:
+        self.counters[counter] += 1
+        self.tls_mismatch = detail
+        self._ratelog.warning(counter, detail)
+        # Told in plain framing, which the client can read: it speaks plain, or keeps the
+        # bytes its TLS handshake failed on and decodes them.
+        fix = (
+            "this member requires TLS on its client port ([tls] client = true in its "
+            "node.toml): set tls = true in client.toml (ConsortiumClient tls_keys=)"
+            if counter == "tls_required"
+            else "this member does not use TLS on its client port ([tls] client = false in "
+            "its node.toml): set tls = false in client.toml (no ConsortiumClient tls_keys=)"
+        )
+        await _tell(stream, fix)
+
+    async def _write_replies(self, stream: trio.abc.Stream, conn: ClientConnection) -> None:
         try:
             await conn.writer(stream)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
@@ -809,12 +942,24 @@ class ClientServer:
         self._ratelog.warning(counter, f"client {conn.peer}: closing: {why}")
         conn.error(PUSH, f"closing the connection: {why}")
 
-    async def _read_requests(self, stream: trio.SocketStream, conn: ClientConnection) -> None:
+    async def _read_requests(self, stream: trio.abc.Stream, conn: ClientConnection) -> None:
         reader = FrameReader(stream, self._frame_max)
         while True:
             try:
                 frame = await reader.read()
             except FrameError as exc:
+                if self._tls is None and is_tls_hello(reader.peek(1)):
+                    detail = f"client {conn.peer} connected with TLS, but [tls] client is off here"
+                    self.counters["tls_unexpected"] += 1
+                    self.tls_mismatch = detail
+                    self._ratelog.warning("tls_unexpected", detail)
+                    conn.error(
+                        PUSH,
+                        "this member does not use TLS on its client port ([tls] client = false "
+                        "in its node.toml): set tls = false in client.toml (no ConsortiumClient "
+                        "tls_keys=)",
+                    )
+                    return
                 self._closing(conn, "bad_frame", str(exc))
                 return
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
@@ -839,3 +984,12 @@ class ClientServer:
                 self.counters["internal_error"] += 1
                 self.log.exception("internal error serving %s from %s", request, conn.peer)
                 conn.error(request.req_id, "internal error (logged by the member)")
+
+
+async def _tell(stream: trio.abc.SendStream, message: str) -> None:
+    """Send [0, "error", message] before closing, best effort (the client may be gone)."""
+    try:
+        with trio.move_on_after(1):
+            await stream.send_all(encode_frames([pack([PUSH, "error", message])]))
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        pass

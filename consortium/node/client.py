@@ -29,6 +29,11 @@ In raft mode (crash faults only) one verified receipt suffices: a submit goes to
 read (`get`) is answered by any one member with a linearizable ReadIndex read. `SyncClient`
 wraps the same calls for code that is not running Trio.
 
+TLS (when the network's client ports use it, docs/tls.md): pass `tls_keys`, the client's own
+genesis key. The client presents a certificate for that key and accepts a member only when the
+member's certificate carries the key genesis lists for it; a member refusing us, or answering
+without TLS, is reported in `member_errors()` with its reason.
+
 Everything is bounded: one outbound queue per member (a member that does not read loses
 frames, which resubmission covers), the transactions tracked, the signature cache.
 """
@@ -38,6 +43,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import secrets
+import ssl
 import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -69,6 +75,14 @@ from consortium.node.api import (
     verify_read,
 )
 from consortium.node.framing import FrameError, FrameReader, encode_frames
+from consortium.node.tls import (
+    RECORD_BYTES_MAX,
+    SniffStream,
+    TlsRefused,
+    explain_failure,
+    make_context,
+    peer_key,
+)
 
 OutcomeStatus = Literal["committed", "rejected", "pending"]
 FINAL_REJECTIONS = frozenset({"bad_signature", "wrong_chain", "unknown_client"})
@@ -193,10 +207,12 @@ class ConsortiumClient:
         retransmit_s: float = 1.0,
         connect_timeout_s: float = 1.0,
         verifier: Verifier | None = None,
+        tls_keys: KeyPair | None = None,
     ) -> None:
         """`addresses` defaults to every member's client_address in genesis; `frame_bytes_max`
         to genesis params. Entering the context waits up to `connect_timeout_s` for every
-        member to accept (members that are down are not waited for beyond it)."""
+        member to accept (members that are down are not waited for beyond it). `tls_keys`:
+        connect with TLS, presenting a certificate for this key (an admitted client's)."""
         self.genesis = genesis
         self.keys = keys
         self.chain_id = genesis.chain_id
@@ -222,6 +238,12 @@ class ConsortiumClient:
         self.counters: Counter[str] = Counter()
         self._stack: contextlib.AsyncExitStack | None = None
         self._nursery: trio.Nursery | None = None
+        self._tls_context: ssl.SSLContext | None = None
+        if tls_keys is not None:
+            known = [c.name for c in genesis.clients if c.public_key == tls_keys.public]
+            known += [m.name for m in genesis.members if m.public_key == tls_keys.public]
+            name = known[0] if known else "client"
+            self._tls_context = make_context(tls_keys, name, self.chain_id, server=False)
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -278,13 +300,46 @@ class ConsortiumClient:
             except (OSError, trio.TooSlowError) as exc:
                 member.last_error = str(exc) or "connect timed out"
             else:
-                backoff = BACKOFF_MIN_S
-                await self._connection(member, stream)
+                conn = await self._secure(member, stream)
+                if conn is not None:
+                    backoff = BACKOFF_MIN_S
+                    await self._connection(member, conn)
             # Backoff with jitter, so clients do not reconnect in lockstep.
             await trio.sleep(backoff * (0.5 + secrets.randbelow(1000) / 1000))
             backoff = min(BACKOFF_MAX_S, backoff * 2)
 
-    async def _connection(self, member: _Member, stream: trio.SocketStream) -> None:
+    async def _secure(self, member: _Member, stream: trio.SocketStream) -> trio.abc.Stream | None:
+        """The stream to use: `stream` itself, or with TLS a TLS stream whose certificate key
+        is the one genesis lists for `member`. None (reason in last_error) when it is not."""
+        if self._tls_context is None:
+            return stream
+        sniff = SniffStream(stream, record_bytes_max=RECORD_BYTES_MAX)
+        conn = trio.SSLStream(sniff, self._tls_context)
+        why = ""
+        try:
+            with trio.fail_after(CONNECT_TIMEOUT_S):
+                await conn.do_handshake()
+            key = peer_key(conn)
+            expected = self.genesis.members[member.index].public_key
+            if key != expected:
+                host, port = member.address
+                why = (
+                    f"{member.name} at {host}:{port} presented TLS key {key.hex()[:16]}… but "
+                    f"genesis lists {expected.hex()[:16]}… for it"
+                )
+        except trio.TooSlowError:
+            why = f"TLS handshake with {member.name} timed out"
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            why = explain_failure(exc, bytes(sniff.received), member.name)
+        except TlsRefused as exc:
+            why = f"{member.name} {exc}"
+        if not why:
+            return conn
+        member.last_error = why
+        await trio.aclose_forcefully(stream)
+        return None
+
+    async def _connection(self, member: _Member, stream: trio.abc.Stream) -> None:
         member.online = True
         member.connections += 1
         member.last_error = ""
@@ -306,7 +361,12 @@ class ConsortiumClient:
                         self._dispatch(member.index, frame)
                     member.last_error = member.last_error or "member closed the connection"
                 except (FrameError, OSError, trio.BrokenResourceError) as exc:
-                    member.last_error = str(exc) or type(exc).__name__
+                    # A member that told us why it closes (a push error) keeps its word.
+                    member.last_error = member.last_error or (
+                        explain_failure(exc, b"", member.name)
+                        if self._tls_context is not None
+                        else str(exc) or type(exc).__name__
+                    )
                 nursery.cancel_scope.cancel()
         finally:
             member.online = False
@@ -318,7 +378,7 @@ class ConsortiumClient:
                     waiter.done.set()  # fail fast: the answer cannot come on this connection
             await trio.aclose_forcefully(stream)
 
-    async def _write(self, member: _Member, stream: trio.SocketStream) -> None:
+    async def _write(self, member: _Member, stream: trio.abc.Stream) -> None:
         while True:
             while not member.queue:
                 member.wakeup = trio.Event()

@@ -14,6 +14,9 @@
     [http]                          # optional: health, readiness, status and metrics
     listen = "127.0.0.1:9301"       # GET /healthz /readyz /status /metrics (no TLS, no auth:
                                     # keep it on loopback or a monitoring network)
+    [tls]                           # optional, docs/tls.md: TLS 1.3, mutual, genesis keys pinned
+    peer = true                     # between members: every member must agree
+    client = true                   # on the client port: clients set tls = true in client.toml
 
 Unknown sections or keys and bad values are errors that name the file, the key and the fix. A
 node never generates its key: it loads config/node_key.pem and refuses to run unless that key is
@@ -44,6 +47,7 @@ _SCHEMA: dict[str, set[str]] = {
     "peers": set(),  # free-form: member name -> address
     "log": {"level", "format"},
     "http": {"listen"},
+    "tls": {"peer", "client"},
 }
 
 
@@ -58,6 +62,8 @@ class NodeConfig:
     log_level: str = "info"
     log_format: str = "text"
     http_listen: tuple[str, int] | None = None  # None: no HTTP listener
+    tls_peer: bool = False
+    tls_client: bool = False
 
     @property
     def config_dir(self) -> Path:
@@ -138,8 +144,27 @@ def load_config(home: Path) -> NodeConfig:
                 "remove the [http] section to run without the HTTP listener"
             )
         http_listen = _address(http, "listen", path, "http")
+    tls = doc.get("tls", {})
+    tls_on: dict[str, bool] = {}
+    for key in ("peer", "client"):
+        value = tls.get(key, False)
+        if not isinstance(value, bool):
+            raise ConfigError(
+                f"{path}: 'tls.{key}' must be true or false (TLS on the {key} port), not {value!r}"
+            )
+        tls_on[key] = value
     return NodeConfig(
-        home, name, data_dir, peer_listen, client_listen, peers, level, fmt, http_listen
+        home,
+        name,
+        data_dir,
+        peer_listen,
+        client_listen,
+        peers,
+        level,
+        fmt,
+        tls_peer=tls_on["peer"],
+        tls_client=tls_on["client"],
+        http_listen=http_listen,
     )
 
 
@@ -162,6 +187,7 @@ def write_config(
     data_dir: str = "data",
     log_level: str = "info",
     http_listen: str | None = None,
+    tls: bool = False,
 ) -> Path:
     path = config_path(home)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -182,6 +208,13 @@ def write_config(
             "[http]\n"
             f'listen = "{http_listen}"\n'
             if http_listen is not None
+            else ""
+        )
+        + (
+            "\n[tls]  # TLS 1.3, mutual, keys pinned by genesis (docs/tls.md)\n"
+            "peer = true\n"
+            "client = true\n"
+            if tls
             else ""
         )
     )

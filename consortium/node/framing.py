@@ -85,6 +85,10 @@ class FrameReader:
         """Bytes received but not yet handed out."""
         return len(self._buf) - self._pos
 
+    def peek(self, n: int) -> bytes:
+        """Up to `n` bytes received but not yet handed out (to tell what a bad frame was)."""
+        return bytes(self._buf[self._pos : self._pos + n])
+
     def _compact(self) -> None:
         if self._pos == len(self._buf):
             self._buf.clear()

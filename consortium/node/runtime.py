@@ -58,6 +58,7 @@ from consortium.node.metrics import (
     Histogram,
     prometheus_text,
 )
+from consortium.node.tls import TlsIdentity
 from consortium.node.transport import PeerNetwork
 from consortium.node.verification import (
     CountingSigner,
@@ -144,6 +145,12 @@ class Node:
             m = genesis.member_by_name(name)
             if m is not None:
                 addresses[m.index] = addr
+        # TLS certificates are derived from our key (node/tls.py): nothing to load or renew.
+        self.tls = (
+            TlsIdentity(keys, member.name, self.chain_id)
+            if config.tls_peer or config.tls_client
+            else None
+        )
         self.peers = PeerNetwork(
             genesis,
             self.me,
@@ -152,6 +159,7 @@ class Node:
             listen=peer_listen or config.peer_listen,
             peer_addresses={i: a for i, a in addresses.items() if i != self.me},
             frame_bytes_max=genesis.params.frame_bytes_max,
+            tls=self.tls if config.tls_peer else None,
             log=self.log,
         )
         self.client_listen = client_listen or config.client_listen
@@ -176,6 +184,10 @@ class Node:
         self._on_block: list[Callable[[Block], None]] = []
         self.client_port = 0
         self.peer_port = 0
+        # The client port's TLS status; the ClientService replaces it with its server's.
+        self.client_tls_status: Callable[[], dict[str, object]] = lambda: {
+            "client": config.tls_client
+        }
 
     def _init_core(self) -> None:
         """The PBFT replica, recovered from the store (RaftMember overrides this)."""
@@ -690,6 +702,7 @@ class Node:
             "peers": peers,
             "rejected": dict(sorted(self.core.rejected.items())),
             "transport": dict(sorted(self.peers.counters.items())),
+            "tls": self.tls_status(),
             "metrics": self.metrics_doc(),
         }
 
@@ -741,6 +754,10 @@ class Node:
             "seq": core.last_executed,
             "height": self.store.height,
         }
+
+    def tls_status(self) -> dict[str, Any]:
+        """Whether each port uses TLS, what we present, and the last one-sided connection."""
+        return {**self.peers.tls_status(), **self.client_tls_status()}
 
     def mode_status(self, core: dict[str, Any]) -> dict[str, Any]:
         return {

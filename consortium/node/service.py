@@ -42,16 +42,31 @@ class ClientService:
         self._watched: dict[int, set[bytes]] = {}
 
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        tls = self.node.tls if self.node.config.tls_client else None
         server = api.ClientServer(
             self,
             listen=self.node.client_listen,
             frame_bytes_max=self.node.genesis.params.frame_bytes_max,
             params=self.node.genesis.params,
             log=self.node.log,  # its lines carry the member's position too (logs.NodeContext)
+            tls=tls,
+            tls_accepts=self._tls_name if tls is not None else None,
         )
+        self.node.client_tls_status = server.tls_status
         async with trio.open_nursery() as nursery:
             await nursery.start(server.run)
             task_status.started(server.listen_port)
+
+    def _tls_name(self, key: bytes) -> str | None:
+        """Who a client port TLS key belongs to: a client admitted now (node.app.admitted, read
+        at each handshake, so admissions and revocations apply to new connections) or a member
+        (operators' tools); None refuses the connection."""
+        genesis = self.node.genesis
+        admitted = self.node.app.admitted
+        if key in admitted:
+            return admitted[key] or "client"
+        member = genesis.member_by_key(key)
+        return None if member is None else member.name
 
     # --- ClientHandler ----------------------------------------------------------------------
 

@@ -37,8 +37,18 @@ Bounds (a slow or hostile peer is cut off, never allowed to grow memory):
   bytes atomically before handing it over and otherwise waits, which pushes back on that peer
   through TCP (a frame larger than the whole budget passes alone, so nothing deadlocks).
 - At most `handshakes_max` unauthenticated connections at a time, each for at most
-  `handshake_timeout_s`, with handshake messages of at most HANDSHAKE_FRAME_MAX bytes; at most
-  one authenticated inbound connection per member.
+  `handshake_timeout_s` (the TLS handshake included), with handshake messages of at most
+  HANDSHAKE_FRAME_MAX bytes; at most one authenticated inbound connection per member.
+
+TLS (operator option, node.toml `[tls] peer = true`; node/tls.py, docs/tls.md): the handshake
+above runs inside a mutual TLS 1.3 session. Right after the TLS handshake the dialer checks that
+the listener's certificate key is the key genesis lists for the member it dialed, and the
+listener that the dialer's is a member's key; the application handshake that follows must then
+name that same member (`tls_key_mismatch` otherwise), so the two layers authenticate one
+identity. A listener sniffs the first bytes of every connection: a plain dialer meeting a TLS
+listener, or a TLS dialer meeting a plain one, is refused in plain framing with a sentence
+naming the setting, logged and counted (`handshake_tls_required` / `handshake_tls_unexpected`)
+on the listener, and shown as that peer's `last_error` on the dialer.
 """
 
 from __future__ import annotations
@@ -70,6 +80,15 @@ from consortium.node.framing import (
     take_batch,
 )
 from consortium.node.logs import RateLimitedLog
+from consortium.node.tls import (
+    RECORD_BYTES_MAX,
+    SniffStream,
+    TlsIdentity,
+    TlsRefused,
+    explain_failure,
+    is_tls_hello,
+    peer_key,
+)
 
 HANDSHAKE_TIMEOUT_S = 5.0
 CONNECT_TIMEOUT_S = 5.0
@@ -81,7 +100,8 @@ OUTBOUND_BYTES_MAX = 64 << 20  # per peer: frames queued while it is slow
 INBOUND_BYTES_MAX = 64 << 20  # received frames waiting for the consumer
 BACKOFF_MIN_S = 0.05
 BACKOFF_MAX_S = 2.0
-REFUSAL_CHARS_MAX = 200
+REFUSAL_CHARS_MAX = 300
+SNIFF_BYTES = 64 * 1024
 
 
 class HandshakeError(Exception):
@@ -110,6 +130,7 @@ class _Peer:
     bytes_received: int = 0
     frames_dropped: int = 0
     last_error: str = ""
+    inbound_error: str = ""  # why its last inbound connection was refused, if it was
     inbound_scope: trio.CancelScope | None = None
 
 
@@ -149,6 +170,7 @@ class PeerNetwork:
         inbound_bytes_max: int = INBOUND_BYTES_MAX,
         handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S,
         handshakes_max: int = HANDSHAKES_MAX,
+        tls: TlsIdentity | None = None,
         log: logging.Logger | None = None,
     ) -> None:
         if not 0 <= me < genesis.n:
@@ -176,6 +198,8 @@ class PeerNetwork:
         self._handshake_timeout_s = handshake_timeout_s
         self._handshakes_max = handshakes_max
         self._handshakes = 0
+        self._tls = tls
+        self.tls_mismatch = ""  # the last connection refused for TLS on one side only
         self.log = log or logging.getLogger("consortium.transport")
         self._ratelog = RateLimitedLog(self.log)
         self.peers: dict[int, _Peer] = {
@@ -266,9 +290,20 @@ class PeerNetwork:
                 "frames_dropped": p.frames_dropped,
                 "queued": len(p.queue),
                 "last_error": p.last_error,
+                "inbound_error": p.inbound_error,
+                "tls": self._tls is not None,
             }
             for p in self.peers.values()
         ]
+
+    def tls_status(self) -> dict[str, object]:
+        """For status: whether the peer port uses TLS, what we present, the last mismatch."""
+        doc: dict[str, object] = {"peer": self._tls is not None}
+        if self._tls is not None:
+            doc.update(self._tls.describe())
+        if self.tls_mismatch:
+            doc["last_mismatch"] = self.tls_mismatch
+        return doc
 
     # --- handshake --------------------------------------------------------------------------
 
@@ -295,7 +330,7 @@ class PeerNetwork:
             )
 
     async def _handshake_dialer(
-        self, stream: trio.SocketStream, reader: FrameReader, peer: _Peer
+        self, stream: trio.abc.Stream, reader: FrameReader, peer: _Peer
     ) -> None:
         nonce_d = secrets.token_bytes(NONCE_BYTES)
         await stream.send_all(
@@ -331,7 +366,11 @@ class PeerNetwork:
         sig_d = self._signer.sign(Domain.HANDSHAKE, self.chain_id, transcript_d)
         await stream.send_all(encode_frame(pack(["auth", sig_d])))
 
-    async def _handshake_listener(self, stream: trio.SocketStream, reader: FrameReader) -> int:
+    async def _handshake_listener(
+        self, stream: trio.abc.Stream, reader: FrameReader, tls_member: int | None
+    ) -> int:
+        """The dialer's member index. `tls_member`: the member whose key its TLS certificate
+        carries (TLS on), which the handshake must name."""
         frame = await reader.read()
         if frame is None:
             raise HandshakeError("closed", "peer closed the connection before hello")
@@ -348,6 +387,12 @@ class PeerNetwork:
             if dialer not in self.peers:
                 raise HandshakeError(
                     "unknown_member", f"member index {dialer} is not in genesis as a peer of ours"
+                )
+            if tls_member is not None and dialer != tls_member:
+                raise HandshakeError(
+                    "tls_key_mismatch",
+                    f"the TLS certificate carries {self.genesis.members[tls_member].name}'s key "
+                    f"but the handshake claims member {dialer}",
                 )
         except HandshakeError as exc:
             await _refuse(stream, exc.detail)
@@ -393,11 +438,10 @@ class PeerNetwork:
                 "too_many", f"more than {self._handshakes_max} unauthenticated connections"
             )
             return
-        reader = FrameReader(stream, HANDSHAKE_FRAME_MAX)
         self._handshakes += 1
         try:
             with trio.fail_after(self._handshake_timeout_s):
-                sender = await self._handshake_listener(stream, reader)
+                reader, sender = await self._accept(stream)
         except HandshakeError as exc:
             self._handshake_failed(exc.reason, f"inbound connection refused: {exc.detail}")
             return
@@ -413,6 +457,7 @@ class PeerNetwork:
         finally:
             self._handshakes -= 1
         peer = self.peers[sender]
+        peer.inbound_error = ""
         if peer.inbound_scope is not None:
             # A reconnecting member replaces its old connection (which may be half-dead).
             self.counters["inbound_replaced"] += 1
@@ -437,6 +482,77 @@ class PeerNetwork:
                 if peer.inbound_scope is scope:
                     peer.inbound_connected = False
                     peer.inbound_scope = None
+
+    async def _accept(self, stream: trio.SocketStream) -> tuple[FrameReader, int]:
+        """TLS (when on) and the handshake of an inbound connection: a reader for the session
+        and the authenticated member. The first bytes tell a TLS dialer from a plain one."""
+        first = await stream.receive_some(SNIFF_BYTES)
+        if not first:
+            raise HandshakeError("closed", "peer closed the connection before hello")
+        sniff = SniffStream(stream, first)
+        me = self.genesis.members[self.me].name
+        where = _remote(stream)
+        tls = self._tls
+        if tls is None:
+            if is_tls_hello(first):
+                await _refuse(
+                    sniff,
+                    f"{me} does not use TLS on its peer port ([tls] peer = false in its "
+                    "node.toml) but you dialed with TLS: every member of a network must agree",
+                )
+                self.tls_mismatch = (
+                    f"a peer at {where} dialed with TLS, but [tls] peer is off here: every "
+                    "member's node.toml must have the same [tls] peer"
+                )
+                raise HandshakeError("tls_unexpected", self.tls_mismatch)
+            reader = FrameReader(sniff, HANDSHAKE_FRAME_MAX)
+            return reader, await self._handshake_listener(sniff, reader, None)
+        if not is_tls_hello(first):
+            peer = await self._plain_dialer(sniff)
+            await _refuse(
+                sniff,
+                f"{me} requires TLS on its peer port ([tls] peer = true in its node.toml) but "
+                "you dialed without TLS: set [tls] peer = true in yours too (every member of "
+                "a network must agree)",
+            )
+            who = peer.name if peer is not None else f"a peer at {where}"
+            self.tls_mismatch = (
+                f"{who} dialed without TLS, but [tls] peer = true here: set [tls] peer = true "
+                "in its node.toml too"
+            )
+            if peer is not None:
+                peer.inbound_error = self.tls_mismatch
+            raise HandshakeError("tls_required", self.tls_mismatch)
+        conn = trio.SSLStream(sniff, tls.server_context, server_side=True)
+        try:
+            await conn.do_handshake()
+            key = peer_key(conn)
+        except trio.BrokenResourceError as exc:
+            raise HandshakeError(
+                "tls_failed", explain_failure(exc, b"", f"the peer at {where}")
+            ) from None
+        except TlsRefused as exc:
+            raise HandshakeError("tls_bad_certificate", f"the peer at {where} {exc}") from None
+        member = self.genesis.member_by_key(key)
+        if member is None or member.index not in self.peers:
+            await _refuse(conn, f"your TLS key {key.hex()[:16]}… is not a member in {me}'s genesis")
+            raise HandshakeError(
+                "tls_unknown_key",
+                f"the peer at {where} presented TLS key {key.hex()[:16]}…, which genesis does not "
+                "list for any other member",
+            )
+        reader = FrameReader(conn, HANDSHAKE_FRAME_MAX)
+        return reader, await self._handshake_listener(conn, reader, member.index)
+
+    async def _plain_dialer(self, stream: trio.abc.Stream) -> _Peer | None:
+        """Best effort: the member a plain hello names (to say who dialed without TLS)."""
+        try:
+            frame = await FrameReader(stream, HANDSHAKE_FRAME_MAX).read()
+            if frame is None:
+                return None
+            return self.peers.get(as_int(_decode(frame, 5, "hello")[3], "dialer"))
+        except (FrameError, WireFormatError):
+            return None
 
     async def _receive_frames(self, reader: FrameReader, peer: _Peer) -> None:
         while (body := await reader.read()) is not None:
@@ -471,15 +587,14 @@ class PeerNetwork:
                         stream = await trio.open_tcp_stream(host, port)
                 except trio.TooSlowError:
                     raise OSError(f"connecting to {host}:{port} timed out") from None
-                reader = FrameReader(stream, HANDSHAKE_FRAME_MAX)
                 with trio.fail_after(self._handshake_timeout_s):
-                    await self._handshake_dialer(stream, reader, peer)
+                    conn = await self._dial_handshake(stream, peer)
                 peer.outbound_connected = True
                 peer.connected_since = time.time()
                 peer.last_error = ""
                 backoff = BACKOFF_MIN_S
                 self.log.info("connected to %s at %s:%d", peer.name, host, port)
-                await self._session(stream, peer)
+                await self._session(conn, peer)
                 self.log.info("lost connection to %s: %s", peer.name, peer.last_error)
             except HandshakeError as exc:
                 peer.last_error = exc.detail
@@ -501,6 +616,37 @@ class PeerNetwork:
             await trio.sleep(backoff * (0.5 + secrets.randbelow(1000) / 1000))
             backoff = min(BACKOFF_MAX_S, backoff * 2)
 
+    async def _dial_handshake(self, stream: trio.SocketStream, peer: _Peer) -> trio.abc.Stream:
+        """TLS (when on) and the handshake of an outbound connection: the stream to send on."""
+        tls = self._tls
+        if tls is None:
+            await self._handshake_dialer(stream, FrameReader(stream, HANDSHAKE_FRAME_MAX), peer)
+            return stream
+        sniff = SniffStream(stream, record_bytes_max=RECORD_BYTES_MAX)
+        conn = trio.SSLStream(sniff, tls.client_context)
+        try:
+            await conn.do_handshake()
+            key = peer_key(conn)
+            expected = self.genesis.members[peer.index].public_key
+            if key != expected:
+                host, port = peer.address
+                raise HandshakeError(
+                    "tls_wrong_key",
+                    f"{peer.name} at {host}:{port} presented TLS key {key.hex()[:16]}… but "
+                    f"genesis lists {expected.hex()[:16]}… for it: a wrong address, or another "
+                    "member listens there",
+                )
+            await self._handshake_dialer(conn, FrameReader(conn, HANDSHAKE_FRAME_MAX), peer)
+        except TlsRefused as exc:
+            raise HandshakeError("tls_bad_certificate", f"{peer.name} {exc}") from None
+        except trio.BrokenResourceError as exc:
+            # TLS 1.3: a listener refusing our certificate says so after our handshake is
+            # done, at our first read; that read is in this try too.
+            raise HandshakeError(
+                "tls_failed", explain_failure(exc, bytes(sniff.received), peer.name)
+            ) from None
+        return conn
+
     def _disconnected(self, peer: _Peer) -> None:
         peer.outbound_connected = False
         peer.connected_since = None
@@ -510,7 +656,7 @@ class PeerNetwork:
             peer.queue.clear()
             peer.queued_bytes = 0
 
-    async def _session(self, stream: trio.SocketStream, peer: _Peer) -> None:
+    async def _session(self, stream: trio.abc.Stream, peer: _Peer) -> None:
         """Send until the connection fails. The listener never writes after the handshake, so
         reading tells us at once when it goes away (instead of at the next send)."""
         async with trio.open_nursery() as nursery:
@@ -534,7 +680,7 @@ class PeerNetwork:
             nursery.start_soon(watch_for_close)
             nursery.start_soon(send)
 
-    async def _send_loop(self, stream: trio.SocketStream, peer: _Peer) -> None:
+    async def _send_loop(self, stream: trio.abc.Stream, peer: _Peer) -> None:
         """Write everything queued (up to COALESCE_BYTES_MAX) with one send_all per round."""
         while True:
             while not peer.queue:
@@ -547,7 +693,15 @@ class PeerNetwork:
             peer.bytes_sent += size + 4 * len(batch)
 
 
-async def _refuse(stream: trio.SocketStream, reason: str) -> None:
+def _remote(stream: trio.SocketStream) -> str:
+    try:
+        host, port = stream.socket.getpeername()[:2]
+    except OSError:
+        return "?"
+    return f"{host}:{port}"
+
+
+async def _refuse(stream: trio.abc.SendStream, reason: str) -> None:
     """Tell a refused dialer why, best effort (it may already be gone)."""
     try:
         with trio.move_on_after(1):
