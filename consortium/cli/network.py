@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 import tomllib
+from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -54,7 +55,14 @@ def init_network(
     host: str = "127.0.0.1",
     params: Params | None = None,
     force: bool = False,
+    addresses: Sequence[tuple[str, str]] | None = None,
+    listen_host: str | None = None,
 ) -> Genesis:
+    """A whole network in `directory`. Loopback ports chosen free, or, for members on
+    separate hosts, `addresses` (peer, client) per member (`deployment.hosts_addresses`); each
+    node then listens on its own address, or on `listen_host` with the same port."""
+    if addresses is not None and len(addresses) != members:
+        raise NetworkError(f"{len(addresses)} hosts given for {members} members")
     if directory.exists() and any(directory.iterdir()):
         if not force:
             raise NetworkError(
@@ -63,15 +71,19 @@ def init_network(
             )
         shutil.rmtree(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    ports = free_ports(2 * members, host)
+    if addresses is None:
+        ports = free_ports(2 * members, host)
+        addresses = [
+            (f"{host}:{ports[2 * i]}", f"{host}:{ports[2 * i + 1]}") for i in range(members)
+        ]
     member_keys = [KeyPair.generate() for _ in range(members)]
     member_list = tuple(
         Member(
             index=i,
             name=f"n{i + 1}",
             public_key=k.public,
-            peer_address=f"{host}:{ports[2 * i]}",
-            client_address=f"{host}:{ports[2 * i + 1]}",
+            peer_address=addresses[i][0],
+            client_address=addresses[i][1],
         )
         for i, k in enumerate(member_keys)
     )
@@ -86,24 +98,42 @@ def init_network(
         params=params or Params(),
     )
     genesis.validate(str(directory / "genesis.json"))
-    text = genesis.to_json()
-    (directory / "genesis.json").write_text(text)
-    for k, c in zip(client_keys, client_list, strict=True):
-        k.save(directory / "clients" / f"{c.name}.pem")
-    (directory / "client.toml").write_text(
-        "# Read by `consortium tx`, `status` and `demo`.\n"
-        'genesis = "genesis.json"\n'
-        f"keys = [{', '.join(repr(f'clients/{c.name}.pem') for c in client_list)}]\n".replace(
-            "'", '"'
-        )
-    )
+    text = write_client_side(directory, genesis, client_keys)
     for k, m in zip(member_keys, member_list, strict=True):
         home = directory / "nodes" / m.name
-        write_config(home, name=m.name, peer_listen=m.peer_address, client_listen=m.client_address)
+        write_config(
+            home,
+            name=m.name,
+            peer_listen=_listen(m.peer_address, listen_host),
+            client_listen=_listen(m.client_address, listen_host),
+        )
         k.save(home / "config" / "node_key.pem")
         (home / "config" / "genesis.json").write_text(text)
         (home / "data").mkdir(parents=True, exist_ok=True)
     return genesis
+
+
+def write_client_side(directory: Path, genesis: Genesis, client_keys: Sequence[KeyPair]) -> str:
+    """genesis.json, clients/<name>.pem and client.toml in `directory`; the genesis text."""
+    text = genesis.to_json()
+    (directory / "genesis.json").write_text(text)
+    for k, c in zip(client_keys, genesis.clients, strict=True):
+        k.save(directory / "clients" / f"{c.name}.pem")
+    (directory / "client.toml").write_text(
+        "# Read by `consortium tx`, `status` and `demo`.\n"
+        'genesis = "genesis.json"\n'
+        f"keys = [{', '.join(repr(f'clients/{c.name}.pem') for c in genesis.clients)}]\n".replace(
+            "'", '"'
+        )
+    )
+    return text
+
+
+def _listen(advertised: str, listen_host: str | None) -> str:
+    if listen_host is None:
+        return advertised
+    port = advertised.rpartition(":")[2]
+    return f"[{listen_host}]:{port}" if ":" in listen_host else f"{listen_host}:{port}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -327,7 +327,9 @@ def parse_address(text: str, at: str) -> tuple[str, int]:
             raise GenesisError(
                 f"{at}: '{host}' is not an IPv4 address ({_ADDRESS_EXAMPLES})"
             ) from None
-    elif ":" in host or len(host) > 253 or not all(_HOST_LABEL.fullmatch(x) for x in host.split(".")):
+    elif (
+        ":" in host or len(host) > 253 or not all(_HOST_LABEL.fullmatch(x) for x in host.split("."))
+    ):
         raise GenesisError(f"{at}: '{host}' is not a host name or IP address ({_ADDRESS_EXAMPLES})")
     return host, int(port_text)
 
