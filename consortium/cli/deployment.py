@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -197,6 +198,9 @@ def _prepare(directory: Path, force: bool) -> None:
             f"{directory / 'genesis.json'} already exists; choose another --dir or pass "
             "--force to replace it (members that started on it must then move their data away)"
         )
+    if force:
+        # The old network's client keys are admitted by no other genesis.
+        shutil.rmtree(directory / "clients", ignore_errors=True)
     directory.mkdir(parents=True, exist_ok=True)
 
 
