@@ -88,13 +88,40 @@ def init(
             "(docs/tls.md)."
         ),
     ] = False,
+    hosts: Annotated[
+        str | None,
+        typer.Option(
+            help="Members on separate hosts: one address or DNS name per member, comma "
+            "separated (n1 first). Default: every member on 127.0.0.1, ports chosen free."
+        ),
+    ] = None,
+    peer_port: Annotated[int, typer.Option(help="With --hosts: the peer port.")] = 7101,
+    client_port: Annotated[int, typer.Option(help="With --hosts: the client port.")] = 7201,
+    listen_host: Annotated[
+        str | None,
+        typer.Option(help="With --hosts: listen here (e.g. 0.0.0.0) instead of on the host."),
+    ] = None,
 ) -> None:
-    """Write a local network: keys, genesis, one node home per member, client config."""
+    """Write a network in one directory: keys, genesis, one node home per member, client
+    config. Without --hosts it runs on this machine (`consortium up`); with --hosts, copy
+    nodes/<name> to each host and run `consortium node start --home` there. Members that do
+    not share keys use `consortium keygen` and `consortium genesis` instead."""
+    from consortium.cli.deployment import hosts_addresses
+
     if mode not in MODES:
         raise _fail(f"--mode must be one of {', '.join(MODES)}")
-    if members is None:
-        members = 4 if mode == "pbft" else 3
+    addresses = None
     try:
+        if hosts is not None:
+            host_list = [h.strip() for h in hosts.split(",") if h.strip()]
+            if members is not None and members != len(host_list):
+                raise _fail(f"--members {members} but --hosts names {len(host_list)} hosts")
+            members = len(host_list)
+            addresses = hosts_addresses(host_list, peer_port, client_port)
+        elif listen_host is not None:
+            raise _fail("--listen-host goes with --hosts")
+        if members is None:
+            members = 4 if mode == "pbft" else 3
         genesis = init_network(
             directory,
             members=members,
@@ -103,6 +130,8 @@ def init(
             chain_name=chain_name,
             force=force,
             tls=tls,
+            addresses=addresses,
+            listen_host=listen_host,
         )
     except (NetworkError, GenesisError) as exc:
         raise _fail(str(exc)) from None
@@ -112,7 +141,99 @@ def init(
         f"chain id {genesis.chain_id.hex()[:16]}…" + (", TLS on every port" if tls else "")
     )
     output.endpoint_table(genesis, directory)
-    typer.echo(f"next: consortium up --net {directory}")
+    if addresses is None:
+        typer.echo(f"next: consortium up --net {directory}")
+    else:
+        typer.echo(
+            f"next: copy {directory}/nodes/<name> to each member's host (it holds that "
+            "member's private key), then there: consortium node check --home DIR; "
+            "consortium node start --home DIR"
+        )
+
+
+@app.command()
+def keygen(
+    home: Annotated[Path, typer.Option("--home", help="The new member's home directory.")],
+    name: Annotated[str, typer.Option(help="The member's name in genesis, e.g. n1.")],
+    peer: Annotated[str, typer.Option(help="host:port other members dial, e.g. 10.0.0.1:7101.")],
+    client: Annotated[str, typer.Option(help="host:port clients dial, e.g. 10.0.0.1:7201.")],
+    listen_host: Annotated[
+        str | None,
+        typer.Option(help="Listen here (e.g. 0.0.0.0) instead of on --peer/--client's host."),
+    ] = None,
+) -> None:
+    """Create a member on its own host: a new key (config/node_key.pem, mode 0600, encrypted
+    if CONSORTIUM_KEY_PASSPHRASE is set), config/node.toml, and config/member.json with the
+    public key and addresses to send to whoever assembles genesis (`consortium genesis`)."""
+    from consortium.cli.deployment import key_passphrase, member_file
+    from consortium.cli.deployment import keygen as make_member
+
+    try:
+        member = make_member(
+            home,
+            name=name,
+            peer_address=peer,
+            client_address=client,
+            listen_host=listen_host,
+            passphrase=key_passphrase(),
+        )
+    except NetworkError as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(f"member {member.name}: public key {member.public_key.hex()}")
+    typer.echo(f"  peers dial {member.peer_address}, clients dial {member.client_address}")
+    typer.echo(f"wrote {home}/config/node_key.pem (private: never copy it off this host)")
+    typer.echo(f"wrote {home}/config/node.toml")
+    typer.echo(f"wrote {member_file(home)}: send this file to whoever assembles genesis")
+
+
+@app.command("genesis")
+def genesis_command(
+    member: Annotated[
+        list[Path],
+        typer.Option(
+            "--member",
+            help="A member's member.json from `consortium keygen` (or its home directory); "
+            "once per member, in order: the first is n1, view 0's primary.",
+        ),
+    ],
+    directory: Annotated[
+        Path, typer.Option("--dir", help="Where to write genesis.json and client files.")
+    ] = Path("net"),
+    mode: Annotated[str, typer.Option(help="Consensus: pbft or raft.")] = "pbft",
+    clients: Annotated[int, typer.Option(help="Client keys to create and admit.")] = 3,
+    chain_name: Annotated[str, typer.Option(help="A name for the network.")] = "consortium",
+    force: Annotated[bool, typer.Option(help="Replace an existing genesis.json.")] = False,
+) -> None:
+    """Assemble genesis.json from the members' public keys and addresses; also client keys and
+    a client.toml, so `consortium status/tx --net DIR` work from here. Then copy genesis.json
+    to every member's HOME/config/genesis.json."""
+    from consortium.cli.deployment import assemble_genesis
+
+    if mode not in MODES:
+        raise _fail(f"--mode must be one of {', '.join(MODES)}")
+    try:
+        genesis = assemble_genesis(
+            directory,
+            member,
+            mode="pbft" if mode == "pbft" else "raft",
+            clients=clients,
+            chain_name=chain_name,
+            force=force,
+        )
+    except NetworkError as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(
+        f"wrote {directory}/genesis.json: {genesis.mode} network '{genesis.chain_name}' of "
+        f"{genesis.n} members (f={genesis.f}, quorum {genesis.quorum}), "
+        f"{len(genesis.clients)} clients, chain id {genesis.chain_id.hex()[:16]}…"
+    )
+    typer.echo(f"{'member':<8} {'peer address':<22} client address")
+    for m in genesis.members:
+        typer.echo(f"{m.name:<8} {m.peer_address:<22} {m.client_address}")
+    typer.echo(
+        f"next: copy {directory}/genesis.json to each member's HOME/config/genesis.json, then "
+        "on each host: consortium node check --home HOME; consortium node start --home HOME"
+    )
 
 
 @app.command()
@@ -174,11 +295,14 @@ def node_start(
         raise _fail(f"--test-byzantine: choose one of {', '.join(TEST_BYZANTINE_MODES)}")
     from consortium.node.config import load_identity
     from consortium.node.logs import setup_logging
+    from consortium.node.preflight import check_data_dir, check_listen
     from consortium.node.runtime import make_node
 
     passphrase = os.environ.get("CONSORTIUM_KEY_PASSPHRASE")
     try:
         identity = load_identity(home, passphrase.encode() if passphrase else None)
+        check_data_dir(identity.config, identity.genesis)
+        check_listen(identity.config)
     except ConfigError as exc:
         raise _fail(str(exc)) from None
     log = setup_logging(identity.member.name, identity.config.log_level, identity.config.log_format)
@@ -247,6 +371,79 @@ def node_cert(
     if out is not None:
         out.write_bytes(certificate_pem(cert))
         typer.echo(f"wrote {out} (for inspection only: the member derives it at start)")
+
+
+@node_app.command("check")
+def node_check(
+    home: Annotated[Path, typer.Option("--home", help="The member's home directory.")],
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for each peer.")] = 3.0,
+) -> None:
+    """Check a member's home before starting it (or while it runs): config, key against
+    genesis, data directory's network, listen addresses, and whether each peer is reachable.
+    Exits 1 on a problem that stops the node from starting; unreachable peers are reported."""
+    from consortium.node.config import load_identity
+    from consortium.node.preflight import check_data_dir, check_listen, probe_peers
+
+    passphrase = os.environ.get("CONSORTIUM_KEY_PASSPHRASE")
+    try:
+        identity = load_identity(home, passphrase.encode() if passphrase else None)
+        genesis = identity.genesis
+        typer.echo(
+            f"ok   config, key and genesis: member {identity.member.name} "
+            f"({identity.member.index + 1} of {genesis.n}) of {genesis.mode} network "
+            f"'{genesis.chain_name}' ({genesis.chain_id.hex()[:12]}…)"
+        )
+        data = check_data_dir(identity.config, genesis)
+        typer.echo(
+            f"ok   data directory {identity.config.data_dir}: "
+            + (f"this network's ledger, height {data.height}" if data.exists else "empty")
+        )
+    except ConfigError as exc:
+        raise _fail(str(exc), EXIT_FAILED) from None
+    try:
+        check_listen(identity.config)
+        typer.echo("ok   listen addresses can be bound")
+    except ConfigError as exc:
+        if "already in use" not in str(exc):
+            raise _fail(str(exc), EXIT_FAILED) from None
+        typer.echo(f"note {exc} (fine if this member is running)")
+    probes = trio.run(probe_peers, identity.config, genesis, identity.member.index, timeout)
+    for p in probes:
+        if p.error:
+            typer.echo(f"warn peer {p.name} at {p.address}: {p.error}")
+        else:
+            typer.echo(f"ok   peer {p.name} at {p.address} reachable")
+    down = [p.name for p in probes if p.error]
+    need = genesis.quorum - 1
+    reachable = len(probes) - len(down)
+    typer.echo(
+        f"{reachable} of {len(probes)} peers reachable; this member needs {need} of them "
+        "for a quorum"
+        + ("" if reachable >= need else ": start them, or fix the addresses or firewall")
+    )
+
+
+@node_app.command("backup")
+def node_backup(
+    home: Annotated[Path, typer.Option("--home", help="The member's home directory.")],
+    to: Annotated[Path, typer.Option("--to", help="The backup file to write (must be new).")],
+) -> None:
+    """Copy the member's ledger (blocks, state, certificates, its consensus records) to a
+    new file, consistently, while the node runs (SQLite's online backup API), then verify
+    the copy. Back up config/ (node_key.pem, node.toml, genesis.json) separately."""
+    from consortium.ledger.backup import backup_store
+    from consortium.node.config import load_config
+
+    try:
+        config = load_config(home)
+        genesis = Genesis.load(config.genesis_path)
+        result = backup_store(config.store_path, to, genesis)
+    except (ConfigError, GenesisError, StoreError) as exc:
+        raise _fail(str(exc), EXIT_FAILED) from None
+    typer.echo(
+        f"backed up {config.store_path} to {result.path}: height {result.height}, head "
+        f"{result.head_hash.hex()[:16]}…, {result.size_bytes:,} bytes; verified"
+    )
 
 
 def _parse_ops(op: str, args: list[str]) -> list[object]:

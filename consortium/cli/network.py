@@ -22,6 +22,7 @@ import subprocess
 import sys
 import time
 import tomllib
+from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -34,6 +35,9 @@ from consortium.node.config import write_config
 
 class NetworkError(RuntimeError):
     """A network directory that cannot be used; the message says what to do."""
+
+
+HTTP_PORT_BASE = 9301  # with --hosts: member i serves /healthz, /metrics on 127.0.0.1:9301+i
 
 
 def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
@@ -58,7 +62,14 @@ def init_network(
     params: Params | None = None,
     force: bool = False,
     tls: bool = False,
+    addresses: Sequence[tuple[str, str]] | None = None,
+    listen_host: str | None = None,
 ) -> Genesis:
+    """A whole network in `directory`. Loopback ports chosen free, or, for members on
+    separate hosts, `addresses` (peer, client) per member (`deployment.hosts_addresses`); each
+    node then listens on its own address, or on `listen_host` with the same port."""
+    if addresses is not None and len(addresses) != members:
+        raise NetworkError(f"{len(addresses)} hosts given for {members} members")
     if directory.exists() and any(directory.iterdir()):
         if not force:
             raise NetworkError(
@@ -68,18 +79,23 @@ def init_network(
         shutil.rmtree(directory)
     directory.mkdir(parents=True, exist_ok=True)
     # Per member: peer, client and HTTP (health/metrics) ports, all distinct. The HTTP
-    # listener is plain and unauthenticated, so init puts it on loopback whatever `host` is.
-    ports = free_ports(3 * members, host)
-    if host != "127.0.0.1":
-        ports[2 * members :] = free_ports(members, "127.0.0.1")
+    # listener is plain and unauthenticated, so init puts it on loopback whatever the hosts.
+    if addresses is None:
+        ports = free_ports(3 * members, host)
+        addresses = [
+            (f"{host}:{ports[2 * i]}", f"{host}:{ports[2 * i + 1]}") for i in range(members)
+        ]
+        http_ports = ports[2 * members :] if host == "127.0.0.1" else free_ports(members)
+    else:
+        http_ports = [HTTP_PORT_BASE + i for i in range(members)]  # one host each
     member_keys = [KeyPair.generate() for _ in range(members)]
     member_list = tuple(
         Member(
             index=i,
             name=f"n{i + 1}",
             public_key=k.public,
-            peer_address=f"{host}:{ports[2 * i]}",
-            client_address=f"{host}:{ports[2 * i + 1]}",
+            peer_address=addresses[i][0],
+            client_address=addresses[i][1],
         )
         for i, k in enumerate(member_keys)
     )
@@ -94,32 +110,47 @@ def init_network(
         params=params or Params(),
     )
     genesis.validate(str(directory / "genesis.json"))
-    text = genesis.to_json()
-    (directory / "genesis.json").write_text(text)
-    for k, c in zip(client_keys, client_list, strict=True):
-        k.save(directory / "clients" / f"{c.name}.pem")
-    (directory / "client.toml").write_text(
-        "# Read by `consortium tx`, `status` and `demo`.\n"
-        'genesis = "genesis.json"\n'
-        f"keys = [{', '.join(repr(f'clients/{c.name}.pem') for c in client_list)}]\n".replace(
-            "'", '"'
-        )
-        + ("tls = true  # the members' client ports use TLS (docs/tls.md)\n" if tls else "")
-    )
+    text = write_client_side(directory, genesis, client_keys, tls=tls)
     for k, m in zip(member_keys, member_list, strict=True):
         home = directory / "nodes" / m.name
         write_config(
             home,
             name=m.name,
-            peer_listen=m.peer_address,
-            client_listen=m.client_address,
-            http_listen=f"127.0.0.1:{ports[2 * members + m.index]}",
+            peer_listen=_listen(m.peer_address, listen_host),
+            client_listen=_listen(m.client_address, listen_host),
+            http_listen=f"127.0.0.1:{http_ports[m.index]}",
             tls=tls,
         )
         k.save(home / "config" / "node_key.pem")
         (home / "config" / "genesis.json").write_text(text)
         (home / "data").mkdir(parents=True, exist_ok=True)
     return genesis
+
+
+def write_client_side(
+    directory: Path, genesis: Genesis, client_keys: Sequence[KeyPair], *, tls: bool = False
+) -> str:
+    """genesis.json, clients/<name>.pem and client.toml in `directory`; the genesis text."""
+    text = genesis.to_json()
+    (directory / "genesis.json").write_text(text)
+    for k, c in zip(client_keys, genesis.clients, strict=True):
+        k.save(directory / "clients" / f"{c.name}.pem")
+    (directory / "client.toml").write_text(
+        "# Read by `consortium tx`, `status` and `demo`.\n"
+        'genesis = "genesis.json"\n'
+        f"keys = [{', '.join(repr(f'clients/{c.name}.pem') for c in genesis.clients)}]\n".replace(
+            "'", '"'
+        )
+        + ("tls = true  # the members' client ports use TLS (docs/tls.md)\n" if tls else "")
+    )
+    return text
+
+
+def _listen(advertised: str, listen_host: str | None) -> str:
+    if listen_host is None:
+        return advertised
+    port = advertised.rpartition(":")[2]
+    return f"[{listen_host}]:{port}" if ":" in listen_host else f"{listen_host}:{port}"
 
 
 @dataclass(frozen=True, slots=True)

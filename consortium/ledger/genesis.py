@@ -8,7 +8,9 @@ peer handshake, so two networks never accept each other's messages.
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -76,6 +78,26 @@ class Member:
     public_key: bytes
     peer_address: str  # host:port for other members
     client_address: str  # host:port for clients
+
+    def to_doc(self) -> dict[str, str]:
+        """The member's entry in genesis.json (and `consortium keygen`'s member.json)."""
+        return {
+            "name": self.name,
+            "public_key": self.public_key.hex(),
+            "peer_address": self.peer_address,
+            "client_address": self.client_address,
+        }
+
+    @classmethod
+    def from_doc(cls, doc: Any, index: int, at: str) -> Member:
+        _only_keys(doc, {"name", "public_key", "peer_address", "client_address"}, at)
+        return cls(
+            index=index,
+            name=_str(doc, "name", at),
+            public_key=_key(doc, at),
+            peer_address=_address(doc, "peer_address", at),
+            client_address=_address(doc, "client_address", at),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,15 +172,7 @@ class Genesis:
             "chain_name": self.chain_name,
             "mode": self.mode,
             "created_ms": self.created_ms,
-            "members": [
-                {
-                    "name": m.name,
-                    "public_key": m.public_key.hex(),
-                    "peer_address": m.peer_address,
-                    "client_address": m.client_address,
-                }
-                for m in self.members
-            ],
+            "members": [m.to_doc() for m in self.members],
             "clients": [{"name": c.name, "public_key": c.public_key.hex()} for c in self.clients],
             "params": {f.name: getattr(self.params, f.name) for f in fields(self.params)},
         }
@@ -203,17 +217,7 @@ class Genesis:
             raise GenesisError(f"{where}: 'members' must be a non-empty list")
         members: list[Member] = []
         for i, m in enumerate(members_doc):
-            at = f"{where}: members[{i}]"
-            _only_keys(m, {"name", "public_key", "peer_address", "client_address"}, at)
-            members.append(
-                Member(
-                    index=i,
-                    name=_str(m, "name", at),
-                    public_key=_key(m, at),
-                    peer_address=_address(m, "peer_address", at),
-                    client_address=_address(m, "client_address", at),
-                )
-            )
+            members.append(Member.from_doc(m, i, f"{where}: members[{i}]"))
         clients: list[Client] = []
         clients_doc = doc.get("clients", [])
         if not isinstance(clients_doc, list):
@@ -288,12 +292,63 @@ def _address(obj: dict[str, Any], key: str, at: str) -> str:
     v = obj.get(key)
     if not isinstance(v, str):
         raise GenesisError(f"{at}: '{key}' must be 'host:port'")
-    parse_address(v, f"{at}: '{key}'")
+    parse_advertised_address(v, f"{at}: '{key}'")
     return v
 
 
+_ADDRESS_EXAMPLES = "e.g. 10.0.0.1:7101, node1.example.org:7101 or [fd00::1]:7101"
+_HOST_LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+
+
 def parse_address(text: str, at: str) -> tuple[str, int]:
+    """'host:port' -> (host, port). The host is an IPv4 address, a DNS name, or an IPv6
+    address in brackets; the port is 1..65535. Anything else (a scheme, a path, a space, an
+    unbracketed IPv6 address, 10.0.0.300) is an error that names `at` and shows the form."""
+    bad = f"{at}: '{text}' is not 'host:port' with a port in 1..65535 ({_ADDRESS_EXAMPLES})"
+    if "/" in text:
+        raise GenesisError(f"{at}: '{text}' is not 'host:port': no scheme or path, just host:port")
     host, sep, port_text = text.rpartition(":")
     if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise GenesisError(f"{at}: '{text}' is not 'host:port' with a port in 1..65535")
-    return host.strip("[]"), int(port_text)
+        raise GenesisError(bad)
+    if host.startswith("[") or host.endswith("]"):
+        try:
+            if not (host.startswith("[") and host.endswith("]")):
+                raise ValueError(host)
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            raise GenesisError(f"{at}: '{host}' is not an IPv6 address in brackets") from None
+        return host[1:-1], int(port_text)
+    if ":" in host and _is_ipv6(host):
+        raise GenesisError(f"{at}: '{text}': write an IPv6 address in brackets, e.g. [{host}]:7101")
+    if all(part.isdigit() for part in host.split(".")):
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            raise GenesisError(
+                f"{at}: '{host}' is not an IPv4 address ({_ADDRESS_EXAMPLES})"
+            ) from None
+    elif (
+        ":" in host or len(host) > 253 or not all(_HOST_LABEL.fullmatch(x) for x in host.split("."))
+    ):
+        raise GenesisError(f"{at}: '{host}' is not a host name or IP address ({_ADDRESS_EXAMPLES})")
+    return host, int(port_text)
+
+
+def _is_ipv6(text: str) -> bool:
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def parse_advertised_address(text: str, at: str) -> tuple[str, int]:
+    """An address others connect to (genesis): `parse_address`, and never a wildcard."""
+    host, port = parse_address(text, at)
+    if host in ("0.0.0.0", "::"):
+        raise GenesisError(
+            f"{at}: '{text}' means 'listen on every interface'; genesis lists the address "
+            "other members and clients connect to, e.g. this host's 10.0.0.1:7101 (a node may "
+            "still listen on 0.0.0.0 in its node.toml [listen])"
+        )
+    return host, port

@@ -232,6 +232,11 @@ class NodeIdentity:
 def load_identity(home: Path, passphrase: bytes | None = None) -> NodeIdentity:
     """Config, genesis and key, cross-checked: the key must be the member's key in genesis."""
     config = load_config(home)
+    if not config.genesis_path.exists():
+        raise ConfigError(
+            f"{config.genesis_path}: no genesis file; copy the network's genesis.json here "
+            "(`consortium genesis` or `consortium init` wrote it)"
+        )
     try:
         genesis = Genesis.load(config.genesis_path)
     except GenesisError as exc:
@@ -253,9 +258,19 @@ def load_identity(home: Path, passphrase: bytes | None = None) -> NodeIdentity:
     except InvalidKeyError as exc:
         raise ConfigError(str(exc)) from None
     if keys.public != member.public_key:
+        owner = genesis.member_by_key(keys.public)
+        if owner is not None:
+            raise ConfigError(
+                f"{config.key_path} is the key of member '{owner.name}' in "
+                f"{config.genesis_path}, but {config_path(home)} says node.name = "
+                f"'{config.name}'; set node.name = \"{owner.name}\" or use {config.name}'s key"
+            )
         raise ConfigError(
             f"{config.genesis_path}: member '{member.name}' key does not match "
             f"{config.key_path} (genesis lists {member.public_key.hex()[:8]}…, "
-            f"the key file holds {keys.public.hex()[:8]}…)"
+            f"the key file holds {keys.public.hex()[:8]}…, a key that is not in this genesis "
+            "at all): this genesis.json was not assembled from this home's member.json, or "
+            "belongs to another network; get the network's genesis.json again, or have it "
+            "assembled again with `consortium genesis --member HOME/config/member.json`"
         )
     return NodeIdentity(config, genesis, keys, member)

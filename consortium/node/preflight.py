@@ -1,0 +1,157 @@
+"""Checks a node's home can run, before it runs: `consortium node check` and `node start`.
+
+- listen addresses: each is bound once and released, so a node copied to the wrong host, a
+  port already taken or a privileged port is an error naming node.toml's key and the fix,
+  not a bare OSError from deep inside the listener.
+- data directory: the chain id stamped in an existing store is read (read-only, without
+  loading the state) and compared with genesis.json's, so a data directory of another
+  network is named before anything is written.
+- peers: a TCP connection to each member's peer address, so an unreachable member (not
+  started, wrong address, firewall, no route) is visible in one place. Only `node check`
+  probes; a starting node just keeps dialing.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import sqlite3
+from dataclasses import dataclass
+
+import trio
+
+from consortium.ledger.genesis import Genesis, parse_address
+from consortium.node.config import ConfigError, NodeConfig, config_path
+
+
+def check_listen(config: NodeConfig) -> None:
+    """Raise ConfigError unless both listen addresses can be bound on this host now."""
+    where = config_path(config.home)
+    for key, (host, port) in (
+        ("listen.peer", config.peer_listen),
+        ("listen.client", config.client_listen),
+    ):
+        shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        except socket.gaierror as exc:
+            raise ConfigError(
+                f"{where}: '{key}' {shown}: cannot resolve host '{host}' ({exc.strerror}); "
+                "use an IP address of this host, or 0.0.0.0 to listen on all of them"
+            ) from None
+        family, kind, proto, _, sockaddr = infos[0]
+        with socket.socket(family, kind, proto) as s:
+            # As trio's listeners do, so a port in TIME_WAIT after a restart is no error.
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(sockaddr)
+            except OSError as exc:
+                raise ConfigError(f"{where}: '{key}' {shown}: {_bind_advice(exc)}") from None
+
+
+def _bind_advice(exc: OSError) -> str:
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return (
+            "not an address of this host (is this home on the right machine?); listen on "
+            "one of this host's addresses, or on 0.0.0.0 with the same port (behind NAT, "
+            "where genesis lists an address no interface has)"
+        )
+    if exc.errno == errno.EADDRINUSE:
+        return (
+            "port already in use: is this member already running, or another program on that "
+            "port? (`ss -ltnp` shows which)"
+        )
+    if exc.errno == errno.EACCES:
+        return "permission denied: ports below 1024 need privileges; use e.g. 7101"
+    return f"cannot listen: {exc.strerror or exc}"
+
+
+@dataclass(frozen=True, slots=True)
+class DataDirState:
+    exists: bool
+    height: int
+
+
+def check_data_dir(config: NodeConfig, genesis: Genesis) -> DataDirState:
+    """The store's chain id must be genesis's; raise ConfigError naming both otherwise."""
+    path = config.store_path
+    if not path.exists():
+        return DataDirState(exists=False, height=0)
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            row = db.execute("SELECT value FROM meta WHERE key = 'chain_id'").fetchone()
+            top = db.execute("SELECT MAX(height) FROM blocks").fetchone()
+        finally:
+            db.close()
+    except sqlite3.Error as exc:
+        raise ConfigError(
+            f"{path}: not a readable block store ({exc}); point node.data_dir in "
+            f"{config_path(config.home)} at this member's data directory, or an empty one"
+        ) from None
+    if row is None or not isinstance(row[0], bytes):
+        raise ConfigError(f"{path}: the block store has no chain id stamp; it is damaged")
+    stamped: bytes = row[0]
+    if stamped != genesis.chain_id:
+        raise ConfigError(
+            f"{path}: data directory belongs to network {stamped.hex()[:8]}…, but "
+            f"{config.genesis_path} is network {genesis.chain_id.hex()[:8]}…. Either "
+            "genesis.json is not the one this member ran with (copy the right one), or this is "
+            "a new network: move the old data directory away (nothing deletes it for you)"
+        )
+    return DataDirState(exists=True, height=int(top[0] or 0))
+
+
+@dataclass(frozen=True, slots=True)
+class PeerProbe:
+    name: str
+    address: str
+    error: str  # "" when a TCP connection was made
+
+
+async def probe_peers(
+    config: NodeConfig, genesis: Genesis, me: int, timeout_s: float
+) -> list[PeerProbe]:
+    """Open (and close) a TCP connection to every other member's peer address, at once."""
+    results: dict[int, PeerProbe] = {}
+
+    async def probe(index: int) -> None:
+        member = genesis.members[index]
+        address = member.peer_address
+        override = config.peers.get(member.name)
+        if override is not None:
+            host, port = override
+        else:
+            host, port = parse_address(address, "genesis")
+        if override is not None:
+            address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        error = ""
+        try:
+            with trio.fail_after(timeout_s):
+                stream = await trio.open_tcp_stream(host, port)
+            await stream.aclose()
+        except trio.TooSlowError:
+            error = f"no answer within {timeout_s:g} s (host down, firewall, or no route)"
+        except OSError as exc:
+            error = _connect_advice(exc)
+        results[index] = PeerProbe(member.name, address, error)
+
+    async with trio.open_nursery() as nursery:
+        for m in genesis.members:
+            if m.index != me:
+                nursery.start_soon(probe, m.index)
+    return [results[i] for i in sorted(results)]
+
+
+def _connect_advice(exc: OSError) -> str:
+    # trio folds its attempts (one per resolved address) into one OSError caused by a group
+    cause = exc.__cause__
+    if exc.errno is None and isinstance(cause, BaseExceptionGroup):
+        first = cause.exceptions[0]
+        if isinstance(first, OSError):
+            exc = first
+    if exc.errno == errno.ECONNREFUSED:
+        return "connection refused: the host answers but nothing listens there (not started?)"
+    if exc.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
+        return f"{exc.strerror}: no route to that address from this host"
+    return str(exc) or exc.__class__.__name__
