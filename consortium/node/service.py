@@ -157,11 +157,13 @@ class ClientService:
             candidates.append((len(verdicts) - 1, tx))
         if candidates:
             oks = await node.tx_cache.verify_all([tx for _, tx in candidates])
+            # Again one query: which committed while we verified.
+            known = node.store.known_tx_ids([tx.id for _, tx in candidates])
             accepted: list[Transaction] = []
             for (i, tx), ok in zip(candidates, oks, strict=True):
                 if not ok:
                     verdicts[i] = [tx.id, "rejected", "bad_signature"]
-                elif (first := self._receipt_bundle(tx.id)) is not None:
+                elif tx.id in known and (first := self._receipt_bundle(tx.id)) is not None:
                     # It committed while we verified: answer with its receipt, do not watch.
                     verdicts[i] = [tx.id, "committed", first]
                 elif not self._watch(conn, tx.id):

@@ -19,6 +19,8 @@ from consortium.crypto.signing import Domain, Signer, Verifier
 from consortium.ledger.tx import Transaction
 from consortium.node.metrics import VERIFY_S_BUCKETS, Histogram
 
+INLINE_MAX = 2  # verify_all checks this many cache misses on the event loop, more on threads
+
 
 class TxSignatureCache:
     def __init__(self, verifier: Verifier, *, entries_max: int = 262_144, threads: int = 2) -> None:
@@ -76,6 +78,13 @@ class TxSignatureCache:
             else:
                 self.hits += 1
             results.append(ok)
+        if 0 < len(missing) <= INLINE_MAX:
+            # One or two: verifying here costs less than the hand-off to a worker thread and
+            # back (and an idle network's latency is made of such hand-offs).
+            for i in missing:
+                ok = self.check(txs[i])
+                results[i] = ok
+            missing = []
         if missing:
             verifier = self._verifier
 
