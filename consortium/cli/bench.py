@@ -196,7 +196,9 @@ def run_bench(config: BenchConfig, directory: Path | None = None) -> BenchRun:
         before = trio.run(_statuses, genesis, list(range(genesis.n)), options)
         usage = resource.getrusage(resource.RUSAGE_SELF)
         cpu_before = usage.ru_utime + usage.ru_stime
-        results, elapsed, killed, failover = trio.run(_drive, cfg, genesis, keys, per_client, net)
+        results, elapsed, killed, failover, stability = trio.run(
+            _drive, cfg, genesis, keys, per_client, net
+        )
         usage = resource.getrusage(resource.RUSAGE_SELF)
         run.figures["client_cpu_s"] = round(usage.ru_utime + usage.ru_stime - cpu_before, 2)
         alive = [i for i in range(genesis.n) if genesis.members[i].name not in killed]
@@ -205,6 +207,7 @@ def run_bench(config: BenchConfig, directory: Path | None = None) -> BenchRun:
     finally:
         net.stop()
     _figures(run, genesis, results, elapsed, before, after, killed, failover)
+    run.figures["stability"] = stability
     heads: set[tuple[int, bytes]] = set()
     problems: list[str] = []
     for home in net.homes:
@@ -234,8 +237,9 @@ async def _drive(
     keys: list[KeyPair],
     per_client: list[list[Transaction]],
     net: LocalNetwork,
-) -> tuple[list[_Result], float, list[str], tuple[float | None, float | None]]:
+) -> tuple[list[_Result], float, list[str], tuple[float | None, float | None], dict[str, Any]]:
     results: list[_Result] = []
+    memory: dict[str, list[tuple[float, int]]] = {}
     total = sum(len(x) for x in per_client)
     killed: list[str] = []
     kill_time: list[float] = []
@@ -297,7 +301,18 @@ async def _drive(
         killed.append(name)
         kill_time.append(trio.current_time())
 
+    async def sampler() -> None:
+        # Members' resident memory over the run (a bounded log shows as a flat line).
+        while True:
+            at = round(trio.current_time() - start, 1)
+            for name, proc in net.procs.items():
+                kb = _rss_kb(proc.pid) if proc.poll() is None else None
+                if kb is not None:
+                    memory.setdefault(name, []).append((at, kb))
+            await trio.sleep(SAMPLE_S)
+
     async with trio.open_nursery() as nursery:
+        nursery.start_soon(sampler)
         if cfg.kill_at_s is not None:
             nursery.start_soon(killer)
         async with trio.open_nursery() as clients:
@@ -316,7 +331,59 @@ async def _drive(
             (min(after_) - max(before)) if before and after_ else None,
             (min(after_) - kill_time[0]) if after_ else None,
         )
-    return results, elapsed, killed, failover
+    stability = _stability(times, start, memory)
+    return results, elapsed, killed, failover, stability
+
+
+SAMPLE_S = 1.0  # how often the bench reads the members' resident memory
+TENTHS = 10
+
+
+def _rss_kb(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def _stability(
+    times: list[float], start: float, memory: dict[str, list[tuple[float, int]]]
+) -> dict[str, Any]:
+    """Throughput in each tenth of the run and memory over it: whether a long run holds its
+    pace (start against end) and whether members' memory stays bounded."""
+    out: dict[str, Any] = {}
+    if times:
+        span = max(times) - start
+        counts = [0] * TENTHS
+        for t in times:
+            counts[min(TENTHS - 1, int(TENTHS * (t - start) / span) if span > 0 else 0)] += 1
+        rates = [round(c / (span / TENTHS), 1) if span > 0 else 0.0 for c in counts]
+        out["span_s"] = round(span, 3)
+        out["tx_per_s_by_tenth"] = rates
+        # The first tenth includes connecting and the last one the drain (clients running
+        # out of work): compare the second tenth with the ninth.
+        if rates[1] > 0:
+            out["end_to_start"] = round(rates[-2] / rates[1], 3)
+    rss: dict[str, dict[str, float]] = {}
+    for name, samples in memory.items():
+        if len(samples) < 2:
+            continue
+        tenth = samples[max(0, len(samples) // 10)][1]
+        half = samples[len(samples) // 2][1]
+        last = samples[-1][1]
+        rss[name] = {
+            "at_tenth_mb": round(tenth / 1024, 1),
+            "at_half_mb": round(half / 1024, 1),
+            "at_end_mb": round(last / 1024, 1),
+            "end_over_half": round(last / half, 3) if half else 0.0,
+            "samples": len(samples),
+        }
+    out["rss"] = rss
+    return out
 
 
 def _delta(after: dict[str, Any], before: dict[str, Any], key: str) -> float:
@@ -456,6 +523,7 @@ ROWS: list[tuple[str, str]] = [
     ("ceiling tx/s", "ceiling.tx_per_s"),
     ("achieved of ceiling", "ceiling.achieved_fraction"),
     ("failover s", "failover_s"),
+    ("tx/s 9th / 2nd tenth", "stability.end_to_start"),
 ]
 
 
@@ -501,6 +569,15 @@ def per_member_lines(run: BenchRun) -> list[str]:
             f"    {name}: {row['messages']:,.0f} messages, {row['bytes'] / 1e6:,.1f} MB sent, "
             f"{row['verifications']:,.0f} verifications, {row['fsyncs']:,.0f} fsyncs, "
             f"{row['cpu_s']:.2f} CPU s, peak {row['peak_rss_mb']} MB"
+        )
+    stability = run.figures.get("stability", {})
+    rates = stability.get("tx_per_s_by_tenth")
+    if rates:
+        lines.append("    tx/s by tenth of the run: " + ", ".join(f"{r:,.0f}" for r in rates))
+    for name, rss in stability.get("rss", {}).items():
+        lines.append(
+            f"    {name} memory: {rss['at_tenth_mb']} MB at a tenth, {rss['at_half_mb']} MB "
+            f"at half, {rss['at_end_mb']} MB at the end"
         )
     return lines
 

@@ -60,12 +60,18 @@ def test_bench_compare_runs_both_modes_and_its_figures_add_up(tmp_path: Path) ->
         assert 0 < fig["ceiling"]["achieved_fraction"] < 1
         assert set(fig["per_member"]) == {f"n{i + 1}" for i in range(n)}
         assert all(m["cpu_s"] > 0 and m["peak_rss_mb"] > 0 for m in fig["per_member"].values())
+        # Throughput by tenth of the run adds up to what committed.
+        stability = fig["stability"]
+        rates = stability["tx_per_s_by_tenth"]
+        assert len(rates) == 10
+        assert sum(rates) * stability["span_s"] / 10 == pytest.approx(TXS, rel=0.01)
 
 
 def test_bench_measures_failover_when_the_leader_is_killed(tmp_path: Path) -> None:
     out = tmp_path / "kill.json"
     result = cli(
-        "bench", "--mode", "raft", "--txs", "3000", "--clients", "2", "--window", "40",
+        "bench", "--mode", "raft", "--txs", "40000", "--duration", "3", "--clients", "2",
+        "--window", "40",
         "--kill-at", "1.0", "--timeout-ms", "500", "--json", str(out),
         timeout=300,
     )  # fmt: skip
@@ -77,3 +83,8 @@ def test_bench_measures_failover_when_the_leader_is_killed(tmp_path: Path) -> No
     assert fig["kill_to_first_commit_s"] is not None
     assert fig["committed"] == fig["submitted"]
     assert fig["ledgers_verified"] and fig["ledgers_identical"]
+    # Memory was sampled over the run; the killed member stops being sampled.
+    rss = fig["stability"]["rss"]
+    survivors = {f"n{i + 1}" for i in range(3)} - set(fig["killed"])
+    assert survivors <= set(rss), rss
+    assert all(r["at_end_mb"] > 0 and r["samples"] >= 2 for r in rss.values())
