@@ -24,6 +24,11 @@ updates are proportional to the changes, and both enter the state root when they
 Replay protection is by id: an id executes at most once. Only unexpired ids need remembering
 (an expired id is rejected anyway), so the replay set is bounded by tx_ttl_max_ms times the rate.
 
+Memory. A member's state lives in its block store; `kv` and `replay` are then `CachedTable`s:
+reads go through a bounded cache to the store, and what was applied but is not durable yet stays
+in memory until the store says it is (`durable`). A member's memory is thus bounded whatever the
+size of its state. Simulators and the offline audit use plain dicts.
+
 State root. Deviation from a Merkleised state: the root is a hash chain over each block's state
 changes, root_h = H("state", root_{h-1}, sorted writes, ids consumed). It commits to the whole
 state (two replicas with equal roots applied identical histories from genesis), updates in time
@@ -35,10 +40,10 @@ against the block instead.
 from __future__ import annotations
 
 import heapq
-from collections import deque
-from collections.abc import Collection, Mapping
+from collections import OrderedDict, deque
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Generic, Protocol, TypeVar, overload
 
 from consortium.crypto.codec import digest_of
 from consortium.crypto.merkle import merkle_root
@@ -104,6 +109,115 @@ class Application(Protocol):
     def apply(self, execution: Execution) -> None: ...
 
 
+V = TypeVar("V")
+
+
+class Table(Protocol[V]):
+    """What the application needs of its key-value and replay maps (a dict is one)."""
+
+    def get(self, key: bytes, /) -> V | None: ...
+
+    def __contains__(self, key: object, /) -> bool: ...
+
+    def __getitem__(self, key: bytes, /) -> V: ...
+
+    def __setitem__(self, key: bytes, value: V, /) -> None: ...
+
+    def __delitem__(self, key: bytes, /) -> None: ...
+
+
+class CachedTable(Generic[V]):
+    """A map kept in the store: `load(key)` reads the durable value (None: absent). What was
+    written since (applied, not yet durable) is held in `_dirty` until `durable` is told the
+    store has it; clean values are cached, at most `cache_max` of them (absences too)."""
+
+    def __init__(
+        self,
+        load: Callable[[bytes], V | None],
+        cache_max: int = 65_536,
+        load_many: Callable[[list[bytes]], dict[bytes, V]] | None = None,
+    ) -> None:
+        assert cache_max > 0
+        self._load = load
+        self._load_many = load_many
+        self._cache_max = cache_max
+        self._dirty: dict[bytes, V | None] = {}  # None: deleted
+        self._clean: OrderedDict[bytes, V | None] = OrderedDict()
+        self.loads = 0
+
+    @overload
+    def get(self, key: bytes, /) -> V | None: ...
+
+    @overload
+    def get(self, key: bytes, default: V, /) -> V: ...
+
+    def get(self, key: bytes, default: V | None = None, /) -> V | None:
+        if key in self._dirty:
+            value = self._dirty[key]
+        else:
+            clean = self._clean
+            if key in clean:
+                clean.move_to_end(key)
+                value = clean[key]
+            else:
+                value = self._load(key)
+                self.loads += 1
+                self._keep(key, value)
+        return default if value is None else value
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, bytes) and self.get(key) is not None
+
+    def __getitem__(self, key: bytes) -> V:
+        value = self.get(key)
+        if value is None:
+            raise KeyError(key)
+        return value
+
+    def __setitem__(self, key: bytes, value: V) -> None:
+        self._dirty[key] = value
+
+    def __delitem__(self, key: bytes) -> None:
+        self._dirty[key] = None
+
+    def pop(self, key: bytes, default: V | None = None) -> V | None:
+        value = self.get(key)
+        self._dirty[key] = None
+        return default if value is None else value
+
+    def prefetch(self, keys: Iterable[bytes]) -> None:
+        """Read these (a block's) from the store in one go rather than one by one."""
+        if self._load_many is None:
+            return
+        wanted = [k for k in keys if k not in self._dirty and k not in self._clean]
+        if not wanted:
+            return
+        found = self._load_many(wanted)
+        self.loads += 1
+        for key in wanted:
+            self._keep(key, found.get(key))
+
+    def durable(self, items: Iterable[tuple[bytes, V | None]]) -> None:
+        """The store now holds these values: unpin them (unless written again since)."""
+        dirty = self._dirty
+        for key, value in items:
+            if key in dirty and dirty[key] == value:
+                del dirty[key]
+                self._keep(key, value)
+
+    @property
+    def pinned(self) -> int:
+        """Values applied but not yet durable (bounded by the blocks in one store write)."""
+        return len(self._dirty)
+
+    def _keep(self, key: bytes, value: V | None) -> None:
+        clean = self._clean
+        clean[key] = value
+        clean.move_to_end(key)
+        if len(clean) > self._cache_max:
+            clean.popitem(last=False)
+
+
 @dataclass
 class KeyValueState:
     """The default application. `execute` is pure; `apply` commits an Execution.
@@ -116,8 +230,8 @@ class KeyValueState:
     params: Params
     clients: Collection[bytes] | Mapping[bytes, str]
     state_root: bytes
-    kv: dict[bytes, bytes] = field(default_factory=dict)
-    replay: dict[bytes, int] = field(default_factory=dict)  # unexpired executed id -> expiry
+    kv: Table[bytes] = field(default_factory=dict)
+    replay: Table[int] = field(default_factory=dict)  # unexpired executed id -> expiry
     _expiry_heap: list[tuple[int, bytes]] = field(default_factory=list)
     last_timestamp_ms: int = 0
     member_keys: tuple[bytes, ...] = ()
@@ -127,8 +241,9 @@ class KeyValueState:
     _pending_last: dict[bytes, PendingChange] = field(init=False)  # key -> its latest change
 
     def __post_init__(self) -> None:
-        self._expiry_heap = [(exp, tid) for tid, exp in self.replay.items()]
-        heapq.heapify(self._expiry_heap)
+        if isinstance(self.replay, dict):
+            self._expiry_heap = [(exp, tid) for tid, exp in self.replay.items()]
+            heapq.heapify(self._expiry_heap)
         c = self.clients
         self.admitted = dict(c) if isinstance(c, Mapping) else dict.fromkeys(c, "")
         self._pending_last = {p.client_key: p for p in self.pending}
@@ -146,8 +261,8 @@ class KeyValueState:
         *,
         admitted: Mapping[bytes, str] | None = None,
         pending: list[PendingChange] | None = None,
-        kv: dict[bytes, bytes] | None = None,
-        replay: dict[bytes, int] | None = None,
+        kv: Table[bytes] | None = None,
+        replay: Table[int] | None = None,
         last_timestamp_ms: int = 0,
     ) -> KeyValueState:
         """The state of `genesis`'s network at `state_root` (at genesis when the rest is
@@ -157,8 +272,8 @@ class KeyValueState:
             genesis.params,
             {c.public_key: c.name for c in genesis.clients} if admitted is None else admitted,
             state_root,
-            kv=kv or {},
-            replay=replay or {},
+            kv={} if kv is None else kv,
+            replay={} if replay is None else replay,
             last_timestamp_ms=last_timestamp_ms,
             member_keys=tuple(m.public_key for m in genesis.members),
             quorum=genesis.quorum,
@@ -193,6 +308,16 @@ class KeyValueState:
         if activated:
             admitted = _Overlay(self.admitted, {p.client_key: p.kind == ADMIT for p in activated})
         recorded: list[PendingChange] = []
+
+        if isinstance(self.replay, CachedTable):
+            self.replay.prefetch(tx.id for tx in txs)
+        if isinstance(self.kv, CachedTable):
+            self.kv.prefetch(
+                op.key
+                for tx in txs
+                for op in tx.ops
+                if isinstance(op, Delete | CompareAndSet | Get)
+            )
 
         def current(key: bytes) -> bytes | None:
             return writes[key] if key in writes else self.kv.get(key)
@@ -323,12 +448,15 @@ class KeyValueState:
     def apply(self, execution: Execution) -> None:
         for k, v in execution.writes.items():
             if v is None:
-                self.kv.pop(k, None)
+                if k in self.kv:
+                    del self.kv[k]
             else:
                 self.kv[k] = v
+        in_memory = isinstance(self.replay, dict)
         for tid, exp in execution.consumed:
             self.replay[tid] = exp
-            heapq.heappush(self._expiry_heap, (exp, tid))
+            if in_memory:  # (a stored replay table forgets expired ids in the store)
+                heapq.heappush(self._expiry_heap, (exp, tid))
         for p in execution.activated:
             first = self.pending.popleft()
             assert first == p, "pending client changes apply in order"
@@ -352,6 +480,13 @@ class KeyValueState:
             exp, tid = heapq.heappop(heap)
             if self.replay.get(tid) == exp:
                 del self.replay[tid]
+
+    def durable(self, execution: Execution) -> None:
+        """The store holds `execution`'s writes now: cached tables may let them go."""
+        if isinstance(self.kv, CachedTable):
+            self.kv.durable(execution.writes.items())
+        if isinstance(self.replay, CachedTable):
+            self.replay.durable(execution.consumed)
 
 
 def build_block(

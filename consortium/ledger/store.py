@@ -40,6 +40,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from consortium.crypto.codec import WireFormatError, pack, unpack_canonical
 from consortium.ledger.admission import ADMIT, PendingChange
@@ -53,9 +54,10 @@ from consortium.ledger.block import (
 )
 from consortium.ledger.certificates import CheckpointCertificate, SignedVote
 from consortium.ledger.genesis import Genesis
-from consortium.ledger.state import Execution, KeyValueState
+from consortium.ledger.state import CachedTable, Execution, KeyValueState
 
 SCHEMA_VERSION = 2
+STATE_CACHE_MAX = 65_536  # key-value and replay entries cached in memory (each table)
 _SYNCHRONOUS_FULL = 2  # what `PRAGMA synchronous` reports for FULL
 
 _SCHEMA = (
@@ -336,15 +338,31 @@ class BlockStore:
     def _load_state(self) -> None:
         db = self._db
         head = self._head
-        kv = {bytes(k): bytes(v) for k, v in db.execute("SELECT key, value FROM kv")}
-        # Ids whose expiry passed the head's time are rejected as expired anyway (the app prunes
-        # them the same way), so only the unexpired ones are loaded.
-        replay = {
-            bytes(t): int(e)
-            for t, e in db.execute(
-                "SELECT tx_id, expiry_ms FROM replay WHERE expiry_ms >= ?", (head.timestamp_ms,)
-            )
-        }
+
+        # The key-value state and the replay set stay in the store: read through a bounded
+        # cache, so memory does not grow with the state (ledger/state.py, CachedTable). An id
+        # whose expiry passed is deleted at the next write, and judged by its expiry until then.
+        def load_value(key: bytes) -> bytes | None:
+            row = db.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
+            return None if row is None else bytes(row[0])
+
+        def load_expiry(tx_id: bytes) -> int | None:
+            row = db.execute("SELECT expiry_ms FROM replay WHERE tx_id = ?", (tx_id,)).fetchone()
+            return None if row is None else int(row[0])
+
+        def load_values(keys: list[bytes]) -> dict[bytes, bytes]:
+            return {
+                bytes(k): bytes(v) for k, v in _select_in(db, "key, value FROM kv", "key", keys)
+            }
+
+        def load_expiries(tx_ids: list[bytes]) -> dict[bytes, int]:
+            return {
+                bytes(t): int(e)
+                for t, e in _select_in(db, "tx_id, expiry_ms FROM replay", "tx_id", tx_ids)
+            }
+
+        kv: CachedTable[bytes] = CachedTable(load_value, STATE_CACHE_MAX, load_values)
+        replay: CachedTable[int] = CachedTable(load_expiry, STATE_CACHE_MAX, load_expiries)
         admitted = {
             bytes(k): str(label) for k, label in db.execute("SELECT key, label FROM clients")
         }
@@ -414,17 +432,9 @@ class BlockStore:
 
     def known_tx_ids(self, tx_ids: Sequence[bytes]) -> set[bytes]:
         """Which of `tx_ids` occur in the ledger (one indexed query per 500 ids)."""
-        found: set[bytes] = set()
-        for start in range(0, len(tx_ids), 500):
-            chunk = tx_ids[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            found.update(
-                bytes(row[0])
-                for row in self._db.execute(
-                    f"SELECT tx_id FROM tx_index WHERE tx_id IN ({marks})", chunk
-                )
-            )
-        return found
+        return {
+            bytes(row[0]) for row in _select_in(self._db, "tx_id FROM tx_index", "tx_id", tx_ids)
+        }
 
     def receipt_of(self, tx_id: bytes) -> Receipt | None:
         """The first executed receipt of `tx_id` (if no occurrence executed: the first one)."""
@@ -533,6 +543,8 @@ class BlockStore:
         self._head = new_head
         for _, execution, _ in blocks[applied:]:
             self.app.apply(execution)
+        for _, execution, _ in blocks:
+            self.app.durable(execution)
 
     def _rollback(self) -> None:
         if self._db.in_transaction:
@@ -655,6 +667,18 @@ class BlockStore:
 
     def close(self) -> None:
         self._db.close()
+
+
+def _select_in(
+    db: sqlite3.Connection, what: str, column: str, keys: Sequence[bytes]
+) -> list[tuple[Any, ...]]:
+    """SELECT `what` WHERE `column` IN keys, one indexed query per 500 keys."""
+    rows: list[tuple[Any, ...]] = []
+    for start in range(0, len(keys), 500):
+        chunk = keys[start : start + 500]
+        marks = ",".join("?" * len(chunk))
+        rows += db.execute(f"SELECT {what} WHERE {column} IN ({marks})", chunk).fetchall()
+    return rows
 
 
 def _prefix_end(prefix: bytes) -> bytes | None:

@@ -27,6 +27,7 @@ from consortium.ledger.certificates import (
 )
 from consortium.ledger.genesis import Client, Genesis, Member, Mode, Params
 from consortium.ledger.state import Execution, KeyValueState, build_block
+from consortium.ledger.store import BlockStore
 from consortium.ledger.tx import Op, Put, Transaction
 
 MEMBERS = [KeyPair.from_seed(hashlib.sha256(b"member %d" % i).digest()) for i in range(4)]
@@ -127,3 +128,30 @@ class ChainBuilder:
 
     def add_puts(self, count: int) -> Block:
         return self.add([self.tx(Put(b"k%d" % i, b"value %d" % i)) for i in range(count)])
+
+
+def stored_state(store: BlockStore) -> tuple[dict[bytes, bytes], dict[bytes, int]]:
+    """What `store` holds as its state (its kv table, its unexpired replay set): the tables its
+    app reads through."""
+    db = store._db
+    kv = {bytes(k): bytes(v) for k, v in db.execute("SELECT key, value FROM kv")}
+    replay = {
+        bytes(t): int(e)
+        for t, e in db.execute(
+            "SELECT tx_id, expiry_ms FROM replay WHERE expiry_ms >= ?", (store.head.timestamp_ms,)
+        )
+    }
+    return kv, replay
+
+
+def same_state(store: BlockStore, app: KeyValueState) -> bool:
+    """The store's app answers exactly as `app` (in-memory) for every key and id `app` holds, and
+    the store's tables hold exactly `app`'s state."""
+    assert isinstance(app.kv, dict) and isinstance(app.replay, dict)
+    kv, replay = stored_state(store)
+    return (
+        kv == app.kv
+        and replay == app.replay
+        and all(store.app.kv.get(k) == v for k, v in app.kv.items())
+        and all(store.app.replay.get(t) == e for t, e in app.replay.items())
+    )

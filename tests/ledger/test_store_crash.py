@@ -10,7 +10,7 @@ from pathlib import Path
 
 from consortium.ledger.audit import audit_ledger
 from consortium.ledger.store import BlockStore
-from tests.ledger.chain_fixture import ChainBuilder
+from tests.ledger.chain_fixture import ChainBuilder, same_state
 
 ROOT = Path(__file__).parents[2]
 TXS_PER_BLOCK = 3
@@ -83,7 +83,7 @@ def test_after_kill_9_the_store_reopens_to_the_last_whole_block(tmp_path: Path) 
     store = BlockStore.open(path, chain.genesis)
     try:
         assert store.head == chain.head
-        assert store.app.kv == chain.app.kv and store.app.replay == chain.app.replay
+        assert same_state(store, chain.app)
         assert store.app.state_root == chain.app.state_root
     finally:
         store.close()

@@ -1,0 +1,100 @@
+"""A member's state stays in its store: CachedTable reads through a bounded cache, and what was
+applied but is not durable yet is never evicted (it exists nowhere else)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from consortium.ledger import store as store_module
+from consortium.ledger.state import CachedTable, build_block
+from consortium.ledger.store import BlockStore
+from consortium.ledger.tx import CompareAndSet, Delete, Put
+from tests.ledger.chain_fixture import ChainBuilder, same_state
+
+
+def test_absent_and_present_keys_are_read_through_and_cached() -> None:
+    durable = {b"a": b"1"}
+    table: CachedTable[bytes] = CachedTable(durable.get, cache_max=4)
+    assert table.get(b"a") == b"1" and table.get(b"zz") is None
+    assert b"a" in table and b"zz" not in table
+    assert table.loads == 2  # the membership tests hit the cache, absences included
+    durable[b"a"] = b"changed behind our back"
+    assert table.get(b"a") == b"1"  # served from the cache
+
+
+def test_what_is_not_durable_is_never_evicted() -> None:
+    durable: dict[bytes, bytes] = {}
+    table: CachedTable[bytes] = CachedTable(durable.get, cache_max=2)
+    table[b"pinned"] = b"new"
+    for i in range(10):  # far more reads than the cache holds
+        assert table.get(b"other %d" % i) is None
+    assert table.get(b"pinned") == b"new" and table.pinned == 1
+    del table[b"gone"]
+    assert table.get(b"gone") is None and b"gone" not in table
+
+
+def test_durable_unpins_only_values_not_written_again() -> None:
+    durable: dict[bytes, bytes] = {}
+    table: CachedTable[bytes] = CachedTable(durable.get, cache_max=1)
+    table[b"k"] = b"block 1"
+    table[b"k"] = b"block 2"  # applied too, not saved yet
+    durable[b"k"] = b"block 1"
+    table.durable([(b"k", b"block 1")])  # block 1 is saved
+    assert table.pinned == 1  # block 2's value stays pinned...
+    for i in range(5):
+        table.get(b"evict %d" % i)
+    assert table.get(b"k") == b"block 2"  # ...and is still what reads see
+    durable[b"k"] = b"block 2"
+    table.durable([(b"k", b"block 2")])
+    assert table.pinned == 0 and table.get(b"k") == b"block 2"
+
+
+def test_a_store_whose_state_outgrows_the_cache_executes_exactly_as_in_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store_module, "STATE_CACHE_MAX", 3)
+    chain = ChainBuilder()
+    path = tmp_path / "ledger.sqlite"
+    store = BlockStore.open(path, chain.genesis)
+    try:
+        for round_ in range(4):
+            txs = [chain.tx(Put(b"k%d" % i, b"v%d.%d" % (round_, i))) for i in range(8)]
+            txs.append(chain.tx(CompareAndSet(b"k1", b"v%d.1" % (round_ - 1), b"cas")))
+            txs.append(chain.tx(Delete(b"k%d" % round_)))
+            txs.append(txs[0])  # a duplicate, judged by the replay table
+            chain.add(txs)
+            # The store's app executes on its own (not the builder's) state, through the
+            # cache of 3 entries, and must reach the same block.
+            block, execution, cert = chain.blocks[-1]
+            mine, _ = build_block(
+                store.head, block.header.consensus, block.header.timestamp_ms, block.txs, store.app
+            )
+            assert mine == block
+            store.save(blocks=[(block, execution, cert)])
+        assert same_state(store, chain.app)
+        assert isinstance(store.app.kv, CachedTable) and store.app.kv.pinned == 0
+    finally:
+        store.close()
+    reopened = BlockStore.open(path, chain.genesis)
+    try:
+        assert same_state(reopened, chain.app)
+    finally:
+        reopened.close()
+
+
+def test_a_block_s_reads_are_prefetched_in_one_query() -> None:
+    durable = {b"a": b"1", b"b": b"2"}
+    calls: list[list[bytes]] = []
+
+    def load_many(keys: list[bytes]) -> dict[bytes, bytes]:
+        calls.append(keys)
+        return {k: durable[k] for k in keys if k in durable}
+
+    table: CachedTable[bytes] = CachedTable(durable.get, cache_max=8, load_many=load_many)
+    table[b"dirty"] = b"x"
+    table.prefetch([b"a", b"b", b"absent", b"dirty"])
+    assert calls == [[b"a", b"b", b"absent"]]  # what is pinned is never read from the store
+    assert (table.get(b"a"), table.get(b"b"), table.get(b"absent")) == (b"1", b"2", None)
+    assert table.loads == 1  # one query for the lot, then the cache
