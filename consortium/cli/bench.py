@@ -101,12 +101,16 @@ def predicted(mode: Mode, n: int, params: Params) -> dict[str, Any]:
     }
 
 
+BENCH_TTL_MS = 4 * 3600 * 1000  # pre-signed transactions must outlive a long run (1M of them)
+
+
 def _workload(
     genesis: Genesis, keys: list[KeyPair], count: int, payload: int
 ) -> list[list[Transaction]]:
     """Pre-signed transactions of about `payload` encoded bytes, split over the clients."""
     per: list[list[Transaction]] = [[] for _ in keys]
-    expiry = int(time.time() * 1000) + 9 * 60 * 1000
+    # Expiring within the network's tx_ttl_max_ms (BENCH_TTL_MS), and after the whole run.
+    expiry = int(time.time() * 1000) + BENCH_TTL_MS - 60_000
     probe = Transaction.create(keys[0], genesis.chain_id, b"0" * 16, expiry, [Put(b"k" * 12, b"")])
     value = b"v" * max(0, payload - probe.size)
     for i in range(count):
@@ -167,6 +171,7 @@ def run_bench(config: BenchConfig, directory: Path | None = None) -> BenchRun:
         batch_txs_max=cfg.batch_txs,
         request_timeout_ms=cfg.timeout_ms,
         window=max(64, Params().window),
+        tx_ttl_max_ms=BENCH_TTL_MS,
     )
     genesis = init_network(
         directory,
