@@ -6,6 +6,7 @@ n = 4, f = 1: in pbft the client yields a block once f+1 = 2 members sent the sa
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import AsyncIterator
 from contextlib import aclosing, asynccontextmanager
@@ -25,8 +26,8 @@ from consortium.ledger.store import BlockStore
 from consortium.ledger.tx import Put
 from consortium.node import api
 from consortium.node.client import ClientError, ConsortiumClient
-from consortium.node.framing import FrameReader, encode_frames
 from consortium.node.follow import CommittedBlock, Follower
+from consortium.node.framing import FrameReader, encode_frames
 from consortium.node.receipts import verify_receipt
 from consortium.node.service import ClientService
 from tests.ledger.chain_fixture import MEMBERS, ChainBuilder, make_genesis
@@ -293,32 +294,34 @@ async def test_the_client_yields_blocks_in_order_once_f_plus_1_members_agree(
     honest = build_chain(6)
     liar = build_chain(6, salt=b"-fork")  # its own valid chain, signed by its own key
     chains = [honest, honest, liar, honest]
-    async with members(tmp_path, chains) as (nodes, addresses):
-        async with ConsortiumClient(GENESIS, addresses=addresses) as client:
-            got = await take(client, 1, 6)
-            assert [b.height for b in got] == [1, 2, 3, 4, 5, 6]
-            assert [b.block_hash for b in got] == [blk.hash for blk, _, _ in honest.blocks]
-            for b in got:
-                assert len(b.signers) >= 2 and 2 not in b.signers  # never the liar's fork
-                assert b.tx_ids == [r.tx_id for r in b.receipts]
-            for earlier, later in zip(got, got[1:], strict=False):
-                assert later.header.prev_hash == earlier.block_hash
-            # Any receipt of a followed block is a receipt document that verifies offline.
-            assert verify_receipt(got[3].receipt_proof(1), GENESIS) is None
+    async with (
+        members(tmp_path, chains) as (nodes, addresses),
+        ConsortiumClient(GENESIS, addresses=addresses) as client,
+    ):
+        got = await take(client, 1, 6)
+        assert [b.height for b in got] == [1, 2, 3, 4, 5, 6]
+        assert [b.block_hash for b in got] == [blk.hash for blk, _, _ in honest.blocks]
+        for b in got:
+            assert len(b.signers) >= 2 and 2 not in b.signers  # never the liar's fork
+            assert b.tx_ids == [r.tx_id for r in b.receipts]
+        for earlier, later in itertools.pairwise(got):
+            assert later.header.prev_hash == earlier.block_hash
+        # Any receipt of a followed block is a receipt document that verifies offline.
+        assert verify_receipt(got[3].receipt_proof(1), GENESIS) is None
 
-            # Live: blocks appended after the follow started arrive in order.
-            async def grow() -> None:
-                await trio.sleep(0.2)
-                for _ in range(3):
-                    honest.add([honest.tx(Put(b"more", b"1"))])
-                for i in (0, 1, 3):
-                    nodes[i].append(honest, 6)
+        # Live: blocks appended after the follow started arrive in order.
+        async def grow() -> None:
+            await trio.sleep(0.2)
+            for _ in range(3):
+                honest.add([honest.tx(Put(b"more", b"1"))])
+            for i in (0, 1, 3):
+                nodes[i].append(honest, 6)
 
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(grow)
-                with trio.fail_after(10):
-                    live = await take(client, 7, 3)
-            assert [b.block_hash for b in live] == [blk.hash for blk, _, _ in honest.blocks[6:]]
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(grow)
+            with trio.fail_after(10):
+                live = await take(client, 7, 3)
+        assert [b.block_hash for b in live] == [blk.hash for blk, _, _ in honest.blocks[6:]]
 
 
 async def test_without_f_plus_1_matching_copies_nothing_is_yielded(tmp_path: Path) -> None:
@@ -404,32 +407,36 @@ async def test_the_client_holds_a_bounded_number_of_blocks_when_the_consumer_sto
     tmp_path: Path,
 ) -> None:
     chain = build_chain(60, txs_per_block=1)
-    async with members(tmp_path, [chain] * 4) as (_, addresses):
-        async with ConsortiumClient(GENESIS, addresses=addresses) as client:
-            follower = Follower(client, 1, credit=4)
-            for _ in range(40):  # nobody takes decided blocks
-                follower.tend()
-                await trio.sleep(0.02)
-            held = sum(len(c) for c in follower.pending.values())
-            assert 0 < len(follower.pending) <= 2 * 4 + 1
-            assert held <= 4 * (2 * 4 + 1)
-            for stream in follower.streams.values():
-                assert stream.next_height <= 1 + 2 * 4 + 1
-            follower.close()
+    async with (
+        members(tmp_path, [chain] * 4) as (_, addresses),
+        ConsortiumClient(GENESIS, addresses=addresses) as client,
+    ):
+        follower = Follower(client, 1, credit=4)
+        for _ in range(40):  # nobody takes decided blocks
+            follower.tend()
+            await trio.sleep(0.02)
+        held = sum(len(c) for c in follower.pending.values())
+        assert 0 < len(follower.pending) <= 2 * 4 + 1
+        assert held <= 4 * (2 * 4 + 1)
+        for stream in follower.streams.values():
+            assert stream.next_height <= 1 + 2 * 4 + 1
+        follower.close()
 
 
 async def test_a_block_that_does_not_link_to_the_previous_one_is_an_error(
     tmp_path: Path,
 ) -> None:
     chain = build_chain(3)
-    async with members(tmp_path, [chain] * 4) as (_, addresses):
-        async with ConsortiumClient(GENESIS, addresses=addresses) as client:
-            follower = Follower(client, 1, credit=8)
-            follower.prev_hash = b"\x42" * 32  # as if block 0 had another hash
-            with pytest.raises(ClientError, match="does not link to block 0"):
-                with trio.fail_after(5):
-                    while True:
-                        follower.tend()
-                        follower.decided()
-                        await trio.sleep(0.02)
-            follower.close()
+    async with (
+        members(tmp_path, [chain] * 4) as (_, addresses),
+        ConsortiumClient(GENESIS, addresses=addresses) as client,
+    ):
+        follower = Follower(client, 1, credit=8)
+        follower.prev_hash = b"\x42" * 32  # as if block 0 had another hash
+        with pytest.raises(ClientError, match="does not link to block 0"):
+            with trio.fail_after(5):
+                while True:
+                    follower.tend()
+                    follower.decided()
+                    await trio.sleep(0.02)
+        follower.close()
