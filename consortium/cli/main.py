@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import trio
 import typer
@@ -15,19 +16,21 @@ import typer
 from consortium.cli import output
 from consortium.cli.clients import clients_app
 from consortium.cli.network import (
+    ClientSetup,
     LocalNetwork,
     NetworkError,
     init_network,
     load_client_setup,
 )
 from consortium.cli.sim import sim as sim_command
-from consortium.crypto.keys import InvalidKeyError
+from consortium.crypto.keys import InvalidKeyError, KeyPair
 from consortium.ledger.genesis import MODES, Genesis, GenesisError
 from consortium.ledger.store import StoreError
 from consortium.node.config import ConfigError
 
 if TYPE_CHECKING:
     from consortium.cli.bench import BenchConfig, BenchRun
+    from consortium.node.client import TxOutcome
 
 app = typer.Typer(
     help="Consortium: a permissioned ledger node ordering client-signed transactions "
@@ -37,8 +40,13 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 node_app = typer.Typer(help="Run one member.", no_args_is_help=True)
-tx_app = typer.Typer(help="Sign and submit transactions.", no_args_is_help=True)
-ledger_app = typer.Typer(help="Audit a ledger offline.", no_args_is_help=True)
+tx_app = typer.Typer(
+    help="Sign and submit transactions; their status and receipts; verify a receipt offline.",
+    no_args_is_help=True,
+)
+ledger_app = typer.Typer(
+    help="Audit a ledger offline; follow committed blocks.", no_args_is_help=True
+)
 leader_app = typer.Typer(help="Raft leadership (maintenance).", no_args_is_help=True)
 app.add_typer(leader_app, name="leader")
 bench_app = typer.Typer(
@@ -475,41 +483,240 @@ def _parse_ops(op: str, args: list[str]) -> list[object]:
     return [Get(b(args[0]))]
 
 
+EXIT_PENDING = 3  # not decided within the wait: it may still commit (never "failed")
+
+
+def _client_keys(net: Path, client: int) -> tuple[ClientSetup, KeyPair, dict[str, Any]]:
+    try:
+        setup = load_client_setup(net)
+        if not 1 <= client <= len(setup.key_paths):
+            raise _fail(f"--client must be 1..{len(setup.key_paths)}")
+        keys = setup.keys()[client - 1]
+        return setup, keys, setup.client_options(keys)
+    except (NetworkError, GenesisError, InvalidKeyError) as exc:
+        raise _fail(str(exc)) from None
+
+
+def _tx_id(text: str) -> bytes:
+    try:
+        tx_id = bytes.fromhex(text)
+    except ValueError:
+        tx_id = b""
+    if len(tx_id) != 32:
+        raise _fail(f"transaction id {text!r}: expected 64 hex digits (as `tx submit` prints)")
+    return tx_id
+
+
+def _write_receipt(outcome: TxOutcome, genesis: Genesis, out: Path) -> None:
+    try:
+        out.write_text(outcome.receipt_document(genesis))
+    except OSError as exc:
+        raise _fail(f"cannot write {out}: {exc}", EXIT_FAILED) from None
+    assert outcome.proof is not None
+    typer.echo(
+        f"receipt written to {out}: {len(outcome.proof.signatures)} member signatures; "
+        f"check it offline with `consortium tx verify-receipt {out} --genesis genesis.json`"
+    )
+
+
+def _finish(outcome: TxOutcome, net: Path, as_json: bool, out: Path | None = None) -> None:
+    """Print an outcome; exit 0 committed, 1 rejected at submit, 3 pending."""
+    output.print_outcome(outcome, as_json=as_json, net=net)
+    if outcome.status == "pending":
+        raise typer.Exit(EXIT_PENDING)
+    if outcome.status == "rejected":
+        raise typer.Exit(EXIT_FAILED)
+    if out is not None:
+        _write_receipt(outcome, load_client_setup(net).genesis, out)
+
+
+WaitOpt = Annotated[
+    float,
+    typer.Option(
+        "--wait",
+        "--timeout",
+        help="Seconds to wait for the outcome; then it is 'pending' (exit 3): it may still "
+        "commit, and `consortium tx status ID` tells later.",
+    ),
+]
+ReceiptOutOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--receipt-out",
+        help="Write the receipt document (JSON: receipt, Merkle proof, header, f+1 member "
+        "signatures) here, for `consortium tx verify-receipt`.",
+    ),
+]
+
+
 @tx_app.command("submit")
 def tx_submit(
     op: Annotated[str, typer.Argument(help="put | del | cas | get")],
     args: Annotated[list[str] | None, typer.Argument(help="KEY [VALUE ...]")] = None,
     net: NetOpt = Path("net"),
     client: Annotated[int, typer.Option(help="Which client key of client.toml (1-based).")] = 1,
-    timeout: Annotated[float, typer.Option(help="Seconds to wait for f+1 confirmations.")] = 10.0,
+    wait: WaitOpt = 10.0,
+    receipt_out: ReceiptOutOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Sign a transaction, submit it to every member, wait for f+1 matching signed receipts."""
+    """Sign a transaction, submit it to every member, wait for f+1 matching signed receipts.
+    Exit 0 committed (the receipt says whether it took effect), 1 rejected, 3 pending."""
     from consortium.node.client import ConsortiumClient
 
     ops = _parse_ops(op, args or [])
-    try:
-        setup = load_client_setup(net)
-        if not 1 <= client <= len(setup.key_paths):
-            raise _fail(f"--client must be 1..{len(setup.key_paths)}")
-        keys = setup.keys()[client - 1]
-        options = setup.client_options(keys)
-    except (NetworkError, GenesisError, InvalidKeyError) as exc:
-        raise _fail(str(exc)) from None
+    setup, keys, options = _client_keys(net, client)
 
-    async def main() -> object:
+    async def main() -> TxOutcome:
         async with ConsortiumClient(setup.genesis, keys, **options) as c:
             tx = c.make_tx(ops)  # type: ignore[arg-type]
-            outcomes = await c.submit_and_wait([tx], timeout_s=timeout)
-            return outcomes[0]
+            [tx_id] = await c.submit([tx])
+            if not as_json:
+                typer.echo(f"submitted {tx_id.hex()}", err=True)
+            [outcome] = await c.wait([tx_id], timeout_s=max(0.0, wait))
+            await c.flush()  # a submit with --wait 0 still reaches the members
+            return outcome
 
-    outcome = trio.run(main)
-    output.print_outcome(outcome, as_json=as_json)
-    status = getattr(outcome, "status", "pending")
-    if status == "pending":
-        raise typer.Exit(3)
-    if status == "rejected":
+    _finish(trio.run(main), net, as_json, receipt_out)
+
+
+@tx_app.command("status")
+def tx_status(
+    tx_id: Annotated[str, typer.Argument(help="The transaction id (hex), as submit printed.")],
+    net: NetOpt = Path("net"),
+    wait: Annotated[
+        float,
+        typer.Option("--wait", help="Wait this long for it to commit (default: ask once)."),
+    ] = 0.0,
+    receipt_out: ReceiptOutOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Ask the members for a transaction's receipt (whoever submitted it): committed once f+1
+    members' signed receipts agree (raft: one). Exit 0 committed, 3 not (yet) committed."""
+    from consortium.node.client import ConsortiumClient
+
+    wanted = _tx_id(tx_id)
+    setup, _, options = _client_keys(net, 1)
+
+    async def main() -> TxOutcome:
+        async with ConsortiumClient(setup.genesis, **options) as c:
+            outcome = await c.lookup(wanted, timeout_s=5.0)
+            if outcome.status == "pending" and wait > 0:
+                outcome = await c.wait_one(wanted, timeout_s=wait)
+            return outcome
+
+    _finish(trio.run(main), net, as_json, receipt_out)
+
+
+@tx_app.command("receipt")
+def tx_receipt(
+    tx_id: Annotated[str, typer.Argument(help="The transaction id (hex), as submit printed.")],
+    out: Annotated[Path, typer.Option("--out", help="Where to write the receipt document.")],
+    net: NetOpt = Path("net"),
+    wait: Annotated[
+        float, typer.Option("--wait", help="Wait this long for it to commit (default: ask once).")
+    ] = 0.0,
+) -> None:
+    """Fetch a committed transaction's receipt from the members and write the receipt
+    document (receipt, Merkle proof, header, f+1 member signatures) for offline checking."""
+    tx_status(tx_id, net=net, wait=wait, receipt_out=out, as_json=False)
+
+
+@tx_app.command("verify-receipt")
+def tx_verify_receipt(
+    path: Annotated[Path, typer.Argument(help="A receipt document (tx submit --receipt-out).")],
+    genesis_path: Annotated[
+        Path | None,
+        typer.Option("--genesis", help="The network's genesis.json (default: NET/genesis.json)."),
+    ] = None,
+    net: NetOpt = Path("net"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Check a receipt document offline, against the genesis file alone: the network, the
+    receipt's Merkle proof to the block header, and f+1 distinct members' signatures over the
+    header's hash (raft: one). Prints what it proves; exit 1 (and what is wrong) if it does not."""
+    from consortium.node.receipts import ReceiptFormatError, describe, loads, verify_receipt
+
+    genesis_path = genesis_path or net / "genesis.json"
+    try:
+        genesis = Genesis.load(genesis_path)
+    except GenesisError as exc:
+        raise _fail(str(exc)) from None
+    try:
+        text = path.read_bytes()
+    except OSError as exc:
+        raise _fail(f"cannot read {path}: {exc}") from None
+    try:
+        proof = loads(text)
+        problem = verify_receipt(proof, genesis)
+    except ReceiptFormatError as exc:
+        problem = f"not a valid receipt document: {exc}"
+        proof = None
+    if as_json:
+        doc: dict[str, Any] = {"file": str(path), "valid": problem is None, "problem": problem}
+        if proof is not None and problem is None:
+            doc.update(
+                tx_id=proof.receipt.tx_id.hex(),
+                status=proof.receipt.status,
+                reason=proof.receipt.reason,
+                height=proof.receipt.height,
+                index=proof.receipt.index,
+                block_hash=proof.block_hash.hex(),
+                signers=[genesis.members[s].name for s in proof.signers()],
+            )
+        typer.echo(json.dumps(doc, indent=2))
+    elif problem is None and proof is not None:
+        typer.echo(f"{path}: VALID receipt of network {genesis_path}")
+        for line in describe(proof, genesis):
+            typer.echo(f"  {line}")
+    else:
+        typer.echo(f"{path}: INVALID: {problem}", err=True)
+    if problem is not None:
         raise typer.Exit(EXIT_FAILED)
+
+
+@ledger_app.command("follow")
+def ledger_follow(
+    net: NetOpt = Path("net"),
+    from_height: Annotated[int, typer.Option("--from", help="The first height to show.")] = 1,
+    count: Annotated[
+        int | None, typer.Option("--count", help="Stop after this many blocks.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+) -> None:
+    """Print committed blocks from a height on, one line per block, as they commit (Ctrl-C
+    stops): in pbft each once f+1 members signed the same block, in raft as one member
+    signed it; each checked to link to the one before."""
+    from consortium.node.client import ClientError, ConsortiumClient
+
+    if from_height < 0:
+        raise _fail("--from must be a height (0 or more)")
+    if count is not None and count < 1:
+        raise _fail("--count must be at least 1")
+    try:
+        setup = load_client_setup(net)
+        options = setup.client_options()
+    except (NetworkError, GenesisError, InvalidKeyError) as exc:
+        raise _fail(str(exc)) from None
+    genesis = setup.genesis
+
+    async def main() -> None:
+        shown = 0
+        async with (
+            ConsortiumClient(genesis, **options) as c,
+            contextlib.aclosing(c.follow(from_height)) as blocks,
+        ):
+            async for block in blocks:
+                output.print_block(block, genesis, as_json=as_json)
+                shown += 1
+                if count is not None and shown >= count:
+                    return
+
+    try:
+        trio.run(main)
+    except ClientError as exc:
+        raise _fail(str(exc), EXIT_FAILED) from None
+    except KeyboardInterrupt:
+        pass
 
 
 @app.command()

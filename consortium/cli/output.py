@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -157,7 +158,7 @@ def member_report(s: dict[str, Any]) -> None:
         typer.echo(f"  {name:<8} {row.get('state', '?'):<14} {lag:<12} {why}".rstrip())
 
 
-def print_outcome(outcome: Any, *, as_json: bool) -> None:
+def print_outcome(outcome: Any, *, as_json: bool, net: Path | None = None) -> None:
     receipt = getattr(outcome, "receipt", None)
     doc = {
         "tx_id": outcome.tx_id.hex(),
@@ -191,10 +192,39 @@ def print_outcome(outcome: Any, *, as_json: bool) -> None:
             + f", results {[_show(r) for r in receipt.results]}, index {receipt.index}"
         )
     if outcome.status == "pending":
+        where = f" --net {net}" if net is not None and str(net) != "net" else ""
         typer.echo(
-            "not confirmed within the timeout; it may still commit. Re-submitting the same "
-            "transaction is safe: it executes at most once."
+            f"pending: may still commit; check with `consortium tx status {doc['tx_id']}"
+            f"{where}`. Re-submitting the same transaction is safe: it executes at most once."
         )
+
+
+def print_block(block: Any, genesis: Genesis, *, as_json: bool) -> None:
+    """One followed block (node/follow.py CommittedBlock) on one line."""
+    receipts = block.receipts
+    rejected = sum(1 for r in receipts if r.status != "ok")
+    signers = [genesis.members[s].name for s in block.signers]
+    if as_json:
+        typer.echo(
+            json.dumps(
+                {
+                    "height": block.height,
+                    "block_hash": block.block_hash.hex(),
+                    "prev_hash": block.header.prev_hash.hex(),
+                    "timestamp_ms": block.header.timestamp_ms,
+                    "txs": len(receipts),
+                    "rejected": rejected,
+                    "tx_ids": [t.hex() for t in block.tx_ids],
+                    "signers": signers,
+                }
+            )
+        )
+        return
+    when = time.strftime("%H:%M:%S", time.localtime(block.header.timestamp_ms / 1000))
+    typer.echo(
+        f"{block.height:>8}  {block.block_hash.hex()[:16]}…  {when}  {len(receipts):>4} txs"
+        f"  {rejected:>3} rejected  signed by {','.join(signers)}"
+    )
 
 
 def show_value(v: bytes) -> str:

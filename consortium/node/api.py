@@ -11,11 +11,17 @@ so status travels as a JSON string).
                ["status", req_id]                  a JSON string
                ["watch", req_id, [tx_id, ...]]     push these receipts when they execute
                ["clients", req_id]                 the admitted clients and pending changes
+               ["follow", req_id, from_height, credit]
+                                                   stream committed blocks from from_height on
+               ["credit", req_id, follow_id, n]    let follow follow_id send n more blocks
+               ["unfollow", req_id, follow_id]     end follow follow_id
     replies    [req_id, "ok", payload] | [req_id, "error", message]      (req_id >= 1)
     pushes     [0, "receipt", bundle]
                [0, "receipts", [header, block_signature, tree_size, [[receipt, proof], ...]]]
                                                    this connection's receipts in one block
                [0, "error", message]               the server is closing this connection
+               [follow_id, "block", [header, [receipt, ...], block_signature]]
+                                                   one committed block of a follow
 
 Submit payload: one [tx_id, status, detail] per transaction, status one of
     "accepted"    detail "": its receipt will be pushed when its block executes
@@ -34,6 +40,18 @@ admitted clients at our head (sorted by key, at most CLIENTS_LISTED_MAX of them)
 changes waiting for their effective height (ledger/admission.py, PendingChange.to_array).
 A read reply is [key, value|nil, height, block_hash, signer, sig] with sig over
 pack(["read", key, value, height, block_hash, signer]) under Domain.READ.
+
+Follow (a stream of committed blocks, with flow control by credit): the reply to "follow" is
+[req_id, "ok", head height], then the member sends blocks from_height, from_height+1, ... in
+order, each as [follow_id, "block", [header, receipts, block_signature]] (follow_id is the
+follow's req_id; receipts are the block's receipts in order, whose ids are its transactions;
+block_signature is the member's own [body, sig] as in a bundle), first from its store, then
+live as blocks execute. It sends at most `credit` blocks (1..FOLLOW_CREDIT_MAX) before the
+client grants more with "credit" (the credits add up, capped at FOLLOW_CREDIT_MAX). A follow
+without credit, or whose connection has more than FOLLOW_QUEUE_BYTES unsent, pauses (no store
+reads, no memory); paused longer than FOLLOW_PAUSE_MAX_S it ends with [follow_id, "error",
+why]. A connection has at most FOLLOWS_PER_CONNECTION_MAX follows. `verify_followed` checks a
+block as one member sent it; a client agrees on it with others (node/client.py follow).
 
 Frames must be canonical msgpack (one encoding per value); a request that is not gets an error
 reply when its req_id can be read. Decoders raise only WireFormatError. `verify_bundle` and
@@ -77,10 +95,10 @@ from consortium.crypto.codec import (
     unpack,
     unpack_canonical,
 )
-from consortium.crypto.merkle import MerkleTree, verify_inclusion
+from consortium.crypto.merkle import MerkleTree, merkle_root, verify_inclusion
 from consortium.crypto.signing import Domain, Signer, Verifier
 from consortium.ledger.admission import PendingChange
-from consortium.ledger.block import Block, BlockHeader, Receipt
+from consortium.ledger.block import Block, BlockHeader, Receipt, receipts_root
 from consortium.ledger.certificates import VOTE_BODY_BYTES_MAX, SignedVote, block_signature_body
 from consortium.ledger.genesis import Genesis, Params
 from consortium.node.framing import FrameError, FrameReader, encode_frames, take_batch
@@ -108,6 +126,10 @@ SLOW_CONSUMER = "slow consumer"
 FLUSH_S = 1.0  # how long queued replies may still be written after the client stops sending
 TLS_HANDSHAKE_TIMEOUT_S = 5.0
 TLS_HANDSHAKES_MAX = 64
+FOLLOW_CREDIT_MAX = 1024  # blocks a follow may have in flight
+FOLLOWS_PER_CONNECTION_MAX = 8
+FOLLOW_QUEUE_BYTES = 4 << 20  # a follow pauses while its connection has more than this unsent
+FOLLOW_PAUSE_MAX_S = 60.0  # a follow paused (no credit, or a full connection) this long ends
 SNIFF_BYTES = 64 * 1024
 
 
@@ -162,6 +184,26 @@ class ClientsRequest:
     req_id: int
 
 
+@dataclass(frozen=True, slots=True)
+class FollowRequest:
+    req_id: int
+    from_height: int
+    credit: int
+
+
+@dataclass(frozen=True, slots=True)
+class CreditRequest:
+    req_id: int
+    follow_id: int
+    credit: int
+
+
+@dataclass(frozen=True, slots=True)
+class UnfollowRequest:
+    req_id: int
+    follow_id: int
+
+
 Request = (
     SubmitRequest
     | ReceiptRequest
@@ -171,6 +213,9 @@ Request = (
     | WatchRequest
     | TransferRequest
     | ClientsRequest
+    | FollowRequest
+    | CreditRequest
+    | UnfollowRequest
 )
 
 
@@ -200,6 +245,12 @@ def encode_request(request: Request) -> bytes:
             return pack(["transfer", r, t])
         case ClientsRequest(req_id=r):
             return pack(["clients", r])
+        case FollowRequest(req_id=r, from_height=h, credit=c):
+            return pack(["follow", r, h, c])
+        case CreditRequest(req_id=r, follow_id=f, credit=c):
+            return pack(["credit", r, f, c])
+        case UnfollowRequest(req_id=r, follow_id=f):
+            return pack(["unfollow", r, f])
 
 
 def decode_request(frame: bytes, frame_bytes_max: int) -> Request:
@@ -245,6 +296,23 @@ def decode_request(frame: bytes, frame_bytes_max: int) -> Request:
         if method == "clients":
             as_list(msg, 2, "clients")
             return ClientsRequest(req_id)
+        if method == "follow":
+            as_list(msg, 4, "follow")
+            return FollowRequest(
+                req_id,
+                as_int(msg[2], "from_height"),
+                as_int(msg[3], "credit", lo=1, hi=FOLLOW_CREDIT_MAX),
+            )
+        if method == "credit":
+            as_list(msg, 4, "credit")
+            return CreditRequest(
+                req_id,
+                as_int(msg[2], "follow_id", lo=1),
+                as_int(msg[3], "credit", lo=1, hi=FOLLOW_CREDIT_MAX),
+            )
+        if method == "unfollow":
+            as_list(msg, 3, "unfollow")
+            return UnfollowRequest(req_id, as_int(msg[2], "follow_id", lo=1))
         raise WireFormatError(f"unknown method {method!r}")
     except WireFormatError as exc:
         raise RequestError(str(exc), req_id) from None
@@ -585,7 +653,75 @@ class BlockReceipts:
         return [self.bundle(i) for i in range(len(self.entries))]
 
 
-Response = OkReply | ErrorReply | ReceiptPush | BlockReceipts
+@dataclass(frozen=True, slots=True)
+class FollowedBlock:
+    """One block of a follow, as one member sent it (check it with verify_followed)."""
+
+    follow_id: int
+    header: BlockHeader
+    receipts: tuple[Receipt, ...]
+    signature: SignedVote
+
+
+def encode_followed_block(
+    follow_id: int, header: BlockHeader, receipts: Sequence[Receipt], signature: SignedVote
+) -> bytes:
+    return pack(
+        [
+            follow_id,
+            "block",
+            [header.to_array(), [r.to_array() for r in receipts], signature.to_array()],
+        ]
+    )
+
+
+def verify_followed(
+    block: FollowedBlock, genesis: Genesis, verifier: Verifier, member: int
+) -> str | None:
+    """What is wrong with a followed block from `member`, or None: this chain, receipts that
+    belong to this height in order, the header's transaction and receipts Merkle roots, and
+    `member`'s block signature over (height, header hash) in Domain.BLOCK."""
+    header = block.header
+    chain_id = chain_id_of(genesis)
+    if header.chain_id != chain_id:
+        return f"block {header.height} is for another chain"
+    for i, r in enumerate(block.receipts):
+        if r.height != header.height or r.index != i:
+            return f"block {header.height}: receipt {i} does not belong at its place"
+    if merkle_root([r.tx_id for r in block.receipts]) != header.tx_root:
+        return f"block {header.height}: its transaction ids do not match the header's tx root"
+    if receipts_root(block.receipts) != header.receipts_root:
+        return f"block {header.height}: its receipts do not match the header's receipts root"
+    return verify_block_signature(
+        block.signature, header.height, header.hash, genesis, verifier, member
+    )
+
+
+def verify_block_signature(
+    vote: SignedVote,
+    height: int,
+    block_hash: bytes,
+    genesis: Genesis,
+    verifier: Verifier,
+    member: int,
+) -> str | None:
+    """What is wrong with `vote` as `member`'s block signature over (height, block_hash)."""
+    if not 0 <= member < genesis.n:
+        return f"{member} is not a member"
+    if vote.body != block_signature_body(height, block_hash, member):
+        return f"block {height}: the signature is not {genesis.members[member].name}'s over it"
+    if not verifier.verify(
+        genesis.members[member].public_key,
+        Domain.BLOCK,
+        chain_id_of(genesis),
+        vote.body,
+        vote.signature,
+    ):
+        return f"block {height}: bad block signature by {genesis.members[member].name}"
+    return None
+
+
+Response = OkReply | ErrorReply | ReceiptPush | BlockReceipts | FollowedBlock
 
 
 def encode_block_receipts(
@@ -607,6 +743,8 @@ def encode_response(response: Response) -> bytes:
             return pack([PUSH, "receipt", b.to_array()])
         case BlockReceipts(header=h, signature=v, tree_size=size, entries=entries):
             return pack([PUSH, "receipts", [h.to_array(), v.to_array(), size, entries]])
+        case FollowedBlock(follow_id=f, header=h, receipts=rs, signature=v):
+            return encode_followed_block(f, h, rs, v)
 
 
 def decode_response(frame: bytes, frame_bytes_max: int) -> Response:
@@ -633,6 +771,14 @@ def decode_response(frame: bytes, frame_bytes_max: int) -> Response:
         raise WireFormatError(f"unknown push {kind!r}")
     if kind == "ok":
         return OkReply(req_id, msg[2])
+    if kind == "block":
+        a = as_list(msg[2], 3, "followed block")
+        return FollowedBlock(
+            req_id,
+            BlockHeader.from_array(a[0]),
+            tuple(Receipt.from_array(r) for r in as_list(a[1], what="receipts")),
+            SignedVote.from_array(a[2]),
+        )
     raise WireFormatError(f"unknown response kind {kind!r}")
 
 
@@ -686,6 +832,11 @@ class ClientConnection:
     @property
     def open(self) -> bool:
         return not self.closed_reason
+
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes queued and not yet written (a follow pauses above FOLLOW_QUEUE_BYTES)."""
+        return self._queued_bytes
 
     def push(self, body: bytes) -> bool:
         """Queue one encoded response (a frame body). False when the connection is closed, or

@@ -44,9 +44,10 @@ import contextlib
 import itertools
 import secrets
 import ssl
+import threading
 import time
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Literal, TypeVar
@@ -65,6 +66,7 @@ from consortium.node.api import (
     Bundle,
     ClientList,
     ErrorReply,
+    FollowedBlock,
     OkReply,
     ReadReply,
     ReceiptPush,
@@ -74,7 +76,10 @@ from consortium.node.api import (
     verify_bundle,
     verify_read,
 )
+from consortium.node.follow import CREDIT_DEFAULT, CommittedBlock, FollowStream
+from consortium.node.follow import follow as follow_blocks
 from consortium.node.framing import FrameError, FrameReader, encode_frames
+from consortium.node.receipts import ReceiptProof, from_bundles
 from consortium.node.tls import (
     RECORD_BYTES_MAX,
     SniffStream,
@@ -97,6 +102,7 @@ TXS_TRACKED_MAX = 200_000
 SIGNATURE_CACHE_MAX = 100_000
 SUBMIT_FRAME_OVERHEAD = 64
 TX_ARRAY_OVERHEAD = 16
+WATCH_IDS_PER_FRAME = 10_000  # api.TX_IDS_PER_REQUEST_MAX
 
 T = TypeVar("T")
 
@@ -131,6 +137,14 @@ class TxOutcome:
     confirmations: int = 0
     latency_s: float | None = None
     decided_at: float | None = None  # trio clock, when the confirmation that decided it came
+    proof: ReceiptProof | None = None  # committed: the receipt with f+1 members' signatures
+
+    def receipt_document(self, genesis: Genesis) -> str:
+        """The receipt document (JSON, node/receipts.py) that `consortium tx verify-receipt`
+        checks offline; ClientError unless committed."""
+        if self.proof is None:
+            raise ClientError(f"transaction {self.tx_id.hex()} is {self.status}: no receipt yet")
+        return self.proof.dumps(genesis)
 
 
 class _CachingVerifier:
@@ -158,7 +172,7 @@ class _CachingVerifier:
 
 @dataclass
 class _TxState:
-    tx: Transaction
+    tx: Transaction | None  # None: watched by id only (submitted elsewhere), never resubmitted
     # member -> (receipt bytes, block hash, bundle): the first valid bundle each member sent
     vouched: dict[int, tuple[bytes, bytes, Bundle]] = field(default_factory=dict)
     # member -> the final rejection it reported at submit
@@ -234,6 +248,7 @@ class ConsortiumClient:
         self._waiters: dict[int, _Waiter] = {}
         self._submits: dict[int, int] = {}  # submit req_id -> replies still expected
         self._txs: dict[bytes, _TxState] = {}
+        self._follow_streams: dict[int, FollowStream] = {}  # follow req_id -> member stream
         self._changed = trio.Event()
         self.counters: Counter[str] = Counter()
         self._stack: contextlib.AsyncExitStack | None = None
@@ -428,6 +443,16 @@ class ConsortiumClient:
                 self._on_block_receipts(member, response)
             case ErrorReply(req_id=req_id, message=message) if req_id == PUSH:
                 self._members[member].last_error = message
+            case FollowedBlock(follow_id=follow_id):
+                stream = self._follow_streams.get(follow_id)
+                if stream is not None and stream.member == member:
+                    stream.receive(response)
+                else:
+                    self.counters["follow_unexpected"] += 1
+            case ErrorReply(req_id=req_id, message=message) if req_id in self._follow_streams:
+                self._follow_streams[req_id].end(f"{self._members[member].name}: {message}")
+            case OkReply(req_id=req_id) if req_id in self._follow_streams:
+                pass  # the follow started; its blocks follow
             case OkReply(req_id=req_id) | ErrorReply(req_id=req_id) if req_id in self._submits:
                 if isinstance(response, OkReply):
                     self._on_submit_reply(member, response.payload)
@@ -540,6 +565,7 @@ class ConsortiumClient:
         now = trio.current_time()
         for tx in txs:
             state = self._txs.pop(tx.id, None) or _TxState(tx, first_sent=now)
+            state.tx = tx  # it may have been watched by id before
             state.last_news = now
             self._txs[tx.id] = state  # re-inserted, so the oldest is evicted first
         while len(self._txs) > TXS_TRACKED_MAX:
@@ -602,6 +628,7 @@ class ConsortiumClient:
                 len(best),
                 None if state.confirmed_at is None else state.confirmed_at - state.first_sent,
                 state.confirmed_at,
+                from_bundles(best),
             )
         reasons = Counter(state.rejected.values())
         for reason, count in sorted(reasons.items()):
@@ -640,17 +667,24 @@ class ConsortiumClient:
                         self._txs.pop(o.tx_id, None)
                 return outcomes
             stale = [
-                state
+                (t, state)
                 for t in undecided
                 if (state := self._txs.get(t)) is not None
                 and now - state.last_news >= self.retransmit_s
             ]
             if stale:
-                for state in stale:
+                for _, state in stale:
                     state.last_news = now
-                self.counters["resubmitted"] += len(stale)
-                self._raft_target += 1  # raft: try another member
-                self._broadcast_submit([s.tx for s in stale])
+                resubmit = [s.tx for _, s in stale if s.tx is not None]
+                watched = [t for t, s in stale if s.tx is None]
+                if resubmit:
+                    self.counters["resubmitted"] += len(resubmit)
+                    self._raft_target += 1  # raft: try another member
+                    self._broadcast_submit(resubmit)
+                if watched:
+                    # Ids we cannot resubmit (submitted elsewhere): ask again, in case a
+                    # member was down or restarted since we asked.
+                    self._send_watch(watched)
             with trio.move_on_at(min(deadline, now + self.retransmit_s / 2)):
                 await changed.wait()
 
@@ -660,6 +694,126 @@ class ConsortiumClient:
         """`submit`, then `wait` for all of them."""
         ids = await self.submit(txs)
         return await self.wait(ids, timeout_s)
+
+    async def wait_one(self, tx_id: bytes, timeout_s: float) -> TxOutcome:
+        """`wait` for one id. An id this client did not submit (or no longer tracks: another
+        process submitted it, or this one restarted) is watched first: members push its
+        receipt when it executes, or at once when it already has."""
+        if tx_id not in self._txs:
+            await self.watch([tx_id])
+        [outcome] = await self.wait([tx_id], timeout_s)
+        return outcome
+
+    async def watch(self, tx_ids: Sequence[bytes]) -> None:
+        """Follow ids submitted elsewhere: every member pushes each one's first receipt when
+        its block executes (at once if it already has); `wait`/`outcome` then decide them like
+        our own transactions, but never resubmit them (we do not hold them)."""
+        self._require_open()
+        now = trio.current_time()
+        new = []
+        for tx_id in dict.fromkeys(tx_ids):
+            if tx_id not in self._txs:
+                self._txs[tx_id] = _TxState(None, first_sent=now, last_news=now)
+                new.append(tx_id)
+        while len(self._txs) > TXS_TRACKED_MAX:
+            del self._txs[next(iter(self._txs))]
+            self.counters["tx_tracking_evicted"] += 1
+        self._send_watch(new)
+        await trio.lowlevel.checkpoint()
+
+    def _send_watch(self, ids: list[bytes]) -> None:
+        for start in range(0, len(ids), WATCH_IDS_PER_FRAME):
+            body = pack(["watch", next(self._req_ids), ids[start : start + WATCH_IDS_PER_FRAME]])
+            for m in self._members.values():
+                self._enqueue(m, body)
+
+    async def flush(self, timeout_s: float = 2.0) -> bool:
+        """Wait until every frame queued for a connected member has been handed to its socket
+        (call before leaving the context right after `submit`); False on timeout."""
+        with trio.move_on_after(timeout_s):
+            # Polled: a rare call (before exiting), not worth an event on every write.
+            while any(m.queue for m in self._members.values() if m.online):  # noqa: ASYNC110
+                await trio.sleep(0.005)
+            return True
+        return False
+
+    async def lookup(self, tx_id: bytes, timeout_s: float = 5.0) -> TxOutcome:
+        """Ask every member for the first receipt of `tx_id` (whoever submitted it) and decide
+        as for our own: "committed" with a `proof` once f+1 distinct members' bundles verify
+        and agree (raft: one), else "pending" saying how many members have none. Does not
+        wait for it to commit (use `wait_one`)."""
+        needed = self.confirmations_needed
+        groups: dict[tuple[bytes, bytes], list[Bundle]] = {}
+        none: list[int] = []
+        problems: dict[int, str] = {}
+        found: list[tuple[bytes, bytes]] = []
+
+        async def ask(i: int, done: trio.CancelScope) -> None:
+            try:
+                bundle = await self.receipt(i, tx_id, timeout_s=timeout_s)
+            except ClientError as exc:
+                problems[i] = str(exc)
+                return
+            if bundle is None:
+                none.append(i)
+                return
+            if bundle.receipt.tx_id != tx_id or bundle.signer() != i:
+                problems[i] = "answered with another transaction's or member's receipt"
+                return
+            header_hash = bundle.header.hash
+            wrong = verify_bundle(bundle, self.genesis, self.verifier, header_hash=header_hash)
+            if wrong is not None:
+                problems[i] = wrong
+                return
+            key = (bundle.receipt.encode(), header_hash)
+            group = groups.setdefault(key, [])
+            group.append(bundle)
+            if len(group) >= needed and not found:
+                found.append(key)
+                done.cancel()
+
+        with trio.move_on_after(timeout_s):
+            async with trio.open_nursery() as nursery:
+                for i in self._members:
+                    nursery.start_soon(ask, i, nursery.cancel_scope)
+        if found:
+            best = groups[found[0]]
+            first = best[0]
+            return TxOutcome(
+                tx_id,
+                "committed",
+                first.receipt,
+                first.header.height,
+                found[0][1],
+                first.receipt.reason,
+                len(best),
+                proof=from_bundles(best),
+            )
+        most = max((len(g) for g in groups.values()), default=0)
+        parts = [f"{most} of {needed} confirmations"]
+        if none:
+            parts.append(
+                f"no receipt at {', '.join(self.genesis.members[i].name for i in sorted(none))}"
+            )
+        for i, p in sorted(problems.items()):
+            parts.append(f"{self.genesis.members[i].name}: {p}")
+        return TxOutcome(tx_id, "pending", reason="; ".join(parts), confirmations=most)
+
+    # --- following blocks --------------------------------------------------------------------
+
+    def follow(
+        self, from_height: int = 1, *, credit: int = CREDIT_DEFAULT
+    ) -> AsyncGenerator[CommittedBlock, None]:
+        """Committed blocks from `from_height` on, in order, forever (node/follow.py): in pbft
+        each once f+1 members signed the same block, in raft as one member signed it; each
+        links to the one before by prev_hash. Close it (`aclosing`) or cancel to stop.
+
+            async with contextlib.aclosing(client.follow(1)) as blocks:
+                async for block in blocks:
+                    print(block.height, block.block_hash.hex(), len(block.receipts))
+        """
+        self._require_open()
+        return follow_blocks(self, from_height, credit)
 
     # --- requests to one member -------------------------------------------------------------
 
@@ -789,30 +943,112 @@ async def _set_when(event: trio.Event, scope: trio.CancelScope) -> None:
 
 
 class SyncClient:
-    """A blocking wrapper for scripts: each call connects, does one thing and disconnects.
-    It runs `trio.run`, so it must not be called from inside a Trio run."""
+    """The same client for code that does not run Trio: blocking calls, one connection to
+    every member kept open by a Trio loop on a background thread, so `submit` then `wait`
+    behave exactly as on ConsortiumClient (retransmission, f+1 confirmations, "pending").
+
+        with SyncClient(genesis, keys) as client:
+            tx = client.make_tx([Put(b"k", b"v")])
+            [tx_id] = client.submit([tx])          # the id, at once
+            outcome = client.wait_one(tx_id, timeout_s=10)
+
+    It connects on first use (or on entering `with`) and disconnects on `close()` (or leaving
+    `with`). Calls may come from any thread but not from inside a Trio run. Every call raises
+    what the async method raises (ClientError)."""
 
     def __init__(self, genesis: Genesis, keys: KeyPair | None = None, **options: Any) -> None:
         """`options` are ConsortiumClient's keyword arguments."""
         self.genesis = genesis
         self.keys = keys
         self._options = options
+        self._client: ConsortiumClient | None = None
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._stop: trio.Event | None = None
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> SyncClient:
+        self._open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _open(self) -> tuple[ConsortiumClient, trio.lowlevel.TrioToken]:
+        with self._lock:
+            if self._client is not None and self._token is not None:
+                return self._client, self._token
+            started = threading.Event()
+            failure: list[BaseException] = []
+
+            async def main() -> None:
+                try:
+                    async with ConsortiumClient(self.genesis, self.keys, **self._options) as c:
+                        self._stop = trio.Event()
+                        self._token = trio.lowlevel.current_trio_token()
+                        self._client = c
+                        started.set()
+                        await self._stop.wait()
+                        await c.flush()
+                finally:
+                    self._client = None
+                    started.set()
+
+            def run() -> None:
+                try:
+                    trio.run(main)
+                except BaseException as exc:
+                    failure.append(exc)
+                    started.set()
+
+            self._thread = threading.Thread(target=run, name="consortium-client", daemon=True)
+            self._thread.start()
+            started.wait()
+            if self._client is None or self._token is None:
+                raise ClientError(f"the client could not start: {failure[:1]}")
+            return self._client, self._token
+
+    def close(self) -> None:
+        """Send what is queued (up to 2 s), disconnect and stop the background thread."""
+        with self._lock:
+            thread, stop, token = self._thread, self._stop, self._token
+            self._thread = self._stop = self._token = None
+        if thread is None or stop is None or token is None:
+            return
+        with contextlib.suppress(trio.RunFinishedError):
+            trio.from_thread.run_sync(stop.set, trio_token=token)
+        thread.join(10)
 
     def _run(self, fn: Callable[[ConsortiumClient], Awaitable[T]]) -> T:
-        async def main() -> T:
-            async with ConsortiumClient(self.genesis, self.keys, **self._options) as client:
-                return await fn(client)
+        client, token = self._open()
 
-        return trio.run(main)
+        async def call() -> T:
+            return await fn(client)
+
+        return trio.from_thread.run(call, trio_token=token)
 
     def make_tx(
         self, ops: Sequence[Op], *, expiry_s: float = 60.0, nonce: bytes | None = None
     ) -> Transaction:
+        """ConsortiumClient.make_tx (no I/O)."""
         client = ConsortiumClient(self.genesis, self.keys, **self._options)
         return client.make_tx(ops, expiry_s=expiry_s, nonce=nonce)
 
+    def submit(self, txs: Sequence[Transaction]) -> list[bytes]:
+        """Send to the members and return the ids at once (they were known before sending)."""
+        return self._run(lambda c: c.submit(txs))
+
+    def wait(self, tx_ids: Sequence[bytes], timeout_s: float) -> list[TxOutcome]:
+        return self._run(lambda c: c.wait(tx_ids, timeout_s))
+
+    def wait_one(self, tx_id: bytes, timeout_s: float) -> TxOutcome:
+        return self._run(lambda c: c.wait_one(tx_id, timeout_s))
+
     def submit_and_wait(self, txs: Sequence[Transaction], timeout_s: float) -> list[TxOutcome]:
         return self._run(lambda c: c.submit_and_wait(txs, timeout_s))
+
+    def lookup(self, tx_id: bytes, timeout_s: float = 5.0) -> TxOutcome:
+        return self._run(lambda c: c.lookup(tx_id, timeout_s))
 
     def get(self, key: bytes, timeout_s: float = 5.0) -> bytes | None:
         return self._run(lambda c: c.get(key, timeout_s))

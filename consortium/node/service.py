@@ -15,17 +15,25 @@ get      a fast-path read: our current value of a key, signed with the height an
 block    a stored block with its certificate and block signatures
 status   what `consortium status` shows
 clients  the admitted clients at our head and the pending client changes
+follow   committed blocks from a height on, each with our block signature (api.py "Follow"):
+         one task per follow reads the store one block at a time, and only while the follow
+         has credit and its connection's unsent bytes are under FOLLOW_QUEUE_BYTES, so a slow
+         follower costs a paused task, never memory; caught up, it sleeps until a block
+         executes (one event per block for all follows, nothing per transaction).
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import trio
 
 from consortium.crypto.codec import WireFormatError
 from consortium.ledger.admission import check_approvals, check_client_key
+from consortium.ledger.block import Block
+from consortium.ledger.certificates import block_signature_body
 from consortium.ledger.tx import ConfigChange, Transaction
 from consortium.node import api
 from consortium.node.runtime import ReadRefused
@@ -36,10 +44,27 @@ if TYPE_CHECKING:
 WATCHES_PER_CONNECTION_MAX = 20_000  # well below the node-wide bound
 
 
+FOLLOW_POLL_S = 1.0  # a caught-up follow also looks at the store this often (state transfer)
+FOLLOW_FULL_POLL_S = 0.01  # how often a follow paused on a full connection looks again
+
+
+@dataclass(eq=False)
+class _Follow:
+    conn: api.ClientConnection
+    follow_id: int
+    next_height: int
+    credit: int
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    wakeup: trio.Event = field(default_factory=trio.Event)
+
+
 class ClientService:
     def __init__(self, node: Node) -> None:
         self.node = node
         self._watched: dict[int, set[bytes]] = {}
+        self._follows: dict[int, dict[int, _Follow]] = {}  # conn id -> follow id -> follow
+        self._nursery: trio.Nursery | None = None
+        node._on_block.append(self._block_executed)
 
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         tls = self.node.tls if self.node.config.tls_client else None
@@ -54,6 +79,7 @@ class ClientService:
         )
         self.node.client_tls_status = server.tls_status
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
             await nursery.start(server.run)
             task_status.started(server.listen_port)
 
@@ -73,6 +99,8 @@ class ClientService:
     def disconnected(self, conn: api.ClientConnection) -> None:
         ids = self._watched.pop(conn.id, set())
         self.node.unwatch_connection(conn, ids)
+        for follow in self._follows.pop(conn.id, {}).values():
+            follow.scope.cancel()
 
     async def handle(self, conn: api.ClientConnection, request: api.Request) -> None:
         match request:
@@ -106,8 +134,105 @@ class ClientService:
                         conn.error(request.req_id, "too many pending receipts watched")
                         return
                 conn.reply(request.req_id, None)
+            case api.FollowRequest():
+                self._follow(conn, request)
+            case api.CreditRequest():
+                follow = self._follows.get(conn.id, {}).get(request.follow_id)
+                if follow is None:
+                    conn.error(request.req_id, f"no follow {request.follow_id} on this connection")
+                    return
+                follow.credit = min(api.FOLLOW_CREDIT_MAX, follow.credit + request.credit)
+                follow.wakeup.set()
+                conn.reply(request.req_id, None)
+            case api.UnfollowRequest():
+                follow = self._follows.get(conn.id, {}).pop(request.follow_id, None)
+                if follow is not None:
+                    follow.scope.cancel()
+                conn.reply(request.req_id, None)
             case _:
                 conn.error(request.req_id, "unsupported request")
+
+    # --- follow -----------------------------------------------------------------------------
+
+    def _follow(self, conn: api.ClientConnection, request: api.FollowRequest) -> None:
+        follows = self._follows.setdefault(conn.id, {})
+        if len(follows) >= api.FOLLOWS_PER_CONNECTION_MAX:
+            conn.error(
+                request.req_id,
+                f"at most {api.FOLLOWS_PER_CONNECTION_MAX} follows per connection",
+            )
+            return
+        if request.req_id in follows or self._nursery is None:
+            conn.error(request.req_id, f"follow {request.req_id} is already running")
+            return
+        follow = _Follow(conn, request.req_id, request.from_height, request.credit)
+        follows[request.req_id] = follow
+        conn.reply(request.req_id, self.node.store.height)
+        self._nursery.start_soon(self._stream, follow)
+
+    def _block_executed(self, block: Block) -> None:
+        """A block executed (runtime._notify): wake the follows that wait for it."""
+        for follows in self._follows.values():
+            for follow in follows.values():
+                if follow.next_height == block.height:
+                    follow.wakeup.set()
+
+    async def _stream(self, follow: _Follow) -> None:
+        """Send the follow's blocks in order while it has credit and room (see the module
+        docstring); end it with an error after FOLLOW_PAUSE_MAX_S paused."""
+        conn, store = follow.conn, self.node.store
+        frame_max = self.node.genesis.params.frame_bytes_max
+        paused_since: float | None = None
+        why = ""
+        try:
+            with follow.scope:
+                while conn.open:
+                    now = trio.current_time()
+                    full = conn.queued_bytes > api.FOLLOW_QUEUE_BYTES
+                    if follow.credit <= 0 or full:
+                        paused_since = now if paused_since is None else paused_since
+                        if now - paused_since > api.FOLLOW_PAUSE_MAX_S:
+                            why = f"follow ended: paused {api.FOLLOW_PAUSE_MAX_S:g} s " + (
+                                "(the client reads too slowly)" if full else "without credit"
+                            )
+                            break
+                        await self._sleep(follow, FOLLOW_FULL_POLL_S if full else FOLLOW_POLL_S)
+                        continue
+                    paused_since = None
+                    if follow.next_height > store.height:
+                        await self._sleep(follow, FOLLOW_POLL_S)
+                        continue
+                    frame = self._block_frame(follow.follow_id, follow.next_height)
+                    if len(frame) > frame_max:
+                        why = f"follow ended: block {follow.next_height} exceeds the frame limit"
+                        break
+                    if not conn.push(frame):
+                        return  # closed (slow consumer): nothing more to say
+                    follow.next_height += 1
+                    follow.credit -= 1
+                    await trio.lowlevel.checkpoint()  # one block per turn: others run between
+        finally:
+            follows = self._follows.get(conn.id, {})
+            if follows.get(follow.follow_id) is follow:
+                del follows[follow.follow_id]
+        if why:
+            conn.error(follow.follow_id, why)
+
+    @staticmethod
+    async def _sleep(follow: _Follow, timeout_s: float) -> None:
+        follow.wakeup = trio.Event()
+        with trio.move_on_after(timeout_s):
+            await follow.wakeup.wait()
+
+    def _block_frame(self, follow_id: int, height: int) -> bytes:
+        stored = self.node.store.get_block(height)
+        assert stored is not None, "heights up to store.height are stored"
+        block = stored.block
+        mine = block_signature_body(height, block.hash, self.node.me)
+        vote = next((v for v in stored.block_signatures if v.body == mine), None)
+        if vote is None:
+            vote = self.node.own_block_signature(height)
+        return api.encode_followed_block(follow_id, block.header, block.receipts, vote)
 
     def _watch(self, conn: api.ClientConnection, tx_id: bytes) -> bool:
         ids = self._watched.setdefault(conn.id, set())

@@ -27,15 +27,18 @@ from consortium.node.api import (
     ClientServer,
     GetRequest,
     ReadReply,
+    ReceiptRequest,
     Request,
     StatusRequest,
     SubmitRequest,
     SubmitVerdict,
+    WatchRequest,
     bundle_for,
     encode_status,
     encode_verdicts,
 )
 from consortium.node.client import ClientError, ConsortiumClient, SyncClient, TxOutcome
+from consortium.node.receipts import loads, verify_receipt
 from tests.ledger.chain_fixture import CLIENT, MEMBERS, ChainBuilder, make_genesis
 
 GENESIS = make_genesis()
@@ -94,6 +97,7 @@ class FakeMember:
         self.sign_as = index if sign_as is None else sign_as
         self.status = status
         self.submits = 0
+        self.watches = 0
 
     def vote(self, block: Block) -> SignedVote:
         body = block_signature_body(block.height, block.hash, self.sign_as)
@@ -124,8 +128,24 @@ class FakeMember:
                 blocks = {b.height: b for b, _, _ in self.ledger.builder.blocks}
                 block = blocks.get(height)
                 conn.reply(request.req_id, None if block is None else block.header.to_array())
+            case ReceiptRequest(tx_id=tx_id):
+                conn.reply(request.req_id, self._bundle(tx_id))
+            case WatchRequest(tx_ids=tx_ids):
+                self.watches += 1
+                for tx_id in tx_ids:
+                    bundle = self._bundle(tx_id)
+                    if bundle is not None:
+                        conn.push_receipt(bundle)
+                conn.reply(request.req_id, None)
             case _:
                 conn.error(request.req_id, "unsupported request")
+
+    def _bundle(self, tx_id: bytes) -> list[Any] | None:
+        where = self.ledger.where.get(tx_id)
+        if self.silent or where is None:
+            return None
+        block, i = where
+        return bundle_for(block, i, self.vote(block)).to_array()
 
     def _submit(self, conn: ClientConnection, request: SubmitRequest) -> None:
         self.submits += 1
@@ -442,12 +462,91 @@ def test_the_sync_client_submits_and_reads_from_outside_trio() -> None:
     thread.start()
     try:
         assert ready.wait(10)
-        client = SyncClient(GENESIS, CLIENT, addresses=box["addresses"], connect_timeout_s=2.0)
-        [outcome] = client.submit_and_wait([client.make_tx([Put(b"k", b"w")])], timeout_s=5)
-        assert committed_in(outcome, members[0].ledger)
-        assert client.get(b"k", timeout_s=5) == b"v"
-        assert client.status(0, timeout_s=5) == {"member": 0}
+        options = {"addresses": box["addresses"], "connect_timeout_s": 2.0}
+        with SyncClient(GENESIS, CLIENT, **options) as client:
+            [outcome] = client.submit_and_wait([client.make_tx([Put(b"k", b"w")])], timeout_s=5)
+            assert committed_in(outcome, members[0].ledger)
+            assert client.get(b"k", timeout_s=5) == b"v"
+            assert client.status(0, timeout_s=5) == {"member": 0}
+            # submit returns the id at once; wait on it in a later call, same connection.
+            tx = client.make_tx([Put(b"k2", b"x")])
+            assert client.submit([tx]) == [tx.id]
+            later = client.wait_one(tx.id, timeout_s=5)
+            assert committed_in(later, members[0].ledger)
+            assert later.proof is not None
+            assert verify_receipt(later.proof, GENESIS) is None
+            assert client.lookup(tx.id, timeout_s=5).status == "committed"
+            with pytest.raises(ClientError, match="no address for member 9"):
+                client.status(9, timeout_s=0.1)  # errors come through as they are
+        # A fresh wrapper (another connection) waits on an id it never submitted.
+        other = SyncClient(GENESIS, **options)
+        try:
+            assert committed_in(other.wait_one(tx.id, timeout_s=5), members[0].ledger)
+            unknown = other.wait_one(b"\x07" * 32, timeout_s=0.3)
+            assert unknown.status == "pending"
+        finally:
+            other.close()
+            other.close()  # idempotent
     finally:
         stop: Callable[[], None] = box["stop"].set
         trio.from_thread.run_sync(stop, trio_token=box["token"])
         thread.join(10)
+
+
+# --- receipts, lookups and waiting on ids submitted elsewhere ----------------------------------
+
+
+async def test_a_committed_outcome_carries_a_receipt_document_that_verifies_offline() -> None:
+    members = honest()
+    with trio.fail_after(10):
+        async with cluster(*members) as c, client_of(c) as client:
+            tx = client.make_tx([Put(b"k", b"v")])
+            [outcome] = await client.submit_and_wait([tx], 5)
+            assert outcome.proof is not None
+            signers = outcome.proof.signers()
+            assert len(set(signers)) == len(signers) >= 2
+            text = outcome.receipt_document(GENESIS)
+            proof = loads(text)
+            assert proof.receipt == outcome.receipt
+            assert proof.block_hash == outcome.block_hash
+            assert verify_receipt(proof, GENESIS) is None
+            [pending] = await client.wait([b"\x01" * 32], 0.1)
+            with pytest.raises(ClientError, match="pending: no receipt yet"):
+                pending.receipt_document(GENESIS)
+
+
+async def test_another_client_waits_on_an_id_it_did_not_submit() -> None:
+    members = honest()
+    with trio.fail_after(10):
+        async with cluster(*members) as c, client_of(c) as submitter, client_of(c) as watcher:
+            tx = submitter.make_tx([Put(b"k", b"v")])
+            [tx_id] = await submitter.submit([tx])
+            outcome = await watcher.wait_one(tx_id, timeout_s=5)
+            assert committed_in(outcome, members[0].ledger)
+            assert outcome.proof is not None and verify_receipt(outcome.proof, GENESIS) is None
+            assert all(m.watches >= 1 for m in members)
+            # Never submitted anywhere: pending at the deadline, watched again on the way.
+            nowhere = await watcher.wait_one(b"\x02" * 32, timeout_s=0.7)
+            assert nowhere.status == "pending"
+            assert all(m.watches >= 3 for m in members)  # retransmit_s = 0.2: asked again
+
+
+async def test_lookup_decides_at_f_plus_1_agreeing_members_and_says_who_has_none() -> None:
+    ledger = FakeLedger()
+    liar = FakeMember(1, FakeLedger(extra_blocks=1))  # its own block, validly signed
+    members = [FakeMember(0, ledger), liar, FakeMember(2, ledger), FakeMember(3, ledger)]
+    with trio.fail_after(10):
+        async with cluster(*members) as c, client_of(c) as client:
+            tx = client.make_tx([Put(b"k", b"v")])
+            ledger.commit([tx])
+            outcome = await client.lookup(tx.id, timeout_s=5)
+            assert committed_in(outcome, ledger)
+            assert outcome.proof is not None and 1 not in outcome.proof.signers()
+            unknown = await client.lookup(b"\x03" * 32, timeout_s=5)
+            assert unknown.status == "pending"
+            assert "0 of 2 confirmations" in unknown.reason
+            assert "no receipt at n1, n2, n3, n4" in unknown.reason
+            # Only the liar knows it: one member is not enough.
+            liar.ledger.commit([tx2 := client.make_tx([Put(b"j", b"v")])])
+            lonely = await client.lookup(tx2.id, timeout_s=5)
+            assert lonely.status == "pending" and lonely.confirmations == 1
