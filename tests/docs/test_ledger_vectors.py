@@ -41,7 +41,9 @@ def _pack(value: object) -> bytes:
 
 def test_every_vector_in_the_doc_is_what_the_code_computes(doc: dict[str, bytes]) -> None:
     computed = ledger_vectors()
-    assert sorted(doc) == sorted(computed), "docs/ledger-format.md lists other vectors than the code"
+    assert sorted(doc) == sorted(computed), (
+        "docs/ledger-format.md lists other vectors than the code"
+    )
     wrong = {k: v.hex() for k, v in computed.items() if doc[k] != v}
     assert not wrong, f"docs/ledger-format.md disagrees with the code; the code gives {wrong}"
 
@@ -78,7 +80,11 @@ def test_block_one_as_documented(doc: dict[str, bytes]) -> None:
     header = msgpack.unpackb(doc["block1.header"])
     assert header[0] == doc["chain_id"]
     assert header[1:4] == [1, doc["genesis.hash"], PROPOSED_MS]
-    assert header[4:7] == [doc["block1.tx_root"], doc["block1.state_root"], doc["block1.receipts_root"]]
+    assert header[4:7] == [
+        doc["block1.tx_root"],
+        doc["block1.state_root"],
+        doc["block1.receipts_root"],
+    ]
     assert header[7] == ["pbft", 1, PROPOSED_MS]
     assert _h(doc["block1.header"]) == doc["block1.hash"]
     # The state root: the hash of the documented preimage, which chains the genesis root.

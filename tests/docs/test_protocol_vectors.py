@@ -57,7 +57,13 @@ def test_transaction_construction_as_documented(doc: dict[str, bytes]) -> None:
     client = nacl.signing.SigningKey(CLIENT_SEED)
     assert bytes(client.verify_key) == doc["client.public_key"]
     body = msgpack.packb(
-        [chain_id, doc["client.public_key"], TX_NONCES[0], EXPIRY_MS, [["put", b"greeting", b"hello"]]],
+        [
+            chain_id,
+            doc["client.public_key"],
+            TX_NONCES[0],
+            EXPIRY_MS,
+            [["put", b"greeting", b"hello"]],
+        ],
         use_bin_type=True,
     )
     assert body == doc["tx.body"]
@@ -123,9 +129,10 @@ def test_client_change_id_and_approval_as_documented(doc: dict[str, bytes]) -> N
     body = doc["change.body"]
     fields = msgpack.unpackb(body)
     assert fields[:4] == [doc["chain_id"], "admit", fields[2], "acme-app"]
-    assert doc["change.id"] == hashlib.sha256(
-        msgpack.packb(["client-change", body], use_bin_type=True)
-    ).digest()
+    assert (
+        doc["change.id"]
+        == hashlib.sha256(msgpack.packb(["client-change", body], use_bin_type=True)).digest()
+    )
     n1 = nacl.signing.SigningKey(MEMBER_SEEDS["n1"]).verify_key
     signed = b"consortium/v1/client-change\x00" + doc["chain_id"] + body
     assert _verify(bytes(n1), signed, doc["change.approval_by_n1"])

@@ -21,17 +21,17 @@ from consortium.crypto.keys import KeyPair
 from consortium.crypto.merkle import inclusion_proof, leaf_hash, merkle_root
 from consortium.crypto.signing import Domain, Ed25519Signer, signed_message
 from consortium.ledger.admission import ClientChange
-from consortium.ledger.block import batch_digest, genesis_block
+from consortium.ledger.block import Block, batch_digest, genesis_block
 from consortium.ledger.certificates import (
+    SignedVote,
     block_signature_body,
     checkpoint_body,
     commit_body,
     raft_entry_body,
-    SignedVote,
 )
 from consortium.ledger.genesis import Client, Genesis, Member, Params
-from consortium.ledger.state import KeyValueState, build_block
-from consortium.ledger.tx import Put, Transaction
+from consortium.ledger.state import Execution, KeyValueState, build_block
+from consortium.ledger.tx import Op, Put, Transaction
 from consortium.node.api import bundle_for, read_body
 from consortium.node.framing import encode_frame
 from consortium.node.transport import handshake_transcript
@@ -46,7 +46,7 @@ CREATED_MS = 1_700_000_000_000
 PROPOSED_MS = 1_700_000_001_000  # block 1's proposed timestamp
 EXPIRY_MS = 1_700_000_060_000
 TX_NONCES = (bytes([0x01]) * 16, bytes([0x02]) * 16, bytes([0x03]) * 16)
-TX_OPS = (
+TX_OPS: tuple[list[Op], ...] = (
     [Put(b"greeting", b"hello")],
     [Put(b"colour", b"blue")],
     [Put(b"greeting", b"hi")],
@@ -130,7 +130,9 @@ def protocol_vectors() -> dict[str, bytes]:
         "block1.receipts_root": block.header.receipts_root,
         "block_signature.body": sig_body,
         "block_signature.signature": n1.sign(Domain.BLOCK, chain_id, sig_body),
-        "bundle1": bundle_for(block, 0, SignedVote(sig_body, n1.sign(Domain.BLOCK, chain_id, sig_body))).encode(),
+        "bundle1": bundle_for(
+            block, 0, SignedVote(sig_body, n1.sign(Domain.BLOCK, chain_id, sig_body))
+        ).encode(),
         "read.body": read,
         "read.signature": n1.sign(Domain.READ, chain_id, read),
         "change.body": change.body,
@@ -146,7 +148,7 @@ def protocol_vectors() -> dict[str, bytes]:
 _NEW_CLIENT = "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a"  # RFC 8032 key 1
 
 
-def _block1(g: Genesis, txs: list[Transaction]):  # type: ignore[no-untyped-def]
+def _block1(g: Genesis, txs: list[Transaction]) -> tuple[Block, Execution]:
     prev = genesis_block(g).header
     app = KeyValueState.for_genesis(g, prev.state_root)
     return build_block(prev, ("pbft", 1, PROPOSED_MS), PROPOSED_MS, tuple(txs), app)
