@@ -75,9 +75,7 @@ def name_members(text: str, names: Sequence[str]) -> str:
         indexes = re.split(r", ", match.group(2))
         return f"{match.group(1)} {', '.join(name(i) for i in indexes)}"
 
-    return re.sub(
-        r"\b(primary|members?|leaders?|transferred by) (\d+(?:, \d+)*)\b", many, text
-    )
+    return re.sub(r"\b(primary|members?|leaders?|transferred by) (\d+(?:, \d+)*)\b", many, text)
 
 
 def blockers(
