@@ -860,6 +860,7 @@ class ClientConnection:
         self.scope = trio.CancelScope()
         self.closed_reason = ""
         self.frames_sent = 0
+        self.watched: set[bytes] = set()  # ids whose receipts the node will push here
 
     @property
     def open(self) -> bool:

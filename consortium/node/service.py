@@ -63,7 +63,6 @@ class _Follow:
 class ClientService:
     def __init__(self, node: Node) -> None:
         self.node = node
-        self._watched: dict[int, set[bytes]] = {}
         self._maintenance_seen: dict[bytes, int] = {}  # signed bodies carried out -> issued_ms
         self._follows: dict[int, dict[int, _Follow]] = {}  # conn id -> follow id -> follow
         self._nursery: trio.Nursery | None = None
@@ -100,8 +99,7 @@ class ClientService:
     # --- ClientHandler ----------------------------------------------------------------------
 
     def disconnected(self, conn: api.ClientConnection) -> None:
-        ids = self._watched.pop(conn.id, set())
-        self.node.unwatch_connection(conn, ids)
+        self.node.unwatch_connection(conn, set(conn.watched))
         for follow in self._follows.pop(conn.id, {}).values():
             follow.scope.cancel()
 
@@ -275,14 +273,14 @@ class ClientService:
                 del seen[body]
         return None
 
-    def _watch(self, conn: api.ClientConnection, tx_id: bytes) -> bool:
-        ids = self._watched.setdefault(conn.id, set())
-        if len(ids) >= WATCHES_PER_CONNECTION_MAX:
+    def _watch(
+        self, conn: api.ClientConnection, tx_id: bytes, expiry_ms: int | None = None
+    ) -> bool:
+        """Push `tx_id`'s receipt to `conn` when it executes. The node forgets the watch when
+        it pushes the receipt, or once the transaction has expired (it can never execute)."""
+        if len(conn.watched) >= WATCHES_PER_CONNECTION_MAX:
             return False
-        if self.node.watch(tx_id, conn):
-            ids.add(tx_id)
-            return True
-        return False
+        return self.node.watch(tx_id, conn, expiry_ms)
 
     async def _submit(self, conn: api.ClientConnection, request: api.SubmitRequest) -> None:
         node = self.node
@@ -332,7 +330,7 @@ class ClientService:
                 elif tx.id in known and (first := self._receipt_bundle(tx.id)) is not None:
                     # It committed while we verified: answer with its receipt, do not watch.
                     verdicts[i] = [tx.id, "committed", first]
-                elif not self._watch(conn, tx.id):
+                elif not self._watch(conn, tx.id, tx.expiry_ms):
                     verdicts[i] = [tx.id, "rejected", "overloaded: too many pending receipts"]
                 else:
                     accepted.append(tx)
