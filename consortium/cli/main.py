@@ -840,8 +840,12 @@ def leader_transfer(
             f"--to: no member named {to!r} (members: {', '.join(m.name for m in genesis.members)})"
         )
 
+    keys = setup.keys()
+    if not keys:
+        raise _fail(f"{net / 'client.toml'}: a leadership transfer is signed with a client key")
+
     async def main() -> str:
-        async with ConsortiumClient(genesis, **options) as c:
+        async with ConsortiumClient(genesis, keys[0], **options) as c:
             await c.wait_connected(timeout_s=min(timeout, 5.0))
             leader = await c.find_leader(timeout_s=timeout)
             if leader == target.index:

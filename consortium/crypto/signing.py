@@ -33,6 +33,7 @@ class Domain(Enum):
     CONFIG = b"consortium/v1/config\x00"
     READ = b"consortium/v1/read\x00"
     CLIENT_CHANGE = b"consortium/v1/client-change\x00"  # a member's approval of an admission
+    MAINTENANCE = b"consortium/v1/maintenance\x00"  # an operator's request (leader transfer)
 
 
 def signed_message(domain: Domain, chain_id: bytes, body: bytes) -> bytes:

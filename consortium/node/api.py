@@ -10,6 +10,9 @@ so status travels as a JSON string).
                ["block", req_id, height]           a stored block (raw), or nil
                ["status", req_id]                  a JSON string
                ["watch", req_id, [tx_id, ...]]     push these receipts when they execute
+               ["transfer", req_id, target, body, sig]   raft maintenance, signed (MAINTENANCE)
+                                                   over pack(["transfer", target, issued_ms,
+                                                   key]) by an admitted client or a member
                ["clients", req_id]                 the admitted clients and pending changes
                ["follow", req_id, from_height, credit]
                                                    stream committed blocks from from_height on
@@ -173,10 +176,34 @@ class WatchRequest:
 
 @dataclass(frozen=True, slots=True)
 class TransferRequest:
-    """Maintenance (raft): hand leadership to member `target` (its index in genesis)."""
+    """Maintenance (raft): hand leadership to member `target` (its index in genesis). Signed
+    (Domain.MAINTENANCE) by an admitted client or a member over `transfer_body`: the client
+    port is reachable by anyone who can reach the member, so an unsigned, stale or replayed
+    request is refused."""
 
     req_id: int
     target: int
+    body: bytes
+    signature: bytes
+
+
+MAINTENANCE_SKEW_MS = 60_000  # a maintenance request is accepted this close to our clock
+
+
+def transfer_body(target: int, issued_ms: int, signer_key: bytes) -> bytes:
+    return pack(["transfer", target, issued_ms, signer_key])
+
+
+def decode_transfer_body(body: bytes) -> tuple[int, int, bytes]:
+    """(target, issued_ms, signer key); raises WireFormatError."""
+    a = as_list(unpack_canonical(body, max_len=256), 4, "transfer body")
+    if a[0] != "transfer":
+        raise WireFormatError("transfer body: not a transfer")
+    return (
+        as_int(a[1], "target", hi=1 << 16),
+        as_int(a[2], "issued_ms"),
+        as_bytes(a[3], "key", size=32),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,8 +268,8 @@ def encode_request(request: Request) -> bytes:
             return pack(["status", r])
         case WatchRequest(req_id=r, tx_ids=ids):
             return pack(["watch", r, list(ids)])
-        case TransferRequest(req_id=r, target=t):
-            return pack(["transfer", r, t])
+        case TransferRequest(req_id=r, target=t, body=b, signature=sig):
+            return pack(["transfer", r, t, b, sig])
         case ClientsRequest(req_id=r):
             return pack(["clients", r])
         case FollowRequest(req_id=r, from_height=h, credit=c):
@@ -291,8 +318,13 @@ def decode_request(frame: bytes, frame_bytes_max: int) -> Request:
                 raise WireFormatError(f"watch: more than {TX_IDS_PER_REQUEST_MAX} ids")
             return WatchRequest(req_id, [as_bytes(t, "tx_id", size=32) for t in ids])
         if method == "transfer":
-            as_list(msg, 3, "transfer")
-            return TransferRequest(req_id, as_int(msg[2], "target", hi=1 << 16))
+            as_list(msg, 5, "transfer")
+            return TransferRequest(
+                req_id,
+                as_int(msg[2], "target", hi=1 << 16),
+                as_bytes(msg[3], "transfer body", max_len=256),
+                as_bytes(msg[4], "signature", size=64),
+            )
         if method == "clients":
             as_list(msg, 2, "clients")
             return ClientsRequest(req_id)
@@ -828,6 +860,7 @@ class ClientConnection:
         self.scope = trio.CancelScope()
         self.closed_reason = ""
         self.frames_sent = 0
+        self.watched: set[bytes] = set()  # ids whose receipts the node will push here
 
     @property
     def open(self) -> bool:

@@ -56,7 +56,7 @@ import trio
 
 from consortium.crypto.codec import WireFormatError, pack
 from consortium.crypto.keys import KeyPair
-from consortium.crypto.signing import Domain, Ed25519Verifier, Verifier
+from consortium.crypto.signing import Domain, Ed25519Signer, Ed25519Verifier, Verifier
 from consortium.ledger.block import Receipt
 from consortium.ledger.genesis import Genesis
 from consortium.ledger.tx import Op, Transaction
@@ -73,6 +73,7 @@ from consortium.node.api import (
     decode_response,
     decode_status,
     decode_verdicts,
+    transfer_body,
     verify_bundle,
     verify_read,
 )
@@ -903,7 +904,12 @@ class ConsortiumClient:
 
     async def transfer_leadership(self, leader: int, target: int, timeout_s: float = 5.0) -> None:
         """raft maintenance: ask `leader` to hand leadership to `target` (TimeoutNow)."""
-        await self._request(leader, "transfer", target, timeout_s=timeout_s)
+        if self.keys is None:
+            raise ClientError("leadership transfer is signed: this client needs a key")
+        key = self.keys.public
+        body = transfer_body(target, int(time.time() * 1000), key)
+        signature = Ed25519Signer(self.keys).sign(Domain.MAINTENANCE, self.chain_id, body)
+        await self._request(leader, "transfer", target, body, signature, timeout_s=timeout_s)
 
     async def status(self, member: int, timeout_s: float = 2.0) -> dict[str, Any]:
         """One member's status document (what `consortium status` shows)."""

@@ -67,11 +67,15 @@ def fault_budget(n: int, f: int, quorum: int, up: int) -> str:
 def name_members(text: str, names: Sequence[str]) -> str:
     """The cores speak of members by index ('primary 2', 'member 3'); operators by name."""
 
-    def one(match: re.Match[str]) -> str:
-        index = int(match.group(2))
-        return f"{match.group(1)} {names[index]}" if 0 <= index < len(names) else match.group(0)
+    def name(index: str) -> str:
+        i = int(index)
+        return names[i] if 0 <= i < len(names) else index
 
-    return re.sub(r"\b(primary|member|leader)s? (\d+)\b", one, text)
+    def many(match: re.Match[str]) -> str:
+        indexes = re.split(r", ", match.group(2))
+        return f"{match.group(1)} {', '.join(name(i) for i in indexes)}"
+
+    return re.sub(r"\b(primary|members?|leaders?|transferred by) (\d+(?:, \d+)*)\b", many, text)
 
 
 def blockers(

@@ -75,6 +75,7 @@ TICK_IDLE_MAX_MS = 16  # the coarsest timer granularity when idle (timeouts are 
 TEST_BYZANTINE_MODES = ("silent-primary", "equivocating-primary")
 EVENTS_MAX = 8192  # bounded queue between the pump/clients and the core task
 WATCHED_TXS_MAX = 200_000  # transactions with a waiting client, over all connections
+WATCH_SCAN_BLOCKS = 64  # how often (in blocks) watches of expired transactions are forgotten
 DRAIN_MAX = 512  # events handled per core step before taking the Ready
 HEALTH_TICK_AGE_S = 5.0  # /healthz fails when the core loop has not ticked for this long
 REJECTIONS_LOG_INTERVAL_S = 10.0  # peer messages dropped by the core: one summary line per
@@ -181,6 +182,8 @@ class Node:
         # tx id -> connections waiting for its receipt (bounded in total)
         self._watchers: dict[bytes, list[Any]] = {}
         self._watch_count = 0
+        self._watch_expiry: dict[bytes, int] = {}  # watched id -> its transaction's expiry
+        self._blocks_since_scan = 0
         self._on_block: list[Callable[[Block], None]] = []
         self.client_port = 0
         self.peer_port = 0
@@ -566,23 +569,51 @@ class Node:
 
     # --- client notifications ---------------------------------------------------------------
 
-    def watch(self, tx_id: bytes, conn: Any) -> bool:
+    def watch(self, tx_id: bytes, conn: Any, expiry_ms: int | None = None) -> bool:
+        """Push `tx_id`'s receipt to `conn` (which keeps the ids it watches in `conn.watched`)
+        when its block executes; with `expiry_ms`, forget the watch once a block's time has
+        passed it (the transaction can never execute then). False when too many are watched."""
         if self._watch_count >= WATCHED_TXS_MAX:
             return False
         conns = self._watchers.setdefault(tx_id, [])
         if conn not in conns:
             conns.append(conn)
+            conn.watched.add(tx_id)
             self._watch_count += 1
+        if expiry_ms is not None:
+            self._watch_expiry[tx_id] = max(expiry_ms, self._watch_expiry.get(tx_id, 0))
         return True
 
     def unwatch_connection(self, conn: Any, tx_ids: set[bytes]) -> None:
         for tx_id in tx_ids:
             conns = self._watchers.get(tx_id)
+            conn.watched.discard(tx_id)
             if conns and conn in conns:
                 conns.remove(conn)
                 self._watch_count -= 1
                 if not conns:
                     del self._watchers[tx_id]
+                    self._watch_expiry.pop(tx_id, None)
+
+    def _unwatch(self, tx_id: bytes) -> list[Any]:
+        """Every connection watching `tx_id`, no longer watching it."""
+        conns = self._watchers.pop(tx_id, None) or []
+        self._watch_expiry.pop(tx_id, None)
+        self._watch_count -= len(conns)
+        for conn in conns:
+            conn.watched.discard(tx_id)
+        return conns
+
+    def _forget_expired_watches(self, block_ms: int) -> None:
+        """Watches of transactions that expired before this block's time: they cannot execute
+        any more, so no receipt will come (the client sees them pending and resubmits or gives
+        up). Scanned every WATCH_SCAN_BLOCKS blocks, bounded by WATCHED_TXS_MAX."""
+        self._blocks_since_scan += 1
+        if self._blocks_since_scan < WATCH_SCAN_BLOCKS:
+            return
+        self._blocks_since_scan = 0
+        for tx_id in [t for t, exp in self._watch_expiry.items() if exp < block_ms]:
+            self._unwatch(tx_id)
 
     def _notify(self, block: Block, vote: SignedVote) -> None:
         """Push the receipts watched in `block`: one "receipts" frame per connection (header
@@ -591,10 +622,9 @@ class Node:
 
         by_conn: dict[int, tuple[Any, list[Receipt]]] = {}
         for index, tx in enumerate(block.txs):
-            conns = self._watchers.pop(tx.id, None)
-            if not conns:
+            if tx.id not in self._watchers:
                 continue
-            self._watch_count -= len(conns)
+            conns = self._unwatch(tx.id)
             receipt = block.receipts[index]
             if receipt.reason == "duplicate":
                 # A later copy of an id that already executed: never report it as that
@@ -612,6 +642,7 @@ class Node:
                 conn.push_block_receipts(
                     api.encode_block_receipts(block.header, vote, tree, receipts)
                 )
+        self._forget_expired_watches(block.header.timestamp_ms)
         for hook in self._on_block:
             hook(block)
 

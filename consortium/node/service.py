@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from consortium.crypto.codec import WireFormatError
+from consortium.crypto.signing import Domain
 from consortium.ledger.admission import check_approvals, check_client_key
 from consortium.ledger.block import Block
 from consortium.ledger.certificates import block_signature_body
@@ -41,7 +42,8 @@ from consortium.node.runtime import ReadRefused
 if TYPE_CHECKING:
     from consortium.node.runtime import Node
 
-WATCHES_PER_CONNECTION_MAX = 20_000  # well below the node-wide bound
+WATCHES_PER_CONNECTION_MAX = 20_000
+MAINTENANCE_SEEN_MAX = 1024  # well below the node-wide bound
 
 
 FOLLOW_POLL_S = 1.0  # a caught-up follow also looks at the store this often (state transfer)
@@ -61,7 +63,7 @@ class _Follow:
 class ClientService:
     def __init__(self, node: Node) -> None:
         self.node = node
-        self._watched: dict[int, set[bytes]] = {}
+        self._maintenance_seen: dict[bytes, int] = {}  # signed bodies carried out -> issued_ms
         self._follows: dict[int, dict[int, _Follow]] = {}  # conn id -> follow id -> follow
         self._nursery: trio.Nursery | None = None
         node._on_block.append(self._block_executed)
@@ -97,8 +99,7 @@ class ClientService:
     # --- ClientHandler ----------------------------------------------------------------------
 
     def disconnected(self, conn: api.ClientConnection) -> None:
-        ids = self._watched.pop(conn.id, set())
-        self.node.unwatch_connection(conn, ids)
+        self.node.unwatch_connection(conn, set(conn.watched))
         for follow in self._follows.pop(conn.id, {}).values():
             follow.scope.cancel()
 
@@ -114,6 +115,13 @@ class ClientService:
                 except ReadRefused as exc:
                     conn.error(request.req_id, f"read refused: {exc}")
             case api.TransferRequest():
+                refusal = self._maintenance_refusal(request)
+                if refusal is not None:
+                    self.node.metrics.rejected_at_submit["maintenance_refused"] = (
+                        self.node.metrics.rejected_at_submit.get("maintenance_refused", 0) + 1
+                    )
+                    conn.error(request.req_id, f"leadership transfer refused: {refusal}")
+                    return
                 why = await self.node.transfer_leadership(request.target)
                 if why is None:
                     conn.reply(request.req_id, None)
@@ -234,14 +242,45 @@ class ClientService:
             vote = self.node.own_block_signature(height)
         return api.encode_followed_block(follow_id, block.header, block.receipts, vote)
 
-    def _watch(self, conn: api.ClientConnection, tx_id: bytes) -> bool:
-        ids = self._watched.setdefault(conn.id, set())
-        if len(ids) >= WATCHES_PER_CONNECTION_MAX:
+    def _maintenance_refusal(self, request: api.TransferRequest) -> str | None:
+        """Why a maintenance request is refused: not signed by an admitted client or a member,
+        for another target, stale, or a replay of one already carried out."""
+        node = self.node
+        try:
+            target, issued_ms, key = api.decode_transfer_body(request.body)
+        except WireFormatError as exc:
+            return f"malformed request ({exc})"
+        if target != request.target:
+            return "the signed target differs from the request's"
+        now_ms = int(time.time() * 1000)
+        if abs(now_ms - issued_ms) > api.MAINTENANCE_SKEW_MS:
+            return (
+                f"issued {abs(now_ms - issued_ms) / 1000:.0f} s from our clock (at most "
+                f"{api.MAINTENANCE_SKEW_MS // 1000} s): check the clocks, or sign it again"
+            )
+        if key not in node.app.admitted and node.genesis.member_by_key(key) is None:
+            return "signed by a key that is neither an admitted client nor a member"
+        if request.body in self._maintenance_seen:
+            return "a replay of a request already carried out"
+        if not node.verifier.verify(
+            key, Domain.MAINTENANCE, node.chain_id, request.body, request.signature
+        ):
+            return "bad signature"
+        seen = self._maintenance_seen
+        seen[request.body] = issued_ms
+        for body, at in list(seen.items()):  # forget what is too old to be accepted anyway
+            if now_ms - at > api.MAINTENANCE_SKEW_MS or len(seen) > MAINTENANCE_SEEN_MAX:
+                del seen[body]
+        return None
+
+    def _watch(
+        self, conn: api.ClientConnection, tx_id: bytes, expiry_ms: int | None = None
+    ) -> bool:
+        """Push `tx_id`'s receipt to `conn` when it executes. The node forgets the watch when
+        it pushes the receipt, or once the transaction has expired (it can never execute)."""
+        if len(conn.watched) >= WATCHES_PER_CONNECTION_MAX:
             return False
-        if self.node.watch(tx_id, conn):
-            ids.add(tx_id)
-            return True
-        return False
+        return self.node.watch(tx_id, conn, expiry_ms)
 
     async def _submit(self, conn: api.ClientConnection, request: api.SubmitRequest) -> None:
         node = self.node
@@ -291,7 +330,7 @@ class ClientService:
                 elif tx.id in known and (first := self._receipt_bundle(tx.id)) is not None:
                     # It committed while we verified: answer with its receipt, do not watch.
                     verdicts[i] = [tx.id, "committed", first]
-                elif not self._watch(conn, tx.id):
+                elif not self._watch(conn, tx.id, tx.expiry_ms):
                     verdicts[i] = [tx.id, "rejected", "overloaded: too many pending receipts"]
                 else:
                     accepted.append(tx)

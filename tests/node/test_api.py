@@ -93,7 +93,13 @@ requests: st.SearchStrategy[Request] = st.one_of(
     st.builds(BlockRequest, req_ids, st.integers(min_value=0, max_value=2**63 - 1)),
     st.builds(StatusRequest, req_ids),
     st.builds(WatchRequest, req_ids, st.lists(ids, max_size=5)),
-    st.builds(TransferRequest, req_ids, st.integers(min_value=0, max_value=1 << 16)),
+    st.builds(
+        TransferRequest,
+        req_ids,
+        st.integers(min_value=0, max_value=1 << 16),
+        st.binary(max_size=256),
+        st.binary(min_size=64, max_size=64),
+    ),
 )
 values = st.recursive(
     st.none()

@@ -8,7 +8,7 @@ from raft_harness import HEARTBEAT, E, RaftGroup
 
 from consortium.crashft import messages as m
 from consortium.crashft.node import CANDIDATE, LEADER, PRE_CANDIDATE
-from consortium.node.explain import PeerLink, blockers, peer_rows
+from consortium.node.explain import PeerLink, blockers, name_members, peer_rows
 
 NAMES = ["n1", "n2", "n3"]
 
@@ -100,3 +100,13 @@ def test_a_follower_behind_the_compacted_log_says_it_installs_a_snapshot_and_fro
     g.run(2 * E)  # the blocks arrive: caught up, nothing to explain
     assert g.members[2].head.height == 12
     assert reasons(g, 2) == []
+
+
+def test_member_indexes_in_core_texts_become_names_lists_and_transfers_included() -> None:
+    names = ["n1", "n2", "n3"]
+    assert name_members("no quorum: members 1, 2 not responding", names) == (
+        "no quorum: members n2, n3 not responding"
+    )
+    assert name_members("leadership transferred by 2", names) == "leadership transferred by n3"
+    assert name_members("primary 0 silent; member 1", names) == "primary n1 silent; member n2"
+    assert name_members("leader 7", names) == "leader 7"  # not a member: left as it is
