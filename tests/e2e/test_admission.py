@@ -126,7 +126,9 @@ def test_a_client_is_admitted_then_revoked_by_a_quorum_of_members(
     # Unknown: refused at submit by every member, never final (a member may lag behind the
     # block admitting the key): pending, saying the members report unknown_client.
     refused = submit(genesis, acme, b"too early", timeout_s=2)
-    assert refused.status == "pending" and "members report unknown_client" in refused.reason, refused
+    assert refused.status == "pending" and "members report unknown_client" in refused.reason, (
+        refused
+    )
 
     # Approved by one member fewer than the quorum: refused before anything is submitted.
     admit = tmp_path / "admit.json"

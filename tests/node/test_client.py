@@ -338,7 +338,9 @@ async def test_unknown_client_is_never_final_but_shown_in_the_pending_reason() -
         async with cluster(*honest(reject="unknown_client")) as c, client_of(c) as client:
             [outcome] = await client.submit_and_wait([client.make_tx([Put(b"k", b"v")])], 0.6)
             assert outcome.status == "pending"
-            assert "members report unknown_client (n1, n2, n3, n4)" in outcome.reason, outcome.reason
+            assert "members report unknown_client (n1, n2, n3, n4)" in outcome.reason, (
+                outcome.reason
+            )
             assert client.counters["resubmitted"] >= 1
 
 
