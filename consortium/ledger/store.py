@@ -58,6 +58,7 @@ from consortium.ledger.state import CachedTable, Execution, KeyValueState
 
 SCHEMA_VERSION = 2
 STATE_CACHE_MAX = 65_536  # key-value and replay entries cached in memory (each table)
+STATE_CACHE_BYTES_MAX = 64 << 20  # and at most this many bytes of keys and values (each table)
 _SYNCHRONOUS_FULL = 2  # what `PRAGMA synchronous` reports for FULL
 
 _SCHEMA = (
@@ -361,8 +362,12 @@ class BlockStore:
                 for t, e in _select_in(db, "tx_id, expiry_ms FROM replay", "tx_id", tx_ids)
             }
 
-        kv: CachedTable[bytes] = CachedTable(load_value, STATE_CACHE_MAX, load_values)
-        replay: CachedTable[int] = CachedTable(load_expiry, STATE_CACHE_MAX, load_expiries)
+        kv: CachedTable[bytes] = CachedTable(
+            load_value, STATE_CACHE_MAX, load_values, STATE_CACHE_BYTES_MAX
+        )
+        replay: CachedTable[int] = CachedTable(
+            load_expiry, STATE_CACHE_MAX, load_expiries, STATE_CACHE_BYTES_MAX
+        )
         admitted = {
             bytes(k): str(label) for k, label in db.execute("SELECT key, label FROM clients")
         }
