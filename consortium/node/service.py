@@ -69,6 +69,7 @@ class ClientService:
         self._maintenance_seen: dict[bytes, int] = {}  # signed bodies carried out -> issued_ms
         self._follows: dict[int, dict[int, _Follow]] = {}  # conn id -> follow id -> follow
         self._nursery: trio.Nursery | None = None
+        self._server: api.ClientServer | None = None
         node._on_block.append(self._block_executed)
 
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
@@ -83,6 +84,7 @@ class ClientService:
             tls_accepts=self._tls_name if tls is not None else None,
         )
         self.node.client_tls_status = server.tls_status
+        self._server = server
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             await nursery.start(server.run)
@@ -90,8 +92,9 @@ class ClientService:
 
     def _tls_name(self, key: bytes) -> str | None:
         """Who a client port TLS key belongs to: a client admitted now (node.app.admitted, read
-        at each handshake, so admissions and revocations apply to new connections) or a member
-        (operators' tools); None refuses the connection."""
+        at each handshake and each request) or a member (operators' tools); None refuses the
+        connection. A revocation also closes the open connections of its key when it takes
+        effect (_block_executed)."""
         genesis = self.node.genesis
         admitted = self.node.app.admitted
         if key in admitted:
@@ -182,7 +185,16 @@ class ClientService:
         self._nursery.start_soon(self._stream, follow)
 
     def _block_executed(self, block: Block) -> None:
-        """A block executed (runtime._notify): wake the follows that wait for it."""
+        """A block executed (runtime._notify): wake the follows that wait for it; at a
+        checkpoint boundary, where client changes take effect, close the TLS connections of
+        keys no longer admitted (follow streams and all)."""
+        server = self._server
+        if (
+            server is not None
+            and self.node.config.tls_client
+            and block.height % self.node.genesis.params.checkpoint_interval == 0
+        ):
+            server.recheck_tls_keys()
         for follows in self._follows.values():
             for follow in follows.values():
                 if follow.next_height == block.height:
