@@ -259,6 +259,8 @@ class KeyValueState:
     member_keys: tuple[bytes, ...] = ()
     quorum: int = 0
     pending: deque[PendingChange] = field(default_factory=deque)  # by effective height
+    # client key -> block time of its last accepted change (a change must be created after it)
+    changed_ms: dict[bytes, int] = field(default_factory=dict)
     admitted: dict[bytes, str] = field(init=False)  # client key -> label
     _pending_last: dict[bytes, PendingChange] = field(init=False)  # key -> its latest change
 
@@ -283,6 +285,7 @@ class KeyValueState:
         *,
         admitted: Mapping[bytes, str] | None = None,
         pending: list[PendingChange] | None = None,
+        changed_ms: dict[bytes, int] | None = None,
         kv: Table[bytes] | None = None,
         replay: Table[int] | None = None,
         last_timestamp_ms: int = 0,
@@ -300,6 +303,7 @@ class KeyValueState:
             member_keys=tuple(m.public_key for m in genesis.members),
             quorum=genesis.quorum,
             pending=deque(pending or ()),
+            changed_ms={} if changed_ms is None else changed_ms,
         )
 
     def will_be_admitted(self, key: bytes) -> bool:
@@ -448,8 +452,15 @@ class KeyValueState:
             return Refusal("config_duplicate", "this change already executed")
         if c.expiry_ms < timestamp_ms:
             return Refusal("config_expired", "the change expired before it was ordered")
-        if c.expiry_ms - timestamp_ms > CHANGE_TTL_MAX_MS:
-            return Refusal("config_expiry_too_far", "the change expires more than a week ahead")
+        if c.expiry_ms - timestamp_ms > CHANGE_TTL_MAX_MS or (
+            c.expiry_ms - c.created_ms > CHANGE_TTL_MAX_MS
+        ):
+            return Refusal(
+                "config_expiry_too_far",
+                "the change expires more than a week after the block or after its creation",
+            )
+        if c.created_ms > timestamp_ms:
+            return Refusal("config_created_later", "the change was created after the block time")
         refusal = check_client_key(c.client_key, self.member_keys)
         if refusal is not None:
             return refusal
@@ -465,6 +476,17 @@ class KeyValueState:
             return Refusal("config_already_admitted", "the key is admitted (or will be)")
         if c.kind != ADMIT and not later:
             return Refusal("config_not_admitted", "the key is not admitted (or will not be)")
+        # A compare-and-set on the key's history: approvals collected before the key's last
+        # accepted change are stale (e.g. an old admission after a revocation).
+        last = self.changed_ms.get(c.client_key)
+        if any(p.client_key == c.client_key for p in recorded):
+            last = timestamp_ms  # a change of the key accepted earlier in this block
+        if last is not None and c.created_ms <= last:
+            return Refusal(
+                "config_superseded",
+                "the change was created before the key's last accepted change (at "
+                f"{last} ms): its approvals predate it; propose and approve it again",
+            )
         return check_approvals(c, op.approvals, self.member_keys, self.quorum)
 
     def apply(self, execution: Execution) -> None:
@@ -491,6 +513,7 @@ class KeyValueState:
         for p in execution.recorded:
             self.pending.append(p)
             self._pending_last[p.client_key] = p
+            self.changed_ms[p.client_key] = execution.timestamp_ms
         self.state_root = execution.state_root
         self.last_timestamp_ms = execution.timestamp_ms
         self._prune(execution.timestamp_ms)

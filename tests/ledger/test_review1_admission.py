@@ -35,7 +35,13 @@ NEW = KeyPair.from_seed(hashlib.sha256(b"review1 new client").digest())
 
 def _admit(chain: ChainBuilder, key: bytes) -> ConfigChange:
     c = ClientChange.create(
-        chain.genesis.chain_id, ADMIT, key, "new", b"r1", CREATED_MS + 3_600_000
+        chain.genesis.chain_id,
+        ADMIT,
+        key,
+        "new",
+        b"r1",
+        CREATED_MS + 3_600_000,
+        created_ms=CREATED_MS,
     )
     approvals = tuple(
         (
@@ -123,7 +129,9 @@ def test_sign_refuses_a_proposal_expiring_beyond_the_change_ttl(tmp_path: Path) 
     chain_id = Genesis.load(home / "config" / "genesis.json").chain_id
     far = int(time.time() * 1000) + 365 * 24 * 3600 * 1000
     assert far - time.time() * 1000 > CHANGE_TTL_MAX_MS
-    change = ClientChange.create(chain_id, ADMIT, NEW.public, "later", b"bomb", far)
+    change = ClientChange.create(
+        chain_id, ADMIT, NEW.public, "later", b"bomb", far, created_ms=int(time.time() * 1000)
+    )
     path = tmp_path / "p.json"
     Proposal(change).save(path)
     result = CliRunner().invoke(cli_app, ["client", "sign", str(path), "--home", str(home)])
@@ -187,7 +195,17 @@ def test_a_key_revoked_after_an_approval_was_signed_is_not_re_admitted_by_it() -
 
 
 def _approved(chain: ChainBuilder, kind: Any, nonce: bytes, expiry: int) -> ConfigChange:
-    c = ClientChange.create(chain.genesis.chain_id, kind, NEW.public, "new", nonce, expiry)
+    # (Adjusted by the fix: a change now says when it was created, which must follow the
+    # key's last accepted change; each is created when it is signed, at the chain's head.)
+    c = ClientChange.create(
+        chain.genesis.chain_id,
+        kind,
+        NEW.public,
+        "new",
+        nonce,
+        expiry,
+        created_ms=chain.head.timestamp_ms,
+    )
     approvals = tuple(
         (
             MEMBERS[i].public,

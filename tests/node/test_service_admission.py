@@ -60,7 +60,9 @@ def _service() -> tuple[ClientService, list[Transaction]]:
 
 def _change_tx(signers: tuple[int, ...], *, nonce: bytes) -> Transaction:
     now = int(time.time() * 1000)
-    change = ClientChange.create(GENESIS.chain_id, ADMIT, NEW.public, "new", b"c", now + 3_600_000)
+    change = ClientChange.create(
+        GENESIS.chain_id, ADMIT, NEW.public, "new", b"c", now + 3_600_000, created_ms=now
+    )
     op = ConfigChange(
         change, tuple(change.approve(signing.Ed25519Signer(MEMBERS[i])) for i in signers)
     )
