@@ -52,7 +52,6 @@ clients_app = typer.Typer(
 EXIT_USAGE = 2
 EXIT_FAILED = 1
 EXIT_PENDING = 3
-CREATED_EARLY_MS = 60_000  # a proposal's created_ms is this early (clock skew between members)
 
 NetOpt = Annotated[
     Path | None,
@@ -170,18 +169,18 @@ def _propose(
         raise _fail(f"--expires-in-hours must be in (0, {CHANGE_TTL_MAX_MS // 3_600_000}]")
     if out.exists():
         raise _fail(f"{out} exists; choose another --out")
+    # Created now: it must follow the key's last accepted change (approvals collected before
+    # it are stale); members refuse to sign a change created after their clock, and the
+    # ledger one created after the block time.
     now_ms = int(time.time() * 1000)
-    # Created a minute early: members refuse to sign a change created after their clock, and
-    # the ledger one created after the block time (so a little clock skew is tolerated).
-    created_ms = now_ms - CREATED_EARLY_MS
     change = ClientChange.create(
         genesis.chain_id,
         kind,
         client_key,
         label,
         secrets.token_bytes(16),
-        min(now_ms + ttl_ms, created_ms + CHANGE_TTL_MAX_MS),
-        created_ms=created_ms,
+        now_ms + ttl_ms,
+        created_ms=now_ms,
     )
     Proposal(change).save(out)
     typer.echo(f"wrote {out}: {change.describe()}")
@@ -282,7 +281,8 @@ def sign(
     if change.created_ms > now_ms:
         raise _fail(
             f"{proposal_path}: the proposal says it was created {_when(change.created_ms)}, "
-            "after your clock; check the clocks, or ask for a new one"
+            "after your clock (approvals must not predate what they approve); check the "
+            "clocks, or sign it again in a moment"
         )
     refusal = check_client_key(change.client_key, [m.public_key for m in genesis.members])
     if refusal is not None:

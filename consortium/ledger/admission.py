@@ -4,7 +4,7 @@ A client change is a small signed document, proposed by anyone, approved by memb
 
     change body   canonical [chain_id, kind, client_key, label, nonce, expiry_ms, created_ms]
                   kind "admit" | "revoke"; label a name for operators (at most 64 characters);
-                  created_ms when it was proposed (the proposer's clock, a minute early)
+                  created_ms when it was proposed (the proposer's clock)
     change id     digest_of(["client-change", body])  (never equal to a transaction id)
     approval      [member public key, signature over Domain.CLIENT_CHANGE + chain_id + body]
 
