@@ -169,21 +169,30 @@ def _propose(
         raise _fail(f"--expires-in-hours must be in (0, {CHANGE_TTL_MAX_MS // 3_600_000}]")
     if out.exists():
         raise _fail(f"{out} exists; choose another --out")
+    # Created now: it must follow the key's last accepted change (approvals collected before
+    # it are stale); members refuse to sign a change created after their clock, and the
+    # ledger one created after the block time.
+    now_ms = int(time.time() * 1000)
     change = ClientChange.create(
         genesis.chain_id,
         kind,
         client_key,
         label,
         secrets.token_bytes(16),
-        int(time.time() * 1000) + ttl_ms,
+        now_ms + ttl_ms,
+        created_ms=now_ms,
     )
     Proposal(change).save(out)
     typer.echo(f"wrote {out}: {change.describe()}")
     typer.echo(
         f"it needs {genesis.quorum} of {genesis.n} member approvals before "
-        f"{time.strftime('%Y-%m-%d %H:%M %Z', time.localtime(change.expiry_ms / 1000))}; "
+        f"{_when(change.expiry_ms)}; "
         f"each member runs: consortium client sign {out} --home MEMBER_HOME"
     )
+
+
+def _when(ms: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M %Z", time.localtime(ms / 1000))
 
 
 KeyOpt = Annotated[
@@ -257,8 +266,24 @@ def sign(
     genesis, keys = _member_key(home)
     proposal = _load(proposal_path, genesis)
     change = proposal.change
-    if change.expiry_ms < time.time() * 1000:
+    now_ms = int(time.time() * 1000)
+    if change.expiry_ms < now_ms:
         raise _fail(f"{proposal_path}: the proposal expired; ask for a new one")
+    if change.expiry_ms - now_ms > CHANGE_TTL_MAX_MS or (
+        change.expiry_ms - change.created_ms > CHANGE_TTL_MAX_MS
+    ):
+        raise _fail(
+            f"{proposal_path}: the proposal expires {_when(change.expiry_ms)}, more than "
+            f"{CHANGE_TTL_MAX_MS // 86_400_000} days after now or after its creation; a change "
+            "approved that far ahead would outlive later changes of the key: do not sign it, "
+            "ask for a new one (`consortium client propose-*`)"
+        )
+    if change.created_ms > now_ms:
+        raise _fail(
+            f"{proposal_path}: the proposal says it was created {_when(change.created_ms)}, "
+            "after your clock (approvals must not predate what they approve); check the "
+            "clocks, or sign it again in a moment"
+        )
     refusal = check_client_key(change.client_key, [m.public_key for m in genesis.members])
     if refusal is not None:
         raise _fail(f"{proposal_path}: {refusal.detail}; do not sign it")
@@ -266,7 +291,10 @@ def sign(
     target = out or proposal_path
     proposal.save(target, _names(genesis))
     name = _names(genesis)[keys.public]
-    typer.echo(f"{name} approved: {change.describe()}")
+    typer.echo(
+        f"{name} approved: {change.describe()}, proposed {_when(change.created_ms)}, "
+        f"expires {_when(change.expiry_ms)}"
+    )
     typer.echo(
         f"{target}: {len(proposal.approvals)} of {genesis.quorum} needed approvals "
         f"(change id {change.id.hex()[:16]}…)"

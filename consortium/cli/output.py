@@ -193,6 +193,12 @@ def print_outcome(outcome: Any, *, as_json: bool, net: Path | None = None) -> No
         )
     if outcome.status == "pending":
         where = f" --net {net}" if net is not None and str(net) != "net" else ""
+        if "unknown_client" in (outcome.reason or ""):
+            typer.echo(
+                "members do not (yet) know this client key: if it was admitted recently, it is "
+                "accepted once they reach the effective height (see `consortium client list"
+                f"{where}`); otherwise ask the operators to admit it (docs/clients-admission.md)."
+            )
         typer.echo(
             f"pending: may still commit; check with `consortium tx status {doc['tx_id']}"
             f"{where}`. Re-submitting the same transaction is safe: it executes at most once."

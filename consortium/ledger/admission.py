@@ -2,8 +2,9 @@
 
 A client change is a small signed document, proposed by anyone, approved by members:
 
-    change body   canonical [chain_id, kind, client_key, label, nonce, expiry_ms]
-                  kind "admit" | "revoke"; label a name for operators (at most 64 characters)
+    change body   canonical [chain_id, kind, client_key, label, nonce, expiry_ms, created_ms]
+                  kind "admit" | "revoke"; label a name for operators (at most 64 characters);
+                  created_ms when it was proposed (the proposer's clock)
     change id     digest_of(["client-change", body])  (never equal to a transaction id)
     approval      [member public key, signature over Domain.CLIENT_CHANGE + chain_id + body]
 
@@ -20,8 +21,13 @@ and in the offline audit:
       from changing the client set alone);
     - the change names this chain, has not executed before (replay protection by change id,
       which stays in the replay set until the change's expiry), has not expired and expires
-      at most CHANGE_TTL_MAX_MS after the block time (a week, so that operators of several
-      organisations have time to sign, each on its own machine);
+      at most CHANGE_TTL_MAX_MS after the block time and after its creation (a week, so that
+      operators of several organisations have time to sign, each on its own machine);
+    - it was created no later than the block time, and AFTER the block time of the last
+      accepted change of the same key (state `changed_ms`): approvals collected before a later
+      change of a key can never be used after it (e.g. an old admission re-admitting a key
+      revoked since). Members sign only changes created before their clock (`client sign`),
+      so this holds as closely as the members' clocks agree;
     - the key is a valid Ed25519 key of prime order (small-order and non-canonical keys
       are refused, as at genesis) and not a member's key;
     - it changes something: admitting a key that is (or will be, once pending changes take
@@ -82,6 +88,7 @@ class ClientChange:
     label: str
     nonce: bytes
     expiry_ms: int
+    created_ms: int
 
     @classmethod
     def create(
@@ -92,8 +99,10 @@ class ClientChange:
         label: str,
         nonce: bytes,
         expiry_ms: int,
+        *,
+        created_ms: int,
     ) -> ClientChange:
-        body = pack([chain_id, kind, client_key, label, nonce, expiry_ms])
+        body = pack([chain_id, kind, client_key, label, nonce, expiry_ms, created_ms])
         return cls.decode(body)
 
     @classmethod
@@ -101,7 +110,7 @@ class ClientChange:
         """Raises WireFormatError only. The key's length is checked here; whether it is a
         usable point is decided at execution (a deterministic rejected receipt)."""
         as_bytes(body, "client change", max_len=CHANGE_BODY_BYTES_MAX)
-        f = as_list(unpack_canonical(body), 6, "client change")
+        f = as_list(unpack_canonical(body), 7, "client change")
         kind = as_str(f[1], "client change kind", max_len=8)
         if kind not in (ADMIT, REVOKE):
             raise WireFormatError(f"client change kind: {kind!r} is not admit or revoke")
@@ -114,6 +123,7 @@ class ClientChange:
             label=as_str(f[3], "client change label", max_len=LABEL_CHARS_MAX),
             nonce=as_bytes(f[4], "client change nonce", max_len=NONCE_BYTES_MAX),
             expiry_ms=as_int(f[5], "client change expiry_ms"),
+            created_ms=as_int(f[6], "client change created_ms"),
         )
 
     def approve(self, signer: Signer) -> Approval:
@@ -248,6 +258,7 @@ class Proposal:
             "kind": c.kind,
             "client_key": c.client_key.hex(),
             "label": c.label,
+            "created_ms": c.created_ms,
             "expiry_ms": c.expiry_ms,
             "chain_id": c.chain_id.hex(),
             "change_id": c.id.hex(),
@@ -291,6 +302,7 @@ class Proposal:
             "kind": change.kind,
             "client_key": change.client_key.hex(),
             "label": change.label,
+            "created_ms": change.created_ms,
             "expiry_ms": change.expiry_ms,
             "chain_id": change.chain_id.hex(),
             "change_id": change.id.hex(),

@@ -430,3 +430,13 @@ class _Audit:
             raise _Failed(head.height, "the stored admitted clients differ from re-execution")
         if stored_pending != list(app.pending):
             raise _Failed(head.height, "the stored pending client changes differ from re-execution")
+        stored_changed: dict[bytes, int] = {}
+        if "client_changed" in tables:
+            stored_changed = {
+                bytes(k): int(ms) for k, ms in db.execute("SELECT key, ms FROM client_changed")
+            }
+        if stored_changed != app.changed_ms:
+            raise _Failed(
+                head.height,
+                "the stored times of the keys' last client changes differ from re-execution",
+            )

@@ -25,9 +25,11 @@ Replay protection is by id: an id executes at most once. Only unexpired ids need
 (an expired id is rejected anyway), so the replay set is bounded by tx_ttl_max_ms times the rate.
 
 Memory. A member's state lives in its block store; `kv` and `replay` are then `CachedTable`s:
-reads go through a bounded cache to the store, and what was applied but is not durable yet stays
-in memory until the store says it is (`durable`). A member's memory is thus bounded whatever the
-size of its state. Simulators and the offline audit use plain dicts.
+reads go through a cache to the store, bounded in entries and in bytes of keys and values (64 MiB
+per table in a member's store), and what was applied but is not durable yet stays in memory until
+the store says it is (`durable`; never evicted, bounded by what one store write holds). A
+member's memory is thus bounded whatever the size of its state. Simulators and the offline audit
+use plain dicts.
 
 State root. Deviation from a Merkleised state: the root is a hash chain over each block's state
 changes, root_h = H("state", root_{h-1}, sorted writes, ids consumed). It commits to the whole
@@ -126,23 +128,34 @@ class Table(Protocol[V]):
     def __delitem__(self, key: bytes, /) -> None: ...
 
 
+def entry_bytes(key: bytes, value: object) -> int:
+    """What a cached entry counts against a CachedTable's byte budget: its key and value
+    (an int or an absence counts 8 bytes)."""
+    return len(key) + (len(value) if isinstance(value, bytes) else 8)
+
+
 class CachedTable(Generic[V]):
     """A map kept in the store: `load(key)` reads the durable value (None: absent). What was
     written since (applied, not yet durable) is held in `_dirty` until `durable` is told the
-    store has it; clean values are cached, at most `cache_max` of them (absences too)."""
+    store has it (never evicted: bounded by what one store write holds); clean values are
+    cached, at most `cache_max` of them (absences too) and at most `bytes_max` bytes of keys
+    and values (entry_bytes), least recently used first out."""
 
     def __init__(
         self,
         load: Callable[[bytes], V | None],
         cache_max: int = 65_536,
         load_many: Callable[[list[bytes]], dict[bytes, V]] | None = None,
+        bytes_max: int = 64 << 20,
     ) -> None:
-        assert cache_max > 0
+        assert cache_max > 0 and bytes_max > 0
         self._load = load
         self._load_many = load_many
         self._cache_max = cache_max
+        self._bytes_max = bytes_max
         self._dirty: dict[bytes, V | None] = {}  # None: deleted
         self._clean: OrderedDict[bytes, V | None] = OrderedDict()
+        self._clean_bytes = 0
         self.loads = 0
 
     @overload
@@ -210,12 +223,21 @@ class CachedTable(Generic[V]):
         """Values applied but not yet durable (bounded by the blocks in one store write)."""
         return len(self._dirty)
 
+    @property
+    def cached_bytes(self) -> int:
+        """Bytes of keys and values in the clean cache (at most bytes_max)."""
+        return self._clean_bytes
+
     def _keep(self, key: bytes, value: V | None) -> None:
         clean = self._clean
+        if key in clean:
+            self._clean_bytes -= entry_bytes(key, clean[key])
         clean[key] = value
         clean.move_to_end(key)
-        if len(clean) > self._cache_max:
-            clean.popitem(last=False)
+        self._clean_bytes += entry_bytes(key, value)
+        while len(clean) > self._cache_max or self._clean_bytes > self._bytes_max:
+            old_key, old_value = clean.popitem(last=False)
+            self._clean_bytes -= entry_bytes(old_key, old_value)
 
 
 @dataclass
@@ -237,6 +259,8 @@ class KeyValueState:
     member_keys: tuple[bytes, ...] = ()
     quorum: int = 0
     pending: deque[PendingChange] = field(default_factory=deque)  # by effective height
+    # client key -> block time of its last accepted change (a change must be created after it)
+    changed_ms: dict[bytes, int] = field(default_factory=dict)
     admitted: dict[bytes, str] = field(init=False)  # client key -> label
     _pending_last: dict[bytes, PendingChange] = field(init=False)  # key -> its latest change
 
@@ -261,6 +285,7 @@ class KeyValueState:
         *,
         admitted: Mapping[bytes, str] | None = None,
         pending: list[PendingChange] | None = None,
+        changed_ms: dict[bytes, int] | None = None,
         kv: Table[bytes] | None = None,
         replay: Table[int] | None = None,
         last_timestamp_ms: int = 0,
@@ -278,6 +303,7 @@ class KeyValueState:
             member_keys=tuple(m.public_key for m in genesis.members),
             quorum=genesis.quorum,
             pending=deque(pending or ()),
+            changed_ms={} if changed_ms is None else changed_ms,
         )
 
     def will_be_admitted(self, key: bytes) -> bool:
@@ -426,8 +452,15 @@ class KeyValueState:
             return Refusal("config_duplicate", "this change already executed")
         if c.expiry_ms < timestamp_ms:
             return Refusal("config_expired", "the change expired before it was ordered")
-        if c.expiry_ms - timestamp_ms > CHANGE_TTL_MAX_MS:
-            return Refusal("config_expiry_too_far", "the change expires more than a week ahead")
+        if c.expiry_ms - timestamp_ms > CHANGE_TTL_MAX_MS or (
+            c.expiry_ms - c.created_ms > CHANGE_TTL_MAX_MS
+        ):
+            return Refusal(
+                "config_expiry_too_far",
+                "the change expires more than a week after the block or after its creation",
+            )
+        if c.created_ms > timestamp_ms:
+            return Refusal("config_created_later", "the change was created after the block time")
         refusal = check_client_key(c.client_key, self.member_keys)
         if refusal is not None:
             return refusal
@@ -443,6 +476,17 @@ class KeyValueState:
             return Refusal("config_already_admitted", "the key is admitted (or will be)")
         if c.kind != ADMIT and not later:
             return Refusal("config_not_admitted", "the key is not admitted (or will not be)")
+        # A compare-and-set on the key's history: approvals collected before the key's last
+        # accepted change are stale (e.g. an old admission after a revocation).
+        last = self.changed_ms.get(c.client_key)
+        if any(p.client_key == c.client_key for p in recorded):
+            last = timestamp_ms  # a change of the key accepted earlier in this block
+        if last is not None and c.created_ms <= last:
+            return Refusal(
+                "config_superseded",
+                "the change was created before the key's last accepted change (at "
+                f"{last} ms): its approvals predate it; propose and approve it again",
+            )
         return check_approvals(c, op.approvals, self.member_keys, self.quorum)
 
     def apply(self, execution: Execution) -> None:
@@ -469,6 +513,7 @@ class KeyValueState:
         for p in execution.recorded:
             self.pending.append(p)
             self._pending_last[p.client_key] = p
+            self.changed_ms[p.client_key] = execution.timestamp_ms
         self.state_root = execution.state_root
         self.last_timestamp_ms = execution.timestamp_ms
         self._prune(execution.timestamp_ms)

@@ -25,9 +25,10 @@ Rules and invariants:
   the commit unless the application already reflects it: the node applies as it executes (so the
   next batch of a step runs on top), and the state root, a hash chain with one value per
   position, tells how far the application is.
-- The admitted clients (`clients`, genesis clients at block 0) and the client changes waiting
-  for their effective height (`pending_client_changes`, in the order they were accepted) are
-  application state: written with the block that changes them, loaded at open.
+- The admitted clients (`clients`, genesis clients at block 0), the client changes waiting
+  for their effective height (`pending_client_changes`, in the order they were accepted) and
+  the block time of each key's last accepted change (`client_changed`) are application state:
+  written with the block that changes them, loaded at open.
 - The data directory is stamped with the chain id; a store of another network is refused.
 - Per-block work is proportional to the block (indexed lookups and inserts only); memory holds
   the application state and the replay set, nothing else that grows with the chain.
@@ -59,6 +60,7 @@ from consortium.ledger.state import CachedTable, Execution, KeyValueState
 SCHEMA_VERSION = 2
 PAGE_CACHE_KB = 32 * 1024  # SQLite's page cache per store
 STATE_CACHE_MAX = 65_536  # key-value and replay entries cached in memory (each table)
+STATE_CACHE_BYTES_MAX = 64 << 20  # and at most this many bytes of keys and values (each table)
 _SYNCHRONOUS_FULL = 2  # what `PRAGMA synchronous` reports for FULL
 
 _SCHEMA = (
@@ -98,6 +100,10 @@ _CLIENT_SCHEMA = (
     """CREATE TABLE IF NOT EXISTS pending_client_changes (
         seq INTEGER PRIMARY KEY, change_id BLOB NOT NULL UNIQUE, value BLOB NOT NULL
     )""",
+    # key -> block time (ms) of its last accepted change; added after the two above (a store
+    # without it had no accepted change in the current change format: given it empty at open)
+    "CREATE TABLE IF NOT EXISTS client_changed (key BLOB PRIMARY KEY, ms INTEGER NOT NULL) "
+    "WITHOUT ROWID",
 )
 
 # The first occurrence of an id is recorded; only an executed occurrence may replace one that
@@ -194,7 +200,7 @@ class BlockStore:
                 if self._create():
                     self.fsync_count += 1
             self._check_meta()
-            if "clients" not in tables and "meta" in tables:
+            if "meta" in tables and not {"clients", "client_changed"} <= tables:
                 self._add_client_tables()
             self._load_head()
             if verify:
@@ -365,8 +371,12 @@ class BlockStore:
                 for t, e in _select_in(db, "tx_id, expiry_ms FROM replay", "tx_id", tx_ids)
             }
 
-        kv: CachedTable[bytes] = CachedTable(load_value, STATE_CACHE_MAX, load_values)
-        replay: CachedTable[int] = CachedTable(load_expiry, STATE_CACHE_MAX, load_expiries)
+        kv: CachedTable[bytes] = CachedTable(
+            load_value, STATE_CACHE_MAX, load_values, STATE_CACHE_BYTES_MAX
+        )
+        replay: CachedTable[int] = CachedTable(
+            load_expiry, STATE_CACHE_MAX, load_expiries, STATE_CACHE_BYTES_MAX
+        )
         admitted = {
             bytes(k): str(label) for k, label in db.execute("SELECT key, label FROM clients")
         }
@@ -379,11 +389,15 @@ class BlockStore:
             raise self._damaged(
                 head.height, f"a pending client change does not decode ({exc})"
             ) from None
+        changed_ms = {
+            bytes(k): int(ms) for k, ms in db.execute("SELECT key, ms FROM client_changed")
+        }
         self.app = KeyValueState.for_genesis(
             self.genesis,
             head.state_root,
             admitted=admitted,
             pending=pending,
+            changed_ms=changed_ms,
             kv=kv,
             replay=replay,
             last_timestamp_ms=head.timestamp_ms,
@@ -655,6 +669,11 @@ class BlockStore:
         db.executemany(
             "INSERT INTO pending_client_changes (change_id, value) VALUES (?, ?)",
             [(p.change_id, pack(p.to_array())) for p in execution.recorded],
+        )
+        db.executemany(
+            "INSERT INTO client_changed VALUES (?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET ms = excluded.ms",
+            [(p.client_key, execution.timestamp_ms) for p in execution.recorded],
         )
 
     def append_blocks(self, items: list[BlockItem]) -> None:

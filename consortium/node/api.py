@@ -71,9 +71,12 @@ TLS (operator option, node.toml `[tls] client = true`; docs/tls.md): each connec
 with a TLS 1.3 handshake within `handshake_timeout_s` (at most `handshakes_max` at a time), the
 client presenting a certificate whose key `tls_accepts` admits (an admitted client's or a
 member's). A key it does not admit gets [0, "error", why] inside TLS, then the connection
-closes. A client that connects without TLS to a TLS port, or with TLS to a plain one, gets
-[0, "error", why] in plain framing naming the setting to change, and the member logs and counts
-it (`tls_required`, `tls_unexpected`).
+closes. The pin holds for the connection's life: each request re-checks the key (a lookup), and
+`recheck_tls_keys` (called by the member when a block applies client changes) closes the
+connections whose key is no longer admitted, follow streams included. A client that connects
+without TLS to a TLS port, or with TLS to a plain one, gets [0, "error", why] in plain framing
+naming the setting to change, and the member logs and counts it (`tls_required`,
+`tls_unexpected`).
 """
 
 from __future__ import annotations
@@ -861,6 +864,7 @@ class ClientConnection:
         self.closed_reason = ""
         self.frames_sent = 0
         self.watched: set[bytes] = set()  # ids whose receipts the node will push here
+        self.tls_key: bytes | None = None  # the client's TLS certificate key (a TLS port)
 
     @property
     def open(self) -> bool:
@@ -903,6 +907,17 @@ class ClientConnection:
         if not self.closed_reason:
             self.closed_reason = reason
         self.scope.cancel()
+
+    def close_soon(self, reason: str, message: str) -> None:
+        """Tell the client `message` ([0, "error", message]) and disconnect: nothing else is
+        sent from now on, and the connection ends within FLUSH_S whatever the client does."""
+        if self.closed_reason:
+            return
+        self.error(PUSH, message)
+        self.closed_reason = reason
+        self._finishing = True
+        self._wakeup.set()
+        self.scope.deadline = min(self.scope.deadline, trio.current_time() + FLUSH_S)
 
     def finish(self) -> None:
         """Write what is queued, then stop (the client stopped sending)."""
@@ -994,15 +1009,17 @@ class ClientServer:
         except OSError:
             peer = "?"
         channel: trio.abc.Stream = stream
+        tls_key: bytes | None = None
         if self._tls is not None:
             secured = await self._tls_accept(stream, peer)
             if secured is None:
                 await trio.aclose_forcefully(stream)
                 return
-            channel, peer = secured
+            channel, peer, tls_key = secured
         conn = ClientConnection(
             next(self._ids), peer, self._outbound_frames_max, self._outbound_bytes_max
         )
+        conn.tls_key = tls_key
         self.connections[conn.id] = conn
         self.counters["connections"] += 1
         try:
@@ -1028,9 +1045,37 @@ class ClientServer:
             finally:
                 await trio.aclose_forcefully(stream)
 
+    def _still_admitted(self, conn: ClientConnection) -> bool:
+        """Whether `conn`'s TLS key is still one `tls_accepts` admits (True without TLS)."""
+        if conn.tls_key is None or self._tls_accepts is None:
+            return True
+        return self._tls_accepts(conn.tls_key) is not None
+
+    def _revoked(self, conn: ClientConnection) -> None:
+        assert conn.tls_key is not None
+        self.counters["tls_revoked_disconnected"] += 1
+        self._ratelog.warning(
+            "tls_revoked",
+            f"client {conn.peer}: its TLS key {conn.tls_key.hex()[:16]}… is no longer an "
+            "admitted client's: disconnected",
+        )
+        conn.close_soon(
+            "revoked",
+            f"closing the connection: your TLS key {conn.tls_key.hex()[:16]}… is no longer an "
+            "admitted client of this network (revoked; see `consortium client list`)",
+        )
+
+    def recheck_tls_keys(self) -> int:
+        """Close the connections whose TLS key is no longer admitted (a revocation took
+        effect); how many. A lookup per open connection."""
+        gone = [c for c in self.connections.values() if c.open and not self._still_admitted(c)]
+        for conn in gone:
+            self._revoked(conn)
+        return len(gone)
+
     async def _tls_accept(
         self, stream: trio.SocketStream, peer: str
-    ) -> tuple[trio.abc.Stream, str] | None:
+    ) -> tuple[trio.abc.Stream, str, bytes] | None:
         """The TLS handshake of a new client, bounded in time and number, and the pin: its
         certificate key must be one `tls_accepts` admits. None (logged, counted, the client
         told why when it can be) when it is not."""
@@ -1079,10 +1124,11 @@ class ClientServer:
                     await _tell(
                         conn,
                         f"your TLS key {key.hex()[:16]}… is not an admitted client of this "
-                        "network (genesis.json lists the admitted client keys)",
+                        "network (nor a member's): `consortium client list` shows the admitted "
+                        "clients; ask the operators to admit it (docs/clients-admission.md)",
                     )
                     return None
-                return conn, f"{name}@{peer}"
+                return conn, f"{name}@{peer}", key
             # Timed out. Nothing at all: likely a plain client that has not sent a request yet.
             if not first:
                 await self._tls_mismatch(
@@ -1160,6 +1206,10 @@ class ClientServer:
                 conn.error(exc.req_id, f"bad request: {exc}")
                 continue
             self.counters[f"request_{type(request).__name__}"] += 1
+            if not self._still_admitted(conn):  # revoked since the handshake
+                conn.error(request.req_id, "refused: your TLS key is no longer admitted")
+                self._revoked(conn)
+                return
             try:
                 await self.handler.handle(conn, request)
             except Exception:

@@ -17,9 +17,12 @@ How it decides, in pbft mode (n = 3f+1, up to f members may lie):
   honest. "committed" means it is in the ledger; `receipt.status` says whether it took effect
   ("ok") or was deterministically rejected at execution (e.g. a compare-and-set mismatch).
 - "rejected" needs f+1 members agreeing on the same rejection at submit, and only for reasons
-  every member decides alike from the bytes (bad_signature, wrong_chain, unknown_client,
-  malformed). "expired" (each member's clock) and "overloaded" are never final: the
-  transaction may still commit.
+  every member decides alike from the bytes (bad_signature, wrong_chain, malformed).
+  "expired" (each member's clock), "overloaded" and "unknown_client" (judged against the
+  member's state at its height: a member that has not executed the block admitting the key
+  yet says unknown_client while the others commit the transaction) are never final: the
+  transaction may still commit. The last of them is shown in a pending outcome's reason
+  ("members report unknown_client") so the user sees why it does not commit.
 - A timeout ends in "pending", never an ambiguous failure: the transaction may still commit.
   While waiting, transactions without news for `retransmit_s` are resubmitted to all members.
 - Fast-path reads (`get`) need a quorum (genesis.quorum) of matching signed replies from
@@ -91,7 +94,10 @@ from consortium.node.tls import (
 )
 
 OutcomeStatus = Literal["committed", "rejected", "pending"]
-FINAL_REJECTIONS = frozenset({"bad_signature", "wrong_chain", "unknown_client"})
+FINAL_REJECTIONS = frozenset({"bad_signature", "wrong_chain"})
+# Not final, but worth telling the user when a transaction stays pending: the reason's first
+# word (before ":"), as members reported it at submit.
+REPORTED_REJECTIONS = frozenset({"unknown_client"})
 BACKOFF_MIN_S = 0.05
 BACKOFF_MAX_S = 1.0
 CONNECT_TIMEOUT_S = 5.0
@@ -178,6 +184,8 @@ class _TxState:
     vouched: dict[int, tuple[bytes, bytes, Bundle]] = field(default_factory=dict)
     # member -> the final rejection it reported at submit
     rejected: dict[int, str] = field(default_factory=dict)
+    # member -> the last non-final rejection in REPORTED_REJECTIONS it reported at submit
+    reported: dict[int, str] = field(default_factory=dict)
     last_news: float = 0.0
     first_sent: float = 0.0
     confirmed_at: float | None = None  # when a result first had enough confirmations
@@ -535,8 +543,13 @@ class ConsortiumClient:
                 state.rejected[member] = v.detail
                 state.last_news = now
                 rejections = True
+            elif v.status == "rejected" and isinstance(v.detail, str):
+                if v.detail.split(":")[0] in REPORTED_REJECTIONS:
+                    state.reported[member] = v.detail
+                # Still no news: the transaction is resubmitted (a member may catch up).
             elif v.status == "accepted":
                 state.last_news = now
+                state.reported.pop(member, None)
             # A transient rejection is no news: the transaction is resubmitted.
         if rejections:
             self._notify()
@@ -635,12 +648,15 @@ class ConsortiumClient:
         for reason, count in sorted(reasons.items()):
             if count >= self.confirmations_needed:
                 return TxOutcome(tx_id, "rejected", reason=reason, confirmations=count)
-        return TxOutcome(
-            tx_id,
-            "pending",
-            reason=f"{len(best)} of {self.confirmations_needed} confirmations",
-            confirmations=len(best),
-        )
+        reason = f"{len(best)} of {self.confirmations_needed} confirmations"
+        if state.reported:
+            by_reason: dict[str, list[str]] = {}
+            for m, r in sorted(state.reported.items()):
+                by_reason.setdefault(r, []).append(self.genesis.members[m].name)
+            reason += "; " + "; ".join(
+                f"members report {r} ({', '.join(names)})" for r, names in sorted(by_reason.items())
+            )
+        return TxOutcome(tx_id, "pending", reason=reason, confirmations=len(best))
 
     async def wait(self, tx_ids: Sequence[bytes], timeout_s: float) -> list[TxOutcome]:
         """Outcomes for `tx_ids` once none is pending, or at the timeout (those not decided

@@ -5,7 +5,9 @@ submit   each transaction is checked before it reaches the core, cheapest check 
          expired, bad_signature. unknown_client is judged against the admitted clients at our
          head (application state, a dict lookup); a key whose admission is pending is refused
          with "unknown_client: admitted at height E" (not final: it will be admitted), and a
-         client change (which a member may submit too) must carry a valid quorum of approvals.
+         client change (which a member may submit too) must carry a valid quorum of approvals:
+         those are checked only once the transaction's own signature verified, and on the
+         worker threads too, so a forged transaction costs no approval verification.
          An id already committed is answered with its FIRST receipt (never a later
          duplicate's). Otherwise it is accepted: the connection is told its receipt when the
          block holding it executes.
@@ -38,6 +40,7 @@ from consortium.ledger.certificates import block_signature_body
 from consortium.ledger.tx import ConfigChange, Transaction
 from consortium.node import api
 from consortium.node.runtime import ReadRefused
+from consortium.node.verification import TxSignatureCache
 
 if TYPE_CHECKING:
     from consortium.node.runtime import Node
@@ -66,6 +69,7 @@ class ClientService:
         self._maintenance_seen: dict[bytes, int] = {}  # signed bodies carried out -> issued_ms
         self._follows: dict[int, dict[int, _Follow]] = {}  # conn id -> follow id -> follow
         self._nursery: trio.Nursery | None = None
+        self._server: api.ClientServer | None = None
         node._on_block.append(self._block_executed)
 
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
@@ -80,6 +84,7 @@ class ClientService:
             tls_accepts=self._tls_name if tls is not None else None,
         )
         self.node.client_tls_status = server.tls_status
+        self._server = server
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             await nursery.start(server.run)
@@ -87,8 +92,9 @@ class ClientService:
 
     def _tls_name(self, key: bytes) -> str | None:
         """Who a client port TLS key belongs to: a client admitted now (node.app.admitted, read
-        at each handshake, so admissions and revocations apply to new connections) or a member
-        (operators' tools); None refuses the connection."""
+        at each handshake and each request) or a member (operators' tools); None refuses the
+        connection. A revocation also closes the open connections of its key when it takes
+        effect (_block_executed)."""
         genesis = self.node.genesis
         admitted = self.node.app.admitted
         if key in admitted:
@@ -179,7 +185,16 @@ class ClientService:
         self._nursery.start_soon(self._stream, follow)
 
     def _block_executed(self, block: Block) -> None:
-        """A block executed (runtime._notify): wake the follows that wait for it."""
+        """A block executed (runtime._notify): wake the follows that wait for it; at a
+        checkpoint boundary, where client changes take effect, close the TLS connections of
+        keys no longer admitted (follow streams and all)."""
+        server = self._server
+        if (
+            server is not None
+            and self.node.config.tls_client
+            and block.height % self.node.genesis.params.checkpoint_interval == 0
+        ):
+            server.recheck_tls_keys()
         for follows in self._follows.values():
             for follow in follows.values():
                 if follow.next_height == block.height:
@@ -321,12 +336,24 @@ class ClientService:
             candidates.append((len(verdicts) - 1, tx))
         if candidates:
             oks = await node.tx_cache.verify_all([tx for _, tx in candidates])
+            # Only now, for signed client changes, the approvals (off the event loop).
+            changes = [
+                (i, tx)
+                for (i, tx), ok in zip(candidates, oks, strict=True)
+                if ok and isinstance(tx.ops[0], ConfigChange)
+            ]
+            refused: dict[int, str] = {}
+            if changes:
+                whys = await self._change_refusals(node.tx_cache, [tx for _, tx in changes])
+                refused = {i: why for (i, _), why in zip(changes, whys, strict=True) if why}
             # Again one query: which committed while we verified.
             known = node.store.known_tx_ids([tx.id for _, tx in candidates])
             accepted: list[Transaction] = []
             for (i, tx), ok in zip(candidates, oks, strict=True):
                 if not ok:
                     verdicts[i] = [tx.id, "rejected", "bad_signature"]
+                elif i in refused:
+                    verdicts[i] = [tx.id, "rejected", refused[i]]
                 elif tx.id in known and (first := self._receipt_bundle(tx.id)) is not None:
                     # It committed while we verified: answer with its receipt, do not watch.
                     verdicts[i] = [tx.id, "committed", first]
@@ -346,20 +373,43 @@ class ClientService:
         conn.reply(request.req_id, verdicts)
 
     def _admission_check(self, tx: Transaction) -> str:
-        """The rare path of the client check: a key not admitted now, or a client change."""
+        """The rare path of the client check: a key not admitted now, or a client change (whose
+        submitter must be a client or a member; its key and approvals are checked after its
+        signature, by _change_refusals)."""
         app = self.node.app
         op = tx.ops[0]
         if isinstance(op, ConfigChange):
             if tx.client_key not in app.admitted and tx.client_key not in app.member_keys:
                 return "unknown_client"
-            refusal = check_client_key(op.change.client_key, app.member_keys) or check_approvals(
-                op.change, op.approvals, app.member_keys, app.quorum
-            )
-            return "" if refusal is None else f"{refusal.reason}: {refusal.detail}"
+            return ""
         pending = app.pending_admission(tx.client_key)
         if pending is not None:
             return f"unknown_client: admitted at height {pending.effective_height}"
         return "unknown_client"
+
+    async def _change_refusals(self, cache: TxSignatureCache, txs: list[Transaction]) -> list[str]:
+        """Why each signed client change would be refused ("" if not): its key, then its
+        approvals (Q signature checks each), on the signature worker threads. A change seen
+        twice in one request is checked once."""
+        app = self.node.app
+        member_keys, quorum = app.member_keys, app.quorum
+
+        def check() -> list[str]:
+            seen: dict[tuple[bytes, tuple[tuple[bytes, bytes], ...]], str] = {}
+            out: list[str] = []
+            for tx in txs:
+                op = tx.ops[0]
+                assert isinstance(op, ConfigChange)
+                key = (op.change.body, op.approvals)
+                if key not in seen:
+                    refusal = check_client_key(
+                        op.change.client_key, member_keys
+                    ) or check_approvals(op.change, op.approvals, member_keys, quorum)
+                    seen[key] = "" if refusal is None else f"{refusal.reason}: {refusal.detail}"
+                out.append(seen[key])
+            return out
+
+        return await cache.run_sync(check)
 
     def _clients(self) -> api.ClientList:
         app = self.node.app

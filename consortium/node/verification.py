@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import trio
 
 from consortium.crypto.signing import Domain, Signer, Verifier
 from consortium.ledger.tx import Transaction
 from consortium.node.metrics import VERIFY_S_BUCKETS, Histogram
+
+T = TypeVar("T")
 
 INLINE_MAX = 2  # verify_all checks this many cache misses on the event loop, more on threads
 
@@ -118,6 +121,11 @@ class TxSignatureCache:
                     self._remember(self._key(txs[i]), ok)
             self.verified += len(missing)
         return [bool(r) for r in results]
+
+    async def run_sync(self, fn: Callable[[], T]) -> T:
+        """Run `fn` (other signature checks, e.g. a client change's approvals) on the same
+        worker threads, under the same limit, so it never holds up the event loop."""
+        return await trio.to_thread.run_sync(fn, limiter=self._limiter)
 
 
 class CountingSigner:

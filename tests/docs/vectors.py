@@ -107,7 +107,13 @@ def protocol_vectors() -> dict[str, bytes]:
     sig_body = block_signature_body(1, block.hash, 0)
     tree_leaves = [r.encode() for r in block.receipts]
     change = ClientChange.create(
-        chain_id, "admit", bytes.fromhex(_NEW_CLIENT), "acme-app", bytes([0x05]) * 16, EXPIRY_MS
+        chain_id,
+        "admit",
+        bytes.fromhex(_NEW_CLIENT),
+        "acme-app",
+        bytes([0x05]) * 16,
+        EXPIRY_MS,
+        created_ms=EXPIRY_MS - 3_600_000,
     )
     read = read_body(b"greeting", b"hi", 1, block.hash, 0)
     transcript = handshake_transcript(HANDSHAKE_NONCE, 0, 1, "listener")

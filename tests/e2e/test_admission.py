@@ -123,9 +123,12 @@ def test_a_client_is_admitted_then_revoked_by_a_quorum_of_members(
     acme = KeyPair.load(key_file)
     assert public == acme.public.hex()
 
-    # Unknown: refused at submit by every member.
-    refused = submit(genesis, acme, b"too early")
-    assert (refused.status, refused.reason) == ("rejected", "unknown_client"), refused
+    # Unknown: refused at submit by every member, never final (a member may lag behind the
+    # block admitting the key): pending, saying the members report unknown_client.
+    refused = submit(genesis, acme, b"too early", timeout_s=2)
+    assert refused.status == "pending" and "members report unknown_client" in refused.reason, (
+        refused
+    )
 
     # Approved by one member fewer than the quorum: refused before anything is submitted.
     admit = tmp_path / "admit.json"
@@ -179,8 +182,8 @@ def test_a_client_is_admitted_then_revoked_by_a_quorum_of_members(
     )
     reach(genesis, c1, revoked_at)
     # ...and from it refused again.
-    again = submit(genesis, acme, b"revoked")
-    assert (again.status, again.reason) == ("rejected", "unknown_client"), again
+    again = submit(genesis, acme, b"revoked", timeout_s=2)
+    assert again.status == "pending" and "members report unknown_client" in again.reason, again
     listed = json.loads(ok(cli("client", "list", "--net", str(d), "--json")))
     assert acme.public.hex() not in [c["public_key"] for c in listed["admitted"]]
     assert listed["pending"] == []

@@ -87,7 +87,7 @@ def test_a_tls_network_commits_into_identical_ledgers_that_verify(
         assert result.returncode == 0, result.stderr + result.stdout
         status = cli("status", "--net", str(directory), "--json")
         assert status.returncode == 0, status.stderr
-        for doc in json.loads(status.stdout):
+        for doc in json.loads(status.stdout)["members"]:
             assert doc["tls"]["peer"] is True and doc["tls"]["client"] is True, doc["tls"]
             assert all(p["outbound_connected"] and p["tls"] for p in doc["peers"])
             assert doc["transport"].get("handshake_tls_failed", 0) == 0
@@ -127,7 +127,7 @@ def test_a_member_without_tls_among_tls_members_is_explained_on_both_sides(
         trio.run(wait_until_up, genesis, 30.0, options)
         for _ in range(100):
             status = cli("status", "--net", str(directory), "--json")
-            docs = json.loads(status.stdout)
+            docs = json.loads(status.stdout)["members"]
             if explained(docs):
                 break
             time.sleep(0.1)

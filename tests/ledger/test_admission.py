@@ -57,7 +57,13 @@ def change(
     chain_id: bytes | None = None,
 ) -> ClientChange:
     return ClientChange.create(
-        chain_id or chain.genesis.chain_id, kind, key, "label", nonce, expiry_ms
+        chain_id or chain.genesis.chain_id,
+        kind,
+        key,
+        "label",
+        nonce,
+        expiry_ms,
+        created_ms=chain.head.timestamp_ms,
     )
 
 
@@ -178,7 +184,7 @@ def test_small_order_and_malformed_keys_are_refused_at_admission() -> None:
     member = check_client_key(MEMBERS[2].public, members)
     assert member is not None and member.reason == "config_member_key"
     with pytest.raises(WireFormatError, match="32 bytes"):
-        ClientChange.create(chain.genesis.chain_id, ADMIT, b"\x01" * 31, "", b"", 1)
+        ClientChange.create(chain.genesis.chain_id, ADMIT, b"\x01" * 31, "", b"", 1, created_ms=0)
 
 
 def test_the_cli_refuses_small_order_and_malformed_keys(tmp_path: Path) -> None:
@@ -290,7 +296,9 @@ def test_changes_that_change_nothing_are_refused() -> None:
             config_tx(chain, change(chain, REVOKE, NEW.public)),  # never admitted
             config_tx(chain, change(chain, ADMIT, NEW.public, nonce=b"1")),
             config_tx(chain, change(chain, ADMIT, NEW.public, nonce=b"2")),  # pending already
-            config_tx(chain, change(chain, REVOKE, NEW.public, nonce=b"3")),  # undoes it: fine
+            # Would undo it, but was created (and approved) before that admission was
+            # accepted: stale, as any change of a key approved before its last change.
+            config_tx(chain, change(chain, REVOKE, NEW.public, nonce=b"3")),
         ]
     )
     assert [r.reason for r in block.receipts] == [
@@ -298,9 +306,13 @@ def test_changes_that_change_nothing_are_refused() -> None:
         "config_not_admitted",
         "",
         "config_already_admitted",
-        "",
+        "config_superseded",
     ]
     until(chain, K + 1)
+    assert NEW.public in chain.app.admitted and not chain.app.pending
+    # A revocation created after the admission was accepted undoes it.
+    chain.add([config_tx(chain, change(chain, REVOKE, NEW.public, nonce=b"4"))])
+    until(chain, 2 * K + 1)
     assert NEW.public not in chain.app.admitted and not chain.app.pending
 
 
@@ -346,6 +358,7 @@ def test_admitted_clients_and_pending_changes_survive_a_reopen_and_pass_the_audi
     store = BlockStore.open(path, chain.genesis)
     assert store.app.admitted == chain.app.admitted == {CLIENT.public: "c1"}
     assert list(store.app.pending) == list(chain.app.pending) and len(chain.app.pending) == 2
+    assert store.app.changed_ms == chain.app.changed_ms and len(chain.app.changed_ms) == 2
     store.close()
     assert audit_ledger(path, chain.genesis).ok
     done = len(chain.blocks)
@@ -401,6 +414,45 @@ def test_the_audit_compares_the_stored_clients_with_re_execution(tmp_path: Path)
     db.close()
     report = audit_ledger(path, chain.genesis)
     assert report.problem is not None and "pending client changes differ" in report.problem.reason
+    store = BlockStore.open(tmp_path / "again.sqlite", chain.genesis)
+    store.append_blocks(chain.blocks)
+    store.close()
+    db = sqlite3.connect(tmp_path / "again.sqlite")
+    db.execute("DELETE FROM client_changed")
+    db.commit()
+    db.close()
+    report = audit_ledger(tmp_path / "again.sqlite", chain.genesis)
+    assert report.problem is not None and "last client changes differ" in report.problem.reason
+
+
+def test_approvals_collected_before_a_later_change_of_the_key_are_stale() -> None:
+    """An admission approved but not submitted, then the key admitted by another change and
+    revoked: the old admission (unexpired, never executed) cannot re-admit it."""
+    chain = new_chain()
+    old = change(chain, ADMIT, NEW.public, nonce=b"old")
+    old_approvals = approve(old)
+    chain.add([config_tx(chain, change(chain, ADMIT, NEW.public, nonce=b"other"))])
+    until(chain, K + 1)
+    chain.add([config_tx(chain, change(chain, REVOKE, NEW.public, nonce=b"revoke"))])
+    until(chain, 2 * K + 1)
+    assert NEW.public not in chain.app.admitted
+    block = chain.add([config_tx(chain, old, old_approvals)])
+    assert receipt_of(block) == ("rejected", "config_superseded")
+    # A change created after the block time is refused too (its creator's clock is ahead).
+    future = ClientChange.create(
+        chain.genesis.chain_id,
+        ADMIT,
+        NEW.public,
+        "",
+        b"f",
+        CREATED_MS + 3_600_000,
+        created_ms=chain.head.timestamp_ms + 1_000,
+    )
+    block = chain.add([config_tx(chain, future)])
+    assert receipt_of(block) == ("rejected", "config_created_later")
+    fresh = change(chain, ADMIT, NEW.public, nonce=b"fresh")
+    block = chain.add([config_tx(chain, fresh)])
+    assert receipt_of(block) == ("ok", "")
 
 
 # --- proposal files -------------------------------------------------------------------------

@@ -330,9 +330,23 @@ async def test_a_rejection_that_may_change_is_never_final(reason: str) -> None:
             assert client.counters["resubmitted"] >= 1
 
 
+async def test_unknown_client_is_never_final_but_shown_in_the_pending_reason() -> None:
+    """unknown_client depends on the member's state (a lagging member has not executed the
+    admitting block yet), so even every member saying it leaves the outcome pending; the
+    reason names who says it, so the user sees why."""
+    with trio.fail_after(10):
+        async with cluster(*honest(reject="unknown_client")) as c, client_of(c) as client:
+            [outcome] = await client.submit_and_wait([client.make_tx([Put(b"k", b"v")])], 0.6)
+            assert outcome.status == "pending"
+            assert "members report unknown_client (n1, n2, n3, n4)" in outcome.reason, (
+                outcome.reason
+            )
+            assert client.counters["resubmitted"] >= 1
+
+
 async def test_one_member_rejecting_is_not_enough() -> None:
     ledger = FakeLedger()
-    members = [FakeMember(0, ledger, reject="unknown_client")] + [
+    members = [FakeMember(0, ledger, reject="bad_signature")] + [
         FakeMember(i, ledger, silent=True) for i in (1, 2, 3)
     ]
     with trio.fail_after(10):
