@@ -23,7 +23,7 @@ INLINE_MAX = 2  # verify_all checks this many cache misses on the event loop, mo
 
 
 class TxSignatureCache:
-    def __init__(self, verifier: Verifier, *, entries_max: int = 262_144, threads: int = 2) -> None:
+    def __init__(self, verifier: Verifier, *, entries_max: int = 65_536, threads: int = 2) -> None:
         self._verifier = verifier
         self._entries_max = entries_max
         self._results: OrderedDict[bytes, bool] = OrderedDict()
