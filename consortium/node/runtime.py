@@ -660,24 +660,32 @@ class Node:
         ]
 
     def first_receipt_bundle(self, tx_id: bytes) -> list[Any] | None:
+        """One id's first receipt bundle (client answers go through bundles.ReceiptBundles,
+        which batches and caches; this is for the rare single lookup)."""
         receipt = self.store.receipt_of(tx_id)
         if receipt is None:
             return None
-        stored = self.store.get_block(receipt.height)
+        stored = self.store.block_receipts(receipt.height)
         assert stored is not None, "a receipt's block is stored with it"
-        return self.make_bundle(
-            stored.block, receipt.index, self.own_block_signature(receipt.height)
-        )
+        header, receipts = stored
+        tree = MerkleTree([r.encode() for r in receipts])
+        return [
+            receipts[receipt.index].to_array(),
+            tree.proof(receipt.index),
+            tree.size,
+            header.to_array(),
+            self.own_block_signature(receipt.height).to_array(),
+        ]
 
     def own_block_signature(self, height: int) -> SignedVote:
-        stored = self.store.get_block(height)
-        if stored is not None:
-            for vote in stored.block_signatures:
-                if vote.body == block_signature_body(height, stored.block.hash, self.me):
-                    return vote
+        """Our signature over block `height`: stored, or signed again (Ed25519 is
+        deterministic). Reads no transactions."""
         block_hash = self.store.block_hash_at(height)
         assert block_hash is not None
         body = block_signature_body(height, block_hash, self.me)
+        for vote in self.store.block_signatures(height):
+            if vote.body == body:
+                return vote
         return SignedVote(body, self.signer.sign(Domain.BLOCK, self.chain_id, body))
 
     # --- status -----------------------------------------------------------------------------

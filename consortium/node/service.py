@@ -37,12 +37,18 @@ from consortium.ledger.block import Block
 from consortium.ledger.certificates import block_signature_body
 from consortium.ledger.tx import ConfigChange, Transaction
 from consortium.node import api
+from consortium.node.bundles import ReceiptBundles
 from consortium.node.runtime import ReadRefused
 
 if TYPE_CHECKING:
     from consortium.node.runtime import Node
 
 WATCHES_PER_CONNECTION_MAX = 20_000
+# Committed ids one submit or watch request may have answered with their receipts (each costs
+# a proof, and a block read for every block not cached: bundles.py). Beyond it a watch is
+# answered with an error saying how many to ask again, a submit with "overloaded" verdicts
+# (not final: a client resubmits them).
+COMMITTED_LOOKUPS_PER_REQUEST_MAX = 1024
 MAINTENANCE_SEEN_MAX = 1024  # well below the node-wide bound
 
 
@@ -66,6 +72,7 @@ class ClientService:
         self._maintenance_seen: dict[bytes, int] = {}  # signed bodies carried out -> issued_ms
         self._follows: dict[int, dict[int, _Follow]] = {}  # conn id -> follow id -> follow
         self._nursery: trio.Nursery | None = None
+        self._bundles = ReceiptBundles(lambda: node.store, node.own_block_signature)
         node._on_block.append(self._block_executed)
 
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
@@ -108,7 +115,8 @@ class ClientService:
             case api.SubmitRequest():
                 await self._submit(conn, request)
             case api.ReceiptRequest():
-                conn.reply(request.req_id, self._receipt_bundle(request.tx_id))
+                bundles = await self._bundles.first_bundles([request.tx_id])
+                conn.reply(request.req_id, bundles.get(request.tx_id))
             case api.GetRequest():
                 try:
                     conn.reply(request.req_id, await self.node.read_value(request.key))
@@ -134,14 +142,7 @@ class ClientService:
             case api.ClientsRequest():
                 conn.reply(request.req_id, self._clients().to_array())
             case api.WatchRequest():
-                for tx_id in request.tx_ids:
-                    bundle = self._receipt_bundle(tx_id)
-                    if bundle is not None:
-                        conn.push_receipt(bundle)  # already committed: its first receipt
-                    elif not self._watch(conn, tx_id):
-                        conn.error(request.req_id, "too many pending receipts watched")
-                        return
-                conn.reply(request.req_id, None)
+                await self._watch_ids(conn, request)
             case api.FollowRequest():
                 self._follow(conn, request)
             case api.CreditRequest():
@@ -273,6 +274,33 @@ class ClientService:
                 del seen[body]
         return None
 
+    async def _watch_ids(self, conn: api.ClientConnection, request: api.WatchRequest) -> None:
+        """Watch ids by id: each one not in the ledger is watched; the committed ones are
+        answered with their first receipts, at most COMMITTED_LOOKUPS_PER_REQUEST_MAX (the
+        rest: an error saying to ask again)."""
+        ids = list(dict.fromkeys(request.tx_ids))  # a request repeating an id costs one
+        known = self.node.store.known_tx_ids(ids)
+        # Watch before looking receipts up: the lookups yield, and an id that commits then
+        # must find its watch in place.
+        full = False
+        for tx_id in ids:
+            if tx_id not in known and not full:
+                full = not self._watch(conn, tx_id)
+        committed = [t for t in ids if t in known]
+        answered = committed[:COMMITTED_LOOKUPS_PER_REQUEST_MAX]
+        for bundle in (await self._bundles.first_bundles(answered)).values():
+            conn.push_receipt(bundle)  # already committed: its first receipt
+        if full:
+            conn.error(request.req_id, "too many pending receipts watched")
+        elif len(committed) > len(answered):
+            conn.error(
+                request.req_id,
+                f"{len(committed) - len(answered)} committed ids not answered (at most "
+                f"{COMMITTED_LOOKUPS_PER_REQUEST_MAX} per request): ask again",
+            )
+        else:
+            conn.reply(request.req_id, None)
+
     def _watch(
         self, conn: api.ClientConnection, tx_id: bytes, expiry_ms: int | None = None
     ) -> bool:
@@ -294,9 +322,18 @@ class ClientService:
                 decoded.append(Transaction.from_array(raw, params))
             except WireFormatError as exc:
                 decoded.append(str(exc))
-        # One indexed query for the whole request: which ids are in the ledger already.
+        # One indexed query for the whole request: which ids are in the ledger already. Their
+        # receipts are looked up in one batch, each block read once (bundles.py), yielding
+        # between blocks; a request repeating an id costs one lookup.
         known = node.store.known_tx_ids([t.id for t in decoded if isinstance(t, Transaction)])
+        firsts = await self._bundles.first_bundles(
+            list(
+                dict.fromkeys(t.id for t in decoded if isinstance(t, Transaction) and t.id in known)
+            )[:COMMITTED_LOOKUPS_PER_REQUEST_MAX]
+        )
         admitted = node.app.admitted
+        first_copy: dict[bytes, int] = {}  # id -> index of its first verdict in this request
+        copies: list[tuple[int, int]] = []
         for tx in decoded:
             if isinstance(tx, str):
                 verdicts.append([b"", "rejected", f"malformed: {tx}"])
@@ -304,10 +341,19 @@ class ClientService:
             verdicts.append([tx.id, "accepted", ""])
             # An id already committed is answered with its FIRST receipt, before any other
             # check: it may have expired since, or be resubmitted with a mangled signature.
-            first = self._receipt_bundle(tx.id) if tx.id in known else None
-            if first is not None:
-                verdicts[-1] = [tx.id, "committed", first]
+            if tx.id in known:
+                first = firsts.get(tx.id)
+                verdicts[-1] = (
+                    [tx.id, "committed", first]
+                    if first is not None
+                    else [tx.id, "rejected", "overloaded: too many committed ids in one request"]
+                )
                 continue
+            if tx.id in first_copy:
+                # A copy within this request: one check and one proposal is enough.
+                copies.append((len(verdicts) - 1, first_copy[tx.id]))
+                continue
+            first_copy[tx.id] = len(verdicts) - 1
             reason = ""
             if tx.chain_id != node.chain_id:
                 reason = "wrong_chain"
@@ -324,10 +370,17 @@ class ClientService:
             # Again one query: which committed while we verified.
             known = node.store.known_tx_ids([tx.id for _, tx in candidates])
             accepted: list[Transaction] = []
+            committed = await self._bundles.first_bundles(
+                [
+                    tx.id
+                    for (_, tx), ok in zip(candidates, oks, strict=True)
+                    if ok and tx.id in known
+                ]
+            )  # few: the ids that committed while we verified
             for (i, tx), ok in zip(candidates, oks, strict=True):
                 if not ok:
                     verdicts[i] = [tx.id, "rejected", "bad_signature"]
-                elif tx.id in known and (first := self._receipt_bundle(tx.id)) is not None:
+                elif (first := committed.get(tx.id)) is not None:
                     # It committed while we verified: answer with its receipt, do not watch.
                     verdicts[i] = [tx.id, "committed", first]
                 elif not self._watch(conn, tx.id, tx.expiry_ms):
@@ -336,6 +389,8 @@ class ClientService:
                     accepted.append(tx)
             if accepted:
                 await node.propose(accepted)
+        for i, first_i in copies:
+            verdicts[i] = verdicts[first_i]
         node.metrics.submitted += len(verdicts)
         for v in verdicts:
             if v[1] == "rejected":
@@ -367,9 +422,6 @@ class ClientService:
         return api.ClientList(
             self.node.store.height, tuple(listed), tuple(app.pending), len(app.admitted)
         )
-
-    def _receipt_bundle(self, tx_id: bytes) -> list[Any] | None:
-        return self.node.first_receipt_bundle(tx_id)
 
     def _block(self, height: int) -> list[Any] | None:
         stored = self.node.store.get_block(height)
