@@ -20,9 +20,9 @@ the store or signed again (Ed25519 is deterministic: the same bytes either way).
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
@@ -51,23 +51,24 @@ class _BlockEntry:
         ]
 
 
-class ReceiptBundles:
-    """First receipts with proofs, for ids in `store`; see the module docstring."""
+class _Member(Protocol):
+    @property
+    def store(self) -> BlockStore: ...
 
-    def __init__(
-        self,
-        store: Callable[[], BlockStore],
-        own_signature: Callable[[int], SignedVote],
-        blocks_max: int = BLOCKS_CACHED_MAX,
-    ) -> None:
-        self._store = store  # read at each call: a restore may replace the node's store
-        self._own_signature = own_signature
+    def own_block_signature(self, height: int) -> SignedVote: ...
+
+
+class ReceiptBundles:
+    """First receipts with proofs, for ids in `member`'s store; see the module docstring."""
+
+    def __init__(self, member: _Member, blocks_max: int = BLOCKS_CACHED_MAX) -> None:
+        self._member = member
         self._blocks_max = blocks_max
         self._blocks: OrderedDict[int, _BlockEntry] = OrderedDict()
 
     async def first_bundles(self, tx_ids: Sequence[bytes]) -> dict[bytes, list[Any]]:
         """The bundle of each id of `tx_ids` that is in the ledger (absent: not committed)."""
-        positions = self._store().receipt_positions(tx_ids)
+        positions = self._member.store.receipt_positions(tx_ids)
         by_height: dict[int, list[tuple[bytes, int]]] = {}
         for tx_id, (height, index) in positions.items():
             by_height.setdefault(height, []).append((tx_id, index))
@@ -91,14 +92,14 @@ class ReceiptBundles:
         if entry is not None:
             self._blocks.move_to_end(height)
             return entry, False
-        stored = self._store().block_receipts(height)
+        stored = self._member.store.block_receipts(height)
         assert stored is not None, "a receipt's block is stored with it"
         header, receipts = stored
         entry = _BlockEntry(
             header.to_array(),
             receipts,
             MerkleTree([r.encode() for r in receipts]),
-            self._own_signature(height).to_array(),
+            self._member.own_block_signature(height).to_array(),
         )
         self._blocks[height] = entry
         while len(self._blocks) > self._blocks_max:

@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from consortium.node.runtime import Node
 
 WATCHES_PER_CONNECTION_MAX = 20_000
+ID_WATCHES_PER_CONNECTION_MAX = 5_000  # of them, watches by id (runtime.watch_id)
 # Committed ids one submit or watch request may have answered with their receipts (each costs
 # a proof, and a block read for every block not cached: bundles.py). Beyond it a watch is
 # answered with an error saying how many to ask again, a submit with "overloaded" verdicts
@@ -72,7 +73,7 @@ class ClientService:
         self._maintenance_seen: dict[bytes, int] = {}  # signed bodies carried out -> issued_ms
         self._follows: dict[int, dict[int, _Follow]] = {}  # conn id -> follow id -> follow
         self._nursery: trio.Nursery | None = None
-        self._bundles = ReceiptBundles(lambda: node.store, node.own_block_signature)
+        self._bundles = ReceiptBundles(node)
         node._on_block.append(self._block_executed)
 
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
@@ -275,7 +276,8 @@ class ClientService:
         return None
 
     async def _watch_ids(self, conn: api.ClientConnection, request: api.WatchRequest) -> None:
-        """Watch ids by id: each one not in the ledger is watched; the committed ones are
+        """Watch ids by id: each one not in the ledger is watched (runtime.watch_id: forgotten
+        after ID_WATCH_AGE_S, within its own share of the node-wide bound); the committed ones are
         answered with their first receipts, at most COMMITTED_LOOKUPS_PER_REQUEST_MAX (the
         rest: an error saying to ask again)."""
         ids = list(dict.fromkeys(request.tx_ids))  # a request repeating an id costs one
@@ -285,7 +287,7 @@ class ClientService:
         full = False
         for tx_id in ids:
             if tx_id not in known and not full:
-                full = not self._watch(conn, tx_id)
+                full = not self.node.watch_id(tx_id, conn, ID_WATCHES_PER_CONNECTION_MAX)
         committed = [t for t in ids if t in known]
         answered = committed[:COMMITTED_LOOKUPS_PER_REQUEST_MAX]
         for bundle in (await self._bundles.first_bundles(answered)).values():
