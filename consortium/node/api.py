@@ -707,6 +707,24 @@ def encode_followed_block(
     )
 
 
+def encode_followed_block_raw(
+    follow_id: int, header: bytes, receipts: bytes, signature: SignedVote
+) -> bytes:
+    """encode_followed_block from the header's and the receipts' canonical encodings (as the
+    block store holds them): the same bytes, without decoding and re-encoding a block."""
+    return b"".join(
+        (
+            b"\x93",
+            pack(follow_id),
+            pack("block"),
+            b"\x93",
+            header,
+            receipts,
+            pack(signature.to_array()),
+        )
+    )
+
+
 def verify_followed(
     block: FollowedBlock, genesis: Genesis, verifier: Verifier, member: int
 ) -> str | None:

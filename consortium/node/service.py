@@ -17,9 +17,12 @@ status   what `consortium status` shows
 clients  the admitted clients at our head and the pending client changes
 follow   committed blocks from a height on, each with our block signature (api.py "Follow"):
          one task per follow reads the store one block at a time, and only while the follow
-         has credit and its connection's unsent bytes are under FOLLOW_QUEUE_BYTES, so a slow
-         follower costs a paused task, never memory; caught up, it sleeps until a block
-         executes (one event per block for all follows, nothing per transaction).
+         has credit, its connection's unsent bytes are under FOLLOW_QUEUE_BYTES and all
+         follows' connections' under FOLLOW_QUEUE_BYTES_TOTAL, so a slow follower costs a
+         paused task, never memory; caught up, it sleeps until a block executes (one event per
+         block for all follows, nothing per transaction). A block is sent as stored (header
+         and receipts bytes spliced into the frame, never decoded), one per scheduling turn,
+         and at most FOLLOWS_MAX follows run on the member.
 """
 
 from __future__ import annotations
@@ -34,7 +37,6 @@ from consortium.crypto.codec import WireFormatError
 from consortium.crypto.signing import Domain
 from consortium.ledger.admission import check_approvals, check_client_key
 from consortium.ledger.block import Block
-from consortium.ledger.certificates import block_signature_body
 from consortium.ledger.tx import ConfigChange, Transaction
 from consortium.node import api
 from consortium.node.bundles import ReceiptBundles
@@ -53,6 +55,8 @@ COMMITTED_LOOKUPS_PER_REQUEST_MAX = 1024
 MAINTENANCE_SEEN_MAX = 1024  # well below the node-wide bound
 
 
+FOLLOWS_MAX = 32  # follows running on this member, over all connections
+FOLLOW_QUEUE_BYTES_TOTAL = 64 << 20  # every follow pauses while follows' connections hold this
 FOLLOW_POLL_S = 1.0  # a caught-up follow also looks at the store this often (state transfer)
 FOLLOW_FULL_POLL_S = 0.01  # how often a follow paused on a full connection looks again
 
@@ -172,6 +176,9 @@ class ClientService:
                 f"at most {api.FOLLOWS_PER_CONNECTION_MAX} follows per connection",
             )
             return
+        if sum(len(f) for f in self._follows.values()) >= FOLLOWS_MAX:
+            conn.error(request.req_id, f"at most {FOLLOWS_MAX} follows on this member: try later")
+            return
         if request.req_id in follows or self._nursery is None:
             conn.error(request.req_id, f"follow {request.req_id} is already running")
             return
@@ -198,7 +205,10 @@ class ClientService:
             with follow.scope:
                 while conn.open:
                     now = trio.current_time()
-                    full = conn.queued_bytes > api.FOLLOW_QUEUE_BYTES
+                    full = (
+                        conn.queued_bytes > api.FOLLOW_QUEUE_BYTES
+                        or self._follow_queued_bytes() > FOLLOW_QUEUE_BYTES_TOTAL
+                    )
                     if follow.credit <= 0 or full:
                         paused_since = now if paused_since is None else paused_since
                         if now - paused_since > api.FOLLOW_PAUSE_MAX_S:
@@ -228,6 +238,11 @@ class ClientService:
         if why:
             conn.error(follow.follow_id, why)
 
+    def _follow_queued_bytes(self) -> int:
+        """Unsent bytes of the connections that follow (at most FOLLOWS_MAX of them)."""
+        conns = {id(f.conn): f.conn for fs in self._follows.values() for f in fs.values()}
+        return sum(c.queued_bytes for c in conns.values())
+
     @staticmethod
     async def _sleep(follow: _Follow, timeout_s: float) -> None:
         follow.wakeup = trio.Event()
@@ -235,14 +250,13 @@ class ClientService:
             await follow.wakeup.wait()
 
     def _block_frame(self, follow_id: int, height: int) -> bytes:
-        stored = self.node.store.get_block(height)
-        assert stored is not None, "heights up to store.height are stored"
-        block = stored.block
-        mine = block_signature_body(height, block.hash, self.node.me)
-        vote = next((v for v in stored.block_signatures if v.body == mine), None)
-        if vote is None:
-            vote = self.node.own_block_signature(height)
-        return api.encode_followed_block(follow_id, block.header, block.receipts, vote)
+        """api.encode_followed_block of a stored block, from its stored bytes (canonical
+        msgpack, so splicing them is the same frame) without decoding them."""
+        raw = self.node.store.raw_block(height)
+        assert raw is not None, "heights up to store.height are stored"
+        _, header, receipts = raw
+        vote = self.node.own_block_signature(height)
+        return api.encode_followed_block_raw(follow_id, header, receipts, vote)
 
     def _maintenance_refusal(self, request: api.TransferRequest) -> str | None:
         """Why a maintenance request is refused: not signed by an admitted client or a member,
