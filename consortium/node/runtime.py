@@ -757,7 +757,7 @@ class Node:
             )
             for p in peers
         ]
-        up = 1 + sum(1 for link in links if link.outbound)
+        up = 1 + sum(1 for link in links if link.up)  # both directions (PeerLink.up)
         reasons = blockers(
             genesis.mode,
             core,
