@@ -913,7 +913,7 @@ class ConsortiumClient:
         if self.keys is None:
             raise ClientError("leadership transfer is signed: this client needs a key")
         key = self.keys.public
-        body = transfer_body(target, int(time.time() * 1000), key)
+        body = transfer_body(target, int(time.time() * 1000), key, leader)
         signature = Ed25519Signer(self.keys).sign(Domain.MAINTENANCE, self.chain_id, body)
         await self._request(leader, "transfer", target, body, signature, timeout_s=timeout_s)
 

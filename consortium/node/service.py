@@ -260,14 +260,17 @@ class ClientService:
 
     def _maintenance_refusal(self, request: api.TransferRequest) -> str | None:
         """Why a maintenance request is refused: not signed by an admitted client or a member,
-        for another target, stale, or a replay of one already carried out."""
+        for another target or addressed to another member, stale, or a replay of one already
+        carried out."""
         node = self.node
         try:
-            target, issued_ms, key = api.decode_transfer_body(request.body)
+            target, issued_ms, key, addressed = api.decode_transfer_body(request.body)
         except WireFormatError as exc:
             return f"malformed request ({exc})"
         if target != request.target:
             return "the signed target differs from the request's"
+        if addressed != node.me:
+            return f"signed for member {addressed}, not this one (sign it for the leader asked)"
         now_ms = int(time.time() * 1000)
         if abs(now_ms - issued_ms) > api.MAINTENANCE_SKEW_MS:
             return (

@@ -364,7 +364,8 @@ def test_a_transfer_carried_out_at_one_member_is_refused_as_a_replay_at_another(
     from tests.ledger.chain_fixture import CLIENT
 
     class _Node:
-        def __init__(self) -> None:
+        def __init__(self, me: int) -> None:
+            self.me = me
             self.genesis = GENESIS
             self.chain_id = GENESIS.chain_id
             self.verifier = Ed25519Verifier()
@@ -376,8 +377,8 @@ def test_a_transfer_carried_out_at_one_member_is_refused_as_a_replay_at_another(
             self.app = _App()
 
     assert isinstance(CLIENT, KeyPair)
-    n1, n3 = ClientService(_Node()), ClientService(_Node())  # type: ignore[arg-type]
-    body = api.transfer_body(1, int(time.time() * 1000), CLIENT.public)
+    n1, n3 = ClientService(_Node(0)), ClientService(_Node(2))  # type: ignore[arg-type]
+    body = api.transfer_body(1, int(time.time() * 1000), CLIENT.public, 0)
     sig = Ed25519Signer(CLIENT).sign(Domain.MAINTENANCE, GENESIS.chain_id, body)
     r1 = api.TransferRequest(5, 1, body, sig)
     assert n1._maintenance_refusal(r1) is None  # carried out at n1 (the leader then)
