@@ -214,15 +214,21 @@ def peer_rows(
     names: Sequence[str],
 ) -> dict[str, dict[str, Any]]:
     """Per peer: connection state and, where this member knows it, how far behind it is (pbft:
-    the highest sequence it showed it executed; raft, on the leader: its match index)."""
+    the highest sequence it showed it executed by a CHECKPOINT, or committed by a COMMIT, since
+    checkpoints come only every checkpoint_interval and a peer level with us would show a lag
+    of up to that many blocks on an idle network; raft, on the leader: its match index)."""
     rows: dict[str, dict[str, Any]] = {}
     executed = core.get("peers_executed") or []
+    committed = core.get("peers_committed") or []
     progress = core.get("progress") or {}
     for link in links:
         row: dict[str, Any] = {"state": link.state}
         if mode == "pbft" and link.index < len(executed):
             row["executed"] = int(executed[link.index])
-            row["lag"] = max(0, height - int(executed[link.index]))
+            shown = int(executed[link.index])
+            if link.index < len(committed):
+                shown = max(shown, int(committed[link.index]))
+            row["lag"] = max(0, height - shown)
         elif str(link.index) in progress:
             info = progress[str(link.index)]
             row["match_index"] = info.get("match")
