@@ -507,7 +507,7 @@ def _tx_id(text: str) -> bytes:
     return tx_id
 
 
-def _write_receipt(outcome: TxOutcome, genesis: Genesis, out: Path) -> None:
+def _write_receipt(outcome: TxOutcome, genesis: Genesis, genesis_path: Path, out: Path) -> None:
     try:
         out.write_text(outcome.receipt_document(genesis))
     except OSError as exc:
@@ -515,7 +515,7 @@ def _write_receipt(outcome: TxOutcome, genesis: Genesis, out: Path) -> None:
     assert outcome.proof is not None
     typer.echo(
         f"receipt written to {out}: {len(outcome.proof.signatures)} member signatures; "
-        f"check it offline with `consortium tx verify-receipt {out} --genesis genesis.json`"
+        f"check it offline with `consortium tx verify-receipt {out} --genesis {genesis_path}`"
     )
 
 
@@ -527,7 +527,8 @@ def _finish(outcome: TxOutcome, net: Path, as_json: bool, out: Path | None = Non
     if outcome.status == "rejected":
         raise typer.Exit(EXIT_FAILED)
     if out is not None:
-        _write_receipt(outcome, load_client_setup(net).genesis, out)
+        setup = load_client_setup(net)
+        _write_receipt(outcome, setup.genesis, setup.genesis_path or net / "genesis.json", out)
 
 
 WaitOpt = Annotated[

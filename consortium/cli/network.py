@@ -159,6 +159,7 @@ class ClientSetup:
     genesis: Genesis
     key_paths: tuple[Path, ...]
     tls: bool = False
+    genesis_path: Path | None = None  # the genesis file client.toml names
 
     def keys(self) -> list[KeyPair]:
         return [KeyPair.load(p) for p in self.key_paths]
@@ -202,7 +203,9 @@ def load_client_setup(directory: Path) -> ClientSetup:
     if not isinstance(genesis_file, str) or not isinstance(keys, list):
         raise NetworkError(f"{path}: 'genesis' must be a path and 'keys' a list of paths")
     genesis = Genesis.load(directory / genesis_file)
-    return ClientSetup(directory, genesis, tuple(directory / str(k) for k in keys), tls)
+    return ClientSetup(
+        directory, genesis, tuple(directory / str(k) for k in keys), tls, directory / genesis_file
+    )
 
 
 def node_homes(directory: Path) -> list[Path]:

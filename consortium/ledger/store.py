@@ -448,6 +448,43 @@ class BlockStore:
         )
         return StoredBlock(block, None if row[3] is None else bytes(row[3]), sigs)
 
+    def raw_block(self, height: int) -> tuple[bytes, bytes, bytes] | None:
+        """A stored block's hash, header bytes and receipts bytes as stored (canonical msgpack,
+        so they can be sent on without decoding; the transactions are not read)."""
+        row = self._db.execute(
+            "SELECT hash, header, receipts FROM blocks WHERE height = ?", (height,)
+        ).fetchone()
+        return None if row is None else (bytes(row[0]), bytes(row[1]), bytes(row[2]))
+
+    def block_receipts(self, height: int) -> tuple[BlockHeader, tuple[Receipt, ...]] | None:
+        """A stored block's header and receipts, decoded without its transactions."""
+        raw = self.raw_block(height)
+        if raw is None:
+            return None
+        header = self._decode_header(height, raw[1])
+        try:
+            return header, decode_receipts(raw[2])
+        except WireFormatError as exc:
+            raise self._damaged(height, f"receipts do not decode ({exc})") from None
+
+    def block_signatures(self, height: int) -> tuple[SignedVote, ...]:
+        """The member block signatures stored for `height`."""
+        return tuple(
+            SignedVote(bytes(b), bytes(s))
+            for b, s in self._db.execute(
+                "SELECT body, signature FROM block_signatures WHERE height = ? ORDER BY body",
+                (height,),
+            )
+        )
+
+    def receipt_positions(self, tx_ids: Sequence[bytes]) -> dict[bytes, tuple[int, int]]:
+        """Where the first executed receipt of each of `tx_ids` in the ledger is: id ->
+        (height, index) (one indexed query per 500 ids; ids not in the ledger are absent)."""
+        return {
+            bytes(row[0]): (int(row[1]), int(row[2]))
+            for row in _select_in(self._db, "tx_id, height, idx FROM tx_index", "tx_id", tx_ids)
+        }
+
     def known_tx_ids(self, tx_ids: Sequence[bytes]) -> set[bytes]:
         """Which of `tx_ids` occur in the ledger (one indexed query per 500 ids)."""
         return {

@@ -193,19 +193,23 @@ class TransferRequest:
 MAINTENANCE_SKEW_MS = 60_000  # a maintenance request is accepted this close to our clock
 
 
-def transfer_body(target: int, issued_ms: int, signer_key: bytes) -> bytes:
-    return pack(["transfer", target, issued_ms, signer_key])
+def transfer_body(target: int, issued_ms: int, signer_key: bytes, addressed: int) -> bytes:
+    """The signed body of a transfer request to member `addressed` (the leader asked): naming
+    it binds the signature to that member, so a request seen on the wire cannot be replayed
+    at another member (each remembers only the bodies it carried out itself)."""
+    return pack(["transfer", target, issued_ms, signer_key, addressed])
 
 
-def decode_transfer_body(body: bytes) -> tuple[int, int, bytes]:
-    """(target, issued_ms, signer key); raises WireFormatError."""
-    a = as_list(unpack_canonical(body, max_len=256), 4, "transfer body")
+def decode_transfer_body(body: bytes) -> tuple[int, int, bytes, int]:
+    """(target, issued_ms, signer key, addressed member); raises WireFormatError."""
+    a = as_list(unpack_canonical(body, max_len=256), 5, "transfer body")
     if a[0] != "transfer":
         raise WireFormatError("transfer body: not a transfer")
     return (
         as_int(a[1], "target", hi=1 << 16),
         as_int(a[2], "issued_ms"),
         as_bytes(a[3], "key", size=32),
+        as_int(a[4], "addressed member", hi=1 << 16),
     )
 
 
@@ -707,6 +711,24 @@ def encode_followed_block(
             "block",
             [header.to_array(), [r.to_array() for r in receipts], signature.to_array()],
         ]
+    )
+
+
+def encode_followed_block_raw(
+    follow_id: int, header: bytes, receipts: bytes, signature: SignedVote
+) -> bytes:
+    """encode_followed_block from the header's and the receipts' canonical encodings (as the
+    block store holds them): the same bytes, without decoding and re-encoding a block."""
+    return b"".join(
+        (
+            b"\x93",
+            pack(follow_id),
+            pack("block"),
+            b"\x93",
+            header,
+            receipts,
+            pack(signature.to_array()),
+        )
     )
 
 

@@ -459,7 +459,13 @@ class ConsortiumClient:
                 else:
                     self.counters["follow_unexpected"] += 1
             case ErrorReply(req_id=req_id, message=message) if req_id in self._follow_streams:
-                self._follow_streams[req_id].end(f"{self._members[member].name}: {message}")
+                # Only the stream's own member may end it: follow ids are sequential req_ids,
+                # and another (lying) member could end every honest member's stream.
+                stream = self._follow_streams[req_id]
+                if stream.member == member:
+                    stream.end(f"{self._members[member].name}: {message}")
+                else:
+                    self.counters["follow_unexpected"] += 1
             case OkReply(req_id=req_id) if req_id in self._follow_streams:
                 pass  # the follow started; its blocks follow
             case OkReply(req_id=req_id) | ErrorReply(req_id=req_id) if req_id in self._submits:
@@ -923,7 +929,7 @@ class ConsortiumClient:
         if self.keys is None:
             raise ClientError("leadership transfer is signed: this client needs a key")
         key = self.keys.public
-        body = transfer_body(target, int(time.time() * 1000), key)
+        body = transfer_body(target, int(time.time() * 1000), key, leader)
         signature = Ed25519Signer(self.keys).sign(Domain.MAINTENANCE, self.chain_id, body)
         await self._request(leader, "transfer", target, body, signature, timeout_s=timeout_s)
 

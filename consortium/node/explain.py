@@ -38,6 +38,14 @@ class PeerLink:
     inbound: bool  # it holds one to us (it can deliver)
 
     @property
+    def up(self) -> bool:
+        """Counted as up: the link works both ways. Peers deliver to us on THEIR connection
+        (transport: two one-way connections), so reaching a peer says nothing of whether it
+        reaches us; a member no peer can reach (its listen address not the one genesis lists,
+        a firewall on its peer port) hears nothing and must not say it is ready."""
+        return self.outbound and self.inbound
+
+    @property
     def state(self) -> str:
         if self.outbound and self.inbound:
             return "connected"
@@ -96,10 +104,22 @@ def blockers(
     `behind_blocks_max` how far behind the others a member may be and still count as ready.
     """
     reasons: list[str] = []
-    unreachable = [link.name for link in links if not link.outbound]
-    up = 1 + sum(1 for link in links if link.outbound)
+    unreachable = [link.name for link in links if not link.up]
+    up = 1 + sum(1 for link in links if link.up)
     if up < quorum:
-        reasons.append(f"no quorum: {join_names(unreachable)} unreachable")
+        deaf = [link.name for link in links if link.outbound and not link.inbound]
+        mute = [link.name for link in links if link.inbound and not link.outbound]
+        detail = "; ".join(
+            [
+                f"{join_names(deaf)} cannot connect to this member (check its peer listen "
+                "address and firewall)"
+            ]
+            * bool(deaf)
+            + [f"this member cannot connect to {join_names(mute)}"] * bool(mute)
+        )
+        reasons.append(
+            f"no quorum: {join_names(unreachable)} unreachable" + (f" ({detail})" if detail else "")
+        )
     down = set(unreachable)
     if mode == "pbft":
         reasons += _pbft_blockers(core, names, me, down, behind_blocks_max)
@@ -194,15 +214,21 @@ def peer_rows(
     names: Sequence[str],
 ) -> dict[str, dict[str, Any]]:
     """Per peer: connection state and, where this member knows it, how far behind it is (pbft:
-    the highest sequence it showed it executed; raft, on the leader: its match index)."""
+    the highest sequence it showed it executed by a CHECKPOINT, or committed by a COMMIT, since
+    checkpoints come only every checkpoint_interval and a peer level with us would show a lag
+    of up to that many blocks on an idle network; raft, on the leader: its match index)."""
     rows: dict[str, dict[str, Any]] = {}
     executed = core.get("peers_executed") or []
+    committed = core.get("peers_committed") or []
     progress = core.get("progress") or {}
     for link in links:
         row: dict[str, Any] = {"state": link.state}
         if mode == "pbft" and link.index < len(executed):
             row["executed"] = int(executed[link.index])
-            row["lag"] = max(0, height - int(executed[link.index]))
+            shown = int(executed[link.index])
+            if link.index < len(committed):
+                shown = max(shown, int(committed[link.index]))
+            row["lag"] = max(0, height - shown)
         elif str(link.index) in progress:
             info = progress[str(link.index)]
             row["match_index"] = info.get("match")

@@ -20,7 +20,10 @@ more is granted only while that member is at most `credit` blocks ahead of the n
 yield, so the client holds at most about 2 x credit blocks per member whatever the members
 send; a member sending beyond its credit or out of order is dropped from this follow. A member
 that disconnects or ends its stream is asked again from the next height to yield, at most every
-RESTART_S. With fewer than f+1 members answering, the iterator waits (wrap it in a timeout).
+RESTART_S, and everything it sent before is forgotten first (its votes, and the candidates only
+it vouched for): it sends those heights again, and a lying member that restarts with another
+fork each time cannot add to what is held. With fewer than f+1 members answering, the
+iterator waits (wrap it in a timeout).
 """
 
 from __future__ import annotations
@@ -133,12 +136,25 @@ class Follower:
 
     def _drop(self, stream: FollowStream, why: str) -> None:
         client = self.client
+        self._forget_votes(stream.member)
         client._follow_streams.pop(stream.follow_id, None)
         if self.streams.get(stream.member) is stream:
             del self.streams[stream.member]
         self.problems[stream.member] = why
         if client._members[stream.member].online:
             self._send(stream.member, ["unfollow", next(client._req_ids), stream.follow_id])
+
+    def _forget_votes(self, member: int) -> None:
+        """`member`'s votes on undecided heights, and candidates no one else vouched for."""
+        for height in list(self.pending):
+            candidates = self.pending[height]
+            for block_hash in list(candidates):
+                votes = candidates[block_hash].votes
+                votes.pop(member, None)
+                if not votes:
+                    del candidates[block_hash]
+            if not candidates:
+                del self.pending[height]
 
     def tend(self) -> None:
         """Start, restart and top up member streams; take in what they sent."""

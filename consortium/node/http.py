@@ -30,7 +30,7 @@ from typing import Any
 import trio
 
 HEAD_BYTES_MAX = 8192
-HEAD_TIMEOUT_S = 5.0
+HEAD_TIMEOUT_S = 2.0  # a probe sends its request at once; an idle socket holds a slot this long
 SEND_TIMEOUT_S = 10.0
 CONNECTIONS_MAX = 64
 RECEIVE_BYTES = 4096
@@ -134,6 +134,10 @@ class HttpServer:
         self.head_bytes_max = head_bytes_max
         self.head_timeout_s = head_timeout_s
         self._slots = trio.Semaphore(connections_max)
+        # Connections still waiting for their request head, oldest first: when every slot is
+        # taken, a new connection closes the oldest of them, so sockets that open and send
+        # nothing cannot lock health probes out.
+        self._reading: dict[object, trio.CancelScope] = {}
         self.counters: dict[int | str, int] = {}
         self.port = 0
 
@@ -151,10 +155,22 @@ class HttpServer:
     async def _connection(self, stream: trio.SocketStream) -> None:
         try:
             if self._slots.value == 0:
+                if not self._reading:
+                    self._count("refused_busy")
+                    return
+                self._count("closed_idle")
+                next(iter(self._reading.values())).cancel()
+            acquired = False
+            with trio.move_on_after(self.head_timeout_s):
+                await self._slots.acquire()
+                acquired = True
+            if not acquired:
                 self._count("refused_busy")
                 return
-            async with self._slots:
+            try:
                 await self._serve(stream)
+            finally:
+                self._slots.release()
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             self._count("connection_error")
         except Exception:  # our bug: never take the server down for it
@@ -164,17 +180,25 @@ class HttpServer:
             await trio.aclose_forcefully(stream)
 
     async def _serve(self, stream: trio.SocketStream) -> None:
-        head_only = False
+        key = object()
+        scope = self._reading[key] = trio.CancelScope()
         try:
-            head = await self._read_head(stream)
-            request = parse_head(head)
-            head_only = request.method == "HEAD"
-            response = self._answer(request)
+            with scope:
+                response, head_only = self._respond(await self._read_head(stream))
         except RequestError as exc:
-            response = text(exc.status, exc.why)
+            response, head_only = text(exc.status, exc.why), False
+        finally:
+            del self._reading[key]
+        if scope.cancelled_caught:
+            return  # closed for a newer connection before it sent a whole request
         self._count(response.status)
         with trio.move_on_after(SEND_TIMEOUT_S):
             await stream.send_all(response.encode(head_only=head_only))
+
+    def _respond(self, head: bytes) -> tuple[Response, bool]:
+        """The response to a request head, and whether it was a HEAD request."""
+        request = parse_head(head)
+        return self._answer(request), request.method == "HEAD"
 
     async def _read_head(self, stream: trio.SocketStream) -> bytes:
         buffer = bytearray()

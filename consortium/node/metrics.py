@@ -192,7 +192,7 @@ def prometheus_text(node: Node, status: dict[str, Any] | None = None) -> str:
     )
     out.gauge(
         "consortium_members_up",
-        "Members this one reaches, itself included (compare with consortium_quorum).",
+        "Members linked to this one both ways, itself included (compare with consortium_quorum).",
         int(status["up"]),
     )
     out.gauge("consortium_quorum", "Members needed to make progress.", node.genesis.quorum)

@@ -25,12 +25,13 @@ from consortium.node.config import ConfigError, NodeConfig, config_path
 
 
 def check_listen(config: NodeConfig) -> None:
-    """Raise ConfigError unless both listen addresses can be bound on this host now."""
+    """Raise ConfigError unless every listen address (peer, client, and [http] when set)
+    can be bound on this host now."""
     where = config_path(config.home)
-    for key, (host, port) in (
-        ("listen.peer", config.peer_listen),
-        ("listen.client", config.client_listen),
-    ):
+    listens = [("listen.peer", config.peer_listen), ("listen.client", config.client_listen)]
+    if config.http_listen is not None:
+        listens.append(("http.listen", config.http_listen))
+    for key, (host, port) in listens:
         shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         try:
             infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)

@@ -313,5 +313,8 @@ class RaftMember(Node):
             "snapshot_index": core["snapshot_index"],
             "followers": {names[int(p)]: info for p, info in core.get("progress", {}).items()},
             "stable_checkpoint": core["snapshot_index"],
+            # Elections started here: raft's leader changes, shown where pbft shows its view
+            # changes (consortium_view_changes_total, one name for both modes).
+            "view_changes": core["elections"],
             "evidence": [],
         }

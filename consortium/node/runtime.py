@@ -76,6 +76,11 @@ TEST_BYZANTINE_MODES = ("silent-primary", "equivocating-primary")
 EVENTS_MAX = 8192  # bounded queue between the pump/clients and the core task
 WATCHED_TXS_MAX = 200_000  # transactions with a waiting client, over all connections
 WATCH_SCAN_BLOCKS = 64  # how often (in blocks) watches of expired transactions are forgotten
+# Watches by id (a client following ids it did not submit here) carry no expiry a block could
+# judge, and anyone reaching the client port may send them: they get a fixed age and a share of
+# WATCHED_TXS_MAX, so strangers watching random ids never make submits "overloaded".
+ID_WATCH_AGE_S = 600.0  # a watch by id is forgotten after this (the client asks again)
+ID_WATCHES_SHARE = 4  # watches by id take at most WATCHED_TXS_MAX // this, node-wide
 DRAIN_MAX = 512  # events handled per core step before taking the Ready
 HEALTH_TICK_AGE_S = 5.0  # /healthz fails when the core loop has not ticked for this long
 REJECTIONS_LOG_INTERVAL_S = 10.0  # peer messages dropped by the core: one summary line per
@@ -183,6 +188,10 @@ class Node:
         self._watchers: dict[bytes, list[Any]] = {}
         self._watch_count = 0
         self._watch_expiry: dict[bytes, int] = {}  # watched id -> its transaction's expiry
+        # Watches by id: (id, connection) -> (monotonic deadline, connection), oldest first
+        # (one fixed age, so insertion order is deadline order); counted per connection too.
+        self._id_watches: dict[tuple[bytes, int], tuple[float, Any]] = {}
+        self._id_watches_by_conn: Counter[int] = Counter()
         self._blocks_since_scan = 0
         self._on_block: list[Callable[[Block], None]] = []
         self.client_port = 0
@@ -571,8 +580,9 @@ class Node:
 
     def watch(self, tx_id: bytes, conn: Any, expiry_ms: int | None = None) -> bool:
         """Push `tx_id`'s receipt to `conn` (which keeps the ids it watches in `conn.watched`)
-        when its block executes; with `expiry_ms`, forget the watch once a block's time has
-        passed it (the transaction can never execute then). False when too many are watched."""
+        when its block executes; with `expiry_ms` (a submitted transaction's), forget the watch
+        once a block's time has passed it (the transaction can never execute then). False when
+        too many are watched."""
         if self._watch_count >= WATCHED_TXS_MAX:
             return False
         conns = self._watchers.setdefault(tx_id, [])
@@ -580,14 +590,51 @@ class Node:
             conns.append(conn)
             conn.watched.add(tx_id)
             self._watch_count += 1
+        elif expiry_ms is not None:
+            self._forget_id_watch(tx_id, conn)  # submitted now: it expires with the transaction
         if expiry_ms is not None:
             self._watch_expiry[tx_id] = max(expiry_ms, self._watch_expiry.get(tx_id, 0))
         return True
+
+    def watch_id(self, tx_id: bytes, conn: Any, per_connection_max: int) -> bool:
+        """A watch by id (no transaction submitted here): like `watch`, but forgotten after
+        ID_WATCH_AGE_S and within its own share of the node-wide bound (at most
+        WATCHED_TXS_MAX // ID_WATCHES_SHARE, and `per_connection_max` per connection), so
+        submits keep room. False when that share is full."""
+        now_s = time.monotonic()
+        self._forget_aged_id_watches(now_s)
+        if tx_id in conn.watched:
+            return True  # already watched (by id, or submitted: which expires on its own)
+        if (
+            len(self._id_watches) >= WATCHED_TXS_MAX // ID_WATCHES_SHARE
+            or self._id_watches_by_conn[id(conn)] >= per_connection_max
+        ):
+            return False
+        if not self.watch(tx_id, conn):
+            return False
+        self._id_watches[(tx_id, id(conn))] = (now_s + ID_WATCH_AGE_S, conn)
+        self._id_watches_by_conn[id(conn)] += 1
+        return True
+
+    def _forget_id_watch(self, tx_id: bytes, conn: Any) -> None:
+        if self._id_watches.pop((tx_id, id(conn)), None) is not None:
+            self._id_watches_by_conn[id(conn)] -= 1
+            if not self._id_watches_by_conn[id(conn)]:
+                del self._id_watches_by_conn[id(conn)]
+
+    def _forget_aged_id_watches(self, now_s: float) -> None:
+        """Watches by id older than ID_WATCH_AGE_S (oldest first: stops at the first young one)."""
+        while self._id_watches:
+            (tx_id, _), (deadline_s, conn) = next(iter(self._id_watches.items()))
+            if deadline_s > now_s:
+                return
+            self.unwatch_connection(conn, {tx_id})
 
     def unwatch_connection(self, conn: Any, tx_ids: set[bytes]) -> None:
         for tx_id in tx_ids:
             conns = self._watchers.get(tx_id)
             conn.watched.discard(tx_id)
+            self._forget_id_watch(tx_id, conn)
             if conns and conn in conns:
                 conns.remove(conn)
                 self._watch_count -= 1
@@ -602,6 +649,7 @@ class Node:
         self._watch_count -= len(conns)
         for conn in conns:
             conn.watched.discard(tx_id)
+            self._forget_id_watch(tx_id, conn)
         return conns
 
     def _forget_expired_watches(self, block_ms: int) -> None:
@@ -643,6 +691,7 @@ class Node:
                     api.encode_block_receipts(block.header, vote, tree, receipts)
                 )
         self._forget_expired_watches(block.header.timestamp_ms)
+        self._forget_aged_id_watches(time.monotonic())
         for hook in self._on_block:
             hook(block)
 
@@ -660,24 +709,32 @@ class Node:
         ]
 
     def first_receipt_bundle(self, tx_id: bytes) -> list[Any] | None:
+        """One id's first receipt bundle (client answers go through bundles.ReceiptBundles,
+        which batches and caches; this is for the rare single lookup)."""
         receipt = self.store.receipt_of(tx_id)
         if receipt is None:
             return None
-        stored = self.store.get_block(receipt.height)
+        stored = self.store.block_receipts(receipt.height)
         assert stored is not None, "a receipt's block is stored with it"
-        return self.make_bundle(
-            stored.block, receipt.index, self.own_block_signature(receipt.height)
-        )
+        header, receipts = stored
+        tree = MerkleTree([r.encode() for r in receipts])
+        return [
+            receipts[receipt.index].to_array(),
+            tree.proof(receipt.index),
+            tree.size,
+            header.to_array(),
+            self.own_block_signature(receipt.height).to_array(),
+        ]
 
     def own_block_signature(self, height: int) -> SignedVote:
-        stored = self.store.get_block(height)
-        if stored is not None:
-            for vote in stored.block_signatures:
-                if vote.body == block_signature_body(height, stored.block.hash, self.me):
-                    return vote
+        """Our signature over block `height`: stored, or signed again (Ed25519 is
+        deterministic). Reads no transactions."""
         block_hash = self.store.block_hash_at(height)
         assert block_hash is not None
         body = block_signature_body(height, block_hash, self.me)
+        for vote in self.store.block_signatures(height):
+            if vote.body == body:
+                return vote
         return SignedVote(body, self.signer.sign(Domain.BLOCK, self.chain_id, body))
 
     # --- status -----------------------------------------------------------------------------
@@ -700,7 +757,7 @@ class Node:
             )
             for p in peers
         ]
-        up = 1 + sum(1 for link in links if link.outbound)
+        up = 1 + sum(1 for link in links if link.up)  # both directions (PeerLink.up)
         reasons = blockers(
             genesis.mode,
             core,

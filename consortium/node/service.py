@@ -19,9 +19,12 @@ status   what `consortium status` shows
 clients  the admitted clients at our head and the pending client changes
 follow   committed blocks from a height on, each with our block signature (api.py "Follow"):
          one task per follow reads the store one block at a time, and only while the follow
-         has credit and its connection's unsent bytes are under FOLLOW_QUEUE_BYTES, so a slow
-         follower costs a paused task, never memory; caught up, it sleeps until a block
-         executes (one event per block for all follows, nothing per transaction).
+         has credit, its connection's unsent bytes are under FOLLOW_QUEUE_BYTES and all
+         follows' connections' under FOLLOW_QUEUE_BYTES_TOTAL, so a slow follower costs a
+         paused task, never memory; caught up, it sleeps until a block executes (one event per
+         block for all follows, nothing per transaction). A block is sent as stored (header
+         and receipts bytes spliced into the frame, never decoded), one per scheduling turn,
+         and at most FOLLOWS_MAX follows run on the member.
 """
 
 from __future__ import annotations
@@ -36,9 +39,9 @@ from consortium.crypto.codec import WireFormatError
 from consortium.crypto.signing import Domain
 from consortium.ledger.admission import check_approvals, check_client_key
 from consortium.ledger.block import Block
-from consortium.ledger.certificates import block_signature_body
 from consortium.ledger.tx import ConfigChange, Transaction
 from consortium.node import api
+from consortium.node.bundles import ReceiptBundles
 from consortium.node.runtime import ReadRefused
 from consortium.node.verification import TxSignatureCache
 
@@ -46,9 +49,17 @@ if TYPE_CHECKING:
     from consortium.node.runtime import Node
 
 WATCHES_PER_CONNECTION_MAX = 20_000
+ID_WATCHES_PER_CONNECTION_MAX = 5_000  # of them, watches by id (runtime.watch_id)
+# Committed ids one submit or watch request may have answered with their receipts (each costs
+# a proof, and a block read for every block not cached: bundles.py). Beyond it a watch is
+# answered with an error saying how many to ask again, a submit with "overloaded" verdicts
+# (not final: a client resubmits them).
+COMMITTED_LOOKUPS_PER_REQUEST_MAX = 1024
 MAINTENANCE_SEEN_MAX = 1024  # well below the node-wide bound
 
 
+FOLLOWS_MAX = 32  # follows running on this member, over all connections
+FOLLOW_QUEUE_BYTES_TOTAL = 64 << 20  # every follow pauses while follows' connections hold this
 FOLLOW_POLL_S = 1.0  # a caught-up follow also looks at the store this often (state transfer)
 FOLLOW_FULL_POLL_S = 0.01  # how often a follow paused on a full connection looks again
 
@@ -70,6 +81,7 @@ class ClientService:
         self._follows: dict[int, dict[int, _Follow]] = {}  # conn id -> follow id -> follow
         self._nursery: trio.Nursery | None = None
         self._server: api.ClientServer | None = None
+        self._bundles = ReceiptBundles(node)
         node._on_block.append(self._block_executed)
 
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
@@ -114,7 +126,8 @@ class ClientService:
             case api.SubmitRequest():
                 await self._submit(conn, request)
             case api.ReceiptRequest():
-                conn.reply(request.req_id, self._receipt_bundle(request.tx_id))
+                bundles = await self._bundles.first_bundles([request.tx_id])
+                conn.reply(request.req_id, bundles.get(request.tx_id))
             case api.GetRequest():
                 try:
                     conn.reply(request.req_id, await self.node.read_value(request.key))
@@ -140,14 +153,7 @@ class ClientService:
             case api.ClientsRequest():
                 conn.reply(request.req_id, self._clients().to_array())
             case api.WatchRequest():
-                for tx_id in request.tx_ids:
-                    bundle = self._receipt_bundle(tx_id)
-                    if bundle is not None:
-                        conn.push_receipt(bundle)  # already committed: its first receipt
-                    elif not self._watch(conn, tx_id):
-                        conn.error(request.req_id, "too many pending receipts watched")
-                        return
-                conn.reply(request.req_id, None)
+                await self._watch_ids(conn, request)
             case api.FollowRequest():
                 self._follow(conn, request)
             case api.CreditRequest():
@@ -175,6 +181,9 @@ class ClientService:
                 request.req_id,
                 f"at most {api.FOLLOWS_PER_CONNECTION_MAX} follows per connection",
             )
+            return
+        if sum(len(f) for f in self._follows.values()) >= FOLLOWS_MAX:
+            conn.error(request.req_id, f"at most {FOLLOWS_MAX} follows on this member: try later")
             return
         if request.req_id in follows or self._nursery is None:
             conn.error(request.req_id, f"follow {request.req_id} is already running")
@@ -211,7 +220,10 @@ class ClientService:
             with follow.scope:
                 while conn.open:
                     now = trio.current_time()
-                    full = conn.queued_bytes > api.FOLLOW_QUEUE_BYTES
+                    full = (
+                        conn.queued_bytes > api.FOLLOW_QUEUE_BYTES
+                        or self._follow_queued_bytes() > FOLLOW_QUEUE_BYTES_TOTAL
+                    )
                     if follow.credit <= 0 or full:
                         paused_since = now if paused_since is None else paused_since
                         if now - paused_since > api.FOLLOW_PAUSE_MAX_S:
@@ -241,6 +253,11 @@ class ClientService:
         if why:
             conn.error(follow.follow_id, why)
 
+    def _follow_queued_bytes(self) -> int:
+        """Unsent bytes of the connections that follow (at most FOLLOWS_MAX of them)."""
+        conns = {id(f.conn): f.conn for fs in self._follows.values() for f in fs.values()}
+        return sum(c.queued_bytes for c in conns.values())
+
     @staticmethod
     async def _sleep(follow: _Follow, timeout_s: float) -> None:
         follow.wakeup = trio.Event()
@@ -248,25 +265,27 @@ class ClientService:
             await follow.wakeup.wait()
 
     def _block_frame(self, follow_id: int, height: int) -> bytes:
-        stored = self.node.store.get_block(height)
-        assert stored is not None, "heights up to store.height are stored"
-        block = stored.block
-        mine = block_signature_body(height, block.hash, self.node.me)
-        vote = next((v for v in stored.block_signatures if v.body == mine), None)
-        if vote is None:
-            vote = self.node.own_block_signature(height)
-        return api.encode_followed_block(follow_id, block.header, block.receipts, vote)
+        """api.encode_followed_block of a stored block, from its stored bytes (canonical
+        msgpack, so splicing them is the same frame) without decoding them."""
+        raw = self.node.store.raw_block(height)
+        assert raw is not None, "heights up to store.height are stored"
+        _, header, receipts = raw
+        vote = self.node.own_block_signature(height)
+        return api.encode_followed_block_raw(follow_id, header, receipts, vote)
 
     def _maintenance_refusal(self, request: api.TransferRequest) -> str | None:
         """Why a maintenance request is refused: not signed by an admitted client or a member,
-        for another target, stale, or a replay of one already carried out."""
+        for another target or addressed to another member, stale, or a replay of one already
+        carried out."""
         node = self.node
         try:
-            target, issued_ms, key = api.decode_transfer_body(request.body)
+            target, issued_ms, key, addressed = api.decode_transfer_body(request.body)
         except WireFormatError as exc:
             return f"malformed request ({exc})"
         if target != request.target:
             return "the signed target differs from the request's"
+        if addressed != node.me:
+            return f"signed for member {addressed}, not this one (sign it for the leader asked)"
         now_ms = int(time.time() * 1000)
         if abs(now_ms - issued_ms) > api.MAINTENANCE_SKEW_MS:
             return (
@@ -287,6 +306,34 @@ class ClientService:
             if now_ms - at > api.MAINTENANCE_SKEW_MS or len(seen) > MAINTENANCE_SEEN_MAX:
                 del seen[body]
         return None
+
+    async def _watch_ids(self, conn: api.ClientConnection, request: api.WatchRequest) -> None:
+        """Watch ids by id: each one not in the ledger is watched (runtime.watch_id: forgotten
+        after ID_WATCH_AGE_S, within its own share of the node-wide bound); the committed ones are
+        answered with their first receipts, at most COMMITTED_LOOKUPS_PER_REQUEST_MAX (the
+        rest: an error saying to ask again)."""
+        ids = list(dict.fromkeys(request.tx_ids))  # a request repeating an id costs one
+        known = self.node.store.known_tx_ids(ids)
+        # Watch before looking receipts up: the lookups yield, and an id that commits then
+        # must find its watch in place.
+        full = False
+        for tx_id in ids:
+            if tx_id not in known and not full:
+                full = not self.node.watch_id(tx_id, conn, ID_WATCHES_PER_CONNECTION_MAX)
+        committed = [t for t in ids if t in known]
+        answered = committed[:COMMITTED_LOOKUPS_PER_REQUEST_MAX]
+        for bundle in (await self._bundles.first_bundles(answered)).values():
+            conn.push_receipt(bundle)  # already committed: its first receipt
+        if full:
+            conn.error(request.req_id, "too many pending receipts watched")
+        elif len(committed) > len(answered):
+            conn.error(
+                request.req_id,
+                f"{len(committed) - len(answered)} committed ids not answered (at most "
+                f"{COMMITTED_LOOKUPS_PER_REQUEST_MAX} per request): ask again",
+            )
+        else:
+            conn.reply(request.req_id, None)
 
     def _watch(
         self, conn: api.ClientConnection, tx_id: bytes, expiry_ms: int | None = None
@@ -309,9 +356,18 @@ class ClientService:
                 decoded.append(Transaction.from_array(raw, params))
             except WireFormatError as exc:
                 decoded.append(str(exc))
-        # One indexed query for the whole request: which ids are in the ledger already.
+        # One indexed query for the whole request: which ids are in the ledger already. Their
+        # receipts are looked up in one batch, each block read once (bundles.py), yielding
+        # between blocks; a request repeating an id costs one lookup.
         known = node.store.known_tx_ids([t.id for t in decoded if isinstance(t, Transaction)])
+        firsts = await self._bundles.first_bundles(
+            list(
+                dict.fromkeys(t.id for t in decoded if isinstance(t, Transaction) and t.id in known)
+            )[:COMMITTED_LOOKUPS_PER_REQUEST_MAX]
+        )
         admitted = node.app.admitted
+        first_copy: dict[bytes, int] = {}  # id -> index of its first verdict in this request
+        copies: list[tuple[int, int]] = []
         for tx in decoded:
             if isinstance(tx, str):
                 verdicts.append([b"", "rejected", f"malformed: {tx}"])
@@ -319,10 +375,19 @@ class ClientService:
             verdicts.append([tx.id, "accepted", ""])
             # An id already committed is answered with its FIRST receipt, before any other
             # check: it may have expired since, or be resubmitted with a mangled signature.
-            first = self._receipt_bundle(tx.id) if tx.id in known else None
-            if first is not None:
-                verdicts[-1] = [tx.id, "committed", first]
+            if tx.id in known:
+                first = firsts.get(tx.id)
+                verdicts[-1] = (
+                    [tx.id, "committed", first]
+                    if first is not None
+                    else [tx.id, "rejected", "overloaded: too many committed ids in one request"]
+                )
                 continue
+            if tx.id in first_copy:
+                # A copy within this request: one check and one proposal is enough.
+                copies.append((len(verdicts) - 1, first_copy[tx.id]))
+                continue
+            first_copy[tx.id] = len(verdicts) - 1
             reason = ""
             if tx.chain_id != node.chain_id:
                 reason = "wrong_chain"
@@ -349,12 +414,19 @@ class ClientService:
             # Again one query: which committed while we verified.
             known = node.store.known_tx_ids([tx.id for _, tx in candidates])
             accepted: list[Transaction] = []
+            committed = await self._bundles.first_bundles(
+                [
+                    tx.id
+                    for (_, tx), ok in zip(candidates, oks, strict=True)
+                    if ok and tx.id in known
+                ]
+            )  # few: the ids that committed while we verified
             for (i, tx), ok in zip(candidates, oks, strict=True):
                 if not ok:
                     verdicts[i] = [tx.id, "rejected", "bad_signature"]
                 elif i in refused:
                     verdicts[i] = [tx.id, "rejected", refused[i]]
-                elif tx.id in known and (first := self._receipt_bundle(tx.id)) is not None:
+                elif (first := committed.get(tx.id)) is not None:
                     # It committed while we verified: answer with its receipt, do not watch.
                     verdicts[i] = [tx.id, "committed", first]
                 elif not self._watch(conn, tx.id, tx.expiry_ms):
@@ -363,6 +435,8 @@ class ClientService:
                     accepted.append(tx)
             if accepted:
                 await node.propose(accepted)
+        for i, first_i in copies:
+            verdicts[i] = verdicts[first_i]
         node.metrics.submitted += len(verdicts)
         for v in verdicts:
             if v[1] == "rejected":
@@ -417,9 +491,6 @@ class ClientService:
         return api.ClientList(
             self.node.store.height, tuple(listed), tuple(app.pending), len(app.admitted)
         )
-
-    def _receipt_bundle(self, tx_id: bytes) -> list[Any] | None:
-        return self.node.first_receipt_bundle(tx_id)
 
     def _block(self, height: int) -> list[Any] | None:
         stored = self.node.store.get_block(height)

@@ -163,10 +163,48 @@ class CountingVerifier:
         return ok
 
 
+# The kinds of both protocols (pbft/messages.py, crashft/messages.py). The kind is read from
+# the frame before it is decoded, and each kind is a metric label kept for the process' life:
+# anything else a peer sends is counted as "other", so a Byzantine member cannot add labels.
+PEER_MESSAGE_KINDS = frozenset(
+    {
+        # pbft
+        "preprepare",
+        "prepare",
+        "commit",
+        "checkpoint",
+        "viewchange",
+        "newview",
+        "batchreq",
+        "batch",
+        "fetch",
+        "blocks",
+        # raft
+        "vote",
+        "vote_reply",
+        "append",
+        "append_reply",
+        "heartbeat",
+        "heartbeat_reply",
+        "snapshot",
+        "timeout_now",
+        "forward",
+        "read",
+        "read_reply",
+    }
+)
+
+
 def message_kind(frame: bytes) -> str:
     """The kind of a peer frame, cheaply (no full decode): a raft frame is an array whose
     first element is the kind; a pbft frame is [body, signature, ...] whose body is such an
-    array. 'unknown' for anything else."""
+    array. "other" for a kind neither protocol has (PEER_MESSAGE_KINDS), "unknown" for a frame
+    of neither shape."""
+    kind = _frame_kind(frame)
+    return kind if kind in PEER_MESSAGE_KINDS or kind == "unknown" else "other"
+
+
+def _frame_kind(frame: bytes) -> str:
     i = 0
     for _ in range(2):
         if len(frame) < i + 2:

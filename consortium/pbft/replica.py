@@ -265,6 +265,9 @@ class PbftReplica:
         self.view = 0
         self.active = True  # normal operation in self.view (False: moving to it)
         self.view_changes = 0  # view changes this replica started or joined
+        # Highest seq each peer sent us a valid COMMIT for: status only (the peers' lag; a
+        # checkpoint, which moves peer_executed, comes only every checkpoint_interval).
+        self.peers_committed = [0] * self.n
         self.last_view_change_reason = ""
         self.view_change_history: deque[tuple[int, str]] = deque(maxlen=16)  # (view, why)
         self.rejected: Counter[str] = Counter()
@@ -679,6 +682,7 @@ class PbftReplica:
             return
         slot = self._log.slot(commit.seq, commit.view)
         slot.commits[commit.sender] = commit
+        self.peers_committed[commit.sender] = max(self.peers_committed[commit.sender], commit.seq)
         self._advance(slot)
         self._gaps(commit)
 
@@ -1680,6 +1684,7 @@ class PbftReplica:
                 for e in self.evidence
             ],
             "peers_executed": list(self._retransmit.peer_executed),
+            "peers_committed": list(self.peers_committed),
             "view_change": self._view_change_progress(),
             "catching_up": self._catching_up(),
             "waiting_for": self._waiting_for(),

@@ -174,9 +174,11 @@ class Cluster:
 
     def status(self) -> list[dict[str, object]]:
         result = self.in_hub(*CONSORTIUM, "status", "--net", str(self.net), "--json")
-        doc = json.loads(result.stdout)
-        assert isinstance(doc, list)
-        return doc
+        doc = json.loads(result.stdout)  # {"network": ..., "members": [one per member]}
+        assert isinstance(doc, dict) and isinstance(doc["members"], list), doc
+        assert doc["network"]["n"] == len(doc["members"])
+        members: list[dict[str, object]] = doc["members"]
+        return members
 
     def heights(self) -> dict[str, int | None]:
         return {

@@ -279,6 +279,7 @@ def test_leadership_transfer_from_the_cli_with_check_quorum_on(raft: LocalNetwor
         "neither an admitted client nor a member",
         "s from our clock",
         "the signed target differs",
+        "not this one",
         "malformed request",
         "a replay of a request already carried out",
     ]
@@ -299,12 +300,22 @@ async def forged_transfers(genesis: Genesis, key: KeyPair) -> list[str]:
     def signed(signer: KeyPair, body: bytes) -> bytes:
         return Ed25519Signer(signer).sign(Domain.MAINTENANCE, genesis.chain_id, body)
 
-    good = api.transfer_body(target, now, key.public)
+    good = api.transfer_body(target, now, key.public, leader)
     attempts = [
         (target, good, signed(stranger, good)),  # our key named, someone else signed
-        (target, (b := api.transfer_body(target, now, stranger.public)), signed(stranger, b)),
-        (target, (b := api.transfer_body(target, now - 3_600_000, key.public)), signed(key, b)),
+        (
+            target,
+            (b := api.transfer_body(target, now, stranger.public, leader)),
+            signed(stranger, b),
+        ),
+        (
+            target,
+            (b := api.transfer_body(target, now - 3_600_000, key.public, leader)),
+            signed(key, b),
+        ),
         (leader, good, signed(key, good)),  # signed for another target
+        # signed for another member (a request seen on the wire, replayed elsewhere)
+        (target, (b := api.transfer_body(target, now, key.public, target)), signed(key, b)),
         (target, b"\x92\xa8transfer", signed(key, b"\x92\xa8transfer")),
     ]
     refusals: list[str] = []
@@ -317,8 +328,7 @@ async def forged_transfers(genesis: Genesis, key: KeyPair) -> list[str]:
             else:
                 refusals.append("accepted")
         # The genuine request works once; the same bytes again (to the same member) are a
-        # replay. (Another member has not seen them: there the same operator intent, at most
-        # MAINTENANCE_SKEW_MS old, meets that member's own checks.)
+        # replay. (Another member refuses them: they name the leader they were sent to.)
         await client._request(leader, "transfer", target, good, signed(key, good), timeout_s=5.0)
         try:
             await client._request(leader, "transfer", target, good, signed(key, good), timeout_s=5)
@@ -329,6 +339,7 @@ async def forged_transfers(genesis: Genesis, key: KeyPair) -> list[str]:
         "neither an admitted client nor a member",
         "s from our clock",
         "the signed target differs",
+        "not this one",
         "malformed request",
         "a replay of a request already carried out",
     ]

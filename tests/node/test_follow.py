@@ -440,3 +440,44 @@ async def test_a_block_that_does_not_link_to_the_previous_one_is_an_error(
                     follower.decided()
                     await trio.sleep(0.02)
         follower.close()
+
+
+def test_a_followed_block_spliced_from_stored_bytes_is_the_encoded_block(tmp_path: Path) -> None:
+    """The member sends a stored block's header and receipts bytes as stored (no decode): the
+    frame must be exactly what encoding the decoded block gives."""
+    node = FakeNode(0, open_store(tmp_path, "m0"))
+    node.append(build_chain(2, txs_per_block=5), 0)
+    raw = node.store.raw_block(2)
+    stored = node.store.get_block(2)
+    assert raw is not None and stored is not None
+    vote = node.own_block_signature(2)
+    spliced = api.encode_followed_block_raw(7, raw[1], raw[2], vote)
+    block = stored.block
+    assert spliced == api.encode_followed_block(7, block.header, block.receipts, vote)
+    node.store.close()
+
+
+async def test_follows_are_bounded_on_the_member_not_only_per_connection(tmp_path: Path) -> None:
+    """At most service.FOLLOWS_MAX follows run on a member, whatever the connections: the
+    next one is refused with an error saying so."""
+    from consortium.node import service as service_module
+
+    node = FakeNode(0, open_store(tmp_path, "m0"))
+    node.append(build_chain(1), 0)
+    svc = ClientService(node)  # type: ignore[arg-type]
+    per_conn = api.FOLLOWS_PER_CONNECTION_MAX
+    conns = [
+        api.ClientConnection(i + 1, "follower", frames_max=1000)
+        for i in range(service_module.FOLLOWS_MAX // per_conn + 1)
+    ]
+    async with trio.open_nursery() as nursery:
+        svc._nursery = nursery
+        for conn in conns[:-1]:
+            for f in range(per_conn):
+                await svc.handle(conn, api.FollowRequest(f + 1, 1, 1))
+        await svc.handle(conns[-1], api.FollowRequest(1, 1, 1))
+        nursery.cancel_scope.cancel()
+    reply = unpack(conns[-1]._queue[-1])
+    node.store.close()
+    assert reply[:2] == [1, "error"], reply
+    assert "follows on this member" in reply[2]

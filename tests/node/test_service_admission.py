@@ -19,6 +19,7 @@ from consortium.ledger.admission import ADMIT, ClientChange
 from consortium.ledger.state import KeyValueState
 from consortium.ledger.tx import ConfigChange, Transaction
 from consortium.node import api
+from consortium.node.bundles import ReceiptBundles
 from consortium.node.service import ClientService
 from consortium.node.verification import TxSignatureCache
 from tests.ledger.chain_fixture import MEMBERS, make_genesis
@@ -46,7 +47,7 @@ def _service() -> tuple[ClientService, list[Transaction]]:
         genesis=GENESIS,
         chain_id=GENESIS.chain_id,
         app=KeyValueState.for_genesis(GENESIS, b"\0" * 32),
-        store=SimpleNamespace(known_tx_ids=lambda ids: set()),
+        store=SimpleNamespace(known_tx_ids=lambda ids: set(), receipt_positions=lambda ids: {}),
         tx_cache=TxSignatureCache(Ed25519Verifier()),
         metrics=SimpleNamespace(submitted=0, rejected_at_submit={}),
         propose=propose,
@@ -55,6 +56,7 @@ def _service() -> tuple[ClientService, list[Transaction]]:
     )
     service = ClientService.__new__(ClientService)
     service.node = node  # type: ignore[assignment]
+    service._bundles = ReceiptBundles(node)  # type: ignore[arg-type]
     return service, proposed
 
 

@@ -52,3 +52,11 @@ def test_message_kinds_are_read_without_decoding() -> None:
     assert message_kind(m.encode(m.Heartbeat(1, 2, 3))) == "heartbeat"
     assert message_kind(m.encode(m.Forward(()))) == "forward"
     assert message_kind(b"") == "unknown" and message_kind(b"\xc1\xc1\xc1") == "unknown"
+
+
+def test_a_kind_neither_protocol_has_is_counted_as_other() -> None:
+    """Kinds become metric labels: only the protocols' own kinds are kept apart."""
+    from consortium.crypto.codec import pack
+
+    assert message_kind(pack(["junk0001", 1])) == "other"
+    assert message_kind(pack([pack(["commit", 1, 2, b"d", 0]), b"s" * 64])) == "commit"
