@@ -403,6 +403,7 @@ class RaftNode:
 
         self.rejected: Counter[str] = Counter()
         self.elections = 0
+        self.leader_commit = 0  # the highest commit index a leader told us (status: "behind")
         self.leader_changes = 0
         self.step_downs: list[str] = []
         self.blocks_installed = 0
@@ -870,6 +871,7 @@ class RaftNode:
 
     def _on_append(self, sender: int, msg: m.Append) -> None:
         self._heard_from_leader(sender)
+        self.leader_commit = max(self.leader_commit, msg.commit)  # (status only)
         prev, prev_term, entries = msg.prev_index, msg.prev_term, msg.entries
         if prev < self.commit:
             # Everything up to our commit index is committed and so identical: skip it.
@@ -907,6 +909,7 @@ class RaftNode:
 
     def _on_heartbeat(self, sender: int, msg: m.Heartbeat) -> None:
         self._heard_from_leader(sender)
+        self.leader_commit = max(self.leader_commit, msg.commit)  # (status only)
         self.commit = max(self.commit, min(msg.commit, self.log.last_index))
         self._send(sender, m.HeartbeatReply(self.term, msg.ctx))
 
@@ -1375,6 +1378,7 @@ class RaftNode:
             "voted_for": self.voted_for,
             "commit_index": self.commit,
             "applied_index": self.applied,
+            "leader_commit": self.leader_commit if self.role != LEADER else self.commit,
             "last_index": self.log.last_index,
             "snapshot_index": self.log.snap_index,
             "log_entries": len(self.log),

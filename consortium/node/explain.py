@@ -124,7 +124,7 @@ def blockers(
     if mode == "pbft":
         reasons += _pbft_blockers(core, names, me, down, behind_blocks_max)
     else:
-        reasons += _raft_blockers(core, names, quorum, down, up >= quorum)
+        reasons += _raft_blockers(core, names, quorum, down, up >= quorum, behind_blocks_max)
     if stalled_s is not None and not reasons:
         detail = name_members(str(core.get("waiting_for") or ""), names)
         pending = int(core.get("pending_txs") or 0)
@@ -178,10 +178,16 @@ def _raft_blockers(
     quorum: int,
     down: set[str],
     connected_quorum: bool,
+    behind_max: int = 64,
 ) -> list[str]:
     reasons: list[str] = []
     election = core.get("election")
     role = core.get("role")
+    behind = int(core.get("leader_commit") or 0) - int(core.get("applied_index") or 0)
+    if role == "follower" and behind > behind_max and not core.get("installing_snapshot"):
+        leader = core.get("leader")
+        source = f"from {names[int(leader)]}" if leader is not None else "(no leader known)"
+        reasons.append(f"behind by {behind:,} entries, catching up {source}")
     if election:
         kind = "pre-vote" if election["pre_vote"] else "election"
         why = f"; {election['reason']}" if election.get("reason") else ""

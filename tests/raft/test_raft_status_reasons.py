@@ -110,3 +110,31 @@ def test_member_indexes_in_core_texts_become_names_lists_and_transfers_included(
     assert name_members("leadership transferred by 2", names) == "leadership transferred by n3"
     assert name_members("primary 0 silent; member 1", names) == "primary n1 silent; member n2"
     assert name_members("leader 7", names) == "leader 7"  # not a member: left as it is
+
+
+def test_a_follower_far_behind_the_leader_s_commit_says_so_and_from_whom() -> None:
+    g = RaftGroup(3, append_entries_max=2)
+    g.elect(0)
+    g.settle()
+    g.heartbeat(0)
+    for k in range(40):  # n3 is cut off while 40 batches commit
+        g.propose(0, g.txs[k])
+        g.settle((0, 1))
+        g.heartbeat(0, (0, 1))
+    assert reasons(g, 2) == []  # it has heard of nothing yet
+    # n3 hears again: a heartbeat, its answer, and the leader's first append in reply reach it
+    # (the rest of the catch-up is still on its way). The append carries the leader's commit
+    # index, so n3 knows it is behind (behind_blocks_max is 16 here); heartbeats alone cannot
+    # tell it, since a leader caps their commit index at the follower's match.
+    g.advance(HEARTBEAT, [0])
+    g.deliver(lambda q: (q.dst == 2 and isinstance(q.msg, m.Heartbeat)) or q.src == 2, keep=True)
+    first = next(q for q in g.pending(m.Append, src=0) if q.dst == 2)
+    g.drop()
+    g.receive(2, 0, first.msg)
+    g.drop()
+    behind = g.node(0).commit - g.node(2).applied
+    assert behind > 16
+    assert reasons(g, 2) == [f"behind by {behind} entries, catching up from n1"]
+    g.run(4 * E)  # catching up: nothing left to explain
+    assert g.node(2).applied == g.node(0).commit
+    assert reasons(g, 2) == []
