@@ -24,7 +24,7 @@ import json
 import logging
 import resource
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -191,7 +191,8 @@ class Node:
         # Watches by id: (id, connection) -> (monotonic deadline, connection), oldest first
         # (one fixed age, so insertion order is deadline order); counted per connection too.
         self._id_watches: dict[tuple[bytes, int], tuple[float, Any]] = {}
-        self._id_watches_by_conn: Counter[int] = Counter()
+        # per connection, its watches by id, oldest first (so the fullest can give one up)
+        self._id_watches_by_conn: dict[int, OrderedDict[bytes, None]] = {}
         self._blocks_since_scan = 0
         self._on_block: list[Callable[[Block], None]] = []
         self.client_port = 0
@@ -605,21 +606,38 @@ class Node:
         self._forget_aged_id_watches(now_s)
         if tx_id in conn.watched:
             return True  # already watched (by id, or submitted: which expires on its own)
-        if (
-            len(self._id_watches) >= WATCHED_TXS_MAX // ID_WATCHES_SHARE
-            or self._id_watches_by_conn[id(conn)] >= per_connection_max
-        ):
+        mine = len(self._id_watches_by_conn.get(id(conn), ()))
+        if mine >= per_connection_max:
+            return False
+        if len(
+            self._id_watches
+        ) >= WATCHED_TXS_MAX // ID_WATCHES_SHARE and not self._share_id_watch(mine):
             return False
         if not self.watch(tx_id, conn):
             return False
         self._id_watches[(tx_id, id(conn))] = (now_s + ID_WATCH_AGE_S, conn)
-        self._id_watches_by_conn[id(conn)] += 1
+        self._id_watches_by_conn.setdefault(id(conn), OrderedDict())[tx_id] = None
+        return True
+
+    def _share_id_watch(self, mine: int) -> bool:
+        """The share of watches by id is full: a connection holding fewer than the fullest one
+        (by two or more) takes the fullest one's oldest watch, so whoever fills the share
+        cannot lock others out (max-min fair); the evicted client watches again or asks for
+        the receipt. False when the asker already holds its fair part."""
+        fullest = max(self._id_watches_by_conn.items(), key=lambda kv: len(kv[1]), default=None)
+        if fullest is None or len(fullest[1]) < mine + 2:
+            return False
+        conn_id, watched = fullest
+        tx_id = next(iter(watched))
+        _, conn = self._id_watches[(tx_id, conn_id)]
+        self.unwatch_connection(conn, {tx_id})
         return True
 
     def _forget_id_watch(self, tx_id: bytes, conn: Any) -> None:
         if self._id_watches.pop((tx_id, id(conn)), None) is not None:
-            self._id_watches_by_conn[id(conn)] -= 1
-            if not self._id_watches_by_conn[id(conn)]:
+            watched = self._id_watches_by_conn[id(conn)]
+            del watched[tx_id]
+            if not watched:
                 del self._id_watches_by_conn[id(conn)]
 
     def _forget_aged_id_watches(self, now_s: float) -> None:

@@ -182,7 +182,9 @@ class ClientService:
                 f"at most {api.FOLLOWS_PER_CONNECTION_MAX} follows per connection",
             )
             return
-        if sum(len(f) for f in self._follows.values()) >= FOLLOWS_MAX:
+        if sum(len(f) for f in self._follows.values()) >= FOLLOWS_MAX and not self._share_follow(
+            len(follows)
+        ):
             conn.error(request.req_id, f"at most {FOLLOWS_MAX} follows on this member: try later")
             return
         if request.req_id in follows or self._nursery is None:
@@ -192,6 +194,24 @@ class ClientService:
         follows[request.req_id] = follow
         conn.reply(request.req_id, self.node.store.height)
         self._nursery.start_soon(self._stream, follow)
+
+    def _share_follow(self, mine: int) -> bool:
+        """Every follow slot is taken: a connection following less than the fullest one (by
+        two or more) takes the fullest one's newest follow, which ends with a reason (max-min
+        fair: whoever fills the slots cannot lock others out). False when the asker already
+        holds its fair part."""
+        fullest = max(self._follows.values(), key=len, default=None)
+        if fullest is None or len(fullest) < mine + 2:
+            return False
+        victim = next(reversed(fullest.values()))
+        del fullest[victim.follow_id]
+        victim.scope.cancel()
+        victim.conn.error(
+            victim.follow_id,
+            "follow ended: this member shares its follow slots fairly among its clients; "
+            "follow again later",
+        )
+        return True
 
     def _block_executed(self, block: Block) -> None:
         """A block executed (runtime._notify): wake the follows that wait for it; at a
@@ -220,9 +240,11 @@ class ClientService:
             with follow.scope:
                 while conn.open:
                     now = trio.current_time()
-                    full = (
-                        conn.queued_bytes > api.FOLLOW_QUEUE_BYTES
-                        or self._follow_queued_bytes() > FOLLOW_QUEUE_BYTES_TOTAL
+                    # Over the member-wide budget only the connection with the most unsent
+                    # bytes pauses: one slow reader never pauses everyone else's follows.
+                    full = conn.queued_bytes > api.FOLLOW_QUEUE_BYTES or (
+                        self._follow_queued_bytes() > FOLLOW_QUEUE_BYTES_TOTAL
+                        and conn is self._heaviest_follower()
                     )
                     if follow.credit <= 0 or full:
                         paused_since = now if paused_since is None else paused_since
@@ -252,6 +274,10 @@ class ClientService:
                 del follows[follow.follow_id]
         if why:
             conn.error(follow.follow_id, why)
+
+    def _heaviest_follower(self) -> api.ClientConnection | None:
+        conns = [f.conn for fs in self._follows.values() for f in fs.values()]
+        return max(conns, key=lambda c: c.queued_bytes, default=None)
 
     def _follow_queued_bytes(self) -> int:
         """Unsent bytes of the connections that follow (at most FOLLOWS_MAX of them)."""

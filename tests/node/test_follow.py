@@ -458,8 +458,9 @@ def test_a_followed_block_spliced_from_stored_bytes_is_the_encoded_block(tmp_pat
 
 
 async def test_follows_are_bounded_on_the_member_not_only_per_connection(tmp_path: Path) -> None:
-    """At most service.FOLLOWS_MAX follows run on a member, whatever the connections: the
-    next one is refused with an error saying so."""
+    """At most service.FOLLOWS_MAX follows run on a member, whatever the connections. The slots
+    are shared max-min fairly: a newcomer takes the newest follow of the fullest connection
+    (which is told why), and a connection already holding its part is refused."""
     from consortium.node import service as service_module
 
     node = FakeNode(0, open_store(tmp_path, "m0"))
@@ -475,9 +476,32 @@ async def test_follows_are_bounded_on_the_member_not_only_per_connection(tmp_pat
         for conn in conns[:-1]:
             for f in range(per_conn):
                 await svc.handle(conn, api.FollowRequest(f + 1, 1, 1))
-        await svc.handle(conns[-1], api.FollowRequest(1, 1, 1))
+        newcomer = conns[-1]
+        await svc.handle(newcomer, api.FollowRequest(1, 1, 1))
+        running = sum(len(f) for f in svc._follows.values())
+
+        # The newcomer keeps asking: it gets slots while others hold two more than it does.
+        def answer(req_id: int) -> list[Any]:
+            return next(
+                r
+                for r in map(unpack, newcomer._queue)
+                if r[0] == req_id and r[1] in ("ok", "error")
+            )
+
+        granted = 1
+        for f in range(2, per_conn + 1):
+            await svc.handle(newcomer, api.FollowRequest(f, 1, 1))
+            if answer(f)[1] == "ok":
+                granted += 1
+        total_after = sum(len(f) for f in svc._follows.values())
         nursery.cancel_scope.cancel()
-    reply = unpack(conns[-1]._queue[-1])
     node.store.close()
-    assert reply[:2] == [1, "error"], reply
-    assert "follows on this member" in reply[2]
+    assert running == total_after == service_module.FOLLOWS_MAX  # never more than the bound
+    evicted = [
+        unpack(frame) for conn in conns[:-1] for frame in conn._queue if unpack(frame)[1] == "error"
+    ]
+    assert len(evicted) == granted and all("shares its follow slots" in e[2] for e in evicted)
+    # Max-min fair: the newcomer stops at about the others' level, then is refused.
+    last = answer(per_conn)
+    assert last[1] == "error" and "follows on this member" in last[2], last
+    assert 1 < granted < per_conn
