@@ -128,9 +128,9 @@ class Transaction:
         expiry_ms: int,
         ops: list[Op] | tuple[Op, ...],
     ) -> Transaction:
-        from consortium.crypto.signing import Ed25519Signer
+        from consortium.crypto.signing import signer_for
 
-        s: Signer = Ed25519Signer(signer) if isinstance(signer, KeyPair) else signer
+        s: Signer = signer_for(signer) if isinstance(signer, KeyPair) else signer
         body = pack([chain_id, s.public_key, nonce, expiry_ms, [op_to_array(o) for o in ops]])
         sig = s.sign(Domain.TX, chain_id, body)
         return cls(body, sig, sha256(body), chain_id, s.public_key, nonce, expiry_ms, tuple(ops))
