@@ -105,7 +105,9 @@ class RaftGroup:
         self.txs: tuple[Transaction, ...] = workload(self.chain_id, 64)
         self._valid = {tx.id for tx in self.txs}
         self.check = RaftChecker(n, self.genesis.client_keys())
-        self.overrides = overrides
+        # Commit notices go at once unless a test asks for them deferred (commit_notice_ms),
+        # so settle() alone spreads a commit; the simulator runs the deferred default.
+        self.overrides = {"commit_notice_ms": 0, **overrides}
         self.factories = {i: (factories or {}).get(i, factory) for i in range(n)}
         self.now = 0
         self.queue: list[Msg] = []

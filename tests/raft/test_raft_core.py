@@ -101,6 +101,77 @@ def test_a_proposal_is_replicated_committed_and_applied_into_identical_ledgers()
     assert all(g.txs[3].id in x.committed_ids for x in g.members)
 
 
+def test_only_a_leaders_appends_and_heartbeats_may_leave_before_its_write() -> None:
+    """Outbound.early: the leader replicates while it writes its own log (it counts itself
+    only for what it handed to its write); votes and acknowledgements wait for the write."""
+    g = started()
+    g.propose(0, g.txs[0])
+    proposal = g.members[0].readys[-1]
+    assert any(k.startswith(LOG_PREFIX) for k, _ in proposal.records)
+    appends = [o for o in proposal.messages if isinstance(m.decode(o.frame, g.params), m.Append)]
+    assert appends and all(o.early for o in appends)
+    ack = g.receive(1, 0, g.pending(m.Append, src=0)[0].msg)
+    assert ack.records and ack.messages and not any(o.early for o in ack.messages)
+    g.heartbeat(0)
+    beats = [o for r in g.members[0].readys[-2:] for o in r.messages]
+    assert any(isinstance(m.decode(o.frame, g.params), m.Heartbeat) and o.early for o in beats)
+    vote = RaftGroup(3, pre_vote=False)
+    vote.timeout(0)
+    assert not any(o.early for o in vote.members[0].readys[-1].messages)
+
+
+def test_a_commit_index_waits_for_the_next_append_or_goes_alone_after_the_delay() -> None:
+    """commit_notice_ms: a new commit index rides on the next append when one comes soon (one
+    message and one follower write fewer per entry); otherwise it goes alone once the delay
+    passed, to followers whose log matches."""
+    g = started(commit_notice_ms=5)
+    g.propose(0, g.txs[0])
+    g.settle()
+    assert g.node(0).commit == 2 and g.node(1).commit == 1  # nothing carried it yet
+    assert not g.pending(m.Append, src=0)
+    g.propose(0, g.txs[1])  # the next append carries commit 2
+    [carrier] = [q.msg for q in g.pending(m.Append, src=0) if q.dst == 1]
+    assert carrier.commit == 2 and len(carrier.entries) == 1  # type: ignore[union-attr]
+    g.settle()
+    assert g.node(1).commit == 2 and g.node(0).commit == 3
+    g.advance(4, [0])
+    assert not g.pending(m.Append, src=0)  # not yet due
+    g.advance(1, [0])
+    notices = g.pending(m.Append, src=0)
+    assert {q.dst for q in notices} == {1, 2}
+    assert all(q.msg.commit == 3 and not q.msg.entries for q in notices)  # type: ignore[union-attr]
+    g.settle()
+    assert [g.node(i).commit for i in range(3)] == [3, 3, 3]
+
+
+def test_a_leader_that_loses_its_write_after_its_appends_left_stays_safe() -> None:
+    """The early appends reach both followers; the leader's own write of the entry is lost
+    (power cut). The entry is on a majority, so the next leader commits it; the old leader
+    rejoins and catches up. The checker (log matching, leader completeness, state machine
+    safety) runs throughout. (No lease, so n3 votes at once after the crash.)"""
+    g = started(check_quorum=False)
+    g.propose(0, g.txs[0])
+    lost = [k for k, _ in g.members[0].readys[-1].records if k.startswith(LOG_PREFIX)]
+    assert lost
+    for q in g.pending(m.Append, src=0):
+        g.queue.remove(q)
+        g.receive(q.dst, 0, q.msg)
+    g.crash(0)
+    for k in lost:
+        del g.members[0].records[k]  # the write that never reached the disk
+    g.queue.clear()
+    g.elect(1, voters=[1, 2])
+    g.settle([1, 2])
+    g.heartbeat(1, [1, 2])
+    assert all(g.txs[0].id in g.members[i].committed_ids for i in (1, 2))
+    g.restart(0)
+    g.heartbeat(1)
+    g.settle()
+    g.heartbeat(1)
+    assert g.txs[0].id in g.members[0].committed_ids
+    assert len({tuple(x.block_hashes) for x in g.members}) == 1
+
+
 def test_a_follower_refuses_an_append_whose_previous_entry_it_does_not_hold() -> None:
     g = started()
     ready = g.receive(1, 0, m.Append(1, 5, 1, 1, ()))  # n2 has nothing at index 5

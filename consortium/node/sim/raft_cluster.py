@@ -42,6 +42,7 @@ from consortium.crashft.node import (
     RecoveredState,
     Serve,
     merge,
+    split_early,
 )
 from consortium.crashft.transfer import blocks_reply, replay_block
 from consortium.crypto.codec import WireFormatError
@@ -374,6 +375,10 @@ class RaftSimCluster(SimShell[RaftSimNode]):
     def _carry_out(self, node: RaftSimNode) -> None:
         raft = node.raft
         while ready := raft.take_ready():
+            # A leader's appends leave before its write, as the runtime sends them
+            # (Outbound.early); a crash mid-write below has already sent them.
+            early, ready = split_early(ready)
+            self._send(node, early)
             if node.crash_mid_write and (ready.records or ready.committed or ready.install):
                 # Power lost before this Ready's one write (records and blocks together)
                 # reached the disk: neither happened. A correct shell has sent nothing yet; a
@@ -391,7 +396,9 @@ class RaftSimCluster(SimShell[RaftSimNode]):
                     self._apply(node, entry)
                 for tb in ready.install:
                     self._install(node, tb)
-                ready = merge(ready, raft.take_ready())
+                early, more = split_early(raft.take_ready())
+                self._send(node, early)
+                ready = merge(ready, more)
             self._check_persisted(node, ready.records)
             if self.broken_shell:
                 node.unsynced.extend(ready.records)
