@@ -41,7 +41,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from consortium.crypto.codec import WireFormatError, pack, unpack_canonical
 from consortium.ledger.admission import ADMIT, PendingChange
@@ -139,6 +139,8 @@ class BlockStore:
         self.genesis = genesis
         self.fsync_count = 0
         self.last_commit_s = 0.0  # how long the last save's COMMIT (its fsync) took
+        # What stage() wrote and commit_staged()/finish_staged() complete: (head, blocks, applied)
+        self._staged: tuple[BlockHeader, list[BlockItem], int] | None = None
         self._head: BlockHeader = genesis_block(genesis).header
         self.app = KeyValueState.for_genesis(genesis, self._head.state_root)
 
@@ -545,10 +547,32 @@ class BlockStore:
         """One transaction, one fsync, for everything given (a record value None deletes the
         key); then apply the blocks' Executions that `self.app` does not reflect yet. A refused
         block leaves everything unwritten."""
+        if self.stage(
+            blocks=blocks,
+            records=records,
+            block_signatures=block_signatures,
+            checkpoints=checkpoints,
+        ):
+            self.commit_staged()
+            self.finish_staged()
+
+    def stage(
+        self,
+        *,
+        blocks: Sequence[BlockItem] = (),
+        records: Sequence[Record] = (),
+        block_signatures: Sequence[tuple[int, SignedVote]] = (),
+        checkpoints: Sequence[CheckpointCertificate] = (),
+    ) -> bool:
+        """`save` in three steps, so the fsync can run off the caller's thread: write
+        everything in one open transaction (False: nothing to write, no transaction open);
+        then `commit_staged()` (the fsync; the only step that may run on a worker thread, while
+        the owner of the store does nothing else with it but read); then `finish_staged()`."""
+        assert self._staged is None, "a staged write is still open"
         new_head = self._check_blocks(blocks)
         applied = self._applied_prefix(blocks)
         if not (blocks or records or block_signatures or checkpoints):
-            return
+            return False
         db = self._db
         try:
             db.execute("BEGIN IMMEDIATE")
@@ -576,30 +600,48 @@ class BlockStore:
             db.executemany(
                 "DELETE FROM records WHERE key = ?", [(k,) for k, v in records if v is None]
             )
+        except BaseException as exc:
+            self._failed(exc)
+        self._staged = (new_head, list(blocks), applied)
+        return True
+
+    def commit_staged(self) -> None:
+        """COMMIT the staged transaction: the fsync (WAL, synchronous=FULL)."""
+        assert self._staged is not None, "nothing staged"
+        try:
             committing = time.perf_counter()
-            db.execute("COMMIT")  # the fsync (WAL, synchronous=FULL)
+            self._db.execute("COMMIT")
             self.last_commit_s = time.perf_counter() - committing
-        except sqlite3.IntegrityError as exc:
-            self._rollback()
-            raise StoreError(
-                f"{self.path}: write refused, nothing written ({exc}); is another process using "
-                "this data directory?"
-            ) from None
-        except sqlite3.Error as exc:
-            self._rollback()
-            raise StoreError(
-                f"{self.path}: write failed, nothing written ({exc}); check free disk space and "
-                "permissions"
-            ) from None
-        except BaseException:
-            self._rollback()
-            raise
+        except BaseException as exc:
+            self._staged = None
+            self._failed(exc)
+
+    def finish_staged(self) -> None:
+        """After the commit: the new head, and the blocks' Executions applied and durable."""
+        assert self._staged is not None and not self._db.in_transaction, "nothing committed"
+        new_head, blocks, applied = self._staged
+        self._staged = None
         self.fsync_count += 1
         self._head = new_head
         for _, execution, _ in blocks[applied:]:
             self.app.apply(execution)
         for _, execution, _ in blocks:
             self.app.durable(execution)
+
+    def _failed(self, exc: BaseException) -> NoReturn:
+        """Roll back and say why the write failed (nothing of it is written)."""
+        self._rollback()
+        if isinstance(exc, sqlite3.IntegrityError):
+            raise StoreError(
+                f"{self.path}: write refused, nothing written ({exc}); is another process using "
+                "this data directory?"
+            ) from None
+        if isinstance(exc, sqlite3.Error):
+            raise StoreError(
+                f"{self.path}: write failed, nothing written ({exc}); check free disk space and "
+                "permissions"
+            ) from None
+        raise exc
 
     def _rollback(self) -> None:
         if self._db.in_transaction:

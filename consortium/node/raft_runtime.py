@@ -21,13 +21,21 @@ from __future__ import annotations
 import itertools
 import os
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import trio
 
 from consortium.crashft import messages as raft_messages
 from consortium.crashft.messages import Entry, TransferredBlock
-from consortium.crashft.node import RaftConfig, RaftNode, RecoveredState, merge
+from consortium.crashft.node import (
+    RaftConfig,
+    RaftNode,
+    Ready,
+    RecoveredState,
+    merge,
+    split_early,
+)
 from consortium.crashft.transfer import blocks_reply, replay_block
 from consortium.crypto.codec import WireFormatError
 from consortium.crypto.signing import Domain
@@ -124,6 +132,9 @@ class RaftMember(Node):
         while ready := core.take_ready():
             worked = True
             self.metrics.steps += 1
+            pushed = self._pushed
+            # A leader's appends leave now, so followers write while we do (Outbound.early).
+            ready = self._send_early(ready)
             blocks: list[tuple[Block, Execution, bytes | None]] = []
             signatures: list[tuple[int, SignedVote]] = []
             while ready.committed or ready.install:
@@ -134,16 +145,21 @@ class RaftMember(Node):
                 # What applying produced (a new compaction point after a snapshot install, a
                 # compaction) goes in the SAME write as the blocks, so a crash never leaves
                 # the ledger ahead of the log records; its messages still leave after it.
-                ready = merge(ready, core.take_ready())
-            if blocks or ready.records:
-                self.store.save(blocks=blocks, records=ready.records, block_signatures=signatures)
-                self.saved(blocks)
-            for out in ready.messages:
-                self.send_peer(out.dest, out.frame)
-            for (block, _, _), (_, vote) in zip(blocks, signatures, strict=True):
-                self.metrics.blocks += 1
-                self.metrics.txs_committed += len(block.txs)
-                self._notify(block, vote)
+                ready = merge(ready, self._send_early(core.take_ready()))
+            # Receipts leave before the block's write: the entry is durable on a majority
+            # already (Node._push_receipts).
+            duplicates = [
+                self._push_receipts(block, vote)
+                for (block, _, _), (_, vote) in zip(blocks, signatures, strict=True)
+            ]
+            await self._write(
+                blocks=blocks,
+                records=ready.records,
+                block_signatures=signatures,
+                messages=ready.messages,
+                early=self._pushed != pushed,
+                then=partial(self._blocks_durable, blocks, signatures, duplicates),
+            )
             for serve in ready.serve:
                 self._serve_fetch(
                     serve.peer, serve.term, serve.from_height, serve.to_height, serve.count
@@ -161,13 +177,21 @@ class RaftMember(Node):
             self._log_leader()
         return worked
 
+    def _send_early(self, ready: Ready) -> Ready:
+        early, rest = split_early(ready)
+        for out in early:
+            self.send_peer(out.dest, out.frame)
+        if early:
+            self._pushed += 1  # something leaves before the write: fsync off the loop
+        return rest
+
     def _apply_entry(
         self,
         entry: Entry,
         blocks: list[tuple[Block, Execution, bytes | None]],
         signatures: list[tuple[int, SignedVote]],
     ) -> None:
-        head = blocks[-1][0].header if blocks else self.store.head
+        head = blocks[-1][0].header if blocks else self._exec_head()
         self.applied_index = entry.index
         if entry.is_noop:
             self.core.entry_applied(entry.index, head.height, head.hash)
@@ -188,7 +212,7 @@ class RaftMember(Node):
         blocks: list[tuple[Block, Execution, bytes | None]],
         signatures: list[tuple[int, SignedVote]],
     ) -> None:
-        head = blocks[-1][0].header if blocks else self.store.head
+        head = blocks[-1][0].header if blocks else self._exec_head()
         result = replay_block(head, transferred, self.app)
         if isinstance(result, str):
             self._ratelog.warning("install", f"snapshot install: {result}")

@@ -25,17 +25,18 @@ import logging
 import resource
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
 from consortium.crypto.keys import KeyPair
 from consortium.crypto.merkle import MerkleTree
 from consortium.crypto.signing import Domain, Ed25519Signer, Ed25519Verifier
-from consortium.ledger.block import Block, Receipt
+from consortium.ledger.block import Block, BlockHeader, Receipt
 from consortium.ledger.certificates import (
     CheckpointCertificate,
     SignedVote,
@@ -69,6 +70,17 @@ from consortium.node.verification import (
 from consortium.pbft import messages as pbft_messages
 from consortium.pbft.replica import CommittedBatch, PbftConfig, PbftReplica, RecoveredState
 from consortium.pbft.transfer import blocks_reply
+
+
+class Outgoing(Protocol):
+    """A message a core asks to send (pbft and raft Outbound)."""
+
+    @property
+    def dest(self) -> int | None: ...
+
+    @property
+    def frame(self) -> bytes: ...
+
 
 TICK_MS = 2
 TICK_IDLE_MAX_MS = 16  # the coarsest timer granularity when idle (timeouts are >= 50 ms)
@@ -195,6 +207,10 @@ class Node:
         self._id_watches_by_conn: dict[int, OrderedDict[bytes, None]] = {}
         self._blocks_since_scan = 0
         self._on_block: list[Callable[[Block], None]] = []
+        self._pushed = 0  # receipt frames queued before their block's write (Node._write)
+        self._writing: trio.Event | None = None  # a write of blocks in flight (Node._write)
+        self._writing_head: BlockHeader | None = None  # its last block's header
+        self._nursery: trio.Nursery | None = None
         self.client_port = 0
         self.peer_port = 0
         # The client port's TLS status; the ClientService replaces it with its server's.
@@ -228,6 +244,7 @@ class Node:
         service = ClientService(self)
         try:
             async with trio.open_nursery() as nursery:
+                self._nursery = nursery
                 await nursery.start(self.peers.run)
                 self.peer_port = self.peers.listen_port
                 self.client_port = await nursery.start(service.run)
@@ -425,24 +442,24 @@ class Node:
             # A stable checkpoint above our ledger (we are catching up by state transfer) is in
             # the core's records; the ledger's table gets it once its block is stored, so the
             # ledger never certifies a block it does not hold.
-            height = blocks[-1][0].height if blocks else self.store.height
+            height = blocks[-1][0].height if blocks else self._exec_head().height
             self._certs_above += stable
             stable = [c for c in self._certs_above if c.seq <= height]
             self._certs_above = [c for c in self._certs_above if c.seq > height][-4:]
-            if blocks or records or stable:
-                self.store.save(
-                    blocks=blocks, records=records, block_signatures=signatures, checkpoints=stable
-                )
-                self.saved(blocks)
-            for out in messages:
-                if self.test_byzantine is not None:
-                    self._send_byzantine(out.dest, out.frame)
-                else:
-                    self.send_peer(out.dest, out.frame)
-            for (block, _, _), (_, vote) in zip(blocks, signatures, strict=True):
-                self.metrics.blocks += 1
-                self.metrics.txs_committed += len(block.txs)
-                self._notify(block, vote)
+            pushed = self._pushed
+            duplicates = [
+                self._push_receipts(block, vote)
+                for (block, _, _), (_, vote) in zip(blocks, signatures, strict=True)
+            ]
+            await self._write(
+                blocks=blocks,
+                records=records,
+                block_signatures=signatures,
+                checkpoints=stable,
+                messages=messages,
+                early=self._pushed != pushed,
+                then=partial(self._blocks_durable, blocks, signatures, duplicates),
+            )
             for cp in stable:
                 self.log.debug("checkpoint %d stable", cp.seq)
             for serve in ready.serve:
@@ -537,7 +554,7 @@ class Node:
     ) -> None:
         """Execute one committed batch into a block on top of the last one (durable later)."""
         block, execution = build_block(
-            self.store.head if not blocks else blocks[-1][0].header,
+            self._exec_head() if not blocks else blocks[-1][0].header,
             ("pbft", batch.seq, batch.proposed_ms),
             batch.proposed_ms,
             batch.txs,
@@ -681,24 +698,106 @@ class Node:
         for tx_id in [t for t, exp in self._watch_expiry.items() if exp < block_ms]:
             self._unwatch(tx_id)
 
-    def _notify(self, block: Block, vote: SignedVote) -> None:
-        """Push the receipts watched in `block`: one "receipts" frame per connection (header
-        and block signature once, each receipt with its Merkle proof)."""
+    async def _write(
+        self,
+        *,
+        blocks: list[tuple[Block, Execution, bytes | None]],
+        records: Sequence[tuple[bytes, bytes | None]],
+        block_signatures: list[tuple[int, SignedVote]],
+        checkpoints: Sequence[CheckpointCertificate] = (),
+        messages: Sequence[Outgoing] = (),
+        early: bool = False,
+        then: Callable[[], None] = lambda: None,
+    ) -> None:
+        """One core step's write (one transaction, one fsync), then `messages`, then `then`.
+
+        Writes go in order, one at a time. A write with records (votes, log entries,
+        checkpoints: what messages depend on) holds this task until it is durable, as the
+        core requires; when something already left ahead of it (`early`: receipts, a raft
+        leader's appends), its fsync runs on a worker thread so the connections send those
+        meanwhile. A write of blocks only holds nothing: no message depends on a block being
+        on disk (receipts are sound before it, Node._push_receipts), so its messages leave at
+        once and the core goes on with the next events while the block is written; `then`
+        (what needs the block stored) runs after. Until it is done, _exec_head() is the head
+        to execute on."""
+        if self._writing is not None:
+            await self._writing.wait()
+        store = self.store
+        if not store.stage(
+            blocks=blocks,
+            records=records,
+            block_signatures=block_signatures,
+            checkpoints=checkpoints,
+        ):
+            self._send_all(messages)
+            then()
+            return
+        if (records or checkpoints or self._nursery is None) or not blocks:
+            if early:
+                await trio.to_thread.run_sync(store.commit_staged)
+            else:
+                store.commit_staged()
+            store.finish_staged()
+            self.saved(blocks)
+            self._send_all(messages)
+            then()
+            return
+        done = trio.Event()
+        self._writing = done
+        self._writing_head = blocks[-1][0].header
+        self._send_all(messages)
+        self._nursery.start_soon(self._finish_write, blocks, then, done)
+
+    async def _finish_write(
+        self,
+        blocks: list[tuple[Block, Execution, bytes | None]],
+        then: Callable[[], None],
+        done: trio.Event,
+    ) -> None:
+        try:
+            await trio.to_thread.run_sync(self.store.commit_staged)
+            self.store.finish_staged()
+            self.saved(blocks)
+        finally:
+            self._writing = None
+            self._writing_head = None
+            done.set()
+        then()
+
+    def _exec_head(self) -> BlockHeader:
+        """The head the next block executes on: the last one executed, written or not."""
+        return self._writing_head if self._writing_head is not None else self.store.head
+
+    def _send_all(self, messages: Sequence[Outgoing]) -> None:
+        for out in messages:
+            if self.test_byzantine is not None:
+                self._send_byzantine(out.dest, out.frame)
+            else:
+                self.send_peer(out.dest, out.frame)
+
+    def _push_receipts(self, block: Block, vote: SignedVote) -> list[tuple[bytes, list[Any]]]:
+        """Push the receipts watched in `block` as soon as it executed, before its write: one
+        "receipts" frame per connection (header and block signature once, each receipt with
+        its Merkle proof). Returns the watched duplicates, answered after the write.
+
+        Why before the write: the transaction is already committed and its block fixed. In
+        pbft 2f+1 members prepared the batch durably before any COMMIT left, so it commits
+        at this sequence number in every later view and re-executes to the same block (its
+        timestamp is the proposal's); in raft the entry is durable on a majority. A member
+        that loses power before writing the block rebuilds the same one. So a client holds a
+        true receipt one fsync sooner; only a lookup on this member in that window says
+        "pending"."""
         from consortium.node import api
 
         by_conn: dict[int, tuple[Any, list[Receipt]]] = {}
+        duplicates: list[tuple[bytes, list[Any]]] = []
         for index, tx in enumerate(block.txs):
             if tx.id not in self._watchers:
                 continue
             conns = self._unwatch(tx.id)
             receipt = block.receipts[index]
             if receipt.reason == "duplicate":
-                # A later copy of an id that already executed: never report it as that
-                # transaction's result; answer with the first receipt instead.
-                first = self.first_receipt_bundle(tx.id)
-                for conn in conns:
-                    if first is not None:
-                        conn.push_receipt(first)
+                duplicates.append((tx.id, conns))
                 continue
             for conn in conns:
                 by_conn.setdefault(id(conn), (conn, []))[1].append(receipt)
@@ -708,6 +807,39 @@ class Node:
                 conn.push_block_receipts(
                     api.encode_block_receipts(block.header, vote, tree, receipts)
                 )
+            self._pushed += 1
+        return duplicates
+
+    def _blocks_durable(
+        self,
+        blocks: list[tuple[Block, Execution, bytes | None]],
+        signatures: list[tuple[int, SignedVote]],
+        duplicates: list[list[tuple[bytes, list[Any]]]],
+    ) -> None:
+        for (block, _, _), (_, vote), dups in zip(blocks, signatures, duplicates, strict=True):
+            self.metrics.blocks += 1
+            self.metrics.txs_committed += len(block.txs)
+            self._block_durable(block, vote, dups)
+
+    def _block_durable(
+        self, block: Block, vote: SignedVote, duplicates: list[tuple[bytes, list[Any]]]
+    ) -> None:
+        """After `block`'s write: answer watched duplicates with the first receipt of their
+        id (a later copy of an id that already executed is never reported as its result; the
+        first may be in a block of the same write), expire watches, tell followers."""
+        for tx_id, conns in duplicates:
+            first = self.first_receipt_bundle(tx_id)
+            if first is not None:
+                for conn in conns:
+                    conn.push_receipt(first)
+        # Ids watched while the write ran (a watch checks the store first, which did not
+        # have this block yet): answered now.
+        late = self._push_receipts(block, vote)
+        for tx_id, conns in late:
+            first = self.first_receipt_bundle(tx_id)
+            if first is not None:
+                for conn in conns:
+                    conn.push_receipt(first)
         self._forget_expired_watches(block.header.timestamp_ms)
         self._forget_aged_id_watches(time.monotonic())
         for hook in self._on_block:

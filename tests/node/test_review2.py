@@ -268,7 +268,8 @@ async def test_watches_by_id_from_strangers_cannot_make_every_submit_overloaded(
     far = int(time.time() * 1000) + 10 * 86_400_000
     for i in range(runtime.WATCH_SCAN_BLOCKS):
         block = chain.add([chain.tx(Put(b"x%d" % i, b"v"))], proposed_ms=far)
-        node._notify(block, vote(GENESIS, Domain.BLOCK, b"b", 0))
+        v = vote(GENESIS, Domain.BLOCK, b"b", 0)
+        node._block_durable(block, v, node._push_receipts(block, v))
     setup = load_client_setup(tmp_path / "net")
     tx = Transaction.create(
         setup.keys()[0],
