@@ -27,7 +27,9 @@ so status travels as a JSON string).
                                                    one committed block of a follow
 
 Submit payload: one [tx_id, status, detail] per transaction, status one of
-    "accepted"    detail "": its receipt will be pushed when its block executes
+    "accepted"    detail "": its receipt will be pushed when its block executes (raft: a
+                  follower that forwards it to the leader says "leader:N", N the leader's
+                  index in genesis, so the client submits to the leader next time)
     "committed"   detail is the bundle of its FIRST receipt
     "rejected"    detail is the reason (malformed: ..., wrong_chain, unknown_client,
                   bad_signature, expired, overloaded: ...)
@@ -601,6 +603,18 @@ def verify_read(
 
 
 VerdictStatus = Literal["accepted", "committed", "rejected"]
+LEADER_HINT = "leader:"  # raft: an accepted verdict's detail naming the leader ("leader:2")
+
+
+def leader_hint(detail: str, n: int) -> int | None:
+    """The leader index an accepted verdict's detail names (raft), or None."""
+    if not detail.startswith(LEADER_HINT):
+        return None
+    index = detail[len(LEADER_HINT) :]
+    if not index.isdigit() or len(index) > 6:
+        return None
+    value = int(index)
+    return value if value < n else None
 
 
 @dataclass(frozen=True, slots=True)

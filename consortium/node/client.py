@@ -28,7 +28,8 @@ How it decides, in pbft mode (n = 3f+1, up to f members may lie):
 - Fast-path reads (`get`) need a quorum (genesis.quorum) of matching signed replies from
   distinct members.
 In raft mode (crash faults only) one verified receipt suffices: a submit goes to ONE member
-(followers forward to the leader) and a retransmission to the next connected member, and a
+(followers forward to the leader, and name it in their answer, so the next submit goes to the
+leader itself) and a retransmission to the next connected member, and a
 read (`get`) is answered by any one member with a linearizable ReadIndex read. `SyncClient`
 wraps the same calls for code that is not running Trio.
 
@@ -76,6 +77,7 @@ from consortium.node.api import (
     decode_response,
     decode_status,
     decode_verdicts,
+    leader_hint,
     transfer_body,
     verify_bundle,
     verify_read,
@@ -253,6 +255,7 @@ class ConsortiumClient:
             i: _Member(i, genesis.members[i].name, a) for i, a in sorted(addresses.items())
         }
         self._raft_target = 0  # raft: the member submits go to (rotated on retransmission)
+        self._raft_leader: int | None = None  # raft: the leader a follower named, if any
         self._req_ids = itertools.count(1)
         self._waiters: dict[int, _Waiter] = {}
         self._submits: dict[int, int] = {}  # submit req_id -> replies still expected
@@ -556,6 +559,10 @@ class ConsortiumClient:
             elif v.status == "accepted":
                 state.last_news = now
                 state.reported.pop(member, None)
+                if isinstance(v.detail, str) and v.detail:
+                    hint = leader_hint(v.detail, self.genesis.n)
+                    if hint is not None:
+                        self._raft_leader = hint  # submit there next (raft)
             # A transient rejection is no news: the transaction is resubmitted.
         if rejections:
             self._notify()
@@ -624,6 +631,9 @@ class ConsortiumClient:
         members = list(self._members.values())
         if self.genesis.mode == "pbft":
             return members
+        leader = self._members.get(self._raft_leader) if self._raft_leader is not None else None
+        if leader is not None and leader.online:
+            return [leader]
         online = [m for m in members if m.online] or members
         return [online[self._raft_target % len(online)]]
 
@@ -703,6 +713,7 @@ class ConsortiumClient:
                 if resubmit:
                     self.counters["resubmitted"] += len(resubmit)
                     self._raft_target += 1  # raft: try another member
+                    self._raft_leader = None  # (the leader we were told of may be gone)
                     self._broadcast_submit(resubmit)
                 if watched:
                     # Ids we cannot resubmit (submitted elsewhere): ask again, in case a

@@ -393,12 +393,13 @@ class ClientService:
         )
         admitted = node.app.admitted
         first_copy: dict[bytes, int] = {}  # id -> index of its first verdict in this request
+        accepted_detail = self._leader_hint()
         copies: list[tuple[int, int]] = []
         for tx in decoded:
             if isinstance(tx, str):
                 verdicts.append([b"", "rejected", f"malformed: {tx}"])
                 continue
-            verdicts.append([tx.id, "accepted", ""])
+            verdicts.append([tx.id, "accepted", accepted_detail])
             # An id already committed is answered with its FIRST receipt, before any other
             # check: it may have expired since, or be resubmitted with a mangled signature.
             if tx.id in known:
@@ -471,6 +472,17 @@ class ClientService:
                     node.metrics.rejected_at_submit.get(key, 0) + 1
                 )
         conn.reply(request.req_id, verdicts)
+
+    def _leader_hint(self) -> str:
+        """raft: "leader:N" on what a follower accepts and forwards (N, the leader's index in
+        genesis), so the client submits straight to the leader next time; "" otherwise."""
+        node = self.node
+        if node.genesis.mode != "raft":
+            return ""
+        leader = getattr(node.core, "leader", None)
+        if isinstance(leader, int) and leader != node.me:
+            return f"{api.LEADER_HINT}{leader}"
+        return ""
 
     def _admission_check(self, tx: Transaction) -> str:
         """The rare path of the client check: a key not admitted now, or a client change (whose
