@@ -611,7 +611,7 @@ def leader_hint(detail: str, n: int) -> int | None:
     if not detail.startswith(LEADER_HINT):
         return None
     index = detail[len(LEADER_HINT) :]
-    if not index.isdigit() or len(index) > 6:
+    if not (index.isascii() and index.isdigit()) or len(index) > 6:  # ('²'.isdigit())
         return None
     value = int(index)
     return value if value < n else None

@@ -234,6 +234,7 @@ class RaftMember(Node):
         # Apply now so the next entry executes on top of it; the store writes the same
         # execution durably in this Ready's save.
         self.app.apply(execution)
+        self._applied_head = block.header
         blocks.append((block, execution, certificate))
         body = block_signature_body(block.height, block.hash, self.me)
         signatures.append(

@@ -45,7 +45,7 @@ from consortium.ledger.certificates import (
 )
 from consortium.ledger.genesis import Genesis
 from consortium.ledger.state import Execution, build_block
-from consortium.ledger.store import BlockStore
+from consortium.ledger.store import BlockStore, StoreError
 from consortium.ledger.tx import Transaction
 from consortium.node.config import NodeConfig
 from consortium.node.explain import PeerLink, blockers, fault_budget, name_members, peer_rows
@@ -157,6 +157,8 @@ class Node:
         config.data_dir.mkdir(parents=True, exist_ok=True)
         self.store = BlockStore.open(config.store_path, genesis)
         self.app = self.store.app
+        # The last block applied to self.app (executed; its write may still be running).
+        self._applied_head: BlockHeader = self.store.head
 
         addresses = {m.index: _split(m.peer_address) for m in genesis.members}
         for name, addr in config.peers.items():
@@ -209,7 +211,7 @@ class Node:
         self._on_block: list[Callable[[Block], None]] = []
         self._pushed = 0  # receipt frames queued before their block's write (Node._write)
         self._writing: trio.Event | None = None  # a write of blocks in flight (Node._write)
-        self._writing_head: BlockHeader | None = None  # its last block's header
+        self._write_failed = False  # a background write failed: nothing after it is written
         self._nursery: trio.Nursery | None = None
         self.client_port = 0
         self.peer_port = 0
@@ -564,6 +566,7 @@ class Node:
         # Apply now so the next batch executes on top of it; the store writes the same
         # execution durably in this step's save.
         self.app.apply(execution)
+        self._applied_head = block.header
         blocks.append((block, execution, batch.certificate.encode()))
         body = block_signature_body(block.height, block.hash, self.me)
         vote = SignedVote(body, self.signer.sign(Domain.BLOCK, self.chain_id, body))
@@ -582,7 +585,7 @@ class Node:
     def signed_read(self, key: bytes, value: bytes | None) -> list[Any]:
         from consortium.node import api
 
-        head = self.store.head
+        head = self._exec_head()  # what self.app reflects, which `value` was read from
         body = api.read_body(key, value, head.height, head.hash, self.me)
         sig = self.signer.sign(Domain.READ, self.chain_id, body)
         return [key, value, head.height, head.hash, self.me, sig]
@@ -722,6 +725,12 @@ class Node:
         to execute on."""
         if self._writing is not None:
             await self._writing.wait()
+        if self._write_failed:
+            # Its blocks were rolled back: writing what followed them (a compaction point, a
+            # stable checkpoint above them) would leave the disk in a state no crash produces.
+            raise StoreError(
+                f"{self.store.path}: an earlier block write failed; nothing more is written"
+            )
         store = self.store
         if not store.stage(
             blocks=blocks,
@@ -744,7 +753,6 @@ class Node:
             return
         done = trio.Event()
         self._writing = done
-        self._writing_head = blocks[-1][0].header
         self._send_all(messages)
         self._nursery.start_soon(self._finish_write, blocks, then, done)
 
@@ -758,15 +766,21 @@ class Node:
             await trio.to_thread.run_sync(self.store.commit_staged)
             self.store.finish_staged()
             self.saved(blocks)
+        except BaseException:
+            # Set before `done` wakes the next write: its exception reaches the nursery only
+            # after that write has run.
+            self._write_failed = True
+            raise
         finally:
             self._writing = None
-            self._writing_head = None
             done.set()
         then()
 
     def _exec_head(self) -> BlockHeader:
-        """The head the next block executes on: the last one executed, written or not."""
-        return self._writing_head if self._writing_head is not None else self.store.head
+        """The head the next block executes on, and that `self.app` reflects: the last one
+        executed, written or not (self.store.head is the last durable one)."""
+        durable = self.store.head  # (above it only if something wrote the store directly)
+        return self._applied_head if self._applied_head.height >= durable.height else durable
 
     def _send_all(self, messages: Sequence[Outgoing]) -> None:
         for out in messages:

@@ -15,12 +15,13 @@ from consortium.cli.network import init_network, load_client_setup
 from consortium.crypto.signing import Domain
 from consortium.ledger.block import Block
 from consortium.ledger.certificates import SignedVote, block_signature_body
-from consortium.ledger.state import Execution, build_block
+from consortium.ledger.state import Execution
 from consortium.ledger.store import StoreError
 from consortium.ledger.tx import Put, Transaction
 from consortium.node import api
 from consortium.node.config import load_identity
 from consortium.node.runtime import Node, make_node
+from consortium.pbft.effects import CommittedBatch
 
 BlockItems = list[tuple[Block, Execution, bytes | None]]
 
@@ -31,17 +32,29 @@ def _member(tmp_path: Path, mode: str = "pbft") -> Node:
     return make_node(identity.config, identity.genesis, identity.keys)
 
 
+class _Certificate:
+    def encode(self) -> bytes:
+        return b"certificate"
+
+
+class _Core:
+    def executed(self, height: int, block_hash: bytes) -> None:
+        pass
+
+
 def _execute_put(node: Node, tmp_path: Path, key: bytes, value: bytes) -> BlockItems:
-    """What Node._execute does for one committed batch holding one put: the block built on the
-    head to execute on, applied to the application (durable later, by Node._write)."""
+    """Node._execute of one committed batch holding one put (the core is a stand-in): the
+    block built on the head to execute on and applied to the application, durable later."""
     client = load_client_setup(tmp_path / "net").keys()[0]
     now = int(time.time() * 1000)
     tx = Transaction.create(client, node.chain_id, os.urandom(16), now + 60_000, [Put(key, value)])
-    head = node._exec_head()
-    block, execution = build_block(head, ("pbft", head.height + 1, now), now, (tx,), node.app)
-    assert block.receipts[0].status == "ok", block.receipts[0]
-    node.app.apply(execution)
-    return [(block, execution, None)]
+    node.core = _Core()  # type: ignore[assignment]
+    seq = node._exec_head().height + 1
+    batch = CommittedBatch(seq, 0, b"d" * 32, now, (tx,), _Certificate())  # type: ignore[arg-type]
+    blocks: BlockItems = []
+    node._execute(batch, blocks, [])
+    assert blocks[0][0].receipts[0].status == "ok", blocks[0][0].receipts[0]
+    return blocks
 
 
 def _signatures(node: Node, blocks: BlockItems) -> list[tuple[int, SignedVote]]:
