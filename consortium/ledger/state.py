@@ -154,6 +154,11 @@ class CachedTable(Generic[V]):
         self._cache_max = cache_max
         self._bytes_max = bytes_max
         self._dirty: dict[bytes, V | None] = {}  # None: deleted
+        # The write counter at each dirty key's last write: `durable(items, upto)` unpins a
+        # key only when nothing written after `upto` (a block applied after the store write
+        # that holds `items` was staged) changed it since, even back to the same value.
+        self._dirty_at: dict[bytes, int] = {}
+        self.writes = 0
         self._clean: OrderedDict[bytes, V | None] = OrderedDict()
         self._clean_bytes = 0
         self.loads = 0
@@ -188,15 +193,20 @@ class CachedTable(Generic[V]):
         return value
 
     def __setitem__(self, key: bytes, value: V) -> None:
-        self._dirty[key] = value
+        self._write(key, value)
 
     def __delitem__(self, key: bytes) -> None:
-        self._dirty[key] = None
+        self._write(key, None)
 
     def pop(self, key: bytes, default: V | None = None) -> V | None:
         value = self.get(key)
-        self._dirty[key] = None
+        self._write(key, None)
         return default if value is None else value
+
+    def _write(self, key: bytes, value: V | None) -> None:
+        self.writes += 1
+        self._dirty[key] = value
+        self._dirty_at[key] = self.writes
 
     def prefetch(self, keys: Iterable[bytes]) -> None:
         """Read these (a block's) from the store in one go rather than one by one."""
@@ -210,13 +220,15 @@ class CachedTable(Generic[V]):
         for key in wanted:
             self._keep(key, found.get(key))
 
-    def durable(self, items: Iterable[tuple[bytes, V | None]]) -> None:
-        """The store now holds these values: unpin them (unless written again since)."""
-        dirty = self._dirty
-        for key, value in items:
-            if key in dirty and dirty[key] == value:
-                del dirty[key]
-                self._keep(key, value)
+    def durable(self, items: Iterable[tuple[bytes, V | None]], upto: int) -> None:
+        """The store now holds a write with these keys, made of writes up to `upto` (this
+        table's `writes` counter when it was staged): unpin each key not written again since,
+        keeping its last value, which the store holds."""
+        dirty, dirty_at = self._dirty, self._dirty_at
+        for key, _ in items:
+            if key in dirty and dirty_at[key] <= upto:
+                del dirty_at[key]
+                self._keep(key, dirty.pop(key))
 
     @property
     def pinned(self) -> int:
@@ -526,12 +538,21 @@ class KeyValueState:
             if self.replay.get(tid) == exp:
                 del self.replay[tid]
 
-    def durable(self, execution: Execution) -> None:
-        """The store holds `execution`'s writes now: cached tables may let them go."""
+    def write_mark(self) -> tuple[int, int]:
+        """Where the cached tables' writes are now (for `durable`): what is applied so far."""
+        kv = self.kv.writes if isinstance(self.kv, CachedTable) else 0
+        replay = self.replay.writes if isinstance(self.replay, CachedTable) else 0
+        return kv, replay
+
+    def durable(self, execution: Execution, mark: tuple[int, int] | None = None) -> None:
+        """The store holds `execution`'s writes now, in a write staged at `mark` (write_mark()
+        then; None: nothing applied since): cached tables may let them go, except what a
+        later, unwritten execution changed again."""
+        kv_mark, replay_mark = self.write_mark() if mark is None else mark
         if isinstance(self.kv, CachedTable):
-            self.kv.durable(execution.writes.items())
+            self.kv.durable(execution.writes.items(), kv_mark)
         if isinstance(self.replay, CachedTable):
-            self.replay.durable(execution.consumed)
+            self.replay.durable(execution.consumed, replay_mark)
 
 
 def build_block(

@@ -139,8 +139,8 @@ class BlockStore:
         self.genesis = genesis
         self.fsync_count = 0
         self.last_commit_s = 0.0  # how long the last save's COMMIT (its fsync) took
-        # What stage() wrote and commit_staged()/finish_staged() complete: (head, blocks, applied)
-        self._staged: tuple[BlockHeader, list[BlockItem], int] | None = None
+        # What stage() wrote, for commit_staged()/finish_staged(): (head, blocks, applied, mark)
+        self._staged: tuple[BlockHeader, list[BlockItem], int, tuple[int, int]] | None = None
         self._head: BlockHeader = genesis_block(genesis).header
         self.app = KeyValueState.for_genesis(genesis, self._head.state_root)
 
@@ -602,7 +602,7 @@ class BlockStore:
             )
         except BaseException as exc:
             self._failed(exc)
-        self._staged = (new_head, list(blocks), applied)
+        self._staged = (new_head, list(blocks), applied, self.app.write_mark())
         return True
 
     def commit_staged(self) -> None:
@@ -619,14 +619,18 @@ class BlockStore:
     def finish_staged(self) -> None:
         """After the commit: the new head, and the blocks' Executions applied and durable."""
         assert self._staged is not None and not self._db.in_transaction, "nothing committed"
-        new_head, blocks, applied = self._staged
+        new_head, blocks, applied, mark = self._staged
         self._staged = None
         self.fsync_count += 1
         self._head = new_head
         for _, execution, _ in blocks[applied:]:
             self.app.apply(execution)
+        if applied < len(blocks):
+            mark = self.app.write_mark()  # (the app was at the head: nothing applied after)
         for _, execution, _ in blocks:
-            self.app.durable(execution)
+            # Blocks applied after this write was staged (their own write comes next) keep
+            # what they changed pinned, even a value changed back to what this write holds.
+            self.app.durable(execution, mark)
 
     def _failed(self, exc: BaseException) -> NoReturn:
         """Roll back and say why the write failed (nothing of it is written)."""

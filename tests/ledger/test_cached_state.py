@@ -39,15 +39,16 @@ def test_durable_unpins_only_values_not_written_again() -> None:
     durable: dict[bytes, bytes] = {}
     table: CachedTable[bytes] = CachedTable(durable.get, cache_max=1)
     table[b"k"] = b"block 1"
+    staged = table.writes  # block 1's write is staged
     table[b"k"] = b"block 2"  # applied too, not saved yet
     durable[b"k"] = b"block 1"
-    table.durable([(b"k", b"block 1")])  # block 1 is saved
+    table.durable([(b"k", b"block 1")], staged)  # block 1 is saved
     assert table.pinned == 1  # block 2's value stays pinned...
     for i in range(5):
         table.get(b"evict %d" % i)
     assert table.get(b"k") == b"block 2"  # ...and is still what reads see
     durable[b"k"] = b"block 2"
-    table.durable([(b"k", b"block 2")])
+    table.durable([(b"k", b"block 2")], table.writes)
     assert table.pinned == 0 and table.get(b"k") == b"block 2"
 
 
@@ -98,3 +99,35 @@ def test_a_block_s_reads_are_prefetched_in_one_query() -> None:
     assert calls == [[b"a", b"b", b"absent"]]  # what is pinned is never read from the store
     assert (table.get(b"a"), table.get(b"b"), table.get(b"absent")) == (b"1", b"2", None)
     assert table.loads == 1  # one query for the lot, then the cache
+
+
+def test_a_value_changed_back_by_an_unwritten_block_stays_pinned() -> None:
+    """Review 4: block writes run while the next blocks execute. Write W1 holds B1 (k=v) and
+    B2 (delete k); B3 (k=v again) is applied after W1 was staged, before its own write. When
+    W1 is durable the disk has no k, so k must stay pinned to B3's v: unpinning it because the
+    value matches would let an eviction reload "absent" from the disk before B3 is written."""
+    disk: dict[bytes, bytes] = {}
+    table: CachedTable[bytes] = CachedTable(disk.get, cache_max=1)
+    table[b"k"] = b"v"  # B1
+    del table[b"k"]  # B2
+    staged = table.writes  # W1 = B1 + B2 staged here
+    table[b"k"] = b"v"  # B3, applied while W1 is written
+    disk.pop(b"k", None)  # W1 durable: no k on disk
+    table.durable([(b"k", b"v")], staged)  # B1's writes
+    table.durable([(b"k", None)], staged)  # B2's writes
+    assert table.pinned == 1
+    assert table.get(b"other") is None  # the clean cache holds one entry: evicts the rest
+    assert table.get(b"k") == b"v"  # from the pin, not a stale reload
+    disk[b"k"] = b"v"  # W2 (B3) durable
+    table.durable([(b"k", b"v")], table.writes)
+    assert table.pinned == 0 and table.get(b"k") == b"v"
+
+
+def test_within_one_write_the_last_value_of_a_key_is_what_stays_cached() -> None:
+    disk: dict[bytes, bytes] = {}
+    table: CachedTable[bytes] = CachedTable(disk.get)
+    table[b"k"] = b"v1"
+    table[b"k"] = b"v2"
+    table.durable([(b"k", b"v1")], table.writes)  # the first execution's item, one write
+    disk[b"k"] = b"v2"
+    assert table.pinned == 0 and table.get(b"k") == b"v2"
