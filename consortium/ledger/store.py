@@ -59,6 +59,7 @@ from consortium.ledger.state import CachedTable, Execution, KeyValueState
 
 SCHEMA_VERSION = 2
 PAGE_CACHE_KB = 32 * 1024  # SQLite's page cache per store
+READER_CACHE_KB = 8 * 1024  # and the reader connection's (state misses, known ids)
 STATE_CACHE_MAX = 65_536  # key-value and replay entries cached in memory (each table)
 STATE_CACHE_BYTES_MAX = 64 << 20  # and at most this many bytes of keys and values (each table)
 _SYNCHRONOUS_FULL = 2  # what `PRAGMA synchronous` reports for FULL
@@ -141,6 +142,7 @@ class BlockStore:
         self.last_commit_s = 0.0  # how long the last save's COMMIT (its fsync) took
         # What stage() wrote, for commit_staged()/finish_staged(): (head, blocks, applied, mark)
         self._staged: tuple[BlockHeader, list[BlockItem], int, tuple[int, int]] | None = None
+        self._reader = db  # open() replaces it with the read-only connection (_open_reader)
         self._head: BlockHeader = genesis_block(genesis).header
         self.app = KeyValueState.for_genesis(genesis, self._head.state_root)
 
@@ -159,6 +161,7 @@ class BlockStore:
         try:
             store = cls(db, path, genesis)
             store._configure()
+            store._reader = _open_reader(path)
             store._init(verify)
         except BaseException:
             db.close()
@@ -350,27 +353,32 @@ class BlockStore:
     def _load_state(self) -> None:
         db = self._db
         head = self._head
+        reader = self._reader
 
         # The key-value state and the replay set stay in the store: read through a bounded
         # cache, so memory does not grow with the state (ledger/state.py, CachedTable). An id
         # whose expiry passed is deleted at the next write, and judged by its expiry until then.
+        # Read on the reader connection (the committed state): what a write in progress holds
+        # is pinned in the cache, never read, and the reads do not wait for its fsync.
         def load_value(key: bytes) -> bytes | None:
-            row = db.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
+            row = reader.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
             return None if row is None else bytes(row[0])
 
         def load_expiry(tx_id: bytes) -> int | None:
-            row = db.execute("SELECT expiry_ms FROM replay WHERE tx_id = ?", (tx_id,)).fetchone()
+            row = reader.execute(
+                "SELECT expiry_ms FROM replay WHERE tx_id = ?", (tx_id,)
+            ).fetchone()
             return None if row is None else int(row[0])
 
         def load_values(keys: list[bytes]) -> dict[bytes, bytes]:
             return {
-                bytes(k): bytes(v) for k, v in _select_in(db, "key, value FROM kv", "key", keys)
+                bytes(k): bytes(v) for k, v in _select_in(reader, "key, value FROM kv", "key", keys)
             }
 
         def load_expiries(tx_ids: list[bytes]) -> dict[bytes, int]:
             return {
                 bytes(t): int(e)
-                for t, e in _select_in(db, "tx_id, expiry_ms FROM replay", "tx_id", tx_ids)
+                for t, e in _select_in(reader, "tx_id, expiry_ms FROM replay", "tx_id", tx_ids)
             }
 
         kv: CachedTable[bytes] = CachedTable(
@@ -488,9 +496,11 @@ class BlockStore:
         }
 
     def known_tx_ids(self, tx_ids: Sequence[bytes]) -> set[bytes]:
-        """Which of `tx_ids` occur in the ledger (one indexed query per 500 ids)."""
+        """Which of `tx_ids` occur in the durable ledger (one indexed query per 500 ids; on
+        the reader connection, so a submission never waits for a write's fsync)."""
         return {
-            bytes(row[0]) for row in _select_in(self._db, "tx_id FROM tx_index", "tx_id", tx_ids)
+            bytes(row[0])
+            for row in _select_in(self._reader, "tx_id FROM tx_index", "tx_id", tx_ids)
         }
 
     def receipt_of(self, tx_id: bytes) -> Receipt | None:
@@ -772,7 +782,25 @@ class BlockStore:
         self.save(checkpoints=[cert])
 
     def close(self) -> None:
+        self._reader.close()
         self._db.close()
+
+
+def _open_reader(path: Path) -> sqlite3.Connection:
+    """A second, read-only connection for the hot reads (state misses, known ids): in WAL
+    mode it reads the last committed state while the writer's COMMIT (its fsync) runs on a
+    worker thread, where reads on the writer's connection would wait for its lock."""
+    try:
+        reader = sqlite3.connect(
+            path.absolute().as_uri() + "?mode=ro",
+            uri=True,
+            isolation_level=None,
+            check_same_thread=False,
+        )
+        reader.execute(f"PRAGMA cache_size=-{READER_CACHE_KB}")
+    except sqlite3.Error as exc:
+        raise StoreError(f"{path}: cannot open the block store for reading: {exc}") from None
+    return reader
 
 
 def _select_in(

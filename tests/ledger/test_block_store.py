@@ -209,6 +209,32 @@ def test_a_node_that_applied_while_executing_is_not_applied_twice(tmp_path: Path
         store.close()
 
 
+def test_hot_reads_see_the_committed_ledger_while_a_write_is_staged(tmp_path: Path) -> None:
+    """State misses and known ids read on a second, read-only connection: while a write is
+    staged (its COMMIT, the fsync, may be running on a worker thread) they see the committed
+    ledger and do not wait for the writer's lock; the staged block's values are pinned in the
+    cache meanwhile, so execution still sees them."""
+    genesis = make_genesis()
+    store = BlockStore.open(tmp_path / "ledger.sqlite", genesis)
+    chain = ChainBuilder(genesis)
+    try:
+        tx = chain.tx(Put(b"k", b"v"))
+        head = store.head
+        block, execution = build_block(
+            head, ("pbft", head.height + 1, CREATED_MS), CREATED_MS, (tx,), store.app
+        )
+        store.app.apply(execution)
+        assert store.stage(blocks=[(block, execution, None)])
+        assert store.known_tx_ids([tx.id]) == set()  # not committed yet
+        assert store.app.kv.get(b"k") == b"v"  # pinned: applied, not durable
+        store.commit_staged()
+        store.finish_staged()
+        assert store.known_tx_ids([tx.id]) == {tx.id}
+        assert store.app.kv.pinned == 0 and store.app.kv.get(b"k") == b"v"
+    finally:
+        store.close()
+
+
 def test_an_application_out_of_step_with_the_store_is_refused(tmp_path: Path) -> None:
     chain = ChainBuilder()
     chain.add_puts(1)
