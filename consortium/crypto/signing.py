@@ -57,7 +57,7 @@ class Verifier(Protocol):
 class Ed25519Signer:
     """Signs with libsodium's crypto_sign (about 22 us here against 35 us through
     cryptography; Ed25519 is deterministic, so the signatures are the same bytes). The expanded
-    secret key lives in a cffi buffer, never in a Python bytes object."""
+    secret key is kept in a cffi buffer (the seed passes through bytes once, when set up)."""
 
     def __init__(self, keys: KeyPair) -> None:
         self._keys = keys
