@@ -335,13 +335,31 @@ def node_start(
                     break
 
     try:
-        trio.run(main)
+        try:
+            trio.run(main)
+        except BaseExceptionGroup as group:  # a task's error, wrapped by its nursery
+            raise first_leaf(group, (StoreError, ConfigError, ValueError, OSError)) from None
     except (StoreError, ConfigError) as exc:
         raise _fail(str(exc), EXIT_FAILED) from None
     except ValueError as exc:
         raise _fail(str(exc)) from None
     except OSError as exc:
         raise _fail(f"cannot start member {identity.member.name}: {exc}", EXIT_FAILED) from None
+
+
+def first_leaf(
+    group: BaseExceptionGroup[BaseException], kinds: tuple[type[BaseException], ...]
+) -> BaseException:
+    """The first exception of one of `kinds` in `group` (depth first), else the group itself:
+    a member's disk error surfaces as its one-line message, not an exception group trace."""
+    for exc in group.exceptions:
+        if isinstance(exc, kinds):
+            return exc
+        if isinstance(exc, BaseExceptionGroup):
+            found = first_leaf(exc, kinds)
+            if found is not exc:
+                return found
+    return group
 
 
 @node_app.command("cert")
