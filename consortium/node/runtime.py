@@ -741,8 +741,12 @@ class Node:
             self._send_all(messages)
             then()
             return
-        if (records or checkpoints or self._nursery is None) or not blocks:
-            if early:
+        # A worker thread costs a hand-off each way: measured, more than it saves when one
+        # transaction at a time flows; worth it under load (events waiting or transactions
+        # pending in the core), where the core goes on while the block is written.
+        busy = self._events_recv.statistics().current_buffer_used > 0 or self.core.pending_count > 0
+        if records or checkpoints or self._nursery is None or not blocks or not busy:
+            if early and busy:
                 await trio.to_thread.run_sync(store.commit_staged)
             else:
                 store.commit_staged()
