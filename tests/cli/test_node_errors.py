@@ -4,6 +4,11 @@ group (cli.main.first_leaf) and exits with it, instead of printing a group trace
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
+import trio.lowlevel
+
 from consortium.cli.main import first_leaf
 from consortium.ledger.store import StoreError
 
@@ -19,3 +24,38 @@ def test_the_first_store_error_is_found_in_nested_groups() -> None:
 def test_a_group_without_a_known_error_is_left_as_it_is() -> None:
     group = BaseExceptionGroup("tasks", [RuntimeError("bug"), KeyError("k")])
     assert first_leaf(group, (StoreError, OSError)) is group
+
+
+# --- review 6 -----------------------------------------------------------------------------
+
+
+def test_a_programming_error_in_a_member_task_is_not_reported_as_a_usage_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """first_leaf also pulls ValueError and OSError out of the group, and node_start's
+    `except ValueError` was meant for start-up input: a bug raising ValueError in any member
+    task after hours of running now exits 2 (usage) with its bare message and no traceback
+    (node.run logs none), and any OSError reads "cannot start member". A runtime failure must
+    keep its traceback and must not look like a usage error."""
+    import trio
+    from typer.testing import CliRunner
+
+    from consortium.cli.main import app
+    from consortium.cli.network import init_network
+    from consortium.node import runtime
+
+    init_network(tmp_path / "net", members=4, clients=1, mode="pbft")
+
+    class _Node:
+        async def run(
+            self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+        ) -> None:
+            task_status.started()
+            await trio.lowlevel.checkpoint()
+            raise ValueError("too many values to unpack (expected 2)")  # a bug, not input
+
+    monkeypatch.setattr(runtime, "make_node", lambda *a, **k: _Node())
+    result = CliRunner().invoke(
+        app, ["node", "start", "--home", str(tmp_path / "net" / "nodes" / "n1")]
+    )
+    assert result.exit_code != 2, result.output
