@@ -338,7 +338,12 @@ def node_start(
         try:
             trio.run(main)
         except BaseExceptionGroup as group:  # a task's error, wrapped by its nursery
-            raise first_leaf(group, (StoreError, ConfigError, ValueError, OSError)) from None
+            # Only the errors that say what the operator must fix (a failed write, a broken
+            # config) are shown alone; anything else keeps its traceback (it is a bug).
+            found = first_leaf(group, (StoreError, ConfigError))
+            if found is group:
+                raise
+            raise found from None
     except (StoreError, ConfigError) as exc:
         raise _fail(str(exc), EXIT_FAILED) from None
     except ValueError as exc:

@@ -132,7 +132,8 @@ Record = tuple[bytes, bytes | None]
 
 
 class BlockStore:
-    """Use `BlockStore.open`. One connection, used by one task at a time."""
+    """Use `BlockStore.open`. One writing connection, used by one task at a time (its COMMIT may
+    run on a worker thread, Node._write), and a read-only one for the hot reads (_open_reader)."""
 
     def __init__(self, db: sqlite3.Connection, path: Path, genesis: Genesis) -> None:
         self._db = db
@@ -158,12 +159,15 @@ class BlockStore:
             db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as exc:
             raise StoreError(f"{path}: cannot open the block store: {exc}") from None
+        store: BlockStore | None = None
         try:
             store = cls(db, path, genesis)
             store._configure()
             store._reader = _open_reader(path)
             store._init(verify)
         except BaseException:
+            if store is not None and store._reader is not db:
+                store._reader.close()
             db.close()
             raise
         return store
