@@ -802,9 +802,9 @@ class Node:
         pbft 2f+1 members prepared the batch durably before any COMMIT left, so it commits
         at this sequence number in every later view and re-executes to the same block (its
         timestamp is the proposal's); in raft the entry is durable on a majority. A member
-        that loses power before writing the block rebuilds the same one. So a client holds a
-        true receipt one fsync sooner; only a lookup on this member in that window says
-        "pending"."""
+        that loses power before writing the block rebuilds the same one. So under load, where
+        the write runs on a worker thread (Node._write), a client holds a true receipt one
+        fsync sooner; only a lookup on this member in that window says "pending"."""
         from consortium.node import api
 
         by_conn: dict[int, tuple[Any, list[Receipt]]] = {}
