@@ -146,8 +146,8 @@ class RaftMember(Node):
                 # compaction) goes in the SAME write as the blocks, so a crash never leaves
                 # the ledger ahead of the log records; its messages still leave after it.
                 ready = merge(ready, self._send_early(core.take_ready()))
-            # Receipts leave before the block's write: the entry is durable on a majority
-            # already (Node._push_receipts).
+            # Receipts are queued before the block's write: the entry is durable on a
+            # majority already (Node._push_receipts, Node._write).
             duplicates = [
                 self._push_receipts(block, vote)
                 for (block, _, _), (_, vote) in zip(blocks, signatures, strict=True)
@@ -182,7 +182,7 @@ class RaftMember(Node):
         for out in early:
             self.send_peer(out.dest, out.frame)
         if early:
-            self._pushed += 1  # something leaves before the write: fsync off the loop
+            self._pushed += 1  # queued ahead of the write (under load: fsync off the loop)
         return rest
 
     def _apply_entry(

@@ -716,13 +716,14 @@ class Node:
 
         Writes go in order, one at a time. A write with records (votes, log entries,
         checkpoints: what messages depend on) holds this task until it is durable, as the
-        core requires; when something already left ahead of it (`early`: receipts, a raft
-        leader's appends), its fsync runs on a worker thread so the connections send those
-        meanwhile. A write of blocks only holds nothing: no message depends on a block being
-        on disk (receipts are sound before it, Node._push_receipts), so its messages leave at
-        once and the core goes on with the next events while the block is written; `then`
-        (what needs the block stored) runs after. Until it is done, _exec_head() is the head
-        to execute on."""
+        core requires. Under load (events waiting or transactions pending in the core): when
+        something was queued ahead of it (`early`: receipts, a raft leader's appends) its
+        fsync runs on a worker thread so the connections send those meanwhile, and a write of
+        blocks only holds nothing: no message depends on a block being on disk (receipts are
+        sound before it, Node._push_receipts), so its messages leave at once and the core goes
+        on with the next events while the block is written; `then` (what needs the block
+        stored) runs after, and until then _exec_head() is the head to execute on. Otherwise
+        (one transaction at a time) the write runs here: the thread hand-offs cost more."""
         if self._writing is not None:
             await self._writing.wait()
         if self._write_failed:
@@ -845,15 +846,10 @@ class Node:
         """After `block`'s write: answer watched duplicates with the first receipt of their
         id (a later copy of an id that already executed is never reported as its result; the
         first may be in a block of the same write), expire watches, tell followers."""
-        for tx_id, conns in duplicates:
-            first = self.first_receipt_bundle(tx_id)
-            if first is not None:
-                for conn in conns:
-                    conn.push_receipt(first)
-        # Ids watched while the write ran (a watch checks the store first, which did not
-        # have this block yet): answered now.
+        # With the ids watched while the write ran (a watch checks the store first, which did
+        # not have this block yet): answered now.
         late = self._push_receipts(block, vote)
-        for tx_id, conns in late:
+        for tx_id, conns in duplicates + late:
             first = self.first_receipt_bundle(tx_id)
             if first is not None:
                 for conn in conns:
