@@ -29,10 +29,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import trio
 
+from consortium.crashft.node import Outbound as RaftOutbound
 from consortium.crypto.keys import KeyPair
 from consortium.crypto.merkle import MerkleTree
 from consortium.crypto.signing import Domain, Ed25519Signer, Ed25519Verifier
@@ -68,19 +69,9 @@ from consortium.node.verification import (
     message_kind,
 )
 from consortium.pbft import messages as pbft_messages
+from consortium.pbft.effects import Outbound as PbftOutbound
 from consortium.pbft.replica import CommittedBatch, PbftConfig, PbftReplica, RecoveredState
 from consortium.pbft.transfer import blocks_reply
-
-
-class Outgoing(Protocol):
-    """A message a core asks to send (pbft and raft Outbound)."""
-
-    @property
-    def dest(self) -> int | None: ...
-
-    @property
-    def frame(self) -> bytes: ...
-
 
 TICK_MS = 2
 TICK_IDLE_MAX_MS = 16  # the coarsest timer granularity when idle (timeouts are >= 50 ms)
@@ -209,7 +200,8 @@ class Node:
         self._id_watches_by_conn: dict[int, OrderedDict[bytes, None]] = {}
         self._blocks_since_scan = 0
         self._on_block: list[Callable[[Block], None]] = []
-        self._pushed = 0  # receipt frames queued before their block's write (Node._write)
+        # Frames queued ahead of a write (receipts; a raft leader's early appends): Node._write
+        self._pushed = 0
         self._writing: trio.Event | None = None  # a write of blocks in flight (Node._write)
         self._write_failed = False  # a background write failed: nothing after it is written
         self._nursery: trio.Nursery | None = None
@@ -708,7 +700,7 @@ class Node:
         records: Sequence[tuple[bytes, bytes | None]],
         block_signatures: list[tuple[int, SignedVote]],
         checkpoints: Sequence[CheckpointCertificate] = (),
-        messages: Sequence[Outgoing] = (),
+        messages: Sequence[PbftOutbound | RaftOutbound] = (),
         early: bool = False,
         then: Callable[[], None] = lambda: None,
     ) -> None:
@@ -787,7 +779,7 @@ class Node:
         durable = self.store.head  # (above it only if something wrote the store directly)
         return self._applied_head if self._applied_head.height >= durable.height else durable
 
-    def _send_all(self, messages: Sequence[Outgoing]) -> None:
+    def _send_all(self, messages: Sequence[PbftOutbound | RaftOutbound]) -> None:
         for out in messages:
             if self.test_byzantine is not None:
                 self._send_byzantine(out.dest, out.frame)
