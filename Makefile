@@ -20,9 +20,9 @@ demo: $(STAMP)
 	$(BIN)/consortium demo
 
 lint: $(STAMP)
-	$(BIN)/ruff format --check consortium tests
-	$(BIN)/ruff check consortium tests
-	$(BIN)/mypy consortium
+	$(BIN)/ruff format --check consortium tests scripts
+	$(BIN)/ruff check consortium tests scripts
+	$(BIN)/mypy consortium scripts
 
 # Unit and simulation tiers on every core; then the end-to-end tier alone, since its tests
 # time real processes (a failover within 2 s) and must not compete with simulations for CPU.
