@@ -14,6 +14,7 @@ Events in, effects out, exactly like the PBFT core (DESIGN "Sans-IO consensus co
     ready = node.take_ready()     persist ready.records (one fsync), then send ready.messages,
                                   then apply ready.committed / ready.install in order,
                                   reporting each with entry_applied() / installed()
+    node.persisted(index, term)   the write of a Ready's records is durable: ready.log_end
 
 Roles. A follower whose randomised election timer ([E, 2E)) fires first runs a PreVote round
 for term+1 without changing its term; only a majority of "I would vote for you" answers make it
@@ -25,10 +26,11 @@ ignores vote requests (its lease), unless they come from a leadership transfer (
 Replication. Per follower a Progress in one of three states: PROBE (one AppendEntries at a
 time until the follower's log matches), REPLICATE (optimistic pipelining: up to inflight_max
 appends in flight, each at most append_bytes_max), SNAPSHOT (the entries it needs are
-compacted: it fetches blocks). A leader counts itself only for entries it has handed to the
-shell for its own fsync (the shell persists a Ready's records before anything else of it), and
-commits by counting only entries of its own term (Figure 8); it appends a no-op on election so
-earlier entries commit promptly.
+compacted: it fetches blocks). A leader counts itself only for entries the shell reported
+durable with persisted() (etcd's storage-append acknowledgement), at every n: counting what it
+merely handed to its write made a single member commit, and its shell acknowledge, an entry
+that a power cut during that write then lost. It commits by counting only entries of its own
+term (Figure 8); it appends a no-op on election so earlier entries commit promptly.
 
 Entries and blocks. A batch entry is one block; the leader signs (chain id, term, index, batch
 digest) when it creates the entry, so the certificate travels inside the entry and every node
@@ -231,8 +233,8 @@ class Outbound:
     frame: bytes
     # May leave before this Ready's records are durable: a leader's AppendEntries and
     # heartbeats (Raft thesis 10.2.1: the leader writes its log in parallel with replicating
-    # it; it counts itself only for entries handed to its own write, and it processes no
-    # acknowledgement before that write is done). Votes and acknowledgements never are.
+    # it; it counts itself only for entries the shell reported durable with persisted()).
+    # Votes and acknowledgements never are.
     early: bool = False
 
 
@@ -263,6 +265,9 @@ class Ready:
     serve: list[Serve]
     reads: list[ReadState]
     read_failures: list[tuple[int, str]]
+    # (index, term) of the log's last entry when these records were taken, None without
+    # records: once they are durable the shell reports node.persisted(*log_end).
+    log_end: tuple[int, int] | None = None
 
     def __bool__(self) -> bool:
         return bool(
@@ -296,6 +301,7 @@ def merge(first: Ready, then: Ready) -> Ready:
         serve=first.serve + then.serve,
         reads=first.reads + then.reads,
         read_failures=first.read_failures + then.read_failures,
+        log_end=then.log_end or first.log_end,
     )
 
 
@@ -378,6 +384,9 @@ class RaftNode:
         self._disk_first = rec.entries[0].index if rec.entries else self.log.first_index
         self._disk_last = rec.entries[-1].index if rec.entries else self.log.last_index
         self._dirty_from: int | None = None
+        # The last index of the log as far as it is durable (recovered entries are; the shell
+        # reports later writes with persisted()): what the leader counts itself for.
+        self._stable_last = self.log.last_index
         self._hard_dirty = False
         self._snap_dirty = False
         if self.log.term_at(self.applied) != rec.applied_term:
@@ -400,7 +409,6 @@ class RaftNode:
 
         self._votes: dict[int, bool] = {}
         self._progress: dict[int, Progress] = {}
-        self._stable_last = self.log.last_index
         self._transferee: int | None = None
         self._transfer_deadline = 0
         self._commit_dirty = False
@@ -842,7 +850,7 @@ class RaftNode:
 
     def _maybe_commit(self) -> bool:
         """Commit by counting, only entries of our own term (Figure 8); we count ourselves
-        for what we handed to our own fsync."""
+        for what the shell reported durable (persisted)."""
         matches = sorted(
             [self._stable_last] + [self._progress[p].match for p in self._others()],
             reverse=True,
@@ -939,8 +947,10 @@ class RaftNode:
         self._send(sender, m.HeartbeatReply(self.term, msg.ctx))
 
     def _mark_dirty(self, index: int) -> None:
+        """The log changed from `index` on: those entries are to be written, so not durable."""
         if self._dirty_from is None or index < self._dirty_from:
             self._dirty_from = index
+        self._stable_last = min(self._stable_last, index - 1)
 
     # --- snapshots ----------------------------------------------------------------------------
 
@@ -1257,7 +1267,7 @@ class RaftNode:
             self._forward()
         self._maybe_compact()
         records = self._records()
-        self._stable_last = self.log.last_index
+        log_end = (self.log.last_index, self.log.last_term) if records else None
         if self.role == LEADER:
             if self._maybe_commit():
                 self._commit_dirty = True
@@ -1321,6 +1331,7 @@ class RaftNode:
             serve=self._serve,
             reads=self._ready_reads,
             read_failures=self._read_failures,
+            log_end=log_end,
         )
         self._out = []
         self._install_out = []
@@ -1328,6 +1339,18 @@ class RaftNode:
         self._ready_reads = []
         self._read_failures = []
         return ready
+
+    def persisted(self, index: int, term: int) -> None:
+        """The shell's write of a Ready's records is durable, that Ready's log_end being
+        (index, term): our log up to `index` is on disk (writes complete in order). Only now
+        does a leader count itself for those entries, at every n: a single member commits an
+        entry here, never in the Ready that first writes it."""
+        if self.log.term_at(index) != term:
+            return  # overwritten since (a new leader's entries): a later Ready reports them
+        if index > self._stable_last:
+            self._stable_last = index
+            if self.role == LEADER and self._maybe_commit():
+                self._commit_dirty = True
 
     def _commit_notice(self, peer: int) -> None:
         """Tell `peer` the new commit index: with the next append, or alone once

@@ -5,7 +5,8 @@ Each Ready is carried out in the order the core requires (crashft/node.py):
     1. apply committed entries into blocks (a no-op entry makes none) and re-execute
        transferred blocks, checking each reproduces the header the leader sent
     2. ONE durable write (fsync): the core's records (term, vote, log entries, compaction
-       point) with the new blocks, their leader certificates and our block signatures
+       point) with the new blocks, their leader certificates and our block signatures; then
+       core.persisted(), after which (never before) the leader counts its own new entries
     3. send the core's messages (a vote or an append acknowledgement is on disk first)
     4. tell waiting clients, answer block fetches from the store, release ReadIndex reads
        once the ledger has applied their index
@@ -147,7 +148,8 @@ class RaftMember(Node):
                 # the ledger ahead of the log records; its messages still leave after it.
                 ready = merge(ready, self._send_early(core.take_ready()))
             # Receipts are queued before the block's write: the entry is durable on a
-            # majority already (Node._push_receipts, Node._write).
+            # majority already, this member counted only once persisted() reported its own
+            # write of it, at every n (Node._push_receipts, Node._write).
             duplicates = [
                 self._push_receipts(block, vote)
                 for (block, _, _), (_, vote) in zip(blocks, signatures, strict=True)
@@ -158,7 +160,7 @@ class RaftMember(Node):
                 block_signatures=signatures,
                 messages=ready.messages,
                 early=self._pushed != pushed,
-                then=partial(self._blocks_durable, blocks, signatures, duplicates),
+                then=partial(self._durable, ready.log_end, blocks, signatures, duplicates),
             )
             for serve in ready.serve:
                 self._serve_fetch(
@@ -176,6 +178,20 @@ class RaftMember(Node):
             self._release_reads()
             self._log_leader()
         return worked
+
+    def _durable(
+        self,
+        log_end: tuple[int, int] | None,
+        blocks: list[tuple[Block, Execution, bytes | None]],
+        signatures: list[tuple[int, SignedVote]],
+        duplicates: list[list[tuple[bytes, list[Any]]]],
+    ) -> None:
+        """The write is durable (Node._write runs this after it, on either of its paths; a write
+        with records, the only kind with a log_end, completes before _write returns): tell the
+        core, whose leader counts itself for those entries only now, then the blocks' waiters."""
+        if log_end is not None:
+            self.core.persisted(*log_end)
+        self._blocks_durable(blocks, signatures, duplicates)
 
     def _send_early(self, ready: Ready) -> Ready:
         early, rest = split_early(ready)

@@ -3,7 +3,7 @@ time passes; nothing is random except each core's seeded election timeout.
 
 What the harness does is what the node runtime (and the simulator, node.sim.raft_cluster) does
 with each Ready, in the same order: check every log entry it persists (log matching), write its
-records to the member's durable dict (one "fsync"), queue its messages, apply its committed
+records to the member's durable dict (one "fsync") and report them persisted, queue its messages, apply its committed
 entries into the member's ledger with build_block (state machine safety), re-execute and store
 transferred blocks with replay_block, answer block fetches with blocks_reply, collect released
 and failed reads; then check election safety and leader completeness. The checker is the
@@ -236,6 +236,8 @@ class RaftGroup:
                     member.records.pop(key, None)
                 else:
                     member.records[key] = value
+            if ready.log_end is not None:
+                raft.persisted(*ready.log_end)  # the "fsync" is done
             for out in ready.messages:
                 for dst in range(self.n) if out.dest is None else (out.dest,):
                     if dst != i:

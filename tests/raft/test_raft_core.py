@@ -120,6 +120,27 @@ def test_only_a_leaders_appends_and_heartbeats_may_leave_before_its_write() -> N
     assert not any(o.early for o in vote.members[0].readys[-1].messages)
 
 
+def test_a_single_member_commits_an_entry_only_after_its_write_is_reported_durable() -> None:
+    """n = 1: the entry used to commit in the Ready that first wrote it, so the shell applied
+    it and pushed its receipts before the fsync a power cut could lose. The core counts its
+    own entries only once the shell calls persisted() with that Ready's log_end."""
+    g = RaftGroup(1)
+    solo = g.node(0)
+    assert solo.role == LEADER and solo.commit == 1  # its no-op, persisted by the harness
+    solo.propose(g.txs[0])
+    written = solo.take_ready()
+    assert [k for k, _ in written.records if k.startswith(LOG_PREFIX)] == [log_key(2)]
+    assert written.committed == [] and solo.commit == 1  # not before the write is durable
+    assert written.log_end == (2, 1)
+    assert not solo.take_ready().committed  # nothing happens until the shell reports it
+    solo.persisted(1, 1)  # an older write: still not the entry
+    assert solo.commit == 1
+    solo.persisted(*written.log_end)
+    applied = solo.take_ready()
+    assert [e.index for e in applied.committed] == [2] and solo.commit == 2
+    assert applied.records == [] and applied.log_end is None
+
+
 def test_a_commit_index_waits_for_the_next_append_or_goes_alone_after_the_delay() -> None:
     """commit_notice_ms: a new commit index rides on the next append when one comes soon (one
     message and one follower write fewer per entry); otherwise it goes alone once the delay
