@@ -72,7 +72,7 @@ inflight_max, log compaction).
 from __future__ import annotations
 
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -357,13 +357,18 @@ class RaftNode:
         *,
         tx_ok: Callable[[Transaction], bool] = lambda tx: True,
         recovered: RecoveredState | None = None,
+        executed: Callable[[list[bytes]], Collection[bytes]] = lambda tx_ids: (),
     ) -> None:
+        """`tx_ok`: may the leader order this transaction (its signature). `executed`: which of
+        these ids the shell's ledger has executed, its last blocks written or not (a leader
+        orders none of them again)."""
         assert 0 <= config.me < config.n
         self.config = config
         self.me = config.me
         self.n = config.n
         self._signer = signer
         self._tx_ok = tx_ok
+        self._executed = executed
         rec = recovered or RecoveredState()
         self.term = rec.term
         self.voted_for = rec.voted_for
@@ -715,6 +720,12 @@ class RaftNode:
             for i in range(self.commit + 1, self.log.last_index + 1)
             for tx in self.log.entry(i).txs
         }
+        # Those commit with our log (a leader commits all of it once an entry of its term
+        # does): ordering them again made duplicate entries. _stop_leading put them back in
+        # the pool in case another leader's log lacked them.
+        for i in range(self.commit + 1, self.log.last_index + 1):
+            for tx in self.log.entry(i).txs:
+                self._pool.pop(tx.id, None)
         # Transactions we were forwarding are ours to order now.
         for pending in self._pool.values():
             pending.forwarded_ms = None
@@ -1150,6 +1161,15 @@ class RaftNode:
                     continue
                 txs.append(tx)
                 size += tx.size
+            if txs:
+                # An id leaves _uncommitted_ids when its entry commits, and the shell applies
+                # the entry in that same Ready: from then on only its ledger knows it, and a
+                # client's resubmission that met a block still being written (the client port
+                # sees only what is durable) or a follower's late forward came back here.
+                done = self._executed([t.id for t in txs])
+                if done:
+                    self.rejected["tx_executed"] += sum(1 for t in txs if t.id in done)
+                    txs = [t for t in txs if t.id not in done]
             if not txs:
                 continue
             index = self.log.last_index + 1

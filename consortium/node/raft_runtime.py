@@ -42,7 +42,7 @@ from consortium.crypto.codec import WireFormatError
 from consortium.crypto.signing import Domain
 from consortium.ledger.block import Block
 from consortium.ledger.certificates import SignedVote, block_signature_body
-from consortium.ledger.state import Execution, build_block
+from consortium.ledger.state import CachedTable, Execution, build_block
 from consortium.node.runtime import Node, ReadRefused
 
 READ_TIMEOUT_S = 5.0
@@ -77,11 +77,21 @@ class RaftMember(Node):
             self.signer,
             tx_ok=self.tx_cache.check,
             recovered=recovered,
+            executed=self._executed,
         )
         self.applied_index = recovered.applied_index
         self._read_ids = itertools.count(1)
         self._pending_reads: dict[int, _PendingRead] = {}
         self._leader_logged: tuple[int, int | None] = (self.core.term, self.core.leader)
+
+    def _executed(self, tx_ids: list[bytes]) -> set[bytes]:
+        """Which of a batch's ids our ledger executed, its last blocks written or not (the
+        application state has every block applied; the client port sees only the store)."""
+        replay = self.app.replay
+        if isinstance(replay, CachedTable):
+            # One query for the batch; the block that executes these ids then finds them cached.
+            replay.prefetch(tx_ids)
+        return {t for t in tx_ids if t in replay}
 
     # --- events -------------------------------------------------------------------------------
 

@@ -52,7 +52,7 @@ PARAMS = Params(
 E = PARAMS.request_timeout_ms
 HEARTBEAT = E // 10
 
-Factory = Callable[..., RaftNode]  # called like RaftNode(config, signer, tx_ok=, recovered=)
+Factory = Callable[..., RaftNode]  # like RaftNode(config, signer, tx_ok=, recovered=, executed=)
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,7 +134,11 @@ class RaftGroup:
 
     def _make(self, i: int, recovered: RecoveredState) -> RaftNode:
         return self.factories[i](
-            self.config(i), self.signers[i], tx_ok=self.tx_ok, recovered=recovered
+            self.config(i),
+            self.signers[i],
+            tx_ok=self.tx_ok,
+            recovered=recovered,
+            executed=lambda tx_ids: {t for t in tx_ids if t in self.members[i].committed_ids},
         )
 
     def tx_ok(self, tx: Transaction) -> bool:

@@ -101,6 +101,59 @@ def test_a_proposal_is_replicated_committed_and_applied_into_identical_ledgers()
     assert all(g.txs[3].id in x.committed_ids for x in g.members)
 
 
+def entries_holding(raft: RaftNode, tx_id: bytes) -> list[int]:
+    log = raft.log
+    return [i for i in range(log.first_index, log.last_index + 1) if tx_id in ids(log.entry(i))]
+
+
+def ids(entry: object) -> set[bytes]:
+    return {tx.id for tx in entry.txs}  # type: ignore[attr-defined]
+
+
+def test_a_leader_elected_again_does_not_order_its_own_uncommitted_transactions_twice() -> None:
+    """Stepping down puts the transactions of the uncommitted entries back in the pool (in
+    case the next leader's log lacks them); winning again, the leader ordered them a second
+    time although its log holds them and commits them with its new term. (No lease, so the
+    others vote for n1 at once.)"""
+    g = started(check_quorum=False)
+    tx = g.txs[0]
+    g.propose(0, tx)
+    g.drop()  # nobody acknowledges entry 2
+    assert entries_holding(g.node(0), tx.id) == [2] and g.node(0).commit == 1
+    g.receive(0, 1, m.AppendReply(2, False, 0, 0))  # a higher term: n1 steps down
+    assert g.node(0).role == FOLLOWER
+    g.drop()
+    g.elect(0)  # its log is the most up to date: it wins again, term 3
+    g.settle()
+    g.heartbeat(0)
+    for i in range(3):
+        assert entries_holding(g.node(i), tx.id) == [2], f"n{i + 1}"
+        assert tx.id in g.members[i].committed_ids
+    assert [len(block.txs) for block in g.members[0].blocks] == [1]
+
+
+def test_a_resubmission_of_a_committed_transaction_is_not_ordered_again() -> None:
+    """An id leaves the leader's uncommitted set when its entry commits, in the Ready whose
+    block the shell then writes; the client port sees only the store, so a resubmission that
+    met the block still being written (or a follower's late forward) reached the core as new
+    and was ordered again. The leader asks its ledger (executed) before it orders a batch."""
+    g = started()
+    tx = g.txs[0]
+    g.propose(0, tx)
+    g.settle()
+    assert g.node(0).commit == 2 and tx.id in g.members[0].committed_ids
+    last = g.node(0).log.last_index
+    g.propose(0, tx, g.txs[1])  # the resubmission, with a new transaction
+    g.settle()
+    g.heartbeat(0)
+    assert entries_holding(g.node(0), tx.id) == [2]
+    assert g.node(0).log.last_index == last + 1 and ids(g.node(0).log.entry(last + 1)) == {
+        g.txs[1].id
+    }
+    assert g.node(0).rejected["tx_executed"] == 1
+    assert [len(block.txs) for block in g.members[1].blocks] == [1, 1]
+
+
 def test_only_a_leaders_appends_and_heartbeats_may_leave_before_its_write() -> None:
     """Outbound.early: the leader replicates while it writes its own log (it counts itself
     only for what it handed to its write); votes and acknowledgements wait for the write."""

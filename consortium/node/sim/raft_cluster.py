@@ -267,7 +267,13 @@ class RaftSimCluster(SimShell[RaftSimNode]):
         config = self._configure(
             RaftConfig.from_genesis(self.genesis, i, seed=b"%d/%d/%d" % (self.seed, i, self.now_ms))
         )
-        return RaftNode(config, self.signers[i], tx_ok=self._tx_ok, recovered=recovered)
+        return RaftNode(
+            config,
+            self.signers[i],
+            tx_ok=self._tx_ok,
+            recovered=recovered,
+            executed=lambda tx_ids: {t for t in tx_ids if t in self.nodes[i].committed_ids},
+        )
 
     def _tx_ok(self, tx: Transaction) -> bool:
         return tx.id + tx.signature in self._valid_txs
