@@ -56,7 +56,9 @@ application state: nothing but blocks is copied.
 Reads (ReadIndex, thesis §6.4). The leader serves a read only once an entry of its own term
 is committed; it notes the commit index, confirms it still leads with a heartbeat round whose
 context a majority echoes, and releases ReadState(read_id, index): the shell answers when its
-ledger has applied that index. A follower asks the leader for the index and waits the same way.
+ledger has applied that index. A follower asks the leader for the index and waits the same way;
+the id its request carries counts up from a random start per process, so a reply meant for a
+read of its previous process never releases a new one.
 A deposed leader in a minority never gathers the echoes (and steps down within E), so it
 answers no read.
 
@@ -106,6 +108,9 @@ HARD_KEY = b"raft/hard"
 SNAP_KEY = b"raft/snap"
 LOG_PREFIX = b"raft/log/"
 COMMIT_NOTICE_MS = 5  # RaftConfig.commit_notice_ms from genesis (at most a heartbeat interval)
+# Forwarded read ids start at a random point below 2**62 (a process never counts its way to
+# the wire limit of 2**63 - 1); two processes' ranges overlap with odds of about reads / 2**62.
+READ_ID_SPREAD_SHIFT = 2
 
 
 def log_key(index: int) -> bytes:
@@ -426,7 +431,14 @@ class RaftNode:
         self._reads: deque[_Read] = deque()
         self._reads_unready: deque[tuple[int, int]] = deque()  # (requester, read_id)
         self._read_heartbeat = False
-        self._forwarded_reads: set[int] = set()
+        # Reads forwarded to the leader, by the id they carry on the wire -> the shell's read
+        # id. Wire ids count up from a random start drawn from the seed (a new one for each
+        # process): a ReadReply to a read of this member's previous process, matched by id
+        # alone, released a read issued after the restart at an index older than it.
+        self._forwarded_reads: dict[int, int] = {}
+        self._read_wire_next = 1 + (
+            int.from_bytes(sha256(config.seed + b"/read ids")[:8], "big") >> READ_ID_SPREAD_SHIFT
+        )
 
         self._out: list[Outbound] = []
         self._install_out: list[TransferredBlock] = []
@@ -1192,14 +1204,19 @@ class RaftNode:
             if len(self._forwarded_reads) >= self.config.reads_max:
                 self._read_failures.append((read_id, "overloaded: too many reads waiting"))
                 return
-            self._forwarded_reads.add(read_id)
-            self._send(self.leader, m.Read(read_id))
+            wire_id = self._read_wire_next
+            self._read_wire_next += 1
+            self._forwarded_reads[wire_id] = read_id
+            self._send(self.leader, m.Read(wire_id))
         else:
             self._read_failures.append((read_id, "no leader: an election is in progress"))
 
     def read_abandoned(self, read_id: int) -> None:
         """The shell gave up waiting (its timeout): forget a forwarded read."""
-        self._forwarded_reads.discard(read_id)
+        for wire_id, mine in self._forwarded_reads.items():
+            if mine == read_id:
+                del self._forwarded_reads[wire_id]
+                return
 
     def _leader_read(self, requester: int, read_id: int) -> None:
         if len(self._reads) + len(self._reads_unready) >= self.config.reads_max:
@@ -1242,13 +1259,13 @@ class RaftNode:
         self._leader_read(sender, msg.read_id)
 
     def _on_read_reply(self, sender: int, msg: m.ReadReply) -> None:
-        if msg.read_id not in self._forwarded_reads:
-            return
-        self._forwarded_reads.discard(msg.read_id)
+        read_id = self._forwarded_reads.pop(msg.read_id, None)
+        if read_id is None:
+            return  # abandoned, answered already, or a read of an earlier process of ours
         if msg.ok:
-            self._ready_reads.append(ReadState(msg.read_id, msg.index))
+            self._ready_reads.append(ReadState(read_id, msg.index))
         else:
-            self._read_failures.append((msg.read_id, f"member {sender} is no longer the leader"))
+            self._read_failures.append((read_id, f"member {sender} is no longer the leader"))
 
     # --- leadership transfer ------------------------------------------------------------------
 

@@ -446,6 +446,33 @@ def test_a_read_is_released_only_after_a_heartbeat_quorum_confirms_leadership() 
     assert g.members[1].reads == [ReadState(9, 1)]
 
 
+def test_a_read_reply_meant_for_a_follower_before_its_restart_releases_no_new_read() -> None:
+    """Replies are matched by id alone, and the shell numbers its reads from 1 in each
+    process: a ReadReply still in flight for read 1 of n2's previous process released read 1
+    of the new one, at an index older than what was committed when it was issued."""
+    g = started()
+    g.read(1, 1)
+    [ask] = g.pending(m.Read, src=1)
+    g.deliver(lambda q: q.msg is ask.msg, keep=True)  # n1 starts its heartbeat round
+    g.deliver(g.among(0, 2), keep=True)  # n3 confirms; n1 answers n2
+    [stale] = g.pending(m.ReadReply, src=0)
+    assert stale.msg.index == 1  # type: ignore[union-attr]
+    g.queue.remove(stale)
+    g.crash(1)
+    g.propose(0, g.txs[0])
+    g.settle([0, 2])
+    g.heartbeat(0, [0, 2])  # index 2 commits while n2 is down
+    g.restart(1)
+    g.heartbeat(0)
+    assert g.node(1).commit == 2
+    g.read(1, 1)  # the new process's first read: at least index 2
+    g.receive(1, 0, stale.msg)
+    assert g.members[1].reads == [], "released by a reply to the previous process's read"
+    g.settle()
+    g.heartbeat(0)
+    assert g.members[1].reads == [ReadState(1, 2)]
+
+
 def test_a_deposed_leader_in_a_minority_never_releases_a_read() -> None:
     g = started()
     g.read(0, 8)  # its heartbeat round never comes back
