@@ -108,6 +108,12 @@ HARD_KEY = b"raft/hard"
 SNAP_KEY = b"raft/snap"
 LOG_PREFIX = b"raft/log/"
 COMMIT_NOTICE_MS = 5  # RaftConfig.commit_notice_ms from genesis (at most a heartbeat interval)
+# Leadership transfer: the leader sends TimeoutNow only while more than E/2 is left before it
+# abandons the transfer, and the target honours it only if the entry it names reached it at
+# most E/4 before: so a target campaigns only while the leader still waits for it, E/4 to
+# spare (the shell's tick granularity, clock rates).
+TIMEOUT_NOW_MARGIN_DIVISOR = 2
+TIMEOUT_NOW_VALID_DIVISOR = 4
 # Forwarded read ids start at a random point below 2**62 (a process never counts its way to
 # the wire limit of 2**63 - 1); two processes' ranges overlap with odds of about reads / 2**62.
 READ_ID_SPREAD_SHIFT = 2
@@ -325,6 +331,7 @@ class Progress:
     snapshot_sent_ms: int = 0
     last_progress_ms: int = 0
     read_ctx: int = 0  # highest heartbeat context it echoed this term
+    heard_ms: int | None = None  # its last append or heartbeat reply this term
 
 
 @dataclass(slots=True)
@@ -421,6 +428,13 @@ class RaftNode:
         self._progress: dict[int, Progress] = {}
         self._transferee: int | None = None
         self._transfer_deadline = 0
+        self._timeout_now_sent = False
+        self._transfer_allowed_ms = 0  # no operator's transfer accepted before (one per E)
+        self.last_transfer = ""  # how the last transfer we started ended, if it did not
+        # When the last entry of our log, (index, term), first arrived here: a TimeoutNow is
+        # honoured only while that is recent (_on_timeout_now).
+        self._last_entry = (self.log.last_index, self.log.last_term)
+        self._last_entry_ms: int | None = None
         self._commit_dirty = False
 
         self._pool: dict[bytes, _Pending] = {}
@@ -513,6 +527,16 @@ class RaftNode:
             for p in self._others():
                 self._progress[p].recent_active = False
         if self._transferee is not None and self._now >= self._transfer_deadline:
+            self.last_transfer = (
+                f"term {self.term}: transfer to member {self._transferee} abandoned after "
+                f"{cfg.election_ms} ms ("
+                + (
+                    "it did not campaign"
+                    if self._timeout_now_sent
+                    else "it did not catch up in time"
+                )
+                + ")"
+            )
             self._transferee = None
         for p in self._others():
             pr = self._progress[p]
@@ -726,6 +750,7 @@ class RaftNode:
             for p in self._others()
         }
         self._check_quorum_due = self._now + self.config.election_ms
+        self._transfer_allowed_ms = self._now + self.config.election_ms
         self._read_ctx = 0
         self._uncommitted_ids = {
             tx.id
@@ -750,6 +775,25 @@ class RaftNode:
     def _on_timeout_now(self, sender: int, msg: m.TimeoutNow) -> None:
         if self.role == LEADER or sender != self.leader:
             self.rejected["timeout_now_not_from_leader"] += 1
+            return
+        # A TimeoutNow cannot be recalled: one delayed or duplicated past the leader's transfer
+        # deadline made us campaign (voters ignore their lease for it) and deposed a leader
+        # that had given up the transfer and gone on leading. So it carries the leader's last
+        # entry, and we act only if our log ends exactly there and that entry reached us at
+        # most TIMEOUT_NOW_VALID_DIVISOR-th of E ago on our clock: we acknowledged it before
+        # the leader sent this, and the leader sends it only while more than
+        # TIMEOUT_NOW_MARGIN_DIVISOR-th of E is left of its deadline, so whatever we honour,
+        # we honour before the leader abandons (with that much to spare for ticks and clock
+        # rates). The leader appends a no-op when it starts a transfer, so that entry is fresh.
+        point = (msg.index, msg.term)
+        if (
+            point != (self.log.last_index, self.log.last_term)
+            or point != self._last_entry
+            or self._last_entry_ms is None
+            or self._now - self._last_entry_ms
+            > self.config.election_ms // TIMEOUT_NOW_VALID_DIVISOR
+        ):
+            self.rejected["timeout_now_stale"] += 1
             return
         self.last_election_reason = f"leadership transferred by {sender}"
         self._campaign(pre=False, transfer=True)
@@ -822,6 +866,7 @@ class RaftNode:
             return
         pr = self._progress[sender]
         pr.recent_active = True
+        pr.heard_ms = self._now
         if msg.success:
             if msg.index > self.log.last_index:
                 self.rejected["append_reply_beyond_log"] += 1
@@ -841,7 +886,7 @@ class RaftNode:
                 self._commit_dirty = True
             self._replicate(sender)
             if sender == self._transferee and pr.match == self.log.last_index:
-                self._send(sender, m.TimeoutNow(self.term))
+                self._send_timeout_now(sender)
             return
         # A rejection: msg.index is the prev_index it refused, msg.hint where its log can
         # match ours (at most its last index).
@@ -899,6 +944,7 @@ class RaftNode:
             return
         pr = self._progress[sender]
         pr.recent_active = True
+        pr.heard_ms = self._now
         if msg.ctx > pr.read_ctx:
             pr.read_ctx = min(msg.ctx, self._read_ctx)
             self._release_reads()
@@ -961,6 +1007,9 @@ class RaftNode:
             self._mark_dirty(changed)
         last_new = prev + len(entries)
         self.commit = max(self.commit, min(msg.commit, last_new))
+        last = (self.log.last_index, self.log.last_term)
+        if last != self._last_entry:
+            self._last_entry, self._last_entry_ms = last, self._now
         self._send(sender, m.AppendReply(self.term, True, last_new, 0))
 
     def _on_heartbeat(self, sender: int, msg: m.Heartbeat) -> None:
@@ -1270,21 +1319,66 @@ class RaftNode:
     # --- leadership transfer ------------------------------------------------------------------
 
     def transfer_leadership(self, target: int) -> str | None:
-        """Start handing leadership to `target`; returns why not, or None."""
+        """An operator's request to hand leadership to `target`: None once the transfer has
+        started (not once leadership moved: the caller watches for that), else why not.
+
+        A leader that transfers proposes nothing, so each request costs the network commits:
+        requests signed by any client, re-sent every 300 ms naming a crashed member, cut a
+        healthy cluster to a tenth of its commits, each one restarting the transfer. So the
+        target must have acknowledged an append or heartbeat within the last election
+        timeout E (a member that is down or cut off is refused at once), a request while a
+        transfer is under way is refused (it does not restart it), and we accept at most one
+        per E, counting from our election too (leadership moves at most once per E on
+        request). A transfer we start is abandoned after E, as before."""
+        cfg = self.config
         if self.role != LEADER:
             return f"not the leader (leader: {self.leader})"
         if not 0 <= target < self.n:
             return f"no member {target}"
         if target == self.me:
             return "already the leader"
+        if self._transferee is not None:
+            return (
+                f"a transfer to member {self._transferee} is under way (abandoned in "
+                f"{self._transfer_deadline - self._now} ms if it does not complete)"
+            )
+        if self._now < self._transfer_allowed_ms:
+            return (
+                f"at most one transfer per election timeout ({cfg.election_ms} ms): "
+                f"try again in {self._transfer_allowed_ms - self._now} ms"
+            )
+        heard = self._progress[target].heard_ms
+        if heard is None or self._now - heard >= cfg.election_ms:
+            return (
+                f"member {target} acknowledged nothing within the last election timeout "
+                f"({cfg.election_ms} ms): it is down, cut off or restarting"
+            )
+        self._start_transfer(target)
+        return None
+
+    def _start_transfer(self, target: int) -> None:
+        """Stop proposing, bring `target` up to date, then send it TimeoutNow; abandoned at
+        the deadline (E). No checks: transfer_leadership makes them for operators."""
         self._transferee = target
         self._transfer_deadline = self._now + self.config.election_ms
-        pr = self._progress[target]
-        if pr.match == self.log.last_index:
-            self._send(target, m.TimeoutNow(self.term))
-        else:
-            self._replicate(target)
-        return None
+        self._transfer_allowed_ms = self._transfer_deadline
+        self._timeout_now_sent = False
+        self.last_transfer = ""
+        # A marker no-op: the entry TimeoutNow names must reach the target after the transfer
+        # began (its freshness bounds when the target may act on it, _on_timeout_now), and
+        # in an idle network the last entry is old.
+        self.log.append(Entry(self.term, self.log.last_index + 1))
+        self._mark_dirty(self.log.last_index)
+        self._replicate(target)
+
+    def _send_timeout_now(self, target: int) -> None:
+        cfg = self.config
+        if self._timeout_now_sent:
+            return  # one per transfer: a copy can only arrive later than the first
+        if self._now > self._transfer_deadline - cfg.election_ms // TIMEOUT_NOW_MARGIN_DIVISOR:
+            return  # too late: the target's window could outlast our deadline
+        self._timeout_now_sent = True
+        self._send(target, m.TimeoutNow(self.term, self.log.last_index))
 
     # --- output -------------------------------------------------------------------------------
 
@@ -1480,6 +1574,7 @@ class RaftNode:
             "log_entries": len(self.log),
             "progress": progress,
             "transferring_to": self._transferee,
+            "last_transfer": self.last_transfer,
             "pending_txs": len(self._pool),
             "pending_reads": len(self._reads) + len(self._reads_unready),
             "elections": self.elections,
