@@ -27,9 +27,10 @@ canonical msgpack array naming its kind first:
     READ-REPLY    ["read_reply", read_id, index, ok]
 
 An entry is [term, index, proposed_ms, leader, signature, [tx, ...]] for a batch, or
-[term, index] for a no-op (a new leader's first entry, a leadership transfer's marker). A batch entry carries its leader's
-signature over (chain id, term, index, batch digest) (ledger.certificates.raft_entry_body),
-so every node stores the same certificate beside the block it becomes.
+[term, index] for a no-op (a new leader's first entry, a leadership transfer's marker). A
+batch entry carries its leader's signature over (chain id, term, index, batch digest)
+(ledger.certificates.raft_entry_body), so every node stores the same certificate beside the
+block it becomes.
 
 `decode` checks shape only and raises only WireFormatError; the core decides the rest.
 """

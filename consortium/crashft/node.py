@@ -10,7 +10,8 @@ Events in, effects out, exactly like the PBFT core (DESIGN "Sans-IO consensus co
     node.receive(sender, msg)     a decoded peer message (or its frame); never raises
     node.propose(tx)              a client transaction; the leader checks it with tx_ok
     node.read(read_id)            a linearizable read: released as a ReadState(index) when safe
-    node.transfer_leadership(to)  maintenance: hand leadership to `to`
+    node.transfer_leadership(to)  maintenance: hand leadership to `to` (refused unless it is
+                                  live, none is under way, and none started within E)
     ready = node.take_ready()     persist ready.records (one fsync), then send ready.messages,
                                   then apply ready.committed / ready.install in order,
                                   reporting each with entry_applied() / installed()
@@ -61,6 +62,15 @@ the id its request carries counts up from a random start per process, so a reply
 read of its previous process never releases a new one.
 A deposed leader in a minority never gathers the echoes (and steps down within E), so it
 answers no read.
+
+Leadership transfer (thesis §3.10). A leader transferring proposes nothing, so an operator's
+request is accepted only for a target heard from within E, never while another is under way,
+and at most once per E counting from the election. The leader appends a no-op marker, catches
+the target up, and sends it TimeoutNow(term, last index) once, only while more than E/2 is left
+before it abandons the transfer at E; the target campaigns (voters ignore their lease for it)
+only if its log ends at that entry and the entry arrived at most E/4 before on its own clock. A
+TimeoutNow cannot be recalled: so it is honoured only while the leader still waits for it, and
+a copy delayed past the abandonment deposes nobody.
 
 Clients may contact any node: a follower forwards transactions to the leader and forwards them
 again if they are not committed within 2E or the leader changes; clients retransmit too, and

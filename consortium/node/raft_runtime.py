@@ -30,6 +30,7 @@ import trio
 from consortium.crashft import messages as raft_messages
 from consortium.crashft.messages import Entry, TransferredBlock
 from consortium.crashft.node import (
+    LEADER,
     RaftConfig,
     RaftNode,
     Ready,
@@ -47,6 +48,11 @@ from consortium.node.runtime import Node, ReadRefused
 
 READ_TIMEOUT_S = 5.0
 READS_WAITING_MAX = 10_000
+# Signed transfer requests carried out in the current term, remembered to refuse replays. The
+# core accepts at most one per election timeout, so this many cover that many timeouts of one
+# term (a transfer that succeeds moves the term on and clears them); a body older than that,
+# replayed, could start one more transfer to the target it names, no more than one per E.
+TRANSFERS_REMEMBERED_MAX = 64
 
 
 @dataclass(slots=True)
@@ -83,6 +89,8 @@ class RaftMember(Node):
         self._read_ids = itertools.count(1)
         self._pending_reads: dict[int, _PendingRead] = {}
         self._leader_logged: tuple[int, int | None] = (self.core.term, self.core.leader)
+        self._transfers_done: dict[bytes, None] = {}  # signed bodies carried out this term
+        self._transfers_term = self.core.term
 
     def _executed(self, tx_ids: list[bytes]) -> set[bytes]:
         """Which of a batch's ids our ledger executed, its last blocks written or not (the
@@ -132,7 +140,7 @@ class RaftMember(Node):
             core.read_abandoned(a)
         elif kind == "transfer":
             holder, answered = b
-            holder.append(core.transfer_leadership(a))
+            holder.append(self._transfer(*a))
             answered.set()
         else:
             raise AssertionError(f"unknown event {kind}")
@@ -328,10 +336,30 @@ class RaftMember(Node):
         finally:
             del self._pending_reads[read_id]
 
-    async def transfer_leadership(self, target: int) -> str | None:
+    def _transfer(self, target: int, term: int, body: bytes) -> str | None:
+        """A member-signed transfer request (service._maintenance_refusal checked the key and
+        signature), in the event loop, so the term it is checked against is the core's now."""
+        core = self.core
+        if core.role != LEADER:
+            return f"not the leader (leader: {core.leader})"
+        if term != core.term:
+            return f"signed for term {term}, but this member leads term {core.term}: sign it again"
+        if self._transfers_term != core.term:
+            self._transfers_done.clear()  # requests for earlier terms are refused above
+            self._transfers_term = core.term
+        if body in self._transfers_done:
+            return "a replay of a request already carried out"
+        why = core.transfer_leadership(target)
+        if why is None:
+            self._transfers_done[body] = None
+            while len(self._transfers_done) > TRANSFERS_REMEMBERED_MAX:
+                del self._transfers_done[next(iter(self._transfers_done))]
+        return why
+
+    async def transfer_leadership(self, target: int, term: int, body: bytes) -> str | None:
         answered = trio.Event()
         holder: list[str | None] = []
-        await self._events_send.send(("transfer", target, (holder, answered)))
+        await self._events_send.send(("transfer", (target, term, body), (holder, answered)))
         with trio.move_on_after(2.0):
             await answered.wait()
         return holder[0] if holder else "the node did not answer within 2 s"

@@ -3,12 +3,12 @@ time passes; nothing is random except each core's seeded election timeout.
 
 What the harness does is what the node runtime (and the simulator, node.sim.raft_cluster) does
 with each Ready, in the same order: check every log entry it persists (log matching), write its
-records to the member's durable dict (one "fsync") and report them persisted, queue its messages, apply its committed
-entries into the member's ledger with build_block (state machine safety), re-execute and store
-transferred blocks with replay_block, answer block fetches with blocks_reply, collect released
-and failed reads; then check election safety and leader completeness. The checker is the
-simulator's RaftChecker, so a test that drives a broken core into a violation gets the
-SafetyViolation the simulator would raise.
+records to the member's durable dict (one "fsync") and report them persisted, queue its
+messages, apply its committed entries into the member's ledger with build_block (state machine
+safety), re-execute and store transferred blocks with replay_block, answer block fetches with
+blocks_reply, collect released and failed reads; then check election safety and leader
+completeness. The checker is the simulator's RaftChecker, so a test that drives a broken core
+into a violation gets the SafetyViolation the simulator would raise.
 
 Members sign entries with the simulator's HMAC stand-in; client transactions are real,
 pre-signed once (node.sim.cluster.workload).

@@ -421,7 +421,9 @@ def test_leadership_transfer_with_check_quorum_on() -> None:
     assert all(g.node(i).commit == g.node(2).log.last_index for i in range(3))
 
 
-def test_a_transfer_to_a_member_that_acknowledged_nothing_for_an_election_timeout_is_refused() -> None:
+def test_a_transfer_to_a_member_that_acknowledged_nothing_for_an_election_timeout_is_refused() -> (
+    None
+):
     """A transfer stops the leader's proposals until it completes or is abandoned (E): one to
     a crashed member could only stall the network, and re-sent every 300 ms it cut a healthy
     cluster to a tenth of its commits. It is refused at once, and the leader leads on."""
@@ -437,7 +439,9 @@ def test_a_transfer_to_a_member_that_acknowledged_nothing_for_an_election_timeou
     assert g.transfer(0, 1) is None  # a live member is a target
 
 
-def test_a_transfer_request_while_one_is_under_way_is_refused_and_one_per_election_timeout() -> None:
+def test_a_transfer_request_while_one_is_under_way_is_refused_and_one_per_election_timeout() -> (
+    None
+):
     """Each request used to restart the transfer (and its deadline): a stream of them kept
     the leader from proposing for good. Now a request while one is under way is refused, it
     is abandoned at its first deadline, and the next is accepted an election timeout after the

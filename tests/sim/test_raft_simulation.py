@@ -1,8 +1,9 @@
 """The Raft simulation tier: unmodified RaftNode cores in the seeded simulator
 (node.sim.raft_cluster), for every fault mix of node.sim.raft_scenarios (lossy, crashes,
-partitions, mixed), 200 seeds at n=3 and 50 at n=5 per mix, and total-crash at n=1 and n=3. After every step the RaftChecker
-runs (election safety, log matching, leader completeness, state machine safety, linearizable
-reads); at the end every transaction is committed in identical ledgers.
+partitions, mixed), 200 seeds at n=3 and 50 at n=5 per mix, and total-crash at n=1 and n=3.
+After every step the RaftChecker runs (election safety, log matching, leader completeness,
+state machine safety, linearizable reads); at the end every transaction is committed in
+identical ledgers.
 
 Seeds run in chunks of 25 so a failure names its test, and the failure message names the seed
 and the mix; replay it with a readable trace:

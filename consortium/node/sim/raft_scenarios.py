@@ -19,6 +19,7 @@ everything restarts, and every transaction must commit into identical ledgers. T
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 from consortium.node.sim.checkers import LivenessViolation
 from consortium.node.sim.cluster import workload
@@ -55,7 +56,7 @@ def _crash_all(cluster: RaftSimCluster) -> None:
             cluster.crash_mid_write(i)  # at its next write
         else:
             cluster.crash(i)
-        cluster.at(back_ms, lambda i=i: _restart_after_crash(cluster, i))
+        cluster.at(back_ms, partial(_restart_after_crash, cluster, i))
 
 
 def _restart_after_crash(cluster: RaftSimCluster, i: int) -> None:
