@@ -788,13 +788,13 @@ class RaftNode:
             return
         # A TimeoutNow cannot be recalled: one delayed or duplicated past the leader's transfer
         # deadline made us campaign (voters ignore their lease for it) and deposed a leader
-        # that had given up the transfer and gone on leading. So it carries the leader's last
-        # entry, and we act only if our log ends exactly there and that entry reached us at
-        # most TIMEOUT_NOW_VALID_DIVISOR-th of E ago on our clock: we acknowledged it before
-        # the leader sent this, and the leader sends it only while more than
-        # TIMEOUT_NOW_MARGIN_DIVISOR-th of E is left of its deadline, so whatever we honour,
-        # we honour before the leader abandons (with that much to spare for ticks and clock
-        # rates). The leader appends a no-op when it starts a transfer, so that entry is fresh.
+        # that had given up the transfer and gone on leading. So it names the leader's last
+        # entry, and we act only if our log ends exactly there (nothing the leader appended
+        # since has reached us) and that entry reached us at most E/4 ago on our clock. We
+        # acknowledged that entry before the leader sent this, and the leader sends it only
+        # while more than E/2 is left before its deadline: whatever we honour, we honour before
+        # it abandons the transfer, E/4 to spare (tick granularity, clock rates). The leader
+        # appends a no-op when a transfer begins, so in an idle network that entry is fresh.
         point = (msg.index, msg.term)
         if (
             point != (self.log.last_index, self.log.last_term)
