@@ -127,6 +127,12 @@ class RaftMember(Node):
         kind, a, b = event
         core = self.core
         if kind == "peer":
+            if isinstance(b, raft_messages.TimeoutNow):
+                # Whether to campaign depends on how long ago our last entry arrived
+                # (RaftNode._on_timeout_now); events are handled with the time of the last
+                # tick, so after a pause (SIGSTOP, a stalled VM) one that waited in the queue
+                # while the leader gave the transfer up would be judged as of before the pause.
+                core.tick(*self._now())
             core.receive(a, b)
         elif kind == "propose":
             for tx in a:

@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import ClassVar
 
 import pytest
+import trio
+import trio.testing
 
 from consortium.cli.network import init_network
 from consortium.crashft.node import LEADER
@@ -102,3 +104,26 @@ def test_a_transfer_request_is_good_in_the_term_it_names_and_once(raft_member: R
     assert core.targets == [2, 2]
     core.role = "follower"
     assert "not the leader" in (raft_member._transfer(2, 6, body) or "")
+
+
+def test_a_timeout_now_that_waited_out_a_pause_is_judged_at_the_time_it_is_handled(
+    raft_member: RaftMember,
+) -> None:
+    """The target honours a TimeoutNow only if the entry it names arrived at most E/4 before
+    (the leader gives the transfer up at E). The loop hands the core events with the time of
+    its last tick: a member paused after that entry arrived judged a TimeoutNow that queued
+    meanwhile as if no time had passed, and campaigned against a leader that had given up."""
+    from consortium.crashft import messages as rm
+
+    async def main() -> str:
+        member = raft_member
+        core = member.core
+        core.tick(*member._now())
+        member._handle(("peer", 1, rm.Append(1, 0, 0, 0, (rm.Entry(1, 1),))))  # n2 leads
+        assert (core.role, core.leader, core.log.last_index) == ("follower", 1, 1)
+        await trio.sleep(core.config.election_ms / 2 / 1000)  # paused: no tick meanwhile
+        member._handle(("peer", 1, rm.TimeoutNow(1, 1)))
+        assert core.rejected["timeout_now_stale"] == 1
+        return core.role
+
+    assert trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0)) == "follower"
