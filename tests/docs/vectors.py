@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from consortium.crashft import messages as raft_messages
 from consortium.crypto.codec import pack
 from consortium.crypto.keys import KeyPair
 from consortium.crypto.merkle import inclusion_proof, leaf_hash, merkle_root
@@ -32,7 +33,6 @@ from consortium.ledger.certificates import (
 from consortium.ledger.genesis import Client, Genesis, Member, Params
 from consortium.ledger.state import Execution, KeyValueState, build_block
 from consortium.ledger.tx import Op, Put, Transaction
-from consortium.crashft import messages as raft_messages
 from consortium.node.api import bundle_for, read_body, transfer_body
 from consortium.node.framing import encode_frame
 from consortium.node.transport import handshake_transcript
