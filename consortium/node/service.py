@@ -302,7 +302,7 @@ class ClientService:
         """The term a maintenance request is signed for, or why it is refused: not signed by
         a member's key (a client key cannot move leadership), for another target, or addressed
         to another member. The term and replays are checked where the term lives, in the
-        event loop with the core (RaftMember.transfer_leadership)."""
+        event loop with the core (RaftMember._transfer)."""
         node = self.node
         try:
             target, term, key, addressed = api.decode_transfer_body(request.body)
