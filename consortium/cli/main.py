@@ -840,19 +840,29 @@ def status(
 @leader_app.command("transfer")
 def leader_transfer(
     to: Annotated[str, typer.Option("--to", help="The member to hand leadership to (name).")],
-    net: NetOpt = Path("net"),
+    home: Annotated[
+        Path | None,
+        typer.Option("--home", help="A member's home: its key (config/node_key.pem) signs."),
+    ] = None,
+    net: Annotated[
+        Path | None,
+        typer.Option(
+            "--net",
+            envvar="CONSORTIUM_NET",
+            help="Instead of --home: a network directory `consortium init` wrote, whose "
+            "first member home (nodes/) signs.",
+        ),
+    ] = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the new leader.")] = 10.0,
 ) -> None:
     """Raft maintenance: hand leadership to another member (TimeoutNow), e.g. before taking
-    the current leader down. Waits until the target reports that it leads."""
+    the current leader down. Signed with a member's key (CONSORTIUM_KEY_PASSPHRASE if it is
+    encrypted) for the leader's current term; a client key cannot move leadership. The leader
+    answers when it accepts the transfer (a target that acknowledged nothing for an election
+    timeout, or a transfer under way, is refused); this then waits until the target leads."""
     from consortium.node.client import ClientError, ConsortiumClient
 
-    try:
-        setup = load_client_setup(net)
-        options = setup.client_options()
-    except (NetworkError, GenesisError, InvalidKeyError) as exc:
-        raise _fail(str(exc)) from None
-    genesis = setup.genesis
+    genesis, keys, tls = _member_signer(home, net)
     if genesis.mode != "raft":
         raise _fail(
             "leadership transfer is a raft operation; in pbft the primary changes by "
@@ -864,18 +874,26 @@ def leader_transfer(
             f"--to: no member named {to!r} (members: {', '.join(m.name for m in genesis.members)})"
         )
 
-    keys = setup.keys()
-    if not keys:
-        raise _fail(f"{net / 'client.toml'}: a leadership transfer is signed with a client key")
-
     async def main() -> str:
-        async with ConsortiumClient(genesis, keys[0], **options) as c:
+        async with ConsortiumClient(genesis, keys, tls_keys=keys if tls else None) as c:
             await c.wait_connected(timeout_s=min(timeout, 5.0))
-            leader = await c.find_leader(timeout_s=timeout)
-            if leader == target.index:
-                return f"{to} already leads"
-            await c.transfer_leadership(leader, target.index, timeout_s=timeout)
             with trio.fail_after(timeout):
+                while True:
+                    leader = await c.find_leader(timeout_s=timeout)
+                    if leader == target.index:
+                        return f"{to} already leads"
+                    term = (await c.status(leader)).get("term")
+                    if not isinstance(term, int):
+                        continue
+                    try:
+                        await c.transfer_leadership(leader, target.index, term, timeout_s=timeout)
+                        break
+                    except ClientError as exc:
+                        # Leadership moved between our status request and the transfer
+                        # request: sign again for the new leader's term.
+                        if "sign it again" not in str(exc) and "not the leader" not in str(exc):
+                            raise
+                    await trio.sleep(0.05)
                 while True:
                     s = await c.status(target.index)
                     if s.get("role") == "leader":
@@ -890,6 +908,44 @@ def leader_transfer(
         raise _fail(str(exc), EXIT_FAILED) from None
     except trio.TooSlowError:
         raise _fail(f"{to} did not become leader within {timeout:g} s", EXIT_FAILED) from None
+
+
+def _member_signer(home: Path | None, net: Path | None) -> tuple[Genesis, KeyPair, bool]:
+    """(genesis, a member's keys, whether its client port uses TLS) from --home, or from the
+    first member home of a network directory `consortium init` wrote; a one-line error for
+    anything else (a client key never signs a leadership transfer)."""
+    from consortium.cli.deployment import key_passphrase
+    from consortium.cli.network import node_homes
+    from consortium.node.config import load_config, load_identity
+
+    if home is None and net is not None:
+        try:
+            homes = node_homes(net)
+        except NetworkError:
+            homes = []
+        if not homes:
+            raise _fail(
+                f"{net} holds no member home (nodes/): a leadership transfer is signed by a "
+                "member's key, never a client's; run it with --home MEMBER_HOME"
+            )
+        home = homes[0]
+    if home is None:
+        raise _fail("sign it with a member's key: --home MEMBER_HOME")
+    passphrase = key_passphrase()
+    try:
+        identity = load_identity(home, passphrase)
+    except ConfigError as exc:
+        with contextlib.suppress(ConfigError, GenesisError, InvalidKeyError, OSError):
+            config = load_config(home)
+            public = KeyPair.load(config.key_path, passphrase).public
+            clients = {c.public_key: c.name for c in Genesis.load(config.genesis_path).clients}
+            if public in clients:
+                raise _fail(
+                    f"{config.key_path} is client {clients[public]!r}'s key: a leadership "
+                    "transfer is signed by a member's key, never a client's"
+                ) from None
+        raise _fail(str(exc)) from None
+    return identity.genesis, identity.keys, identity.config.tls_client
 
 
 @ledger_app.command("verify")

@@ -20,15 +20,17 @@ canonical msgpack array naming its kind first:
                   "entries up to index are compacted: fetch blocks up to height"
     FETCH         ["fetch", term, from_height, to_height]
     BLOCKS        ["blocks", term, [[header, [tx, ...], certificate], ...]]
-    TIMEOUT-NOW   ["timeout_now", term]                leadership transfer: campaign now
+    TIMEOUT-NOW   ["timeout_now", term, index]         leadership transfer: campaign now, if
+                  your log ends at (index, term) and you received that entry moments ago
     FORWARD       ["forward", [tx, ...]]               a follower's client transactions
     READ          ["read", read_id]                    a follower asks the leader for a read index
     READ-REPLY    ["read_reply", read_id, index, ok]
 
 An entry is [term, index, proposed_ms, leader, signature, [tx, ...]] for a batch, or
-[term, index] for the no-op a new leader appends. A batch entry carries its leader's
-signature over (chain id, term, index, batch digest) (ledger.certificates.raft_entry_body),
-so every node stores the same certificate beside the block it becomes.
+[term, index] for a no-op (a new leader's first entry, a leadership transfer's marker). A
+batch entry carries its leader's signature over (chain id, term, index, batch digest)
+(ledger.certificates.raft_entry_body), so every node stores the same certificate beside the
+block it becomes.
 
 `decode` checks shape only and raises only WireFormatError; the core decides the rest.
 """
@@ -201,6 +203,7 @@ class Blocks:
 @dataclass(frozen=True, slots=True)
 class TimeoutNow:
     term: int
+    index: int  # the leader's last entry, which the target must hold as its own last
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,7 +277,7 @@ def encode(msg: Message) -> bytes:
         case Blocks():
             return pack(["blocks", msg.term, [b.to_array() for b in msg.blocks]])
         case TimeoutNow():
-            return pack(["timeout_now", msg.term])
+            return pack(["timeout_now", msg.term, msg.index])
         case Forward():
             return pack(["forward", [t.to_array() for t in msg.txs]])
         case Read():
@@ -294,7 +297,7 @@ _SHAPES = {
     "snapshot": 6,
     "fetch": 4,
     "blocks": 3,
-    "timeout_now": 2,
+    "timeout_now": 3,
     "forward": 2,
     "read": 2,
     "read_reply": 4,
@@ -385,7 +388,7 @@ def decode(frame: bytes, params: Params) -> Message:
                 )
             return Blocks(as_int(a[1], "term"), tuple(blocks))
         case "timeout_now":
-            return TimeoutNow(as_int(a[1], "term"))
+            return TimeoutNow(as_int(a[1], "term"), as_int(a[2], "index"))
         case "forward":
             raw = as_list(a[1], what="forwarded transactions")
             if len(raw) > ENTRIES_PER_APPEND_MAX:

@@ -10,10 +10,12 @@ Events in, effects out, exactly like the PBFT core (DESIGN "Sans-IO consensus co
     node.receive(sender, msg)     a decoded peer message (or its frame); never raises
     node.propose(tx)              a client transaction; the leader checks it with tx_ok
     node.read(read_id)            a linearizable read: released as a ReadState(index) when safe
-    node.transfer_leadership(to)  maintenance: hand leadership to `to`
+    node.transfer_leadership(to)  maintenance: hand leadership to `to` (refused unless it is
+                                  live, none is under way, and none started within E)
     ready = node.take_ready()     persist ready.records (one fsync), then send ready.messages,
                                   then apply ready.committed / ready.install in order,
                                   reporting each with entry_applied() / installed()
+    node.persisted(index, term)   the write of a Ready's records is durable: ready.log_end
 
 Roles. A follower whose randomised election timer ([E, 2E)) fires first runs a PreVote round
 for term+1 without changing its term; only a majority of "I would vote for you" answers make it
@@ -25,10 +27,11 @@ ignores vote requests (its lease), unless they come from a leadership transfer (
 Replication. Per follower a Progress in one of three states: PROBE (one AppendEntries at a
 time until the follower's log matches), REPLICATE (optimistic pipelining: up to inflight_max
 appends in flight, each at most append_bytes_max), SNAPSHOT (the entries it needs are
-compacted: it fetches blocks). A leader counts itself only for entries it has handed to the
-shell for its own fsync (the shell persists a Ready's records before anything else of it), and
-commits by counting only entries of its own term (Figure 8); it appends a no-op on election so
-earlier entries commit promptly.
+compacted: it fetches blocks). A leader counts itself only for entries the shell reported
+durable with persisted() (etcd's storage-append acknowledgement), at every n: counting what it
+merely handed to its write made a single member commit, and its shell acknowledge, an entry
+that a power cut during that write then lost. It commits by counting only entries of its own
+term (Figure 8); it appends a no-op on election so earlier entries commit promptly.
 
 Entries and blocks. A batch entry is one block; the leader signs (chain id, term, index, batch
 digest) when it creates the entry, so the certificate travels inside the entry and every node
@@ -54,9 +57,20 @@ application state: nothing but blocks is copied.
 Reads (ReadIndex, thesis §6.4). The leader serves a read only once an entry of its own term
 is committed; it notes the commit index, confirms it still leads with a heartbeat round whose
 context a majority echoes, and releases ReadState(read_id, index): the shell answers when its
-ledger has applied that index. A follower asks the leader for the index and waits the same way.
+ledger has applied that index. A follower asks the leader for the index and waits the same way;
+the id its request carries counts up from a random start per process, so a reply meant for a
+read of its previous process never releases a new one.
 A deposed leader in a minority never gathers the echoes (and steps down within E), so it
 answers no read.
+
+Leadership transfer (thesis §3.10). A leader transferring proposes nothing, so an operator's
+request is accepted only for a target heard from within E, never while another is under way,
+and at most once per E counting from the election. The leader appends a no-op marker, catches
+the target up, and sends it TimeoutNow(term, last index) once, only while more than E/2 is left
+before it abandons the transfer at E; the target campaigns (voters ignore their lease for it)
+only if its log ends at that entry and the entry arrived at most E/4 before on its own clock. A
+TimeoutNow cannot be recalled: so it is honoured only while the leader still waits for it, and
+a copy delayed past the abandonment deposes nobody.
 
 Clients may contact any node: a follower forwards transactions to the leader and forwards them
 again if they are not committed within 2E or the leader changes; clients retransmit too, and
@@ -70,7 +84,7 @@ inflight_max, log compaction).
 from __future__ import annotations
 
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -104,6 +118,15 @@ HARD_KEY = b"raft/hard"
 SNAP_KEY = b"raft/snap"
 LOG_PREFIX = b"raft/log/"
 COMMIT_NOTICE_MS = 5  # RaftConfig.commit_notice_ms from genesis (at most a heartbeat interval)
+# Leadership transfer: the leader sends TimeoutNow only while more than E/2 is left before it
+# abandons the transfer, and the target honours it only if the entry it names reached it at
+# most E/4 before: so a target campaigns only while the leader still waits for it, E/4 to
+# spare (the shell's tick granularity, clock rates).
+TIMEOUT_NOW_MARGIN_DIVISOR = 2
+TIMEOUT_NOW_VALID_DIVISOR = 4
+# Forwarded read ids start at a random point below 2**62 (a process never counts its way to
+# the wire limit of 2**63 - 1); two processes' ranges overlap with odds of about reads / 2**62.
+READ_ID_SPREAD_SHIFT = 2
 
 
 def log_key(index: int) -> bytes:
@@ -231,8 +254,8 @@ class Outbound:
     frame: bytes
     # May leave before this Ready's records are durable: a leader's AppendEntries and
     # heartbeats (Raft thesis 10.2.1: the leader writes its log in parallel with replicating
-    # it; it counts itself only for entries handed to its own write, and it processes no
-    # acknowledgement before that write is done). Votes and acknowledgements never are.
+    # it; it counts itself only for entries the shell reported durable with persisted()).
+    # Votes and acknowledgements never are.
     early: bool = False
 
 
@@ -263,6 +286,9 @@ class Ready:
     serve: list[Serve]
     reads: list[ReadState]
     read_failures: list[tuple[int, str]]
+    # (index, term) of the log's last entry when these records were taken, None without
+    # records: once they are durable the shell reports node.persisted(*log_end).
+    log_end: tuple[int, int] | None = None
 
     def __bool__(self) -> bool:
         return bool(
@@ -296,6 +322,7 @@ def merge(first: Ready, then: Ready) -> Ready:
         serve=first.serve + then.serve,
         reads=first.reads + then.reads,
         read_failures=first.read_failures + then.read_failures,
+        log_end=then.log_end or first.log_end,
     )
 
 
@@ -314,6 +341,7 @@ class Progress:
     snapshot_sent_ms: int = 0
     last_progress_ms: int = 0
     read_ctx: int = 0  # highest heartbeat context it echoed this term
+    heard_ms: int | None = None  # its last append or heartbeat reply this term
 
 
 @dataclass(slots=True)
@@ -351,13 +379,18 @@ class RaftNode:
         *,
         tx_ok: Callable[[Transaction], bool] = lambda tx: True,
         recovered: RecoveredState | None = None,
+        executed: Callable[[list[bytes]], Collection[bytes]] = lambda tx_ids: (),
     ) -> None:
+        """`tx_ok`: may the leader order this transaction (its signature). `executed`: which of
+        these ids the shell's ledger has executed, its last blocks written or not (a leader
+        orders none of them again)."""
         assert 0 <= config.me < config.n
         self.config = config
         self.me = config.me
         self.n = config.n
         self._signer = signer
         self._tx_ok = tx_ok
+        self._executed = executed
         rec = recovered or RecoveredState()
         self.term = rec.term
         self.voted_for = rec.voted_for
@@ -378,6 +411,9 @@ class RaftNode:
         self._disk_first = rec.entries[0].index if rec.entries else self.log.first_index
         self._disk_last = rec.entries[-1].index if rec.entries else self.log.last_index
         self._dirty_from: int | None = None
+        # The last index of the log as far as it is durable (recovered entries are; the shell
+        # reports later writes with persisted()): what the leader counts itself for.
+        self._stable_last = self.log.last_index
         self._hard_dirty = False
         self._snap_dirty = False
         if self.log.term_at(self.applied) != rec.applied_term:
@@ -400,9 +436,15 @@ class RaftNode:
 
         self._votes: dict[int, bool] = {}
         self._progress: dict[int, Progress] = {}
-        self._stable_last = self.log.last_index
         self._transferee: int | None = None
         self._transfer_deadline = 0
+        self._timeout_now_sent = False
+        self._transfer_allowed_ms = 0  # no operator's transfer accepted before (one per E)
+        self.last_transfer = ""  # how the last transfer we started ended, if it did not
+        # When the last entry of our log, (index, term), first arrived here: a TimeoutNow is
+        # honoured only while that is recent (_on_timeout_now).
+        self._last_entry = (self.log.last_index, self.log.last_term)
+        self._last_entry_ms: int | None = None
         self._commit_dirty = False
 
         self._pool: dict[bytes, _Pending] = {}
@@ -413,7 +455,14 @@ class RaftNode:
         self._reads: deque[_Read] = deque()
         self._reads_unready: deque[tuple[int, int]] = deque()  # (requester, read_id)
         self._read_heartbeat = False
-        self._forwarded_reads: set[int] = set()
+        # Reads forwarded to the leader, by the id they carry on the wire -> the shell's read
+        # id. Wire ids count up from a random start drawn from the seed (a new one for each
+        # process): a ReadReply to a read of this member's previous process, matched by id
+        # alone, released a read issued after the restart at an index older than it.
+        self._forwarded_reads: dict[int, int] = {}
+        self._read_wire_next = 1 + (
+            int.from_bytes(sha256(config.seed + b"/read ids")[:8], "big") >> READ_ID_SPREAD_SHIFT
+        )
 
         self._out: list[Outbound] = []
         self._install_out: list[TransferredBlock] = []
@@ -488,6 +537,16 @@ class RaftNode:
             for p in self._others():
                 self._progress[p].recent_active = False
         if self._transferee is not None and self._now >= self._transfer_deadline:
+            self.last_transfer = (
+                f"term {self.term}: transfer to member {self._transferee} abandoned after "
+                f"{cfg.election_ms} ms ("
+                + (
+                    "it did not campaign"
+                    if self._timeout_now_sent
+                    else "it did not catch up in time"
+                )
+                + ")"
+            )
             self._transferee = None
         for p in self._others():
             pr = self._progress[p]
@@ -701,12 +760,19 @@ class RaftNode:
             for p in self._others()
         }
         self._check_quorum_due = self._now + self.config.election_ms
+        self._transfer_allowed_ms = self._now + self.config.election_ms
         self._read_ctx = 0
         self._uncommitted_ids = {
             tx.id
             for i in range(self.commit + 1, self.log.last_index + 1)
             for tx in self.log.entry(i).txs
         }
+        # Those commit with our log (a leader commits all of it once an entry of its term
+        # does): ordering them again made duplicate entries. _stop_leading put them back in
+        # the pool in case another leader's log lacked them.
+        for i in range(self.commit + 1, self.log.last_index + 1):
+            for tx in self.log.entry(i).txs:
+                self._pool.pop(tx.id, None)
         # Transactions we were forwarding are ours to order now.
         for pending in self._pool.values():
             pending.forwarded_ms = None
@@ -719,6 +785,25 @@ class RaftNode:
     def _on_timeout_now(self, sender: int, msg: m.TimeoutNow) -> None:
         if self.role == LEADER or sender != self.leader:
             self.rejected["timeout_now_not_from_leader"] += 1
+            return
+        # A TimeoutNow cannot be recalled: one delayed or duplicated past the leader's transfer
+        # deadline made us campaign (voters ignore their lease for it) and deposed a leader
+        # that had given up the transfer and gone on leading. So it names the leader's last
+        # entry, and we act only if our log ends exactly there (nothing the leader appended
+        # since has reached us) and that entry reached us at most E/4 ago on our clock. We
+        # acknowledged that entry before the leader sent this, and the leader sends it only
+        # while more than E/2 is left before its deadline: whatever we honour, we honour before
+        # it abandons the transfer, E/4 to spare (tick granularity, clock rates). The leader
+        # appends a no-op when a transfer begins, so in an idle network that entry is fresh.
+        point = (msg.index, msg.term)
+        if (
+            point != (self.log.last_index, self.log.last_term)
+            or point != self._last_entry
+            or self._last_entry_ms is None
+            or self._now - self._last_entry_ms
+            > self.config.election_ms // TIMEOUT_NOW_VALID_DIVISOR
+        ):
+            self.rejected["timeout_now_stale"] += 1
             return
         self.last_election_reason = f"leadership transferred by {sender}"
         self._campaign(pre=False, transfer=True)
@@ -791,6 +876,7 @@ class RaftNode:
             return
         pr = self._progress[sender]
         pr.recent_active = True
+        pr.heard_ms = self._now
         if msg.success:
             if msg.index > self.log.last_index:
                 self.rejected["append_reply_beyond_log"] += 1
@@ -810,7 +896,7 @@ class RaftNode:
                 self._commit_dirty = True
             self._replicate(sender)
             if sender == self._transferee and pr.match == self.log.last_index:
-                self._send(sender, m.TimeoutNow(self.term))
+                self._send_timeout_now(sender)
             return
         # A rejection: msg.index is the prev_index it refused, msg.hint where its log can
         # match ours (at most its last index).
@@ -842,7 +928,7 @@ class RaftNode:
 
     def _maybe_commit(self) -> bool:
         """Commit by counting, only entries of our own term (Figure 8); we count ourselves
-        for what we handed to our own fsync."""
+        for what the shell reported durable (persisted)."""
         matches = sorted(
             [self._stable_last] + [self._progress[p].match for p in self._others()],
             reverse=True,
@@ -868,6 +954,7 @@ class RaftNode:
             return
         pr = self._progress[sender]
         pr.recent_active = True
+        pr.heard_ms = self._now
         if msg.ctx > pr.read_ctx:
             pr.read_ctx = min(msg.ctx, self._read_ctx)
             self._release_reads()
@@ -930,6 +1017,9 @@ class RaftNode:
             self._mark_dirty(changed)
         last_new = prev + len(entries)
         self.commit = max(self.commit, min(msg.commit, last_new))
+        last = (self.log.last_index, self.log.last_term)
+        if last != self._last_entry:
+            self._last_entry, self._last_entry_ms = last, self._now
         self._send(sender, m.AppendReply(self.term, True, last_new, 0))
 
     def _on_heartbeat(self, sender: int, msg: m.Heartbeat) -> None:
@@ -939,8 +1029,10 @@ class RaftNode:
         self._send(sender, m.HeartbeatReply(self.term, msg.ctx))
 
     def _mark_dirty(self, index: int) -> None:
+        """The log changed from `index` on: those entries are to be written, so not durable."""
         if self._dirty_from is None or index < self._dirty_from:
             self._dirty_from = index
+        self._stable_last = min(self._stable_last, index - 1)
 
     # --- snapshots ----------------------------------------------------------------------------
 
@@ -1140,6 +1232,15 @@ class RaftNode:
                     continue
                 txs.append(tx)
                 size += tx.size
+            if txs:
+                # An id leaves _uncommitted_ids when its entry commits, and the shell applies
+                # the entry in that same Ready: from then on only its ledger knows it, and a
+                # client's resubmission that met a block still being written (the client port
+                # sees only what is durable) or a follower's late forward came back here.
+                done = self._executed([t.id for t in txs])
+                if done:
+                    self.rejected["tx_executed"] += sum(1 for t in txs if t.id in done)
+                    txs = [t for t in txs if t.id not in done]
             if not txs:
                 continue
             index = self.log.last_index + 1
@@ -1162,14 +1263,19 @@ class RaftNode:
             if len(self._forwarded_reads) >= self.config.reads_max:
                 self._read_failures.append((read_id, "overloaded: too many reads waiting"))
                 return
-            self._forwarded_reads.add(read_id)
-            self._send(self.leader, m.Read(read_id))
+            wire_id = self._read_wire_next
+            self._read_wire_next += 1
+            self._forwarded_reads[wire_id] = read_id
+            self._send(self.leader, m.Read(wire_id))
         else:
             self._read_failures.append((read_id, "no leader: an election is in progress"))
 
     def read_abandoned(self, read_id: int) -> None:
         """The shell gave up waiting (its timeout): forget a forwarded read."""
-        self._forwarded_reads.discard(read_id)
+        for wire_id, mine in self._forwarded_reads.items():
+            if mine == read_id:
+                del self._forwarded_reads[wire_id]
+                return
 
     def _leader_read(self, requester: int, read_id: int) -> None:
         if len(self._reads) + len(self._reads_unready) >= self.config.reads_max:
@@ -1212,32 +1318,77 @@ class RaftNode:
         self._leader_read(sender, msg.read_id)
 
     def _on_read_reply(self, sender: int, msg: m.ReadReply) -> None:
-        if msg.read_id not in self._forwarded_reads:
-            return
-        self._forwarded_reads.discard(msg.read_id)
+        read_id = self._forwarded_reads.pop(msg.read_id, None)
+        if read_id is None:
+            return  # abandoned, answered already, or a read of an earlier process of ours
         if msg.ok:
-            self._ready_reads.append(ReadState(msg.read_id, msg.index))
+            self._ready_reads.append(ReadState(read_id, msg.index))
         else:
-            self._read_failures.append((msg.read_id, f"member {sender} is no longer the leader"))
+            self._read_failures.append((read_id, f"member {sender} is no longer the leader"))
 
     # --- leadership transfer ------------------------------------------------------------------
 
     def transfer_leadership(self, target: int) -> str | None:
-        """Start handing leadership to `target`; returns why not, or None."""
+        """An operator's request to hand leadership to `target`: None once the transfer has
+        started (not once leadership moved: the caller watches for that), else why not.
+
+        A leader that transfers proposes nothing, so each request costs the network commits:
+        requests signed by any client, re-sent every 300 ms naming a crashed member, cut a
+        healthy cluster to a tenth of its commits, each one restarting the transfer. So the
+        target must have acknowledged an append or heartbeat within the last election
+        timeout E (a member that is down or cut off is refused at once), a request while a
+        transfer is under way is refused (it does not restart it), and we accept at most one
+        per E, counting from our election too (leadership moves at most once per E on
+        request). A transfer we start is abandoned after E, as before."""
+        cfg = self.config
         if self.role != LEADER:
             return f"not the leader (leader: {self.leader})"
         if not 0 <= target < self.n:
             return f"no member {target}"
         if target == self.me:
             return "already the leader"
+        if self._transferee is not None:
+            return (
+                f"a transfer to member {self._transferee} is under way (abandoned in "
+                f"{self._transfer_deadline - self._now} ms if it does not complete)"
+            )
+        if self._now < self._transfer_allowed_ms:
+            return (
+                f"at most one transfer per election timeout ({cfg.election_ms} ms): "
+                f"try again in {self._transfer_allowed_ms - self._now} ms"
+            )
+        heard = self._progress[target].heard_ms
+        if heard is None or self._now - heard >= cfg.election_ms:
+            return (
+                f"member {target} acknowledged nothing within the last election timeout "
+                f"({cfg.election_ms} ms): it is down, cut off or restarting"
+            )
+        self._start_transfer(target)
+        return None
+
+    def _start_transfer(self, target: int) -> None:
+        """Stop proposing, bring `target` up to date, then send it TimeoutNow; abandoned at
+        the deadline (E). No checks: transfer_leadership makes them for operators."""
         self._transferee = target
         self._transfer_deadline = self._now + self.config.election_ms
-        pr = self._progress[target]
-        if pr.match == self.log.last_index:
-            self._send(target, m.TimeoutNow(self.term))
-        else:
-            self._replicate(target)
-        return None
+        self._transfer_allowed_ms = self._transfer_deadline
+        self._timeout_now_sent = False
+        self.last_transfer = ""
+        # A marker no-op: the entry TimeoutNow names must reach the target after the transfer
+        # began (its freshness bounds when the target may act on it, _on_timeout_now), and
+        # in an idle network the last entry is old.
+        self.log.append(Entry(self.term, self.log.last_index + 1))
+        self._mark_dirty(self.log.last_index)
+        self._replicate(target)
+
+    def _send_timeout_now(self, target: int) -> None:
+        cfg = self.config
+        if self._timeout_now_sent:
+            return  # one per transfer: a copy can only arrive later than the first
+        if self._now > self._transfer_deadline - cfg.election_ms // TIMEOUT_NOW_MARGIN_DIVISOR:
+            return  # too late: the target's window could outlast our deadline
+        self._timeout_now_sent = True
+        self._send(target, m.TimeoutNow(self.term, self.log.last_index))
 
     # --- output -------------------------------------------------------------------------------
 
@@ -1257,7 +1408,7 @@ class RaftNode:
             self._forward()
         self._maybe_compact()
         records = self._records()
-        self._stable_last = self.log.last_index
+        log_end = (self.log.last_index, self.log.last_term) if records else None
         if self.role == LEADER:
             if self._maybe_commit():
                 self._commit_dirty = True
@@ -1321,6 +1472,7 @@ class RaftNode:
             serve=self._serve,
             reads=self._ready_reads,
             read_failures=self._read_failures,
+            log_end=log_end,
         )
         self._out = []
         self._install_out = []
@@ -1328,6 +1480,18 @@ class RaftNode:
         self._ready_reads = []
         self._read_failures = []
         return ready
+
+    def persisted(self, index: int, term: int) -> None:
+        """The shell's write of a Ready's records is durable, that Ready's log_end being
+        (index, term): our log up to `index` is on disk (writes complete in order). Only now
+        does a leader count itself for those entries, at every n: a single member commits an
+        entry here, never in the Ready that first writes it."""
+        if self.log.term_at(index) != term:
+            return  # overwritten since (a new leader's entries): a later Ready reports them
+        if index > self._stable_last:
+            self._stable_last = index
+            if self.role == LEADER and self._maybe_commit():
+                self._commit_dirty = True
 
     def _commit_notice(self, peer: int) -> None:
         """Tell `peer` the new commit index: with the next append, or alone once
@@ -1420,6 +1584,7 @@ class RaftNode:
             "log_entries": len(self.log),
             "progress": progress,
             "transferring_to": self._transferee,
+            "last_transfer": self.last_transfer,
             "pending_txs": len(self._pool),
             "pending_reads": len(self._reads) + len(self._reads_unready),
             "elections": self.elections,

@@ -11,8 +11,8 @@ so status travels as a JSON string).
                ["status", req_id]                  a JSON string
                ["watch", req_id, [tx_id, ...]]     push these receipts when they execute
                ["transfer", req_id, target, body, sig]   raft maintenance, signed (MAINTENANCE)
-                                                   over pack(["transfer", target, issued_ms,
-                                                   key]) by an admitted client or a member
+                                                   over pack(["transfer", target, term, key,
+                                                   addressed]) by a member's key only
                ["clients", req_id]                 the admitted clients and pending changes
                ["follow", req_id, from_height, credit]
                                                    stream committed blocks from from_height on
@@ -182,9 +182,11 @@ class WatchRequest:
 @dataclass(frozen=True, slots=True)
 class TransferRequest:
     """Maintenance (raft): hand leadership to member `target` (its index in genesis). Signed
-    (Domain.MAINTENANCE) by an admitted client or a member over `transfer_body`: the client
-    port is reachable by anyone who can reach the member, so an unsigned, stale or replayed
-    request is refused."""
+    (Domain.MAINTENANCE) by a member's key over `transfer_body`: the client port is reachable
+    by anyone who can reach the member and a leader transferring proposes nothing, so a
+    request signed by a client key, for another term, or already carried out is refused. The
+    reply comes when the leader accepted the request (the transfer has begun), not once
+    leadership moved."""
 
     req_id: int
     target: int
@@ -192,24 +194,25 @@ class TransferRequest:
     signature: bytes
 
 
-MAINTENANCE_SKEW_MS = 60_000  # a maintenance request is accepted this close to our clock
-
-
-def transfer_body(target: int, issued_ms: int, signer_key: bytes, addressed: int) -> bytes:
-    """The signed body of a transfer request to member `addressed` (the leader asked): naming
-    it binds the signature to that member, so a request seen on the wire cannot be replayed
-    at another member (each remembers only the bodies it carried out itself)."""
-    return pack(["transfer", target, issued_ms, signer_key, addressed])
+def transfer_body(target: int, term: int, signer_key: bytes, addressed: int) -> bytes:
+    """The signed body of a transfer request to member `addressed` (the leader asked) in its
+    current `term`. Freshness comes from the term, not from a clock: a leader accepts only a
+    request for the term it leads (a leader whose wall clock is wrong is the very one an
+    operator needs to move, and a timestamp check refused it), a transfer carried out moves
+    the term on, and within a term the leader refuses a body it already carried out. Naming
+    `addressed` binds the signature to that member, so a request seen on the wire cannot be
+    replayed at another member."""
+    return pack(["transfer", target, term, signer_key, addressed])
 
 
 def decode_transfer_body(body: bytes) -> tuple[int, int, bytes, int]:
-    """(target, issued_ms, signer key, addressed member); raises WireFormatError."""
+    """(target, term, signer key, addressed member); raises WireFormatError."""
     a = as_list(unpack_canonical(body, max_len=256), 5, "transfer body")
     if a[0] != "transfer":
         raise WireFormatError("transfer body: not a transfer")
     return (
         as_int(a[1], "target", hi=1 << 16),
-        as_int(a[2], "issued_ms"),
+        as_int(a[2], "term"),
         as_bytes(a[3], "key", size=32),
         as_int(a[4], "addressed member", hi=1 << 16),
     )

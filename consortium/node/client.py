@@ -935,12 +935,17 @@ class ConsortiumClient:
                 await trio.sleep(0.05)
         raise ClientError(f"no member reported itself leader within {timeout_s:g} s")
 
-    async def transfer_leadership(self, leader: int, target: int, timeout_s: float = 5.0) -> None:
-        """raft maintenance: ask `leader` to hand leadership to `target` (TimeoutNow)."""
+    async def transfer_leadership(
+        self, leader: int, target: int, term: int, timeout_s: float = 5.0
+    ) -> None:
+        """raft maintenance: ask `leader`, which leads `term`, to hand leadership to `target`
+        (TimeoutNow). Signed with this client's keys, which must be a member's: members refuse
+        a transfer signed by a client key. Returns once the leader accepted the request (the
+        transfer has begun), not once leadership moved."""
         if self.keys is None:
-            raise ClientError("leadership transfer is signed: this client needs a key")
+            raise ClientError("leadership transfer is signed: this client needs a member's key")
         key = self.keys.public
-        body = transfer_body(target, int(time.time() * 1000), key, leader)
+        body = transfer_body(target, term, key, leader)
         signature = Ed25519Signer(self.keys).sign(Domain.MAINTENANCE, self.chain_id, body)
         await self._request(leader, "transfer", target, body, signature, timeout_s=timeout_s)
 

@@ -5,7 +5,8 @@ Each Ready is carried out in the order the core requires (crashft/node.py):
     1. apply committed entries into blocks (a no-op entry makes none) and re-execute
        transferred blocks, checking each reproduces the header the leader sent
     2. ONE durable write (fsync): the core's records (term, vote, log entries, compaction
-       point) with the new blocks, their leader certificates and our block signatures
+       point) with the new blocks, their leader certificates and our block signatures; then
+       core.persisted(), after which (never before) the leader counts its own new entries
     3. send the core's messages (a vote or an append acknowledgement is on disk first)
     4. tell waiting clients, answer block fetches from the store, release ReadIndex reads
        once the ledger has applied their index
@@ -29,6 +30,7 @@ import trio
 from consortium.crashft import messages as raft_messages
 from consortium.crashft.messages import Entry, TransferredBlock
 from consortium.crashft.node import (
+    LEADER,
     RaftConfig,
     RaftNode,
     Ready,
@@ -41,11 +43,16 @@ from consortium.crypto.codec import WireFormatError
 from consortium.crypto.signing import Domain
 from consortium.ledger.block import Block
 from consortium.ledger.certificates import SignedVote, block_signature_body
-from consortium.ledger.state import Execution, build_block
+from consortium.ledger.state import CachedTable, Execution, build_block
 from consortium.node.runtime import Node, ReadRefused
 
 READ_TIMEOUT_S = 5.0
 READS_WAITING_MAX = 10_000
+# Signed transfer requests carried out in the current term, remembered to refuse replays. The
+# core accepts at most one per election timeout, so this many cover that many timeouts of one
+# term (a transfer that succeeds moves the term on and clears them); a body older than that,
+# replayed, could start one more transfer to the target it names, no more than one per E.
+TRANSFERS_REMEMBERED_MAX = 64
 
 
 @dataclass(slots=True)
@@ -76,11 +83,23 @@ class RaftMember(Node):
             self.signer,
             tx_ok=self.tx_cache.check,
             recovered=recovered,
+            executed=self._executed,
         )
         self.applied_index = recovered.applied_index
         self._read_ids = itertools.count(1)
         self._pending_reads: dict[int, _PendingRead] = {}
         self._leader_logged: tuple[int, int | None] = (self.core.term, self.core.leader)
+        self._transfers_done: dict[bytes, None] = {}  # signed bodies carried out this term
+        self._transfers_term = self.core.term
+
+    def _executed(self, tx_ids: list[bytes]) -> set[bytes]:
+        """Which of a batch's ids our ledger executed, its last blocks written or not (the
+        application state has every block applied; the client port sees only the store)."""
+        replay = self.app.replay
+        if isinstance(replay, CachedTable):
+            # One query for the batch; the block that executes these ids then finds them cached.
+            replay.prefetch(tx_ids)
+        return {t for t in tx_ids if t in replay}
 
     # --- events -------------------------------------------------------------------------------
 
@@ -108,6 +127,12 @@ class RaftMember(Node):
         kind, a, b = event
         core = self.core
         if kind == "peer":
+            if isinstance(b, raft_messages.TimeoutNow):
+                # Whether to campaign depends on how long ago our last entry arrived
+                # (RaftNode._on_timeout_now); events are handled with the time of the last
+                # tick, so after a pause (SIGSTOP, a stalled VM) one that waited in the queue
+                # while the leader gave the transfer up would be judged as of before the pause.
+                core.tick(*self._now())
             core.receive(a, b)
         elif kind == "propose":
             for tx in a:
@@ -121,7 +146,7 @@ class RaftMember(Node):
             core.read_abandoned(a)
         elif kind == "transfer":
             holder, answered = b
-            holder.append(core.transfer_leadership(a))
+            holder.append(self._transfer(*a))
             answered.set()
         else:
             raise AssertionError(f"unknown event {kind}")
@@ -147,7 +172,8 @@ class RaftMember(Node):
                 # the ledger ahead of the log records; its messages still leave after it.
                 ready = merge(ready, self._send_early(core.take_ready()))
             # Receipts are queued before the block's write: the entry is durable on a
-            # majority already (Node._push_receipts, Node._write).
+            # majority already, this member counted only once persisted() reported its own
+            # write of it, at every n (Node._push_receipts, Node._write).
             duplicates = [
                 self._push_receipts(block, vote)
                 for (block, _, _), (_, vote) in zip(blocks, signatures, strict=True)
@@ -158,7 +184,7 @@ class RaftMember(Node):
                 block_signatures=signatures,
                 messages=ready.messages,
                 early=self._pushed != pushed,
-                then=partial(self._blocks_durable, blocks, signatures, duplicates),
+                then=partial(self._durable, ready.log_end, blocks, signatures, duplicates),
             )
             for serve in ready.serve:
                 self._serve_fetch(
@@ -176,6 +202,20 @@ class RaftMember(Node):
             self._release_reads()
             self._log_leader()
         return worked
+
+    def _durable(
+        self,
+        log_end: tuple[int, int] | None,
+        blocks: list[tuple[Block, Execution, bytes | None]],
+        signatures: list[tuple[int, SignedVote]],
+        duplicates: list[list[tuple[bytes, list[Any]]]],
+    ) -> None:
+        """The write is durable (Node._write runs this after it, on either of its paths; a write
+        with records, the only kind with a log_end, completes before _write returns): tell the
+        core, whose leader counts itself for those entries only now, then the blocks' waiters."""
+        if log_end is not None:
+            self.core.persisted(*log_end)
+        self._blocks_durable(blocks, signatures, duplicates)
 
     def _send_early(self, ready: Ready) -> Ready:
         early, rest = split_early(ready)
@@ -302,10 +342,30 @@ class RaftMember(Node):
         finally:
             del self._pending_reads[read_id]
 
-    async def transfer_leadership(self, target: int) -> str | None:
+    def _transfer(self, target: int, term: int, body: bytes) -> str | None:
+        """A member-signed transfer request (service._maintenance_refusal checked the key and
+        signature), in the event loop, so the term it is checked against is the core's now."""
+        core = self.core
+        if core.role != LEADER:
+            return f"not the leader (leader: {core.leader})"
+        if term != core.term:
+            return f"signed for term {term}, but this member leads term {core.term}: sign it again"
+        if self._transfers_term != core.term:
+            self._transfers_done.clear()  # requests for earlier terms are refused above
+            self._transfers_term = core.term
+        if body in self._transfers_done:
+            return "a replay of a request already carried out"
+        why = core.transfer_leadership(target)
+        if why is None:
+            self._transfers_done[body] = None
+            while len(self._transfers_done) > TRANSFERS_REMEMBERED_MAX:
+                del self._transfers_done[next(iter(self._transfers_done))]
+        return why
+
+    async def transfer_leadership(self, target: int, term: int, body: bytes) -> str | None:
         answered = trio.Event()
         holder: list[str | None] = []
-        await self._events_send.send(("transfer", target, (holder, answered)))
+        await self._events_send.send(("transfer", (target, term, body), (holder, answered)))
         with trio.move_on_after(2.0):
             await answered.wait()
         return holder[0] if holder else "the node did not answer within 2 s"

@@ -582,8 +582,9 @@ class Node:
         sig = self.signer.sign(Domain.READ, self.chain_id, body)
         return [key, value, head.height, head.hash, self.me, sig]
 
-    async def transfer_leadership(self, target: int) -> str | None:
-        """Hand leadership to member `target`; returns why not, or None (raft only)."""
+    async def transfer_leadership(self, target: int, term: int, body: bytes) -> str | None:
+        """Hand leadership to member `target`, as a member-signed request for `term` (whose
+        signed `body` a leader carries out at most once) asks; why not, or None (raft only)."""
         return (
             "leadership transfer is a raft operation; in pbft the primary changes only by a "
             "view change"

@@ -55,7 +55,6 @@ ID_WATCHES_PER_CONNECTION_MAX = 5_000  # of them, watches by id (runtime.watch_i
 # answered with an error saying how many to ask again, a submit with "overloaded" verdicts
 # (not final: a client resubmits them).
 COMMITTED_LOOKUPS_PER_REQUEST_MAX = 1024
-MAINTENANCE_SEEN_MAX = 1024  # well below the node-wide bound
 
 
 FOLLOWS_MAX = 32  # follows running on this member, over all connections
@@ -77,7 +76,6 @@ class _Follow:
 class ClientService:
     def __init__(self, node: Node) -> None:
         self.node = node
-        self._maintenance_seen: dict[bytes, int] = {}  # signed bodies carried out -> issued_ms
         self._follows: dict[int, dict[int, _Follow]] = {}  # conn id -> follow id -> follow
         self._nursery: trio.Nursery | None = None
         self._server: api.ClientServer | None = None
@@ -134,17 +132,18 @@ class ClientService:
                 except ReadRefused as exc:
                     conn.error(request.req_id, f"read refused: {exc}")
             case api.TransferRequest():
-                refusal = self._maintenance_refusal(request)
-                if refusal is not None:
+                checked = self._maintenance_refusal(request)
+                why = (
+                    checked
+                    if isinstance(checked, str)
+                    else await self.node.transfer_leadership(request.target, checked, request.body)
+                )
+                if why is None:
+                    conn.reply(request.req_id, None)  # accepted: the transfer has begun
+                else:
                     self.node.metrics.rejected_at_submit["maintenance_refused"] = (
                         self.node.metrics.rejected_at_submit.get("maintenance_refused", 0) + 1
                     )
-                    conn.error(request.req_id, f"leadership transfer refused: {refusal}")
-                    return
-                why = await self.node.transfer_leadership(request.target)
-                if why is None:
-                    conn.reply(request.req_id, None)
-                else:
                     conn.error(request.req_id, f"leadership transfer refused: {why}")
             case api.BlockRequest():
                 conn.reply(request.req_id, self._block(request.height))
@@ -299,39 +298,30 @@ class ClientService:
         vote = self.node.own_block_signature(height)
         return api.encode_followed_block_raw(follow_id, header, receipts, vote)
 
-    def _maintenance_refusal(self, request: api.TransferRequest) -> str | None:
-        """Why a maintenance request is refused: not signed by an admitted client or a member,
-        for another target or addressed to another member, stale, or a replay of one already
-        carried out."""
+    def _maintenance_refusal(self, request: api.TransferRequest) -> int | str:
+        """The term a maintenance request is signed for, or why it is refused: not signed by
+        a member's key (a client key cannot move leadership), for another target, or addressed
+        to another member. The term and replays are checked where the term lives, in the
+        event loop with the core (RaftMember._transfer)."""
         node = self.node
         try:
-            target, issued_ms, key, addressed = api.decode_transfer_body(request.body)
+            target, term, key, addressed = api.decode_transfer_body(request.body)
         except WireFormatError as exc:
             return f"malformed request ({exc})"
         if target != request.target:
             return "the signed target differs from the request's"
         if addressed != node.me:
             return f"signed for member {addressed}, not this one (sign it for the leader asked)"
-        now_ms = int(time.time() * 1000)
-        if abs(now_ms - issued_ms) > api.MAINTENANCE_SKEW_MS:
+        if node.genesis.member_by_key(key) is None:
             return (
-                f"issued {abs(now_ms - issued_ms) / 1000:.0f} s from our clock (at most "
-                f"{api.MAINTENANCE_SKEW_MS // 1000} s): check the clocks, or sign it again"
+                "signed by a key that is not a member's: only a member's key may move "
+                "leadership (consortium leader transfer --home MEMBER_HOME)"
             )
-        if key not in node.app.admitted and node.genesis.member_by_key(key) is None:
-            return "signed by a key that is neither an admitted client nor a member"
-        if request.body in self._maintenance_seen:
-            return "a replay of a request already carried out"
         if not node.verifier.verify(
             key, Domain.MAINTENANCE, node.chain_id, request.body, request.signature
         ):
             return "bad signature"
-        seen = self._maintenance_seen
-        seen[request.body] = issued_ms
-        for body, at in list(seen.items()):  # forget what is too old to be accepted anyway
-            if now_ms - at > api.MAINTENANCE_SKEW_MS or len(seen) > MAINTENANCE_SEEN_MAX:
-                del seen[body]
-        return None
+        return term
 
     async def _watch_ids(self, conn: api.ClientConnection, request: api.WatchRequest) -> None:
         """Watch ids by id: each one not in the ledger is watched (runtime.watch_id: forgotten

@@ -162,3 +162,30 @@ def test_leader_transfer_is_refused_in_pbft_with_the_reason(net: Path) -> None:
     result = CliRunner().invoke(app, ["leader", "transfer", "--to", "n2", "--net", str(net)])
     assert result.exit_code == 2
     assert "leadership transfer is a raft operation" in result.output
+
+
+def test_leader_transfer_signs_with_a_member_key_and_refuses_client_keys_in_one_line(
+    tmp_path: Path,
+) -> None:
+    """A transfer stops the leader's proposals until it completes: members refuse one signed
+    by a client key, and the CLI signs with a member's key (--home), saying in one line why
+    it will not sign with a client's."""
+    from typer.testing import CliRunner
+
+    from consortium.cli.main import app
+
+    directory = tmp_path / "r"
+    init_network(directory, members=3, clients=1, mode="raft")
+    runner = CliRunner()
+    clients_only = tmp_path / "clients-only"
+    clients_only.mkdir()
+    for name in ("client.toml", "genesis.json"):
+        (clients_only / name).write_bytes((directory / name).read_bytes())
+    home = directory / "nodes" / "n1"
+    client_key = load_client_setup(directory).key_paths[0]
+    (home / "config" / "node_key.pem").write_bytes(client_key.read_bytes())
+    for where in (["--net", str(clients_only)], ["--home", str(home)]):
+        result = runner.invoke(app, ["leader", "transfer", "--to", "n2", *where])
+        assert result.exit_code == 2, result.output
+        assert result.output.startswith("error: ") and result.output.count("\n") == 1
+        assert "never a client's" in result.output

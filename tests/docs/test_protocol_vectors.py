@@ -156,6 +156,14 @@ def test_handshake_transcript_as_documented(doc: dict[str, bytes]) -> None:
     assert not _verify(bytes(n2), other, doc["handshake.signature_by_n2"])
 
 
+def test_transfer_request_and_timeout_now_as_documented(doc: dict[str, bytes]) -> None:
+    n1 = nacl.signing.SigningKey(MEMBER_SEEDS["n1"]).verify_key
+    assert msgpack.unpackb(doc["transfer.body"]) == ["transfer", 1, 3, bytes(n1), 0]
+    signed = b"consortium/v1/maintenance\x00" + doc["chain_id"] + doc["transfer.body"]
+    assert _verify(bytes(n1), signed, doc["transfer.signature_by_n1"])
+    assert msgpack.unpackb(doc["raft.timeout_now"]) == ["timeout_now", 3, 7]
+
+
 def test_doc_vectors_parser_refuses_junk() -> None:
     good = "```vectors\na.b  00ff\n     11\n```\n"
     assert doc_vectors(good) == {"a.b": bytes.fromhex("00ff11")}

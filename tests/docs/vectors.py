@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from consortium.crashft import messages as raft_messages
 from consortium.crypto.codec import pack
 from consortium.crypto.keys import KeyPair
 from consortium.crypto.merkle import inclusion_proof, leaf_hash, merkle_root
@@ -32,7 +33,7 @@ from consortium.ledger.certificates import (
 from consortium.ledger.genesis import Client, Genesis, Member, Params
 from consortium.ledger.state import Execution, KeyValueState, build_block
 from consortium.ledger.tx import Op, Put, Transaction
-from consortium.node.api import bundle_for, read_body
+from consortium.node.api import bundle_for, read_body, transfer_body
 from consortium.node.framing import encode_frame
 from consortium.node.transport import handshake_transcript
 
@@ -116,6 +117,7 @@ def protocol_vectors() -> dict[str, bytes]:
         created_ms=EXPIRY_MS - 3_600_000,
     )
     read = read_body(b"greeting", b"hi", 1, block.hash, 0)
+    transfer = transfer_body(1, 3, member_keys()[0].public, 0)
     transcript = handshake_transcript(HANDSHAKE_NONCE, 0, 1, "listener")
     return {
         "client.public_key": client_key().public,
@@ -148,6 +150,9 @@ def protocol_vectors() -> dict[str, bytes]:
         "handshake.signature_by_n2": Ed25519Signer(member_keys()[1]).sign(
             Domain.HANDSHAKE, chain_id, transcript
         ),
+        "transfer.body": transfer,
+        "transfer.signature_by_n1": n1.sign(Domain.MAINTENANCE, chain_id, transfer),
+        "raft.timeout_now": raft_messages.encode(raft_messages.TimeoutNow(3, 7)),
     }
 
 

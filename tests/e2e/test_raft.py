@@ -258,90 +258,118 @@ def test_a_partitioned_follower_rejoins_without_causing_an_election(
     check_ledgers(raft, genesis, committed)
 
 
-def test_leadership_transfer_from_the_cli_with_check_quorum_on(raft: LocalNetwork) -> None:
+def test_leadership_transfer_from_the_cli_with_check_quorum_on(
+    raft: LocalNetwork, tmp_path: Path
+) -> None:
     setup = load_client_setup(raft.directory)
     genesis, keys = setup.genesis, setup.keys()
     committed = trio.run(submit, genesis, keys[0], 50, "a")
     old = trio.run(leader_of, genesis)
     target = genesis.members[(old + 1) % genesis.n].name
-    out = cli("leader", "transfer", "--to", target, "--net", str(raft.directory))
+    # Signed with a member's key (any member's: here a follower's home).
+    home = raft.directory / "nodes" / genesis.members[(old + 2) % genesis.n].name
+    out = cli("leader", "transfer", "--to", target, "--home", str(home))
     assert out.returncode == 0, out.stderr
     assert f"{target} leads term" in out.stdout
     assert trio.run(leader_of, genesis) == (old + 1) % genesis.n
     committed += trio.run(submit, genesis, keys[1], 50, "b")
     # A transfer to a member that does not exist is refused with the member list.
-    bad = cli("leader", "transfer", "--to", "nobody", "--net", str(raft.directory))
+    bad = cli("leader", "transfer", "--to", "nobody", "--home", str(home))
     assert bad.returncode != 0 and "no member named 'nobody'" in bad.stderr
-    # The client port is open to whoever reaches it: a transfer must be signed by an admitted
-    # client (or a member), fresh, and not a replay; anything else changes nothing.
-    assert trio.run(forged_transfers, genesis, keys[0]) == [
+    # A network directory holding client keys only: a one-line refusal, nothing sent.
+    clients_only = tmp_path / "clients-only"
+    clients_only.mkdir()
+    for name in ("client.toml", "genesis.json"):
+        (clients_only / name).write_bytes((raft.directory / name).read_bytes())
+    refused = cli("leader", "transfer", "--to", target, "--net", str(clients_only))
+    assert refused.returncode != 0 and refused.stderr.count("\n") == 1, refused.stderr
+    assert "never a client's" in refused.stderr
+    # The client port is open to whoever reaches it, and a leader transferring proposes
+    # nothing: a transfer must be signed by a member's key, for the leader's term, name a
+    # member that is up, and is carried out once; anything else changes nothing.
+    member = KeyPair.load(home / "config" / "node_key.pem")
+    leader = trio.run(leader_of, genesis)
+    down = (leader + 2) % genesis.n
+    raft.kill(genesis.members[down].name, signal.SIGKILL)
+    time.sleep(2 * ELECTION_MS / 1000)  # the leader has heard nothing from it for E
+    assert trio.run(refused_transfers, genesis, keys[0], member, leader, down) == [
+        "not a member's",
         "bad signature",
-        "neither an admitted client nor a member",
-        "s from our clock",
+        "signed for term",
         "the signed target differs",
         "not this one",
         "malformed request",
-        "a replay of a request already carried out",
+        f"member {down} acknowledged nothing within the last election timeout",
+        "not the leader",
     ]
     # Only the genuine request moved leadership, one member on.
-    assert trio.run(leader_of, genesis) == (old + 2) % genesis.n
+    assert trio.run(leader_of, genesis, [leader, (leader + 1) % genesis.n]) == (
+        (leader + 1) % genesis.n
+    )
+    restart(raft, genesis.members[down].name)
     trio.run(wait_same_height, genesis, [0, 1, 2], 20.0)
     check_ledgers(raft, genesis, committed)
 
 
-async def forged_transfers(genesis: Genesis, key: KeyPair) -> list[str]:
+async def refused_transfers(
+    genesis: Genesis, client: KeyPair, member: KeyPair, leader: int, down: int
+) -> list[str]:
     """Send transfer requests that must be refused (and one genuine one, twice) straight to
     the leader; the refusal each met."""
-    leader = await leader_of(genesis)
     target = (leader + 1) % genesis.n
-    now = int(time.time() * 1000)
+    term = int((await statuses(genesis, [leader]))[leader]["term"])
     stranger = KeyPair.generate()
 
     def signed(signer: KeyPair, body: bytes) -> bytes:
         return Ed25519Signer(signer).sign(Domain.MAINTENANCE, genesis.chain_id, body)
 
-    good = api.transfer_body(target, now, key.public, leader)
+    good = api.transfer_body(target, term, member.public, leader)
     attempts = [
-        (target, good, signed(stranger, good)),  # our key named, someone else signed
+        # an admitted client's key, everything else right
+        (target, (b := api.transfer_body(target, term, client.public, leader)), signed(client, b)),
+        (target, good, signed(stranger, good)),  # a member's key named, someone else signed
+        # for an earlier term
         (
             target,
-            (b := api.transfer_body(target, now, stranger.public, leader)),
-            signed(stranger, b),
+            (b := api.transfer_body(target, term - 1, member.public, leader)),
+            signed(member, b),
         ),
-        (
-            target,
-            (b := api.transfer_body(target, now - 3_600_000, key.public, leader)),
-            signed(key, b),
-        ),
-        (leader, good, signed(key, good)),  # signed for another target
+        (leader, good, signed(member, good)),  # signed for another target
         # signed for another member (a request seen on the wire, replayed elsewhere)
-        (target, (b := api.transfer_body(target, now, key.public, target)), signed(key, b)),
-        (target, b"\x92\xa8transfer", signed(key, b"\x92\xa8transfer")),
+        (target, (b := api.transfer_body(target, term, member.public, target)), signed(member, b)),
+        (target, b"\x92\xa8transfer", signed(member, b"\x92\xa8transfer")),
+        # to a member that is down: a transfer could only stall the leader
+        (down, (b := api.transfer_body(down, term, member.public, leader)), signed(member, b)),
     ]
     refusals: list[str] = []
-    async with ConsortiumClient(genesis, key) as client:
+    async with ConsortiumClient(genesis, member) as c:
         for to, body, sig in attempts:
             try:
-                await client._request(leader, "transfer", to, body, sig, timeout_s=5.0)
+                await c._request(leader, "transfer", to, body, sig, timeout_s=5.0)
             except ClientError as exc:
                 refusals.append(str(exc))
             else:
                 refusals.append("accepted")
-        # The genuine request works once; the same bytes again (to the same member) are a
-        # replay. (Another member refuses them: they name the leader they were sent to.)
-        await client._request(leader, "transfer", target, good, signed(key, good), timeout_s=5.0)
+        # The genuine request is accepted (the reply comes once the transfer has begun); the
+        # same bytes again are refused: by then leadership has moved, or it is a replay.
+        await c._request(leader, "transfer", target, good, signed(member, good), timeout_s=5.0)
+        while True:  # until the target leads
+            if await leader_of(genesis, [leader, target]) == target:
+                break
+            await trio.sleep(0.05)
         try:
-            await client._request(leader, "transfer", target, good, signed(key, good), timeout_s=5)
+            await c._request(leader, "transfer", target, good, signed(member, good), timeout_s=5)
         except ClientError as exc:
             refusals.append(str(exc))
     wanted = [
+        "not a member's",
         "bad signature",
-        "neither an admitted client nor a member",
-        "s from our clock",
+        "signed for term",
         "the signed target differs",
         "not this one",
         "malformed request",
-        "a replay of a request already carried out",
+        f"member {down} acknowledged nothing within the last election timeout",
+        "not the leader",
     ]
     return [w if w in r else r for w, r in zip(wanted, refusals, strict=True)]
 

@@ -3,12 +3,12 @@ time passes; nothing is random except each core's seeded election timeout.
 
 What the harness does is what the node runtime (and the simulator, node.sim.raft_cluster) does
 with each Ready, in the same order: check every log entry it persists (log matching), write its
-records to the member's durable dict (one "fsync"), queue its messages, apply its committed
-entries into the member's ledger with build_block (state machine safety), re-execute and store
-transferred blocks with replay_block, answer block fetches with blocks_reply, collect released
-and failed reads; then check election safety and leader completeness. The checker is the
-simulator's RaftChecker, so a test that drives a broken core into a violation gets the
-SafetyViolation the simulator would raise.
+records to the member's durable dict (one "fsync") and report them persisted, queue its
+messages, apply its committed entries into the member's ledger with build_block (state machine
+safety), re-execute and store transferred blocks with replay_block, answer block fetches with
+blocks_reply, collect released and failed reads; then check election safety and leader
+completeness. The checker is the simulator's RaftChecker, so a test that drives a broken core
+into a violation gets the SafetyViolation the simulator would raise.
 
 Members sign entries with the simulator's HMAC stand-in; client transactions are real,
 pre-signed once (node.sim.cluster.workload).
@@ -52,7 +52,7 @@ PARAMS = Params(
 E = PARAMS.request_timeout_ms
 HEARTBEAT = E // 10
 
-Factory = Callable[..., RaftNode]  # called like RaftNode(config, signer, tx_ok=, recovered=)
+Factory = Callable[..., RaftNode]  # like RaftNode(config, signer, tx_ok=, recovered=, executed=)
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,7 +134,11 @@ class RaftGroup:
 
     def _make(self, i: int, recovered: RecoveredState) -> RaftNode:
         return self.factories[i](
-            self.config(i), self.signers[i], tx_ok=self.tx_ok, recovered=recovered
+            self.config(i),
+            self.signers[i],
+            tx_ok=self.tx_ok,
+            recovered=recovered,
+            executed=lambda tx_ids: {t for t in tx_ids if t in self.members[i].committed_ids},
         )
 
     def tx_ok(self, tx: Transaction) -> bool:
@@ -236,6 +240,8 @@ class RaftGroup:
                     member.records.pop(key, None)
                 else:
                     member.records[key] = value
+            if ready.log_end is not None:
+                raft.persisted(*ready.log_end)  # the "fsync" is done
             for out in ready.messages:
                 for dst in range(self.n) if out.dest is None else (out.dest,):
                     if dst != i:

@@ -101,6 +101,59 @@ def test_a_proposal_is_replicated_committed_and_applied_into_identical_ledgers()
     assert all(g.txs[3].id in x.committed_ids for x in g.members)
 
 
+def entries_holding(raft: RaftNode, tx_id: bytes) -> list[int]:
+    log = raft.log
+    return [i for i in range(log.first_index, log.last_index + 1) if tx_id in ids(log.entry(i))]
+
+
+def ids(entry: object) -> set[bytes]:
+    return {tx.id for tx in entry.txs}  # type: ignore[attr-defined]
+
+
+def test_a_leader_elected_again_does_not_order_its_own_uncommitted_transactions_twice() -> None:
+    """Stepping down puts the transactions of the uncommitted entries back in the pool (in
+    case the next leader's log lacks them); winning again, the leader ordered them a second
+    time although its log holds them and commits them with its new term. (No lease, so the
+    others vote for n1 at once.)"""
+    g = started(check_quorum=False)
+    tx = g.txs[0]
+    g.propose(0, tx)
+    g.drop()  # nobody acknowledges entry 2
+    assert entries_holding(g.node(0), tx.id) == [2] and g.node(0).commit == 1
+    g.receive(0, 1, m.AppendReply(2, False, 0, 0))  # a higher term: n1 steps down
+    assert g.node(0).role == FOLLOWER
+    g.drop()
+    g.elect(0)  # its log is the most up to date: it wins again, term 3
+    g.settle()
+    g.heartbeat(0)
+    for i in range(3):
+        assert entries_holding(g.node(i), tx.id) == [2], f"n{i + 1}"
+        assert tx.id in g.members[i].committed_ids
+    assert [len(block.txs) for block in g.members[0].blocks] == [1]
+
+
+def test_a_resubmission_of_a_committed_transaction_is_not_ordered_again() -> None:
+    """An id leaves the leader's uncommitted set when its entry commits, in the Ready whose
+    block the shell then writes; the client port sees only the store, so a resubmission that
+    met the block still being written (or a follower's late forward) reached the core as new
+    and was ordered again. The leader asks its ledger (executed) before it orders a batch."""
+    g = started()
+    tx = g.txs[0]
+    g.propose(0, tx)
+    g.settle()
+    assert g.node(0).commit == 2 and tx.id in g.members[0].committed_ids
+    last = g.node(0).log.last_index
+    g.propose(0, tx, g.txs[1])  # the resubmission, with a new transaction
+    g.settle()
+    g.heartbeat(0)
+    assert entries_holding(g.node(0), tx.id) == [2]
+    assert g.node(0).log.last_index == last + 1 and ids(g.node(0).log.entry(last + 1)) == {
+        g.txs[1].id
+    }
+    assert g.node(0).rejected["tx_executed"] == 1
+    assert [len(block.txs) for block in g.members[1].blocks] == [1, 1]
+
+
 def test_only_a_leaders_appends_and_heartbeats_may_leave_before_its_write() -> None:
     """Outbound.early: the leader replicates while it writes its own log (it counts itself
     only for what it handed to its write); votes and acknowledgements wait for the write."""
@@ -118,6 +171,27 @@ def test_only_a_leaders_appends_and_heartbeats_may_leave_before_its_write() -> N
     vote = RaftGroup(3, pre_vote=False)
     vote.timeout(0)
     assert not any(o.early for o in vote.members[0].readys[-1].messages)
+
+
+def test_a_single_member_commits_an_entry_only_after_its_write_is_reported_durable() -> None:
+    """n = 1: the entry used to commit in the Ready that first wrote it, so the shell applied
+    it and pushed its receipts before the fsync a power cut could lose. The core counts its
+    own entries only once the shell calls persisted() with that Ready's log_end."""
+    g = RaftGroup(1)
+    solo = g.node(0)
+    assert solo.role == LEADER and solo.commit == 1  # its no-op, persisted by the harness
+    solo.propose(g.txs[0])
+    written = solo.take_ready()
+    assert [k for k, _ in written.records if k.startswith(LOG_PREFIX)] == [log_key(2)]
+    assert written.committed == [] and solo.commit == 1  # not before the write is durable
+    assert written.log_end == (2, 1)
+    assert not solo.take_ready().committed  # nothing happens until the shell reports it
+    solo.persisted(1, 1)  # an older write: still not the entry
+    assert solo.commit == 1
+    solo.persisted(*written.log_end)
+    applied = solo.take_ready()
+    assert [e.index for e in applied.committed] == [2] and solo.commit == 2
+    assert applied.records == [] and applied.log_end is None
 
 
 def test_a_commit_index_waits_for_the_next_append_or_goes_alone_after_the_delay() -> None:
@@ -326,11 +400,15 @@ def test_a_follower_in_its_leader_lease_ignores_vote_requests_but_not_a_transfer
 
 def test_leadership_transfer_with_check_quorum_on() -> None:
     g = started()
+    g.run(E)  # a leader accepts no transfer within an election timeout of its election
     g.propose(0, *g.txs[:2])
     g.settle((0, 1))  # n3 lags: the transfer must bring it up to date first
     assert g.node(1).transfer_leadership(2) is not None  # not the leader
     assert g.transfer(0, 0) == "already the leader"
+    last = g.node(0).log.last_index
     assert g.transfer(0, 2) is None
+    marker = g.node(0).log.entry(last + 1)  # the transfer's no-op: what TimeoutNow names
+    assert marker.is_noop and marker.term == 1 and g.node(0).log.last_index == last + 1
     assert g.pending(m.TimeoutNow) == []  # not before n3 has n1's whole log
     g.run(E // 2)  # (its lost append is found out at the next heartbeat)
     n3 = g.node(2)
@@ -338,9 +416,88 @@ def test_leadership_transfer_with_check_quorum_on() -> None:
     assert n3.last_election_reason == "leadership transferred by 0"
     assert g.node(0).role == FOLLOWER and g.node(0).leader == 2
     timeout_now = [q for q in g.delivered if isinstance(q.msg, m.TimeoutNow)]
-    assert [(q.src, q.dst) for q in timeout_now] == [(0, 2)]
+    assert [(q.src, q.dst, q.msg) for q in timeout_now] == [(0, 2, m.TimeoutNow(1, last + 1))]
     g.heartbeat(2)
     assert all(g.node(i).commit == g.node(2).log.last_index for i in range(3))
+
+
+def test_a_transfer_to_a_member_that_acknowledged_nothing_for_an_election_timeout_is_refused() -> (
+    None
+):
+    """A transfer stops the leader's proposals until it completes or is abandoned (E): one to
+    a crashed member could only stall the network, and re-sent every 300 ms it cut a healthy
+    cluster to a tenth of its commits. It is refused at once, and the leader leads on."""
+    g = started()
+    g.crash(2)
+    g.run(E)
+    why = g.transfer(0, 2)
+    assert why is not None and "member 2 acknowledged nothing within the last election" in why
+    assert g.node(0).status()["transferring_to"] is None
+    g.propose(0, g.txs[0])
+    g.settle()
+    assert g.node(0).commit == g.node(0).log.last_index  # it proposes and commits at once
+    assert g.transfer(0, 1) is None  # a live member is a target
+
+
+def test_a_transfer_request_while_one_is_under_way_is_refused_and_one_per_election_timeout() -> (
+    None
+):
+    """Each request used to restart the transfer (and its deadline): a stream of them kept
+    the leader from proposing for good. Now a request while one is under way is refused, it
+    is abandoned at its first deadline, and the next is accepted an election timeout after the
+    last one started (and not within one of the leader's election)."""
+    g = started()
+    assert "at most one transfer per election timeout" in (g.transfer(0, 1) or "")
+    g.run(E)
+    assert g.transfer(0, 1) is None
+    started_at = g.now
+    deadline = g.node(0)._transfer_deadline
+    g.drop()  # n2 never gets the marker: the transfer cannot complete
+    g.advance(HEARTBEAT, [0])
+    g.deliver(lambda q: q.dst != 1)
+    for target in (1, 2):
+        why = g.transfer(0, target)
+        assert why is not None and "a transfer to member 1 is under way" in why
+    assert g.node(0)._transfer_deadline == deadline  # not restarted
+    g.propose(0, g.txs[0])
+    assert g.node(0).pending_count == 1  # held while the transfer runs
+    g.run(deadline - g.now, pred=lambda q: q.dst != 1)
+    assert g.now == started_at + E and g.node(0).role == LEADER
+    assert "transfer to member 1 abandoned after 1000 ms (it did not catch up" in (
+        g.node(0).last_transfer
+    )
+    assert g.node(0).status()["transferring_to"] is None
+    g.settle((0, 2))
+    g.heartbeat(0, (0, 2))
+    assert g.txs[0].id in g.members[0].committed_ids  # proposing again
+    assert g.transfer(0, 2) is None  # an election timeout after the last one started
+
+
+def test_a_timeout_now_that_arrives_after_the_leader_gave_up_the_transfer_deposes_nobody() -> None:
+    """The leader abandons a transfer after E and leads on; its TimeoutNow, delayed in the
+    network (or a copy of it), then made the target campaign, and voters ignore their lease
+    for a transfer: a healthy leader deposed. The target now acts on a TimeoutNow only if its
+    log ends at the entry it names and that entry reached it at most E/4 before (the leader
+    sends it only while E/2 is left of its deadline)."""
+    g = started()
+    g.run(E)
+    assert g.transfer(0, 1) is None
+    g.deliver(lambda q: not isinstance(q.msg, m.TimeoutNow), keep=True)  # n2 gets the marker
+    [late] = g.pending(m.TimeoutNow)
+    g.queue.remove(late)  # held up in the network
+    g.run(E)  # the leader gives up at its deadline; heartbeats flow
+    n1, n2 = g.node(0), g.node(1)
+    assert "abandoned after 1000 ms (it did not campaign)" in n1.last_transfer
+    assert late.msg.index == n2.log.last_index  # type: ignore[union-attr]
+    for _ in range(2):  # delayed, and duplicated
+        g.receive(1, 0, late.msg)
+    assert n2.role == FOLLOWER and n2.term == 1 and n2.rejected["timeout_now_stale"] == 2
+    g.run(E)
+    assert g.leaders() == [0] and n1.term == 1 and n1.status()["transferring_to"] is None
+    # A TimeoutNow that reaches the target while the leader still waits is honoured.
+    assert g.transfer(0, 1) is None
+    g.deliver()
+    assert n2.role == LEADER and n2.term == 2
 
 
 # --- ReadIndex ----------------------------------------------------------------------------------
@@ -370,6 +527,33 @@ def test_a_read_is_released_only_after_a_heartbeat_quorum_confirms_leadership() 
     assert [type(q.msg) for q in g.pending(src=1)] == [m.Read]
     g.settle()
     assert g.members[1].reads == [ReadState(9, 1)]
+
+
+def test_a_read_reply_meant_for_a_follower_before_its_restart_releases_no_new_read() -> None:
+    """Replies are matched by id alone, and the shell numbers its reads from 1 in each
+    process: a ReadReply still in flight for read 1 of n2's previous process released read 1
+    of the new one, at an index older than what was committed when it was issued."""
+    g = started()
+    g.read(1, 1)
+    [ask] = g.pending(m.Read, src=1)
+    g.deliver(lambda q: q.msg is ask.msg, keep=True)  # n1 starts its heartbeat round
+    g.deliver(g.among(0, 2), keep=True)  # n3 confirms; n1 answers n2
+    [stale] = g.pending(m.ReadReply, src=0)
+    assert stale.msg.index == 1  # type: ignore[union-attr]
+    g.queue.remove(stale)
+    g.crash(1)
+    g.propose(0, g.txs[0])
+    g.settle([0, 2])
+    g.heartbeat(0, [0, 2])  # index 2 commits while n2 is down
+    g.restart(1)
+    g.heartbeat(0)
+    assert g.node(1).commit == 2
+    g.read(1, 1)  # the new process's first read: at least index 2
+    g.receive(1, 0, stale.msg)
+    assert g.members[1].reads == [], "released by a reply to the previous process's read"
+    g.settle()
+    g.heartbeat(0)
+    assert g.members[1].reads == [ReadState(1, 2)]
 
 
 def test_a_deposed_leader_in_a_minority_never_releases_a_read() -> None:
@@ -403,7 +587,7 @@ def test_a_leader_of_an_old_term_gets_no_read_echoes_from_the_new_term() -> None
 def test_malformed_frames_and_unknown_senders_are_counted_never_raised() -> None:
     g = started()
     n2 = g.node(1)
-    canonical = m.encode(m.TimeoutNow(1))
+    canonical = m.encode(m.TimeoutNow(1, 1))
     assert canonical[-1:] == b"\x01"
     frames = [
         b"",

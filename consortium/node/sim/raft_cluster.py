@@ -267,7 +267,13 @@ class RaftSimCluster(SimShell[RaftSimNode]):
         config = self._configure(
             RaftConfig.from_genesis(self.genesis, i, seed=b"%d/%d/%d" % (self.seed, i, self.now_ms))
         )
-        return RaftNode(config, self.signers[i], tx_ok=self._tx_ok, recovered=recovered)
+        return RaftNode(
+            config,
+            self.signers[i],
+            tx_ok=self._tx_ok,
+            recovered=recovered,
+            executed=lambda tx_ids: {t for t in tx_ids if t in self.nodes[i].committed_ids},
+        )
 
     def _tx_ok(self, tx: Transaction) -> bool:
         return tx.id + tx.signature in self._valid_txs
@@ -387,6 +393,13 @@ class RaftSimCluster(SimShell[RaftSimNode]):
                 self.lost_writes += 1
                 if self.broken_shell:
                     self._send(node, ready.messages)
+                # The runtime applies committed entries and pushes their receipts before this
+                # write (Node._push_receipts): their clients hold receipts now, so these entries
+                # must stay committed at their index whatever the crash loses.
+                for entry in ready.committed:
+                    self.check.committed(node.index, entry)
+                    for tx in entry.txs:
+                        self._awaiting.pop(tx.id, None)  # (the client saw its receipt)
                 self.crash(node.index)
                 return
             # As the runtime does: apply, and write what applying produced in the same
@@ -407,6 +420,10 @@ class RaftSimCluster(SimShell[RaftSimNode]):
                     node.unsynced.clear()
             else:
                 self._fsync(node, ready.records)
+            if ready.log_end is not None:
+                # After the fsync (a broken shell believes its write is done): never for a
+                # write a crash cut short, which returned above.
+                raft.persisted(*ready.log_end)
             self._send(node, ready.messages)
             for serve in ready.serve:
                 self._serve(node, serve)

@@ -11,11 +11,15 @@ everything restarts, and every transaction must commit into identical ledgers. T
     partitions  lossy, plus random partitions (the leader alone, a minority, halves) healed
                 after a while
     mixed       all of the above, and a leadership transfer now and then
+    total-crash lossy, plus every member losing power at once (most of them in the middle of a
+                write) and all restarting together: at n = 1 the only member, whose
+                acknowledged entries must survive (not in the default tier of every n)
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 from consortium.node.sim.checkers import LivenessViolation
 from consortium.node.sim.cluster import workload
@@ -23,7 +27,7 @@ from consortium.node.sim.network import NetworkFaults
 from consortium.node.sim.raft_cluster import RaftSimCluster
 
 LOSSY = NetworkFaults(delay_ms=(1, 30), drop=0.05, duplicate=0.05)
-RAFT_MIXES = ("lossy", "crashes", "partitions", "mixed")
+RAFT_MIXES = ("lossy", "crashes", "partitions", "mixed", "total-crash")
 DEADLINE_MS = 120_000
 
 
@@ -40,6 +44,27 @@ def _crash_some(cluster: RaftSimCluster) -> None:
     else:
         cluster.crash(victim)
     cluster.at(cluster.now_ms + rng.randint(100, 1500), lambda: _restart(cluster, victim))
+
+
+def _crash_all(cluster: RaftSimCluster) -> None:
+    rng = cluster.rng
+    if not all(x.up and not x.crash_mid_write for x in cluster.nodes):
+        return
+    back_ms = cluster.now_ms + rng.randint(100, 1500)
+    for i in range(cluster.n):
+        if rng.random() < 0.75:
+            cluster.crash_mid_write(i)  # at its next write
+        else:
+            cluster.crash(i)
+        cluster.at(back_ms, partial(_restart_after_crash, cluster, i))
+
+
+def _restart_after_crash(cluster: RaftSimCluster, i: int) -> None:
+    node = cluster.nodes[i]
+    if node.up and node.crash_mid_write:  # it has not written since: wait for its crash
+        cluster.at(cluster.now_ms + 100, lambda: _restart_after_crash(cluster, i))
+    else:
+        _restart(cluster, i)
 
 
 def _restart(cluster: RaftSimCluster, i: int) -> None:
@@ -92,6 +117,8 @@ def run_raft(
             cluster.read(rng.randrange(n))
         if mix in ("crashes", "mixed") and rng.random() < 0.15:
             _crash_some(cluster)
+        if mix == "total-crash" and rng.random() < 0.15:
+            _crash_all(cluster)
         if mix in ("partitions", "mixed") and rng.random() < 0.12:
             _partition_some(cluster)
         if mix == "mixed" and rng.random() < 0.05:
@@ -99,6 +126,7 @@ def run_raft(
     cluster.run_until(cluster.now_ms + 2_500)  # pending restarts and heals happen
     cluster.net.heal()
     for node in cluster.nodes:
+        node.crash_mid_write = False  # armed but not yet fired: no crash after the healing
         if not node.up:
             cluster.restart(node.index)
     for _ in range(3):

@@ -1,0 +1,129 @@
+"""Leadership transfer requests at the client port (raft maintenance): signed by a member's key
+only, for the leader's current term, carried out at most once per term, and never judged by the
+leader's wall clock (service.ClientService._maintenance_refusal, RaftMember._transfer). The
+core's own rules (a live target, none while one is under way, one per election timeout) are in
+tests/raft/test_raft_core.py; the end-to-end refusals in tests/e2e/test_raft.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar
+
+import pytest
+import trio
+import trio.testing
+
+from consortium.cli.network import init_network
+from consortium.crashft.node import LEADER
+from consortium.crypto.keys import KeyPair
+from consortium.crypto.signing import Domain, Ed25519Signer, Ed25519Verifier
+from consortium.ledger.genesis import Params
+from consortium.node import api, service
+from consortium.node.config import load_identity
+from consortium.node.raft_runtime import RaftMember
+from consortium.node.runtime import make_node
+from consortium.node.service import ClientService
+from tests.ledger.chain_fixture import CLIENT, MEMBERS, make_genesis
+
+GENESIS = make_genesis(mode="raft")
+
+
+class _Node:
+    """What _maintenance_refusal reads of a member: n1 of GENESIS, c1 admitted."""
+
+    me = 0
+    genesis = GENESIS
+    chain_id = GENESIS.chain_id
+    verifier = Ed25519Verifier()
+    _on_block: ClassVar[list[object]] = []
+
+    class app:  # the node's application state, as the service sees it
+        admitted: ClassVar[dict[bytes, str]] = {CLIENT.public: "c1"}
+
+
+def request(signer: KeyPair, target: int = 1, term: int = 3) -> api.TransferRequest:
+    body = api.transfer_body(target, term, signer.public, 0)
+    sig = Ed25519Signer(signer).sign(Domain.MAINTENANCE, GENESIS.chain_id, body)
+    return api.TransferRequest(1, target, body, sig)
+
+
+def test_a_transfer_signed_by_an_admitted_clients_key_is_refused() -> None:
+    """A leader transferring proposes nothing: any admitted client could stall the network
+    with transfer requests. Only a member's key may ask."""
+    svc = ClientService(_Node())  # type: ignore[arg-type]
+    why = svc._maintenance_refusal(request(CLIENT))
+    assert isinstance(why, str) and "not a member's" in why
+    assert svc._maintenance_refusal(request(MEMBERS[2])) == 3  # the term it is signed for
+
+
+def test_a_leader_whose_wall_clock_is_wrong_still_accepts_a_member_signed_transfer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A leader whose clock was 600 s off refused `leader transfer` (a freshness check against
+    its wall clock): the one leader an operator most needs to move. Freshness is the term."""
+    svc = ClientService(_Node())  # type: ignore[arg-type]
+    real = service.time.time
+    for skew_s in (600.0, -600.0):
+        monkeypatch.setattr(service.time, "time", lambda s=skew_s: real() + s)
+        assert svc._maintenance_refusal(request(MEMBERS[1])) == 3
+
+
+class _Core:
+    role = LEADER
+    leader = 0
+    term = 5
+
+    def __init__(self) -> None:
+        self.targets: list[int] = []
+
+    def transfer_leadership(self, target: int) -> str | None:
+        self.targets.append(target)
+        return None
+
+
+@pytest.fixture
+def raft_member(tmp_path: Path) -> RaftMember:
+    init_network(tmp_path / "net", members=3, clients=1, mode="raft", params=Params())
+    identity = load_identity(tmp_path / "net" / "nodes" / "n1")
+    node = make_node(identity.config, identity.genesis, identity.keys)
+    assert isinstance(node, RaftMember)
+    return node
+
+
+def test_a_transfer_request_is_good_in_the_term_it_names_and_once(raft_member: RaftMember) -> None:
+    core = _Core()
+    raft_member.core = core  # type: ignore[assignment]
+    body = api.transfer_body(2, 5, MEMBERS[0].public, 0)
+    assert "signed for term 4" in (raft_member._transfer(2, 4, body) or "")
+    assert raft_member._transfer(2, 5, body) is None
+    assert raft_member._transfer(2, 5, body) == "a replay of a request already carried out"
+    core.term = 6  # the transfer carried out moved the term on
+    assert "signed for term 5" in (raft_member._transfer(2, 5, body) or "")
+    again = api.transfer_body(2, 6, MEMBERS[0].public, 0)
+    assert raft_member._transfer(2, 6, again) is None
+    assert core.targets == [2, 2]
+    core.role = "follower"
+    assert "not the leader" in (raft_member._transfer(2, 6, body) or "")
+
+
+def test_a_timeout_now_that_waited_out_a_pause_is_judged_at_the_time_it_is_handled(
+    raft_member: RaftMember,
+) -> None:
+    """The target honours a TimeoutNow only if the entry it names arrived at most E/4 before
+    (the leader gives the transfer up at E). The loop hands the core events with the time of
+    its last tick: a member paused after that entry arrived judged a TimeoutNow that queued
+    meanwhile as if no time had passed, and campaigned against a leader that had given up."""
+    from consortium.crashft import messages as rm
+
+    async def main() -> str:
+        member = raft_member
+        core = member.core
+        core.tick(*member._now())
+        member._handle(("peer", 1, rm.Append(1, 0, 0, 0, (rm.Entry(1, 1),))))  # n2 leads
+        assert (core.role, core.leader, core.log.last_index) == ("follower", 1, 1)
+        await trio.sleep(core.config.election_ms / 2 / 1000)  # paused: no tick meanwhile
+        member._handle(("peer", 1, rm.TimeoutNow(1, 1)))
+        assert core.rejected["timeout_now_stale"] == 1
+        return core.role
+
+    assert trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0)) == "follower"
