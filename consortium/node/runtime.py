@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import resource
 import time
 from collections import Counter, OrderedDict
@@ -70,7 +71,13 @@ from consortium.node.verification import (
 )
 from consortium.pbft import messages as pbft_messages
 from consortium.pbft.effects import Outbound as PbftOutbound
-from consortium.pbft.replica import CommittedBatch, PbftConfig, PbftReplica, RecoveredState
+from consortium.pbft.replica import (
+    CommittedBatch,
+    PbftConfig,
+    PbftReplica,
+    RecoveredState,
+    Serve,
+)
 from consortium.pbft.transfer import blocks_reply
 
 TICK_MS = 2
@@ -216,7 +223,7 @@ class Node:
         """The PBFT replica, recovered from the store (RaftMember overrides this)."""
         head = self.store.head
         self.core = PbftReplica(
-            PbftConfig.from_genesis(self.genesis, self.me),
+            PbftConfig.from_genesis(self.genesis, self.me, seed=os.urandom(16)),
             self.signer,
             self.verifier,
             tx_ok=self.tx_cache.check,
@@ -457,7 +464,7 @@ class Node:
             for cp in stable:
                 self.log.debug("checkpoint %d stable", cp.seq)
             for serve in ready.serve:
-                self._serve_blocks(serve.peer, serve.from_seq)
+                core.served(serve, self._serve_blocks(serve))
             self._log_view(core)
 
     def send_peer(self, dest: int | None, frame: bytes) -> None:
@@ -499,8 +506,9 @@ class Node:
                 self.peers.send(d, pbft_messages.encode(twin))
                 self.peers.send(d, frame)
 
-    def _serve_blocks(self, peer: int, from_seq: int) -> None:
-        """Answer a peer's FETCH from the block store (pbft/transfer.py)."""
+    def _serve_blocks(self, serve: Serve) -> int:
+        """Answer a peer's FETCH from the block store (pbft/transfer.py) within what the core
+        granted from the peer's budget; returns the answer's size, which the core charges."""
 
         def block_at(seq: int) -> pbft_messages.TransferredBlock | None:
             stored = self.store.get_block(seq)
@@ -518,12 +526,14 @@ class Node:
             self.chain_id,
             self.me,
             self.genesis.params,
-            from_seq,
+            serve.from_seq,
             self.store.height,
             self.core.stable_certificate,
             block_at,
+            serve.bytes_max,
         )
-        self.send_peer(peer, frame)
+        self.send_peer(serve.peer, frame)
+        return len(frame)
 
     def _log_view(self, core: PbftReplica) -> None:
         """One line per view change and per view entered (rate-limited by its nature)."""

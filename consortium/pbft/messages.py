@@ -18,7 +18,8 @@ fixed-order array naming the kind first and the sender last:
     BATCH-REQ    ["batchreq", digest, sender]               ask any replica for a batch
     BATCH        ["batch", digest, proposed_ms, sender]     + the batch (checked by digest)
     FETCH        ["fetch", from_seq, sender]                state transfer: blocks from a seq
-    BLOCKS       ["blocks", from_seq, sender]
+    BLOCKS       ["blocks", from_seq, height, sender]   height: how far the sender claims
+                 to have executed (its ledger height when it answered)
                  + [stable checkpoint certificate or nil, [[proposed_ms, batch, commit
                    certificate], ...]]   each block checked by its own commit certificate
 
@@ -437,6 +438,9 @@ class TransferredBlock:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Blocks:
     from_seq: int
+    # The sender's ledger height as it answered: how far it claims to be. An answer with fewer
+    # blocks than fit one frame while it claims more counts as slow (pbft/replica.py).
+    height: int
     sender: int
     stable: CheckpointCertificate | None
     blocks: tuple[TransferredBlock, ...]
@@ -449,13 +453,15 @@ class Blocks:
         signer: Signer,
         chain_id: bytes,
         from_seq: int,
+        height: int,
         stable: CheckpointCertificate | None,
         blocks: tuple[TransferredBlock, ...],
         sender: int,
     ) -> Blocks:
-        body = pack(["blocks", from_seq, sender])
+        body = pack(["blocks", from_seq, height, sender])
         return cls(
             from_seq=from_seq,
+            height=height,
             sender=sender,
             stable=stable,
             blocks=blocks,
@@ -679,7 +685,7 @@ def decode(frame: bytes, params: Params) -> Message:
             signature=signature,
         )
     if kind == "blocks":
-        as_list(fields, 3, kind)
+        as_list(fields, 4, kind)
         raw_blocks = as_list(envelope[3], what="blocks")
         if len(raw_blocks) > params.window:
             raise WireFormatError(f"blocks: more than {params.window} blocks")
@@ -695,7 +701,8 @@ def decode(frame: bytes, params: Params) -> Message:
             )
         return Blocks(
             from_seq=as_int(fields[1], "from_seq"),
-            sender=as_int(fields[2], "sender"),
+            height=as_int(fields[2], "height"),
+            sender=as_int(fields[3], "sender"),
             stable=_stable(envelope[2]),
             blocks=tuple(blocks),
             body=body,

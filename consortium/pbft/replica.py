@@ -109,11 +109,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from consortium.crypto.codec import WireFormatError
+from consortium.crypto.codec import WireFormatError, pack
 from consortium.crypto.hashing import sha256
 from consortium.crypto.signing import Domain, Signer, Verifier
 from consortium.ledger.block import batch_digest
-from consortium.ledger.certificates import CheckpointCertificate, CommitCertificate, SignedVote
+from consortium.ledger.certificates import (
+    CheckpointCertificate,
+    CommitCertificate,
+    SignedVote,
+    commit_body,
+)
 from consortium.ledger.genesis import Genesis, Params
 from consortium.ledger.tx import Transaction
 from consortium.pbft import records
@@ -136,6 +141,7 @@ from consortium.pbft.messages import (
     ViewChange,
     decode,
     encode,
+    frame_bytes_limit,
     new_view_digest,
     proofs_digest_of,
 )
@@ -167,10 +173,15 @@ __all__ = [
 EVIDENCE_MAX = 32
 FORWARD_PER_TICK = 256  # overdue transactions a backup forwards to the primary per tick
 FORWARD_DIGEST = b"\xff" * 32  # marks a BATCH of forwarded transactions (no batch has it)
-# What a peer may ask of us per retransmission interval: each answer can be a full batch
-# (params.batch_bytes_max), so these bound what a Byzantine member's requests cost us.
-BATCHES_SERVED_PER_INTERVAL = 16
-FETCHES_SERVED_PER_INTERVAL = 4
+# What a peer may make us send per retransmission interval answering its BATCH-REQs and
+# FETCHes, together, in bytes: this many of the largest frames we send (frame_bytes_limit: a
+# full batch and its envelope). At the default parameters 2 x 4,263,936 bytes per 500 ms, about
+# 16 MiB/s per peer; the last answer admitted may overdraw it by one frame at most. Counted in
+# answers of up to a full batch each, it was 128 MiB/s (review).
+SERVED_FRAMES_PER_INTERVAL = 2
+# A member that answered a FETCH slowly (fewer blocks than fit while it claims more) or not at
+# all is asked again only after this many intervals, unless no other member can be.
+FETCH_SLOW_SKIP_INTERVALS = 16
 # Transactions a backup may forward to us as primary per interval, in full batches: each new
 # one costs a client-signature check, so this bounds what one member can make us verify.
 FORWARDED_BATCHES_PER_INTERVAL = 4
@@ -185,6 +196,10 @@ class PbftConfig:
     member_keys: tuple[bytes, ...]  # index = member id (genesis order)
     me: int
     params: Params
+    # Randomness for the core, which draws none of its own (the first member asked for blocks
+    # is drawn from it, so that a faulty member is not every restarted replica's first choice).
+    # The node passes fresh random bytes; the simulator derives them from its seed.
+    seed: bytes = b""
 
     @property
     def n(self) -> int:
@@ -200,12 +215,13 @@ class PbftConfig:
         return (self.n + self.f + 2) // 2
 
     @classmethod
-    def from_genesis(cls, genesis: Genesis, me: int) -> PbftConfig:
+    def from_genesis(cls, genesis: Genesis, me: int, *, seed: bytes = b"") -> PbftConfig:
         return cls(
             chain_id=genesis.chain_id,
             member_keys=tuple(m.public_key for m in genesis.members),
             me=me,
             params=genesis.params,
+            seed=seed,
         )
 
 
@@ -316,16 +332,28 @@ class PbftReplica:
         self._wanted: dict[bytes, int] = {}  # batch digest -> when we last asked for it
         # Batches that came by digest, for the NEW-VIEW being built or entered (<= L).
         self._fetched: OrderedDict[bytes, tuple[int, tuple[Transaction, ...]]] = OrderedDict()
-        self._batch_tokens = [BATCHES_SERVED_PER_INTERVAL] * self.n  # refilled per interval
-        self._fetch_tokens = [FETCHES_SERVED_PER_INTERVAL] * self.n
+        # Bytes each peer may still make us send this interval (BATCH and BLOCKS answers).
+        self._serve_budget = [self._serve_budget_full] * self.n  # refilled per interval
         self._forward_tokens = [self._forward_budget] * self.n
         self._forwarded_this_interval = 0  # what we forwarded to the primary this interval
         self._tokens_refilled_ms = 0
 
         # State transfer.
+        self._rng_counter = 0
         self._fetch_peer: int | None = None
         self._fetch_sent_ms = _LONG_AGO
-        self._fetch_next = (self.me + 1) % self.n
+        # Round robin over the others from a random one (never this replica).
+        self._fetch_next = (self.me + 1 + self._random_below(self.n - 1)) % self.n
+        self._fetch_slow_ms = [_LONG_AGO] * self.n  # when each last answered slowly, or not
+        self._fetch_claims = [0] * self.n  # the height each claimed in its last BLOCKS
+        # The smallest a block can encode to (no transaction, Q minimal COMMITs): an answer
+        # with less room left than this in its frame could not have carried another block.
+        vote = SignedVote(commit_body(0, 1, bytes(32), 0), bytes(64))
+        cert = CommitCertificate(0, 1, bytes(32), (vote,) * self.quorum)
+        self._block_bytes_min = len(
+            pack(TransferredBlock(proposed_ms=0, txs=(), certificate=cert).to_array())
+        )
+        self.transfer_slow = 0  # answers with fewer blocks than fit while the peer had more
         self._served_ms = [_LONG_AGO] * self.n
         self._served_from = [0] * self.n
         self._progress_ms = 0  # last time something committed here
@@ -374,6 +402,17 @@ class PbftReplica:
     @property
     def _forward_budget(self) -> int:
         return FORWARDED_BATCHES_PER_INTERVAL * self.params.batch_txs_max
+
+    @property
+    def _serve_budget_full(self) -> int:
+        return SERVED_FRAMES_PER_INTERVAL * frame_bytes_limit(self.params)
+
+    def _random_below(self, k: int) -> int:
+        """A number in [0, k), drawn from config.seed and a counter (the core's only
+        randomness, so a run stays a function of its inputs)."""
+        self._rng_counter += 1
+        h = sha256(self.config.seed + self._rng_counter.to_bytes(8, "big"))
+        return int.from_bytes(h[:8], "big") % max(1, k)
 
     def wants_batch(self, batch: Batch, sender: int | None = None) -> bool:
         """Whether the shell should verify this batch's client signatures ahead of the core
@@ -452,6 +491,15 @@ class PbftReplica:
         if seq % self.params.checkpoint_interval == 0 and seq > self._log.low:
             self._checkpoint(seq, block_hash)
         self._maybe_propose()
+        self._check_invariants()
+
+    def served(self, serve: Serve, frame_bytes: int) -> None:
+        """The shell answered `serve` with a BLOCKS frame of this size: what the grant did not
+        use goes back to the peer's budget (an answer over it, one block that alone exceeds
+        the grant, is charged in full)."""
+        peer = serve.peer
+        left = self._serve_budget[peer] + serve.bytes_max - frame_bytes
+        self._serve_budget[peer] = min(self._serve_budget_full, left)
         self._check_invariants()
 
     def take_ready(self) -> Ready:
@@ -1207,11 +1255,17 @@ class PbftReplica:
                 old_digests[slot.seq] = slot.preprepare.digest
         self._pool.release(reissued, old_digests, self._mono_ms)
         self._pool.forget_forwarding()  # forward to the new primary before suspecting it
-        if plan.stable is not None and plan.stable.seq > self._log.low:
+        if (
+            plan.stable is not None
+            and plan.stable.seq > self._log.low
+            and not self._differs_from_ours(plan.stable)
+        ):
             self._stabilize(plan.stable)  # not active yet: proposes nothing, drains nothing
         low = self._log.low
         for pp in preprepares:
-            if pp.seq <= low:
+            if pp.seq <= low or pp.seq > self._log.high:
+                # (above h+L only when we refused the NEW-VIEW's checkpoint as not ours: our
+                # execution diverged, and this replica takes no part in those seqs)
                 continue
             slot = self._log.slot(pp.seq, self.view)
             if pp.sender == self.me:
@@ -1294,14 +1348,15 @@ class PbftReplica:
                 self._messages.append(Outbound(None, request))
         if self._mono_ms - self._tokens_refilled_ms >= self.retransmit_ms:
             self._tokens_refilled_ms = self._mono_ms
-            self._batch_tokens = [BATCHES_SERVED_PER_INTERVAL] * self.n
-            self._fetch_tokens = [FETCHES_SERVED_PER_INTERVAL] * self.n
+            # (an overdrawn budget starts the interval that much lower)
+            full = self._serve_budget_full
+            self._serve_budget = [min(full, left + full) for left in self._serve_budget]
             self._forward_tokens = [self._forward_budget] * self.n
             self._forwarded_this_interval = 0
 
     def _on_batch_request(self, req: BatchRequest) -> None:
-        if self._batch_tokens[req.sender] <= 0:
-            self.rejected["requests_too_often"] += 1
+        if self._serve_budget[req.sender] <= 0:
+            self.rejected["answers_over_budget"] += 1
             return
         txs = self._find_batch(req.digest)
         if txs is None:
@@ -1309,9 +1364,10 @@ class PbftReplica:
         proposed_ms = self._proposed_ms_of(req.digest)
         if proposed_ms is None:
             return
-        self._batch_tokens[req.sender] -= 1
         batch = Batch.create(self._signer, self.chain_id, proposed_ms, txs, self.me)
-        self._messages.append(Outbound(req.sender, encode(batch)))
+        frame = encode(batch)
+        self._serve_budget[req.sender] -= len(frame)
+        self._messages.append(Outbound(req.sender, frame))
 
     def _proposed_ms_of(self, digest: bytes) -> int | None:
         fetched = self._fetched.get(digest)
@@ -1383,8 +1439,12 @@ class PbftReplica:
 
     def _transfer_target(self) -> int:
         """How far f+1 peers (one honest at least) showed they executed, or our h."""
-        claims = sorted(self._retransmit.peer_executed, reverse=True)
+        claims = sorted((self._claimed(p) for p in range(self.n)), reverse=True)
         return max(self._log.low, claims[self.f] if len(claims) > self.f else 0)
+
+    def _claimed(self, peer: int) -> int:
+        """How far `peer` claims to have executed: by its CHECKPOINTs or its last BLOCKS."""
+        return max(self._retransmit.peer_executed[peer], self._fetch_claims[peer])
 
     def _maybe_fetch(self) -> None:
         if not self._clock_known:
@@ -1395,6 +1455,7 @@ class PbftReplica:
             if now - self._fetch_sent_ms < interval:
                 return
             self.transfer_retries += 1  # lost, or a silent peer: ask the next one
+            self._fetch_slow_ms[self._fetch_peer] = now
             self._fetch_peer = None
         target = self._transfer_target()
         behind_h = self._log.low > self._last_committed
@@ -1409,11 +1470,16 @@ class PbftReplica:
             self._fetch_from(self._pick_fetch_peer(target))
 
     def _pick_fetch_peer(self, target: int) -> int:
-        """Round robin, preferring peers that claimed to have executed up to the target."""
+        """Round robin from a random start, preferring peers that claimed to have executed up
+        to the target, and among them those that did not answer slowly (or not at all) in the
+        last FETCH_SLOW_SKIP_INTERVALS: a slow member is asked again only when no other is
+        (a Byzantine member ahead of us must not set the pace of our catch-up)."""
         order = [(self._fetch_next + i) % self.n for i in range(self.n)]
         order = [p for p in order if p != self.me]
-        ahead = [p for p in order if self._retransmit.peer_executed[p] >= target]
-        peer = (ahead or order)[0]
+        skip_ms = FETCH_SLOW_SKIP_INTERVALS * self.retransmit_ms
+        prompt = [p for p in order if self._mono_ms - self._fetch_slow_ms[p] >= skip_ms]
+        ahead = [p for p in order if self._claimed(p) >= target]
+        peer = ([p for p in ahead if p in prompt] or ahead or prompt or order)[0]
         self._fetch_next = (peer + 1) % self.n
         return peer
 
@@ -1430,16 +1496,20 @@ class PbftReplica:
         if fetch.from_seq <= last_from and self._mono_ms - last_ms < self.retransmit_ms // 4:
             self.rejected["duplicate"] += 1  # or a retry too soon
             return
-        if self._fetch_tokens[fetch.sender] <= 0:
-            self.rejected["requests_too_often"] += 1
+        budget = self._serve_budget[fetch.sender]
+        if budget <= 0:
+            self.rejected["answers_over_budget"] += 1
             return
         if not self._verified(fetch):
             return
-        self._fetch_tokens[fetch.sender] -= 1
+        # The answer may take what is left of the peer's budget (one frame at most), charged
+        # now; the shell gives back what it did not use (served()).
+        grant = min(budget, frame_bytes_limit(self.params))
+        self._serve_budget[fetch.sender] -= grant
         self._served_ms[fetch.sender] = self._mono_ms
         self._served_from[fetch.sender] = fetch.from_seq
         self._relay_new_view(fetch.sender)  # a restarted peer may not know our view either
-        self._serve.append(Serve(fetch.sender, max(1, fetch.from_seq)))
+        self._serve.append(Serve(fetch.sender, max(1, fetch.from_seq), grant))
 
     def _on_blocks(self, reply: Blocks) -> None:
         if reply.sender != self._fetch_peer:
@@ -1447,14 +1517,16 @@ class PbftReplica:
             return
         if not self._verified(reply):
             return
+        peer = reply.sender
+        self._fetch_claims[peer] = reply.height  # its latest claim replaces the one before
         cert = reply.stable
         if cert is not None and cert.seq > self._log.low:
-            if check_checkpoint_certificate(self._members, self._verifier, cert) is None:
-                self._stabilize(cert)
-            else:
+            if check_checkpoint_certificate(self._members, self._verifier, cert) is not None:
                 self.rejected["bad_transfer"] += 1
                 self._fetch_from(self._pick_fetch_peer(self._transfer_target()))
                 return
+            if not self._differs_from_ours(cert):
+                self._stabilize(cert)
         delivered = 0
         for block in reply.blocks:
             seq = block.seq
@@ -1478,13 +1550,46 @@ class PbftReplica:
             delivered += 1
         if not delivered and self._probes_left > 0:
             self._probes_left -= 1  # one more peer says we are not behind it
-        if delivered:
-            self._fetch_from(reply.sender)  # maybe more: keep going with a peer that helps
-        elif self._log.low > self._last_committed:
+        more = reply.height > self._last_committed  # the peer claims blocks we still lack
+        full = more and self._full_answer(reply)
+        if more and not full:
+            # Fewer blocks than fit one frame while it claims more: slow, whatever the reason
+            # (a peer that trickles one valid block per FETCH, each just before our timeout,
+            # slowed a whole cluster's catch-up from 4 s to 198 s): ask another next. An honest
+            # peer cut short by its budget or a large next block costs only that rotation.
+            self._fetch_slow_ms[peer] = self._mono_ms
+            self.transfer_slow += 1
+        behind = self._transfer_target() > self._last_committed or more
+        if delivered and more and full:
+            self._fetch_from(peer)  # keep going with a peer that sends all that fits
+        elif (delivered and behind) or self._log.low > self._last_committed:
             self._fetch_from(self._pick_fetch_peer(self._transfer_target()))
         else:
             self._fetch_peer = None
         self._deliver()
+
+    def _full_answer(self, reply: Blocks) -> bool:
+        """Whether a BLOCKS answer carried all that its sender could fit: `window` blocks, or
+        all it claims to have, or too little room left in one frame for even the smallest
+        block (the frame's exact size: for a decoded message encode() is its frame)."""
+        blocks = reply.blocks
+        if len(blocks) >= self.params.window or (blocks and blocks[-1].seq >= reply.height):
+            return True
+        room = frame_bytes_limit(self.params) - len(encode(reply))
+        return room < self._block_bytes_min
+
+    def _differs_from_ours(self, cert: CheckpointCertificate) -> bool:
+        """A valid stable checkpoint certificate for a hash other than the one we signed (or
+        executed) at its sequence number: our execution diverged from Q members'. Never adopt
+        it silently: count it and refuse it, as _try_stable does for Q CHECKPOINTs."""
+        own = self._checkpoints.own(cert.seq)
+        ours = own.block_hash if own is not None else None
+        if ours is None and cert.seq == self.last_executed:
+            ours = self._last_block_hash
+        if ours is None or ours == cert.block_hash:
+            return False
+        self.rejected["checkpoint_mismatch"] += 1
+        return True
 
     def _transferred_problem(self, block: TransferredBlock) -> str | None:
         c = block.certificate

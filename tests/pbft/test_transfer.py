@@ -1,13 +1,17 @@
-"""Serving state transfer (pbft/transfer.py): every BLOCKS answer decodes at the asker, with
+"""State transfer. Serving (pbft/transfer.py): every BLOCKS answer decodes at the asker, with
 full blocks at the default parameters too (found in review: the answer was budgeted on
-transaction bytes alone and outgrew the decode limit, so catch-up stalled for ever)."""
+transaction bytes alone and outgrew the decode limit, so catch-up stalled for ever), and within
+the asking member's budget. Asking (pbft/replica.py): from a random member first, rotating away
+from one that answers slowly."""
 
 from __future__ import annotations
 
-from pbft_harness import Group
+from dataclasses import replace
+
+from pbft_harness import WALL, Group, block_hash, stable_votes
 
 from consortium.crypto.keys import KeyPair
-from consortium.ledger.block import batch_digest
+from consortium.ledger.block import batch_digest, genesis_block
 from consortium.ledger.certificates import CommitCertificate
 from consortium.ledger.genesis import Params
 from consortium.ledger.tx import Put, Transaction
@@ -15,10 +19,13 @@ from consortium.node.sim.cluster import EPOCH_MS, workload
 from consortium.pbft.messages import (
     Blocks,
     Commit,
+    Fetch,
     TransferredBlock,
     decode,
+    encode,
     frame_bytes_limit,
 )
+from consortium.pbft.replica import PbftConfig, PbftReplica, RecoveredState
 from consortium.pbft.transfer import blocks_reply
 
 DEFAULT = Params()
@@ -83,3 +90,113 @@ def test_a_worst_case_block_fits_one_answer_alone() -> None:
     blocks = {1: block(group, 1, txs), 2: block(group, 2, txs)}
     msg = reply(group, 1, 2, blocks)
     assert [b.seq for b in msg.blocks] == [1]
+
+
+# --- the asker: whom it asks, and rotating away from a slow member ------------------------
+
+
+def chain(group: Group, height: int) -> dict[int, TransferredBlock]:
+    """Blocks 1..height of empty batches, each under a commit certificate of every member."""
+    return {seq: block(group, seq, ()) for seq in range(1, height + 1)}
+
+
+def catch_up(group: Group, me: int, throttler: int, height: int) -> tuple[int, int]:
+    """Replica `me` starts at genesis while the others are at `height` (each showed it by a
+    CHECKPOINT) and catches up by FETCH. Honest members answer at once from `chain`, as the
+    shell does (blocks_reply, with the stable checkpoint certificate of their height);
+    `throttler` answers each FETCH with one valid block, just before the asker's timeout.
+    Returns (simulated ms it took, FETCHes the throttler got)."""
+    blocks = chain(group, height)
+    k = group.params.checkpoint_interval
+    stable = stable_votes(group, height - height % k, range(group.n))
+    r = group.replicas[me]
+    r._fetch_next = throttler  # the throttler comes first in its round robin
+    start_ms = group.mono_ms
+    for s in range(group.n):
+        if s != me:
+            r.receive(s, group.checkpoint(height - height % k, s))
+    interval = r.retransmit_ms
+    due: list[tuple[int, int, bytes]] = []  # (deliver at, sender, frame)
+    asked_throttler = 0
+    while r.last_executed < height:
+        assert group.mono_ms - start_ms < 1_000 * interval, "catch-up never finished"
+        group.mono_ms += 1
+        r.tick(group.mono_ms, WALL + group.mono_ms)
+        for at_ms, src, frame in [d for d in due if d[0] <= group.mono_ms]:
+            due.remove((at_ms, src, frame))
+            r.receive(src, frame)
+        ready = r.take_ready()
+        for batch in ready.committed:
+            r.executed(batch.seq, block_hash(batch.seq))
+        for out in ready.messages:
+            fetch = decode(out.frame, group.params)
+            if not isinstance(fetch, Fetch):
+                continue
+            peer = out.dest
+            assert peer is not None
+            if peer == throttler:
+                asked_throttler += 1
+                one = tuple(blocks[s] for s in (fetch.from_seq,) if s in blocks)
+                reply = Blocks.create(
+                    group.signers[peer], group.chain_id, fetch.from_seq, height, stable, one, peer
+                )
+                due.append((group.mono_ms + interval - 1, peer, encode(reply)))
+            else:
+                frame = blocks_reply(
+                    group.signers[peer],
+                    group.chain_id,
+                    peer,
+                    group.params,
+                    fetch.from_seq,
+                    height,
+                    stable,
+                    blocks.get,
+                )
+                due.append((group.mono_ms + 1, peer, frame))
+    return group.mono_ms - start_ms, asked_throttler
+
+
+def test_a_member_trickling_one_block_per_fetch_does_not_set_the_pace_of_catch_up() -> None:
+    """A member that answers each FETCH with one valid block just before the asker's timeout
+    was never rotated away (it did answer, with a valid block) and slowed a whole cluster's
+    catch-up from 4 s to 198 s. An answer with fewer blocks than fit one frame while its
+    sender claims more counts as slow: the next FETCH goes to another member, and the slow
+    one is asked again only when no other member can be."""
+    group = Group()  # L = 4: an honest answer carries 4 blocks here
+    height = 40
+    took_ms, asked = catch_up(group, 3, 0, height)
+    interval = group.replicas[3].retransmit_ms
+    assert took_ms < 3 * interval, f"{took_ms} ms to catch up {height} blocks"
+    assert asked == 1  # once, first: then never again while honest members answer
+    r = group.replicas[3]
+    assert r.transfer_slow == 1 and r.transferred == height
+    # Honest members sent all that fit (L blocks): never judged slow, asked again and again.
+    assert [p for p in range(group.n) if r._fetch_slow_ms[p] > 0] == [0]
+
+
+def test_whom_a_replica_asks_first_is_drawn_from_its_seed() -> None:
+    """Round robin from the next member made one member every restarted replica's first
+    choice; the start is drawn from PbftConfig.seed (the core has no randomness of its own),
+    never the replica itself, the same for the same seed."""
+    group = Group()
+    firsts = set()
+    for k in range(24):
+        config = replace(PbftConfig.from_genesis(group.genesis, 1), seed=b"%d" % k)
+        replica = PbftReplica(
+            config,
+            group.signers[1],
+            group.verifier,
+            tx_ok=group.tx_ok,
+            recovered=RecoveredState(0, genesis_block(group.genesis).hash, None, []),
+        )
+        again = PbftReplica(
+            config,
+            group.signers[1],
+            group.verifier,
+            tx_ok=group.tx_ok,
+            recovered=RecoveredState(0, genesis_block(group.genesis).hash, None, []),
+        )
+        first = replica._pick_fetch_peer(0)
+        assert first == again._pick_fetch_peer(0) and first != 1
+        firsts.add(first)
+    assert firsts == {0, 2, 3}

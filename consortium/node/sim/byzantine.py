@@ -380,7 +380,13 @@ class LyingTransfer(Byzantine):
                 cert = CommitCertificate(self.view, request.from_seq, digest, (vote,))
                 forged = (TransferredBlock(proposed_ms=0, txs=(), certificate=cert),)
             reply = Blocks.create(
-                self._signer, self.chain_id, request.from_seq, None, forged, self.me
+                self._signer,
+                self.chain_id,
+                request.from_seq,
+                self.last_executed,
+                None,
+                forged,
+                self.me,
             )
             out.append(Outbound(request.peer, encode(reply)))
         return []

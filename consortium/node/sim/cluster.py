@@ -57,7 +57,7 @@ from consortium.node.sim.checkers import SafetyChecker
 from consortium.node.sim.network import NetworkFaults, SimNetwork
 from consortium.node.sim.shell import SimShell
 from consortium.pbft.messages import TransferredBlock, decode
-from consortium.pbft.replica import PbftConfig, PbftReplica, RecoveredState
+from consortium.pbft.replica import PbftConfig, PbftReplica, RecoveredState, Serve
 from consortium.pbft.transfer import blocks_reply
 
 CLIENT_SEED = b"consortium-sim-client".ljust(32, b"\x00")
@@ -218,6 +218,7 @@ class SimCluster(SimShell[SimNode]):
         client_delay_ms: tuple[int, int] = (0, 10),
         client_retry_ms: int = 1_000,
     ) -> None:
+        self.seed = seed
         self.rng = random.Random(seed)
         self.n = n
         self.genesis = sim_genesis(n, params)
@@ -287,8 +288,10 @@ class SimCluster(SimShell[SimNode]):
         stored: dict[bytes, bytes],
     ) -> PbftReplica:
         factory = self._factories.get(i, honest_replica)
+        # The core's randomness, from the run's seed (another draw after each restart).
+        seed = b"%d/%d/%d" % (self.seed, i, self.now_ms)
         return factory(
-            PbftConfig.from_genesis(self.genesis, i),
+            PbftConfig.from_genesis(self.genesis, i, seed=seed),
             self.signers[i],
             self.verifier,
             self._tx_ok,
@@ -427,7 +430,9 @@ class SimCluster(SimShell[SimNode]):
                 self.safety.appended(node.index, block.height, block.hash)
                 replica.executed(batch.seq, block.hash)
             for serve in ready.serve:
-                self._serve(node, serve.peer, serve.from_seq)
+                frame_bytes = self._serve(node, serve)
+                if frame_bytes is not None:
+                    replica.served(serve, frame_bytes)
         replica.check_invariants()
         if self.trace is not None and (replica.view, replica.active) != self._traced_view.get(
             node.index, (0, True)
@@ -439,8 +444,9 @@ class SimCluster(SimShell[SimNode]):
                 f"{replica.last_view_change_reason or 'NEW-VIEW'}"
             )
 
-    def _serve(self, node: SimNode, peer: int, from_seq: int) -> None:
-        """Answer a FETCH from the node's ledger (the runtime reads its block store)."""
+    def _serve(self, node: SimNode, serve: Serve) -> int | None:
+        """Answer a FETCH from the node's ledger (the runtime reads its block store); returns
+        the answer's size, which the replica charges to the peer's budget."""
 
         def block_at(seq: int) -> TransferredBlock | None:
             return node.blocks[seq - 1] if 0 < seq <= len(node.blocks) else None
@@ -450,12 +456,14 @@ class SimCluster(SimShell[SimNode]):
             self.chain_id,
             node.index,
             self.params,
-            from_seq,
+            serve.from_seq,
             node.head.height,
             node.stable,
             block_at,
+            serve.bytes_max,
         )
-        self.net.send(self.now_ms, node.index, peer, frame)
+        self.net.send(self.now_ms, node.index, serve.peer, frame)
+        return len(frame)
 
     def _replied(self, txs: tuple[Transaction, ...]) -> None:
         reply_quorum = self.genesis.f + 1
