@@ -17,6 +17,7 @@ from consortium.ledger.genesis import Params
 from consortium.ledger.tx import Put, Transaction
 from consortium.node.sim.cluster import EPOCH_MS, workload
 from consortium.pbft.messages import (
+    BatchRequest,
     Blocks,
     Commit,
     Fetch,
@@ -25,7 +26,12 @@ from consortium.pbft.messages import (
     encode,
     frame_bytes_limit,
 )
-from consortium.pbft.replica import PbftConfig, PbftReplica, RecoveredState
+from consortium.pbft.replica import (
+    SERVED_FRAMES_PER_INTERVAL,
+    PbftConfig,
+    PbftReplica,
+    RecoveredState,
+)
 from consortium.pbft.transfer import blocks_reply
 
 DEFAULT = Params()
@@ -200,3 +206,97 @@ def test_whom_a_replica_asks_first_is_drawn_from_its_seed() -> None:
         assert first == again._pick_fetch_peer(0) and first != 1
         firsts.add(first)
     assert firsts == {0, 2, 3}
+
+
+# --- what a member may make us send: bytes per interval -----------------------------------
+
+
+def fetch_each(
+    group: Group,
+    r: PbftReplica,
+    peer: int,
+    starts: range,
+    blocks: dict[int, TransferredBlock],
+) -> list[int]:
+    """Member `peer` asks `r` for blocks from each of `starts` in turn; `r`'s shell answers
+    each FETCH it lets through (blocks_reply, within the grant) and reports the frame's size.
+    Returns the sizes of the answers sent."""
+    height = max(blocks)
+    sizes: list[int] = []
+    for from_seq in starts:
+        r.receive(peer, Fetch.create(group.signers[peer], group.chain_id, from_seq, peer))
+        for serve in r.take_ready().serve:
+            frame = blocks_reply(
+                group.signers[r.me],
+                group.chain_id,
+                r.me,
+                group.params,
+                serve.from_seq,
+                height,
+                None,
+                blocks.get,
+                serve.bytes_max,
+            )
+            assert len(frame) <= frame_bytes_limit(group.params)
+            r.served(serve, len(frame))
+            sizes.append(len(frame))
+    return sizes
+
+
+def test_small_answers_cost_little_of_a_members_budget() -> None:
+    """Answers to FETCH were counted (4 per interval, each up to a full batch): a catching-up
+    member asking for small blocks was held to 4 answers per interval, while a Byzantine one
+    asking for full ones got 4 full frames. Now each member's budget is in bytes, shared by
+    its BATCH and BLOCKS answers, and the shell gives back what an answer did not use."""
+    group = Group()
+    r = group.replicas[0]
+    answers = fetch_each(group, r, 3, range(1, 400, group.params.window), chain(group, 400))
+    assert len(answers) == 100 and r.rejected["answers_over_budget"] == 0
+
+
+def test_full_answers_stop_at_the_members_budget_per_interval() -> None:
+    params = replace(Params(), batch_bytes_max=64 * 1024, batch_txs_max=8)
+    group = Group(params=params)
+    r = group.replicas[0]
+    client = KeyPair.from_seed(b"transfer-budget".ljust(32, b"\x00"))
+    txs = tuple(
+        Transaction.create(
+            client, group.chain_id, b"%d" % i, EPOCH_MS + 60_000, [Put(b"k", b"v" * 7_900)]
+        )
+        for i in range(8)
+    )
+    blocks = {seq: block(group, seq, txs) for seq in range(1, 65)}
+    limit = frame_bytes_limit(params)
+    sent = sum(fetch_each(group, r, 3, range(1, 65), blocks))
+    # Two frames' worth per interval, and the last answer admitted may overdraw by one.
+    assert 2 * limit - limit // 2 < sent <= (SERVED_FRAMES_PER_INTERVAL + 1) * limit
+    assert r.rejected["answers_over_budget"] > 0
+    group.tick_all(r.retransmit_ms)  # the next interval: the budget is back
+    assert fetch_each(group, r, 3, range(100, 101), blocks)
+
+
+def test_batch_answers_stop_at_the_members_budget_per_interval() -> None:
+    """A BATCH-REQ was answered 16 times per interval whatever the batch's size: up to
+    128 MiB/s of full batches one Byzantine member could ask for. The same byte budget as
+    BLOCKS answers (shared) now bounds them."""
+    params = replace(Params(), batch_bytes_max=64 * 1024, batch_txs_max=8)
+    group = Group(params=params)
+    client = KeyPair.from_seed(b"transfer-budget".ljust(32, b"\x00"))
+    txs = tuple(
+        Transaction.create(
+            client, group.chain_id, b"%d" % i, EPOCH_MS + 60_000, [Put(b"k", b"v" * 7_900)]
+        )
+        for i in range(8)
+    )
+    r = group.replicas[1]
+    pp = group.preprepare(1, txs)
+    r.receive(0, pp)
+    r.take_ready()
+    ask = BatchRequest.create(group.signers[3], group.chain_id, pp.digest, 3)
+    sent = 0
+    for _ in range(20):
+        r.receive(3, ask)
+        sent += sum(len(m.frame) for m in r.take_ready().messages if m.dest == 3)
+    limit = frame_bytes_limit(params)
+    assert limit < sent <= (SERVED_FRAMES_PER_INTERVAL + 1) * limit
+    assert r.rejected["answers_over_budget"] > 0
