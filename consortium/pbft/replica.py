@@ -179,6 +179,9 @@ FORWARD_DIGEST = b"\xff" * 32  # marks a BATCH of forwarded transactions (no bat
 # 16 MiB/s per peer; the last answer admitted may overdraw it by one frame at most. Counted in
 # answers of up to a full batch each, it was 128 MiB/s (review).
 SERVED_FRAMES_PER_INTERVAL = 2
+# A batch asked for by digest (BATCH-REQ to all) is asked again each interval while it is still
+# needed, at most this many times; then it is given up (counted) until the view changes.
+BATCH_ASKS_MAX = 16
 # A member that answered a FETCH slowly (fewer blocks than fit while it claims more) or not at
 # all is asked again only after this many intervals, unless no other member can be.
 FETCH_SLOW_SKIP_INTERVALS = 16
@@ -223,6 +226,14 @@ class PbftConfig:
             params=genesis.params,
             seed=seed,
         )
+
+
+@dataclass(slots=True)
+class _Wanted:
+    """A batch we asked for by digest: when we last asked, and how many times."""
+
+    asked_ms: int
+    asks: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -329,7 +340,12 @@ class PbftReplica:
         self._timeouts = 0  # successive view changes since a request last executed
         self._work_since_ms: int | None = None  # progress timer (a)
         self._nv_timer_at: int | None = None  # waiting for NEW-VIEW after Q VIEW-CHANGEs
-        self._wanted: dict[bytes, int] = {}  # batch digest -> when we last asked for it
+        self._wanted: dict[bytes, _Wanted] = {}  # batch digest -> when and how often asked
+        # The batches the NEW-VIEW we are building as primary still lacks (<= L), and those
+        # given up after BATCH_ASKS_MAX asks in this (view, active) state (<= L).
+        self._nv_missing: frozenset[bytes] = frozenset()
+        self._abandoned: set[bytes] = set()
+        self._abandoned_in = (self.view, self.active)
         # Batches that came by digest, for the NEW-VIEW being built or entered (<= L).
         self._fetched: OrderedDict[bytes, tuple[int, tuple[Transaction, ...]]] = OrderedDict()
         # Bytes each peer may still make us send this interval (BATCH and BLOCKS answers).
@@ -1123,14 +1139,15 @@ class PbftReplica:
         chosen = vcs[: self.quorum]
         plan = plan_new_view(chosen)
         batches: dict[int, tuple[Transaction, ...]] = {}
-        missing = False
+        missing: set[bytes] = set()
         for item in plan.reissue:
             txs = () if item.null else self._find_batch(item.digest)
             if txs is None:
-                missing = True
+                missing.add(item.digest)
                 self._want(item.digest)
             else:
                 batches[item.seq] = txs
+        self._nv_missing = frozenset(missing)
         if missing:
             return  # BATCH-REQs are out; we try again when a batch arrives or on tick
         pps = tuple(
@@ -1248,6 +1265,9 @@ class PbftReplica:
         self._records.append((records.VIEW_CHANGE_KEY, None))
         # The old view's slots go; their batches' transactions not re-issued are pending again.
         reissued = {pp.seq: pp.digest for pp in preprepares}
+        # The batches we hold that the NEW-VIEW re-issues stay (<= L of them, with the others
+        # fetched by digest): found here, not asked of the peers again (review).
+        self._keep_batches(set(reissued.values()))
         old_digests: dict[int, bytes] = {}
         for slot in self._log.reset():
             self._records.extend((key, None) for key in slot.record_keys)
@@ -1284,6 +1304,7 @@ class PbftReplica:
         for s in [s for s in self._vcs if self._vcs[s].view <= self.view]:
             del self._vcs[s]
         self.active = True
+        self._drop_unneeded_batch_requests()  # the old view's, and the NEW-VIEW's now built
         for sender, msg in self._future.drain(self.view):
             self._on_input(sender, msg)
         self._deliver()
@@ -1331,21 +1352,72 @@ class PbftReplica:
                 return pp.txs
         return None
 
+    def _keep_batches(self, digests: set[bytes]) -> None:
+        """Before the log is reset for a new view: the batches of its slots with these digests
+        go where _find_batch looks (_fetched, at most L, oldest out first)."""
+        for slot in self._log.window_slots():
+            pp = slot.preprepare
+            if pp is None or pp.digest not in digests or pp.digest in self._fetched:
+                continue
+            if pp.txs or _empty_batch(pp):
+                self._fetched[pp.digest] = (pp.proposed_ms, pp.txs)
+        while len(self._fetched) > self.params.window:
+            self._fetched.popitem(last=False)
+
     def _want(self, digest: bytes) -> None:
         if digest in self._wanted:
             return
+        state = (self.view, self.active)
+        if self._abandoned_in != state:
+            self._abandoned_in, self._abandoned = state, set()
+        if digest in self._abandoned:
+            return  # asked BATCH_ASKS_MAX times in this state already: the timers take over
         if len(self._wanted) >= self.params.window:
+            # (not silently: a view change or state transfer is then what recovers)
+            self.rejected["batch_requests_full"] += 1
             return
-        self._wanted[digest] = self._mono_ms
+        self._wanted[digest] = _Wanted(self._mono_ms)
         request = encode(BatchRequest.create(self._signer, self.chain_id, digest, self.me))
         self._messages.append(Outbound(None, request))
 
+    def _batch_needed(self, digest: bytes) -> bool:
+        """Whether a batch asked for by digest is still needed: for the NEW-VIEW we build as
+        primary, or by a re-issued slot of this view that waits for it (and that we did not
+        commit with another digest: we never vote there). The view moved on, the NEW-VIEW was
+        sent, the slot was filled (or it left the window): not needed."""
+        if not self.active:
+            return self.primary == self.me and not self._nv_sent and digest in self._nv_missing
+        for slot in self._log.window_slots():
+            held = slot.reissued
+            if held is not None and held.digest == digest:
+                if self._committed_digests.get(slot.seq, digest) == digest:
+                    return True
+        return False
+
+    def _drop_unneeded_batch_requests(self) -> None:
+        for digest in [d for d in self._wanted if not self._batch_needed(d)]:
+            del self._wanted[digest]
+
     def _batch_requests(self) -> None:
-        for digest, asked_ms in list(self._wanted.items()):
-            if self._mono_ms - asked_ms >= self.retransmit_ms:
-                self._wanted[digest] = self._mono_ms
-                request = encode(BatchRequest.create(self._signer, self.chain_id, digest, self.me))
-                self._messages.append(Outbound(None, request))
+        """Ask again, each interval, for the batches still needed, BATCH_ASKS_MAX times at
+        most: a digest nobody holds (after crash-restart runs some were asked for forever,
+        1,800 requests per idle 10 s, and filled the set) is then given up and counted."""
+        for digest, want in list(self._wanted.items()):
+            if self._mono_ms - want.asked_ms < self.retransmit_ms:
+                continue
+            if not self._batch_needed(digest):
+                del self._wanted[digest]
+                continue
+            if want.asks >= BATCH_ASKS_MAX:
+                del self._wanted[digest]
+                if len(self._abandoned) < self.params.window:
+                    self._abandoned.add(digest)
+                self.rejected["batch_request_abandoned"] += 1
+                continue
+            want.asked_ms = self._mono_ms
+            want.asks += 1
+            request = encode(BatchRequest.create(self._signer, self.chain_id, digest, self.me))
+            self._messages.append(Outbound(None, request))
         if self._mono_ms - self._tokens_refilled_ms >= self.retransmit_ms:
             self._tokens_refilled_ms = self._mono_ms
             # (an overdrawn budget starts the interval that much lower)
@@ -1545,6 +1617,14 @@ class PbftReplica:
             slot = self._log.get(seq)
             if slot is not None:
                 slot.redo = True
+                held = slot.reissued
+                if held is not None and (held.digest, held.proposed_ms) == (
+                    c.digest,
+                    block.proposed_ms,
+                ):
+                    # The batch a re-issued slot waits for came with the block (its commit
+                    # certificate vouches for it): prepare it here, no need to ask for it.
+                    self._accept_preprepare(slot, replace(held, txs=block.txs), reissued=True)
             self._transferred_to = seq
             self.transferred += 1
             delivered += 1
@@ -1734,6 +1814,7 @@ class PbftReplica:
         assert len(self._log) <= self.params.window
         assert len(self._prepared) <= self.params.window
         assert len(self._wanted) <= self.params.window
+        assert len(self._abandoned) <= self.params.window
         assert len(self._fetched) <= self.params.window
         assert len(self._committed_digests) <= self.params.window
         assert len(self._vcs) <= self.n
