@@ -375,3 +375,26 @@ def test_a_full_set_of_batch_requests_is_counted_not_silent() -> None:
     for k in range(PARAMS.window + 1):
         r._want(bytes([k]) * 32)
     assert r.rejected["batch_requests_full"] == 1
+
+
+def test_a_block_that_comes_by_state_transfer_fills_the_reissued_slot_waiting_for_it() -> None:
+    group = Group()
+    r = group.replicas[3]
+    pp = group.preprepare(1, group.txs[1:2])  # never sent to member 3
+    group.take(3)
+    r.receive(1, new_view_reissuing(group, pp))
+    assert asks_for(group, 3, pp.digest) == 1
+    votes = tuple(group.commit(pp, s).vote() for s in range(3))
+    block = TransferredBlock(
+        proposed_ms=pp.proposed_ms,
+        txs=pp.txs,
+        certificate=CommitCertificate(0, 1, pp.digest, votes),
+    )
+    r._fetch_peer = 2
+    r.receive(2, Blocks.create(group.signers[2], group.chain_id, 1, 1, None, (block,), 2))
+    sent = kinds(group, 3)
+    assert [(p.view, p.seq, p.digest) for p in sent if isinstance(p, Prepare)] == [
+        (1, 1, pp.digest)
+    ]
+    group.tick_all(RETRANSMIT_MS)
+    assert asks_for(group, 3, pp.digest) == 0
