@@ -293,38 +293,46 @@ class Node:
         await self._events_send.send(("propose", txs, None))
 
     async def _pump(self) -> None:
-        params = self.genesis.params
         async for sender, frame in self.peers.inbound:
             self.peers.consumed(frame)
             self.count_received(frame)
-            try:
-                msg = pbft_messages.decode(frame, params)
-            except pbft_messages.WireFormatError as exc:
-                self.core.rejected["malformed"] += 1
-                self._ratelog.warning(
-                    f"malformed:{sender}", f"malformed message from member {sender}: {exc}"
-                )
-                continue
-            if (
-                isinstance(msg, pbft_messages.PrePrepare)
-                and msg.txs
-                and self._worth_verifying(sender, msg)
-            ) or (isinstance(msg, pbft_messages.Batch) and self.core.wants_batch(msg, sender)):
-                # Fill the signature cache on worker threads; the core's tx_ok then hits it.
-                await self.tx_cache.verify_all(msg.txs)
-            await self._events_send.send(("peer", sender, msg))
+            msg = await self._peer_message(sender, frame)
+            if msg is not None:
+                await self._events_send.send(("peer", sender, msg))
+
+    async def _peer_message(self, sender: int, frame: bytes) -> pbft_messages.Message | None:
+        """A peer frame decoded (None: malformed, counted), with the client signatures of a
+        batch the core may accept verified ahead on worker threads."""
+        try:
+            msg = pbft_messages.decode(frame, self.genesis.params)
+        except pbft_messages.WireFormatError as exc:
+            self.core.rejected["malformed"] += 1
+            self._ratelog.warning(
+                f"malformed:{sender}", f"malformed message from member {sender}: {exc}"
+            )
+            return None
+        if (
+            isinstance(msg, pbft_messages.PrePrepare)
+            and msg.txs
+            and self._worth_verifying(sender, msg)
+        ) or (isinstance(msg, pbft_messages.Batch) and self.core.wants_batch(msg, sender)):
+            # Fill the signature cache on worker threads; the core's tx_ok then hits it.
+            await self.tx_cache.verify_all(msg.txs)
+        return msg
 
     def _worth_verifying(self, sender: int, pp: pbft_messages.PrePrepare) -> bool:
         """Spend client-signature checks only on a PRE-PREPARE the core could accept: from the
-        current primary, in our view and window, and signed by it (one check). Anything else
-        the core drops cheaply, so a hostile member cannot buy our CPU with junk batches."""
+        current primary, in our view and window, and signed by it. That check is the core's
+        own, made ahead (verify_ahead): the core's check of the same bytes then costs nothing,
+        so each PRE-PREPARE's signature is verified once. Anything else the core drops
+        cheaply, so a hostile member cannot buy our CPU with junk batches."""
         core = self.core
         if not (sender == pp.sender == core.primary and pp.view == core.view):
             return False
         if not core.low_watermark < pp.seq <= core.high_watermark:
             return False
         key = self.genesis.members[sender].public_key
-        return self.verifier.verify(key, Domain.PBFT, self.chain_id, pp.body, pp.signature)
+        return self.verifier.verify_ahead(key, Domain.PBFT, self.chain_id, pp.body, pp.signature)
 
     def _now(self) -> tuple[int, int]:
         return int(trio.current_time() * 1000), int(time.time() * 1000)
