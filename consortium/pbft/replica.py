@@ -1387,12 +1387,12 @@ class PbftReplica:
         sent, the slot was filled (or it left the window): not needed."""
         if not self.active:
             return self.primary == self.me and not self._nv_sent and digest in self._nv_missing
-        for slot in self._log.window_slots():
-            held = slot.reissued
-            if held is not None and held.digest == digest:
-                if self._committed_digests.get(slot.seq, digest) == digest:
-                    return True
-        return False
+        return any(
+            slot.reissued is not None
+            and slot.reissued.digest == digest
+            and self._committed_digests.get(slot.seq, digest) == digest
+            for slot in self._log.window_slots()
+        )
 
     def _drop_unneeded_batch_requests(self) -> None:
         for digest in [d for d in self._wanted if not self._batch_needed(d)]:
