@@ -227,6 +227,8 @@ class Node:
             self.signer,
             self.verifier,
             tx_ok=self.tx_cache.check,
+            # The state executed so far (written or not): keys admitted ever, never fewer.
+            ever_admitted=self.app.may_submit,
             recovered=RecoveredState(
                 last_executed=head.height,
                 last_block_hash=head.hash,

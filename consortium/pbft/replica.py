@@ -268,6 +268,7 @@ class PbftReplica:
         retransmit_ms: int | None = None,
         pending_txs_max: int = PENDING_TXS_MAX,
         pending_bytes_max: int = PENDING_BYTES_MAX,
+        ever_admitted: Callable[[Transaction], bool] | None = None,
     ) -> None:
         params = config.params
         assert config.n >= 4, "pbft needs n = 3f+1 >= 4 members"
@@ -287,6 +288,12 @@ class PbftReplica:
         self._signer = signer
         self._verifier = verifier
         self._tx_ok = tx_ok
+        # Whether a transaction's key was ever admitted in the state this replica executed
+        # (genesis, or an accepted client change; or it is a member's client change): the
+        # shell's ledger state answers (KeyValueState.may_submit). Without it (a core with no
+        # ledger, as in unit tests) every key is taken as admitted, as before the rule.
+        self._ever_admitted = ever_admitted or (lambda tx: True)
+        self._unadmitted: set[int] = set()  # seqs whose PREPARE waits for an admission (<= L)
         self._members = Members(self.chain_id, config.member_keys, self.quorum, params.window)
 
         self.view = 0
@@ -506,6 +513,8 @@ class PbftReplica:
             self.rejected["checkpoint_mismatch"] += 1
         if seq % self.params.checkpoint_interval == 0 and seq > self._log.low:
             self._checkpoint(seq, block_hash)
+        if self._unadmitted:
+            self._prepare_admitted()
         self._maybe_propose()
         self._check_invariants()
 
@@ -700,6 +709,11 @@ class PbftReplica:
             # nothing since block time = max(proposed, previous block's time).
             slot.prepare_withheld = True
             self.rejected["timestamp_skew"] += 1
+        elif not reissued and not self._all_admitted(pp.txs):
+            # (prepared once an admission executes here; seqs at or below h are gone, so the
+            # set stays within the window)
+            self._unadmitted = {s for s in self._unadmitted if s > self._log.low} | {pp.seq}
+            self.rejected["never_admitted"] += 1
         else:
             prepare = Prepare.create(
                 self._signer, self.chain_id, pp.view, pp.seq, pp.digest, self.me
@@ -710,6 +724,41 @@ class PbftReplica:
             slot.own_prepare = frame
             self._send_own(slot, frame)
         self._advance(slot)
+
+    def _all_admitted(self, txs: tuple[Transaction, ...]) -> bool:
+        """A backup withholds its PREPARE (counted, never evidence) for a fresh PRE-PREPARE
+        carrying a transaction whose key was never admitted in the state it executed: such a
+        batch would commit as permanent `unknown_client` receipts (ledger spam). Keys revoked
+        since were admitted once and stay `unknown_client` receipts, as before. The set only
+        grows, so a lagging backup at worst waits until it executes the admitting block
+        (_prepare_admitted), and the others may prepare the batch meanwhile.
+
+        Re-issued batches (a NEW-VIEW's) are exempt, as from the skew check: Q members, f+1
+        of them honest, prepared each in an earlier view, so its keys were admitted in an
+        honest member's state and will be in ours; some members may have committed it, and
+        withholding our PREPARE there could only stall the view."""
+        return all(self._ever_admitted(tx) for tx in txs)
+
+    def _prepare_admitted(self) -> None:
+        """After a block executed: PREPARE the batches withheld for a key never admitted that
+        the block admitted (the withheld slot still in this view, not yet committed here)."""
+        for seq in sorted(self._unadmitted):
+            slot = self._log.get(seq)
+            pp = None if slot is None else slot.preprepare
+            if slot is None or pp is None or slot.own_prepare or slot.committed_local:
+                self._unadmitted.discard(seq)  # gone, prepared or committed: nothing to do
+            elif self._all_admitted(pp.txs):
+                self._unadmitted.discard(seq)
+                # As _accept_preprepare does: persist our PREPARE, then send it.
+                prepare = Prepare.create(
+                    self._signer, self.chain_id, pp.view, pp.seq, pp.digest, self.me
+                )
+                slot.prepares[self.me] = prepare
+                frame = encode(prepare)
+                self._persist(slot, "prepare", frame)
+                slot.own_prepare = frame
+                self._send_own(slot, frame)
+                self._advance(slot)
 
     # --- PREPARE and COMMIT -----------------------------------------------------------------
 
@@ -825,6 +874,15 @@ class PbftReplica:
             if not (idle or full or waited):
                 return
             txs = pool.take_batch(params.batch_txs_max, params.batch_bytes_max)
+            admitted = tuple(tx for tx in txs if self._ever_admitted(tx))
+            if len(admitted) < len(txs):
+                # Keys never admitted in our state: honest backups would withhold their
+                # PREPAREs for the batch (ledger spam). Dropped; a client's retry after its
+                # admission executes here is batched.
+                self.rejected["tx_never_admitted"] += len(txs) - len(admitted)
+                txs = admitted
+                if not txs:
+                    continue
             seq = self._next_seq
             self._next_seq += 1
             pp = PrePrepare.create(
@@ -1542,16 +1600,17 @@ class PbftReplica:
             self._fetch_from(self._pick_fetch_peer(target))
 
     def _pick_fetch_peer(self, target: int) -> int:
-        """Round robin from a random start, preferring peers that claimed to have executed up
-        to the target, and among them those that did not answer slowly (or not at all) in the
-        last FETCH_SLOW_SKIP_INTERVALS: a slow member is asked again only when no other is
-        (a Byzantine member ahead of us must not set the pace of our catch-up)."""
+        """Round robin from a random start, preferring peers that did not answer slowly (or not
+        at all) in the last FETCH_SLOW_SKIP_INTERVALS and, among them, those that claimed to
+        have executed up to the target: a slow member is asked again only when every other
+        one was slow too, whatever it claims (one that claims to be far ahead and trickles
+        blocks must not set the pace of our catch-up)."""
         order = [(self._fetch_next + i) % self.n for i in range(self.n)]
         order = [p for p in order if p != self.me]
         skip_ms = FETCH_SLOW_SKIP_INTERVALS * self.retransmit_ms
         prompt = [p for p in order if self._mono_ms - self._fetch_slow_ms[p] >= skip_ms]
         ahead = [p for p in order if self._claimed(p) >= target]
-        peer = ([p for p in ahead if p in prompt] or ahead or prompt or order)[0]
+        peer = ([p for p in prompt if p in ahead] or prompt or ahead or order)[0]
         self._fetch_next = (peer + 1) % self.n
         return peer
 
@@ -1815,6 +1874,7 @@ class PbftReplica:
         assert len(self._prepared) <= self.params.window
         assert len(self._wanted) <= self.params.window
         assert len(self._abandoned) <= self.params.window
+        assert len(self._unadmitted) <= self.params.window
         assert len(self._fetched) <= self.params.window
         assert len(self._committed_digests) <= self.params.window
         assert len(self._vcs) <= self.n
@@ -1934,6 +1994,8 @@ class PbftReplica:
         if slot is not None and slot.preprepare is not None and not slot.prepared:
             have = len(slot.matching(slot.prepares))
             withheld = " (ours withheld: timestamp skew)" if slot.prepare_withheld else ""
+            if seq in self._unadmitted and slot.own_prepare is None:
+                withheld = " (ours withheld: a client key never admitted here)"
             return f"prepares for seq {seq}: {have} of {self.quorum - 1}{withheld}"
         if slot is not None and not slot.committed_local:
             have = len(slot.matching(slot.commits))

@@ -4,9 +4,15 @@ primary computes NEW-VIEW, and what a backup refuses."""
 
 from __future__ import annotations
 
-from dataclasses import replace
-
-from pbft_harness import PARAMS, RETRANSMIT_MS, Group, block_hash, drive, frames
+from pbft_harness import (
+    PARAMS,
+    RETRANSMIT_MS,
+    Group,
+    block_hash,
+    drive,
+    frames,
+    new_view_reissuing,
+)
 
 from consortium.ledger.certificates import CommitCertificate
 from consortium.pbft import records
@@ -16,7 +22,6 @@ from consortium.pbft.messages import (
     Blocks,
     NewView,
     Prepare,
-    PreparedProof,
     PrePrepare,
     TransferredBlock,
     ViewChange,
@@ -271,32 +276,6 @@ def test_a_backup_forwards_no_more_per_interval_than_the_primary_accepts_from_it
 
 
 # --- batches by digest: asked while needed, a bounded number of times --------------------
-
-
-def new_view_reissuing(group: Group, pp: PrePrepare, view: int = 1) -> NewView:
-    """The NEW-VIEW of `view` (from its primary) built on VIEW-CHANGEs of the other three
-    members but member 3, each holding the prepared certificate of `pp` (view 0)."""
-    primary = view % group.n
-    backups = [s for s in range(group.n) if s != pp.sender][:2]
-    proof = PreparedProof(
-        preprepare=replace(pp, txs=()), prepares=tuple(group.prepare(pp, s) for s in backups)
-    )
-    vcs = tuple(
-        encode(ViewChange.create(group.signers[s], group.chain_id, view, None, (proof,), s))
-        for s in range(group.n)
-        if s != 3
-    )
-    again = PrePrepare.create(
-        group.signers[primary],
-        group.chain_id,
-        view,
-        pp.seq,
-        pp.proposed_ms,
-        primary,
-        (),
-        digest=pp.digest,
-    )
-    return NewView.create(group.signers[primary], group.chain_id, view, vcs, (again,), primary)
 
 
 def asks_for(group: Group, i: int, digest: bytes) -> int:

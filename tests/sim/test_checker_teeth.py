@@ -34,9 +34,8 @@ from consortium.pbft.viewchange import (
     plan_new_view,
 )
 
-Factory = Callable[
-    [PbftConfig, Signer, Verifier, Callable[[Transaction], bool], RecoveredState], PbftReplica
-]
+TxCheck = Callable[[Transaction], bool]
+Factory = Callable[[PbftConfig, Signer, Verifier, TxCheck, RecoveredState, TxCheck], PbftReplica]
 
 
 def factory(cls: type[PbftReplica]) -> Factory:
@@ -44,10 +43,13 @@ def factory(cls: type[PbftReplica]) -> Factory:
         config: PbftConfig,
         signer: Signer,
         verifier: Verifier,
-        tx_ok: Callable[[Transaction], bool],
+        tx_ok: TxCheck,
         recovered: RecoveredState,
+        ever_admitted: TxCheck,
     ) -> PbftReplica:
-        return cls(config, signer, verifier, tx_ok=tx_ok, recovered=recovered)
+        return cls(
+            config, signer, verifier, tx_ok=tx_ok, recovered=recovered, ever_admitted=ever_admitted
+        )
 
     return make
 
@@ -265,8 +267,9 @@ def trusting(
     config: PbftConfig,
     signer: Signer,
     verifier: Verifier,
-    tx_ok: Callable[[Transaction], bool],
+    tx_ok: TxCheck,
     recovered: RecoveredState,
+    ever_admitted: TxCheck,
 ) -> PbftReplica:
     """Deliberately broken: never asks whether a batch's transactions are client-signed."""
     return PbftReplica(config, signer, verifier, tx_ok=lambda tx: True, recovered=recovered)

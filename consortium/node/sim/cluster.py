@@ -14,7 +14,10 @@ Signatures: real Ed25519 is correct but slow for hundreds of seeds, so by defaul
 with HMAC-SHA512 under a per-member secret only the cluster holds: a replica still cannot
 produce another member's signature, which is all the protocol relies on. `real_signatures=True`
 uses Ed25519 for smaller runs. Client transactions are real Ed25519-signed transactions, signed
-once per chain (`workload`), and tx_ok trusts the set the cluster made.
+once per chain (`workload`), and tx_ok trusts the set the cluster made; any other transaction
+(a Byzantine member's) has its signature checked as a node's shell would. Each replica learns
+which keys were ever admitted from its own ledger state (KeyValueState.may_submit), and the
+safety checker holds every honest ledger to the same rule.
 
 Crashes and durability: the shell here does what the node runtime does with each Ready: write
 its records, fsync, and only then send its messages and execute its batches. crash(i) between
@@ -159,19 +162,25 @@ def workload(chain_id: bytes, count: int) -> tuple[Transaction, ...]:
     )
 
 
+TxCheck = Callable[[Transaction], bool]
+# (config, signer, verifier, tx_ok, recovered, ever_admitted) -> the replica
 ReplicaFactory = Callable[
-    [PbftConfig, Signer, Verifier, Callable[[Transaction], bool], RecoveredState], PbftReplica
+    [PbftConfig, Signer, Verifier, TxCheck, RecoveredState, TxCheck], PbftReplica
 ]
+CHECKED_TXS_MAX = 65_536  # signatures of transactions the cluster did not make, remembered
 
 
 def honest_replica(
     config: PbftConfig,
     signer: Signer,
     verifier: Verifier,
-    tx_ok: Callable[[Transaction], bool],
+    tx_ok: TxCheck,
     recovered: RecoveredState,
+    ever_admitted: TxCheck,
 ) -> PbftReplica:
-    return PbftReplica(config, signer, verifier, tx_ok=tx_ok, recovered=recovered)
+    return PbftReplica(
+        config, signer, verifier, tx_ok=tx_ok, recovered=recovered, ever_admitted=ever_admitted
+    )
 
 
 @dataclass
@@ -251,6 +260,8 @@ class SimCluster(SimShell[SimNode]):
             self.verifier = HmacVerifier({k.public: k.seed() for k in keys})
         self._factories = dict(factories or {})
         self._valid_txs: set[bytes] = set()
+        self._checked_txs: dict[bytes, bool] = {}  # id + signature -> valid (others' txs)
+        self._ed25519 = Ed25519Verifier()
         self._client_queue: list[tuple[int, int, int, Transaction]] = []
         self._client_seq = 0
         # Clients retransmit to every replica until f+1 honest replicas committed (the reply
@@ -271,7 +282,7 @@ class SimCluster(SimShell[SimNode]):
             )
             node = SimNode(
                 i,
-                self._new_replica(i, genesis.header, None, {}),
+                self._new_replica(i, app, genesis.header, None, {}),
                 app,
                 genesis.header,
                 [genesis.hash],
@@ -283,6 +294,7 @@ class SimCluster(SimShell[SimNode]):
     def _new_replica(
         self,
         i: int,
+        app: KeyValueState,
         head: BlockHeader,
         stable: CheckpointCertificate | None,
         stored: dict[bytes, bytes],
@@ -296,10 +308,19 @@ class SimCluster(SimShell[SimNode]):
             self.verifier,
             self._tx_ok,
             RecoveredState(head.height, head.hash, stable, sorted(stored.items())),
+            app.may_submit,
         )
 
     def _tx_ok(self, tx: Transaction) -> bool:
-        return tx.id + tx.signature in self._valid_txs
+        key = tx.id + tx.signature
+        if key in self._valid_txs:
+            return True
+        ok = self._checked_txs.get(key)
+        if ok is None:
+            ok = self._checked_txs[key] = tx.verify_signature(self._ed25519)
+            if len(self._checked_txs) > CHECKED_TXS_MAX:
+                del self._checked_txs[next(iter(self._checked_txs))]
+        return ok
 
     def honest(self) -> list[SimNode]:
         return [node for node in self.nodes if node.index not in self.byzantine]
@@ -334,7 +355,7 @@ class SimCluster(SimShell[SimNode]):
         """Rebuild replica i from what it persisted (records, ledger, stable checkpoint)."""
         node = self.nodes[i]
         self._log(f"n{i + 1} RESTART at height {node.head.height}")
-        node.replica = self._new_replica(i, node.head, node.stable, node.records)
+        node.replica = self._new_replica(i, node.app, node.head, node.stable, node.records)
         node.up = True
         self._carry_out(node)
 
@@ -406,7 +427,8 @@ class SimCluster(SimShell[SimNode]):
                     f"({len(batch.txs)} txs)"
                 )
                 self.safety.committed(node.index, batch.seq, batch.digest)
-                self.safety.signed(node.index, batch.seq, batch.txs)
+                # (against the state it executes the block on: keys ever admitted there)
+                self.safety.signed(node.index, batch.seq, batch.txs, node.app.may_submit)
                 block, execution = build_block(
                     node.head,
                     ("pbft", batch.seq, batch.proposed_ms),
