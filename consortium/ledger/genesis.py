@@ -309,8 +309,8 @@ def frame_size_problem(params: Params, mode: Mode, n: int) -> str | None:
             limit = (
                 "params.frame_bytes_max"
                 if decode_max == frame_max
-                else f"a full batch plus {pbft_messages.ENVELOPE_BYTES_MAX // KIB} KiB, "
-                "params.batch_bytes_max"
+                else "a full batch of params.batch_bytes_max plus "
+                f"{pbft_messages.ENVELOPE_BYTES_MAX // KIB} KiB"
             )
             if window is None:
                 fix = "no window fits at this n: raise params.batch_bytes_max"

@@ -54,11 +54,18 @@ Every peer input is checked before it counts, and anything wrong is dropped and 
     timestamp_skew     our PREPARE was withheld (the PRE-PREPARE itself is accepted)
     not_checkpoint_seq a CHECKPOINT for a sequence number that is not a multiple of K
     stale_checkpoint   a CHECKPOINT at or below our h: the sender lags, we answer it
-    checkpoint_mismatch   a quorum certified a block hash other than ours (never adopted)
-    and, for propose(): tx_duplicate, pool_full, wrong_chain, tx_too_large.
+    checkpoint_mismatch   a quorum certified a block hash other than ours (never adopted,
+                       whether it came as Q CHECKPOINTs, in a BLOCKS answer or a NEW-VIEW)
+    never_admitted     our PREPARE was withheld: a transaction of the (fresh) batch has a key
+                       never admitted in the state we executed (_all_admitted); it is sent
+                       once a block we execute admits the key. Not evidence.
+    and, for propose(): tx_duplicate, pool_full, wrong_chain, tx_too_large, and, as primary
+    cutting a batch, tx_never_admitted (a key never admitted here: dropped).
 
     and, for view change and state transfer (below): stale_view_change, bad_view_change,
-    bad_new_view, stale_new_view, unwanted_batch, bad_batch, bad_transfer, unasked_blocks.
+    bad_new_view, stale_new_view, unwanted_batch, bad_batch, bad_transfer, unasked_blocks,
+    answers_over_budget (a BATCH-REQ or FETCH beyond what its sender may make us send),
+    batch_request_abandoned and batch_requests_full (our own asking for batches by digest).
     conflicts_committed   a PRE-PREPARE (or re-issue) at a seq we committed, for another
                        digest: we never PREPARE or COMMIT it (a second guard behind NEW-VIEW
                        checking; a valid NEW-VIEW re-issues what we committed)
@@ -85,21 +92,29 @@ VIEW-CHANGEs for views above ours make us join the smallest of them (a faulty re
 cannot start a view change).
 The new primary, with Q VIEW-CHANGEs, fetches any batch it lacks by digest, then sends
 NEW-VIEW with the re-issued PRE-PREPAREs (null requests for gaps); every replica recomputes
-it, persists it, drops the old view's slots, re-issues the transactions of dropped batches to
-its pool, fetches missing batches by digest (BATCH-REQ to the primary, then to all), and runs
-the re-issued sequence numbers through PREPARE and COMMIT in the new view. The skew check never
-applies to re-issued batches. A replica that holds the NEW-VIEW relays it to a peer still
-asking for the old view change, so laggards join without another view change.
+it, persists it, drops the old view's slots (keeping, at most L, the batches they hold that the
+NEW-VIEW re-issues), re-issues the transactions of dropped batches to its pool, fetches missing
+batches by digest (BATCH-REQ to all, again each interval while still needed, BATCH_ASKS_MAX
+times at most), and runs the re-issued sequence numbers through PREPARE and COMMIT in the new
+view. Neither the skew check nor the admitted-key check applies to re-issued batches. A
+replica that holds the NEW-VIEW relays it to a peer still asking for the old view change, so
+laggards join without another view change.
 
 State transfer. A stable checkpoint certificate above what we committed (from Q CHECKPOINTs,
 a NEW-VIEW's min_s, or a peer's answer) is adopted at once: h moves to it and the log below is
-collected. Whenever h is above what we committed, or f+1 peers showed (by CHECKPOINTs) that
-they executed beyond it and we are stuck, we FETCH blocks from one peer at a time, rotating on
-timeout or on a bad answer. Each block in BLOCKS is checked by its own commit certificate (Q
+collected, unless it names another block hash than we signed or executed there. Whenever h
+is above what we committed, or f+1 peers showed (by CHECKPOINTs or the height their BLOCKS
+claim) that they executed beyond it and we are stuck, we FETCH blocks from one peer at a time:
+from a random one first (config.seed), then round robin, rotating on a bad answer and on a
+slow one: no answer within the interval, or fewer blocks than fit one frame while the peer
+claims more. A slow peer is asked again only when every other one was slow too (or after
+FETCH_SLOW_SKIP_INTERVALS). Each block in BLOCKS is checked by its own commit certificate (Q
 signed COMMITs for (view, seq, digest)) and digest == batch_digest(proposed_ms, ids), so f
-lying peers can only waste a round trip; accepted blocks come out in Ready.committed like any
-committed batch. Serving FETCH reads the block store, so the core hands it to the shell
-(Ready.serve) and the shell answers (pbft/transfer.py).
+lying peers can only waste a round trip, and f slow ones a round trip each; accepted blocks
+come out in Ready.committed like any committed batch. Serving FETCH reads the block store, so
+the core hands it to the shell (Ready.serve, within what is left of the asker's byte budget,
+SERVED_FRAMES_PER_INTERVAL frames per interval shared with BATCH answers) and the shell
+answers (pbft/transfer.py) and reports the answer's size (served()).
 """
 
 from __future__ import annotations
