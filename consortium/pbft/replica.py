@@ -1940,6 +1940,7 @@ class PbftReplica:
             "log_slots": len(self._log),
             "buffered_messages": len(self._future),
             "transferred_blocks": self.transferred,
+            "transfer_slow_answers": self.transfer_slow,  # FETCHes moved on from a slow member
             "evidence": [
                 {"reason": e.reason, "view": e.view, "seq": e.seq, "primary": e.primary}
                 for e in self.evidence
