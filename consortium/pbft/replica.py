@@ -1211,6 +1211,12 @@ class PbftReplica:
         vcs.sort(key=lambda vc: (vc.sender != self.me, vc.sender))
         chosen = vcs[: self.quorum]
         plan = plan_new_view(chosen)
+        stable = plan.stable
+        if stable is not None and stable.seq > self._log.low and self._differs_from_ours(stable):
+            # (counted there) Our execution diverged from the Q members who certified it: we
+            # cannot lead a view starting from it. Their NEW-VIEW timers move them on.
+            self._nv_sent = True
+            return
         batches: dict[int, tuple[Transaction, ...]] = {}
         missing: set[bytes] = set()
         for item in plan.reissue:

@@ -145,6 +145,25 @@ def test_a_new_views_certificate_for_another_hash_than_ours_is_refused() -> None
     assert r.low_watermark == 0 and r.stable_certificate is None
 
 
+def test_a_new_primary_does_not_lead_a_view_from_a_checkpoint_its_execution_disputes() -> None:
+    """As the new primary it would adopt the VIEW-CHANGEs' certificate as its NEW-VIEW's min_s:
+    it sends no NEW-VIEW (counted), and the others' NEW-VIEW timers move them on."""
+    group = Group()
+    r = group.replicas[1]  # primary of view 1
+    executed_through(group, 2, i=1)
+    r.take_ready()
+    cert = other_certificate(group, 2, (0, 2, 3))
+    for s in (0, 2, 3):
+        vc = ViewChange.create(group.signers[s], group.chain_id, 1, cert, (), s)
+        r.receive(s, vc)
+    assert r.view == 1 and not r.active
+    sent = [decode(f, group.params) for f in frames(r.take_ready())]
+    assert not [m for m in sent if isinstance(m, NewView)]
+    assert r.rejected["checkpoint_mismatch"] == 1
+    group.tick_all(group.params.request_timeout_ms)
+    assert r.rejected["checkpoint_mismatch"] == 1  # once: it does not try again in this view
+
+
 def test_a_checkpoint_at_or_below_h_is_stale() -> None:
     group = Group()
     r = group.replicas[ME]
