@@ -1590,7 +1590,7 @@ class PbftReplica:
 
     def _transfer_target(self) -> int:
         """How far f+1 peers (one honest at least) showed they executed, or our h."""
-        claims = sorted((self._claimed(p) for p in range(self.n)), reverse=True)
+        claims = sorted(map(max, self._retransmit.peer_executed, self._fetch_claims), reverse=True)
         return max(self._log.low, claims[self.f] if len(claims) > self.f else 0)
 
     def _claimed(self, peer: int) -> int:
