@@ -52,7 +52,7 @@ from consortium.crypto.codec import (
 from consortium.ledger.block import BlockHeader, batch_digest
 from consortium.ledger.certificates import RaftEntryCertificate
 from consortium.ledger.genesis import Params
-from consortium.ledger.tx import Transaction
+from consortium.ledger.tx import Transaction, batch_wire_bytes_max, tx_wire_bytes_max
 
 MEMBER_MAX = 1 << 16
 
@@ -399,3 +399,22 @@ def decode(frame: bytes, params: Params) -> Message:
         case "read_reply":
             return ReadReply(as_int(a[1], "read_id"), as_int(a[2], "index"), as_bool(a[3], "ok"))
     raise AssertionError(kind)
+
+
+def worst_case_frames(params: Params) -> dict[str, int]:
+    """The largest frame of each kind a raft member may have to send, whatever the others
+    do, computed from the real encodings with every integer at its largest: an APPEND carrying
+    one entry of a full batch (a leader sends at least one entry), a BLOCKS answer carrying one
+    full block (at least one), a FORWARD of the largest transaction. decode() refuses any
+    frame above params.frame_bytes_max, and so does the transport."""
+    top, digest = 2**63 - 1, bytes(32)
+    batch = batch_wire_bytes_max(params)
+    entry = Entry(top, top, top, MEMBER_MAX, bytes(64), ())
+    header = BlockHeader(digest, top, digest, top, digest, digest, digest, ("raft", top, top, top))
+    block = TransferredBlock(header, (), bytes(256))  # a certificate decodes at 256 bytes at most
+    return {
+        # (each with its empty transaction array, one byte, made full)
+        "APPEND": len(encode(Append(top, top, top, top, (entry,)))) - 1 + batch,
+        "BLOCKS": len(encode(Blocks(top, (block,)))) - 1 + batch,
+        "FORWARD": len(encode(Forward(()))) + tx_wire_bytes_max(params),
+    }

@@ -78,6 +78,16 @@ def _refuse_floats(value: Any) -> None:
             stack.extend(v)
 
 
+def array_header_bytes(count: int) -> int:
+    """The bytes msgpack spends on the header of an array of `count` items (pack's choice)."""
+    return 1 if count <= 15 else 3 if count <= 0xFFFF else 5
+
+
+def bin_header_bytes(length: int) -> int:
+    """The bytes msgpack spends on the header of a bin of `length` bytes (pack's choice)."""
+    return 2 if length <= 0xFF else 3 if length <= 0xFFFF else 5
+
+
 def digest_of(value: Any) -> bytes:
     """SHA-256 of the canonical encoding of `value`."""
     return sha256(pack(value))

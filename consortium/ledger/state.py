@@ -318,6 +318,26 @@ class KeyValueState:
             changed_ms={} if changed_ms is None else changed_ms,
         )
 
+    def ever_admitted(self, key: bytes) -> bool:
+        """Whether `key` was admitted at some height of this state: in genesis, or by an
+        accepted client change (in effect or pending; revoked since or not). `changed_ms`
+        records every key with an accepted change, and a revocation needs the key admitted,
+        so this set only grows, deterministically, with the blocks executed."""
+        return key in self.admitted or key in self.changed_ms
+
+    def may_submit(self, tx: Transaction) -> bool:
+        """Whether a batch may carry `tx` in this state (pbft: what a backup prepares and an
+        honest primary batches): its key was ever admitted, or it is a member's client change
+        (a member may submit one without being a client). Anything else can only execute as a
+        permanent `unknown_client` receipt."""
+        if self.ever_admitted(tx.client_key):
+            return True
+        return (
+            bool(tx.ops)
+            and isinstance(tx.ops[0], ConfigChange)
+            and tx.client_key in self.member_keys
+        )
+
     def will_be_admitted(self, key: bytes) -> bool:
         """Whether `key` is admitted once every pending change has taken effect."""
         last = self._pending_last.get(key)

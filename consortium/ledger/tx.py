@@ -26,6 +26,7 @@ from typing import Any
 
 from consortium.crypto.codec import (
     WireFormatError,
+    array_header_bytes,
     as_bytes,
     as_int,
     as_list,
@@ -33,7 +34,7 @@ from consortium.crypto.codec import (
     unpack_canonical,
 )
 from consortium.crypto.hashing import sha256
-from consortium.crypto.keys import KeyPair
+from consortium.crypto.keys import SIGNATURE_BYTES, KeyPair
 from consortium.crypto.signing import Domain, Signer, Verifier
 from consortium.ledger.admission import Approval, ClientChange, decode_approvals
 from consortium.ledger.genesis import Params
@@ -106,6 +107,24 @@ def op_from_array(v: Any, params: Params) -> Op:
     if kind == "config" and len(arr) == 3:
         return ConfigChange(ClientChange.decode(arr[1]), decode_approvals(arr[2]))
     raise WireFormatError(f"op: unknown operation {str(kind)[:16]!r} or wrong arity")
+
+
+TX_FRAMING_BYTES_MAX = 8  # msgpack around one transaction: [bin32 body, bin8 signature]
+
+
+def tx_wire_bytes_max(params: Params) -> int:
+    """The most one transaction can take on the wire: the largest body, its signature and
+    their framing."""
+    return params.tx_bytes_max + SIGNATURE_BYTES + TX_FRAMING_BYTES_MAX
+
+
+def batch_wire_bytes_max(params: Params) -> int:
+    """The most a full batch's array of transactions can take in a frame: batch_bytes_max of
+    transactions (or batch_txs_max of the largest, if less), each with its framing, and the
+    array's header. What every frame carrying a batch is sized by."""
+    count = params.batch_txs_max
+    payload = min(params.batch_bytes_max, count * (params.tx_bytes_max + SIGNATURE_BYTES))
+    return array_header_bytes(count) + payload + count * TX_FRAMING_BYTES_MAX
 
 
 @dataclass(frozen=True, slots=True)

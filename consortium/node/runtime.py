@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import resource
 import time
 from collections import Counter, OrderedDict
@@ -70,7 +71,13 @@ from consortium.node.verification import (
 )
 from consortium.pbft import messages as pbft_messages
 from consortium.pbft.effects import Outbound as PbftOutbound
-from consortium.pbft.replica import CommittedBatch, PbftConfig, PbftReplica, RecoveredState
+from consortium.pbft.replica import (
+    CommittedBatch,
+    PbftConfig,
+    PbftReplica,
+    RecoveredState,
+    Serve,
+)
 from consortium.pbft.transfer import blocks_reply
 
 TICK_MS = 2
@@ -216,10 +223,12 @@ class Node:
         """The PBFT replica, recovered from the store (RaftMember overrides this)."""
         head = self.store.head
         self.core = PbftReplica(
-            PbftConfig.from_genesis(self.genesis, self.me),
+            PbftConfig.from_genesis(self.genesis, self.me, seed=os.urandom(16)),
             self.signer,
             self.verifier,
             tx_ok=self.tx_cache.check,
+            # The state executed so far (written or not): keys admitted ever, never fewer.
+            ever_admitted=self.app.may_submit,
             recovered=RecoveredState(
                 last_executed=head.height,
                 last_block_hash=head.hash,
@@ -286,38 +295,46 @@ class Node:
         await self._events_send.send(("propose", txs, None))
 
     async def _pump(self) -> None:
-        params = self.genesis.params
         async for sender, frame in self.peers.inbound:
             self.peers.consumed(frame)
             self.count_received(frame)
-            try:
-                msg = pbft_messages.decode(frame, params)
-            except pbft_messages.WireFormatError as exc:
-                self.core.rejected["malformed"] += 1
-                self._ratelog.warning(
-                    f"malformed:{sender}", f"malformed message from member {sender}: {exc}"
-                )
-                continue
-            if (
-                isinstance(msg, pbft_messages.PrePrepare)
-                and msg.txs
-                and self._worth_verifying(sender, msg)
-            ) or (isinstance(msg, pbft_messages.Batch) and self.core.wants_batch(msg, sender)):
-                # Fill the signature cache on worker threads; the core's tx_ok then hits it.
-                await self.tx_cache.verify_all(msg.txs)
-            await self._events_send.send(("peer", sender, msg))
+            msg = await self._peer_message(sender, frame)
+            if msg is not None:
+                await self._events_send.send(("peer", sender, msg))
+
+    async def _peer_message(self, sender: int, frame: bytes) -> pbft_messages.Message | None:
+        """A peer frame decoded (None: malformed, counted), with the client signatures of a
+        batch the core may accept verified ahead on worker threads."""
+        try:
+            msg = pbft_messages.decode(frame, self.genesis.params)
+        except pbft_messages.WireFormatError as exc:
+            self.core.rejected["malformed"] += 1
+            self._ratelog.warning(
+                f"malformed:{sender}", f"malformed message from member {sender}: {exc}"
+            )
+            return None
+        if (
+            isinstance(msg, pbft_messages.PrePrepare)
+            and msg.txs
+            and self._worth_verifying(sender, msg)
+        ) or (isinstance(msg, pbft_messages.Batch) and self.core.wants_batch(msg, sender)):
+            # Fill the signature cache on worker threads; the core's tx_ok then hits it.
+            await self.tx_cache.verify_all(msg.txs)
+        return msg
 
     def _worth_verifying(self, sender: int, pp: pbft_messages.PrePrepare) -> bool:
         """Spend client-signature checks only on a PRE-PREPARE the core could accept: from the
-        current primary, in our view and window, and signed by it (one check). Anything else
-        the core drops cheaply, so a hostile member cannot buy our CPU with junk batches."""
+        current primary, in our view and window, and signed by it. That check is the core's
+        own, made ahead (verify_ahead): the core's check of the same bytes then costs nothing,
+        so each PRE-PREPARE's signature is verified once. Anything else the core drops
+        cheaply, so a hostile member cannot buy our CPU with junk batches."""
         core = self.core
         if not (sender == pp.sender == core.primary and pp.view == core.view):
             return False
         if not core.low_watermark < pp.seq <= core.high_watermark:
             return False
         key = self.genesis.members[sender].public_key
-        return self.verifier.verify(key, Domain.PBFT, self.chain_id, pp.body, pp.signature)
+        return self.verifier.verify_ahead(key, Domain.PBFT, self.chain_id, pp.body, pp.signature)
 
     def _now(self) -> tuple[int, int]:
         return int(trio.current_time() * 1000), int(time.time() * 1000)
@@ -457,7 +474,7 @@ class Node:
             for cp in stable:
                 self.log.debug("checkpoint %d stable", cp.seq)
             for serve in ready.serve:
-                self._serve_blocks(serve.peer, serve.from_seq)
+                core.served(serve, self._serve_blocks(serve))
             self._log_view(core)
 
     def send_peer(self, dest: int | None, frame: bytes) -> None:
@@ -499,8 +516,9 @@ class Node:
                 self.peers.send(d, pbft_messages.encode(twin))
                 self.peers.send(d, frame)
 
-    def _serve_blocks(self, peer: int, from_seq: int) -> None:
-        """Answer a peer's FETCH from the block store (pbft/transfer.py)."""
+    def _serve_blocks(self, serve: Serve) -> int:
+        """Answer a peer's FETCH from the block store (pbft/transfer.py) within what the core
+        granted from the peer's budget; returns the answer's size, which the core charges."""
 
         def block_at(seq: int) -> pbft_messages.TransferredBlock | None:
             stored = self.store.get_block(seq)
@@ -518,12 +536,14 @@ class Node:
             self.chain_id,
             self.me,
             self.genesis.params,
-            from_seq,
+            serve.from_seq,
             self.store.height,
             self.core.stable_certificate,
             block_at,
+            serve.bytes_max,
         )
-        self.send_peer(peer, frame)
+        self.send_peer(serve.peer, frame)
+        return len(frame)
 
     def _log_view(self, core: PbftReplica) -> None:
         """One line per view change and per view entered (rate-limited by its nature)."""

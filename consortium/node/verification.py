@@ -23,6 +23,7 @@ from consortium.node.metrics import VERIFY_S_BUCKETS, Histogram
 T = TypeVar("T")
 
 INLINE_MAX = 2  # verify_all checks this many cache misses on the event loop, more on threads
+VERIFIED_AHEAD_MAX = 8192  # signatures checked ahead of the core and not yet asked again
 
 
 class TxSignatureCache:
@@ -146,20 +147,47 @@ class CountingSigner:
 
 class CountingVerifier:
     """A Verifier that counts checks made on the core's thread (protocol messages,
-    handshakes); client signatures are counted by TxSignatureCache, on worker threads."""
+    handshakes); client signatures are counted by TxSignatureCache, on worker threads.
+
+    verify_ahead() is for a check the shell makes before the core makes the same one (the
+    pump verifies a PRE-PREPARE's signature before spending client-signature checks on its
+    batch; the core then verifies it as it verifies every message): a valid signature checked
+    ahead answers the core's check of the very same bytes once, from memory, instead of a
+    second Ed25519 verification. Only a success is remembered, keyed by everything verified
+    (key, domain, chain, body, signature), and at most VERIFIED_AHEAD_MAX of them: one the
+    core never asks about (it dropped the message first) is forgotten oldest first."""
 
     def __init__(self, inner: Verifier) -> None:
         self._inner = inner
         self.count = 0
         self.verify_s = Histogram(VERIFY_S_BUCKETS)
+        self._ahead: OrderedDict[tuple[bytes, Domain, bytes, bytes, bytes], None] = OrderedDict()
+        self.reused = 0  # checks answered from verify_ahead's memory
 
     def verify(
         self, public_key: bytes, domain: Domain, chain_id: bytes, body: bytes, signature: bytes
     ) -> bool:
+        if self._ahead:
+            key = (public_key, domain, chain_id, body, signature)
+            if key in self._ahead:
+                del self._ahead[key]
+                self.reused += 1
+                return True
         self.count += 1
         started = time.perf_counter()
         ok = self._inner.verify(public_key, domain, chain_id, body, signature)
         self.verify_s.observe(time.perf_counter() - started)
+        return ok
+
+    def verify_ahead(
+        self, public_key: bytes, domain: Domain, chain_id: bytes, body: bytes, signature: bytes
+    ) -> bool:
+        """verify(), and on success let the next verify() of exactly these bytes reuse it."""
+        ok = self.verify(public_key, domain, chain_id, body, signature)
+        if ok:
+            self._ahead[(public_key, domain, chain_id, body, signature)] = None
+            while len(self._ahead) > VERIFIED_AHEAD_MAX:
+                self._ahead.popitem(last=False)
         return ok
 
 

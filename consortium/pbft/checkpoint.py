@@ -9,10 +9,13 @@ Theory of operation
 - Q matching CHECKPOINTs from distinct members make the checkpoint stable: at least f+1 of them
   are honest, so the state is certified. They form the CheckpointCertificate, stored beside the
   blocks and checkable offline (ledger.certificates).
-- A replica adopts a stable checkpoint, moving h and collecting its log, only once it has
-  itself executed up to it. A quorum certifying a sequence number it has not executed means it
-  fell behind: it keeps its window where it is so that retransmitted messages can still bring
-  it up, and reports it (state transfer is a later issue).
+- A replica adopts a stable checkpoint at once, moving h and collecting its log, whether or not
+  it has executed up to it (pbft/replica.py _stabilize). A quorum certifying a sequence number
+  it has not executed means it fell behind: it fetches the blocks up to h by state transfer,
+  each checked by its own commit certificate, and compares the block hash when it executes the
+  checkpoint's sequence number. A certificate (from Q CHECKPOINTs, a peer's BLOCKS or a
+  NEW-VIEW) for a hash other than the one this replica signed or executed at that sequence
+  number is never adopted: its execution diverged (counted as checkpoint_mismatch).
 - One vote per member per sequence number counts (the first); a second with the same hash is a
   duplicate, with another hash a conflicting vote. Since each member counts once and n < 2Q,
   at most one block hash can reach a quorum for a sequence number.

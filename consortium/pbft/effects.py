@@ -30,10 +30,13 @@ class CommittedBatch:
 @dataclass(frozen=True, slots=True)
 class Serve:
     """A peer asked for blocks from `from_seq` (state transfer): the shell answers from its
-    store with pbft/transfer.py, after this Ready's records are durable."""
+    store with pbft/transfer.py, after this Ready's records are durable, in at most `bytes_max`
+    (what is left of the peer's budget; an answer always carries one block), then reports the
+    frame's size with PbftReplica.served() so the unused part goes back to the budget."""
 
     peer: int
     from_seq: int
+    bytes_max: int
 
 
 @dataclass(frozen=True, slots=True)

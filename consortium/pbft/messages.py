@@ -18,7 +18,8 @@ fixed-order array naming the kind first and the sender last:
     BATCH-REQ    ["batchreq", digest, sender]               ask any replica for a batch
     BATCH        ["batch", digest, proposed_ms, sender]     + the batch (checked by digest)
     FETCH        ["fetch", from_seq, sender]                state transfer: blocks from a seq
-    BLOCKS       ["blocks", from_seq, sender]
+    BLOCKS       ["blocks", from_seq, height, sender]   height: how far the sender claims
+                 to have executed (its ledger height when it answered)
                  + [stable checkpoint certificate or nil, [[proposed_ms, batch, commit
                    certificate], ...]]   each block checked by its own commit certificate
 
@@ -47,9 +48,11 @@ from typing import Any
 
 from consortium.crypto.codec import (
     WireFormatError,
+    array_header_bytes,
     as_bytes,
     as_int,
     as_list,
+    bin_header_bytes,
     digest_of,
     pack,
     unpack_canonical,
@@ -65,7 +68,7 @@ from consortium.ledger.certificates import (
     commit_body,
 )
 from consortium.ledger.genesis import Params
-from consortium.ledger.tx import Transaction
+from consortium.ledger.tx import TX_FRAMING_BYTES_MAX, Transaction, batch_wire_bytes_max
 
 __all__ = [
     "BODY_BYTES_MAX",
@@ -437,6 +440,9 @@ class TransferredBlock:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Blocks:
     from_seq: int
+    # The sender's ledger height as it answered: how far it claims to be. An answer with fewer
+    # blocks than fit one frame while it claims more counts as slow (pbft/replica.py).
+    height: int
     sender: int
     stable: CheckpointCertificate | None
     blocks: tuple[TransferredBlock, ...]
@@ -449,13 +455,15 @@ class Blocks:
         signer: Signer,
         chain_id: bytes,
         from_seq: int,
+        height: int,
         stable: CheckpointCertificate | None,
         blocks: tuple[TransferredBlock, ...],
         sender: int,
     ) -> Blocks:
-        body = pack(["blocks", from_seq, sender])
+        body = pack(["blocks", from_seq, height, sender])
         return cls(
             from_seq=from_seq,
+            height=height,
             sender=sender,
             stable=stable,
             blocks=blocks,
@@ -477,7 +485,6 @@ Message = (
     | Blocks
 )
 ENVELOPE_BYTES_MAX = 64 * 1024  # a message's framing and certificates, generously
-TX_FRAMING_BYTES_MAX = 8  # msgpack around one transaction: [bin32 body, bin8 signature]
 
 
 def frame_bytes_limit(params: Params) -> int:
@@ -679,7 +686,7 @@ def decode(frame: bytes, params: Params) -> Message:
             signature=signature,
         )
     if kind == "blocks":
-        as_list(fields, 3, kind)
+        as_list(fields, 4, kind)
         raw_blocks = as_list(envelope[3], what="blocks")
         if len(raw_blocks) > params.window:
             raise WireFormatError(f"blocks: more than {params.window} blocks")
@@ -695,10 +702,76 @@ def decode(frame: bytes, params: Params) -> Message:
             )
         return Blocks(
             from_seq=as_int(fields[1], "from_seq"),
-            sender=as_int(fields[2], "sender"),
+            height=as_int(fields[2], "height"),
+            sender=as_int(fields[3], "sender"),
             stable=_stable(envelope[2]),
             blocks=tuple(blocks),
             body=body,
             signature=signature,
         )
     raise WireFormatError(f"unknown pbft message kind {kind[:16]!r}")
+
+
+# --- worst-case sizes (genesis validation) ---------------------------------------------------
+
+INT_MAX = 2**63 - 1  # the largest integer a field decodes to (codec.as_int): 9 bytes
+
+
+class _Unsigned:
+    """Signs nothing: 64 zero bytes, a signature's size (to size messages, never to send)."""
+
+    public_key = bytes(32)
+
+    def sign(self, domain: Domain, chain_id: bytes, body: bytes) -> bytes:
+        return bytes(SIGNATURE_BYTES)
+
+
+def worst_case_frames(params: Params, n: int, window: int | None = None) -> dict[str, int]:
+    """The largest frame of each kind that n members with these parameters may have to send
+    one another, computed from the real encodings with every field at its largest: integers
+    at INT_MAX, the sender n-1, certificates of n votes (what their checks admit), prepared
+    proofs of n-1 PREPAREs (what check_proof admits: an honest replica keeps every matching
+    one it holds), a NEW-VIEW of Q VIEW-CHANGEs each with `window` proofs (params.window by
+    default) and `window` re-issued PRE-PREPAREs, and a full batch where a message carries
+    one (ledger.tx.batch_wire_bytes_max). A list of k equal items is sized as its msgpack
+    header and k times one item, so the result costs a few small encodings whatever n and
+    the window. decode() refuses any frame above frame_bytes_limit(params)."""
+    window = params.window if window is None else window
+    quorum = (n + (n - 1) // 3 + 2) // 2
+    signer, chain_id, digest, top, last = _Unsigned(), bytes(32), bytes(32), INT_MAX, n - 1
+    sig = bytes(SIGNATURE_BYTES)
+    batch = batch_wire_bytes_max(params)
+
+    def with_batch(frame: bytes) -> int:
+        return len(frame) - 1 + batch  # its empty batch (a 1-byte array) made full
+
+    pp = PrePrepare.create(signer, chain_id, top, top, top, last, (), digest=digest)
+    commit = SignedVote(commit_body(top, top, digest, last), sig)
+    checkpoint = SignedVote(checkpoint_body(top, digest, last), sig)
+    stable = CheckpointCertificate(top, digest, (checkpoint,) * n)
+    block = TransferredBlock(
+        proposed_ms=top, txs=(), certificate=CommitCertificate(top, top, digest, (commit,) * n)
+    )
+    prepare = Prepare.create(signer, chain_id, top, top, digest, last)
+    proof_bytes = len(pack(PreparedProof(preprepare=pp, prepares=(prepare,) * (n - 1)).to_array()))
+    bare_vc = encode(ViewChange.create(signer, chain_id, top, stable, (), last))
+    view_change = len(bare_vc) - 1 + array_header_bytes(window) + window * proof_bytes
+    bare_nv = encode(NewView.create(signer, chain_id, top, (), (), last))
+    reissued = len(pack([pp.body, pp.signature]))
+    new_view = (
+        len(bare_nv)
+        - 2
+        + array_header_bytes(quorum)
+        + quorum * (bin_header_bytes(view_change) + view_change)
+        + array_header_bytes(window)
+        + window * reissued
+    )
+    return {
+        "PRE-PREPARE": with_batch(encode(pp)),
+        "BATCH": with_batch(encode(Batch.create(signer, chain_id, top, (), last, digest=digest))),
+        "BLOCKS": with_batch(
+            encode(Blocks.create(signer, chain_id, top, top, stable, (block,), last))
+        ),
+        "VIEW-CHANGE": view_change,
+        "NEW-VIEW": new_view,
+    }

@@ -54,11 +54,18 @@ Every peer input is checked before it counts, and anything wrong is dropped and 
     timestamp_skew     our PREPARE was withheld (the PRE-PREPARE itself is accepted)
     not_checkpoint_seq a CHECKPOINT for a sequence number that is not a multiple of K
     stale_checkpoint   a CHECKPOINT at or below our h: the sender lags, we answer it
-    checkpoint_mismatch   a quorum certified a block hash other than ours (never adopted)
-    and, for propose(): tx_duplicate, pool_full, wrong_chain, tx_too_large.
+    checkpoint_mismatch   a quorum certified a block hash other than ours (never adopted,
+                       whether it came as Q CHECKPOINTs, in a BLOCKS answer or a NEW-VIEW)
+    never_admitted     our PREPARE was withheld: a transaction of the (fresh) batch has a key
+                       never admitted in the state we executed (_all_admitted); it is sent
+                       once a block we execute admits the key. Not evidence.
+    and, for propose(): tx_duplicate, pool_full, wrong_chain, tx_too_large, and, as primary
+    cutting a batch, tx_never_admitted (a key never admitted here: dropped).
 
     and, for view change and state transfer (below): stale_view_change, bad_view_change,
-    bad_new_view, stale_new_view, unwanted_batch, bad_batch, bad_transfer, unasked_blocks.
+    bad_new_view, stale_new_view, unwanted_batch, bad_batch, bad_transfer, unasked_blocks,
+    answers_over_budget (a BATCH-REQ or FETCH beyond what its sender may make us send),
+    batch_request_abandoned and batch_requests_full (our own asking for batches by digest).
     conflicts_committed   a PRE-PREPARE (or re-issue) at a seq we committed, for another
                        digest: we never PREPARE or COMMIT it (a second guard behind NEW-VIEW
                        checking; a valid NEW-VIEW re-issues what we committed)
@@ -85,21 +92,29 @@ VIEW-CHANGEs for views above ours make us join the smallest of them (a faulty re
 cannot start a view change).
 The new primary, with Q VIEW-CHANGEs, fetches any batch it lacks by digest, then sends
 NEW-VIEW with the re-issued PRE-PREPAREs (null requests for gaps); every replica recomputes
-it, persists it, drops the old view's slots, re-issues the transactions of dropped batches to
-its pool, fetches missing batches by digest (BATCH-REQ to the primary, then to all), and runs
-the re-issued sequence numbers through PREPARE and COMMIT in the new view. The skew check never
-applies to re-issued batches. A replica that holds the NEW-VIEW relays it to a peer still
-asking for the old view change, so laggards join without another view change.
+it, persists it, drops the old view's slots (keeping, at most L, the batches they hold that the
+NEW-VIEW re-issues), re-issues the transactions of dropped batches to its pool, fetches missing
+batches by digest (BATCH-REQ to all, again each interval while still needed, BATCH_ASKS_MAX
+times at most), and runs the re-issued sequence numbers through PREPARE and COMMIT in the new
+view. Neither the skew check nor the admitted-key check applies to re-issued batches. A
+replica that holds the NEW-VIEW relays it to a peer still asking for the old view change, so
+laggards join without another view change.
 
 State transfer. A stable checkpoint certificate above what we committed (from Q CHECKPOINTs,
 a NEW-VIEW's min_s, or a peer's answer) is adopted at once: h moves to it and the log below is
-collected. Whenever h is above what we committed, or f+1 peers showed (by CHECKPOINTs) that
-they executed beyond it and we are stuck, we FETCH blocks from one peer at a time, rotating on
-timeout or on a bad answer. Each block in BLOCKS is checked by its own commit certificate (Q
+collected, unless it names another block hash than we signed or executed there. Whenever h
+is above what we committed, or f+1 peers showed (by CHECKPOINTs or the height their BLOCKS
+claim) that they executed beyond it and we are stuck, we FETCH blocks from one peer at a time:
+from a random one first (config.seed), then round robin, rotating on a bad answer and on a
+slow one: no answer within the interval, or fewer blocks than fit one frame while the peer
+claims more. A slow peer is asked again only when every other one was slow too (or after
+FETCH_SLOW_SKIP_INTERVALS). Each block in BLOCKS is checked by its own commit certificate (Q
 signed COMMITs for (view, seq, digest)) and digest == batch_digest(proposed_ms, ids), so f
-lying peers can only waste a round trip; accepted blocks come out in Ready.committed like any
-committed batch. Serving FETCH reads the block store, so the core hands it to the shell
-(Ready.serve) and the shell answers (pbft/transfer.py).
+lying peers can only waste a round trip, and f slow ones a round trip each; accepted blocks
+come out in Ready.committed like any committed batch. Serving FETCH reads the block store, so
+the core hands it to the shell (Ready.serve, within what is left of the asker's byte budget,
+SERVED_FRAMES_PER_INTERVAL frames per interval shared with BATCH answers) and the shell
+answers (pbft/transfer.py) and reports the answer's size (served()).
 """
 
 from __future__ import annotations
@@ -109,11 +124,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from consortium.crypto.codec import WireFormatError
+from consortium.crypto.codec import WireFormatError, pack
 from consortium.crypto.hashing import sha256
 from consortium.crypto.signing import Domain, Signer, Verifier
 from consortium.ledger.block import batch_digest
-from consortium.ledger.certificates import CheckpointCertificate, CommitCertificate, SignedVote
+from consortium.ledger.certificates import (
+    CheckpointCertificate,
+    CommitCertificate,
+    SignedVote,
+    commit_body,
+)
 from consortium.ledger.genesis import Genesis, Params
 from consortium.ledger.tx import Transaction
 from consortium.pbft import records
@@ -136,6 +156,7 @@ from consortium.pbft.messages import (
     ViewChange,
     decode,
     encode,
+    frame_bytes_limit,
     new_view_digest,
     proofs_digest_of,
 )
@@ -167,10 +188,18 @@ __all__ = [
 EVIDENCE_MAX = 32
 FORWARD_PER_TICK = 256  # overdue transactions a backup forwards to the primary per tick
 FORWARD_DIGEST = b"\xff" * 32  # marks a BATCH of forwarded transactions (no batch has it)
-# What a peer may ask of us per retransmission interval: each answer can be a full batch
-# (params.batch_bytes_max), so these bound what a Byzantine member's requests cost us.
-BATCHES_SERVED_PER_INTERVAL = 16
-FETCHES_SERVED_PER_INTERVAL = 4
+# What a peer may make us send per retransmission interval answering its BATCH-REQs and
+# FETCHes, together, in bytes: this many of the largest frames we send (frame_bytes_limit: a
+# full batch and its envelope). At the default parameters 2 x 4,263,936 bytes per 500 ms, about
+# 16 MiB/s per peer; the last answer admitted may overdraw it by one frame at most. Counted in
+# answers of up to a full batch each, it was 128 MiB/s (review).
+SERVED_FRAMES_PER_INTERVAL = 2
+# A batch asked for by digest (BATCH-REQ to all) is asked again each interval while it is still
+# needed, at most this many times; then it is given up (counted) until the view changes.
+BATCH_ASKS_MAX = 16
+# A member that answered a FETCH slowly (fewer blocks than fit while it claims more) or not at
+# all is asked again only after this many intervals, unless no other member can be.
+FETCH_SLOW_SKIP_INTERVALS = 16
 # Transactions a backup may forward to us as primary per interval, in full batches: each new
 # one costs a client-signature check, so this bounds what one member can make us verify.
 FORWARDED_BATCHES_PER_INTERVAL = 4
@@ -185,6 +214,10 @@ class PbftConfig:
     member_keys: tuple[bytes, ...]  # index = member id (genesis order)
     me: int
     params: Params
+    # Randomness for the core, which draws none of its own (the first member asked for blocks
+    # is drawn from it, so that a faulty member is not every restarted replica's first choice).
+    # The node passes fresh random bytes; the simulator derives them from its seed.
+    seed: bytes = b""
 
     @property
     def n(self) -> int:
@@ -200,13 +233,22 @@ class PbftConfig:
         return (self.n + self.f + 2) // 2
 
     @classmethod
-    def from_genesis(cls, genesis: Genesis, me: int) -> PbftConfig:
+    def from_genesis(cls, genesis: Genesis, me: int, *, seed: bytes = b"") -> PbftConfig:
         return cls(
             chain_id=genesis.chain_id,
             member_keys=tuple(m.public_key for m in genesis.members),
             me=me,
             params=genesis.params,
+            seed=seed,
         )
+
+
+@dataclass(slots=True)
+class _Wanted:
+    """A batch we asked for by digest: when we last asked, and how many times."""
+
+    asked_ms: int
+    asks: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,6 +283,7 @@ class PbftReplica:
         retransmit_ms: int | None = None,
         pending_txs_max: int = PENDING_TXS_MAX,
         pending_bytes_max: int = PENDING_BYTES_MAX,
+        ever_admitted: Callable[[Transaction], bool] | None = None,
     ) -> None:
         params = config.params
         assert config.n >= 4, "pbft needs n = 3f+1 >= 4 members"
@@ -260,6 +303,12 @@ class PbftReplica:
         self._signer = signer
         self._verifier = verifier
         self._tx_ok = tx_ok
+        # Whether a transaction's key was ever admitted in the state this replica executed
+        # (genesis, or an accepted client change; or it is a member's client change): the
+        # shell's ledger state answers (KeyValueState.may_submit). Without it (a core with no
+        # ledger, as in unit tests) every key is taken as admitted, as before the rule.
+        self._ever_admitted = ever_admitted or (lambda tx: True)
+        self._unadmitted: set[int] = set()  # seqs whose PREPARE waits for an admission (<= L)
         self._members = Members(self.chain_id, config.member_keys, self.quorum, params.window)
 
         self.view = 0
@@ -313,19 +362,36 @@ class PbftReplica:
         self._timeouts = 0  # successive view changes since a request last executed
         self._work_since_ms: int | None = None  # progress timer (a)
         self._nv_timer_at: int | None = None  # waiting for NEW-VIEW after Q VIEW-CHANGEs
-        self._wanted: dict[bytes, int] = {}  # batch digest -> when we last asked for it
+        self._wanted: dict[bytes, _Wanted] = {}  # batch digest -> when and how often asked
+        # The batches the NEW-VIEW we are building as primary still lacks (<= L), and those
+        # given up after BATCH_ASKS_MAX asks in this (view, active) state (<= L).
+        self._nv_missing: frozenset[bytes] = frozenset()
+        self._abandoned: set[bytes] = set()
+        self._abandoned_in = (self.view, self.active)
         # Batches that came by digest, for the NEW-VIEW being built or entered (<= L).
         self._fetched: OrderedDict[bytes, tuple[int, tuple[Transaction, ...]]] = OrderedDict()
-        self._batch_tokens = [BATCHES_SERVED_PER_INTERVAL] * self.n  # refilled per interval
-        self._fetch_tokens = [FETCHES_SERVED_PER_INTERVAL] * self.n
+        # Bytes each peer may still make us send this interval (BATCH and BLOCKS answers).
+        self._serve_budget = [self._serve_budget_full] * self.n  # refilled per interval
         self._forward_tokens = [self._forward_budget] * self.n
         self._forwarded_this_interval = 0  # what we forwarded to the primary this interval
         self._tokens_refilled_ms = 0
 
         # State transfer.
+        self._rng_counter = 0
         self._fetch_peer: int | None = None
         self._fetch_sent_ms = _LONG_AGO
-        self._fetch_next = (self.me + 1) % self.n
+        # Round robin over the others from a random one (never this replica).
+        self._fetch_next = (self.me + 1 + self._random_below(self.n - 1)) % self.n
+        self._fetch_slow_ms = [_LONG_AGO] * self.n  # when each last answered slowly, or not
+        self._fetch_claims = [0] * self.n  # the height each claimed in its last BLOCKS
+        # The smallest a block can encode to (no transaction, Q minimal COMMITs): an answer
+        # with less room left than this in its frame could not have carried another block.
+        vote = SignedVote(commit_body(0, 1, bytes(32), 0), bytes(64))
+        cert = CommitCertificate(0, 1, bytes(32), (vote,) * self.quorum)
+        self._block_bytes_min = len(
+            pack(TransferredBlock(proposed_ms=0, txs=(), certificate=cert).to_array())
+        )
+        self.transfer_slow = 0  # answers with fewer blocks than fit while the peer had more
         self._served_ms = [_LONG_AGO] * self.n
         self._served_from = [0] * self.n
         self._progress_ms = 0  # last time something committed here
@@ -374,6 +440,17 @@ class PbftReplica:
     @property
     def _forward_budget(self) -> int:
         return FORWARDED_BATCHES_PER_INTERVAL * self.params.batch_txs_max
+
+    @property
+    def _serve_budget_full(self) -> int:
+        return SERVED_FRAMES_PER_INTERVAL * frame_bytes_limit(self.params)
+
+    def _random_below(self, k: int) -> int:
+        """A number in [0, k), drawn from config.seed and a counter (the core's only
+        randomness, so a run stays a function of its inputs)."""
+        self._rng_counter += 1
+        h = sha256(self.config.seed + self._rng_counter.to_bytes(8, "big"))
+        return int.from_bytes(h[:8], "big") % max(1, k)
 
     def wants_batch(self, batch: Batch, sender: int | None = None) -> bool:
         """Whether the shell should verify this batch's client signatures ahead of the core
@@ -451,7 +528,18 @@ class PbftReplica:
             self.rejected["checkpoint_mismatch"] += 1
         if seq % self.params.checkpoint_interval == 0 and seq > self._log.low:
             self._checkpoint(seq, block_hash)
+        if self._unadmitted:
+            self._prepare_admitted()
         self._maybe_propose()
+        self._check_invariants()
+
+    def served(self, serve: Serve, frame_bytes: int) -> None:
+        """The shell answered `serve` with a BLOCKS frame of this size: what the grant did not
+        use goes back to the peer's budget (an answer over it, one block that alone exceeds
+        the grant, is charged in full)."""
+        peer = serve.peer
+        left = self._serve_budget[peer] + serve.bytes_max - frame_bytes
+        self._serve_budget[peer] = min(self._serve_budget_full, left)
         self._check_invariants()
 
     def take_ready(self) -> Ready:
@@ -636,6 +724,11 @@ class PbftReplica:
             # nothing since block time = max(proposed, previous block's time).
             slot.prepare_withheld = True
             self.rejected["timestamp_skew"] += 1
+        elif not reissued and not self._all_admitted(pp.txs):
+            # (prepared once an admission executes here; seqs at or below h are gone, so the
+            # set stays within the window)
+            self._unadmitted = {s for s in self._unadmitted if s > self._log.low} | {pp.seq}
+            self.rejected["never_admitted"] += 1
         else:
             prepare = Prepare.create(
                 self._signer, self.chain_id, pp.view, pp.seq, pp.digest, self.me
@@ -646,6 +739,41 @@ class PbftReplica:
             slot.own_prepare = frame
             self._send_own(slot, frame)
         self._advance(slot)
+
+    def _all_admitted(self, txs: tuple[Transaction, ...]) -> bool:
+        """A backup withholds its PREPARE (counted, never evidence) for a fresh PRE-PREPARE
+        carrying a transaction whose key was never admitted in the state it executed: such a
+        batch would commit as permanent `unknown_client` receipts (ledger spam). Keys revoked
+        since were admitted once and stay `unknown_client` receipts, as before. The set only
+        grows, so a lagging backup at worst waits until it executes the admitting block
+        (_prepare_admitted), and the others may prepare the batch meanwhile.
+
+        Re-issued batches (a NEW-VIEW's) are exempt, as from the skew check: Q members, f+1
+        of them honest, prepared each in an earlier view, so its keys were admitted in an
+        honest member's state and will be in ours; some members may have committed it, and
+        withholding our PREPARE there could only stall the view."""
+        return all(self._ever_admitted(tx) for tx in txs)
+
+    def _prepare_admitted(self) -> None:
+        """After a block executed: PREPARE the batches withheld for a key never admitted that
+        the block admitted (the withheld slot still in this view, not yet committed here)."""
+        for seq in sorted(self._unadmitted):
+            slot = self._log.get(seq)
+            pp = None if slot is None else slot.preprepare
+            if slot is None or pp is None or slot.own_prepare or slot.committed_local:
+                self._unadmitted.discard(seq)  # gone, prepared or committed: nothing to do
+            elif self._all_admitted(pp.txs):
+                self._unadmitted.discard(seq)
+                # As _accept_preprepare does: persist our PREPARE, then send it.
+                prepare = Prepare.create(
+                    self._signer, self.chain_id, pp.view, pp.seq, pp.digest, self.me
+                )
+                slot.prepares[self.me] = prepare
+                frame = encode(prepare)
+                self._persist(slot, "prepare", frame)
+                slot.own_prepare = frame
+                self._send_own(slot, frame)
+                self._advance(slot)
 
     # --- PREPARE and COMMIT -----------------------------------------------------------------
 
@@ -761,6 +889,15 @@ class PbftReplica:
             if not (idle or full or waited):
                 return
             txs = pool.take_batch(params.batch_txs_max, params.batch_bytes_max)
+            admitted = tuple(tx for tx in txs if self._ever_admitted(tx))
+            if len(admitted) < len(txs):
+                # Keys never admitted in our state: honest backups would withhold their
+                # PREPAREs for the batch (ledger spam). Dropped; a client's retry after its
+                # admission executes here is batched.
+                self.rejected["tx_never_admitted"] += len(txs) - len(admitted)
+                txs = admitted
+                if not txs:
+                    continue
             seq = self._next_seq
             self._next_seq += 1
             pp = PrePrepare.create(
@@ -1074,15 +1211,22 @@ class PbftReplica:
         vcs.sort(key=lambda vc: (vc.sender != self.me, vc.sender))
         chosen = vcs[: self.quorum]
         plan = plan_new_view(chosen)
+        stable = plan.stable
+        if stable is not None and stable.seq > self._log.low and self._differs_from_ours(stable):
+            # (counted there) Our execution diverged from the Q members who certified it: we
+            # cannot lead a view starting from it. Their NEW-VIEW timers move them on.
+            self._nv_sent = True
+            return
         batches: dict[int, tuple[Transaction, ...]] = {}
-        missing = False
+        missing: set[bytes] = set()
         for item in plan.reissue:
             txs = () if item.null else self._find_batch(item.digest)
             if txs is None:
-                missing = True
+                missing.add(item.digest)
                 self._want(item.digest)
             else:
                 batches[item.seq] = txs
+        self._nv_missing = frozenset(missing)
         if missing:
             return  # BATCH-REQs are out; we try again when a batch arrives or on tick
         pps = tuple(
@@ -1200,6 +1344,9 @@ class PbftReplica:
         self._records.append((records.VIEW_CHANGE_KEY, None))
         # The old view's slots go; their batches' transactions not re-issued are pending again.
         reissued = {pp.seq: pp.digest for pp in preprepares}
+        # The batches we hold that the NEW-VIEW re-issues stay (<= L of them, with the others
+        # fetched by digest): found here, not asked of the peers again (review).
+        self._keep_batches(set(reissued.values()))
         old_digests: dict[int, bytes] = {}
         for slot in self._log.reset():
             self._records.extend((key, None) for key in slot.record_keys)
@@ -1207,11 +1354,17 @@ class PbftReplica:
                 old_digests[slot.seq] = slot.preprepare.digest
         self._pool.release(reissued, old_digests, self._mono_ms)
         self._pool.forget_forwarding()  # forward to the new primary before suspecting it
-        if plan.stable is not None and plan.stable.seq > self._log.low:
+        if (
+            plan.stable is not None
+            and plan.stable.seq > self._log.low
+            and not self._differs_from_ours(plan.stable)
+        ):
             self._stabilize(plan.stable)  # not active yet: proposes nothing, drains nothing
         low = self._log.low
         for pp in preprepares:
-            if pp.seq <= low:
+            if pp.seq <= low or pp.seq > self._log.high:
+                # (above h+L only when we refused the NEW-VIEW's checkpoint as not ours: our
+                # execution diverged, and this replica takes no part in those seqs)
                 continue
             slot = self._log.slot(pp.seq, self.view)
             if pp.sender == self.me:
@@ -1230,6 +1383,7 @@ class PbftReplica:
         for s in [s for s in self._vcs if self._vcs[s].view <= self.view]:
             del self._vcs[s]
         self.active = True
+        self._drop_unneeded_batch_requests()  # the old view's, and the NEW-VIEW's now built
         for sender, msg in self._future.drain(self.view):
             self._on_input(sender, msg)
         self._deliver()
@@ -1277,31 +1431,83 @@ class PbftReplica:
                 return pp.txs
         return None
 
+    def _keep_batches(self, digests: set[bytes]) -> None:
+        """Before the log is reset for a new view: the batches of its slots with these digests
+        go where _find_batch looks (_fetched, at most L, oldest out first)."""
+        for slot in self._log.window_slots():
+            pp = slot.preprepare
+            if pp is None or pp.digest not in digests or pp.digest in self._fetched:
+                continue
+            if pp.txs or _empty_batch(pp):
+                self._fetched[pp.digest] = (pp.proposed_ms, pp.txs)
+        while len(self._fetched) > self.params.window:
+            self._fetched.popitem(last=False)
+
     def _want(self, digest: bytes) -> None:
         if digest in self._wanted:
             return
+        state = (self.view, self.active)
+        if self._abandoned_in != state:
+            self._abandoned_in, self._abandoned = state, set()
+        if digest in self._abandoned:
+            return  # asked BATCH_ASKS_MAX times in this state already: the timers take over
         if len(self._wanted) >= self.params.window:
+            # (not silently: a view change or state transfer is then what recovers)
+            self.rejected["batch_requests_full"] += 1
             return
-        self._wanted[digest] = self._mono_ms
+        self._wanted[digest] = _Wanted(self._mono_ms)
         request = encode(BatchRequest.create(self._signer, self.chain_id, digest, self.me))
         self._messages.append(Outbound(None, request))
 
+    def _batch_needed(self, digest: bytes) -> bool:
+        """Whether a batch asked for by digest is still needed: for the NEW-VIEW we build as
+        primary, or by a re-issued slot of this view that waits for it (and that we did not
+        commit with another digest: we never vote there). The view moved on, the NEW-VIEW was
+        sent, the slot was filled (or it left the window): not needed."""
+        if not self.active:
+            return self.primary == self.me and not self._nv_sent and digest in self._nv_missing
+        return any(
+            slot.reissued is not None
+            and slot.reissued.digest == digest
+            and self._committed_digests.get(slot.seq, digest) == digest
+            for slot in self._log.window_slots()
+        )
+
+    def _drop_unneeded_batch_requests(self) -> None:
+        for digest in [d for d in self._wanted if not self._batch_needed(d)]:
+            del self._wanted[digest]
+
     def _batch_requests(self) -> None:
-        for digest, asked_ms in list(self._wanted.items()):
-            if self._mono_ms - asked_ms >= self.retransmit_ms:
-                self._wanted[digest] = self._mono_ms
-                request = encode(BatchRequest.create(self._signer, self.chain_id, digest, self.me))
-                self._messages.append(Outbound(None, request))
+        """Ask again, each interval, for the batches still needed, BATCH_ASKS_MAX times at
+        most: a digest nobody holds (after crash-restart runs some were asked for forever,
+        1,800 requests per idle 10 s, and filled the set) is then given up and counted."""
+        for digest, want in list(self._wanted.items()):
+            if self._mono_ms - want.asked_ms < self.retransmit_ms:
+                continue
+            if not self._batch_needed(digest):
+                del self._wanted[digest]
+                continue
+            if want.asks >= BATCH_ASKS_MAX:
+                del self._wanted[digest]
+                if len(self._abandoned) < self.params.window:
+                    self._abandoned.add(digest)
+                self.rejected["batch_request_abandoned"] += 1
+                continue
+            want.asked_ms = self._mono_ms
+            want.asks += 1
+            request = encode(BatchRequest.create(self._signer, self.chain_id, digest, self.me))
+            self._messages.append(Outbound(None, request))
         if self._mono_ms - self._tokens_refilled_ms >= self.retransmit_ms:
             self._tokens_refilled_ms = self._mono_ms
-            self._batch_tokens = [BATCHES_SERVED_PER_INTERVAL] * self.n
-            self._fetch_tokens = [FETCHES_SERVED_PER_INTERVAL] * self.n
+            # (an overdrawn budget starts the interval that much lower)
+            full = self._serve_budget_full
+            self._serve_budget = [min(full, left + full) for left in self._serve_budget]
             self._forward_tokens = [self._forward_budget] * self.n
             self._forwarded_this_interval = 0
 
     def _on_batch_request(self, req: BatchRequest) -> None:
-        if self._batch_tokens[req.sender] <= 0:
-            self.rejected["requests_too_often"] += 1
+        if self._serve_budget[req.sender] <= 0:
+            self.rejected["answers_over_budget"] += 1
             return
         txs = self._find_batch(req.digest)
         if txs is None:
@@ -1309,9 +1515,10 @@ class PbftReplica:
         proposed_ms = self._proposed_ms_of(req.digest)
         if proposed_ms is None:
             return
-        self._batch_tokens[req.sender] -= 1
         batch = Batch.create(self._signer, self.chain_id, proposed_ms, txs, self.me)
-        self._messages.append(Outbound(req.sender, encode(batch)))
+        frame = encode(batch)
+        self._serve_budget[req.sender] -= len(frame)
+        self._messages.append(Outbound(req.sender, frame))
 
     def _proposed_ms_of(self, digest: bytes) -> int | None:
         fetched = self._fetched.get(digest)
@@ -1383,8 +1590,12 @@ class PbftReplica:
 
     def _transfer_target(self) -> int:
         """How far f+1 peers (one honest at least) showed they executed, or our h."""
-        claims = sorted(self._retransmit.peer_executed, reverse=True)
+        claims = sorted(map(max, self._retransmit.peer_executed, self._fetch_claims), reverse=True)
         return max(self._log.low, claims[self.f] if len(claims) > self.f else 0)
+
+    def _claimed(self, peer: int) -> int:
+        """How far `peer` claims to have executed: by its CHECKPOINTs or its last BLOCKS."""
+        return max(self._retransmit.peer_executed[peer], self._fetch_claims[peer])
 
     def _maybe_fetch(self) -> None:
         if not self._clock_known:
@@ -1395,6 +1606,7 @@ class PbftReplica:
             if now - self._fetch_sent_ms < interval:
                 return
             self.transfer_retries += 1  # lost, or a silent peer: ask the next one
+            self._fetch_slow_ms[self._fetch_peer] = now
             self._fetch_peer = None
         target = self._transfer_target()
         behind_h = self._log.low > self._last_committed
@@ -1409,11 +1621,17 @@ class PbftReplica:
             self._fetch_from(self._pick_fetch_peer(target))
 
     def _pick_fetch_peer(self, target: int) -> int:
-        """Round robin, preferring peers that claimed to have executed up to the target."""
+        """Round robin from a random start, preferring peers that did not answer slowly (or not
+        at all) in the last FETCH_SLOW_SKIP_INTERVALS and, among them, those that claimed to
+        have executed up to the target: a slow member is asked again only when every other
+        one was slow too, whatever it claims (one that claims to be far ahead and trickles
+        blocks must not set the pace of our catch-up)."""
         order = [(self._fetch_next + i) % self.n for i in range(self.n)]
         order = [p for p in order if p != self.me]
-        ahead = [p for p in order if self._retransmit.peer_executed[p] >= target]
-        peer = (ahead or order)[0]
+        skip_ms = FETCH_SLOW_SKIP_INTERVALS * self.retransmit_ms
+        prompt = [p for p in order if self._mono_ms - self._fetch_slow_ms[p] >= skip_ms]
+        ahead = [p for p in order if self._claimed(p) >= target]
+        peer = ([p for p in prompt if p in ahead] or prompt or ahead or order)[0]
         self._fetch_next = (peer + 1) % self.n
         return peer
 
@@ -1430,16 +1648,20 @@ class PbftReplica:
         if fetch.from_seq <= last_from and self._mono_ms - last_ms < self.retransmit_ms // 4:
             self.rejected["duplicate"] += 1  # or a retry too soon
             return
-        if self._fetch_tokens[fetch.sender] <= 0:
-            self.rejected["requests_too_often"] += 1
+        budget = self._serve_budget[fetch.sender]
+        if budget <= 0:
+            self.rejected["answers_over_budget"] += 1
             return
         if not self._verified(fetch):
             return
-        self._fetch_tokens[fetch.sender] -= 1
+        # The answer may take what is left of the peer's budget (one frame at most), charged
+        # now; the shell gives back what it did not use (served()).
+        grant = min(budget, frame_bytes_limit(self.params))
+        self._serve_budget[fetch.sender] -= grant
         self._served_ms[fetch.sender] = self._mono_ms
         self._served_from[fetch.sender] = fetch.from_seq
         self._relay_new_view(fetch.sender)  # a restarted peer may not know our view either
-        self._serve.append(Serve(fetch.sender, max(1, fetch.from_seq)))
+        self._serve.append(Serve(fetch.sender, max(1, fetch.from_seq), grant))
 
     def _on_blocks(self, reply: Blocks) -> None:
         if reply.sender != self._fetch_peer:
@@ -1447,14 +1669,16 @@ class PbftReplica:
             return
         if not self._verified(reply):
             return
+        peer = reply.sender
+        self._fetch_claims[peer] = reply.height  # its latest claim replaces the one before
         cert = reply.stable
         if cert is not None and cert.seq > self._log.low:
-            if check_checkpoint_certificate(self._members, self._verifier, cert) is None:
-                self._stabilize(cert)
-            else:
+            if check_checkpoint_certificate(self._members, self._verifier, cert) is not None:
                 self.rejected["bad_transfer"] += 1
                 self._fetch_from(self._pick_fetch_peer(self._transfer_target()))
                 return
+            if not self._differs_from_ours(cert):
+                self._stabilize(cert)
         delivered = 0
         for block in reply.blocks:
             seq = block.seq
@@ -1473,18 +1697,59 @@ class PbftReplica:
             slot = self._log.get(seq)
             if slot is not None:
                 slot.redo = True
+                held = slot.reissued
+                if held is not None and (held.digest, held.proposed_ms) == (
+                    c.digest,
+                    block.proposed_ms,
+                ):
+                    # The batch a re-issued slot waits for came with the block (its commit
+                    # certificate vouches for it): prepare it here, no need to ask for it.
+                    self._accept_preprepare(slot, replace(held, txs=block.txs), reissued=True)
             self._transferred_to = seq
             self.transferred += 1
             delivered += 1
         if not delivered and self._probes_left > 0:
             self._probes_left -= 1  # one more peer says we are not behind it
-        if delivered:
-            self._fetch_from(reply.sender)  # maybe more: keep going with a peer that helps
-        elif self._log.low > self._last_committed:
+        more = reply.height > self._last_committed  # the peer claims blocks we still lack
+        full = more and self._full_answer(reply)
+        if more and not full:
+            # Fewer blocks than fit one frame while it claims more: slow, whatever the reason
+            # (a peer that trickles one valid block per FETCH, each just before our timeout,
+            # slowed a whole cluster's catch-up from 4 s to 198 s): ask another next. An honest
+            # peer cut short by its budget or a large next block costs only that rotation.
+            self._fetch_slow_ms[peer] = self._mono_ms
+            self.transfer_slow += 1
+        behind = self._transfer_target() > self._last_committed or more
+        if delivered and more and full:
+            self._fetch_from(peer)  # keep going with a peer that sends all that fits
+        elif (delivered and behind) or self._log.low > self._last_committed:
             self._fetch_from(self._pick_fetch_peer(self._transfer_target()))
         else:
             self._fetch_peer = None
         self._deliver()
+
+    def _full_answer(self, reply: Blocks) -> bool:
+        """Whether a BLOCKS answer carried all that its sender could fit: `window` blocks, or
+        all it claims to have, or too little room left in one frame for even the smallest
+        block (the frame's exact size: for a decoded message encode() is its frame)."""
+        blocks = reply.blocks
+        if len(blocks) >= self.params.window or (blocks and blocks[-1].seq >= reply.height):
+            return True
+        room = frame_bytes_limit(self.params) - len(encode(reply))
+        return room < self._block_bytes_min
+
+    def _differs_from_ours(self, cert: CheckpointCertificate) -> bool:
+        """A valid stable checkpoint certificate for a hash other than the one we signed (or
+        executed) at its sequence number: our execution diverged from Q members'. Never adopt
+        it silently: count it and refuse it, as _try_stable does for Q CHECKPOINTs."""
+        own = self._checkpoints.own(cert.seq)
+        ours = own.block_hash if own is not None else None
+        if ours is None and cert.seq == self.last_executed:
+            ours = self._last_block_hash
+        if ours is None or ours == cert.block_hash:
+            return False
+        self.rejected["checkpoint_mismatch"] += 1
+        return True
 
     def _transferred_problem(self, block: TransferredBlock) -> str | None:
         c = block.certificate
@@ -1629,6 +1894,8 @@ class PbftReplica:
         assert len(self._log) <= self.params.window
         assert len(self._prepared) <= self.params.window
         assert len(self._wanted) <= self.params.window
+        assert len(self._abandoned) <= self.params.window
+        assert len(self._unadmitted) <= self.params.window
         assert len(self._fetched) <= self.params.window
         assert len(self._committed_digests) <= self.params.window
         assert len(self._vcs) <= self.n
@@ -1679,6 +1946,7 @@ class PbftReplica:
             "log_slots": len(self._log),
             "buffered_messages": len(self._future),
             "transferred_blocks": self.transferred,
+            "transfer_slow_answers": self.transfer_slow,  # FETCHes moved on from a slow member
             "evidence": [
                 {"reason": e.reason, "view": e.view, "seq": e.seq, "primary": e.primary}
                 for e in self.evidence
@@ -1748,6 +2016,8 @@ class PbftReplica:
         if slot is not None and slot.preprepare is not None and not slot.prepared:
             have = len(slot.matching(slot.prepares))
             withheld = " (ours withheld: timestamp skew)" if slot.prepare_withheld else ""
+            if seq in self._unadmitted and slot.own_prepare is None:
+                withheld = " (ours withheld: a client key never admitted here)"
             return f"prepares for seq {seq}: {have} of {self.quorum - 1}{withheld}"
         if slot is not None and not slot.committed_local:
             have = len(slot.matching(slot.commits))

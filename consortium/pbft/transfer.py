@@ -6,8 +6,14 @@ as many consecutive committed batches, each with its commit certificate, as fit 
 (the encoded frame within messages.frame_bytes_limit, the size the asker decodes; at most
 params.window blocks, always at least one, which fits: a full batch with its framing and a
 certificate is what that limit is made of), plus its latest stable checkpoint certificate,
-which lets the asker move its window. Nothing in an answer is trusted for being in it: the
-asker checks each block's certificate and digest.
+which lets the asker move its window, and its ledger height, which says how far it claims to
+be. Nothing in an answer is trusted for being in it: the asker checks each block's certificate
+and digest, and an answer with fewer blocks than fit while its sender claims more is slow: the
+asker's next FETCH goes to another member.
+
+What a peer may make us send is budgeted in bytes (pbft/replica.py, SERVED_FRAMES_PER_INTERVAL):
+the core grants each FETCH at most `bytes_max` (Serve.bytes_max) and the answer stops there,
+still carrying at least one block; the shell reports the frame's size back (served()).
 """
 
 from __future__ import annotations
@@ -30,12 +36,16 @@ def blocks_reply(
     height: int,
     stable: CheckpointCertificate | None,
     block_at: Callable[[int], TransferredBlock | None],
+    bytes_max: int | None = None,
 ) -> bytes:
-    """The BLOCKS frame answering FETCH(from_seq), read through block_at(seq)."""
+    """The BLOCKS frame answering FETCH(from_seq), read through block_at(seq): within
+    `bytes_max` (the peer's budget; None: one frame) except that it always carries one block."""
     blocks: list[TransferredBlock] = []
     # What the answer costs without blocks, plus the blocks list's own header (array32 at most).
-    size = len(encode(Blocks.create(signer, chain_id, from_seq, stable, (), me))) + 5
+    size = len(encode(Blocks.create(signer, chain_id, from_seq, height, stable, (), me))) + 5
     limit = frame_bytes_limit(params)
+    if bytes_max is not None:
+        limit = min(limit, bytes_max)
     seq = from_seq
     while seq <= height and len(blocks) < params.window:
         block = block_at(seq)
@@ -48,4 +58,4 @@ def blocks_reply(
         blocks.append(block)
         size += block_size
         seq += 1
-    return encode(Blocks.create(signer, chain_id, from_seq, stable, tuple(blocks), me))
+    return encode(Blocks.create(signer, chain_id, from_seq, height, stable, tuple(blocks), me))

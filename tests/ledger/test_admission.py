@@ -248,6 +248,29 @@ def test_a_revoked_client_is_served_before_the_effective_height_and_refused_from
     assert CLIENT.public not in chain.app.admitted
 
 
+def test_the_keys_ever_admitted_only_grow_and_are_what_a_batch_may_carry() -> None:
+    """What a pbft backup prepares and an honest primary batches (KeyValueState.may_submit):
+    a key admitted in genesis or by an accepted change, pending or in effect, revoked since or
+    not (its transactions stay `unknown_client` receipts after the revocation, as before); a
+    member's client change; nothing else. (`changed_ms`, which holds it, is stored state.)"""
+    chain = new_chain()
+    stranger = chain.tx(Put(b"a", b"1"), signer=NEW)
+    member_change = config_tx(chain, change(chain, ADMIT, NEW.public), signer=MEMBERS[3])
+    app = chain.app
+    assert app.may_submit(chain.tx(Put(b"a", b"1")))  # the genesis client
+    assert not app.may_submit(stranger) and not app.ever_admitted(NEW.public)
+    assert app.may_submit(member_change)
+    assert not app.may_submit(chain.tx(Put(b"a", b"1"), signer=MEMBERS[3]))
+    chain.add([member_change])  # height 1: NEW admitted from K, pending until then
+    assert app.may_submit(stranger) and NEW.public not in app.admitted
+    until(chain, K + 1)
+    chain.add([config_tx(chain, change(chain, REVOKE, NEW.public, nonce=b"r"))])
+    until(chain, 2 * K + 1)
+    assert NEW.public not in app.admitted and app.ever_admitted(NEW.public)
+    revoked = chain.add([chain.tx(Put(b"a", b"2"), signer=NEW)])
+    assert receipt_of(revoked) == ("rejected", "unknown_client")
+
+
 def test_a_member_may_submit_only_client_changes() -> None:
     chain = new_chain()
     block = chain.add([chain.tx(Put(b"a", b"1"), signer=MEMBERS[0])])

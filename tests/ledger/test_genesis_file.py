@@ -133,3 +133,84 @@ def test_pbft_quorums_of_any_two_intersect_in_an_honest_member(n: int) -> None:
     assert 2 * genesis.quorum - n >= genesis.f + 1  # two quorums share an honest member
     if n == 3 * genesis.f + 1:
         assert genesis.quorum == 2 * genesis.f + 1
+
+
+# --- message sizes: every frame members must exchange fits what they decode ---------------
+
+
+def _sized(mode: str, n: int, params: Params) -> str:
+    """A genesis.json of `mode` with n members and these parameters."""
+    from consortium.crypto.keys import KeyPair
+
+    doc = _doc()
+    template = doc["members"][0]
+    doc["mode"] = mode
+    doc["members"] = [
+        {**template, "name": f"m{i}", "public_key": KeyPair.from_seed(bytes([i]) * 32).public.hex()}
+        for i in range(n)
+    ]
+    doc["params"] = {k: getattr(params, k) for k in doc["params"]}
+    return json.dumps(doc)
+
+
+@pytest.mark.parametrize(
+    ("mode", "n", "params"),
+    [
+        *(("pbft", n, Params()) for n in (4, 7, 10, 13, 16, 19, 22, 25)),
+        *(("raft", n, Params()) for n in (1, 3, 5, 7)),
+        ("pbft", 4, Params(batch_bytes_max=256 * 1024)),
+        ("pbft", 7, Params(batch_bytes_max=256 * 1024)),
+        ("pbft", 13, Params(window=128)),
+        ("pbft", 4, Params(window=1024)),
+        ("pbft", 4, Params(frame_bytes_max=8 * 1024 * 1024)),
+        ("raft", 3, Params(frame_bytes_max=8 * 1024 * 1024)),
+        ("raft", 5, Params(batch_bytes_max=512 * 1024, frame_bytes_max=1024 * 1024)),
+    ],
+)
+def test_the_default_and_common_parameters_fit_every_frame(
+    mode: str, n: int, params: Params
+) -> None:
+    Genesis.from_json(_sized(mode, n, params), where="g.json")
+
+
+@pytest.mark.parametrize(
+    ("mode", "n", "params", "message"),
+    [
+        # Found in review: every NEW-VIEW too big to decode, members cycling through views.
+        (
+            "pbft",
+            10,
+            Params(batch_bytes_max=256 * 1024),
+            "with 10 members .* a pbft NEW-VIEW can take .* bytes, more than the 331,776 a "
+            "member decodes .*: "
+            "lower params.window to 34 or less and params.checkpoint_interval to 17 or less",
+        ),
+        ("pbft", 22, Params(window=256), ".* NEW-VIEW .*: lower params.window to 96 or less$"),
+        # ... and a raft frame limit below one legal batch: the cluster halted for good.
+        (
+            "raft",
+            3,
+            Params(frame_bytes_max=1024 * 1024),
+            "a raft APPEND carrying an entry of a full batch can take 4,198,547 bytes, more "
+            "than params.frame_bytes_max \\(1,048,576\\), .*: raise params.frame_bytes_max to "
+            "at least 4,198,547 or lower params.batch_bytes_max",
+        ),
+        (
+            "pbft",
+            4,
+            Params(frame_bytes_max=1024 * 1024),
+            "a pbft PRE-PREPARE carrying a full batch .*: raise params.frame_bytes_max",
+        ),
+        (
+            "pbft",
+            4,
+            Params(batch_bytes_max=16 * 1024 * 1024, frame_bytes_max=16 * 1024 * 1024),
+            "a pbft PRE-PREPARE .* raise params.frame_bytes_max to at least 16,781,",
+        ),
+    ],
+)
+def test_parameters_whose_frames_cannot_be_decoded_are_refused_naming_the_fix(
+    mode: str, n: int, params: Params, message: str
+) -> None:
+    with pytest.raises(GenesisError, match=f"^g.json: {message}"):
+        Genesis.from_json(_sized(mode, n, params), where="g.json")

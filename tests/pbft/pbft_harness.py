@@ -22,7 +22,17 @@ from consortium.node.sim.cluster import (
     sim_genesis,
     workload,
 )
-from consortium.pbft.messages import Checkpoint, Commit, Message, Prepare, PrePrepare, encode
+from consortium.pbft.messages import (
+    Checkpoint,
+    Commit,
+    Message,
+    NewView,
+    Prepare,
+    PreparedProof,
+    PrePrepare,
+    ViewChange,
+    encode,
+)
 from consortium.pbft.replica import Outbound, PbftConfig, PbftReplica, Ready, RecoveredState
 
 PARAMS = Params(
@@ -192,3 +202,29 @@ def drive(group: Group, i: int, pp: PrePrepare, *, execute: bool = True) -> Read
         for batch in ready.committed:
             r.executed(batch.seq, block_hash(batch.seq))
     return ready
+
+
+def new_view_reissuing(group: Group, pp: PrePrepare, view: int = 1) -> NewView:
+    """The NEW-VIEW of `view` (from its primary) built on VIEW-CHANGEs of the other three
+    members but member 3, each holding the prepared certificate of `pp` (view 0)."""
+    primary = view % group.n
+    backups = [s for s in range(group.n) if s != pp.sender][:2]
+    proof = PreparedProof(
+        preprepare=replace(pp, txs=()), prepares=tuple(group.prepare(pp, s) for s in backups)
+    )
+    vcs = tuple(
+        encode(ViewChange.create(group.signers[s], group.chain_id, view, None, (proof,), s))
+        for s in range(group.n)
+        if s != 3
+    )
+    again = PrePrepare.create(
+        group.signers[primary],
+        group.chain_id,
+        view,
+        pp.seq,
+        pp.proposed_ms,
+        primary,
+        (),
+        digest=pp.digest,
+    )
+    return NewView.create(group.signers[primary], group.chain_id, view, vcs, (again,), primary)

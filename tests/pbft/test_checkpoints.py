@@ -5,8 +5,19 @@ from __future__ import annotations
 
 from pbft_harness import WALL, Group, block_hash, drive, frames
 
+from consortium.ledger.certificates import CheckpointCertificate
 from consortium.pbft import records
-from consortium.pbft.messages import Checkpoint, Fetch, Prepare, PrePrepare, decode, encode
+from consortium.pbft.messages import (
+    Blocks,
+    Checkpoint,
+    Fetch,
+    NewView,
+    Prepare,
+    PrePrepare,
+    ViewChange,
+    decode,
+    encode,
+)
 
 ME = 1
 
@@ -92,6 +103,65 @@ def test_a_quorum_for_a_hash_other_than_ours_is_never_adopted() -> None:
         r.receive(s, group.checkpoint(2, s, block=b"x" * 32))
     assert r.low_watermark == 0
     assert r.rejected["checkpoint_mismatch"] >= 1
+
+
+def other_certificate(group: Group, seq: int, senders: tuple[int, ...]) -> CheckpointCertificate:
+    """A valid stable checkpoint certificate (Q members signed it) for another block hash."""
+    votes = tuple(group.checkpoint(seq, s, block=b"x" * 32).vote() for s in senders)
+    return CheckpointCertificate(seq, b"x" * 32, votes)
+
+
+def test_a_certificate_in_a_blocks_answer_for_another_hash_than_ours_is_refused() -> None:
+    """State transfer adopted the stable checkpoint certificate of a BLOCKS answer without
+    comparing it with our own CHECKPOINT at its sequence number: our execution diverged from
+    Q members' and nothing said so. It is refused and counted, as for Q CHECKPOINTs."""
+    group = Group()
+    r = group.replicas[ME]
+    executed_through(group, 2)  # our own CHECKPOINT for 2 names block_hash(2)
+    r.take_ready()
+    r._fetch_peer = 2  # (it asked member 2 for blocks)
+    cert = other_certificate(group, 2, (0, 2, 3))
+    r.receive(2, Blocks.create(group.signers[2], group.chain_id, 3, 2, cert, (), 2))
+    assert r.rejected["checkpoint_mismatch"] == 1
+    assert r.low_watermark == 0 and r.stable_certificate is None
+
+
+def test_a_new_views_certificate_for_another_hash_than_ours_is_refused() -> None:
+    """The same for the stable checkpoint a NEW-VIEW carries (its min_s): the view is entered,
+    the certificate is not adopted."""
+    group = Group()
+    r = group.replicas[2]
+    executed_through(group, 2, i=2)
+    r.take_ready()
+    cert = other_certificate(group, 2, (0, 1, 3))
+    vcs = tuple(
+        encode(ViewChange.create(group.signers[s], group.chain_id, 1, cert, (), s))
+        for s in (0, 1, 3)
+    )
+    nv = NewView.create(group.signers[1], group.chain_id, 1, vcs, (), 1)
+    r.receive(1, nv)
+    assert r.view == 1 and r.active
+    assert r.rejected["checkpoint_mismatch"] == 1
+    assert r.low_watermark == 0 and r.stable_certificate is None
+
+
+def test_a_new_primary_does_not_lead_a_view_from_a_checkpoint_its_execution_disputes() -> None:
+    """As the new primary it would adopt the VIEW-CHANGEs' certificate as its NEW-VIEW's min_s:
+    it sends no NEW-VIEW (counted), and the others' NEW-VIEW timers move them on."""
+    group = Group()
+    r = group.replicas[1]  # primary of view 1
+    executed_through(group, 2, i=1)
+    r.take_ready()
+    cert = other_certificate(group, 2, (0, 2, 3))
+    for s in (0, 2, 3):
+        vc = ViewChange.create(group.signers[s], group.chain_id, 1, cert, (), s)
+        r.receive(s, vc)
+    assert r.view == 1 and not r.active
+    sent = [decode(f, group.params) for f in frames(r.take_ready())]
+    assert not [m for m in sent if isinstance(m, NewView)]
+    assert r.rejected["checkpoint_mismatch"] == 1
+    group.tick_all(group.params.request_timeout_ms)
+    assert r.rejected["checkpoint_mismatch"] == 1  # once: it does not try again in this view
 
 
 def test_a_checkpoint_at_or_below_h_is_stale() -> None:

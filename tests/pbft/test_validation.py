@@ -9,12 +9,24 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
-from pbft_harness import RETRANSMIT_MS, WALL, Group, forge, frames
+from pbft_harness import (
+    PARAMS,
+    RETRANSMIT_MS,
+    WALL,
+    Group,
+    drive,
+    forge,
+    frames,
+    new_view_reissuing,
+)
 
+from consortium.crypto.keys import KeyPair
+from consortium.ledger.block import genesis_block
+from consortium.ledger.tx import Put, Transaction
 from consortium.node.sim.cluster import workload
 from consortium.pbft import records
-from consortium.pbft.messages import Message, Prepare, ViewChange, decode, encode
-from consortium.pbft.replica import PbftReplica
+from consortium.pbft.messages import Message, Prepare, PrePrepare, ViewChange, decode, encode
+from consortium.pbft.replica import PbftConfig, PbftReplica, RecoveredState
 
 ME = 1  # the replica under test: a backup
 
@@ -232,3 +244,91 @@ def test_peer_input_never_raises() -> None:
     group.tick_all(RETRANSMIT_MS)
     r.check_invariants()
     assert r.rejected["malformed"] > 0
+
+
+# --- keys never admitted: ledger spam ----------------------------------------------------
+
+STRANGER = KeyPair.from_seed(b"never-admitted".ljust(32, b"\x00"))
+
+
+def admitting(group: Group, i: int, known: set[bytes]) -> PbftReplica:
+    """Member i, told by its 'shell' which keys its executed state ever admitted (`known`)."""
+    r = PbftReplica(
+        PbftConfig.from_genesis(group.genesis, i),
+        group.signers[i],
+        group.verifier,
+        tx_ok=group.tx_ok,
+        recovered=RecoveredState(0, genesis_block(group.genesis).hash, None, []),
+        ever_admitted=lambda tx: tx.client_key in known,
+    )
+    r._probes_left = 0
+    r.tick(group.mono_ms, WALL + group.mono_ms)
+    r.take_ready()
+    group.replicas[i] = r
+    return r
+
+
+def spam(group: Group) -> Transaction:
+    return Transaction.create(STRANGER, group.chain_id, b"spam", WALL + 60_000, [Put(b"k", b"v")])
+
+
+def test_a_backup_withholds_its_prepare_for_a_key_never_admitted() -> None:
+    """Backups agreed to batches carrying transactions of keys never admitted, which then
+    committed as permanent `unknown_client` receipts (ledger spam). A backup withholds its
+    PREPARE while a key of the batch was never admitted in the state it executed: counted,
+    not evidence (a lagging backup may not know an admission yet), so the primary is not
+    replaced for it; if the others prepare the batch, this backup commits with them."""
+    group = Group()
+    r = admitting(group, ME, {group.txs[0].client_key})
+    pp = group.preprepare(1, (group.txs[0], spam(group)))
+    r.receive(0, pp)
+    ready = r.take_ready()
+    assert r.rejected["never_admitted"] == 1
+    assert ready.messages == [] and not r.evidence and r.view == 0 and r.active
+    assert r.status()["in_flight"] == 1  # the PRE-PREPARE itself is accepted
+    assert r.status()["waiting_for"] == (
+        "prepares for seq 1: 0 of 2 (ours withheld: a client key never admitted here)"
+    )
+    for sender in (2, 3):
+        r.receive(sender, group.prepare(pp, sender))
+    assert frames(r.take_ready()) == [encode(group.commit(pp, ME))]
+
+
+def test_a_lagging_backup_prepares_once_it_executes_the_admission() -> None:
+    """The set of keys ever admitted only grows: a backup that withheld its PREPARE because
+    it had not executed the admitting block yet sends it once it has."""
+    group = Group()
+    known = {group.txs[0].client_key}
+    r = admitting(group, ME, known)
+    pp = group.preprepare(2, (spam(group),))
+    r.receive(0, pp)
+    assert r.rejected["never_admitted"] == 1 and not frames(r.take_ready())
+    known.add(STRANGER.public)  # what executing block 1 (an admission) does to the state
+    drive(group, ME, group.preprepare(1, group.txs[:1]))  # ... and it executes
+    assert encode(group.prepare(pp, ME)) in frames(r.take_ready())
+
+
+def test_an_honest_primary_batches_only_keys_ever_admitted() -> None:
+    group = Group()
+    primary = admitting(group, 0, {group.txs[0].client_key})
+    primary.propose_all([spam(group), group.txs[0]])
+    pps = [m for m in map(lambda f: decode(f, PARAMS), frames(primary.take_ready()))]
+    assert [pp.txs for pp in pps if isinstance(pp, PrePrepare)] == [group.txs[:1]]
+    assert primary.rejected["tx_never_admitted"] == 1
+
+
+def test_a_reissued_batch_is_prepared_whatever_its_keys() -> None:
+    """A NEW-VIEW's re-issued batch was prepared by Q members in an earlier view, f+1 of them
+    honest: its keys were admitted in an honest state. Some members may have committed it, and
+    withholding our PREPARE there could only stall the view: exempt, like the skew check."""
+    group = Group()
+    r = admitting(group, 3, {group.txs[0].client_key})
+    pp = group.preprepare(1, (spam(group),))
+    r.receive(0, pp)
+    assert r.rejected["never_admitted"] == 1
+    r.take_ready()
+    r.receive(1, new_view_reissuing(group, pp))
+    assert r.view == 1 and r.active
+    sent = [decode(f, PARAMS) for f in frames(r.take_ready())]
+    assert [(p.view, p.seq) for p in sent if isinstance(p, Prepare)] == [(1, 1)]
+    assert r.rejected["never_admitted"] == 1

@@ -4,19 +4,31 @@ primary computes NEW-VIEW, and what a backup refuses."""
 
 from __future__ import annotations
 
-from pbft_harness import PARAMS, RETRANSMIT_MS, Group, drive, frames
+from pbft_harness import (
+    PARAMS,
+    RETRANSMIT_MS,
+    Group,
+    block_hash,
+    drive,
+    frames,
+    new_view_reissuing,
+)
 
+from consortium.ledger.certificates import CommitCertificate
 from consortium.pbft import records
 from consortium.pbft.messages import (
     Batch,
     BatchRequest,
+    Blocks,
     NewView,
+    Prepare,
     PrePrepare,
+    TransferredBlock,
     ViewChange,
     decode,
     encode,
 )
-from consortium.pbft.replica import FORWARD_DIGEST, PbftReplica
+from consortium.pbft.replica import BATCH_ASKS_MAX, FORWARD_DIGEST, PbftReplica
 from consortium.pbft.viewchange import NULL_DIGEST
 
 TIMEOUT = PARAMS.request_timeout_ms
@@ -261,3 +273,107 @@ def test_a_backup_forwards_no_more_per_interval_than_the_primary_accepts_from_it
         per_interval[interval] = per_interval.get(interval, 0) + count
     assert max(per_interval.values()) <= budget, per_interval
     assert backup.active and backup.view == 0
+
+
+# --- batches by digest: asked while needed, a bounded number of times --------------------
+
+
+def asks_for(group: Group, i: int, digest: bytes) -> int:
+    return sum(1 for m in kinds(group, i) if isinstance(m, BatchRequest) and m.digest == digest)
+
+
+def test_a_batch_held_before_the_view_change_is_not_asked_for_again() -> None:
+    """Entering a view dropped the old view's slots with their batches, then asked the peers
+    for the batches the NEW-VIEW re-issued: those a member held are kept (at most L)."""
+    group = Group()
+    r = group.replicas[3]
+    pp = group.preprepare(1, group.txs[1:2])
+    r.receive(0, pp)  # accepted, never prepared here (no PREPARE from the others)
+    group.take(3)
+    r.receive(1, new_view_reissuing(group, pp))
+    assert r.view == 1 and r.active
+    ready = r.take_ready()
+    assert not [m for m in ready.messages if isinstance(decode(m.frame, PARAMS), BatchRequest)]
+    prepares = [decode(m.frame, PARAMS) for m in ready.messages]
+    assert [(p.view, p.seq, p.digest) for p in prepares if isinstance(p, Prepare)] == [
+        (1, 1, pp.digest)
+    ]
+
+
+def test_a_batch_request_stops_when_the_view_moves_on() -> None:
+    group = Group()
+    r = group.replicas[3]
+    pp = group.preprepare(1, group.txs[1:2])  # never sent to member 3
+    group.take(3)
+    r.receive(1, new_view_reissuing(group, pp))
+    assert asks_for(group, 3, pp.digest) == 1
+    group.tick_all(RETRANSMIT_MS)
+    assert asks_for(group, 3, pp.digest) == 1  # still needed: asked again
+    r._start_view_change(2, "test")
+    for _ in range(4):
+        group.tick_all(RETRANSMIT_MS)
+        assert asks_for(group, 3, pp.digest) == 0
+    assert not r.wants_batch(
+        Batch.create(group.signers[0], group.chain_id, pp.proposed_ms, pp.txs, 0)
+    )
+
+
+def test_a_batch_nobody_sends_is_asked_for_a_bounded_number_of_times() -> None:
+    """A re-issued sequence number this member already committed (by state transfer, so it
+    never held the batch) waits for its batch with no timer running: nobody answering (the
+    others collected it), it was asked for every interval, for ever (1,800 requests per idle
+    10 s after crash-restart runs). It is given up after BATCH_ASKS_MAX asks, and counted."""
+    group = Group()
+    r = group.replicas[3]
+    pp = group.preprepare(1, group.txs[1:2])
+    votes = tuple(group.commit(pp, s).vote() for s in range(3))
+    block = TransferredBlock(
+        proposed_ms=pp.proposed_ms,
+        txs=pp.txs,
+        certificate=CommitCertificate(0, 1, pp.digest, votes),
+    )
+    r._fetch_peer = 2  # (it asked member 2 for blocks)
+    r.receive(2, Blocks.create(group.signers[2], group.chain_id, 1, 1, None, (block,), 2))
+    for batch in r.take_ready().committed:
+        r.executed(batch.seq, block_hash(batch.seq))
+    assert r.last_executed == 1
+    r._fetch_peer = None
+    r.receive(1, new_view_reissuing(group, pp))
+    asks = asks_for(group, 3, pp.digest)
+    for _ in range(3 * BATCH_ASKS_MAX):
+        group.tick_all(RETRANSMIT_MS)
+        asks += asks_for(group, 3, pp.digest)
+    assert r.view == 1 and r.active  # no timer moved it on
+    assert asks == BATCH_ASKS_MAX
+    assert r.rejected["batch_request_abandoned"] == 1
+
+
+def test_a_full_set_of_batch_requests_is_counted_not_silent() -> None:
+    group = Group()
+    r = group.replicas[3]
+    for k in range(PARAMS.window + 1):
+        r._want(bytes([k]) * 32)
+    assert r.rejected["batch_requests_full"] == 1
+
+
+def test_a_block_that_comes_by_state_transfer_fills_the_reissued_slot_waiting_for_it() -> None:
+    group = Group()
+    r = group.replicas[3]
+    pp = group.preprepare(1, group.txs[1:2])  # never sent to member 3
+    group.take(3)
+    r.receive(1, new_view_reissuing(group, pp))
+    assert asks_for(group, 3, pp.digest) == 1
+    votes = tuple(group.commit(pp, s).vote() for s in range(3))
+    block = TransferredBlock(
+        proposed_ms=pp.proposed_ms,
+        txs=pp.txs,
+        certificate=CommitCertificate(0, 1, pp.digest, votes),
+    )
+    r._fetch_peer = 2
+    r.receive(2, Blocks.create(group.signers[2], group.chain_id, 1, 1, None, (block,), 2))
+    sent = kinds(group, 3)
+    assert [(p.view, p.seq, p.digest) for p in sent if isinstance(p, Prepare)] == [
+        (1, 1, pp.digest)
+    ]
+    group.tick_all(RETRANSMIT_MS)
+    assert asks_for(group, 3, pp.digest) == 0

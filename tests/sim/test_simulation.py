@@ -201,8 +201,11 @@ def broken(
     verifier: Verifier,
     tx_ok: Callable[[Transaction], bool],
     recovered: RecoveredState,
+    ever_admitted: Callable[[Transaction], bool],
 ) -> PbftReplica:
-    return CommitsAtQuorumMinusOne(config, signer, verifier, tx_ok=tx_ok, recovered=recovered)
+    return CommitsAtQuorumMinusOne(
+        config, signer, verifier, tx_ok=tx_ok, recovered=recovered, ever_admitted=ever_admitted
+    )
 
 
 def equivocate(cluster: SimCluster) -> None:

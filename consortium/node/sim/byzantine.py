@@ -27,6 +27,12 @@ behaviour does not specifically handle passes through unchanged. Every queue her
                           with their transactions replaced (the commit certificate no longer
                           matches), or, where it has none, a block under a certificate signed
                           by itself only
+    slow-transfer         answers every FETCH itself with one valid block (claiming its whole
+                          height), each held until just before the asker's timeout, and sends
+                          no CHECKPOINT: a throttle on whoever catches up from it
+    unknown-client        as primary: adds to each PRE-PREPARE a transaction validly signed by
+                          a key never admitted (ledger spam, which would commit as
+                          `unknown_client` receipts)
 
 `accomplices` (all the members running the behaviour, set by the factory) is what colluding
 members know of each other (no behaviour here needs it yet).
@@ -40,13 +46,16 @@ from collections.abc import Callable, Iterable
 from dataclasses import replace
 
 from consortium.crypto.codec import WireFormatError
+from consortium.crypto.hashing import sha256
+from consortium.crypto.keys import KeyPair
 from consortium.crypto.signing import Signer, Verifier
 from consortium.ledger.block import batch_digest
 from consortium.ledger.certificates import CommitCertificate
-from consortium.ledger.tx import Transaction
+from consortium.ledger.tx import Put, Transaction
 from consortium.pbft.effects import Outbound, Ready, Serve
 from consortium.pbft.messages import (
     Blocks,
+    Checkpoint,
     Commit,
     Message,
     NewView,
@@ -60,10 +69,13 @@ from consortium.pbft.messages import (
 from consortium.pbft.replica import PbftConfig, PbftReplica, RecoveredState
 from consortium.pbft.viewchange import plan_new_view
 
+TxCheck = Callable[[Transaction], bool]
 ReplicaFactory = Callable[
-    [PbftConfig, Signer, Verifier, Callable[[Transaction], bool], RecoveredState], PbftReplica
+    [PbftConfig, Signer, Verifier, TxCheck, RecoveredState, TxCheck], PbftReplica
 ]
 HELD_MAX = 256  # frames a slow primary holds, or a replayer remembers
+BLOCKS_HELD_MAX = 4096  # committed blocks a member serving FETCHes itself remembers
+STRANGER = KeyPair.from_seed(sha256(b"sim-stranger"))  # a client key no genesis admits
 
 
 class Byzantine(PbftReplica):
@@ -380,10 +392,75 @@ class LyingTransfer(Byzantine):
                 cert = CommitCertificate(self.view, request.from_seq, digest, (vote,))
                 forged = (TransferredBlock(proposed_ms=0, txs=(), certificate=cert),)
             reply = Blocks.create(
-                self._signer, self.chain_id, request.from_seq, None, forged, self.me
+                self._signer,
+                self.chain_id,
+                request.from_seq,
+                self.last_executed,
+                None,
+                forged,
+                self.me,
             )
             out.append(Outbound(request.peer, encode(reply)))
         return []
+
+
+class SlowTransfer(Byzantine):
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        self.blocks: dict[int, TransferredBlock] = {}
+        self.held: deque[tuple[int, Outbound]] = deque(maxlen=HELD_MAX)
+
+    def tamper(self, out: Outbound) -> list[Outbound]:
+        if isinstance(self.decoded(out.frame), Checkpoint):
+            return []  # withheld: nobody learns from us how far we are
+        return [out]
+
+    def serve(self, ready: Ready, out: list[Outbound]) -> list[Serve]:
+        for batch in ready.committed:
+            self.blocks[batch.seq] = TransferredBlock(
+                proposed_ms=batch.proposed_ms, txs=batch.txs, certificate=batch.certificate
+            )
+            self.blocks.pop(batch.seq - BLOCKS_HELD_MAX, None)
+        for request in ready.serve:
+            one = tuple(self.blocks[s] for s in (request.from_seq,) if s in self.blocks)
+            height = max(self.blocks, default=0)
+            reply = Blocks.create(
+                self._signer, self.chain_id, request.from_seq, height, None, one, self.me
+            )
+            # Just before the asker gives up on us (its retransmission interval, as ours).
+            due = self.now_ms + self.retransmit_ms * 3 // 4
+            self.held.append((due, Outbound(request.peer, encode(reply))))
+        return []
+
+    def extra(self) -> list[Outbound]:
+        due: list[Outbound] = []
+        while self.held and self.held[0][0] <= self.now_ms:
+            due.append(self.held.popleft()[1])
+        return due
+
+
+class UnknownClient(Byzantine):
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        self.spam = 0
+
+    def tamper(self, out: Outbound) -> list[Outbound]:
+        msg = self.decoded(out.frame)
+        if not (self.leading() and isinstance(msg, PrePrepare) and msg.sender == self.me):
+            return [out]
+        self.spam += 1
+        stranger = Transaction.create(
+            STRANGER,
+            self.chain_id,
+            b"spam-%d-%d" % (self.me, self.spam),
+            msg.proposed_ms + 60_000,
+            [Put(b"spam", b"%d" % self.spam)],
+        )
+        txs = (*msg.txs[: self.params.batch_txs_max - 1], stranger)
+        spam = PrePrepare.create(
+            self._signer, self.chain_id, msg.view, msg.seq, msg.proposed_ms, self.me, txs
+        )
+        return [Outbound(out.dest, encode(spam))]
 
 
 BEHAVIOURS: dict[str, type[Byzantine]] = {
@@ -398,6 +475,8 @@ BEHAVIOURS: dict[str, type[Byzantine]] = {
     "flooding": Flooding,
     "tampering-new-primary": TamperingNewPrimary,
     "lying-transfer": LyingTransfer,
+    "slow-transfer": SlowTransfer,
+    "unknown-client": UnknownClient,
 }
 
 
@@ -414,9 +493,12 @@ def byzantine(name: str, seed: int = 0, accomplices: Iterable[int] = ()) -> Repl
         config: PbftConfig,
         signer: Signer,
         verifier: Verifier,
-        tx_ok: Callable[[Transaction], bool],
+        tx_ok: TxCheck,
         recovered: RecoveredState,
+        ever_admitted: TxCheck,
     ) -> PbftReplica:
-        return cls(config, signer, verifier, tx_ok=tx_ok, recovered=recovered)
+        return cls(
+            config, signer, verifier, tx_ok=tx_ok, recovered=recovered, ever_admitted=ever_admitted
+        )
 
     return make

@@ -3,8 +3,12 @@
 Safety, checked after every step, over the replicas the test calls honest:
     agreement  no two of them commit different batch digests at one sequence number;
     prefix     their ledgers (block hashes by height) are prefixes of each other;
-    signed     every transaction they commit carries a valid signature of a client that
-               genesis admits (checked with real Ed25519, once per transaction).
+    signed     every transaction they commit carries a valid signature (checked with real
+               Ed25519, once per transaction) of a key admitted in genesis, or, where the
+               cluster says what its ledger state admits (`known`), of a key ever admitted in
+               the state the member executes the block on, or a member's client change: the
+               rule a pbft backup prepares by, so a batch spamming the ledger with receipts of
+               keys never admitted never commits.
 Both are checked incrementally as blocks appear: each new (seq, digest) and (height, hash) is
 compared with the first one any honest replica produced, which is equivalent to comparing
 every pair of ledgers after every step, at a cost independent of the ledger length.
@@ -15,7 +19,7 @@ transaction committed at every honest replica, and all honest ledgers are identi
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Protocol
 
 from consortium.crypto.signing import Verifier
@@ -54,14 +58,26 @@ class SafetyChecker:
                 f"and as {digest.hex()[:12]} by n{node + 1}"
             )
 
-    def signed(self, node: int, seq: int, txs: Iterable[Transaction]) -> None:
+    def signed(
+        self,
+        node: int,
+        seq: int,
+        txs: Iterable[Transaction],
+        known: Callable[[Transaction], bool] | None = None,
+    ) -> None:
         if node not in self.honest or self.verifier is None:
             return
         for tx in txs:
+            admitted = tx.client_key in self.clients if known is None else known(tx)
+            if not admitted:
+                raise SafetyViolation(
+                    f"signed: n{node + 1} committed transaction {tx.id.hex()[:12]} at seq {seq} "
+                    "without a valid signature of an admitted client (a key never admitted)"
+                )
             key = tx.id + tx.signature
             if key in self._signed:
                 continue
-            if tx.client_key not in self.clients or not tx.verify_signature(self.verifier):
+            if not tx.verify_signature(self.verifier):
                 raise SafetyViolation(
                     f"signed: n{node + 1} committed transaction {tx.id.hex()[:12]} at seq {seq} "
                     "without a valid signature of an admitted client"

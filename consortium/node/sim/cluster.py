@@ -14,7 +14,10 @@ Signatures: real Ed25519 is correct but slow for hundreds of seeds, so by defaul
 with HMAC-SHA512 under a per-member secret only the cluster holds: a replica still cannot
 produce another member's signature, which is all the protocol relies on. `real_signatures=True`
 uses Ed25519 for smaller runs. Client transactions are real Ed25519-signed transactions, signed
-once per chain (`workload`), and tx_ok trusts the set the cluster made.
+once per chain (`workload`), and tx_ok trusts the set the cluster made; any other transaction
+(a Byzantine member's) has its signature checked as a node's shell would. Each replica learns
+which keys were ever admitted from its own ledger state (KeyValueState.may_submit), and the
+safety checker holds every honest ledger to the same rule.
 
 Crashes and durability: the shell here does what the node runtime does with each Ready: write
 its records, fsync, and only then send its messages and execute its batches. crash(i) between
@@ -57,7 +60,7 @@ from consortium.node.sim.checkers import SafetyChecker
 from consortium.node.sim.network import NetworkFaults, SimNetwork
 from consortium.node.sim.shell import SimShell
 from consortium.pbft.messages import TransferredBlock, decode
-from consortium.pbft.replica import PbftConfig, PbftReplica, RecoveredState
+from consortium.pbft.replica import PbftConfig, PbftReplica, RecoveredState, Serve
 from consortium.pbft.transfer import blocks_reply
 
 CLIENT_SEED = b"consortium-sim-client".ljust(32, b"\x00")
@@ -159,19 +162,25 @@ def workload(chain_id: bytes, count: int) -> tuple[Transaction, ...]:
     )
 
 
+TxCheck = Callable[[Transaction], bool]
+# (config, signer, verifier, tx_ok, recovered, ever_admitted) -> the replica
 ReplicaFactory = Callable[
-    [PbftConfig, Signer, Verifier, Callable[[Transaction], bool], RecoveredState], PbftReplica
+    [PbftConfig, Signer, Verifier, TxCheck, RecoveredState, TxCheck], PbftReplica
 ]
+CHECKED_TXS_MAX = 65_536  # signatures of transactions the cluster did not make, remembered
 
 
 def honest_replica(
     config: PbftConfig,
     signer: Signer,
     verifier: Verifier,
-    tx_ok: Callable[[Transaction], bool],
+    tx_ok: TxCheck,
     recovered: RecoveredState,
+    ever_admitted: TxCheck,
 ) -> PbftReplica:
-    return PbftReplica(config, signer, verifier, tx_ok=tx_ok, recovered=recovered)
+    return PbftReplica(
+        config, signer, verifier, tx_ok=tx_ok, recovered=recovered, ever_admitted=ever_admitted
+    )
 
 
 @dataclass
@@ -218,6 +227,7 @@ class SimCluster(SimShell[SimNode]):
         client_delay_ms: tuple[int, int] = (0, 10),
         client_retry_ms: int = 1_000,
     ) -> None:
+        self.seed = seed
         self.rng = random.Random(seed)
         self.n = n
         self.genesis = sim_genesis(n, params)
@@ -250,6 +260,8 @@ class SimCluster(SimShell[SimNode]):
             self.verifier = HmacVerifier({k.public: k.seed() for k in keys})
         self._factories = dict(factories or {})
         self._valid_txs: set[bytes] = set()
+        self._checked_txs: dict[bytes, bool] = {}  # id + signature -> valid (others' txs)
+        self._ed25519 = Ed25519Verifier()
         self._client_queue: list[tuple[int, int, int, Transaction]] = []
         self._client_seq = 0
         # Clients retransmit to every replica until f+1 honest replicas committed (the reply
@@ -270,7 +282,7 @@ class SimCluster(SimShell[SimNode]):
             )
             node = SimNode(
                 i,
-                self._new_replica(i, genesis.header, None, {}),
+                self._new_replica(i, app, genesis.header, None, {}),
                 app,
                 genesis.header,
                 [genesis.hash],
@@ -282,21 +294,33 @@ class SimCluster(SimShell[SimNode]):
     def _new_replica(
         self,
         i: int,
+        app: KeyValueState,
         head: BlockHeader,
         stable: CheckpointCertificate | None,
         stored: dict[bytes, bytes],
     ) -> PbftReplica:
         factory = self._factories.get(i, honest_replica)
+        # The core's randomness, from the run's seed (another draw after each restart).
+        seed = b"%d/%d/%d" % (self.seed, i, self.now_ms)
         return factory(
-            PbftConfig.from_genesis(self.genesis, i),
+            PbftConfig.from_genesis(self.genesis, i, seed=seed),
             self.signers[i],
             self.verifier,
             self._tx_ok,
             RecoveredState(head.height, head.hash, stable, sorted(stored.items())),
+            app.may_submit,
         )
 
     def _tx_ok(self, tx: Transaction) -> bool:
-        return tx.id + tx.signature in self._valid_txs
+        key = tx.id + tx.signature
+        if key in self._valid_txs:
+            return True
+        ok = self._checked_txs.get(key)
+        if ok is None:
+            ok = self._checked_txs[key] = tx.verify_signature(self._ed25519)
+            if len(self._checked_txs) > CHECKED_TXS_MAX:
+                del self._checked_txs[next(iter(self._checked_txs))]
+        return ok
 
     def honest(self) -> list[SimNode]:
         return [node for node in self.nodes if node.index not in self.byzantine]
@@ -331,7 +355,7 @@ class SimCluster(SimShell[SimNode]):
         """Rebuild replica i from what it persisted (records, ledger, stable checkpoint)."""
         node = self.nodes[i]
         self._log(f"n{i + 1} RESTART at height {node.head.height}")
-        node.replica = self._new_replica(i, node.head, node.stable, node.records)
+        node.replica = self._new_replica(i, node.app, node.head, node.stable, node.records)
         node.up = True
         self._carry_out(node)
 
@@ -403,7 +427,8 @@ class SimCluster(SimShell[SimNode]):
                     f"({len(batch.txs)} txs)"
                 )
                 self.safety.committed(node.index, batch.seq, batch.digest)
-                self.safety.signed(node.index, batch.seq, batch.txs)
+                # (against the state it executes the block on: keys ever admitted there)
+                self.safety.signed(node.index, batch.seq, batch.txs, node.app.may_submit)
                 block, execution = build_block(
                     node.head,
                     ("pbft", batch.seq, batch.proposed_ms),
@@ -427,7 +452,9 @@ class SimCluster(SimShell[SimNode]):
                 self.safety.appended(node.index, block.height, block.hash)
                 replica.executed(batch.seq, block.hash)
             for serve in ready.serve:
-                self._serve(node, serve.peer, serve.from_seq)
+                frame_bytes = self._serve(node, serve)
+                if frame_bytes is not None:
+                    replica.served(serve, frame_bytes)
         replica.check_invariants()
         if self.trace is not None and (replica.view, replica.active) != self._traced_view.get(
             node.index, (0, True)
@@ -439,8 +466,9 @@ class SimCluster(SimShell[SimNode]):
                 f"{replica.last_view_change_reason or 'NEW-VIEW'}"
             )
 
-    def _serve(self, node: SimNode, peer: int, from_seq: int) -> None:
-        """Answer a FETCH from the node's ledger (the runtime reads its block store)."""
+    def _serve(self, node: SimNode, serve: Serve) -> int | None:
+        """Answer a FETCH from the node's ledger (the runtime reads its block store); returns
+        the answer's size, which the replica charges to the peer's budget."""
 
         def block_at(seq: int) -> TransferredBlock | None:
             return node.blocks[seq - 1] if 0 < seq <= len(node.blocks) else None
@@ -450,12 +478,14 @@ class SimCluster(SimShell[SimNode]):
             self.chain_id,
             node.index,
             self.params,
-            from_seq,
+            serve.from_seq,
             node.head.height,
             node.stable,
             block_at,
+            serve.bytes_max,
         )
-        self.net.send(self.now_ms, node.index, peer, frame)
+        self.net.send(self.now_ms, node.index, serve.peer, frame)
+        return len(frame)
 
     def _replied(self, txs: tuple[Transaction, ...]) -> None:
         reply_quorum = self.genesis.f + 1
