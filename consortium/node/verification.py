@@ -179,6 +179,8 @@ PEER_MESSAGE_KINDS = frozenset(
         "batch",
         "fetch",
         "blocks",
+        "viewquery",
+        "viewreport",
         # raft
         "vote",
         "vote_reply",
@@ -191,6 +193,8 @@ PEER_MESSAGE_KINDS = frozenset(
         "forward",
         "read",
         "read_reply",
+        "term_query",
+        "term_report",
     }
 )
 
