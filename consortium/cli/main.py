@@ -429,6 +429,12 @@ def node_check(
             f"ok   data directory {identity.config.data_dir}: "
             + (f"this network's ledger, height {data.height}" if data.exists else "empty")
         )
+        if data.recovering is not None:
+            typer.echo(
+                f"note it starts in recovery from {data.recovering}: no vote until it has "
+                "learned a view (pbft) or term (raft) above any it can have used "
+                "(docs/operations.md, Restoring)"
+            )
     except ConfigError as exc:
         raise _fail(str(exc), EXIT_FAILED) from None
     try:

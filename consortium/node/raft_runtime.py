@@ -76,6 +76,7 @@ class RaftMember(Node):
             self.signer,
             tx_ok=self.tx_cache.check,
             recovered=recovered,
+            recovering=self.recovering_from is not None,
         )
         self.applied_index = recovered.applied_index
         self._read_ids = itertools.count(1)
