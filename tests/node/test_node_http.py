@@ -175,6 +175,8 @@ async def test_a_first_start_after_init_is_not_held_up_but_a_lost_data_directory
             assert node.recovering_from is None and not node.core.recovering
             await trio.sleep(0.1)
             assert not [r for r in node.status()["not_progressing_because"] if "recover" in r]
+            code, body = await get(node.http_port, "/metrics")
+            assert [v for _, _, v in parse(body.decode())["consortium_recovering"].samples] == [0]
         # The member loses its data directory: started again on an empty one, it recovers.
         data = tmp_path / "net" / "nodes" / "n1" / "data"
         shutil.rmtree(data)
@@ -190,6 +192,8 @@ async def test_a_first_start_after_init_is_not_held_up_but_a_lost_data_directory
                 f"recovering from {LOST_STATE}: 0 of {needed} members answered with their {what}"
             ).encode() in body
             assert node.store.recovery_mark() == LOST_STATE
+            code, body = await get(node.http_port, "/metrics")
+            assert [v for _, _, v in parse(body.decode())["consortium_recovering"].samples] == [1]
             node.core._recovery = None  # as if it had passed the gate
             await trio.sleep(0.1)
             assert node.recovering_from is None and node.store.recovery_mark() is None
