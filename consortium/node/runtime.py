@@ -268,6 +268,13 @@ class Node:
                     self.client_port,
                     f", http port {self.http_port}" if self.http is not None else "",
                 )
+                if self.recovering_from is not None:
+                    self.log.warning(
+                        "recovering from %s: this member votes in no view or term it may have "
+                        "used before its state was lost, and counts as faulty (pbft) or "
+                        "unavailable (raft) until it has learned a later one and caught up",
+                        self.recovering_from,
+                    )
                 task_status.started()
         finally:
             self.store.close()

@@ -1741,6 +1741,7 @@ class PbftReplica:
         assert len(self._vcs) <= self.n
         # (a recovering replica may sit in a restored view change it may not speak in)
         assert self.active or self._own_vc is not None or self._recovery is not None
+        assert self._recovery is None or len(self._recovery.reports) < self.n
 
     def check_invariants(self) -> None:
         self._check_invariants()
