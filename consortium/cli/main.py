@@ -467,7 +467,9 @@ def node_backup(
 ) -> None:
     """Copy the member's ledger (blocks, state, certificates, its consensus records) to a
     new file, consistently, while the node runs (SQLite's online backup API), then verify
-    the copy. Back up config/ (node_key.pem, node.toml, genesis.json) separately."""
+    the copy. The copy is marked as a restored backup: a member started on it votes nothing
+    until it has learned a later view or term. Back up config/ (node_key.pem, node.toml,
+    genesis.json) separately."""
     from consortium.ledger.backup import backup_store
     from consortium.node.config import load_config
 
@@ -479,7 +481,8 @@ def node_backup(
         raise _fail(str(exc), EXIT_FAILED) from None
     typer.echo(
         f"backed up {config.store_path} to {result.path}: height {result.height}, head "
-        f"{result.head_hash.hex()[:16]}…, {result.size_bytes:,} bytes; verified"
+        f"{result.head_hash.hex()[:16]}…, {result.size_bytes:,} bytes; verified; marked as a "
+        "restored backup (a member started on it recovers first: docs/operations.md, Restoring)"
     )
 
 
