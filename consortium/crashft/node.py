@@ -1321,7 +1321,7 @@ class RaftNode:
             and self.term >= floor
             and (self.log.term_at(self.commit) or 0) >= floor
         ):
-            self._recovery = None  # the shell clears its mark in this step's write
+            self._recovery = None  # the shell then deletes its mark (node/runtime.py)
             return
         if floor is not None or self._now - rec.start_ms < 2 * self.config.election_ms:
             return

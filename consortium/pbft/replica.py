@@ -1689,7 +1689,7 @@ class PbftReplica:
             and self._nv_frame is not None
             and self.last_executed >= target
         ):
-            self._recovery = None  # the shell clears its mark in this step's write
+            self._recovery = None  # the shell then deletes its mark (node/runtime.py)
             return
         if rec.asked_ms is not None and self._mono_ms - rec.asked_ms < self.retransmit_ms:
             return

@@ -424,9 +424,11 @@ class SimCluster(SimShell[SimNode]):
         every message of every run passes here: a body is [fixstr kind, *slot, ...]; PREPARE,
         COMMIT and NEW-VIEW end with [digest (bin8 32), sender (fixint)], the slot (view, seq;
         NEW-VIEW: view) lying between; PRE-PREPARE is [kind, view, seq, digest, ...]."""
-        if len(frame) < 3 or frame[1] != 0xC4:
-            return
+        if node.index in self.byzantine or len(frame) < 3 or frame[1] != 0xC4:
+            return  # (a Byzantine member's frames may be anything: the checker skips them)
         body = frame[3 : 3 + frame[2]]
+        if len(body) < 38:
+            return
         end = 2 + (body[1] & 0x1F)
         what = _SIGNED_KINDS.get(body[2:end])
         if what is not None and body[-1] < 0x80:
