@@ -39,6 +39,7 @@ from consortium.ledger.genesis import (
     parse_advertised_address,
 )
 from consortium.node.config import write_config
+from consortium.node.preflight import mark_new
 
 MEMBER_FILE = "member.json"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -102,7 +103,7 @@ def keygen(
     keys = KeyPair.generate()
     keys.save(key_path, passphrase)
     write_config(home, name=name, peer_listen=peer_listen, client_listen=client_listen)
-    (home / "data").mkdir(parents=True, exist_ok=True)
+    mark_new(home / "data")  # its first start needs no recovery (node/preflight.py)
     member = Member(0, name, keys.public, peer_address, client_address)
     member_file(home).write_text(json.dumps(member.to_doc(), indent=2) + "\n")
     return member

@@ -429,6 +429,12 @@ def node_check(
             f"ok   data directory {identity.config.data_dir}: "
             + (f"this network's ledger, height {data.height}" if data.exists else "empty")
         )
+        if data.recovering is not None:
+            typer.echo(
+                f"note it starts in recovery from {data.recovering}: no vote until it has "
+                "learned a view (pbft) or term (raft) above any it can have used "
+                "(docs/operations.md, Restoring)"
+            )
     except ConfigError as exc:
         raise _fail(str(exc), EXIT_FAILED) from None
     try:
@@ -461,7 +467,9 @@ def node_backup(
 ) -> None:
     """Copy the member's ledger (blocks, state, certificates, its consensus records) to a
     new file, consistently, while the node runs (SQLite's online backup API), then verify
-    the copy. Back up config/ (node_key.pem, node.toml, genesis.json) separately."""
+    the copy. The copy is marked as a restored backup: a member started on it votes nothing
+    until it has learned a later view or term. Back up config/ (node_key.pem, node.toml,
+    genesis.json) separately."""
     from consortium.ledger.backup import backup_store
     from consortium.node.config import load_config
 
@@ -473,7 +481,8 @@ def node_backup(
         raise _fail(str(exc), EXIT_FAILED) from None
     typer.echo(
         f"backed up {config.store_path} to {result.path}: height {result.height}, head "
-        f"{result.head_hash.hex()[:16]}…, {result.size_bytes:,} bytes; verified"
+        f"{result.head_hash.hex()[:16]}…, {result.size_bytes:,} bytes; verified; marked as a "
+        "restored backup (a member started on it recovers first: docs/operations.md, Restoring)"
     )
 
 

@@ -31,6 +31,7 @@ from typing import Any
 from consortium.crypto.keys import KeyPair
 from consortium.ledger.genesis import Client, Genesis, Member, Mode, Params
 from consortium.node.config import write_config
+from consortium.node.preflight import mark_new
 
 
 class NetworkError(RuntimeError):
@@ -123,7 +124,7 @@ def init_network(
         )
         k.save(home / "config" / "node_key.pem")
         (home / "config" / "genesis.json").write_text(text)
-        (home / "data").mkdir(parents=True, exist_ok=True)
+        mark_new(home / "data")  # its first start needs no recovery (node/preflight.py)
     return genesis
 
 

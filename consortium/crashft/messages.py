@@ -25,6 +25,9 @@ canonical msgpack array naming its kind first:
     FORWARD       ["forward", [tx, ...]]               a follower's client transactions
     READ          ["read", read_id]                    a follower asks the leader for a read index
     READ-REPLY    ["read_reply", read_id, index, ok]
+    TERM-QUERY    ["term_query", nonce]                a recovering member asks a peer's term
+    TERM-REPORT   ["term_report", nonce, current_term] the answer, echoing the asker's fresh nonce
+                  (crashft/node.py "Recovery"; `current_term`, not `term`: it moves no one's term)
 
 An entry is [term, index, proposed_ms, leader, signature, [tx, ...]] for a batch, or
 [term, index] for a no-op (a new leader's first entry, a leadership transfer's marker). A
@@ -55,6 +58,7 @@ from consortium.ledger.genesis import Params
 from consortium.ledger.tx import Transaction, batch_wire_bytes_max, tx_wire_bytes_max
 
 MEMBER_MAX = 1 << 16
+NONCE_BYTES = 16  # TERM-QUERY / TERM-REPORT: fresh per recovering start
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,6 +227,17 @@ class ReadReply:
     ok: bool
 
 
+@dataclass(frozen=True, slots=True)
+class TermQuery:
+    nonce: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class TermReport:
+    nonce: bytes
+    current_term: int
+
+
 Message = (
     Vote
     | VoteReply
@@ -237,6 +252,8 @@ Message = (
     | Forward
     | Read
     | ReadReply
+    | TermQuery
+    | TermReport
 )
 
 # Messages from a node that thinks it leads `term` (they make the receiver a follower of it).
@@ -284,6 +301,10 @@ def encode(msg: Message) -> bytes:
             return pack(["read", msg.read_id])
         case ReadReply():
             return pack(["read_reply", msg.read_id, msg.index, msg.ok])
+        case TermQuery():
+            return pack(["term_query", msg.nonce])
+        case TermReport():
+            return pack(["term_report", msg.nonce, msg.current_term])
     raise AssertionError(f"not a raft message: {msg!r}")
 
 
@@ -301,6 +322,8 @@ _SHAPES = {
     "forward": 2,
     "read": 2,
     "read_reply": 4,
+    "term_query": 2,
+    "term_report": 3,
 }
 
 ENTRIES_PER_APPEND_MAX = 4096
@@ -398,6 +421,10 @@ def decode(frame: bytes, params: Params) -> Message:
             return Read(as_int(a[1], "read_id"))
         case "read_reply":
             return ReadReply(as_int(a[1], "read_id"), as_int(a[2], "index"), as_bool(a[3], "ok"))
+        case "term_query":
+            return TermQuery(as_bytes(a[1], "nonce", size=NONCE_BYTES))
+        case "term_report":
+            return TermReport(as_bytes(a[1], "nonce", size=NONCE_BYTES), as_int(a[2], "term"))
     raise AssertionError(kind)
 
 

@@ -76,6 +76,29 @@ Clients may contact any node: a follower forwards transactions to the leader and
 again if they are not committed within 2E or the leader changes; clients retransmit too, and
 the ledger's replay protection makes a transaction execute at most once.
 
+Recovery. The records keep a member from voting twice in one term (Figure 2: currentTerm and
+votedFor are durable before the vote leaves). A member started from a restored backup, or from
+an empty data directory although it has run before (the shell knows: `node backup` marks its
+copy, `init` and `keygen` mark a new data directory), has forgotten the votes it cast since, and
+the entries it acknowledged: voting again it could elect a second leader in one term, or one
+that lacks a committed entry. It therefore grants no vote (nor PreVote) and sends no
+RequestVote or PreVote until it has learned a term above any it can have voted in, and has
+caught up. It asks the others with TERM-QUERY carrying a nonce drawn from the seed for this
+start; only TERM-REPORTs echoing it count (an answer of an earlier start is never replayed).
+With reports from a majority of the other members (not counting itself), the floor is their
+highest term plus one. The bound: a leader that our lost vote helped elect in term T had a
+majority's votes, so at least majority(n) - 1 other members had reached term T, and terms
+never go back; any majority of the n - 1 others meets them (majority(n) - 1 + majority(n - 1)
+> n - 1). So that such an election is over before the answers are given, the first query waits
+2E after start: a candidate holding our lost vote wins or gives up within 2E (its election
+timer). The member leaves recovery once its term is >= floor and it has committed an entry of
+such a term: a leader elected without its vote appended it, and that leader's log holds every
+committed entry, including any this member acknowledged before its state was lost. Until then
+it counts as unavailable: it acknowledges appends (each true of its durable log), so a leader
+may count it, but it never decides an election; restored into a healthy cluster, it waits for
+the next election (a leadership transfer starts one). A single-member network has nobody to
+ask or contradict and starts normally.
+
 Nothing here reads a clock, randomness, the network or the disk; randomness for election
 timeouts comes from a seed, and everything the node holds is bounded (pool_max, reads_max,
 inflight_max, log compaction).
@@ -127,6 +150,7 @@ TIMEOUT_NOW_VALID_DIVISOR = 4
 # Forwarded read ids start at a random point below 2**62 (a process never counts its way to
 # the wire limit of 2**63 - 1); two processes' ranges overlap with odds of about reads / 2**62.
 READ_ID_SPREAD_SHIFT = 2
+_LONG_AGO = -(2**62)
 
 
 def log_key(index: int) -> bytes:
@@ -364,6 +388,18 @@ class _Install:
 
 
 @dataclass(slots=True)
+class _TermRecovery:
+    """What a recovering member has learned (module docstring, "Recovery"); one report each."""
+
+    nonce: bytes
+    needed: int  # a majority of the other members
+    reports: dict[int, int] = field(default_factory=dict)  # peer -> highest term it reported
+    floor: int | None = None  # the lowest term it may vote in, once `needed` reports are in
+    start_ms: int | None = None  # its first tick: queries wait 2E from here
+    asked_ms: int = _LONG_AGO
+
+
+@dataclass(slots=True)
 class _Read:
     ctx: int
     requester: int
@@ -380,10 +416,13 @@ class RaftNode:
         tx_ok: Callable[[Transaction], bool] = lambda tx: True,
         recovered: RecoveredState | None = None,
         executed: Callable[[list[bytes]], Collection[bytes]] = lambda tx_ids: (),
+        recovering: bool = False,
     ) -> None:
         """`tx_ok`: may the leader order this transaction (its signature). `executed`: which of
         these ids the shell's ledger has executed, its last blocks written or not (a leader
-        orders none of them again)."""
+        orders none of them again). `recovering`: start behind the recovery gate (module
+        docstring, "Recovery"): the records may be older than what this member sent (a
+        restored backup, lost state)."""
         assert 0 <= config.me < config.n
         self.config = config
         self.me = config.me
@@ -478,8 +517,21 @@ class RaftNode:
         self.blocks_installed = 0
         self._install_problem = ""
         self.last_election_reason = ""
+        self._recovery = (
+            _TermRecovery(
+                sha256(config.seed + b"/recovery")[: m.NONCE_BYTES], (self.n - 1) // 2 + 1
+            )
+            if recovering and self.n > 1
+            else None
+        )
+        self._query_answered_ms = [_LONG_AGO] * self.n
 
     # --- derived -----------------------------------------------------------------------------
+
+    @property
+    def recovering(self) -> bool:
+        """Started from records older than what it sent, and not yet past the recovery gate."""
+        return self._recovery is not None
 
     @property
     def is_leader(self) -> bool:
@@ -518,6 +570,8 @@ class RaftNode:
                 )
                 self._campaign(pre=self.config.pre_vote)
             self._tick_follower()
+        if self._recovery is not None:
+            self._recovery_tick()
 
     def _tick_leader(self) -> None:
         cfg = self.config
@@ -613,6 +667,10 @@ class RaftNode:
                 self._on_read(sender, msg)
             case m.ReadReply():
                 self._on_read_reply(sender, msg)
+            case m.TermQuery():
+                self._on_term_query(sender, msg)
+            case m.TermReport():
+                self._on_term_report(sender, msg)
 
     def _in_lease(self) -> bool:
         if not self.config.check_quorum:
@@ -689,6 +747,11 @@ class RaftNode:
         self._uncommitted_ids.clear()
 
     def _campaign(self, *, pre: bool, transfer: bool = False) -> None:
+        if self._recovery is not None:
+            # Recovering: we may have voted in the term we would ask for, and our log may lack
+            # entries we acknowledged; we ask for no vote until past the recovery gate.
+            self._reset_election_timer()
+            return
         self.elections += 1
         self._votes = {self.me: True}
         self.leader = None
@@ -723,6 +786,12 @@ class RaftNode:
         return False
 
     def _on_vote(self, sender: int, msg: m.Vote) -> None:
+        if self._recovery is not None:
+            # Recovering: this may be a second vote in its term, or our log may lack an entry
+            # we acknowledged (and the candidate too). No grant, PreVote included.
+            self.rejected["vote_while_recovering"] += 1
+            self._send(sender, m.VoteReply(self.term, False, msg.prevote))
+            return
         can_vote = (
             self.voted_for == sender
             or (self.voted_for is None and self.leader is None)
@@ -1390,6 +1459,49 @@ class RaftNode:
         self._timeout_now_sent = True
         self._send(target, m.TimeoutNow(self.term, self.log.last_index))
 
+    # --- recovery gate (module docstring, "Recovery") -----------------------------------------
+
+    def _recovery_tick(self) -> None:
+        rec = self._recovery
+        assert rec is not None
+        if rec.start_ms is None:
+            rec.start_ms = self._now
+        floor = rec.floor
+        if (
+            floor is not None
+            and self.term >= floor
+            and (self.log.term_at(self.commit) or 0) >= floor
+        ):
+            self._recovery = None  # the shell then deletes its mark (node/runtime.py)
+            return
+        if floor is not None or self._now - rec.start_ms < 2 * self.config.election_ms:
+            return
+        if self._now - rec.asked_ms < self.config.election_ms // 2:
+            return
+        rec.asked_ms = self._now
+        for p in self._others():
+            if p not in rec.reports:
+                self._send(p, m.TermQuery(rec.nonce))
+
+    def _on_term_query(self, sender: int, msg: m.TermQuery) -> None:
+        if self._now - self._query_answered_ms[sender] < self.config.election_ms // 4:
+            self.rejected["query_too_often"] += 1
+            return
+        self._query_answered_ms[sender] = self._now
+        self._send(sender, m.TermReport(msg.nonce, self.term))
+
+    def _on_term_report(self, sender: int, msg: m.TermReport) -> None:
+        rec = self._recovery
+        if rec is None or msg.nonce != rec.nonce:
+            # Not recovering, or an answer to a query of an earlier start: a replay, or late.
+            self.rejected["stale_term_report"] += 1
+            return
+        if rec.floor is not None:
+            return  # decided: later answers change nothing
+        rec.reports[sender] = max(rec.reports.get(sender, 0), msg.current_term)
+        if len(rec.reports) >= rec.needed:
+            rec.floor = max(rec.reports.values()) + 1
+
     # --- output -------------------------------------------------------------------------------
 
     def _send(self, dest: int | None, msg: m.Message) -> None:
@@ -1598,6 +1710,15 @@ class RaftNode:
                 "behind": self._install.height - self.height,
             },
             "election": self._election_progress(),
+            "recovering": None
+            if self._recovery is None
+            else {
+                "reports": len(self._recovery.reports),
+                "needed": self._recovery.needed,
+                "floor": self._recovery.floor,
+                "term": self.term,
+                "commit_term": self.log.term_at(self.commit),
+            },
             "unresponsive": [p for p in self._others() if not self._progress[p].recent_active]
             if self.role == LEADER
             else [],

@@ -9,6 +9,13 @@ writer in WAL mode, so the node keeps committing while the copy is taken.
 
 The copy is written beside its destination, synced, renamed into place, then opened as a
 block store of this genesis and verified (hash chain, Merkle roots) before it is reported.
+
+The copy is marked as a restored backup (store.RECOVERY_MARK_KEY, a record inside the file, so
+copying the file back into a data directory carries it): the consensus records in it are
+those of the moment of the copy, and the member may have signed more since. A member started
+on it therefore starts in recovery and votes nothing until it has learned a view or term above
+any it can have used (pbft/recovery.py, crashft/node.py "Recovery"). The live store is never
+marked: only the copy.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from consortium.ledger.genesis import Genesis
-from consortium.ledger.store import BlockStore, StoreError
+from consortium.ledger.store import RECOVERY_MARK_KEY, RESTORED_BACKUP, BlockStore, StoreError
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +53,12 @@ def backup_store(source: Path, destination: Path, genesis: Genesis) -> BackupRes
             dst = sqlite3.connect(partial)
             try:
                 src.backup(dst)  # pages=-1: all pages in one step, one consistent snapshot
+                dst.execute(
+                    "INSERT INTO records (key, value) VALUES (?, ?) "
+                    "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    (RECOVERY_MARK_KEY, RESTORED_BACKUP.encode()),
+                )
+                dst.commit()
                 # The copy is a plain rollback-journal file until a store opens it (in WAL).
                 dst.execute("PRAGMA journal_mode=DELETE")
             finally:

@@ -30,6 +30,11 @@ Rules and invariants:
   the block time of each key's last accepted change (`client_changed`) are application state:
   written with the block that changes them, loaded at open.
 - The data directory is stamped with the chain id; a store of another network is refused.
+- The record RECOVERY_MARK_KEY (in the records table, beside the core's own records, so it is
+  written and deleted in the same transactions) says the member must start in recovery: its
+  consensus records may be older than what it sent. `node backup` puts it in every copy, the
+  node puts it in a store it creates in a data directory not marked new, and deletes it in the
+  write that follows the core's leaving recovery (node/preflight.py, node/runtime.py).
 - Per-block work is proportional to the block (indexed lookups and inserts only); memory holds
   the application state and the replay set, nothing else that grows with the chain.
 """
@@ -58,6 +63,10 @@ from consortium.ledger.genesis import Genesis
 from consortium.ledger.state import CachedTable, Execution, KeyValueState
 
 SCHEMA_VERSION = 2
+# Start in recovery (module rules); the value says from what, in words for `status`.
+RECOVERY_MARK_KEY = b"node/recovering"
+RESTORED_BACKUP = "a restored backup"
+LOST_STATE = "lost state (an empty data directory)"
 PAGE_CACHE_KB = 32 * 1024  # SQLite's page cache per store
 READER_CACHE_KB = 8 * 1024  # and the reader connection's (state misses, known ids)
 STATE_CACHE_MAX = 65_536  # key-value and replay entries cached in memory (each table)
@@ -533,6 +542,13 @@ class BlockStore:
             return CheckpointCertificate.from_array(unpack_canonical(row[1]))
         except WireFormatError as exc:
             raise self._damaged(row[0], f"checkpoint certificate does not decode ({exc})") from None
+
+    def recovery_mark(self) -> str | None:
+        """What this member recovers from (the RECOVERY_MARK_KEY record), or None."""
+        row = self._db.execute(
+            "SELECT value FROM records WHERE key = ?", (RECOVERY_MARK_KEY,)
+        ).fetchone()
+        return None if row is None else bytes(row[0]).decode("utf-8", "replace")
 
     def load_records(self, prefix: bytes = b"") -> list[tuple[bytes, bytes]]:
         """Records whose key starts with `prefix`, in key order (an indexed range scan)."""

@@ -13,9 +13,10 @@ GET /status:
     n=4 f=1: 3 of 4 up, tolerates 0 more                     (the fault budget)
 
 A member is READY (GET /readyz answers 200) exactly when `blockers()` is empty: it reaches a
-quorum, is not in a view change or election, is not far behind and has not stalled with work
-pending. `waiting_for` is finer detail (the next message a slot needs), shown but not blocking:
-it changes every few milliseconds on a healthy node.
+quorum, is not recovering from a restored backup or lost state, is not in a view change or
+election, is not far behind and has not stalled with work pending. `waiting_for` is finer
+detail (the next message a slot needs), shown but not blocking: it changes every few
+milliseconds on a healthy node.
 
 Pure functions of their inputs, so the words are unit-tested against the cores' harnesses.
 """
@@ -121,6 +122,9 @@ def blockers(
             f"no quorum: {join_names(unreachable)} unreachable" + (f" ({detail})" if detail else "")
         )
     down = set(unreachable)
+    recovering = core.get("recovering")
+    if recovering:
+        reasons.append(_recovering(mode, recovering))
     if mode == "pbft":
         reasons += _pbft_blockers(core, names, me, down, behind_blocks_max)
     else:
@@ -133,6 +137,43 @@ def blockers(
             + (f": waiting for {detail}" if detail else "")
         )
     return reasons
+
+
+def _recovering(mode: str, rec: dict[str, Any]) -> str:
+    """A member started from a restored backup or lost state, behind the recovery gate
+    (pbft/recovery.py; crashft/node.py "Recovery")."""
+    head = f"recovering from {rec.get('from') or 'a restart'}"
+    floor = rec.get("floor")
+    if mode == "pbft":
+        until = "it counts as one of the f faulty members"
+        if floor is None:
+            return (
+                f"{head}: {rec['reports']} of {rec['needed']} members answered with their view; "
+                f"it sends no votes until then and {until}"
+            )
+        view = int(rec["view"])
+        if view < int(floor) or not rec.get("view_active"):
+            return f"{head}: it sends no votes before view {floor} (it is in view {view}); {until}"
+        return (
+            f"{head}: in view {view}, catching up to height {int(rec['target']):,} "
+            f"(at {int(rec['executed']):,}); until then {until}"
+        )
+    until = "it counts as unavailable"
+    if floor is None:
+        return (
+            f"{head}: {rec['reports']} of {rec['needed']} members answered with their term; it "
+            f"grants no vote and does not campaign until then, and {until}"
+        )
+    term = int(rec["term"])
+    if term < int(floor):
+        return (
+            f"{head}: it grants no vote and does not campaign before term {floor} (it is in term "
+            f"{term}); {until}"
+        )
+    return (
+        f"{head}: in term {term}, waiting to commit an entry of this term from the leader; "
+        f"until then {until}"
+    )
 
 
 def _pbft_blockers(

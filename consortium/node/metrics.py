@@ -164,6 +164,12 @@ def prometheus_text(node: Node, status: dict[str, Any] | None = None) -> str:
         "1 when the member can make progress (what GET /readyz answers 200 for), else 0.",
         1 if status["ready"] else 0,
     )
+    out.gauge(
+        "consortium_recovering",
+        "1 while the member recovers from a restored backup or lost state: it votes in no view "
+        "or term it may have used, and counts as faulty (pbft) or unavailable (raft).",
+        1 if status["core"].get("recovering") else 0,
+    )
     out.gauge("consortium_height", "Height of the last block in the ledger.", status["height"])
     out.gauge(
         "consortium_view",

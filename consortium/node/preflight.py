@@ -5,23 +5,78 @@
   not a bare OSError from deep inside the listener.
 - data directory: the chain id stamped in an existing store is read (read-only, without
   loading the state) and compared with genesis.json's, so a data directory of another
-  network is named before anything is written.
+  network is named before anything is written. It also says whether the member will start in
+  recovery (below).
 - peers: a TCP connection to each member's peer address, so an unreachable member (not
   started, wrong address, firewall, no route) is visible in one place. Only `node check`
   probes; a starting node just keeps dialing.
+
+Recovery marks. A member whose consensus records may be older than what it sent must start in
+recovery (it signs no vote until it has learned a view or term above any it can have used):
+  - a store restored from `node backup` carries the mark inside it (store.RECOVERY_MARK_KEY);
+  - an empty data directory is either new or the remains of a member that lost its state.
+    `consortium init` and `keygen` write NEW_MARK into the data directory they create, so a
+    network's first start is not held up; the node deletes it once its store exists. An empty
+    data directory without it has run before: the node creates its store with the mark in it.
+The mark in the store goes only in the write after the core left recovery (runtime.py), so a
+crash during recovery starts in recovery again.
 """
 
 from __future__ import annotations
 
 import errno
+import os
 import socket
 import sqlite3
 from dataclasses import dataclass
+from pathlib import Path
 
 import trio
 
 from consortium.ledger.genesis import Genesis, parse_address
+from consortium.ledger.store import LOST_STATE, RECOVERY_MARK_KEY, BlockStore
 from consortium.node.config import ConfigError, NodeConfig, config_path
+
+NEW_MARK = "new-member"  # in the data directory: this member has never run (init, keygen)
+_NEW_MARK_TEXT = (
+    "Written by `consortium init` or `consortium keygen`: this member has never run, so its\n"
+    "first start does not wait to learn the view or term (docs/operations.md, Restoring).\n"
+    "The node deletes this file once its ledger exists. Never copy it into a data directory\n"
+    "of a member that has run: that member could vote twice.\n"
+)
+
+
+def mark_new(data_dir: Path) -> None:
+    """Mark a data directory that `init` or `keygen` just created as new (durably)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / NEW_MARK
+    path.write_text(_NEW_MARK_TEXT)
+    _sync(path)
+    _sync(data_dir)
+
+
+def _sync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def recovery_on_start(data_dir: Path, store: BlockStore, *, created: bool) -> str | None:
+    """At start, with the store open (`created`: it did not exist before): what the member
+    recovers from (status words), or None for a normal start. Writes the mark into a store
+    created in an unmarked data directory, and removes the new-member mark once a store exists.
+    """
+    new_mark = data_dir / NEW_MARK
+    reason = store.recovery_mark()
+    if created and reason is None and not new_mark.exists():
+        reason = LOST_STATE
+        store.save(records=[(RECOVERY_MARK_KEY, reason.encode())])  # durable before we run
+    if new_mark.exists():
+        new_mark.unlink()  # the store exists now: the next empty start is a lost state
+        _sync(data_dir)
+    return reason
 
 
 def check_listen(config: NodeConfig) -> None:
@@ -71,18 +126,23 @@ def _bind_advice(exc: OSError) -> str:
 class DataDirState:
     exists: bool
     height: int
+    recovering: str | None = None  # what a start recovers from (None: a normal start)
 
 
 def check_data_dir(config: NodeConfig, genesis: Genesis) -> DataDirState:
     """The store's chain id must be genesis's; raise ConfigError naming both otherwise."""
     path = config.store_path
     if not path.exists():
-        return DataDirState(exists=False, height=0)
+        new = (config.data_dir / NEW_MARK).exists()
+        return DataDirState(exists=False, height=0, recovering=None if new else LOST_STATE)
     try:
         db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
         try:
             row = db.execute("SELECT value FROM meta WHERE key = 'chain_id'").fetchone()
             top = db.execute("SELECT MAX(height) FROM blocks").fetchone()
+            mark = db.execute(
+                "SELECT value FROM records WHERE key = ?", (RECOVERY_MARK_KEY,)
+            ).fetchone()
         finally:
             db.close()
     except sqlite3.Error as exc:
@@ -100,7 +160,8 @@ def check_data_dir(config: NodeConfig, genesis: Genesis) -> DataDirState:
             "genesis.json is not the one this member ran with (copy the right one), or this is "
             "a new network: move the old data directory away (nothing deletes it for you)"
         )
-    return DataDirState(exists=True, height=int(top[0] or 0))
+    recovering = None if mark is None else bytes(mark[0]).decode("utf-8", "replace")
+    return DataDirState(exists=True, height=int(top[0] or 0), recovering=recovering)
 
 
 @dataclass(frozen=True, slots=True)

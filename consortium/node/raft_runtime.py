@@ -84,6 +84,7 @@ class RaftMember(Node):
             tx_ok=self.tx_cache.check,
             recovered=recovered,
             executed=self._executed,
+            recovering=self.recovering_from is not None,
         )
         self.applied_index = recovered.applied_index
         self._read_ids = itertools.count(1)

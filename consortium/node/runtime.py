@@ -47,7 +47,7 @@ from consortium.ledger.certificates import (
 )
 from consortium.ledger.genesis import Genesis
 from consortium.ledger.state import Execution, build_block
-from consortium.ledger.store import BlockStore, StoreError
+from consortium.ledger.store import RECOVERY_MARK_KEY, BlockStore, StoreError
 from consortium.ledger.tx import Transaction
 from consortium.node.config import NodeConfig
 from consortium.node.explain import PeerLink, blockers, fault_budget, name_members, peer_rows
@@ -61,6 +61,7 @@ from consortium.node.metrics import (
     Histogram,
     prometheus_text,
 )
+from consortium.node.preflight import recovery_on_start
 from consortium.node.tls import TlsIdentity
 from consortium.node.transport import PeerNetwork
 from consortium.node.verification import (
@@ -153,7 +154,11 @@ class Node:
         self.tx_cache = TxSignatureCache(ed25519)  # client signatures, counted there
 
         config.data_dir.mkdir(parents=True, exist_ok=True)
+        created = not config.store_path.exists()
         self.store = BlockStore.open(config.store_path, genesis)
+        # What this member recovers from (a restored backup, lost state), while its core is
+        # behind the recovery gate; None for a normal start (node/preflight.py).
+        self.recovering_from = recovery_on_start(config.data_dir, self.store, created=created)
         self.app = self.store.app
         # The last block applied to self.app (executed; its write may still be running).
         self._applied_head: BlockHeader = self.store.head
@@ -233,8 +238,10 @@ class Node:
                 last_executed=head.height,
                 last_block_hash=head.hash,
                 stable_checkpoint=self.store.latest_checkpoint(),
-                records=self.store.load_records(),
+                # (the recovery mark is the shell's, not one of the core's records)
+                records=[r for r in self.store.load_records() if r[0] != RECOVERY_MARK_KEY],
             ),
+            recovery_nonce=None if self.recovering_from is None else os.urandom(16),
         )
         self._certs_above: list[CheckpointCertificate] = []
         self._view_logged = (self.core.view, self.core.active)
@@ -269,6 +276,13 @@ class Node:
                     self.client_port,
                     f", http port {self.http_port}" if self.http is not None else "",
                 )
+                if self.recovering_from is not None:
+                    self.log.warning(
+                        "recovering from %s: this member votes in no view or term it may have "
+                        "used before its state was lost, and counts as faulty (pbft) or "
+                        "unavailable (raft) until it has learned a later one and caught up",
+                        self.recovering_from,
+                    )
                 task_status.started()
         finally:
             self.store.close()
@@ -360,11 +374,22 @@ class Node:
             mono_ms, wall_ms = self._now()
             core.tick(mono_ms, wall_ms)
             worked = await self._carry_out_ready()
+            if self.recovering_from is not None and not core.recovering:
+                await self._recovered()
             self._watch_progress(mono_ms / 1000)
             # Idle (no event, nothing to carry out): tick less often, up to TICK_IDLE_MAX_MS,
             # instead of waking 500 times a second for nothing; any event restores TICK_MS.
             tick_ms = TICK_MS if woken or worked else min(2 * tick_ms, TICK_IDLE_MAX_MS)
             await trio.lowlevel.checkpoint()
+
+    async def _recovered(self) -> None:
+        """The core left recovery: delete the mark, durably, after the writes of the step that
+        took it there (a crash before this one starts in recovery again: safe, and slower)."""
+        await self._write(blocks=[], records=[(RECOVERY_MARK_KEY, None)], block_signatures=[])
+        self.log.warning(
+            "recovered from %s: past the recovery gate, taking part again", self.recovering_from
+        )
+        self.recovering_from = None
 
     def _watch_progress(self, now_s: float) -> None:
         """Keep the stall clock (status: "no progress for X s") and, every few seconds, log
@@ -921,6 +946,8 @@ class Node:
         the mode's own (mode_status; RaftMember overrides it), and why it cannot make
         progress, in words (explain.py)."""
         core = self.core.status()
+        if core.get("recovering") is not None:
+            core["recovering"]["from"] = self.recovering_from or "a restart"
         head = self.store.head
         genesis = self.genesis
         names = [m.name for m in genesis.members]

@@ -207,6 +207,8 @@ PEER_MESSAGE_KINDS = frozenset(
         "batch",
         "fetch",
         "blocks",
+        "viewquery",
+        "viewreport",
         # raft
         "vote",
         "vote_reply",
@@ -219,6 +221,8 @@ PEER_MESSAGE_KINDS = frozenset(
         "forward",
         "read",
         "read_reply",
+        "term_query",
+        "term_report",
     }
 )
 

@@ -22,6 +22,10 @@ fixed-order array naming the kind first and the sender last:
                  to have executed (its ledger height when it answered)
                  + [stable checkpoint certificate or nil, [[proposed_ms, batch, commit
                    certificate], ...]]   each block checked by its own commit certificate
+    VIEW-QUERY   ["viewquery", nonce, sender]               a recovering member asks a peer's
+                                                            view (pbft/recovery.py)
+    VIEW-REPORT  ["viewreport", nonce, view, last_executed, sender]   the answer, signed over
+                                                            the asker's fresh nonce
 
 VIEW-CHANGE and NEW-VIEW sign a short body that binds their proofs by digest
 (proofs_digest = SHA-256 of the canonical encoding of the attached proofs), so bodies stay
@@ -84,6 +88,8 @@ __all__ = [
     "Prepare",
     "PreparedProof",
     "ViewChange",
+    "ViewQuery",
+    "ViewReport",
     "WireFormatError",
     "decode",
     "encode",
@@ -94,6 +100,7 @@ __all__ = [
 
 BODY_BYTES_MAX = 256  # every body is a short array of small ints and two 32-byte hashes
 DIGEST_BYTES = 32
+NONCE_BYTES = 16  # VIEW-QUERY / VIEW-REPORT: fresh per recovering start (pbft/recovery.py)
 
 
 def preprepare_body(view: int, seq: int, digest: bytes, proposed_ms: int, sender: int) -> bytes:
@@ -472,6 +479,60 @@ class Blocks:
         )
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ViewQuery:
+    """A recovering member asks a peer for its view, with a nonce it chose for this start, so
+    an answer recorded before its state was lost can never be replayed to it."""
+
+    nonce: bytes
+    sender: int
+    body: bytes
+    signature: bytes
+
+    @classmethod
+    def create(cls, signer: Signer, chain_id: bytes, nonce: bytes, sender: int) -> ViewQuery:
+        body = pack(["viewquery", nonce, sender])
+        return cls(
+            nonce=nonce,
+            sender=sender,
+            body=body,
+            signature=signer.sign(Domain.PBFT, chain_id, body),
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ViewReport:
+    """The answer to a VIEW-QUERY: the sender's view (the one it is in or moving to) and the
+    highest sequence number it executed, signed together with the asker's nonce."""
+
+    nonce: bytes
+    view: int
+    last_executed: int
+    sender: int
+    body: bytes
+    signature: bytes
+
+    @classmethod
+    def create(
+        cls,
+        signer: Signer,
+        chain_id: bytes,
+        nonce: bytes,
+        view: int,
+        last_executed: int,
+        sender: int,
+    ) -> ViewReport:
+        body = pack(["viewreport", nonce, view, last_executed, sender])
+        return cls(
+            nonce=nonce,
+            view=view,
+            last_executed=last_executed,
+            sender=sender,
+            body=body,
+            signature=signer.sign(Domain.PBFT, chain_id, body),
+        )
+
+
 Message = (
     PrePrepare
     | Prepare
@@ -483,6 +544,8 @@ Message = (
     | Batch
     | Fetch
     | Blocks
+    | ViewQuery
+    | ViewReport
 )
 ENVELOPE_BYTES_MAX = 64 * 1024  # a message's framing and certificates, generously
 
@@ -706,6 +769,24 @@ def decode(frame: bytes, params: Params) -> Message:
             sender=as_int(fields[3], "sender"),
             stable=_stable(envelope[2]),
             blocks=tuple(blocks),
+            body=body,
+            signature=signature,
+        )
+    if kind == "viewquery":
+        as_list(fields, 3, kind)
+        return ViewQuery(
+            nonce=as_bytes(fields[1], "nonce", size=NONCE_BYTES),
+            sender=as_int(fields[2], "sender"),
+            body=body,
+            signature=signature,
+        )
+    if kind == "viewreport":
+        as_list(fields, 5, kind)
+        return ViewReport(
+            nonce=as_bytes(fields[1], "nonce", size=NONCE_BYTES),
+            view=as_int(fields[2], "view"),
+            last_executed=as_int(fields[3], "last_executed"),
+            sender=as_int(fields[4], "sender"),
             body=body,
             signature=signature,
         )

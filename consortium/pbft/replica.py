@@ -71,6 +71,8 @@ Every peer input is checked before it counts, and anything wrong is dropped and 
                        checking; a valid NEW-VIEW re-issues what we committed)
     not_reissued       a fresh PRE-PREPARE at or below the max_s of the NEW-VIEW that started
                        this view (the new primary proposes only above it)
+    stale_view_report  a VIEW-REPORT while not recovering, or carrying another start's nonce
+    query_too_often    a peer's VIEW-QUERY within half an interval of the last we answered
 
 Retransmission (pbft/retransmit.py) recovers from message loss inside a view.
 
@@ -115,6 +117,16 @@ come out in Ready.committed like any committed batch. Serving FETCH reads the bl
 the core hands it to the shell (Ready.serve, within what is left of the asker's byte budget,
 SERVED_FRAMES_PER_INTERVAL frames per interval shared with BATCH answers) and the shell
 answers (pbft/transfer.py) and reports the answer's size (served()).
+
+Recovery gate (pbft/recovery.py). A replica started with a recovery nonce (its state may be
+older than what it sent: a restored backup, or lost state) signs no PRE-PREPARE, PREPARE,
+COMMIT, NEW-VIEW or VIEW-CHANGE for a view below its floor: one above the (n-f-1)-th smallest
+view reported, in answers signed over its fresh nonce (VIEW-QUERY, VIEW-REPORT), by n-f-1 other
+members, which bounds every view it can have acted in. Re-sent copies of its records, CHECKPOINT
+(the hash of deterministic execution of committed batches: it cannot differ from one signed
+before), state transfer, batches by digest and forwarding stay allowed. It leaves recovery once
+active in a view >= floor and executed past that view's NEW-VIEW, its h and the (f+1)-th
+highest height reported; until then it counts as one of the f faulty members.
 """
 
 from __future__ import annotations
@@ -154,6 +166,8 @@ from consortium.pbft.messages import (
     PrePrepare,
     TransferredBlock,
     ViewChange,
+    ViewQuery,
+    ViewReport,
     decode,
     encode,
     frame_bytes_limit,
@@ -161,6 +175,7 @@ from consortium.pbft.messages import (
     proofs_digest_of,
 )
 from consortium.pbft.pool import TxPool
+from consortium.pbft.recovery import ViewRecovery
 from consortium.pbft.retransmit import Retransmitter
 from consortium.pbft.viewchange import (
     NULL_DIGEST,
@@ -284,7 +299,11 @@ class PbftReplica:
         pending_txs_max: int = PENDING_TXS_MAX,
         pending_bytes_max: int = PENDING_BYTES_MAX,
         ever_admitted: Callable[[Transaction], bool] | None = None,
+        recovery_nonce: bytes | None = None,
     ) -> None:
+        """`recovery_nonce`: None for a normal start; a fresh random nonce (16 bytes, drawn by
+        the shell) to start in recovery, when this member's state may be older than what it
+        sent (a restored backup, or lost state): pbft/recovery.py."""
         params = config.params
         assert config.n >= 4, "pbft needs n = 3f+1 >= 4 members"
         assert 0 <= config.me < config.n
@@ -402,6 +421,14 @@ class PbftReplica:
         # ledger: a replica restarted into an idle network would otherwise never hear of it.
         self._probes_left = self.f + 1
 
+        # Recovery gate (pbft/recovery.py): set before _restore, which may want to send.
+        self._recovery = (
+            None
+            if recovery_nonce is None
+            else ViewRecovery(recovery_nonce, self.n, self.f, self.me)
+        )
+        self._query_answered_ms = [_LONG_AGO] * self.n
+
         self._records: list[tuple[bytes, bytes | None]] = []
         self._messages: list[Outbound] = []
         self._committed: list[CommittedBatch] = []
@@ -433,6 +460,11 @@ class PbftReplica:
         """The view-change timeout: doubles per successive view change, base once a request
         executes."""
         return self.params.request_timeout_ms << min(self._timeouts, 6)
+
+    @property
+    def recovering(self) -> bool:
+        """Started from state older than what it sent, and not yet past the recovery gate."""
+        return self._recovery is not None
 
     def expecting_blocks_from(self, peer: int) -> bool:
         return self._fetch_peer == peer
@@ -483,6 +515,7 @@ class PbftReplica:
         self._view_change_timers()
         self._batch_requests()
         self._maybe_fetch()
+        self._recovery_tick()
         self._check_invariants()
 
     def receive(self, sender: int, msg: bytes | Message) -> None:
@@ -588,6 +621,10 @@ class PbftReplica:
                 self._on_fetch(msg)
             case Blocks():
                 self._on_blocks(msg)
+            case ViewQuery():
+                self._on_view_query(msg)
+            case ViewReport():
+                self._on_view_report(msg)
 
     def _admit(self, msg: PrePrepare | Prepare | Commit) -> bool:
         """Role, view and window checks, cheapest first; buffers what arrived early."""
@@ -729,6 +766,8 @@ class PbftReplica:
             # set stays within the window)
             self._unadmitted = {s for s in self._unadmitted if s > self._log.low} | {pp.seq}
             self.rejected["never_admitted"] += 1
+        elif not self._may_speak(pp.view):
+            self._withheld()  # recovering: we may have prepared another digest here
         else:
             prepare = Prepare.create(
                 self._signer, self.chain_id, pp.view, pp.seq, pp.digest, self.me
@@ -762,7 +801,7 @@ class PbftReplica:
             pp = None if slot is None else slot.preprepare
             if slot is None or pp is None or slot.own_prepare or slot.committed_local:
                 self._unadmitted.discard(seq)  # gone, prepared or committed: nothing to do
-            elif self._all_admitted(pp.txs):
+            elif self._all_admitted(pp.txs) and self._may_speak(pp.view):
                 self._unadmitted.discard(seq)
                 # As _accept_preprepare does: persist our PREPARE, then send it.
                 prepare = Prepare.create(
@@ -830,12 +869,17 @@ class PbftReplica:
                 self._prepared[pp.seq] = proof
                 value = records.proof_value(encode(pp), [encode(p) for p in proof.prepares])
                 self._records.append((records.proof_key(pp.seq), value))
-            commit = Commit.create(self._signer, self.chain_id, pp.view, pp.seq, pp.digest, self.me)
-            slot.commits[self.me] = commit
-            frame = encode(commit)
-            self._persist(slot, "commit", frame)
-            slot.own_commit = frame
-            self._send_own(slot, frame)
+            if self._may_speak(pp.view):
+                commit = Commit.create(
+                    self._signer, self.chain_id, pp.view, pp.seq, pp.digest, self.me
+                )
+                slot.commits[self.me] = commit
+                frame = encode(commit)
+                self._persist(slot, "commit", frame)
+                slot.own_commit = frame
+                self._send_own(slot, frame)
+            else:
+                self._withheld()  # recovering: the certificate is kept, our vote is not sent
         if slot.committed_local:
             return
         senders = slot.matching(slot.commits)
@@ -875,6 +919,8 @@ class PbftReplica:
     def _maybe_propose(self) -> None:
         if self.primary != self.me or not self.active or not self._clock_known:
             return  # a batch carries our wall clock: wait for the first tick to learn it
+        if not self._may_speak(self.view):
+            return  # recovering: we may have proposed in this view before our state was lost
         params = self.params
         pool = self._pool
         while pool.pending_count and self._next_seq <= self._log.high:
@@ -1100,6 +1146,8 @@ class PbftReplica:
     def _start_view_change(self, view: int, why: str) -> None:
         """Move to `view`: persist it, then multicast VIEW-CHANGE (OSDI'99 §4.4)."""
         assert view > self.view or (view == self.view and not self.active and view > 0)
+        if not self._may_speak(view):
+            return  # recovering: we stay where we are; a NEW-VIEW still brings us along
         self.view = view
         self.active = False
         self.view_changes += 1
@@ -1204,6 +1252,8 @@ class PbftReplica:
         name, send NEW-VIEW and enter the view."""
         if self.active or self._nv_sent or self.primary != self.me:
             return
+        if not self._may_speak(self.view):
+            return  # recovering: we may have sent a NEW-VIEW for this view already
         vcs = self._view_changes_for(self.view)
         if len(vcs) < self.quorum:
             return
@@ -1880,6 +1930,63 @@ class PbftReplica:
         if slot.own_preprepare or slot.own_prepare or slot.own_commit:
             self._retransmit.resend_soon(slot)  # re-send on the first tick
 
+    # --- recovery gate (pbft/recovery.py) ---------------------------------------------------
+
+    def _may_speak(self, view: int) -> bool:
+        """Whether we may sign a vote, a proposal, a NEW-VIEW or a VIEW-CHANGE for `view`: always,
+        unless recovering, and then only above every view we can have used."""
+        return self._recovery is None or self._recovery.allows(view)
+
+    def _withheld(self) -> None:
+        assert self._recovery is not None
+        self._recovery.withheld += 1
+
+    def _recovery_tick(self) -> None:
+        rec = self._recovery
+        if rec is None:
+            return
+        floor = rec.floor
+        target = max(rec.target, self._reissued_max, self._log.low)
+        if (
+            floor is not None
+            and self.active
+            and self.view >= floor
+            and self._nv_frame is not None
+            and self.last_executed >= target
+        ):
+            self._recovery = None  # the shell then deletes its mark (node/runtime.py)
+            return
+        if rec.asked_ms is not None and self._mono_ms - rec.asked_ms < self.retransmit_ms:
+            return
+        rec.asked_ms = self._mono_ms
+        query = encode(ViewQuery.create(self._signer, self.chain_id, rec.nonce, self.me))
+        for peer in rec.unanswered():
+            self._messages.append(Outbound(peer, query))
+
+    def _on_view_query(self, query: ViewQuery) -> None:
+        # Each answer costs a signature: one per peer per half interval (an honest recovering
+        # member asks once per interval).
+        if self._mono_ms - self._query_answered_ms[query.sender] < self.retransmit_ms // 2:
+            self.rejected["query_too_often"] += 1
+            return
+        if not self._verified(query):
+            return
+        self._query_answered_ms[query.sender] = self._mono_ms
+        report = ViewReport.create(
+            self._signer, self.chain_id, query.nonce, self.view, self.last_executed, self.me
+        )
+        self._messages.append(Outbound(query.sender, encode(report)))
+
+    def _on_view_report(self, report: ViewReport) -> None:
+        rec = self._recovery
+        if rec is None or report.nonce != rec.nonce:
+            # Not recovering, or an answer to a query of an earlier start: a replay, or late.
+            self.rejected["stale_view_report"] += 1
+            return
+        if not self._verified(report):
+            return
+        rec.add(report.sender, report.view, report.last_executed)
+
     # --- invariants and status --------------------------------------------------------------
 
     def _check_invariants(self) -> None:
@@ -1899,7 +2006,9 @@ class PbftReplica:
         assert len(self._fetched) <= self.params.window
         assert len(self._committed_digests) <= self.params.window
         assert len(self._vcs) <= self.n
-        assert self.active or self._own_vc is not None
+        # (a recovering replica may sit in a restored view change it may not speak in)
+        assert self.active or self._own_vc is not None or self._recovery is not None
+        assert self._recovery is None or len(self._recovery.reports) < self.n
 
     def check_invariants(self) -> None:
         self._check_invariants()
@@ -1955,6 +2064,14 @@ class PbftReplica:
             "peers_committed": list(self.peers_committed),
             "view_change": self._view_change_progress(),
             "catching_up": self._catching_up(),
+            "recovering": None
+            if self._recovery is None
+            else self._recovery.status(
+                self.view,
+                self.active,
+                self.last_executed,
+                max(self._recovery.target, self._reissued_max, self._log.low),
+            ),
             "waiting_for": self._waiting_for(),
         }
 

@@ -13,13 +13,19 @@ from typer.testing import CliRunner
 
 from consortium.cli.deployment import assemble_genesis, hosts_addresses, keygen, load_member
 from consortium.cli.main import app
-from consortium.cli.network import NetworkError, free_ports, load_client_setup
+from consortium.cli.network import (
+    NetworkError,
+    free_ports,
+    init_network,
+    load_client_setup,
+    node_homes,
+)
 from consortium.ledger.audit import audit_ledger
 from consortium.ledger.backup import backup_store
 from consortium.ledger.genesis import Genesis, GenesisError, parse_address
-from consortium.ledger.store import BlockStore, StoreError
+from consortium.ledger.store import LOST_STATE, RESTORED_BACKUP, BlockStore, StoreError
 from consortium.node.config import ConfigError, config_path, load_config, load_identity
-from consortium.node.preflight import check_data_dir, check_listen
+from consortium.node.preflight import NEW_MARK, check_data_dir, check_listen, recovery_on_start
 from tests.ledger.chain_fixture import ChainBuilder
 
 runner = CliRunner()
@@ -342,3 +348,63 @@ def test_genesis_addresses_are_checked_on_load(tmp_path: Path) -> None:
     path.write_text(json.dumps(doc))
     with pytest.raises(GenesisError, match=r"members\[1\]: 'peer_address'.*every interface"):
         Genesis.load(path)
+
+
+def test_a_backup_is_marked_as_restored_and_the_mark_survives_the_restore_procedure(
+    tmp_path: Path,
+) -> None:
+    homes = _keygen_all(tmp_path)
+    genesis = assemble_genesis(tmp_path / "net", homes)
+    shutil.copy(tmp_path / "net" / "genesis.json", homes[0] / "config" / "genesis.json")
+    config = load_config(homes[0])
+    BlockStore.open(config.store_path, genesis).close()
+    backup = tmp_path / "n1-backup.sqlite"
+    made = runner.invoke(app, ["node", "backup", "--home", str(homes[0]), "--to", str(backup)])
+    assert made.exit_code == 0 and "marked as a restored backup" in made.output, made.output
+    live = BlockStore.open(config.store_path, genesis)
+    assert live.recovery_mark() is None  # only the copy is marked
+    live.close()
+    assert check_data_dir(config, genesis).recovering is None
+    # docs/operations.md, Restoring: move data/ away, make an empty one, copy the backup in.
+    shutil.move(config.data_dir, tmp_path / "data.broken")
+    config.data_dir.mkdir()
+    shutil.copy(backup, config.store_path)
+    assert check_data_dir(config, genesis).recovering == RESTORED_BACKUP
+    checked = runner.invoke(app, ["node", "check", "--home", str(homes[0]), "--timeout", "0.1"])
+    assert f"note it starts in recovery from {RESTORED_BACKUP}" in checked.output
+    restored = BlockStore.open(config.store_path, genesis)
+    try:
+        assert recovery_on_start(config.data_dir, restored, created=False) == RESTORED_BACKUP
+    finally:
+        restored.close()
+
+
+def test_init_and_keygen_mark_a_new_data_directory_and_an_unmarked_empty_one_has_lost_state(
+    tmp_path: Path,
+) -> None:
+    homes = _keygen_all(tmp_path)
+    genesis = assemble_genesis(tmp_path / "net", homes)
+    config = load_config(homes[0])
+    assert (config.data_dir / NEW_MARK).exists()
+    assert check_data_dir(config, genesis).recovering is None
+    store = BlockStore.open(config.store_path, genesis)
+    try:
+        # The first start: no recovery, and the new-member mark goes once the store exists.
+        assert recovery_on_start(config.data_dir, store, created=True) is None
+        assert not (config.data_dir / NEW_MARK).exists()
+    finally:
+        store.close()
+    # The same member later loses its data directory: an empty one has no mark any more.
+    shutil.rmtree(config.data_dir)
+    config.data_dir.mkdir()
+    assert check_data_dir(config, genesis).recovering == LOST_STATE
+    store = BlockStore.open(config.store_path, genesis)
+    try:
+        assert recovery_on_start(config.data_dir, store, created=True) == LOST_STATE
+    finally:
+        store.close()
+    # The mark is in the store, durably: a crash now restarts in recovery too.
+    assert check_data_dir(config, genesis).recovering == LOST_STATE
+    net = tmp_path / "init"
+    init_network(net, members=4, clients=1)
+    assert all((home / "data" / NEW_MARK).exists() for home in node_homes(net))

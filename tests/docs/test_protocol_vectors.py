@@ -171,3 +171,19 @@ def test_doc_vectors_parser_refuses_junk() -> None:
         doc_vectors("```vectors\na.b  00ff\nthis is prose\n```\n")
     with pytest.raises(ValueError, match="twice"):
         doc_vectors("```vectors\na  00\n```\n\n```vectors\na  01\n```\n")
+
+
+def test_recovery_queries_and_reports_as_documented(doc: dict[str, bytes]) -> None:
+    nonce = b"\x5e" * 16
+    pbft = b"consortium/v1/pbft\x00" + doc["chain_id"]
+    body, signature = msgpack.unpackb(doc["viewquery.frame"])
+    assert msgpack.unpackb(body) == ["viewquery", nonce, 0]
+    n1 = nacl.signing.SigningKey(MEMBER_SEEDS["n1"]).verify_key
+    assert _verify(bytes(n1), pbft + body, signature)
+    body, signature = msgpack.unpackb(doc["viewreport.frame"])
+    assert msgpack.unpackb(body) == ["viewreport", nonce, 2, 1, 1]  # view 2, executed 1, n2
+    n2 = nacl.signing.SigningKey(MEMBER_SEEDS["n2"]).verify_key
+    assert _verify(bytes(n2), pbft + body, signature)
+    # Raft members trust each other: no signature; the nonce alone makes an answer fresh.
+    assert msgpack.unpackb(doc["term_query.frame"]) == ["term_query", nonce]
+    assert msgpack.unpackb(doc["term_report.frame"]) == ["term_report", nonce, 7]

@@ -49,6 +49,37 @@ def _vc(have: int, new_view_from: int) -> dict[str, Any]:
     }
 
 
+def _recovering(*, floor: int | None, view: int) -> dict[str, Any]:
+    """pbft status of a member restored from a backup (pbft/recovery.py ViewRecovery.status)."""
+    return {
+        "recovering": {
+            "from": "a restored backup",
+            "reports": 1 if floor is None else 3,
+            "needed": 2,
+            "floor": floor,
+            "view": view,
+            "view_active": True,
+            "executed": 1100,
+            "target": 1200,
+        }
+    }
+
+
+def _raft_recovering(*, floor: int | None, term: int) -> dict[str, Any]:
+    return {
+        "role": "follower",
+        "term": term,
+        "leader": 0,
+        "recovering": {
+            "from": "a restored backup",
+            "reports": 1 if floor is None else 2,
+            "needed": 2,
+            "floor": floor,
+            "term": term,
+        },
+    }
+
+
 CASES = {
     "no quorum": _pbft({}, down=("n3", "n4")),
     "view change, gathering": _pbft(_vc(2, 1)),
@@ -92,6 +123,12 @@ CASES = {
         me=2,
     ),
     "raft leader alone": _raft({"role": "leader", "term": 7, "leader": 0, "unresponsive": [1, 2]}),
+    "recovering, asking": _pbft(_recovering(floor=None, view=2)),
+    "recovering, below the floor": _pbft(_recovering(floor=3, view=2)),
+    "recovering, catching up": _pbft(_recovering(floor=3, view=3)),
+    "raft recovering, asking": _raft(_raft_recovering(floor=None, term=7)),
+    "raft recovering, below the floor": _raft(_raft_recovering(floor=8, term=7)),
+    "raft recovering, catching up": _raft(_raft_recovering(floor=8, term=8)),
 }
 
 

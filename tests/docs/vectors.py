@@ -36,6 +36,8 @@ from consortium.ledger.tx import Op, Put, Transaction
 from consortium.node.api import bundle_for, read_body, transfer_body
 from consortium.node.framing import encode_frame
 from consortium.node.transport import handshake_transcript
+from consortium.pbft.messages import ViewQuery, ViewReport
+from consortium.pbft.messages import encode as pbft_encode
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 
@@ -53,6 +55,7 @@ TX_OPS: tuple[list[Op], ...] = (
     [Put(b"greeting", b"hi")],
 )
 HANDSHAKE_NONCE = bytes([0xAA]) * 32
+RECOVERY_NONCE = bytes([0x5E]) * 16  # a recovering member's VIEW-QUERY / TERM-QUERY nonce
 # The leaves of Certificate Transparency's RFC 6962 Merkle tree tests.
 CT_LEAVES = [
     bytes.fromhex(x)
@@ -153,6 +156,14 @@ def protocol_vectors() -> dict[str, bytes]:
         "transfer.body": transfer,
         "transfer.signature_by_n1": n1.sign(Domain.MAINTENANCE, chain_id, transfer),
         "raft.timeout_now": raft_messages.encode(raft_messages.TimeoutNow(3, 7)),
+        # n1 recovers from a restored backup: it asks n2 for its view, n2 (in view 2, having
+        # executed block 1) answers; raft: the same question and answer for the term.
+        "viewquery.frame": pbft_encode(ViewQuery.create(n1, chain_id, RECOVERY_NONCE, 0)),
+        "viewreport.frame": pbft_encode(
+            ViewReport.create(Ed25519Signer(member_keys()[1]), chain_id, RECOVERY_NONCE, 2, 1, 1)
+        ),
+        "term_query.frame": raft_messages.encode(raft_messages.TermQuery(RECOVERY_NONCE)),
+        "term_report.frame": raft_messages.encode(raft_messages.TermReport(RECOVERY_NONCE, 7)),
     }
 
 

@@ -1,7 +1,8 @@
 """Raft mode on real processes over loopback: the same binary, ledger, client API and CLI as
 pbft. The leader killed with kill -9 under load, a minority partition (the old leader cut off),
-a partitioned follower rejoining, leadership transfer from the CLI, and a follower restarted
-after compaction catching up by snapshot. After each: nothing a client saw committed is lost,
+a partitioned follower rejoining, leadership transfer from the CLI, a follower restarted
+after compaction catching up by snapshot, and a follower restored from a backup, which votes
+for no one until a later term. After each: nothing a client saw committed is lost,
 the ledgers are identical and `ledger verify` passes.
 
 Partitions: every member runs with the hidden test option --test-partition-file, which makes
@@ -29,7 +30,7 @@ from consortium.ledger.tx import Put
 from consortium.node import api
 from consortium.node.client import ClientError, ConsortiumClient
 from tests.e2e.procs import cli
-from tests.e2e.test_faults import check_ledgers, statuses, submit, submit_with
+from tests.e2e.test_faults import check_ledgers, restore_backup, statuses, submit, submit_with
 
 pytestmark = pytest.mark.e2e
 
@@ -396,3 +397,53 @@ def test_a_follower_restarted_after_compaction_catches_up_by_snapshot(tmp_path: 
         check_ledgers(net, genesis, committed)
     finally:
         net.stop()
+
+
+def test_a_follower_restored_from_a_backup_votes_for_no_one_until_a_later_term(
+    raft: LocalNetwork,
+) -> None:
+    setup = load_client_setup(raft.directory)
+    genesis, keys = setup.genesis, setup.keys()
+    committed = trio.run(submit, genesis, keys[0], 20, "a")
+    lead = trio.run(leader_of, genesis)
+    follower = (lead + 1) % genesis.n
+    other = 3 - lead - follower
+    home = raft.homes[follower]
+    backup = raft.directory / "follower-backup.sqlite"
+    made = cli("node", "backup", "--home", str(home), "--to", str(backup))
+    assert made.returncode == 0, made.stdout + made.stderr
+    for round_ in range(2):
+        committed += trio.run(submit, genesis, keys[0], 10, f"b{round_}")
+    raft.kill(home.name, signal.SIGTERM)
+    restore_backup(home, backup)
+    restart(raft, home.name)
+    committed += trio.run(submit, genesis, keys[1], 50, "c")  # the leader and one follower
+    trio.run(wait_same_height, genesis, [0, 1, 2], 30.0)
+    state = trio.run(statuses, genesis, [follower])[follower]
+    assert state["core"]["recovering"] is not None  # it follows the leader; it votes for no one
+    assert any(
+        r.startswith("recovering from a restored backup: ")
+        for r in state["not_progressing_because"]
+    ), state["not_progressing_because"]
+    # The leader goes: the restored member grants no vote, so the other cannot be elected (it
+    # counts as unavailable); the old leader back, the two elect a leader of a later term.
+    leader_name = genesis.members[lead].name
+    raft.kill(leader_name, signal.SIGTERM)
+    time.sleep(4 * ELECTION_MS / 1000)
+    alone = trio.run(statuses, genesis, [follower, other])
+    assert all(s["role"] != "leader" for s in alone.values()), alone
+    assert alone[follower]["rejected"].get("vote_while_recovering", 0) >= 1
+    restart(raft, leader_name)
+    trio.run(leader_of, genesis)
+    committed += trio.run(submit, genesis, keys[2], 20, "d")
+
+    async def recovered() -> None:
+        with trio.fail_after(20):
+            while True:
+                if (await statuses(genesis, [follower]))[follower]["core"]["recovering"] is None:
+                    return
+                await trio.sleep(0.2)
+
+    trio.run(recovered)
+    trio.run(wait_same_height, genesis, [0, 1, 2], 30.0)
+    check_ledgers(raft, genesis, committed)

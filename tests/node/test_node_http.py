@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 import trio
 
 from consortium.cli.network import init_network
+from consortium.ledger.store import LOST_STATE
 from consortium.node.config import load_identity
 from consortium.node.logs import setup_logging
 from consortium.node.runtime import Node, make_node
@@ -25,7 +27,8 @@ HOST = "127.0.0.1"
 @asynccontextmanager
 async def lone_member(tmp_path: Path, mode: str = "pbft") -> AsyncIterator[Node]:
     directory = tmp_path / "net"
-    init_network(directory, members=4 if mode == "pbft" else 3, clients=1, mode=mode)  # type: ignore[arg-type]
+    if not directory.exists():  # (a second start reuses the network)
+        init_network(directory, members=4 if mode == "pbft" else 3, clients=1, mode=mode)  # type: ignore[arg-type]
     identity = load_identity(directory / "nodes" / "n1")
     assert identity.config.http_listen is not None  # init writes one
     node = make_node(
@@ -161,3 +164,36 @@ async def test_healthz_fails_with_the_age_when_the_core_loop_stops_ticking(tmp_p
             stuck = node.healthz()
             assert stuck.status == 503
             assert stuck.body.startswith(b"not healthy: the core loop last ticked 12.0 s ago")
+
+
+@pytest.mark.parametrize("mode", ["pbft", "raft"])
+async def test_a_first_start_after_init_is_not_held_up_but_a_lost_data_directory_is(
+    tmp_path: Path, mode: str
+) -> None:
+    with trio.fail_after(20):
+        async with lone_member(tmp_path, mode) as node:
+            assert node.recovering_from is None and not node.core.recovering
+            await trio.sleep(0.1)
+            assert not [r for r in node.status()["not_progressing_because"] if "recover" in r]
+            code, body = await get(node.http_port, "/metrics")
+            assert [v for _, _, v in parse(body.decode())["consortium_recovering"].samples] == [0]
+        # The member loses its data directory: started again on an empty one, it recovers.
+        data = tmp_path / "net" / "nodes" / "n1" / "data"
+        shutil.rmtree(data)
+        data.mkdir()
+        async with lone_member(tmp_path, mode) as node:
+            assert node.recovering_from == LOST_STATE and node.core.recovering
+            await trio.sleep(0.1)
+            code, body = await get(node.http_port, "/readyz")
+            what = "view" if mode == "pbft" else "term"
+            needed = 2  # pbft: n - f - 1 of the others; raft: a majority of the others
+            assert code == 503
+            assert (
+                f"recovering from {LOST_STATE}: 0 of {needed} members answered with their {what}"
+            ).encode() in body
+            assert node.store.recovery_mark() == LOST_STATE
+            code, body = await get(node.http_port, "/metrics")
+            assert [v for _, _, v in parse(body.decode())["consortium_recovering"].samples] == [1]
+            node.core._recovery = None  # as if it had passed the gate
+            await trio.sleep(0.1)
+            assert node.recovering_from is None and node.store.recovery_mark() is None

@@ -74,7 +74,12 @@ class Group:
         return tx.id not in self.bad_txs
 
     def make(
-        self, i: int, recovered: RecoveredState | None = None, *, pending_txs_max: int = 1000
+        self,
+        i: int,
+        recovered: RecoveredState | None = None,
+        *,
+        pending_txs_max: int = 1000,
+        recovery_nonce: bytes | None = None,
     ) -> PbftReplica:
         if recovered is None:
             g = genesis_block(self.genesis)
@@ -86,6 +91,7 @@ class Group:
             tx_ok=self.tx_ok,
             recovered=recovered,
             pending_txs_max=pending_txs_max,
+            recovery_nonce=recovery_nonce,
         )
         # No start-up FETCH probes here: these groups have no shell to serve blocks, and the
         # tests read exact message lists (probing is tested in the simulator).

@@ -3,14 +3,17 @@ TOCS'02 §4.2 and §6; DESIGN: "durable before the message that depends on it le
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
-from pbft_harness import PARAMS, WALL, Group, block_hash, drive, frames
+from pbft_harness import PARAMS, RETRANSMIT_MS, WALL, Group, block_hash, drive, frames
 
 from consortium.crypto.codec import pack
 from consortium.ledger.block import genesis_block
 from consortium.ledger.certificates import CheckpointCertificate
+from consortium.ledger.genesis import Params
 from consortium.pbft import records
-from consortium.pbft.messages import PrePrepare, decode, encode
+from consortium.pbft.messages import PrePrepare, ViewQuery, ViewReport, decode, encode
 from consortium.pbft.records import RecoveryError
 from consortium.pbft.replica import Ready, RecoveredState
 
@@ -151,3 +154,162 @@ def test_a_view_record_written_before_timeouts_were_persisted_still_reads() -> N
     old = pack([3, 1])  # [view, active]
     restored = records.parse([(records.VIEW_KEY, old)], PARAMS, 0)
     assert (restored.view, restored.active, restored.timeouts) == (3, True, 0)
+
+
+# --- a member whose state is older than what it sent (pbft/recovery.py) ---------------------
+
+NONCE = bytes(range(16))
+
+
+def _kinds(ready: Ready, params: Params = PARAMS) -> list[str]:
+    return [type(decode(f, params)).__name__ for f in frames(ready)]
+
+
+def _answer_queries(group: Group, i: int, ready: Ready) -> None:
+    """Deliver i's VIEW-QUERYs to their peers and their VIEW-REPORTs back to i."""
+    for out in ready.messages:
+        msg = decode(out.frame, group.params)
+        if isinstance(msg, ViewQuery) and out.dest is not None:
+            peer = group.replicas[out.dest]
+            peer.receive(i, out.frame)
+            for answer in peer.take_ready().messages:
+                assert answer.dest == i
+                group.replicas[i].receive(out.dest, answer.frame)
+
+
+def _primary_with_a_backup(group: Group) -> tuple[Disk, RecoveredState]:
+    """Primary n1 commits seq 1 (the backup is taken), then seqs 2 and 3 (lost with it)."""
+    disk = Disk(group)
+    for seq in (1, 2, 3):
+        group.replicas[0].propose(group.txs[seq])
+        group.tick_all(group.params.batch_delay_ms)
+        seen = group.pump()
+        for ready in seen[0]:
+            disk.write(ready)
+        disk.executed(seq)
+        if seq == 1:
+            backup = disk.recovered()
+    assert all(r.last_executed == 3 for r in group.replicas)
+    return disk, backup
+
+
+def test_a_primary_restored_from_a_backup_proposes_nothing_in_its_old_view() -> None:
+    group = Group()
+    _, backup = _primary_with_a_backup(group)
+    sent = {f for f in group.replicas[0]._log.window_slots() for f in [f.own_preprepare] if f}
+
+    # Today's start, the mark ignored: it numbers on from its backup and signs a second,
+    # different PRE-PREPARE for (view 0, seq 2): equivocation, from an honest member.
+    careless = group.make(0, backup)
+    careless.tick(group.mono_ms, WALL + group.mono_ms)
+    careless.take_ready()
+    careless.propose(group.txs[20])
+    careless.tick(group.mono_ms + 20, WALL + group.mono_ms + 20)
+    (pp,) = [m for m in map(lambda f: decode(f, PARAMS), frames(careless.take_ready()))]
+    assert isinstance(pp, PrePrepare) and (pp.view, pp.seq) == (0, 2)
+    assert encode(pp) not in sent
+
+    restored = group.make(0, backup, recovery_nonce=NONCE)
+    assert restored.recovering
+    copies = {v for k, v in backup.records if k.endswith(b"/preprepare")}
+    restored.propose(group.txs[20])
+    for step in range(20):
+        restored.tick(group.mono_ms + 20 * step, WALL + group.mono_ms + 20 * step)
+        ready = restored.take_ready()
+        queries = [o.dest for o in ready.messages if isinstance(decode(o.frame, PARAMS), ViewQuery)]
+        assert sorted(queries) == ([1, 2, 3] if step % 5 == 0 else [])  # once per interval
+        for f in frames(ready):
+            if isinstance(decode(f, PARAMS), PrePrepare):
+                assert f in copies  # a re-sent copy of what the backup holds, nothing new
+    assert restored.status()["recovering"]["floor"] is None
+
+
+def test_the_floor_is_above_the_views_n_minus_f_minus_1_others_report_for_our_nonce() -> None:
+    group = Group()
+    r = group.make(3, recovery_nonce=NONCE)
+    r.tick(group.mono_ms, WALL)
+    queries = r.take_ready()
+    assert _kinds(queries) == ["ViewQuery"] * 3
+    # An answer signed for another nonce (one recorded before the state was lost) is refused.
+    old = ViewReport.create(group.signers[0], group.chain_id, bytes(16), 7, 0, 0)
+    r.receive(0, old)
+    assert r.rejected["stale_view_report"] == 1 and r.status()["recovering"]["reports"] == 0
+    forged = replace(ViewReport.create(group.signers[0], group.chain_id, NONCE, 0, 0, 0))
+    r.receive(0, replace(forged, signature=bytes(64)))
+    assert r.rejected["bad_signature"] == 1
+    # n-f-1 = 2 others: an inflated answer (view 1000) is outvoted once a third one arrives.
+    r.receive(0, ViewReport.create(group.signers[0], group.chain_id, NONCE, 1000, 0, 0))
+    assert r.status()["recovering"]["floor"] is None
+    r.receive(1, ViewReport.create(group.signers[1], group.chain_id, NONCE, 2, 5, 1))
+    assert r.status()["recovering"]["floor"] == 1001
+    r.receive(2, ViewReport.create(group.signers[2], group.chain_id, NONCE, 3, 5, 2))
+    assert r.status()["recovering"]["floor"] == 4  # the 2nd smallest of 2, 3, 1000, plus one
+    assert r.status()["recovering"]["target"] == 5  # the (f+1)-th highest height reported
+    # Everyone answered: no more queries. Below the floor it joins no view change.
+    group.tick_all(10 * RETRANSMIT_MS)
+    r.tick(group.mono_ms, WALL + group.mono_ms)
+    assert "ViewQuery" not in _kinds(r.take_ready())
+    r._start_view_change(3, "test")
+    assert r.view == 0 and r.active and not r.take_ready().messages
+    r._start_view_change(4, "test")
+    assert r.view == 4 and _kinds(r.take_ready()) == ["ViewChange"]
+
+
+def test_a_recovering_backup_withholds_its_votes_but_still_commits_and_checkpoints() -> None:
+    group = Group()
+    r = group.make(3, recovery_nonce=NONCE)
+    group.replicas[3] = r
+    r.tick(group.mono_ms, WALL)
+    _answer_queries(group, 3, r.take_ready())
+    assert r.status()["recovering"]["floor"] == 1  # everyone is in view 0
+    for seq in (1, 2):
+        ready = drive(group, 3, group.preprepare(seq, group.txs[seq : seq + 1]))
+        assert "Prepare" not in _kinds(ready) and "Commit" not in _kinds(ready)
+        assert [b.seq for b in ready.committed] == [seq]  # Q COMMITs of the others
+    # The checkpoint at seq 2 is signed: it cannot differ from any signed before.
+    assert _kinds(r.take_ready()) == ["Checkpoint"]
+    assert r.status()["recovering"]["withheld"] == 4  # two PREPAREs, two COMMITs
+    assert r.recovering
+
+
+def test_a_member_that_lost_its_state_joins_the_next_view_and_then_votes_again() -> None:
+    group = Group()
+    r = group.make(3, recovery_nonce=NONCE)
+    group.replicas[3] = r
+    r.tick(group.mono_ms, WALL)
+    _answer_queries(group, 3, r.take_ready())
+    # The primary n1 is silent: the others' timers take them to view 1, which n4 may join.
+    members = [1, 2, 3]
+    for i in members:
+        group.replicas[i].propose(group.txs[5])
+    for _ in range(12):
+        group.tick_all(RETRANSMIT_MS)
+        group.pump(to=members)
+    assert all(group.replicas[i].view == 1 and group.replicas[i].active for i in members)
+    seen = group.pump(to=members)
+    assert r.last_executed == 1 and not r.recovering  # it executed the view's first batch
+    group.replicas[1].propose(group.txs[6])
+    group.tick_all(group.params.batch_delay_ms)
+    seen = group.pump(to=members)
+    assert any("Prepare" in _kinds(ready) for ready in seen[3])  # it votes again
+    r.check_invariants()
+
+
+def test_view_queries_are_answered_at_most_once_per_half_interval_and_junk_is_dropped() -> None:
+    group = Group()
+    peer = group.replicas[1]
+    query = ViewQuery.create(group.signers[0], group.chain_id, NONCE, 0)
+    peer.receive(0, query)
+    (answer,) = peer.take_ready().messages
+    report = decode(answer.frame, PARAMS)
+    assert isinstance(report, ViewReport) and (report.nonce, report.view) == (NONCE, 0)
+    peer.receive(0, query)
+    assert peer.rejected["query_too_often"] == 1 and not peer.take_ready().messages
+    peer.receive(0, replace(query, sender=2))
+    assert peer.rejected["sender_mismatch"] == 1
+    short = pack([pack(["viewquery", b"x", 0]), bytes(64)])
+    peer.receive(0, short)
+    assert peer.rejected["malformed"] == 1
+    peer.receive(0, ViewReport.create(group.signers[0], group.chain_id, NONCE, 9, 9, 0))
+    assert peer.rejected["stale_view_report"] == 1  # not recovering: nothing to learn
+    peer.check_invariants()

@@ -132,13 +132,15 @@ class RaftGroup:
         seed = b"harness/%d/%d" % (i, self.members[i].incarnation if i < len(self.members) else 0)
         return RaftConfig.from_genesis(self.genesis, i, seed, **self.overrides)
 
-    def _make(self, i: int, recovered: RecoveredState) -> RaftNode:
+    def _make(self, i: int, recovered: RecoveredState, recovering: bool = False) -> RaftNode:
+        extra = {"recovering": True} if recovering else {}
         return self.factories[i](
             self.config(i),
             self.signers[i],
             tx_ok=self.tx_ok,
             recovered=recovered,
             executed=lambda tx_ids: {t for t in tx_ids if t in self.members[i].committed_ids},
+            **extra,
         )
 
     def tx_ok(self, tx: Transaction) -> bool:
@@ -163,8 +165,9 @@ class RaftGroup:
         self.members[i].raft = None
         self.queue = [q for q in self.queue if q.dst != i]
 
-    def restart(self, i: int) -> RaftNode:
-        """Rebuild member i's core from its records and its ledger's head, and start it."""
+    def restart(self, i: int, *, recovering: bool = False) -> RaftNode:
+        """Rebuild member i's core from its records and its ledger's head, and start it
+        (`recovering`: as the shell does for a restored backup or lost state)."""
         member = self.members[i]
         assert member.raft is None
         cons = member.head.consensus
@@ -178,7 +181,7 @@ class RaftGroup:
         )
         member.incarnation += 1
         member.applied = []  # (a restarted core applies no-ops after its last block again)
-        member.raft = self._make(i, recovered)
+        member.raft = self._make(i, recovered, recovering)
         self.tick(i)
         return member.raft
 

@@ -766,3 +766,81 @@ def test_a_forward_is_cut_by_bytes_so_every_frame_fits() -> None:
     assert all(len(f) <= limit for f in frames)
     forwarded = [t.id for f in frames for t in m.decode(f, g.params).txs]  # type: ignore[union-attr]
     assert forwarded == [t.id for t in big]
+
+
+# --- a member whose state is older than what it sent (crashft/node.py, "Recovery") ------------
+
+
+def _second_vote_scene(recovering: bool) -> RaftGroup:
+    """n3 is backed up in term 1, is elected leader of term 2 (its own vote), and is restored
+    from its backup; n1, back from a crash in term 1 and cut off from n2, campaigns for term 2
+    and asks n3 for its vote."""
+    g = started()
+    backup = dict(g.members[2].records)
+    g.crash(0)
+    g.run(3 * E)
+    assert g.leaders() == [2] and (g.node(2).term, g.node(2).voted_for) == (2, 2)
+    g.crash(2)
+    g.members[2].records = backup
+    g.restart(2, recovering=recovering)
+    g.restart(0)
+    g.drop()
+    g.timeout(0)
+    g.deliver(without(1))  # n2, still in its lease on n3 the leader, refuses anyway
+    return g
+
+
+def test_a_member_restored_from_a_backup_without_recovery_votes_twice_in_a_term() -> None:
+    with pytest.raises(AssertionError, match="election safety: n3 and n1 lead term 2"):
+        _second_vote_scene(recovering=False)
+
+
+def test_a_recovering_member_grants_no_vote_until_a_later_leader_catches_it_up() -> None:
+    g = _second_vote_scene(recovering=True)
+    n1, n3 = g.node(0), g.node(2)
+    assert n1.role == PRE_CANDIDATE and n3.rejected["vote_while_recovering"] >= 1
+    assert g.leaders() == []
+    status = n3.status()["recovering"]
+    assert status is not None and status["floor"] is None
+    # n1 and n2 elect a leader without n3; n3 asks for the terms only 2E after its start,
+    # and its own timer never makes it campaign.
+    started_ms, seen = g.now, len(g.delivered)
+
+    def sent_by_n3(kind: type) -> list[Msg]:
+        return [q for q in g.delivered[seen:] if q.src == 2 and isinstance(q.msg, kind)]
+
+    g.run(2 * E - 2 * HEARTBEAT)
+    assert not sent_by_n3(m.TermQuery)
+    g.run(4 * HEARTBEAT)
+    assert g.now - started_ms >= 2 * E and len(sent_by_n3(m.TermQuery)) == 2
+    (leader,) = g.leaders()
+    assert leader != 2 and n3.status()["recovering"]["floor"] == g.node(leader).term + 1
+    assert not sent_by_n3(m.Vote)
+    assert not [q for q in sent_by_n3(m.VoteReply) if q.msg.granted]  # type: ignore[attr-defined]
+    assert n3.recovering and n3.commit == g.node(leader).commit  # it follows, not yet votes
+    # A later term, elected without n3, catches it up: then it takes part again.
+    other = 1 - leader
+    assert g.transfer(leader, other) is None
+    g.run(3 * HEARTBEAT)
+    assert g.leaders() == [other] and not n3.recovering
+    assert n3.status()["recovering"] is None
+
+
+def test_term_reports_count_only_with_our_nonce_and_queries_are_rate_limited() -> None:
+    g = started()
+    n2 = g.node(1)
+    n2.receive(0, m.TermQuery(bytes(16)))
+    n2.receive(0, m.TermQuery(bytes(16)))
+    assert n2.rejected["query_too_often"] == 1
+    assert [q.msg for q in g.queue if q.src == 1] == []  # (not flushed yet)
+    assert [type(o) for o in [m.decode(x.frame, g.params) for x in n2.take_ready().messages]] == [
+        m.TermReport
+    ]
+    n2.receive(0, m.TermReport(bytes(16), 99))
+    assert n2.rejected["stale_term_report"] == 1 and n2.term == 1  # it moves no one's term
+    g.crash(2)
+    n3 = g.restart(2, recovering=True)
+    n3.receive(0, m.TermReport(bytes(16), 99))  # not our nonce (an earlier start's answer)
+    assert n3.rejected["stale_term_report"] == 1 and n3.status()["recovering"]["reports"] == 0
+    n3.receive(0, b"\x92\xaaterm_query\xc4\x01x")  # a nonce of the wrong size
+    assert n3.rejected["malformed"] == 1

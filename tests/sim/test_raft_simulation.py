@@ -23,9 +23,11 @@ from dataclasses import dataclass
 
 import pytest
 
+from consortium.node.sim.checkers import SafetyViolation
 from consortium.node.sim.raft_cluster import RaftSimCluster
-from consortium.node.sim.raft_scenarios import RAFT_MIXES, run_raft
+from consortium.node.sim.raft_scenarios import RAFT_MIXES, run_raft, run_raft_restore
 
+SOAK = int(os.environ.get("CONSORTIUM_SOAK", "1"))
 CHUNK = 25
 SEEDS = {3: 200, 5: 50}
 TIER_MIXES = [mix for mix in RAFT_MIXES if mix != "total-crash"]  # total-crash: below
@@ -102,3 +104,26 @@ def test_members_that_all_lose_power_mid_write_never_lose_an_acknowledged_entry(
     c = run_seeds(n, "total-crash", range(seeds * SOAK))
     assert c.runs == seeds * SOAK and c.blocks >= c.runs * 5
     assert c.lost_writes > 0, c  # writes were cut short
+
+
+# --- restore from a backup (RaftSimCluster.backup/restore, raft_scenarios.run_raft_restore) ---
+
+RESTORE_SEEDS = 24 * SOAK
+
+
+def test_a_follower_restored_from_a_backup_without_recovery_votes_twice_in_a_term() -> None:
+    """Today's start, the mark ignored: restored to the term of its backup, the follower votes
+    again in the term it voted in; the equivocation checker catches the second vote as it is
+    sent (election safety would see a second leader next)."""
+    for seed in (1, 4):
+        with pytest.raises(SafetyViolation, match=r"equivocation: n\d signed two different votes"):
+            run_raft_restore(seed, recovery=False)
+
+
+@pytest.mark.parametrize("first", range(0, RESTORE_SEEDS, 12))
+def test_a_follower_restored_from_a_backup_recovers_and_everything_commits(first: int) -> None:
+    recovered = 0
+    for seed in range(first, first + 12):
+        cluster = run_raft_restore(seed)  # the checkers (one vote per term included) ran
+        recovered += not any(node.raft.recovering for node in cluster.nodes)
+    assert recovered >= 3  # the others, restored into a steady term, wait for the next one

@@ -5,6 +5,7 @@ the end every submitted transaction must be committed everywhere, in identical l
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -15,9 +16,11 @@ from consortium.ledger.tx import Transaction
 from consortium.node.sim.checkers import LivenessViolation, SafetyChecker, SafetyViolation
 from consortium.node.sim.cluster import EPOCH_MS, SIM_PARAMS, SimCluster, workload
 from consortium.node.sim.network import NetworkFaults
+from consortium.node.sim.scenarios import run_restore
 from consortium.pbft.messages import Commit, PrePrepare, encode
 from consortium.pbft.replica import PbftConfig, PbftReplica, RecoveredState
 
+SOAK = int(os.environ.get("CONSORTIUM_SOAK", "1"))
 LOSSY = NetworkFaults(delay_ms=(1, 30), drop=0.05, duplicate=0.05)
 HEAVY = NetworkFaults(delay_ms=(1, 80), drop=0.3, duplicate=0.2)
 # What honest replicas count in a fault-free protocol run: the rest would mean a bug.
@@ -268,3 +271,41 @@ def test_a_backup_whose_clock_is_ahead_still_prepares_old_timestamps() -> None:
     skew = SIM_PARAMS.timestamp_skew_ms + 1_000
     cluster = run(501, txs=40, wall_skew_ms={3: skew})
     assert cluster.nodes[3].replica.rejected["timestamp_skew"] == 0
+
+
+# --- restore from a backup (SimCluster.backup/restore, scenarios.run_restore) -----------------
+
+RESTORE_SEEDS = 24 * SOAK
+
+
+def test_a_primary_restored_from_a_backup_without_recovery_signs_two_preprepares() -> None:
+    """Today's start, the mark ignored: the restored primary numbers on from its backup and
+    signs new batches at sequence numbers it had proposed after it (the finding of issue 13).
+    The equivocation checker catches it as it is sent."""
+    for seed in (2, 3):
+        with pytest.raises(SafetyViolation, match=r"equivocation: n\d signed two different PRE"):
+            run_restore(seed, recovery=False)
+
+
+@pytest.mark.parametrize("first", range(0, RESTORE_SEEDS, 12))
+def test_a_primary_restored_from_a_backup_recovers_in_a_later_view(first: int) -> None:
+    recovered = 0
+    for seed in range(first, first + 12):
+        cluster = run_restore(seed)  # the checkers (equivocation included) ran every step
+        assert not any(node.replica.rejected["conflicts_committed"] for node in cluster.nodes)
+        recovered += not any(node.replica.recovering for node in cluster.nodes)
+    # It recovers once the others replaced it by a view change (when they did so before it
+    # came back, it is a backup of their view and waits for the next one).
+    assert recovered >= 9
+
+
+def test_a_backup_restored_from_a_backup_stays_silent_and_everything_commits() -> None:
+    for seed in range(100, 100 + 6 * SOAK):
+        cluster = run_restore(seed, victim="backup")
+        assert not any(node.replica.rejected["conflicts_committed"] for node in cluster.nodes)
+
+
+def test_a_primary_restored_at_n7_recovers() -> None:
+    for seed in range(200, 200 + 3 * SOAK):
+        cluster = run_restore(seed, 7)
+        assert not any(node.replica.rejected["conflicts_committed"] for node in cluster.nodes)

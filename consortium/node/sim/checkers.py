@@ -13,6 +13,13 @@ Both are checked incrementally as blocks appear: each new (seq, digest) and (hei
 compared with the first one any honest replica produced, which is equivalent to comparing
 every pair of ledgers after every step, at a cost independent of the ledger length.
 
+No equivocation (EquivocationChecker, over what honest members send): a member never signs two
+different votes for one slot: pbft PRE-PREPARE, PREPARE or COMMIT for one (view, seq), or
+NEW-VIEW for one view; raft a vote (its own candidacy included) for two candidates in one term.
+The ledger checks catch an equivocation only once it splits a commit; this one catches it when
+it is sent (a member restored from a backup that forgot what it signed, a shell that sends
+before its fsync).
+
 Liveness, checked at the end (after healing, with at most f faulty): every submitted
 transaction committed at every honest replica, and all honest ledgers are identical.
 """
@@ -21,6 +28,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Protocol
+
+import msgpack
 
 from consortium.crypto.signing import Verifier
 from consortium.ledger.tx import Transaction
@@ -98,6 +107,35 @@ class SafetyChecker:
                 f"prefix: block {height} of n{node + 1} is {block_hash.hex()[:12]}, "
                 f"but n{first[0] + 1} has {first[1].hex()[:12]}"
             )
+
+
+class EquivocationChecker:
+    """What each honest member signed for each slot: never two different values (bounded by
+    the run: one entry per (member, kind, slot) it ever voted in). A slot is the msgpack
+    encoding of its fields, one after the other (pbft: view and seq; raft: the term), as the
+    messages carry them, so the clusters need not decode what they send."""
+
+    def __init__(self, honest: Iterable[int]) -> None:
+        self.honest = frozenset(honest)
+        self._signed: dict[tuple[int, str, bytes], bytes] = {}
+
+    def signed(self, node: int, what: str, slot: bytes, value: bytes) -> None:
+        if node not in self.honest:
+            return
+        first = self._signed.setdefault((node, what, slot), value)
+        if first != value:
+            unpacker = msgpack.Unpacker()
+            unpacker.feed(slot)
+            where = ", ".join(str(field) for field in unpacker)
+            raise SafetyViolation(
+                f"equivocation: n{node + 1} signed two different {what}s for ({where}): "
+                f"{_shown(first)} and {_shown(value)}"
+            )
+
+
+def _shown(value: bytes) -> str:
+    """A member name as it is (raft: the candidate voted for), a digest by its first bytes."""
+    return value.decode() if value.isascii() and value.isalnum() else value.hex()[:12]
 
 
 class Observed(Protocol):

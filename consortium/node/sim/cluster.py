@@ -29,6 +29,13 @@ crash loses the writes since: a replica that forgets votes it sent. The test tha
 checker catches this gives the durability tests their teeth. restart(i) rebuilds the replica
 from its durable records, its ledger head and its last stable checkpoint, exactly what the
 node runtime hands a restarting replica.
+Restore from a backup: backup(i) copies node i's durable state (records, stable checkpoint,
+ledger) as `node backup` does; restore(i, copy) later stops node i and restarts it from that
+copy, marked as a restored backup (the store's RECOVERY_MARK_KEY record), so its core starts in
+recovery, as the runtime starts it; the mark goes once the core left recovery, and a restart
+before that recovers again. restore(i, copy, recovery=False) is today's start without the mark:
+the member may sign again what it signed after the copy was taken, which the equivocation
+checker (checkers.EquivocationChecker, over everything honest members send) reports.
 """
 
 from __future__ import annotations
@@ -41,7 +48,7 @@ from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from functools import cache
 
-from consortium.crypto.codec import WireFormatError
+from consortium.crypto.codec import WireFormatError, pack, unpack
 from consortium.crypto.keys import KeyPair
 from consortium.crypto.signing import (
     Domain,
@@ -55,8 +62,9 @@ from consortium.ledger.block import BlockHeader, genesis_block, genesis_state_ro
 from consortium.ledger.certificates import CheckpointCertificate
 from consortium.ledger.genesis import Client, Genesis, Member, Mode, Params
 from consortium.ledger.state import KeyValueState, build_block
+from consortium.ledger.store import RECOVERY_MARK_KEY, RESTORED_BACKUP
 from consortium.ledger.tx import Put, Transaction
-from consortium.node.sim.checkers import SafetyChecker
+from consortium.node.sim.checkers import EquivocationChecker, SafetyChecker
 from consortium.node.sim.network import NetworkFaults, SimNetwork
 from consortium.node.sim.shell import SimShell
 from consortium.pbft.messages import TransferredBlock, decode
@@ -164,6 +172,9 @@ def workload(chain_id: bytes, count: int) -> tuple[Transaction, ...]:
 
 TxCheck = Callable[[Transaction], bool]
 # (config, signer, verifier, tx_ok, recovered, ever_admitted) -> the replica
+# The votes the equivocation checker reads (SimCluster._observe), by the kind naming the body.
+_SIGNED_KINDS = {b"prepare": "PREPARE", b"commit": "COMMIT", b"newview": "NEW-VIEW"}
+
 ReplicaFactory = Callable[
     [PbftConfig, Signer, Verifier, TxCheck, RecoveredState, TxCheck], PbftReplica
 ]
@@ -181,6 +192,21 @@ def honest_replica(
     return PbftReplica(
         config, signer, verifier, tx_ok=tx_ok, recovered=recovered, ever_admitted=ever_admitted
     )
+
+
+@dataclass(frozen=True, slots=True)
+class SimBackup:
+    """A copy of one member's durable state at one moment: what `node backup` copies."""
+
+    index: int
+    records: tuple[tuple[bytes, bytes], ...]
+    stable: CheckpointCertificate | None
+    blocks: tuple[TransferredBlock, ...]  # its ledger: blocks 1..height
+    committed_ms: tuple[int, ...]
+
+    @property
+    def height(self) -> int:
+        return len(self.blocks)
 
 
 @dataclass
@@ -249,6 +275,7 @@ class SimCluster(SimShell[SimNode]):
             self.genesis.client_keys(),
             Ed25519Verifier(),
         )
+        self.votes = EquivocationChecker(i for i in range(n) if i not in self.byzantine)
         self.submitted: list[bytes] = []
         self.steps = 0
         keys = member_keys(n)
@@ -300,15 +327,25 @@ class SimCluster(SimShell[SimNode]):
         stored: dict[bytes, bytes],
     ) -> PbftReplica:
         factory = self._factories.get(i, honest_replica)
+        # The recovery mark is the shell's record, not the core's (node/runtime.py).
+        records = sorted((k, v) for k, v in stored.items() if k != RECOVERY_MARK_KEY)
+        recovered = RecoveredState(head.height, head.hash, stable, records)
         # The core's randomness, from the run's seed (another draw after each restart).
         seed = b"%d/%d/%d" % (self.seed, i, self.now_ms)
+        config = PbftConfig.from_genesis(self.genesis, i, seed=seed)
+        if RECOVERY_MARK_KEY in stored:
+            assert factory is honest_replica, "only honest members are restored from backups"
+            return PbftReplica(
+                config,
+                self.signers[i],
+                self.verifier,
+                tx_ok=self._tx_ok,
+                recovered=recovered,
+                ever_admitted=app.may_submit,
+                recovery_nonce=self.rng.randbytes(16),  # fresh per start, as the runtime's
+            )
         return factory(
-            PbftConfig.from_genesis(self.genesis, i, seed=seed),
-            self.signers[i],
-            self.verifier,
-            self._tx_ok,
-            RecoveredState(head.height, head.hash, stable, sorted(stored.items())),
-            app.may_submit,
+            config, self.signers[i], self.verifier, self._tx_ok, recovered, app.may_submit
         )
 
     def _tx_ok(self, tx: Transaction) -> bool:
@@ -358,6 +395,75 @@ class SimCluster(SimShell[SimNode]):
         node.replica = self._new_replica(i, node.app, node.head, node.stable, node.records)
         node.up = True
         self._carry_out(node)
+
+    def backup(self, i: int) -> SimBackup:
+        """A copy of node i's durable state now (`node backup`: records, checkpoint, ledger)."""
+        node = self.nodes[i]
+        self._log(f"n{i + 1} BACKUP at height {node.head.height}")
+        return SimBackup(
+            i,
+            tuple(sorted(node.records.items())),
+            node.stable,
+            tuple(node.blocks),
+            tuple(node.committed_ms),
+        )
+
+    def restore(self, i: int, copy: SimBackup, *, recovery: bool = True) -> None:
+        """Stop node i and start it from `copy` (its data directory replaced by the backup),
+        marked as a restored backup unless recovery=False (today's start, for the checkers'
+        teeth)."""
+        assert copy.index == i, "a member is restored only from its own backup"
+        node = self.nodes[i]
+        self._log(f"n{i + 1} RESTORE from a backup at height {copy.height}")
+        node.up = False
+        node.unsynced.clear()
+        node.crash_mid_write = False
+        # The ledger at the copy's height: its blocks executed again from genesis (a ledger
+        # is its blocks), which gives the same blocks, hashes and state.
+        g = genesis_block(self.genesis)
+        root = genesis_state_root(self.chain_id)
+        app = KeyValueState(self.chain_id, self.params, self.genesis.client_keys(), root)
+        head, hashes = g.header, [g.hash]
+        for tb in copy.blocks:
+            seq = tb.certificate.seq
+            block, execution = build_block(
+                head, ("pbft", seq, tb.proposed_ms), tb.proposed_ms, tb.txs, app
+            )
+            app.apply(execution)
+            head = block.header
+            hashes.append(block.hash)
+        node.app, node.head, node.block_hashes = app, head, hashes
+        node.blocks = list(copy.blocks)
+        node.committed_ids = {tx.id for tb in copy.blocks for tx in tb.txs}
+        node.committed_ms = list(copy.committed_ms)
+        node.stable = copy.stable
+        node.records = dict(copy.records)
+        if recovery:
+            node.records[RECOVERY_MARK_KEY] = RESTORED_BACKUP.encode()
+        node.replica = self._new_replica(i, node.app, node.head, node.stable, node.records)
+        node.up = True
+        self._carry_out(node)
+
+    def _observe(self, node: SimNode, dest: int | None, frame: bytes) -> None:
+        """The equivocation checker sees every vote an honest member signs. Read off the body
+        bytes (pbft/messages.py; a frame is [bin8 body, signature, ...]) without decoding, since
+        every message of every run passes here: a body is [fixstr kind, *slot, ...]; PREPARE,
+        COMMIT and NEW-VIEW end with [digest (bin8 32), sender (fixint)], the slot (view, seq;
+        NEW-VIEW: view) lying between; PRE-PREPARE is [kind, view, seq, digest, ...]."""
+        if node.index in self.byzantine or len(frame) < 3 or frame[1] != 0xC4:
+            return  # (a Byzantine member's frames may be anything: the checker skips them)
+        body = frame[3 : 3 + frame[2]]
+        if len(body) < 38:
+            return
+        end = 2 + (body[1] & 0x1F)
+        what = _SIGNED_KINDS.get(body[2:end])
+        if what is not None and body[-1] < 0x80:
+            self.votes.signed(node.index, what, body[end:-35], body[-33:-1])
+        elif body[2:end] == b"preprepare":
+            fields = unpack(body)
+            self.votes.signed(
+                node.index, "PRE-PREPARE", pack(fields[1]) + pack(fields[2]), fields[3]
+            )
 
     # --- the loop ---------------------------------------------------------------------------
 
@@ -455,6 +561,10 @@ class SimCluster(SimShell[SimNode]):
                 frame_bytes = self._serve(node, serve)
                 if frame_bytes is not None:
                     replica.served(serve, frame_bytes)
+        if RECOVERY_MARK_KEY in node.records and not replica.recovering:
+            # The runtime deletes the mark in a write after the step that left recovery.
+            del node.records[RECOVERY_MARK_KEY]
+            self._log(f"n{node.index + 1} RECOVERED in view {replica.view}")
         replica.check_invariants()
         if self.trace is not None and (replica.view, replica.active) != self._traced_view.get(
             node.index, (0, True)

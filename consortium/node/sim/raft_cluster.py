@@ -16,12 +16,19 @@ Checkers, after every step (RaftChecker):
                         height) are prefixes of each other; every transaction carries a valid
                         client signature (real Ed25519, once per transaction);
     reads               a ReadIndex read is never staler than what was applied anywhere when
-                        it was issued (linearizable reads).
+                        it was issued (linearizable reads);
+    one vote per term   no member votes for two candidates in one term, its own candidacy
+                        included (checkers.EquivocationChecker, over what members send): the
+                        cause of a split election, seen before a second leader appears.
 Liveness, at the end: after healing, every submitted transaction is in every ledger and the
 ledgers are identical.
 
 Clients send each transaction to one random node (followers forward to the leader) and, until
 it is in some ledger, send it again to another random node every client_retry_ms.
+
+Restore from a backup, as in the PBFT simulator: backup(i) copies node i's records and ledger,
+restore(i, copy) restarts node i from it marked as a restored backup (its core starts in
+recovery), restore(i, copy, recovery=False) without the mark (today's start).
 """
 
 from __future__ import annotations
@@ -45,13 +52,15 @@ from consortium.crashft.node import (
     split_early,
 )
 from consortium.crashft.transfer import blocks_reply, replay_block
-from consortium.crypto.codec import WireFormatError
+from consortium.crypto.codec import WireFormatError, pack, unpack
 from consortium.crypto.signing import Ed25519Verifier
 from consortium.ledger.block import Block, BlockHeader, genesis_block, genesis_state_root
 from consortium.ledger.genesis import Params
 from consortium.ledger.state import Execution, KeyValueState, build_block
+from consortium.ledger.store import RECOVERY_MARK_KEY, RESTORED_BACKUP
 from consortium.ledger.tx import Transaction
 from consortium.node.sim.checkers import (
+    EquivocationChecker,
     LivenessViolation,
     SafetyChecker,
     SafetyViolation,
@@ -167,6 +176,19 @@ class RaftChecker:
             )
 
 
+@dataclass(frozen=True, slots=True)
+class RaftSimBackup:
+    """A copy of one member's durable state at one moment: what `node backup` copies."""
+
+    index: int
+    records: tuple[tuple[bytes, bytes], ...]
+    blocks: tuple[TransferredBlock, ...]  # its ledger: blocks 1..height
+
+    @property
+    def height(self) -> int:
+        return len(self.blocks)
+
+
 @dataclass
 class RaftSimNode:
     index: int
@@ -225,6 +247,7 @@ class RaftSimCluster(SimShell[RaftSimNode]):
         self.lost_writes = 0
         self.trace: Callable[[str], None] | None = None
         self.check = RaftChecker(n, self.genesis.client_keys())
+        self.votes = EquivocationChecker(range(n))
         self.submitted: list[bytes] = []
         self.steps = 0
         self.max_steps = max_steps
@@ -267,12 +290,15 @@ class RaftSimCluster(SimShell[RaftSimNode]):
         config = self._configure(
             RaftConfig.from_genesis(self.genesis, i, seed=b"%d/%d/%d" % (self.seed, i, self.now_ms))
         )
+        # Marked as a restored backup (the store's record, as the runtime reads it).
+        recovering = RECOVERY_MARK_KEY in self.nodes[i].records if i < len(self.nodes) else False
         return RaftNode(
             config,
             self.signers[i],
             tx_ok=self._tx_ok,
             recovered=recovered,
             executed=lambda tx_ids: {t for t in tx_ids if t in self.nodes[i].committed_ids},
+            recovering=recovering,
         )
 
     def _tx_ok(self, tx: Transaction) -> bool:
@@ -329,6 +355,54 @@ class RaftSimCluster(SimShell[RaftSimNode]):
         node.applied_index = node.raft.applied
         node.up = True
         self._carry_out(node)
+
+    def backup(self, i: int) -> RaftSimBackup:
+        """A copy of node i's durable state now (`node backup`: records and ledger)."""
+        node = self.nodes[i]
+        self._log(f"n{i + 1} BACKUP at height {node.head.height}")
+        return RaftSimBackup(i, tuple(sorted(node.records.items())), tuple(node.blocks))
+
+    def restore(self, i: int, copy: RaftSimBackup, *, recovery: bool = True) -> None:
+        """Stop node i and start it from `copy`, marked as a restored backup unless
+        recovery=False (today's start, for the checkers' teeth)."""
+        assert copy.index == i, "a member is restored only from its own backup"
+        node = self.nodes[i]
+        self._log(f"n{i + 1} RESTORE from a backup at height {copy.height}")
+        node.up = False
+        node.unsynced.clear()
+        node.crash_mid_write = False
+        # The ledger at the copy's height: its blocks re-executed from genesis.
+        g = genesis_block(self.genesis)
+        root = genesis_state_root(self.chain_id)
+        app = KeyValueState(self.chain_id, self.params, self.genesis.client_keys(), root)
+        head, hashes = g.header, [g.hash]
+        for tb in copy.blocks:
+            result = replay_block(head, tb, app)
+            assert not isinstance(result, str), result
+            block, execution, _ = result
+            app.apply(execution)
+            head = block.header
+            hashes.append(block.hash)
+        node.app, node.head, node.block_hashes = app, head, hashes
+        node.blocks = list(copy.blocks)
+        node.committed_ids = {tx.id for tb in copy.blocks for tx in tb.txs}
+        node.records = dict(copy.records)
+        if recovery:
+            node.records[RECOVERY_MARK_KEY] = RESTORED_BACKUP.encode()
+        node.was_leader_term = -1
+        self.restart(i)
+
+    def _observe(self, node: RaftSimNode, dest: int | None, frame: bytes) -> None:
+        """Votes for the equivocation checker: a granted VOTE-REPLY (not a PreVote) is a vote
+        for its destination; a VOTE (not a PreVote) is the sender's vote for itself. Only
+        frames naming these kinds are decoded (every message of every run passes here)."""
+        if frame[2:6] != b"vote":
+            return
+        msg = unpack(frame)
+        if msg[0] == "vote" and not msg[4]:
+            self.votes.signed(node.index, "vote", pack(msg[1]), node.name.encode())
+        elif msg[0] == "vote_reply" and msg[2] and not msg[3] and dest is not None:
+            self.votes.signed(node.index, "vote", pack(msg[1]), f"n{dest + 1}".encode())
 
     def transfer(self, i: int, target: int) -> str | None:
         node = self.nodes[i]
@@ -435,6 +509,10 @@ class RaftSimCluster(SimShell[RaftSimNode]):
             for read_id, why in ready.read_failures:
                 self._reads.pop((node.index, read_id), None)
                 self.reads_failed.append(why)
+        if RECOVERY_MARK_KEY in node.records and not raft.recovering:
+            # The runtime deletes the mark in a write after the step that left recovery.
+            del node.records[RECOVERY_MARK_KEY]
+            self._log(f"n{node.index + 1} RECOVERED in term {raft.term}")
         if raft.role == LEADER:
             self.check.leader(node.index, raft.term)
             if node.was_leader_term != raft.term:

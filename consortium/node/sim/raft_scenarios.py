@@ -14,6 +14,9 @@ everything restarts, and every transaction must commit into identical ledgers. T
     total-crash lossy, plus every member losing power at once (most of them in the middle of a
                 write) and all restarting together: at n = 1 the only member, whose
                 acknowledged entries must survive (not in the default tier of every n)
+
+run_raft_restore: a follower restored from a backup around an election, with or without
+recovery (not one of RAFT_MIXES: its own tests run it).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from functools import partial
 from consortium.node.sim.checkers import LivenessViolation
 from consortium.node.sim.cluster import workload
 from consortium.node.sim.network import NetworkFaults
-from consortium.node.sim.raft_cluster import RaftSimCluster
+from consortium.node.sim.raft_cluster import RaftSimBackup, RaftSimCluster
 
 LOSSY = NetworkFaults(delay_ms=(1, 30), drop=0.05, duplicate=0.05)
 RAFT_MIXES = ("lossy", "crashes", "partitions", "mixed", "total-crash")
@@ -134,6 +137,74 @@ def run_raft(
     if not cluster.run_until_committed(cluster.now_ms + DEADLINE_MS):
         explain = "; ".join(f"{x.name}: {x.explain()}" for x in cluster.nodes)
         raise LivenessViolation(f"seed {seed} ({mix}, n={n}): not everything committed ({explain})")
+    cluster.run_until(cluster.now_ms + 1_000)
+    cluster.check_converged()
+    return cluster
+
+
+def run_raft_restore(
+    seed: int,
+    n: int = 3,
+    *,
+    recovery: bool = True,
+    txs: int = 60,
+    trace: Callable[[str], None] | None = None,
+) -> RaftSimCluster:
+    """Restore from a backup around an election: a quarter into the workload a follower is
+    backed up; half way the leader crashes; once the follower has voted in the election that
+    follows, it stops, and 0-100 ms later starts from its backup (marked as a restored backup;
+    recovery=False: today's start without the mark) while the old leader restarts and the new
+    one is cut off for 1-2.5 s. Restored without recovery, it can vote again in the term it
+    voted in (the equivocation checker reports it) or elect a leader lacking an entry it had
+    acknowledged. Then everything must commit into identical ledgers."""
+    cluster = RaftSimCluster(seed, n, faults=LOSSY)
+    cluster.trace = trace
+    rng = cluster.rng
+    pool = workload(cluster.chain_id, txs)
+    copy: RaftSimBackup | None = None
+    old_leader, old_term, restoring = -1, 0, False
+
+    def restore(backup: RaftSimBackup, cut: list[int]) -> None:
+        cluster.restore(backup.index, backup, recovery=recovery)
+        if not cluster.nodes[old_leader].up:
+            cluster.restart(old_leader)
+        for x in cut:
+            cluster.net.isolate(x, n)
+        cluster.at(cluster.now_ms + rng.randint(1_000, 2_500), cluster.net.heal)
+
+    i = 0
+    while i < txs or not restoring:
+        if i < txs:
+            k = rng.randint(1, 8)
+            cluster.submit(pool[i : i + k])
+            i += k
+        cluster.run_until(cluster.now_ms + rng.randint(0, 150))
+        leaders = [x.index for x in cluster.leaders()]
+        if copy is None and i >= txs // 4 and leaders:
+            copy = cluster.backup(rng.choice([x for x in range(n) if x != leaders[0]]))
+        elif copy is not None and old_leader < 0 and i >= txs // 2 and leaders:
+            if leaders[0] != copy.index:
+                old_leader, old_term = leaders[0], cluster.nodes[leaders[0]].raft.term
+                cluster.crash(old_leader)
+        elif old_leader >= 0 and not restoring and copy is not None:
+            voter = cluster.nodes[copy.index].raft
+            if voter.term > old_term and voter.voted_for is not None:
+                restoring = True
+                cluster.crash(copy.index)
+                cut = [x for x in leaders if x != copy.index]
+                cluster.at(cluster.now_ms + rng.randint(0, 100), partial(restore, copy, cut))
+        if cluster.now_ms > DEADLINE_MS:
+            raise LivenessViolation(f"seed {seed}: the restore never happened")
+    cluster.run_until(cluster.now_ms + 3_000)
+    cluster.net.heal()
+    for node in cluster.nodes:
+        if not node.up:
+            cluster.restart(node.index)
+    if not cluster.run_until_committed(cluster.now_ms + DEADLINE_MS):
+        explain = "; ".join(f"{x.name}: {x.explain()}" for x in cluster.nodes)
+        raise LivenessViolation(
+            f"seed {seed} (restore, n={n}): not everything committed ({explain})"
+        )
     cluster.run_until(cluster.now_ms + 1_000)
     cluster.check_converged()
     return cluster

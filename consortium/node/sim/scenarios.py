@@ -1,7 +1,8 @@
 """Named simulation scenarios, for `consortium sim` (and anyone replaying a seed): a workload of
 client transactions in random bursts over a chosen network, optionally a partition without a
 quorum, a crash and restart of the primary, and a Byzantine behaviour in up to f members. Then
-run until everything committed and check; the outcome says what failed, if anything."""
+run until everything committed and check; the outcome says what failed, if anything.
+run_restore: a member restored from a backup two blocks old, with or without recovery."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from dataclasses import dataclass, field
 
 from consortium.node.sim.byzantine import byzantine
 from consortium.node.sim.checkers import LivenessViolation, SafetyViolation
-from consortium.node.sim.cluster import SimCluster, workload
+from consortium.node.sim.cluster import SimBackup, SimCluster, workload
 from consortium.node.sim.network import NetworkFaults
 
 FAULTS = {
@@ -101,3 +102,60 @@ def _drive(cluster: SimCluster, scenario: Scenario) -> None:
         raise LivenessViolation(f"not everything committed ({explain})")
     cluster.run_until(cluster.now_ms + 1_000)
     cluster.check_converged()
+
+
+def run_restore(
+    seed: int,
+    n: int = 4,
+    *,
+    victim: str = "primary",
+    recovery: bool = True,
+    txs: int = 60,
+    trace: Callable[[str], None] | None = None,
+) -> SimCluster:
+    """Restore from a backup: a quarter into the workload the primary (victim="backup": the
+    member after it) is backed up; once it has executed two blocks more it stops, and 20-200 ms
+    later it starts from the backup (docs/operations.md, Restoring), marked as a restored backup
+    (recovery=False: today's start without the mark, which the equivocation checker catches
+    signing again what it signed after the backup). Then everything must commit into
+    identical ledgers; the checkers run after every step."""
+    assert victim in ("primary", "backup"), victim
+    cluster = SimCluster(seed, n, faults=FAULTS["lossy"])
+    cluster.trace = trace
+    rng = cluster.rng
+    pool = workload(cluster.chain_id, txs)
+    copy: SimBackup | None = None
+    restoring = False
+
+    def maybe_restore() -> None:
+        nonlocal restoring
+        if copy is None or restoring or cluster.nodes[copy.index].head.height < copy.height + 2:
+            return
+        restoring = True
+        member, backup = copy.index, copy
+        cluster.crash(member)
+        cluster.at(
+            cluster.now_ms + rng.randint(20, 200),
+            lambda: cluster.restore(member, backup, recovery=recovery),
+        )
+
+    i = 0
+    while i < txs or not restoring:
+        if i < txs:
+            k = rng.randint(1, 8)
+            cluster.submit(pool[i : i + k])
+            i += k
+        cluster.run_until(cluster.now_ms + rng.randint(0, 20))
+        if copy is None and i >= txs // 4:
+            view = sorted(node.replica.view for node in cluster.nodes)[n // 2]  # most are in
+            primary = view % n
+            copy = cluster.backup(primary if victim == "primary" else (primary + 1) % n)
+        maybe_restore()
+        if cluster.now_ms > DEADLINE_MS:
+            raise LivenessViolation(f"seed {seed}: the backed-up member never got 2 blocks ahead")
+    if not cluster.run_until_committed(cluster.now_ms + DEADLINE_MS):
+        explain = "; ".join(f"{node.name}: {node.explain()}" for node in cluster.honest())
+        raise LivenessViolation(f"seed {seed}: not everything committed ({explain})")
+    cluster.run_until(cluster.now_ms + 1_000)
+    cluster.check_converged()
+    return cluster

@@ -91,8 +91,12 @@ class SimShell(ABC, Generic[N]):
             else:
                 node.records[key] = value
 
+    def _observe(self, node: N, dest: int | None, frame: bytes) -> None:
+        """Each message a member sends, once, before the network has it (the checkers)."""
+
     def _send(self, node: N, messages: Iterable[Outgoing]) -> None:
         for out in messages:
+            self._observe(node, out.dest, out.frame)
             dests = range(self.n) if out.dest is None else (out.dest,)
             for dst in dests:
                 if dst != node.index:
