@@ -22,6 +22,7 @@ from tests.docs.vectors import (
     CLIENT_SEED,
     DOCS,
     EXPIRY_MS,
+    FOLLOWER_WALL_MS,
     MEMBER_SEEDS,
     TX_NONCES,
     doc_vectors,
@@ -154,6 +155,15 @@ def test_handshake_transcript_as_documented(doc: dict[str, bytes]) -> None:
     dialer = msgpack.packb(["handshake", 1, b"\xaa" * 32, 0, 1, "dialer"], use_bin_type=True)
     other = b"consortium/v1/handshake\x00" + doc["chain_id"] + dialer
     assert not _verify(bytes(n2), other, doc["handshake.signature_by_n2"])
+
+
+def test_raft_replies_carry_the_followers_wall_clock_as_documented(doc: dict[str, bytes]) -> None:
+    # ["append_reply", term 3, success, index 7, hint 0, wall_ms] and
+    # ["heartbeat_reply", term 3, ctx 5, wall_ms]: the leader's clock check (docs/raft.md).
+    assert doc["raft.append_reply"] == msgpack.packb(
+        ["append_reply", 3, True, 7, 0, FOLLOWER_WALL_MS]
+    )
+    assert doc["raft.heartbeat_reply"] == msgpack.packb(["heartbeat_reply", 3, 5, FOLLOWER_WALL_MS])
 
 
 def test_doc_vectors_parser_refuses_junk() -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from consortium.crashft import messages as raft_messages
 from consortium.crypto.codec import pack
 from consortium.crypto.keys import KeyPair
 from consortium.crypto.merkle import inclusion_proof, leaf_hash, merkle_root
@@ -52,6 +53,7 @@ TX_OPS: tuple[list[Op], ...] = (
     [Put(b"greeting", b"hi")],
 )
 HANDSHAKE_NONCE = bytes([0xAA]) * 32
+FOLLOWER_WALL_MS = 1_700_000_002_000  # a raft follower's clock in its replies
 # The leaves of Certificate Transparency's RFC 6962 Merkle tree tests.
 CT_LEAVES = [
     bytes.fromhex(x)
@@ -147,6 +149,12 @@ def protocol_vectors() -> dict[str, bytes]:
         "handshake.transcript": transcript,
         "handshake.signature_by_n2": Ed25519Signer(member_keys()[1]).sign(
             Domain.HANDSHAKE, chain_id, transcript
+        ),
+        "raft.append_reply": raft_messages.encode(
+            raft_messages.AppendReply(3, True, 7, 0, FOLLOWER_WALL_MS)
+        ),
+        "raft.heartbeat_reply": raft_messages.encode(
+            raft_messages.HeartbeatReply(3, 5, FOLLOWER_WALL_MS)
         ),
     }
 
