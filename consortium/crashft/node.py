@@ -1581,6 +1581,7 @@ class RaftNode:
             else [],
             "clock": self._clock_status(),
             "clock_handoffs": list(self.clock_handoffs),
+            "clock_handoff_count": self.clock_handoff_count,
             "waiting_for": self._waiting_for(),
         }
 

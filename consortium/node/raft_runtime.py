@@ -81,6 +81,7 @@ class RaftMember(Node):
         self._read_ids = itertools.count(1)
         self._pending_reads: dict[int, _PendingRead] = {}
         self._leader_logged: tuple[int, int | None] = (self.core.term, self.core.leader)
+        self._clock_handoffs_logged = 0
 
     # --- events -------------------------------------------------------------------------------
 
@@ -257,6 +258,12 @@ class RaftMember(Node):
 
     def _log_leader(self) -> None:
         core = self.core
+        if core.clock_handoff_count != self._clock_handoffs_logged:
+            # A hand-off because our clock is off the majority's: what, to whom, and why.
+            new = core.clock_handoff_count - self._clock_handoffs_logged
+            for line in list(core.clock_handoffs)[-new:]:
+                self.log.warning("clock: %s", line)
+            self._clock_handoffs_logged = core.clock_handoff_count
         state = (core.term, core.leader)
         if state == self._leader_logged:
             return

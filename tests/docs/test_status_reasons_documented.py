@@ -92,6 +92,45 @@ CASES = {
         me=2,
     ),
     "raft leader alone": _raft({"role": "leader", "term": 7, "leader": 0, "unresponsive": [1, 2]}),
+    "pbft clock": _pbft(
+        {"clock": {"offset_ms": 600_000, "limit_ms": 60_000, "disagrees": True, "samples": 16}}
+    ),
+    "raft leader clock": _raft(
+        {
+            "role": "leader",
+            "term": 7,
+            "leader": 0,
+            "clock": {
+                "offset_ms": 3_600_000,
+                "limit_ms": 30_000,
+                "disagrees": True,
+                "samples": 3,
+                "handing_to": 1,
+            },
+        }
+    ),
+    "raft leader clock, no one to hand to": _raft(
+        {
+            "role": "leader",
+            "term": 7,
+            "leader": 0,
+            "clock": {
+                "offset_ms": -3_600_000,
+                "limit_ms": 30_000,
+                "disagrees": True,
+                "samples": 2,
+                "handing_to": None,
+            },
+        }
+    ),
+    "raft follower clock": _raft(
+        {
+            "role": "follower",
+            "term": 7,
+            "leader": 1,
+            "clock": {"offset_ms": 600_000, "limit_ms": 60_000, "disagrees": True, "samples": 16},
+        }
+    ),
 }
 
 
