@@ -36,6 +36,18 @@ OFFSET_SAMPLES_MAX = 16  # batches the offset is the median of
 OFFSET_SAMPLES_MIN = 4  # before that, an offset is shown but never called a disagreement
 
 
+def expiry_now_ms(own_wall_ms: int, block_time_ms: int, since_block_ms: int) -> int:
+    """The time a member judges a submitted transaction's expiry against: the earlier of its
+    own wall clock and the network's agreed time, the last executed block's time advanced by
+    the member's monotonic clock since it executed (`since_block_ms`). The transaction will
+    execute against block time, which a quorum keeps within the skew of its clocks: a member
+    whose clock is far ahead must not refuse it as expired, and a stale ledger (a restart, a
+    member behind, an idle network seen from a fresh process) only makes the agreed time
+    early, which refuses nothing. A member whose clock is behind lets through what block time
+    will then reject (an `expired` receipt), as any member may."""
+    return min(own_wall_ms, block_time_ms + max(0, since_block_ms))
+
+
 def median_band(values: Sequence[int]) -> tuple[int, int]:
     """The middle value of `values`, twice when their number is odd; the two middle ones when
     it is even (lower first)."""

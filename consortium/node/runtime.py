@@ -44,6 +44,7 @@ from consortium.ledger.certificates import (
     block_signature_body,
     decode_certificate,
 )
+from consortium.ledger.clock import expiry_now_ms
 from consortium.ledger.genesis import Genesis
 from consortium.ledger.state import Execution, build_block
 from consortium.ledger.store import BlockStore, StoreError
@@ -364,18 +365,14 @@ class Node:
         return int(time.time() * 1000) + self._test_clock_offset_ms
 
     def expiry_now_ms(self) -> int:
-        """The time a submitted transaction's expiry is judged against: the earlier of our
-        wall clock and the network's agreed time, the last block's time advanced by our
-        monotonic clock since it executed here. A transaction executes against block time,
-        which a quorum keeps within timestamp_skew_ms of its clocks, so our clock far ahead
-        must not refuse it as expired; the agreed time from a stale ledger (a restart, a
-        member behind) is early and refuses nothing either; and a clock of ours behind only
-        lets through what block time will reject (an `expired` receipt, as for any member)."""
+        """The time a submitted transaction's expiry is judged against (ledger/clock.py): the
+        earlier of our wall clock and the last block's time advanced by our monotonic clock
+        since it executed here, so our clock far ahead refuses no honest transaction."""
         now_s = trio.current_time()
         if self._agreed_at_s is None:
             self._agreed_at_s = now_s
-        agreed_ms = self._agreed_ms + int((now_s - self._agreed_at_s) * 1000)
-        return min(self.wall_ms(), agreed_ms)
+        since_ms = int((now_s - self._agreed_at_s) * 1000)
+        return expiry_now_ms(self.wall_ms(), self._agreed_ms, since_ms)
 
     async def _core_loop(self) -> None:
         core = self.core
