@@ -458,6 +458,9 @@ class RaftNode:
         self.clock_handoffs: deque[str] = deque(maxlen=8)
         self.clock_handoff_count = 0
         self._clock_handoff_to: int | None = None
+        self.clock_stuck = (
+            ""  # as leader: why our clock keeps us from proposing, with no one to hand to
+        )
 
     # --- derived -----------------------------------------------------------------------------
 
@@ -647,6 +650,7 @@ class RaftNode:
     def _stop_leading(self) -> None:
         self._progress.clear()
         self._transferee = None
+        self.clock_stuck = ""
         for r in self._reads:
             self._fail_read(r.requester, r.read_id, "leadership lost")
         for requester, read_id in self._reads_unready:
@@ -1236,6 +1240,7 @@ class RaftNode:
         timeout; none such, we stay and propose nothing (status says why)."""
         known = self._clock_band()
         if known is None or self._agrees(self._wall, known[0]):
+            self.clock_stuck = ""
             return
         band, count = known
         since = self._now - self.config.election_ms
@@ -1248,7 +1253,13 @@ class RaftNode:
             and self._agrees(pr.wall_ms + (self._now - pr.wall_heard_ms), band)
         ]
         if not agree:
+            self.clock_stuck = (
+                f"own clock {off_band_ms(self._wall, band):+d} ms off the median of {count} "
+                "members' clocks: not proposing, and no member whose clock agrees to hand "
+                "leadership to"
+            )
             return
+        self.clock_stuck = ""
         target = max(agree, key=lambda p: (self._progress[p].match, -p))
         if self.transfer_leadership(target) is not None:
             return

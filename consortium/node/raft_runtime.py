@@ -82,6 +82,7 @@ class RaftMember(Node):
         self._pending_reads: dict[int, _PendingRead] = {}
         self._leader_logged: tuple[int, int | None] = (self.core.term, self.core.leader)
         self._clock_handoffs_logged = 0
+        self._clock_stuck_logged = ""
 
     # --- events -------------------------------------------------------------------------------
 
@@ -264,6 +265,10 @@ class RaftMember(Node):
             for line in list(core.clock_handoffs)[-new:]:
                 self.log.warning("clock: %s", line)
             self._clock_handoffs_logged = core.clock_handoff_count
+        if core.clock_stuck != self._clock_stuck_logged:
+            self._clock_stuck_logged = core.clock_stuck
+            if core.clock_stuck:
+                self.log.warning("clock: term %d: %s", core.term, core.clock_stuck)
         state = (core.term, core.leader)
         if state == self._leader_logged:
             return

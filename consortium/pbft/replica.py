@@ -122,7 +122,7 @@ from consortium.crypto.hashing import sha256
 from consortium.crypto.signing import Domain, Signer, Verifier
 from consortium.ledger.block import batch_digest
 from consortium.ledger.certificates import CheckpointCertificate, CommitCertificate, SignedVote
-from consortium.ledger.clock import ClockOffset
+from consortium.ledger.clock import OFFSET_SAMPLES_MAX, ClockOffset
 from consortium.ledger.genesis import Genesis, Params
 from consortium.ledger.tx import Transaction
 from consortium.pbft import records
@@ -1653,6 +1653,7 @@ class PbftReplica:
         assert len(self._fetched) <= self.params.window
         assert len(self._committed_digests) <= self.params.window
         assert len(self._vcs) <= self.n
+        assert len(self.clock) <= OFFSET_SAMPLES_MAX
         assert self.active or self._own_vc is not None
 
     def check_invariants(self) -> None:

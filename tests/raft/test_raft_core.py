@@ -476,6 +476,7 @@ def test_with_two_clocks_that_disagree_the_leader_cannot_tell_which_is_wrong_and
     assert waiting.startswith("own clock +600") and waiting.endswith(
         " ms off the median of 2 members' clocks: not proposing"
     )
+    assert n1.clock_stuck.endswith("no member whose clock agrees to hand leadership to")
 
 
 # --- ReadIndex ----------------------------------------------------------------------------------
