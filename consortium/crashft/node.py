@@ -458,9 +458,8 @@ class RaftNode:
         self.clock_handoffs: deque[str] = deque(maxlen=8)
         self.clock_handoff_count = 0
         self._clock_handoff_to: int | None = None
-        self.clock_stuck = (
-            ""  # as leader: why our clock keeps us from proposing, with no one to hand to
-        )
+        # As leader: why our clock keeps us from proposing, with no one to hand leadership to.
+        self.clock_stuck = ""
 
     # --- derived -----------------------------------------------------------------------------
 

@@ -193,7 +193,7 @@ class Node:
         self._rejections_due_s = 0.0
         self._rejections_seen: Counter[str] = Counter()
         # The network's agreed time: the last executed block's time, and our monotonic clock
-        # (trio, seconds) when it executed here; None until the first read (expiry_now_ms).
+        # (trio, seconds) when it executed here (our start, for the head we open with).
         self._agreed_ms = self.store.head.timestamp_ms
         self._agreed_at_s: float | None = None
         self._clock_logged = False  # the core said our clock disagrees (logged once)
@@ -256,6 +256,8 @@ class Node:
                 if self.http_listen is not None:
                     self.http = HttpServer(self.http_routes(), self.http_listen, log=self.log)
                     self.http_port = await nursery.start(self.http.run)
+                if self._agreed_at_s is None:
+                    self._agreed_at_s = trio.current_time()  # the head's time, as of our start
                 nursery.start_soon(self._pump)
                 nursery.start_soon(self._core_loop)
                 if self.test_partition_file is not None:
