@@ -921,7 +921,8 @@ class Node:
                     conn.push_receipt(first)
         self._forget_expired_watches(block.header.timestamp_ms)
         self._forget_aged_id_watches(time.monotonic())
-        self._agreed_ms, self._agreed_at_s = block.header.timestamp_ms, trio.current_time()
+        # (The core loop's last tick: this block executed within it; None before the first.)
+        self._agreed_ms, self._agreed_at_s = block.header.timestamp_ms, self._last_tick_s
         for hook in self._on_block:
             hook(block)
 
