@@ -295,6 +295,14 @@ def node_start(
             help="TESTS ONLY: drop all traffic with the members named in this file.",
         ),
     ] = None,
+    test_clock_offset_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--test-clock-offset-file",
+            hidden=True,
+            help="TESTS ONLY: add the milliseconds in this file to the wall clock (re-read).",
+        ),
+    ] = None,
 ) -> None:
     """Run one member from its home directory (config/node.toml, node_key.pem, genesis.json)."""
     from consortium.node.runtime import TEST_BYZANTINE_MODES
@@ -323,6 +331,7 @@ def node_start(
             log=log,
             test_byzantine=test_byzantine,
             test_partition_file=test_partition_file,
+            test_clock_offset_file=test_clock_offset_file,
         )
         if test_byzantine is not None:
             log.warning("TEST MODE: this member misbehaves as primary (%s)", test_byzantine)

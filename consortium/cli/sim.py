@@ -1,7 +1,7 @@
 """`consortium sim`: run seeded simulations of unmodified PBFT cores (or, with --mode raft,
 Raft cores) from the command line, with chosen network faults, crashes, partitions and
-Byzantine behaviours (raft: fault mixes); print a summary; and replay one seed with a readable
-trace."""
+Byzantine behaviours (raft: fault mixes), or a member's clock wrong (--clock, both modes);
+print a summary; and replay one seed with a readable trace."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import typer
 
 from consortium.node.sim.byzantine import BEHAVIOURS
 from consortium.node.sim.checkers import LivenessViolation, SafetyViolation
+from consortium.node.sim.clock_scenarios import CLOCK_MIXES, plan, run_clock
 from consortium.node.sim.raft_scenarios import RAFT_MIXES, run_raft
 from consortium.node.sim.scenarios import FAULTS, Outcome, Scenario, run_seed
 
@@ -63,8 +64,18 @@ def sim(
         int | None, typer.Option(help="Replay this one seed and print its trace.")
     ] = None,
     trace_lines: Annotated[int, typer.Option(help="Stop the trace after this many lines.")] = 400,
+    clock: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Clock mix (repeatable, or 'all'): one member's clock wrong or jumping; "
+            f"pbft {', '.join(CLOCK_MIXES['pbft'])}; raft {', '.join(CLOCK_MIXES['raft'])}."
+        ),
+    ] = None,
 ) -> None:
     """Seeded simulations: safety checked after every step, liveness after healing."""
+    if clock:
+        _clock(mode, n, seeds, txs, clock, trace, trace_lines)
+        return
     if mode == "raft":
         _raft(n or 3, seeds, txs, mix, trace, trace_lines)
         return
@@ -197,6 +208,74 @@ def _raft_one(seed: int, n: int, mix: str, txs: int, emit: Callable[[str], None]
     """'' when the run passed, else 'safety: ...' or 'liveness: ...'."""
     try:
         run_raft(seed, n, mix, txs=txs, trace=emit)
+    except SafetyViolation as exc:
+        return f"safety: {exc}"
+    except LivenessViolation as exc:
+        return f"liveness: {exc}"
+    except Exception as exc:  # a crash of the core is a failure to report, not to hide
+        return f"error: {type(exc).__name__}: {exc}"
+    return ""
+
+
+def _clock(
+    mode: str,
+    n: int | None,
+    seeds: str,
+    txs: int,
+    mixes: list[str],
+    trace: int | None,
+    trace_lines: int,
+) -> None:
+    """The clock mixes (node/sim/clock_scenarios.py) of one mode."""
+    if mode not in CLOCK_MIXES:
+        raise typer.BadParameter("pbft or raft", param_hint="--mode")
+    known = CLOCK_MIXES[mode]
+    names = list(known) if mixes == ["all"] else list(mixes)
+    unknown = [x for x in names if x not in known]
+    if unknown:
+        raise typer.BadParameter(
+            f"{unknown[0]!r}: {mode} has {', '.join(known)} or all", param_hint="--clock"
+        )
+    members = n or (4 if mode == "pbft" else 3)
+    if mode == "pbft" and members < 4:
+        raise typer.BadParameter("pbft needs n >= 4", param_hint="--n")
+    if trace is not None:
+        failure = _clock_one(trace, names[0], members, txs, _trace_printer(trace_lines))
+        variant = plan(names[0], trace).variant
+        typer.echo(f"seed {trace} ({names[0]}: {variant}, n={members}): {failure or 'ok'}")
+        raise typer.Exit(EXIT_FAILED if failure else 0)
+    chosen = parse_seeds(seeds)
+    typer.echo(
+        f"{'clock mix':<14} {'seeds':>6} {'ok':>6} {'safety':>7} {'liveness':>9} {'wall s':>7}"
+    )
+    failed: list[tuple[str, int, str]] = []
+    for name in names:
+        started = time.monotonic()
+        bad = [(seed, _clock_one(seed, name, members, txs, None)) for seed in chosen]
+        bad = [(seed, why) for seed, why in bad if why]
+        failed += [(name, seed, why) for seed, why in bad]
+        typer.echo(
+            f"{name:<14} {len(chosen):>6} {len(chosen) - len(bad):>6} "
+            f"{sum(why.startswith('safety') for _, why in bad):>7} "
+            f"{sum(not why.startswith('safety') for _, why in bad):>9} "
+            f"{time.monotonic() - started:>7.1f}"
+        )
+    for name, seed, why in failed[:10]:
+        typer.echo(f"FAILED {name} ({plan(name, seed).variant}) seed {seed}: {why}")
+    if failed:
+        name, seed, _ = failed[0]
+        typer.echo(
+            f"replay: consortium sim --mode {mode} --n {members} --txs {txs} --clock {name} "
+            f"--trace {seed}"
+        )
+        raise typer.Exit(EXIT_FAILED)
+
+
+def _clock_one(seed: int, mix: str, n: int, txs: int, emit: Callable[[str], None] | None) -> str:
+    """'' when the run passed, else 'safety: ...' (a clock violation among them) or
+    'liveness: ...'."""
+    try:
+        run_clock(seed, mix, n, txs=txs, trace=emit)
     except SafetyViolation as exc:
         return f"safety: {exc}"
     except LivenessViolation as exc:

@@ -11,11 +11,14 @@ canonical msgpack array naming its kind first:
     VOTE          ["vote", term, last_index, last_term, prevote, transfer]
     VOTE-REPLY    ["vote_reply", term, granted, prevote]
     APPEND        ["append", term, prev_index, prev_term, commit, [entry, ...]]
-    APPEND-REPLY  ["append_reply", term, success, index, hint]
+    APPEND-REPLY  ["append_reply", term, success, index, hint, wall_ms]
                   success: index is the follower's match; else index is the rejected
-                  prev_index and hint the follower's last index (to skip back quickly)
+                  prev_index and hint the follower's last index (to skip back quickly);
+                  wall_ms the sender's wall clock as it sent the reply
     HEARTBEAT     ["heartbeat", term, commit, ctx]     commit = min(follower's match, commit)
-    HEARTBEAT-R   ["heartbeat_reply", term, ctx]       ctx confirms leadership for ReadIndex
+    HEARTBEAT-R   ["heartbeat_reply", term, ctx, wall_ms]   ctx confirms leadership for
+                  ReadIndex; wall_ms as in APPEND-REPLY (the leader proposes only while its
+                  own clock agrees with a majority's: crashft/node.py)
     SNAPSHOT      ["snapshot", term, index, term_at_index, height, block_hash]
                   "entries up to index are compacted: fetch blocks up to height"
     FETCH         ["fetch", term, from_height, to_height]
@@ -157,6 +160,7 @@ class AppendReply:
     success: bool
     index: int
     hint: int
+    wall_ms: int  # the follower's wall clock when it answered
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +174,7 @@ class Heartbeat:
 class HeartbeatReply:
     term: int
     ctx: int
+    wall_ms: int  # the follower's wall clock when it answered
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,11 +285,11 @@ def encode(msg: Message) -> bytes:
                 ]
             )
         case AppendReply():
-            return pack(["append_reply", msg.term, msg.success, msg.index, msg.hint])
+            return pack(["append_reply", msg.term, msg.success, msg.index, msg.hint, msg.wall_ms])
         case Heartbeat():
             return pack(["heartbeat", msg.term, msg.commit, msg.ctx])
         case HeartbeatReply():
-            return pack(["heartbeat_reply", msg.term, msg.ctx])
+            return pack(["heartbeat_reply", msg.term, msg.ctx, msg.wall_ms])
         case Snapshot():
             return pack(
                 ["snapshot", msg.term, msg.index, msg.index_term, msg.height, msg.block_hash]
@@ -312,9 +317,9 @@ _SHAPES = {
     "vote": 6,
     "vote_reply": 4,
     "append": 6,
-    "append_reply": 5,
+    "append_reply": 6,
     "heartbeat": 4,
-    "heartbeat_reply": 3,
+    "heartbeat_reply": 4,
     "snapshot": 6,
     "fetch": 4,
     "blocks": 3,
@@ -375,11 +380,14 @@ def decode(frame: bytes, params: Params) -> Message:
                 as_bool(a[2], "success"),
                 as_int(a[3], "index"),
                 as_int(a[4], "hint"),
+                as_int(a[5], "wall_ms"),
             )
         case "heartbeat":
             return Heartbeat(as_int(a[1], "term"), as_int(a[2], "commit"), as_int(a[3], "ctx"))
         case "heartbeat_reply":
-            return HeartbeatReply(as_int(a[1], "term"), as_int(a[2], "ctx"))
+            return HeartbeatReply(
+                as_int(a[1], "term"), as_int(a[2], "ctx"), as_int(a[3], "wall_ms")
+            )
         case "snapshot":
             return Snapshot(
                 as_int(a[1], "term"),

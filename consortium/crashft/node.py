@@ -72,6 +72,23 @@ only if its log ends at that entry and the entry arrived at most E/4 before on i
 TimeoutNow cannot be recalled: so it is honoured only while the leader still waits for it, and
 a copy delayed past the abandonment deposes nobody.
 
+Clocks (deviation from the paper, which has no block time). A batch entry carries the leader's
+wall clock, which becomes the block's time (max of it and the previous block's). Followers
+never refuse an entry for its time: that would stall commits while heartbeats keep the leader in
+office. Instead every APPEND-REPLY and HEARTBEAT-REPLY carries the follower's wall clock; the
+leader keeps the last one per follower with the monotonic time it arrived, and before each
+batch takes the clocks heard within E, its own included, each advanced by the monotonic time
+since (so a jump of its own wall clock shows at once, and a stale sample ages out). It proposes
+only while its own clock is within params.timestamp_skew_ms of the median of those clocks
+(both middle ones for an even count), and only once it holds a majority of them: a new leader
+waits for its first replies (its no-op makes no block and goes at once). A leader whose clock
+is off hands leadership (the transfer path: _transferee, TimeoutNow) to the most caught-up
+member that answered within E and whose clock agrees, and meanwhile proposes nothing; with no
+such member it stays and says why in status. So no one clock moves block time by more than
+the skew, while a majority's clocks agree (a wrong clock counts as a failure for liveness,
+never for safety). As follower, a member measures its own clock against the fresh entries of
+its leader (ledger/clock.py) and says in status when it is off.
+
 Clients may contact any node: a follower forwards transactions to the leader and forwards them
 again if they are not committed within 2E or the leader changes; clients retransmit too, and
 the ledger's replay protection makes a transaction execute at most once.
@@ -125,6 +142,7 @@ from consortium.crypto.codec import (
 from consortium.crypto.hashing import sha256
 from consortium.crypto.signing import Domain, Signer
 from consortium.ledger.certificates import raft_entry_body
+from consortium.ledger.clock import ClockOffset, median_band, off_band_ms
 from consortium.ledger.genesis import Genesis, Params
 from consortium.ledger.tx import Transaction
 
@@ -366,6 +384,9 @@ class Progress:
     last_progress_ms: int = 0
     read_ctx: int = 0  # highest heartbeat context it echoed this term
     heard_ms: int | None = None  # its last append or heartbeat reply this term
+    # Its wall clock in its last reply (which came at heard_ms, our monotonic clock): its clock
+    # now is wall_ms + (now - heard_ms), whatever our own wall clock does.
+    wall_ms: int | None = None
 
 
 @dataclass(slots=True)
@@ -525,6 +546,15 @@ class RaftNode:
             else None
         )
         self._query_answered_ms = [_LONG_AGO] * self.n
+        # Clocks. As follower: ours against the times our leader stamped (ledger/clock.py).
+        # As leader: ours against the median of a majority's (_clock_band); the hand-offs a
+        # disagreement caused, for the log (bounded).
+        self.clock = ClockOffset(2 * config.params.timestamp_skew_ms)
+        self.clock_handoffs: deque[str] = deque(maxlen=8)
+        self.clock_handoff_count = 0
+        self._clock_handoff_to: int | None = None
+        # As leader: why our clock keeps us from proposing, with no one to hand leadership to.
+        self.clock_stuck = ""
 
     # --- derived -----------------------------------------------------------------------------
 
@@ -602,6 +632,9 @@ class RaftNode:
                 + ")"
             )
             self._transferee = None
+        if self._transferee is None:
+            self._clock_handoff_to = None
+            self._maybe_hand_off_for_clock()
         for p in self._others():
             pr = self._progress[p]
             if pr.state == SNAPSHOT and self._now - pr.snapshot_sent_ms >= cfg.election_ms:
@@ -701,7 +734,7 @@ class RaftNode:
                 self.config.pre_vote or self.config.check_quorum
             ):
                 # A stale leader (or one that missed our term bump): tell it our term.
-                self._send(sender, m.AppendReply(self.term, False, 0, 0))
+                self._send(sender, m.AppendReply(self.term, False, 0, 0, self._wall_out))
             elif isinstance(msg, m.Vote) and msg.prevote:
                 self._send(sender, m.VoteReply(self.term, False, True))
             self.rejected["stale_term"] += 1
@@ -732,6 +765,7 @@ class RaftNode:
     def _stop_leading(self) -> None:
         self._progress.clear()
         self._transferee = None
+        self.clock_stuck = ""
         for r in self._reads:
             self._fail_read(r.requester, r.read_id, "leadership lost")
         for requester, read_id in self._reads_unready:
@@ -945,7 +979,7 @@ class RaftNode:
             return
         pr = self._progress[sender]
         pr.recent_active = True
-        pr.heard_ms = self._now
+        pr.heard_ms, pr.wall_ms = self._now, msg.wall_ms
         if msg.success:
             if msg.index > self.log.last_index:
                 self.rejected["append_reply_beyond_log"] += 1
@@ -1023,7 +1057,7 @@ class RaftNode:
             return
         pr = self._progress[sender]
         pr.recent_active = True
-        pr.heard_ms = self._now
+        pr.heard_ms, pr.wall_ms = self._now, msg.wall_ms
         if msg.ctx > pr.read_ctx:
             pr.read_ctx = min(msg.ctx, self._read_ctx)
             self._release_reads()
@@ -1058,7 +1092,7 @@ class RaftNode:
             # Everything up to our commit index is committed and so identical: skip it.
             skip = self.commit - prev
             if skip >= len(entries):
-                self._send(sender, m.AppendReply(self.term, True, self.commit, 0))
+                self._send(sender, m.AppendReply(self.term, True, self.commit, 0, self._wall_out))
                 return
             entries = entries[skip:]
             prev = self.commit
@@ -1076,9 +1110,17 @@ class RaftNode:
                     if t is None or t <= prev_term:
                         break
                     hint -= 1
-            self._send(sender, m.AppendReply(self.term, False, msg.prev_index, hint))
+            self._send(
+                sender, m.AppendReply(self.term, False, msg.prev_index, hint, self._wall_out)
+            )
             self.rejected["append_mismatch"] += 1
             return
+        fresh = [e for e in entries if e.index > msg.commit and not e.is_noop]
+        if fresh and fresh[-1].index > self.log.last_index:
+            # A batch not yet committed when the leader sent it, new to us: stamped recently
+            # by a leader whose clock agreed with a majority's, so how far ours is from it
+            # tells whether ours is off (ledger/clock.py; late or re-sent entries excluded).
+            self.clock.add(self._wall - fresh[-1].proposed_ms)
         changed = self.log.merge(prev, entries)
         if changed is not None:
             if changed <= self.commit:
@@ -1089,13 +1131,13 @@ class RaftNode:
         last = (self.log.last_index, self.log.last_term)
         if last != self._last_entry:
             self._last_entry, self._last_entry_ms = last, self._now
-        self._send(sender, m.AppendReply(self.term, True, last_new, 0))
+        self._send(sender, m.AppendReply(self.term, True, last_new, 0, self._wall_out))
 
     def _on_heartbeat(self, sender: int, msg: m.Heartbeat) -> None:
         self._heard_from_leader(sender)
         self.leader_commit = max(self.leader_commit, msg.commit)  # (status only)
         self.commit = max(self.commit, min(msg.commit, self.log.last_index))
-        self._send(sender, m.HeartbeatReply(self.term, msg.ctx))
+        self._send(sender, m.HeartbeatReply(self.term, msg.ctx, self._wall_out))
 
     def _mark_dirty(self, index: int) -> None:
         """The log changed from `index` on: those entries are to be written, so not durable."""
@@ -1108,11 +1150,11 @@ class RaftNode:
     def _on_snapshot(self, sender: int, msg: m.Snapshot) -> None:
         self._heard_from_leader(sender)
         if msg.index <= self.commit:
-            self._send(sender, m.AppendReply(self.term, True, self.commit, 0))
+            self._send(sender, m.AppendReply(self.term, True, self.commit, 0, self._wall_out))
             return
         if self.log.term_at(msg.index) == msg.index_term:
             self.commit = msg.index  # we hold it: fast-forward
-            self._send(sender, m.AppendReply(self.term, True, msg.index, 0))
+            self._send(sender, m.AppendReply(self.term, True, msg.index, 0, self._wall_out))
             return
         if msg.height < self.height:
             self.rejected["snapshot_below_ledger"] += 1
@@ -1218,7 +1260,7 @@ class RaftNode:
         self._snap_dirty = True
         self.applied = max(self.applied, inst.index)
         self.commit = max(self.commit, inst.index)
-        self._send(inst.leader, m.AppendReply(self.term, True, inst.index, 0))
+        self._send(inst.leader, m.AppendReply(self.term, True, inst.index, 0, self._wall_out))
 
     # --- transactions -------------------------------------------------------------------------
 
@@ -1279,6 +1321,8 @@ class RaftNode:
         params = cfg.params
         if self.role != LEADER or self._transferee is not None:
             return
+        if self._pool and not self._clock_agrees():
+            return  # block time is our clock: not while it is off the majority's (or unknown)
         while self._pool and self.log.last_index - self.commit < cfg.uncommitted_max:
             idle = self.log.last_index == self.commit
             oldest = next(iter(self._pool.values()))
@@ -1321,6 +1365,113 @@ class RaftNode:
             self.log.append(entry)
             self._mark_dirty(index)
             self._uncommitted_ids.update(t.id for t in txs)
+
+    # --- clocks -------------------------------------------------------------------------------
+
+    @property
+    def _wall_out(self) -> int:
+        """Our wall clock for a reply (never negative on the wire)."""
+        return max(0, self._wall)
+
+    def _clock_band(self) -> tuple[tuple[int, int], int] | None:
+        """The median band (ledger/clock.py) of the clocks of the members heard within an
+        election timeout, ours included, each follower's advanced by our monotonic clock since
+        its reply arrived (so a jump of our own wall clock shows at once), and how many there
+        are; None while fewer than a majority."""
+        clocks = [self._wall]
+        for p in self._others():
+            clock = self._peer_clock(p)
+            if clock is not None:
+                clocks.append(clock)
+        if len(clocks) < self.majority:
+            return None
+        return median_band(clocks), len(clocks)
+
+    def _peer_clock(self, peer: int) -> int | None:
+        """`peer`'s wall clock now, from its last reply if that came within an election
+        timeout: what it said, advanced by our monotonic clock since (not our wall clock)."""
+        pr = self._progress[peer]
+        if pr.wall_ms is None or pr.heard_ms is None:
+            return None
+        if self._now - pr.heard_ms >= self.config.election_ms:
+            return None
+        return pr.wall_ms + (self._now - pr.heard_ms)
+
+    def _agrees(self, clock_ms: int, band: tuple[int, int]) -> bool:
+        skew = self.config.params.timestamp_skew_ms
+        return abs(clock_ms - band[0]) <= skew and abs(clock_ms - band[1]) <= skew
+
+    def _clock_agrees(self) -> bool:
+        """Whether we may stamp a batch: our clock within timestamp_skew_ms of the median of a
+        majority's. Followers never refuse an entry for its time (that would stall commits
+        while heartbeats keep us in office), so this is the only check; a new leader waits
+        for its first replies (its no-op makes no block and goes at once)."""
+        known = self._clock_band()
+        return known is not None and self._agrees(self._wall, known[0])
+
+    def _maybe_hand_off_for_clock(self) -> None:
+        """Our clock is off the majority's: hand leadership (the transfer path, TimeoutNow) to
+        the most caught-up member whose clock agrees and that answered within an election
+        timeout; none such, we stay and propose nothing (status says why)."""
+        known = self._clock_band()
+        if known is None or self._agrees(self._wall, known[0]):
+            self.clock_stuck = ""
+            return
+        band, count = known
+        agree = [
+            p
+            for p in self._others()
+            if self._progress[p].recent_active
+            and (clock := self._peer_clock(p)) is not None
+            and self._agrees(clock, band)
+        ]
+        if not agree:
+            self.clock_stuck = (
+                f"own clock {off_band_ms(self._wall, band):+d} ms off the median of {count} "
+                "members' clocks: not proposing, and no member whose clock agrees to hand "
+                "leadership to"
+            )
+            return
+        self.clock_stuck = ""
+        target = max(agree, key=lambda p: (self._progress[p].match, -p))
+        self._start_transfer(target)  # (no operator's limits: this is the leader's own step)
+        self._clock_handoff_to = target
+        self.clock_handoff_count += 1
+        off_ms = off_band_ms(self._wall, band)
+        self.clock_handoffs.append(
+            f"term {self.term}: own clock {off_ms:+d} ms off the median of {count} members' "
+            f"clocks (timestamp_skew_ms {self.config.params.timestamp_skew_ms}): handing "
+            f"leadership to member {target}"
+        )
+
+    def _clock_status(self) -> dict[str, Any]:
+        if self.role != LEADER:
+            return self.clock.status("entries its leader proposed")
+        known = self._clock_band()
+        skew = self.config.params.timestamp_skew_ms
+        if known is None:
+            heard = 1 + sum(1 for p in self._others() if self._peer_clock(p) is not None)
+            return {
+                "offset_ms": None,
+                "samples": heard,
+                "needed": self.majority,
+                "limit_ms": skew,
+                "disagrees": False,
+                "basis": "members' clocks",
+                "handing_to": None,
+            }
+        band, count = known
+        return {
+            "offset_ms": off_band_ms(self._wall, band),
+            "samples": count,
+            "needed": self.majority,
+            "limit_ms": skew,
+            "disagrees": not self._agrees(self._wall, band),
+            "basis": "members' clocks",
+            "handing_to": self._clock_handoff_to
+            if self._clock_handoff_to == self._transferee
+            else None,
+        }
 
     # --- reads --------------------------------------------------------------------------------
 
@@ -1722,6 +1873,9 @@ class RaftNode:
             "unresponsive": [p for p in self._others() if not self._progress[p].recent_active]
             if self.role == LEADER
             else [],
+            "clock": self._clock_status(),
+            "clock_handoffs": list(self.clock_handoffs),
+            "clock_handoff_count": self.clock_handoff_count,
             "waiting_for": self._waiting_for(),
         }
 
@@ -1763,4 +1917,16 @@ class RaftNode:
                 return f"committing the first entry of term {self.term}"
             if self._transferee is not None:
                 return f"transferring leadership to member {self._transferee}"
+            if self._pool:
+                clock = self._clock_status()
+                if clock["offset_ms"] is None:
+                    return (
+                        f"clocks of a majority before proposing: {clock['samples']} of "
+                        f"{self.majority} heard"
+                    )
+                if clock["disagrees"]:
+                    return (
+                        f"own clock {clock['offset_ms']:+d} ms off the median of "
+                        f"{clock['samples']} members' clocks: not proposing"
+                    )
         return ""

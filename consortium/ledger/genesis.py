@@ -70,6 +70,16 @@ class Params:
             )
         if self.tx_bytes_max * 2 > self.frame_bytes_max:
             raise GenesisError(f"{where}: params.frame_bytes_max must be at least 2x tx_bytes_max")
+        # Clocks. Block time may run up to timestamp_skew_ms ahead of or behind the members'
+        # clocks (a proposer at the edge of the skew check, or one whose batches stop being
+        # prepared), so a transaction's expiry is judged against a time that far off, on
+        # either side: a ttl of at least 4 x skew leaves a client at least half of it.
+        if self.timestamp_skew_ms * 4 > self.tx_ttl_max_ms:
+            raise GenesisError(
+                f"{where}: params.timestamp_skew_ms ({self.timestamp_skew_ms}) must be at most "
+                f"params.tx_ttl_max_ms / 4 ({self.tx_ttl_max_ms // 4}): lower timestamp_skew_ms "
+                "or raise tx_ttl_max_ms"
+            )
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,9 +18,10 @@ How it decides, in pbft mode (n = 3f+1, up to f members may lie):
   ("ok") or was deterministically rejected at execution (e.g. a compare-and-set mismatch).
 - "rejected" needs f+1 members agreeing on the same rejection at submit, and only for reasons
   every member decides alike from the bytes (bad_signature, wrong_chain, malformed).
-  "expired" (each member's clock), "overloaded" and "unknown_client" (judged against the
-  member's state at its height: a member that has not executed the block admitting the key
-  yet says unknown_client while the others commit the transaction) are never final: the
+  "expired" (the earlier of each member's clock and its network's time), "overloaded" and
+  "unknown_client" (judged against the member's state at its height: a member that has not
+  executed the block admitting the key yet says unknown_client while the others commit the
+  transaction) are never final: the
   transaction may still commit. The last of them is shown in a pending outcome's reason
   ("members report unknown_client") so the user sees why it does not commit.
 - A timeout ends in "pending", never an ambiguous failure: the transaction may still commit.

@@ -10,13 +10,14 @@ GET /status:
     behind by 1,200 blocks, catching up from n2
     no quorum: n3 and n4 unreachable
     no leader: election in progress (term 7): 1 of 2 votes
+    clock: this member's clock is 600.0 s ahead of the batches a quorum committed (...)
     n=4 f=1: 3 of 4 up, tolerates 0 more                     (the fault budget)
 
 A member is READY (GET /readyz answers 200) exactly when `blockers()` is empty: it reaches a
 quorum, is not recovering from a restored backup or lost state, is not in a view change or
-election, is not far behind and has not stalled with work pending. `waiting_for` is finer
-detail (the next message a slot needs), shown but not blocking: it changes every few
-milliseconds on a healthy node.
+election, is not far behind, its clock agrees with the network's time and it has not stalled
+with work pending. `waiting_for` is finer detail (the next message a slot needs), shown but not
+blocking: it changes every few milliseconds on a healthy node.
 
 Pure functions of their inputs, so the words are unit-tested against the cores' harnesses.
 """
@@ -129,6 +130,7 @@ def blockers(
         reasons += _pbft_blockers(core, names, me, down, behind_blocks_max)
     else:
         reasons += _raft_blockers(core, names, quorum, down, up >= quorum, behind_blocks_max)
+    reasons += clock_blockers(mode, core, names)
     if stalled_s is not None and not reasons:
         detail = name_members(str(core.get("waiting_for") or ""), names)
         pending = int(core.get("pending_txs") or 0)
@@ -174,6 +176,39 @@ def _recovering(mode: str, rec: dict[str, Any]) -> str:
         f"{head}: in term {term}, waiting to commit an entry of this term from the leader; "
         f"until then {until}"
     )
+
+
+def clock_blockers(mode: str, core: dict[str, Any], names: Sequence[str]) -> list[str]:
+    """This member's clock, when the core found it off the network's time (ledger/clock.py):
+    pbft, and a raft follower, measure it against batches a quorum accepted; a raft leader
+    against the median of a majority's clocks, and proposes nothing meanwhile."""
+    clock = core.get("clock") or {}
+    if not clock.get("disagrees") or clock.get("offset_ms") is None:
+        return []
+    offset_ms, limit_ms = int(clock["offset_ms"]), int(clock["limit_ms"])
+    side = "ahead of" if offset_ms > 0 else "behind"
+    head = f"clock: this member's clock is {abs(offset_ms) / 1000:,.1f} s {side}"
+    limit = f"more than {limit_ms / 1000:,.1f} s"
+    if mode == "pbft":
+        return [
+            f"{head} the batches a quorum committed ({limit}): its PREPAREs are withheld; "
+            "fix its time source"
+        ]
+    if core.get("role") == "leader":
+        to = clock.get("handing_to")
+        then = (
+            f"handing leadership to {names[int(to)]}"
+            if to is not None and 0 <= int(to) < len(names)
+            else "no member whose clock agrees to hand leadership to"
+        )
+        return [
+            f"{head} the median of {int(clock['samples'])} members' clocks ({limit}): "
+            f"not proposing; {then}"
+        ]
+    return [
+        f"{head} the entries its leader proposed ({limit}): as leader it would hand "
+        "leadership away; fix its time source"
+    ]
 
 
 def _pbft_blockers(

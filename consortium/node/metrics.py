@@ -316,6 +316,26 @@ def prometheus_text(node: Node, status: dict[str, Any] | None = None) -> str:
         "Frames for the peer dropped (not connected, queue full, lost on disconnect).",
         [({"peer": str(p["name"])}, int(str(p["frames_dropped"]))) for p in peers],
     )
+    clock = status.get("clock") or {}
+    offset_ms = clock.get("offset_ms")
+    out.gauge(
+        "consortium_clock_offset_seconds",
+        "This member's wall clock minus the network's time (pbft, raft follower: the proposed "
+        "times of batches a quorum accepted, median of the last 16; raft leader: the median "
+        "clock of a majority); NaN until measured.",
+        math.nan if offset_ms is None else int(offset_ms) / 1000,
+    )
+    out.gauge(
+        "consortium_clock_disagrees",
+        "1 while this member's clock is off the network's time by more than the limit "
+        "(pbft, raft follower: 2 x timestamp_skew_ms; raft leader: timestamp_skew_ms).",
+        1 if clock.get("disagrees") else 0,
+    )
+    out.counter(
+        "consortium_clock_handoffs_total",
+        "raft: leadership handed away because this member's clock was off the majority's.",
+        int(status["core"].get("clock_handoff_count") or 0),
+    )
     out.counter("consortium_process_cpu_seconds_total", "User and system CPU time.", doc["cpu_s"])
     out.gauge("consortium_uptime_seconds", "Seconds since the member started.", doc["uptime_s"])
     return out.text()

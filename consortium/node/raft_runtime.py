@@ -92,6 +92,8 @@ class RaftMember(Node):
         self._leader_logged: tuple[int, int | None] = (self.core.term, self.core.leader)
         self._transfers_done: dict[bytes, None] = {}  # signed bodies carried out this term
         self._transfers_term = self.core.term
+        self._clock_handoffs_logged = 0
+        self._clock_stuck_logged = ""
 
     def _executed(self, tx_ids: list[bytes]) -> set[bytes]:
         """Which of a batch's ids our ledger executed, its last blocks written or not (the
@@ -298,6 +300,16 @@ class RaftMember(Node):
 
     def _log_leader(self) -> None:
         core = self.core
+        if core.clock_handoff_count != self._clock_handoffs_logged:
+            # A hand-off because our clock is off the majority's: what, to whom, and why.
+            new = core.clock_handoff_count - self._clock_handoffs_logged
+            for line in list(core.clock_handoffs)[-new:]:
+                self.log.warning("clock: %s", line)
+            self._clock_handoffs_logged = core.clock_handoff_count
+        if core.clock_stuck != self._clock_stuck_logged:
+            self._clock_stuck_logged = core.clock_stuck
+            if core.clock_stuck:
+                self.log.warning("clock: term %d: %s", core.term, core.clock_stuck)
         state = (core.term, core.leader)
         if state == self._leader_logged:
             return

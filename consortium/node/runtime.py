@@ -45,6 +45,7 @@ from consortium.ledger.certificates import (
     block_signature_body,
     decode_certificate,
 )
+from consortium.ledger.clock import expiry_now_ms
 from consortium.ledger.genesis import Genesis
 from consortium.ledger.state import Execution, build_block
 from consortium.ledger.store import RECOVERY_MARK_KEY, BlockStore, StoreError
@@ -133,6 +134,7 @@ class Node:
         http_listen: tuple[str, int] | None = None,
         test_byzantine: str | None = None,
         test_partition_file: Path | None = None,
+        test_clock_offset_file: Path | None = None,
     ) -> None:
         assert test_byzantine in (None, *TEST_BYZANTINE_MODES), test_byzantine
         member = genesis.member_by_key(keys.public)
@@ -140,6 +142,8 @@ class Node:
         self.config = config
         self.test_byzantine = test_byzantine
         self.test_partition_file = test_partition_file
+        self.test_clock_offset_file = test_clock_offset_file
+        self._test_clock_offset_ms = 0  # TESTS ONLY: added to every wall clock reading
         self.genesis = genesis
         self.chain_id = genesis.chain_id
         self.member = member
@@ -150,6 +154,8 @@ class Node:
         self.verifier = CountingVerifier(ed25519)  # protocol messages, on the core's thread
         self.log = log or logging.getLogger(f"consortium.node.{member.name}")
         self._ratelog = RateLimitedLog(self.log)
+        if test_clock_offset_file is not None and test_clock_offset_file.exists():
+            self._set_test_clock_offset(test_clock_offset_file.read_text())
         self.metrics = NodeMetrics(started_ms=int(time.time() * 1000))
         self.tx_cache = TxSignatureCache(ed25519)  # client signatures, counted there
 
@@ -198,6 +204,11 @@ class Node:
         self._moved_height = self.store.height
         self._rejections_due_s = 0.0
         self._rejections_seen: Counter[str] = Counter()
+        # The network's agreed time: the last executed block's time, and our monotonic clock
+        # (trio, seconds) when it executed here (our start, for the head we open with).
+        self._agreed_ms = self.store.head.timestamp_ms
+        self._agreed_at_s: float | None = None
+        self._clock_logged = False  # the core said our clock disagrees (logged once)
         self._events_send, self._events_recv = trio.open_memory_channel[tuple[str, Any, Any]](
             EVENTS_MAX
         )
@@ -261,10 +272,14 @@ class Node:
                 if self.http_listen is not None:
                     self.http = HttpServer(self.http_routes(), self.http_listen, log=self.log)
                     self.http_port = await nursery.start(self.http.run)
+                if self._agreed_at_s is None:
+                    self._agreed_at_s = trio.current_time()  # the head's time, as of our start
                 nursery.start_soon(self._pump)
                 nursery.start_soon(self._core_loop)
                 if self.test_partition_file is not None:
                     nursery.start_soon(self._watch_test_partition, self.test_partition_file)
+                if self.test_clock_offset_file is not None:
+                    nursery.start_soon(self._watch_test_clock_offset, self.test_clock_offset_file)
                 self.log.info(
                     "member %s (%d of %d) up: mode %s, height %d, peer port %d, client port %d%s",
                     self.member.name,
@@ -303,6 +318,31 @@ class Node:
                 )
                 self.peers.test_cut = cut
             await trio.sleep(0.05)
+
+    async def _watch_test_clock_offset(self, path: Path) -> None:
+        """TESTS ONLY (node start --test-clock-offset-file): every 50 ms, read how many ms (an
+        integer, negative for behind; a missing or empty file is 0) to add to this member's
+        wall clock, so a test can set a member's clock wrong, or make it jump, while it runs
+        (a test replaces the file by a rename, so no read sees it half written)."""
+        while True:
+            await trio.sleep(0.05)
+            await self._read_test_clock_offset(path)
+
+    async def _read_test_clock_offset(self, path: Path) -> None:
+        try:
+            text = await trio.Path(path).read_text()
+        except OSError:
+            text = ""
+        self._set_test_clock_offset(text)
+
+    def _set_test_clock_offset(self, text: str) -> None:
+        try:
+            offset_ms = int(text.strip() or 0)
+        except ValueError:
+            offset_ms = 0
+        if offset_ms != self._test_clock_offset_ms:
+            self.log.warning("TEST CLOCK: wall clock offset by %+d ms", offset_ms)
+            self._test_clock_offset_ms = offset_ms
 
     async def propose(self, txs: list[Transaction]) -> None:
         """Hand client transactions (signatures already verified) to the core task."""
@@ -351,7 +391,21 @@ class Node:
         return self.verifier.verify_ahead(key, Domain.PBFT, self.chain_id, pp.body, pp.signature)
 
     def _now(self) -> tuple[int, int]:
-        return int(trio.current_time() * 1000), int(time.time() * 1000)
+        return int(trio.current_time() * 1000), self.wall_ms()
+
+    def wall_ms(self) -> int:
+        """This member's wall clock (ms since the epoch): what its core stamps and checks."""
+        return int(time.time() * 1000) + self._test_clock_offset_ms
+
+    def expiry_now_ms(self) -> int:
+        """The time a submitted transaction's expiry is judged against (ledger/clock.py): the
+        earlier of our wall clock and the last block's time advanced by our monotonic clock
+        since it executed here, so our clock far ahead refuses no honest transaction."""
+        now_s = trio.current_time()
+        if self._agreed_at_s is None:
+            self._agreed_at_s = now_s
+        since_ms = int((now_s - self._agreed_at_s) * 1000)
+        return expiry_now_ms(self.wall_ms(), self._agreed_ms, since_ms)
 
     async def _core_loop(self) -> None:
         core = self.core
@@ -394,6 +448,7 @@ class Node:
     def _watch_progress(self, now_s: float) -> None:
         """Keep the stall clock (status: "no progress for X s") and, every few seconds, log
         what the core dropped from peers since the last summary."""
+        self._log_clock()
         height = self.store.height
         if self._moved_s is None or height != self._moved_height or self.core.pending_count == 0:
             self._moved_height = height
@@ -421,6 +476,24 @@ class Node:
                 ", ".join(f"{k} {v}" for k, v in sorted(benign.items())),
             )
 
+    def _log_clock(self) -> None:
+        """Say so, once, when the core finds this member's clock off the network's time (and
+        when it agrees again): the status shows it too (explain.py)."""
+        clock = self.core.clock
+        disagrees = clock.disagrees
+        if disagrees == self._clock_logged:
+            return
+        self._clock_logged = disagrees
+        if disagrees:
+            self.log.warning(
+                "this member's clock is %+.1f s off the time of the batches a quorum accepted "
+                "(more than %.1f s): fix its time source (NTP)",
+                (clock.offset_ms or 0) / 1000,
+                clock.limit_ms / 1000,
+            )
+        else:
+            self.log.warning("this member's clock agrees with the network's time again")
+
     def count_received(self, frame: bytes) -> None:
         kind = message_kind(frame)
         self.metrics.received_by_kind[kind] += 1
@@ -432,7 +505,7 @@ class Node:
         self.metrics.fsyncs += 1
         self.metrics.fsync_s.observe(self.store.last_commit_s)
         if blocks:
-            wall_ms = time.time() * 1000
+            wall_ms = self.wall_ms()
             for block, _, _ in blocks:
                 self.metrics.batch_txs.observe(len(block.txs))
                 self.metrics.commit_latency_s.observe(
@@ -894,6 +967,8 @@ class Node:
                     conn.push_receipt(first)
         self._forget_expired_watches(block.header.timestamp_ms)
         self._forget_aged_id_watches(time.monotonic())
+        # (The core loop's last tick: this block executed within it; None before the first.)
+        self._agreed_ms, self._agreed_at_s = block.header.timestamp_ms, self._last_tick_s
         for hook in self._on_block:
             hook(block)
 
@@ -986,6 +1061,8 @@ class Node:
             "ready": not reasons,
             "not_progressing_because": reasons,
             "waiting_for": name_members(str(core.get("waiting_for") or ""), names),
+            # Our clock against the network's time (ledger/clock.py); wall_ms what it reads.
+            "clock": {**(core.get("clock") or {}), "wall_ms": self.wall_ms()},
             "up": up,
             "reachable": f"{up} of {genesis.n} reachable",
             "fault_budget": fault_budget(genesis.n, genesis.f, genesis.quorum, up),

@@ -2,7 +2,10 @@
 
 submit   each transaction is checked before it reaches the core, cheapest check first, and
          rejected with a reason that changes nothing: malformed, wrong_chain, unknown_client,
-         expired, bad_signature. unknown_client is judged against the admitted clients at our
+         expired, bad_signature. expired is judged against the earlier of our wall clock and
+         the network's agreed time (Node.expiry_now_ms), so neither a clock of ours far ahead
+         nor a stale ledger refuses a transaction the network would still execute.
+         unknown_client is judged against the admitted clients at our
          head (application state, a dict lookup); a key whose admission is pending is refused
          with "unknown_client: admitted at height E" (not final: it will be admitted), and a
          client change (which a member may submit too) must carry a valid quorum of approvals:
@@ -29,7 +32,6 @@ follow   committed blocks from a height on, each with our block signature (api.p
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -363,7 +365,9 @@ class ClientService:
     async def _submit(self, conn: api.ClientConnection, request: api.SubmitRequest) -> None:
         node = self.node
         params = node.genesis.params
-        now_ms = int(time.time() * 1000)
+        # Not our wall clock alone: a member whose clock is far ahead refused every honest
+        # transaction as expired (Node.expiry_now_ms).
+        now_ms = node.expiry_now_ms()
         verdicts: list[list[Any]] = []
         candidates: list[tuple[int, Transaction]] = []
         decoded: list[Transaction | str] = []

@@ -52,6 +52,9 @@ class Slot:
     prepared: bool = False
     committed_local: bool = False
     prepare_withheld: bool = False  # the proposed timestamp was outside our skew
+    # Our wall clock when we accepted a fresh PRE-PREPARE from another member: once the batch
+    # commits, our clock's offset from a time a quorum accepted (ledger.clock.ClockOffset).
+    accepted_wall_ms: int | None = None
     reissued: PrePrepare | None = None  # a NEW-VIEW's PRE-PREPARE, waiting for its batch
     redo: bool = False  # re-issued by a NEW-VIEW at or below what we already committed
     certificate: CommitCertificate | None = None

@@ -19,9 +19,16 @@ at least one honest one; Q = 2f+1 when n = 3f+1):
       when it holds no other digest for (v, seq), the batch is within limits, every
       transaction is of this chain and client-signed (tx_ok), and the digest matches. Then it
       persists the PRE-PREPARE and its PREPARE and multicasts the PREPARE, unless the proposed
-      timestamp is further than timestamp_skew_ms from its clock: then it withholds its
-      PREPARE (counted, not evidence; the others may still prepare the batch). Only a timestamp
-      in the future counts: an old one is a retransmission.
+      timestamp is further than timestamp_skew_ms from its clock, before or after it: then it
+      withholds its PREPARE (counted, not evidence; the others may still prepare the batch,
+      and if they cannot, the batch costs a view change). So the time of every prepared batch
+      is within the skew of the clocks of f+1 honest backups, whoever proposed it, and block
+      time = max(proposed, previous) can be neither pushed ahead nor held back by more than
+      the skew. Live while Q members, among them the primary, have clocks within
+      timestamp_skew_ms - d of each other (d: a PRE-PREPARE's delay until a backup takes it);
+      a member whose clock is off counts as one of the f for liveness, never for safety.
+      Batches re-issued in a NEW-VIEW are exempt (their time was fixed in an earlier view).
+      Committed batches also give this member its own clock's offset (ledger/clock.py).
     prepared(seq)   the PRE-PREPARE plus Q-1 matching PREPAREs from distinct backups (the
       primary sends none): persist the prepared certificate and our COMMIT, multicast it.
     committed-local(seq)   prepared plus Q matching COMMITs from distinct members (ours
@@ -51,7 +58,8 @@ Every peer input is checked before it counts, and anything wrong is dropped and 
                        signed bodies are kept in `evidence` for the view-change issue
     batch_too_large, wrong_chain, digest_mismatch, bad_client_signature   an invalid batch;
                        stateless, so every honest replica decides alike; kept in `evidence`
-    timestamp_skew     our PREPARE was withheld (the PRE-PREPARE itself is accepted)
+    timestamp_skew     our PREPARE was withheld, the proposed time too far before or after our
+                       clock (the PRE-PREPARE itself is accepted)
     not_checkpoint_seq a CHECKPOINT for a sequence number that is not a multiple of K
     stale_checkpoint   a CHECKPOINT at or below our h: the sender lags, we answer it
     checkpoint_mismatch   a quorum certified a block hash other than ours (never adopted,
@@ -146,6 +154,7 @@ from consortium.ledger.certificates import (
     SignedVote,
     commit_body,
 )
+from consortium.ledger.clock import OFFSET_SAMPLES_MAX, ClockOffset
 from consortium.ledger.genesis import Genesis, Params
 from consortium.ledger.tx import Transaction
 from consortium.pbft import records
@@ -364,6 +373,7 @@ class PbftReplica:
         self._clock_known = False
         self._mono_ms = 0
         self._wall_ms = 0
+        self.clock = ClockOffset(2 * params.timestamp_skew_ms)  # ours against committed times
 
         # View change.
         self._prepared: dict[int, PreparedProof] = {}  # seq -> highest view's, batch attached
@@ -746,19 +756,14 @@ class PbftReplica:
         if pp.seq > self._last_committed:  # (a re-issued seq we committed is no work)
             self._pool.in_flight(pp.seq, pp.txs)
             self._work_started()
+        if not reissued and pp.sender != self.me and self._clock_known:
+            slot.accepted_wall_ms = self._wall_ms
         frame = encode(pp)
         self._persist(slot, "preprepare", frame)
         if pp.sender == self.me:
             slot.own_preprepare = frame
             self._send_own(slot, frame)
-        elif (
-            not reissued
-            and self._clock_known
-            and pp.proposed_ms - self._wall_ms > self.params.timestamp_skew_ms
-        ):
-            # Only a timestamp in the future: an old one is a retransmitted or delayed batch
-            # (a backup back from a partition must still prepare it), and back-dating gains
-            # nothing since block time = max(proposed, previous block's time).
+        elif not reissued and self._timestamp_skewed(pp.proposed_ms):
             slot.prepare_withheld = True
             self.rejected["timestamp_skew"] += 1
         elif not reissued and not self._all_admitted(pp.txs):
@@ -813,6 +818,18 @@ class PbftReplica:
                 slot.own_prepare = frame
                 self._send_own(slot, frame)
                 self._advance(slot)
+
+    def _timestamp_skewed(self, proposed_ms: int) -> bool:
+        """A fresh PRE-PREPARE's timestamp further than timestamp_skew_ms from our clock, in
+        either direction. Both ways: block time = max(proposed, previous block's time), so a
+        primary stamping the future moves block time ahead for everyone, and one stamping the
+        past (time 0, or a frozen clock) stops it, after which every transaction commits as
+        expiry_too_far (and an expired one still executes). A batch delayed past the skew is
+        withheld too: if the others cannot prepare it without us, it costs a view change, and
+        the new primary re-issues it (re-issued batches are exempt)."""
+        return (
+            self._clock_known and abs(proposed_ms - self._wall_ms) > self.params.timestamp_skew_ms
+        )
 
     # --- PREPARE and COMMIT -----------------------------------------------------------------
 
@@ -900,6 +917,10 @@ class PbftReplica:
                 return
             pp, certificate = slot.preprepare, slot.certificate
             assert pp is not None and certificate is not None
+            if slot.accepted_wall_ms is not None:
+                # A quorum prepared it, so f+1 honest backups found its time within the skew
+                # of their clocks: how far ours is from it (ledger/clock.py).
+                self.clock.add(slot.accepted_wall_ms - pp.proposed_ms)
             self._hand_out(
                 CommittedBatch(pp.seq, pp.view, pp.digest, pp.proposed_ms, pp.txs, certificate)
             )
@@ -2009,6 +2030,7 @@ class PbftReplica:
         # (a recovering replica may sit in a restored view change it may not speak in)
         assert self.active or self._own_vc is not None or self._recovery is not None
         assert self._recovery is None or len(self._recovery.reports) < self.n
+        assert len(self.clock) <= OFFSET_SAMPLES_MAX
 
     def check_invariants(self) -> None:
         self._check_invariants()
@@ -2072,6 +2094,7 @@ class PbftReplica:
                 self.last_executed,
                 max(self._recovery.target, self._reissued_max, self._log.low),
             ),
+            "clock": self.clock.status("batches a quorum committed"),
             "waiting_for": self._waiting_for(),
         }
 

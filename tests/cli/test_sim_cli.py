@@ -89,3 +89,37 @@ def test_a_failing_raft_seed_exits_non_zero_and_says_how_to_replay_it(
     assert (
         "replay: consortium sim --mode raft --n 3 --txs 60 --mix lossy --trace 7" in result.output
     )
+
+
+def test_sim_runs_clock_mixes_in_both_modes_and_replays_a_seed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    result = runner.invoke(app, ["sim", "--clock", "all", "--seeds", "0-2", "--txs", "12"])
+    assert result.exit_code == 0, result.output
+    rows = {line.split()[0]: line.split()[1:5] for line in result.output.splitlines()[1:]}
+    assert rows == {"clock-primary": ["3", "3", "0", "0"], "clock-backup": ["3", "3", "0", "0"]}
+    result = runner.invoke(
+        app, ["sim", "--mode", "raft", "--clock", "clock-leader", "--seeds", "4"]
+    )
+    assert result.exit_code == 0 and "clock-leader        1      1" in result.output, result.output
+    traced = runner.invoke(
+        app, ["sim", "--clock", "clock-primary", "--trace", "1", "--trace-lines", "99999"]
+    )
+    assert traced.exit_code == 0, traced.output
+    assert " n1 CLOCK " in traced.output and "VIEW changing to 1" in traced.output
+    assert traced.output.strip().endswith("ok") and "seed 1 (clock-primary: " in traced.output
+    # A member judging submissions by its own clock (today's rule) fails, with the replay line.
+    from consortium.cli import sim as sim_cli
+    from consortium.node.sim.clock_scenarios import run_clock
+
+    monkeypatch.setattr(
+        sim_cli, "run_clock", lambda *a, **k: run_clock(*a, **k, own_clock_expiry=True)
+    )
+    failed = runner.invoke(app, ["sim", "--clock", "clock-backup", "--seeds", "0"])
+    assert failed.exit_code == 1, failed.output
+    assert "FAILED clock-backup (ahead) seed 0: safety: clock: n" in failed.output
+    assert "replay: consortium sim --mode pbft --n 4 --txs 60 --clock clock-backup --trace 0" in (
+        failed.output
+    )
+    bad = runner.invoke(app, ["sim", "--mode", "raft", "--clock", "clock-primary"])
+    assert bad.exit_code != 0 and "raft has clock-leader or all" in bad.output

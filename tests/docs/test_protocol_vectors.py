@@ -22,6 +22,7 @@ from tests.docs.vectors import (
     CLIENT_SEED,
     DOCS,
     EXPIRY_MS,
+    FOLLOWER_WALL_MS,
     MEMBER_SEEDS,
     TX_NONCES,
     doc_vectors,
@@ -162,6 +163,15 @@ def test_transfer_request_and_timeout_now_as_documented(doc: dict[str, bytes]) -
     signed = b"consortium/v1/maintenance\x00" + doc["chain_id"] + doc["transfer.body"]
     assert _verify(bytes(n1), signed, doc["transfer.signature_by_n1"])
     assert msgpack.unpackb(doc["raft.timeout_now"]) == ["timeout_now", 3, 7]
+
+
+def test_raft_replies_carry_the_followers_wall_clock_as_documented(doc: dict[str, bytes]) -> None:
+    # ["append_reply", term 3, success, index 7, hint 0, wall_ms] and
+    # ["heartbeat_reply", term 3, ctx 5, wall_ms]: the leader's clock check (docs/raft.md).
+    assert doc["raft.append_reply"] == msgpack.packb(
+        ["append_reply", 3, True, 7, 0, FOLLOWER_WALL_MS]
+    )
+    assert doc["raft.heartbeat_reply"] == msgpack.packb(["heartbeat_reply", 3, 5, FOLLOWER_WALL_MS])
 
 
 def test_doc_vectors_parser_refuses_junk() -> None:

@@ -129,6 +129,45 @@ CASES = {
     "raft recovering, asking": _raft(_raft_recovering(floor=None, term=7)),
     "raft recovering, below the floor": _raft(_raft_recovering(floor=8, term=7)),
     "raft recovering, catching up": _raft(_raft_recovering(floor=8, term=8)),
+    "pbft clock": _pbft(
+        {"clock": {"offset_ms": 600_000, "limit_ms": 60_000, "disagrees": True, "samples": 16}}
+    ),
+    "raft leader clock": _raft(
+        {
+            "role": "leader",
+            "term": 7,
+            "leader": 0,
+            "clock": {
+                "offset_ms": 3_600_000,
+                "limit_ms": 30_000,
+                "disagrees": True,
+                "samples": 3,
+                "handing_to": 1,
+            },
+        }
+    ),
+    "raft leader clock, no one to hand to": _raft(
+        {
+            "role": "leader",
+            "term": 7,
+            "leader": 0,
+            "clock": {
+                "offset_ms": -3_600_000,
+                "limit_ms": 30_000,
+                "disagrees": True,
+                "samples": 2,
+                "handing_to": None,
+            },
+        }
+    ),
+    "raft follower clock": _raft(
+        {
+            "role": "follower",
+            "term": 7,
+            "leader": 1,
+            "clock": {"offset_ms": 600_000, "limit_ms": 60_000, "disagrees": True, "samples": 16},
+        }
+    ),
 }
 
 

@@ -56,6 +56,7 @@ TX_OPS: tuple[list[Op], ...] = (
 )
 HANDSHAKE_NONCE = bytes([0xAA]) * 32
 RECOVERY_NONCE = bytes([0x5E]) * 16  # a recovering member's VIEW-QUERY / TERM-QUERY nonce
+FOLLOWER_WALL_MS = 1_700_000_002_000  # a raft follower's clock in its replies
 # The leaves of Certificate Transparency's RFC 6962 Merkle tree tests.
 CT_LEAVES = [
     bytes.fromhex(x)
@@ -164,6 +165,12 @@ def protocol_vectors() -> dict[str, bytes]:
         ),
         "term_query.frame": raft_messages.encode(raft_messages.TermQuery(RECOVERY_NONCE)),
         "term_report.frame": raft_messages.encode(raft_messages.TermReport(RECOVERY_NONCE, 7)),
+        "raft.append_reply": raft_messages.encode(
+            raft_messages.AppendReply(3, True, 7, 0, FOLLOWER_WALL_MS)
+        ),
+        "raft.heartbeat_reply": raft_messages.encode(
+            raft_messages.HeartbeatReply(3, 5, FOLLOWER_WALL_MS)
+        ),
     }
 
 

@@ -1,9 +1,10 @@
 """PBFT faults on real processes over loopback: the primary killed (kill -9) or stopped (SIGSTOP)
-under load, a member down for thousands of transactions, and a member started in a test-only
-Byzantine mode. After each: commits go on, nothing a client saw committed is lost, the ledgers
-are identical and `ledger verify` passes. And the primary restored from a backup two blocks
-old (docs/operations.md, Restoring): it proposes nothing in its old view, nobody sees it
-contradict itself, and it takes part again after the view change that replaces it."""
+under load, a member down for thousands of transactions, a member started in a test-only
+Byzantine mode, and a backup whose clock is an hour ahead. After each: commits go on, nothing a
+client saw committed is lost, the ledgers are identical and `ledger verify` passes. And the
+primary restored from a backup two blocks old (docs/operations.md, Restoring): it proposes
+nothing in its old view, nobody sees it contradict itself, and it takes part again after the
+view change that replaces it."""
 
 from __future__ import annotations
 
@@ -333,3 +334,38 @@ def test_a_primary_restored_from_a_backup_two_blocks_old_proposes_nothing_in_its
     trio.run(wait_until_up, genesis, 30.0)
     trio.run(wait_same_height, genesis, [0, 1, 2, 3], 30.0)
     check_ledgers(net, genesis, committed)
+
+
+def test_a_backup_an_hour_ahead_keeps_up_accepts_submissions_and_says_its_clock_is_off(
+    tmp_path: Path,
+) -> None:
+    """n4's clock is an hour ahead (the hidden --test-clock-offset-file): it used to refuse
+    every submission as expired, so it never checked a client signature before the batch that
+    carried it, and fell behind under load."""
+    network = make_network(tmp_path)
+    setup = load_client_setup(network.directory)
+    genesis, keys = setup.genesis, setup.keys()
+    (network.homes[3] / "clock").write_text("3600000")
+    try:
+        for home in network.homes:
+            network.start(home.name, extra=("--test-clock-offset-file", str(home / "clock")))
+        trio.run(wait_until_up, genesis, 30.0)
+        committed = trio.run(submit, genesis, keys[0], 300, "a")
+        assert len(committed) == 300
+        trio.run(wait_same_height, genesis, [0, 1, 2, 3], 20.0)
+        n4 = trio.run(statuses, genesis, [3])[3]
+        metrics = n4["metrics"]
+        assert metrics["rejected_at_submit"].get("expired", 0) == 0, metrics["rejected_at_submit"]
+        assert metrics["signature_cache_hits"] > 0  # checked at submit, before the batches
+        assert n4["rejected"].get("timestamp_skew", 0) > 0  # its PREPAREs are withheld
+        assert n4["clock"]["disagrees"] and 3_599_000 < n4["clock"]["offset_ms"] < 3_601_000
+        assert any(
+            r.startswith("clock: this member's clock is 3,6")
+            and "ahead of the batches a quorum committed" in r
+            for r in n4["not_progressing_because"]
+        ), n4["not_progressing_because"]
+        others = trio.run(statuses, genesis, [0, 1, 2])
+        assert not any(s["clock"]["disagrees"] for s in others.values())
+    finally:
+        network.stop()
+    check_ledgers(network, genesis, committed)

@@ -1,16 +1,18 @@
 """Raft mode on real processes over loopback: the same binary, ledger, client API and CLI as
 pbft. The leader killed with kill -9 under load, a minority partition (the old leader cut off),
 a partitioned follower rejoining, leadership transfer from the CLI, a follower restarted
-after compaction catching up by snapshot, and a follower restored from a backup, which votes
-for no one until a later term. After each: nothing a client saw committed is lost,
-the ledgers are identical and `ledger verify` passes.
+after compaction catching up by snapshot, a follower restored from a backup, which votes for
+no one until a later term, and a leader whose clock jumps an hour ahead. After each: nothing a
+client saw committed is lost, the ledgers are identical and `ledger verify` passes.
 
 Partitions: every member runs with the hidden test option --test-partition-file, which makes
 its transport drop all frames to and from the members named in that file (the connections stay
-up, as when a network silently drops packets)."""
+up, as when a network silently drops packets). Clocks: the hidden --test-clock-offset-file,
+whose milliseconds a member adds to its wall clock (re-read every 50 ms)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import time
@@ -26,6 +28,7 @@ from consortium.cli.network import LocalNetwork, init_network, load_client_setup
 from consortium.crypto.keys import KeyPair
 from consortium.crypto.signing import Domain, Ed25519Signer
 from consortium.ledger.genesis import Genesis, Params
+from consortium.ledger.store import BlockStore
 from consortium.ledger.tx import Put
 from consortium.node import api
 from consortium.node.client import ClientError, ConsortiumClient
@@ -447,3 +450,104 @@ def test_a_follower_restored_from_a_backup_votes_for_no_one_until_a_later_term(
     trio.run(recovered)
     trio.run(wait_same_height, genesis, [0, 1, 2], 30.0)
     check_ledgers(raft, genesis, committed)
+
+
+# --- clocks ----------------------------------------------------------------------------------
+
+
+def set_clock(home: Path, offset_ms: int) -> None:
+    """Set the member's wall clock `offset_ms` off (the hidden --test-clock-offset-file, read
+    every 50 ms): replaced by a rename, so no read sees it half written."""
+    part = home / "clock.part"
+    part.write_text(str(offset_ms))
+    part.replace(home / "clock")
+
+
+def test_a_leader_whose_clock_jumps_an_hour_ahead_is_replaced_and_expires_nothing(
+    tmp_path: Path,
+) -> None:
+    directory = tmp_path / "net"
+    init_network(
+        directory, members=3, clients=1, mode="raft", params=Params(request_timeout_ms=ELECTION_MS)
+    )
+    net = LocalNetwork(directory)
+    for home in net.homes:
+        net.start(home.name, extra=("--test-clock-offset-file", str(home / "clock")))
+    try:
+        setup = load_client_setup(directory)
+        genesis = setup.genesis
+        trio.run(wait_until_up, genesis, 30.0)
+        outcomes: list[tuple[bytes, str, str]] = []  # (id, status, receipt status or reason)
+        seen: dict[str, Any] = {}
+        done = trio.Event()
+
+        async def load(client: ConsortiumClient) -> None:
+            rounds = 0
+            while not done.is_set():  # submitting throughout, before, during and after
+                txs = [client.make_tx([Put(b"clock/%d/%d" % (rounds, j), b"v")]) for j in range(20)]
+                for tx, out in zip(txs, await client.submit_and_wait(txs, 30.0), strict=True):
+                    receipt = out.receipt
+                    detail = "" if receipt is None else f"{receipt.status} {receipt.reason}"
+                    outcomes.append((tx.id, out.status, detail.strip()))
+                rounds += 1
+
+        async def leaders(observer: ConsortiumClient) -> list[int]:
+            found = []
+            for i in range(genesis.n):
+                with contextlib.suppress(ClientError):
+                    if (await observer.status(i, 1.0)).get("role") == "leader":
+                        found.append(i)
+            return found
+
+        async def scenario() -> None:
+            old = await leader_of(genesis)
+            seen["old"] = old
+            async with (
+                ConsortiumClient(genesis, setup.keys()[0]) as client,
+                ConsortiumClient(genesis) as observer,
+            ):
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(load, client)
+                    await trio.sleep(1.0)
+                    set_clock(net.homes[old], 3_600_000)
+                    jumped = time.monotonic()
+                    while time.monotonic() - jumped < 10:
+                        led = await leaders(observer)
+                        if led and led != [old]:
+                            seen["replaced_s"] = time.monotonic() - jumped
+                            break
+                        await trio.sleep(0.02)
+                    await trio.sleep(2.0)  # the new leader commits; the old one measures its clock
+                    done.set()
+                seen["old_status"] = await observer.status(old, 2.0)
+
+        trio.run(scenario)
+        assert "replaced_s" in seen, "the leader whose clock is an hour ahead kept leading"
+        print(f"\nleader's clock an hour ahead -> another leader: {seen['replaced_s']:.3f} s")
+        assert seen["replaced_s"] < 2 * ELECTION_MS / 1000
+        assert len(outcomes) >= 100
+        bad = [o for o in outcomes if o[1:] != ("committed", "ok")]
+        assert not bad, f"{len(bad)} of {len(outcomes)} not committed ok, e.g. {bad[:3]}"
+        old_status = seen["old_status"]
+        assert old_status["role"] == "follower" and old_status["clock"]["disagrees"]
+        assert any(
+            r.startswith("clock: this member's clock is 3,6")
+            and "ahead of the entries its leader proposed" in r
+            for r in old_status["not_progressing_because"]
+        ), old_status["not_progressing_because"]
+        log = (net.homes[seen["old"]] / "node.log").read_text()
+        assert "TEST CLOCK: wall clock offset by +3600000 ms" in log
+        assert "clock: term " in log and "ms off the median of 3 members' clocks" in log
+        # No block carries the hour: every block time is within the skew of real time.
+        net.stop()
+        store = BlockStore.open(net.homes[0] / "data" / "ledger.sqlite", genesis)
+        try:
+            times = [
+                store.get_block(h).block.header.timestamp_ms for h in range(1, store.height + 1)
+            ]  # type: ignore[union-attr]
+        finally:
+            store.close()
+        assert max(times) <= time.time() * 1000 + genesis.params.timestamp_skew_ms
+        check_ledgers(net, genesis, [tx_id for tx_id, _, _ in outcomes])
+    finally:
+        net.stop()

@@ -87,6 +87,15 @@ def test_the_chain_id_changes_with_any_content() -> None:
         (lambda d: d["params"].update(tx_ttl_max_ms=-5), "params.tx_ttl_max_ms must be a non-neg"),
         (lambda d: d["params"].update(tx_ttl_max_ms=1.5), "params.tx_ttl_max_ms must be a non-neg"),
         (lambda d: d["params"].update(window=True), "params.window must be a non-negative"),
+        (
+            lambda d: d["params"].update(timestamp_skew_ms=150_001),
+            "params.timestamp_skew_ms \\(150001\\) must be at most params.tx_ttl_max_ms / 4 "
+            "\\(150000\\): lower timestamp_skew_ms or raise tx_ttl_max_ms",
+        ),
+        (
+            lambda d: d["params"].update(tx_ttl_max_ms=119_999),
+            "params.timestamp_skew_ms \\(30000\\) must be at most params.tx_ttl_max_ms / 4",
+        ),
         (lambda d: d["members"][0].update(public_key="00" * 32), "members\\[0\\].*small-order"),
         (lambda d: d["members"][2].update(public_key="abc"), "members\\[2\\]: 'public_key' must"),
         (lambda d: d["clients"][0].update(public_key="zz"), "clients\\[0\\]: 'public_key' must"),

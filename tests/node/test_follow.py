@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass, field
@@ -66,6 +67,9 @@ class FakeNode:
 
     def unwatch_connection(self, conn: object, tx_ids: set[bytes]) -> None:
         pass
+
+    def expiry_now_ms(self) -> int:
+        return int(time.time() * 1000)
 
     def own_block_signature(self, height: int) -> SignedVote:
         block_hash = self.store.block_hash_at(height)

@@ -6,6 +6,7 @@ tests/raft/test_raft_core.py; the end-to-end refusals in tests/e2e/test_raft.py.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import ClassVar
 
@@ -18,7 +19,7 @@ from consortium.crashft.node import LEADER
 from consortium.crypto.keys import KeyPair
 from consortium.crypto.signing import Domain, Ed25519Signer, Ed25519Verifier
 from consortium.ledger.genesis import Params
-from consortium.node import api, service
+from consortium.node import api
 from consortium.node.config import load_identity
 from consortium.node.raft_runtime import RaftMember
 from consortium.node.runtime import make_node
@@ -62,9 +63,9 @@ def test_a_leader_whose_wall_clock_is_wrong_still_accepts_a_member_signed_transf
     """A leader whose clock was 600 s off refused `leader transfer` (a freshness check against
     its wall clock): the one leader an operator most needs to move. Freshness is the term."""
     svc = ClientService(_Node())  # type: ignore[arg-type]
-    real = service.time.time
+    real = time.time
     for skew_s in (600.0, -600.0):
-        monkeypatch.setattr(service.time, "time", lambda s=skew_s: real() + s)
+        monkeypatch.setattr(time, "time", lambda s=skew_s: real() + s)
         assert svc._maintenance_refusal(request(MEMBERS[1])) == 3
 
 

@@ -53,6 +53,7 @@ def _service() -> tuple[ClientService, list[Transaction]]:
         propose=propose,
         watch=lambda tx_id, conn, expiry: True,
         first_receipt_bundle=lambda tx_id: None,
+        expiry_now_ms=lambda: int(time.time() * 1000),
     )
     service = ClientService.__new__(ClientService)
     service.node = node  # type: ignore[assignment]

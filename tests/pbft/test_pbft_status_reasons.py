@@ -4,7 +4,9 @@ harness) by node/explain.py, with member names."""
 
 from __future__ import annotations
 
-from pbft_harness import PARAMS, RETRANSMIT_MS, Group
+from dataclasses import replace
+
+from pbft_harness import PARAMS, RETRANSMIT_MS, WALL, Group, drive
 
 from consortium.node.explain import PeerLink, blockers, fault_budget, peer_rows
 
@@ -128,3 +130,18 @@ def test_the_fault_budget_counts_what_more_may_fail() -> None:
     assert fault_budget(4, 1, 3, 3) == "n=4 f=1: 3 of 4 up, tolerates 0 more"
     assert fault_budget(4, 1, 3, 2).startswith("n=4 f=1: 2 of 4 up, no quorum (3 needed)")
     assert fault_budget(7, 2, 5, 6) == "n=7 f=2: 6 of 7 up, tolerates 1 more"
+
+
+def test_a_member_whose_clock_is_far_off_says_so_instead_of_silently_lagging() -> None:
+    group = Group(params=replace(PARAMS, window=16, checkpoint_interval=8))
+    backup = group.replicas[1]
+    for seq in range(1, 6):
+        group.mono_ms += 10
+        backup.tick(group.mono_ms, WALL + group.mono_ms + 600_000)
+        drive(group, 1, group.preprepare(seq, group.txs[seq : seq + 1]))
+    assert backup.last_executed == 5  # the others prepared without it
+    assert reasons(group, 1) == [
+        "clock: this member's clock is 600.0 s ahead of the batches a quorum committed (more "
+        "than 2.0 s): its PREPAREs are withheld; fix its time source"
+    ]
+    assert reasons(group, 2) == []

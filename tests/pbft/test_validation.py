@@ -198,12 +198,77 @@ def test_a_backup_withholds_its_prepare_for_a_skewed_timestamp() -> None:
     assert frames(group.take(ME)) == [encode(group.commit(pp, ME))]
 
 
+def test_a_backup_withholds_its_prepare_for_a_timestamp_too_far_in_the_past() -> None:
+    # Block time = max(proposed, previous): a primary stamping the past (time 0, a frozen
+    # clock) would hold block time back until every transaction commits as expiry_too_far.
+    group = Group()
+    r = group.replicas[ME]
+    skew = group.params.timestamp_skew_ms
+    for seq, proposed_ms in ((1, WALL + group.mono_ms - skew - 1), (2, 0)):
+        r.receive(0, group.preprepare(seq, group.txs[seq : seq + 1], proposed_ms=proposed_ms))
+    ready = group.take(ME)
+    assert r.rejected["timestamp_skew"] == 2
+    assert ready.messages == [] and not r.evidence  # withheld, and not evidence
+    assert r.status()["waiting_for"] == "prepares for seq 1: 0 of 2 (ours withheld: timestamp skew)"
+
+
+def test_a_primary_stamping_time_zero_gets_no_prepares_and_is_replaced() -> None:
+    group = Group()
+    primary = group.replicas[0]
+    primary.tick(group.mono_ms, 0)  # its clock says 1970
+    primary.propose(group.txs[0])
+    group.pump()
+    assert all(group.replicas[i].rejected["timestamp_skew"] == 1 for i in (1, 2, 3))
+    assert all(group.replicas[i].last_executed == 0 for i in range(4))
+    # Nothing executes within the request timeout: the backups move to the next view.
+    group.tick_all(group.params.request_timeout_ms + 1)
+    assert all(group.replicas[i].view == 1 for i in (1, 2, 3))
+
+
 def test_a_timestamp_within_the_skew_is_prepared() -> None:
     group = Group()
     r = group.replicas[ME]
     skew = group.params.timestamp_skew_ms
     r.receive(0, group.preprepare(1, group.txs[:1], proposed_ms=WALL + group.mono_ms - skew))
-    assert r.rejected["timestamp_skew"] == 0 and len(group.take(ME).messages) == 1
+    r.receive(0, group.preprepare(2, group.txs[1:2], proposed_ms=WALL + group.mono_ms + skew))
+    assert r.rejected["timestamp_skew"] == 0 and len(group.take(ME).messages) == 2
+
+
+def test_a_backup_whose_clock_is_far_off_says_so_in_status() -> None:
+    group = Group(params=replace(PARAMS, window=16, checkpoint_interval=8))
+    r = group.replicas[ME]
+    ahead_ms = 600_000
+    group.tick_all(0)
+    r.tick(group.mono_ms, WALL + group.mono_ms + ahead_ms)
+    before = r.status()["clock"]
+    assert before["offset_ms"] is None and not before["disagrees"]
+    for seq in range(1, 7):
+        group.mono_ms += 10
+        r.tick(group.mono_ms, WALL + group.mono_ms + ahead_ms)
+        drive(group, ME, group.preprepare(seq, group.txs[seq : seq + 1]))
+    clock = r.status()["clock"]
+    assert r.last_executed == 6 and r.rejected["timestamp_skew"] == 6
+    assert clock["offset_ms"] == ahead_ms and clock["samples"] == 6
+    assert clock["disagrees"] and clock["limit_ms"] == 2 * group.params.timestamp_skew_ms
+
+
+def test_a_primary_stamping_the_edge_of_the_skew_cannot_make_a_backup_doubt_its_clock() -> None:
+    # The primary lies within what the other backups accept (their clocks are 0.9 skew ahead
+    # of ours, theirs + 0.9 skew is its stamp): we withhold every PREPARE, yet our clock is
+    # less than a skew from theirs, and only a clock more than a skew from every clock that
+    # accepted a batch is called wrong.
+    group = Group(params=replace(PARAMS, window=16, checkpoint_interval=8))
+    r = group.replicas[ME]
+    skew = group.params.timestamp_skew_ms
+    lag_ms = skew * 9 // 10
+    for seq in range(1, 9):
+        group.mono_ms += 10
+        r.tick(group.mono_ms, WALL + group.mono_ms - lag_ms)
+        stamp = WALL + group.mono_ms + skew * 9 // 10
+        drive(group, ME, group.preprepare(seq, group.txs[seq : seq + 1], proposed_ms=stamp))
+    clock = r.status()["clock"]
+    assert r.rejected["timestamp_skew"] == 8
+    assert clock["offset_ms"] == -lag_ms - skew * 9 // 10 and not clock["disagrees"]
 
 
 def test_messages_above_the_window_wait_in_a_bounded_per_sender_buffer() -> None:

@@ -14,7 +14,8 @@ Members sign entries with the simulator's HMAC stand-in; client transactions are
 pre-signed once (node.sim.cluster.workload).
 
 Time is one clock, `now`, that only the members a test ticks observe: `timeout(i)` moves the
-clock to member i's election deadline and ticks i alone, so exactly one member campaigns.
+clock to member i's election deadline and ticks i alone, so exactly one member campaigns. A
+member's wall clock is EPOCH_MS + now, plus `wall_offset_ms[i]` for one a test sets wrong.
 Crashed members keep their records and their ledger (a block store is durable); `restart(i)`
 rebuilds the core from them exactly as the simulator does.
 """
@@ -110,6 +111,7 @@ class RaftGroup:
         self.overrides = {"commit_notice_ms": 0, **overrides}
         self.factories = {i: (factories or {}).get(i, factory) for i in range(n)}
         self.now = 0
+        self.wall_offset_ms: dict[int, int] = {}  # member -> how far its wall clock is off
         self.queue: list[Msg] = []
         self.delivered: list[Msg] = []  # every message delivered, in order
         self.led: dict[int, set[int]] = {i: set() for i in range(n)}  # member -> terms it led
@@ -188,7 +190,7 @@ class RaftGroup:
     # --- inputs (each followed by carrying out the Ready) -------------------------------------
 
     def tick(self, i: int) -> None:
-        self.node(i).tick(self.now, EPOCH_MS + self.now)
+        self.node(i).tick(self.now, EPOCH_MS + self.now + self.wall_offset_ms.get(i, 0))
         self.flush(i)
 
     def tick_all(self, nodes: Iterable[int] | None = None) -> None:

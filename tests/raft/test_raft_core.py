@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
-from raft_harness import HEARTBEAT, E, Msg, RaftGroup, log_terms
+from raft_harness import HEARTBEAT, PARAMS, E, Msg, RaftGroup, log_terms
 
 from consortium.crashft import messages as m
 from consortium.crashft.node import (
@@ -27,6 +27,7 @@ from consortium.crashft.node import (
     log_key,
 )
 from consortium.crypto.codec import pack
+from consortium.node.sim.cluster import EPOCH_MS
 
 
 def started(n: int = 3, **overrides: object) -> RaftGroup:
@@ -120,7 +121,7 @@ def test_a_leader_elected_again_does_not_order_its_own_uncommitted_transactions_
     g.propose(0, tx)
     g.drop()  # nobody acknowledges entry 2
     assert entries_holding(g.node(0), tx.id) == [2] and g.node(0).commit == 1
-    g.receive(0, 1, m.AppendReply(2, False, 0, 0))  # a higher term: n1 steps down
+    g.receive(0, 1, m.AppendReply(2, False, 0, 0, g.node(1)._wall))  # a higher term: n1 steps down
     assert g.node(0).role == FOLLOWER
     g.drop()
     g.elect(0)  # its log is the most up to date: it wins again, term 3
@@ -249,10 +250,14 @@ def test_a_leader_that_loses_its_write_after_its_appends_left_stays_safe() -> No
 def test_a_follower_refuses_an_append_whose_previous_entry_it_does_not_hold() -> None:
     g = started()
     ready = g.receive(1, 0, m.Append(1, 5, 1, 1, ()))  # n2 has nothing at index 5
-    assert [o.frame for o in ready.messages] == [m.encode(m.AppendReply(1, False, 5, 1))]
+    assert [o.frame for o in ready.messages] == [
+        m.encode(m.AppendReply(1, False, 5, 1, g.node(1)._wall))
+    ]
     ready = g.receive(1, 0, m.Append(1, 1, 7, 1, ()))  # index 1 is there, in term 1, not 7
     # refused at index 1; the hint (etcd's findConflictByTerm) points before it
-    assert [o.frame for o in ready.messages] == [m.encode(m.AppendReply(1, False, 1, 0))]
+    assert [o.frame for o in ready.messages] == [
+        m.encode(m.AppendReply(1, False, 1, 0, g.node(1)._wall))
+    ]
     assert g.node(1).rejected["append_mismatch"] == 2
     assert log_terms(g.node(1)) == [(1, 1)]
 
@@ -498,6 +503,138 @@ def test_a_timeout_now_that_arrives_after_the_leader_gave_up_the_transfer_depose
     assert g.transfer(0, 1) is None
     g.deliver()
     assert n2.role == LEADER and n2.term == 2
+
+
+# --- clocks (block time is the leader's clock, checked against a majority's) -------------------
+
+
+def clocked(n: int = 3, **overrides: object) -> RaftGroup:
+    """As started(), with every member's wall clock read at the election (the harness ticks
+    only the members a test names: a follower's wall clock is the one it read last)."""
+    g = RaftGroup(n, **overrides)  # type: ignore[arg-type]
+    g.elect(0)
+    g.tick_all()
+    g.settle()
+    g.heartbeat(0)
+    assert [g.node(i).commit for i in range(n)] == [1] * n
+    return g
+
+
+def test_followers_tell_the_leader_their_wall_clock_in_every_reply() -> None:
+    g = started()
+    g.wall_offset_ms[1] = 7_000
+    g.tick(1)
+    wall = EPOCH_MS + g.now + 7_000  # what n2 read (it is ticked no more below)
+    seen = len(g.delivered)
+    g.heartbeat(0)
+    g.propose(0, g.txs[0])
+    g.settle()
+    from_n2 = [q.msg for q in g.delivered[seen:] if q.src == 1]
+    assert {type(msg) for msg in from_n2} == {m.HeartbeatReply, m.AppendReply}
+    assert all(msg.wall_ms == wall for msg in from_n2)  # type: ignore[union-attr]
+
+
+def test_a_follower_appends_an_entry_whatever_its_time() -> None:
+    # Refusing would stall commits while heartbeats keep the leader in office: the leader
+    # checks its own clock instead.
+    g = started()
+    for index, proposed_ms in ((2, 0), (3, 2**62)):
+        entry = m.Entry(1, index, proposed_ms, 0, b"\0" * 64, g.txs[index : index + 1])
+        ready = g.receive(1, 0, m.Append(1, index - 1, 1, 1, (entry,)))
+        (reply,) = [m.decode(o.frame, g.params) for o in ready.messages]
+        assert isinstance(reply, m.AppendReply) and reply.success and reply.index == index
+
+
+def test_a_new_leader_proposes_no_batch_before_it_holds_a_majority_of_clocks() -> None:
+    g = RaftGroup(3)
+    n1 = g.elect(0)  # its no-op's appends are queued, not yet answered
+    g.propose(0, g.txs[0])
+    assert n1.log.last_index == 1 and n1.log.entry(1).is_noop
+    clock = n1.status()["clock"]
+    assert (clock["offset_ms"], clock["samples"], clock["needed"]) == (None, 1, 2)
+    g.settle()  # the answers to its no-op carry the followers' clocks
+    assert [e.txs for e in (n1.log.entry(i) for i in (1, 2))] == [(), g.txs[:1]]
+    g.heartbeat(0)
+    assert all(g.txs[0].id in g.members[i].committed_ids for i in range(3))
+
+
+def test_a_leader_whose_clock_is_far_ahead_hands_leadership_to_one_whose_clock_agrees() -> None:
+    g = clocked()
+    g.wall_offset_ms[0] = 600_000  # n1's clock jumps ten minutes ahead
+    g.advance(1, [0])
+    n1 = g.node(0)
+    clock = n1.status()["clock"]
+    assert clock["disagrees"] and clock["samples"] == 3 and clock["handing_to"] == 1
+    assert 600_000 <= clock["offset_ms"] <= 600_000 + HEARTBEAT
+    (handoff,) = n1.clock_handoffs
+    assert handoff.startswith(f"term 1: own clock +{clock['offset_ms']} ms off the median of 3 ")
+    assert handoff.endswith("(timestamp_skew_ms 30000): handing leadership to member 1")
+    g.propose(0, g.txs[0])  # nothing is stamped with n1's clock meanwhile
+    assert entries_holding(n1, g.txs[0].id) == []
+    assert n1.log.entry(n1.log.last_index).is_noop  # (the transfer's marker, no block)
+    g.settle()
+    n2 = g.node(1)
+    assert n2.role == LEADER and n1.role == FOLLOWER
+    assert n2.last_election_reason == "leadership transferred by 0"
+    g.settle()
+    g.heartbeat(1)
+    (block,) = [b for b in g.members[1].blocks if g.txs[0] in b.txs]
+    assert abs(block.header.timestamp_ms - (EPOCH_MS + g.now)) < g.params.timestamp_skew_ms
+    assert all(g.txs[0].id in g.members[i].committed_ids for i in range(3))
+
+
+def test_a_jump_of_the_leaders_own_wall_clock_is_seen_before_its_next_batch() -> None:
+    # Followers' clocks are advanced by the leader's monotonic clock since their replies came:
+    # half an election timeout without a reply still agrees (the skew is shorter), and a jump
+    # of its own clock disagrees at once.
+    g = clocked(params=replace(PARAMS, timestamp_skew_ms=200))
+    skew = g.params.timestamp_skew_ms
+    assert skew < E // 2
+    n1 = g.node(0)
+    g.advance(E // 2, [0])  # no reply meanwhile
+    g.propose(0, g.txs[0])
+    assert n1.log.last_index == 2
+    g.drop()
+    g.wall_offset_ms[0] = 10 * skew
+    g.advance(1, [0])
+    g.propose(0, g.txs[1])
+    assert entries_holding(n1, g.txs[1].id) == [] and n1.status()["clock"]["disagrees"]
+    assert n1.status()["clock"]["handing_to"] is not None
+
+
+def test_one_follower_with_a_wrong_clock_neither_stops_the_leader_nor_goes_unnoticed() -> None:
+    g = started()
+    g.wall_offset_ms[2] = 600_000
+    g.tick(2)
+    for k in range(6):
+        g.propose(0, g.txs[k])
+        g.settle()
+        g.heartbeat(0)
+        g.advance(10)
+    assert all(g.txs[k].id in g.members[i].committed_ids for k in range(6) for i in range(3))
+    assert not g.node(0).status()["clock"]["disagrees"]
+    clock = g.node(2).status()["clock"]
+    assert clock["disagrees"] and clock["basis"] == "entries its leader proposed"
+    assert abs(clock["offset_ms"] - 600_000) < E and clock["samples"] == 6
+    assert not g.node(1).status()["clock"]["disagrees"]
+
+
+def test_with_two_clocks_that_disagree_the_leader_cannot_tell_which_is_wrong_and_waits() -> None:
+    g = started()
+    g.crash(2)
+    g.wall_offset_ms[1] = -600_000
+    g.run(E + HEARTBEAT)  # n3's last clock ages out; n2 answers every heartbeat
+    n1 = g.node(0)
+    g.propose(0, g.txs[0])
+    g.advance(1, [0])
+    assert n1.role == LEADER and n1.log.last_index == 1 and g.pending(m.TimeoutNow) == []
+    clock = n1.status()["clock"]
+    assert clock["disagrees"] and clock["samples"] == 2 and clock["handing_to"] is None
+    waiting = n1.status()["waiting_for"]
+    assert waiting.startswith("own clock +600") and waiting.endswith(
+        " ms off the median of 2 members' clocks: not proposing"
+    )
+    assert n1.clock_stuck.endswith("no member whose clock agrees to hand leadership to")
 
 
 # --- ReadIndex ----------------------------------------------------------------------------------

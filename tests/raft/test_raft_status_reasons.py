@@ -138,3 +138,47 @@ def test_a_follower_far_behind_the_leader_s_commit_says_so_and_from_whom() -> No
     g.run(4 * E)  # catching up: nothing left to explain
     assert g.node(2).applied == g.node(0).commit
     assert reasons(g, 2) == []
+
+
+def test_a_leader_whose_clock_is_off_says_it_proposes_nothing_and_whom_it_hands_over_to() -> None:
+    g = RaftGroup(3)
+    g.elect(0)
+    g.tick_all()
+    g.settle()
+    g.heartbeat(0)
+    g.wall_offset_ms[0] = 3_600_000
+    g.advance(1, [0])
+    (reason,) = reasons(g, 0)
+    assert reason.startswith("clock: this member's clock is 3,600.")
+    assert reason.endswith(
+        " s ahead of the median of 3 members' clocks (more than 30.0 s): not proposing; "
+        "handing leadership to n2"
+    )
+    g.settle()  # n2 takes over; n1, a follower now, measures its clock against n2's entries
+    for k in range(4):
+        g.propose(1, g.txs[k])
+        g.settle()
+        g.heartbeat(1)
+    assert g.node(1).role == LEADER and reasons(g, 1) == []
+    (reason,) = reasons(g, 0)
+    assert reason.startswith("clock: this member's clock is 3,59") or reason.startswith(
+        "clock: this member's clock is 3,600."
+    )
+    assert reason.endswith(
+        " s ahead of the entries its leader proposed (more than 60.0 s): as leader it would "
+        "hand leadership away; fix its time source"
+    )
+
+
+def test_a_leader_that_cannot_tell_whose_clock_is_wrong_says_so() -> None:
+    g = RaftGroup(3)
+    g.elect(0)
+    g.settle()
+    g.heartbeat(0)
+    g.crash(2)
+    g.wall_offset_ms[1] = 3_600_000
+    g.run(E + HEARTBEAT)
+    assert reasons(g, 0, down={2}) == [
+        "clock: this member's clock is 3,600.0 s behind the median of 2 members' clocks (more "
+        "than 30.0 s): not proposing; no member whose clock agrees to hand leadership to"
+    ]

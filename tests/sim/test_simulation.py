@@ -266,11 +266,14 @@ def test_the_checker_itself_flags_disagreement_and_forks() -> None:
         checker.appended(1, 3, b"h" * 32)
 
 
-def test_a_backup_whose_clock_is_ahead_still_prepares_old_timestamps() -> None:
-    # An old timestamp is a retransmitted or delayed batch: only the future is withheld.
+def test_a_backup_whose_clock_is_ahead_withholds_its_prepares_and_still_commits() -> None:
+    # The primary's timestamps are in its past by more than the skew: withheld too (a primary
+    # stamping the past would otherwise hold block time back), not evidence, and the others
+    # prepare without it.
     skew = SIM_PARAMS.timestamp_skew_ms + 1_000
     cluster = run(501, txs=40, wall_skew_ms={3: skew})
-    assert cluster.nodes[3].replica.rejected["timestamp_skew"] == 0
+    assert cluster.nodes[3].replica.rejected["timestamp_skew"] > 0
+    assert not cluster.nodes[3].replica.evidence
 
 
 # --- restore from a backup (SimCluster.backup/restore, scenarios.run_restore) -----------------

@@ -22,6 +22,11 @@ before its fsync).
 
 Liveness, checked at the end (after healing, with at most f faulty): every submitted
 transaction committed at every honest replica, and all honest ledgers are identical.
+
+Clocks (ClockChecker, in the clock mixes where one member's clock is wrong): block time stays
+within the bounds the clock rules promise, measured against the simulator's real time, so no
+honest transaction is judged expired or too far in the future; and no member refuses an honest
+submission as expired while the network would still execute it.
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ from typing import Protocol
 import msgpack
 
 from consortium.crypto.signing import Verifier
+from consortium.ledger.block import Block
+from consortium.ledger.genesis import Params
 from consortium.ledger.tx import Transaction
 
 
@@ -41,6 +48,11 @@ class SafetyViolation(AssertionError):
 
 class LivenessViolation(AssertionError):
     pass
+
+
+class ClockViolation(SafetyViolation):
+    """Block time off real time beyond what the clock rules allow, or an honest transaction
+    refused as expired by a member while the network would still execute it."""
 
 
 class SafetyChecker:
@@ -166,3 +178,95 @@ def check_converged(nodes: Sequence[Observed], submitted: Collection[bytes]) -> 
             "honest ledgers differ at the end: "
             + ", ".join(f"{n.name} height {len(n.block_hashes) - 1} ({n.explain()})" for n in nodes)
         )
+
+
+class ClockChecker:
+    """Block time against real time (the simulator's: EPOCH_MS + now_ms, which every member's
+    clock reads except the one a clock mix sets wrong). At the real time T when an honest
+    member first executes a block with transactions:
+
+        T - skew - lag  <=  block time  <=  T + skew + slack
+
+    Upper: block time is a proposed time a quorum accepted (or an earlier block's), within the
+    skew of an honest clock that read it no later than T: pbft, f+1 honest backups prepared it;
+    raft, the leader's clock agreed with the median of a majority's, which the leader estimates
+    up to a network delay late (`slack`). Lower: within the skew of an honest clock reading
+    taken at most `lag` before T (a batch's time from its proposal to its first execution:
+    commit rounds, a view change or an election between). Every expiry is judged against block
+    time, so it follows for any transaction of an honest client, whatever its expiry E: never
+    `expired` while E >= T + skew + slack, never `expiry_too_far` while E - ttl <= T - skew -
+    lag. The receipts are checked against exactly that too (the workload's transactions expire
+    5 minutes after the epoch: `expired` within the first 5 minutes less a skew of real time,
+    or `expiry_too_far` at all, is a violation). And a member refusing a submission as expired
+    while E >= T + skew + slack refuses what the network would execute.
+    """
+
+    def __init__(
+        self,
+        params: Params,
+        honest: Iterable[int],
+        clients: Collection[bytes],
+        *,
+        lag_ms: int,
+        slack_ms: int = 200,
+    ) -> None:
+        self.skew_ms = params.timestamp_skew_ms
+        self.ttl_ms = params.tx_ttl_max_ms
+        self.honest = frozenset(honest)
+        self.clients = frozenset(clients)
+        self.lag_ms = lag_ms
+        self.slack_ms = slack_ms
+        self._checked = 0  # highest height checked (each at its first honest execution)
+        self.blocks_checked = 0
+        self.refusals = 0  # honest submissions refused as expired (legitimately)
+
+    def executed(self, node: int, real_ms: int, block: Block) -> None:
+        height = block.header.height
+        if node not in self.honest or height <= self._checked:
+            return
+        self._checked = height
+        if not block.txs:
+            return  # an empty block (a null request) keeps its predecessor's time
+        self.blocks_checked += 1
+        time_ms = block.header.timestamp_ms
+        late_ms, early_ms = real_ms - time_ms, time_ms - real_ms
+        if early_ms > self.skew_ms + self.slack_ms or late_ms > self.skew_ms + self.lag_ms:
+            raise ClockViolation(
+                f"clock: block {height} first executed (by n{node + 1}) at real time {real_ms} "
+                f"has time {time_ms}, {abs(early_ms) / 1000:.3f} s "
+                f"{'ahead of' if early_ms > 0 else 'behind'} real time (allowed: "
+                f"{(self.skew_ms + self.slack_ms) / 1000:.3f} s ahead, "
+                f"{(self.skew_ms + self.lag_ms) / 1000:.3f} s behind)"
+            )
+        for tx, receipt in zip(block.txs, block.receipts, strict=True):
+            if tx.client_key not in self.clients:
+                continue
+            if (
+                receipt.reason == "expired"
+                and tx.expiry_ms >= real_ms + self.skew_ms + self.slack_ms
+            ):
+                raise ClockViolation(
+                    f"clock: honest transaction {tx.id.hex()[:12]} executed as expired in block "
+                    f"{height} at real time {real_ms}, {(tx.expiry_ms - real_ms) / 1000:.1f} s "
+                    "before its expiry"
+                )
+            if (
+                receipt.reason == "expiry_too_far"
+                and tx.expiry_ms - self.ttl_ms <= real_ms - self.skew_ms - self.lag_ms
+            ):
+                raise ClockViolation(
+                    f"clock: honest transaction {tx.id.hex()[:12]} executed as expiry_too_far in "
+                    f"block {height} at real time {real_ms} (expiry {tx.expiry_ms}, block time "
+                    f"{time_ms})"
+                )
+
+    def refused(self, node: int, real_ms: int, tx: Transaction) -> None:
+        """Member `node` refused `tx` at submit as expired."""
+        if node not in self.honest or tx.client_key not in self.clients:
+            return
+        if tx.expiry_ms >= real_ms + self.skew_ms + self.slack_ms:
+            raise ClockViolation(
+                f"clock: n{node + 1} refused honest transaction {tx.id.hex()[:12]} as expired at "
+                f"real time {real_ms}, {(tx.expiry_ms - real_ms) / 1000:.1f} s before its expiry"
+            )
+        self.refusals += 1

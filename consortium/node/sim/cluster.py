@@ -66,14 +66,13 @@ from consortium.ledger.store import RECOVERY_MARK_KEY, RESTORED_BACKUP
 from consortium.ledger.tx import Put, Transaction
 from consortium.node.sim.checkers import EquivocationChecker, SafetyChecker
 from consortium.node.sim.network import NetworkFaults, SimNetwork
-from consortium.node.sim.shell import SimShell
+from consortium.node.sim.shell import EPOCH_MS, SimShell
 from consortium.pbft.messages import TransferredBlock, decode
 from consortium.pbft.replica import PbftConfig, PbftReplica, RecoveredState, Serve
 from consortium.pbft.transfer import blocks_reply
 
 CLIENT_SEED = b"consortium-sim-client".ljust(32, b"\x00")
 BROKEN_FSYNC_MS = 100
-EPOCH_MS = 1_700_000_000_000  # simulated wall clock at simulated time 0
 SIM_PARAMS = Params(
     batch_txs_max=16,
     batch_delay_ms=4,
@@ -268,7 +267,7 @@ class SimCluster(SimShell[SimNode]):
         self._traced_view: dict[int, tuple[int, bool]] = {}
         self.client_delay_ms = client_delay_ms
         self.client_retry_ms = client_retry_ms
-        self.wall_skew_ms = dict(wall_skew_ms or {})
+        self._init_clocks(wall_skew_ms)  # a member's clock: shell.SimShell.set_clock
         self.byzantine = frozenset(byzantine)
         self.safety = SafetyChecker(
             (i for i in range(n) if i not in self.byzantine),
@@ -394,6 +393,7 @@ class SimCluster(SimShell[SimNode]):
         self._log(f"n{i + 1} RESTART at height {node.head.height}")
         node.replica = self._new_replica(i, node.app, node.head, node.stable, node.records)
         node.up = True
+        self._agreed[i] = (node.head.timestamp_ms, self.now_ms)  # a new process: its ledger
         self._carry_out(node)
 
     def backup(self, i: int) -> SimBackup:
@@ -487,7 +487,7 @@ class SimCluster(SimShell[SimNode]):
         while self._client_queue and self._client_queue[0][0] <= self.now_ms:
             _, _, i, tx = heapq.heappop(self._client_queue)
             node = self.nodes[i]
-            if node.up:
+            if node.up and not self._refuses(i, tx):
                 node.replica.propose(tx)
                 self._carry_out(node)
         for src, dst, frame in self.net.pop_due(self.now_ms):
@@ -500,8 +500,7 @@ class SimCluster(SimShell[SimNode]):
         if self.now_ms % self.tick_ms == 0:
             for node in self.nodes:
                 if node.up:
-                    wall_ms = EPOCH_MS + self.now_ms + self.wall_skew_ms.get(node.index, 0)
-                    node.replica.tick(self.now_ms, wall_ms)
+                    node.replica.tick(self.now_ms, self.wall_ms(node.index))
                     self._carry_out(node)
 
     def _carry_out(self, node: SimNode) -> None:
@@ -556,6 +555,7 @@ class SimCluster(SimShell[SimNode]):
                 if node.index not in self.byzantine:
                     self._replied(batch.txs)
                 self.safety.appended(node.index, block.height, block.hash)
+                self._block_executed(node.index, block)
                 replica.executed(batch.seq, block.hash)
             for serve in ready.serve:
                 frame_bytes = self._serve(node, serve)

@@ -65,7 +65,7 @@ from consortium.node.sim.checkers import (
     SafetyChecker,
     SafetyViolation,
 )
-from consortium.node.sim.cluster import EPOCH_MS, HmacSigner, member_keys, sim_genesis
+from consortium.node.sim.cluster import HmacSigner, member_keys, sim_genesis
 from consortium.node.sim.network import NetworkFaults, SimNetwork
 from consortium.node.sim.shell import SimShell
 
@@ -253,6 +253,7 @@ class RaftSimCluster(SimShell[RaftSimNode]):
         self.max_steps = max_steps
         self.client_delay_ms = client_delay_ms
         self.client_retry_ms = client_retry_ms
+        self._init_clocks()  # a member's clock: shell.SimShell.set_clock
         keys = member_keys(n)
         self.signers = [HmacSigner(k.public, k.seed()) for k in keys]
         self._configure: Callable[[RaftConfig], RaftConfig] = lambda c: configure(
@@ -354,6 +355,7 @@ class RaftSimCluster(SimShell[RaftSimNode]):
         node.raft = self._new_raft(i, recovered)
         node.applied_index = node.raft.applied
         node.up = True
+        self._agreed[i] = (node.head.timestamp_ms, self.now_ms)  # a new process: its ledger
         self._carry_out(node)
 
     def backup(self, i: int) -> RaftSimBackup:
@@ -436,7 +438,7 @@ class RaftSimCluster(SimShell[RaftSimNode]):
         while self._client_queue and self._client_queue[0][0] <= self.now_ms:
             _, _, i, tx = heapq.heappop(self._client_queue)
             node = self.nodes[i]
-            if node.up and tx.id in self._awaiting:
+            if node.up and tx.id in self._awaiting and not self._refuses(i, tx):
                 node.raft.propose(tx)
                 self._carry_out(node)
         for src, dst, frame in self.net.pop_due(self.now_ms):
@@ -449,7 +451,7 @@ class RaftSimCluster(SimShell[RaftSimNode]):
         if self.now_ms % self.tick_ms == 0:
             for node in self.nodes:
                 if node.up:
-                    node.raft.tick(self.now_ms, EPOCH_MS + self.now_ms)
+                    node.raft.tick(self.now_ms, self.wall_ms(node.index))
                     self._carry_out(node)
 
     def _carry_out(self, node: RaftSimNode) -> None:
@@ -547,6 +549,7 @@ class RaftSimCluster(SimShell[RaftSimNode]):
             node.app,
         )
         self._append_block(node, block, execution, entry.certificate.encode())
+        self._block_executed(node.index, block)
         self._log(f"n{node.index + 1} APPLY index {entry.index} -> block {block.height}")
         node.raft.entry_applied(entry.index, block.height, block.hash)
 
@@ -570,6 +573,7 @@ class RaftSimCluster(SimShell[RaftSimNode]):
         block, execution, (term, index) = result
         self.check.ledger.signed(node.index, index, block.txs)
         self._append_block(node, block, execution, tb.certificate)
+        self._block_executed(node.index, block)  # (the checker looks at first executions only)
         node.applied_index = max(node.applied_index, index)
         self.installs += 1
         self._log(f"n{node.index + 1} INSTALL block {block.height} (index {index})")

@@ -1,7 +1,15 @@
 """What the PBFT and Raft simulated clusters share: the shell around n simulated members, with
 its scheduled fault injections, trace lines, crashes that lose unsynced writes, the durable
-record store, message sends into the seeded network, and the loops that run the clock. Each
-cluster keeps its own step (what a delivery or tick does to its core) and its own Ready."""
+record store, message sends into the seeded network, the loops that run the clock, and each
+member's wall clock. Each cluster keeps its own step (what a delivery or tick does to its core)
+and its own Ready.
+
+Clocks: real time is EPOCH_MS + now_ms; a member's wall clock reads it, plus an offset, or a
+frozen reading, that set_clock changes (schedule it with at() to make a clock jump mid-run).
+With a ClockChecker (the clock mixes), a member also judges each client copy it receives the
+way the node's submit check does (ledger.clock.expiry_now_ms: the earlier of its clock and the
+last block's time advanced since it executed), and refuses it as expired; the checker says
+whether that refusal, and each block's time, is one the clock rules allow."""
 
 from __future__ import annotations
 
@@ -10,9 +18,13 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from typing import Generic, Protocol, TypeVar
 
+from consortium.ledger.block import Block
+from consortium.ledger.clock import expiry_now_ms
 from consortium.ledger.tx import Transaction
-from consortium.node.sim.checkers import check_converged
+from consortium.node.sim.checkers import ClockChecker, check_converged
 from consortium.node.sim.network import SimNetwork
+
+EPOCH_MS = 1_700_000_000_000  # simulated wall clock at simulated time 0
 
 
 class ShellNode(Protocol):
@@ -54,6 +66,58 @@ class SimShell(ABC, Generic[N]):
     _scheduled: list[tuple[int, int, Callable[[], None]]]
     _scheduled_seq: int
     _client_queue: list[tuple[int, int, int, Transaction]]
+    clock_offset_ms: dict[int, int]  # member -> how far its wall clock is off real time
+    clock_frozen_ms: dict[int, int]  # member -> the one reading its stopped clock gives
+    clock_check: ClockChecker | None
+    own_clock_expiry: bool  # TESTS ONLY: submissions judged by the member's clock alone
+    _agreed: dict[int, tuple[int, int]]  # member -> (last block's time, now_ms it executed)
+
+    def _init_clocks(self, offsets: dict[int, int] | None = None) -> None:
+        self.clock_offset_ms = dict(offsets or {})
+        self.clock_frozen_ms = {}
+        self.clock_check = None
+        self.own_clock_expiry = False
+        self._agreed = {}
+
+    def wall_ms(self, i: int) -> int:
+        """Member i's wall clock now."""
+        frozen = self.clock_frozen_ms.get(i)
+        if frozen is not None:
+            return frozen
+        return EPOCH_MS + self.now_ms + self.clock_offset_ms.get(i, 0)
+
+    def set_clock(self, i: int, offset_ms: int = 0, *, frozen_ms: int | None = None) -> None:
+        """Set member i's wall clock `offset_ms` off real time, or stopped at `frozen_ms`."""
+        self._log(
+            f"n{i + 1} CLOCK "
+            + (f"frozen at {frozen_ms}" if frozen_ms is not None else f"{offset_ms:+d} ms")
+        )
+        self.clock_offset_ms[i] = offset_ms
+        if frozen_ms is None:
+            self.clock_frozen_ms.pop(i, None)
+        else:
+            self.clock_frozen_ms[i] = frozen_ms
+
+    def _refuses(self, i: int, tx: Transaction) -> bool:
+        """Whether member i refuses a client's copy of `tx` as expired at submit, as the node
+        does (only modelled with a ClockChecker, which judges the refusal)."""
+        if self.clock_check is None:
+            return False
+        wall = self.wall_ms(i)
+        block_ms, at_ms = self._agreed.get(i, (EPOCH_MS, 0))
+        now_ms = (
+            wall if self.own_clock_expiry else expiry_now_ms(wall, block_ms, self.now_ms - at_ms)
+        )
+        if tx.expiry_ms >= now_ms:
+            return False
+        self._log(f"n{i + 1} REFUSES {tx.id.hex()[:8]} as expired")
+        self.clock_check.refused(i, EPOCH_MS + self.now_ms, tx)
+        return True
+
+    def _block_executed(self, i: int, block: Block) -> None:
+        self._agreed[i] = (block.header.timestamp_ms, self.now_ms)
+        if self.clock_check is not None:
+            self.clock_check.executed(i, EPOCH_MS + self.now_ms, block)
 
     @abstractmethod
     def step(self) -> None:
