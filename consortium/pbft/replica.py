@@ -312,7 +312,11 @@ class PbftReplica:
         self._nv_checked_ms = [_LONG_AGO] * self.n
         self._timeouts = 0  # successive view changes since a request last executed
         self._work_since_ms: int | None = None  # progress timer (a)
-        self._nv_timer_at: int | None = None  # waiting for NEW-VIEW after Q VIEW-CHANGEs
+        self._nv_timer_at: int | None = None  # waiting for NEW-VIEW (Q members at >= view)
+        self._vc_since_ms = 0  # when we started or joined the view change under way (status)
+        # Per peer, the view and time of its latest PRE-PREPARE/PREPARE/COMMIT for a view below
+        # ours: status only, to say when we wait alone while the others work in a lower view.
+        self._seen_working = [(-1, _LONG_AGO)] * self.n
         self._wanted: dict[bytes, int] = {}  # batch digest -> when we last asked for it
         # Batches that came by digest, for the NEW-VIEW being built or entered (<= L).
         self._fetched: OrderedDict[bytes, tuple[int, tuple[Transaction, ...]]] = OrderedDict()
@@ -400,6 +404,7 @@ class PbftReplica:
         self._clock_known = True
         if first:
             self._progress_ms = self._mono_ms
+            self._vc_since_ms = self._mono_ms  # (restarted during a view change)
         self._maybe_propose()
         if self.active:
             self._messages.extend(self._retransmit.on_tick(self._mono_ms, self.primary))
@@ -519,6 +524,7 @@ class PbftReplica:
             return False
         if msg.view < self.view:
             self.rejected["wrong_view"] += 1
+            self._seen_working[msg.sender] = (msg.view, self._mono_ms)
             self._relay_new_view(msg.sender)
             return False
         if msg.seq <= self._log.low:
@@ -970,6 +976,7 @@ class PbftReplica:
         self.view_change_history.append((view, why))
         self._timeouts += 1
         self._nv_timer_at = None
+        self._vc_since_ms = self._mono_ms
         self._nv_sent = False
         self._work_since_ms = None
         low = self._log.low
@@ -1021,13 +1028,15 @@ class PbftReplica:
             reverse=True,
         )
         if len(above) >= self.f + 1:
-            target = above[self.f]
-            if target > self.view or (target == self.view and self.active):
-                self._start_view_change(target, f"{self.f + 1} members moved to view {target}")
-                return
-        if vc.view == self.view and not self.active:
+            target = above[self.f]  # above our view, so a move (never a restart of ours)
+            self._start_view_change(target, f"{self.f + 1} members moved to view {target}")
+            return
+        if not self.active:
+            # Any VIEW-CHANGE for our view or a later one counts toward our NEW-VIEW timer; only
+            # one for exactly our view can complete a NEW-VIEW we would send.
             self._on_quorum_of_view_changes()
-            self._try_new_view()
+            if vc.view == self.view:
+                self._try_new_view()
 
     def _view_change_ok(self, vc: ViewChange) -> bool:
         # The signed body names the proofs only by digest: first make sure the proofs attached
@@ -1050,13 +1059,30 @@ class PbftReplica:
         return True
 
     def _view_changes_for(self, view: int) -> list[ViewChange]:
+        """The VIEW-CHANGEs for exactly `view`, by member: what a NEW-VIEW for it carries."""
         return [self._vcs[s] for s in sorted(self._vcs) if self._vcs[s].view == view]
 
+    def _members_at_or_above(self, view: int) -> int:
+        """Members (ours included) whose latest valid VIEW-CHANGE is for `view` or a later one:
+        what the NEW-VIEW timer counts."""
+        return sum(1 for vc in self._vcs.values() if vc.view >= view)
+
     def _on_quorum_of_view_changes(self) -> None:
+        """Start the NEW-VIEW timer once Q members asked for our view or a later one.
+
+        Counting only VIEW-CHANGEs for exactly our view deadlocks: after a healed partition with
+        a member down, one member can sit at v+2 holding only its own VIEW-CHANGE while the
+        others sit at v+1 holding Q-1 each (its VIEW-CHANGE for v+1 was replaced by the one for
+        v+2); nobody's timer runs and f+1 never ask for one view above the rest, forever. A
+        member that asked for a later view has given up on ours too, so it counts here: with Q
+        of them, at least Q-f correct members are not working in any view below ours, and
+        either our view starts in time or we move on and meet them. This only starts a timer;
+        a NEW-VIEW still carries Q VIEW-CHANGEs for exactly its view, so safety is untouched.
+        """
         if (
             not self.active
             and self._nv_timer_at is None
-            and len(self._view_changes_for(self.view)) >= self.quorum
+            and self._members_at_or_above(self.view) >= self.quorum
         ):
             self._nv_timer_at = self._mono_ms + self.timeout_ms
 
@@ -1691,15 +1717,55 @@ class PbftReplica:
         }
 
     def _view_change_progress(self) -> dict[str, Any] | None:
-        """While a view change runs: the view it goes to, the VIEW-CHANGEs held for it and the
-        quorum needed, and the member that must send NEW-VIEW (read-only, for status)."""
+        """While a view change runs: the view it goes to, the VIEW-CHANGEs held for exactly it
+        (a NEW-VIEW needs Q), the members at it or a later view (the NEW-VIEW timer needs Q),
+        whether the timer runs, how long we have waited, the member that must send NEW-VIEW,
+        and whether we wait alone (read-only, for status)."""
         if self.active:
             return None
         return {
             "view": self.view,
             "view_changes": len(self._view_changes_for(self.view)),
+            "members_at_or_above": self._members_at_or_above(self.view),
             "needed": self.quorum,
             "new_view_from": self.primary,
+            "new_view_timer_running": self._nv_timer_at is not None,
+            "waited_ms": max(0, self._mono_ms - self._vc_since_ms),
+            "alone": self._alone(),
+        }
+
+    def _alone(self) -> dict[str, Any] | None:
+        """Whether we wait in a view change the others will not join: fewer than f+1 members
+        (ours included) asked for our view or a later one, a whole timeout has passed, and
+        peers were seen working in a lower view meanwhile (read-only, for status).
+
+        Such a replica (paused, or cut off, past the timeout while the others went on) cannot
+        return to the lower view: its VIEW-CHANGE promised not to act in it, and a NEW-VIEW for
+        our view built from that VIEW-CHANGE would miss anything it prepared there afterwards.
+        Nor may the others follow it: one member alone must never force a view change. So it
+        counts as one of the f faulty members until the others' view changes reach its view
+        (its VIEW-CHANGE already counts toward their timer then), and meanwhile it follows
+        their blocks by state transfer (_maybe_fetch's probe) and keeps signing CHECKPOINTs.
+        """
+        if self.active or self._members_at_or_above(self.view) > self.f:
+            return None
+        now = self._mono_ms
+        if now - self._vc_since_ms < self.timeout_ms:
+            return None
+        working = [
+            (view, peer)
+            for peer, (view, seen_ms) in enumerate(self._seen_working)
+            if peer != self.me
+            and 0 <= view < self.view
+            and seen_ms >= self._vc_since_ms
+            and now - seen_ms <= self.timeout_ms
+        ]
+        if not working:
+            return None
+        return {
+            "members": [peer for _, peer in working],
+            "view": max(view for view, _ in working),
+            "needed_to_move_others": self.f + 1,
         }
 
     def _catching_up(self) -> dict[str, Any] | None:
@@ -1720,10 +1786,25 @@ class PbftReplica:
         """Why nothing moves, in one line (cheap: looks at one slot)."""
         if not self.active:
             have = len(self._view_changes_for(self.view))
+            members = self._members_at_or_above(self.view)
+            alone = self._alone()
+            if alone is not None:
+                return (
+                    f"view change to {self.view} alone: members "
+                    f"{', '.join(str(p) for p in alone['members'])} work in view "
+                    f"{alone['view']}; one of the f faulty until their view change reaches "
+                    f"view {self.view} (blocks follow by state transfer)"
+                )
+            if members < self.quorum:
+                return (
+                    f"view change to {self.view} in progress: {members} of {self.quorum} "
+                    "needed VIEW-CHANGE messages"
+                )
             if have < self.quorum:
                 return (
-                    f"view change to {self.view} in progress: {have} of {self.quorum} needed "
-                    "VIEW-CHANGE messages"
+                    f"view change to {self.view}: {members} members at view {self.view} or "
+                    f"later, {have} for view {self.view}; view {self.view + 1} next unless a "
+                    "NEW-VIEW comes in time"
                 )
             return (
                 f"view change to {self.view}: NEW-VIEW from primary {self.primary} "

@@ -4,7 +4,7 @@ primary computes NEW-VIEW, and what a backup refuses."""
 
 from __future__ import annotations
 
-from pbft_harness import PARAMS, RETRANSMIT_MS, Group, drive, frames
+from pbft_harness import PARAMS, RETRANSMIT_MS, WALL, Group, drive, frames
 
 from consortium.pbft import records
 from consortium.pbft.messages import (
@@ -261,3 +261,105 @@ def test_a_backup_forwards_no_more_per_interval_than_the_primary_accepts_from_it
         per_interval[interval] = per_interval.get(interval, 0) + count
     assert max(per_interval.values()) <= budget, per_interval
     assert backup.active and backup.view == 0
+
+
+# --- the NEW-VIEW timer counts VIEW-CHANGEs for our view or a later one ---------------------
+
+
+def run_live(group: Group, live: list[int], ms: int, step_ms: int = RETRANSMIT_MS // 2) -> None:
+    """Tick the live members and deliver everything among them; the others are silent."""
+    for _ in range(ms // step_ms):
+        group.mono_ms += step_ms
+        for i in live:
+            group.replicas[i].tick(group.mono_ms, WALL + group.mono_ms)
+        group.pump(to=live)
+
+
+def deadlock_split(group: Group, ahead: int, behind: list[int]) -> None:
+    """The split the issue found after a healed partition with members down: `ahead` moved on
+    to view 2 holding only its own VIEW-CHANGE, `behind` sit in view 1 holding each other's
+    (Q-1 of them) and the one for view 2; nobody holds Q for exactly their own view."""
+    for i in behind:
+        group.replicas[i]._start_view_change(1, "no request executed within the timeout")
+    a = group.replicas[ahead]
+    a._start_view_change(1, "no request executed within the timeout")
+    a._start_view_change(2, "no valid NEW-VIEW in time")
+    live = [ahead, *behind]
+    for i in live:
+        group.take(i)  # older VIEW-CHANGEs (lost in the partition)
+    for i in live:
+        frame = group.replicas[i]._own_vc
+        assert frame is not None
+        for j in live:
+            if j != i:
+                group.replicas[j].receive(i, frame)
+    for i in live:
+        group.take(i)
+    quorum = group.replicas[ahead].quorum
+    assert len(behind) == quorum - 1
+    for i in behind:
+        r = group.replicas[i]
+        assert (r.view, r.active, len(r._view_changes_for(1))) == (1, False, quorum - 1)
+    assert len(a._view_changes_for(2)) == 1 and a.view == 2
+
+
+def test_a_healed_partition_with_a_member_down_does_not_deadlock_the_view_change() -> None:
+    # n = 4, n4 silent for good: n3 is at view 2 alone, n1 and n2 at view 1 with two
+    # VIEW-CHANGEs for it. The VIEW-CHANGE for view 2 counts toward their timer: they move on
+    # to view 2, whose primary n3 then holds a quorum and sends NEW-VIEW.
+    group = Group()
+    live = [0, 1, 2]
+    deadlock_split(group, 2, [0, 1])
+    assert group.replicas[0]._nv_timer_at is not None  # three members at view 1 or later
+    run_live(group, live, 20 * TIMEOUT)
+    assert {(group.replicas[i].view, group.replicas[i].active) for i in live} == {(2, True)}
+    for i in live:
+        group.replicas[i].propose(group.txs[0])
+    run_live(group, live, 4 * TIMEOUT)
+    assert all(group.replicas[i].last_executed >= 1 for i in live)
+
+
+def test_a_healed_partition_with_two_of_seven_down_does_not_deadlock_the_view_change() -> None:
+    group = Group(7)
+    live = [0, 1, 2, 3, 4]  # n6 and n7 silent; n3 (primary of view 2) ahead alone
+    deadlock_split(group, 2, [0, 1, 3, 4])
+    run_live(group, live, 20 * TIMEOUT)
+    assert {(group.replicas[i].view, group.replicas[i].active) for i in live} == {(2, True)}
+    for i in live:
+        group.replicas[i].propose(group.txs[0])
+    run_live(group, live, 4 * TIMEOUT)
+    assert all(group.replicas[i].last_executed >= 1 for i in live)
+
+
+def test_a_view_change_for_a_later_view_starts_the_timer_when_it_arrives() -> None:
+    group = Group()
+    r = group.replicas[0]
+    r._start_view_change(1, "test")
+    for sender, view in ((1, 1), (2, 3)):
+        group.replicas[sender]._start_view_change(view, "test")
+        frame = group.replicas[sender]._own_vc
+        assert frame is not None
+        assert r._nv_timer_at is None
+        r.receive(sender, frame)
+    # Ours and n2's for view 1, n3's for view 3: three members at view 1 or later.
+    assert r.view == 1 and not r.active
+    assert r._nv_timer_at == group.mono_ms + r.timeout_ms
+    progress = r.status()["view_change"]
+    assert progress["view_changes"] == 2  # for exactly view 1: what a NEW-VIEW carries
+    assert progress["members_at_or_above"] == 3 and progress["needed"] == 3
+    assert progress["new_view_timer_running"]
+
+
+def test_view_changes_for_later_views_never_make_a_new_view() -> None:
+    # n2 is primary of view 1 and holds Q VIEW-CHANGEs for views >= 1, but only two for
+    # exactly view 1: it starts its timer and sends no NEW-VIEW.
+    group = Group()
+    new_primary = group.replicas[1]
+    new_primary._start_view_change(1, "test")
+    for sender, view in ((2, 1), (3, 2)):
+        group.replicas[sender]._start_view_change(view, "test")
+        frame = group.replicas[sender]._own_vc
+        assert frame is not None
+        new_primary.receive(sender, frame)
+    assert not new_primary.active and new_primary._nv_timer_at is not None
+    assert not [m for m in kinds(group, 1) if isinstance(m, NewView)]
