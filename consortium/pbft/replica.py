@@ -75,14 +75,27 @@ batch a timeout later; (c) the primary proves itself faulty: two signed PRE-PREP
 (view, seq), or a batch failing a stateless check (kept in `evidence`); or (d) a NEW-VIEW from
 it does not recompute. It then moves to view v+1: persists the view, multicasts
 VIEW-CHANGE(v+1, stable certificate, prepared proofs) and re-sends it until a NEW-VIEW for v+1
-or later arrives. Once it holds Q VIEW-CHANGEs for v+1 it starts a timer; if no valid NEW-VIEW
-arrives in time it moves on to v+2 (a NEW-VIEW for v+1 that does not recompute moves it on at
-once; one whose contents do not match the digest its primary signed was changed by a relay and
-is dropped as malformed, blaming no one; a bad one for any other view is dropped and counted,
-since one faulty member is primary of infinitely many views). The timeout doubles with each
-successive view change and returns to params.request_timeout_ms once a request executes. f+1
-VIEW-CHANGEs for views above ours make us join the smallest of them (a faulty replica alone
-cannot start a view change).
+or later arrives. Once Q members (ours included) sent valid VIEW-CHANGEs for v+1 or a later view
+(each member's latest counts) it starts a timer; if no valid NEW-VIEW arrives in time it moves
+on to v+2 (a NEW-VIEW for v+1 that does not recompute moves it on at once; one whose contents
+do not match the digest its primary signed was changed by a relay and is dropped as malformed,
+blaming no one; a bad one for any other view is dropped and counted, since one faulty member is
+primary of infinitely many views). Later views count for the timer only: a NEW-VIEW for v+1
+still carries Q VIEW-CHANGEs for exactly v+1. Counting only those for exactly v+1 (the rule
+before) deadlocks after a healed partition with a member down: one member at v+2 alone, the
+others at v+1 with Q-1 each, and no timer anywhere (docs/protocol.md, "View-change timers",
+sketches why the rule is live). The timeout doubles with each successive view change, up to
+TIMEOUT_DOUBLINGS_MAX times, and returns to params.request_timeout_ms once a request executes.
+f+1 VIEW-CHANGEs for views above ours make us join the smallest of the f+1 highest (a faulty
+replica alone cannot start a view change).
+A replica that asked alone for a view the others never join (it was paused or cut off past the
+timeout while they went on) cannot go back to their view, which its VIEW-CHANGE promised to
+leave, and must not drag them along (one member alone never forces a view change). It counts as
+one of the f faulty until their view changes reach its view, says so in status (`alone`), and
+keeps its ledger current by fetching their blocks every two intervals (and its CHECKPOINTs
+still count for them). A replica holding an accepted batch that saw nothing commit for two
+intervals fetches too: the members whose votes it lacks may have moved on to a later view, and
+only a signer re-sends its vote.
 The new primary, with Q VIEW-CHANGEs, fetches any batch it lacks by digest, then sends
 NEW-VIEW with the re-issued PRE-PREPAREs (null requests for gaps); every replica recomputes
 it, persists it, drops the old view's slots, re-issues the transactions of dropped batches to
@@ -175,6 +188,10 @@ FETCHES_SERVED_PER_INTERVAL = 4
 # one costs a client-signature check, so this bounds what one member can make us verify.
 FORWARDED_BATCHES_PER_INTERVAL = 4
 _LONG_AGO = -(2**62)
+# The view-change timeout doubles per successive view change up to this many times (64 x the
+# base): long enough to outlast any delay after the network stabilises, short enough that a
+# network that lost many primaries in a row still tries the next one within minutes.
+TIMEOUT_DOUBLINGS_MAX = 6
 PENDING_TXS_MAX = 100_000
 PENDING_BYTES_MAX = 256 * 1024 * 1024
 
@@ -370,7 +387,7 @@ class PbftReplica:
     def timeout_ms(self) -> int:
         """The view-change timeout: doubles per successive view change, base once a request
         executes."""
-        return self.params.request_timeout_ms << min(self._timeouts, 6)
+        return self.params.request_timeout_ms << min(self._timeouts, TIMEOUT_DOUBLINGS_MAX)
 
     def expecting_blocks_from(self, peer: int) -> bool:
         return self._fetch_peer == peer
@@ -1428,9 +1445,13 @@ class PbftReplica:
         needed = target > self._last_committed and (behind_h or stuck)
         # A replica waiting alone in a view change takes no part in the old view, which may
         # go on committing without it: it keeps its ledger current by asking now and then.
-        probe = not self.active and now - max(self._progress_ms, self._fetch_sent_ms) >= (
-            2 * interval
-        )
+        # So does one holding an accepted batch that saw nothing commit for as long: the
+        # others may have committed it with votes it can no longer get (their signers moved on
+        # to a later view, and only a signer re-sends its vote), and in an idle network no
+        # CHECKPOINT would ever tell it (found by the simulator's flapping mixes: a primary,
+        # which never suspects itself, one COMMIT short of a block the others had executed).
+        quiet = now - max(self._progress_ms, self._fetch_sent_ms) >= 2 * interval
+        probe = quiet and (not self.active or self._behind_committed())
         if needed or probe or self._probes_left > 0:
             self._fetch_from(self._pick_fetch_peer(target))
 

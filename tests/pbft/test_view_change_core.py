@@ -10,13 +10,16 @@ from consortium.pbft import records
 from consortium.pbft.messages import (
     Batch,
     BatchRequest,
+    Fetch,
     NewView,
     PrePrepare,
+    TransferredBlock,
     ViewChange,
     decode,
     encode,
 )
 from consortium.pbft.replica import FORWARD_DIGEST, PbftReplica
+from consortium.pbft.transfer import blocks_reply
 from consortium.pbft.viewchange import NULL_DIGEST
 
 TIMEOUT = PARAMS.request_timeout_ms
@@ -363,3 +366,48 @@ def test_view_changes_for_later_views_never_make_a_new_view() -> None:
         new_primary.receive(sender, frame)
     assert not new_primary.active and new_primary._nv_timer_at is not None
     assert not [m for m in kinds(group, 1) if isinstance(m, NewView)]
+
+
+def test_a_primary_one_commit_short_of_a_block_the_others_executed_fetches_it() -> None:
+    # Found by the flapping mixes (flap-mute, n = 4, seed 133): n2's COMMIT for seq 1 never
+    # reached the primary n1, and n2 then moved on to view 1, so it never re-sends it (only a
+    # signer re-sends its vote, and only in its view); n4 is silent. n3 committed seq 1 with
+    # n2's COMMIT. The primary never suspects itself, the clients had their f+1 replies, and
+    # seq 1 is no checkpoint: nothing would ever tell n1. Holding an accepted batch that has
+    # not committed for two intervals, it asks a peer for blocks.
+    group = Group()
+    primary, n2 = group.replicas[0], group.replicas[1]
+    for i in range(4):
+        group.take(i)
+    primary.propose(group.txs[0])
+    (pp,) = [m for m in kinds(group, 0) if isinstance(m, PrePrepare)]
+    for i in (1, 2):
+        group.replicas[i].receive(0, pp)
+    for i in (1, 2):
+        group.deliver(i, group.take(i).messages, to=[0, 1, 2])  # PREPAREs
+    commits = {i: group.take(i).messages for i in (0, 1, 2)}
+    group.deliver(0, commits[0], to=[1, 2])
+    group.deliver(1, commits[1], to=[2])  # lost on its way to n1
+    group.deliver(2, commits[2], to=[0, 1])
+    (batch,) = group.take(2).committed
+    assert primary.status()["waiting_for"] == "commits for seq 1: 2 of 3"
+    n2._start_view_change(1, "no request executed within the timeout")
+    group.take(1)
+    asked: list[tuple[int | None, Fetch]] = []
+    while not asked and group.mono_ms < 3 * RETRANSMIT_MS:
+        group.mono_ms += RETRANSMIT_MS // 4
+        primary.tick(group.mono_ms, WALL + group.mono_ms)
+        for out in group.take(0).messages:
+            msg = decode(out.frame, group.params)
+            if isinstance(msg, Fetch):
+                asked.append((out.dest, msg))
+    ((peer, fetch),) = asked
+    assert peer is not None and peer in (1, 2, 3) and fetch.from_seq == 1
+    block = TransferredBlock(
+        proposed_ms=batch.proposed_ms, txs=batch.txs, certificate=batch.certificate
+    )
+    answer = blocks_reply(
+        group.signers[peer], group.chain_id, peer, group.params, 1, 1, None, lambda s: block
+    )
+    primary.receive(peer, answer)
+    assert [b.seq for b in group.take(0).committed] == [1]

@@ -191,6 +191,44 @@ def test_a_replica_far_behind_catches_up_by_state_transfer() -> None:
     assert n4.view == cluster.nodes[0].replica.view
 
 
+def test_a_backup_alone_in_a_view_change_says_so_and_keeps_its_ledger_current() -> None:
+    # n4 is cut off longer than the timeout while it holds requests: it asks alone for view 1.
+    # After healing the others go on in view 0 without it; it cannot go back, counts as one of
+    # the f faulty, says so, and follows their blocks by state transfer while they commit.
+    cluster = SimCluster(31, 4, faults=LOSSY)
+    pool = workload(cluster.chain_id, 130)
+    cluster.submit(pool[:10])
+    assert cluster.run_until_committed(2_000)
+    n4 = cluster.nodes[3]
+    cluster.net.isolate(3, 4)
+    cluster.submit(pool[10:20])
+    while n4.replica.active:
+        cluster.step()
+    cluster.run_until(cluster.now_ms + 200)
+    cluster.net.heal()
+    lags: list[int] = []
+    for i in range(20, 130, 10):
+        cluster.submit(pool[i : i + 10])
+        cluster.run_until(cluster.now_ms + 500)
+        lead = max(node.head.height for node in cluster.nodes[:3])
+        lags.append(lead - n4.head.height)
+    assert [(node.replica.view, node.replica.active) for node in cluster.nodes] == [
+        (0, True),
+        (0, True),
+        (0, True),
+        (1, False),
+    ]
+    alone = n4.replica.status()["view_change"]["alone"]
+    assert alone == {"members": [0, 1, 2], "view": 0, "needed_to_move_others": 2}
+    assert n4.replica.status()["waiting_for"].startswith("view change to 1 alone")
+    # Half a second after each burst it holds every block (it fetches every two intervals;
+    # waiting for the next stable checkpoint instead, it would trail by up to K - 1 blocks).
+    assert lags == [0] * len(lags), lags
+    assert n4.replica.transferred > 0
+    assert cluster.run_until_committed(cluster.now_ms + 5_000)
+    cluster.check_converged()
+
+
 # --- durability: a crash between a write and its fsync ----------------------------------------
 
 
