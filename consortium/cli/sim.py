@@ -127,7 +127,7 @@ def sim(
 
     chosen = parse_seeds(seeds)
     typer.echo(
-        f"{'behaviour':<22} {'seeds':>6} {'ok':>6} {'safety':>7} {'liveness':>9} "
+        f"{'behaviour or mix':<22} {'seeds':>6} {'ok':>6} {'safety':>7} {'liveness':>9} "
         f"{'sim s':>8} {'wall s':>7}"
     )
     failed: list[tuple[str | None, str | None, Outcome]] = []
