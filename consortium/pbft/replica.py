@@ -88,8 +88,9 @@ sketches why the rule is live). The timeout doubles with each successive view ch
 TIMEOUT_DOUBLINGS_MAX times, and returns to params.request_timeout_ms once a request executes.
 f+1 VIEW-CHANGEs for views above ours make us join the smallest of the f+1 highest (a faulty
 replica alone cannot start a view change).
-A replica that asked alone for a view the others never join (it was paused or cut off past the
-timeout while they went on) cannot go back to their view, which its VIEW-CHANGE promised to
+A replica that asked alone for a view the others never join (it was cut off past the timeout
+while they went on; the node runtime does not count the time its process was stopped, so a
+pause alone does not do this) cannot go back to their view, which its VIEW-CHANGE promised to
 leave, and must not drag them along (one member alone never forces a view change). It counts as
 one of the f faulty until their view changes reach its view, says so in status (`alone`), and
 keeps its ledger current by fetching their blocks every two intervals (and its CHECKPOINTs

@@ -13,6 +13,7 @@ member drops all frames to and from the members named in its file."""
 
 from __future__ import annotations
 
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -140,3 +141,66 @@ def cut_off(net: LocalNetwork, side: list[str]) -> None:
 def heal_files(net: LocalNetwork) -> None:
     for home in net.homes:
         (home / "partition").write_text("")
+
+
+def test_a_backup_paused_past_the_timeout_rejoins_without_a_view_change(tmp_path: Path) -> None:
+    # n4 is stopped (SIGSTOP) for three timeouts while the others commit, with requests it had
+    # received pending. When it runs again, nothing it watched has timed out: the time it was
+    # stopped does not count towards its view-change timers, so it does not ask alone for view
+    # 1 (where it would count as faulty until the others' next view change), but catches up
+    # in view 0 with the others.
+    directory = tmp_path / "net"
+    init_network(directory, members=4, clients=2, params=Params(request_timeout_ms=TIMEOUT_MS))
+    net = LocalNetwork(directory)
+    setup = load_client_setup(directory)
+    genesis, keys = setup.genesis, setup.keys()
+    net.start()
+    try:
+        trio.run(wait_all, genesis, 30.0)
+
+        async def scenario() -> dict[int, dict[str, Any]]:
+            done = trio.Event()
+            async with ConsortiumClient(genesis, keys[0]) as client:
+
+                async def load() -> None:  # n4 always holds requests not executed yet
+                    rounds = 0
+                    while not done.is_set():
+                        txs = [
+                            client.make_tx([Put(b"load/%d/%d" % (rounds, i), b"v")])
+                            for i in range(20)
+                        ]
+                        await client.submit_and_wait(txs, timeout_s=20.0)
+                        rounds += 1
+
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(load)
+                    await trio.sleep(0.5)
+                    net.procs["n4"].send_signal(signal.SIGSTOP)
+                    try:
+                        await trio.sleep(3 * TIMEOUT_MS / 1000)
+                    finally:
+                        net.procs["n4"].send_signal(signal.SIGCONT)
+                    await trio.sleep(1.5)
+                    done.set()
+                await trio.sleep(0.5)
+                return {i: await client.status(i, 1.0) for i in range(4)}
+
+        found = trio.run(scenario)
+        summary = {
+            i: (s["view"], s["core"]["view_active"], s["height"], s["core"]["waiting_for"])
+            for i, s in found.items()
+        }
+        assert all(s["view"] == 0 and s["core"]["view_active"] for s in found.values()), summary
+        assert len({s["height"] for s in found.values()}) == 1, summary
+        stalls = found[3]["stalls"]
+        assert stalls["count"] >= 1 and stalls["skipped_ms"] >= TIMEOUT_MS, stalls
+    finally:
+        net.stop()
+
+
+async def wait_all(genesis: Genesis, timeout_s: float) -> None:
+    with trio.fail_after(timeout_s):
+        while True:
+            if len(await statuses(genesis, [0, 1, 2, 3])) == 4:
+                return
+            await trio.sleep(0.1)
