@@ -94,8 +94,8 @@ pause alone does not do this) cannot go back to their view, which its VIEW-CHANG
 leave, and must not drag them along (one member alone never forces a view change). It counts as
 one of the f faulty until their view changes reach its view, says so in status (`alone`), and
 keeps its ledger current by fetching their blocks every two intervals (and its CHECKPOINTs
-still count for them). A replica holding an accepted batch that saw nothing commit for two
-intervals fetches too: the members whose votes it lacks may have moved on to a later view, and
+still count for them). A replica holding an accepted batch that saw nothing commit for a whole
+timeout fetches too: the members whose votes it lacks may have moved on to a later view, and
 only a signer re-sends its vote.
 The new primary, with Q VIEW-CHANGEs, fetches any batch it lacks by digest, then sends
 NEW-VIEW with the re-issued PRE-PREPAREs (null requests for gaps); every replica recomputes
@@ -1446,13 +1446,15 @@ class PbftReplica:
         needed = target > self._last_committed and (behind_h or stuck)
         # A replica waiting alone in a view change takes no part in the old view, which may
         # go on committing without it: it keeps its ledger current by asking now and then.
-        # So does one holding an accepted batch that saw nothing commit for as long: the
-        # others may have committed it with votes it can no longer get (their signers moved on
-        # to a later view, and only a signer re-sends its vote), and in an idle network no
+        # So does one holding an accepted batch that saw nothing commit for a whole timeout:
+        # the others may have committed it with votes it can no longer get (their signers moved
+        # on to a later view, and only a signer re-sends its vote), and in an idle network no
         # CHECKPOINT would ever tell it (found by the simulator's flapping mixes: a primary,
         # which never suspects itself, one COMMIT short of a block the others had executed).
-        quiet = now - max(self._progress_ms, self._fetch_sent_ms) >= 2 * interval
-        probe = quiet and (not self.active or self._behind_committed())
+        quiet_ms = now - max(self._progress_ms, self._fetch_sent_ms)
+        probe = (not self.active and quiet_ms >= 2 * interval) or (
+            quiet_ms >= self.timeout_ms and self._behind_committed()
+        )
         if needed or probe or self._probes_left > 0:
             self._fetch_from(self._pick_fetch_peer(target))
 

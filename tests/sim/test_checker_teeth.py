@@ -305,13 +305,13 @@ class NewViewTimerForExactlyOneView(PbftReplica):
         return len(self._view_changes_for(view))
 
 
-# The old rule deadlocks 15 and 13 of the first 40 seeds at n = 4 (members down, mute) and 1
-# and 2 of the first 12 at n = 7. A deadlocked run costs its whole deadline (102 s simulated),
-# so these are short: seeds 0-3 at n = 4 (2 and 3 deadlock with members down, 2 and 7 of 0-7
-# with members mute), and at n = 7 one seed each that deadlocks.
+# The old rule deadlocks 13 and 11 of the first 40 seeds at n = 4 (members down, mute) and 3
+# and 4 of the first 12 at n = 7. A deadlocked run costs its whole deadline (102 s simulated),
+# so these are short: seeds 0-3 at n = 4 (0 and 3 deadlock with members down, 0 and 2 with
+# members mute), and at n = 7 one seed each that deadlocks.
 TEETH = [
     pytest.param("flap-down", 4, range(0, 4), id="n4-flap-down"),
-    pytest.param("flap-mute", 4, range(0, 8), id="n4-flap-mute"),
+    pytest.param("flap-mute", 4, range(0, 4), id="n4-flap-mute"),
     pytest.param("flap-down", 7, range(1_003, 1_004), id="n7-flap-down"),
     pytest.param("flap-mute", 7, range(1_001, 1_002), id="n7-flap-mute"),
 ]

@@ -74,6 +74,6 @@ def test_regression_a_primary_one_commit_short_of_an_executed_block_fetches_it(s
     # flap-mute, n = 4: the COMMIT of n1 for seq 3 never reached the primary n2, and n1 then
     # moved on to view 2 alone; n3 executed seq 3, the clients had their f+1 replies, and the
     # primary, which never suspects itself, waited for that COMMIT for good (seq 3 is no
-    # checkpoint). A member holding an accepted batch that saw nothing commit for two
-    # intervals now fetches blocks from a peer (pbft/replica.py, _maybe_fetch).
+    # checkpoint). A member holding an accepted batch that saw nothing commit for a whole
+    # timeout now fetches blocks from a peer (pbft/replica.py, _maybe_fetch).
     run_chunk("flap-mute", 4, range(seed, seed + 1))
