@@ -1,7 +1,8 @@
 """`consortium sim`: run seeded simulations of unmodified PBFT cores (or, with --mode raft,
 Raft cores) from the command line, with chosen network faults, crashes, partitions and
-Byzantine behaviours (raft: fault mixes), or a member's clock wrong (--clock, both modes);
-print a summary; and replay one seed with a readable trace."""
+Byzantine behaviours, or fault mixes (pbft: partitions held past the view-change timeout and
+flapped while f members are down or mute all along; raft: its own), or a member's clock wrong
+(--clock, both modes); print a summary; and replay one seed with a readable trace."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from consortium.node.sim.byzantine import BEHAVIOURS
 from consortium.node.sim.checkers import LivenessViolation, SafetyViolation
 from consortium.node.sim.clock_scenarios import CLOCK_MIXES, plan, run_clock
 from consortium.node.sim.raft_scenarios import RAFT_MIXES, run_raft
-from consortium.node.sim.scenarios import FAULTS, Outcome, Scenario, run_seed
+from consortium.node.sim.scenarios import FAULTS, FLAPPING, Outcome, Scenario, run_seed
 
 EXIT_FAILED = 1
 
@@ -45,7 +46,12 @@ def sim(
     mode: Annotated[str, typer.Option(help="pbft, or raft (crash faults only).")] = "pbft",
     mix: Annotated[
         list[str] | None,
-        typer.Option(help=f"raft: fault mix (repeatable, or 'all'): {', '.join(RAFT_MIXES)}."),
+        typer.Option(
+            help=f"Fault mix (repeatable, or 'all'). pbft: {', '.join(FLAPPING)} (partitions "
+            "held past the view-change timeout and flapped, f members crashed or mute for the "
+            "whole run; every transaction must commit within 4 x the capped timeout after "
+            f"healing); raft: {', '.join(RAFT_MIXES)}."
+        ),
     ] = None,
     n: Annotated[
         int | None, typer.Option(help="Members (pbft: 3f+1 >= 4, default 4; raft: default 3).")
@@ -88,6 +94,20 @@ def sim(
     if faults not in FAULTS:
         raise typer.BadParameter(f"choose one of {', '.join(FAULTS)}", param_hint="--faults")
     names: list[str | None] = [None]
+    mixes: list[str | None] = [None]
+    if mix:
+        mixes = list(FLAPPING) if mix == ["all"] else list(mix)
+        unknown = [x for x in mixes if x not in FLAPPING]
+        if unknown:
+            raise typer.BadParameter(
+                f"{unknown[0]!r}: choose from {', '.join(FLAPPING)} or all", param_hint="--mix"
+            )
+        if byzantine or partition or crash:
+            raise typer.BadParameter(
+                "a flapping mix brings its own faults (f members down or mute, partitions): "
+                "leave out --byzantine, --partition and --crash",
+                param_hint="--mix",
+            )
     if byzantine:
         names = list(BEHAVIOURS) if byzantine == ["all"] else list(byzantine)
         unknown = [b for b in names if b not in BEHAVIOURS]
@@ -106,36 +126,38 @@ def sim(
             f"at most f = {f} distinct members in 0..{n - 1}", param_hint="--liars"
         )
 
-    def scenario(name: str | None) -> Scenario:
-        return Scenario(n, txs, faults, partition, crash, name, members)
+    runs = [(name, m) for m in mixes for name in names]
+
+    def scenario(name: str | None, m: str | None) -> Scenario:
+        return Scenario(n, txs, faults, partition, crash, name, members, m)
 
     if trace is not None:
-        outcome = run_seed(scenario(names[0]), trace, _trace_printer(trace_lines))
+        outcome = run_seed(scenario(*runs[0]), trace, _trace_printer(trace_lines))
         typer.echo(_line(outcome))
         raise typer.Exit(0 if outcome.ok else EXIT_FAILED)
 
     chosen = parse_seeds(seeds)
     typer.echo(
-        f"{'behaviour':<22} {'seeds':>6} {'ok':>6} {'safety':>7} {'liveness':>9} "
+        f"{'behaviour or mix':<22} {'seeds':>6} {'ok':>6} {'safety':>7} {'liveness':>9} "
         f"{'sim s':>8} {'wall s':>7}"
     )
-    failed: list[tuple[str | None, Outcome]] = []
-    for name in names:
+    failed: list[tuple[str | None, str | None, Outcome]] = []
+    for name, m in runs:
         started = time.monotonic()
-        outcomes = [run_seed(scenario(name), seed) for seed in chosen]
+        outcomes = [run_seed(scenario(name, m), seed) for seed in chosen]
         bad = [o for o in outcomes if not o.ok]
-        failed += [(name, o) for o in bad]
+        failed += [(name, m, o) for o in bad]
         typer.echo(
-            f"{name or 'none':<22} {len(outcomes):>6} {len(outcomes) - len(bad):>6} "
+            f"{m or name or 'none':<22} {len(outcomes):>6} {len(outcomes) - len(bad):>6} "
             f"{sum(o.failure == 'safety' for o in bad):>7} "
             f"{sum(o.failure in ('liveness', 'error') for o in bad):>9} "
             f"{sum(o.simulated_ms for o in outcomes) / 1000:>8.1f} "
             f"{time.monotonic() - started:>7.1f}"
         )
-    for name, o in failed[:10]:
-        typer.echo(f"FAILED {name or 'none'} {_line(o)}")
+    for name, m, o in failed[:10]:
+        typer.echo(f"FAILED {m or name or 'none'} {_line(o)}")
     if failed:
-        name, first = failed[0]
+        name, m, first = failed[0]
         flags = " ".join(
             x
             for x in (
@@ -143,6 +165,7 @@ def sim(
                 "--partition" if partition else "",
                 "--crash" if crash else "",
                 f"--byzantine {name}" if name else "",
+                f"--mix {m}" if m else "",
             )
             if x
         )

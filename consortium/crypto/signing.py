@@ -20,7 +20,11 @@ from nacl._sodium import lib as _sodium
 
 from consortium.crypto.keys import SIGNATURE_BYTES, KeyPair
 
-PROTOCOL_VERSION = 1
+# The peer protocol's version, checked in the handshake (node/transport.py). 2: BLOCKS carries
+# its sender's height, TIMEOUT-NOW an index, raft replies a wall clock, the transfer body a
+# term, and the recovery queries and reports exist. The domain tags below version the
+# signature scheme, which did not change.
+PROTOCOL_VERSION = 2
 
 
 class Domain(Enum):

@@ -218,10 +218,30 @@ def _pbft_blockers(
     vc = core.get("view_change")
     if vc:
         have, needed, view = int(vc["view_changes"]), int(vc["needed"]), int(vc["view"])
+        # Members at this view or a later one: what the NEW-VIEW timer counts (a NEW-VIEW
+        # itself needs `needed` VIEW-CHANGEs for exactly this view).
+        members = int(vc.get("members_at_or_above", have))
         primary = names[int(vc["new_view_from"])]
-        if have < needed:
+        alone = vc.get("alone")
+        if alone:
+            working = join_names([names[int(i)] for i in alone["members"]])
             reasons.append(
-                f"view change to {view} in progress: {have} of {needed} needed VIEW-CHANGE messages"
+                f"view change to {view}: this member is alone in it for "
+                f"{int(vc.get('waited_ms') or 0) / 1000:.1f} s while {working} work in view "
+                f"{int(alone['view'])}; it counts as one of the f faulty members until their "
+                f"next view change reaches view {view}, and follows their blocks by state "
+                "transfer meanwhile"
+            )
+        elif members < needed:
+            reasons.append(
+                f"view change to {view} in progress: {members} of {needed} needed VIEW-CHANGE "
+                "messages"
+            )
+        elif have < needed:
+            reasons.append(
+                f"view change to {view}: {members} members asked for view {view} or later, "
+                f"{have} for view {view} itself; moving on to view {view + 1} unless a NEW-VIEW "
+                "comes in time"
             )
         elif int(vc["new_view_from"]) == me:
             reasons.append(f"view change to {view}: this member sends NEW-VIEW next")

@@ -191,6 +191,13 @@ def prometheus_text(node: Node, status: dict[str, Any] | None = None) -> str:
         "View changes started (pbft) or elections started (raft).",
         int(status.get("view_changes") or 0),
     )
+    view_change = status["core"].get("view_change") or {}
+    out.gauge(
+        "consortium_view_change_alone",
+        "1 while this pbft member waits alone in a view change the others do not join (it "
+        "counts as one of the f faulty until their view change reaches its view), else 0.",
+        1 if view_change.get("alone") else 0,
+    )
     out.gauge(
         "consortium_pending_txs",
         "Client transactions accepted and not yet committed.",

@@ -84,6 +84,7 @@ from consortium.pbft.transfer import blocks_reply
 
 TICK_MS = 2
 TICK_IDLE_MAX_MS = 16  # the coarsest timer granularity when idle (timeouts are >= 50 ms)
+STALL_MIN_MS = 4 * TICK_IDLE_MAX_MS  # a core loop iteration longer than this may be a stall
 TEST_BYZANTINE_MODES = ("silent-primary", "equivocating-primary")
 EVENTS_MAX = 8192  # bounded queue between the pump/clients and the core task
 WATCHED_TXS_MAX = 200_000  # transactions with a waiting client, over all connections
@@ -99,6 +100,44 @@ REJECTIONS_LOG_INTERVAL_S = 10.0  # peer messages dropped by the core: one summa
 # Drop reasons that mean a peer sent something no honest member would; the rest (duplicates,
 # stale views, full buffers) happen between honest members and are summarised at debug level.
 MISBEHAVIOUR_MARKS = ("bad", "conflict", "malformed", "mismatch", "not_member", "unknown_sender")
+
+
+class RunningClock:
+    """The pbft core's monotonic clock: milliseconds this process ran. A core loop iteration
+    longer than `stall_ms` (the process was stopped, its host suspended, the loop held up)
+    advances it by `stall_ms` only.
+
+    The core's view-change timers measure how long it watched the primary fail to make
+    progress. A backup that was not running watched nothing: counting that time, it suspected
+    the primary at its first tick after a SIGSTOP longer than the timeout and asked alone for
+    the next view, while the others went on without it; it cannot go back (its VIEW-CHANGE
+    promised to leave the view), so it counted as one of the f faulty until their next view
+    change (measured: 40 s and more). Not counting the stall, it first reads what
+    arrived meanwhile and catches up. Only timers are affected, never safety; a primary that
+    really stalls is still suspected by the members that watched it. (Raft keeps the plain
+    clock: its leader advances follower clock samples by it.)
+    """
+
+    def __init__(self, stall_ms: int) -> None:
+        assert stall_ms > 0
+        self.stall_ms = stall_ms
+        self.stalls = 0  # iterations cut short, for status
+        self.skipped_ms = 0  # real time not counted
+        self._last_ms: int | None = None
+        self._ms = 0
+
+    def advance(self, mono_ms: int) -> int:
+        """The clock at real monotonic time `mono_ms` (non-decreasing calls)."""
+        if self._last_ms is None:
+            self._ms = mono_ms
+        else:
+            elapsed = max(0, mono_ms - self._last_ms)
+            if elapsed > self.stall_ms:
+                self.stalls += 1
+                self.skipped_ms += elapsed - self.stall_ms
+            self._ms += min(elapsed, self.stall_ms)
+        self._last_ms = mono_ms
+        return self._ms
 
 
 @dataclass(slots=True)
@@ -199,6 +238,11 @@ class Node:
         self._init_core()
         attach_context(self.log, self.log_fields)
         self._last_tick_s: float | None = None  # trio clock, seconds
+        self._core_clock = (
+            RunningClock(max(STALL_MIN_MS, genesis.params.request_timeout_ms // 2))
+            if genesis.mode == "pbft"
+            else None
+        )
         # When the height last moved, or work last arrived to an idle member (stall clock).
         self._moved_s: float | None = None
         self._moved_height = self.store.height
@@ -426,7 +470,8 @@ class Node:
                         break
                     self._handle(event)
             mono_ms, wall_ms = self._now()
-            core.tick(mono_ms, wall_ms)
+            clock = self._core_clock
+            core.tick(mono_ms if clock is None else clock.advance(mono_ms), wall_ms)
             worked = await self._carry_out_ready()
             if self.recovering_from is not None and not core.recovering:
                 await self._recovered()
@@ -1139,6 +1184,13 @@ class Node:
             ],
             "primary": self.genesis.members[self.core.primary].name,
             "stable_checkpoint": core.get("stable_checkpoint"),
+            # Core loop iterations that took longer than a stall (the process was stopped, its
+            # host suspended): the time beyond it did not count towards view-change timers.
+            "stalls": (
+                {"count": self._core_clock.stalls, "skipped_ms": self._core_clock.skipped_ms}
+                if self._core_clock is not None
+                else None
+            ),
         }
 
     def metrics_doc(self) -> dict[str, Any]:

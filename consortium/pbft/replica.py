@@ -92,14 +92,28 @@ batch a timeout later; (c) the primary proves itself faulty: two signed PRE-PREP
 (view, seq), or a batch failing a stateless check (kept in `evidence`); or (d) a NEW-VIEW from
 it does not recompute. It then moves to view v+1: persists the view, multicasts
 VIEW-CHANGE(v+1, stable certificate, prepared proofs) and re-sends it until a NEW-VIEW for v+1
-or later arrives. Once it holds Q VIEW-CHANGEs for v+1 it starts a timer; if no valid NEW-VIEW
-arrives in time it moves on to v+2 (a NEW-VIEW for v+1 that does not recompute moves it on at
-once; one whose contents do not match the digest its primary signed was changed by a relay and
-is dropped as malformed, blaming no one; a bad one for any other view is dropped and counted,
-since one faulty member is primary of infinitely many views). The timeout doubles with each
-successive view change and returns to params.request_timeout_ms once a request executes. f+1
-VIEW-CHANGEs for views above ours make us join the smallest of them (a faulty replica alone
-cannot start a view change).
+or later arrives. Once Q members (ours included) sent valid VIEW-CHANGEs for v+1 or a later view
+(each member's latest counts) it starts a timer; if no valid NEW-VIEW arrives in time it moves
+on to v+2 (a NEW-VIEW for v+1 that does not recompute moves it on at once; one whose contents
+do not match the digest its primary signed was changed by a relay and is dropped as malformed,
+blaming no one; a bad one for any other view is dropped and counted, since one faulty member is
+primary of infinitely many views). Later views count for the timer only: a NEW-VIEW for v+1
+still carries Q VIEW-CHANGEs for exactly v+1. Counting only those for exactly v+1 (the rule
+before) deadlocks after a healed partition with a member down: one member at v+2 alone, the
+others at v+1 with Q-1 each, and no timer anywhere (docs/protocol.md, "View-change timers",
+sketches why the rule is live). The timeout doubles with each successive view change, up to
+TIMEOUT_DOUBLINGS_MAX times, and returns to params.request_timeout_ms once a request executes.
+f+1 VIEW-CHANGEs for views above ours make us join the smallest of the f+1 highest (a faulty
+replica alone cannot start a view change).
+A replica that asked alone for a view the others never join (it was cut off past the timeout
+while they went on; the node runtime does not count the time its process was stopped, so a
+pause alone does not do this) cannot go back to their view, which its VIEW-CHANGE promised to
+leave, and must not drag them along (one member alone never forces a view change). It counts as
+one of the f faulty until their view changes reach its view, says so in status (`alone`), and
+keeps its ledger current by fetching their blocks every two intervals (and its CHECKPOINTs
+still count for them). A replica holding an accepted batch that saw nothing commit for a whole
+timeout fetches too: the members whose votes it lacks may have moved on to a later view, and
+only a signer re-sends its vote.
 The new primary, with Q VIEW-CHANGEs, fetches any batch it lacks by digest, then sends
 NEW-VIEW with the re-issued PRE-PREPAREs (null requests for gaps); every replica recomputes
 it, persists it, drops the old view's slots (keeping, at most L, the batches they hold that the
@@ -228,6 +242,10 @@ FETCH_SLOW_SKIP_INTERVALS = 16
 # one costs a client-signature check, so this bounds what one member can make us verify.
 FORWARDED_BATCHES_PER_INTERVAL = 4
 _LONG_AGO = -(2**62)
+# The view-change timeout doubles per successive view change up to this many times (64 x the
+# base): long enough to outlast any delay after the network stabilises, short enough that a
+# network that lost many primaries in a row still tries the next one within minutes.
+TIMEOUT_DOUBLINGS_MAX = 6
 PENDING_TXS_MAX = 100_000
 PENDING_BYTES_MAX = 256 * 1024 * 1024
 
@@ -390,7 +408,11 @@ class PbftReplica:
         self._nv_checked_ms = [_LONG_AGO] * self.n
         self._timeouts = 0  # successive view changes since a request last executed
         self._work_since_ms: int | None = None  # progress timer (a)
-        self._nv_timer_at: int | None = None  # waiting for NEW-VIEW after Q VIEW-CHANGEs
+        self._nv_timer_at: int | None = None  # waiting for NEW-VIEW (Q members at >= view)
+        self._vc_since_ms = 0  # when we started or joined the view change under way (status)
+        # Per peer, the view and time of its latest PRE-PREPARE/PREPARE/COMMIT for a view below
+        # ours: status only, to say when we wait alone while the others work in a lower view.
+        self._seen_working = [(-1, _LONG_AGO)] * self.n
         self._wanted: dict[bytes, _Wanted] = {}  # batch digest -> when and how often asked
         # The batches the NEW-VIEW we are building as primary still lacks (<= L), and those
         # given up after BATCH_ASKS_MAX asks in this (view, active) state (<= L).
@@ -469,7 +491,7 @@ class PbftReplica:
     def timeout_ms(self) -> int:
         """The view-change timeout: doubles per successive view change, base once a request
         executes."""
-        return self.params.request_timeout_ms << min(self._timeouts, 6)
+        return self.params.request_timeout_ms << min(self._timeouts, TIMEOUT_DOUBLINGS_MAX)
 
     @property
     def recovering(self) -> bool:
@@ -519,6 +541,7 @@ class PbftReplica:
         self._clock_known = True
         if first:
             self._progress_ms = self._mono_ms
+            self._vc_since_ms = self._mono_ms  # (restarted during a view change)
         self._maybe_propose()
         if self.active:
             self._messages.extend(self._retransmit.on_tick(self._mono_ms, self.primary))
@@ -654,6 +677,7 @@ class PbftReplica:
             return False
         if msg.view < self.view:
             self.rejected["wrong_view"] += 1
+            self._seen_working[msg.sender] = (msg.view, self._mono_ms)
             self._relay_new_view(msg.sender)
             return False
         if msg.seq <= self._log.low:
@@ -1176,6 +1200,7 @@ class PbftReplica:
         self.view_change_history.append((view, why))
         self._timeouts += 1
         self._nv_timer_at = None
+        self._vc_since_ms = self._mono_ms
         self._nv_sent = False
         self._work_since_ms = None
         low = self._log.low
@@ -1227,13 +1252,15 @@ class PbftReplica:
             reverse=True,
         )
         if len(above) >= self.f + 1:
-            target = above[self.f]
-            if target > self.view or (target == self.view and self.active):
-                self._start_view_change(target, f"{self.f + 1} members moved to view {target}")
-                return
-        if vc.view == self.view and not self.active:
+            target = above[self.f]  # above our view, so a move (never a restart of ours)
+            self._start_view_change(target, f"{self.f + 1} members moved to view {target}")
+            return
+        if not self.active:
+            # Any VIEW-CHANGE for our view or a later one counts toward our NEW-VIEW timer; only
+            # one for exactly our view can complete a NEW-VIEW we would send.
             self._on_quorum_of_view_changes()
-            self._try_new_view()
+            if vc.view == self.view:
+                self._try_new_view()
 
     def _view_change_ok(self, vc: ViewChange) -> bool:
         # The signed body names the proofs only by digest: first make sure the proofs attached
@@ -1256,13 +1283,30 @@ class PbftReplica:
         return True
 
     def _view_changes_for(self, view: int) -> list[ViewChange]:
+        """The VIEW-CHANGEs for exactly `view`, by member: what a NEW-VIEW for it carries."""
         return [self._vcs[s] for s in sorted(self._vcs) if self._vcs[s].view == view]
 
+    def _members_at_or_above(self, view: int) -> int:
+        """Members (ours included) whose latest valid VIEW-CHANGE is for `view` or a later one:
+        what the NEW-VIEW timer counts."""
+        return sum(1 for vc in self._vcs.values() if vc.view >= view)
+
     def _on_quorum_of_view_changes(self) -> None:
+        """Start the NEW-VIEW timer once Q members asked for our view or a later one.
+
+        Counting only VIEW-CHANGEs for exactly our view deadlocks: after a healed partition with
+        a member down, one member can sit at v+2 holding only its own VIEW-CHANGE while the
+        others sit at v+1 holding Q-1 each (its VIEW-CHANGE for v+1 was replaced by the one for
+        v+2); nobody's timer runs and f+1 never ask for one view above the rest, forever. A
+        member that asked for a later view has given up on ours too, so it counts here: with Q
+        of them, at least Q-f correct members are not working in any view below ours, and
+        either our view starts in time or we move on and meet them. This only starts a timer;
+        a NEW-VIEW still carries Q VIEW-CHANGEs for exactly its view, so safety is untouched.
+        """
         if (
             not self.active
             and self._nv_timer_at is None
-            and len(self._view_changes_for(self.view)) >= self.quorum
+            and self._members_at_or_above(self.view) >= self.quorum
         ):
             self._nv_timer_at = self._mono_ms + self.timeout_ms
 
@@ -1685,8 +1729,14 @@ class PbftReplica:
         needed = target > self._last_committed and (behind_h or stuck)
         # A replica waiting alone in a view change takes no part in the old view, which may
         # go on committing without it: it keeps its ledger current by asking now and then.
-        probe = not self.active and now - max(self._progress_ms, self._fetch_sent_ms) >= (
-            2 * interval
+        # So does one holding an accepted batch that saw nothing commit for a whole timeout:
+        # the others may have committed it with votes it can no longer get (their signers moved
+        # on to a later view, and only a signer re-sends its vote), and in an idle network no
+        # CHECKPOINT would ever tell it (found by the simulator's flapping mixes: a primary,
+        # which never suspects itself, one COMMIT short of a block the others had executed).
+        quiet_ms = now - max(self._progress_ms, self._fetch_sent_ms)
+        probe = (not self.active and quiet_ms >= 2 * interval) or (
+            quiet_ms >= self.timeout_ms and self._behind_committed()
         )
         if needed or probe or self._probes_left > 0:
             self._fetch_from(self._pick_fetch_peer(target))
@@ -2099,15 +2149,55 @@ class PbftReplica:
         }
 
     def _view_change_progress(self) -> dict[str, Any] | None:
-        """While a view change runs: the view it goes to, the VIEW-CHANGEs held for it and the
-        quorum needed, and the member that must send NEW-VIEW (read-only, for status)."""
+        """While a view change runs: the view it goes to, the VIEW-CHANGEs held for exactly it
+        (a NEW-VIEW needs Q), the members at it or a later view (the NEW-VIEW timer needs Q),
+        whether the timer runs, how long we have waited, the member that must send NEW-VIEW,
+        and whether we wait alone (read-only, for status)."""
         if self.active:
             return None
         return {
             "view": self.view,
             "view_changes": len(self._view_changes_for(self.view)),
+            "members_at_or_above": self._members_at_or_above(self.view),
             "needed": self.quorum,
             "new_view_from": self.primary,
+            "new_view_timer_running": self._nv_timer_at is not None,
+            "waited_ms": max(0, self._mono_ms - self._vc_since_ms),
+            "alone": self._alone(),
+        }
+
+    def _alone(self) -> dict[str, Any] | None:
+        """Whether we wait in a view change the others will not join: fewer than f+1 members
+        (ours included) asked for our view or a later one, a whole timeout has passed, and
+        peers were seen working in a lower view meanwhile (read-only, for status).
+
+        Such a replica (paused, or cut off, past the timeout while the others went on) cannot
+        return to the lower view: its VIEW-CHANGE promised not to act in it, and a NEW-VIEW for
+        our view built from that VIEW-CHANGE would miss anything it prepared there afterwards.
+        Nor may the others follow it: one member alone must never force a view change. So it
+        counts as one of the f faulty members until the others' view changes reach its view
+        (its VIEW-CHANGE already counts toward their timer then), and meanwhile it follows
+        their blocks by state transfer (_maybe_fetch's probe) and keeps signing CHECKPOINTs.
+        """
+        if self.active or self._members_at_or_above(self.view) > self.f:
+            return None
+        now = self._mono_ms
+        if now - self._vc_since_ms < self.timeout_ms:
+            return None
+        working = [
+            (view, peer)
+            for peer, (view, seen_ms) in enumerate(self._seen_working)
+            if peer != self.me
+            and 0 <= view < self.view
+            and seen_ms >= self._vc_since_ms
+            and now - seen_ms <= self.timeout_ms
+        ]
+        if not working:
+            return None
+        return {
+            "members": [peer for _, peer in working],
+            "view": max(view for view, _ in working),
+            "needed_to_move_others": self.f + 1,
         }
 
     def _catching_up(self) -> dict[str, Any] | None:
@@ -2128,10 +2218,25 @@ class PbftReplica:
         """Why nothing moves, in one line (cheap: looks at one slot)."""
         if not self.active:
             have = len(self._view_changes_for(self.view))
+            members = self._members_at_or_above(self.view)
+            alone = self._alone()
+            if alone is not None:
+                return (
+                    f"view change to {self.view} alone: members "
+                    f"{', '.join(str(p) for p in alone['members'])} work in view "
+                    f"{alone['view']}; one of the f faulty until their view change reaches "
+                    f"view {self.view} (blocks follow by state transfer)"
+                )
+            if members < self.quorum:
+                return (
+                    f"view change to {self.view} in progress: {members} of {self.quorum} "
+                    "needed VIEW-CHANGE messages"
+                )
             if have < self.quorum:
                 return (
-                    f"view change to {self.view} in progress: {have} of {self.quorum} needed "
-                    "VIEW-CHANGE messages"
+                    f"view change to {self.view}: {members} members at view {self.view} or "
+                    f"later, {have} for view {self.view}; view {self.view + 1} next unless a "
+                    "NEW-VIEW comes in time"
                 )
             return (
                 f"view change to {self.view}: NEW-VIEW from primary {self.primary} "

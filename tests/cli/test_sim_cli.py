@@ -123,3 +123,26 @@ def test_sim_runs_clock_mixes_in_both_modes_and_replays_a_seed(
     )
     bad = runner.invoke(app, ["sim", "--mode", "raft", "--clock", "clock-primary"])
     assert bad.exit_code != 0 and "raft has clock-leader or all" in bad.output
+
+
+def test_sim_runs_the_flapping_mixes_and_says_how_to_replay_a_failure(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    result = runner.invoke(app, ["sim", "--mix", "all", "--seeds", "0-2", "--txs", "6"])
+    assert result.exit_code == 0, result.output
+    for mix in ("flap-down", "flap-mute"):
+        row = [line for line in result.output.splitlines() if line.startswith(mix)]
+        assert row and row[0].split()[1:5] == ["3", "3", "0", "0"], result.output
+    # No time at all after healing, and transactions submitted at the heal: a liveness failure.
+    monkeypatch.setattr(scenarios, "flapping_deadline_ms", lambda cluster: 0)
+    result = runner.invoke(app, ["sim", "--mix", "flap-mute", "--seeds", "4", "--txs", "20"])
+    assert result.exit_code == 1, result.output
+    assert "FAILED flap-mute seed 4: liveness: not everything committed" in result.output
+    assert "replay: consortium sim --n 4 --txs 20 --faults lossy --liars 0 --mix flap-mute " in (
+        result.output
+    )
+    assert "--mix flap-mute --trace 4" in result.output
+    result = runner.invoke(app, ["sim", "--mix", "nonsense"])
+    assert result.exit_code != 0 and "choose from flap-down, flap-mute" in result.output
+    result = runner.invoke(app, ["sim", "--mix", "flap-down", "--crash"])
+    assert result.exit_code != 0 and "brings its own faults" in result.output

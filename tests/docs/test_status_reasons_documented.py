@@ -38,13 +38,15 @@ def _raft(core: dict[str, Any], *, me: int = 0) -> list[str]:
     )
 
 
-def _vc(have: int, new_view_from: int) -> dict[str, Any]:
+def _vc(have: int, new_view_from: int, **more: Any) -> dict[str, Any]:
     return {
         "view_change": {
             "view": 5,
             "view_changes": have,
+            "members_at_or_above": have,
             "needed": 3,
             "new_view_from": new_view_from,
+            **more,
         }
     }
 
@@ -85,6 +87,10 @@ CASES = {
     "view change, gathering": _pbft(_vc(2, 1)),
     "view change, we are next": _pbft(_vc(3, 1), me=1),
     "view change, waiting": _pbft(_vc(3, 1)),
+    "view change, timer for later views": _pbft(_vc(2, 1, members_at_or_above=3)),
+    "view change, alone": _pbft(
+        _vc(1, 1, waited_ms=41_000, alone={"members": [1, 2, 3], "view": 4})
+    ),
     "state transfer": _pbft({"catching_up": {"behind": 1200, "target": 1300, "from": 1}}),
     "behind": _pbft({"peers_executed": [100, 200, 200, 200], "last_executed": 100}),
     "stalled": _pbft(

@@ -3,9 +3,21 @@ cumulative histograms; checked with a strict reader (exposition.py)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from consortium.node.metrics import Exposition, Histogram, escape_help, escape_label
+from consortium.cli.network import init_network
+from consortium.node.config import load_identity
+from consortium.node.metrics import (
+    Exposition,
+    Histogram,
+    escape_help,
+    escape_label,
+    prometheus_text,
+)
+from consortium.node.runtime import make_node
+from consortium.pbft.replica import PbftReplica
 from tests.node.exposition import parse
 
 
@@ -61,3 +73,28 @@ def test_the_reader_has_teeth() -> None:
             "# HELP h H.\n# TYPE h histogram\n"
             'h_bucket{le="1"} 2\nh_bucket{le="+Inf"} 1\nh_sum 1\nh_count 1\n'
         )
+
+
+def test_a_pbft_member_alone_in_a_view_change_shows_in_a_gauge(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    init_network(tmp_path / "net", members=4, clients=1)
+    identity = load_identity(tmp_path / "net" / "nodes" / "n2")
+    node = make_node(identity.config, identity.genesis, identity.keys)
+    try:
+
+        def alone() -> int:
+            family = parse(prometheus_text(node))["consortium_view_change_alone"]
+            [(_, _, value)] = family.samples
+            return int(value)
+
+        assert alone() == 0
+        core = node.core
+        assert isinstance(core, PbftReplica)
+        core._start_view_change(1, "no request executed within the timeout")
+        assert alone() == 0  # in a view change, not (yet) known to be alone
+        others = {"members": [0, 2, 3], "view": 0, "needed_to_move_others": 2}
+        monkeypatch.setattr(core, "_alone", lambda: others)
+        assert alone() == 1
+    finally:
+        node.store.close()

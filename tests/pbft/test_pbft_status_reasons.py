@@ -145,3 +145,37 @@ def test_a_member_whose_clock_is_far_off_says_so_instead_of_silently_lagging() -
         "than 2.0 s): its PREPAREs are withheld; fix its time source"
     ]
     assert reasons(group, 2) == []
+
+
+def test_a_member_alone_in_a_view_change_says_so_and_that_it_counts_as_faulty() -> None:
+    # n4 was paused past the timeout: it suspected the primary and asked for view 1 alone,
+    # while the others went on committing in view 0 (their messages reach it, too late).
+    group = Group()
+    n4 = group.replicas[3]
+    group.take(3)
+    n4.propose(group.txs[0])
+    for _ in range(4):
+        group.mono_ms += PARAMS.request_timeout_ms // 2
+        n4.tick(group.mono_ms, 0)
+    assert (n4.view, n4.active) == (1, False)
+    assert reasons(group, 3) == ["view change to 1 in progress: 1 of 3 needed VIEW-CHANGE messages"]
+    for i in range(3):
+        group.replicas[i].propose(group.txs[1])
+    for _ in range(2 * PARAMS.request_timeout_ms // RETRANSMIT_MS):
+        group.tick_all(RETRANSMIT_MS)
+        group.pump()
+    assert all(group.replicas[i].last_executed >= 1 for i in range(3))
+    assert all(group.replicas[i].view == 0 for i in range(3))
+    progress = n4.status()["view_change"]
+    assert progress["alone"] == {"members": [0, 1, 2], "view": 0, "needed_to_move_others": 2}
+    waited = progress["waited_ms"] / 1000
+    # (and, since this harness serves no blocks, the probe for them is still out)
+    alone, behind = reasons(group, 3)
+    assert alone == (
+        f"view change to 1: this member is alone in it for {waited:.1f} s while n1, n2 and n3 "
+        "work in view 0; it counts as one of the f faulty members until their next view change "
+        "reaches view 1, and follows their blocks by state transfer meanwhile"
+    )
+    # (the member asked first is drawn from the core's seed)
+    assert behind in [f"behind by 2 blocks, catching up from n{i}" for i in (1, 2, 3)]
+    assert n4.status()["waiting_for"].startswith("view change to 1 alone: members 0, 1, 2 work")

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pbft_harness import (
     PARAMS,
     RETRANSMIT_MS,
+    WALL,
     Group,
     block_hash,
     drive,
@@ -20,6 +21,7 @@ from consortium.pbft.messages import (
     Batch,
     BatchRequest,
     Blocks,
+    Fetch,
     NewView,
     Prepare,
     PrePrepare,
@@ -29,6 +31,7 @@ from consortium.pbft.messages import (
     encode,
 )
 from consortium.pbft.replica import BATCH_ASKS_MAX, FORWARD_DIGEST, PbftReplica
+from consortium.pbft.transfer import blocks_reply
 from consortium.pbft.viewchange import NULL_DIGEST
 
 TIMEOUT = PARAMS.request_timeout_ms
@@ -406,3 +409,150 @@ def test_a_block_that_comes_by_state_transfer_fills_the_reissued_slot_waiting_fo
     ]
     group.tick_all(RETRANSMIT_MS)
     assert asks_for(group, 3, pp.digest) == 0
+
+
+# --- the NEW-VIEW timer counts VIEW-CHANGEs for our view or a later one ---------------------
+
+
+def run_live(group: Group, live: list[int], ms: int, step_ms: int = RETRANSMIT_MS // 2) -> None:
+    """Tick the live members and deliver everything among them; the others are silent."""
+    for _ in range(ms // step_ms):
+        group.mono_ms += step_ms
+        for i in live:
+            group.replicas[i].tick(group.mono_ms, WALL + group.mono_ms)
+        group.pump(to=live)
+
+
+def deadlock_split(group: Group, ahead: int, behind: list[int]) -> None:
+    """The split the issue found after a healed partition with members down: `ahead` moved on
+    to view 2 holding only its own VIEW-CHANGE, `behind` sit in view 1 holding each other's
+    (Q-1 of them) and the one for view 2; nobody holds Q for exactly their own view."""
+    for i in behind:
+        group.replicas[i]._start_view_change(1, "no request executed within the timeout")
+    a = group.replicas[ahead]
+    a._start_view_change(1, "no request executed within the timeout")
+    a._start_view_change(2, "no valid NEW-VIEW in time")
+    live = [ahead, *behind]
+    for i in live:
+        group.take(i)  # older VIEW-CHANGEs (lost in the partition)
+    for i in live:
+        frame = group.replicas[i]._own_vc
+        assert frame is not None
+        for j in live:
+            if j != i:
+                group.replicas[j].receive(i, frame)
+    for i in live:
+        group.take(i)
+    quorum = group.replicas[ahead].quorum
+    assert len(behind) == quorum - 1
+    for i in behind:
+        r = group.replicas[i]
+        assert (r.view, r.active, len(r._view_changes_for(1))) == (1, False, quorum - 1)
+    assert len(a._view_changes_for(2)) == 1 and a.view == 2
+
+
+def test_a_healed_partition_with_a_member_down_does_not_deadlock_the_view_change() -> None:
+    # n = 4, n4 silent for good: n3 is at view 2 alone, n1 and n2 at view 1 with two
+    # VIEW-CHANGEs for it. The VIEW-CHANGE for view 2 counts toward their timer: they move on
+    # to view 2, whose primary n3 then holds a quorum and sends NEW-VIEW.
+    group = Group()
+    live = [0, 1, 2]
+    deadlock_split(group, 2, [0, 1])
+    assert group.replicas[0]._nv_timer_at is not None  # three members at view 1 or later
+    run_live(group, live, 20 * TIMEOUT)
+    assert {(group.replicas[i].view, group.replicas[i].active) for i in live} == {(2, True)}
+    for i in live:
+        group.replicas[i].propose(group.txs[0])
+    run_live(group, live, 4 * TIMEOUT)
+    assert all(group.replicas[i].last_executed >= 1 for i in live)
+
+
+def test_a_healed_partition_with_two_of_seven_down_does_not_deadlock_the_view_change() -> None:
+    group = Group(7)
+    live = [0, 1, 2, 3, 4]  # n6 and n7 silent; n3 (primary of view 2) ahead alone
+    deadlock_split(group, 2, [0, 1, 3, 4])
+    run_live(group, live, 20 * TIMEOUT)
+    assert {(group.replicas[i].view, group.replicas[i].active) for i in live} == {(2, True)}
+    for i in live:
+        group.replicas[i].propose(group.txs[0])
+    run_live(group, live, 4 * TIMEOUT)
+    assert all(group.replicas[i].last_executed >= 1 for i in live)
+
+
+def test_a_view_change_for_a_later_view_starts_the_timer_when_it_arrives() -> None:
+    group = Group()
+    r = group.replicas[0]
+    r._start_view_change(1, "test")
+    for sender, view in ((1, 1), (2, 3)):
+        group.replicas[sender]._start_view_change(view, "test")
+        frame = group.replicas[sender]._own_vc
+        assert frame is not None
+        assert r._nv_timer_at is None
+        r.receive(sender, frame)
+    # Ours and n2's for view 1, n3's for view 3: three members at view 1 or later.
+    assert r.view == 1 and not r.active
+    assert r._nv_timer_at == group.mono_ms + r.timeout_ms
+    progress = r.status()["view_change"]
+    assert progress["view_changes"] == 2  # for exactly view 1: what a NEW-VIEW carries
+    assert progress["members_at_or_above"] == 3 and progress["needed"] == 3
+    assert progress["new_view_timer_running"]
+
+
+def test_view_changes_for_later_views_never_make_a_new_view() -> None:
+    # n2 is primary of view 1 and holds Q VIEW-CHANGEs for views >= 1, but only two for
+    # exactly view 1: it starts its timer and sends no NEW-VIEW.
+    group = Group()
+    new_primary = group.replicas[1]
+    new_primary._start_view_change(1, "test")
+    for sender, view in ((2, 1), (3, 2)):
+        group.replicas[sender]._start_view_change(view, "test")
+        frame = group.replicas[sender]._own_vc
+        assert frame is not None
+        new_primary.receive(sender, frame)
+    assert not new_primary.active and new_primary._nv_timer_at is not None
+    assert not [m for m in kinds(group, 1) if isinstance(m, NewView)]
+
+
+def test_a_primary_one_commit_short_of_a_block_the_others_executed_fetches_it() -> None:
+    # Found by the flapping mixes (flap-mute, n = 4, seed 133): n2's COMMIT for seq 1 never
+    # reached the primary n1, and n2 then moved on to view 1, so it never re-sends it (only a
+    # signer re-sends its vote, and only in its view); n4 is silent. n3 committed seq 1 with
+    # n2's COMMIT. The primary never suspects itself, the clients had their f+1 replies, and
+    # seq 1 is no checkpoint: nothing would ever tell n1. Holding an accepted batch that has
+    # not committed for a whole timeout, it asks a peer for blocks.
+    group = Group()
+    primary, n2 = group.replicas[0], group.replicas[1]
+    for i in range(4):
+        group.take(i)
+    primary.propose(group.txs[0])
+    (pp,) = [m for m in kinds(group, 0) if isinstance(m, PrePrepare)]
+    for i in (1, 2):
+        group.replicas[i].receive(0, pp)
+    for i in (1, 2):
+        group.deliver(i, group.take(i).messages, to=[0, 1, 2])  # PREPAREs
+    commits = {i: group.take(i).messages for i in (0, 1, 2)}
+    group.deliver(0, commits[0], to=[1, 2])
+    group.deliver(1, commits[1], to=[2])  # lost on its way to n1
+    group.deliver(2, commits[2], to=[0, 1])
+    (batch,) = group.take(2).committed
+    assert primary.status()["waiting_for"] == "commits for seq 1: 2 of 3"
+    n2._start_view_change(1, "no request executed within the timeout")
+    group.take(1)
+    asked: list[tuple[int | None, Fetch]] = []
+    while not asked and group.mono_ms < 2 * TIMEOUT:
+        group.mono_ms += RETRANSMIT_MS // 4
+        primary.tick(group.mono_ms, WALL + group.mono_ms)
+        for out in group.take(0).messages:
+            msg = decode(out.frame, group.params)
+            if isinstance(msg, Fetch):
+                asked.append((out.dest, msg))
+    ((peer, fetch),) = asked
+    assert peer is not None and peer in (1, 2, 3) and fetch.from_seq == 1
+    block = TransferredBlock(
+        proposed_ms=batch.proposed_ms, txs=batch.txs, certificate=batch.certificate
+    )
+    answer = blocks_reply(
+        group.signers[peer], group.chain_id, peer, group.params, 1, 1, None, lambda s: block
+    )
+    primary.receive(peer, answer)
+    assert [b.seq for b in group.take(0).committed] == [1]

@@ -1,6 +1,7 @@
 """The checkers must catch broken cores, and correct cores must survive the same attacks: a
 Byzantine new primary whose NEW-VIEW drops a committed batch, a primary that censors one
-client, and members that lie during state transfer."""
+client, members that lie during state transfer, and the NEW-VIEW timer rule this repository
+had (the flapping mixes must catch its deadlock)."""
 
 from __future__ import annotations
 
@@ -10,12 +11,14 @@ from typing import ClassVar
 
 import pytest
 from test_simulation import LOSSY
+from test_view_change_liveness import TXS
 
 from consortium.crypto.signing import Signer, Verifier
 from consortium.ledger.tx import Transaction
 from consortium.node.sim.checkers import SafetyViolation
 from consortium.node.sim.cluster import SimCluster, workload
 from consortium.node.sim.network import NetworkFaults
+from consortium.node.sim.scenarios import Scenario, run_seed
 from consortium.pbft.effects import Outbound
 from consortium.pbft.messages import (
     Blocks,
@@ -300,3 +303,44 @@ def test_correct_cores_refuse_an_unsigned_transaction_and_replace_the_primary() 
         assert forged.id not in node.committed_ids
         assert node.replica.evidence[0].reason == "bad_client_signature"
         assert node.replica.view >= 1
+
+
+# --- the NEW-VIEW timer: the flapping mixes catch the rule this repository had --------------
+
+
+class NewViewTimerForExactlyOneView(PbftReplica):
+    """The rule before: a replica in a view change to v starts its NEW-VIEW timer only once it
+    holds Q VIEW-CHANGEs for exactly v; VIEW-CHANGEs for later views do not count."""
+
+    def _members_at_or_above(self, view: int) -> int:
+        return len(self._view_changes_for(view))
+
+
+# The old rule deadlocks some seeds of every mix (with members mute: 5 and 8 of the first 16 at
+# n = 4, 1003 and 1004 of 1000-1009 at n = 7). A deadlocked run costs its whole deadline (102 s
+# simulated), so these are short: four seeds at n = 4 with at least one deadlock each, and at
+# n = 7 one seed each that deadlocks. (Seeds re-picked whenever the trajectories change.)
+TEETH = [
+    pytest.param("flap-down", 4, range(0, 4), id="n4-flap-down"),
+    pytest.param("flap-mute", 4, range(5, 9), id="n4-flap-mute"),
+    pytest.param("flap-down", 7, range(1_003, 1_004), id="n7-flap-down"),
+    pytest.param("flap-mute", 7, range(1_003, 1_004), id="n7-flap-mute"),
+]
+
+
+@pytest.mark.parametrize(("mix", "n", "seeds"), TEETH)
+def test_the_flapping_mixes_catch_a_new_view_timer_for_exactly_one_view(
+    mix: str, n: int, seeds: range
+) -> None:
+    scenario = Scenario(n, TXS, "lossy", mix=mix)
+    outcomes = [
+        run_seed(scenario, seed, replica=factory(NewViewTimerForExactlyOneView)) for seed in seeds
+    ]
+    failed = [o for o in outcomes if not o.ok]
+    assert failed, f"{mix} at n={n} passed seeds {seeds} with the old rule"
+    for o in failed:
+        # Stuck in view changes nobody completes, long after the network healed.
+        assert o.failure == "liveness" and "view change to" in o.message, (o.seed, o.message)
+        assert "after the last heal" in o.message
+    # The rule as it is commits everything on the same seeds.
+    assert all(run_seed(scenario, o.seed).ok for o in failed)

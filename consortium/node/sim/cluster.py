@@ -297,6 +297,7 @@ class SimCluster(SimShell[SimNode]):
         self._next_retry_ms = client_retry_ms
         self._scheduled: list[tuple[int, int, Callable[[], None]]] = []  # fault injections
         self._scheduled_seq = 0
+        self._restart_after_armed_ms = {}
         genesis = genesis_block(self.genesis)
         self.nodes: list[SimNode] = []
         for i in range(n):
@@ -390,6 +391,7 @@ class SimCluster(SimShell[SimNode]):
     def restart(self, i: int) -> None:
         """Rebuild replica i from what it persisted (records, ledger, stable checkpoint)."""
         node = self.nodes[i]
+        assert not node.up, f"{node.name} is running: a restart follows a crash"
         self._log(f"n{i + 1} RESTART at height {node.head.height}")
         node.replica = self._new_replica(i, node.app, node.head, node.stable, node.records)
         node.up = True

@@ -3,7 +3,8 @@ from a range (which also reorders), loss, duplication and partitions, every draw
 seeded random.Random of the simulation, so one seed always gives one trace.
 
 A partition is a set of cut directed links; a message whose link is cut when it is sent or when
-it is due is lost, as on a real network. heal() restores every link.
+it is due is lost, as on a real network. heal() restores every link. A muted member (mute())
+hears everything and is heard by no one, whatever partitions come and go: heal() leaves it so.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ class SimNetwork:
         self._queue: list[_Delivery] = []
         self._seq = 0
         self._cut: set[tuple[int, int]] = set()
+        self._muted: set[int] = set()
         # Tests only: drop a message when this returns True (src, dst, frame).
         self.drop_if: Callable[[int, int, bytes], bool] | None = None
         self.sent = 0
@@ -70,6 +72,10 @@ class SimNetwork:
     def heal(self) -> None:
         self._cut.clear()
 
+    def mute(self, node: int) -> None:
+        """Lose everything `node` sends from now on, for good (a silent member)."""
+        self._muted.add(node)
+
     # --- traffic ----------------------------------------------------------------------------
 
     def send(self, now_ms: int, src: int, dst: int, frame: bytes) -> None:
@@ -79,6 +85,7 @@ class SimNetwork:
             (src, dst) in self._cut
             or (self.drop_if is not None and self.drop_if(src, dst, frame))
             or self.rng.random() < faults.drop
+            or src in self._muted  # (lost like any other: one draw per message, as before)
             or len(self._queue) >= self.in_flight_max
         ):
             self.dropped += 1

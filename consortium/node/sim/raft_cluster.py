@@ -266,6 +266,7 @@ class RaftSimCluster(SimShell[RaftSimNode]):
         self._next_retry_ms = client_retry_ms
         self._scheduled: list[tuple[int, int, Callable[[], None]]] = []
         self._scheduled_seq = 0
+        self._restart_after_armed_ms = {}
         self._read_seq = 0
         self._reads: dict[tuple[int, int], int] = {}  # (node, read id) -> required index
         self.reads_released = 0

@@ -65,6 +65,7 @@ class SimShell(ABC, Generic[N]):
     trace: Callable[[str], None] | None
     _scheduled: list[tuple[int, int, Callable[[], None]]]
     _scheduled_seq: int
+    _restart_after_armed_ms: dict[int, int]  # node -> restart delay of its armed crash
     _client_queue: list[tuple[int, int, int, Transaction]]
     clock_offset_ms: dict[int, int]  # member -> how far its wall clock is off real time
     clock_frozen_ms: dict[int, int]  # member -> the one reading its stopped clock gives
@@ -135,17 +136,39 @@ class SimShell(ABC, Generic[N]):
         if self.trace is not None:
             self.trace(f"{self.now_ms:>7} ms  {text}")
 
-    def crash(self, i: int) -> None:
+    def crash(self, i: int, restart_after_ms: int | None = None) -> None:
+        """Crash node i now, losing what it did not fsync; with restart_after_ms, restart it
+        that long after. A crash armed by crash_mid_write and not fired yet was meant for the
+        process that just died: it is disarmed, never left for the next one (which would die
+        at its first write, with no restart planned: a race the tests once had)."""
         self._log(f"n{i + 1} CRASH")
         node = self.nodes[i]
+        armed_restart_ms = self._restart_after_armed_ms.pop(i, None)
+        if node.crash_mid_write:  # down before its armed crash fired: that crash is void
+            node.crash_mid_write = False
+            armed_restart_ms = None
         node.up = False
         if node.unsynced:
             self.lost_writes += 1
             node.unsynced.clear()  # never reached the disk
+        if restart_after_ms is None:
+            restart_after_ms = armed_restart_ms
+        if restart_after_ms is not None:
+            self.at(self.now_ms + restart_after_ms, lambda: self.restart(i))
 
-    def crash_mid_write(self, i: int) -> None:
-        """Crash node i inside its next Ready that writes: after the write, before the fsync."""
-        self.nodes[i].crash_mid_write = True
+    def crash_mid_write(self, i: int, restart_after_ms: int | None = None) -> None:
+        """Crash node i inside its next Ready that writes: after the write, before the fsync.
+        With restart_after_ms, restart it that long after the crash (whenever it writes next),
+        not after the arming: a restart planned by the clock could come before the crash."""
+        node = self.nodes[i]
+        assert node.up, f"{node.name} is down: arming a crash would kill its next process"
+        node.crash_mid_write = True
+        if restart_after_ms is not None:
+            self._restart_after_armed_ms[i] = restart_after_ms
+
+    @abstractmethod
+    def restart(self, i: int) -> None:
+        """Rebuild node i from what it persisted (each cluster's own)."""
 
     @staticmethod
     def _fsync(node: N, records: Iterable[tuple[bytes, bytes | None]]) -> None:
