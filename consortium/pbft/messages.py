@@ -254,7 +254,10 @@ class PreparedProof:
     def digest(self) -> bytes:
         return self.preprepare.digest
 
-    def without_batch(self) -> PreparedProof:
+    def without_batch(self, prepares_max: int | None = None) -> PreparedProof:
+        """As a VIEW-CHANGE carries it: the PRE-PREPARE without its batch and, with
+        `prepares_max`, at most that many PREPAREs (a proof restored from a store written when
+        proofs kept every matching PREPARE, Q-1 being what check_proof admits)."""
         return PreparedProof(
             preprepare=PrePrepare(
                 view=self.preprepare.view,
@@ -266,7 +269,7 @@ class PreparedProof:
                 body=self.preprepare.body,
                 signature=self.preprepare.signature,
             ),
-            prepares=self.prepares,
+            prepares=self.prepares[:prepares_max],
         )
 
     def to_array(self) -> list[object]:
@@ -811,12 +814,12 @@ def worst_case_frames(params: Params, n: int, window: int | None = None) -> dict
     """The largest frame of each kind that n members with these parameters may have to send
     one another, computed from the real encodings with every field at its largest: integers
     at INT_MAX, the sender n-1, certificates of n votes (what their checks admit), prepared
-    proofs of n-1 PREPAREs (what check_proof admits: an honest replica keeps every matching
-    one it holds), a NEW-VIEW of Q VIEW-CHANGEs each with `window` proofs (params.window by
-    default) and `window` re-issued PRE-PREPAREs, and a full batch where a message carries
-    one (ledger.tx.batch_wire_bytes_max). A list of k equal items is sized as its msgpack
-    header and k times one item, so the result costs a few small encodings whatever n and
-    the window. decode() refuses any frame above frame_bytes_limit(params)."""
+    proofs of Q-1 PREPAREs (what check_proof admits, and what an honest replica keeps), a
+    NEW-VIEW of Q VIEW-CHANGEs each with `window` proofs (params.window by default) and
+    `window` re-issued PRE-PREPAREs, and a full batch where a message carries one
+    (ledger.tx.batch_wire_bytes_max). A list of k equal items is sized as its msgpack header
+    and k times one item, so the result costs a few small encodings whatever n and the window.
+    decode() refuses any frame above frame_bytes_limit(params)."""
     window = params.window if window is None else window
     quorum = (n + (n - 1) // 3 + 2) // 2
     signer, chain_id, digest, top, last = _Unsigned(), bytes(32), bytes(32), INT_MAX, n - 1
@@ -834,7 +837,8 @@ def worst_case_frames(params: Params, n: int, window: int | None = None) -> dict
         proposed_ms=top, txs=(), certificate=CommitCertificate(top, top, digest, (commit,) * n)
     )
     prepare = Prepare.create(signer, chain_id, top, top, digest, last)
-    proof_bytes = len(pack(PreparedProof(preprepare=pp, prepares=(prepare,) * (n - 1)).to_array()))
+    proofs = PreparedProof(preprepare=pp, prepares=(prepare,) * (quorum - 1))
+    proof_bytes = len(pack(proofs.to_array()))
     bare_vc = encode(ViewChange.create(signer, chain_id, top, stable, (), last))
     view_change = len(bare_vc) - 1 + array_header_bytes(window) + window * proof_bytes
     bare_nv = encode(NewView.create(signer, chain_id, top, (), (), last))

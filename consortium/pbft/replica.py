@@ -904,7 +904,11 @@ class PbftReplica:
             if len(senders) < self.quorum - 1 or self._conflicts_committed(pp.seq, pp.digest):
                 return
             slot.prepared = True
-            proof = PreparedProof(preprepare=pp, prepares=tuple(slot.prepares[s] for s in senders))
+            # Exactly Q-1 PREPAREs: what prepared means, and what check_proof admits (every
+            # matching one made each VIEW-CHANGE, and so the NEW-VIEW's bound that genesis
+            # checks, grow with n-1 instead of Q-1).
+            kept = senders[: self.quorum - 1]
+            proof = PreparedProof(preprepare=pp, prepares=tuple(slot.prepares[s] for s in kept))
             held = self._prepared.get(pp.seq)
             if held is None or held.view <= pp.view:
                 self._prepared[pp.seq] = proof
@@ -1205,7 +1209,7 @@ class PbftReplica:
         self._work_since_ms = None
         low = self._log.low
         proofs = tuple(
-            self._prepared[s].without_batch()
+            self._prepared[s].without_batch(self.quorum - 1)
             for s in sorted(self._prepared)
             if low < s <= low + self.params.window
         )
@@ -1959,6 +1963,20 @@ class PbftReplica:
                     held = self._log.get(pp.seq)
                     if held is None or (held.preprepare is None and held.reissued is None):
                         self._reissue(self._log.slot(pp.seq, self.view), pp)
+        # A fresh PRE-PREPARE whose PREPARE we withheld for a key never admitted here waits
+        # for the admitting block again (_prepare_admitted): the wait was in memory only, and
+        # after a restart the slot would never get our PREPARE.
+        for slot in self._log.window_slots():
+            pp = slot.preprepare
+            if (
+                pp is not None
+                and pp.sender != self.me
+                and slot.own_prepare is None
+                and not slot.committed_local
+                and slot.seq > self._reissued_max
+                and not self._all_admitted(pp.txs)
+            ):
+                self._unadmitted.add(slot.seq)
         boundary = self.last_executed
         if (
             boundary > low

@@ -121,6 +121,10 @@ def check_proof(members: Members, verifier: Verifier, proof: PreparedProof) -> s
         return "prepared proof: pre-prepare not from the primary of its view"
     if not members.signed(verifier, pp.sender, pp.body, pp.signature):
         return "prepared proof: bad pre-prepare signature"
+    if len(proof.prepares) > members.quorum - 1:
+        # Exactly what prepared needs: more would only let a VIEW-CHANGE, and so a NEW-VIEW,
+        # grow with n instead of Q (genesis sizes the frame limit for Q-1).
+        return f"prepared proof: {len(proof.prepares)} prepares, at most {members.quorum - 1}"
     senders: set[int] = set()
     for prepare in proof.prepares:
         if (prepare.view, prepare.seq, prepare.digest) != (pp.view, pp.seq, pp.digest):

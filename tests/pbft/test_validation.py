@@ -19,6 +19,7 @@ from pbft_harness import (
     frames,
     new_view_reissuing,
 )
+from test_recovery import Disk
 
 from consortium.crypto.keys import KeyPair
 from consortium.ledger.block import genesis_block
@@ -370,6 +371,36 @@ def test_a_lagging_backup_prepares_once_it_executes_the_admission() -> None:
     assert r.rejected["never_admitted"] == 1 and not frames(r.take_ready())
     known.add(STRANGER.public)  # what executing block 1 (an admission) does to the state
     drive(group, ME, group.preprepare(1, group.txs[:1]))  # ... and it executes
+    assert encode(group.prepare(pp, ME)) in frames(r.take_ready())
+
+
+def test_a_backup_restarted_while_waiting_for_an_admission_still_prepares_once_it_executes_it() -> (
+    None
+):
+    """The wait for the admitting block was in memory only: restarted, the backup reloaded the
+    PRE-PREPARE without its PREPARE and never sent one."""
+    group = Group()
+    known = {group.txs[0].client_key}
+    r = admitting(group, ME, known)
+    disk = Disk(group)
+    pp = group.preprepare(2, (spam(group),))
+    r.receive(0, pp)
+    disk.write(r.take_ready())
+    assert r.rejected["never_admitted"] == 1
+    r = PbftReplica(
+        PbftConfig.from_genesis(group.genesis, ME),
+        group.signers[ME],
+        group.verifier,
+        tx_ok=group.tx_ok,
+        recovered=disk.recovered(),
+        ever_admitted=lambda tx: tx.client_key in known,
+    )
+    r._probes_left = 0
+    r.tick(group.mono_ms, WALL + group.mono_ms)
+    group.replicas[ME] = r
+    r.take_ready()
+    known.add(STRANGER.public)  # executing block 1 (an admission) ...
+    drive(group, ME, group.preprepare(1, group.txs[:1]))  # ... which it now does
     assert encode(group.prepare(pp, ME)) in frames(r.take_ready())
 
 

@@ -24,6 +24,7 @@ from consortium.pbft.messages import (
     Fetch,
     NewView,
     Prepare,
+    PreparedProof,
     PrePrepare,
     TransferredBlock,
     ViewChange,
@@ -32,7 +33,7 @@ from consortium.pbft.messages import (
 )
 from consortium.pbft.replica import BATCH_ASKS_MAX, FORWARD_DIGEST, PbftReplica
 from consortium.pbft.transfer import blocks_reply
-from consortium.pbft.viewchange import NULL_DIGEST
+from consortium.pbft.viewchange import NULL_DIGEST, check_proof
 
 TIMEOUT = PARAMS.request_timeout_ms
 
@@ -556,3 +557,36 @@ def test_a_primary_one_commit_short_of_a_block_the_others_executed_fetches_it() 
     )
     primary.receive(peer, answer)
     assert [b.seq for b in group.take(0).committed] == [1]
+
+
+# --- prepared proofs carry exactly Q-1 PREPAREs ------------------------------------------------
+
+
+def test_a_view_change_proves_a_prepared_batch_with_exactly_q_minus_1_prepares() -> None:
+    """A backup holding every backup's PREPARE (n-1 of them, its own included) kept them all in
+    its proof, so each VIEW-CHANGE, and the NEW-VIEW of Q of them, grew with n-1 instead of Q-1:
+    at the default parameters genesis had to refuse n > 27 for the NEW-VIEW to fit a frame."""
+    group = Group()
+    r = group.replicas[3]
+    pp = group.preprepare(1, group.txs[0:1])
+    for sender in (1, 2):  # (PREPAREs overtaking the PRE-PREPARE, as a network reorders them)
+        r.receive(sender, group.prepare(pp, sender))
+    r.receive(0, pp)
+    assert len(r._log.get(1).prepares) == 3  # n-1 matching PREPAREs, ours included
+    group.take(3)
+    r._start_view_change(1, "test")
+    (vc,) = [m for m in kinds(group, 3) if isinstance(m, ViewChange)]
+    (proof,) = vc.prepared
+    assert len(proof.prepares) == group.replicas[0].quorum - 1 == 2
+    assert check_proof(r._members, r._verifier, proof) is None
+
+
+def test_a_prepared_proof_with_more_than_q_minus_1_prepares_is_refused() -> None:
+    group = Group()
+    r = group.replicas[3]
+    pp = group.preprepare(1, group.txs[0:1])
+    prepares = tuple(group.prepare(pp, s) for s in (1, 2, 3))
+    proof = PreparedProof(preprepare=pp, prepares=prepares).without_batch()
+    problem = check_proof(r._members, r._verifier, proof)
+    assert problem == "prepared proof: 3 prepares, at most 2"
+    assert check_proof(r._members, r._verifier, proof.without_batch(2)) is None
