@@ -1967,14 +1967,14 @@ class PbftReplica:
         # for the admitting block again (_prepare_admitted): the wait was in memory only, and
         # after a restart the slot would never get our PREPARE.
         for slot in self._log.window_slots():
-            pp = slot.preprepare
+            accepted = slot.preprepare
             if (
-                pp is not None
-                and pp.sender != self.me
+                accepted is not None
+                and accepted.sender != self.me
                 and slot.own_prepare is None
                 and not slot.committed_local
                 and slot.seq > self._reissued_max
-                and not self._all_admitted(pp.txs)
+                and not self._all_admitted(accepted.txs)
             ):
                 self._unadmitted.add(slot.seq)
         boundary = self.last_executed
