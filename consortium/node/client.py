@@ -277,11 +277,19 @@ class ConsortiumClient:
 
     async def __aenter__(self) -> ConsortiumClient:
         stack = contextlib.AsyncExitStack()
-        self._nursery = await stack.enter_async_context(trio.open_nursery())
-        self._stack = stack
+        nursery = await stack.enter_async_context(trio.open_nursery())
+        self._nursery, self._stack = nursery, stack
         for member in self._members.values():
-            self._nursery.start_soon(self._member_loop, member)
-        await self.wait_connected(timeout_s=self.connect_timeout_s)
+            nursery.start_soon(self._member_loop, member)
+        try:
+            await self.wait_connected(timeout_s=self.connect_timeout_s)
+        except BaseException as exc:
+            # Cancelled (or failed) while connecting: close the nursery here, or it stays open
+            # past the caller's scope and trio finds its cancel scope stack corrupted.
+            nursery.cancel_scope.cancel()
+            self._stack = self._nursery = None
+            await stack.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
         return self
 
     async def __aexit__(

@@ -564,3 +564,20 @@ async def test_lookup_decides_at_f_plus_1_agreeing_members_and_says_who_has_none
             liar.ledger.commit([tx2 := client.make_tx([Put(b"j", b"v")])])
             lonely = await client.lookup(tx2.id, timeout_s=5)
             assert lonely.status == "pending" and lonely.confirmations == 1
+
+
+async def test_a_client_cancelled_while_it_connects_leaves_nothing_open(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Cancelled while entering (waiting for members to accept), the client left its nursery
+    open, and trio reported the cancel scope stack corrupted when the caller's scope ended."""
+    async with cluster() as c:  # no member listens: every connect attempt fails, retried
+        client = ConsortiumClient(GENESIS, CLIENT, addresses=c.addresses(), connect_timeout_s=60)
+        with trio.move_on_after(1) as scope:
+            async with client:
+                raise AssertionError("entered although no member is up")
+        assert scope.cancelled_caught
+        assert client.connected_members() == []
+        await trio.sleep(1)  # the caller's scopes still work
+        with pytest.raises(ClientError, match="not connected"):
+            client._require_open()
