@@ -8,6 +8,7 @@ from dataclasses import replace
 
 from pbft_harness import PARAMS, RETRANSMIT_MS, WALL, Group, drive
 
+from consortium.ledger.genesis import Params
 from consortium.node.explain import PeerLink, blockers, fault_budget, peer_rows
 
 NAMES = ["n1", "n2", "n3", "n4"]
@@ -88,6 +89,32 @@ def test_a_member_far_behind_says_by_how_much_and_from_whom_it_catches_up() -> N
     assert reasons(group, 1) == [f"behind by 1,200 blocks, catching up from {NAMES[source]}"]
     rows = peer_rows("pbft", r.status(), links(1), 0, NAMES)
     assert rows["n1"] == {"state": "connected", "executed": 1200, "lag": 0}
+
+
+# Review 2 of issue 6: the peer lag status and /metrics show (failing test).
+def test_peers_that_executed_as_far_as_we_did_show_no_lag() -> None:
+    """explain.peer_rows takes a pbft peer's progress from peers_executed, which only
+    CHECKPOINT votes move (every checkpoint_interval). Peers level with us show a lag of up
+    to K-1 blocks, forever on an idle network: in the walkthrough, `status --member n1`
+    printed 'n3 connected lag 27' with every member at height 59, and
+    consortium_peer_lag_blocks says the same, so a lag alert fires on a healthy network."""
+    params = Params(
+        batch_txs_max=1,
+        batch_delay_ms=10,
+        checkpoint_interval=8,
+        window=16,
+        timestamp_skew_ms=1_000,
+        request_timeout_ms=400,
+    )
+    group = Group(params=params)
+    for tx in group.txs[:5]:
+        group.replicas[0].propose(tx)
+        group.tick_all(20)
+        group.pump()
+    assert all(r.last_executed == 5 for r in group.replicas)
+    links = [PeerLink(i, NAMES[i], True, True) for i in (1, 2, 3)]
+    rows = peer_rows("pbft", group.replicas[0].status(), links, 5, NAMES)
+    assert [rows[n]["lag"] for n in NAMES[1:]] == [0, 0, 0], rows
 
 
 def test_no_quorum_names_the_unreachable_members() -> None:
