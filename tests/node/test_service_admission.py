@@ -1,5 +1,7 @@
-"""A member's submit path for client changes (node/service.py): the transaction's own
-signature first, then the change's approvals, on the worker threads."""
+"""A member's submit path (node/service.py): for a client change, the transaction's own
+signature first, then the change's approvals, on the worker threads; the client check against
+the member's state, whose `unknown_client` is never final; a transaction already in the ledger
+answered with its receipt without holding the event loop."""
 
 from __future__ import annotations
 
@@ -7,8 +9,9 @@ import dataclasses
 import hashlib
 import threading
 import time
+from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -25,6 +28,8 @@ from consortium.node.client import is_final_rejection
 from consortium.node.service import ClientService
 from consortium.node.verification import TxSignatureCache
 from tests.ledger.chain_fixture import CREATED_MS, MEMBERS, ChainBuilder, make_genesis
+from tests.node.test_follow import _max_gap_while, build_chain, open_store
+from tests.node.test_watches import ReceiptNode
 
 K = 4
 PARAMS = Params(checkpoint_interval=K, window=2 * K)
@@ -188,3 +193,39 @@ def test_a_forged_config_submission_costs_no_approval_verification_on_the_event_
     assert calls == 0, (
         f"{calls} approval signatures verified for a transaction with a forged signature"
     )
+
+
+# (Review 2 of issue 6: a failing test that showed what the review found. "The same cost as
+# above" is that of test_a_watch_of_committed_ids_does_not_freeze_the_members_event_loop, in
+# tests/node/test_watches.py.)
+async def test_a_submit_of_committed_transactions_does_not_freeze_the_members_event_loop(
+    tmp_path: Path,
+) -> None:
+    """service.py _submit: an id already in the ledger is answered with its first receipt,
+    built per transaction (the same cost as above) before any check and without yielding. A
+    submit frame repeating one committed transaction (its bytes are public: `block`/follow
+    return them) costs the same per copy; 16 MiB frames hold ~80,000 copies."""
+    chain = build_chain(1, txs_per_block=512)
+    node = ReceiptNode(0, open_store(tmp_path, "m0"))
+    node.append(chain, 0)
+
+    class _App:
+        admitted: ClassVar[dict[bytes, str]] = {}
+
+    class _Metrics:
+        submitted = 0
+        rejected_at_submit: ClassVar[dict[str, int]] = {}
+
+    node.app = _App()  # type: ignore[attr-defined]
+    node.metrics = _Metrics()  # type: ignore[attr-defined]
+    node.chain_id = GENESIS.chain_id  # type: ignore[attr-defined]
+    svc = ClientService(node)  # type: ignore[arg-type]
+    conn = api.ClientConnection(1, "attacker", frames_max=100_000)
+    txs = [tx.to_array() for tx in chain.blocks[0][0].txs][:300]
+
+    async def work() -> None:
+        await svc.handle(conn, api.SubmitRequest(1, txs))
+
+    gap = await _max_gap_while(work)
+    node.store.close()
+    assert gap < 0.25, f"the event loop was frozen for {gap:.2f} s by one submit request"

@@ -131,6 +131,27 @@ def test_connection_states_are_named_per_direction() -> None:
     assert PeerLink(1, "n2", outbound=False, inbound=False).state == "unreachable"
 
 
+# (Review 2 of issue 6, major: ready while no peer can reach this member; a failing test that
+# showed what the review found.)
+def test_a_member_no_peer_can_reach_is_not_ready() -> None:
+    """explain.blockers counts a peer as up when WE reach it (outbound). Peers deliver to us
+    on THEIR outbound connection (transport: two one-way connections); when none of them can
+    reach us (our listen address not the one genesis lists, a firewall on our peer port) we
+    hear nothing, yet an idle member says ready (GET /readyz 200) with '4 of 4 up, tolerates
+    1 more', and 'behind' never shows since peers' progress comes from their messages."""
+    links = [PeerLink(i, f"n{i + 1}", outbound=True, inbound=False) for i in (1, 2, 3)]
+    reasons = blockers(
+        "pbft",
+        {"last_executed": 0, "peers_executed": [0, 0, 0, 0]},
+        names=["n1", "n2", "n3", "n4"],
+        me=0,
+        quorum=3,
+        links=links,
+        behind_blocks_max=64,
+    )
+    assert reasons, "no peer can deliver to this member, yet it is ready"
+
+
 def test_a_member_stalled_with_pending_transactions_says_what_it_waits_for() -> None:
     group = Group()
     backup = group.replicas[1]
