@@ -3,7 +3,9 @@ that the network would refuse."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -12,7 +14,10 @@ from typer.testing import CliRunner
 from consortium.cli.main import app
 from consortium.cli.network import init_network
 from consortium.crypto.keys import KeyPair
+from consortium.ledger.admission import ADMIT, CHANGE_TTL_MAX_MS, ClientChange, Proposal
+from consortium.ledger.genesis import Genesis
 
+NEW = KeyPair.from_seed(hashlib.sha256(b"review1 new client").digest())
 SMALL_ORDER = "0100000000000000000000000000000000000000000000000000000000000000"
 
 
@@ -82,3 +87,28 @@ def test_sign_and_submit_refuse_what_the_network_would(net: Path, tmp_path: Path
 
     code, text = run("client", "submit", str(proposal))
     assert code == 2 and "--home MEMBER_HOME" in text
+
+
+# Review 1 (issue 6): client admission as merged (69217cf); this test failed on main then.
+def test_sign_refuses_a_proposal_expiring_beyond_the_change_ttl(tmp_path: Path) -> None:
+    """`consortium client sign` refuses expired proposals but signs one expiring years ahead
+    (and does not show the expiry). Execution refuses it as config_expiry_too_far until the
+    last week before that expiry, so it looks dead to the members; then anyone holding the
+    file can submit it, e.g. re-admitting a key revoked in the meantime. The replay set cannot
+    help: the change never executed."""
+    net = tmp_path / "net"
+    init_network(net, members=4, clients=1)
+    home = net / "nodes" / "n1"
+    chain_id = Genesis.load(home / "config" / "genesis.json").chain_id
+    far = int(time.time() * 1000) + 365 * 24 * 3600 * 1000
+    assert far - time.time() * 1000 > CHANGE_TTL_MAX_MS
+    change = ClientChange.create(
+        chain_id, ADMIT, NEW.public, "later", b"bomb", far, created_ms=int(time.time() * 1000)
+    )
+    path = tmp_path / "p.json"
+    Proposal(change).save(path)
+    result = CliRunner().invoke(app, ["client", "sign", str(path), "--home", str(home)])
+    approvals = json.loads(path.read_text())["approvals"]
+    assert result.exit_code != 0 and not approvals, (
+        f"signed a change that expires in a year: {result.output}"
+    )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -309,6 +310,59 @@ def test_expired_and_too_distant_changes_are_refused() -> None:
     far = change(chain, ADMIT, NEW.public, expiry_ms=CREATED_MS + CHANGE_TTL_MAX_MS + 10)
     block = chain.add([config_tx(chain, old), config_tx(chain, far)])
     assert [r.reason for r in block.receipts] == ["config_expired", "config_expiry_too_far"]
+
+
+# Review 1 (issue 6): client admission as merged (69217cf) (a failing test then). "The previous
+# test" is test_sign_refuses_a_proposal_expiring_beyond_the_change_ttl, in
+# tests/cli/test_clients_cli.py.
+def test_a_key_revoked_after_an_approval_was_signed_is_not_re_admitted_by_it() -> None:
+    """The ledger side of the previous test: approvals of a change expiring far ahead stay
+    usable for as long as its expiry, across a revocation of the same key (the replay set only
+    covers changes that executed, and this one was refused as too far when first submitted)."""
+    genesis = make_genesis(PARAMS)
+    chain = ChainBuilder(genesis)
+    year = 365 * 24 * 3600 * 1000
+    signed = lambda kind, nonce, expiry: _approved(chain, kind, nonce, expiry)  # noqa: E731
+    bomb = signed(ADMIT, b"bomb", CREATED_MS + year)
+    first = chain.add([chain.tx(bomb)])
+    assert first.receipts[0].reason == "config_expiry_too_far"  # looks dead
+    chain.add([chain.tx(signed(ADMIT, b"a2", CREATED_MS + 3_600_000))])
+    while chain.head.height < K:
+        chain.add([])
+    assert NEW.public in chain.app.admitted
+    chain.add([chain.tx(signed(REVOKE, b"r", CREATED_MS + 3_600_000))])  # the key is compromised
+    while chain.head.height < 2 * K:
+        chain.add([])
+    assert NEW.public not in chain.app.admitted
+    later = CREATED_MS + year - 24 * 3600 * 1000
+    replay = chain.add([chain.tx(bomb, expiry_ms=later + 60_000)], proposed_ms=later)
+    while chain.head.height < 4 * K:
+        chain.add([], proposed_ms=later)
+    assert replay.receipts[0].status == "rejected" and NEW.public not in chain.app.admitted, (
+        "an approval signed before the revocation re-admitted the revoked key"
+    )
+
+
+def _approved(chain: ChainBuilder, kind: Any, nonce: bytes, expiry: int) -> ConfigChange:
+    # (Adjusted by the fix: a change now says when it was created, which must follow the
+    # key's last accepted change; each is created when it is signed, at the chain's head.)
+    c = ClientChange.create(
+        chain.genesis.chain_id,
+        kind,
+        NEW.public,
+        "new",
+        nonce,
+        expiry,
+        created_ms=chain.head.timestamp_ms,
+    )
+    approvals = tuple(
+        (
+            MEMBERS[i].public,
+            Ed25519Signer(MEMBERS[i]).sign(Domain.CLIENT_CHANGE, c.chain_id, c.body),
+        )
+        for i in (0, 1, 2)
+    )
+    return ConfigChange(c, approvals)
 
 
 def test_changes_that_change_nothing_are_refused() -> None:

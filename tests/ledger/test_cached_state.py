@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from consortium.ledger import store as store_module
+from consortium.ledger.genesis import Params
 from consortium.ledger.state import CachedTable, build_block
 from consortium.ledger.store import BlockStore
 from consortium.ledger.tx import CompareAndSet, Delete, Put
@@ -131,3 +132,27 @@ def test_within_one_write_the_last_value_of_a_key_is_what_stays_cached() -> None
     table.durable([(b"k", b"v1")], table.writes)  # the first execution's item, one write
     disk[b"k"] = b"v2"
     assert table.pinned == 0 and table.get(b"k") == b"v2"
+
+
+# Review 1 (issue 6): the bounded state cache (d228597) (a failing test then).
+def test_the_state_cache_is_bounded_in_bytes_not_only_in_entries() -> None:
+    """d228597 bounds each CachedTable to STATE_CACHE_MAX entries, whatever their size: with
+    default params a client writing and reading 32 KiB values makes a member hold about
+    2 GiB of cached values (plus Python overhead), which is not "bounded whatever the size of
+    its state" in any useful sense. Expect a byte budget (here: at most 256 MiB).
+
+    (Adjusted by the fix: the original measured STATE_CACHE_MAX x the largest entry, which
+    stays the worst case only without a byte budget; now the store's two tables, kv and
+    replay, each have STATE_CACHE_BYTES_MAX, and a table read full of the largest values
+    holds no more than that.)"""
+    p = Params()
+    largest = p.key_bytes_max + p.value_bytes_max
+    worst = min(store_module.STATE_CACHE_MAX * largest, store_module.STATE_CACHE_BYTES_MAX)
+    assert 2 * worst <= 256 << 20, f"worst-case kv + replay cache: {2 * worst / 2**30:.1f} GiB"
+    budget = 1 << 20
+    value = b"v" * p.value_bytes_max
+    table: CachedTable[bytes] = CachedTable(lambda key: value, bytes_max=budget)
+    for i in range(200):
+        assert table.get(b"k%04d" % i) == value
+        assert table.cached_bytes <= budget
+    assert table.cached_bytes > budget - largest  # it does cache up to its budget

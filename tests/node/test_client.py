@@ -37,9 +37,10 @@ from consortium.node.api import (
     encode_status,
     encode_verdicts,
 )
-from consortium.node.client import ClientError, ConsortiumClient, SyncClient, TxOutcome
+from consortium.node.client import ClientError, ConsortiumClient, SyncClient, TxOutcome, _TxState
 from consortium.node.receipts import loads, verify_receipt
 from tests.ledger.chain_fixture import CLIENT, MEMBERS, ChainBuilder, make_genesis
+from tests.node.test_follow import build_chain
 
 GENESIS = make_genesis()
 PARAMS = GENESIS.params
@@ -581,3 +582,25 @@ async def test_a_client_cancelled_while_it_connects_leaves_nothing_open(
         await trio.sleep(1)  # the caller's scopes still work
         with pytest.raises(ClientError, match="not connected"):
             client._require_open()
+
+
+# --- major: "rejected" that is not final ---------------------------------------------------
+
+
+# (Review 2 of issue 6: a failing test that showed what the review found.)
+async def test_unknown_client_from_f_plus_1_members_is_not_a_final_rejection() -> None:
+    """client.py FINAL_REJECTIONS holds 'unknown_client' as 'decided alike from the bytes',
+    but since client admission (issue 6) it depends on each member's head: a member that has
+    not executed the admission yet (catching up after a restart, or a Byzantine one) answers
+    'unknown_client' while up-to-date members accept and order the transaction. With f+1 = 2
+    such answers `wait` returns 'rejected' (tx submit exits 1) for a transaction that then
+    commits: an ambiguous failure, which the issue rules out."""
+    client = ConsortiumClient(GENESIS)
+    tx = build_chain(0).tx(Put(b"k", b"v"))
+    client._txs[tx.id] = _TxState(tx, first_sent=trio.current_time())
+    for lagging in (0, 1):
+        client._on_submit_reply(lagging, [[tx.id, "rejected", "unknown_client"]])
+    for up_to_date in (2, 3):
+        client._on_submit_reply(up_to_date, [[tx.id, "accepted", ""]])
+    outcome = client.outcome(tx.id)
+    assert outcome.status == "pending", f"{outcome.status}: {outcome.reason}"

@@ -25,13 +25,13 @@ from consortium.ledger.certificates import SignedVote, block_signature_body
 from consortium.ledger.genesis import Genesis
 from consortium.ledger.store import BlockStore
 from consortium.ledger.tx import Put
-from consortium.node import api
+from consortium.node import api, follow
 from consortium.node.client import ClientError, ConsortiumClient
-from consortium.node.follow import CommittedBlock, Follower
+from consortium.node.follow import CommittedBlock, Follower, FollowStream
 from consortium.node.framing import FrameReader, encode_frames
 from consortium.node.receipts import verify_receipt
 from consortium.node.service import ClientService
-from tests.ledger.chain_fixture import MEMBERS, ChainBuilder, make_genesis
+from tests.ledger.chain_fixture import MEMBERS, ChainBuilder, make_genesis, vote
 
 GENESIS = make_genesis()
 HOST = "127.0.0.1"
@@ -136,6 +136,41 @@ async def take(client: ConsortiumClient, from_height: int, count: int) -> list[C
             if len(got) == count:
                 break
     return got
+
+
+async def _max_gap_while(work: object, period_s: float = 0.005) -> float:
+    """Run `work` (an async callable) while a probe task sleeps `period_s` in a loop, as the
+    core loop ticks; the longest the probe waited beyond its sleep (the event loop frozen)."""
+    gaps: list[float] = []
+
+    async def probe(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        while True:
+            t = time.perf_counter()
+            await trio.sleep(period_s)
+            gaps.append(time.perf_counter() - t - period_s)
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(probe)
+        await trio.sleep(0.02)
+        await work()  # type: ignore[operator]
+        await trio.sleep(0.02)
+        nursery.cancel_scope.cancel()
+    return max(gaps)
+
+
+def _last_reply(conn: api.ClientConnection) -> list[object]:
+    return unpack(conn._queue[-1])  # type: ignore[no-any-return]
+
+
+def _forked_blocks(salt: bytes, count: int, signer: int) -> list[api.FollowedBlock]:
+    fork = build_chain(count, salt=salt, txs_per_block=1)
+    out = []
+    for block, _, _ in fork.blocks:
+        body = block_signature_body(block.height, block.hash, signer)
+        sig = vote(GENESIS, Domain.BLOCK, body, signer)
+        out.append(api.FollowedBlock(0, block.header, block.receipts, sig))
+    return out
 
 
 # --- the wire --------------------------------------------------------------------------------
@@ -509,3 +544,119 @@ async def test_follows_are_bounded_on_the_member_not_only_per_connection(tmp_pat
     last = answer(per_conn)
     assert last[1] == "error" and "follows on this member" in last[2], last
     assert 1 < granted < per_conn
+
+
+# --- major: follows starve the core loop ---------------------------------------------------
+
+
+# (Review 2 of issue 6: a failing test that showed what the review found.)
+async def test_concurrent_follows_do_not_starve_the_members_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """service.py _stream: each follow reads and decodes a whole stored block (its txs too)
+    on the event loop, one per scheduling pass. FOLLOWS_PER_CONNECTION_MAX = 8 and 1024
+    connections, with no node-wide bound: 64 follows from height 1 with a client that drains
+    (8 connections) make every pass of the scheduler cost 64 block reads (~3-15 ms each for
+    512-tx blocks), so the core loop ticks once per pass instead of every 2 ms."""
+    monkeypatch.setattr(api, "FOLLOW_QUEUE_BYTES", 1 << 30)  # a reader that keeps up
+    chain = build_chain(6, txs_per_block=512)
+    node = FakeNode(0, open_store(tmp_path, "m0"))
+    node.append(chain, 0)
+    svc = ClientService(node)  # type: ignore[arg-type]
+    conns = [api.ClientConnection(i + 1, "follower", frames_max=100_000) for i in range(8)]
+
+    async def work() -> None:
+        async with trio.open_nursery() as nursery:
+            svc._nursery = nursery
+            for conn in conns:
+                for f in range(api.FOLLOWS_PER_CONNECTION_MAX):
+                    await svc.handle(conn, api.FollowRequest(f + 1, 1, api.FOLLOW_CREDIT_MAX))
+            await trio.sleep(1.0)
+            nursery.cancel_scope.cancel()
+
+    gap = await _max_gap_while(work)
+    node.store.close()
+    assert gap < 0.1, f"the event loop was frozen for {gap:.2f} s between two core ticks"
+
+
+# --- major: the client's follow against a lying pbft member -------------------------------
+
+
+# (Review 2 of issue 6: a failing test that showed what the review found.)
+async def test_a_lying_member_cannot_grow_the_followers_memory_without_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """follow.py: `pending` (height -> block hash -> candidate) is cleared only when a height
+    is decided. A lying member (n3) that ends its stream and answers the restarted follow with
+    a fresh fork of its own (each block validly signed by itself) adds up to ~2 x credit new
+    candidates per restart (every RESTART_S), forever, while the honest members are slow or
+    down: the docstring's 'at most about 2 x credit blocks per member whatever the members
+    send' does not hold. Blocks may be up to frame_bytes_max (16 MiB) each."""
+    monkeypatch.setattr(follow, "RESTART_S", 0.0)
+    credit = 4
+    client = ConsortiumClient(GENESIS)
+    liar = 2
+    client._members[liar].online = True  # the others are down (or slow)
+    follower = Follower(client, 1, credit)
+    for round_ in range(6):
+        follower.tend()
+        stream = follower.streams[liar]
+        blocks = _forked_blocks(b"-lie%d" % round_, 2 * credit, liar)
+        for block in blocks[:credit]:
+            stream.receive(block)
+        follower.tend()  # takes them, grants more credit
+        for block in blocks[credit : credit + stream.granted]:
+            stream.receive(block)
+        follower.tend()
+        stream.end("closing")  # or the connection drops; the follower asks again
+        follower.tend()
+        client._members[liar].queue.clear()
+    held = sum(len(c) for c in follower.pending.values())
+    assert held <= 2 * credit + 1, f"{held} forged blocks held from one lying member"
+
+
+# (Review 2 of issue 6: a failing test that showed what the review found.)
+async def test_a_lying_member_cannot_end_another_members_follow_stream() -> None:
+    """client.py _dispatch: an ErrorReply whose req_id is a follow id ends that follow stream
+    whichever member sent it (FollowedBlock is checked against stream.member, the error is
+    not). Follow ids are the client's sequential req_ids; a lying member that answers errors
+    for ids near its own kills every honest member's stream as it restarts (every RESTART_S),
+    so a pbft follow never gathers f+1 copies."""
+    client = ConsortiumClient(GENESIS)
+    honest = FollowStream(0, 7, 1, 4, 1, lambda: None)
+    client._follow_streams[7] = honest
+    client._dispatch(2, api.encode_response(api.ErrorReply(7, "follow ended")))
+    assert honest.ended == "", f"n3's error ended n1's stream: {honest.ended!r}"
+
+
+# --- aa7d64b: FOLLOWS_MAX is node-wide with no share per connection or source --------------
+
+
+# (Review 3: a regression found in the review-1/review-2 fix commits.)
+async def test_a_stranger_cannot_take_every_follow_slot_of_a_member(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """service._follow: FOLLOWS_MAX = 32 over all connections, 8 per connection, no
+    authentication on a plain client port. 4 connections of a stranger following from the
+    head (caught up, with credit) never pause, so FOLLOW_PAUSE_MAX_S never ends them; from
+    then on every honest client's follow at this member is refused 'try later', forever (and
+    at f+1 members: no follow can gather f+1 copies)."""
+    monkeypatch.setattr(api, "FOLLOW_PAUSE_MAX_S", 0.2)
+    chain = build_chain(2)
+    node = FakeNode(0, open_store(tmp_path, "m0"))
+    node.append(chain, 0)
+    svc = ClientService(node)  # type: ignore[arg-type]
+    head = node.store.height
+    strangers = [api.ClientConnection(i + 1, "stranger", frames_max=1000) for i in range(4)]
+    honest = api.ClientConnection(99, "honest follower", frames_max=1000)
+    async with trio.open_nursery() as nursery:
+        svc._nursery = nursery
+        for conn in strangers:
+            for f in range(api.FOLLOWS_PER_CONNECTION_MAX):
+                await svc.handle(conn, api.FollowRequest(f + 1, head + 1, api.FOLLOW_CREDIT_MAX))
+        await trio.sleep(1.0)  # far past FOLLOW_PAUSE_MAX_S: the strangers' follows still run
+        await svc.handle(honest, api.FollowRequest(1, 1, api.FOLLOW_CREDIT_MAX))
+        nursery.cancel_scope.cancel()
+    node.store.close()
+    reply = _last_reply(honest)
+    assert reply[1] != "error", f"an honest client's follow was refused: {reply[2]}"

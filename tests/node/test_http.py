@@ -166,3 +166,24 @@ def test_parse_head_keeps_the_path_without_its_query() -> None:
     request = parse_head(b"GET /metrics?x=1 HTTP/1.1\r\nHost: a:1\r\nAccept: */*")
     assert (request.method, request.path, request.version) == ("GET", "/metrics", "HTTP/1.1")
     assert request.headers == {"host": "a:1", "accept": "*/*"}
+
+
+# --- minor: the health port is easy to lock out --------------------------------------------
+
+
+# (Review 2 of issue 6: a failing test that showed what the review found. "The 18 s freeze
+# above" is test_a_watch_of_committed_ids_does_not_freeze_the_members_event_loop, in
+# tests/node/test_watches.py.)
+async def test_idle_connections_do_not_lock_health_probes_out() -> None:
+    """http.py: at most CONNECTIONS_MAX (64) connections, each allowed HEAD_TIMEOUT_S (5 s)
+    to send its head; beyond that a connection is closed at once, unanswered. 64 sockets that
+    send nothing (reopened every 5 s) make every /healthz probe fail, so an orchestrator
+    restarts a healthy member. (Also: /healthz runs on the event loop it checks, so after the
+    18 s freeze above it answered 'ok: core loop ticked 2 ms ago'.)"""
+    async with serving() as server:
+        idle = [await trio.open_tcp_stream("127.0.0.1", server.port) for _ in range(64)]
+        await trio.sleep(0.1)
+        reply = await exchange(server.port, b"GET /healthz HTTP/1.1\r\n\r\n")
+        for s in idle:
+            await s.aclose()
+    assert reply.startswith(b"HTTP/1.1 200"), f"the probe got {reply[:40]!r}"

@@ -50,3 +50,15 @@ def test_the_client_follows_a_followers_leader_hint_until_it_is_unreachable() ->
         assert [m.index for m in client._submit_targets()] == [0]
 
     trio.run(main)
+
+
+# --- minor: a leader hint that is a digit to str.isdigit but not to int() ---------------------
+
+
+# (Review 4: a failing test for what the raft leader hint change broke.)
+@pytest.mark.parametrize("detail", ["leader:\u00b2", "leader:\u0661", "leader:1\u00b9"])
+def test_a_leader_hint_in_other_digits_is_no_hint_and_raises_nothing(detail: str) -> None:
+    """api.leader_hint checks `str.isdigit()`, which is True for '²' (int() refuses it:
+    ValueError in the client's reply handler) and for Arabic-Indic digits (int() takes them):
+    only ASCII digits are a member index."""
+    assert api.leader_hint(detail, 3) is None

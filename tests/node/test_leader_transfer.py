@@ -128,3 +128,37 @@ def test_a_timeout_now_that_waited_out_a_pause_is_judged_at_the_time_it_is_handl
         return core.role
 
     assert trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0)) == "follower"
+
+
+# --- minor: a signed leadership transfer replays at another member ---------------------------
+
+
+# (Review 2 of issue 6: a failing test that showed what the review found.)
+def test_a_transfer_carried_out_at_one_member_is_refused_as_a_replay_at_another() -> None:
+    """service._maintenance_refusal: the signed body is (target, issued_ms, key); it does not
+    name the leader it is addressed to, and each member remembers only the bodies it carried
+    out itself. An operator moves leadership n1 -> n2 (R1 to n1), then n2 -> n3 (R2 to n2);
+    anyone who saw R1 on the plain client port replays it to n3 within 60 s and leadership
+    goes back to n2."""
+
+    class _Node:
+        def __init__(self, me: int) -> None:
+            self.me = me
+            self.genesis = GENESIS
+            self.chain_id = GENESIS.chain_id
+            self.verifier = Ed25519Verifier()
+            self._on_block: list[object] = []
+
+            class _App:
+                admitted: ClassVar[dict[bytes, str]] = {CLIENT.public: "c1"}
+
+            self.app = _App()
+
+    assert isinstance(CLIENT, KeyPair)
+    n1, n3 = ClientService(_Node(0)), ClientService(_Node(2))  # type: ignore[arg-type]
+    # (Since issue 13 signed by a member's key, for the leader's term.)
+    body = api.transfer_body(1, 7, MEMBERS[3].public, 0)
+    sig = Ed25519Signer(MEMBERS[3]).sign(Domain.MAINTENANCE, GENESIS.chain_id, body)
+    r1 = api.TransferRequest(5, 1, body, sig)
+    assert n1._maintenance_refusal(r1) == 7  # carried out at n1 (the leader then)
+    assert isinstance(n3._maintenance_refusal(r1), str), "the same signed request moves n3 too"

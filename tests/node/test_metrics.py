@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from consortium.cli.network import init_network
+from consortium.crypto.codec import pack
 from consortium.node.config import load_identity
 from consortium.node.metrics import (
     Exposition,
@@ -16,7 +17,7 @@ from consortium.node.metrics import (
     escape_label,
     prometheus_text,
 )
-from consortium.node.runtime import make_node
+from consortium.node.runtime import Node, make_node
 from consortium.pbft.replica import PbftReplica
 from tests.node.exposition import parse
 
@@ -98,3 +99,41 @@ def test_a_pbft_member_alone_in_a_view_change_shows_in_a_gauge(
         assert alone() == 1
     finally:
         node.store.close()
+
+
+# --- major: a Byzantine member's message kinds --------------------------------------------
+
+
+def _member(tmp_path: Path, mode: str = "pbft") -> Node:
+    init_network(tmp_path / "net", members=4 if mode == "pbft" else 3, clients=1, mode=mode)  # type: ignore[arg-type]
+    identity = load_identity(tmp_path / "net" / "nodes" / "n1")
+    return make_node(identity.config, identity.genesis, identity.keys)
+
+
+# (Review 2 of issue 6: a failing test that showed what the review found.)
+def test_peer_message_kinds_counted_are_bounded(tmp_path: Path) -> None:
+    """runtime.count_received: the kind is read from the raw frame (up to 31 arbitrary
+    characters) BEFORE it is decoded, and each new kind is a new Counter entry in two
+    counters, kept forever and exposed as a Prometheus label value and in every /status and
+    /readyz document. One Byzantine member (pbft tolerates f of them) sending [random, ...]
+    frames grows the others' memory and the scrape without bound."""
+    node = _member(tmp_path)
+    for i in range(2000):
+        node.count_received(pack([f"junk{i:027d}", 1]))
+    kinds = len(node.metrics.received_by_kind)
+    text = prometheus_text(node)
+    node.store.close()
+    assert kinds <= 64, f"{kinds} message kinds kept from one member's junk"
+    assert text.count("consortium_messages_received_total{") <= 64
+
+
+# (Review 2 of issue 6: a failing test that showed what the review found.)
+def test_raft_exposes_its_elections_as_view_changes(tmp_path: Path) -> None:
+    """metrics.py consortium_view_changes_total says 'elections started (raft)', but reads
+    status['view_changes'], which raft's mode_status never sets: always 0 in raft."""
+    node = _member(tmp_path, "raft")
+    node.core.elections = 3
+    text = prometheus_text(node)
+    node.store.close()
+    line = next(x for x in text.splitlines() if x.startswith("consortium_view_changes_total{"))
+    assert line.endswith(" 3"), line

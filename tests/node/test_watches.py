@@ -4,18 +4,32 @@ bench run once stalled at 20,000 watches per connection: they were never forgott
 
 from __future__ import annotations
 
+import os
+import secrets
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from consortium.cli.network import init_network
+from consortium.cli.network import init_network, load_client_setup
+from consortium.crypto.codec import unpack
+from consortium.crypto.signing import Domain
 from consortium.ledger.certificates import SignedVote
-from consortium.ledger.tx import Put
-from consortium.node import runtime, service
+from consortium.ledger.tx import Put, Transaction
+from consortium.node import api, runtime, service
 from consortium.node.config import load_identity
 from consortium.node.runtime import Node, make_node
-from tests.ledger.chain_fixture import CREATED_MS, ChainBuilder
+from consortium.node.service import ClientService
+from tests.ledger.chain_fixture import CREATED_MS, ChainBuilder, vote
+from tests.node.test_follow import (
+    GENESIS,
+    FakeNode,
+    _last_reply,
+    _max_gap_while,
+    build_chain,
+    open_store,
+)
 
 
 class FakeConnection:
@@ -40,6 +54,19 @@ def member(tmp_path: Path) -> Node:
     init_network(tmp_path / "net", members=4, clients=1)
     identity = load_identity(tmp_path / "net" / "nodes" / "n1")
     return make_node(identity.config, identity.genesis, identity.keys)
+
+
+def _member(tmp_path: Path, mode: str = "pbft") -> Node:
+    init_network(tmp_path / "net", members=4 if mode == "pbft" else 3, clients=1, mode=mode)  # type: ignore[arg-type]
+    identity = load_identity(tmp_path / "net" / "nodes" / "n1")
+    return make_node(identity.config, identity.genesis, identity.keys)
+
+
+class ReceiptNode(FakeNode):
+    """FakeNode with the real member's receipt lookups (runtime.Node)."""
+
+    first_receipt_bundle = Node.first_receipt_bundle
+    make_bundle = Node.make_bundle
 
 
 VOTE = SignedVote(b"body", b"\0" * 64)
@@ -111,3 +138,103 @@ def test_a_connection_keeps_submitting_past_the_per_connection_bound(
         block = chain.add(txs)
         node._block_durable(block, VOTE, node._push_receipts(block, VOTE))
         assert conn.watched == set()
+
+
+# --- critical: one watch frame of committed ids freezes the member ----------------------------
+
+
+# (Review 2 of issue 6: a failing test that showed what the review found.)
+async def test_a_watch_of_committed_ids_does_not_freeze_the_members_event_loop(
+    tmp_path: Path,
+) -> None:
+    """service.py WatchRequest: each committed id costs first_receipt_bundle (two full block
+    decodes and a Merkle tree of the block) synchronously, with no checkpoint and no dedupe.
+    One 330 KB frame of 10,000 ids (api.TX_IDS_PER_REQUEST_MAX, the same id repeated will do)
+    froze a live n1 of the operator walkthrough for 18 s with 100-tx blocks; with 512-tx
+    blocks that is ~14 ms per id, ~140 s per frame. The core loop, the peer pump and /healthz
+    share that event loop, so consensus stops; the client port needs no authentication
+    without TLS. Here: 300 ids of one 512-tx block."""
+    chain = build_chain(1, txs_per_block=512)
+    node = ReceiptNode(0, open_store(tmp_path, "m0"))
+    node.append(chain, 0)
+    svc = ClientService(node)  # type: ignore[arg-type]
+    conn = api.ClientConnection(1, "attacker", frames_max=100_000)
+    ids = [tx.id for tx in chain.blocks[0][0].txs][:300]
+
+    async def work() -> None:
+        await svc.handle(conn, api.WatchRequest(1, ids))
+
+    gap = await _max_gap_while(work)
+    node.store.close()
+    assert gap < 0.25, f"the event loop was frozen for {gap:.2f} s by one watch request"
+
+
+# --- major: watches by id are never forgotten; an unauthenticated peer refuses all submits --
+
+
+# (Review 2 of issue 6: a failing test that showed what the review found.)
+async def test_watches_by_id_from_strangers_cannot_make_every_submit_overloaded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """runtime.watch / service WatchRequest: a watch by id has no expiry, so it is forgotten
+    only when its id executes or its connection closes (09d900c fixed submits only). The
+    node-wide WATCHED_TXS_MAX (200,000) is 10 x WATCHES_PER_CONNECTION_MAX (20,000): ten
+    connections (of 1024 allowed, no authentication without TLS) watching random ids fill it,
+    and from then on every client's submit to this member is refused 'overloaded' (to every
+    member: the network takes no transaction). Scaled down here: 2 x 20 ids fill 40."""
+    monkeypatch.setattr(runtime, "WATCHED_TXS_MAX", 40)
+    monkeypatch.setattr(service, "WATCHES_PER_CONNECTION_MAX", 20)
+    node = _member(tmp_path)
+    svc = ClientService(node)
+    for c in range(2):
+        stranger = api.ClientConnection(c + 1, "stranger", frames_max=1000)
+        await svc.handle(stranger, api.WatchRequest(1, [os.urandom(32) for _ in range(20)]))
+    # Many blocks later (far past any expiry), they are all still watched.
+    chain = ChainBuilder()
+    far = int(time.time() * 1000) + 10 * 86_400_000
+    for i in range(runtime.WATCH_SCAN_BLOCKS):
+        block = chain.add([chain.tx(Put(b"x%d" % i, b"v"))], proposed_ms=far)
+        v = vote(GENESIS, Domain.BLOCK, b"b", 0)
+        node._block_durable(block, v, node._push_receipts(block, v))
+    setup = load_client_setup(tmp_path / "net")
+    tx = Transaction.create(
+        setup.keys()[0],
+        node.chain_id,
+        secrets.token_bytes(16),
+        int(time.time() * 1000) + 60_000,
+        [Put(b"k", b"v")],
+    )
+    client_conn = api.ClientConnection(9, "admitted client", frames_max=1000)
+    await svc.handle(client_conn, api.SubmitRequest(1, [tx.to_array()]))
+    reply = unpack(client_conn._queue[-1])
+    node.store.close()
+    [verdict] = reply[2]
+    assert verdict[1] == "accepted", f"an admitted client's submit was refused: {verdict[2]}"
+
+
+# --- c92f487: watches by id share one node-wide bound with strangers ----------------------
+
+
+# (Review 3: a regression found in the review-1/review-2 fix commits.)
+async def test_strangers_watching_random_ids_cannot_lock_honest_watches_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """runtime.watch_id: watches by id take at most WATCHED_TXS_MAX // 4 = 50,000 node-wide,
+    5,000 per connection, no authentication without TLS. Ten connections watching random ids
+    (re-watched every ID_WATCH_AGE_S) fill the share, and every honest watch by id
+    (`consortium tx status`, ConsortiumClient.wait_one/watch of an id submitted elsewhere or
+    before a restart) is refused 'too many pending receipts watched': its receipt is never
+    pushed and the client reports 'pending' for a committed transaction. The review-2
+    lockout moved from submits to watches. Scaled down: share 10, 5 per connection."""
+    monkeypatch.setattr(runtime, "WATCHED_TXS_MAX", 40)
+    monkeypatch.setattr(service, "ID_WATCHES_PER_CONNECTION_MAX", 5)
+    node = _member(tmp_path)
+    svc = ClientService(node)
+    for c in range(2):
+        stranger = api.ClientConnection(c + 1, "stranger", frames_max=1000)
+        await svc.handle(stranger, api.WatchRequest(1, [os.urandom(32) for _ in range(5)]))
+    honest = api.ClientConnection(9, "honest client", frames_max=1000)
+    await svc.handle(honest, api.WatchRequest(1, [os.urandom(32)]))
+    node.store.close()
+    reply = _last_reply(honest)
+    assert reply[1] != "error", f"an honest watch by id was refused: {reply[2]}"

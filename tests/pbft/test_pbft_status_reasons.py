@@ -8,6 +8,7 @@ from dataclasses import replace
 
 from pbft_harness import PARAMS, RETRANSMIT_MS, WALL, Group, drive
 
+from consortium.ledger.genesis import Params
 from consortium.node.explain import PeerLink, blockers, fault_budget, peer_rows
 
 NAMES = ["n1", "n2", "n3", "n4"]
@@ -90,6 +91,32 @@ def test_a_member_far_behind_says_by_how_much_and_from_whom_it_catches_up() -> N
     assert rows["n1"] == {"state": "connected", "executed": 1200, "lag": 0}
 
 
+# Review 2 of issue 6: the peer lag status and /metrics show (failing test).
+def test_peers_that_executed_as_far_as_we_did_show_no_lag() -> None:
+    """explain.peer_rows takes a pbft peer's progress from peers_executed, which only
+    CHECKPOINT votes move (every checkpoint_interval). Peers level with us show a lag of up
+    to K-1 blocks, forever on an idle network: in the walkthrough, `status --member n1`
+    printed 'n3 connected lag 27' with every member at height 59, and
+    consortium_peer_lag_blocks says the same, so a lag alert fires on a healthy network."""
+    params = Params(
+        batch_txs_max=1,
+        batch_delay_ms=10,
+        checkpoint_interval=8,
+        window=16,
+        timestamp_skew_ms=1_000,
+        request_timeout_ms=400,
+    )
+    group = Group(params=params)
+    for tx in group.txs[:5]:
+        group.replicas[0].propose(tx)
+        group.tick_all(20)
+        group.pump()
+    assert all(r.last_executed == 5 for r in group.replicas)
+    links = [PeerLink(i, NAMES[i], True, True) for i in (1, 2, 3)]
+    rows = peer_rows("pbft", group.replicas[0].status(), links, 5, NAMES)
+    assert [rows[n]["lag"] for n in NAMES[1:]] == [0, 0, 0], rows
+
+
 def test_no_quorum_names_the_unreachable_members() -> None:
     group = Group()
     assert reasons(group, 0, down={2, 3}) == ["no quorum: n3 and n4 unreachable"]
@@ -102,6 +129,27 @@ def test_connection_states_are_named_per_direction() -> None:
     assert PeerLink(1, "n2", outbound=True, inbound=False).state == "outbound only"
     assert PeerLink(1, "n2", outbound=False, inbound=True).state == "inbound only"
     assert PeerLink(1, "n2", outbound=False, inbound=False).state == "unreachable"
+
+
+# (Review 2 of issue 6, major: ready while no peer can reach this member; a failing test that
+# showed what the review found.)
+def test_a_member_no_peer_can_reach_is_not_ready() -> None:
+    """explain.blockers counts a peer as up when WE reach it (outbound). Peers deliver to us
+    on THEIR outbound connection (transport: two one-way connections); when none of them can
+    reach us (our listen address not the one genesis lists, a firewall on our peer port) we
+    hear nothing, yet an idle member says ready (GET /readyz 200) with '4 of 4 up, tolerates
+    1 more', and 'behind' never shows since peers' progress comes from their messages."""
+    links = [PeerLink(i, f"n{i + 1}", outbound=True, inbound=False) for i in (1, 2, 3)]
+    reasons = blockers(
+        "pbft",
+        {"last_executed": 0, "peers_executed": [0, 0, 0, 0]},
+        names=["n1", "n2", "n3", "n4"],
+        me=0,
+        quorum=3,
+        links=links,
+        behind_blocks_max=64,
+    )
+    assert reasons, "no peer can deliver to this member, yet it is ready"
 
 
 def test_a_member_stalled_with_pending_transactions_says_what_it_waits_for() -> None:

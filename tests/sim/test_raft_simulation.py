@@ -31,7 +31,6 @@ SOAK = int(os.environ.get("CONSORTIUM_SOAK", "1"))
 CHUNK = 25
 SEEDS = {3: 200, 5: 50}
 TIER_MIXES = [mix for mix in RAFT_MIXES if mix != "total-crash"]  # total-crash: below
-SOAK = int(os.environ.get("CONSORTIUM_SOAK", "1"))
 
 
 @dataclass
