@@ -422,8 +422,22 @@ def test_a_follower_restored_from_a_backup_votes_for_no_one_until_a_later_term(
     restart(raft, home.name)
     committed += trio.run(submit, genesis, keys[1], 50, "c")  # the leader and one follower
     trio.run(wait_same_height, genesis, [0, 1, 2], 30.0)
-    state = trio.run(statuses, genesis, [follower])[follower]
-    assert state["core"]["recovering"] is not None  # it follows the leader; it votes for no one
+
+    async def floor_known() -> dict[str, Any]:
+        # Until the restored member has its floor (a majority of the others' terms, asked two
+        # election timeouts after its start): learned while the leader of this term leads, it
+        # is the next term. (Learned after the next election, it would be the one after: the
+        # member would wait for a further election. Under load the answers can come late, so
+        # the test waits for them before it takes the leader away.)
+        with trio.fail_after(20):
+            while True:
+                state = (await statuses(genesis, [follower]))[follower]
+                if (state["core"]["recovering"] or {}).get("floor") is not None:
+                    return state
+                await trio.sleep(0.1)
+
+    state = trio.run(floor_known)
+    assert state["core"]["recovering"]["floor"] == state["term"] + 1, state["core"]["recovering"]
     assert any(
         r.startswith("recovering from a restored backup: ")
         for r in state["not_progressing_because"]

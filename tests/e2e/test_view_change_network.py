@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 import trio
 
+from consortium.cli.demo import wait_same_height
 from consortium.cli.network import LocalNetwork, init_network, load_client_setup
 from consortium.crypto.keys import KeyPair
 from consortium.ledger.genesis import Genesis, Params
@@ -33,6 +34,7 @@ from tests.e2e.test_network import block_hashes
 pytestmark = pytest.mark.e2e
 
 TIMEOUT_MS = 200  # the base view-change timeout: short, so the doubled ones stay short too
+PAUSE_TIMEOUT_MS = 1_000  # the paused-backup test's
 LIVE = [0, 1, 2]  # n4 is down for the whole test
 SPLITS = [["n1"], ["n2"], ["n3"], ["n1"], ["n2"]]  # each cut off from the other two in turn
 RECOVERY_S = 20.0  # after healing, new transactions commit within this (a few timeouts)
@@ -148,9 +150,13 @@ def test_a_backup_paused_past_the_timeout_rejoins_without_a_view_change(tmp_path
     # received pending. When it runs again, nothing it watched has timed out: the time it was
     # stopped does not count towards its view-change timers, so it does not ask alone for view
     # 1 (where it would count as faulty until the others' next view change), but catches up
-    # in view 0 with the others.
+    # in view 0 with the others. (A longer base timeout than the flapping test's: after it
+    # resumes, n4 has half a timeout to read what arrived and execute, which a loaded machine
+    # needs; the old clock made it suspect the primary at its first tick whatever the timeout.)
     directory = tmp_path / "net"
-    init_network(directory, members=4, clients=2, params=Params(request_timeout_ms=TIMEOUT_MS))
+    init_network(
+        directory, members=4, clients=2, params=Params(request_timeout_ms=PAUSE_TIMEOUT_MS)
+    )
     net = LocalNetwork(directory)
     setup = load_client_setup(directory)
     genesis, keys = setup.genesis, setup.keys()
@@ -177,10 +183,10 @@ def test_a_backup_paused_past_the_timeout_rejoins_without_a_view_change(tmp_path
                     await trio.sleep(0.5)
                     net.procs["n4"].send_signal(signal.SIGSTOP)
                     try:
-                        await trio.sleep(3 * TIMEOUT_MS / 1000)
+                        await trio.sleep(3 * PAUSE_TIMEOUT_MS / 1000)
                     finally:
                         net.procs["n4"].send_signal(signal.SIGCONT)
-                    await trio.sleep(1.5)
+                    await trio.sleep(2 * PAUSE_TIMEOUT_MS / 1000)
                     done.set()
                 await trio.sleep(0.5)
                 return {i: await client.status(i, 1.0) for i in range(4)}
@@ -191,9 +197,9 @@ def test_a_backup_paused_past_the_timeout_rejoins_without_a_view_change(tmp_path
             for i, s in found.items()
         }
         assert all(s["view"] == 0 and s["core"]["view_active"] for s in found.values()), summary
-        assert len({s["height"] for s in found.values()}) == 1, summary
+        trio.run(wait_same_height, genesis, [0, 1, 2, 3], 20.0)  # n4 catches up in view 0
         stalls = found[3]["stalls"]
-        assert stalls["count"] >= 1 and stalls["skipped_ms"] >= TIMEOUT_MS, stalls
+        assert stalls["count"] >= 1 and stalls["skipped_ms"] >= PAUSE_TIMEOUT_MS, stalls
     finally:
         net.stop()
 
