@@ -981,3 +981,22 @@ def test_term_reports_count_only_with_our_nonce_and_queries_are_rate_limited() -
     assert n3.rejected["stale_term_report"] == 1 and n3.status()["recovering"]["reports"] == 0
     n3.receive(0, b"\x92\xaaterm_query\xc4\x01x")  # a nonce of the wrong size
     assert n3.rejected["malformed"] == 1
+
+
+def test_a_clock_hand_off_to_a_member_that_does_not_campaign_tries_another() -> None:
+    """A leader whose clock is off hands leadership to the most caught-up member whose clock
+    agrees, lowest id first. A member restored from a backup (recovering) acknowledges
+    appends and answers with a right clock, but never campaigns until a later term has
+    committed: chosen again after each abandoned transfer, it kept the leader proposing
+    nothing for good, although n3 could have taken over at once."""
+    g = clocked()
+    g.crash(1)
+    g.restart(1, recovering=True)  # n2 restored from a backup: right clock, no campaign
+    g.tick_all()
+    g.settle()
+    g.heartbeat(0)
+    g.wall_offset_ms[0] = 600_000  # n1's clock jumps ten minutes ahead
+    g.propose(0, g.txs[0])
+    g.run(6 * E)
+    assert g.leaders() != [0], g.node(0).status()["clock_handoffs"]
+    assert all(g.txs[0].id in g.members[i].committed_ids for i in (0, 2))
