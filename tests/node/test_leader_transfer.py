@@ -162,3 +162,39 @@ def test_a_transfer_carried_out_at_one_member_is_refused_as_a_replay_at_another(
     r1 = api.TransferRequest(5, 1, body, sig)
     assert n1._maintenance_refusal(r1) == 7  # carried out at n1 (the leader then)
     assert isinstance(n3._maintenance_refusal(r1), str), "the same signed request moves n3 too"
+
+
+def test_an_operator_who_asks_again_after_an_abandoned_transfer_is_not_refused_as_a_replay(
+    raft_member: RaftMember,
+) -> None:
+    """`leader transfer` to a member that did not take over in time (a transfer is abandoned
+    after an election timeout: the target lagged, or was recovering) leaves the term as it was.
+    The operator runs the same command again: the client signs the same body (target, term,
+    key, leader: nothing fresh in it), and the leader refused it for the rest of the term as
+    "a replay of a request already carried out", though it is a new request, from the
+    operator, that the core's own rules (one per election timeout) would take."""
+    from consortium.node.client import ConsortiumClient
+
+    core = _Core()
+    raft_member.core = core  # type: ignore[assignment]
+    sent: list[tuple[int, bytes, bytes]] = []
+
+    async def operator_runs_the_command() -> None:
+        client = ConsortiumClient(GENESIS, MEMBERS[0])
+
+        async def capture(member: int, method: str, *args: object, timeout_s: float) -> None:
+            assert (member, method) == (0, "transfer")
+            target, body, signature = args
+            sent.append((target, body, signature))  # type: ignore[arg-type]
+
+        client._request = capture  # type: ignore[method-assign]
+        await client.transfer_leadership(0, 2, core.term)
+
+    trio.run(operator_runs_the_command)
+    (target, body, _) = sent[0]
+    assert raft_member._transfer(target, core.term, body) is None
+    # ... the transfer is abandoned after an election timeout; the term did not move ...
+    trio.run(operator_runs_the_command)
+    (target, body, _) = sent[1]
+    assert raft_member._transfer(target, core.term, body) is None
+    assert core.targets == [2, 2]
