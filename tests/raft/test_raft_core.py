@@ -1000,3 +1000,27 @@ def test_a_clock_hand_off_to_a_member_that_does_not_campaign_tries_another() -> 
     g.run(6 * E)
     assert g.leaders() != [0], g.node(0).status()["clock_handoffs"]
     assert all(g.txs[0].id in g.members[i].committed_ids for i in (0, 2))
+
+
+def test_a_transfer_completes_when_the_targets_write_takes_longer_than_a_quarter_timeout() -> None:
+    """The target honours a TimeoutNow only if the entry it names arrived at most E/4 before,
+    measured from when the append was handled: before the target's own fsync of it, which its
+    acknowledgement waits for, and the TimeoutNow follows that acknowledgement. A target whose
+    disk takes longer than E/4 to write (500 ms at the default E; a slow disk) refused every
+    TimeoutNow as stale: no transfer, nor a clock hand-off, could ever complete. Safety does
+    not need the write in the window: the leader sends TimeoutNow only after the ack and
+    while more than E/2 of its deadline is left, so the E/4 could count from the write."""
+    g = started()
+    g.run(E)
+    g.tick(1)
+    assert g.transfer(0, 1) is None
+    g.deliver(lambda q: q.dst != 1, keep=True)  # (n3 gets its copy)
+    marker = g.pending(m.Append, src=0)[0]
+    assert marker.dst == 1 and marker.msg.entries[-1].is_noop  # type: ignore[union-attr]
+    g.queue.clear()
+    g.receive(1, 0, marker.msg)  # handled at n2's last tick; its write then takes 300 ms
+    g.now += E // 4 + 50
+    g.tick(1)  # (the runtime ticks again once the write is done, and before a TimeoutNow)
+    g.tick(0)
+    g.deliver()  # n2's acknowledgement, n1's TimeoutNow, n2's campaign
+    assert g.node(1).role == LEADER, g.node(1).rejected
