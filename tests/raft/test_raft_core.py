@@ -1024,3 +1024,27 @@ def test_a_transfer_completes_when_the_targets_write_takes_longer_than_a_quarter
     g.tick(0)
     g.deliver()  # n2's acknowledgement, n1's TimeoutNow, n2's campaign
     assert g.node(1).role == LEADER, g.node(1).rejected
+
+
+def test_two_members_restored_at_once_each_learn_a_floor_above_the_term_they_voted_in() -> None:
+    """docs/raft.md, "Recovery": the floor bounds every term the member voted in, because a
+    majority of the other members meets the majority(n) - 1 others that elected the leader its
+    lost vote helped elect, "who reached that term for good". A member that is itself
+    recovering has not: restored from its own backup, it reports the term of its copy. At
+    n = 5 (two may be unavailable) n4 and n5 helped elect n3 in term T and are both restored
+    from copies of term 1; with n3 down, n4's floor comes from n1, n2 and n5 and is T, a term
+    n4 voted in, so its gate no longer keeps it from voting in T again."""
+    g = started(5)
+    backups = {i: dict(g.members[i].records) for i in (3, 4)}
+    g.run(3 * E, pred=g.among(2, 3, 4))  # n1, n2 cut off: n3, n4, n5 elect one of them
+    (leader,) = [i for i in g.leaders() if i in (2, 3, 4)]
+    term = g.node(leader).term
+    assert all(g.node(i).term == term for i in (2, 3, 4)) and term >= 2
+    g.crash(2)
+    for i in (3, 4):
+        g.crash(i)
+        g.members[i].records = backups[i]
+        g.restart(i, recovering=True)
+    g.run(3 * E, pred=without(2))
+    floor = g.node(3).status()["recovering"]["floor"]
+    assert floor is not None and floor > term, (floor, term)
