@@ -1048,3 +1048,39 @@ def test_two_members_restored_at_once_each_learn_a_floor_above_the_term_they_vot
     g.run(3 * E, pred=without(2))
     floor = g.node(3).status()["recovering"]["floor"]
     assert floor is not None and floor > term, (floor, term)
+
+
+def test_one_member_restored_at_n5_learns_a_floor_above_the_term_it_voted_in() -> None:
+    """The bound of docs/raft.md, "Recovery", at n = 5 with the leader its lost vote helped
+    elect down: any three of the other four include one that voted with it."""
+    g = started(5)
+    backup = dict(g.members[3].records)
+    g.run(3 * E, pred=g.among(2, 3, 4))
+    (leader,) = [i for i in g.leaders() if i in (2, 3, 4)]
+    term = g.node(leader).term
+    g.crash(leader)
+    g.crash(3)
+    g.members[3].records = backup
+    g.restart(3, recovering=True)
+    g.run(3 * E, pred=without(leader))
+    floor = g.node(3).status()["recovering"]["floor"]
+    assert floor is not None and floor > term
+    assert not [q for q in g.delivered if q.src == 3 and isinstance(q.msg, m.Vote)]
+
+
+def test_a_leader_between_two_followers_whose_clocks_are_wrong_both_ways_proposes() -> None:
+    """Three clocks: the median is the leader's own when one follower is ahead and the other
+    behind; neither wrong clock moves block time, and the leader keeps proposing."""
+    g = clocked()
+    g.wall_offset_ms[1] = 600_000
+    g.wall_offset_ms[2] = -600_000
+    g.tick_all()
+    for k in range(3):
+        g.propose(0, g.txs[k])
+        g.settle()
+        g.heartbeat(0)
+    n1 = g.node(0)
+    assert n1.role == LEADER and not n1.status()["clock"]["disagrees"] and not n1.clock_handoffs
+    blocks = [b for b in g.members[0].blocks if b.txs]
+    assert len(blocks) == 3
+    assert all(abs(b.header.timestamp_ms - (EPOCH_MS + g.now)) < E for b in blocks)
