@@ -16,9 +16,11 @@ canonical msgpack array naming its kind first:
                   prev_index and hint the follower's last index (to skip back quickly);
                   wall_ms the sender's wall clock as it sent the reply
     HEARTBEAT     ["heartbeat", term, commit, ctx]     commit = min(follower's match, commit)
-    HEARTBEAT-R   ["heartbeat_reply", term, ctx, wall_ms]   ctx confirms leadership for
-                  ReadIndex; wall_ms as in APPEND-REPLY (the leader proposes only while its
-                  own clock agrees with a majority's: crashft/node.py)
+    HEARTBEAT-R   ["heartbeat_reply", term, ctx, wall_ms, recovering]   ctx confirms
+                  leadership for ReadIndex; wall_ms as in APPEND-REPLY (the leader proposes
+                  only while its own clock agrees with a majority's: crashft/node.py);
+                  recovering: the sender is behind its recovery gate and cannot campaign, so
+                  the leader hands leadership to it neither on request nor for its clock
     SNAPSHOT      ["snapshot", term, index, term_at_index, height, block_hash]
                   "entries up to index are compacted: fetch blocks up to height"
     FETCH         ["fetch", term, from_height, to_height]
@@ -175,6 +177,7 @@ class HeartbeatReply:
     term: int
     ctx: int
     wall_ms: int  # the follower's wall clock when it answered
+    recovering: bool  # behind its recovery gate: it cannot campaign (no transfer to it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,7 +292,7 @@ def encode(msg: Message) -> bytes:
         case Heartbeat():
             return pack(["heartbeat", msg.term, msg.commit, msg.ctx])
         case HeartbeatReply():
-            return pack(["heartbeat_reply", msg.term, msg.ctx, msg.wall_ms])
+            return pack(["heartbeat_reply", msg.term, msg.ctx, msg.wall_ms, msg.recovering])
         case Snapshot():
             return pack(
                 ["snapshot", msg.term, msg.index, msg.index_term, msg.height, msg.block_hash]
@@ -319,7 +322,7 @@ _SHAPES = {
     "append": 6,
     "append_reply": 6,
     "heartbeat": 4,
-    "heartbeat_reply": 4,
+    "heartbeat_reply": 5,
     "snapshot": 6,
     "fetch": 4,
     "blocks": 3,
@@ -386,7 +389,10 @@ def decode(frame: bytes, params: Params) -> Message:
             return Heartbeat(as_int(a[1], "term"), as_int(a[2], "commit"), as_int(a[3], "ctx"))
         case "heartbeat_reply":
             return HeartbeatReply(
-                as_int(a[1], "term"), as_int(a[2], "ctx"), as_int(a[3], "wall_ms")
+                as_int(a[1], "term"),
+                as_int(a[2], "ctx"),
+                as_int(a[3], "wall_ms"),
+                as_bool(a[4], "recovering"),
             )
         case "snapshot":
             return Snapshot(

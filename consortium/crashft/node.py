@@ -64,8 +64,10 @@ A deposed leader in a minority never gathers the echoes (and steps down within E
 answers no read.
 
 Leadership transfer (thesis §3.10). A leader transferring proposes nothing, so an operator's
-request is accepted only for a target heard from within E, never while another is under way,
-and at most once per E counting from the election. The leader appends a no-op marker, catches
+request is accepted only for a target heard from within E and not recovering (its heartbeat
+replies say so: it cannot campaign), never while another operator's is under way, and at most
+once per E counting from the election; it replaces a hand-off the leader started for its own
+clock (below), which otherwise would lock operators out. The leader appends a no-op marker, catches
 the target up, and sends it TimeoutNow(term, last index) once, only while more than E/2 is left
 before it abandons the transfer at E; the target campaigns (voters ignore their lease for it)
 only if its log ends at that entry and the entry arrived at most E/4 before on its own clock. A
@@ -84,7 +86,11 @@ only while its own clock is within params.timestamp_skew_ms of the median of tho
 waits for its first replies (its no-op makes no block and goes at once). A leader whose clock
 is off hands leadership (the transfer path: _transferee, TimeoutNow) to the most caught-up
 member that answered within E and whose clock agrees, and meanwhile proposes nothing; with no
-such member it stays and says why in status. So no one clock moves block time by more than
+such member it stays and says why in status. Recovering members are not chosen (they cannot
+campaign), and a member a transfer to which was abandoned while we lead comes after those none
+failed with (the one abandoned longest ago first): choosing the most caught-up every time made
+one that acknowledges but never takes over the target of every hand-off, for good. So no one
+clock moves block time by more than
 the skew, while a majority's clocks agree (a wrong clock counts as a failure for liveness,
 never for safety). As follower, a member measures its own clock against the fresh entries of
 its leader (ledger/clock.py) and says in status when it is off.
@@ -387,6 +393,9 @@ class Progress:
     # Its wall clock in its last reply (which came at heard_ms, our monotonic clock): its clock
     # now is wall_ms + (now - heard_ms), whatever our own wall clock does.
     wall_ms: int | None = None
+    # Its last heartbeat reply said it is behind its recovery gate: it cannot campaign, so it
+    # is no transfer target (a TimeoutNow to it would only stop our proposals for E).
+    recovering: bool = False
 
 
 @dataclass(slots=True)
@@ -500,6 +509,10 @@ class RaftNode:
         self._transfer_deadline = 0
         self._timeout_now_sent = False
         self._transfer_allowed_ms = 0  # no operator's transfer accepted before (one per E)
+        self._transfer_by_operator = False  # the one under way: an operator's, or ours (clock)
+        # Members a transfer to which was abandoned while we lead (they did not catch up or
+        # did not campaign), with when: a clock hand-off tries the others first (bounded by n).
+        self._transfer_failed_ms: dict[int, int] = {}
         self.last_transfer = ""  # how the last transfer we started ended, if it did not
         # When the last entry of our log, (index, term), first arrived here: a TimeoutNow is
         # honoured only while that is recent (_on_timeout_now).
@@ -631,6 +644,7 @@ class RaftNode:
                 )
                 + ")"
             )
+            self._transfer_failed_ms[self._transferee] = self._now
             self._transferee = None
         if self._transferee is None:
             self._clock_handoff_to = None
@@ -864,6 +878,7 @@ class RaftNode:
         }
         self._check_quorum_due = self._now + self.config.election_ms
         self._transfer_allowed_ms = self._now + self.config.election_ms
+        self._transfer_failed_ms.clear()
         self._read_ctx = 0
         self._uncommitted_ids = {
             tx.id
@@ -1058,6 +1073,7 @@ class RaftNode:
         pr = self._progress[sender]
         pr.recent_active = True
         pr.heard_ms, pr.wall_ms = self._now, msg.wall_ms
+        pr.recovering = msg.recovering
         if msg.ctx > pr.read_ctx:
             pr.read_ctx = min(msg.ctx, self._read_ctx)
             self._release_reads()
@@ -1137,7 +1153,9 @@ class RaftNode:
         self._heard_from_leader(sender)
         self.leader_commit = max(self.leader_commit, msg.commit)  # (status only)
         self.commit = max(self.commit, min(msg.commit, self.log.last_index))
-        self._send(sender, m.HeartbeatReply(self.term, msg.ctx, self._wall_out))
+        self._send(
+            sender, m.HeartbeatReply(self.term, msg.ctx, self._wall_out, self._recovery is not None)
+        )
 
     def _mark_dirty(self, index: int) -> None:
         """The log changed from `index` on: those entries are to be written, so not durable."""
@@ -1411,8 +1429,14 @@ class RaftNode:
 
     def _maybe_hand_off_for_clock(self) -> None:
         """Our clock is off the majority's: hand leadership (the transfer path, TimeoutNow) to
-        the most caught-up member whose clock agrees and that answered within an election
-        timeout; none such, we stay and propose nothing (status says why)."""
+        a member whose clock agrees, that answered within an election timeout and that can
+        campaign (not recovering); none such, we stay and propose nothing (status says why).
+
+        Which one: first those no transfer to which was abandoned while we lead, then the one
+        abandoned longest ago; among equals the most caught-up, lowest id first. Always the
+        most caught-up made a member that acknowledges but does not take over (its TimeoutNow
+        lost, a slow disk, a recovering member not yet known as one) the target of every
+        hand-off after the last, and we proposed nothing for good."""
         known = self._clock_band()
         if known is None or self._agrees(self._wall, known[0]):
             self.clock_stuck = ""
@@ -1425,16 +1449,32 @@ class RaftNode:
             and (clock := self._peer_clock(p)) is not None
             and self._agrees(clock, band)
         ]
-        if not agree:
+        able = [p for p in agree if not self._progress[p].recovering]
+        if not able:
             self.clock_stuck = (
                 f"own clock {off_band_ms(self._wall, band):+d} ms off the median of {count} "
                 "members' clocks: not proposing, and no member whose clock agrees to hand "
                 "leadership to"
+                + (
+                    f" (members {', '.join(map(str, agree))} agree but are recovering: they "
+                    "cannot campaign)"
+                    if agree
+                    else ""
+                )
             )
             return
         self.clock_stuck = ""
-        target = max(agree, key=lambda p: (self._progress[p].match, -p))
-        self._start_transfer(target)  # (no operator's limits: this is the leader's own step)
+        target = min(
+            able,
+            key=lambda p: (
+                self._transfer_failed_ms.get(p, _LONG_AGO),
+                -self._progress[p].match,
+                p,
+            ),
+        )
+        # No operator's limits (this is our own step), and the operator's allowance is left
+        # alone: an operator's request replaces this hand-off (transfer_leadership).
+        self._start_transfer(target, by_operator=False)
         self._clock_handoff_to = target
         self.clock_handoff_count += 1
         off_ms = off_band_ms(self._wall, band)
@@ -1559,7 +1599,13 @@ class RaftNode:
         timeout E (a member that is down or cut off is refused at once), a request while a
         transfer is under way is refused (it does not restart it), and we accept at most one
         per E, counting from our election too (leadership moves at most once per E on
-        request). A transfer we start is abandoned after E, as before."""
+        request). A transfer we start is abandoned after E, as before.
+
+        An operator's request replaces a hand-off we started for our clock (and counts as the
+        operator's one per E; those hand-offs do not): they follow one another with no gap
+        while our clock is off, and refusing an operator while one ran locked the operator out
+        for good (a TimeoutNow already sent for it may still make that member take over
+        first). A target behind its recovery gate is refused: it cannot campaign."""
         cfg = self.config
         if self.role != LEADER:
             return f"not the leader (leader: {self.leader})"
@@ -1567,7 +1613,7 @@ class RaftNode:
             return f"no member {target}"
         if target == self.me:
             return "already the leader"
-        if self._transferee is not None:
+        if self._transferee is not None and self._transfer_by_operator:
             return (
                 f"a transfer to member {self._transferee} is under way (abandoned in "
                 f"{self._transfer_deadline - self._now} ms if it does not complete)"
@@ -1583,17 +1629,26 @@ class RaftNode:
                 f"member {target} acknowledged nothing within the last election timeout "
                 f"({cfg.election_ms} ms): it is down, cut off or restarting"
             )
-        self._start_transfer(target)
+        if self._progress[target].recovering:
+            return (
+                f"member {target} is recovering (restored from a backup or lost state): it "
+                "cannot campaign until a later term has committed; name another member"
+            )
+        self._clock_handoff_to = None
+        self._start_transfer(target, by_operator=True)
         return None
 
-    def _start_transfer(self, target: int) -> None:
+    def _start_transfer(self, target: int, *, by_operator: bool) -> None:
         """Stop proposing, bring `target` up to date, then send it TimeoutNow; abandoned at
         the deadline (E). No checks: transfer_leadership makes them for operators."""
         self._transferee = target
         self._transfer_deadline = self._now + self.config.election_ms
-        self._transfer_allowed_ms = self._transfer_deadline
+        self._transfer_by_operator = by_operator
+        if by_operator:
+            # (and how the last one ended is no longer news: the operator watches this one)
+            self._transfer_allowed_ms = self._transfer_deadline
+            self.last_transfer = ""
         self._timeout_now_sent = False
-        self.last_transfer = ""
         # A marker no-op: the entry TimeoutNow names must reach the target after the transfer
         # began (its freshness bounds when the target may act on it, _on_timeout_now), and
         # in an idle network the last entry is old.
@@ -1830,6 +1885,7 @@ class RaftNode:
                 "state": pr.state,
                 "recent_active": pr.recent_active,
                 "lag": max(0, self.log.last_index - pr.match),
+                "recovering": pr.recovering,
             }
             for p, pr in sorted(self._progress.items())
         }

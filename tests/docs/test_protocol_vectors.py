@@ -167,11 +167,14 @@ def test_transfer_request_and_timeout_now_as_documented(doc: dict[str, bytes]) -
 
 def test_raft_replies_carry_the_followers_wall_clock_as_documented(doc: dict[str, bytes]) -> None:
     # ["append_reply", term 3, success, index 7, hint 0, wall_ms] and
-    # ["heartbeat_reply", term 3, ctx 5, wall_ms]: the leader's clock check (docs/raft.md).
+    # ["heartbeat_reply", term 3, ctx 5, wall_ms, recovering]: the leader's clock check
+    # (docs/raft.md), and whether the follower could take leadership over.
     assert doc["raft.append_reply"] == msgpack.packb(
         ["append_reply", 3, True, 7, 0, FOLLOWER_WALL_MS]
     )
-    assert doc["raft.heartbeat_reply"] == msgpack.packb(["heartbeat_reply", 3, 5, FOLLOWER_WALL_MS])
+    assert doc["raft.heartbeat_reply"] == msgpack.packb(
+        ["heartbeat_reply", 3, 5, FOLLOWER_WALL_MS, False]
+    )
 
 
 def test_doc_vectors_parser_refuses_junk() -> None:

@@ -169,7 +169,7 @@ def protocol_vectors() -> dict[str, bytes]:
             raft_messages.AppendReply(3, True, 7, 0, FOLLOWER_WALL_MS)
         ),
         "raft.heartbeat_reply": raft_messages.encode(
-            raft_messages.HeartbeatReply(3, 5, FOLLOWER_WALL_MS)
+            raft_messages.HeartbeatReply(3, 5, FOLLOWER_WALL_MS, False)
         ),
     }
 

@@ -1002,6 +1002,58 @@ def test_a_clock_hand_off_to_a_member_that_does_not_campaign_tries_another() -> 
     assert all(g.txs[0].id in g.members[i].committed_ids for i in (0, 2))
 
 
+def test_a_clock_hand_off_whose_target_did_not_take_over_goes_to_another_member_next() -> None:
+    """Each abandoned hand-off picked the most caught-up member again: a member that
+    acknowledges but never takes over (here every TimeoutNow to it is lost) was the target of
+    every hand-off after the last. The next one goes to a member no hand-off failed with."""
+    g = clocked()
+    g.wall_offset_ms[0] = 600_000
+    g.advance(1, [0])
+    n1 = g.node(0)
+    assert n1.status()["transferring_to"] == 1
+    g.run(E, pred=lambda q: not (isinstance(q.msg, m.TimeoutNow) and q.dst == 1))
+    assert "transfer to member 1 abandoned" in n1.last_transfer
+    assert [h[-1] for h in n1.clock_handoffs] == ["1", "2"]
+    g.run(E // 2)
+    assert g.leaders() == [2] and g.node(2).last_election_reason == "leadership transferred by 0"
+
+
+def test_an_operators_transfer_replaces_a_clock_hand_off_under_way() -> None:
+    """A leader whose clock is off starts its next hand-off in the tick that abandons the
+    last, so an operator's `leader transfer` was refused for good as "a transfer is under
+    way". The operator's request replaces the leader's own hand-off; the operator's limit of
+    one per election timeout counts only operators' requests."""
+    g = clocked()
+    g.run(E)  # (an operator's first transfer comes an election timeout after the election)
+    g.wall_offset_ms[0] = 600_000
+    g.advance(1, [0])
+    n1 = g.node(0)
+    assert n1.status()["transferring_to"] == 1 and n1.status()["clock"]["handing_to"] == 1
+    g.drop()
+    assert g.transfer(0, 2) is None
+    assert n1.status()["transferring_to"] == 2 and n1.status()["clock"]["handing_to"] is None
+    why = g.transfer(0, 1)  # an operator's transfer under way is not replaced
+    assert why is not None and "a transfer to member 2 is under way" in why
+    g.run(E // 2)
+    assert g.leaders() == [2]
+
+
+def test_a_member_behind_its_recovery_gate_is_no_transfer_target() -> None:
+    """A recovering member acknowledges appends but never campaigns: its heartbeat replies say
+    so, an operator's transfer to it is refused at once, and status shows it."""
+    g = clocked()
+    g.crash(1)
+    g.restart(1, recovering=True)
+    g.run(E)
+    n1 = g.node(0)
+    assert n1.status()["progress"]["1"]["recovering"] is True
+    assert n1.status()["progress"]["2"]["recovering"] is False
+    why = g.transfer(0, 1)
+    assert why is not None and "member 1 is recovering" in why
+    assert n1.status()["transferring_to"] is None
+    assert g.transfer(0, 2) is None
+
+
 def test_a_transfer_completes_when_the_targets_write_takes_longer_than_a_quarter_timeout() -> None:
     """The target honours a TimeoutNow only if the entry it names arrived at most E/4 before,
     measured from when the append was handled: before the target's own fsync of it, which its
