@@ -159,7 +159,8 @@ def test_handshake_transcript_as_documented(doc: dict[str, bytes]) -> None:
 
 def test_transfer_request_and_timeout_now_as_documented(doc: dict[str, bytes]) -> None:
     n1 = nacl.signing.SigningKey(MEMBER_SEEDS["n1"]).verify_key
-    assert msgpack.unpackb(doc["transfer.body"]) == ["transfer", 1, 3, bytes(n1), 0]
+    nonce = b"\x3c" * 16  # drawn by the client for each request
+    assert msgpack.unpackb(doc["transfer.body"]) == ["transfer", 1, 3, bytes(n1), 0, nonce]
     signed = b"consortium/v1/maintenance\x00" + doc["chain_id"] + doc["transfer.body"]
     assert _verify(bytes(n1), signed, doc["transfer.signature_by_n1"])
     assert msgpack.unpackb(doc["raft.timeout_now"]) == ["timeout_now", 3, 7]
