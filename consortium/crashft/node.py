@@ -70,9 +70,14 @@ once per E counting from the election; it replaces a hand-off the leader started
 clock (below), which otherwise would lock operators out. The leader appends a no-op marker, catches
 the target up, and sends it TimeoutNow(term, last index) once, only while more than E/2 is left
 before it abandons the transfer at E; the target campaigns (voters ignore their lease for it)
-only if its log ends at that entry and the entry arrived at most E/4 before on its own clock. A
-TimeoutNow cannot be recalled: so it is honoured only while the leader still waits for it, and
-a copy delayed past the abandonment deposes nobody.
+only if its log ends at that entry and the entry became durable there at most E/4 before on
+its own clock (from persisted() and the shell's tick right after it, not from the append's
+arrival: a slow disk is not staleness). A TimeoutNow cannot be recalled: so it is honoured only
+while the leader still waits for it, and a copy delayed past the abandonment deposes nobody.
+Timing assumed: the shell ticks the core at once after reporting a write durable, before the
+acknowledgement it released leaves (the runtime does), and the two members' monotonic clocks
+drift apart by less than E/4 over E; the target's write of the marker may take up to E/2 (its
+acknowledgement must reach the leader with more than E/2 of the transfer left).
 
 Clocks (deviation from the paper, which has no block time). A batch entry carries the leader's
 wall clock, which becomes the block's time (max of it and the previous block's). Followers
@@ -514,10 +519,13 @@ class RaftNode:
         # did not campaign), with when: a clock hand-off tries the others first (bounded by n).
         self._transfer_failed_ms: dict[int, int] = {}
         self.last_transfer = ""  # how the last transfer we started ended, if it did not
-        # When the last entry of our log, (index, term), first arrived here: a TimeoutNow is
-        # honoured only while that is recent (_on_timeout_now).
+        # When the last entry of our log, (index, term), became durable here (None: not yet):
+        # a TimeoutNow is honoured only while that is recent (_on_timeout_now). persisted()
+        # stamps it with our clock as last ticked, and the first tick after restamps it: the
+        # shell ticks at once after a durable write, the core learning the time no other way.
         self._last_entry = (self.log.last_index, self.log.last_term)
         self._last_entry_ms: int | None = None
+        self._last_entry_restamp = False
         self._commit_dirty = False
 
         self._pool: dict[bytes, _Pending] = {}
@@ -596,6 +604,9 @@ class RaftNode:
     def tick(self, mono_ms: int, wall_ms: int) -> None:
         self._now = mono_ms
         self._wall = wall_ms
+        if self._last_entry_restamp:
+            self._last_entry_restamp = False
+            self._last_entry_ms = mono_ms  # the write became durable since the last tick
         if not self._started:
             self._started = True
             self._reset_election_timer()
@@ -908,11 +919,15 @@ class RaftNode:
         # deadline made us campaign (voters ignore their lease for it) and deposed a leader
         # that had given up the transfer and gone on leading. So it names the leader's last
         # entry, and we act only if our log ends exactly there (nothing the leader appended
-        # since has reached us) and that entry reached us at most E/4 ago on our clock. We
-        # acknowledged that entry before the leader sent this, and the leader sends it only
-        # while more than E/2 is left before its deadline: whatever we honour, we honour before
-        # it abandons the transfer, E/4 to spare (tick granularity, clock rates). The leader
-        # appends a no-op when a transfer begins, so in an idle network that entry is fresh.
+        # since has reached us) and that entry became durable here at most E/4 ago on our
+        # clock. Our acknowledgement of it left after that write (and the shell's tick after
+        # it), the leader sent this only after that acknowledgement and while more than E/2
+        # was left before its deadline: whatever we honour, we honour before it abandons the
+        # transfer, E/4 to spare (tick granularity, clock rates). The window counts from the
+        # write, not from when the append arrived: counted from the arrival, a disk slower
+        # than E/4 per write made every TimeoutNow stale, and no transfer (nor a clock
+        # hand-off) could complete. The leader appends a no-op when a transfer begins, so in
+        # an idle network that entry is fresh.
         point = (msg.index, msg.term)
         if (
             point != (self.log.last_index, self.log.last_term)
@@ -1146,7 +1161,9 @@ class RaftNode:
         self.commit = max(self.commit, min(msg.commit, last_new))
         last = (self.log.last_index, self.log.last_term)
         if last != self._last_entry:
-            self._last_entry, self._last_entry_ms = last, self._now
+            # Fresh from when it is durable (persisted), not from now: the write may take long.
+            self._last_entry, self._last_entry_ms = last, None
+            self._last_entry_restamp = False
         self._send(sender, m.AppendReply(self.term, True, last_new, 0, self._wall_out))
 
     def _on_heartbeat(self, sender: int, msg: m.Heartbeat) -> None:
@@ -1806,6 +1823,9 @@ class RaftNode:
         entry here, never in the Ready that first writes it."""
         if self.log.term_at(index) != term:
             return  # overwritten since (a new leader's entries): a later Ready reports them
+        if (index, term) == self._last_entry and self._last_entry_ms is None:
+            self._last_entry_ms = self._now  # (and again at the next tick: see tick())
+            self._last_entry_restamp = True
         if index > self._stable_last:
             self._stable_last = index
             if self.role == LEADER and self._maybe_commit():

@@ -221,6 +221,10 @@ class RaftMember(Node):
         core, whose leader counts itself for those entries only now, then the blocks' waiters."""
         if log_end is not None:
             self.core.persisted(*log_end)
+            # The core learns time only from ticks: this one tells it when the write became
+            # durable, before the acknowledgements it released leave (the connections send
+            # them once this task yields). A target's TimeoutNow window counts from here.
+            self.core.tick(*self._now())
         self._blocks_durable(blocks, signatures, duplicates)
 
     def _send_early(self, ready: Ready) -> Ready:

@@ -142,6 +142,8 @@ def test_a_timeout_now_that_waited_out_a_pause_is_judged_at_the_time_it_is_handl
         core.tick(*member._now())
         member._handle(("peer", 1, rm.Append(1, 0, 0, 0, (rm.Entry(1, 1),))))  # n2 leads
         assert (core.role, core.leader, core.log.last_index) == ("follower", 1, 1)
+        await member._carry_out_ready()  # written: the window starts (persisted, then a tick)
+        assert core._last_entry_ms == member._now()[0]
         await trio.sleep(core.config.election_ms / 2 / 1000)  # paused: no tick meanwhile
         member._handle(("peer", 1, rm.TimeoutNow(1, 1)))
         assert core.rejected["timeout_now_stale"] == 1

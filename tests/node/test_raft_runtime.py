@@ -36,3 +36,41 @@ def test_the_executed_lookup_costs_one_query_per_batch_and_none_at_execution(
         assert replay.loads == before + 1
     finally:
         node.store.close()
+
+
+def test_a_targets_transfer_window_starts_when_its_write_is_durable(tmp_path: Path) -> None:
+    """A transfer's target honours TimeoutNow only within E/4 of the leader's last entry
+    becoming durable here (crashft/node.py, _on_timeout_now). The core learns time only from
+    ticks, so after reporting a write durable the shell ticks it at once: a write that took
+    300 ms then starts the window when it ended, not when the append was handled."""
+    import trio
+    import trio.testing
+
+    from consortium.crashft import messages as rm
+
+    init_network(tmp_path / "net", members=3, clients=1, mode="raft", params=Params())
+    identity = load_identity(tmp_path / "net" / "nodes" / "n1")
+    node = make_node(identity.config, identity.genesis, identity.keys)
+    assert isinstance(node, RaftMember)
+    clock = trio.testing.MockClock()
+
+    async def main() -> tuple[int | None, int]:
+        core = node.core
+        core.tick(*node._now())
+        node._handle(("peer", 1, rm.Append(1, 0, 0, 0, (rm.Entry(1, 1),))))  # n2 leads
+        handled_ms = node._now()[0]
+        commit = node.store.commit_staged
+
+        def slow_disk() -> None:
+            commit()
+            clock.jump(0.3)  # the fsync took 300 ms
+
+        node.store.commit_staged = slow_disk  # type: ignore[method-assign]
+        await node._carry_out_ready()
+        return core._last_entry_ms, handled_ms
+
+    try:
+        stamped_ms, handled_ms = trio.run(main, clock=clock)
+    finally:
+        node.store.close()
+    assert stamped_ms == handled_ms + 300
