@@ -31,8 +31,10 @@ canonical msgpack array naming its kind first:
     READ          ["read", read_id]                    a follower asks the leader for a read index
     READ-REPLY    ["read_reply", read_id, index, ok]
     TERM-QUERY    ["term_query", nonce]                a recovering member asks a peer's term
-    TERM-REPORT   ["term_report", nonce, current_term] the answer, echoing the asker's fresh nonce
-                  (crashft/node.py "Recovery"; `current_term`, not `term`: it moves no one's term)
+    TERM-REPORT   ["term_report", nonce, current_term, recovering]   the answer, echoing the
+                  asker's fresh nonce (crashft/node.py "Recovery"; `current_term`, not `term`:
+                  it moves no one's term); recovering: the answering member is itself behind
+                  its recovery gate, its term that of its restored copy, so it does not count
 
 An entry is [term, index, proposed_ms, leader, signature, [tx, ...]] for a batch, or
 [term, index] for a no-op (a new leader's first entry, a leadership transfer's marker). A
@@ -244,6 +246,7 @@ class TermQuery:
 class TermReport:
     nonce: bytes
     current_term: int
+    recovering: bool  # the answering member is recovering too: its term does not count
 
 
 Message = (
@@ -312,7 +315,7 @@ def encode(msg: Message) -> bytes:
         case TermQuery():
             return pack(["term_query", msg.nonce])
         case TermReport():
-            return pack(["term_report", msg.nonce, msg.current_term])
+            return pack(["term_report", msg.nonce, msg.current_term, msg.recovering])
     raise AssertionError(f"not a raft message: {msg!r}")
 
 
@@ -331,7 +334,7 @@ _SHAPES = {
     "read": 2,
     "read_reply": 4,
     "term_query": 2,
-    "term_report": 3,
+    "term_report": 4,
 }
 
 ENTRIES_PER_APPEND_MAX = 4096
@@ -438,7 +441,11 @@ def decode(frame: bytes, params: Params) -> Message:
         case "term_query":
             return TermQuery(as_bytes(a[1], "nonce", size=NONCE_BYTES))
         case "term_report":
-            return TermReport(as_bytes(a[1], "nonce", size=NONCE_BYTES), as_int(a[2], "term"))
+            return TermReport(
+                as_bytes(a[1], "nonce", size=NONCE_BYTES),
+                as_int(a[2], "term"),
+                as_bool(a[3], "recovering"),
+            )
     raise AssertionError(kind)
 
 

@@ -112,20 +112,33 @@ the entries it acknowledged: voting again it could elect a second leader in one 
 that lacks a committed entry. It therefore grants no vote (nor PreVote) and sends no
 RequestVote or PreVote until it has learned a term above any it can have voted in, and has
 caught up. It asks the others with TERM-QUERY carrying a nonce drawn from the seed for this
-start; only TERM-REPORTs echoing it count (an answer of an earlier start is never replayed).
-With reports from a majority of the other members (not counting itself), the floor is their
-highest term plus one. The bound: a leader that our lost vote helped elect in term T had a
-majority's votes, so at least majority(n) - 1 other members had reached term T, and terms
-never go back; any majority of the n - 1 others meets them (majority(n) - 1 + majority(n - 1)
-> n - 1). So that such an election is over before the answers are given, the first query waits
-2E after start: a candidate holding our lost vote wins or gives up within 2E (its election
-timer). The member leaves recovery once its term is >= floor and it has committed an entry of
-such a term: a leader elected without its vote appended it, and that leader's log holds every
-committed entry, including any this member acknowledged before its state was lost. Until then
-it counts as unavailable: it acknowledges appends (each true of its durable log), so a leader
-may count it, but it never decides an election; restored into a healthy cluster, it waits for
-the next election (a leadership transfer starts one). A single-member network has nobody to
-ask or contradict and starts normally.
+start; only TERM-REPORTs echoing it count (an answer of an earlier start is never replayed),
+and only from members that are not recovering themselves (the report says so: a restored
+member reports the term of its copy). With such reports from a majority of the other members
+(not counting itself), the floor is their highest term plus one. The bound: a leader that our
+lost vote helped elect in term T had a majority's votes; with k members restored at once (we
+are one), at least majority(n) - k of its voters are among the n - k that are not recovering,
+and they reached term T for good (terms never go back, and a member that recovered since did
+so above every term it voted in); those majority(n - 1) = n - majority(n) + 1 reporters are
+more than the n - k - (majority(n) - k) non-recovering members that need not have voted, so one
+of them did. (Counting recovering reporters, two members restored at once each learned a floor
+at a term they had voted in.) So that such an election is over before the answers are given,
+the first query waits 2E after start: a candidate holding our lost vote wins or gives up within
+2E (its election timer). The member leaves recovery once its term is >= floor and it has
+committed an entry of such a term: a leader elected without its vote appended it, and that
+leader's log holds every committed entry, including any this member acknowledged before its
+state was lost. Until then it counts as unavailable: it acknowledges appends (each true of its
+durable log), so a leader may count it, but it never decides an election; restored into a
+healthy cluster, it waits for the next election (a leadership transfer starts one). A
+single-member network has nobody to ask or contradict and starts normally.
+
+Liveness of recovery: the answers need majority(n - 1) = ceil(n/2) other members up and not
+recovering (k restored and d down with k + d <= floor(n/2)), and the election that lets them
+recover needs k + d <= (n - 1) // 2: the fault budget, in which a recovering member counts as
+unavailable. Beyond it (two of three members restored at once, or the only members that
+reached the lost term restored or down) no member can learn a safe floor, as the lost votes may
+have elected a leader only they knew of: the recovering members keep asking every E/2 and wait
+for members that are not recovering, and status counts the answers of recovering members.
 
 Nothing here reads a clock, randomness, the network or the disk; randomness for election
 timeouts comes from a seed, and everything the node holds is bounded (pool_max, reads_max,
@@ -427,8 +440,11 @@ class _TermRecovery:
     """What a recovering member has learned (module docstring, "Recovery"); one report each."""
 
     nonce: bytes
-    needed: int  # a majority of the other members
+    needed: int  # a majority of the other members, none of them recovering
     reports: dict[int, int] = field(default_factory=dict)  # peer -> highest term it reported
+    # Peers whose answers said they are recovering too (not counted; asked again until they
+    # answer as members that are not): bounded by n.
+    recovering_peers: set[int] = field(default_factory=set)
     floor: int | None = None  # the lowest term it may vote in, once `needed` reports are in
     start_ms: int | None = None  # its first tick: queries wait 2E from here
     asked_ms: int = _LONG_AGO
@@ -1711,7 +1727,7 @@ class RaftNode:
             self.rejected["query_too_often"] += 1
             return
         self._query_answered_ms[sender] = self._now
-        self._send(sender, m.TermReport(msg.nonce, self.term))
+        self._send(sender, m.TermReport(msg.nonce, self.term, self._recovery is not None))
 
     def _on_term_report(self, sender: int, msg: m.TermReport) -> None:
         rec = self._recovery
@@ -1721,6 +1737,14 @@ class RaftNode:
             return
         if rec.floor is not None:
             return  # decided: later answers change nothing
+        if msg.recovering:
+            # Restored too: it reports the term of its copy, which may be below a term it
+            # voted in (with us, for a leader that only restored members and down ones know
+            # of). Counted, two members restored at once each learned a floor at a term they
+            # had voted in. It is asked again until it answers as a member that is not.
+            rec.recovering_peers.add(sender)
+            return
+        rec.recovering_peers.discard(sender)
         rec.reports[sender] = max(rec.reports.get(sender, 0), msg.current_term)
         if len(rec.reports) >= rec.needed:
             rec.floor = max(rec.reports.values()) + 1
@@ -1941,6 +1965,7 @@ class RaftNode:
             if self._recovery is None
             else {
                 "reports": len(self._recovery.reports),
+                "recovering_peers": len(self._recovery.recovering_peers),
                 "needed": self._recovery.needed,
                 "floor": self._recovery.floor,
                 "term": self.term,

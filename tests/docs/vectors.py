@@ -165,7 +165,9 @@ def protocol_vectors() -> dict[str, bytes]:
             ViewReport.create(Ed25519Signer(member_keys()[1]), chain_id, RECOVERY_NONCE, 2, 1, 1)
         ),
         "term_query.frame": raft_messages.encode(raft_messages.TermQuery(RECOVERY_NONCE)),
-        "term_report.frame": raft_messages.encode(raft_messages.TermReport(RECOVERY_NONCE, 7)),
+        "term_report.frame": raft_messages.encode(
+            raft_messages.TermReport(RECOVERY_NONCE, 7, False)
+        ),
         "raft.append_reply": raft_messages.encode(
             raft_messages.AppendReply(3, True, 7, 0, FOLLOWER_WALL_MS)
         ),

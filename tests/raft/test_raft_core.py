@@ -973,11 +973,11 @@ def test_term_reports_count_only_with_our_nonce_and_queries_are_rate_limited() -
     assert [type(o) for o in [m.decode(x.frame, g.params) for x in n2.take_ready().messages]] == [
         m.TermReport
     ]
-    n2.receive(0, m.TermReport(bytes(16), 99))
+    n2.receive(0, m.TermReport(bytes(16), 99, False))
     assert n2.rejected["stale_term_report"] == 1 and n2.term == 1  # it moves no one's term
     g.crash(2)
     n3 = g.restart(2, recovering=True)
-    n3.receive(0, m.TermReport(bytes(16), 99))  # not our nonce (an earlier start's answer)
+    n3.receive(0, m.TermReport(bytes(16), 99, False))  # not our nonce (an earlier start's answer)
     assert n3.rejected["stale_term_report"] == 1 and n3.status()["recovering"]["reports"] == 0
     n3.receive(0, b"\x92\xaaterm_query\xc4\x01x")  # a nonce of the wrong size
     assert n3.rejected["malformed"] == 1
@@ -1085,7 +1085,11 @@ def test_two_members_restored_at_once_each_learn_a_floor_above_the_term_they_vot
     recovering has not: restored from its own backup, it reports the term of its copy. At
     n = 5 (two may be unavailable) n4 and n5 helped elect n3 in term T and are both restored
     from copies of term 1; with n3 down, n4's floor comes from n1, n2 and n5 and is T, a term
-    n4 voted in, so its gate no longer keeps it from voting in T again."""
+    n4 voted in, so its gate no longer keeps it from voting in T again.
+
+    (Fixed: a TERM-REPORT says whether its sender is recovering, and such answers do not
+    count. While n3 is down no member up knows T, so no floor can be learned safely: n4 and n5
+    wait; once n3 is back, each learns a floor above T.)"""
     g = started(5)
     backups = {i: dict(g.members[i].records) for i in (3, 4)}
     g.run(3 * E, pred=g.among(2, 3, 4))  # n1, n2 cut off: n3, n4, n5 elect one of them
@@ -1097,9 +1101,24 @@ def test_two_members_restored_at_once_each_learn_a_floor_above_the_term_they_vot
         g.crash(i)
         g.members[i].records = backups[i]
         g.restart(i, recovering=True)
+    seen = len(g.delivered)
     g.run(3 * E, pred=without(2))
-    floor = g.node(3).status()["recovering"]["floor"]
-    assert floor is not None and floor > term, (floor, term)
+    for i in (3, 4):
+        status = g.node(i).status()["recovering"]
+        assert status["floor"] is None, (status["floor"], term)
+        assert (status["reports"], status["recovering_peers"], status["needed"]) == (2, 1, 3)
+    assert g.leaders() == []  # n1 and n2 alone are no majority: beyond the fault budget
+    granted = [q for q in g.delivered[seen:] if q.src in (3, 4) and isinstance(q.msg, m.VoteReply)]
+    assert not [q for q in granted if q.msg.granted]  # type: ignore[attr-defined]
+    g.restart(2)  # n3, which reached T for good, is back
+    floors: dict[int, int] = {}
+    for _ in range(30):
+        g.run(HEARTBEAT)
+        for i in (3, 4):
+            status = g.node(i).status()["recovering"]
+            if status is not None and status["floor"] is not None:
+                floors.setdefault(i, status["floor"])
+    assert sorted(floors) == [3, 4] and all(f > term for f in floors.values()), (floors, term)
 
 
 def test_one_member_restored_at_n5_learns_a_floor_above_the_term_it_voted_in() -> None:
