@@ -602,6 +602,33 @@ def test_a_jump_of_the_leaders_own_wall_clock_is_seen_before_its_next_batch() ->
     assert n1.status()["clock"]["handing_to"] is not None
 
 
+def test_a_leader_whose_clock_stops_proposes_only_while_it_agrees_then_hands_off() -> None:
+    """A clock stopped where it stood (a broken time source) agrees with the others for a
+    skew's time, then falls behind: followers' clocks are advanced by the leader's monotonic
+    clock, which runs on, so the gate sees it go. The leader stamps no batch once its clock is
+    more than a skew behind, and hands leadership away; everything commits."""
+    skew = 200
+    g = clocked(params=replace(PARAMS, timestamp_skew_ms=skew))
+    n1 = g.node(0)
+    stopped_ms = EPOCH_MS + g.now
+    stamped: list[int] = []  # how far behind real time n1's clock was at each batch it made
+    for k in range(12):  # 12 x 50 ms: well past the skew
+        g.wall_offset_ms[0] = stopped_ms - (EPOCH_MS + g.now + 50)  # it reads stopped_ms
+        g.advance(50)
+        if n1.role == LEADER:
+            last = n1.log.last_index
+            g.propose(0, g.txs[k])
+            if n1.log.last_index > last and n1.log.entry(n1.log.last_index).txs:
+                stamped.append(EPOCH_MS + g.now - stopped_ms)
+        else:
+            g.propose(0, g.txs[k])  # (forwarded to the new leader)
+        g.settle()
+    assert stamped and max(stamped) <= skew, stamped
+    assert n1.clock_handoffs and n1.role != LEADER and len(g.leaders()) == 1
+    g.run(E)
+    assert all(g.txs[k].id in g.members[i].committed_ids for k in range(12) for i in range(3))
+
+
 def test_one_follower_with_a_wrong_clock_neither_stops_the_leader_nor_goes_unnoticed() -> None:
     g = started()
     g.wall_offset_ms[2] = 600_000
