@@ -142,15 +142,22 @@ for members that are not recovering, and status counts the answers of recovering
 
 Nothing here reads a clock, randomness, the network or the disk; randomness for election
 timeouts comes from a seed, and everything the node holds is bounded (pool_max, reads_max,
-inflight_max, log compaction).
+inflight_max, log compaction). Every input (the methods marked @_input) ends with
+_check_invariants(): commit within the log, applied within commit, the compaction point
+within applied, the leader's own durable match within its log, no entry of a term above ours,
+terms that never go back and one vote per term, role-consistent state, every bound; the
+simulator and the test harness also call check_invariants() after each step (the uncommitted
+end of the log, every follower's progress, the pool against the uncommitted ids).
 """
 
 from __future__ import annotations
 
+import functools
+import itertools
 from collections import Counter, deque
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from consortium.crashft import messages as m
 from consortium.crashft.log import RaftLog
@@ -197,6 +204,25 @@ _LONG_AGO = -(2**62)
 
 def log_key(index: int) -> bytes:
     return LOG_PREFIX + index.to_bytes(8, "big")
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _input(
+    method: Callable[Concatenate[RaftNode, _P], _R],
+) -> Callable[Concatenate[RaftNode, _P], _R]:
+    """An input of the core: its invariants are checked after it (RaftNode._check_invariants),
+    whichever way it returns."""
+
+    @functools.wraps(method)
+    def checked(self: RaftNode, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        result = method(self, *args, **kwargs)
+        self._check_invariants()
+        return result
+
+    return checked
 
 
 class RecoveryError(Exception):
@@ -514,6 +540,16 @@ class RaftNode:
             self._snap_height, self._snap_hash = rec.height, rec.block_hash
             self._snap_dirty = True
             self._mark_dirty(self.applied + 1)
+        if self.log.last_term > self.term:
+            # Our log or ledger holds an entry of a term our hard state never reached: records
+            # older than what they describe (a damaged store; a shell that wrote blocks before
+            # the hard state, as the simulator's broken shell does). We were in that term
+            # when we took the entry: take it again, durably, with no vote, as the first
+            # message of that term would make us do (a term below our own last entry's broke
+            # the core's invariants). The votes lost with the records are the shell's to
+            # guard against: a store it knows to be damaged starts in recovery (`recovering`).
+            self.term, self.voted_for = self.log.last_term, None
+            self._hard_dirty = True
 
         self._now = 0
         self._wall = 0
@@ -583,6 +619,8 @@ class RaftNode:
             else None
         )
         self._query_answered_ms = [_LONG_AGO] * self.n
+        # (term, vote) at the last invariant check: terms never go back, one vote per term.
+        self._checked_vote = (self.term, self.voted_for)
         # Clocks. As follower: ours against the times our leader stamped (ledger/clock.py).
         # As leader: ours against the median of a majority's (_clock_band); the hand-offs a
         # disagreement caused, for the log (bounded).
@@ -617,6 +655,7 @@ class RaftNode:
 
     # --- input: time --------------------------------------------------------------------------
 
+    @_input
     def tick(self, mono_ms: int, wall_ms: int) -> None:
         self._now = mono_ms
         self._wall = wall_ms
@@ -701,6 +740,7 @@ class RaftNode:
 
     # --- input: messages ----------------------------------------------------------------------
 
+    @_input
     def receive(self, sender: int, msg: m.Message | bytes) -> None:
         if not 0 <= sender < self.n or sender == self.me:
             self.rejected["unknown_sender"] += 1
@@ -1268,6 +1308,7 @@ class RaftNode:
         inst.awaiting = True
         self._install_out.extend(blocks)
 
+    @_input
     def installed(self, height: int, block_hash: bytes, term: int, index: int) -> None:
         """The shell re-executed and stored a transferred block at `height`, whose consensus
         metadata says (term, index)."""
@@ -1288,6 +1329,7 @@ class RaftNode:
             inst.awaiting = False
             inst.fetch_due_ms = 0  # fetch the next chunk now
 
+    @_input
     def install_failed(self, reason: str) -> None:
         """A transferred block did not reproduce its header: try again later."""
         self.rejected["install_failed"] += 1
@@ -1315,6 +1357,7 @@ class RaftNode:
 
     # --- transactions -------------------------------------------------------------------------
 
+    @_input
     def propose(self, tx: Transaction) -> bool:
         """Take a client transaction; False if the pool is full (the client should back off)."""
         if tx.id in self._pool or tx.id in self._uncommitted_ids:
@@ -1548,6 +1591,7 @@ class RaftNode:
 
     # --- reads --------------------------------------------------------------------------------
 
+    @_input
     def read(self, read_id: int) -> None:
         """A linearizable read: released as ReadState(read_id, index) or failed with a reason."""
         if self.role == LEADER:
@@ -1563,6 +1607,7 @@ class RaftNode:
         else:
             self._read_failures.append((read_id, "no leader: an election is in progress"))
 
+    @_input
     def read_abandoned(self, read_id: int) -> None:
         """The shell gave up waiting (its timeout): forget a forwarded read."""
         for wire_id, mine in self._forwarded_reads.items():
@@ -1621,6 +1666,7 @@ class RaftNode:
 
     # --- leadership transfer ------------------------------------------------------------------
 
+    @_input
     def transfer_leadership(self, target: int) -> str | None:
         """An operator's request to hand leadership to `target`: None once the transfer has
         started (not once leadership moved: the caller watches for that), else why not.
@@ -1755,11 +1801,13 @@ class RaftNode:
         early = self.role == LEADER and isinstance(msg, (m.Append, m.Heartbeat))
         self._out.append(Outbound(dest, m.encode(msg), early))
 
+    @_input
     def entry_applied(self, index: int, height: int, block_hash: bytes) -> None:
         """The shell applied the committed entry `index` (a no-op leaves height unchanged)."""
         self.height, self.block_hash = height, block_hash
         self._points[index] = (height, block_hash)
 
+    @_input
     def take_ready(self) -> Ready:
         if self.role == LEADER:
             self._maybe_batch()
@@ -1840,6 +1888,7 @@ class RaftNode:
         self._read_failures = []
         return ready
 
+    @_input
     def persisted(self, index: int, term: int) -> None:
         """The shell's write of a Ready's records is durable, that Ready's log_end being
         (index, term): our log up to `index` is on disk (writes complete in order). Only now
@@ -1912,6 +1961,73 @@ class RaftNode:
             self._disk_last = self.log.last_index
             self._dirty_from = None
         return records
+
+    # --- invariants ---------------------------------------------------------------------------
+
+    def _check_invariants(self) -> None:
+        """Cheap (constant-time) checks after every input (@_input); check_invariants() checks
+        the rest. Our own bugs only: peer input never reaches an assertion."""
+        cfg = self.config
+        log = self.log
+        assert self.applied <= self.commit, (self.applied, self.commit)
+        assert self.commit <= log.last_index, (self.commit, log.last_index)
+        assert log.snap_index <= self.applied, (log.snap_index, self.applied)
+        # What the leader counts itself for (its own match) is in its log, and durable.
+        assert self._stable_last <= log.last_index, (self._stable_last, log.last_index)
+        assert log.last_term <= self.term, (log.last_term, self.term)
+        term, vote = self._checked_vote
+        assert self.term >= term, (self.term, term)  # terms never go back
+        if self.term == term and vote is not None:
+            assert self.voted_for == vote, (term, vote, self.voted_for)  # one vote per term
+        self._checked_vote = (self.term, self.voted_for)
+        if self.role == LEADER:
+            assert self.leader == self.me
+            assert self.voted_for == self.me
+            assert len(self._progress) == self.n - 1
+        else:
+            assert self.leader != self.me
+            assert not self._progress
+            assert self._transferee is None
+            assert not self._uncommitted_ids  # (a leader's, put back in the pool on losing)
+        if self.role == CANDIDATE:
+            assert self.voted_for == self.me
+        if self._transferee is not None:
+            assert self._transferee != self.me
+        if self._recovery is not None:
+            assert self.role == FOLLOWER  # it never campaigns
+            assert len(self._recovery.reports) < self.n
+            assert len(self._recovery.recovering_peers) < self.n
+        assert len(self._pool) <= cfg.pool_max
+        assert len(self._reads) + len(self._reads_unready) <= cfg.reads_max
+        assert len(self._forwarded_reads) <= cfg.reads_max
+        assert len(self._transfer_failed_ms) < self.n
+        assert self._last_entry_ms is None or self._last_entry_ms <= self._now
+
+    def check_invariants(self) -> None:
+        """Everything _check_invariants() checks, and what takes longer: the uncommitted end
+        of the log, every follower's progress, the pool against the uncommitted ids (the
+        simulator calls this after every step)."""
+        self._check_invariants()
+        log = self.log
+        first = max(log.first_index, self.commit)
+        prev_term = log.term_at(first - 1)
+        assert prev_term is not None
+        for index in range(first, log.last_index + 1):
+            entry = log.entry(index)
+            assert entry.index == index
+            assert entry.term >= prev_term, (index, entry.term, prev_term)  # terms only rise
+            prev_term = entry.term
+        assert self._uncommitted_ids.isdisjoint(self._pool)
+        for p, pr in self._progress.items():
+            assert p != self.me
+            assert pr.match < pr.next <= log.last_index + 1, (p, pr.match, pr.next)
+            assert len(pr.inflight) <= self.config.inflight_max
+            if pr.state != REPLICATE:
+                assert not pr.inflight, (p, pr.state)
+            if pr.inflight:
+                assert pr.match < pr.inflight[0], (p, pr)
+                assert pr.inflight[-1] < pr.next, (p, pr)
+                assert all(a < b for a, b in itertools.pairwise(pr.inflight)), (p, pr)
 
     # --- status -------------------------------------------------------------------------------
 

@@ -910,6 +910,27 @@ def test_a_restart_with_the_ledger_ahead_of_the_log_restarts_the_log_at_the_ledg
     assert records[log_key(4)] is None and records[log_key(5)] is None
 
 
+def test_records_older_than_the_ledger_restart_in_the_ledgers_term_without_a_vote() -> None:
+    """Found by the invariant checks (the simulator's broken shell, which writes blocks before
+    the records, mixed seed 19): a ledger holding an entry of term 2 beside a hard state of
+    term 0 restarted the log at that entry, so the last entry's term was above the member's
+    own. It was in term 2 when it took the entry: it takes term 2 again, durably, with no
+    vote, as the first message of term 2 would make it do."""
+    g = started()
+    rec = RecoveredState(
+        term=0,
+        applied_index=5,
+        applied_term=2,
+        height=3,
+        block_hash=b"\x03" * 32,
+    )
+    node = RaftNode(g.config(2), g.signers[2], recovered=rec)
+    assert (node.term, node.voted_for, node.log.last_term) == (2, None, 2)
+    node.tick(0, EPOCH_MS)
+    node.check_invariants()
+    assert dict(node.take_ready().records)[HARD_KEY] == pack([2, -1])
+
+
 def test_a_forward_is_cut_by_bytes_so_every_frame_fits() -> None:
     """Found in review: 512 large transactions in one FORWARD exceeded the frame limit and the
     transport dropped it, every retry."""
@@ -1182,3 +1203,18 @@ def test_a_leader_between_two_followers_whose_clocks_are_wrong_both_ways_propose
     blocks = [b for b in g.members[0].blocks if b.txs]
     assert len(blocks) == 3
     assert all(abs(b.header.timestamp_ms - (EPOCH_MS + g.now)) < E for b in blocks)
+
+
+def test_the_core_checks_its_invariants_after_every_input() -> None:
+    """STYLE: `_check_invariants()` after every input. A state no correct step produces (a
+    second vote in one term, a commit index past the log) is caught at the next input."""
+    g = started()
+    n2 = g.node(1)
+    assert (n2.term, n2.voted_for) == (1, 0)
+    n2.voted_for = 2  # a second vote in term 1
+    with pytest.raises(AssertionError, match=r"\(1, 0, 2\)"):
+        n2.tick(g.now, EPOCH_MS + g.now)
+    n3 = g.node(2)
+    n3.commit = n3.log.last_index + 1
+    with pytest.raises(AssertionError):
+        n3.receive(0, m.Heartbeat(1, 0, 0))
