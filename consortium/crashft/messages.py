@@ -16,9 +16,11 @@ canonical msgpack array naming its kind first:
                   prev_index and hint the follower's last index (to skip back quickly);
                   wall_ms the sender's wall clock as it sent the reply
     HEARTBEAT     ["heartbeat", term, commit, ctx]     commit = min(follower's match, commit)
-    HEARTBEAT-R   ["heartbeat_reply", term, ctx, wall_ms]   ctx confirms leadership for
-                  ReadIndex; wall_ms as in APPEND-REPLY (the leader proposes only while its
-                  own clock agrees with a majority's: crashft/node.py)
+    HEARTBEAT-R   ["heartbeat_reply", term, ctx, wall_ms, recovering]   ctx confirms
+                  leadership for ReadIndex; wall_ms as in APPEND-REPLY (the leader proposes
+                  only while its own clock agrees with a majority's: crashft/node.py);
+                  recovering: the sender is behind its recovery gate and cannot campaign, so
+                  the leader hands leadership to it neither on request nor for its clock
     SNAPSHOT      ["snapshot", term, index, term_at_index, height, block_hash]
                   "entries up to index are compacted: fetch blocks up to height"
     FETCH         ["fetch", term, from_height, to_height]
@@ -29,8 +31,10 @@ canonical msgpack array naming its kind first:
     READ          ["read", read_id]                    a follower asks the leader for a read index
     READ-REPLY    ["read_reply", read_id, index, ok]
     TERM-QUERY    ["term_query", nonce]                a recovering member asks a peer's term
-    TERM-REPORT   ["term_report", nonce, current_term] the answer, echoing the asker's fresh nonce
-                  (crashft/node.py "Recovery"; `current_term`, not `term`: it moves no one's term)
+    TERM-REPORT   ["term_report", nonce, current_term, recovering]   the answer, echoing the
+                  asker's fresh nonce (crashft/node.py "Recovery"; `current_term`, not `term`:
+                  it moves no one's term); recovering: the answering member is itself behind
+                  its recovery gate, its term that of its restored copy, so it does not count
 
 An entry is [term, index, proposed_ms, leader, signature, [tx, ...]] for a batch, or
 [term, index] for a no-op (a new leader's first entry, a leadership transfer's marker). A
@@ -175,6 +179,7 @@ class HeartbeatReply:
     term: int
     ctx: int
     wall_ms: int  # the follower's wall clock when it answered
+    recovering: bool  # behind its recovery gate: it cannot campaign (no transfer to it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,6 +246,7 @@ class TermQuery:
 class TermReport:
     nonce: bytes
     current_term: int
+    recovering: bool  # the answering member is recovering too: its term does not count
 
 
 Message = (
@@ -289,7 +295,7 @@ def encode(msg: Message) -> bytes:
         case Heartbeat():
             return pack(["heartbeat", msg.term, msg.commit, msg.ctx])
         case HeartbeatReply():
-            return pack(["heartbeat_reply", msg.term, msg.ctx, msg.wall_ms])
+            return pack(["heartbeat_reply", msg.term, msg.ctx, msg.wall_ms, msg.recovering])
         case Snapshot():
             return pack(
                 ["snapshot", msg.term, msg.index, msg.index_term, msg.height, msg.block_hash]
@@ -309,7 +315,7 @@ def encode(msg: Message) -> bytes:
         case TermQuery():
             return pack(["term_query", msg.nonce])
         case TermReport():
-            return pack(["term_report", msg.nonce, msg.current_term])
+            return pack(["term_report", msg.nonce, msg.current_term, msg.recovering])
     raise AssertionError(f"not a raft message: {msg!r}")
 
 
@@ -319,7 +325,7 @@ _SHAPES = {
     "append": 6,
     "append_reply": 6,
     "heartbeat": 4,
-    "heartbeat_reply": 4,
+    "heartbeat_reply": 5,
     "snapshot": 6,
     "fetch": 4,
     "blocks": 3,
@@ -328,7 +334,7 @@ _SHAPES = {
     "read": 2,
     "read_reply": 4,
     "term_query": 2,
-    "term_report": 3,
+    "term_report": 4,
 }
 
 ENTRIES_PER_APPEND_MAX = 4096
@@ -386,7 +392,10 @@ def decode(frame: bytes, params: Params) -> Message:
             return Heartbeat(as_int(a[1], "term"), as_int(a[2], "commit"), as_int(a[3], "ctx"))
         case "heartbeat_reply":
             return HeartbeatReply(
-                as_int(a[1], "term"), as_int(a[2], "ctx"), as_int(a[3], "wall_ms")
+                as_int(a[1], "term"),
+                as_int(a[2], "ctx"),
+                as_int(a[3], "wall_ms"),
+                as_bool(a[4], "recovering"),
             )
         case "snapshot":
             return Snapshot(
@@ -432,7 +441,11 @@ def decode(frame: bytes, params: Params) -> Message:
         case "term_query":
             return TermQuery(as_bytes(a[1], "nonce", size=NONCE_BYTES))
         case "term_report":
-            return TermReport(as_bytes(a[1], "nonce", size=NONCE_BYTES), as_int(a[2], "term"))
+            return TermReport(
+                as_bytes(a[1], "nonce", size=NONCE_BYTES),
+                as_int(a[2], "term"),
+                as_bool(a[3], "recovering"),
+            )
     raise AssertionError(kind)
 
 

@@ -64,13 +64,20 @@ A deposed leader in a minority never gathers the echoes (and steps down within E
 answers no read.
 
 Leadership transfer (thesis §3.10). A leader transferring proposes nothing, so an operator's
-request is accepted only for a target heard from within E, never while another is under way,
-and at most once per E counting from the election. The leader appends a no-op marker, catches
+request is accepted only for a target heard from within E and not recovering (its heartbeat
+replies say so: it cannot campaign), never while another operator's is under way, and at most
+once per E counting from the election; it replaces a hand-off the leader started for its own
+clock (below), which otherwise would lock operators out. The leader appends a no-op marker, catches
 the target up, and sends it TimeoutNow(term, last index) once, only while more than E/2 is left
 before it abandons the transfer at E; the target campaigns (voters ignore their lease for it)
-only if its log ends at that entry and the entry arrived at most E/4 before on its own clock. A
-TimeoutNow cannot be recalled: so it is honoured only while the leader still waits for it, and
-a copy delayed past the abandonment deposes nobody.
+only if its log ends at that entry and the entry became durable there at most E/4 before on
+its own clock (from persisted() and the shell's tick right after it, not from the append's
+arrival: a slow disk is not staleness). A TimeoutNow cannot be recalled: so it is honoured only
+while the leader still waits for it, and a copy delayed past the abandonment deposes nobody.
+Timing assumed: the shell ticks the core at once after reporting a write durable, before the
+acknowledgement it released leaves (the runtime does), and the two members' monotonic clocks
+drift apart by less than E/4 over E; the target's write of the marker may take up to E/2 (its
+acknowledgement must reach the leader with more than E/2 of the transfer left).
 
 Clocks (deviation from the paper, which has no block time). A batch entry carries the leader's
 wall clock, which becomes the block's time (max of it and the previous block's). Followers
@@ -84,7 +91,11 @@ only while its own clock is within params.timestamp_skew_ms of the median of tho
 waits for its first replies (its no-op makes no block and goes at once). A leader whose clock
 is off hands leadership (the transfer path: _transferee, TimeoutNow) to the most caught-up
 member that answered within E and whose clock agrees, and meanwhile proposes nothing; with no
-such member it stays and says why in status. So no one clock moves block time by more than
+such member it stays and says why in status. Recovering members are not chosen (they cannot
+campaign), and a member a transfer to which was abandoned while we lead comes after those none
+failed with (the one abandoned longest ago first): choosing the most caught-up every time made
+one that acknowledges but never takes over the target of every hand-off, for good. So no one
+clock moves block time by more than
 the skew, while a majority's clocks agree (a wrong clock counts as a failure for liveness,
 never for safety). As follower, a member measures its own clock against the fresh entries of
 its leader (ledger/clock.py) and says in status when it is off.
@@ -101,32 +112,52 @@ the entries it acknowledged: voting again it could elect a second leader in one 
 that lacks a committed entry. It therefore grants no vote (nor PreVote) and sends no
 RequestVote or PreVote until it has learned a term above any it can have voted in, and has
 caught up. It asks the others with TERM-QUERY carrying a nonce drawn from the seed for this
-start; only TERM-REPORTs echoing it count (an answer of an earlier start is never replayed).
-With reports from a majority of the other members (not counting itself), the floor is their
-highest term plus one. The bound: a leader that our lost vote helped elect in term T had a
-majority's votes, so at least majority(n) - 1 other members had reached term T, and terms
-never go back; any majority of the n - 1 others meets them (majority(n) - 1 + majority(n - 1)
-> n - 1). So that such an election is over before the answers are given, the first query waits
-2E after start: a candidate holding our lost vote wins or gives up within 2E (its election
-timer). The member leaves recovery once its term is >= floor and it has committed an entry of
-such a term: a leader elected without its vote appended it, and that leader's log holds every
-committed entry, including any this member acknowledged before its state was lost. Until then
-it counts as unavailable: it acknowledges appends (each true of its durable log), so a leader
-may count it, but it never decides an election; restored into a healthy cluster, it waits for
-the next election (a leadership transfer starts one). A single-member network has nobody to
-ask or contradict and starts normally.
+start; only TERM-REPORTs echoing it count (an answer of an earlier start is never replayed),
+and only from members that are not recovering themselves (the report says so: a restored
+member reports the term of its copy). With such reports from a majority of the other members
+(not counting itself), the floor is their highest term plus one. The bound: a leader that our
+lost vote helped elect in term T had a majority's votes; with k members restored at once (we
+are one), at least majority(n) - k of its voters are among the n - k that are not recovering,
+and they reached term T for good (terms never go back, and a member that recovered since did
+so above every term it voted in); those majority(n - 1) = n - majority(n) + 1 reporters are
+more than the n - k - (majority(n) - k) non-recovering members that need not have voted, so one
+of them did. (Counting recovering reporters, two members restored at once each learned a floor
+at a term they had voted in.) So that such an election is over before the answers are given,
+the first query waits 2E after start: a candidate holding our lost vote wins or gives up within
+2E (its election timer). The member leaves recovery once its term is >= floor and it has
+committed an entry of such a term: a leader elected without its vote appended it, and that
+leader's log holds every committed entry, including any this member acknowledged before its
+state was lost. Until then it counts as unavailable: it acknowledges appends (each true of its
+durable log), so a leader may count it, but it never decides an election; restored into a
+healthy cluster, it waits for the next election (a leadership transfer starts one). A
+single-member network has nobody to ask or contradict and starts normally.
+
+Liveness of recovery: the answers need majority(n - 1) = ceil(n/2) other members up and not
+recovering (k restored and d down with k + d <= floor(n/2)), and the election that lets them
+recover needs k + d <= (n - 1) // 2: the fault budget, in which a recovering member counts as
+unavailable. Beyond it (two of three members restored at once, or the only members that
+reached the lost term restored or down) no member can learn a safe floor, as the lost votes may
+have elected a leader only they knew of: the recovering members keep asking every E/2 and wait
+for members that are not recovering, and status counts the answers of recovering members.
 
 Nothing here reads a clock, randomness, the network or the disk; randomness for election
 timeouts comes from a seed, and everything the node holds is bounded (pool_max, reads_max,
-inflight_max, log compaction).
+inflight_max, log compaction). Every input (the methods marked @_input) ends with
+_check_invariants(): commit within the log, applied within commit, the compaction point
+within applied, the leader's own durable match within its log, no entry of a term above ours,
+terms that never go back and one vote per term, role-consistent state, every bound; the
+simulator and the test harness also call check_invariants() after each step (the uncommitted
+end of the log, every follower's progress, the pool against the uncommitted ids).
 """
 
 from __future__ import annotations
 
+import functools
+import itertools
 from collections import Counter, deque
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from consortium.crashft import messages as m
 from consortium.crashft.log import RaftLog
@@ -173,6 +204,25 @@ _LONG_AGO = -(2**62)
 
 def log_key(index: int) -> bytes:
     return LOG_PREFIX + index.to_bytes(8, "big")
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _input(
+    method: Callable[Concatenate[RaftNode, _P], _R],
+) -> Callable[Concatenate[RaftNode, _P], _R]:
+    """An input of the core: its invariants are checked after it (RaftNode._check_invariants),
+    whichever way it returns."""
+
+    @functools.wraps(method)
+    def checked(self: RaftNode, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        result = method(self, *args, **kwargs)
+        self._check_invariants()
+        return result
+
+    return checked
 
 
 class RecoveryError(Exception):
@@ -387,6 +437,9 @@ class Progress:
     # Its wall clock in its last reply (which came at heard_ms, our monotonic clock): its clock
     # now is wall_ms + (now - heard_ms), whatever our own wall clock does.
     wall_ms: int | None = None
+    # Its last heartbeat reply said it is behind its recovery gate: it cannot campaign, so it
+    # is no transfer target (a TimeoutNow to it would only stop our proposals for E).
+    recovering: bool = False
 
 
 @dataclass(slots=True)
@@ -413,8 +466,11 @@ class _TermRecovery:
     """What a recovering member has learned (module docstring, "Recovery"); one report each."""
 
     nonce: bytes
-    needed: int  # a majority of the other members
+    needed: int  # a majority of the other members, none of them recovering
     reports: dict[int, int] = field(default_factory=dict)  # peer -> highest term it reported
+    # Peers whose answers said they are recovering too (not counted; asked again until they
+    # answer as members that are not): bounded by n.
+    recovering_peers: set[int] = field(default_factory=set)
     floor: int | None = None  # the lowest term it may vote in, once `needed` reports are in
     start_ms: int | None = None  # its first tick: queries wait 2E from here
     asked_ms: int = _LONG_AGO
@@ -484,6 +540,16 @@ class RaftNode:
             self._snap_height, self._snap_hash = rec.height, rec.block_hash
             self._snap_dirty = True
             self._mark_dirty(self.applied + 1)
+        if self.log.last_term > self.term:
+            # Our log or ledger holds an entry of a term our hard state never reached: records
+            # older than what they describe (a damaged store; a shell that wrote blocks before
+            # the hard state, as the simulator's broken shell does). We were in that term
+            # when we took the entry: take it again, durably, with no vote, as the first
+            # message of that term would make us do (a term below our own last entry's broke
+            # the core's invariants). The votes lost with the records are the shell's to
+            # guard against: a store it knows to be damaged starts in recovery (`recovering`).
+            self.term, self.voted_for = self.log.last_term, None
+            self._hard_dirty = True
 
         self._now = 0
         self._wall = 0
@@ -500,11 +566,18 @@ class RaftNode:
         self._transfer_deadline = 0
         self._timeout_now_sent = False
         self._transfer_allowed_ms = 0  # no operator's transfer accepted before (one per E)
+        self._transfer_by_operator = False  # the one under way: an operator's, or ours (clock)
+        # Members a transfer to which was abandoned while we lead (they did not catch up or
+        # did not campaign), with when: a clock hand-off tries the others first (bounded by n).
+        self._transfer_failed_ms: dict[int, int] = {}
         self.last_transfer = ""  # how the last transfer we started ended, if it did not
-        # When the last entry of our log, (index, term), first arrived here: a TimeoutNow is
-        # honoured only while that is recent (_on_timeout_now).
+        # When the last entry of our log, (index, term), became durable here (None: not yet):
+        # a TimeoutNow is honoured only while that is recent (_on_timeout_now). persisted()
+        # stamps it with our clock as last ticked, and the first tick after restamps it: the
+        # shell ticks at once after a durable write, the core learning the time no other way.
         self._last_entry = (self.log.last_index, self.log.last_term)
         self._last_entry_ms: int | None = None
+        self._last_entry_restamp = False
         self._commit_dirty = False
 
         self._pool: dict[bytes, _Pending] = {}
@@ -546,6 +619,8 @@ class RaftNode:
             else None
         )
         self._query_answered_ms = [_LONG_AGO] * self.n
+        # (term, vote) at the last invariant check: terms never go back, one vote per term.
+        self._checked_vote = (self.term, self.voted_for)
         # Clocks. As follower: ours against the times our leader stamped (ledger/clock.py).
         # As leader: ours against the median of a majority's (_clock_band); the hand-offs a
         # disagreement caused, for the log (bounded).
@@ -580,9 +655,13 @@ class RaftNode:
 
     # --- input: time --------------------------------------------------------------------------
 
+    @_input
     def tick(self, mono_ms: int, wall_ms: int) -> None:
         self._now = mono_ms
         self._wall = wall_ms
+        if self._last_entry_restamp:
+            self._last_entry_restamp = False
+            self._last_entry_ms = mono_ms  # the write became durable since the last tick
         if not self._started:
             self._started = True
             self._reset_election_timer()
@@ -631,6 +710,7 @@ class RaftNode:
                 )
                 + ")"
             )
+            self._transfer_failed_ms[self._transferee] = self._now
             self._transferee = None
         if self._transferee is None:
             self._clock_handoff_to = None
@@ -660,6 +740,7 @@ class RaftNode:
 
     # --- input: messages ----------------------------------------------------------------------
 
+    @_input
     def receive(self, sender: int, msg: m.Message | bytes) -> None:
         if not 0 <= sender < self.n or sender == self.me:
             self.rejected["unknown_sender"] += 1
@@ -864,6 +945,7 @@ class RaftNode:
         }
         self._check_quorum_due = self._now + self.config.election_ms
         self._transfer_allowed_ms = self._now + self.config.election_ms
+        self._transfer_failed_ms.clear()
         self._read_ctx = 0
         self._uncommitted_ids = {
             tx.id
@@ -893,11 +975,15 @@ class RaftNode:
         # deadline made us campaign (voters ignore their lease for it) and deposed a leader
         # that had given up the transfer and gone on leading. So it names the leader's last
         # entry, and we act only if our log ends exactly there (nothing the leader appended
-        # since has reached us) and that entry reached us at most E/4 ago on our clock. We
-        # acknowledged that entry before the leader sent this, and the leader sends it only
-        # while more than E/2 is left before its deadline: whatever we honour, we honour before
-        # it abandons the transfer, E/4 to spare (tick granularity, clock rates). The leader
-        # appends a no-op when a transfer begins, so in an idle network that entry is fresh.
+        # since has reached us) and that entry became durable here at most E/4 ago on our
+        # clock. Our acknowledgement of it left after that write (and the shell's tick after
+        # it), the leader sent this only after that acknowledgement and while more than E/2
+        # was left before its deadline: whatever we honour, we honour before it abandons the
+        # transfer, E/4 to spare (tick granularity, clock rates). The window counts from the
+        # write, not from when the append arrived: counted from the arrival, a disk slower
+        # than E/4 per write made every TimeoutNow stale, and no transfer (nor a clock
+        # hand-off) could complete. The leader appends a no-op when a transfer begins, so in
+        # an idle network that entry is fresh.
         point = (msg.index, msg.term)
         if (
             point != (self.log.last_index, self.log.last_term)
@@ -1058,6 +1144,7 @@ class RaftNode:
         pr = self._progress[sender]
         pr.recent_active = True
         pr.heard_ms, pr.wall_ms = self._now, msg.wall_ms
+        pr.recovering = msg.recovering
         if msg.ctx > pr.read_ctx:
             pr.read_ctx = min(msg.ctx, self._read_ctx)
             self._release_reads()
@@ -1130,14 +1217,18 @@ class RaftNode:
         self.commit = max(self.commit, min(msg.commit, last_new))
         last = (self.log.last_index, self.log.last_term)
         if last != self._last_entry:
-            self._last_entry, self._last_entry_ms = last, self._now
+            # Fresh from when it is durable (persisted), not from now: the write may take long.
+            self._last_entry, self._last_entry_ms = last, None
+            self._last_entry_restamp = False
         self._send(sender, m.AppendReply(self.term, True, last_new, 0, self._wall_out))
 
     def _on_heartbeat(self, sender: int, msg: m.Heartbeat) -> None:
         self._heard_from_leader(sender)
         self.leader_commit = max(self.leader_commit, msg.commit)  # (status only)
         self.commit = max(self.commit, min(msg.commit, self.log.last_index))
-        self._send(sender, m.HeartbeatReply(self.term, msg.ctx, self._wall_out))
+        self._send(
+            sender, m.HeartbeatReply(self.term, msg.ctx, self._wall_out, self._recovery is not None)
+        )
 
     def _mark_dirty(self, index: int) -> None:
         """The log changed from `index` on: those entries are to be written, so not durable."""
@@ -1217,6 +1308,7 @@ class RaftNode:
         inst.awaiting = True
         self._install_out.extend(blocks)
 
+    @_input
     def installed(self, height: int, block_hash: bytes, term: int, index: int) -> None:
         """The shell re-executed and stored a transferred block at `height`, whose consensus
         metadata says (term, index)."""
@@ -1237,6 +1329,7 @@ class RaftNode:
             inst.awaiting = False
             inst.fetch_due_ms = 0  # fetch the next chunk now
 
+    @_input
     def install_failed(self, reason: str) -> None:
         """A transferred block did not reproduce its header: try again later."""
         self.rejected["install_failed"] += 1
@@ -1264,6 +1357,7 @@ class RaftNode:
 
     # --- transactions -------------------------------------------------------------------------
 
+    @_input
     def propose(self, tx: Transaction) -> bool:
         """Take a client transaction; False if the pool is full (the client should back off)."""
         if tx.id in self._pool or tx.id in self._uncommitted_ids:
@@ -1411,8 +1505,14 @@ class RaftNode:
 
     def _maybe_hand_off_for_clock(self) -> None:
         """Our clock is off the majority's: hand leadership (the transfer path, TimeoutNow) to
-        the most caught-up member whose clock agrees and that answered within an election
-        timeout; none such, we stay and propose nothing (status says why)."""
+        a member whose clock agrees, that answered within an election timeout and that can
+        campaign (not recovering); none such, we stay and propose nothing (status says why).
+
+        Which one: first those no transfer to which was abandoned while we lead, then the one
+        abandoned longest ago; among equals the most caught-up, lowest id first. Always the
+        most caught-up made a member that acknowledges but does not take over (its TimeoutNow
+        lost, a slow disk, a recovering member not yet known as one) the target of every
+        hand-off after the last, and we proposed nothing for good."""
         known = self._clock_band()
         if known is None or self._agrees(self._wall, known[0]):
             self.clock_stuck = ""
@@ -1425,16 +1525,32 @@ class RaftNode:
             and (clock := self._peer_clock(p)) is not None
             and self._agrees(clock, band)
         ]
-        if not agree:
+        able = [p for p in agree if not self._progress[p].recovering]
+        if not able:
             self.clock_stuck = (
                 f"own clock {off_band_ms(self._wall, band):+d} ms off the median of {count} "
                 "members' clocks: not proposing, and no member whose clock agrees to hand "
                 "leadership to"
+                + (
+                    f" (members {', '.join(map(str, agree))} agree but are recovering: they "
+                    "cannot campaign)"
+                    if agree
+                    else ""
+                )
             )
             return
         self.clock_stuck = ""
-        target = max(agree, key=lambda p: (self._progress[p].match, -p))
-        self._start_transfer(target)  # (no operator's limits: this is the leader's own step)
+        target = min(
+            able,
+            key=lambda p: (
+                self._transfer_failed_ms.get(p, _LONG_AGO),
+                -self._progress[p].match,
+                p,
+            ),
+        )
+        # No operator's limits (this is our own step), and the operator's allowance is left
+        # alone: an operator's request replaces this hand-off (transfer_leadership).
+        self._start_transfer(target, by_operator=False)
         self._clock_handoff_to = target
         self.clock_handoff_count += 1
         off_ms = off_band_ms(self._wall, band)
@@ -1475,6 +1591,7 @@ class RaftNode:
 
     # --- reads --------------------------------------------------------------------------------
 
+    @_input
     def read(self, read_id: int) -> None:
         """A linearizable read: released as ReadState(read_id, index) or failed with a reason."""
         if self.role == LEADER:
@@ -1490,6 +1607,7 @@ class RaftNode:
         else:
             self._read_failures.append((read_id, "no leader: an election is in progress"))
 
+    @_input
     def read_abandoned(self, read_id: int) -> None:
         """The shell gave up waiting (its timeout): forget a forwarded read."""
         for wire_id, mine in self._forwarded_reads.items():
@@ -1548,6 +1666,7 @@ class RaftNode:
 
     # --- leadership transfer ------------------------------------------------------------------
 
+    @_input
     def transfer_leadership(self, target: int) -> str | None:
         """An operator's request to hand leadership to `target`: None once the transfer has
         started (not once leadership moved: the caller watches for that), else why not.
@@ -1559,7 +1678,13 @@ class RaftNode:
         timeout E (a member that is down or cut off is refused at once), a request while a
         transfer is under way is refused (it does not restart it), and we accept at most one
         per E, counting from our election too (leadership moves at most once per E on
-        request). A transfer we start is abandoned after E, as before."""
+        request). A transfer we start is abandoned after E, as before.
+
+        An operator's request replaces a hand-off we started for our clock (and counts as the
+        operator's one per E; those hand-offs do not): they follow one another with no gap
+        while our clock is off, and refusing an operator while one ran locked the operator out
+        for good (a TimeoutNow already sent for it may still make that member take over
+        first). A target behind its recovery gate is refused: it cannot campaign."""
         cfg = self.config
         if self.role != LEADER:
             return f"not the leader (leader: {self.leader})"
@@ -1567,7 +1692,7 @@ class RaftNode:
             return f"no member {target}"
         if target == self.me:
             return "already the leader"
-        if self._transferee is not None:
+        if self._transferee is not None and self._transfer_by_operator:
             return (
                 f"a transfer to member {self._transferee} is under way (abandoned in "
                 f"{self._transfer_deadline - self._now} ms if it does not complete)"
@@ -1583,17 +1708,26 @@ class RaftNode:
                 f"member {target} acknowledged nothing within the last election timeout "
                 f"({cfg.election_ms} ms): it is down, cut off or restarting"
             )
-        self._start_transfer(target)
+        if self._progress[target].recovering:
+            return (
+                f"member {target} is recovering (restored from a backup or lost state): it "
+                "cannot campaign until a later term has committed; name another member"
+            )
+        self._clock_handoff_to = None
+        self._start_transfer(target, by_operator=True)
         return None
 
-    def _start_transfer(self, target: int) -> None:
+    def _start_transfer(self, target: int, *, by_operator: bool) -> None:
         """Stop proposing, bring `target` up to date, then send it TimeoutNow; abandoned at
         the deadline (E). No checks: transfer_leadership makes them for operators."""
         self._transferee = target
         self._transfer_deadline = self._now + self.config.election_ms
-        self._transfer_allowed_ms = self._transfer_deadline
+        self._transfer_by_operator = by_operator
+        if by_operator:
+            # (and how the last one ended is no longer news: the operator watches this one)
+            self._transfer_allowed_ms = self._transfer_deadline
+            self.last_transfer = ""
         self._timeout_now_sent = False
-        self.last_transfer = ""
         # A marker no-op: the entry TimeoutNow names must reach the target after the transfer
         # began (its freshness bounds when the target may act on it, _on_timeout_now), and
         # in an idle network the last entry is old.
@@ -1639,7 +1773,7 @@ class RaftNode:
             self.rejected["query_too_often"] += 1
             return
         self._query_answered_ms[sender] = self._now
-        self._send(sender, m.TermReport(msg.nonce, self.term))
+        self._send(sender, m.TermReport(msg.nonce, self.term, self._recovery is not None))
 
     def _on_term_report(self, sender: int, msg: m.TermReport) -> None:
         rec = self._recovery
@@ -1649,6 +1783,14 @@ class RaftNode:
             return
         if rec.floor is not None:
             return  # decided: later answers change nothing
+        if msg.recovering:
+            # Restored too: it reports the term of its copy, which may be below a term it
+            # voted in (with us, for a leader that only restored members and down ones know
+            # of). Counted, two members restored at once each learned a floor at a term they
+            # had voted in. It is asked again until it answers as a member that is not.
+            rec.recovering_peers.add(sender)
+            return
+        rec.recovering_peers.discard(sender)
         rec.reports[sender] = max(rec.reports.get(sender, 0), msg.current_term)
         if len(rec.reports) >= rec.needed:
             rec.floor = max(rec.reports.values()) + 1
@@ -1659,11 +1801,13 @@ class RaftNode:
         early = self.role == LEADER and isinstance(msg, (m.Append, m.Heartbeat))
         self._out.append(Outbound(dest, m.encode(msg), early))
 
+    @_input
     def entry_applied(self, index: int, height: int, block_hash: bytes) -> None:
         """The shell applied the committed entry `index` (a no-op leaves height unchanged)."""
         self.height, self.block_hash = height, block_hash
         self._points[index] = (height, block_hash)
 
+    @_input
     def take_ready(self) -> Ready:
         if self.role == LEADER:
             self._maybe_batch()
@@ -1744,6 +1888,7 @@ class RaftNode:
         self._read_failures = []
         return ready
 
+    @_input
     def persisted(self, index: int, term: int) -> None:
         """The shell's write of a Ready's records is durable, that Ready's log_end being
         (index, term): our log up to `index` is on disk (writes complete in order). Only now
@@ -1751,6 +1896,9 @@ class RaftNode:
         entry here, never in the Ready that first writes it."""
         if self.log.term_at(index) != term:
             return  # overwritten since (a new leader's entries): a later Ready reports them
+        if (index, term) == self._last_entry and self._last_entry_ms is None:
+            self._last_entry_ms = self._now  # (and again at the next tick: see tick())
+            self._last_entry_restamp = True
         if index > self._stable_last:
             self._stable_last = index
             if self.role == LEADER and self._maybe_commit():
@@ -1814,6 +1962,73 @@ class RaftNode:
             self._dirty_from = None
         return records
 
+    # --- invariants ---------------------------------------------------------------------------
+
+    def _check_invariants(self) -> None:
+        """Cheap (constant-time) checks after every input (@_input); check_invariants() checks
+        the rest. Our own bugs only: peer input never reaches an assertion."""
+        cfg = self.config
+        log = self.log
+        assert self.applied <= self.commit, (self.applied, self.commit)
+        assert self.commit <= log.last_index, (self.commit, log.last_index)
+        assert log.snap_index <= self.applied, (log.snap_index, self.applied)
+        # What the leader counts itself for (its own match) is in its log, and durable.
+        assert self._stable_last <= log.last_index, (self._stable_last, log.last_index)
+        assert log.last_term <= self.term, (log.last_term, self.term)
+        term, vote = self._checked_vote
+        assert self.term >= term, (self.term, term)  # terms never go back
+        if self.term == term and vote is not None:
+            assert self.voted_for == vote, (term, vote, self.voted_for)  # one vote per term
+        self._checked_vote = (self.term, self.voted_for)
+        if self.role == LEADER:
+            assert self.leader == self.me
+            assert self.voted_for == self.me
+            assert len(self._progress) == self.n - 1
+        else:
+            assert self.leader != self.me
+            assert not self._progress
+            assert self._transferee is None
+            assert not self._uncommitted_ids  # (a leader's, put back in the pool on losing)
+        if self.role == CANDIDATE:
+            assert self.voted_for == self.me
+        if self._transferee is not None:
+            assert self._transferee != self.me
+        if self._recovery is not None:
+            assert self.role == FOLLOWER  # it never campaigns
+            assert len(self._recovery.reports) < self.n
+            assert len(self._recovery.recovering_peers) < self.n
+        assert len(self._pool) <= cfg.pool_max
+        assert len(self._reads) + len(self._reads_unready) <= cfg.reads_max
+        assert len(self._forwarded_reads) <= cfg.reads_max
+        assert len(self._transfer_failed_ms) < self.n
+        assert self._last_entry_ms is None or self._last_entry_ms <= self._now
+
+    def check_invariants(self) -> None:
+        """Everything _check_invariants() checks, and what takes longer: the uncommitted end
+        of the log, every follower's progress, the pool against the uncommitted ids (the
+        simulator calls this after every step)."""
+        self._check_invariants()
+        log = self.log
+        first = max(log.first_index, self.commit)
+        prev_term = log.term_at(first - 1)
+        assert prev_term is not None
+        for index in range(first, log.last_index + 1):
+            entry = log.entry(index)
+            assert entry.index == index
+            assert entry.term >= prev_term, (index, entry.term, prev_term)  # terms only rise
+            prev_term = entry.term
+        assert self._uncommitted_ids.isdisjoint(self._pool)
+        for p, pr in self._progress.items():
+            assert p != self.me
+            assert pr.match < pr.next <= log.last_index + 1, (p, pr.match, pr.next)
+            assert len(pr.inflight) <= self.config.inflight_max
+            if pr.state != REPLICATE:
+                assert not pr.inflight, (p, pr.state)
+            if pr.inflight:
+                assert pr.match < pr.inflight[0], (p, pr)
+                assert pr.inflight[-1] < pr.next, (p, pr)
+                assert all(a < b for a, b in itertools.pairwise(pr.inflight)), (p, pr)
+
     # --- status -------------------------------------------------------------------------------
 
     @property
@@ -1830,6 +2045,7 @@ class RaftNode:
                 "state": pr.state,
                 "recent_active": pr.recent_active,
                 "lag": max(0, self.log.last_index - pr.match),
+                "recovering": pr.recovering,
             }
             for p, pr in sorted(self._progress.items())
         }
@@ -1865,6 +2081,7 @@ class RaftNode:
             if self._recovery is None
             else {
                 "reports": len(self._recovery.reports),
+                "recovering_peers": len(self._recovery.recovering_peers),
                 "needed": self._recovery.needed,
                 "floor": self._recovery.floor,
                 "term": self.term,

@@ -12,7 +12,7 @@ so status travels as a JSON string).
                ["watch", req_id, [tx_id, ...]]     push these receipts when they execute
                ["transfer", req_id, target, body, sig]   raft maintenance, signed (MAINTENANCE)
                                                    over pack(["transfer", target, term, key,
-                                                   addressed]) by a member's key only
+                                                   addressed, nonce]) by a member's key only
                ["clients", req_id]                 the admitted clients and pending changes
                ["follow", req_id, from_height, credit]
                                                    stream committed blocks from from_height on
@@ -192,9 +192,9 @@ class TransferRequest:
     """Maintenance (raft): hand leadership to member `target` (its index in genesis). Signed
     (Domain.MAINTENANCE) by a member's key over `transfer_body`: the client port is reachable
     by anyone who can reach the member and a leader transferring proposes nothing, so a
-    request signed by a client key, for another term, or already carried out is refused. The
-    reply comes when the leader accepted the request (the transfer has begun), not once
-    leadership moved."""
+    request signed by a client key, for another term, or already seen (carried out or
+    refused) is refused. The reply comes when the leader accepted the request (the transfer
+    has begun), not once leadership moved."""
 
     req_id: int
     target: int
@@ -202,22 +202,31 @@ class TransferRequest:
     signature: bytes
 
 
-def transfer_body(target: int, term: int, signer_key: bytes, addressed: int) -> bytes:
+TRANSFER_NONCE_BYTES = 16
+
+
+def transfer_body(target: int, term: int, signer_key: bytes, addressed: int, nonce: bytes) -> bytes:
     """The signed body of a transfer request to member `addressed` (the leader asked) in its
-    current `term`. Freshness comes from the term, not from a clock: a leader accepts only a
-    request for the term it leads (a leader whose wall clock is wrong is the very one an
-    operator needs to move, and a timestamp check refused it), a transfer carried out moves
-    the term on, and within a term the leader refuses a body it already carried out. Naming
-    `addressed` binds the signature to that member, so a request seen on the wire cannot be
-    replayed at another member."""
-    return pack(["transfer", target, term, signer_key, addressed])
+    current `term`, with a `nonce` the client draws for each request. Freshness comes from the
+    term, not from a clock: a leader accepts only a request for the term it leads (a leader
+    whose wall clock is wrong is the very one an operator needs to move, and a timestamp check
+    refused it), and within a term it refuses a body it has already seen, carried out or
+    refused. The term moves on only when a member campaigns (a transfer's target does on
+    TimeoutNow); a transfer abandoned after an election timeout leaves it as it was, and
+    without the nonce an operator asking again signed the same body and was refused as a
+    replay for the rest of the term. Naming `addressed` binds the signature to that member,
+    so a request seen on the wire cannot be replayed at another member."""
+    assert len(nonce) == TRANSFER_NONCE_BYTES
+    return pack(["transfer", target, term, signer_key, addressed, nonce])
 
 
 def decode_transfer_body(body: bytes) -> tuple[int, int, bytes, int]:
-    """(target, term, signer key, addressed member); raises WireFormatError."""
-    a = as_list(unpack_canonical(body, max_len=256), 5, "transfer body")
+    """(target, term, signer key, addressed member); raises WireFormatError. (The nonce only
+    makes the body new: the leader compares whole bodies.)"""
+    a = as_list(unpack_canonical(body, max_len=256), 6, "transfer body")
     if a[0] != "transfer":
         raise WireFormatError("transfer body: not a transfer")
+    as_bytes(a[5], "nonce", size=TRANSFER_NONCE_BYTES)
     return (
         as_int(a[1], "target", hi=1 << 16),
         as_int(a[2], "term"),

@@ -67,6 +67,7 @@ from consortium.ledger.genesis import Genesis
 from consortium.ledger.tx import Op, Transaction
 from consortium.node.api import (
     PUSH,
+    TRANSFER_NONCE_BYTES,
     BlockReceipts,
     Bundle,
     ClientList,
@@ -950,11 +951,14 @@ class ConsortiumClient:
         """raft maintenance: ask `leader`, which leads `term`, to hand leadership to `target`
         (TimeoutNow). Signed with this client's keys, which must be a member's: members refuse
         a transfer signed by a client key. Returns once the leader accepted the request (the
-        transfer has begun), not once leadership moved."""
+        transfer has begun), not once leadership moved. Each call signs a new body (a fresh
+        nonce): asked again in the same term, after a transfer that was abandoned or refused,
+        the leader takes it as the new request it is, not as a replay."""
         if self.keys is None:
             raise ClientError("leadership transfer is signed: this client needs a member's key")
         key = self.keys.public
-        body = transfer_body(target, term, key, leader)
+        nonce = secrets.token_bytes(TRANSFER_NONCE_BYTES)
+        body = transfer_body(target, term, key, leader, nonce)
         signature = Ed25519Signer(self.keys).sign(Domain.MAINTENANCE, self.chain_id, body)
         await self._request(leader, "transfer", target, body, signature, timeout_s=timeout_s)
 

@@ -162,9 +162,12 @@ def _recovering(mode: str, rec: dict[str, Any]) -> str:
         )
     until = "it counts as unavailable"
     if floor is None:
+        # Answers of members recovering themselves do not count (crashft/node.py "Recovery").
+        others = int(rec.get("recovering_peers") or 0)
+        also = f" ({others} more answered but are recovering too)" if others else ""
         return (
-            f"{head}: {rec['reports']} of {rec['needed']} members answered with their term; it "
-            f"grants no vote and does not campaign until then, and {until}"
+            f"{head}: {rec['reports']} of {rec['needed']} members answered with their "
+            f"term{also}; it grants no vote and does not campaign until then, and {until}"
         )
     term = int(rec["term"])
     if term < int(floor):

@@ -48,10 +48,12 @@ from consortium.node.runtime import Node, ReadRefused
 
 READ_TIMEOUT_S = 5.0
 READS_WAITING_MAX = 10_000
-# Signed transfer requests carried out in the current term, remembered to refuse replays. The
-# core accepts at most one per election timeout, so this many cover that many timeouts of one
-# term (a transfer that succeeds moves the term on and clears them); a body older than that,
-# replayed, could start one more transfer to the target it names, no more than one per E.
+# Signed transfer requests seen in the current term (carried out or refused), remembered to
+# refuse replays: each request carries a nonce its client drew, so an operator asking again
+# signs a new body, and the same bytes again are a replay. The term moves on only when a member
+# campaigns (a transfer's target does on TimeoutNow), which clears them; a transfer abandoned
+# leaves the term as it was. A body older than the last this many, replayed, could start one
+# more transfer to the target it names: at most one per E (the core's rule).
 TRANSFERS_REMEMBERED_MAX = 64
 
 
@@ -90,7 +92,8 @@ class RaftMember(Node):
         self._read_ids = itertools.count(1)
         self._pending_reads: dict[int, _PendingRead] = {}
         self._leader_logged: tuple[int, int | None] = (self.core.term, self.core.leader)
-        self._transfers_done: dict[bytes, None] = {}  # signed bodies carried out this term
+        # Signed bodies seen this term -> whether they were carried out (bounded, oldest out).
+        self._transfers_seen: dict[bytes, bool] = {}
         self._transfers_term = self.core.term
         self._clock_handoffs_logged = 0
         self._clock_stuck_logged = ""
@@ -218,6 +221,10 @@ class RaftMember(Node):
         core, whose leader counts itself for those entries only now, then the blocks' waiters."""
         if log_end is not None:
             self.core.persisted(*log_end)
+            # The core learns time only from ticks: this one tells it when the write became
+            # durable, before the acknowledgements it released leave (the connections send
+            # them once this task yields). A target's TimeoutNow window counts from here.
+            self.core.tick(*self._now())
         self._blocks_durable(blocks, signatures, duplicates)
 
     def _send_early(self, ready: Ready) -> Ready:
@@ -364,15 +371,17 @@ class RaftMember(Node):
         if term != core.term:
             return f"signed for term {term}, but this member leads term {core.term}: sign it again"
         if self._transfers_term != core.term:
-            self._transfers_done.clear()  # requests for earlier terms are refused above
+            self._transfers_seen.clear()  # requests for earlier terms are refused above
             self._transfers_term = core.term
-        if body in self._transfers_done:
-            return "a replay of a request already carried out"
+        seen = self._transfers_seen.get(body)
+        if seen is not None:
+            # Refused ones too: replayed later, when the core's rules would take it, the same
+            # bytes would move leadership without anyone asking again.
+            return f"a replay of a request already {'carried out' if seen else 'refused'}"
         why = core.transfer_leadership(target)
-        if why is None:
-            self._transfers_done[body] = None
-            while len(self._transfers_done) > TRANSFERS_REMEMBERED_MAX:
-                del self._transfers_done[next(iter(self._transfers_done))]
+        self._transfers_seen[body] = why is None
+        while len(self._transfers_seen) > TRANSFERS_REMEMBERED_MAX:
+            del self._transfers_seen[next(iter(self._transfers_seen))]
         return why
 
     async def transfer_leadership(self, target: int, term: int, body: bytes) -> str | None:

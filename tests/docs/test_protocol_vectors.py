@@ -159,7 +159,8 @@ def test_handshake_transcript_as_documented(doc: dict[str, bytes]) -> None:
 
 def test_transfer_request_and_timeout_now_as_documented(doc: dict[str, bytes]) -> None:
     n1 = nacl.signing.SigningKey(MEMBER_SEEDS["n1"]).verify_key
-    assert msgpack.unpackb(doc["transfer.body"]) == ["transfer", 1, 3, bytes(n1), 0]
+    nonce = b"\x3c" * 16  # drawn by the client for each request
+    assert msgpack.unpackb(doc["transfer.body"]) == ["transfer", 1, 3, bytes(n1), 0, nonce]
     signed = b"consortium/v1/maintenance\x00" + doc["chain_id"] + doc["transfer.body"]
     assert _verify(bytes(n1), signed, doc["transfer.signature_by_n1"])
     assert msgpack.unpackb(doc["raft.timeout_now"]) == ["timeout_now", 3, 7]
@@ -167,11 +168,14 @@ def test_transfer_request_and_timeout_now_as_documented(doc: dict[str, bytes]) -
 
 def test_raft_replies_carry_the_followers_wall_clock_as_documented(doc: dict[str, bytes]) -> None:
     # ["append_reply", term 3, success, index 7, hint 0, wall_ms] and
-    # ["heartbeat_reply", term 3, ctx 5, wall_ms]: the leader's clock check (docs/raft.md).
+    # ["heartbeat_reply", term 3, ctx 5, wall_ms, recovering]: the leader's clock check
+    # (docs/raft.md), and whether the follower could take leadership over.
     assert doc["raft.append_reply"] == msgpack.packb(
         ["append_reply", 3, True, 7, 0, FOLLOWER_WALL_MS]
     )
-    assert doc["raft.heartbeat_reply"] == msgpack.packb(["heartbeat_reply", 3, 5, FOLLOWER_WALL_MS])
+    assert doc["raft.heartbeat_reply"] == msgpack.packb(
+        ["heartbeat_reply", 3, 5, FOLLOWER_WALL_MS, False]
+    )
 
 
 def test_doc_vectors_parser_refuses_junk() -> None:
@@ -196,4 +200,5 @@ def test_recovery_queries_and_reports_as_documented(doc: dict[str, bytes]) -> No
     assert _verify(bytes(n2), pbft + body, signature)
     # Raft members trust each other: no signature; the nonce alone makes an answer fresh.
     assert msgpack.unpackb(doc["term_query.frame"]) == ["term_query", nonce]
-    assert msgpack.unpackb(doc["term_report.frame"]) == ["term_report", nonce, 7]
+    # n2 is not recovering itself (a recovering member's answer does not count).
+    assert msgpack.unpackb(doc["term_report.frame"]) == ["term_report", nonce, 7, False]

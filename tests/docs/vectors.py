@@ -56,6 +56,7 @@ TX_OPS: tuple[list[Op], ...] = (
 )
 HANDSHAKE_NONCE = bytes([0xAA]) * 32
 RECOVERY_NONCE = bytes([0x5E]) * 16  # a recovering member's VIEW-QUERY / TERM-QUERY nonce
+TRANSFER_NONCE = bytes([0x3C]) * 16  # the nonce a client drew for a leadership transfer request
 FOLLOWER_WALL_MS = 1_700_000_002_000  # a raft follower's clock in its replies
 # The leaves of Certificate Transparency's RFC 6962 Merkle tree tests.
 CT_LEAVES = [
@@ -121,7 +122,7 @@ def protocol_vectors() -> dict[str, bytes]:
         created_ms=EXPIRY_MS - 3_600_000,
     )
     read = read_body(b"greeting", b"hi", 1, block.hash, 0)
-    transfer = transfer_body(1, 3, member_keys()[0].public, 0)
+    transfer = transfer_body(1, 3, member_keys()[0].public, 0, TRANSFER_NONCE)
     transcript = handshake_transcript(HANDSHAKE_NONCE, 0, 1, "listener")
     return {
         "client.public_key": client_key().public,
@@ -164,12 +165,14 @@ def protocol_vectors() -> dict[str, bytes]:
             ViewReport.create(Ed25519Signer(member_keys()[1]), chain_id, RECOVERY_NONCE, 2, 1, 1)
         ),
         "term_query.frame": raft_messages.encode(raft_messages.TermQuery(RECOVERY_NONCE)),
-        "term_report.frame": raft_messages.encode(raft_messages.TermReport(RECOVERY_NONCE, 7)),
+        "term_report.frame": raft_messages.encode(
+            raft_messages.TermReport(RECOVERY_NONCE, 7, False)
+        ),
         "raft.append_reply": raft_messages.encode(
             raft_messages.AppendReply(3, True, 7, 0, FOLLOWER_WALL_MS)
         ),
         "raft.heartbeat_reply": raft_messages.encode(
-            raft_messages.HeartbeatReply(3, 5, FOLLOWER_WALL_MS)
+            raft_messages.HeartbeatReply(3, 5, FOLLOWER_WALL_MS, False)
         ),
     }
 

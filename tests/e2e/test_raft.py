@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import secrets
 import signal
 import time
 from collections.abc import Iterator
@@ -327,23 +328,38 @@ async def refused_transfers(
     def signed(signer: KeyPair, body: bytes) -> bytes:
         return Ed25519Signer(signer).sign(Domain.MAINTENANCE, genesis.chain_id, body)
 
-    good = api.transfer_body(target, term, member.public, leader)
+    def nonce() -> bytes:  # (as the client draws one per request)
+        return secrets.token_bytes(api.TRANSFER_NONCE_BYTES)
+
+    good = api.transfer_body(target, term, member.public, leader, nonce())
     attempts = [
         # an admitted client's key, everything else right
-        (target, (b := api.transfer_body(target, term, client.public, leader)), signed(client, b)),
+        (
+            target,
+            (b := api.transfer_body(target, term, client.public, leader, nonce())),
+            signed(client, b),
+        ),
         (target, good, signed(stranger, good)),  # a member's key named, someone else signed
         # for an earlier term
         (
             target,
-            (b := api.transfer_body(target, term - 1, member.public, leader)),
+            (b := api.transfer_body(target, term - 1, member.public, leader, nonce())),
             signed(member, b),
         ),
         (leader, good, signed(member, good)),  # signed for another target
         # signed for another member (a request seen on the wire, replayed elsewhere)
-        (target, (b := api.transfer_body(target, term, member.public, target)), signed(member, b)),
+        (
+            target,
+            (b := api.transfer_body(target, term, member.public, target, nonce())),
+            signed(member, b),
+        ),
         (target, b"\x92\xa8transfer", signed(member, b"\x92\xa8transfer")),
         # to a member that is down: a transfer could only stall the leader
-        (down, (b := api.transfer_body(down, term, member.public, leader)), signed(member, b)),
+        (
+            down,
+            (b := api.transfer_body(down, term, member.public, leader, nonce())),
+            signed(member, b),
+        ),
     ]
     refusals: list[str] = []
     async with ConsortiumClient(genesis, member) as c:

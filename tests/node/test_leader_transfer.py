@@ -27,6 +27,7 @@ from consortium.node.service import ClientService
 from tests.ledger.chain_fixture import CLIENT, MEMBERS, make_genesis
 
 GENESIS = make_genesis(mode="raft")
+NONCE = bytes(api.TRANSFER_NONCE_BYTES)
 
 
 class _Node:
@@ -43,7 +44,7 @@ class _Node:
 
 
 def request(signer: KeyPair, target: int = 1, term: int = 3) -> api.TransferRequest:
-    body = api.transfer_body(target, term, signer.public, 0)
+    body = api.transfer_body(target, term, signer.public, 0, NONCE)
     sig = Ed25519Signer(signer).sign(Domain.MAINTENANCE, GENESIS.chain_id, body)
     return api.TransferRequest(1, target, body, sig)
 
@@ -76,10 +77,11 @@ class _Core:
 
     def __init__(self) -> None:
         self.targets: list[int] = []
+        self.refusal: str | None = None  # what transfer_leadership answers
 
     def transfer_leadership(self, target: int) -> str | None:
         self.targets.append(target)
-        return None
+        return self.refusal
 
 
 @pytest.fixture
@@ -94,17 +96,35 @@ def raft_member(tmp_path: Path) -> RaftMember:
 def test_a_transfer_request_is_good_in_the_term_it_names_and_once(raft_member: RaftMember) -> None:
     core = _Core()
     raft_member.core = core  # type: ignore[assignment]
-    body = api.transfer_body(2, 5, MEMBERS[0].public, 0)
+    body = api.transfer_body(2, 5, MEMBERS[0].public, 0, NONCE)
     assert "signed for term 4" in (raft_member._transfer(2, 4, body) or "")
     assert raft_member._transfer(2, 5, body) is None
     assert raft_member._transfer(2, 5, body) == "a replay of a request already carried out"
     core.term = 6  # the transfer carried out moved the term on
     assert "signed for term 5" in (raft_member._transfer(2, 5, body) or "")
-    again = api.transfer_body(2, 6, MEMBERS[0].public, 0)
+    again = api.transfer_body(2, 6, MEMBERS[0].public, 0, NONCE)
     assert raft_member._transfer(2, 6, again) is None
     assert core.targets == [2, 2]
     core.role = "follower"
     assert "not the leader" in (raft_member._transfer(2, 6, body) or "")
+
+
+def test_a_refused_request_replayed_when_it_would_be_taken_is_refused_as_a_replay(
+    raft_member: RaftMember,
+) -> None:
+    """Bodies differ by their nonce, so the leader remembers every body of its term, refused
+    ones too: a request refused (say, within an election timeout of the last transfer) and
+    replayed by whoever saw it once the core would take it must not move leadership."""
+    core = _Core()
+    raft_member.core = core  # type: ignore[assignment]
+    body = api.transfer_body(2, 5, MEMBERS[0].public, 0, NONCE)
+    core.refusal = "at most one transfer per election timeout"
+    assert raft_member._transfer(2, 5, body) == core.refusal
+    core.refusal = None
+    assert raft_member._transfer(2, 5, body) == "a replay of a request already refused"
+    fresh = api.transfer_body(2, 5, MEMBERS[0].public, 0, b"\x01" * api.TRANSFER_NONCE_BYTES)
+    assert raft_member._transfer(2, 5, fresh) is None  # the operator asking again
+    assert core.targets == [2, 2]
 
 
 def test_a_timeout_now_that_waited_out_a_pause_is_judged_at_the_time_it_is_handled(
@@ -122,6 +142,8 @@ def test_a_timeout_now_that_waited_out_a_pause_is_judged_at_the_time_it_is_handl
         core.tick(*member._now())
         member._handle(("peer", 1, rm.Append(1, 0, 0, 0, (rm.Entry(1, 1),))))  # n2 leads
         assert (core.role, core.leader, core.log.last_index) == ("follower", 1, 1)
+        await member._carry_out_ready()  # written: the window starts (persisted, then a tick)
+        assert core._last_entry_ms == member._now()[0]
         await trio.sleep(core.config.election_ms / 2 / 1000)  # paused: no tick meanwhile
         member._handle(("peer", 1, rm.TimeoutNow(1, 1)))
         assert core.rejected["timeout_now_stale"] == 1
@@ -157,8 +179,44 @@ def test_a_transfer_carried_out_at_one_member_is_refused_as_a_replay_at_another(
     assert isinstance(CLIENT, KeyPair)
     n1, n3 = ClientService(_Node(0)), ClientService(_Node(2))  # type: ignore[arg-type]
     # (Since issue 13 signed by a member's key, for the leader's term.)
-    body = api.transfer_body(1, 7, MEMBERS[3].public, 0)
+    body = api.transfer_body(1, 7, MEMBERS[3].public, 0, NONCE)
     sig = Ed25519Signer(MEMBERS[3]).sign(Domain.MAINTENANCE, GENESIS.chain_id, body)
     r1 = api.TransferRequest(5, 1, body, sig)
     assert n1._maintenance_refusal(r1) == 7  # carried out at n1 (the leader then)
     assert isinstance(n3._maintenance_refusal(r1), str), "the same signed request moves n3 too"
+
+
+def test_an_operator_who_asks_again_after_an_abandoned_transfer_is_not_refused_as_a_replay(
+    raft_member: RaftMember,
+) -> None:
+    """`leader transfer` to a member that did not take over in time (a transfer is abandoned
+    after an election timeout: the target lagged, or was recovering) leaves the term as it was.
+    The operator runs the same command again: the client signs the same body (target, term,
+    key, leader: nothing fresh in it), and the leader refused it for the rest of the term as
+    "a replay of a request already carried out", though it is a new request, from the
+    operator, that the core's own rules (one per election timeout) would take."""
+    from consortium.node.client import ConsortiumClient
+
+    core = _Core()
+    raft_member.core = core  # type: ignore[assignment]
+    sent: list[tuple[int, bytes, bytes]] = []
+
+    async def operator_runs_the_command() -> None:
+        client = ConsortiumClient(GENESIS, MEMBERS[0])
+
+        async def capture(member: int, method: str, *args: object, timeout_s: float) -> None:
+            assert (member, method) == (0, "transfer")
+            target, body, signature = args
+            sent.append((target, body, signature))  # type: ignore[arg-type]
+
+        client._request = capture  # type: ignore[method-assign]
+        await client.transfer_leadership(0, 2, core.term)
+
+    trio.run(operator_runs_the_command)
+    (target, body, _) = sent[0]
+    assert raft_member._transfer(target, core.term, body) is None
+    # ... the transfer is abandoned after an election timeout; the term did not move ...
+    trio.run(operator_runs_the_command)
+    (target, body, _) = sent[1]
+    assert raft_member._transfer(target, core.term, body) is None
+    assert core.targets == [2, 2]

@@ -6,9 +6,10 @@ with each Ready, in the same order: check every log entry it persists (log match
 records to the member's durable dict (one "fsync") and report them persisted, queue its
 messages, apply its committed entries into the member's ledger with build_block (state machine
 safety), re-execute and store transferred blocks with replay_block, answer block fetches with
-blocks_reply, collect released and failed reads; then check election safety and leader
-completeness. The checker is the simulator's RaftChecker, so a test that drives a broken core
-into a violation gets the SafetyViolation the simulator would raise.
+blocks_reply, collect released and failed reads; then check the core's invariants
+(RaftNode.check_invariants), election safety and leader completeness. The checker is the
+simulator's RaftChecker, so a test that drives a broken core into a violation gets the
+SafetyViolation the simulator would raise.
 
 Members sign entries with the simulator's HMAC stand-in; client transactions are real,
 pre-signed once (node.sim.cluster.workload).
@@ -270,6 +271,7 @@ class RaftGroup:
             for name in ("records", "messages", "committed", "install", "serve", "reads"):
                 getattr(merged, name).extend(getattr(ready, name))
             merged.read_failures.extend(ready.read_failures)
+        raft.check_invariants()
         if raft.role == LEADER:
             self.check.leader(i, raft.term)
             if raft.term not in self.led[i]:

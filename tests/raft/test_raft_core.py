@@ -602,6 +602,33 @@ def test_a_jump_of_the_leaders_own_wall_clock_is_seen_before_its_next_batch() ->
     assert n1.status()["clock"]["handing_to"] is not None
 
 
+def test_a_leader_whose_clock_stops_proposes_only_while_it_agrees_then_hands_off() -> None:
+    """A clock stopped where it stood (a broken time source) agrees with the others for a
+    skew's time, then falls behind: followers' clocks are advanced by the leader's monotonic
+    clock, which runs on, so the gate sees it go. The leader stamps no batch once its clock is
+    more than a skew behind, and hands leadership away; everything commits."""
+    skew = 200
+    g = clocked(params=replace(PARAMS, timestamp_skew_ms=skew))
+    n1 = g.node(0)
+    stopped_ms = EPOCH_MS + g.now
+    stamped: list[int] = []  # how far behind real time n1's clock was at each batch it made
+    for k in range(12):  # 12 x 50 ms: well past the skew
+        g.wall_offset_ms[0] = stopped_ms - (EPOCH_MS + g.now + 50)  # it reads stopped_ms
+        g.advance(50)
+        if n1.role == LEADER:
+            last = n1.log.last_index
+            g.propose(0, g.txs[k])
+            if n1.log.last_index > last and n1.log.entry(n1.log.last_index).txs:
+                stamped.append(EPOCH_MS + g.now - stopped_ms)
+        else:
+            g.propose(0, g.txs[k])  # (forwarded to the new leader)
+        g.settle()
+    assert stamped and max(stamped) <= skew, stamped
+    assert n1.clock_handoffs and n1.role != LEADER and len(g.leaders()) == 1
+    g.run(E)
+    assert all(g.txs[k].id in g.members[i].committed_ids for k in range(12) for i in range(3))
+
+
 def test_one_follower_with_a_wrong_clock_neither_stops_the_leader_nor_goes_unnoticed() -> None:
     g = started()
     g.wall_offset_ms[2] = 600_000
@@ -883,6 +910,27 @@ def test_a_restart_with_the_ledger_ahead_of_the_log_restarts_the_log_at_the_ledg
     assert records[log_key(4)] is None and records[log_key(5)] is None
 
 
+def test_records_older_than_the_ledger_restart_in_the_ledgers_term_without_a_vote() -> None:
+    """Found by the invariant checks (the simulator's broken shell, which writes blocks before
+    the records, mixed seed 19): a ledger holding an entry of term 2 beside a hard state of
+    term 0 restarted the log at that entry, so the last entry's term was above the member's
+    own. It was in term 2 when it took the entry: it takes term 2 again, durably, with no
+    vote, as the first message of term 2 would make it do."""
+    g = started()
+    rec = RecoveredState(
+        term=0,
+        applied_index=5,
+        applied_term=2,
+        height=3,
+        block_hash=b"\x03" * 32,
+    )
+    node = RaftNode(g.config(2), g.signers[2], recovered=rec)
+    assert (node.term, node.voted_for, node.log.last_term) == (2, None, 2)
+    node.tick(0, EPOCH_MS)
+    node.check_invariants()
+    assert dict(node.take_ready().records)[HARD_KEY] == pack([2, -1])
+
+
 def test_a_forward_is_cut_by_bytes_so_every_frame_fits() -> None:
     """Found in review: 512 large transactions in one FORWARD exceeded the frame limit and the
     transport dropped it, every retry."""
@@ -973,11 +1021,200 @@ def test_term_reports_count_only_with_our_nonce_and_queries_are_rate_limited() -
     assert [type(o) for o in [m.decode(x.frame, g.params) for x in n2.take_ready().messages]] == [
         m.TermReport
     ]
-    n2.receive(0, m.TermReport(bytes(16), 99))
+    n2.receive(0, m.TermReport(bytes(16), 99, False))
     assert n2.rejected["stale_term_report"] == 1 and n2.term == 1  # it moves no one's term
     g.crash(2)
     n3 = g.restart(2, recovering=True)
-    n3.receive(0, m.TermReport(bytes(16), 99))  # not our nonce (an earlier start's answer)
+    n3.receive(0, m.TermReport(bytes(16), 99, False))  # not our nonce (an earlier start's answer)
     assert n3.rejected["stale_term_report"] == 1 and n3.status()["recovering"]["reports"] == 0
     n3.receive(0, b"\x92\xaaterm_query\xc4\x01x")  # a nonce of the wrong size
     assert n3.rejected["malformed"] == 1
+
+
+def test_a_clock_hand_off_to_a_member_that_does_not_campaign_tries_another() -> None:
+    """A leader whose clock is off hands leadership to the most caught-up member whose clock
+    agrees, lowest id first. A member restored from a backup (recovering) acknowledges
+    appends and answers with a right clock, but never campaigns until a later term has
+    committed: chosen again after each abandoned transfer, it kept the leader proposing
+    nothing for good, although n3 could have taken over at once."""
+    g = clocked()
+    g.crash(1)
+    g.restart(1, recovering=True)  # n2 restored from a backup: right clock, no campaign
+    g.tick_all()
+    g.settle()
+    g.heartbeat(0)
+    g.wall_offset_ms[0] = 600_000  # n1's clock jumps ten minutes ahead
+    g.propose(0, g.txs[0])
+    g.run(6 * E)
+    assert g.leaders() != [0], g.node(0).status()["clock_handoffs"]
+    assert all(g.txs[0].id in g.members[i].committed_ids for i in (0, 2))
+
+
+def test_a_clock_hand_off_whose_target_did_not_take_over_goes_to_another_member_next() -> None:
+    """Each abandoned hand-off picked the most caught-up member again: a member that
+    acknowledges but never takes over (here every TimeoutNow to it is lost) was the target of
+    every hand-off after the last. The next one goes to a member no hand-off failed with."""
+    g = clocked()
+    g.wall_offset_ms[0] = 600_000
+    g.advance(1, [0])
+    n1 = g.node(0)
+    assert n1.status()["transferring_to"] == 1
+    g.run(E, pred=lambda q: not (isinstance(q.msg, m.TimeoutNow) and q.dst == 1))
+    assert "transfer to member 1 abandoned" in n1.last_transfer
+    assert [h[-1] for h in n1.clock_handoffs] == ["1", "2"]
+    g.run(E // 2)
+    assert g.leaders() == [2] and g.node(2).last_election_reason == "leadership transferred by 0"
+
+
+def test_an_operators_transfer_replaces_a_clock_hand_off_under_way() -> None:
+    """A leader whose clock is off starts its next hand-off in the tick that abandons the
+    last, so an operator's `leader transfer` was refused for good as "a transfer is under
+    way". The operator's request replaces the leader's own hand-off; the operator's limit of
+    one per election timeout counts only operators' requests."""
+    g = clocked()
+    g.run(E)  # (an operator's first transfer comes an election timeout after the election)
+    g.wall_offset_ms[0] = 600_000
+    g.advance(1, [0])
+    n1 = g.node(0)
+    assert n1.status()["transferring_to"] == 1 and n1.status()["clock"]["handing_to"] == 1
+    g.drop()
+    assert g.transfer(0, 2) is None
+    assert n1.status()["transferring_to"] == 2 and n1.status()["clock"]["handing_to"] is None
+    why = g.transfer(0, 1)  # an operator's transfer under way is not replaced
+    assert why is not None and "a transfer to member 2 is under way" in why
+    g.run(E // 2)
+    assert g.leaders() == [2]
+
+
+def test_a_member_behind_its_recovery_gate_is_no_transfer_target() -> None:
+    """A recovering member acknowledges appends but never campaigns: its heartbeat replies say
+    so, an operator's transfer to it is refused at once, and status shows it."""
+    g = clocked()
+    g.crash(1)
+    g.restart(1, recovering=True)
+    g.run(E)
+    n1 = g.node(0)
+    assert n1.status()["progress"]["1"]["recovering"] is True
+    assert n1.status()["progress"]["2"]["recovering"] is False
+    why = g.transfer(0, 1)
+    assert why is not None and "member 1 is recovering" in why
+    assert n1.status()["transferring_to"] is None
+    assert g.transfer(0, 2) is None
+
+
+def test_a_transfer_completes_when_the_targets_write_takes_longer_than_a_quarter_timeout() -> None:
+    """The target honours a TimeoutNow only if the entry it names arrived at most E/4 before,
+    measured from when the append was handled: before the target's own fsync of it, which its
+    acknowledgement waits for, and the TimeoutNow follows that acknowledgement. A target whose
+    disk takes longer than E/4 to write (500 ms at the default E; a slow disk) refused every
+    TimeoutNow as stale: no transfer, nor a clock hand-off, could ever complete. Safety does
+    not need the write in the window: the leader sends TimeoutNow only after the ack and
+    while more than E/2 of its deadline is left, so the E/4 could count from the write."""
+    g = started()
+    g.run(E)
+    g.tick(1)
+    assert g.transfer(0, 1) is None
+    g.deliver(lambda q: q.dst != 1, keep=True)  # (n3 gets its copy)
+    marker = g.pending(m.Append, src=0)[0]
+    assert marker.dst == 1 and marker.msg.entries[-1].is_noop  # type: ignore[union-attr]
+    g.queue.clear()
+    g.receive(1, 0, marker.msg)  # handled at n2's last tick; its write then takes 300 ms
+    g.now += E // 4 + 50
+    g.tick(1)  # (the runtime ticks again once the write is done, and before a TimeoutNow)
+    g.tick(0)
+    g.deliver()  # n2's acknowledgement, n1's TimeoutNow, n2's campaign
+    assert g.node(1).role == LEADER, g.node(1).rejected
+
+
+def test_two_members_restored_at_once_each_learn_a_floor_above_the_term_they_voted_in() -> None:
+    """docs/raft.md, "Recovery": the floor bounds every term the member voted in, because a
+    majority of the other members meets the majority(n) - 1 others that elected the leader its
+    lost vote helped elect, "who reached that term for good". A member that is itself
+    recovering has not: restored from its own backup, it reports the term of its copy. At
+    n = 5 (two may be unavailable) n4 and n5 helped elect n3 in term T and are both restored
+    from copies of term 1; with n3 down, n4's floor comes from n1, n2 and n5 and is T, a term
+    n4 voted in, so its gate no longer keeps it from voting in T again.
+
+    (Fixed: a TERM-REPORT says whether its sender is recovering, and such answers do not
+    count. While n3 is down no member up knows T, so no floor can be learned safely: n4 and n5
+    wait; once n3 is back, each learns a floor above T.)"""
+    g = started(5)
+    backups = {i: dict(g.members[i].records) for i in (3, 4)}
+    g.run(3 * E, pred=g.among(2, 3, 4))  # n1, n2 cut off: n3, n4, n5 elect one of them
+    (leader,) = [i for i in g.leaders() if i in (2, 3, 4)]
+    term = g.node(leader).term
+    assert all(g.node(i).term == term for i in (2, 3, 4)) and term >= 2
+    g.crash(2)
+    for i in (3, 4):
+        g.crash(i)
+        g.members[i].records = backups[i]
+        g.restart(i, recovering=True)
+    seen = len(g.delivered)
+    g.run(3 * E, pred=without(2))
+    for i in (3, 4):
+        status = g.node(i).status()["recovering"]
+        assert status["floor"] is None, (status["floor"], term)
+        assert (status["reports"], status["recovering_peers"], status["needed"]) == (2, 1, 3)
+    assert g.leaders() == []  # n1 and n2 alone are no majority: beyond the fault budget
+    granted = [q for q in g.delivered[seen:] if q.src in (3, 4) and isinstance(q.msg, m.VoteReply)]
+    assert not [q for q in granted if q.msg.granted]  # type: ignore[attr-defined]
+    g.restart(2)  # n3, which reached T for good, is back
+    floors: dict[int, int] = {}
+    for _ in range(30):
+        g.run(HEARTBEAT)
+        for i in (3, 4):
+            status = g.node(i).status()["recovering"]
+            if status is not None and status["floor"] is not None:
+                floors.setdefault(i, status["floor"])
+    assert sorted(floors) == [3, 4] and all(f > term for f in floors.values()), (floors, term)
+
+
+def test_one_member_restored_at_n5_learns_a_floor_above_the_term_it_voted_in() -> None:
+    """The bound of docs/raft.md, "Recovery", at n = 5 with the leader its lost vote helped
+    elect down: any three of the other four include one that voted with it."""
+    g = started(5)
+    backup = dict(g.members[3].records)
+    g.run(3 * E, pred=g.among(2, 3, 4))
+    (leader,) = [i for i in g.leaders() if i in (2, 3, 4)]
+    term = g.node(leader).term
+    g.crash(leader)
+    g.crash(3)
+    g.members[3].records = backup
+    g.restart(3, recovering=True)
+    g.run(3 * E, pred=without(leader))
+    floor = g.node(3).status()["recovering"]["floor"]
+    assert floor is not None and floor > term
+    assert not [q for q in g.delivered if q.src == 3 and isinstance(q.msg, m.Vote)]
+
+
+def test_a_leader_between_two_followers_whose_clocks_are_wrong_both_ways_proposes() -> None:
+    """Three clocks: the median is the leader's own when one follower is ahead and the other
+    behind; neither wrong clock moves block time, and the leader keeps proposing."""
+    g = clocked()
+    g.wall_offset_ms[1] = 600_000
+    g.wall_offset_ms[2] = -600_000
+    g.tick_all()
+    for k in range(3):
+        g.propose(0, g.txs[k])
+        g.settle()
+        g.heartbeat(0)
+    n1 = g.node(0)
+    assert n1.role == LEADER and not n1.status()["clock"]["disagrees"] and not n1.clock_handoffs
+    blocks = [b for b in g.members[0].blocks if b.txs]
+    assert len(blocks) == 3
+    assert all(abs(b.header.timestamp_ms - (EPOCH_MS + g.now)) < E for b in blocks)
+
+
+def test_the_core_checks_its_invariants_after_every_input() -> None:
+    """STYLE: `_check_invariants()` after every input. A state no correct step produces (a
+    second vote in one term, a commit index past the log) is caught at the next input."""
+    g = started()
+    n2 = g.node(1)
+    assert (n2.term, n2.voted_for) == (1, 0)
+    n2.voted_for = 2  # a second vote in term 1
+    with pytest.raises(AssertionError, match=r"\(1, 0, 2\)"):
+        n2.tick(g.now, EPOCH_MS + g.now)
+    n3 = g.node(2)
+    n3.commit = n3.log.last_index + 1
+    with pytest.raises(AssertionError):
+        n3.receive(0, m.Heartbeat(1, 0, 0))

@@ -182,3 +182,25 @@ def test_a_leader_that_cannot_tell_whose_clock_is_wrong_says_so() -> None:
         "clock: this member's clock is 3,600.0 s behind the median of 2 members' clocks (more "
         "than 30.0 s): not proposing; no member whose clock agrees to hand leadership to"
     ]
+
+
+def test_a_member_restored_with_another_says_that_answers_of_recovering_members_do_not_count() -> (
+    None
+):
+    """Two of three members restored at once: each has n1's answer and the other's, which
+    says it is recovering too and does not count (crashft/node.py "Recovery"); they wait for
+    good (beyond the fault budget), and status says why."""
+    g = RaftGroup(3)
+    g.elect(0)
+    g.settle()
+    for i in (1, 2):
+        g.crash(i)
+        g.restart(i, recovering=True)
+    g.run(3 * E)
+    assert g.node(1).status()["recovering"]["floor"] is None
+    (reason,) = [r for r in reasons(g, 1) if r.startswith("recovering")]
+    assert reason == (
+        "recovering from a restart: 1 of 2 members answered with their term (1 more answered "
+        "but are recovering too); it grants no vote and does not campaign until then, and it "
+        "counts as unavailable"
+    )

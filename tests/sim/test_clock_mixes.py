@@ -1,9 +1,10 @@
 """Seeded clock mixes (consortium.node.sim.clock_scenarios): one member's wall clock far ahead,
 far behind, stopped at 0 or where it stood (a pbft primary), far ahead (a pbft backup), ahead for
-a while or jumping for good (a raft leader). The clock checker (checkers.ClockChecker) runs after
-every step: block time within the skew of real time (plus the lag a batch may take to its first
-execution), no honest transaction executed as `expired` or `expiry_too_far` while real time
-says otherwise, no honest submission refused as expired; liveness at the end as in every mix.
+a while, jumping or stopped (at 0 or where it stood) for good (a raft leader). The clock
+checker (checkers.ClockChecker) runs after every step: block time within the skew of real time
+(plus the lag a batch may take to its first execution), no honest transaction executed as
+`expired` or `expiry_too_far` while real time says otherwise, no honest submission refused as
+expired; liveness at the end as in every mix.
 
 200 seeds per mix by default (n = 4 pbft, n = 3 raft); CONSORTIUM_SOAK=N multiplies them.
 The checker's teeth: the same mixes with today's timestamp rules (pbft backups refusing only
@@ -106,8 +107,14 @@ def test_the_checker_catches_a_raft_leader_stamping_its_clock_unchecked(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(raft_cluster, "RaftNode", TodaysRaft)
-    for seed in TEETH_SEEDS:
-        side = "behind" if plan("clock-leader", seed).variant == "jump-behind" else "ahead of"
+    # (The first 16 seeds hold one stopped clock: four more of each stopped kind.)
+    stopped = [
+        [s for s in range(16, 200) if plan("clock-leader", s).variant == kind][:4]
+        for kind in ("zero", "frozen")
+    ]
+    for seed in [*TEETH_SEEDS, *stopped[0], *stopped[1]]:
+        variant = plan("clock-leader", seed).variant
+        side = "behind" if variant in ("jump-behind", "zero", "frozen") else "ahead of"
         with pytest.raises(ClockViolation, match=f"s {side} real time"):
             run_clock(seed, "clock-leader")
 

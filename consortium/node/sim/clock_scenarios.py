@@ -14,7 +14,9 @@ at the end every transaction commits into identical ledgers, as in every mix.
     raft  clock-leader    the leader of the moment (the first elected, if none yet), from a
                           random moment before 0.8 s, one of: 10 minutes ahead for
                           0.5 to 2 s, then right again; a jump of 10 minutes ahead; a jump of
-                          10 minutes behind, both for good
+                          10 minutes behind; stopped at 0; stopped where it stood, the last
+                          four for good (a stopped clock agrees with the others for a skew's
+                          time, then falls behind: the leader's gate must see it go)
 
 Clients submit `txs` transactions (the workload's: they expire 5 minutes after the epoch) in
 bursts over about 2.5 s, to every member (pbft) or a random one (raft), retransmitting until they
@@ -43,7 +45,7 @@ from consortium.node.sim.raft_cluster import RAFT_SIM_PARAMS, RaftSimCluster
 LOSSY = NetworkFaults(delay_ms=(1, 30), drop=0.05, duplicate=0.05)
 CLOCK_MIXES = {"pbft": ("clock-primary", "clock-backup"), "raft": ("clock-leader",)}
 PRIMARY_VARIANTS = ("ahead", "behind", "zero", "frozen")
-LEADER_VARIANTS = ("ahead-then-back", "jump-ahead", "jump-behind")
+LEADER_VARIANTS = ("ahead-then-back", "jump-ahead", "jump-behind", "zero", "frozen")
 OFF_MS = 10 * 60 * 1000  # far: twice the workload's time to expiry
 CLOCK_PBFT_PARAMS = replace(SIM_PARAMS, timestamp_skew_ms=500)
 CLOCK_RAFT_PARAMS = replace(RAFT_SIM_PARAMS, timestamp_skew_ms=500)

@@ -516,6 +516,7 @@ class RaftSimCluster(SimShell[RaftSimNode]):
             # The runtime deletes the mark in a write after the step that left recovery.
             del node.records[RECOVERY_MARK_KEY]
             self._log(f"n{node.index + 1} RECOVERED in term {raft.term}")
+        raft.check_invariants()
         if raft.role == LEADER:
             self.check.leader(node.index, raft.term)
             if node.was_leader_term != raft.term:
