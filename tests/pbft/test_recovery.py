@@ -6,10 +6,19 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
-from pbft_harness import PARAMS, RETRANSMIT_MS, WALL, Group, block_hash, drive, frames
+from pbft_harness import (
+    PARAMS,
+    RETRANSMIT_MS,
+    WALL,
+    Group,
+    block_hash,
+    drive,
+    frames,
+    new_view_reissuing,
+)
 
 from consortium.crypto.codec import pack
-from consortium.ledger.block import genesis_block
+from consortium.ledger.block import batch_digest, genesis_block
 from consortium.ledger.certificates import CheckpointCertificate
 from consortium.ledger.genesis import Params
 from consortium.pbft import records
@@ -313,3 +322,39 @@ def test_view_queries_are_answered_at_most_once_per_half_interval_and_junk_is_dr
     peer.receive(0, ViewReport.create(group.signers[0], group.chain_id, NONCE, 9, 9, 0))
     assert peer.rejected["stale_view_report"] == 1  # not recovering: nothing to learn
     peer.check_invariants()
+
+
+def test_a_recovering_primary_given_its_own_new_view_never_commits_a_batch_without_its_txs() -> (
+    None
+):
+    """A member that lost its state (or was restored from a backup older than a NEW-VIEW it
+    sent as primary) is relayed that NEW-VIEW by a peer (its FETCH probes and old-view
+    messages make peers relay it). The NEW-VIEW's PRE-PREPAREs travel without their batches:
+    taking its own as complete, the member would hand the shell a batch with no transactions
+    for a digest that names some, and execute a block no one else has."""
+    group = Group()
+    pp = group.preprepare(1, group.txs[:2])  # prepared at members 0, 1, 2 in view 0
+    nv = new_view_reissuing(group, pp, view=1)  # member 1 sent it, then lost its state
+    for s in (0, 2, 3):
+        group.replicas[s].receive(1, nv)
+        group.take(s)
+    r = group.make(1, recovery_nonce=NONCE)
+    group.replicas[1] = r
+    r.tick(group.mono_ms, WALL)
+    _answer_queries(group, 1, r.take_ready())
+    assert r.status()["recovering"]["floor"] == 2  # the others are in view 1
+    r.receive(2, nv)  # relayed
+    assert r.view == 1 and r.active
+    # The others prepared and commit the re-issued batch in view 1.
+    again = decode(encode(nv), PARAMS).preprepares[0]  # type: ignore[union-attr]
+    for s in (0, 2, 3):
+        r.receive(s, group.prepare(again, s))
+    for s in (0, 2, 3):
+        r.receive(s, group.commit(again, s))
+    committed = r.take_ready().committed
+    for batch in committed:
+        assert batch_digest(batch.proposed_ms, [t.id for t in batch.txs]) == batch.digest, (
+            f"seq {batch.seq} handed out with {len(batch.txs)} transactions for a digest "
+            "naming others"
+        )
+    r.check_invariants()
