@@ -14,6 +14,7 @@ from pbft_harness import (
     RETRANSMIT_MS,
     WALL,
     Group,
+    block_hash,
     drive,
     forge,
     frames,
@@ -428,3 +429,38 @@ def test_a_reissued_batch_is_prepared_whatever_its_keys() -> None:
     sent = [decode(f, PARAMS) for f in frames(r.take_ready())]
     assert [(p.view, p.seq) for p in sent if isinstance(p, Prepare)] == [(1, 1)]
     assert r.rejected["never_admitted"] == 1
+
+
+def test_a_prepare_withheld_for_a_key_in_an_earlier_view_never_releases_a_skewed_one() -> None:
+    """The seqs whose PREPARE waits for an admission are remembered by number only. One left
+    from an earlier view must not release our PREPARE for whatever the new view's primary
+    puts at that number: a fresh PRE-PREPARE we withheld for its timestamp stays withheld
+    when a block executes (else one stale entry lets a primary's skewed time through)."""
+    group = Group()
+    skew = group.params.timestamp_skew_ms
+    r = admitting(group, 3, {group.txs[0].client_key, group.txs[1].client_key})
+    pp1 = group.preprepare(1, group.txs[:1])
+    r.receive(0, pp1)
+    r.receive(0, group.preprepare(2, (spam(group),)))  # withheld: a key never admitted
+    assert r.rejected["never_admitted"] == 1
+    r.take_ready()
+    nv = new_view_reissuing(group, pp1)  # view 1 re-issues seq 1 only
+    r.receive(1, nv)
+    assert r.view == 1 and r.active
+    r.take_ready()
+    # View 1's primary puts a fresh batch at seq 2, stamped beyond our skew: withheld.
+    late = group.preprepare(
+        2, group.txs[1:2], view=1, sender=1, proposed_ms=WALL + group.mono_ms + 10 * skew
+    )
+    r.receive(1, late)
+    assert r.rejected["timestamp_skew"] == 1 and not frames(r.take_ready())
+    # Seq 1 commits in view 1 and executes here.
+    again = decode(encode(nv), PARAMS).preprepares[0]  # type: ignore[union-attr]
+    for s in (0, 2):
+        r.receive(s, group.prepare(again, s))
+    for s in (0, 1, 2):
+        r.receive(s, group.commit(again, s))
+    ready = r.take_ready()
+    assert [b.seq for b in ready.committed] == [1]
+    r.executed(1, block_hash(1))
+    assert encode(group.prepare(late, 3)) not in frames(r.take_ready())
