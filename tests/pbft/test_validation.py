@@ -464,3 +464,33 @@ def test_a_prepare_withheld_for_a_key_in_an_earlier_view_never_releases_a_skewed
     assert [b.seq for b in ready.committed] == [1]
     r.executed(1, block_hash(1))
     assert encode(group.prepare(late, 3)) not in frames(r.take_ready())
+
+
+def test_a_backup_restarted_holding_a_skewed_batch_of_a_new_key_never_prepares_it() -> None:
+    """The restart re-check of withheld PREPAREs looks at the keys only: a PRE-PREPARE we
+    withheld for its timestamp (which also carried a key not yet admitted) is prepared once
+    the key is admitted, its time no longer checked."""
+    group = Group()
+    skew = group.params.timestamp_skew_ms
+    known = {group.txs[0].client_key}
+    r = admitting(group, ME, known)
+    disk = Disk(group)
+    pp = group.preprepare(2, (spam(group),), proposed_ms=WALL + group.mono_ms + 10 * skew)
+    r.receive(0, pp)
+    disk.write(r.take_ready())
+    assert r.rejected["timestamp_skew"] == 1
+    r = PbftReplica(
+        PbftConfig.from_genesis(group.genesis, ME),
+        group.signers[ME],
+        group.verifier,
+        tx_ok=group.tx_ok,
+        recovered=disk.recovered(),
+        ever_admitted=lambda tx: tx.client_key in known,
+    )
+    r._probes_left = 0
+    r.tick(group.mono_ms, WALL + group.mono_ms)
+    group.replicas[ME] = r
+    r.take_ready()
+    known.add(STRANGER.public)  # executing block 1 (an admission) ...
+    drive(group, ME, group.preprepare(1, group.txs[:1]))  # ... which it now does
+    assert encode(group.prepare(pp, ME)) not in frames(r.take_ready())
