@@ -300,3 +300,23 @@ def test_batch_answers_stop_at_the_members_budget_per_interval() -> None:
     limit = frame_bytes_limit(params)
     assert limit < sent <= (SERVED_FRAMES_PER_INTERVAL + 1) * limit
     assert r.rejected["answers_over_budget"] > 0
+
+
+def test_batch_requests_for_a_small_batch_cost_a_bounded_number_of_signatures() -> None:
+    """Each BATCH answer is signed, and a BATCH-REQ is answered without checking its own
+    signature: with the budget in bytes only, one member asking again and again for a small
+    batch it knows the digest of (any batch of the window, the empty batch of a null request)
+    makes us sign tens of thousands of answers per interval (8 MiB of 300-byte answers at the
+    default parameters), where 16 were answered before. An honest member asks for each batch
+    it lacks at most once per interval, and for at most `window` batches."""
+    group = Group(params=DEFAULT)
+    r = group.replicas[1]
+    pp = group.preprepare(1, group.txs[:1])
+    r.receive(0, pp)
+    r.take_ready()
+    ask = BatchRequest.create(group.signers[3], group.chain_id, pp.digest, 3)
+    answers = 0
+    for _ in range(1_000):  # within one interval
+        r.receive(3, ask)
+        answers += sum(1 for m in r.take_ready().messages if m.dest == 3)
+    assert answers <= DEFAULT.window, f"{answers} signed answers to one member in one interval"
