@@ -273,6 +273,27 @@ def test_a_primary_stamping_the_edge_of_the_skew_cannot_make_a_backup_doubt_its_
     assert clock["offset_ms"] == -lag_ms - skew * 9 // 10 and not clock["disagrees"]
 
 
+def test_a_primary_delaying_its_preprepares_to_one_backup_cannot_make_it_doubt_its_clock() -> None:
+    # The offset is measured when the PRE-PREPARE arrives, so the primary, which decides when
+    # it sends it, controls it: stamped honestly, sent at once to the others (who prepare and
+    # commit the batch) and two skews late to us. Our clock is exact, yet it is called wrong
+    # (status, metrics, and a log line telling the operator to fix NTP). The same happens to
+    # an honest backup that gets the PRE-PREPAREs of a partition longer than two skews by
+    # retransmission once it heals.
+    group = Group(params=replace(PARAMS, window=16, checkpoint_interval=8))
+    r = group.replicas[ME]
+    skew = group.params.timestamp_skew_ms
+    for seq in range(1, 9):
+        group.mono_ms += 10
+        pp = group.preprepare(seq, group.txs[seq : seq + 1])  # stamped with real time
+        group.mono_ms += 2 * skew + 1  # ... and held back from us
+        r.tick(group.mono_ms, WALL + group.mono_ms)  # our clock: exact
+        drive(group, ME, pp)
+    clock = r.status()["clock"]
+    assert r.last_executed == 8
+    assert not clock["disagrees"], clock
+
+
 def test_messages_above_the_window_wait_in_a_bounded_per_sender_buffer() -> None:
     group = Group()
     r = group.replicas[ME]
