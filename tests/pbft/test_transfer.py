@@ -106,11 +106,14 @@ def chain(group: Group, height: int) -> dict[int, TransferredBlock]:
     return {seq: block(group, seq, ()) for seq in range(1, height + 1)}
 
 
-def catch_up(group: Group, me: int, throttler: int, height: int) -> tuple[int, int]:
+def catch_up(
+    group: Group, me: int, throttler: int, height: int, *, padded: bool = False
+) -> tuple[int, int]:
     """Replica `me` starts at genesis while the others are at `height` (each showed it by a
     CHECKPOINT) and catches up by FETCH. Honest members answer at once from `chain`, as the
     shell does (blocks_reply, with the stable checkpoint certificate of their height);
-    `throttler` answers each FETCH with one valid block, just before the asker's timeout.
+    `throttler` answers each FETCH with one valid block, just before the asker's timeout
+    (`padded`: the same block `window` times, which the asker skips after the first).
     Returns (simulated ms it took, FETCHes the throttler got)."""
     blocks = chain(group, height)
     k = group.params.checkpoint_interval
@@ -143,6 +146,8 @@ def catch_up(group: Group, me: int, throttler: int, height: int) -> tuple[int, i
             if peer == throttler:
                 asked_throttler += 1
                 one = tuple(blocks[s] for s in (fetch.from_seq,) if s in blocks)
+                if padded:
+                    one = one * group.params.window
                 reply = Blocks.create(
                     group.signers[peer], group.chain_id, fetch.from_seq, height, stable, one, peer
                 )
@@ -320,3 +325,15 @@ def test_batch_requests_for_a_small_batch_cost_a_bounded_number_of_signatures() 
         r.receive(3, ask)
         answers += sum(1 for m in r.take_ready().messages if m.dest == 3)
     assert answers <= DEFAULT.window, f"{answers} signed answers to one member in one interval"
+
+
+def test_a_trickling_member_cannot_pass_for_a_full_answer_by_repeating_its_one_block() -> None:
+    """An answer counts as full when it carries `window` blocks, however many of them the
+    asker can use: the blocks at or below what it committed are skipped unchecked, and so are
+    those after the first that does not follow. A throttler that repeats its one valid block
+    `window` times is never slow, and the asker keeps asking it (one block per interval)."""
+    group = Group()  # L = 4: an honest answer carries 4 blocks here
+    height = 40
+    took_ms, asked = catch_up(group, 3, 0, height, padded=True)
+    interval = group.replicas[3].retransmit_ms
+    assert took_ms < 3 * interval, f"{took_ms} ms to catch up {height} blocks ({asked} asks)"
