@@ -432,3 +432,28 @@ def test_init_and_keygen_mark_a_new_data_directory_and_an_unmarked_empty_one_has
     net = tmp_path / "init"
     init_network(net, members=4, clients=1)
     assert all((home / "data" / NEW_MARK).exists() for home in node_homes(net))
+
+
+def test_a_member_that_lost_its_state_and_died_before_marking_its_new_store_still_recovers(
+    tmp_path: Path,
+) -> None:
+    """The lost-state mark goes into the store in a write after BlockStore.open created it,
+    and whether to write it is decided by whether the store file existed before the start. A
+    process killed between the two (kill -9, power loss: an unlucky operator's second try)
+    leaves a store with no mark in a data directory with no new-member mark, and the next
+    start is a normal one: the member votes again with none of its old records."""
+    homes = _keygen_all(tmp_path)
+    genesis = assemble_genesis(tmp_path / "net", homes)
+    config = load_config(homes[0])
+    BlockStore.open(config.store_path, genesis).close()
+    (config.data_dir / NEW_MARK).unlink()  # it ran once ...
+    shutil.rmtree(config.data_dir)  # ... and lost its data directory
+    config.data_dir.mkdir()
+    # The first start after the loss creates its store and dies before the mark is written.
+    BlockStore.open(config.store_path, genesis).close()
+    assert check_data_dir(config, genesis).recovering == LOST_STATE
+    store = BlockStore.open(config.store_path, genesis)
+    try:
+        assert recovery_on_start(config.data_dir, store, created=False) == LOST_STATE
+    finally:
+        store.close()
