@@ -3,6 +3,7 @@ TOCS'02 §4.2 and §6; DESIGN: "durable before the message that depends on it le
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import replace
 
 import pytest
@@ -24,6 +25,7 @@ from consortium.ledger.genesis import Params
 from consortium.pbft import records
 from consortium.pbft.messages import PrePrepare, ViewQuery, ViewReport, decode, encode
 from consortium.pbft.records import RecoveryError
+from consortium.pbft.recovery import ViewRecovery
 from consortium.pbft.replica import Ready, RecoveredState
 
 
@@ -358,3 +360,27 @@ def test_a_recovering_primary_given_its_own_new_view_never_commits_a_batch_witho
             "naming others"
         )
     r.check_invariants()
+
+
+@pytest.mark.parametrize("n", [4, 7, 10])
+def test_the_floor_is_above_every_view_used_whichever_n_minus_f_minus_1_answer_first(
+    n: int,
+) -> None:
+    """The floor bound, exhaustively at small n: the recovering member acted in view w, so Q-1
+    others sent VIEW-CHANGE(w) and are at w or beyond; at most f-1 of those lie (the recovering
+    member is one of the f). Whatever the liars and the honest members outside that set report
+    (here the worst: 0), and whichever n-f-1 or more others answer, floor > w."""
+    f = (n - 1) // 3
+    quorum = (n + f + 2) // 2
+    w = 5
+    me = 0
+    others = list(range(1, n))
+    for moved in itertools.combinations(others, quorum - 1):
+        for liars in itertools.combinations(moved, f - 1):
+            for k in range(n - f - 1, n):
+                for answered in itertools.combinations(others, k):
+                    rec = ViewRecovery(NONCE, n, f, me)
+                    for peer in answered:
+                        honest_high = peer in moved and peer not in liars
+                        rec.add(peer, w if honest_high else 0, 0)
+                    assert rec.floor is not None and rec.floor > w, (moved, liars, answered)
