@@ -590,3 +590,28 @@ def test_a_prepared_proof_with_more_than_q_minus_1_prepares_is_refused() -> None
     problem = check_proof(r._members, r._verifier, proof)
     assert problem == "prepared proof: 3 prepares, at most 2"
     assert check_proof(r._members, r._verifier, proof.without_batch(2)) is None
+
+
+def test_one_faulty_view_change_for_a_far_view_only_starts_timers_and_moves_no_one_there() -> None:
+    # A faulty member's VIEW-CHANGE for view 1000 counts toward every lower view's NEW-VIEW
+    # timer (as one for exactly that view could), but alone it moves no active member, and a
+    # timer it helped start takes a member to the next view only, never toward 1000.
+    group = Group()
+    r = group.replicas[0]
+    liar = group.replicas[3]
+    liar._start_view_change(1000, "test")
+    far = liar._own_vc
+    assert far is not None
+    r.receive(3, far)
+    assert (r.view, r.active, r._nv_timer_at) == (0, True, None)
+    r._start_view_change(1, "test")
+    assert r._nv_timer_at is None  # ours and the liar's: two of three
+    group.replicas[1]._start_view_change(1, "test")
+    frame = group.replicas[1]._own_vc
+    assert frame is not None
+    r.receive(1, frame)
+    assert r._nv_timer_at is not None
+    group.mono_ms += r.timeout_ms
+    r.tick(group.mono_ms, WALL + group.mono_ms)
+    assert (r.view, r.active) == (2, False)
+    r.check_invariants()
