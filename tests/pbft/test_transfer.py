@@ -337,3 +337,16 @@ def test_a_trickling_member_cannot_pass_for_a_full_answer_by_repeating_its_one_b
     took_ms, asked = catch_up(group, 3, 0, height, padded=True)
     interval = group.replicas[3].retransmit_ms
     assert took_ms < 3 * interval, f"{took_ms} ms to catch up {height} blocks ({asked} asks)"
+
+
+def test_fetches_beyond_our_height_cost_a_bounded_number_of_signatures() -> None:
+    """The same for FETCH: each one is verified and answered with a signed BLOCKS read from
+    the store, and one above our height is answered with no block, a few hundred bytes that
+    the shell gives back to the budget. A member asking from height+1, height+2, ... (each a
+    new start, so never a `duplicate`) gets thousands of answers per interval, where 4 were
+    answered before; an honest member asks again only after an answer with blocks, or a
+    probe every few intervals."""
+    group = Group(params=DEFAULT)
+    r = group.replicas[0]
+    answers = fetch_each(group, r, 3, range(1_000, 3_000), chain(group, 10))
+    assert len(answers) <= 16, f"{len(answers)} signed answers without a block in one interval"
