@@ -33,7 +33,8 @@ at least one honest one; Q = 2f+1 when n = 3f+1):
       primary sends none): persist the prepared certificate and our COMMIT, multicast it.
     committed-local(seq)   prepared plus Q matching COMMITs from distinct members (ours
       included); batches come out in Ready.committed strictly in sequence order, each once,
-      with a commit certificate of Q signed COMMITs.
+      with a commit certificate of Q signed COMMITs and the transactions its digest names
+      (checked once more as it goes out: a mismatch is a bug, never a block).
     checkpoint   after executing a multiple of K, sign CHECKPOINT(seq, block hash); Q matching
       make it stable: h moves, the log at or below h is collected (pbft/checkpoint.py).
 
@@ -955,6 +956,14 @@ class PbftReplica:
 
     def _hand_out(self, batch: CommittedBatch) -> None:
         assert batch.seq == self._last_committed + 1
+        # Never hand the shell transactions other than those the certified digest names: the
+        # shell would execute a block no other member has (a forked ledger). Every path here
+        # checked it already (a fresh batch on acceptance, a re-issued one when its batch was
+        # filled, a transferred block against its certificate): this is the last guard, one
+        # hash of the batch's ids per committed batch (about 40 us at 512 transactions).
+        assert batch_digest(batch.proposed_ms, [tx.id for tx in batch.txs]) == batch.digest, (
+            f"seq {batch.seq}: its transactions are not those its digest names"
+        )
         self._committed.append(batch)
         self._last_committed = batch.seq
         if batch.seq > self._log.low:  # (state transfer also hands out blocks below h)
@@ -1486,10 +1495,16 @@ class PbftReplica:
                 # execution diverged, and this replica takes no part in those seqs)
                 continue
             slot = self._log.slot(pp.seq, self.view)
-            if pp.sender == self.me:
+            if pp.sender == self.me and _carries_its_batch(pp):
+                # Built here (_try_new_view): each with the batch we found for it.
                 slot.redo = pp.seq <= self._last_committed
                 self._accept_preprepare(slot, pp, reissued=True)
                 continue
+            # Another primary's, or our own relayed back to us: a NEW-VIEW carries no batches,
+            # and a primary that lost its state (or was restored from a backup) after sending
+            # it gets it back from a peer. Taking such an own PRE-PREPARE as complete would
+            # re-send it without its batch and commit the digest with no transactions, a
+            # block no one else has (review): the batch is found here or fetched by digest.
             self._reissue(slot, pp)
         # Batches of the old view that the new one does not re-issue are gone: what is accepted
         # now is only what the NEW-VIEW re-issued (or what we committed).
@@ -2299,3 +2314,8 @@ class PbftReplica:
 
 def _empty_batch(pp: PrePrepare) -> bool:
     return batch_digest(pp.proposed_ms, []) == pp.digest
+
+
+def _carries_its_batch(pp: PrePrepare) -> bool:
+    """Whether a PRE-PREPARE's transactions are those its digest names (one hash)."""
+    return batch_digest(pp.proposed_ms, [tx.id for tx in pp.txs]) == pp.digest
