@@ -138,8 +138,10 @@ signed COMMITs for (view, seq, digest)) and digest == batch_digest(proposed_ms, 
 lying peers can only waste a round trip, and f slow ones a round trip each; accepted blocks
 come out in Ready.committed like any committed batch. Serving FETCH reads the block store, so
 the core hands it to the shell (Ready.serve, within what is left of the asker's byte budget,
-SERVED_FRAMES_PER_INTERVAL frames per interval shared with BATCH answers) and the shell
-answers (pbft/transfer.py) and reports the answer's size (served()).
+SERVED_FRAMES_PER_INTERVAL frames per interval shared with BATCH answers; and, since each
+answer is signed, at most `window` BATCH-REQs and EMPTY_FETCHES_PER_INTERVAL FETCHes beyond our
+height per peer per interval) and the shell answers (pbft/transfer.py) and reports the answer's
+size (served()).
 
 Recovery gate (pbft/recovery.py). A replica started with a recovery nonce (its state may be
 older than what it sent: a restored backup, or lost state) signs no PRE-PREPARE, PREPARE,
@@ -233,6 +235,16 @@ FORWARD_DIGEST = b"\xff" * 32  # marks a BATCH of forwarded transactions (no bat
 # 16 MiB/s per peer; the last answer admitted may overdraw it by one frame at most. Counted in
 # answers of up to a full batch each, it was 128 MiB/s (review).
 SERVED_FRAMES_PER_INTERVAL = 2
+# Bytes alone do not bound what answers cost us: each is signed (87 us), so one member asking
+# again and again for a small batch (or for blocks beyond our height: an 84-byte answer that
+# goes back to the byte budget) got about 30,000 signed answers per 500 ms, more than a core
+# (review). So a peer's BATCH-REQs are also counted, answered or not (each costs a lookup):
+# `window` per interval, what an honest member asks at most (it asks for each batch it lacks
+# once per interval, and lacks at most `window`). A FETCH for blocks we hold costs its bytes
+# (every answer carries a block, and a peer's starts must rise within a quarter interval), but
+# one beyond our height carries none: at most this many per interval (an honest member asking
+# there is probing, and moves on to another member after our empty answer).
+EMPTY_FETCHES_PER_INTERVAL = 4
 # A batch asked for by digest (BATCH-REQ to all) is asked again each interval while it is still
 # needed, at most this many times; then it is given up (counted) until the view changes.
 BATCH_ASKS_MAX = 16
@@ -422,8 +434,12 @@ class PbftReplica:
         self._abandoned_in = (self.view, self.active)
         # Batches that came by digest, for the NEW-VIEW being built or entered (<= L).
         self._fetched: OrderedDict[bytes, tuple[int, tuple[Transaction, ...]]] = OrderedDict()
-        # Bytes each peer may still make us send this interval (BATCH and BLOCKS answers).
-        self._serve_budget = [self._serve_budget_full] * self.n  # refilled per interval
+        # Bytes each peer may still make us send this interval (BATCH and BLOCKS answers),
+        # and the BATCH-REQs and FETCHes beyond our height it may still make: refilled per
+        # interval.
+        self._serve_budget = [self._serve_budget_full] * self.n
+        self._batch_asks_left = [params.window] * self.n
+        self._empty_fetches_left = [EMPTY_FETCHES_PER_INTERVAL] * self.n
         self._forward_tokens = [self._forward_budget] * self.n
         self._forwarded_this_interval = 0  # what we forwarded to the primary this interval
         self._tokens_refilled_ms = 0
@@ -1636,13 +1652,17 @@ class PbftReplica:
             # (an overdrawn budget starts the interval that much lower)
             full = self._serve_budget_full
             self._serve_budget = [min(full, left + full) for left in self._serve_budget]
+            self._batch_asks_left = [self.params.window] * self.n
+            self._empty_fetches_left = [EMPTY_FETCHES_PER_INTERVAL] * self.n
             self._forward_tokens = [self._forward_budget] * self.n
             self._forwarded_this_interval = 0
 
     def _on_batch_request(self, req: BatchRequest) -> None:
-        if self._serve_budget[req.sender] <= 0:
+        # (Not verified: the transport authenticated the sender, the only one we answer.)
+        if self._serve_budget[req.sender] <= 0 or self._batch_asks_left[req.sender] <= 0:
             self.rejected["answers_over_budget"] += 1
             return
+        self._batch_asks_left[req.sender] -= 1
         txs = self._find_batch(req.digest)
         if txs is None:
             return
@@ -1789,15 +1809,20 @@ class PbftReplica:
             self.rejected["duplicate"] += 1  # or a retry too soon
             return
         budget = self._serve_budget[fetch.sender]
-        if budget <= 0:
+        empty = fetch.from_seq > self.last_executed  # the answer will carry no block
+        if budget <= 0 or (empty and self._empty_fetches_left[fetch.sender] <= 0):
             self.rejected["answers_over_budget"] += 1
             return
-        if not self._verified(fetch):
-            return
         # The answer may take what is left of the peer's budget (one frame at most), charged
-        # now; the shell gives back what it did not use (served()).
+        # now, before its signature is checked (a bad one forfeits it, so junk FETCHes cost
+        # their sender the budget, not us a check each); the shell gives back what it did not
+        # use (served()).
         grant = min(budget, frame_bytes_limit(self.params))
         self._serve_budget[fetch.sender] -= grant
+        if empty:
+            self._empty_fetches_left[fetch.sender] -= 1
+        if not self._verified(fetch):
+            return
         self._served_ms[fetch.sender] = self._mono_ms
         self._served_from[fetch.sender] = fetch.from_seq
         self._relay_new_view(fetch.sender)  # a restarted peer may not know our view either
@@ -2121,6 +2146,8 @@ class PbftReplica:
         self._pool.check()
         self._future.check()
         self._checkpoints.check(self._log.low, self._log.high, self.params.window)
+        assert all(0 <= k <= self.params.window for k in self._batch_asks_left)
+        assert all(0 <= k <= EMPTY_FETCHES_PER_INTERVAL for k in self._empty_fetches_left)
         for seq, proof in self._prepared.items():
             assert proof.seq == seq and self._log.low < seq <= self._log.high
         for slot in self._log.window_slots():

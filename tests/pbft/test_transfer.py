@@ -254,7 +254,8 @@ def test_small_answers_cost_little_of_a_members_budget() -> None:
     asking for full ones got 4 full frames. Now each member's budget is in bytes, shared by
     its BATCH and BLOCKS answers, and the shell gives back what an answer did not use."""
     group = Group()
-    r = group.replicas[0]
+    at = RecoveredState(400, block_hash(400), stable_votes(group, 400, range(group.n)), [])
+    r = group.replicas[0] = group.make(0, at)  # it holds the 400 blocks it serves
     answers = fetch_each(group, r, 3, range(1, 400, group.params.window), chain(group, 400))
     assert len(answers) == 100 and r.rejected["answers_over_budget"] == 0
 
