@@ -125,23 +125,23 @@ view. Neither the skew check nor the admitted-key check applies to re-issued bat
 replica that holds the NEW-VIEW relays it to a peer still asking for the old view change, so
 laggards join without another view change.
 
-State transfer. A stable checkpoint certificate above what we committed (from Q CHECKPOINTs,
-a NEW-VIEW's min_s, or a peer's answer) is adopted at once: h moves to it and the log below is
-collected, unless it names another block hash than we signed or executed there. Whenever h
-is above what we committed, or f+1 peers showed (by CHECKPOINTs or the height their BLOCKS
-claim) that they executed beyond it and we are stuck, we FETCH blocks from one peer at a time:
-from a random one first (config.seed), then round robin, rotating on a bad answer and on a
-slow one: no answer within the interval, or fewer blocks than fit one frame while the peer
-claims more. A slow peer is asked again only when every other one was slow too (or after
-FETCH_SLOW_SKIP_INTERVALS). Each block in BLOCKS is checked by its own commit certificate (Q
-signed COMMITs for (view, seq, digest)) and digest == batch_digest(proposed_ms, ids), so f
-lying peers can only waste a round trip, and f slow ones a round trip each; accepted blocks
-come out in Ready.committed like any committed batch. Serving FETCH reads the block store, so
-the core hands it to the shell (Ready.serve, within what is left of the asker's byte budget,
-SERVED_FRAMES_PER_INTERVAL frames per interval shared with BATCH answers; and, since each
-answer is signed, at most `window` BATCH-REQs and EMPTY_FETCHES_PER_INTERVAL FETCHes beyond our
-height per peer per interval) and the shell answers (pbft/transfer.py) and reports the answer's
-size (served()).
+State transfer. A stable checkpoint certificate above what we committed (from Q CHECKPOINTs, a
+NEW-VIEW's min_s, or a peer's answer) is adopted at once: h moves to it and the log below is
+collected, unless it names another block hash than we signed or executed there. Whenever h is
+above what we committed, or f+1 peers showed (by CHECKPOINTs or the height their BLOCKS claim)
+that they executed beyond it and we are stuck, we FETCH blocks from one peer at a time: from a
+random one first (config.seed), then round robin, rotating on a bad answer and on a slow one:
+no answer within the interval, or fewer blocks that advance us than fit one frame while the
+peer claims more (blocks we had, repeated or out of order do not count). A slow peer is asked
+again only when every other one was slow too (or after FETCH_SLOW_SKIP_INTERVALS). Each block
+in BLOCKS is checked by its own commit certificate (Q signed COMMITs for (view, seq, digest))
+and digest == batch_digest(proposed_ms, ids), so f lying peers can only waste a round trip, and
+f slow ones a round trip each; accepted blocks come out in Ready.committed like any committed
+batch. Serving FETCH reads the block store, so the core hands it to the shell (Ready.serve,
+within what is left of the asker's byte budget, SERVED_FRAMES_PER_INTERVAL frames per interval
+shared with BATCH answers; and, since each answer is signed, at most `window` BATCH-REQs and
+EMPTY_FETCHES_PER_INTERVAL FETCHes beyond our height per peer per interval) and the shell
+answers (pbft/transfer.py) and reports the answer's size (served()).
 
 Recovery gate (pbft/recovery.py). A replica started with a recovery nonce (its state may be
 older than what it sent: a restored backup, or lost state) signs no PRE-PREPARE, PREPARE,
@@ -1844,7 +1844,7 @@ class PbftReplica:
                 return
             if not self._differs_from_ours(cert):
                 self._stabilize(cert)
-        delivered = 0
+        usable: list[TransferredBlock] = []  # the blocks that advanced us
         for block in reply.blocks:
             seq = block.seq
             if seq <= self._last_committed:
@@ -1872,11 +1872,12 @@ class PbftReplica:
                     self._accept_preprepare(slot, replace(held, txs=block.txs), reissued=True)
             self._transferred_to = seq
             self.transferred += 1
-            delivered += 1
+            usable.append(block)
+        delivered = len(usable)
         if not delivered and self._probes_left > 0:
             self._probes_left -= 1  # one more peer says we are not behind it
         more = reply.height > self._last_committed  # the peer claims blocks we still lack
-        full = more and self._full_answer(reply)
+        full = more and self._full_answer(reply, usable)
         if more and not full:
             # Fewer blocks than fit one frame while it claims more: slow, whatever the reason
             # (a peer that trickles one valid block per FETCH, each just before our timeout,
@@ -1893,15 +1894,17 @@ class PbftReplica:
             self._fetch_peer = None
         self._deliver()
 
-    def _full_answer(self, reply: Blocks) -> bool:
-        """Whether a BLOCKS answer carried all that its sender could fit: `window` blocks, or
-        all it claims to have, or too little room left in one frame for even the smallest
-        block (the frame's exact size: for a decoded message encode() is its frame)."""
-        blocks = reply.blocks
-        if len(blocks) >= self.params.window or (blocks and blocks[-1].seq >= reply.height):
+    def _full_answer(self, reply: Blocks, usable: list[TransferredBlock]) -> bool:
+        """Whether a BLOCKS answer whose sender claims more carried all that could fit, judged
+        by the `usable` blocks only (those that advanced us): `window` of them, or too little
+        room left beside them in one frame for even the smallest block. Blocks we already
+        had, repeated or out of order fill a frame for nothing: a member repeating its one
+        valid block `window` times passed for a full answer and set the pace of our catch-up,
+        one block per interval (review)."""
+        if len(usable) >= self.params.window:
             return True
-        room = frame_bytes_limit(self.params) - len(encode(reply))
-        return room < self._block_bytes_min
+        used = len(encode(replace(reply, blocks=tuple(usable))))  # that answer's exact frame
+        return frame_bytes_limit(self.params) - used < self._block_bytes_min
 
     def _differs_from_ours(self, cert: CheckpointCertificate) -> bool:
         """A valid stable checkpoint certificate for a hash other than the one we signed (or
