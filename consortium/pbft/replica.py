@@ -67,7 +67,9 @@ Every peer input is checked before it counts, and anything wrong is dropped and 
                        whether it came as Q CHECKPOINTs, in a BLOCKS answer or a NEW-VIEW)
     never_admitted     our PREPARE was withheld: a transaction of the (fresh) batch has a key
                        never admitted in the state we executed (_all_admitted); it is sent
-                       once a block we execute admits the key. Not evidence.
+                       once a block we execute admits the key, in the same view, unless the
+                       batch's timestamp was skewed too (after a restart, judged on the
+                       first tick). Not evidence.
     and, for propose(): tx_duplicate, pool_full, wrong_chain, tx_too_large, and, as primary
     cutting a batch, tx_never_admitted (a key never admitted here: dropped).
 
@@ -559,6 +561,7 @@ class PbftReplica:
         if first:
             self._progress_ms = self._mono_ms
             self._vc_since_ms = self._mono_ms  # (restarted during a view change)
+            self._judge_waiting_skew()
         self._maybe_propose()
         if self.active:
             self._messages.extend(self._retransmit.on_tick(self._mono_ms, self.primary))
@@ -841,12 +844,23 @@ class PbftReplica:
 
     def _prepare_admitted(self) -> None:
         """After a block executed: PREPARE the batches withheld for a key never admitted that
-        the block admitted (the withheld slot still in this view, not yet committed here)."""
+        the block admitted (the withheld slot still in this view, not yet committed here).
+        Never one withheld for its timestamp too: the wait is for a key, not a way around the
+        skew check (review)."""
+        if not self._clock_known:
+            return  # (_judge_waiting_skew has not looked at them yet)
         for seq in sorted(self._unadmitted):
             slot = self._log.get(seq)
             pp = None if slot is None else slot.preprepare
-            if slot is None or pp is None or slot.own_prepare or slot.committed_local:
-                self._unadmitted.discard(seq)  # gone, prepared or committed: nothing to do
+            if (
+                slot is None
+                or pp is None
+                or slot.own_prepare
+                or slot.committed_local
+                or slot.prepare_withheld
+            ):
+                # gone, prepared, committed, or withheld for its time: nothing to do
+                self._unadmitted.discard(seq)
             elif self._all_admitted(pp.txs) and self._may_speak(pp.view):
                 self._unadmitted.discard(seq)
                 # As _accept_preprepare does: persist our PREPARE, then send it.
@@ -859,6 +873,20 @@ class PbftReplica:
                 slot.own_prepare = frame
                 self._send_own(slot, frame)
                 self._advance(slot)
+
+    def _judge_waiting_skew(self) -> None:
+        """On the first tick: the PRE-PREPAREs waiting for an admission that were accepted
+        before we knew our clock (restored from our records after a restart, where why we
+        withheld our PREPARE was in memory only) are judged by the skew check now, as if
+        accepted now. A batch withheld for its timestamp that also carried a new key was
+        prepared once the key was admitted, its time never checked again (review)."""
+        for seq in sorted(self._unadmitted):
+            slot = self._log.get(seq)
+            pp = None if slot is None else slot.preprepare
+            if slot is not None and pp is not None and self._timestamp_skewed(pp.proposed_ms):
+                slot.prepare_withheld = True
+                self.rejected["timestamp_skew"] += 1
+                self._unadmitted.discard(seq)
 
     def _timestamp_skewed(self, proposed_ms: int) -> bool:
         """A fresh PRE-PREPARE's timestamp further than timestamp_skew_ms from our clock, in
@@ -1497,6 +1525,11 @@ class PbftReplica:
             if slot.preprepare is not None:
                 old_digests[slot.seq] = slot.preprepare.digest
         self._pool.release(reissued, old_digests, self._mono_ms)
+        # The admission wait is by seq: an entry of the old view would release our PREPARE for
+        # whatever the new view puts at that number, a batch we withheld for its timestamp
+        # included (review). Re-issued batches are exempt from the wait, and the new view's
+        # fresh ones join it as they come.
+        self._unadmitted.clear()
         self._pool.forget_forwarding()  # forward to the new primary before suspecting it
         if (
             plan.stable is not None
@@ -2008,7 +2041,9 @@ class PbftReplica:
                         self._reissue(self._log.slot(pp.seq, self.view), pp)
         # A fresh PRE-PREPARE whose PREPARE we withheld for a key never admitted here waits
         # for the admitting block again (_prepare_admitted): the wait was in memory only, and
-        # after a restart the slot would never get our PREPARE.
+        # after a restart the slot would never get our PREPARE. Whether we also withheld it for
+        # its timestamp was in memory too: the first tick judges that again
+        # (_judge_waiting_skew).
         for slot in self._log.window_slots():
             accepted = slot.preprepare
             if (
