@@ -28,7 +28,9 @@ at least one honest one; Q = 2f+1 when n = 3f+1):
       timestamp_skew_ms - d of each other (d: a PRE-PREPARE's delay until a backup takes it);
       a member whose clock is off counts as one of the f for liveness, never for safety.
       Batches re-issued in a NEW-VIEW are exempt (their time was fixed in an earlier view).
-      Committed batches also give this member its own clock's offset (ledger/clock.py).
+      Committed batches also give this member its own clock's offset (ledger/clock.py; only
+      from a PRE-PREPARE that came before the others' votes and prepared within an interval,
+      so a primary choosing when it reaches us cannot fake it: _sample_clock).
     prepared(seq)   the PRE-PREPARE plus Q-1 matching PREPAREs from distinct backups (the
       primary sends none): persist the prepared certificate and our COMMIT, multicast it.
     committed-local(seq)   prepared plus Q matching COMMITs from distinct members (ours
@@ -801,7 +803,7 @@ class PbftReplica:
             self._pool.in_flight(pp.seq, pp.txs)
             self._work_started()
         if not reissued and pp.sender != self.me and self._clock_known:
-            slot.accepted_wall_ms = self._wall_ms
+            self._sample_clock(slot, pp)
         frame = encode(pp)
         self._persist(slot, "preprepare", frame)
         if pp.sender == self.me:
@@ -827,6 +829,27 @@ class PbftReplica:
             slot.own_prepare = frame
             self._send_own(slot, frame)
         self._advance(slot)
+
+    def _sample_clock(self, slot: Slot, pp: PrePrepare) -> None:
+        """Keep our clock reading as a fresh PRE-PREPARE arrives, for the offset sample its
+        batch gives once it commits (_deliver), only if no other member's vote for it came
+        first; and (_advance) only if it prepares here within an interval.
+
+        The offset is taken on arrival, which the primary controls. Sent to us two skews late
+        (stamped honestly, sent at once to the others), an exact clock read as two skews ahead
+        (review); sent to us early and to the others late, as behind. Each honest backup that
+        prepared the batch checked its time against its own clock: its PREPARE coming after
+        the PRE-PREPARE bounds how late it reached us, and a prepared certificate within an
+        interval (Q-1 PREPAREs: at least one honest backup's when the primary lies) bounds
+        how early. So a sample is within timestamp_skew_ms + max(interval, d) of our clock's
+        offset from an honest backup's (d: its PREPARE's delay to us), whatever the primary
+        does. A network delaying messages past a skew (a partition healing) can still make
+        samples late; the median of the last 16 absorbs a few, fresh batches the rest."""
+        for votes in (slot.prepares, slot.commits):
+            if any(s != self.me and v.digest == pp.digest for s, v in votes.items()):
+                return
+        slot.accepted_wall_ms = self._wall_ms
+        slot.accepted_mono_ms = self._mono_ms
 
     def _all_admitted(self, txs: tuple[Transaction, ...]) -> bool:
         """A backup withholds its PREPARE (counted, never evidence) for a fresh PRE-PREPARE
@@ -949,6 +972,11 @@ class PbftReplica:
             if len(senders) < self.quorum - 1 or self._conflicts_committed(pp.seq, pp.digest):
                 return
             slot.prepared = True
+            if (
+                slot.accepted_wall_ms is not None
+                and self._mono_ms - slot.accepted_mono_ms > self.retransmit_ms
+            ):
+                slot.accepted_wall_ms = None  # prepared long after it came: no sample (below)
             # Exactly Q-1 PREPAREs: what prepared means, and what check_proof admits (every
             # matching one made each VIEW-CHANGE, and so the NEW-VIEW's bound that genesis
             # checks, grow with n-1 instead of Q-1).

@@ -286,11 +286,40 @@ def test_a_primary_delaying_its_preprepares_to_one_backup_cannot_make_it_doubt_i
     for seq in range(1, 9):
         group.mono_ms += 10
         pp = group.preprepare(seq, group.txs[seq : seq + 1])  # stamped with real time
-        group.mono_ms += 2 * skew + 1  # ... and held back from us
+        for s in (2, 3):  # the others got it at once: their PREPAREs reach us at once
+            r.receive(s, group.prepare(pp, s))
+        group.mono_ms += 2 * skew + 1  # ... and the PRE-PREPARE is held back from us
         r.tick(group.mono_ms, WALL + group.mono_ms)  # our clock: exact
         drive(group, ME, pp)
     clock = r.status()["clock"]
     assert r.last_executed == 8
+    assert not clock["disagrees"], clock
+
+
+def test_a_primary_sending_its_preprepares_to_one_backup_early_cannot_make_it_doubt_its_clock() -> (
+    None
+):
+    # The other way round: stamped ahead and sent to us at once (we withhold our PREPARE), to
+    # the others only once their clocks reach the stamp, so they prepare it. Taken on arrival,
+    # the offset read our exact clock as far behind. A sample now needs the batch prepared
+    # here within an interval of its PRE-PREPARE's arrival (an honest backup's PREPARE among
+    # the Q-1 by then), which bounds how early the primary could send it.
+    params = replace(PARAMS, window=16, checkpoint_interval=8, request_timeout_ms=40_000)
+    group = Group(params=params)
+    r = group.replicas[ME]
+    early_ms = 3 * r.retransmit_ms // 2  # past the interval, inside the view-change timeout
+    for seq in range(1, 9):
+        group.mono_ms += 10
+        r.tick(group.mono_ms, WALL + group.mono_ms)  # our clock: exact
+        pp = group.preprepare(
+            seq, group.txs[seq : seq + 1], proposed_ms=WALL + group.mono_ms + early_ms
+        )
+        r.receive(0, pp)
+        group.mono_ms += early_ms  # the others get it now, and prepare it
+        r.tick(group.mono_ms, WALL + group.mono_ms)
+        drive(group, ME, pp)
+    clock = r.status()["clock"]
+    assert r.last_executed == 8 and r.rejected["timestamp_skew"] == 8
     assert not clock["disagrees"], clock
 
 
