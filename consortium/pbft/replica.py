@@ -119,15 +119,15 @@ keeps its ledger current by fetching their blocks every two intervals (and its C
 still count for them). A replica holding an accepted batch that saw nothing commit for a whole
 timeout fetches too: the members whose votes it lacks may have moved on to a later view, and
 only a signer re-sends its vote.
-The new primary, with Q VIEW-CHANGEs, fetches any batch it lacks by digest, then sends
-NEW-VIEW with the re-issued PRE-PREPAREs (null requests for gaps); every replica recomputes
-it, persists it, drops the old view's slots (keeping, at most L, the batches they hold that the
-NEW-VIEW re-issues), re-issues the transactions of dropped batches to its pool, fetches missing
-batches by digest (BATCH-REQ to all, again each interval while still needed, BATCH_ASKS_MAX
-times at most), and runs the re-issued sequence numbers through PREPARE and COMMIT in the new
-view. Neither the skew check nor the admitted-key check applies to re-issued batches. A
-replica that holds the NEW-VIEW relays it to a peer still asking for the old view change, so
-laggards join without another view change.
+The new primary, with Q VIEW-CHANGEs, fetches any batch it lacks by digest, then sends NEW-VIEW
+with the re-issued PRE-PREPAREs (null requests for gaps); every replica recomputes it, persists
+it, drops the old view's slots (keeping, at most L, the batches they hold that the NEW-VIEW
+re-issues), re-issues the transactions of dropped batches to its pool, fetches missing batches
+by digest (BATCH-REQ to all, again each interval while still needed, BATCH_ASKS_MAX times at
+most at the base timeout, as many more as the timeout has doubled), and runs the re-issued
+sequence numbers through PREPARE and COMMIT in the new view. Neither the skew check nor the
+admitted-key check applies to re-issued batches. A replica that holds the NEW-VIEW relays it to
+a peer still asking for the old view change, so laggards join without another view change.
 
 State transfer. A stable checkpoint certificate above what we committed (from Q CHECKPOINTs, a
 NEW-VIEW's min_s, or a peer's answer) is adopted at once: h moves to it and the log below is
@@ -250,7 +250,9 @@ SERVED_FRAMES_PER_INTERVAL = 2
 # there is probing, and moves on to another member after our empty answer).
 EMPTY_FETCHES_PER_INTERVAL = 4
 # A batch asked for by digest (BATCH-REQ to all) is asked again each interval while it is still
-# needed, at most this many times; then it is given up (counted) until the view changes.
+# needed, at most this many times at the base view-change timeout (4 timeouts), as many more
+# as the timeout has doubled (_batch_asks_max); then it is given up (counted) until the view
+# changes.
 BATCH_ASKS_MAX = 16
 # A member that answered a FETCH slowly (fewer blocks than fit while it claims more) or not at
 # all is asked again only after this many intervals, unless no other member can be.
@@ -1661,7 +1663,7 @@ class PbftReplica:
         if self._abandoned_in != state:
             self._abandoned_in, self._abandoned = state, set()
         if digest in self._abandoned:
-            return  # asked BATCH_ASKS_MAX times in this state already: the timers take over
+            return  # asked _batch_asks_max times in this state already: the timers take over
         if len(self._wanted) >= self.params.window:
             # (not silently: a view change or state transfer is then what recovers)
             self.rejected["batch_requests_full"] += 1
@@ -1689,7 +1691,7 @@ class PbftReplica:
             del self._wanted[digest]
 
     def _batch_requests(self) -> None:
-        """Ask again, each interval, for the batches still needed, BATCH_ASKS_MAX times at
+        """Ask again, each interval, for the batches still needed, _batch_asks_max times at
         most: a digest nobody holds (after crash-restart runs some were asked for forever,
         1,800 requests per idle 10 s, and filled the set) is then given up and counted."""
         for digest, want in list(self._wanted.items()):
@@ -1698,7 +1700,7 @@ class PbftReplica:
             if not self._batch_needed(digest):
                 del self._wanted[digest]
                 continue
-            if want.asks >= BATCH_ASKS_MAX:
+            if want.asks >= self._batch_asks_max:
                 del self._wanted[digest]
                 if len(self._abandoned) < self.params.window:
                     self._abandoned.add(digest)
@@ -1717,6 +1719,16 @@ class PbftReplica:
             self._empty_fetches_left = [EMPTY_FETCHES_PER_INTERVAL] * self.n
             self._forward_tokens = [self._forward_budget] * self.n
             self._forwarded_this_interval = 0
+
+    @property
+    def _batch_asks_max(self) -> int:
+        """How often a batch is asked for before it is given up: BATCH_ASKS_MAX at the base
+        timeout, scaled as the view-change timeout doubles. A fixed count gave up after 16
+        intervals while the others waited up to 64 times longer for our NEW-VIEW: a batch that
+        came back later (its holder back from a partition) was refused as unwanted and the
+        NEW-VIEW never went out (review). Asked longer than the others wait, it is no longer
+        needed: their timers change the view, and a new view drops the request."""
+        return BATCH_ASKS_MAX * (self.timeout_ms // self.params.request_timeout_ms)
 
     def _on_batch_request(self, req: BatchRequest) -> None:
         # (Not verified: the transport authenticated the sender, the only one we answer.)

@@ -4,6 +4,8 @@ primary computes NEW-VIEW, and what a backup refuses."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from pbft_harness import (
     PARAMS,
     RETRANSMIT_MS,
@@ -31,7 +33,12 @@ from consortium.pbft.messages import (
     decode,
     encode,
 )
-from consortium.pbft.replica import BATCH_ASKS_MAX, FORWARD_DIGEST, PbftReplica
+from consortium.pbft.replica import (
+    BATCH_ASKS_MAX,
+    FORWARD_DIGEST,
+    TIMEOUT_DOUBLINGS_MAX,
+    PbftReplica,
+)
 from consortium.pbft.transfer import blocks_reply
 from consortium.pbft.viewchange import NULL_DIGEST, check_proof
 
@@ -379,6 +386,33 @@ def test_a_batch_nobody_sends_is_asked_for_a_bounded_number_of_times() -> None:
     assert r.view == 1 and r.active  # no timer moved it on
     assert asks == BATCH_ASKS_MAX
     assert r.rejected["batch_request_abandoned"] == 1
+
+
+def test_a_new_primary_asks_for_a_missing_batch_as_long_as_the_view_change_timeout() -> None:
+    """The new primary asks for a batch the VIEW-CHANGEs name and it lacks. It gave the batch
+    up after BATCH_ASKS_MAX intervals whatever the view-change timeout (up to 64 x the base
+    after view changes in a row): a batch that came later (its holder back from a partition,
+    well within the timeout the others wait for the NEW-VIEW) was refused as unwanted, and the
+    NEW-VIEW never went out. It asks for as long as the timeout has grown."""
+    group = Group()
+    r = group.replicas[1]  # the primary of view 1
+    pp = group.preprepare(1, group.txs[1:2])  # prepared in view 0 at 0, 2 and 3, never here
+    proof = PreparedProof(
+        preprepare=replace(pp, txs=()), prepares=tuple(group.prepare(pp, s) for s in (2, 3))
+    )
+    r._timeouts = TIMEOUT_DOUBLINGS_MAX  # view changes in a row before this one
+    r._start_view_change(1, "test")
+    for s in (0, 2):
+        r.receive(s, ViewChange.create(group.signers[s], group.chain_id, 1, None, (proof,), s))
+    assert asks_for(group, 1, pp.digest) == 1
+    late = 4 * BATCH_ASKS_MAX  # intervals until a member holding the batch answers
+    assert late * RETRANSMIT_MS < r.timeout_ms  # the others still wait for the NEW-VIEW
+    for _ in range(late):
+        group.tick_all(RETRANSMIT_MS)
+        group.take(1)
+    r.receive(0, Batch.create(group.signers[0], group.chain_id, pp.proposed_ms, pp.txs, 0))
+    assert [m.view for m in kinds(group, 1) if isinstance(m, NewView)] == [1]
+    assert r.view == 1 and r.active and r.rejected["batch_request_abandoned"] == 0
 
 
 def test_a_full_set_of_batch_requests_is_counted_not_silent() -> None:
