@@ -86,6 +86,8 @@ Every peer input is checked before it counts, and anything wrong is dropped and 
                        this view (the new primary proposes only above it)
     stale_view_report  a VIEW-REPORT while not recovering, or carrying another start's nonce
     query_too_often    a peer's VIEW-QUERY within half an interval of the last we answered
+    report_too_often   a peer's VIEW-REPORT within half an interval of the last we checked
+                       (one from a peer already counted is a `duplicate`)
 
 Retransmission (pbft/retransmit.py) recovers from message loss inside a view.
 
@@ -483,6 +485,7 @@ class PbftReplica:
             else ViewRecovery(recovery_nonce, self.n, self.f, self.me)
         )
         self._query_answered_ms = [_LONG_AGO] * self.n
+        self._report_checked_ms = [_LONG_AGO] * self.n
 
         self._records: list[tuple[bytes, bytes | None]] = []
         self._messages: list[Outbound] = []
@@ -2190,6 +2193,17 @@ class PbftReplica:
             # Not recovering, or an answer to a query of an earlier start: a replay, or late.
             self.rejected["stale_view_report"] += 1
             return
+        # Each check costs a signature: a peer already counted is never asked again and its
+        # further reports add nothing (dropped unchecked), and one not yet counted is checked
+        # at most once per half interval (an honest member answers no more often), so neither
+        # copies of an answer nor junk buy us a check per message (review).
+        if report.sender in rec.reports:
+            self.rejected["duplicate"] += 1
+            return
+        if self._mono_ms - self._report_checked_ms[report.sender] < self.retransmit_ms // 2:
+            self.rejected["report_too_often"] += 1
+            return
+        self._report_checked_ms[report.sender] = self._mono_ms
         if not self._verified(report):
             return
         rec.add(report.sender, report.view, report.last_executed)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import replace
+from typing import Any
 
 import pytest
 from pbft_harness import (
@@ -248,6 +249,9 @@ def test_the_floor_is_above_the_views_n_minus_f_minus_1_others_report_for_our_no
     forged = replace(ViewReport.create(group.signers[0], group.chain_id, NONCE, 0, 0, 0))
     r.receive(0, replace(forged, signature=bytes(64)))
     assert r.rejected["bad_signature"] == 1
+    group.mono_ms += RETRANSMIT_MS // 2  # (a member's reports: one checked per half interval)
+    r.tick(group.mono_ms, WALL)
+    r.take_ready()
     # n-f-1 = 2 others: an inflated answer (view 1000) is outvoted once a third one arrives.
     r.receive(0, ViewReport.create(group.signers[0], group.chain_id, NONCE, 1000, 0, 0))
     assert r.status()["recovering"]["floor"] is None
@@ -384,3 +388,47 @@ def test_the_floor_is_above_every_view_used_whichever_n_minus_f_minus_1_answer_f
                         honest_high = peer in moved and peer not in liars
                         rec.add(peer, w if honest_high else 0, 0)
                     assert rec.floor is not None and rec.floor > w, (moved, liars, answered)
+
+
+class _CountingVerifier:
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.calls = 0
+
+    def verify(self, *args: Any) -> bool:
+        self.calls += 1
+        return bool(self.inner.verify(*args))
+
+
+def test_view_reports_cost_a_bounded_number_of_signature_checks() -> None:
+    """Every VIEW-REPORT carrying our nonce was verified, with no limit per peer: a member
+    re-sending its answer, or junk signed badly, bought a signature check per message. A
+    report from a peer already counted is dropped unchecked (it adds nothing: it is never
+    asked again), and one peer's reports are checked at most once per half interval (an
+    honest member answers at most that often)."""
+    group = Group()
+    counting = _CountingVerifier(group.verifier)
+    group.verifier = counting  # type: ignore[assignment]
+    r = group.make(1, recovery_nonce=NONCE)
+    group.replicas[1] = r
+    r.tick(group.mono_ms, WALL)
+    r.take_ready()
+    junk = replace(
+        ViewReport.create(group.signers[0], group.chain_id, NONCE, 0, 0, 0), signature=bytes(64)
+    )
+    before = counting.calls
+    for _ in range(1_000):
+        r.receive(0, junk)
+    assert counting.calls - before <= 1
+    report = ViewReport.create(group.signers[2], group.chain_id, NONCE, 0, 0, 2)
+    r.receive(2, report)
+    assert r.status()["recovering"]["reports"] == 1
+    before = counting.calls
+    for _ in range(1_000):
+        r.receive(2, report)
+    assert counting.calls == before
+    group.mono_ms += RETRANSMIT_MS // 2
+    r.tick(group.mono_ms, WALL)
+    r.receive(0, ViewReport.create(group.signers[0], group.chain_id, NONCE, 0, 0, 0))
+    assert r.status()["recovering"]["reports"] == 2  # an honest answer half an interval on
+    r.check_invariants()
