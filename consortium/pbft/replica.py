@@ -544,8 +544,9 @@ class PbftReplica:
 
     def wants_batch(self, batch: Batch, sender: int | None = None) -> bool:
         """Whether the shell should verify this batch's client signatures ahead of the core
-        (a batch asked for by digest, or transactions forwarded to us as primary, within what
-        the authenticated `sender` may still forward this interval)."""
+        (a batch asked for by digest whose transactions are those the digest names, or
+        transactions forwarded to us as primary, within what the authenticated `sender` may
+        still forward this interval)."""
         if batch.digest == FORWARD_DIGEST:
             peer = batch.sender if sender is None else sender
             return (
@@ -555,7 +556,12 @@ class PbftReplica:
                 and 0 <= peer < self.n
                 and len(batch.txs) <= self._forward_tokens[peer]
             )
-        return batch.digest in self._wanted
+        # The digest first (one hash): any member that saw our BATCH-REQ knows it and could
+        # attach other transactions, each such BATCH a full batch of client-signature checks
+        # before the core found the digest wrong (review).
+        return batch.digest in self._wanted and batch.digest == batch_digest(
+            batch.proposed_ms, [tx.id for tx in batch.txs]
+        )
 
     # --- inputs -----------------------------------------------------------------------------
 

@@ -358,6 +358,25 @@ def test_a_batch_request_stops_when_the_view_moves_on() -> None:
     )
 
 
+def test_a_batch_whose_contents_are_not_its_digest_is_not_worth_its_client_signatures() -> None:
+    """The shell verifies a BATCH's client signatures (up to batch_txs_max Ed25519 checks)
+    ahead of the core when the core wants its digest. Any member that saw our BATCH-REQ knows
+    the digest: it could attach any transactions to it, and each such BATCH cost a full batch of
+    checks before the core found the digest wrong. The digest is checked first (one hash)."""
+    group = Group()
+    r = group.replicas[3]
+    pp = group.preprepare(1, group.txs[1:3])  # never sent to member 3
+    group.take(3)
+    r.receive(1, new_view_reissuing(group, pp))
+    assert asks_for(group, 3, pp.digest) == 1
+    right = Batch.create(group.signers[0], group.chain_id, pp.proposed_ms, pp.txs, 0)
+    assert r.wants_batch(right, 0)
+    wrong = replace(right, txs=group.txs[3:5])  # (the digest is a field of the signed body)
+    assert not r.wants_batch(wrong, 0)
+    r.receive(0, wrong)
+    assert r.rejected["bad_batch"] == 1 and asks_for(group, 3, pp.digest) == 0
+
+
 def test_a_batch_nobody_sends_is_asked_for_a_bounded_number_of_times() -> None:
     """A re-issued sequence number this member already committed (by state transfer, so it
     never held the batch) waits for its batch with no timer running: nobody answering (the
