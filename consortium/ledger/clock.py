@@ -11,11 +11,24 @@ of honest clocks, whoever proposed it, and a member can measure its own clock ag
 ClockOffset keeps the last OFFSET_SAMPLES_MAX offsets and reports their median, so a few late
 batches (a retransmission, a backlog after a partition) do not move it. It says the member's
 own clock disagrees only beyond 2 x timestamp_skew_ms: a proposer may stamp anything within
-one skew of the clocks that accepted it, so an offset beyond two skews proves the member's
-clock more than a skew from every clock that accepted the batch (one lying proposer cannot
-make an honest member believe its clock is wrong), and such a member fails the skew check
-on every batch. Between one and two skews the member may withhold a vote now and then;
-`timestamp_skew` in the core's counters shows it.
+one skew of the clocks that accepted it, so an offset beyond two skews, for a batch that
+reached the member about when it reached those clocks, shows the member's clock more than a
+skew from theirs, and such a member fails the skew check on every batch. Between one and two
+skews the member may withhold a vote now and then; `timestamp_skew` in the core's counters
+shows it.
+
+When a batch arrives is the proposer's choice, though: a lying pbft primary sending it to one
+backup two skews after the others made that backup's exact clock read as ahead, and sending
+it long before them, as behind (review). So pbft samples only a batch whose PRE-PREPARE came
+before any other member's vote for it and that prepared within a retransmission interval
+after (pbft/replica.py, _sample_clock): an honest backup checked its time between the network
+delay d before the arrival and an interval after, so one lying primary moves a sample by at
+most max(interval, d) beyond the skew, and an honest member's median beyond 2 skews means its
+clock is more than skew - max(interval, d) from honest members' clocks (29.5 s at the
+default 30 s skew and 500 ms interval, on a network faster than that). A network delaying
+messages by more than a skew (a partition healing) can still make samples late: the median
+takes more than half of the last 16, and fresh batches replace them. In raft (crash faults
+only) the leader sends at once and only the network delays.
 
 median_band: the middle of a list of clocks (one value when odd, the two middle ones when
 even). A raft leader proposes only while its clock is within the skew of both ends of the band

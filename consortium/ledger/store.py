@@ -33,8 +33,10 @@ Rules and invariants:
 - The record RECOVERY_MARK_KEY (in the records table, beside the core's own records, so it is
   written and deleted in the same transactions) says the member must start in recovery: its
   consensus records may be older than what it sent. `node backup` puts it in every copy, the
-  node puts it in a store it creates in a data directory not marked new, and deletes it in the
-  write that follows the core's leaving recovery (node/preflight.py, node/runtime.py).
+  node puts it in a store it creates in a data directory not marked new, in the transaction
+  that creates the store (`created_mark`: a mark written after it, a kill between the two
+  left an unmarked store and the next start was a normal one), and deletes it in the write
+  that follows the core's leaving recovery (node/preflight.py, node/runtime.py).
 - Per-block work is proportional to the block (indexed lookups and inserts only); memory holds
   the application state and the replay set, nothing else that grows with the chain.
 """
@@ -159,8 +161,17 @@ class BlockStore:
     # --- opening ----------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, path: Path, genesis: Genesis, *, verify: bool = True) -> BlockStore:
-        """Open (or create, writing block 0) the store for `genesis`; see the module rules."""
+    def open(
+        cls,
+        path: Path,
+        genesis: Genesis,
+        *,
+        verify: bool = True,
+        created_mark: str | None = None,
+    ) -> BlockStore:
+        """Open (or create, writing block 0) the store for `genesis`; see the module rules.
+        `created_mark`: if this creates the store, the RECOVERY_MARK_KEY record it carries
+        from the transaction that creates it (node/preflight.py, open_store)."""
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
             # check_same_thread=False: the node may run a save on a worker thread; only one task
@@ -173,7 +184,7 @@ class BlockStore:
             store = cls(db, path, genesis)
             store._configure()
             store._reader = _open_reader(path)
-            store._init(verify)
+            store._init(verify, created_mark)
         except BaseException:
             if store is not None and store._reader is not db:
                 store._reader.close()
@@ -205,7 +216,7 @@ class BlockStore:
                 "promise durability, so it will not run"
             )
 
-    def _init(self, verify: bool) -> None:
+    def _init(self, verify: bool, created_mark: str | None) -> None:
         db = self._db
         try:
             tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
@@ -215,7 +226,7 @@ class BlockStore:
                         f"{self.path}: this SQLite file is not a block store (it holds "
                         f"{', '.join(sorted(tables))}); point data_dir at an empty directory"
                     )
-                if self._create():
+                if self._create(created_mark):
                     self.fsync_count += 1
             self._check_meta()
             if "meta" in tables and not {"clients", "client_changed"} <= tables:
@@ -227,8 +238,9 @@ class BlockStore:
         except sqlite3.Error as exc:
             raise StoreError(f"{self.path}: cannot read the block store: {exc}") from None
 
-    def _create(self) -> bool:
-        """Create the tables and block 0 in one transaction (False if another process did)."""
+    def _create(self, mark: str | None) -> bool:
+        """Create the tables and block 0, and the recovery mark if any, in one transaction
+        (False if another process did)."""
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -251,6 +263,11 @@ class BlockStore:
                 "INSERT INTO blocks VALUES (0, ?, ?, ?, ?, NULL)",
                 (g.hash, g.header.encode(), g.encode_body(), g.encode_receipts()),
             )
+            if mark is not None:
+                db.execute(
+                    "INSERT INTO records (key, value) VALUES (?, ?)",
+                    (RECOVERY_MARK_KEY, mark.encode()),
+                )
             db.execute("COMMIT")
         except BaseException:
             self._rollback()

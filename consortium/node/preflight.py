@@ -17,7 +17,9 @@ recovery (it signs no vote until it has learned a view or term above any it can 
   - an empty data directory is either new or the remains of a member that lost its state.
     `consortium init` and `keygen` write NEW_MARK into the data directory they create, so a
     network's first start is not held up; the node deletes it once its store exists. An empty
-    data directory without it has run before: the node creates its store with the mark in it.
+    data directory without it has run before: the node creates its store with the mark in it,
+    in the transaction that creates the store (open_store). Written after it, as it was, a kill
+    between the two left an unmarked store, and the next start was a normal one (review).
 The mark in the store goes only in the write after the core left recovery (runtime.py), so a
 crash during recovery starts in recovery again.
 """
@@ -63,20 +65,29 @@ def _sync(path: Path) -> None:
         os.close(fd)
 
 
-def recovery_on_start(data_dir: Path, store: BlockStore, *, created: bool) -> str | None:
-    """At start, with the store open (`created`: it did not exist before): what the member
-    recovers from (status words), or None for a normal start. Writes the mark into a store
-    created in an unmarked data directory, and removes the new-member mark once a store exists.
-    """
+def open_store(config: NodeConfig, genesis: Genesis) -> tuple[BlockStore, str | None]:
+    """At start: open the member's store, creating it if there is none, and what the member
+    recovers from (status words), or None for a normal start. A store created in a data
+    directory not marked new carries the lost-state mark from the transaction that creates it,
+    so no kill leaves it unmarked; the new-member mark goes once the store exists."""
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    new = (config.data_dir / NEW_MARK).exists()
+    store = BlockStore.open(config.store_path, genesis, created_mark=None if new else LOST_STATE)
+    try:
+        return store, recovery_on_start(config.data_dir, store)
+    except BaseException:
+        store.close()
+        raise
+
+
+def recovery_on_start(data_dir: Path, store: BlockStore) -> str | None:
+    """With the store open (open_store): what the member recovers from, or None for a normal
+    start; removes the new-member mark, since a store exists now."""
     new_mark = data_dir / NEW_MARK
-    reason = store.recovery_mark()
-    if created and reason is None and not new_mark.exists():
-        reason = LOST_STATE
-        store.save(records=[(RECOVERY_MARK_KEY, reason.encode())])  # durable before we run
     if new_mark.exists():
         new_mark.unlink()  # the store exists now: the next empty start is a lost state
         _sync(data_dir)
-    return reason
+    return store.recovery_mark()
 
 
 def check_listen(config: NodeConfig) -> None:

@@ -48,7 +48,7 @@ from consortium.ledger.certificates import (
 from consortium.ledger.clock import expiry_now_ms
 from consortium.ledger.genesis import Genesis
 from consortium.ledger.state import Execution, build_block
-from consortium.ledger.store import RECOVERY_MARK_KEY, BlockStore, StoreError
+from consortium.ledger.store import RECOVERY_MARK_KEY, StoreError
 from consortium.ledger.tx import Transaction
 from consortium.node.config import NodeConfig
 from consortium.node.explain import PeerLink, blockers, fault_budget, name_members, peer_rows
@@ -62,7 +62,7 @@ from consortium.node.metrics import (
     Histogram,
     prometheus_text,
 )
-from consortium.node.preflight import recovery_on_start
+from consortium.node.preflight import open_store
 from consortium.node.tls import TlsIdentity
 from consortium.node.transport import PeerNetwork
 from consortium.node.verification import (
@@ -198,12 +198,9 @@ class Node:
         self.metrics = NodeMetrics(started_ms=int(time.time() * 1000))
         self.tx_cache = TxSignatureCache(ed25519)  # client signatures, counted there
 
-        config.data_dir.mkdir(parents=True, exist_ok=True)
-        created = not config.store_path.exists()
-        self.store = BlockStore.open(config.store_path, genesis)
         # What this member recovers from (a restored backup, lost state), while its core is
         # behind the recovery gate; None for a normal start (node/preflight.py).
-        self.recovering_from = recovery_on_start(config.data_dir, self.store, created=created)
+        self.store, self.recovering_from = open_store(config, genesis)
         self.app = self.store.app
         # The last block applied to self.app (executed; its write may still be running).
         self._applied_head: BlockHeader = self.store.head

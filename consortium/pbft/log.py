@@ -52,9 +52,12 @@ class Slot:
     prepared: bool = False
     committed_local: bool = False
     prepare_withheld: bool = False  # the proposed timestamp was outside our skew
-    # Our wall clock when we accepted a fresh PRE-PREPARE from another member: once the batch
-    # commits, our clock's offset from a time a quorum accepted (ledger.clock.ClockOffset).
+    # Our wall clock when we accepted a fresh PRE-PREPARE from another member before any other
+    # member's vote for it, and our monotonic clock then: once the batch commits, our clock's
+    # offset from a time a quorum accepted (ledger.clock.ClockOffset), if it prepared here
+    # within an interval (pbft/replica.py, _sample_clock).
     accepted_wall_ms: int | None = None
+    accepted_mono_ms: int = 0
     reissued: PrePrepare | None = None  # a NEW-VIEW's PRE-PREPARE, waiting for its batch
     redo: bool = False  # re-issued by a NEW-VIEW at or below what we already committed
     certificate: CommitCertificate | None = None

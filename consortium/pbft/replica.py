@@ -28,12 +28,15 @@ at least one honest one; Q = 2f+1 when n = 3f+1):
       timestamp_skew_ms - d of each other (d: a PRE-PREPARE's delay until a backup takes it);
       a member whose clock is off counts as one of the f for liveness, never for safety.
       Batches re-issued in a NEW-VIEW are exempt (their time was fixed in an earlier view).
-      Committed batches also give this member its own clock's offset (ledger/clock.py).
+      Committed batches also give this member its own clock's offset (ledger/clock.py; only
+      from a PRE-PREPARE that came before the others' votes and prepared within an interval,
+      so a primary choosing when it reaches us cannot fake it: _sample_clock).
     prepared(seq)   the PRE-PREPARE plus Q-1 matching PREPAREs from distinct backups (the
       primary sends none): persist the prepared certificate and our COMMIT, multicast it.
     committed-local(seq)   prepared plus Q matching COMMITs from distinct members (ours
       included); batches come out in Ready.committed strictly in sequence order, each once,
-      with a commit certificate of Q signed COMMITs.
+      with a commit certificate of Q signed COMMITs and the transactions its digest names
+      (checked once more as it goes out: a mismatch is a bug, never a block).
     checkpoint   after executing a multiple of K, sign CHECKPOINT(seq, block hash); Q matching
       make it stable: h moves, the log at or below h is collected (pbft/checkpoint.py).
 
@@ -66,7 +69,9 @@ Every peer input is checked before it counts, and anything wrong is dropped and 
                        whether it came as Q CHECKPOINTs, in a BLOCKS answer or a NEW-VIEW)
     never_admitted     our PREPARE was withheld: a transaction of the (fresh) batch has a key
                        never admitted in the state we executed (_all_admitted); it is sent
-                       once a block we execute admits the key. Not evidence.
+                       once a block we execute admits the key, in the same view, unless the
+                       batch's timestamp was skewed too (after a restart, judged on the
+                       first tick). Not evidence.
     and, for propose(): tx_duplicate, pool_full, wrong_chain, tx_too_large, and, as primary
     cutting a batch, tx_never_admitted (a key never admitted here: dropped).
 
@@ -81,6 +86,8 @@ Every peer input is checked before it counts, and anything wrong is dropped and 
                        this view (the new primary proposes only above it)
     stale_view_report  a VIEW-REPORT while not recovering, or carrying another start's nonce
     query_too_often    a peer's VIEW-QUERY within half an interval of the last we answered
+    report_too_often   a peer's VIEW-REPORT within half an interval of the last we checked
+                       (one from a peer already counted is a `duplicate`)
 
 Retransmission (pbft/retransmit.py) recovers from message loss inside a view.
 
@@ -114,30 +121,32 @@ keeps its ledger current by fetching their blocks every two intervals (and its C
 still count for them). A replica holding an accepted batch that saw nothing commit for a whole
 timeout fetches too: the members whose votes it lacks may have moved on to a later view, and
 only a signer re-sends its vote.
-The new primary, with Q VIEW-CHANGEs, fetches any batch it lacks by digest, then sends
-NEW-VIEW with the re-issued PRE-PREPAREs (null requests for gaps); every replica recomputes
-it, persists it, drops the old view's slots (keeping, at most L, the batches they hold that the
-NEW-VIEW re-issues), re-issues the transactions of dropped batches to its pool, fetches missing
-batches by digest (BATCH-REQ to all, again each interval while still needed, BATCH_ASKS_MAX
-times at most), and runs the re-issued sequence numbers through PREPARE and COMMIT in the new
-view. Neither the skew check nor the admitted-key check applies to re-issued batches. A
-replica that holds the NEW-VIEW relays it to a peer still asking for the old view change, so
-laggards join without another view change.
+The new primary, with Q VIEW-CHANGEs, fetches any batch it lacks by digest, then sends NEW-VIEW
+with the re-issued PRE-PREPAREs (null requests for gaps); every replica recomputes it, persists
+it, drops the old view's slots (keeping, at most L, the batches they hold that the NEW-VIEW
+re-issues), re-issues the transactions of dropped batches to its pool, fetches missing batches
+by digest (BATCH-REQ to all, again each interval while still needed, BATCH_ASKS_MAX times at
+most at the base timeout, as many more as the timeout has doubled), and runs the re-issued
+sequence numbers through PREPARE and COMMIT in the new view. Neither the skew check nor the
+admitted-key check applies to re-issued batches. A replica that holds the NEW-VIEW relays it to
+a peer still asking for the old view change, so laggards join without another view change.
 
-State transfer. A stable checkpoint certificate above what we committed (from Q CHECKPOINTs,
-a NEW-VIEW's min_s, or a peer's answer) is adopted at once: h moves to it and the log below is
-collected, unless it names another block hash than we signed or executed there. Whenever h
-is above what we committed, or f+1 peers showed (by CHECKPOINTs or the height their BLOCKS
-claim) that they executed beyond it and we are stuck, we FETCH blocks from one peer at a time:
-from a random one first (config.seed), then round robin, rotating on a bad answer and on a
-slow one: no answer within the interval, or fewer blocks than fit one frame while the peer
-claims more. A slow peer is asked again only when every other one was slow too (or after
-FETCH_SLOW_SKIP_INTERVALS). Each block in BLOCKS is checked by its own commit certificate (Q
-signed COMMITs for (view, seq, digest)) and digest == batch_digest(proposed_ms, ids), so f
-lying peers can only waste a round trip, and f slow ones a round trip each; accepted blocks
-come out in Ready.committed like any committed batch. Serving FETCH reads the block store, so
-the core hands it to the shell (Ready.serve, within what is left of the asker's byte budget,
-SERVED_FRAMES_PER_INTERVAL frames per interval shared with BATCH answers) and the shell
+State transfer. A stable checkpoint certificate above what we committed (from Q CHECKPOINTs, a
+NEW-VIEW's min_s, or a peer's answer) is adopted at once: h moves to it and the log below is
+collected, unless it names another block hash than we signed or executed there. Whenever h is
+above what we committed, or f+1 peers showed (by CHECKPOINTs or the height their BLOCKS claim)
+that they executed beyond it and we are stuck, we FETCH blocks from one peer at a time: from a
+random one first (config.seed), then round robin, rotating on a bad answer and on a slow one:
+no answer within the interval, or fewer blocks that advance us than fit one frame while the
+peer claims more (blocks we had, repeated or out of order do not count). A slow peer is asked
+again only when every other one was slow too (or after FETCH_SLOW_SKIP_INTERVALS). Each block
+in BLOCKS is checked by its own commit certificate (Q signed COMMITs for (view, seq, digest))
+and digest == batch_digest(proposed_ms, ids), so f lying peers can only waste a round trip, and
+f slow ones a round trip each; accepted blocks come out in Ready.committed like any committed
+batch. Serving FETCH reads the block store, so the core hands it to the shell (Ready.serve,
+within what is left of the asker's byte budget, SERVED_FRAMES_PER_INTERVAL frames per interval
+shared with BATCH answers; and, since each answer is signed, at most `window` BATCH-REQs and
+EMPTY_FETCHES_PER_INTERVAL FETCHes beyond our height per peer per interval) and the shell
 answers (pbft/transfer.py) and reports the answer's size (served()).
 
 Recovery gate (pbft/recovery.py). A replica started with a recovery nonce (its state may be
@@ -232,8 +241,20 @@ FORWARD_DIGEST = b"\xff" * 32  # marks a BATCH of forwarded transactions (no bat
 # 16 MiB/s per peer; the last answer admitted may overdraw it by one frame at most. Counted in
 # answers of up to a full batch each, it was 128 MiB/s (review).
 SERVED_FRAMES_PER_INTERVAL = 2
+# Bytes alone do not bound what answers cost us: each is signed (87 us), so one member asking
+# again and again for a small batch (or for blocks beyond our height: an 84-byte answer that
+# goes back to the byte budget) got about 30,000 signed answers per 500 ms, more than a core
+# (review). So a peer's BATCH-REQs are also counted, answered or not (each costs a lookup):
+# `window` per interval, what an honest member asks at most (it asks for each batch it lacks
+# once per interval, and lacks at most `window`). A FETCH for blocks we hold costs its bytes
+# (every answer carries a block, and a peer's starts must rise within a quarter interval), but
+# one beyond our height carries none: at most this many per interval (an honest member asking
+# there is probing, and moves on to another member after our empty answer).
+EMPTY_FETCHES_PER_INTERVAL = 4
 # A batch asked for by digest (BATCH-REQ to all) is asked again each interval while it is still
-# needed, at most this many times; then it is given up (counted) until the view changes.
+# needed, at most this many times at the base view-change timeout (4 timeouts), as many more
+# as the timeout has doubled (_batch_asks_max); then it is given up (counted) until the view
+# changes.
 BATCH_ASKS_MAX = 16
 # A member that answered a FETCH slowly (fewer blocks than fit while it claims more) or not at
 # all is asked again only after this many intervals, unless no other member can be.
@@ -421,8 +442,12 @@ class PbftReplica:
         self._abandoned_in = (self.view, self.active)
         # Batches that came by digest, for the NEW-VIEW being built or entered (<= L).
         self._fetched: OrderedDict[bytes, tuple[int, tuple[Transaction, ...]]] = OrderedDict()
-        # Bytes each peer may still make us send this interval (BATCH and BLOCKS answers).
-        self._serve_budget = [self._serve_budget_full] * self.n  # refilled per interval
+        # Bytes each peer may still make us send this interval (BATCH and BLOCKS answers),
+        # and the BATCH-REQs and FETCHes beyond our height it may still make: refilled per
+        # interval.
+        self._serve_budget = [self._serve_budget_full] * self.n
+        self._batch_asks_left = [params.window] * self.n
+        self._empty_fetches_left = [EMPTY_FETCHES_PER_INTERVAL] * self.n
         self._forward_tokens = [self._forward_budget] * self.n
         self._forwarded_this_interval = 0  # what we forwarded to the primary this interval
         self._tokens_refilled_ms = 0
@@ -460,6 +485,7 @@ class PbftReplica:
             else ViewRecovery(recovery_nonce, self.n, self.f, self.me)
         )
         self._query_answered_ms = [_LONG_AGO] * self.n
+        self._report_checked_ms = [_LONG_AGO] * self.n
 
         self._records: list[tuple[bytes, bytes | None]] = []
         self._messages: list[Outbound] = []
@@ -518,8 +544,9 @@ class PbftReplica:
 
     def wants_batch(self, batch: Batch, sender: int | None = None) -> bool:
         """Whether the shell should verify this batch's client signatures ahead of the core
-        (a batch asked for by digest, or transactions forwarded to us as primary, within what
-        the authenticated `sender` may still forward this interval)."""
+        (a batch asked for by digest whose transactions are those the digest names, or
+        transactions forwarded to us as primary, within what the authenticated `sender` may
+        still forward this interval)."""
         if batch.digest == FORWARD_DIGEST:
             peer = batch.sender if sender is None else sender
             return (
@@ -529,7 +556,12 @@ class PbftReplica:
                 and 0 <= peer < self.n
                 and len(batch.txs) <= self._forward_tokens[peer]
             )
-        return batch.digest in self._wanted
+        # The digest first (one hash): any member that saw our BATCH-REQ knows it and could
+        # attach other transactions, each such BATCH a full batch of client-signature checks
+        # before the core found the digest wrong (review).
+        return batch.digest in self._wanted and batch.digest == batch_digest(
+            batch.proposed_ms, [tx.id for tx in batch.txs]
+        )
 
     # --- inputs -----------------------------------------------------------------------------
 
@@ -542,6 +574,7 @@ class PbftReplica:
         if first:
             self._progress_ms = self._mono_ms
             self._vc_since_ms = self._mono_ms  # (restarted during a view change)
+            self._judge_waiting_skew()
         self._maybe_propose()
         if self.active:
             self._messages.extend(self._retransmit.on_tick(self._mono_ms, self.primary))
@@ -781,7 +814,7 @@ class PbftReplica:
             self._pool.in_flight(pp.seq, pp.txs)
             self._work_started()
         if not reissued and pp.sender != self.me and self._clock_known:
-            slot.accepted_wall_ms = self._wall_ms
+            self._sample_clock(slot, pp)
         frame = encode(pp)
         self._persist(slot, "preprepare", frame)
         if pp.sender == self.me:
@@ -808,6 +841,27 @@ class PbftReplica:
             self._send_own(slot, frame)
         self._advance(slot)
 
+    def _sample_clock(self, slot: Slot, pp: PrePrepare) -> None:
+        """Keep our clock reading as a fresh PRE-PREPARE arrives, for the offset sample its
+        batch gives once it commits (_deliver), only if no other member's vote for it came
+        first; and (_advance) only if it prepares here within an interval.
+
+        The offset is taken on arrival, which the primary controls. Sent to us two skews late
+        (stamped honestly, sent at once to the others), an exact clock read as two skews ahead
+        (review); sent to us early and to the others late, as behind. Each honest backup that
+        prepared the batch checked its time against its own clock: its PREPARE coming after
+        the PRE-PREPARE bounds how late it reached us, and a prepared certificate within an
+        interval (Q-1 PREPAREs: at least one honest backup's when the primary lies) bounds
+        how early. So a sample is within timestamp_skew_ms + max(interval, d) of our clock's
+        offset from an honest backup's (d: its PREPARE's delay to us), whatever the primary
+        does. A network delaying messages past a skew (a partition healing) can still make
+        samples late; the median of the last 16 absorbs a few, fresh batches the rest."""
+        for votes in (slot.prepares, slot.commits):
+            if any(s != self.me and v.digest == pp.digest for s, v in votes.items()):
+                return
+        slot.accepted_wall_ms = self._wall_ms
+        slot.accepted_mono_ms = self._mono_ms
+
     def _all_admitted(self, txs: tuple[Transaction, ...]) -> bool:
         """A backup withholds its PREPARE (counted, never evidence) for a fresh PRE-PREPARE
         carrying a transaction whose key was never admitted in the state it executed: such a
@@ -824,12 +878,23 @@ class PbftReplica:
 
     def _prepare_admitted(self) -> None:
         """After a block executed: PREPARE the batches withheld for a key never admitted that
-        the block admitted (the withheld slot still in this view, not yet committed here)."""
+        the block admitted (the withheld slot still in this view, not yet committed here).
+        Never one withheld for its timestamp too: the wait is for a key, not a way around the
+        skew check (review)."""
+        if not self._clock_known:
+            return  # (_judge_waiting_skew has not looked at them yet)
         for seq in sorted(self._unadmitted):
             slot = self._log.get(seq)
             pp = None if slot is None else slot.preprepare
-            if slot is None or pp is None or slot.own_prepare or slot.committed_local:
-                self._unadmitted.discard(seq)  # gone, prepared or committed: nothing to do
+            if (
+                slot is None
+                or pp is None
+                or slot.own_prepare
+                or slot.committed_local
+                or slot.prepare_withheld
+            ):
+                # gone, prepared, committed, or withheld for its time: nothing to do
+                self._unadmitted.discard(seq)
             elif self._all_admitted(pp.txs) and self._may_speak(pp.view):
                 self._unadmitted.discard(seq)
                 # As _accept_preprepare does: persist our PREPARE, then send it.
@@ -842,6 +907,20 @@ class PbftReplica:
                 slot.own_prepare = frame
                 self._send_own(slot, frame)
                 self._advance(slot)
+
+    def _judge_waiting_skew(self) -> None:
+        """On the first tick: the PRE-PREPAREs waiting for an admission that were accepted
+        before we knew our clock (restored from our records after a restart, where why we
+        withheld our PREPARE was in memory only) are judged by the skew check now, as if
+        accepted now. A batch withheld for its timestamp that also carried a new key was
+        prepared once the key was admitted, its time never checked again (review)."""
+        for seq in sorted(self._unadmitted):
+            slot = self._log.get(seq)
+            pp = None if slot is None else slot.preprepare
+            if slot is not None and pp is not None and self._timestamp_skewed(pp.proposed_ms):
+                slot.prepare_withheld = True
+                self.rejected["timestamp_skew"] += 1
+                self._unadmitted.discard(seq)
 
     def _timestamp_skewed(self, proposed_ms: int) -> bool:
         """A fresh PRE-PREPARE's timestamp further than timestamp_skew_ms from our clock, in
@@ -904,6 +983,11 @@ class PbftReplica:
             if len(senders) < self.quorum - 1 or self._conflicts_committed(pp.seq, pp.digest):
                 return
             slot.prepared = True
+            if (
+                slot.accepted_wall_ms is not None
+                and self._mono_ms - slot.accepted_mono_ms > self.retransmit_ms
+            ):
+                slot.accepted_wall_ms = None  # prepared long after it came: no sample (below)
             # Exactly Q-1 PREPAREs: what prepared means, and what check_proof admits (every
             # matching one made each VIEW-CHANGE, and so the NEW-VIEW's bound that genesis
             # checks, grow with n-1 instead of Q-1).
@@ -955,6 +1039,14 @@ class PbftReplica:
 
     def _hand_out(self, batch: CommittedBatch) -> None:
         assert batch.seq == self._last_committed + 1
+        # Never hand the shell transactions other than those the certified digest names: the
+        # shell would execute a block no other member has (a forked ledger). Every path here
+        # checked it already (a fresh batch on acceptance, a re-issued one when its batch was
+        # filled, a transferred block against its certificate): this is the last guard, one
+        # hash of the batch's ids per committed batch (about 40 us at 512 transactions).
+        assert batch_digest(batch.proposed_ms, [tx.id for tx in batch.txs]) == batch.digest, (
+            f"seq {batch.seq}: its transactions are not those its digest names"
+        )
         self._committed.append(batch)
         self._last_committed = batch.seq
         if batch.seq > self._log.low:  # (state transfer also hands out blocks below h)
@@ -1472,6 +1564,11 @@ class PbftReplica:
             if slot.preprepare is not None:
                 old_digests[slot.seq] = slot.preprepare.digest
         self._pool.release(reissued, old_digests, self._mono_ms)
+        # The admission wait is by seq: an entry of the old view would release our PREPARE for
+        # whatever the new view puts at that number, a batch we withheld for its timestamp
+        # included (review). Re-issued batches are exempt from the wait, and the new view's
+        # fresh ones join it as they come.
+        self._unadmitted.clear()
         self._pool.forget_forwarding()  # forward to the new primary before suspecting it
         if (
             plan.stable is not None
@@ -1486,10 +1583,16 @@ class PbftReplica:
                 # execution diverged, and this replica takes no part in those seqs)
                 continue
             slot = self._log.slot(pp.seq, self.view)
-            if pp.sender == self.me:
+            if pp.sender == self.me and _carries_its_batch(pp):
+                # Built here (_try_new_view): each with the batch we found for it.
                 slot.redo = pp.seq <= self._last_committed
                 self._accept_preprepare(slot, pp, reissued=True)
                 continue
+            # Another primary's, or our own relayed back to us: a NEW-VIEW carries no batches,
+            # and a primary that lost its state (or was restored from a backup) after sending
+            # it gets it back from a peer. Taking such an own PRE-PREPARE as complete would
+            # re-send it without its batch and commit the digest with no transactions, a
+            # block no one else has (review): the batch is found here or fetched by digest.
             self._reissue(slot, pp)
         # Batches of the old view that the new one does not re-issue are gone: what is accepted
         # now is only what the NEW-VIEW re-issued (or what we committed).
@@ -1569,7 +1672,7 @@ class PbftReplica:
         if self._abandoned_in != state:
             self._abandoned_in, self._abandoned = state, set()
         if digest in self._abandoned:
-            return  # asked BATCH_ASKS_MAX times in this state already: the timers take over
+            return  # asked _batch_asks_max times in this state already: the timers take over
         if len(self._wanted) >= self.params.window:
             # (not silently: a view change or state transfer is then what recovers)
             self.rejected["batch_requests_full"] += 1
@@ -1597,7 +1700,7 @@ class PbftReplica:
             del self._wanted[digest]
 
     def _batch_requests(self) -> None:
-        """Ask again, each interval, for the batches still needed, BATCH_ASKS_MAX times at
+        """Ask again, each interval, for the batches still needed, _batch_asks_max times at
         most: a digest nobody holds (after crash-restart runs some were asked for forever,
         1,800 requests per idle 10 s, and filled the set) is then given up and counted."""
         for digest, want in list(self._wanted.items()):
@@ -1606,7 +1709,7 @@ class PbftReplica:
             if not self._batch_needed(digest):
                 del self._wanted[digest]
                 continue
-            if want.asks >= BATCH_ASKS_MAX:
+            if want.asks >= self._batch_asks_max:
                 del self._wanted[digest]
                 if len(self._abandoned) < self.params.window:
                     self._abandoned.add(digest)
@@ -1621,13 +1724,27 @@ class PbftReplica:
             # (an overdrawn budget starts the interval that much lower)
             full = self._serve_budget_full
             self._serve_budget = [min(full, left + full) for left in self._serve_budget]
+            self._batch_asks_left = [self.params.window] * self.n
+            self._empty_fetches_left = [EMPTY_FETCHES_PER_INTERVAL] * self.n
             self._forward_tokens = [self._forward_budget] * self.n
             self._forwarded_this_interval = 0
 
+    @property
+    def _batch_asks_max(self) -> int:
+        """How often a batch is asked for before it is given up: BATCH_ASKS_MAX at the base
+        timeout, scaled as the view-change timeout doubles. A fixed count gave up after 16
+        intervals while the others waited up to 64 times longer for our NEW-VIEW: a batch that
+        came back later (its holder back from a partition) was refused as unwanted and the
+        NEW-VIEW never went out (review). Asked longer than the others wait, it is no longer
+        needed: their timers change the view, and a new view drops the request."""
+        return BATCH_ASKS_MAX * (self.timeout_ms // self.params.request_timeout_ms)
+
     def _on_batch_request(self, req: BatchRequest) -> None:
-        if self._serve_budget[req.sender] <= 0:
+        # (Not verified: the transport authenticated the sender, the only one we answer.)
+        if self._serve_budget[req.sender] <= 0 or self._batch_asks_left[req.sender] <= 0:
             self.rejected["answers_over_budget"] += 1
             return
+        self._batch_asks_left[req.sender] -= 1
         txs = self._find_batch(req.digest)
         if txs is None:
             return
@@ -1774,15 +1891,20 @@ class PbftReplica:
             self.rejected["duplicate"] += 1  # or a retry too soon
             return
         budget = self._serve_budget[fetch.sender]
-        if budget <= 0:
+        empty = fetch.from_seq > self.last_executed  # the answer will carry no block
+        if budget <= 0 or (empty and self._empty_fetches_left[fetch.sender] <= 0):
             self.rejected["answers_over_budget"] += 1
             return
-        if not self._verified(fetch):
-            return
         # The answer may take what is left of the peer's budget (one frame at most), charged
-        # now; the shell gives back what it did not use (served()).
+        # now, before its signature is checked (a bad one forfeits it, so junk FETCHes cost
+        # their sender the budget, not us a check each); the shell gives back what it did not
+        # use (served()).
         grant = min(budget, frame_bytes_limit(self.params))
         self._serve_budget[fetch.sender] -= grant
+        if empty:
+            self._empty_fetches_left[fetch.sender] -= 1
+        if not self._verified(fetch):
+            return
         self._served_ms[fetch.sender] = self._mono_ms
         self._served_from[fetch.sender] = fetch.from_seq
         self._relay_new_view(fetch.sender)  # a restarted peer may not know our view either
@@ -1804,7 +1926,7 @@ class PbftReplica:
                 return
             if not self._differs_from_ours(cert):
                 self._stabilize(cert)
-        delivered = 0
+        usable: list[TransferredBlock] = []  # the blocks that advanced us
         for block in reply.blocks:
             seq = block.seq
             if seq <= self._last_committed:
@@ -1832,11 +1954,12 @@ class PbftReplica:
                     self._accept_preprepare(slot, replace(held, txs=block.txs), reissued=True)
             self._transferred_to = seq
             self.transferred += 1
-            delivered += 1
+            usable.append(block)
+        delivered = len(usable)
         if not delivered and self._probes_left > 0:
             self._probes_left -= 1  # one more peer says we are not behind it
         more = reply.height > self._last_committed  # the peer claims blocks we still lack
-        full = more and self._full_answer(reply)
+        full = more and self._full_answer(reply, usable)
         if more and not full:
             # Fewer blocks than fit one frame while it claims more: slow, whatever the reason
             # (a peer that trickles one valid block per FETCH, each just before our timeout,
@@ -1853,15 +1976,17 @@ class PbftReplica:
             self._fetch_peer = None
         self._deliver()
 
-    def _full_answer(self, reply: Blocks) -> bool:
-        """Whether a BLOCKS answer carried all that its sender could fit: `window` blocks, or
-        all it claims to have, or too little room left in one frame for even the smallest
-        block (the frame's exact size: for a decoded message encode() is its frame)."""
-        blocks = reply.blocks
-        if len(blocks) >= self.params.window or (blocks and blocks[-1].seq >= reply.height):
+    def _full_answer(self, reply: Blocks, usable: list[TransferredBlock]) -> bool:
+        """Whether a BLOCKS answer whose sender claims more carried all that could fit, judged
+        by the `usable` blocks only (those that advanced us): `window` of them, or too little
+        room left beside them in one frame for even the smallest block. Blocks we already
+        had, repeated or out of order fill a frame for nothing: a member repeating its one
+        valid block `window` times passed for a full answer and set the pace of our catch-up,
+        one block per interval (review)."""
+        if len(usable) >= self.params.window:
             return True
-        room = frame_bytes_limit(self.params) - len(encode(reply))
-        return room < self._block_bytes_min
+        used = len(encode(replace(reply, blocks=tuple(usable))))  # that answer's exact frame
+        return frame_bytes_limit(self.params) - used < self._block_bytes_min
 
     def _differs_from_ours(self, cert: CheckpointCertificate) -> bool:
         """A valid stable checkpoint certificate for a hash other than the one we signed (or
@@ -1965,7 +2090,9 @@ class PbftReplica:
                         self._reissue(self._log.slot(pp.seq, self.view), pp)
         # A fresh PRE-PREPARE whose PREPARE we withheld for a key never admitted here waits
         # for the admitting block again (_prepare_admitted): the wait was in memory only, and
-        # after a restart the slot would never get our PREPARE.
+        # after a restart the slot would never get our PREPARE. Whether we also withheld it for
+        # its timestamp was in memory too: the first tick judges that again
+        # (_judge_waiting_skew).
         for slot in self._log.window_slots():
             accepted = slot.preprepare
             if (
@@ -2072,6 +2199,17 @@ class PbftReplica:
             # Not recovering, or an answer to a query of an earlier start: a replay, or late.
             self.rejected["stale_view_report"] += 1
             return
+        # Each check costs a signature: a peer already counted is never asked again and its
+        # further reports add nothing (dropped unchecked), and one not yet counted is checked
+        # at most once per half interval (an honest member answers no more often), so neither
+        # copies of an answer nor junk buy us a check per message (review).
+        if report.sender in rec.reports:
+            self.rejected["duplicate"] += 1
+            return
+        if self._mono_ms - self._report_checked_ms[report.sender] < self.retransmit_ms // 2:
+            self.rejected["report_too_often"] += 1
+            return
+        self._report_checked_ms[report.sender] = self._mono_ms
         if not self._verified(report):
             return
         rec.add(report.sender, report.view, report.last_executed)
@@ -2106,6 +2244,8 @@ class PbftReplica:
         self._pool.check()
         self._future.check()
         self._checkpoints.check(self._log.low, self._log.high, self.params.window)
+        assert all(0 <= k <= self.params.window for k in self._batch_asks_left)
+        assert all(0 <= k <= EMPTY_FETCHES_PER_INTERVAL for k in self._empty_fetches_left)
         for seq, proof in self._prepared.items():
             assert proof.seq == seq and self._log.low < seq <= self._log.high
         for slot in self._log.window_slots():
@@ -2299,3 +2439,8 @@ class PbftReplica:
 
 def _empty_batch(pp: PrePrepare) -> bool:
     return batch_digest(pp.proposed_ms, []) == pp.digest
+
+
+def _carries_its_batch(pp: PrePrepare) -> bool:
+    """Whether a PRE-PREPARE's transactions are those its digest names (one hash)."""
+    return batch_digest(pp.proposed_ms, [tx.id for tx in pp.txs]) == pp.digest

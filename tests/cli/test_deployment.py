@@ -24,8 +24,15 @@ from consortium.ledger.audit import audit_ledger
 from consortium.ledger.backup import backup_store
 from consortium.ledger.genesis import Genesis, GenesisError, parse_address
 from consortium.ledger.store import LOST_STATE, RESTORED_BACKUP, BlockStore, StoreError
+from consortium.node import preflight
 from consortium.node.config import ConfigError, config_path, load_config, load_identity
-from consortium.node.preflight import NEW_MARK, check_data_dir, check_listen, recovery_on_start
+from consortium.node.preflight import (
+    NEW_MARK,
+    check_data_dir,
+    check_listen,
+    open_store,
+    recovery_on_start,
+)
 from tests.ledger.chain_fixture import ChainBuilder
 
 runner = CliRunner()
@@ -398,7 +405,7 @@ def test_a_backup_is_marked_as_restored_and_the_mark_survives_the_restore_proced
     assert f"note it starts in recovery from {RESTORED_BACKUP}" in checked.output
     restored = BlockStore.open(config.store_path, genesis)
     try:
-        assert recovery_on_start(config.data_dir, restored, created=False) == RESTORED_BACKUP
+        assert recovery_on_start(config.data_dir, restored) == RESTORED_BACKUP
     finally:
         restored.close()
 
@@ -411,10 +418,10 @@ def test_init_and_keygen_mark_a_new_data_directory_and_an_unmarked_empty_one_has
     config = load_config(homes[0])
     assert (config.data_dir / NEW_MARK).exists()
     assert check_data_dir(config, genesis).recovering is None
-    store = BlockStore.open(config.store_path, genesis)
+    store, recovering = open_store(config, genesis)
     try:
         # The first start: no recovery, and the new-member mark goes once the store exists.
-        assert recovery_on_start(config.data_dir, store, created=True) is None
+        assert recovering is None and store.recovery_mark() is None
         assert not (config.data_dir / NEW_MARK).exists()
     finally:
         store.close()
@@ -422,9 +429,9 @@ def test_init_and_keygen_mark_a_new_data_directory_and_an_unmarked_empty_one_has
     shutil.rmtree(config.data_dir)
     config.data_dir.mkdir()
     assert check_data_dir(config, genesis).recovering == LOST_STATE
-    store = BlockStore.open(config.store_path, genesis)
+    store, recovering = open_store(config, genesis)
     try:
-        assert recovery_on_start(config.data_dir, store, created=True) == LOST_STATE
+        assert recovering == LOST_STATE
     finally:
         store.close()
     # The mark is in the store, durably: a crash now restarts in recovery too.
@@ -432,3 +439,36 @@ def test_init_and_keygen_mark_a_new_data_directory_and_an_unmarked_empty_one_has
     net = tmp_path / "init"
     init_network(net, members=4, clients=1)
     assert all((home / "data" / NEW_MARK).exists() for home in node_homes(net))
+
+
+def test_a_member_that_lost_its_state_and_died_before_marking_its_new_store_still_recovers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lost-state mark goes into the store in a write after BlockStore.open created it,
+    and whether to write it is decided by whether the store file existed before the start. A
+    process killed between the two (kill -9, power loss: an unlucky operator's second try)
+    leaves a store with no mark in a data directory with no new-member mark, and the next
+    start is a normal one: the member votes again with none of its old records."""
+    homes = _keygen_all(tmp_path)
+    genesis = assemble_genesis(tmp_path / "net", homes)
+    config = load_config(homes[0])
+    BlockStore.open(config.store_path, genesis).close()
+    (config.data_dir / NEW_MARK).unlink()  # it ran once ...
+    shutil.rmtree(config.data_dir)  # ... and lost its data directory
+    config.data_dir.mkdir()
+
+    # The first start after the loss creates its store (as a start does: open_store) and is
+    # killed as soon as the store is open, before the rest of the start runs.
+    def killed(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(preflight, "recovery_on_start", killed)
+    with pytest.raises(KeyboardInterrupt):
+        open_store(config, genesis)
+    monkeypatch.undo()
+    assert check_data_dir(config, genesis).recovering == LOST_STATE
+    store = BlockStore.open(config.store_path, genesis)
+    try:
+        assert recovery_on_start(config.data_dir, store) == LOST_STATE
+    finally:
+        store.close()

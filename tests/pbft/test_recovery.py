@@ -3,18 +3,30 @@ TOCS'02 §4.2 and §6; DESIGN: "durable before the message that depends on it le
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import replace
+from typing import Any
 
 import pytest
-from pbft_harness import PARAMS, RETRANSMIT_MS, WALL, Group, block_hash, drive, frames
+from pbft_harness import (
+    PARAMS,
+    RETRANSMIT_MS,
+    WALL,
+    Group,
+    block_hash,
+    drive,
+    frames,
+    new_view_reissuing,
+)
 
 from consortium.crypto.codec import pack
-from consortium.ledger.block import genesis_block
+from consortium.ledger.block import batch_digest, genesis_block
 from consortium.ledger.certificates import CheckpointCertificate
 from consortium.ledger.genesis import Params
 from consortium.pbft import records
 from consortium.pbft.messages import PrePrepare, ViewQuery, ViewReport, decode, encode
 from consortium.pbft.records import RecoveryError
+from consortium.pbft.recovery import ViewRecovery
 from consortium.pbft.replica import Ready, RecoveredState
 
 
@@ -237,6 +249,9 @@ def test_the_floor_is_above_the_views_n_minus_f_minus_1_others_report_for_our_no
     forged = replace(ViewReport.create(group.signers[0], group.chain_id, NONCE, 0, 0, 0))
     r.receive(0, replace(forged, signature=bytes(64)))
     assert r.rejected["bad_signature"] == 1
+    group.mono_ms += RETRANSMIT_MS // 2  # (a member's reports: one checked per half interval)
+    r.tick(group.mono_ms, WALL)
+    r.take_ready()
     # n-f-1 = 2 others: an inflated answer (view 1000) is outvoted once a third one arrives.
     r.receive(0, ViewReport.create(group.signers[0], group.chain_id, NONCE, 1000, 0, 0))
     assert r.status()["recovering"]["floor"] is None
@@ -313,3 +328,107 @@ def test_view_queries_are_answered_at_most_once_per_half_interval_and_junk_is_dr
     peer.receive(0, ViewReport.create(group.signers[0], group.chain_id, NONCE, 9, 9, 0))
     assert peer.rejected["stale_view_report"] == 1  # not recovering: nothing to learn
     peer.check_invariants()
+
+
+def test_a_recovering_primary_given_its_own_new_view_never_commits_a_batch_without_its_txs() -> (
+    None
+):
+    """A member that lost its state (or was restored from a backup older than a NEW-VIEW it
+    sent as primary) is relayed that NEW-VIEW by a peer (its FETCH probes and old-view
+    messages make peers relay it). The NEW-VIEW's PRE-PREPAREs travel without their batches:
+    taking its own as complete, the member would hand the shell a batch with no transactions
+    for a digest that names some, and execute a block no one else has."""
+    group = Group()
+    pp = group.preprepare(1, group.txs[:2])  # prepared at members 0, 1, 2 in view 0
+    nv = new_view_reissuing(group, pp, view=1)  # member 1 sent it, then lost its state
+    for s in (0, 2, 3):
+        group.replicas[s].receive(1, nv)
+        group.take(s)
+    r = group.make(1, recovery_nonce=NONCE)
+    group.replicas[1] = r
+    r.tick(group.mono_ms, WALL)
+    _answer_queries(group, 1, r.take_ready())
+    assert r.status()["recovering"]["floor"] == 2  # the others are in view 1
+    r.receive(2, nv)  # relayed
+    assert r.view == 1 and r.active
+    # The others prepared and commit the re-issued batch in view 1.
+    again = decode(encode(nv), PARAMS).preprepares[0]  # type: ignore[union-attr]
+    for s in (0, 2, 3):
+        r.receive(s, group.prepare(again, s))
+    for s in (0, 2, 3):
+        r.receive(s, group.commit(again, s))
+    committed = r.take_ready().committed
+    for batch in committed:
+        assert batch_digest(batch.proposed_ms, [t.id for t in batch.txs]) == batch.digest, (
+            f"seq {batch.seq} handed out with {len(batch.txs)} transactions for a digest "
+            "naming others"
+        )
+    r.check_invariants()
+
+
+@pytest.mark.parametrize("n", [4, 7, 10])
+def test_the_floor_is_above_every_view_used_whichever_n_minus_f_minus_1_answer_first(
+    n: int,
+) -> None:
+    """The floor bound, exhaustively at small n: the recovering member acted in view w, so Q-1
+    others sent VIEW-CHANGE(w) and are at w or beyond; at most f-1 of those lie (the recovering
+    member is one of the f). Whatever the liars and the honest members outside that set report
+    (here the worst: 0), and whichever n-f-1 or more others answer, floor > w."""
+    f = (n - 1) // 3
+    quorum = (n + f + 2) // 2
+    w = 5
+    me = 0
+    others = list(range(1, n))
+    for moved in itertools.combinations(others, quorum - 1):
+        for liars in itertools.combinations(moved, f - 1):
+            for k in range(n - f - 1, n):
+                for answered in itertools.combinations(others, k):
+                    rec = ViewRecovery(NONCE, n, f, me)
+                    for peer in answered:
+                        honest_high = peer in moved and peer not in liars
+                        rec.add(peer, w if honest_high else 0, 0)
+                    assert rec.floor is not None and rec.floor > w, (moved, liars, answered)
+
+
+class _CountingVerifier:
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.calls = 0
+
+    def verify(self, *args: Any) -> bool:
+        self.calls += 1
+        return bool(self.inner.verify(*args))
+
+
+def test_view_reports_cost_a_bounded_number_of_signature_checks() -> None:
+    """Every VIEW-REPORT carrying our nonce was verified, with no limit per peer: a member
+    re-sending its answer, or junk signed badly, bought a signature check per message. A
+    report from a peer already counted is dropped unchecked (it adds nothing: it is never
+    asked again), and one peer's reports are checked at most once per half interval (an
+    honest member answers at most that often)."""
+    group = Group()
+    counting = _CountingVerifier(group.verifier)
+    group.verifier = counting  # type: ignore[assignment]
+    r = group.make(1, recovery_nonce=NONCE)
+    group.replicas[1] = r
+    r.tick(group.mono_ms, WALL)
+    r.take_ready()
+    junk = replace(
+        ViewReport.create(group.signers[0], group.chain_id, NONCE, 0, 0, 0), signature=bytes(64)
+    )
+    before = counting.calls
+    for _ in range(1_000):
+        r.receive(0, junk)
+    assert counting.calls - before <= 1
+    report = ViewReport.create(group.signers[2], group.chain_id, NONCE, 0, 0, 2)
+    r.receive(2, report)
+    assert r.status()["recovering"]["reports"] == 1
+    before = counting.calls
+    for _ in range(1_000):
+        r.receive(2, report)
+    assert counting.calls == before
+    group.mono_ms += RETRANSMIT_MS // 2
+    r.tick(group.mono_ms, WALL)
+    r.receive(0, ViewReport.create(group.signers[0], group.chain_id, NONCE, 0, 0, 0))
+    assert r.status()["recovering"]["reports"] == 2  # an honest answer half an interval on
+    r.check_invariants()

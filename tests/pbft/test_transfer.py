@@ -106,11 +106,14 @@ def chain(group: Group, height: int) -> dict[int, TransferredBlock]:
     return {seq: block(group, seq, ()) for seq in range(1, height + 1)}
 
 
-def catch_up(group: Group, me: int, throttler: int, height: int) -> tuple[int, int]:
+def catch_up(
+    group: Group, me: int, throttler: int, height: int, *, padded: bool = False
+) -> tuple[int, int]:
     """Replica `me` starts at genesis while the others are at `height` (each showed it by a
     CHECKPOINT) and catches up by FETCH. Honest members answer at once from `chain`, as the
     shell does (blocks_reply, with the stable checkpoint certificate of their height);
-    `throttler` answers each FETCH with one valid block, just before the asker's timeout.
+    `throttler` answers each FETCH with one valid block, just before the asker's timeout
+    (`padded`: the same block `window` times, which the asker skips after the first).
     Returns (simulated ms it took, FETCHes the throttler got)."""
     blocks = chain(group, height)
     k = group.params.checkpoint_interval
@@ -143,6 +146,8 @@ def catch_up(group: Group, me: int, throttler: int, height: int) -> tuple[int, i
             if peer == throttler:
                 asked_throttler += 1
                 one = tuple(blocks[s] for s in (fetch.from_seq,) if s in blocks)
+                if padded:
+                    one = one * group.params.window
                 reply = Blocks.create(
                     group.signers[peer], group.chain_id, fetch.from_seq, height, stable, one, peer
                 )
@@ -249,7 +254,8 @@ def test_small_answers_cost_little_of_a_members_budget() -> None:
     asking for full ones got 4 full frames. Now each member's budget is in bytes, shared by
     its BATCH and BLOCKS answers, and the shell gives back what an answer did not use."""
     group = Group()
-    r = group.replicas[0]
+    at = RecoveredState(400, block_hash(400), stable_votes(group, 400, range(group.n)), [])
+    r = group.replicas[0] = group.make(0, at)  # it holds the 400 blocks it serves
     answers = fetch_each(group, r, 3, range(1, 400, group.params.window), chain(group, 400))
     assert len(answers) == 100 and r.rejected["answers_over_budget"] == 0
 
@@ -300,3 +306,48 @@ def test_batch_answers_stop_at_the_members_budget_per_interval() -> None:
     limit = frame_bytes_limit(params)
     assert limit < sent <= (SERVED_FRAMES_PER_INTERVAL + 1) * limit
     assert r.rejected["answers_over_budget"] > 0
+
+
+def test_batch_requests_for_a_small_batch_cost_a_bounded_number_of_signatures() -> None:
+    """Each BATCH answer is signed, and a BATCH-REQ is answered without checking its own
+    signature: with the budget in bytes only, one member asking again and again for a small
+    batch it knows the digest of (any batch of the window, the empty batch of a null request)
+    makes us sign tens of thousands of answers per interval (8 MiB of 300-byte answers at the
+    default parameters), where 16 were answered before. An honest member asks for each batch
+    it lacks at most once per interval, and for at most `window` batches."""
+    group = Group(params=DEFAULT)
+    r = group.replicas[1]
+    pp = group.preprepare(1, group.txs[:1])
+    r.receive(0, pp)
+    r.take_ready()
+    ask = BatchRequest.create(group.signers[3], group.chain_id, pp.digest, 3)
+    answers = 0
+    for _ in range(1_000):  # within one interval
+        r.receive(3, ask)
+        answers += sum(1 for m in r.take_ready().messages if m.dest == 3)
+    assert answers <= DEFAULT.window, f"{answers} signed answers to one member in one interval"
+
+
+def test_a_trickling_member_cannot_pass_for_a_full_answer_by_repeating_its_one_block() -> None:
+    """An answer counts as full when it carries `window` blocks, however many of them the
+    asker can use: the blocks at or below what it committed are skipped unchecked, and so are
+    those after the first that does not follow. A throttler that repeats its one valid block
+    `window` times is never slow, and the asker keeps asking it (one block per interval)."""
+    group = Group()  # L = 4: an honest answer carries 4 blocks here
+    height = 40
+    took_ms, asked = catch_up(group, 3, 0, height, padded=True)
+    interval = group.replicas[3].retransmit_ms
+    assert took_ms < 3 * interval, f"{took_ms} ms to catch up {height} blocks ({asked} asks)"
+
+
+def test_fetches_beyond_our_height_cost_a_bounded_number_of_signatures() -> None:
+    """The same for FETCH: each one is verified and answered with a signed BLOCKS read from
+    the store, and one above our height is answered with no block, a few hundred bytes that
+    the shell gives back to the budget. A member asking from height+1, height+2, ... (each a
+    new start, so never a `duplicate`) gets thousands of answers per interval, where 4 were
+    answered before; an honest member asks again only after an answer with blocks, or a
+    probe every few intervals."""
+    group = Group(params=DEFAULT)
+    r = group.replicas[0]
+    answers = fetch_each(group, r, 3, range(1_000, 3_000), chain(group, 10))
+    assert len(answers) <= 16, f"{len(answers)} signed answers without a block in one interval"

@@ -14,6 +14,7 @@ from pbft_harness import (
     RETRANSMIT_MS,
     WALL,
     Group,
+    block_hash,
     drive,
     forge,
     frames,
@@ -272,6 +273,56 @@ def test_a_primary_stamping_the_edge_of_the_skew_cannot_make_a_backup_doubt_its_
     assert clock["offset_ms"] == -lag_ms - skew * 9 // 10 and not clock["disagrees"]
 
 
+def test_a_primary_delaying_its_preprepares_to_one_backup_cannot_make_it_doubt_its_clock() -> None:
+    # The offset is measured when the PRE-PREPARE arrives, so the primary, which decides when
+    # it sends it, controls it: stamped honestly, sent at once to the others (who prepare and
+    # commit the batch) and two skews late to us. Our clock is exact, yet it is called wrong
+    # (status, metrics, and a log line telling the operator to fix NTP). The same happens to
+    # an honest backup that gets the PRE-PREPAREs of a partition longer than two skews by
+    # retransmission once it heals.
+    group = Group(params=replace(PARAMS, window=16, checkpoint_interval=8))
+    r = group.replicas[ME]
+    skew = group.params.timestamp_skew_ms
+    for seq in range(1, 9):
+        group.mono_ms += 10
+        pp = group.preprepare(seq, group.txs[seq : seq + 1])  # stamped with real time
+        for s in (2, 3):  # the others got it at once: their PREPAREs reach us at once
+            r.receive(s, group.prepare(pp, s))
+        group.mono_ms += 2 * skew + 1  # ... and the PRE-PREPARE is held back from us
+        r.tick(group.mono_ms, WALL + group.mono_ms)  # our clock: exact
+        drive(group, ME, pp)
+    clock = r.status()["clock"]
+    assert r.last_executed == 8
+    assert not clock["disagrees"], clock
+
+
+def test_a_primary_sending_its_preprepares_to_one_backup_early_cannot_make_it_doubt_its_clock() -> (
+    None
+):
+    # The other way round: stamped ahead and sent to us at once (we withhold our PREPARE), to
+    # the others only once their clocks reach the stamp, so they prepare it. Taken on arrival,
+    # the offset read our exact clock as far behind. A sample now needs the batch prepared
+    # here within an interval of its PRE-PREPARE's arrival (an honest backup's PREPARE among
+    # the Q-1 by then), which bounds how early the primary could send it.
+    params = replace(PARAMS, window=16, checkpoint_interval=8, request_timeout_ms=40_000)
+    group = Group(params=params)
+    r = group.replicas[ME]
+    early_ms = 3 * r.retransmit_ms // 2  # past the interval, inside the view-change timeout
+    for seq in range(1, 9):
+        group.mono_ms += 10
+        r.tick(group.mono_ms, WALL + group.mono_ms)  # our clock: exact
+        pp = group.preprepare(
+            seq, group.txs[seq : seq + 1], proposed_ms=WALL + group.mono_ms + early_ms
+        )
+        r.receive(0, pp)
+        group.mono_ms += early_ms  # the others get it now, and prepare it
+        r.tick(group.mono_ms, WALL + group.mono_ms)
+        drive(group, ME, pp)
+    clock = r.status()["clock"]
+    assert r.last_executed == 8 and r.rejected["timestamp_skew"] == 8
+    assert not clock["disagrees"], clock
+
+
 def test_messages_above_the_window_wait_in_a_bounded_per_sender_buffer() -> None:
     group = Group()
     r = group.replicas[ME]
@@ -428,3 +479,68 @@ def test_a_reissued_batch_is_prepared_whatever_its_keys() -> None:
     sent = [decode(f, PARAMS) for f in frames(r.take_ready())]
     assert [(p.view, p.seq) for p in sent if isinstance(p, Prepare)] == [(1, 1)]
     assert r.rejected["never_admitted"] == 1
+
+
+def test_a_prepare_withheld_for_a_key_in_an_earlier_view_never_releases_a_skewed_one() -> None:
+    """The seqs whose PREPARE waits for an admission are remembered by number only. One left
+    from an earlier view must not release our PREPARE for whatever the new view's primary
+    puts at that number: a fresh PRE-PREPARE we withheld for its timestamp stays withheld
+    when a block executes (else one stale entry lets a primary's skewed time through)."""
+    group = Group()
+    skew = group.params.timestamp_skew_ms
+    r = admitting(group, 3, {group.txs[0].client_key, group.txs[1].client_key})
+    pp1 = group.preprepare(1, group.txs[:1])
+    r.receive(0, pp1)
+    r.receive(0, group.preprepare(2, (spam(group),)))  # withheld: a key never admitted
+    assert r.rejected["never_admitted"] == 1
+    r.take_ready()
+    nv = new_view_reissuing(group, pp1)  # view 1 re-issues seq 1 only
+    r.receive(1, nv)
+    assert r.view == 1 and r.active
+    r.take_ready()
+    # View 1's primary puts a fresh batch at seq 2, stamped beyond our skew: withheld.
+    late = group.preprepare(
+        2, group.txs[1:2], view=1, sender=1, proposed_ms=WALL + group.mono_ms + 10 * skew
+    )
+    r.receive(1, late)
+    assert r.rejected["timestamp_skew"] == 1 and not frames(r.take_ready())
+    # Seq 1 commits in view 1 and executes here.
+    again = decode(encode(nv), PARAMS).preprepares[0]  # type: ignore[union-attr]
+    for s in (0, 2):
+        r.receive(s, group.prepare(again, s))
+    for s in (0, 1, 2):
+        r.receive(s, group.commit(again, s))
+    ready = r.take_ready()
+    assert [b.seq for b in ready.committed] == [1]
+    r.executed(1, block_hash(1))
+    assert encode(group.prepare(late, 3)) not in frames(r.take_ready())
+
+
+def test_a_backup_restarted_holding_a_skewed_batch_of_a_new_key_never_prepares_it() -> None:
+    """The restart re-check of withheld PREPAREs looks at the keys only: a PRE-PREPARE we
+    withheld for its timestamp (which also carried a key not yet admitted) is prepared once
+    the key is admitted, its time no longer checked."""
+    group = Group()
+    skew = group.params.timestamp_skew_ms
+    known = {group.txs[0].client_key}
+    r = admitting(group, ME, known)
+    disk = Disk(group)
+    pp = group.preprepare(2, (spam(group),), proposed_ms=WALL + group.mono_ms + 10 * skew)
+    r.receive(0, pp)
+    disk.write(r.take_ready())
+    assert r.rejected["timestamp_skew"] == 1
+    r = PbftReplica(
+        PbftConfig.from_genesis(group.genesis, ME),
+        group.signers[ME],
+        group.verifier,
+        tx_ok=group.tx_ok,
+        recovered=disk.recovered(),
+        ever_admitted=lambda tx: tx.client_key in known,
+    )
+    r._probes_left = 0
+    r.tick(group.mono_ms, WALL + group.mono_ms)
+    group.replicas[ME] = r
+    r.take_ready()
+    known.add(STRANGER.public)  # executing block 1 (an admission) ...
+    drive(group, ME, group.preprepare(1, group.txs[:1]))  # ... which it now does
+    assert encode(group.prepare(pp, ME)) not in frames(r.take_ready())

@@ -4,6 +4,8 @@ primary computes NEW-VIEW, and what a backup refuses."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from pbft_harness import (
     PARAMS,
     RETRANSMIT_MS,
@@ -31,7 +33,12 @@ from consortium.pbft.messages import (
     decode,
     encode,
 )
-from consortium.pbft.replica import BATCH_ASKS_MAX, FORWARD_DIGEST, PbftReplica
+from consortium.pbft.replica import (
+    BATCH_ASKS_MAX,
+    FORWARD_DIGEST,
+    TIMEOUT_DOUBLINGS_MAX,
+    PbftReplica,
+)
 from consortium.pbft.transfer import blocks_reply
 from consortium.pbft.viewchange import NULL_DIGEST, check_proof
 
@@ -351,6 +358,25 @@ def test_a_batch_request_stops_when_the_view_moves_on() -> None:
     )
 
 
+def test_a_batch_whose_contents_are_not_its_digest_is_not_worth_its_client_signatures() -> None:
+    """The shell verifies a BATCH's client signatures (up to batch_txs_max Ed25519 checks)
+    ahead of the core when the core wants its digest. Any member that saw our BATCH-REQ knows
+    the digest: it could attach any transactions to it, and each such BATCH cost a full batch of
+    checks before the core found the digest wrong. The digest is checked first (one hash)."""
+    group = Group()
+    r = group.replicas[3]
+    pp = group.preprepare(1, group.txs[1:3])  # never sent to member 3
+    group.take(3)
+    r.receive(1, new_view_reissuing(group, pp))
+    assert asks_for(group, 3, pp.digest) == 1
+    right = Batch.create(group.signers[0], group.chain_id, pp.proposed_ms, pp.txs, 0)
+    assert r.wants_batch(right, 0)
+    wrong = replace(right, txs=group.txs[3:5])  # (the digest is a field of the signed body)
+    assert not r.wants_batch(wrong, 0)
+    r.receive(0, wrong)
+    assert r.rejected["bad_batch"] == 1 and asks_for(group, 3, pp.digest) == 0
+
+
 def test_a_batch_nobody_sends_is_asked_for_a_bounded_number_of_times() -> None:
     """A re-issued sequence number this member already committed (by state transfer, so it
     never held the batch) waits for its batch with no timer running: nobody answering (the
@@ -379,6 +405,33 @@ def test_a_batch_nobody_sends_is_asked_for_a_bounded_number_of_times() -> None:
     assert r.view == 1 and r.active  # no timer moved it on
     assert asks == BATCH_ASKS_MAX
     assert r.rejected["batch_request_abandoned"] == 1
+
+
+def test_a_new_primary_asks_for_a_missing_batch_as_long_as_the_view_change_timeout() -> None:
+    """The new primary asks for a batch the VIEW-CHANGEs name and it lacks. It gave the batch
+    up after BATCH_ASKS_MAX intervals whatever the view-change timeout (up to 64 x the base
+    after view changes in a row): a batch that came later (its holder back from a partition,
+    well within the timeout the others wait for the NEW-VIEW) was refused as unwanted, and the
+    NEW-VIEW never went out. It asks for as long as the timeout has grown."""
+    group = Group()
+    r = group.replicas[1]  # the primary of view 1
+    pp = group.preprepare(1, group.txs[1:2])  # prepared in view 0 at 0, 2 and 3, never here
+    proof = PreparedProof(
+        preprepare=replace(pp, txs=()), prepares=tuple(group.prepare(pp, s) for s in (2, 3))
+    )
+    r._timeouts = TIMEOUT_DOUBLINGS_MAX  # view changes in a row before this one
+    r._start_view_change(1, "test")
+    for s in (0, 2):
+        r.receive(s, ViewChange.create(group.signers[s], group.chain_id, 1, None, (proof,), s))
+    assert asks_for(group, 1, pp.digest) == 1
+    late = 4 * BATCH_ASKS_MAX  # intervals until a member holding the batch answers
+    assert late * RETRANSMIT_MS < r.timeout_ms  # the others still wait for the NEW-VIEW
+    for _ in range(late):
+        group.tick_all(RETRANSMIT_MS)
+        group.take(1)
+    r.receive(0, Batch.create(group.signers[0], group.chain_id, pp.proposed_ms, pp.txs, 0))
+    assert [m.view for m in kinds(group, 1) if isinstance(m, NewView)] == [1]
+    assert r.view == 1 and r.active and r.rejected["batch_request_abandoned"] == 0
 
 
 def test_a_full_set_of_batch_requests_is_counted_not_silent() -> None:
@@ -590,3 +643,28 @@ def test_a_prepared_proof_with_more_than_q_minus_1_prepares_is_refused() -> None
     problem = check_proof(r._members, r._verifier, proof)
     assert problem == "prepared proof: 3 prepares, at most 2"
     assert check_proof(r._members, r._verifier, proof.without_batch(2)) is None
+
+
+def test_one_faulty_view_change_for_a_far_view_only_starts_timers_and_moves_no_one_there() -> None:
+    # A faulty member's VIEW-CHANGE for view 1000 counts toward every lower view's NEW-VIEW
+    # timer (as one for exactly that view could), but alone it moves no active member, and a
+    # timer it helped start takes a member to the next view only, never toward 1000.
+    group = Group()
+    r = group.replicas[0]
+    liar = group.replicas[3]
+    liar._start_view_change(1000, "test")
+    far = liar._own_vc
+    assert far is not None
+    r.receive(3, far)
+    assert (r.view, r.active, r._nv_timer_at) == (0, True, None)
+    r._start_view_change(1, "test")
+    assert r._nv_timer_at is None  # ours and the liar's: two of three
+    group.replicas[1]._start_view_change(1, "test")
+    frame = group.replicas[1]._own_vc
+    assert frame is not None
+    r.receive(1, frame)
+    assert r._nv_timer_at is not None
+    group.mono_ms += r.timeout_ms
+    r.tick(group.mono_ms, WALL + group.mono_ms)
+    assert (r.view, r.active) == (2, False)
+    r.check_invariants()

@@ -152,10 +152,12 @@ def catch_up_ms(seed: int, slow: bool) -> int:
 
 
 def test_a_member_trickling_blocks_does_not_set_the_pace_of_catch_up() -> None:
-    """slow-transfer answers each FETCH with one valid block just before the asker's timeout
-    and sends no CHECKPOINT; a restarted member that asked it first kept asking it (it did
+    """slow-transfer answers each FETCH with one valid block before the asker's timeout and
+    sends no CHECKPOINT; a restarted member that asked it first kept asking it (it did
     answer, with valid blocks), a block per interval. It counts as slow now, and the restarted
-    member catches up from the others about as fast as with an honest n1."""
+    member catches up from the others about as fast as with an honest n1. The block comes
+    repeated as often as fits (`window` copies), which passed for a full answer while answers
+    were judged by the blocks sent rather than those the asker could use (review)."""
     for seed in range(3):
         honest, slow = catch_up_ms(seed, False), catch_up_ms(seed, True)
         interval = WIDE.request_timeout_ms // 4

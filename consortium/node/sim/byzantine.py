@@ -28,8 +28,10 @@ behaviour does not specifically handle passes through unchanged. Every queue her
                           matches), or, where it has none, a block under a certificate signed
                           by itself only
     slow-transfer         answers every FETCH itself with one valid block (claiming its whole
-                          height), each held until just before the asker's timeout, and sends
-                          no CHECKPOINT: a throttle on whoever catches up from it
+                          height), repeated as often as fits one answer (up to `window`
+                          copies: passing for a full answer), each answer held until before
+                          the asker's timeout, and sends no CHECKPOINT: a throttle on whoever
+                          catches up from it
     unknown-client        as primary: adds to each PRE-PREPARE a transaction validly signed by
                           a key never admitted (ledger spam, which would commit as
                           `unknown_client` receipts)
@@ -65,6 +67,7 @@ from consortium.pbft.messages import (
     ViewChange,
     decode,
     encode,
+    frame_bytes_limit,
 )
 from consortium.pbft.replica import PbftConfig, PbftReplica, RecoveredState
 from consortium.pbft.viewchange import plan_new_view
@@ -424,11 +427,24 @@ class SlowTransfer(Byzantine):
         for request in ready.serve:
             one = tuple(self.blocks[s] for s in (request.from_seq,) if s in self.blocks)
             height = max(self.blocks, default=0)
-            reply = Blocks.create(
-                self._signer, self.chain_id, request.from_seq, height, None, one, self.me
-            )
-            # Just before the asker gives up on us (its retransmission interval, as ours).
-            due = self.now_ms + self.retransmit_ms * 3 // 4
+            copies = self.params.window
+            while True:
+                reply = Blocks.create(
+                    self._signer,
+                    self.chain_id,
+                    request.from_seq,
+                    height,
+                    None,
+                    one * copies,
+                    self.me,
+                )
+                if copies == 1 or len(encode(reply)) <= frame_bytes_limit(self.params):
+                    break
+                copies //= 2
+            # Before the asker gives up on us (its retransmission interval, as ours), with room
+            # for both legs of the network's delay: held later, the answer came after the
+            # timeout and counted as none at all, which is not the throttle under test.
+            due = self.now_ms + self.retransmit_ms // 2
             self.held.append((due, Outbound(request.peer, encode(reply))))
         return []
 
