@@ -343,6 +343,7 @@ class RaftSimCluster(SimShell[RaftSimNode]):
 
     def restart(self, i: int) -> None:
         node = self.nodes[i]
+        assert not node.up, f"{node.name} is running: a restart follows a crash"
         self._log(f"n{i + 1} RESTART at height {node.head.height}")
         cons = node.head.consensus
         point = (int(cons[1]), int(cons[2])) if cons[0] == "raft" else None
@@ -373,7 +374,7 @@ class RaftSimCluster(SimShell[RaftSimNode]):
         self._log(f"n{i + 1} RESTORE from a backup at height {copy.height}")
         node.up = False
         node.unsynced.clear()
-        node.crash_mid_write = False
+        self.disarm(i)
         # The ledger at the copy's height: its blocks re-executed from genesis.
         g = genesis_block(self.genesis)
         root = genesis_state_root(self.chain_id)
