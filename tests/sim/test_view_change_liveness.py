@@ -22,7 +22,8 @@ import os
 
 import pytest
 
-from consortium.node.sim.scenarios import FLAPPING, Outcome, Scenario, run_seed
+from consortium.node.sim.flapping import FLAPPING
+from consortium.node.sim.scenarios import Outcome, Scenario, run_seed
 
 SOAK = int(os.environ.get("CONSORTIUM_SOAK", "1"))
 SEEDS = {4: 200 * SOAK, 7: 50 * SOAK}

@@ -54,6 +54,7 @@ class FlappingCluster(Protocol):
     now_ms: int
     chain_id: bytes
     submitted: list[bytes]
+    trace: Callable[[str], None] | None
 
     def submit(self, txs: tuple[Transaction, ...]) -> None: ...
 
@@ -72,8 +73,14 @@ def make_faulty(cluster: FlappingCluster, mix: str, f: int) -> list[int]:
         if mix == "flap-down":
             cluster.crash(i)
         else:
+            _note(cluster, f"n{i + 1} MUTE for the whole run")
             cluster.net.mute(i)
     return faulty
+
+
+def _note(cluster: FlappingCluster, text: str) -> None:
+    if cluster.trace is not None:
+        cluster.trace(f"{cluster.now_ms:>7} ms  {text}")
 
 
 class Submitter:
@@ -124,8 +131,13 @@ def flap(
         if now_and_then is not None:
             now_and_then()
         held_ms = timeout + rng.randint(timeout // 10, (hold_max - 1) * timeout)
+        sides = [
+            " ".join(f"n{i + 1}" for i in sorted(side)) for side in (members[:cut], members[cut:])
+        ]
+        _note(cluster, f"PARTITION {' | '.join(sides)} for {held_ms} ms (timeout {timeout} ms)")
         cluster.run_until(cluster.now_ms + held_ms)
         cluster.net.heal()
+        _note(cluster, "HEAL")
         flaps.partitions += 1
         flaps.held_ms.append(held_ms)
         flaps.timeouts_ms.append(timeout)
@@ -133,6 +145,7 @@ def flap(
             now_and_then()
         cluster.run_until(cluster.now_ms + rng.randint(0, timeout // 2))
     submit.rest()
+    _note(cluster, "HEALED for good")
     flaps.healed_ms = cluster.now_ms
     flaps.at_heal = state()
 
