@@ -23,7 +23,9 @@ from dataclasses import dataclass
 
 import pytest
 
+from consortium.ledger.tx import Transaction
 from consortium.node.sim.checkers import SafetyViolation
+from consortium.node.sim.cluster import workload
 from consortium.node.sim.raft_cluster import RaftSimCluster
 from consortium.node.sim.raft_scenarios import RAFT_MIXES, run_raft, run_raft_restore
 
@@ -150,6 +152,28 @@ def test_a_crash_armed_for_the_next_write_counts_as_down_and_its_restart_follows
                     wrong.append(f"seed {seed}: n{i + 1} crashed at {at_ms} ms, back at {back}")
     assert not wrong, wrong
     assert crashes >= 14
+
+
+def test_a_client_as_the_real_one_skips_a_crashed_member_and_retransmits_to_the_next(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """client_rotates (the flapping mixes): what node/client.py does in raft mode."""
+    cluster = RaftSimCluster(3, 3, client_rotates=True)
+    cluster.crash(1)
+    for i in range(3):
+        cluster.net.isolate(i, 3)  # nothing commits: the client keeps retransmitting
+    sent: list[int] = []
+    send_to = RaftSimCluster._send_to
+
+    def sending(self: RaftSimCluster, tx: Transaction, i: int) -> None:
+        sent.append(i)
+        send_to(self, tx, i)
+
+    monkeypatch.setattr(RaftSimCluster, "_send_to", sending)
+    cluster.submit(workload(cluster.chain_id, 1))
+    cluster.run_until(3_500)
+    # Sent, then again after 1, 2 and 3 s, to n1 and n3 in turn, never to n2.
+    assert sent in ([0, 2, 0, 2], [2, 0, 2, 0]), sent
 
 
 # --- restore from a backup (RaftSimCluster.backup/restore, raft_scenarios.run_raft_restore) ---
