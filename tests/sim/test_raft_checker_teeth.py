@@ -141,10 +141,12 @@ def isolated_leader_reads(seed: int) -> RaftSimCluster:
     return cluster
 
 
-# Seeds whose schedule lets the old leader serve a stale read (17 of the first 30 since a new
-# leader waits for a majority's clocks before its first batch, which changed the schedules:
-# seeds 1 and 2 of the earlier list no longer give the broken leader a read to serve stale).
-STALE_READ_SEEDS = [0, 4, 5, 6, 7]
+# Seeds whose schedule lets the old leader serve a stale read (13 of the first 30 since a
+# candidate asks again those that did not answer its vote request, which changed the
+# schedules: seeds 6 and 7 of the earlier list no longer give the broken leader a read to serve
+# stale; before, 17 of 30 since a new leader waits for a majority's clocks before its first
+# batch, which dropped seeds 1 and 2).
+STALE_READ_SEEDS = [0, 2, 4, 5, 10]
 
 
 @pytest.mark.parametrize("seed", STALE_READ_SEEDS)
@@ -224,13 +226,16 @@ class ElectionTimerBacksOff(RaftNode):
 def test_the_flapping_mixes_catch_an_election_timer_that_backs_off(
     mix: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """About one seed in four (n = 3): still electing seconds after the heal. Neither PreVote
-    nor CheckQuorum turned off alone fails these mixes (0 of 60 seeds per mix each: they cost
-    disrupted leaders, not progress), so the teeth are a timer."""
+    """A few seeds in a hundred at n = 3 (1 and 4 of the first 60): the two live members split
+    their votes in one term and each waits out its backed-off timeout, long after the heal.
+    Of the other plausible breakages, PreVote turned off failed 1 of 120 seeds (both mixes),
+    CheckQuorum off, both off, or an election timer without its random part none: Raft with
+    a candidate that asks again is hard to stall, so the teeth are a timer and a zero deadline
+    (tests/cli/test_sim_cli.py)."""
     failed: list[tuple[int, str]] = []
     with monkeypatch.context() as patch:
         patch.setattr(raft_cluster, "RaftNode", ElectionTimerBacksOff)
-        for seed in range(40):
+        for seed in range(60):
             try:
                 run_raft_flapping(seed, 3, mix)
             except LivenessViolation as exc:

@@ -68,13 +68,24 @@ def test_flapping_partitions_with_f_faulty_all_along_commit_everything_after_hea
     flaps, reads = run_chunk(mix, n, range(first, first + CHUNK))
     # The mix exercised what it is about: every partition outlasted 2E (every live member's
     # election timer fired in it, and no side could elect), terms moved on during the
-    # flapping in most runs (elections were won in the short heals or after), and in most
-    # runs some member knew no leader when the network healed; reads were verified.
+    # flapping in most runs (elections were won in the short heals), and in some runs a
+    # member knew no leader when the network healed; reads were verified.
     assert len(flaps) == CHUNK
     f = (n - 1) // 2
     assert all(len(x.faulty) == f and x.partitions >= 3 for x in flaps)
     assert all(h > t for x in flaps for h, t in zip(x.held_ms, x.timeouts_ms, strict=True))
     moved = sum(max(t for t, _ in x.at_heal) > max(t for t, _ in x.at_start) for x in flaps)
     leaderless = sum(any(not known for _, known in x.at_heal) for x in flaps)
-    assert moved > CHUNK // 2 and leaderless > CHUNK // 2, (moved, leaderless)
+    assert moved > CHUNK // 2 and leaderless > CHUNK // 4, (moved, leaderless)
     assert reads > CHUNK, reads
+
+
+@pytest.mark.parametrize("seed", [2266])
+def test_regression_a_candidate_asks_again_for_votes_the_network_lost(seed: int) -> None:
+    # flap-down, n = 5 (n1 and n3 down): n5, the only member with the longest log, needed
+    # both others' votes in every election, and the lossy network lost one request or answer
+    # in each of six elections in a row; asked once, each loss cost an election timeout, and
+    # nothing committed until 4.7 s after the heal. A candidate now asks again every
+    # heartbeat interval those that have not answered (crashft/node.py, _ask_again).
+    flaps, _ = run_chunk("flap-down", 5, range(seed, seed + 1))
+    assert flaps[0].recovered_ms < 1_000
