@@ -115,7 +115,7 @@ def test_a_crash_armed_for_the_next_write_counts_as_down_and_its_restart_follows
     """The crashes mix arms a crash for a member's next write and plans its restart. It
     planned the restart by the clock, which was skipped when the armed crash had not fired yet
     (the member crashed later and stayed down until the end of the run: seed 52 at n = 3, back
-    3.9 s after its crash), and it counted the armed member as up, so another one crashed while
+    3.2 s after its crash), and it counted the armed member as up, so another one crashed while
     the first was armed (two of three down: seed 12). Now the restart counts from the crash
     (the shell's restart_after_ms) and an armed member counts as down."""
     events: list[tuple[int, str, int]] = []
