@@ -297,7 +297,13 @@ def run_raft_flapping(
     settle(
         cluster, live, flaps, flapping_deadline_ms(cluster), what=f"seed {seed} ({mix}, n={n}): "
     )
-    for i in members:  # (checked as they are released)
+    # A read at every live member, each checked as it is released (within 2E, or it fails).
+    answered = cluster.reads_released + len(cluster.reads_failed) + len(members)
+    for i in members:
         cluster.read(i)
-    cluster.run_until(cluster.now_ms + election_max_ms)
+    reads_by_ms = cluster.now_ms + election_max_ms
+    while cluster.reads_released + len(cluster.reads_failed) < answered:
+        if cluster.now_ms >= reads_by_ms:
+            break
+        cluster.step()
     return cluster, flaps
