@@ -1,8 +1,9 @@
 """`consortium sim`: run seeded simulations of unmodified PBFT cores (or, with --mode raft,
 Raft cores) from the command line, with chosen network faults, crashes, partitions and
-Byzantine behaviours, or fault mixes (pbft: partitions held past the view-change timeout and
-flapped while f members are down or mute all along; raft: its own), or a member's clock wrong
-(--clock, both modes); print a summary; and replay one seed with a readable trace."""
+Byzantine behaviours, or fault mixes (both modes: partitions held past the view-change or
+election timeout and flapped while f members are down or mute all along; raft: its own crash,
+partition and power-loss mixes too), or a member's clock wrong (--clock, both modes); print a
+summary; and replay one seed with a readable trace."""
 
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ import typer
 from consortium.node.sim.byzantine import BEHAVIOURS
 from consortium.node.sim.checkers import LivenessViolation, SafetyViolation
 from consortium.node.sim.clock_scenarios import CLOCK_MIXES, plan, run_clock
-from consortium.node.sim.raft_scenarios import RAFT_MIXES, run_raft
-from consortium.node.sim.scenarios import FAULTS, FLAPPING, Outcome, Scenario, run_seed
+from consortium.node.sim.flapping import FLAPPING
+from consortium.node.sim.raft_scenarios import RAFT_MIXES, run_raft, run_raft_flapping
+from consortium.node.sim.scenarios import FAULTS, Outcome, Scenario, run_seed
 
 EXIT_FAILED = 1
 
@@ -50,7 +52,8 @@ def sim(
             help=f"Fault mix (repeatable, or 'all'). pbft: {', '.join(FLAPPING)} (partitions "
             "held past the view-change timeout and flapped, f members crashed or mute for the "
             "whole run; every transaction must commit within 4 x the capped timeout after "
-            f"healing); raft: {', '.join(RAFT_MIXES)}."
+            f"healing); raft: {', '.join(RAFT_MIXES + FLAPPING)} (the same two: partitions "
+            "held past 2E, the election timeout's upper end; 4 x max(2E, client retry))."
         ),
     ] = None,
     n: Annotated[
@@ -193,12 +196,19 @@ def _raft(
 ) -> None:
     if n < 1:
         raise typer.BadParameter("at least one member", param_hint="--n")
-    names = list(RAFT_MIXES) if not mixes or mixes == ["all"] else list(mixes)
-    unknown = [x for x in names if x not in RAFT_MIXES]
+    known = RAFT_MIXES + FLAPPING
+    if not mixes or mixes == ["all"]:
+        # (a flapping mix partitions the members that are not faulty: two at least)
+        names = list(known if n >= 2 else RAFT_MIXES)
+    else:
+        names = list(mixes)
+    unknown = [x for x in names if x not in known]
     if unknown:
         raise typer.BadParameter(
-            f"{unknown[0]!r}: choose from {', '.join(RAFT_MIXES)} or all", param_hint="--mix"
+            f"{unknown[0]!r}: choose from {', '.join(known)} or all", param_hint="--mix"
         )
+    if n < 2 and any(x in FLAPPING for x in names):
+        raise typer.BadParameter("a flapping mix needs n >= 2", param_hint="--n")
     if trace is not None:
         failure = _raft_one(trace, n, names[0], txs, _trace_printer(trace_lines))
         typer.echo(f"seed {trace} ({names[0]}, n={n}): {failure or 'ok'}")
@@ -230,7 +240,10 @@ def _raft(
 def _raft_one(seed: int, n: int, mix: str, txs: int, emit: Callable[[str], None] | None) -> str:
     """'' when the run passed, else 'safety: ...' or 'liveness: ...'."""
     try:
-        run_raft(seed, n, mix, txs=txs, trace=emit)
+        if mix in FLAPPING:
+            run_raft_flapping(seed, n, mix, txs=txs, trace=emit)
+        else:
+            run_raft(seed, n, mix, txs=txs, trace=emit)
     except SafetyViolation as exc:
         return f"safety: {exc}"
     except LivenessViolation as exc:

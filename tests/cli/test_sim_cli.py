@@ -146,3 +146,41 @@ def test_sim_runs_the_flapping_mixes_and_says_how_to_replay_a_failure(
     assert result.exit_code != 0 and "choose from flap-down, flap-mute" in result.output
     result = runner.invoke(app, ["sim", "--mix", "flap-down", "--crash"])
     assert result.exit_code != 0 and "brings its own faults" in result.output
+
+
+def test_sim_runs_the_raft_flapping_mixes_and_says_how_to_replay_a_failure(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from consortium.node.sim import raft_scenarios
+
+    result = runner.invoke(
+        app, ["sim", "--mode", "raft", "--mix", "all", "--seeds", "0-2", "--txs", "6"]
+    )
+    assert result.exit_code == 0, result.output
+    rows = {line.split()[0]: line.split()[1:5] for line in result.output.splitlines()[1:]}
+    assert rows["flap-down"] == rows["flap-mute"] == ["3", "3", "0", "0"], result.output
+    assert rows["crashes"] == ["3", "3", "0", "0"], result.output  # all: every raft mix
+    flags = ["--mode", "raft", "--mix", "flap-mute", "--txs", "8", "--trace-lines", "99999"]
+    traced = runner.invoke(app, ["sim", *flags, "--trace", "3"])
+    assert traced.exit_code == 0, traced.output
+    assert " MUTE for the whole run" in traced.output and " PARTITION n" in traced.output
+    assert " HEALED for good" in traced.output and " LEADER of term " in traced.output
+    assert traced.output.strip().endswith("seed 3 (flap-mute, n=3): ok")
+    # No time at all after healing, and transactions submitted at the heal: a liveness failure.
+    monkeypatch.setattr(raft_scenarios, "flapping_deadline_ms", lambda cluster: 0)
+    result = runner.invoke(
+        app, ["sim", "--mode", "raft", "--mix", "flap-down", "--seeds", "4", "--txs", "20"]
+    )
+    assert result.exit_code == 1, result.output
+    assert (
+        "FAILED flap-down seed 4: liveness: seed 4 (flap-down, n=3): not everything committed "
+        "0.0 s after the last heal" in result.output
+    )
+    assert "replay: consortium sim --mode raft --n 3 --txs 20 --mix flap-down --trace 4" in (
+        result.output
+    )
+    result = runner.invoke(app, ["sim", "--mode", "raft", "--mix", "flap-up"])
+    assert result.exit_code != 0 and "choose from lossy, crashes" in result.output
+    assert "flap-down, flap-mute or all" in result.output
+    result = runner.invoke(app, ["sim", "--mode", "raft", "--mix", "flap-mute", "--n", "1"])
+    assert result.exit_code != 0 and "a flapping mix needs n >= 2" in result.output

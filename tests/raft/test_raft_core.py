@@ -67,6 +67,31 @@ def test_a_member_whose_timer_fires_pre_votes_then_votes_and_is_elected() -> Non
     assert n1.elections == 2  # the pre-vote round and the real one
 
 
+def test_a_candidate_asks_again_every_heartbeat_interval_those_that_did_not_answer() -> None:
+    # n = 5: every vote counts when only a majority is up. Asked once, a lost request or answer
+    # cost the whole election (E to 2E until the next one).
+    g = RaftGroup(5)
+    g.timeout(0)
+    fired_ms = g.now
+    prevote = m.Vote(1, 0, 0, True, False)
+    assert [(q.dst, q.msg) for q in g.queue] == [(i, prevote) for i in range(1, 5)]
+    g.deliver(lambda q: 1 in (q.src, q.dst))  # only n2 hears it and answers: 2 of 3
+    assert g.node(0).role == PRE_CANDIDATE
+    g.advance(HEARTBEAT - 1, [0])
+    assert g.queue == []
+    g.advance(1, [0])  # one heartbeat interval later: n3, n4, n5 again, not n2
+    assert [(q.dst, q.msg) for q in g.queue] == [(i, prevote) for i in range(2, 5)]
+    g.deliver(lambda q: 2 in (q.src, q.dst) and getattr(q.msg, "prevote", False), keep=True)
+    assert g.node(0).role == CANDIDATE  # n3 answered: a candidate for term 1
+    g.drop()  # its vote requests are lost, and what was left of the pre-vote
+    vote = m.Vote(1, 0, 0, False, False)
+    g.advance(HEARTBEAT, [0])
+    assert [(q.dst, q.msg) for q in g.queue] == [(i, vote) for i in range(1, 5)]
+    g.deliver(lambda q: q.src in (0, 1, 3) and q.dst in (0, 1, 3))  # n2 and n4 grant
+    assert g.node(0).role == LEADER and g.node(0).term == 1
+    assert g.now - fired_ms == 2 * HEARTBEAT  # not E or more, for its next election
+
+
 def test_a_new_leader_appends_a_noop_of_its_term_which_commits_and_makes_no_block() -> None:
     g = RaftGroup(3)
     leader = g.elect(0)

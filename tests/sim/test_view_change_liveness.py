@@ -22,7 +22,8 @@ import os
 
 import pytest
 
-from consortium.node.sim.scenarios import FLAPPING, Outcome, Scenario, run_seed
+from consortium.node.sim.flapping import FLAPPING
+from consortium.node.sim.scenarios import Outcome, Scenario, run_seed
 
 SOAK = int(os.environ.get("CONSORTIUM_SOAK", "1"))
 SEEDS = {4: 200 * SOAK, 7: 50 * SOAK}
@@ -64,8 +65,8 @@ def test_flapping_partitions_with_f_faulty_all_along_commit_everything_after_hea
     assert all(len(x.faulty) == f and x.partitions >= 3 for x in flaps)
     assert all(h > t for x in flaps for h, t in zip(x.held_ms, x.timeouts_ms, strict=True))
     assert sum(max(x.timeouts_ms) > x.timeouts_ms[0] for x in flaps) > CHUNK // 2
-    drifted = sum(len(set(x.views_at_heal)) > 1 for x in flaps)
-    unsettled = sum(any(not active for _, active in x.views_at_heal) for x in flaps)
+    drifted = sum(len(set(x.at_heal)) > 1 for x in flaps)
+    unsettled = sum(any(not active for _, active in x.at_heal) for x in flaps)
     assert drifted > 0 and unsettled > CHUNK // 4, (drifted, unsettled)
 
 

@@ -419,7 +419,7 @@ class SimCluster(SimShell[SimNode]):
         self._log(f"n{i + 1} RESTORE from a backup at height {copy.height}")
         node.up = False
         node.unsynced.clear()
-        node.crash_mid_write = False
+        self.disarm(i)
         # The ledger at the copy's height: its blocks executed again from genesis (a ledger
         # is its blocks), which gives the same blocks, hashes and state.
         g = genesis_block(self.genesis)

@@ -24,7 +24,11 @@ Liveness, at the end: after healing, every submitted transaction is in every led
 ledgers are identical.
 
 Clients send each transaction to one random node (followers forward to the leader) and, until
-it is in some ledger, send it again to another random node every client_retry_ms.
+it is in some ledger, send it again to another random node every client_retry_ms. With
+client_rotates=True they do what the real client does (node/client.py): send to a member that
+is up (a client's connection to a crashed one is refused), and each retransmission to the next
+member after the last one tried that is up, so a member that takes transactions and answers
+nothing (a mute one) holds one for at most client_retry_ms per such member in a row.
 
 Restore from a backup, as in the PBFT simulator: backup(i) copies node i's records and ledger,
 restore(i, copy) restarts node i from it marked as a restored backup (its core starts in
@@ -232,6 +236,7 @@ class RaftSimCluster(SimShell[RaftSimNode]):
         configure: Callable[[RaftConfig], RaftConfig] = raft_sim_config,
         client_delay_ms: tuple[int, int] = (0, 10),
         client_retry_ms: int = 1_000,
+        client_rotates: bool = False,
         max_steps: int = 1_000_000,
     ) -> None:
         self.seed = seed
@@ -253,6 +258,8 @@ class RaftSimCluster(SimShell[RaftSimNode]):
         self.max_steps = max_steps
         self.client_delay_ms = client_delay_ms
         self.client_retry_ms = client_retry_ms
+        self.client_rotates = client_rotates
+        self._tried: dict[bytes, int] = {}  # client_rotates: tx id -> member last sent to
         self._init_clocks()  # a member's clock: shell.SimShell.set_clock
         keys = member_keys(n)
         self.signers = [HmacSigner(k.public, k.seed()) for k in keys]
@@ -316,7 +323,21 @@ class RaftSimCluster(SimShell[RaftSimNode]):
             self._valid_txs.add(tx.id + tx.signature)
             self.submitted.append(tx.id)
             self._awaiting[tx.id] = (tx, self.now_ms)
-            self._send_to(tx, self.rng.randrange(self.n) if to is None else to)
+            self._send_to(tx, self._client_target(tx.id) if to is None else to)
+
+    def _client_target(self, tx_id: bytes) -> int:
+        """The member a client sends `tx_id` to now: a random one; with client_rotates, one
+        that is up (at random the first time, then the next after the last one tried)."""
+        if not self.client_rotates:
+            return self.rng.randrange(self.n)
+        up = [i for i in range(self.n) if self.nodes[i].up] or list(range(self.n))
+        last = self._tried.get(tx_id)
+        if last is None:
+            target = self.rng.choice(up)
+        else:
+            target = min(up, key=lambda i: (i - last - 1) % self.n)
+        self._tried[tx_id] = target
+        return target
 
     def _send_to(self, tx: Transaction, i: int) -> None:
         self._client_seq += 1
@@ -328,7 +349,7 @@ class RaftSimCluster(SimShell[RaftSimNode]):
         for tx_id, (tx, sent_ms) in list(self._awaiting.items()):
             if self.now_ms - sent_ms >= self.client_retry_ms:
                 self._awaiting[tx_id] = (tx, self.now_ms)
-                self._send_to(tx, self.rng.randrange(self.n))
+                self._send_to(tx, self._client_target(tx.id))
 
     def read(self, i: int) -> int:
         """Issue a linearizable read at node i; the checker verifies it when released."""
@@ -343,6 +364,7 @@ class RaftSimCluster(SimShell[RaftSimNode]):
 
     def restart(self, i: int) -> None:
         node = self.nodes[i]
+        assert not node.up, f"{node.name} is running: a restart follows a crash"
         self._log(f"n{i + 1} RESTART at height {node.head.height}")
         cons = node.head.consensus
         point = (int(cons[1]), int(cons[2])) if cons[0] == "raft" else None
@@ -373,7 +395,7 @@ class RaftSimCluster(SimShell[RaftSimNode]):
         self._log(f"n{i + 1} RESTORE from a backup at height {copy.height}")
         node.up = False
         node.unsynced.clear()
-        node.crash_mid_write = False
+        self.disarm(i)
         # The ledger at the copy's height: its blocks re-executed from genesis.
         g = genesis_block(self.genesis)
         root = genesis_state_root(self.chain_id)

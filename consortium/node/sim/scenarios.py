@@ -5,15 +5,15 @@ run until everything committed and check; the outcome says what failed, if anyth
 
 run_restore: a member restored from a backup two blocks old, with or without recovery.
 
-The flapping mixes (FLAPPING) are PBFT liveness as the paper states it: after the network
-stabilises with at most f faulty members, correct members order new requests. f members are
-faulty for the whole run ("flap-down": crashed from the start; "flap-mute": running, hearing
-everything, heard by no one), and partitions of the others, each held longer than the current
-(doubled) view-change timeout and each with its own split, come and go with short heals in
-between, so the members drift apart by views. Then the network heals for good, and every
-transaction submitted must commit at every other member, in identical ledgers, within
-4 x the capped view-change timeout (params.request_timeout_ms << TIMEOUT_DOUBLINGS_MAX) of
-simulated time.
+The flapping mixes (FLAPPING, their course in flapping.py, shared with raft's) are PBFT
+liveness as the paper states it: after the network stabilises with at most f faulty members,
+correct members order new requests. f members are faulty for the whole run ("flap-down":
+crashed from the start; "flap-mute": running, hearing everything, heard by no one), and
+partitions of the others, each held 1.1 to 2 times the current (doubled) view-change timeout
+and each with its own split, come and go with short heals of up to half of it in between, so
+the members drift apart by views. Then the network heals for good, and every transaction
+submitted must commit at every other member, in identical ledgers, within 4 x the capped
+view-change timeout (params.request_timeout_ms << TIMEOUT_DOUBLINGS_MAX) of simulated time.
 """
 
 from __future__ import annotations
@@ -22,8 +22,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from consortium.node.sim.byzantine import byzantine
-from consortium.node.sim.checkers import LivenessViolation, SafetyViolation, check_converged
-from consortium.node.sim.cluster import ReplicaFactory, SimBackup, SimCluster, SimNode, workload
+from consortium.node.sim.checkers import LivenessViolation, SafetyViolation
+from consortium.node.sim.cluster import ReplicaFactory, SimBackup, SimCluster, workload
+from consortium.node.sim.flapping import (
+    FLAPPING,
+    Flaps,
+    Submitter,
+    flap,
+    make_faulty,
+    settle,
+)
 from consortium.node.sim.network import NetworkFaults
 from consortium.pbft.replica import TIMEOUT_DOUBLINGS_MAX
 
@@ -33,8 +41,6 @@ FAULTS = {
     "heavy": NetworkFaults(delay_ms=(1, 80), drop=0.3, duplicate=0.2),
 }
 DEADLINE_MS = 120_000
-FLAPPING = ("flap-down", "flap-mute")
-FLAPS = (3, 5)  # partitions per run, inclusive
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,19 +68,6 @@ class Outcome:
     heights: list[int] = field(default_factory=list)
     views: list[int] = field(default_factory=list)
     flaps: Flaps | None = None  # what a flapping mix did
-
-
-@dataclass(slots=True)
-class Flaps:
-    """What one run of a flapping mix did, so tests can check the mix exercised its subject."""
-
-    faulty: list[int] = field(default_factory=list)
-    partitions: int = 0
-    held_ms: list[int] = field(default_factory=list)  # how long each partition was held
-    timeouts_ms: list[int] = field(default_factory=list)  # the timeout when each began
-    views_at_heal: list[tuple[int, bool]] = field(default_factory=list)  # live members'
-    healed_ms: int = 0
-    recovered_ms: int = 0  # simulated time from the last heal until everything committed
 
 
 def run_seed(
@@ -210,64 +203,24 @@ def flapping_deadline_ms(cluster: SimCluster) -> int:
 
 def _drive_flapping(cluster: SimCluster, scenario: Scenario, flaps: Flaps) -> None:
     assert scenario.mix in FLAPPING, scenario.mix
-    rng, n, f = cluster.rng, cluster.n, cluster.genesis.f
-    faulty = sorted(rng.sample(range(n), f))
+    faulty = make_faulty(cluster, scenario.mix, cluster.genesis.f)
     flaps.faulty = faulty
-    for i in faulty:
-        if scenario.mix == "flap-down":
-            cluster.crash(i)
-        else:
-            cluster.net.mute(i)
     live = [node for node in cluster.nodes if node.index not in faulty]
-    pool = workload(cluster.chain_id, scenario.txs)
-    sent = 0
 
-    def submit(k: int) -> None:
-        nonlocal sent
-        k = min(k, scenario.txs - sent)
-        cluster.submit(pool[sent : sent + k])
-        sent += k
+    def views() -> list[tuple[int, bool]]:
+        return [(node.replica.view, node.replica.active) for node in live]
 
-    # Work before the first partition (it may commit, or be caught in it) and during each: a
-    # backup suspects the primary only while it holds a request.
-    submit(rng.randint(1, 3))
-    cluster.run_until(cluster.now_ms + rng.randint(0, 300))
-    for _ in range(rng.randint(*FLAPS)):
-        # Held longer than the current timeout (it doubles with each view change), so every
-        # member's timer fires in it, with a new split each time (no side has a quorum: the
-        # f faulty members leave exactly a quorum, and every split divides it).
-        timeout_ms = max(node.replica.timeout_ms for node in live)
-        members = [node.index for node in live]
-        rng.shuffle(members)
-        cut = rng.randint(1, len(members) - 1)
-        cluster.net.partition([members[:cut], members[cut:]])
-        submit(rng.randint(1, 2))
-        held_ms = timeout_ms + rng.randint(timeout_ms // 10, timeout_ms)
-        cluster.run_until(cluster.now_ms + held_ms)
-        cluster.net.heal()
-        flaps.partitions += 1
-        flaps.held_ms.append(held_ms)
-        flaps.timeouts_ms.append(timeout_ms)
-        # A short heal: some VIEW-CHANGEs and NEW-VIEWs get through, most do not.
-        cluster.run_until(cluster.now_ms + rng.randint(0, timeout_ms // 2))
-    submit(scenario.txs - sent)
-    flaps.healed_ms = cluster.now_ms
-    flaps.views_at_heal = [(node.replica.view, node.replica.active) for node in live]
-    deadline_ms = cluster.now_ms + flapping_deadline_ms(cluster)
-    ids = set(cluster.submitted)
-    while not _settled(cluster, live, ids):
-        if cluster.now_ms >= deadline_ms:
-            explain = "; ".join(f"{node.name}: {node.explain()}" for node in live)
-            raise LivenessViolation(
-                f"not everything committed {flapping_deadline_ms(cluster) / 1000:.1f} s after "
-                f"the last heal ({explain})"
-            )
-        cluster.step()
-    flaps.recovered_ms = cluster.now_ms - flaps.healed_ms
-    check_converged(live, cluster.submitted)
-
-
-def _settled(cluster: SimCluster, live: list[SimNode], ids: set[bytes]) -> bool:
-    """Everything submitted committed at every live member, into ledgers of one height."""
-    heights = {node.head.height for node in live}
-    return len(heights) == 1 and all(ids <= node.committed_ids for node in live)
+    # Each partition held longer than the current timeout (it doubles with each view change,
+    # so read when the partition begins): every member's timer fires in it. A backup suspects
+    # the primary only while it holds a request: work comes before and during each.
+    flap(
+        cluster,
+        [node.index for node in live],
+        flaps,
+        Submitter(cluster, scenario.txs),
+        timeout_ms=lambda: max(node.replica.timeout_ms for node in live),
+        hold_max=2,
+        lead_in_ms=300,
+        state=views,
+    )
+    settle(cluster, live, flaps, flapping_deadline_ms(cluster))

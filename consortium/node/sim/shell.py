@@ -166,6 +166,11 @@ class SimShell(ABC, Generic[N]):
         if restart_after_ms is not None:
             self._restart_after_armed_ms[i] = restart_after_ms
 
+    def disarm(self, i: int) -> None:
+        """Call off node i's armed crash, and the restart planned after it."""
+        self.nodes[i].crash_mid_write = False
+        self._restart_after_armed_ms.pop(i, None)
+
     @abstractmethod
     def restart(self, i: int) -> None:
         """Rebuild node i from what it persisted (each cluster's own)."""
