@@ -184,7 +184,8 @@ class Follower:
                 client._follow_streams[follow_id] = stream
             elif (
                 stream.granted < self.credit // 2 + 1
-                and stream.next_height < self.next_height + self.credit
+                # blocks received but not taken yet count: they are what the member sent
+                and stream.next_height + len(stream.blocks) < self.next_height + self.credit
             ):
                 more = self.credit - stream.granted
                 if more > 0 and self._send(

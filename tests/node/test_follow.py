@@ -462,6 +462,30 @@ async def test_the_client_holds_a_bounded_number_of_blocks_when_the_consumer_sto
         follower.close()
 
 
+async def test_blocks_received_but_not_yet_taken_count_against_the_credit() -> None:
+    """Blocks that arrive between two tends sit in the stream's queue with its next_height not
+    yet advanced: a top-up judged by next_height alone granted credit for them again, and under
+    load (blocks arriving 3, then 4, then 4 between tends) one member ran 11 heights ahead with
+    a credit of 4. The consumer takes nothing here, so at most about 2 x credit are ever held."""
+    credit = 4
+    client = ConsortiumClient(GENESIS)
+    member = 0
+    client._members[member].online = True
+    follower = Follower(client, 1, credit)
+    follower.tend()
+    stream = follower.streams[member]
+    blocks = _forked_blocks(b"-untaken", 4 * credit, member)
+    sent = 0
+    for burst in (3, 4, 4, 4):  # as many as the member may send, then a tend
+        for block in blocks[sent : sent + min(burst, stream.granted)]:
+            stream.receive(block)
+            sent += 1
+        follower.tend()
+    assert not stream.ended
+    assert sent <= 2 * credit - 1, f"granted credit for {sent} blocks, consumer at 1"
+    assert stream.next_height - 1 == sent and len(follower.pending) == sent
+
+
 async def test_a_block_that_does_not_link_to_the_previous_one_is_an_error(
     tmp_path: Path,
 ) -> None:
