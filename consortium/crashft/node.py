@@ -940,8 +940,9 @@ class RaftNode:
         if can_vote and self.log.up_to_date(msg.last_index, msg.last_term):
             self._send(sender, m.VoteReply(msg.term, True, msg.prevote))
             if not msg.prevote:
-                self.voted_for = sender
-                self._hard_dirty = True
+                if self.voted_for != sender:  # a candidate asking again costs no write
+                    self.voted_for = sender
+                    self._hard_dirty = True
                 self._reset_election_timer()
         else:
             self._send(sender, m.VoteReply(self.term, False, msg.prevote))

@@ -167,7 +167,7 @@ def test_sim_runs_the_raft_flapping_mixes_and_says_how_to_replay_a_failure(
     assert " HEALED for good" in traced.output and " LEADER of term " in traced.output
     assert traced.output.strip().endswith("seed 3 (flap-mute, n=3): ok")
     # No time at all after healing, and transactions submitted at the heal: a liveness failure.
-    monkeypatch.setattr(raft_scenarios, "flapping_deadline_ms", lambda cluster: 0)
+    monkeypatch.setattr(raft_scenarios, "flapping_deadline_ms", lambda cluster, mix: 0)
     result = runner.invoke(
         app, ["sim", "--mode", "raft", "--mix", "flap-down", "--seeds", "4", "--txs", "20"]
     )

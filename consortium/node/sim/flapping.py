@@ -7,10 +7,11 @@ members come and go: three to five, each with a new split (no side holds a quoru
 members leave exactly one, and every split divides it), each held longer than the timeout that
 must fire in it (each mode says which, and how much longer), with a short heal of up to half
 that timeout after each, so some votes and appends get through and most do not. A few
-transactions are submitted before and during the partitions, the rest at the last heal. Then
-the network stays healed, and every transaction submitted must commit at every member that is
-not faulty, into ledgers of one height, within a deadline each mode derives from its timers.
-The safety checkers run after every step, as in every run of the simulator.
+transactions are submitted before and during the partitions, the rest at the end of the last
+heal. The network stays healed from the end of the last partition, and every transaction
+submitted must commit at every member that is not faulty, into ledgers of one height, within a
+deadline each mode derives from its timers, counted from the end of the last partition. The
+safety checkers run after every step, as in every run of the simulator.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ class Flaps:
     # in it); raft (term, knows a leader of it). At the first partition and at the last heal.
     at_start: list[tuple[int, bool]] = field(default_factory=list)
     at_heal: list[tuple[int, bool]] = field(default_factory=list)
-    healed_ms: int = 0
+    healed_ms: int = 0  # when the network healed for good (the last partition ended)
     recovered_ms: int = 0  # simulated time from the last heal until everything committed
 
 
@@ -138,6 +139,7 @@ def flap(
         cluster.run_until(cluster.now_ms + held_ms)
         cluster.net.heal()
         _note(cluster, "HEAL")
+        flaps.healed_ms = cluster.now_ms  # the last one holds: the deadline counts from it
         flaps.partitions += 1
         flaps.held_ms.append(held_ms)
         flaps.timeouts_ms.append(timeout)
@@ -145,8 +147,7 @@ def flap(
             now_and_then()
         cluster.run_until(cluster.now_ms + rng.randint(0, timeout // 2))
     submit.rest()
-    _note(cluster, "HEALED for good")
-    flaps.healed_ms = cluster.now_ms
+    _note(cluster, f"HEALED for good (since {flaps.healed_ms} ms): the rest submitted")
     flaps.at_heal = state()
 
 

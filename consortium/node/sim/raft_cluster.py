@@ -255,6 +255,7 @@ class RaftSimCluster(SimShell[RaftSimNode]):
         self.votes = EquivocationChecker(range(n))
         self.submitted: list[bytes] = []
         self.steps = 0
+        self._touched: set[int] = set()  # members given input since the last full check
         self.max_steps = max_steps
         self.client_delay_ms = client_delay_ms
         self.client_retry_ms = client_retry_ms
@@ -278,6 +279,9 @@ class RaftSimCluster(SimShell[RaftSimNode]):
         self._reads: dict[tuple[int, int], int] = {}  # (node, read id) -> required index
         self.reads_released = 0
         self.reads_failed: list[str] = []
+        # (node, read id) -> "" once released (and checked), or why it failed or was abandoned
+        self.read_outcomes: dict[tuple[int, int], str] = {}
+        self.transfers = 0  # leadership transfers asked for (transfer())
         self.elections_won = 0
         self.installs = 0
         genesis = genesis_block(self.genesis)
@@ -362,6 +366,17 @@ class RaftSimCluster(SimShell[RaftSimNode]):
             self._carry_out(node)
         return self._read_seq
 
+    def abandon_read(self, i: int, read_id: int) -> None:
+        """Give up on a read, as the runtime does after READ_TIMEOUT_S (raft_runtime.read_value):
+        the core forgets it if it forwarded it, and it is no longer checked."""
+        if self._reads.pop((i, read_id), None) is None:
+            return  # answered already
+        self.read_outcomes[(i, read_id)] = "abandoned"
+        node = self.nodes[i]
+        if node.up:
+            node.raft.read_abandoned(read_id)
+            self._carry_out(node)
+
     def restart(self, i: int) -> None:
         node = self.nodes[i]
         assert not node.up, f"{node.name} is running: a restart follows a crash"
@@ -431,6 +446,7 @@ class RaftSimCluster(SimShell[RaftSimNode]):
 
     def transfer(self, i: int, target: int) -> str | None:
         node = self.nodes[i]
+        self.transfers += 1
         why = node.raft.transfer_leadership(target)
         self._carry_out(node)
         return why
@@ -476,6 +492,13 @@ class RaftSimCluster(SimShell[RaftSimNode]):
                 if node.up:
                     node.raft.tick(self.now_ms, self.wall_ms(node.index))
                     self._carry_out(node)
+        # The fuller (window-long) invariants once per step for each member given input, as the
+        # core's constant-time ones run after each input (checking every input cost a third of
+        # a run's time).
+        for i in sorted(self._touched):
+            if self.nodes[i].up:
+                self.nodes[i].raft.check_invariants()
+        self._touched.clear()
 
     def _carry_out(self, node: RaftSimNode) -> None:
         raft = node.raft
@@ -531,14 +554,16 @@ class RaftSimCluster(SimShell[RaftSimNode]):
                 required = self._reads.pop((node.index, state.read_id), None)
                 if required is not None:
                     self.check.read(node.index, required, state)
+                    self.read_outcomes[(node.index, state.read_id)] = ""
             for read_id, why in ready.read_failures:
-                self._reads.pop((node.index, read_id), None)
+                if self._reads.pop((node.index, read_id), None) is not None:
+                    self.read_outcomes[(node.index, read_id)] = why
                 self.reads_failed.append(why)
         if RECOVERY_MARK_KEY in node.records and not raft.recovering:
             # The runtime deletes the mark in a write after the step that left recovery.
             del node.records[RECOVERY_MARK_KEY]
             self._log(f"n{node.index + 1} RECOVERED in term {raft.term}")
-        raft.check_invariants()
+        self._touched.add(node.index)  # fuller invariants: at the end of the step
         if raft.role == LEADER:
             self.check.leader(node.index, raft.term)
             if node.was_leader_term != raft.term:

@@ -42,6 +42,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from functools import partial
 
+from consortium.node.raft_runtime import READ_TIMEOUT_S
 from consortium.node.sim.checkers import LivenessViolation
 from consortium.node.sim.cluster import workload
 from consortium.node.sim.flapping import FLAPPING, Flaps, Submitter, flap, make_faulty, settle
@@ -233,22 +234,91 @@ def run_raft_restore(
         raise LivenessViolation(
             f"seed {seed} (restore, n={n}): not everything committed ({explain})"
         )
+    if recovery and copy is not None:
+        _transfer_until_recovered(cluster, copy.index, f"seed {seed} (restore, n={n}): ")
     cluster.run_until(cluster.now_ms + 1_000)
     cluster.check_converged()
     return cluster
 
 
-def flapping_deadline_ms(cluster: RaftSimCluster) -> int:
-    """How long after the last heal everything must have committed (simulated time): 4 x the
-    longest timer recovery waits on, neither of which Raft doubles: the election timer, capped
-    at 2E by its range [E, 2E) (an election whose votes are lost waits for the next), and the
-    client's retransmission interval (a mute member takes a transaction and answers nothing:
-    the client sends it to the next member after client_retry_ms, 1 s as the real client's
-    retransmit_s). With the simulator's E = 300 ms: 4 x max(600, 1000) ms = 4 s. Measured:
-    recovery took at most 1.8 s at n = 3 (1,000 seeds per mix) and 2.7 s at n = 5 (500 per
-    mix; flap-mute: a transaction sent to one mute member, then to the other, waits two
-    retransmission intervals)."""
-    return 4 * max(2 * cluster.nodes[0].raft.config.election_ms, cluster.client_retry_ms)
+TRANSFER_TRIES = 5
+
+
+def _transfer_until_recovered(cluster: RaftSimCluster, restored: int, what: str) -> None:
+    """A restored member still recovering once everything committed waits for an election
+    in a term at or above its floor; the operator's remedy (docs/raft.md) is a leadership
+    transfer to a member that is not recovering, which is such an election. Asked every 2E
+    (a TimeoutNow the lossy network lost), the member must recover within TRANSFER_TRIES."""
+    election_max_ms = 2 * cluster.nodes[0].raft.config.election_ms
+    deadline_ms = cluster.now_ms + TRANSFER_TRIES * election_max_ms
+    next_try_ms = cluster.now_ms
+    while cluster.nodes[restored].raft.recovering:
+        if cluster.now_ms >= deadline_ms:
+            raise LivenessViolation(
+                f"{what}n{restored + 1} still recovering after {TRANSFER_TRIES} leadership "
+                f"transfers ({cluster.nodes[restored].explain()})"
+            )
+        leaders = cluster.leaders()
+        if cluster.now_ms >= next_try_ms and leaders:
+            leader = leaders[0].index
+            targets = [
+                x.index
+                for x in cluster.nodes
+                if x.index != leader and x.up and not x.raft.recovering
+            ]
+            cluster.transfer(leader, cluster.rng.choice(targets))
+            next_try_ms = cluster.now_ms + election_max_ms
+        cluster.step()
+
+
+def flapping_deadline_ms(cluster: RaftSimCluster, mix: str) -> int:
+    """How long after the last partition ended everything must have committed (simulated
+    time): 4 x 2E, 2E the upper end of the election timeout range [E, 2E), which Raft never
+    doubles (an election that loses its votes waits for the next one), and in flap-mute one
+    client retransmission interval more per mute member (a mute member takes a transaction and
+    answers nothing: the client sends it to the next member after client_retry_ms, 1 s as the
+    real client's retransmit_s, and that may be the other mute one). In flap-down the client
+    never sends to a crashed member. With the simulator's E = 300 ms: flap-down 2.4 s;
+    flap-mute 3.4 s at n = 3 and 4.4 s at n = 5. docs/raft.md has the measured figures."""
+    deadline = 4 * 2 * cluster.nodes[0].raft.config.election_ms
+    if mix == "flap-mute":
+        deadline += (cluster.n - 1) // 2 * cluster.client_retry_ms
+    return deadline
+
+
+READ_TIMEOUT_MS = int(READ_TIMEOUT_S * 1_000)
+READ_ATTEMPTS = 4
+
+
+def final_reads(cluster: RaftSimCluster, members: list[int], what: str) -> int:
+    """A linearizable read at every member in `members`, each released (and so checked) within
+    2E plus READ_ATTEMPTS read timeouts: a read the runtime gives up on (READ_TIMEOUT_S: a
+    forwarded read or its answer lost) or that fails (no leader yet) is asked again at once,
+    as a client would. LivenessViolation otherwise. The reads it issued."""
+    began_ms = cluster.now_ms
+    election_max_ms = 2 * cluster.nodes[0].raft.config.election_ms
+    deadline_ms = began_ms + election_max_ms + READ_ATTEMPTS * READ_TIMEOUT_MS
+    asked = {i: (cluster.read(i), cluster.now_ms) for i in members}
+    issued = len(asked)
+    while asked:
+        for i, (read_id, at_ms) in list(asked.items()):
+            outcome = cluster.read_outcomes.get((i, read_id))
+            if outcome == "":
+                del asked[i]
+            elif outcome is not None or cluster.now_ms - at_ms >= READ_TIMEOUT_MS:
+                cluster.abandon_read(i, read_id)
+                asked[i] = (cluster.read(i), cluster.now_ms)
+                issued += 1
+        if not asked:
+            break
+        if cluster.now_ms >= deadline_ms:
+            raise LivenessViolation(
+                f"{what}the reads at "
+                + ", ".join(f"n{i + 1}" for i in sorted(asked))
+                + f" not answered {(cluster.now_ms - began_ms) / 1000:.1f} s after they began"
+            )
+        cluster.step()
+    return issued
 
 
 def run_raft_flapping(
@@ -294,16 +364,7 @@ def run_raft_flapping(
     )
     for _ in range(2):
         cluster.read(rng.choice(members))
-    settle(
-        cluster, live, flaps, flapping_deadline_ms(cluster), what=f"seed {seed} ({mix}, n={n}): "
-    )
-    # A read at every live member, each checked as it is released (within 2E, or it fails).
-    answered = cluster.reads_released + len(cluster.reads_failed) + len(members)
-    for i in members:
-        cluster.read(i)
-    reads_by_ms = cluster.now_ms + election_max_ms
-    while cluster.reads_released + len(cluster.reads_failed) < answered:
-        if cluster.now_ms >= reads_by_ms:
-            break
-        cluster.step()
+    what = f"seed {seed} ({mix}, n={n}): "
+    settle(cluster, live, flaps, flapping_deadline_ms(cluster, mix), what=what)
+    final_reads(cluster, members, what)
     return cluster, flaps
