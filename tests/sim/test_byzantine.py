@@ -93,7 +93,7 @@ def test_n4_a_byzantine_first_primary(name: str, first: int) -> None:
 @pytest.mark.parametrize("name", GENERIC)
 def test_n4_a_byzantine_backup(name: str) -> None:
     # Member 2 is a backup, and primary of view 2 if two view changes happen.
-    seen = run_many(name, 4, (2,), range(500, 500 + 50 * SOAK))
+    seen = run_many(name, 4, (2,), range(500, 500 + 25 * SOAK))
     if name not in ("equivocating-primary", "silent-primary", "slow-primary", "wrong-digest"):
         assert SEEN[name](seen), dict(seen)
 

@@ -1,6 +1,6 @@
 """The Raft simulation tier: unmodified RaftNode cores in the seeded simulator
 (node.sim.raft_cluster), for every fault mix of node.sim.raft_scenarios (lossy, crashes,
-partitions, mixed), 100 seeds at n=3 and 25 at n=5 per mix (CONSORTIUM_SOAK=N multiplies them), and total-crash at n=1 and n=3
+partitions, mixed), 50 seeds at n=3 and 25 at n=5 per mix (CONSORTIUM_SOAK=N multiplies them), and total-crash at n=1 and n=3
 (the flapping mixes: tests/sim/test_raft_liveness.py).
 After every step the RaftChecker runs (election safety, log matching, leader completeness,
 state machine safety, linearizable reads); at the end every transaction is committed in
@@ -32,7 +32,7 @@ from consortium.node.sim.raft_scenarios import RAFT_MIXES, run_raft, run_raft_re
 
 SOAK = int(os.environ.get("CONSORTIUM_SOAK", "1"))
 CHUNK = 25
-SEEDS = {3: 100 * SOAK, 5: 25 * SOAK}
+SEEDS = {3: 50 * SOAK, 5: 25 * SOAK}
 TIER_MIXES = [mix for mix in RAFT_MIXES if mix != "total-crash"]  # total-crash: below
 
 

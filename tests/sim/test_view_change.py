@@ -3,7 +3,7 @@ cascading primaries, crashes that lose unsynced writes, and replicas that fall f
 
 Every run checks safety after every step (agreement and prefix over the honest replicas) and,
 after healing, that every submitted transaction committed everywhere into identical ledgers.
-Seed counts: 100 per mix at n = 4 and 50 per mix at n = 7 (CONSORTIUM_SOAK=N multiplies them).
+Seed counts: 50 per mix at n = 4 and 50 per mix at n = 7 (CONSORTIUM_SOAK=N multiplies them).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from consortium.node.sim.cluster import SimCluster, workload
 from consortium.pbft.messages import Blocks, Commit, PrePrepare, decode, encode
 
 SOAK = int(os.environ.get("CONSORTIUM_SOAK", "1"))
-N4_SEEDS = 100 * SOAK
+N4_SEEDS = 50 * SOAK
 N7_SEEDS = 50 * SOAK
 
 Mix = Callable[[SimCluster, int], None]
