@@ -213,27 +213,49 @@ def _raft(
         failure = _raft_one(trace, n, names[0], txs, _trace_printer(trace_lines))
         typer.echo(f"seed {trace} ({names[0]}, n={n}): {failure or 'ok'}")
         raise typer.Exit(EXIT_FAILED if failure else 0)
-    chosen = parse_seeds(seeds)
-    typer.echo(f"{'mix':<12} {'seeds':>6} {'ok':>6} {'safety':>7} {'liveness':>9} {'wall s':>7}")
+    _table(
+        "mix",
+        names,
+        parse_seeds(seeds),
+        lambda name, seed: _raft_one(seed, n, name, txs, None),
+        lambda name, seed: name,
+        lambda name, seed: (
+            f"consortium sim --mode raft --n {n} --txs {txs} --mix {name} --trace {seed}"
+        ),
+    )
+
+
+def _table(
+    heading: str,
+    names: list[str],
+    chosen: list[int],
+    one: Callable[[str, int], str],
+    label: Callable[[str, int], str],
+    replay: Callable[[str, int], str],
+) -> None:
+    """Run every seed of every mix (one: '' when it passed, else why), a line per mix; the
+    failures, and how to replay the first (exit EXIT_FAILED)."""
+    width = max(len(heading), *(len(name) for name in names)) + 2
+    typer.echo(
+        f"{heading:<{width}} {'seeds':>6} {'ok':>6} {'safety':>7} {'liveness':>9} {'wall s':>7}"
+    )
     failed: list[tuple[str, int, str]] = []
     for name in names:
         started = time.monotonic()
-        bad = [(seed, _raft_one(seed, n, name, txs, None)) for seed in chosen]
+        bad = [(seed, one(name, seed)) for seed in chosen]
         bad = [(seed, why) for seed, why in bad if why]
         failed += [(name, seed, why) for seed, why in bad]
         typer.echo(
-            f"{name:<12} {len(chosen):>6} {len(chosen) - len(bad):>6} "
+            f"{name:<{width}} {len(chosen):>6} {len(chosen) - len(bad):>6} "
             f"{sum(why.startswith('safety') for _, why in bad):>7} "
             f"{sum(not why.startswith('safety') for _, why in bad):>9} "
             f"{time.monotonic() - started:>7.1f}"
         )
     for name, seed, why in failed[:10]:
-        typer.echo(f"FAILED {name} seed {seed}: {why}")
+        typer.echo(f"FAILED {label(name, seed)} seed {seed}: {why}")
     if failed:
         name, seed, _ = failed[0]
-        typer.echo(
-            f"replay: consortium sim --mode raft --n {n} --txs {txs} --mix {name} --trace {seed}"
-        )
+        typer.echo(f"replay: {replay(name, seed)}")
         raise typer.Exit(EXIT_FAILED)
 
 
@@ -280,31 +302,16 @@ def _clock(
         variant = plan(names[0], trace).variant
         typer.echo(f"seed {trace} ({names[0]}: {variant}, n={members}): {failure or 'ok'}")
         raise typer.Exit(EXIT_FAILED if failure else 0)
-    chosen = parse_seeds(seeds)
-    typer.echo(
-        f"{'clock mix':<14} {'seeds':>6} {'ok':>6} {'safety':>7} {'liveness':>9} {'wall s':>7}"
+    _table(
+        "clock mix",
+        names,
+        parse_seeds(seeds),
+        lambda name, seed: _clock_one(seed, name, members, txs, None),
+        lambda name, seed: f"{name} ({plan(name, seed).variant})",
+        lambda name, seed: (
+            f"consortium sim --mode {mode} --n {members} --txs {txs} --clock {name} --trace {seed}"
+        ),
     )
-    failed: list[tuple[str, int, str]] = []
-    for name in names:
-        started = time.monotonic()
-        bad = [(seed, _clock_one(seed, name, members, txs, None)) for seed in chosen]
-        bad = [(seed, why) for seed, why in bad if why]
-        failed += [(name, seed, why) for seed, why in bad]
-        typer.echo(
-            f"{name:<14} {len(chosen):>6} {len(chosen) - len(bad):>6} "
-            f"{sum(why.startswith('safety') for _, why in bad):>7} "
-            f"{sum(not why.startswith('safety') for _, why in bad):>9} "
-            f"{time.monotonic() - started:>7.1f}"
-        )
-    for name, seed, why in failed[:10]:
-        typer.echo(f"FAILED {name} ({plan(name, seed).variant}) seed {seed}: {why}")
-    if failed:
-        name, seed, _ = failed[0]
-        typer.echo(
-            f"replay: consortium sim --mode {mode} --n {members} --txs {txs} --clock {name} "
-            f"--trace {seed}"
-        )
-        raise typer.Exit(EXIT_FAILED)
 
 
 def _clock_one(seed: int, mix: str, n: int, txs: int, emit: Callable[[str], None] | None) -> str:
