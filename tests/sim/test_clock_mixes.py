@@ -6,7 +6,7 @@ checker (checkers.ClockChecker) runs after every step: block time within the ske
 `expired` or `expiry_too_far` while real time says otherwise, no honest submission refused as
 expired; liveness at the end as in every mix.
 
-100 seeds per mix by default (n = 4 pbft, n = 3 raft); CONSORTIUM_SOAK=N multiplies them.
+200 seeds per mix by default (n = 4 pbft, n = 3 raft); CONSORTIUM_SOAK=N multiplies them.
 The checker's teeth: the same mixes with today's timestamp rules (pbft backups refusing only
 future timestamps, a raft leader stamping its own clock unchecked, a member judging expiry at
 submit by its own clock) fail."""
@@ -34,7 +34,7 @@ from consortium.node.sim.cluster import EPOCH_MS, workload
 from consortium.pbft.replica import PbftReplica
 
 SOAK = int(os.environ.get("CONSORTIUM_SOAK", "1"))
-SEEDS = 100 * SOAK
+SEEDS = 200 * SOAK
 CHUNK = 25  # seeds per test, so xdist spreads a mix over its workers
 MIXES = [*CLOCK_MIXES["pbft"], *CLOCK_MIXES["raft"]]
 TEETH_SEEDS = range(16)

@@ -10,7 +10,7 @@ partition, plus a client retransmission interval per mute member in flap-mute
 (raft_scenarios.final_reads). Safety (RaftChecker, one vote per term) is checked after every
 step, and linearizable reads are issued now and then.
 
-Seed counts: 100 per mix at n = 3 and 50 per mix at n = 5; CONSORTIUM_SOAK=N multiplies them.
+Seed counts: 200 per mix at n = 3 and 50 per mix at n = 5; CONSORTIUM_SOAK=N multiplies them.
 A failing seed is named with the line that replays it with a readable trace:
 
     consortium sim --mode raft --mix flap-down --n 3 --txs 8 --trace SEED
@@ -29,7 +29,7 @@ from consortium.node.sim.flapping import FLAPPING, Flaps
 from consortium.node.sim.raft_scenarios import run_raft_flapping
 
 SOAK = int(os.environ.get("CONSORTIUM_SOAK", "1"))
-SEEDS = {3: 100 * SOAK, 5: 50 * SOAK}
+SEEDS = {3: 200 * SOAK, 5: 50 * SOAK}
 FIRST_SEED = {3: 0, 5: 1_000}
 CHUNK = 50
 TXS = 8  # few: the subject is elections, and each transaction must commit after healing

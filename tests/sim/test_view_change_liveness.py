@@ -7,7 +7,7 @@ and every transaction submitted must commit at every other member, into identica
 within 4 x the capped view-change timeout of simulated time. Safety is checked after every
 step, as everywhere in the simulator.
 
-Seed counts: 100 per mix at n = 4 and 50 per mix at n = 7; CONSORTIUM_SOAK=N multiplies them.
+Seed counts: 200 per mix at n = 4 and 50 per mix at n = 7; CONSORTIUM_SOAK=N multiplies them.
 A failing seed is named with the line that replays it with a readable trace:
 
     consortium sim --mix flap-down --n 4 --txs 8 --trace SEED
@@ -26,7 +26,7 @@ from consortium.node.sim.flapping import FLAPPING
 from consortium.node.sim.scenarios import Outcome, Scenario, run_seed
 
 SOAK = int(os.environ.get("CONSORTIUM_SOAK", "1"))
-SEEDS = {4: 100 * SOAK, 7: 50 * SOAK}
+SEEDS = {4: 200 * SOAK, 7: 50 * SOAK}
 FIRST_SEED = {4: 0, 7: 1_000}
 CHUNK = 50
 TXS = 8  # few: the subject is view changes, and each one must commit after healing
