@@ -1,7 +1,7 @@
 """The Raft simulation tier: unmodified RaftNode cores in the seeded simulator
 (node.sim.raft_cluster), for every fault mix of node.sim.raft_scenarios (lossy, crashes,
-partitions, mixed), 50 seeds at n=3 and 25 at n=5 per mix (CONSORTIUM_SOAK=N multiplies them), and total-crash at n=1 and n=3
-(the flapping mixes: tests/sim/test_raft_liveness.py).
+partitions, mixed), 50 seeds at n=3 and 25 at n=5 per mix (CONSORTIUM_SOAK=N multiplies
+them), and total-crash at n=1 and n=3 (the flapping mixes: tests/sim/test_raft_liveness.py).
 After every step the RaftChecker runs (election safety, log matching, leader completeness,
 state machine safety, linearizable reads); at the end every transaction is committed in
 identical ledgers.
