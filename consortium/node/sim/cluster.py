@@ -5,7 +5,8 @@ The loop (a plain loop, not Trio, whose scheduler is randomised): take the earli
 network delivery, the next client submission and the next tick; deliver or tick; then carry out
 the replica's Ready the way the node runtime does (records to its in-memory store, messages to
 the network, committed batches through build_block into its ledger, then executed()); then run
-the safety checker and the replica's full invariant check. Same seed, same trace. Clients
+the safety checker; at the end of each step, the full invariant check of every replica given
+input in it (and of one going down, as it goes). Same seed, same trace. Clients
 send every transaction to every replica and retransmit it every client_retry_ms until f+1
 honest replicas committed it (DESIGN: clients retransmit on timeout), so a transaction only
 a crashed primary had is proposed again.
@@ -418,6 +419,7 @@ class SimCluster(SimShell[SimNode]):
         assert copy.index == i, "a member is restored only from its own backup"
         node = self.nodes[i]
         self._log(f"n{i + 1} RESTORE from a backup at height {copy.height}")
+        self._last_check(i)
         node.up = False
         node.unsynced.clear()
         self.disarm(i)
@@ -505,13 +507,10 @@ class SimCluster(SimShell[SimNode]):
                 if node.up:
                     node.replica.tick(self.now_ms, self.wall_ms(node.index))
                     self._carry_out(node)
-        # The fuller (window-long) invariants once per step for each member given input, as the
-        # core's constant-time ones run after each input (checking every input cost a third of
-        # a run's time).
-        for i in sorted(self._touched):
-            if self.nodes[i].up:
-                self.nodes[i].replica.check_invariants()
-        self._touched.clear()
+        self._check_touched()
+
+    def _full_check(self, i: int) -> None:
+        self.nodes[i].replica.check_invariants()
 
     def _carry_out(self, node: SimNode) -> None:
         """What the node runtime does with a Ready: persist, send, execute, report."""

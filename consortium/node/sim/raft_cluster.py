@@ -408,6 +408,7 @@ class RaftSimCluster(SimShell[RaftSimNode]):
         assert copy.index == i, "a member is restored only from its own backup"
         node = self.nodes[i]
         self._log(f"n{i + 1} RESTORE from a backup at height {copy.height}")
+        self._last_check(i)
         node.up = False
         node.unsynced.clear()
         self.disarm(i)
@@ -492,13 +493,10 @@ class RaftSimCluster(SimShell[RaftSimNode]):
                 if node.up:
                     node.raft.tick(self.now_ms, self.wall_ms(node.index))
                     self._carry_out(node)
-        # The fuller (window-long) invariants once per step for each member given input, as the
-        # core's constant-time ones run after each input (checking every input cost a third of
-        # a run's time).
-        for i in sorted(self._touched):
-            if self.nodes[i].up:
-                self.nodes[i].raft.check_invariants()
-        self._touched.clear()
+        self._check_touched()
+
+    def _full_check(self, i: int) -> None:
+        self.nodes[i].raft.check_invariants()
 
     def _carry_out(self, node: RaftSimNode) -> None:
         raft = node.raft

@@ -30,11 +30,11 @@ of the election timeout range [E, 2E); raft has no doubling timeout, so every li
 timer fires in it, and a leader steps down by CheckQuorum), with short heals of up to E between
 them, so some votes and appends get through and most do not; a few transactions are submitted
 before and during them, and linearizable reads are issued now and then (as each partition
-begins and ends, at the last heal, and at every live member once everything committed). Then
-the network heals for good, and every transaction must commit at every live member, into
-identical ledgers, within flapping_deadline_ms of simulated time. Clients act as the real
-client does (RaftSimCluster client_rotates): a crashed member is never sent a transaction, and
-each retransmission goes to the next member up.
+begins and ends). Then the network heals for good, and every transaction must commit at every
+live member, into identical ledgers, within flapping_deadline_ms of simulated time from the end
+of the last partition, after which a read at every live member must be released
+(final_reads). Clients act as the real client does (RaftSimCluster client_rotates): a crashed
+member is never sent a transaction, and each retransmission goes to the next member up.
 """
 
 from __future__ import annotations
@@ -248,15 +248,18 @@ def _transfer_until_recovered(cluster: RaftSimCluster, restored: int, what: str)
     """A restored member still recovering once everything committed waits for an election
     in a term at or above its floor; the operator's remedy (docs/raft.md) is a leadership
     transfer to a member that is not recovering, which is such an election. Asked every 2E
-    (a TimeoutNow the lossy network lost), the member must recover within TRANSFER_TRIES."""
+    (a TimeoutNow the lossy network lost, or the leader refused), the member must recover
+    within TRANSFER_TRIES x 2E."""
     election_max_ms = 2 * cluster.nodes[0].raft.config.election_ms
     deadline_ms = cluster.now_ms + TRANSFER_TRIES * election_max_ms
     next_try_ms = cluster.now_ms
+    refused: str | None = None  # why the leader refused the last transfer asked, if it did
     while cluster.nodes[restored].raft.recovering:
         if cluster.now_ms >= deadline_ms:
             raise LivenessViolation(
                 f"{what}n{restored + 1} still recovering after {TRANSFER_TRIES} leadership "
-                f"transfers ({cluster.nodes[restored].explain()})"
+                f"transfers ({cluster.nodes[restored].explain()}; last transfer: "
+                f"{refused or 'accepted'})"
             )
         leaders = cluster.leaders()
         if cluster.now_ms >= next_try_ms and leaders:
@@ -266,7 +269,7 @@ def _transfer_until_recovered(cluster: RaftSimCluster, restored: int, what: str)
                 for x in cluster.nodes
                 if x.index != leader and x.up and not x.raft.recovering
             ]
-            cluster.transfer(leader, cluster.rng.choice(targets))
+            refused = cluster.transfer(leader, cluster.rng.choice(targets))
             next_try_ms = cluster.now_ms + election_max_ms
         cluster.step()
 
@@ -331,7 +334,8 @@ def run_raft_flapping(
     **options: object,
 ) -> tuple[RaftSimCluster, Flaps]:
     """A flapping mix (the module says what it does); the cluster after it, and what it did.
-    LivenessViolation if not everything committed within flapping_deadline_ms of the heal."""
+    LivenessViolation if not everything committed within flapping_deadline_ms of the heal, or
+    if a read at a live member then is not released in time (final_reads)."""
     assert mix in FLAPPING, mix
     assert n >= 2, "partitions need two members that are not faulty"
     options.setdefault("client_rotates", True)
