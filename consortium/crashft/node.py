@@ -202,6 +202,9 @@ TIMEOUT_NOW_VALID_DIVISOR = 4
 # Forwarded read ids start at a random point below 2**62 (a process never counts its way to
 # the wire limit of 2**63 - 1); two processes' ranges overlap with odds of about reads / 2**62.
 READ_ID_SPREAD_SHIFT = 2
+# How long a shell waits for a read to be released before it gives up (read_abandoned) and
+# tells the client so: the runtime and the simulator both.
+READ_TIMEOUT_MS = 5_000
 _LONG_AGO = -(2**62)
 
 

@@ -31,6 +31,7 @@ from consortium.crashft import messages as raft_messages
 from consortium.crashft.messages import Entry, TransferredBlock
 from consortium.crashft.node import (
     LEADER,
+    READ_TIMEOUT_MS,
     RaftConfig,
     RaftNode,
     Ready,
@@ -46,7 +47,7 @@ from consortium.ledger.certificates import SignedVote, block_signature_body
 from consortium.ledger.state import CachedTable, Execution, build_block
 from consortium.node.runtime import Node, ReadRefused
 
-READ_TIMEOUT_S = 5.0
+READ_TIMEOUT_S = READ_TIMEOUT_MS / 1_000
 READS_WAITING_MAX = 10_000
 # Signed transfer requests seen in the current term (carried out or refused), remembered to
 # refuse replays: each request carries a nonce its client drew, so an operator asking again

@@ -367,7 +367,7 @@ class RaftSimCluster(SimShell[RaftSimNode]):
         return self._read_seq
 
     def abandon_read(self, i: int, read_id: int) -> None:
-        """Give up on a read, as the runtime does after READ_TIMEOUT_S (raft_runtime.read_value):
+        """Give up on a read, as the runtime does after READ_TIMEOUT_MS (raft_runtime.read_value):
         the core forgets it if it forwarded it, and it is no longer checked."""
         if self._reads.pop((i, read_id), None) is None:
             return  # answered already

@@ -42,7 +42,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from functools import partial
 
-from consortium.node.raft_runtime import READ_TIMEOUT_S
+from consortium.crashft.node import READ_TIMEOUT_MS
 from consortium.node.sim.checkers import LivenessViolation
 from consortium.node.sim.cluster import workload
 from consortium.node.sim.flapping import FLAPPING, Flaps, Submitter, flap, make_faulty, settle
@@ -289,13 +289,12 @@ def flapping_deadline_ms(cluster: RaftSimCluster, mix: str) -> int:
     return deadline
 
 
-READ_TIMEOUT_MS = int(READ_TIMEOUT_S * 1_000)
 READ_ATTEMPTS = 4
 
 
 def final_reads(cluster: RaftSimCluster, members: list[int], what: str) -> int:
     """A linearizable read at every member in `members`, each released (and so checked) within
-    2E plus READ_ATTEMPTS read timeouts: a read the runtime gives up on (READ_TIMEOUT_S: a
+    2E plus READ_ATTEMPTS read timeouts: a read the runtime gives up on (READ_TIMEOUT_MS: a
     forwarded read or its answer lost) or that fails (no leader yet) is asked again at once,
     as a client would. LivenessViolation otherwise. The reads it issued."""
     began_ms = cluster.now_ms
