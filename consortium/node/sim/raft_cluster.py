@@ -368,8 +368,9 @@ class RaftSimCluster(SimShell[RaftSimNode]):
 
     def abandon_read(self, i: int, read_id: int) -> None:
         """Give up on a read, as the runtime does after READ_TIMEOUT_MS (raft_runtime.read_value):
-        the core forgets it if it forwarded it, and it is no longer checked."""
-        if self._reads.pop((i, read_id), None) is None:
+        the core forgets it if it forwarded it. Released late all the same (the leader had
+        it), it is still checked against what was committed when it was issued."""
+        if (i, read_id) not in self._reads:
             return  # answered already
         self.read_outcomes[(i, read_id)] = "abandoned"
         node = self.nodes[i]
