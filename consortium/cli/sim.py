@@ -261,11 +261,15 @@ def _table(
 
 def _raft_one(seed: int, n: int, mix: str, txs: int, emit: Callable[[str], None] | None) -> str:
     """'' when the run passed, else 'safety: ...' or 'liveness: ...'."""
+    if mix in FLAPPING:
+        return _verdict(lambda: run_raft_flapping(seed, n, mix, txs=txs, trace=emit))
+    return _verdict(lambda: run_raft(seed, n, mix, txs=txs, trace=emit))
+
+
+def _verdict(run: Callable[[], object]) -> str:
+    """'' when `run` returned, else 'safety: ...', 'liveness: ...' or 'error: ...'."""
     try:
-        if mix in FLAPPING:
-            run_raft_flapping(seed, n, mix, txs=txs, trace=emit)
-        else:
-            run_raft(seed, n, mix, txs=txs, trace=emit)
+        run()
     except SafetyViolation as exc:
         return f"safety: {exc}"
     except LivenessViolation as exc:
@@ -317,15 +321,7 @@ def _clock(
 def _clock_one(seed: int, mix: str, n: int, txs: int, emit: Callable[[str], None] | None) -> str:
     """'' when the run passed, else 'safety: ...' (a clock violation among them) or
     'liveness: ...'."""
-    try:
-        run_clock(seed, mix, n, txs=txs, trace=emit)
-    except SafetyViolation as exc:
-        return f"safety: {exc}"
-    except LivenessViolation as exc:
-        return f"liveness: {exc}"
-    except Exception as exc:  # a crash of the core is a failure to report, not to hide
-        return f"error: {type(exc).__name__}: {exc}"
-    return ""
+    return _verdict(lambda: run_clock(seed, mix, n, txs=txs, trace=emit))
 
 
 def _line(o: Outcome) -> str:
