@@ -158,7 +158,7 @@ from __future__ import annotations
 import functools
 import itertools
 from collections import Counter, deque
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
@@ -219,12 +219,21 @@ _R = TypeVar("_R")
 def _input(
     method: Callable[Concatenate[RaftNode, _P], _R],
 ) -> Callable[Concatenate[RaftNode, _P], _R]:
-    """An input of the core: its invariants are checked after it (RaftNode._check_invariants),
-    whichever way it returns."""
+    """An input of the core. After the outermost one (an input may take others, as a Forward
+    proposes its transactions), the core does what the input made due (RaftNode._advance: cut
+    batches, commit, replicate, compact; what it produces waits for take_ready) and checks its
+    invariants (RaftNode._check_invariants), whichever way the input returns."""
 
     @functools.wraps(method)
     def checked(self: RaftNode, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
-        result = method(self, *args, **kwargs)
+        if self._inputs_open:
+            return method(self, *args, **kwargs)
+        self._inputs_open = True
+        try:
+            result = method(self, *args, **kwargs)
+            self._advance()
+        finally:
+            self._inputs_open = False
         self._check_invariants()
         return result
 
@@ -350,11 +359,6 @@ class RecoveredState:
 class Outbound:
     dest: int | None  # None: every other member
     frame: bytes
-    # May leave before this Ready's records are durable: a leader's AppendEntries and
-    # heartbeats (Raft thesis 10.2.1: the leader writes its log in parallel with replicating
-    # it; it counts itself only for entries the shell reported durable with persisted()).
-    # Votes and acknowledgements never are.
-    early: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -377,8 +381,16 @@ class ReadState:
 
 @dataclass(frozen=True, slots=True)
 class Ready:
+    """What the core asks of its shell since the last take_ready (node/executor.py carries it
+    out, in the order stated there)."""
+
     records: list[tuple[bytes, bytes | None]]
-    messages: list[Outbound]
+    # May leave before `records` are durable (etcd's msgs, against msgsAfterAppend): a
+    # leader's AppendEntries and heartbeats (Raft thesis 10.2.1: the leader writes its log in
+    # parallel with replicating it; it counts itself only for entries the shell reported
+    # durable with persisted()). Votes and acknowledgements never are.
+    early: list[Outbound]
+    messages: list[Outbound]  # only once `records` are durable
     committed: list[Entry]  # apply in order; report entry_applied() for each
     install: list[TransferredBlock]  # re-execute, check, store; report installed()
     serve: list[Serve]
@@ -391,6 +403,7 @@ class Ready:
     def __bool__(self) -> bool:
         return bool(
             self.records
+            or self.early
             or self.messages
             or self.committed
             or self.install
@@ -400,20 +413,13 @@ class Ready:
         )
 
 
-def split_early(ready: Ready) -> tuple[list[Outbound], Ready]:
-    """The messages of `ready` that may leave before its write, and the Ready without them."""
-    early = [o for o in ready.messages if o.early]
-    if not early:
-        return early, ready
-    return early, replace(ready, messages=[o for o in ready.messages if not o.early])
-
-
 def merge(first: Ready, then: Ready) -> Ready:
     """`first` followed by `then`, as one Ready whose committed/install are `then`'s (the
     shell has applied `first`'s): for a shell that writes what applying produced in the same
     fsync as the blocks it applied."""
     return Ready(
         records=first.records + then.records,
+        early=first.early + then.early,
         messages=first.messages + then.messages,
         committed=then.committed,
         install=then.install,
@@ -607,7 +613,13 @@ class RaftNode:
             int.from_bytes(sha256(config.seed + b"/read ids")[:8], "big") >> READ_ID_SPREAD_SHIFT
         )
 
+        self._inputs_open = False  # inside an input (_input)
+        # What take_ready drains: Ready's fields, gathered by the inputs (_advance).
+        self._records_out: list[tuple[bytes, bytes | None]] = []
+        self._log_end: tuple[int, int] | None = None
+        self._early_out: list[Outbound] = []
         self._out: list[Outbound] = []
+        self._committed_out: list[Entry] = []
         self._install_out: list[TransferredBlock] = []
         self._serve: list[Serve] = []
         self._ready_reads: list[ReadState] = []
@@ -640,6 +652,7 @@ class RaftNode:
         self._clock_handoff_to: int | None = None
         # As leader: why our clock keeps us from proposing, with no one to hand leadership to.
         self.clock_stuck = ""
+        self._advance()  # what a recovered state makes due waits in the first Ready
 
     # --- derived -----------------------------------------------------------------------------
 
@@ -1389,6 +1402,15 @@ class RaftNode:
     @_input
     def propose(self, tx: Transaction) -> bool:
         """Take a client transaction; False if the pool is full (the client should back off)."""
+        return self._take(tx)
+
+    @_input
+    def propose_all(self, txs: Sequence[Transaction]) -> list[bool]:
+        """Take client transactions as one input (so a batch is cut once for all of them); for
+        each, whether it was taken (False: the pool is full)."""
+        return [self._take(tx) for tx in txs]
+
+    def _take(self, tx: Transaction) -> bool:
         if tx.id in self._pool or tx.id in self._uncommitted_ids:
             self.rejected["duplicate_tx"] += 1
             return True
@@ -1400,7 +1422,7 @@ class RaftNode:
 
     def _on_forward(self, sender: int, msg: m.Forward) -> None:
         for tx in msg.txs:
-            if not self.propose(tx):
+            if not self._take(tx):
                 break
 
     def _reforward_all(self) -> None:
@@ -1828,7 +1850,7 @@ class RaftNode:
 
     def _send(self, dest: int | None, msg: m.Message) -> None:
         early = self.role == LEADER and isinstance(msg, (m.Append, m.Heartbeat))
-        self._out.append(Outbound(dest, m.encode(msg), early))
+        (self._early_out if early else self._out).append(Outbound(dest, m.encode(msg)))
 
     @_input
     def entry_applied(self, index: int, height: int, block_hash: bytes) -> None:
@@ -1836,15 +1858,20 @@ class RaftNode:
         self.height, self.block_hash = height, block_hash
         self._points[index] = (height, block_hash)
 
-    @_input
-    def take_ready(self) -> Ready:
+    def _advance(self) -> None:
+        """What the last input made due (run after every outermost input, never by the shell):
+        cut batches (leader) or forward the pool (follower), compact, gather the log records
+        to write, commit by Figure 8's rule and replicate (leader), release reads, hand the
+        committed entries to the shell. Its output waits in the Ready take_ready drains."""
         if self.role == LEADER:
             self._maybe_batch()
         elif self.role == FOLLOWER:
             self._forward()
         self._maybe_compact()
         records = self._records()
-        log_end = (self.log.last_index, self.log.last_term) if records else None
+        if records:
+            self._records_out += records
+            self._log_end = (self.log.last_index, self.log.last_term)
         if self.role == LEADER:
             if self._maybe_commit():
                 self._commit_dirty = True
@@ -1869,12 +1896,11 @@ class RaftNode:
                     self._leader_read(requester, read_id)
                 if self._read_heartbeat:
                     self._broadcast_heartbeat()
-        committed: list[Entry] = []
         if self.commit > self.applied:
             first = max(self.applied + 1, self.log.first_index)
             for index in range(first, self.commit + 1):
                 e = self.log.entry(index)
-                committed.append(e)
+                self._committed_out.append(e)
                 for tx in e.txs:
                     self._pool.pop(tx.id, None)
                     self._uncommitted_ids.discard(tx.id)
@@ -1886,7 +1912,7 @@ class RaftNode:
         ):
             self._fetch_blocks()
         if self._snap_dirty:
-            records.append(
+            self._records_out.append(
                 (
                     SNAP_KEY,
                     pack(
@@ -1900,17 +1926,26 @@ class RaftNode:
                 )
             )
             self._snap_dirty = False
+
+    def take_ready(self) -> Ready:
+        """Everything the inputs since the last call asked of the shell (a drain: no input, no
+        work of its own). Carry it out in the order node/executor.py states."""
         ready = Ready(
-            records=records,
+            records=self._records_out,
+            early=self._early_out,
             messages=self._out,
-            committed=committed,
+            committed=self._committed_out,
             install=self._install_out,
             serve=self._serve,
             reads=self._ready_reads,
             read_failures=self._read_failures,
-            log_end=log_end,
+            log_end=self._log_end if self._records_out else None,
         )
+        self._records_out = []
+        self._log_end = None
+        self._early_out = []
         self._out = []
+        self._committed_out = []
         self._install_out = []
         self._serve = []
         self._ready_reads = []

@@ -22,29 +22,24 @@ from __future__ import annotations
 import itertools
 import os
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 import trio
 
 from consortium.crashft import messages as raft_messages
-from consortium.crashft.messages import Entry, TransferredBlock
+from consortium.crashft.messages import TransferredBlock
 from consortium.crashft.node import (
     LEADER,
     READ_TIMEOUT_MS,
     RaftConfig,
     RaftNode,
-    Ready,
+    ReadState,
     RecoveredState,
-    merge,
-    split_early,
+    Serve,
 )
-from consortium.crashft.transfer import blocks_reply, replay_block
+from consortium.crashft.transfer import blocks_reply
 from consortium.crypto.codec import WireFormatError
-from consortium.crypto.signing import Domain
-from consortium.ledger.block import Block
-from consortium.ledger.certificates import SignedVote, block_signature_body
-from consortium.ledger.state import CachedTable, Execution, build_block
+from consortium.ledger.state import CachedTable
 from consortium.node.runtime import Node, ReadRefused
 
 READ_TIMEOUT_S = READ_TIMEOUT_MS / 1_000
@@ -68,7 +63,7 @@ class _PendingRead:
 class RaftMember(Node):
     core: RaftNode  # type: ignore[assignment]
 
-    def _init_core(self) -> None:
+    def _init_core(self) -> int:
         if self.test_byzantine is not None:
             raise ValueError("--test-byzantine is a pbft test mode")
         head = self.store.head
@@ -89,7 +84,6 @@ class RaftMember(Node):
             executed=self._executed,
             recovering=self.recovering_from is not None,
         )
-        self.applied_index = recovered.applied_index
         self._read_ids = itertools.count(1)
         self._pending_reads: dict[int, _PendingRead] = {}
         self._leader_logged: tuple[int, int | None] = (self.core.term, self.core.leader)
@@ -98,6 +92,7 @@ class RaftMember(Node):
         self._transfers_term = self.core.term
         self._clock_handoffs_logged = 0
         self._clock_stuck_logged = ""
+        return recovered.applied_index
 
     def _executed(self, tx_ids: list[bytes]) -> set[bytes]:
         """Which of a batch's ids our ledger executed, its last blocks written or not (the
@@ -142,11 +137,11 @@ class RaftMember(Node):
                 core.tick(*self._now())
             core.receive(a, b)
         elif kind == "propose":
-            for tx in a:
-                if not core.propose(tx):
-                    self.metrics.rejected_at_submit["overloaded"] = (
-                        self.metrics.rejected_at_submit.get("overloaded", 0) + 1
-                    )
+            refused = core.propose_all(a).count(False)
+            if refused:
+                self.metrics.rejected_at_submit["overloaded"] = (
+                    self.metrics.rejected_at_submit.get("overloaded", 0) + refused
+                )
         elif kind == "read":
             core.read(a)
         elif kind == "read_abandoned":
@@ -158,139 +153,31 @@ class RaftMember(Node):
         else:
             raise AssertionError(f"unknown event {kind}")
 
-    async def _carry_out_ready(self) -> bool:
-        core = self.core
-        worked = False
-        while ready := core.take_ready():
-            worked = True
-            self.metrics.steps += 1
-            pushed = self._pushed
-            # A leader's appends leave now, so followers write while we do (Outbound.early).
-            ready = self._send_early(ready)
-            blocks: list[tuple[Block, Execution, bytes | None]] = []
-            signatures: list[tuple[int, SignedVote]] = []
-            while ready.committed or ready.install:
-                for entry in ready.committed:
-                    self._apply_entry(entry, blocks, signatures)
-                for transferred in ready.install:
-                    self._install_block(transferred, blocks, signatures)
-                # What applying produced (a new compaction point after a snapshot install, a
-                # compaction) goes in the SAME write as the blocks, so a crash never leaves
-                # the ledger ahead of the log records; its messages still leave after it.
-                ready = merge(ready, self._send_early(core.take_ready()))
-            # Receipts are queued before the block's write: the entry is durable on a
-            # majority already, this member counted only once persisted() reported its own
-            # write of it, at every n (Node._push_receipts, Node._write).
-            duplicates = [
-                self._push_receipts(block, vote)
-                for (block, _, _), (_, vote) in zip(blocks, signatures, strict=True)
-            ]
-            await self._write(
-                blocks=blocks,
-                records=ready.records,
-                block_signatures=signatures,
-                messages=ready.messages,
-                early=self._pushed != pushed,
-                then=partial(self._durable, ready.log_end, blocks, signatures, duplicates),
-            )
-            for serve in ready.serve:
-                self._serve_fetch(
-                    serve.peer, serve.term, serve.from_height, serve.to_height, serve.count
-                )
-            for state in ready.reads:
-                pending = self._pending_reads.get(state.read_id)
-                if pending is not None:
-                    pending.index = state.index
-            for read_id, why in ready.read_failures:
-                pending = self._pending_reads.get(read_id)
-                if pending is not None:
-                    pending.failure = why
-                    pending.done.set()
-            self._release_reads()
-            self._log_leader()
-        return worked
+    @property
+    def applied_index(self) -> int:
+        """The last raft index our ledger applied (written or not)."""
+        return self.executor.applied_index
 
-    def _durable(
-        self,
-        log_end: tuple[int, int] | None,
-        blocks: list[tuple[Block, Execution, bytes | None]],
-        signatures: list[tuple[int, SignedVote]],
-        duplicates: list[list[tuple[bytes, list[Any]]]],
-    ) -> None:
-        """The write is durable (Node._write runs this after it, on either of its paths; a write
-        with records, the only kind with a log_end, completes before _write returns): tell the
-        core, whose leader counts itself for those entries only now, then the blocks' waiters."""
-        if log_end is not None:
-            self.core.persisted(*log_end)
-            # The core learns time only from ticks: this one tells it when the write became
-            # durable, before the acknowledgements it released leave (the connections send
-            # them once this task yields). A target's TimeoutNow window counts from here.
-            self.core.tick(*self._now())
-        self._blocks_durable(blocks, signatures, duplicates)
+    def _after_step(self) -> None:
+        self._release_reads()
+        self._log_leader()
 
-    def _send_early(self, ready: Ready) -> Ready:
-        early, rest = split_early(ready)
-        for out in early:
-            self.send_peer(out.dest, out.frame)
-        if early:
-            self._pushed += 1  # queued ahead of the write (under load: fsync off the loop)
-        return rest
-
-    def _apply_entry(
-        self,
-        entry: Entry,
-        blocks: list[tuple[Block, Execution, bytes | None]],
-        signatures: list[tuple[int, SignedVote]],
-    ) -> None:
-        head = blocks[-1][0].header if blocks else self._exec_head()
-        self.applied_index = entry.index
-        if entry.is_noop:
-            self.core.entry_applied(entry.index, head.height, head.hash)
-            return
-        block, execution = build_block(
-            head,
-            ("raft", entry.term, entry.index, entry.proposed_ms),
-            entry.proposed_ms,
-            entry.txs,
-            self.app,
+    def _serve(self, request: Any) -> None:
+        assert isinstance(request, Serve)
+        self._serve_fetch(
+            request.peer, request.term, request.from_height, request.to_height, request.count
         )
-        self._stage(block, execution, entry.certificate.encode(), blocks, signatures)
-        self.core.entry_applied(entry.index, block.height, block.hash)
 
-    def _install_block(
-        self,
-        transferred: TransferredBlock,
-        blocks: list[tuple[Block, Execution, bytes | None]],
-        signatures: list[tuple[int, SignedVote]],
-    ) -> None:
-        head = blocks[-1][0].header if blocks else self._exec_head()
-        result = replay_block(head, transferred, self.app)
-        if isinstance(result, str):
-            self._ratelog.warning("install", f"snapshot install: {result}")
-            self.core.install_failed(result)
-            return
-        block, execution, (term, index) = result
-        self._stage(block, execution, transferred.certificate, blocks, signatures)
-        self.applied_index = max(self.applied_index, index)
-        self.core.installed(block.height, block.hash, term, index)
-
-    def _stage(
-        self,
-        block: Block,
-        execution: Execution,
-        certificate: bytes,
-        blocks: list[tuple[Block, Execution, bytes | None]],
-        signatures: list[tuple[int, SignedVote]],
-    ) -> None:
-        # Apply now so the next entry executes on top of it; the store writes the same
-        # execution durably in this Ready's save.
-        self.app.apply(execution)
-        self._applied_head = block.header
-        blocks.append((block, execution, certificate))
-        body = block_signature_body(block.height, block.hash, self.me)
-        signatures.append(
-            (block.height, SignedVote(body, self.signer.sign(Domain.BLOCK, self.chain_id, body)))
-        )
+    def _reads(self, released: list[ReadState], failed: list[tuple[int, str]]) -> None:
+        for state in released:
+            pending = self._pending_reads.get(state.read_id)
+            if pending is not None:
+                pending.index = state.index
+        for read_id, why in failed:
+            pending = self._pending_reads.get(read_id)
+            if pending is not None:
+                pending.failure = why
+                pending.done.set()
 
     def _serve_fetch(
         self, peer: int, term: int, from_height: int, to_height: int, count: int

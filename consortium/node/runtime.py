@@ -28,29 +28,39 @@ import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, assert_never
 
 import trio
 
-from consortium.crashft.node import Outbound as RaftOutbound
 from consortium.crypto.keys import KeyPair
 from consortium.crypto.merkle import MerkleTree
 from consortium.crypto.signing import Domain, Ed25519Signer, Ed25519Verifier
-from consortium.ledger.block import Block, BlockHeader, Receipt
+from consortium.ledger.block import Block, Receipt
 from consortium.ledger.certificates import (
-    CheckpointCertificate,
     SignedVote,
     block_signature_body,
     decode_certificate,
 )
 from consortium.ledger.clock import expiry_now_ms
 from consortium.ledger.genesis import Genesis
-from consortium.ledger.state import Execution, build_block
+from consortium.ledger.state import Execution
 from consortium.ledger.store import RECOVERY_MARK_KEY, StoreError
 from consortium.ledger.tx import Transaction
 from consortium.node.config import NodeConfig
+from consortium.node.executor import (
+    Durable,
+    Effect,
+    Executed,
+    Executor,
+    NoOpApplied,
+    Outgoing,
+    Reads,
+    Refused,
+    Send,
+    Serve,
+    Write,
+)
 from consortium.node.explain import PeerLink, blockers, fault_budget, name_members, peer_rows
 from consortium.node.http import HttpServer, Response, json_response, text
 from consortium.node.logs import RateLimitedLog, attach_context
@@ -72,14 +82,8 @@ from consortium.node.verification import (
     message_kind,
 )
 from consortium.pbft import messages as pbft_messages
-from consortium.pbft.effects import Outbound as PbftOutbound
-from consortium.pbft.replica import (
-    CommittedBatch,
-    PbftConfig,
-    PbftReplica,
-    RecoveredState,
-    Serve,
-)
+from consortium.pbft.replica import PbftConfig, PbftReplica, RecoveredState
+from consortium.pbft.replica import Serve as PbftServe
 from consortium.pbft.transfer import blocks_reply
 
 TICK_MS = 2
@@ -202,8 +206,6 @@ class Node:
         # behind the recovery gate; None for a normal start (node/preflight.py).
         self.store, self.recovering_from = open_store(config, genesis)
         self.app = self.store.app
-        # The last block applied to self.app (executed; its write may still be running).
-        self._applied_head: BlockHeader = self.store.head
 
         addresses = {m.index: _split(m.peer_address) for m in genesis.members}
         for name, addr in config.peers.items():
@@ -232,7 +234,18 @@ class Node:
         self.http: HttpServer | None = None
         self.http_port = 0
 
-        self._init_core()
+        applied_index = self._init_core()
+        # Carries out the core's Readies (node/executor.py: the order of a step, stated once).
+        self.executor = Executor(
+            self.core,
+            self.app,
+            self.store.head,
+            self.signer,
+            self.chain_id,
+            self.me,
+            durable_head=lambda: self.store.head,
+            applied_index=applied_index,
+        )
         attach_context(self.log, self.log_fields)
         self._last_tick_s: float | None = None  # trio clock, seconds
         self._core_clock = (
@@ -263,9 +276,9 @@ class Node:
         # per connection, its watches by id, oldest first (so the fullest can give one up)
         self._id_watches_by_conn: dict[int, OrderedDict[bytes, None]] = {}
         self._blocks_since_scan = 0
+        # Watched duplicates of each executed block, answered once it is durable (by height).
+        self._duplicates: dict[int, list[tuple[bytes, list[Any]]]] = {}
         self._on_block: list[Callable[[Block], None]] = []
-        # Frames queued ahead of a write (receipts; a raft leader's early appends): Node._write
-        self._pushed = 0
         self._writing: trio.Event | None = None  # a write of blocks in flight (Node._write)
         self._write_failed = False  # a background write failed: nothing after it is written
         self._nursery: trio.Nursery | None = None
@@ -276,8 +289,9 @@ class Node:
             "client": config.tls_client
         }
 
-    def _init_core(self) -> None:
-        """The PBFT replica, recovered from the store (RaftMember overrides this)."""
+    def _init_core(self) -> int:
+        """The PBFT replica, recovered from the store (RaftMember overrides this); returns the
+        raft index applied (0 in pbft)."""
         head = self.store.head
         self.core = PbftReplica(
             PbftConfig.from_genesis(self.genesis, self.me, seed=os.urandom(16)),
@@ -295,8 +309,8 @@ class Node:
             ),
             recovery_nonce=None if self.recovering_from is None else os.urandom(16),
         )
-        self._certs_above: list[CheckpointCertificate] = []
         self._view_logged = (self.core.view, self.core.active)
+        return 0
 
     # --- running ---------------------------------------------------------------------------
 
@@ -481,7 +495,12 @@ class Node:
     async def _recovered(self) -> None:
         """The core left recovery: delete the mark, durably, after the writes of the step that
         took it there (a crash before this one starts in recovery again: safe, and slower)."""
-        await self._write(blocks=[], records=[(RECOVERY_MARK_KEY, None)], block_signatures=[])
+        store = self.store
+        if self._writing is not None:
+            await self._writing.wait()
+        if store.stage(blocks=[], records=[(RECOVERY_MARK_KEY, None)], block_signatures=[]):
+            store.commit_staged()
+            store.finish_staged()
         self.log.warning(
             "recovered from %s: past the recovery gate, taking part again", self.recovering_from
         )
@@ -564,58 +583,50 @@ class Node:
             raise AssertionError(f"unknown event {kind}")
 
     async def _carry_out_ready(self) -> bool:
-        """Carry out what the core asks for; False when it asked for nothing."""
-        core = self.core
+        """Carry out what the core asks for, step by step, in the order the executor gives
+        (node/executor.py); False when it asked for nothing."""
         worked = False
-        while True:
-            ready = core.take_ready()
-            if not ready:
-                return worked
+        while effects := self.executor.step():
             worked = True
             self.metrics.steps += 1
-            records = list(ready.records)
-            messages = list(ready.messages)
-            stable = list(ready.stable_checkpoints)
-            blocks: list[tuple[Block, Execution, bytes | None]] = []
-            signatures: list[tuple[int, SignedVote]] = []
-            committed = list(ready.committed)
-            while committed:
-                for batch in committed:
-                    self._execute(batch, blocks, signatures)
-                # Report executions before the write, so what they produce (our CHECKPOINT
-                # vote, a stable checkpoint) lands in the SAME fsync as the blocks; their
-                # messages still leave only after it.
-                more = core.take_ready()
-                records += more.records
-                messages += more.messages
-                stable += more.stable_checkpoints
-                committed = list(more.committed)
-            # A stable checkpoint above our ledger (we are catching up by state transfer) is in
-            # the core's records; the ledger's table gets it once its block is stored, so the
-            # ledger never certifies a block it does not hold.
-            height = blocks[-1][0].height if blocks else self._exec_head().height
-            self._certs_above += stable
-            stable = [c for c in self._certs_above if c.seq <= height]
-            self._certs_above = [c for c in self._certs_above if c.seq > height][-4:]
-            pushed = self._pushed
-            duplicates = [
-                self._push_receipts(block, vote)
-                for (block, _, _), (_, vote) in zip(blocks, signatures, strict=True)
-            ]
-            await self._write(
-                blocks=blocks,
-                records=records,
-                block_signatures=signatures,
-                checkpoints=stable,
-                messages=messages,
-                early=self._pushed != pushed,
-                then=partial(self._blocks_durable, blocks, signatures, duplicates),
-            )
-            for cp in stable:
-                self.log.debug("checkpoint %d stable", cp.seq)
-            for serve in ready.serve:
-                core.served(serve, self._serve_blocks(serve))
-            self._log_view(core)
+            await self._carry_out(effects)
+            self._after_step()
+        return worked
+
+    async def _carry_out(self, effects: list[Effect]) -> None:
+        queued = False  # something left for peers or clients ahead of this step's write
+        for effect in effects:
+            match effect:
+                case Send(messages=messages):
+                    self._send_all(messages)
+                    queued = True
+                case Executed(block=block, vote=vote):
+                    queued = self._push_receipts(block, vote) or queued
+                case NoOpApplied():
+                    pass
+                case Refused(reason=reason):
+                    self._ratelog.warning("install", reason)
+                case Write():
+                    await self._write(effect, early=queued)
+                case Serve(request=request):
+                    self._serve(request)
+                case Reads(released=released, failed=failed):
+                    self._reads(released, failed)
+                case Durable(blocks=blocks):
+                    self._blocks_durable(blocks)
+                case _:
+                    assert_never(effect)
+
+    def _after_step(self) -> None:
+        """After each step (RaftMember: release reads, log the leader)."""
+        self._log_view(self.core)
+
+    def _serve(self, request: Any) -> None:
+        assert isinstance(request, PbftServe)
+        self.core.served(request, self._serve_blocks(request))
+
+    def _reads(self, released: list[Any], failed: list[tuple[int, str]]) -> None:
+        raise AssertionError("reads are released by a raft core only")
 
     def send_peer(self, dest: int | None, frame: bytes) -> None:
         """Send (dest None: to every other member), counting messages and bytes by kind."""
@@ -656,7 +667,7 @@ class Node:
                 self.peers.send(d, pbft_messages.encode(twin))
                 self.peers.send(d, frame)
 
-    def _serve_blocks(self, serve: Serve) -> int:
+    def _serve_blocks(self, serve: PbftServe) -> int:
         """Answer a peer's FETCH from the block store (pbft/transfer.py) within what the core
         granted from the peer's budget; returns the answer's size, which the core charges."""
 
@@ -700,31 +711,6 @@ class Node:
                 "view change to %d: %s", core.view, core.last_view_change_reason or "joined"
             )
 
-    def _execute(
-        self,
-        batch: CommittedBatch,
-        blocks: list[tuple[Block, Execution, bytes | None]],
-        signatures: list[tuple[int, SignedVote]],
-    ) -> None:
-        """Execute one committed batch into a block on top of the last one (durable later)."""
-        block, execution = build_block(
-            self._exec_head() if not blocks else blocks[-1][0].header,
-            ("pbft", batch.seq, batch.proposed_ms),
-            batch.proposed_ms,
-            batch.txs,
-            self.app,
-        )
-        assert block.height == batch.seq, "in pbft, height equals sequence number"
-        # Apply now so the next batch executes on top of it; the store writes the same
-        # execution durably in this step's save.
-        self.app.apply(execution)
-        self._applied_head = block.header
-        blocks.append((block, execution, batch.certificate.encode()))
-        body = block_signature_body(block.height, block.hash, self.me)
-        vote = SignedVote(body, self.signer.sign(Domain.BLOCK, self.chain_id, body))
-        signatures.append((block.height, vote))
-        self.core.executed(block.height, block.hash)
-
     # --- reads and maintenance ---------------------------------------------------------------
 
     async def read_value(self, key: bytes) -> list[Any]:
@@ -737,7 +723,7 @@ class Node:
     def signed_read(self, key: bytes, value: bytes | None) -> list[Any]:
         from consortium.node import api
 
-        head = self._exec_head()  # what self.app reflects, which `value` was read from
+        head = self.executor.head  # what self.app reflects, which `value` was read from
         body = api.read_body(key, value, head.height, head.hash, self.me)
         sig = self.signer.sign(Domain.READ, self.chain_id, body)
         return [key, value, head.height, head.hash, self.me, sig]
@@ -854,29 +840,19 @@ class Node:
         for tx_id in [t for t, exp in self._watch_expiry.items() if exp < block_ms]:
             self._unwatch(tx_id)
 
-    async def _write(
-        self,
-        *,
-        blocks: list[tuple[Block, Execution, bytes | None]],
-        records: Sequence[tuple[bytes, bytes | None]],
-        block_signatures: list[tuple[int, SignedVote]],
-        checkpoints: Sequence[CheckpointCertificate] = (),
-        messages: Sequence[PbftOutbound | RaftOutbound] = (),
-        early: bool = False,
-        then: Callable[[], None] = lambda: None,
-    ) -> None:
-        """One core step's write (one transaction, one fsync), then `messages`, then `then`.
+    async def _write(self, write: Write, *, early: bool) -> None:
+        """Carry out the step's write (one transaction, one fsync), then what waited for it.
 
-        Writes go in order, one at a time. A write with records (votes, log entries,
-        checkpoints: what messages depend on) holds this task until it is durable, as the
+        Writes go in order, one at a time. A write that holds (records: votes, log entries,
+        checkpoints, what messages depend on) holds this task until it is durable, as the
         core requires. Under load (events waiting or transactions pending in the core): when
         something was queued ahead of it (`early`: receipts, a raft leader's appends) its
         fsync runs on a worker thread so the connections send those meanwhile, and a write of
-        blocks only holds nothing: no message depends on a block being on disk (receipts are
-        sound before it, Node._push_receipts), so its messages leave at once and the core goes
-        on with the next events while the block is written; `then` (what needs the block
-        stored) runs after, and until then _exec_head() is the head to execute on. Otherwise
-        (one transaction at a time) the write runs here: the thread hand-offs cost more."""
+        blocks alone holds nothing (node/executor.py): its messages have left already and the
+        core goes on with the next events while the block is written; what needs the block
+        stored (Durable) comes after, and until then the executor's head is the head to
+        execute on. Otherwise (one transaction at a time) the write runs here: the thread
+        hand-offs cost more."""
         if self._writing is not None:
             await self._writing.wait()
         if self._write_failed:
@@ -886,71 +862,61 @@ class Node:
                 f"{self.store.path}: an earlier block write failed; nothing more is written"
             )
         store = self.store
-        if not store.stage(
-            blocks=blocks,
-            records=records,
-            block_signatures=block_signatures,
-            checkpoints=checkpoints,
-        ):
-            self._send_all(messages)
-            then()
-            return
+        staged = store.stage(
+            blocks=write.blocks,
+            records=write.records,
+            block_signatures=write.signatures,
+            checkpoints=write.checkpoints,
+        )
         # A worker thread costs a hand-off each way: measured, more than it saves when one
         # transaction at a time flows; worth it under load (events waiting or transactions
         # pending in the core), where the core goes on while the block is written.
         busy = self._events_recv.statistics().current_buffer_used > 0 or self.core.pending_count > 0
-        if records or checkpoints or self._nursery is None or not blocks or not busy:
+        if staged and not write.holds and self._nursery is not None and busy:
+            done = trio.Event()
+            self._writing = done
+            self._nursery.start_soon(self._finish_write, write, done)
+            return
+        if staged:
             if early and busy:
                 await trio.to_thread.run_sync(store.commit_staged)
             else:
                 store.commit_staged()
             store.finish_staged()
-            self.saved(blocks)
-            self._send_all(messages)
-            then()
-            return
-        done = trio.Event()
-        self._writing = done
-        self._send_all(messages)
-        self._nursery.start_soon(self._finish_write, blocks, then, done)
+            self.saved(write.blocks)
+        await self._carry_out(self.executor.write_done(write.n, self._now()))
 
-    async def _finish_write(
-        self,
-        blocks: list[tuple[Block, Execution, bytes | None]],
-        then: Callable[[], None],
-        done: trio.Event,
-    ) -> None:
+    async def _finish_write(self, write: Write, done: trio.Event) -> None:
         try:
             await trio.to_thread.run_sync(self.store.commit_staged)
             self.store.finish_staged()
-            self.saved(blocks)
+            self.saved(write.blocks)
         except BaseException:
             # Set before `done` wakes the next write: its exception reaches the nursery only
             # after that write has run.
             self._write_failed = True
+            self.executor.write_failed(write.n)
             raise
         finally:
             self._writing = None
             done.set()
-        then()
+        for effect in self.executor.write_done(write.n, self._now()):
+            # A write of blocks alone holds nothing: only what needs its blocks stored.
+            assert isinstance(effect, Durable), effect
+            self._blocks_durable(effect.blocks)
 
-    def _exec_head(self) -> BlockHeader:
-        """The head the next block executes on, and that `self.app` reflects: the last one
-        executed, written or not (self.store.head is the last durable one)."""
-        durable = self.store.head  # (above it only if something wrote the store directly)
-        return self._applied_head if self._applied_head.height >= durable.height else durable
-
-    def _send_all(self, messages: Sequence[PbftOutbound | RaftOutbound]) -> None:
+    def _send_all(self, messages: Sequence[Outgoing]) -> None:
         for out in messages:
             if self.test_byzantine is not None:
                 self._send_byzantine(out.dest, out.frame)
             else:
                 self.send_peer(out.dest, out.frame)
 
-    def _push_receipts(self, block: Block, vote: SignedVote) -> list[tuple[bytes, list[Any]]]:
+    def _push_receipts(self, block: Block, vote: SignedVote) -> bool:
         """Push the receipts watched in `block` as soon as it executed, before its write: one
         "receipts" frame per connection (header and block signature once, each receipt with
-        its Merkle proof). Returns the watched duplicates, answered after the write.
+        its Merkle proof); whether any was pushed. Watched duplicates are answered once the
+        block is durable (_block_durable), with the first receipt of their id.
 
         Why before the write: the transaction is already committed and its block fixed. In
         pbft 2f+1 members prepared the batch durably before any COMMIT left, so it commits
@@ -979,30 +945,24 @@ class Node:
                 conn.push_block_receipts(
                     api.encode_block_receipts(block.header, vote, tree, receipts)
                 )
-            self._pushed += 1
-        return duplicates
+        if duplicates:
+            self._duplicates.setdefault(block.height, []).extend(duplicates)
+        return bool(by_conn)
 
-    def _blocks_durable(
-        self,
-        blocks: list[tuple[Block, Execution, bytes | None]],
-        signatures: list[tuple[int, SignedVote]],
-        duplicates: list[list[tuple[bytes, list[Any]]]],
-    ) -> None:
-        for (block, _, _), (_, vote), dups in zip(blocks, signatures, duplicates, strict=True):
+    def _blocks_durable(self, blocks: list[tuple[Block, SignedVote]]) -> None:
+        for block, vote in blocks:
             self.metrics.blocks += 1
             self.metrics.txs_committed += len(block.txs)
-            self._block_durable(block, vote, dups)
+            self._block_durable(block, vote)
 
-    def _block_durable(
-        self, block: Block, vote: SignedVote, duplicates: list[tuple[bytes, list[Any]]]
-    ) -> None:
+    def _block_durable(self, block: Block, vote: SignedVote) -> None:
         """After `block`'s write: answer watched duplicates with the first receipt of their
         id (a later copy of an id that already executed is never reported as its result; the
         first may be in a block of the same write), expire watches, tell followers."""
         # With the ids watched while the write ran (a watch checks the store first, which did
         # not have this block yet): answered now.
-        late = self._push_receipts(block, vote)
-        for tx_id, conns in duplicates + late:
+        self._push_receipts(block, vote)
+        for tx_id, conns in self._duplicates.pop(block.height, []):
             first = self.first_receipt_bundle(tx_id)
             if first is not None:
                 for conn in conns:

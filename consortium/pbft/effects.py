@@ -1,7 +1,6 @@
 """What a PBFT replica asks its shell to do (DESIGN "Sans-IO consensus cores"): take_ready()
-returns a Ready, carried out in field order: persist `records` (one fsync, with any blocks),
-then send `messages`, then execute `committed` in order, reporting each with executed().
-Re-exported by pbft/replica.py, which is where the shell imports them from."""
+drains a Ready, which node/executor.py carries out (the order is stated there, once, for both
+cores). Re-exported by pbft/replica.py, which is where the shell imports them from."""
 
 from __future__ import annotations
 
@@ -41,13 +40,21 @@ class Serve:
 
 @dataclass(frozen=True, slots=True)
 class Ready:
-    records: list[tuple[bytes, bytes | None]]  # persist first (None deletes the key)
-    messages: list[Outbound]  # then send
-    committed: list[CommittedBatch]  # then execute, in order, and report executed()
+    records: list[tuple[bytes, bytes | None]]  # to write durably (None deletes the key)
+    # May leave before `records` are durable (raft's leader appends): none in pbft, where
+    # every message a replica sends is logged first (Castro & Liskov 4.2).
+    early: list[Outbound]
+    messages: list[Outbound]  # only once `records` are durable
+    committed: list[CommittedBatch]  # execute, in order, and report executed()
     stable_checkpoints: list[CheckpointCertificate]
-    serve: list[Serve]  # then answer these FETCH requests from the store
+    serve: list[Serve]  # answer these FETCH requests from the store, once `records` are durable
 
     def __bool__(self) -> bool:
         return bool(
-            self.records or self.messages or self.committed or self.stable_checkpoints or self.serve
+            self.records
+            or self.early
+            or self.messages
+            or self.committed
+            or self.stable_checkpoints
+            or self.serve
         )

@@ -642,7 +642,9 @@ class PbftReplica:
         self._check_invariants()
 
     def take_ready(self) -> Ready:
-        ready = Ready(self._records, self._messages, self._committed, self._stable_out, self._serve)
+        ready = Ready(
+            self._records, [], self._messages, self._committed, self._stable_out, self._serve
+        )
         self._records, self._messages, self._committed = [], [], []
         self._stable_out, self._serve = [], []
         return ready

@@ -1,4 +1,5 @@
-"""A member's block writes in the background (runtime.Node._write): under load a write of
+"""A member's block writes in the background (runtime.Node._write, carrying out the executor's
+Write effect): under load a write of
 blocks only runs while the core goes on executing, so the application is ahead of the store.
 Nothing is written after a failed write, a signed read names the height its value is from, and
 the next write stages on top of the finished one with nothing left pinned in the state cache."""
@@ -13,17 +14,13 @@ from pathlib import Path
 import trio
 
 from consortium.cli.network import init_network, load_client_setup
-from consortium.crypto.signing import Domain
-from consortium.ledger.block import Block
-from consortium.ledger.certificates import SignedVote, block_signature_body
-from consortium.ledger.state import CachedTable, Execution
+from consortium.ledger.state import CachedTable
 from consortium.ledger.store import StoreError
-from consortium.ledger.tx import Delete, Put, Transaction
+from consortium.ledger.tx import Delete, Op, Put, Transaction
 from consortium.node.config import load_identity
+from consortium.node.executor import Effect, Executed, Write
 from consortium.node.runtime import Node, make_node
-from consortium.pbft.effects import CommittedBatch
-
-BlockItems = list[tuple[Block, Execution, bytes | None]]
+from consortium.pbft.effects import CommittedBatch, Ready
 
 
 def _member(tmp_path: Path, mode: str = "pbft") -> Node:
@@ -38,46 +35,53 @@ class _Certificate:
 
 
 class _Core:
+    """A stand-in pbft core that commits what a test hands it (scripted Readies)."""
+
     pending_count = 1  # under load: a write of blocks only goes to the background
+
+    def __init__(self) -> None:
+        self.readies: list[Ready] = []
+
+    def take_ready(self) -> Ready:
+        return self.readies.pop(0) if self.readies else Ready([], [], [], [], [], [])
 
     def executed(self, height: int, block_hash: bytes) -> None:
         pass
 
 
-def _execute_put(node: Node, tmp_path: Path, key: bytes, value: bytes) -> BlockItems:
-    """Node._execute of one committed batch holding one put (the core is a stand-in): the
-    block built on the head to execute on and applied to the application, durable later."""
+def _core(node: Node) -> _Core:
+    if not isinstance(node.core, _Core):
+        node.core = node.executor.core = _Core()  # type: ignore[assignment]
+    return node.core
+
+
+def _commit(node: Node, tmp_path: Path, *batches: list[Op]) -> list[Effect]:
+    """One executor step of the stand-in core committing one batch per item of `batches`
+    (each one transaction holding those ops): its effects, to carry out."""
     client = load_client_setup(tmp_path / "net").keys()[0]
     now = int(time.time() * 1000)
-    tx = Transaction.create(client, node.chain_id, os.urandom(16), now + 60_000, [Put(key, value)])
-    node.core = _Core()  # type: ignore[assignment]
-    seq = node._exec_head().height + 1
-    batch = CommittedBatch(seq, 0, b"d" * 32, now, (tx,), _Certificate())  # type: ignore[arg-type]
-    blocks: BlockItems = []
-    node._execute(batch, blocks, [])
-    assert blocks[0][0].receipts[0].status == "ok", blocks[0][0].receipts[0]
-    return blocks
+    committed = []
+    seq = node.executor.head.height
+    for ops in batches:
+        tx = Transaction.create(client, node.chain_id, os.urandom(16), now + 60_000, ops)
+        seq += 1
+        committed.append(CommittedBatch(seq, 0, b"d" * 32, now, (tx,), _Certificate()))  # type: ignore[arg-type]
+    _core(node).readies.append(Ready([], [], [], committed, [], []))
+    effects = node.executor.step()
+    for effect in effects:
+        if isinstance(effect, Executed):
+            assert effect.block.receipts[0].status == "ok", effect.block.receipts[0]
+    return effects
 
 
-def _signatures(node: Node, blocks: BlockItems) -> list[tuple[int, SignedVote]]:
-    out = []
-    for block, _, _ in blocks:
-        body = block_signature_body(block.height, block.hash, node.me)
-        out.append(
-            (block.height, SignedVote(body, node.signer.sign(Domain.BLOCK, node.chain_id, body)))
-        )
-    return out
+def _records_step(node: Node, records: list[tuple[bytes, bytes | None]]) -> list[Effect]:
+    _core(node).readies.append(Ready(records, [], [], [], [], []))
+    return node.executor.step()
 
 
-def _execute(node, tmp_path: Path, ops, blocks: BlockItems) -> None:
-    """Node._execute of one committed batch on top of `blocks` (or the head to execute on)."""
-    client = load_client_setup(tmp_path / "net").keys()[0]
-    now = int(time.time() * 1000)
-    tx = Transaction.create(client, node.chain_id, os.urandom(16), now + 60_000, ops)
-    node.core = _Core()  # type: ignore[assignment]
-    seq = (blocks[-1][0].height if blocks else node._exec_head().height) + 1
-    batch = CommittedBatch(seq, 0, b"d" * 32, now, (tx,), _Certificate())  # type: ignore[arg-type]
-    node._execute(batch, blocks, [])
+def _write_of(effects: list[Effect]) -> Write:
+    (write,) = [e for e in effects if isinstance(e, Write)]
+    return write
 
 
 # --- critical: a failed background write does not stop the next one -------------------------
@@ -108,14 +112,13 @@ async def test_after_a_background_block_write_fails_no_later_write_reaches_the_d
         real_commit()
 
     store.commit_staged = failing_once  # type: ignore[method-assign]
-    blocks = _execute_put(node, tmp_path, b"k", b"v")
+    first = _commit(node, tmp_path, [Put(b"k", b"v")])
+    assert not _write_of(first).holds  # blocks alone: in the background
 
     async def core() -> None:
-        await node._write(blocks=blocks, records=[], block_signatures=_signatures(node, blocks))
+        await node._carry_out(first)
         # The next core step: a compaction point covering that block (records only).
-        await node._write(
-            blocks=[], records=[(b"raft/snap", b"covers block 1")], block_signatures=[]
-        )
+        await node._carry_out(_records_step(node, [(b"raft/snap", b"covers block 1")]))
 
     failed = False
     try:
@@ -143,14 +146,14 @@ async def test_a_signed_read_during_a_background_write_names_the_height_of_its_v
     thread), and a read served meanwhile signs 'k = v at height 0' though k was absent at 0.
     In pbft Q members may sign that same false statement (a quorum-certified read proof)."""
     node = _member(tmp_path)
-    blocks = _execute_put(node, tmp_path, b"k", b"v")
+    effects = _commit(node, tmp_path, [Put(b"k", b"v")])
     async with trio.open_nursery() as nursery:
         node._nursery = nursery
-        await node._write(blocks=blocks, records=[], block_signatures=_signatures(node, blocks))
+        await node._carry_out(effects)
         assert node.store.height == 0  # the write is in flight
         key, value, height, block_hash, _, _ = await node.read_value(b"k")
         assert (key, value) == (b"k", b"v")
-        assert (height, block_hash) == (1, blocks[0][0].hash)
+        assert (height, block_hash) == (1, _write_of(effects).blocks[0][0].hash)
     key, value, height, _, _, _ = await node.read_value(b"k")
     assert (value, height) == (b"v", 1)
 
@@ -165,21 +168,18 @@ async def test_next_write_stages_on_an_app_ahead_of_the_finished_write_and_nothi
     node = _member(tmp_path)
     kv, replay = node.app.kv, node.app.replay
     assert isinstance(kv, CachedTable) and isinstance(replay, CachedTable)
-    w1: BlockItems = []
-    _execute(node, tmp_path, [Put(b"k", b"v"), Put(b"gone", b"x")], w1)
-    _execute(node, tmp_path, [Put(b"j", b"1")], w1)
+    w1 = _commit(node, tmp_path, [Put(b"k", b"v"), Put(b"gone", b"x")], [Put(b"j", b"1")])
     async with trio.open_nursery() as nursery:
         node._nursery = nursery
-        await node._write(blocks=w1, records=[], block_signatures=_signatures(node, w1))
+        await node._carry_out(w1)
         assert node.store.height == 0 and node._writing is not None
-        w2: BlockItems = []
-        _execute(node, tmp_path, [Delete(b"k"), Delete(b"gone")], w2)  # block 3
-        _execute(node, tmp_path, [Put(b"k", b"v")], w2)  # block 4: k back to v
-        assert node._exec_head().height == 4
+        # block 3, then block 4: k back to v
+        w2 = _commit(node, tmp_path, [Delete(b"k"), Delete(b"gone")], [Put(b"k", b"v")])
+        assert node.executor.head.height == 4
         await node._writing.wait()  # W1 finishes while the app is at block 4
         assert node.store.height == 2
         assert kv.get(b"k") == b"v" and kv.get(b"gone") is None
-        await node._write(blocks=w2, records=[], block_signatures=_signatures(node, w2))
+        await node._carry_out(w2)
     assert node.store.height == 4
     assert kv.pinned == 0 and replay.pinned == 0
     for key, want in [(b"k", b"v"), (b"gone", None), (b"j", b"1")]:

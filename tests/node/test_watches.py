@@ -81,7 +81,8 @@ def test_a_pushed_receipt_ends_the_watch_on_the_connection_too(tmp_path: Path) -
         assert node.watch(tx.id, conn, tx.expiry_ms)
     assert conn.watched == {tx.id for tx in txs}
     block = chain.add(txs[:2])
-    node._block_durable(block, VOTE, node._push_receipts(block, VOTE))
+    node._push_receipts(block, VOTE)
+    node._block_durable(block, VOTE)
     assert len(conn.frames) == 1  # one frame for the block's two receipts
     assert conn.watched == {txs[2].id} and node._watch_count == 1
 
@@ -98,11 +99,11 @@ def test_receipts_leave_before_the_write_and_a_watch_made_during_it_is_answered_
     txs = [chain.tx(Put(b"k%d" % i, b"v")) for i in range(2)]
     assert node.watch(txs[0].id, early, txs[0].expiry_ms)
     block = chain.add(txs)
-    duplicates = node._push_receipts(block, VOTE)
+    node._push_receipts(block, VOTE)
     assert len(early.frames) == 1 and early.watched == set()
     assert node.watch(txs[1].id, late, txs[1].expiry_ms)  # during the write
     assert late.frames == []
-    node._block_durable(block, VOTE, duplicates)
+    node._block_durable(block, VOTE)
     assert len(late.frames) == 1 and late.watched == set()
     assert len(early.frames) == 1  # not pushed twice
     assert node._watch_count == 0
@@ -118,7 +119,8 @@ def test_watches_of_expired_transactions_are_forgotten(tmp_path: Path) -> None:
         node.watch(tx.id, conn, tx.expiry_ms)
     for i in range(runtime.WATCH_SCAN_BLOCKS):
         block = chain.add([chain.tx(Put(b"other %d" % i, b"v"))], proposed_ms=CREATED_MS + 5_000)
-        node._block_durable(block, VOTE, node._push_receipts(block, VOTE))
+        node._push_receipts(block, VOTE)
+        node._block_durable(block, VOTE)
     assert conn.watched == {long.id} and node._watch_count == 1
     assert conn.frames == []  # nothing was pushed: neither executed
 
@@ -136,7 +138,8 @@ def test_a_connection_keeps_submitting_past_the_per_connection_bound(
         assert all(svc._watch(conn, tx.id, tx.expiry_ms) for tx in txs), round_  # type: ignore[arg-type]
         assert not svc._watch(conn, chain.tx(Put(b"x", b"y")).id)  # type: ignore[arg-type]
         block = chain.add(txs)
-        node._block_durable(block, VOTE, node._push_receipts(block, VOTE))
+        node._push_receipts(block, VOTE)
+        node._block_durable(block, VOTE)
         assert conn.watched == set()
 
 
@@ -195,7 +198,8 @@ async def test_watches_by_id_from_strangers_cannot_make_every_submit_overloaded(
     for i in range(runtime.WATCH_SCAN_BLOCKS):
         block = chain.add([chain.tx(Put(b"x%d" % i, b"v"))], proposed_ms=far)
         v = vote(GENESIS, Domain.BLOCK, b"b", 0)
-        node._block_durable(block, v, node._push_receipts(block, v))
+        node._push_receipts(block, v)
+        node._block_durable(block, v)
     setup = load_client_setup(tmp_path / "net")
     tx = Transaction.create(
         setup.keys()[0],

@@ -210,7 +210,7 @@ class RaftGroup:
         self.tick(i)
 
     def propose(self, i: int, *txs: Transaction) -> list[bool]:
-        taken = [self.node(i).propose(tx) for tx in txs]
+        taken = self.node(i).propose_all(txs)
         self.flush(i)
         return taken
 
@@ -234,7 +234,7 @@ class RaftGroup:
         """Carry out member i's Readys until it has nothing more; returns them merged."""
         member = self.members[i]
         raft = self.node(i)
-        merged = Ready([], [], [], [], [], [], [])
+        merged = Ready([], [], [], [], [], [], [], [])
         while ready := raft.take_ready():
             member.readys.append(ready)
             for key, value in ready.records:
@@ -248,7 +248,7 @@ class RaftGroup:
                     member.records[key] = value
             if ready.log_end is not None:
                 raft.persisted(*ready.log_end)  # the "fsync" is done
-            for out in ready.messages:
+            for out in ready.early + ready.messages:
                 for dst in range(self.n) if out.dest is None else (out.dest,):
                     if dst != i:
                         self.queue.append(Msg(i, dst, out.frame, m.decode(out.frame, self.params)))
@@ -268,7 +268,7 @@ class RaftGroup:
                 self.queue.append(Msg(i, serve.peer, frame, m.decode(frame, self.params)))
             member.reads.extend(ready.reads)
             member.read_failures.extend(ready.read_failures)
-            for name in ("records", "messages", "committed", "install", "serve", "reads"):
+            for name in ("records", "early", "messages", "committed", "install", "serve", "reads"):
                 getattr(merged, name).extend(getattr(ready, name))
             merged.read_failures.extend(ready.read_failures)
         raft.check_invariants()

@@ -181,22 +181,23 @@ def test_a_resubmission_of_a_committed_transaction_is_not_ordered_again() -> Non
 
 
 def test_only_a_leaders_appends_and_heartbeats_may_leave_before_its_write() -> None:
-    """Outbound.early: the leader replicates while it writes its own log (it counts itself
-    only for what it handed to its write); votes and acknowledgements wait for the write."""
+    """Ready.early: the leader replicates while it writes its own log (it counts itself only
+    for what it handed to its write); votes and acknowledgements wait for the write."""
     g = started()
     g.propose(0, g.txs[0])
     proposal = g.members[0].readys[-1]
     assert any(k.startswith(LOG_PREFIX) for k, _ in proposal.records)
-    appends = [o for o in proposal.messages if isinstance(m.decode(o.frame, g.params), m.Append)]
-    assert appends and all(o.early for o in appends)
+    appends = [o for o in proposal.early if isinstance(m.decode(o.frame, g.params), m.Append)]
+    assert appends
+    assert not any(isinstance(m.decode(o.frame, g.params), m.Append) for o in proposal.messages)
     ack = g.receive(1, 0, g.pending(m.Append, src=0)[0].msg)
-    assert ack.records and ack.messages and not any(o.early for o in ack.messages)
+    assert ack.records and ack.messages and not ack.early
     g.heartbeat(0)
-    beats = [o for r in g.members[0].readys[-2:] for o in r.messages]
-    assert any(isinstance(m.decode(o.frame, g.params), m.Heartbeat) and o.early for o in beats)
+    beats = [o for r in g.members[0].readys[-2:] for o in r.early]
+    assert any(isinstance(m.decode(o.frame, g.params), m.Heartbeat) for o in beats)
     vote = RaftGroup(3, pre_vote=False)
     vote.timeout(0)
-    assert not any(o.early for o in vote.members[0].readys[-1].messages)
+    assert not vote.members[0].readys[-1].early
 
 
 def test_a_single_member_commits_an_entry_only_after_its_write_is_reported_durable() -> None:
@@ -800,7 +801,7 @@ def test_malformed_frames_and_unknown_senders_are_counted_never_raised() -> None
 def test_the_transaction_pool_is_bounded() -> None:
     g = started(pool_max=3)
     n1 = g.node(0)
-    assert [n1.propose(tx) for tx in g.txs[:4]] == [True, True, True, False]
+    assert n1.propose_all(g.txs[:4]) == [True, True, True, False]
     assert n1.rejected["pool_full"] == 1
     assert n1.propose(g.txs[0]) is True and n1.rejected["duplicate_tx"] == 1
     g.flush(0)  # batched: the pool has room again

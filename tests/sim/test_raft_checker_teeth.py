@@ -141,12 +141,13 @@ def isolated_leader_reads(seed: int) -> RaftSimCluster:
     return cluster
 
 
-# Seeds whose schedule lets the old leader serve a stale read (13 of the first 30 since a
-# candidate asks again those that did not answer its vote request, which changed the
-# schedules: seeds 6 and 7 of the earlier list no longer give the broken leader a read to serve
-# stale; before, 17 of 30 since a new leader waits for a majority's clocks before its first
-# batch, which dropped seeds 1 and 2).
-STALE_READ_SEEDS = [0, 2, 4, 5, 10]
+# Seeds whose schedule lets the old leader serve a stale read (16 of the first 40 since the
+# simulator runs the node's executor, whose order of a step changed the schedules: seed 0 no
+# longer gives the broken leader a read to serve stale; 13 of 30 since a candidate asks again
+# those that did not answer its vote request, which dropped seeds 6 and 7; before, 17 of 30
+# since a new leader waits for a majority's clocks before its first batch, which dropped seeds
+# 1 and 2).
+STALE_READ_SEEDS = [2, 4, 5, 10, 13]
 
 
 @pytest.mark.parametrize("seed", STALE_READ_SEEDS)

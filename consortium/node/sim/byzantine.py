@@ -107,7 +107,7 @@ class Byzantine(PbftReplica):
             self.ticked = False
             out.extend(self.extra())
         serve = self.serve(ready, out)
-        return Ready(ready.records, out, ready.committed, ready.stable_checkpoints, serve)
+        return Ready(ready.records, [], out, ready.committed, ready.stable_checkpoints, serve)
 
     # --- overridden by behaviours -----------------------------------------------------------
 

@@ -3,10 +3,11 @@ driven by one seeded random.Random over a simulated millisecond clock.
 
 The loop (a plain loop, not Trio, whose scheduler is randomised): take the earliest of the next
 network delivery, the next client submission and the next tick; deliver or tick; then carry out
-the replica's Ready the way the node runtime does (records to its in-memory store, messages to
-the network, committed batches through build_block into its ledger, then executed()); then run
-the safety checker; at the end of each step, the full invariant check of every replica given
-input in it (and of one going down, as it goes). Same seed, same trace. Clients
+the replica's Ready with the node runtime's own executor (node/executor.py; shell.SimShell:
+committed batches executed into its ledger, one write to its simulated disk, then the messages
+that waited for it); then run the safety checker; at the end of each step, the full invariant
+check of every replica given input in it (and of one going down, as it goes). Same seed, same
+trace. Clients
 send every transaction to every replica and retransmit it every client_retry_ms until f+1
 honest replicas committed it (DESIGN: clients retransmit on timeout), so a transaction only
 a crashed primary had is proposed again.
@@ -20,16 +21,16 @@ once per chain (`workload`), and tx_ok trusts the set the cluster made; any othe
 which keys were ever admitted from its own ledger state (KeyValueState.may_submit), and the
 safety checker holds every honest ledger to the same rule.
 
-Crashes and durability: the shell here does what the node runtime does with each Ready: write
-its records, fsync, and only then send its messages and execute its batches. crash(i) between
-events loses nothing fsynced; crash_mid_write(i) arms a crash inside node i's next Ready that
-writes anything, after the write and before the fsync, so the write is lost (as a power cut
-would lose it; kill -9 on a real machine keeps the page cache and cannot show this). With
-`broken_shell=True` the shell sends at once but fsyncs only every BROKEN_FSYNC_MS, so any
-crash loses the writes since: a replica that forgets votes it sent. The test that the safety
-checker catches this gives the durability tests their teeth. restart(i) rebuilds the replica
-from its durable records, its ledger head and its last stable checkpoint, exactly what the
-node runtime hands a restarting replica.
+Crashes and durability (shell.SimShell): crash(i) between events loses nothing durable, and
+rolls back blocks executed whose write was still in flight; crash_mid_write(i) arms a crash
+inside node i's next write, after the write and before the fsync, so the write is lost (as a
+power cut would lose it; kill -9 on a real machine keeps the page cache and cannot show this).
+With `broken_shell=True` the member runs shell.BrokenExecutor, which sends before it writes,
+on a disk that fsyncs only every BROKEN_FSYNC_MS, so any crash loses the writes since: a
+replica that forgets votes it sent. The test that the safety checker catches this gives the
+durability tests their teeth. restart(i) rebuilds the replica from its durable records, its
+durable ledger head and its last stable checkpoint, exactly what the node runtime hands a
+restarting replica.
 Restore from a backup: backup(i) copies node i's durable state (records, stable checkpoint,
 ledger) as `node backup` does; restore(i, copy) later stops node i and restarts it from that
 copy, marked as a restored backup (the store's RECOVERY_MARK_KEY record), so its core starts in
@@ -65,15 +66,15 @@ from consortium.ledger.genesis import Client, Genesis, Member, Mode, Params
 from consortium.ledger.state import KeyValueState, build_block
 from consortium.ledger.store import RECOVERY_MARK_KEY, RESTORED_BACKUP
 from consortium.ledger.tx import Put, Transaction
+from consortium.node.executor import Executed, Executor, Write
 from consortium.node.sim.checkers import EquivocationChecker, SafetyChecker
 from consortium.node.sim.network import NetworkFaults, SimNetwork
-from consortium.node.sim.shell import EPOCH_MS, SimShell
+from consortium.node.sim.shell import EPOCH_MS, BrokenExecutor, SimShell
 from consortium.pbft.messages import TransferredBlock, decode
-from consortium.pbft.replica import PbftConfig, PbftReplica, RecoveredState, Serve
+from consortium.pbft.replica import CommittedBatch, PbftConfig, PbftReplica, RecoveredState, Serve
 from consortium.pbft.transfer import blocks_reply
 
 CLIENT_SEED = b"consortium-sim-client".ljust(32, b"\x00")
-BROKEN_FSYNC_MS = 100
 SIM_PARAMS = Params(
     batch_txs_max=16,
     batch_delay_ms=4,
@@ -211,20 +212,23 @@ class SimBackup:
 
 @dataclass
 class SimNode:
-    """One member: its replica, its in-memory ledger and its durable records."""
+    """One member: its replica and the executor carrying out its Readies, its in-memory ledger
+    (executed; durable up to durable_height) and its durable records."""
 
     index: int
     replica: PbftReplica
+    executor: Executor
     app: KeyValueState
-    head: BlockHeader
+    head: BlockHeader  # the last block executed
     block_hashes: list[bytes]  # index = height; [0] is genesis
     blocks: list[TransferredBlock] = field(default_factory=list)  # index = height - 1
     committed_ids: set[bytes] = field(default_factory=set)
     committed_ms: list[int] = field(default_factory=list)  # when each block was executed
     records: dict[bytes, bytes] = field(default_factory=dict)  # durable (fsynced)
+    durable_height: int = 0
     crash_mid_write: bool = False  # armed by SimCluster.crash_mid_write
-    unsynced: list[tuple[bytes, bytes | None]] = field(default_factory=list)  # broken shell
-    stable: CheckpointCertificate | None = None
+    unsynced: list[Write] = field(default_factory=list)  # written, not yet durable
+    stable: CheckpointCertificate | None = None  # the last one durable
     up: bool = True
 
     @property
@@ -295,7 +299,7 @@ class SimCluster(SimShell[SimNode]):
         # Clients retransmit to every replica until f+1 honest replicas committed (the reply
         # quorum): tx id -> (tx, last sent), in submission order; and commit counts.
         self._awaiting: dict[bytes, tuple[Transaction, int]] = {}
-        self._commits: dict[bytes, int] = {}
+        self._commits: dict[bytes, set[int]] = {}
         self._next_retry_ms = client_retry_ms
         self._scheduled: list[tuple[int, int, Callable[[], None]]] = []  # fault injections
         self._scheduled_seq = 0
@@ -309,9 +313,11 @@ class SimCluster(SimShell[SimNode]):
                 self.genesis.client_keys(),
                 genesis_state_root(self.chain_id),
             )
+            replica = self._new_replica(i, app, genesis.header, None, {})
             node = SimNode(
                 i,
-                self._new_replica(i, app, genesis.header, None, {}),
+                replica,
+                self._new_executor(i, replica, app, genesis.header),
                 app,
                 genesis.header,
                 [genesis.hash],
@@ -349,6 +355,22 @@ class SimCluster(SimShell[SimNode]):
         return factory(
             config, self.signers[i], self.verifier, self._tx_ok, recovered, app.may_submit
         )
+
+    def _new_executor(
+        self, i: int, replica: PbftReplica, app: KeyValueState, head: BlockHeader
+    ) -> Executor:
+        """The node runtime's executor (a broken one for the checker-teeth tests)."""
+        kind = BrokenExecutor if self.broken_shell else Executor
+        return kind(replica, app, head, self.signers[i], self.chain_id, i)
+
+    def _start(self, node: SimNode) -> None:
+        """A new process for `node`, from what it has durably (records, ledger, checkpoint)."""
+        i = node.index
+        node.replica = self._new_replica(i, node.app, node.head, node.stable, node.records)
+        node.executor = self._new_executor(i, node.replica, node.app, node.head)
+        node.up = True
+        self._agreed[i] = (node.head.timestamp_ms, self.now_ms)  # a new process: its ledger
+        self._carry_out(node)
 
     def _tx_ok(self, tx: Transaction) -> bool:
         key = tx.id + tx.signature
@@ -395,10 +417,7 @@ class SimCluster(SimShell[SimNode]):
         node = self.nodes[i]
         assert not node.up, f"{node.name} is running: a restart follows a crash"
         self._log(f"n{i + 1} RESTART at height {node.head.height}")
-        node.replica = self._new_replica(i, node.app, node.head, node.stable, node.records)
-        node.up = True
-        self._agreed[i] = (node.head.timestamp_ms, self.now_ms)  # a new process: its ledger
-        self._carry_out(node)
+        self._start(node)
 
     def backup(self, i: int) -> SimBackup:
         """A copy of node i's durable state now (`node backup`: records, checkpoint, ledger)."""
@@ -408,8 +427,8 @@ class SimCluster(SimShell[SimNode]):
             i,
             tuple(sorted(node.records.items())),
             node.stable,
-            tuple(node.blocks),
-            tuple(node.committed_ms),
+            tuple(node.blocks[: node.durable_height]),
+            tuple(node.committed_ms[: node.durable_height]),
         )
 
     def restore(self, i: int, copy: SimBackup, *, recovery: bool = True) -> None:
@@ -423,13 +442,23 @@ class SimCluster(SimShell[SimNode]):
         node.up = False
         node.unsynced.clear()
         self.disarm(i)
-        # The ledger at the copy's height: its blocks executed again from genesis (a ledger
-        # is its blocks), which gives the same blocks, hashes and state.
+        self._load_ledger(node, list(copy.blocks), list(copy.committed_ms))
+        node.stable = copy.stable
+        node.records = dict(copy.records)
+        if recovery:
+            node.records[RECOVERY_MARK_KEY] = RESTORED_BACKUP.encode()
+        self._start(node)
+
+    def _load_ledger(
+        self, node: SimNode, blocks: list[TransferredBlock], committed_ms: list[int]
+    ) -> None:
+        """Node's ledger and state as `blocks`: executed again from genesis (a ledger is its
+        blocks), which gives the same blocks, hashes and state."""
         g = genesis_block(self.genesis)
         root = genesis_state_root(self.chain_id)
         app = KeyValueState(self.chain_id, self.params, self.genesis.client_keys(), root)
         head, hashes = g.header, [g.hash]
-        for tb in copy.blocks:
+        for tb in blocks:
             seq = tb.certificate.seq
             block, execution = build_block(
                 head, ("pbft", seq, tb.proposed_ms), tb.proposed_ms, tb.txs, app
@@ -438,16 +467,15 @@ class SimCluster(SimShell[SimNode]):
             head = block.header
             hashes.append(block.hash)
         node.app, node.head, node.block_hashes = app, head, hashes
-        node.blocks = list(copy.blocks)
-        node.committed_ids = {tx.id for tb in copy.blocks for tx in tb.txs}
-        node.committed_ms = list(copy.committed_ms)
-        node.stable = copy.stable
-        node.records = dict(copy.records)
-        if recovery:
-            node.records[RECOVERY_MARK_KEY] = RESTORED_BACKUP.encode()
-        node.replica = self._new_replica(i, node.app, node.head, node.stable, node.records)
-        node.up = True
-        self._carry_out(node)
+        node.blocks = blocks
+        node.committed_ids = {tx.id for tb in blocks for tx in tb.txs}
+        node.committed_ms = committed_ms
+        node.durable_height = head.height
+
+    def _roll_back(self, node: SimNode) -> None:
+        height = node.durable_height
+        self._log(f"{node.name} LOSES blocks {height + 1}-{node.head.height} (not durable)")
+        self._load_ledger(node, node.blocks[:height], node.committed_ms[:height])
 
     def _observe(self, node: SimNode, dest: int | None, frame: bytes) -> None:
         """The equivocation checker sees every vote an honest member signs. Read off the body
@@ -503,6 +531,7 @@ class SimCluster(SimShell[SimNode]):
                 node.replica.receive(src, frame)
                 self._carry_out(node)
         if self.now_ms % self.tick_ms == 0:
+            self._settle_all()
             for node in self.nodes:
                 if node.up:
                     node.replica.tick(self.now_ms, self.wall_ms(node.index))
@@ -512,64 +541,37 @@ class SimCluster(SimShell[SimNode]):
     def _full_check(self, i: int) -> None:
         self.nodes[i].replica.check_invariants()
 
-    def _carry_out(self, node: SimNode) -> None:
-        """What the node runtime does with a Ready: persist, send, execute, report."""
+    def _executed(self, node: SimNode, effect: Executed) -> None:
+        batch, block = effect.origin, effect.block
+        assert isinstance(batch, CommittedBatch)
+        self._log(
+            f"n{node.index + 1} COMMIT seq {batch.seq} {batch.digest.hex()[:8]} "
+            f"({len(batch.txs)} txs)"
+        )
+        self.safety.committed(node.index, batch.seq, batch.digest)
+        # (against the state the block executed on, and its own admissions: keys ever admitted)
+        self.safety.signed(node.index, batch.seq, batch.txs, node.app.may_submit)
+        node.head = block.header
+        node.block_hashes.append(block.hash)
+        node.committed_ids.update(tx.id for tx in batch.txs)
+        node.committed_ms.append(self.now_ms)
+        node.blocks.append(
+            TransferredBlock(
+                proposed_ms=batch.proposed_ms, txs=batch.txs, certificate=batch.certificate
+            )
+        )
+        if node.index not in self.byzantine:
+            self._replied(node.index, batch.txs)
+        self.safety.appended(node.index, block.height, block.hash)
+        self._block_executed(node.index, block)
+
+    def _make_durable(self, node: SimNode, write: Write) -> None:
+        super()._make_durable(node, write)
+        if write.checkpoints:
+            node.stable = write.checkpoints[-1]
+
+    def _carried_out(self, node: SimNode) -> None:
         replica = node.replica
-        while ready := replica.take_ready():
-            if node.crash_mid_write and ready.records:
-                # Power lost between the write and its fsync: the write never happened. A
-                # correct shell has sent nothing yet; a broken one already sent the messages.
-                node.crash_mid_write = False
-                self.lost_writes += 1
-                if self.broken_shell:
-                    self._send(node, ready.messages)
-                self.crash(node.index)
-                return
-            if self.broken_shell:
-                node.unsynced.extend(ready.records)  # fsynced later, if at all
-                if self.now_ms % BROKEN_FSYNC_MS == 0:
-                    self._fsync(node, node.unsynced)
-                    node.unsynced.clear()
-            else:
-                self._fsync(node, ready.records)
-            if ready.stable_checkpoints:
-                node.stable = ready.stable_checkpoints[-1]
-            self._send(node, ready.messages)
-            for batch in ready.committed:
-                self._log(
-                    f"n{node.index + 1} COMMIT seq {batch.seq} {batch.digest.hex()[:8]} "
-                    f"({len(batch.txs)} txs)"
-                )
-                self.safety.committed(node.index, batch.seq, batch.digest)
-                # (against the state it executes the block on: keys ever admitted there)
-                self.safety.signed(node.index, batch.seq, batch.txs, node.app.may_submit)
-                block, execution = build_block(
-                    node.head,
-                    ("pbft", batch.seq, batch.proposed_ms),
-                    batch.proposed_ms,
-                    batch.txs,
-                    node.app,
-                )
-                assert block.height == batch.seq, "in pbft, height equals sequence number"
-                node.app.apply(execution)
-                node.head = block.header
-                node.block_hashes.append(block.hash)
-                node.committed_ids.update(tx.id for tx in batch.txs)
-                node.committed_ms.append(self.now_ms)
-                node.blocks.append(
-                    TransferredBlock(
-                        proposed_ms=batch.proposed_ms, txs=batch.txs, certificate=batch.certificate
-                    )
-                )
-                if node.index not in self.byzantine:
-                    self._replied(batch.txs)
-                self.safety.appended(node.index, block.height, block.hash)
-                self._block_executed(node.index, block)
-                replica.executed(batch.seq, block.hash)
-            for serve in ready.serve:
-                frame_bytes = self._serve(node, serve)
-                if frame_bytes is not None:
-                    replica.served(serve, frame_bytes)
         if RECOVERY_MARK_KEY in node.records and not replica.recovering:
             # The runtime deletes the mark in a write after the step that left recovery.
             del node.records[RECOVERY_MARK_KEY]
@@ -585,12 +587,14 @@ class SimCluster(SimShell[SimNode]):
                 f"{replica.last_view_change_reason or 'NEW-VIEW'}"
             )
 
-    def _serve(self, node: SimNode, serve: Serve) -> int | None:
-        """Answer a FETCH from the node's ledger (the runtime reads its block store); returns
-        the answer's size, which the replica charges to the peer's budget."""
+    def _serve(self, node: SimNode, serve: object) -> None:
+        """Answer a FETCH from the node's durable ledger (the runtime reads its block store);
+        the answer's size goes to the replica, which charges it to the peer's budget."""
+        assert isinstance(serve, Serve)
+        durable = node.durable_height
 
         def block_at(seq: int) -> TransferredBlock | None:
-            return node.blocks[seq - 1] if 0 < seq <= len(node.blocks) else None
+            return node.blocks[seq - 1] if 0 < seq <= durable else None
 
         frame = blocks_reply(
             self.signers[node.index],
@@ -598,17 +602,21 @@ class SimCluster(SimShell[SimNode]):
             node.index,
             self.params,
             serve.from_seq,
-            node.head.height,
+            durable,
             node.stable,
             block_at,
             serve.bytes_max,
         )
         self.net.send(self.now_ms, node.index, serve.peer, frame)
-        return len(frame)
+        node.replica.served(serve, len(frame))
 
-    def _replied(self, txs: tuple[Transaction, ...]) -> None:
+    def _replied(self, i: int, txs: tuple[Transaction, ...]) -> None:
+        """Member i executed `txs` and pushed their receipts: a client stops retransmitting a
+        transaction once f+1 distinct members did (a member that re-executes blocks a crash
+        rolled back counts once)."""
         reply_quorum = self.genesis.f + 1
         for tx in txs:
-            count = self._commits[tx.id] = self._commits.get(tx.id, 0) + 1
-            if count >= reply_quorum:
+            members = self._commits.setdefault(tx.id, set())
+            members.add(i)
+            if len(members) >= reply_quorum:
                 self._awaiting.pop(tx.id, None)

@@ -1,10 +1,11 @@
 """A simulated Raft cluster: n unmodified RaftNode cores over the seeded SimNetwork (delay,
 loss, duplication, reordering, partitions), on a simulated clock, with crashes that drop writes
 not yet fsynced and restarts from what was persisted. The same loop as the PBFT simulator
-(cluster.py): take the earliest event, deliver or tick, carry out the node's Ready the way the
-node runtime does (records to its store, then messages, then committed entries into its
-ledger with build_block, transferred blocks re-executed and checked with replay_block), then
-run the checkers.
+(cluster.py): take the earliest event, deliver or tick, carry out the node's Ready with the
+node runtime's own executor (node/executor.py; shell.SimShell: a leader's appends, committed
+entries into its ledger with build_block, transferred blocks re-executed and checked with
+replay_block, one write to its simulated disk, then what waited for it), then run the
+checkers.
 
 Checkers, after every step (RaftChecker):
     election safety     at most one leader per term;
@@ -40,7 +41,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 import random
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field, replace
 
 from consortium.crashft import messages as rm
@@ -52,17 +53,16 @@ from consortium.crashft.node import (
     ReadState,
     RecoveredState,
     Serve,
-    merge,
-    split_early,
 )
 from consortium.crashft.transfer import blocks_reply, replay_block
 from consortium.crypto.codec import WireFormatError, pack, unpack
 from consortium.crypto.signing import Ed25519Verifier
-from consortium.ledger.block import Block, BlockHeader, genesis_block, genesis_state_root
+from consortium.ledger.block import BlockHeader, genesis_block, genesis_state_root
 from consortium.ledger.genesis import Params
-from consortium.ledger.state import Execution, KeyValueState, build_block
+from consortium.ledger.state import KeyValueState
 from consortium.ledger.store import RECOVERY_MARK_KEY, RESTORED_BACKUP
 from consortium.ledger.tx import Transaction
+from consortium.node.executor import Executed, Executor, Write
 from consortium.node.sim.checkers import (
     EquivocationChecker,
     LivenessViolation,
@@ -71,9 +71,8 @@ from consortium.node.sim.checkers import (
 )
 from consortium.node.sim.cluster import HmacSigner, member_keys, sim_genesis
 from consortium.node.sim.network import NetworkFaults, SimNetwork
-from consortium.node.sim.shell import SimShell
+from consortium.node.sim.shell import BrokenExecutor, SimShell
 
-BROKEN_FSYNC_MS = 100
 RAFT_SIM_PARAMS = Params(
     batch_txs_max=16,
     batch_delay_ms=4,
@@ -197,17 +196,23 @@ class RaftSimBackup:
 class RaftSimNode:
     index: int
     raft: RaftNode
+    executor: Executor
     app: KeyValueState
-    head: BlockHeader
+    head: BlockHeader  # the last block executed
     block_hashes: list[bytes]
     blocks: list[TransferredBlock] = field(default_factory=list)  # index = height - 1
     committed_ids: set[bytes] = field(default_factory=set)
     records: dict[bytes, bytes] = field(default_factory=dict)  # durable (fsynced)
-    unsynced: list[tuple[bytes, bytes | None]] = field(default_factory=list)
+    durable_height: int = 0
+    unsynced: list[Write] = field(default_factory=list)  # written, not yet durable
     crash_mid_write: bool = False
     up: bool = True
     was_leader_term: int = -1
-    applied_index: int = 0  # raft index of the last applied entry (for reads)
+
+    @property
+    def applied_index(self) -> int:
+        """The raft index of the last applied entry (for reads)."""
+        return self.executor.applied_index
 
     @property
     def name(self) -> str:
@@ -276,7 +281,7 @@ class RaftSimCluster(SimShell[RaftSimNode]):
         self._scheduled_seq = 0
         self._restart_after_armed_ms = {}
         self._read_seq = 0
-        self._reads: dict[tuple[int, int], int] = {}  # (node, read id) -> required index
+        self._reads_waiting: dict[tuple[int, int], int] = {}  # (node, read id) -> required index
         self.reads_released = 0
         self.reads_failed: list[str] = []
         # (node, read id) -> "" once released (and checked), or why it failed or was abandoned
@@ -290,14 +295,23 @@ class RaftSimCluster(SimShell[RaftSimNode]):
             app = KeyValueState(
                 self.chain_id, params, self.genesis.client_keys(), genesis_state_root(self.chain_id)
             )
+            raft = self._new_raft(i, RecoveredState(block_hash=genesis.hash))
             node = RaftSimNode(
                 i,
-                self._new_raft(i, RecoveredState(block_hash=genesis.hash)),
+                raft,
+                self._new_executor(i, raft, app, genesis.header),
                 app,
                 genesis.header,
                 [genesis.hash],
             )
             self.nodes.append(node)
+
+    def _new_executor(
+        self, i: int, raft: RaftNode, app: KeyValueState, head: BlockHeader
+    ) -> Executor:
+        """The node runtime's executor (a broken one for the checker-teeth tests)."""
+        kind = BrokenExecutor if self.broken_shell else Executor
+        return kind(raft, app, head, self.signers[i], self.chain_id, i, applied_index=raft.applied)
 
     def _new_raft(self, i: int, recovered: RecoveredState) -> RaftNode:
         config = self._configure(
@@ -359,7 +373,7 @@ class RaftSimCluster(SimShell[RaftSimNode]):
         """Issue a linearizable read at node i; the checker verifies it when released."""
         self._read_seq += 1
         required = max(x.applied_index for x in self.nodes)
-        self._reads[(i, self._read_seq)] = required
+        self._reads_waiting[(i, self._read_seq)] = required
         node = self.nodes[i]
         if node.up:
             node.raft.read(self._read_seq)
@@ -370,7 +384,7 @@ class RaftSimCluster(SimShell[RaftSimNode]):
         """Give up on a read, as the runtime does after READ_TIMEOUT_MS (raft_runtime.read_value):
         the core forgets it if it forwarded it. Released late all the same (the leader had
         it), it is still checked against what was committed when it was issued."""
-        if (i, read_id) not in self._reads:
+        if (i, read_id) not in self._reads_waiting:
             return  # answered already
         self.read_outcomes[(i, read_id)] = "abandoned"
         node = self.nodes[i]
@@ -392,7 +406,7 @@ class RaftSimCluster(SimShell[RaftSimNode]):
             last_block_point=point,
         )
         node.raft = self._new_raft(i, recovered)
-        node.applied_index = node.raft.applied
+        node.executor = self._new_executor(i, node.raft, node.app, node.head)
         node.up = True
         self._agreed[i] = (node.head.timestamp_ms, self.now_ms)  # a new process: its ledger
         self._carry_out(node)
@@ -401,7 +415,9 @@ class RaftSimCluster(SimShell[RaftSimNode]):
         """A copy of node i's durable state now (`node backup`: records and ledger)."""
         node = self.nodes[i]
         self._log(f"n{i + 1} BACKUP at height {node.head.height}")
-        return RaftSimBackup(i, tuple(sorted(node.records.items())), tuple(node.blocks))
+        return RaftSimBackup(
+            i, tuple(sorted(node.records.items())), tuple(node.blocks[: node.durable_height])
+        )
 
     def restore(self, i: int, copy: RaftSimBackup, *, recovery: bool = True) -> None:
         """Stop node i and start it from `copy`, marked as a restored backup unless
@@ -413,12 +429,20 @@ class RaftSimCluster(SimShell[RaftSimNode]):
         node.up = False
         node.unsynced.clear()
         self.disarm(i)
-        # The ledger at the copy's height: its blocks re-executed from genesis.
+        self._load_ledger(node, list(copy.blocks))
+        node.records = dict(copy.records)
+        if recovery:
+            node.records[RECOVERY_MARK_KEY] = RESTORED_BACKUP.encode()
+        node.was_leader_term = -1
+        self.restart(i)
+
+    def _load_ledger(self, node: RaftSimNode, blocks: list[TransferredBlock]) -> None:
+        """Node's ledger and state as `blocks`, re-executed from genesis."""
         g = genesis_block(self.genesis)
         root = genesis_state_root(self.chain_id)
         app = KeyValueState(self.chain_id, self.params, self.genesis.client_keys(), root)
         head, hashes = g.header, [g.hash]
-        for tb in copy.blocks:
+        for tb in blocks:
             result = replay_block(head, tb, app)
             assert not isinstance(result, str), result
             block, execution, _ = result
@@ -426,13 +450,14 @@ class RaftSimCluster(SimShell[RaftSimNode]):
             head = block.header
             hashes.append(block.hash)
         node.app, node.head, node.block_hashes = app, head, hashes
-        node.blocks = list(copy.blocks)
-        node.committed_ids = {tx.id for tb in copy.blocks for tx in tb.txs}
-        node.records = dict(copy.records)
-        if recovery:
-            node.records[RECOVERY_MARK_KEY] = RESTORED_BACKUP.encode()
-        node.was_leader_term = -1
-        self.restart(i)
+        node.blocks = blocks
+        node.committed_ids = {tx.id for tb in blocks for tx in tb.txs}
+        node.durable_height = head.height
+
+    def _roll_back(self, node: RaftSimNode) -> None:
+        height = node.durable_height
+        self._log(f"{node.name} LOSES blocks {height + 1}-{node.head.height} (not durable)")
+        self._load_ledger(node, node.blocks[:height])
 
     def _observe(self, node: RaftSimNode, dest: int | None, frame: bytes) -> None:
         """Votes for the equivocation checker: a granted VOTE-REPLY (not a PreVote) is a vote
@@ -490,6 +515,7 @@ class RaftSimCluster(SimShell[RaftSimNode]):
                 node.raft.receive(src, frame)
                 self._carry_out(node)
         if self.now_ms % self.tick_ms == 0:
+            self._settle_all()
             for node in self.nodes:
                 if node.up:
                     node.raft.tick(self.now_ms, self.wall_ms(node.index))
@@ -499,65 +525,8 @@ class RaftSimCluster(SimShell[RaftSimNode]):
     def _full_check(self, i: int) -> None:
         self.nodes[i].raft.check_invariants()
 
-    def _carry_out(self, node: RaftSimNode) -> None:
+    def _carried_out(self, node: RaftSimNode) -> None:
         raft = node.raft
-        while ready := raft.take_ready():
-            # A leader's appends leave before its write, as the runtime sends them
-            # (Outbound.early); a crash mid-write below has already sent them.
-            early, ready = split_early(ready)
-            self._send(node, early)
-            if node.crash_mid_write and (ready.records or ready.committed or ready.install):
-                # Power lost before this Ready's one write (records and blocks together)
-                # reached the disk: neither happened. A correct shell has sent nothing yet; a
-                # broken one already sent the messages.
-                node.crash_mid_write = False
-                self.lost_writes += 1
-                if self.broken_shell:
-                    self._send(node, ready.messages)
-                # The runtime applies committed entries and pushes their receipts before this
-                # write (Node._push_receipts): their clients hold receipts now, so these entries
-                # must stay committed at their index whatever the crash loses.
-                for entry in ready.committed:
-                    self.check.committed(node.index, entry)
-                    for tx in entry.txs:
-                        self._awaiting.pop(tx.id, None)  # (the client saw its receipt)
-                self.crash(node.index)
-                return
-            # As the runtime does: apply, and write what applying produced in the same
-            # write as the blocks (crashft.node.merge); then send.
-            while ready.committed or ready.install:
-                for entry in ready.committed:
-                    self._apply(node, entry)
-                for tb in ready.install:
-                    self._install(node, tb)
-                early, more = split_early(raft.take_ready())
-                self._send(node, early)
-                ready = merge(ready, more)
-            self._check_persisted(node, ready.records)
-            if self.broken_shell:
-                node.unsynced.extend(ready.records)
-                if self.now_ms % BROKEN_FSYNC_MS == 0:
-                    self._fsync(node, node.unsynced)
-                    node.unsynced.clear()
-            else:
-                self._fsync(node, ready.records)
-            if ready.log_end is not None:
-                # After the fsync (a broken shell believes its write is done): never for a
-                # write a crash cut short, which returned above.
-                raft.persisted(*ready.log_end)
-            self._send(node, ready.messages)
-            for serve in ready.serve:
-                self._serve(node, serve)
-            for state in ready.reads:
-                self.reads_released += 1
-                required = self._reads.pop((node.index, state.read_id), None)
-                if required is not None:
-                    self.check.read(node.index, required, state)
-                    self.read_outcomes[(node.index, state.read_id)] = ""
-            for read_id, why in ready.read_failures:
-                if self._reads.pop((node.index, read_id), None) is not None:
-                    self.read_outcomes[(node.index, read_id)] = why
-                self.reads_failed.append(why)
         if RECOVERY_MARK_KEY in node.records and not raft.recovering:
             # The runtime deletes the mark in a write after the step that left recovery.
             del node.records[RECOVERY_MARK_KEY]
@@ -571,6 +540,24 @@ class RaftSimCluster(SimShell[RaftSimNode]):
                 self._log(f"n{node.index + 1} LEADER of term {raft.term}")
                 self.check.became_leader(node.index, raft)
 
+    def _persisting(self, node: RaftSimNode, write: Write) -> None:
+        self._check_persisted(node, write.records)
+
+    def _reads(
+        self, node: RaftSimNode, released: Sequence[object], failed: list[tuple[int, str]]
+    ) -> None:
+        for state in released:
+            assert isinstance(state, ReadState)
+            self.reads_released += 1
+            required = self._reads_waiting.pop((node.index, state.read_id), None)
+            if required is not None:
+                self.check.read(node.index, required, state)
+                self.read_outcomes[(node.index, state.read_id)] = ""
+        for read_id, why in failed:
+            if self._reads_waiting.pop((node.index, read_id), None) is not None:
+                self.read_outcomes[(node.index, read_id)] = why
+            self.reads_failed.append(why)
+
     def _check_persisted(
         self, node: RaftSimNode, records: list[tuple[bytes, bytes | None]]
     ) -> None:
@@ -582,54 +569,39 @@ class RaftSimCluster(SimShell[RaftSimNode]):
             assert entry.index == int.from_bytes(key[len(b"raft/log/") :], "big")
             self.check.persisted(node.index, entry, raft.log.term_at(entry.index - 1))
 
-    def _apply(self, node: RaftSimNode, entry: Entry) -> None:
+    def _noop_applied(self, node: RaftSimNode, entry: object) -> None:
+        assert isinstance(entry, Entry)
         self.check.committed(node.index, entry)
-        node.applied_index = entry.index
-        if entry.is_noop:
-            node.raft.entry_applied(entry.index, node.head.height, node.head.hash)
-            return
-        self.check.ledger.signed(node.index, entry.index, entry.txs)
-        block, execution = build_block(
-            node.head,
-            ("raft", entry.term, entry.index, entry.proposed_ms),
-            entry.proposed_ms,
-            entry.txs,
-            node.app,
-        )
-        self._append_block(node, block, execution, entry.certificate.encode())
-        self._block_executed(node.index, block)
-        self._log(f"n{node.index + 1} APPLY index {entry.index} -> block {block.height}")
-        node.raft.entry_applied(entry.index, block.height, block.hash)
 
-    def _append_block(
-        self, node: RaftSimNode, block: Block, execution: Execution, certificate: bytes
-    ) -> None:
-        node.app.apply(execution)
+    def _executed(self, node: RaftSimNode, effect: Executed) -> None:
+        block, origin = effect.block, effect.origin
+        if isinstance(origin, Entry):
+            self.check.committed(node.index, origin)
+            self.check.ledger.signed(node.index, origin.index, origin.txs)
+            certificate = origin.certificate.encode()
+            self._log(f"n{node.index + 1} APPLY index {origin.index} -> block {block.height}")
+        else:
+            assert isinstance(origin, TransferredBlock)
+            cons = block.header.consensus
+            self.check.ledger.signed(node.index, int(cons[2]), block.txs)
+            certificate = origin.certificate
+            self.installs += 1
+            self._log(f"n{node.index + 1} INSTALL block {block.height} (index {cons[2]})")
         node.head = block.header
         node.block_hashes.append(block.hash)
         node.committed_ids.update(tx.id for tx in block.txs)
         node.blocks.append(TransferredBlock(block.header, block.txs, certificate))
         for tx in block.txs:
-            self._awaiting.pop(tx.id, None)
+            self._awaiting.pop(tx.id, None)  # (the client saw its receipt)
         self.check.ledger.appended(node.index, block.height, block.hash)
-
-    def _install(self, node: RaftSimNode, tb: TransferredBlock) -> None:
-        result = replay_block(node.head, tb, node.app)
-        if isinstance(result, str):
-            node.raft.install_failed(result)
-            return
-        block, execution, (term, index) = result
-        self.check.ledger.signed(node.index, index, block.txs)
-        self._append_block(node, block, execution, tb.certificate)
         self._block_executed(node.index, block)  # (the checker looks at first executions only)
-        node.applied_index = max(node.applied_index, index)
-        self.installs += 1
-        self._log(f"n{node.index + 1} INSTALL block {block.height} (index {index})")
-        node.raft.installed(block.height, block.hash, term, index)
 
-    def _serve(self, node: RaftSimNode, serve: Serve) -> None:
+    def _serve(self, node: RaftSimNode, serve: object) -> None:
+        assert isinstance(serve, Serve)
+        durable = node.durable_height
+
         def block_at(height: int) -> TransferredBlock | None:
-            return node.blocks[height - 1] if 0 < height <= len(node.blocks) else None
+            return node.blocks[height - 1] if 0 < height <= durable else None
 
         frame = blocks_reply(
             serve.term,

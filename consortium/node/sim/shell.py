@@ -2,7 +2,21 @@
 its scheduled fault injections, trace lines, crashes that lose unsynced writes, the durable
 record store, message sends into the seeded network, the loops that run the clock, and each
 member's wall clock. Each cluster keeps its own step (what a delivery or tick does to its core)
-and its own Ready.
+and what its checkers see of each effect.
+
+Carrying out a core's Ready: every member runs the production executor (node/executor.py),
+whose effects SimShell._carry_out carries out in its order: sends into the network, blocks
+executed into the member's in-memory ledger (the checkers see each one), one write per step to
+its simulated disk, then what waited for the write. The disk: a write that holds (records) is
+durable at once, unless a crash was armed for it (crash_mid_write), which loses it and all
+that would have followed it; a write of blocks alone is left in flight, as the runtime's
+background write, and becomes durable at the member's next write or tick, or never, if it
+crashes first. A crash rolls the member's ledger back to its durable blocks (its application
+state re-executed from them), as a process restarting from its store would find it.
+With broken_shell=True the member runs a broken executor (BrokenExecutor: every message leaves
+before the write it depends on), and its disk makes writes durable only every BROKEN_FSYNC_MS,
+so a crash loses what it said it had written: the checker-teeth tests show the checkers catch
+that.
 
 Clocks: real time is EPOCH_MS + now_ms; a member's wall clock reads it, plus an offset, or a
 frozen reading, that set_clock changes (schedule it with at() to make a clock jump mid-run).
@@ -16,23 +30,48 @@ from __future__ import annotations
 import heapq
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
-from typing import Generic, Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar, assert_never
 
-from consortium.ledger.block import Block
+from consortium.ledger.block import Block, BlockHeader
 from consortium.ledger.clock import expiry_now_ms
 from consortium.ledger.tx import Transaction
+from consortium.node.executor import (
+    Durable,
+    Effect,
+    Executed,
+    Executor,
+    NoOpApplied,
+    Reads,
+    Refused,
+    Send,
+    Serve,
+    Write,
+)
 from consortium.node.sim.checkers import ClockChecker, check_converged
 from consortium.node.sim.network import SimNetwork
 
 EPOCH_MS = 1_700_000_000_000  # simulated wall clock at simulated time 0
+BROKEN_FSYNC_MS = 100  # broken_shell: how often its disk makes writes durable
+
+
+class BrokenExecutor(Executor):
+    """TESTS ONLY: an executor that sends every message before the write it depends on is
+    durable (a vote leaves before it is on disk): what the checker-teeth tests run, to show
+    the checkers catch a member that forgets what it said after a crash."""
+
+    def _order(self, write: Write, after: list[Effect]) -> tuple[list[Effect], list[Effect]]:
+        return [*after, write], []
 
 
 class ShellNode(Protocol):
     index: int
     up: bool
     crash_mid_write: bool
-    unsynced: list[tuple[bytes, bytes | None]]
-    records: dict[bytes, bytes]
+    executor: Executor
+    unsynced: list[Write]  # written and not yet durable (lost by a crash)
+    records: dict[bytes, bytes]  # durable
+    durable_height: int  # the last block durable on its disk
+    head: BlockHeader  # the last block executed (durable or not)
     committed_ids: set[bytes]
 
     @property
@@ -73,6 +112,110 @@ class SimShell(ABC, Generic[N]):
     own_clock_expiry: bool  # TESTS ONLY: submissions judged by the member's clock alone
     _agreed: dict[int, tuple[int, int]]  # member -> (last block's time, now_ms it executed)
     _touched: set[int]  # members given input since their last full invariant check
+    broken_shell: bool
+
+    # --- carrying out a Ready: the production executor's effects -------------------------------
+
+    def _carry_out(self, node: N) -> None:
+        """Carry out what member `node`'s core asks for, step by step, in the executor's order
+        (node/executor.py), as the node runtime does; then the cluster's own bookkeeping."""
+        while node.up and (effects := node.executor.step()):
+            self._effects(node, effects)
+        if node.up:
+            self._carried_out(node)
+
+    def _effects(self, node: N, effects: list[Effect]) -> None:
+        for effect in effects:
+            if not node.up:
+                return  # a crash in the middle of the step: nothing after it happened
+            match effect:
+                case Send(messages=messages):
+                    self._send(node, messages)
+                case Executed():
+                    self._executed(node, effect)
+                case NoOpApplied(entry=entry):
+                    self._noop_applied(node, entry)
+                case Refused(reason=reason):
+                    self._log(f"{node.name} REFUSED {reason}")
+                case Write():
+                    self._write(node, effect)
+                case Serve(request=request):
+                    self._serve(node, request)
+                case Reads(released=released, failed=failed):
+                    self._reads(node, released, failed)
+                case Durable():
+                    pass  # (the disk model recorded it: _make_durable)
+                case _:
+                    assert_never(effect)
+
+    def _write(self, node: N, write: Write) -> None:
+        """The step's write reaches the simulated disk (see the module docstring)."""
+        if not self.broken_shell:
+            self._settle(node)  # the runtime starts a write once the one before is durable
+        if node.crash_mid_write:
+            # Power lost between the write and its fsync: the write never happened, nor
+            # anything that waited for it.
+            node.crash_mid_write = False
+            self.lost_writes += 1
+            self.crash(node.index)
+            return
+        if write.holds and not self.broken_shell:
+            self._make_durable(node, write)
+            self._effects(node, node.executor.write_done(write.n, self._clock(node.index)))
+        else:
+            node.unsynced.append(write)
+
+    def _settle(self, node: N) -> None:
+        """Member `node`'s writes in flight become durable, in order."""
+        while node.up and node.unsynced:
+            write = node.unsynced.pop(0)
+            self._make_durable(node, write)
+            self._effects(node, node.executor.write_done(write.n, self._clock(node.index)))
+
+    def _settle_all(self) -> None:
+        """At a tick: writes in flight are durable by now (broken: only every
+        BROKEN_FSYNC_MS)."""
+        if self.broken_shell and self.now_ms % BROKEN_FSYNC_MS != 0:
+            return
+        for node in self.nodes:
+            if node.unsynced:
+                self._settle(node)
+                self._carry_out(node)
+
+    def _make_durable(self, node: N, write: Write) -> None:
+        self._persisting(node, write)
+        self._fsync(node, write.records)
+        if write.blocks:
+            node.durable_height = write.blocks[-1][0].height
+
+    def _clock(self, i: int) -> tuple[int, int]:
+        return self.now_ms, self.wall_ms(i)
+
+    def _persisting(self, node: N, write: Write) -> None:
+        """What a checker sees of a write as it becomes durable (raft: log entries)."""
+
+    @abstractmethod
+    def _executed(self, node: N, effect: Executed) -> None:
+        """A block executed on member `node` (before its write): the checkers see it."""
+
+    def _noop_applied(self, node: N, entry: object) -> None:
+        raise AssertionError("only raft applies no-op entries")
+
+    @abstractmethod
+    def _serve(self, node: N, request: object) -> None:
+        """Answer a peer's fetch from member `node`'s durable ledger."""
+
+    def _reads(self, node: N, released: Sequence[object], failed: list[tuple[int, str]]) -> None:
+        raise AssertionError("only raft releases reads")
+
+    @abstractmethod
+    def _carried_out(self, node: N) -> None:
+        """After member `node` carried out all it had to (recovery mark, traces, checks)."""
+
+    @abstractmethod
+    def _roll_back(self, node: N) -> None:
+        """Member `node` crashed with blocks executed and not durable: its ledger and state
+        back to its durable blocks."""
 
     def _init_clocks(self, offsets: dict[int, int] | None = None) -> None:
         self.clock_offset_ms = dict(offsets or {})
@@ -173,6 +316,8 @@ class SimShell(ABC, Generic[N]):
         if node.unsynced:
             self.lost_writes += 1
             node.unsynced.clear()  # never reached the disk
+        if node.head.height > node.durable_height:
+            self._roll_back(node)
         if restart_after_ms is None:
             restart_after_ms = armed_restart_ms
         if restart_after_ms is not None:
