@@ -163,6 +163,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from consortium.crashft import messages as m
+from consortium.crashft import rules
 from consortium.crashft.log import RaftLog
 from consortium.crashft.messages import Entry, TransferredBlock
 from consortium.crypto.codec import (
@@ -940,7 +941,9 @@ class RaftNode:
             or (self.voted_for is None and self.leader is None)
             or (msg.prevote and msg.term > self.term)
         )
-        if can_vote and self.log.up_to_date(msg.last_index, msg.last_term):
+        if can_vote and rules.log_up_to_date(
+            self.log.last_term, self.log.last_index, msg.last_term, msg.last_index
+        ):
             self._send(sender, m.VoteReply(msg.term, True, msg.prevote))
             if not msg.prevote:
                 if self.voted_for != sender:  # a candidate asking again costs no write
@@ -1145,15 +1148,12 @@ class RaftNode:
         self._send_append(sender)
 
     def _maybe_commit(self) -> bool:
-        """Commit by counting, only entries of our own term (Figure 8); we count ourselves
-        for what the shell reported durable (persisted)."""
-        matches = sorted(
-            [self._stable_last] + [self._progress[p].match for p in self._others()],
-            reverse=True,
-        )
-        candidate = matches[self.majority - 1]
-        if candidate > self.commit and self.log.term_at(candidate) == self.term:
-            self.commit = candidate
+        """Commit by counting, only entries of our own term (Figure 8: rules.commit_index); we
+        count ourselves for what the shell reported durable (persisted)."""
+        matches = [self._stable_last] + [self._progress[p].match for p in self._others()]
+        commit = rules.commit_index(matches, self.log.term_at, self.term, self.commit)
+        if commit > self.commit:
+            self.commit = commit
             return True
         return False
 
@@ -1215,10 +1215,9 @@ class RaftNode:
             term = self.log.term_at(prev)
             assert term is not None
             prev_term = term
-        have = self.log.term_at(prev)
-        if have is None or have != prev_term:
+        if not rules.entry_matches(self.log.term_at, prev, prev_term):
             hint = self.log.last_index
-            if have is not None:
+            if self.log.term_at(prev) is not None:
                 # etcd's findConflictByTerm: the last index whose term is <= prev_term
                 hint = min(prev - 1, self.log.last_index)
                 while hint > self.commit:
@@ -1658,10 +1657,10 @@ class RaftNode:
         self._read_heartbeat = True
 
     def _release_reads(self) -> None:
-        ctxs = sorted(
-            [self._read_ctx] + [self._progress[p].read_ctx for p in self._others()], reverse=True
+        # The latest heartbeat round a majority (ours included) echoed (thesis §6.4).
+        confirmed = rules.majority_match(
+            [self._read_ctx] + [self._progress[p].read_ctx for p in self._others()]
         )
-        confirmed = ctxs[self.majority - 1]
         while self._reads and self._reads[0].ctx <= confirmed:
             r = self._reads.popleft()
             self._release(r.requester, r.read_id, r.index)

@@ -11,7 +11,8 @@ fsync, with any blocks), then send the messages, then execute the committed batc
 and report each with executed(). The core reads no clock and does no I/O.
 
 Rules (n members, f = (n-1)//3, Q = ceil((n+f+1)/2): any two quorums share f+1 members, so
-at least one honest one; Q = 2f+1 when n = 3f+1):
+at least one honest one; Q = 2f+1 when n = 3f+1; the papers' predicates are functions in
+pbft/rules.py):
 
     primary(v) = v mod n. It batches client transactions and assigns the next sequence number
       inside the window (h, h+L], signing PRE-PREPARE(v, seq, digest, proposed_ms) + batch.
@@ -180,7 +181,7 @@ from consortium.ledger.certificates import (
 from consortium.ledger.clock import OFFSET_SAMPLES_MAX, ClockOffset
 from consortium.ledger.genesis import Genesis, Params
 from consortium.ledger.tx import Transaction
-from consortium.pbft import records
+from consortium.pbft import records, rules
 from consortium.pbft.checkpoint import CheckpointVotes
 from consortium.pbft.effects import CommittedBatch, Outbound, Ready, Serve
 from consortium.pbft.log import FutureBuffer, MessageLog, Slot
@@ -979,8 +980,8 @@ class PbftReplica:
         if pp is None:
             return
         if not slot.prepared:
-            senders = slot.matching(slot.prepares)
-            if len(senders) < self.quorum - 1 or self._conflicts_committed(pp.seq, pp.digest):
+            kept = rules.prepared(pp, slot.prepares, self.quorum)
+            if kept is None or self._conflicts_committed(pp.seq, pp.digest):
                 return
             slot.prepared = True
             if (
@@ -991,7 +992,6 @@ class PbftReplica:
             # Exactly Q-1 PREPAREs: what prepared means, and what check_proof admits (every
             # matching one made each VIEW-CHANGE, and so the NEW-VIEW's bound that genesis
             # checks, grow with n-1 instead of Q-1).
-            kept = senders[: self.quorum - 1]
             proof = PreparedProof(preprepare=pp, prepares=tuple(slot.prepares[s] for s in kept))
             held = self._prepared.get(pp.seq)
             if held is None or held.view <= pp.view:
@@ -1011,11 +1011,11 @@ class PbftReplica:
                 self._withheld()  # recovering: the certificate is kept, our vote is not sent
         if slot.committed_local:
             return
-        senders = slot.matching(slot.commits)
-        if len(senders) < self.quorum:
+        signers = rules.committed_local(pp, slot.prepared, slot.commits, self.quorum)
+        if signers is None:
             return
         slot.committed_local = True
-        votes = tuple(slot.commits[s].vote() for s in senders[: self.quorum])
+        votes = tuple(slot.commits[s].vote() for s in signers)
         slot.certificate = CommitCertificate(pp.view, pp.seq, pp.digest, votes)
         self._deliver()
         if slot.seq > self._last_committed:
@@ -1343,12 +1343,10 @@ class PbftReplica:
         self._vcs[vc.sender] = vc
         # f+1 members moving above our view include an honest one: join the smallest view
         # among the f+1 highest (OSDI'99 §4.5.2 "liveness").
-        above = sorted(
-            (v.view for s, v in self._vcs.items() if s != self.me and v.view > self.view),
-            reverse=True,
+        target = rules.view_to_join(
+            self.view, (v.view for s, v in self._vcs.items() if s != self.me), self.f
         )
-        if len(above) >= self.f + 1:
-            target = above[self.f]  # above our view, so a move (never a restart of ours)
+        if target is not None:  # above our view, so a move (never a restart of ours)
             self._start_view_change(target, f"{self.f + 1} members moved to view {target}")
             return
         if not self.active:
