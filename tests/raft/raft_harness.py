@@ -7,9 +7,9 @@ records to the member's durable dict (one "fsync") and report them persisted, qu
 messages, apply its committed entries into the member's ledger with build_block (state machine
 safety), re-execute and store transferred blocks with replay_block, answer block fetches with
 blocks_reply, collect released and failed reads; then check the core's invariants
-(RaftNode.check_invariants), election safety and leader completeness. The checker is the
-simulator's RaftChecker, so a test that drives a broken core into a violation gets the
-SafetyViolation the simulator would raise.
+(RaftNode.check_invariants, and that every drop reason it counted is in crashft/reasons.py),
+election safety and leader completeness. The checker is the simulator's RaftChecker, so a test
+that drives a broken core into a violation gets the SafetyViolation the simulator would raise.
 
 Members sign entries with the simulator's HMAC stand-in; client transactions are real,
 pre-signed once (node.sim.cluster.workload).
@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from consortium.crashft import messages as m
+from consortium.crashft import reasons
 from consortium.crashft.messages import Entry, TransferredBlock
 from consortium.crashft.node import (
     LEADER,
@@ -272,6 +273,8 @@ class RaftGroup:
                 getattr(merged, name).extend(getattr(ready, name))
             merged.read_failures.extend(ready.read_failures)
         raft.check_invariants()
+        unknown = set(raft.rejected) - set(reasons.TABLE)
+        assert not unknown, f"n{i + 1} counted reasons its table lacks: {unknown}"
         if raft.role == LEADER:
             self.check.leader(i, raft.term)
             if raft.term not in self.led[i]:
