@@ -431,3 +431,40 @@ def log_terms(raft: RaftNode) -> list[tuple[int, int]]:
     """(index, term) of every entry in the log, for assertions."""
     log = raft.log
     return [(i, log.term_at(i) or 0) for i in range(log.first_index, log.last_index + 1)]
+
+
+def started(n: int = 3, **overrides: object) -> RaftGroup:
+    """n1 leads term 1; its no-op is committed and known committed everywhere."""
+    g = RaftGroup(n, **overrides)  # type: ignore[arg-type]
+    g.elect(0)
+    g.settle()
+    g.heartbeat(0)
+    assert [g.node(i).commit for i in range(n)] == [1] * n
+    return g
+
+
+def clocked(n: int = 3, **overrides: object) -> RaftGroup:
+    """As started(), with every member's wall clock read at the election (the harness ticks
+    only the members a test names: a follower's wall clock is the one it read last)."""
+    g = RaftGroup(n, **overrides)  # type: ignore[arg-type]
+    g.elect(0)
+    g.tick_all()
+    g.settle()
+    g.heartbeat(0)
+    assert [g.node(i).commit for i in range(n)] == [1] * n
+    return g
+
+
+def without(*nodes: int) -> Callable[[Msg], bool]:
+    """A filter: nothing to or from `nodes`."""
+    return lambda q: q.src not in nodes and q.dst not in nodes
+
+
+def ids(entry: Entry) -> set[bytes]:
+    return {tx.id for tx in entry.txs}
+
+
+def entries_holding(raft: RaftNode, tx_id: bytes) -> list[int]:
+    """The indexes of the entries in `raft`'s log that order `tx_id`."""
+    log = raft.log
+    return [i for i in range(log.first_index, log.last_index + 1) if tx_id in ids(log.entry(i))]
