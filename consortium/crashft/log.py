@@ -92,7 +92,3 @@ class RaftLog:
         """Drop every entry and start after (index, term)."""
         self._entries.clear()
         self.snap_index, self.snap_term = index, term
-
-    def up_to_date(self, last_index: int, last_term: int) -> bool:
-        """Is a candidate's log at least as up-to-date as ours (Raft §5.4.1)?"""
-        return (last_term, last_index) >= (self.last_term, self.last_index)

@@ -163,6 +163,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from consortium.crashft import messages as m
+from consortium.crashft import reasons as drop
+from consortium.crashft import rules
 from consortium.crashft.log import RaftLog
 from consortium.crashft.messages import Entry, TransferredBlock
 from consortium.crypto.codec import (
@@ -768,13 +770,13 @@ class RaftNode:
     @_input
     def receive(self, sender: int, msg: m.Message | bytes) -> None:
         if not 0 <= sender < self.n or sender == self.me:
-            self.rejected["unknown_sender"] += 1
+            self.rejected[drop.UNKNOWN_SENDER] += 1
             return
         if isinstance(msg, bytes):
             try:
                 msg = m.decode(msg, self.config.params)
             except WireFormatError:
-                self.rejected["malformed"] += 1
+                self.rejected[drop.MALFORMED] += 1
                 return
         term = getattr(msg, "term", None)
         if term is not None and not self._term_gate(sender, msg, term):
@@ -827,7 +829,7 @@ class RaftNode:
         if term > self.term:
             if isinstance(msg, m.Vote):
                 if not msg.transfer and self._in_lease():
-                    self.rejected["vote_in_lease"] += 1
+                    self.rejected[drop.VOTE_IN_LEASE] += 1
                     return False
                 if msg.prevote:
                     return True  # a PreVote never changes our term
@@ -843,7 +845,7 @@ class RaftNode:
                 self._send(sender, m.AppendReply(self.term, False, 0, 0, self._wall_out))
             elif isinstance(msg, m.Vote) and msg.prevote:
                 self._send(sender, m.VoteReply(self.term, False, True))
-            self.rejected["stale_term"] += 1
+            self.rejected[drop.STALE_TERM] += 1
             return False
         return True
 
@@ -945,7 +947,7 @@ class RaftNode:
         if self._recovery is not None:
             # Recovering: this may be a second vote in its term, or our log may lack an entry
             # we acknowledged (and the candidate too). No grant, PreVote included.
-            self.rejected["vote_while_recovering"] += 1
+            self.rejected[drop.VOTE_WHILE_RECOVERING] += 1
             self._send(sender, m.VoteReply(self.term, False, msg.prevote))
             return
         can_vote = (
@@ -953,7 +955,9 @@ class RaftNode:
             or (self.voted_for is None and self.leader is None)
             or (msg.prevote and msg.term > self.term)
         )
-        if can_vote and self.log.up_to_date(msg.last_index, msg.last_term):
+        if can_vote and rules.log_up_to_date(
+            self.log.last_term, self.log.last_index, msg.last_term, msg.last_index
+        ):
             self._send(sender, m.VoteReply(msg.term, True, msg.prevote))
             if not msg.prevote:
                 if self.voted_for != sender:  # a candidate asking again costs no write
@@ -1011,7 +1015,7 @@ class RaftNode:
 
     def _on_timeout_now(self, sender: int, msg: m.TimeoutNow) -> None:
         if self.role == LEADER or sender != self.leader:
-            self.rejected["timeout_now_not_from_leader"] += 1
+            self.rejected[drop.TIMEOUT_NOW_NOT_FROM_LEADER] += 1
             return
         # A TimeoutNow cannot be recalled: one delayed or duplicated past the leader's transfer
         # deadline made us campaign (voters ignore their lease for it) and deposed a leader
@@ -1034,7 +1038,7 @@ class RaftNode:
             or self._now - self._last_entry_ms
             > self.config.election_ms // TIMEOUT_NOW_VALID_DIVISOR
         ):
-            self.rejected["timeout_now_stale"] += 1
+            self.rejected[drop.TIMEOUT_NOW_STALE] += 1
             return
         self.last_election_reason = f"leadership transferred by {sender}"
         self._campaign(pre=False, transfer=True)
@@ -1110,7 +1114,7 @@ class RaftNode:
         pr.heard_ms, pr.wall_ms = self._now, msg.wall_ms
         if msg.success:
             if msg.index > self.log.last_index:
-                self.rejected["append_reply_beyond_log"] += 1
+                self.rejected[drop.APPEND_REPLY_BEYOND_LOG] += 1
                 return
             if msg.index > pr.match:
                 pr.match = msg.index
@@ -1144,7 +1148,7 @@ class RaftNode:
                 # It refuses an entry it acknowledged: it lost it (a disk that lied about
                 # fsync, a restored backup). Repair it from what it holds, or it is refused
                 # forever.
-                self.rejected["follower_lost_entries"] += 1
+                self.rejected[drop.FOLLOWER_LOST_ENTRIES] += 1
                 pr.match = msg.hint
                 pr.next = msg.hint + 1
             else:
@@ -1158,15 +1162,12 @@ class RaftNode:
         self._send_append(sender)
 
     def _maybe_commit(self) -> bool:
-        """Commit by counting, only entries of our own term (Figure 8); we count ourselves
-        for what the shell reported durable (persisted)."""
-        matches = sorted(
-            [self._stable_last] + [self._progress[p].match for p in self._others()],
-            reverse=True,
-        )
-        candidate = matches[self.majority - 1]
-        if candidate > self.commit and self.log.term_at(candidate) == self.term:
-            self.commit = candidate
+        """Commit by counting, only entries of our own term (Figure 8: rules.commit_index); we
+        count ourselves for what the shell reported durable (persisted)."""
+        matches = [self._stable_last] + [self._progress[p].match for p in self._others()]
+        commit = rules.commit_index(matches, self.log.term_at, self.term, self.commit)
+        if commit > self.commit:
+            self.commit = commit
             return True
         return False
 
@@ -1228,10 +1229,9 @@ class RaftNode:
             term = self.log.term_at(prev)
             assert term is not None
             prev_term = term
-        have = self.log.term_at(prev)
-        if have is None or have != prev_term:
+        if not rules.entry_matches(self.log.term_at, prev, prev_term):
             hint = self.log.last_index
-            if have is not None:
+            if self.log.term_at(prev) is not None:
                 # etcd's findConflictByTerm: the last index whose term is <= prev_term
                 hint = min(prev - 1, self.log.last_index)
                 while hint > self.commit:
@@ -1242,7 +1242,7 @@ class RaftNode:
             self._send(
                 sender, m.AppendReply(self.term, False, msg.prev_index, hint, self._wall_out)
             )
-            self.rejected["append_mismatch"] += 1
+            self.rejected[drop.APPEND_MISMATCH] += 1
             return
         fresh = [e for e in entries if e.index > msg.commit and not e.is_noop]
         if fresh and fresh[-1].index > self.log.last_index:
@@ -1253,7 +1253,9 @@ class RaftNode:
         changed = self.log.merge(prev, entries)
         if changed is not None:
             if changed <= self.commit:
-                self.rejected["append_rewrites_committed"] += 1  # cannot happen with honest peers
+                self.rejected[drop.APPEND_REWRITES_COMMITTED] += (
+                    1  # cannot happen with honest peers
+                )
             self._mark_dirty(changed)
         last_new = prev + len(entries)
         self.commit = max(self.commit, min(msg.commit, last_new))
@@ -1290,7 +1292,7 @@ class RaftNode:
             self._send(sender, m.AppendReply(self.term, True, msg.index, 0, self._wall_out))
             return
         if msg.height < self.height:
-            self.rejected["snapshot_below_ledger"] += 1
+            self.rejected[drop.SNAPSHOT_BELOW_LEDGER] += 1
             return
         inst = self._install
         if inst is not None and inst.index == msg.index and inst.leader == sender:
@@ -1314,10 +1316,10 @@ class RaftNode:
 
     def _on_fetch(self, sender: int, msg: m.Fetch) -> None:
         if self.role != LEADER or msg.term != self.term:
-            self.rejected["fetch_not_leader"] += 1
+            self.rejected[drop.FETCH_NOT_LEADER] += 1
             return
         if msg.from_height > msg.to_height or msg.from_height > self.height + 1:
-            self.rejected["fetch_out_of_range"] += 1
+            self.rejected[drop.FETCH_OUT_OF_RANGE] += 1
             return
         if any(s.peer == sender for s in self._serve):
             return
@@ -1334,7 +1336,7 @@ class RaftNode:
     def _on_blocks(self, sender: int, msg: m.Blocks) -> None:
         inst = self._install
         if inst is None or sender != inst.leader or inst.awaiting:
-            self.rejected["blocks_unexpected"] += 1
+            self.rejected[drop.BLOCKS_UNEXPECTED] += 1
             return
         self._last_leader_contact = self._now
         self._reset_election_timer()
@@ -1345,7 +1347,7 @@ class RaftNode:
                 break
             blocks.append(b)
         if not blocks:
-            self.rejected["blocks_not_next"] += 1
+            self.rejected[drop.BLOCKS_NOT_NEXT] += 1
             return
         inst.awaiting = True
         self._install_out.extend(blocks)
@@ -1374,7 +1376,7 @@ class RaftNode:
     @_input
     def install_failed(self, reason: str) -> None:
         """A transferred block did not reproduce its header: try again later."""
-        self.rejected["install_failed"] += 1
+        self.rejected[drop.INSTALL_FAILED] += 1
         if self._install is not None:
             self._install.awaiting = False
             self._install.fetch_due_ms = self._now + self.config.election_ms
@@ -1385,7 +1387,7 @@ class RaftNode:
         assert inst is not None
         self._install = None
         if self.height != inst.height or self.block_hash != inst.block_hash:
-            self.rejected["install_mismatch"] += 1
+            self.rejected[drop.INSTALL_MISMATCH] += 1
             return
         if self.log.term_at(inst.index) != inst.index_term:
             self.log.restore(inst.index, inst.index_term)
@@ -1412,10 +1414,10 @@ class RaftNode:
 
     def _take(self, tx: Transaction) -> bool:
         if tx.id in self._pool or tx.id in self._uncommitted_ids:
-            self.rejected["duplicate_tx"] += 1
+            self.rejected[drop.DUPLICATE_TX] += 1
             return True
         if len(self._pool) >= self.config.pool_max:
-            self.rejected["pool_full"] += 1
+            self.rejected[drop.POOL_FULL] += 1
             return False
         self._pool[tx.id] = _Pending(tx, self._now)
         return True
@@ -1459,7 +1461,7 @@ class RaftNode:
             self._send(leader, m.Forward(tuple(batch)))
         for tx_id in dead:
             del self._pool[tx_id]
-            self.rejected["forward_gave_up"] += 1
+            self.rejected[drop.FORWARD_GAVE_UP] += 1
 
     def _maybe_batch(self) -> None:
         cfg = self.config
@@ -1486,7 +1488,7 @@ class RaftNode:
                     break
                 del self._pool[tx_id]
                 if not self._tx_ok(tx):
-                    self.rejected["tx_not_ok"] += 1
+                    self.rejected[drop.TX_NOT_OK] += 1
                     continue
                 txs.append(tx)
                 size += tx.size
@@ -1497,7 +1499,7 @@ class RaftNode:
                 # sees only what is durable) or a follower's late forward came back here.
                 done = self._executed([t.id for t in txs])
                 if done:
-                    self.rejected["tx_executed"] += sum(1 for t in txs if t.id in done)
+                    self.rejected[drop.TX_EXECUTED] += sum(1 for t in txs if t.id in done)
                     txs = [t for t in txs if t.id not in done]
             if not txs:
                 continue
@@ -1680,10 +1682,10 @@ class RaftNode:
         self._read_heartbeat = True
 
     def _release_reads(self) -> None:
-        ctxs = sorted(
-            [self._read_ctx] + [self._progress[p].read_ctx for p in self._others()], reverse=True
+        # The latest heartbeat round a majority (ours included) echoed (thesis §6.4).
+        confirmed = rules.majority_match(
+            [self._read_ctx] + [self._progress[p].read_ctx for p in self._others()]
         )
-        confirmed = ctxs[self.majority - 1]
         while self._reads and self._reads[0].ctx <= confirmed:
             r = self._reads.popleft()
             self._release(r.requester, r.read_id, r.index)
@@ -1821,7 +1823,7 @@ class RaftNode:
 
     def _on_term_query(self, sender: int, msg: m.TermQuery) -> None:
         if self._now - self._query_answered_ms[sender] < self.config.election_ms // 4:
-            self.rejected["query_too_often"] += 1
+            self.rejected[drop.QUERY_TOO_OFTEN] += 1
             return
         self._query_answered_ms[sender] = self._now
         self._send(sender, m.TermReport(msg.nonce, self.term, self._recovery is not None))
@@ -1830,7 +1832,7 @@ class RaftNode:
         rec = self._recovery
         if rec is None or msg.nonce != rec.nonce:
             # Not recovering, or an answer to a query of an earlier start: a replay, or late.
-            self.rejected["stale_term_report"] += 1
+            self.rejected[drop.STALE_TERM_REPORT] += 1
             return
         if rec.floor is not None:
             return  # decided: later answers change nothing

@@ -33,6 +33,7 @@ from typing import Any, assert_never
 
 import trio
 
+from consortium.crashft import reasons as raft_reasons
 from consortium.crypto.keys import KeyPair
 from consortium.crypto.merkle import MerkleTree
 from consortium.crypto.signing import Domain, Ed25519Signer, Ed25519Verifier
@@ -82,6 +83,7 @@ from consortium.node.verification import (
     message_kind,
 )
 from consortium.pbft import messages as pbft_messages
+from consortium.pbft import reasons as pbft_reasons
 from consortium.pbft.replica import PbftConfig, PbftReplica, RecoveredState
 from consortium.pbft.replica import Serve as PbftServe
 from consortium.pbft.transfer import blocks_reply
@@ -101,9 +103,13 @@ ID_WATCHES_SHARE = 4  # watches by id take at most WATCHED_TXS_MAX // this, node
 DRAIN_MAX = 512  # events handled per core step before taking the Ready
 HEALTH_TICK_AGE_S = 5.0  # /healthz fails when the core loop has not ticked for this long
 REJECTIONS_LOG_INTERVAL_S = 10.0  # peer messages dropped by the core: one summary line per
-# Drop reasons that mean a peer sent something no honest member would; the rest (duplicates,
+# Whether a drop reason means a peer sent something no honest member would, by mode: each
+# core's table of reasons says (pbft/reasons.py, crashft/reasons.py). The rest (duplicates,
 # stale views, full buffers) happen between honest members and are summarised at debug level.
-MISBEHAVIOUR_MARKS = ("bad", "conflict", "malformed", "mismatch", "not_member", "unknown_sender")
+MISBEHAVIOUR_BY_MODE: dict[str, Callable[[str], bool]] = {
+    "pbft": pbft_reasons.is_misbehaviour,
+    "raft": raft_reasons.is_misbehaviour,
+}
 
 
 class RunningClock:
@@ -522,7 +528,8 @@ class Node:
         self._rejections_seen = current
         if not new:
             return
-        bad = {k: v for k, v in new.items() if any(m in k for m in MISBEHAVIOUR_MARKS)}
+        misbehaviour = MISBEHAVIOUR_BY_MODE[self.genesis.mode]
+        bad = {k: v for k, v in new.items() if misbehaviour(k)}
         benign = {k: v for k, v in new.items() if k not in bad}
         if bad:
             self.log.warning(

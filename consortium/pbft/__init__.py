@@ -2,6 +2,8 @@
 threads or randomness; time comes in through tick().
 
     replica.py     PbftReplica, PbftConfig, RecoveredState: the normal case (§4.2-4.3, §4.6)
+    rules.py       the papers' predicates: prepared, committed_local, view_to_join
+    reasons.py     why the replica drops what it is given: each reason, benign or misbehaviour
     effects.py     Outbound, CommittedBatch, Ready: what the shell carries out, in order
     messages.py    PRE-PREPARE, PREPARE, COMMIT, CHECKPOINT and their canonical wire form
     log.py         slots in the window (h, h+L], the retransmission tail, early messages

@@ -27,6 +27,7 @@ Theory of operation
 from __future__ import annotations
 
 from consortium.ledger.certificates import CheckpointCertificate
+from consortium.pbft import reasons as drop
 from consortium.pbft.messages import Checkpoint
 
 
@@ -36,12 +37,13 @@ class CheckpointVotes:
         self._votes: dict[int, dict[int, Checkpoint]] = {}  # seq -> member -> first vote
         self._own: dict[int, Checkpoint] = {}
 
-    def add(self, vote: Checkpoint) -> str | None:
+    def add(self, vote: Checkpoint) -> drop.Reason | None:
         """Count a verified vote; returns the reason it does not count, if it does not."""
         votes = self._votes.setdefault(vote.seq, {})
         earlier = votes.get(vote.sender)
         if earlier is not None:
-            return "duplicate" if earlier.block_hash == vote.block_hash else "conflicting_vote"
+            same = earlier.block_hash == vote.block_hash
+            return drop.DUPLICATE if same else drop.CONFLICTING_VOTE
         votes[vote.sender] = vote
         if vote.sender == self.me:
             self._own[vote.seq] = vote

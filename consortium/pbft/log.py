@@ -35,6 +35,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
 from consortium.ledger.certificates import CommitCertificate
+from consortium.pbft import rules
 from consortium.pbft.messages import Commit, Prepare, PrePrepare
 
 Buffered = PrePrepare | Prepare | Commit
@@ -75,7 +76,7 @@ class Slot:
         pp = self.preprepare
         if pp is None:
             return []
-        return sorted(s for s, v in votes.items() if v.digest == pp.digest and v.view == pp.view)
+        return rules.matching(pp, votes)
 
     def latest_own(self) -> bytes | None:
         """Our most advanced vote for this slot."""

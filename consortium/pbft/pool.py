@@ -27,6 +27,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from consortium.ledger.tx import Transaction
+from consortium.pbft import reasons as drop
 
 
 @dataclass(slots=True)
@@ -68,12 +69,12 @@ class TxPool:
     def known(self, tx_id: bytes) -> bool:
         return tx_id in self._pending or tx_id in self._in_flight or tx_id in self._committed
 
-    def add(self, tx: Transaction, now_ms: int) -> str | None:
+    def add(self, tx: Transaction, now_ms: int) -> drop.Reason | None:
         """Queue `tx`; returns why it was not queued, if it was not."""
         if self.known(tx.id):
-            return "tx_duplicate"
+            return drop.TX_DUPLICATE
         if len(self._pending) >= self.txs_max or self._bytes + tx.size > self.bytes_max:
-            return "pool_full"
+            return drop.POOL_FULL
         self._pending[tx.id] = _Pending(tx, now_ms)
         self._bytes += tx.size
         return None

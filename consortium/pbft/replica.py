@@ -11,7 +11,8 @@ fsync, with any blocks), then send the messages, then execute the committed batc
 and report each with executed(). The core reads no clock and does no I/O.
 
 Rules (n members, f = (n-1)//3, Q = ceil((n+f+1)/2): any two quorums share f+1 members, so
-at least one honest one; Q = 2f+1 when n = 3f+1):
+at least one honest one; Q = 2f+1 when n = 3f+1; the papers' predicates are functions in
+pbft/rules.py):
 
     primary(v) = v mod n. It batches client transactions and assigns the next sequence number
       inside the window (h, h+L], signing PRE-PREPARE(v, seq, digest, proposed_ms) + batch.
@@ -41,53 +42,16 @@ at least one honest one; Q = 2f+1 when n = 3f+1):
       make it stable: h moves, the log at or below h is collected (pbft/checkpoint.py).
 
 Every peer input is checked before it counts, and anything wrong is dropped and counted in
-`rejected` by reason, never raised:
-
-    malformed          the frame does not decode (messages.decode)
-    not_member         the authenticated sender is not a member index
-    from_self          a message claiming to come from this replica over the network
-    sender_mismatch    the signed sender field is not the authenticated sender
-    bad_signature      the signature does not verify over the exact body received
-    wrong_view         the view is not ours (a higher view is also kept, bounded, for the
-                       view-change issue)
-    not_primary        a PRE-PREPARE from a member that is not primary of its view
-    prepare_from_primary   the primary of the view sent a PREPARE
-    outside_window     sequence number at or below h (or a CHECKPOINT above h+L); messages
-                       above h+L are buffered per sender, bounded, and re-fed when h moves
-    buffer_full        that sender's buffer of early messages is full
-    duplicate          the same vote again (retransmissions land here)
-    conflicting_vote   a second, different PREPARE/COMMIT/CHECKPOINT from one member
-    conflicting_preprepare   a second PRE-PREPARE for (v, seq) with another digest: both
-                       signed bodies are kept in `evidence` for the view-change issue
-    batch_too_large, wrong_chain, digest_mismatch, bad_client_signature   an invalid batch;
-                       stateless, so every honest replica decides alike; kept in `evidence`
-    timestamp_skew     our PREPARE was withheld, the proposed time too far before or after our
-                       clock (the PRE-PREPARE itself is accepted)
-    not_checkpoint_seq a CHECKPOINT for a sequence number that is not a multiple of K
-    stale_checkpoint   a CHECKPOINT at or below our h: the sender lags, we answer it
-    checkpoint_mismatch   a quorum certified a block hash other than ours (never adopted,
-                       whether it came as Q CHECKPOINTs, in a BLOCKS answer or a NEW-VIEW)
-    never_admitted     our PREPARE was withheld: a transaction of the (fresh) batch has a key
-                       never admitted in the state we executed (_all_admitted); it is sent
-                       once a block we execute admits the key, in the same view, unless the
-                       batch's timestamp was skewed too (after a restart, judged on the
-                       first tick). Not evidence.
-    and, for propose(): tx_duplicate, pool_full, wrong_chain, tx_too_large, and, as primary
-    cutting a batch, tx_never_admitted (a key never admitted here: dropped).
-
-    and, for view change and state transfer (below): stale_view_change, bad_view_change,
-    bad_new_view, stale_new_view, unwanted_batch, bad_batch, bad_transfer, unasked_blocks,
-    answers_over_budget (a BATCH-REQ or FETCH beyond what its sender may make us send),
-    batch_request_abandoned and batch_requests_full (our own asking for batches by digest).
-    conflicts_committed   a PRE-PREPARE (or re-issue) at a seq we committed, for another
-                       digest: we never PREPARE or COMMIT it (a second guard behind NEW-VIEW
-                       checking; a valid NEW-VIEW re-issues what we committed)
-    not_reissued       a fresh PRE-PREPARE at or below the max_s of the NEW-VIEW that started
-                       this view (the new primary proposes only above it)
-    stale_view_report  a VIEW-REPORT while not recovering, or carrying another start's nonce
-    query_too_often    a peer's VIEW-QUERY within half an interval of the last we answered
-    report_too_often   a peer's VIEW-REPORT within half an interval of the last we checked
-                       (one from a peer already counted is a `duplicate`)
+`rejected` by reason, never raised. The reasons are one table, pbft/reasons.py: each name,
+whether honest members cause it too (benign) or never (misbehaviour), and what it means; the
+replica counts only names from it. The cheap checks come first (membership, sender, role, view,
+window) and a signature is verified last. An invalid batch (batch_too_large, wrong_chain,
+digest_mismatch, bad_client_signature) fails a stateless check, so every honest replica decides
+alike: it is kept in `evidence`, as are both signed bodies of a conflicting_preprepare, for the
+view change below. Messages above h+L, or for a view not entered yet, are buffered per sender,
+bounded, and re-fed when h moves or the view starts. Some reasons count what we hold back
+rather than drop (timestamp_skew and never_admitted withhold our PREPARE) or our own giving up
+(batch_request_abandoned).
 
 Retransmission (pbft/retransmit.py) recovers from message loss inside a view.
 
@@ -180,7 +144,8 @@ from consortium.ledger.certificates import (
 from consortium.ledger.clock import OFFSET_SAMPLES_MAX, ClockOffset
 from consortium.ledger.genesis import Genesis, Params
 from consortium.ledger.tx import Transaction
-from consortium.pbft import records
+from consortium.pbft import reasons as drop
+from consortium.pbft import records, rules
 from consortium.pbft.checkpoint import CheckpointVotes
 from consortium.pbft.effects import CommittedBatch, Outbound, Ready, Serve
 from consortium.pbft.log import FutureBuffer, MessageLog, Slot
@@ -327,7 +292,7 @@ class Evidence:
     """Signed proof (or, for an invalid batch, the primary's signed claim) that the primary of
     `view` misbehaved: material for the view-change issue."""
 
-    reason: str  # conflicting_preprepare | batch_too_large | wrong_chain | digest_mismatch | ...
+    reason: str  # a drop reason (pbft/reasons.py): conflicting_preprepare, digest_mismatch, ...
     view: int
     seq: int
     primary: int
@@ -596,12 +561,12 @@ class PbftReplica:
     def propose_all(self, txs: Sequence[Transaction]) -> None:
         """Client transactions whose signatures the shell verified, pooled together before a
         batch is cut (an idle primary batches a whole submission, not its first transaction)."""
-        reason: str | None
+        reason: drop.Reason | None
         for tx in txs:
             if tx.chain_id != self.chain_id:
-                reason = "wrong_chain"
+                reason = drop.WRONG_CHAIN
             elif tx.size > self.params.batch_bytes_max:
-                reason = "tx_too_large"
+                reason = drop.TX_TOO_LARGE
             else:
                 reason = self._pool.add(tx, self._mono_ms)
             if reason is not None:
@@ -624,7 +589,7 @@ class PbftReplica:
         if stable is not None and stable.seq == seq and stable.block_hash != block_hash:
             # Blocks accepted by commit certificate re-executed to another hash than the one Q
             # members certified: our execution diverged. Never adopt silently.
-            self.rejected["checkpoint_mismatch"] += 1
+            self.rejected[drop.CHECKPOINT_MISMATCH] += 1
         if seq % self.params.checkpoint_interval == 0 and seq > self._log.low:
             self._checkpoint(seq, block_hash)
         if self._unadmitted:
@@ -653,20 +618,20 @@ class PbftReplica:
 
     def _on_input(self, sender: int, msg: bytes | Message) -> None:
         if not 0 <= sender < self.n:
-            self.rejected["not_member"] += 1
+            self.rejected[drop.NOT_MEMBER] += 1
             return
         if sender == self.me:
-            self.rejected["from_self"] += 1
+            self.rejected[drop.FROM_SELF] += 1
             return
         if isinstance(msg, bytes):
             try:
                 msg = decode(msg, self.params)
             except WireFormatError:
-                self.rejected["malformed"] += 1
+                self.rejected[drop.MALFORMED] += 1
                 return
         if msg.sender != sender and not isinstance(msg, NewView):
             # (a NEW-VIEW is self-authenticating: any replica may relay the primary's)
-            self.rejected["sender_mismatch"] += 1
+            self.rejected[drop.SENDER_MISMATCH] += 1
             return
         match msg:
             case PrePrepare():
@@ -698,30 +663,30 @@ class PbftReplica:
         """Role, view and window checks, cheapest first; buffers what arrived early."""
         view_primary = msg.view % self.n
         if isinstance(msg, PrePrepare) and msg.sender != view_primary:
-            self.rejected["not_primary"] += 1
+            self.rejected[drop.NOT_PRIMARY] += 1
             return False
         if isinstance(msg, Prepare) and msg.sender == view_primary:
-            self.rejected["prepare_from_primary"] += 1
+            self.rejected[drop.PREPARE_FROM_PRIMARY] += 1
             return False
         if msg.view > self.view or (msg.view == self.view and not self.active):
             # A view we have not entered yet: kept (bounded) and re-fed when we enter it.
             if not self._future.add(msg.sender, msg):
-                self.rejected["buffer_full"] += 1
+                self.rejected[drop.BUFFER_FULL] += 1
             else:
-                self.rejected["wrong_view"] += 1
+                self.rejected[drop.WRONG_VIEW] += 1
             return False
         if msg.view < self.view:
-            self.rejected["wrong_view"] += 1
+            self.rejected[drop.WRONG_VIEW] += 1
             self._seen_working[msg.sender] = (msg.view, self._mono_ms)
             self._relay_new_view(msg.sender)
             return False
         if msg.seq <= self._log.low:
-            self.rejected["outside_window"] += 1
+            self.rejected[drop.OUTSIDE_WINDOW] += 1
             self._repeated(msg)
             return False
         if msg.seq > self._log.high:
             if not self._future.add(msg.sender, msg):
-                self.rejected["buffer_full"] += 1
+                self.rejected[drop.BUFFER_FULL] += 1
             self._behind()
             return False
         return True
@@ -731,7 +696,7 @@ class PbftReplica:
             self.config.member_keys[msg.sender], Domain.PBFT, self.chain_id, msg.body, msg.signature
         )
         if not ok:
-            self.rejected["bad_signature"] += 1
+            self.rejected[drop.BAD_SIGNATURE] += 1
         return ok
 
     # --- PRE-PREPARE ------------------------------------------------------------------------
@@ -743,12 +708,12 @@ class PbftReplica:
         if slot is not None and slot.preprepare is not None:
             accepted = slot.preprepare
             if accepted.digest == pp.digest:
-                self.rejected["duplicate"] += 1
+                self.rejected[drop.DUPLICATE] += 1
                 self._repeated(pp)
             elif self._verified(pp):
                 # Two signed PRE-PREPAREs for one (view, seq): proof that the primary lies.
-                self.rejected["conflicting_preprepare"] += 1
-                self._evidence("conflicting_preprepare", accepted, pp)
+                self.rejected[drop.CONFLICTING_PREPREPARE] += 1
+                self._evidence(drop.CONFLICTING_PREPREPARE, accepted, pp)
             return
         if slot is not None and slot.reissued is not None:
             # A re-issued sequence number: the NEW-VIEW fixed the signed PRE-PREPARE; this is
@@ -759,7 +724,7 @@ class PbftReplica:
             # The NEW-VIEW that started this view fixed every seq up to its max_s; the primary
             # proposes afresh only above it. (Not evidence: whether we still hold the re-issued
             # slot depends on our state, e.g. a restart, not on the message alone.)
-            self.rejected["not_reissued"] += 1
+            self.rejected[drop.NOT_REISSUED] += 1
             return
         if not self._verified(pp):
             return
@@ -770,27 +735,27 @@ class PbftReplica:
             return
         self._accept_preprepare(self._log.slot(pp.seq, pp.view), pp)
 
-    def _batch_problem(self, pp: PrePrepare) -> str | None:
+    def _batch_problem(self, pp: PrePrepare) -> drop.Reason | None:
         """Stateless validity, decided alike by every honest replica (DESIGN: such a batch is
         evidence against the primary). Cheapest first; tx_ok is asked for every transaction."""
         return self._txs_problem(pp.proposed_ms, pp.digest, pp.txs)
 
     def _txs_problem(
         self, proposed_ms: int, digest: bytes, txs: tuple[Transaction, ...]
-    ) -> str | None:
+    ) -> drop.Reason | None:
         params = self.params
         if len(txs) > params.batch_txs_max or sum(t.size for t in txs) > params.batch_bytes_max:
-            return "batch_too_large"
+            return drop.BATCH_TOO_LARGE
         if any(tx.chain_id != self.chain_id for tx in txs):
-            return "wrong_chain"
+            return drop.WRONG_CHAIN
         if batch_digest(proposed_ms, [tx.id for tx in txs]) != digest:
-            return "digest_mismatch"
+            return drop.DIGEST_MISMATCH
         signed = [self._tx_ok(tx) for tx in txs]  # every one is asked, by contract
         if not all(signed):
-            return "bad_client_signature"
+            return drop.BAD_CLIENT_SIGNATURE
         return None
 
-    def _evidence(self, reason: str, *pps: PrePrepare) -> None:
+    def _evidence(self, reason: drop.Reason, *pps: PrePrepare) -> None:
         first = pps[0]
         self.evidence.append(
             Evidence(reason, first.view, first.seq, first.sender, tuple(p.vote() for p in pps))
@@ -802,7 +767,7 @@ class PbftReplica:
         committed = self._committed_digests.get(seq)
         if committed is None or committed == digest:
             return False
-        self.rejected["conflicts_committed"] += 1
+        self.rejected[drop.CONFLICTS_COMMITTED] += 1
         return True
 
     def _accept_preprepare(self, slot: Slot, pp: PrePrepare, *, reissued: bool = False) -> None:
@@ -824,12 +789,12 @@ class PbftReplica:
             self._send_own(slot, frame)
         elif not reissued and self._timestamp_skewed(pp.proposed_ms):
             slot.prepare_withheld = True
-            self.rejected["timestamp_skew"] += 1
+            self.rejected[drop.TIMESTAMP_SKEW] += 1
         elif not reissued and not self._all_admitted(pp.txs):
             # (prepared once an admission executes here; seqs at or below h are gone, so the
             # set stays within the window)
             self._unadmitted = {s for s in self._unadmitted if s > self._log.low} | {pp.seq}
-            self.rejected["never_admitted"] += 1
+            self.rejected[drop.NEVER_ADMITTED] += 1
         elif not self._may_speak(pp.view):
             self._withheld()  # recovering: we may have prepared another digest here
         else:
@@ -921,7 +886,7 @@ class PbftReplica:
             pp = None if slot is None else slot.preprepare
             if slot is not None and pp is not None and self._timestamp_skewed(pp.proposed_ms):
                 slot.prepare_withheld = True
-                self.rejected["timestamp_skew"] += 1
+                self.rejected[drop.TIMESTAMP_SKEW] += 1
                 self._unadmitted.discard(seq)
 
     def _timestamp_skewed(self, proposed_ms: int) -> bool:
@@ -945,7 +910,7 @@ class PbftReplica:
         earlier = slot.prepares.get(prepare.sender) if slot is not None else None
         if earlier is not None:
             same = earlier.digest == prepare.digest
-            self.rejected["duplicate" if same else "conflicting_vote"] += 1
+            self.rejected[drop.DUPLICATE if same else drop.CONFLICTING_VOTE] += 1
             if same:
                 self._repeated(prepare)
             return
@@ -963,7 +928,7 @@ class PbftReplica:
         earlier = slot.commits.get(commit.sender) if slot is not None else None
         if earlier is not None:
             same = earlier.digest == commit.digest
-            self.rejected["duplicate" if same else "conflicting_vote"] += 1
+            self.rejected[drop.DUPLICATE if same else drop.CONFLICTING_VOTE] += 1
             if same:
                 self._repeated(commit)
             return
@@ -981,8 +946,8 @@ class PbftReplica:
         if pp is None:
             return
         if not slot.prepared:
-            senders = slot.matching(slot.prepares)
-            if len(senders) < self.quorum - 1 or self._conflicts_committed(pp.seq, pp.digest):
+            kept = rules.prepared(pp, slot.prepares, self.quorum)
+            if kept is None or self._conflicts_committed(pp.seq, pp.digest):
                 return
             slot.prepared = True
             if (
@@ -993,7 +958,6 @@ class PbftReplica:
             # Exactly Q-1 PREPAREs: what prepared means, and what check_proof admits (every
             # matching one made each VIEW-CHANGE, and so the NEW-VIEW's bound that genesis
             # checks, grow with n-1 instead of Q-1).
-            kept = senders[: self.quorum - 1]
             proof = PreparedProof(preprepare=pp, prepares=tuple(slot.prepares[s] for s in kept))
             held = self._prepared.get(pp.seq)
             if held is None or held.view <= pp.view:
@@ -1013,11 +977,11 @@ class PbftReplica:
                 self._withheld()  # recovering: the certificate is kept, our vote is not sent
         if slot.committed_local:
             return
-        senders = slot.matching(slot.commits)
-        if len(senders) < self.quorum:
+        signers = rules.committed_local(pp, slot.prepared, slot.commits, self.quorum)
+        if signers is None:
             return
         slot.committed_local = True
-        votes = tuple(slot.commits[s].vote() for s in senders[: self.quorum])
+        votes = tuple(slot.commits[s].vote() for s in signers)
         slot.certificate = CommitCertificate(pp.view, pp.seq, pp.digest, votes)
         self._deliver()
         if slot.seq > self._last_committed:
@@ -1083,7 +1047,7 @@ class PbftReplica:
                 # Keys never admitted in our state: honest backups would withhold their
                 # PREPAREs for the batch (ledger spam). Dropped; a client's retry after its
                 # admission executes here is batched.
-                self.rejected["tx_never_admitted"] += len(txs) - len(admitted)
+                self.rejected[drop.TX_NEVER_ADMITTED] += len(txs) - len(admitted)
                 txs = admitted
                 if not txs:
                     continue
@@ -1107,14 +1071,14 @@ class PbftReplica:
 
     def _on_checkpoint(self, vote: Checkpoint) -> None:
         if vote.seq == 0 or vote.seq % self.params.checkpoint_interval:
-            self.rejected["not_checkpoint_seq"] += 1
+            self.rejected[drop.NOT_CHECKPOINT_SEQ] += 1
             return
         peer = vote.sender
         repeat = vote.seq <= self._retransmit.peer_executed[peer]
         if vote.seq <= self._log.low:
-            self.rejected["stale_checkpoint"] += 1
+            self.rejected[drop.STALE_CHECKPOINT] += 1
         elif vote.seq > self._log.high:
-            self.rejected["outside_window"] += 1
+            self.rejected[drop.OUTSIDE_WINDOW] += 1
             if vote.seq > self._retransmit.peer_executed[peer] and self._verified(vote):
                 # A peer far ahead: its claim steers state transfer (f+1 such claims).
                 self._retransmit.executed_by(peer, vote.seq)
@@ -1128,7 +1092,7 @@ class PbftReplica:
                 self._try_stable(vote.seq)
                 return
             self.rejected[problem] += 1
-            if problem != "duplicate":
+            if problem != drop.DUPLICATE:
                 return
         # A stale or duplicate vote. Its execution claim steers only what we re-send to the
         # sender, so a stale one is not worth verifying.
@@ -1147,7 +1111,7 @@ class PbftReplica:
         if ours is None and seq == self.last_executed:
             ours = self._last_block_hash
         if ours is not None and ours != block_hash:
-            self.rejected["checkpoint_mismatch"] += 1
+            self.rejected[drop.CHECKPOINT_MISMATCH] += 1
             return
         # Above what we executed: we fell behind; adopt it and fetch the blocks below it.
         self._stabilize(self._checkpoints.certificate(seq, block_hash, self.quorum))
@@ -1323,17 +1287,17 @@ class PbftReplica:
 
     def _on_view_change(self, vc: ViewChange) -> None:
         if vc.view < self.view or (vc.view == self.view and self.active):
-            self.rejected["stale_view_change"] += 1
+            self.rejected[drop.STALE_VIEW_CHANGE] += 1
             self._relay_new_view(vc.sender)
             return
         held = self._vcs.get(vc.sender)
         if held is not None and held.view >= vc.view:
-            self.rejected["duplicate"] += 1
+            self.rejected[drop.DUPLICATE] += 1
             return
         if self._mono_ms - self._vc_checked_ms[vc.sender] < self.retransmit_ms // 2:
             # Checking one costs up to L*Q signature checks: a member that raises its view
             # with every message gets one checked per half interval (honest ones re-send).
-            self.rejected["view_change_too_often"] += 1
+            self.rejected[drop.VIEW_CHANGE_TOO_OFTEN] += 1
             return
         if not self._verified(vc):
             return
@@ -1345,12 +1309,10 @@ class PbftReplica:
         self._vcs[vc.sender] = vc
         # f+1 members moving above our view include an honest one: join the smallest view
         # among the f+1 highest (OSDI'99 §4.5.2 "liveness").
-        above = sorted(
-            (v.view for s, v in self._vcs.items() if s != self.me and v.view > self.view),
-            reverse=True,
+        target = rules.view_to_join(
+            self.view, (v.view for s, v in self._vcs.items() if s != self.me), self.f
         )
-        if len(above) >= self.f + 1:
-            target = above[self.f]  # above our view, so a move (never a restart of ours)
+        if target is not None:  # above our view, so a move (never a restart of ours)
             self._start_view_change(target, f"{self.f + 1} members moved to view {target}")
             return
         if not self.active:
@@ -1366,14 +1328,14 @@ class PbftReplica:
         # for a frame whose proofs someone stripped or swapped (a Byzantine new primary would
         # put such a frame in its NEW-VIEW to drop a committed batch).
         if vc.proofs_digest != proofs_digest_of(vc.stable, vc.prepared):
-            self.rejected["bad_view_change"] += 1
+            self.rejected[drop.BAD_VIEW_CHANGE] += 1
             return False
         key = sha256(vc.body + vc.signature)
         if key in self._checked_vcs:
             return True
         problem = check_view_change(self._members, self._verifier, vc)
         if problem is not None:
-            self.rejected["bad_view_change"] += 1
+            self.rejected[drop.BAD_VIEW_CHANGE] += 1
             return False
         self._checked_vcs[key] = None
         while len(self._checked_vcs) > 4 * self.n:
@@ -1470,10 +1432,10 @@ class PbftReplica:
 
     def _on_new_view(self, nv: NewView) -> None:
         if nv.view < self.view or (nv.view == self.view and self.active):
-            self.rejected["stale_new_view"] += 1
+            self.rejected[drop.STALE_NEW_VIEW] += 1
             return
         if nv.sender != nv.view % self.n:
-            self.rejected["not_primary"] += 1
+            self.rejected[drop.NOT_PRIMARY] += 1
             return
         if not self._verified(nv):
             return
@@ -1481,14 +1443,14 @@ class PbftReplica:
             # The primary signed other contents than these: someone on the way (a relay) swapped
             # them. Not the primary's doing, so no evidence and no view change: drop it as a
             # malformed message, like any frame damaged in transit.
-            self.rejected["malformed"] += 1
+            self.rejected[drop.MALFORMED] += 1
             return
         if nv.view != self.view:
             # A NEW-VIEW for a view we are not waiting for costs up to n proof checks: at most
             # one per signer per half interval (any faulty member is primary of infinitely
             # many views), stamped now that its signature verified (review).
             if self._mono_ms - self._nv_checked_ms[nv.sender] < self.retransmit_ms // 2:
-                self.rejected["rate_limited"] += 1
+                self.rejected[drop.RATE_LIMITED] += 1
                 return
             self._nv_checked_ms[nv.sender] = self._mono_ms
         decoded: list[ViewChange] = []
@@ -1519,7 +1481,7 @@ class PbftReplica:
         if problem is None:
             problem = check_new_view(self._members, self._verifier, nv, decoded)
         if problem is not None:
-            self.rejected["bad_new_view"] += 1
+            self.rejected[drop.BAD_NEW_VIEW] += 1
             if nv.view != self.view or self.active:
                 # A view we are not moving to (any higher one: a single faulty member is primary
                 # of infinitely many): dropped and counted, never a reason to move.
@@ -1528,7 +1490,11 @@ class PbftReplica:
             # matches them) and they do not recompute: it is faulty.
             self.evidence.append(
                 Evidence(
-                    "bad_new_view", nv.view, 0, nv.sender, (SignedVote(nv.body, nv.signature),)
+                    drop.BAD_NEW_VIEW,
+                    nv.view,
+                    0,
+                    nv.sender,
+                    (SignedVote(nv.body, nv.signature),),
                 )
             )
             self._start_view_change(nv.view + 1, f"bad NEW-VIEW from the primary: {problem}")
@@ -1677,7 +1643,7 @@ class PbftReplica:
             return  # asked _batch_asks_max times in this state already: the timers take over
         if len(self._wanted) >= self.params.window:
             # (not silently: a view change or state transfer is then what recovers)
-            self.rejected["batch_requests_full"] += 1
+            self.rejected[drop.BATCH_REQUESTS_FULL] += 1
             return
         self._wanted[digest] = _Wanted(self._mono_ms)
         request = encode(BatchRequest.create(self._signer, self.chain_id, digest, self.me))
@@ -1715,7 +1681,7 @@ class PbftReplica:
                 del self._wanted[digest]
                 if len(self._abandoned) < self.params.window:
                     self._abandoned.add(digest)
-                self.rejected["batch_request_abandoned"] += 1
+                self.rejected[drop.BATCH_REQUEST_ABANDONED] += 1
                 continue
             want.asked_ms = self._mono_ms
             want.asks += 1
@@ -1744,7 +1710,7 @@ class PbftReplica:
     def _on_batch_request(self, req: BatchRequest) -> None:
         # (Not verified: the transport authenticated the sender, the only one we answer.)
         if self._serve_budget[req.sender] <= 0 or self._batch_asks_left[req.sender] <= 0:
-            self.rejected["answers_over_budget"] += 1
+            self.rejected[drop.ANSWERS_OVER_BUDGET] += 1
             return
         self._batch_asks_left[req.sender] -= 1
         txs = self._find_batch(req.digest)
@@ -1775,11 +1741,11 @@ class PbftReplica:
             self._on_forwarded(batch)
             return
         if batch.digest not in self._wanted:
-            self.rejected["unwanted_batch"] += 1
+            self.rejected[drop.UNWANTED_BATCH] += 1
             return
         problem = self._txs_problem(batch.proposed_ms, batch.digest, batch.txs)
         if problem is not None:
-            self.rejected["bad_batch"] += 1
+            self.rejected[drop.BAD_BATCH] += 1
             return
         del self._wanted[batch.digest]
         self._fetched[batch.digest] = (batch.proposed_ms, batch.txs)
@@ -1797,27 +1763,27 @@ class PbftReplica:
         held = slot.reissued
         assert held is not None
         if (proposed_ms, digest) != (held.proposed_ms, held.digest):
-            self.rejected["bad_batch"] += 1
+            self.rejected[drop.BAD_BATCH] += 1
             return
         if self._txs_problem(proposed_ms, digest, txs) is not None:
-            self.rejected["bad_batch"] += 1
+            self.rejected[drop.BAD_BATCH] += 1
             return
         self._accept_preprepare(slot, replace(held, txs=txs), reissued=True)
 
     def _on_forwarded(self, batch: Batch) -> None:
         """A backup forwarded transactions that waited too long: propose them first."""
         if self.primary != self.me or len(batch.txs) > self.params.batch_txs_max:
-            self.rejected["unwanted_batch"] += 1
+            self.rejected[drop.UNWANTED_BATCH] += 1
             return
         for tx in batch.txs:
             if self._pool.to_front(tx.id) or self._pool.known(tx.id):
                 continue  # one we hold, batched or committed (already checked): nothing to verify
             if self._forward_tokens[batch.sender] <= 0:
-                self.rejected["forwarded_too_many"] += 1
+                self.rejected[drop.FORWARDED_TOO_MANY] += 1
                 continue
             self._forward_tokens[batch.sender] -= 1
             if tx.chain_id != self.chain_id or not self._tx_ok(tx):
-                self.rejected["bad_client_signature"] += 1
+                self.rejected[drop.BAD_CLIENT_SIGNATURE] += 1
                 continue
             reason = self._pool.add(tx, self._mono_ms)
             if reason is None:
@@ -1890,12 +1856,12 @@ class PbftReplica:
         # at once; the same or an earlier start again only once per quarter interval.
         last_ms, last_from = self._served_ms[fetch.sender], self._served_from[fetch.sender]
         if fetch.from_seq <= last_from and self._mono_ms - last_ms < self.retransmit_ms // 4:
-            self.rejected["duplicate"] += 1  # or a retry too soon
+            self.rejected[drop.DUPLICATE] += 1  # or a retry too soon
             return
         budget = self._serve_budget[fetch.sender]
         empty = fetch.from_seq > self.last_executed  # the answer will carry no block
         if budget <= 0 or (empty and self._empty_fetches_left[fetch.sender] <= 0):
-            self.rejected["answers_over_budget"] += 1
+            self.rejected[drop.ANSWERS_OVER_BUDGET] += 1
             return
         # The answer may take what is left of the peer's budget (one frame at most), charged
         # now, before its signature is checked (a bad one forfeits it, so junk FETCHes cost
@@ -1914,7 +1880,7 @@ class PbftReplica:
 
     def _on_blocks(self, reply: Blocks) -> None:
         if reply.sender != self._fetch_peer:
-            self.rejected["unasked_blocks"] += 1
+            self.rejected[drop.UNASKED_BLOCKS] += 1
             return
         if not self._verified(reply):
             return
@@ -1923,7 +1889,7 @@ class PbftReplica:
         cert = reply.stable
         if cert is not None and cert.seq > self._log.low:
             if check_checkpoint_certificate(self._members, self._verifier, cert) is not None:
-                self.rejected["bad_transfer"] += 1
+                self.rejected[drop.BAD_TRANSFER] += 1
                 self._fetch_from(self._pick_fetch_peer(self._transfer_target()))
                 return
             if not self._differs_from_ours(cert):
@@ -1938,7 +1904,7 @@ class PbftReplica:
             problem = self._transferred_problem(block)
             if problem is not None:
                 # A lying or broken peer: never trust it for this round; ask the next one.
-                self.rejected["bad_transfer"] += 1
+                self.rejected[drop.BAD_TRANSFER] += 1
                 self._fetch_from(self._pick_fetch_peer(self._transfer_target()))
                 return
             c = block.certificate
@@ -2000,7 +1966,7 @@ class PbftReplica:
             ours = self._last_block_hash
         if ours is None or ours == cert.block_hash:
             return False
-        self.rejected["checkpoint_mismatch"] += 1
+        self.rejected[drop.CHECKPOINT_MISMATCH] += 1
         return True
 
     def _transferred_problem(self, block: TransferredBlock) -> str | None:
@@ -2009,9 +1975,9 @@ class PbftReplica:
         if len(block.txs) > params.batch_txs_max or (
             sum(t.size for t in block.txs) > params.batch_bytes_max
         ):
-            return "batch_too_large"
+            return drop.BATCH_TOO_LARGE
         if batch_digest(block.proposed_ms, [t.id for t in block.txs]) != c.digest:
-            return "digest_mismatch"
+            return drop.DIGEST_MISMATCH
         # A valid commit certificate means Q members, f+1 of them honest, accepted this batch
         # after checking its client signatures, so they are not checked again here.
         return check_commit_certificate(self._members, self._verifier, c)
@@ -2185,7 +2151,7 @@ class PbftReplica:
         # Each answer costs a signature: one per peer per half interval (an honest recovering
         # member asks once per interval).
         if self._mono_ms - self._query_answered_ms[query.sender] < self.retransmit_ms // 2:
-            self.rejected["query_too_often"] += 1
+            self.rejected[drop.QUERY_TOO_OFTEN] += 1
             return
         if not self._verified(query):
             return
@@ -2199,17 +2165,17 @@ class PbftReplica:
         rec = self._recovery
         if rec is None or report.nonce != rec.nonce:
             # Not recovering, or an answer to a query of an earlier start: a replay, or late.
-            self.rejected["stale_view_report"] += 1
+            self.rejected[drop.STALE_VIEW_REPORT] += 1
             return
         # Each check costs a signature: a peer already counted is never asked again and its
         # further reports add nothing (dropped unchecked), and one not yet counted is checked
         # at most once per half interval (an honest member answers no more often), so neither
         # copies of an answer nor junk buy us a check per message (review).
         if report.sender in rec.reports:
-            self.rejected["duplicate"] += 1
+            self.rejected[drop.DUPLICATE] += 1
             return
         if self._mono_ms - self._report_checked_ms[report.sender] < self.retransmit_ms // 2:
-            self.rejected["report_too_often"] += 1
+            self.rejected[drop.REPORT_TOO_OFTEN] += 1
             return
         self._report_checked_ms[report.sender] = self._mono_ms
         if not self._verified(report):

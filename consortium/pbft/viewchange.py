@@ -37,8 +37,10 @@ from consortium.crypto.codec import WireFormatError, as_list, unpack_canonical
 from consortium.crypto.signing import Domain, Verifier
 from consortium.ledger.block import batch_digest
 from consortium.ledger.certificates import CheckpointCertificate, CommitCertificate, SignedVote
+from consortium.pbft import rules
 from consortium.pbft.messages import (
     NewView,
+    Prepare,
     PreparedProof,
     ViewChange,
     new_view_digest,
@@ -125,17 +127,18 @@ def check_proof(members: Members, verifier: Verifier, proof: PreparedProof) -> s
         # Exactly what prepared needs: more would only let a VIEW-CHANGE, and so a NEW-VIEW,
         # grow with n instead of Q (genesis sizes the frame limit for Q-1).
         return f"prepared proof: {len(proof.prepares)} prepares, at most {members.quorum - 1}"
-    senders: set[int] = set()
+    by_sender: dict[int, Prepare] = {}
     for prepare in proof.prepares:
         if (prepare.view, prepare.seq, prepare.digest) != (pp.view, pp.seq, pp.digest):
             return "prepared proof: a prepare for something else"
-        if prepare.sender == primary or prepare.sender in senders:
+        if prepare.sender == primary or prepare.sender in by_sender:
             return "prepared proof: prepare from the primary or repeated"
         if not members.signed(verifier, prepare.sender, prepare.body, prepare.signature):
             return "prepared proof: bad prepare signature"
-        senders.add(prepare.sender)
-    if len(senders) < members.quorum - 1:
-        return f"prepared proof: {len(senders)} prepares, {members.quorum - 1} needed"
+        by_sender[prepare.sender] = prepare
+    # Each PREPARE matches and is signed by a distinct backup: the predicate itself decides.
+    if rules.prepared(pp, by_sender, members.quorum) is None:
+        return f"prepared proof: {len(by_sender)} prepares, {members.quorum - 1} needed"
     return None
 
 

@@ -2,7 +2,7 @@
 only, for the leader's current term, carried out at most once per term, and never judged by the
 leader's wall clock (service.ClientService._maintenance_refusal, RaftMember._transfer). The
 core's own rules (a live target, none while one is under way, one per election timeout) are in
-tests/raft/test_raft_core.py; the end-to-end refusals in tests/e2e/test_raft.py."""
+tests/raft/test_leadership_transfer.py; the end-to-end refusals in tests/e2e/test_raft.py."""
 
 from __future__ import annotations
 

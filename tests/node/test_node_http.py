@@ -15,10 +15,12 @@ import pytest
 import trio
 
 from consortium.cli.network import init_network
+from consortium.crashft import reasons as raft_reasons
 from consortium.ledger.store import LOST_STATE
 from consortium.node.config import load_identity
 from consortium.node.logs import setup_logging
-from consortium.node.runtime import Node, make_node
+from consortium.node.runtime import MISBEHAVIOUR_BY_MODE, Node, make_node
+from consortium.pbft import reasons as pbft_reasons
 from tests.node.exposition import parse
 
 HOST = "127.0.0.1"
@@ -151,6 +153,58 @@ async def test_dropped_peer_messages_are_summarised_at_most_once_per_interval(
         ("WARNING", "peer messages dropped as invalid in the last 10 s: bad_signature 3"),
         ("DEBUG", "peer messages dropped as redundant in the last 10 s: duplicate 5"),
     ]
+
+
+@pytest.mark.parametrize(
+    ("mode", "counts", "invalid", "redundant"),
+    [
+        (
+            "pbft",
+            {"not_primary": 1, "prepare_from_primary": 2, "not_reissued": 3},
+            "not_primary 1, prepare_from_primary 2",
+            "not_reissued 3",
+        ),
+        (
+            "raft",
+            {"append_mismatch": 4, "unknown_sender": 5},
+            "unknown_sender 5",
+            "append_mismatch 4",
+        ),
+    ],
+)
+async def test_the_summary_classes_each_drop_by_the_table_of_its_mode(
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    mode: str,
+    counts: dict[str, int],
+    invalid: str,
+    redundant: str,
+) -> None:
+    """Matching names against marks ("bad", "mismatch", ...) missed misbehaviour (a PREPARE
+    from the primary, a PRE-PREPARE from a member not primary) and warned of raft's log repair
+    (append_mismatch). The class now comes from the core's table (pbft/reasons.py,
+    crashft/reasons.py)."""
+    with trio.fail_after(20):
+        async with lone_member(tmp_path, mode) as node:
+            caplog.set_level(logging.DEBUG, logger="consortium")
+            now = trio.current_time() + 60  # past any summary already due
+            node.core.rejected.update(counts)
+            node._watch_progress(now)
+    lines = [
+        (r.levelname, r.getMessage()) for r in caplog.records if "dropped as" in r.getMessage()
+    ]
+    assert lines == [
+        ("WARNING", f"peer messages dropped as invalid in the last 10 s: {invalid}"),
+        ("DEBUG", f"peer messages dropped as redundant in the last 10 s: {redundant}"),
+    ]
+
+
+def test_every_reason_of_a_table_is_classed_by_it_and_an_unknown_one_warns() -> None:
+    for mode, table in (("pbft", pbft_reasons), ("raft", raft_reasons)):
+        misbehaviour = MISBEHAVIOUR_BY_MODE[mode]
+        for reason, (kind, _) in table.TABLE.items():
+            assert misbehaviour(reason) == (kind == table.MISBEHAVIOUR), (mode, reason)
+        assert misbehaviour("no_such_reason")  # better a warning than silence
 
 
 async def test_healthz_fails_with_the_age_when_the_core_loop_stops_ticking(tmp_path: Path) -> None:

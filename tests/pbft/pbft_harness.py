@@ -22,6 +22,7 @@ from consortium.node.sim.cluster import (
     sim_genesis,
     workload,
 )
+from consortium.pbft import reasons
 from consortium.pbft.messages import (
     Checkpoint,
     Commit,
@@ -106,7 +107,10 @@ class Group:
             r.tick(self.mono_ms, wall_ms if wall_ms is not None else WALL + self.mono_ms)
 
     def take(self, i: int) -> Ready:
-        return self.replicas[i].take_ready()
+        replica = self.replicas[i]
+        unknown = set(replica.rejected) - set(reasons.TABLE)
+        assert not unknown, f"member {i} counted reasons its table lacks: {unknown}"
+        return replica.take_ready()
 
     def deliver(self, src: int, outs: Iterable[Outbound], to: Iterable[int] | None = None) -> None:
         targets = set(range(self.n) if to is None else to)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pbft_harness import WALL, Group, block_hash, frames, sent
 
 from consortium.crypto.codec import unpack
-from consortium.pbft import records
+from consortium.pbft import records, rules
 from consortium.pbft.messages import Prepare, PrePrepare, decode, encode
 
 
@@ -212,3 +212,53 @@ def test_proposed_timestamp_is_the_primarys_wall_clock() -> None:
     group.replicas[0].propose(group.txs[0])
     pp = decode(frames(group.take(0))[0], group.params)
     assert isinstance(pp, PrePrepare) and pp.proposed_ms == WALL + 12_345
+
+
+# --- the predicates themselves (pbft/rules.py) ---------------------------------------------------
+
+
+def test_matching_votes_name_the_same_view_seq_and_digest() -> None:
+    group = Group()
+    pp = group.preprepare(3, group.txs[:1], view=4, sender=0)
+    other = group.preprepare(3, group.txs[1:2], view=4, sender=0)
+    votes = {
+        2: group.prepare(pp, 2),
+        1: group.prepare(pp, 1),
+        3: group.prepare(other, 3),  # another digest
+    }
+    assert rules.matching(pp, votes) == [1, 2]
+    later = group.preprepare(3, group.txs[:1], view=5, sender=1)
+    assert rules.matching(later, votes) == []  # same digest and seq, another view
+    elsewhere = group.preprepare(4, group.txs[:1], view=4, sender=0)
+    assert rules.matching(elsewhere, votes) == []  # another seq
+
+
+def test_prepared_is_the_preprepare_and_q_minus_1_matching_prepares_from_backups() -> None:
+    group = Group()  # n = 4, Q = 3: two backups
+    pp = group.preprepare(1, group.txs[:1])
+    assert rules.prepared(pp, {}, 3) is None
+    assert rules.prepared(pp, {1: group.prepare(pp, 1)}, 3) is None
+    wrong = group.prepare(group.preprepare(1, group.txs[1:2]), 2)
+    assert rules.prepared(pp, {1: group.prepare(pp, 1), 2: wrong}, 3) is None
+    # The primary's PRE-PREPARE is its vote: a PREPARE from it never counts.
+    assert rules.prepared(pp, {0: group.prepare(pp, 0), 1: group.prepare(pp, 1)}, 3) is None
+    all_backups = {s: group.prepare(pp, s) for s in (3, 1, 2)}
+    assert rules.prepared(pp, all_backups, 3) == [1, 2]  # exactly Q-1, lowest index first
+    at_seven = Group(7)  # n = 7, f = 2, Q = 5: four backups
+    pp7 = at_seven.preprepare(1, at_seven.txs[:1])
+    four = {s: at_seven.prepare(pp7, s) for s in (1, 2, 3, 4)}
+    assert rules.prepared(pp7, dict(list(four.items())[:3]), 5) is None
+    assert rules.prepared(pp7, four, 5) == [1, 2, 3, 4]
+
+
+def test_committed_local_is_prepared_and_q_matching_commits_ours_included() -> None:
+    group = Group()
+    pp = group.preprepare(1, group.txs[:1])
+    commits = {s: group.commit(pp, s) for s in (1, 0, 3)}  # the primary's COMMIT counts
+    assert rules.committed_local(pp, False, commits, 3) is None  # not prepared here
+    assert rules.committed_local(pp, True, commits, 3) == [0, 1, 3]
+    assert rules.committed_local(pp, True, {s: commits[s] for s in (0, 1)}, 3) is None
+    other = group.commit(group.preprepare(1, group.txs[1:2]), 2)
+    assert rules.committed_local(pp, True, {0: commits[0], 1: commits[1], 2: other}, 3) is None
+    four = {**commits, 2: group.commit(pp, 2)}
+    assert rules.committed_local(pp, True, four, 3) == [0, 1, 2]  # exactly Q signers

@@ -18,7 +18,7 @@ from pbft_harness import (
 )
 
 from consortium.ledger.certificates import CommitCertificate
-from consortium.pbft import records
+from consortium.pbft import records, rules
 from consortium.pbft.messages import (
     Batch,
     BatchRequest,
@@ -229,6 +229,17 @@ def test_f_plus_one_view_changes_for_higher_views_make_a_replica_join_the_smalle
         other._start_view_change(view, "test")
         r.receive(sender, encode(view_change_of(group, sender)))
     assert r.view == 3 and not r.active  # f+1 = 2 members above view 0: join the smaller
+
+
+def test_view_to_join_is_the_highest_view_f_plus_1_others_asked_for() -> None:
+    """pbft/rules.py view_to_join (OSDI'99 §4.5.2): f members alone never move us."""
+    assert rules.view_to_join(0, [5], f=1) is None  # one member: maybe faulty
+    assert rules.view_to_join(0, [3, 5], f=1) == 3
+    assert rules.view_to_join(0, [3, 5, 9], f=1) == 5  # the f+1 highest: 9 and 5
+    assert rules.view_to_join(4, [3, 4, 5], f=1) is None  # only views above ours count
+    assert rules.view_to_join(4, [5, 5, 2], f=1) == 5
+    assert rules.view_to_join(0, [1, 2], f=2) is None  # n = 7: f+1 = 3 members needed
+    assert rules.view_to_join(0, [1, 2, 7, 8], f=2) == 2
 
 
 def test_a_replica_restarted_during_a_view_change_re_sends_the_same_view_change() -> None:

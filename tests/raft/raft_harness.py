@@ -7,9 +7,9 @@ records to the member's durable dict (one "fsync") and report them persisted, qu
 messages, apply its committed entries into the member's ledger with build_block (state machine
 safety), re-execute and store transferred blocks with replay_block, answer block fetches with
 blocks_reply, collect released and failed reads; then check the core's invariants
-(RaftNode.check_invariants), election safety and leader completeness. The checker is the
-simulator's RaftChecker, so a test that drives a broken core into a violation gets the
-SafetyViolation the simulator would raise.
+(RaftNode.check_invariants, and that every drop reason it counted is in crashft/reasons.py),
+election safety and leader completeness. The checker is the simulator's RaftChecker, so a test
+that drives a broken core into a violation gets the SafetyViolation the simulator would raise.
 
 Members sign entries with the simulator's HMAC stand-in; client transactions are real,
 pre-signed once (node.sim.cluster.workload).
@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from consortium.crashft import messages as m
+from consortium.crashft import reasons
 from consortium.crashft.messages import Entry, TransferredBlock
 from consortium.crashft.node import (
     LEADER,
@@ -272,6 +273,8 @@ class RaftGroup:
                 getattr(merged, name).extend(getattr(ready, name))
             merged.read_failures.extend(ready.read_failures)
         raft.check_invariants()
+        unknown = set(raft.rejected) - set(reasons.TABLE)
+        assert not unknown, f"n{i + 1} counted reasons its table lacks: {unknown}"
         if raft.role == LEADER:
             self.check.leader(i, raft.term)
             if raft.term not in self.led[i]:
@@ -428,3 +431,40 @@ def log_terms(raft: RaftNode) -> list[tuple[int, int]]:
     """(index, term) of every entry in the log, for assertions."""
     log = raft.log
     return [(i, log.term_at(i) or 0) for i in range(log.first_index, log.last_index + 1)]
+
+
+def started(n: int = 3, **overrides: object) -> RaftGroup:
+    """n1 leads term 1; its no-op is committed and known committed everywhere."""
+    g = RaftGroup(n, **overrides)  # type: ignore[arg-type]
+    g.elect(0)
+    g.settle()
+    g.heartbeat(0)
+    assert [g.node(i).commit for i in range(n)] == [1] * n
+    return g
+
+
+def clocked(n: int = 3, **overrides: object) -> RaftGroup:
+    """As started(), with every member's wall clock read at the election (the harness ticks
+    only the members a test names: a follower's wall clock is the one it read last)."""
+    g = RaftGroup(n, **overrides)  # type: ignore[arg-type]
+    g.elect(0)
+    g.tick_all()
+    g.settle()
+    g.heartbeat(0)
+    assert [g.node(i).commit for i in range(n)] == [1] * n
+    return g
+
+
+def without(*nodes: int) -> Callable[[Msg], bool]:
+    """A filter: nothing to or from `nodes`."""
+    return lambda q: q.src not in nodes and q.dst not in nodes
+
+
+def ids(entry: Entry) -> set[bytes]:
+    return {tx.id for tx in entry.txs}
+
+
+def entries_holding(raft: RaftNode, tx_id: bytes) -> list[int]:
+    """The indexes of the entries in `raft`'s log that order `tx_id`."""
+    log = raft.log
+    return [i for i in range(log.first_index, log.last_index + 1) if tx_id in ids(log.entry(i))]

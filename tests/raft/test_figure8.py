@@ -1,6 +1,7 @@
-"""The Raft paper's Figure 8 (Ongaro & Ousterhout 2014, §5.4.2), replayed step by step on five
-real cores (S1..S5 are members 0..4): why a leader may not commit an entry of an earlier term
-by counting replicas, and how the no-op / own-term rule keeps it safe.
+"""The Raft paper's Figure 8 (Ongaro & Ousterhout 2014, §5.4.2; Ongaro's thesis §3.6.2), replayed
+step by step on five real cores (S1..S5 are members 0..4): why a leader may not commit an entry
+of an earlier term by counting replicas, and how the no-op / own-term rule keeps it safe. The
+rule itself is crashft/rules.py commit_index, tested on its own at the end.
 
 Setup: append_entries_max=1, so one APPEND carries one entry and the test decides exactly which
 entries reach whom. PreVote and CheckQuorum are off: the scene needs candidates whose terms
@@ -31,6 +32,7 @@ import pytest
 from raft_harness import Msg, RaftGroup, carries_term, log_terms
 
 from consortium.crashft import messages as m
+from consortium.crashft import rules
 from consortium.crashft.node import LEADER, RaftNode
 from consortium.node.sim.checkers import SafetyViolation
 
@@ -43,11 +45,8 @@ class CommitsOldTermsByCounting(RaftNode):
     Figure 8 shows is unsafe)."""
 
     def _maybe_commit(self) -> bool:
-        matches = sorted(
-            [self._stable_last] + [self._progress[p].match for p in self._others()],
-            reverse=True,
-        )
-        candidate = matches[self.majority - 1]
+        matches = [self._stable_last] + [self._progress[p].match for p in self._others()]
+        candidate = rules.majority_match(matches)
         if candidate > self.commit:
             self.commit = candidate
             return True
@@ -163,3 +162,27 @@ def test_figure8_e_an_own_term_entry_on_a_majority_commits_both_and_s5_cannot_wi
     for i in (S2, S3, S4, S5):
         assert log_terms(g.node(i))[:3] == [(1, 1), (2, 1), (3, 3)]
     assert g.txs[0].id in g.members[S5].committed_ids
+
+
+# --- the rule itself (crashft/rules.py) ---------------------------------------------------------
+
+
+def test_majority_match_is_the_highest_value_a_majority_reached() -> None:
+    assert rules.majority_match([7]) == 7  # one member: itself
+    assert rules.majority_match([5, 9, 1]) == 5  # 2 of 3 hold 5 or more
+    assert rules.majority_match([4, 4, 9, 2]) == 4  # 3 of 4
+    assert rules.majority_match([3, 8, 8, 1, 2]) == 3  # 3 of 5
+    assert rules.majority_match([2, 9, 9, 1, 1]) == 2
+
+
+def test_commit_index_counts_only_entries_of_the_current_term() -> None:
+    """The leader S1 of term 3 in scene (c): its log is 1@t1 2@t1 3@t3."""
+    term_at = {0: 0, 1: 1, 2: 1, 3: 3}.get
+    # 2@t1 on S1, S3, S4 (S2 holds it too): a majority, and still not committed.
+    assert rules.commit_index([3, 2, 2, 2, 1], term_at, 3, 1) == 1
+    # 3@t3 on a majority: it commits, and 2@t1 with it (scene (e)).
+    assert rules.commit_index([3, 2, 3, 3, 1], term_at, 3, 1) == 3
+    assert rules.commit_index([3, 3, 3, 1, 1], term_at, 3, 3) == 3  # never moves back
+    # A leader of term 1 whose entry 2@t1 reaches a majority commits it by counting.
+    assert rules.commit_index([2, 2, 2, 1, 1], term_at, 1, 1) == 2
+    assert rules.commit_index([2, 1, 1], term_at, 1, 1) == 1  # one of three holds it

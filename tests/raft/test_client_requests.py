@@ -1,0 +1,91 @@
+"""Client requests (Ongaro's thesis §6.2 and §6.3): a follower forwards what clients give it to
+the leader, in frames that fit; a transaction is ordered once, whatever the elections and
+resubmissions (the ledger's replay protection stands in for the thesis's client sessions); the
+pool that holds them is bounded."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from raft_harness import entries_holding, ids, started
+
+from consortium.crashft import messages as m
+from consortium.crashft.node import FOLLOWER
+
+
+def test_a_leader_elected_again_does_not_order_its_own_uncommitted_transactions_twice() -> None:
+    """Stepping down puts the transactions of the uncommitted entries back in the pool (in
+    case the next leader's log lacks them); winning again, the leader ordered them a second
+    time although its log holds them and commits them with its new term. (No lease, so the
+    others vote for n1 at once.)"""
+    g = started(check_quorum=False)
+    tx = g.txs[0]
+    g.propose(0, tx)
+    g.drop()  # nobody acknowledges entry 2
+    assert entries_holding(g.node(0), tx.id) == [2] and g.node(0).commit == 1
+    g.receive(0, 1, m.AppendReply(2, False, 0, 0, g.node(1)._wall))  # a higher term: n1 steps down
+    assert g.node(0).role == FOLLOWER
+    g.drop()
+    g.elect(0)  # its log is the most up to date: it wins again, term 3
+    g.settle()
+    g.heartbeat(0)
+    for i in range(3):
+        assert entries_holding(g.node(i), tx.id) == [2], f"n{i + 1}"
+        assert tx.id in g.members[i].committed_ids
+    assert [len(block.txs) for block in g.members[0].blocks] == [1]
+
+
+def test_a_resubmission_of_a_committed_transaction_is_not_ordered_again() -> None:
+    """An id leaves the leader's uncommitted set when its entry commits, in the Ready whose
+    block the shell then writes; the client port sees only the store, so a resubmission that
+    met the block still being written (or a follower's late forward) reached the core as new
+    and was ordered again. The leader asks its ledger (executed) before it orders a batch."""
+    g = started()
+    tx = g.txs[0]
+    g.propose(0, tx)
+    g.settle()
+    assert g.node(0).commit == 2 and tx.id in g.members[0].committed_ids
+    last = g.node(0).log.last_index
+    g.propose(0, tx, g.txs[1])  # the resubmission, with a new transaction
+    g.settle()
+    g.heartbeat(0)
+    assert entries_holding(g.node(0), tx.id) == [2]
+    assert g.node(0).log.last_index == last + 1 and ids(g.node(0).log.entry(last + 1)) == {
+        g.txs[1].id
+    }
+    assert g.node(0).rejected["tx_executed"] == 1
+    assert [len(block.txs) for block in g.members[1].blocks] == [1, 1]
+
+
+def test_a_forward_is_cut_by_bytes_so_every_frame_fits() -> None:
+    """Found in review: 512 large transactions in one FORWARD exceeded the frame limit and the
+    transport dropped it, every retry."""
+    g = started()
+    follower = 1
+    raft = g.node(follower)
+    big = [g.txs[i] for i in range(8)]
+    limit = sum(t.size for t in big[:3]) * 2 + 64  # frame_bytes_max // 2 ~ three of them
+    raft.config = replace(raft.config, params=replace(raft.config.params, frame_bytes_max=limit))
+    for tx in big:
+        raft.propose(tx)
+    frames = [
+        o.frame
+        for o in raft.take_ready().messages
+        if m.decode(o.frame, g.params).__class__ is m.Forward
+    ]
+    assert len(frames) >= 2
+    assert all(len(f) <= limit for f in frames)
+    forwarded = [t.id for f in frames for t in m.decode(f, g.params).txs]  # type: ignore[union-attr]
+    assert forwarded == [t.id for t in big]
+
+
+def test_the_transaction_pool_is_bounded() -> None:
+    g = started(pool_max=3)
+    n1 = g.node(0)
+    assert n1.propose_all(g.txs[:4]) == [True, True, True, False]
+    assert n1.rejected["pool_full"] == 1
+    assert n1.propose(g.txs[0]) is True and n1.rejected["duplicate_tx"] == 1
+    g.flush(0)  # batched: the pool has room again
+    assert g.propose(0, g.txs[3]) == [True]
+    n3 = g.node(2)  # a follower's forwarding pool is bounded the same way
+    assert [n3.propose(tx) for tx in g.txs[10:14]] == [True, True, True, False]
