@@ -288,8 +288,8 @@ def frame_size_problem(params: Params, mode: Mode, n: int) -> str | None:
     The encodings live with each protocol, whose modules import this one (Params): imported
     here, when first needed. Cached: a genesis is validated often (each simulated cluster)."""
     from consortium.crashft import messages as raft_messages
-    from consortium.node import api
     from consortium.pbft import messages as pbft_messages
+    from consortium.protocol import sizing
 
     frame_max = params.frame_bytes_max
     batch = "a full batch"
@@ -353,7 +353,7 @@ def frame_size_problem(params: Params, mode: Mode, n: int) -> str | None:
                 f"bytes, more than params.frame_bytes_max ({frame_max:,}): raise "
                 "params.frame_bytes_max or lower params.tx_bytes_max"
             )
-    client = api.worst_case_frames(params, n, mode)
+    client = sizing.worst_case_frames(params, n, mode)
     if client["submit"] > frame_max:
         return (
             f"a client's submit of the largest transaction can take {client['submit']:,} bytes, "

@@ -27,28 +27,23 @@ from typing import Any, Protocol
 import trio
 
 from consortium.crypto.merkle import MerkleTree
-from consortium.ledger.block import Receipt
+from consortium.ledger.block import BlockHeader, Receipt
 from consortium.ledger.certificates import SignedVote
 from consortium.ledger.store import BlockStore, StoreError
+from consortium.protocol.verify import receipt_bundle
 
 BLOCKS_CACHED_MAX = 16  # recent blocks' receipts and trees kept (about 100 KB per 512-tx block)
 
 
 @dataclass(frozen=True, slots=True)
 class _BlockEntry:
-    header: list[Any]
+    header: BlockHeader
     receipts: tuple[Receipt, ...]
     tree: MerkleTree
-    vote: list[Any]
+    vote: SignedVote
 
     def bundle(self, index: int) -> list[Any]:
-        return [
-            self.receipts[index].to_array(),
-            self.tree.proof(index),
-            self.tree.size,
-            self.header,
-            self.vote,
-        ]
+        return receipt_bundle(self.header, self.receipts, index, self.vote, self.tree).to_array()
 
 
 class _Member(Protocol):
@@ -96,10 +91,10 @@ class ReceiptBundles:
         assert stored is not None, "a receipt's block is stored with it"
         header, receipts = stored
         entry = _BlockEntry(
-            header.to_array(),
+            header,
             receipts,
             MerkleTree([r.encode() for r in receipts]),
-            self._member.own_block_signature(height).to_array(),
+            self._member.own_block_signature(height),
         )
         self._blocks[height] = entry
         while len(self._blocks) > self._blocks_max:

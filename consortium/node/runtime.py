@@ -74,7 +74,6 @@ from consortium.node.metrics import (
     prometheus_text,
 )
 from consortium.node.preflight import open_store
-from consortium.node.tls import TlsIdentity
 from consortium.node.transport import PeerNetwork
 from consortium.node.verification import (
     CountingSigner,
@@ -87,6 +86,9 @@ from consortium.pbft import reasons as pbft_reasons
 from consortium.pbft.replica import PbftConfig, PbftReplica, RecoveredState
 from consortium.pbft.replica import Serve as PbftServe
 from consortium.pbft.transfer import blocks_reply
+from consortium.protocol.messages import encode_block_receipts
+from consortium.protocol.tls import TlsIdentity
+from consortium.protocol.verify import read_body, receipt_bundle
 
 TICK_MS = 2
 TICK_IDLE_MAX_MS = 16  # the coarsest timer granularity when idle (timeouts are >= 50 ms)
@@ -218,7 +220,7 @@ class Node:
             m = genesis.member_by_name(name)
             if m is not None:
                 addresses[m.index] = addr
-        # TLS certificates are derived from our key (node/tls.py): nothing to load or renew.
+        # TLS certificates are derived from our key (protocol/tls.py): nothing to load or renew.
         self.tls = (
             TlsIdentity(keys, member.name, self.chain_id)
             if config.tls_peer or config.tls_client
@@ -728,10 +730,8 @@ class Node:
         return self.signed_read(key, value)
 
     def signed_read(self, key: bytes, value: bytes | None) -> list[Any]:
-        from consortium.node import api
-
         head = self.executor.head  # what self.app reflects, which `value` was read from
-        body = api.read_body(key, value, head.height, head.hash, self.me)
+        body = read_body(key, value, head.height, head.hash, self.me)
         sig = self.signer.sign(Domain.READ, self.chain_id, body)
         return [key, value, head.height, head.hash, self.me, sig]
 
@@ -932,8 +932,6 @@ class Node:
         that loses power before writing the block rebuilds the same one. So under load, where
         the write runs on a worker thread (Node._write), a client holds a true receipt one
         fsync sooner; only a lookup on this member in that window says "pending"."""
-        from consortium.node import api
-
         by_conn: dict[int, tuple[Any, list[Receipt]]] = {}
         duplicates: list[tuple[bytes, list[Any]]] = []
         for index, tx in enumerate(block.txs):
@@ -949,9 +947,7 @@ class Node:
         if by_conn:
             tree = MerkleTree([r.encode() for r in block.receipts])
             for conn, receipts in by_conn.values():
-                conn.push_block_receipts(
-                    api.encode_block_receipts(block.header, vote, tree, receipts)
-                )
+                conn.push_block_receipts(encode_block_receipts(block.header, vote, tree, receipts))
         if duplicates:
             self._duplicates.setdefault(block.height, []).extend(duplicates)
         return bool(by_conn)
@@ -984,15 +980,7 @@ class Node:
     def make_bundle(
         self, block: Block, index: int, vote: SignedVote, tree: MerkleTree | None = None
     ) -> list[Any]:
-        if tree is None:
-            tree = MerkleTree([r.encode() for r in block.receipts])
-        return [
-            block.receipts[index].to_array(),
-            tree.proof(index),
-            tree.size,
-            block.header.to_array(),
-            vote.to_array(),
-        ]
+        return receipt_bundle(block.header, block.receipts, index, vote, tree).to_array()
 
     def first_receipt_bundle(self, tx_id: bytes) -> list[Any] | None:
         """One id's first receipt bundle (client answers go through bundles.ReceiptBundles,
@@ -1003,14 +991,8 @@ class Node:
         stored = self.store.block_receipts(receipt.height)
         assert stored is not None, "a receipt's block is stored with it"
         header, receipts = stored
-        tree = MerkleTree([r.encode() for r in receipts])
-        return [
-            receipts[receipt.index].to_array(),
-            tree.proof(receipt.index),
-            tree.size,
-            header.to_array(),
-            self.own_block_signature(receipt.height).to_array(),
-        ]
+        vote = self.own_block_signature(receipt.height)
+        return receipt_bundle(header, receipts, receipt.index, vote).to_array()
 
     def own_block_signature(self, height: int) -> SignedVote:
         """Our signature over block `height`: stored, or signed again (Ed25519 is

@@ -20,14 +20,14 @@ get      a fast-path read: our current value of a key, signed with the height an
 block    a stored block with its certificate and block signatures
 status   what `consortium status` shows
 clients  the admitted clients at our head and the pending client changes
-follow   committed blocks from a height on, each with our block signature (api.py "Follow"):
-         one task per follow reads the store one block at a time, and only while the follow
-         has credit, its connection's unsent bytes are under FOLLOW_QUEUE_BYTES and all
-         follows' connections' under FOLLOW_QUEUE_BYTES_TOTAL, so a slow follower costs a
-         paused task, never memory; caught up, it sleeps until a block executes (one event per
-         block for all follows, nothing per transaction). A block is sent as stored (header
-         and receipts bytes spliced into the frame, never decoded), one per scheduling turn,
-         and at most FOLLOWS_MAX follows run on the member.
+follow   committed blocks from a height on, each with our block signature (protocol/messages.py,
+         "Follow"): one task per follow reads the store one block at a time, and only while
+         the follow has credit, its connection's unsent bytes are under FOLLOW_QUEUE_BYTES
+         (client_port.py) and all follows' connections' under FOLLOW_QUEUE_BYTES_TOTAL, so a
+         slow follower costs a paused task, never memory; caught up, it sleeps until a block
+         executes (one event per block for all follows, nothing per transaction). A block is
+         sent as stored (header and receipts bytes spliced into the frame, never decoded), one
+         per scheduling turn, and at most FOLLOWS_MAX follows run on the member.
 """
 
 from __future__ import annotations
@@ -42,10 +42,11 @@ from consortium.crypto.signing import Domain
 from consortium.ledger.admission import check_approvals, check_client_key
 from consortium.ledger.block import Block
 from consortium.ledger.tx import ConfigChange, Transaction
-from consortium.node import api
+from consortium.node import client_port
 from consortium.node.bundles import ReceiptBundles
 from consortium.node.runtime import ReadRefused
 from consortium.node.verification import TxSignatureCache
+from consortium.protocol import limits, messages
 
 if TYPE_CHECKING:
     from consortium.node.runtime import Node
@@ -67,7 +68,7 @@ FOLLOW_FULL_POLL_S = 0.01  # how often a follow paused on a full connection look
 
 @dataclass(eq=False)
 class _Follow:
-    conn: api.ClientConnection
+    conn: client_port.ClientConnection
     follow_id: int
     next_height: int
     credit: int
@@ -80,13 +81,13 @@ class ClientService:
         self.node = node
         self._follows: dict[int, dict[int, _Follow]] = {}  # conn id -> follow id -> follow
         self._nursery: trio.Nursery | None = None
-        self._server: api.ClientServer | None = None
+        self._server: client_port.ClientServer | None = None
         self._bundles = ReceiptBundles(node)
         node._on_block.append(self._block_executed)
 
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         tls = self.node.tls if self.node.config.tls_client else None
-        server = api.ClientServer(
+        server = client_port.ClientServer(
             self,
             listen=self.node.client_listen,
             frame_bytes_max=self.node.genesis.params.frame_bytes_max,
@@ -116,24 +117,24 @@ class ClientService:
 
     # --- ClientHandler ----------------------------------------------------------------------
 
-    def disconnected(self, conn: api.ClientConnection) -> None:
+    def disconnected(self, conn: client_port.ClientConnection) -> None:
         self.node.unwatch_connection(conn, set(conn.watched))
         for follow in self._follows.pop(conn.id, {}).values():
             follow.scope.cancel()
 
-    async def handle(self, conn: api.ClientConnection, request: api.Request) -> None:
+    async def handle(self, conn: client_port.ClientConnection, request: messages.Request) -> None:
         match request:
-            case api.SubmitRequest():
+            case messages.SubmitRequest():
                 await self._submit(conn, request)
-            case api.ReceiptRequest():
+            case messages.ReceiptRequest():
                 bundles = await self._bundles.first_bundles([request.tx_id])
                 conn.reply(request.req_id, bundles.get(request.tx_id))
-            case api.GetRequest():
+            case messages.GetRequest():
                 try:
                     conn.reply(request.req_id, await self.node.read_value(request.key))
                 except ReadRefused as exc:
                     conn.error(request.req_id, f"read refused: {exc}")
-            case api.TransferRequest():
+            case messages.TransferRequest():
                 checked = self._maintenance_refusal(request)
                 why = (
                     checked
@@ -147,25 +148,25 @@ class ClientService:
                         self.node.metrics.rejected_at_submit.get("maintenance_refused", 0) + 1
                     )
                     conn.error(request.req_id, f"leadership transfer refused: {why}")
-            case api.BlockRequest():
+            case messages.BlockRequest():
                 conn.reply(request.req_id, self._block(request.height))
-            case api.StatusRequest():
+            case messages.StatusRequest():
                 conn.reply(request.req_id, self.node.status_json())
-            case api.ClientsRequest():
+            case messages.ClientsRequest():
                 conn.reply(request.req_id, self._clients().to_array())
-            case api.WatchRequest():
+            case messages.WatchRequest():
                 await self._watch_ids(conn, request)
-            case api.FollowRequest():
+            case messages.FollowRequest():
                 self._follow(conn, request)
-            case api.CreditRequest():
+            case messages.CreditRequest():
                 follow = self._follows.get(conn.id, {}).get(request.follow_id)
                 if follow is None:
                     conn.error(request.req_id, f"no follow {request.follow_id} on this connection")
                     return
-                follow.credit = min(api.FOLLOW_CREDIT_MAX, follow.credit + request.credit)
+                follow.credit = min(limits.FOLLOW_CREDIT_MAX, follow.credit + request.credit)
                 follow.wakeup.set()
                 conn.reply(request.req_id, None)
-            case api.UnfollowRequest():
+            case messages.UnfollowRequest():
                 follow = self._follows.get(conn.id, {}).pop(request.follow_id, None)
                 if follow is not None:
                     follow.scope.cancel()
@@ -175,12 +176,12 @@ class ClientService:
 
     # --- follow -----------------------------------------------------------------------------
 
-    def _follow(self, conn: api.ClientConnection, request: api.FollowRequest) -> None:
+    def _follow(self, conn: client_port.ClientConnection, request: messages.FollowRequest) -> None:
         follows = self._follows.setdefault(conn.id, {})
-        if len(follows) >= api.FOLLOWS_PER_CONNECTION_MAX:
+        if len(follows) >= limits.FOLLOWS_PER_CONNECTION_MAX:
             conn.error(
                 request.req_id,
-                f"at most {api.FOLLOWS_PER_CONNECTION_MAX} follows per connection",
+                f"at most {limits.FOLLOWS_PER_CONNECTION_MAX} follows per connection",
             )
             return
         if sum(len(f) for f in self._follows.values()) >= FOLLOWS_MAX and not self._share_follow(
@@ -243,14 +244,14 @@ class ClientService:
                     now = trio.current_time()
                     # Over the member-wide budget only the connection with the most unsent
                     # bytes pauses: one slow reader never pauses everyone else's follows.
-                    full = conn.queued_bytes > api.FOLLOW_QUEUE_BYTES or (
+                    full = conn.queued_bytes > client_port.FOLLOW_QUEUE_BYTES or (
                         self._follow_queued_bytes() > FOLLOW_QUEUE_BYTES_TOTAL
                         and conn is self._heaviest_follower()
                     )
                     if follow.credit <= 0 or full:
                         paused_since = now if paused_since is None else paused_since
-                        if now - paused_since > api.FOLLOW_PAUSE_MAX_S:
-                            why = f"follow ended: paused {api.FOLLOW_PAUSE_MAX_S:g} s " + (
+                        if now - paused_since > client_port.FOLLOW_PAUSE_MAX_S:
+                            why = f"follow ended: paused {client_port.FOLLOW_PAUSE_MAX_S:g} s " + (
                                 "(the client reads too slowly)" if full else "without credit"
                             )
                             break
@@ -276,7 +277,7 @@ class ClientService:
         if why:
             conn.error(follow.follow_id, why)
 
-    def _heaviest_follower(self) -> api.ClientConnection | None:
+    def _heaviest_follower(self) -> client_port.ClientConnection | None:
         conns = [f.conn for fs in self._follows.values() for f in fs.values()]
         return max(conns, key=lambda c: c.queued_bytes, default=None)
 
@@ -292,22 +293,22 @@ class ClientService:
             await follow.wakeup.wait()
 
     def _block_frame(self, follow_id: int, height: int) -> bytes:
-        """api.encode_followed_block of a stored block, from its stored bytes (canonical
+        """messages.encode_followed_block of a stored block, from its stored bytes (canonical
         msgpack, so splicing them is the same frame) without decoding them."""
         raw = self.node.store.raw_block(height)
         assert raw is not None, "heights up to store.height are stored"
         _, header, receipts = raw
         vote = self.node.own_block_signature(height)
-        return api.encode_followed_block_raw(follow_id, header, receipts, vote)
+        return messages.encode_followed_block_raw(follow_id, header, receipts, vote)
 
-    def _maintenance_refusal(self, request: api.TransferRequest) -> int | str:
+    def _maintenance_refusal(self, request: messages.TransferRequest) -> int | str:
         """The term a maintenance request is signed for, or why it is refused: not signed by
         a member's key (a client key cannot move leadership), for another target, or addressed
         to another member. The term and replays are checked where the term lives, in the
         event loop with the core (RaftMember._transfer)."""
         node = self.node
         try:
-            target, term, key, addressed = api.decode_transfer_body(request.body)
+            target, term, key, addressed = messages.decode_transfer_body(request.body)
         except WireFormatError as exc:
             return f"malformed request ({exc})"
         if target != request.target:
@@ -325,7 +326,9 @@ class ClientService:
             return "bad signature"
         return term
 
-    async def _watch_ids(self, conn: api.ClientConnection, request: api.WatchRequest) -> None:
+    async def _watch_ids(
+        self, conn: client_port.ClientConnection, request: messages.WatchRequest
+    ) -> None:
         """Watch ids by id: each one not in the ledger is watched (runtime.watch_id: forgotten
         after ID_WATCH_AGE_S, within its own share of the node-wide bound); the committed ones are
         answered with their first receipts, at most COMMITTED_LOOKUPS_PER_REQUEST_MAX (the
@@ -354,7 +357,7 @@ class ClientService:
             conn.reply(request.req_id, None)
 
     def _watch(
-        self, conn: api.ClientConnection, tx_id: bytes, expiry_ms: int | None = None
+        self, conn: client_port.ClientConnection, tx_id: bytes, expiry_ms: int | None = None
     ) -> bool:
         """Push `tx_id`'s receipt to `conn` when it executes. The node forgets the watch when
         it pushes the receipt, or once the transaction has expired (it can never execute)."""
@@ -362,7 +365,9 @@ class ClientService:
             return False
         return self.node.watch(tx_id, conn, expiry_ms)
 
-    async def _submit(self, conn: api.ClientConnection, request: api.SubmitRequest) -> None:
+    async def _submit(
+        self, conn: client_port.ClientConnection, request: messages.SubmitRequest
+    ) -> None:
         node = self.node
         params = node.genesis.params
         # Not our wall clock alone: a member whose clock is far ahead refused every honest
@@ -475,7 +480,7 @@ class ClientService:
             return ""
         leader = getattr(node.core, "leader", None)
         if isinstance(leader, int) and leader != node.me:
-            return f"{api.LEADER_HINT}{leader}"
+            return f"{messages.LEADER_HINT}{leader}"
         return ""
 
     def _admission_check(self, tx: Transaction) -> str:
@@ -517,10 +522,10 @@ class ClientService:
 
         return await cache.run_sync(check)
 
-    def _clients(self) -> api.ClientList:
+    def _clients(self) -> messages.ClientList:
         app = self.node.app
-        listed = sorted(app.admitted.items())[: api.CLIENTS_LISTED_MAX]
-        return api.ClientList(
+        listed = sorted(app.admitted.items())[: limits.CLIENTS_LISTED_MAX]
+        return messages.ClientList(
             self.node.store.height, tuple(listed), tuple(app.pending), len(app.admitted)
         )
 

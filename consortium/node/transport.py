@@ -40,7 +40,7 @@ Bounds (a slow or hostile peer is cut off, never allowed to grow memory):
   `handshake_timeout_s` (the TLS handshake included), with handshake messages of at most
   HANDSHAKE_FRAME_MAX bytes; at most one authenticated inbound connection per member.
 
-TLS (operator option, node.toml `[tls] peer = true`; node/tls.py, docs/tls.md): the handshake
+TLS (operator option, node.toml `[tls] peer = true`; protocol/tls.py, docs/tls.md): the handshake
 above runs inside a mutual TLS 1.3 session. Right after the TLS handshake the dialer checks that
 the listener's certificate key is the key genesis lists for the member it dialed, and the
 listener that the dialer's is a member's key; the application handshake that follows must then
@@ -72,15 +72,15 @@ from consortium.crypto.codec import (
 )
 from consortium.crypto.signing import PROTOCOL_VERSION, Domain, Signer, Verifier
 from consortium.ledger.genesis import Genesis
-from consortium.node.framing import (
+from consortium.node.logs import RateLimitedLog
+from consortium.protocol.framing import (
     FrameError,
     FrameReader,
     encode_frame,
     encode_frames,
     take_batch,
 )
-from consortium.node.logs import RateLimitedLog
-from consortium.node.tls import (
+from consortium.protocol.tls import (
     RECORD_BYTES_MAX,
     SniffStream,
     TlsIdentity,

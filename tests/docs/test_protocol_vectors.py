@@ -17,7 +17,7 @@ import nacl.signing
 import pytest
 
 from consortium.crypto.signing import Ed25519Verifier
-from consortium.node.api import Bundle, ReadReply, verify_bundle, verify_read
+from consortium.protocol.verify import Bundle, ReadReply, verify_bundle, verify_read
 from tests.docs.vectors import (
     CLIENT_SEED,
     DOCS,

@@ -33,11 +33,12 @@ from consortium.ledger.certificates import (
 from consortium.ledger.genesis import Client, Genesis, Member, Params
 from consortium.ledger.state import Execution, KeyValueState, build_block
 from consortium.ledger.tx import Op, Put, Transaction
-from consortium.node.api import bundle_for, read_body, transfer_body
-from consortium.node.framing import encode_frame
 from consortium.node.transport import handshake_transcript
 from consortium.pbft.messages import ViewQuery, ViewReport
 from consortium.pbft.messages import encode as pbft_encode
+from consortium.protocol.framing import encode_frame
+from consortium.protocol.messages import transfer_body
+from consortium.protocol.verify import read_body, receipt_bundle
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 
@@ -143,8 +144,11 @@ def protocol_vectors() -> dict[str, bytes]:
         "block1.receipts_root": block.header.receipts_root,
         "block_signature.body": sig_body,
         "block_signature.signature": n1.sign(Domain.BLOCK, chain_id, sig_body),
-        "bundle1": bundle_for(
-            block, 0, SignedVote(sig_body, n1.sign(Domain.BLOCK, chain_id, sig_body))
+        "bundle1": receipt_bundle(
+            block.header,
+            block.receipts,
+            0,
+            SignedVote(sig_body, n1.sign(Domain.BLOCK, chain_id, sig_body)),
         ).encode(),
         "read.body": read,
         "read.signature": n1.sign(Domain.READ, chain_id, read),

@@ -13,10 +13,10 @@ import trio
 
 from consortium.cli.demo import heights, wait_for_leader, wait_same_height, wait_until_up
 from consortium.cli.network import LocalNetwork, init_network, load_client_setup
+from consortium.client import ConsortiumClient, TxOutcome
 from consortium.crypto.keys import KeyPair
 from consortium.ledger.genesis import Genesis, Mode, Params
 from consortium.ledger.tx import Put
-from consortium.node.client import ConsortiumClient, TxOutcome
 from tests.e2e.procs import cli
 from tests.e2e.test_network import block_hashes
 

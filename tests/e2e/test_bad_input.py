@@ -14,13 +14,13 @@ import trio
 
 from consortium.cli.demo import wait_same_height
 from consortium.cli.network import LocalNetwork, load_client_setup
+from consortium.client import ConsortiumClient
 from consortium.crypto.codec import pack, unpack, unpack_canonical
 from consortium.crypto.keys import KeyPair
 from consortium.crypto.signing import PROTOCOL_VERSION, Domain, Ed25519Signer
 from consortium.ledger.genesis import Genesis
 from consortium.ledger.tx import Put, Transaction
-from consortium.node.client import ConsortiumClient
-from consortium.node.framing import FrameReader, encode_frame
+from consortium.protocol.framing import FrameReader, encode_frame
 from tests.e2e.procs import cli
 
 pytestmark = pytest.mark.e2e

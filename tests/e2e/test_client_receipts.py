@@ -17,10 +17,10 @@ import trio
 
 from consortium.cli.demo import wait_until_up
 from consortium.cli.network import LocalNetwork, init_network, load_client_setup
+from consortium.client import ConsortiumClient
+from consortium.client.follow import CommittedBlock
 from consortium.ledger.store import BlockStore
 from consortium.ledger.tx import Put
-from consortium.node.client import ConsortiumClient
-from consortium.node.follow import CommittedBlock
 from tests.e2e.procs import cli
 
 pytestmark = pytest.mark.e2e

@@ -26,13 +26,14 @@ import trio
 
 from consortium.cli.demo import wait_same_height, wait_until_up
 from consortium.cli.network import LocalNetwork, init_network, load_client_setup
+from consortium.client import ClientError, ConsortiumClient
 from consortium.crypto.keys import KeyPair
 from consortium.crypto.signing import Domain, Ed25519Signer
 from consortium.ledger.genesis import Genesis, Params
 from consortium.ledger.store import BlockStore
 from consortium.ledger.tx import Put
-from consortium.node import api
-from consortium.node.client import ClientError, ConsortiumClient
+from consortium.protocol.limits import TRANSFER_NONCE_BYTES
+from consortium.protocol.messages import transfer_body
 from tests.e2e.procs import cli
 from tests.e2e.test_faults import check_ledgers, restore_backup, statuses, submit, submit_with
 
@@ -329,35 +330,35 @@ async def refused_transfers(
         return Ed25519Signer(signer).sign(Domain.MAINTENANCE, genesis.chain_id, body)
 
     def nonce() -> bytes:  # (as the client draws one per request)
-        return secrets.token_bytes(api.TRANSFER_NONCE_BYTES)
+        return secrets.token_bytes(TRANSFER_NONCE_BYTES)
 
-    good = api.transfer_body(target, term, member.public, leader, nonce())
+    good = transfer_body(target, term, member.public, leader, nonce())
     attempts = [
         # an admitted client's key, everything else right
         (
             target,
-            (b := api.transfer_body(target, term, client.public, leader, nonce())),
+            (b := transfer_body(target, term, client.public, leader, nonce())),
             signed(client, b),
         ),
         (target, good, signed(stranger, good)),  # a member's key named, someone else signed
         # for an earlier term
         (
             target,
-            (b := api.transfer_body(target, term - 1, member.public, leader, nonce())),
+            (b := transfer_body(target, term - 1, member.public, leader, nonce())),
             signed(member, b),
         ),
         (leader, good, signed(member, good)),  # signed for another target
         # signed for another member (a request seen on the wire, replayed elsewhere)
         (
             target,
-            (b := api.transfer_body(target, term, member.public, target, nonce())),
+            (b := transfer_body(target, term, member.public, target, nonce())),
             signed(member, b),
         ),
         (target, b"\x92\xa8transfer", signed(member, b"\x92\xa8transfer")),
         # to a member that is down: a transfer could only stall the leader
         (
             down,
-            (b := api.transfer_body(down, term, member.public, leader, nonce())),
+            (b := transfer_body(down, term, member.public, leader, nonce())),
             signed(member, b),
         ),
     ]

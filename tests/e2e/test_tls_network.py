@@ -14,11 +14,11 @@ import trio
 from consortium.cli.bench import _leader
 from consortium.cli.demo import wait_same_height, wait_until_up
 from consortium.cli.network import LocalNetwork, init_network, load_client_setup
+from consortium.client import ClientError, ConsortiumClient
 from consortium.crypto.keys import KeyPair
 from consortium.ledger.genesis import Genesis, Mode, Params
 from consortium.ledger.store import BlockStore
 from consortium.ledger.tx import Put
-from consortium.node.client import ClientError, ConsortiumClient
 from tests.e2e.procs import cli
 
 pytestmark = pytest.mark.e2e

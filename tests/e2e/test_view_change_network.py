@@ -23,10 +23,10 @@ import trio
 
 from consortium.cli.demo import wait_same_height
 from consortium.cli.network import LocalNetwork, init_network, load_client_setup
+from consortium.client import ConsortiumClient
 from consortium.crypto.keys import KeyPair
 from consortium.ledger.genesis import Genesis, Params
 from consortium.ledger.tx import Put
-from consortium.node.client import ConsortiumClient
 from tests.e2e.procs import cli
 from tests.e2e.test_faults import statuses
 from tests.e2e.test_network import block_hashes

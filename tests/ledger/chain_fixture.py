@@ -130,6 +130,19 @@ class ChainBuilder:
         return self.add([self.tx(Put(b"k%d" % i, b"value %d" % i)) for i in range(count)])
 
 
+def build_chain(
+    blocks: int, *, salt: bytes = b"", txs_per_block: int = 3, genesis: Genesis | None = None
+) -> ChainBuilder:
+    """A chain of `blocks` blocks of `txs_per_block` puts each; another `salt` makes another
+    chain from the same genesis (a fork)."""
+    builder = ChainBuilder(genesis=genesis or make_genesis())
+    for h in range(blocks):
+        builder.add(
+            [builder.tx(Put(b"k%d-%d%s" % (h, i, salt), b"v")) for i in range(txs_per_block)]
+        )
+    return builder
+
+
 def stored_state(store: BlockStore) -> tuple[dict[bytes, bytes], dict[bytes, int]]:
     """What `store` holds as its state (its kv table, its unexpired replay set): the tables its
     app reads through."""

@@ -19,15 +19,16 @@ from consortium.crashft.node import LEADER
 from consortium.crypto.keys import KeyPair
 from consortium.crypto.signing import Domain, Ed25519Signer, Ed25519Verifier
 from consortium.ledger.genesis import Params
-from consortium.node import api
 from consortium.node.config import load_identity
 from consortium.node.raft_runtime import RaftMember
 from consortium.node.runtime import make_node
 from consortium.node.service import ClientService
+from consortium.protocol.limits import TRANSFER_NONCE_BYTES
+from consortium.protocol.messages import TransferRequest, transfer_body
 from tests.ledger.chain_fixture import CLIENT, MEMBERS, make_genesis
 
 GENESIS = make_genesis(mode="raft")
-NONCE = bytes(api.TRANSFER_NONCE_BYTES)
+NONCE = bytes(TRANSFER_NONCE_BYTES)
 
 
 class _Node:
@@ -43,10 +44,10 @@ class _Node:
         admitted: ClassVar[dict[bytes, str]] = {CLIENT.public: "c1"}
 
 
-def request(signer: KeyPair, target: int = 1, term: int = 3) -> api.TransferRequest:
-    body = api.transfer_body(target, term, signer.public, 0, NONCE)
+def request(signer: KeyPair, target: int = 1, term: int = 3) -> TransferRequest:
+    body = transfer_body(target, term, signer.public, 0, NONCE)
     sig = Ed25519Signer(signer).sign(Domain.MAINTENANCE, GENESIS.chain_id, body)
-    return api.TransferRequest(1, target, body, sig)
+    return TransferRequest(1, target, body, sig)
 
 
 def test_a_transfer_signed_by_an_admitted_clients_key_is_refused() -> None:
@@ -96,13 +97,13 @@ def raft_member(tmp_path: Path) -> RaftMember:
 def test_a_transfer_request_is_good_in_the_term_it_names_and_once(raft_member: RaftMember) -> None:
     core = _Core()
     raft_member.core = core  # type: ignore[assignment]
-    body = api.transfer_body(2, 5, MEMBERS[0].public, 0, NONCE)
+    body = transfer_body(2, 5, MEMBERS[0].public, 0, NONCE)
     assert "signed for term 4" in (raft_member._transfer(2, 4, body) or "")
     assert raft_member._transfer(2, 5, body) is None
     assert raft_member._transfer(2, 5, body) == "a replay of a request already carried out"
     core.term = 6  # the transfer carried out moved the term on
     assert "signed for term 5" in (raft_member._transfer(2, 5, body) or "")
-    again = api.transfer_body(2, 6, MEMBERS[0].public, 0, NONCE)
+    again = transfer_body(2, 6, MEMBERS[0].public, 0, NONCE)
     assert raft_member._transfer(2, 6, again) is None
     assert core.targets == [2, 2]
     core.role = "follower"
@@ -117,12 +118,12 @@ def test_a_refused_request_replayed_when_it_would_be_taken_is_refused_as_a_repla
     replayed by whoever saw it once the core would take it must not move leadership."""
     core = _Core()
     raft_member.core = core  # type: ignore[assignment]
-    body = api.transfer_body(2, 5, MEMBERS[0].public, 0, NONCE)
+    body = transfer_body(2, 5, MEMBERS[0].public, 0, NONCE)
     core.refusal = "at most one transfer per election timeout"
     assert raft_member._transfer(2, 5, body) == core.refusal
     core.refusal = None
     assert raft_member._transfer(2, 5, body) == "a replay of a request already refused"
-    fresh = api.transfer_body(2, 5, MEMBERS[0].public, 0, b"\x01" * api.TRANSFER_NONCE_BYTES)
+    fresh = transfer_body(2, 5, MEMBERS[0].public, 0, b"\x01" * TRANSFER_NONCE_BYTES)
     assert raft_member._transfer(2, 5, fresh) is None  # the operator asking again
     assert core.targets == [2, 2]
 
@@ -179,9 +180,9 @@ def test_a_transfer_carried_out_at_one_member_is_refused_as_a_replay_at_another(
     assert isinstance(CLIENT, KeyPair)
     n1, n3 = ClientService(_Node(0)), ClientService(_Node(2))  # type: ignore[arg-type]
     # (Since issue 13 signed by a member's key, for the leader's term.)
-    body = api.transfer_body(1, 7, MEMBERS[3].public, 0, NONCE)
+    body = transfer_body(1, 7, MEMBERS[3].public, 0, NONCE)
     sig = Ed25519Signer(MEMBERS[3]).sign(Domain.MAINTENANCE, GENESIS.chain_id, body)
-    r1 = api.TransferRequest(5, 1, body, sig)
+    r1 = TransferRequest(5, 1, body, sig)
     assert n1._maintenance_refusal(r1) == 7  # carried out at n1 (the leader then)
     assert isinstance(n3._maintenance_refusal(r1), str), "the same signed request moves n3 too"
 
@@ -195,7 +196,7 @@ def test_an_operator_who_asks_again_after_an_abandoned_transfer_is_not_refused_a
     key, leader: nothing fresh in it), and the leader refused it for the rest of the term as
     "a replay of a request already carried out", though it is a new request, from the
     operator, that the core's own rules (one per election timeout) would take."""
-    from consortium.node.client import ConsortiumClient
+    from consortium.client.client import ConsortiumClient
 
     core = _Core()
     raft_member.core = core  # type: ignore[assignment]

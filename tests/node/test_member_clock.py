@@ -17,11 +17,12 @@ import trio
 from consortium.cli.network import init_network, load_client_setup
 from consortium.crypto.codec import unpack
 from consortium.ledger.tx import Put, Transaction
-from consortium.node import api
+from consortium.node.client_port import ClientConnection
 from consortium.node.config import load_identity
 from consortium.node.metrics import prometheus_text
 from consortium.node.runtime import Node, make_node
 from consortium.node.service import ClientService
+from consortium.protocol.messages import SubmitRequest
 from tests.node.exposition import parse
 
 AHEAD_MS = 600_000
@@ -41,8 +42,8 @@ def _tx(tmp_path: Path, node: Node, expiry_ms: int) -> Transaction:
 
 
 async def _submit(node: Node, tx: Transaction) -> list[object]:
-    conn = api.ClientConnection(1, "client", frames_max=1000)
-    await ClientService(node).handle(conn, api.SubmitRequest(1, [tx.to_array()]))
+    conn = ClientConnection(1, "client", frames_max=1000)
+    await ClientService(node).handle(conn, SubmitRequest(1, [tx.to_array()]))
     reply = unpack(conn._queue[-1])  # [req_id, "ok", verdicts]
     assert reply[1] == "ok", reply
     (verdict,) = reply[2]

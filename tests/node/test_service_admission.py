@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 
 import pytest
 
+from consortium.client.tally import is_final_rejection
 from consortium.crypto import signing
 from consortium.crypto.keys import KeyPair
 from consortium.crypto.signing import Domain, Ed25519Signer, Ed25519Verifier
@@ -22,14 +23,13 @@ from consortium.ledger.admission import ADMIT, ClientChange
 from consortium.ledger.genesis import Params
 from consortium.ledger.state import KeyValueState
 from consortium.ledger.tx import ConfigChange, Put, Transaction
-from consortium.node import api
 from consortium.node.bundles import ReceiptBundles
-from consortium.node.client import is_final_rejection
+from consortium.node.client_port import ClientConnection
 from consortium.node.service import ClientService
 from consortium.node.verification import TxSignatureCache
-from tests.ledger.chain_fixture import CREATED_MS, MEMBERS, ChainBuilder, make_genesis
-from tests.node.test_follow import _max_gap_while, build_chain, open_store
-from tests.node.test_watches import ReceiptNode
+from consortium.protocol.messages import SubmitRequest
+from tests.ledger.chain_fixture import CREATED_MS, MEMBERS, ChainBuilder, build_chain, make_genesis
+from tests.node.fakes import ReceiptNode, max_gap_while, open_store
 
 K = 4
 PARAMS = Params(checkpoint_interval=K, window=2 * K)
@@ -127,7 +127,7 @@ async def test_approvals_are_checked_after_the_signature_and_off_the_event_loop(
 
     monkeypatch.setattr(signing, "_VERIFIER", Counting())
     conn = _Conn()
-    request = api.SubmitRequest(1, [t.to_array() for t in (good, short, forged)])
+    request = SubmitRequest(1, [t.to_array() for t in (good, short, forged)])
     await service._submit(conn, request)  # type: ignore[arg-type]
     [verdicts] = conn.replies
     assert [v[1] for v in verdicts] == ["accepted", "rejected", "rejected"]
@@ -142,8 +142,8 @@ async def test_approvals_are_checked_after_the_signature_and_off_the_event_loop(
 def test_a_lagging_member_s_unknown_client_is_not_reported_as_final(mode: str) -> None:
     """unknown_client became state-dependent with admission: a member that has not executed
     the block admitting a key still answers plain `unknown_client` at submit, and the client
-    library treats that as FINAL (client.py FINAL_REJECTIONS; f+1 in pbft, ONE member in raft),
-    while the up-to-date members commit the very same transaction. The client then reports
+    library treats that as FINAL (client/tally.py FINAL_REJECTIONS; f+1 in pbft, ONE member in
+    raft), while the up-to-date members commit the very same transaction. The client then reports
     `rejected` for a transaction that commits (e.g. raft: a retransmission reaches a lagging
     follower after the leader accepted the first copy)."""
     genesis = make_genesis(PARAMS, mode=mode)  # type: ignore[arg-type]
@@ -220,12 +220,12 @@ async def test_a_submit_of_committed_transactions_does_not_freeze_the_members_ev
     node.metrics = _Metrics()  # type: ignore[attr-defined]
     node.chain_id = GENESIS.chain_id  # type: ignore[attr-defined]
     svc = ClientService(node)  # type: ignore[arg-type]
-    conn = api.ClientConnection(1, "attacker", frames_max=100_000)
+    conn = ClientConnection(1, "attacker", frames_max=100_000)
     txs = [tx.to_array() for tx in chain.blocks[0][0].txs][:300]
 
     async def work() -> None:
-        await svc.handle(conn, api.SubmitRequest(1, txs))
+        await svc.handle(conn, SubmitRequest(1, txs))
 
-    gap = await _max_gap_while(work)
+    gap = await max_gap_while(work)
     node.store.close()
     assert gap < 0.25, f"the event loop was frozen for {gap:.2f} s by one submit request"

@@ -25,6 +25,8 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
 from consortium.cli.network import init_network, load_client_setup
+from consortium.client.client import ConsortiumClient
+from consortium.client.errors import ClientError
 from consortium.crypto.certs import (
     CertificateError,
     certificate_pem,
@@ -38,21 +40,20 @@ from consortium.crypto.keys import KeyPair
 from consortium.crypto.signing import PROTOCOL_VERSION
 from consortium.ledger.genesis import Params
 from consortium.ledger.tx import Put
-from consortium.node import tls as tls_module
-from consortium.node.api import ClientServer
-from consortium.node.client import ClientError, ConsortiumClient
+from consortium.node.client_port import ClientServer
 from consortium.node.config import ConfigError, load_config, load_identity
-from consortium.node.framing import encode_frame
-from consortium.node.tls import (
+from consortium.protocol import tls as tls_module
+from consortium.protocol.framing import encode_frame
+from consortium.protocol.tls import (
     X509_V_FLAG_NO_CHECK_TIME,
     TlsIdentity,
     explain_failure,
     make_context,
     plain_message,
 )
+from tests.client.fakes import FakeMember, honest
 from tests.ledger.chain_fixture import CLIENT, MEMBERS, make_genesis
-from tests.node.test_client import FakeMember, honest
-from tests.node.test_transport import (
+from tests.node.peers import (
     HOST,
     STRANGER,
     closed_by_peer,

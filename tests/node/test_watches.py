@@ -17,19 +17,14 @@ from consortium.crypto.codec import unpack
 from consortium.crypto.signing import Domain
 from consortium.ledger.certificates import SignedVote
 from consortium.ledger.tx import Put, Transaction
-from consortium.node import api, runtime, service
+from consortium.node import runtime, service
+from consortium.node.client_port import ClientConnection
 from consortium.node.config import load_identity
 from consortium.node.runtime import Node, make_node
 from consortium.node.service import ClientService
-from tests.ledger.chain_fixture import CREATED_MS, ChainBuilder, vote
-from tests.node.test_follow import (
-    GENESIS,
-    FakeNode,
-    _last_reply,
-    _max_gap_while,
-    build_chain,
-    open_store,
-)
+from consortium.protocol.messages import SubmitRequest, WatchRequest
+from tests.ledger.chain_fixture import CREATED_MS, ChainBuilder, build_chain, vote
+from tests.node.fakes import GENESIS, ReceiptNode, last_reply, max_gap_while, open_store
 
 
 class FakeConnection:
@@ -60,13 +55,6 @@ def _member(tmp_path: Path, mode: str = "pbft") -> Node:
     init_network(tmp_path / "net", members=4 if mode == "pbft" else 3, clients=1, mode=mode)  # type: ignore[arg-type]
     identity = load_identity(tmp_path / "net" / "nodes" / "n1")
     return make_node(identity.config, identity.genesis, identity.keys)
-
-
-class ReceiptNode(FakeNode):
-    """FakeNode with the real member's receipt lookups (runtime.Node)."""
-
-    first_receipt_bundle = Node.first_receipt_bundle
-    make_bundle = Node.make_bundle
 
 
 VOTE = SignedVote(b"body", b"\0" * 64)
@@ -152,7 +140,7 @@ async def test_a_watch_of_committed_ids_does_not_freeze_the_members_event_loop(
 ) -> None:
     """service.py WatchRequest: each committed id costs first_receipt_bundle (two full block
     decodes and a Merkle tree of the block) synchronously, with no checkpoint and no dedupe.
-    One 330 KB frame of 10,000 ids (api.TX_IDS_PER_REQUEST_MAX, the same id repeated will do)
+    One 330 KB frame of 10,000 ids (limits.TX_IDS_PER_REQUEST_MAX, the same id repeated will do)
     froze a live n1 of the operator walkthrough for 18 s with 100-tx blocks; with 512-tx
     blocks that is ~14 ms per id, ~140 s per frame. The core loop, the peer pump and /healthz
     share that event loop, so consensus stops; the client port needs no authentication
@@ -161,13 +149,13 @@ async def test_a_watch_of_committed_ids_does_not_freeze_the_members_event_loop(
     node = ReceiptNode(0, open_store(tmp_path, "m0"))
     node.append(chain, 0)
     svc = ClientService(node)  # type: ignore[arg-type]
-    conn = api.ClientConnection(1, "attacker", frames_max=100_000)
+    conn = ClientConnection(1, "attacker", frames_max=100_000)
     ids = [tx.id for tx in chain.blocks[0][0].txs][:300]
 
     async def work() -> None:
-        await svc.handle(conn, api.WatchRequest(1, ids))
+        await svc.handle(conn, WatchRequest(1, ids))
 
-    gap = await _max_gap_while(work)
+    gap = await max_gap_while(work)
     node.store.close()
     assert gap < 0.25, f"the event loop was frozen for {gap:.2f} s by one watch request"
 
@@ -190,8 +178,8 @@ async def test_watches_by_id_from_strangers_cannot_make_every_submit_overloaded(
     node = _member(tmp_path)
     svc = ClientService(node)
     for c in range(2):
-        stranger = api.ClientConnection(c + 1, "stranger", frames_max=1000)
-        await svc.handle(stranger, api.WatchRequest(1, [os.urandom(32) for _ in range(20)]))
+        stranger = ClientConnection(c + 1, "stranger", frames_max=1000)
+        await svc.handle(stranger, WatchRequest(1, [os.urandom(32) for _ in range(20)]))
     # Many blocks later (far past any expiry), they are all still watched.
     chain = ChainBuilder()
     far = int(time.time() * 1000) + 10 * 86_400_000
@@ -208,8 +196,8 @@ async def test_watches_by_id_from_strangers_cannot_make_every_submit_overloaded(
         int(time.time() * 1000) + 60_000,
         [Put(b"k", b"v")],
     )
-    client_conn = api.ClientConnection(9, "admitted client", frames_max=1000)
-    await svc.handle(client_conn, api.SubmitRequest(1, [tx.to_array()]))
+    client_conn = ClientConnection(9, "admitted client", frames_max=1000)
+    await svc.handle(client_conn, SubmitRequest(1, [tx.to_array()]))
     reply = unpack(client_conn._queue[-1])
     node.store.close()
     [verdict] = reply[2]
@@ -235,10 +223,10 @@ async def test_strangers_watching_random_ids_cannot_lock_honest_watches_out(
     node = _member(tmp_path)
     svc = ClientService(node)
     for c in range(2):
-        stranger = api.ClientConnection(c + 1, "stranger", frames_max=1000)
-        await svc.handle(stranger, api.WatchRequest(1, [os.urandom(32) for _ in range(5)]))
-    honest = api.ClientConnection(9, "honest client", frames_max=1000)
-    await svc.handle(honest, api.WatchRequest(1, [os.urandom(32)]))
+        stranger = ClientConnection(c + 1, "stranger", frames_max=1000)
+        await svc.handle(stranger, WatchRequest(1, [os.urandom(32) for _ in range(5)]))
+    honest = ClientConnection(9, "honest client", frames_max=1000)
+    await svc.handle(honest, WatchRequest(1, [os.urandom(32)]))
     node.store.close()
-    reply = _last_reply(honest)
+    reply = last_reply(honest)
     assert reply[1] != "error", f"an honest watch by id was refused: {reply[2]}"

@@ -157,7 +157,7 @@ def test_a_crash_armed_for_the_next_write_counts_as_down_and_its_restart_follows
 def test_a_client_as_the_real_one_skips_a_crashed_member_and_retransmits_to_the_next(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """client_rotates (the flapping mixes): what node/client.py does in raft mode."""
+    """client_rotates (the flapping mixes): what client/client.py does in raft mode."""
     cluster = RaftSimCluster(3, 3, client_rotates=True)
     cluster.crash(1)
     for i in range(3):

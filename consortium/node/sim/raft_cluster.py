@@ -26,7 +26,7 @@ ledgers are identical.
 
 Clients send each transaction to one random node (followers forward to the leader) and, until
 it is in some ledger, send it again to another random node every client_retry_ms. With
-client_rotates=True they do what the real client does (node/client.py): send to a member that
+client_rotates=True they do what the real client does (client/client.py): send to a member that
 is up (a client's connection to a crashed one is refused), and each retransmission to the next
 member after the last one tried that is up, so a member that takes transactions and answers
 nothing (a mute one) holds one for at most client_retry_ms per such member in a row.

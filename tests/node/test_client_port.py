@@ -15,16 +15,15 @@ import trio
 
 from consortium.crypto.codec import pack, unpack
 from consortium.ledger.genesis import Params
-from consortium.node.api import (
-    ClientConnection,
-    ClientServer,
+from consortium.node.client_port import ClientConnection, ClientServer
+from consortium.protocol.framing import FrameReader, encode_frame
+from consortium.protocol.messages import (
     GetRequest,
     Request,
     StatusRequest,
     WatchRequest,
     encode_status,
 )
-from consortium.node.framing import FrameReader, encode_frame
 
 HOST = "127.0.0.1"
 FRAME_MAX = 1 << 16

@@ -8,12 +8,12 @@ from __future__ import annotations
 import pytest
 import trio
 
+from consortium.client.client import ConsortiumClient, _TxState
 from consortium.crypto.keys import KeyPair
 from consortium.ledger.genesis import Params
 from consortium.ledger.tx import Put
-from consortium.node import api
-from consortium.node.client import ConsortiumClient, _TxState
 from consortium.node.sim.cluster import sim_genesis
+from consortium.protocol.messages import leader_hint
 
 GENESIS = sim_genesis(3, Params(), mode="raft")
 ADDRESSES = {i: ("127.0.0.1", 1 + i) for i in range(3)}
@@ -33,7 +33,7 @@ ADDRESSES = {i: ("127.0.0.1", 1 + i) for i in range(3)}
     ],
 )
 def test_a_leader_hint_names_a_member_or_nothing(detail: str, index: int | None) -> None:
-    assert api.leader_hint(detail, 3) == index
+    assert leader_hint(detail, 3) == index
 
 
 def test_the_client_follows_a_followers_leader_hint_until_it_is_unreachable() -> None:
@@ -58,7 +58,7 @@ def test_the_client_follows_a_followers_leader_hint_until_it_is_unreachable() ->
 # (Review 4: a failing test for what the raft leader hint change broke.)
 @pytest.mark.parametrize("detail", ["leader:\u00b2", "leader:\u0661", "leader:1\u00b9"])
 def test_a_leader_hint_in_other_digits_is_no_hint_and_raises_nothing(detail: str) -> None:
-    """api.leader_hint checks `str.isdigit()`, which is True for '²' (int() refuses it:
+    """messages.leader_hint checks `str.isdigit()`, which is True for '²' (int() refuses it:
     ValueError in the client's reply handler) and for Arabic-Indic digits (int() takes them):
     only ASCII digits are a member index."""
-    assert api.leader_hint(detail, 3) is None
+    assert leader_hint(detail, 3) is None

@@ -11,7 +11,7 @@ import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from consortium.node.framing import (
+from consortium.protocol.framing import (
     RECEIVE_BYTES,
     FrameError,
     FrameReader,

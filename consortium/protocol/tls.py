@@ -45,7 +45,7 @@ from consortium.crypto.certs import (
 )
 from consortium.crypto.codec import WireFormatError, as_list, unpack_canonical
 from consortium.crypto.keys import KeyPair
-from consortium.node.framing import HEADER
+from consortium.protocol.framing import HEADER
 
 TLS_HANDSHAKE_RECORD = 0x16
 TLS_ALERT_RECORD = 0x15

@@ -18,7 +18,7 @@ from consortium.ledger.block import Block
 from consortium.ledger.certificates import SignedVote, block_signature_body
 from consortium.ledger.genesis import Genesis
 from consortium.ledger.tx import Put
-from consortium.node.receipts import (
+from consortium.protocol.receipts import (
     ReceiptFormatError,
     ReceiptProof,
     describe,
