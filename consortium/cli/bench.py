@@ -189,10 +189,10 @@ def run_bench(config: BenchConfig, directory: Path | None = None) -> BenchRun:
     net = LocalNetwork(directory, log_level="warning")
     try:
         for home in net.homes:
-            extra: tuple[str, ...] = ()
+            faults: tuple[str, ...] = ()
             if cfg.byzantine and home.name == genesis.members[0].name:
-                extra = ("--test-byzantine", cfg.byzantine)
-            net.start(home.name, extra=extra)
+                faults = ("--byzantine", cfg.byzantine)
+            net.start(home.name, faults=faults)
         trio.run(wait_until_up, genesis, 30.0, options)
         trio.run(_leader, genesis, options)
         started = time.perf_counter()

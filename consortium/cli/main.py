@@ -279,101 +279,22 @@ def up(net: NetOpt = Path("net")) -> None:
 @node_app.command("start")
 def node_start(
     home: Annotated[Path, typer.Option("--home", help="The member's home directory.")],
-    test_byzantine: Annotated[
-        str | None,
-        typer.Option(
-            "--test-byzantine",
-            hidden=True,
-            help="TESTS ONLY: misbehave as primary (silent-primary, equivocating-primary).",
-        ),
-    ] = None,
-    test_partition_file: Annotated[
-        Path | None,
-        typer.Option(
-            "--test-partition-file",
-            hidden=True,
-            help="TESTS ONLY: drop all traffic with the members named in this file.",
-        ),
-    ] = None,
-    test_clock_offset_file: Annotated[
-        Path | None,
-        typer.Option(
-            "--test-clock-offset-file",
-            hidden=True,
-            help="TESTS ONLY: add the milliseconds in this file to the wall clock (re-read).",
-        ),
-    ] = None,
 ) -> None:
     """Run one member from its home directory (config/node.toml, node_key.pem, genesis.json)."""
-    from consortium.node.runtime import TEST_BYZANTINE_MODES
+    from consortium.node.process import load_member, run_member
 
-    if test_byzantine is not None and test_byzantine not in TEST_BYZANTINE_MODES:
-        raise _fail(f"--test-byzantine: choose one of {', '.join(TEST_BYZANTINE_MODES)}")
-    from consortium.node.config import load_identity
-    from consortium.node.logs import setup_logging
-    from consortium.node.preflight import check_data_dir, check_listen
-    from consortium.node.runtime import make_node
-
-    passphrase = os.environ.get("CONSORTIUM_KEY_PASSPHRASE")
     try:
-        identity = load_identity(home, passphrase.encode() if passphrase else None)
-        check_data_dir(identity.config, identity.genesis)
-        check_listen(identity.config)
+        identity = load_member(home)
     except ConfigError as exc:
         raise _fail(str(exc)) from None
-    log = setup_logging(identity.member.name, identity.config.log_level, identity.config.log_format)
-
-    async def main() -> None:
-        node = make_node(
-            identity.config,
-            identity.genesis,
-            identity.keys,
-            log=log,
-            test_byzantine=test_byzantine,
-            test_partition_file=test_partition_file,
-            test_clock_offset_file=test_clock_offset_file,
-        )
-        if test_byzantine is not None:
-            log.warning("TEST MODE: this member misbehaves as primary (%s)", test_byzantine)
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async with trio.open_nursery() as nursery:
-                await nursery.start(node.run)
-                async for signum in signals:
-                    log.info("signal %d: stopping", signum)
-                    nursery.cancel_scope.cancel()
-                    break
-
     try:
-        try:
-            trio.run(main)
-        except BaseExceptionGroup as group:  # a task's error, wrapped by its nursery
-            # Only the errors that say what the operator must fix (a failed write, a broken
-            # config) are shown alone; anything else keeps its traceback (it is a bug).
-            found = first_leaf(group, (StoreError, ConfigError))
-            if found is group:
-                raise
-            raise found from None
+        run_member(identity)
     except (StoreError, ConfigError) as exc:
         raise _fail(str(exc), EXIT_FAILED) from None
     except ValueError as exc:
         raise _fail(str(exc)) from None
     except OSError as exc:
         raise _fail(f"cannot start member {identity.member.name}: {exc}", EXIT_FAILED) from None
-
-
-def first_leaf(
-    group: BaseExceptionGroup[BaseException], kinds: tuple[type[BaseException], ...]
-) -> BaseException:
-    """The first exception of one of `kinds` in `group` (depth first), else the group itself:
-    a member's disk error surfaces as its one-line message, not an exception group trace."""
-    for exc in group.exceptions:
-        if isinstance(exc, kinds):
-            return exc
-        if isinstance(exc, BaseExceptionGroup):
-            found = first_leaf(exc, kinds)
-            if found is not exc:
-                return found
-    return group
 
 
 @node_app.command("cert")

@@ -227,9 +227,11 @@ class LocalNetwork:
         self.log_level = log_level
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
-    def start(self, name: str | None = None, *, extra: tuple[str, ...] = ()) -> None:
-        """Start every member (or `name`) that is not running; `extra` goes on the command
-        line of the members started (tests pass hidden test options this way)."""
+    def start(self, name: str | None = None, *, faults: tuple[str, ...] = ()) -> None:
+        """Start every member (or `name`) that is not running. With `faults` (tests and
+        `bench --byzantine` only), the members started run under the test entry point with
+        those options (python -m consortium.testing.member: --byzantine, --partition-file,
+        --clock-offset-file) instead of `consortium node start`."""
         for home in self.homes:
             if name is not None and home.name != name:
                 continue
@@ -237,17 +239,13 @@ class LocalNetwork:
             if proc is not None and proc.poll() is None:
                 continue
             log = (home / "node.log").open("ab")
+            command = (
+                ["-m", "consortium.testing.member", "--home", str(home), *faults]
+                if faults
+                else ["-m", "consortium", "node", "start", "--home", str(home)]
+            )
             self.procs[home.name] = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "consortium",
-                    "node",
-                    "start",
-                    "--home",
-                    str(home),
-                    *extra,
-                ],
+                [sys.executable, *command],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,

@@ -19,10 +19,9 @@ import bisect
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from consortium.node.runtime import Node
+from consortium.ledger.genesis import Genesis, Member
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -152,7 +151,19 @@ def _by(label: str, counts: Mapping[str, int]) -> list[tuple[Mapping[str, str], 
     return [({label: k}, v) for k, v in sorted(counts.items())]
 
 
-def prometheus_text(node: Node, status: dict[str, Any] | None = None) -> str:
+class Observed(Protocol):
+    """What the exposition reads of a member (runtime.Node): its status document and counters."""
+
+    genesis: Genesis
+    member: Member
+    metrics: Any  # runtime.NodeMetrics
+    verifier: Any  # its protocol verifier (verification.CountingVerifier)
+    tx_cache: Any  # its client signature cache (verification.TxSignatureCache)
+
+    def status(self) -> dict[str, Any]: ...
+
+
+def prometheus_text(node: Observed, status: dict[str, Any] | None = None) -> str:
     """The scrape body for GET /metrics."""
     status = status if status is not None else node.status()
     doc = status["metrics"]

@@ -22,26 +22,24 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import resource
 import time
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, assert_never
+from typing import Any, Protocol, assert_never
 
 import trio
 
 from consortium.crashft import reasons as raft_reasons
+from consortium.crashft.node import RaftNode
 from consortium.crypto.keys import KeyPair
-from consortium.crypto.merkle import MerkleTree
 from consortium.crypto.signing import Domain, Ed25519Signer, Ed25519Verifier
-from consortium.ledger.block import Block, Receipt
+from consortium.ledger.block import Block
 from consortium.ledger.certificates import (
     SignedVote,
     block_signature_body,
-    decode_certificate,
 )
 from consortium.ledger.clock import expiry_now_ms
 from consortium.ledger.genesis import Genesis
@@ -49,6 +47,15 @@ from consortium.ledger.state import Execution
 from consortium.ledger.store import RECOVERY_MARK_KEY, StoreError
 from consortium.ledger.tx import Transaction
 from consortium.node.config import NodeConfig
+from consortium.node.errors import ReadRefused
+from consortium.node.events import (
+    Event,
+    PeerMessage,
+    Propose,
+    ReadAbandoned,
+    ReadRequest,
+    TransferRequest,
+)
 from consortium.node.executor import (
     Durable,
     Effect,
@@ -73,7 +80,11 @@ from consortium.node.metrics import (
     Histogram,
     prometheus_text,
 )
+from consortium.node.parts import MemberParts
+from consortium.node.pbft_mode import PbftMode
 from consortium.node.preflight import open_store
+from consortium.node.raft_mode import RaftMode
+from consortium.node.service import ClientService
 from consortium.node.transport import PeerNetwork
 from consortium.node.verification import (
     CountingSigner,
@@ -81,27 +92,14 @@ from consortium.node.verification import (
     TxSignatureCache,
     message_kind,
 )
-from consortium.pbft import messages as pbft_messages
 from consortium.pbft import reasons as pbft_reasons
-from consortium.pbft.replica import PbftConfig, PbftReplica, RecoveredState
-from consortium.pbft.replica import Serve as PbftServe
-from consortium.pbft.transfer import blocks_reply
-from consortium.protocol.messages import encode_block_receipts
+from consortium.pbft.replica import PbftReplica
 from consortium.protocol.tls import TlsIdentity
 from consortium.protocol.verify import read_body, receipt_bundle
 
 TICK_MS = 2
 TICK_IDLE_MAX_MS = 16  # the coarsest timer granularity when idle (timeouts are >= 50 ms)
-STALL_MIN_MS = 4 * TICK_IDLE_MAX_MS  # a core loop iteration longer than this may be a stall
-TEST_BYZANTINE_MODES = ("silent-primary", "equivocating-primary")
 EVENTS_MAX = 8192  # bounded queue between the pump/clients and the core task
-WATCHED_TXS_MAX = 200_000  # transactions with a waiting client, over all connections
-WATCH_SCAN_BLOCKS = 64  # how often (in blocks) watches of expired transactions are forgotten
-# Watches by id (a client following ids it did not submit here) carry no expiry a block could
-# judge, and anyone reaching the client port may send them: they get a fixed age and a share of
-# WATCHED_TXS_MAX, so strangers watching random ids never make submits "overloaded".
-ID_WATCH_AGE_S = 600.0  # a watch by id is forgotten after this (the client asks again)
-ID_WATCHES_SHARE = 4  # watches by id take at most WATCHED_TXS_MAX // this, node-wide
 DRAIN_MAX = 512  # events handled per core step before taking the Ready
 HEALTH_TICK_AGE_S = 5.0  # /healthz fails when the core loop has not ticked for this long
 REJECTIONS_LOG_INTERVAL_S = 10.0  # peer messages dropped by the core: one summary line per
@@ -114,42 +112,21 @@ MISBEHAVIOUR_BY_MODE: dict[str, Callable[[str], bool]] = {
 }
 
 
-class RunningClock:
-    """The pbft core's monotonic clock: milliseconds this process ran. A core loop iteration
-    longer than `stall_ms` (the process was stopped, its host suspended, the loop held up)
-    advances it by `stall_ms` only.
+class BlockListener(Protocol):
+    """Told of each block (service.ClientService: receipt watches, follows, admissions)."""
 
-    The core's view-change timers measure how long it watched the primary fail to make
-    progress. A backup that was not running watched nothing: counting that time, it suspected
-    the primary at its first tick after a SIGSTOP longer than the timeout and asked alone for
-    the next view, while the others went on without it; it cannot go back (its VIEW-CHANGE
-    promised to leave the view), so it counted as one of the f faulty until their next view
-    change (measured: 40 s and more). Not counting the stall, it first reads what
-    arrived meanwhile and catches up. Only timers are affected, never safety; a primary that
-    really stalls is still suspected by the members that watched it. (Raft keeps the plain
-    clock: its leader advances follower clock samples by it.)
-    """
+    def executed(self, block: Block, vote: SignedVote) -> bool:
+        """The block executed, its write not yet durable; True if it queued frames for
+        clients (receipts), which the write then lets leave while it fsyncs (Node._write)."""
+        ...
 
-    def __init__(self, stall_ms: int) -> None:
-        assert stall_ms > 0
-        self.stall_ms = stall_ms
-        self.stalls = 0  # iterations cut short, for status
-        self.skipped_ms = 0  # real time not counted
-        self._last_ms: int | None = None
-        self._ms = 0
+    def durable(self, block: Block, vote: SignedVote) -> None:
+        """The block is durable in our store."""
+        ...
 
-    def advance(self, mono_ms: int) -> int:
-        """The clock at real monotonic time `mono_ms` (non-decreasing calls)."""
-        if self._last_ms is None:
-            self._ms = mono_ms
-        else:
-            elapsed = max(0, mono_ms - self._last_ms)
-            if elapsed > self.stall_ms:
-                self.stalls += 1
-                self.skipped_ms += elapsed - self.stall_ms
-            self._ms += min(elapsed, self.stall_ms)
-        self._last_ms = mono_ms
-        return self._ms
+
+def system_wall_ms() -> int:
+    return int(time.time() * 1000)
 
 
 @dataclass(slots=True)
@@ -171,7 +148,8 @@ class NodeMetrics:
 
 
 class Node:
-    """One member. `run()` serves until cancelled; `status()` is always cheap."""
+    """One member: a shell around one consensus core, its mode composed in (PbftMode or
+    RaftMode). `run()` serves until cancelled; `status()` is always cheap."""
 
     def __init__(
         self,
@@ -183,30 +161,22 @@ class Node:
         peer_listen: tuple[str, int] | None = None,
         client_listen: tuple[str, int] | None = None,
         http_listen: tuple[str, int] | None = None,
-        test_byzantine: str | None = None,
-        test_partition_file: Path | None = None,
-        test_clock_offset_file: Path | None = None,
+        wall_clock: Callable[[], int] = system_wall_ms,
     ) -> None:
-        assert test_byzantine in (None, *TEST_BYZANTINE_MODES), test_byzantine
         member = genesis.member_by_key(keys.public)
         assert member is not None, "load_identity checks the key is a member"
         self.config = config
-        self.test_byzantine = test_byzantine
-        self.test_partition_file = test_partition_file
-        self.test_clock_offset_file = test_clock_offset_file
-        self._test_clock_offset_ms = 0  # TESTS ONLY: added to every wall clock reading
         self.genesis = genesis
         self.chain_id = genesis.chain_id
         self.member = member
         self.me = member.index
         self.keys = keys
+        self.wall_clock = wall_clock  # ms since the epoch (consortium.testing may offset it)
         self.signer = CountingSigner(Ed25519Signer(keys))
         ed25519 = Ed25519Verifier()
         self.verifier = CountingVerifier(ed25519)  # protocol messages, on the core's thread
         self.log = log or logging.getLogger(f"consortium.node.{member.name}")
         self._ratelog = RateLimitedLog(self.log)
-        if test_clock_offset_file is not None and test_clock_offset_file.exists():
-            self._set_test_clock_offset(test_clock_offset_file.read_text())
         self.metrics = NodeMetrics(started_ms=int(time.time() * 1000))
         self.tx_cache = TxSignatureCache(ed25519)  # client signatures, counted there
 
@@ -237,12 +207,35 @@ class Node:
             tls=self.tls if config.tls_peer else None,
             log=self.log,
         )
+        # Where the core's messages go (consortium.testing wraps it to misbehave).
+        self.outbound: Callable[[int | None, bytes], None] = self.send_peer
         self.client_listen = client_listen or config.client_listen
         self.http_listen = http_listen or config.http_listen
         self.http: HttpServer | None = None
         self.http_port = 0
+        self._events_send, self._events_recv = trio.open_memory_channel[Event](EVENTS_MAX)
 
-        applied_index = self._init_core()
+        parts = MemberParts(
+            genesis=genesis,
+            member=member,
+            signer=self.signer,
+            verifier=self.verifier,
+            tx_cache=self.tx_cache,
+            store=self.store,
+            app=self.app,
+            log=self.log,
+            ratelog=self._ratelog,
+            recovering_from=self.recovering_from,
+            events=self._events_send,
+            send_peer=self.send_peer,
+            now=self._now,
+            signed_read=self.signed_read,
+            count_rejected_submit=self._count_rejected_submit,
+        )
+        self.mode: PbftMode | RaftMode = (
+            RaftMode(parts) if genesis.mode == "raft" else PbftMode(parts)
+        )
+        self.core: PbftReplica | RaftNode = self.mode.core
         # Carries out the core's Readies (node/executor.py: the order of a step, stated once).
         self.executor = Executor(
             self.core,
@@ -252,15 +245,11 @@ class Node:
             self.chain_id,
             self.me,
             durable_head=lambda: self.store.head,
-            applied_index=applied_index,
+            applied_index=self.mode.start_applied_index,
         )
-        attach_context(self.log, self.log_fields)
+        self.mode.attach(lambda: self.executor.applied_index)
+        attach_context(self.log, self.mode.log_fields)
         self._last_tick_s: float | None = None  # trio clock, seconds
-        self._core_clock = (
-            RunningClock(max(STALL_MIN_MS, genesis.params.request_timeout_ms // 2))
-            if genesis.mode == "pbft"
-            else None
-        )
         # When the height last moved, or work last arrived to an idle member (stall clock).
         self._moved_s: float | None = None
         self._moved_height = self.store.height
@@ -271,22 +260,7 @@ class Node:
         self._agreed_ms = self.store.head.timestamp_ms
         self._agreed_at_s: float | None = None
         self._clock_logged = False  # the core said our clock disagrees (logged once)
-        self._events_send, self._events_recv = trio.open_memory_channel[tuple[str, Any, Any]](
-            EVENTS_MAX
-        )
-        # tx id -> connections waiting for its receipt (bounded in total)
-        self._watchers: dict[bytes, list[Any]] = {}
-        self._watch_count = 0
-        self._watch_expiry: dict[bytes, int] = {}  # watched id -> its transaction's expiry
-        # Watches by id: (id, connection) -> (monotonic deadline, connection), oldest first
-        # (one fixed age, so insertion order is deadline order); counted per connection too.
-        self._id_watches: dict[tuple[bytes, int], tuple[float, Any]] = {}
-        # per connection, its watches by id, oldest first (so the fullest can give one up)
-        self._id_watches_by_conn: dict[int, OrderedDict[bytes, None]] = {}
-        self._blocks_since_scan = 0
-        # Watched duplicates of each executed block, answered once it is durable (by height).
-        self._duplicates: dict[int, list[tuple[bytes, list[Any]]]] = {}
-        self._on_block: list[Callable[[Block], None]] = []
+        self._listeners: list[BlockListener] = []
         self._writing: trio.Event | None = None  # a write of blocks in flight (Node._write)
         self._write_failed = False  # a background write failed: nothing after it is written
         self._nursery: trio.Nursery | None = None
@@ -296,42 +270,20 @@ class Node:
         self.client_tls_status: Callable[[], dict[str, object]] = lambda: {
             "client": config.tls_client
         }
+        self.service = ClientService(self)
 
-    def _init_core(self) -> int:
-        """The PBFT replica, recovered from the store (RaftMember overrides this); returns the
-        raft index applied (0 in pbft)."""
-        head = self.store.head
-        self.core = PbftReplica(
-            PbftConfig.from_genesis(self.genesis, self.me, seed=os.urandom(16)),
-            self.signer,
-            self.verifier,
-            tx_ok=self.tx_cache.check,
-            # The state executed so far (written or not): keys admitted ever, never fewer.
-            ever_admitted=self.app.may_submit,
-            recovered=RecoveredState(
-                last_executed=head.height,
-                last_block_hash=head.hash,
-                stable_checkpoint=self.store.latest_checkpoint(),
-                # (the recovery mark is the shell's, not one of the core's records)
-                records=[r for r in self.store.load_records() if r[0] != RECOVERY_MARK_KEY],
-            ),
-            recovery_nonce=None if self.recovering_from is None else os.urandom(16),
-        )
-        self._view_logged = (self.core.view, self.core.active)
-        return 0
+    def add_block_listener(self, listener: BlockListener) -> None:
+        self._listeners.append(listener)
 
     # --- running ---------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        from consortium.node.service import ClientService
-
-        service = ClientService(self)
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 await nursery.start(self.peers.run)
                 self.peer_port = self.peers.listen_port
-                self.client_port = await nursery.start(service.run)
+                self.client_port = await nursery.start(self.service.run)
                 if self.http_listen is not None:
                     self.http = HttpServer(self.http_routes(), self.http_listen, log=self.log)
                     self.http_port = await nursery.start(self.http.run)
@@ -339,10 +291,6 @@ class Node:
                     self._agreed_at_s = trio.current_time()  # the head's time, as of our start
                 nursery.start_soon(self._pump)
                 nursery.start_soon(self._core_loop)
-                if self.test_partition_file is not None:
-                    nursery.start_soon(self._watch_test_partition, self.test_partition_file)
-                if self.test_clock_offset_file is not None:
-                    nursery.start_soon(self._watch_test_clock_offset, self.test_clock_offset_file)
                 self.log.info(
                     "member %s (%d of %d) up: mode %s, height %d, peer port %d, client port %d%s",
                     self.member.name,
@@ -365,100 +313,24 @@ class Node:
         finally:
             self.store.close()
 
-    async def _watch_test_partition(self, path: Path) -> None:
-        """TESTS ONLY: every 50 ms, cut this member off from the members named in `path` (one
-        per line; a missing or empty file heals), in both directions."""
-        while True:
-            try:
-                names = (await trio.Path(path).read_text()).split()
-            except OSError:
-                names = []
-            cut = {m.index for m in self.genesis.members if m.name in names and m.index != self.me}
-            if cut != self.peers.test_cut:
-                self.log.warning(
-                    "TEST PARTITION: cut off from %s",
-                    ", ".join(self.genesis.members[i].name for i in sorted(cut)) or "nobody",
-                )
-                self.peers.test_cut = cut
-            await trio.sleep(0.05)
-
-    async def _watch_test_clock_offset(self, path: Path) -> None:
-        """TESTS ONLY (node start --test-clock-offset-file): every 50 ms, read how many ms (an
-        integer, negative for behind; a missing or empty file is 0) to add to this member's
-        wall clock, so a test can set a member's clock wrong, or make it jump, while it runs
-        (a test replaces the file by a rename, so no read sees it half written)."""
-        while True:
-            await trio.sleep(0.05)
-            await self._read_test_clock_offset(path)
-
-    async def _read_test_clock_offset(self, path: Path) -> None:
-        try:
-            text = await trio.Path(path).read_text()
-        except OSError:
-            text = ""
-        self._set_test_clock_offset(text)
-
-    def _set_test_clock_offset(self, text: str) -> None:
-        try:
-            offset_ms = int(text.strip() or 0)
-        except ValueError:
-            offset_ms = 0
-        if offset_ms != self._test_clock_offset_ms:
-            self.log.warning("TEST CLOCK: wall clock offset by %+d ms", offset_ms)
-            self._test_clock_offset_ms = offset_ms
-
     async def propose(self, txs: list[Transaction]) -> None:
         """Hand client transactions (signatures already verified) to the core task."""
-        await self._events_send.send(("propose", txs, None))
+        await self._events_send.send(Propose(txs))
 
     async def _pump(self) -> None:
         async for sender, frame in self.peers.inbound:
             self.peers.consumed(frame)
             self.count_received(frame)
-            msg = await self._peer_message(sender, frame)
+            msg = await self.mode.decode(sender, frame)
             if msg is not None:
-                await self._events_send.send(("peer", sender, msg))
-
-    async def _peer_message(self, sender: int, frame: bytes) -> pbft_messages.Message | None:
-        """A peer frame decoded (None: malformed, counted), with the client signatures of a
-        batch the core may accept verified ahead on worker threads."""
-        try:
-            msg = pbft_messages.decode(frame, self.genesis.params)
-        except pbft_messages.WireFormatError as exc:
-            self.core.rejected["malformed"] += 1
-            self._ratelog.warning(
-                f"malformed:{sender}", f"malformed message from member {sender}: {exc}"
-            )
-            return None
-        if (
-            isinstance(msg, pbft_messages.PrePrepare)
-            and msg.txs
-            and self._worth_verifying(sender, msg)
-        ) or (isinstance(msg, pbft_messages.Batch) and self.core.wants_batch(msg, sender)):
-            # Fill the signature cache on worker threads; the core's tx_ok then hits it.
-            await self.tx_cache.verify_all(msg.txs)
-        return msg
-
-    def _worth_verifying(self, sender: int, pp: pbft_messages.PrePrepare) -> bool:
-        """Spend client-signature checks only on a PRE-PREPARE the core could accept: from the
-        current primary, in our view and window, and signed by it. That check is the core's
-        own, made ahead (verify_ahead): the core's check of the same bytes then costs nothing,
-        so each PRE-PREPARE's signature is verified once. Anything else the core drops
-        cheaply, so a hostile member cannot buy our CPU with junk batches."""
-        core = self.core
-        if not (sender == pp.sender == core.primary and pp.view == core.view):
-            return False
-        if not core.low_watermark < pp.seq <= core.high_watermark:
-            return False
-        key = self.genesis.members[sender].public_key
-        return self.verifier.verify_ahead(key, Domain.PBFT, self.chain_id, pp.body, pp.signature)
+                await self._events_send.send(PeerMessage(sender, msg))
 
     def _now(self) -> tuple[int, int]:
         return int(trio.current_time() * 1000), self.wall_ms()
 
     def wall_ms(self) -> int:
         """This member's wall clock (ms since the epoch): what its core stamps and checks."""
-        return int(time.time() * 1000) + self._test_clock_offset_ms
+        return self.wall_clock()
 
     def expiry_now_ms(self) -> int:
         """The time a submitted transaction's expiry is judged against (ledger/clock.py): the
@@ -472,6 +344,7 @@ class Node:
 
     async def _core_loop(self) -> None:
         core = self.core
+        mode = self.mode
         recv = self._events_recv
         tick_ms = TICK_MS
         while True:
@@ -489,8 +362,7 @@ class Node:
                         break
                     self._handle(event)
             mono_ms, wall_ms = self._now()
-            clock = self._core_clock
-            core.tick(mono_ms if clock is None else clock.advance(mono_ms), wall_ms)
+            core.tick(mode.core_ms(mono_ms), wall_ms)
             worked = await self._carry_out_ready()
             if self.recovering_from is not None and not core.recovering:
                 await self._recovered()
@@ -499,6 +371,23 @@ class Node:
             # instead of waking 500 times a second for nothing; any event restores TICK_MS.
             tick_ms = TICK_MS if woken or worked else min(2 * tick_ms, TICK_IDLE_MAX_MS)
             await trio.lowlevel.checkpoint()
+
+    def _handle(self, event: Event) -> None:
+        mode = self.mode
+        match event:
+            case PeerMessage(sender=sender, msg=msg):
+                mode.receive(sender, msg)
+            case Propose(txs=txs):
+                mode.propose(txs)
+            case ReadRequest(read_id=read_id):
+                mode.read(read_id)
+            case ReadAbandoned(read_id=read_id):
+                mode.read_abandoned(read_id)
+            case TransferRequest():
+                event.answer.append(mode.transfer(event.target, event.term, event.body))
+                event.answered.set()
+            case _:
+                assert_never(event)
 
     async def _recovered(self) -> None:
         """The core left recovery: delete the mark, durably, after the writes of the step that
@@ -582,15 +471,6 @@ class Node:
                     max(0.0, wall_ms - block.header.timestamp_ms) / 1000
                 )
 
-    def _handle(self, event: tuple[str, Any, Any]) -> None:
-        kind, a, b = event
-        if kind == "peer":
-            self.core.receive(a, b)
-        elif kind == "propose":
-            self.core.propose_all(a)
-        else:
-            raise AssertionError(f"unknown event {kind}")
-
     async def _carry_out_ready(self) -> bool:
         """Carry out what the core asks for, step by step, in the order the executor gives
         (node/executor.py); False when it asked for nothing."""
@@ -599,7 +479,7 @@ class Node:
             worked = True
             self.metrics.steps += 1
             await self._carry_out(effects)
-            self._after_step()
+            self.mode.after_step()
         return worked
 
     async def _carry_out(self, effects: list[Effect]) -> None:
@@ -610,7 +490,8 @@ class Node:
                     self._send_all(messages)
                     queued = True
                 case Executed(block=block, vote=vote):
-                    queued = self._push_receipts(block, vote) or queued
+                    for listener in self._listeners:
+                        queued = listener.executed(block, vote) or queued
                 case NoOpApplied():
                     pass
                 case Refused(reason=reason):
@@ -618,24 +499,13 @@ class Node:
                 case Write():
                     await self._write(effect, early=queued)
                 case Serve(request=request):
-                    self._serve(request)
+                    self.mode.serve(request)
                 case Reads(released=released, failed=failed):
-                    self._reads(released, failed)
+                    self.mode.reads(released, failed)
                 case Durable(blocks=blocks):
                     self._blocks_durable(blocks)
                 case _:
                     assert_never(effect)
-
-    def _after_step(self) -> None:
-        """After each step (RaftMember: release reads, log the leader)."""
-        self._log_view(self.core)
-
-    def _serve(self, request: Any) -> None:
-        assert isinstance(request, PbftServe)
-        self.core.served(request, self._serve_blocks(request))
-
-    def _reads(self, released: list[Any], failed: list[tuple[int, str]]) -> None:
-        raise AssertionError("reads are released by a raft core only")
 
     def send_peer(self, dest: int | None, frame: bytes) -> None:
         """Send (dest None: to every other member), counting messages and bytes by kind."""
@@ -648,204 +518,14 @@ class Node:
         else:
             self.peers.send(dest, frame)
 
-    def _send_byzantine(self, dest: int | None, frame: bytes) -> None:
-        """Test-only misbehaviour while primary (the core stays honest; only what leaves
-        changes): `silent-primary` sends nothing; `equivocating-primary` sends each of its
-        PRE-PREPAREs to half the backups and, to the other half, first the same batch stamped
-        one millisecond later (another digest) and then the original, both correctly signed."""
-        core = self.core
-        dests = [i for i in range(self.genesis.n) if i != self.me] if dest is None else [dest]
-        if core.primary != self.me or not core.active:
-            for d in dests:
-                self.peers.send(d, frame)
-            return
-        if self.test_byzantine == "silent-primary":
-            return
-        msg = pbft_messages.decode(frame, self.genesis.params)
-        if not isinstance(msg, pbft_messages.PrePrepare) or not msg.txs:
-            for d in dests:
-                self.peers.send(d, frame)
-            return
-        twin = pbft_messages.PrePrepare.create(
-            self.signer, self.chain_id, msg.view, msg.seq, msg.proposed_ms + 1, self.me, msg.txs
-        )
-        for d in dests:
-            if d % 2 == 0:
-                self.peers.send(d, frame)
-            else:  # the twin, then the original: these backups hold both, signed
-                self.peers.send(d, pbft_messages.encode(twin))
-                self.peers.send(d, frame)
+    def _send_all(self, messages: Sequence[Outgoing]) -> None:
+        outbound = self.outbound
+        for out in messages:
+            outbound(out.dest, out.frame)
 
-    def _serve_blocks(self, serve: PbftServe) -> int:
-        """Answer a peer's FETCH from the block store (pbft/transfer.py) within what the core
-        granted from the peer's budget; returns the answer's size, which the core charges."""
-
-        def block_at(seq: int) -> pbft_messages.TransferredBlock | None:
-            stored = self.store.get_block(seq)
-            if stored is None or stored.certificate is None:
-                return None
-            consensus = stored.block.header.consensus
-            return pbft_messages.TransferredBlock(
-                proposed_ms=int(consensus[2]),
-                txs=stored.block.txs,
-                certificate=decode_certificate(stored.certificate),
-            )
-
-        frame = blocks_reply(
-            self.signer,
-            self.chain_id,
-            self.me,
-            self.genesis.params,
-            serve.from_seq,
-            self.store.height,
-            self.core.stable_certificate,
-            block_at,
-            serve.bytes_max,
-        )
-        self.send_peer(serve.peer, frame)
-        return len(frame)
-
-    def _log_view(self, core: PbftReplica) -> None:
-        """One line per view change and per view entered (rate-limited by its nature)."""
-        state = (core.view, core.active)
-        if state == self._view_logged:
-            return
-        self._view_logged = state
-        if core.active:
-            self.log.warning(
-                "view %d: entered, primary %s", core.view, self.genesis.members[core.primary].name
-            )
-        else:
-            self.log.warning(
-                "view change to %d: %s", core.view, core.last_view_change_reason or "joined"
-            )
-
-    # --- reads and maintenance ---------------------------------------------------------------
-
-    async def read_value(self, key: bytes) -> list[Any]:
-        """A signed read of `key`: in pbft the fast path (our current value, signed with the
-        height and block hash it was read at; a client accepts it at a quorum of matching
-        replies). RaftMember overrides this with ReadIndex. Raises ReadRefused."""
-        value = self.app.kv.get(key)
-        return self.signed_read(key, value)
-
-    def signed_read(self, key: bytes, value: bytes | None) -> list[Any]:
-        head = self.executor.head  # what self.app reflects, which `value` was read from
-        body = read_body(key, value, head.height, head.hash, self.me)
-        sig = self.signer.sign(Domain.READ, self.chain_id, body)
-        return [key, value, head.height, head.hash, self.me, sig]
-
-    async def transfer_leadership(self, target: int, term: int, body: bytes) -> str | None:
-        """Hand leadership to member `target`, as a member-signed request for `term` (whose
-        signed `body` a leader carries out at most once) asks; why not, or None (raft only)."""
-        return (
-            "leadership transfer is a raft operation; in pbft the primary changes only by a "
-            "view change"
-        )
-
-    # --- client notifications ---------------------------------------------------------------
-
-    def watch(self, tx_id: bytes, conn: Any, expiry_ms: int | None = None) -> bool:
-        """Push `tx_id`'s receipt to `conn` (which keeps the ids it watches in `conn.watched`)
-        when its block executes; with `expiry_ms` (a submitted transaction's), forget the watch
-        once a block's time has passed it (the transaction can never execute then). False when
-        too many are watched."""
-        if self._watch_count >= WATCHED_TXS_MAX:
-            return False
-        conns = self._watchers.setdefault(tx_id, [])
-        if conn not in conns:
-            conns.append(conn)
-            conn.watched.add(tx_id)
-            self._watch_count += 1
-        elif expiry_ms is not None:
-            self._forget_id_watch(tx_id, conn)  # submitted now: it expires with the transaction
-        if expiry_ms is not None:
-            self._watch_expiry[tx_id] = max(expiry_ms, self._watch_expiry.get(tx_id, 0))
-        return True
-
-    def watch_id(self, tx_id: bytes, conn: Any, per_connection_max: int) -> bool:
-        """A watch by id (no transaction submitted here): like `watch`, but forgotten after
-        ID_WATCH_AGE_S and within its own share of the node-wide bound (at most
-        WATCHED_TXS_MAX // ID_WATCHES_SHARE, and `per_connection_max` per connection), so
-        submits keep room. False when that share is full."""
-        now_s = time.monotonic()
-        self._forget_aged_id_watches(now_s)
-        if tx_id in conn.watched:
-            return True  # already watched (by id, or submitted: which expires on its own)
-        mine = len(self._id_watches_by_conn.get(id(conn), ()))
-        if mine >= per_connection_max:
-            return False
-        if len(
-            self._id_watches
-        ) >= WATCHED_TXS_MAX // ID_WATCHES_SHARE and not self._share_id_watch(mine):
-            return False
-        if not self.watch(tx_id, conn):
-            return False
-        self._id_watches[(tx_id, id(conn))] = (now_s + ID_WATCH_AGE_S, conn)
-        self._id_watches_by_conn.setdefault(id(conn), OrderedDict())[tx_id] = None
-        return True
-
-    def _share_id_watch(self, mine: int) -> bool:
-        """The share of watches by id is full: a connection holding fewer than the fullest one
-        (by two or more) takes the fullest one's oldest watch, so whoever fills the share
-        cannot lock others out (max-min fair); the evicted client watches again or asks for
-        the receipt. False when the asker already holds its fair part."""
-        fullest = max(self._id_watches_by_conn.items(), key=lambda kv: len(kv[1]), default=None)
-        if fullest is None or len(fullest[1]) < mine + 2:
-            return False
-        conn_id, watched = fullest
-        tx_id = next(iter(watched))
-        _, conn = self._id_watches[(tx_id, conn_id)]
-        self.unwatch_connection(conn, {tx_id})
-        return True
-
-    def _forget_id_watch(self, tx_id: bytes, conn: Any) -> None:
-        if self._id_watches.pop((tx_id, id(conn)), None) is not None:
-            watched = self._id_watches_by_conn[id(conn)]
-            del watched[tx_id]
-            if not watched:
-                del self._id_watches_by_conn[id(conn)]
-
-    def _forget_aged_id_watches(self, now_s: float) -> None:
-        """Watches by id older than ID_WATCH_AGE_S (oldest first: stops at the first young one)."""
-        while self._id_watches:
-            (tx_id, _), (deadline_s, conn) = next(iter(self._id_watches.items()))
-            if deadline_s > now_s:
-                return
-            self.unwatch_connection(conn, {tx_id})
-
-    def unwatch_connection(self, conn: Any, tx_ids: set[bytes]) -> None:
-        for tx_id in tx_ids:
-            conns = self._watchers.get(tx_id)
-            conn.watched.discard(tx_id)
-            self._forget_id_watch(tx_id, conn)
-            if conns and conn in conns:
-                conns.remove(conn)
-                self._watch_count -= 1
-                if not conns:
-                    del self._watchers[tx_id]
-                    self._watch_expiry.pop(tx_id, None)
-
-    def _unwatch(self, tx_id: bytes) -> list[Any]:
-        """Every connection watching `tx_id`, no longer watching it."""
-        conns = self._watchers.pop(tx_id, None) or []
-        self._watch_expiry.pop(tx_id, None)
-        self._watch_count -= len(conns)
-        for conn in conns:
-            conn.watched.discard(tx_id)
-            self._forget_id_watch(tx_id, conn)
-        return conns
-
-    def _forget_expired_watches(self, block_ms: int) -> None:
-        """Watches of transactions that expired before this block's time: they cannot execute
-        any more, so no receipt will come (the client sees them pending and resubmits or gives
-        up). Scanned every WATCH_SCAN_BLOCKS blocks, bounded by WATCHED_TXS_MAX."""
-        self._blocks_since_scan += 1
-        if self._blocks_since_scan < WATCH_SCAN_BLOCKS:
-            return
-        self._blocks_since_scan = 0
-        for tx_id in [t for t, exp in self._watch_expiry.items() if exp < block_ms]:
-            self._unwatch(tx_id)
+    def _count_rejected_submit(self, reason: str, count: int) -> None:
+        rejected = self.metrics.rejected_at_submit
+        rejected[reason] = rejected.get(reason, 0) + count
 
     async def _write(self, write: Write, *, early: bool) -> None:
         """Carry out the step's write (one transaction, one fsync), then what waited for it.
@@ -912,75 +592,31 @@ class Node:
             assert isinstance(effect, Durable), effect
             self._blocks_durable(effect.blocks)
 
-    def _send_all(self, messages: Sequence[Outgoing]) -> None:
-        for out in messages:
-            if self.test_byzantine is not None:
-                self._send_byzantine(out.dest, out.frame)
-            else:
-                self.send_peer(out.dest, out.frame)
-
-    def _push_receipts(self, block: Block, vote: SignedVote) -> bool:
-        """Push the receipts watched in `block` as soon as it executed, before its write: one
-        "receipts" frame per connection (header and block signature once, each receipt with
-        its Merkle proof); whether any was pushed. Watched duplicates are answered once the
-        block is durable (_block_durable), with the first receipt of their id.
-
-        Why before the write: the transaction is already committed and its block fixed. In
-        pbft 2f+1 members prepared the batch durably before any COMMIT left, so it commits
-        at this sequence number in every later view and re-executes to the same block (its
-        timestamp is the proposal's); in raft the entry is durable on a majority. A member
-        that loses power before writing the block rebuilds the same one. So under load, where
-        the write runs on a worker thread (Node._write), a client holds a true receipt one
-        fsync sooner; only a lookup on this member in that window says "pending"."""
-        by_conn: dict[int, tuple[Any, list[Receipt]]] = {}
-        duplicates: list[tuple[bytes, list[Any]]] = []
-        for index, tx in enumerate(block.txs):
-            if tx.id not in self._watchers:
-                continue
-            conns = self._unwatch(tx.id)
-            receipt = block.receipts[index]
-            if receipt.reason == "duplicate":
-                duplicates.append((tx.id, conns))
-                continue
-            for conn in conns:
-                by_conn.setdefault(id(conn), (conn, []))[1].append(receipt)
-        if by_conn:
-            tree = MerkleTree([r.encode() for r in block.receipts])
-            for conn, receipts in by_conn.values():
-                conn.push_block_receipts(encode_block_receipts(block.header, vote, tree, receipts))
-        if duplicates:
-            self._duplicates.setdefault(block.height, []).extend(duplicates)
-        return bool(by_conn)
-
     def _blocks_durable(self, blocks: list[tuple[Block, SignedVote]]) -> None:
         for block, vote in blocks:
             self.metrics.blocks += 1
             self.metrics.txs_committed += len(block.txs)
-            self._block_durable(block, vote)
+            # (The core loop's last tick: this block executed within it; None before the first.)
+            self._agreed_ms, self._agreed_at_s = block.header.timestamp_ms, self._last_tick_s
+            for listener in self._listeners:
+                listener.durable(block, vote)
 
-    def _block_durable(self, block: Block, vote: SignedVote) -> None:
-        """After `block`'s write: answer watched duplicates with the first receipt of their
-        id (a later copy of an id that already executed is never reported as its result; the
-        first may be in a block of the same write), expire watches, tell followers."""
-        # With the ids watched while the write ran (a watch checks the store first, which did
-        # not have this block yet): answered now.
-        self._push_receipts(block, vote)
-        for tx_id, conns in self._duplicates.pop(block.height, []):
-            first = self.first_receipt_bundle(tx_id)
-            if first is not None:
-                for conn in conns:
-                    conn.push_receipt(first)
-        self._forget_expired_watches(block.header.timestamp_ms)
-        self._forget_aged_id_watches(time.monotonic())
-        # (The core loop's last tick: this block executed within it; None before the first.)
-        self._agreed_ms, self._agreed_at_s = block.header.timestamp_ms, self._last_tick_s
-        for hook in self._on_block:
-            hook(block)
+    # --- reads and maintenance ----------------------------------------------------------------
 
-    def make_bundle(
-        self, block: Block, index: int, vote: SignedVote, tree: MerkleTree | None = None
-    ) -> list[Any]:
-        return receipt_bundle(block.header, block.receipts, index, vote, tree).to_array()
+    async def read_value(self, key: bytes) -> list[Any]:
+        """A signed read of `key` (pbft: the fast path; raft: ReadIndex). Raises ReadRefused."""
+        return await self.mode.read_value(key)
+
+    def signed_read(self, key: bytes, value: bytes | None) -> list[Any]:
+        head = self.executor.head  # what self.app reflects, which `value` was read from
+        body = read_body(key, value, head.height, head.hash, self.me)
+        sig = self.signer.sign(Domain.READ, self.chain_id, body)
+        return [key, value, head.height, head.hash, self.me, sig]
+
+    async def transfer_leadership(self, target: int, term: int, body: bytes) -> str | None:
+        """Whether this member (the raft leader) hands leadership to `target` as the signed
+        `body` asks; why not, or None."""
+        return await self.mode.transfer_leadership(target, term, body)
 
     def first_receipt_bundle(self, tx_id: bytes) -> list[Any] | None:
         """One id's first receipt bundle (client answers go through bundles.ReceiptBundles,
@@ -1009,8 +645,8 @@ class Node:
 
     def status(self) -> dict[str, Any]:
         """What `consortium status` and GET /status show: the fields both modes share, then
-        the mode's own (mode_status; RaftMember overrides it), and why it cannot make
-        progress, in words (explain.py)."""
+        the mode's own (its mode_status), and why it cannot make progress, in words
+        (explain.py)."""
         core = self.core.status()
         if core.get("recovering") is not None:
             core["recovering"]["from"] = self.recovering_from or "a restart"
@@ -1046,7 +682,7 @@ class Node:
             "n": genesis.n,
             "f": genesis.f,
             "quorum": genesis.quorum,
-            **self.mode_status(core),
+            **self.mode.mode_status(core),
             "height": head.height,
             "head_hash": head.hash.hex(),
             "ready": not reasons,
@@ -1104,40 +740,9 @@ class Node:
         reasons = "\n".join(doc["not_progressing_because"])
         return text(503, f"not ready: {self.member.name}; {budget}\n{reasons}")
 
-    def log_fields(self) -> dict[str, object]:
-        """The protocol position stamped on every log line (logs.NodeContext)."""
-        core = self.core
-        return {
-            "node": self.member.name,
-            "mode": "pbft",
-            "view": core.view,
-            "seq": core.last_executed,
-            "height": self.store.height,
-        }
-
     def tls_status(self) -> dict[str, Any]:
         """Whether each port uses TLS, what we present, and the last one-sided connection."""
         return {**self.peers.tls_status(), **self.client_tls_status()}
-
-    def mode_status(self, core: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "view": core.get("view"),
-            "view_active": core.get("view_active"),
-            "view_changes": core.get("view_changes"),
-            "evidence": [
-                {**e, "primary": self.genesis.members[int(e["primary"])].name}
-                for e in core.get("evidence", [])
-            ],
-            "primary": self.genesis.members[self.core.primary].name,
-            "stable_checkpoint": core.get("stable_checkpoint"),
-            # Core loop iterations that took longer than a stall (the process was stopped, its
-            # host suspended): the time beyond it did not count towards view-change timers.
-            "stalls": (
-                {"count": self._core_clock.stalls, "skipped_ms": self._core_clock.skipped_ms}
-                if self._core_clock is not None
-                else None
-            ),
-        }
 
     def metrics_doc(self) -> dict[str, Any]:
         """Counters for operators and `consortium bench` (cumulative since start)."""
@@ -1173,16 +778,8 @@ class Node:
         return json.dumps(self.status(), default=str)
 
 
-class ReadRefused(Exception):
-    """A read this member cannot answer now (raft: not confirmed as leader), with the reason."""
-
-
 def make_node(config: NodeConfig, genesis: Genesis, keys: KeyPair, **options: Any) -> Node:
-    """The member for this network's mode: Node (pbft) or RaftMember (raft)."""
-    if genesis.mode == "raft":
-        from consortium.node.raft_runtime import RaftMember
-
-        return RaftMember(config, genesis, keys, **options)
+    """The member for this network's mode (its mode part chosen from genesis)."""
     return Node(config, genesis, keys, **options)
 
 
@@ -1193,3 +790,6 @@ def _split(address: str) -> tuple[str, int]:
 
 def data_dir_of(home: Path) -> Path:
     return home / "data"
+
+
+__all__ = ["BlockListener", "Node", "ReadRefused", "make_node"]

@@ -32,8 +32,10 @@ follow   committed blocks from a height on, each with our block signature (proto
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import trio
 
@@ -41,18 +43,22 @@ from consortium.crypto.codec import WireFormatError
 from consortium.crypto.signing import Domain
 from consortium.ledger.admission import check_approvals, check_client_key
 from consortium.ledger.block import Block
+from consortium.ledger.certificates import SignedVote
+from consortium.ledger.genesis import Genesis
+from consortium.ledger.state import KeyValueState
+from consortium.ledger.store import BlockStore
 from consortium.ledger.tx import ConfigChange, Transaction
 from consortium.node import client_port
 from consortium.node.bundles import ReceiptBundles
-from consortium.node.runtime import ReadRefused
-from consortium.node.verification import TxSignatureCache
+from consortium.node.config import NodeConfig
+from consortium.node.errors import ReadRefused
+from consortium.node.verification import CountingVerifier, TxSignatureCache
+from consortium.node.watches import ReceiptWatches
 from consortium.protocol import limits, messages
-
-if TYPE_CHECKING:
-    from consortium.node.runtime import Node
+from consortium.protocol.tls import TlsIdentity
 
 WATCHES_PER_CONNECTION_MAX = 20_000
-ID_WATCHES_PER_CONNECTION_MAX = 5_000  # of them, watches by id (runtime.watch_id)
+ID_WATCHES_PER_CONNECTION_MAX = 5_000  # of them, watches by id (watches.watch_id)
 # Committed ids one submit or watch request may have answered with their receipts (each costs
 # a proof, and a block read for every block not cached: bundles.py). Beyond it a watch is
 # answered with an error saying how many to ask again, a submit with "overloaded" verdicts
@@ -66,6 +72,41 @@ FOLLOW_POLL_S = 1.0  # a caught-up follow also looks at the store this often (st
 FOLLOW_FULL_POLL_S = 0.01  # how often a follow paused on a full connection looks again
 
 
+class ServedMember(Protocol):
+    """What the client service needs of the member it serves (runtime.Node)."""
+
+    genesis: Genesis
+    chain_id: bytes
+    me: int
+    config: NodeConfig
+    store: BlockStore
+    app: KeyValueState
+    log: logging.Logger
+    metrics: Any  # runtime.NodeMetrics
+    tls: TlsIdentity | None
+    client_listen: tuple[str, int]
+    client_tls_status: Callable[[], dict[str, object]]
+    tx_cache: TxSignatureCache
+    verifier: CountingVerifier
+    core: Any  # its consensus core (raft: the leader it knows, for hints)
+
+    def add_block_listener(self, listener: Any) -> None: ...
+
+    def expiry_now_ms(self) -> int: ...
+
+    async def propose(self, txs: list[Transaction]) -> None: ...
+
+    async def read_value(self, key: bytes) -> list[Any]: ...
+
+    async def transfer_leadership(self, target: int, term: int, body: bytes) -> str | None: ...
+
+    def status_json(self) -> str: ...
+
+    def own_block_signature(self, height: int) -> SignedVote: ...
+
+    def first_receipt_bundle(self, tx_id: bytes) -> list[Any] | None: ...
+
+
 @dataclass(eq=False)
 class _Follow:
     conn: client_port.ClientConnection
@@ -77,13 +118,28 @@ class _Follow:
 
 
 class ClientService:
-    def __init__(self, node: Node) -> None:
+    """The member's client port: requests against the member, and the receipt watches of its
+    connections (watches.py), told of each block as the member's block listener."""
+
+    def __init__(self, node: ServedMember) -> None:
         self.node = node
         self._follows: dict[int, dict[int, _Follow]] = {}  # conn id -> follow id -> follow
         self._nursery: trio.Nursery | None = None
         self._server: client_port.ClientServer | None = None
         self._bundles = ReceiptBundles(node)
-        node._on_block.append(self._block_executed)
+        self.watches = ReceiptWatches(node.first_receipt_bundle)
+        node.add_block_listener(self)
+
+    # --- the member's block listener (runtime.BlockListener) ---------------------------------
+
+    def executed(self, block: Block, vote: SignedVote) -> bool:
+        """A block executed, not yet durable: its watched receipts are pushed now (sound:
+        node/executor.py); whether any was."""
+        return self.watches.executed(block, vote)
+
+    def durable(self, block: Block, vote: SignedVote) -> None:
+        self.watches.durable(block, vote)
+        self._block_executed(block)
 
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         tls = self.node.tls if self.node.config.tls_client else None
@@ -118,7 +174,7 @@ class ClientService:
     # --- ClientHandler ----------------------------------------------------------------------
 
     def disconnected(self, conn: client_port.ClientConnection) -> None:
-        self.node.unwatch_connection(conn, set(conn.watched))
+        self.watches.unwatch_connection(conn, set(conn.watched))
         for follow in self._follows.pop(conn.id, {}).values():
             follow.scope.cancel()
 
@@ -216,7 +272,7 @@ class ClientService:
         return True
 
     def _block_executed(self, block: Block) -> None:
-        """A block executed (runtime._notify): wake the follows that wait for it; at a
+        """A block is durable (durable()): wake the follows that wait for it; at a
         checkpoint boundary, where client changes take effect, close the TLS connections of
         keys no longer admitted (follow streams and all)."""
         server = self._server
@@ -340,7 +396,7 @@ class ClientService:
         full = False
         for tx_id in ids:
             if tx_id not in known and not full:
-                full = not self.node.watch_id(tx_id, conn, ID_WATCHES_PER_CONNECTION_MAX)
+                full = not self.watches.watch_id(tx_id, conn, ID_WATCHES_PER_CONNECTION_MAX)
         committed = [t for t in ids if t in known]
         answered = committed[:COMMITTED_LOOKUPS_PER_REQUEST_MAX]
         for bundle in (await self._bundles.first_bundles(answered)).values():
@@ -363,7 +419,7 @@ class ClientService:
         it pushes the receipt, or once the transaction has expired (it can never execute)."""
         if len(conn.watched) >= WATCHES_PER_CONNECTION_MAX:
             return False
-        return self.node.watch(tx_id, conn, expiry_ms)
+        return self.watches.watch(tx_id, conn, expiry_ms)
 
     async def _submit(
         self, conn: client_port.ClientConnection, request: messages.SubmitRequest

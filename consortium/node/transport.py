@@ -190,7 +190,7 @@ class PeerNetwork:
         self._outbound_frames_max = outbound_frames_max
         self._outbound_bytes_max = outbound_bytes_max
         self._inbound_bytes_max = inbound_bytes_max
-        # TESTS ONLY (node start --test-partition-file): members whose frames we drop both
+        # TESTS ONLY (consortium.testing: --partition-file): members whose frames we drop both
         # ways while the connections stay up, as a network partition drops packets.
         self.test_cut: set[int] = set()
         self._inbound_bytes = 0  # reserved by readers, not yet consumed

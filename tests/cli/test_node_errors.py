@@ -1,6 +1,6 @@
 """A member's fatal error inside the Trio nurseries (trio wraps a task's exception in an
 exception group) reaches the operator as its one-line message: `node start` finds it in the
-group (cli.main.first_leaf) and exits with it, instead of printing a group traceback."""
+group (node.process.first_leaf) and exits with it, instead of printing a group traceback."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import trio.lowlevel
 
-from consortium.cli.main import first_leaf
 from consortium.ledger.store import StoreError
+from consortium.node.process import first_leaf
 
 
 def test_the_first_store_error_is_found_in_nested_groups() -> None:

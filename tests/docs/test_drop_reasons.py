@@ -4,7 +4,7 @@ and everything that names a reason reads it:
 - the cores count only names from their table: every `rejected[...]` key in their source is
   `drop.NAME` (or a variable a helper typed `drop.Reason` filled), and no reason is spelled as a
   string there, so a typo cannot invent a reason and a new one cannot be counted unclassed;
-- the shells (node/runtime.py, node/raft_runtime.py) count only reasons of the table;
+- the shells (node/pbft_mode.py, node/raft_mode.py) count only reasons of the table;
 - docs/operations-metrics.md, "Dropped messages", lists exactly each table: every reason with its
   class and meaning, word for word, and no other.
 
@@ -28,11 +28,11 @@ GUIDE = ROOT / "docs" / "operations-metrics.md"
 SECTION = "### Dropped messages (`rejected`)"
 MODES: dict[str, tuple[ModuleType, Path, Path]] = {
     # mode: (its table, the core's package, the shell that counts for it)
-    "pbft": (pbft_reasons, ROOT / "consortium" / "pbft", ROOT / "consortium/node/runtime.py"),
+    "pbft": (pbft_reasons, ROOT / "consortium" / "pbft", ROOT / "consortium/node/pbft_mode.py"),
     "raft": (
         raft_reasons,
         ROOT / "consortium" / "crashft",
-        ROOT / "consortium/node/raft_runtime.py",
+        ROOT / "consortium/node/raft_mode.py",
     ),
 }
 _ROW = re.compile(r"\| `([a-z_]+)` \| (\w+) \| (.*) \|")

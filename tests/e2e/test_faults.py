@@ -228,7 +228,7 @@ def test_a_byzantine_primary_does_not_stop_the_other_three(tmp_path: Path, mode:
     genesis = load_client_setup(network.directory).genesis
     keys = load_client_setup(network.directory).keys()
     try:
-        network.start("n1", extra=("--test-byzantine", mode))
+        network.start("n1", faults=("--byzantine", mode))
         for name in ("n2", "n3", "n4"):
             network.start(name)
         trio.run(wait_until_up, genesis, 30.0)
@@ -343,7 +343,7 @@ def test_a_primary_restored_from_a_backup_two_blocks_old_proposes_nothing_in_its
 def test_a_backup_an_hour_ahead_keeps_up_accepts_submissions_and_says_its_clock_is_off(
     tmp_path: Path,
 ) -> None:
-    """n4's clock is an hour ahead (the hidden --test-clock-offset-file): it used to refuse
+    """n4's clock is an hour ahead (the test entry point's --clock-offset-file): it used to refuse
     every submission as expired, so it never checked a client signature before the batch that
     carried it, and fell behind under load."""
     network = make_network(tmp_path)
@@ -352,7 +352,7 @@ def test_a_backup_an_hour_ahead_keeps_up_accepts_submissions_and_says_its_clock_
     (network.homes[3] / "clock").write_text("3600000")
     try:
         for home in network.homes:
-            network.start(home.name, extra=("--test-clock-offset-file", str(home / "clock")))
+            network.start(home.name, faults=("--clock-offset-file", str(home / "clock")))
         trio.run(wait_until_up, genesis, 30.0)
         committed = trio.run(submit, genesis, keys[0], 300, "a")
         assert len(committed) == 300

@@ -5,10 +5,10 @@ after compaction catching up by snapshot, a follower restored from a backup, whi
 no one until a later term, and a leader whose clock jumps an hour ahead. After each: nothing a
 client saw committed is lost, the ledgers are identical and `ledger verify` passes.
 
-Partitions: every member runs with the hidden test option --test-partition-file, which makes
-its transport drop all frames to and from the members named in that file (the connections stay
-up, as when a network silently drops packets). Clocks: the hidden --test-clock-offset-file,
-whose milliseconds a member adds to its wall clock (re-read every 50 ms)."""
+Partitions: every member runs under the test entry point (python -m consortium.testing.member)
+with --partition-file, which makes its transport drop all frames to and from the members named
+in that file (the connections stay up, as when a network silently drops packets). Clocks:
+--clock-offset-file, whose milliseconds a member adds to its wall clock (re-read every 50 ms)."""
 
 from __future__ import annotations
 
@@ -78,7 +78,7 @@ def start_raft(tmp_path: Path, members: int = 3, **params: int) -> LocalNetwork:
     )
     net = LocalNetwork(directory)
     for home in net.homes:
-        net.start(home.name, extra=("--test-partition-file", str(home / "partition")))
+        net.start(home.name, faults=("--partition-file", str(home / "partition")))
     trio.run(wait_until_up, load_client_setup(directory).genesis, 30.0)
     trio.run(leader_of, load_client_setup(directory).genesis)
     return net
@@ -86,7 +86,7 @@ def start_raft(tmp_path: Path, members: int = 3, **params: int) -> LocalNetwork:
 
 def restart(net: LocalNetwork, name: str) -> None:
     home = net.directory / "nodes" / name
-    net.start(name, extra=("--test-partition-file", str(home / "partition")))
+    net.start(name, faults=("--partition-file", str(home / "partition")))
 
 
 @pytest.fixture
@@ -487,7 +487,7 @@ def test_a_follower_restored_from_a_backup_votes_for_no_one_until_a_later_term(
 
 
 def set_clock(home: Path, offset_ms: int) -> None:
-    """Set the member's wall clock `offset_ms` off (the hidden --test-clock-offset-file, read
+    """Set the member's wall clock `offset_ms` off (the test entry point's --clock-offset-file, read
     every 50 ms): replaced by a rename, so no read sees it half written."""
     part = home / "clock.part"
     part.write_text(str(offset_ms))
@@ -503,7 +503,7 @@ def test_a_leader_whose_clock_jumps_an_hour_ahead_is_replaced_and_expires_nothin
     )
     net = LocalNetwork(directory)
     for home in net.homes:
-        net.start(home.name, extra=("--test-clock-offset-file", str(home / "clock")))
+        net.start(home.name, faults=("--clock-offset-file", str(home / "clock")))
     try:
         setup = load_client_setup(directory)
         genesis = setup.genesis

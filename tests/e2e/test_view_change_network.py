@@ -8,8 +8,8 @@ Before the NEW-VIEW timer counted VIEW-CHANGEs for later views, this could stop 
 good: one member at view v+2 holding only its own VIEW-CHANGE, the two others at v+1 holding two
 each, no timer running anywhere, the height frozen while clients kept submitting.
 
-Partitions use the hidden test option --test-partition-file (see tests/e2e/test_raft.py): a
-member drops all frames to and from the members named in its file."""
+Partitions use the test entry point's --partition-file (consortium/testing/member.py; see
+tests/e2e/test_raft.py): a member drops all frames to and from the members named in its file."""
 
 from __future__ import annotations
 
@@ -62,7 +62,7 @@ def test_partitions_flapped_past_the_timeout_with_a_member_down_heal_and_commit(
     setup = load_client_setup(directory)
     genesis, keys = setup.genesis, setup.keys()
     for home in net.homes[:3]:
-        net.start(home.name, extra=("--test-partition-file", str(home / "partition")))
+        net.start(home.name, faults=("--partition-file", str(home / "partition")))
     try:
         trio.run(wait_live, genesis, 30.0)
         seen = trio.run(flap_then_heal, net, genesis, keys[0])

@@ -47,11 +47,14 @@ class FakeNode:
     tls: Any = None
     client_listen: tuple[str, int] = (HOST, 0)
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("test.follow"))
-    _on_block: list[Any] = field(default_factory=list)
+    listeners: list[Any] = field(default_factory=list)
     client_tls_status: Any = None
 
-    def unwatch_connection(self, conn: object, tx_ids: set[bytes]) -> None:
-        pass
+    def add_block_listener(self, listener: Any) -> None:
+        self.listeners.append(listener)
+
+    def first_receipt_bundle(self, tx_id: bytes) -> list[Any] | None:
+        return None
 
     def expiry_now_ms(self) -> int:
         return int(time.time() * 1000)
@@ -65,19 +68,19 @@ class FakeNode:
         )
 
     def append(self, builder: ChainBuilder, start: int) -> None:
-        """Store builder's blocks from index `start`, and tell the hooks, as runtime does."""
+        """Store builder's blocks from index `start`, and tell the listeners they are durable,
+        as runtime does."""
         items = builder.blocks[start:]
         self.store.append_blocks(items)
         for block, _, _ in items:
-            for hook in self._on_block:
-                hook(block)
+            for listener in self.listeners:
+                listener.durable(block, self.own_block_signature(block.height))
 
 
 class ReceiptNode(FakeNode):
     """FakeNode with the real member's receipt lookups (runtime.Node)."""
 
-    first_receipt_bundle = Node.first_receipt_bundle
-    make_bundle = Node.make_bundle
+    first_receipt_bundle = Node.first_receipt_bundle  # type: ignore[assignment]
 
 
 def open_store(tmp_path: Path, name: str) -> BlockStore:

@@ -1,6 +1,6 @@
 """Leadership transfer requests at the client port (raft maintenance): signed by a member's key
 only, for the leader's current term, carried out at most once per term, and never judged by the
-leader's wall clock (service.ClientService._maintenance_refusal, RaftMember._transfer). The
+leader's wall clock (service.ClientService._maintenance_refusal, raft_mode.RaftMode.transfer). The
 core's own rules (a live target, none while one is under way, one per election timeout) are in
 tests/raft/test_leadership_transfer.py; the end-to-end refusals in tests/e2e/test_raft.py."""
 
@@ -20,8 +20,9 @@ from consortium.crypto.keys import KeyPair
 from consortium.crypto.signing import Domain, Ed25519Signer, Ed25519Verifier
 from consortium.ledger.genesis import Params
 from consortium.node.config import load_identity
-from consortium.node.raft_runtime import RaftMember
-from consortium.node.runtime import make_node
+from consortium.node.events import PeerMessage
+from consortium.node.raft_mode import RaftMode
+from consortium.node.runtime import Node, make_node
 from consortium.node.service import ClientService
 from consortium.protocol.limits import TRANSFER_NONCE_BYTES
 from consortium.protocol.messages import TransferRequest, transfer_body
@@ -38,7 +39,12 @@ class _Node:
     genesis = GENESIS
     chain_id = GENESIS.chain_id
     verifier = Ed25519Verifier()
-    _on_block: ClassVar[list[object]] = []
+
+    def add_block_listener(self, listener: object) -> None:
+        pass
+
+    def first_receipt_bundle(self, tx_id: bytes) -> None:
+        return None
 
     class app:  # the node's application state, as the service sees it
         admitted: ClassVar[dict[bytes, str]] = {CLIENT.public: "c1"}
@@ -86,15 +92,21 @@ class _Core:
 
 
 @pytest.fixture
-def raft_member(tmp_path: Path) -> RaftMember:
+def raft_node(tmp_path: Path) -> Node:
+    """Member n1 of a raft network."""
     init_network(tmp_path / "net", members=3, clients=1, mode="raft", params=Params())
     identity = load_identity(tmp_path / "net" / "nodes" / "n1")
-    node = make_node(identity.config, identity.genesis, identity.keys)
-    assert isinstance(node, RaftMember)
-    return node
+    return make_node(identity.config, identity.genesis, identity.keys)
 
 
-def test_a_transfer_request_is_good_in_the_term_it_names_and_once(raft_member: RaftMember) -> None:
+@pytest.fixture
+def raft_member(raft_node: Node) -> RaftMode:
+    """Member n1's raft part (raft_mode.RaftMode), composed into a real member."""
+    assert isinstance(raft_node.mode, RaftMode)
+    return raft_node.mode
+
+
+def test_a_transfer_request_is_good_in_the_term_it_names_and_once(raft_member: RaftMode) -> None:
     core = _Core()
     raft_member.core = core  # type: ignore[assignment]
     body = transfer_body(2, 5, MEMBERS[0].public, 0, NONCE)
@@ -111,7 +123,7 @@ def test_a_transfer_request_is_good_in_the_term_it_names_and_once(raft_member: R
 
 
 def test_a_refused_request_replayed_when_it_would_be_taken_is_refused_as_a_replay(
-    raft_member: RaftMember,
+    raft_member: RaftMode,
 ) -> None:
     """Bodies differ by their nonce, so the leader remembers every body of its term, refused
     ones too: a request refused (say, within an election timeout of the last transfer) and
@@ -129,7 +141,7 @@ def test_a_refused_request_replayed_when_it_would_be_taken_is_refused_as_a_repla
 
 
 def test_a_timeout_now_that_waited_out_a_pause_is_judged_at_the_time_it_is_handled(
-    raft_member: RaftMember,
+    raft_node: Node,
 ) -> None:
     """The target honours a TimeoutNow only if the entry it names arrived at most E/4 before
     (the leader gives the transfer up at E). The loop hands the core events with the time of
@@ -138,15 +150,15 @@ def test_a_timeout_now_that_waited_out_a_pause_is_judged_at_the_time_it_is_handl
     from consortium.crashft import messages as rm
 
     async def main() -> str:
-        member = raft_member
+        member = raft_node
         core = member.core
         core.tick(*member._now())
-        member._handle(("peer", 1, rm.Append(1, 0, 0, 0, (rm.Entry(1, 1),))))  # n2 leads
+        member._handle(PeerMessage(1, rm.Append(1, 0, 0, 0, (rm.Entry(1, 1),))))  # n2 leads
         assert (core.role, core.leader, core.log.last_index) == ("follower", 1, 1)
         await member._carry_out_ready()  # written: the window starts (persisted, then a tick)
         assert core._last_entry_ms == member._now()[0]
         await trio.sleep(core.config.election_ms / 2 / 1000)  # paused: no tick meanwhile
-        member._handle(("peer", 1, rm.TimeoutNow(1, 1)))
+        member._handle(PeerMessage(1, rm.TimeoutNow(1, 1)))
         assert core.rejected["timeout_now_stale"] == 1
         return core.role
 
@@ -170,12 +182,17 @@ def test_a_transfer_carried_out_at_one_member_is_refused_as_a_replay_at_another(
             self.genesis = GENESIS
             self.chain_id = GENESIS.chain_id
             self.verifier = Ed25519Verifier()
-            self._on_block: list[object] = []
 
             class _App:
                 admitted: ClassVar[dict[bytes, str]] = {CLIENT.public: "c1"}
 
             self.app = _App()
+
+        def add_block_listener(self, listener: object) -> None:
+            pass
+
+        def first_receipt_bundle(self, tx_id: bytes) -> None:
+            return None
 
     assert isinstance(CLIENT, KeyPair)
     n1, n3 = ClientService(_Node(0)), ClientService(_Node(2))  # type: ignore[arg-type]
@@ -188,7 +205,7 @@ def test_a_transfer_carried_out_at_one_member_is_refused_as_a_replay_at_another(
 
 
 def test_an_operator_who_asks_again_after_an_abandoned_transfer_is_not_refused_as_a_replay(
-    raft_member: RaftMember,
+    raft_member: RaftMode,
 ) -> None:
     """`leader transfer` to a member that did not take over in time (a transfer is abandoned
     after an election timeout: the target lagged, or was recovering) leaves the term as it was.

@@ -23,17 +23,21 @@ from consortium.node.metrics import prometheus_text
 from consortium.node.runtime import Node, make_node
 from consortium.node.service import ClientService
 from consortium.protocol.messages import SubmitRequest
+from consortium.testing.faults import OffsetClock
 from tests.node.exposition import parse
 
 AHEAD_MS = 600_000
 
 
 def _member(tmp_path: Path, mode: str = "pbft", clock_file: Path | None = None) -> Node:
+    """Member n1; with `clock_file`, its wall clock offset as the test entry point sets it
+    (consortium.testing.faults.OffsetClock)."""
     init_network(tmp_path / "net", members=4 if mode == "pbft" else 3, clients=1, mode=mode)  # type: ignore[arg-type]
     identity = load_identity(tmp_path / "net" / "nodes" / "n1")
-    return make_node(
-        identity.config, identity.genesis, identity.keys, test_clock_offset_file=clock_file
-    )
+    node = make_node(identity.config, identity.genesis, identity.keys)
+    if clock_file is not None:
+        node.wall_clock = OffsetClock(clock_file, node.log.warning)
+    return node
 
 
 def _tx(tmp_path: Path, node: Node, expiry_ms: int) -> Transaction:
@@ -76,12 +80,14 @@ async def test_the_test_clock_offset_is_re_read_so_a_test_can_make_the_clock_jum
     node = _member(tmp_path, clock_file=clock_file)  # no file yet: the true clock
     try:
         assert abs(node.wall_ms() - int(time.time() * 1000)) < 5_000
+        clock = node.wall_clock
+        assert isinstance(clock, OffsetClock)
         clock_file.write_text("-3600000\n")
-        await node._read_test_clock_offset(clock_file)
+        await clock.read()
         assert abs(node.wall_ms() + 3_600_000 - int(time.time() * 1000)) < 5_000
         assert node._now()[1] - node.wall_ms() < 5_000  # what the core is ticked with
         clock_file.unlink()
-        await node._read_test_clock_offset(clock_file)
+        await clock.read()
         assert abs(node.wall_ms() - int(time.time() * 1000)) < 5_000
     finally:
         node.store.close()

@@ -1,10 +1,10 @@
-"""The pbft core's monotonic clock counts only the time the process ran (runtime.RunningClock):
+"""The pbft core's monotonic clock counts only the time the process ran (pbft_mode.RunningClock):
 a stopped process (SIGSTOP, a suspended host) or a held-up core loop watched nothing, so the
 time beyond one stall does not count towards the core's view-change timers."""
 
 from __future__ import annotations
 
-from consortium.node.runtime import RunningClock
+from consortium.node.pbft_mode import RunningClock
 
 
 def test_the_clock_follows_real_time_while_the_loop_runs() -> None:

@@ -63,13 +63,13 @@ def member(tmp_path: Path, mode: str = "pbft", pending: int = 0) -> tuple[Node, 
 
     store.stage = staged  # type: ignore[method-assign]
     store.commit_staged = committed  # type: ignore[method-assign]
-    node.send_peer = lambda dest, frame: log.append(f"send {frame.decode()}")  # type: ignore[method-assign]
-    push = node._push_receipts
-    node._push_receipts = lambda block, vote: log.append("receipts") or push(block, vote)  # type: ignore[method-assign, func-returns-value]
-    node._serve_blocks = lambda serve: log.append("serve") or 0  # type: ignore[method-assign, func-returns-value]
-    durable = node._blocks_durable
-    node._blocks_durable = lambda blocks: log.append("durable") or durable(blocks)  # type: ignore[method-assign, func-returns-value]
-    node._reads = lambda released, failed: log.append("reads")  # type: ignore[method-assign]
+    node.outbound = lambda dest, frame: log.append(f"send {frame.decode()}")
+    service = node.service  # the block listener: receipts pushed, then answered once durable
+    executed, durable = service.executed, service.durable
+    service.executed = lambda block, vote: log.append("receipts") or executed(block, vote)  # type: ignore[method-assign, func-returns-value]
+    service.durable = lambda block, vote: log.append("durable") or durable(block, vote)  # type: ignore[method-assign, func-returns-value]
+    node.mode.serve = lambda request: log.append("serve")  # type: ignore[method-assign, func-returns-value]
+    node.mode.reads = lambda released, failed: log.append("reads")  # type: ignore[method-assign]
     return node, core, log
 
 
@@ -95,8 +95,7 @@ async def test_a_step_with_records_writes_before_it_sends_and_serves(tmp_path: P
         )
     )
     await node._carry_out(node.executor.step())
-    # (receipts again once durable: for ids watched while the write ran)
-    assert log == ["receipts", "stage", "fsync", "send prepare", "serve", "durable", "receipts"]
+    assert log == ["receipts", "stage", "fsync", "send prepare", "serve", "durable"]
     assert node.store.height == 1
 
 
@@ -111,7 +110,7 @@ async def test_a_write_of_blocks_alone_runs_in_the_background_under_load(tmp_pat
         await node._carry_out(node.executor.step())
         assert log == ["receipts", "stage", "send commit"]
         assert node._writing is not None
-    assert log == ["receipts", "stage", "send commit", "fsync", "durable", "receipts"]
+    assert log == ["receipts", "stage", "send commit", "fsync", "durable"]
 
 
 async def test_a_write_of_blocks_alone_runs_here_when_idle(tmp_path: Path) -> None:
@@ -123,7 +122,7 @@ async def test_a_write_of_blocks_alone_runs_here_when_idle(tmp_path: Path) -> No
         node._nursery = nursery
         await node._carry_out(node.executor.step())
     # (done at once: what needed the block stored runs as the write completes)
-    assert log == ["receipts", "stage", "fsync", "durable", "receipts", "send commit"]
+    assert log == ["receipts", "stage", "fsync", "durable", "send commit"]
 
 
 async def test_raft_early_messages_leave_before_the_write_and_reads_after(
@@ -143,4 +142,4 @@ async def test_raft_early_messages_leave_before_the_write_and_reads_after(
         )
     )
     await node._carry_out(node.executor.step())
-    assert log == ["send append", "stage", "fsync", "send ack", "reads", "durable"]
+    assert log == ["send append", "stage", "fsync", "send ack", "reads"]

@@ -23,7 +23,6 @@ from consortium.ledger.admission import ADMIT, ClientChange
 from consortium.ledger.genesis import Params
 from consortium.ledger.state import KeyValueState
 from consortium.ledger.tx import ConfigChange, Put, Transaction
-from consortium.node.bundles import ReceiptBundles
 from consortium.node.client_port import ClientConnection
 from consortium.node.service import ClientService
 from consortium.node.verification import TxSignatureCache
@@ -60,14 +59,11 @@ def _service() -> tuple[ClientService, list[Transaction]]:
         tx_cache=TxSignatureCache(Ed25519Verifier()),
         metrics=SimpleNamespace(submitted=0, rejected_at_submit={}),
         propose=propose,
-        watch=lambda tx_id, conn, expiry: True,
         first_receipt_bundle=lambda tx_id: None,
         expiry_now_ms=lambda: int(time.time() * 1000),
+        add_block_listener=lambda listener: None,
     )
-    service = ClientService.__new__(ClientService)
-    service.node = node  # type: ignore[assignment]
-    service._bundles = ReceiptBundles(node)  # type: ignore[arg-type]
-    return service, proposed
+    return ClientService(node), proposed  # type: ignore[arg-type]
 
 
 def _change_tx(signers: tuple[int, ...], *, nonce: bytes) -> Transaction:

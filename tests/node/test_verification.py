@@ -13,6 +13,7 @@ from consortium.crypto.keys import KeyPair
 from consortium.crypto.signing import Ed25519Signer, Ed25519Verifier
 from consortium.ledger.tx import Put, Transaction
 from consortium.node.config import load_identity
+from consortium.node.events import PeerMessage
 from consortium.node.runtime import make_node
 from consortium.node.verification import CountingVerifier, TxSignatureCache, message_kind
 from consortium.pbft.messages import PrePrepare, encode
@@ -92,13 +93,13 @@ async def test_a_preprepares_signature_is_verified_once_by_the_shell_and_core(
             return PrePrepare.create(signer, node.chain_id, 0, seq, now, 0, (tx,))
 
         before = node.verifier.count
-        msg = await node._peer_message(0, encode(preprepare(1)))
-        node._handle(("peer", 0, msg))
+        msg = await node.mode.decode(0, encode(preprepare(1)))
+        node._handle(PeerMessage(0, msg))
         assert node.verifier.count - before == 1
         assert node.core.status()["in_flight"] == 1  # accepted
         forged = replace(preprepare(2), signature=bytes(64))
-        msg = await node._peer_message(0, encode(forged))
-        node._handle(("peer", 0, msg))
+        msg = await node.mode.decode(0, encode(forged))
+        node._handle(PeerMessage(0, msg))
         assert node.core.rejected["bad_signature"] == 1
         assert node.core.status()["in_flight"] == 1
     finally:

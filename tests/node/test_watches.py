@@ -17,7 +17,7 @@ from consortium.crypto.codec import unpack
 from consortium.crypto.signing import Domain
 from consortium.ledger.certificates import SignedVote
 from consortium.ledger.tx import Put, Transaction
-from consortium.node import runtime, service
+from consortium.node import service, watches
 from consortium.node.client_port import ClientConnection
 from consortium.node.config import load_identity
 from consortium.node.runtime import Node, make_node
@@ -66,13 +66,13 @@ def test_a_pushed_receipt_ends_the_watch_on_the_connection_too(tmp_path: Path) -
     conn = FakeConnection()
     txs = [chain.tx(Put(b"k%d" % i, b"v")) for i in range(3)]
     for tx in txs:
-        assert node.watch(tx.id, conn, tx.expiry_ms)
+        assert node.service.watches.watch(tx.id, conn, tx.expiry_ms)
     assert conn.watched == {tx.id for tx in txs}
     block = chain.add(txs[:2])
-    node._push_receipts(block, VOTE)
-    node._block_durable(block, VOTE)
+    node.service.watches.executed(block, VOTE)
+    node.service.watches.durable(block, VOTE)
     assert len(conn.frames) == 1  # one frame for the block's two receipts
-    assert conn.watched == {txs[2].id} and node._watch_count == 1
+    assert conn.watched == {txs[2].id} and node.service.watches.count == 1
 
 
 def test_receipts_leave_before_the_write_and_a_watch_made_during_it_is_answered_after(
@@ -85,16 +85,16 @@ def test_receipts_leave_before_the_write_and_a_watch_made_during_it_is_answered_
     chain = ChainBuilder()
     early, late = FakeConnection(), FakeConnection()
     txs = [chain.tx(Put(b"k%d" % i, b"v")) for i in range(2)]
-    assert node.watch(txs[0].id, early, txs[0].expiry_ms)
+    assert node.service.watches.watch(txs[0].id, early, txs[0].expiry_ms)
     block = chain.add(txs)
-    node._push_receipts(block, VOTE)
+    node.service.watches.executed(block, VOTE)
     assert len(early.frames) == 1 and early.watched == set()
-    assert node.watch(txs[1].id, late, txs[1].expiry_ms)  # during the write
+    assert node.service.watches.watch(txs[1].id, late, txs[1].expiry_ms)  # during the write
     assert late.frames == []
-    node._block_durable(block, VOTE)
+    node.service.watches.durable(block, VOTE)
     assert len(late.frames) == 1 and late.watched == set()
     assert len(early.frames) == 1  # not pushed twice
-    assert node._watch_count == 0
+    assert node.service.watches.count == 0
 
 
 def test_watches_of_expired_transactions_are_forgotten(tmp_path: Path) -> None:
@@ -104,12 +104,12 @@ def test_watches_of_expired_transactions_are_forgotten(tmp_path: Path) -> None:
     short = chain.tx(Put(b"a", b"v"), expiry_ms=CREATED_MS + 1_000)
     long = chain.tx(Put(b"b", b"v"), expiry_ms=CREATED_MS + 10_000_000)
     for tx in (short, long):
-        node.watch(tx.id, conn, tx.expiry_ms)
-    for i in range(runtime.WATCH_SCAN_BLOCKS):
+        node.service.watches.watch(tx.id, conn, tx.expiry_ms)
+    for i in range(watches.WATCH_SCAN_BLOCKS):
         block = chain.add([chain.tx(Put(b"other %d" % i, b"v"))], proposed_ms=CREATED_MS + 5_000)
-        node._push_receipts(block, VOTE)
-        node._block_durable(block, VOTE)
-    assert conn.watched == {long.id} and node._watch_count == 1
+        node.service.watches.executed(block, VOTE)
+        node.service.watches.durable(block, VOTE)
+    assert conn.watched == {long.id} and node.service.watches.count == 1
     assert conn.frames == []  # nothing was pushed: neither executed
 
 
@@ -118,7 +118,7 @@ def test_a_connection_keeps_submitting_past_the_per_connection_bound(
 ) -> None:
     monkeypatch.setattr(service, "WATCHES_PER_CONNECTION_MAX", 4)
     node = member(tmp_path)
-    svc = service.ClientService(node)
+    svc = node.service
     chain = ChainBuilder()
     conn = FakeConnection()
     for round_ in range(5):  # 5 x 4 watches through one connection, each round executed
@@ -126,8 +126,8 @@ def test_a_connection_keeps_submitting_past_the_per_connection_bound(
         assert all(svc._watch(conn, tx.id, tx.expiry_ms) for tx in txs), round_  # type: ignore[arg-type]
         assert not svc._watch(conn, chain.tx(Put(b"x", b"y")).id)  # type: ignore[arg-type]
         block = chain.add(txs)
-        node._push_receipts(block, VOTE)
-        node._block_durable(block, VOTE)
+        node.service.watches.executed(block, VOTE)
+        node.service.watches.durable(block, VOTE)
         assert conn.watched == set()
 
 
@@ -167,27 +167,27 @@ async def test_a_watch_of_committed_ids_does_not_freeze_the_members_event_loop(
 async def test_watches_by_id_from_strangers_cannot_make_every_submit_overloaded(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """runtime.watch / service WatchRequest: a watch by id has no expiry, so it is forgotten
+    """watches.watch / service WatchRequest: a watch by id has no expiry, so it is forgotten
     only when its id executes or its connection closes (09d900c fixed submits only). The
     node-wide WATCHED_TXS_MAX (200,000) is 10 x WATCHES_PER_CONNECTION_MAX (20,000): ten
     connections (of 1024 allowed, no authentication without TLS) watching random ids fill it,
     and from then on every client's submit to this member is refused 'overloaded' (to every
     member: the network takes no transaction). Scaled down here: 2 x 20 ids fill 40."""
-    monkeypatch.setattr(runtime, "WATCHED_TXS_MAX", 40)
+    monkeypatch.setattr(watches, "WATCHED_TXS_MAX", 40)
     monkeypatch.setattr(service, "WATCHES_PER_CONNECTION_MAX", 20)
     node = _member(tmp_path)
-    svc = ClientService(node)
+    svc = node.service
     for c in range(2):
         stranger = ClientConnection(c + 1, "stranger", frames_max=1000)
         await svc.handle(stranger, WatchRequest(1, [os.urandom(32) for _ in range(20)]))
     # Many blocks later (far past any expiry), they are all still watched.
     chain = ChainBuilder()
     far = int(time.time() * 1000) + 10 * 86_400_000
-    for i in range(runtime.WATCH_SCAN_BLOCKS):
+    for i in range(watches.WATCH_SCAN_BLOCKS):
         block = chain.add([chain.tx(Put(b"x%d" % i, b"v"))], proposed_ms=far)
         v = vote(GENESIS, Domain.BLOCK, b"b", 0)
-        node._push_receipts(block, v)
-        node._block_durable(block, v)
+        node.service.watches.executed(block, v)
+        node.service.watches.durable(block, v)
     setup = load_client_setup(tmp_path / "net")
     tx = Transaction.create(
         setup.keys()[0],
@@ -211,17 +211,17 @@ async def test_watches_by_id_from_strangers_cannot_make_every_submit_overloaded(
 async def test_strangers_watching_random_ids_cannot_lock_honest_watches_out(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """runtime.watch_id: watches by id take at most WATCHED_TXS_MAX // 4 = 50,000 node-wide,
+    """watches.watch_id: watches by id take at most WATCHED_TXS_MAX // 4 = 50,000 node-wide,
     5,000 per connection, no authentication without TLS. Ten connections watching random ids
     (re-watched every ID_WATCH_AGE_S) fill the share, and every honest watch by id
     (`consortium tx status`, ConsortiumClient.wait_one/watch of an id submitted elsewhere or
     before a restart) is refused 'too many pending receipts watched': its receipt is never
     pushed and the client reports 'pending' for a committed transaction. The review-2
     lockout moved from submits to watches. Scaled down: share 10, 5 per connection."""
-    monkeypatch.setattr(runtime, "WATCHED_TXS_MAX", 40)
+    monkeypatch.setattr(watches, "WATCHED_TXS_MAX", 40)
     monkeypatch.setattr(service, "ID_WATCHES_PER_CONNECTION_MAX", 5)
     node = _member(tmp_path)
-    svc = ClientService(node)
+    svc = node.service
     for c in range(2):
         stranger = ClientConnection(c + 1, "stranger", frames_max=1000)
         await svc.handle(stranger, WatchRequest(1, [os.urandom(32) for _ in range(5)]))

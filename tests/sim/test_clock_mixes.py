@@ -86,9 +86,11 @@ class TodaysRaft(RaftNode):
 
 def test_the_checker_catches_a_primary_stamping_the_past_under_todays_rule() -> None:
     todays = {i: todays_pbft for i in range(4)}
-    # (Seed 13 is left out: its primary's clock stops at 648 ms and the run's last block comes
-    # before the stopped clock falls further behind real time than the checker's bound.)
-    for seed in (s for s in TEETH_SEEDS if s != 13):
+    # (Seeds 13 and 14 are left out: their primary's clock stops (at 648 ms; at zero) and the
+    # run's last block comes before the stopped clock falls further behind real time than the
+    # checker's bound: seed 14 since the simulator runs the node's executor, whose order of a
+    # step moved the schedule. Stopped clocks of both kinds are caught in seeds 0, 4, 9-12.)
+    for seed in (s for s in TEETH_SEEDS if s not in (13, 14)):
         variant = plan("clock-primary", seed).variant
         if variant == "ahead":
             run_clock(seed, "clock-primary", factories=todays)  # today's rule caught the future

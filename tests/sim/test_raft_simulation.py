@@ -205,13 +205,15 @@ def test_a_follower_restored_from_a_backup_recovers_and_everything_commits(first
         assert not any(node.raft.recovering for node in cluster.nodes), seed
 
 
-@pytest.mark.parametrize(("seed", "transferred"), [(20, False), (0, True)])
+@pytest.mark.parametrize(("seed", "transferred"), [(22, False), (0, True)])
 def test_a_restored_follower_recovers_in_the_election_after_the_heal_or_at_a_transfer(
     seed: int, transferred: bool
 ) -> None:
-    """Both ways out of recovery: seed 20's restored member learned its floor before the
+    """Both ways out of recovery: seed 22's restored member learned its floor before the
     election that follows the heal and recovers in it; seed 0's learned it after, and
-    recovers at the operator's leadership transfer."""
+    recovers at the operator's leadership transfer. (Seeds 22, 25, 26, 29, 33, ... of the first
+    48 take the first way since the simulator runs the node's executor, whose order of a step
+    moved the schedules; seed 20 did before.)"""
     cluster = run_raft_restore(seed)
     assert not any(node.raft.recovering for node in cluster.nodes)
     assert (cluster.transfers > 0) == transferred

@@ -1,5 +1,7 @@
-"""The node process in raft mode: the same Trio program as runtime.Node (transport, client
-API, store, status), driving a crashft.RaftNode instead of a PBFT replica.
+"""The raft mode of a member: the Raft core (crashft/node.py) and what the shell does for it
+alone (decoding peer frames, ReadIndex reads, leadership transfers, answering block fetches,
+its status fields and log lines). Composed into runtime.Node, whose executor (node/executor.py)
+carries out each Ready.
 
 Each Ready is carried out in the order the core requires (crashft/node.py):
     1. apply committed entries into blocks (a no-op entry makes none) and re-execute
@@ -21,12 +23,14 @@ from __future__ import annotations
 
 import itertools
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import trio
 
 from consortium.crashft import messages as raft_messages
+from consortium.crashft import reasons as drop
 from consortium.crashft.messages import TransferredBlock
 from consortium.crashft.node import (
     LEADER,
@@ -40,7 +44,9 @@ from consortium.crashft.node import (
 from consortium.crashft.transfer import blocks_reply
 from consortium.crypto.codec import WireFormatError
 from consortium.ledger.state import CachedTable
-from consortium.node.runtime import Node, ReadRefused
+from consortium.node.errors import ReadRefused
+from consortium.node.events import ReadAbandoned, ReadRequest, TransferRequest
+from consortium.node.parts import MemberParts
 
 READ_TIMEOUT_S = READ_TIMEOUT_MS / 1_000
 READS_WAITING_MAX = 10_000
@@ -60,17 +66,21 @@ class _PendingRead:
     failure: str = ""
 
 
-class RaftMember(Node):
-    core: RaftNode  # type: ignore[assignment]
+class RaftMode:
+    """The raft side of a member (runtime.Node composes it in)."""
 
-    def _init_core(self) -> int:
-        if self.test_byzantine is not None:
-            raise ValueError("--test-byzantine is a pbft test mode")
-        head = self.store.head
+    name = "raft"
+
+    def __init__(self, parts: MemberParts) -> None:
+        self.parts = parts
+        self.genesis = parts.genesis
+        self.me = parts.me
+        store = parts.store
+        head = store.head
         cons = head.consensus
         point = (int(cons[1]), int(cons[2])) if cons and cons[0] == "raft" else None
         recovered = RecoveredState.from_records(
-            self.store.load_records(b"raft/"),
+            store.load_records(b"raft/"),
             self.genesis.params,
             height=head.height,
             block_hash=head.hash,
@@ -78,12 +88,14 @@ class RaftMember(Node):
         )
         self.core = RaftNode(
             RaftConfig.from_genesis(self.genesis, self.me, seed=os.urandom(16)),
-            self.signer,
-            tx_ok=self.tx_cache.check,
+            parts.signer,
+            tx_ok=parts.tx_cache.check,
             recovered=recovered,
             executed=self._executed,
-            recovering=self.recovering_from is not None,
+            recovering=parts.recovering_from is not None,
         )
+        self.start_applied_index = recovered.applied_index  # the executor's from then on
+        self._applied: Callable[[], int] = lambda: self.start_applied_index
         self._read_ids = itertools.count(1)
         self._pending_reads: dict[int, _PendingRead] = {}
         self._leader_logged: tuple[int, int | None] = (self.core.term, self.core.leader)
@@ -92,83 +104,88 @@ class RaftMember(Node):
         self._transfers_term = self.core.term
         self._clock_handoffs_logged = 0
         self._clock_stuck_logged = ""
-        return recovered.applied_index
 
     def _executed(self, tx_ids: list[bytes]) -> set[bytes]:
         """Which of a batch's ids our ledger executed, its last blocks written or not (the
         application state has every block applied; the client port sees only the store)."""
-        replay = self.app.replay
+        replay = self.parts.app.replay
         if isinstance(replay, CachedTable):
             # One query for the batch; the block that executes these ids then finds them cached.
             replay.prefetch(tx_ids)
         return {t for t in tx_ids if t in replay}
 
-    # --- events -------------------------------------------------------------------------------
+    # --- inputs -----------------------------------------------------------------------------
 
-    async def _pump(self) -> None:
-        params = self.genesis.params
-        async for sender, frame in self.peers.inbound:
-            self.peers.consumed(frame)
-            self.count_received(frame)
-            try:
-                msg = raft_messages.decode(frame, params)
-            except WireFormatError as exc:
-                self.core.rejected["malformed"] += 1
-                self._ratelog.warning(
-                    f"malformed:{sender}", f"malformed message from member {sender}: {exc}"
-                )
-                continue
-            if isinstance(msg, raft_messages.Forward):
-                # The member that took these from a client verified each signature before
-                # forwarding (ClientService._submit), and raft members trust each other: one
-                # verification per transaction, as the protocol needs, not one per hop.
-                self.tx_cache.trust(msg.txs)
-            await self._events_send.send(("peer", sender, msg))
+    def core_ms(self, mono_ms: int) -> int:
+        """Raft keeps the plain monotonic clock: its leader advances follower clock samples by
+        it (pbft_mode.RunningClock says why pbft does not)."""
+        return mono_ms
 
-    def _handle(self, event: tuple[str, Any, Any]) -> None:
-        kind, a, b = event
+    async def decode(self, sender: int, frame: bytes) -> raft_messages.Message | None:
+        """A peer frame decoded (None: malformed, counted)."""
+        try:
+            msg = raft_messages.decode(frame, self.genesis.params)
+        except WireFormatError as exc:
+            self.core.rejected[drop.MALFORMED] += 1
+            self.parts.ratelog.warning(
+                f"malformed:{sender}", f"malformed message from member {sender}: {exc}"
+            )
+            return None
+        if isinstance(msg, raft_messages.Forward):
+            # The member that took these from a client verified each signature before
+            # forwarding (ClientService._submit), and raft members trust each other: one
+            # verification per transaction, as the protocol needs, not one per hop.
+            self.parts.tx_cache.trust(msg.txs)
+        return msg
+
+    def receive(self, sender: int, msg: Any) -> None:
         core = self.core
-        if kind == "peer":
-            if isinstance(b, raft_messages.TimeoutNow):
-                # Whether to campaign depends on how long ago our last entry arrived
-                # (RaftNode._on_timeout_now); events are handled with the time of the last
-                # tick, so after a pause (SIGSTOP, a stalled VM) one that waited in the queue
-                # while the leader gave the transfer up would be judged as of before the pause.
-                core.tick(*self._now())
-            core.receive(a, b)
-        elif kind == "propose":
-            refused = core.propose_all(a).count(False)
-            if refused:
-                self.metrics.rejected_at_submit["overloaded"] = (
-                    self.metrics.rejected_at_submit.get("overloaded", 0) + refused
-                )
-        elif kind == "read":
-            core.read(a)
-        elif kind == "read_abandoned":
-            core.read_abandoned(a)
-        elif kind == "transfer":
-            holder, answered = b
-            holder.append(self._transfer(*a))
-            answered.set()
-        else:
-            raise AssertionError(f"unknown event {kind}")
+        if isinstance(msg, raft_messages.TimeoutNow):
+            # Whether to campaign depends on how long ago our last entry arrived
+            # (RaftNode._on_timeout_now); events are handled with the time of the last
+            # tick, so after a pause (SIGSTOP, a stalled VM) one that waited in the queue
+            # while the leader gave the transfer up would be judged as of before the pause.
+            core.tick(*self.parts.now())
+        core.receive(sender, msg)
+
+    def propose(self, txs: list[Any]) -> None:
+        refused = self.core.propose_all(txs).count(False)
+        if refused:
+            self.parts.count_rejected_submit("overloaded", refused)
+
+    def read(self, read_id: int) -> None:
+        self.core.read(read_id)
+
+    def read_abandoned(self, read_id: int) -> None:
+        self.core.read_abandoned(read_id)
+
+    def transfer(self, target: int, term: int, body: bytes) -> str | None:
+        """A member-signed transfer request (service._maintenance_refusal checked the key and
+        signature), in the core task, so the term it is checked against is the core's now."""
+        return self._transfer(target, term, body)
+
+    # --- what the executor asks ---------------------------------------------------------------
+
+    def attach(self, applied_index: Callable[[], int]) -> None:
+        """The executor's count of the raft index applied (reads wait for it)."""
+        self._applied = applied_index
 
     @property
     def applied_index(self) -> int:
         """The last raft index our ledger applied (written or not)."""
-        return self.executor.applied_index
+        return self._applied()
 
-    def _after_step(self) -> None:
+    def after_step(self) -> None:
         self._release_reads()
         self._log_leader()
 
-    def _serve(self, request: Any) -> None:
+    def serve(self, request: Any) -> None:
         assert isinstance(request, Serve)
         self._serve_fetch(
             request.peer, request.term, request.from_height, request.to_height, request.count
         )
 
-    def _reads(self, released: list[ReadState], failed: list[tuple[int, str]]) -> None:
+    def reads(self, released: list[ReadState], failed: list[tuple[int, str]]) -> None:
         for state in released:
             pending = self._pending_reads.get(state.read_id)
             if pending is not None:
@@ -183,7 +200,7 @@ class RaftMember(Node):
         self, peer: int, term: int, from_height: int, to_height: int, count: int
     ) -> None:
         def block_at(height: int) -> TransferredBlock | None:
-            stored = self.store.get_block(height)
+            stored = self.parts.store.get_block(height)
             if stored is None or stored.certificate is None:
                 return None
             return TransferredBlock(stored.block.header, stored.block.txs, stored.certificate)
@@ -191,7 +208,7 @@ class RaftMember(Node):
         frame = blocks_reply(
             term, from_height, to_height, count, self.genesis.params.frame_bytes_max, block_at
         )
-        self.send_peer(peer, frame)
+        self.parts.send_peer(peer, frame)
 
     def _log_leader(self) -> None:
         core = self.core
@@ -199,20 +216,20 @@ class RaftMember(Node):
             # A hand-off because our clock is off the majority's: what, to whom, and why.
             new = core.clock_handoff_count - self._clock_handoffs_logged
             for line in list(core.clock_handoffs)[-new:]:
-                self.log.warning("clock: %s", line)
+                self.parts.log.warning("clock: %s", line)
             self._clock_handoffs_logged = core.clock_handoff_count
         if core.clock_stuck != self._clock_stuck_logged:
             self._clock_stuck_logged = core.clock_stuck
             if core.clock_stuck:
-                self.log.warning("clock: term %d: %s", core.term, core.clock_stuck)
+                self.parts.log.warning("clock: term %d: %s", core.term, core.clock_stuck)
         state = (core.term, core.leader)
         if state == self._leader_logged:
             return
         self._leader_logged = state
         if core.leader is None:
-            self.log.warning("term %d: no leader (%s)", core.term, core.last_election_reason)
+            self.parts.log.warning("term %d: no leader (%s)", core.term, core.last_election_reason)
         else:
-            self.log.warning(
+            self.parts.log.warning(
                 "term %d: leader %s%s",
                 core.term,
                 self.genesis.members[core.leader].name,
@@ -235,18 +252,18 @@ class RaftMember(Node):
         pending = _PendingRead(trio.Event())
         self._pending_reads[read_id] = pending
         try:
-            await self._events_send.send(("read", read_id, None))
+            await self.parts.events.send(ReadRequest(read_id))
             with trio.move_on_after(READ_TIMEOUT_S):
                 await pending.done.wait()
             if pending.failure:
                 raise ReadRefused(pending.failure)
             if not pending.done.is_set():
-                await self._events_send.send(("read_abandoned", read_id, None))
+                await self.parts.events.send(ReadAbandoned(read_id))
                 raise ReadRefused(
                     f"leadership not confirmed by a quorum within {READ_TIMEOUT_S:g} s "
                     f"({self.core.status()['waiting_for'] or 'no quorum reachable'})"
                 )
-            return self.signed_read(key, self.app.kv.get(key))
+            return self.parts.signed_read(key, self.parts.app.kv.get(key))
         finally:
             del self._pending_reads[read_id]
 
@@ -273,23 +290,22 @@ class RaftMember(Node):
         return why
 
     async def transfer_leadership(self, target: int, term: int, body: bytes) -> str | None:
-        answered = trio.Event()
-        holder: list[str | None] = []
-        await self._events_send.send(("transfer", (target, term, body), (holder, answered)))
+        request = TransferRequest(target, term, body)
+        await self.parts.events.send(request)
         with trio.move_on_after(2.0):
-            await answered.wait()
-        return holder[0] if holder else "the node did not answer within 2 s"
+            await request.answered.wait()
+        return request.answer[0] if request.answer else "the node did not answer within 2 s"
 
     # --- status -------------------------------------------------------------------------------
 
     def log_fields(self) -> dict[str, object]:
         core = self.core
         return {
-            "node": self.member.name,
+            "node": self.parts.member.name,
             "mode": "raft",
             "term": core.term,
             "index": core.commit,
-            "height": self.store.height,
+            "height": self.parts.store.height,
         }
 
     def mode_status(self, core: dict[str, Any]) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""The raft shell's own work around its core (consortium/node/raft_runtime.py): what it
+"""The raft side of a member around its core (consortium/node/raft_mode.py): what it
 answers the core's `executed` question with, and at what cost on the leader's hot path."""
 
 from __future__ import annotations
@@ -9,7 +9,8 @@ from consortium.cli.network import init_network
 from consortium.ledger.genesis import Params
 from consortium.ledger.state import CachedTable
 from consortium.node.config import load_identity
-from consortium.node.raft_runtime import RaftMember
+from consortium.node.events import PeerMessage
+from consortium.node.raft_mode import RaftMode
 from consortium.node.runtime import make_node
 
 
@@ -23,16 +24,16 @@ def test_the_executed_lookup_costs_one_query_per_batch_and_none_at_execution(
     init_network(tmp_path / "net", members=3, clients=1, mode="raft", params=Params())
     identity = load_identity(tmp_path / "net" / "nodes" / "n1")
     node = make_node(identity.config, identity.genesis, identity.keys)
-    assert isinstance(node, RaftMember)
+    assert isinstance(node.mode, RaftMode)
     try:
         replay = node.app.replay
         assert isinstance(replay, CachedTable)
         ids = [i.to_bytes(32, "big") for i in range(1, 301)]
         before = replay.loads
-        assert node._executed(ids) == set()
+        assert node.mode._executed(ids) == set()
         assert replay.loads == before + 1
         replay.prefetch(ids)  # what executing the block does first
-        assert node._executed(ids) == set()
+        assert node.mode._executed(ids) == set()
         assert replay.loads == before + 1
     finally:
         node.store.close()
@@ -51,13 +52,13 @@ def test_a_targets_transfer_window_starts_when_its_write_is_durable(tmp_path: Pa
     init_network(tmp_path / "net", members=3, clients=1, mode="raft", params=Params())
     identity = load_identity(tmp_path / "net" / "nodes" / "n1")
     node = make_node(identity.config, identity.genesis, identity.keys)
-    assert isinstance(node, RaftMember)
+    assert isinstance(node.mode, RaftMode)
     clock = trio.testing.MockClock()
 
     async def main() -> tuple[int | None, int]:
         core = node.core
         core.tick(*node._now())
-        node._handle(("peer", 1, rm.Append(1, 0, 0, 0, (rm.Entry(1, 1),))))  # n2 leads
+        node._handle(PeerMessage(1, rm.Append(1, 0, 0, 0, (rm.Entry(1, 1),))))  # n2 leads
         handled_ms = node._now()[0]
         commit = node.store.commit_staged
 

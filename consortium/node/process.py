@@ -1,0 +1,76 @@
+"""One member as a process: load its identity from its home, check its data directory and
+ports, set up logging, run it until SIGTERM or SIGINT. `consortium node start` runs this; the
+test entry point (consortium/testing/member.py) runs the same with faults composed in."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+import trio
+
+from consortium.ledger.store import StoreError
+from consortium.node import runtime
+from consortium.node.config import ConfigError, NodeIdentity, load_identity
+from consortium.node.logs import setup_logging
+from consortium.node.preflight import check_data_dir, check_listen
+from consortium.node.runtime import Node
+
+# Given the member before it runs and the nursery it runs in: compose parts around it (the
+# test entry point's faults), start tasks beside it.
+Compose = Callable[[Node, trio.Nursery], None]
+
+
+def load_member(home: Path) -> NodeIdentity:
+    """The member at `home`, checked before anything runs (its config, key, genesis, data
+    directory and ports). Raises ConfigError: the operator's to fix."""
+    passphrase = os.environ.get("CONSORTIUM_KEY_PASSPHRASE")
+    identity = load_identity(home, passphrase.encode() if passphrase else None)
+    check_data_dir(identity.config, identity.genesis)
+    check_listen(identity.config)
+    return identity
+
+
+def run_member(identity: NodeIdentity, compose: Compose | None = None) -> None:
+    """Run the member until a signal stops it. Raises StoreError (a failed write) and
+    ConfigError as themselves, never wrapped in an exception group."""
+    log = setup_logging(identity.member.name, identity.config.log_level, identity.config.log_format)
+
+    async def main() -> None:
+        node = runtime.make_node(identity.config, identity.genesis, identity.keys, log=log)
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async with trio.open_nursery() as nursery:
+                if compose is not None:
+                    compose(node, nursery)
+                await nursery.start(node.run)
+                async for signum in signals:
+                    log.info("signal %d: stopping", signum)
+                    nursery.cancel_scope.cancel()
+                    break
+
+    try:
+        trio.run(main)
+    except BaseExceptionGroup as group:  # a task's error, wrapped by its nursery
+        # Only the errors that say what the operator must fix (a failed write, a broken
+        # config) are shown alone; anything else keeps its traceback (it is a bug).
+        found = first_leaf(group, (StoreError, ConfigError))
+        if found is group:
+            raise
+        raise found from None
+
+
+def first_leaf(
+    group: BaseExceptionGroup[BaseException], kinds: tuple[type[BaseException], ...]
+) -> BaseException:
+    """The first exception of one of `kinds` in `group` (depth first), else the group itself:
+    a member's disk error surfaces as its one-line message, not an exception group trace."""
+    for exc in group.exceptions:
+        if isinstance(exc, kinds):
+            return exc
+        if isinstance(exc, BaseExceptionGroup):
+            found = first_leaf(exc, kinds)
+            if found is not exc:
+                return found
+    return group

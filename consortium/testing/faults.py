@@ -1,0 +1,112 @@
+"""TESTS ONLY: faults composed around a real member (runtime.Node) by the test entry point
+(member.py): a Byzantine primary's sends, a partition read from a file, a wall clock offset
+read from a file. The member itself is unchanged: each fault replaces one of its parts
+(`node.outbound`, `node.wall_clock`) or sets the transport's test cut."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import trio
+
+from consortium.node.runtime import Node
+from consortium.pbft import messages as pbft_messages
+from consortium.pbft.replica import PbftReplica
+
+BYZANTINE_BEHAVIOURS = ("silent-primary", "equivocating-primary")
+POLL_S = 0.05  # how often a fault file is read again
+
+
+def byzantine_outbound(node: Node, behaviour: str) -> Callable[[int | None, bytes], None]:
+    """What leaves a member that misbehaves while primary (its core stays honest; only what
+    leaves changes): `silent-primary` sends nothing; `equivocating-primary` sends each of its
+    PRE-PREPAREs to half the backups and, to the other half, first the same batch stamped one
+    millisecond later (another digest) and then the original, both correctly signed."""
+    assert behaviour in BYZANTINE_BEHAVIOURS, behaviour
+    if node.genesis.mode != "pbft":
+        raise ValueError("--byzantine is a pbft test mode")
+    core = node.core
+    assert isinstance(core, PbftReplica)
+    send = node.send_peer
+    others = [i for i in range(node.genesis.n) if i != node.me]
+
+    def outbound(dest: int | None, frame: bytes) -> None:
+        if core.primary != node.me or not core.active:
+            send(dest, frame)
+            return
+        if behaviour == "silent-primary":
+            return
+        msg = pbft_messages.decode(frame, node.genesis.params)
+        if not isinstance(msg, pbft_messages.PrePrepare) or not msg.txs:
+            send(dest, frame)
+            return
+        twin = pbft_messages.PrePrepare.create(
+            node.signer, node.chain_id, msg.view, msg.seq, msg.proposed_ms + 1, node.me, msg.txs
+        )
+        for d in others if dest is None else [dest]:
+            if d % 2 == 0:
+                send(d, frame)
+            else:  # the twin, then the original: these backups hold both, signed
+                send(d, pbft_messages.encode(twin))
+                send(d, frame)
+
+    return outbound
+
+
+async def follow_partition(node: Node, path: Path) -> None:
+    """Every POLL_S, cut the member off from the members named in `path` (one per line; a
+    missing or empty file heals), in both directions."""
+    while True:
+        try:
+            names = (await trio.Path(path).read_text()).split()
+        except OSError:
+            names = []
+        cut = {m.index for m in node.genesis.members if m.name in names and m.index != node.me}
+        if cut != node.peers.test_cut:
+            node.log.warning(
+                "TEST PARTITION: cut off from %s",
+                ", ".join(node.genesis.members[i].name for i in sorted(cut)) or "nobody",
+            )
+            node.peers.test_cut = cut
+        await trio.sleep(POLL_S)
+
+
+class OffsetClock:
+    """A wall clock `offset_ms` off the system's, the offset read from a file (an integer, ms,
+    negative for behind; missing or empty is 0) at start and every POLL_S by follow(), so a
+    test can set a member's clock wrong, or make it jump, while it runs (a test replaces the
+    file by a rename, so no read sees it half written)."""
+
+    def __init__(self, path: Path, log: Callable[[str], None]) -> None:
+        self.path = path
+        self.offset_ms = 0
+        self._log = log
+        with contextlib.suppress(OSError):
+            self.set(path.read_text())
+
+    def __call__(self) -> int:
+        return int(time.time() * 1000) + self.offset_ms
+
+    def set(self, text: str) -> None:
+        try:
+            offset_ms = int(text.strip() or 0)
+        except ValueError:
+            offset_ms = 0
+        if offset_ms != self.offset_ms:
+            self._log(f"TEST CLOCK: wall clock offset by {offset_ms:+d} ms")
+            self.offset_ms = offset_ms
+
+    async def read(self) -> None:
+        try:
+            text = await trio.Path(self.path).read_text()
+        except OSError:
+            text = ""
+        self.set(text)
+
+    async def follow(self) -> None:
+        while True:
+            await trio.sleep(POLL_S)
+            await self.read()

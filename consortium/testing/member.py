@@ -1,0 +1,58 @@
+"""TESTS ONLY: run one member with faults composed around it (faults.py), for the end-to-end
+tests and `consortium bench --byzantine`:
+
+    python -m consortium.testing.member --home HOME [--byzantine silent-primary]
+        [--partition-file FILE] [--clock-offset-file FILE]
+
+Otherwise exactly `consortium node start --home HOME` (node/process.py)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import trio
+
+from consortium.ledger.store import StoreError
+from consortium.node.config import ConfigError
+from consortium.node.process import load_member, run_member
+from consortium.node.runtime import Node
+from consortium.testing.faults import (
+    BYZANTINE_BEHAVIOURS,
+    OffsetClock,
+    byzantine_outbound,
+    follow_partition,
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m consortium.testing.member")
+    parser.add_argument("--home", type=Path, required=True)
+    parser.add_argument("--byzantine", choices=BYZANTINE_BEHAVIOURS)
+    parser.add_argument("--partition-file", type=Path)
+    parser.add_argument("--clock-offset-file", type=Path)
+    args = parser.parse_args(argv)
+
+    def compose(node: Node, nursery: trio.Nursery) -> None:
+        if args.byzantine is not None:
+            node.outbound = byzantine_outbound(node, args.byzantine)
+            node.log.warning("TEST MODE: this member misbehaves as primary (%s)", args.byzantine)
+        if args.partition_file is not None:
+            nursery.start_soon(follow_partition, node, args.partition_file)
+        if args.clock_offset_file is not None:
+            clock = OffsetClock(args.clock_offset_file, node.log.warning)
+            node.wall_clock = clock
+            nursery.start_soon(clock.follow)
+
+    try:
+        identity = load_member(args.home)
+        run_member(identity, compose)
+    except (ConfigError, StoreError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
