@@ -3,7 +3,7 @@ Ongaro's thesis §3.10, §6.4, §9.6 for leadership transfer, ReadIndex and PreV
 
 Theory of operation
 -------------------
-Raft mode trusts its members not to lie (DESIGN "trust model"): peer messages are not signed.
+Raft mode trusts its members not to lie (docs/raft.md, "Trust model"): peer messages are not signed.
 The sender of a message is the member at the other end of the authenticated peer connection,
 which the shell passes to the core; no message names its own sender. Every frame is one
 canonical msgpack array naming its kind first:

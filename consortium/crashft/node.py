@@ -4,7 +4,7 @@ flow control, leadership transfer, ReadIndex, log compaction with snapshot insta
 
 Theory of operation
 -------------------
-Events in, effects out, exactly like the PBFT core (DESIGN "Sans-IO consensus cores"):
+Events in, effects out, exactly like the PBFT core (node/executor.py carries out a Ready):
 
     node.tick(mono_ms, wall_ms)   timers; wall time stamps proposals
     node.receive(sender, msg)     a decoded peer message (or its frame); never raises

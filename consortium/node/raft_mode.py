@@ -13,10 +13,10 @@ Each Ready is carried out in the order the core requires (crashft/node.py):
     4. tell waiting clients, answer block fetches from the store, release ReadIndex reads
        once the ledger has applied their index
 
-Between members nothing is signed in raft mode (DESIGN: the members trust each other; the
-peer handshake still authenticates each connection with the member's key). The leader signs
-each batch entry (the block certificate) and every member signs its block hashes for client
-receipts, so receipts and the ledger stay attributable and auditable offline.
+Between members nothing is signed in raft mode (docs/raft.md, "Trust model": the members trust
+each other; the peer handshake still authenticates each connection with the member's key). The
+leader signs each batch entry (the block certificate) and every member signs its block hashes
+for client receipts, so receipts and the ledger stay attributable and auditable offline.
 """
 
 from __future__ import annotations

@@ -7,8 +7,9 @@ messages and ACCEPTS connections on which it only receives. Each connection has 
 are no duplicate-connection races to break, and a sender can coalesce every queued frame into
 one `send_all`.
 
-Handshake (DESIGN.md, "Wire format"): each side signs the other's fresh nonce, the network id
-(chain id), the protocol version and both member indices with the key genesis lists for it.
+Handshake (docs/protocol.md, section 9 "The peer handshake"): each side signs the other's fresh
+nonce, the network id (chain id), the protocol version and both member indices with the key
+genesis lists for it.
 
     dialer   -> ["hello", version, chain_id, dialer, nonce_d]
     listener -> ["hello-ack", version, chain_id, listener, nonce_l, sig_l]

@@ -16,7 +16,7 @@ Theory of operation
   from the paper, which discards them: the last L of them stay in a tail, read-only, so this
   replica can still re-send its own votes to a peer that lost messages and has not yet shown
   (by a CHECKPOINT) that it executed them. Without the tail such a peer would need state
-  transfer, which is a later issue; with it, a peer that lags by less than L sequence numbers
+  transfer (pbft/transfer.py); with it, a peer that lags by less than L sequence numbers
   catches up by retransmission alone. The tail is bounded by L like the window, and keeps no
   decoded batches (only the primary's own PRE-PREPARE frames carry one), so memory is bounded
   by about 2L batches for the primary and L for a backup.

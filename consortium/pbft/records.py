@@ -1,6 +1,6 @@
 """What a PBFT replica persists, and how it reads it back after a restart (Castro & Liskov,
-TOCS 2002 §4.2 "a replica must not send conflicting messages after a restart"; DESIGN.md:
-"durable before the message that depends on it leaves").
+TOCS 2002 §4.2 "a replica must not send conflicting messages after a restart"; the rule
+"durable before the message that depends on it leaves", node/executor.py).
 
 Theory of operation
 -------------------

@@ -736,8 +736,9 @@ class PbftReplica:
         self._accept_preprepare(self._log.slot(pp.seq, pp.view), pp)
 
     def _batch_problem(self, pp: PrePrepare) -> drop.Reason | None:
-        """Stateless validity, decided alike by every honest replica (DESIGN: such a batch is
-        evidence against the primary). Cheapest first; tx_ok is asked for every transaction."""
+        """Stateless validity, decided alike by every honest replica (such a batch is evidence
+        against the primary: docs/pbft-faults.md). Cheapest first; tx_ok is asked for every
+        transaction."""
         return self._txs_problem(pp.proposed_ms, pp.digest, pp.txs)
 
     def _txs_problem(

@@ -36,7 +36,8 @@ Four triggers, each bounded:
    (before the first one, our lowest vote); the peers' triggers 2 and 3 do the rest.
 
 Slots just below h stay in a read-only tail of L (pbft/log.py) so a peer that lags by less
-than L still gets what it lacks; one that lags by more needs state transfer (a later issue).
+than L still gets what it lacks; one that lags by more catches up by state transfer
+(pbft/transfer.py).
 Nothing here changes protocol state: it only chooses which own frames to send to whom.
 """
 

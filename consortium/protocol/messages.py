@@ -270,7 +270,7 @@ def decode_request(frame: bytes, frame_bytes_max: int) -> Request:
             raise WireFormatError("request: expected [method, req_id, ...]")
         req_id = as_int(msg[1], "req_id", lo=1)
         method = as_str(msg[0], "method", max_len=METHOD_CHARS_MAX)
-        unpack_canonical(frame)  # one encoding per value, as on every port (DESIGN.md)
+        unpack_canonical(frame)  # one encoding per value, as on every port (docs/protocol.md)
         if method == "submit":
             as_list(msg, 3, "submit")
             txs = as_list(msg[2], what="transactions")

@@ -1,4 +1,4 @@
-"""Wire format of PBFT messages (DESIGN "Wire format"; Castro & Liskov TOCS'02 §2.3): canonical
+"""Wire format of PBFT messages (docs/protocol.md; Castro & Liskov TOCS'02 §2.3): canonical
 msgpack, signatures over the exact body received, decode raises only WireFormatError."""
 
 from __future__ import annotations

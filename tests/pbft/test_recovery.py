@@ -1,5 +1,5 @@
 """A restarted replica reloads its own votes and never contradicts them (Castro & Liskov,
-TOCS'02 §4.2 and §6; DESIGN: "durable before the message that depends on it leaves")."""
+TOCS'02 §4.2 and §6; node/executor.py: "durable before the message that depends on it leaves")."""
 
 from __future__ import annotations
 

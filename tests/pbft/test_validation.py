@@ -1,5 +1,5 @@
 """Peer input is validated explicitly and never raised out of the core: everything wrong is
-dropped, counted in `rejected` by reason, and changes nothing else (DESIGN "Security notes";
+dropped, counted in `rejected` by reason, and changes nothing else (docs/pbft-faults.md;
 Castro & Liskov OSDI'99 §4.2 acceptance conditions; TOCS'02 §2.3.3)."""
 
 from __future__ import annotations
