@@ -17,8 +17,11 @@ commands that use them (tests/cli/test_cli_imports.py), so `consortium --help` a
 transaction submitted from a script do not pay for what they do not run.
 
 Typer builds every command (its options, from the function's signature) each time the
-command line starts, so the command modules leave out `from __future__ import annotations`,
-whose string annotations typer would evaluate one by one at every start.
+command line starts, so the rest is kept cheap too: help is plain text (click's formatter),
+as rich's would cost more than the rest of `--help`; option values are converted without
+pydantic where typer would load it (coercion.py); and the command modules leave out
+`from __future__ import annotations`, whose string annotations typer would evaluate one by
+one at every start.
 
 Here too is the one place that turns an error a member's nursery wrapped in an exception
 group back into the operator's one-line message.
@@ -31,6 +34,7 @@ from typing import Any
 import typer
 from typer.core import TyperGroup
 
+from consortium.cli import coercion
 from consortium.cli.bench_cmd import bench_app
 from consortium.cli.clients import clients_app
 from consortium.cli.common import EXIT_FAILED
@@ -58,10 +62,16 @@ def first_leaf(
 
 
 class _Commands(TyperGroup):
-    """The top-level group: runs the command, and shows an error trio wrapped in an exception group
+    """The top-level group. Built (with every command under it) each time the command line
+    runs: then it gives the options the conversion that does not load pydantic
+    (coercion.py). It runs the command, and shows an error trio wrapped in an exception group
     (a task's error, wrapped by its nursery) as its one-line message when it says what the
     operator must fix (a failed write, a broken config), exit 1; any other group keeps its
     traceback (it is a bug)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        coercion.install(self)
 
     def invoke(self, ctx: Any) -> Any:
         try:
@@ -84,6 +94,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
 
 # In this order in `consortium --help`: the commands, then the groups.

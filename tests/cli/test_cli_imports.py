@@ -1,6 +1,7 @@
 """The command line loads what a command runs, not the whole system: importing cli/main.py
-(and with it every command module) loads none of the heavy modules. Checked by the modules a
-fresh interpreter holds, never by a time (these machines are noisy)."""
+(and with it every command module) loads none of the heavy modules, and `consortium --help`
+or `consortium GROUP --help` loads neither rich nor pydantic. Checked by the modules a fresh
+interpreter holds, never by a time (these machines are noisy)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -27,6 +30,8 @@ HEAVY = (
     "cryptography",
     "nacl",
 )
+# What typer would load for help and option values, were it not told otherwise (main.py).
+HELP_EXTRAS = ("rich", "pydantic")
 
 
 def loaded_after(code: str) -> list[str]:
@@ -71,6 +76,15 @@ def test_the_check_has_teeth() -> None:
     assert among(modules, ("consortium.node.sim", "consortium.sim"))
     modules = loaded_after("import consortium.node.client")
     assert "trio" in among(modules, HEAVY)
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["tx", "--help"], ["tx", "submit", "--help"]])
+def test_help_loads_neither_rich_nor_pydantic(argv: list[str]) -> None:
+    modules = loaded_after(
+        "import sys\nfrom consortium.cli.main import app\n"
+        f"sys.argv = ['consortium', *{argv!r}]\napp(prog_name='consortium')"
+    )
+    assert among(modules, HEAVY + HELP_EXTRAS) == []
 
 
 def test_sim_help_names_the_simulators_own_mixes_and_behaviours() -> None:
