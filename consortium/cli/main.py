@@ -62,9 +62,9 @@ def first_leaf(
 
 
 class _Commands(TyperGroup):
-    """The top-level group. Built (with every command under it) each time the command line
-    runs: then it gives the options the conversion that does not load pydantic
-    (coercion.py). It runs the command, and shows an error trio wrapped in an exception group
+    """The top-level group. Typer builds it, with every command under it, each time the
+    command line runs; it then gives every option coercion.py's conversion (no pydantic). It
+    runs the command, and shows an error trio wrapped in an exception group
     (a task's error, wrapped by its nursery) as its one-line message when it says what the
     operator must fix (a failed write, a broken config), exit 1; any other group keeps its
     traceback (it is a bug)."""
