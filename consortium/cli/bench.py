@@ -31,12 +31,12 @@ import trio
 
 from consortium.cli.demo import wait_same_height, wait_until_up
 from consortium.cli.network import LocalNetwork, init_network, load_client_setup
+from consortium.client import ConsortiumClient
 from consortium.crypto.keys import KeyPair
 from consortium.crypto.signing import Domain, Ed25519Verifier
 from consortium.ledger.audit import audit_ledger
 from consortium.ledger.genesis import Genesis, Mode, Params
 from consortium.ledger.tx import Put, Transaction
-from consortium.node.client import ConsortiumClient
 
 
 class BenchError(Exception):

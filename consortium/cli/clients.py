@@ -13,45 +13,31 @@ A proposal is a JSON file holding the change body (what members sign) and the ap
 collected so far; it carries no secret, so it can travel by e-mail or a ticket.
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations` here: typer would evaluate every string
+# annotation of every command at each start (main.py).
 
 import json
 import os
-import secrets
 import time
-from collections import Counter
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import trio
 import typer
 
-from consortium.cli.network import NetworkError, load_client_setup
-from consortium.crypto.keys import InvalidKeyError, KeyPair, validate_public_key
-from consortium.crypto.signing import Ed25519Signer
-from consortium.ledger.admission import (
-    ADMIT,
-    CHANGE_TTL_MAX_MS,
-    REVOKE,
-    ChangeKind,
-    ClientChange,
-    Proposal,
-    ProposalError,
-    check_approvals,
-    check_client_key,
-    effective_height,
-)
-from consortium.ledger.genesis import Genesis, GenesisError
-from consortium.node.config import ConfigError
+from consortium.cli.common import EXIT_FAILED, EXIT_PENDING, fail
+
+if TYPE_CHECKING:
+    from consortium.crypto.keys import KeyPair
+    from consortium.ledger.admission import ChangeKind, Proposal
+    from consortium.ledger.genesis import Genesis
+
+# The admission rules, the crypto libraries, the client library and trio are imported inside
+# the commands: importing this module (for `consortium --help`) loads typer and nothing heavy.
 
 clients_app = typer.Typer(
     help="Admit and revoke client keys (a change approved by a quorum of members).",
     no_args_is_help=True,
 )
-
-EXIT_USAGE = 2
-EXIT_FAILED = 1
-EXIT_PENDING = 3
 
 NetOpt = Annotated[
     Path | None,
@@ -63,13 +49,11 @@ HomeOpt = Annotated[Path | None, typer.Option("--home", help="A member's home di
 GenesisOpt = Annotated[Path | None, typer.Option("--genesis", help="The network's genesis.json.")]
 
 
-def _fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(code)
-
-
-def _genesis(net: Path | None, home: Path | None, genesis_path: Path | None) -> Genesis:
+def _genesis(net: Path | None, home: Path | None, genesis_path: Path | None) -> "Genesis":
     """The genesis file from --genesis, else --home's config/genesis.json, else --net."""
+    from consortium.cli.network import NetworkError, load_client_setup
+    from consortium.ledger.genesis import Genesis, GenesisError
+
     try:
         if genesis_path is not None:
             return Genesis.load(genesis_path)
@@ -78,8 +62,8 @@ def _genesis(net: Path | None, home: Path | None, genesis_path: Path | None) -> 
         if net is not None:
             return load_client_setup(net).genesis
     except (GenesisError, NetworkError) as exc:
-        raise _fail(str(exc)) from None
-    raise _fail("say which network: --home MEMBER_HOME, --net DIR or --genesis FILE")
+        raise fail(str(exc)) from None
+    raise fail("say which network: --home MEMBER_HOME, --net DIR or --genesis FILE")
 
 
 def _passphrase() -> bytes | None:
@@ -87,19 +71,21 @@ def _passphrase() -> bytes | None:
     return p.encode() if p else None
 
 
-def _member_key(home: Path) -> tuple[Genesis, KeyPair]:
-    from consortium.node.config import load_identity
+def _member_key(home: Path) -> "tuple[Genesis, KeyPair]":
+    from consortium.node.config import ConfigError, load_identity
 
     try:
         identity = load_identity(home, _passphrase())
     except ConfigError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     return identity.genesis, identity.keys
 
 
 def parse_public_key(text: str) -> bytes:
     """64 hex characters, a file holding them, or a PEM private key file (its public key);
     the key must be a valid Ed25519 key of prime order."""
+    from consortium.crypto.keys import InvalidKeyError, KeyPair, validate_public_key
+
     raw: bytes | None = None
     candidate = text.strip()
     if len(candidate) == 64:
@@ -134,8 +120,10 @@ def keygen(
     out: Annotated[Path, typer.Option("--out", help="Where to write the new key (PEM, 0600).")],
 ) -> None:
     """Make a new client key; prints its public key, which members then admit."""
+    from consortium.crypto.keys import KeyPair
+
     if out.exists():
-        raise _fail(f"{out} exists; choose another --out (a key is never overwritten)")
+        raise fail(f"{out} exists; choose another --out (a key is never overwritten)")
     keys = KeyPair.generate()
     keys.save(out, _passphrase())
     out.with_name(out.name + ".pub").write_text(keys.public.hex() + "\n")
@@ -144,7 +132,7 @@ def keygen(
 
 
 def _propose(
-    kind: ChangeKind,
+    kind: "ChangeKind",
     key: str,
     label: str,
     out: Path,
@@ -153,22 +141,32 @@ def _propose(
     home: Path | None,
     genesis_path: Path | None,
 ) -> None:
+    import secrets
+
+    from consortium.crypto.keys import InvalidKeyError
+    from consortium.ledger.admission import (
+        CHANGE_TTL_MAX_MS,
+        ClientChange,
+        Proposal,
+        check_client_key,
+    )
+
     genesis = _genesis(net, home, genesis_path)
     try:
         client_key = parse_public_key(key)
     except InvalidKeyError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     members = [m.public_key for m in genesis.members]
     refusal = check_client_key(client_key, members)
     if refusal is not None:
-        raise _fail(f"--key: {refusal.detail}")
+        raise fail(f"--key: {refusal.detail}")
     if len(label) > 64:
-        raise _fail("--label: at most 64 characters")
+        raise fail("--label: at most 64 characters")
     ttl_ms = int(expires_in_h * 3600 * 1000)
     if not 0 < ttl_ms <= CHANGE_TTL_MAX_MS:
-        raise _fail(f"--expires-in-hours must be in (0, {CHANGE_TTL_MAX_MS // 3_600_000}]")
+        raise fail(f"--expires-in-hours must be in (0, {CHANGE_TTL_MAX_MS // 3_600_000}]")
     if out.exists():
-        raise _fail(f"{out} exists; choose another --out")
+        raise fail(f"{out} exists; choose another --out")
     # Created now: it must follow the key's last accepted change (approvals collected before
     # it are stale); members refuse to sign a change created after their clock, and the
     # ledger one created after the block time.
@@ -219,6 +217,8 @@ def propose_admit(
     genesis: GenesisOpt = None,
 ) -> None:
     """Write a proposal to admit a client key (no member has approved it yet)."""
+    from consortium.ledger.admission import ADMIT
+
     _propose(ADMIT, key, label, out, expires_in_hours, net, home, genesis)
 
 
@@ -233,23 +233,27 @@ def propose_revoke(
     genesis: GenesisOpt = None,
 ) -> None:
     """Write a proposal to revoke a client key."""
+    from consortium.ledger.admission import REVOKE
+
     _propose(REVOKE, key, label, out, expires_in_hours, net, home, genesis)
 
 
-def _load(path: Path, genesis: Genesis) -> Proposal:
+def _load(path: Path, genesis: "Genesis") -> "Proposal":
+    from consortium.ledger.admission import Proposal, ProposalError
+
     try:
         proposal = Proposal.load(path)
     except ProposalError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     if proposal.change.chain_id != genesis.chain_id:
-        raise _fail(
+        raise fail(
             f"{path}: the change is for network {proposal.change.chain_id.hex()[:12]}…, this "
             f"genesis is {genesis.chain_id.hex()[:12]}…; use that network's genesis"
         )
     return proposal
 
 
-def _names(genesis: Genesis) -> dict[bytes, str]:
+def _names(genesis: "Genesis") -> dict[bytes, str]:
     return {m.public_key: m.name for m in genesis.members}
 
 
@@ -263,30 +267,33 @@ def sign(
 ) -> None:
     """Approve a proposal with your member key (run it on your own machine); read what it
     says first: the command prints the change it signs."""
+    from consortium.crypto.signing import Ed25519Signer
+    from consortium.ledger.admission import CHANGE_TTL_MAX_MS, check_client_key
+
     genesis, keys = _member_key(home)
     proposal = _load(proposal_path, genesis)
     change = proposal.change
     now_ms = int(time.time() * 1000)
     if change.expiry_ms < now_ms:
-        raise _fail(f"{proposal_path}: the proposal expired; ask for a new one")
+        raise fail(f"{proposal_path}: the proposal expired; ask for a new one")
     if change.expiry_ms - now_ms > CHANGE_TTL_MAX_MS or (
         change.expiry_ms - change.created_ms > CHANGE_TTL_MAX_MS
     ):
-        raise _fail(
+        raise fail(
             f"{proposal_path}: the proposal expires {_when(change.expiry_ms)}, more than "
             f"{CHANGE_TTL_MAX_MS // 86_400_000} days after now or after its creation; a change "
             "approved that far ahead would outlive later changes of the key: do not sign it, "
             "ask for a new one (`consortium client propose-*`)"
         )
     if change.created_ms > now_ms:
-        raise _fail(
+        raise fail(
             f"{proposal_path}: the proposal says it was created {_when(change.created_ms)}, "
             "after your clock (approvals must not predate what they approve); check the "
             "clocks, or sign it again in a moment"
         )
     refusal = check_client_key(change.client_key, [m.public_key for m in genesis.members])
     if refusal is not None:
-        raise _fail(f"{proposal_path}: {refusal.detail}; do not sign it")
+        raise fail(f"{proposal_path}: {refusal.detail}; do not sign it")
     proposal.add(change.approve(Ed25519Signer(keys)))
     target = out or proposal_path
     proposal.save(target, _names(genesis))
@@ -318,8 +325,19 @@ def submit(
 ) -> None:
     """Merge the approvals of the given copies, check them, and submit the change; prints the
     height at which it takes effect (the first checkpoint after its block)."""
+    import trio
+
+    from consortium.cli.network import NetworkError, load_client_setup
+    from consortium.client import ConsortiumClient
+    from consortium.crypto.keys import InvalidKeyError
+    from consortium.ledger.admission import (
+        ProposalError,
+        check_approvals,
+        check_client_key,
+        effective_height,
+    )
+    from consortium.ledger.genesis import GenesisError
     from consortium.ledger.tx import ConfigChange
-    from consortium.node.client import ConsortiumClient
 
     if home is not None:
         genesis, keys = _member_key(home)
@@ -327,25 +345,25 @@ def submit(
         try:
             setup = load_client_setup(net)
             if not 1 <= client <= len(setup.key_paths):
-                raise _fail(f"--client must be 1..{len(setup.key_paths)}")
+                raise fail(f"--client must be 1..{len(setup.key_paths)}")
             genesis, keys = setup.genesis, setup.keys()[client - 1]
         except (NetworkError, GenesisError, InvalidKeyError) as exc:
-            raise _fail(str(exc)) from None
+            raise fail(str(exc)) from None
     else:
-        raise _fail("submit with a member key (--home MEMBER_HOME) or a client key (--net DIR)")
+        raise fail("submit with a member key (--home MEMBER_HOME) or a client key (--net DIR)")
     proposal = _load(proposals[0], genesis)
     for path in proposals[1:]:
         try:
             proposal.merge(_load(path, genesis), str(path))
         except ProposalError as exc:
-            raise _fail(str(exc)) from None
+            raise fail(str(exc)) from None
     members = [m.public_key for m in genesis.members]
     change = proposal.change
     refusal = check_client_key(change.client_key, members) or check_approvals(
         change, proposal.approval_list(), members, genesis.quorum
     )
     if refusal is not None:
-        raise _fail(f"{refusal.detail}; nothing submitted", EXIT_FAILED)
+        raise fail(f"{refusal.detail}; nothing submitted", EXIT_FAILED)
     op = ConfigChange(change, proposal.approval_list())
 
     async def main() -> Any:
@@ -401,8 +419,12 @@ def list_clients(
 ) -> None:
     """The admitted clients and the pending changes with their effective height, as the
     members report them (pbft: the answer f+1 members agree on)."""
-    from consortium.node.api import ClientList
-    from consortium.node.client import ClientError, ConsortiumClient
+    from collections import Counter
+
+    import trio
+
+    from consortium.client import ClientError, ConsortiumClient
+    from consortium.protocol.messages import ClientList
 
     genesis = _genesis(net, home, genesis_path)
 
@@ -426,7 +448,7 @@ def list_clients(
     groups = Counter((a.admitted, a.pending, a.admitted_count) for a in lists.values())
     needed = genesis.f + 1 if genesis.mode == "pbft" else 1
     if not groups:
-        raise _fail(
+        raise fail(
             "no member answered: " + "; ".join(str(a) for a in answers.values()), EXIT_FAILED
         )
     (admitted, pending, count), agreeing = groups.most_common(1)[0]

@@ -16,11 +16,11 @@ import trio
 import typer
 
 from consortium.cli.network import LocalNetwork, init_network, load_client_setup
+from consortium.client import ConsortiumClient
 from consortium.crypto.keys import KeyPair
 from consortium.ledger.audit import audit_ledger
 from consortium.ledger.genesis import Genesis, Mode
 from consortium.ledger.tx import Put, Transaction
-from consortium.node.client import ConsortiumClient
 
 CHUNK = 50  # transactions one client submits before waiting for them
 

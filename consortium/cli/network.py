@@ -30,8 +30,6 @@ from typing import Any
 
 from consortium.crypto.keys import KeyPair
 from consortium.ledger.genesis import Client, Genesis, Member, Mode, Params
-from consortium.node.config import write_config
-from consortium.node.preflight import mark_new
 
 
 class NetworkError(RuntimeError):
@@ -69,6 +67,11 @@ def init_network(
     """A whole network in `directory`. Loopback ports chosen free, or, for members on
     separate hosts, `addresses` (peer, client) per member (`deployment.hosts_addresses`); each
     node then listens on its own address, or on `listen_host` with the same port."""
+    # Imported here: every client command reads client.toml through this module, and needs
+    # neither the node's config writer nor the block store behind mark_new.
+    from consortium.node.config import write_config
+    from consortium.node.preflight import mark_new
+
     if addresses is not None and len(addresses) != members:
         raise NetworkError(f"{len(addresses)} hosts given for {members} members")
     if directory.exists() and any(directory.iterdir()):

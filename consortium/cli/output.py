@@ -1,18 +1,22 @@
-"""What the CLI prints: endpoint tables, status tables, receipts and audit results."""
+"""What the CLI prints: endpoint tables, status tables, receipts and audit results.
+
+Imported by the commands when they run; it imports trio only to ask for statuses, and the
+audit only for its type, so that printing a table does not load them."""
 
 from __future__ import annotations
 
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import trio
 import typer
 
-from consortium.ledger.audit import AuditReport
-from consortium.ledger.genesis import Genesis
 from consortium.node.explain import fault_budget, join_names
+
+if TYPE_CHECKING:
+    from consortium.ledger.audit import AuditReport
+    from consortium.ledger.genesis import Genesis
 
 
 def endpoint_table(genesis: Genesis, directory: Path) -> None:
@@ -32,7 +36,9 @@ async def collect_status(
     """Ask each member (or those in `members`) for its status, all at once. A member that does
     not answer within `timeout_s` is reported as unreachable, with why; never an exception.
     `options` are ConsortiumClient keyword arguments (TLS)."""
-    from consortium.node.client import ConsortiumClient
+    import trio
+
+    from consortium.client import ConsortiumClient
 
     wanted = list(range(genesis.n)) if members is None else members
     results: dict[int, dict[str, Any]] = {}

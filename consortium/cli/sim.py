@@ -3,13 +3,15 @@ Raft cores) from the command line, with chosen network faults, crashes, partitio
 Byzantine behaviours, or fault mixes (both modes: partitions held past the view-change or
 election timeout and flapped while f members are down or mute all along; raft: its own crash,
 partition and power-loss mixes too), or a member's clock wrong (--clock, both modes); print a
-summary; and replay one seed with a readable trace."""
+summary; and replay one seed with a readable trace.
+
+This is the work behind the command; its options and help are in sim_cmd.py, so that
+`consortium --help` does not load the simulator."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Annotated
 
 import typer
 
@@ -44,44 +46,23 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
-def sim(
-    mode: Annotated[str, typer.Option(help="pbft, or raft (crash faults only).")] = "pbft",
-    mix: Annotated[
-        list[str] | None,
-        typer.Option(
-            help=f"Fault mix (repeatable, or 'all'). pbft: {', '.join(FLAPPING)} (partitions "
-            "held past the view-change timeout and flapped, f members crashed or mute for the "
-            "whole run; every transaction must commit within 4 x the capped timeout after "
-            f"healing); raft: {', '.join(RAFT_MIXES + FLAPPING)} (the same two: partitions "
-            "held past 2E, the election timeout's upper end; 4 x max(2E, client retry))."
-        ),
-    ] = None,
-    n: Annotated[
-        int | None, typer.Option(help="Members (pbft: 3f+1 >= 4, default 4; raft: default 3).")
-    ] = None,
-    seeds: Annotated[str, typer.Option(help="Seeds: 0-99, or 1,5,9.")] = "0-19",
-    txs: Annotated[int, typer.Option(help="Transactions submitted per run.")] = 60,
-    faults: Annotated[str, typer.Option(help="Network: clean, lossy or heavy.")] = "lossy",
-    partition: Annotated[bool, typer.Option(help="Split the members, no side a quorum.")] = False,
-    crash: Annotated[bool, typer.Option(help="Crash the primary mid-run, restart it.")] = False,
-    byzantine: Annotated[
-        list[str] | None,
-        typer.Option(help=f"Behaviour (repeatable, or 'all'): {', '.join(BEHAVIOURS)}."),
-    ] = None,
-    liars: Annotated[str, typer.Option(help="Byzantine member indexes, e.g. 0 or 0,4.")] = "0",
-    trace: Annotated[
-        int | None, typer.Option(help="Replay this one seed and print its trace.")
-    ] = None,
-    trace_lines: Annotated[int, typer.Option(help="Stop the trace after this many lines.")] = 400,
-    clock: Annotated[
-        list[str] | None,
-        typer.Option(
-            help="Clock mix (repeatable, or 'all'): one member's clock wrong or jumping; "
-            f"pbft {', '.join(CLOCK_MIXES['pbft'])}; raft {', '.join(CLOCK_MIXES['raft'])}."
-        ),
-    ] = None,
+def run(
+    *,
+    mode: str,
+    mix: list[str] | None,
+    n: int | None,
+    seeds: str,
+    txs: int,
+    faults: str,
+    partition: bool,
+    crash: bool,
+    byzantine: list[str] | None,
+    liars: str,
+    trace: int | None,
+    trace_lines: int,
+    clock: list[str] | None,
 ) -> None:
-    """Seeded simulations: safety checked after every step, liveness after healing."""
+    """`consortium sim` with the options it was given (sim_cmd.py declares them)."""
     if clock:
         _clock(mode, n, seeds, txs, clock, trace, trace_lines)
         return

@@ -14,6 +14,7 @@ import trio
 from consortium.ledger.store import StoreError
 from consortium.node import runtime
 from consortium.node.config import ConfigError, NodeIdentity, load_identity
+from consortium.node.errors import first_leaf
 from consortium.node.logs import setup_logging
 from consortium.node.preflight import check_data_dir, check_listen
 from consortium.node.runtime import Node
@@ -59,18 +60,3 @@ def run_member(identity: NodeIdentity, compose: Compose | None = None) -> None:
         if found is group:
             raise
         raise found from None
-
-
-def first_leaf(
-    group: BaseExceptionGroup[BaseException], kinds: tuple[type[BaseException], ...]
-) -> BaseException:
-    """The first exception of one of `kinds` in `group` (depth first), else the group itself:
-    a member's disk error surfaces as its one-line message, not an exception group trace."""
-    for exc in group.exceptions:
-        if isinstance(exc, kinds):
-            return exc
-        if isinstance(exc, BaseExceptionGroup):
-            found = first_leaf(exc, kinds)
-            if found is not exc:
-                return found
-    return group

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from consortium.cli.main import app, init
+from consortium.cli.main import app
+from consortium.cli.net import init
 
 REPO = Path(__file__).resolve().parents[2]
 UNIT = REPO / "deploy" / "consortium-node@.service"

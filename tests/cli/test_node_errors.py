@@ -1,6 +1,7 @@
 """A member's fatal error inside the Trio nurseries (trio wraps a task's exception in an
-exception group) reaches the operator as its one-line message: `node start` finds it in the
-group (node.process.first_leaf) and exits with it, instead of printing a group traceback."""
+exception group) reaches the operator as its one-line message: `node start` (node/process.py)
+and the command line (cli/main.py) find it in the group (node/errors.py, first_leaf) and exit
+with it, instead of printing a group traceback."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 import trio.lowlevel
 
 from consortium.ledger.store import StoreError
-from consortium.node.process import first_leaf
+from consortium.node.errors import first_leaf
 
 
 def test_the_first_store_error_is_found_in_nested_groups() -> None:
@@ -59,3 +60,36 @@ def test_a_programming_error_in_a_member_task_is_not_reported_as_a_usage_error(
         app, ["node", "start", "--home", str(tmp_path / "net" / "nodes" / "n1")]
     )
     assert result.exit_code != 2, result.output
+
+
+def test_a_store_error_in_a_member_task_reaches_the_operator_as_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The nursery wraps the task's error in an exception group; the command line (cli/main.py)
+    finds the store error in it and shows its message alone, exit 1, no traceback."""
+    import trio
+    from typer.testing import CliRunner
+
+    from consortium.cli.main import app
+    from consortium.cli.network import init_network
+    from consortium.node import runtime
+
+    init_network(tmp_path / "net", members=4, clients=1, mode="pbft")
+
+    class _Node:
+        async def run(
+            self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+        ) -> None:
+            task_status.started()
+            await trio.lowlevel.checkpoint()
+            raise StoreError("ledger.sqlite: write failed, nothing written (disk I/O error)")
+
+    monkeypatch.setattr(runtime, "make_node", lambda *a, **k: _Node())
+    result = CliRunner().invoke(
+        app, ["node", "start", "--home", str(tmp_path / "net" / "nodes" / "n1")]
+    )
+    assert result.exit_code == 1, result.output
+    assert result.output.strip().splitlines()[-1] == (
+        "error: ledger.sqlite: write failed, nothing written (disk I/O error)"
+    )
+    assert "Traceback" not in result.output and "ExceptionGroup" not in result.output

@@ -1,0 +1,64 @@
+"""What the command modules share: exit codes, the one-line error, the --net option, and
+reading a network's client configuration.
+
+Light on purpose: every command module imports this at import time, and `consortium --help`
+must not pay for trio, the client library or the crypto libraries (tests/cli/
+test_cli_imports.py), so whatever needs them is imported inside the function that uses it.
+"""
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+if TYPE_CHECKING:
+    from consortium.cli.network import ClientSetup
+    from consortium.crypto.keys import KeyPair
+
+EXIT_USAGE = 2
+EXIT_FAILED = 1
+EXIT_PENDING = 3  # not decided within the wait: it may still commit (never "failed")
+
+NetOpt = Annotated[
+    Path,
+    typer.Option(
+        "--net",
+        envvar="CONSORTIUM_NET",
+        help="Network directory written by `consortium init` (holds client.toml).",
+    ),
+]
+
+
+def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def client_setup(net: Path) -> "tuple[ClientSetup, dict[str, Any]]":
+    """The network's client configuration and the ConsortiumClient options it needs (TLS),
+    or a one-line error (exit 2)."""
+    from consortium.cli.network import NetworkError, load_client_setup
+    from consortium.crypto.keys import InvalidKeyError
+    from consortium.ledger.genesis import GenesisError
+
+    try:
+        setup = load_client_setup(net)
+        return setup, setup.client_options()
+    except (NetworkError, GenesisError, InvalidKeyError) as exc:
+        raise fail(str(exc)) from None
+
+
+def client_keys(net: Path, client: int) -> "tuple[ClientSetup, KeyPair, dict[str, Any]]":
+    """As client_setup, with the key of client number `client` (1-based) of client.toml."""
+    from consortium.cli.network import NetworkError, load_client_setup
+    from consortium.crypto.keys import InvalidKeyError
+    from consortium.ledger.genesis import GenesisError
+
+    try:
+        setup = load_client_setup(net)
+        if not 1 <= client <= len(setup.key_paths):
+            raise fail(f"--client must be 1..{len(setup.key_paths)}")
+        keys = setup.keys()[client - 1]
+        return setup, keys, setup.client_options(keys)
+    except (NetworkError, GenesisError, InvalidKeyError) as exc:
+        raise fail(str(exc)) from None

@@ -1,0 +1,97 @@
+"""`consortium ledger`: follow committed blocks as they commit (`follow`), and audit a ledger
+offline from the genesis file alone (`verify`).
+
+The audit, the client library and trio are imported inside the commands: importing this
+module (for `consortium --help`) loads typer and nothing heavy.
+"""
+
+# No `from __future__ import annotations` here: typer would evaluate every string
+# annotation of every command at each start (main.py).
+
+import contextlib
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from consortium.cli.common import EXIT_FAILED, NetOpt, client_setup, fail
+
+ledger_app = typer.Typer(
+    help="Audit a ledger offline; follow committed blocks.", no_args_is_help=True
+)
+
+
+@ledger_app.command("follow")
+def ledger_follow(
+    net: NetOpt = Path("net"),
+    from_height: Annotated[int, typer.Option("--from", help="The first height to show.")] = 1,
+    count: Annotated[
+        int | None, typer.Option("--count", help="Stop after this many blocks.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+) -> None:
+    """Print committed blocks from a height on, one line per block, as they commit (Ctrl-C
+    stops): in pbft each once f+1 members signed the same block, in raft as one member
+    signed it; each checked to link to the one before."""
+    import trio
+
+    from consortium.cli import output
+    from consortium.client import ClientError, ConsortiumClient
+
+    if from_height < 0:
+        raise fail("--from must be a height (0 or more)")
+    if count is not None and count < 1:
+        raise fail("--count must be at least 1")
+    setup, options = client_setup(net)
+    genesis = setup.genesis
+
+    async def main() -> None:
+        shown = 0
+        async with (
+            ConsortiumClient(genesis, **options) as c,
+            contextlib.aclosing(c.follow(from_height)) as blocks,
+        ):
+            async for block in blocks:
+                output.print_block(block, genesis, as_json=as_json)
+                shown += 1
+                if count is not None and shown >= count:
+                    return
+
+    try:
+        trio.run(main)
+    except ClientError as exc:
+        raise fail(str(exc), EXIT_FAILED) from None
+    except KeyboardInterrupt:
+        pass
+
+
+@ledger_app.command("verify")
+def ledger_verify(
+    home: Annotated[Path | None, typer.Option("--home", help="A member's home directory.")] = None,
+    db: Annotated[Path | None, typer.Option(help="A ledger file (ledger.sqlite).")] = None,
+    genesis_path: Annotated[
+        Path | None, typer.Option("--genesis", help="The genesis file to audit against.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Audit a ledger from the genesis file alone: hash chain, Merkle roots, every certificate,
+    every client signature, and re-execution to the same state roots."""
+    from consortium.cli import output
+    from consortium.ledger.audit import audit_ledger
+    from consortium.ledger.genesis import Genesis, GenesisError
+
+    if home is not None:
+        db = db or home / "data" / "ledger.sqlite"
+        genesis_path = genesis_path or home / "config" / "genesis.json"
+    if db is None or genesis_path is None:
+        raise fail("give --home DIR, or both --db FILE and --genesis FILE")
+    if not db.exists():
+        raise fail(f"{db}: no ledger file")
+    try:
+        genesis = Genesis.load(genesis_path)
+    except GenesisError as exc:
+        raise fail(str(exc)) from None
+    report = audit_ledger(db, genesis)
+    output.print_audit(db, report, as_json=as_json)
+    if not report.ok:
+        raise typer.Exit(EXIT_FAILED)
