@@ -13,12 +13,12 @@ from typing import Annotated
 
 import typer
 
-from consortium.node.sim.byzantine import BEHAVIOURS
-from consortium.node.sim.checkers import LivenessViolation, SafetyViolation
-from consortium.node.sim.clock_scenarios import CLOCK_MIXES, plan, run_clock
-from consortium.node.sim.flapping import FLAPPING
-from consortium.node.sim.raft_scenarios import RAFT_MIXES, run_raft, run_raft_flapping
-from consortium.node.sim.scenarios import FAULTS, Outcome, Scenario, run_seed
+from consortium.sim.byzantine import BEHAVIOURS
+from consortium.sim.checkers import LivenessViolation, SafetyViolation
+from consortium.sim.clock_scenarios import CLOCK_MIXES, plan, run_clock
+from consortium.sim.flapping import FLAPPING
+from consortium.sim.raft_scenarios import RAFT_MIXES, run_raft, run_raft_flapping
+from consortium.sim.scenarios import FAULTS, Outcome, Scenario, run_seed
 
 EXIT_FAILED = 1
 

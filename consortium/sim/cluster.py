@@ -67,12 +67,12 @@ from consortium.ledger.state import KeyValueState, build_block
 from consortium.ledger.store import RECOVERY_MARK_KEY, RESTORED_BACKUP
 from consortium.ledger.tx import Put, Transaction
 from consortium.node.executor import Executed, Executor, Write
-from consortium.node.sim.checkers import EquivocationChecker, SafetyChecker
-from consortium.node.sim.network import NetworkFaults, SimNetwork
-from consortium.node.sim.shell import EPOCH_MS, BrokenExecutor, SimShell
 from consortium.pbft.messages import TransferredBlock, decode
 from consortium.pbft.replica import CommittedBatch, PbftConfig, PbftReplica, RecoveredState, Serve
 from consortium.pbft.transfer import blocks_reply
+from consortium.sim.checkers import EquivocationChecker, SafetyChecker
+from consortium.sim.network import NetworkFaults, SimNetwork
+from consortium.sim.shell import EPOCH_MS, BrokenExecutor, SimShell
 
 CLIENT_SEED = b"consortium-sim-client".ljust(32, b"\x00")
 SIM_PARAMS = Params(
