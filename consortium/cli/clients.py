@@ -43,6 +43,7 @@ from consortium.ledger.admission import (
 )
 from consortium.ledger.genesis import Genesis, GenesisError
 from consortium.node.config import ConfigError
+from consortium.node.genesis import load_genesis
 
 clients_app = typer.Typer(
     help="Admit and revoke client keys (a change approved by a quorum of members).",
@@ -72,9 +73,9 @@ def _genesis(net: Path | None, home: Path | None, genesis_path: Path | None) -> 
     """The genesis file from --genesis, else --home's config/genesis.json, else --net."""
     try:
         if genesis_path is not None:
-            return Genesis.load(genesis_path)
+            return load_genesis(genesis_path)
         if home is not None:
-            return Genesis.load(home / "config" / "genesis.json")
+            return load_genesis(home / "config" / "genesis.json")
         if net is not None:
             return load_client_setup(net).genesis
     except (GenesisError, NetworkError) as exc:

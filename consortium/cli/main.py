@@ -27,6 +27,7 @@ from consortium.crypto.keys import InvalidKeyError, KeyPair
 from consortium.ledger.genesis import MODES, Genesis, GenesisError
 from consortium.ledger.store import StoreError
 from consortium.node.config import ConfigError
+from consortium.node.genesis import load_genesis
 
 if TYPE_CHECKING:
     from consortium.cli.bench import BenchConfig, BenchRun
@@ -484,7 +485,7 @@ def node_backup(
 
     try:
         config = load_config(home)
-        genesis = Genesis.load(config.genesis_path)
+        genesis = load_genesis(config.genesis_path)
         result = backup_store(config.store_path, to, genesis)
     except (ConfigError, GenesisError, StoreError) as exc:
         raise _fail(str(exc), EXIT_FAILED) from None
@@ -680,7 +681,7 @@ def tx_verify_receipt(
 
     genesis_path = genesis_path or net / "genesis.json"
     try:
-        genesis = Genesis.load(genesis_path)
+        genesis = load_genesis(genesis_path)
     except GenesisError as exc:
         raise _fail(str(exc)) from None
     try:
@@ -956,7 +957,7 @@ def _member_signer(home: Path | None, net: Path | None) -> tuple[Genesis, KeyPai
         with contextlib.suppress(ConfigError, GenesisError, InvalidKeyError, OSError):
             config = load_config(home)
             public = KeyPair.load(config.key_path, passphrase).public
-            clients = {c.public_key: c.name for c in Genesis.load(config.genesis_path).clients}
+            clients = {c.public_key: c.name for c in load_genesis(config.genesis_path).clients}
             if public in clients:
                 raise _fail(
                     f"{config.key_path} is client {clients[public]!r}'s key: a leadership "
@@ -987,7 +988,7 @@ def ledger_verify(
     if not db.exists():
         raise _fail(f"{db}: no ledger file")
     try:
-        genesis = Genesis.load(genesis_path)
+        genesis = load_genesis(genesis_path)
     except GenesisError as exc:
         raise _fail(str(exc)) from None
     report = audit_ledger(db, genesis)

@@ -31,6 +31,7 @@ from typing import Any
 from consortium.crypto.keys import KeyPair
 from consortium.ledger.genesis import Client, Genesis, Member, Mode, Params
 from consortium.node.config import write_config
+from consortium.node.genesis import load_genesis, validate_genesis
 from consortium.node.preflight import mark_new
 
 
@@ -110,7 +111,7 @@ def init_network(
         clients=client_list,
         params=params or Params(),
     )
-    genesis.validate(str(directory / "genesis.json"))
+    validate_genesis(genesis, str(directory / "genesis.json"))
     text = write_client_side(directory, genesis, client_keys, tls=tls)
     for k, m in zip(member_keys, member_list, strict=True):
         home = directory / "nodes" / m.name
@@ -203,7 +204,7 @@ def load_client_setup(directory: Path) -> ClientSetup:
     keys = doc.get("keys", [])
     if not isinstance(genesis_file, str) or not isinstance(keys, list):
         raise NetworkError(f"{path}: 'genesis' must be a path and 'keys' a list of paths")
-    genesis = Genesis.load(directory / genesis_file)
+    genesis = load_genesis(directory / genesis_file)
     return ClientSetup(
         directory, genesis, tuple(directory / str(k) for k in keys), tls, directory / genesis_file
     )
