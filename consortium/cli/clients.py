@@ -52,13 +52,14 @@ GenesisOpt = Annotated[Path | None, typer.Option("--genesis", help="The network'
 def _genesis(net: Path | None, home: Path | None, genesis_path: Path | None) -> "Genesis":
     """The genesis file from --genesis, else --home's config/genesis.json, else --net."""
     from consortium.cli.network import NetworkError, load_client_setup
-    from consortium.ledger.genesis import Genesis, GenesisError
+    from consortium.ledger.genesis import GenesisError
+    from consortium.node.genesis import load_genesis  # (with the frame check)
 
     try:
         if genesis_path is not None:
-            return Genesis.load(genesis_path)
+            return load_genesis(genesis_path)
         if home is not None:
-            return Genesis.load(home / "config" / "genesis.json")
+            return load_genesis(home / "config" / "genesis.json")
         if net is not None:
             return load_client_setup(net).genesis
     except (GenesisError, NetworkError) as exc:

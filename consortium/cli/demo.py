@@ -21,6 +21,7 @@ from consortium.crypto.keys import KeyPair
 from consortium.ledger.audit import audit_ledger
 from consortium.ledger.genesis import Genesis, Mode
 from consortium.ledger.tx import Put, Transaction
+from consortium.node.genesis import load_genesis
 
 CHUNK = 50  # transactions one client submits before waiting for them
 
@@ -186,7 +187,7 @@ def run_demo(
     for m in genesis.members:
         home = directory / "nodes" / m.name
         report = audit_ledger(
-            home / "data" / "ledger.sqlite", Genesis.load(home / "config" / "genesis.json")
+            home / "data" / "ledger.sqlite", load_genesis(home / "config" / "genesis.json")
         )
         heads.add((report.height, report.head_hash))
         verdict = (

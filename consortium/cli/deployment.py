@@ -39,6 +39,7 @@ from consortium.ledger.genesis import (
     parse_advertised_address,
 )
 from consortium.node.config import write_config
+from consortium.node.genesis import validate_genesis
 from consortium.node.preflight import mark_new
 
 MEMBER_FILE = "member.json"
@@ -186,7 +187,7 @@ def assemble_genesis(
         params=params or Params(),
     )
     try:
-        genesis.validate(str(directory / "genesis.json"))
+        validate_genesis(genesis, str(directory / "genesis.json"))
     except GenesisError as exc:
         raise NetworkError(str(exc)) from None
     write_client_side(directory, genesis, client_keys)

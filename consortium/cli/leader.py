@@ -104,7 +104,7 @@ def _member_signer(home: Path | None, net: Path | None) -> "tuple[Genesis, KeyPa
     from consortium.cli.deployment import key_passphrase
     from consortium.cli.network import NetworkError, node_homes
     from consortium.crypto.keys import InvalidKeyError, KeyPair
-    from consortium.ledger.genesis import Genesis, GenesisError
+    from consortium.ledger.genesis import GenesisError
     from consortium.node.config import ConfigError, load_config, load_identity
 
     if home is None and net is not None:
@@ -127,7 +127,9 @@ def _member_signer(home: Path | None, net: Path | None) -> "tuple[Genesis, KeyPa
         with contextlib.suppress(ConfigError, GenesisError, InvalidKeyError, OSError):
             config = load_config(home)
             public = KeyPair.load(config.key_path, passphrase).public
-            clients = {c.public_key: c.name for c in Genesis.load(config.genesis_path).clients}
+            from consortium.node.genesis import load_genesis  # (with the frame check)
+
+            clients = {c.public_key: c.name for c in load_genesis(config.genesis_path).clients}
             if public in clients:
                 raise fail(
                     f"{config.key_path} is client {clients[public]!r}'s key: a leadership "

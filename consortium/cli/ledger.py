@@ -78,7 +78,7 @@ def ledger_verify(
     every client signature, and re-execution to the same state roots."""
     from consortium.cli import output
     from consortium.ledger.audit import audit_ledger
-    from consortium.ledger.genesis import Genesis, GenesisError
+    from consortium.ledger.genesis import GenesisError
 
     if home is not None:
         db = db or home / "data" / "ledger.sqlite"
@@ -88,7 +88,9 @@ def ledger_verify(
     if not db.exists():
         raise fail(f"{db}: no ledger file")
     try:
-        genesis = Genesis.load(genesis_path)
+        from consortium.node.genesis import load_genesis  # (with the frame check)
+
+        genesis = load_genesis(genesis_path)
     except GenesisError as exc:
         raise fail(str(exc)) from None
     report = audit_ledger(db, genesis)

@@ -113,7 +113,9 @@ def init_network(
         clients=client_list,
         params=params or Params(),
     )
-    genesis.validate(str(directory / "genesis.json"))
+    from consortium.node.genesis import validate_genesis  # (sizes frames: imports the cores)
+
+    validate_genesis(genesis, str(directory / "genesis.json"))
     text = write_client_side(directory, genesis, client_keys, tls=tls)
     for k, m in zip(member_keys, member_list, strict=True):
         home = directory / "nodes" / m.name
@@ -206,7 +208,9 @@ def load_client_setup(directory: Path) -> ClientSetup:
     keys = doc.get("keys", [])
     if not isinstance(genesis_file, str) or not isinstance(keys, list):
         raise NetworkError(f"{path}: 'genesis' must be a path and 'keys' a list of paths")
-    genesis = Genesis.load(directory / genesis_file)
+    from consortium.node.genesis import load_genesis  # (with the frame check)
+
+    genesis = load_genesis(directory / genesis_file)
     return ClientSetup(
         directory, genesis, tuple(directory / str(k) for k in keys), tls, directory / genesis_file
     )

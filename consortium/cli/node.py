@@ -148,13 +148,15 @@ def node_backup(
     until it has learned a later view or term. Back up config/ (node_key.pem, node.toml,
     genesis.json) separately."""
     from consortium.ledger.backup import backup_store
-    from consortium.ledger.genesis import Genesis, GenesisError
+    from consortium.ledger.genesis import GenesisError
     from consortium.ledger.store import StoreError
     from consortium.node.config import ConfigError, load_config
 
     try:
         config = load_config(home)
-        genesis = Genesis.load(config.genesis_path)
+        from consortium.node.genesis import load_genesis  # (with the frame check)
+
+        genesis = load_genesis(config.genesis_path)
         result = backup_store(config.store_path, to, genesis)
     except (ConfigError, GenesisError, StoreError) as exc:
         raise fail(str(exc), EXIT_FAILED) from None

@@ -15,12 +15,12 @@ from collections.abc import Callable
 
 import typer
 
-from consortium.node.sim.byzantine import BEHAVIOURS
-from consortium.node.sim.checkers import LivenessViolation, SafetyViolation
-from consortium.node.sim.clock_scenarios import CLOCK_MIXES, plan, run_clock
-from consortium.node.sim.flapping import FLAPPING
-from consortium.node.sim.raft_scenarios import RAFT_MIXES, run_raft, run_raft_flapping
-from consortium.node.sim.scenarios import FAULTS, Outcome, Scenario, run_seed
+from consortium.sim.byzantine import BEHAVIOURS
+from consortium.sim.checkers import LivenessViolation, SafetyViolation
+from consortium.sim.clock_scenarios import CLOCK_MIXES, plan, run_clock
+from consortium.sim.flapping import FLAPPING
+from consortium.sim.raft_scenarios import RAFT_MIXES, run_raft, run_raft_flapping
+from consortium.sim.scenarios import FAULTS, Outcome, Scenario, run_seed
 
 EXIT_FAILED = 1
 
@@ -269,7 +269,7 @@ def _clock(
     trace: int | None,
     trace_lines: int,
 ) -> None:
-    """The clock mixes (node/sim/clock_scenarios.py) of one mode."""
+    """The clock mixes (sim/clock_scenarios.py) of one mode."""
     if mode not in CLOCK_MIXES:
         raise typer.BadParameter("pbft or raft", param_hint="--mode")
     known = CLOCK_MIXES[mode]

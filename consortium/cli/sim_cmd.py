@@ -1,6 +1,6 @@
 """`consortium sim`: the command line of the simulator (its options and help).
 
-The simulator itself (sim.py, over node/sim/) is imported when the command runs: importing
+The simulator itself (sim.py, over consortium/sim/) is imported when the command runs: importing
 this module (for `consortium --help`) loads typer and nothing heavy. The help names the
 simulator's mixes and behaviours; they are repeated here for that reason, and
 tests/cli/test_cli_imports.py checks that they are the simulator's own.
@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-# node/sim: flapping.FLAPPING, raft_scenarios.RAFT_MIXES, byzantine.BEHAVIOURS (its keys, in
+# consortium/sim: flapping.FLAPPING, raft_scenarios.RAFT_MIXES, byzantine.BEHAVIOURS (its keys, in
 # order) and clock_scenarios.CLOCK_MIXES.
 FLAPPING = ("flap-down", "flap-mute")
 RAFT_MIXES = ("lossy", "crashes", "partitions", "mixed", "total-crash")

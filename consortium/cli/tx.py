@@ -208,12 +208,14 @@ def tx_verify_receipt(
     """Check a receipt document offline, against the genesis file alone: the network, the
     receipt's Merkle proof to the block header, and f+1 distinct members' signatures over the
     header's hash (raft: one). Prints what it proves; exit 1 (and what is wrong) if it does not."""
-    from consortium.ledger.genesis import Genesis, GenesisError
+    from consortium.ledger.genesis import GenesisError
     from consortium.protocol.receipts import ReceiptFormatError, describe, loads, verify_receipt
 
     genesis_path = genesis_path or net / "genesis.json"
     try:
-        genesis = Genesis.load(genesis_path)
+        from consortium.node.genesis import load_genesis  # (with the frame check)
+
+        genesis = load_genesis(genesis_path)
     except GenesisError as exc:
         raise fail(str(exc)) from None
     try:

@@ -61,7 +61,7 @@ from consortium.crypto.codec import (
 )
 from consortium.ledger.block import BlockHeader, batch_digest
 from consortium.ledger.certificates import RaftEntryCertificate
-from consortium.ledger.genesis import Params
+from consortium.ledger.genesis import Params, full_batch_frame_fix
 from consortium.ledger.tx import Transaction, batch_wire_bytes_max, tx_wire_bytes_max
 
 MEMBER_MAX = 1 << 16
@@ -466,3 +466,27 @@ def worst_case_frames(params: Params) -> dict[str, int]:
         "BLOCKS": len(encode(Blocks(top, (block,)))) - 1 + batch,
         "FORWARD": len(encode(Forward(()))) + tx_wire_bytes_max(params),
     }
+
+
+def frame_size_problem(params: Params) -> str | None:
+    """Why raft members with these parameters could not exchange every message they must, if
+    they could not (the worst-case frames above against params.frame_bytes_max); None when they
+    can. Found in review: a frame limit below one legal batch halted the cluster for good.
+    node/genesis.py asks it of every raft genesis."""
+    frame_max = params.frame_bytes_max
+    sizes = worst_case_frames(params)
+    for kind, what in (("APPEND", "an entry of a full batch"), ("BLOCKS", "a full block")):
+        size = sizes[kind]
+        if size > frame_max:
+            return (
+                f"a raft {kind} carrying {what} can take {size:,} bytes, more than "
+                f"params.frame_bytes_max ({frame_max:,}), which halts the cluster for "
+                "good: " + full_batch_frame_fix(size)
+            )
+    if sizes["FORWARD"] > frame_max:
+        return (
+            f"a raft FORWARD of the largest transaction can take {sizes['FORWARD']:,} "
+            f"bytes, more than params.frame_bytes_max ({frame_max:,}): raise "
+            "params.frame_bytes_max or lower params.tx_bytes_max"
+        )
+    return None

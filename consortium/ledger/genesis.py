@@ -8,7 +8,6 @@ peer handshake, so two networks never accept each other's messages.
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 import json
 import re
@@ -80,6 +79,12 @@ class Params:
                 f"params.tx_ttl_max_ms / 4 ({self.tx_ttl_max_ms // 4}): lower timestamp_skew_ms "
                 "or raise tx_ttl_max_ms"
             )
+
+
+def full_batch_frame_fix(size: int) -> str:
+    """The fix to name when a frame carrying a full batch takes `size` bytes, more than
+    params.frame_bytes_max (each protocol's frame check, node/genesis.py)."""
+    return f"raise params.frame_bytes_max to at least {size:,} or lower params.batch_bytes_max"
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,6 +259,9 @@ class Genesis:
         return genesis
 
     def validate(self, where: str = "genesis") -> None:
+        """The checks of the file alone. Whether members with these parameters can exchange
+        every frame they must is node/genesis.py's check (it needs the protocols' encodings,
+        which import this module): a genesis to run or to write is loaded through there."""
         self.params.validate(where)
         names = [m.name for m in self.members] + [c.name for c in self.clients]
         dup = {x for x in names if names.count(x) > 1}
@@ -268,125 +276,6 @@ class Genesis:
             )
         if self.mode == "raft" and self.n < 1:
             raise GenesisError(f"{where}: raft needs at least 1 member")
-        problem = frame_size_problem(self.params, self.mode, self.n)
-        if problem is not None:
-            raise GenesisError(f"{where}: {problem}")
-
-
-KIB = 1024
-
-
-@functools.cache
-def frame_size_problem(params: Params, mode: Mode, n: int) -> str | None:
-    """Why members with these parameters could not exchange every message they must, if they
-    could not; None when every worst-case frame (each protocol's worst_case_frames: the real
-    encodings with every field at its largest) fits what its receiver decodes. Found in
-    review: legal parameters (256 KiB batches at n >= 10, window 256 at n >= 22) made every
-    NEW-VIEW too big to decode, so after one primary crash the members cycled through views
-    for ever; a raft frame limit below one batch halted the cluster for good.
-
-    The encodings live with each protocol, whose modules import this one (Params): imported
-    here, when first needed. Cached: a genesis is validated often (each simulated cluster)."""
-    from consortium.crashft import messages as raft_messages
-    from consortium.pbft import messages as pbft_messages
-    from consortium.protocol import sizing
-
-    frame_max = params.frame_bytes_max
-    batch = "a full batch"
-    fix_batch = "raise params.frame_bytes_max to at least {size:,} or lower params.batch_bytes_max"
-    if mode == "pbft":
-        decode_max = pbft_messages.frame_bytes_limit(params)
-        sizes = pbft_messages.worst_case_frames(params, n)
-        for kind in ("PRE-PREPARE", "BATCH", "BLOCKS"):
-            size = sizes[kind]
-            if size > frame_max:
-                return (
-                    f"a pbft {kind} carrying {batch} can take {size:,} bytes, more than "
-                    f"params.frame_bytes_max ({frame_max:,}): " + fix_batch.format(size=size)
-                )
-            if size > decode_max:
-                return (
-                    f"with {n} members a pbft {kind}'s certificates outgrow the "
-                    f"{pbft_messages.ENVELOPE_BYTES_MAX // KIB} KiB a frame may add to a full "
-                    "batch: fewer members"
-                )
-        for kind in ("VIEW-CHANGE", "NEW-VIEW"):
-            size = sizes[kind]
-            if size <= decode_max:
-                continue
-            window = _window_that_fits(params, n, kind, decode_max)
-            k = params.checkpoint_interval
-            limit = (
-                "params.frame_bytes_max"
-                if decode_max == frame_max
-                else "a full batch of params.batch_bytes_max plus "
-                f"{pbft_messages.ENVELOPE_BYTES_MAX // KIB} KiB"
-            )
-            if window is None:
-                fix = "no window fits at this n: raise params.batch_bytes_max"
-            elif window >= 2 * k:
-                fix = f"lower params.window to {window - window % k} or less"
-            else:
-                # (the window is a multiple of the checkpoint interval, at least two of them)
-                fix = (
-                    f"lower params.window to {window - window % 2} or less and "
-                    f"params.checkpoint_interval to {window // 2} or less"
-                )
-            return (
-                f"with {n} members and params.window = {params.window} a pbft {kind} can take "
-                f"{size:,} bytes, more than the {decode_max:,} a member decodes ({limit}), so "
-                f"no view change could complete: {fix}"
-            )
-    else:
-        sizes = raft_messages.worst_case_frames(params)
-        for kind, what in (("APPEND", "an entry of a full batch"), ("BLOCKS", "a full block")):
-            size = sizes[kind]
-            if size > frame_max:
-                return (
-                    f"a raft {kind} carrying {what} can take {size:,} bytes, more than "
-                    f"params.frame_bytes_max ({frame_max:,}), which halts the cluster for "
-                    "good: " + fix_batch.format(size=size)
-                )
-        if sizes["FORWARD"] > frame_max:
-            return (
-                f"a raft FORWARD of the largest transaction can take {sizes['FORWARD']:,} "
-                f"bytes, more than params.frame_bytes_max ({frame_max:,}): raise "
-                "params.frame_bytes_max or lower params.tx_bytes_max"
-            )
-    client = sizing.worst_case_frames(params, n, mode)
-    if client["submit"] > frame_max:
-        return (
-            f"a client's submit of the largest transaction can take {client['submit']:,} bytes, "
-            f"more than params.frame_bytes_max ({frame_max:,}): raise params.frame_bytes_max "
-            "or lower params.tx_bytes_max"
-        )
-    if client["block"] > frame_max:
-        return (
-            f"a block of {batch} sent to a client can take {client['block']:,} bytes, more "
-            f"than params.frame_bytes_max ({frame_max:,}): "
-            + fix_batch.format(size=client["block"])
-        )
-    return None
-
-
-def _window_that_fits(params: Params, n: int, kind: str, limit: int) -> int | None:
-    """The largest window, at most params.window, whose worst-case `kind` frame fits `limit`
-    (frames grow with the window: a binary search); None if not even a window of 2 does."""
-    from consortium.pbft import messages as pbft_messages
-
-    def fits(window: int) -> bool:
-        return pbft_messages.worst_case_frames(params, n, window)[kind] <= limit
-
-    low, high = 2, params.window
-    if not fits(low):
-        return None
-    while low < high:
-        mid = (low + high + 1) // 2
-        if fits(mid):
-            low = mid
-        else:
-            high = mid - 1
-    return low
 
 
 def _only_keys(obj: Any, allowed: set[str], at: str) -> None:

@@ -32,6 +32,7 @@ from typing import Any
 
 from consortium.crypto.keys import InvalidKeyError, KeyPair
 from consortium.ledger.genesis import Genesis, GenesisError, Member, parse_address
+from consortium.node.genesis import load_genesis
 
 
 class ConfigError(ValueError):
@@ -238,7 +239,7 @@ def load_identity(home: Path, passphrase: bytes | None = None) -> NodeIdentity:
             "(`consortium genesis` or `consortium init` wrote it)"
         )
     try:
-        genesis = Genesis.load(config.genesis_path)
+        genesis = load_genesis(config.genesis_path)
     except GenesisError as exc:
         raise ConfigError(str(exc)) from None
     member = genesis.member_by_name(config.name)

@@ -71,7 +71,7 @@ from consortium.ledger.certificates import (
     checkpoint_body,
     commit_body,
 )
-from consortium.ledger.genesis import Params
+from consortium.ledger.genesis import Params, full_batch_frame_fix
 from consortium.ledger.tx import TX_FRAMING_BYTES_MAX, Transaction, batch_wire_bytes_max
 
 __all__ = [
@@ -860,3 +860,75 @@ def worst_case_frames(params: Params, n: int, window: int | None = None) -> dict
         "VIEW-CHANGE": view_change,
         "NEW-VIEW": new_view,
     }
+
+
+KIB = 1024
+
+
+def frame_size_problem(params: Params, n: int) -> str | None:
+    """Why n pbft members with these parameters could not exchange every message they must, if
+    they could not (the worst-case frames above against params.frame_bytes_max and what decode()
+    accepts); None when they can. Found in review: legal parameters (256 KiB batches at
+    n >= 10, window 256 at n >= 22) made every NEW-VIEW too big to decode, so after one primary
+    crash the members cycled through views for ever. node/genesis.py asks it of every genesis."""
+    frame_max = params.frame_bytes_max
+    decode_max = frame_bytes_limit(params)
+    sizes = worst_case_frames(params, n)
+    for kind in ("PRE-PREPARE", "BATCH", "BLOCKS"):
+        size = sizes[kind]
+        if size > frame_max:
+            return (
+                f"a pbft {kind} carrying a full batch can take {size:,} bytes, more than "
+                f"params.frame_bytes_max ({frame_max:,}): " + full_batch_frame_fix(size)
+            )
+        if size > decode_max:
+            return (
+                f"with {n} members a pbft {kind}'s certificates outgrow the "
+                f"{ENVELOPE_BYTES_MAX // KIB} KiB a frame may add to a full batch: fewer members"
+            )
+    for kind in ("VIEW-CHANGE", "NEW-VIEW"):
+        size = sizes[kind]
+        if size <= decode_max:
+            continue
+        window = _window_that_fits(params, n, kind, decode_max)
+        k = params.checkpoint_interval
+        limit = (
+            "params.frame_bytes_max"
+            if decode_max == frame_max
+            else f"a full batch of params.batch_bytes_max plus {ENVELOPE_BYTES_MAX // KIB} KiB"
+        )
+        if window is None:
+            fix = "no window fits at this n: raise params.batch_bytes_max"
+        elif window >= 2 * k:
+            fix = f"lower params.window to {window - window % k} or less"
+        else:
+            # (the window is a multiple of the checkpoint interval, at least two of them)
+            fix = (
+                f"lower params.window to {window - window % 2} or less and "
+                f"params.checkpoint_interval to {window // 2} or less"
+            )
+        return (
+            f"with {n} members and params.window = {params.window} a pbft {kind} can take "
+            f"{size:,} bytes, more than the {decode_max:,} a member decodes ({limit}), so "
+            f"no view change could complete: {fix}"
+        )
+    return None
+
+
+def _window_that_fits(params: Params, n: int, kind: str, limit: int) -> int | None:
+    """The largest window, at most params.window, whose worst-case `kind` frame fits `limit`
+    (frames grow with the window: a binary search); None if not even a window of 2 does."""
+
+    def fits(window: int) -> bool:
+        return worst_case_frames(params, n, window)[kind] <= limit
+
+    low, high = 2, params.window
+    if not fits(low):
+        return None
+    while low < high:
+        mid = (low + high + 1) // 2
+        if fits(mid):
+            low = mid
+        else:
+            high = mid - 1
+    return low

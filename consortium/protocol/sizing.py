@@ -1,4 +1,4 @@
-"""The largest client frames, for genesis validation (ledger/genesis.py frame_size_problem):
+"""The largest client frames, for genesis validation (node/genesis.py frame_size_problem):
 params.frame_bytes_max must let every member and client get them through."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from consortium.ledger.certificates import (
     block_signature_body,
     commit_body,
 )
-from consortium.ledger.genesis import Mode, Params
+from consortium.ledger.genesis import Mode, Params, full_batch_frame_fix
 from consortium.ledger.tx import batch_wire_bytes_max, tx_wire_bytes_max
 
 
@@ -43,3 +43,23 @@ def worst_case_frames(params: Params, n: int, mode: Mode) -> dict[str, int]:
         "submit": len(pack(["submit", top, []])) + tx_wire_bytes_max(params),
         "block": len(block) - 2 + batch + receipts,  # (its two empty arrays, filled)
     }
+
+
+def frame_size_problem(params: Params, n: int, mode: Mode) -> str | None:
+    """Why a client could not exchange its largest frames with n members of `mode` with these
+    parameters (worst_case_frames against params.frame_bytes_max), if it could not; None when
+    it can. node/genesis.py asks it of every genesis, after the consensus frames."""
+    frame_max = params.frame_bytes_max
+    client = worst_case_frames(params, n, mode)
+    if client["submit"] > frame_max:
+        return (
+            f"a client's submit of the largest transaction can take {client['submit']:,} bytes, "
+            f"more than params.frame_bytes_max ({frame_max:,}): raise params.frame_bytes_max "
+            "or lower params.tx_bytes_max"
+        )
+    if client["block"] > frame_max:
+        return (
+            f"a block of a full batch sent to a client can take {client['block']:,} bytes, more "
+            f"than params.frame_bytes_max ({frame_max:,}): " + full_batch_frame_fix(client["block"])
+        )
+    return None

@@ -88,10 +88,10 @@ def test_help_loads_neither_rich_nor_pydantic(argv: list[str]) -> None:
 def test_sim_help_names_the_simulators_own_mixes_and_behaviours() -> None:
     """sim_cmd.py repeats the simulator's names so that its help need not import it."""
     from consortium.cli import sim_cmd
-    from consortium.node.sim.byzantine import BEHAVIOURS
-    from consortium.node.sim.clock_scenarios import CLOCK_MIXES
-    from consortium.node.sim.flapping import FLAPPING
-    from consortium.node.sim.raft_scenarios import RAFT_MIXES
+    from consortium.sim.byzantine import BEHAVIOURS
+    from consortium.sim.clock_scenarios import CLOCK_MIXES
+    from consortium.sim.flapping import FLAPPING
+    from consortium.sim.raft_scenarios import RAFT_MIXES
 
     assert tuple(FLAPPING) == sim_cmd.FLAPPING
     assert tuple(RAFT_MIXES) == sim_cmd.RAFT_MIXES

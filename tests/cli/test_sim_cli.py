@@ -7,7 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 from consortium.cli.main import app
-from consortium.node.sim import scenarios
+from consortium.sim import scenarios
 
 runner = CliRunner()
 
@@ -76,7 +76,7 @@ def test_sim_runs_raft_fault_mixes_and_replays_a_seed() -> None:
 def test_a_failing_raft_seed_exits_non_zero_and_says_how_to_replay_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from consortium.node.sim import raft_cluster, raft_scenarios
+    from consortium.sim import raft_cluster, raft_scenarios
 
     # Transactions that never arrive anywhere: what a core that drops them would do.
     monkeypatch.setattr(raft_cluster.RaftSimCluster, "_send_to", lambda self, tx, i: None)
@@ -110,7 +110,7 @@ def test_sim_runs_clock_mixes_in_both_modes_and_replays_a_seed(
     assert traced.output.strip().endswith("ok") and "seed 1 (clock-primary: " in traced.output
     # A member judging submissions by its own clock (today's rule) fails, with the replay line.
     from consortium.cli import sim as sim_cli
-    from consortium.node.sim.clock_scenarios import run_clock
+    from consortium.sim.clock_scenarios import run_clock
 
     monkeypatch.setattr(
         sim_cli, "run_clock", lambda *a, **k: run_clock(*a, **k, own_clock_expiry=True)
@@ -151,7 +151,7 @@ def test_sim_runs_the_flapping_mixes_and_says_how_to_replay_a_failure(
 def test_sim_runs_the_raft_flapping_mixes_and_says_how_to_replay_a_failure(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from consortium.node.sim import raft_scenarios
+    from consortium.sim import raft_scenarios
 
     result = runner.invoke(
         app, ["sim", "--mode", "raft", "--mix", "all", "--seeds", "0-2", "--txs", "6"]

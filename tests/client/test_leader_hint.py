@@ -12,8 +12,8 @@ from consortium.client.client import ConsortiumClient, _TxState
 from consortium.crypto.keys import KeyPair
 from consortium.ledger.genesis import Params
 from consortium.ledger.tx import Put
-from consortium.node.sim.cluster import sim_genesis
 from consortium.protocol.messages import leader_hint
+from consortium.sim.cluster import sim_genesis
 
 GENESIS = sim_genesis(3, Params(), mode="raft")
 ADDRESSES = {i: ("127.0.0.1", 1 + i) for i in range(3)}

@@ -22,10 +22,10 @@ from consortium.node.executor import (
     Serve,
     Write,
 )
-from consortium.node.sim.cluster import CLIENT_SEED, member_keys, sim_genesis, workload
-from consortium.node.sim.shell import EPOCH_MS, BrokenExecutor
 from consortium.pbft.effects import CommittedBatch, Outbound, Ready
 from consortium.pbft.effects import Serve as PbftServe
+from consortium.sim.cluster import CLIENT_SEED, member_keys, sim_genesis, workload
+from consortium.sim.shell import EPOCH_MS, BrokenExecutor
 
 
 class _Certificate:

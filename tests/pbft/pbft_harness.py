@@ -1,7 +1,7 @@
 """A hand-wired group of PBFT replicas for unit tests: the test decides what is delivered.
 
 Members sign with the simulator's HMAC stand-in (a replica cannot forge another member's
-signature); the client transactions are real, pre-signed once (node.sim.cluster.workload).
+signature); the client transactions are real, pre-signed once (sim.cluster.workload).
 """
 
 from __future__ import annotations
@@ -14,14 +14,6 @@ from consortium.ledger.block import genesis_block
 from consortium.ledger.certificates import CheckpointCertificate
 from consortium.ledger.genesis import Params
 from consortium.ledger.tx import Transaction
-from consortium.node.sim.cluster import (
-    EPOCH_MS,
-    HmacSigner,
-    HmacVerifier,
-    member_keys,
-    sim_genesis,
-    workload,
-)
 from consortium.pbft import reasons
 from consortium.pbft.messages import (
     Checkpoint,
@@ -35,6 +27,14 @@ from consortium.pbft.messages import (
     encode,
 )
 from consortium.pbft.replica import Outbound, PbftConfig, PbftReplica, Ready, RecoveredState
+from consortium.sim.cluster import (
+    EPOCH_MS,
+    HmacSigner,
+    HmacVerifier,
+    member_keys,
+    sim_genesis,
+    workload,
+)
 
 PARAMS = Params(
     batch_txs_max=4,

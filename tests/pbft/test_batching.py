@@ -7,8 +7,8 @@ from dataclasses import replace
 
 from pbft_harness import PARAMS, Group, drive, frames
 
-from consortium.node.sim.cluster import workload
 from consortium.pbft.messages import PrePrepare, decode
+from consortium.sim.cluster import workload
 
 
 def proposals(group: Group) -> list[PrePrepare]:

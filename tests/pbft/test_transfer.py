@@ -15,7 +15,6 @@ from consortium.ledger.block import batch_digest, genesis_block
 from consortium.ledger.certificates import CommitCertificate
 from consortium.ledger.genesis import Params
 from consortium.ledger.tx import Put, Transaction
-from consortium.node.sim.cluster import EPOCH_MS, workload
 from consortium.pbft.messages import (
     BatchRequest,
     Blocks,
@@ -33,6 +32,7 @@ from consortium.pbft.replica import (
     RecoveredState,
 )
 from consortium.pbft.transfer import blocks_reply
+from consortium.sim.cluster import EPOCH_MS, workload
 
 DEFAULT = Params()
 

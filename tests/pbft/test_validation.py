@@ -25,10 +25,10 @@ from test_recovery import Disk
 from consortium.crypto.keys import KeyPair
 from consortium.ledger.block import genesis_block
 from consortium.ledger.tx import Put, Transaction
-from consortium.node.sim.cluster import workload
 from consortium.pbft import records
 from consortium.pbft.messages import Message, Prepare, PrePrepare, ViewChange, decode, encode
 from consortium.pbft.replica import PbftConfig, PbftReplica, RecoveredState
+from consortium.sim.cluster import workload
 
 ME = 1  # the replica under test: a backup
 

@@ -1,7 +1,7 @@
 """A hand-wired group of Raft cores for unit tests: the test decides what is delivered and when
 time passes; nothing is random except each core's seeded election timeout.
 
-What the harness does is what the node runtime (and the simulator, node.sim.raft_cluster) does
+What the harness does is what the node runtime (and the simulator, sim.raft_cluster) does
 with each Ready, in the same order: check every log entry it persists (log matching), write its
 records to the member's durable dict (one "fsync") and report them persisted, queue its
 messages, apply its committed entries into the member's ledger with build_block (state machine
@@ -12,7 +12,7 @@ election safety and leader completeness. The checker is the simulator's RaftChec
 that drives a broken core into a violation gets the SafetyViolation the simulator would raise.
 
 Members sign entries with the simulator's HMAC stand-in; client transactions are real,
-pre-signed once (node.sim.cluster.workload).
+pre-signed once (sim.cluster.workload).
 
 Time is one clock, `now`, that only the members a test ticks observe: `timeout(i)` moves the
 clock to member i's election deadline and ticks i alone, so exactly one member campaigns. A
@@ -42,8 +42,8 @@ from consortium.ledger.block import BlockHeader, genesis_block, genesis_state_ro
 from consortium.ledger.genesis import Params
 from consortium.ledger.state import KeyValueState, build_block
 from consortium.ledger.tx import Transaction
-from consortium.node.sim.cluster import EPOCH_MS, HmacSigner, member_keys, sim_genesis, workload
-from consortium.node.sim.raft_cluster import RaftChecker
+from consortium.sim.cluster import EPOCH_MS, HmacSigner, member_keys, sim_genesis, workload
+from consortium.sim.raft_cluster import RaftChecker
 
 PARAMS = Params(
     batch_txs_max=4,

@@ -12,7 +12,7 @@ from raft_harness import HEARTBEAT, PARAMS, E, RaftGroup, clocked, entries_holdi
 
 from consortium.crashft import messages as m
 from consortium.crashft.node import FOLLOWER, LEADER
-from consortium.node.sim.cluster import EPOCH_MS
+from consortium.sim.cluster import EPOCH_MS
 
 
 def test_followers_tell_the_leader_their_wall_clock_in_every_reply() -> None:

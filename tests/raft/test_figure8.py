@@ -34,7 +34,7 @@ from raft_harness import Msg, RaftGroup, carries_term, log_terms
 from consortium.crashft import messages as m
 from consortium.crashft import rules
 from consortium.crashft.node import LEADER, RaftNode
-from consortium.node.sim.checkers import SafetyViolation
+from consortium.sim.checkers import SafetyViolation
 
 S1, S2, S3, S4, S5 = range(5)
 FIGURE8 = {"append_entries_max": 1, "pre_vote": False, "check_quorum": False}

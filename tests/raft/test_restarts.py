@@ -18,7 +18,7 @@ from consortium.crashft.node import (
     log_key,
 )
 from consortium.crypto.codec import pack
-from consortium.node.sim.cluster import EPOCH_MS
+from consortium.sim.cluster import EPOCH_MS
 
 
 def test_a_restarted_member_resumes_its_term_vote_and_log_from_its_records() -> None:

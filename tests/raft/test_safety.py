@@ -12,7 +12,7 @@ from raft_harness import RaftGroup, log_terms, started
 
 from consortium.crashft import messages as m
 from consortium.crashft import rules
-from consortium.node.sim.cluster import EPOCH_MS
+from consortium.sim.cluster import EPOCH_MS
 
 
 def test_a_vote_is_refused_to_a_candidate_whose_log_is_not_up_to_date() -> None:

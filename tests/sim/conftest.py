@@ -8,8 +8,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from consortium.node.sim.cluster import SimCluster
-from consortium.node.sim.raft_cluster import RaftSimCluster
+from consortium.sim.cluster import SimCluster
+from consortium.sim.raft_cluster import RaftSimCluster
 
 _clusters: list[SimCluster | RaftSimCluster] = []  # this test's, until it ends
 _totals = {"clusters": 0, "simulated_ms": 0, "steps": 0}

@@ -1,4 +1,4 @@
-"""Every Byzantine behaviour of consortium.node.sim.byzantine, in up to f members, over many
+"""Every Byzantine behaviour of consortium.sim.byzantine, in up to f members, over many
 seeds of a lossy network: the honest members never disagree (checked after every step),
 commit everything submitted into identical ledgers, and count what the liar did."""
 
@@ -11,9 +11,9 @@ from dataclasses import replace
 import pytest
 from test_simulation import run
 
-from consortium.node.sim.byzantine import BEHAVIOURS, byzantine
-from consortium.node.sim.cluster import EPOCH_MS, SIM_PARAMS, SimCluster, workload
-from consortium.node.sim.network import NetworkFaults
+from consortium.sim.byzantine import BEHAVIOURS, byzantine
+from consortium.sim.cluster import EPOCH_MS, SIM_PARAMS, SimCluster, workload
+from consortium.sim.network import NetworkFaults
 
 SOAK = int(os.environ.get("CONSORTIUM_SOAK", "1"))
 

@@ -15,10 +15,6 @@ from test_view_change_liveness import TXS
 
 from consortium.crypto.signing import Signer, Verifier
 from consortium.ledger.tx import Transaction
-from consortium.node.sim.checkers import SafetyViolation
-from consortium.node.sim.cluster import SimCluster, workload
-from consortium.node.sim.network import NetworkFaults
-from consortium.node.sim.scenarios import Scenario, run_seed
 from consortium.pbft.effects import Outbound
 from consortium.pbft.messages import (
     Blocks,
@@ -36,6 +32,10 @@ from consortium.pbft.viewchange import (
     Reissue,
     plan_new_view,
 )
+from consortium.sim.checkers import SafetyViolation
+from consortium.sim.cluster import SimCluster, workload
+from consortium.sim.network import NetworkFaults
+from consortium.sim.scenarios import Scenario, run_seed
 
 TxCheck = Callable[[Transaction], bool]
 Factory = Callable[[PbftConfig, Signer, Verifier, TxCheck, RecoveredState, TxCheck], PbftReplica]

@@ -1,4 +1,4 @@
-"""Seeded clock mixes (consortium.node.sim.clock_scenarios): one member's wall clock far ahead,
+"""Seeded clock mixes (consortium.sim.clock_scenarios): one member's wall clock far ahead,
 far behind, stopped at 0 or where it stood (a pbft primary), far ahead (a pbft backup), ahead for
 a while, jumping or stopped (at 0 or where it stood) for good (a raft leader). The clock
 checker (checkers.ClockChecker) runs after every step: block time within the skew of real time
@@ -21,17 +21,17 @@ import pytest
 from consortium.crashft.node import RaftNode
 from consortium.ledger.block import Block, BlockHeader, Receipt
 from consortium.ledger.genesis import Params
-from consortium.node.sim import raft_cluster
-from consortium.node.sim.checkers import ClockChecker, ClockViolation
-from consortium.node.sim.clock_scenarios import (
+from consortium.pbft.replica import PbftReplica
+from consortium.sim import raft_cluster
+from consortium.sim.checkers import ClockChecker, ClockViolation
+from consortium.sim.clock_scenarios import (
     CLOCK_MIXES,
     LEADER_VARIANTS,
     PRIMARY_VARIANTS,
     plan,
     run_clock,
 )
-from consortium.node.sim.cluster import EPOCH_MS, workload
-from consortium.pbft.replica import PbftReplica
+from consortium.sim.cluster import EPOCH_MS, workload
 
 SOAK = int(os.environ.get("CONSORTIUM_SOAK", "1"))
 SEEDS = 200 * SOAK

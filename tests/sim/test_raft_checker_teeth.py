@@ -21,11 +21,11 @@ import pytest
 
 from consortium.crashft import messages as rm
 from consortium.crashft.node import LEADER, RaftNode
-from consortium.node.sim import raft_cluster
-from consortium.node.sim.checkers import LivenessViolation, SafetyViolation
-from consortium.node.sim.cluster import workload
-from consortium.node.sim.raft_cluster import RaftSimCluster
-from consortium.node.sim.raft_scenarios import LOSSY, run_raft, run_raft_flapping
+from consortium.sim import raft_cluster
+from consortium.sim.checkers import LivenessViolation, SafetyViolation
+from consortium.sim.cluster import workload
+from consortium.sim.raft_cluster import RaftSimCluster
+from consortium.sim.raft_scenarios import LOSSY, run_raft, run_raft_flapping
 
 # --- (a) a shell that answers before its writes are durable ----------------------------------
 

@@ -1,5 +1,5 @@
 """Raft liveness after the network stabilises with at most f = (n - 1) // 2 members faulty: the
-flapping mixes of node.sim.raft_scenarios (run_raft_flapping) keep f members faulty for the
+flapping mixes of sim.raft_scenarios (run_raft_flapping) keep f members faulty for the
 whole run (crashed from the start, or mute: hearing everything, heard by no one) while
 partitions of the others, each held 1.1 to 3 times the upper end 2E of the election timeout
 range and each with its own split (no side a majority), come and go with short heals of up to
@@ -25,8 +25,8 @@ import os
 
 import pytest
 
-from consortium.node.sim.flapping import FLAPPING, Flaps
-from consortium.node.sim.raft_scenarios import run_raft_flapping
+from consortium.sim.flapping import FLAPPING, Flaps
+from consortium.sim.raft_scenarios import run_raft_flapping
 
 SOAK = int(os.environ.get("CONSORTIUM_SOAK", "1"))
 SEEDS = {3: 200 * SOAK, 5: 50 * SOAK}

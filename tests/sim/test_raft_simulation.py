@@ -1,5 +1,5 @@
 """The Raft simulation tier: unmodified RaftNode cores in the seeded simulator
-(node.sim.raft_cluster), for every fault mix of node.sim.raft_scenarios (lossy, crashes,
+(sim.raft_cluster), for every fault mix of sim.raft_scenarios (lossy, crashes,
 partitions, mixed), 50 seeds at n=3 and 25 at n=5 per mix (CONSORTIUM_SOAK=N multiplies
 them), and total-crash at n=1 and n=3 (the flapping mixes: tests/sim/test_raft_liveness.py).
 After every step the RaftChecker runs (election safety, log matching, leader completeness,
@@ -9,7 +9,7 @@ identical ledgers.
 Seeds run in chunks of 25 so a failure names its test, and the failure message names the seed
 and the mix; replay it with a readable trace:
 
-    from consortium.node.sim.raft_scenarios import run_raft
+    from consortium.sim.raft_scenarios import run_raft
     run_raft(SEED, N, "MIX", trace=print)
 
 Each chunk also checks that its runs exercised what its mix is about (elections after crashes
@@ -25,10 +25,10 @@ from dataclasses import dataclass
 import pytest
 
 from consortium.ledger.tx import Transaction
-from consortium.node.sim.checkers import SafetyViolation
-from consortium.node.sim.cluster import workload
-from consortium.node.sim.raft_cluster import RaftSimCluster
-from consortium.node.sim.raft_scenarios import RAFT_MIXES, run_raft, run_raft_restore
+from consortium.sim.checkers import SafetyViolation
+from consortium.sim.cluster import workload
+from consortium.sim.raft_cluster import RaftSimCluster
+from consortium.sim.raft_scenarios import RAFT_MIXES, run_raft, run_raft_restore
 
 SOAK = int(os.environ.get("CONSORTIUM_SOAK", "1"))
 CHUNK = 25

@@ -1,4 +1,4 @@
-"""Seeded simulations of unmodified PBFT cores (consortium.node.sim): many seeds, a lossy,
+"""Seeded simulations of unmodified PBFT cores (consortium.sim): many seeds, a lossy,
 reordering, duplicating network, partitions, crashes, skewed clocks and Byzantine members.
 After every step the safety checker runs (agreement and prefix, over the honest replicas); at
 the end every submitted transaction must be committed everywhere, in identical ledgers."""
@@ -13,13 +13,13 @@ import pytest
 
 from consortium.crypto.signing import Signer, Verifier
 from consortium.ledger.tx import Transaction
-from consortium.node.sim.checkers import LivenessViolation, SafetyChecker, SafetyViolation
-from consortium.node.sim.cluster import EPOCH_MS, SIM_PARAMS, SimCluster, workload
-from consortium.node.sim.network import NetworkFaults
-from consortium.node.sim.scenarios import run_restore
 from consortium.pbft import reasons as drop
 from consortium.pbft.messages import Commit, PrePrepare, encode
 from consortium.pbft.replica import PbftConfig, PbftReplica, RecoveredState
+from consortium.sim.checkers import LivenessViolation, SafetyChecker, SafetyViolation
+from consortium.sim.cluster import EPOCH_MS, SIM_PARAMS, SimCluster, workload
+from consortium.sim.network import NetworkFaults
+from consortium.sim.scenarios import run_restore
 
 SOAK = int(os.environ.get("CONSORTIUM_SOAK", "1"))
 LOSSY = NetworkFaults(delay_ms=(1, 30), drop=0.05, duplicate=0.05)

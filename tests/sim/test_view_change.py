@@ -14,9 +14,9 @@ from collections.abc import Callable
 import pytest
 from test_simulation import LOSSY, run
 
-from consortium.node.sim.checkers import SafetyViolation
-from consortium.node.sim.cluster import SimCluster, workload
 from consortium.pbft.messages import Blocks, Commit, PrePrepare, decode, encode
+from consortium.sim.checkers import SafetyViolation
+from consortium.sim.cluster import SimCluster, workload
 
 SOAK = int(os.environ.get("CONSORTIUM_SOAK", "1"))
 N4_SEEDS = 50 * SOAK

@@ -1,5 +1,5 @@
 """PBFT liveness as the paper states it: after the network stabilises with at most f faulty
-members, correct members order new requests. The flapping mixes of node.sim.scenarios keep f
+members, correct members order new requests. The flapping mixes of sim.scenarios keep f
 members faulty for the whole run (crashed from the start, or mute: hearing everything, heard by
 no one) while partitions of the others, each held longer than the current (doubled)
 view-change timeout and each with its own split, come and go; then the network heals for good
@@ -22,8 +22,8 @@ import os
 
 import pytest
 
-from consortium.node.sim.flapping import FLAPPING
-from consortium.node.sim.scenarios import Outcome, Scenario, run_seed
+from consortium.sim.flapping import FLAPPING
+from consortium.sim.scenarios import Outcome, Scenario, run_seed
 
 SOAK = int(os.environ.get("CONSORTIUM_SOAK", "1"))
 SEEDS = {4: 200 * SOAK, 7: 50 * SOAK}

@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from consortium.ledger.tx import Transaction
-from consortium.node.sim.checkers import LivenessViolation, Observed, check_converged
-from consortium.node.sim.cluster import workload
-from consortium.node.sim.network import SimNetwork
+from consortium.sim.checkers import LivenessViolation, Observed, check_converged
+from consortium.sim.cluster import workload
+from consortium.sim.network import SimNetwork
 
 FLAPPING = ("flap-down", "flap-mute")
 FLAPS = (3, 5)  # partitions per run, inclusive

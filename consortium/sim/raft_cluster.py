@@ -63,15 +63,15 @@ from consortium.ledger.state import KeyValueState
 from consortium.ledger.store import RECOVERY_MARK_KEY, RESTORED_BACKUP
 from consortium.ledger.tx import Transaction
 from consortium.node.executor import Executed, Executor, Write
-from consortium.node.sim.checkers import (
+from consortium.sim.checkers import (
     EquivocationChecker,
     LivenessViolation,
     SafetyChecker,
     SafetyViolation,
 )
-from consortium.node.sim.cluster import HmacSigner, member_keys, sim_genesis
-from consortium.node.sim.network import NetworkFaults, SimNetwork
-from consortium.node.sim.shell import BrokenExecutor, SimShell
+from consortium.sim.cluster import HmacSigner, member_keys, sim_genesis
+from consortium.sim.network import NetworkFaults, SimNetwork
+from consortium.sim.shell import BrokenExecutor, SimShell
 
 RAFT_SIM_PARAMS = Params(
     batch_txs_max=16,

@@ -43,11 +43,11 @@ from collections.abc import Callable
 from functools import partial
 
 from consortium.crashft.node import READ_TIMEOUT_MS
-from consortium.node.sim.checkers import LivenessViolation
-from consortium.node.sim.cluster import workload
-from consortium.node.sim.flapping import FLAPPING, Flaps, Submitter, flap, make_faulty, settle
-from consortium.node.sim.network import NetworkFaults
-from consortium.node.sim.raft_cluster import RaftSimBackup, RaftSimCluster
+from consortium.sim.checkers import LivenessViolation
+from consortium.sim.cluster import workload
+from consortium.sim.flapping import FLAPPING, Flaps, Submitter, flap, make_faulty, settle
+from consortium.sim.network import NetworkFaults
+from consortium.sim.raft_cluster import RaftSimBackup, RaftSimCluster
 
 LOSSY = NetworkFaults(delay_ms=(1, 30), drop=0.05, duplicate=0.05)
 RAFT_MIXES = ("lossy", "crashes", "partitions", "mixed", "total-crash")

@@ -37,10 +37,10 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from consortium.node.sim.checkers import ClockChecker, LivenessViolation
-from consortium.node.sim.cluster import SIM_PARAMS, ReplicaFactory, SimCluster, workload
-from consortium.node.sim.network import NetworkFaults
-from consortium.node.sim.raft_cluster import RAFT_SIM_PARAMS, RaftSimCluster
+from consortium.sim.checkers import ClockChecker, LivenessViolation
+from consortium.sim.cluster import SIM_PARAMS, ReplicaFactory, SimCluster, workload
+from consortium.sim.network import NetworkFaults
+from consortium.sim.raft_cluster import RAFT_SIM_PARAMS, RaftSimCluster
 
 LOSSY = NetworkFaults(delay_ms=(1, 30), drop=0.05, duplicate=0.05)
 CLOCK_MIXES = {"pbft": ("clock-primary", "clock-backup"), "raft": ("clock-leader",)}

@@ -21,10 +21,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from consortium.node.sim.byzantine import byzantine
-from consortium.node.sim.checkers import LivenessViolation, SafetyViolation
-from consortium.node.sim.cluster import ReplicaFactory, SimBackup, SimCluster, workload
-from consortium.node.sim.flapping import (
+from consortium.pbft.replica import TIMEOUT_DOUBLINGS_MAX
+from consortium.sim.byzantine import byzantine
+from consortium.sim.checkers import LivenessViolation, SafetyViolation
+from consortium.sim.cluster import ReplicaFactory, SimBackup, SimCluster, workload
+from consortium.sim.flapping import (
     FLAPPING,
     Flaps,
     Submitter,
@@ -32,8 +33,7 @@ from consortium.node.sim.flapping import (
     make_faulty,
     settle,
 )
-from consortium.node.sim.network import NetworkFaults
-from consortium.pbft.replica import TIMEOUT_DOUBLINGS_MAX
+from consortium.sim.network import NetworkFaults
 
 FAULTS = {
     "clean": NetworkFaults(),

@@ -47,8 +47,8 @@ from consortium.node.executor import (
     Serve,
     Write,
 )
-from consortium.node.sim.checkers import ClockChecker, check_converged
-from consortium.node.sim.network import SimNetwork
+from consortium.sim.checkers import ClockChecker, check_converged
+from consortium.sim.network import SimNetwork
 
 EPOCH_MS = 1_700_000_000_000  # simulated wall clock at simulated time 0
 BROKEN_FSYNC_MS = 100  # broken_shell: how often its disk makes writes durable
