@@ -110,7 +110,7 @@ def status_table(genesis: Genesis, statuses: list[dict[str, Any]]) -> None:
         connected = sum(1 for p in peers if p.get("outbound_connected"))
         note = "; ".join(s.get("not_progressing_because", [])) or "ok"
         typer.echo(
-            f"{s['member']:<7} {s.get('view', '?')!s:>5} {s.get('primary', '?')!s:<8} "
+            f"{s['member']:<7} {s.get(view, '?')!s:>5} {s.get(primary, '?')!s:<8} "
             f"{s.get('height', '?')!s:>7} {s.get('stable_checkpoint', '?')!s:>10} "
             f"{connected:>3}/{len(peers):<2}  {str(s.get('head_hash', ''))[:12]}… {note}"
         )
@@ -143,7 +143,7 @@ def member_report(s: dict[str, Any]) -> None:
     role = f", role {s.get('role')}" if raft else ""
     typer.echo(
         f"{s['member']} ({s['mode']}, member {int(s['index']) + 1} of {s['n']}{role}): "
-        f"{view} {s.get('view')}, {primary} {s.get('primary') or 'none'}, "
+        f"{view} {s.get(view)}, {primary} {s.get(primary) or 'none'}, "
         f"height {s['height']:,}, head {str(s['head_hash'])[:16]}…, {mark} "
         f"{s.get('stable_checkpoint')}"
     )

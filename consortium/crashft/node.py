@@ -415,23 +415,6 @@ class Ready:
         )
 
 
-def merge(first: Ready, then: Ready) -> Ready:
-    """`first` followed by `then`, as one Ready whose committed/install are `then`'s (the
-    shell has applied `first`'s): for a shell that writes what applying produced in the same
-    fsync as the blocks it applied."""
-    return Ready(
-        records=first.records + then.records,
-        early=first.early + then.early,
-        messages=first.messages + then.messages,
-        committed=then.committed,
-        install=then.install,
-        serve=first.serve + then.serve,
-        reads=first.reads + then.reads,
-        read_failures=first.read_failures + then.read_failures,
-        log_end=then.log_end or first.log_end,
-    )
-
-
 @dataclass(slots=True)
 class Progress:
     """The leader's view of one follower (etcd's tracker.Progress)."""
@@ -616,6 +599,9 @@ class RaftNode:
         )
 
         self._inputs_open = False  # inside an input (_input)
+        # A follower's pool may hold transactions to forward: a new one arrived, the leader
+        # changed, or a tick (forwards are retried after 2E) since the last forward pass.
+        self._forward_due = True
         # What take_ready drains: Ready's fields, gathered by the inputs (_advance).
         self._records_out: list[tuple[bytes, bytes | None]] = []
         self._log_end: tuple[int, int] | None = None
@@ -684,6 +670,7 @@ class RaftNode:
     def tick(self, mono_ms: int, wall_ms: int) -> None:
         self._now = mono_ms
         self._wall = wall_ms
+        self._forward_due = True  # (forwards not acknowledged by a commit are retried after 2E)
         if self._last_entry_restamp:
             self._last_entry_restamp = False
             self._last_entry_ms = mono_ms  # the write became durable since the last tick
@@ -862,6 +849,7 @@ class RaftNode:
             self.leader_changes += 1
             self._reforward_all()
         self.leader = leader
+        self._forward_due = True
         if leader is not None:
             self._last_leader_contact = self._now
         self._reset_election_timer()
@@ -1420,6 +1408,7 @@ class RaftNode:
             self.rejected[drop.POOL_FULL] += 1
             return False
         self._pool[tx.id] = _Pending(tx, self._now)
+        self._forward_due = True
         return True
 
     def _on_forward(self, sender: int, msg: m.Forward) -> None:
@@ -1428,6 +1417,7 @@ class RaftNode:
                 break
 
     def _reforward_all(self) -> None:
+        self._forward_due = True
         for pending in self._pool.values():
             if pending.forwarded_ms is not None:
                 pending.forwarded_ms = None
@@ -1647,6 +1637,15 @@ class RaftNode:
     @_input
     def read(self, read_id: int) -> None:
         """A linearizable read: released as ReadState(read_id, index) or failed with a reason."""
+        self._read(read_id)
+
+    @_input
+    def read_all(self, read_ids: Sequence[int]) -> None:
+        """Reads taken as one input: a leader confirms them all with one heartbeat round."""
+        for read_id in read_ids:
+            self._read(read_id)
+
+    def _read(self, read_id: int) -> None:
         if self.role == LEADER:
             self._leader_read(self.me, read_id)
         elif self.leader is not None:
@@ -1867,7 +1866,8 @@ class RaftNode:
         committed entries to the shell. Its output waits in the Ready take_ready drains."""
         if self.role == LEADER:
             self._maybe_batch()
-        elif self.role == FOLLOWER:
+        elif self.role == FOLLOWER and self._forward_due:
+            self._forward_due = False  # (set again by a new transaction, a leader, a tick)
             self._forward()
         self._maybe_compact()
         records = self._records()

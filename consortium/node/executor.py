@@ -56,6 +56,7 @@ from consortium.crashft.transfer import replay_block
 from consortium.crypto.signing import Domain, Signer
 from consortium.ledger.block import Block, BlockHeader
 from consortium.ledger.certificates import CheckpointCertificate, SignedVote, block_signature_body
+from consortium.ledger.clock import ClockOffset
 from consortium.ledger.state import Execution, KeyValueState, build_block
 from consortium.ledger.tx import Transaction
 from consortium.pbft import effects as pbft
@@ -77,7 +78,8 @@ class ConsensusCore(Protocol):
     crashft.node.RaftNode both satisfy it): inputs, and a Ready that take_ready() drains
     (a drain only: the inputs did the work)."""
 
-    rejected: Counter[str]
+    rejected: Counter[str]  # peer messages dropped, by reason (pbft/reasons.py, crashft/reasons.py)
+    clock: ClockOffset  # our wall clock against the network's time
 
     @property
     def recovering(self) -> bool: ...
@@ -90,6 +92,8 @@ class ConsensusCore(Protocol):
     def receive(self, sender: int, msg: Any) -> None: ...
 
     def propose_all(self, txs: Sequence[Transaction]) -> Any: ...
+
+    def take_ready(self) -> pbft.Ready | raft.Ready: ...
 
     def status(self) -> dict[str, Any]: ...
 
@@ -286,13 +290,24 @@ class Executor:
             staged,
             votes,
             checkpoints,
-            holds=bool(records or checkpoints),
+            holds=self._holds(records, checkpoints),
         )
         self._next_write += 1
         blocks = [(b, v) for (b, _, _), (_, v) in zip(staged, votes, strict=True)]
         now, later = self._order(write, after)
         self._pending[write.n] = _Pending(write, later, log_end, blocks)
         return effects + now
+
+    def _holds(
+        self,
+        records: list[tuple[bytes, bytes | None]],
+        checkpoints: list[CheckpointCertificate],
+    ) -> bool:
+        """Whether the step's messages depend on its write: they do on the core's records
+        (votes, acknowledgements, log entries) and stable checkpoints, never on blocks alone.
+        (The simulator's checker-teeth tests override this to show a mislabelled write is
+        caught.)"""
+        return bool(records or checkpoints)
 
     def _order(self, write: Write, after: list[Effect]) -> tuple[list[Effect], list[Effect]]:
         """The write, then what goes now; and what waits for write_done. (The simulator's

@@ -185,12 +185,14 @@ def prometheus_text(node: Observed, status: dict[str, Any] | None = None) -> str
     out.gauge(
         "consortium_view",
         "Current view (pbft) or term (raft); the mode label says which.",
-        int(status.get("view") or 0),
+        int(status.get("term" if node.genesis.mode == "raft" else "view") or 0),
     )
     out.gauge(
         "consortium_is_primary",
         "1 when this member is the pbft primary or the raft leader.",
-        1 if status.get("primary") == node.member.name else 0,
+        1
+        if status.get("leader" if node.genesis.mode == "raft" else "primary") == node.member.name
+        else 0,
     )
     out.gauge(
         "consortium_stable_checkpoint",

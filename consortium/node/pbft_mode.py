@@ -140,7 +140,7 @@ class PbftMode:
     def propose(self, txs: list[Any]) -> None:
         self.core.propose_all(txs)
 
-    def read(self, read_id: int) -> None:
+    def read_all(self, read_ids: list[int]) -> None:
         raise AssertionError("ReadIndex is raft's (pbft reads take the fast path)")
 
     def read_abandoned(self, read_id: int) -> None:

@@ -3,15 +3,11 @@ alone (decoding peer frames, ReadIndex reads, leadership transfers, answering bl
 its status fields and log lines). Composed into runtime.Node, whose executor (node/executor.py)
 carries out each Ready.
 
-Each Ready is carried out in the order the core requires (crashft/node.py):
-    1. apply committed entries into blocks (a no-op entry makes none) and re-execute
-       transferred blocks, checking each reproduces the header the leader sent
-    2. ONE durable write (fsync): the core's records (term, vote, log entries, compaction
-       point) with the new blocks, their leader certificates and our block signatures; then
-       core.persisted(), after which (never before) the leader counts its own new entries
-    3. send the core's messages (a vote or an append acknowledgement is on disk first)
-    4. tell waiting clients, answer block fetches from the store, release ReadIndex reads
-       once the ledger has applied their index
+Its Ready is carried out by the executor (node/executor.py states the order of a step once):
+a leader's appends leave before its write, committed entries (and transferred blocks) are
+applied into blocks, one durable write, then persisted() (after which, never before, the leader
+counts its own new entries), then the messages that waited for the write, fetch answers
+(serve) and ReadIndex reads (reads: answered once the ledger has applied their index).
 
 Between members nothing is signed in raft mode (docs/raft.md, "Trust model": the members trust
 each other; the peer handshake still authenticates each connection with the member's key). The
@@ -153,8 +149,8 @@ class RaftMode:
         if refused:
             self.parts.count_rejected_submit("overloaded", refused)
 
-    def read(self, read_id: int) -> None:
-        self.core.read(read_id)
+    def read_all(self, read_ids: list[int]) -> None:
+        self.core.read_all(read_ids)
 
     def read_abandoned(self, read_id: int) -> None:
         self.core.read_abandoned(read_id)
@@ -315,9 +311,6 @@ class RaftMode:
             "term": core["term"],
             "role": core["role"],
             "leader": None if leader is None else names[leader],
-            # The table columns are shared with pbft: view/primary mean term/leader here.
-            "view": core["term"],
-            "primary": None if leader is None else names[leader],
             "commit_index": core["commit_index"],
             "applied_index": core["applied_index"],
             "last_index": core["last_index"],

@@ -1,21 +1,23 @@
-"""The node process: one Trio program around one consensus core.
+"""The node process: one Trio program around one consensus core, composed of parts:
+
+    mode       pbft_mode.PbftMode or raft_mode.RaftMode: the core, and what only that mode's
+               shell does (decoding and pre-verifying peer frames, reads, fetch answers, status)
+    executor   node/executor.py: carries out each Ready as ordered effects (the same code the
+               simulator runs; the order of a step is stated there, once)
+    service    service.ClientService: the client port, with the receipt watches it owns
+               (watches.py), told of each block as the member's block listener
 
 Tasks (one nursery):
     peers      PeerNetwork: authenticated peer connections, bounded queues, coalesced sends
-    pump       reads peer frames, decodes them, pre-verifies the client signatures a PRE-PREPARE
-               carries on worker threads, and hands the message to the core task
+    pump       reads peer frames and has the mode decode them (pbft: pre-verifying the client
+               signatures a PRE-PREPARE carries on worker threads), then hands them to the core
     clients    ClientServer: submissions, receipts, reads, blocks, status
     http       (opt-in, node.toml [http]) GET /healthz /readyz /status /metrics
     core       the only task that touches the core: feeds it events and ticks, then carries out
-               each Ready in the order the core requires:
-                   1. execute committed batches into blocks (deterministic, in sequence order)
-                   2. ONE durable write (fsync) for the step: the core's records (own votes,
-                      stable checkpoints) and the new blocks with their certificates and our
-                      block signatures
-                   3. send the core's messages (a vote is on disk before it leaves)
-                   4. tell the core what executed; push receipts to waiting clients
+               the executor's effects (Node._carry_out; writes in Node._write)
 
-Completed I/O comes back to the core as input, never as a callback into it.
+Completed I/O comes back to the core as input (executor.write_done), never as a callback into
+the core.
 """
 
 from __future__ import annotations
@@ -33,7 +35,6 @@ from typing import Any, Protocol, assert_never
 import trio
 
 from consortium.crashft import reasons as raft_reasons
-from consortium.crashft.node import RaftNode
 from consortium.crypto.keys import KeyPair
 from consortium.crypto.signing import Domain, Ed25519Signer, Ed25519Verifier
 from consortium.ledger.block import Block
@@ -57,6 +58,7 @@ from consortium.node.events import (
     TransferRequest,
 )
 from consortium.node.executor import (
+    ConsensusCore,
     Durable,
     Effect,
     Executed,
@@ -93,7 +95,6 @@ from consortium.node.verification import (
     message_kind,
 )
 from consortium.pbft import reasons as pbft_reasons
-from consortium.pbft.replica import PbftReplica
 from consortium.protocol.tls import TlsIdentity
 from consortium.protocol.verify import read_body, receipt_bundle
 
@@ -235,10 +236,11 @@ class Node:
         self.mode: PbftMode | RaftMode = (
             RaftMode(parts) if genesis.mode == "raft" else PbftMode(parts)
         )
-        self.core: PbftReplica | RaftNode = self.mode.core
+        # The shell needs of the core only what both cores offer (executor.ConsensusCore).
+        self.core: ConsensusCore = self.mode.core
         # Carries out the core's Readies (node/executor.py: the order of a step, stated once).
         self.executor = Executor(
-            self.core,
+            self.mode.core,
             self.app,
             self.store.head,
             self.signer,
@@ -352,15 +354,14 @@ class Node:
             woken = False
             self._last_tick_s = mono_ms / 1000
             with trio.move_on_at((mono_ms + tick_ms) / 1000):
-                event = await recv.receive()
+                events = [await recv.receive()]
                 woken = True
-                self._handle(event)
                 for _ in range(DRAIN_MAX):
                     try:
-                        event = recv.receive_nowait()
+                        events.append(recv.receive_nowait())
                     except trio.WouldBlock:
                         break
-                    self._handle(event)
+                self._handle_all(events)
             mono_ms, wall_ms = self._now()
             core.tick(mode.core_ms(mono_ms), wall_ms)
             worked = await self._carry_out_ready()
@@ -372,6 +373,31 @@ class Node:
             tick_ms = TICK_MS if woken or worked else min(2 * tick_ms, TICK_IDLE_MAX_MS)
             await trio.lowlevel.checkpoint()
 
+    def _handle_all(self, events: list[Event]) -> None:
+        """Handle a drain of events in order, a run of submissions (or of reads) as one input:
+        the core cuts one batch for all of them and confirms all the reads with one heartbeat
+        round, as it did when its work ran once per drain."""
+        txs: list[Transaction] = []
+        reads: list[int] = []
+        for event in events:
+            if isinstance(event, Propose):
+                txs += event.txs
+                continue
+            if txs:
+                self.mode.propose(txs)
+                txs = []
+            if isinstance(event, ReadRequest):
+                reads.append(event.read_id)
+                continue
+            if reads:
+                self.mode.read_all(reads)
+                reads = []
+            self._handle(event)
+        if txs:
+            self.mode.propose(txs)
+        if reads:
+            self.mode.read_all(reads)
+
     def _handle(self, event: Event) -> None:
         mode = self.mode
         match event:
@@ -380,7 +406,7 @@ class Node:
             case Propose(txs=txs):
                 mode.propose(txs)
             case ReadRequest(read_id=read_id):
-                mode.read(read_id)
+                mode.read_all([read_id])
             case ReadAbandoned(read_id=read_id):
                 mode.read_abandoned(read_id)
             case TransferRequest():
@@ -395,6 +421,10 @@ class Node:
         store = self.store
         if self._writing is not None:
             await self._writing.wait()
+        if self._write_failed:
+            raise StoreError(
+                f"{store.path}: an earlier block write failed; nothing more is written"
+            )
         if store.stage(blocks=[], records=[(RECOVERY_MARK_KEY, None)], block_signatures=[]):
             store.commit_staged()
             store.finish_staged()

@@ -66,7 +66,7 @@ from consortium.ledger.certificates import CheckpointCertificate
 from consortium.ledger.genesis import Client, Genesis, GenesisError, Member, Mode, Params
 from consortium.ledger.state import KeyValueState, build_block
 from consortium.ledger.store import RECOVERY_MARK_KEY, RESTORED_BACKUP
-from consortium.ledger.tx import Put, Transaction
+from consortium.ledger.tx import ConfigChange, Put, Transaction
 from consortium.node.executor import Executed, Executor, Write
 from consortium.pbft import messages as pbft_messages
 from consortium.pbft.messages import TransferredBlock, decode
@@ -84,6 +84,11 @@ SIM_PARAMS = Params(
     window=16,
     request_timeout_ms=400,  # retransmission after 100 ms
 )
+
+
+def _member_change(app: KeyValueState, tx: Transaction) -> bool:
+    """A client change a member submits (KeyValueState.may_submit's second case)."""
+    return bool(tx.ops) and isinstance(tx.ops[0], ConfigChange) and tx.client_key in app.member_keys
 
 
 def describe(frame: bytes, params: Params) -> str:
@@ -238,9 +243,13 @@ class SimNode:
     blocks: list[TransferredBlock] = field(default_factory=list)  # index = height - 1
     committed_ids: set[bytes] = field(default_factory=set)
     committed_ms: list[int] = field(default_factory=list)  # when each block was executed
+    # Keys ever admitted as of its last executed block checked (SimCluster._executed): the state
+    # a block executes on, which the safety checker judges its transactions against.
+    ever_admitted: set[bytes] = field(default_factory=set)
     records: dict[bytes, bytes] = field(default_factory=dict)  # durable (fsynced)
     durable_height: int = 0
     crash_mid_write: bool = False  # armed by SimCluster.crash_mid_write
+    crash_after_step: bool = False  # a crash armed for a background write: at the end of a step
     unsynced: list[Write] = field(default_factory=list)  # written, not yet durable
     stable: CheckpointCertificate | None = None  # the last one durable
     up: bool = True
@@ -268,6 +277,7 @@ class SimCluster(SimShell[SimNode]):
         wall_skew_ms: dict[int, int] | None = None,
         tick_ms: int = 5,
         broken_shell: bool = False,
+        executor_class: type[Executor] = Executor,
         client_delay_ms: tuple[int, int] = (0, 10),
         client_retry_ms: int = 1_000,
     ) -> None:
@@ -281,6 +291,7 @@ class SimCluster(SimShell[SimNode]):
         self.now_ms = 0
         self.tick_ms = tick_ms
         self.broken_shell = broken_shell
+        self.executor_class = executor_class  # (checker-teeth tests run broken ones)
         self.lost_writes = 0  # Readies whose records a crash mid-write dropped
         self.trace: Callable[[str], None] | None = None  # one readable line per event
         self._traced_view: dict[int, tuple[int, bool]] = {}
@@ -335,6 +346,7 @@ class SimCluster(SimShell[SimNode]):
                 app,
                 genesis.header,
                 [genesis.hash],
+                ever_admitted=set(app.admitted),
             )
             self.nodes.append(node)
 
@@ -374,7 +386,7 @@ class SimCluster(SimShell[SimNode]):
         self, i: int, replica: PbftReplica, app: KeyValueState, head: BlockHeader
     ) -> Executor:
         """The node runtime's executor (a broken one for the checker-teeth tests)."""
-        kind = BrokenExecutor if self.broken_shell else Executor
+        kind = BrokenExecutor if self.broken_shell else self.executor_class
         return kind(replica, app, head, self.signers[i], self.chain_id, i)
 
     def _start(self, node: SimNode) -> None:
@@ -485,6 +497,7 @@ class SimCluster(SimShell[SimNode]):
         node.committed_ids = {tx.id for tb in blocks for tx in tb.txs}
         node.committed_ms = committed_ms
         node.durable_height = head.height
+        node.ever_admitted = set(app.admitted) | set(app.changed_ms)
 
     def _roll_back(self, node: SimNode) -> None:
         height = node.durable_height
@@ -563,8 +576,16 @@ class SimCluster(SimShell[SimNode]):
             f"({len(batch.txs)} txs)"
         )
         self.safety.committed(node.index, batch.seq, batch.digest)
-        # (against the state the block executed on, and its own admissions: keys ever admitted)
-        self.safety.signed(node.index, batch.seq, batch.txs, node.app.may_submit)
+        # Against the state the block executed on (keys ever admitted before it; the executor
+        # applied it already), as KeyValueState.may_submit judges there.
+        app, known = node.app, node.ever_admitted
+        self.safety.signed(
+            node.index,
+            batch.seq,
+            batch.txs,
+            lambda tx: tx.client_key in known or _member_change(app, tx),
+        )
+        known.update(k for k, t in app.changed_ms.items() if t <= block.header.timestamp_ms)
         node.head = block.header
         node.block_hashes.append(block.hash)
         node.committed_ids.update(tx.id for tx in batch.txs)

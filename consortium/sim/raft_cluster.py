@@ -206,6 +206,7 @@ class RaftSimNode:
     durable_height: int = 0
     unsynced: list[Write] = field(default_factory=list)  # written, not yet durable
     crash_mid_write: bool = False
+    crash_after_step: bool = False  # a crash armed for a background write: at the end of a step
     up: bool = True
     was_leader_term: int = -1
 
@@ -236,6 +237,7 @@ class RaftSimCluster(SimShell[RaftSimNode]):
         params: Params = RAFT_SIM_PARAMS,
         tick_ms: int = 5,
         broken_shell: bool = False,
+        executor_class: type[Executor] = Executor,
         pre_vote: bool = True,
         check_quorum: bool = True,
         configure: Callable[[RaftConfig], RaftConfig] = raft_sim_config,
@@ -254,6 +256,7 @@ class RaftSimCluster(SimShell[RaftSimNode]):
         self.now_ms = 0
         self.tick_ms = tick_ms
         self.broken_shell = broken_shell
+        self.executor_class = executor_class  # (checker-teeth tests run broken ones)
         self.lost_writes = 0
         self.trace: Callable[[str], None] | None = None
         self.check = RaftChecker(n, self.genesis.client_keys())
@@ -310,7 +313,7 @@ class RaftSimCluster(SimShell[RaftSimNode]):
         self, i: int, raft: RaftNode, app: KeyValueState, head: BlockHeader
     ) -> Executor:
         """The node runtime's executor (a broken one for the checker-teeth tests)."""
-        kind = BrokenExecutor if self.broken_shell else Executor
+        kind = BrokenExecutor if self.broken_shell else self.executor_class
         return kind(raft, app, head, self.signers[i], self.chain_id, i, applied_index=raft.applied)
 
     def _new_raft(self, i: int, recovered: RecoveredState) -> RaftNode:

@@ -67,6 +67,7 @@ class ShellNode(Protocol):
     index: int
     up: bool
     crash_mid_write: bool
+    crash_after_step: bool  # armed by a crash_mid_write that met a background write
     executor: Executor
     unsynced: list[Write]  # written and not yet durable (lost by a crash)
     records: dict[bytes, bytes]  # durable
@@ -121,6 +122,9 @@ class SimShell(ABC, Generic[N]):
         (node/executor.py), as the node runtime does; then the cluster's own bookkeeping."""
         while node.up and (effects := node.executor.step()):
             self._effects(node, effects)
+            if node.crash_after_step:
+                node.crash_after_step = False
+                self.crash(node.index)
         if node.up:
             self._carried_out(node)
 
@@ -154,10 +158,16 @@ class SimShell(ABC, Generic[N]):
             self._settle(node)  # the runtime starts a write once the one before is durable
         if node.crash_mid_write:
             # Power lost between the write and its fsync: the write never happened, nor
-            # anything that waited for it.
+            # anything that waited for it. A write that holds nothing ran in the background
+            # while the member went on (its step's messages left): the power goes once the
+            # step is carried out, the write still in flight.
             node.crash_mid_write = False
-            self.lost_writes += 1
-            self.crash(node.index)
+            if write.holds or self.broken_shell:
+                self.lost_writes += 1
+                self.crash(node.index)
+            else:
+                node.unsynced.append(write)  # (lost, and counted, by the crash)
+                node.crash_after_step = True
             return
         if write.holds and not self.broken_shell:
             self._make_durable(node, write)
@@ -313,6 +323,7 @@ class SimShell(ABC, Generic[N]):
             node.crash_mid_write = False
             armed_restart_ms = None
         node.up = False
+        node.crash_after_step = False
         if node.unsynced:
             self.lost_writes += 1
             node.unsynced.clear()  # never reached the disk

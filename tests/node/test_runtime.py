@@ -143,3 +143,46 @@ async def test_raft_early_messages_leave_before_the_write_and_reads_after(
     )
     await node._carry_out(node.executor.step())
     assert log == ["send append", "stage", "fsync", "send ack", "reads"]
+
+
+async def test_under_load_a_write_with_records_still_holds_its_messages(tmp_path: Path) -> None:
+    """Busy (transactions pending), the fsync of a write with records runs on a worker thread
+    (the receipts queued ahead leave meanwhile), but the vote it holds leaves only after it:
+    never the background path of a write of blocks alone."""
+    node, core, log = member(tmp_path, pending=1)
+    core.readies.append(
+        Ready(
+            [(b"vote", b"1")],
+            [],
+            [Outbound(1, b"prepare")],
+            [committed_batch(node, tmp_path)],
+            [],
+            [],
+        )
+    )
+    async with trio.open_nursery() as nursery:
+        node._nursery = nursery
+        await node._carry_out(node.executor.step())
+        assert node._writing is None  # not left in the background
+    assert log == ["receipts", "stage", "fsync", "send prepare", "durable"]
+
+
+async def test_raft_under_load_an_acknowledgement_leaves_after_its_write(tmp_path: Path) -> None:
+    node, core, log = member(tmp_path, mode="raft", pending=1)
+    core.readies.append(
+        raft.Ready(
+            records=[(b"raft/log/x", b"entry")],
+            early=[],
+            messages=[raft.Outbound(0, b"ack")],
+            committed=[],
+            install=[],
+            serve=[],
+            reads=[],
+            read_failures=[],
+        )
+    )
+    async with trio.open_nursery() as nursery:
+        node._nursery = nursery
+        await node._carry_out(node.executor.step())
+        assert node._writing is None
+    assert log == ["stage", "fsync", "send ack"]

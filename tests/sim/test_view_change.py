@@ -14,6 +14,7 @@ from collections.abc import Callable
 import pytest
 from test_simulation import LOSSY, run
 
+from consortium.node.executor import Executor
 from consortium.pbft.messages import Blocks, Commit, PrePrepare, decode, encode
 from consortium.sim.checkers import SafetyViolation
 from consortium.sim.cluster import SimCluster, workload
@@ -232,11 +233,13 @@ def test_a_backup_alone_in_a_view_change_says_so_and_keeps_its_ledger_current() 
 # --- durability: a crash between a write and its fsync ----------------------------------------
 
 
-def split_brain(cluster: SimCluster) -> None:
+def split_brain(cluster: SimCluster, *, mid_write: bool = False) -> None:
     """Byzantine primary n1: batch A to n2 and n3, batch B to n4 (both for view 0, seq 1),
     with its COMMITs. n2 and n3 prepare A and send COMMITs, so n2 commits A (n3 does not: it
     never gets n2's COMMIT). n3 then crashes and restarts, and n1 sends it B: if n3 forgot its
-    vote for A, it prepares and commits B with n4, and n4 commits B at seq 1."""
+    vote for A, it prepares and commits B with n4, and n4 commits B at seq 1. With
+    `mid_write`, n3's power goes during its first write (its PREPARE for A) instead, and it
+    restarts 20 ms later."""
     pool = workload(cluster.chain_id, 2)
     cluster.submit(pool, to=())
     signer, chain = cluster.signers[0], cluster.chain_id
@@ -267,6 +270,10 @@ def split_brain(cluster: SimCluster) -> None:
     send(a, 1)
     send(a, 2)
     send(b, 3)
+    if mid_write:
+        cluster.crash_mid_write(2, restart_after_ms=20)
+        cluster.at(cluster.now_ms + 60, lambda: send(b, 2))
+        return
     cluster.at(crash_ms, lambda: cluster.crash(2))  # after its COMMIT for A left
 
     def restart_and_lie() -> None:
@@ -274,6 +281,36 @@ def split_brain(cluster: SimCluster) -> None:
         send(b, 2)
 
     cluster.at(cluster.now_ms + 60, restart_and_lie)
+
+
+class HoldsNothing(Executor):
+    """Deliberately broken: the production executor, but every write labelled as holding
+    nothing (as a write of blocks alone), so a vote leaves while its write is still in flight
+    and a power cut loses it."""
+
+    def _holds(self, records: object, checkpoints: object) -> bool:
+        return False
+
+
+def test_an_executor_that_lets_a_vote_leave_before_its_write_is_caught() -> None:
+    """The production executor's one decision that keeps a vote from leaving before it is
+    durable (Write.holds), broken: n3's PREPARE for A leaves, the power goes before its write
+    is durable, and n3 restarted prepares B for the same slot."""
+    cluster = SimCluster(8, 4, byzantine={0}, executor_class=HoldsNothing)
+    cluster.run_until(10)
+    split_brain(cluster, mid_write=True)
+    with pytest.raises(SafetyViolation, match=r"equivocation: n3 signed two"):
+        cluster.run_until(2_000)
+    assert cluster.lost_writes == 1
+
+
+def test_the_production_executor_survives_a_power_cut_in_its_vote_write() -> None:
+    cluster = SimCluster(8, 4, byzantine={0})
+    cluster.run_until(10)
+    split_brain(cluster, mid_write=True)
+    cluster.run_until(2_000)  # the safety checker ran after every step
+    assert cluster.lost_writes == 1
+    assert cluster.nodes[2].up  # restarted, and never contradicted itself
 
 
 def test_a_shell_that_sends_before_fsync_is_caught_by_the_safety_checker() -> None:
