@@ -93,14 +93,6 @@ from consortium.protocol.messages import (
     leader_hint,
     transfer_body,
 )
-from consortium.protocol.tls import (
-    RECORD_BYTES_MAX,
-    SniffStream,
-    TlsRefused,
-    explain_failure,
-    make_context,
-    peer_key,
-)
 from consortium.protocol.verify import Bundle, FollowedBlock, ReadReply, verify_bundle, verify_read
 
 BACKOFF_MIN_S = 0.05
@@ -232,6 +224,9 @@ class ConsortiumClient:
             known = [c.name for c in genesis.clients if c.public_key == tls_keys.public]
             known += [m.name for m in genesis.members if m.public_key == tls_keys.public]
             name = known[0] if known else "client"
+            # (imported only with TLS: it loads the certificate code, x509 and all)
+            from consortium.protocol.tls import make_context
+
             self._tls_context = make_context(tls_keys, name, self.chain_id, server=False)
 
     # --- lifecycle --------------------------------------------------------------------------
@@ -310,6 +305,14 @@ class ConsortiumClient:
         is the one genesis lists for `member`. None (reason in last_error) when it is not."""
         if self._tls_context is None:
             return stream
+        from consortium.protocol.tls import (
+            RECORD_BYTES_MAX,
+            SniffStream,
+            TlsRefused,
+            explain_failure,
+            peer_key,
+        )
+
         sniff = SniffStream(stream, record_bytes_max=RECORD_BYTES_MAX)
         conn = trio.SSLStream(sniff, self._tls_context)
         why = ""
@@ -336,6 +339,13 @@ class ConsortiumClient:
         await trio.aclose_forcefully(stream)
         return None
 
+    def _explain(self, exc: BaseException, name: str) -> str:
+        if self._tls_context is None:
+            return str(exc) or type(exc).__name__
+        from consortium.protocol.tls import explain_failure
+
+        return explain_failure(exc, b"", name)
+
     async def _connection(self, member: _Member, stream: trio.abc.Stream) -> None:
         member.online = True
         member.connections += 1
@@ -359,11 +369,7 @@ class ConsortiumClient:
                     member.last_error = member.last_error or "member closed the connection"
                 except (FrameError, OSError, trio.BrokenResourceError) as exc:
                     # A member that told us why it closes (a push error) keeps its word.
-                    member.last_error = member.last_error or (
-                        explain_failure(exc, b"", member.name)
-                        if self._tls_context is not None
-                        else str(exc) or type(exc).__name__
-                    )
+                    member.last_error = member.last_error or self._explain(exc, member.name)
                 nursery.cancel_scope.cancel()
         finally:
             member.online = False
