@@ -223,7 +223,7 @@ async def test_concurrent_follows_do_not_starve_the_members_event_loop(
 
     gap = await max_gap_while(work)
     node.store.close()
-    assert gap < 0.1, f"the event loop was frozen for {gap:.2f} s between two core ticks"
+    assert gap < 0.1, f"the event loop was frozen for {gap:.2f} s of CPU between two core ticks"
 
 
 # --- aa7d64b: FOLLOWS_MAX is node-wide with no share per connection or source --------------

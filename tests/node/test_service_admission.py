@@ -224,4 +224,4 @@ async def test_a_submit_of_committed_transactions_does_not_freeze_the_members_ev
 
     gap = await max_gap_while(work)
     node.store.close()
-    assert gap < 0.25, f"the event loop was frozen for {gap:.2f} s by one submit request"
+    assert gap < 0.25, f"the event loop was frozen for {gap:.2f} s of CPU by one submit request"
