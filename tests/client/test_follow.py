@@ -56,136 +56,142 @@ def _forked_blocks(salt: bytes, count: int, signer: int) -> list[FollowedBlock]:
 async def test_the_client_yields_blocks_in_order_once_f_plus_1_members_agree(
     tmp_path: Path,
 ) -> None:
-    honest = build_chain(6)
-    liar = build_chain(6, salt=b"-fork")  # its own valid chain, signed by its own key
-    chains = [honest, honest, liar, honest]
-    async with (
-        members(tmp_path, chains) as (nodes, addresses),
-        ConsortiumClient(GENESIS, addresses=addresses) as client,
-    ):
-        got = await take(client, 1, 6)
-        assert [b.height for b in got] == [1, 2, 3, 4, 5, 6]
-        assert [b.block_hash for b in got] == [blk.hash for blk, _, _ in honest.blocks]
-        for b in got:
-            assert len(b.signers) >= 2 and 2 not in b.signers  # never the liar's fork
-            assert b.tx_ids == [r.tx_id for r in b.receipts]
-        for earlier, later in itertools.pairwise(got):
-            assert later.header.prev_hash == earlier.block_hash
-        # Any receipt of a followed block is a receipt document that verifies offline.
-        assert verify_receipt(got[3].receipt_proof(1), GENESIS) is None
+    with trio.fail_after(20):
+        honest = build_chain(6)
+        liar = build_chain(6, salt=b"-fork")  # its own valid chain, signed by its own key
+        chains = [honest, honest, liar, honest]
+        async with (
+            members(tmp_path, chains) as (nodes, addresses),
+            ConsortiumClient(GENESIS, addresses=addresses) as client,
+        ):
+            got = await take(client, 1, 6)
+            assert [b.height for b in got] == [1, 2, 3, 4, 5, 6]
+            assert [b.block_hash for b in got] == [blk.hash for blk, _, _ in honest.blocks]
+            for b in got:
+                assert len(b.signers) >= 2 and 2 not in b.signers  # never the liar's fork
+                assert b.tx_ids == [r.tx_id for r in b.receipts]
+            for earlier, later in itertools.pairwise(got):
+                assert later.header.prev_hash == earlier.block_hash
+            # Any receipt of a followed block is a receipt document that verifies offline.
+            assert verify_receipt(got[3].receipt_proof(1), GENESIS) is None
 
-        # Live: blocks appended after the follow started arrive in order.
-        async def grow() -> None:
-            await trio.sleep(0.2)
-            for _ in range(3):
-                honest.add([honest.tx(Put(b"more", b"1"))])
-            for i in (0, 1, 3):
-                nodes[i].append(honest, 6)
+            # Live: blocks appended after the follow started arrive in order.
+            async def grow() -> None:
+                await trio.sleep(0.2)
+                for _ in range(3):
+                    honest.add([honest.tx(Put(b"more", b"1"))])
+                for i in (0, 1, 3):
+                    nodes[i].append(honest, 6)
 
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(grow)
-            with trio.fail_after(10):
-                live = await take(client, 7, 3)
-        assert [b.block_hash for b in live] == [blk.hash for blk, _, _ in honest.blocks[6:]]
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(grow)
+                with trio.fail_after(10):
+                    live = await take(client, 7, 3)
+            assert [b.block_hash for b in live] == [blk.hash for blk, _, _ in honest.blocks[6:]]
 
 
 async def test_without_f_plus_1_matching_copies_nothing_is_yielded(tmp_path: Path) -> None:
-    honest = build_chain(3)
-    fork = build_chain(3, salt=b"-fork")
-    other = build_chain(3, salt=b"-other")
-    services: list[type[ClientService]] = [ClientService, ClientService, TamperingService]
-    async with (
-        members(tmp_path, [honest, fork, other], services) as (_, addresses),
-        ConsortiumClient(GENESIS, addresses=addresses) as client,
-    ):
-        # n1 honest, n2 a fork, n3 another fork with forged receipts: no two members agree.
-        with trio.move_on_after(1.5) as scope:
-            await take(client, 1, 1)
-        assert scope.cancelled_caught
-        assert client.counters["follow_invalid"] >= 1  # n3's forged receipts were caught
+    with trio.fail_after(10):
+        honest = build_chain(3)
+        fork = build_chain(3, salt=b"-fork")
+        other = build_chain(3, salt=b"-other")
+        services: list[type[ClientService]] = [ClientService, ClientService, TamperingService]
+        async with (
+            members(tmp_path, [honest, fork, other], services) as (_, addresses),
+            ConsortiumClient(GENESIS, addresses=addresses) as client,
+        ):
+            # n1 honest, n2 a fork, n3 another fork with forged receipts: no two members agree.
+            with trio.move_on_after(1.5) as scope:
+                await take(client, 1, 1)
+            assert scope.cancelled_caught
+            assert client.counters["follow_invalid"] >= 1  # n3's forged receipts were caught
 
 
 async def test_raft_follows_one_member_and_moves_on_when_it_goes(tmp_path: Path) -> None:
-    raft = make_genesis(mode="raft")
-    builder = ChainBuilder(genesis=raft)
-    for h in range(4):
-        builder.add([builder.tx(Put(b"r%d" % h, b"v"))])
-    nodes = []
-    addresses = {}
-    async with trio.open_nursery() as nursery:
-        scopes = []
-        for i in range(3):
-            node = FakeNode(i, BlockStore.open(tmp_path / f"r{i}.sqlite", raft), genesis=raft)
-            node.append(builder, 0)
-            scope = trio.CancelScope()
-            scopes.append(scope)
+    with trio.fail_after(30):
+        raft = make_genesis(mode="raft")
+        builder = ChainBuilder(genesis=raft)
+        for h in range(4):
+            builder.add([builder.tx(Put(b"r%d" % h, b"v"))])
+        nodes = []
+        addresses = {}
+        async with trio.open_nursery() as nursery:
+            scopes = []
+            for i in range(3):
+                node = FakeNode(i, BlockStore.open(tmp_path / f"r{i}.sqlite", raft), genesis=raft)
+                node.append(builder, 0)
+                scope = trio.CancelScope()
+                scopes.append(scope)
 
-            async def serve(
-                node: FakeNode = node,
-                scope: trio.CancelScope = scope,
-                *,
-                task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
-            ) -> None:
-                with scope:
-                    await ClientService(node).run(task_status=task_status)  # type: ignore[arg-type]
+                async def serve(
+                    node: FakeNode = node,
+                    scope: trio.CancelScope = scope,
+                    *,
+                    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+                ) -> None:
+                    with scope:
+                        await ClientService(node).run(task_status=task_status)  # type: ignore[arg-type]
 
-            addresses[i] = (HOST, await nursery.start(serve))
-            nodes.append(node)
-        async with ConsortiumClient(raft, addresses=addresses) as client:
-            follower = Follower(client._follow_link, 1, credit=8)
+                addresses[i] = (HOST, await nursery.start(serve))
+                nodes.append(node)
+            async with ConsortiumClient(raft, addresses=addresses) as client:
+                follower = Follower(client._follow_link, 1, credit=8)
 
-            async def next_blocks(count: int) -> list[CommittedBlock]:
-                got: list[CommittedBlock] = []
-                with trio.fail_after(10):
-                    while len(got) < count:
-                        follower.tend()
-                        block = follower.decided()
-                        if block is not None:
-                            got.append(block)
-                        else:
-                            await trio.sleep(0.02)
-                return got
+                async def next_blocks(count: int) -> list[CommittedBlock]:
+                    got: list[CommittedBlock] = []
+                    with trio.fail_after(10):
+                        while len(got) < count:
+                            follower.tend()
+                            block = follower.decided()
+                            if block is not None:
+                                got.append(block)
+                            else:
+                                await trio.sleep(0.02)
+                    return got
 
-            first = await next_blocks(4)
-            assert [b.block_hash for b in first] == [blk.hash for blk, _, _ in builder.blocks]
-            assert len(follower.streams) == 1  # one member is enough in raft
-            [serving] = follower.streams
-            scopes[serving].cancel()  # that member goes away; the others go on
-            for _ in range(2):
-                builder.add([builder.tx(Put(b"later", b"v"))])
-            for i, node in enumerate(nodes):
-                if i != serving:
-                    node.append(builder, 4)
-            later = await next_blocks(2)
-            assert [b.height for b in later] == [5, 6]
-            assert [b.block_hash for b in later] == [blk.hash for blk, _, _ in builder.blocks[4:]]
-            assert later[0].header.prev_hash == first[-1].block_hash
-            assert len(follower.streams) == 1 and serving not in follower.streams
-            assert later[0].signers != (serving,)
-            follower.close()
-        nursery.cancel_scope.cancel()
-    for node in nodes:
-        node.store.close()
+                first = await next_blocks(4)
+                assert [b.block_hash for b in first] == [blk.hash for blk, _, _ in builder.blocks]
+                assert len(follower.streams) == 1  # one member is enough in raft
+                [serving] = follower.streams
+                scopes[serving].cancel()  # that member goes away; the others go on
+                for _ in range(2):
+                    builder.add([builder.tx(Put(b"later", b"v"))])
+                for i, node in enumerate(nodes):
+                    if i != serving:
+                        node.append(builder, 4)
+                later = await next_blocks(2)
+                assert [b.height for b in later] == [5, 6]
+                assert [b.block_hash for b in later] == [
+                    blk.hash for blk, _, _ in builder.blocks[4:]
+                ]
+                assert later[0].header.prev_hash == first[-1].block_hash
+                assert len(follower.streams) == 1 and serving not in follower.streams
+                assert later[0].signers != (serving,)
+                follower.close()
+            nursery.cancel_scope.cancel()
+        for node in nodes:
+            node.store.close()
 
 
 async def test_the_client_holds_a_bounded_number_of_blocks_when_the_consumer_stops(
     tmp_path: Path,
 ) -> None:
-    chain = build_chain(60, txs_per_block=1)
-    async with (
-        members(tmp_path, [chain] * 4) as (_, addresses),
-        ConsortiumClient(GENESIS, addresses=addresses) as client,
-    ):
-        follower = Follower(client._follow_link, 1, credit=4)
-        for _ in range(40):  # nobody takes decided blocks
-            follower.tend()
-            await trio.sleep(0.02)
-        held = sum(len(c) for c in follower.pending.values())
-        assert 0 < len(follower.pending) <= 2 * 4 + 1
-        assert held <= 4 * (2 * 4 + 1)
-        for stream in follower.streams.values():
-            assert stream.next_height <= 1 + 2 * 4 + 1
-        follower.close()
+    with trio.fail_after(10):
+        chain = build_chain(60, txs_per_block=1)
+        async with (
+            members(tmp_path, [chain] * 4) as (_, addresses),
+            ConsortiumClient(GENESIS, addresses=addresses) as client,
+        ):
+            follower = Follower(client._follow_link, 1, credit=4)
+            for _ in range(40):  # nobody takes decided blocks
+                follower.tend()
+                await trio.sleep(0.02)
+            held = sum(len(c) for c in follower.pending.values())
+            assert 0 < len(follower.pending) <= 2 * 4 + 1
+            assert held <= 4 * (2 * 4 + 1)
+            for stream in follower.streams.values():
+                assert stream.next_height <= 1 + 2 * 4 + 1
+            follower.close()
 
 
 async def test_blocks_received_but_not_yet_taken_count_against_the_credit() -> None:
@@ -215,20 +221,21 @@ async def test_blocks_received_but_not_yet_taken_count_against_the_credit() -> N
 async def test_a_block_that_does_not_link_to_the_previous_one_is_an_error(
     tmp_path: Path,
 ) -> None:
-    chain = build_chain(3)
-    async with (
-        members(tmp_path, [chain] * 4) as (_, addresses),
-        ConsortiumClient(GENESIS, addresses=addresses) as client,
-    ):
-        follower = Follower(client._follow_link, 1, credit=8)
-        follower.prev_hash = b"\x42" * 32  # as if block 0 had another hash
-        with pytest.raises(ClientError, match="does not link to block 0"):
-            with trio.fail_after(5):
-                while True:
-                    follower.tend()
-                    follower.decided()
-                    await trio.sleep(0.02)
-        follower.close()
+    with trio.fail_after(10):
+        chain = build_chain(3)
+        async with (
+            members(tmp_path, [chain] * 4) as (_, addresses),
+            ConsortiumClient(GENESIS, addresses=addresses) as client,
+        ):
+            follower = Follower(client._follow_link, 1, credit=8)
+            follower.prev_hash = b"\x42" * 32  # as if block 0 had another hash
+            with pytest.raises(ClientError, match="does not link to block 0"):
+                with trio.fail_after(5):
+                    while True:
+                        follower.tend()
+                        follower.decided()
+                        await trio.sleep(0.02)
+            follower.close()
 
 
 # --- major: the client's follow against a lying pbft member -------------------------------

@@ -98,38 +98,39 @@ async def test_after_a_background_block_write_fails_no_later_write_reaches_the_d
     or a pbft stable checkpoint (records) becomes durable above blocks that were rolled back,
     which recovery cannot repair (the log entries the blocks came from are compacted away).
     Nothing after a failed write may be written."""
-    node = _member(tmp_path)
-    store = node.store
-    real_commit = store.commit_staged
-    calls = 0
+    with trio.fail_after(10):
+        node = _member(tmp_path)
+        store = node.store
+        real_commit = store.commit_staged
+        calls = 0
 
-    def failing_once() -> None:
-        nonlocal calls
-        calls += 1
-        if calls == 1:
-            store._staged = None  # what commit_staged does when COMMIT raises
-            store._failed(sqlite3.OperationalError("disk I/O error"))
-        real_commit()
+        def failing_once() -> None:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                store._staged = None  # what commit_staged does when COMMIT raises
+                store._failed(sqlite3.OperationalError("disk I/O error"))
+            real_commit()
 
-    store.commit_staged = failing_once  # type: ignore[method-assign]
-    first = _commit(node, tmp_path, [Put(b"k", b"v")])
-    assert not _write_of(first).holds  # blocks alone: in the background
+        store.commit_staged = failing_once  # type: ignore[method-assign]
+        first = _commit(node, tmp_path, [Put(b"k", b"v")])
+        assert not _write_of(first).holds  # blocks alone: in the background
 
-    async def core() -> None:
-        await node._carry_out(first)
-        # The next core step: a compaction point covering that block (records only).
-        await node._carry_out(_records_step(node, [(b"raft/snap", b"covers block 1")]))
+        async def core() -> None:
+            await node._carry_out(first)
+            # The next core step: a compaction point covering that block (records only).
+            await node._carry_out(_records_step(node, [(b"raft/snap", b"covers block 1")]))
 
-    failed = False
-    try:
-        async with trio.open_nursery() as nursery:
-            node._nursery = nursery
-            nursery.start_soon(core)
-    except* StoreError:
-        failed = True
-    assert failed
-    assert store.height == 0
-    assert store.load_records(b"raft/") == [], "a write after the failed one reached the disk"
+        failed = False
+        try:
+            async with trio.open_nursery() as nursery:
+                node._nursery = nursery
+                nursery.start_soon(core)
+        except* StoreError:
+            failed = True
+        assert failed
+        assert store.height == 0
+        assert store.load_records(b"raft/") == [], "a write after the failed one reached the disk"
 
 
 # --- major: a signed read names a height its value is not from --------------------------------
@@ -145,17 +146,18 @@ async def test_a_signed_read_during_a_background_write_names_the_height_of_its_v
     a block-only write runs in the background (and a write with records awaits a worker
     thread), and a read served meanwhile signs 'k = v at height 0' though k was absent at 0.
     In pbft Q members may sign that same false statement (a quorum-certified read proof)."""
-    node = _member(tmp_path)
-    effects = _commit(node, tmp_path, [Put(b"k", b"v")])
-    async with trio.open_nursery() as nursery:
-        node._nursery = nursery
-        await node._carry_out(effects)
-        assert node.store.height == 0  # the write is in flight
-        key, value, height, block_hash, _, _ = await node.read_value(b"k")
-        assert (key, value) == (b"k", b"v")
-        assert (height, block_hash) == (1, _write_of(effects).blocks[0][0].hash)
-    key, value, height, _, _, _ = await node.read_value(b"k")
-    assert (value, height) == (b"v", 1)
+    with trio.fail_after(10):
+        node = _member(tmp_path)
+        effects = _commit(node, tmp_path, [Put(b"k", b"v")])
+        async with trio.open_nursery() as nursery:
+            node._nursery = nursery
+            await node._carry_out(effects)
+            assert node.store.height == 0  # the write is in flight
+            key, value, height, block_hash, _, _ = await node.read_value(b"k")
+            assert (key, value) == (b"k", b"v")
+            assert (height, block_hash) == (1, _write_of(effects).blocks[0][0].hash)
+        key, value, height, _, _, _ = await node.read_value(b"k")
+        assert (value, height) == (b"v", 1)
 
 
 # (Review 5: a probe of background block writes and the cached state's write counter.)
@@ -165,24 +167,25 @@ async def test_next_write_stages_on_an_app_ahead_of_the_finished_write_and_nothi
     """W1 (blocks 1-2) in flight; block 3 executes and applies; W1 finishes; W2 stages block 3
     (_applied_prefix sees the app at block 3's root: 1). A-B-A on k across the two writes, a
     delete of a present key, then everything durable: nothing pinned, store == app."""
-    node = _member(tmp_path)
-    kv, replay = node.app.kv, node.app.replay
-    assert isinstance(kv, CachedTable) and isinstance(replay, CachedTable)
-    w1 = _commit(node, tmp_path, [Put(b"k", b"v"), Put(b"gone", b"x")], [Put(b"j", b"1")])
-    async with trio.open_nursery() as nursery:
-        node._nursery = nursery
-        await node._carry_out(w1)
-        assert node.store.height == 0 and node._writing is not None
-        # block 3, then block 4: k back to v
-        w2 = _commit(node, tmp_path, [Delete(b"k"), Delete(b"gone")], [Put(b"k", b"v")])
-        assert node.executor.head.height == 4
-        await node._writing.wait()  # W1 finishes while the app is at block 4
-        assert node.store.height == 2
-        assert kv.get(b"k") == b"v" and kv.get(b"gone") is None
-        await node._carry_out(w2)
-    assert node.store.height == 4
-    assert kv.pinned == 0 and replay.pinned == 0
-    for key, want in [(b"k", b"v"), (b"gone", None), (b"j", b"1")]:
-        row = node.store._db.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
-        assert (None if row is None else bytes(row[0])) == want
-        assert kv.get(key) == want
+    with trio.fail_after(10):
+        node = _member(tmp_path)
+        kv, replay = node.app.kv, node.app.replay
+        assert isinstance(kv, CachedTable) and isinstance(replay, CachedTable)
+        w1 = _commit(node, tmp_path, [Put(b"k", b"v"), Put(b"gone", b"x")], [Put(b"j", b"1")])
+        async with trio.open_nursery() as nursery:
+            node._nursery = nursery
+            await node._carry_out(w1)
+            assert node.store.height == 0 and node._writing is not None
+            # block 3, then block 4: k back to v
+            w2 = _commit(node, tmp_path, [Delete(b"k"), Delete(b"gone")], [Put(b"k", b"v")])
+            assert node.executor.head.height == 4
+            await node._writing.wait()  # W1 finishes while the app is at block 4
+            assert node.store.height == 2
+            assert kv.get(b"k") == b"v" and kv.get(b"gone") is None
+            await node._carry_out(w2)
+        assert node.store.height == 4
+        assert kv.pinned == 0 and replay.pinned == 0
+        for key, want in [(b"k", b"v"), (b"gone", None), (b"j", b"1")]:
+            row = node.store._db.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
+            assert (None if row is None else bytes(row[0])) == want
+            assert kv.get(key) == want

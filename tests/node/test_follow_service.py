@@ -1,6 +1,11 @@
 """Following committed blocks, the member side: ClientService's follows over a real
 BlockStore (tests/node/fakes.py FakeNode), on a real ClientServer on 127.0.0.1 or on a
 ClientConnection nobody drains. The client side is tests/client/test_follow.py.
+
+On a ClientConnection only Trio tasks wait on each other (the store is read synchronously on
+the event loop), so those tests run on trio's autojump clock: their pauses and timeouts are
+exact and take no time. The real server keeps real time under a fail_after, and the event
+loop probe measures real work (tests/node/fakes.py max_gap_while).
 """
 
 from __future__ import annotations
@@ -38,54 +43,57 @@ from tests.node.fakes import GENESIS, FakeNode, last_reply, max_gap_while, membe
 async def test_a_member_sends_no_more_than_the_credit_then_resumes_and_goes_live(
     tmp_path: Path,
 ) -> None:
-    chain = build_chain(10)
-    async with members(tmp_path, [chain]) as (nodes, addresses):
-        stream = await trio.open_tcp_stream(*addresses[0])
-        reader = FrameReader(stream, 1 << 20)
+    with trio.fail_after(20):
+        chain = build_chain(10)
+        async with members(tmp_path, [chain]) as (nodes, addresses):
+            stream = await trio.open_tcp_stream(*addresses[0])
+            reader = FrameReader(stream, 1 << 20)
 
-        async def send(msg: list[Any]) -> None:
-            await stream.send_all(encode_frames([pack(msg)]))
+            async def send(msg: list[Any]) -> None:
+                await stream.send_all(encode_frames([pack(msg)]))
 
-        async def frames(count: int, within_s: float = 5.0) -> list[Any]:
-            out = []
-            with trio.move_on_after(within_s):
-                while len(out) < count:
-                    frame = await reader.read()
-                    assert frame is not None
-                    out.append(decode_response(frame, 1 << 20))
-            return out
+            async def frames(count: int, within_s: float = 5.0) -> list[Any]:
+                out = []
+                with trio.move_on_after(within_s):
+                    while len(out) < count:
+                        frame = await reader.read()
+                        assert frame is not None
+                        out.append(decode_response(frame, 1 << 20))
+                return out
 
-        await send(["follow", 3, 2, 3])
-        first = await frames(4)
-        assert first[0] == OkReply(3, 10)  # the head height
-        assert [b.header.height for b in first[1:]] == [2, 3, 4]
-        for b in first[1:]:
-            assert verify_followed(b, GENESIS, Ed25519Verifier(), 0) is None
-        assert await frames(1, within_s=0.3) == []  # out of credit: nothing more
-        await send(["credit", 4, 3, 100])
-        rest = await frames(1 + 6)
-        assert rest[0] == OkReply(4, None)
-        assert [b.header.height for b in rest[1:]] == list(range(5, 11))
-        assert [b.header.hash for b in rest[1:]] == [blk.hash for blk, _, _ in chain.blocks[4:10]]
-        # Caught up: a block that executes now is sent at once.
-        for _ in range(2):
-            chain.add([chain.tx(Put(b"live", b"1"))])
-        nodes[0].append(chain, 10)
-        live = await frames(2, within_s=2.0)
-        assert [b.header.height for b in live] == [11, 12]
-        await send(["unfollow", 5, 3])
-        assert await frames(1) == [OkReply(5, None)]
-        chain.add([chain.tx(Put(b"after", b"1"))])
-        nodes[0].append(chain, 12)
-        assert await frames(1, within_s=0.3) == []  # unfollowed: nothing more
-        await send(["credit", 6, 3, 1])
-        [reply] = await frames(1)
-        assert isinstance(reply, ErrorReply) and "no follow 3" in reply.message
-        await stream.aclose()
+            await send(["follow", 3, 2, 3])
+            first = await frames(4)
+            assert first[0] == OkReply(3, 10)  # the head height
+            assert [b.header.height for b in first[1:]] == [2, 3, 4]
+            for b in first[1:]:
+                assert verify_followed(b, GENESIS, Ed25519Verifier(), 0) is None
+            assert await frames(1, within_s=0.3) == []  # out of credit: nothing more
+            await send(["credit", 4, 3, 100])
+            rest = await frames(1 + 6)
+            assert rest[0] == OkReply(4, None)
+            assert [b.header.height for b in rest[1:]] == list(range(5, 11))
+            assert [b.header.hash for b in rest[1:]] == [
+                blk.hash for blk, _, _ in chain.blocks[4:10]
+            ]
+            # Caught up: a block that executes now is sent at once.
+            for _ in range(2):
+                chain.add([chain.tx(Put(b"live", b"1"))])
+            nodes[0].append(chain, 10)
+            live = await frames(2, within_s=2.0)
+            assert [b.header.height for b in live] == [11, 12]
+            await send(["unfollow", 5, 3])
+            assert await frames(1) == [OkReply(5, None)]
+            chain.add([chain.tx(Put(b"after", b"1"))])
+            nodes[0].append(chain, 12)
+            assert await frames(1, within_s=0.3) == []  # unfollowed: nothing more
+            await send(["credit", 6, 3, 1])
+            [reply] = await frames(1)
+            assert isinstance(reply, ErrorReply) and "no follow 3" in reply.message
+            await stream.aclose()
 
 
 async def test_a_follower_that_does_not_read_costs_bounded_memory_then_is_cut_off(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.testing.MockClock
 ) -> None:
     """No socket: a connection nobody drains. The follow stops reading the store once the
     connection holds FOLLOW_QUEUE_BYTES unsent, and ends after FOLLOW_PAUSE_MAX_S."""
@@ -113,7 +121,9 @@ async def test_a_follower_that_does_not_read_costs_bounded_memory_then_is_cut_of
     node.store.close()
 
 
-async def test_follows_per_connection_are_bounded(tmp_path: Path) -> None:
+async def test_follows_per_connection_are_bounded(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
     node = FakeNode(0, open_store(tmp_path, "m0"))
     service = ClientService(node)  # type: ignore[arg-type]
     conn = ClientConnection(1, "test", frames_max=10_000)
@@ -223,7 +233,7 @@ async def test_concurrent_follows_do_not_starve_the_members_event_loop(
 
     gap = await max_gap_while(work)
     node.store.close()
-    assert gap < 0.1, f"the event loop was frozen for {gap:.2f} s between two core ticks"
+    assert gap < 0.1, f"the event loop was frozen for {gap:.2f} s of CPU between two core ticks"
 
 
 # --- aa7d64b: FOLLOWS_MAX is node-wide with no share per connection or source --------------
@@ -231,7 +241,7 @@ async def test_concurrent_follows_do_not_starve_the_members_event_loop(
 
 # (Review 3: a regression found in the review-1/review-2 fix commits.)
 async def test_a_stranger_cannot_take_every_follow_slot_of_a_member(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.testing.MockClock
 ) -> None:
     """service._follow: FOLLOWS_MAX = 32 over all connections, 8 per connection, no
     authentication on a plain client port. 4 connections of a stranger following from the

@@ -180,10 +180,11 @@ async def test_idle_connections_do_not_lock_health_probes_out() -> None:
     send nothing (reopened every 5 s) make every /healthz probe fail, so an orchestrator
     restarts a healthy member. (Also: /healthz runs on the event loop it checks, so after the
     18 s freeze above it answered 'ok: core loop ticked 2 ms ago'.)"""
-    async with serving() as server:
-        idle = [await trio.open_tcp_stream("127.0.0.1", server.port) for _ in range(64)]
-        await trio.sleep(0.1)
-        reply = await exchange(server.port, b"GET /healthz HTTP/1.1\r\n\r\n")
-        for s in idle:
-            await s.aclose()
-    assert reply.startswith(b"HTTP/1.1 200"), f"the probe got {reply[:40]!r}"
+    with trio.fail_after(10):
+        async with serving() as server:
+            idle = [await trio.open_tcp_stream("127.0.0.1", server.port) for _ in range(64)]
+            await trio.sleep(0.1)
+            reply = await exchange(server.port, b"GET /healthz HTTP/1.1\r\n\r\n")
+            for s in idle:
+                await s.aclose()
+        assert reply.startswith(b"HTTP/1.1 200"), f"the probe got {reply[:40]!r}"

@@ -101,16 +101,17 @@ async def test_a_step_with_records_writes_before_it_sends_and_serves(tmp_path: P
 
 async def test_a_write_of_blocks_alone_runs_in_the_background_under_load(tmp_path: Path) -> None:
     """Its messages leave before the fsync; what needs the block stored comes after it."""
-    node, core, log = member(tmp_path, pending=1)
-    core.readies.append(
-        Ready([], [], [Outbound(1, b"commit")], [committed_batch(node, tmp_path)], [], [])
-    )
-    async with trio.open_nursery() as nursery:
-        node._nursery = nursery
-        await node._carry_out(node.executor.step())
-        assert log == ["receipts", "stage", "send commit"]
-        assert node._writing is not None
-    assert log == ["receipts", "stage", "send commit", "fsync", "durable"]
+    with trio.fail_after(10):
+        node, core, log = member(tmp_path, pending=1)
+        core.readies.append(
+            Ready([], [], [Outbound(1, b"commit")], [committed_batch(node, tmp_path)], [], [])
+        )
+        async with trio.open_nursery() as nursery:
+            node._nursery = nursery
+            await node._carry_out(node.executor.step())
+            assert log == ["receipts", "stage", "send commit"]
+            assert node._writing is not None
+        assert log == ["receipts", "stage", "send commit", "fsync", "durable"]
 
 
 async def test_a_write_of_blocks_alone_runs_here_when_idle(tmp_path: Path) -> None:

@@ -8,6 +8,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import trio
+
 from consortium.cli.network import init_network, load_client_setup
 from consortium.crypto.keys import KeyPair
 from consortium.crypto.signing import Ed25519Signer, Ed25519Verifier
@@ -32,15 +34,16 @@ def tx(i: int, *, forged: bool = False) -> Transaction:
 
 
 async def test_signatures_are_checked_once_then_served_from_the_cache() -> None:
-    verifier = CountingVerifier(Ed25519Verifier())
-    cache = TxSignatureCache(verifier)
-    txs = [tx(i) for i in range(20)] + [tx(99, forged=True)]
-    assert await cache.verify_all(txs) == [True] * 20 + [False]
-    assert cache.verified == 21
-    assert await cache.verify_all(txs) == [True] * 20 + [False]
-    assert cache.verified == 21 and cache.hits == 21
-    assert cache.check(txs[0]) and not cache.check(txs[-1])
-    assert cache.verified == 21  # the core's synchronous check hit the cache too
+    with trio.fail_after(10):
+        verifier = CountingVerifier(Ed25519Verifier())
+        cache = TxSignatureCache(verifier)
+        txs = [tx(i) for i in range(20)] + [tx(99, forged=True)]
+        assert await cache.verify_all(txs) == [True] * 20 + [False]
+        assert cache.verified == 21
+        assert await cache.verify_all(txs) == [True] * 20 + [False]
+        assert cache.verified == 21 and cache.hits == 21
+        assert cache.check(txs[0]) and not cache.check(txs[-1])
+        assert cache.verified == 21  # the core's synchronous check hit the cache too
 
 
 async def test_trusted_transactions_are_not_checked_and_a_known_verdict_is_kept() -> None:

@@ -157,7 +157,7 @@ async def test_a_watch_of_committed_ids_does_not_freeze_the_members_event_loop(
 
     gap = await max_gap_while(work)
     node.store.close()
-    assert gap < 0.25, f"the event loop was frozen for {gap:.2f} s by one watch request"
+    assert gap < 0.25, f"the event loop was frozen for {gap:.2f} s of CPU by one watch request"
 
 
 # --- major: watches by id are never forgotten; an unauthenticated peer refuses all submits --

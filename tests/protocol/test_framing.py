@@ -1,4 +1,8 @@
-"""Framing: exact frames, frames split across reads, limits checked before the body is read."""
+"""Framing: exact frames, frames split across reads, limits checked before the body is read.
+
+The streams are fakes and memory streams, so every test runs on trio's autojump clock: a
+reader that hangs (reading a body it should refuse) fails its fail_after at once, and a slow
+machine never does."""
 
 from __future__ import annotations
 
@@ -68,7 +72,9 @@ def test_a_frame_is_a_big_endian_length_then_the_body() -> None:
         encode_frame(b"")
 
 
-async def test_exact_frames_come_out_whole_and_eof_between_frames_is_none() -> None:
+async def test_exact_frames_come_out_whole_and_eof_between_frames_is_none(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     bodies = [b"a", b"bb" * 20, bytes(range(256))]
     stream = CountingReceive([encode_frames(bodies)])
     reader = FrameReader(stream, 1000)
@@ -81,7 +87,9 @@ async def test_exact_frames_come_out_whole_and_eof_between_frames_is_none() -> N
 
 
 @pytest.mark.parametrize("chunk", [1, 3, 7, 64])
-async def test_frames_split_across_reads_come_out_whole(chunk: int) -> None:
+async def test_frames_split_across_reads_come_out_whole(
+    chunk: int, autojump_clock: trio.testing.MockClock
+) -> None:
     bodies = [b"x" * n for n in (1, 5, 100, 33)]
     data = encode_frames(bodies)
     reader = FrameReader(
@@ -92,7 +100,9 @@ async def test_frames_split_across_reads_come_out_whole(chunk: int) -> None:
         assert await reader.read() is None
 
 
-async def test_an_oversize_frame_is_refused_before_its_body_is_read() -> None:
+async def test_an_oversize_frame_is_refused_before_its_body_is_read(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     # Only the 4-byte header exists and the stream never ends: reading the body would hang.
     stream = CountingReceive([struct.pack(">I", 2**31)], hang=True)
     reader = FrameReader(stream, 100)
@@ -101,31 +111,35 @@ async def test_an_oversize_frame_is_refused_before_its_body_is_read() -> None:
     assert stream.calls == 1
 
 
-async def test_the_limit_is_inclusive() -> None:
+async def test_the_limit_is_inclusive(autojump_clock: trio.testing.MockClock) -> None:
     reader = FrameReader(CountingReceive([encode_frame(b"x" * 100)]), 100)
     with trio.fail_after(5):
         assert await reader.read() == b"x" * 100
 
 
-async def test_a_zero_length_frame_is_an_error() -> None:
+async def test_a_zero_length_frame_is_an_error(autojump_clock: trio.testing.MockClock) -> None:
     reader = FrameReader(CountingReceive([struct.pack(">I", 0)], hang=True), 100)
     with trio.fail_after(5), pytest.raises(FrameError, match="zero-length"):
         await reader.read()
 
 
-async def test_eof_inside_a_frame_body_is_an_error() -> None:
+async def test_eof_inside_a_frame_body_is_an_error(autojump_clock: trio.testing.MockClock) -> None:
     reader = FrameReader(CountingReceive([encode_frame(b"hello")[:-2]]), 100)
     with trio.fail_after(5), pytest.raises(FrameError, match="inside a frame"):
         await reader.read()
 
 
-async def test_eof_inside_a_frame_header_is_an_error() -> None:
+async def test_eof_inside_a_frame_header_is_an_error(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     reader = FrameReader(CountingReceive([b"\x00\x00"]), 100)
     with trio.fail_after(5), pytest.raises(FrameError, match="inside a frame header"):
         await reader.read()
 
 
-async def test_the_limit_can_be_raised_after_a_handshake() -> None:
+async def test_the_limit_can_be_raised_after_a_handshake(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     reader = FrameReader(CountingReceive([encode_frames([b"a", b"b" * 50])]), 10)
     with trio.fail_after(5):
         assert await reader.read() == b"a"
@@ -133,7 +147,9 @@ async def test_the_limit_can_be_raised_after_a_handshake() -> None:
         assert await reader.read() == b"b" * 50
 
 
-async def test_many_frames_are_written_with_one_send_all() -> None:
+async def test_many_frames_are_written_with_one_send_all(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     stream = CountingSend()
     with trio.fail_after(5):
         await send_frames(stream, [b"one", b"two", b"three"])
@@ -141,7 +157,9 @@ async def test_many_frames_are_written_with_one_send_all() -> None:
     assert stream.writes == [encode_frames([b"one", b"two", b"three"])]
 
 
-async def test_a_large_frame_over_a_real_stream_pair() -> None:
+async def test_a_large_frame_over_a_real_stream_pair(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     left, right = trio.testing.memory_stream_pair()
     body = bytes(range(256)) * 4096  # 1 MiB, many receives
     reader = FrameReader(right, 2 << 20)
@@ -172,4 +190,4 @@ def test_any_split_of_any_frames_reads_back_the_same_frames(
                 out.append(body)
         return out
 
-    assert trio.run(main) == bodies
+    assert trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0)) == bodies
