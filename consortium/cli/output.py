@@ -212,7 +212,7 @@ def print_outcome(outcome: Any, *, as_json: bool, net: Path | None = None) -> No
 
 
 def print_block(block: Any, genesis: Genesis, *, as_json: bool) -> None:
-    """One followed block (node/follow.py CommittedBlock) on one line."""
+    """One followed block (client/follow.py CommittedBlock) on one line."""
     receipts = block.receipts
     rejected = sum(1 for r in receipts if r.status != "ok")
     signers = [genesis.members[s].name for s in block.signers]

@@ -155,10 +155,11 @@ end of the log, every follower's progress, the pool against the uncommitted ids)
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 from collections import Counter, deque
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
@@ -222,9 +223,10 @@ def _input(
     method: Callable[Concatenate[RaftNode, _P], _R],
 ) -> Callable[Concatenate[RaftNode, _P], _R]:
     """An input of the core. After the outermost one (an input may take others, as a Forward
-    proposes its transactions), the core does what the input made due (RaftNode._advance: cut
-    batches, commit, replicate, compact; what it produces waits for take_ready) and checks its
-    invariants (RaftNode._check_invariants), whichever way the input returns."""
+    proposes its transactions; the shell hands a whole drain of events as one, inputs()), the
+    core does what the input made due (RaftNode._advance: cut batches, commit, replicate,
+    compact; what it produces waits for take_ready) and checks its invariants
+    (RaftNode._check_invariants), whichever way the input returns."""
 
     @functools.wraps(method)
     def checked(self: RaftNode, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
@@ -602,6 +604,7 @@ class RaftNode:
         # A follower's pool may hold transactions to forward: a new one arrived, the leader
         # changed, or a tick (forwards are retried after 2E) since the last forward pass.
         self._forward_due = True
+        self._forward_scan_ms = 0  # the next tick that scans the pool for retries
         # What take_ready drains: Ready's fields, gathered by the inputs (_advance).
         self._records_out: list[tuple[bytes, bytes | None]] = []
         self._log_end: tuple[int, int] | None = None
@@ -670,7 +673,10 @@ class RaftNode:
     def tick(self, mono_ms: int, wall_ms: int) -> None:
         self._now = mono_ms
         self._wall = wall_ms
-        self._forward_due = True  # (forwards not acknowledged by a commit are retried after 2E)
+        if mono_ms >= self._forward_scan_ms:
+            # Forwards not committed are retried after 2E: a pool scan every E/2 finds them.
+            self._forward_scan_ms = mono_ms + self.config.election_ms // 2
+            self._forward_due = True
         if self._last_entry_restamp:
             self._last_entry_restamp = False
             self._last_entry_ms = mono_ms  # the write became durable since the last tick
@@ -1388,6 +1394,20 @@ class RaftNode:
         self._send(inst.leader, m.AppendReply(self.term, True, inst.index, 0, self._wall_out))
 
     # --- transactions -------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def inputs(self) -> Iterator[None]:
+        """Inputs given inside this block count as one (the shell's drain of events): what they
+        make due is done once, at its end, as one batch, one forward, one heartbeat round for
+        all the reads. The simulator gives its inputs one at a time."""
+        assert not self._inputs_open, "inputs() does not nest"
+        self._inputs_open = True
+        try:
+            yield
+            self._advance()
+        finally:
+            self._inputs_open = False
+        self._check_invariants()
 
     @_input
     def propose(self, tx: Transaction) -> bool:

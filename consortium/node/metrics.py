@@ -2,7 +2,7 @@
 
 One set of names for both modes; every sample carries `mode` ("pbft" or "raft") and `member`
 labels, so one dashboard serves both kinds of network. `prometheus_text(node)` reads the
-node's counters (Node.metrics_doc, the same figures `consortium bench` reports), its
+node's counters (status.MemberStatus.metrics_doc, the same figures `consortium bench` reports), its
 histograms (NodeMetrics) and its status; nothing here is updated on the hot path except
 `Histogram.observe`, which is a bisect and two additions.
 

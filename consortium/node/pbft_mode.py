@@ -5,6 +5,7 @@ lines, and the running clock its view-change timers use. Composed into runtime.N
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 from typing import Any
@@ -133,6 +134,11 @@ class PbftMode:
         return self.parts.verifier.verify_ahead(
             key, Domain.PBFT, self.parts.chain_id, pp.body, pp.signature
         )
+
+    def inputs(self) -> contextlib.AbstractContextManager[None]:
+        """A drain of events: the replica takes each as it comes (it batches by its own
+        rules, pbft/replica.py)."""
+        return contextlib.nullcontext()
 
     def receive(self, sender: int, msg: Any) -> None:
         self.core.receive(sender, msg)

@@ -17,6 +17,7 @@ for client receipts, so receipts and the ledger stay attributable and auditable 
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 from collections.abc import Callable
@@ -133,6 +134,10 @@ class RaftMode:
             # verification per transaction, as the protocol needs, not one per hop.
             self.parts.tx_cache.trust(msg.txs)
         return msg
+
+    def inputs(self) -> contextlib.AbstractContextManager[None]:
+        """A drain of events as one input of the core (RaftNode.inputs)."""
+        return self.core.inputs()
 
     def receive(self, sender: int, msg: Any) -> None:
         core = self.core

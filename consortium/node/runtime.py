@@ -22,9 +22,7 @@ the core.
 
 from __future__ import annotations
 
-import json
 import logging
-import resource
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -71,22 +69,20 @@ from consortium.node.executor import (
     Serve,
     Write,
 )
-from consortium.node.explain import PeerLink, blockers, fault_budget, name_members, peer_rows
-from consortium.node.http import HttpServer, Response, json_response, text
+from consortium.node.http import HttpServer, Response
 from consortium.node.logs import RateLimitedLog, attach_context
 from consortium.node.metrics import (
     BATCH_TXS_BUCKETS,
-    CONTENT_TYPE,
     FSYNC_S_BUCKETS,
     LATENCY_S_BUCKETS,
     Histogram,
-    prometheus_text,
 )
 from consortium.node.parts import MemberParts
 from consortium.node.pbft_mode import PbftMode
 from consortium.node.preflight import open_store
 from consortium.node.raft_mode import RaftMode
 from consortium.node.service import ClientService
+from consortium.node.status import MemberStatus
 from consortium.node.transport import PeerNetwork
 from consortium.node.verification import (
     CountingSigner,
@@ -102,7 +98,6 @@ TICK_MS = 2
 TICK_IDLE_MAX_MS = 16  # the coarsest timer granularity when idle (timeouts are >= 50 ms)
 EVENTS_MAX = 8192  # bounded queue between the pump/clients and the core task
 DRAIN_MAX = 512  # events handled per core step before taking the Ready
-HEALTH_TICK_AGE_S = 5.0  # /healthz fails when the core loop has not ticked for this long
 REJECTIONS_LOG_INTERVAL_S = 10.0  # peer messages dropped by the core: one summary line per
 # Whether a drop reason means a peer sent something no honest member would, by mode: each
 # core's table of reasons says (pbft/reasons.py, crashft/reasons.py). The rest (duplicates,
@@ -251,9 +246,9 @@ class Node:
         )
         self.mode.attach(lambda: self.executor.applied_index)
         attach_context(self.log, self.mode.log_fields)
-        self._last_tick_s: float | None = None  # trio clock, seconds
+        self.last_tick_s: float | None = None  # trio clock, seconds
         # When the height last moved, or work last arrived to an idle member (stall clock).
-        self._moved_s: float | None = None
+        self.moved_s: float | None = None
         self._moved_height = self.store.height
         self._rejections_due_s = 0.0
         self._rejections_seen: Counter[str] = Counter()
@@ -273,6 +268,7 @@ class Node:
             "client": config.tls_client
         }
         self.service = ClientService(self)
+        self.status_view = MemberStatus(self)
 
     def add_block_listener(self, listener: BlockListener) -> None:
         self._listeners.append(listener)
@@ -287,7 +283,8 @@ class Node:
                 self.peer_port = self.peers.listen_port
                 self.client_port = await nursery.start(self.service.run)
                 if self.http_listen is not None:
-                    self.http = HttpServer(self.http_routes(), self.http_listen, log=self.log)
+                    routes = self.status_view.http_routes()
+                    self.http = HttpServer(routes, self.http_listen, log=self.log)
                     self.http_port = await nursery.start(self.http.run)
                 if self._agreed_at_s is None:
                     self._agreed_at_s = trio.current_time()  # the head's time, as of our start
@@ -352,7 +349,7 @@ class Node:
         while True:
             mono_ms, _ = self._now()
             woken = False
-            self._last_tick_s = mono_ms / 1000
+            self.last_tick_s = mono_ms / 1000
             with trio.move_on_at((mono_ms + tick_ms) / 1000):
                 events = [await recv.receive()]
                 woken = True
@@ -374,29 +371,11 @@ class Node:
             await trio.lowlevel.checkpoint()
 
     def _handle_all(self, events: list[Event]) -> None:
-        """Handle a drain of events in order, a run of submissions (or of reads) as one input:
-        the core cuts one batch for all of them and confirms all the reads with one heartbeat
-        round, as it did when its work ran once per drain."""
-        txs: list[Transaction] = []
-        reads: list[int] = []
-        for event in events:
-            if isinstance(event, Propose):
-                txs += event.txs
-                continue
-            if txs:
-                self.mode.propose(txs)
-                txs = []
-            if isinstance(event, ReadRequest):
-                reads.append(event.read_id)
-                continue
-            if reads:
-                self.mode.read_all(reads)
-                reads = []
-            self._handle(event)
-        if txs:
-            self.mode.propose(txs)
-        if reads:
-            self.mode.read_all(reads)
+        """A drain of events, handled in order as one input of the core (raft: RaftNode.inputs:
+        one batch, one forward, one heartbeat round for all of them)."""
+        with self.mode.inputs():
+            for event in events:
+                self._handle(event)
 
     def _handle(self, event: Event) -> None:
         mode = self.mode
@@ -438,9 +417,9 @@ class Node:
         what the core dropped from peers since the last summary."""
         self._log_clock()
         height = self.store.height
-        if self._moved_s is None or height != self._moved_height or self.core.pending_count == 0:
+        if self.moved_s is None or height != self._moved_height or self.core.pending_count == 0:
             self._moved_height = height
-            self._moved_s = now_s
+            self.moved_s = now_s
         if now_s < self._rejections_due_s:
             return
         self._rejections_due_s = now_s + REJECTIONS_LOG_INTERVAL_S
@@ -627,7 +606,7 @@ class Node:
             self.metrics.blocks += 1
             self.metrics.txs_committed += len(block.txs)
             # (The core loop's last tick: this block executed within it; None before the first.)
-            self._agreed_ms, self._agreed_at_s = block.header.timestamp_ms, self._last_tick_s
+            self._agreed_ms, self._agreed_at_s = block.header.timestamp_ms, self.last_tick_s
             for listener in self._listeners:
                 listener.durable(block, vote)
 
@@ -671,141 +650,19 @@ class Node:
                 return vote
         return SignedVote(body, self.signer.sign(Domain.BLOCK, self.chain_id, body))
 
-    # --- status -----------------------------------------------------------------------------
+    # --- status (status.py) -------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
-        """What `consortium status` and GET /status show: the fields both modes share, then
-        the mode's own (its mode_status), and why it cannot make progress, in words
-        (explain.py)."""
-        core = self.core.status()
-        if core.get("recovering") is not None:
-            core["recovering"]["from"] = self.recovering_from or "a restart"
-        head = self.store.head
-        genesis = self.genesis
-        names = [m.name for m in genesis.members]
-        peers = self.peers.peer_status()
-        links = [
-            PeerLink(
-                int(str(p["index"])),
-                str(p["name"]),
-                bool(p["outbound_connected"]),
-                bool(p["inbound_connected"]),
-            )
-            for p in peers
-        ]
-        up = 1 + sum(1 for link in links if link.up)  # both directions (PeerLink.up)
-        reasons = blockers(
-            genesis.mode,
-            core,
-            names=names,
-            me=self.me,
-            quorum=genesis.quorum,
-            links=links,
-            behind_blocks_max=genesis.params.window,
-            stalled_s=self.stalled_s(),
-        )
-        return {
-            "member": self.member.name,
-            "index": self.me,
-            "mode": genesis.mode,
-            "chain_id": self.chain_id.hex(),
-            "n": genesis.n,
-            "f": genesis.f,
-            "quorum": genesis.quorum,
-            **self.mode.mode_status(core),
-            "height": head.height,
-            "head_hash": head.hash.hex(),
-            "ready": not reasons,
-            "not_progressing_because": reasons,
-            "waiting_for": name_members(str(core.get("waiting_for") or ""), names),
-            # Our clock against the network's time (ledger/clock.py); wall_ms what it reads.
-            "clock": {**(core.get("clock") or {}), "wall_ms": self.wall_ms()},
-            "up": up,
-            "reachable": f"{up} of {genesis.n} reachable",
-            "fault_budget": fault_budget(genesis.n, genesis.f, genesis.quorum, up),
-            "peer_state": peer_rows(genesis.mode, core, links, head.height, names),
-            "core": core,
-            "peers": peers,
-            "rejected": dict(sorted(self.core.rejected.items())),
-            "transport": dict(sorted(self.peers.counters.items())),
-            "tls": self.tls_status(),
-            "metrics": self.metrics_doc(),
-        }
-
-    def stalled_s(self) -> float | None:
-        """How long transactions have waited with the height not moving, once that exceeds
-        twice the request timeout (a view change or election should have happened by then);
-        None otherwise."""
-        if self._moved_s is None or self._last_tick_s is None:
-            return None
-        waited = self._last_tick_s - self._moved_s
-        limit = 2 * self.genesis.params.request_timeout_ms / 1000
-        return waited if waited > limit else None
-
-    # --- HTTP: health, readiness, status, metrics -------------------------------------------
-
-    def http_routes(self) -> dict[str, Callable[[], Response]]:
-        return {
-            "/healthz": self.healthz,
-            "/readyz": self.readyz,
-            "/status": lambda: json_response(200, self.status()),
-            "/metrics": lambda: Response(200, prometheus_text(self).encode(), CONTENT_TYPE),
-        }
-
-    def healthz(self) -> Response:
-        """Alive: the process answers and the core loop has ticked recently."""
-        if self._last_tick_s is None:
-            return text(503, "not healthy: the core loop has not started")
-        age_s = trio.current_time() - self._last_tick_s
-        if age_s > HEALTH_TICK_AGE_S:
-            return text(503, f"not healthy: the core loop last ticked {age_s:.1f} s ago")
-        return text(200, f"ok: core loop ticked {age_s * 1000:.0f} ms ago")
-
-    def readyz(self) -> Response:
-        """Ready: the member can make progress now; else 503 with every reason, one a line."""
-        doc = self.status()
-        budget = doc["fault_budget"]
-        if doc["ready"]:
-            return text(200, f"ready: {self.member.name} at height {doc['height']}; {budget}")
-        reasons = "\n".join(doc["not_progressing_because"])
-        return text(503, f"not ready: {self.member.name}; {budget}\n{reasons}")
-
-    def tls_status(self) -> dict[str, Any]:
-        """Whether each port uses TLS, what we present, and the last one-sided connection."""
-        return {**self.peers.tls_status(), **self.client_tls_status()}
-
-    def metrics_doc(self) -> dict[str, Any]:
-        """Counters for operators and `consortium bench` (cumulative since start)."""
-        usage = resource.getrusage(resource.RUSAGE_SELF)
-        peers = self.peers.peer_status()
-        return {
-            "blocks": self.metrics.blocks,
-            "txs_committed": self.metrics.txs_committed,
-            "fsyncs": self.store.fsync_count,
-            "fsyncs_per_block": round(self.store.fsync_count / max(1, self.metrics.blocks), 3),
-            "signatures_verified": self.tx_cache.verified,
-            "signature_cache_hits": self.tx_cache.hits,
-            "signatures_trusted": self.tx_cache.trusted,
-            "protocol_verifications": self.verifier.count,
-            "signatures": self.signer.count,
-            "messages_sent": sum(self.metrics.sent_by_kind.values()),
-            "messages_sent_by_kind": dict(sorted(self.metrics.sent_by_kind.items())),
-            "bytes_sent_by_kind": dict(sorted(self.metrics.bytes_by_kind.items())),
-            "messages_received_by_kind": dict(sorted(self.metrics.received_by_kind.items())),
-            "bytes_received_by_kind": dict(sorted(self.metrics.received_bytes_by_kind.items())),
-            "frames_sent": sum(int(str(p["frames_sent"])) for p in peers),
-            "frames_received": sum(int(str(p["frames_received"])) for p in peers),
-            "bytes_sent": sum(int(str(p["bytes_sent"])) for p in peers),
-            "bytes_received": sum(int(str(p["bytes_received"])) for p in peers),
-            "cpu_s": round(usage.ru_utime + usage.ru_stime, 3),
-            "peak_rss_kb": usage.ru_maxrss,
-            "submitted": self.metrics.submitted,
-            "rejected_at_submit": self.metrics.rejected_at_submit,
-            "uptime_s": round(time.time() - self.metrics.started_ms / 1000, 1),
-        }
+        return self.status_view.status()
 
     def status_json(self) -> str:
-        return json.dumps(self.status(), default=str)
+        return self.status_view.status_json()
+
+    def metrics_doc(self) -> dict[str, Any]:
+        return self.status_view.metrics_doc()
+
+    def healthz(self) -> Response:
+        return self.status_view.healthz()
 
 
 def make_node(config: NodeConfig, genesis: Genesis, keys: KeyPair, **options: Any) -> Node:

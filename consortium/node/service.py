@@ -361,7 +361,7 @@ class ClientService:
         """The term a maintenance request is signed for, or why it is refused: not signed by
         a member's key (a client key cannot move leadership), for another target, or addressed
         to another member. The term and replays are checked where the term lives, in the
-        event loop with the core (RaftMember._transfer)."""
+        event loop with the core (raft_mode.RaftMode.transfer)."""
         node = self.node
         try:
             target, term, key, addressed = messages.decode_transfer_body(request.body)
@@ -385,7 +385,7 @@ class ClientService:
     async def _watch_ids(
         self, conn: client_port.ClientConnection, request: messages.WatchRequest
     ) -> None:
-        """Watch ids by id: each one not in the ledger is watched (runtime.watch_id: forgotten
+        """Watch ids by id: each one not in the ledger is watched (watches.watch_id: forgotten
         after ID_WATCH_AGE_S, within its own share of the node-wide bound); the committed ones are
         answered with their first receipts, at most COMMITTED_LOOKUPS_PER_REQUEST_MAX (the
         rest: an error saying to ask again)."""

@@ -384,7 +384,7 @@ class RaftSimCluster(SimShell[RaftSimNode]):
         return self._read_seq
 
     def abandon_read(self, i: int, read_id: int) -> None:
-        """Give up on a read, as the runtime does after READ_TIMEOUT_MS (raft_runtime.read_value):
+        """Give up on a read, as the runtime does after READ_TIMEOUT_MS (raft_mode.read_value):
         the core forgets it if it forwarded it. Released late all the same (the leader had
         it), it is still checked against what was committed when it was issued."""
         if (i, read_id) not in self._reads_waiting:

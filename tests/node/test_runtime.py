@@ -161,10 +161,11 @@ async def test_under_load_a_write_with_records_still_holds_its_messages(tmp_path
             [],
         )
     )
-    async with trio.open_nursery() as nursery:
-        node._nursery = nursery
-        await node._carry_out(node.executor.step())
-        assert node._writing is None  # not left in the background
+    with trio.fail_after(10):  # (a worker thread fsyncs)
+        async with trio.open_nursery() as nursery:
+            node._nursery = nursery
+            await node._carry_out(node.executor.step())
+            assert node._writing is None  # not left in the background
     assert log == ["receipts", "stage", "fsync", "send prepare", "durable"]
 
 
@@ -182,8 +183,9 @@ async def test_raft_under_load_an_acknowledgement_leaves_after_its_write(tmp_pat
             read_failures=[],
         )
     )
-    async with trio.open_nursery() as nursery:
-        node._nursery = nursery
-        await node._carry_out(node.executor.step())
-        assert node._writing is None
+    with trio.fail_after(10):  # (a worker thread fsyncs)
+        async with trio.open_nursery() as nursery:
+            node._nursery = nursery
+            await node._carry_out(node.executor.step())
+            assert node._writing is None
     assert log == ["stage", "fsync", "send ack"]

@@ -89,3 +89,24 @@ def test_the_transaction_pool_is_bounded() -> None:
     assert g.propose(0, g.txs[3]) == [True]
     n3 = g.node(2)  # a follower's forwarding pool is bounded the same way
     assert [n3.propose(tx) for tx in g.txs[10:14]] == [True, True, True, False]
+
+
+def test_a_drain_of_inputs_is_one_input_one_batch_one_forward() -> None:
+    """RaftNode.inputs(): the shell hands a drain of events as one input, so an idle leader
+    cuts one batch for all the submissions in it (not the first alone, the rest waiting for
+    the batch delay), and a follower forwards them in one message."""
+    g = started()
+    leader, follower = g.node(0), g.node(2)
+    g.heartbeat(0)
+    with leader.inputs():
+        for tx in g.txs[:3]:
+            leader.propose(tx)
+    g.flush(0)
+    (entry,) = [i for i in range(1, leader.log.last_index + 1) if ids(leader.log.entry(i))]
+    assert ids(leader.log.entry(entry)) == {tx.id for tx in g.txs[:3]}
+    with follower.inputs():
+        for tx in g.txs[3:6]:
+            follower.propose(tx)
+    g.flush(2)
+    forwards = g.pending(m.Forward, src=2)
+    assert len(forwards) == 1 and len(forwards[0].msg.txs) == 3  # type: ignore[union-attr]
