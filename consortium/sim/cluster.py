@@ -67,7 +67,7 @@ from consortium.ledger.genesis import Client, Genesis, GenesisError, Member, Mod
 from consortium.ledger.state import KeyValueState, build_block
 from consortium.ledger.store import RECOVERY_MARK_KEY, RESTORED_BACKUP
 from consortium.ledger.tx import ConfigChange, Put, Transaction
-from consortium.node.executor import Executed, Executor, Write
+from consortium.node.executor import ConsensusCore, Executed, Executor, Write
 from consortium.pbft import messages as pbft_messages
 from consortium.pbft.messages import TransferredBlock, decode
 from consortium.pbft.replica import CommittedBatch, PbftConfig, PbftReplica, RecoveredState, Serve
@@ -527,43 +527,11 @@ class SimCluster(SimShell[SimNode]):
 
     # --- the loop ---------------------------------------------------------------------------
 
-    def step(self) -> None:
-        """Advance the clock to the next event, handle everything due, check."""
-        next_tick = (self.now_ms // self.tick_ms + 1) * self.tick_ms
-        candidates = [next_tick]
-        if (t := self.net.next_time()) is not None:
-            candidates.append(t)
-        if self._client_queue:
-            candidates.append(self._client_queue[0][0])
-        if self._scheduled:
-            candidates.append(self._scheduled[0][0])
-        self.now_ms = max(self.now_ms, min(candidates))
-        self.steps += 1
-        while self._scheduled and self._scheduled[0][0] <= self.now_ms:
-            _, _, action = heapq.heappop(self._scheduled)
-            action()
-        if self.now_ms >= self._next_retry_ms:
-            self._client_retries()
-        while self._client_queue and self._client_queue[0][0] <= self.now_ms:
-            _, _, i, tx = heapq.heappop(self._client_queue)
-            node = self.nodes[i]
-            if node.up and not self._refuses(i, tx):
-                node.replica.propose(tx)
-                self._carry_out(node)
-        for src, dst, frame in self.net.pop_due(self.now_ms):
-            node = self.nodes[dst]
-            if node.up:
-                if self.trace is not None:
-                    self._log(f"n{src + 1} -> n{dst + 1}  {describe(frame, self.params)}")
-                node.replica.receive(src, frame)
-                self._carry_out(node)
-        if self.now_ms % self.tick_ms == 0:
-            self._settle_all()
-            for node in self.nodes:
-                if node.up:
-                    node.replica.tick(self.now_ms, self.wall_ms(node.index))
-                    self._carry_out(node)
-        self._check_touched()
+    def _core(self, node: SimNode) -> ConsensusCore:
+        return node.replica
+
+    def _describe(self, frame: bytes) -> str:
+        return describe(frame, self.params)
 
     def _full_check(self, i: int) -> None:
         self.nodes[i].replica.check_invariants()

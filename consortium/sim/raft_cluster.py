@@ -62,7 +62,7 @@ from consortium.ledger.genesis import Params
 from consortium.ledger.state import KeyValueState
 from consortium.ledger.store import RECOVERY_MARK_KEY, RESTORED_BACKUP
 from consortium.ledger.tx import Transaction
-from consortium.node.executor import Executed, Executor, Write
+from consortium.node.executor import ConsensusCore, Executed, Executor, Write
 from consortium.sim.checkers import (
     EquivocationChecker,
     LivenessViolation,
@@ -483,47 +483,21 @@ class RaftSimCluster(SimShell[RaftSimNode]):
 
     # --- the loop ----------------------------------------------------------------------------
 
-    def step(self) -> None:
-        next_tick = (self.now_ms // self.tick_ms + 1) * self.tick_ms
-        candidates = [next_tick]
-        if (t := self.net.next_time()) is not None:
-            candidates.append(t)
-        if self._client_queue:
-            candidates.append(self._client_queue[0][0])
-        if self._scheduled:
-            candidates.append(self._scheduled[0][0])
-        self.now_ms = max(self.now_ms, min(candidates))
-        self.steps += 1
+    def _core(self, node: RaftSimNode) -> ConsensusCore:
+        return node.raft
+
+    def _takes(self, tx: Transaction) -> bool:
+        return tx.id in self._awaiting  # (a client sends to one member, until a ledger has it)
+
+    def _count_step(self) -> None:
         if self.steps > self.max_steps:
             raise LivenessViolation(
                 f"seed {self.seed}: {self.steps:,} steps by {self.now_ms} ms simulated: a message "
                 "storm (every run stops by itself)"
             )
-        while self._scheduled and self._scheduled[0][0] <= self.now_ms:
-            _, _, action = heapq.heappop(self._scheduled)
-            action()
-        if self.now_ms >= self._next_retry_ms:
-            self._client_retries()
-        while self._client_queue and self._client_queue[0][0] <= self.now_ms:
-            _, _, i, tx = heapq.heappop(self._client_queue)
-            node = self.nodes[i]
-            if node.up and tx.id in self._awaiting and not self._refuses(i, tx):
-                node.raft.propose(tx)
-                self._carry_out(node)
-        for src, dst, frame in self.net.pop_due(self.now_ms):
-            node = self.nodes[dst]
-            if node.up:
-                if self.trace is not None:
-                    self._log(f"n{src + 1} -> n{dst + 1}  {describe(frame, self.params)}")
-                node.raft.receive(src, frame)
-                self._carry_out(node)
-        if self.now_ms % self.tick_ms == 0:
-            self._settle_all()
-            for node in self.nodes:
-                if node.up:
-                    node.raft.tick(self.now_ms, self.wall_ms(node.index))
-                    self._carry_out(node)
-        self._check_touched()
+
+    def _describe(self, frame: bytes) -> str:
+        return describe(frame, self.params)
 
     def _full_check(self, i: int) -> None:
         self.nodes[i].raft.check_invariants()

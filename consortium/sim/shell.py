@@ -36,6 +36,7 @@ from consortium.ledger.block import Block, BlockHeader
 from consortium.ledger.clock import expiry_now_ms
 from consortium.ledger.tx import Transaction
 from consortium.node.executor import (
+    ConsensusCore,
     Durable,
     Effect,
     Executed,
@@ -105,6 +106,9 @@ class SimShell(ABC, Generic[N]):
     trace: Callable[[str], None] | None
     _scheduled: list[tuple[int, int, Callable[[], None]]]
     _scheduled_seq: int
+    steps: int
+    tick_ms: int
+    _next_retry_ms: int
     _restart_after_armed_ms: dict[int, int]  # node -> restart delay of its armed crash
     _client_queue: list[tuple[int, int, int, Transaction]]
     clock_offset_ms: dict[int, int]  # member -> how far its wall clock is off real time
@@ -294,9 +298,67 @@ class SimShell(ABC, Generic[N]):
             self._full_check(i)
         self._touched.discard(i)
 
-    @abstractmethod
     def step(self) -> None:
-        """Advance the clock to the next event and handle it (each cluster's own)."""
+        """Advance the clock to the earliest of the next tick, network delivery, client
+        submission and scheduled fault; handle everything due (faults, client retries,
+        submissions, deliveries, then ticks), carrying out each member's Ready as it comes;
+        then the fuller invariant checks. One loop for both clusters: what differs is the core
+        (_core) and which submissions a member takes (_takes)."""
+        next_tick = (self.now_ms // self.tick_ms + 1) * self.tick_ms
+        candidates = [next_tick]
+        if (t := self.net.next_time()) is not None:
+            candidates.append(t)
+        if self._client_queue:
+            candidates.append(self._client_queue[0][0])
+        if self._scheduled:
+            candidates.append(self._scheduled[0][0])
+        self.now_ms = max(self.now_ms, min(candidates))
+        self.steps += 1
+        self._count_step()
+        while self._scheduled and self._scheduled[0][0] <= self.now_ms:
+            _, _, action = heapq.heappop(self._scheduled)
+            action()
+        if self.now_ms >= self._next_retry_ms:
+            self._client_retries()
+        while self._client_queue and self._client_queue[0][0] <= self.now_ms:
+            _, _, i, tx = heapq.heappop(self._client_queue)
+            node = self.nodes[i]
+            if node.up and self._takes(tx) and not self._refuses(i, tx):
+                self._core(node).propose_all([tx])
+                self._carry_out(node)
+        for src, dst, frame in self.net.pop_due(self.now_ms):
+            node = self.nodes[dst]
+            if node.up:
+                if self.trace is not None:
+                    self._log(f"n{src + 1} -> n{dst + 1}  {self._describe(frame)}")
+                self._core(node).receive(src, frame)
+                self._carry_out(node)
+        if self.now_ms % self.tick_ms == 0:
+            self._settle_all()
+            for node in self.nodes:
+                if node.up:
+                    self._core(node).tick(self.now_ms, self.wall_ms(node.index))
+                    self._carry_out(node)
+        self._check_touched()
+
+    @abstractmethod
+    def _core(self, node: N) -> ConsensusCore:
+        """Member `node`'s consensus core."""
+
+    def _takes(self, tx: Transaction) -> bool:
+        """Whether a member takes a client's copy of `tx` (raft: only while it is awaited)."""
+        return True
+
+    def _count_step(self) -> None:
+        """After each step is counted (raft: a message storm stops the run)."""
+
+    @abstractmethod
+    def _describe(self, frame: bytes) -> str:
+        """One message in a few words, for traces."""
+
+    @abstractmethod
+    def _client_retries(self) -> None:
+        """Clients retransmit what has not committed."""
 
     def honest(self) -> Sequence[N]:
         return self.nodes

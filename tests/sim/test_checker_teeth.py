@@ -5,7 +5,7 @@ had (the flapping mixes must catch its deadlock)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import ClassVar
 
@@ -175,9 +175,8 @@ class Censor(PbftReplica):
 
     censored: ClassVar[set[bytes]] = set()
 
-    def propose(self, tx: Transaction) -> None:
-        if tx.id not in self.censored:
-            super().propose(tx)
+    def propose_all(self, txs: Sequence[Transaction]) -> None:
+        super().propose_all([tx for tx in txs if tx.id not in self.censored])
 
     def _on_forwarded(self, batch: object) -> None:
         return
