@@ -43,7 +43,6 @@ checker (checkers.EquivocationChecker, over everything honest members send) repo
 from __future__ import annotations
 
 import hashlib
-import heapq
 import hmac
 import random
 from collections.abc import Callable, Collection, Iterable
@@ -427,9 +426,7 @@ class SimCluster(SimShell[SimNode]):
 
     def _send_to_replicas(self, tx: Transaction, replicas: Iterable[int]) -> None:
         for i in replicas:
-            self._client_seq += 1
-            at_ms = self.now_ms + self.rng.randint(*self.client_delay_ms)
-            heapq.heappush(self._client_queue, (at_ms, self._client_seq, i, tx))
+            self._send_to(tx, i)
 
     def _client_retries(self) -> None:
         self._next_retry_ms = self.now_ms + self.client_retry_ms // 4

@@ -39,7 +39,6 @@ recovery), restore(i, copy, recovery=False) without the mark (today's start).
 from __future__ import annotations
 
 import hashlib
-import heapq
 import random
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field, replace
@@ -359,11 +358,6 @@ class RaftSimCluster(SimShell[RaftSimNode]):
             target = min(up, key=lambda i: (i - last - 1) % self.n)
         self._tried[tx_id] = target
         return target
-
-    def _send_to(self, tx: Transaction, i: int) -> None:
-        self._client_seq += 1
-        at_ms = self.now_ms + self.rng.randint(*self.client_delay_ms)
-        heapq.heappush(self._client_queue, (at_ms, self._client_seq, i, tx))
 
     def _client_retries(self) -> None:
         self._next_retry_ms = self.now_ms + self.client_retry_ms // 4

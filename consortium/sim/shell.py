@@ -28,6 +28,7 @@ whether that refusal, and each block's time, is one the clock rules allow."""
 from __future__ import annotations
 
 import heapq
+import random
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from typing import Generic, Protocol, TypeVar, assert_never
@@ -111,6 +112,9 @@ class SimShell(ABC, Generic[N]):
     _next_retry_ms: int
     _restart_after_armed_ms: dict[int, int]  # node -> restart delay of its armed crash
     _client_queue: list[tuple[int, int, int, Transaction]]
+    _client_seq: int
+    client_delay_ms: tuple[int, int]
+    rng: random.Random
     clock_offset_ms: dict[int, int]  # member -> how far its wall clock is off real time
     clock_frozen_ms: dict[int, int]  # member -> the one reading its stopped clock gives
     clock_check: ClockChecker | None
@@ -359,6 +363,12 @@ class SimShell(ABC, Generic[N]):
     @abstractmethod
     def _client_retries(self) -> None:
         """Clients retransmit what has not committed."""
+
+    def _send_to(self, tx: Transaction, i: int) -> None:
+        """A client's copy of `tx` reaches member i after a random client delay."""
+        self._client_seq += 1
+        at_ms = self.now_ms + self.rng.randint(*self.client_delay_ms)
+        heapq.heappush(self._client_queue, (at_ms, self._client_seq, i, tx))
 
     def honest(self) -> Sequence[N]:
         return self.nodes
