@@ -191,9 +191,6 @@ class PeerNetwork:
         self._outbound_frames_max = outbound_frames_max
         self._outbound_bytes_max = outbound_bytes_max
         self._inbound_bytes_max = inbound_bytes_max
-        # TESTS ONLY (consortium.testing: --partition-file): members whose frames we drop both
-        # ways while the connections stay up, as a network partition drops packets.
-        self.test_cut: set[int] = set()
         self._inbound_bytes = 0  # reserved by readers, not yet consumed
         self._inbound_space = trio.Event()
         self._handshake_timeout_s = handshake_timeout_s
@@ -232,9 +229,6 @@ class PeerNetwork:
         peer = self.peers.get(dest)
         if peer is None:
             self.counters["dropped_unknown_member"] += 1
-            return False
-        if dest in self.test_cut:
-            self.counters["test_partition_dropped"] += 1
             return False
         if not frame or len(frame) > self._frame_max:
             # Our own bug (every message must fit the frame limit): loud, but never fatal.
@@ -559,9 +553,6 @@ class PeerNetwork:
         while (body := await reader.read()) is not None:
             peer.frames_received += 1
             peer.bytes_received += len(body)
-            if peer.index in self.test_cut:
-                self.counters["test_partition_dropped"] += 1
-                continue
             # Reserve the bytes atomically (no await between the check and the add), so
             # readers never hold partial reservations that could starve each other.
             while self._inbound_bytes and self._inbound_bytes + len(body) > (

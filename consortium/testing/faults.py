@@ -1,13 +1,13 @@
 """TESTS ONLY: faults composed around a real member (runtime.Node) by the test entry point
 (member.py): a Byzantine primary's sends, a partition read from a file, a wall clock offset
 read from a file. The member itself is unchanged: each fault replaces one of its parts
-(`node.outbound`, `node.wall_clock`) or sets the transport's test cut."""
+(`node.outbound`, `node.wall_clock`, the transport's `send` and `inbound`) before it runs."""
 
 from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import trio
@@ -56,21 +56,56 @@ def byzantine_outbound(node: Node, behaviour: str) -> Callable[[int | None, byte
     return outbound
 
 
-async def follow_partition(node: Node, path: Path) -> None:
-    """Every POLL_S, cut the member off from the members named in `path` (one per line; a
-    missing or empty file heals), in both directions."""
+PARTITION_QUEUE = 64  # frames between the transport and the member (its byte budget holds)
+
+
+def partition(node: Node, path: Path) -> Callable[[], Awaitable[None]]:
+    """Cut the member off from the members named in `path` (one per line; a missing or empty
+    file heals), both ways, while the connections stay up, as a network partition drops
+    packets: the transport's `send` and its `inbound` channel are wrapped (before the member
+    runs), and the returned task reads the file every POLL_S and forwards what is not cut."""
+    peers = node.peers
+    cut: set[int] = set()
+    send = peers.send
+    upstream = peers.inbound
+    forward, peers.inbound = trio.open_memory_channel[tuple[int, bytes]](PARTITION_QUEUE)
+
+    def send_unless_cut(dest: int, frame: bytes) -> bool:
+        if dest in cut:
+            peers.counters["test_partition_dropped"] += 1
+            return False
+        return send(dest, frame)
+
+    peers.send = send_unless_cut  # type: ignore[method-assign]
+
+    async def follow() -> None:
+        async with forward, trio.open_nursery() as nursery:
+            nursery.start_soon(_read_cut, node, path, cut)
+            async for sender, frame in upstream:
+                if sender in cut:
+                    peers.consumed(frame)
+                    peers.counters["test_partition_dropped"] += 1
+                    continue
+                await forward.send((sender, frame))
+            nursery.cancel_scope.cancel()  # the transport is done
+
+    return follow
+
+
+async def _read_cut(node: Node, path: Path, cut: set[int]) -> None:
     while True:
         try:
             names = (await trio.Path(path).read_text()).split()
         except OSError:
             names = []
-        cut = {m.index for m in node.genesis.members if m.name in names and m.index != node.me}
-        if cut != node.peers.test_cut:
+        now = {m.index for m in node.genesis.members if m.name in names and m.index != node.me}
+        if now != cut:
             node.log.warning(
                 "TEST PARTITION: cut off from %s",
-                ", ".join(node.genesis.members[i].name for i in sorted(cut)) or "nobody",
+                ", ".join(node.genesis.members[i].name for i in sorted(now)) or "nobody",
             )
-            node.peers.test_cut = cut
+            cut.clear()
+            cut.update(now)
         await trio.sleep(POLL_S)
 
 

@@ -22,7 +22,7 @@ from consortium.testing.faults import (
     BYZANTINE_BEHAVIOURS,
     OffsetClock,
     byzantine_outbound,
-    follow_partition,
+    partition,
 )
 
 
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
             node.outbound = byzantine_outbound(node, args.byzantine)
             node.log.warning("TEST MODE: this member misbehaves as primary (%s)", args.byzantine)
         if args.partition_file is not None:
-            nursery.start_soon(follow_partition, node, args.partition_file)
+            nursery.start_soon(partition(node, args.partition_file))
         if args.clock_offset_file is not None:
             clock = OffsetClock(args.clock_offset_file, node.log.warning)
             node.wall_clock = clock
