@@ -155,6 +155,9 @@ class PbftMode:
     def transfer(self, target: int, term: int, body: bytes) -> str | None:
         raise AssertionError("leadership transfer is raft's (refused in transfer_leadership)")
 
+    def leader_hint(self) -> int | None:
+        return None  # a client sends to every member: none is the one to send to
+
     # --- what the executor asks ---------------------------------------------------------------
 
     def attach(self, applied_index: Callable[[], int]) -> None:

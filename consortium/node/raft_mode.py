@@ -165,6 +165,11 @@ class RaftMode:
         signature), in the core task, so the term it is checked against is the core's now."""
         return self._transfer(target, term, body)
 
+    def leader_hint(self) -> int | None:
+        """The leader a client should submit to next, when it is another member."""
+        leader = self.core.leader
+        return leader if leader is not None and leader != self.core.me else None
+
     # --- what the executor asks ---------------------------------------------------------------
 
     def attach(self, applied_index: Callable[[], int]) -> None:

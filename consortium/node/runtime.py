@@ -616,6 +616,10 @@ class Node:
         """A signed read of `key` (pbft: the fast path; raft: ReadIndex). Raises ReadRefused."""
         return await self.mode.read_value(key)
 
+    def leader_hint(self) -> int | None:
+        """raft: the leader a client should submit to next, when it is another member."""
+        return self.mode.leader_hint()
+
     def signed_read(self, key: bytes, value: bytes | None) -> list[Any]:
         head = self.executor.head  # what self.app reflects, which `value` was read from
         body = read_body(key, value, head.height, head.hash, self.me)

@@ -88,7 +88,8 @@ class ServedMember(Protocol):
     client_tls_status: Callable[[], dict[str, object]]
     tx_cache: TxSignatureCache
     verifier: CountingVerifier
-    core: Any  # its consensus core (raft: the leader it knows, for hints)
+
+    def leader_hint(self) -> int | None: ...
 
     def add_block_listener(self, listener: Any) -> None: ...
 
@@ -531,13 +532,8 @@ class ClientService:
     def _leader_hint(self) -> str:
         """raft: "leader:N" on what a follower accepts and forwards (N, the leader's index in
         genesis), so the client submits straight to the leader next time; "" otherwise."""
-        node = self.node
-        if node.genesis.mode != "raft":
-            return ""
-        leader = getattr(node.core, "leader", None)
-        if isinstance(leader, int) and leader != node.me:
-            return f"{messages.LEADER_HINT}{leader}"
-        return ""
+        leader = self.node.leader_hint()
+        return "" if leader is None else f"{messages.LEADER_HINT}{leader}"
 
     def _admission_check(self, tx: Transaction) -> str:
         """The rare path of the client check: a key not admitted now, or a client change (whose

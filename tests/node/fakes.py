@@ -57,6 +57,9 @@ class FakeNode:
     def first_receipt_bundle(self, tx_id: bytes) -> list[Any] | None:
         return None
 
+    def leader_hint(self) -> int | None:
+        return None  # (pbft: no member is the one to submit to)
+
     def expiry_now_ms(self) -> int:
         return int(time.time() * 1000)
 

@@ -46,7 +46,8 @@ class _Conn:
         self.replies.append(payload)
 
 
-def _service() -> tuple[ClientService, list[Transaction]]:
+def _service(leader: int | None = None) -> tuple[ClientService, list[Transaction]]:
+    """A submit path over a stand-in member; `leader`: the raft leader it names to clients."""
     proposed: list[Transaction] = []
 
     async def propose(txs: list[Transaction]) -> None:
@@ -62,6 +63,7 @@ def _service() -> tuple[ClientService, list[Transaction]]:
         propose=propose,
         first_receipt_bundle=lambda tx_id: None,
         expiry_now_ms=lambda: int(time.time() * 1000),
+        leader_hint=lambda: leader,
         add_block_listener=lambda listener: None,
     )
     return ClientService(node), proposed  # type: ignore[arg-type]
@@ -133,6 +135,19 @@ async def test_approvals_are_checked_after_the_signature_and_off_the_event_loop(
         assert verdicts[2][2] == "bad_signature"
         assert proposed == [good]
         assert on_loop == 0, f"{on_loop} approval signatures verified on the event loop"
+
+
+@pytest.mark.parametrize(("leader", "detail"), [(None, ""), (2, "leader:2")])
+async def test_an_accepted_transaction_names_the_raft_leader_a_follower_knows(
+    leader: int | None, detail: str
+) -> None:
+    """A raft follower accepts and forwards; its verdict names the leader, so the client
+    submits straight there next (client/client.py _on_submit_reply)."""
+    service, proposed = _service(leader)
+    conn = _Conn()
+    await service._submit(conn, SubmitRequest(1, [_change_tx((0, 1, 2), nonce=b"hint").to_array()]))  # type: ignore[arg-type]
+    [[verdict]] = conn.replies
+    assert verdict[1:] == ["accepted", detail] and len(proposed) == 1
 
 
 # Review 1 (issue 6): client admission as merged (69217cf) (failing tests then).
