@@ -226,18 +226,27 @@ def _input(
     proposes its transactions; the shell hands a whole drain of events as one, inputs()), the
     core does what the input made due (RaftNode._advance: cut batches, commit, replicate,
     compact; what it produces waits for take_ready) and checks its invariants
-    (RaftNode._check_invariants), whichever way the input returns."""
+    (RaftNode._check_invariants), whichever way the input returns. Inside a drain, the
+    invariants are checked after each of its inputs too."""
 
     @functools.wraps(method)
     def checked(self: RaftNode, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
-        if self._inputs_open:
-            return method(self, *args, **kwargs)
+        if self._in_input:
+            return method(self, *args, **kwargs)  # taken by another input
+        self._in_input = True
+        if self._inputs_open:  # one of a drain's inputs: _advance waits for the drain's end
+            try:
+                result = method(self, *args, **kwargs)
+            finally:
+                self._in_input = False
+            self._check_invariants()
+            return result
         self._inputs_open = True
         try:
             result = method(self, *args, **kwargs)
             self._advance()
         finally:
-            self._inputs_open = False
+            self._inputs_open = self._in_input = False
         self._check_invariants()
         return result
 
@@ -600,7 +609,8 @@ class RaftNode:
             int.from_bytes(sha256(config.seed + b"/read ids")[:8], "big") >> READ_ID_SPREAD_SHIFT
         )
 
-        self._inputs_open = False  # inside an input (_input)
+        self._inputs_open = False  # inside an input (_input) or a drain (inputs())
+        self._in_input = False  # inside an input (_input)
         # A follower's pool may hold transactions to forward: a new one arrived, the leader
         # changed, or a tick (forwards are retried after 2E) since the last forward pass.
         self._forward_due = True
@@ -1397,9 +1407,10 @@ class RaftNode:
 
     @contextlib.contextmanager
     def inputs(self) -> Iterator[None]:
-        """Inputs given inside this block count as one (the shell's drain of events): what they
-        make due is done once, at its end, as one batch, one forward, one heartbeat round for
-        all the reads. The simulator gives its inputs one at a time."""
+        """Inputs given inside this block count as one (the shell's drain of events, and the
+        simulator's inputs due at one member at one time): what they make due is done once, at
+        its end, as one batch, one forward, one heartbeat round for all the reads; the
+        invariants are checked after each input and at the end."""
         assert not self._inputs_open, "inputs() does not nest"
         self._inputs_open = True
         try:
@@ -1658,12 +1669,6 @@ class RaftNode:
     def read(self, read_id: int) -> None:
         """A linearizable read: released as ReadState(read_id, index) or failed with a reason."""
         self._read(read_id)
-
-    @_input
-    def read_all(self, read_ids: Sequence[int]) -> None:
-        """Reads taken as one input: a leader confirms them all with one heartbeat round."""
-        for read_id in read_ids:
-            self._read(read_id)
 
     def _read(self, read_id: int) -> None:
         if self.role == LEADER:

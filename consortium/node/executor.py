@@ -44,6 +44,7 @@ produces).
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -88,6 +89,8 @@ class ConsensusCore(Protocol):
     def pending_count(self) -> int: ...
 
     def tick(self, mono_ms: int, wall_ms: int) -> None: ...
+
+    def inputs(self) -> contextlib.AbstractContextManager[None]: ...
 
     def receive(self, sender: int, msg: Any) -> None: ...
 

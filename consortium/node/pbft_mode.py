@@ -136,9 +136,8 @@ class PbftMode:
         )
 
     def inputs(self) -> contextlib.AbstractContextManager[None]:
-        """A drain of events: the replica takes each as it comes (it batches by its own
-        rules, pbft/replica.py)."""
-        return contextlib.nullcontext()
+        """A drain of events (PbftReplica.inputs: each taken as it comes)."""
+        return self.core.inputs()
 
     def receive(self, sender: int, msg: Any) -> None:
         self.core.receive(sender, msg)
@@ -146,7 +145,7 @@ class PbftMode:
     def propose(self, txs: list[Any]) -> None:
         self.core.propose_all(txs)
 
-    def read_all(self, read_ids: list[int]) -> None:
+    def read(self, read_id: int) -> None:
         raise AssertionError("ReadIndex is raft's (pbft reads take the fast path)")
 
     def read_abandoned(self, read_id: int) -> None:

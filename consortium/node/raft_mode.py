@@ -154,8 +154,8 @@ class RaftMode:
         if refused:
             self.parts.count_rejected_submit("overloaded", refused)
 
-    def read_all(self, read_ids: list[int]) -> None:
-        self.core.read_all(read_ids)
+    def read(self, read_id: int) -> None:
+        self.core.read(read_id)
 
     def read_abandoned(self, read_id: int) -> None:
         self.core.read_abandoned(read_id)

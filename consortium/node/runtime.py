@@ -385,7 +385,7 @@ class Node:
             case Propose(txs=txs):
                 mode.propose(txs)
             case ReadRequest(read_id=read_id):
-                mode.read_all([read_id])
+                mode.read(read_id)
             case ReadAbandoned(read_id=read_id):
                 mode.read_abandoned(read_id)
             case TransferRequest():

@@ -126,6 +126,7 @@ highest height reported; until then it counts as one of the f faulty members.
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -557,6 +558,11 @@ class PbftReplica:
     def propose(self, tx: Transaction) -> None:
         """A client transaction whose signature the shell verified."""
         self.propose_all((tx,))
+
+    def inputs(self) -> contextlib.AbstractContextManager[None]:
+        """A drain of inputs (the shell's events, the simulator's inputs due at one time): the
+        replica takes each as it comes, and batches by its own rules (the batch timer)."""
+        return contextlib.nullcontext()
 
     def propose_all(self, txs: Sequence[Transaction]) -> None:
         """Client transactions whose signatures the shell verified, pooled together before a

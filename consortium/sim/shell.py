@@ -1,8 +1,10 @@
 """What the PBFT and Raft simulated clusters share: the shell around n simulated members, with
 its scheduled fault injections, trace lines, crashes that lose unsynced writes, the durable
-record store, message sends into the seeded network, the loops that run the clock, and each
-member's wall clock. Each cluster keeps its own step (what a delivery or tick does to its core)
-and what its checkers see of each effect.
+record store, message sends into the seeded network, the one step loop (SimShell.step: member by
+member, what is due now handed to its core as one drain, as the node runtime hands a drain of
+its events, then the tick, then one Ready carried out), and each member's wall clock. Each
+cluster names its core (_core), which submissions a member takes (_takes) and what its checkers
+see of each effect.
 
 Carrying out a core's Ready: every member runs the production executor (node/executor.py),
 whose effects SimShell._carry_out carries out in its order: sends into the network, blocks
@@ -304,10 +306,12 @@ class SimShell(ABC, Generic[N]):
 
     def step(self) -> None:
         """Advance the clock to the earliest of the next tick, network delivery, client
-        submission and scheduled fault; handle everything due (faults, client retries,
-        submissions, deliveries, then ticks), carrying out each member's Ready as it comes;
-        then the fuller invariant checks. One loop for both clusters: what differs is the core
-        (_core) and which submissions a member takes (_takes)."""
+        submission and scheduled fault; run what is due (faults, client retries); then, member
+        by member, as the node runtime does with a drain of its events (runtime.Node
+        ._core_loop): its submissions and deliveries due now as one drain (core.inputs()), the
+        tick when one is due, and one Ready carried out; then the fuller invariant checks. One
+        loop for both clusters: what differs is the core (_core) and which submissions a member
+        takes (_takes)."""
         next_tick = (self.now_ms // self.tick_ms + 1) * self.tick_ms
         candidates = [next_tick]
         if (t := self.net.next_time()) is not None:
@@ -324,25 +328,34 @@ class SimShell(ABC, Generic[N]):
             action()
         if self.now_ms >= self._next_retry_ms:
             self._client_retries()
+        due: dict[int, list[tuple[int, bytes] | Transaction]] = {}
         while self._client_queue and self._client_queue[0][0] <= self.now_ms:
             _, _, i, tx = heapq.heappop(self._client_queue)
-            node = self.nodes[i]
-            if node.up and self._takes(tx) and not self._refuses(i, tx):
-                self._core(node).propose_all([tx])
-                self._carry_out(node)
+            if self.nodes[i].up and self._takes(tx) and not self._refuses(i, tx):
+                due.setdefault(i, []).append(tx)
         for src, dst, frame in self.net.pop_due(self.now_ms):
-            node = self.nodes[dst]
-            if node.up:
-                if self.trace is not None:
-                    self._log(f"n{src + 1} -> n{dst + 1}  {self._describe(frame)}")
-                self._core(node).receive(src, frame)
-                self._carry_out(node)
-        if self.now_ms % self.tick_ms == 0:
+            if self.nodes[dst].up:
+                due.setdefault(dst, []).append((src, frame))
+        tick = self.now_ms % self.tick_ms == 0
+        if tick:
             self._settle_all()
-            for node in self.nodes:
-                if node.up:
-                    self._core(node).tick(self.now_ms, self.wall_ms(node.index))
-                    self._carry_out(node)
+        for node in self.nodes:
+            inputs = due.get(node.index, ())
+            if not node.up or not (inputs or tick):
+                continue
+            core = self._core(node)
+            with core.inputs():
+                for item in inputs:
+                    if isinstance(item, Transaction):
+                        core.propose_all([item])
+                        continue
+                    src, frame = item
+                    if self.trace is not None:
+                        self._log(f"n{src + 1} -> {node.name}  {self._describe(frame)}")
+                    core.receive(src, frame)
+            if tick:
+                core.tick(self.now_ms, self.wall_ms(node.index))
+            self._carry_out(node)
         self._check_touched()
 
     @abstractmethod

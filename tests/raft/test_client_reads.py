@@ -87,3 +87,23 @@ def test_a_leader_of_an_old_term_gets_no_read_echoes_from_the_new_term() -> None
     g.deliver()  # its heartbeats reach term-2 members: they answer with their term
     assert g.members[0].reads == []
     assert g.node(0).role == FOLLOWER and g.members[0].read_failures == [(5, "leadership lost")]
+
+
+def test_the_reads_of_a_drain_are_confirmed_by_one_heartbeat_round() -> None:
+    """The shell hands a drain of events as one input (RaftNode.inputs): its own clients' reads
+    and the reads followers forwarded, taken together, cost the leader one heartbeat round, not
+    one round each."""
+    g = started()
+    leader = g.node(0)
+    with leader.inputs():
+        for read_id in (1, 2, 3):
+            leader.read(read_id)
+        for read_id in (4, 5):
+            leader.receive(1, m.Read(read_id))
+    g.flush(0)
+    beats = g.pending(m.Heartbeat, src=0)
+    assert sorted(q.dst for q in beats) == [1, 2]  # one round: one heartbeat to each follower
+    g.settle()
+    assert sorted(r.read_id for r in g.members[0].reads) == [1, 2, 3]
+    answers = [q.msg for q in g.delivered if isinstance(q.msg, m.ReadReply) and q.dst == 1]
+    assert sorted((a.read_id, a.ok) for a in answers) == [(4, True), (5, True)]  # type: ignore[union-attr]

@@ -6,10 +6,12 @@ pool that holds them is bounded."""
 from __future__ import annotations
 
 from dataclasses import replace
+from itertools import pairwise
 
-from raft_harness import entries_holding, ids, started
+from raft_harness import HEARTBEAT, E, Msg, entries_holding, ids, started
 
 from consortium.crashft import messages as m
+from consortium.crashft import reasons as drop
 from consortium.crashft.node import FOLLOWER
 
 
@@ -110,3 +112,52 @@ def test_a_drain_of_inputs_is_one_input_one_batch_one_forward() -> None:
     g.flush(2)
     forwards = g.pending(m.Forward, src=2)
     assert len(forwards) == 1 and len(forwards[0].msg.txs) == 3  # type: ignore[union-attr]
+
+
+def test_inside_a_drain_the_invariants_are_checked_after_each_input() -> None:
+    """A drain is one input for what it makes due (RaftNode._advance, once at its end), but
+    the core's constant-time invariants are checked after each of its inputs, and at its end."""
+    g = started()
+    leader = g.node(0)
+    checked = 0
+    check = leader._check_invariants
+
+    def counting() -> None:
+        nonlocal checked
+        checked += 1
+        check()
+
+    leader._check_invariants = counting  # type: ignore[method-assign]
+    with leader.inputs():
+        for tx in g.txs[:3]:
+            leader.propose(tx)
+        assert checked == 3
+    assert checked == 4
+
+
+def test_a_follower_forwards_again_every_two_election_timeouts_and_gives_up_after_four() -> None:
+    """What a follower forwarded and did not see committed goes again once 2E have passed (its
+    pool is scanned every E/2, not every tick), four times in all; then the client has long
+    since retried elsewhere and the transaction leaves the pool, counted."""
+    g = started()
+    follower = g.node(2)
+    sent_ms: list[int] = []
+
+    def lose_forwards(q: Msg) -> bool:
+        if isinstance(q.msg, m.Forward) and q.src == 2:
+            sent_ms.append(g.now)
+            return False  # lost on the way: the leader never orders it
+        return True
+
+    g.tick(2)  # (the core's clock is its last tick)
+    g.propose(2, g.txs[0])
+    assert len(g.pending(m.Forward, src=2)) == 1
+    sent_ms.append(g.now)
+    g.drop()
+    g.run(2 * E - HEARTBEAT, pred=lose_forwards)
+    assert len(sent_ms) == 1  # nothing again before 2E
+    g.run(10 * E, pred=lose_forwards)
+    assert len(sent_ms) == 4
+    gaps = [b - a for a, b in pairwise(sent_ms)]
+    assert all(2 * E <= gap <= 2 * E + E // 2 + HEARTBEAT for gap in gaps), gaps
+    assert follower.pending_count == 0 and follower.rejected[drop.FORWARD_GAVE_UP] == 1

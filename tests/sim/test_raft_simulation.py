@@ -185,7 +185,7 @@ def test_a_follower_restored_from_a_backup_without_recovery_votes_twice_in_a_ter
     """Today's start, the mark ignored: restored to the term of its backup, the follower votes
     again in the term it voted in; the equivocation checker catches the second vote as it is
     sent (election safety would see a second leader next)."""
-    for seed in (1, 4):
+    for seed in (1, 3):  # (re-picked whenever the trajectories change: 14 of the first 30 catch)
         with pytest.raises(SafetyViolation, match=r"equivocation: n\d signed two different votes"):
             run_raft_restore(seed, recovery=False)
 
