@@ -19,30 +19,18 @@ few count our own giving up (batch_request_abandoned, batch_requests_full).
 
 from __future__ import annotations
 
-from typing import Final, Literal, NewType
+from consortium.ledger import reasons as shared
+from consortium.ledger.reasons import BENIGN, MISBEHAVIOUR, ReasonTable
 
-Kind = Literal["benign", "misbehaviour"]
-BENIGN: Final = "benign"
-MISBEHAVIOUR: Final = "misbehaviour"
-
-Reason = NewType("Reason", str)
-"""A name from this table (the replica's helpers that return a reason are typed with it)."""
-
-TABLE: dict[Reason, tuple[Kind, str]] = {}
-"""reason -> (class, what it means, in one line)"""
-
-
-def _reason(name: str, kind: Kind, meaning: str) -> Reason:
-    assert name not in TABLE, name
-    TABLE[Reason(name)] = (kind, meaning)
-    return Reason(name)
+Reason = shared.Reason
+TABLE = ReasonTable()
+_reason = TABLE.add
 
 
 def is_misbehaviour(reason: str) -> bool:
     """Whether a reason means something no honest member causes (an unknown one counts as
     misbehaviour: better a warning than silence)."""
-    entry = TABLE.get(Reason(reason))
-    return entry is None or entry[0] == MISBEHAVIOUR
+    return TABLE.is_misbehaviour(reason)
 
 
 # --- any peer message ----------------------------------------------------------------------------
