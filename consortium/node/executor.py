@@ -26,7 +26,9 @@ The order of a step (`Executor.step`), for both modes:
    entry is durable on a majority, counting this member only once persisted() reported its own
    write). A member that loses power before writing the block rebuilds the same one.
 4. `Write(n)`: ONE durable write (one fsync) of the core's records, the blocks with their
-   certificates, our block signatures and stable checkpoints.
+   certificates, our block signatures and stable checkpoints; and, in the first step that
+   finds the core past its recovery gate, the deletion of the store's recovery mark (with the
+   records that took the core there, so a crash keeps both or neither).
 5. If the write holds records or checkpoints (`Write.holds`), what depends on them waits for
    `write_done(n)`: `Send(messages)` (a vote or an acknowledgement is on disk before it leaves),
    `Serve` (fetches answered from the store), `Reads`. A write of blocks alone holds nothing:
@@ -59,6 +61,7 @@ from consortium.ledger.block import Block, BlockHeader
 from consortium.ledger.certificates import CheckpointCertificate, SignedVote, block_signature_body
 from consortium.ledger.clock import ClockOffset
 from consortium.ledger.state import Execution, KeyValueState, build_block
+from consortium.ledger.store import RECOVERY_MARK_KEY
 from consortium.ledger.tx import Transaction
 from consortium.pbft import effects as pbft
 from consortium.pbft.replica import PbftReplica
@@ -200,6 +203,7 @@ class Executor:
         *,
         durable_head: Callable[[], BlockHeader] | None = None,
         applied_index: int = 0,
+        recovery_mark: bool = False,
     ) -> None:
         self.core = core
         self.app = app
@@ -213,6 +217,9 @@ class Executor:
         self._pending: dict[int, _Pending] = {}  # writes started and not yet durable
         self._certs_above: list[CheckpointCertificate] = []  # pbft: stable, above our ledger
         self.failed = False
+        # The store holds a recovery mark (ledger.store.RECOVERY_MARK_KEY: restored from a
+        # backup, or its data lost); deleted in the write of the first step past the gate.
+        self.recovery_mark = recovery_mark
 
     # --- the head -----------------------------------------------------------------------------
 
@@ -238,7 +245,8 @@ class Executor:
         assert not self.failed, "nothing is carried out after a failed write"
         core = self.core
         ready = core.take_ready()
-        if not ready:
+        forget_mark = self.recovery_mark and not core.recovering
+        if not ready and not forget_mark:
             return []
         effects: list[Effect] = []
         staged: list[StagedBlock] = []
@@ -278,6 +286,9 @@ class Executor:
             messages += ready.messages
         if not isinstance(ready, raft.Ready):
             checkpoints = self._certified(checkpoints, staged)
+        if forget_mark:
+            records.append((RECOVERY_MARK_KEY, None))
+            self.recovery_mark = False
         effects += executed
         after: list[Effect] = []
         if messages:

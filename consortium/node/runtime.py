@@ -43,7 +43,7 @@ from consortium.ledger.certificates import (
 from consortium.ledger.clock import expiry_now_ms
 from consortium.ledger.genesis import Genesis
 from consortium.ledger.state import Execution
-from consortium.ledger.store import RECOVERY_MARK_KEY, StoreError
+from consortium.ledger.store import StoreError
 from consortium.ledger.tx import Transaction
 from consortium.node.config import NodeConfig
 from consortium.node.errors import ReadRefused
@@ -243,6 +243,7 @@ class Node:
             self.me,
             durable_head=lambda: self.store.head,
             applied_index=self.mode.start_applied_index,
+            recovery_mark=self.recovering_from is not None,
         )
         self.mode.attach(lambda: self.executor.applied_index)
         attach_context(self.log, self.mode.log_fields)
@@ -363,7 +364,7 @@ class Node:
             core.tick(mode.core_ms(mono_ms), wall_ms)
             worked = await self._carry_out_ready()
             if self.recovering_from is not None and not core.recovering:
-                await self._recovered()
+                self._recovered()
             self._watch_progress(mono_ms / 1000)
             # Idle (no event, nothing to carry out): tick less often, up to TICK_IDLE_MAX_MS,
             # instead of waking 500 times a second for nothing; any event restores TICK_MS.
@@ -394,19 +395,10 @@ class Node:
             case _:
                 assert_never(event)
 
-    async def _recovered(self) -> None:
-        """The core left recovery: delete the mark, durably, after the writes of the step that
-        took it there (a crash before this one starts in recovery again: safe, and slower)."""
-        store = self.store
-        if self._writing is not None:
-            await self._writing.wait()
-        if self._write_failed:
-            raise StoreError(
-                f"{store.path}: an earlier block write failed; nothing more is written"
-            )
-        if store.stage(blocks=[], records=[(RECOVERY_MARK_KEY, None)], block_signatures=[]):
-            store.commit_staged()
-            store.finish_staged()
+    def _recovered(self) -> None:
+        """The core left recovery: the executor deleted the store's mark in the write of the
+        step that took it there, durable now (a crash before it starts in recovery again:
+        safe, and slower)."""
         self.log.warning(
             "recovered from %s: past the recovery gate, taking part again", self.recovering_from
         )

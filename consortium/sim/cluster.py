@@ -384,9 +384,11 @@ class SimCluster(SimShell[SimNode]):
     def _new_executor(
         self, i: int, replica: PbftReplica, app: KeyValueState, head: BlockHeader
     ) -> Executor:
-        """The node runtime's executor (a broken one for the checker-teeth tests)."""
+        """The node runtime's executor (a broken one for the checker-teeth tests), told of the
+        store's recovery mark as the runtime tells it."""
         kind = BrokenExecutor if self.broken_shell else self.executor_class
-        return kind(replica, app, head, self.signers[i], self.chain_id, i)
+        mark = i < len(self.nodes) and RECOVERY_MARK_KEY in self.nodes[i].records
+        return kind(replica, app, head, self.signers[i], self.chain_id, i, recovery_mark=mark)
 
     def _start(self, node: SimNode) -> None:
         """A new process for `node`, from what it has durably (records, ledger, checkpoint)."""
@@ -572,10 +574,6 @@ class SimCluster(SimShell[SimNode]):
 
     def _carried_out(self, node: SimNode) -> None:
         replica = node.replica
-        if RECOVERY_MARK_KEY in node.records and not replica.recovering:
-            # The runtime deletes the mark in a write after the step that left recovery.
-            del node.records[RECOVERY_MARK_KEY]
-            self._log(f"n{node.index + 1} RECOVERED in view {replica.view}")
         self._touched.add(node.index)  # fuller invariants: at the end of the step
         if self.trace is not None and (replica.view, replica.active) != self._traced_view.get(
             node.index, (0, True)

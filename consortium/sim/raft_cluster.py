@@ -311,9 +311,20 @@ class RaftSimCluster(SimShell[RaftSimNode]):
     def _new_executor(
         self, i: int, raft: RaftNode, app: KeyValueState, head: BlockHeader
     ) -> Executor:
-        """The node runtime's executor (a broken one for the checker-teeth tests)."""
+        """The node runtime's executor (a broken one for the checker-teeth tests), told of the
+        store's recovery mark as the runtime tells it."""
         kind = BrokenExecutor if self.broken_shell else self.executor_class
-        return kind(raft, app, head, self.signers[i], self.chain_id, i, applied_index=raft.applied)
+        mark = i < len(self.nodes) and RECOVERY_MARK_KEY in self.nodes[i].records
+        return kind(
+            raft,
+            app,
+            head,
+            self.signers[i],
+            self.chain_id,
+            i,
+            applied_index=raft.applied,
+            recovery_mark=mark,
+        )
 
     def _new_raft(self, i: int, recovered: RecoveredState) -> RaftNode:
         config = self._configure(
@@ -498,10 +509,6 @@ class RaftSimCluster(SimShell[RaftSimNode]):
 
     def _carried_out(self, node: RaftSimNode) -> None:
         raft = node.raft
-        if RECOVERY_MARK_KEY in node.records and not raft.recovering:
-            # The runtime deletes the mark in a write after the step that left recovery.
-            del node.records[RECOVERY_MARK_KEY]
-            self._log(f"n{node.index + 1} RECOVERED in term {raft.term}")
         self._touched.add(node.index)  # fuller invariants: at the end of the step
         if raft.role == LEADER:
             self.check.leader(node.index, raft.term)

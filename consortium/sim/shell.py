@@ -37,6 +37,7 @@ from typing import Generic, Protocol, TypeVar, assert_never
 
 from consortium.ledger.block import Block, BlockHeader
 from consortium.ledger.clock import expiry_now_ms
+from consortium.ledger.store import RECOVERY_MARK_KEY
 from consortium.ledger.tx import Transaction
 from consortium.node.executor import (
     ConsensusCore,
@@ -204,6 +205,8 @@ class SimShell(ABC, Generic[N]):
 
     def _make_durable(self, node: N, write: Write) -> None:
         self._persisting(node, write)
+        if (RECOVERY_MARK_KEY, None) in write.records:
+            self._log(f"{node.name} RECOVERED (its recovery mark deleted)")
         self._fsync(node, write.records)
         if write.blocks:
             node.durable_height = write.blocks[-1][0].height

@@ -12,6 +12,7 @@ from consortium.crypto.signing import Ed25519Signer
 from consortium.ledger.block import genesis_block, genesis_state_root
 from consortium.ledger.genesis import Genesis
 from consortium.ledger.state import KeyValueState
+from consortium.ledger.store import RECOVERY_MARK_KEY
 from consortium.ledger.tx import Put, Transaction
 from consortium.node.executor import (
     Durable,
@@ -135,6 +136,30 @@ def test_a_step_without_a_write_sends_at_once() -> None:
     executor, core, _ = pbft_executor()
     core.readies.append(Ready([], [], [MSG], [], [], []))
     assert kinds(executor.step()) == ["Send"]
+
+
+def test_the_recovery_mark_goes_in_the_write_of_the_first_step_past_the_gate() -> None:
+    """A store marked as recovering (restored, or its data lost): the mark is deleted in the
+    write of the step whose records took the core past its gate (a crash keeps both or
+    neither), even a step with nothing else to write, and only once."""
+    executor, core, _ = pbft_executor()
+    executor.recovery_mark = True
+    core.recovering = True  # type: ignore[attr-defined]
+    core.readies.append(Ready([(b"view", b"2")], [], [Outbound(1, b"x")], [], [], []))
+    (write, *_) = executor.step()
+    assert isinstance(write, Write) and write.records == [(b"view", b"2")]  # still recovering
+    executor.write_done(write.n)
+    core.recovering = False  # type: ignore[attr-defined]
+    core.readies.append(Ready([(b"view", b"3")], [], [], [], [], []))
+    (write,) = executor.step()
+    assert isinstance(write, Write) and write.holds
+    assert write.records == [(b"view", b"3"), (RECOVERY_MARK_KEY, None)]
+    executor.write_done(write.n)
+    assert executor.step() == []  # only once
+    # Past the gate in a step that wrote nothing else: a write of the deletion alone.
+    executor.recovery_mark = True
+    (write,) = executor.step()
+    assert isinstance(write, Write) and write.records == [(RECOVERY_MARK_KEY, None)]
 
 
 def test_a_stable_checkpoint_above_the_ledger_waits_for_its_block() -> None:

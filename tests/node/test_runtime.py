@@ -4,8 +4,10 @@ says, on both paths of a write (waited for, and in the background under load).""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +15,10 @@ import trio
 
 from consortium.cli.network import init_network, load_client_setup
 from consortium.crashft import node as raft
+from consortium.ledger.store import RECOVERY_MARK_KEY
 from consortium.ledger.tx import Put, Transaction
 from consortium.node.config import load_identity
+from consortium.node.events import Propose, ReadRequest
 from consortium.node.runtime import Node, make_node
 from consortium.pbft.effects import CommittedBatch, Outbound, Ready
 from consortium.pbft.effects import Serve as PbftServe
@@ -31,6 +35,7 @@ class _Core:
     def __init__(self, pending: int = 0) -> None:
         self.readies: list[Any] = []
         self.pending_count = pending
+        self.recovering = False
 
     def take_ready(self) -> Any:
         return self.readies.pop(0) if self.readies else Ready([], [], [], [], [], [])
@@ -189,3 +194,46 @@ async def test_raft_under_load_an_acknowledgement_leaves_after_its_write(tmp_pat
             await node._carry_out(node.executor.step())
             assert node._writing is None
     assert log == ["stage", "fsync", "send ack"]
+
+
+def test_a_drain_of_events_is_handed_to_the_core_as_one_input(tmp_path: Path) -> None:
+    """runtime.Node._handle_all: the events of one drain, in order, inside one mode.inputs()
+    (raft: RaftNode.inputs, one batch, one forward and one heartbeat round for all of them)."""
+    node, _, _ = member(tmp_path, mode="raft")
+    seen: list[object] = []
+
+    @contextlib.contextmanager
+    def inputs() -> Iterator[None]:
+        seen.append("drain")
+        yield
+        seen.append("end")
+
+    node.mode.inputs = inputs  # type: ignore[method-assign]
+    node.mode.propose = lambda txs: seen.append(len(txs))  # type: ignore[method-assign, func-returns-value]
+    node.mode.read = lambda read_id: seen.append(f"read {read_id}")  # type: ignore[method-assign, func-returns-value]
+    node._handle_all([Propose([]), ReadRequest(7), Propose([])])
+    assert seen == ["drain", 0, "read 7", 0, "end"]
+
+
+async def test_the_recovery_mark_is_deleted_durably_when_the_core_passes_its_gate(
+    tmp_path: Path,
+) -> None:
+    """A member started from a marked store (restored, or its data lost): once its core is
+    past the recovery gate, the executor's next write deletes the mark from the store, and
+    only then does the shell say it has recovered."""
+    node, core, log = member(tmp_path)
+    store = node.store
+    assert store.stage(blocks=[], records=[(RECOVERY_MARK_KEY, b"restored")], block_signatures=[])
+    store.commit_staged()
+    store.finish_staged()
+    log.clear()
+    node.recovering_from = "a restored backup"
+    node.executor.recovery_mark = True
+    core.recovering = True
+    await node._carry_out_ready()
+    assert log == [] and store.recovery_mark() == "restored"
+    core.recovering = False  # past the gate
+    await node._carry_out_ready()
+    assert log == ["stage", "fsync"] and store.recovery_mark() is None
+    node._recovered()
+    assert node.recovering_from is None
