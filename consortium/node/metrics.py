@@ -1,7 +1,7 @@
 """Prometheus metrics: the text exposition format (version 0.0.4), written by hand.
 
 One set of names for both modes; every sample carries `mode` ("pbft" or "raft") and `member`
-labels, so one dashboard serves both kinds of network. `prometheus_text(node)` reads the
+labels, so one dashboard serves both kinds of network. `prometheus_text(node, status)` reads the
 node's counters (status.MemberStatus.metrics_doc, the same figures `consortium bench` reports), its
 histograms (NodeMetrics) and its status; nothing here is updated on the hot path except
 `Histogram.observe`, which is a bisect and two additions.
@@ -160,12 +160,10 @@ class Observed(Protocol):
     verifier: Any  # its protocol verifier (verification.CountingVerifier)
     tx_cache: Any  # its client signature cache (verification.TxSignatureCache)
 
-    def status(self) -> dict[str, Any]: ...
 
-
-def prometheus_text(node: Observed, status: dict[str, Any] | None = None) -> str:
-    """The scrape body for GET /metrics."""
-    status = status if status is not None else node.status()
+def prometheus_text(node: Observed, status: dict[str, Any]) -> str:
+    """The scrape body for GET /metrics, from the member's counters and its status document
+    (status.MemberStatus.status)."""
     doc = status["metrics"]
     m = node.metrics
     out = Exposition({"mode": node.genesis.mode, "member": node.member.name})

@@ -69,7 +69,7 @@ from consortium.node.executor import (
     Serve,
     Write,
 )
-from consortium.node.http import HttpServer, Response
+from consortium.node.http import HttpServer
 from consortium.node.logs import RateLimitedLog, attach_context
 from consortium.node.metrics import (
     BATCH_TXS_BUCKETS,
@@ -653,12 +653,6 @@ class Node:
 
     def status_json(self) -> str:
         return self.status_view.status_json()
-
-    def metrics_doc(self) -> dict[str, Any]:
-        return self.status_view.metrics_doc()
-
-    def healthz(self) -> Response:
-        return self.status_view.healthz()
 
 
 def make_node(config: NodeConfig, genesis: Genesis, keys: KeyPair, **options: Any) -> Node:

@@ -52,8 +52,6 @@ class StatusSource(Protocol):
 
     def wall_ms(self) -> int: ...
 
-    def status(self) -> dict[str, Any]: ...
-
 
 class MemberStatus:
     """The status, health and metrics of one member."""
@@ -137,7 +135,9 @@ class MemberStatus:
             "/healthz": self.healthz,
             "/readyz": self.readyz,
             "/status": lambda: json_response(200, self.status()),
-            "/metrics": lambda: Response(200, prometheus_text(self.m).encode(), CONTENT_TYPE),
+            "/metrics": lambda: Response(
+                200, prometheus_text(self.m, self.status()).encode(), CONTENT_TYPE
+            ),
         }
 
     def healthz(self) -> Response:

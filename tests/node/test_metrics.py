@@ -85,7 +85,7 @@ def test_a_pbft_member_alone_in_a_view_change_shows_in_a_gauge(
     try:
 
         def alone() -> int:
-            family = parse(prometheus_text(node))["consortium_view_change_alone"]
+            family = parse(prometheus_text(node, node.status()))["consortium_view_change_alone"]
             [(_, _, value)] = family.samples
             return int(value)
 
@@ -121,7 +121,7 @@ def test_peer_message_kinds_counted_are_bounded(tmp_path: Path) -> None:
     for i in range(2000):
         node.count_received(pack([f"junk{i:027d}", 1]))
     kinds = len(node.metrics.received_by_kind)
-    text = prometheus_text(node)
+    text = prometheus_text(node, node.status())
     node.store.close()
     assert kinds <= 64, f"{kinds} message kinds kept from one member's junk"
     assert text.count("consortium_messages_received_total{") <= 64
@@ -133,7 +133,7 @@ def test_raft_exposes_its_elections_as_view_changes(tmp_path: Path) -> None:
     status['view_changes'], which raft's mode_status never sets: always 0 in raft."""
     node = _member(tmp_path, "raft")
     node.core.elections = 3
-    text = prometheus_text(node)
+    text = prometheus_text(node, node.status())
     node.store.close()
     line = next(x for x in text.splitlines() if x.startswith("consortium_view_changes_total{"))
     assert line.endswith(" 3"), line

@@ -211,11 +211,11 @@ async def test_healthz_fails_with_the_age_when_the_core_loop_stops_ticking(tmp_p
     with trio.fail_after(20):
         async with lone_member(tmp_path) as node:
             await trio.sleep(0.05)
-            assert node.healthz().status == 200
+            assert node.status_view.healthz().status == 200
             # As if the core loop had been stuck for 12 s (no await in between: it cannot
             # tick and reset the clock before the check).
             node.last_tick_s = trio.current_time() - 12
-            stuck = node.healthz()
+            stuck = node.status_view.healthz()
             assert stuck.status == 503
             assert stuck.body.startswith(b"not healthy: the core loop last ticked 12.0 s ago")
 
