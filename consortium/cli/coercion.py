@@ -11,8 +11,11 @@ a value it is not sure of (a malformed number, an unexpected type) goes to typer
 conversion, so every error message stays typer's. Paths go through typer's own path checks.
 tests/cli/test_cli_coercion.py checks the results against typer's, value by value.
 
-This reaches into typer's private conversion layer (typer._coercion): with a typer that has
-no such layer, or a different one, `install` changes nothing and typer converts as it does.
+This reaches into typer's private conversion layer (typer._coercion): a typer without that
+module leaves `install` doing nothing (typer converts as it does), but one whose layer has
+changed shape could break it, which is why pyproject.toml pins typer to the release this was
+built and tested against (0.29.x); raise the pin only with tests/cli/test_cli_coercion.py
+passing.
 """
 
 from __future__ import annotations

@@ -62,8 +62,9 @@ PARTITION_QUEUE = 64  # frames between the transport and the member (its byte bu
 def partition(node: Node, path: Path) -> Callable[[], Awaitable[None]]:
     """Cut the member off from the members named in `path` (one per line; a missing or empty
     file heals), both ways, while the connections stay up, as a network partition drops
-    packets: the transport's `send` and its `inbound` channel are wrapped (before the member
-    runs), and the returned task reads the file every POLL_S and forwards what is not cut."""
+    packets: the transport's `send` and its `inbound` channel are wrapped now (call it before
+    the member runs), and the returned task, to start beside the member (the member hears
+    nothing until it runs), reads the file every POLL_S and forwards what is not cut."""
     peers = node.peers
     cut: set[int] = set()
     send = peers.send
