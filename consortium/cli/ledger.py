@@ -75,14 +75,23 @@ def ledger_verify(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Audit a ledger from the genesis file alone: hash chain, Merkle roots, every certificate,
-    every client signature, and re-execution to the same state roots."""
+    every client signature, and re-execution to the same state roots. With --home, the ledger
+    is the one the member's node.toml names (its data_dir)."""
     from consortium.cli import output
     from consortium.ledger.audit import audit_ledger
     from consortium.ledger.genesis import GenesisError
 
     if home is not None:
-        db = db or home / "data" / "ledger.sqlite"
-        genesis_path = genesis_path or home / "config" / "genesis.json"
+        # The ledger node.toml names (its data_dir), not a default path beside it: auditing a
+        # stale copy while the member's own ledger was damaged printed OK.
+        from consortium.node.config import ConfigError, load_config
+
+        try:
+            config = load_config(home)
+        except ConfigError as exc:
+            raise fail(str(exc)) from None
+        db = db or config.store_path
+        genesis_path = genesis_path or config.genesis_path
     if db is None or genesis_path is None:
         raise fail("give --home DIR, or both --db FILE and --genesis FILE")
     if not db.exists():
