@@ -218,6 +218,15 @@ def _pbft_blockers(
     core: dict[str, Any], names: Sequence[str], me: int, down: set[str], behind_max: int
 ) -> list[str]:
     reasons: list[str] = []
+    diverged = core.get("diverged")
+    if diverged:
+        reasons.append(
+            f"diverged from the network: at seq {int(diverged['seq'])} this member executed "
+            f"block {str(diverged['ours'])[:12]}, a quorum certified "
+            f"{str(diverged['certified'])[:12]}; its state is not the network's and it signs "
+            'no more votes. Stop it and recover it (docs/operations.md, "A member that '
+            'diverged")'
+        )
     vc = core.get("view_change")
     if vc:
         have, needed, view = int(vc["view_changes"]), int(vc["needed"]), int(vc["view"])

@@ -452,6 +452,11 @@ class PbftReplica:
         )
         self._query_answered_ms = [_LONG_AGO] * self.n
         self._report_checked_ms = [_LONG_AGO] * self.n
+        # Our execution diverged from what a quorum certified: (seq, our block hash, theirs).
+        # From then on we sign nothing (_may_speak): votes from a state the network disowns
+        # are worth nothing, and the operator recovers the member (docs/operations.md).
+        self.diverged: tuple[int, bytes, bytes] | None = None
+        self.withheld_diverged = 0
 
         self._records: list[tuple[bytes, bytes | None]] = []
         self._messages: list[Outbound] = []
@@ -595,7 +600,7 @@ class PbftReplica:
         if stable is not None and stable.seq == seq and stable.block_hash != block_hash:
             # Blocks accepted by commit certificate re-executed to another hash than the one Q
             # members certified: our execution diverged. Never adopt silently.
-            self.rejected[drop.CHECKPOINT_MISMATCH] += 1
+            self._diverged_at(seq, block_hash, stable.block_hash)
         if seq % self.params.checkpoint_interval == 0 and seq > self._log.low:
             self._checkpoint(seq, block_hash)
         if self._unadmitted:
@@ -1118,7 +1123,7 @@ class PbftReplica:
         if ours is None and seq == self.last_executed:
             ours = self._last_block_hash
         if ours is not None and ours != block_hash:
-            self.rejected[drop.CHECKPOINT_MISMATCH] += 1
+            self._diverged_at(seq, ours, block_hash)
             return
         # Above what we executed: we fell behind; adopt it and fetch the blocks below it.
         self._stabilize(self._checkpoints.certificate(seq, block_hash, self.quorum))
@@ -1973,8 +1978,16 @@ class PbftReplica:
             ours = self._last_block_hash
         if ours is None or ours == cert.block_hash:
             return False
-        self.rejected[drop.CHECKPOINT_MISMATCH] += 1
+        self._diverged_at(cert.seq, ours, cert.block_hash)
         return True
+
+    def _diverged_at(self, seq: int, ours: bytes, certified: bytes) -> None:
+        """A quorum certified `certified` at `seq` where we executed (or signed) `ours`: Q
+        members, f+1 of them honest at least, executed the same batches to another block. Our
+        state is the wrong one (a damaged store, a bug): counted, and we stop signing."""
+        self.rejected[drop.CHECKPOINT_MISMATCH] += 1
+        if self.diverged is None:
+            self.diverged = (seq, ours, certified)
 
     def _transferred_problem(self, block: TransferredBlock) -> str | None:
         c = block.certificate
@@ -2124,11 +2137,17 @@ class PbftReplica:
     # --- recovery gate (pbft/recovery.py) ---------------------------------------------------
 
     def _may_speak(self, view: int) -> bool:
-        """Whether we may sign a vote, a proposal, a NEW-VIEW or a VIEW-CHANGE for `view`: always,
-        unless recovering, and then only above every view we can have used."""
+        """Whether we may sign a vote, a proposal, a NEW-VIEW or a VIEW-CHANGE for `view`: never
+        once our execution diverged from a quorum's; otherwise always, unless recovering, and
+        then only above every view we can have used."""
+        if self.diverged is not None:
+            return False
         return self._recovery is None or self._recovery.allows(view)
 
     def _withheld(self) -> None:
+        if self.diverged is not None:
+            self.withheld_diverged += 1
+            return
         assert self._recovery is not None
         self._recovery.withheld += 1
 
@@ -2278,6 +2297,14 @@ class PbftReplica:
                 max(self._recovery.target, self._reissued_max, self._log.low),
             ),
             "clock": self.clock.status("batches a quorum committed"),
+            "diverged": None
+            if self.diverged is None
+            else {
+                "seq": self.diverged[0],
+                "ours": self.diverged[1].hex(),
+                "certified": self.diverged[2].hex(),
+                "withheld": self.withheld_diverged,
+            },
             "waiting_for": self._waiting_for(),
         }
 

@@ -92,6 +92,16 @@ CASES = {
         _vc(1, 1, waited_ms=41_000, alone={"members": [1, 2, 3], "view": 4})
     ),
     "state transfer": _pbft({"catching_up": {"behind": 1200, "target": 1300, "from": 1}}),
+    "diverged": _pbft(
+        {
+            "diverged": {
+                "seq": 1200,
+                "ours": "9f2c41d07ab3" + "00" * 26,
+                "certified": "4be81c9a2f60" + "00" * 26,
+                "withheld": 3,
+            }
+        }
+    ),
     "behind": _pbft({"peers_executed": [100, 200, 200, 200], "last_executed": 100}),
     "stalled": _pbft(
         {"waiting_for": "prepares for seq 17: 1 of 2", "pending_txs": 12}, stalled_s=4.2

@@ -105,6 +105,27 @@ def test_a_quorum_for_a_hash_other_than_ours_is_never_adopted() -> None:
     assert r.rejected["checkpoint_mismatch"] >= 1
 
 
+def test_a_replica_whose_execution_diverged_signs_no_more_votes_and_says_so() -> None:
+    """Q members (f+1 honest among them) certified another block than ours at a checkpoint:
+    our state is the wrong one (a damaged store). The replica stops signing votes at once,
+    counts what it withheld, and its status names the divergence (node/explain.py turns it
+    into a reason, so the member is not ready)."""
+    group = Group()
+    r = group.replicas[ME]
+    executed_through(group, 2)
+    r.take_ready()
+    for s in (0, 2, 3):
+        r.receive(s, group.checkpoint(2, s, block=b"x" * 32))
+    assert r.diverged == (2, block_hash(2), b"x" * 32)
+    pp = group.preprepare(3, group.txs[3:4])
+    r.receive(0, pp)
+    sent = [decode(f, group.params) for f in frames(r.take_ready())]
+    assert not [m for m in sent if isinstance(m, Prepare)]  # an honest one would prepare
+    status = r.status()["diverged"]
+    assert status["seq"] == 2 and status["certified"] == (b"x" * 32).hex()
+    assert status["withheld"] == 1
+
+
 def other_certificate(group: Group, seq: int, senders: tuple[int, ...]) -> CheckpointCertificate:
     """A valid stable checkpoint certificate (Q members signed it) for another block hash."""
     votes = tuple(group.checkpoint(seq, s, block=b"x" * 32).vote() for s in senders)
