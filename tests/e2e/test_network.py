@@ -129,3 +129,24 @@ def test_the_cli_submits_reads_and_shows_status(network: LocalNetwork) -> None:
     assert "unreachable" in status.stdout
     usage = cli("tx", "submit", "put", "only-a-key", "--net", net)
     assert usage.returncode == 2 and "usage" in usage.stderr
+
+
+def test_a_second_start_of_a_running_member_refuses_and_the_first_keeps_committing(
+    network: LocalNetwork,
+) -> None:
+    n2 = network.homes[1]
+    running = network.procs["n2"].pid
+    second = cli("node", "start", "--home", str(n2), timeout=30)
+    assert second.returncode != 0
+    assert second.stderr.strip() == (
+        f"error: {n2 / 'data'} is in use by process {running} (another `node start` of n2?); "
+        "stop it first"
+    )
+    assert network.procs["n2"].poll() is None  # the first one runs on
+    setup = load_client_setup(network.directory)
+    genesis = setup.genesis
+    before = trio.run(heights, genesis, [1])[1]
+    committed, failed, _ = trio.run(drive, genesis, setup.keys(), 60, False)
+    assert (committed, failed) == (60, 0)
+    assert trio.run(wait_same_height, genesis, [0, 1, 2, 3], 20.0) > before
+    assert network.dead() == []
