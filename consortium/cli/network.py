@@ -14,6 +14,7 @@ Layout written by init (the network directory, `./net` by default):
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -80,6 +81,13 @@ def init_network(
                 f"{directory} already exists and is not empty; choose another --dir or pass "
                 "--force to replace it"
             )
+        running = running_members(directory)
+        if running:
+            names = ", ".join(f"{name} (process {pid})" if pid else name for name, pid in running)
+            raise NetworkError(
+                f"{directory}: members of this network are running: {names}; stop them first "
+                "(Ctrl-C in `consortium up`, or stop each `node start`); nothing was deleted"
+            )
         shutil.rmtree(directory)
     directory.mkdir(parents=True, exist_ok=True)
     # Per member: peer, client and HTTP (health/metrics) ports, all distinct. The HTTP
@@ -131,6 +139,32 @@ def init_network(
         (home / "config" / "genesis.json").write_text(text)
         mark_new(home / "data")  # its first start needs no recovery (node/preflight.py)
     return genesis
+
+
+def running_members(directory: Path) -> list[tuple[str, int]]:
+    """The members under `directory`/nodes whose data directory is locked by a running
+    process (node/datalock.py), with its PID (0 if not yet written). Writes nothing."""
+    from consortium.node.config import ConfigError, load_config
+    from consortium.node.datalock import held_by
+
+    nodes = directory / "nodes"
+    if not nodes.is_dir():
+        return []
+    running: list[tuple[str, int]] = []
+    for home in sorted(nodes.iterdir(), key=lambda p: (len(p.name), p.name)):
+        if not home.is_dir():
+            continue
+        data_dirs = {home / "data"}
+        # node.toml may name another data_dir: both are this member's. A broken node.toml
+        # names none, and the default one is still checked.
+        with contextlib.suppress(ConfigError, OSError, ValueError):
+            data_dirs.add(load_config(home).data_dir)
+        for data in sorted(data_dirs):
+            pid = held_by(data)
+            if pid is not None:
+                running.append((home.name, pid))
+                break
+    return running
 
 
 def write_client_side(

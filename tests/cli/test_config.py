@@ -46,6 +46,42 @@ def test_init_refuses_to_overwrite_without_force(net: Path) -> None:
     init_network(net, members=4, force=True)
 
 
+def test_init_force_refuses_while_members_of_the_network_run(net: Path) -> None:
+    """A running member holds its data directory's lock (node/datalock.py): `init --force`
+    names it and deletes nothing, however broken the other members' node.toml."""
+    import os
+
+    from typer.testing import CliRunner
+
+    from consortium.cli.main import app
+    from consortium.cli.network import NetworkError
+    from consortium.node.datalock import lock_data_dir
+
+    config_path(net / "nodes" / "n3").write_text("not toml [")
+    elsewhere = net / "elsewhere"
+    n4 = config_path(net / "nodes" / "n4")
+    n4.write_text(n4.read_text().replace('data_dir = "data"', f'data_dir = "{elsewhere}"'))
+    assert load_config(net / "nodes" / "n4").data_dir == elsewhere
+    running = [lock_data_dir(net / "nodes" / "n2" / "data"), lock_data_dir(elsewhere)]
+    before = sorted(str(p) for p in net.rglob("*"))
+    pid = os.getpid()
+    message = (
+        f"{net}: members of this network are running: n2 (process {pid}), n4 (process {pid}); "
+        "stop them first (Ctrl-C in `consortium up`, or stop each `node start`); nothing was "
+        "deleted"
+    )
+    with pytest.raises(NetworkError) as refused:
+        init_network(net, members=4, force=True)
+    assert str(refused.value) == message
+    result = CliRunner().invoke(app, ["init", "--dir", str(net), "--force"])
+    assert result.exit_code != 0
+    assert result.output.strip().splitlines() == [f"error: {message}"]
+    assert sorted(str(p) for p in net.rglob("*")) == before  # nothing deleted, nothing written
+    for lock in running:
+        lock.release()
+    init_network(net, members=4, force=True)  # stopped: replaced
+
+
 def test_unknown_key_in_node_toml_is_named(net: Path) -> None:
     home = net / "nodes" / "n1"
     path = config_path(home)
