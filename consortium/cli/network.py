@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -40,14 +41,55 @@ class NetworkError(RuntimeError):
 HTTP_PORT_BASE = 9301  # with --hosts: member i serves /healthz, /metrics on 127.0.0.1:9301+i
 
 
-def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
-    """Ports the kernel says are free now, all distinct (bound together, then released)."""
+EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+DEFAULT_EPHEMERAL = (32768, 60999)  # Linux's default, where the file cannot be read
+LOWEST_CHOSEN = 10000  # below: ports registered to well-known services, more often in use
+
+
+def ephemeral_range(path: Path = EPHEMERAL_RANGE_FILE) -> tuple[int, int]:
+    """The kernel's ephemeral port range (first, last): where it picks the local port of
+    every outgoing connection, so a port chosen there may be taken by one before the member
+    that was given it starts."""
+    try:
+        first, last = (int(x) for x in path.read_text().split())
+    except (OSError, ValueError):
+        return DEFAULT_EPHEMERAL
+    return (first, last) if 0 < first <= last <= 65535 else DEFAULT_EPHEMERAL
+
+
+def free_ports(
+    count: int, host: str = "127.0.0.1", *, ephemeral: tuple[int, int] | None = None
+) -> list[int]:
+    """Ports free now, all distinct, outside the kernel's ephemeral range (above): random
+    ports from 10000 to 65535 that are not in it, each bound together with the others (so
+    free at once and distinct), then released."""
+    first, last = ephemeral or ephemeral_range()
+    candidates = [
+        *range(LOWEST_CHOSEN, min(first, 65536)),
+        *range(max(last + 1, LOWEST_CHOSEN), 65536),
+    ]
+    if len(candidates) < count:
+        raise NetworkError(
+            f"the kernel's ephemeral port range {first}-{last} leaves fewer than {count} "
+            f"ports from {LOWEST_CHOSEN} up; narrow it (net.ipv4.ip_local_port_range) or "
+            "give addresses with --hosts"
+        )
+    chooser = random.SystemRandom()
     with ExitStack() as stack:
         ports: list[int] = []
-        for _ in range(count):
-            s = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-            s.bind((host, 0))
-            ports.append(s.getsockname()[1])
+        for port in chooser.sample(candidates, len(candidates)):
+            if len(ports) == count:
+                break
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                s.bind((host, port))
+            except OSError:
+                s.close()
+                continue  # in use (or reserved): another
+            stack.enter_context(s)
+            ports.append(port)
+        if len(ports) < count:
+            raise NetworkError(f"fewer than {count} free ports on {host} outside {first}-{last}")
         return ports
 
 

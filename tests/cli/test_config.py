@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
 
-from consortium.cli.network import free_ports, init_network, load_client_setup, node_homes
+from consortium.cli.network import (
+    NetworkError,
+    ephemeral_range,
+    free_ports,
+    init_network,
+    load_client_setup,
+    node_homes,
+)
 from consortium.crypto.keys import KeyPair
 from consortium.ledger.genesis import Genesis
 from consortium.node.config import ConfigError, config_path, load_config, load_identity
@@ -173,6 +181,46 @@ def test_a_name_not_in_genesis_is_refused(net: Path) -> None:
 def test_free_ports_are_distinct() -> None:
     ports = free_ports(16)
     assert len(set(ports)) == 16
+
+
+def test_init_chooses_loopback_ports_outside_the_kernels_ephemeral_range(net: Path) -> None:
+    first, last = ephemeral_range()
+    genesis = load_client_setup(net).genesis
+    addresses = [a for m in genesis.members for a in (m.peer_address, m.client_address)]
+    addresses += [
+        "{}:{}".format(*load_config(home).http_listen or ("", 0)) for home in node_homes(net)
+    ]
+    assert len(addresses) == 12
+    for address in addresses:
+        host, _, port = address.rpartition(":")
+        assert host == "127.0.0.1"
+        assert 10000 <= int(port) <= 65535 and not first <= int(port) <= last, address
+    # Whatever the range says, and never a port in use: with 65526-65535 left, one held busy.
+    window = range(65526, 65536)
+    with socket.socket() as busy:
+        for port in window:
+            try:
+                busy.bind(("127.0.0.1", port))
+                break
+            except OSError:
+                continue
+        taken = busy.getsockname()[1]
+        assert taken in window
+        for _ in range(10):
+            chosen = free_ports(4, ephemeral=(10000, 65525))
+            assert all(p in window for p in chosen) and taken not in chosen, (taken, chosen)
+
+
+def test_the_ephemeral_range_is_read_from_the_kernel_file_or_defaults(tmp_path: Path) -> None:
+    path = tmp_path / "ip_local_port_range"
+    path.write_text("20000\t40000\n")
+    assert ephemeral_range(path) == (20000, 40000)
+    for text in ("garbage\n", "40000 20000\n", "1 70000\n"):
+        path.write_text(text)
+        assert ephemeral_range(path) == (32768, 60999)
+    assert ephemeral_range(tmp_path / "missing") == (32768, 60999)
+    with pytest.raises(NetworkError, match="ephemeral port range 1024-65535"):
+        free_ports(1, ephemeral=(1024, 65535))
 
 
 def test_init_writes_a_raft_network_of_three_by_default(tmp_path: Path) -> None:
