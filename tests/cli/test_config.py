@@ -198,9 +198,9 @@ def test_init_chooses_loopback_ports_outside_the_kernels_ephemeral_range(net: Pa
     # Whatever the range says, and never a port in use: with 65526-65535 left, one held busy.
     window = range(65526, 65536)
     with socket.socket() as busy:
-        for port in window:
+        for candidate in window:
             try:
-                busy.bind(("127.0.0.1", port))
+                busy.bind(("127.0.0.1", candidate))
                 break
             except OSError:
                 continue
