@@ -361,6 +361,53 @@ class LocalNetwork:
     def dead(self) -> list[str]:
         return [n for n, p in self.procs.items() if p.poll() is not None]
 
+    def http_address(self, name: str) -> tuple[str, int] | None:
+        """Where member `name` answers GET /readyz (node.toml [http]), or None without it.
+        Raises NetworkError if its node.toml cannot be read (its start says why: node.log)."""
+        from consortium.node.config import ConfigError, load_config
+
+        try:
+            listen = load_config(self.directory / "nodes" / name).http_listen
+        except (ConfigError, OSError, ValueError) as exc:
+            raise NetworkError(str(exc)) from None
+        if listen is None:
+            return None
+        host, port = listen
+        return ({"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host), port)
+
+    def readiness(self, name: str, timeout_s: float = 1.0) -> tuple[int, str] | None:
+        """Member `name`'s answer to GET /readyz: (HTTP status, first line), or None while
+        it does not answer (not listening yet) or has no [http] listener."""
+        import http.client
+
+        try:
+            address = self.http_address(name)
+        except NetworkError:
+            return None
+        if address is None:
+            return None
+        conn = http.client.HTTPConnection(*address, timeout=timeout_s)
+        try:
+            conn.request("GET", "/readyz")
+            reply = conn.getresponse()
+            body = reply.read(4096).decode("utf-8", "replace")
+            return reply.status, (body.splitlines() or [""])[0]
+        except (OSError, http.client.HTTPException):
+            return None
+        finally:
+            conn.close()
+
+    def log_tail(self, name: str, lines: int = 5) -> list[str]:
+        """The last `lines` lines of member `name`'s node.log (its last 64 KB read)."""
+        path = self.directory / "nodes" / name / "node.log"
+        try:
+            with path.open("rb") as f:
+                f.seek(max(0, f.seek(0, os.SEEK_END) - 65536))
+                text = f.read().decode("utf-8", "replace")
+        except OSError:
+            return []
+        return [line for line in text.splitlines() if line.strip()][-lines:]
+
     def __enter__(self) -> LocalNetwork:
         return self
 
