@@ -190,8 +190,14 @@ def genesis_command(
     )
 
 
+READY_WAIT_S = 60.0  # how long `up` waits for every member to be ready before it says so
+
+
 def up(net: NetOpt = Path("net")) -> None:
-    """Run every member of a local network as its own OS process, until Ctrl-C."""
+    """Run every member of a local network as its own OS process, until Ctrl-C. Says when
+    each member is ready (its GET /readyz answers 200) with its HTTP port, reports a member
+    that exits (its exit code and the end of its node.log), and exits non-zero if every
+    member has exited."""
     from consortium.cli import output
     from consortium.cli.network import LocalNetwork, NetworkError, load_client_setup
     from consortium.ledger.genesis import GenesisError
@@ -210,19 +216,76 @@ def up(net: NetOpt = Path("net")) -> None:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     network.start()
-    typer.echo(f"started {len(network.procs)} members; logs in {net}/nodes/*/node.log")
-    output.endpoint_table(setup.genesis, net)
-    typer.echo("Ctrl-C stops all members.")
+    names = list(network.procs)
+    typer.echo(f"starting {len(names)} members; logs in {net}/nodes/*/node.log")
+    exited: dict[str, int] = {}
+
+    def report_exits() -> None:
+        for name in network.dead():
+            if name not in exited:
+                code = network.procs[name].returncode
+                exited[name] = code
+                typer.echo(f"{name} exited with code {code}; the end of its node.log:", err=True)
+                for line in network.log_tail(name):
+                    typer.echo(f"  {line}", err=True)
+
+    all_failed = False
     try:
-        while not stop:
+        waiting = set(names)
+        last: dict[str, str] = {}
+        deadline = time.monotonic() + READY_WAIT_S
+        while waiting and not stop:
+            report_exits()
+            waiting -= set(exited)
+            for name in sorted(waiting, key=names.index):
+                try:
+                    address = network.http_address(name)
+                except NetworkError as exc:  # its start fails on it too: wait for its exit
+                    last[name] = str(exc)
+                    continue
+                if address is None:
+                    typer.echo(f"{name} running (no [http] in its node.toml to ask if it is ready)")
+                    waiting.discard(name)
+                    continue
+                answer = network.readiness(name)
+                if answer is not None and answer[0] == 200:
+                    typer.echo(f"{name} ready: http {address[0]}:{address[1]} ({answer[1]})")
+                    waiting.discard(name)
+                elif answer is not None:
+                    last[name] = answer[1]
+            if waiting and time.monotonic() > deadline:
+                for name in sorted(waiting, key=names.index):
+                    typer.echo(
+                        f"{name} running but not ready after {READY_WAIT_S:g} s: "
+                        f"{last.get(name, 'its HTTP port does not answer')} (consortium status)"
+                    )
+                waiting.clear()
+            if waiting:
+                time.sleep(0.2)
+        if not stop:
+            report_exits()
+            running = len(names) - len(exited)
+            if running == 0:
+                all_failed = True
+                typer.echo("all members exited; none is running", err=True)
+            else:
+                typer.echo(
+                    f"started {running} of {len(names)} members"
+                    + (f" ({', '.join(sorted(exited, key=names.index))} exited)" if exited else "")
+                )
+                output.endpoint_table(setup.genesis, net)
+                typer.echo("Ctrl-C stops all members.")
+        while not stop and not all_failed:
             time.sleep(0.2)
-            dead = network.dead()
-            if len(dead) == len(network.procs):
-                typer.echo("all members exited; see their node.log", err=True)
-                break
+            report_exits()
+            if len(exited) == len(names):
+                all_failed = True
+                typer.echo("all members exited; none is running", err=True)
     finally:
         codes = network.stop()
         typer.echo("stopped: " + ", ".join(f"{n} ({c})" for n, c in codes.items()))
+    if all_failed:
+        raise typer.Exit(EXIT_FAILED)
 
 
 def status(

@@ -14,7 +14,9 @@ Layout written by init (the network directory, `./net` by default):
 
 from __future__ import annotations
 
+import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -39,14 +41,55 @@ class NetworkError(RuntimeError):
 HTTP_PORT_BASE = 9301  # with --hosts: member i serves /healthz, /metrics on 127.0.0.1:9301+i
 
 
-def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
-    """Ports the kernel says are free now, all distinct (bound together, then released)."""
+EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+DEFAULT_EPHEMERAL = (32768, 60999)  # Linux's default, where the file cannot be read
+LOWEST_CHOSEN = 10000  # below: ports registered to well-known services, more often in use
+
+
+def ephemeral_range(path: Path = EPHEMERAL_RANGE_FILE) -> tuple[int, int]:
+    """The kernel's ephemeral port range (first, last): where it picks the local port of
+    every outgoing connection, so a port chosen there may be taken by one before the member
+    that was given it starts."""
+    try:
+        first, last = (int(x) for x in path.read_text().split())
+    except (OSError, ValueError):
+        return DEFAULT_EPHEMERAL
+    return (first, last) if 0 < first <= last <= 65535 else DEFAULT_EPHEMERAL
+
+
+def free_ports(
+    count: int, host: str = "127.0.0.1", *, ephemeral: tuple[int, int] | None = None
+) -> list[int]:
+    """Ports free now, all distinct, outside the kernel's ephemeral range (above): random
+    ports from 10000 to 65535 that are not in it, each bound together with the others (so
+    free at once and distinct), then released."""
+    first, last = ephemeral or ephemeral_range()
+    candidates = [
+        *range(LOWEST_CHOSEN, min(first, 65536)),
+        *range(max(last + 1, LOWEST_CHOSEN), 65536),
+    ]
+    if len(candidates) < count:
+        raise NetworkError(
+            f"the kernel's ephemeral port range {first}-{last} leaves fewer than {count} "
+            f"ports from {LOWEST_CHOSEN} up; narrow it (net.ipv4.ip_local_port_range) or "
+            "give addresses with --hosts"
+        )
+    chooser = random.SystemRandom()
     with ExitStack() as stack:
         ports: list[int] = []
-        for _ in range(count):
-            s = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-            s.bind((host, 0))
-            ports.append(s.getsockname()[1])
+        for port in chooser.sample(candidates, len(candidates)):
+            if len(ports) == count:
+                break
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                s.bind((host, port))
+            except OSError:
+                s.close()
+                continue  # in use (or reserved): another
+            stack.enter_context(s)
+            ports.append(port)
+        if len(ports) < count:
+            raise NetworkError(f"fewer than {count} free ports on {host} outside {first}-{last}")
         return ports
 
 
@@ -79,6 +122,13 @@ def init_network(
             raise NetworkError(
                 f"{directory} already exists and is not empty; choose another --dir or pass "
                 "--force to replace it"
+            )
+        running = running_members(directory)
+        if running:
+            names = ", ".join(f"{name} (process {pid})" if pid else name for name, pid in running)
+            raise NetworkError(
+                f"{directory}: members of this network are running: {names}; stop them first "
+                "(Ctrl-C in `consortium up`, or stop each `node start`); nothing was deleted"
             )
         shutil.rmtree(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -131,6 +181,32 @@ def init_network(
         (home / "config" / "genesis.json").write_text(text)
         mark_new(home / "data")  # its first start needs no recovery (node/preflight.py)
     return genesis
+
+
+def running_members(directory: Path) -> list[tuple[str, int]]:
+    """The members under `directory`/nodes whose data directory is locked by a running
+    process (node/datalock.py), with its PID (0 if not yet written). Writes nothing."""
+    from consortium.node.config import ConfigError, load_config
+    from consortium.node.datalock import held_by
+
+    nodes = directory / "nodes"
+    if not nodes.is_dir():
+        return []
+    running: list[tuple[str, int]] = []
+    for home in sorted(nodes.iterdir(), key=lambda p: (len(p.name), p.name)):
+        if not home.is_dir():
+            continue
+        data_dirs = {home / "data"}
+        # node.toml may name another data_dir: both are this member's. A broken node.toml
+        # names none, and the default one is still checked.
+        with contextlib.suppress(ConfigError, OSError, ValueError):
+            data_dirs.add(load_config(home).data_dir)
+        for data in sorted(data_dirs):
+            pid = held_by(data)
+            if pid is not None:
+                running.append((home.name, pid))
+                break
+    return running
 
 
 def write_client_side(
@@ -284,6 +360,53 @@ class LocalNetwork:
 
     def dead(self) -> list[str]:
         return [n for n, p in self.procs.items() if p.poll() is not None]
+
+    def http_address(self, name: str) -> tuple[str, int] | None:
+        """Where member `name` answers GET /readyz (node.toml [http]), or None without it.
+        Raises NetworkError if its node.toml cannot be read (its start says why: node.log)."""
+        from consortium.node.config import ConfigError, load_config
+
+        try:
+            listen = load_config(self.directory / "nodes" / name).http_listen
+        except (ConfigError, OSError, ValueError) as exc:
+            raise NetworkError(str(exc)) from None
+        if listen is None:
+            return None
+        host, port = listen
+        return ({"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host), port)
+
+    def readiness(self, name: str, timeout_s: float = 1.0) -> tuple[int, str] | None:
+        """Member `name`'s answer to GET /readyz: (HTTP status, first line), or None while
+        it does not answer (not listening yet) or has no [http] listener."""
+        import http.client
+
+        try:
+            address = self.http_address(name)
+        except NetworkError:
+            return None
+        if address is None:
+            return None
+        conn = http.client.HTTPConnection(*address, timeout=timeout_s)
+        try:
+            conn.request("GET", "/readyz")
+            reply = conn.getresponse()
+            body = reply.read(4096).decode("utf-8", "replace")
+            return reply.status, (body.splitlines() or [""])[0]
+        except (OSError, http.client.HTTPException):
+            return None
+        finally:
+            conn.close()
+
+    def log_tail(self, name: str, lines: int = 5) -> list[str]:
+        """The last `lines` lines of member `name`'s node.log (its last 64 KB read)."""
+        path = self.directory / "nodes" / name / "node.log"
+        try:
+            with path.open("rb") as f:
+                f.seek(max(0, f.seek(0, os.SEEK_END) - 65536))
+                text = f.read().decode("utf-8", "replace")
+        except OSError:
+            return []
+        return [line for line in text.splitlines() if line.strip()][-lines:]
 
     def __enter__(self) -> LocalNetwork:
         return self

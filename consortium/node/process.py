@@ -14,6 +14,7 @@ import trio
 from consortium.ledger.store import StoreError
 from consortium.node import runtime
 from consortium.node.config import ConfigError, NodeIdentity, load_identity
+from consortium.node.datalock import check_free
 from consortium.node.errors import first_leaf
 from consortium.node.logs import setup_logging
 from consortium.node.preflight import check_data_dir, check_listen
@@ -26,9 +27,13 @@ Compose = Callable[[Node, trio.Nursery], None]
 
 def load_member(home: Path) -> NodeIdentity:
     """The member at `home`, checked before anything runs (its config, key, genesis, data
-    directory and ports). Raises ConfigError: the operator's to fix."""
+    directory: not in use by another process, and of this network; ports). Raises
+    ConfigError: the operator's to fix. The data directory's lock is taken when the store
+    opens (runtime.Node), held until the process ends."""
     passphrase = os.environ.get("CONSORTIUM_KEY_PASSPHRASE")
     identity = load_identity(home, passphrase.encode() if passphrase else None)
+    # Before the ports: a running member holds them too, and this names it (datalock.py).
+    check_free(identity.config.data_dir, identity.member.name)
     check_data_dir(identity.config, identity.genesis)
     check_listen(identity.config)
     return identity

@@ -46,6 +46,7 @@ from consortium.ledger.state import Execution
 from consortium.ledger.store import StoreError
 from consortium.ledger.tx import Transaction
 from consortium.node.config import NodeConfig
+from consortium.node.datalock import lock_data_dir
 from consortium.node.errors import ReadRefused
 from consortium.node.events import (
     Event,
@@ -176,9 +177,15 @@ class Node:
         self.metrics = NodeMetrics(started_ms=int(time.time() * 1000))
         self.tx_cache = TxSignatureCache(ed25519)  # client signatures, counted there
 
+        # One process per member: the data directory is ours until run() ends (datalock.py).
+        self.data_lock = lock_data_dir(config.data_dir, member.name)
         # What this member recovers from (a restored backup, lost state), while its core is
         # behind the recovery gate; None for a normal start (node/preflight.py).
-        self.store, self.recovering_from = open_store(config, genesis)
+        try:
+            self.store, self.recovering_from = open_store(config, genesis)
+        except BaseException:
+            self.data_lock.release()
+            raise
         self.app = self.store.app
 
         addresses = {m.index: _split(m.peer_address) for m in genesis.members}
@@ -312,6 +319,7 @@ class Node:
                 task_status.started()
         finally:
             self.store.close()
+            self.data_lock.release()
 
     async def propose(self, txs: list[Transaction]) -> None:
         """Hand client transactions (signatures already verified) to the core task."""

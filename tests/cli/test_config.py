@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
 
-from consortium.cli.network import free_ports, init_network, load_client_setup, node_homes
+from consortium.cli.network import (
+    NetworkError,
+    ephemeral_range,
+    free_ports,
+    init_network,
+    load_client_setup,
+    node_homes,
+)
 from consortium.crypto.keys import KeyPair
 from consortium.ledger.genesis import Genesis
 from consortium.node.config import ConfigError, config_path, load_config, load_identity
@@ -44,6 +52,42 @@ def test_init_refuses_to_overwrite_without_force(net: Path) -> None:
     with pytest.raises(NetworkError, match="--force"):
         init_network(net, members=4)
     init_network(net, members=4, force=True)
+
+
+def test_init_force_refuses_while_members_of_the_network_run(net: Path) -> None:
+    """A running member holds its data directory's lock (node/datalock.py): `init --force`
+    names it and deletes nothing, however broken the other members' node.toml."""
+    import os
+
+    from typer.testing import CliRunner
+
+    from consortium.cli.main import app
+    from consortium.cli.network import NetworkError
+    from consortium.node.datalock import lock_data_dir
+
+    config_path(net / "nodes" / "n3").write_text("not toml [")
+    elsewhere = net / "elsewhere"
+    n4 = config_path(net / "nodes" / "n4")
+    n4.write_text(n4.read_text().replace('data_dir = "data"', f'data_dir = "{elsewhere}"'))
+    assert load_config(net / "nodes" / "n4").data_dir == elsewhere
+    running = [lock_data_dir(net / "nodes" / "n2" / "data"), lock_data_dir(elsewhere)]
+    before = sorted(str(p) for p in net.rglob("*"))
+    pid = os.getpid()
+    message = (
+        f"{net}: members of this network are running: n2 (process {pid}), n4 (process {pid}); "
+        "stop them first (Ctrl-C in `consortium up`, or stop each `node start`); nothing was "
+        "deleted"
+    )
+    with pytest.raises(NetworkError) as refused:
+        init_network(net, members=4, force=True)
+    assert str(refused.value) == message
+    result = CliRunner().invoke(app, ["init", "--dir", str(net), "--force"])
+    assert result.exit_code != 0
+    assert result.output.strip().splitlines() == [f"error: {message}"]
+    assert sorted(str(p) for p in net.rglob("*")) == before  # nothing deleted, nothing written
+    for lock in running:
+        lock.release()
+    init_network(net, members=4, force=True)  # stopped: replaced
 
 
 def test_unknown_key_in_node_toml_is_named(net: Path) -> None:
@@ -137,6 +181,46 @@ def test_a_name_not_in_genesis_is_refused(net: Path) -> None:
 def test_free_ports_are_distinct() -> None:
     ports = free_ports(16)
     assert len(set(ports)) == 16
+
+
+def test_init_chooses_loopback_ports_outside_the_kernels_ephemeral_range(net: Path) -> None:
+    first, last = ephemeral_range()
+    genesis = load_client_setup(net).genesis
+    addresses = [a for m in genesis.members for a in (m.peer_address, m.client_address)]
+    addresses += [
+        "{}:{}".format(*load_config(home).http_listen or ("", 0)) for home in node_homes(net)
+    ]
+    assert len(addresses) == 12
+    for address in addresses:
+        host, _, port = address.rpartition(":")
+        assert host == "127.0.0.1"
+        assert 10000 <= int(port) <= 65535 and not first <= int(port) <= last, address
+    # Whatever the range says, and never a port in use: with 65526-65535 left, one held busy.
+    window = range(65526, 65536)
+    with socket.socket() as busy:
+        for candidate in window:
+            try:
+                busy.bind(("127.0.0.1", candidate))
+                break
+            except OSError:
+                continue
+        taken = busy.getsockname()[1]
+        assert taken in window
+        for _ in range(10):
+            chosen = free_ports(4, ephemeral=(10000, 65525))
+            assert all(p in window for p in chosen) and taken not in chosen, (taken, chosen)
+
+
+def test_the_ephemeral_range_is_read_from_the_kernel_file_or_defaults(tmp_path: Path) -> None:
+    path = tmp_path / "ip_local_port_range"
+    path.write_text("20000\t40000\n")
+    assert ephemeral_range(path) == (20000, 40000)
+    for text in ("garbage\n", "40000 20000\n", "1 70000\n"):
+        path.write_text(text)
+        assert ephemeral_range(path) == (32768, 60999)
+    assert ephemeral_range(tmp_path / "missing") == (32768, 60999)
+    with pytest.raises(NetworkError, match="ephemeral port range 1024-65535"):
+        free_ports(1, ephemeral=(1024, 65535))
 
 
 def test_init_writes_a_raft_network_of_three_by_default(tmp_path: Path) -> None:

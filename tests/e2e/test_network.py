@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -10,9 +13,10 @@ import pytest
 import trio
 
 from consortium.cli.demo import drive, heights, wait_same_height
-from consortium.cli.network import LocalNetwork, load_client_setup
+from consortium.cli.network import LocalNetwork, init_network, load_client_setup, node_homes
 from consortium.ledger.genesis import Genesis
 from consortium.ledger.store import BlockStore
+from consortium.node.config import load_config
 from tests.e2e.procs import cli
 
 pytestmark = pytest.mark.e2e
@@ -129,3 +133,86 @@ def test_the_cli_submits_reads_and_shows_status(network: LocalNetwork) -> None:
     assert "unreachable" in status.stdout
     usage = cli("tx", "submit", "put", "only-a-key", "--net", net)
     assert usage.returncode == 2 and "usage" in usage.stderr
+
+
+def test_a_second_start_of_a_running_member_refuses_and_the_first_keeps_committing(
+    network: LocalNetwork,
+) -> None:
+    n2 = network.homes[1]
+    running = network.procs["n2"].pid
+    second = cli("node", "start", "--home", str(n2), timeout=30)
+    assert second.returncode != 0
+    assert second.stderr.strip() == (
+        f"error: {n2 / 'data'} is in use by process {running} (another `node start` of n2?); "
+        "stop it first"
+    )
+    assert network.procs["n2"].poll() is None  # the first one runs on
+    setup = load_client_setup(network.directory)
+    genesis = setup.genesis
+    before = trio.run(heights, genesis, [1])[1]
+    committed, failed, _ = trio.run(drive, genesis, setup.keys(), 60, False)
+    assert (committed, failed) == (60, 0)
+    assert trio.run(wait_same_height, genesis, [0, 1, 2, 3], 20.0) > before
+    assert network.dead() == []
+
+
+def wait_for_text(path: Path, text: str, proc: subprocess.Popen[bytes], timeout_s: float) -> str:
+    """The content of `path` once it holds `text` (or the process has ended, or time is up)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        content = path.read_text()
+        if text in content or proc.poll() is not None or time.monotonic() > deadline:
+            return content
+        time.sleep(0.1)
+
+
+def test_up_says_when_each_member_is_ready_and_reports_one_that_fails_or_dies(
+    tmp_path: Path,
+) -> None:
+    net = tmp_path / "net"
+    init_network(net, members=4, clients=1)
+    (net / "nodes" / "n2" / "config" / "node.toml").write_text("not toml [")
+    out, err = tmp_path / "up.out", tmp_path / "up.err"
+    with out.open("wb") as stdout, err.open("wb") as stderr:
+        up = subprocess.Popen(
+            [sys.executable, "-m", "consortium", "up", "--net", str(net)],
+            stdout=stdout,
+            stderr=stderr,
+            stdin=subprocess.DEVNULL,
+        )
+    try:
+        shown = wait_for_text(out, "Ctrl-C stops all members.", up, 60.0)
+        assert "started 3 of 4 members (n2 exited)" in shown, shown + err.read_text()
+        for name in ("n1", "n3", "n4"):
+            port = load_config(net / "nodes" / name).http_listen
+            assert port is not None
+            assert f"{name} ready: http 127.0.0.1:{port[1]} (ready: {name} at height" in shown
+        assert "n2 ready" not in shown
+        errors = err.read_text()
+        assert "n2 exited with code 2; the end of its node.log:" in errors
+        assert "not valid TOML" in errors
+        # A member that dies later is reported too (its PID is in its data directory's lock).
+        n3 = int((net / "nodes" / "n3" / "data" / "member.lock").read_text())
+        os.kill(n3, signal.SIGKILL)
+        assert "n3 exited with code -9" in wait_for_text(err, "n3 exited", up, 20.0)
+        assert up.poll() is None  # two still run: up supervises on
+        up.send_signal(signal.SIGINT)  # as Ctrl-C: every member stopped, in order
+        assert up.wait(timeout=30) == 0
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait()
+    assert "stopped: n1 (0), n2 (2), n3 (-9), n4 (0)" in out.read_text()
+
+
+def test_up_exits_non_zero_when_every_member_fails_to_start(tmp_path: Path) -> None:
+    net = tmp_path / "net"
+    init_network(net, members=3, clients=1, mode="raft")
+    for home in node_homes(net):
+        (home / "config" / "node.toml").write_text("not toml [")
+    result = cli("up", "--net", str(net), timeout=60)
+    assert result.returncode == 1, result.stdout + result.stderr
+    for name in ("n1", "n2", "n3"):
+        assert f"{name} exited with code 2" in result.stderr
+    assert "all members exited; none is running" in result.stderr
+    assert "started" not in result.stdout
