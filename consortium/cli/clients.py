@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from consortium.cli.common import EXIT_FAILED, EXIT_PENDING, fail
+from consortium.cli.common import EXIT_FAILED, EXIT_PENDING, EXIT_UNREACHABLE, fail
 
 if TYPE_CHECKING:
     from consortium.crypto.keys import KeyPair
@@ -397,6 +397,8 @@ def submit(
         typer.echo(f"pending: {outcome.reason}; submitting the same files again is safe")
     elif outcome.status == "rejected":
         typer.echo(f"refused at submit: {outcome.reason}")
+    elif outcome.status == "unreachable":
+        typer.echo(f"not submitted: {outcome.reason}")
     elif receipt is not None and receipt.status != "ok":
         typer.echo(f"committed at height {outcome.height} but refused: {receipt.reason}")
     else:
@@ -406,6 +408,8 @@ def submit(
         )
     if outcome.status == "pending":
         raise typer.Exit(EXIT_PENDING)
+    if outcome.status == "unreachable":
+        raise typer.Exit(EXIT_UNREACHABLE)
     if doc["effective_height"] is None:
         raise typer.Exit(EXIT_FAILED)
 

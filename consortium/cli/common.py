@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 EXIT_USAGE = 2
 EXIT_FAILED = 1
 EXIT_PENDING = 3  # not decided within the wait: it may still commit (never "failed")
+EXIT_UNREACHABLE = 4  # no member could be reached: nothing was submitted or asked
 
 NetOpt = Annotated[
     Path,
