@@ -22,6 +22,7 @@ from consortium.cli.common import (
     client_keys,
     client_setup,
     fail,
+    run_trio,
 )
 
 if TYPE_CHECKING:
@@ -136,7 +137,6 @@ def tx_submit(
     """Sign a transaction, submit it to every member, wait for f+1 matching signed receipts.
     Exit 0 committed (the receipt says whether it took effect), 1 rejected, 3 pending, 4 no
     member reachable."""
-    import trio
 
     from consortium.client import ConsortiumClient
 
@@ -155,7 +155,7 @@ def tx_submit(
             await c.flush()  # a submit with --wait 0 still reaches the members
             return outcome
 
-    _finish(trio.run(main), net, as_json, receipt_out)
+    _finish(run_trio(main), net, as_json, receipt_out)
 
 
 @tx_app.command("status")
@@ -173,7 +173,6 @@ def tx_status(
     members' signed receipts agree (raft: one). Exit 0 committed, 3 not (yet) committed
     (status "unknown" when every member answered that it has no receipt), 4 no member
     reachable."""
-    import trio
 
     from consortium.client import ConsortiumClient
 
@@ -187,7 +186,7 @@ def tx_status(
                 outcome = await c.wait_one(wanted, timeout_s=wait)
             return outcome
 
-    _finish(trio.run(main), net, as_json, receipt_out)
+    _finish(run_trio(main), net, as_json, receipt_out)
 
 
 @tx_app.command("receipt")
@@ -267,7 +266,6 @@ def read(
 ) -> None:
     """Fast-path read: the value a quorum of members sign for KEY right now. For a read
     ordered with writes, use `consortium tx submit get KEY`."""
-    import trio
 
     from consortium.cli import output
     from consortium.client import ClientError, ConsortiumClient
@@ -279,7 +277,7 @@ def read(
             return await c.get(key.encode(), timeout_s=timeout)
 
     try:
-        value = trio.run(main)
+        value = run_trio(main)
     except ClientError as exc:
         raise fail(str(exc), EXIT_FAILED) from None
     typer.echo("(absent)" if value is None else output.show_value(value))
