@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from consortium.cli.common import EXIT_FAILED, EXIT_PENDING, fail
+from consortium.cli.common import EXIT_FAILED, EXIT_PENDING, EXIT_UNREACHABLE, fail, run_trio
 
 if TYPE_CHECKING:
     from consortium.crypto.keys import KeyPair
@@ -326,7 +326,6 @@ def submit(
 ) -> None:
     """Merge the approvals of the given copies, check them, and submit the change; prints the
     height at which it takes effect (the first checkpoint after its block)."""
-    import trio
 
     from consortium.cli.network import NetworkError, load_client_setup
     from consortium.client import ConsortiumClient
@@ -373,7 +372,7 @@ def submit(
             (outcome,) = await c.submit_and_wait([tx], timeout_s=timeout)
             return outcome
 
-    outcome = trio.run(main)
+    outcome = run_trio(main)
     receipt = outcome.receipt
     doc: dict[str, Any] = {
         "change_id": change.id.hex(),
@@ -397,6 +396,8 @@ def submit(
         typer.echo(f"pending: {outcome.reason}; submitting the same files again is safe")
     elif outcome.status == "rejected":
         typer.echo(f"refused at submit: {outcome.reason}")
+    elif outcome.status == "unreachable":
+        typer.echo(f"not submitted: {outcome.reason}")
     elif receipt is not None and receipt.status != "ok":
         typer.echo(f"committed at height {outcome.height} but refused: {receipt.reason}")
     else:
@@ -406,6 +407,8 @@ def submit(
         )
     if outcome.status == "pending":
         raise typer.Exit(EXIT_PENDING)
+    if outcome.status == "unreachable":
+        raise typer.Exit(EXIT_UNREACHABLE)
     if doc["effective_height"] is None:
         raise typer.Exit(EXIT_FAILED)
 
@@ -444,7 +447,7 @@ def list_clients(
                     nursery.start_soon(one, i)
         return answers
 
-    answers = trio.run(main)
+    answers = run_trio(main)
     lists = {i: a for i, a in answers.items() if isinstance(a, ClientList)}
     groups = Counter((a.admitted, a.pending, a.admitted_count) for a in lists.values())
     needed = genesis.f + 1 if genesis.mode == "pbft" else 1

@@ -6,8 +6,9 @@ must not pay for trio, the client library or the crypto libraries (tests/cli/
 test_cli_imports.py), so whatever needs them is imported inside the function that uses it.
 """
 
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
@@ -18,6 +19,10 @@ if TYPE_CHECKING:
 EXIT_USAGE = 2
 EXIT_FAILED = 1
 EXIT_PENDING = 3  # not decided within the wait: it may still commit (never "failed")
+EXIT_UNREACHABLE = 4  # no member could be reached: nothing was submitted or asked
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT), as shells report it
+
+T = TypeVar("T")
 
 NetOpt = Annotated[
     Path,
@@ -62,3 +67,32 @@ def client_keys(net: Path, client: int) -> "tuple[ClientSetup, KeyPair, dict[str
         return setup, keys, setup.client_options(keys)
     except (NetworkError, GenesisError, InvalidKeyError) as exc:
         raise fail(str(exc)) from None
+
+
+def expected_errors() -> tuple[type[BaseException], ...]:
+    """The errors that say what the user or operator must fix (a member down, a refused
+    request, a broken file): shown as one line, never as a traceback. Any other exception is
+    a bug and keeps its traceback."""
+    from consortium.cli.network import NetworkError
+    from consortium.client.errors import ClientError
+    from consortium.ledger.genesis import GenesisError
+    from consortium.ledger.store import StoreError
+    from consortium.node.config import ConfigError
+
+    return (ClientError, ConfigError, GenesisError, NetworkError, StoreError)
+
+
+def run_trio(main: Callable[[], Awaitable[T]]) -> T:
+    """trio.run(main), with an expected error (or Ctrl-C, or a trio timeout) that a nursery
+    wrapped in an exception group raised as itself, so the command's own `except` sees it."""
+    import trio
+
+    from consortium.node.errors import first_leaf
+
+    try:
+        return trio.run(main)
+    except BaseExceptionGroup as group:
+        found = first_leaf(group, (KeyboardInterrupt, trio.TooSlowError, *expected_errors()))
+        if found is group:
+            raise
+        raise found from None

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from consortium.cli.common import EXIT_FAILED, fail
+from consortium.cli.common import EXIT_FAILED, fail, run_trio
 
 if TYPE_CHECKING:
     from consortium.crypto.keys import KeyPair
@@ -90,7 +90,7 @@ def leader_transfer(
                     await trio.sleep(0.05)
 
     try:
-        typer.echo(trio.run(main))
+        typer.echo(run_trio(main))
     except ClientError as exc:
         raise fail(str(exc), EXIT_FAILED) from None
     except trio.TooSlowError:

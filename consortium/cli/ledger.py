@@ -14,7 +14,14 @@ from typing import Annotated
 
 import typer
 
-from consortium.cli.common import EXIT_FAILED, NetOpt, client_setup, fail
+from consortium.cli.common import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    NetOpt,
+    client_setup,
+    fail,
+    run_trio,
+)
 
 ledger_app = typer.Typer(
     help="Audit a ledger offline; follow committed blocks.", no_args_is_help=True
@@ -33,7 +40,6 @@ def ledger_follow(
     """Print committed blocks from a height on, one line per block, as they commit (Ctrl-C
     stops): in pbft each once f+1 members signed the same block, in raft as one member
     signed it; each checked to link to the one before."""
-    import trio
 
     from consortium.cli import output
     from consortium.client import ClientError, ConsortiumClient
@@ -58,11 +64,11 @@ def ledger_follow(
                     return
 
     try:
-        trio.run(main)
+        run_trio(main)
     except ClientError as exc:
         raise fail(str(exc), EXIT_FAILED) from None
     except KeyboardInterrupt:
-        pass
+        raise typer.Exit(EXIT_INTERRUPTED) from None  # Ctrl-C stops it: quietly
 
 
 @ledger_app.command("verify")

@@ -37,7 +37,7 @@ from typer.core import TyperGroup
 from consortium.cli import coercion
 from consortium.cli.bench_cmd import bench_app
 from consortium.cli.clients import clients_app
-from consortium.cli.common import EXIT_FAILED
+from consortium.cli.common import EXIT_FAILED, EXIT_INTERRUPTED, expected_errors
 from consortium.cli.leader import leader_app
 from consortium.cli.ledger import ledger_app
 from consortium.cli.net import demo, genesis_command, init, keygen, status, up
@@ -49,10 +49,10 @@ from consortium.cli.tx import read, tx_app
 class _Commands(TyperGroup):
     """The top-level group. Typer builds it, with every command under it, each time the
     command line runs; it then gives every option coercion.py's conversion (no pydantic). It
-    runs the command, and shows an error trio wrapped in an exception group
-    (a task's error, wrapped by its nursery) as its one-line message when it says what the
-    operator must fix (a failed write, a broken config), exit 1; any other group keeps its
-    traceback (it is a bug)."""
+    runs the command, and shows an expected error (common.expected_errors: a member down, a
+    failed write, a broken config), bare or wrapped by trio in an exception group (a task's
+    error, wrapped by its nursery), as its one-line message, exit 1; Ctrl-C ends it quietly
+    with exit 130; any other error keeps its traceback (it is a bug)."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -61,15 +61,23 @@ class _Commands(TyperGroup):
     def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
+        except KeyboardInterrupt:
+            raise typer.Exit(EXIT_INTERRUPTED) from None  # Ctrl-C: quietly, as shells expect
         except BaseExceptionGroup as group:
-            from consortium.ledger.store import StoreError
-            from consortium.node.config import ConfigError
             from consortium.node.errors import first_leaf
 
-            found = first_leaf(group, (StoreError, ConfigError))
+            if first_leaf(group, (KeyboardInterrupt,)) is not group:
+                raise typer.Exit(EXIT_INTERRUPTED) from None
+            found = first_leaf(group, expected_errors())
             if found is group:
                 raise
             typer.echo(f"error: {found}", err=True)
+            raise typer.Exit(EXIT_FAILED) from None
+        except Exception as exc:
+            # typer's own exits and click's usage errors are Exceptions too: those go on.
+            if not isinstance(exc, expected_errors()):
+                raise
+            typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(EXIT_FAILED) from None
 
 

@@ -197,8 +197,19 @@ def print_outcome(outcome: Any, *, as_json: bool, net: Path | None = None) -> No
             + (f" ({receipt.reason})" if receipt.reason else "")
             + f", results {[_show(r) for r in receipt.results]}, index {receipt.index}"
         )
+    where = f" --net {net}" if net is not None and str(net) != "net" else ""
+    if outcome.status == "unreachable":
+        typer.echo(
+            "not handed to any member: check that the members run and that --net names this "
+            "network (`consortium status`). Submitting it again is safe."
+        )
+    if outcome.status == "unknown":
+        typer.echo(
+            "no member has a receipt for this id: check the id; a transaction submitted a "
+            f"moment ago may still commit (`consortium tx status {doc['tx_id']}{where} --wait "
+            "10`)."
+        )
     if outcome.status == "pending":
-        where = f" --net {net}" if net is not None and str(net) != "net" else ""
         if "unknown_client" in (outcome.reason or ""):
             typer.echo(
                 "members do not (yet) know this client key: if it was admitted recently, it is "

@@ -17,10 +17,12 @@ import typer
 from consortium.cli.common import (
     EXIT_FAILED,
     EXIT_PENDING,
+    EXIT_UNREACHABLE,
     NetOpt,
     client_keys,
     client_setup,
     fail,
+    run_trio,
 )
 
 if TYPE_CHECKING:
@@ -86,13 +88,16 @@ def _write_receipt(outcome: "TxOutcome", genesis: "Genesis", genesis_path: Path,
 
 
 def _finish(outcome: "TxOutcome", net: Path, as_json: bool, out: Path | None = None) -> None:
-    """Print an outcome; exit 0 committed, 1 rejected at submit, 3 pending."""
+    """Print an outcome; exit 0 committed, 1 rejected at submit, 3 pending (or unknown to
+    every member), 4 no member reachable."""
     from consortium.cli import output
     from consortium.cli.network import load_client_setup
 
     output.print_outcome(outcome, as_json=as_json, net=net)
-    if outcome.status == "pending":
+    if outcome.status in ("pending", "unknown"):
         raise typer.Exit(EXIT_PENDING)
+    if outcome.status == "unreachable":
+        raise typer.Exit(EXIT_UNREACHABLE)
     if outcome.status == "rejected":
         raise typer.Exit(EXIT_FAILED)
     if out is not None:
@@ -130,8 +135,8 @@ def tx_submit(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Sign a transaction, submit it to every member, wait for f+1 matching signed receipts.
-    Exit 0 committed (the receipt says whether it took effect), 1 rejected, 3 pending."""
-    import trio
+    Exit 0 committed (the receipt says whether it took effect), 1 rejected, 3 pending, 4 no
+    member reachable."""
 
     from consortium.client import ConsortiumClient
 
@@ -142,13 +147,15 @@ def tx_submit(
         async with ConsortiumClient(setup.genesis, keys, **options) as c:
             tx = c.make_tx(ops)
             [tx_id] = await c.submit([tx])
+            if not c.connected_members():
+                return c.outcome(tx_id)  # handed to no member: "unreachable", no wait
             if not as_json:
                 typer.echo(f"submitted {tx_id.hex()}", err=True)
             [outcome] = await c.wait([tx_id], timeout_s=max(0.0, wait))
             await c.flush()  # a submit with --wait 0 still reaches the members
             return outcome
 
-    _finish(trio.run(main), net, as_json, receipt_out)
+    _finish(run_trio(main), net, as_json, receipt_out)
 
 
 @tx_app.command("status")
@@ -163,8 +170,9 @@ def tx_status(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Ask the members for a transaction's receipt (whoever submitted it): committed once f+1
-    members' signed receipts agree (raft: one). Exit 0 committed, 3 not (yet) committed."""
-    import trio
+    members' signed receipts agree (raft: one). Exit 0 committed, 3 not (yet) committed
+    (status "unknown" when every member answered that it has no receipt), 4 no member
+    reachable."""
 
     from consortium.client import ConsortiumClient
 
@@ -174,11 +182,11 @@ def tx_status(
     async def main() -> "TxOutcome":
         async with ConsortiumClient(setup.genesis, **options) as c:
             outcome = await c.lookup(wanted, timeout_s=5.0)
-            if outcome.status == "pending" and wait > 0:
+            if outcome.status in ("pending", "unknown") and wait > 0:
                 outcome = await c.wait_one(wanted, timeout_s=wait)
             return outcome
 
-    _finish(trio.run(main), net, as_json, receipt_out)
+    _finish(run_trio(main), net, as_json, receipt_out)
 
 
 @tx_app.command("receipt")
@@ -258,7 +266,6 @@ def read(
 ) -> None:
     """Fast-path read: the value a quorum of members sign for KEY right now. For a read
     ordered with writes, use `consortium tx submit get KEY`."""
-    import trio
 
     from consortium.cli import output
     from consortium.client import ClientError, ConsortiumClient
@@ -270,7 +277,7 @@ def read(
             return await c.get(key.encode(), timeout_s=timeout)
 
     try:
-        value = trio.run(main)
+        value = run_trio(main)
     except ClientError as exc:
         raise fail(str(exc), EXIT_FAILED) from None
     typer.echo("(absent)" if value is None else output.show_value(value))

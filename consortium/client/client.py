@@ -102,6 +102,7 @@ QUEUE_FRAMES_MAX = 1024
 QUEUE_BYTES_MAX = 64 << 20
 COALESCE_BYTES_MAX = 1 << 20
 SUBMITS_TRACKED_MAX = 10_000
+SUBMIT_IDS_TRACKED_MAX = 400_000  # the ids those submits carried, all together
 TXS_TRACKED_MAX = 200_000
 SIGNATURE_CACHE_MAX = 100_000
 SUBMIT_FRAME_OVERHEAD = 64
@@ -143,6 +144,7 @@ class _TxState:
     reported: dict[int, str] = field(default_factory=dict)
     last_news: float = 0.0
     first_sent: float = 0.0
+    delivered: bool = False  # handed to at least one connected member (or heard of from one)
     confirmed_at: float | None = None  # when a result first had enough confirmations
 
 
@@ -211,7 +213,10 @@ class ConsortiumClient:
         self._raft_leader: int | None = None  # raft: the leader a follower named, if any
         self._req_ids = itertools.count(1)
         self._waiters: dict[int, _Waiter] = {}
-        self._submits: dict[int, int] = {}  # submit req_id -> replies still expected
+        # submit req_id -> replies still expected, and the ids it carried in order (a member
+        # rejecting a transaction it cannot decode cannot name its id: the position does)
+        self._submits: dict[int, tuple[int, tuple[bytes, ...]]] = {}
+        self._submit_ids = 0  # ids held in _submits
         self._txs: dict[bytes, _TxState] = {}
         self._follow_streams: dict[int, FollowStream] = {}  # follow req_id -> member stream
         self._follow_link = _FollowLink(self)
@@ -448,14 +453,15 @@ class ConsortiumClient:
             case OkReply(req_id=req_id) if req_id in self._follow_streams:
                 pass  # the follow started; its blocks follow
             case OkReply(req_id=req_id) | ErrorReply(req_id=req_id) if req_id in self._submits:
+                left, ids = self._forget_submit(req_id)
                 if isinstance(response, OkReply):
-                    self._on_submit_reply(member, response.payload)
+                    self._on_submit_reply(member, response.payload, ids)
                 else:
                     self.counters["submit_error"] += 1
                     self._members[member].last_error = response.message
-                left = self._submits.pop(req_id) - 1
-                if left > 0:
-                    self._submits[req_id] = left
+                if left > 1:
+                    self._submits[req_id] = (left - 1, ids)
+                    self._submit_ids += len(ids)
             case OkReply(req_id=req_id) | ErrorReply(req_id=req_id):
                 waiter = self._waiters.get(req_id)
                 if waiter is not None and waiter.member == member and waiter.response is None:
@@ -507,7 +513,10 @@ class ConsortiumClient:
             state.confirmed_at = state.last_news
             self._notify()  # waiters wake on decisions only, not on every bundle
 
-    def _on_submit_reply(self, member: int, payload: Any) -> None:
+    def _on_submit_reply(self, member: int, payload: Any, ids: tuple[bytes, ...] = ()) -> None:
+        """A member's verdicts on one submit request, one per transaction in the order sent
+        (`ids`). A transaction the member could not decode (over the size limit, malformed)
+        comes back with an empty id: its position in the request names it."""
         try:
             verdicts = decode_verdicts(payload)
         except WireFormatError:
@@ -515,10 +524,13 @@ class ConsortiumClient:
             return
         now = trio.current_time()
         rejections = False
-        for v in verdicts:
-            state = self._txs.get(v.tx_id)
+        positional = len(verdicts) == len(ids)
+        for position, v in enumerate(verdicts):
+            tx_id = v.tx_id or (ids[position] if positional else b"")
+            state = self._txs.get(tx_id)
             if state is None:
                 continue
+            state.delivered = True
             if isinstance(v.detail, Bundle):
                 self._on_bundle(member, v.detail)
             elif v.status == "rejected" and is_final_rejection(v.detail):
@@ -577,26 +589,38 @@ class ConsortiumClient:
 
     def _broadcast_submit(self, txs: list[Transaction]) -> None:
         limit = self._frame_max - SUBMIT_FRAME_OVERHEAD
-        chunk: list[list[bytes]] = []
+        chunk: list[Transaction] = []
         size = 0
         for tx in txs:
             tx_bytes = tx.size + TX_ARRAY_OVERHEAD
             if chunk and size + tx_bytes > limit:
                 self._send_submit(chunk)
                 chunk, size = [], 0
-            chunk.append(tx.to_array())
+            chunk.append(tx)
             size += tx_bytes
         if chunk:
             self._send_submit(chunk)
 
-    def _send_submit(self, txs: list[list[bytes]]) -> None:
+    def _send_submit(self, txs: list[Transaction]) -> None:
         req_id = next(self._req_ids)
-        body = pack(["submit", req_id, txs])
+        body = pack(["submit", req_id, [tx.to_array() for tx in txs]])
         sent = sum(self._enqueue(m, body) for m in self._submit_targets())
         if sent:
-            self._submits[req_id] = sent
-            while len(self._submits) > SUBMITS_TRACKED_MAX:
-                del self._submits[next(iter(self._submits))]
+            for tx in txs:
+                if (state := self._txs.get(tx.id)) is not None:
+                    state.delivered = True
+            self._submits[req_id] = (sent, tuple(tx.id for tx in txs))
+            self._submit_ids += len(txs)
+            while (
+                len(self._submits) > SUBMITS_TRACKED_MAX
+                or self._submit_ids > SUBMIT_IDS_TRACKED_MAX
+            ):
+                self._forget_submit(next(iter(self._submits)))
+
+    def _forget_submit(self, req_id: int) -> tuple[int, tuple[bytes, ...]]:
+        left, ids = self._submits.pop(req_id)
+        self._submit_ids -= len(ids)
+        return left, ids
 
     def _submit_targets(self) -> list[_Member]:
         """pbft: every member (a censoring primary cannot hide a transaction). raft: one
@@ -634,6 +658,8 @@ class ConsortiumClient:
             return TxOutcome(
                 tx_id, "rejected", reason=decision.reason, confirmations=decision.confirmations
             )
+        if state.tx is not None and not state.delivered and not self.connected_members():
+            return TxOutcome(tx_id, "unreachable", reason=self._unreachable_reason())
         reason = decision.reason
         if state.reported:
             by_reason: dict[str, list[str]] = {}
@@ -643,6 +669,13 @@ class ConsortiumClient:
                 f"members report {r} ({', '.join(names)})" for r, names in sorted(by_reason.items())
             )
         return TxOutcome(tx_id, "pending", reason=reason, confirmations=decision.confirmations)
+
+    def _unreachable_reason(self) -> str:
+        """ "no member reachable", with each member's last connection error."""
+        why = "; ".join(
+            f"{m.name}: {m.last_error or 'not connected'}" for m in self._members.values()
+        )
+        return f"no member reachable: {why}"
 
     async def wait(self, tx_ids: Sequence[bytes], timeout_s: float) -> list[TxOutcome]:
         """Outcomes for `tx_ids` once none is pending, or at the timeout (those not decided
@@ -744,9 +777,13 @@ class ConsortiumClient:
     async def lookup(self, tx_id: bytes, timeout_s: float = 5.0) -> TxOutcome:
         """Ask every member for the first receipt of `tx_id` (whoever submitted it) and decide
         as for our own: "committed" with a `proof` once f+1 distinct members' bundles verify
-        and agree (raft: one), else "pending" saying how many members have none. Does not
-        wait for it to commit (use `wait_one`)."""
+        and agree (raft: one); "unknown" when every member answered that it has none;
+        "unreachable" when no member could be asked; else "pending" saying how many members
+        have none. Does not wait for it to commit (use `wait_one`)."""
         needed = self.confirmations_needed
+        if not self.connected_members() and all(m.last_error for m in self._members.values()):
+            # Every member has been tried (entering the client waits for them) and failed.
+            return TxOutcome(tx_id, "unreachable", reason=self._unreachable_reason())
         vouched: dict[int, Vouch] = {}
         none: list[int] = []
         problems: dict[int, str] = {}
@@ -792,6 +829,14 @@ class ConsortiumClient:
                 decision.confirmations,
                 proof=from_bundles(decision.bundles),
             )
+        if len(none) == len(self._members):
+            return TxOutcome(
+                tx_id,
+                "unknown",
+                reason=f"unknown to all {len(none)} members: none holds a receipt for it",
+            )
+        if len(problems) == len(self._members) and not self.connected_members():
+            return TxOutcome(tx_id, "unreachable", reason=self._unreachable_reason())
         parts = [decision.reason]
         if none:
             parts.append(

@@ -224,18 +224,22 @@ class Follower:
                 )
                 self.streams[index] = stream
                 link.route(stream)
-            elif (
+        # Take what the members sent BEFORE judging their credit: a block still queued has
+        # been sent but has not moved the stream's next_height yet, so credit granted before
+        # taking it was granted for it a second time (under load, blocks queue up between two
+        # tends and a member ran past its bound).
+        for stream in list(self.streams.values()):
+            self._take(stream)
+        for stream in list(self.streams.values()):
+            if (
                 stream.granted < self.credit // 2 + 1
-                # blocks received but not taken yet count: they are what the member sent
-                and stream.next_height + len(stream.blocks) < self.next_height + self.credit
+                and stream.next_height < self.next_height + self.credit
             ):
                 more = self.credit - stream.granted
                 if more > 0 and link.send(
-                    index, ["credit", link.next_req_id(), stream.follow_id, more]
+                    stream.member, ["credit", link.next_req_id(), stream.follow_id, more]
                 ):
                     stream.granted += more
-        for stream in list(self.streams.values()):
-            self._take(stream)
 
     def _take(self, stream: FollowStream) -> None:
         link = self.link

@@ -10,7 +10,7 @@ from consortium.ledger.block import Receipt
 from consortium.ledger.genesis import Genesis
 from consortium.protocol.receipts import ReceiptProof
 
-OutcomeStatus = Literal["committed", "rejected", "pending"]
+OutcomeStatus = Literal["committed", "rejected", "pending", "unknown", "unreachable"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,7 +19,10 @@ class TxOutcome:
 
     committed: f+1 members proved its receipt (`receipt`, `height`, `block_hash` set);
     rejected:  f+1 members agreed on a final rejection (`reason`);
-    pending:   neither yet (`reason` says how far it got); it may still commit.
+    pending:   neither yet (`reason` says how far it got); it may still commit;
+    unknown:   (`lookup` only) every member answered that it holds no receipt for this id;
+    unreachable: no member could be reached: the transaction was handed to none of them, so
+               it commits only if it is submitted again (`reason` says why each failed).
     `confirmations` is how many distinct members vouched for the reported result;
     `latency_s` the time from its first submission by this client to the confirmation that
     decided it (committed only).

@@ -27,6 +27,26 @@ class GenesisError(ValueError):
     """A genesis file that cannot be used; the message names the file, the key and the fix."""
 
 
+_DAY_MS = 24 * 3600 * 1000
+# The largest value a member accepts for each parameter: far above any sensible setting, low
+# enough that sizes derived from them stay bounded.
+PARAMS_MAX = {
+    "batch_txs_max": 100_000,
+    "batch_bytes_max": 1 << 30,
+    "batch_delay_ms": 60_000,
+    "checkpoint_interval": 1 << 16,
+    "window": 1 << 17,
+    "tx_ttl_max_ms": 366 * _DAY_MS,
+    "tx_bytes_max": 1 << 29,
+    "ops_per_tx_max": 1 << 16,
+    "key_bytes_max": 1 << 20,
+    "value_bytes_max": 1 << 29,
+    "timestamp_skew_ms": 366 * _DAY_MS,
+    "frame_bytes_max": 1 << 30,
+    "request_timeout_ms": _DAY_MS,
+}
+
+
 @dataclass(frozen=True, slots=True)
 class Params:
     """Network-wide parameters every member must agree on (they are hashed into the chain id)."""
@@ -53,6 +73,13 @@ class Params:
             v = getattr(self, f.name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:
                 raise GenesisError(f"{where}: params.{f.name} must be a non-negative integer")
+            # Members size logs, tables and buffers from these: an absurd value is refused
+            # here, at load, not met later as a member that runs out of memory.
+            if v > PARAMS_MAX[f.name]:
+                raise GenesisError(
+                    f"{where}: params.{f.name} ({v:,}) is larger than the most a member "
+                    f"accepts ({PARAMS_MAX[f.name]:,})"
+                )
         positive = ("batch_txs_max", "checkpoint_interval", "window", "tx_bytes_max")
         for name in positive:
             if getattr(self, name) <= 0:
@@ -197,9 +224,14 @@ class Genesis:
     @classmethod
     def load(cls, path: Path) -> Genesis:
         try:
-            text = path.read_text()
+            text = path.read_text(encoding="utf-8")
         except OSError as exc:
             raise GenesisError(f"{path}: cannot read genesis file: {exc.strerror}") from None
+        except UnicodeDecodeError as exc:
+            raise GenesisError(
+                f"{path}: not UTF-8 text (byte {exc.start} is {exc.object[exc.start]:#04x}); "
+                "a genesis file is UTF-8 JSON"
+            ) from None
         return cls.from_json(text, where=str(path))
 
     @classmethod
@@ -208,6 +240,8 @@ class Genesis:
             doc = json.loads(text)
         except json.JSONDecodeError as exc:
             raise GenesisError(f"{where}: not valid JSON: {exc}") from None
+        except RecursionError:
+            raise GenesisError(f"{where}: not a genesis file: JSON nested too deeply") from None
         if not isinstance(doc, dict):
             raise GenesisError(f"{where}: expected a JSON object at the top level")
         known = {"format", "chain_name", "mode", "created_ms", "members", "clients", "params"}

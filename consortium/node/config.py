@@ -90,7 +90,12 @@ def config_path(home: Path) -> Path:
 def load_config(home: Path) -> NodeConfig:
     path = config_path(home)
     try:
-        doc = tomllib.loads(path.read_text())
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte {exc.start} is {exc.object[exc.start]:#04x}); "
+            "node.toml is UTF-8 TOML"
+        ) from None
     except OSError as exc:
         raise ConfigError(
             f"{path}: cannot read node config ({exc.strerror}); is --home the node's home "
@@ -145,6 +150,16 @@ def load_config(home: Path) -> NodeConfig:
                 "remove the [http] section to run without the HTTP listener"
             )
         http_listen = _address(http, "listen", path, "http")
+    listeners = [("listen.peer", peer_listen), ("listen.client", client_listen)]
+    if http_listen is not None:
+        listeners.append(("http.listen", http_listen))
+    for i, (first, a) in enumerate(listeners):
+        for second, b in listeners[i + 1 :]:
+            if _same_port(a, b):
+                raise ConfigError(
+                    f"{path}: '{first}' and '{second}' are both port {a[1]}: each listener "
+                    "needs a port of its own"
+                )
     tls = doc.get("tls", {})
     tls_on: dict[str, bool] = {}
     for key in ("peer", "client"):
@@ -167,6 +182,17 @@ def load_config(home: Path) -> NodeConfig:
         tls_client=tls_on["client"],
         http_listen=http_listen,
     )
+
+
+_ANY_HOST = ("", "0.0.0.0", "::")
+
+
+def _same_port(a: tuple[str, int], b: tuple[str, int]) -> bool:
+    """Whether two listen addresses would take the same port (port 0 lets the system choose:
+    never a clash; an address on every interface clashes with any other host)."""
+    if a[1] != b[1] or a[1] == 0:
+        return False
+    return a[0] == b[0] or a[0] in _ANY_HOST or b[0] in _ANY_HOST
 
 
 def _address(table: dict[str, Any], key: str, path: Path, section: str) -> tuple[str, int]:

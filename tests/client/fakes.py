@@ -145,29 +145,38 @@ class FakeMember:
         self.submits += 1
         if self.silent or self.submits <= self.drop_submits:
             return
-        verdicts: list[SubmitVerdict] = []
-        txs: list[Transaction] = []
+        # One verdict per transaction, in the order sent (as node/service.py answers): one
+        # that does not decode has no id, its position names it.
+        verdicts: list[SubmitVerdict | None] = []
+        txs: list[tuple[int, Transaction]] = []
         for raw in request.txs:
             try:
-                txs.append(Transaction.from_array(raw, PARAMS))
+                txs.append((len(verdicts), Transaction.from_array(raw, PARAMS)))
+                verdicts.append(None)
             except WireFormatError as exc:
                 verdicts.append(SubmitVerdict(b"", "rejected", f"malformed: {exc}"))
+
+        def reply() -> None:
+            conn.reply(request.req_id, encode_verdicts([v for v in verdicts if v is not None]))
+
         if self.reject:
-            verdicts += [SubmitVerdict(t.id, "rejected", self.reject) for t in txs]
-            conn.reply(request.req_id, encode_verdicts(verdicts))
+            for i, t in txs:
+                verdicts[i] = SubmitVerdict(t.id, "rejected", self.reject)
+            reply()
             return
         bundles = [
             receipt_bundle(block.header, block.receipts, i, self.vote(block))
-            for block, i in self.ledger.commit(txs)
+            for block, i in self.ledger.commit([t for _, t in txs])
         ]
+        for (i, t), b in zip(txs, bundles, strict=True):
+            verdicts[i] = (
+                SubmitVerdict(t.id, "committed", b)
+                if self.in_verdict
+                else SubmitVerdict(t.id, "accepted", "")
+            )
+        reply()
         if self.in_verdict:
-            verdicts += [
-                SubmitVerdict(t.id, "committed", b) for t, b in zip(txs, bundles, strict=True)
-            ]
-            conn.reply(request.req_id, encode_verdicts(verdicts))
             return
-        verdicts += [SubmitVerdict(t.id, "accepted", "") for t in txs]
-        conn.reply(request.req_id, encode_verdicts(verdicts))
         for bundle in bundles:  # as the member would once the block executes
             conn.push_receipt(bundle)
 

@@ -20,9 +20,11 @@ from consortium.client.client import ConsortiumClient, _TxState
 from consortium.client.errors import ClientError
 from consortium.client.sync import SyncClient
 from consortium.ledger.tx import Put
+from consortium.protocol.messages import SubmitVerdict
 from consortium.protocol.receipts import loads, verify_receipt
 from tests.client.fakes import (
     GENESIS,
+    PARAMS,
     FakeLedger,
     FakeMember,
     client_of,
@@ -352,13 +354,79 @@ async def test_lookup_decides_at_f_plus_1_agreeing_members_and_says_who_has_none
             assert committed_in(outcome, ledger)
             assert outcome.proof is not None and 1 not in outcome.proof.signers()
             unknown = await client.lookup(b"\x03" * 32, timeout_s=5)
-            assert unknown.status == "pending"
-            assert "0 of 2 confirmations" in unknown.reason
-            assert "no receipt at n1, n2, n3, n4" in unknown.reason
+            assert unknown.status == "unknown"
+            assert unknown.reason.startswith("unknown to all 4 members"), unknown.reason
             # Only the liar knows it: one member is not enough.
             liar.ledger.commit([tx2 := client.make_tx([Put(b"j", b"v")])])
             lonely = await client.lookup(tx2.id, timeout_s=5)
             assert lonely.status == "pending" and lonely.confirmations == 1
+
+
+async def test_an_id_some_members_do_not_hold_is_pending_not_unknown() -> None:
+    """ "unknown" needs every member's word: one that does not answer leaves it pending."""
+    ledger = FakeLedger()
+    members = [FakeMember(i, ledger) for i in range(3)]
+    with trio.fail_after(10):
+        async with cluster(*members) as c, client_of(c, connect_timeout_s=0.3) as client:
+            outcome = await client.lookup(b"\x03" * 32, timeout_s=0.5)
+            assert outcome.status == "pending"
+            assert outcome.reason.endswith("no receipt at n1, n2, n3"), outcome.reason
+
+
+async def test_a_transaction_over_the_size_limit_is_rejected_with_the_reason() -> None:
+    """Members cannot decode an oversize transaction, so their verdict carries no id; its
+    position in the request names it. A valid transaction sent with it still commits."""
+    members = honest()
+    with trio.fail_after(10):
+        async with cluster(*members) as c, client_of(c) as client:
+            good = client.make_tx([Put(b"k", b"v")])
+            big = client.make_tx([Put(b"k", b"x" * (PARAMS.tx_bytes_max + 1))])
+            outcomes = await client.submit_and_wait([good, big], 5)
+            assert committed_in(outcomes[0], members[0].ledger)
+            assert outcomes[1].status == "rejected", outcomes[1]
+            assert outcomes[1].reason.startswith("malformed: transaction body"), outcomes[1]
+            assert outcomes[1].confirmations >= 2
+
+
+async def test_a_reply_with_fewer_verdicts_than_transactions_names_no_one_by_position() -> None:
+    """A member's verdict list that does not match the request cannot be read by position:
+    the empty ids in it are ignored, not pinned on whichever transaction sat there."""
+    client = ConsortiumClient(GENESIS, CLIENT)
+    a, b = (client.make_tx([Put(k, b"v")]) for k in (b"a", b"b"))
+    for tx in (a, b):
+        client._txs[tx.id] = _TxState(tx)
+    verdicts = [SubmitVerdict(b"", "rejected", "malformed: x").to_array()]
+    client._on_submit_reply(0, verdicts, (a.id, b.id))
+    assert not client._txs[a.id].rejected and not client._txs[b.id].rejected
+    client._on_submit_reply(0, [*verdicts, verdicts[0]], (a.id, b.id))
+    assert client._txs[a.id].rejected == {0: "malformed: x"} == client._txs[b.id].rejected
+
+
+async def test_with_no_member_reachable_the_outcome_says_so_not_pending() -> None:
+    with trio.fail_after(10):
+        async with cluster() as c, client_of(c, connect_timeout_s=0.3) as client:
+            tx = client.make_tx([Put(b"k", b"v")])
+            [outcome] = await client.submit_and_wait([tx], 0.3)
+            assert outcome.status == "unreachable", outcome
+            assert outcome.reason.startswith("no member reachable: n1: "), outcome.reason
+            lookup = await client.lookup(tx.id, timeout_s=5)
+            assert lookup.status == "unreachable", lookup
+
+
+async def test_a_transaction_handed_to_a_member_is_pending_even_when_members_go_away() -> None:
+    """Once a member took it, it may commit: pending, not unreachable, after they go."""
+    members = honest(silent=True)
+    with trio.fail_after(10):
+        async with cluster(*members) as c, client_of(c) as client:
+            tx = client.make_tx([Put(b"k", b"v")])
+            await client.submit([tx])
+            await client.flush()
+            for i in range(4):
+                c.stop(i)
+            while client.connected_members():  # noqa: ASYNC110
+                await trio.sleep(0.01)
+            [outcome] = await client.wait([tx.id], 0.1)
+            assert outcome.status == "pending", outcome
 
 
 async def test_a_client_cancelled_while_it_connects_leaves_nothing_open(
