@@ -22,6 +22,25 @@ without TLS to a TLS port, or with TLS to a plain one, gets [0, "error", why] in
 naming the setting to change, and the member logs and counts it (`tls_required`,
 `tls_unexpected`).
 
+Every request has a price and a budget (docs/operations.md, "Client port limits"):
+- One request in progress per connection: the reader hands a request to the handler and reads
+  no further frame until it is served, so a client that pipelines waits in its TCP window
+  (backpressure), holding at most one receive buffer (64 KiB) or one frame here. The reader
+  yields to the scheduler before each request, also when many came in one read, so one
+  connection cannot keep the event loop from every other task.
+- No reply is computed for a connection that has closed; while more than REPLY_BACKLOG_BYTES
+  of its replies are unsent the reader waits for the writer (and closes the connection as a
+  slow consumer after REPLY_DRAIN_S), so a client that asks without reading costs a waiting
+  task, not the work of answering.
+- Deadlines: a connection must send its first whole request within FIRST_REQUEST_TIMEOUT_S,
+  and one that sends nothing for IDLE_TIMEOUT_S while it has no follow and no watched receipt
+  (ClientHandler.subscribed) is closed (`closed_first_request_timeout`, `closed_idle`), told
+  why in one [0, "error", why] frame. The client library reconnects when it needs to.
+- At most SOURCE_CONNECTIONS_MAX connections from one address (`refused_too_many_from_source`)
+  and `connections_max` in all (`refused_too_many_connections`); a refused client is told why
+  in one frame.
+The counters reach /metrics as consortium_client_port_events_total{event}.
+
 Follows (protocol/messages.py, "Follow"): a follow whose connection has more than
 FOLLOW_QUEUE_BYTES unsent pauses, and one paused longer than FOLLOW_PAUSE_MAX_S ends; the
 member's follow tasks (node/service.py) read both here.
@@ -62,6 +81,11 @@ TLS_HANDSHAKES_MAX = 64
 FOLLOW_QUEUE_BYTES = 4 << 20  # a follow pauses while its connection has more than this unsent
 FOLLOW_PAUSE_MAX_S = 60.0  # a follow paused (no credit, or a full connection) this long ends
 SNIFF_BYTES = 64 * 1024
+FIRST_REQUEST_TIMEOUT_S = 5.0  # a connection's first whole request must arrive within this
+IDLE_TIMEOUT_S = 60.0  # a connection with nothing to wait for and no request this long closes
+SOURCE_CONNECTIONS_MAX = 64  # connections from one address (TLS handshakes included)
+REPLY_BACKLOG_BYTES = 8 << 20  # the reader waits while a connection has this much unsent
+REPLY_DRAIN_S = 60.0  # ...and closes it as a slow consumer when it does not drain in this time
 
 
 class ClientHandler(Protocol):
@@ -70,6 +94,10 @@ class ClientHandler(Protocol):
 
     def disconnected(self, conn: ClientConnection) -> None:
         """The connection is gone: forget what was kept for it."""
+
+    def subscribed(self, conn: ClientConnection) -> bool:
+        """Whether `conn` waits for something the member will push (a follow, a watched
+        receipt): such a connection is not idle however long the client sends nothing."""
 
 
 class ClientConnection:
@@ -86,6 +114,7 @@ class ClientConnection:
         self._queue: deque[bytes] = deque()
         self._queued_bytes = 0
         self._wakeup = trio.Event()
+        self._drained = trio.Event()  # set by the writer after each write
         self._finishing = False
         self.scope = trio.CancelScope()
         self.closed_reason = ""
@@ -146,6 +175,12 @@ class ClientConnection:
         self._wakeup.set()
         self.scope.deadline = min(self.scope.deadline, trio.current_time() + FLUSH_S)
 
+    async def drained(self, bytes_max: int) -> None:
+        """Wait until at most `bytes_max` bytes are queued and not yet written."""
+        while self._queued_bytes > bytes_max and not self.closed_reason:
+            self._drained = trio.Event()
+            await self._drained.wait()
+
     def finish(self) -> None:
         """Write what is queued, then stop (the client stopped sending)."""
         self._finishing = True
@@ -162,6 +197,7 @@ class ClientConnection:
             self._queued_bytes -= size
             await stream.send_all(encode_frames(batch))
             self.frames_sent += len(batch)
+            self._drained.set()
 
 
 class ClientServer:
@@ -205,6 +241,7 @@ class ClientServer:
         self._handshake_timeout_s = handshake_timeout_s
         self._handshakes_max = handshakes_max
         self._handshakes = 0
+        self._sources: Counter[str] = Counter()  # open connections by source address
         self.tls_mismatch = ""  # the last client refused for TLS on one side only
 
     def tls_status(self) -> dict[str, object]:
@@ -223,18 +260,34 @@ class ClientServer:
             task_status.started(self.listen_port)
 
     async def _serve(self, stream: trio.SocketStream) -> None:
-        if len(self.connections) >= self._connections_max:
-            self.counters["refused_too_many_connections"] += 1
-            self._ratelog.warning(
-                "too_many", f"refusing a client: {self._connections_max} connections open"
-            )
-            await trio.aclose_forcefully(stream)
-            return
         try:
             host, port = stream.socket.getpeername()[:2]
             peer = f"{host}:{port}"
         except OSError:
-            peer = "?"
+            host, peer = "?", "?"
+        why = ""
+        if len(self.connections) >= self._connections_max:
+            self.counters["refused_too_many_connections"] += 1
+            why = f"{self._connections_max} connections open"
+        elif self._sources[host] >= SOURCE_CONNECTIONS_MAX:
+            self.counters["refused_too_many_from_source"] += 1
+            why = f"{SOURCE_CONNECTIONS_MAX} connections open from {host}"
+        if why:
+            self._ratelog.warning("too_many", f"refusing client {peer}: {why}")
+            # In plain framing, which a TLS client reads too (it keeps what its handshake
+            # failed on): one line, then the connection closes.
+            await _tell(stream, f"refused: {why} on this member's client port; try later")
+            await trio.aclose_forcefully(stream)
+            return
+        self._sources[host] += 1
+        try:
+            await self._serve_counted(stream, peer)
+        finally:
+            self._sources[host] -= 1
+            if not self._sources[host]:
+                del self._sources[host]
+
+    async def _serve_counted(self, stream: trio.SocketStream, peer: str) -> None:
         channel: trio.abc.Stream = stream
         tls_key: bytes | None = None
         if self._tls is not None:
@@ -399,30 +452,71 @@ class ClientServer:
         self._ratelog.warning(counter, f"client {conn.peer}: closing: {why}")
         conn.error(PUSH, f"closing the connection: {why}")
 
-    async def _read_requests(self, stream: trio.abc.Stream, conn: ClientConnection) -> None:
-        reader = FrameReader(stream, self._frame_max)
+    async def _next_frame(
+        self, reader: FrameReader, conn: ClientConnection, first: bool
+    ) -> bytes | None:
+        """The next request frame; None when the connection is to end: the client closed it,
+        broke the framing (told why), or missed its deadline (the first request's, or the idle
+        one while nothing is pushed to it: told why)."""
+        timeout = FIRST_REQUEST_TIMEOUT_S if first else IDLE_TIMEOUT_S
         while True:
-            try:
-                frame = await reader.read()
-            except FrameError as exc:
-                if self._tls is None and is_tls_hello(reader.peek(1)):
-                    detail = f"client {conn.peer} connected with TLS, but [tls] client is off here"
-                    self.counters["tls_unexpected"] += 1
-                    self.tls_mismatch = detail
-                    self._ratelog.warning("tls_unexpected", detail)
-                    conn.error(
-                        PUSH,
-                        "this member does not use TLS on its client port ([tls] client = false "
-                        "in its node.toml): set tls = false in client.toml (no ConsortiumClient "
-                        "tls_keys=)",
-                    )
-                    return
-                self._closing(conn, "bad_frame", str(exc))
-                return
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                return
+            # FrameReader.read may be cancelled and called again: what it received is kept.
+            with trio.move_on_after(timeout):
+                return await self._read_frame(reader, conn)
+            if not first and self.handler.subscribed(conn):
+                continue  # it waits for pushes: not idle
+            counter, why = (
+                ("closed_first_request_timeout", "no request")
+                if first
+                else ("closed_idle", "nothing sent and nothing watched or followed")
+            )
+            self.counters[counter] += 1
+            conn.error(PUSH, f"closing the connection: {why} for {timeout:g} s")
+            return None
+
+    async def _read_frame(self, reader: FrameReader, conn: ClientConnection) -> bytes | None:
+        try:
+            return await reader.read()
+        except FrameError as exc:
+            if self._tls is None and is_tls_hello(reader.peek(1)):
+                detail = f"client {conn.peer} connected with TLS, but [tls] client is off here"
+                self.counters["tls_unexpected"] += 1
+                self.tls_mismatch = detail
+                self._ratelog.warning("tls_unexpected", detail)
+                conn.error(
+                    PUSH,
+                    "this member does not use TLS on its client port ([tls] client = false "
+                    "in its node.toml): set tls = false in client.toml (no ConsortiumClient "
+                    "tls_keys=)",
+                )
+                return None
+            self._closing(conn, "bad_frame", str(exc))
+            return None
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            return None
+
+    async def _read_requests(self, stream: trio.abc.Stream, conn: ClientConnection) -> None:
+        """Hand the connection's requests to the handler one at a time (see the module
+        docstring: a checkpoint before each, none for a closed or backed-up connection)."""
+        reader = FrameReader(stream, self._frame_max)
+        first = True
+        while True:
+            frame = await self._next_frame(reader, conn, first)
             if frame is None:
                 return
+            first = False
+            # Many frames may have come in one read: let every other task run between them.
+            await trio.lowlevel.checkpoint()
+            if not conn.open:
+                return
+            if conn.queued_bytes > REPLY_BACKLOG_BYTES:
+                self.counters["reply_backlog_waits"] += 1
+                with trio.move_on_after(REPLY_DRAIN_S):
+                    await conn.drained(REPLY_BACKLOG_BYTES)
+                if conn.queued_bytes > REPLY_BACKLOG_BYTES:
+                    conn.close(f"{SLOW_CONSUMER}: replies unread for {REPLY_DRAIN_S:g} s")
+                if not conn.open:
+                    return
             try:
                 request = decode_request(frame, self._frame_max)
             except RequestError as exc:

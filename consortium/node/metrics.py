@@ -268,6 +268,12 @@ def prometheus_text(node: Observed, status: dict[str, Any]) -> str:
         "Peer transport events: failed handshakes, bad frames, frames dropped, by event.",
         _by("event", status["transport"]),
     )
+    out.labelled(
+        "consortium_client_port_events_total",
+        "counter",
+        "Client port events: connections, requests by kind, refusals, closes, by event.",
+        _by("event", status["client_port"]),
+    )
     out.counter(
         "consortium_submissions_total", "Transactions submitted by clients.", doc["submitted"]
     )

@@ -275,6 +275,8 @@ class Node:
         self.client_tls_status: Callable[[], dict[str, object]] = lambda: {
             "client": config.tls_client
         }
+        # The client port's event counters (client_port.ClientServer.counters), likewise.
+        self.client_port_events: Callable[[], dict[str, int]] = dict
         self.service = ClientService(self)
         self.status_view = MemberStatus(self)
 

@@ -17,7 +17,12 @@ submit   each transaction is checked before it reaches the core, cheapest check 
 receipt  the first receipt of an id, with its Merkle proof, header and our block signature
 get      a fast-path read: our current value of a key, signed with the height and block hash
          it was read at (a client accepts it at a quorum of matching replies)
-block    a stored block with its certificate and block signatures
+block    a stored block with its certificate and block signatures. The block is read, decoded
+         (which checks it) and encoded on a worker thread (at most BLOCK_READ_THREADS over all
+         connections), never on the event loop, and only for a connection still open; the
+         encoded block (its certificate too: a stored block never changes) is kept for the
+         BLOCK_REPLIES_CACHED most recently asked heights, so asking for one block again costs
+         a copy; its block signatures (which arrive after it) are read at each request.
 status   what `consortium status` shows
 clients  the admitted clients at our head and the pending client changes
 follow   committed blocks from a height on, each with our block signature (protocol/messages.py,
@@ -33,13 +38,14 @@ follow   committed blocks from a height on, each with our block signature (proto
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import trio
 
-from consortium.crypto.codec import WireFormatError
+from consortium.crypto.codec import WireFormatError, pack
 from consortium.crypto.signing import Domain
 from consortium.ledger.admission import check_approvals, check_client_key
 from consortium.ledger.block import Block
@@ -66,6 +72,10 @@ ID_WATCHES_PER_CONNECTION_MAX = 5_000  # of them, watches by id (watches.watch_i
 COMMITTED_LOOKUPS_PER_REQUEST_MAX = 1024
 
 
+BLOCK_READ_THREADS = 2  # worker threads reading `block` requests' blocks, over all connections
+BLOCK_REPLIES_CACHED = 8  # encoded blocks kept for `block` requests (the heights last asked)
+BLOCK_REPLY_CACHE_BYTES = 64 << 20  # ...and at most this many bytes of them
+
 FOLLOWS_MAX = 32  # follows running on this member, over all connections
 FOLLOW_QUEUE_BYTES_TOTAL = 64 << 20  # every follow pauses while follows' connections hold this
 FOLLOW_POLL_S = 1.0  # a caught-up follow also looks at the store this often (state transfer)
@@ -86,6 +96,7 @@ class ServedMember(Protocol):
     tls: TlsIdentity | None
     client_listen: tuple[str, int]
     client_tls_status: Callable[[], dict[str, object]]
+    client_port_events: Callable[[], dict[str, int]]
     tx_cache: TxSignatureCache
     verifier: CountingVerifier
 
@@ -128,6 +139,8 @@ class ClientService:
         self._nursery: trio.Nursery | None = None
         self._server: client_port.ClientServer | None = None
         self._bundles = ReceiptBundles(node)
+        self._block_threads = trio.CapacityLimiter(BLOCK_READ_THREADS)
+        self._blocks_encoded: OrderedDict[int, bytes] = OrderedDict()  # height -> _encode_block
         self.watches = ReceiptWatches(node.first_receipt_bundle)
         node.add_block_listener(self)
 
@@ -154,6 +167,7 @@ class ClientService:
             tls_accepts=self._tls_name if tls is not None else None,
         )
         self.node.client_tls_status = server.tls_status
+        self.node.client_port_events = lambda: dict(server.counters)
         self._server = server
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
@@ -178,6 +192,9 @@ class ClientService:
         self.watches.unwatch_connection(conn, set(conn.watched))
         for follow in self._follows.pop(conn.id, {}).values():
             follow.scope.cancel()
+
+    def subscribed(self, conn: client_port.ClientConnection) -> bool:
+        return bool(conn.watched) or bool(self._follows.get(conn.id))
 
     async def handle(self, conn: client_port.ClientConnection, request: messages.Request) -> None:
         match request:
@@ -206,7 +223,7 @@ class ClientService:
                     )
                     conn.error(request.req_id, f"leadership transfer refused: {why}")
             case messages.BlockRequest():
-                conn.reply(request.req_id, self._block(request.height))
+                await self._block_reply(conn, request.req_id, request.height)
             case messages.StatusRequest():
                 conn.reply(request.req_id, self.node.status_json())
             case messages.ClientsRequest():
@@ -581,14 +598,48 @@ class ClientService:
             self.node.store.height, tuple(listed), tuple(app.pending), len(app.admitted)
         )
 
-    def _block(self, height: int) -> list[Any] | None:
+    async def _block_reply(
+        self, conn: client_port.ClientConnection, req_id: int, height: int
+    ) -> None:
+        """Answer a `block` request: [header, txs, receipts, certificate, block signatures],
+        or None for a height not stored (see the module docstring for its costs)."""
+        encoded = self._blocks_encoded.get(height)
+        if encoded is None:
+            if height > self.node.store.height or height < 0:
+                conn.reply(req_id, None)
+                return
+            read = await trio.to_thread.run_sync(
+                self._encode_block, height, limiter=self._block_threads
+            )
+            if read is None:
+                conn.reply(req_id, None)
+                return
+            encoded = read
+            self._blocks_encoded[height] = encoded
+            while len(self._blocks_encoded) > BLOCK_REPLIES_CACHED or (
+                len(self._blocks_encoded) > 1
+                and sum(map(len, self._blocks_encoded.values())) > BLOCK_REPLY_CACHE_BYTES
+            ):
+                self._blocks_encoded.popitem(last=False)
+        else:
+            self._blocks_encoded.move_to_end(height)
+        if not conn.open:
+            return  # gone while we read: nothing to encode a reply for
+        signatures = [v.to_array() for v in self.node.store.block_signatures(height)]
+        # pack([req_id, "ok", [header, txs, receipts, certificate, signatures]]), spliced.
+        conn.push(b"".join((b"\x93", pack(req_id), pack("ok"), b"\x95", encoded, pack(signatures))))
+
+    def _encode_block(self, height: int) -> bytes | None:
+        """The first four parts of a `block` answer, each encoded (run on a worker thread);
+        None when `height` is not stored."""
         stored = self.node.store.get_block(height)
         if stored is None:
             return None
-        return [
-            stored.block.header.to_array(),
-            [t.to_array() for t in stored.block.txs],
-            [r.to_array() for r in stored.block.receipts],
-            stored.certificate,
-            [v.to_array() for v in stored.block_signatures],
-        ]
+        return b"".join(
+            (
+                pack(stored.block.header.to_array()),
+                pack([t.to_array() for t in stored.block.txs]),
+                pack([r.to_array() for r in stored.block.receipts]),
+                pack(stored.certificate),
+            )
+        )

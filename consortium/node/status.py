@@ -44,6 +44,7 @@ class StatusSource(Protocol):
     core: ConsensusCore
     recovering_from: str | None
     client_tls_status: Callable[[], dict[str, object]]
+    client_port_events: Callable[[], dict[str, int]]
     last_tick_s: float | None  # the core loop's last tick (trio clock, seconds)
     moved_s: float | None  # when the height last moved, or work last came to an idle member
 
@@ -114,6 +115,7 @@ class MemberStatus:
             "peers": peers,
             "rejected": dict(sorted(self.m.core.rejected.items())),
             "transport": dict(sorted(self.m.peers.counters.items())),
+            "client_port": dict(sorted(self.m.client_port_events().items())),
             "tls": self.tls_status(),
             "metrics": self.metrics_doc(),
         }

@@ -183,6 +183,9 @@ class FakeMember:
     def disconnected(self, conn: ClientConnection) -> None:
         pass
 
+    def subscribed(self, conn: ClientConnection) -> bool:
+        return bool(conn.watched)
+
 
 class Cluster:
     def __init__(self, nursery: trio.Nursery) -> None:

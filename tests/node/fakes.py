@@ -50,6 +50,7 @@ class FakeNode:
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("test.follow"))
     listeners: list[Any] = field(default_factory=list)
     client_tls_status: Any = None
+    client_port_events: Any = None
 
     def add_block_listener(self, listener: Any) -> None:
         self.listeners.append(listener)

@@ -6,15 +6,20 @@ other clients throughout.
 
 from __future__ import annotations
 
+import json
 import struct
+from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import pytest
 import trio
+import trio.testing
 
 from consortium.crypto.codec import pack, unpack
 from consortium.ledger.genesis import Params
+from consortium.node import client_port
 from consortium.node.client_port import ClientConnection, ClientServer
 from consortium.protocol.framing import FrameReader, encode_frame
 from consortium.protocol.messages import (
@@ -38,6 +43,7 @@ class FakeHandler:
         self.requests: list[Request] = []
         self.disconnects: list[tuple[int, str]] = []
         self.push_results: list[bool] = []
+        self.subscribed_conns: set[int] = set()  # connections the test says wait for pushes
 
     async def handle(self, conn: ClientConnection, request: Request) -> None:
         await trio.lowlevel.checkpoint()
@@ -56,6 +62,9 @@ class FakeHandler:
 
     def disconnected(self, conn: ClientConnection) -> None:
         self.disconnects.append((conn.id, conn.closed_reason))
+
+    def subscribed(self, conn: ClientConnection) -> bool:
+        return conn.id in self.subscribed_conns
 
 
 class Client:
@@ -230,10 +239,178 @@ async def test_connections_beyond_the_limit_are_refused() -> None:
             assert (await first.ask(["status", 1]))[1] == "ok"
             assert (await second.ask(["status", 1]))[1] == "ok"
             third = await s.connect()
-            assert await third.closed() == []
+            assert await third.closed() == [
+                [0, "error", "refused: 2 connections open on this member's client port; try later"]
+            ]
             assert s.server.counters["refused_too_many_connections"] == 1
             await first.stream.aclose()
             while len(s.server.connections) > 1:  # noqa: ASYNC110 (polling what the server shows)
                 await trio.sleep(0.01)
             fourth = await s.connect()
             assert (await fourth.ask(["status", 1]))[1] == "ok"
+
+
+# --- every request has a price and a budget ----------------------------------------------------
+
+
+async def test_a_connection_sending_no_first_request_is_closed_and_told_why(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with serving() as s:
+        silent = await s.connect()
+        partial = await s.connect()
+        await partial.stream.send_all(encode_frame(pack(["status", 1]))[:-1])  # not whole
+        started = trio.current_time()
+        why = "closing the connection: no request for 5 s"
+        assert await silent.closed() == [[0, "error", why]]
+        assert await partial.closed() == [[0, "error", why]]
+        assert trio.current_time() - started >= client_port.FIRST_REQUEST_TIMEOUT_S
+        assert s.server.counters["closed_first_request_timeout"] == 2
+        # One that asks in time is served, and not closed at the first deadline.
+        asking = await s.connect()
+        assert (await asking.ask(["status", 1]))[1] == "ok"
+        await trio.sleep(client_port.FIRST_REQUEST_TIMEOUT_S * 2)
+        assert (await asking.ask(["status", 2]))[1] == "ok"
+        assert s.server.counters["closed_first_request_timeout"] == 2
+
+
+async def test_an_idle_connection_is_closed_unless_it_waits_for_pushes(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with serving() as s:
+        idle, waiting = await s.connect(), await s.connect()
+        assert (await idle.ask(["status", 1]))[1] == "ok"
+        reply = await waiting.ask(["status", 1])
+        s.handler.subscribed_conns.add(json.loads(reply[2])["conn"])
+        started = trio.current_time()
+        assert await idle.closed() == [
+            [
+                0,
+                "error",
+                "closing the connection: nothing sent and nothing watched or followed for 60 s",
+            ]
+        ]
+        assert trio.current_time() - started >= client_port.IDLE_TIMEOUT_S
+        assert s.server.counters["closed_idle"] == 1
+        # The one with a watch or a follow stays as long as it has one...
+        await trio.sleep(client_port.IDLE_TIMEOUT_S * 3)
+        assert (await waiting.ask(["status", 2]))[1] == "ok"
+        # ...and is idle once it has none.
+        s.handler.subscribed_conns.clear()
+        assert (await waiting.closed())[-1][1] == "error"
+        assert s.server.counters["closed_idle"] == 2
+
+
+async def test_one_address_holds_at_most_its_share_of_connections(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(client_port, "SOURCE_CONNECTIONS_MAX", 3)
+    with trio.fail_after(10):
+        async with serving(connections_max=100) as s:
+            held = [await s.connect() for _ in range(3)]
+            for c in held:
+                assert (await c.ask(["status", 1]))[1] == "ok"
+            refused = await s.connect()
+            assert await refused.closed() == [
+                [
+                    0,
+                    "error",
+                    "refused: 3 connections open from 127.0.0.1 on this member's client port; "
+                    "try later",
+                ]
+            ]
+            assert s.server.counters["refused_too_many_from_source"] == 1
+            await held[0].stream.aclose()
+            while len(s.server.connections) > 2:  # noqa: ASYNC110 (polling what the server shows)
+                await trio.sleep(0.01)
+            again = await s.connect()  # its slot is given back
+            assert (await again.ask(["status", 1]))[1] == "ok"
+            assert s.server._sources == {"127.0.0.1": 3}
+        assert s.server._sources == {}
+
+
+async def test_pipelined_requests_in_one_read_let_other_tasks_run_between_them() -> None:
+    """One write of many requests: the reader hands them out from its buffer, and must yield
+    before each (a handler that does not yield would otherwise hold the loop for all)."""
+
+    class Greedy(FakeHandler):
+        async def handle(self, conn: ClientConnection, request: Request) -> None:
+            self.requests.append(request)  # no checkpoint of its own
+            conn.reply(request.req_id, ticks)
+
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await trio.lowlevel.checkpoint()
+
+    with trio.fail_after(10):
+        async with serving() as s:
+            s.server.handler = Greedy()
+            c = await s.connect()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(ticker)
+                await c.stream.send_all(
+                    b"".join(encode_frame(pack(["block", i + 1, 1])) for i in range(200))
+                )
+                replies = [await c.receive() for _ in range(200)]
+                nursery.cancel_scope.cancel()
+            # The ticker ran between every two requests (trio may run the two tasks of one
+            # scheduling batch in either order: two requests may see one count, never three).
+            seen = Counter(r[2] for r in replies)
+            assert max(seen.values()) <= 2 and len(seen) >= 100
+
+
+async def test_no_request_is_served_for_a_closed_connection() -> None:
+    """A handler closes the connection (as a full reply queue does): the requests it already
+    sent, buffered here, are not served."""
+
+    class Closing(FakeHandler):
+        async def handle(self, conn: ClientConnection, request: Request) -> None:
+            self.requests.append(request)
+            conn.close_soon("test", "closing the connection: test")
+
+    with trio.fail_after(10):
+        async with serving() as s:
+            handler = Closing()
+            s.server.handler = handler
+            c = await s.connect()
+            await c.stream.send_all(
+                b"".join(encode_frame(pack(["block", i + 1, 1])) for i in range(100))
+            )
+            assert await c.closed() == [[0, "error", "closing the connection: test"]]
+            assert len(handler.requests) == 1
+
+
+async def test_a_client_that_asks_without_reading_waits_then_is_closed(
+    monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Over REPLY_BACKLOG_BYTES unsent, no further request is served (the client waits in its
+    TCP window); if it does not read within REPLY_DRAIN_S, it is closed as a slow consumer."""
+    monkeypatch.setattr(client_port, "REPLY_BACKLOG_BYTES", 1_000_000)
+
+    class Big(FakeHandler):
+        async def handle(self, conn: ClientConnection, request: Request) -> None:
+            self.requests.append(request)
+            conn.reply(request.req_id, b"x" * 500_000)
+
+    async with serving() as s:
+        handler = Big()
+        s.server.handler = handler
+        c = await s.connect()
+        await c.stream.send_all(
+            b"".join(encode_frame(pack(["block", i + 1, 1])) for i in range(1000))
+        )
+        await trio.sleep(client_port.REPLY_DRAIN_S / 2)
+        served = len(handler.requests)
+        # What fits the socket buffers (a few MB on loopback) and the backlog, not all 1000.
+        assert served < 50
+        assert s.server.counters["reply_backlog_waits"] >= 1
+        await trio.sleep(client_port.REPLY_DRAIN_S)
+        assert len(handler.requests) == served
+        assert s.handler.disconnects == [] and handler.disconnects == [
+            (1, "slow consumer: replies unread for 60 s")
+        ]
+        assert s.server.counters["disconnected_slow_consumer"] == 1
