@@ -74,8 +74,11 @@ class _Commands(TyperGroup):
             typer.echo(f"error: {found}", err=True)
             raise typer.Exit(EXIT_FAILED) from None
         except Exception as exc:
-            # typer's own exits and click's usage errors are Exceptions too: those go on.
-            if not isinstance(exc, expected_errors()):
+            # typer's own exits, help and usage errors are Exceptions too: those go on, and
+            # without importing what expected_errors names (`--help` stays light).
+            if not type(exc).__module__.startswith("consortium.") or not isinstance(
+                exc, expected_errors()
+            ):
                 raise
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(EXIT_FAILED) from None

@@ -104,11 +104,12 @@ def test_a_receipt_written_at_submit_verifies_offline_and_a_changed_byte_is_refu
     ok = cli("tx", "verify-receipt", str(again), "--genesis", genesis_file)
     assert ok.returncode == 0 and tx_id in ok.stdout
 
-    # An id nobody has: pending, with the distinct exit code and what to do.
+    # An id nobody has: unknown to every member (not "pending"), exit 3, and what to do.
     unknown = cli("tx", "status", "ab" * 32, "--net", net)
     assert unknown.returncode == 3
-    assert "pending: may still commit; check with `consortium tx status" in unknown.stdout
-    assert "no receipt at n1, n2, n3, n4" in unknown.stdout
+    assert "status    unknown (unknown to all 4 members" in unknown.stdout, unknown.stdout
+    assert "pending: may still commit" not in unknown.stdout
+    assert f"consortium tx status {'ab' * 32} --net {net} --wait 10" in unknown.stdout
 
 
 def test_following_while_submitting_yields_the_stored_ledger_in_order(
