@@ -44,13 +44,12 @@ from __future__ import annotations
 
 import random
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import replace
 
 from consortium.crypto.codec import WireFormatError
 from consortium.crypto.hashing import sha256
 from consortium.crypto.keys import KeyPair
-from consortium.crypto.signing import Signer, Verifier
 from consortium.ledger.block import batch_digest
 from consortium.ledger.certificates import CommitCertificate
 from consortium.ledger.tx import Put, Transaction
@@ -69,13 +68,10 @@ from consortium.pbft.messages import (
     encode,
     frame_bytes_limit,
 )
-from consortium.pbft.replica import PbftConfig, PbftReplica, RecoveredState
+from consortium.pbft.replica import PbftReplica
 from consortium.pbft.viewchange import plan_new_view
+from consortium.sim.cluster import ReplicaFactory, replica_factory
 
-TxCheck = Callable[[Transaction], bool]
-ReplicaFactory = Callable[
-    [PbftConfig, Signer, Verifier, TxCheck, RecoveredState, TxCheck], PbftReplica
-]
 HELD_MAX = 256  # frames a slow primary holds, or a replayer remembers
 BLOCKS_HELD_MAX = 4096  # committed blocks a member serving FETCHes itself remembers
 STRANGER = KeyPair.from_seed(sha256(b"sim-stranger"))  # a client key no genesis admits
@@ -505,16 +501,4 @@ def byzantine(name: str, seed: int = 0, accomplices: Iterable[int] = ()) -> Repl
         {"seed": seed, "accomplices": frozenset(accomplices)},
     )
 
-    def make(
-        config: PbftConfig,
-        signer: Signer,
-        verifier: Verifier,
-        tx_ok: TxCheck,
-        recovered: RecoveredState,
-        ever_admitted: TxCheck,
-    ) -> PbftReplica:
-        return cls(
-            config, signer, verifier, tx_ok=tx_ok, recovered=recovered, ever_admitted=ever_admitted
-        )
-
-    return make
+    return replica_factory(cls)

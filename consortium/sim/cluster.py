@@ -200,17 +200,26 @@ ReplicaFactory = Callable[
 CHECKED_TXS_MAX = 65_536  # signatures of transactions the cluster did not make, remembered
 
 
-def honest_replica(
-    config: PbftConfig,
-    signer: Signer,
-    verifier: Verifier,
-    tx_ok: TxCheck,
-    recovered: RecoveredState,
-    ever_admitted: TxCheck,
-) -> PbftReplica:
-    return PbftReplica(
-        config, signer, verifier, tx_ok=tx_ok, recovered=recovered, ever_admitted=ever_admitted
-    )
+def replica_factory(cls: type[PbftReplica]) -> ReplicaFactory:
+    """The factory that makes a member's replica of class `cls` (a Byzantine behaviour, a
+    deliberately broken rule, or the honest one)."""
+
+    def make(
+        config: PbftConfig,
+        signer: Signer,
+        verifier: Verifier,
+        tx_ok: TxCheck,
+        recovered: RecoveredState,
+        ever_admitted: TxCheck,
+    ) -> PbftReplica:
+        return cls(
+            config, signer, verifier, tx_ok=tx_ok, recovered=recovered, ever_admitted=ever_admitted
+        )
+
+    return make
+
+
+honest_replica = replica_factory(PbftReplica)
 
 
 @dataclass(frozen=True, slots=True)

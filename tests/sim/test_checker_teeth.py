@@ -5,7 +5,7 @@ had (the flapping mixes must catch its deadlock)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import ClassVar
 
@@ -33,28 +33,9 @@ from consortium.pbft.viewchange import (
     plan_new_view,
 )
 from consortium.sim.checkers import SafetyViolation
-from consortium.sim.cluster import SimCluster, workload
+from consortium.sim.cluster import SimCluster, TxCheck, replica_factory, workload
 from consortium.sim.network import NetworkFaults
 from consortium.sim.scenarios import Scenario, run_seed
-
-TxCheck = Callable[[Transaction], bool]
-Factory = Callable[[PbftConfig, Signer, Verifier, TxCheck, RecoveredState, TxCheck], PbftReplica]
-
-
-def factory(cls: type[PbftReplica]) -> Factory:
-    def make(
-        config: PbftConfig,
-        signer: Signer,
-        verifier: Verifier,
-        tx_ok: TxCheck,
-        recovered: RecoveredState,
-        ever_admitted: TxCheck,
-    ) -> PbftReplica:
-        return cls(
-            config, signer, verifier, tx_ok=tx_ok, recovered=recovered, ever_admitted=ever_admitted
-        )
-
-    return make
 
 
 class LyingNewViewPrimary(PbftReplica):
@@ -142,12 +123,12 @@ def omitted_batch(cluster: SimCluster) -> None:
 
 
 def test_the_checker_catches_a_core_that_skips_the_new_view_check() -> None:
-    broken = factory(SkipsNewViewCheck)
+    broken = replica_factory(SkipsNewViewCheck)
     cluster = SimCluster(
         4,
         4,
         byzantine={1},
-        factories={1: factory(LyingNewViewPrimary), 2: broken, 3: broken},
+        factories={1: replica_factory(LyingNewViewPrimary), 2: broken, 3: broken},
     )
     omitted_batch(cluster)
     with pytest.raises(SafetyViolation, match="agreement: seq 1"):
@@ -155,7 +136,7 @@ def test_the_checker_catches_a_core_that_skips_the_new_view_check() -> None:
 
 
 def test_correct_cores_refuse_a_new_view_that_drops_a_committed_batch() -> None:
-    cluster = SimCluster(4, 4, byzantine={1}, factories={1: factory(LyingNewViewPrimary)})
+    cluster = SimCluster(4, 4, byzantine={1}, factories={1: replica_factory(LyingNewViewPrimary)})
     omitted_batch(cluster)
     cluster.run_until(5_000)  # the safety checker ran after every step
     n3, n4 = cluster.nodes[2], cluster.nodes[3]
@@ -184,7 +165,9 @@ class Censor(PbftReplica):
 
 def test_a_primary_that_censors_a_client_is_replaced_and_the_client_is_served() -> None:
     for seed in range(30):
-        cluster = SimCluster(seed, 4, faults=LOSSY, byzantine={0}, factories={0: factory(Censor)})
+        cluster = SimCluster(
+            seed, 4, faults=LOSSY, byzantine={0}, factories={0: replica_factory(Censor)}
+        )
         pool = workload(cluster.chain_id, 200)
         Censor.censored = {tx.id for tx in pool[:200:20]}  # one "client" in twenty
         # Steady traffic: batches keep executing, so only the censored transactions wait.
@@ -334,7 +317,8 @@ def test_the_flapping_mixes_catch_a_new_view_timer_for_exactly_one_view(
 ) -> None:
     scenario = Scenario(n, TXS, "lossy", mix=mix)
     outcomes = [
-        run_seed(scenario, seed, replica=factory(NewViewTimerForExactlyOneView)) for seed in seeds
+        run_seed(scenario, seed, replica=replica_factory(NewViewTimerForExactlyOneView))
+        for seed in seeds
     ]
     failed = [o for o in outcomes if not o.ok]
     assert failed, f"{mix} at n={n} passed seeds {seeds} with the old rule"
