@@ -1,6 +1,12 @@
 """Errors the member's parts raise to each other, and finding the one that matters in a group."""
 
 
+class MemberDiverged(Exception):
+    """A quorum certified another block than ours at a sequence number: our store is not the
+    network's. The member stops (runtime) and its process moves the store aside and starts
+    again from peers (process.py), at most once per process."""
+
+
 class ReadRefused(Exception):
     """A read this member cannot answer now (raft: not confirmed as leader), with the reason."""
 

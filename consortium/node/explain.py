@@ -224,8 +224,8 @@ def _pbft_blockers(
             f"diverged from the network: at seq {int(diverged['seq'])} this member executed "
             f"block {str(diverged['ours'])[:12]}, a quorum certified "
             f"{str(diverged['certified'])[:12]}; its state is not the network's and it signs "
-            'no more votes. Stop it and recover it (docs/operations.md, "A member that '
-            'diverged")'
+            "no more votes: it sets its store aside and fetches the ledger from the others "
+            '(docs/operations.md, "A member that diverged")'
         )
     vc = core.get("view_change")
     if vc:

@@ -157,6 +157,17 @@ class PbftMode:
     def leader_hint(self) -> int | None:
         return None  # a client sends to every member: none is the one to send to
 
+    def diverged(self) -> str | None:
+        """Why our store is not the network's (a quorum certified another block), or None."""
+        found = self.core.diverged
+        if found is None:
+            return None
+        seq, ours, certified = found
+        return (
+            f"at seq {seq} this member executed block {ours.hex()[:12]}, a quorum certified "
+            f"{certified.hex()[:12]}"
+        )
+
     # --- what the executor asks ---------------------------------------------------------------
 
     def attach(self, applied_index: Callable[[], int]) -> None:

@@ -4,6 +4,7 @@ test entry point (consortium/testing/member.py) runs the same with faults compos
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 from collections.abc import Callable
@@ -15,9 +16,9 @@ from consortium.ledger.store import StoreError
 from consortium.node import runtime
 from consortium.node.config import ConfigError, NodeIdentity, load_identity
 from consortium.node.datalock import check_free
-from consortium.node.errors import first_leaf
+from consortium.node.errors import MemberDiverged, first_leaf
 from consortium.node.logs import setup_logging
-from consortium.node.preflight import check_data_dir, check_listen
+from consortium.node.preflight import check_data_dir, check_listen, set_store_aside
 from consortium.node.runtime import Node
 
 # Given the member before it runs and the nursery it runs in: compose parts around it (the
@@ -41,9 +42,32 @@ def load_member(home: Path) -> NodeIdentity:
 
 def run_member(identity: NodeIdentity, compose: Compose | None = None) -> None:
     """Run the member until a signal stops it. Raises StoreError (a failed write) and
-    ConfigError as themselves, never wrapped in an exception group."""
+    ConfigError as themselves, never wrapped in an exception group. A member whose store a
+    quorum proves wrong (MemberDiverged) has it set aside (kept, renamed) and runs again from
+    an empty store in recovery, re-fetching the ledger from peers; at most once per process,
+    since a second divergence after a fresh copy is no damaged store but a bug to look at."""
     log = setup_logging(identity.member.name, identity.config.log_level, identity.config.log_format)
+    set_aside = False
+    while True:
+        try:
+            _run(identity, compose, log)
+            return
+        except MemberDiverged as exc:
+            if set_aside:
+                raise StoreError(
+                    f"diverged from the network again after re-fetching the ledger ({exc}); "
+                    "stopping: report this with both kept stores (a bug, not a damaged disk)"
+                ) from None
+            kept = set_store_aside(identity.config, identity.genesis, "diverged")
+            log.error(
+                "store set aside as %s; starting again from an empty store, re-fetching the "
+                "ledger from peers",
+                kept,
+            )
+            set_aside = True
 
+
+def _run(identity: NodeIdentity, compose: Compose | None, log: logging.Logger) -> None:
     async def main() -> None:
         node = runtime.make_node(identity.config, identity.genesis, identity.keys, log=log)
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -60,8 +84,9 @@ def run_member(identity: NodeIdentity, compose: Compose | None = None) -> None:
         trio.run(main)
     except BaseExceptionGroup as group:  # a task's error, wrapped by its nursery
         # Only the errors that say what the operator must fix (a failed write, a broken
-        # config) are shown alone; anything else keeps its traceback (it is a bug).
-        found = first_leaf(group, (StoreError, ConfigError))
+        # config) or what the process acts on (a diverged store) are shown alone; anything
+        # else keeps its traceback (it is a bug).
+        found = first_leaf(group, (StoreError, ConfigError, MemberDiverged))
         if found is group:
             raise
         raise found from None

@@ -172,6 +172,11 @@ class RaftMode:
 
     # --- what the executor asks ---------------------------------------------------------------
 
+    def diverged(self) -> str | None:
+        """None: raft trusts its members not to lie, and a follower's log is repaired by the
+        leader's (a damaged store is found at open, ledger/store.py)."""
+        return None
+
     def attach(self, applied_index: Callable[[], int]) -> None:
         """The executor's count of the raft index applied (reads wait for it)."""
         self._applied = applied_index

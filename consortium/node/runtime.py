@@ -47,7 +47,7 @@ from consortium.ledger.store import StoreError
 from consortium.ledger.tx import Transaction
 from consortium.node.config import NodeConfig
 from consortium.node.datalock import lock_data_dir
-from consortium.node.errors import ReadRefused
+from consortium.node.errors import MemberDiverged, ReadRefused
 from consortium.node.events import (
     Event,
     PeerMessage,
@@ -375,6 +375,7 @@ class Node:
             worked = await self._carry_out_ready()
             if self.recovering_from is not None and not core.recovering:
                 self._recovered()
+            self._check_diverged()
             self._watch_progress(mono_ms / 1000)
             # Idle (no event, nothing to carry out): tick less often, up to TICK_IDLE_MAX_MS,
             # instead of waking 500 times a second for nothing; any event restores TICK_MS.
@@ -404,6 +405,20 @@ class Node:
                 event.answered.set()
             case _:
                 assert_never(event)
+
+    def _check_diverged(self) -> None:
+        """Stop the member once a quorum has certified another block than ours: its core signs
+        nothing more (pbft's `diverged`), and the store it would serve and vote from is not
+        the network's. The process sets the store aside and starts again from peers."""
+        why = self.mode.diverged()
+        if why is None:
+            return
+        self.log.error(
+            "diverged from the network: %s; this member's store is not the network's: "
+            "stopping to set it aside and re-fetch the ledger from peers",
+            why,
+        )
+        raise MemberDiverged(why)
 
     def _recovered(self) -> None:
         """The core left recovery: the executor deleted the store's mark in the write of the

@@ -146,3 +146,24 @@ class OffsetClock:
         while True:
             await trio.sleep(POLL_S)
             await self.read()
+
+
+def corrupt_state(node: Node, path: Path) -> Callable[[], Awaitable[None]]:
+    """A store that rots while the member runs: once `path` appears, the value of the key it
+    names (its text, UTF-8) is replaced in the member's in-memory state by b"rotten", and the
+    file is deleted (so a member started again runs clean). The member executes on from the
+    wrong value without knowing: what a quorum's checkpoints must catch (runtime.py)."""
+
+    async def follow() -> None:
+        while True:
+            try:
+                key = (await trio.Path(path).read_text()).encode()
+            except OSError:
+                await trio.sleep(POLL_S)
+                continue
+            node.store.app.kv[key] = b"rotten"
+            await trio.Path(path).unlink()
+            node.log.warning("TEST ROT: the value of %r in this member's state is wrong now", key)
+            return
+
+    return follow

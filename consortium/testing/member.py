@@ -2,7 +2,7 @@
 tests and `consortium bench --byzantine`:
 
     python -m consortium.testing.member --home HOME [--byzantine silent-primary]
-        [--partition-file FILE] [--clock-offset-file FILE]
+        [--partition-file FILE] [--clock-offset-file FILE] [--rot-file FILE]
 
 Otherwise exactly `consortium node start --home HOME` (node/process.py)."""
 
@@ -22,6 +22,7 @@ from consortium.testing.faults import (
     BYZANTINE_BEHAVIOURS,
     OffsetClock,
     byzantine_outbound,
+    corrupt_state,
     partition,
 )
 
@@ -32,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--byzantine", choices=BYZANTINE_BEHAVIOURS)
     parser.add_argument("--partition-file", type=Path)
     parser.add_argument("--clock-offset-file", type=Path)
+    parser.add_argument("--rot-file", type=Path)
     args = parser.parse_args(argv)
 
     def compose(node: Node, nursery: trio.Nursery) -> None:
@@ -44,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
             clock = OffsetClock(args.clock_offset_file, node.log.warning)
             node.wall_clock = clock
             nursery.start_soon(clock.follow)
+        if args.rot_file is not None:
+            nursery.start_soon(corrupt_state(node, args.rot_file))
 
     try:
         identity = load_member(args.home)

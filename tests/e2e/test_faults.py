@@ -25,7 +25,7 @@ from consortium.client import ConsortiumClient
 from consortium.crypto.keys import KeyPair
 from consortium.ledger.genesis import Genesis, Params
 from consortium.ledger.store import BlockStore
-from consortium.ledger.tx import Put
+from consortium.ledger.tx import Get, Put
 from consortium.node.preflight import NEW_MARK
 from tests.e2e.procs import cli
 from tests.e2e.test_network import block_hashes
@@ -250,6 +250,59 @@ def test_a_byzantine_primary_does_not_stop_the_other_three(tmp_path: Path, mode:
     for home in network.homes[1:]:
         result = cli("ledger", "verify", "--home", str(home))
         assert result.returncode == 0, result.stderr + result.stdout
+
+
+def test_a_member_whose_state_rots_while_it_runs_sets_its_store_aside_and_refetches(
+    tmp_path: Path,
+) -> None:
+    """A value in n4's state goes wrong in memory while it runs (the test's --rot-file): it
+    executes a read of that key to another result than the others, so its block hash at the
+    next checkpoint is not the one a quorum certifies. It must stop voting, set its store
+    aside (kept, renamed) and start again from an empty store, re-fetching the ledger from
+    peers: back to the same chain as the others, with nothing lost."""
+    network = make_network(tmp_path, checkpoint_interval=4)
+    setup = load_client_setup(network.directory)
+    genesis, keys = setup.genesis, setup.keys()
+    rot = tmp_path / "rot"
+    data = network.homes[3] / "data"
+    try:
+        network.start("n4", faults=("--rot-file", str(rot)))
+        for name in ("n1", "n2", "n3"):
+            network.start(name)
+        trio.run(wait_until_up, genesis, 30.0)
+        committed = trio.run(submit, genesis, keys[0], 20, "a")
+        assert len(committed) == 20
+        staged = tmp_path / "rot.tmp"
+        staged.write_text("a/0")
+        staged.rename(rot)  # (whole, never half written)
+        deadline = time.monotonic() + 10
+        while rot.exists():
+            assert time.monotonic() < deadline, "n4 never read the rot file"
+            time.sleep(0.05)
+
+        async def read_the_rotten_key() -> None:
+            async with ConsortiumClient(genesis, keys[1]) as client:
+                tx = client.make_tx([Get(b"a/0")])
+                (outcome,) = await client.submit_and_wait([tx], timeout_s=30.0)
+                assert outcome.status == "committed", outcome
+                assert outcome.receipt is not None and outcome.receipt.results == (b"v",)
+
+        trio.run(read_the_rotten_key)
+        # More batches, to a checkpoint past the read, and on while n4 re-fetches.
+        committed += trio.run(submit, genesis, keys[2], 100, "b")
+        deadline = time.monotonic() + 30
+        while not list(data.glob("ledger.sqlite.diverged-*")):
+            assert time.monotonic() < deadline, "n4 never set its store aside"
+            time.sleep(0.1)
+        committed += trio.run(submit, genesis, keys[0], 40, "c")
+        trio.run(wait_same_height, genesis, [0, 1, 2, 3], 30.0)
+        n4 = trio.run(statuses, genesis, [3])[3]
+        assert n4["core"]["diverged"] is None, n4["core"]["diverged"]
+    finally:
+        network.stop()
+    (kept,) = [p for p in data.glob("ledger.sqlite.diverged-*") if not p.name.endswith("-wal")]
+    assert "-shm" not in kept.name
+    check_ledgers(network, genesis, committed)
 
 
 def restore_backup(home: Path, backup: Path) -> None:
