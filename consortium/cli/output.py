@@ -62,10 +62,42 @@ async def collect_status(
     return [results[i] for i in wanted]
 
 
+def lag_notes(genesis: Genesis, statuses: list[dict[str, Any]]) -> dict[str, str]:
+    """Members more than two checkpoint intervals below the highest height any member reported,
+    by name, with how far: a member cannot always know it is behind (cut off, it hears of no
+    later checkpoint), but a look at all of them can."""
+    heights = {
+        str(s["member"]): int(s["height"])
+        for s in statuses
+        if not s.get("error") and isinstance(s.get("height"), int)
+    }
+    if not heights:
+        return {}
+    top = max(heights.values())
+    leader = min(name for name, h in heights.items() if h == top)
+    lag_max = 2 * genesis.params.checkpoint_interval
+    return {
+        name: f"behind by {top - h:,} blocks (height {h:,}; {leader} has {top:,})"
+        for name, h in heights.items()
+        if top - h > lag_max
+    }
+
+
+def counts_as_up(s: dict[str, Any]) -> bool:
+    """Answered, and neither diverged nor recovering: a member in either counts as one of the
+    f faulty (pbft) or as unavailable (raft), so it is no part of the fault budget."""
+    if s.get("error"):
+        return False
+    core = s.get("core") or {}
+    return not core.get("diverged") and not core.get("recovering")
+
+
 def network_doc(genesis: Genesis, statuses: list[dict[str, Any]]) -> dict[str, Any]:
     """The whole network as the members answered: who is up, the fault budget, who is not
-    ready and why."""
+    ready and why (a member far below the others is not ready, whatever it says)."""
     answered = [s for s in statuses if not s.get("error")]
+    up = sum(1 for s in statuses if counts_as_up(s))
+    lagging = lag_notes(genesis, statuses)
     return {
         "chain_name": genesis.chain_name,
         "chain_id": genesis.chain_id.hex(),
@@ -73,15 +105,23 @@ def network_doc(genesis: Genesis, statuses: list[dict[str, Any]]) -> dict[str, A
         "n": genesis.n,
         "f": genesis.f,
         "quorum": genesis.quorum,
-        "up": len(answered),
+        "up": up,
         "unreachable": [str(s.get("member")) for s in statuses if s.get("error")],
-        "fault_budget": fault_budget(genesis.n, genesis.f, genesis.quorum, len(answered)),
+        "fault_budget": fault_budget(genesis.n, genesis.f, genesis.quorum, up),
         "not_ready": {
-            str(s["member"]): s.get("not_progressing_because", [])
+            str(s["member"]): _reasons(s, lagging)
             for s in answered
-            if not s.get("ready", True)
+            if not s.get("ready", True) or str(s["member"]) in lagging
         },
     }
+
+
+def _reasons(s: dict[str, Any], lagging: dict[str, str]) -> list[str]:
+    reasons = list(s.get("not_progressing_because", []))
+    lag = lagging.get(str(s["member"]))
+    if lag is not None and not any(r.startswith("behind by") for r in reasons):
+        reasons.append(lag)
+    return reasons
 
 
 def status_table(genesis: Genesis, statuses: list[dict[str, Any]]) -> None:
@@ -99,6 +139,7 @@ def status_table(genesis: Genesis, statuses: list[dict[str, Any]]) -> None:
         f"{'member':<7} {view:>5} {primary:<8} {'height':>7} {mark:>10} "
         f"{'peers':>6}  {'head':<14} note"
     )
+    lagging = lag_notes(genesis, statuses)
     for s in statuses:
         if s.get("error"):
             typer.echo(
@@ -108,7 +149,7 @@ def status_table(genesis: Genesis, statuses: list[dict[str, Any]]) -> None:
             continue
         peers = s.get("peers", [])
         connected = sum(1 for p in peers if p.get("outbound_connected"))
-        note = "; ".join(s.get("not_progressing_because", [])) or "ok"
+        note = "; ".join(_reasons(s, lagging)) or "ok"
         typer.echo(
             f"{s['member']:<7} {s.get(view, '?')!s:>5} {s.get(primary, '?')!s:<8} "
             f"{s.get('height', '?')!s:>7} {s.get('stable_checkpoint', '?')!s:>10} "
