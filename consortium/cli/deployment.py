@@ -115,11 +115,16 @@ def load_member(path: Path) -> Member:
     if path.is_dir():
         path = member_file(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise NetworkError(
             f"{path}: cannot read member file ({exc.strerror}); `consortium keygen` writes it "
             "to HOME/config/member.json on the member's host"
+        ) from None
+    except UnicodeDecodeError as exc:
+        raise NetworkError(
+            f"{path}: not UTF-8 text (byte {exc.start} is {exc.object[exc.start]:#04x}); "
+            "a member file is UTF-8 JSON"
         ) from None
     try:
         doc = json.loads(text)

@@ -29,7 +29,7 @@ group back into the operator's one-line message.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NoReturn
 
 import typer
 from typer.core import TyperGroup
@@ -58,9 +58,17 @@ class _Commands(TyperGroup):
         super().__init__(**kwargs)
         coercion.install(self)
 
+    def make_context(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().make_context(*args, **kwargs)
+        except _UsageError as exc:
+            _usage_error(exc)
+
     def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
+        except _UsageError as exc:  # a subcommand's arguments, parsed as it is invoked
+            _usage_error(exc)
         except KeyboardInterrupt:
             raise typer.Exit(EXIT_INTERRUPTED) from None  # Ctrl-C: quietly, as shells expect
         except BaseExceptionGroup as group:
@@ -82,6 +90,22 @@ class _Commands(TyperGroup):
                 raise
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(EXIT_FAILED) from None
+
+
+# click's usage error (typer vendors click and exports only its subclass BadParameter).
+_UsageError: type[Exception] = typer.BadParameter.__mro__[1]
+
+
+def _usage_error(exc: Any) -> NoReturn:
+    """A usage error as one line naming the command's help, exit 2 (click prints the usage,
+    a hint and the error on four)."""
+    if type(exc).__name__ == "NoArgsIsHelpError":  # `consortium tx`: the help, as asked
+        exc.show()
+        raise typer.Exit(2)
+    ctx = getattr(exc, "ctx", None)
+    where = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+    typer.echo(f"error: {exc.format_message()}{where}", err=True)
+    raise typer.Exit(2)
 
 
 app = typer.Typer(

@@ -269,7 +269,14 @@ def load_client_setup(directory: Path) -> ClientSetup:
             "or point --net at a network directory"
         )
     try:
-        doc = tomllib.loads(path.read_text())
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise NetworkError(
+            f"{path}: not UTF-8 text (byte {exc.start} is {exc.object[exc.start]:#04x}); "
+            "client.toml is UTF-8 TOML"
+        ) from None
+    except OSError as exc:
+        raise NetworkError(f"{path}: cannot read client configuration ({exc.strerror})") from None
     except tomllib.TOMLDecodeError as exc:
         raise NetworkError(f"{path}: not valid TOML: {exc}") from None
     for key in doc:

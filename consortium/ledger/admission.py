@@ -278,9 +278,14 @@ class Proposal:
     @classmethod
     def load(cls, path: Path) -> Proposal:
         try:
-            text = path.read_text()
+            text = path.read_text(encoding="utf-8")
         except OSError as exc:
             raise ProposalError(f"{path}: cannot read proposal: {exc.strerror}") from None
+        except UnicodeDecodeError as exc:
+            raise ProposalError(
+                f"{path}: not UTF-8 text (byte {exc.start} is {exc.object[exc.start]:#04x}); "
+                "a proposal is UTF-8 JSON"
+            ) from None
         return cls.from_json(text, str(path))
 
     @classmethod

@@ -184,3 +184,46 @@ def test_a_bug_in_a_nursery_keeps_its_traceback() -> None:
 
     with pytest.raises(BaseExceptionGroup):
         run_trio(main)
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["tx", "submit", "--bogus"], "error: No such option: --bogus (see `consortium tx submit"),
+        (["bogus"], "error: No such command 'bogus'. (see `consortium --help`)"),
+        (["status", "--timeout", "soon"], "error: Invalid value for '--timeout'"),
+        (["ledger", "verify", "--home"], "error: Option '--home' requires an argument."),
+    ],
+)
+def test_a_usage_error_is_one_line_naming_the_help_exit_2(args: list[str], says: str) -> None:
+    result = CliRunner().invoke(app, args, prog_name="consortium")
+    assert result.exit_code == 2, result.stdout + result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(says), result.stderr
+
+
+def test_a_group_without_a_command_still_shows_its_help() -> None:
+    result = CliRunner().invoke(app, ["tx"], prog_name="consortium")
+    assert "Usage: consortium tx [OPTIONS] COMMAND" in result.stdout + result.stderr
+    assert "error:" not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [
+        (
+            b'genesis = "genesis.json"\nkeys = ["clients/\xff.key"]\n',
+            "not UTF-8 text (byte 42 is 0xff)",
+        ),
+        (b"keys = [", "not valid TOML"),
+    ],
+)
+def test_a_damaged_client_toml_is_one_line_naming_it(
+    content: bytes, says: str, net: Path, tmp_path: Path
+) -> None:
+    directory = tmp_path / "net"
+    shutil.copytree(net, directory)
+    (directory / "client.toml").write_bytes(content)
+    for args in (["status", "--net", str(directory)], ["read", "k", "--net", str(directory)]):
+        line = _check_one_line(args)
+        assert line.startswith(f"error: {directory}/client.toml: ") and says in line, line
