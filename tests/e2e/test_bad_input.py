@@ -133,6 +133,12 @@ def test_bad_peer_and_client_input_is_refused_and_changes_nothing(
                 ("rejected", "bad_signature"),
                 ("rejected", "wrong_chain"),
             ]
+            # Over the size limit: the members cannot decode it, and say so for its position.
+            big = client.make_tx([Put(b"big", b"x" * (genesis.params.tx_bytes_max + 1))])
+            [oversize] = await client.submit_and_wait([big], timeout_s=15)
+            assert oversize.status == "rejected", oversize
+            assert oversize.reason.startswith("malformed: transaction body"), oversize
+            assert oversize.confirmations >= genesis.f + 1, oversize
             # unknown_client is never final (a lagging member says it of a key admitted in a
             # block it has not executed yet): pending at the timeout, saying who reports it.
             [unknown] = await client.submit_and_wait([stranger], timeout_s=2)
