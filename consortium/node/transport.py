@@ -97,7 +97,7 @@ HANDSHAKE_FRAME_MAX = 4096
 HANDSHAKES_MAX = 64
 HANDSHAKES_PER_SOURCE_MAX = 8  # unauthenticated connections from one remote address
 HELLO_TIMEOUT_S = 1.0  # from accept to the first handshake frame (an honest dialer: at once)
-EVICT_AGE_S = 0.25  # an unauthenticated connection this old may be evicted for a new one
+EVICT_AGE_S = 0.25  # a connection mid-handshake this old may be evicted for a new one
 PING_INTERVAL_S = 1.0  # transport ping on every outbound session
 SILENT_AFTER_PINGS = 3  # no frame for this many intervals: the link shows as silent
 DUPLICATE_SHOWN_S = 30.0  # how long status shows "two processes claim" after the last one
@@ -162,6 +162,7 @@ class _Unauthenticated:
     source: str  # remote address, without the port
     since: float  # trio clock
     scope: trio.CancelScope
+    hello: bool = False  # its first handshake frame arrived
     evicted: bool = False
 
 
@@ -523,11 +524,13 @@ class PeerNetwork:
     def _admit(self, source: str) -> _Unauthenticated | None:
         """A slot for a new unauthenticated connection from `source`, or None (refused and
         counted). One source holds at most `handshakes_per_source_max` slots and all sources
-        `handshakes_max`; when either is full the oldest connection that has held its slot for
-        EVICT_AGE_S is evicted for the new one (an honest handshake takes milliseconds, so what
-        is evicted is idle), and only when every slot is younger is the new one refused. So a
-        flood of idle connections, even from the address the members use, cannot keep a
-        member's dial out: it gets a slot, and nothing evicts it before it completes."""
+        `handshakes_max`. When either is full, the new connection evicts the oldest one that
+        has sent nothing yet (an honest dialer sends its hello at once, so that one is idle);
+        failing that, the oldest that has been in its handshake for EVICT_AGE_S (an honest
+        handshake takes a round trip); only when every slot is a young handshake is the new
+        connection refused. So a flood of idle connections, even from the address the members
+        use, cannot keep a member's dial out: it gets a slot and is not evicted once its hello
+        is in."""
         now = trio.current_time()
         same = [u for u in self._unauthenticated.values() if u.source == source]
         if len(same) >= self._per_source_max:
@@ -539,10 +542,12 @@ class PeerNetwork:
         else:
             pool, reason, what = [], "", ""
         if pool:
-            oldest = pool[0]
-            if now - oldest.since < EVICT_AGE_S:
+            idle = [u for u in pool if not u.hello]
+            stale = [u for u in pool if now - u.since >= EVICT_AGE_S]
+            if not (idle or stale):
                 self._handshake_failed(reason, f"more than {what}")
                 return None
+            oldest = (idle or stale)[0]
             oldest.evicted = True
             oldest.scope.cancel()
             self._unauthenticated.pop(id(oldest), None)
@@ -560,6 +565,7 @@ class PeerNetwork:
     def _hello_received(self, slot: _Unauthenticated | None) -> None:
         """The first handshake frame is in: the rest of the handshake has its full time."""
         if slot is not None:
+            slot.hello = True
             slot.scope.deadline = slot.since + self._handshake_timeout_s
 
     async def _serve_inbound_checked(self, stream: trio.SocketStream) -> None:
