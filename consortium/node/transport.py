@@ -37,9 +37,20 @@ Bounds (a slow or hostile peer is cut off, never allowed to grow memory):
   `inbound_bytes_max` bytes not yet `consumed()` by the consumer. A reader reserves a frame's
   bytes atomically before handing it over and otherwise waits, which pushes back on that peer
   through TCP (a frame larger than the whole budget passes alone, so nothing deadlocks).
-- At most `handshakes_max` unauthenticated connections at a time, each for at most
-  `handshake_timeout_s` (the TLS handshake included), with handshake messages of at most
-  HANDSHAKE_FRAME_MAX bytes; at most one authenticated inbound connection per member.
+- At most `handshakes_max` unauthenticated connections at a time and
+  `handshakes_per_source_max` from one remote address, each with `hello_timeout_s` for its
+  first handshake frame and `handshake_timeout_s` for the whole handshake (the TLS handshake
+  included), with handshake messages of at most HANDSHAKE_FRAME_MAX bytes. A new connection
+  that finds its address's or all slots full evicts the oldest idle one (`_admit`), so a flood
+  from the members' own address cannot keep a member's dial out.
+- At most one authenticated inbound connection per member: a newer one replaces the older
+  unless the older still answers a ping within one interval (then two processes claim that
+  member: the newer is refused, logged and shown in status).
+
+Liveness: the dialer sends PING every `ping_interval_s` among its frames; the listener answers
+PONG on the same connection (docs/protocol.md, section 9). Neither reaches the consumer.
+`peer_status` calls a direction live only if a frame came on it within SILENT_AFTER_PINGS
+intervals, so a blackholed or frozen peer shows as silent although its sockets are open.
 
 TLS (operator option, node.toml `[tls] peer = true`; protocol/tls.py, docs/tls.md): the handshake
 above runs inside a mutual TLS 1.3 session. Right after the TLS handshake the dialer checks that
