@@ -148,7 +148,8 @@ def status_table(genesis: Genesis, statuses: list[dict[str, Any]]) -> None:
             )
             continue
         peers = s.get("peers", [])
-        connected = sum(1 for p in peers if p.get("outbound_connected"))
+        # Connected: frames came both ways within 3 ping intervals (transport.peer_status).
+        connected = sum(1 for p in peers if p.get("outbound_live") and p.get("inbound_live"))
         note = "; ".join(_reasons(s, lagging)) or "ok"
         typer.echo(
             f"{s['member']:<7} {s.get(view, '?')!s:>5} {s.get(primary, '?')!s:<8} "

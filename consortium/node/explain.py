@@ -36,8 +36,10 @@ class PeerLink:
 
     index: int
     name: str
-    outbound: bool  # we hold an authenticated connection to it (we can deliver)
-    inbound: bool  # it holds one to us (it can deliver)
+    outbound: bool  # we hold a live connection to it (it answered our ping recently)
+    inbound: bool  # it holds one to us (a frame came on it recently)
+    silent_s: float | None = None  # a connection is up but nothing came for this long
+    duplicate: str = ""  # "two processes claim n2 (from ADDR and ADDR)", seen recently
 
     @property
     def up(self) -> bool:
@@ -49,6 +51,8 @@ class PeerLink:
 
     @property
     def state(self) -> str:
+        if self.silent_s is not None and not (self.outbound and self.inbound):
+            return f"silent for {self.silent_s:.0f} s"
         if self.outbound and self.inbound:
             return "connected"
         if self.outbound:
@@ -106,11 +110,17 @@ def blockers(
     `behind_blocks_max` how far behind the others a member may be and still count as ready.
     """
     reasons: list[str] = []
-    unreachable = [link.name for link in links if not link.up]
+    unreachable = [
+        link.name + (f" (silent for {link.silent_s:.0f} s)" if link.silent_s is not None else "")
+        for link in links
+        if not link.up
+    ]
     up = 1 + sum(1 for link in links if link.up)
     if up < quorum:
-        deaf = [link.name for link in links if link.outbound and not link.inbound]
-        mute = [link.name for link in links if link.inbound and not link.outbound]
+        # A silent link is up but carries nothing: named as silent, not as a refused dial.
+        quiet = [link for link in links if link.silent_s is None]
+        deaf = [link.name for link in quiet if link.outbound and not link.inbound]
+        mute = [link.name for link in quiet if link.inbound and not link.outbound]
         detail = "; ".join(
             [
                 f"{join_names(deaf)} cannot connect to this member (check its peer listen "
@@ -122,7 +132,13 @@ def blockers(
         reasons.append(
             f"no quorum: {join_names(unreachable)} unreachable" + (f" ({detail})" if detail else "")
         )
-    down = set(unreachable)
+    down = {link.name for link in links if not link.up}
+    for link in links:
+        if link.duplicate:
+            reasons.append(
+                f"{link.duplicate}: the newer connection is refused while the older answers; "
+                f"stop one of them (two copies of {link.name}'s home)"
+            )
     recovering = core.get("recovering")
     if recovering:
         reasons.append(_recovering(mode, recovering))

@@ -75,8 +75,10 @@ class MemberStatus:
             PeerLink(
                 int(str(p["index"])),
                 str(p["name"]),
-                bool(p["outbound_connected"]),
-                bool(p["inbound_connected"]),
+                bool(p["outbound_live"]),
+                bool(p["inbound_live"]),
+                None if p["silent_s"] is None else float(str(p["silent_s"])),
+                str(p["duplicate"]),
             )
             for p in peers
         ]

@@ -37,9 +37,20 @@ Bounds (a slow or hostile peer is cut off, never allowed to grow memory):
   `inbound_bytes_max` bytes not yet `consumed()` by the consumer. A reader reserves a frame's
   bytes atomically before handing it over and otherwise waits, which pushes back on that peer
   through TCP (a frame larger than the whole budget passes alone, so nothing deadlocks).
-- At most `handshakes_max` unauthenticated connections at a time, each for at most
-  `handshake_timeout_s` (the TLS handshake included), with handshake messages of at most
-  HANDSHAKE_FRAME_MAX bytes; at most one authenticated inbound connection per member.
+- At most `handshakes_max` unauthenticated connections at a time and
+  `handshakes_per_source_max` from one remote address, each with `hello_timeout_s` for its
+  first handshake frame and `handshake_timeout_s` for the whole handshake (the TLS handshake
+  included), with handshake messages of at most HANDSHAKE_FRAME_MAX bytes. A new connection
+  that finds its address's or all slots full evicts the oldest idle one (`_admit`), so a flood
+  from the members' own address cannot keep a member's dial out.
+- At most one authenticated inbound connection per member: a newer one replaces the older
+  unless the older still answers a ping within one interval (then two processes claim that
+  member: the newer is refused, logged and shown in status).
+
+Liveness: the dialer sends PING every `ping_interval_s` among its frames; the listener answers
+PONG on the same connection (docs/protocol.md, section 9). Neither reaches the consumer.
+`peer_status` calls a direction live only if a frame came on it within SILENT_AFTER_PINGS
+intervals, so a blackholed or frozen peer shows as silent although its sockets are open.
 
 TLS (operator option, node.toml `[tls] peer = true`; protocol/tls.py, docs/tls.md): the handshake
 above runs inside a mutual TLS 1.3 session. Right after the TLS handshake the dialer checks that
@@ -95,6 +106,16 @@ HANDSHAKE_TIMEOUT_S = 5.0
 CONNECT_TIMEOUT_S = 5.0
 HANDSHAKE_FRAME_MAX = 4096
 HANDSHAKES_MAX = 64
+HANDSHAKES_PER_SOURCE_MAX = 8  # unauthenticated connections from one remote address
+HELLO_TIMEOUT_S = 1.0  # from accept to the first handshake frame (an honest dialer: at once)
+EVICT_AGE_S = 0.25  # a connection mid-handshake this old may be evicted for a new one
+PING_INTERVAL_S = 1.0  # transport ping on every outbound session
+SILENT_AFTER_PINGS = 3  # no frame for this many intervals: the link shows as silent
+DUPLICATE_SHOWN_S = 30.0  # how long status shows "two processes claim" after the last one
+# Transport frames, consumed by the transport and never handed to the consensus core: both
+# decode as one-element lists, which no pbft or raft message is (docs/protocol.md, section 9).
+PING = pack(["peer-ping"])
+PONG = pack(["peer-pong"])
 NONCE_BYTES = 32
 COALESCE_BYTES_MAX = 1 << 20
 OUTBOUND_BYTES_MAX = 64 << 20  # per peer: frames queued while it is slow
@@ -133,6 +154,41 @@ class _Peer:
     last_error: str = ""
     inbound_error: str = ""  # why its last inbound connection was refused, if it was
     inbound_scope: trio.CancelScope | None = None
+    inbound_session: _InboundSession | None = None
+    # Trio clock: the last frame received on the inbound connection (pings included) and the
+    # last pong received on the outbound one; a session's start counts as both.
+    inbound_last_s: float = 0.0
+    outbound_last_s: float = 0.0
+    # Control frames owed on the outbound connection (a flag each, so they never pile up).
+    ping_owed: bool = False
+    pong_owed: bool = False
+    duplicate: str = ""  # "two processes claim n2 (from ADDR and ADDR)", the last time seen
+    duplicate_s: float | None = None  # trio clock
+
+
+@dataclass
+class _Unauthenticated:
+    """A connection on the peer port that has not finished its handshake."""
+
+    source: str  # remote address, without the port
+    since: float  # trio clock
+    scope: trio.CancelScope
+    hello: bool = False  # its first handshake frame arrived
+    evicted: bool = False
+
+
+@dataclass
+class _InboundSession:
+    """An authenticated inbound connection. The listener writes on it only pongs and the
+    ping that checks whether it still answers (two processes claiming one member)."""
+
+    stream: trio.abc.SendStream
+    remote: str
+    scope: trio.CancelScope
+    wakeup: trio.Event = field(default_factory=trio.Event)
+    ping_owed: bool = False
+    pong_owed: bool = False
+    pong: trio.Event = field(default_factory=trio.Event)
 
 
 def handshake_transcript(nonce: bytes, dialer: int, listener: int, role: str) -> bytes:
@@ -171,6 +227,9 @@ class PeerNetwork:
         inbound_bytes_max: int = INBOUND_BYTES_MAX,
         handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S,
         handshakes_max: int = HANDSHAKES_MAX,
+        handshakes_per_source_max: int = HANDSHAKES_PER_SOURCE_MAX,
+        hello_timeout_s: float = HELLO_TIMEOUT_S,
+        ping_interval_s: float = PING_INTERVAL_S,
         tls: TlsIdentity | None = None,
         log: logging.Logger | None = None,
     ) -> None:
@@ -195,7 +254,10 @@ class PeerNetwork:
         self._inbound_space = trio.Event()
         self._handshake_timeout_s = handshake_timeout_s
         self._handshakes_max = handshakes_max
-        self._handshakes = 0
+        self._per_source_max = handshakes_per_source_max
+        self._hello_timeout_s = min(hello_timeout_s, handshake_timeout_s)
+        self._ping_interval_s = ping_interval_s
+        self._unauthenticated: dict[int, _Unauthenticated] = {}  # oldest first
         self._tls = tls
         self.tls_mismatch = ""  # the last connection refused for TLS on one side only
         self.log = log or logging.getLogger("consortium.transport")
@@ -269,27 +331,73 @@ class PeerNetwork:
         self._inbound_space.set()
         self._inbound_space = trio.Event()
 
+    @property
+    def _handshakes(self) -> int:
+        """Unauthenticated connections now."""
+        return len(self._unauthenticated)
+
+    def silent_after_s(self) -> float:
+        """No frame for this long: a connected link shows as silent."""
+        return SILENT_AFTER_PINGS * self._ping_interval_s
+
     def peer_status(self) -> list[dict[str, object]]:
-        return [
-            {
-                "index": p.index,
-                "name": p.name,
-                "address": f"{p.address[0]}:{p.address[1]}",
-                "outbound_connected": p.outbound_connected,
-                "inbound_connected": p.inbound_connected,
-                "connected_since": p.connected_since,
-                "frames_sent": p.frames_sent,
-                "bytes_sent": p.bytes_sent,
-                "frames_received": p.frames_received,
-                "bytes_received": p.bytes_received,
-                "frames_dropped": p.frames_dropped,
-                "queued": len(p.queue),
-                "last_error": p.last_error,
-                "inbound_error": p.inbound_error,
-                "tls": self._tls is not None,
-            }
-            for p in self.peers.values()
-        ]
+        """Per peer. `outbound_connected`/`inbound_connected`: a session is up; `outbound_live`
+        /`inbound_live`: and a frame came on it recently (a pong on ours, anything on its),
+        which is what "connected" means to an operator; `silent_s`: how long the quieter of
+        the sessions that are up has been silent, once that exceeds `silent_after_s()`."""
+        try:
+            now = trio.current_time()
+        except RuntimeError:  # read outside trio (a test's snapshot): the sessions only
+            now = None
+        limit = self.silent_after_s()
+        rows: list[dict[str, object]] = []
+        for p in self.peers.values():
+            out_age = in_age = None
+            if p.outbound_connected:
+                out_age = 0.0 if now is None else now - p.outbound_last_s
+            if p.inbound_connected:
+                in_age = 0.0 if now is None else now - p.inbound_last_s
+            ages = [a for a in (out_age, in_age) if a is not None and a > limit]
+            duplicate = (
+                p.duplicate
+                if p.duplicate_s is not None
+                and now is not None
+                and now - p.duplicate_s <= DUPLICATE_SHOWN_S
+                else ""
+            )
+            rows.append(self._peer_row(p, out_age, in_age, ages, duplicate, limit))
+        return rows
+
+    def _peer_row(
+        self,
+        p: _Peer,
+        out_age: float | None,
+        in_age: float | None,
+        ages: list[float],
+        duplicate: str,
+        limit: float,
+    ) -> dict[str, object]:
+        return {
+            "index": p.index,
+            "name": p.name,
+            "address": f"{p.address[0]}:{p.address[1]}",
+            "outbound_connected": p.outbound_connected,
+            "inbound_connected": p.inbound_connected,
+            "outbound_live": out_age is not None and out_age <= limit,
+            "inbound_live": in_age is not None and in_age <= limit,
+            "silent_s": round(max(ages), 1) if ages else None,
+            "duplicate": duplicate,
+            "connected_since": p.connected_since,
+            "frames_sent": p.frames_sent,
+            "bytes_sent": p.bytes_sent,
+            "frames_received": p.frames_received,
+            "bytes_received": p.bytes_received,
+            "frames_dropped": p.frames_dropped,
+            "queued": len(p.queue),
+            "last_error": p.last_error,
+            "inbound_error": p.inbound_error,
+            "tls": self._tls is not None,
+        }
 
     def tls_status(self) -> dict[str, object]:
         """For status: whether the peer port uses TLS, what we present, the last mismatch."""
@@ -362,13 +470,18 @@ class PeerNetwork:
         await stream.send_all(encode_frame(pack(["auth", sig_d])))
 
     async def _handshake_listener(
-        self, stream: trio.abc.Stream, reader: FrameReader, tls_member: int | None
+        self,
+        stream: trio.abc.Stream,
+        reader: FrameReader,
+        tls_member: int | None,
+        slot: _Unauthenticated | None = None,
     ) -> int:
         """The dialer's member index. `tls_member`: the member whose key its TLS certificate
         carries (TLS on), which the handshake must name."""
         frame = await reader.read()
         if frame is None:
             raise HandshakeError("closed", "peer closed the connection before hello")
+        self._hello_received(slot)
         try:
             msg = _decode(frame, 5, "hello")
             version = as_int(msg[1], "version")
@@ -427,21 +540,64 @@ class PeerNetwork:
         finally:
             await trio.aclose_forcefully(stream)
 
-    async def _serve_inbound_checked(self, stream: trio.SocketStream) -> None:
-        if self._handshakes >= self._handshakes_max:
-            self._handshake_failed(
-                "too_many", f"more than {self._handshakes_max} unauthenticated connections"
+    def _admit(self, source: str) -> _Unauthenticated | None:
+        """A slot for a new unauthenticated connection from `source`, or None (refused and
+        counted). One source holds at most `handshakes_per_source_max` slots and all sources
+        `handshakes_max`. When either is full, the new connection evicts the oldest one that
+        has sent nothing yet (an honest dialer sends its hello at once, so that one is idle);
+        failing that, the oldest that has been in its handshake for EVICT_AGE_S (an honest
+        handshake takes a round trip); only when every slot is a young handshake is the new
+        connection refused. So a flood of idle connections, even from the address the members
+        use, cannot keep a member's dial out: it gets a slot and is not evicted once its hello
+        is in."""
+        now = trio.current_time()
+        same = [u for u in self._unauthenticated.values() if u.source == source]
+        if len(same) >= self._per_source_max:
+            pool, reason = same, "too_many_from_source"
+            what = f"{self._per_source_max} unauthenticated connections from {source}"
+        elif len(self._unauthenticated) >= self._handshakes_max:
+            pool, reason = list(self._unauthenticated.values()), "too_many"
+            what = f"{self._handshakes_max} unauthenticated connections"
+        else:
+            pool, reason, what = [], "", ""
+        if pool:
+            idle = [u for u in pool if not u.hello]
+            stale = [u for u in pool if now - u.since >= EVICT_AGE_S]
+            if not (idle or stale):
+                self._handshake_failed(reason, f"more than {what}")
+                return None
+            oldest = (idle or stale)[0]
+            oldest.evicted = True
+            oldest.scope.cancel()
+            self._unauthenticated.pop(id(oldest), None)
+            self.counters["handshake_evicted"] += 1
+            self._ratelog.warning(
+                "handshake:evicted",
+                f"{what}: closing the oldest (from {oldest.source}, idle "
+                f"{now - oldest.since:.1f} s) for a new one",
             )
+        scope = trio.CancelScope(deadline=now + self._hello_timeout_s)
+        slot = _Unauthenticated(source, now, scope)
+        self._unauthenticated[id(slot)] = slot
+        return slot
+
+    def _hello_received(self, slot: _Unauthenticated | None) -> None:
+        """The first handshake frame is in: the rest of the handshake has its full time."""
+        if slot is not None:
+            slot.hello = True
+            slot.scope.deadline = slot.since + self._handshake_timeout_s
+
+    async def _serve_inbound_checked(self, stream: trio.SocketStream) -> None:
+        remote = _remote(stream)
+        slot = self._admit(remote.rsplit(":", 1)[0])
+        if slot is None:
             return
-        self._handshakes += 1
+        accepted: tuple[trio.abc.Stream, FrameReader, int] | None = None
         try:
-            with trio.fail_after(self._handshake_timeout_s):
-                reader, sender = await self._accept(stream)
+            with slot.scope:
+                accepted = await self._accept(stream, slot)
         except HandshakeError as exc:
             self._handshake_failed(exc.reason, f"inbound connection refused: {exc.detail}")
-            return
-        except trio.TooSlowError:
-            self._handshake_failed("timeout", "inbound handshake timed out")
             return
         except FrameError as exc:
             self._handshake_failed("bad_frame", f"inbound handshake: {exc}")
@@ -450,37 +606,107 @@ class PeerNetwork:
             self._handshake_failed("broken", f"inbound handshake: {exc}")
             return
         finally:
-            self._handshakes -= 1
+            self._unauthenticated.pop(id(slot), None)
+        if accepted is None:
+            if not slot.evicted:  # evictions are counted when they happen
+                self._handshake_failed("timeout", "inbound handshake timed out")
+            return
+        conn, reader, sender = accepted
         peer = self.peers[sender]
-        peer.inbound_error = ""
-        if peer.inbound_scope is not None:
+        old = peer.inbound_session
+        if old is not None:
+            if await self._still_answers(peer, old):
+                await self._refuse_duplicate(peer, old, conn, remote)
+                return
             # A reconnecting member replaces its old connection (which may be half-dead).
             self.counters["inbound_replaced"] += 1
-            peer.inbound_scope.cancel()
+            old.scope.cancel()
         else:
             self.log.info("accepted connection from %s", peer.name)
+        peer.inbound_error = ""
         reader.set_limit(self._frame_max)
         with trio.CancelScope() as scope:
+            session = _InboundSession(conn, remote, scope)
             peer.inbound_scope = scope
+            peer.inbound_session = session
             peer.inbound_connected = True
+            peer.inbound_last_s = trio.current_time()
             try:
-                await self._receive_frames(reader, peer)
-            except FrameError as exc:
-                self.counters["bad_frame"] += 1
-                peer.last_error = f"inbound: {exc}"
-                self._ratelog.warning(
-                    f"frame:{sender}", f"closing the connection from {peer.name}: {exc}"
-                )
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                peer.last_error = f"inbound: {exc}"
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._inbound_writer, session, nursery.cancel_scope)
+                    try:
+                        await self._receive_frames(reader, peer, session)
+                    except FrameError as exc:
+                        self.counters["bad_frame"] += 1
+                        peer.last_error = f"inbound: {exc}"
+                        self._ratelog.warning(
+                            f"frame:{sender}", f"closing the connection from {peer.name}: {exc}"
+                        )
+                    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                        peer.last_error = f"inbound: {exc}"
+                    finally:
+                        nursery.cancel_scope.cancel()
             finally:
-                if peer.inbound_scope is scope:
+                if peer.inbound_session is session:
                     peer.inbound_connected = False
                     peer.inbound_scope = None
+                    peer.inbound_session = None
 
-    async def _accept(self, stream: trio.SocketStream) -> tuple[FrameReader, int]:
-        """TLS (when on) and the handshake of an inbound connection: a reader for the session
-        and the authenticated member. The first bytes tell a TLS dialer from a plain one."""
+    async def _still_answers(self, peer: _Peer, old: _InboundSession) -> bool:
+        """Ping the inbound connection `peer` already has: True if it answers within one ping
+        interval (its process is alive, so a newer connection claiming the same member comes
+        from a second process). One that does not answer (a restarted member's half-open
+        connection, or a member too old to answer pings) is replaced, so a restarted member
+        is never locked out."""
+        old.pong = trio.Event()
+        old.ping_owed = True
+        old.wakeup.set()
+        with trio.move_on_after(self._ping_interval_s):
+            await old.pong.wait()
+        return old.pong.is_set() and peer.inbound_session is old
+
+    async def _refuse_duplicate(
+        self, peer: _Peer, old: _InboundSession, conn: trio.abc.Stream, remote: str
+    ) -> None:
+        message = f"two processes claim {peer.name} (from {old.remote} and {remote})"
+        peer.duplicate = message
+        peer.duplicate_s = trio.current_time()
+        self.counters["duplicate_member"] += 1
+        self._ratelog.warning(
+            f"duplicate:{peer.index}",
+            f"{message}: refusing the newer connection while the older one answers; "
+            "stop one of them (two copies of one member's home)",
+        )
+        me = self.genesis.members[self.me].name
+        await _refuse(
+            conn,
+            f"{me} already has a connection from {peer.name} at {old.remote} that answers: "
+            f"two processes claim {peer.name}; stop one of them",
+        )
+
+    async def _inbound_writer(self, session: _InboundSession, done: trio.CancelScope) -> None:
+        """Write the control frames owed on an inbound connection (pongs, the duplicate
+        check's ping). A dialer that stops reading blocks only this task."""
+        try:
+            await self._write_control(session)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            done.cancel()  # the connection is gone; the reader learns it too
+
+    async def _write_control(self, session: _InboundSession) -> None:
+        while True:
+            while not (session.ping_owed or session.pong_owed):
+                session.wakeup = trio.Event()
+                await session.wakeup.wait()
+            frames = [PONG] * session.pong_owed + [PING] * session.ping_owed
+            session.ping_owed = session.pong_owed = False
+            await session.stream.send_all(encode_frames(frames))
+
+    async def _accept(
+        self, stream: trio.SocketStream, slot: _Unauthenticated | None = None
+    ) -> tuple[trio.abc.Stream, FrameReader, int]:
+        """TLS (when on) and the handshake of an inbound connection: the stream to write on,
+        a reader for the session and the authenticated member. The first bytes tell a TLS
+        dialer from a plain one."""
         first = await stream.receive_some(SNIFF_BYTES)
         if not first:
             raise HandshakeError("closed", "peer closed the connection before hello")
@@ -501,7 +727,7 @@ class PeerNetwork:
                 )
                 raise HandshakeError("tls_unexpected", self.tls_mismatch)
             reader = FrameReader(sniff, HANDSHAKE_FRAME_MAX)
-            return reader, await self._handshake_listener(sniff, reader, None)
+            return sniff, reader, await self._handshake_listener(sniff, reader, None, slot)
         if not is_tls_hello(first):
             peer = await self._plain_dialer(sniff)
             await _refuse(
@@ -518,6 +744,7 @@ class PeerNetwork:
             if peer is not None:
                 peer.inbound_error = self.tls_mismatch
             raise HandshakeError("tls_required", self.tls_mismatch)
+        self._hello_received(slot)  # a TLS ClientHello came first
         conn = trio.SSLStream(sniff, tls.server_context, server_side=True)
         try:
             await conn.do_handshake()
@@ -537,7 +764,7 @@ class PeerNetwork:
                 "list for any other member",
             )
         reader = FrameReader(conn, HANDSHAKE_FRAME_MAX)
-        return reader, await self._handshake_listener(conn, reader, member.index)
+        return conn, reader, await self._handshake_listener(conn, reader, member.index)
 
     async def _plain_dialer(self, stream: trio.abc.Stream) -> _Peer | None:
         """Best effort: the member a plain hello names (to say who dialed without TLS)."""
@@ -549,8 +776,18 @@ class PeerNetwork:
         except (FrameError, WireFormatError):
             return None
 
-    async def _receive_frames(self, reader: FrameReader, peer: _Peer) -> None:
+    async def _receive_frames(
+        self, reader: FrameReader, peer: _Peer, session: _InboundSession
+    ) -> None:
         while (body := await reader.read()) is not None:
+            peer.inbound_last_s = trio.current_time()
+            if body == PING:
+                session.pong_owed = True
+                session.wakeup.set()
+                continue
+            if body == PONG:
+                session.pong.set()
+                continue
             peer.frames_received += 1
             peer.bytes_received += len(body)
             # Reserve the bytes atomically (no await between the check and the add), so
@@ -582,6 +819,7 @@ class PeerNetwork:
                 with trio.fail_after(self._handshake_timeout_s):
                     conn = await self._dial_handshake(stream, peer)
                 peer.outbound_connected = True
+                peer.outbound_last_s = trio.current_time()
                 peer.connected_since = time.time()
                 peer.last_error = ""
                 backoff = BACKOFF_MIN_S
@@ -649,15 +887,17 @@ class PeerNetwork:
             peer.queued_bytes = 0
 
     async def _session(self, stream: trio.abc.Stream, peer: _Peer) -> None:
-        """Send until the connection fails. The listener never writes after the handshake, so
-        reading tells us at once when it goes away (instead of at the next send)."""
+        """Send until the connection fails, pinging every interval. The listener writes only
+        pongs (and pings, and a refusal) after the handshake, so reading also tells us at once
+        when it goes away (instead of at the next send)."""
+        peer.ping_owed = peer.pong_owed = False
         async with trio.open_nursery() as nursery:
 
-            async def watch_for_close() -> None:
+            async def read() -> None:
                 try:
-                    while await stream.receive_some(4096):
-                        pass
-                    peer.last_error = "peer closed the connection"
+                    await self._read_control(FrameReader(stream, HANDSHAKE_FRAME_MAX), peer)
+                except FrameError as exc:
+                    peer.last_error = f"outbound: {exc}"
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                     peer.last_error = str(exc) or type(exc).__name__
                 nursery.cancel_scope.cancel()
@@ -669,18 +909,52 @@ class PeerNetwork:
                     peer.last_error = str(exc) or type(exc).__name__
                 nursery.cancel_scope.cancel()
 
-            nursery.start_soon(watch_for_close)
+            async def ping() -> None:
+                while True:
+                    await trio.sleep(self._ping_interval_s)
+                    peer.ping_owed = True
+                    peer.wakeup.set()
+
+            nursery.start_soon(read)
             nursery.start_soon(send)
+            nursery.start_soon(ping)
+
+    async def _read_control(self, reader: FrameReader, peer: _Peer) -> None:
+        """What the listener writes on our outbound connection: pongs (it hears us), pings
+        (it checks we are alive), or a refusal (another process already connected as us)."""
+        while (frame := await reader.read()) is not None:
+            if frame == PONG:
+                peer.outbound_last_s = trio.current_time()
+            elif frame == PING:
+                peer.pong_owed = True
+                peer.wakeup.set()
+            else:
+                try:
+                    msg = as_list(
+                        unpack_canonical(frame, max_len=HANDSHAKE_FRAME_MAX), 2, "refused"
+                    )
+                    if msg[0] != "refused":
+                        raise WireFormatError("not a refusal")
+                except WireFormatError:
+                    raise FrameError("unexpected frame from the listener") from None
+                peer.last_error = f"{peer.name} refused us: {str(msg[1])[:REFUSAL_CHARS_MAX]}"
+                self.counters["refused_after_handshake"] += 1
+                self._ratelog.warning(f"refused:{peer.index}", peer.last_error)
+                return
+        peer.last_error = "peer closed the connection"
 
     async def _send_loop(self, stream: trio.abc.Stream, peer: _Peer) -> None:
-        """Write everything queued (up to COALESCE_BYTES_MAX) with one send_all per round."""
+        """Write the control frames owed and everything queued (up to COALESCE_BYTES_MAX) with
+        one send_all per round."""
         while True:
-            while not peer.queue:
+            while not (peer.queue or peer.ping_owed or peer.pong_owed):
                 peer.wakeup = trio.Event()
                 await peer.wakeup.wait()
-            batch, size = take_batch(peer.queue, COALESCE_BYTES_MAX)
+            control = [PONG] * peer.pong_owed + [PING] * peer.ping_owed
+            peer.ping_owed = peer.pong_owed = False
+            batch, size = take_batch(peer.queue, COALESCE_BYTES_MAX) if peer.queue else ([], 0)
             peer.queued_bytes -= size
-            await stream.send_all(encode_frames(batch))
+            await stream.send_all(encode_frames(control + batch))
             peer.frames_sent += len(batch)
             peer.bytes_sent += size + 4 * len(batch)
 

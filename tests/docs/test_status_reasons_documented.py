@@ -82,8 +82,33 @@ def _raft_recovering(*, floor: int | None, term: int) -> dict[str, Any]:
     }
 
 
+def _peer_links(**kw: Any) -> list[PeerLink]:
+    """n2, n3, n4 as seen by n1; `kw` overrides fields of n3's link."""
+    return [
+        PeerLink(i, name, True, True, **(kw if name == "n3" else {}))
+        for i, name in enumerate(PBFT)
+        if i
+    ]
+
+
+def _pbft_links(links: list[PeerLink]) -> list[str]:
+    return blockers(
+        "pbft", {}, names=PBFT, me=0, quorum=3, links=links, behind_blocks_max=64
+    )  # fmt: skip
+
+
 CASES = {
     "no quorum": _pbft({}, down=("n3", "n4")),
+    "no quorum, silent": _pbft_links(
+        [
+            PeerLink(1, "n2", False, False),
+            PeerLink(2, "n3", True, False, silent_s=5.0),
+            PeerLink(3, "n4", True, True),
+        ]
+    ),
+    "two processes claim": _pbft_links(
+        _peer_links(duplicate="two processes claim n3 (from 10.0.0.3:51200 and 10.0.0.9:40112)")
+    ),
     "view change, gathering": _pbft(_vc(2, 1)),
     "view change, we are next": _pbft(_vc(3, 1), me=1),
     "view change, waiting": _pbft(_vc(3, 1)),

@@ -6,6 +6,7 @@ members keep exchanging frames throughout.
 
 from __future__ import annotations
 
+import functools
 import secrets
 import struct
 from typing import Any
@@ -15,9 +16,10 @@ import trio
 
 from consortium.crypto.codec import pack, unpack
 from consortium.crypto.keys import KeyPair
-from consortium.crypto.signing import PROTOCOL_VERSION, Domain, Ed25519Signer
+from consortium.crypto.signing import PROTOCOL_VERSION, Domain, Ed25519Signer, Ed25519Verifier
 from consortium.ledger.genesis import Params
-from consortium.node.transport import handshake_transcript
+from consortium.node import transport
+from consortium.node.transport import PeerNetwork, handshake_transcript
 from consortium.protocol.framing import FrameReader, encode_frame
 from tests.ledger.chain_fixture import MEMBERS, make_genesis
 from tests.node.peers import (
@@ -216,16 +218,28 @@ async def test_a_silent_connection_times_out_its_handshake() -> None:
             assert net.counters["handshake_timeout"] == 1
 
 
-async def test_unauthenticated_connections_are_bounded() -> None:
+async def test_unauthenticated_connections_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(transport, "EVICT_AGE_S", 60.0)  # no handshake here is "stale"
     with trio.fail_after(10):
         async with members() as m:
             net = await m.start(0, handshakes_max=2)
             idle = [await trio.open_tcp_stream(HOST, m.ports[0]) for _ in range(2)]
             await until(lambda: net._handshakes == 2)
-            async with await trio.open_tcp_stream(HOST, m.ports[0]) as third:
-                assert await closed_by_peer(third) == []
+            # The cap is full: a new connection evicts the oldest idle one, never adds a third.
+            third = await trio.open_tcp_stream(HOST, m.ports[0])
+            assert await closed_by_peer(idle[0]) == []
+            assert net.counters["handshake_evicted"] == 1
+            assert net._handshakes == 2
+            for s in [*idle, third]:
+                await s.aclose()
+            await until(lambda: net._handshakes == 0)
+            # Connections in their handshake (a hello sent) are not evicted while young: with
+            # the cap full of them, a new one is refused.
+            busy = [(await hello(m.ports[0], GENESIS.chain_id, 1))[0] for _ in range(2)]
+            async with await trio.open_tcp_stream(HOST, m.ports[0]) as late:
+                assert await closed_by_peer(late) == []
             assert net.counters["handshake_too_many"] == 1
-            for s in idle:
+            for s in busy:
                 await s.aclose()
 
 
@@ -253,10 +267,12 @@ async def test_a_new_connection_from_a_member_replaces_its_old_one() -> None:
             await receive_until(net, {(1, b"one")})
             second = await dial_as(m.ports[0], 1, MEMBERS[1])
             async with first, second:
-                assert await closed_by_peer(first) == []
+                # It pinged the old one first (is it a second process?); silence: replaced.
+                assert await closed_by_peer(first) == [["peer-ping"]]
                 await second.send_all(encode_frame(b"two"))
                 await receive_until(net, {(1, b"two")})
             assert net.counters["inbound_replaced"] == 1
+            assert net.counters["duplicate_member"] == 0
 
 
 # --- failures, restarts and bounds ----------------------------------------------------------
@@ -328,3 +344,152 @@ async def test_a_consumer_that_does_not_read_pushes_back_instead_of_buffering() 
                 got.append(body)
             assert got == bodies
             assert b._inbound_bytes == 0
+
+
+# --- handshake floods, liveness, two processes as one member --------------------------------
+
+
+async def _flood(port: int, held: int, every_s: float, opened: list[int]) -> None:
+    """An attacker with no key: keeps up to `held` idle connections open, opening one every
+    `every_s` and replacing each the member closes."""
+    async with trio.open_nursery() as nursery:
+        limiter = trio.Semaphore(held)
+
+        async def hold() -> None:
+            try:
+                async with await trio.open_tcp_stream(HOST, port) as s:
+                    opened[0] += 1
+                    await s.receive_some(1)  # until the member closes it
+            except OSError:
+                pass
+            finally:
+                limiter.release()
+
+        while True:
+            await limiter.acquire()
+            nursery.start_soon(hold)
+            await trio.sleep(every_s)
+
+
+async def test_a_flood_of_idle_connections_from_the_members_address_does_not_keep_peers_out() -> (
+    None
+):
+    with trio.fail_after(20):
+        async with members() as m:
+            net = await m.start(0, handshakes_max=16, handshakes_per_source_max=4)
+            opened = [0]
+            async with trio.open_nursery() as attack:
+                attack.start_soon(_flood, m.ports[0], 100, 0.005, opened)
+                await until(lambda: opened[0] >= 50)
+                # Members dialing from the attacker's own address still get in.
+                nets = [net, await m.start(1), await m.start(2)]
+                await exchange(nets)
+                # One source never held more than its share, and idle ones were evicted.
+                assert net._handshakes <= 4
+                assert net.counters["handshake_evicted"] > 0
+                attack.cancel_scope.cancel()
+
+
+async def test_a_connection_that_sends_no_hello_is_closed_at_the_hello_deadline(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with members() as m:
+        net = await m.start(0, hello_timeout_s=1.0, handshake_timeout_s=30.0)
+        start = trio.current_time()
+        async with await trio.open_tcp_stream(HOST, m.ports[0]) as stream:
+            await stream.send_all(b"\x00\x00")  # half a frame header, then nothing
+            assert await closed_by_peer(stream) == []
+        assert trio.current_time() - start < 2.0  # the hello deadline, not the handshake's
+        assert net.counters["handshake_timeout"] == 1
+
+
+async def _fake_listener(stream: trio.SocketStream, member: int, accepted: trio.Event) -> None:
+    """A member that completes the listener's side of the handshake, then reads nothing
+    again (its traffic blackholed)."""
+    reader = FrameReader(stream, 4096)
+    hello_frame = await reader.read()
+    assert hello_frame is not None
+    hello = unpack(hello_frame)
+    nonce = secrets.token_bytes(32)
+    transcript = handshake_transcript(hello[4], hello[3], member, "listener")
+    sig = Ed25519Signer(MEMBERS[member]).sign(Domain.HANDSHAKE, GENESIS.chain_id, transcript)
+    await stream.send_all(
+        encode_frame(pack(["hello-ack", PROTOCOL_VERSION, GENESIS.chain_id, member, nonce, sig]))
+    )
+    assert await reader.read() is not None  # auth
+    accepted.set()
+    await trio.sleep_forever()
+
+
+async def test_a_blackholed_peer_turns_silent_within_three_ping_intervals(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    accepted = trio.Event()
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(
+            functools.partial(
+                trio.serve_tcp,
+                functools.partial(_fake_listener, member=1, accepted=accepted),
+                0,
+                host=HOST,
+            )
+        )
+        port = listeners[0].socket.getsockname()[1]
+        async with members() as m:
+            m.ports[1] = port
+            net = await m.start(0, ping_interval_s=1.0)
+            inbound = await dial_as(m.ports[0], 1, MEMBERS[1])  # sends nothing after this
+            await accepted.wait()
+
+            def peer() -> dict[str, Any]:
+                return net.peer_status()[0]
+
+            await until(lambda: bool(peer()["outbound_connected"] and peer()["inbound_live"]))
+            start = trio.current_time()
+            await until(lambda: not peer()["outbound_live"] and not peer()["inbound_live"])
+            assert trio.current_time() - start <= 3.0 + 0.5
+            await trio.sleep(2)
+            row = peer()
+            # The sessions are still up: only the recent frames say they carry nothing.
+            assert row["outbound_connected"] and row["inbound_connected"]
+            assert row["silent_s"] is not None and float(str(row["silent_s"])) > 3.0
+            await inbound.aclose()
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_live_peer_is_never_shown_silent(autojump_clock: trio.testing.MockClock) -> None:
+    async with members() as m:
+        a, b = await m.start(0), await m.start(1)
+        await until(linked([a, b]))
+        for _ in range(10):
+            await trio.sleep(1.7)
+            for net in (a, b):
+                row = net.peer_status()[0]
+                assert row["outbound_live"] and row["inbound_live"] and row["silent_s"] is None
+
+
+async def test_a_second_process_claiming_a_member_is_refused_while_the_first_answers() -> None:
+    with trio.fail_after(15):
+        async with members() as m:
+            nets = [await m.start(i) for i in range(3)]
+            await exchange(nets)
+            # A copy of member 1's home on another host: same key, its own port.
+            copy = PeerNetwork(
+                GENESIS,
+                1,
+                Ed25519Signer(MEMBERS[1]),
+                Ed25519Verifier(),
+                listen=(HOST, 0),
+                peer_addresses={0: (HOST, m.ports[0]), 2: (HOST, m.ports[2])},
+                frame_bytes_max=1 << 20,
+            )
+            async with trio.open_nursery() as nursery:
+                await nursery.start(copy.run)
+                await until(lambda: nets[0].counters["duplicate_member"] >= 2)
+                row = nets[0].peer_status()[0]
+                assert str(row["duplicate"]).startswith("two processes claim n2 (from 127.0.0.1:")
+                assert "two processes claim n2" in str(copy.peer_status()[0]["last_error"])
+                assert nets[0].counters["inbound_replaced"] == 0
+                # The first process keeps its connections: the members go on talking.
+                await exchange(nets)
+                nursery.cancel_scope.cancel()
