@@ -150,7 +150,7 @@ def status_table(genesis: Genesis, statuses: list[dict[str, Any]]) -> None:
         peers = s.get("peers", [])
         # Connected: frames came both ways within 3 ping intervals (transport.peer_status).
         connected = sum(1 for p in peers if p.get("outbound_live") and p.get("inbound_live"))
-        note = "; ".join(_reasons(s, lagging)) or "ok"
+        note = "; ".join(_reasons(s, lagging) + list(s.get("warnings", []))) or "ok"
         typer.echo(
             f"{s['member']:<7} {s.get(view, '?')!s:>5} {s.get(primary, '?')!s:<8} "
             f"{s.get('height', '?')!s:>7} {s.get('stable_checkpoint', '?')!s:>10} "
@@ -195,6 +195,8 @@ def member_report(s: dict[str, Any]) -> None:
         typer.echo("NOT READY:")
         for reason in s.get("not_progressing_because", []):
             typer.echo(f"  - {reason}")
+    for warning in s.get("warnings", []):
+        typer.echo(f"warning: {warning}")
     typer.echo(f"fault budget: {s.get('fault_budget')} (as this member sees it)")
     if s.get("waiting_for"):
         typer.echo(f"waiting for: {s['waiting_for']}")

@@ -78,6 +78,18 @@ def fault_budget(n: int, f: int, quorum: int, up: int) -> str:
     return f"{head}, no quorum ({quorum} needed): no progress until a member returns"
 
 
+def peer_warnings(links: Sequence[PeerLink]) -> list[str]:
+    """What an operator must see that does not stop this member (so no reason it is not
+    ready: a stray copy of one member's home must not take every other member out of a load
+    balancer): two processes claiming one member."""
+    return [
+        f"{link.duplicate}: the newer connection is refused while the older answers; "
+        f"stop one of them (two copies of {link.name}'s home)"
+        for link in links
+        if link.duplicate
+    ]
+
+
 def name_members(text: str, names: Sequence[str]) -> str:
     """The cores speak of members by index ('primary 2', 'member 3'); operators by name."""
 
@@ -133,12 +145,6 @@ def blockers(
             f"no quorum: {join_names(unreachable)} unreachable" + (f" ({detail})" if detail else "")
         )
     down = {link.name for link in links if not link.up}
-    for link in links:
-        if link.duplicate:
-            reasons.append(
-                f"{link.duplicate}: the newer connection is refused while the older answers; "
-                f"stop one of them (two copies of {link.name}'s home)"
-            )
     recovering = core.get("recovering")
     if recovering:
         reasons.append(_recovering(mode, recovering))

@@ -15,7 +15,14 @@ import trio
 from consortium.ledger.genesis import Genesis, Member
 from consortium.ledger.store import BlockStore
 from consortium.node.executor import ConsensusCore
-from consortium.node.explain import PeerLink, blockers, fault_budget, name_members, peer_rows
+from consortium.node.explain import (
+    PeerLink,
+    blockers,
+    fault_budget,
+    name_members,
+    peer_rows,
+    peer_warnings,
+)
 from consortium.node.http import Response, json_response, text
 from consortium.node.metrics import CONTENT_TYPE, prometheus_text
 from consortium.node.transport import PeerNetwork
@@ -106,6 +113,8 @@ class MemberStatus:
             "head_hash": head.hash.hex(),
             "ready": not reasons,
             "not_progressing_because": reasons,
+            # Seen, and not stopping this member: no part of `ready` (explain.peer_warnings).
+            "warnings": peer_warnings(links),
             "waiting_for": name_members(str(core.get("waiting_for") or ""), names),
             # Our clock against the network's time (ledger/clock.py); wall_ms what it reads.
             "clock": {**(core.get("clock") or {}), "wall_ms": self.m.wall_ms()},

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from consortium.node.explain import PeerLink, blockers, fault_budget
+from consortium.node.explain import PeerLink, blockers, fault_budget, peer_warnings
 
 GUIDE = Path(__file__).resolve().parents[2] / "docs" / "operations.md"
 PBFT = ["n1", "n2", "n3", "n4"]
@@ -106,7 +106,7 @@ CASES = {
             PeerLink(3, "n4", True, True),
         ]
     ),
-    "two processes claim": _pbft_links(
+    "two processes claim": peer_warnings(
         _peer_links(duplicate="two processes claim n3 (from 10.0.0.3:51200 and 10.0.0.9:40112)")
     ),
     "view change, gathering": _pbft(_vc(2, 1)),

@@ -9,7 +9,7 @@ from dataclasses import replace
 from pbft_harness import PARAMS, RETRANSMIT_MS, WALL, Group, drive
 
 from consortium.ledger.genesis import Params
-from consortium.node.explain import PeerLink, blockers, fault_budget, peer_rows
+from consortium.node.explain import PeerLink, blockers, fault_budget, peer_rows, peer_warnings
 
 NAMES = ["n1", "n2", "n3", "n4"]
 
@@ -122,6 +122,21 @@ def test_no_quorum_names_the_unreachable_members() -> None:
     assert reasons(group, 0, down={2, 3}) == ["no quorum: n3 and n4 unreachable"]
     assert reasons(group, 0, down={1, 2, 3}) == ["no quorum: n2, n3 and n4 unreachable"]
     assert reasons(group, 0, down={3}) == []  # one down of n=4: still a quorum
+
+
+def test_two_processes_claiming_a_peer_are_a_warning_not_a_reason_to_be_unready() -> None:
+    """A stray copy of n3's home is the operators' to stop; it does not stop this member, so
+    it must not take n1 out of a load balancer (ready stays true)."""
+    claim = "two processes claim n3 (from 10.0.0.3:1 and 10.0.0.9:2)"
+    links = [PeerLink(i, f"n{i + 1}", True, True, duplicate=claim * (i == 2)) for i in (1, 2, 3)]
+    names = ["n1", "n2", "n3", "n4"]
+    assert (
+        blockers("pbft", {}, names=names, me=0, quorum=3, links=links, behind_blocks_max=64) == []
+    )
+    assert peer_warnings(links) == [
+        f"{claim}: the newer connection is refused while the older answers; stop one of them "
+        "(two copies of n3's home)"
+    ]
 
 
 def test_connection_states_are_named_per_direction() -> None:
