@@ -373,3 +373,44 @@ def test_a_backup_an_hour_ahead_keeps_up_accepts_submissions_and_says_its_clock_
     finally:
         network.stop()
     check_ledgers(network, genesis, committed)
+
+
+def test_an_edited_state_table_is_refused_at_start_and_refetched_from_the_others(
+    net: LocalNetwork,
+) -> None:
+    """Issue 15: an edited value in kv passed `node start` and the member forked silently."""
+    import sqlite3
+
+    setup = load_client_setup(net.directory)
+    genesis, keys = setup.genesis, setup.keys()
+    committed = trio.run(submit, genesis, keys[0], 60, "a")
+    assert len(committed) == 60
+    trio.run(wait_same_height, genesis, [0, 1, 2, 3], 30.0)
+    net.kill("n4", signal.SIGTERM)
+    home = net.homes[3]
+    db = sqlite3.connect(home / "data" / "ledger.sqlite")
+    db.execute("UPDATE kv SET value = ? WHERE key = ?", (b"forged", b"a/7"))
+    db.commit()
+    db.close()
+    refused = cli("node", "start", "--home", str(home), timeout=30)
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    message = refused.stderr.strip()
+    assert "\n" not in message and "Traceback" not in message, message
+    assert "the state table (kv) does not match its digest: edited or damaged" in message
+    assert f"consortium node refetch --home {home}`" in message
+    moved = cli("node", "refetch", "--home", str(home))
+    assert moved.returncode == 0, moved.stdout + moved.stderr
+    aside = list((home / "data").glob("ledger.damaged-*.sqlite"))
+    assert len(aside) == 1 and not (home / "data" / "ledger.sqlite").exists()
+    net.start("n4")
+    committed += trio.run(submit, genesis, keys[1], 20, "b")
+    trio.run(wait_same_height, genesis, [0, 1, 2, 3], 60.0)
+    deadline = time.monotonic() + 30
+    n4: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        n4 = trio.run(statuses, genesis, [3]).get(3, {})
+        if n4.get("ready") and n4["core"]["recovering"] is None:
+            break
+        trio.run(trio.sleep, 0.5)
+    assert n4.get("ready") and n4["core"]["recovering"] is None, n4
+    check_ledgers(net, genesis, committed)  # same block hashes everywhere; all verify

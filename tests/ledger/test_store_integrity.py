@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from consortium.crypto.codec import pack
 from consortium.ledger.admission import ADMIT
 from consortium.ledger.backup import backup_store
 from consortium.ledger.certificates import SignedVote
@@ -34,7 +35,7 @@ def _scanned(store: BlockStore) -> dict[str, int]:
     return {t: table_digest(store._db, t) for t in DIGESTED}
 
 
-def _rich_store(path: Path) -> ChainBuilder:
+def rich_store(path: Path) -> ChainBuilder:
     """A closed store at `path` with a row in every digested table."""
     chain = new_chain()
     chain.add([chain.tx(Put(b"a", b"1")), chain.tx(Put(b"b", b"2"))])
@@ -45,7 +46,7 @@ def _rich_store(path: Path) -> ChainBuilder:
         block = chain.blocks[-1][0]
         store.save(
             blocks=chain.blocks,
-            records=[(b"view", b"1"), (b"log/1", b"entry")],
+            records=[(b"pbft/view", pack([1, 1, 0])), (b"pbft/log/1", pack([b"entry"]))],
             block_signatures=[(2, v) for v in block_signatures(chain.genesis, block)],
             checkpoints=[checkpoint(chain.genesis, 2, chain.head.hash)],
         )
@@ -81,7 +82,7 @@ def _one_row(path: Path, table: str) -> tuple[list[str], tuple[object, ...]]:
     return columns, rows[0]
 
 
-def _edit(path: Path, table: str, how: str) -> None:
+def edit_row(path: Path, table: str, how: str) -> None:
     columns, row = _one_row(path, table)
     where = " AND ".join(f"{c} = ?" for c in columns)
     if how == "edit":
@@ -100,9 +101,9 @@ def test_a_changed_row_of_any_table_is_refused_at_open_naming_the_table(
     tmp_path: Path, table: str, how: str
 ) -> None:
     path = tmp_path / "ledger.sqlite"
-    chain = _rich_store(path)
+    chain = rich_store(path)
     BlockStore.open(path, chain.genesis).close()  # clean before the change
-    _edit(path, table, how)
+    edit_row(path, table, how)
     with pytest.raises(StoreDamaged) as caught:
         BlockStore.open(path, chain.genesis)
     assert caught.value.tables == (table,)
@@ -114,16 +115,16 @@ def test_a_changed_row_of_any_table_is_refused_at_open_naming_the_table(
 
 def test_two_damaged_tables_are_both_named(tmp_path: Path) -> None:
     path = tmp_path / "ledger.sqlite"
-    chain = _rich_store(path)
-    _edit(path, "kv", "edit")
-    _edit(path, "records", "delete")
+    chain = rich_store(path)
+    edit_row(path, "kv", "edit")
+    edit_row(path, "records", "delete")
     with pytest.raises(StoreDamaged, match=r"\(kv\), the consensus records \(records\) do not"):
         BlockStore.open(path, chain.genesis)
 
 
 def test_a_deleted_digest_row_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "ledger.sqlite"
-    chain = _rich_store(path)
+    chain = rich_store(path)
     _sql(path, "DELETE FROM meta WHERE key = ?", (DIGEST_KEY + "tx_index",))
     with pytest.raises(StoreDamaged, match=r"\(tx_index\)"):
         BlockStore.open(path, chain.genesis)
@@ -173,7 +174,7 @@ def test_a_store_from_before_digests_gets_them_at_its_first_open(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     path = tmp_path / "ledger.sqlite"
-    chain = _rich_store(path)
+    chain = rich_store(path)
     want = stored_digests(sqlite3.connect(path))
     _sql(path, "DELETE FROM meta WHERE key >= ? AND key < ?", (DIGEST_KEY, "digest0"))
     with caplog.at_level("INFO"):
@@ -182,14 +183,14 @@ def test_a_store_from_before_digests_gets_them_at_its_first_open(
     assert store.fsync_count == 1
     store.close()
     assert stored_digests(sqlite3.connect(path)) == want
-    _edit(path, "kv", "edit")  # and they are checked from then on
+    edit_row(path, "kv", "edit")  # and they are checked from then on
     with pytest.raises(StoreDamaged, match=r"\(kv\)"):
         BlockStore.open(path, chain.genesis)
 
 
 def test_a_backup_copy_opens_clean_with_its_mark(tmp_path: Path) -> None:
     path = tmp_path / "ledger.sqlite"
-    chain = _rich_store(path)
+    chain = rich_store(path)
     backup_store(path, tmp_path / "copy.sqlite", chain.genesis)
     store = BlockStore.open(tmp_path / "copy.sqlite", chain.genesis)
     assert store.recovery_mark() is not None
@@ -198,7 +199,7 @@ def test_a_backup_copy_opens_clean_with_its_mark(tmp_path: Path) -> None:
 
 def test_an_operators_sqlite_session_needs_none_of_our_code(tmp_path: Path) -> None:
     path = tmp_path / "ledger.sqlite"
-    chain = _rich_store(path)
+    chain = rich_store(path)
     store = BlockStore.open(path, chain.genesis)
     try:
         # The triggers are TEMP (the store's connection only): a write from another session
