@@ -1,5 +1,6 @@
 """`consortium node`: run one member (`start`), check its home before starting it (`check`),
-show its TLS certificate (`cert`), back up its ledger while it runs (`backup`).
+show its TLS certificate (`cert`), back up its ledger while it runs (`backup`), set a damaged
+ledger aside so the next start re-fetches it from the other members (`refetch`).
 
 The node runtime, trio and the crypto libraries are imported inside the commands: importing
 this module (for `consortium --help`) loads typer and nothing heavy.
@@ -24,7 +25,7 @@ def node_start(
     home: Annotated[Path, typer.Option("--home", help="The member's home directory.")],
 ) -> None:
     """Run one member from its home directory (config/node.toml, node_key.pem, genesis.json)."""
-    from consortium.ledger.store import StoreError
+    from consortium.ledger.store import StoreDamaged, StoreError
     from consortium.node.config import ConfigError
     from consortium.node.process import load_member, run_member
 
@@ -34,6 +35,8 @@ def node_start(
         raise fail(str(exc)) from None
     try:
         run_member(identity)
+    except StoreDamaged as exc:  # (the way back, with this home in it)
+        raise fail(exc.advice(home), EXIT_FAILED) from None
     except (StoreError, ConfigError) as exc:
         raise fail(str(exc), EXIT_FAILED) from None
     except ValueError as exc:
@@ -164,4 +167,27 @@ def node_backup(
         f"backed up {config.store_path} to {result.path}: height {result.height}, head "
         f"{result.head_hash.hex()[:16]}…, {result.size_bytes:,} bytes; verified; marked as a "
         "restored backup (a member started on it recovers first: docs/operations.md, Restoring)"
+    )
+
+
+@node_app.command("refetch")
+def node_refetch(
+    home: Annotated[Path, typer.Option("--home", help="The member's home directory.")],
+) -> None:
+    """Set the member's ledger aside (renamed, in its data directory; never deleted) so that
+    its next start re-fetches the whole ledger from the other members, checking every block by
+    its certificates, and recovers before it votes (as from lost state). For a store the node
+    refuses as damaged. Refuses while the member runs."""
+    from consortium.node.config import ConfigError, load_config
+    from consortium.node.refetch import set_ledger_aside
+
+    try:
+        config = load_config(home)
+        moved = set_ledger_aside(config)
+    except ConfigError as exc:
+        raise fail(str(exc), EXIT_FAILED) from None
+    typer.echo(
+        f"moved {config.store_path} aside to {moved} (keep it until the member is healthy "
+        f"again); `consortium node start --home {home}` now re-fetches the ledger from the "
+        "other members and recovers before it votes (docs/operations.md, A damaged store)"
     )

@@ -24,9 +24,17 @@ this order, it stops at the first failure and names the height and the problem:
     8. re-execution from genesis (a fresh KeyValueState, build_block) reproduces the header
        exactly; the report names the field that differs.
 
+    9. every transaction is in the transaction index (tx_index) where the node records it:
+       an occurrence that executed at (height, index), executed; one that did not, at an
+       earlier occurrence of the same id or at a later one that executed.
+
 After the last block: a checkpoint certificate above the head means certified blocks were cut
 off; the stored key-value table and replay set (what the node serves and loads) must equal the
-re-executed state, and so must the admitted clients and the pending client changes. `verifier`
+re-executed state, and so must the admitted clients and the pending client changes; the
+transaction index holds no row for an id no block holds; every consensus record (records)
+decodes; and every table the node keeps a digest of (store.DIGESTED) matches it, so a deleted
+block signature, checkpoint certificate or consensus record, which nothing above can miss, is
+named too. `verifier`
 checks member signatures (commit and checkpoint certificates,
 block signatures); Ed25519 by default.
 """
@@ -38,7 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from consortium.crypto.codec import WireFormatError, unpack_canonical
+from consortium.crypto.codec import WireFormatError, unpack, unpack_canonical
 from consortium.crypto.signing import Ed25519Verifier, Verifier
 from consortium.ledger.admission import PendingChange, check_approvals, check_client_key
 from consortium.ledger.block import (
@@ -58,7 +66,8 @@ from consortium.ledger.certificates import (
     verify_block_signatures,
 )
 from consortium.ledger.genesis import Genesis
-from consortium.ledger.state import KeyValueState, build_block
+from consortium.ledger.state import Execution, KeyValueState, build_block
+from consortium.ledger.store import DIGESTED, stored_digests, table_digest
 from consortium.ledger.tx import ConfigChange
 
 _HEADER_FIELDS = (
@@ -132,6 +141,7 @@ class _Audit:
         self.head_hash = ZERO_HASH
         self.blocks = 0
         self.certificates = 0
+        self.indexed = 0  # tx_index rows met at the position they point at
 
     def report(self, problem: AuditProblem | None) -> AuditReport:
         return AuditReport(
@@ -179,7 +189,8 @@ class _Audit:
             self._block_signatures(db, header)
             self._checkpoint_at(db, header)
             if prev is not None:
-                self._re_execute(block, prev, app)
+                execution = self._re_execute(block, prev, app)
+                self._tx_index(db, block, execution)
             prev = header
             self.height = height
             self.head_hash = header.hash
@@ -188,6 +199,9 @@ class _Audit:
             raise _Failed(0, "the ledger holds no blocks, not even genesis")
         self._checkpoints_above(db, prev.height)
         self._served_state(db, prev, app)
+        self._tx_index_extra(db, prev.height)
+        self._records(db, prev.height)
+        self._digests(db, prev.height)
 
     # --- per-block checks -------------------------------------------------------------------
 
@@ -365,7 +379,7 @@ class _Audit:
         self.certificates += 1
         return cert
 
-    def _re_execute(self, block: Block, prev: BlockHeader, app: KeyValueState) -> None:
+    def _re_execute(self, block: Block, prev: BlockHeader, app: KeyValueState) -> Execution:
         stored = block.header
         rebuilt, execution = build_block(prev, stored.consensus, stored.proposed_ms, block.txs, app)
         if rebuilt.header != stored:
@@ -381,6 +395,76 @@ class _Audit:
         if rebuilt.receipts != block.receipts:
             raise _Failed(stored.height, "stored receipts differ from re-execution")
         app.apply(execution)
+        return execution
+
+    def _tx_index(self, db: sqlite3.Connection, block: Block, execution: Execution) -> None:
+        """Each transaction of the block where the node's transaction index records it (the
+        store's rule: the first executed occurrence; else the first occurrence)."""
+        if not block.txs:
+            return
+        height = block.height
+        ids = list({tx.id for tx in block.txs})
+        rows: dict[bytes, tuple[int, int, int]] = {}
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for tid, h, i, e in db.execute(
+                f"SELECT tx_id, height, idx, executed FROM tx_index WHERE tx_id IN ({marks})",
+                chunk,
+            ):
+                rows[bytes(tid)] = (int(h), int(i), int(e))
+        consumed = {tid for tid, _ in execution.consumed}
+        seen: set[bytes] = set()
+        for index, tx in enumerate(block.txs):
+            executed = tx.id in consumed and tx.id not in seen
+            seen.add(tx.id)
+            row = rows.get(tx.id)
+            what = f"transaction {index} ({_short(tx.id)})"
+            if row is None:
+                raise _Failed(height, f"{what} is missing from the transaction index (tx_index)")
+            at, here = (row[0], row[1]), (height, index)
+            if executed and row != (height, index, 1):
+                raise _Failed(
+                    height,
+                    f"{what} executed here, but the transaction index (tx_index) says "
+                    f"height {row[0]} index {row[1]}" + ("" if row[2] else ", not executed"),
+                )
+            if not executed:
+                if at == here and row[2]:
+                    raise _Failed(
+                        height,
+                        f"the transaction index (tx_index) says {what} executed; it did not",
+                    )
+                if at > here and not row[2]:
+                    raise _Failed(
+                        height,
+                        f"the transaction index (tx_index) points {what} at a later occurrence "
+                        f"(height {row[0]} index {row[1]}) that did not execute either",
+                    )
+                if at < here and not self._holds(db, block, at, tx.id):
+                    raise _Failed(
+                        height,
+                        f"the transaction index (tx_index) points {what} at height {row[0]} "
+                        f"index {row[1]}, which holds another transaction",
+                    )
+            if at == here:
+                self.indexed += 1
+
+    def _holds(
+        self, db: sqlite3.Connection, block: Block, at: tuple[int, int], tx_id: bytes
+    ) -> bool:
+        """Whether position `at` (at or below `block`) holds `tx_id` (its receipt says)."""
+        if at[0] == block.height:
+            receipts = block.receipts
+        else:
+            row = db.execute("SELECT receipts FROM blocks WHERE height = ?", (at[0],)).fetchone()
+            if row is None:
+                return False
+            try:
+                receipts = decode_receipts(row[0])
+            except WireFormatError:
+                return False
+        return 0 <= at[1] < len(receipts) and receipts[at[1]].tx_id == tx_id
 
     # --- after the last block ---------------------------------------------------------------
 
@@ -393,6 +477,48 @@ class _Audit:
                 int(row[0]),
                 f"a checkpoint certificate certifies seq {row[0]}, above the ledger head at "
                 f"{head}: blocks are missing",
+            )
+
+    def _tx_index_extra(self, db: sqlite3.Connection, head: int) -> None:
+        (total,) = db.execute("SELECT COUNT(*) FROM tx_index").fetchone()
+        if int(total) != self.indexed:
+            raise _Failed(
+                head,
+                f"the transaction index (tx_index) holds {int(total) - self.indexed} rows for "
+                "ids no block holds",
+            )
+
+    def _records(self, db: sqlite3.Connection, head: int) -> None:
+        # The consensus cores' records (pbft/, raft/) are msgpack; others are not ours to read.
+        for key, value in db.execute(
+            "SELECT key, value FROM records WHERE key >= ? AND key < ? OR key >= ? AND key < ?",
+            (b"pbft/", b"pbft0", b"raft/", b"raft0"),
+        ):
+            try:
+                unpack(bytes(value))
+            except (WireFormatError, TypeError) as exc:
+                raise _Failed(
+                    head, f"the consensus record {bytes(key)!r} (records) does not decode: {exc}"
+                ) from None
+
+    def _digests(self, db: sqlite3.Connection, head: int) -> None:
+        """Each table against its digest in meta (a store from before digests has none)."""
+        stored = stored_digests(db)
+        if not stored:
+            return
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        wrong = [
+            t
+            for t in DIGESTED
+            if t in tables and (t not in stored or table_digest(db, t) != stored[t])
+        ]
+        if wrong:
+            named = ", ".join(f"{DIGESTED[t][1]} ({t})" for t in wrong)
+            raise _Failed(
+                head,
+                f"{named} {'does' if len(wrong) == 1 else 'do'} not match "
+                f"{'its digest' if len(wrong) == 1 else 'their digests'}: a row edited, added "
+                "or deleted since the member wrote it",
             )
 
     def _served_state(self, db: sqlite3.Connection, head: BlockHeader, app: KeyValueState) -> None:
@@ -422,7 +548,9 @@ class _Audit:
                     for (v,) in db.execute("SELECT value FROM pending_client_changes ORDER BY seq")
                 ]
             except WireFormatError as exc:
-                raise _Failed(head.height, f"a stored pending client change: {exc}") from None
+                raise _Failed(
+                    head.height, f"a stored pending client change (pending_client_changes): {exc}"
+                ) from None
         else:  # a store from before client changes: it can hold only the genesis clients
             stored_clients = {c.public_key: c.name for c in self.genesis.clients}
             stored_pending = []

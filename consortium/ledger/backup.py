@@ -26,7 +26,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from consortium.ledger.genesis import Genesis
-from consortium.ledger.store import RECOVERY_MARK_KEY, RESTORED_BACKUP, BlockStore, StoreError
+from consortium.ledger.store import (
+    RECOVERY_MARK_KEY,
+    RESTORED_BACKUP,
+    BlockStore,
+    StoreError,
+    put_record_outside,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,11 +59,8 @@ def backup_store(source: Path, destination: Path, genesis: Genesis) -> BackupRes
             dst = sqlite3.connect(partial)
             try:
                 src.backup(dst)  # pages=-1: all pages in one step, one consistent snapshot
-                dst.execute(
-                    "INSERT INTO records (key, value) VALUES (?, ?) "
-                    "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                    (RECOVERY_MARK_KEY, RESTORED_BACKUP.encode()),
-                )
+                # (with the records digest moved by it: the copy opens clean)
+                put_record_outside(dst, RECOVERY_MARK_KEY, RESTORED_BACKUP.encode())
                 dst.commit()
                 # The copy is a plain rollback-journal file until a store opens it (in WAL).
                 dst.execute("PRAGMA journal_mode=DELETE")

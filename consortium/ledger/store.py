@@ -39,11 +39,29 @@ Rules and invariants:
   that follows the core's leaving recovery (node/preflight.py, node/runtime.py).
 - Per-block work is proportional to the block (indexed lookups and inserts only); memory holds
   the application state and the replay set, nothing else that grows with the chain.
+- Table digests. Every table the member relies on besides `blocks` (DIGESTED) has a digest in
+  meta (`digest/<table>`): the sum mod 2^256 of SHA-256 over a canonical, length-prefixed
+  encoding of the table's name and each row (row_digest), so it does not depend on row order
+  and moves by one row's hash per inserted, updated or deleted row. TEMP triggers on the
+  writer connection (they exist only there: an operator's sqlite3 session needs none of our
+  code) report each row change to a Python function that accumulates per-table deltas; the
+  new digests go into meta in the same transaction as the writes, and a rollback drops the
+  deltas. At open (with verify=True) every digested table is scanned and compared, before the
+  member votes: a row edited, added or deleted since the member wrote it (disk rot, an
+  operator's slip, an edit by hand) is refused naming the table (StoreDamaged), with the two
+  ways back: a backup, or `consortium node refetch`. A store from a version without digests
+  gets them computed from its tables at its first open (logged). What it does not detect:
+  someone who edits a table and recomputes its digest. Whoever can do that can also replace
+  the member's code or key: they own the member; the digest is against accidents and slips,
+  and `ledger verify` (re-execution from genesis) is the deep check.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import sqlite3
+import struct
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -63,6 +81,8 @@ from consortium.ledger.block import (
 from consortium.ledger.certificates import CheckpointCertificate, SignedVote
 from consortium.ledger.genesis import Genesis
 from consortium.ledger.state import CachedTable, Execution, KeyValueState
+
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 2
 # Start in recovery (module rules); the value says from what, in words for `status`.
@@ -127,8 +147,117 @@ WHERE tx_index.executed = 0 AND excluded.executed = 1
 """
 
 
+# The digested tables (module rules, "Table digests"): name -> (columns, words for people).
+DIGESTED: dict[str, tuple[tuple[str, ...], str]] = {
+    "kv": (("key", "value"), "the state table"),
+    "replay": (("tx_id", "expiry_ms"), "the replay set"),
+    "clients": (("key", "label"), "the admitted clients"),
+    "pending_client_changes": (("seq", "change_id", "value"), "the pending client changes"),
+    "client_changed": (("key", "ms"), "the times of the clients' last changes"),
+    "tx_index": (("tx_id", "height", "idx", "executed"), "the transaction index"),
+    "block_signatures": (("height", "body", "signature"), "the block signatures"),
+    "checkpoints": (("seq", "certificate"), "the checkpoint certificates"),
+    "records": (("key", "value"), "the consensus records"),
+}
+DIGEST_KEY = "digest/"  # meta key prefix: digest/<table> -> 32 bytes, big-endian
+_DIGEST_MOD = 1 << 256
+_ROW_FUNCTION = "consortium_row_digest"
+
+
+def row_digest(table: str, row: Sequence[object]) -> int:
+    """One row's share of its table's digest: SHA-256 over the table name and each value,
+    each with its SQLite type and length, as an integer (a BLOB and the TEXT of the same bytes
+    differ; a value cannot run into the next). On the write path, per row: kept lean."""
+    parts = [_TABLE_PART.get(table) or _part(table)]
+    for value in row:
+        if type(value) is bytes:
+            parts.append(b"b" + len(value).to_bytes(4, "big"))
+            parts.append(value)
+        else:
+            parts.append(_part(value))
+    return int.from_bytes(hashlib.sha256(b"".join(parts)).digest(), "big")
+
+
+def _part(value: object) -> bytes:
+    if isinstance(value, bytes):
+        tag, data = b"b", value
+    elif isinstance(value, int):
+        tag, data = b"i", value.to_bytes(8, "big", signed=True)
+    elif isinstance(value, str):
+        tag, data = b"s", value.encode("utf-8", "surrogatepass")
+    elif isinstance(value, float):
+        tag, data = b"f", struct.pack(">d", value)
+    else:
+        tag, data = b"n", b""
+    return tag + len(data).to_bytes(4, "big") + data
+
+
+_TABLE_PART = {t: _part(t) for t in DIGESTED}
+
+
+def table_digest(db: sqlite3.Connection, table: str) -> int:
+    """Scan `table` and compute its digest (row_digest summed mod 2^256)."""
+    columns = ", ".join(DIGESTED[table][0])
+    total = 0
+    for row in db.execute(f"SELECT {columns} FROM {table}"):  # (our own names)
+        total += row_digest(table, row)
+    return total % _DIGEST_MOD
+
+
+def stored_digests(db: sqlite3.Connection) -> dict[str, int]:
+    """The digests meta holds (by table; empty for a store from before digests)."""
+    return {
+        str(k)[len(DIGEST_KEY) :]: int.from_bytes(bytes(v), "big")
+        for k, v in db.execute(
+            "SELECT key, value FROM meta WHERE key >= ? AND key < ?", (DIGEST_KEY, "digest0")
+        )
+    }
+
+
+def put_record_outside(db: sqlite3.Connection, key: bytes, value: bytes) -> None:
+    """Upsert a record on a connection that has no digest triggers (a backup's copy), and
+    move the records digest by the change, as the store's triggers would (in the caller's
+    transaction)."""
+    old = db.execute("SELECT key, value FROM records WHERE key = ?", (key,)).fetchone()
+    db.execute(
+        "INSERT INTO records (key, value) VALUES (?, ?) "
+        "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        (key, value),
+    )
+    digests = stored_digests(db)
+    if "records" in digests:
+        total = digests["records"] + row_digest("records", (key, value))
+        if old is not None:
+            total -= row_digest("records", (bytes(old[0]), bytes(old[1])))
+        db.execute(
+            "UPDATE meta SET value = ? WHERE key = ?",
+            ((total % _DIGEST_MOD).to_bytes(32, "big"), DIGEST_KEY + "records"),
+        )
+
+
 class StoreError(Exception):
     """The store cannot be used as asked; the message says what is wrong and what to do."""
+
+
+class StoreDamaged(StoreError):
+    """Tables that do not match their digests (`tables`): refused at open. The message names
+    them and the ways back; `advice(home)` says it with the member's home filled in."""
+
+    def __init__(self, path: Path, tables: Sequence[str]) -> None:
+        self.path = path
+        self.tables = tuple(tables)
+        super().__init__(self.advice(None))
+
+    def advice(self, home: Path | str | None) -> str:
+        named = ", ".join(f"{DIGESTED[t][1]} ({t})" for t in self.tables)
+        verb = "does" if len(self.tables) == 1 else "do"
+        digests = "its digest" if len(self.tables) == 1 else "their digests"
+        return (
+            f"{self.path}: {named} {verb} not match {digests}: edited or damaged since the "
+            "member wrote it; the member will not vote on it. Either restore a backup taken "
+            "before the damage (docs/operations.md, Restoring) or re-fetch the ledger from the "
+            f"other members: `consortium node refetch --home {home or 'HOME'}`, then start it"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +284,11 @@ class BlockStore:
         # What stage() wrote, for commit_staged()/finish_staged(): (head, blocks, applied, mark)
         self._staged: tuple[BlockHeader, list[BlockItem], int, tuple[int, int]] | None = None
         self._reader = db  # open() replaces it with the read-only connection (_open_reader)
+        # Table digests (module rules): committed, and the deltas the triggers report for the
+        # transaction in progress (cleared at each BEGIN, dropped by a rollback).
+        self._digests: dict[str, int] = {}
+        self._deltas: dict[str, int] = {}
+        self._staged_digests: dict[str, int] | None = None
         self._head: BlockHeader = genesis_block(genesis).header
         self.app = KeyValueState.for_genesis(genesis, self._head.state_root)
 
@@ -234,6 +368,8 @@ class BlockStore:
             self._load_head()
             if verify:
                 self._verify_chain()
+            self._check_digests(verify)
+            self._install_triggers()
             self._load_state()
         except sqlite3.Error as exc:
             raise StoreError(f"{self.path}: cannot read the block store: {exc}") from None
@@ -268,11 +404,90 @@ class BlockStore:
                     "INSERT INTO records (key, value) VALUES (?, ?)",
                     (RECOVERY_MARK_KEY, mark.encode()),
                 )
+            db.executemany(
+                "INSERT INTO meta (key, value) VALUES (?, ?)",
+                [(DIGEST_KEY + t, table_digest(db, t).to_bytes(32, "big")) for t in DIGESTED],
+            )
             db.execute("COMMIT")
         except BaseException:
             self._rollback()
             raise
         return True
+
+    def _check_digests(self, verify: bool) -> None:
+        """Compare every digested table with its digest in meta (module rules); a store from
+        a version without digests gets them now. verify=False trusts the stored digests."""
+        db = self._db
+        stored = stored_digests(db)
+        if not stored:
+            log.info(
+                "%s: computing table digests at first open (a store from a version without "
+                "them); from now on every open checks them",
+                self.path,
+            )
+            self._digests = {t: table_digest(db, t) for t in DIGESTED}
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.executemany(
+                    "INSERT INTO meta (key, value) VALUES (?, ?)",
+                    [(DIGEST_KEY + t, d.to_bytes(32, "big")) for t, d in self._digests.items()],
+                )
+                db.execute("COMMIT")
+            except BaseException:
+                self._rollback()
+                raise
+            self.fsync_count += 1
+            return
+        missing = [t for t in DIGESTED if t not in stored]
+        if missing:
+            raise StoreDamaged(self.path, missing)  # (its digest row was deleted)
+        if verify:
+            wrong = [t for t in DIGESTED if table_digest(db, t) != stored[t]]
+            if wrong:
+                raise StoreDamaged(self.path, wrong)
+        self._digests = {t: stored[t] for t in DIGESTED}
+
+    def _install_triggers(self) -> None:
+        """TEMP triggers on the writer connection: each row a write inserts, updates (upserts
+        included) or deletes moves its table's delta by the row's digest (module rules)."""
+
+        def on_row(table: str, sign: int, *row: object) -> None:
+            deltas = self._deltas
+            deltas[table] = deltas.get(table, 0) + sign * row_digest(table, row)
+
+        db = self._db
+        db.create_function(_ROW_FUNCTION, -1, on_row, deterministic=True)
+        for table, (columns, _) in DIGESTED.items():
+            old = ", ".join(f"OLD.{c}" for c in columns)
+            new = ", ".join(f"NEW.{c}" for c in columns)
+            f = _ROW_FUNCTION
+            db.execute(
+                f"CREATE TEMP TRIGGER IF NOT EXISTS digest_{table}_insert AFTER INSERT ON "
+                f"main.{table} BEGIN SELECT {f}('{table}', 1, {new}); END"
+            )
+            db.execute(
+                f"CREATE TEMP TRIGGER IF NOT EXISTS digest_{table}_update AFTER UPDATE ON "
+                f"main.{table} BEGIN SELECT {f}('{table}', -1, {old}), {f}('{table}', 1, {new}); "
+                "END"
+            )
+            db.execute(
+                f"CREATE TEMP TRIGGER IF NOT EXISTS digest_{table}_delete AFTER DELETE ON "
+                f"main.{table} BEGIN SELECT {f}('{table}', -1, {old}); END"
+            )
+
+    def _write_digests(self) -> dict[str, int]:
+        """Fold this transaction's deltas into the digests and write the changed ones into
+        meta (in the transaction); the digests as they will be once it commits."""
+        new = dict(self._digests)
+        changed = []
+        for table, delta in self._deltas.items():
+            if delta % _DIGEST_MOD:
+                new[table] = (new.get(table, 0) + delta) % _DIGEST_MOD
+                changed.append((new[table].to_bytes(32, "big"), DIGEST_KEY + table))
+        self._deltas.clear()
+        if changed:
+            self._db.executemany("UPDATE meta SET value = ? WHERE key = ?", changed)
+        return new
 
     def _insert_genesis_clients(self) -> None:
         self._db.executemany(
@@ -622,6 +837,7 @@ class BlockStore:
             return False
         db = self._db
         try:
+            self._deltas.clear()
             db.execute("BEGIN IMMEDIATE")
             for block, execution, certificate in blocks:
                 self._write_block(block, execution, certificate)
@@ -647,6 +863,7 @@ class BlockStore:
             db.executemany(
                 "DELETE FROM records WHERE key = ?", [(k,) for k, v in records if v is None]
             )
+            self._staged_digests = self._write_digests()
         except BaseException as exc:
             self._failed(exc)
         self._staged = (new_head, list(blocks), applied, self.app.write_mark())
@@ -659,6 +876,8 @@ class BlockStore:
             committing = time.perf_counter()
             self._db.execute("COMMIT")
             self.last_commit_s = time.perf_counter() - committing
+            if self._staged_digests is not None:
+                self._digests, self._staged_digests = self._staged_digests, None
         except BaseException as exc:
             self._staged = None
             self._failed(exc)
@@ -695,6 +914,8 @@ class BlockStore:
         raise exc
 
     def _rollback(self) -> None:
+        self._deltas.clear()
+        self._staged_digests = None
         if self._db.in_transaction:
             self._db.execute("ROLLBACK")
 

@@ -235,8 +235,9 @@ def _checkpoint_below_quorum(path: Path, chain: ChainBuilder) -> None:
 
 
 def _cut_below_checkpoint(path: Path, chain: ChainBuilder) -> None:
-    cert = checkpoint(chain.genesis, HEIGHT, chain.head.hash)
-    _sql(path, "INSERT INTO checkpoints VALUES (?, ?)", HEIGHT, cert.encode())
+    store = BlockStore.open(path, chain.genesis)  # (the store keeps the checkpoints' digest)
+    store.put_checkpoint(checkpoint(chain.genesis, HEIGHT, chain.head.hash))
+    store.close()
     assert audit_ledger(path, chain.genesis).ok
     _sql(path, "DELETE FROM blocks WHERE height = ?", HEIGHT)
     _sql(path, "DELETE FROM block_signatures WHERE height = ?", HEIGHT)
@@ -501,3 +502,76 @@ def test_a_raft_leader_certificate_is_checked_offline(tmp_path: Path) -> None:
     _failure(path, chain.genesis, 2, "no leader certificate stored for this block")
     _sql(path, "UPDATE blocks SET certificate = ? WHERE height = 2", b"\x93junk")
     _failure(path, chain.genesis, 2, "leader certificate does not decode")
+
+
+# --- every table the node relies on -----------------------------------------------------------
+
+
+def test_a_good_store_with_every_table_filled_passes_the_audit(tmp_path: Path) -> None:
+    from tests.ledger.test_store_integrity import rich_store
+
+    path = tmp_path / "ledger.sqlite"
+    chain = rich_store(path)
+    assert audit_ledger(path, chain.genesis).ok
+
+
+@pytest.mark.parametrize("how", ["edit", "delete", "add"])
+@pytest.mark.parametrize(
+    "table",
+    [
+        "kv",
+        "replay",
+        "clients",
+        "pending_client_changes",
+        "client_changed",
+        "tx_index",
+        "block_signatures",
+        "checkpoints",
+        "records",
+    ],
+)
+def test_the_audit_names_a_changed_row_of_any_table(tmp_path: Path, table: str, how: str) -> None:
+    from tests.ledger.test_store_integrity import edit_row, rich_store
+
+    path = tmp_path / "ledger.sqlite"
+    chain = rich_store(path)
+    edit_row(path, table, how)
+    report = audit_ledger(path, chain.genesis)
+    assert not report.ok and report.problem is not None
+    # Named by the table's own name, or by the deeper check that found it first.
+    words = {
+        "kv": "key-value table",
+        "replay": "replay set",
+        "clients": "admitted clients",
+        "pending_client_changes": "pending client changes",
+        "client_changed": "last client changes",
+        "block_signatures": "block signature",
+        "checkpoints": "checkpoint",
+    }
+    reason = report.problem.reason
+    assert f"({table})" in reason or words.get(table, "@") in reason, reason
+
+
+def test_the_audit_names_a_deleted_transaction_index_row_with_its_height(tmp_path: Path) -> None:
+    path, chain = _ledger(tmp_path)
+    tx = chain.blocks[1][0].txs[0]
+    _sql(path, "DELETE FROM tx_index WHERE tx_id = ?", tx.id)
+    _sql(path, "DELETE FROM meta WHERE key LIKE 'digest/%'")  # (as a store from before digests)
+    _failure(path, chain.genesis, 2, "is missing from the transaction index (tx_index)")
+
+
+def test_the_audit_names_a_transaction_index_row_pointing_elsewhere(tmp_path: Path) -> None:
+    path, chain = _ledger(tmp_path)
+    tx = chain.blocks[1][0].txs[0]
+    _sql(path, "DELETE FROM meta WHERE key LIKE 'digest/%'")
+    _sql(path, "UPDATE tx_index SET height = 1 WHERE tx_id = ?", tx.id)
+    _failure(path, chain.genesis, 2, "executed here, but the transaction index (tx_index) says")
+
+
+def test_the_audit_names_an_undecodable_consensus_record(tmp_path: Path) -> None:
+    path, chain = _ledger(tmp_path)
+    _sql(path, "DELETE FROM meta WHERE key LIKE 'digest/%'")
+    _sql(path, "INSERT INTO records VALUES (?, ?)", b"pbft/view", b"\xc1")
+    report = audit_ledger(path, chain.genesis)
+    assert report.problem is not None and report.problem.height == chain.head.height
+    assert "the consensus record b'pbft/view' (records) does not decode" in report.problem.reason
