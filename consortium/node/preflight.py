@@ -39,7 +39,6 @@ import trio
 from consortium.ledger.genesis import Genesis, parse_address
 from consortium.ledger.store import LOST_STATE, RECOVERY_MARK_KEY, BlockStore
 from consortium.node.config import ConfigError, NodeConfig, config_path
-from consortium.node.datalock import lock_data_dir
 
 NEW_MARK = "new-member"  # in the data directory: this member has never run (init, keygen)
 _NEW_MARK_TEXT = (
@@ -83,34 +82,6 @@ def open_store(config: NodeConfig, genesis: Genesis) -> tuple[BlockStore, str | 
     except BaseException:
         store.close()
         raise
-
-
-def set_store_aside(config: NodeConfig, genesis: Genesis, because: str) -> Path:
-    """Move the member's store (with its -wal and -shm files) aside to a dated name in its data
-    directory, never deleting it, and create an empty store in its place carrying a recovery
-    mark that says why: the next start re-fetches the ledger from peers by state transfer
-    (every block checked against its certificate) and votes in no view or term it may have
-    used. The caller holds no lock on the data directory: this takes it (datalock.py) for the
-    move, so a member started meanwhile cannot have the store open. Returns the kept path."""
-    lock = lock_data_dir(config.data_dir)
-    try:
-        path = config.store_path
-        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        kept = path.with_name(f"{path.name}.{because}-{stamp}")
-        n = 1
-        while kept.exists():
-            n += 1
-            kept = path.with_name(f"{path.name}.{because}-{stamp}-{n}")
-        if path.exists():
-            path.rename(kept)  # first: with the store file gone, any later start recovers
-        _keep_orphans(path, kept)
-        _sync(config.data_dir)
-        BlockStore.open(
-            path, genesis, created_mark=f"a {because} store (kept as {kept.name})"
-        ).close()
-    finally:
-        lock.release()
-    return kept
 
 
 def _keep_orphans(path: Path, kept: Path) -> None:

@@ -18,7 +18,8 @@ from consortium.node.config import ConfigError, NodeIdentity, load_identity
 from consortium.node.datalock import check_free
 from consortium.node.errors import MemberDiverged, first_leaf
 from consortium.node.logs import setup_logging
-from consortium.node.preflight import check_data_dir, check_listen, set_store_aside
+from consortium.node.preflight import check_data_dir, check_listen
+from consortium.node.refetch import start_over
 from consortium.node.runtime import Node
 
 # Given the member before it runs and the nursery it runs in: compose parts around it (the
@@ -58,7 +59,7 @@ def run_member(identity: NodeIdentity, compose: Compose | None = None) -> None:
                     f"diverged from the network again after re-fetching the ledger ({exc}); "
                     "stopping: report this with both kept stores (a bug, not a damaged disk)"
                 ) from None
-            kept = set_store_aside(identity.config, identity.genesis, "diverged")
+            kept = start_over(identity.config, identity.genesis, "diverged")
             log.error(
                 "store set aside as %s; starting again from an empty store, re-fetching the "
                 "ledger from peers",

@@ -19,6 +19,8 @@ import sqlite3
 import time
 from pathlib import Path
 
+from consortium.ledger.genesis import Genesis
+from consortium.ledger.store import BlockStore
 from consortium.node.config import ConfigError, NodeConfig
 from consortium.node.datalock import lock_data_dir
 from consortium.node.preflight import NEW_MARK
@@ -39,9 +41,11 @@ def _fold_wal(store: Path) -> None:
         pass
 
 
-def set_ledger_aside(config: NodeConfig, now: float | None = None) -> Path:
-    """Rename the member's ledger (and its -wal, -shm) to ledger.damaged-<UTC time>.sqlite in
-    its data directory; return the new name. ConfigError if the member runs or there is no
+def set_ledger_aside(
+    config: NodeConfig, now: float | None = None, because: str = "damaged"
+) -> Path:
+    """Rename the member's ledger (and its -wal, -shm) to ledger.<because>-<UTC time>.sqlite
+    in its data directory; return the new name. ConfigError if the member runs or there is no
     ledger."""
     store = config.store_path
     if not store.exists():
@@ -52,11 +56,11 @@ def set_ledger_aside(config: NodeConfig, now: float | None = None) -> Path:
     lock = lock_data_dir(config.data_dir, config.name)
     try:
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(time.time() if now is None else now))
-        aside = store.with_name(f"{store.stem}.damaged-{stamp}{store.suffix}")
+        aside = store.with_name(f"{store.stem}.{because}-{stamp}{store.suffix}")
         n = 1
         while aside.exists():
             n += 1
-            aside = store.with_name(f"{store.stem}.damaged-{stamp}-{n}{store.suffix}")
+            aside = store.with_name(f"{store.stem}.{because}-{stamp}-{n}{store.suffix}")
         _fold_wal(store)
         # The file first, then its companions, emptied by the checkpoint: a crash between
         # leaves no WAL with commits behind that a new ledger of that name would replay.
@@ -75,4 +79,15 @@ def set_ledger_aside(config: NodeConfig, now: float | None = None) -> Path:
             os.close(fd)
     finally:
         lock.release()
+    return aside
+
+
+def start_over(config: NodeConfig, genesis: Genesis, because: str) -> Path:
+    """Set the ledger aside (set_ledger_aside) and create an empty one in its place whose
+    recovery mark says why, for `status`: what a member that a quorum proved diverged does by
+    itself before it runs again (node/process.py). Returns where the old ledger went."""
+    aside = set_ledger_aside(config, because=because)
+    BlockStore.open(
+        config.store_path, genesis, created_mark=f"a {because} store (set aside as {aside.name})"
+    ).close()
     return aside
