@@ -58,6 +58,7 @@ from consortium.node import client_port
 from consortium.node.bundles import ReceiptBundles
 from consortium.node.config import NodeConfig
 from consortium.node.errors import ReadRefused
+from consortium.node.rationing import VerificationRation
 from consortium.node.verification import CountingVerifier, TxSignatureCache
 from consortium.node.watches import ReceiptWatches
 from consortium.protocol import limits, messages
@@ -142,6 +143,8 @@ class ClientService:
         self._block_threads = trio.CapacityLimiter(BLOCK_READ_THREADS)
         self._blocks_encoded: OrderedDict[int, bytes] = OrderedDict()  # height -> _encode_block
         self.watches = ReceiptWatches(node.first_receipt_bundle)
+        # Failed signature checks budgeted per connection and address, proven clients first.
+        self.ration = VerificationRation()
         node.add_block_listener(self)
 
     # --- the member's block listener (runtime.BlockListener) ---------------------------------
@@ -167,7 +170,7 @@ class ClientService:
             tls_accepts=self._tls_name if tls is not None else None,
         )
         self.node.client_tls_status = server.tls_status
-        self.node.client_port_events = lambda: dict(server.counters)
+        self.node.client_port_events = lambda: {**server.counters, **self.ration.counters}
         self._server = server
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
@@ -189,6 +192,7 @@ class ClientService:
     # --- ClientHandler ----------------------------------------------------------------------
 
     def disconnected(self, conn: client_port.ClientConnection) -> None:
+        self.ration.forget(conn)
         self.watches.unwatch_connection(conn, set(conn.watched))
         for follow in self._follows.pop(conn.id, {}).values():
             follow.scope.cancel()
@@ -444,6 +448,11 @@ class ClientService:
     ) -> None:
         node = self.node
         params = node.genesis.params
+        # A connection over its budget of failed signature checks waits here, before any of
+        # its request is decoded (rationing.py).
+        await self.ration.admit(conn)
+        if not conn.open:
+            return
         # Not our wall clock alone: a member whose clock is far ahead refused every honest
         # transaction as expired (Node.expiry_now_ms).
         now_ms = node.expiry_now_ms()
@@ -500,7 +509,10 @@ class ClientService:
                 continue
             candidates.append((len(verdicts) - 1, tx))
         if candidates:
-            oks = await node.tx_cache.verify_all([tx for _, tx in candidates])
+            checked = await self.ration.verify(conn, node.tx_cache, [tx for _, tx in candidates])
+            if checked is None:
+                return  # closed for bad signatures meanwhile (told why), or gone
+            oks = checked
             # Only now, for signed client changes, the approvals (off the event loop).
             changes = [
                 (i, tx)

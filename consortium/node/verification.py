@@ -38,6 +38,11 @@ class TxSignatureCache:
         self.trusted = 0  # taken as verified from a trusted member (raft forwarding)
         self.verify_s = Histogram(VERIFY_S_BUCKETS)  # time of each check (cache misses)
 
+    @property
+    def threads(self) -> int:
+        """Worker threads checking signatures (rationing.py gives its gate as many slots)."""
+        return self._threads
+
     @staticmethod
     def _key(tx: Transaction) -> bytes:
         return tx.id + tx.signature

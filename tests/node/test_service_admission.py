@@ -38,9 +38,17 @@ GENESIS = make_genesis()
 
 
 class _Conn:
+    """What the submit path uses of a connection (client_port.ClientConnection)."""
+
+    peer = "127.0.0.1:1"
+    open = True
+
     def __init__(self) -> None:
         self.watched: set[bytes] = set()
         self.replies: list[Any] = []
+
+    def close_soon(self, reason: str, message: str) -> None:
+        raise AssertionError(f"closed: {message}")
 
     def reply(self, req_id: int, payload: Any) -> None:
         self.replies.append(payload)
