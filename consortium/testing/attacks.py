@@ -49,6 +49,7 @@ BLOCK_REQUESTS = 3000
 IDLE_SOURCES = 16
 FLOOD_BATCH = 100
 TICK_S = 0.1  # the honest load and the flood send every TICK_S
+FLOOD_CONNECTIONS = 60  # flood connections per member (the client port allows 64 per address)
 HONEST_IN_FLIGHT_MAX = 40  # honest batches awaiting their outcome; a tick beyond it is skipped
 
 
@@ -156,7 +157,10 @@ async def attack(genesis: Genesis, kind: str, rate: float, seconds: float, heigh
                 elif kind == "idle":
                     nursery.start_soon(_idle, address, int(rate))
                 else:
-                    nursery.start_soon(_flood, genesis, address, rate)
+                    # Many connections, as a stranger would: one request in progress per
+                    # connection, so one connection alone could never crowd anyone out.
+                    for _ in range(FLOOD_CONNECTIONS):
+                        nursery.start_soon(_flood, genesis, address, rate / FLOOD_CONNECTIONS)
 
 
 def attack_process(

@@ -120,10 +120,10 @@ def test_idle_connections_leave_honest_clients_their_throughput(
 def test_a_bad_signature_flood_leaves_honest_clients_their_throughput_pbft(
     pbft: tuple[Path, LocalNetwork],
 ) -> None:
-    _check(*pbft, "flood", 3000.0, 100.0)
+    _check(*pbft, "flood", 60000.0, 100.0)
 
 
 def test_a_bad_signature_flood_leaves_honest_clients_their_throughput_raft(
     raft: tuple[Path, LocalNetwork],
 ) -> None:
-    _check(*raft, "flood", 3000.0, 350.0)
+    _check(*raft, "flood", 60000.0, 350.0)
