@@ -28,8 +28,8 @@ RUNS: dict[str, tuple[str, Mode, float, float]] = {
     # name: (attack, mode, attack rate per member, honest tx/s)
     "blocks:pbft": ("blocks", "pbft", 2.0, 100.0),
     "idle:pbft": ("idle", "pbft", 1000.0, 100.0),
-    "flood:pbft": ("flood", "pbft", 3000.0, 100.0),
-    "flood:raft": ("flood", "raft", 3000.0, 350.0),
+    "flood:pbft": ("flood", "pbft", 60000.0, 100.0),
+    "flood:raft": ("flood", "raft", 60000.0, 350.0),
 }
 RATE_UNITS = {
     "blocks": "writes of 3,000 `block` requests /s",
