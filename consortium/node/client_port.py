@@ -58,6 +58,7 @@ import trio
 
 from consortium.crypto.codec import pack
 from consortium.ledger.genesis import Params
+from consortium.node.config import CLIENT_CONNECTIONS_MAX
 from consortium.node.logs import RateLimitedLog
 from consortium.protocol.framing import FrameError, FrameReader, encode_frames, take_batch
 from consortium.protocol.limits import MESSAGE_CHARS_MAX
@@ -83,7 +84,7 @@ FOLLOW_PAUSE_MAX_S = 60.0  # a follow paused (no credit, or a full connection) t
 SNIFF_BYTES = 64 * 1024
 FIRST_REQUEST_TIMEOUT_S = 5.0  # a connection's first whole request must arrive within this
 IDLE_TIMEOUT_S = 60.0  # a connection with nothing to wait for and no request this long closes
-SOURCE_CONNECTIONS_MAX = 64  # connections from one address (TLS handshakes included)
+SOURCE_CONNECTIONS_MAX = 64  # default of [limits] client_connections_per_source (node.toml)
 REPLY_BACKLOG_BYTES = 8 << 20  # the reader waits while a connection has this much unsent
 REPLY_DRAIN_S = 60.0  # ...and closes it as a slow consumer when it does not drain in this time
 
@@ -210,7 +211,8 @@ class ClientServer:
         listen: tuple[str, int],
         frame_bytes_max: int,
         params: Params,
-        connections_max: int = 1024,
+        connections_max: int = CLIENT_CONNECTIONS_MAX,
+        source_connections_max: int = SOURCE_CONNECTIONS_MAX,
         outbound_frames_max: int = 8192,
         outbound_bytes_max: int = OUTBOUND_BYTES_MAX,
         tls: TlsIdentity | None = None,
@@ -228,6 +230,7 @@ class ClientServer:
         self._frame_max = frame_bytes_max
         self.params = params
         self._connections_max = connections_max
+        self._source_connections_max = source_connections_max
         self._outbound_frames_max = outbound_frames_max
         self._outbound_bytes_max = outbound_bytes_max
         self.connections: dict[int, ClientConnection] = {}
@@ -269,9 +272,9 @@ class ClientServer:
         if len(self.connections) >= self._connections_max:
             self.counters["refused_too_many_connections"] += 1
             why = f"{self._connections_max} connections open"
-        elif self._sources[host] >= SOURCE_CONNECTIONS_MAX:
+        elif self._sources[host] >= self._source_connections_max:
             self.counters["refused_too_many_from_source"] += 1
-            why = f"{SOURCE_CONNECTIONS_MAX} connections open from {host}"
+            why = f"{self._source_connections_max} connections open from {host}"
         if why:
             self._ratelog.warning("too_many", f"refusing client {peer}: {why}")
             # In plain framing, which a TLS client reads too (it keeps what its handshake

@@ -14,6 +14,9 @@
     [http]                          # optional: health, readiness, status and metrics
     listen = "127.0.0.1:9301"       # GET /healthz /readyz /status /metrics (no TLS, no auth:
                                     # keep it on loopback or a monitoring network)
+    [limits]                        # optional
+    client_connections_per_source = 64  # client connections from one address (1 to 1024):
+                                    # raise it for many clients behind one NAT or host
     [tls]                           # optional, docs/tls.md: TLS 1.3, mutual, genesis keys pinned
     peer = true                     # between members: every member must agree
     client = true                   # on the client port: clients set tls = true in client.toml
@@ -49,7 +52,9 @@ _SCHEMA: dict[str, set[str]] = {
     "log": {"level", "format"},
     "http": {"listen"},
     "tls": {"peer", "client"},
+    "limits": {"client_connections_per_source"},
 }
+CLIENT_CONNECTIONS_MAX = 1024  # a member's client connections in all (client_port.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +70,7 @@ class NodeConfig:
     http_listen: tuple[str, int] | None = None  # None: no HTTP listener
     tls_peer: bool = False
     tls_client: bool = False
+    client_connections_per_source: int = 64
 
     @property
     def config_dir(self) -> Path:
@@ -169,6 +175,16 @@ def load_config(home: Path) -> NodeConfig:
                 f"{path}: 'tls.{key}' must be true or false (TLS on the {key} port), not {value!r}"
             )
         tls_on[key] = value
+    per_source = doc.get("limits", {}).get("client_connections_per_source", 64)
+    if (
+        not isinstance(per_source, int)
+        or isinstance(per_source, bool)
+        or not 1 <= per_source <= CLIENT_CONNECTIONS_MAX
+    ):
+        raise ConfigError(
+            f"{path}: 'limits.client_connections_per_source' must be a whole number from 1 to "
+            f"{CLIENT_CONNECTIONS_MAX} (a member's client connections in all), not {per_source!r}"
+        )
     return NodeConfig(
         home,
         name,
@@ -181,6 +197,7 @@ def load_config(home: Path) -> NodeConfig:
         tls_peer=tls_on["peer"],
         tls_client=tls_on["client"],
         http_listen=http_listen,
+        client_connections_per_source=per_source,
     )
 
 

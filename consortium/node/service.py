@@ -165,6 +165,7 @@ class ClientService:
             listen=self.node.client_listen,
             frame_bytes_max=self.node.genesis.params.frame_bytes_max,
             params=self.node.genesis.params,
+            source_connections_max=self.node.config.client_connections_per_source,
             log=self.node.log,  # its lines carry the member's position too (logs.NodeContext)
             tls=tls,
             tls_accepts=self._tls_name if tls is not None else None,

@@ -98,6 +98,20 @@ def test_unknown_key_in_node_toml_is_named(net: Path) -> None:
         load_config(home)
 
 
+def test_the_client_connections_per_source_limit_is_a_setting_in_range(net: Path) -> None:
+    home = net / "nodes" / "n1"
+    path = config_path(home)
+    original = path.read_text()
+    assert load_config(home).client_connections_per_source == 64  # unless set
+    path.write_text(original + "\n[limits]\nclient_connections_per_source = 500\n")
+    assert load_config(home).client_connections_per_source == 500
+    for bad in ("0", "1025", "true", '"64"'):
+        path.write_text(original + f"\n[limits]\nclient_connections_per_source = {bad}\n")
+        with pytest.raises(ConfigError, match=r"'limits\.client_connections_per_source' must be"):
+            load_config(home)
+    path.write_text(original)
+
+
 def test_unknown_section_and_bad_values_are_named(net: Path) -> None:
     home = net / "nodes" / "n1"
     path = config_path(home)

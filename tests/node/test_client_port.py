@@ -301,12 +301,10 @@ async def test_an_idle_connection_is_closed_unless_it_waits_for_pushes(
         assert s.server.counters["closed_idle"] == 2
 
 
-async def test_one_address_holds_at_most_its_share_of_connections(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(client_port, "SOURCE_CONNECTIONS_MAX", 3)
+async def test_one_address_holds_at_most_its_share_of_connections() -> None:
+    """(node.toml's [limits] client_connections_per_source, 64 unless set)"""
     with trio.fail_after(10):
-        async with serving(connections_max=100) as s:
+        async with serving(connections_max=100, source_connections_max=3) as s:
             held = [await s.connect() for _ in range(3)]
             for c in held:
                 assert (await c.ask(["status", 1]))[1] == "ok"
