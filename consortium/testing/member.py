@@ -3,6 +3,7 @@ tests and `consortium bench --byzantine`:
 
     python -m consortium.testing.member --home HOME [--byzantine silent-primary]
         [--partition-file FILE] [--clock-offset-file FILE] [--rot-file FILE]
+        [--duplicate-shown-s SECONDS]
 
 Otherwise exactly `consortium node start --home HOME` (node/process.py)."""
 
@@ -15,6 +16,7 @@ from pathlib import Path
 import trio
 
 from consortium.ledger.store import StoreError
+from consortium.node import transport
 from consortium.node.config import ConfigError
 from consortium.node.process import load_member, run_member
 from consortium.node.runtime import Node
@@ -34,7 +36,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--partition-file", type=Path)
     parser.add_argument("--clock-offset-file", type=Path)
     parser.add_argument("--rot-file", type=Path)
+    # How long status shows "two processes claim n2" after the last sighting (30 s otherwise):
+    # shorter, so a test sees the reason go without waiting half a minute.
+    parser.add_argument("--duplicate-shown-s", type=float)
     args = parser.parse_args(argv)
+    if args.duplicate_shown_s is not None:
+        transport.DUPLICATE_SHOWN_S = args.duplicate_shown_s
 
     def compose(node: Node, nursery: trio.Nursery) -> None:
         if args.byzantine is not None:
