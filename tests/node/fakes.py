@@ -35,6 +35,7 @@ HOST = "127.0.0.1"
 @dataclass
 class _Config:
     tls_client: bool = False
+    client_connections_per_source: int = 64
 
 
 @dataclass
@@ -112,20 +113,25 @@ async def members(
 ) -> AsyncIterator[tuple[list[FakeNode], dict[int, tuple[str, int]]]]:
     nodes = []
     addresses = {}
-    async with trio.open_nursery() as nursery:
-        for i, chain in enumerate(chains):
-            node = FakeNode(i, open_store(tmp_path, f"m{i}"))
-            node.append(chain, 0)
-            service = (services or [ClientService] * len(chains))[i](node)  # type: ignore[arg-type]
-            port = await nursery.start(service.run)
-            addresses[i] = (HOST, port)
-            nodes.append(node)
-        try:
-            yield nodes, addresses
-        finally:
-            nursery.cancel_scope.cancel()
-            for node in nodes:
-                node.store.close()
+    try:
+        async with trio.open_nursery() as nursery:
+            for i, chain in enumerate(chains):
+                node = FakeNode(i, open_store(tmp_path, f"m{i}"))
+                nodes.append(node)
+                node.append(chain, 0)
+                service = (services or [ClientService] * len(chains))[i](node)  # type: ignore[arg-type]
+                port = await nursery.start(service.run)
+                addresses[i] = (HOST, port)
+            try:
+                yield nodes, addresses
+            finally:
+                nursery.cancel_scope.cancel()
+    finally:
+        # Only once the nursery has ended: a `block` read still running on a worker thread
+        # (its task waits for it, cancelled or not) must not find its store closed under it,
+        # which crashed the interpreter (as Node.run closes its store after its nursery).
+        for node in nodes:
+            node.store.close()
 
 
 async def max_gap_while(work: object, period_s: float = 0.005) -> float:
