@@ -15,7 +15,7 @@ from typing import Annotated
 
 import typer
 
-from consortium.cli.common import EXIT_FAILED, fail
+from consortium.cli.common import EXIT_FAILED, EXIT_USAGE, fail
 
 node_app = typer.Typer(help="Run one member.", no_args_is_help=True)
 
@@ -28,6 +28,7 @@ def node_start(
     from consortium.ledger.store import StoreDamaged, StoreError
     from consortium.node.config import ConfigError
     from consortium.node.process import load_member, run_member
+    from consortium.node.refetch import DivergedAgain
 
     try:
         identity = load_member(home)
@@ -36,7 +37,11 @@ def node_start(
     try:
         run_member(identity)
     except StoreDamaged as exc:  # (the way back, with this home in it)
-        raise fail(exc.advice(home), EXIT_FAILED) from None
+        # Exit 2: restarting cannot fix it (the systemd unit does not restart on 2), and each
+        # start would read every table again.
+        raise fail(exc.advice(home), EXIT_USAGE) from None
+    except DivergedAgain as exc:
+        raise fail(str(exc), EXIT_USAGE) from None
     except (StoreError, ConfigError) as exc:
         raise fail(str(exc), EXIT_FAILED) from None
     except ValueError as exc:

@@ -19,7 +19,7 @@ from consortium.node.datalock import check_free
 from consortium.node.errors import MemberDiverged, first_leaf
 from consortium.node.logs import setup_logging
 from consortium.node.preflight import check_data_dir, check_listen
-from consortium.node.refetch import start_over
+from consortium.node.refetch import DivergedAgain, diverged_before, start_over
 from consortium.node.runtime import Node
 
 # Given the member before it runs and the nursery it runs in: compose parts around it (the
@@ -45,19 +45,22 @@ def run_member(identity: NodeIdentity, compose: Compose | None = None) -> None:
     """Run the member until a signal stops it. Raises StoreError (a failed write) and
     ConfigError as themselves, never wrapped in an exception group. A member whose store a
     quorum proves wrong (MemberDiverged) has it set aside (kept, renamed) and runs again from
-    an empty store in recovery, re-fetching the ledger from peers; at most once per process,
-    since a second divergence after a fresh copy is no damaged store but a bug to look at."""
+    an empty store in recovery, re-fetching the ledger from peers; once: a second divergence
+    after a fresh copy, in this process or a later one (refetch.REFETCHED_MARK), is no damaged
+    store but a bug to look at, and raises DivergedAgain."""
     log = setup_logging(identity.member.name, identity.config.log_level, identity.config.log_format)
-    set_aside = False
     while True:
         try:
             _run(identity, compose, log)
             return
         except MemberDiverged as exc:
-            if set_aside:
-                raise StoreError(
-                    f"diverged from the network again after re-fetching the ledger ({exc}); "
-                    "stopping: report this with both kept stores (a bug, not a damaged disk)"
+            before = diverged_before(identity.config.data_dir)
+            if before is not None:
+                raise DivergedAgain(
+                    f"diverged from the network again ({exc}) after re-fetching the ledger "
+                    f"({before.splitlines()[0]}); stopping: not a damaged disk but a bug or "
+                    "code that executes differently from the others': report it with both "
+                    "kept ledgers"
                 ) from None
             kept = start_over(identity.config, identity.genesis, "diverged")
             log.error(
@@ -65,7 +68,6 @@ def run_member(identity: NodeIdentity, compose: Compose | None = None) -> None:
                 "ledger from peers",
                 kept,
             )
-            set_aside = True
 
 
 def _run(identity: NodeIdentity, compose: Compose | None, log: logging.Logger) -> None:

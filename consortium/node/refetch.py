@@ -20,12 +20,21 @@ import time
 from pathlib import Path
 
 from consortium.ledger.genesis import Genesis
-from consortium.ledger.store import BlockStore
+from consortium.ledger.store import BlockStore, StoreError
 from consortium.node.config import ConfigError, NodeConfig
 from consortium.node.datalock import lock_data_dir
 from consortium.node.preflight import NEW_MARK
 
 _COMPANIONS = ("-wal", "-shm")  # SQLite's files beside the ledger, named after it
+# In the data directory, written when a member that diverged started over (start_over): a
+# second divergence, in this process or any later one, stops instead of fetching again.
+REFETCHED_MARK = "refetched-after-divergence"
+
+
+class DivergedAgain(StoreError):
+    """A member diverged from a quorum again after it had re-fetched the ledger: no damaged
+    disk but a bug, or code that executes differently from the others'. Restarting cannot fix
+    it (node start exits 2, which the systemd unit does not restart)."""
 
 
 def _fold_wal(store: Path) -> None:
@@ -72,11 +81,11 @@ def set_ledger_aside(
         # (a ledger existed, so no new-member mark should; one copied in by mistake would
         # make the next start skip recovery)
         (config.data_dir / NEW_MARK).unlink(missing_ok=True)
-        fd = os.open(config.data_dir, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        if because != "diverged":
+            # An operator's own refetch, after looking: the member may start over by itself
+            # again should it diverge again.
+            (config.data_dir / REFETCHED_MARK).unlink(missing_ok=True)
+        _fsync(config.data_dir)
     finally:
         lock.release()
     return aside
@@ -87,7 +96,32 @@ def start_over(config: NodeConfig, genesis: Genesis, because: str) -> Path:
     recovery mark says why, for `status`: what a member that a quorum proved diverged does by
     itself before it runs again (node/process.py). Returns where the old ledger went."""
     aside = set_ledger_aside(config, because=because)
+    mark = config.data_dir / REFETCHED_MARK
+    mark.write_text(
+        f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}: diverged from the network; the "
+        f"ledger was set aside as {aside.name} and fetched again from the other members.\n"
+        "A second divergence stops the member instead of fetching again. Delete this file, or\n"
+        "run `consortium node refetch`, once you know why it diverged.\n"
+    )
+    _fsync(mark)
+    _fsync(config.data_dir)
     BlockStore.open(
         config.store_path, genesis, created_mark=f"a {because} store (set aside as {aside.name})"
     ).close()
     return aside
+
+
+def diverged_before(data_dir: Path) -> str | None:
+    """What REFETCHED_MARK says, if this member already started over after a divergence."""
+    try:
+        return (data_dir / REFETCHED_MARK).read_text(encoding="utf-8", errors="replace").strip()
+    except FileNotFoundError:
+        return None
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

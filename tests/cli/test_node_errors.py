@@ -93,3 +93,56 @@ def test_a_store_error_in_a_member_task_reaches_the_operator_as_one_line(
         "error: ledger.sqlite: write failed, nothing written (disk I/O error)"
     )
     assert "Traceback" not in result.output and "ExceptionGroup" not in result.output
+
+
+def test_a_member_that_diverges_again_after_re_fetching_stops_with_exit_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first divergence sets the ledger aside and runs again from an empty store; the
+    second, in this process or any later start (the mark in the data directory), stops with
+    exit 2, which the systemd unit does not restart: no loop of full re-fetches, each keeping
+    one more copy of the ledger. An operator's `node refetch` clears the mark."""
+    from typer.testing import CliRunner
+
+    from consortium.cli.main import app
+    from consortium.cli.network import init_network
+    from consortium.node import runtime
+    from consortium.node.config import load_identity
+    from consortium.node.errors import MemberDiverged
+    from consortium.node.preflight import open_store
+    from consortium.node.refetch import REFETCHED_MARK
+
+    init_network(tmp_path / "net", members=4, clients=1, mode="pbft")
+    home = tmp_path / "net" / "nodes" / "n1"
+    identity = load_identity(home)
+    data = identity.config.data_dir
+    store, _ = open_store(identity.config, identity.genesis)
+    store.close()
+    runs: list[int] = []
+
+    class _Diverging:
+        async def run(
+            self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+        ) -> None:
+            runs.append(1)
+            task_status.started()
+            await trio.lowlevel.checkpoint()
+            raise MemberDiverged("at seq 8 this member executed block aa, a quorum certified bb")
+
+    monkeypatch.setattr(runtime, "make_node", lambda *a, **k: _Diverging())
+    first = CliRunner().invoke(app, ["node", "start", "--home", str(home)])
+    assert first.exit_code == 2, first.output
+    line = first.output.strip().splitlines()[-1]
+    assert line.startswith("error: diverged from the network again (at seq 8"), line
+    assert "after re-fetching the ledger" in line and "report it" in line
+    assert len(runs) == 2  # it ran again once, from an empty store
+    assert len(list(data.glob("ledger.diverged-*.sqlite"))) == 1
+    assert (data / REFETCHED_MARK).exists()
+
+    later = CliRunner().invoke(app, ["node", "start", "--home", str(home)])
+    assert later.exit_code == 2, later.output
+    assert len(runs) == 3 and len(list(data.glob("ledger.diverged-*.sqlite"))) == 1
+
+    refetch = CliRunner().invoke(app, ["node", "refetch", "--home", str(home)])
+    assert refetch.exit_code == 0, refetch.output
+    assert not (data / REFETCHED_MARK).exists()

@@ -447,7 +447,7 @@ def test_an_edited_state_table_is_refused_at_start_and_refetched_from_the_others
     db.commit()
     db.close()
     refused = cli("node", "start", "--home", str(home), timeout=30)
-    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert refused.returncode == 2, refused.stdout + refused.stderr
     message = refused.stderr.strip()
     assert "\n" not in message and "Traceback" not in message, message
     assert "the state table (kv) does not match its digest: edited or damaged" in message
