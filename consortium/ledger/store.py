@@ -84,7 +84,8 @@ from consortium.ledger.state import CachedTable, Execution, KeyValueState
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3  # 3: table digests (format 2 had none; upgraded at open after an audit)
+FORMAT_WITHOUT_DIGESTS = 2
 # Start in recovery (module rules); the value says from what, in words for `status`.
 RECOVERY_MARK_KEY = b"node/recovering"
 RESTORED_BACKUP = "a restored backup"
@@ -287,6 +288,7 @@ class BlockStore:
         # Table digests (module rules): committed, and the deltas the triggers report for the
         # transaction in progress (cleared at each BEGIN, dropped by a rollback).
         self._digests: dict[str, int] = {}
+        self._schema: object = SCHEMA_VERSION  # as stamped in meta (_check_meta)
         self._deltas: dict[str, int] = {}
         self._staged_digests: dict[str, int] | None = None
         self._head: BlockHeader = genesis_block(genesis).header
@@ -415,28 +417,14 @@ class BlockStore:
         return True
 
     def _check_digests(self, verify: bool) -> None:
-        """Compare every digested table with its digest in meta (module rules); a store from
-        a version without digests gets them now. verify=False trusts the stored digests."""
+        """Compare every digested table with its digest in meta (module rules); a store of
+        format 2 gets them now, if it audits clean. verify=False trusts the stored digests. A
+        store of this format with a digest missing is damaged, all of them missing too (else
+        deleting the digest rows would have the start bless whatever the tables hold)."""
         db = self._db
         stored = stored_digests(db)
-        if not stored:
-            log.info(
-                "%s: computing table digests at first open (a store from a version without "
-                "them); from now on every open checks them",
-                self.path,
-            )
-            self._digests = {t: table_digest(db, t) for t in DIGESTED}
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                db.executemany(
-                    "INSERT INTO meta (key, value) VALUES (?, ?)",
-                    [(DIGEST_KEY + t, d.to_bytes(32, "big")) for t, d in self._digests.items()],
-                )
-                db.execute("COMMIT")
-            except BaseException:
-                self._rollback()
-                raise
-            self.fsync_count += 1
+        if self._schema == FORMAT_WITHOUT_DIGESTS:
+            self._upgrade_to_digests()
             return
         missing = [t for t in DIGESTED if t not in stored]
         if missing:
@@ -446,6 +434,45 @@ class BlockStore:
             if wrong:
                 raise StoreDamaged(self.path, wrong)
         self._digests = {t: stored[t] for t in DIGESTED}
+
+    def _upgrade_to_digests(self) -> None:
+        """A store of format 2, from a version without table digests: its tables are taken
+        as they are only if the whole ledger audits clean (ledger/audit.py: every block
+        re-executed from genesis, and the stored state, replay set, clients and index compared
+        with the result), then stamped with digests and format 3 in one transaction. Once, and
+        slow (the audit checks every signature): said in the log."""
+        from consortium.ledger.audit import audit_ledger  # (audit imports this module)
+
+        db = self._db
+        log.warning(
+            "%s: a store of format 2 (before table digests): auditing the whole ledger once "
+            "before it is trusted and upgraded",
+            self.path,
+        )
+        report = audit_ledger(self.path, self.genesis)
+        if not report.ok:
+            raise StoreError(
+                f"{self.path}: a store of format 2 is upgraded only if it audits clean, and it "
+                f"does not: {report.problem}; the member will not vote on it. Re-fetch the "
+                "ledger from the other members: `consortium node refetch --home HOME`, then "
+                "start it"
+            )
+        self._digests = {t: table_digest(db, t) for t in DIGESTED}
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany(
+                "INSERT INTO meta (key, value) VALUES (?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                [(DIGEST_KEY + t, d.to_bytes(32, "big")) for t, d in self._digests.items()],
+            )
+            db.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (SCHEMA_VERSION,))
+            db.execute("COMMIT")
+        except BaseException:
+            self._rollback()
+            raise
+        self._schema = SCHEMA_VERSION
+        self.fsync_count += 1
+        log.warning("%s: audited clean; upgraded to format 3 (table digests)", self.path)
 
     def _install_triggers(self) -> None:
         """TEMP triggers on the writer connection: each row a write inserts, updates (upserts
@@ -527,10 +554,12 @@ class BlockStore:
                 f"{chain_id.hex()[:8]}; use that network's genesis.json or another data directory"
             )
         schema = self._meta("schema")
-        if schema != SCHEMA_VERSION:
+        self._schema = schema
+        if schema not in (SCHEMA_VERSION, FORMAT_WITHOUT_DIGESTS):
             raise StoreError(
-                f"{self.path}: block store format {schema!r}, this version reads format "
-                f"{SCHEMA_VERSION}; move the data directory away and let the node catch up"
+                f"{self.path}: block store format {schema!r}, this version reads formats "
+                f"{FORMAT_WITHOUT_DIGESTS} and {SCHEMA_VERSION}; move the data directory away "
+                "and let the node catch up"
             )
 
     def _damaged(self, height: int, problem: str) -> StoreError:

@@ -15,6 +15,7 @@ from consortium.ledger.certificates import SignedVote
 from consortium.ledger.store import (
     DIGEST_KEY,
     DIGESTED,
+    SCHEMA_VERSION,
     BlockStore,
     StoreDamaged,
     StoreError,
@@ -170,22 +171,54 @@ def test_writes_upserts_pruning_and_rollbacks_keep_the_digests_right(tmp_path: P
     BlockStore.open(path, chain.genesis).close()  # reopens clean
 
 
-def test_a_store_from_before_digests_gets_them_at_its_first_open(
+def _format_2(path: Path) -> None:
+    """The store as a version before table digests left it."""
+    _sql(path, "DELETE FROM meta WHERE key >= ? AND key < ?", (DIGEST_KEY, "digest0"))
+    _sql(path, "UPDATE meta SET value = 2 WHERE key = 'schema'")
+
+
+def test_a_store_of_format_2_is_audited_then_given_digests_at_its_first_open(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     path = tmp_path / "ledger.sqlite"
     chain = rich_store(path)
     want = stored_digests(sqlite3.connect(path))
-    _sql(path, "DELETE FROM meta WHERE key >= ? AND key < ?", (DIGEST_KEY, "digest0"))
+    _format_2(path)
     with caplog.at_level("INFO"):
         store = BlockStore.open(path, chain.genesis)
-    assert "computing table digests at first open" in caplog.text
+    assert "auditing the whole ledger once" in caplog.text
+    assert "audited clean; upgraded to format 3" in caplog.text
     assert store.fsync_count == 1
     store.close()
     assert stored_digests(sqlite3.connect(path)) == want
+    assert _sql(path, "SELECT value FROM meta WHERE key = 'schema'") == [(SCHEMA_VERSION,)]
     edit_row(path, "kv", "edit")  # and they are checked from then on
     with pytest.raises(StoreDamaged, match=r"\(kv\)"):
         BlockStore.open(path, chain.genesis)
+
+
+def test_a_store_of_format_2_whose_state_was_edited_is_not_blessed(tmp_path: Path) -> None:
+    """Before digests, an edited state could only be found by re-execution: the upgrade
+    audits first, so damage from before the upgrade is not taken as the truth."""
+    path = tmp_path / "ledger.sqlite"
+    chain = rich_store(path)
+    _format_2(path)
+    edit_row(path, "kv", "edit")
+    with pytest.raises(StoreError, match=r"format 2 is upgraded only if it audits clean"):
+        BlockStore.open(path, chain.genesis)
+    assert _sql(path, "SELECT value FROM meta WHERE key = 'schema'") == [(2,)]
+
+
+def test_deleting_every_digest_is_no_way_around_them(tmp_path: Path) -> None:
+    """(review: a store without digest rows was taken for one from before digests, and
+    whatever its tables held was blessed)"""
+    path = tmp_path / "ledger.sqlite"
+    chain = rich_store(path)
+    edit_row(path, "kv", "edit")
+    _sql(path, "DELETE FROM meta WHERE key >= ? AND key < ?", (DIGEST_KEY, "digest0"))
+    with pytest.raises(StoreDamaged) as refused:
+        BlockStore.open(path, chain.genesis)
+    assert set(refused.value.tables) == set(DIGESTED)
 
 
 def test_a_backup_copy_opens_clean_with_its_mark(tmp_path: Path) -> None:
