@@ -109,10 +109,14 @@ def node_check(
             f"({identity.member.index + 1} of {genesis.n}) of {genesis.mode} network "
             f"'{genesis.chain_name}' ({genesis.chain_id.hex()[:12]}…)"
         )
-        data = check_data_dir(identity.config, genesis)
+        data = check_data_dir(identity.config, genesis, tables=True)
         typer.echo(
             f"ok   data directory {identity.config.data_dir}: "
-            + (f"this network's ledger, height {data.height}" if data.exists else "empty")
+            + (
+                f"this network's ledger, height {data.height}, every table matching its digest"
+                if data.exists
+                else "empty"
+            )
         )
         if data.recovering is not None:
             typer.echo(

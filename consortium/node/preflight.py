@@ -37,7 +37,16 @@ from pathlib import Path
 import trio
 
 from consortium.ledger.genesis import Genesis, parse_address
-from consortium.ledger.store import LOST_STATE, RECOVERY_MARK_KEY, BlockStore
+from consortium.ledger.store import (
+    DIGESTED,
+    FORMAT_WITHOUT_DIGESTS,
+    LOST_STATE,
+    RECOVERY_MARK_KEY,
+    BlockStore,
+    StoreDamaged,
+    stored_digests,
+    table_digest,
+)
 from consortium.node.config import ConfigError, NodeConfig, config_path
 
 NEW_MARK = "new-member"  # in the data directory: this member has never run (init, keygen)
@@ -153,8 +162,10 @@ class DataDirState:
     recovering: str | None = None  # what a start recovers from (None: a normal start)
 
 
-def check_data_dir(config: NodeConfig, genesis: Genesis) -> DataDirState:
-    """The store's chain id must be genesis's; raise ConfigError naming both otherwise."""
+def check_data_dir(config: NodeConfig, genesis: Genesis, *, tables: bool = False) -> DataDirState:
+    """The store's chain id must be genesis's; raise ConfigError naming both otherwise. With
+    `tables` (node check), also every table against its digest, as `node start` will (a start
+    does that once, in the store: not here too)."""
     path = config.store_path
     if not path.exists():
         new = (config.data_dir / NEW_MARK).exists()
@@ -167,6 +178,7 @@ def check_data_dir(config: NodeConfig, genesis: Genesis) -> DataDirState:
             mark = db.execute(
                 "SELECT value FROM records WHERE key = ?", (RECOVERY_MARK_KEY,)
             ).fetchone()
+            damaged = _damaged_tables(db) if tables and row is not None else []
         finally:
             db.close()
     except sqlite3.Error as exc:
@@ -184,8 +196,20 @@ def check_data_dir(config: NodeConfig, genesis: Genesis) -> DataDirState:
             "genesis.json is not the one this member ran with (copy the right one), or this is "
             "a new network: move the old data directory away (nothing deletes it for you)"
         )
+    if damaged:
+        raise ConfigError(StoreDamaged(path, damaged).advice(config.home))
     recovering = None if mark is None else bytes(mark[0]).decode("utf-8", "replace")
     return DataDirState(exists=True, height=int(top[0] or 0), recovering=recovering)
+
+
+def _damaged_tables(db: sqlite3.Connection) -> list[str]:
+    """The digested tables that do not match their digests (all of them when a store of
+    format 3 has none; a store of format 2 has none to compare yet: its start audits it)."""
+    stored = stored_digests(db)
+    schema = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+    if not stored and schema is not None and schema[0] == FORMAT_WITHOUT_DIGESTS:
+        return []
+    return [t for t in DIGESTED if t not in stored or table_digest(db, t) != stored[t]]
 
 
 @dataclass(frozen=True, slots=True)

@@ -146,3 +146,33 @@ def test_a_member_that_diverges_again_after_re_fetching_stops_with_exit_2(
     refetch = CliRunner().invoke(app, ["node", "refetch", "--home", str(home)])
     assert refetch.exit_code == 0, refetch.output
     assert not (data / REFETCHED_MARK).exists()
+
+
+def test_node_check_finds_a_damaged_table_as_node_start_would(tmp_path: Path) -> None:
+    """(review: node check said ok for a store that node start then refused)"""
+    import sqlite3
+
+    from typer.testing import CliRunner
+
+    from consortium.cli.main import app
+    from consortium.cli.network import init_network
+    from consortium.node.config import load_identity
+    from consortium.node.preflight import open_store
+
+    init_network(tmp_path / "net", members=4, clients=1, mode="pbft")
+    home = tmp_path / "net" / "nodes" / "n1"
+    identity = load_identity(home)
+    store, _ = open_store(identity.config, identity.genesis)
+    store.close()
+    args = ["node", "check", "--home", str(home), "--timeout", "0.2"]
+    clean = CliRunner().invoke(app, args)
+    assert "every table matching its digest" in clean.output, clean.output
+    db = sqlite3.connect(identity.config.store_path)
+    db.execute("INSERT INTO kv VALUES (?, ?)", (b"planted", b"x"))
+    db.commit()
+    db.close()
+    damaged = CliRunner().invoke(app, args)
+    assert damaged.exit_code == 1, damaged.output
+    line = damaged.output.strip().splitlines()[-1]
+    assert "the state table (kv) does not match its digest" in line, line
+    assert f"consortium node refetch --home {home}`" in line, line
