@@ -712,7 +712,19 @@ class BlockStore:
         return None if row is None else bytes(row[0])
 
     def get_block(self, height: int) -> StoredBlock | None:
-        db = self._db
+        return self._block_from(self._db, height)
+
+    def read_block(self, height: int) -> StoredBlock | None:
+        """get_block for a worker thread: on a read-only connection of its own, opened and
+        closed here (a few hundred µs beside a block's decode), so it never shares the writing
+        connection with the task that writes, nor sees a write not yet committed."""
+        db = _open_reader(self.path)
+        try:
+            return self._block_from(db, height)
+        finally:
+            db.close()
+
+    def _block_from(self, db: sqlite3.Connection, height: int) -> StoredBlock | None:
         row = db.execute(
             "SELECT header, body, receipts, certificate FROM blocks WHERE height = ?", (height,)
         ).fetchone()

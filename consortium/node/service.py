@@ -645,7 +645,7 @@ class ClientService:
     def _encode_block(self, height: int) -> bytes | None:
         """The first four parts of a `block` answer, each encoded (run on a worker thread);
         None when `height` is not stored."""
-        stored = self.node.store.get_block(height)
+        stored = self.node.store.read_block(height)
         if stored is None:
             return None
         return b"".join(
