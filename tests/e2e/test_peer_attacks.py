@@ -41,10 +41,10 @@ HONEST_RATE = 100.0  # tx/s, below what a loaded 2-core machine commits
 TICK_S = 0.1  # the honest load submits a batch every tick
 IN_FLIGHT_MAX = 40  # batches awaiting their outcome; a tick beyond it is skipped
 RECOVERED = 0.8  # "full speed": at least this fraction of the rate before the attack
-# A member stopped with SIGTERM exits in well under 2 s here even while it is flooded; the
-# assertion allows 4 s, for a 2-core machine shared with other work (measured figures:
-# docs/operations.md, "Peer port limits").
-SIGTERM_S_MAX = 4.0
+# The bound: a member stopped with SIGTERM exits within 2 s, even while it is flooded
+# (measured 0.3 to 0.7 s here, with a CPU-bound process beside it too: docs/operations.md,
+# "Peer port limits").
+SIGTERM_S_MAX = 2.0
 REJOIN_S_MAX = 20.0  # a restart and catch-up take about 3 s here
 # --duplicate-shown-s of the members in the duplicate test (30 s otherwise): longer than the
 # copy's redials are apart (its backoff, at most 3 s with jitter, and the 1 s ping each costs)
