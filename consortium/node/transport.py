@@ -38,19 +38,24 @@ Bounds (a slow or hostile peer is cut off, never allowed to grow memory):
   bytes atomically before handing it over and otherwise waits, which pushes back on that peer
   through TCP (a frame larger than the whole budget passes alone, so nothing deadlocks).
 - At most `handshakes_max` unauthenticated connections at a time and
-  `handshakes_per_source_max` from one remote address, each with `hello_timeout_s` for its
-  first handshake frame and `handshake_timeout_s` for the whole handshake (the TLS handshake
-  included), with handshake messages of at most HANDSHAKE_FRAME_MAX bytes. A new connection
-  that finds its address's or all slots full evicts the oldest idle one (`_admit`), so a flood
-  from the members' own address cannot keep a member's dial out.
+  `handshakes_per_source_max` from one source (an IPv4 address or an IPv6 /64), each with
+  `hello_timeout_s` for its first handshake frame and `handshake_timeout_s` for the whole
+  handshake (the TLS handshake included), with handshake messages of at most
+  HANDSHAKE_FRAME_MAX bytes. A new connection that finds its source's or all slots full evicts
+  an idle or stale one from its own source or the source holding the most (`_admit`), so
+  neither a flood from the members' own address nor one from many addresses keeps a member's
+  dial out. At most HELLO_ACKS_PER_S signatures a second for one source's dialers before
+  they authenticate (a token bucket; beyond it the hello is refused unsigned).
 - At most one authenticated inbound connection per member: a newer one replaces the older
   unless the older still answers a ping within one interval (then two processes claim that
   member: the newer is refused, logged and shown in status).
 
 Liveness: the dialer sends PING every `ping_interval_s` among its frames; the listener answers
 PONG on the same connection (docs/protocol.md, section 9). Neither reaches the consumer.
-`peer_status` calls a direction live only if a frame came on it within SILENT_AFTER_PINGS
-intervals, so a blackholed or frozen peer shows as silent although its sockets are open.
+`peer_status` calls a direction live only if a pong (ours) or any bytes (its) came on it within
+SILENT_AFTER_PINGS intervals, so a blackholed or frozen peer shows as silent although its
+sockets are open. Its pings queue behind its data frames, so while our own inbound budget
+keeps us from reading its connection it counts as heard: we are the slow side, not it.
 
 TLS (operator option, node.toml `[tls] peer = true`; protocol/tls.py, docs/tls.md): the handshake
 above runs inside a mutual TLS 1.3 session. Right after the TLS handshake the dialer checks that
@@ -65,6 +70,7 @@ on the listener, and shown as that peer's `last_error` on the dialer.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import secrets
 import time
@@ -108,7 +114,15 @@ HANDSHAKE_FRAME_MAX = 4096
 HANDSHAKES_MAX = 64
 HANDSHAKES_PER_SOURCE_MAX = 8  # unauthenticated connections from one remote address
 HELLO_TIMEOUT_S = 1.0  # from accept to the first handshake frame (an honest dialer: at once)
-EVICT_AGE_S = 0.25  # a connection mid-handshake this old may be evicted for a new one
+# A connection that has sent its hello may be evicted for a new one only once it is this old:
+# an honest handshake then needs one round trip and two signatures, so this is well above a
+# round trip between continents (~0.3 s) on a listener slowed by a flood.
+EVICT_AGE_S = 2.0
+# Hello-acks this member signs for one source (a token bucket): each costs a signature, and
+# a dialer proves nothing before it; beyond this the hello is refused without signing.
+HELLO_ACKS_PER_S = 20.0
+HELLO_ACKS_BURST = 20
+HELLO_SOURCES_MAX = 4096  # sources whose bucket is remembered (least recently used forgotten)
 PING_INTERVAL_S = 1.0  # transport ping on every outbound session
 SILENT_AFTER_PINGS = 3  # no frame for this many intervals: the link shows as silent
 DUPLICATE_SHOWN_S = 30.0  # how long status shows "two processes claim" after the last one
@@ -155,10 +169,13 @@ class _Peer:
     inbound_error: str = ""  # why its last inbound connection was refused, if it was
     inbound_scope: trio.CancelScope | None = None
     inbound_session: _InboundSession | None = None
-    # Trio clock: the last frame received on the inbound connection (pings included) and the
+    # Trio clock: the last bytes received on the inbound connection (pings included) and the
     # last pong received on the outbound one; a session's start counts as both.
     inbound_last_s: float = 0.0
     outbound_last_s: float = 0.0
+    # The inbound reader waits for room in our own inbound budget: the peer is not silent, we
+    # are not reading (its pings queue behind the frame we hold), so it counts as heard now.
+    inbound_held: bool = False
     # Control frames owed on the outbound connection (a flag each, so they never pile up).
     ping_owed: bool = False
     pong_owed: bool = False
@@ -170,7 +187,7 @@ class _Peer:
 class _Unauthenticated:
     """A connection on the peer port that has not finished its handshake."""
 
-    source: str  # remote address, without the port
+    source: str  # the remote address's group (`source_group`)
     since: float  # trio clock
     scope: trio.CancelScope
     hello: bool = False  # its first handshake frame arrived
@@ -189,6 +206,47 @@ class _InboundSession:
     ping_owed: bool = False
     pong_owed: bool = False
     pong: trio.Event = field(default_factory=trio.Event)
+
+
+@dataclass
+class _Bucket:
+    """Hello-acks one source may still have signed now, refilled at HELLO_ACKS_PER_S."""
+
+    tokens: float
+    at: float  # trio clock of the last refill
+
+
+class _Heard(trio.abc.ReceiveStream):
+    """The receiving side of an inbound connection: any bytes received mark its member as
+    heard from (a frame of many megabytes over a slow link takes longer than the silence
+    limit, and its bytes are life too)."""
+
+    def __init__(self, stream: trio.abc.ReceiveStream) -> None:
+        self._stream = stream
+        self.peer: _Peer | None = None  # known once the handshake is done
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        data = await self._stream.receive_some(max_bytes)
+        if data and self.peer is not None:
+            self.peer.inbound_last_s = trio.current_time()
+        return data
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+
+def source_group(host: str) -> str:
+    """The unit the peer port's per-source limits count: an IPv4 address, or an IPv6 /64 (a
+    single host commonly holds a whole /64, so its addresses are one source)."""
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
 
 
 def handshake_transcript(nonce: bytes, dialer: int, listener: int, role: str) -> bytes:
@@ -258,6 +316,7 @@ class PeerNetwork:
         self._hello_timeout_s = min(hello_timeout_s, handshake_timeout_s)
         self._ping_interval_s = ping_interval_s
         self._unauthenticated: dict[int, _Unauthenticated] = {}  # oldest first
+        self._hello_buckets: dict[str, _Bucket] = {}  # least recently used first
         self._tls = tls
         self.tls_mismatch = ""  # the last connection refused for TLS on one side only
         self.log = log or logging.getLogger("consortium.transport")
@@ -356,7 +415,7 @@ class PeerNetwork:
             if p.outbound_connected:
                 out_age = 0.0 if now is None else now - p.outbound_last_s
             if p.inbound_connected:
-                in_age = 0.0 if now is None else now - p.inbound_last_s
+                in_age = 0.0 if now is None or p.inbound_held else now - p.inbound_last_s
             ages = [a for a in (out_age, in_age) if a is not None and a > limit]
             duplicate = (
                 p.duplicate
@@ -502,6 +561,8 @@ class PeerNetwork:
                     f"the TLS certificate carries {self.genesis.members[tls_member].name}'s key "
                     f"but the handshake claims member {dialer}",
                 )
+            if tls_member is None and slot is not None:
+                self._take_signature(slot.source)
         except HandshakeError as exc:
             await _refuse(stream, exc.detail)
             raise
@@ -523,6 +584,31 @@ class PeerNetwork:
         self._check_sig(dialer, handshake_transcript(nonce_l, dialer, self.me, "dialer"), sig_d)
         return dialer
 
+    def _take_signature(self, source: str) -> None:
+        """Charge `source` one signature made for a dialer not yet authenticated (a hello-ack,
+        or with TLS the listener's side of the TLS handshake); HandshakeError("rate_limited")
+        when its bucket is empty, so a flood of valid hellos cannot make us sign without
+        bound. Honest members dial each peer once per connection: far below the rate."""
+        now = trio.current_time()
+        bucket = self._hello_buckets.pop(source, None)
+        if bucket is None:
+            while len(self._hello_buckets) >= HELLO_SOURCES_MAX:
+                del self._hello_buckets[next(iter(self._hello_buckets))]
+            bucket = _Bucket(float(HELLO_ACKS_BURST), now)
+        else:
+            bucket.tokens = min(
+                float(HELLO_ACKS_BURST), bucket.tokens + (now - bucket.at) * HELLO_ACKS_PER_S
+            )
+            bucket.at = now
+        self._hello_buckets[source] = bucket  # now the most recently used
+        if bucket.tokens < 1:
+            raise HandshakeError(
+                "rate_limited",
+                f"more than {HELLO_ACKS_PER_S:.0f} handshakes a second from {source}: "
+                "try again shortly",
+            )
+        bucket.tokens -= 1
+
     def _handshake_failed(self, reason: str, detail: str) -> None:
         self.counters[f"handshake_{reason}"] += 1
         self._ratelog.warning(f"handshake:{reason}", f"handshake failed ({reason}): {detail}")
@@ -541,40 +627,49 @@ class PeerNetwork:
             await trio.aclose_forcefully(stream)
 
     def _admit(self, source: str) -> _Unauthenticated | None:
-        """A slot for a new unauthenticated connection from `source`, or None (refused and
-        counted). One source holds at most `handshakes_per_source_max` slots and all sources
-        `handshakes_max`. When either is full, the new connection evicts the oldest one that
-        has sent nothing yet (an honest dialer sends its hello at once, so that one is idle);
-        failing that, the oldest that has been in its handshake for EVICT_AGE_S (an honest
-        handshake takes a round trip); only when every slot is a young handshake is the new
-        connection refused. So a flood of idle connections, even from the address the members
-        use, cannot keep a member's dial out: it gets a slot and is not evicted once its hello
-        is in."""
+        """A slot for a new unauthenticated connection from `source` (`source_group`), or None
+        (refused and counted). One source holds at most `handshakes_per_source_max` slots and
+        all sources `handshakes_max`. When its source's share is full the new connection may
+        evict one of that source's own; when all are, one of the sources holding the most
+        (fairness: a flooding source only ever evicts itself, and a dialer whose source holds
+        one slot is evicted last). From the sources it may evict from, largest first, the
+        victim is the oldest connection that has sent nothing yet (an honest dialer sends its
+        hello at once), failing that the oldest in its handshake for EVICT_AGE_S (an honest
+        one needs one round trip); only when none is may the new connection be refused. So
+        neither a flood of idle connections, even from the members' own address, nor one of
+        stalled hellos from many addresses keeps a member's dial out."""
         now = trio.current_time()
-        same = [u for u in self._unauthenticated.values() if u.source == source]
-        if len(same) >= self._per_source_max:
-            pool, reason = same, "too_many_from_source"
+        slots = list(self._unauthenticated.values())  # oldest first
+        counts = Counter(u.source for u in slots)
+        mine = counts[source]
+        tiers: list[list[_Unauthenticated]] = []
+        if mine >= self._per_source_max:
+            tiers = [[u for u in slots if u.source == source]]
+            reason = "too_many_from_source"
             what = f"{self._per_source_max} unauthenticated connections from {source}"
-        elif len(self._unauthenticated) >= self._handshakes_max:
-            pool, reason = list(self._unauthenticated.values()), "too_many"
+        elif len(slots) >= self._handshakes_max:
+            # Never from a source holding no more than this one (its own aside), so sharing
+            # the slots out cannot leave the victim's source with fewer than the newcomer's.
+            larger = sorted({c for c in counts.values() if c > mine}, reverse=True)
+            tiers = [[u for u in slots if counts[u.source] == c] for c in larger]
+            tiers.append([u for u in slots if u.source == source])
+            reason = "too_many"
             what = f"{self._handshakes_max} unauthenticated connections"
-        else:
-            pool, reason, what = [], "", ""
-        if pool:
-            idle = [u for u in pool if not u.hello]
-            stale = [u for u in pool if now - u.since >= EVICT_AGE_S]
-            if not (idle or stale):
+        if tiers:
+            victim = _victim(tiers, now)
+            if victim is None:
                 self._handshake_failed(reason, f"more than {what}")
                 return None
-            oldest = (idle or stale)[0]
-            oldest.evicted = True
-            oldest.scope.cancel()
-            self._unauthenticated.pop(id(oldest), None)
+            victim.evicted = True
+            victim.scope.cancel()
+            self._unauthenticated.pop(id(victim), None)
             self.counters["handshake_evicted"] += 1
+            state = "in its handshake" if victim.hello else "idle"
             self._ratelog.warning(
                 "handshake:evicted",
-                f"{what}: closing the oldest (from {oldest.source}, idle "
-                f"{now - oldest.since:.1f} s) for a new one",
+                f"{what}: closing one from {victim.source}, which holds "
+                f"{counts[victim.source]} ({state} {now - victim.since:.1f} s), for a new one "
+                f"from {source}",
             )
         scope = trio.CancelScope(deadline=now + self._hello_timeout_s)
         slot = _Unauthenticated(source, now, scope)
@@ -589,10 +684,10 @@ class PeerNetwork:
 
     async def _serve_inbound_checked(self, stream: trio.SocketStream) -> None:
         remote = _remote(stream)
-        slot = self._admit(remote.rsplit(":", 1)[0])
+        slot = self._admit(source_group(_host(stream)))
         if slot is None:
             return
-        accepted: tuple[trio.abc.Stream, FrameReader, int] | None = None
+        accepted: tuple[trio.abc.Stream, FrameReader, _Heard, int] | None = None
         try:
             with slot.scope:
                 accepted = await self._accept(stream, slot)
@@ -611,7 +706,7 @@ class PeerNetwork:
             if not slot.evicted:  # evictions are counted when they happen
                 self._handshake_failed("timeout", "inbound handshake timed out")
             return
-        conn, reader, sender = accepted
+        conn, reader, heard, sender = accepted
         peer = self.peers[sender]
         old = peer.inbound_session
         if old is not None:
@@ -631,6 +726,7 @@ class PeerNetwork:
             peer.inbound_session = session
             peer.inbound_connected = True
             peer.inbound_last_s = trio.current_time()
+            heard.peer = peer
             try:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._inbound_writer, session, nursery.cancel_scope)
@@ -702,11 +798,11 @@ class PeerNetwork:
             await session.stream.send_all(encode_frames(frames))
 
     async def _accept(
-        self, stream: trio.SocketStream, slot: _Unauthenticated | None = None
-    ) -> tuple[trio.abc.Stream, FrameReader, int]:
+        self, stream: trio.SocketStream, slot: _Unauthenticated
+    ) -> tuple[trio.abc.Stream, FrameReader, _Heard, int]:
         """TLS (when on) and the handshake of an inbound connection: the stream to write on,
-        a reader for the session and the authenticated member. The first bytes tell a TLS
-        dialer from a plain one."""
+        a reader for the session, the stream it reads (to mark the member heard from) and the
+        authenticated member. The first bytes tell a TLS dialer from a plain one."""
         first = await stream.receive_some(SNIFF_BYTES)
         if not first:
             raise HandshakeError("closed", "peer closed the connection before hello")
@@ -726,8 +822,9 @@ class PeerNetwork:
                     "member's node.toml must have the same [tls] peer"
                 )
                 raise HandshakeError("tls_unexpected", self.tls_mismatch)
-            reader = FrameReader(sniff, HANDSHAKE_FRAME_MAX)
-            return sniff, reader, await self._handshake_listener(sniff, reader, None, slot)
+            heard = _Heard(sniff)
+            reader = FrameReader(heard, HANDSHAKE_FRAME_MAX)
+            return sniff, reader, heard, await self._handshake_listener(sniff, reader, None, slot)
         if not is_tls_hello(first):
             peer = await self._plain_dialer(sniff)
             await _refuse(
@@ -745,6 +842,11 @@ class PeerNetwork:
                 peer.inbound_error = self.tls_mismatch
             raise HandshakeError("tls_required", self.tls_mismatch)
         self._hello_received(slot)  # a TLS ClientHello came first
+        try:
+            self._take_signature(slot.source)  # our side of the TLS handshake signs
+        except HandshakeError as exc:
+            await _refuse(sniff, exc.detail)  # plain framing: our dialers read it so
+            raise
         conn = trio.SSLStream(sniff, tls.server_context, server_side=True)
         try:
             await conn.do_handshake()
@@ -763,8 +865,9 @@ class PeerNetwork:
                 f"the peer at {where} presented TLS key {key.hex()[:16]}…, which genesis does not "
                 "list for any other member",
             )
-        reader = FrameReader(conn, HANDSHAKE_FRAME_MAX)
-        return conn, reader, await self._handshake_listener(conn, reader, member.index)
+        heard = _Heard(conn)
+        reader = FrameReader(heard, HANDSHAKE_FRAME_MAX)
+        return conn, reader, heard, await self._handshake_listener(conn, reader, member.index)
 
     async def _plain_dialer(self, stream: trio.abc.Stream) -> _Peer | None:
         """Best effort: the member a plain hello names (to say who dialed without TLS)."""
@@ -780,7 +883,6 @@ class PeerNetwork:
         self, reader: FrameReader, peer: _Peer, session: _InboundSession
     ) -> None:
         while (body := await reader.read()) is not None:
-            peer.inbound_last_s = trio.current_time()
             if body == PING:
                 session.pong_owed = True
                 session.wakeup.set()
@@ -790,18 +892,24 @@ class PeerNetwork:
                 continue
             peer.frames_received += 1
             peer.bytes_received += len(body)
-            # Reserve the bytes atomically (no await between the check and the add), so
-            # readers never hold partial reservations that could starve each other.
-            while self._inbound_bytes and self._inbound_bytes + len(body) > (
-                self._inbound_bytes_max
-            ):
-                await self._inbound_space.wait()
-            self._inbound_bytes += len(body)
+            peer.inbound_held = True  # from here we may wait on our consumer, not on the peer
             try:
-                await self._inbound_send.send((peer.index, body))
-            except BaseException:
-                self._inbound_bytes -= len(body)  # never handed over
-                raise
+                await self._hand_over(peer, body)
+            finally:
+                peer.inbound_held = False
+                peer.inbound_last_s = trio.current_time()
+
+    async def _hand_over(self, peer: _Peer, body: bytes) -> None:
+        # Reserve the bytes atomically (no await between the check and the add), so readers
+        # never hold partial reservations that could starve each other.
+        while self._inbound_bytes and self._inbound_bytes + len(body) > self._inbound_bytes_max:
+            await self._inbound_space.wait()
+        self._inbound_bytes += len(body)
+        try:
+            await self._inbound_send.send((peer.index, body))
+        except BaseException:
+            self._inbound_bytes -= len(body)  # never handed over
+            raise
 
     # --- outbound ---------------------------------------------------------------------------
 
@@ -957,6 +1065,26 @@ class PeerNetwork:
             await stream.send_all(encode_frames(control + batch))
             peer.frames_sent += len(batch)
             peer.bytes_sent += size + 4 * len(batch)
+
+
+def _victim(tiers: list[list[_Unauthenticated]], now: float) -> _Unauthenticated | None:
+    """The first tier's oldest connection that has sent nothing, else its oldest handshake
+    EVICT_AGE_S old; else the next tier's. None when no tier has one."""
+    for tier in tiers:
+        for u in tier:
+            if not u.hello:
+                return u
+        for u in tier:
+            if now - u.since >= EVICT_AGE_S:
+                return u
+    return None
+
+
+def _host(stream: trio.SocketStream) -> str:
+    try:
+        return str(stream.socket.getpeername()[0])
+    except OSError:
+        return "?"
 
 
 def _remote(stream: trio.SocketStream) -> str:

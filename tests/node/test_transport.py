@@ -19,7 +19,7 @@ from consortium.crypto.keys import KeyPair
 from consortium.crypto.signing import PROTOCOL_VERSION, Domain, Ed25519Signer, Ed25519Verifier
 from consortium.ledger.genesis import Params
 from consortium.node import transport
-from consortium.node.transport import PeerNetwork, handshake_transcript
+from consortium.node.transport import PING, PONG, PeerNetwork, handshake_transcript
 from consortium.protocol.framing import FrameReader, encode_frame
 from tests.ledger.chain_fixture import MEMBERS, make_genesis
 from tests.node.peers import (
@@ -390,6 +390,129 @@ async def test_a_flood_of_idle_connections_from_the_members_address_does_not_kee
                 attack.cancel_scope.cancel()
 
 
+async def _stalled_hellos(port: int, source: str, every_s: float, first_s: float) -> None:
+    """A stranger at `source`: from `first_s` on opens a connection every `every_s`, sends a
+    valid hello (the chain id is public, a hello proves nothing) and stalls until the member
+    closes it."""
+    await trio.sleep(first_s)
+    async with trio.open_nursery() as nursery:
+        limiter = trio.Semaphore(64)  # the attacker's own bound on what it holds open
+
+        async def stall() -> None:
+            try:
+                async with await trio.open_tcp_stream(HOST, port, local_address=source) as s:
+                    nonce = secrets.token_bytes(32)
+                    await s.send_all(
+                        encode_frame(pack(["hello", PROTOCOL_VERSION, GENESIS.chain_id, 2, nonce]))
+                    )
+                    while await s.receive_some(4096):
+                        pass
+            except (OSError, trio.BrokenResourceError):
+                pass
+            finally:
+                limiter.release()
+
+        while True:
+            await limiter.acquire()
+            nursery.start_soon(stall)
+            await trio.sleep(every_s)
+
+
+async def _slow_dialer(port: int, auth_after_s: float, attempts: list[int]) -> None:
+    """Member 1, dialing from 127.0.0.1 and sending its auth `auth_after_s` after the hello-ack
+    (a long round trip, a loaded machine); again after a refusal or a close, until a pong
+    on its connection shows it authenticated."""
+    while True:
+        attempts[0] += 1
+        stream = await trio.open_tcp_stream(HOST, port)
+        try:
+            reader = FrameReader(stream, 4096)
+            nonce = secrets.token_bytes(32)
+            await stream.send_all(
+                encode_frame(pack(["hello", PROTOCOL_VERSION, GENESIS.chain_id, 1, nonce]))
+            )
+            frame = await reader.read()
+            if frame is not None and unpack(frame)[0] == "hello-ack":
+                ack = unpack(frame)
+                await trio.sleep(auth_after_s)
+                transcript = handshake_transcript(ack[4], 1, ack[3], "dialer")
+                sig = Ed25519Signer(MEMBERS[1]).sign(Domain.HANDSHAKE, GENESIS.chain_id, transcript)
+                await stream.send_all(encode_frame(pack(["auth", sig])) + encode_frame(PING))
+                if await reader.read() == PONG:
+                    return
+        except (OSError, trio.BrokenResourceError):
+            pass
+        finally:
+            await stream.aclose()
+        await trio.sleep(0.1)
+
+
+@pytest.mark.parametrize(("sources", "auth_after_s"), [(8, 0.4), (16, 0.4), (16, 3.0)])
+async def test_stalled_hellos_from_many_addresses_do_not_keep_a_slow_dialer_out(
+    autojump_clock: trio.testing.MockClock, sources: int, auth_after_s: float
+) -> None:
+    # Checked against the rule before this one (evict the oldest slot of all once it is 0.25 s
+    # into its handshake): the dialer got in in none of the three cases. With that rule and a
+    # 2 s age, the 3.0 s dialer (slower than EVICT_AGE_S) did not: fairness protects it.
+    async with members() as m:
+        net = await m.start(0)
+        async with trio.open_nursery() as attack:
+            for k in range(sources):  # ~300 connections a second in all, evenly spaced
+                address = f"127.0.0.{k + 2}"
+                attack.start_soon(_stalled_hellos, m.ports[0], address, sources / 300, k / 300)
+            await trio.sleep(3)  # the slots held by the flood, and turning over
+            attempts = [0]
+            with trio.fail_after(15):
+                await _slow_dialer(m.ports[0], auth_after_s, attempts)
+            print(
+                "DBG",
+                attempts,
+                dict(net.counters),
+                net._handshakes,
+                sorted(
+                    __import__("collections")
+                    .Counter(u.source for u in net._unauthenticated.values())
+                    .items()
+                ),
+            )
+            assert net.peer_status()[0]["inbound_connected"]
+            # The flood was at full strength meanwhile: it held every slot and evicted.
+            assert net._handshakes >= transport.HANDSHAKES_MAX - 1
+            assert net.counters["handshake_evicted"] > 20
+            attack.cancel_scope.cancel()
+
+
+async def test_hello_acks_signed_for_one_source_are_rate_limited(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with members() as m:
+        net = await m.start(0)
+
+        async def answers(n: int) -> list[str]:
+            got = []
+            for _ in range(n):
+                stream, answer = await hello(m.ports[0], GENESIS.chain_id, 1)
+                await stream.aclose()
+                got.append(answer[0])
+            return got
+
+        burst = transport.HELLO_ACKS_BURST
+        assert await answers(burst + 5) == ["hello-ack"] * burst + ["refused"] * 5
+        assert net.counters["handshake_rate_limited"] == 5
+        await trio.sleep(1)  # refilled at HELLO_ACKS_PER_S
+        assert await answers(burst) == ["hello-ack"] * burst
+        # Members dial once per connection and get in as before.
+        await exchange([net, await m.start(1), await m.start(2)])
+
+
+def test_ipv6_sources_are_grouped_by_their_64() -> None:
+    group = transport.source_group
+    assert group("2001:db8:1:2:aaaa::1") == group("2001:db8:1:2:bbbb::9") == "2001:db8:1:2::/64"
+    assert group("2001:db8:1:3::1") != group("2001:db8:1:2::1")
+    assert group("::ffff:192.0.2.7") == group("192.0.2.7") == "192.0.2.7"
+    assert group("192.0.2.7") != group("192.0.2.8")
+
+
 async def test_a_connection_that_sends_no_hello_is_closed_at_the_hello_deadline(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -466,6 +589,36 @@ async def test_a_live_peer_is_never_shown_silent(autojump_clock: trio.testing.Mo
             for net in (a, b):
                 row = net.peer_status()[0]
                 assert row["outbound_live"] and row["inbound_live"] and row["silent_s"] is None
+
+
+async def test_a_peer_we_are_too_busy_to_read_is_not_shown_silent(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with members() as m:
+        a = await m.start(0)
+        b = await m.start(1, inbound_frames_max=4, inbound_bytes_max=50_000)
+        await until(linked([a, b]))
+        # Member 2 authenticates on b's port and then sends nothing at all.
+        quiet = await dial_as(m.ports[1], 2, MEMBERS[2])
+        await until(lambda: bool(b.peer_status()[1]["inbound_connected"]))
+        bodies = [b"%04d" % k + b"." * 9_996 for k in range(200)]  # 2 MB, far over b's budget
+        assert all(a.send(1, body) for body in bodies)
+        await until(lambda: b.inbound.statistics().current_buffer_used == 4)
+        # b's consumer takes nothing for 5 s: a's pings wait in TCP behind a's frames, but b
+        # is the slow side, so a stays connected; member 2, silent on an idle link, does not.
+        await trio.sleep(5)
+        row_a, row_2 = b.peer_status()[0], b.peer_status()[1]
+        assert row_a["inbound_live"] and row_a["outbound_live"] and row_a["silent_s"] is None
+        assert row_2["inbound_connected"] and not row_2["inbound_live"]
+        assert row_2["silent_s"] is not None and float(str(row_2["silent_s"])) > 4
+        got = []
+        while len(got) < len(bodies):
+            _, body = await b.inbound.receive()
+            b.consumed(body)
+            got.append(body)
+        assert got == bodies
+        assert b.peer_status()[0]["inbound_live"]
+        await quiet.aclose()
 
 
 async def test_a_second_process_claiming_a_member_is_refused_while_the_first_answers() -> None:
