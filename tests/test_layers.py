@@ -29,7 +29,9 @@ import pytest
 LAYERS: dict[str, tuple[str, ...]] = {
     "__main__": ("cli",),  # `python -m consortium`
     "cli": ("client", "node", "sim"),
-    "testing": ("node",),  # TESTS ONLY: faults around a real member; nothing imports it
+    # TESTS ONLY, and nothing imports it: faults around a real member, and attackers that
+    # speak to members as clients or peers would (attacks.py, peer_flood.py)
+    "testing": ("cli", "node"),
     "client": ("protocol",),
     "node": ("protocol", "node.executor"),
     "sim": ("node.executor",),
