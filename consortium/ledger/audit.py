@@ -32,7 +32,7 @@ After the last block: a checkpoint certificate above the head means certified bl
 off; the stored key-value table and replay set (what the node serves and loads) must equal the
 re-executed state, and so must the admitted clients and the pending client changes; the
 transaction index holds no row for an id no block holds; every consensus record (records)
-decodes; and every table the node keeps a digest of (store.DIGESTED) matches it, so a deleted
+decodes; and every table the node keeps a digest of (digests.DIGESTED) matches it, so a deleted
 block signature, checkpoint certificate or consensus record, which nothing above can miss, is
 named too. `verifier`
 checks member signatures (commit and checkpoint certificates,
@@ -65,14 +65,14 @@ from consortium.ledger.certificates import (
     decode_certificate,
     verify_block_signatures,
 )
-from consortium.ledger.genesis import Genesis
-from consortium.ledger.state import Execution, KeyValueState, build_block
-from consortium.ledger.store import (
+from consortium.ledger.digests import (
     DIGESTED,
     FORMAT_WITHOUT_DIGESTS,
     stored_digests,
     table_digest,
 )
+from consortium.ledger.genesis import Genesis
+from consortium.ledger.state import Execution, KeyValueState, build_block
 from consortium.ledger.tx import ConfigChange
 
 _HEADER_FIELDS = (

@@ -25,14 +25,9 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
+from consortium.ledger.digests import put_record_outside
 from consortium.ledger.genesis import Genesis
-from consortium.ledger.store import (
-    RECOVERY_MARK_KEY,
-    RESTORED_BACKUP,
-    BlockStore,
-    StoreError,
-    put_record_outside,
-)
+from consortium.ledger.store import RECOVERY_MARK_KEY, RESTORED_BACKUP, BlockStore, StoreError
 
 
 @dataclass(frozen=True, slots=True)

@@ -58,10 +58,8 @@ Rules and invariants:
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import sqlite3
-import struct
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -79,13 +77,22 @@ from consortium.ledger.block import (
     genesis_block,
 )
 from consortium.ledger.certificates import CheckpointCertificate, SignedVote
+from consortium.ledger.digests import (
+    DIGEST_KEY,
+    DIGEST_MOD,
+    DIGESTED,
+    FORMAT_WITHOUT_DIGESTS,
+    ROW_FUNCTION,
+    row_digest,
+    stored_digests,
+    table_digest,
+)
 from consortium.ledger.genesis import Genesis
 from consortium.ledger.state import CachedTable, Execution, KeyValueState
 
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 3  # 3: table digests (format 2 had none; upgraded at open after an audit)
-FORMAT_WITHOUT_DIGESTS = 2
 # Start in recovery (module rules); the value says from what, in words for `status`.
 RECOVERY_MARK_KEY = b"node/recovering"
 RESTORED_BACKUP = "a restored backup"
@@ -146,94 +153,6 @@ INSERT INTO tx_index (tx_id, height, idx, executed) VALUES (?, ?, ?, ?)
 ON CONFLICT (tx_id) DO UPDATE SET height = excluded.height, idx = excluded.idx, executed = 1
 WHERE tx_index.executed = 0 AND excluded.executed = 1
 """
-
-
-# The digested tables (module rules, "Table digests"): name -> (columns, words for people).
-DIGESTED: dict[str, tuple[tuple[str, ...], str]] = {
-    "kv": (("key", "value"), "the state table"),
-    "replay": (("tx_id", "expiry_ms"), "the replay set"),
-    "clients": (("key", "label"), "the admitted clients"),
-    "pending_client_changes": (("seq", "change_id", "value"), "the pending client changes"),
-    "client_changed": (("key", "ms"), "the times of the clients' last changes"),
-    "tx_index": (("tx_id", "height", "idx", "executed"), "the transaction index"),
-    "block_signatures": (("height", "body", "signature"), "the block signatures"),
-    "checkpoints": (("seq", "certificate"), "the checkpoint certificates"),
-    "records": (("key", "value"), "the consensus records"),
-}
-DIGEST_KEY = "digest/"  # meta key prefix: digest/<table> -> 32 bytes, big-endian
-_DIGEST_MOD = 1 << 256
-_ROW_FUNCTION = "consortium_row_digest"
-
-
-def row_digest(table: str, row: Sequence[object]) -> int:
-    """One row's share of its table's digest: SHA-256 over the table name and each value,
-    each with its SQLite type and length, as an integer (a BLOB and the TEXT of the same bytes
-    differ; a value cannot run into the next). On the write path, per row: kept lean."""
-    parts = [_TABLE_PART.get(table) or _part(table)]
-    for value in row:
-        if type(value) is bytes:
-            parts.append(b"b" + len(value).to_bytes(4, "big"))
-            parts.append(value)
-        else:
-            parts.append(_part(value))
-    return int.from_bytes(hashlib.sha256(b"".join(parts)).digest(), "big")
-
-
-def _part(value: object) -> bytes:
-    if isinstance(value, bytes):
-        tag, data = b"b", value
-    elif isinstance(value, int):
-        tag, data = b"i", value.to_bytes(8, "big", signed=True)
-    elif isinstance(value, str):
-        tag, data = b"s", value.encode("utf-8", "surrogatepass")
-    elif isinstance(value, float):
-        tag, data = b"f", struct.pack(">d", value)
-    else:
-        tag, data = b"n", b""
-    return tag + len(data).to_bytes(4, "big") + data
-
-
-_TABLE_PART = {t: _part(t) for t in DIGESTED}
-
-
-def table_digest(db: sqlite3.Connection, table: str) -> int:
-    """Scan `table` and compute its digest (row_digest summed mod 2^256)."""
-    columns = ", ".join(DIGESTED[table][0])
-    total = 0
-    for row in db.execute(f"SELECT {columns} FROM {table}"):  # (our own names)
-        total += row_digest(table, row)
-    return total % _DIGEST_MOD
-
-
-def stored_digests(db: sqlite3.Connection) -> dict[str, int]:
-    """The digests meta holds (by table; empty for a store from before digests)."""
-    return {
-        str(k)[len(DIGEST_KEY) :]: int.from_bytes(bytes(v), "big")
-        for k, v in db.execute(
-            "SELECT key, value FROM meta WHERE key >= ? AND key < ?", (DIGEST_KEY, "digest0")
-        )
-    }
-
-
-def put_record_outside(db: sqlite3.Connection, key: bytes, value: bytes) -> None:
-    """Upsert a record on a connection that has no digest triggers (a backup's copy), and
-    move the records digest by the change, as the store's triggers would (in the caller's
-    transaction)."""
-    old = db.execute("SELECT key, value FROM records WHERE key = ?", (key,)).fetchone()
-    db.execute(
-        "INSERT INTO records (key, value) VALUES (?, ?) "
-        "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        (key, value),
-    )
-    digests = stored_digests(db)
-    if "records" in digests:
-        total = digests["records"] + row_digest("records", (key, value))
-        if old is not None:
-            total -= row_digest("records", (bytes(old[0]), bytes(old[1])))
-        db.execute(
-            "UPDATE meta SET value = ? WHERE key = ?",
-            ((total % _DIGEST_MOD).to_bytes(32, "big"), DIGEST_KEY + "records"),
-        )
 
 
 class StoreError(Exception):
@@ -483,11 +402,11 @@ class BlockStore:
             deltas[table] = deltas.get(table, 0) + sign * row_digest(table, row)
 
         db = self._db
-        db.create_function(_ROW_FUNCTION, -1, on_row, deterministic=True)
+        db.create_function(ROW_FUNCTION, -1, on_row, deterministic=True)
         for table, (columns, _) in DIGESTED.items():
             old = ", ".join(f"OLD.{c}" for c in columns)
             new = ", ".join(f"NEW.{c}" for c in columns)
-            f = _ROW_FUNCTION
+            f = ROW_FUNCTION
             db.execute(
                 f"CREATE TEMP TRIGGER IF NOT EXISTS digest_{table}_insert AFTER INSERT ON "
                 f"main.{table} BEGIN SELECT {f}('{table}', 1, {new}); END"
@@ -508,8 +427,8 @@ class BlockStore:
         new = dict(self._digests)
         changed = []
         for table, delta in self._deltas.items():
-            if delta % _DIGEST_MOD:
-                new[table] = (new.get(table, 0) + delta) % _DIGEST_MOD
+            if delta % DIGEST_MOD:
+                new[table] = (new.get(table, 0) + delta) % DIGEST_MOD
                 changed.append((new[table].to_bytes(32, "big"), DIGEST_KEY + table))
         self._deltas.clear()
         if changed:

@@ -36,17 +36,14 @@ from pathlib import Path
 
 import trio
 
-from consortium.ledger.genesis import Genesis, parse_address
-from consortium.ledger.store import (
+from consortium.ledger.digests import (
     DIGESTED,
     FORMAT_WITHOUT_DIGESTS,
-    LOST_STATE,
-    RECOVERY_MARK_KEY,
-    BlockStore,
-    StoreDamaged,
     stored_digests,
     table_digest,
 )
+from consortium.ledger.genesis import Genesis, parse_address
+from consortium.ledger.store import LOST_STATE, RECOVERY_MARK_KEY, BlockStore, StoreDamaged
 from consortium.node.config import ConfigError, NodeConfig, config_path
 
 NEW_MARK = "new-member"  # in the data directory: this member has never run (init, keygen)

@@ -12,16 +12,8 @@ from consortium.crypto.codec import pack
 from consortium.ledger.admission import ADMIT
 from consortium.ledger.backup import backup_store
 from consortium.ledger.certificates import SignedVote
-from consortium.ledger.store import (
-    DIGEST_KEY,
-    DIGESTED,
-    SCHEMA_VERSION,
-    BlockStore,
-    StoreDamaged,
-    StoreError,
-    stored_digests,
-    table_digest,
-)
+from consortium.ledger.digests import DIGEST_KEY, DIGESTED, stored_digests, table_digest
+from consortium.ledger.store import SCHEMA_VERSION, BlockStore, StoreDamaged, StoreError
 from consortium.ledger.tx import Delete, Put
 from tests.ledger.chain_fixture import (
     CREATED_MS,

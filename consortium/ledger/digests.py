@@ -1,0 +1,101 @@
+"""Table digests (docs/ledger-format.md, "Table digests"): for every table a member executes
+from or serves, an order-independent digest of its rows, the sum mod 2^256 of SHA-256 over each
+row's encoding. The store (store.py) keeps them in `meta`, in the transaction of every write,
+and checks them at open; the audit (audit.py) and `node check` compare them too. Here so both
+read one definition without importing each other."""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import struct
+from collections.abc import Sequence
+
+FORMAT_WITHOUT_DIGESTS = 2  # the store format before table digests (store.SCHEMA_VERSION is 3)
+
+# The digested tables (module rules, "Table digests"): name -> (columns, words for people).
+DIGESTED: dict[str, tuple[tuple[str, ...], str]] = {
+    "kv": (("key", "value"), "the state table"),
+    "replay": (("tx_id", "expiry_ms"), "the replay set"),
+    "clients": (("key", "label"), "the admitted clients"),
+    "pending_client_changes": (("seq", "change_id", "value"), "the pending client changes"),
+    "client_changed": (("key", "ms"), "the times of the clients' last changes"),
+    "tx_index": (("tx_id", "height", "idx", "executed"), "the transaction index"),
+    "block_signatures": (("height", "body", "signature"), "the block signatures"),
+    "checkpoints": (("seq", "certificate"), "the checkpoint certificates"),
+    "records": (("key", "value"), "the consensus records"),
+}
+DIGEST_KEY = "digest/"  # meta key prefix: digest/<table> -> 32 bytes, big-endian
+DIGEST_MOD = 1 << 256
+ROW_FUNCTION = "consortium_row_digest"
+
+
+def row_digest(table: str, row: Sequence[object]) -> int:
+    """One row's share of its table's digest: SHA-256 over the table name and each value,
+    each with its SQLite type and length, as an integer (a BLOB and the TEXT of the same bytes
+    differ; a value cannot run into the next). On the write path, per row: kept lean."""
+    parts = [_TABLE_PART.get(table) or _part(table)]
+    for value in row:
+        if type(value) is bytes:
+            parts.append(b"b" + len(value).to_bytes(4, "big"))
+            parts.append(value)
+        else:
+            parts.append(_part(value))
+    return int.from_bytes(hashlib.sha256(b"".join(parts)).digest(), "big")
+
+
+def _part(value: object) -> bytes:
+    if isinstance(value, bytes):
+        tag, data = b"b", value
+    elif isinstance(value, int):
+        tag, data = b"i", value.to_bytes(8, "big", signed=True)
+    elif isinstance(value, str):
+        tag, data = b"s", value.encode("utf-8", "surrogatepass")
+    elif isinstance(value, float):
+        tag, data = b"f", struct.pack(">d", value)
+    else:
+        tag, data = b"n", b""
+    return tag + len(data).to_bytes(4, "big") + data
+
+
+_TABLE_PART = {t: _part(t) for t in DIGESTED}
+
+
+def table_digest(db: sqlite3.Connection, table: str) -> int:
+    """Scan `table` and compute its digest (row_digest summed mod 2^256)."""
+    columns = ", ".join(DIGESTED[table][0])
+    total = 0
+    for row in db.execute(f"SELECT {columns} FROM {table}"):  # (our own names)
+        total += row_digest(table, row)
+    return total % DIGEST_MOD
+
+
+def stored_digests(db: sqlite3.Connection) -> dict[str, int]:
+    """The digests meta holds (by table; empty for a store from before digests)."""
+    return {
+        str(k)[len(DIGEST_KEY) :]: int.from_bytes(bytes(v), "big")
+        for k, v in db.execute(
+            "SELECT key, value FROM meta WHERE key >= ? AND key < ?", (DIGEST_KEY, "digest0")
+        )
+    }
+
+
+def put_record_outside(db: sqlite3.Connection, key: bytes, value: bytes) -> None:
+    """Upsert a record on a connection that has no digest triggers (a backup's copy), and
+    move the records digest by the change, as the store's triggers would (in the caller's
+    transaction)."""
+    old = db.execute("SELECT key, value FROM records WHERE key = ?", (key,)).fetchone()
+    db.execute(
+        "INSERT INTO records (key, value) VALUES (?, ?) "
+        "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        (key, value),
+    )
+    digests = stored_digests(db)
+    if "records" in digests:
+        total = digests["records"] + row_digest("records", (key, value))
+        if old is not None:
+            total -= row_digest("records", (bytes(old[0]), bytes(old[1])))
+        db.execute(
+            "UPDATE meta SET value = ? WHERE key = ?",
+            ((total % DIGEST_MOD).to_bytes(32, "big"), DIGEST_KEY + "records"),
+        )
