@@ -9,7 +9,10 @@ at a fixed rate, against every member's client port, and stops by itself after -
   requests for one (big) height in one write, reads what comes for a second, and closes.
 - idle:   rate = connections held open per member, each sending nothing; one the member closes
   is opened again a second later. Spread over IDLE_SOURCES loopback addresses (127.0.0.2 …), as
-  from many hosts, so the per-address cap alone does not stop it.
+  from many hosts, so the per-address cap alone does not stop it; with more than the member's
+  1,024 connections in all, every slot is the attacker's unless the member evicts. The honest
+  load then opens a new client (new connections) for every batch (honest_load `fresh`): a
+  client that connected before the attack proves nothing about the slots.
 - flood:  rate = badly signed transactions a second per member (an admitted client's key, a
   random signature), FLOOD_BATCH per submit, on one connection per member (opened again when
   the member closes it); replies are read and dropped.
@@ -37,6 +40,7 @@ from typing import Any
 import trio
 
 from consortium.client.client import ConsortiumClient
+from consortium.client.errors import ClientError
 from consortium.crypto.codec import pack
 from consortium.crypto.keys import KeyPair
 from consortium.ledger.genesis import Genesis
@@ -46,7 +50,7 @@ from consortium.protocol.messages import BlockRequest, encode_request
 
 ATTACKS = ("blocks", "idle", "flood")
 BLOCK_REQUESTS = 3000
-IDLE_SOURCES = 16
+IDLE_SOURCES = 20  # 60 connections each at 1,200: under the per-address cap of 64
 FLOOD_BATCH = 100
 TICK_S = 0.1  # the honest load and the flood send every TICK_S
 FLOOD_CONNECTIONS = 60  # flood connections per member (the client port allows 64 per address)
@@ -219,23 +223,36 @@ class Load:
 
 
 async def honest_load(
-    genesis: Genesis, keys: list[KeyPair], rate: float, load: Load, timeout_s: float = 30.0
+    genesis: Genesis,
+    keys: list[KeyPair],
+    rate: float,
+    load: Load,
+    timeout_s: float = 30.0,
+    fresh: bool = False,
 ) -> None:
     """Submit `rate` transactions a second (each TICK_S a batch, round-robin over `keys`)
-    until cancelled, recording when each commits."""
+    until cancelled, recording when each commits. `fresh`: each batch through a new client
+    (its own new connections to every member), closed once the batch is decided."""
     per_tick = max(1, round(rate * TICK_S))
     expiry = int(time.time() * 1000) + 3_600_000
     in_flight = 0
     tx_n = 0
 
-    async def batch(client: ConsortiumClient, txs: list[Transaction]) -> None:
+    async def batch(client: ConsortiumClient, key: KeyPair, txs: list[Transaction]) -> None:
         nonlocal in_flight
         try:
-            for outcome in await client.submit_and_wait(txs, timeout_s=timeout_s):
+            if fresh:
+                async with ConsortiumClient(genesis, key, retransmit_s=2.0) as new:
+                    outcomes = await new.submit_and_wait(txs, timeout_s=timeout_s)
+            else:
+                outcomes = await client.submit_and_wait(txs, timeout_s=timeout_s)
+            for outcome in outcomes:
                 if outcome.status == "committed" and outcome.decided_at is not None:
                     load.committed.append(outcome.decided_at)
                 else:
                     load.failed += 1
+        except ClientError:  # e.g. no member took the new client's connections
+            load.failed += len(txs)
         finally:
             in_flight -= 1
 
@@ -265,7 +282,7 @@ async def honest_load(
                             )
                         )
                     in_flight += 1
-                    nursery.start_soon(batch, clients[k], txs)
+                    nursery.start_soon(batch, clients[k], keys[k], txs)
                 tick += 1
                 next_at += TICK_S
                 await trio.sleep_until(next_at)
@@ -321,7 +338,7 @@ async def scenario(
     figures = Figures(kind, genesis.mode, attack_rate, honest_rate)
     load = Load()
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(honest_load, genesis, keys, honest_rate, load)
+        nursery.start_soon(honest_load, genesis, keys, honest_rate, load, 30.0, kind == "idle")
         t0 = trio.current_time()
         await trio.sleep(BEFORE_S)
         attacker = attack_process(directory, kind, attack_rate, ATTACK_S, height)

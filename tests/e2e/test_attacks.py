@@ -76,7 +76,7 @@ def _big_block(directory: Path) -> int:
 # What each attack must have made the members do, or the test proves nothing.
 EVIDENCE = {
     "blocks": ("request_BlockRequest", attacks.BLOCK_REQUESTS),
-    "idle": ("connections", 4 * 900),
+    "idle": ("evicted_idle_first_request", 4 * 100),
     "flood": ("slowed_bad_signatures", 4),
 }
 
@@ -114,7 +114,12 @@ def test_pipelined_block_reads_leave_honest_clients_their_throughput(
 def test_idle_connections_leave_honest_clients_their_throughput(
     pbft: tuple[Path, LocalNetwork],
 ) -> None:
-    _check(*pbft, "idle", 1000.0, 100.0)
+    """1,200 silent connections per member from 20 addresses (more than the 1,024 slots), and
+    every honest batch through a new client: new connections must get in during the attack.
+    Measured on the 2-core development machine: honest throughput during the attack 74 % of
+    before with eviction; 27 % with it removed (ClientServer._evict finding nothing), which
+    fails here (and no `evicted_idle_first_request`)."""
+    _check(*pbft, "idle", 1200.0, 100.0)
 
 
 def test_a_bad_signature_flood_leaves_honest_clients_their_throughput_pbft(
