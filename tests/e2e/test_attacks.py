@@ -77,7 +77,7 @@ def _big_block(directory: Path) -> int:
 EVIDENCE = {
     "blocks": ("request_BlockRequest", attacks.BLOCK_REQUESTS),
     "idle": ("evicted_idle_first_request", 4 * 100),
-    "flood": ("slowed_bad_signatures", 4),
+    "flood": ("bad_signatures", 4 * 5_000),  # checked and failed (about 40,000 measured)
 }
 
 
@@ -125,10 +125,20 @@ def test_idle_connections_leave_honest_clients_their_throughput(
 def test_a_bad_signature_flood_leaves_honest_clients_their_throughput_pbft(
     pbft: tuple[Path, LocalNetwork],
 ) -> None:
+    """240 flood connections per member from 4 addresses (60 each, under the cap of 64), the
+    honest load at most 10 batches in flight. Measured on the 2-core development machine: honest
+    throughput during the flood 74 % of before with rationing (p95 commit latency 2.2 s, 0.06 s
+    before); 28 % with rationing removed (VerificationRation.admit a no-op, verify straight to
+    the cache; p95 5.9 s, a whole second with no commit), which fails here (an earlier run with
+    5 batches in flight: 82 % against 16 %)."""
     _check(*pbft, "flood", 60000.0, 100.0)
 
 
 def test_a_bad_signature_flood_leaves_honest_clients_their_throughput_raft(
     raft: tuple[Path, LocalNetwork],
 ) -> None:
+    """As for pbft. Measured (5 batches in flight): 85 % of before with rationing, 55 % with it
+    removed, which this test does NOT catch (raft commits with the leader and one follower, so
+    a flooded member slows it less); the pbft test is the one that fails without rationing.
+    With 8 addresses the attacker process itself took the machine and the figures were noise."""
     _check(*raft, "flood", 60000.0, 350.0)
