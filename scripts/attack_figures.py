@@ -27,7 +27,7 @@ from consortium.testing import attacks
 RUNS: dict[str, tuple[str, Mode, float, float]] = {
     # name: (attack, mode, attack rate per member, honest tx/s)
     "blocks:pbft": ("blocks", "pbft", 2.0, 100.0),
-    "idle:pbft": ("idle", "pbft", 1000.0, 100.0),
+    "idle:pbft": ("idle", "pbft", 1200.0, 100.0),
     "flood:pbft": ("flood", "pbft", 60000.0, 100.0),
     "flood:raft": ("flood", "raft", 60000.0, 350.0),
 }
@@ -96,16 +96,19 @@ def main(argv: list[str]) -> int:
         print(f"unknown run {', '.join(unknown)}; known: {', '.join(RUNS)}", file=sys.stderr)
         return 2
     print(
-        "| attack | mode | attack rate (per member) | honest tx/s before | during | after "
-        "| back to full speed | SIGTERM to all stopped |"
+        "| attack | mode | attack rate (per member) | honest tx/s before | during "
+        "| lowest 1 s during | after | p95 commit latency before / during "
+        "| bad signatures checked /s per member | back to full speed | SIGTERM to all stopped |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name in names:
         f = run(name)
         back = "—" if f.back_to_speed_s is None else f"{f.back_to_speed_s:.2f} s"
         print(
             f"| {f.kind} | {f.mode} | {f.attack_rate:,.0f} {RATE_UNITS[f.kind]} | "
-            f"{f.before:.0f} | {f.during:.0f} | {f.after:.0f} | {back} | {f.sigterm_s:.2f} s |",
+            f"{f.before:.0f} | {f.during:.0f} | {f.during_min:.0f} | {f.after:.0f} | "
+            f"{f.p95_before_s:.2f} s / {f.p95_during_s:.2f} s | {f.bad_signatures_per_s:,.0f} | "
+            f"{back} | {f.sigterm_s:.2f} s |",
             flush=True,
         )
     return 0

@@ -36,9 +36,16 @@ Every request has a price and a budget (docs/operations.md, "Client port limits"
   and one that sends nothing for IDLE_TIMEOUT_S while it has no follow and no watched receipt
   (ClientHandler.subscribed) is closed (`closed_first_request_timeout`, `closed_idle`), told
   why in one [0, "error", why] frame. The client library reconnects when it needs to.
-- At most SOURCE_CONNECTIONS_MAX connections from one address (`refused_too_many_from_source`)
-  and `connections_max` in all (`refused_too_many_connections`); a refused client is told why
-  in one frame.
+- At most SOURCE_CONNECTIONS_MAX connections from one source (`refused_too_many_from_source`)
+  and `connections_max` in all (`refused_too_many_connections`), TLS handshakes included; a
+  source is an IPv4 address or an IPv6 /64 (one host gets a whole /64 for nothing). When either
+  cap is full, a new connection takes the slot of one that has not sent its first whole request
+  yet (`evicted_idle_first_request`): the oldest from the source holding most such connections
+  (for the per-source cap, the oldest from its own source), so a stranger holding every slot
+  with silent connections, from however many addresses, only ever evicts itself, and a new
+  client (which asks at once) gets in. Only when no connection is evictable is the new one
+  refused, told why in one frame. The deadline alone did not do it: it makes the stranger's
+  slots turn over, and it reopens them first.
 The counters reach /metrics as consortium_client_port_events_total{event}.
 
 Follows (protocol/messages.py, "Follow"): a follow whose connection has more than
@@ -48,9 +55,10 @@ member's follow tasks (node/service.py) read both here.
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
 import logging
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -201,6 +209,32 @@ class ClientConnection:
             self._drained.set()
 
 
+def source_key(host: str) -> str:
+    """The source a connection counts against: an IPv4 address, or the /64 of an IPv6 one (an
+    IPv4-mapped IPv6 address is its IPv4 address)."""
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
+
+
+class _Slot:
+    """An admitted connection's place under the caps; evictable until its first whole request
+    (`asked`)."""
+
+    def __init__(self, slot_id: int, source: str) -> None:
+        self.id = slot_id
+        self.source = source
+        self.scope = trio.CancelScope()
+        self.asked = False
+        self.released = False
+
+
 class ClientServer:
     """Serves the client port; see the module docstring."""
 
@@ -244,7 +278,11 @@ class ClientServer:
         self._handshake_timeout_s = handshake_timeout_s
         self._handshakes_max = handshakes_max
         self._handshakes = 0
-        self._sources: Counter[str] = Counter()  # open connections by source address
+        self._sources: Counter[str] = Counter()  # admitted connections by source (source_key)
+        self._slots = 0  # admitted connections (TLS handshakes included)
+        # Admitted connections that have not sent a whole request yet, oldest first, by source.
+        self._silent: dict[str, OrderedDict[int, _Slot]] = {}
+        self._slot_ids = itertools.count(1)
         self.tls_mismatch = ""  # the last client refused for TLS on one side only
 
     def tls_status(self) -> dict[str, object]:
@@ -268,13 +306,14 @@ class ClientServer:
             peer = f"{host}:{port}"
         except OSError:
             host, peer = "?", "?"
+        source = source_key(host)
         why = ""
-        if len(self.connections) >= self._connections_max:
+        if self._sources[source] >= self._source_connections_max and not self._evict(source):
+            self.counters["refused_too_many_from_source"] += 1
+            why = f"{self._source_connections_max} connections open from {source}"
+        elif self._slots >= self._connections_max and not self._evict(None):
             self.counters["refused_too_many_connections"] += 1
             why = f"{self._connections_max} connections open"
-        elif self._sources[host] >= self._source_connections_max:
-            self.counters["refused_too_many_from_source"] += 1
-            why = f"{self._source_connections_max} connections open from {host}"
         if why:
             self._ratelog.warning("too_many", f"refusing client {peer}: {why}")
             # In plain framing, which a TLS client reads too (it keeps what its handshake
@@ -282,15 +321,63 @@ class ClientServer:
             await _tell(stream, f"refused: {why} on this member's client port; try later")
             await trio.aclose_forcefully(stream)
             return
-        self._sources[host] += 1
+        slot = _Slot(next(self._slot_ids), source)
+        self._sources[source] += 1
+        self._slots += 1
+        self._silent.setdefault(source, OrderedDict())[slot.id] = slot
         try:
-            await self._serve_counted(stream, peer)
+            with slot.scope:
+                await self._serve_counted(stream, peer, slot)
         finally:
-            self._sources[host] -= 1
-            if not self._sources[host]:
-                del self._sources[host]
+            self._release(slot)
+            await trio.aclose_forcefully(stream)
 
-    async def _serve_counted(self, stream: trio.SocketStream, peer: str) -> None:
+    def _asked(self, slot: _Slot) -> None:
+        """`slot`'s connection sent its first whole request: it is no longer evictable."""
+        if not slot.asked:
+            slot.asked = True
+            self._unlist(slot)
+
+    def _unlist(self, slot: _Slot) -> None:
+        silent = self._silent.get(slot.source)
+        if silent is not None:
+            silent.pop(slot.id, None)
+            if not silent:
+                del self._silent[slot.source]
+
+    def _release(self, slot: _Slot) -> None:
+        """Give `slot` back (once: at its eviction, or when its connection ends)."""
+        if slot.released:
+            return
+        slot.released = True
+        self._unlist(slot)
+        self._slots -= 1
+        self._sources[slot.source] -= 1
+        if not self._sources[slot.source]:
+            del self._sources[slot.source]
+
+    def _evict(self, source: str | None) -> bool:
+        """Close the oldest connection that has not asked yet, from `source` (None: from the
+        source holding most such connections), freeing its slot now; whether there was one."""
+        if source is None:
+            if not self._silent:
+                return False
+            source = max(self._silent, key=lambda s: len(self._silent[s]))
+        silent = self._silent.get(source)
+        if not silent:
+            return False
+        _, victim = next(iter(silent.items()))
+        self.counters["evicted_idle_first_request"] += 1
+        self._ratelog.warning(
+            "evicted",
+            f"closing a connection from {source} that sent no request yet: a new connection "
+            "needs its slot (the client port is full)",
+        )
+        self._release(victim)
+        victim.scope.cancel()  # it sent nothing, so it is told nothing
+        return True
+
+    async def _serve_counted(self, stream: trio.SocketStream, peer: str, slot: _Slot) -> None:
         channel: trio.abc.Stream = stream
         tls_key: bytes | None = None
         if self._tls is not None:
@@ -309,7 +396,7 @@ class ClientServer:
             with conn.scope:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._write_replies, channel, conn)
-                    await self._read_requests(channel, conn)
+                    await self._read_requests(channel, conn, lambda: self._asked(slot))
                     # Let the writer flush what is queued (the last replies, an error notice)
                     # for a bounded time.
                     conn.finish()
@@ -498,15 +585,20 @@ class ClientServer:
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             return None
 
-    async def _read_requests(self, stream: trio.abc.Stream, conn: ClientConnection) -> None:
+    async def _read_requests(
+        self, stream: trio.abc.Stream, conn: ClientConnection, asked: Callable[[], None]
+    ) -> None:
         """Hand the connection's requests to the handler one at a time (see the module
-        docstring: a checkpoint before each, none for a closed or backed-up connection)."""
+        docstring: a checkpoint before each, none for a closed or backed-up connection);
+        `asked()` at the first whole request."""
         reader = FrameReader(stream, self._frame_max)
         first = True
         while True:
             frame = await self._next_frame(reader, conn, first)
             if frame is None:
                 return
+            if first:
+                asked()
             first = False
             # Many frames may have come in one read: let every other task run between them.
             await trio.lowlevel.checkpoint()

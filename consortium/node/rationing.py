@@ -16,8 +16,12 @@ client of a test on 127.0.0.1) share it with whoever attacks from there:
   too, so many connections from one address fail no faster than one. When a connection is
   closed for bad signatures its address is penalised for SOURCE_PENALTY_S: a new connection
   from it starts as failing (last in line, drawing on the address' budget) until its own valid
-  signatures prove it, so reconnecting does not reset the budget, and an honest client from
-  the same address is served as soon as its first valid transaction is.
+  signatures prove it, so reconnecting does not reset the budget. Its first request is not
+  held for the address' budget, though: its first SUSPECT_FIRST_CHUNK signatures are checked
+  at once, at the gate in the failing rank, so an honest client from the same address (one
+  NAT) proves itself after the failing chunks already at the gate, not after the flood's debt.
+  A budget's debt never exceeds one burst (its tokens stop at minus the burst), so however
+  many connections failed together, the address waits at most burst/rate.
 - **Proven first.** Signatures are checked VERIFY_CHUNK at a time, at a gate with as many
   slots as verification threads; a waiting connection with a record of valid signatures goes
   ahead of an unproven one, which goes ahead of a failing one. However many connections flood,
@@ -42,6 +46,7 @@ from consortium.ledger.tx import Transaction
 from consortium.node.verification import TxSignatureCache
 
 VERIFY_CHUNK = 64  # signatures checked per turn at the gate
+SUSPECT_FIRST_CHUNK = 8  # a suspect connection's first signatures, checked without budget
 BAD_SIGNATURES_BURST = 256  # failed checks a connection may make before it is slowed
 BAD_SIGNATURES_PER_S = 64.0  # ...and then this many a second
 BAD_SIGNATURES_CLOSE = 2048  # failed checks (with fewer valid) that close a connection
@@ -71,8 +76,9 @@ def source_of(peer: str) -> str:
 
 @dataclass
 class _Bucket:
-    """Failed checks allowed: `tokens` (may go below zero: a chunk is charged after it is
-    checked), refilled at `rate` a second up to `burst`."""
+    """Failed checks allowed: `tokens` (may go below zero, down to -burst: a chunk is charged
+    after it is checked, and connections that waited together are charged together), refilled
+    at `rate` a second up to `burst`."""
 
     burst: float
     rate: float
@@ -82,6 +88,13 @@ class _Bucket:
     def refill(self, now: float) -> None:
         self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
         self.at = now
+
+    def charge(self, failed: int, now: float) -> None:
+        """Take `failed` tokens, but leave no debt beyond one burst: without the floor, many
+        connections charged at once (each after its chunk) drove it minutes deep, and every
+        new connection from the address waited that out."""
+        self.refill(now)
+        self.tokens = max(-self.burst, self.tokens - failed)
 
     def wait_s(self, now: float) -> float:
         self.refill(now)
@@ -95,6 +108,11 @@ class _Record:
     valid: int = 0
     failed: int = 0
     suspect: bool = False  # opened from a penalised address: failing until proven
+
+    def unchecked_suspect(self) -> bool:
+        """Suspect, and not one of its signatures checked yet: its first chunk (small) does not
+        wait for the address' budget."""
+        return self.suspect and not self.valid and not self.failed
 
     def rank(self) -> int:
         if self.valid and self.failed * PROVEN_RATIO <= self.valid:
@@ -216,6 +234,8 @@ class VerificationRation:
         while conn.open:
             if not record.failed and record.rank() != FAILING:
                 break  # never failed (and not suspect, or proven since): no budget to wait for
+            if record.unchecked_suspect():
+                break  # its first, small chunk proves it or not (see verify)
             now = trio.current_time()
             source = self._sources.get(record.source)
             wait = max(
@@ -236,12 +256,17 @@ class VerificationRation:
         within its budgets; None when the connection was closed for bad signatures (or went
         away) meanwhile: nothing more to answer."""
         results: list[bool] = []
-        for start in range(0, len(txs), VERIFY_CHUNK):
+        record = self._record(conn, trio.current_time())
+        # A suspect connection's first chunk is small: it is checked without waiting for the
+        # address' budget (admit lets it through), so it must cost little.
+        first = SUSPECT_FIRST_CHUNK if record.unchecked_suspect() else VERIFY_CHUNK
+        starts = [0, *range(first, len(txs), VERIFY_CHUNK)] if txs else []
+        for k, start in enumerate(starts):
             if start:
                 await self.admit(conn)
             if not conn.open:
                 return None
-            chunk = txs[start : start + VERIFY_CHUNK]
+            chunk = txs[start : starts[k + 1] if k + 1 < len(starts) else len(txs)]
             record = self._record(conn, trio.current_time())
             rank = record.rank()
             if self._gate is None:
@@ -266,11 +291,9 @@ class VerificationRation:
         now = trio.current_time()
         record.failed += failed
         self.counters["bad_signatures"] += failed
-        record.bucket.refill(now)
-        record.bucket.tokens -= failed
+        record.bucket.charge(failed, now)
         source = self._source(record.source, now)
-        source.bucket.refill(now)
-        source.bucket.tokens -= failed
+        source.bucket.charge(failed, now)
         if record.failed >= BAD_SIGNATURES_CLOSE and record.valid < record.failed:
             self.counters["closed_bad_signatures"] += 1
             if source.penalty_until <= now:

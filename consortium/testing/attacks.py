@@ -9,10 +9,14 @@ at a fixed rate, against every member's client port, and stops by itself after -
   requests for one (big) height in one write, reads what comes for a second, and closes.
 - idle:   rate = connections held open per member, each sending nothing; one the member closes
   is opened again a second later. Spread over IDLE_SOURCES loopback addresses (127.0.0.2 …), as
-  from many hosts, so the per-address cap alone does not stop it.
+  from many hosts, so the per-address cap alone does not stop it; with more than the member's
+  1,024 connections in all, every slot is the attacker's unless the member evicts. The honest
+  load then opens a new client (new connections) for every batch (honest_load `fresh`): a
+  client that connected before the attack proves nothing about the slots.
 - flood:  rate = badly signed transactions a second per member (an admitted client's key, a
-  random signature), FLOOD_BATCH per submit, on one connection per member (opened again when
-  the member closes it); replies are read and dropped.
+  random signature), FLOOD_BATCH per submit, over FLOOD_CONNECTIONS connections per member from
+  each of FLOOD_SOURCES addresses (each opened again when the member closes it); replies are
+  read and dropped.
 
 run_scenario() drives a started network: honest load at a fixed rate, the attack in the
 middle, then the attack again while every member is sent SIGTERM; its figures are measured
@@ -37,6 +41,7 @@ from typing import Any
 import trio
 
 from consortium.client.client import ConsortiumClient
+from consortium.client.errors import ClientError
 from consortium.crypto.codec import pack
 from consortium.crypto.keys import KeyPair
 from consortium.ledger.genesis import Genesis
@@ -46,11 +51,15 @@ from consortium.protocol.messages import BlockRequest, encode_request
 
 ATTACKS = ("blocks", "idle", "flood")
 BLOCK_REQUESTS = 3000
-IDLE_SOURCES = 16
+IDLE_SOURCES = 20  # 60 connections each at 1,200: under the per-address cap of 64
 FLOOD_BATCH = 100
 TICK_S = 0.1  # the honest load and the flood send every TICK_S
-FLOOD_CONNECTIONS = 60  # flood connections per member (the client port allows 64 per address)
-HONEST_IN_FLIGHT_MAX = 40  # honest batches awaiting their outcome; a tick beyond it is skipped
+FLOOD_CONNECTIONS = 60  # flood connections per member and address (the cap is 64 per address)
+FLOOD_SOURCES = 4  # ...from this many loopback addresses (127.0.0.1 …, the honest clients' first)
+# Honest batches awaiting their outcome; a tick beyond it is skipped. Small (a second of
+# load), so a stall of the member shows as a gap in the commits rather than as a backlog that
+# commits later and averages out.
+HONEST_IN_FLIGHT_MAX = 10
 
 
 def _split(address: str) -> tuple[str, int]:
@@ -119,13 +128,13 @@ def bad_transactions(genesis: Genesis, key: bytes, start: int, count: int) -> li
     ]
 
 
-async def _flood(genesis: Genesis, address: tuple[str, int], rate: float) -> None:
+async def _flood(genesis: Genesis, address: tuple[str, int], rate: float, source: str) -> None:
     key = genesis.clients[0].public_key if genesis.clients else genesis.members[0].public_key
     sent = 0
     per_tick = max(1, round(rate * TICK_S))
     while True:
         try:
-            stream = await trio.open_tcp_stream(*address)
+            stream = await trio.open_tcp_stream(*address, local_address=source)
         except OSError:
             await trio.sleep(0.1)
             continue
@@ -159,8 +168,10 @@ async def attack(genesis: Genesis, kind: str, rate: float, seconds: float, heigh
                 else:
                     # Many connections, as a stranger would: one request in progress per
                     # connection, so one connection alone could never crowd anyone out.
-                    for _ in range(FLOOD_CONNECTIONS):
-                        nursery.start_soon(_flood, genesis, address, rate / FLOOD_CONNECTIONS)
+                    count = FLOOD_CONNECTIONS * FLOOD_SOURCES
+                    for i in range(count):
+                        source = f"127.0.0.{1 + i % FLOOD_SOURCES}"
+                        nursery.start_soon(_flood, genesis, address, rate / count, source)
 
 
 def attack_process(
@@ -211,31 +222,61 @@ class Load:
     """Commit times (trio clock) of an honest load, and what it could not send."""
 
     committed: list[float] = field(default_factory=list)
+    latencies: list[tuple[float, float]] = field(default_factory=list)  # (sent, latency)
     failed: int = 0
     skipped_ticks: int = 0
 
     def rate(self, start: float, end: float) -> float:
         return sum(1 for t in self.committed if start <= t < end) / (end - start)
 
+    def min_rate(self, start: float, end: float, window: float = 1.0) -> float:
+        """The lowest commit rate over `window` s within [start, end), in steps of 0.25 s."""
+        rates = [
+            self.rate(start + k * 0.25, start + k * 0.25 + window)
+            for k in range(int((end - start - window) / 0.25) + 1)
+        ]
+        return min(rates, default=0.0)
+
+    def p95_latency(self, start: float, end: float) -> float:
+        """95th percentile of submit-to-decided for batches sent in [start, end); inf when
+        none was decided."""
+        got = sorted(lat for sent, lat in self.latencies if start <= sent < end)
+        return got[int(0.95 * (len(got) - 1))] if got else float("inf")
+
 
 async def honest_load(
-    genesis: Genesis, keys: list[KeyPair], rate: float, load: Load, timeout_s: float = 30.0
+    genesis: Genesis,
+    keys: list[KeyPair],
+    rate: float,
+    load: Load,
+    timeout_s: float = 30.0,
+    fresh: bool = False,
 ) -> None:
     """Submit `rate` transactions a second (each TICK_S a batch, round-robin over `keys`)
-    until cancelled, recording when each commits."""
+    until cancelled, recording when each commits. `fresh`: each batch through a new client
+    (its own new connections to every member), closed once the batch is decided."""
     per_tick = max(1, round(rate * TICK_S))
     expiry = int(time.time() * 1000) + 3_600_000
     in_flight = 0
     tx_n = 0
 
-    async def batch(client: ConsortiumClient, txs: list[Transaction]) -> None:
+    async def batch(client: ConsortiumClient, key: KeyPair, txs: list[Transaction]) -> None:
         nonlocal in_flight
+        sent = trio.current_time()
         try:
-            for outcome in await client.submit_and_wait(txs, timeout_s=timeout_s):
+            if fresh:
+                async with ConsortiumClient(genesis, key, retransmit_s=2.0) as new:
+                    outcomes = await new.submit_and_wait(txs, timeout_s=timeout_s)
+            else:
+                outcomes = await client.submit_and_wait(txs, timeout_s=timeout_s)
+            for outcome in outcomes:
                 if outcome.status == "committed" and outcome.decided_at is not None:
                     load.committed.append(outcome.decided_at)
+                    load.latencies.append((sent, outcome.decided_at - sent))
                 else:
                     load.failed += 1
+        except ClientError:  # e.g. no member took the new client's connections
+            load.failed += len(txs)
         finally:
             in_flight -= 1
 
@@ -265,7 +306,7 @@ async def honest_load(
                             )
                         )
                     in_flight += 1
-                    nursery.start_soon(batch, clients[k], txs)
+                    nursery.start_soon(batch, clients[k], keys[k], txs)
                 tick += 1
                 next_at += TICK_S
                 await trio.sleep_until(next_at)
@@ -294,6 +335,10 @@ class Figures:
     before: float = 0.0
     during: float = 0.0
     after: float = 0.0
+    during_min: float = 0.0  # the lowest 1-s honest commit rate during the attack
+    p95_before_s: float = 0.0  # honest submit-to-commit latency, 95th percentile
+    p95_during_s: float = 0.0
+    bad_signatures_per_s: float = 0.0  # checked (and failed) per member, over the attack
     back_to_speed_s: float | None = None
     sigterm_s: float = 0.0
     not_stopped: list[str] = field(default_factory=list)
@@ -321,7 +366,7 @@ async def scenario(
     figures = Figures(kind, genesis.mode, attack_rate, honest_rate)
     load = Load()
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(honest_load, genesis, keys, honest_rate, load)
+        nursery.start_soon(honest_load, genesis, keys, honest_rate, load, 30.0, kind == "idle")
         t0 = trio.current_time()
         await trio.sleep(BEFORE_S)
         attacker = attack_process(directory, kind, attack_rate, ATTACK_S, height)
@@ -337,6 +382,9 @@ async def scenario(
     # counted in the window they overstated the rate before)
     figures.before = load.rate(t0 + 2.0, t0 + BEFORE_S)
     figures.during = load.rate(t0 + BEFORE_S + 1.0, t_end)
+    figures.during_min = load.min_rate(t0 + BEFORE_S + 1.0, t_end)
+    figures.p95_before_s = load.p95_latency(t0 + 2.0, t0 + BEFORE_S)
+    figures.p95_during_s = load.p95_latency(t0 + BEFORE_S + 1.0, t_end - 1.0)
     figures.after = load.rate(t_end + 2.0, t_end + 5.0)
     step = 0.25
     for k in range(int((AFTER_S - 1.0) / step) + 1):
@@ -345,6 +393,7 @@ async def scenario(
             figures.back_to_speed_s = k * step
             break
     figures.events = await _client_port_events(genesis, keys[0])
+    figures.bad_signatures_per_s = figures.events.get("bad_signatures", 0) / genesis.n / ATTACK_S
     # SIGTERM during the attack.
     attacker = attack_process(directory, kind, attack_rate, 30.0, height)
     try:

@@ -23,7 +23,9 @@ from consortium.testing import attacks
 
 pytestmark = pytest.mark.e2e
 
-SIGTERM_S_MAX = 5.0  # the brief's 2 s, with room for a loaded machine (it was 15 s)
+# The issue asks 2 s; this measures all four members exiting at once on 2 cores with the flood
+# still running (0.4-1.6 s measured), so the assertion leaves room for a loaded machine.
+SIGTERM_S_MAX = 3.0
 
 
 def _network(tmp_path: Path, mode: Mode) -> Iterator[tuple[Path, LocalNetwork]]:
@@ -76,8 +78,8 @@ def _big_block(directory: Path) -> int:
 # What each attack must have made the members do, or the test proves nothing.
 EVIDENCE = {
     "blocks": ("request_BlockRequest", attacks.BLOCK_REQUESTS),
-    "idle": ("connections", 4 * 900),
-    "flood": ("slowed_bad_signatures", 4),
+    "idle": ("evicted_idle_first_request", 4 * 100),
+    "flood": ("bad_signatures", 4 * 5_000),  # checked and failed (about 40,000 measured)
 }
 
 
@@ -114,16 +116,31 @@ def test_pipelined_block_reads_leave_honest_clients_their_throughput(
 def test_idle_connections_leave_honest_clients_their_throughput(
     pbft: tuple[Path, LocalNetwork],
 ) -> None:
-    _check(*pbft, "idle", 1000.0, 100.0)
+    """1,200 silent connections per member from 20 addresses (more than the 1,024 slots), and
+    every honest batch through a new client: new connections must get in during the attack.
+    Measured on the 2-core development machine: honest throughput during the attack 74 % of
+    before with eviction; 27 % with it removed (ClientServer._evict finding nothing), which
+    fails here (and no `evicted_idle_first_request`)."""
+    _check(*pbft, "idle", 1200.0, 100.0)
 
 
 def test_a_bad_signature_flood_leaves_honest_clients_their_throughput_pbft(
     pbft: tuple[Path, LocalNetwork],
 ) -> None:
+    """240 flood connections per member from 4 addresses (60 each, under the cap of 64), the
+    honest load at most 10 batches in flight. Measured on the 2-core development machine: honest
+    throughput during the flood 74 % of before with rationing (p95 commit latency 2.2 s, 0.06 s
+    before); 28 % with rationing removed (VerificationRation.admit a no-op, verify straight to
+    the cache; p95 5.9 s, a whole second with no commit), which fails here (an earlier run with
+    5 batches in flight: 82 % against 16 %)."""
     _check(*pbft, "flood", 60000.0, 100.0)
 
 
 def test_a_bad_signature_flood_leaves_honest_clients_their_throughput_raft(
     raft: tuple[Path, LocalNetwork],
 ) -> None:
+    """As for pbft. Measured (5 batches in flight): 85 % of before with rationing, 55 % with it
+    removed, which this test does NOT catch (raft commits with the leader and one follower, so
+    a flooded member slows it less); the pbft test is the one that fails without rationing.
+    With 8 addresses the attacker process itself took the machine and the figures were noise."""
     _check(*raft, "flood", 60000.0, 350.0)

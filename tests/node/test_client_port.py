@@ -101,8 +101,9 @@ class Serving:
         self.port = port
         self.clients: list[Client] = []
 
-    async def connect(self) -> Client:
-        client = Client(await trio.open_tcp_stream(HOST, self.port))
+    async def connect(self, source: str | None = None) -> Client:
+        """A new connection, from `source` (a 127.0.0.x address) when given."""
+        client = Client(await trio.open_tcp_stream(HOST, self.port, local_address=source))
         self.clients.append(client)
         return client
 
@@ -325,6 +326,76 @@ async def test_one_address_holds_at_most_its_share_of_connections() -> None:
             assert (await again.ask(["status", 1]))[1] == "ok"
             assert s.server._sources == {"127.0.0.1": 3}
         assert s.server._sources == {}
+
+
+async def _admitted(s: Serving, count: int) -> None:
+    while s.server._slots < count:  # noqa: ASYNC110 (polling what the server shows)
+        await trio.sleep(0.01)
+
+
+async def test_a_full_port_evicts_a_silent_connection_of_the_busiest_source_for_a_new_one(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The issue's attack: idle connections from many addresses hold every slot. A new client
+    still gets in; the connection it replaces is the oldest silent one of the source holding
+    most, never one that has asked."""
+    async with serving(connections_max=4) as s:
+        asked = await s.connect("127.0.0.3")
+        assert (await asked.ask(["status", 1]))[1] == "ok"
+        other = await s.connect("127.0.0.4")  # the oldest silent one, but alone from there
+        await _admitted(s, 2)
+        busy = [await s.connect("127.0.0.2") for _ in range(2)]
+        await _admitted(s, 4)
+        newcomer = await s.connect()
+        assert (await newcomer.ask(["status", 1]))[1] == "ok"
+        assert await busy[0].closed() == []  # it sent nothing: it is told nothing
+        assert s.server.counters["evicted_idle_first_request"] == 1
+        assert s.server.counters["refused_too_many_connections"] == 0
+        assert s.server._sources == {
+            "127.0.0.1": 1,
+            "127.0.0.2": 1,
+            "127.0.0.3": 1,
+            "127.0.0.4": 1,
+        }
+        # The others are untouched: they still ask and are answered.
+        for c in (asked, busy[1], other):
+            assert (await c.ask(["status", 2]))[1] == "ok"
+        # Now every connection has asked: nothing is evictable, and a new one is refused.
+        refused = await s.connect()
+        assert (await refused.closed())[0][2].startswith("refused: 4 connections open")
+        assert s.server.counters["refused_too_many_connections"] == 1
+        assert s.server.counters["evicted_idle_first_request"] == 1
+
+
+async def test_a_full_source_evicts_its_own_oldest_silent_connection(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with serving(connections_max=100, source_connections_max=2) as s:
+        elsewhere = await s.connect("127.0.0.2")  # silent, but of another source
+        silent = [await s.connect() for _ in range(2)]
+        await _admitted(s, 3)
+        newcomer = await s.connect()
+        assert (await newcomer.ask(["status", 1]))[1] == "ok"
+        assert await silent[0].closed() == []
+        assert s.server.counters["evicted_idle_first_request"] == 1
+        assert s.server.counters["refused_too_many_from_source"] == 0
+        assert (await silent[1].ask(["status", 1]))[1] == "ok"
+        assert (await elsewhere.ask(["status", 1]))[1] == "ok"
+        refused = await s.connect()
+        assert (await refused.closed())[0][2].startswith(
+            "refused: 2 connections open from 127.0.0.1"
+        )
+    assert s.server._sources == {} and s.server._slots == 0 and s.server._silent == {}
+
+
+def test_a_source_is_an_ipv4_address_or_an_ipv6_64() -> None:
+    key = client_port.source_key
+    assert key("10.0.0.7") == "10.0.0.7"
+    assert key("2001:db8:1:2::1") == key("2001:db8:1:2:ffff::9") == "2001:db8:1:2::/64"
+    assert key("2001:db8:1:3::1") != key("2001:db8:1:2::1")
+    assert key("::ffff:10.0.0.7") == "10.0.0.7"
+    assert key("fe80::1%eth0") == "fe80::/64"
+    assert key("?") == "?"
 
 
 async def test_pipelined_requests_in_one_read_let_other_tasks_run_between_them() -> None:

@@ -24,8 +24,10 @@ class FakeCache:
     def __init__(self, threads: int = 1) -> None:
         self.threads = threads
         self.checked = 0
+        self.calls: list[int] = []  # the size of each chunk checked
 
     async def verify_all(self, txs: Sequence[str]) -> list[bool]:
+        self.calls.append(len(txs))
         await trio.sleep(CHUNK_S)
         self.checked += len(txs)
         return [tx == GOOD for tx in txs]
@@ -178,5 +180,66 @@ def test_a_cancelled_waiter_passes_its_slot_on() -> None:
                 await ration.verify(second, cache, [GOOD])  # waits at the gate, cancelled
         with trio.fail_after(1):
             assert await ration.verify(third, cache, [GOOD]) == [True]
+
+    _run(main)
+
+
+def test_a_new_honest_connection_from_a_penalised_address_is_served_within_seconds() -> None:
+    """60 connections fail together from one penalised address (each charged after its chunk);
+    a new connection from that address with a valid transaction gets its verdict after the
+    failing chunks at the gate, not after the address' debt (which stops at one burst)."""
+
+    async def main() -> None:
+        ration, cache = VerificationRation(), FakeCache(threads=2)
+        # Penalise the address: one connection fails until it is closed.
+        first = Conn("127.0.0.1:5999")
+        while first.open:
+            await ration.admit(first)
+            await ration.verify(first, cache, [BAD] * rationing.VERIFY_CHUNK)
+        ration.forget(first)
+        assert ration.counters["source_penalised"] == 1
+
+        async def flood(conn: Conn) -> None:
+            while conn.open:
+                await ration.admit(conn)
+                if await ration.verify(conn, cache, [BAD] * rationing.VERIFY_CHUNK) is None:
+                    return
+
+        async with trio.open_nursery() as nursery:
+            for i in range(60):
+                nursery.start_soon(flood, Conn(f"127.0.0.1:{6000 + i}"))
+            await trio.sleep(rationing.SOURCE_PENALTY_S / 2)  # their debt built up meanwhile
+            newcomer = Conn("127.0.0.1:7000")
+            assert ration.rank(newcomer) == FAILING  # the address is still penalised
+            at = trio.current_time()
+            await ration.admit(newcomer)
+            assert await ration.verify(newcomer, cache, [GOOD]) == [True]
+            waited = trio.current_time() - at
+            assert ration.rank(newcomer) == PROVEN
+            nursery.cancel_scope.cancel()
+        # 60 failing chunks at most were ahead of it at the gate (2 slots, CHUNK_S each).
+        assert waited <= 60 * CHUNK_S, waited
+        # The debt of all those connections stayed within one burst.
+        source = ration._sources["127.0.0.1"]
+        assert source.bucket.tokens >= -rationing.SOURCE_BAD_SIGNATURES_BURST
+
+    _run(main)
+
+
+def test_a_suspect_connection_checks_a_small_first_chunk_then_waits_for_the_budget() -> None:
+    async def main() -> None:
+        ration, cache = VerificationRation(), FakeCache(threads=1)
+        first = Conn("127.0.0.1:5999")
+        while first.open:
+            await ration.admit(first)
+            await ration.verify(first, cache, [BAD] * rationing.VERIFY_CHUNK)
+        ration.forget(first)
+        suspect = Conn("127.0.0.1:6000")
+        cache.calls.clear()
+        assert await ration.verify(suspect, cache, [BAD] * 100) == [False] * 100
+        assert cache.calls[0] == rationing.SUSPECT_FIRST_CHUNK
+        assert sum(cache.calls) == 100
+        # The rest waited for the address' budget (drawn down by the first connection).
+        assert ration.counters["slowed_bad_signatures"] >= 1
 
     _run(main)
