@@ -12,16 +12,13 @@ from __future__ import annotations
 
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import trio
 
 from consortium.cli.demo import wait_until_up
 from consortium.cli.network import LocalNetwork, init_network, load_client_setup
-from consortium.client.client import ConsortiumClient
 from consortium.ledger.genesis import Mode, Params
-from consortium.ledger.tx import Put, Transaction
 from consortium.testing import attacks
 
 RUNS: dict[str, tuple[str, Mode, float, float]] = {
@@ -38,29 +35,6 @@ RATE_UNITS = {
 }
 
 
-def _big_block(directory: Path) -> int:
-    setup = load_client_setup(directory)
-    key = setup.keys()[0]
-    expiry = int(time.time() * 1000) + 600_000
-
-    async def main() -> int:
-        txs = [
-            Transaction.create(
-                key,
-                setup.genesis.chain_id,
-                b"big%013d" % i,
-                expiry,
-                [Put(b"big%05d" % i, bytes([i]) * 30_000)],
-            )
-            for i in range(50)
-        ]
-        async with ConsortiumClient(setup.genesis, key) as client:
-            outcomes = await client.submit_and_wait(txs, timeout_s=30)
-        return max(o.height or 0 for o in outcomes)
-
-    return trio.run(main)
-
-
 def run(name: str) -> attacks.Figures:
     kind, mode, rate, honest = RUNS[name]
     with tempfile.TemporaryDirectory(prefix="attack-") as tmp:
@@ -73,7 +47,7 @@ def run(name: str) -> attacks.Figures:
         try:
             setup = load_client_setup(directory)
             trio.run(wait_until_up, setup.genesis, 30.0)
-            height = _big_block(directory) if kind == "blocks" else 1
+            height = attacks.commit_big_blocks(directory) if kind == "blocks" else 1
             return trio.run(
                 attacks.scenario,
                 directory,

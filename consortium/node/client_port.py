@@ -55,7 +55,6 @@ member's follow tasks (node/service.py) read both here.
 
 from __future__ import annotations
 
-import ipaddress
 import itertools
 import logging
 from collections import Counter, OrderedDict, deque
@@ -68,6 +67,7 @@ from consortium.crypto.codec import pack
 from consortium.ledger.genesis import Params
 from consortium.node.config import CLIENT_CONNECTIONS_MAX
 from consortium.node.logs import RateLimitedLog
+from consortium.node.sources import source_group
 from consortium.protocol.framing import FrameError, FrameReader, encode_frames, take_batch
 from consortium.protocol.limits import MESSAGE_CHARS_MAX
 from consortium.protocol.messages import PUSH, Request, RequestError, decode_request
@@ -209,20 +209,6 @@ class ClientConnection:
             self._drained.set()
 
 
-def source_key(host: str) -> str:
-    """The source a connection counts against: an IPv4 address, or the /64 of an IPv6 one (an
-    IPv4-mapped IPv6 address is its IPv4 address)."""
-    try:
-        address = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return host
-    if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None:
-            return str(address.ipv4_mapped)
-        return str(ipaddress.IPv6Network((address, 64), strict=False))
-    return str(address)
-
-
 class _Slot:
     """An admitted connection's place under the caps; evictable until its first whole request
     (`asked`)."""
@@ -278,7 +264,7 @@ class ClientServer:
         self._handshake_timeout_s = handshake_timeout_s
         self._handshakes_max = handshakes_max
         self._handshakes = 0
-        self._sources: Counter[str] = Counter()  # admitted connections by source (source_key)
+        self._sources: Counter[str] = Counter()  # admitted connections by source (source_group)
         self._slots = 0  # admitted connections (TLS handshakes included)
         # Admitted connections that have not sent a whole request yet, oldest first, by source.
         self._silent: dict[str, OrderedDict[int, _Slot]] = {}
@@ -306,7 +292,7 @@ class ClientServer:
             peer = f"{host}:{port}"
         except OSError:
             host, peer = "?", "?"
-        source = source_key(host)
+        source = source_group(host)
         why = ""
         if self._sources[source] >= self._source_connections_max and not self._evict(source):
             self.counters["refused_too_many_from_source"] += 1

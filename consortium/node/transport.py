@@ -70,7 +70,6 @@ on the listener, and shown as that peer's `last_error` on the dialer.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import secrets
 import time
@@ -91,6 +90,7 @@ from consortium.crypto.codec import (
 from consortium.crypto.signing import PROTOCOL_VERSION, Domain, Signer, Verifier
 from consortium.ledger.genesis import Genesis
 from consortium.node.logs import RateLimitedLog
+from consortium.node.sources import source_group
 from consortium.protocol.framing import (
     FrameError,
     FrameReader,
@@ -233,20 +233,6 @@ class _Heard(trio.abc.ReceiveStream):
 
     async def aclose(self) -> None:
         await self._stream.aclose()
-
-
-def source_group(host: str) -> str:
-    """The unit the peer port's per-source limits count: an IPv4 address, or an IPv6 /64 (a
-    single host commonly holds a whole /64, so its addresses are one source)."""
-    try:
-        address = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return host
-    if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None:
-            return str(address.ipv4_mapped)
-        return str(ipaddress.IPv6Network((address, 64), strict=False))
-    return str(address)
 
 
 def handshake_transcript(nonce: bytes, dialer: int, listener: int, role: str) -> bytes:

@@ -214,6 +214,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def commit_big_blocks(directory: Path) -> int:
+    """Commit about 1.5 MB of transactions (the `block` attack's target); the height of the
+    last block that holds them. AssertionError unless all commit."""
+    from consortium.cli.network import load_client_setup
+
+    setup = load_client_setup(directory)
+    key = setup.keys()[0]
+    expiry = int(time.time() * 1000) + 600_000
+
+    async def main() -> int:
+        txs = [
+            Transaction.create(
+                key,
+                setup.genesis.chain_id,
+                b"big%013d" % i,
+                expiry,
+                [Put(b"big%05d" % i, bytes([i]) * 30_000)],
+            )
+            for i in range(50)
+        ]
+        async with ConsortiumClient(setup.genesis, key) as client:
+            outcomes = await client.submit_and_wait(txs, timeout_s=30)
+        assert all(o.status == "committed" for o in outcomes), outcomes
+        return max(o.height or 0 for o in outcomes)
+
+    return trio.run(main)
+
+
 # --- the honest side ------------------------------------------------------------------------
 
 

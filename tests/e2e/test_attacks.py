@@ -7,7 +7,6 @@ clients and the attacker share one address."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,9 +15,7 @@ import trio
 
 from consortium.cli.demo import wait_until_up
 from consortium.cli.network import LocalNetwork, init_network, load_client_setup
-from consortium.client.client import ConsortiumClient
 from consortium.ledger.genesis import Mode, Params
-from consortium.ledger.tx import Put, Transaction
 from consortium.testing import attacks
 
 pytestmark = pytest.mark.e2e
@@ -50,42 +47,21 @@ def raft(tmp_path: Path) -> Iterator[tuple[Path, LocalNetwork]]:
     yield from _network(tmp_path, "raft")
 
 
-def _big_block(directory: Path) -> int:
-    """Commit blocks of about 1.5 MB in all; the height of the last."""
-    setup = load_client_setup(directory)
-    key = setup.keys()[0]
-    expiry = int(time.time() * 1000) + 600_000
-
-    async def main() -> int:
-        txs = [
-            Transaction.create(
-                key,
-                setup.genesis.chain_id,
-                b"big%013d" % i,
-                expiry,
-                [Put(b"big%05d" % i, bytes([i]) * 30_000)],
-            )
-            for i in range(50)
-        ]
-        async with ConsortiumClient(setup.genesis, key) as client:
-            outcomes = await client.submit_and_wait(txs, timeout_s=30)
-        assert all(o.status == "committed" for o in outcomes), outcomes
-        return max(o.height or 0 for o in outcomes)
-
-    return trio.run(main)
-
-
 # What each attack must have made the members do, or the test proves nothing.
 EVIDENCE = {
-    "blocks": ("request_BlockRequest", attacks.BLOCK_REQUESTS),
-    "idle": ("evicted_idle_first_request", 4 * 100),
-    "flood": ("bad_signatures", 4 * 5_000),  # checked and failed (about 40,000 measured)
+    # (a tenth of one write of pipelined requests: how many are served in the attack's 8 s
+    # depends on the machine, 908 to over 3,000 seen; any of them shows the attack arrived)
+    "blocks": ("request_BlockRequest", attacks.BLOCK_REQUESTS // 10),
+    # (low bars, so a loaded machine clears them: what the tests measure is the honest rate;
+    # these only show the attack arrived: about 1,000 evictions and 40,000 failed checks seen)
+    "idle": ("evicted_idle_first_request", 4 * 20),
+    "flood": ("bad_signatures", 4 * 1_000),
 }
 
 
 def _check(directory: Path, net: LocalNetwork, kind: str, rate: float, honest: float) -> None:
     setup = load_client_setup(directory)
-    height = _big_block(directory) if kind == "blocks" else 1
+    height = attacks.commit_big_blocks(directory) if kind == "blocks" else 1
     fig = trio.run(
         attacks.scenario,
         directory,

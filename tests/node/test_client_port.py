@@ -19,7 +19,7 @@ import trio.testing
 
 from consortium.crypto.codec import pack, unpack
 from consortium.ledger.genesis import Params
-from consortium.node import client_port
+from consortium.node import client_port, sources
 from consortium.node.client_port import ClientConnection, ClientServer
 from consortium.protocol.framing import FrameReader, encode_frame
 from consortium.protocol.messages import (
@@ -389,7 +389,7 @@ async def test_a_full_source_evicts_its_own_oldest_silent_connection(
 
 
 def test_a_source_is_an_ipv4_address_or_an_ipv6_64() -> None:
-    key = client_port.source_key
+    key = sources.source_group
     assert key("10.0.0.7") == "10.0.0.7"
     assert key("2001:db8:1:2::1") == key("2001:db8:1:2:ffff::9") == "2001:db8:1:2::/64"
     assert key("2001:db8:1:3::1") != key("2001:db8:1:2::1")

@@ -18,7 +18,7 @@ from consortium.crypto.codec import pack, unpack
 from consortium.crypto.keys import KeyPair
 from consortium.crypto.signing import PROTOCOL_VERSION, Domain, Ed25519Signer, Ed25519Verifier
 from consortium.ledger.genesis import Params
-from consortium.node import transport
+from consortium.node import sources, transport
 from consortium.node.transport import PING, PONG, PeerNetwork, handshake_transcript
 from consortium.protocol.framing import FrameReader, encode_frame
 from tests.ledger.chain_fixture import MEMBERS, make_genesis
@@ -506,7 +506,7 @@ async def test_hello_acks_signed_for_one_source_are_rate_limited(
 
 
 def test_ipv6_sources_are_grouped_by_their_64() -> None:
-    group = transport.source_group
+    group = sources.source_group
     assert group("2001:db8:1:2:aaaa::1") == group("2001:db8:1:2:bbbb::9") == "2001:db8:1:2::/64"
     assert group("2001:db8:1:3::1") != group("2001:db8:1:2::1")
     assert group("::ffff:192.0.2.7") == group("192.0.2.7") == "192.0.2.7"
