@@ -297,7 +297,13 @@ class ConsortiumClient:
             except (OSError, trio.TooSlowError) as exc:
                 member.last_error = str(exc) or "connect timed out"
             else:
-                conn = await self._secure(member, stream)
+                try:
+                    conn = await self._secure(member, stream)
+                except BaseException:
+                    # Cancelled mid-handshake (the client closing): the socket must not be
+                    # left for the garbage collector (a ResourceWarning in whatever runs then).
+                    await trio.aclose_forcefully(stream)
+                    raise
                 if conn is not None:
                     backoff = BACKOFF_MIN_S
                     await self._connection(member, conn)

@@ -466,6 +466,33 @@ async def test_a_revocation_taking_effect_closes_the_revoked_key_s_connections()
             nursery.cancel_scope.cancel()
 
 
+async def test_a_client_closed_during_a_tls_handshake_closes_its_socket() -> None:
+    """A member that accepts and never answers the TLS handshake: the client, closed while it
+    waits, must close that socket itself (it was left to the garbage collector, whose
+    ResourceWarning then failed whatever test ran at that moment)."""
+    import gc
+    import warnings
+    from functools import partial
+
+    async def mute(stream: trio.SocketStream) -> None:
+        await trio.sleep_forever()
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                listeners = await nursery.start(partial(trio.serve_tcp, mute, 0, host=HOST))
+                port = listeners[0].socket.getsockname()[1]
+                async with ConsortiumClient(
+                    GENESIS, CLIENT, addresses={0: (HOST, port)}, tls_keys=CLIENT
+                ):
+                    await trio.sleep(0.3)  # connected; the handshake waits for the member
+                nursery.cancel_scope.cancel()
+        gc.collect()
+    leaked = [w for w in seen if issubclass(w.category, ResourceWarning)]
+    assert not leaked, [str(w.message) for w in leaked]
+
+
 def test_a_stranger_certificate_is_issued_by_the_public_issuer_like_any_other() -> None:
     """The issuer key is public by design (derived from the chain id): what keeps a stranger
     out is the pin, which the refusal tests above exercise."""
