@@ -19,7 +19,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,16 +29,13 @@ import trio
 from consortium.cli.demo import wait_until_up
 from consortium.cli.network import LocalNetwork, free_ports, init_network, load_client_setup
 from consortium.client import ConsortiumClient
-from consortium.crypto.keys import KeyPair
-from consortium.ledger.genesis import Genesis, Params
-from consortium.ledger.tx import Put, Transaction
+from consortium.ledger.genesis import Params
+from consortium.testing.attacks import Load, honest_load
 from tests.e2e.procs import cli
 
 pytestmark = pytest.mark.e2e
 
 HONEST_RATE = 100.0  # tx/s, below what a loaded 2-core machine commits
-TICK_S = 0.1  # the honest load submits a batch every tick
-IN_FLIGHT_MAX = 40  # batches awaiting their outcome; a tick beyond it is skipped
 RECOVERED = 0.8  # "full speed": at least this fraction of the rate before the attack
 # The issue's bound: a member stopped with SIGTERM exits within 2 s, even while it is flooded
 # (measured 0.3 to 0.7 s here, with a CPU-bound process beside it too: docs/operations.md,
@@ -49,63 +45,6 @@ REJOIN_S_MAX = 20.0  # a restart and catch-up take about 3 s here
 # --duplicate-shown-s of the members in the duplicate test (30 s otherwise): longer than the
 # copy's redials are apart (its backoff, at most 3 s with jitter, and the 1 s ping each costs)
 SHOWN_S = 8.0
-
-
-@dataclass
-class Load:
-    """When each honest transaction was committed (trio clock), and what did not commit."""
-
-    committed: list[float] = field(default_factory=list)
-    failed: int = 0
-
-    def rate(self, start: float, end: float) -> float:
-        return sum(1 for t in self.committed if start <= t < end) / (end - start)
-
-
-async def honest_load(genesis: Genesis, keys: list[KeyPair], load: Load) -> None:
-    """HONEST_RATE transactions a second, a batch each tick round-robin over `keys`, until
-    cancelled; every commit (f+1 receipts in pbft: the client library's rule) recorded."""
-    per_tick = round(HONEST_RATE * TICK_S)
-    expiry = int(time.time() * 1000) + 3_600_000
-    in_flight = 0
-    n = 0
-
-    async def batch(client: ConsortiumClient, txs: list[Transaction]) -> None:
-        nonlocal in_flight
-        try:
-            for outcome in await client.submit_and_wait(txs, timeout_s=30.0):
-                if outcome.status == "committed" and outcome.decided_at is not None:
-                    load.committed.append(outcome.decided_at)
-                else:
-                    load.failed += 1
-        finally:
-            in_flight -= 1
-
-    async with AsyncExitStack() as stack:
-        clients = [
-            await stack.enter_async_context(ConsortiumClient(genesis, key, retransmit_s=2.0))
-            for key in keys
-        ]
-        async with trio.open_nursery() as nursery:
-            next_at = trio.current_time()
-            tick = 0
-            while True:
-                if in_flight < IN_FLIGHT_MAX:
-                    k = tick % len(keys)
-                    txs = []
-                    for _ in range(per_tick):
-                        n += 1
-                        op = Put(b"honest/%08d" % n, b"v" * 32)
-                        txs.append(
-                            Transaction.create(
-                                keys[k], genesis.chain_id, b"h%015d" % n, expiry, [op]
-                            )
-                        )
-                    in_flight += 1
-                    nursery.start_soon(batch, clients[k], txs)
-                tick += 1
-                next_at += TICK_S
-                await trio.sleep_until(next_at)
 
 
 async def status_of(observer: ConsortiumClient, member: int) -> dict[str, Any] | None:
@@ -202,7 +141,7 @@ def test_a_member_restarted_during_a_handshake_flood_rejoins_and_honest_load_goe
     async def scenario() -> None:
         nonlocal attacker
         async with trio.open_nursery() as nursery, ConsortiumClient(genesis) as observer:
-            nursery.start_soon(honest_load, genesis, keys, load)
+            nursery.start_soon(honest_load, genesis, keys, HONEST_RATE, load)
             t0 = trio.current_time()
             await trio.sleep(BEFORE_S)
             attacker = start_attacker(net.directory)
@@ -321,7 +260,7 @@ def test_a_copy_of_a_members_home_started_as_a_second_process_is_named_in_status
         async def scenario() -> tuple[float, float, list[str]]:
             nonlocal copy
             async with trio.open_nursery() as nursery, ConsortiumClient(genesis) as observer:
-                nursery.start_soon(honest_load, genesis, keys, load)
+                nursery.start_soon(honest_load, genesis, keys, HONEST_RATE, load)
                 t0 = trio.current_time()
                 await trio.sleep(3.0)
                 copy = start_copy(tmp_path / "n2-copy")
