@@ -1,12 +1,13 @@
 # Two entry points, both from nothing but Python 3.11 and make:
 #   make demo   - virtual environment, install, run a 4-member PBFT network and audit it
 #   make check  - virtual environment, install, ruff format + lint, mypy --strict, pytest
+#                 (and Debian's chromium for the explorer's browser test, installed when root)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo check test lint venv clean
+.PHONY: demo check test lint venv clean browser
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,7 +31,17 @@ test: $(STAMP)
 	$(BIN)/pytest -q -n auto -m "not e2e"
 	$(BIN)/pytest -q -m e2e
 
-check: lint test
+# The explorer's browser test drives Debian's chromium through chromedriver (never a downloaded
+# browser). As root on Debian this installs them; otherwise it stops and names the command.
+browser:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing Debian's chromium and chromium-driver for the explorer's browser test"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null \
+	  || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null; }; \
+	else echo "the browser test needs chromium and chromedriver: sudo apt-get install chromium chromium-driver"; exit 1; fi
+
+check: lint browser test
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .pytest_cache .ruff_cache
