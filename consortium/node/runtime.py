@@ -12,7 +12,8 @@ Tasks (one nursery):
     pump       reads peer frames and has the mode decode them (pbft: pre-verifying the client
                signatures a PRE-PREPARE carries on worker threads), then hands them to the core
     clients    ClientServer: submissions, receipts, reads, blocks, status
-    http       (opt-in, node.toml [http]) GET /healthz /readyz /status /metrics
+    http       (opt-in, node.toml [http]) GET /healthz /readyz /status /metrics, and the
+               browser explorer's /explorer/ with `explorer = true` (node/explorer)
     core       the only task that touches the core: feeds it events and ticks, then carries out
                the executor's effects (Node._carry_out; writes in Node._write)
 
@@ -294,7 +295,16 @@ class Node:
                 self.client_port = await nursery.start(self.service.run)
                 if self.http_listen is not None:
                     routes = self.status_view.http_routes()
-                    self.http = HttpServer(routes, self.http_listen, log=self.log)
+                    explorer = None
+                    if self.config.http_explorer:  # (node/explorer: off unless asked for)
+                        from consortium.node.explorer import Explorer
+
+                        explorer = Explorer(
+                            self, self.status_view.status, client_tls=self.config.tls_client
+                        ).request_routes()
+                    self.http = HttpServer(
+                        routes, self.http_listen, request_routes=explorer, log=self.log
+                    )
                     self.http_port = await nursery.start(self.http.run)
                 if self._agreed_at_s is None:
                     self._agreed_at_s = trio.current_time()  # the head's time, as of our start
