@@ -62,7 +62,8 @@ async function loadNetwork() {
     const me = m.name === net.member ? " (this member)" : "";
     return el("tr", { "data-member": m.name },
       el("td", {}, m.name + me), el("td", {}, role), el("td", {}, row.state ?? ""),
-      el("td", {}, row.height ?? ""), el("td", {}, m.client_address));
+      el("td", {}, m.name === net.member ? net.height : (row.lag === undefined ? "" : `${row.lag} behind`)),
+      el("td", {}, m.client_address));
   }));
 }
 
