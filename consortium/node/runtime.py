@@ -29,7 +29,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, assert_never
+from typing import TYPE_CHECKING, Any, Protocol, assert_never
 
 import trio
 
@@ -72,6 +72,9 @@ from consortium.node.executor import (
     Write,
 )
 from consortium.node.http import HttpServer
+
+if TYPE_CHECKING:
+    from consortium.node.explorer import ReceiptGatherer
 from consortium.node.logs import RateLimitedLog, attach_context
 from consortium.node.metrics import (
     BATCH_TXS_BUCKETS,
@@ -280,6 +283,9 @@ class Node:
         self.client_port_events: Callable[[], dict[str, int]] = dict
         self.service = ClientService(self)
         self.status_view = MemberStatus(self)
+        # The explorer's receipt documents with f+1 signatures (node/explorer: the client's
+        # code, which the node may not import; `consortium node start` sets it).
+        self.receipt_gatherer: ReceiptGatherer | None = None
 
     def add_block_listener(self, listener: BlockListener) -> None:
         self._listeners.append(listener)
@@ -300,7 +306,10 @@ class Node:
                         from consortium.node.explorer import Explorer
 
                         explorer = Explorer(
-                            self, self.status_view.status, client_tls=self.config.tls_client
+                            self,
+                            self.status_view.status,
+                            client_tls=self.config.tls_client,
+                            gather=self.receipt_gatherer,
                         ).request_routes()
                     self.http = HttpServer(
                         routes, self.http_listen, request_routes=explorer, log=self.log

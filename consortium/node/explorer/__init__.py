@@ -24,18 +24,19 @@ second, bursts of BURST; 429 with Retry-After beyond it); block reads run on wor
 never on the event loop; summaries of blocks (which never change) are cached. Bad input (a
 malformed id, a negative height, a limit out of range) is 400 with a JSON error.
 
-The receipt document is built by the client's code (client.ConsortiumClient.lookup, then
-TxOutcome.receipt_document, as `consortium tx receipt` does): the member asks the members'
-client ports for f+1 signatures, within RECEIPT_TIMEOUT_S. When it cannot (the client port
-uses TLS and the member holds no client key, or too few members answer), the page gets the
-document with this member's signature alone and says what it lacks (raft needs only one).
+The receipt document is the one `consortium tx receipt` writes (protocol/receipts.py). In pbft
+it needs f+1 members' signatures, and a member stores only its own: `gather` (given by `consortium
+node start`, cli/explorer_receipts.py, since the node may not import the client) asks the
+members' client ports for them with the client's own code, within RECEIPT_TIMEOUT_S. Without it,
+or when it cannot (the client port uses TLS and a member holds no client key; too few members
+answer), the page gets the document with this member's signature alone and says what it lacks
+(raft needs only one).
 """
 
 from __future__ import annotations
 
-import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from importlib import resources
 from typing import Any, Protocol
 
@@ -91,6 +92,10 @@ _STATIC = {
     "/app.js": ("app.js", "text/javascript; charset=utf-8"),
     "/app.css": ("app.css", "text/css; charset=utf-8"),
 }
+
+
+# A transaction id -> its receipt document with f+1 signatures, or None and why not.
+ReceiptGatherer = Callable[[bytes], Awaitable[tuple[str | None, str]]]
 
 
 class ExplorerSource(Protocol):
@@ -197,6 +202,7 @@ class Explorer:
         status: Callable[[], dict[str, Any]],
         *,
         client_tls: bool = False,
+        gather: ReceiptGatherer | None = None,
         rate_per_s: float = RATE_PER_S,
         burst: int = BURST,
         clock: Callable[[], float] = trio.current_time,
@@ -204,6 +210,7 @@ class Explorer:
         self.m = member
         self.status = status
         self.client_tls = client_tls
+        self.gather = gather
         self.buckets = TokenBuckets(rate_per_s, burst)
         self.clock = clock
         self._threads = trio.CapacityLimiter(READ_THREADS)
@@ -456,10 +463,14 @@ class Explorer:
         return stored, index
 
     async def _receipt(self, tx_id: bytes, stored: StoredBlock, index: int) -> dict[str, Any]:
-        """The receipt document for `tx_id`: with f+1 signatures gathered by the client's code
-        when the member can, else with its own (module docstring), and whether it verifies."""
-        from consortium.client.receipts import from_bundles
-        from consortium.protocol.receipts import loads, signatures_needed, verify_receipt
+        """The receipt document for `tx_id`: with f+1 signatures gathered when the member can,
+        else with its own (module docstring), and whether it verifies."""
+        from consortium.protocol.receipts import (
+            ReceiptProof,
+            loads,
+            signatures_needed,
+            verify_receipt,
+        )
         from consortium.protocol.verify import receipt_bundle
 
         cached = self._receipts.get(tx_id)
@@ -469,12 +480,26 @@ class Explorer:
         document: str | None = None
         note = ""
         if signatures_needed(genesis) > 1:
-            document, note = await self._gathered(tx_id)
+            if self.client_tls:
+                note = (
+                    "the client port uses TLS and a member holds no client key: this member's "
+                    "signature alone; `consortium tx receipt` gathers f+1"
+                )
+            elif self.gather is None:
+                note = "this member's signature alone; `consortium tx receipt` gathers f+1"
+            else:
+                with trio.move_on_after(RECEIPT_TIMEOUT_S):
+                    document, note = await self.gather(tx_id)
+                if document is None and not note:
+                    note = f"the members did not answer within {RECEIPT_TIMEOUT_S:g} s"
         if document is None:
             block = stored.block
             mine = self.m.own_block_signature(block.header.height)
             bundle = receipt_bundle(block.header, block.receipts, index, mine)
-            document = from_bundles([bundle]).dumps(genesis)
+            proof = ReceiptProof(
+                bundle.receipt, bundle.proof, bundle.tree_size, bundle.header, (mine,)
+            )
+            document = proof.dumps(genesis)
         problem = verify_receipt(loads(document), genesis)
         out = {
             "receipt_document": document,
@@ -487,29 +512,6 @@ class Explorer:
             while len(self._receipts) > RECEIPTS_CACHED:
                 self._receipts.popitem(last=False)
         return out
-
-    async def _gathered(self, tx_id: bytes) -> tuple[str | None, str]:
-        """The receipt document as `consortium tx receipt` builds it (ConsortiumClient.lookup
-        over the members' client ports), or None and why not."""
-        from consortium.client import ConsortiumClient
-        from consortium.client.errors import ClientError
-
-        if self.client_tls:
-            return None, (
-                "the client port uses TLS and a member holds no client key: this is this "
-                "member's signature alone; `consortium tx receipt` gathers f+1"
-            )
-        started = time.monotonic()
-        try:
-            with trio.move_on_after(RECEIPT_TIMEOUT_S):
-                async with ConsortiumClient(self.m.genesis, connect_timeout_s=1.0) as client:
-                    outcome = await client.lookup(tx_id, timeout_s=RECEIPT_TIMEOUT_S)
-                    if outcome.proof is not None:
-                        return outcome.receipt_document(self.m.genesis), ""
-                    return None, f"the members' answer: {outcome.status} {outcome.reason}".strip()
-        except (ClientError, OSError) as exc:
-            return None, f"could not ask the members: {exc}"
-        return None, f"the members did not answer within {time.monotonic() - started:.0f} s"
 
     async def search(self, request: Request) -> Response:
         query = request.params().get("q", "").strip()

@@ -22,8 +22,15 @@ from consortium.ledger.store import BlockStore
 from consortium.node.config import config_path
 from consortium.node.explorer import BLOCKS_LIMIT_MAX, Explorer
 from consortium.node.http import Request, Response
-from consortium.protocol.receipts import loads, verify_receipt
-from tests.ledger.chain_fixture import MEMBERS, ChainBuilder, build_chain, make_genesis
+from consortium.protocol.receipts import ReceiptProof, loads, verify_receipt
+from consortium.protocol.verify import receipt_bundle
+from tests.ledger.chain_fixture import (
+    MEMBERS,
+    ChainBuilder,
+    block_signatures,
+    build_chain,
+    make_genesis,
+)
 from tests.node.test_node_http import get, lone_member
 
 
@@ -171,6 +178,40 @@ async def test_a_pbft_receipt_without_the_other_members_says_what_it_lacks(sourc
     assert doc["receipt_valid"] is False
     assert "1 distinct block signatures, 2 needed" in doc["receipt_problem"]
     assert doc["receipt_note"]
+
+
+async def test_a_pbft_receipt_gathered_from_the_members_is_whole(source: Source) -> None:
+    """With a gatherer (`consortium node start` gives the client's lookup), the document
+    carries f+1 signatures and verifies; the gatherer is asked once per transaction."""
+    stored_block = source.store.get_block(4)
+    assert stored_block is not None
+    block = stored_block.block
+    asked: list[bytes] = []
+
+    async def gather(tx_id: bytes) -> tuple[str | None, str]:
+        asked.append(tx_id)
+        bundle = receipt_bundle(
+            block.header, block.receipts, 1, block_signatures(source.genesis, block)[0]
+        )
+        signatures = tuple(block_signatures(source.genesis, block, (0, 1)))
+        proof = ReceiptProof(
+            bundle.receipt, bundle.proof, bundle.tree_size, bundle.header, signatures
+        )
+        return proof.dumps(source.genesis), ""
+
+    explorer = explorer_of(source, gather=gather)
+    tx_id = block.txs[1].id.hex()
+    for _ in range(2):
+        response, doc = await call(explorer, "/explorer/api/tx", f"id={tx_id}")
+        assert response.status == 200 and doc["receipt_valid"] is True, doc["receipt_problem"]
+    assert len(loads(doc["receipt_document"]).signatures) == 2
+    assert len(asked) == 1  # a whole document is kept
+
+    async def nobody(tx_id: bytes) -> tuple[str | None, str]:
+        return None, "could not ask the members: refused"
+
+    _, doc = await call(explorer_of(source, gather=nobody), "/explorer/api/tx", f"id={tx_id}")
+    assert doc["receipt_valid"] is False and doc["receipt_note"].endswith("refused")
 
 
 async def test_every_path_is_rate_limited_per_source(source: Source) -> None:
