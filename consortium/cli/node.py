@@ -25,6 +25,7 @@ def node_start(
     home: Annotated[Path, typer.Option("--home", help="The member's home directory.")],
 ) -> None:
     """Run one member from its home directory (config/node.toml, node_key.pem, genesis.json)."""
+    from consortium.cli import explorer_receipts
     from consortium.ledger.store import StoreDamaged, StoreError
     from consortium.node.config import ConfigError
     from consortium.node.process import load_member, run_member
@@ -35,7 +36,7 @@ def node_start(
     except ConfigError as exc:
         raise fail(str(exc)) from None
     try:
-        run_member(identity)
+        run_member(identity, explorer_receipts.attach)
     except StoreDamaged as exc:  # (the way back, with this home in it)
         # Exit 2: restarting cannot fix it (the systemd unit does not restart on 2), and each
         # start would read every table again.
