@@ -596,37 +596,84 @@ def per_member_lines(run: BenchRun) -> list[str]:
     return lines
 
 
-def draw(runs: list[BenchRun], path: Path) -> None:
-    """Throughput, latency and per-transaction costs against n, one line per mode (PNG or SVG
-    by the file's suffix). Needs matplotlib (the `plot` extra)."""
+PANELS = (
+    ("committed tx/s", "tx_per_s"),
+    ("latency p99 (ms)", "latency_ms.p99"),
+    ("messages per tx", "per_tx.messages"),
+    ("verifications per tx", "per_tx.verifications"),
+    ("bytes on wire per tx", "per_tx.bytes"),
+    ("CPU ms per tx per member", "per_tx.cpu_ms_per_member"),
+)
+PLOT_MODES = (("pbft", "o-", "tab:blue"), ("raft", "s--", "tab:orange"))
+
+
+def figure(runs: list[BenchRun]) -> Any:
+    """The matplotlib Figure of `draw`: one panel per figure. Against n (one line per mode,
+    ticks at the member counts run) when some mode was run at more than one size, as
+    `bench compare --sweep` does; otherwise one bar per mode, since a line through one point
+    shows nothing. Every axis starts at zero: these are costs and rates, and a cut axis
+    makes a 5 % difference look like a factor."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [
-        ("committed tx/s", "tx_per_s"),
-        ("latency p99 (ms)", "latency_ms.p99"),
-        ("messages per tx", "per_tx.messages"),
-        ("verifications per tx", "per_tx.verifications"),
-        ("bytes on wire per tx", "per_tx.bytes"),
-        ("CPU ms per tx per member", "per_tx.cpu_ms_per_member"),
-    ]
+    sizes = {
+        mode: sorted({r.figures["members"] for r in runs if r.config.mode == mode})
+        for mode, _, _ in PLOT_MODES
+    }
+    sweep = any(len(ns) > 1 for ns in sizes.values())
     fig, axes = plt.subplots(2, 3, figsize=(13, 7))
-    for ax, (title, key) in zip(list(axes.flat), panels, strict=True):
-        for mode, style in (("pbft", "o-"), ("raft", "s--")):
-            points = sorted(
-                (r.figures["members"], lookup(r.figures, key))
-                for r in runs
-                if r.config.mode == mode and lookup(r.figures, key) is not None
+    colours = {mode: colour for mode, _, colour in PLOT_MODES}
+    for ax, (title, key) in zip(list(axes.flat), PANELS, strict=True):
+        if sweep:
+            for mode, style, colour in PLOT_MODES:
+                points = sorted(
+                    (r.figures["members"], lookup(r.figures, key))
+                    for r in runs
+                    if r.config.mode == mode and lookup(r.figures, key) is not None
+                )
+                if points:
+                    xs, ys = [n for n, _ in points], [v for _, v in points]
+                    ax.plot(xs, ys, style, color=colour, label=mode)
+            ax.set_xlabel("members (n)")
+            ax.set_xticks(sorted({n for ns in sizes.values() for n in ns}))
+            ax.legend()
+        else:
+            shown = _plotted(runs, key)
+            for i, r in enumerate(shown):
+                value = lookup(r.figures, key)
+                ax.bar(i, value, width=0.6, color=colours[r.config.mode])
+                ax.annotate(_fmt(value), (i, value), ha="center", va="bottom", fontsize=8)
+            ax.set_xticks(
+                range(len(shown)), [f"{r.config.mode}\nn={r.figures['members']}" for r in shown]
             )
-            if points:
-                ax.plot([p[0] for p in points], [p[1] for p in points], style, label=mode)
+            ax.set_xlim(-0.75, max(len(shown), 2) - 0.25)
+        ax.set_ylim(bottom=0)
         ax.set_title(title)
-        ax.set_xlabel("members (n)")
-        ax.grid(alpha=0.3)
-        ax.legend()
+        ax.grid(alpha=0.3, axis="both" if sweep else "y")
     fig.suptitle("consortium bench compare: the cost of Byzantine tolerance")
     fig.tight_layout()
+    return fig
+
+
+def _plotted(runs: list[BenchRun], key: str) -> list[BenchRun]:
+    """The runs a bar panel shows, in its order (pbft first, then raft, each by size)."""
+    return [
+        r
+        for mode, _, _ in PLOT_MODES
+        for r in sorted(
+            (r for r in runs if r.config.mode == mode and lookup(r.figures, key) is not None),
+            key=lambda r: r.figures["members"],
+        )
+    ]
+
+
+def draw(runs: list[BenchRun], path: Path) -> None:
+    """Throughput, latency and per-transaction costs (`figure`), written as PNG or SVG by the
+    file's suffix. Needs matplotlib (the `plot` extra)."""
+    import matplotlib.pyplot as plt
+
+    fig = figure(runs)
     fig.savefig(path)
     plt.close(fig)

@@ -148,7 +148,10 @@ def bench_compare(
     payload: Annotated[int, typer.Option(help="Encoded bytes per transaction.")] = 200,
     as_json: Annotated[Path | None, typer.Option("--json", help="Write every figure here.")] = None,
     plot: Annotated[
-        Path | None, typer.Option(help="Draw the figures against n (PNG or SVG; matplotlib).")
+        Path | None,
+        typer.Option(
+            help="Draw the figures (PNG or SVG; matplotlib): bars, or lines against n with --sweep."
+        ),
     ] = None,
 ) -> None:
     """The same workload on pbft and raft networks, one after the other, side by side with the

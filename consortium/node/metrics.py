@@ -1,35 +1,46 @@
-"""Prometheus metrics: the text exposition format (version 0.0.4), written by hand.
+"""Prometheus metrics, exposed through prometheus-client (text format, CONTENT_TYPE_LATEST).
 
 One set of names for both modes; every sample carries `mode` ("pbft" or "raft") and `member`
-labels, so one dashboard serves both kinds of network. `prometheus_text(node, status)` reads the
-node's counters (status.MemberStatus.metrics_doc, the same figures `consortium bench` reports), its
-histograms (NodeMetrics) and its status; nothing here is updated on the hot path except
-`Histogram.observe`, which is a bisect and two additions.
+labels, so one dashboard serves both kinds of network. Each member has its own
+CollectorRegistry (MemberMetrics), never the library's global one: tests run several members
+in one process, and each must expose only itself. On it sit one custom collector that reads
+the member's counters at scrape time (status.MemberStatus.metrics_doc, the same figures
+`consortium bench` reports), its histograms (NodeMetrics) and its status, and the library's
+standard process_*, python_gc_* and python_info collectors (given the member's labels too).
+Nothing here is updated on the hot path except `Histogram.observe`, which is a bisect and two
+additions: the member's existing counters stay the source, read when Prometheus asks.
 
-Format rules followed (https://prometheus.io/docs/instrumenting/exposition_formats/): one
-`# HELP` and one `# TYPE` line per family, before its samples; label values escape backslash,
-double quote and newline; HELP text escapes backslash and newline; counters end in `_total`;
-histograms give cumulative `_bucket{le=...}` samples ending in `le="+Inf"`, then `_sum` and
-`_count`; units are in the name (`_seconds`, `_bytes`).
+prometheus_client takes about 0.1 s to import, so it is imported inside the functions that
+need it, never when this module is (runtime and verification import it for Histogram).
 """
 
 from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from consortium.ledger.genesis import Genesis, Member
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
+    from prometheus_client.registry import Collector, CollectorRegistry
 
 # Bucket upper bounds (the +Inf bucket is implicit).
 BATCH_TXS_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
 LATENCY_S_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30)
 FSYNC_S_BUCKETS = (0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1)
 VERIFY_S_BUCKETS = (0.00001, 0.00002, 0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.01)
+
+
+def content_type() -> str:
+    """What GET /metrics answers with: the library's CONTENT_TYPE_LATEST, the text format that
+    generate_latest writes."""
+    from prometheus_client import CONTENT_TYPE_LATEST
+
+    return str(CONTENT_TYPE_LATEST)
 
 
 @dataclass(slots=True)
@@ -52,68 +63,48 @@ class Histogram:
         self.total += value
         self.count += 1
 
-    def cumulative(self) -> list[tuple[str, int]]:
-        out: list[tuple[str, int]] = []
+    def cumulative(self) -> list[tuple[str, float]]:
+        """(le, observations at or below it) for each bound, then "+Inf": the buckets
+        prometheus_client's HistogramMetricFamily takes."""
+        out: list[tuple[str, float]] = []
         running = 0
         for bound, n in zip(self.bounds, self.counts, strict=False):
             running += n
-            out.append((_number(bound), running))
+            out.append((repr(float(bound)), running))  # as the library writes `le`
         out.append(("+Inf", running + self.counts[-1]))
         return out
 
 
-def escape_label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-def escape_help(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("\n", "\\n")
-
-
-def _number(value: float) -> str:
-    if isinstance(value, bool):
-        return "1" if value else "0"
-    if isinstance(value, int):
-        return str(value)
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    return repr(float(value))
-
-
-def _labels(labels: Mapping[str, str]) -> str:
-    if not labels:
-        return ""
-    inner = ",".join(f'{k}="{escape_label(str(v))}"' for k, v in labels.items())
-    return "{" + inner + "}"
-
-
-class Exposition:
-    """Families in the order added; `text()` is the scrape body."""
+class Families:
+    """The member's metric families for one scrape, in the order added, each sample with the
+    member's common labels first. Refuses a family declared twice and a counter whose name
+    does not end in `_total` (names are part of the dashboards and alert rules)."""
 
     def __init__(self, common: Mapping[str, str]) -> None:
         self._common = dict(common)
-        self._lines: list[str] = []
+        self._families: list[Metric] = []
         self._names: set[str] = set()
 
-    def _head(self, name: str, kind: str, help_text: str) -> None:
-        assert name not in self._names, f"metric family {name} exposed twice"
-        self._names.add(name)
-        self._lines.append(f"# HELP {name} {escape_help(help_text)}")
-        self._lines.append(f"# TYPE {name} {kind}")
+    def _family(self, name: str, kind: str, help_text: str) -> Metric:
+        from prometheus_client.metrics_core import Metric
 
-    def _sample(self, name: str, labels: Mapping[str, str], value: float) -> None:
-        self._lines.append(f"{name}{_labels({**self._common, **labels})} {_number(value)}")
+        assert name not in self._names, f"metric family {name} exposed twice"
+        assert kind != "counter" or name.endswith("_total"), name
+        self._names.add(name)
+        # The library names a counter family without its `_total` and adds it back on the
+        # samples and in the text format's HELP and TYPE lines.
+        family = Metric(name.removesuffix("_total") if kind == "counter" else name, help_text, kind)
+        self._families.append(family)
+        return family
+
+    def _sample(self, family: Metric, name: str, labels: Mapping[str, str], value: float) -> None:
+        family.add_sample(name, {**self._common, **labels}, float(value))
 
     def gauge(self, name: str, help_text: str, value: float) -> None:
-        self._head(name, "gauge", help_text)
-        self._sample(name, {}, value)
+        self._sample(self._family(name, "gauge", help_text), name, {}, value)
 
     def counter(self, name: str, help_text: str, value: float) -> None:
-        assert name.endswith("_total"), name
-        self._head(name, "counter", help_text)
-        self._sample(name, {}, value)
+        self._sample(self._family(name, "counter", help_text), name, {}, value)
 
     def labelled(
         self,
@@ -125,10 +116,9 @@ class Exposition:
         """One family with one sample per label set (a family with no samples yet is still
         declared, so dashboards find every name from the first scrape)."""
         assert kind in ("gauge", "counter"), kind
-        assert kind != "counter" or name.endswith("_total"), name
-        self._head(name, kind, help_text)
+        family = self._family(name, kind, help_text)
         for labels, value in samples:
-            self._sample(name, labels, value)
+            self._sample(family, name, labels, value)
 
     def histogram(
         self,
@@ -136,15 +126,22 @@ class Exposition:
         help_text: str,
         hists: Sequence[tuple[Mapping[str, str], Histogram]],
     ) -> None:
-        self._head(name, "histogram", help_text)
+        family = self._family(name, "histogram", help_text)
         for labels, hist in hists:
             for le, n in hist.cumulative():
-                self._sample(f"{name}_bucket", {**labels, "le": le}, n)
-            self._sample(f"{name}_sum", labels, hist.total)
-            self._sample(f"{name}_count", labels, hist.count)
+                self._sample(family, f"{name}_bucket", {**labels, "le": le}, n)
+            self._sample(family, f"{name}_count", labels, hist.count)
+            self._sample(family, f"{name}_sum", labels, hist.total)
 
-    def text(self) -> str:
-        return "\n".join(self._lines) + "\n"
+    def collect(self) -> list[Metric]:
+        return list(self._families)
+
+
+def text(collector: Collector) -> str:
+    """The text exposition of one collector (or registry), as GET /metrics answers it."""
+    from prometheus_client import generate_latest
+
+    return generate_latest(collector).decode()
 
 
 def _by(label: str, counts: Mapping[str, int]) -> list[tuple[Mapping[str, str], float]]:
@@ -161,12 +158,16 @@ class Observed(Protocol):
     tx_cache: Any  # its client signature cache (verification.TxSignatureCache)
 
 
-def prometheus_text(node: Observed, status: dict[str, Any]) -> str:
-    """The scrape body for GET /metrics, from the member's counters and its status document
+def common_labels(node: Observed) -> dict[str, str]:
+    return {"mode": node.genesis.mode, "member": node.member.name}
+
+
+def member_families(node: Observed, status: dict[str, Any]) -> list[Metric]:
+    """The member's own families (consortium_*), from its counters and its status document
     (status.MemberStatus.status)."""
     doc = status["metrics"]
     m = node.metrics
-    out = Exposition({"mode": node.genesis.mode, "member": node.member.name})
+    out = Families(common_labels(node))
     out.gauge("consortium_up", "1 while the member process serves (always 1 when scraped).", 1)
     out.gauge(
         "consortium_ready",
@@ -362,4 +363,81 @@ def prometheus_text(node: Observed, status: dict[str, Any]) -> str:
     )
     out.counter("consortium_process_cpu_seconds_total", "User and system CPU time.", doc["cpu_s"])
     out.gauge("consortium_uptime_seconds", "Seconds since the member started.", doc["uptime_s"])
-    return out.text()
+    return out.collect()
+
+
+class MemberCollector:
+    """A prometheus_client collector that reads the member when scraped: `status()` (the
+    member's status document) is taken once per scrape and every family made from it."""
+
+    def __init__(self, node: Observed, status: Callable[[], dict[str, Any]]) -> None:
+        self.node = node
+        self.status = status
+
+    def collect(self) -> Iterator[Metric]:
+        yield from member_families(self.node, self.status())
+
+
+class Labelled:
+    """Another collector's families with the member's labels added to every sample, so the
+    library's process_* and python_* metrics carry `mode` and `member` like the rest."""
+
+    def __init__(self, inner: Collector, labels: Mapping[str, str]) -> None:
+        self.inner = inner
+        self.labels = dict(labels)
+
+    def collect(self) -> Iterator[Metric]:
+        from prometheus_client.metrics_core import Metric
+
+        for family in self.inner.collect():
+            out = Metric(family.name, family.documentation, family.type, family.unit)
+            for s in family.samples:
+                out.add_sample(s.name, {**self.labels, **s.labels}, s.value, s.timestamp)
+            yield out
+
+
+def member_registry(node: Observed, status: Callable[[], dict[str, Any]]) -> CollectorRegistry:
+    """A registry of the member's own (never the library's global REGISTRY, which would mix
+    every member a process runs): its families, and the standard process, garbage collector
+    and platform collectors (each cheap: a read of /proc/self, gc.get_stats(), constants)."""
+    from prometheus_client import (
+        CollectorRegistry,
+        GCCollector,
+        PlatformCollector,
+        ProcessCollector,
+    )
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(MemberCollector(node, status))
+    labels = common_labels(node)
+    for standard in (
+        ProcessCollector(registry=None),
+        PlatformCollector(registry=None),
+        # GCCollector always registers itself somewhere: a scratch registry, not the global.
+        GCCollector(registry=CollectorRegistry()),
+    ):
+        registry.register(Labelled(standard, labels))
+    return registry
+
+
+class MemberMetrics:
+    """GET /metrics of one member: its registry, made on the first scrape."""
+
+    def __init__(self, node: Observed, status: Callable[[], dict[str, Any]]) -> None:
+        self.node = node
+        self.status = status
+        self._registry: CollectorRegistry | None = None
+
+    @property
+    def registry(self) -> CollectorRegistry:
+        if self._registry is None:
+            self._registry = member_registry(self.node, self.status)
+        return self._registry
+
+    def text(self) -> str:
+        return text(self.registry)
+
+
+def prometheus_text(node: Observed, status: dict[str, Any]) -> str:
+    """The scrape body for a member and a status document already taken (tests, tools)."""
+    return MemberMetrics(node, lambda: status).text()

@@ -24,7 +24,7 @@ from consortium.node.explain import (
     peer_warnings,
 )
 from consortium.node.http import Response, json_response, text
-from consortium.node.metrics import CONTENT_TYPE, prometheus_text
+from consortium.node.metrics import MemberMetrics, content_type
 from consortium.node.transport import PeerNetwork
 from consortium.node.verification import CountingSigner, CountingVerifier, TxSignatureCache
 
@@ -66,6 +66,7 @@ class MemberStatus:
 
     def __init__(self, member: StatusSource) -> None:
         self.m = member
+        self.exposition = MemberMetrics(member, self.status)  # its own Prometheus registry
 
     def status(self) -> dict[str, Any]:
         """What `consortium status` and GET /status show: the fields both modes share, then
@@ -148,9 +149,7 @@ class MemberStatus:
             "/healthz": self.healthz,
             "/readyz": self.readyz,
             "/status": lambda: json_response(200, self.status()),
-            "/metrics": lambda: Response(
-                200, prometheus_text(self.m, self.status()).encode(), CONTENT_TYPE
-            ),
+            "/metrics": lambda: Response(200, self.exposition.text().encode(), content_type()),
         }
 
     def healthz(self) -> Response:

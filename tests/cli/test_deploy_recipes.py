@@ -1,23 +1,29 @@
 """The deployment recipes in deploy/ say what the CLI accepts: the systemd unit's ExecStart and
 the Containerfile's ENTRYPOINT parse as `consortium` commands, their paths and ports agree
-with each other and with the CLI's defaults, and the unit passes `systemd-analyze verify`."""
+with each other and with the CLI's defaults, and the unit passes `systemd-analyze verify`; the
+Compose file and the Kubernetes manifests pass their schemas offline and fit the homes
+`consortium init` writes for them (ports, names, health paths, the pods' key by ordinal)."""
 
 from __future__ import annotations
 
+import base64
 import configparser
 import inspect
 import json
+import re
 import shlex
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
 
 from consortium.cli.main import app
 from consortium.cli.net import init
+from consortium.node.config import load_config
 
 REPO = Path(__file__).resolve().parents[2]
 UNIT = REPO / "deploy" / "consortium-node@.service"
@@ -138,3 +144,286 @@ def test_the_containerfile_runs_node_start_as_a_non_root_user_on_its_volume() ->
     defaults = {n: p.default for n, p in inspect.signature(init).parameters.items()}
     exposed = sorted(int(p) for p in c["EXPOSE"][-1].split())
     assert exposed == sorted([defaults["peer_port"], defaults["client_port"]])
+
+
+# --- several machines: Compose and Kubernetes, validated offline ------------------------------
+#
+# No container runtime or cluster runs here: the files are checked against their schemas (the
+# Compose specification's JSON schema, vendored in tests/data/compose-spec.json from
+# github.com/compose-spec/compose-spec, schema/compose-spec.json, Apache-2.0; Kubernetes' via
+# kubernetes-validate), and against what the node needs: the ports, names and health paths of
+# the homes `consortium init` writes for them.
+
+COMPOSE = REPO / "deploy" / "compose.yaml"
+KUBE = REPO / "deploy" / "kubernetes"
+KUBERNETES_VERSION = "1.30.0"  # one kubernetes-validate bundles; the oldest still widely run
+POD_DNS = "consortium-{i}.consortium.ledger.svc.cluster.local"
+
+
+def yaml_documents(path: Path) -> list[dict[str, Any]]:
+    import yaml
+
+    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc is not None]
+
+
+def member_routes() -> set[str]:
+    from consortium.node.status import MemberStatus
+
+    return set(MemberStatus(None).http_routes())  # type: ignore[arg-type]
+
+
+def init_for(tmp_path: Path, hosts: list[str]) -> Path:
+    net = tmp_path / "net"
+    result = CliRunner().invoke(
+        app,
+        ["init", "--dir", str(net), "--hosts", ",".join(hosts), "--listen-host", "0.0.0.0"],
+    )
+    assert result.exit_code == 0, result.output
+    return net
+
+
+def test_the_compose_file_follows_the_compose_specification() -> None:
+    import jsonschema
+
+    schema = json.loads((REPO / "tests" / "data" / "compose-spec.json").read_text())
+    # The schema says draft-07 (as https://json-schema.org/draft-07/schema, a spelling
+    # jsonschema does not look up): use that draft's validator by name.
+    jsonschema.Draft7Validator.check_schema(schema)
+    validator = jsonschema.Draft7Validator(schema)
+    [compose] = yaml_documents(COMPOSE)
+    validator.validate(compose)
+    # The schema has teeth: what Compose refuses, it refuses.
+    broken = {**compose, "services": {"n1": {**compose["services"]["n1"], "helthcheck": {}}}}
+    with pytest.raises(jsonschema.ValidationError):
+        validator.validate(broken)
+
+
+def test_compose_runs_four_members_from_the_containerfile_on_the_homes_init_writes(
+    tmp_path: Path,
+) -> None:
+    [compose] = yaml_documents(COMPOSE)
+    services = compose["services"]
+    assert sorted(services) == ["n1", "n2", "n3", "n4"]
+    net = init_for(tmp_path, sorted(services))
+    genesis = json.loads((net / "genesis.json").read_text())
+    assert genesis["mode"] == "pbft" and len(genesis["members"]) == 4
+    c = containerfile()
+    exposed = sorted(int(p) for p in c["EXPOSE"][-1].split())
+    routes = member_routes()
+    for member, (name, service) in zip(genesis["members"], sorted(services.items()), strict=True):
+        build = service["build"]
+        assert (COMPOSE.parent / build["context"]).resolve() == REPO
+        assert (REPO / build["dockerfile"]).resolve() == CONTAINERFILE
+        assert service["hostname"] == name == member["name"]
+        [volume] = service["volumes"]
+        source, target = volume.split(":")
+        assert target == c["VOLUME"][-1]
+        home = (COMPOSE.parent / source).resolve()
+        assert home == (REPO / "net" / "nodes" / name).resolve()  # init --dir net, from the root
+        # Genesis names the member by its service name, on the ports the image exposes.
+        for key in ("peer_address", "client_address"):
+            host, _, port = member[key].rpartition(":")
+            assert host == name and int(port) in exposed
+        config = load_config(net / "nodes" / name)
+        assert config.peer_listen == ("0.0.0.0", 7101) and config.client_listen == ("0.0.0.0", 7201)
+        # The health check asks /readyz on the very listener that member's node.toml sets.
+        check = service["healthcheck"]["test"]
+        assert check[:3] == ["CMD", "python", "-c"]
+        url = re.search(r"http://([\d.]+):(\d+)(/\w+)", check[3])
+        assert url is not None, check
+        assert (url[1], int(url[2])) == config.http_listen
+        assert url[3] == "/readyz" and url[3] in routes
+
+
+def _serve_once(status: int) -> tuple[Any, int]:
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(status)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.handle_request, daemon=True).start()
+    return server, server.server_address[1]
+
+
+@pytest.mark.parametrize(("status", "healthy"), [(200, True), (503, False)])
+def test_the_compose_health_check_fails_on_503(status: int, healthy: bool) -> None:
+    """The check's own command (run by the image's python) exits non-zero when /readyz
+    answers 503, which is what makes Compose call the member unhealthy."""
+    [compose] = yaml_documents(COMPOSE)
+    command = compose["services"]["n1"]["healthcheck"]["test"][3]
+    server, port = _serve_once(status)
+    try:
+        result = subprocess.run(
+            [sys.executable, "-c", re.sub(r"127\.0\.0\.1:\d+", f"127.0.0.1:{port}", command)],
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )
+    finally:
+        server.server_close()
+    assert (result.returncode == 0) is healthy, result.stderr
+
+
+def kube_objects() -> dict[str, dict[str, Any]]:
+    objects: dict[str, dict[str, Any]] = {}
+    for path in sorted(KUBE.glob("*.yaml")):
+        for doc in yaml_documents(path):
+            objects[doc["kind"]] = doc
+    return objects
+
+
+def test_every_kubernetes_manifest_validates() -> None:
+    import kubernetes_validate
+
+    paths = sorted(KUBE.glob("*.yaml"))
+    assert {p.name for p in paths} >= {
+        "statefulset.yaml",
+        "service.yaml",
+        "poddisruptionbudget.yaml",
+    }
+    for path in paths:
+        for doc in yaml_documents(path):
+            kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+    # The validator has teeth.
+    statefulset = kube_objects()["StatefulSet"]
+    wrong = json.loads(json.dumps(statefulset))
+    wrong["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["httpGet"]["pth"] = "/"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(wrong, KUBERNETES_VERSION, strict=True)
+
+
+def test_the_statefulset_service_and_budget_fit_a_four_member_pbft_network() -> None:
+    objects = kube_objects()
+    statefulset, service, budget = (
+        objects["StatefulSet"],
+        objects["Service"],
+        objects["PodDisruptionBudget"],
+    )
+    spec = statefulset["spec"]
+    assert spec["replicas"] == 4
+    assert spec["podManagementPolicy"] == "Parallel"  # none is ready before a quorum runs
+    assert spec["serviceName"] == service["metadata"]["name"] == "consortium"
+    assert statefulset["metadata"]["name"] == "consortium"  # pods consortium-0 ... -3
+    assert service["spec"]["clusterIP"] == "None"
+    assert service["spec"]["publishNotReadyAddresses"] is True
+    labels = spec["template"]["metadata"]["labels"]
+    assert spec["selector"]["matchLabels"] == labels
+    assert service["spec"]["selector"] == labels == budget["spec"]["selector"]["matchLabels"]
+    assert budget["spec"]["maxUnavailable"] == 1  # f for n=4
+    pod = spec["template"]["spec"]
+    [member] = pod["containers"]
+    ports = {p["name"]: p["containerPort"] for p in member["ports"]}
+    assert ports == {"peer": 7101, "client": 7201, "http": 9301}
+    assert {p["name"]: p["port"] for p in service["spec"]["ports"]} == ports
+    routes = member_routes()
+    for probe, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
+        get = member[probe]["httpGet"]
+        assert get == {"path": path, "port": "http"} and path in routes
+        assert member[probe]["timeoutSeconds"] >= 2
+    assert member["resources"]["requests"] and member["resources"]["limits"]["memory"]
+    assert "command" not in member and "args" not in member  # the image's node start
+    mounts = {m["name"]: m["mountPath"] for m in member["volumeMounts"]}
+    assert mounts == {"home": containerfile()["VOLUME"][-1]}
+    assert pod["securityContext"]["runAsUser"] == 10001  # the Containerfile's user
+    [claim] = spec["volumeClaimTemplates"]
+    assert claim["metadata"]["name"] == "home"
+
+
+MEMBER_FILES = KUBE / "member_files.py"
+
+
+def run_member_files(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(MEMBER_FILES), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def init_script(tmp_path: Path, ordinal: int, files: dict[str, Any]) -> Path:
+    """Run the StatefulSet's init container script here, as pod `ordinal`, with the Secret and
+    ConfigMap that member_files.py made mounted where the pod mounts them. Returns the home."""
+    root = tmp_path / f"pod-{ordinal}"
+    secret, config_map = files["items"]
+    for mount, data, decode in (
+        ("etc/consortium/keys", secret["data"], True),
+        ("etc/consortium/members", config_map["data"], False),
+    ):
+        (root / mount).mkdir(parents=True, exist_ok=True)
+        for key, value in data.items():
+            (root / mount / key).write_bytes(base64.b64decode(value) if decode else value.encode())
+    [container] = kube_objects()["StatefulSet"]["spec"]["template"]["spec"]["initContainers"]
+    assert container["command"][:2] == ["sh", "-c"]
+    script = container["command"][2].replace("/home/consortium", f"{root}/home/consortium")
+    script = script.replace("/etc/consortium", f"{root}/etc/consortium")
+    result = subprocess.run(
+        ["sh", "-c", script],
+        env={"HOSTNAME": f"consortium-{ordinal}", "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return root / "home" / "consortium"
+
+
+def test_member_files_make_the_secret_and_config_map_each_pod_builds_its_home_from(
+    tmp_path: Path,
+) -> None:
+    import kubernetes_validate
+
+    from consortium.node.config import load_identity
+
+    net = init_for(tmp_path, [POD_DNS.format(i=i) for i in range(4)])
+    result = run_member_files(str(net), "--namespace", "ledger")
+    assert result.returncode == 0, result.stderr
+    files = json.loads(result.stdout)
+    for item in files["items"]:
+        kubernetes_validate.validate(item, KUBERNETES_VERSION, strict=True)
+    secret, config_map = files["items"]
+    pod = kube_objects()["StatefulSet"]["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["keys"]["secret"]["secretName"] == secret["metadata"]["name"]
+    assert volumes["members"]["configMap"]["name"] == config_map["metadata"]["name"]
+    assert sorted(secret["data"]) == ["n1.pem", "n2.pem", "n3.pem", "n4.pem"]
+    genesis = json.loads((net / "genesis.json").read_text())
+    for ordinal in range(4):
+        home = init_script(tmp_path, ordinal, files)
+        identity = load_identity(home)  # what node start reads: key, genesis, node.toml agree
+        assert identity.config.name == f"n{ordinal + 1}"
+        assert identity.genesis.members[ordinal].public_key == identity.keys.public
+        assert identity.config.http_listen == ("0.0.0.0", 9301)  # the probes' port
+        assert identity.config.peer_listen == ("0.0.0.0", 7101)
+        assert (home / "data" / "new-member").exists()  # a first start
+        assert genesis["members"][ordinal]["peer_address"] == f"{POD_DNS.format(i=ordinal)}:7101"
+    # A pod whose volume holds a member that ran gets no new-member mark back.
+    (home / "data" / "new-member").unlink()
+    assert not (init_script(tmp_path, 3, files) / "data" / "new-member").exists()
+    # Nor does an emptied volume once the operator said the network has run.
+    again = run_member_files(str(net), "--namespace", "ledger", "--first-start", "no")
+    assert again.returncode == 0, again.stderr
+    assert not (init_script(tmp_path / "later", 0, json.loads(again.stdout)) / "data").exists()
+
+
+def test_member_files_refuse_a_network_not_made_for_the_pods(tmp_path: Path) -> None:
+    net = init_for(tmp_path, ["10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4"])
+    result = run_member_files(str(net))
+    assert result.returncode == 2 and result.stdout == ""
+    assert "not pod 0's name consortium-0.consortium." in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1  # one line, no traceback
+    shutil.rmtree(net)
+    net = init_for(tmp_path, [POD_DNS.format(i=i) for i in range(4)])
+    assert run_member_files(str(net), "--namespace", "other").returncode == 2
+    (net / "nodes" / "n3" / "config" / "node_key.pem").unlink()
+    result = run_member_files(str(net), "--namespace", "ledger")
+    assert result.returncode == 2 and "n3/config/node_key.pem" in result.stderr

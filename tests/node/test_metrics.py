@@ -1,52 +1,72 @@
-"""The Prometheus text format (node/metrics.py): HELP/TYPE per family, label and help escaping,
-cumulative histograms; checked with a strict reader (exposition.py)."""
+"""The Prometheus exposition (node/metrics.py, through prometheus-client): HELP/TYPE per family,
+label and help escaping, cumulative histograms, one registry per member with the standard
+process_* metrics, and every name the docs and alert rules use present on a live member;
+checked with a strict reader (exposition.py) and the library's own parser."""
 
 from __future__ import annotations
 
+import math
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
+import prometheus_client
 import pytest
+import trio
+from prometheus_client.parser import text_string_to_metric_families
 
 from consortium.cli.network import init_network
 from consortium.crypto.codec import pack
 from consortium.node.config import load_identity
-from consortium.node.metrics import (
-    Exposition,
-    Histogram,
-    escape_help,
-    escape_label,
-    prometheus_text,
-)
+from consortium.node.metrics import Families, Histogram, MemberMetrics, prometheus_text
+from consortium.node.metrics import text as exposition
 from consortium.node.runtime import Node, make_node
 from consortium.pbft.replica import PbftReplica
 from tests.node.exposition import parse
 
+ROOT = Path(__file__).resolve().parents[2]
+HOST = "127.0.0.1"
+
+
+class _Collected:
+    def __init__(self, families: Families) -> None:
+        self.families = families
+
+    def collect(self) -> list[prometheus_client.Metric]:
+        return self.families.collect()
+
 
 def test_label_values_and_help_text_are_escaped() -> None:
-    assert escape_label('a\\b"c\nd') == 'a\\\\b\\"c\\nd'
-    assert escape_help("line one\nback\\slash") == "line one\\nback\\\\slash"
-    out = Exposition({"mode": "pbft", "member": 'n"1'})
+    out = Families({"mode": "pbft", "member": 'n"1'})
     out.labelled(
         "consortium_rejected_messages_total",
         "counter",
-        "Dropped,\nby reason.",
+        "Dropped,\nby reason\\.",
         [({"reason": 'bad "sig"\\x\n'}, 3)],
     )
-    families = parse(out.text())
+    body = exposition(_Collected(out))
+    assert "# HELP consortium_rejected_messages_total Dropped,\\nby reason\\\\." in body
+    assert 'reason="bad \\"sig\\"\\\\x\\n"' in body
+    families = parse(body)
     family = families["consortium_rejected_messages_total"]
-    assert family.type == "counter" and family.help == "Dropped,\\nby reason."
+    assert family.type == "counter" and family.help == "Dropped,\\nby reason\\\\."
     [(_, labels, value)] = family.samples
     assert labels == {"mode": "pbft", "member": 'n"1', "reason": 'bad "sig"\\x\n'}
     assert value == 3
+    # The library's own parser reads the same values back.
+    [parsed] = text_string_to_metric_families(body)
+    assert parsed.documentation == "Dropped,\nby reason\\."
+    assert parsed.samples[0].labels["reason"] == 'bad "sig"\\x\n'
 
 
 def test_histograms_are_cumulative_and_end_in_inf() -> None:
     hist = Histogram((0.001, 0.01, 0.1))
     for v in (0.0005, 0.001, 0.005, 0.05, 5.0):
         hist.observe(v)
-    out = Exposition({"mode": "raft"})
+    out = Families({"mode": "raft"})
     out.histogram("consortium_fsync_seconds", "fsync time.", [({}, hist)])
-    family = parse(out.text())["consortium_fsync_seconds"]
+    family = parse(exposition(_Collected(out)))["consortium_fsync_seconds"]
     buckets = [(s[1]["le"], s[2]) for s in family.samples if s[0].endswith("_bucket")]
     # le is inclusive: 0.001 falls in the first bucket.
     assert buckets == [("0.001", 2), ("0.01", 3), ("0.1", 4), ("+Inf", 5)]
@@ -56,12 +76,14 @@ def test_histograms_are_cumulative_and_end_in_inf() -> None:
 
 
 def test_a_family_is_declared_once_and_counters_end_in_total() -> None:
-    out = Exposition({})
+    out = Families({})
     out.gauge("consortium_height", "Height.", 1)
     with pytest.raises(AssertionError):
         out.gauge("consortium_height", "Height.", 2)
     with pytest.raises(AssertionError):
         out.counter("consortium_blocks", "Blocks.", 1)
+    with pytest.raises(AssertionError):
+        out.labelled("consortium_frames", "counter", "Frames.", [])
 
 
 def test_the_reader_has_teeth() -> None:
@@ -136,4 +158,141 @@ def test_raft_exposes_its_elections_as_view_changes(tmp_path: Path) -> None:
     text = prometheus_text(node, node.status())
     node.store.close()
     line = next(x for x in text.splitlines() if x.startswith("consortium_view_changes_total{"))
-    assert line.endswith(" 3"), line
+    assert float(line.rpartition(" ")[2]) == 3, line
+
+
+# --- one registry per member, the standard collectors, and the names the docs use -----------
+
+
+def test_each_member_has_its_own_registry_with_the_process_metrics(tmp_path: Path) -> None:
+    """Two members in one process (as in tests) each expose themselves only, the library's
+    global registry stays free of them, and the standard process_* families are there, with
+    the member's labels like every other sample."""
+    init_network(tmp_path / "net", members=4, clients=1)
+    nodes = [
+        make_node(i.config, i.genesis, i.keys)
+        for i in (load_identity(tmp_path / "net" / "nodes" / name) for name in ("n1", "n2"))
+    ]
+    try:
+        for node in nodes:
+            metrics = MemberMetrics(node, node.status)
+            assert metrics.registry is not prometheus_client.REGISTRY
+            assert metrics.registry is metrics.registry  # made once, on the first scrape
+            body = metrics.text()
+            families = {f.name: f for f in text_string_to_metric_families(body)}
+            for name in (
+                "process_cpu_seconds",
+                "process_resident_memory_bytes",
+                "process_open_fds",
+                "process_start_time_seconds",
+            ):
+                assert name in families, name
+            assert families["process_cpu_seconds"].type == "counter"
+            assert "python_gc_collections" in families and "python_info" in families
+            members = {s.labels.get("member") for f in families.values() for s in f.samples}
+            assert members == {node.member.name}
+            assert {s.labels.get("mode") for f in families.values() for s in f.samples} == {"pbft"}
+            # The strict reader agrees (HELP and TYPE before samples, counters end in _total).
+            assert parse(body)["consortium_height"].type == "gauge"
+        globally = prometheus_client.generate_latest(prometheus_client.REGISTRY).decode()
+        assert "consortium_" not in globally
+    finally:
+        for node in nodes:
+            node.store.close()
+
+
+def _names(text: str) -> set[str]:
+    """The metric family names a text mentions (histogram series named by their family)."""
+    found = set(re.findall(r"\b((?:consortium|process|python)_[a-z_]+[a-z])\b", text))
+    return {re.sub(r"_(bucket|count|sum)$", "", n) for n in found}
+
+
+def _section(path: Path, heading: str) -> str:
+    doc = path.read_text()
+    start = doc.index(heading)
+    level = heading.split(" ", maxsplit=1)[0]
+    rest = doc[start + len(heading) :]
+    ends = [m.start() for m in re.finditer(rf"^#{{1,{len(level)}}} ", rest, re.M)]
+    return rest[: ends[0]] if ends else rest
+
+
+def documented_names() -> dict[str, set[str]]:
+    """Every metric name in the metrics reference, in the alert rules of the operator guide,
+    and in any Prometheus rules file under deploy/."""
+    out = {
+        "docs/operations-metrics.md": _names(
+            _section(ROOT / "docs/operations-metrics.md", "## Metrics")
+        ),
+        "docs/operations.md": _names(_section(ROOT / "docs/operations.md", "### What to alert on")),
+    }
+    for rules in sorted((ROOT / "deploy").rglob("*.y*ml")):
+        if "groups:" in rules.read_text():
+            out[str(rules.relative_to(ROOT))] = _names(rules.read_text())
+    return out
+
+
+def test_the_name_reader_finds_the_names() -> None:
+    assert _names("`consortium_up` and rate(consortium_fsync_seconds_bucket[5m]), consortium_") == {
+        "consortium_up",
+        "consortium_fsync_seconds",
+    }
+    names = documented_names()
+    assert "consortium_quorum" in names["docs/operations.md"]
+    assert "consortium_clock_handoffs_total" in names["docs/operations-metrics.md"]
+    assert len(names["docs/operations-metrics.md"]) >= 39
+
+
+@asynccontextmanager
+async def live_member(tmp_path: Path, mode: str) -> AsyncIterator[Node]:
+    init_network(tmp_path / "net", members=4 if mode == "pbft" else 3, clients=1, mode=mode)  # type: ignore[arg-type]
+    identity = load_identity(tmp_path / "net" / "nodes" / "n1")
+    node = make_node(
+        identity.config,
+        identity.genesis,
+        identity.keys,
+        peer_listen=(HOST, 0),
+        client_listen=(HOST, 0),
+        http_listen=(HOST, 0),
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(node.run)
+        yield node
+        nursery.cancel_scope.cancel()
+
+
+async def scrape(port: int) -> tuple[bytes, bytes]:
+    """GET /metrics over a plain socket: (response head, body)."""
+    stream = await trio.open_tcp_stream(HOST, port)
+    async with stream:
+        await stream.send_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n")
+        got = bytearray()
+        while data := await stream.receive_some(65536):
+            got += data
+            assert len(got) < 4 << 20
+    head, _, body = bytes(got).partition(b"\r\n\r\n")
+    return head, body
+
+
+@pytest.mark.parametrize("mode", ["pbft", "raft"])
+async def test_a_live_member_exposes_every_name_the_docs_and_alerts_use(
+    tmp_path: Path, mode: str
+) -> None:
+    with trio.fail_after(20):
+        async with live_member(tmp_path, mode) as node:
+            await trio.sleep(0.2)  # a few core ticks
+            head, body = await scrape(node.http_port)
+    assert head.startswith(b"HTTP/1.1 200"), head
+    content_type = next(
+        line.partition(b":")[2].strip()
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-type:")
+    )
+    assert content_type.decode() == prometheus_client.CONTENT_TYPE_LATEST
+    families = {f.name: f for f in text_string_to_metric_families(body.decode())}
+    # The parser names a counter family without `_total`; the text has the full name.
+    exposed = set(families) | {f"{n}_total" for n, f in families.items() if f.type == "counter"}
+    for where, names in documented_names().items():
+        missing = sorted(names - exposed)
+        assert not missing, f"{where} names metrics a {mode} member does not expose: {missing}"
+    assert families["process_cpu_seconds"].samples[0].value >= 0
+    assert not math.isnan(families["consortium_quorum"].samples[0].value)

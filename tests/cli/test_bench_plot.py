@@ -1,0 +1,76 @@
+"""The figures `bench compare --plot` draws (bench.figure), read from the matplotlib objects,
+not from pixels: bars without --sweep, lines against n with it, every axis from zero, integer
+member counts on the x axis."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+from matplotlib.patches import Rectangle
+
+from consortium.cli.bench import PANELS, BenchConfig, BenchRun, draw, figure, lookup
+
+
+def run(mode: str, n: int, scale: float = 1.0) -> BenchRun:
+    """A run's figures as run_bench records them, with values far from zero (so an axis that
+    autoscaled would not start there)."""
+    figures: dict[str, Any] = {
+        "members": n,
+        "tx_per_s": 1000.0 * scale,
+        "latency_ms": {"p99": 250.0 + n},
+        "per_tx": {
+            "messages": 40.0 + n,
+            "verifications": 12.0 + n,
+            "bytes": 5000.0 + n,
+            "cpu_ms_per_member": 1.5 + n / 10,
+        },
+    }
+    return BenchRun(BenchConfig(mode=mode, members=n), figures)  # type: ignore[arg-type]
+
+
+def test_one_size_per_mode_draws_one_bar_per_mode_per_figure() -> None:
+    runs = [run("pbft", 4), run("raft", 3, scale=1.1)]
+    fig = figure(runs)
+    try:
+        axes = fig.axes
+        assert len(axes) == len(PANELS)
+        for ax, (title, key) in zip(axes, PANELS, strict=True):
+            assert ax.get_title() == title
+            bars = [p for p in ax.patches if isinstance(p, Rectangle)]
+            assert [b.get_height() for b in bars] == [lookup(r.figures, key) for r in runs]
+            assert not ax.get_lines(), f"{title}: a one-point line"
+            labels = [t.get_text() for t in ax.get_xticklabels()]
+            assert labels == ["pbft\nn=4", "raft\nn=3"]
+            assert ax.get_ylim()[0] == 0, title
+            assert ax.get_ylim()[1] >= max(b.get_height() for b in bars)
+            assert bars[0].get_facecolor() != bars[1].get_facecolor()  # modes told apart
+    finally:
+        plt.close(fig)
+
+
+def test_a_sweep_draws_lines_against_integer_member_counts_from_zero() -> None:
+    runs = [run("pbft", n) for n in (4, 7, 10)] + [run("raft", n) for n in (3, 5, 7)]
+    fig = figure(runs)
+    try:
+        for ax, (title, _) in zip(fig.axes, PANELS, strict=True):
+            lines = ax.get_lines()
+            assert [list(line.get_xdata()) for line in lines] == [[4, 7, 10], [3, 5, 7]]
+            assert [t.get_text() for t in ax.get_legend().get_texts()] == ["pbft", "raft"]
+            ticks = list(ax.get_xticks())
+            assert ticks == [3, 4, 5, 7, 10], title
+            assert all(float(t).is_integer() for t in ticks)
+            assert ax.get_ylim()[0] == 0, title
+            assert not [p for p in ax.patches if isinstance(p, Rectangle)]
+    finally:
+        plt.close(fig)
+
+
+def test_draw_writes_the_file_by_its_suffix(tmp_path: Path) -> None:
+    runs = [run("pbft", 4), run("raft", 3)]
+    draw(runs, tmp_path / "bench.png")
+    draw(runs, tmp_path / "bench.svg")
+    assert (tmp_path / "bench.png").read_bytes().startswith(b"\x89PNG")
+    assert b"<svg" in (tmp_path / "bench.svg").read_bytes()[:1000]
+    assert not plt.get_fignums()  # closed, not left to pile up in a long process
