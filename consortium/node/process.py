@@ -49,6 +49,17 @@ def run_member(identity: NodeIdentity, compose: Compose | None = None) -> None:
     after a fresh copy, in this process or a later one (refetch.REFETCHED_MARK), is no damaged
     store but a bug to look at, and raises DivergedAgain."""
     log = setup_logging(identity.member.name, identity.config.log_level, identity.config.log_format)
+    from consortium import version
+
+    # The first line of every start: which release runs, and which settings came from the
+    # environment rather than node.toml (config.ENV_PREFIX), so a log explains its own member.
+    overridden = ", ".join(f"{k}={v}" for k, v in identity.config.from_env)
+    log.info(
+        "consortium %s starting member %s%s",
+        version(),
+        identity.member.name,
+        f"; from the environment: {overridden}" if overridden else "",
+    )
     while True:
         try:
             _run(identity, compose, log)

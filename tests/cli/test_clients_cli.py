@@ -65,10 +65,10 @@ def test_sign_and_submit_refuse_what_the_network_would(net: Path, tmp_path: Path
         str(proposal),
     )
     assert code == 0 and "needs 3 of 4 member approvals" in text, text
-    code, text = run("client", "sign", str(proposal), "--home", str(net / "nodes" / "n1"))
+    code, text = run("client", "sign", str(proposal), "--home", str(net / "nodes" / "n1"), "--yes")
     assert code == 0 and "1 of 3 needed approvals" in text, text
     assert ", proposed " in text and ", expires " in text, text  # what is signed, and until when
-    code, text = run("client", "sign", str(proposal), "--home", str(net / "nodes" / "n1"))
+    code, text = run("client", "sign", str(proposal), "--home", str(net / "nodes" / "n1"), "--yes")
     assert code == 0 and "1 of 3 needed approvals" in text  # signing twice counts once
     code, text = run("client", "submit", str(proposal), "--net", str(net))
     assert (

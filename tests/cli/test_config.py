@@ -249,7 +249,7 @@ def test_init_writes_a_raft_network_of_three_by_default(tmp_path: Path) -> None:
     assert genesis.mode == "raft" and genesis.n == 3 and genesis.f == 1 and genesis.quorum == 2
     assert "raft network of 3 members (f=1, quorum 2)" in result.output
     bad = runner.invoke(app, ["init", "--dir", str(tmp_path / "x"), "--mode", "paxos"])
-    assert bad.exit_code == 2 and "--mode must be one of pbft, raft" in bad.output
+    assert bad.exit_code == 2 and "'--mode': 'paxos' is not one of pbft, raft" in bad.output
 
 
 def test_leader_transfer_is_refused_in_pbft_with_the_reason(net: Path) -> None:
