@@ -327,8 +327,6 @@ def sign(
 def _confirm(proposal: "Proposal", genesis: "Genesis", name: str) -> None:
     """Say what signing approves, in words, and ask on the terminal; without one, refuse (a
     script must say --yes: an approval is not to be given by a pipe left open)."""
-    import sys
-
     change = proposal.change
     names = _names(genesis)
     approved = [names.get(key, key.hex()[:8]) for key, _ in proposal.approval_list()]
@@ -348,10 +346,16 @@ def _confirm(proposal: "Proposal", genesis: "Genesis", name: str) -> None:
         f"  approved so far by {', '.join(approved) or 'no member'}; "
         f"{genesis.quorum} of {genesis.n} members must approve"
     )
-    if not sys.stdin.isatty():
+    if not _on_terminal():
         raise fail("no terminal to ask for confirmation: read the change above and pass --yes")
     if not typer.confirm(f"Sign with {name}'s key?", default=False):
         raise fail("not signed", EXIT_FAILED)
+
+
+def _on_terminal() -> bool:
+    import sys
+
+    return sys.stdin.isatty()
 
 
 @clients_app.command("submit")

@@ -1,0 +1,47 @@
+"""One member as a process (node/process.py): its first log line says which release runs and
+which settings came from the environment."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import consortium
+from consortium.cli.network import init_network
+from consortium.node import process
+from consortium.node.config import load_identity
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    root = logging.getLogger("consortium")
+    saved = (list(root.handlers), root.level, root.propagate)
+    yield
+    root.handlers[:], root.level, root.propagate = saved[0], saved[1], saved[2]
+
+
+def test_the_start_up_line_names_version_and_environment_settings(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    restore_logging: None,
+) -> None:
+    init_network(tmp_path / "net", members=4, clients=1)
+    home = tmp_path / "net" / "nodes" / "n3"
+    monkeypatch.setenv("CONSORTIUM_NODE_LOG_FORMAT", "text")
+    monkeypatch.setenv("CONSORTIUM_NODE_LIMITS_CLIENT_CONNECTIONS_PER_SOURCE", "99")
+    monkeypatch.setattr(process, "_run", lambda identity, compose, log: None)  # no member
+    process.run_member(load_identity(home))
+    first = capsys.readouterr().err.splitlines()[0]
+    assert (
+        f"consortium {consortium.version()} starting member n3; from the environment: "
+        "CONSORTIUM_NODE_LIMITS_CLIENT_CONNECTIONS_PER_SOURCE=99, CONSORTIUM_NODE_LOG_FORMAT=text"
+    ) in first, first
+    monkeypatch.delenv("CONSORTIUM_NODE_LOG_FORMAT")
+    monkeypatch.delenv("CONSORTIUM_NODE_LIMITS_CLIENT_CONNECTIONS_PER_SOURCE")
+    process.run_member(load_identity(home))
+    first = capsys.readouterr().err.splitlines()[0]
+    assert first.endswith(f"consortium {consortium.version()} starting member n3"), first
