@@ -24,7 +24,14 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from consortium.cli.common import EXIT_FAILED, EXIT_PENDING, EXIT_UNREACHABLE, fail, run_trio
+from consortium.cli.common import (
+    EXIT_FAILED,
+    EXIT_PENDING,
+    EXIT_UNREACHABLE,
+    fail,
+    plural,
+    run_trio,
+)
 
 if TYPE_CHECKING:
     from consortium.crypto.keys import KeyPair
@@ -548,7 +555,8 @@ def list_clients(
             typer.echo(f"  {name}: {why}", err=True)
     if agreeing < needed:
         typer.echo(
-            f"warning: only {agreeing} members agree ({needed} needed to trust the answer); "
+            f"warning: only {plural(agreeing, 'member')} agree{'s' if agreeing == 1 else ''} "
+            f"({needed} needed to trust the answer); "
             "members may be at different heights, try again",
             err=True,
         )

@@ -182,3 +182,15 @@ def test_proposing_a_members_key_as_a_client_says_whose(net: Path, tmp_path: Pat
     )
     assert code == 2 and "that is a member's key (member n3's), not a client's" in text
     assert not (tmp_path / "p.json").exists()
+
+
+def test_client_list_counts_agree_in_number(net: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from consortium.protocol.messages import ClientList
+
+    answer = ClientList(7, ((NEW.public, "x"),), (), 1)
+    answers = {0: answer, 1: "n2: down", 2: "n3: down", 3: "n4: down"}
+    monkeypatch.setattr("consortium.cli.clients.run_trio", lambda main: answers)
+    code, text = run("client", "list", "--net", str(net))
+    assert code == 1
+    assert "admitted clients: 1 (agreed by 1 of 4 members, at heights 7..7)" in text, text
+    assert "warning: only 1 member agrees (2 needed to trust the answer)" in text, text
