@@ -63,3 +63,28 @@ def test_a_misspelt_environment_setting_stops_the_start(
     assert result.exit_code == 2
     assert len(result.output.splitlines()) == 1
     assert "CONSORTIUM_NODE_LOG_LEVL names no setting" in result.output
+
+
+@pytest.mark.parametrize("lost", [False, True])
+def test_node_check_counts_the_quorum_this_member_needs(tmp_path: Path, lost: bool) -> None:
+    """A member counts itself in the quorum, unless it starts in recovery (its data lost):
+    then it votes nothing until it has caught up, and the whole quorum must be its peers."""
+    import shutil
+
+    init_network(tmp_path / "net", members=4, clients=1)
+    home = tmp_path / "net" / "nodes" / "n1"
+    if lost:
+        shutil.rmtree(home / "data")
+    result = CliRunner().invoke(app, ["node", "check", "--home", str(home), "--timeout", "0.5"])
+    assert result.exit_code == 0, result.output
+    last = result.output.splitlines()[-1]
+    if lost:
+        assert last.startswith(
+            "0 of 3 peers reachable; this member needs 3 of them for a quorum (3 of 4 members, "
+            "not itself: it votes nothing while it recovers)"
+        ), result.output
+    else:
+        assert last.startswith(
+            "0 of 3 peers reachable; this member needs 2 of them for a quorum (3 of 4 members, "
+            "itself included)"
+        ), result.output
