@@ -81,8 +81,8 @@ class NodeConfig:
     tls_peer: bool = False
     tls_client: bool = False
     client_connections_per_source: int = 64
-    # The settings the environment gave (variable, value), in the order applied: logged at
-    # start, so the log says what the member runs with that node.toml does not.
+    # The settings the environment gave (variable, value), in the order applied: logged once
+    # it runs, so the log says what the member runs with that node.toml does not.
     from_env: tuple[tuple[str, str], ...] = ()
 
     @property
