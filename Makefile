@@ -28,7 +28,7 @@ lint: $(STAMP)
 # Unit and simulation tiers on every core; then the end-to-end tier alone, since its tests
 # time real processes (a failover within 2 s) and must not compete with simulations for CPU.
 test: $(STAMP)
-	$(BIN)/pytest -q -n auto -m "not e2e"
+	$(BIN)/pytest -q -n auto --dist worksteal -m "not e2e"
 	$(BIN)/pytest -q -m e2e
 
 # The explorer's browser test drives Debian's chromium through chromedriver (never a downloaded

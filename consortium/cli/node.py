@@ -38,6 +38,7 @@ def node_start(
     encrypted key's passphrase is read from CONSORTIUM_KEY_PASSPHRASE."""
     from dataclasses import replace
 
+    from consortium.cli import explorer_receipts
     from consortium.ledger.store import StoreDamaged, StoreError
     from consortium.node.config import ConfigError
     from consortium.node.process import load_member, run_member
@@ -50,7 +51,7 @@ def node_start(
     if log_level is not None:  # the command line over node.toml and the environment
         identity = replace(identity, config=replace(identity.config, log_level=log_level))
     try:
-        run_member(identity)
+        run_member(identity, explorer_receipts.attach)
     except StoreDamaged as exc:  # (the way back, with this home in it)
         # Exit 2: restarting cannot fix it (the systemd unit does not restart on 2), and each
         # start would read every table again.

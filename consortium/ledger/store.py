@@ -643,6 +643,18 @@ class BlockStore:
         finally:
             db.close()
 
+    def read_tx_position(self, tx_id: bytes) -> tuple[int, int] | None:
+        """Where `tx_id`'s first receipt is, (height, index), or None; for a worker thread, as
+        read_block (the explorer's lookups by id, node/explorer)."""
+        db = _open_reader(self.path)
+        try:
+            row = db.execute(
+                "SELECT height, idx FROM tx_index WHERE tx_id = ?", (tx_id,)
+            ).fetchone()
+        finally:
+            db.close()
+        return None if row is None else (int(row[0]), int(row[1]))
+
     def _block_from(self, db: sqlite3.Connection, height: int) -> StoredBlock | None:
         row = db.execute(
             "SELECT header, body, receipts, certificate FROM blocks WHERE height = ?", (height,)

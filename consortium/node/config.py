@@ -14,6 +14,8 @@
     [http]                          # optional: health, readiness, status and metrics
     listen = "127.0.0.1:9301"       # GET /healthz /readyz /status /metrics (no TLS, no auth:
                                     # keep it on loopback or a monitoring network)
+    explorer = false                # true: the read-only browser explorer at /explorer/ (it
+                                    # shows ledger contents to whoever reaches the port)
     [limits]                        # optional
     client_connections_per_source = 64  # client connections from one address (1 to 1024):
                                     # raise it for many clients behind one NAT or host
@@ -60,7 +62,7 @@ _SCHEMA: dict[str, set[str]] = {
     "listen": {"peer", "client"},
     "peers": set(),  # free-form: member name -> address
     "log": {"level", "format"},
-    "http": {"listen"},
+    "http": {"listen", "explorer"},
     "tls": {"peer", "client"},
     "limits": {"client_connections_per_source"},
 }
@@ -78,6 +80,7 @@ class NodeConfig:
     log_level: str = "info"
     log_format: str = "text"
     http_listen: tuple[str, int] | None = None  # None: no HTTP listener
+    http_explorer: bool = False  # the browser explorer on the HTTP listener (node/explorer)
     tls_peer: bool = False
     tls_client: bool = False
     client_connections_per_source: int = 64
@@ -255,6 +258,12 @@ def _load_config(home: Path, path: Path, overrides: list[tuple[str, str, str, An
                 "remove the [http] section to run without the HTTP listener"
             )
         http_listen = _address(http, "listen", path, "http")
+    explorer = (http or {}).get("explorer", False)
+    if not isinstance(explorer, bool):
+        raise ConfigError(
+            f"{path}: 'http.explorer' must be true or false (the browser explorer on the HTTP "
+            f"port), not {explorer!r}"
+        )
     listeners = [("listen.peer", peer_listen), ("listen.client", client_listen)]
     if http_listen is not None:
         listeners.append(("http.listen", http_listen))
@@ -296,6 +305,7 @@ def _load_config(home: Path, path: Path, overrides: list[tuple[str, str, str, An
         tls_peer=tls_on["peer"],
         tls_client=tls_on["client"],
         http_listen=http_listen,
+        http_explorer=explorer,
         client_connections_per_source=per_source,
     )
 

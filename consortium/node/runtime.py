@@ -12,7 +12,8 @@ Tasks (one nursery):
     pump       reads peer frames and has the mode decode them (pbft: pre-verifying the client
                signatures a PRE-PREPARE carries on worker threads), then hands them to the core
     clients    ClientServer: submissions, receipts, reads, blocks, status
-    http       (opt-in, node.toml [http]) GET /healthz /readyz /status /metrics
+    http       (opt-in, node.toml [http]) GET /healthz /readyz /status /metrics, and the
+               browser explorer's /explorer/ with `explorer = true` (node/explorer)
     core       the only task that touches the core: feeds it events and ticks, then carries out
                the executor's effects (Node._carry_out; writes in Node._write)
 
@@ -28,7 +29,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, assert_never
+from typing import TYPE_CHECKING, Any, Protocol, assert_never
 
 import trio
 
@@ -71,6 +72,9 @@ from consortium.node.executor import (
     Write,
 )
 from consortium.node.http import HttpServer
+
+if TYPE_CHECKING:
+    from consortium.node.explorer import ReceiptGatherer
 from consortium.node.logs import RateLimitedLog, attach_context
 from consortium.node.metrics import (
     BATCH_TXS_BUCKETS,
@@ -279,6 +283,9 @@ class Node:
         self.client_port_events: Callable[[], dict[str, int]] = dict
         self.service = ClientService(self)
         self.status_view = MemberStatus(self)
+        # The explorer's receipt documents with f+1 signatures (node/explorer: the client's
+        # code, which the node may not import; `consortium node start` sets it).
+        self.receipt_gatherer: ReceiptGatherer | None = None
 
     def add_block_listener(self, listener: BlockListener) -> None:
         self._listeners.append(listener)
@@ -294,7 +301,19 @@ class Node:
                 self.client_port = await nursery.start(self.service.run)
                 if self.http_listen is not None:
                     routes = self.status_view.http_routes()
-                    self.http = HttpServer(routes, self.http_listen, log=self.log)
+                    explorer = None
+                    if self.config.http_explorer:  # (node/explorer: off unless asked for)
+                        from consortium.node.explorer import Explorer
+
+                        explorer = Explorer(
+                            self,
+                            self.status_view.status,
+                            client_tls=self.config.tls_client,
+                            gather=self.receipt_gatherer,
+                        ).request_routes()
+                    self.http = HttpServer(
+                        routes, self.http_listen, request_routes=explorer, log=self.log
+                    )
                     self.http_port = await nursery.start(self.http.run)
                 if self._agreed_at_s is None:
                     self._agreed_at_s = trio.current_time()  # the head's time, as of our start

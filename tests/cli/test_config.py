@@ -153,7 +153,7 @@ def test_http_section_mistakes_are_named_with_the_fix(net: Path) -> None:
     assert "[http]" in original
     path.write_text(original.replace("[http]\n", "[http]\nport = 9301\n"))
     with pytest.raises(
-        ConfigError, match=r"node\.toml: unknown key 'http\.port' \(known: listen\)"
+        ConfigError, match=r"node\.toml: unknown key 'http\.port' \(known: explorer, listen\)"
     ):
         load_config(home)
     path.write_text(original.replace('listen = "127.0.0.1:', 'listen = "127.0.0.1:99999'))
@@ -165,6 +165,22 @@ def test_http_section_mistakes_are_named_with_the_fix(net: Path) -> None:
         load_config(home)
     path.write_text(cut)  # no section: no HTTP listener
     assert load_config(home).http_listen is None
+
+
+def test_the_explorer_is_off_unless_http_explorer_is_true(net: Path) -> None:
+    home = net / "nodes" / "n1"
+    path = config_path(home)
+    original = path.read_text()
+    assert load_config(home).http_explorer is False
+    path.write_text(original.replace("[http]\n", "[http]\nexplorer = true\n"))
+    assert load_config(home).http_explorer is True
+    for bad in ('"yes"', "1", '"true"'):
+        path.write_text(original.replace("[http]\n", f"[http]\nexplorer = {bad}\n"))
+        with pytest.raises(ConfigError) as caught:
+            load_config(home)
+        message = str(caught.value)
+        assert "'http.explorer' must be true or false" in message and bad.strip('"') in message
+        assert "\n" not in message
 
 
 def test_a_key_that_is_not_the_members_key_is_refused(net: Path) -> None:

@@ -31,7 +31,7 @@ def test_log_level_of_node_start(
 ) -> None:
     init_network(tmp_path / "net", members=4, clients=1)
     started: list[NodeIdentity] = []
-    monkeypatch.setattr(process, "run_member", started.append)
+    monkeypatch.setattr(process, "run_member", lambda identity, *parts: started.append(identity))
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     result = CliRunner().invoke(

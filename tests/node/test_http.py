@@ -7,9 +7,18 @@ import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import pytest
 import trio
 
-from consortium.node.http import HttpServer, Response, parse_head, text
+from consortium.node.http import (
+    QUERY_FIELDS_MAX,
+    HttpServer,
+    Request,
+    RequestError,
+    Response,
+    parse_head,
+    text,
+)
 
 HOST = "127.0.0.1"
 
@@ -188,3 +197,77 @@ async def test_idle_connections_do_not_lock_health_probes_out() -> None:
             for s in idle:
                 await s.aclose()
         assert reply.startswith(b"HTTP/1.1 200"), f"the probe got {reply[:40]!r}"
+
+
+# --- h11 parsing, and routes that see the request (issue 16) ---------------------------------
+
+
+def test_parse_head_goes_through_h11_and_keeps_the_query_apart() -> None:
+    request = parse_head(b"GET /explorer/api/blocks?before=7&limit=2 HTTP/1.1\r\nHost: a")
+    assert (request.path, request.query) == ("/explorer/api/blocks", "before=7&limit=2")
+    assert request.params() == {"before": "7", "limit": "2"}
+    # HTTP/1.1 without Host: h11 refuses it; we supply it empty (probes typed by hand).
+    assert parse_head(b"GET /healthz HTTP/1.1").headers == {"host": ""}
+    assert parse_head(b"GET /healthz HTTP/1.0").headers == {}
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"GET / HTTP/2.0",  # h11 parses any 1-digit version: only 1.0 and 1.1 are served
+        b"get / HTTP/1.1\r\nHost: a",  # h11 takes any token as a method
+        b"GET nopath HTTP/1.1\r\nHost: a",  # h11 takes any target
+        b"GET / HTTP/1.1\r\nHost: a\r\n folded: line",  # obs-fold: h11 would unfold it
+        b"GET / HTTP/1.1\r\nHost: a\r\nHost: b",  # h11: two Host headers
+        b"GET / HTTP/1.1\r\nBad Name: x",
+    ],
+)
+def test_parse_head_refuses_what_h11_or_we_refuse(head: bytes) -> None:
+    with pytest.raises(RequestError) as caught:
+        parse_head(head)
+    assert caught.value.status == 400
+
+
+def test_query_strings_that_do_not_parse_are_400() -> None:
+    for query in ("a=%ff", "&".join(f"k{i}=1" for i in range(QUERY_FIELDS_MAX + 1))):
+        with pytest.raises(RequestError) as caught:
+            Request("GET", "/", "HTTP/1.1", {}, query).params()
+        assert caught.value.status == 400, query
+    assert Request("GET", "/", "HTTP/1.1", {}, "").params() == {}
+
+
+async def test_a_request_route_sees_the_query_and_the_peer_and_has_a_deadline() -> None:
+    seen: list[Request] = []
+
+    async def echo(request: Request) -> Response:
+        seen.append(request)
+        if "bad" in request.params():
+            raise RequestError(400, "bad input")
+        if "slow" in request.params():
+            await trio.sleep(60)
+        return text(200, f"from {request.peer}: {request.params()}")
+
+    server = HttpServer(
+        {"/healthz": lambda: text(200, "ok")},
+        (HOST, 0),
+        request_routes={"/echo": echo},
+        route_timeout_s=0.3,
+    )
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.run)
+            reply = await exchange(server.port, b"GET /echo?x=1 HTTP/1.1\r\nHost: a\r\n\r\n")
+            assert status_of(reply) == 200
+            assert body_of(reply) == b"from 127.0.0.1: {'x': '1'}\n"
+            assert seen[0].peer == "127.0.0.1" and seen[0].query == "x=1"
+            assert status_of(await exchange(server.port, b"GET /echo?bad HTTP/1.1\r\n\r\n")) == 400
+            assert (
+                status_of(await exchange(server.port, b"GET /echo?x=%ff HTTP/1.1\r\n\r\n")) == 400
+            )
+            slow = await exchange(server.port, b"GET /echo?slow HTTP/1.1\r\n\r\n")
+            assert status_of(slow) == 503 and server.counters["route_timeout"] == 1
+            head = await exchange(server.port, b"HEAD /echo HTTP/1.1\r\n\r\n")
+            assert status_of(head) == 200 and body_of(head) == b""
+            missing = await exchange(server.port, b"GET /nope HTTP/1.1\r\n\r\n")
+            assert b"/echo" in body_of(missing) and b"/healthz" in body_of(missing)
+            nursery.cancel_scope.cancel()
