@@ -31,6 +31,7 @@ import trio
 
 from consortium.cli.demo import wait_same_height, wait_until_up
 from consortium.cli.network import LocalNetwork, init_network, load_client_setup
+from consortium.cli.progress import live_bar
 from consortium.client import ConsortiumClient
 from consortium.crypto.keys import KeyPair
 from consortium.crypto.signing import Domain, Ed25519Verifier
@@ -259,26 +260,26 @@ async def _drive(
     kill_time: list[float] = []
     start = trio.current_time()
     deadline = None if cfg.duration_s is None else start + cfg.duration_s
-    tty = cfg.progress and sys.stderr.isatty()
+    # On a terminal, a live bar with the rate; piped, a plain line every 5 s.
+    bar = live_bar(total, "decided", "tx", enabled=cfg.progress)
     last_shown = [0.0]
 
     def show(final: bool = False) -> None:
         if not cfg.progress:
             return
         now = trio.current_time()
-        if not final and now - last_shown[0] < (0.2 if tty else 5.0):
+        if not final and now - last_shown[0] < (0.2 if bar is not None else 5.0):
             return
         last_shown[0] = now
         done = len(results)
-        rate = sum(1 for r in results if r.committed_at) / max(1e-6, now - start)
-        bar = "#" * int(30 * done / max(1, total))
-        line = f"  [{bar:<30}] {done}/{total} decided  {rate:,.0f} tx/s"
-        print(
-            ("\r" if tty else "") + line,
-            end="" if tty and not final else "\n",
-            file=sys.stderr,
-            flush=True,
-        )
+        committed = sum(1 for r in results if r.committed_at)
+        if bar is not None:
+            bar.update(done, rated=committed)
+            return
+        rate = committed / max(1e-6, now - start)
+        progress_bar = "#" * int(30 * done / max(1, total))
+        line = f"  [{progress_bar:<30}] {done}/{total} decided  {rate:,.0f} tx/s"
+        print(line, file=sys.stderr, flush=True)
 
     async def client_loop(key: KeyPair, txs: list[Transaction]) -> None:
         chunk = max(1, cfg.window // 2)
@@ -325,15 +326,19 @@ async def _drive(
                     memory.setdefault(name, []).append((at, kb))
             await trio.sleep(SAMPLE_S)
 
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(sampler)
-        if cfg.kill_at_s is not None:
-            nursery.start_soon(killer)
-        async with trio.open_nursery() as clients:
-            for key, txs in zip(keys, per_client, strict=True):
-                clients.start_soon(client_loop, key, txs)
-        nursery.cancel_scope.cancel()
-    show(final=True)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(sampler)
+            if cfg.kill_at_s is not None:
+                nursery.start_soon(killer)
+            async with trio.open_nursery() as clients:
+                for key, txs in zip(keys, per_client, strict=True):
+                    clients.start_soon(client_loop, key, txs)
+            nursery.cancel_scope.cancel()
+        show(final=True)
+    finally:
+        if bar is not None:
+            bar.close()  # the terminal's cursor back, whatever happened
     times = [r.committed_at for r in results if r.committed_at is not None]
     elapsed = (max(times) - start) if times else trio.current_time() - start
     failover: tuple[float | None, float | None] = (None, None)

@@ -24,7 +24,14 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from consortium.cli.common import EXIT_FAILED, EXIT_PENDING, EXIT_UNREACHABLE, fail, run_trio
+from consortium.cli.common import (
+    EXIT_FAILED,
+    EXIT_PENDING,
+    EXIT_UNREACHABLE,
+    fail,
+    plural,
+    run_trio,
+)
 
 if TYPE_CHECKING:
     from consortium.crypto.keys import KeyPair
@@ -158,6 +165,12 @@ def _propose(
     except InvalidKeyError as exc:
         raise fail(str(exc)) from None
     members = [m.public_key for m in genesis.members]
+    member = genesis.member_by_key(client_key)
+    if member is not None:
+        raise fail(
+            f"--key {key}: that is a member's key (member {member.name}'s), not a client's; "
+            "a client needs a key of its own (`consortium client keygen --out FILE`)"
+        )
     refusal = check_client_key(client_key, members)
     if refusal is not None:
         raise fail(f"--key: {refusal.detail}")
@@ -265,9 +278,16 @@ def sign(
     out: Annotated[
         Path | None, typer.Option("--out", help="Write here instead of updating the file.")
     ] = None,
+    yes: Annotated[
+        bool,
+        typer.Option(
+            "--yes", help="Sign without asking (needed where there is no terminal to ask on)."
+        ),
+    ] = False,
 ) -> None:
-    """Approve a proposal with your member key (run it on your own machine); read what it
-    says first: the command prints the change it signs."""
+    """Approve a proposal with your member key (run it on your own machine). It shows the
+    change in words and asks before signing; --yes signs without asking, and without a
+    terminal it signs only with --yes."""
     from consortium.crypto.signing import Ed25519Signer
     from consortium.ledger.admission import CHANGE_TTL_MAX_MS, check_client_key
 
@@ -295,10 +315,12 @@ def sign(
     refusal = check_client_key(change.client_key, [m.public_key for m in genesis.members])
     if refusal is not None:
         raise fail(f"{proposal_path}: {refusal.detail}; do not sign it")
+    name = _names(genesis)[keys.public]
+    if not yes:
+        _confirm(proposal, genesis, name)
     proposal.add(change.approve(Ed25519Signer(keys)))
     target = out or proposal_path
     proposal.save(target, _names(genesis))
-    name = _names(genesis)[keys.public]
     typer.echo(
         f"{name} approved: {change.describe()}, proposed {_when(change.created_ms)}, "
         f"expires {_when(change.expiry_ms)}"
@@ -307,6 +329,40 @@ def sign(
         f"{target}: {len(proposal.approvals)} of {genesis.quorum} needed approvals "
         f"(change id {change.id.hex()[:16]}…)"
     )
+
+
+def _confirm(proposal: "Proposal", genesis: "Genesis", name: str) -> None:
+    """Say what signing approves, in words, and ask on the terminal; without one, refuse (a
+    script must say --yes: an approval is not to be given by a pipe left open)."""
+    change = proposal.change
+    names = _names(genesis)
+    approved = [names.get(key, key.hex()[:8]) for key, _ in proposal.approval_list()]
+    verb = "admit" if change.kind == "admit" else "revoke"
+    label = f" labelled {change.label!r}" if change.label else ""
+    typer.echo(
+        f"You are about to approve, as member {name} of network '{genesis.chain_name}' "
+        f"({genesis.chain_id.hex()[:12]}…):\n"
+        f"  {verb} the client key {change.client_key.hex()}{label}: "
+        + (
+            "it may then sign transactions on this network"
+            if verb == "admit"
+            else "its transactions are then refused"
+        )
+        + "\n"
+        f"  proposed {_when(change.created_ms)}, valid until {_when(change.expiry_ms)}\n"
+        f"  approved so far by {', '.join(approved) or 'no member'}; "
+        f"{genesis.quorum} of {genesis.n} members must approve"
+    )
+    if not _on_terminal():
+        raise fail("no terminal to ask for confirmation: read the change above and pass --yes")
+    if not typer.confirm(f"Sign with {name}'s key?", default=False):
+        raise fail("not signed", EXIT_FAILED)
+
+
+def _on_terminal() -> bool:
+    import sys
+
+    return sys.stdin.isatty()
 
 
 @clients_app.command("submit")
@@ -344,9 +400,7 @@ def submit(
     elif net is not None:
         try:
             setup = load_client_setup(net)
-            if not 1 <= client <= len(setup.key_paths):
-                raise fail(f"--client must be 1..{len(setup.key_paths)}")
-            genesis, keys = setup.genesis, setup.keys()[client - 1]
+            genesis, keys = setup.genesis, setup.key(client)
         except (NetworkError, GenesisError, InvalidKeyError) as exc:
             raise fail(str(exc)) from None
     else:
@@ -501,7 +555,8 @@ def list_clients(
             typer.echo(f"  {name}: {why}", err=True)
     if agreeing < needed:
         typer.echo(
-            f"warning: only {agreeing} members agree ({needed} needed to trust the answer); "
+            f"warning: only {plural(agreeing, 'member')} agree{'s' if agreeing == 1 else ''} "
+            f"({needed} needed to trust the answer); "
             "members may be at different heights, try again",
             err=True,
         )

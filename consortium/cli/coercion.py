@@ -5,7 +5,8 @@ the parameter is first processed, even a value it then leaves alone (the top-lev
 flag, unset, on every subcommand). Importing pydantic and building the adapters costs more
 CPU than everything else `consortium GROUP --help` does, and a third of a `tx submit`.
 
-Our options take plain types: str, int, float, bool, Path and lists of them. For those,
+Our options take plain types: str, int, float, bool, Path, lists of them, and choices of
+strings (Literal, which --help lists). For those,
 `install` gives each parameter a conversion that does what typer's does, without pydantic;
 a value it is not sure of (a malformed number, an unexpected type) goes to typer's own
 conversion, so every error message stays typer's. Paths go through typer's own path checks.
@@ -42,6 +43,8 @@ def convert(annotation: Any, value: Any, path: Any = None) -> Any:
     """`value` as typer converts it for a parameter of type `annotation`, or UNSURE. `path`
     turns a Path into the checked result (typer's path checks); without it, the Path."""
     origin = typing.get_origin(annotation)
+    if origin is typing.Literal:  # choices: one of them as given, else typer's error
+        return value if type(value) is str and value in typing.get_args(annotation) else UNSURE
     if origin is list:
         (item,) = typing.get_args(annotation)
         if not isinstance(value, (list, tuple)):
@@ -74,9 +77,12 @@ def convert(annotation: Any, value: Any, path: Any = None) -> Any:
 
 def handled(annotation: Any) -> bool:
     """Whether `convert` knows this parameter type (a list of a plain type, or one)."""
-    if typing.get_origin(annotation) is list:
+    origin = typing.get_origin(annotation)
+    if origin is list:
         args = typing.get_args(annotation)
         return len(args) == 1 and args[0] in _PLAIN
+    if origin is typing.Literal:
+        return all(type(a) is str for a in typing.get_args(annotation))
     return annotation in _PLAIN
 
 
@@ -87,6 +93,7 @@ def _plain_param() -> Any:
         from dataclasses import dataclass
 
         from typer._click import Context
+        from typer._click.exceptions import BadParameter
         from typer._coercion import RuntimeParam, build_runtime_param
         from typer._param_types import coerce_cli_path
         from typer.core import _TyperParameter
@@ -103,6 +110,14 @@ def _plain_param() -> Any:
                     p, info, path_type=info.path_type or Path, param=param, ctx=ctx
                 )
 
+            annotation: Any = self.annotation
+            choices = typing.get_args(annotation)
+            literal = typing.get_origin(annotation) is typing.Literal
+            if literal and type(value) is str and value not in choices:
+                # One line naming the choices, not pydantic's "Value error, ...".
+                raise BadParameter(
+                    f"{value!r} is not one of {', '.join(choices)}", ctx=ctx, param=param
+                )
             out = convert(self.annotation, value, checked)
             if out is UNSURE:
                 own = build_runtime_param(param.type_descriptor)

@@ -34,6 +34,11 @@ NetOpt = Annotated[
 ]
 
 
+def plural(count: int, noun: str) -> str:
+    """'1 member', '2 members': a count with its noun agreeing (nouns of this CLI take -s)."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
 def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
     typer.echo(f"error: {message}", err=True)
     return typer.Exit(code)
@@ -53,20 +58,42 @@ def client_setup(net: Path) -> "tuple[ClientSetup, dict[str, Any]]":
         raise fail(str(exc)) from None
 
 
-def client_keys(net: Path, client: int) -> "tuple[ClientSetup, KeyPair, dict[str, Any]]":
-    """As client_setup, with the key of client number `client` (1-based) of client.toml."""
+def client_keys(
+    net: Path, client: int, key_file: Path | None = None
+) -> "tuple[ClientSetup, KeyPair, dict[str, Any]]":
+    """As client_setup, with the key of client number `client` (1-based) of client.toml, or
+    the key in `key_file` (tx submit --key). Only that key is read; one that is a member's
+    key is refused, plainly (members' keys sign blocks, not clients' transactions)."""
     from consortium.cli.network import NetworkError, load_client_setup
-    from consortium.crypto.keys import InvalidKeyError
+    from consortium.crypto.keys import InvalidKeyError, KeyPair
     from consortium.ledger.genesis import GenesisError
 
     try:
         setup = load_client_setup(net)
-        if not 1 <= client <= len(setup.key_paths):
-            raise fail(f"--client must be 1..{len(setup.key_paths)}")
-        keys = setup.keys()[client - 1]
+        if key_file is not None:
+            keys = KeyPair.load(key_file, key_passphrase())
+            where = str(key_file)
+        else:
+            keys = setup.key(client)
+            where = str(setup.key_paths[client - 1])
+        member = setup.genesis.member_by_key(keys.public)
+        if member is not None:
+            raise fail(
+                f"{where} is a member's key (member {member.name}'s), not a client's: they sign "
+                "blocks and approvals; sign transactions with a client key (client.toml's, or "
+                "one made by `consortium client keygen` and admitted)"
+            )
         return setup, keys, setup.client_options(keys)
     except (NetworkError, GenesisError, InvalidKeyError) as exc:
         raise fail(str(exc)) from None
+
+
+def key_passphrase() -> bytes | None:
+    """CONSORTIUM_KEY_PASSPHRASE, for a key file that is encrypted."""
+    import os
+
+    passphrase = os.environ.get("CONSORTIUM_KEY_PASSPHRASE")
+    return passphrase.encode() if passphrase else None
 
 
 def expected_errors() -> tuple[type[BaseException], ...]:

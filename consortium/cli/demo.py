@@ -16,6 +16,7 @@ import trio
 import typer
 
 from consortium.cli.network import LocalNetwork, init_network, load_client_setup
+from consortium.cli.progress import live_bar
 from consortium.client import ConsortiumClient
 from consortium.crypto.keys import KeyPair
 from consortium.ledger.audit import audit_ledger
@@ -58,6 +59,8 @@ async def drive(
     failed = 0
     started = time.monotonic()
 
+    # On a terminal, a live bar with the rate (standard error); piped, the plain lines.
+    bar = live_bar(total, "committed", "tx", enabled=progress)
     tty = sys.stdout.isatty()
     shown = [0]
 
@@ -65,9 +68,12 @@ async def drive(
         if not progress:
             return
         done = committed + failed
+        if bar is not None:
+            bar.update(done, rated=committed)
+            return
         rate = committed / max(1e-6, time.monotonic() - started)
-        bar = "#" * int(30 * done / max(1, total))
-        line = f"  [{bar:<30}] {committed}/{total} committed  {rate:,.0f} tx/s"
+        progress_bar = "#" * int(30 * done / max(1, total))
+        line = f"  [{progress_bar:<30}] {committed}/{total} committed  {rate:,.0f} tx/s"
         if tty:
             typer.echo("\r" + line, nl=False)
         elif done >= shown[0] + max(1, total // 4) or done == total:
@@ -99,11 +105,15 @@ async def drive(
                 sent += n
                 show()
 
-    async with trio.open_nursery() as nursery:
-        for ci, (k, count) in enumerate(zip(keys, per_client, strict=True)):
-            nursery.start_soon(one_client, k, count, ci)
+    try:
+        async with trio.open_nursery() as nursery:
+            for ci, (k, count) in enumerate(zip(keys, per_client, strict=True)):
+                nursery.start_soon(one_client, k, count, ci)
+    finally:
+        if bar is not None:
+            bar.close()
     elapsed = time.monotonic() - started
-    if progress and tty:
+    if progress and tty and bar is None:
         typer.echo("")
     return committed, failed, elapsed
 

@@ -29,7 +29,7 @@ group back into the operator's one-line message.
 
 from __future__ import annotations
 
-from typing import Any, NoReturn
+from typing import Annotated, Any, Literal, NoReturn
 
 import typer
 from typer.core import TyperGroup
@@ -57,6 +57,18 @@ class _Commands(TyperGroup):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         coercion.install(self)
+
+    def _main_shell_completion(self, *args: Any, **kwargs: Any) -> None:
+        # Typer registers its shells' completion only with its --install-completion option,
+        # which this CLI leaves out (`consortium completion SHELL` prints the script): when
+        # the shell asks for completions, register them first.
+        import os
+
+        if os.environ.get(COMPLETE_VAR):
+            from typer._completion_classes import completion_init
+
+            completion_init()
+        super()._main_shell_completion(*args, **kwargs)
 
     def make_context(self, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -92,6 +104,9 @@ class _Commands(TyperGroup):
             raise typer.Exit(EXIT_FAILED) from None
 
 
+COMPLETE_VAR = "_CONSORTIUM_COMPLETE"  # set by the completion script when the shell asks
+
+
 # click's usage error (typer vendors click and exports only its subclass BadParameter).
 _UsageError: type[Exception] = typer.BadParameter.__mro__[1]
 
@@ -118,6 +133,46 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 
+
+def _show_version(value: bool) -> None:
+    if value:
+        from consortium import version
+
+        typer.echo(f"consortium {version()}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _options(
+    version: bool = typer.Option(
+        False,
+        "--version",
+        help="Print the version and exit.",
+        is_eager=True,
+        callback=_show_version,
+    ),
+) -> None:
+    """Consortium: a permissioned ledger node ordering client-signed transactions with PBFT
+    (Byzantine faults) or Raft (crash faults)."""
+
+
+def completion(
+    shell: Annotated[Literal["bash", "zsh", "fish"], typer.Argument(help="Your shell.")],
+) -> None:
+    """Print the shell completion script for consortium's commands and options.
+
+    \b
+    Load it in the current shell:   eval "$(consortium completion bash)"
+    or for every new one (bash):    consortium completion bash >> ~/.bashrc
+    zsh: add the eval line to ~/.zshrc; fish: consortium completion fish >
+    ~/.config/fish/completions/consortium.fish"""
+    from typer._completion_shared import get_completion_script
+
+    typer.echo(
+        get_completion_script(prog_name="consortium", complete_var=COMPLETE_VAR, shell=shell)
+    )
+
+
 # In this order in `consortium --help`: the commands, then the groups.
 app.command("sim")(sim)
 app.command()(init)
@@ -133,6 +188,7 @@ app.add_typer(node_app, name="node")
 app.add_typer(tx_app, name="tx")
 app.add_typer(ledger_app, name="ledger")
 app.add_typer(clients_app, name="client")
+app.command()(completion)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -13,7 +13,7 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
@@ -28,7 +28,7 @@ def init(
         int | None, typer.Option(help="Number of members (default: 4 for pbft, 3 for raft).")
     ] = None,
     clients: Annotated[int, typer.Option(help="Client keys to admit in genesis.")] = 3,
-    mode: Annotated[str, typer.Option(help="Consensus: pbft or raft.")] = "pbft",
+    mode: Annotated[Literal["pbft", "raft"], typer.Option(help="Consensus.")] = "pbft",
     chain_name: Annotated[str, typer.Option(help="A name for the network.")] = "local",
     force: Annotated[bool, typer.Option(help="Replace an existing directory.")] = False,
     tls: Annotated[
@@ -59,10 +59,8 @@ def init(
     from consortium.cli import output
     from consortium.cli.deployment import hosts_addresses
     from consortium.cli.network import NetworkError, init_network
-    from consortium.ledger.genesis import MODES, GenesisError
+    from consortium.ledger.genesis import GenesisError
 
-    if mode not in MODES:
-        raise fail(f"--mode must be one of {', '.join(MODES)}")
     addresses = None
     try:
         if hosts is not None:
@@ -79,7 +77,7 @@ def init(
             directory,
             members=members,
             clients=clients,
-            mode="pbft" if mode == "pbft" else "raft",
+            mode=mode,
             chain_name=chain_name,
             force=force,
             tls=tls,
@@ -151,7 +149,7 @@ def genesis_command(
     directory: Annotated[
         Path, typer.Option("--dir", help="Where to write genesis.json and client files.")
     ] = Path("net"),
-    mode: Annotated[str, typer.Option(help="Consensus: pbft or raft.")] = "pbft",
+    mode: Annotated[Literal["pbft", "raft"], typer.Option(help="Consensus.")] = "pbft",
     clients: Annotated[int, typer.Option(help="Client keys to create and admit.")] = 3,
     chain_name: Annotated[str, typer.Option(help="A name for the network.")] = "consortium",
     force: Annotated[bool, typer.Option(help="Replace an existing genesis.json.")] = False,
@@ -161,15 +159,12 @@ def genesis_command(
     to every member's HOME/config/genesis.json."""
     from consortium.cli.deployment import assemble_genesis
     from consortium.cli.network import NetworkError
-    from consortium.ledger.genesis import MODES
 
-    if mode not in MODES:
-        raise fail(f"--mode must be one of {', '.join(MODES)}")
     try:
         genesis = assemble_genesis(
             directory,
             member,
-            mode="pbft" if mode == "pbft" else "raft",
+            mode=mode,
             clients=clients,
             chain_name=chain_name,
             force=force,
@@ -363,17 +358,14 @@ def demo(
     ] = None,
     clients: Annotated[int, typer.Option(help="Concurrent clients.")] = 4,
     txs: Annotated[int, typer.Option(help="Transactions to submit in all.")] = 2000,
-    mode: Annotated[str, typer.Option(help="Consensus: pbft or raft.")] = "pbft",
+    mode: Annotated[Literal["pbft", "raft"], typer.Option(help="Consensus.")] = "pbft",
     keep: Annotated[bool, typer.Option(help="Leave the network directory in place.")] = True,
 ) -> None:
     """Start a network of real processes (pbft by default), submit signed transactions from
     several clients, show progress, then print every member's height and head hash and audit
     each ledger. Exits 0 only if every ledger is identical and verifies."""
     from consortium.cli.demo import run_demo
-    from consortium.ledger.genesis import MODES
 
-    if mode not in MODES:
-        raise fail(f"--mode must be one of {', '.join(MODES)}")
     if members is None:
         members = 4 if mode == "pbft" else 3
     ok = run_demo(
@@ -382,7 +374,7 @@ def demo(
         clients=clients,
         txs=txs,
         keep=keep,
-        mode="pbft" if mode == "pbft" else "raft",
+        mode=mode,
     )
     if not ok:
         raise typer.Exit(EXIT_FAILED)

@@ -217,15 +217,28 @@ def write_client_side(
     (directory / "genesis.json").write_text(text)
     for k, c in zip(client_keys, genesis.clients, strict=True):
         k.save(directory / "clients" / f"{c.name}.pem")
-    (directory / "client.toml").write_text(
-        "# Read by `consortium tx`, `status` and `demo`.\n"
-        'genesis = "genesis.json"\n'
-        f"keys = [{', '.join(repr(f'clients/{c.name}.pem') for c in genesis.clients)}]\n".replace(
-            "'", '"'
-        )
-        + ("tls = true  # the members' client ports use TLS (docs/tls.md)\n" if tls else "")
-    )
+    (directory / "client.toml").write_text(client_toml(genesis, tls=tls))
     return text
+
+
+def client_toml(genesis: Genesis, *, tls: bool = False) -> str:
+    """client.toml's text for `genesis`'s clients (keys under clients/): a comment saying who
+    reads it, then the settings as tomli_w writes them (quoted and escaped as TOML needs)."""
+    import tomli_w
+
+    doc: dict[str, Any] = {
+        "genesis": "genesis.json",
+        "keys": [f"clients/{c.name}.pem" for c in genesis.clients],
+    }
+    if tls:
+        doc["tls"] = True
+    return (
+        "# Read by `consortium tx`, `status` and `demo`: the network's genesis, the client key\n"
+        "# files (`--client N` picks the Nth, `tx submit --key FILE` another)"
+        + (", and tls = true: the\n# members' client ports use TLS (docs/tls.md)" if tls else "")
+        + ".\n"
+        + tomli_w.dumps(doc)
+    )
 
 
 def _listen(advertised: str, listen_host: str | None) -> str:
@@ -244,7 +257,25 @@ class ClientSetup:
     genesis_path: Path | None = None  # the genesis file client.toml names
 
     def keys(self) -> list[KeyPair]:
-        return [KeyPair.load(p) for p in self.key_paths]
+        """Every client key of client.toml (demo and bench drive them all)."""
+        return [self.key(i) for i in range(1, len(self.key_paths) + 1)]
+
+    def key(self, number: int) -> KeyPair:
+        """Client key `number` (1-based) of client.toml, and only that one: a missing or
+        broken other key file breaks no command that does not use it."""
+        if not 1 <= number <= len(self.key_paths):
+            raise NetworkError(
+                f"{self.directory / 'client.toml'}: no client key {number}; 'keys' lists "
+                f"{len(self.key_paths)} (--client 1..{len(self.key_paths)})"
+            )
+        path = self.key_paths[number - 1]
+        if not path.exists():
+            raise NetworkError(
+                f"{path}: no such key file (client key {number} of "
+                f"{self.directory / 'client.toml'}); restore it, remove it from 'keys', or "
+                "choose another with --client N or --key FILE"
+            )
+        return KeyPair.load(path)
 
     def client_options(self, keys: KeyPair | None = None) -> dict[str, Any]:
         """ConsortiumClient keyword arguments this network needs: with TLS, the key whose
@@ -257,7 +288,9 @@ class ClientSetup:
                     f"{self.directory / 'client.toml'}: tls = true needs a client key to "
                     "present, but 'keys' lists none"
                 )
-            keys = KeyPair.load(self.key_paths[0])
+            # The first key whose file is there: one missing file does not stop `status`.
+            present = [i for i, p in enumerate(self.key_paths, 1) if p.exists()]
+            keys = self.key(present[0] if present else 1)
         return {"tls_keys": keys}
 
 

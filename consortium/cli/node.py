@@ -11,11 +11,11 @@ this module (for `consortium --help`) loads typer and nothing heavy.
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
-from consortium.cli.common import EXIT_FAILED, EXIT_USAGE, fail
+from consortium.cli.common import EXIT_FAILED, EXIT_USAGE, fail, plural
 
 node_app = typer.Typer(help="Run one member.", no_args_is_help=True)
 
@@ -23,8 +23,21 @@ node_app = typer.Typer(help="Run one member.", no_args_is_help=True)
 @node_app.command("start")
 def node_start(
     home: Annotated[Path, typer.Option("--home", help="The member's home directory.")],
+    log_level: Annotated[
+        Literal["debug", "info", "warning", "error"] | None,
+        typer.Option(
+            "--log-level",
+            help="Log this much and more (default: node.toml's log.level, or info).",
+        ),
+    ] = None,
 ) -> None:
-    """Run one member from its home directory (config/node.toml, node_key.pem, genesis.json)."""
+    """Run one member from its home directory (config/node.toml, node_key.pem, genesis.json).
+
+    Settings can be overridden from the environment: CONSORTIUM_NODE_<SECTION>_<KEY>, e.g.
+    CONSORTIUM_NODE_HTTP_LISTEN=127.0.0.1:9301 (docs/operations.md has the table). An
+    encrypted key's passphrase is read from CONSORTIUM_KEY_PASSPHRASE."""
+    from dataclasses import replace
+
     from consortium.cli import explorer_receipts
     from consortium.ledger.store import StoreDamaged, StoreError
     from consortium.node.config import ConfigError
@@ -35,6 +48,8 @@ def node_start(
         identity = load_member(home)
     except ConfigError as exc:
         raise fail(str(exc)) from None
+    if log_level is not None:  # the command line over node.toml and the environment
+        identity = replace(identity, config=replace(identity.config, log_level=log_level))
     try:
         run_member(identity, explorer_receipts.attach)
     except StoreDamaged as exc:  # (the way back, with this home in it)
@@ -141,11 +156,15 @@ def node_check(
         else:
             typer.echo(f"ok   peer {p.name} at {p.address} reachable")
     down = [p.name for p in probes if p.error]
-    need = genesis.quorum - 1
+    # A quorum counts this member, unless it starts in recovery: it votes nothing until it
+    # has caught up, so then the quorum must come from its peers alone.
+    need = genesis.quorum - (0 if data.recovering is not None else 1)
     reachable = len(probes) - len(down)
+    recovering = data.recovering is not None
     typer.echo(
-        f"{reachable} of {len(probes)} peers reachable; this member needs {need} of them "
-        "for a quorum"
+        f"{reachable} of {plural(len(probes), 'peer')} reachable; this member needs {need} of "
+        f"them for a quorum ({genesis.quorum} of {genesis.n} members, "
+        + ("not itself: it votes nothing while it recovers)" if recovering else "itself included)")
         + ("" if reachable >= need else ": start them, or fix the addresses or firewall")
     )
 

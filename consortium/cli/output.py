@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
+from consortium.cli.common import plural
 from consortium.node.explain import fault_budget, join_names
 
 if TYPE_CHECKING:
@@ -131,6 +132,9 @@ def status_table(genesis: Genesis, statuses: list[dict[str, Any]]) -> None:
         f"{net['fault_budget']}"
         + (f"; unreachable: {join_names(net['unreachable'])}" if net["unreachable"] else "")
     )
+    versions = versions_line(statuses)
+    if versions:
+        typer.echo(versions)
     raft = genesis.mode == "raft"
     view, primary, mark = (
         ("term", "leader", "snapshot") if raft else ("view", "primary", "checkpoint")
@@ -173,6 +177,17 @@ def status_table(genesis: Genesis, statuses: list[dict[str, Any]]) -> None:
             )
 
 
+def versions_line(statuses: list[dict[str, Any]]) -> str:
+    """The release each member that answered runs: one version for all, or each member's
+    (a rolling upgrade half done shows); empty if none said (a member older than the field)."""
+    found = {str(s["member"]): str(s["version"]) for s in statuses if s.get("version")}
+    if not found:
+        return ""
+    if len(set(found.values())) == 1:
+        return f"version {next(iter(found.values()))} ({plural(len(found), 'member')})"
+    return "versions: " + ", ".join(f"{name} {v}" for name, v in found.items())
+
+
 def member_report(s: dict[str, Any]) -> None:
     """One member in detail: position, readiness with reasons, fault budget, each peer."""
     if s.get("error"):
@@ -184,7 +199,9 @@ def member_report(s: dict[str, Any]) -> None:
     )
     role = f", role {s.get('role')}" if raft else ""
     typer.echo(
-        f"{s['member']} ({s['mode']}, member {int(s['index']) + 1} of {s['n']}{role}): "
+        f"{s['member']} ({s['mode']}, member {int(s['index']) + 1} of {s['n']}{role}"
+        + (f", version {s['version']}" if s.get("version") else "")
+        + "): "
         f"{view} {s.get(view)}, {primary} {s.get(primary) or 'none'}, "
         f"height {s['height']:,}, head {str(s['head_hash'])[:16]}…, {mark} "
         f"{s.get('stable_checkpoint')}"
@@ -234,12 +251,20 @@ def print_outcome(outcome: Any, *, as_json: bool, net: Path | None = None) -> No
     typer.echo(f"status    {outcome.status}" + (f" ({outcome.reason})" if outcome.reason else ""))
     if outcome.height is not None:
         typer.echo(f"block     {outcome.height}  {doc['block_hash']}")
-        typer.echo(f"confirmed by {outcome.confirmations} members' signed receipts")
+        typer.echo(
+            f"confirmed by {outcome.confirmations} "
+            + (
+                "member's signed receipt"
+                if outcome.confirmations == 1
+                else "members' signed receipts"
+            )
+        )
     if receipt is not None:
         typer.echo(
             f"receipt   {receipt.status}"
             + (f" ({receipt.reason})" if receipt.reason else "")
-            + f", results {[_show(r) for r in receipt.results]}, index {receipt.index}"
+            + f", results [{', '.join(show_result(r) for r in receipt.results)}], index "
+            f"{receipt.index}"
         )
     where = f" --net {net}" if net is not None and str(net) != "net" else ""
     if outcome.status == "unreachable":
@@ -292,6 +317,17 @@ def print_block(block: Any, genesis: Genesis, *, as_json: bool) -> None:
         f"{block.height:>8}  {block.block_hash.hex()[:16]}…  {when}  {len(receipts):>4} txs"
         f"  {rejected:>3} rejected  signed by {','.join(signers)}"
     )
+
+
+def show_result(r: object) -> str:
+    """One operation's result in words: a value quoted (so an empty one shows), a key that
+    has none `absent`, a del's or cas's flag as true/false."""
+    if r is None:
+        return "absent"
+    if isinstance(r, bool):
+        return "true" if r else "false"
+    shown = _show(r)
+    return json.dumps(shown) if isinstance(shown, str) else str(shown)
 
 
 def show_value(v: bytes) -> str:

@@ -10,17 +10,22 @@ This is the work behind the command; its options and help are in sim_cmd.py, so 
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import typer
 
+from consortium.cli.progress import live_bar
 from consortium.sim.byzantine import BEHAVIOURS
 from consortium.sim.checkers import LivenessViolation, SafetyViolation
 from consortium.sim.clock_scenarios import CLOCK_MIXES, plan, run_clock
 from consortium.sim.flapping import FLAPPING
 from consortium.sim.raft_scenarios import RAFT_MIXES, run_raft, run_raft_flapping
 from consortium.sim.scenarios import FAULTS, Outcome, Scenario, run_seed
+
+T = TypeVar("T")
 
 EXIT_FAILED = 1
 
@@ -126,18 +131,19 @@ def run(
         f"{'sim s':>8} {'wall s':>7}"
     )
     failed: list[tuple[str | None, str | None, Outcome]] = []
-    for name, m in runs:
-        started = time.monotonic()
-        outcomes = [run_seed(scenario(name, m), seed) for seed in chosen]
-        bad = [o for o in outcomes if not o.ok]
-        failed += [(name, m, o) for o in bad]
-        typer.echo(
-            f"{m or name or 'none':<22} {len(outcomes):>6} {len(outcomes) - len(bad):>6} "
-            f"{sum(o.failure == 'safety' for o in bad):>7} "
-            f"{sum(o.failure in ('liveness', 'error') for o in bad):>9} "
-            f"{sum(o.simulated_ms for o in outcomes) / 1000:>8.1f} "
-            f"{time.monotonic() - started:>7.1f}"
-        )
+    with _seeds_bar(len(runs) * len(chosen)) as tick:
+        for name, m in runs:
+            started = time.monotonic()
+            outcomes = [tick(run_seed(scenario(name, m), seed)) for seed in chosen]
+            bad = [o for o in outcomes if not o.ok]
+            failed += [(name, m, o) for o in bad]
+            typer.echo(
+                f"{m or name or 'none':<22} {len(outcomes):>6} {len(outcomes) - len(bad):>6} "
+                f"{sum(o.failure == 'safety' for o in bad):>7} "
+                f"{sum(o.failure in ('liveness', 'error') for o in bad):>9} "
+                f"{sum(o.simulated_ms for o in outcomes) / 1000:>8.1f} "
+                f"{time.monotonic() - started:>7.1f}"
+            )
     for name, m, o in failed[:10]:
         typer.echo(f"FAILED {m or name or 'none'} {_line(o)}")
     if failed:
@@ -206,6 +212,26 @@ def _raft(
     )
 
 
+@contextlib.contextmanager
+def _seeds_bar(total: int) -> Iterator[Callable[[T], T]]:
+    """A tick to call with each seed's result as it comes: on a terminal it moves a live bar
+    (seeds done, seeds a second) below the table; piped, the table alone, as before."""
+    bar = live_bar(total, "seeds", "seed")
+    done = [0]
+
+    def tick(result: T) -> T:
+        done[0] += 1
+        if bar is not None:
+            bar.update(done[0])
+        return result
+
+    try:
+        yield tick
+    finally:
+        if bar is not None:
+            bar.close()
+
+
 def _table(
     heading: str,
     names: list[str],
@@ -221,17 +247,18 @@ def _table(
         f"{heading:<{width}} {'seeds':>6} {'ok':>6} {'safety':>7} {'liveness':>9} {'wall s':>7}"
     )
     failed: list[tuple[str, int, str]] = []
-    for name in names:
-        started = time.monotonic()
-        bad = [(seed, one(name, seed)) for seed in chosen]
-        bad = [(seed, why) for seed, why in bad if why]
-        failed += [(name, seed, why) for seed, why in bad]
-        typer.echo(
-            f"{name:<{width}} {len(chosen):>6} {len(chosen) - len(bad):>6} "
-            f"{sum(why.startswith('safety') for _, why in bad):>7} "
-            f"{sum(not why.startswith('safety') for _, why in bad):>9} "
-            f"{time.monotonic() - started:>7.1f}"
-        )
+    with _seeds_bar(len(names) * len(chosen)) as tick:
+        for name in names:
+            started = time.monotonic()
+            bad = [(seed, tick(one(name, seed))) for seed in chosen]
+            bad = [(seed, why) for seed, why in bad if why]
+            failed += [(name, seed, why) for seed, why in bad]
+            typer.echo(
+                f"{name:<{width}} {len(chosen):>6} {len(chosen) - len(bad):>6} "
+                f"{sum(why.startswith('safety') for _, why in bad):>7} "
+                f"{sum(not why.startswith('safety') for _, why in bad):>9} "
+                f"{time.monotonic() - started:>7.1f}"
+            )
     for name, seed, why in failed[:10]:
         typer.echo(f"FAILED {label(name, seed)} seed {seed}: {why}")
     if failed:

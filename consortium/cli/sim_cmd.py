@@ -9,7 +9,7 @@ tests/cli/test_cli_imports.py checks that they are the simulator's own.
 # No `from __future__ import annotations` here: typer would evaluate every string
 # annotation of every command at each start (main.py).
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
@@ -36,7 +36,9 @@ CLOCK_MIXES = {"pbft": ("clock-primary", "clock-backup"), "raft": ("clock-leader
 
 
 def sim(
-    mode: Annotated[str, typer.Option(help="pbft, or raft (crash faults only).")] = "pbft",
+    mode: Annotated[
+        Literal["pbft", "raft"], typer.Option(help="pbft, or raft (crash faults only).")
+    ] = "pbft",
     mix: Annotated[
         list[str] | None,
         typer.Option(
@@ -52,7 +54,9 @@ def sim(
     ] = None,
     seeds: Annotated[str, typer.Option(help="Seeds: 0-99, or 1,5,9.")] = "0-19",
     txs: Annotated[int, typer.Option(help="Transactions submitted per run.")] = 60,
-    faults: Annotated[str, typer.Option(help="Network: clean, lossy or heavy.")] = "lossy",
+    faults: Annotated[
+        Literal["clean", "lossy", "heavy"], typer.Option(help="Network faults.")
+    ] = "lossy",
     partition: Annotated[bool, typer.Option(help="Split the members, no side a quorum.")] = False,
     crash: Annotated[bool, typer.Option(help="Crash the primary mid-run, restart it.")] = False,
     byzantine: Annotated[

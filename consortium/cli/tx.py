@@ -22,6 +22,7 @@ from consortium.cli.common import (
     client_keys,
     client_setup,
     fail,
+    plural,
     run_trio,
 )
 
@@ -75,19 +76,26 @@ def _tx_id(text: str) -> bytes:
     return tx_id
 
 
-def _write_receipt(outcome: "TxOutcome", genesis: "Genesis", genesis_path: Path, out: Path) -> None:
+def _write_receipt(
+    outcome: "TxOutcome", genesis: "Genesis", genesis_path: Path, out: Path, force: bool
+) -> None:
     try:
-        out.write_text(outcome.receipt_document(genesis))
+        with out.open("w" if force else "x") as f:  # "x": never over a file that appeared
+            f.write(outcome.receipt_document(genesis))
+    except FileExistsError:
+        raise fail(f"{out} exists; pass --force to replace it", EXIT_FAILED) from None
     except OSError as exc:
         raise fail(f"cannot write {out}: {exc}", EXIT_FAILED) from None
     assert outcome.proof is not None
     typer.echo(
-        f"receipt written to {out}: {len(outcome.proof.signatures)} member signatures; "
+        f"receipt written to {out}: {plural(len(outcome.proof.signatures), 'member signature')}; "
         f"check it offline with `consortium tx verify-receipt {out} --genesis {genesis_path}`"
     )
 
 
-def _finish(outcome: "TxOutcome", net: Path, as_json: bool, out: Path | None = None) -> None:
+def _finish(
+    outcome: "TxOutcome", net: Path, as_json: bool, out: Path | None = None, force: bool = False
+) -> None:
     """Print an outcome; exit 0 committed, 1 rejected at submit, 3 pending (or unknown to
     every member), 4 no member reachable."""
     from consortium.cli import output
@@ -102,7 +110,16 @@ def _finish(outcome: "TxOutcome", net: Path, as_json: bool, out: Path | None = N
         raise typer.Exit(EXIT_FAILED)
     if out is not None:
         setup = load_client_setup(net)
-        _write_receipt(outcome, setup.genesis, setup.genesis_path or net / "genesis.json", out)
+        _write_receipt(
+            outcome, setup.genesis, setup.genesis_path or net / "genesis.json", out, force
+        )
+
+
+def _refuse_existing(out: Path | None, force: bool) -> None:
+    """Before anything is asked of the members: an existing receipt file is kept unless
+    --force (it may be the only copy of a proof someone relies on)."""
+    if out is not None and out.exists() and not force:
+        raise fail(f"{out} exists; pass --force to replace it")
 
 
 WaitOpt = Annotated[
@@ -130,18 +147,33 @@ def tx_submit(
     args: Annotated[list[str] | None, typer.Argument(help="KEY [VALUE ...]")] = None,
     net: NetOpt = Path("net"),
     client: Annotated[int, typer.Option(help="Which client key of client.toml (1-based).")] = 1,
+    key: Annotated[
+        Path | None,
+        typer.Option(
+            "--key",
+            help="Sign with this client key file (PEM) instead of client.toml's; encrypted "
+            "keys read CONSORTIUM_KEY_PASSPHRASE.",
+        ),
+    ] = None,
     wait: WaitOpt = 10.0,
     receipt_out: ReceiptOutOpt = None,
+    force: Annotated[bool, typer.Option(help="Replace an existing --receipt-out file.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Sign a transaction, submit it to every member, wait for f+1 matching signed receipts.
-    Exit 0 committed (the receipt says whether it took effect), 1 rejected, 3 pending, 4 no
-    member reachable."""
+
+    \b
+    Exit status:
+      0  committed (the receipt says whether it took effect)
+      1  rejected
+      3  pending: it may still commit
+      4  no member reachable"""
 
     from consortium.client import ConsortiumClient
 
     ops = _parse_ops(op, args or [])
-    setup, keys, options = client_keys(net, client)
+    _refuse_existing(receipt_out, force)
+    setup, keys, options = client_keys(net, client, key)
 
     async def main() -> "TxOutcome":
         async with ConsortiumClient(setup.genesis, keys, **options) as c:
@@ -155,7 +187,7 @@ def tx_submit(
             await c.flush()  # a submit with --wait 0 still reaches the members
             return outcome
 
-    _finish(run_trio(main), net, as_json, receipt_out)
+    _finish(run_trio(main), net, as_json, receipt_out, force)
 
 
 @tx_app.command("status")
@@ -167,17 +199,23 @@ def tx_status(
         typer.Option("--wait", help="Wait this long for it to commit (default: ask once)."),
     ] = 0.0,
     receipt_out: ReceiptOutOpt = None,
+    force: Annotated[bool, typer.Option(help="Replace an existing --receipt-out file.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Ask the members for a transaction's receipt (whoever submitted it): committed once f+1
-    members' signed receipts agree (raft: one). Exit 0 committed, 3 not (yet) committed
-    (status "unknown" when every member answered that it has no receipt), 4 no member
-    reachable."""
+    members' signed receipts agree (raft: one).
+
+    \b
+    Exit status:
+      0  committed
+      3  not (yet) committed ("unknown": every member answered it has no receipt)
+      4  no member reachable"""
 
     from consortium.client import ConsortiumClient
 
     wanted = _tx_id(tx_id)
-    setup, _, options = client_keys(net, 1)
+    _refuse_existing(receipt_out, force)
+    setup, options = client_setup(net)  # no signing: a missing key file is no matter
 
     async def main() -> "TxOutcome":
         async with ConsortiumClient(setup.genesis, **options) as c:
@@ -186,7 +224,7 @@ def tx_status(
                 outcome = await c.wait_one(wanted, timeout_s=wait)
             return outcome
 
-    _finish(run_trio(main), net, as_json, receipt_out)
+    _finish(run_trio(main), net, as_json, receipt_out, force)
 
 
 @tx_app.command("receipt")
@@ -197,10 +235,12 @@ def tx_receipt(
     wait: Annotated[
         float, typer.Option("--wait", help="Wait this long for it to commit (default: ask once).")
     ] = 0.0,
+    force: Annotated[bool, typer.Option(help="Replace an existing --out file.")] = False,
 ) -> None:
     """Fetch a committed transaction's receipt from the members and write the receipt
-    document (receipt, Merkle proof, header, f+1 member signatures) for offline checking."""
-    tx_status(tx_id, net=net, wait=wait, receipt_out=out, as_json=False)
+    document (receipt, Merkle proof, header, f+1 member signatures) for offline checking.
+    An existing --out file is kept unless --force."""
+    tx_status(tx_id, net=net, wait=wait, receipt_out=out, force=force, as_json=False)
 
 
 @tx_app.command("verify-receipt")
@@ -263,9 +303,12 @@ def read(
     key: Annotated[str, typer.Argument(help="The key to read.")],
     net: NetOpt = Path("net"),
     timeout: Annotated[float, typer.Option(help="Seconds to wait for a quorum.")] = 5.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Fast-path read: the value a quorum of members sign for KEY right now. For a read
-    ordered with writes, use `consortium tx submit get KEY`."""
+    """Fast-path read: the value a quorum of members sign for KEY right now. Prints the value
+    as it is, or `absent: 'KEY' has no value` when the key has none (an empty value prints an
+    empty line); --json says {"key", "present", "value"}. For a read ordered with writes, use
+    `consortium tx submit get KEY`."""
 
     from consortium.cli import output
     from consortium.client import ClientError, ConsortiumClient
@@ -280,4 +323,10 @@ def read(
         value = run_trio(main)
     except ClientError as exc:
         raise fail(str(exc), EXIT_FAILED) from None
-    typer.echo("(absent)" if value is None else output.show_value(value))
+    if as_json:
+        shown = None if value is None else output.show_value(value)
+        typer.echo(json.dumps({"key": key, "present": value is not None, "value": shown}))
+    elif value is None:
+        typer.echo(f"absent: {key!r} has no value")
+    else:
+        typer.echo(output.show_value(value))

@@ -938,7 +938,8 @@ class ConsortiumClient:
             f"{self.genesis.members[i].name}: {p}" for i, p in sorted(problems.items())
         )
         raise ClientError(
-            f"no {needed} members agreed on the value of {key!r} within {timeout_s} s "
+            f"no {needed} {'member' if needed == 1 else 'members'} agreed on the value of "
+            f"{key!r} within {timeout_s} s "
             f"(matching answers: {counts or 'none'}"
             + (f"; {detail}" if detail else "")
             + "); use an ordered read (tx submit get KEY) when the key is changing"

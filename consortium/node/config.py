@@ -23,14 +23,24 @@
     peer = true                     # between members: every member must agree
     client = true                   # on the client port: clients set tls = true in client.toml
 
-Unknown sections or keys and bad values are errors that name the file, the key and the fix. A
-node never generates its key: it loads config/node_key.pem and refuses to run unless that key is
+Unknown sections or keys and bad values are errors that name the file, the key and the fix.
+
+Any setting outside [peers] can be overridden from the environment, for containers and unit
+files that template one node.toml: CONSORTIUM_NODE_<SECTION>_<KEY> in capitals (node.toml's
+`listen.client` is CONSORTIUM_NODE_LISTEN_CLIENT), applied over the file when the member loads
+it (env_overrides). An unknown CONSORTIUM_NODE_* variable is refused, as an unknown key in the
+file is: a misspelt override would otherwise be silently ignored. CONSORTIUM_KEY_PASSPHRASE is
+no setting and keeps its own name. docs/operations.md has the table.
+
+A node never generates its key: it loads config/node_key.pem and refuses to run unless that key is
 the one genesis lists for the configured member.
 """
 
 from __future__ import annotations
 
+import os
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,6 +84,9 @@ class NodeConfig:
     tls_peer: bool = False
     tls_client: bool = False
     client_connections_per_source: int = 64
+    # The settings the environment gave (variable, value), in the order applied: logged once
+    # it runs, so the log says what the member runs with that node.toml does not.
+    from_env: tuple[tuple[str, str], ...] = ()
 
     @property
     def config_dir(self) -> Path:
@@ -96,8 +109,90 @@ def config_path(home: Path) -> Path:
     return home / "config" / "node.toml"
 
 
-def load_config(home: Path) -> NodeConfig:
+ENV_PREFIX = "CONSORTIUM_NODE_"
+
+# The settings whose value is text: an environment value is taken as written ("n1",
+# 127.0.0.1:9301). Every other setting's is read as a TOML value (true, 64), so it is typed as
+# in node.toml.
+_TEXT_SETTINGS = {
+    ("node", "name"),
+    ("node", "data_dir"),
+    ("listen", "peer"),
+    ("listen", "client"),
+    ("log", "level"),
+    ("log", "format"),
+    ("http", "listen"),
+}
+
+
+def env_settings() -> dict[str, tuple[str, str]]:
+    """Each environment variable that overrides a setting: name -> (section, key). Every
+    fixed key of node.toml has one; [peers] (whose keys are member names) has none."""
+    return {
+        f"{ENV_PREFIX}{section}_{key}".upper(): (section, key)
+        for section, keys in _SCHEMA.items()
+        for key in sorted(keys)
+    }
+
+
+def env_overrides(
+    path: Path, environ: Mapping[str, str] | None = None
+) -> list[tuple[str, str, str, Any]]:
+    """The CONSORTIUM_NODE_* variables of `environ` (default: this process's environment) as
+    (variable, section, key, value), the value typed as node.toml would type it; ConfigError,
+    in one line naming the known variables, for one that names no setting."""
+    environ = os.environ if environ is None else environ
+    known = env_settings()
+    found: list[tuple[str, str, str, Any]] = []
+    for name in sorted(environ):
+        if not name.startswith(ENV_PREFIX):
+            continue
+        if name not in known:
+            raise ConfigError(
+                f"environment variable {name} names no setting of {path} "
+                f"(known: {', '.join(known)})"
+            )
+        section, key = known[name]
+        found.append(
+            (name, section, key, _env_value(environ[name], (section, key) in _TEXT_SETTINGS))
+        )
+    return found
+
+
+def _env_value(text: str, is_text: bool) -> Any:
+    """A setting's value from the environment: text as written (or a quoted TOML string);
+    anything else as a TOML value, or as written if it is none (the check then says what the
+    setting takes)."""
+    if is_text and not text.startswith('"'):
+        return text
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def load_config(home: Path, environ: Mapping[str, str] | None = None) -> NodeConfig:
+    """node.toml under `home`, with the environment's overrides (env_overrides) applied."""
     path = config_path(home)
+    env = os.environ if environ is None else environ
+    overrides = env_overrides(path, env)
+    try:
+        config = _load_config(home, path, overrides)
+    except ConfigError as exc:
+        # A bad value that came from the environment: say so, the file does not hold it.
+        message = str(exc)
+        named = [v for v, section, key, _ in overrides if f"'{section}.{key}'" in message]
+        if not named:
+            raise
+        raise ConfigError(f"{message} (set by {', '.join(named)} in the environment)") from None
+    if not overrides:
+        return config
+    from dataclasses import replace
+
+    return replace(config, from_env=tuple((name, env[name]) for name, *_ in overrides))
+
+
+def _load_config(home: Path, path: Path, overrides: list[tuple[str, str, str, Any]]) -> NodeConfig:
     try:
         doc = tomllib.loads(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as exc:
@@ -112,6 +207,10 @@ def load_config(home: Path) -> NodeConfig:
         ) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    for _, section, key, value in overrides:
+        table = doc.setdefault(section, {})
+        if isinstance(table, dict):  # (not a table: the check below names the file's mistake)
+            table[key] = value
     for section, value in doc.items():
         if section not in _SCHEMA:
             raise ConfigError(
@@ -243,35 +342,40 @@ def write_config(
     http_listen: str | None = None,
     tls: bool = False,
 ) -> Path:
+    """Write `home`/config/node.toml. Each section is written by tomli_w (any name or path
+    quoted and escaped as TOML needs), under the comment that explains it, as a person would
+    lay the file out (tomli_w writes no comments)."""
+    import tomli_w
+
+    sections: list[tuple[str, dict[str, Any]]] = [
+        (
+            "# Consortium node configuration (see `consortium node start --help`). Any setting\n"
+            "# can be overridden by CONSORTIUM_NODE_<SECTION>_<KEY> in the environment.\n",
+            {
+                "node": {"name": name, "data_dir": data_dir},
+                "listen": {"peer": peer_listen, "client": client_listen},
+                "log": {"level": log_level, "format": "text"},
+            },
+        )
+    ]
+    if http_listen is not None:
+        sections.append(
+            (
+                "# GET /healthz /readyz /status /metrics (plain HTTP: keep it on loopback or a\n"
+                "# monitoring network; remove the section to turn it off)\n",
+                {"http": {"listen": http_listen}},
+            )
+        )
+    if tls:
+        sections.append(
+            (
+                "# TLS 1.3, mutual, keys pinned by genesis (docs/tls.md)\n",
+                {"tls": {"peer": True, "client": True}},
+            )
+        )
     path = config_path(home)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(
-        "# Consortium node configuration (see `consortium node start --help`).\n"
-        "[node]\n"
-        f'name = "{name}"\n'
-        f'data_dir = "{data_dir}"\n\n'
-        "[listen]\n"
-        f'peer = "{peer_listen}"\n'
-        f'client = "{client_listen}"\n\n'
-        "[log]\n"
-        f'level = "{log_level}"\n'
-        'format = "text"\n'
-        + (
-            "\n# GET /healthz /readyz /status /metrics (plain HTTP: keep it on loopback or a\n"
-            "# monitoring network; remove the section to turn it off)\n"
-            "[http]\n"
-            f'listen = "{http_listen}"\n'
-            if http_listen is not None
-            else ""
-        )
-        + (
-            "\n[tls]  # TLS 1.3, mutual, keys pinned by genesis (docs/tls.md)\n"
-            "peer = true\n"
-            "client = true\n"
-            if tls
-            else ""
-        )
-    )
+    path.write_text("\n".join(comment + tomli_w.dumps(body) for comment, body in sections))
     return path
 
 

@@ -70,6 +70,18 @@ def run_member(identity: NodeIdentity, compose: Compose | None = None) -> None:
             )
 
 
+def running_line(identity: NodeIdentity) -> str:
+    """Logged once the member runs (its store opened and checked, its ports bound: a start
+    that fails says only why, in one line): which release runs, and which settings came from
+    the environment rather than node.toml (config.ENV_PREFIX), so a log explains its member."""
+    from consortium import version
+
+    overridden = ", ".join(f"{k}={v}" for k, v in identity.config.from_env)
+    return f"consortium {version()} running member {identity.member.name}" + (
+        f"; from the environment: {overridden}" if overridden else ""
+    )
+
+
 def _run(identity: NodeIdentity, compose: Compose | None, log: logging.Logger) -> None:
     async def main() -> None:
         node = runtime.make_node(identity.config, identity.genesis, identity.keys, log=log)
@@ -78,6 +90,7 @@ def _run(identity: NodeIdentity, compose: Compose | None, log: logging.Logger) -
                 if compose is not None:
                     compose(node, nursery)
                 await nursery.start(node.run)
+                log.info("%s", running_line(identity))
                 async for signum in signals:
                     log.info("signal %d: stopping", signum)
                     nursery.cancel_scope.cancel()

@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 import trio
 
+from consortium import version
 from consortium.ledger.genesis import Genesis, Member
 from consortium.ledger.store import BlockStore
 from consortium.node.executor import ConsensusCore
@@ -27,6 +28,8 @@ from consortium.node.http import Response, json_response, text
 from consortium.node.metrics import MemberMetrics, content_type
 from consortium.node.transport import PeerNetwork
 from consortium.node.verification import CountingSigner, CountingVerifier, TxSignatureCache
+
+_VERSION = version()  # read once: the code running does not change under the process
 
 HEALTH_TICK_AGE_S = 5.0  # /healthz fails when the core loop has not ticked for this long
 
@@ -103,6 +106,7 @@ class MemberStatus:
         )
         return {
             "member": self.m.member.name,
+            "version": _VERSION,  # which release answers: differing members show in `status`
             "index": self.m.me,
             "mode": genesis.mode,
             "chain_id": self.m.chain_id.hex(),

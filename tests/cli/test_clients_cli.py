@@ -65,10 +65,10 @@ def test_sign_and_submit_refuse_what_the_network_would(net: Path, tmp_path: Path
         str(proposal),
     )
     assert code == 0 and "needs 3 of 4 member approvals" in text, text
-    code, text = run("client", "sign", str(proposal), "--home", str(net / "nodes" / "n1"))
+    code, text = run("client", "sign", str(proposal), "--home", str(net / "nodes" / "n1"), "--yes")
     assert code == 0 and "1 of 3 needed approvals" in text, text
     assert ", proposed " in text and ", expires " in text, text  # what is signed, and until when
-    code, text = run("client", "sign", str(proposal), "--home", str(net / "nodes" / "n1"))
+    code, text = run("client", "sign", str(proposal), "--home", str(net / "nodes" / "n1"), "--yes")
     assert code == 0 and "1 of 3 needed approvals" in text  # signing twice counts once
     code, text = run("client", "submit", str(proposal), "--net", str(net))
     assert (
@@ -112,3 +112,85 @@ def test_sign_refuses_a_proposal_expiring_beyond_the_change_ttl(tmp_path: Path) 
     assert result.exit_code != 0 and not approvals, (
         f"signed a change that expires in a year: {result.output}"
     )
+
+
+def _proposal(net: Path, tmp_path: Path) -> Path:
+    proposal = tmp_path / "admit.json"
+    code, text = run(
+        "client",
+        "propose-admit",
+        "--key",
+        NEW.public.hex(),
+        "--label",
+        "acme-app",
+        "--net",
+        str(net),
+        "--out",
+        str(proposal),
+    )
+    assert code == 0, text
+    return proposal
+
+
+def test_sign_shows_the_change_and_without_a_terminal_needs_yes(net: Path, tmp_path: Path) -> None:
+    proposal = _proposal(net, tmp_path)
+    code, text = run("client", "sign", str(proposal), "--home", str(net / "nodes" / "n1"))
+    assert code == 2
+    assert f"admit the client key {NEW.public.hex()} labelled 'acme-app'" in text, text
+    assert "approved so far by no member; 3 of 4 members must approve" in text
+    assert text.splitlines()[-1] == (
+        "error: no terminal to ask for confirmation: read the change above and pass --yes"
+    )
+    assert not json.loads(proposal.read_text())["approvals"]  # nothing signed
+
+
+@pytest.mark.parametrize(("answer", "signed"), [("y\n", True), ("n\n", False), ("\n", False)])
+def test_sign_asks_on_a_terminal(
+    net: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, answer: str, signed: bool
+) -> None:
+    proposal = _proposal(net, tmp_path)
+    monkeypatch.setattr("consortium.cli.clients._on_terminal", lambda: True)
+    result = CliRunner().invoke(
+        app, ["client", "sign", str(proposal), "--home", str(net / "nodes" / "n2")], input=answer
+    )
+    assert "as member n2 of network 'local'" in result.output
+    assert "Sign with n2's key? [y/N]" in result.output
+    approvals = json.loads(proposal.read_text())["approvals"]
+    if signed:
+        assert result.exit_code == 0 and "n2 approved" in result.output and approvals
+    else:
+        assert result.exit_code == 1 and "error: not signed" in result.output
+        assert not approvals
+
+
+def test_sign_with_yes_asks_nothing(net: Path, tmp_path: Path) -> None:
+    proposal = _proposal(net, tmp_path)
+    code, text = run("client", "sign", str(proposal), "--home", str(net / "nodes" / "n3"), "--yes")
+    assert code == 0 and "n3 approved" in text and "Sign with" not in text
+
+
+def test_proposing_a_members_key_as_a_client_says_whose(net: Path, tmp_path: Path) -> None:
+    code, text = run(
+        "client",
+        "propose-admit",
+        "--key",
+        str(net / "nodes" / "n3" / "config" / "node_key.pem"),
+        "--net",
+        str(net),
+        "--out",
+        str(tmp_path / "p.json"),
+    )
+    assert code == 2 and "that is a member's key (member n3's), not a client's" in text
+    assert not (tmp_path / "p.json").exists()
+
+
+def test_client_list_counts_agree_in_number(net: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from consortium.protocol.messages import ClientList
+
+    answer = ClientList(7, ((NEW.public, "x"),), (), 1)
+    answers = {0: answer, 1: "n2: down", 2: "n3: down", 3: "n4: down"}
+    monkeypatch.setattr("consortium.cli.clients.run_trio", lambda main: answers)
+    code, text = run("client", "list", "--net", str(net))
+    assert code == 1
+    assert "admitted clients: 1 (agreed by 1 of 4 members, at heights 7..7)" in text, text
+    assert "warning: only 1 member agrees (2 needed to trust the answer)" in text, text

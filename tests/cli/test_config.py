@@ -265,7 +265,7 @@ def test_init_writes_a_raft_network_of_three_by_default(tmp_path: Path) -> None:
     assert genesis.mode == "raft" and genesis.n == 3 and genesis.f == 1 and genesis.quorum == 2
     assert "raft network of 3 members (f=1, quorum 2)" in result.output
     bad = runner.invoke(app, ["init", "--dir", str(tmp_path / "x"), "--mode", "paxos"])
-    assert bad.exit_code == 2 and "--mode must be one of pbft, raft" in bad.output
+    assert bad.exit_code == 2 and "'--mode': 'paxos' is not one of pbft, raft" in bad.output
 
 
 def test_leader_transfer_is_refused_in_pbft_with_the_reason(net: Path) -> None:
@@ -303,3 +303,138 @@ def test_leader_transfer_signs_with_a_member_key_and_refuses_client_keys_in_one_
         assert result.exit_code == 2, result.output
         assert result.output.startswith("error: ") and result.output.count("\n") == 1
         assert "never a client's" in result.output
+
+
+# --- issue 16: node settings from the environment; files written by a TOML writer ---------
+
+
+def test_environment_overrides_node_toml_typed_as_in_the_file(net: Path) -> None:
+    home = net / "nodes" / "n1"
+    before = load_config(home)
+    env = {
+        "CONSORTIUM_NODE_HTTP_LISTEN": "127.0.0.1:9399",
+        "CONSORTIUM_NODE_LIMITS_CLIENT_CONNECTIONS_PER_SOURCE": "200",
+        "CONSORTIUM_NODE_TLS_PEER": "true",
+        "CONSORTIUM_NODE_LOG_LEVEL": "debug",
+        "CONSORTIUM_NODE_NODE_DATA_DIR": "elsewhere",
+        "CONSORTIUM_KEY_PASSPHRASE": "not a setting",  # its own name, left alone
+        "PATH": "/bin",
+    }
+    config = load_config(home, env)
+    assert config.http_listen == ("127.0.0.1", 9399)
+    assert config.client_connections_per_source == 200
+    assert config.tls_peer is True and config.tls_client is False
+    assert config.log_level == "debug"
+    assert config.data_dir == home / "elsewhere"
+    assert config.peer_listen == before.peer_listen  # the rest as node.toml says
+    assert dict(config.from_env) == {k: v for k, v in env.items() if "_NODE_" in k}
+    assert load_config(home, {}).from_env == ()
+
+
+def test_an_environment_override_turns_on_a_section_the_file_lacks(tmp_path: Path) -> None:
+    init_network(tmp_path / "n", members=4, clients=1)
+    home = tmp_path / "n" / "nodes" / "n2"
+    text = config_path(home).read_text()
+    config_path(home).write_text(text[: text.index("# GET /healthz")])  # no [http]
+    assert load_config(home, {}).http_listen is None
+    config = load_config(home, {"CONSORTIUM_NODE_HTTP_LISTEN": '"127.0.0.1:9400"'})
+    assert config.http_listen == ("127.0.0.1", 9400)
+
+
+def test_an_unknown_environment_setting_is_refused_naming_the_known_ones(net: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(net / "nodes" / "n1", {"CONSORTIUM_NODE_HTTP_LISTN": "127.0.0.1:1"})
+    message = str(err.value)
+    assert "\n" not in message
+    assert "CONSORTIUM_NODE_HTTP_LISTN names no setting" in message
+    assert "CONSORTIUM_NODE_HTTP_LISTEN" in message and "CONSORTIUM_NODE_LISTEN_CLIENT" in message
+    assert "CONSORTIUM_KEY_PASSPHRASE" not in message
+
+
+def test_a_bad_value_from_the_environment_names_the_variable(net: Path) -> None:
+    home = net / "nodes" / "n1"
+    with pytest.raises(ConfigError, match=r"\(set by CONSORTIUM_NODE_TLS_CLIENT in the env"):
+        load_config(home, {"CONSORTIUM_NODE_TLS_CLIENT": "yes"})
+    with pytest.raises(ConfigError, match=r"from 1 to 1024.*CONSORTIUM_NODE_LIMITS_CLIENT_CONN"):
+        load_config(home, {"CONSORTIUM_NODE_LIMITS_CLIENT_CONNECTIONS_PER_SOURCE": "0"})
+    with pytest.raises(ConfigError) as err:  # a mistake in the file is the file's
+        config_path(home).write_text(config_path(home).read_text().replace("info", "loud"))
+        load_config(home, {"CONSORTIUM_NODE_TLS_CLIENT": "true"})
+    assert "log.level" in str(err.value) and "set by" not in str(err.value)
+
+
+def test_every_setting_has_its_variable_and_the_docs_table_lists_them() -> None:
+    from consortium.node.config import _SCHEMA, env_settings
+
+    variables = env_settings()
+    fixed = {(s, k) for s, keys in _SCHEMA.items() for k in keys}
+    assert set(variables.values()) == fixed
+    assert variables["CONSORTIUM_NODE_LIMITS_CLIENT_CONNECTIONS_PER_SOURCE"] == (
+        "limits",
+        "client_connections_per_source",
+    )
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text()
+    for name, (section, key) in variables.items():
+        assert f"| `{name}` | `{section}.{key}` |" in docs, name
+
+
+def test_node_toml_is_written_commented_and_reads_back_the_same(tmp_path: Path) -> None:
+    import tomllib
+
+    from consortium.node.config import write_config
+
+    home = tmp_path / 'h "quoted" \\ home'
+    write_config(
+        home,
+        name='n"1',  # quotes and backslashes: written escaped, read back as given
+        peer_listen="127.0.0.1:7101",
+        client_listen="127.0.0.1:7201",
+        data_dir='C:\\data "x"',
+        log_level="warning",
+        http_listen="127.0.0.1:9301",
+        tls=True,
+    )
+    text = config_path(home).read_text()
+    assert text.startswith("# Consortium node configuration")
+    assert "# GET /healthz /readyz /status /metrics" in text and "# TLS 1.3, mutual" in text
+    assert text.index("# GET /healthz") < text.index("[http]") < text.index("# TLS 1.3")
+    assert tomllib.loads(text) == {
+        "node": {"name": 'n"1', "data_dir": 'C:\\data "x"'},
+        "listen": {"peer": "127.0.0.1:7101", "client": "127.0.0.1:7201"},
+        "log": {"level": "warning", "format": "text"},
+        "http": {"listen": "127.0.0.1:9301"},
+        "tls": {"peer": True, "client": True},
+    }
+    config = load_config(home, {})
+    assert (config.name, config.log_level, config.tls_peer, config.tls_client) == (
+        'n"1',
+        "warning",
+        True,
+        True,
+    )
+    assert config.data_dir == home / 'C:\\data "x"'
+
+
+def test_client_toml_is_written_commented_and_reads_back_the_same(tmp_path: Path) -> None:
+    import tomllib
+
+    init_network(tmp_path / "t", members=4, clients=2, tls=True)
+    text = (tmp_path / "t" / "client.toml").read_text()
+    assert text.startswith("# Read by `consortium tx`")
+    assert tomllib.loads(text) == {
+        "genesis": "genesis.json",
+        "keys": ["clients/c1.pem", "clients/c2.pem"],
+        "tls": True,
+    }
+    setup = load_client_setup(tmp_path / "t")
+    assert setup.tls and [p.name for p in setup.key_paths] == ["c1.pem", "c2.pem"]
+
+
+def test_one_missing_client_key_breaks_only_what_uses_it(net: Path) -> None:
+    (net / "clients" / "c1.pem").unlink()
+    setup = load_client_setup(net)
+    assert setup.key(2).public  # the other key still loads
+    with pytest.raises(NetworkError, match=r"c1.pem: no such key file \(client key 1 of"):
+        setup.key(1)
+    with pytest.raises(NetworkError, match="no client key 3; 'keys' lists 2"):
+        setup.key(3)

@@ -103,6 +103,7 @@ def change(net: LocalNetwork, kind: str, key_file: Path, signers: list[str], out
                 str(d / "nodes" / name),
                 "--out",
                 str(out.with_suffix(f".{name}.json")),
+                "--yes",
             )
         )
         assert f"{name} approved: {kind} client" in signed

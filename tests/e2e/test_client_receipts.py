@@ -101,6 +101,12 @@ def test_a_receipt_written_at_submit_verifies_offline_and_a_changed_byte_is_refu
     again = tmp_path / "again.json"
     fetched = cli("tx", "receipt", tx_id, "--out", str(again), "--net", net)
     assert fetched.returncode == 0, fetched.stderr + fetched.stdout
+    again.write_text("kept")  # an existing file is kept, unless --force
+    refused = cli("tx", "receipt", tx_id, "--out", str(again), "--net", net)
+    assert refused.returncode == 2 and "exists; pass --force" in refused.stderr
+    assert again.read_text() == "kept"
+    forced = cli("tx", "receipt", tx_id, "--out", str(again), "--net", net, "--force")
+    assert forced.returncode == 0 and json.loads(again.read_text()), forced.stderr
     ok = cli("tx", "verify-receipt", str(again), "--genesis", genesis_file)
     assert ok.returncode == 0 and tx_id in ok.stdout
 

@@ -119,7 +119,7 @@ def test_a_raft_network_orders_reads_and_audits_like_pbft(raft: LocalNetwork) ->
     # The same CLI: submit, a linearizable read at any member, status.
     out = cli("tx", "submit", "put", "colour", "blue", "--net", str(raft.directory))
     assert out.returncode == 0, out.stderr
-    assert "committed" in out.stdout and "confirmed by 1 members" in out.stdout
+    assert "committed" in out.stdout and "confirmed by 1 member's signed receipt\n" in out.stdout
     read = cli("read", "colour", "--net", str(raft.directory))
     assert read.returncode == 0 and read.stdout.strip() == "blue", read.stdout + read.stderr
     status = cli("status", "--json", "--net", str(raft.directory))
