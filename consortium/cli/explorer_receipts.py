@@ -35,6 +35,6 @@ def receipt_gatherer(genesis: Genesis) -> ReceiptGatherer:
 
 
 def attach(node: Node, nursery: trio.Nursery) -> None:
-    """A process.Compose: give the member the gatherer before it runs."""
-    if node.config.http_explorer and not node.config.tls_client:
-        node.receipt_gatherer = receipt_gatherer(node.genesis)
+    """A process.Compose: give the member the gatherer before it runs (`node start` passes it
+    only for a member whose explorer is on and whose client port is plain TCP)."""
+    node.receipt_gatherer = receipt_gatherer(node.genesis)

@@ -51,7 +51,9 @@ def node_start(
     if log_level is not None:  # the command line over node.toml and the environment
         identity = replace(identity, config=replace(identity.config, log_level=log_level))
     try:
-        run_member(identity, explorer_receipts.attach)
+        config = identity.config
+        gathers = config.http_explorer and not config.tls_client  # (a member has no client key)
+        run_member(identity, explorer_receipts.attach if gathers else None)
     except StoreDamaged as exc:  # (the way back, with this home in it)
         # Exit 2: restarting cannot fix it (the systemd unit does not restart on 2), and each
         # start would read every table again.

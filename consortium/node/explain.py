@@ -226,10 +226,9 @@ def clock_blockers(mode: str, core: dict[str, Any], names: Sequence[str]) -> lis
             if to is not None and 0 <= int(to) < len(names)
             else "no member whose clock agrees to hand leadership to"
         )
-        return [
-            f"{head} the median of {int(clock['samples'])} members' clocks ({limit}): "
-            f"not proposing; {then}"
-        ]
+        samples = int(clock["samples"])
+        clocks = "1 member's clock" if samples == 1 else f"{samples} members' clocks"
+        return [f"{head} the median of {clocks} ({limit}): not proposing; {then}"]
     return [
         f"{head} the entries its leader proposed ({limit}): as leader it would hand "
         "leadership away; fix its time source"
