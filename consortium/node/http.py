@@ -26,13 +26,18 @@ Routes are plain functions returning a Response; they run on the event loop and 
 cheap. Request routes (`request_routes`) are async functions of the Request (its query string
 and the peer's address: the explorer's pages, which rate-limit per source and read blocks on
 worker threads); each has ROUTE_TIMEOUT_S to answer, else 503. At most `connections_max`
-connections are served at a time; more are closed at once. A route that raises is our bug: it
+connections are served at a time; more are closed at once. Of those, at most
+`request_routes_max` may be in a request route or sending its answer; a request route's
+request beyond that is answered 503 with Retry-After at once, so however slow the explorer's
+answers (or their readers) are, /healthz, /readyz and /metrics keep
+`connections_max - request_routes_max` slots. A route that raises is our bug: it
 is logged and answered 500, and the server goes on. Junk from the network never raises out of
 a connection handler.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import re
@@ -51,6 +56,7 @@ HEAD_TIMEOUT_S = 2.0  # a probe sends its request at once; an idle socket holds 
 SEND_TIMEOUT_S = 10.0
 ROUTE_TIMEOUT_S = 10.0  # a request route's answer (a block read on a worker thread) or 503
 CONNECTIONS_MAX = 64
+REQUEST_ROUTES_MAX = 16  # of them, in request routes (the explorer) at once (module docstring)
 RECEIVE_BYTES = 4096
 QUERY_FIELDS_MAX = 16
 
@@ -211,6 +217,7 @@ class HttpServer:
         head_timeout_s: float = HEAD_TIMEOUT_S,
         connections_max: int = CONNECTIONS_MAX,
         route_timeout_s: float = ROUTE_TIMEOUT_S,
+        request_routes_max: int = REQUEST_ROUTES_MAX,
     ) -> None:
         self.routes = routes
         self.request_routes = request_routes or {}
@@ -220,6 +227,7 @@ class HttpServer:
         self.head_timeout_s = head_timeout_s
         self.route_timeout_s = route_timeout_s
         self._slots = trio.Semaphore(connections_max)
+        self._request_slots = trio.Semaphore(request_routes_max)
         # Connections still waiting for their request head, oldest first: when every slot is
         # taken, a new connection closes the oldest of them, so sockets that open and send
         # nothing cannot lock health probes out.
@@ -278,20 +286,30 @@ class HttpServer:
             del self._reading[key]
         if scope.cancelled_caught:
             return  # closed for a newer connection before it sent a whole request
-        head_only = False
-        if request is not None:
-            peer = _peer_host(stream)
-            response = await self._answer(
-                Request(
-                    request.method,
-                    request.path,
-                    request.version,
-                    request.headers,
-                    request.query,
-                    peer,
-                )
-            )
-            head_only = request.method == "HEAD"
+        if request is None:
+            await self._send(stream, response, head_only=False)
+            return
+        request = dataclasses.replace(request, peer=_peer_host(stream))
+        head_only = request.method == "HEAD"
+        if request.path not in self.request_routes:
+            await self._send(stream, await self._answer(request), head_only=head_only)
+            return
+        try:
+            self._request_slots.acquire_nowait()
+        except trio.WouldBlock:
+            self._count("request_routes_busy")
+            busy = text(503, "too many explorer requests at once; try again")
+            busy = dataclasses.replace(busy, headers=(retry_after(1),))
+            await self._send(stream, busy, head_only=head_only)
+            return
+        try:  # (held while sending too: a reader that does not read holds it up to 10 s)
+            await self._send(stream, await self._answer(request), head_only=head_only)
+        finally:
+            self._request_slots.release()
+
+    async def _send(
+        self, stream: trio.SocketStream, response: Response, *, head_only: bool
+    ) -> None:
         self._count(response.status)
         with trio.move_on_after(SEND_TIMEOUT_S):
             await stream.send_all(response.encode(head_only=head_only))

@@ -271,3 +271,50 @@ async def test_a_request_route_sees_the_query_and_the_peer_and_has_a_deadline() 
             missing = await exchange(server.port, b"GET /nope HTTP/1.1\r\n\r\n")
             assert b"/echo" in body_of(missing) and b"/healthz" in body_of(missing)
             nursery.cancel_scope.cancel()
+
+
+async def test_slow_request_routes_never_take_the_health_probes_slots() -> None:
+    """Request routes (the explorer) hold at most REQUEST_ROUTES_MAX connections at a time; one
+    more is 503 with Retry-After at once, and /healthz still answers though every explorer
+    request in flight is stuck (before: 20 of them took all 20 slots, and probes were refused,
+    so an orchestrator would restart a healthy member)."""
+    release = trio.Event()
+    inside = 0
+
+    async def stuck(request: Request) -> Response:
+        nonlocal inside
+        inside += 1
+        await release.wait()
+        return text(200, "late")
+
+    server = HttpServer(
+        {"/healthz": lambda: text(200, "ok")},
+        (HOST, 0),
+        request_routes={"/explorer/api/block": stuck},
+        connections_max=20,
+        request_routes_max=16,
+    )
+    replies: list[bytes] = []
+    four_refused = trio.Event()
+
+    async def ask() -> None:
+        replies.append(await exchange(server.port, b"GET /explorer/api/block HTTP/1.1\r\n\r\n"))
+        if len(replies) == 4:
+            four_refused.set()
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.run)
+            async with trio.open_nursery() as asking:
+                for _ in range(20):
+                    asking.start_soon(ask)
+                await four_refused.wait()
+                assert inside == 16
+                for reply in replies:
+                    assert status_of(reply) == 503 and b"Retry-After: 1\r\n" in reply, reply
+                probe = await exchange(server.port, b"GET /healthz HTTP/1.1\r\n\r\n")
+                assert status_of(probe) == 200, probe[:40]
+                assert server.counters["request_routes_busy"] == 4
+                release.set()
+            assert sorted(status_of(r) for r in replies) == [200] * 16 + [503] * 4
+            nursery.cancel_scope.cancel()
