@@ -2,8 +2,10 @@
 driven through selenium (never a downloaded browser or driver: SE_OFFLINE and the paths given).
 The page loads and shows the members; the height it shows moves as transactions commit,
 without a reload; a transaction the test submitted is found by its id, with its receipt
-document. The screenshot is kept in test-artifacts/explorer.png;
-CONSORTIUM_UPDATE_SCREENSHOT=1 also replaces docs/explorer.png with it."""
+document; a transaction whose key and value are HTML shows them as text, in its own view and
+its block's, and runs none of it (the page also runs under its Content-Security-Policy). The
+screenshot is kept in test-artifacts/explorer.png; CONSORTIUM_UPDATE_SCREENSHOT=1 also
+replaces docs/explorer.png with it."""
 
 from __future__ import annotations
 
@@ -16,7 +18,10 @@ import trio
 
 from consortium.cli.demo import wait_until_up
 from consortium.cli.network import LocalNetwork, init_network, load_client_setup
-from consortium.ledger.genesis import Params
+from consortium.client import ConsortiumClient
+from consortium.crypto.keys import KeyPair
+from consortium.ledger.genesis import Genesis, Params
+from consortium.ledger.tx import Put
 from consortium.node.config import config_path, load_config
 from tests.e2e.test_faults import submit
 
@@ -31,6 +36,19 @@ ROOT = Path(__file__).resolve().parents[2]
 # leaves the checkout modified.
 ARTIFACT = ROOT / "test-artifacts" / "explorer.png"
 DOCS_SCREENSHOT = ROOT / "docs" / "explorer.png"
+
+
+XSS_KEY = '<img src=x onerror="window.__xss=1">'
+XSS_VALUE = "<script>window.__xss=2</script>"
+
+
+async def submit_html(genesis: Genesis, key: KeyPair) -> bytes:
+    """A transaction whose key and value are HTML that runs script if a page renders it."""
+    async with ConsortiumClient(genesis, key) as client:
+        tx = client.make_tx([Put(XSS_KEY.encode(), XSS_VALUE.encode())])
+        (outcome,) = await client.submit_and_wait([tx], timeout_s=30.0)
+    assert outcome.status == "committed", outcome
+    return tx.id
 
 
 def browser(profile: Path):  # type: ignore[no-untyped-def]
@@ -58,6 +76,7 @@ def browser(profile: Path):  # type: ignore[no-untyped-def]
 
 
 def test_the_explorer_in_a_browser_against_a_live_network(tmp_path: Path) -> None:
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -77,7 +96,8 @@ def test_the_explorer_in_a_browser_against_a_live_network(tmp_path: Path) -> Non
         first = trio.run(submit, setup.genesis, setup.keys()[0], 5, "explorer-a")
         assert len(first) == 5
         driver = browser(tmp_path / "chromium-profile")
-        wait = WebDriverWait(driver, WAIT_S)
+        # (a view the page replaces between finding an element and reading it: look again)
+        wait = WebDriverWait(driver, WAIT_S, ignored_exceptions=(StaleElementReferenceException,))
         driver.get(f"http://127.0.0.1:{http[1]}/explorer/")
 
         def members_shown(_: object) -> bool:
@@ -116,6 +136,22 @@ def test_the_explorer_in_a_browser_against_a_live_network(tmp_path: Path) -> Non
         shutil.copyfile(shot, ARTIFACT)
         if os.environ.get("CONSORTIUM_UPDATE_SCREENSHOT") == "1":
             shutil.copyfile(shot, DOCS_SCREENSHOT)
+        assert not driver.find_element(By.ID, "error").text
+
+        # Ledger text is text: HTML in a key and a value shows literally and runs nothing.
+        html_tx = trio.run(submit_html, setup.genesis, setup.keys()[0]).hex()
+        search = driver.find_element(By.ID, "q")
+        search.clear()
+        search.send_keys(html_tx)
+        driver.find_element(By.CSS_SELECTOR, "#search button").click()
+        wait.until(lambda d: d.find_element(By.ID, "tx-id").text == html_tx)
+        assert f"put {XSS_KEY} = {XSS_VALUE}" in driver.find_element(By.ID, "tx").text
+        driver.find_element(By.CSS_SELECTOR, "#tx a[data-height]").click()
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, f"#block-txs a[data-tx='{html_tx}']"))
+        assert f"put {XSS_KEY} = {XSS_VALUE}" in driver.find_element(By.ID, "block-txs").text
+        assert driver.find_element(By.ID, "tx-pages").text.startswith("transactions 1-")
+        assert not driver.find_elements(By.CSS_SELECTOR, "#detail img, #detail script")
+        assert driver.execute_script("return window.__xss") is None
         assert not driver.find_element(By.ID, "error").text
     finally:
         if driver is not None:

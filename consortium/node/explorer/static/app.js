@@ -6,6 +6,7 @@
 const API = "/explorer/api/";
 const POLL_MS = 1000;
 const PAGE = 20;
+const TX_PAGE = 20; // a block's transactions shown at a time (the API allows up to 100)
 let shownHeight = -1;
 let pageBefore = null; // null: the newest page, followed live
 let polling = false;
@@ -104,9 +105,20 @@ function detail(title, ...body) {
   $("detail").scrollIntoView({ block: "nearest" });
 }
 
-async function showBlock(height) {
+function txPager(b) {
+  const shown = b.transactions.length;
+  const range = shown ? `transactions ${b.offset + 1}-${b.offset + shown} of ${b.txs}` : `${b.txs} transactions`;
+  const earlier = Math.max(0, b.offset - b.limit);
+  return el("p", { id: "tx-pages" }, range, " ",
+    el("button", { type: "button", id: "tx-earlier", ...(b.offset > 0 ? {} : { disabled: "" }),
+      onclick: () => showBlock(b.height, earlier) }, "Earlier transactions"), " ",
+    el("button", { type: "button", id: "tx-later", ...(b.next_offset !== null ? {} : { disabled: "" }),
+      onclick: () => showBlock(b.height, b.next_offset) }, "Later transactions"));
+}
+
+async function showBlock(height, offset = 0) {
   try {
-    const b = await get(`block?height=${encodeURIComponent(height)}`);
+    const b = await get(`block?height=${encodeURIComponent(height)}&offset=${offset}&limit=${TX_PAGE}`);
     showError(null);
     detail(`Block ${b.height}`,
       el("dl", {},
@@ -121,7 +133,8 @@ async function showBlock(height) {
         el("th", {}, "transaction"), el("th", {}, "client"), el("th", {}, "operations"), el("th", {}, "status"))),
         el("tbody", {}, ...b.transactions.map((t) => el("tr", {},
           el("td", {}, txLink(t.id)), el("td", {}, t.client), el("td", {}, t.ops.map(opText).join("; ")),
-          el("td", { class: t.status === "ok" ? "ok" : "bad" }, t.status + (t.reason ? ` (${t.reason})` : "")))))));
+          el("td", { class: t.status === "ok" ? "ok" : "bad" }, t.status + (t.reason ? ` (${t.reason})` : "")))))),
+      txPager(b));
   } catch (err) { showError(err); }
 }
 
