@@ -1,7 +1,9 @@
 """The explorer's receipt documents with f+1 signatures, gathered by the client's own code (as
 `consortium tx receipt` does: ConsortiumClient.lookup, then TxOutcome.receipt_document). The
 node may not import the client (tests/test_layers.py), so `consortium node start` gives the
-member this (node/explorer, `gather`)."""
+member this (node/explorer, `gather`). Each call dials every member's client port, which is why
+the explorer makes one call at a time and remembers both answers and failures (node/explorer's
+module docstring)."""
 
 from __future__ import annotations
 
