@@ -430,8 +430,8 @@ def member_registry(node: Observed, status: Callable[[], dict[str, Any]]) -> Col
 
 class MemberMetrics:
     """GET /metrics of one member: its registry, made by `prepare` when the member starts its
-    HTTP listener (status.MemberStatus.http_routes), so the first scrape does not import
-    prometheus_client (about 0.1 s) on the event loop; a member without one never imports it."""
+    HTTP listener (runtime.Node.run), so the first scrape does not import prometheus_client
+    (about 0.1 s) on the event loop; a member without one never imports it."""
 
     def __init__(self, node: Observed, status: Callable[[], dict[str, Any]]) -> None:
         self.node = node

@@ -149,9 +149,6 @@ class MemberStatus:
     # --- HTTP: health, readiness, status, metrics -------------------------------------------
 
     def http_routes(self) -> dict[str, Callable[[], Response]]:
-        """The routes, called as the member starts its HTTP listener: the metrics registry is
-        made now, before the core loop runs, not by the first scrape on the event loop."""
-        self.exposition.prepare()
         return {
             "/healthz": self.healthz,
             "/readyz": self.readyz,

@@ -232,34 +232,6 @@ def test_each_member_has_its_own_registry_with_the_process_metrics(tmp_path: Pat
             node.store.close()
 
 
-def test_the_registry_is_made_when_the_http_listener_starts_not_by_the_first_scrape(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Making it imports prometheus_client (about 0.1 s): done while the member starts, before
-    its core loop runs, not inside the first GET /metrics on the event loop."""
-    from consortium.node import metrics
-
-    made: list[metrics.Observed] = []
-    real = metrics.member_registry
-
-    def counting(
-        node: metrics.Observed, status: Callable[[], dict[str, Any]]
-    ) -> prometheus_client.CollectorRegistry:
-        made.append(node)
-        return real(node, status)
-
-    monkeypatch.setattr(metrics, "member_registry", counting)
-    node = _member(tmp_path)
-    try:
-        assert made == []  # a member without an HTTP listener never makes it
-        routes = node.status_view.http_routes()
-        assert len(made) == 1
-        assert b"consortium_height" in routes["/metrics"]().body
-        assert len(made) == 1
-    finally:
-        node.store.close()
-
-
 def _names(text: str) -> set[str]:
     """The metric family names a text mentions (histogram series named by their family)."""
     found = set(re.findall(r"\b((?:consortium|process|python)_[a-z_]+[a-z])\b", text))
@@ -317,6 +289,35 @@ async def live_member(tmp_path: Path, mode: str) -> AsyncIterator[Node]:
         await nursery.start(node.run)
         yield node
         nursery.cancel_scope.cancel()
+
+
+async def test_the_registry_is_made_as_the_http_listener_starts_not_by_the_first_scrape(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Making it imports prometheus_client (about 0.1 s): done while the member starts, before
+    its core loop runs, not inside the first GET /metrics on the event loop; a member made
+    but not serving HTTP never makes it."""
+    from consortium.node import metrics
+
+    made: list[metrics.Observed] = []
+    real = metrics.member_registry
+
+    def counting(
+        node: metrics.Observed, status: Callable[[], dict[str, Any]]
+    ) -> prometheus_client.CollectorRegistry:
+        made.append(node)
+        return real(node, status)
+
+    monkeypatch.setattr(metrics, "member_registry", counting)
+    with trio.fail_after(20):
+        async with live_member(tmp_path, "pbft") as node:
+            assert made == [node]  # as it started, before any scrape
+            assert b"consortium_height" in node.status_view.http_routes()["/metrics"]().body
+            assert made == [node]
+    made.clear()
+    other = _member(tmp_path / "other")
+    other.store.close()
+    assert made == []
 
 
 async def scrape(port: int) -> tuple[bytes, bytes]:
