@@ -207,6 +207,7 @@ def _load_config(home: Path, path: Path, overrides: list[tuple[str, str, str, An
         ) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    in_file = set(doc)  # (a section only the environment makes: its errors name variables)
     for _, section, key, value in overrides:
         table = doc.setdefault(section, {})
         if isinstance(table, dict):  # (not a table: the check below names the file's mistake)
@@ -252,6 +253,14 @@ def _load_config(home: Path, path: Path, overrides: list[tuple[str, str, str, An
     http = doc.get("http")
     http_listen = None
     if http is not None:
+        if "listen" not in http and "http" not in in_file:
+            # node.toml has no [http]: the environment made it, without a listener.
+            named = [name for name, section, _, _ in overrides if section == "http"]
+            raise ConfigError(
+                f"{path}: {' and '.join(named)} in the environment needs an HTTP listener, "
+                "and node.toml has no [http] section: set 'http.listen' there (e.g. "
+                'listen = "127.0.0.1:9301") or CONSORTIUM_NODE_HTTP_LISTEN'
+            )
         if "listen" not in http:
             raise ConfigError(
                 f"{path}: [http] needs 'http.listen' (e.g. listen = \"127.0.0.1:9301\"); "
@@ -350,7 +359,8 @@ def write_config(
     sections: list[tuple[str, dict[str, Any]]] = [
         (
             "# Consortium node configuration (see `consortium node start --help`). Any setting\n"
-            "# can be overridden by CONSORTIUM_NODE_<SECTION>_<KEY> in the environment.\n",
+            "# outside [peers] can be overridden by CONSORTIUM_NODE_<SECTION>_<KEY> in the\n"
+            "# environment.\n",
             {
                 "node": {"name": name, "data_dir": data_dir},
                 "listen": {"peer": peer_listen, "client": client_listen},

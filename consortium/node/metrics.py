@@ -70,9 +70,17 @@ class Histogram:
         running = 0
         for bound, n in zip(self.bounds, self.counts, strict=False):
             running += n
-            out.append((repr(float(bound)), running))  # as the library writes `le`
+            out.append((_le(bound), running))
         out.append(("+Inf", running + self.counts[-1]))
         return out
+
+
+def _le(bound: float) -> str:
+    """A bucket's `le` label value as the member wrote it before it used prometheus-client:
+    integers without ".0" ("1", "30"), others as Python writes them ("0.001"). Prometheus 2
+    does not normalise `le`, so "1.0" would be a new series: dashboards and `le="1"` selectors
+    would lose the buckets' history at the upgrade."""
+    return str(bound) if isinstance(bound, int) else repr(float(bound))
 
 
 class Families:
@@ -421,17 +429,23 @@ def member_registry(node: Observed, status: Callable[[], dict[str, Any]]) -> Col
 
 
 class MemberMetrics:
-    """GET /metrics of one member: its registry, made on the first scrape."""
+    """GET /metrics of one member: its registry, made by `prepare` when the member starts its
+    HTTP listener (runtime.Node.run), so the first scrape does not import prometheus_client
+    (about 0.1 s) on the event loop; a member without one never imports it."""
 
     def __init__(self, node: Observed, status: Callable[[], dict[str, Any]]) -> None:
         self.node = node
         self.status = status
         self._registry: CollectorRegistry | None = None
 
-    @property
-    def registry(self) -> CollectorRegistry:
+    def prepare(self) -> None:
         if self._registry is None:
             self._registry = member_registry(self.node, self.status)
+
+    @property
+    def registry(self) -> CollectorRegistry:
+        self.prepare()
+        assert self._registry is not None
         return self._registry
 
     def text(self) -> str:

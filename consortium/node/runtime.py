@@ -300,6 +300,9 @@ class Node:
                 self.peer_port = self.peers.listen_port
                 self.client_port = await nursery.start(self.service.run)
                 if self.http_listen is not None:
+                    # The metrics registry (prometheus_client's import, ~0.1 s) now, before the
+                    # core loop runs, not inside the first scrape on the event loop.
+                    self.status_view.exposition.prepare()
                     routes = self.status_view.http_routes()
                     explorer = None
                     if self.config.http_explorer:  # (node/explorer: off unless asked for)

@@ -4,12 +4,17 @@
 
     consortium init --dir net --listen-host 0.0.0.0 --hosts \\
         consortium-0.consortium.NS.svc.cluster.local,...,consortium-3.consortium.NS.svc.cluster.local
-    python3 deploy/kubernetes/member_files.py net --namespace NS | kubectl apply -n NS -f -
+    python3 deploy/kubernetes/member_files.py net --namespace NS --first-start yes \
+        | kubectl apply -n NS -f -
 
-Secret consortium-keys: n<i>.pem, each member's private key. ConfigMap consortium-members:
-genesis.json, n<i>.toml (each member's node.toml, its [http] listener moved from loopback to
-0.0.0.0:9301 so the kubelet's probes reach it), new-member (the mark a member that has never
-run starts with) and first-start (yes, or no with --first-start no: see statefulset.yaml).
+and, once the network has committed its first blocks, the same with --first-start no.
+
+Secret consortium-keys: n<i>.pem, each member's private key (so whoever can read it, or runs
+any of the pods, holds every member's key: one trust domain, see docs/operations.md). ConfigMap
+consortium-members: genesis.json, n<i>.toml (each member's node.toml, its [http] listener moved
+from loopback to 0.0.0.0:9301 so the kubelet's probes reach it), new-member (the mark a member
+that has never run starts with) and first-start (--first-start's yes or no: see
+statefulset.yaml).
 
 It checks what the pods need before writing anything: every file present, member i of genesis
 at consortium-<i-1>.consortium.<namespace>... on ports 7101 and 7201, each node.toml listening
@@ -26,7 +31,7 @@ import re
 import sys
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 SERVICE = "consortium"  # the headless Service and the StatefulSet (service.yaml)
 PEER_PORT, CLIENT_PORT, HTTP_PORT = 7101, 7201, 9301  # statefulset.yaml's container ports
@@ -68,9 +73,7 @@ def _http_on_all_interfaces(text: str, where: Path) -> str:
     return out
 
 
-def member_files(
-    net: Path, namespace: str | None = None, first_start: bool = True
-) -> dict[str, Any]:
+def member_files(net: Path, namespace: str | None, *, first_start: bool) -> dict[str, Any]:
     genesis_bytes = _read(net / "genesis.json")
     try:
         genesis = json.loads(genesis_bytes)
@@ -136,17 +139,42 @@ def member_files(
     return {"apiVersion": "v1", "kind": "List", "items": [secret, config_map]}
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line, like the tool's other errors."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"member_files.py: {message} (see --help)\n")
+
+
+FIRST_START_HELP = (
+    "yes or no, required: the safe answer changes once the network runs. yes: the network's "
+    "first apply, no member has run yet; a pod whose volume is empty starts as a new member. "
+    "no: every apply after the network has committed blocks; a pod whose volume is empty (lost) "
+    "starts as a recovering member and learns from the others what it did. Apply no as soon as "
+    "the network has run: with yes left in place, a pbft member that loses its volume votes "
+    "again without the votes it already cast."
+)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = _Parser(description=__doc__.split("\n\n")[0])
     parser.add_argument("net", type=Path, help="the directory consortium init wrote")
     parser.add_argument("--namespace", help="check genesis names the pods in this namespace")
-    parser.add_argument("--first-start", choices=("yes", "no"), default="yes")
+    parser.add_argument(
+        "--first-start", choices=("yes", "no"), required=True, help=FIRST_START_HELP
+    )
     args = parser.parse_args(argv)
     try:
-        out = member_files(args.net, args.namespace, args.first_start == "yes")
+        out = member_files(args.net, args.namespace, first_start=args.first_start == "yes")
     except Refused as exc:
         print(f"member_files.py: {exc}", file=sys.stderr)
         return 2
+    if args.first_start == "yes":
+        print(
+            "member_files.py: first-start is yes: apply this again with --first-start no "
+            "once the network has committed its first blocks",
+            file=sys.stderr,
+        )
     json.dump(out, sys.stdout, indent=2)
     sys.stdout.write("\n")
     return 0

@@ -27,6 +27,11 @@ HEAVY = (
     "consortium.client",
     "cryptography",
     "nacl",
+    "prometheus_client",  # the member's /metrics
+    "h11",  # the member's HTTP listener
+    "tomli_w",  # writing node.toml (init, keygen)
+    "selenium",  # the browser test only
+    "rich",  # tables and progress on a terminal
 )
 # What typer would load for help and option values, were it not told otherwise (main.py).
 HELP_EXTRAS = ("rich", "pydantic")

@@ -341,6 +341,34 @@ def test_an_environment_override_turns_on_a_section_the_file_lacks(tmp_path: Pat
     assert config.http_listen == ("127.0.0.1", 9400)
 
 
+def test_an_http_setting_from_the_environment_without_a_listener_names_its_variable(
+    tmp_path: Path,
+) -> None:
+    """node.toml has no [http]: the error names the variable that made one, and what it needs,
+    not a section the file does not have."""
+    init_network(tmp_path / "n", members=4, clients=1)
+    home = tmp_path / "n" / "nodes" / "n2"
+    text = config_path(home).read_text()
+    config_path(home).write_text(text[: text.index("# GET /healthz")])  # no [http]
+    with pytest.raises(ConfigError) as err:
+        load_config(home, {"CONSORTIUM_NODE_HTTP_EXPLORER": "true"})
+    message = str(err.value)
+    assert "\n" not in message
+    assert "CONSORTIUM_NODE_HTTP_EXPLORER in the environment needs an HTTP listener" in message
+    assert "'http.listen'" in message and "CONSORTIUM_NODE_HTTP_LISTEN" in message
+    assert "remove the [http] section" not in message
+    config = load_config(
+        home,
+        {"CONSORTIUM_NODE_HTTP_EXPLORER": "true", "CONSORTIUM_NODE_HTTP_LISTEN": "127.0.0.1:9400"},
+    )
+    assert config.http_explorer is True and config.http_listen == ("127.0.0.1", 9400)
+    # An [http] without a listener in the file is the file's mistake, said as before.
+    config_path(home).write_text(text[: text.index("# GET /healthz")] + "[http]\nexplorer = true\n")
+    with pytest.raises(ConfigError, match=r"remove the \[http\] section") as err:
+        load_config(home, {"CONSORTIUM_NODE_HTTP_EXPLORER": "true"})
+    assert "in the environment" not in str(err.value)
+
+
 def test_an_unknown_environment_setting_is_refused_naming_the_known_ones(net: Path) -> None:
     with pytest.raises(ConfigError) as err:
         load_config(net / "nodes" / "n1", {"CONSORTIUM_NODE_HTTP_LISTN": "127.0.0.1:1"})
@@ -396,6 +424,7 @@ def test_node_toml_is_written_commented_and_reads_back_the_same(tmp_path: Path) 
     )
     text = config_path(home).read_text()
     assert text.startswith("# Consortium node configuration")
+    assert "Any setting\n# outside [peers] can be overridden" in text  # [peers] cannot be
     assert "# GET /healthz /readyz /status /metrics" in text and "# TLS 1.3, mutual" in text
     assert text.index("# GET /healthz") < text.index("[http]") < text.index("# TLS 1.3")
     assert tomllib.loads(text) == {

@@ -385,8 +385,9 @@ def test_member_files_make_the_secret_and_config_map_each_pod_builds_its_home_fr
     from consortium.node.config import load_identity
 
     net = init_for(tmp_path, [POD_DNS.format(i=i) for i in range(4)])
-    result = run_member_files(str(net), "--namespace", "ledger")
+    result = run_member_files(str(net), "--namespace", "ledger", "--first-start", "yes")
     assert result.returncode == 0, result.stderr
+    assert "--first-start no" in result.stderr  # the reminder to turn it off later
     files = json.loads(result.stdout)
     for item in files["items"]:
         kubernetes_validate.validate(item, KUBERNETES_VERSION, strict=True)
@@ -411,19 +412,43 @@ def test_member_files_make_the_secret_and_config_map_each_pod_builds_its_home_fr
     assert not (init_script(tmp_path, 3, files) / "data" / "new-member").exists()
     # Nor does an emptied volume once the operator said the network has run.
     again = run_member_files(str(net), "--namespace", "ledger", "--first-start", "no")
-    assert again.returncode == 0, again.stderr
+    assert again.returncode == 0 and again.stderr == "", again.stderr
     assert not (init_script(tmp_path / "later", 0, json.loads(again.stdout)) / "data").exists()
 
 
 def test_member_files_refuse_a_network_not_made_for_the_pods(tmp_path: Path) -> None:
     net = init_for(tmp_path, ["10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4"])
-    result = run_member_files(str(net))
+    result = run_member_files(str(net), "--first-start", "yes")
     assert result.returncode == 2 and result.stdout == ""
     assert "not pod 0's name consortium-0.consortium." in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1  # one line, no traceback
     shutil.rmtree(net)
     net = init_for(tmp_path, [POD_DNS.format(i=i) for i in range(4)])
-    assert run_member_files(str(net), "--namespace", "other").returncode == 2
+    assert run_member_files(str(net), "--namespace", "other", "--first-start", "no").returncode == 2
     (net / "nodes" / "n3" / "config" / "node_key.pem").unlink()
-    result = run_member_files(str(net), "--namespace", "ledger")
+    result = run_member_files(str(net), "--namespace", "ledger", "--first-start", "yes")
     assert result.returncode == 2 and "n3/config/node_key.pem" in result.stderr
+
+
+def test_member_files_make_the_operator_say_whether_the_network_has_run(tmp_path: Path) -> None:
+    """No default for --first-start: yes left on after the network ran lets a pbft member that
+    lost its volume vote again; no on the first apply is not what a new network wants either."""
+    net = init_for(tmp_path, [POD_DNS.format(i=i) for i in range(4)])
+    result = run_member_files(str(net), "--namespace", "ledger")
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.splitlines() == [
+        "member_files.py: the following arguments are required: --first-start (see --help)"
+    ]
+    helped = run_member_files("--help")
+    assert helped.returncode == 0
+    said = " ".join(helped.stdout.split())
+    assert "yes: the network's first apply" in said and "no: every apply after" in said
+    for answer in ("yes", "no"):
+        result = run_member_files(str(net), "--namespace", "ledger", "--first-start", answer)
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout)["items"][1]["data"]["first-start"] == answer
+    # The docs' commands give the answer too (they would fail as written otherwise).
+    docs = (REPO / "docs" / "operations.md").read_text().splitlines()
+    commands = [line for line in docs if line.startswith("python3 deploy/kubernetes/member_files")]
+    assert len(commands) >= 2
+    assert all(re.search(r"--first-start (yes|no)\b", line) for line in commands), commands

@@ -59,8 +59,9 @@ def test_what_the_walkthroughs_write_is_ignored() -> None:
     )
     not_ignored = [line.split("\t")[-1] for line in done.stdout.splitlines() if line[:2] == "::"]
     assert not_ignored == [], not_ignored
-    # The demo's default directory and a member home's log, though no option names them.
-    for path in ("demo-net/", "n1.log", "n1-cert.pem"):
+    # The demo's default directory, a member home's log and the browser test's screenshot,
+    # though no walkthrough command names them.
+    for path in ("demo-net/", "n1.log", "n1-cert.pem", "test-artifacts/explorer.png"):
         assert (
             subprocess.run(
                 ["git", "check-ignore", "--no-index", "-q", path], cwd=ROOT, check=False, timeout=30

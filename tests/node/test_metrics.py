@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import prometheus_client
 import pytest
@@ -73,6 +74,36 @@ def test_histograms_are_cumulative_and_end_in_inf() -> None:
     count = next(s[2] for s in family.samples if s[0].endswith("_count"))
     total = next(s[2] for s in family.samples if s[0].endswith("_sum"))
     assert count == 5 and total == pytest.approx(5.0565)
+
+
+def test_bucket_bounds_keep_the_le_labels_they_had_before_prometheus_client() -> None:
+    """Integer bounds are written "1", not "1.0": Prometheus 2 does not normalise `le`, so a
+    change would split every bucket series at the upgrade and stop `le="1"` selectors."""
+    from consortium.node import metrics
+
+    out = Families({})
+    out.histogram("consortium_batch_txs", "Txs.", [({}, Histogram(metrics.BATCH_TXS_BUCKETS))])
+    out.histogram(
+        "consortium_commit_latency_seconds", "Lat.", [({}, Histogram(metrics.LATENCY_S_BUCKETS))]
+    )
+    out.histogram("consortium_fsync_seconds", "Fsync.", [({}, Histogram(metrics.FSYNC_S_BUCKETS))])
+    body = exposition(_Collected(out))
+
+    def les(name: str) -> list[str]:
+        return re.findall(rf'^{name}_bucket{{le="([^"]*)"}} ', body, re.M)
+
+    assert les("consortium_batch_txs") == [
+        *("1", "2", "5", "10", "20", "50", "100", "200", "500", "1000", "2000", "5000"),
+        "+Inf",
+    ]
+    assert les("consortium_commit_latency_seconds") == [
+        *("0.001", "0.002", "0.005", "0.01", "0.02", "0.05", "0.1", "0.2", "0.5"),
+        *("1", "2", "5", "10", "30", "+Inf"),
+    ]
+    assert les("consortium_fsync_seconds") == [
+        *("0.0001", "0.0002", "0.0005", "0.001", "0.002", "0.005", "0.01", "0.02", "0.05"),
+        *("0.1", "0.5", "1", "+Inf"),
+    ]
 
 
 def test_a_family_is_declared_once_and_counters_end_in_total() -> None:
@@ -177,7 +208,7 @@ def test_each_member_has_its_own_registry_with_the_process_metrics(tmp_path: Pat
         for node in nodes:
             metrics = MemberMetrics(node, node.status)
             assert metrics.registry is not prometheus_client.REGISTRY
-            assert metrics.registry is metrics.registry  # made once, on the first scrape
+            assert metrics.registry is metrics.registry  # made once
             body = metrics.text()
             families = {f.name: f for f in text_string_to_metric_families(body)}
             for name in (
@@ -258,6 +289,35 @@ async def live_member(tmp_path: Path, mode: str) -> AsyncIterator[Node]:
         await nursery.start(node.run)
         yield node
         nursery.cancel_scope.cancel()
+
+
+async def test_the_registry_is_made_as_the_http_listener_starts_not_by_the_first_scrape(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Making it imports prometheus_client (about 0.1 s): done while the member starts, before
+    its core loop runs, not inside the first GET /metrics on the event loop; a member made
+    but not serving HTTP never makes it."""
+    from consortium.node import metrics
+
+    made: list[metrics.Observed] = []
+    real = metrics.member_registry
+
+    def counting(
+        node: metrics.Observed, status: Callable[[], dict[str, Any]]
+    ) -> prometheus_client.CollectorRegistry:
+        made.append(node)
+        return real(node, status)
+
+    monkeypatch.setattr(metrics, "member_registry", counting)
+    with trio.fail_after(20):
+        async with live_member(tmp_path, "pbft") as node:
+            assert made == [node]  # as it started, before any scrape
+            assert b"consortium_height" in node.status_view.http_routes()["/metrics"]().body
+            assert made == [node]
+    made.clear()
+    other = _member(tmp_path / "other")
+    other.store.close()
+    assert made == []
 
 
 async def scrape(port: int) -> tuple[bytes, bytes]:
