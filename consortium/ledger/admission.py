@@ -184,9 +184,8 @@ def check_approvals(
                 f"member {key.hex()[:16]}…'s signature does not verify for this change and chain",
             )
     if len(seen) < quorum:
-        return Refusal(
-            "config_no_quorum", f"{len(seen)} member signatures, {quorum} needed (genesis quorum)"
-        )
+        signatures = "1 member signature" if len(seen) == 1 else f"{len(seen)} member signatures"
+        return Refusal("config_no_quorum", f"{signatures}, {quorum} needed (genesis quorum)")
     return None
 
 

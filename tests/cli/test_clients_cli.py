@@ -72,7 +72,7 @@ def test_sign_and_submit_refuse_what_the_network_would(net: Path, tmp_path: Path
     assert code == 0 and "1 of 3 needed approvals" in text  # signing twice counts once
     code, text = run("client", "submit", str(proposal), "--net", str(net))
     assert (
-        code == 1 and "1 member signatures, 3 needed (genesis quorum); nothing submitted" in text
+        code == 1 and "1 member signature, 3 needed (genesis quorum); nothing submitted" in text
     ), text
 
     edited = tmp_path / "edited.json"

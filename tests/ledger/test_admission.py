@@ -466,7 +466,7 @@ def test_the_audit_finds_a_change_accepted_without_a_quorum(tmp_path: Path) -> N
     assert not report.ok and report.problem is not None
     assert report.problem.height == 1
     assert "accepted as a client change (admit)" in report.problem.reason
-    assert "1 member signatures, 3 needed" in report.problem.reason
+    assert "1 member signature, 3 needed" in report.problem.reason
 
 
 def test_the_audit_compares_the_stored_clients_with_re_execution(tmp_path: Path) -> None:
