@@ -108,7 +108,8 @@ _CODEC = (
     "consortium/ledger/tx.py",
 )
 _STORE = ("consortium/ledger/store.py", "consortium/ledger/digests.py", "sqlite3")
-_LOOP = ("trio/", "outcome/", "sniffio/", "<string>", "contextlib.py", "selectors.py")
+# Dataclasses' generated __init__ (file "<string>") serve every category: "other".
+_LOOP = ("trio/", "outcome/", "sniffio/", "contextlib.py", "selectors.py")
 
 
 def parse_frame(frame: str) -> tuple[str, str]:
@@ -435,6 +436,7 @@ class Column:
     profile: Profile
     cpu_ms_per_tx: float
     run: str  # the bench run's tx/s and the CPU py-spy took
+    raw: str = ""
 
 
 def column(mode: str, target: str, out: Path) -> Column:
@@ -471,7 +473,7 @@ def column(mode: str, target: str, out: Path) -> Column:
         f"{figures.get('window_s')} s profiled ({main}), {sampled:.1f} s of busy samples; "
         f"py-spy took {figures.get('pyspy_cpu_s')} CPU s"
     )
-    return Column(label, profile, cpu, run)
+    return Column(label, profile, cpu, run, (out / f"{mode}-{target}.raw").read_text())
 
 
 def _num(value: object) -> float:
@@ -523,8 +525,38 @@ def callers_table(col: Column, count: int = 6) -> list[str]:
     return lines
 
 
-def report(cols: list[Column]) -> str:
+def inclusive(raw: str, pattern: str, profile: Profile) -> float:
+    """The CPU share of the samples whose stack holds every '&'-separated part of `pattern`
+    (a frame's text, line numbers included: `store.py:964` is one statement), weighted as
+    the profile weights its threads."""
+    parts = pattern.split("&")
+    wm, ww = profile.weights()
+    share = 0.0
+    for line in raw.splitlines():
+        stack_text, _, count_text = line.rpartition(" ")
+        if not count_text.isdigit() or not stack_text.strip():
+            continue
+        stack = stack_text.split(";")
+        if is_idle(stack) or not all(p in stack_text for p in parts):
+            continue
+        share += int(count_text) * (ww if is_worker(stack) else wm)
+    return share
+
+
+def inclusive_table(cols: list[Column], patterns: list[str]) -> list[str]:
+    """Markdown: per pattern, ms of CPU per transaction spent in it and below it."""
+    lines = ["| inclusive | " + " | ".join(c.label for c in cols) + " |"]
+    lines.append("|---" * (len(cols) + 1) + "|")
+    for pattern in patterns:
+        cells = [f"{c.cpu_ms_per_tx * inclusive(c.raw, pattern, c.profile):.4f}" for c in cols]
+        lines.append(f"| `{pattern}` | " + " | ".join(cells) + " |")
+    return lines
+
+
+def report(cols: list[Column], patterns: list[str] | None = None) -> str:
     lines = category_table(cols)
+    if patterns:
+        lines += ["", *inclusive_table(cols, patterns)]
     for col in cols:
         lines += ["", *top_table(col)]
         if col.profile.callers():
@@ -546,6 +578,12 @@ def main(argv: list[str] | None = None) -> int:
         "(default: pbft n1,n2,client; raft leader,follower,client)",
     )
     parser.add_argument("--rate", type=int, default=RATE_HZ)
+    parser.add_argument(
+        "--inclusive",
+        action="append",
+        default=[],
+        help="also report ms/tx in and below frames matching this (A&B: both), repeatable",
+    )
     parser.add_argument("--summarise-only", action="store_true", help="re-read --out only")
     args = parser.parse_args(argv)
     pyspy = str(Path(sys.executable).parent / "py-spy")
@@ -563,7 +601,7 @@ def main(argv: list[str] | None = None) -> int:
                     time.sleep(1.0)  # let the machine settle between runs
                 cols.append(column(mode, target, args.out))
                 print(f"{cols[-1].label}: {cols[-1].run}", file=sys.stderr)
-        text = report(cols)
+        text = report(cols, args.inclusive)
         (args.out / "summary.md").write_text(text)
         print(text)
     except (ProfileError, OSError, KeyError, ValueError) as exc:
