@@ -1,21 +1,25 @@
-"""Where the CPU goes under `consortium bench`: py-spy on every member and on the clients,
-summarised as self-time shares by category and the top functions, in ms of CPU per committed
-transaction (docs/bench.md, "Where the CPU goes (profile)").
+"""Where the CPU goes under `consortium bench`: py-spy on a member or on the clients, summarised
+as self-time shares by category and the top functions, in ms of CPU per committed transaction
+(docs/bench.md, "Where the CPU goes (profile)").
 
-    PYTHONPATH=. python scripts/profile_bench.py --out /tmp/prof            # pbft n=4, raft n=3
-    PYTHONPATH=. python scripts/profile_bench.py --out /tmp/prof --summarise-only
+    PYTHONPATH=. python scripts/profile_bench.py --out /tmp/prof            # six bench runs
+    PYTHONPATH=. python scripts/profile_bench.py --out /tmp/prof --summarise-only \
+        --inclusive store.py:964 --inclusive "_on_preprepare&Ed25519Verifier.verify"
 
+One bench run per profiled process (pbft: n1, the primary in view 0, n2 and the clients; raft:
+the leader, a follower and the clients), since every py-spy takes CPU from the same two cores.
 The bench is run unchanged (`python -m consortium bench --json`). Its members are its child
 processes (`... node start --home DIR/nodes/nX`); the clients run in the bench process itself.
-py-spy attaches to each when the first progress line appears (the clients are submitting) and
-is stopped with SIGINT at the last one ("N/N decided"), so a profile covers the measured window
+py-spy attaches when the first progress line appears (the clients are submitting) and is
+stopped with SIGINT at the last one ("N/N decided"), so a profile covers the measured window
 and not the start-up, the signing of the workload or the audit at the end.
 
 Shares become ms per transaction through the bench's own CPU accounting: a member's CPU seconds
 over the run (its getrusage, read through status before and after) and the clients' (the bench
 process's getrusage over the drive), each over the committed transactions. Samples of idle
 threads (trio's worker threads waiting for work, the event loop waiting in epoll) are left out,
-so a share is a share of the time the process was busy.
+and the main thread's and the worker threads' samples are weighted by the CPU each used over
+the window (Profile says why).
 
 Raw profiles are py-spy's "raw" format: one line per distinct stack, frames `function
 (file:line)` from the outermost to the innermost, separated by `;`, then a space and a count.

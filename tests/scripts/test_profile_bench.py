@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from scripts.profile_bench import Column, ProfileError, category, report, summarise
+from scripts.profile_bench import Column, ProfileError, category, inclusive, report, summarise
 
 MAIN = "_run_module_as_main (<frozen runpy>:198);run (trio/_core/_run.py:2532)"
 WORKER = "Thread._bootstrap (threading.py:1002);Thread.run (threading.py:982)"
@@ -83,3 +83,13 @@ def test_report_in_ms_per_transaction() -> None:
 def test_a_line_that_is_not_a_stack_is_an_error() -> None:
     with pytest.raises(ProfileError, match="line 2"):
         summarise(f"{MAIN};x (a.py:1) 3\ngarbage")
+
+
+def test_inclusive_counts_stacks_holding_every_part() -> None:
+    p = summarise(RAW, main_cpu_fraction=0.9)
+    # 30 worker samples under verify_signature; "&" needs both parts in one stack
+    assert inclusive(RAW, "Transaction.verify_signature", p) == pytest.approx(0.1 * 30 / 40)
+    assert inclusive(RAW, "Replica.on_prepare&signing.py", p) == pytest.approx(0.9 * 5 / 60)
+    assert inclusive(RAW, "Replica.on_prepare&store.py", p) == 0
+    # idle stacks never count, whatever they hold
+    assert inclusive(RAW, "WorkerThread._work", p) == 0
