@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from consortium.node.metrics import text as exposition
 from consortium.node.runtime import Node, make_node
 from consortium.pbft.replica import PbftReplica
 from tests.node.exposition import parse
+from tests.node.test_node_http import lone_member
 
 ROOT = Path(__file__).resolve().parents[2]
 HOST = "127.0.0.1"
@@ -273,24 +273,6 @@ def test_the_name_reader_finds_the_names() -> None:
     assert len(names["docs/operations-metrics.md"]) >= 39
 
 
-@asynccontextmanager
-async def live_member(tmp_path: Path, mode: str) -> AsyncIterator[Node]:
-    init_network(tmp_path / "net", members=4 if mode == "pbft" else 3, clients=1, mode=mode)  # type: ignore[arg-type]
-    identity = load_identity(tmp_path / "net" / "nodes" / "n1")
-    node = make_node(
-        identity.config,
-        identity.genesis,
-        identity.keys,
-        peer_listen=(HOST, 0),
-        client_listen=(HOST, 0),
-        http_listen=(HOST, 0),
-    )
-    async with trio.open_nursery() as nursery:
-        await nursery.start(node.run)
-        yield node
-        nursery.cancel_scope.cancel()
-
-
 async def test_the_registry_is_made_as_the_http_listener_starts_not_by_the_first_scrape(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -310,7 +292,7 @@ async def test_the_registry_is_made_as_the_http_listener_starts_not_by_the_first
 
     monkeypatch.setattr(metrics, "member_registry", counting)
     with trio.fail_after(20):
-        async with live_member(tmp_path, "pbft") as node:
+        async with lone_member(tmp_path, "pbft") as node:
             assert made == [node]  # as it started, before any scrape
             assert b"consortium_height" in node.status_view.http_routes()["/metrics"]().body
             assert made == [node]
@@ -338,7 +320,7 @@ async def test_a_live_member_exposes_every_name_the_docs_and_alerts_use(
     tmp_path: Path, mode: str
 ) -> None:
     with trio.fail_after(20):
-        async with live_member(tmp_path, mode) as node:
+        async with lone_member(tmp_path, mode) as node:
             await trio.sleep(0.2)  # a few core ticks
             head, body = await scrape(node.http_port)
     assert head.startswith(b"HTTP/1.1 200"), head
