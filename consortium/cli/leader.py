@@ -8,6 +8,7 @@ this module (for `consortium --help`) loads typer and nothing heavy.
 # annotation of every command at each start (main.py).
 
 import contextlib
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -77,7 +78,13 @@ def leader_transfer(
                         break
                     except ClientError as exc:
                         # Leadership moved between our status request and the transfer
-                        # request: sign again for the new leader's term.
+                        # request: sign again for the new leader's term. A leader accepts
+                        # one transfer per election timeout, counting from its election: it
+                        # says when to ask again, and that is within our --timeout.
+                        wait = _retry_after_s(str(exc))
+                        if wait is not None:
+                            await trio.sleep(wait)
+                            continue
                         if "sign it again" not in str(exc) and "not the leader" not in str(exc):
                             raise
                     await trio.sleep(0.05)
@@ -95,6 +102,16 @@ def leader_transfer(
         raise fail(str(exc), EXIT_FAILED) from None
     except trio.TooSlowError:
         raise fail(f"{to} did not become leader within {timeout:g} s", EXIT_FAILED) from None
+
+
+_TRY_AGAIN = re.compile(r"try again in (\d+) ms")
+
+
+def _retry_after_s(refusal: str) -> float | None:
+    """Seconds until the leader takes a transfer again, from its refusal (one transfer per
+    election timeout), with a margin for the trip; None for any other refusal."""
+    found = _TRY_AGAIN.search(refusal)
+    return None if found is None else int(found.group(1)) / 1000 + 0.02
 
 
 def _member_signer(home: Path | None, net: Path | None) -> "tuple[Genesis, KeyPair, bool]":

@@ -372,6 +372,14 @@ class Figures:
     not_stopped: list[str] = field(default_factory=list)
     events: dict[str, int] = field(default_factory=dict)  # client port counters, all members
 
+    @property
+    def baseline(self) -> float:
+        """The rate before, as "during" and "after" are judged against it: at most the rate
+        the honest clients offer. A window before can count more (batches that waited while
+        the clients connected commit in it: 443 tx/s of a 350 tx/s load on a loaded CI
+        machine), and no later window can reach that with nothing left waiting."""
+        return min(self.before, self.honest_rate)
+
 
 BEFORE_S = 5.0
 ATTACK_S = 8.0
@@ -417,7 +425,7 @@ async def scenario(
     step = 0.25
     for k in range(int((AFTER_S - 1.0) / step) + 1):
         at = t_end + k * step
-        if load.rate(at, at + 1.0) >= RECOVERED_FRACTION * figures.before:
+        if load.rate(at, at + 1.0) >= RECOVERED_FRACTION * figures.baseline:
             figures.back_to_speed_s = k * step
             break
     figures.events = await _client_port_events(genesis, keys[0])

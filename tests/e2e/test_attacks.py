@@ -77,8 +77,8 @@ def _check(directory: Path, net: LocalNetwork, kind: str, rate: float, honest: f
     event, least = EVIDENCE[kind]
     assert fig.events.get(event, 0) >= least, fig.events
     assert fig.before >= 0.5 * honest, fig  # the honest load ran below saturation before
-    assert fig.during >= 0.5 * fig.before, fig
-    assert fig.after >= attacks.RECOVERED_FRACTION * fig.before, fig
+    assert fig.during >= 0.5 * fig.baseline, fig
+    assert fig.after >= attacks.RECOVERED_FRACTION * fig.baseline, fig
     assert fig.back_to_speed_s is not None and fig.back_to_speed_s <= 5.0, fig
     assert not fig.not_stopped and fig.sigterm_s <= SIGTERM_S_MAX, fig
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from raft_harness import HEARTBEAT, E, clocked, started
 
+from consortium.cli.leader import _retry_after_s
 from consortium.crashft import messages as m
 from consortium.crashft.node import FOLLOWER, LEADER
 
@@ -62,7 +63,12 @@ def test_a_transfer_request_while_one_is_under_way_is_refused_and_one_per_electi
     is abandoned at its first deadline, and the next is accepted an election timeout after the
     last one started (and not within one of the leader's election)."""
     g = started()
-    assert "at most one transfer per election timeout" in (g.transfer(0, 1) or "")
+    why = g.transfer(0, 1) or ""
+    assert "at most one transfer per election timeout" in why
+    # `consortium leader transfer` reads when to ask again from this refusal and waits.
+    wait = _retry_after_s(why)
+    assert wait is not None and E / 1000 - 0.1 < wait <= E / 1000 + 0.05, why
+    assert _retry_after_s("member 1 acknowledged nothing within the last election timeout") is None
     g.run(E)
     assert g.transfer(0, 1) is None
     started_at = g.now
