@@ -9,7 +9,12 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: demo check test lint venv clean browser
 
-$(STAMP): pyproject.toml
+# The install compiles these with mypyc (consortium/compiled.py lists them; a test keeps the
+# two lists equal): changed, they are compiled again, or they would run from source.
+COMPILED_SRC := consortium/crypto/codec.py consortium/crypto/hashing.py \
+	consortium/crypto/merkle.py consortium/ledger/digests.py consortium/client/tally.py
+
+$(STAMP): pyproject.toml setup.py $(COMPILED_SRC)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
@@ -21,9 +26,9 @@ demo: $(STAMP)
 	$(BIN)/consortium demo
 
 lint: $(STAMP)
-	$(BIN)/ruff format --check consortium tests scripts
-	$(BIN)/ruff check consortium tests scripts
-	$(BIN)/mypy consortium scripts
+	$(BIN)/ruff format --check consortium tests scripts setup.py
+	$(BIN)/ruff check consortium tests scripts setup.py
+	$(BIN)/mypy consortium scripts setup.py
 
 # Unit and simulation tiers on every core; then the end-to-end tier alone, since its tests
 # time real processes (a failover within 2 s) and must not compete with simulations for CPU.

@@ -1,6 +1,10 @@
 """Consortium: a permissioned ledger node ordering client-signed transactions with PBFT or Raft."""
 
+from consortium import compiled as _compiled
+
 __version__ = "0.1.0"
+
+_compiled.install()  # before anything imports a compiled module (compiled.py)
 
 
 def version() -> str:

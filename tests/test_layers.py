@@ -40,8 +40,12 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "pbft": ("ledger",),
     "crashft": ("ledger",),
     "ledger": ("crypto",),
-    "crypto": (),
-    "__init__": (),  # consortium/__init__.py: the version; it imports nothing, anyone may import it
+    "crypto": ("compiled",),
+    # consortium/__init__.py: the version, and the compiled modules' switch it installs first
+    # (compiled.py, which reads what the build wrote); anyone may import it
+    "__init__": ("compiled",),
+    "compiled": ("_compiled_hashes",),
+    "_compiled_hashes": (),
 }
 
 

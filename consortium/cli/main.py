@@ -136,9 +136,9 @@ app = typer.Typer(
 
 def _show_version(value: bool) -> None:
     if value:
-        from consortium import version
+        from consortium import compiled, version
 
-        typer.echo(f"consortium {version()}")
+        typer.echo(f"consortium {version()}\nhot modules: {compiled.describe()}")
         raise typer.Exit(0)
 
 

@@ -66,7 +66,7 @@ def _path(m: int, hashes: list[bytes]) -> list[bytes]:
 
 
 def verify_inclusion(
-    leaf: bytes, index: int, size: int, proof: Sequence[bytes], root: bytes
+    leaf: bytes, index: int, size: int, proof: Sequence[object], root: bytes
 ) -> bool:
     """RFC 9162 §2.1.3.2 verification of an inclusion proof; never raises on bad input."""
     if not 0 <= index < size:

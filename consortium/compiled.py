@@ -1,0 +1,115 @@
+"""Which modules are compiled (mypyc), and the switch back to their pure-Python source.
+
+The hot loops of the codec, Merkle trees, table digests, hashing and the client's tally are
+plain, strictly typed Python. `pip install` compiles them with mypyc when it can (setup.py):
+the same source, as C extension modules next to it. Where it cannot (no C compiler, no
+mypyc), nothing fails: the same modules run as Python. Results are identical either way
+(tests/test_compiled.py checks them against each other).
+
+Two rules keep a compiled module from ever running code other than its source:
+- The build records each compiled module's SHA-256 (consortium/_compiled_hashes.py, written
+  by setup.py). At import, a module whose source no longer matches (edited after the build,
+  another checkout) runs from its source instead; `consortium --version` names it.
+- CONSORTIUM_PURE=1 runs every one of them from its source (tests, debugging, profiling).
+
+This module is read by setup.py without importing the package: keep it free of imports of
+consortium.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.machinery
+import importlib.util
+import os
+import sys
+from collections.abc import Sequence
+from importlib.machinery import ModuleSpec
+from pathlib import Path
+from types import ModuleType
+
+# Dotted names, compiled together (one mypyc group): each is hot per transaction in the
+# profile (docs/bench.md, "Where the CPU goes") and imports nothing compiled but these.
+COMPILED: tuple[str, ...] = (
+    "consortium.crypto.codec",
+    "consortium.crypto.hashing",
+    "consortium.crypto.merkle",
+    "consortium.ledger.digests",
+    "consortium.client.tally",
+)
+PURE_ENV = "CONSORTIUM_PURE"
+_ROOT = Path(__file__).resolve().parent.parent  # the directory holding consortium/
+
+
+def source_path(name: str) -> Path:
+    return _ROOT.joinpath(*name.split(".")).with_suffix(".py")
+
+
+def source_hash(name: str) -> str:
+    return hashlib.sha256(source_path(name).read_bytes()).hexdigest()
+
+
+class _SourceFinder:
+    """Finds the listed modules' .py source ahead of the compiled extension next to it."""
+
+    def __init__(self, names: Sequence[str]) -> None:
+        self.names = frozenset(names)
+
+    def find_spec(
+        self, name: str, path: Sequence[str] | None, target: ModuleType | None = None
+    ) -> ModuleSpec | None:
+        if name not in self.names:
+            return None
+        return importlib.util.spec_from_file_location(name, source_path(name))
+
+
+# name -> why it runs from source although the build compiled it (for --version)
+from_source: dict[str, str] = {}
+
+
+def install() -> None:
+    """Route compiled modules that must not run compiled to their source (module rules).
+    Called once by consortium/__init__.py, before any of them is imported."""
+    try:
+        from consortium._compiled_hashes import HASHES  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        return  # nothing was compiled: every module is its source already
+    hashes = dict(HASHES)
+    why = ""
+    if os.environ.get(PURE_ENV) == "1":
+        why = f"{PURE_ENV}=1"
+    else:
+        changed = [
+            n for n, d in hashes.items() if not source_path(n).is_file() or source_hash(n) != d
+        ]
+        if changed:
+            # All or none: compiled together, they call each other's compiled code directly.
+            short = ", ".join(n.rpartition(".")[2] for n in changed)
+            why = f"{short} changed since compiled: reinstall to compile again"
+    if why:
+        from_source.update(dict.fromkeys(hashes, why))
+        sys.meta_path.insert(0, _SourceFinder(list(from_source)))
+
+
+def running_compiled(name: str) -> bool:
+    """Whether module `name` is imported from a compiled extension."""
+    module = sys.modules.get(name)
+    if module is None:
+        module = importlib.import_module(name)
+    origin = getattr(module, "__file__", None) or ""
+    return origin.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES))
+
+
+def describe() -> str:
+    """One line for `consortium --version`: what runs compiled, what from source and why."""
+    compiled = [n for n in COMPILED if running_compiled(n)]
+    short = lambda n: n.rpartition(".")[2]  # noqa: E731
+    if len(compiled) == len(COMPILED):
+        return f"compiled (mypyc): {', '.join(map(short, compiled))}"
+    parts = []
+    if compiled:
+        parts.append(f"compiled (mypyc): {', '.join(map(short, compiled))}")
+    rest = [n for n in COMPILED if n not in compiled]
+    reasons = {from_source.get(n, "not compiled at install") for n in rest}
+    parts.append(f"pure Python: {', '.join(map(short, rest))} ({'; '.join(sorted(reasons))})")
+    return "; ".join(parts)
