@@ -7,7 +7,7 @@ mypyc), nothing fails: the same modules run as Python. Results are identical eit
 (tests/test_compiled.py checks them against each other).
 
 Two rules keep a compiled module from ever running code other than its source:
-- The build records each compiled module's SHA-256 (consortium/_compiled_hashes.py, written
+- The build records each compiled module's SHA-256 (consortium/_compiled_hashes.json, written
   by setup.py). At import, a module whose source no longer matches (edited after the build,
   another checkout) runs from its source instead; `consortium --version` names it.
 - CONSORTIUM_PURE=1 runs every one of them from its source (tests, debugging, profiling).
@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import importlib.machinery
 import importlib.util
+import json
 import os
 import sys
 from collections.abc import Sequence
@@ -39,6 +40,9 @@ COMPILED: tuple[str, ...] = (
 )
 PURE_ENV = "CONSORTIUM_PURE"
 _ROOT = Path(__file__).resolve().parent.parent  # the directory holding consortium/
+# Written by setup.py when it compiles: {module: SHA-256 of the source it compiled}. Read from
+# beside this file (never imported: it must be this tree's, whatever else is on the path).
+HASHES_FILE = Path(__file__).resolve().parent / "_compiled_hashes.json"
 
 
 def source_path(name: str) -> Path:
@@ -70,13 +74,18 @@ from_source: dict[str, str] = {}
 def install() -> None:
     """Route compiled modules that must not run compiled to their source (module rules).
     Called once by consortium/__init__.py, before any of them is imported."""
+    recorded: dict[str, str] | None
     try:
-        from consortium._compiled_hashes import HASHES  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:
-        return  # nothing was compiled: every module is its source already
-    hashes = dict(HASHES)
+        recorded = json.loads(HASHES_FILE.read_text())
+    except (OSError, ValueError):
+        recorded = None  # the last install compiled nothing: an extension left is an older one's
+    # (a module listed since that build has no recorded hash: it runs from source, and so,
+    # all or none, do the others until the next install)
+    hashes = {n: "" if recorded is None else recorded.get(n, "") for n in COMPILED}
     why = ""
-    if os.environ.get(PURE_ENV) == "1":
+    if recorded is None:
+        why = "not compiled at install"
+    elif os.environ.get(PURE_ENV) == "1":
         why = f"{PURE_ENV}=1"
     else:
         changed = [

@@ -235,3 +235,18 @@ def test_the_makefile_recompiles_what_the_build_compiles() -> None:
     line = next(x for x in text.splitlines() if x.startswith("COMPILED_SRC :="))
     listed = line.split(":=", 1)[1].split()
     assert listed == [str(compiled.source_path(n).relative_to(ROOT)) for n in compiled.COMPILED]
+
+
+def test_an_extension_the_last_install_did_not_record_never_runs(tmp_path: Path) -> None:
+    """An install that compiled nothing (no compiler) writes no hashes; extensions an older
+    install left behind are then not trusted."""
+    copy = tmp_path / "tree"
+    shutil.copytree(ROOT / "consortium", copy / "consortium")
+    for shared in ROOT.glob("*__mypyc*"):
+        shutil.copy(shared, copy / shared.name)
+    (copy / "consortium" / "_compiled_hashes.json").unlink(missing_ok=True)
+    file, described = _describe_in({}, tmp_path, copy)
+    assert file == str(copy / "consortium" / "crypto" / "codec.py")
+    assert described == (
+        "pure Python: codec, hashing, merkle, digests, tally (not compiled at install)"
+    )

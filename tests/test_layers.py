@@ -42,10 +42,9 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "ledger": ("crypto",),
     "crypto": ("compiled",),
     # consortium/__init__.py: the version, and the compiled modules' switch it installs first
-    # (compiled.py, which reads what the build wrote); anyone may import it
+    # (compiled.py); anyone may import it
     "__init__": ("compiled",),
-    "compiled": ("_compiled_hashes",),
-    "_compiled_hashes": (),
+    "compiled": (),
 }
 
 

@@ -458,7 +458,7 @@ def _figures(
         verifications = _delta(am, b, "signatures_verified") + _delta(
             am, b, "protocol_verifications"
         )
-        row = {
+        row: dict[str, Any] = {
             "messages": _delta(am, b, "messages_sent"),
             "bytes": _delta(am, b, "bytes_sent"),
             "verifications": verifications,
@@ -467,6 +467,12 @@ def _figures(
             "frames_sent": _delta(am, b, "frames_sent"),
             "frames_received": _delta(am, b, "frames_received"),
             "cpu_s": round(_delta(am, b, "cpu_s"), 3),
+            # (None from a member that cannot tell its event loop's thread's CPU)
+            "loop_cpu_s": (
+                round(_delta(am, b, "loop_cpu_s"), 3)
+                if am.get("loop_cpu_s") is not None and b.get("loop_cpu_s") is not None
+                else None
+            ),
             "peak_rss_mb": round(float(am.get("peak_rss_kb", 0)) / 1024, 1),
         }
         for kind, count in am.get("messages_sent_by_kind", {}).items():
@@ -514,9 +520,43 @@ def _figures(
         "tx_per_s": round(ceiling),
         "achieved_fraction": round(fig["tx_per_s"] / ceiling, 3) if ceiling else 0.0,
     }
+    fig["cpu_split"] = _cpu_split(per_member, after, vps, per_tx)
     fig["killed"] = killed
     fig["failover_s"] = None if failover[0] is None else round(failover[0], 3)
     fig["kill_to_first_commit_s"] = None if failover[1] is None else round(failover[1], 3)
+
+
+def _cpu_split(
+    per_member: dict[str, dict[str, Any]],
+    after: dict[int, dict[str, Any]],
+    vps: float,
+    txs: int,
+) -> dict[str, Any]:
+    """CPU per transaction per member (the mean over members) split into the event loop's
+    thread (measured) and the worker threads (the rest of the process's CPU), with the share
+    of all of it that signature checks take (their count at the one-thread rate measured in
+    this run); and a PROJECTION of one member's throughput with a machine of its own of C
+    cores: min(C / CPU per tx, 1 / event-loop CPU per tx, verification threads / signature
+    CPU per tx), for C = 2, 4, 8. Empty when a member could not tell its loop's CPU."""
+    rows = list(per_member.values())
+    if not rows or any(r["loop_cpu_s"] is None for r in rows) or vps <= 0:
+        return {}
+    total = 1000 * sum(r["cpu_s"] for r in rows) / len(rows) / txs
+    loop = 1000 * sum(r["loop_cpu_s"] for r in rows) / len(rows) / txs
+    verify = 1000 * sum(r["verifications"] for r in rows) / len(rows) / vps / txs
+    threads = min(int(a.get("metrics", {}).get("verify_threads", 2)) for a in after.values())
+    projection = {}
+    for c in (2, 4, 8):
+        bounds = [c / total, 1 / loop] + ([min(threads, c) / verify] if verify > 0 else [])
+        projection[str(c)] = round(1000 * min(bounds))
+    return {
+        "cpu_ms_per_tx": round(total, 4),
+        "loop_ms_per_tx": round(loop, 4),
+        "workers_ms_per_tx": round(total - loop, 4),
+        "signature_checks_ms_per_tx": round(verify, 4),
+        "verify_threads": threads,
+        "projection_tx_per_s_by_cores": projection,
+    }
 
 
 # --- printing ---------------------------------------------------------------------------------
@@ -537,10 +577,15 @@ ROWS: list[tuple[str, str]] = [
     ("signatures per tx", "per_tx.signatures"),
     ("fsyncs per tx", "per_tx.fsyncs"),
     ("CPU ms per tx per member", "per_tx.cpu_ms_per_member"),
+    ("  event loop thread", "cpu_split.loop_ms_per_tx"),
+    ("  worker threads", "cpu_split.workers_ms_per_tx"),
+    ("  signature checks (in all)", "cpu_split.signature_checks_ms_per_tx"),
     ("client CPU s (all clients)", "client_cpu_s"),
     ("quorum", "predicted.quorum"),
     ("ceiling tx/s", "ceiling.tx_per_s"),
     ("achieved of ceiling", "ceiling.achieved_fraction"),
+    ("projected tx/s, 4 cores each", "cpu_split.projection_tx_per_s_by_cores.4"),
+    ("projected tx/s, 8 cores each", "cpu_split.projection_tx_per_s_by_cores.8"),
     ("failover s", "failover_s"),
     ("tx/s 9th / 2nd tenth", "stability.end_to_start"),
 ]
@@ -567,12 +612,15 @@ def _fmt(v: Any) -> str:
 
 def table(runs: list[BenchRun], *, ratio: bool = False) -> list[str]:
     heads = [f"{r.config.mode} n={r.figures.get('members')}" for r in runs]
-    lines = [f"{'':<26}" + "".join(f"{h:>16}" for h in heads) + (f"{'ratio':>10}" if ratio else "")]
+    width = max(len(label) for label, _ in ROWS) + 2
+    lines = [
+        f"{'':<{width}}" + "".join(f"{h:>16}" for h in heads) + (f"{'ratio':>10}" if ratio else "")
+    ]
     for label, path in ROWS:
         values = [lookup(r.figures, path) for r in runs]
         if all(v is None for v in values):
             continue
-        line = f"{label:<26}" + "".join(f"{_fmt(v):>16}" for v in values)
+        line = f"{label:<{width}}" + "".join(f"{_fmt(v):>16}" for v in values)
         if ratio and len(values) == 2:
             a, b = values
             if isinstance(a, int | float) and isinstance(b, int | float) and b:

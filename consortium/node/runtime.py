@@ -24,6 +24,7 @@ the core.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -261,6 +262,9 @@ class Node:
         self.last_tick_s: float | None = None  # trio clock, seconds
         # When the height last moved, or work last arrived to an idle member (stall clock).
         self.moved_s: float | None = None
+        # The event loop's thread, once run() started (status: its CPU apart from the
+        # worker threads', the figure that bounds one member's throughput on any machine)
+        self.loop_thread: int | None = None
         self._moved_height = self.store.height
         self._rejections_due_s = 0.0
         self._rejections_seen: Counter[str] = Counter()
@@ -293,6 +297,7 @@ class Node:
     # --- running ---------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self.loop_thread = threading.get_ident()
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery

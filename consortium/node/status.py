@@ -57,6 +57,7 @@ class StatusSource(Protocol):
     client_port_events: Callable[[], dict[str, int]]
     last_tick_s: float | None  # the core loop's last tick (trio clock, seconds)
     moved_s: float | None  # when the height last moved, or work last came to an idle member
+    loop_thread: int | None  # the event loop's thread (its CPU: loop_cpu_s)
 
     @property
     def mode(self) -> ModeStatus: ...
@@ -202,11 +203,24 @@ class MemberStatus:
             "bytes_sent": sum(int(str(p["bytes_sent"])) for p in peers),
             "bytes_received": sum(int(str(p["bytes_received"])) for p in peers),
             "cpu_s": round(usage.ru_utime + usage.ru_stime, 3),
+            "loop_cpu_s": self._loop_cpu_s(),
+            "verify_threads": self.m.tx_cache.threads,
             "peak_rss_kb": usage.ru_maxrss,
             "submitted": self.m.metrics.submitted,
             "rejected_at_submit": self.m.metrics.rejected_at_submit,
             "uptime_s": round(time.time() - self.m.metrics.started_ms / 1000, 1),
         }
+
+    def _loop_cpu_s(self) -> float | None:
+        """CPU time of the event loop's thread alone (the rest of cpu_s is worker threads:
+        signature checks, block writes); None before the loop runs or where the OS cannot
+        tell one thread's CPU."""
+        if self.m.loop_thread is None:
+            return None
+        try:
+            return round(time.clock_gettime(time.pthread_getcpuclockid(self.m.loop_thread)), 3)
+        except (OSError, AttributeError):
+            return None
 
     def status_json(self) -> str:
         return json.dumps(self.status(), default=str)

@@ -74,3 +74,23 @@ def test_draw_writes_the_file_by_its_suffix(tmp_path: Path) -> None:
     assert (tmp_path / "bench.png").read_bytes().startswith(b"\x89PNG")
     assert b"<svg" in (tmp_path / "bench.svg").read_bytes()[:1000]
     assert not plt.get_fignums()  # closed, not left to pile up in a long process
+
+
+def test_the_cpu_split_and_its_projection_follow_the_formula() -> None:
+    """min(C / CPU per tx, 1 / event-loop CPU per tx, verify threads / signature CPU per tx),
+    per member, from the members' deltas; nothing when a member cannot tell its loop's CPU."""
+    from consortium.cli.bench import _cpu_split
+
+    members = {
+        "n1": {"cpu_s": 3.0, "loop_cpu_s": 2.0, "verifications": 10_000.0},
+        "n2": {"cpu_s": 5.0, "loop_cpu_s": 2.0, "verifications": 10_000.0},
+    }
+    after = {0: {"metrics": {"verify_threads": 2}}, 1: {"metrics": {"verify_threads": 2}}}
+    split = _cpu_split(members, after, vps=20_000.0, txs=10_000)
+    assert split["cpu_ms_per_tx"] == 0.4 and split["loop_ms_per_tx"] == 0.2
+    assert split["workers_ms_per_tx"] == 0.2 and split["signature_checks_ms_per_tx"] == 0.05
+    # 2 cores: 2/0.4 ms = 5,000; 4: the loop's 1/0.2 ms = 5,000 (below 10,000 and 2/0.05);
+    # the signature checks' bound, 2 threads / 0.05 ms = 40,000, binds at no size here.
+    assert split["projection_tx_per_s_by_cores"] == {"2": 5000, "4": 5000, "8": 5000}
+    members["n2"]["loop_cpu_s"] = None  # type: ignore[assignment]
+    assert _cpu_split(members, after, vps=20_000.0, txs=10_000) == {}

@@ -60,6 +60,18 @@ def test_bench_compare_runs_both_modes_and_its_figures_add_up(tmp_path: Path) ->
         assert 0 < fig["ceiling"]["achieved_fraction"] < 1
         assert set(fig["per_member"]) == {f"n{i + 1}" for i in range(n)}
         assert all(m["cpu_s"] > 0 and m["peak_rss_mb"] > 0 for m in fig["per_member"].values())
+        # The event loop's thread is part of the process: the split adds up, and each part
+        # is real (the loop does work; the raft leader's and the pbft members' worker
+        # threads check signatures and write blocks).
+        for m in fig["per_member"].values():
+            assert 0 < m["loop_cpu_s"] <= m["cpu_s"] + 0.05, m
+        split = fig["cpu_split"]
+        assert split["cpu_ms_per_tx"] == pytest.approx(per_tx["cpu_ms_per_member"], abs=2e-4)
+        assert split["loop_ms_per_tx"] + split["workers_ms_per_tx"] == pytest.approx(
+            split["cpu_ms_per_tx"], abs=2e-4
+        )
+        assert 0 < split["signature_checks_ms_per_tx"] < split["cpu_ms_per_tx"], split
+        assert split["verify_threads"] >= 1
         # Throughput by tenth of the run adds up to what committed.
         stability = fig["stability"]
         rates = stability["tx_per_s_by_tenth"]
