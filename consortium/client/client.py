@@ -93,7 +93,14 @@ from consortium.protocol.messages import (
     leader_hint,
     transfer_body,
 )
-from consortium.protocol.verify import Bundle, FollowedBlock, ReadReply, verify_bundle, verify_read
+from consortium.protocol.verify import (
+    Bundle,
+    FollowedBlock,
+    ReadReply,
+    verify_bundle,
+    verify_read,
+    vote_signer,
+)
 
 BACKOFF_MIN_S = 0.05
 BACKOFF_MAX_S = 1.0
@@ -478,7 +485,7 @@ class ConsortiumClient:
         """A member's receipts in one block: the header is hashed and the block signature
         checked once for all of them; entries of transactions already decided (or unknown to
         us) are not even decoded."""
-        header_hash: bytes | None = None
+        shared: tuple[bytes, int | None] | None = None
         for i in range(len(push.entries)):
             tx_id = push.tx_id_at(i)
             state = self._txs.get(tx_id) if tx_id is not None else None
@@ -492,22 +499,26 @@ class ConsortiumClient:
             except WireFormatError:
                 self.counters["bad_response"] += 1
                 return
-            if header_hash is None:
-                header_hash = push.header.hash
-            self._on_bundle(member, bundle, header_hash)
+            if shared is None:
+                # Every entry's header and signature: hashed, and its signer read, once.
+                shared = (push.header.hash, vote_signer(push.signature))
+            self._on_bundle(member, bundle, shared)
 
-    def _on_bundle(self, member: int, bundle: Bundle, header_hash: bytes | None = None) -> None:
+    def _on_bundle(
+        self, member: int, bundle: Bundle, shared: tuple[bytes, int | None] | None = None
+    ) -> None:
+        """A member's bundle for one of our transactions; `shared`: its header's hash and its
+        signature's signer, when the caller read them already (a push's entries share them)."""
         state = self._txs.get(bundle.receipt.tx_id)
         if state is None or member in state.vouched:
             return
         if state.confirmed_at is not None:
             self.counters["bundle_after_decision"] += 1
             return  # decided by f+1 verified bundles already: spare the checks
-        if bundle.signer() != member:
+        header_hash, signer = shared or (bundle.header.hash, bundle.signer())
+        if signer != member:
             self.counters["bundle_wrong_signer"] += 1
             return
-        if header_hash is None:
-            header_hash = bundle.header.hash
         problem = verify_bundle(bundle, self.genesis, self.verifier, header_hash=header_hash)
         if problem is not None:
             self.counters["bundle_invalid"] += 1

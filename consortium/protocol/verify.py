@@ -43,6 +43,18 @@ from consortium.protocol.limits import KEY_BYTES_MAX, PROOF_HASHES_MAX
 # --- receipt bundles -------------------------------------------------------------------------
 
 
+def vote_signer(vote: SignedVote) -> int | None:
+    """The member index a block signature names, or None when its body is malformed."""
+    try:
+        body = as_list(
+            unpack_canonical(vote.body, max_len=VOTE_BODY_BYTES_MAX), 4, "block signature"
+        )
+    except WireFormatError:
+        return None
+    signer = body[3]
+    return signer if isinstance(signer, int) and not isinstance(signer, bool) else None
+
+
 @dataclass(frozen=True, slots=True)
 class Bundle:
     """A receipt with what proves it: a Merkle path to the header, one member's block
@@ -82,16 +94,7 @@ class Bundle:
 
     def signer(self) -> int | None:
         """The member index the block signature names, or None when its body is malformed."""
-        try:
-            body = as_list(
-                unpack_canonical(self.signature.body, max_len=VOTE_BODY_BYTES_MAX),
-                4,
-                "block signature",
-            )
-        except WireFormatError:
-            return None
-        signer = body[3]
-        return signer if isinstance(signer, int) and not isinstance(signer, bool) else None
+        return vote_signer(self.signature)
 
     def verify(self, genesis: Genesis, verifier: Verifier) -> str | None:
         return verify_bundle(self, genesis, verifier)

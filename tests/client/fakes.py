@@ -15,6 +15,7 @@ import trio
 from consortium.client.client import ConsortiumClient
 from consortium.client.outcome import TxOutcome
 from consortium.crypto.codec import WireFormatError
+from consortium.crypto.merkle import MerkleTree
 from consortium.crypto.signing import Domain, Ed25519Signer
 from consortium.ledger.block import Block
 from consortium.ledger.certificates import SignedVote, block_signature_body
@@ -29,6 +30,7 @@ from consortium.protocol.messages import (
     SubmitRequest,
     SubmitVerdict,
     WatchRequest,
+    encode_block_receipts,
     encode_status,
     encode_verdicts,
 )
@@ -66,6 +68,8 @@ class FakeMember:
     reject         rejects every transaction with this reason
     in_verdict     answers with the committed bundle in the submit reply (a resubmission)
     sign_as        signs bundles and reads as another member (a relay or a forger)
+    block_pushes   pushes receipts as the member does, one "receipts" frame per block (else
+                   one "receipt" push per bundle)
     """
 
     def __init__(
@@ -80,6 +84,7 @@ class FakeMember:
         in_verdict: bool = False,
         sign_as: int | None = None,
         status: str | None = None,
+        block_pushes: bool = False,
     ) -> None:
         self.index = index
         self.ledger = ledger
@@ -90,6 +95,7 @@ class FakeMember:
         self.in_verdict = in_verdict
         self.sign_as = index if sign_as is None else sign_as
         self.status = status
+        self.block_pushes = block_pushes
         self.submits = 0
         self.watches = 0
 
@@ -177,7 +183,18 @@ class FakeMember:
         reply()
         if self.in_verdict:
             return
-        for bundle in bundles:  # as the member would once the block executes
+        if self.block_pushes:  # as the member does once the block executes
+            by_block: dict[int, tuple[Block, list[int]]] = {}
+            for block, i in self.ledger.commit([t for _, t in txs]):
+                by_block.setdefault(block.height, (block, []))[1].append(i)
+            for block, indexes in by_block.values():
+                tree = MerkleTree([r.encode() for r in block.receipts])
+                receipts = [block.receipts[i] for i in indexes]
+                conn.push_block_receipts(
+                    encode_block_receipts(block.header, self.vote(block), tree, receipts)
+                )
+            return
+        for bundle in bundles:  # one push per bundle (a member's answer to a watch)
             conn.push_receipt(bundle)
 
     def disconnected(self, conn: ClientConnection) -> None:

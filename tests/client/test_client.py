@@ -87,12 +87,16 @@ async def test_the_honest_result_wins_over_a_liar() -> None:
             assert outcome.confirmations == 2
 
 
-async def test_bundles_count_once_per_signing_member_on_its_own_connection() -> None:
+@pytest.mark.parametrize("block_pushes", [False, True])
+async def test_bundles_count_once_per_signing_member_on_its_own_connection(
+    block_pushes: bool,
+) -> None:
+    """As single pushes and as "receipts" pushes (whose signer the client reads once)."""
     ledger = FakeLedger()
     members = [
-        FakeMember(0, ledger),
-        FakeMember(1, ledger, sign_as=0),  # relays member 0's (valid) signatures
-        FakeMember(2, ledger, sign_as=3),  # same, for member 3
+        FakeMember(0, ledger, block_pushes=block_pushes),
+        FakeMember(1, ledger, sign_as=0, block_pushes=block_pushes),  # relays 0's signatures
+        FakeMember(2, ledger, sign_as=3, block_pushes=block_pushes),  # same, for member 3
         FakeMember(3, ledger, silent=True),
     ]
     with trio.fail_after(10):
