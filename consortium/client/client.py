@@ -97,9 +97,10 @@ from consortium.protocol.verify import (
     Bundle,
     FollowedBlock,
     ReadReply,
+    inclusion_problem,
     verify_bundle,
+    verify_header_signature,
     verify_read,
-    vote_signer,
 )
 
 BACKOFF_MIN_S = 0.05
@@ -482,10 +483,10 @@ class ConsortiumClient:
                     waiter.done.set()
 
     def _on_block_receipts(self, member: int, push: BlockReceipts) -> None:
-        """A member's receipts in one block: the header is hashed and the block signature
-        checked once for all of them; entries of transactions already decided (or unknown to
-        us) are not even decoded."""
-        shared: tuple[bytes, int | None] | None = None
+        """A member's receipts in one block: the header is hashed and its signature checked
+        once for all of them (verify_header_signature), then each entry's inclusion; entries
+        of transactions already decided (or unknown to us) are not even decoded."""
+        header_hash: bytes | None = None
         for i in range(len(push.entries)):
             tx_id = push.tx_id_at(i)
             state = self._txs.get(tx_id) if tx_id is not None else None
@@ -499,31 +500,46 @@ class ConsortiumClient:
             except WireFormatError:
                 self.counters["bad_response"] += 1
                 return
-            if shared is None:
-                # Every entry's header and signature: hashed, and its signer read, once.
-                shared = (push.header.hash, vote_signer(push.signature))
-            self._on_bundle(member, bundle, shared)
+            if header_hash is None:
+                header_hash = push.header.hash
+                problem, signer = verify_header_signature(
+                    push.header,
+                    push.signature,
+                    self.genesis,
+                    self.verifier,
+                    header_hash=header_hash,
+                )
+                if signer != member or problem is not None:
+                    wrong = "bundle_wrong_signer" if signer != member else "bundle_invalid"
+                    self.counters[wrong] += 1
+                    return  # the header's signature is every entry's: none of them counts
+            self._on_bundle(member, bundle, header_hash)
 
-    def _on_bundle(
-        self, member: int, bundle: Bundle, shared: tuple[bytes, int | None] | None = None
-    ) -> None:
-        """A member's bundle for one of our transactions; `shared`: its header's hash and its
-        signature's signer, when the caller read them already (a push's entries share them)."""
+    def _on_bundle(self, member: int, bundle: Bundle, signed_header: bytes | None = None) -> None:
+        """A member's bundle for one of our transactions. `signed_header`: the hash of the
+        bundle's header, when its block signature is known to be `member`'s and valid (a
+        "receipts" push, checked once for all its entries): only inclusion is left to check."""
         state = self._txs.get(bundle.receipt.tx_id)
         if state is None or member in state.vouched:
             return
         if state.confirmed_at is not None:
             self.counters["bundle_after_decision"] += 1
             return  # decided by f+1 verified bundles already: spare the checks
-        header_hash, signer = shared or (bundle.header.hash, bundle.signer())
-        if signer != member:
-            self.counters["bundle_wrong_signer"] += 1
-            return
-        problem = verify_bundle(bundle, self.genesis, self.verifier, header_hash=header_hash)
+        receipt_bytes = bundle.receipt.encode()  # the Merkle leaf, and what agreement is on
+        if signed_header is None:
+            if bundle.signer() != member:
+                self.counters["bundle_wrong_signer"] += 1
+                return
+            header_hash = bundle.header.hash
+            problem = verify_bundle(bundle, self.genesis, self.verifier, header_hash=header_hash)
+        else:
+            header_hash = signed_header
+            problem = inclusion_problem(
+                bundle.receipt, receipt_bytes, bundle.proof, bundle.tree_size, bundle.header
+            )
         if problem is not None:
             self.counters["bundle_invalid"] += 1
             return
-        receipt_bytes = bundle.receipt.encode()
         state.vouched[member] = Vouch(receipt_bytes, header_hash, bundle)
         state.last_news = trio.current_time()
         if confirmations(state.vouched, receipt_bytes, header_hash) >= self.confirmations_needed:

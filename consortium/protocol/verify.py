@@ -144,37 +144,65 @@ def verify_bundle(
     receipt.encode(), index and tree size) against header.receipts_root, and a block
     signature by a genesis member over (height, header hash, signer) in Domain.BLOCK.
     `header_hash` may pass bundle.header.hash, computed once per block."""
-    header = bundle.header
-    receipt = bundle.receipt
+    return _chain_problem(bundle.header, genesis) or (
+        inclusion_problem(
+            bundle.receipt, bundle.receipt.encode(), bundle.proof, bundle.tree_size, bundle.header
+        )
+        or verify_header_signature(
+            bundle.header, bundle.signature, genesis, verifier, header_hash=header_hash
+        )[0]
+    )
+
+
+def verify_header_signature(
+    header: BlockHeader,
+    signature: SignedVote,
+    genesis: Genesis,
+    verifier: Verifier,
+    *,
+    header_hash: bytes | None = None,
+) -> tuple[str | None, int | None]:
+    """The block-signature half of verify_bundle, for receipts that share a header and its
+    signature (a "receipts" push: checked once for all of them): (what is wrong or None, the
+    member the signature names or None)."""
+    problem = _chain_problem(header, genesis)
+    if problem is not None:
+        return problem, None
+    signer = vote_signer(signature)
+    if signer is None or not 0 <= signer < genesis.n:
+        return "block signature is not by a member", signer
+    block_hash = header.hash if header_hash is None else header_hash
+    if signature.body != block_signature_body(header.height, block_hash, signer):
+        return "block signature is for another block", signer
+    member = genesis.members[signer]
+    if not verifier.verify(
+        member.public_key, Domain.BLOCK, chain_id_of(genesis), signature.body, signature.signature
+    ):
+        return f"bad block signature by {member.name}", signer
+    return None, signer
+
+
+def inclusion_problem(
+    receipt: Receipt, leaf: bytes, proof: Sequence[bytes], tree_size: int, header: BlockHeader
+) -> str | None:
+    """The inclusion half of verify_bundle: what is wrong with `receipt` (whose canonical
+    encoding is `leaf`) as a receipt of the block `header` heads, or None."""
+    if receipt.height != header.height:
+        return f"receipt height {receipt.height} differs from the header's {header.height}"
+    if not 0 <= receipt.index < tree_size:
+        return f"receipt index {receipt.index} outside a tree of {tree_size}"
+    if not verify_inclusion(leaf, receipt.index, tree_size, proof, header.receipts_root):
+        return "receipt is not in the block (bad Merkle proof)"
+    return None
+
+
+def _chain_problem(header: BlockHeader, genesis: Genesis) -> str | None:
     chain_id = chain_id_of(genesis)
     if header.chain_id != chain_id:
         return (
             f"bundle is for another chain ({header.chain_id.hex()[:8]}…, "
             f"we are on {chain_id.hex()[:8]}…)"
         )
-    if receipt.height != header.height:
-        return f"receipt height {receipt.height} differs from the header's {header.height}"
-    if not 0 <= receipt.index < bundle.tree_size:
-        return f"receipt index {receipt.index} outside a tree of {bundle.tree_size}"
-    if not verify_inclusion(
-        receipt.encode(), receipt.index, bundle.tree_size, bundle.proof, header.receipts_root
-    ):
-        return "receipt is not in the block (bad Merkle proof)"
-    signer = bundle.signer()
-    if signer is None or not 0 <= signer < genesis.n:
-        return "block signature is not by a member"
-    block_hash = header.hash if header_hash is None else header_hash
-    if bundle.signature.body != block_signature_body(header.height, block_hash, signer):
-        return "block signature is for another block"
-    member = genesis.members[signer]
-    if not verifier.verify(
-        member.public_key,
-        Domain.BLOCK,
-        chain_id,
-        bundle.signature.body,
-        bundle.signature.signature,
-    ):
-        return f"bad block signature by {member.name}"
     return None
 
 

@@ -22,6 +22,7 @@ from consortium.ledger.certificates import SignedVote, block_signature_body
 from consortium.ledger.tx import Transaction
 from consortium.node.client_port import ClientConnection, ClientServer
 from consortium.protocol.messages import (
+    BlockReceipts,
     BlockRequest,
     GetRequest,
     ReceiptRequest,
@@ -30,7 +31,9 @@ from consortium.protocol.messages import (
     SubmitRequest,
     SubmitVerdict,
     WatchRequest,
+    decode_response,
     encode_block_receipts,
+    encode_response,
     encode_status,
     encode_verdicts,
 )
@@ -70,6 +73,7 @@ class FakeMember:
     sign_as        signs bundles and reads as another member (a relay or a forger)
     block_pushes   pushes receipts as the member does, one "receipts" frame per block (else
                    one "receipt" push per bundle)
+    bad_proofs     pushes those receipts with a wrong Merkle proof (one hash too many)
     """
 
     def __init__(
@@ -85,6 +89,7 @@ class FakeMember:
         sign_as: int | None = None,
         status: str | None = None,
         block_pushes: bool = False,
+        bad_proofs: bool = False,
     ) -> None:
         self.index = index
         self.ledger = ledger
@@ -96,6 +101,7 @@ class FakeMember:
         self.sign_as = index if sign_as is None else sign_as
         self.status = status
         self.block_pushes = block_pushes
+        self.bad_proofs = bad_proofs
         self.submits = 0
         self.watches = 0
 
@@ -190,9 +196,14 @@ class FakeMember:
             for block, indexes in by_block.values():
                 tree = MerkleTree([r.encode() for r in block.receipts])
                 receipts = [block.receipts[i] for i in indexes]
-                conn.push_block_receipts(
-                    encode_block_receipts(block.header, self.vote(block), tree, receipts)
-                )
+                frame = encode_block_receipts(block.header, self.vote(block), tree, receipts)
+                if self.bad_proofs:
+                    push = decode_response(frame, 1 << 24)
+                    assert isinstance(push, BlockReceipts)
+                    for entry in push.entries:
+                        entry[1].append(b"\0" * 32)  # (a block of one has an empty path)
+                    frame = encode_response(push)
+                conn.push_block_receipts(frame)
             return
         for bundle in bundles:  # one push per bundle (a member's answer to a watch)
             conn.push_receipt(bundle)

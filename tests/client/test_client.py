@@ -106,6 +106,22 @@ async def test_bundles_count_once_per_signing_member_on_its_own_connection(
             assert client.counters["bundle_wrong_signer"] >= 2
 
 
+async def test_a_receipts_push_with_a_wrong_proof_counts_for_nothing() -> None:
+    """Its block signature is good (checked once per push): each entry's proof still must be."""
+    ledger = FakeLedger()
+    members = [
+        FakeMember(0, ledger, block_pushes=True),
+        FakeMember(1, ledger, block_pushes=True, bad_proofs=True),
+        FakeMember(2, ledger, silent=True),
+        FakeMember(3, ledger, silent=True),
+    ]
+    with trio.fail_after(10):
+        async with cluster(*members) as c, client_of(c) as client:
+            [outcome] = await client.submit_and_wait([client.make_tx([Put(b"k", b"v")])], 0.6)
+            assert outcome.status == "pending" and outcome.confirmations == 1
+            assert client.counters["bundle_invalid"] >= 1
+
+
 async def test_a_committed_bundle_in_the_submit_reply_counts() -> None:
     members = honest(in_verdict=True)
     with trio.fail_after(10):
