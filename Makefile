@@ -35,6 +35,10 @@ lint: $(STAMP)
 test: $(STAMP)
 	$(BIN)/pytest -q -n auto --dist worksteal -m "not e2e"
 	$(BIN)/pytest -q -m e2e
+	@# The compiled modules' own subjects again from source (consortium/compiled.py): the
+	@# pure-Python fallback a machine without a C compiler runs.
+	CONSORTIUM_PURE=1 $(BIN)/pytest -q -n auto tests/crypto tests/ledger tests/client \
+		tests/protocol tests/test_compiled.py
 
 # The explorer's browser test drives Debian's chromium through chromedriver (never a downloaded
 # browser). As root on Debian this installs them; otherwise it stops and names the command.
@@ -50,3 +54,5 @@ check: lint browser test
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .pytest_cache .ruff_cache
+	rm -f *__mypyc*.so consortium/_compiled_hashes.json
+	find consortium -name '*.so' -delete

@@ -10,7 +10,8 @@ Two rules keep a compiled module from ever running code other than its source:
 - The build records each compiled module's SHA-256 (consortium/_compiled_hashes.json, written
   by setup.py). At import, a module whose source no longer matches (edited after the build,
   another checkout) runs from its source instead; `consortium --version` names it.
-- CONSORTIUM_PURE=1 runs every one of them from its source (tests, debugging, profiling).
+- CONSORTIUM_PURE=1 runs every one of them from its source (tests, debugging, profiling);
+  CONSORTIUM_NO_COMPILE=1 at install compiles nothing.
 
 This module is read by setup.py without importing the package: keep it free of imports of
 consortium.
@@ -40,8 +41,9 @@ COMPILED: tuple[str, ...] = (
 )
 PURE_ENV = "CONSORTIUM_PURE"
 _ROOT = Path(__file__).resolve().parent.parent  # the directory holding consortium/
-# Written by setup.py when it compiles: {module: SHA-256 of the source it compiled}. Read from
-# beside this file (never imported: it must be this tree's, whatever else is on the path).
+# Written by setup.py once every part of the group compiled: {"modules": {module: SHA-256 of
+# the source it compiled}, "shared": [the group's shared library]}. Read from beside this file
+# (never imported: it must be this tree's, whatever else is on the path).
 HASHES_FILE = Path(__file__).resolve().parent / "_compiled_hashes.json"
 
 
@@ -74,11 +76,14 @@ from_source: dict[str, str] = {}
 def install() -> None:
     """Route compiled modules that must not run compiled to their source (module rules).
     Called once by consortium/__init__.py, before any of them is imported."""
-    recorded: dict[str, str] | None
+    recorded: dict[str, str] | None = None
+    shared: list[str] = []
     try:
-        recorded = json.loads(HASHES_FILE.read_text())
-    except (OSError, ValueError):
-        recorded = None  # the last install compiled nothing: an extension left is an older one's
+        record = json.loads(HASHES_FILE.read_text())
+        recorded = {str(k): str(v) for k, v in dict(record["modules"]).items()}
+        shared = [str(n) for n in record["shared"]]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass  # the last install compiled nothing: an extension left is an older one's
     # (a module listed since that build has no recorded hash: it runs from source, and so,
     # all or none, do the others until the next install)
     hashes = {n: "" if recorded is None else recorded.get(n, "") for n in COMPILED}
@@ -87,6 +92,8 @@ def install() -> None:
         why = "not compiled at install"
     elif os.environ.get(PURE_ENV) == "1":
         why = f"{PURE_ENV}=1"
+    elif not all(importlib.util.find_spec(n) is not None for n in shared):
+        why = "the compiled group's shared library is missing: reinstall"
     else:
         changed = [
             n for n, d in hashes.items() if not source_path(n).is_file() or source_hash(n) != d
@@ -111,7 +118,10 @@ def running_compiled(name: str) -> bool:
 
 def describe() -> str:
     """One line for `consortium --version`: what runs compiled, what from source and why."""
-    compiled = [n for n in COMPILED if running_compiled(n)]
+    try:
+        compiled = [n for n in COMPILED if running_compiled(n)]
+    except ImportError as exc:
+        return f"cannot import them ({exc}): reinstall"
     short = lambda n: n.rpartition(".")[2]  # noqa: E731
     if len(compiled) == len(COMPILED):
         return f"compiled (mypyc): {', '.join(map(short, compiled))}"

@@ -33,8 +33,11 @@ def pack(value: Any) -> bytes:
     return msgpack.packb(value, use_bin_type=True, strict_types=False)  # type: ignore[no-any-return]
 
 
-def unpack(data: bytes, *, max_len: int | None = None) -> Any:
-    """Decode one msgpack value with explicit limits; raises only WireFormatError."""
+def unpack(data: object, *, max_len: int | None = None) -> Any:
+    """Decode one msgpack value with explicit limits; raises only WireFormatError (`data` is
+    typed `object`: compiled, a wrong type would otherwise raise TypeError at the call)."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise WireFormatError(f"expected bytes, not {type(data).__name__}")
     if max_len is not None and len(data) > max_len:
         raise WireFormatError(f"value of {len(data)} bytes exceeds the limit of {max_len}")
     try:
@@ -55,7 +58,7 @@ def unpack(data: bytes, *, max_len: int | None = None) -> Any:
         raise WireFormatError(f"undecodable msgpack: {type(exc).__name__}: {exc}") from None
 
 
-def unpack_canonical(data: bytes, *, max_len: int | None = None) -> Any:
+def unpack_canonical(data: object, *, max_len: int | None = None) -> Any:
     """Decode and insist that `data` is the canonical encoding of what it decodes to."""
     value = unpack(data, max_len=max_len)
     _refuse_floats(value)

@@ -66,10 +66,13 @@ def _path(m: int, hashes: list[bytes]) -> list[bytes]:
 
 
 def verify_inclusion(
-    leaf: bytes, index: int, size: int, proof: Sequence[object], root: bytes
+    leaf: object, index: object, size: object, proof: Sequence[object], root: object
 ) -> bool:
-    """RFC 9162 §2.1.3.2 verification of an inclusion proof; never raises on bad input."""
-    if not 0 <= index < size:
+    """RFC 9162 §2.1.3.2 verification of an inclusion proof; never raises on bad input (typed
+    `object`: compiled, a wrong type would otherwise raise TypeError at the call)."""
+    if not (isinstance(leaf, bytes) and isinstance(root, bytes)):
+        return False
+    if not (isinstance(index, int) and isinstance(size, int) and 0 <= index < size):
         return False
     fn, sn = index, size - 1
     r = leaf_hash(leaf)

@@ -347,6 +347,7 @@ class Node:
                     )
                 task_status.started()
         finally:
+            self.loop_thread = None  # (its CPU clock is never read after the loop ends)
             self.store.close()
             self.data_lock.release()
 

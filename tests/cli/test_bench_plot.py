@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
+import pytest
 from matplotlib.patches import Rectangle
 
 from consortium.cli.bench import PANELS, BenchConfig, BenchRun, draw, figure, lookup
@@ -77,20 +78,43 @@ def test_draw_writes_the_file_by_its_suffix(tmp_path: Path) -> None:
 
 
 def test_the_cpu_split_and_its_projection_follow_the_formula() -> None:
-    """min(C / CPU per tx, 1 / event-loop CPU per tx, verify threads / signature CPU per tx),
-    per member, from the members' deltas; nothing when a member cannot tell its loop's CPU."""
+    """Three parts that add up, per member; the projection is the lowest over members of
+    min(C / CPU per tx, 1 / event-loop CPU per tx, verification threads / client-signature
+    CPU per tx), with the member and the bound that set it."""
     from consortium.cli.bench import _cpu_split
 
-    members = {
-        "n1": {"cpu_s": 3.0, "loop_cpu_s": 2.0, "verifications": 10_000.0},
-        "n2": {"cpu_s": 5.0, "loop_cpu_s": 2.0, "verifications": 10_000.0},
+    def member(cpu: float, loop: float, client: float, protocol: float) -> dict[str, Any]:
+        return {
+            "cpu_s": cpu,
+            "loop_cpu_s": loop,
+            "client_verifications": client,
+            "protocol_verifications": protocol,
+            "verify_threads": 2,
+        }
+
+    # 10,000 txs, 20,000 checks/s: 10,000 client checks = 0.05 ms per tx.
+    members = {"n1": member(3.0, 1.0, 10_000, 2_000), "n2": member(1.0, 0.5, 0, 0)}
+    split = _cpu_split(members, vps=20_000.0, txs=10_000)
+    n1 = split["per_member"]["n1"]
+    assert n1["cpu_ms_per_tx"] == 0.3 and n1["signature_checks_ms_per_tx"] == 0.06
+    assert n1["loop_other_ms_per_tx"] == 0.09  # 0.1 on the loop, 0.01 of it protocol checks
+    assert n1["rest_ms_per_tx"] == 0.15  # 0.2 on workers, 0.05 of it client checks
+    parts = ("signature_checks_ms_per_tx", "loop_other_ms_per_tx", "rest_ms_per_tx")
+    assert sum(n1[k] for k in parts) == pytest.approx(n1["cpu_ms_per_tx"])
+    assert split["cpu_ms_per_tx"] == 0.2  # the mean over members
+    # n1 binds: 2 cores / 0.3 ms = 6,667 (cores); with 4 and 8, its loop: 1 / 0.1 ms.
+    assert split["projection_by_cores"] == {
+        "2": {"tx_per_s": 6667, "member": "n1", "bound": "cores"},
+        "4": {"tx_per_s": 10000, "member": "n1", "bound": "event loop"},
+        "8": {"tx_per_s": 10000, "member": "n1", "bound": "event loop"},
     }
-    after = {0: {"metrics": {"verify_threads": 2}}, 1: {"metrics": {"verify_threads": 2}}}
-    split = _cpu_split(members, after, vps=20_000.0, txs=10_000)
-    assert split["cpu_ms_per_tx"] == 0.4 and split["loop_ms_per_tx"] == 0.2
-    assert split["workers_ms_per_tx"] == 0.2 and split["signature_checks_ms_per_tx"] == 0.05
-    # 2 cores: 2/0.4 ms = 5,000; 4: the loop's 1/0.2 ms = 5,000 (below 10,000 and 2/0.05);
-    # the signature checks' bound, 2 threads / 0.05 ms = 40,000, binds at no size here.
-    assert split["projection_tx_per_s_by_cores"] == {"2": 5000, "4": 5000, "8": 5000}
-    members["n2"]["loop_cpu_s"] = None  # type: ignore[assignment]
-    assert _cpu_split(members, after, vps=20_000.0, txs=10_000) == {}
+    # Signature threads bind when client checks dominate: 2 threads / 0.5 ms = 4,000.
+    members["n1"] = member(8.0, 1.0, 100_000, 0)
+    split = _cpu_split(members, vps=20_000.0, txs=10_000)
+    assert split["projection_by_cores"]["8"] == {
+        "tx_per_s": 4000,
+        "member": "n1",
+        "bound": "signature threads",
+    }
+    members["n2"]["loop_cpu_s"] = None
+    assert _cpu_split(members, vps=20_000.0, txs=10_000) == {}

@@ -129,7 +129,10 @@ def containerfile() -> dict[str, list[str]]:
 
 def test_the_containerfile_runs_node_start_as_a_non_root_user_on_its_volume() -> None:
     c = containerfile()
-    assert c["FROM"] == ["python:3.11-slim"]
+    # a build stage with a C compiler (the hot modules compiled), then the slim image it feeds
+    assert c["FROM"] == ["python:3.11 AS build", "python:3.11-slim"]
+    assert any("setup.py" in copy for copy in c["COPY"]), c["COPY"]  # (the build's mypyc step)
+    assert "--from=build /wheels /wheels" in c["COPY"]
     assert c["USER"] and c["USER"][-1] not in ("root", "0")
     entrypoint = json.loads(c["ENTRYPOINT"][-1])
     assert entrypoint[:4] == ["consortium", "node", "start", "--home"]
