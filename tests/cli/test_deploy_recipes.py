@@ -144,7 +144,8 @@ def test_the_containerfile_runs_node_start_as_a_non_root_user_on_its_volume() ->
             continue  # from the build stage, not the repository
         for source in copy.split()[:-1]:
             assert (REPO / source).exists(), f"COPY {source}: no such path in the repository"
-    assert any("pip install /src" in r for r in c["RUN"])
+    assert any("pip wheel --no-deps --wheel-dir /wheels /src" in r for r in c["RUN"])
+    assert any("pip install /wheels/" in r for r in c["RUN"])
     # The ports it exposes are the CLI's defaults for peers and clients.
     defaults = {n: p.default for n, p in inspect.signature(init).parameters.items()}
     exposed = sorted(int(p) for p in c["EXPOSE"][-1].split())
