@@ -540,8 +540,10 @@ def _cpu_split(per_member: dict[str, dict[str, Any]], vps: float, txs: int) -> d
     threads / client-signature CPU per tx), with the member and the bound that set it.
     Empty when a member could not tell its loop's CPU."""
     rows = list(per_member.items())
-    if not rows or vps <= 0 or any(r["loop_cpu_s"] is None for _, r in rows):
+    if not rows or vps <= 0 or txs <= 0:
         return {}
+    if any(r["loop_cpu_s"] is None or not r["verify_threads"] for _, r in rows):
+        return {}  # (a member that does not report them: no split rather than a guess)
     parts: dict[str, dict[str, float]] = {}
     for name, r in rows:
         total = 1000 * r["cpu_s"] / txs
@@ -555,7 +557,7 @@ def _cpu_split(per_member: dict[str, dict[str, Any]], vps: float, txs: int) -> d
             "client_checks_ms_per_tx": client_sig,
             "loop_other_ms_per_tx": loop - protocol_sig,
             "rest_ms_per_tx": total - loop - client_sig,
-            "verify_threads": float(r["verify_threads"] or 1),
+            "verify_threads": float(r["verify_threads"]),
         }
     projection: dict[str, dict[str, Any]] = {}
     for cores in (2, 4, 8):
