@@ -6,12 +6,17 @@ the same source, as C extension modules next to it. Where it cannot (no C compil
 mypyc), nothing fails: the same modules run as Python. Results are identical either way
 (tests/test_compiled.py checks them against each other).
 
-Two rules keep a compiled module from ever running code other than its source:
-- The build records each compiled module's SHA-256 (consortium/_compiled_hashes.json, written
-  by setup.py). At import, a module whose source no longer matches (edited after the build,
-  another checkout) runs from its source instead; `consortium --version` names it.
-- CONSORTIUM_PURE=1 runs every one of them from its source (tests, debugging, profiling);
-  CONSORTIUM_NO_COMPILE=1 at install compiles nothing.
+A compiled module never runs code other than its source. The build records each compiled
+module's SHA-256 and the group's shared library (consortium/_compiled_hashes.json, written by
+setup.py only once every part built). At every start, `install` sends the whole group (which
+calls itself natively: all or none) back to its source when there is no record, when a source
+no longer matches (edited after the build, another checkout), when the shared library is
+missing, or with CONSORTIUM_PURE=1 (tests, debugging, profiling); `consortium --version` says
+which and why. CONSORTIUM_NO_COMPILE=1 at install compiles nothing.
+
+The compiled modules import, of the rest of the package, only what their types name (tally:
+Bundle, OutcomeStatus); the compiled code checks those with isinstance against the classes
+as they are now, so an edit there needs no recompiling, except to a Literal's values.
 
 This module is read by setup.py without importing the package: keep it free of imports of
 consortium.

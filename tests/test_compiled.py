@@ -203,6 +203,16 @@ def test_the_tally_gives_what_its_source_gives() -> None:
         assert tally_mod.is_final_rejection(reason) == pure.is_final_rejection(reason)
 
 
+def _copy_of_the_tree(tmp_path: Path, *, shared: bool = True) -> Path:
+    """The package as installed here (extensions and record included), copied: a tree to
+    break; with the group's shared library beside it unless `shared` is False."""
+    copy = tmp_path / "tree"
+    shutil.copytree(ROOT / "consortium", copy / "consortium")
+    for library in ROOT.glob("*__mypyc*") if shared else ():
+        shutil.copy(library, copy / library.name)
+    return copy
+
+
 def _describe_in(env: dict[str, str], cwd: Path, path: Path) -> tuple[str, str]:
     out = subprocess.run(
         [
@@ -234,10 +244,7 @@ def test_a_module_changed_after_the_build_runs_from_source_with_the_others(
     itself natively) back to source, and --version says which changed."""
     if not all(compiled.running_compiled(n) for n in compiled.COMPILED):
         return  # nothing compiled here: no stale build to catch (CI requires one: above)
-    copy = tmp_path / "tree"
-    shutil.copytree(ROOT / "consortium", copy / "consortium")
-    for shared in ROOT.glob("*__mypyc*"):
-        shutil.copy(shared, copy / shared.name)
+    copy = _copy_of_the_tree(tmp_path)
     file, described = _describe_in({}, tmp_path, copy)
     assert file.endswith(".so") and described.startswith("compiled (mypyc)"), described
     codec_py = copy / "consortium" / "crypto" / "codec.py"
@@ -258,10 +265,7 @@ def test_the_makefile_recompiles_what_the_build_compiles() -> None:
 def test_an_extension_the_last_install_did_not_record_never_runs(tmp_path: Path) -> None:
     """An install that compiled nothing (no compiler) writes no hashes; extensions an older
     install left behind are then not trusted."""
-    copy = tmp_path / "tree"
-    shutil.copytree(ROOT / "consortium", copy / "consortium")
-    for shared in ROOT.glob("*__mypyc*"):
-        shutil.copy(shared, copy / shared.name)
+    copy = _copy_of_the_tree(tmp_path)
     (copy / "consortium" / "_compiled_hashes.json").unlink(missing_ok=True)
     file, described = _describe_in({}, tmp_path, copy)
     assert file == str(copy / "consortium" / "crypto" / "codec.py")
@@ -275,8 +279,7 @@ def test_a_missing_shared_library_sends_the_group_to_source(tmp_path: Path) -> N
     modules run from source instead of failing every import."""
     if not all(compiled.running_compiled(n) for n in compiled.COMPILED):
         return  # nothing compiled here: no shared library to lose (CI requires one: above)
-    copy = tmp_path / "tree"
-    shutil.copytree(ROOT / "consortium", copy / "consortium")  # (no shared library beside it)
+    copy = _copy_of_the_tree(tmp_path, shared=False)
     env = {"PYTHONNOUSERSITE": "1"}
     out = subprocess.run(
         [
