@@ -1,8 +1,11 @@
 """Micro-benchmarks behind figures in docs/bench.md: Ed25519 sign and verify (the signer and
-verifier the node uses, and cryptography's signer for comparison), and the CPU one side of a
-Trio round trip between two processes over loopback TCP costs (the event loop's own floor).
+verifier the node uses, and cryptography's signer for comparison), the CPU one side of a
+Trio round trip between two processes over loopback TCP costs (the event loop's own floor),
+and the hot paths the compiled modules serve (consortium/compiled.py): run it as installed
+and with CONSORTIUM_PURE=1 to compare compiled with source.
 
     .venv/bin/python scripts/microbench.py
+    CONSORTIUM_PURE=1 .venv/bin/python scripts/microbench.py
 
 Loopback only (127.0.0.1, an ephemeral port); bounded (a few seconds); stops by itself.
 """
@@ -17,7 +20,10 @@ from multiprocessing.connection import Connection
 
 import trio
 
+from consortium import compiled
+from consortium.crypto.codec import _refuse_floats, pack, unpack, unpack_canonical
 from consortium.crypto.keys import KeyPair
+from consortium.crypto.merkle import MerkleTree, verify_inclusion
 from consortium.crypto.signing import Domain, Ed25519Signer, Ed25519Verifier, signed_message
 
 ROUNDS = 5_000
@@ -64,7 +70,38 @@ async def pingpong(port: int, rounds: int) -> tuple[float, float]:
     return elapsed / rounds * 1e6, cpu / rounds * 1e6
 
 
+def hot_paths() -> list[tuple[str, Callable[[], object], int]]:
+    """(label, call, rounds) for the compiled modules' hot paths, on a receipts push of 110
+    entries (a pbft block's worth under load) shaped as the members send it."""
+    from consortium.ledger.digests import row_digest
+
+    entry = [
+        [b"t" * 32, "ok", "", [b"v"], 5, 0],  # a receipt
+        [bytes([i]) * 32 for i in range(7)],  # its Merkle path in a tree of 110
+    ]
+    frame = pack([0, "receipts", [[b"h" * 32] * 8, [b"s" * 64], 110, [entry] * 110]])
+    value = unpack(frame)
+    leaves = [bytes([i % 256]) * 100 for i in range(110)]
+    tree = MerkleTree(leaves)
+    proof, root = tree.proof(37), tree.root
+    row = (b"i" * 32, 12_345, 7, 1)
+    return [
+        ("canonical decode, 110-receipt push", lambda: unpack_canonical(frame), 2_000),
+        ("  of it: the float walk", lambda: _refuse_floats(value), 2_000),
+        ("row digest (tx index row)", lambda: row_digest("tx_index", row), 100_000),
+        ("Merkle tree of 110 leaves", lambda: MerkleTree(leaves), 500),
+        (
+            "inclusion check, 110 leaves",
+            lambda: verify_inclusion(leaves[37], 37, 110, proof, root),
+            20_000,
+        ),
+    ]
+
+
 def main() -> None:
+    print(f"hot modules: {compiled.describe()}")
+    for label, call, rounds in hot_paths():
+        print(f"{label:<38}{per_call_us(call, rounds):7.2f} us")
     keys = KeyPair.generate()
     signer = Ed25519Signer(keys)
     verifier = Ed25519Verifier()
