@@ -57,6 +57,8 @@ class BenchConfig:
     timeout_ms: int = 1_000  # view-change / election timeout
     kill_at_s: float | None = None  # kill -9 the primary/leader this far into the run
     byzantine: str | None = None  # pbft: a test-only Byzantine primary (member n1)
+    silent: str | None = None  # a member never started: silent from the start
+    lying: str | None = None  # a member that lies to clients in every receipt (test-only)
     tls: bool = False  # TLS on every peer and client port
     progress: bool = True
 
@@ -167,6 +169,8 @@ def run_bench(config: BenchConfig, directory: Path | None = None) -> BenchRun:
     if cfg.byzantine is not None and cfg.mode != "pbft":
         raise BenchError("--byzantine-primary is a pbft test mode")
     run = BenchRun(cfg)
+    if cfg.silent is not None and cfg.silent == cfg.lying:
+        raise BenchError("--silent and --lying-receipts name the same member")
     own_dir = directory is None
     directory = directory or Path(tempfile.mkdtemp(prefix=f"bench-{cfg.mode}-"))
     params = Params(
@@ -184,17 +188,25 @@ def run_bench(config: BenchConfig, directory: Path | None = None) -> BenchRun:
         force=True,
         tls=cfg.tls,
     )
+    names = [m.name for m in genesis.members]
+    for role, name in (("--silent", cfg.silent), ("--lying-receipts", cfg.lying)):
+        if name is not None and name not in names:
+            raise BenchError(f"{role} {name}: not a member (they are {', '.join(names)})")
     setup = load_client_setup(directory)
     keys = setup.keys()
     options = setup.client_options()
     net = LocalNetwork(directory, log_level="warning")
+    started_homes = [home for home in net.homes if home.name != cfg.silent]
     try:
-        for home in net.homes:
+        for home in started_homes:
             faults: tuple[str, ...] = ()
             if cfg.byzantine and home.name == genesis.members[0].name:
                 faults = ("--byzantine", cfg.byzantine)
+            if home.name == cfg.lying:
+                faults += ("--lying-receipts",)
             net.start(home.name, faults=faults)
-        trio.run(wait_until_up, genesis, 30.0, options)
+        up = [m.index for m in genesis.members if m.name != cfg.silent]
+        trio.run(wait_until_up, genesis, 30.0, options, up)
         trio.run(_leader, genesis, options)
         started = time.perf_counter()
         per_client = _workload(genesis, keys, cfg.txs, cfg.payload_bytes)
@@ -208,6 +220,8 @@ def run_bench(config: BenchConfig, directory: Path | None = None) -> BenchRun:
         )
         usage = resource.getrusage(resource.RUSAGE_SELF)
         run.figures["client_cpu_s"] = round(usage.ru_utime + usage.ru_stime - cpu_before, 2)
+        if cfg.silent is not None:
+            killed.append(cfg.silent)
         alive = [i for i in range(genesis.n) if genesis.members[i].name not in killed]
         trio.run(wait_same_height, genesis, alive, 60.0, options)
         after = trio.run(_statuses, genesis, alive, options)
@@ -222,11 +236,11 @@ def run_bench(config: BenchConfig, directory: Path | None = None) -> BenchRun:
         reports = list(
             pool.map(
                 audit_ledger,
-                [home / "data" / "ledger.sqlite" for home in net.homes],
-                [genesis] * len(net.homes),
+                [home / "data" / "ledger.sqlite" for home in started_homes],
+                [genesis] * len(started_homes),
             )
         )
-    for home, report in zip(net.homes, reports, strict=True):
+    for home, report in zip(started_homes, reports, strict=True):
         if not report.ok:
             assert report.problem is not None
             problems.append(f"{home.name}: height {report.problem.height}: {report.problem.reason}")

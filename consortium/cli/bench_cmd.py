@@ -53,6 +53,14 @@ def bench(
         Literal["silent-primary", "equivocating-primary"] | None,
         typer.Option(help="pbft: run n1 as a test-only Byzantine primary."),
     ] = None,
+    silent: Annotated[
+        str | None,
+        typer.Option(help="Never start this member (n2, ...): silent from the start."),
+    ] = None,
+    lying_receipts: Annotated[
+        str | None,
+        typer.Option(help="Run this member (n2, ...) lying to clients in every receipt."),
+    ] = None,
     timeout_ms: Annotated[int, typer.Option(help="View-change / election timeout.")] = 1_000,
     tls: Annotated[bool, typer.Option(help="TLS on every peer and client port.")] = False,
     as_json: Annotated[Path | None, typer.Option("--json", help="Write every figure here.")] = None,
@@ -78,6 +86,8 @@ def bench(
         timeout_ms=timeout_ms,
         kill_at_s=kill_at,
         byzantine=byzantine_primary,
+        silent=silent,
+        lying=lying_receipts,
         tls=tls,
     )
     try:

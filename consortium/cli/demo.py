@@ -28,13 +28,17 @@ CHUNK = 50  # transactions one client submits before waiting for them
 
 
 async def wait_until_up(
-    genesis: Genesis, timeout_s: float, options: dict[str, Any] | None = None
+    genesis: Genesis,
+    timeout_s: float,
+    options: dict[str, Any] | None = None,
+    members: list[int] | None = None,
 ) -> None:
-    """Every member answers status (its client port is open and its core is running).
-    `options`: ConsortiumClient keyword arguments (ClientSetup.client_options())."""
+    """Every member (of `members`, indexes; all by default) answers status (its client port
+    is open and its core is running). `options`: ConsortiumClient keyword arguments
+    (ClientSetup.client_options())."""
     deadline = trio.current_time() + timeout_s
     async with ConsortiumClient(genesis, **(options or {})) as client:
-        for i in range(genesis.n):
+        for i in range(genesis.n) if members is None else members:
             while True:
                 try:
                     await client.status(i, 1.0)

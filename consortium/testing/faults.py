@@ -6,17 +6,22 @@ read from a file. The member itself is unchanged: each fault replaces one of its
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import trio
 
+from consortium.crypto.signing import Domain, Signer
+from consortium.ledger.block import Block, receipts_root
+from consortium.ledger.certificates import SignedVote, block_signature_body
 from consortium.node.runtime import Node
 from consortium.pbft import messages as pbft_messages
 from consortium.pbft.replica import PbftReplica
 
 BYZANTINE_BEHAVIOURS = ("silent-primary", "equivocating-primary")
+FORGED_REASON = "forged"  # what a member that lies in its receipts says of every transaction
 POLL_S = 0.05  # how often a fault file is read again
 
 
@@ -167,3 +172,37 @@ def corrupt_state(node: Node, path: Path) -> Callable[[], Awaitable[None]]:
             return
 
     return follow
+
+
+def forge_receipts(
+    block: Block, signer: Signer, chain_id: bytes, me: int
+) -> tuple[Block, SignedVote]:
+    """`block` as a lying member tells clients of it: every receipt rejected (`FORGED_REASON`),
+    in a header whose receipts root is the forged receipts', with `signer`'s valid block
+    signature over it. Its proofs and its signature check out; only the tally of f+1 matching
+    members refuses it (the header is not the one the others sign)."""
+    forged = tuple(
+        dataclasses.replace(r, status="rejected", reason=FORGED_REASON, results=())
+        for r in block.receipts
+    )
+    header = dataclasses.replace(block.header, receipts_root=receipts_root(forged))
+    body = block_signature_body(header.height, header.hash, me)
+    return Block(header, block.txs, forged), SignedVote(
+        body, signer.sign(Domain.BLOCK, chain_id, body)
+    )
+
+
+def lying_receipts(node: Node) -> None:
+    """A member that lies to clients in every receipt it pushes, and signs the lie
+    (`forge_receipts`). The ledger, its votes and its peers are unaffected; only what it tells
+    clients is wrong. A client must count it as one member that does not agree, at no cost in
+    time (issue 18: p99 within 1.5x of the all-honest run; `consortium bench
+    --lying-receipts`). Call it before the member runs: it replaces `executed` on the member's
+    receipt watches (node/watches.py), so every push of a block's receipts lies."""
+    watches = node.service.watches
+    honest = watches.executed
+
+    def executed(block: Block, vote: SignedVote) -> bool:
+        return honest(*forge_receipts(block, node.signer, node.chain_id, node.me))
+
+    watches.executed = executed  # type: ignore[method-assign]

@@ -2,7 +2,7 @@
 tests and `consortium bench --byzantine`:
 
     python -m consortium.testing.member --home HOME [--byzantine silent-primary]
-        [--partition-file FILE] [--clock-offset-file FILE] [--rot-file FILE]
+        [--lying-receipts] [--partition-file FILE] [--clock-offset-file FILE] [--rot-file FILE]
         [--duplicate-shown-s SECONDS]
 
 Otherwise exactly `consortium node start --home HOME` (node/process.py)."""
@@ -25,6 +25,7 @@ from consortium.testing.faults import (
     OffsetClock,
     byzantine_outbound,
     corrupt_state,
+    lying_receipts,
     partition,
 )
 
@@ -33,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m consortium.testing.member")
     parser.add_argument("--home", type=Path, required=True)
     parser.add_argument("--byzantine", choices=BYZANTINE_BEHAVIOURS)
+    parser.add_argument("--lying-receipts", action="store_true")
     parser.add_argument("--partition-file", type=Path)
     parser.add_argument("--clock-offset-file", type=Path)
     parser.add_argument("--rot-file", type=Path)
@@ -47,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.byzantine is not None:
             node.outbound = byzantine_outbound(node, args.byzantine)
             node.log.warning("TEST MODE: this member misbehaves as primary (%s)", args.byzantine)
+        if args.lying_receipts:
+            lying_receipts(node)
+            node.log.warning("TEST MODE: this member lies to clients in every receipt it pushes")
         if args.partition_file is not None:
             nursery.start_soon(partition(node, args.partition_file))
         if args.clock_offset_file is not None:

@@ -104,3 +104,30 @@ def test_bench_measures_failover_when_the_leader_is_killed(tmp_path: Path) -> No
     survivors = {f"n{i + 1}" for i in range(3)} - set(fig["killed"])
     assert survivors <= set(rss), rss
     assert all(r["at_end_mb"] > 0 and r["samples"] >= 2 for r in rss.values())
+
+
+def test_bench_runs_with_a_member_silent_from_the_start_or_lying_in_its_receipts(
+    tmp_path: Path,
+) -> None:
+    """Issue 18's fault runs: every transaction still commits (a lying member's receipts, each
+    signed and proven, are outvoted by the f+1 honest ones: none is reported rejected), the
+    silent member is left out of the figures and the audit, and the ledgers agree."""
+    for mode, fault in (("raft", ("--silent", "n3")), ("pbft", ("--lying-receipts", "n2"))):
+        out = tmp_path / f"{mode}.json"
+        result = cli(
+            "bench", "--mode", mode, "--txs", "600", "--clients", "2", "--window", "20",
+            *fault, "--json", str(out),
+            timeout=300,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stdout + result.stderr
+        [run] = json.loads(out.read_text())
+        fig = run["figures"]
+        assert fig["committed"] == fig["submitted"] == 600, fig
+        assert fig["ledgers_verified"] and fig["ledgers_identical"]
+        members = set(fig["per_member"])
+        if fault[0] == "--silent":
+            assert run["config"]["silent"] == "n3"
+            assert members == {"n1", "n2"}
+        else:
+            assert run["config"]["lying"] == "n2"
+            assert members == {"n1", "n2", "n3", "n4"}
