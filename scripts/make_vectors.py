@@ -32,6 +32,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from consortium.client.receipts import from_bundles
 from consortium.crypto.codec import WireFormatError, pack, unpack_canonical
 from consortium.crypto.keys import InvalidKeyError, KeyPair, validate_public_key
 from consortium.crypto.merkle import inclusion_proof, merkle_root, verify_inclusion
@@ -640,7 +641,7 @@ def transaction_vectors(chain_id: bytes) -> list[dict[str, Any]]:
                 "public_key": keys.public.hex(),
                 "chain_id": chain.hex(),
                 "nonce": nonce.hex(),
-                "expiry_ms": expiry,
+                "expiry_ms": str(expiry),  # decimal: JSON numbers past 2^53 lose digits
                 "ops": [_op_doc(o) for o in ops],
                 "body": tx.body.hex(),
                 "id": tx.id.hex(),
@@ -1019,8 +1020,16 @@ def receipt_vectors() -> dict[str, Any]:
         "receipt not canonically encoded",
         json.dumps({**doc, "receipt": doc["receipt"][:-2] + "cc02"}),
     )
+    # What a client assembles from f+1 members' bundles for one receipt (n4's, then n2's, as
+    # they arrived): consortium.client.receipts.from_bundles, written by ReceiptProof.dumps.
+    arrived = [receipt_bundle(block.header, block.receipts, 3, votes[s]) for s in (3, 1)]
+    assembled = {
+        "bundles": [b.encode().hex() for b in arrived],
+        "document": from_bundles(arrived).dumps(genesis),
+    }
     return {
         "geneses": {k: g.to_json() for k, g in geneses.items()},
+        "from_bundles": assembled,
         "cases": cases,
     }
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from consortium.client.receipts import from_bundles
 from consortium.crypto.codec import WireFormatError, pack, unpack_canonical
 from consortium.crypto.keys import InvalidKeyError, KeyPair, validate_public_key
 from consortium.crypto.merkle import merkle_root, verify_inclusion
@@ -174,7 +175,7 @@ def test_transactions_are_transaction_create(case: dict[str, Any]) -> None:
         keys,
         bytes.fromhex(case["chain_id"]),
         bytes.fromhex(case["nonce"]),
-        case["expiry_ms"],
+        int(case["expiry_ms"]),
         [_op(o) for o in case["ops"]],
     )
     assert keys.public.hex() == case["public_key"]
@@ -240,6 +241,17 @@ def test_receipt_document_verdicts(case: dict[str, Any]) -> None:
     problem = verify_receipt(proof, genesis)
     assert problem == case["error"]
     assert case["valid"] is (problem is None)
+
+
+def test_a_document_from_bundles_is_the_clients() -> None:
+    genesis = Genesis.from_json(VECTORS["receipts"]["geneses"]["pbft"])
+    assembled = VECTORS["receipts"]["from_bundles"]
+    bundles = [Bundle.from_array(unpack_canonical(bytes.fromhex(b))) for b in assembled["bundles"]]
+    assert all(verify_bundle(b, genesis, VERIFIER) is None for b in bundles)
+    assert len({b.signer() for b in bundles}) == genesis.f + 1
+    proof = from_bundles(bundles)
+    assert proof.dumps(genesis) == assembled["document"]
+    assert verify_receipt(loads(assembled["document"]), genesis) is None
 
 
 def test_the_receipt_cases_include_the_tampering_the_client_must_catch() -> None:
