@@ -329,8 +329,13 @@ def ed25519_vectors() -> dict[str, Any]:
     key_case("not on the curve", _off_curve())
     key_case("key 0 with the sign bit flipped", k0.public[:31] + bytes([k0.public[31] ^ 0x80]))
 
+    # A client key file as `consortium init` writes it (PKCS#8 PEM, unencrypted).
+    key_files = [
+        {"name": "key 0", "pem": keys[0].to_pem().decode(), "public_key": keys[0].public.hex()}
+    ]
     return {
         "keys": key_cases,
+        "key_files": key_files,
         "sign": sign_cases,
         "verify": verify,
         "public_keys": public_keys,

@@ -92,6 +92,14 @@ def test_ed25519_signatures_are_the_signers(case: dict[str, Any]) -> None:
     assert sig.hex() == case["signature"]
 
 
+def test_key_files_are_the_keys(tmp_path: Path) -> None:
+    for case in VECTORS["ed25519"]["key_files"]:
+        path = tmp_path / "key.pem"
+        path.write_text(case["pem"])
+        path.chmod(0o600)
+        assert KeyPair.load(path).public.hex() == case["public_key"]
+
+
 def test_seeds_give_the_listed_public_keys() -> None:
     for case in VECTORS["ed25519"]["keys"]:
         assert KeyPair.from_seed(bytes.fromhex(case["seed"])).public.hex() == case["public_key"]

@@ -7,6 +7,10 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import * as ed from "@noble/ed25519";
+import { chmod, mkdtemp, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { KeyFileError, loadKeyFile } from "../src/keyfile.js";
 import { fromHex, toHex } from "../src/bytes.js";
 import { pack, unpackCanonical, WireFormatError } from "../src/codec.js";
 import { isValidPublicKey, keyPairFromSeed, sign, signedMessage, verify, type DomainName } from "../src/ed25519.js";
@@ -57,6 +61,22 @@ describe("ed25519", () => {
     assert.ok(names.some((n) => n.startsWith("R: small-order")), names.join("; "));
     assert.ok(names.some((n) => n.startsWith("R = rB + T")), names.join("; "));
     assert.ok(names.some((n) => n.includes("mixed order")), names.join("; "));
+  });
+
+  it("loads the node's PEM key files, and refuses one others can read", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "consortium-js-"));
+    try {
+      for (const c of E.key_files) {
+        const path = join(dir, "key.pem");
+        await writeFile(path, c.pem, { mode: 0o600 });
+        assert.equal(toHex((await loadKeyFile(path)).publicKey), c.public_key, c.name);
+        await chmod(path, 0o644);
+        await assert.rejects(loadKeyFile(path), KeyFileError);
+        await rm(path);
+      }
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 
   it("enrols the public keys the node enrols", () => {
