@@ -332,12 +332,20 @@ export class GatewayClient {
   /** raft: one member at a time (its followers forward to the leader); the next when it fails. */
   private async followRaft(tally: Tally, deadline: number): Promise<void> {
     const signal = tally.done.signal;
+    let waited = 0;
     while (!signal.aborted && Date.now() < deadline) {
       const target = this.targets[this.raftTarget % this.targets.length]!;
+      const started = Date.now();
       const verdict = await this.round(target, tally, deadline);
       if (verdict === "counted" || verdict === "final") return;
-      if (verdict !== "waiting") this.raftTarget += 1; // down, lying, refusing: try another
-      if (verdict === "error") await sleep(this.retryDelayMs, signal);
+      waited = verdict === "waiting" ? waited + 1 : 0;
+      // Down, lying or refusing, or twice no receipt within wait_ms (a member cut off from
+      // the others): submit to the next one, as the Python client retransmits to another.
+      if (verdict !== "waiting" || waited >= 2) {
+        this.raftTarget += 1;
+        waited = 0;
+      }
+      if (verdict === "error" || Date.now() - started < this.retryDelayMs) await sleep(this.retryDelayMs, signal);
     }
   }
 

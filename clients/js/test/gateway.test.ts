@@ -209,6 +209,18 @@ describe("GatewayClient", () => {
     assert.match(outcome.memberErrors["n2"] ?? "", /HTTP 503 overloaded: busy/);
   });
 
+  it("in raft moves on from a member that never has the receipt", async () => {
+    const tx = transaction(RAFT, "raft cut off");
+    const { bundle } = block(RAFT, tx);
+    const cutOff: Behaviour = async (_path, method) =>
+      method === "POST" ? accepted(tx) : json(404, { error: { code: "not_found", message: "not executed" } });
+    const net = network({ n1: cutOff, n2: answers(tx, bundle(1)), n3: down, n4: down });
+    const client = new GatewayClient(RAFT, gateways(RAFT), { fetch: net.fetch, retryDelayMs: 10 });
+    const outcome = await client.submitAndWait(tx, { timeoutMs: 5_000 });
+    assert.equal(outcome.status, "committed");
+    assert.deepEqual(net.calls.map((c) => `${c.member} ${c.method}`), ["n1 POST", "n1 GET", "n1 POST", "n1 GET", "n2 POST"]);
+  });
+
   it("refuses configuration that does not fit the genesis", () => {
     const file = parseGatewaysFile(JSON.stringify({ chain_id: "00".repeat(32), gateways: gateways(PBFT) }));
     assert.throws(() => GatewayClient.fromGatewaysFile(PBFT, file), GatewayConfigError);
