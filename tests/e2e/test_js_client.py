@@ -2,7 +2,8 @@
 gateways (docs/gateway.md): `consortium init --gateway` writes the network and net/gateways.json,
 the members run as separate processes on 127.0.0.1, and clients/js/test/live.test.ts submits a
 transaction through every gateway, waits for f+1 verified receipts, checks the receipt document
-offline against genesis.json, and checks that a tampered and a forged document are refused.
+offline against genesis.json, and checks that a tampered and a forged document are refused; the
+document it leaves is then checked by the Python CLI (`consortium tx verify-receipt`).
 
 Needs Node 18+ and `npm ci` run once in clients/js (the build is offline)."""
 
@@ -83,3 +84,10 @@ def test_the_typescript_client_commits_through_the_gateways(
     assert result.returncode == 0, out[-5000:] + "\n" + logs
     assert "# pass 1" in out and "# fail 0" in out, out[-3000:]
     assert "# skipped 0" in out and "SKIP" not in out, "the live test did not run: " + out[-3000:]
+    # The document the TypeScript client wrote, checked by the Python verifier.
+    document = directory / "js-live.receipt.json"
+    verified = cli(
+        "tx", "verify-receipt", str(document), "--genesis", str(directory / "genesis.json")
+    )
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert json.loads(document.read_text())["status"] == "ok"

@@ -3,11 +3,12 @@
  * `consortium init --gateway` whose members are running; tests/e2e/test_js_client.py does it):
  * submit a transaction through every member's gateway, wait for f+1 verified receipts, check
  * the receipt document offline against genesis.json, and check that the document with one byte
- * changed, and with a block signature by a key that is not a member's, are both refused.
+ * changed, and with a block signature by a key that is not a member's, are both refused. It
+ * leaves the document in $CONSORTIUM_NET/js-live.receipt.json for the Python verifier.
  */
 
 import assert from "node:assert/strict";
-import { readFile } from "node:fs/promises";
+import { readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { describe, it } from "node:test";
 import { fromHex, toHex, utf8 } from "../src/bytes.js";
@@ -63,6 +64,9 @@ describe("a live network through its gateways", { skip: NET ? false : "CONSORTIU
     const signers = new Set(doc.block_signatures.map((s) => s.signer));
     assert.equal(signers.size, doc.block_signatures.length, "distinct members");
     assert.ok(signers.size >= signaturesNeeded(genesis));
+
+    // Left for the Python side to check (tests/e2e/test_js_client.py: tx verify-receipt).
+    await writeFile(join(net, "js-live.receipt.json"), text);
 
     // One byte changed (a hex digit of the header): refused, when read or when verified.
     const tampered = text.replace(doc.header, flipHexDigit(doc.header, doc.header.length - 3));
