@@ -748,6 +748,35 @@ def genesis_vectors() -> list[dict[str, Any]]:
         )
     )
     cases.append(("negative created_ms", json.dumps({**base, "created_ms": -1})))
+    cases.append(("an unknown mode", json.dumps({**base, "mode": "paxos"})))
+    cases.append(
+        (
+            "a member address with a scheme",
+            json.dumps(
+                {
+                    **base,
+                    "members": [
+                        {**base["members"][0], "client_address": "http://127.0.0.1:9200"},
+                        *base["members"][1:],
+                    ],
+                }
+            ),
+        )
+    )
+    cases.append(
+        (
+            "a member address with an IPv6 host in brackets",
+            json.dumps(
+                {
+                    **base,
+                    "members": [
+                        {**base["members"][0], "peer_address": "[fd00::1]:7101"},
+                        *base["members"][1:],
+                    ],
+                }
+            ),
+        )
+    )
     cases.append(
         (
             "a public key listed twice",

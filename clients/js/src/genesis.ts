@@ -5,7 +5,7 @@
  */
 
 import { fromHex, toHex } from "./bytes.js";
-import type { MsgValue } from "./codec.js";
+import { pyRepr, type MsgValue } from "./codec.js";
 import { isValidPublicKey } from "./ed25519.js";
 import { digestOf } from "./hash.js";
 
@@ -297,7 +297,7 @@ export function parseGenesis(text: string, where = "genesis.json"): Genesis {
   if (doc["format"] !== GENESIS_FORMAT) throw new GenesisError(`${where}: 'format' must be '${GENESIS_FORMAT}'`);
   const mode = doc["mode"];
   if (mode !== "pbft" && mode !== "raft") {
-    throw new GenesisError(`${where}: 'mode' must be one of ${MODES.join(", ")}, not ${JSON.stringify(mode ?? null)}`);
+    throw new GenesisError(`${where}: 'mode' must be one of ${MODES.join(", ")}, not ${pyRepr(mode)}`);
   }
   const chainName = doc["chain_name"];
   if (typeof chainName !== "string" || !chainName) throw new GenesisError(`${where}: 'chain_name' must be a non-empty string`);
