@@ -6,8 +6,9 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+JS_STAMP := clients/js/node_modules/.package-lock.json
 
-.PHONY: demo check test lint venv clean browser
+.PHONY: demo check test lint venv clean browser js
 
 # The install compiles these with mypyc (consortium/compiled.py lists them; a test keeps the
 # two lists equal): changed, they are compiled again, or they would run from source.
@@ -32,8 +33,10 @@ lint: $(STAMP)
 
 # Unit and simulation tiers on every core; then the end-to-end tier alone, since its tests
 # time real processes (a failover within 2 s) and must not compete with simulations for CPU.
-test: $(STAMP)
+test: $(STAMP) $(JS_STAMP)
 	$(BIN)/pytest -q -n auto --dist worksteal -m "not e2e"
+	@# The TypeScript client's own tests (the shared vectors, its gateway client against fakes).
+	cd clients/js && npm test --silent
 	$(BIN)/pytest -q -m e2e
 	@# The compiled modules' own subjects again from source (consortium/compiled.py): the
 	@# pure-Python fallback a machine without a C compiler runs.
@@ -50,9 +53,21 @@ browser:
 	  || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null; }; \
 	else echo "the browser test needs chromium and chromedriver: sudo apt-get install chromium chromium-driver"; exit 1; fi
 
-check: lint browser test
+# The TypeScript client (clients/js) needs Node.js 18 or newer; `npm ci` installs its pinned
+# dependencies from package-lock.json (again when the lock file changes).
+js: $(JS_STAMP)
+
+$(JS_STAMP): clients/js/package-lock.json
+	@major=$$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0); \
+	if [ "$$major" -lt 18 ] || ! command -v npm >/dev/null; then \
+	  echo "the TypeScript client's tests need Node.js 18 or newer with npm: sudo apt-get install nodejs npm"; exit 1; fi
+	cd clients/js && npm ci --no-audit --no-fund --loglevel=error
+	touch $(JS_STAMP)
+
+check: lint browser js test
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .pytest_cache .ruff_cache
 	rm -f *__mypyc*.so consortium/_compiled_hashes.json
 	find consortium -name '*.so' -delete
+	rm -rf clients/js/node_modules clients/js/dist

@@ -5,7 +5,8 @@ transaction through every gateway, waits for f+1 verified receipts, checks the r
 offline against genesis.json, and checks that a tampered and a forged document are refused; the
 document it leaves is then checked by the Python CLI (`consortium tx verify-receipt`).
 
-Needs Node 18+ and `npm ci` run once in clients/js (the build is offline)."""
+Needs Node 18+ and `npm ci` run once in clients/js (the build is offline): `make check` sees to
+both, and this test fails naming the command when either is missing (never skips)."""
 
 from __future__ import annotations
 
@@ -44,10 +45,12 @@ def gateway_network(tmp_path: Path) -> Iterator[LocalNetwork]:
 
 def _toolchain() -> tuple[str, str]:
     node, npm = shutil.which("node"), shutil.which("npm")
-    if node is None or npm is None:
-        pytest.skip("Node.js (node and npm, 18 or newer) is not installed")
-    if not (CLIENT / "node_modules").is_dir():
-        pytest.skip(f"run `npm ci` in {CLIENT} first (installs the client's pinned dependencies)")
+    assert node is not None and npm is not None, (
+        "Node.js 18 or newer (node and npm) is needed: sudo apt-get install nodejs npm"
+    )
+    assert (CLIENT / "node_modules").is_dir(), (
+        f"run `npm ci` in {CLIENT} first (installs the client's pinned dependencies)"
+    )
     return node, npm
 
 
