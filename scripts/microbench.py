@@ -21,7 +21,7 @@ from multiprocessing.connection import Connection
 import trio
 
 from consortium import compiled
-from consortium.crypto.codec import _refuse_floats, pack, unpack, unpack_canonical
+from consortium.crypto.codec import _refuse_non_wire, pack, unpack, unpack_canonical
 from consortium.crypto.keys import KeyPair
 from consortium.crypto.merkle import MerkleTree, verify_inclusion
 from consortium.crypto.signing import Domain, Ed25519Signer, Ed25519Verifier, signed_message
@@ -87,7 +87,7 @@ def hot_paths() -> list[tuple[str, Callable[[], object], int]]:
     row = (b"i" * 32, 12_345, 7, 1)
     return [
         ("canonical decode, 110-receipt push", lambda: unpack_canonical(frame), 2_000),
-        ("  of it: the float walk", lambda: _refuse_floats(value), 2_000),
+        ("  of it: the non-wire walk", lambda: _refuse_non_wire(value), 2_000),
         ("row digest (tx index row)", lambda: row_digest("tx_index", row), 100_000),
         ("Merkle tree of 110 leaves", lambda: MerkleTree(leaves), 500),
         (

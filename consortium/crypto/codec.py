@@ -61,7 +61,7 @@ def unpack(data: object, *, max_len: int | None = None) -> Any:
 def unpack_canonical(data: object, *, max_len: int | None = None) -> Any:
     """Decode and insist that `data` is the canonical encoding of what it decodes to."""
     value = unpack(data, max_len=max_len)
-    _refuse_floats(value)
+    _refuse_non_wire(value)
     try:
         again = pack(value)
     except Exception as exc:
@@ -71,14 +71,21 @@ def unpack_canonical(data: object, *, max_len: int | None = None) -> Any:
     return value
 
 
-def _refuse_floats(value: Any) -> None:
+def _refuse_non_wire(value: Any) -> None:
+    """Refuse what decodes but is no wire value: floats, and the empty map and the empty
+    extension value that the decoder's limits (no map entries, no extension bytes) still let
+    through (docs/protocol.md: "no maps")."""
     stack = [value]
     while stack:
         v = stack.pop()
-        if isinstance(v, float):
-            raise WireFormatError("floats are not part of the wire format")
         if isinstance(v, list):
             stack.extend(v)
+        elif isinstance(v, float):
+            raise WireFormatError("floats are not part of the wire format")
+        elif isinstance(v, dict):
+            raise WireFormatError("maps are not part of the wire format")
+        elif isinstance(v, msgpack.ExtType):
+            raise WireFormatError("extension values are not part of the wire format")
 
 
 def array_header_bytes(count: int) -> int:

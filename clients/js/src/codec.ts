@@ -5,8 +5,8 @@
  *
  * Values: `null`, booleans, integers (`number` when a safe integer, else `bigint`; -2^63 ..
  * 2^64-1), strings (UTF-8), `Uint8Array` (bin), arrays. Also, only so that the verdicts equal
- * the node's: `MsgMap` (the node's decoder lets an empty map through), `MsgExt` (and an empty
- * extension value of type 0..127), `MsgFloat` (decoded, then refused).
+ * the node's: `MsgMap` (the empty map), `MsgExt` (an empty extension value of type 0..127) and
+ * `MsgFloat`: decoded, then refused by `unpackCanonical` as the node refuses them.
  */
 
 import { equalBytes, toHex } from "./bytes.js";
@@ -360,19 +360,23 @@ export function unpack(data: Uint8Array, maxLen?: number): MsgValue {
   return value;
 }
 
-function refuseFloats(value: MsgValue): void {
+/** Refuse what decodes but is no wire value: floats, the empty map and the empty extension
+ * value (codec.py `_refuse_non_wire`). */
+function refuseNonWire(value: MsgValue): void {
   const stack: MsgValue[] = [value];
   while (stack.length) {
     const v = stack.pop()!;
-    if (v instanceof MsgFloat) throw new WireFormatError("floats are not part of the wire format");
     if (Array.isArray(v)) for (const item of v) stack.push(item);
+    else if (v instanceof MsgFloat) throw new WireFormatError("floats are not part of the wire format");
+    else if (v instanceof MsgMap) throw new WireFormatError("maps are not part of the wire format");
+    else if (v instanceof MsgExt) throw new WireFormatError("extension values are not part of the wire format");
   }
 }
 
 /** Decode and insist `data` is the canonical encoding of what it decodes to (codec.py). */
 export function unpackCanonical(data: Uint8Array, maxLen?: number): MsgValue {
   const value = unpack(data, maxLen);
-  refuseFloats(value);
+  refuseNonWire(value);
   let again: Uint8Array;
   try {
     again = pack(value);
