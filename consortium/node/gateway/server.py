@@ -76,8 +76,13 @@ SSE_STREAMS_MAX = 16  # of the member's FOLLOWS_MAX (32): native followers keep 
 SSE_CREDIT = 16  # blocks a stream may have queued and unwritten (credit, granted as it drains)
 SSE_KEEPALIVE_S = 15.0
 SSE_SEND_TIMEOUT_S = 10.0  # an event the client does not take in this time ends the stream
+SSE_FINISH_S = 1.0  # what a stream ending with a reason has left to deliver its error event
 SSE_CLIENT_BYTES_MAX = 4096  # what a subscriber may send after its request (then: closed)
 OUTBOUND_FRAMES_MAX = 8192
+# The handler keys what it keeps for a connection (its follows) by connection id, and the
+# client port numbers its connections from 1: the gateway's are numbered apart, or one port's
+# connection ending cancelled the other's follows (a test caught it).
+CONNECTION_IDS_FROM = 1 << 62
 QUERY_FIELDS_MAX = 8
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _BASE64URL = re.compile(r"[A-Za-z0-9_-]*")
@@ -118,6 +123,36 @@ class GatewayConnection(ClientConnection):
         while (frame := self.take()) is not None:
             out.append(frame)
         return out
+
+
+class _Events:
+    """A stream's events, produced and not yet written: at most SSE_CREDIT blocks (the
+    credit sees to it), a keepalive and the final error."""
+
+    def __init__(self) -> None:
+        self.queue: deque[tuple[bytes, bool]] = deque()  # (event, whether it is a block)
+        self.finished = False
+        self.writing_since: float | None = None  # when the write in progress began
+        self.done = trio.Event()  # the writer wrote everything, or gave up
+        self._wakeup = trio.Event()
+
+    def put(self, event: bytes, *, block: bool) -> None:
+        assert not block or sum(b for _, b in self.queue) < SSE_CREDIT, "credit exceeded"
+        self.queue.append((event, block))
+        self._wakeup.set()
+
+    def finish(self) -> None:
+        self.finished = True
+        self._wakeup.set()
+
+    async def get(self) -> tuple[bytes, bool] | None:
+        """The next event; None once finished and empty."""
+        while not self.queue:
+            if self.finished:
+                return None
+            self._wakeup = trio.Event()
+            await self._wakeup.wait()
+        return self.queue.popleft()
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,7 +276,7 @@ class GatewayServer:
         self._tls = tls
         self._tls_accepts = tls_accepts
         self.connections: dict[int, GatewayConnection] = {}
-        self._ids = itertools.count(1)
+        self._ids = itertools.count(CONNECTION_IDS_FROM)
         self.sse_open = 0
         self.port = 0
         self._openapi = openapi_document()
@@ -669,10 +704,7 @@ class GatewayServer:
             _, pushed = await self._call(conn, request)
             self.counters["sse_streams"] += 1
             if await self._send(channel, SSE_HEAD):
-                why = await self._stream(channel, conn, request.req_id, from_height, pushed)
-                if why is not None:
-                    with trio.move_on_after(1):
-                        await self._send(channel, sse_event("error", {"error": why}))
+                await self._stream(channel, conn, request.req_id, from_height, pushed)
             if conn.open:
                 await self.handler.handle(conn, UnfollowRequest(conn.next_req_id(), request.req_id))
             return None
@@ -686,59 +718,90 @@ class GatewayServer:
         follow_id: int,
         height: int,
         pending: list[bytes],
-    ) -> dict[str, str] | None:
-        """Write the follow's blocks as events until it ends; why it ended ({"code",
-        "message"}), None when the client went away."""
+    ) -> None:
+        """Turn the follow's frames into events for the writer task until the follow ends,
+        the client leaves, or the writer has been stuck in one write for SSE_SEND_TIMEOUT_S
+        (a slow reader). An end with a reason appends an `error` event, which the writer has
+        SSE_FINISH_S to deliver; then the stream is cut."""
         prefix = b"\x93" + pack(follow_id) + pack("block")
         frames = deque(pending)
-        written = 0  # blocks written since credit was last granted
+        out = _Events()
         why: dict[str, str] | None = None
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._until_client_leaves, channel, nursery.cancel_scope)
-            while True:
+            nursery.start_soon(self._write_events, channel, conn, follow_id, out, nursery)
+            quiet_since = trio.current_time()
+            while why is None:
                 if not frames:
-                    with trio.move_on_after(SSE_KEEPALIVE_S):
+                    wake = quiet_since + SSE_KEEPALIVE_S
+                    if out.writing_since is not None:
+                        wake = min(wake, out.writing_since + SSE_SEND_TIMEOUT_S)
+                    with trio.move_on_at(wake):
                         await conn.wait_queued()
                     frames.extend(conn.frames())
+                    now = trio.current_time()
+                    since = out.writing_since
+                    if since is not None and now - since >= SSE_SEND_TIMEOUT_S:
+                        self.counters["sse_slow_reader"] += 1
+                        why = {
+                            "code": "overloaded",
+                            "message": "the stream ended: an event was not taken within "
+                            f"{SSE_SEND_TIMEOUT_S:g} s",
+                        }
+                        break
                     if not frames:
-                        if not await self._sse_send(channel, SSE_KEEPALIVE):
-                            why = _slow_reader()
-                            break
+                        if now >= quiet_since + SSE_KEEPALIVE_S:
+                            if not out.queue:
+                                out.put(SSE_KEEPALIVE, block=False)
+                            quiet_since = now
                         continue
                 frame = frames.popleft()
+                quiet_since = trio.current_time()
                 if frame.startswith(prefix):
                     if conn.tls_key is not None and not self._admitted(conn):
                         why = {"code": "forbidden", "message": "your TLS key is no longer admitted"}
                         break
-                    payload = frame[len(prefix) :]
-                    event = sse_event("block", {"height": height, "block": _b64(payload)}, height)
-                    if not await self._sse_send(channel, event):
-                        self.counters["sse_slow_reader"] += 1
-                        why = _slow_reader()
-                        break
+                    data = {"height": height, "block": _b64(frame[len(prefix) :])}
+                    out.put(sse_event("block", data, height), block=True)
                     height += 1
-                    written += 1
-                    if written >= SSE_CREDIT // 2:  # the queue drained: it may send more
-                        credit = CreditRequest(conn.next_req_id(), follow_id, written)
-                        await self.handler.handle(conn, credit)
-                        written = 0
                     continue
                 message = unpack(frame)
                 if message[1] == "error" and message[0] in (follow_id, PUSH):
                     why = {"code": "overloaded", "message": str(message[2])}
-                    break
-                # (the credit requests' replies)
+                # (else: a credit request's reply)
+            out.put(sse_event("error", {"error": why}), block=False)
+            out.finish()
+            with trio.move_on_after(SSE_FINISH_S):
+                await out.done.wait()
             nursery.cancel_scope.cancel()
-        return why
 
-    async def _sse_send(self, channel: trio.abc.SendStream, data: bytes) -> bool:
-        with trio.move_on_after(SSE_SEND_TIMEOUT_S):
-            try:
+    async def _write_events(
+        self,
+        channel: trio.abc.SendStream,
+        conn: GatewayConnection,
+        follow_id: int,
+        out: _Events,
+        nursery: trio.Nursery,
+    ) -> None:
+        """Write the events in order; grant the follow credit as its blocks are written (so
+        at most SSE_CREDIT blocks are ever queued and unwritten, here and in the
+        connection's queue together). The client gone: the stream ends."""
+        written = 0  # blocks written since credit was last granted
+        try:
+            while (item := await out.get()) is not None:
+                data, block = item
+                out.writing_since = trio.current_time()
                 await channel.send_all(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                return False
-            return True
-        return False
+                out.writing_since = None
+                if block:
+                    written += 1
+                    if written >= SSE_CREDIT // 2:
+                        credit = CreditRequest(conn.next_req_id(), follow_id, written)
+                        await self.handler.handle(conn, credit)
+                        written = 0
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            nursery.cancel_scope.cancel()
+        out.done.set()
 
     async def _until_client_leaves(
         self, channel: trio.abc.ReceiveStream, scope: trio.CancelScope
@@ -807,13 +870,6 @@ class GatewayServer:
             return secured, f"{name}@{peer}", key
         self.counters["tls_handshake_timeout"] += 1
         return None
-
-
-def _slow_reader() -> dict[str, str]:
-    return {
-        "code": "overloaded",
-        "message": f"the stream ended: an event was not read within {SSE_SEND_TIMEOUT_S:g} s",
-    }
 
 
 def _tx_id(text: str) -> bytes:
