@@ -842,6 +842,20 @@ async def test_slow_clients_get_408_and_their_slot_back(
         http = connect(server, nursery)
         reply = await http.response()
         assert reply is not None and reply.status == 408
+        # Expect: 100-continue (curl, before a large body): told to go on, then answered.
+        http = connect(server, nursery)
+        head = request("POST", "/v1/transactions", None, {**JSON, "Expect": "100-continue"})
+        body = b'{"transactions": [1]}'  # (answered by the gateway: no member behind it)
+        await http.stream.send_all(
+            head.replace(b"\r\n\r\n", f"\r\nContent-Length: {len(body)}\r\n\r\n".encode())
+        )
+        assert await http.head() == (100, {})
+        await http.stream.send_all(body)
+        reply = await http.response()
+        assert reply is not None
+        check_error(reply, 400, "bad_request")
+        assert "transactions[0]" in reply.doc["error"]["message"]
+        await http.aclose()
         # Pipelined requests are answered in order, one at a time.
         http = connect(server, nursery)
         await http.stream.send_all(

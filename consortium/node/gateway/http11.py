@@ -15,6 +15,7 @@ Reading a request (`HttpReader.next_request`):
   close; so is a length the gateway-wide `BodyBudget` cannot hold now (503 `overloaded`):
   bodies being read and served at once hold at most that many bytes in all. The whole body
   must come within `body_timeout_s` of the end of the head: else 408, then close.
+- A client that sends `Expect: 100-continue` is told to go on once its length is accepted.
 - Bytes after a request (a pipelined next one) stay in the reader's buffer for the next call:
   one request is in progress at a time.
 
@@ -192,7 +193,7 @@ class HttpReader:
     """Reads one connection's requests (module docstring). `started` is when the connection
     was accepted (trio clock): its first head's deadline counts from there."""
 
-    stream: trio.abc.ReceiveStream
+    stream: trio.abc.Stream  # (it sends only "100 Continue")
     limits: Limits
     budget: BodyBudget
     started: float
@@ -264,6 +265,9 @@ class HttpReader:
                     headers=(("Retry-After", "1"),),
                 )
             self.held = length
+            if request.headers.get("expect", "").lower() == "100-continue":
+                # (curl asks before a large body, and waits a second for this otherwise)
+                await self.stream.send_all(b"HTTP/1.1 100 Continue\r\n\r\n")
             read = await self._body(length, trio.current_time() + limits.body_timeout_s)
             if read is None:
                 return None

@@ -378,6 +378,8 @@ class GatewayServer:
         finally:
             reader.release()
             del self.connections[conn.id]
+            if conn.pushes_dropped:
+                self.counters["receipt_pushes_dropped"] += conn.pushes_dropped
             self.handler.disconnected(conn)
 
     async def _requests(
