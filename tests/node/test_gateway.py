@@ -341,6 +341,10 @@ async def test_every_endpoint_on_one_keep_alive_connection_agrees_with_the_docum
             await http.aclose()
             assert node.gateway.counters["connections"] == 1  # all of it on one connection
             assert node.gateway.counters["request_submit"] == 3
+            node.status_view.exposition.prepare()
+            metrics = node.status_view.exposition.text()
+            assert 'consortium_gateway_events_total{event="request_submit"' in metrics
+            assert 'event="error_not_found"' in metrics
 
 
 async def test_a_follow_streams_verified_blocks_as_server_sent_events(tmp_path: Path) -> None:
