@@ -79,6 +79,8 @@ SSE_SEND_TIMEOUT_S = 10.0  # an event the client does not take in this time ends
 SSE_FINISH_S = 1.0  # what a stream ending with a reason has left to deliver its error event
 SSE_CLIENT_BYTES_MAX = 4096  # what a subscriber may send after its request (then: closed)
 OUTBOUND_FRAMES_MAX = 8192
+LINGER_S = 1.0  # after a refusal that closes: what the client may still send is read...
+LINGER_BYTES_MAX = 1 << 20  # ...and dropped, at most this much (GatewayServer._linger)
 # The handler keys what it keeps for a connection (its follows) by connection id, and the
 # client port numbers its connections from 1: the gateway's are numbered apart, or one port's
 # connection ending cancelled the other's follows (a test caught it).
@@ -390,7 +392,8 @@ class GatewayServer:
             try:
                 incoming = await reader.next_request()
             except HttpError as exc:
-                await self._send(channel, self._error(exc))
+                if await self._send(channel, self._error(exc)):
+                    await self._linger(channel)
                 return
             if incoming is None:
                 return
@@ -404,6 +407,25 @@ class GatewayServer:
             if not incoming.keep_alive or not conn.open:
                 response.close = True
             if not await self._send(channel, response) or response.close:
+                return
+
+    async def _linger(self, channel: trio.abc.Stream) -> None:
+        """After a refusal that ends the connection, the client may still be sending (a body
+        that was not read): closing at once would reset the connection, and the reset can
+        discard the answer before the client reads it. So: end our side, then read and drop
+        at most LINGER_BYTES_MAX for at most LINGER_S, and close."""
+        if not isinstance(channel, trio.abc.HalfCloseableStream):
+            return  # (TLS: no half-close; the connection just closes)
+        dropped = 0
+        with trio.move_on_after(LINGER_S):
+            try:
+                await channel.send_eof()
+                while dropped < LINGER_BYTES_MAX:
+                    data = await channel.receive_some(65536)
+                    if not data:
+                        return
+                    dropped += len(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 return
 
     def _error(self, error: HttpError) -> Response:
