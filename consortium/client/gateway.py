@@ -197,7 +197,10 @@ class GatewayClient:
         rejected: dict[str, str] = {}
         decision = tally(vouched, {}, needed)
         try:
-            while time.monotonic() < deadline and any(t.is_alive() for t in threads):
+            # (until every thread ended AND its last answer is taken: it may end right after)
+            while time.monotonic() < deadline and (
+                any(t.is_alive() for t in threads) or not answers.empty()
+            ):
                 try:
                     member, bundle, reason = answers.get(timeout=0.05)
                 except queue.Empty:
