@@ -26,6 +26,9 @@ import pytest
 #     cli -> client -> protocol <- node -> {pbft, crashft} -> ledger -> crypto
 #     sim -> node.executor -> {pbft, crashft}
 # `node.executor` is the one module of the node the simulator runs (it is Trio-free and I/O-free).
+# The HTTP/JSON gateway is of the node layer (node.gateway: it serves through the member's
+# client handler, node/service.py) and its Python client of the client layer (client.gateway):
+# neither is a layer of its own, and the client side never imports the node's.
 LAYERS: dict[str, tuple[str, ...]] = {
     "__main__": ("cli",),  # `python -m consortium`
     "cli": ("client", "node", "sim"),

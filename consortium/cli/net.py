@@ -51,6 +51,13 @@ def init(
         str | None,
         typer.Option(help="With --hosts: listen here (e.g. 0.0.0.0) instead of on the host."),
     ] = None,
+    gateway: Annotated[
+        bool,
+        typer.Option(
+            help="Every member also serves the HTTP/JSON gateway (docs/gateway.md); their URLs "
+            "go to gateways.json."
+        ),
+    ] = False,
 ) -> None:
     """Write a network in one directory: keys, genesis, one node home per member, client
     config. Without --hosts it runs on this machine (`consortium up`); with --hosts, copy
@@ -83,6 +90,7 @@ def init(
             tls=tls,
             addresses=addresses,
             listen_host=listen_host,
+            gateway=gateway,
         )
     except (NetworkError, GenesisError) as exc:
         raise fail(str(exc)) from None

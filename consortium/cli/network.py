@@ -8,6 +8,8 @@ Layout written by init (the network directory, `./net` by default):
     clients/<name>.pem          client keys (PKCS#8 PEM, mode 0600)
     nodes/<name>/config/        node.toml (with an [http] listener on loopback), node_key.pem,
                                 genesis.json
+    gateways.json               with --gateway: each member's HTTP/JSON gateway URL
+                                (docs/gateway.md), client configuration like client.toml
     nodes/<name>/data/          the block store and consensus state
     nodes/<name>/node.log       the node's log when started by `consortium up`
 """
@@ -39,6 +41,8 @@ class NetworkError(RuntimeError):
 
 
 HTTP_PORT_BASE = 9301  # with --hosts: member i serves /healthz, /metrics on 127.0.0.1:9301+i
+GATEWAY_PORT_OFFSET = 100  # with --hosts: a member's gateway port is its client port + 100
+GATEWAYS_FILE = "gateways.json"
 
 
 EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
@@ -106,10 +110,14 @@ def init_network(
     tls: bool = False,
     addresses: Sequence[tuple[str, str]] | None = None,
     listen_host: str | None = None,
+    gateway: bool = False,
 ) -> Genesis:
     """A whole network in `directory`. Loopback ports chosen free, or, for members on
     separate hosts, `addresses` (peer, client) per member (`deployment.hosts_addresses`); each
-    node then listens on its own address, or on `listen_host` with the same port."""
+    node then listens on its own address, or on `listen_host` with the same port. `gateway`:
+    each member also serves the HTTP/JSON gateway (on a free loopback port, or with
+    `addresses` on its client host at the client port + GATEWAY_PORT_OFFSET), and
+    gateways.json lists their URLs."""
     # Imported here: every client command reads client.toml through this module, and needs
     # neither the node's config writer nor the block store behind mark_new.
     from consortium.node.config import write_config
@@ -134,14 +142,23 @@ def init_network(
     directory.mkdir(parents=True, exist_ok=True)
     # Per member: peer, client and HTTP (health/metrics) ports, all distinct. The HTTP
     # listener is plain and unauthenticated, so init puts it on loopback whatever the hosts.
+    gateways: list[str] = []  # each member's gateway address, host:port
     if addresses is None:
-        ports = free_ports(3 * members, host)
+        ports = free_ports((4 if gateway else 3) * members, host)
         addresses = [
             (f"{host}:{ports[2 * i]}", f"{host}:{ports[2 * i + 1]}") for i in range(members)
         ]
-        http_ports = ports[2 * members :] if host == "127.0.0.1" else free_ports(members)
+        http_ports = (
+            ports[2 * members : 3 * members] if host == "127.0.0.1" else free_ports(members)
+        )
+        if gateway:
+            gateways = [f"{host}:{p}" for p in ports[3 * members :]]
     else:
         http_ports = [HTTP_PORT_BASE + i for i in range(members)]  # one host each
+        if gateway:
+            for _, client in addresses:
+                client_host, _, client_port = client.rpartition(":")
+                gateways.append(f"{client_host}:{int(client_port) + GATEWAY_PORT_OFFSET}")
     member_keys = [KeyPair.generate() for _ in range(members)]
     member_list = tuple(
         Member(
@@ -175,12 +192,35 @@ def init_network(
             peer_listen=_listen(m.peer_address, listen_host),
             client_listen=_listen(m.client_address, listen_host),
             http_listen=f"127.0.0.1:{http_ports[m.index]}",
+            gateway_listen=_listen(gateways[m.index], listen_host) if gateway else None,
             tls=tls,
         )
         k.save(home / "config" / "node_key.pem")
         (home / "config" / "genesis.json").write_text(text)
         mark_new(home / "data")  # its first start needs no recovery (node/preflight.py)
+    if gateway:
+        write_gateways(directory, genesis, gateways, tls=tls)
     return genesis
+
+
+def write_gateways(
+    directory: Path, genesis: Genesis, gateways: Sequence[str], *, tls: bool
+) -> Path:
+    """gateways.json (docs/gateway.md): the chain id and each member's gateway URL, in genesis
+    order. Client configuration, never trusted: a client believes what f+1 members signed."""
+    import json
+
+    scheme = "https" if tls else "http"
+    doc = {
+        "chain_id": genesis.chain_id.hex(),
+        "gateways": [
+            {"member": m.name, "url": f"{scheme}://{address}"}
+            for m, address in zip(genesis.members, gateways, strict=True)
+        ],
+    }
+    path = directory / GATEWAYS_FILE
+    path.write_text(json.dumps(doc, indent=2) + "\n")
+    return path
 
 
 def running_members(directory: Path) -> list[tuple[str, int]]:

@@ -26,6 +26,21 @@ def endpoint_table(genesis: Genesis, directory: Path) -> None:
         typer.echo(
             f"{m.name:<8} {m.peer_address:<22} {m.client_address:<22} {directory}/nodes/{m.name}"
         )
+    gateways = _gateway_urls(directory)
+    if gateways:
+        typer.echo(f"HTTP/JSON gateways ({directory}/gateways.json, docs/gateway.md):")
+        for name, url in gateways:
+            typer.echo(f"  {name:<8} {url}")
+
+
+def _gateway_urls(directory: Path) -> list[tuple[str, str]]:
+    """(member, URL) of the network's gateways.json (`init --gateway`); [] without one, or
+    with one that cannot be read (it is client configuration; the members do not read it)."""
+    try:
+        doc = json.loads((directory / "gateways.json").read_text())
+        return [(str(g["member"]), str(g["url"])) for g in doc["gateways"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
 
 
 async def collect_status(

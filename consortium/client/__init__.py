@@ -7,6 +7,7 @@ one (raft). It speaks consortium/protocol and never imports the node.
     follow.py    following committed blocks (f+1 agreement, credit)
     outcome.py   TxOutcome, what the client reports about one transaction
     receipts.py  the receipt document of a decided transaction
+    gateway.py   GatewayClient: the same decision through the members' HTTP/JSON gateways
     errors.py    ClientError
 
     from consortium.client import ConsortiumClient

@@ -43,9 +43,9 @@ Every request has a price and a budget (docs/operations.md, "Client port limits"
   yet (`evicted_idle_first_request`): the oldest from the source holding most such connections
   (for the per-source cap, the oldest from its own source), so a stranger holding every slot
   with silent connections, from however many addresses, only ever evicts itself, and a new
-  client (which asks at once) gets in. Only when no connection is evictable is the new one
-  refused, told why in one frame. The deadline alone did not do it: it makes the stranger's
-  slots turn over, and it reopens them first.
+  client (which asks at once) gets in (sources.ConnectionCaps, shared with the gateway). Only
+  when no connection is evictable is the new one refused, told why in one frame. The deadline
+  alone did not do it: it makes the stranger's slots turn over, and it reopens them first.
 The counters reach /metrics as consortium_client_port_events_total{event}.
 
 Follows (protocol/messages.py, "Follow"): a follow whose connection has more than
@@ -67,7 +67,7 @@ from consortium.crypto.codec import pack
 from consortium.ledger.genesis import Params
 from consortium.node.config import CLIENT_CONNECTIONS_MAX
 from consortium.node.logs import RateLimitedLog
-from consortium.node.sources import source_group
+from consortium.node.sources import ConnectionCaps, Slot, source_group
 from consortium.protocol.framing import FrameError, FrameReader, encode_frames, take_batch
 from consortium.protocol.limits import MESSAGE_CHARS_MAX
 from consortium.protocol.messages import PUSH, Request, RequestError, decode_request
@@ -195,6 +195,22 @@ class ClientConnection:
         self._finishing = True
         self._wakeup.set()
 
+    def take(self) -> bytes | None:
+        """The oldest queued frame body, taken off the queue as a writer takes it (the HTTP
+        gateway's reader of a connection: node/gateway), or None when none is queued."""
+        if not self._queue:
+            return None
+        body = self._queue.popleft()
+        self._queued_bytes -= len(body)
+        self._drained.set()
+        return body
+
+    async def wait_queued(self) -> None:
+        """Wait until a frame is queued (at once when one is)."""
+        while not self._queue:
+            self._wakeup = trio.Event()
+            await self._wakeup.wait()
+
     async def writer(self, stream: trio.abc.SendStream) -> None:
         while True:
             while not self._queue:
@@ -207,18 +223,6 @@ class ClientConnection:
             await stream.send_all(encode_frames(batch))
             self.frames_sent += len(batch)
             self._drained.set()
-
-
-class _Slot:
-    """An admitted connection's place under the caps; evictable until its first whole request
-    (`asked`)."""
-
-    def __init__(self, slot_id: int, source: str) -> None:
-        self.id = slot_id
-        self.source = source
-        self.scope = trio.CancelScope()
-        self.asked = False
-        self.released = False
 
 
 class ClientServer:
@@ -249,8 +253,6 @@ class ClientServer:
         self._listen = listen
         self._frame_max = frame_bytes_max
         self.params = params
-        self._connections_max = connections_max
-        self._source_connections_max = source_connections_max
         self._outbound_frames_max = outbound_frames_max
         self._outbound_bytes_max = outbound_bytes_max
         self.connections: dict[int, ClientConnection] = {}
@@ -264,12 +266,23 @@ class ClientServer:
         self._handshake_timeout_s = handshake_timeout_s
         self._handshakes_max = handshakes_max
         self._handshakes = 0
-        self._sources: Counter[str] = Counter()  # admitted connections by source (source_group)
-        self._slots = 0  # admitted connections (TLS handshakes included)
-        # Admitted connections that have not sent a whole request yet, oldest first, by source.
-        self._silent: dict[str, OrderedDict[int, _Slot]] = {}
-        self._slot_ids = itertools.count(1)
+        # Admitted connections (TLS handshakes included), by source: sources.ConnectionCaps.
+        self.caps = ConnectionCaps(
+            connections_max, source_connections_max, self.counters, self._ratelog.warning
+        )
         self.tls_mismatch = ""  # the last client refused for TLS on one side only
+
+    @property
+    def _sources(self) -> Counter[str]:
+        return self.caps.sources
+
+    @property
+    def _slots(self) -> int:
+        return self.caps.slots
+
+    @property
+    def _silent(self) -> dict[str, OrderedDict[int, Slot]]:
+        return self.caps.silent
 
     def tls_status(self) -> dict[str, object]:
         doc: dict[str, object] = {"client": self._tls is not None}
@@ -292,78 +305,23 @@ class ClientServer:
             peer = f"{host}:{port}"
         except OSError:
             host, peer = "?", "?"
-        source = source_group(host)
-        why = ""
-        if self._sources[source] >= self._source_connections_max and not self._evict(source):
-            self.counters["refused_too_many_from_source"] += 1
-            why = f"{self._source_connections_max} connections open from {source}"
-        elif self._slots >= self._connections_max and not self._evict(None):
-            self.counters["refused_too_many_connections"] += 1
-            why = f"{self._connections_max} connections open"
-        if why:
-            self._ratelog.warning("too_many", f"refusing client {peer}: {why}")
+        admitted = self.caps.admit(source_group(host))
+        if isinstance(admitted, str):
+            self._ratelog.warning("too_many", f"refusing client {peer}: {admitted}")
             # In plain framing, which a TLS client reads too (it keeps what its handshake
             # failed on): one line, then the connection closes.
-            await _tell(stream, f"refused: {why} on this member's client port; try later")
+            await _tell(stream, f"refused: {admitted} on this member's client port; try later")
             await trio.aclose_forcefully(stream)
             return
-        slot = _Slot(next(self._slot_ids), source)
-        self._sources[source] += 1
-        self._slots += 1
-        self._silent.setdefault(source, OrderedDict())[slot.id] = slot
+        slot = admitted
         try:
             with slot.scope:
                 await self._serve_counted(stream, peer, slot)
         finally:
-            self._release(slot)
+            self.caps.release(slot)
             await trio.aclose_forcefully(stream)
 
-    def _asked(self, slot: _Slot) -> None:
-        """`slot`'s connection sent its first whole request: it is no longer evictable."""
-        if not slot.asked:
-            slot.asked = True
-            self._unlist(slot)
-
-    def _unlist(self, slot: _Slot) -> None:
-        silent = self._silent.get(slot.source)
-        if silent is not None:
-            silent.pop(slot.id, None)
-            if not silent:
-                del self._silent[slot.source]
-
-    def _release(self, slot: _Slot) -> None:
-        """Give `slot` back (once: at its eviction, or when its connection ends)."""
-        if slot.released:
-            return
-        slot.released = True
-        self._unlist(slot)
-        self._slots -= 1
-        self._sources[slot.source] -= 1
-        if not self._sources[slot.source]:
-            del self._sources[slot.source]
-
-    def _evict(self, source: str | None) -> bool:
-        """Close the oldest connection that has not asked yet, from `source` (None: from the
-        source holding most such connections), freeing its slot now; whether there was one."""
-        if source is None:
-            if not self._silent:
-                return False
-            source = max(self._silent, key=lambda s: len(self._silent[s]))
-        silent = self._silent.get(source)
-        if not silent:
-            return False
-        _, victim = next(iter(silent.items()))
-        self.counters["evicted_idle_first_request"] += 1
-        self._ratelog.warning(
-            "evicted",
-            f"closing a connection from {source} that sent no request yet: a new connection "
-            "needs its slot (the client port is full)",
-        )
-        self._release(victim)
-        victim.scope.cancel()  # it sent nothing, so it is told nothing
-        return True
-
-    async def _serve_counted(self, stream: trio.SocketStream, peer: str, slot: _Slot) -> None:
+    async def _serve_counted(self, stream: trio.SocketStream, peer: str, slot: Slot) -> None:
         channel: trio.abc.Stream = stream
         tls_key: bytes | None = None
         if self._tls is not None:
@@ -382,7 +340,7 @@ class ClientServer:
             with conn.scope:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._write_replies, channel, conn)
-                    await self._read_requests(channel, conn, lambda: self._asked(slot))
+                    await self._read_requests(channel, conn, lambda: self.caps.asked(slot))
                     # Let the writer flush what is queued (the last replies, an error notice)
                     # for a bounded time.
                     conn.finish()

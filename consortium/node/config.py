@@ -16,12 +16,17 @@
                                     # keep it on loopback or a monitoring network)
     explorer = false                # true: the read-only browser explorer at /explorer/ (it
                                     # shows ledger contents to whoever reaches the port)
+    [gateway]                       # optional: the HTTP/JSON gateway (docs/gateway.md)
+    listen = "127.0.0.1:7301"       # where HTTP clients connect: the client port's requests
+                                    # as JSON, through the same handler, limits and budgets
     [limits]                        # optional
     client_connections_per_source = 64  # client connections from one address (1 to 1024):
                                     # raise it for many clients behind one NAT or host
     [tls]                           # optional, docs/tls.md: TLS 1.3, mutual, genesis keys pinned
     peer = true                     # between members: every member must agree
     client = true                   # on the client port: clients set tls = true in client.toml
+    gateway = true                  # HTTPS on the gateway, with the client port's pin (clients
+                                    # present a certificate for an admitted key)
 
 Unknown sections or keys and bad values are errors that name the file, the key and the fix.
 
@@ -63,7 +68,8 @@ _SCHEMA: dict[str, set[str]] = {
     "peers": set(),  # free-form: member name -> address
     "log": {"level", "format"},
     "http": {"listen", "explorer"},
-    "tls": {"peer", "client"},
+    "gateway": {"listen"},
+    "tls": {"peer", "client", "gateway"},
     "limits": {"client_connections_per_source"},
 }
 CLIENT_CONNECTIONS_MAX = 1024  # a member's client connections in all (client_port.py)
@@ -84,6 +90,8 @@ class NodeConfig:
     tls_peer: bool = False
     tls_client: bool = False
     client_connections_per_source: int = 64
+    gateway_listen: tuple[str, int] | None = None  # None: no gateway (node/gateway)
+    tls_gateway: bool = False
     # The settings the environment gave (variable, value), in the order applied: logged once
     # it runs, so the log says what the member runs with that node.toml does not.
     from_env: tuple[tuple[str, str], ...] = ()
@@ -122,6 +130,7 @@ _TEXT_SETTINGS = {
     ("log", "level"),
     ("log", "format"),
     ("http", "listen"),
+    ("gateway", "listen"),
 }
 
 
@@ -273,9 +282,20 @@ def _load_config(home: Path, path: Path, overrides: list[tuple[str, str, str, An
             f"{path}: 'http.explorer' must be true or false (the browser explorer on the HTTP "
             f"port), not {explorer!r}"
         )
+    gateway = doc.get("gateway")
+    gateway_listen = None
+    if gateway is not None:
+        if "listen" not in gateway:
+            raise ConfigError(
+                f"{path}: [gateway] needs 'gateway.listen' (e.g. listen = \"127.0.0.1:7301\"); "
+                "remove the [gateway] section to run without the HTTP gateway"
+            )
+        gateway_listen = _address(gateway, "listen", path, "gateway")
     listeners = [("listen.peer", peer_listen), ("listen.client", client_listen)]
     if http_listen is not None:
         listeners.append(("http.listen", http_listen))
+    if gateway_listen is not None:
+        listeners.append(("gateway.listen", gateway_listen))
     for i, (first, a) in enumerate(listeners):
         for second, b in listeners[i + 1 :]:
             if _same_port(a, b):
@@ -285,7 +305,12 @@ def _load_config(home: Path, path: Path, overrides: list[tuple[str, str, str, An
                 )
     tls = doc.get("tls", {})
     tls_on: dict[str, bool] = {}
-    for key in ("peer", "client"):
+    if tls.get("gateway") is True and gateway_listen is None:
+        raise ConfigError(
+            f"{path}: 'tls.gateway' is true but there is no gateway: add [gateway] with "
+            'listen = "host:port", or remove tls.gateway'
+        )
+    for key in ("peer", "client", "gateway"):
         value = tls.get(key, False)
         if not isinstance(value, bool):
             raise ConfigError(
@@ -316,6 +341,8 @@ def _load_config(home: Path, path: Path, overrides: list[tuple[str, str, str, An
         http_listen=http_listen,
         http_explorer=explorer,
         client_connections_per_source=per_source,
+        gateway_listen=gateway_listen,
+        tls_gateway=tls_on["gateway"],
     )
 
 
@@ -349,6 +376,7 @@ def write_config(
     data_dir: str = "data",
     log_level: str = "info",
     http_listen: str | None = None,
+    gateway_listen: str | None = None,
     tls: bool = False,
 ) -> Path:
     """Write `home`/config/node.toml. Each section is written by tomli_w (any name or path
@@ -376,12 +404,20 @@ def write_config(
                 {"http": {"listen": http_listen}},
             )
         )
-    if tls:
+    if gateway_listen is not None:
         sections.append(
             (
-                "# TLS 1.3, mutual, keys pinned by genesis (docs/tls.md)\n",
-                {"tls": {"peer": True, "client": True}},
+                "# The HTTP/JSON gateway: the client port's requests as JSON (docs/gateway.md;\n"
+                "# remove the section to turn it off)\n",
+                {"gateway": {"listen": gateway_listen}},
             )
+        )
+    if tls:
+        ports = {"peer": True, "client": True}
+        if gateway_listen is not None:
+            ports["gateway"] = True
+        sections.append(
+            ("# TLS 1.3, mutual, keys pinned by genesis (docs/tls.md)\n", {"tls": ports})
         )
     path = config_path(home)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -283,6 +283,14 @@ def member_families(node: Observed, status: dict[str, Any]) -> list[Metric]:
         "Client port events: connections, requests by kind, refusals, closes, by event.",
         _by("event", status["client_port"]),
     )
+    gateway = status.get("gateway") or {}
+    out.labelled(
+        "consortium_gateway_events_total",
+        "counter",
+        "HTTP/JSON gateway events: connections, requests by endpoint, errors by code, SSE "
+        "streams, refusals (none without a gateway).",
+        _by("event", gateway.get("events", {})),
+    )
     out.counter(
         "consortium_submissions_total", "Transactions submitted by clients.", doc["submitted"]
     )

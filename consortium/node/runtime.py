@@ -14,6 +14,8 @@ Tasks (one nursery):
     clients    ClientServer: submissions, receipts, reads, blocks, status
     http       (opt-in, node.toml [http]) GET /healthz /readyz /status /metrics, and the
                browser explorer's /explorer/ with `explorer = true` (node/explorer)
+    gateway    (opt-in, node.toml [gateway]) the HTTP/JSON gateway (node/gateway): the client
+               port's requests as JSON, served by the same ClientService
     core       the only task that touches the core: feeds it events and ticks, then carries out
                the executor's effects (Node._carry_out; writes in Node._write)
 
@@ -76,6 +78,7 @@ from consortium.node.http import HttpServer
 
 if TYPE_CHECKING:
     from consortium.node.explorer import ReceiptGatherer
+    from consortium.node.gateway import GatewayServer
 from consortium.node.logs import RateLimitedLog, attach_context
 from consortium.node.metrics import (
     BATCH_TXS_BUCKETS,
@@ -163,6 +166,7 @@ class Node:
         peer_listen: tuple[str, int] | None = None,
         client_listen: tuple[str, int] | None = None,
         http_listen: tuple[str, int] | None = None,
+        gateway_listen: tuple[str, int] | None = None,
         wall_clock: Callable[[], int] = system_wall_ms,
     ) -> None:
         member = genesis.member_by_key(keys.public)
@@ -201,7 +205,7 @@ class Node:
         # TLS certificates are derived from our key (protocol/tls.py): nothing to load or renew.
         self.tls = (
             TlsIdentity(keys, member.name, self.chain_id)
-            if config.tls_peer or config.tls_client
+            if config.tls_peer or config.tls_client or config.tls_gateway
             else None
         )
         self.peers = PeerNetwork(
@@ -221,6 +225,9 @@ class Node:
         self.http_listen = http_listen or config.http_listen
         self.http: HttpServer | None = None
         self.http_port = 0
+        self.gateway_listen = gateway_listen or config.gateway_listen
+        self.gateway: GatewayServer | None = None
+        self.gateway_port = 0
         self._events_send, self._events_recv = trio.open_memory_channel[Event](EVENTS_MAX)
 
         parts = MemberParts(
@@ -285,6 +292,8 @@ class Node:
         }
         # The client port's event counters (client_port.ClientServer.counters), likewise.
         self.client_port_events: Callable[[], dict[str, int]] = dict
+        # The gateway's address and counters (GatewayServer.status), when it runs.
+        self.gateway_status: Callable[[], dict[str, Any] | None] = lambda: None
         self.service = ClientService(self)
         self.status_view = MemberStatus(self)
         # The explorer's receipt documents with f+1 signatures (node/explorer: the client's
@@ -304,6 +313,21 @@ class Node:
                 await nursery.start(self.peers.run)
                 self.peer_port = self.peers.listen_port
                 self.client_port = await nursery.start(self.service.run)
+                if self.gateway_listen is not None:
+                    from consortium.node.gateway import GatewayServer
+
+                    gateway_tls = self.tls if self.config.tls_gateway else None
+                    self.gateway = GatewayServer(
+                        self.service,
+                        listen=self.gateway_listen,
+                        frame_bytes_max=self.genesis.params.frame_bytes_max,
+                        source_connections_max=self.config.client_connections_per_source,
+                        tls=gateway_tls,
+                        tls_accepts=self.service.tls_name if gateway_tls is not None else None,
+                        log=self.log,
+                    )
+                    self.gateway_port = await nursery.start(self.gateway.run)
+                    self.gateway_status = self.gateway.status
                 if self.http_listen is not None:
                     # The metrics registry (prometheus_client's import, ~0.1 s) now, before the
                     # core loop runs, not inside the first scrape on the event loop.
@@ -328,7 +352,7 @@ class Node:
                 nursery.start_soon(self._pump)
                 nursery.start_soon(self._core_loop)
                 self.log.info(
-                    "member %s (%d of %d) up: mode %s, height %d, peer port %d, client port %d%s",
+                    "member %s (%d of %d) up: mode %s, height %d, peer port %d, client port %d%s%s",
                     self.member.name,
                     self.me,
                     self.genesis.n,
@@ -337,6 +361,7 @@ class Node:
                     self.peer_port,
                     self.client_port,
                     f", http port {self.http_port}" if self.http is not None else "",
+                    f", gateway {self.gateway.url}" if self.gateway is not None else "",
                 )
                 if self.recovering_from is not None:
                     self.log.warning(

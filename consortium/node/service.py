@@ -168,7 +168,7 @@ class ClientService:
             source_connections_max=self.node.config.client_connections_per_source,
             log=self.node.log,  # its lines carry the member's position too (logs.NodeContext)
             tls=tls,
-            tls_accepts=self._tls_name if tls is not None else None,
+            tls_accepts=self.tls_name if tls is not None else None,
         )
         self.node.client_tls_status = server.tls_status
         self.node.client_port_events = lambda: {**server.counters, **self.ration.counters}
@@ -178,11 +178,11 @@ class ClientService:
             await nursery.start(server.run)
             task_status.started(server.listen_port)
 
-    def _tls_name(self, key: bytes) -> str | None:
-        """Who a client port TLS key belongs to: a client admitted now (node.app.admitted, read
-        at each handshake and each request) or a member (operators' tools); None refuses the
-        connection. A revocation also closes the open connections of its key when it takes
-        effect (_block_executed)."""
+    def tls_name(self, key: bytes) -> str | None:
+        """Who a client port (or gateway) TLS key belongs to: a client admitted now
+        (node.app.admitted, read at each handshake and each request) or a member (operators' tools);
+        None refuses the connection. A revocation also closes the open connections of its key when
+        it takes effect (_block_executed)."""
         genesis = self.node.genesis
         admitted = self.node.app.admitted
         if key in admitted:

@@ -55,6 +55,7 @@ class StatusSource(Protocol):
     recovering_from: str | None
     client_tls_status: Callable[[], dict[str, object]]
     client_port_events: Callable[[], dict[str, int]]
+    gateway_status: Callable[[], dict[str, Any] | None]  # None: no gateway
     last_tick_s: float | None  # the core loop's last tick (trio clock, seconds)
     moved_s: float | None  # when the height last moved, or work last came to an idle member
     loop_thread: int | None  # the event loop's thread (its CPU: loop_cpu_s)
@@ -133,6 +134,8 @@ class MemberStatus:
             "rejected": dict(sorted(self.m.core.rejected.items())),
             "transport": dict(sorted(self.m.peers.counters.items())),
             "client_port": dict(sorted(self.m.client_port_events().items())),
+            # The HTTP/JSON gateway (node/gateway): its address and counters; None when off.
+            "gateway": self.m.gateway_status(),
             "tls": self.tls_status(),
             "metrics": self.metrics_doc(),
         }

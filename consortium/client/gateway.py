@@ -1,0 +1,318 @@
+"""A client of the members' HTTP/JSON gateways (docs/gateway.md), in the standard library alone
+(http.client, a thread per gateway): submit a signed transaction to every member's gateway and
+believe only what f+1 DISTINCT members signed (raft: one), exactly as with the native port.
+
+Gateway URLs are client configuration (net/gateways.json, `load_gateways`), never trusted: a
+gateway is only a way to reach a member, and what it answers is believed for the signatures in
+it, not for where it came from. Each receipt bundle is decoded from its canonical msgpack and
+checked with protocol/verify.py (`verify_bundle`: this chain, the receipt's Merkle proof to the
+header, a genesis member's block signature over it); a member counts once, by the signer its
+verified block signature names (so a gateway relaying another member's bundle adds nothing, and
+a forged one counts for no one); the decision is client/tally.py's, the receipt document
+client/receipts.py's, which `verify_receipt` (protocol/receipts.py) checks offline.
+
+    gateways = load_gateways(Path("net/gateways.json"), genesis)
+    outcome = GatewayClient(genesis, gateways).submit(tx, timeout_s=30)
+    outcome.receipt_document(genesis)      # committed: the JSON receipt document
+
+Each gateway's thread submits with `?wait_ms=` (its answer carries the receipt if the block
+executes meanwhile), then asks `GET /v1/transactions/{id}/receipt?wait_ms=` until the
+transaction is decided or the time is up; a gateway that fails is asked again after a pause.
+The threads stop at the deadline, or once the decision is made (after their current call).
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import queue
+import ssl
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from consortium.client.errors import ClientError
+from consortium.client.outcome import TxOutcome
+from consortium.client.receipts import from_bundles
+from consortium.client.tally import Vouch, is_final_rejection, tally
+from consortium.crypto.codec import WireFormatError, pack, unpack_canonical
+from consortium.crypto.signing import Ed25519Verifier, Verifier
+from consortium.ledger.genesis import Genesis
+from consortium.ledger.tx import Transaction
+from consortium.protocol.receipts import signatures_needed
+from consortium.protocol.verify import Bundle, verify_bundle
+
+WAIT_MS = 5_000  # each call's wait_ms (the gateway's cap is 30000)
+RETRY_PAUSE_S = 0.5  # after a gateway failed, before asking it again
+ANSWER_BYTES_MAX = 16 << 20  # a gateway answer read at most this long
+
+
+@dataclass(frozen=True, slots=True)
+class Gateway:
+    """One member's gateway, as configuration names it (`member` for messages only)."""
+
+    member: str
+    url: str
+
+
+def load_gateways(path: Path, genesis: Genesis | None = None) -> list[Gateway]:
+    """gateways.json (`consortium init --gateway`); ClientError when it cannot be read, or
+    names another chain than `genesis`."""
+    try:
+        doc = json.loads(path.read_text())
+        gateways = [Gateway(str(g["member"]), str(g["url"])) for g in doc["gateways"]]
+        chain_id = str(doc["chain_id"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ClientError(f"{path}: not a gateways file ({exc})") from None
+    if genesis is not None and chain_id != genesis.chain_id.hex():
+        raise ClientError(
+            f"{path} is for chain {chain_id[:16]}…, this genesis is {genesis.chain_id.hex()[:16]}…"
+        )
+    return gateways
+
+
+class GatewayError(ClientError):
+    """A gateway answered with an error (its JSON `error`), or not as documented."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(f"{status} {code}: {message}")
+        self.status = status
+        self.code = code
+
+
+def decode_bundle(text: str) -> Bundle:
+    """A receipt bundle from a gateway's base64; WireFormatError when it is not one."""
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (ValueError, TypeError):
+        raise WireFormatError("a receipt bundle is not base64") from None
+    return Bundle.from_array(unpack_canonical(raw))
+
+
+class _Http:
+    """One keep-alive connection to one gateway."""
+
+    def __init__(self, url: str, timeout_s: float, context: ssl.SSLContext | None) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ClientError(f"{url!r} is not an http:// or https:// gateway URL")
+        self.https = parts.scheme == "https"
+        self.host = parts.hostname
+        self.port = parts.port or (443 if self.https else 80)
+        self.timeout_s = timeout_s
+        self.context = context
+        self.conn: http.client.HTTPConnection | None = None
+
+    def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        """(status, JSON answer); OSError or http.client.HTTPException when the gateway
+        cannot be asked (the connection is dropped then)."""
+        if self.conn is None:
+            self.conn = (
+                http.client.HTTPSConnection(
+                    self.host, self.port, timeout=self.timeout_s, context=self.context
+                )
+                if self.https
+                else http.client.HTTPConnection(self.host, self.port, timeout=self.timeout_s)
+            )
+        data = None if body is None else json.dumps(body).encode()
+        headers = {"Content-Type": "application/json"} if data is not None else {}
+        try:
+            self.conn.request(method, path, body=data, headers=headers)
+            reply = self.conn.getresponse()
+            raw = reply.read(ANSWER_BYTES_MAX + 1)
+        except (OSError, http.client.HTTPException):
+            self.close()
+            raise
+        if len(raw) > ANSWER_BYTES_MAX:
+            self.close()
+            raise ClientError(f"an answer longer than {ANSWER_BYTES_MAX} bytes")
+        try:
+            doc = json.loads(raw)
+        except ValueError:
+            raise GatewayError(reply.status, "not_json", "the answer is not JSON") from None
+        if reply.status != 200:
+            error = doc.get("error") if isinstance(doc, dict) else None
+            if not isinstance(error, dict):
+                raise GatewayError(reply.status, "unknown", "an error without an error body")
+            raise GatewayError(reply.status, str(error.get("code")), str(error.get("message")))
+        return reply.status, doc
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+
+class GatewayClient:
+    """Submits to every member's gateway and decides by f+1 (module docstring).
+    `ssl_context`: for https:// gateways (mutual TLS: a client context presenting the
+    certificate of an admitted key, protocol/tls.py make_context)."""
+
+    def __init__(
+        self,
+        genesis: Genesis,
+        gateways: Sequence[Gateway],
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        verifier: Verifier | None = None,
+        wait_ms: int = WAIT_MS,
+    ) -> None:
+        if not gateways:
+            raise ClientError("no gateways to ask")
+        self.genesis = genesis
+        self.gateways = list(gateways)
+        self.ssl_context = ssl_context
+        self.verifier = verifier or Ed25519Verifier()
+        self.wait_ms = wait_ms
+        self.refused: dict[str, str] = {}  # gateway -> why its last bundle was not believed
+        self.errors: dict[str, str] = {}  # gateway -> its last failure
+
+    def submit(self, tx: Transaction, *, timeout_s: float = 30.0) -> TxOutcome:
+        """Submit `tx` to every gateway and wait, at most `timeout_s`, until f+1 distinct
+        members' verified receipt bundles agree (committed: `proof` is the receipt document's
+        content) or f+1 report the same final rejection; else pending."""
+        started = time.monotonic()
+        deadline = started + timeout_s
+        body = {"transactions": [base64.b64encode(pack(tx.to_array())).decode("ascii")]}
+        answers: queue.Queue[tuple[str, Bundle | None, str]] = queue.Queue()
+        stop = threading.Event()
+        threads = [
+            threading.Thread(
+                target=self._ask,
+                args=(g, tx.id, body, deadline, answers, stop),
+                daemon=True,
+                name=f"gateway {g.member}",
+            )
+            for g in self.gateways
+        ]
+        for thread in threads:
+            thread.start()
+        needed = signatures_needed(self.genesis)
+        vouched: dict[int, Vouch] = {}
+        rejected: dict[str, str] = {}
+        decision = tally(vouched, {}, needed)
+        try:
+            # (until every thread ended AND its last answer is taken: it may end right after)
+            while time.monotonic() < deadline and (
+                any(t.is_alive() for t in threads) or not answers.empty()
+            ):
+                try:
+                    member, bundle, reason = answers.get(timeout=0.05)
+                except queue.Empty:
+                    continue
+                if bundle is not None:
+                    self._vouch(member, tx.id, bundle, vouched)
+                elif is_final_rejection(reason):
+                    rejected[member] = reason
+                else:
+                    self.errors[member] = f"rejected: {reason}"
+                # A rejection counts by gateway, as the native client counts it by connection
+                # (nothing signs it): f+1 alike decide, and only a final one.
+                decision = tally(vouched, dict(enumerate(rejected.values())), needed)
+                if decision.status != "pending":
+                    break
+        finally:
+            stop.set()
+        if decision.status == "committed":
+            proof = from_bundles(decision.bundles)
+            return TxOutcome(
+                tx.id,
+                "committed",
+                receipt=proof.receipt,
+                height=proof.receipt.height,
+                block_hash=decision.block_hash,
+                reason=decision.reason,
+                confirmations=decision.confirmations,
+                latency_s=time.monotonic() - started,
+                proof=proof,
+            )
+        if decision.status == "rejected":
+            return TxOutcome(
+                tx.id, "rejected", reason=decision.reason, confirmations=decision.confirmations
+            )
+        why = "; ".join(f"{m}: {e}" for m, e in sorted({**self.errors, **self.refused}.items()))
+        return TxOutcome(
+            tx.id,
+            "pending",
+            reason=decision.reason + (f" ({why})" if why else ""),
+            confirmations=decision.confirmations,
+        )
+
+    def _vouch(self, member: str, tx_id: bytes, bundle: Bundle, vouched: dict[int, Vouch]) -> None:
+        """Count `bundle` (as gateway `member` sent it) for the member that signed it, once
+        it verifies and is this transaction's."""
+        if bundle.receipt.tx_id != tx_id:
+            self.refused[member] = "a receipt for another transaction"
+            return
+        problem = verify_bundle(bundle, self.genesis, self.verifier)
+        if problem is not None:
+            self.refused[member] = problem
+            return
+        signer = bundle.signer()
+        assert signer is not None  # (verify_bundle checked it names a member)
+        vouched.setdefault(signer, Vouch(bundle.receipt.encode(), bundle.header.hash, bundle))
+
+    def _ask(
+        self,
+        gateway: Gateway,
+        tx_id: bytes,
+        body: dict[str, Any],
+        deadline: float,
+        answers: queue.Queue[tuple[str, Bundle | None, str]],
+        stop: threading.Event,
+    ) -> None:
+        """One gateway's thread: submit, then ask for the receipt until decided or done."""
+        try:
+            http_ = _Http(gateway.url, 10.0 + self.wait_ms / 1000, self.ssl_context)
+        except ClientError as exc:
+            self.errors[gateway.member] = str(exc)
+            return
+        submitted = False
+        try:
+            while not stop.is_set() and (left_ms := int((deadline - time.monotonic()) * 1000)) > 0:
+                wait = min(self.wait_ms, left_ms)
+                try:
+                    if not submitted:
+                        _, doc = http_.request("POST", f"/v1/transactions?wait_ms={wait}", body)
+                        submitted = True
+                        result = doc["results"][0]
+                        if result["status"] == "rejected":
+                            reason = str(result["detail"])
+                            answers.put((gateway.member, None, reason))
+                            if is_final_rejection(reason):
+                                return
+                            submitted = False  # (overloaded, unknown_client: not final)
+                            stop.wait(RETRY_PAUSE_S)
+                            continue
+                        text = result["receipt"]
+                    else:
+                        path = f"/v1/transactions/{tx_id.hex()}/receipt?wait_ms={wait}"
+                        try:
+                            _, doc = http_.request("GET", path)
+                        except GatewayError as exc:
+                            if exc.code == "not_found":
+                                continue  # not executed there yet: ask again
+                            raise
+                        text = doc["receipt"]
+                    if text is None:
+                        continue
+                    answers.put((gateway.member, decode_bundle(text), ""))
+                    return
+                except (
+                    OSError,
+                    http.client.HTTPException,
+                    ClientError,
+                    WireFormatError,
+                    KeyError,
+                    TypeError,
+                    IndexError,
+                ) as exc:
+                    self.errors[gateway.member] = str(exc) or type(exc).__name__
+                    stop.wait(RETRY_PAUSE_S)
+        finally:
+            http_.close()

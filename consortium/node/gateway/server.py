@@ -1,0 +1,917 @@
+"""The gateway's server: connections (caps, TLS), routes, and the bridge between JSON and the
+native requests, served by the member's ClientHandler (the package docstring says how)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import itertools
+import json
+import logging
+import re
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+from urllib.parse import parse_qsl
+
+import trio
+
+from consortium.crypto.codec import WireFormatError, pack, unpack, unpack_canonical
+from consortium.node.client_port import OUTBOUND_BYTES_MAX, ClientConnection, ClientHandler
+from consortium.node.gateway.http11 import (
+    SSE_HEAD,
+    SSE_KEEPALIVE,
+    BodyBudget,
+    HttpError,
+    HttpReader,
+    Incoming,
+    Limits,
+    Response,
+    error_response,
+    json_response,
+    sse_event,
+)
+from consortium.node.logs import RateLimitedLog
+from consortium.node.sources import ConnectionCaps, Slot, source_group
+from consortium.protocol.limits import TXS_PER_REQUEST_MAX
+from consortium.protocol.messages import (
+    PUSH,
+    BlockReceipts,
+    BlockRequest,
+    CreditRequest,
+    FollowRequest,
+    GetRequest,
+    ReceiptRequest,
+    Request,
+    RequestError,
+    StatusRequest,
+    SubmitRequest,
+    UnfollowRequest,
+    WatchRequest,
+    decode_request,
+    decode_response,
+    encode_request,
+)
+from consortium.protocol.tls import (
+    SniffStream,
+    TlsIdentity,
+    TlsRefused,
+    explain_failure,
+    is_tls_hello,
+    peer_key,
+)
+from consortium.protocol.verify import Bundle
+
+CONNECTIONS_MAX = 256  # gateway connections in all (the per-source cap is the client port's)
+HEAD_BYTES_MAX = 8192
+HEAD_TIMEOUT_S = 5.0  # a request head, whole, from its first byte (the first: from the accept)
+BODY_TIMEOUT_S = 30.0  # a request body, whole, from the end of its head
+IDLE_TIMEOUT_S = 30.0  # a keep-alive connection with no request this long is closed
+SEND_TIMEOUT_S = 10.0  # an answer not taken by the client in this time closes the connection
+BODY_BYTES_HELD_MAX = 256 << 20  # request bodies read or being served at once, all connections
+WAIT_MS_MAX = 30_000
+SSE_STREAMS_MAX = 16  # of the member's FOLLOWS_MAX (32): native followers keep the rest
+SSE_CREDIT = 16  # blocks a stream may have queued and unwritten (credit, granted as it drains)
+SSE_KEEPALIVE_S = 15.0
+SSE_SEND_TIMEOUT_S = 10.0  # an event the client does not take in this time ends the stream
+SSE_FINISH_S = 1.0  # what a stream ending with a reason has left to deliver its error event
+SSE_CLIENT_BYTES_MAX = 4096  # what a subscriber may send after its request (then: closed)
+OUTBOUND_FRAMES_MAX = 8192
+LINGER_S = 1.0  # after a refusal that closes: what the client may still send is read...
+LINGER_BYTES_MAX = 1 << 20  # ...and dropped, at most this much (GatewayServer._linger)
+# The handler keys what it keeps for a connection (its follows) by connection id, and the
+# client port numbers its connections from 1: the gateway's are numbered apart, or one port's
+# connection ending cancelled the other's follows (a test caught it).
+CONNECTION_IDS_FROM = 1 << 62
+QUERY_FIELDS_MAX = 8
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_BASE64URL = re.compile(r"[A-Za-z0-9_-]*")
+_DIGITS = re.compile(r"[0-9]{1,19}")
+# The first bytes of a receipt push (pack([0, "receipt", ...]) and pack([0, "receipts", ...])).
+_RECEIPT_PUSH = b"\x93\x00" + pack("receipt")
+_RECEIPTS_PUSH = b"\x93\x00" + pack("receipts")
+
+
+class GatewayConnection(ClientConnection):
+    """One HTTP connection, as the ClientHandler sees a client: its replies and pushes are
+    queued as on the native port (bounded alike), and the gateway takes them off the queue
+    (`take`) and translates them. Receipt pushes are kept only while a request waits for
+    receipts (`collecting`): a connection that submitted without waiting would otherwise
+    fill its queue with pushes nobody reads between requests (they are counted in
+    `pushes_dropped`, and the watches behind them end as the handler's do)."""
+
+    def __init__(self, conn_id: int, peer: str) -> None:
+        super().__init__(conn_id, peer, OUTBOUND_FRAMES_MAX, OUTBOUND_BYTES_MAX)
+        self.collecting = False
+        self.pushes_dropped = 0
+        self._req_ids = itertools.count(1)
+
+    def next_req_id(self) -> int:
+        return next(self._req_ids)
+
+    def push(self, body: bytes) -> bool:
+        if not self.collecting and (
+            body.startswith(_RECEIPT_PUSH) or body.startswith(_RECEIPTS_PUSH)
+        ):
+            self.pushes_dropped += 1
+            return self.open
+        return super().push(body)
+
+    def frames(self) -> list[bytes]:
+        """Every queued frame, taken off the queue."""
+        out = []
+        while (frame := self.take()) is not None:
+            out.append(frame)
+        return out
+
+
+class _Events:
+    """A stream's events, produced and not yet written: at most SSE_CREDIT blocks (the
+    credit sees to it), a keepalive and the final error."""
+
+    def __init__(self) -> None:
+        self.queue: deque[tuple[bytes, bool]] = deque()  # (event, whether it is a block)
+        self.finished = False
+        self.writing_since: float | None = None  # when the write in progress began
+        self.done = trio.Event()  # the writer wrote everything, or gave up
+        self._wakeup = trio.Event()
+
+    def put(self, event: bytes, *, block: bool) -> None:
+        assert not block or sum(b for _, b in self.queue) < SSE_CREDIT, "credit exceeded"
+        self.queue.append((event, block))
+        self._wakeup.set()
+
+    def finish(self) -> None:
+        self.finished = True
+        self._wakeup.set()
+
+    async def get(self) -> tuple[bytes, bool] | None:
+        """The next event; None once finished and empty."""
+        while not self.queue:
+            if self.finished:
+                return None
+            self._wakeup = trio.Event()
+            await self._wakeup.wait()
+        return self.queue.popleft()
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    method: str
+    template: str  # "/v1/kv/{key}": the OpenAPI document's path
+    name: str  # the endpoint (counters: request_<name>)
+
+    def match(self, path: str) -> dict[str, str] | None:
+        pattern = re.sub(r"\\{(\w+)\\}", r"(?P<\1>[^/]+)", re.escape(self.template))
+        found = re.fullmatch(pattern, path)
+        return None if found is None else found.groupdict()
+
+
+ROUTES: tuple[Route, ...] = (
+    Route("POST", "/v1/transactions", "submit"),
+    Route("GET", "/v1/transactions/{tx_id}/receipt", "receipt"),
+    Route("GET", "/v1/kv/{key}", "kv"),
+    Route("GET", "/v1/blocks/{height}", "block"),
+    Route("GET", "/v1/follow", "follow"),
+    Route("GET", "/v1/status", "status"),
+    Route("GET", "/openapi.json", "openapi"),
+)
+
+
+def openapi_document() -> bytes:
+    """The OpenAPI 3.1 document (package data beside this module)."""
+    return (resources.files(__package__) / "openapi.json").read_bytes()
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _bad(message: str) -> HttpError:
+    return HttpError("bad_request", message)
+
+
+def _query(incoming: Incoming, allowed: set[str]) -> dict[str, str]:
+    try:
+        pairs = parse_qsl(
+            incoming.query,
+            keep_blank_values=True,
+            errors="strict",
+            max_num_fields=QUERY_FIELDS_MAX,
+            strict_parsing=bool(incoming.query),
+        )
+    except ValueError:
+        raise _bad("malformed query string") from None
+    fields = dict(pairs)
+    unknown = sorted(set(fields) - allowed)
+    if unknown:
+        known = ", ".join(sorted(allowed)) or "none"
+        raise _bad(f"unknown query parameter {unknown[0][:40]!r} (known: {known})")
+    return fields
+
+
+def _whole(text: str, what: str, hi: int) -> int:
+    """A decimal whole number from 0 to `hi` (no sign, no spaces)."""
+    if not _DIGITS.fullmatch(text) or int(text) > hi:
+        raise _bad(f"{what} must be a whole number from 0 to {hi}, not {text[:40]!r}")
+    return int(text)
+
+
+def _wait_ms(fields: dict[str, str]) -> int:
+    return _whole(fields.get("wait_ms", "0"), "wait_ms", WAIT_MS_MAX)
+
+
+def _json_body(incoming: Incoming) -> Any:
+    kind = incoming.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if kind != "application/json":
+        raise HttpError(
+            "unsupported_media_type",
+            f"the body must be JSON (Content-Type: application/json), not {kind[:60]!r}",
+        )
+    try:
+        return json.loads(incoming.body)
+    except (ValueError, RecursionError) as exc:  # (UnicodeDecodeError is a ValueError)
+        raise HttpError("bad_json", f"the body is not JSON: {str(exc)[:120]}") from None
+
+
+class GatewayServer:
+    """Serves the gateway on `listen` for `handler` (the member's ClientService); `run` with
+    nursery.start, which returns the bound port. `serve_stream` serves one connection (the
+    listener's, or a test's in-memory stream)."""
+
+    def __init__(
+        self,
+        handler: ClientHandler,
+        *,
+        listen: tuple[str, int],
+        frame_bytes_max: int,
+        source_connections_max: int = 64,
+        connections_max: int = CONNECTIONS_MAX,
+        tls: TlsIdentity | None = None,
+        tls_accepts: Callable[[bytes], str | None] | None = None,
+        log: logging.Logger | None = None,
+        limits: Limits | None = None,
+        body_bytes_held_max: int = BODY_BYTES_HELD_MAX,
+        sse_streams_max: int = SSE_STREAMS_MAX,
+    ) -> None:
+        if tls is not None and tls_accepts is None:
+            raise ValueError("a TLS gateway needs tls_accepts (which keys to admit)")
+        self.handler = handler
+        self.listen = listen
+        self.frame_bytes_max = frame_bytes_max
+        # A submit's JSON: base64 (4/3) of at most a frame of transactions, and per
+        # transaction its quotes and comma.
+        body_max = frame_bytes_max * 4 // 3 + 4 * TXS_PER_REQUEST_MAX + 4096
+        self.limits = limits or Limits(
+            HEAD_BYTES_MAX, body_max, HEAD_TIMEOUT_S, BODY_TIMEOUT_S, IDLE_TIMEOUT_S, SEND_TIMEOUT_S
+        )
+        self.budget = BodyBudget(body_bytes_held_max)
+        self.sse_streams_max = sse_streams_max
+        self.log = log or logging.getLogger("consortium.gateway")
+        self._ratelog = RateLimitedLog(self.log)
+        self.counters: Counter[str] = Counter()
+        self.caps = ConnectionCaps(
+            connections_max, source_connections_max, self.counters, self._ratelog.warning, "gateway"
+        )
+        self._tls = tls
+        self._tls_accepts = tls_accepts
+        self.connections: dict[int, GatewayConnection] = {}
+        self._ids = itertools.count(CONNECTION_IDS_FROM)
+        self.sse_open = 0
+        self.port = 0
+        self._openapi = openapi_document()
+        self._endpoints: dict[
+            str,
+            Callable[
+                [trio.abc.Stream, GatewayConnection, Incoming, dict[str, str]],
+                Awaitable[Response | None],
+            ],
+        ] = {
+            "submit": self._submit,
+            "receipt": self._receipt,
+            "kv": self._kv,
+            "block": self._block,
+            "follow": self._follow,
+            "status": self._status,
+            "openapi": self._openapi_route,
+        }
+        assert set(self._endpoints) == {r.name for r in ROUTES}
+
+    @property
+    def url(self) -> str:
+        host = self.listen[0]
+        host = f"[{host}]" if ":" in host else host
+        return f"{'https' if self._tls is not None else 'http'}://{host}:{self.port}"
+
+    def status(self) -> dict[str, Any]:
+        """For the status document (`gateway`) and /metrics."""
+        return {
+            "listen": f"{self.listen[0]}:{self.port}",
+            "url": self.url,
+            "tls": self._tls is not None,
+            "connections_open": len(self.connections),
+            "sse_streams_open": self.sse_open,
+            "events": dict(sorted(self.counters.items())),
+        }
+
+    async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        host, port = self.listen
+        listeners = await trio.open_tcp_listeners(port, host=host)
+        self.port = listeners[0].socket.getsockname()[1]
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.serve_listeners, self._accept, listeners)
+            task_status.started(self.port)
+
+    async def _accept(self, stream: trio.SocketStream) -> None:
+        try:
+            host, port = stream.socket.getpeername()[:2]
+        except OSError:
+            host, port = "?", 0
+        await self.serve_stream(stream, str(host), int(port))
+
+    async def serve_stream(self, stream: trio.abc.Stream, host: str, port: int) -> None:
+        """Serve one connection from `host`:`port` under the caps, then close it."""
+        peer = f"{host}:{port}"
+        source = source_group(host)
+        try:
+            admitted = self.caps.admit(source)
+            if isinstance(admitted, str):
+                self._ratelog.warning("too_many", f"refusing gateway client {peer}: {admitted}")
+                per_source = self.caps.sources[source] >= self.caps.source_connections_max
+                refusal = HttpError(
+                    "overloaded",
+                    f"refused: {admitted} on this member's gateway; try later",
+                    status=429 if per_source else 503,
+                    close=True,
+                    headers=(("Retry-After", "1"),),
+                )
+                if self._tls is None:  # (a TLS client could not read a plain answer)
+                    await self._send(stream, self._error(refusal))
+                return
+            try:
+                with admitted.scope:
+                    await self._connection(stream, peer, admitted)
+            finally:
+                self.caps.release(admitted)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            self.counters["connection_error"] += 1
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    async def _connection(self, stream: trio.abc.Stream, peer: str, slot: Slot) -> None:
+        started = trio.current_time()
+        channel = stream
+        tls_key: bytes | None = None
+        if self._tls is not None:
+            secured = await self._tls_accept(stream, peer, started + self.limits.head_timeout_s)
+            if secured is None:
+                return
+            channel, peer, tls_key = secured
+        conn = GatewayConnection(next(self._ids), peer)
+        conn.tls_key = tls_key
+        self.connections[conn.id] = conn
+        self.counters["connections"] += 1
+        reader = HttpReader(channel, self.limits, self.budget, started)
+        try:
+            with conn.scope:
+                await self._requests(channel, reader, conn, slot)
+        finally:
+            reader.release()
+            del self.connections[conn.id]
+            if conn.pushes_dropped:
+                self.counters["receipt_pushes_dropped"] += conn.pushes_dropped
+            self.handler.disconnected(conn)
+
+    async def _requests(
+        self, channel: trio.abc.Stream, reader: HttpReader, conn: GatewayConnection, slot: Slot
+    ) -> None:
+        """Answer the connection's requests one at a time until it is to close."""
+        while True:
+            try:
+                incoming = await reader.next_request()
+            except HttpError as exc:
+                if await self._send(channel, self._error(exc)):
+                    await self._linger(channel)
+                return
+            if incoming is None:
+                return
+            self.caps.asked(slot)
+            try:
+                response = await self._answer(channel, conn, incoming)
+            finally:
+                reader.release()
+            if response is None:
+                return  # a stream ended: so does the connection
+            if not incoming.keep_alive or not conn.open:
+                response.close = True
+            if not await self._send(channel, response) or response.close:
+                return
+
+    async def _linger(self, channel: trio.abc.Stream) -> None:
+        """After a refusal that ends the connection, the client may still be sending (a body
+        that was not read): closing at once would reset the connection, and the reset can
+        discard the answer before the client reads it. So: end our side, then read and drop
+        at most LINGER_BYTES_MAX for at most LINGER_S, and close."""
+        if not isinstance(channel, trio.abc.HalfCloseableStream):
+            return  # (TLS: no half-close; the connection just closes)
+        dropped = 0
+        with trio.move_on_after(LINGER_S):
+            try:
+                await channel.send_eof()
+                while dropped < LINGER_BYTES_MAX:
+                    data = await channel.receive_some(65536)
+                    if not data:
+                        return
+                    dropped += len(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                return
+
+    def _error(self, error: HttpError) -> Response:
+        self.counters[f"error_{error.code}"] += 1
+        return error_response(error)
+
+    async def _send(self, channel: trio.abc.SendStream, response: Response | bytes) -> bool:
+        """Write an answer within the send deadline; whether it was written whole."""
+        data = response if isinstance(response, bytes) else response.encode()
+        with trio.move_on_after(self.limits.send_timeout_s):
+            try:
+                await channel.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                return False
+            return True
+        return False
+
+    async def _answer(
+        self, channel: trio.abc.Stream, conn: GatewayConnection, incoming: Incoming
+    ) -> Response | None:
+        """The answer to one request (None: it was a stream, already written)."""
+        matched = [r for r in ROUTES if r.match(incoming.path) is not None]
+        route = next((r for r in matched if r.method == incoming.method), None)
+        try:
+            if route is None:
+                if matched:
+                    allow = ", ".join(sorted({r.method for r in matched}))
+                    raise HttpError(
+                        "method_not_allowed",
+                        f"{incoming.method} is not served on {incoming.path[:100]} (allowed: "
+                        f"{allow})",
+                        headers=(("Allow", allow),),
+                    )
+                self.counters["request_unrouted"] += 1
+                raise HttpError(
+                    "not_found",
+                    f"no such path {incoming.path[:100]}; see GET /openapi.json",
+                )
+            self.counters[f"request_{route.name}"] += 1
+            if incoming.method == "GET" and incoming.body:
+                raise _bad("a GET request carries no body")
+            if conn.tls_key is not None and not self._admitted(conn):
+                raise HttpError(
+                    "forbidden",
+                    f"your TLS key {conn.tls_key.hex()[:16]}… is no longer an admitted client "
+                    "of this network",
+                    close=True,
+                )
+            params = route.match(incoming.path)
+            assert params is not None
+            return await self._endpoints[route.name](channel, conn, incoming, params)
+        except HttpError as exc:
+            return self._error(exc)
+        except Exception:
+            # A bug reached by client input must not take the member down: log it loudly
+            # with its traceback, answer 500, keep serving.
+            self.log.exception("internal error in the gateway serving %s %s from %s",
+                               incoming.method, incoming.path[:100], conn.peer)  # fmt: skip
+            return self._error(
+                HttpError("internal", "internal error (logged by the member)", close=True)
+            )
+        finally:
+            conn.collecting = False
+
+    def _admitted(self, conn: GatewayConnection) -> bool:
+        assert conn.tls_key is not None and self._tls_accepts is not None
+        return self._tls_accepts(conn.tls_key) is not None
+
+    # --- the bridge -------------------------------------------------------------------------
+
+    def _native(self, request: Request) -> Request:
+        """`request` as the native port would receive it: encoded as its frame, which must
+        fit the member's frame limit, and decoded by the native decoder (its checks)."""
+        frame = encode_request(request)
+        if len(frame) > self.frame_bytes_max:
+            raise HttpError(
+                "payload_too_large",
+                f"the request makes a native frame of {len(frame)} bytes; at most "
+                f"{self.frame_bytes_max} are served",
+            )
+        try:
+            return decode_request(frame, self.frame_bytes_max)
+        except RequestError as exc:
+            raise _bad(f"bad request: {exc}") from None
+
+    async def _call(self, conn: GatewayConnection, request: Request) -> tuple[Any, list[bytes]]:
+        """Serve `request` through the handler: the payload of its ok reply, and the other
+        frames it queued (pushes); HttpError for an error reply or none."""
+        for _ in conn.frames():  # answers to earlier requests nobody waits for any more
+            pass
+        await self.handler.handle(conn, request)
+        reply: list[Any] | None = None
+        others: list[bytes] = []
+        head = b"\x93" + pack(request.req_id)
+        for frame in conn.frames():
+            if reply is None and frame.startswith(head):
+                decoded = unpack(frame)
+                if decoded[0] == request.req_id and decoded[1] in ("ok", "error"):
+                    reply = decoded
+                    continue
+            others.append(frame)
+        if reply is None:
+            closing = [m for m in map(unpack, others) if m[0] == PUSH and m[1] == "error"]
+            why = closing[-1][2] if closing else conn.closed_reason or "no answer"
+            raise HttpError(
+                "overloaded", str(why), status=429, close=True, headers=(("Retry-After", "1"),)
+            )
+        if reply[1] == "error":
+            raise _refusal(str(reply[2]))
+        return reply[2], others
+
+    def _receipts(self, frames: list[bytes], wanted: set[bytes], out: dict[bytes, bytes]) -> None:
+        """The receipt bundles of `wanted` ids among pushed `frames`, each the canonical
+        msgpack of its bundle, into `out` (the first for each id)."""
+        for frame in frames:
+            if frame.startswith(_RECEIPT_PUSH):
+                raw = unpack(frame)[2]
+                tx_id = Bundle.from_array(raw).receipt.tx_id
+                if tx_id in wanted and tx_id not in out:
+                    out[tx_id] = pack(raw)
+            elif frame.startswith(_RECEIPTS_PUSH):
+                push = decode_response(frame, self.frame_bytes_max)
+                assert isinstance(push, BlockReceipts)
+                for bundle in push.bundles():
+                    tx_id = bundle.receipt.tx_id
+                    if tx_id in wanted and tx_id not in out:
+                        out[tx_id] = pack(bundle.to_array())
+
+    async def _wait_receipts(
+        self,
+        conn: GatewayConnection,
+        frames: list[bytes],
+        wanted: set[bytes],
+        wait_ms: int,
+    ) -> dict[bytes, bytes]:
+        found: dict[bytes, bytes] = {}
+        self._receipts(frames, wanted, found)
+        with trio.move_on_after(wait_ms / 1000):
+            while wanted - found.keys() and conn.open:
+                await conn.wait_queued()
+                self._receipts(conn.frames(), wanted, found)
+        return found
+
+    # --- endpoints --------------------------------------------------------------------------
+
+    async def _submit(
+        self,
+        channel: trio.abc.Stream,
+        conn: GatewayConnection,
+        incoming: Incoming,
+        params: dict[str, str],
+    ) -> Response:
+        wait_ms = _wait_ms(_query(incoming, {"wait_ms"}))
+        doc = _json_body(incoming)
+        if not isinstance(doc, dict) or set(doc) != {"transactions"}:
+            raise _bad('the body must be {"transactions": ["<base64>", ...]}')
+        listed = doc["transactions"]
+        if not isinstance(listed, list):
+            raise _bad('"transactions" must be a list of base64 strings')
+        if len(listed) > TXS_PER_REQUEST_MAX:
+            raise _bad(f"at most {TXS_PER_REQUEST_MAX} transactions per request")
+        txs = []
+        for i, text in enumerate(listed):
+            if not isinstance(text, str):
+                raise _bad(f"transactions[{i}] must be a base64 string")
+            try:
+                raw = base64.b64decode(text, validate=True)
+            except (ValueError, binascii.Error):
+                raise _bad(f"transactions[{i}] is not base64 (standard, padded)") from None
+            try:
+                txs.append(unpack_canonical(raw, max_len=self.frame_bytes_max))
+            except WireFormatError as exc:
+                raise _bad(f"transactions[{i}] is not canonical msgpack: {exc}") from None
+        request = self._native(SubmitRequest(conn.next_req_id(), txs))
+        conn.collecting = wait_ms > 0
+        verdicts, pushed = await self._call(conn, request)
+        accepted = {v[0] for v in verdicts if v[1] == "accepted" and v[0]}
+        found = await self._wait_receipts(conn, pushed, accepted, wait_ms) if wait_ms else {}
+        results = []
+        for tx_id, status, detail in verdicts:
+            receipt: str | None = None
+            if status == "committed":
+                receipt, detail = _b64(pack(detail)), ""
+            elif tx_id in found:
+                receipt, status, detail = _b64(found[tx_id]), "committed", ""
+            results.append(
+                {"tx_id": tx_id.hex(), "status": status, "detail": detail, "receipt": receipt}
+            )
+        return json_response(200, {"results": results})
+
+    async def _receipt(
+        self,
+        channel: trio.abc.Stream,
+        conn: GatewayConnection,
+        incoming: Incoming,
+        params: dict[str, str],
+    ) -> Response:
+        wait_ms = _wait_ms(_query(incoming, {"wait_ms"}))
+        tx_id = _tx_id(params["tx_id"])
+        bundle, _ = await self._call(conn, self._native(ReceiptRequest(conn.next_req_id(), tx_id)))
+        raw: bytes | None = None if bundle is None else pack(bundle)
+        if raw is None and wait_ms:
+            conn.collecting = True
+            request = self._native(WatchRequest(conn.next_req_id(), [tx_id]))
+            _, pushed = await self._call(conn, request)
+            raw = (await self._wait_receipts(conn, pushed, {tx_id}, wait_ms)).get(tx_id)
+        if raw is None:
+            waited = f" within {wait_ms} ms" if wait_ms else ""
+            raise HttpError("not_found", f"this member has not executed {tx_id.hex()}{waited}")
+        height = Bundle.from_array(unpack(raw)).receipt.height
+        return json_response(200, {"tx_id": tx_id.hex(), "height": height, "receipt": _b64(raw)})
+
+    async def _kv(
+        self,
+        channel: trio.abc.Stream,
+        conn: GatewayConnection,
+        incoming: Incoming,
+        params: dict[str, str],
+    ) -> Response:
+        _query(incoming, set())
+        text = params["key"]
+        if not _BASE64URL.fullmatch(text) or len(text) % 4 == 1:
+            raise _bad("the key must be base64url without padding")
+        key = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        reply, _ = await self._call(conn, self._native(GetRequest(conn.next_req_id(), key)))
+        key, value, height, block_hash, signer, _ = reply
+        return json_response(
+            200,
+            {
+                "key": _b64(key),
+                "value": None if value is None else _b64(value),
+                "height": height,
+                "block_hash": block_hash.hex(),
+                "signer": signer,
+                "reply": _b64(pack(reply)),
+            },
+        )
+
+    async def _block(
+        self,
+        channel: trio.abc.Stream,
+        conn: GatewayConnection,
+        incoming: Incoming,
+        params: dict[str, str],
+    ) -> Response:
+        _query(incoming, set())
+        height = _whole(params["height"], "the height", 2**63 - 1)
+        block, _ = await self._call(conn, self._native(BlockRequest(conn.next_req_id(), height)))
+        if block is None:
+            raise HttpError("not_found", f"this member has no block {height}")
+        return json_response(200, {"height": height, "block": _b64(pack(block))})
+
+    async def _status(
+        self,
+        channel: trio.abc.Stream,
+        conn: GatewayConnection,
+        incoming: Incoming,
+        params: dict[str, str],
+    ) -> Response:
+        _query(incoming, set())
+        text, _ = await self._call(conn, self._native(StatusRequest(conn.next_req_id())))
+        return Response(200, str(text).encode() + b"\n")
+
+    async def _openapi_route(
+        self,
+        channel: trio.abc.Stream,
+        conn: GatewayConnection,
+        incoming: Incoming,
+        params: dict[str, str],
+    ) -> Response:
+        _query(incoming, set())
+        return Response(200, self._openapi)
+
+    # --- follow: Server-Sent Events ---------------------------------------------------------
+
+    async def _follow(
+        self,
+        channel: trio.abc.Stream,
+        conn: GatewayConnection,
+        incoming: Incoming,
+        params: dict[str, str],
+    ) -> Response | None:
+        fields = _query(incoming, {"from"})
+        last = incoming.headers.get("last-event-id")
+        if last is not None:  # an EventSource reconnecting: on from the block after it
+            from_height = _whole(last.strip(), "Last-Event-ID", 2**63 - 2) + 1
+        elif "from" in fields:
+            from_height = _whole(fields["from"], "from", 2**63 - 1)
+        else:
+            raise _bad("from is required: GET /v1/follow?from=HEIGHT")
+        if self.sse_open >= self.sse_streams_max:
+            raise HttpError(
+                "too_many_subscribers",
+                f"{self.sse_streams_max} streams are open on this member's gateway; try later",
+                headers=(("Retry-After", "5"),),
+            )
+        self.sse_open += 1
+        try:
+            request = self._native(FollowRequest(conn.next_req_id(), from_height, SSE_CREDIT))
+            _, pushed = await self._call(conn, request)
+            self.counters["sse_streams"] += 1
+            if await self._send(channel, SSE_HEAD):
+                await self._stream(channel, conn, request.req_id, from_height, pushed)
+            if conn.open:
+                await self.handler.handle(conn, UnfollowRequest(conn.next_req_id(), request.req_id))
+            return None
+        finally:
+            self.sse_open -= 1
+
+    async def _stream(
+        self,
+        channel: trio.abc.Stream,
+        conn: GatewayConnection,
+        follow_id: int,
+        height: int,
+        pending: list[bytes],
+    ) -> None:
+        """Turn the follow's frames into events for the writer task until the follow ends,
+        the client leaves, or the writer has been stuck in one write for SSE_SEND_TIMEOUT_S
+        (a slow reader). An end with a reason appends an `error` event, which the writer has
+        SSE_FINISH_S to deliver; then the stream is cut."""
+        prefix = b"\x93" + pack(follow_id) + pack("block")
+        frames = deque(pending)
+        out = _Events()
+        why: dict[str, str] | None = None
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._until_client_leaves, channel, nursery.cancel_scope)
+            nursery.start_soon(self._write_events, channel, conn, follow_id, out, nursery)
+            quiet_since = trio.current_time()
+            while why is None:
+                if not frames:
+                    wake = quiet_since + SSE_KEEPALIVE_S
+                    if out.writing_since is not None:
+                        wake = min(wake, out.writing_since + SSE_SEND_TIMEOUT_S)
+                    with trio.move_on_at(wake):
+                        await conn.wait_queued()
+                    frames.extend(conn.frames())
+                    now = trio.current_time()
+                    since = out.writing_since
+                    if since is not None and now - since >= SSE_SEND_TIMEOUT_S:
+                        self.counters["sse_slow_reader"] += 1
+                        why = {
+                            "code": "overloaded",
+                            "message": "the stream ended: an event was not taken within "
+                            f"{SSE_SEND_TIMEOUT_S:g} s",
+                        }
+                        break
+                    if not frames:
+                        if now >= quiet_since + SSE_KEEPALIVE_S:
+                            if not out.queue:
+                                out.put(SSE_KEEPALIVE, block=False)
+                            quiet_since = now
+                        continue
+                frame = frames.popleft()
+                quiet_since = trio.current_time()
+                if frame.startswith(prefix):
+                    if conn.tls_key is not None and not self._admitted(conn):
+                        why = {"code": "forbidden", "message": "your TLS key is no longer admitted"}
+                        break
+                    data = {"height": height, "block": _b64(frame[len(prefix) :])}
+                    out.put(sse_event("block", data, height), block=True)
+                    height += 1
+                    continue
+                message = unpack(frame)
+                if message[1] == "error" and message[0] in (follow_id, PUSH):
+                    why = {"code": "overloaded", "message": str(message[2])}
+                # (else: a credit request's reply)
+            out.put(sse_event("error", {"error": why}), block=False)
+            out.finish()
+            with trio.move_on_after(SSE_FINISH_S):
+                await out.done.wait()
+            nursery.cancel_scope.cancel()
+
+    async def _write_events(
+        self,
+        channel: trio.abc.SendStream,
+        conn: GatewayConnection,
+        follow_id: int,
+        out: _Events,
+        nursery: trio.Nursery,
+    ) -> None:
+        """Write the events in order; grant the follow credit as its blocks are written (so
+        at most SSE_CREDIT blocks are ever queued and unwritten, here and in the
+        connection's queue together). The client gone: the stream ends."""
+        written = 0  # blocks written since credit was last granted
+        try:
+            while (item := await out.get()) is not None:
+                data, block = item
+                out.writing_since = trio.current_time()
+                await channel.send_all(data)
+                out.writing_since = None
+                if block:
+                    written += 1
+                    if written >= SSE_CREDIT // 2:
+                        credit = CreditRequest(conn.next_req_id(), follow_id, written)
+                        await self.handler.handle(conn, credit)
+                        written = 0
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            nursery.cancel_scope.cancel()
+        out.done.set()
+
+    async def _until_client_leaves(
+        self, channel: trio.abc.ReceiveStream, scope: trio.CancelScope
+    ) -> None:
+        """A subscriber sends nothing after its request: its end of the connection closing
+        (or more than SSE_CLIENT_BYTES_MAX bytes from it) ends the stream."""
+        received = 0
+        try:
+            while received <= SSE_CLIENT_BYTES_MAX:
+                data = await channel.receive_some(SSE_CLIENT_BYTES_MAX)
+                if not data:
+                    break
+                received += len(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
+        scope.cancel()
+
+    # --- TLS --------------------------------------------------------------------------------
+
+    async def _tls_accept(
+        self, stream: trio.abc.Stream, peer: str, deadline: float
+    ) -> tuple[trio.abc.Stream, str, bytes] | None:
+        """The TLS handshake, by `deadline`, and the client's certificate key; None (counted,
+        logged) when it fails. A key the client port would not admit is let in and answered
+        403 `forbidden` at its first request (it can read that over TLS)."""
+        assert self._tls is not None and self._tls_accepts is not None
+        with trio.move_on_at(deadline):
+            first = bytes(await stream.receive_some(4096))
+            if not first:
+                return None
+            sniff = SniffStream(stream, first)
+            if not is_tls_hello(first):
+                self.counters["tls_required"] += 1
+                self._ratelog.warning(
+                    "tls_required", f"gateway client {peer} spoke without TLS: HTTPS only here"
+                )
+                plain = HttpError(
+                    "bad_request",
+                    "this gateway serves HTTPS only ([tls] gateway = true in the member's "
+                    "node.toml): connect with https://",
+                    close=True,
+                )
+                await self._send(sniff, self._error(plain))
+                return None
+            secured = trio.SSLStream(sniff, self._tls.server_context, server_side=True)
+            try:
+                await secured.do_handshake()
+                key = peer_key(secured)
+            except trio.BrokenResourceError as exc:
+                self.counters["tls_failed"] += 1
+                self._ratelog.warning("tls_failed", explain_failure(exc, b"", f"client {peer}"))
+                return None
+            except TlsRefused as exc:
+                self.counters["tls_bad_certificate"] += 1
+                self._ratelog.warning("tls_bad_certificate", f"gateway client {peer} {exc}")
+                return None
+            name = self._tls_accepts(key)
+            if name is None:
+                self.counters["tls_unknown_client"] += 1
+                self._ratelog.warning(
+                    "tls_unknown_client",
+                    f"gateway client {peer} presented TLS key {key.hex()[:16]}…, which is not "
+                    "an admitted client's or a member's key: refused",
+                )
+                return secured, peer, key
+            return secured, f"{name}@{peer}", key
+        self.counters["tls_handshake_timeout"] += 1
+        return None
+
+
+def _tx_id(text: str) -> bytes:
+    if not _HEX64.fullmatch(text):
+        raise _bad(f"a transaction id is 64 lowercase hex digits, not {text[:80]!r}")
+    return bytes.fromhex(text)
+
+
+def _refusal(message: str) -> HttpError:
+    """The HTTP error for one of the handler's error replies."""
+    if message.startswith("internal error"):
+        return HttpError("internal", message)
+    if "follows" in message and "at most" in message:
+        return HttpError("too_many_subscribers", message, headers=(("Retry-After", "5"),))
+    if message.startswith("read refused") or any(
+        word in message for word in ("overloaded", "too many", "try later", "ask again")
+    ):
+        return HttpError("overloaded", message, status=503, headers=(("Retry-After", "1"),))
+    if "no longer admitted" in message:
+        return HttpError("forbidden", message, close=True)
+    return _bad(message)
