@@ -36,6 +36,7 @@ lint: $(STAMP)
 test: $(STAMP) $(JS_STAMP)
 	$(BIN)/pytest -q -n auto --dist worksteal -m "not e2e"
 	@# The TypeScript client's own tests (the shared vectors, its gateway client against fakes).
+	@$(NODE_CHECK)
 	cd clients/js && npm test --silent
 	$(BIN)/pytest -q -m e2e
 	@# The compiled modules' own subjects again from source (consortium/compiled.py): the
@@ -57,10 +58,14 @@ browser:
 # dependencies from package-lock.json (again when the lock file changes).
 js: $(JS_STAMP)
 
-$(JS_STAMP): clients/js/package-lock.json
-	@major=$$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0); \
+# Checked before `npm ci` and again before `npm test`: node_modules can outlive the Node.js
+# that installed it, and "npm: not found" would not say what to install.
+NODE_CHECK = major=$$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0); \
 	if [ "$$major" -lt 18 ] || ! command -v npm >/dev/null; then \
 	  echo "the TypeScript client's tests need Node.js 18 or newer with npm: sudo apt-get install nodejs npm"; exit 1; fi
+
+$(JS_STAMP): clients/js/package-lock.json
+	@$(NODE_CHECK)
 	cd clients/js && npm ci --no-audit --no-fund --loglevel=error
 	touch $(JS_STAMP)
 

@@ -890,6 +890,15 @@ def bundle_vectors() -> dict[str, Any]:
         receipt_bundle(block.header, block.receipts, 3, _vote(block, 2, chain_id)),
         1,
     )
+    # A header naming raft on this pbft chain, validly signed by n2 over its own hash: only
+    # the mode check refuses it (verify_receipt would refuse the document built from it).
+    raft_header = replace(good.header, consensus=("raft", 1, good.header.height, 0))
+    raft_vote = _vote(block, 1, chain_id, block_hash=raft_header.hash)
+    case(
+        "header names the other mode (raft), signed by n2",
+        replace(good, header=raft_header, signature=raft_vote),
+        1,
+    )
     return {"genesis": genesis.to_json(), "cases": cases}
 
 

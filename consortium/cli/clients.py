@@ -9,6 +9,10 @@ The flow for members of several organisations (docs/clients-admission.md):
     consortium client submit admit-*.json --home MEMBER_HOME    # merges copies, submits
     consortium client list --home MEMBER_HOME               # admitted, pending, effective at
 
+And for clients in other languages that reach HTTPS gateways (mutual TLS, docs/tls.md):
+
+    consortium client tls-files --key app.pem --genesis genesis.json --out tls/
+
 A proposal is a JSON file holding the change body (what members sign) and the approvals
 collected so far; it carries no secret, so it can travel by e-mail or a ticket.
 """
@@ -561,3 +565,62 @@ def list_clients(
             err=True,
         )
         raise typer.Exit(EXIT_FAILED)
+
+
+@clients_app.command("tls-files")
+def tls_files(
+    key: Annotated[
+        Path, typer.Option("--key", help="The client's key file (PEM, as `client keygen` wrote).")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="The directory to write the files into.")],
+    net: NetOpt = None,
+    home: HomeOpt = None,
+    genesis_path: GenesisOpt = None,
+) -> None:
+    """Write what a client in another language needs for HTTPS gateways and the TLS client
+    port (mutual TLS 1.3, docs/tls.md): cert.pem (the certificate for the key, issued by the
+    network's public issuer), ca.pem (that issuer's certificate: the one anchor to trust) and
+    key.pem (the private key, PKCS#8 PEM, mode 0600; encrypted with the same passphrase when
+    the key file is, CONSORTIUM_KEY_PASSPHRASE). Pin each member's certificate key to the
+    key genesis lists for it: the issuer is public, it proves nothing by itself."""
+    from consortium.crypto.certs import certificate_pem, issue_certificate, issuer_certificate
+    from consortium.crypto.keys import InvalidKeyError, KeyPair
+
+    genesis = _genesis(net, home, genesis_path)
+    passphrase = _passphrase()
+    try:
+        keys = KeyPair.load(key, passphrase)
+    except InvalidKeyError as exc:
+        raise fail(str(exc)) from None
+    names = [c.name for c in genesis.clients if c.public_key == keys.public]
+    names += [m.name for m in genesis.members if m.public_key == keys.public]
+    name = names[0] if names else "client"
+    files = {
+        "cert.pem": certificate_pem(issue_certificate(keys, name, genesis.chain_id)),
+        "ca.pem": certificate_pem(issuer_certificate(genesis.chain_id)),
+        "key.pem": keys.to_pem(passphrase),
+    }
+    existing = [out / f for f in files if (out / f).exists()]
+    if existing:
+        raise fail(f"{existing[0]} exists; choose another --out (nothing is overwritten)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for filename, data in files.items():
+            # (created 0600: the key never world-readable, even briefly; the rest are public)
+            mode = 0o600 if filename == "key.pem" else 0o644
+            fd = os.open(out / filename, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+    except OSError as exc:
+        raise fail(f"cannot write {out}: {exc.strerror or exc}", EXIT_FAILED) from None
+    typer.echo(
+        f"wrote {out / 'cert.pem'} (key {keys.public.hex()[:16]}…, as {name!r}), "
+        f"{out / 'ca.pem'} (network {genesis.chain_id.hex()[:12]}…'s issuer) and "
+        f"{out / 'key.pem'} (mode 0600{', encrypted' if passphrase else ''})"
+    )
+    if not names:
+        typer.echo(
+            "note: genesis does not list this key; the gateways accept it once it is admitted "
+            "(consortium client list)",
+            err=True,
+        )

@@ -54,25 +54,48 @@ ANSWER_BYTES_MAX = 16 << 20  # a gateway answer read at most this long
 
 @dataclass(frozen=True, slots=True)
 class Gateway:
-    """One member's gateway, as configuration names it (`member` for messages only)."""
+    """One member's gateway, as configuration names it: `member` is the member's name in
+    genesis (each member at most once), `url` where to reach its gateway."""
 
     member: str
     url: str
 
 
+def member_indexes(gateways: Sequence[Gateway], genesis: Genesis) -> list[int]:
+    """Each gateway's member, as its genesis index; ClientError when a name is no member's or
+    a member is listed twice (two entries for one member would make it two voices: its
+    unsigned rejections would count twice)."""
+    indexes: list[int] = []
+    for g in gateways:
+        member = genesis.member_by_name(g.member)
+        if member is None:
+            raise ClientError(f"gateway for {g.member!r}: no such member in genesis")
+        if member.index in indexes:
+            raise ClientError(f"gateway for {g.member!r} is listed twice")
+        indexes.append(member.index)
+    return indexes
+
+
 def load_gateways(path: Path, genesis: Genesis | None = None) -> list[Gateway]:
     """gateways.json (`consortium init --gateway`); ClientError when it cannot be read, or
-    names another chain than `genesis`."""
+    names another chain than `genesis`, or (with `genesis`) a member genesis does not list or
+    one member twice."""
     try:
         doc = json.loads(path.read_text())
         gateways = [Gateway(str(g["member"]), str(g["url"])) for g in doc["gateways"]]
         chain_id = str(doc["chain_id"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ClientError(f"{path}: not a gateways file ({exc})") from None
-    if genesis is not None and chain_id != genesis.chain_id.hex():
-        raise ClientError(
-            f"{path} is for chain {chain_id[:16]}…, this genesis is {genesis.chain_id.hex()[:16]}…"
-        )
+    if genesis is not None:
+        if chain_id != genesis.chain_id.hex():
+            raise ClientError(
+                f"{path} is for chain {chain_id[:16]}…, this genesis is "
+                f"{genesis.chain_id.hex()[:16]}…"
+            )
+        try:
+            member_indexes(gateways, genesis)
+        except ClientError as exc:
+            raise ClientError(f"{path}: {exc}") from None
     return gateways
 
 
@@ -148,10 +171,23 @@ class _Http:
             self.conn = None
 
 
+class _Submission:
+    """One submit's record of what went wrong with each member (by name, for messages): the
+    threads of one transaction write here, so another transaction's failures never show."""
+
+    def __init__(self) -> None:
+        self.refused: dict[str, str] = {}  # member -> why its last bundle was not believed
+        self.errors: dict[str, str] = {}  # member -> its last failure
+
+
 class GatewayClient:
     """Submits to every member's gateway and decides by f+1 (module docstring).
-    `ssl_context`: for https:// gateways (mutual TLS: a client context presenting the
-    certificate of an admitted key, protocol/tls.py make_context)."""
+    `gateways`: at most one per member, each named as genesis names it (ClientError
+    otherwise). `ssl_context`: for https:// gateways (mutual TLS: a client context presenting
+    the certificate of an admitted key, protocol/tls.py make_context).
+
+    After each `submit`, `refused` and `errors` say what went wrong with each member during
+    THAT submit (the pending outcome's reason lists them too)."""
 
     def __init__(
         self,
@@ -166,35 +202,38 @@ class GatewayClient:
             raise ClientError("no gateways to ask")
         self.genesis = genesis
         self.gateways = list(gateways)
+        self.indexes = member_indexes(self.gateways, genesis)
         self.ssl_context = ssl_context
         self.verifier = verifier or Ed25519Verifier()
         self.wait_ms = wait_ms
-        self.refused: dict[str, str] = {}  # gateway -> why its last bundle was not believed
-        self.errors: dict[str, str] = {}  # gateway -> its last failure
+        self.refused: dict[str, str] = {}  # the last submit's: member -> why not believed
+        self.errors: dict[str, str] = {}  # the last submit's: member -> its last failure
 
     def submit(self, tx: Transaction, *, timeout_s: float = 30.0) -> TxOutcome:
         """Submit `tx` to every gateway and wait, at most `timeout_s`, until f+1 distinct
         members' verified receipt bundles agree (committed: `proof` is the receipt document's
-        content) or f+1 report the same final rejection; else pending."""
+        content) or f+1 members report the same final rejection; else pending."""
         started = time.monotonic()
         deadline = started + timeout_s
         body = {"transactions": [base64.b64encode(pack(tx.to_array())).decode("ascii")]}
-        answers: queue.Queue[tuple[str, Bundle | None, str]] = queue.Queue()
+        # (member index, its bundle or None, the rejection's reason)
+        answers: queue.Queue[tuple[int, Bundle | None, str]] = queue.Queue()
         stop = threading.Event()
+        record = _Submission()
         threads = [
             threading.Thread(
                 target=self._ask,
-                args=(g, tx.id, body, deadline, answers, stop),
+                args=(g, index, tx.id, body, deadline, answers, stop, record),
                 daemon=True,
                 name=f"gateway {g.member}",
             )
-            for g in self.gateways
+            for g, index in zip(self.gateways, self.indexes, strict=True)
         ]
         for thread in threads:
             thread.start()
         needed = signatures_needed(self.genesis)
         vouched: dict[int, Vouch] = {}
-        rejected: dict[str, str] = {}
+        rejected: dict[int, str] = {}
         decision = tally(vouched, {}, needed)
         try:
             # (until every thread ended AND its last answer is taken: it may end right after)
@@ -202,22 +241,24 @@ class GatewayClient:
                 any(t.is_alive() for t in threads) or not answers.empty()
             ):
                 try:
-                    member, bundle, reason = answers.get(timeout=0.05)
+                    index, bundle, reason = answers.get(timeout=0.05)
                 except queue.Empty:
                     continue
+                name = self.genesis.members[index].name
                 if bundle is not None:
-                    self._vouch(member, tx.id, bundle, vouched)
+                    self._vouch(name, tx.id, bundle, vouched, record)
                 elif is_final_rejection(reason):
-                    rejected[member] = reason
+                    rejected[index] = reason
                 else:
-                    self.errors[member] = f"rejected: {reason}"
-                # A rejection counts by gateway, as the native client counts it by connection
-                # (nothing signs it): f+1 alike decide, and only a final one.
-                decision = tally(vouched, dict(enumerate(rejected.values())), needed)
+                    record.errors[name] = f"rejected: {reason}"
+                # A rejection counts by member (nothing signs it; each member has one gateway
+                # here, so one voice): f+1 alike decide, and only a final one.
+                decision = tally(vouched, rejected, needed)
                 if decision.status != "pending":
                     break
         finally:
             stop.set()
+        self.refused, self.errors = dict(record.refused), dict(record.errors)
         if decision.status == "committed":
             proof = from_bundles(decision.bundles)
             return TxOutcome(
@@ -243,15 +284,22 @@ class GatewayClient:
             confirmations=decision.confirmations,
         )
 
-    def _vouch(self, member: str, tx_id: bytes, bundle: Bundle, vouched: dict[int, Vouch]) -> None:
-        """Count `bundle` (as gateway `member` sent it) for the member that signed it, once
+    def _vouch(
+        self,
+        member: str,
+        tx_id: bytes,
+        bundle: Bundle,
+        vouched: dict[int, Vouch],
+        record: _Submission,
+    ) -> None:
+        """Count `bundle` (as `member`'s gateway sent it) for the member that signed it, once
         it verifies and is this transaction's."""
         if bundle.receipt.tx_id != tx_id:
-            self.refused[member] = "a receipt for another transaction"
+            record.refused[member] = "a receipt for another transaction"
             return
         problem = verify_bundle(bundle, self.genesis, self.verifier)
         if problem is not None:
-            self.refused[member] = problem
+            record.refused[member] = problem
             return
         signer = bundle.signer()
         assert signer is not None  # (verify_bundle checked it names a member)
@@ -260,17 +308,22 @@ class GatewayClient:
     def _ask(
         self,
         gateway: Gateway,
+        index: int,
         tx_id: bytes,
         body: dict[str, Any],
         deadline: float,
-        answers: queue.Queue[tuple[str, Bundle | None, str]],
+        answers: queue.Queue[tuple[int, Bundle | None, str]],
         stop: threading.Event,
+        record: _Submission,
     ) -> None:
-        """One gateway's thread: submit, then ask for the receipt until decided or done."""
+        """One gateway's thread: submit, then ask for the receipt until decided or done. Any
+        failure is that member's error (never the thread's end): what a gateway sends is
+        untrusted, so whatever decoding it raises is a reason to ask again, not a bug to die
+        of silently."""
         try:
             http_ = _Http(gateway.url, 10.0 + self.wait_ms / 1000, self.ssl_context)
         except ClientError as exc:
-            self.errors[gateway.member] = str(exc)
+            record.errors[gateway.member] = str(exc)
             return
         submitted = False
         try:
@@ -283,7 +336,7 @@ class GatewayClient:
                         result = doc["results"][0]
                         if result["status"] == "rejected":
                             reason = str(result["detail"])
-                            answers.put((gateway.member, None, reason))
+                            answers.put((index, None, reason))
                             if is_final_rejection(reason):
                                 return
                             submitted = False  # (overloaded, unknown_client: not final)
@@ -301,18 +354,10 @@ class GatewayClient:
                         text = doc["receipt"]
                     if text is None:
                         continue
-                    answers.put((gateway.member, decode_bundle(text), ""))
+                    answers.put((index, decode_bundle(text), ""))
                     return
-                except (
-                    OSError,
-                    http.client.HTTPException,
-                    ClientError,
-                    WireFormatError,
-                    KeyError,
-                    TypeError,
-                    IndexError,
-                ) as exc:
-                    self.errors[gateway.member] = str(exc) or type(exc).__name__
+                except Exception as exc:  # (see the docstring)
+                    record.errors[gateway.member] = str(exc) or type(exc).__name__
                     stop.wait(RETRY_PAUSE_S)
         finally:
             http_.close()

@@ -140,12 +140,19 @@ def verify_bundle(
     *,
     header_hash: bytes | None = None,
 ) -> str | None:
-    """What is wrong with `bundle`, or None: chain id, receipt inclusion (leaf =
-    receipt.encode(), index and tree size) against header.receipts_root, and a block
-    signature by a genesis member over (height, header hash, signer) in Domain.BLOCK.
-    `header_hash` may pass bundle.header.hash, computed once per block."""
+    """What is wrong with `bundle`, or None: chain id, the header's consensus mode (genesis'
+    mode: verify_receipt refuses a document whose header names the other one), receipt
+    inclusion (leaf = receipt.encode(), index and tree size) against header.receipts_root,
+    and a block signature by a genesis member over (height, header hash, signer) in
+    Domain.BLOCK. `header_hash` may pass bundle.header.hash, computed once per block."""
+    mode = bundle.header.consensus[0]
     return _chain_problem(bundle.header, genesis) or (
-        inclusion_problem(
+        (
+            f"the header is a {mode} block; this genesis is {genesis.mode}"
+            if mode != genesis.mode
+            else None
+        )
+        or inclusion_problem(
             bundle.receipt, bundle.receipt.encode(), bundle.proof, bundle.tree_size, bundle.header
         )
         or verify_header_signature(

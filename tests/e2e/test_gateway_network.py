@@ -150,17 +150,19 @@ def test_a_bundle_signed_by_a_key_that_is_no_members_is_refused(network: LocalNe
         threading.Thread(target=server.serve_forever, daemon=True).start()
         servers.append(server)
     try:
+        # (configured as n1's and n2's gateways: a client lists each member once)
         liars = [
-            Gateway(f"liar{i}", f"http://127.0.0.1:{s.server_address[1]}")
+            Gateway(f"n{i + 1}", f"http://127.0.0.1:{s.server_address[1]}")
             for i, s in enumerate(servers)
         ]
         client = GatewayClient(genesis, liars)
         outcome = client.submit(tx, timeout_s=2)
         assert outcome.status == "pending" and outcome.confirmations == 0
-        assert set(client.refused) == {"liar0", "liar1"}
+        assert set(client.refused) == {"n1", "n2"}
         assert all("bad block signature" in why for why in client.refused.values())
-        # With the honest gateways too: decided by them alone, the forgeries counted for no one.
-        client = GatewayClient(genesis, [*liars, *gateways])
+        # With n3's and n4's honest gateways: decided by them alone, the forgeries counted
+        # for no one.
+        client = GatewayClient(genesis, [*liars, *gateways[2:]])
         outcome = client.submit(tx, timeout_s=20)
         assert outcome.status == "committed" and outcome.proof is not None
         assert not set(outcome.proof.signatures) & set(forged_votes)

@@ -5,6 +5,11 @@ transaction through every gateway, waits for f+1 verified receipts, checks the r
 offline against genesis.json, and checks that a tampered and a forged document are refused; the
 document it leaves is then checked by the Python CLI (`consortium tx verify-receipt`).
 
+Twice: over http://, and on a network written by `init --gateway --tls` (https:// gateways,
+mutual TLS 1.3), where the client presents the files `consortium client tls-files` wrote for
+its key and pins each member's certificate key to genesis (the live test also swaps two
+members' URLs and sees both refused by the pin, the transaction decided by the other two).
+
 Needs Node 18+ and `npm ci` run once in clients/js (the build is offline): `make check` sees to
 both, and this test fails naming the command when either is missing (never skips)."""
 
@@ -29,15 +34,18 @@ pytestmark = pytest.mark.e2e
 CLIENT = Path(__file__).resolve().parents[2] / "clients" / "js"
 
 
-@pytest.fixture
-def gateway_network(tmp_path: Path) -> Iterator[LocalNetwork]:
+@pytest.fixture(params=["http", "https"])
+def gateway_network(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LocalNetwork]:
     directory = tmp_path / "net"
-    init = cli("init", "--dir", str(directory), "--members", "4", "--gateway")
+    tls = ["--tls"] if request.param == "https" else []
+    init = cli("init", "--dir", str(directory), "--members", "4", "--gateway", *tls)
     assert init.returncode == 0, init.stderr + init.stdout
     net = LocalNetwork(directory)
     net.start()
     try:
-        trio.run(wait_until_up, load_client_setup(directory).genesis, 30.0)
+        setup = load_client_setup(directory)
+        keys = setup.key(1)
+        trio.run(wait_until_up, setup.genesis, 30.0, setup.client_options(keys))
         yield net
     finally:
         net.stop()
@@ -65,6 +73,19 @@ def test_the_typescript_client_commits_through_the_gateways(
     assert sorted(g["member"] for g in gateways["gateways"]) == sorted(
         m.name for m in genesis.members
     )
+    env = {**os.environ, "CONSORTIUM_NET": str(directory)}
+    env.pop("CONSORTIUM_TLS_FILES", None)
+    if all(g["url"].startswith("https://") for g in gateways["gateways"]):
+        # What a non-Python client needs for mutual TLS, for client.toml's first key.
+        files = directory / "tls-files"
+        written = cli(
+            "client", "tls-files", "--key", str(directory / "clients" / "c1.pem"),
+            "--genesis", str(directory / "genesis.json"), "--out", str(files),
+        )  # fmt: skip
+        assert written.returncode == 0, written.stdout + written.stderr
+        env["CONSORTIUM_TLS_FILES"] = str(files)
+    else:
+        assert all(g["url"].startswith("http://") for g in gateways["gateways"])
     build = subprocess.run(
         [npm, "run", "build"], cwd=CLIENT, capture_output=True, text=True, timeout=300, check=False
     )
@@ -76,7 +97,7 @@ def test_the_typescript_client_commits_through_the_gateways(
         text=True,
         timeout=120,
         check=False,
-        env={**os.environ, "CONSORTIUM_NET": str(directory)},
+        env=env,
     )
     out = result.stdout + result.stderr
     logs = "\n".join(

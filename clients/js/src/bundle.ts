@@ -132,13 +132,16 @@ export function verifyHeaderSignature(
 
 /**
  * What is wrong with `bundle`, or null (verify.py `verify_bundle`): the chain id, the
- * receipt's inclusion against header.receipts_root, and a block signature by a genesis member
+ * header's consensus mode (genesis' mode), the receipt's inclusion against header.receipts_root, and a block signature by a genesis member
  * over (height, header hash, signer) in the BLOCK domain. Whether the signer is the member you
  * asked is the caller's check (`voteSigner`).
  */
 export function verifyBundle(bundle: Bundle, genesis: Genesis): string | null {
+  const mode = bundle.header.consensus[0];
   return (
     chainProblem(bundle.header, genesis) ??
+    // (as verifyReceipt: a document whose header names the other mode is refused later)
+    (mode !== genesis.mode ? `the header is a ${String(mode)} block; this genesis is ${genesis.mode}` : null) ??
     inclusionProblem(bundle.receipt, encodeReceipt(bundle.receipt), bundle.proof, bundle.treeSize, bundle.header) ??
     verifyHeaderSignature(bundle.header, bundle.signature, genesis)[0]
   );

@@ -12,6 +12,12 @@
  * from their signatures. Members that are down, slow or lying (a bundle that does not verify is
  * ignored, and that member is asked no more) cost time, never a wrong answer; at the deadline
  * the outcome is "pending": the transaction may still commit.
+ *
+ * https:// gateways speak mutual TLS 1.3 (docs/tls.md): pass `tls` (the PEM files `consortium
+ * client tls-files` writes); the client then presents that certificate, trusts only the
+ * network's issuer, and PINS each member: the gateway's certificate key must be the key genesis
+ * lists for the member its URL is configured for (the issuer is public: it proves nothing).
+ * Every answer is read at most ANSWER_BYTES_MAX bytes (gateway URLs are untrusted).
  */
 
 import { equalBytes, fromBase64, toBase64, toHex } from "./bytes.js";
@@ -82,9 +88,29 @@ export interface TxOutcome {
   readonly memberErrors: Readonly<Record<string, string>>;
 }
 
+/**
+ * What the client presents and trusts on https:// gateways (PEM text; `consortium client
+ * tls-files --key KEY --genesis genesis.json --out DIR` writes them as DIR/cert.pem, key.pem
+ * and ca.pem). The members' keys are pinned from genesis whatever `ca` says.
+ */
+export interface GatewayTlsOptions {
+  /** The client certificate (for an admitted client key, issued by the network's issuer). */
+  readonly cert: string;
+  /** Its private key, PKCS#8 PEM (encrypted: give `passphrase`). */
+  readonly key: string;
+  /** The network issuer's certificate: the only anchor trusted. */
+  readonly ca: string;
+  readonly passphrase?: string;
+}
+
+/** The longest gateway answer read (as the Python client: 16 MiB); longer is that member's error. */
+export const ANSWER_BYTES_MAX = 16 << 20;
+
 export interface GatewayClientOptions {
-  /** The fetch to use (default: the global one, Node 18+); tests pass a fake network. */
+  /** The fetch for http:// gateways (default: the global one, Node 18+); tests pass a fake network. */
   readonly fetch?: typeof fetch;
+  /** Needed for https:// gateways (mutual TLS): see GatewayTlsOptions. */
+  readonly tls?: GatewayTlsOptions;
   /** Longest wait_ms asked of a gateway per request (default 10000; the gateway allows 30000). */
   readonly waitMsMax?: number;
   /** Pause after a failed request before asking that member again (default 250 ms). */
@@ -122,6 +148,57 @@ class HttpError extends Error {
 interface Target {
   readonly member: Member;
   readonly url: string;
+  readonly https: boolean;
+  /** https: the keep-alive agent presenting our certificate and pinning this member's key. */
+  agent?: Promise<import("node:https").Agent>;
+}
+
+/** A gateway's answer: its status, Retry-After, and its body (at most ANSWER_BYTES_MAX). */
+interface Answer {
+  readonly status: number;
+  readonly retryAfter: string | null;
+  readonly text: string;
+}
+
+class TooLong extends Error {
+  constructor() {
+    super(`an answer longer than ${ANSWER_BYTES_MAX} bytes`);
+  }
+}
+
+/** A fetch response's body, read with a byte counter: TooLong (and the stream cancelled) past the cap. */
+async function readCapped(response: Response): Promise<string> {
+  if (response.body === null) return "";
+  const reader = response.body.getReader();
+  const chunks: Uint8Array[] = [];
+  let length = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    length += value.byteLength;
+    if (length > ANSWER_BYTES_MAX) {
+      await reader.cancel().catch(() => undefined);
+      throw new TooLong();
+    }
+    chunks.push(value);
+  }
+  const all = new Uint8Array(length);
+  let at = 0;
+  for (const c of chunks) {
+    all.set(c, at);
+    at += c.byteLength;
+  }
+  return new TextDecoder().decode(all);
+}
+
+type X509Class = typeof import("node:crypto").X509Certificate;
+
+/** The raw Ed25519 public key of a DER certificate, or null when it carries another kind of key. */
+function certificateKey(X509Certificate: X509Class, der: Uint8Array): Uint8Array | null {
+  const key = new X509Certificate(der).publicKey;
+  if (key.asymmetricKeyType !== "ed25519") return null;
+  const spki = key.export({ format: "der", type: "spki" });
+  return new Uint8Array(spki.subarray(spki.length - 32));
 }
 
 function joinUrl(base: string, path: string): string {
@@ -254,6 +331,7 @@ class Tally {
 export class GatewayClient {
   private readonly targets: Target[];
   private readonly fetchImpl: typeof fetch;
+  private readonly tls: GatewayTlsOptions | undefined;
   private readonly waitMsMax: number;
   private readonly retryDelayMs: number;
   /** raft: the member submits go to (rotated when one fails). */
@@ -272,10 +350,17 @@ export class GatewayClient {
       if (this.targets.some((t) => t.member.index === member.index)) {
         throw new GatewayConfigError(`gateway for '${g.member}' is listed twice`);
       }
-      this.targets.push({ member, url: g.url });
+      const https = g.url.startsWith("https://");
+      if (https && options.tls === undefined) {
+        throw new GatewayConfigError(
+          `gateway for '${g.member}': ${g.url} is HTTPS (mutual TLS): pass the tls option {cert, key, ca}, as \`consortium client tls-files --key KEY --genesis genesis.json --out DIR\` writes them`,
+        );
+      }
+      this.targets.push({ member, url: g.url, https });
     }
     if (this.targets.length === 0) throw new GatewayConfigError("no gateways");
     this.fetchImpl = options.fetch ?? globalThis.fetch.bind(globalThis);
+    this.tls = options.tls;
     this.waitMsMax = Math.min(options.waitMsMax ?? 10_000, 30_000);
     this.retryDelayMs = options.retryDelayMs ?? 250;
   }
@@ -411,34 +496,118 @@ export class GatewayClient {
         init.body = JSON.stringify(body);
         init.headers = { accept: "application/json", "content-type": "application/json" };
       }
-      let response: Response;
-      try {
-        response = await this.fetchImpl(joinUrl(target.url, path), init);
-      } catch (exc) {
-        const cause = (exc as { cause?: { code?: string; message?: string } }).cause;
-        throw new Error(`unreachable: ${cause?.code ?? cause?.message ?? (exc as Error).message}`);
+      let answer: Answer;
+      if (target.https) {
+        answer = await this.requestHttps(target, joinUrl(target.url, path), method, init, controller.signal);
+      } else {
+        let response: Response;
+        try {
+          response = await this.fetchImpl(joinUrl(target.url, path), init);
+        } catch (exc) {
+          const cause = (exc as { cause?: { code?: string; message?: string } }).cause;
+          throw new Error(`unreachable: ${cause?.code ?? cause?.message ?? (exc as Error).message}`);
+        }
+        let text: string;
+        try {
+          text = await readCapped(response);
+        } catch (exc) {
+          controller.abort(); // (the rest of an endless body is not read)
+          throw exc instanceof TooLong ? exc : new Error(`the answer broke off: ${(exc as Error).message}`);
+        }
+        answer = { status: response.status, retryAfter: response.headers.get("retry-after"), text };
       }
-      const text = await response.text();
-      if (!response.ok) {
-        let message = `HTTP ${response.status}`;
+      const { text } = answer;
+      if (answer.status < 200 || answer.status > 299) {
+        let message = `HTTP ${answer.status}`;
         try {
           const err = (JSON.parse(text) as { error?: { code?: unknown; message?: unknown } }).error;
           if (err && typeof err.code === "string") message += ` ${err.code}: ${String(err.message)}`;
         } catch {
           // not the gateway's error body: the status says enough
         }
-        const retry = Number(response.headers.get("retry-after"));
-        throw new HttpError(response.status, message, Number.isFinite(retry) && retry > 0 ? retry * 1000 : null);
+        const retry = Number(answer.retryAfter);
+        throw new HttpError(answer.status, message, answer.retryAfter !== null && Number.isFinite(retry) && retry > 0 ? retry * 1000 : null);
       }
       try {
         return JSON.parse(text) as unknown;
       } catch {
-        throw new Error(`HTTP ${response.status} with a body that is not JSON`);
+        throw new Error(`HTTP ${answer.status} with a body that is not JSON`);
       }
     } finally {
       clearTimeout(timer);
       tally.done.signal.removeEventListener("abort", stop);
     }
+  }
+
+  /** The keep-alive agent for one https:// member: mutual TLS 1.3, that member's key pinned. */
+  private agentFor(target: Target): Promise<import("node:https").Agent> {
+    target.agent ??= (async () => {
+      const https = await import("node:https");
+      const { X509Certificate } = await import("node:crypto");
+      const tls = this.tls!;
+      const { member } = target;
+      return new https.Agent({
+        keepAlive: true,
+        maxSockets: 2,
+        cert: tls.cert,
+        key: tls.key,
+        ca: tls.ca,
+        ...(tls.passphrase === undefined ? {} : { passphrase: tls.passphrase }),
+        minVersion: "TLSv1.3",
+        maxVersion: "TLSv1.3",
+        maxCachedSessions: 0, // (every connection is pinned in its own handshake)
+        // Not the hostname (members are named by key): the key genesis lists for THIS member.
+        checkServerIdentity: (_host, cert) => pinError(X509Certificate, member, cert.raw),
+      });
+    })();
+    return target.agent;
+  }
+
+  private async requestHttps(target: Target, url: string, method: string, init: RequestInit, signal: AbortSignal): Promise<Answer> {
+    const https = await import("node:https");
+    const { X509Certificate } = await import("node:crypto");
+    const agent = await this.agentFor(target);
+    const { member } = target;
+    return new Promise<Answer>((resolve, reject) => {
+      let settled = false;
+      const fail = (exc: Error): void => {
+        if (settled) return;
+        settled = true;
+        reject(exc);
+        req.destroy();
+      };
+      const headers: Record<string, string> = { ...(init.headers as Record<string, string>) };
+      if (typeof init.body === "string") headers["content-length"] = String(Buffer.byteLength(init.body));
+      const req = https.request(url, { method, agent, headers }, (res) => {
+        // (the pin again, on the socket that answers: defence in depth, if a session were
+        // ever resumed without checkServerIdentity)
+        const peer = (res.socket as import("node:tls").TLSSocket | null)?.getPeerCertificate?.(false);
+        const problem = peer?.raw ? pinError(X509Certificate, member, peer.raw) : new Error(`${member.name}'s gateway presented no TLS certificate`);
+        if (problem !== undefined) return fail(problem);
+        const chunks: Buffer[] = [];
+        let length = 0;
+        res.on("data", (chunk: Buffer) => {
+          length += chunk.length;
+          if (length > ANSWER_BYTES_MAX) fail(new TooLong());
+          else chunks.push(chunk);
+        });
+        res.on("end", () => {
+          if (settled) return;
+          settled = true;
+          const retry = res.headers["retry-after"];
+          resolve({ status: res.statusCode ?? 0, retryAfter: typeof retry === "string" ? retry : null, text: Buffer.concat(chunks).toString("utf-8") });
+        });
+        res.on("error", (exc) => fail(new Error(`the answer broke off: ${exc.message}`)));
+      });
+      req.on("error", (exc: Error & { code?: string }) => {
+        const pinned = exc.message.includes("presented TLS key");
+        fail(new Error(pinned ? exc.message : `unreachable (https): ${exc.code ?? ""}${exc.code ? ": " : ""}${exc.message}`));
+      });
+      if (signal.aborted) return fail(new Error("aborted"));
+      signal.addEventListener("abort", () => fail(new Error("aborted")), { once: true });
+      if (typeof init.body === "string") req.write(init.body);
+      req.end();
+    });
   }
 }
 
@@ -476,6 +645,23 @@ function parseReceiptReply(doc: unknown, txId: Uint8Array): Uint8Array {
   } catch {
     throw new Error("answered with a receipt that is not base64");
   }
+}
+
+/** Undefined when the DER certificate carries the Ed25519 key genesis lists for `member`; else why not. */
+function pinError(X509Certificate: X509Class, member: Member, der: Uint8Array): Error | undefined {
+  let key: Uint8Array | null;
+  try {
+    key = certificateKey(X509Certificate, der);
+  } catch (exc) {
+    return new Error(`${member.name}'s gateway presented TLS key (unreadable certificate: ${(exc as Error).message})`);
+  }
+  if (key === null) return new Error(`${member.name}'s gateway presented TLS key of another kind than Ed25519`);
+  if (!equalBytes(key, member.publicKey)) {
+    return new Error(
+      `${member.name}'s gateway presented TLS key ${toHex(key).slice(0, 16)}… but genesis lists ${toHex(member.publicKey).slice(0, 16)}… for ${member.name}: is the URL in gateways.json another member's?`,
+    );
+  }
+  return undefined;
 }
 
 /** Decode a base64 receipt bundle as the gateway sends it (for callers that fetch their own). */

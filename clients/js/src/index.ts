@@ -101,6 +101,8 @@ export {
   parseGatewaysFile,
   isFinalRejection,
   bundleFromBase64,
+  ANSWER_BYTES_MAX,
+  type GatewayTlsOptions,
   type GatewayEntry,
   type GatewaysFile,
   type GatewayClientOptions,

@@ -6,12 +6,14 @@
  */
 
 import assert from "node:assert/strict";
+import { createServer, type Server } from "node:http";
+import type { AddressInfo } from "node:net";
 import { describe, it } from "node:test";
 import { fromBase64, toBase64, toHex, utf8 } from "../src/bytes.js";
 import { pack, unpackCanonical, type MsgValue } from "../src/codec.js";
 import { keyPairFromSeed, sign, type KeyPair } from "../src/ed25519.js";
 import { encodeBundle, type Bundle } from "../src/bundle.js";
-import { GatewayClient, GatewayConfigError, parseGatewaysFile } from "../src/gateway.js";
+import { ANSWER_BYTES_MAX, GatewayClient, GatewayConfigError, parseGatewaysFile } from "../src/gateway.js";
 import { parseGenesis, type Genesis } from "../src/genesis.js";
 import { sha256 } from "../src/hash.js";
 import { blockSignatureBody, encodeReceipt, headerHash, type BlockHeader, type Receipt } from "../src/ledger.js";
@@ -228,6 +230,48 @@ describe("GatewayClient", () => {
     assert.throws(() => parseGatewaysFile("{}"), GatewayConfigError);
     const good = parseGatewaysFile(JSON.stringify({ chain_id: toHex(PBFT.chainId), gateways: gateways(PBFT) }));
     assert.ok(GatewayClient.fromGatewaysFile(PBFT, good));
+  });
+
+  it("refuses an https:// gateway without the tls option, naming the fix", () => {
+    const https = gateways(PBFT).map((g) => ({ ...g, url: g.url.replace("http:", "https:") }));
+    assert.throws(
+      () => new GatewayClient(PBFT, https),
+      /gateway for 'n1': https:\/\/n1:7301 is HTTPS \(mutual TLS\): pass the tls option \{cert, key, ca\}, as `consortium client tls-files/,
+    );
+    assert.ok(new GatewayClient(PBFT, https, { tls: { cert: "", key: "", ca: "" } }));
+  });
+
+  it("reads at most 16 MiB of an answer: a gateway sending an endless body is that member's error", async () => {
+    const tx = transaction(PBFT, "endless");
+    let sent = 0;
+    let closed = 0;
+    const chunk = Buffer.alloc(1 << 16, 0x20);
+    const server: Server = createServer((req, res) => {
+      req.resume();
+      res.writeHead(200, { "content-type": "application/json" });
+      res.write('{"results": [');
+      const more = (): void => {
+        while (!res.destroyed && res.write(chunk)) sent += chunk.length;
+        if (!res.destroyed) res.once("drain", more);
+      };
+      res.on("close", () => (closed += 1));
+      more();
+    });
+    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+    const port = (server.address() as AddressInfo).port;
+    try {
+      const client = new GatewayClient(PBFT, [{ member: "n1", url: `http://127.0.0.1:${port}` }], { retryDelayMs: 10_000 });
+      const outcome = await client.submitAndWait(tx, { timeoutMs: 4_000 });
+      assert.equal(outcome.status, "pending");
+      assert.equal(outcome.memberErrors["n1"], `an answer longer than ${ANSWER_BYTES_MAX} bytes`);
+      assert.equal(ANSWER_BYTES_MAX, 16 * 1024 * 1024);
+      await new Promise((resolve) => setTimeout(resolve, 200));
+      assert.ok(closed >= 1, "the client hung up");
+      assert.ok(sent < 4 * ANSWER_BYTES_MAX, `the client stopped reading (${sent} bytes sent)`);
+    } finally {
+      server.closeAllConnections();
+      await new Promise((resolve) => server.close(resolve));
+    }
   });
 
   it("builds members' keys that are the genesis' (the fake network is the real one's shape)", () => {
