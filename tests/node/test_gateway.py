@@ -503,7 +503,6 @@ async def test_bad_input_on_every_endpoint_gets_a_clear_error_and_changes_nothin
                 (get("/v2/anything"), 404, missing),
                 (get("/"), 404, missing),
                 (request("DELETE", "/v1/status"), 405, not_allowed),
-                (request("HEAD", "/v1/status"), 405, not_allowed),
                 (get("/v1/transactions"), 405, not_allowed),
                 (request("POST", "/v1/status", b"{}", JSON), 405, not_allowed),
                 (get("/v1/status", {"X-Big": "x" * 9000}), 431, "header_too_large"),
@@ -811,11 +810,13 @@ async def released(server: GatewayServer, http: Http) -> None:
             await trio.sleep(0.01)
 
 
-def connect(server: GatewayServer, nursery: trio.Nursery, *, lockstep: bool = False) -> Http:
+def connect(
+    server: GatewayServer, nursery: trio.Nursery, *, lockstep: bool = False, host: str = "10.0.0.1"
+) -> Http:
     client, end = (
         trio.testing.lockstep_stream_pair() if lockstep else trio.testing.memory_stream_pair()
     )
-    nursery.start_soon(server.serve_stream, end, "10.0.0.1", 40000)
+    nursery.start_soon(server.serve_stream, end, host, 40000)
     return Http(client)  # type: ignore[arg-type]
 
 
@@ -835,7 +836,8 @@ async def test_slow_clients_get_408_and_their_slot_back(
         assert trio.current_time() == pytest.approx(limits.head_timeout_s, abs=0.01)
         assert await http.closed()
         await released(server, http)
-        # A body trickled in: 408 at the body deadline, counted from the end of the head.
+        # A body trickled in: 408 at the body deadline, counted from the end of the head: the
+        # grace, and the body's length at the minimum rate...
         http = connect(server, nursery)
         start = trio.current_time()
         await http.stream.send_all(
@@ -845,6 +847,21 @@ async def test_slow_clients_get_408_and_their_slot_back(
         reply = await http.response()
         assert reply is not None
         check_error(reply, 408, "request_timeout")
+        expected = limits.body_grace_s + 100 / limits.body_bytes_per_s_min
+        assert trio.current_time() - start == pytest.approx(expected, abs=0.01)
+        assert await http.closed()
+        await released(server, http)
+        # ...and never more than the body deadline, however long the body.
+        http = connect(server, nursery)
+        start = trio.current_time()
+        length = limits.body_bytes_max
+        await http.stream.send_all(
+            request("POST", "/v1/transactions", None, {"Content-Length": str(length), **JSON})
+        )
+        reply = await http.response()
+        assert reply is not None
+        check_error(reply, 408, "request_timeout")
+        assert limits.body_grace_s + length / limits.body_bytes_per_s_min > limits.body_timeout_s
         assert trio.current_time() - start == pytest.approx(limits.body_timeout_s, abs=0.01)
         assert await http.closed()
         await released(server, http)
@@ -883,6 +900,102 @@ async def test_slow_clients_get_408_and_their_slot_back(
         )
         replies = [await http.response() for _ in range(3)]
         assert [r.status for r in replies if r is not None] == [200, 200, 404]
+        await http.aclose()
+
+
+async def test_heads_without_bodies_hold_no_budget_and_a_source_holds_only_its_share(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Body bytes are charged as they arrive: connections from one address that send a head
+    announcing a large body and then nothing hold no budget (they used to reserve it all,
+    and every other client's POST got 503), and what one address does send is capped at its
+    share of the budget."""
+    mib = 1 << 20
+    options = {"body_bytes_held_max": 8 * mib, "body_bytes_source_max": 2 * mib}
+    async with fake_gateway(tmp_path, **options) as (server, _, nursery):
+        assert server.limits.body_bytes_max == 2 * mib  # (the share caps the largest body)
+
+        def announce(length: int) -> bytes:
+            return request(
+                "POST", "/v1/transactions", None, {"Content-Length": str(length), **JSON}
+            )
+
+        heads = []
+        for _ in range(20):  # announced: 20 MiB, over twice the whole budget
+            http = connect(server, nursery, host="10.0.0.1")
+            await http.stream.send_all(announce(mib))
+            heads.append(http)
+        await trio.sleep(0.5)
+        assert server.budget.held == 0
+        body = b'{"transactions": [1]}'  # (answered by the gateway: no member behind it)
+        reply = await connect(server, nursery, host="10.0.0.2").ask(
+            "POST", "/v1/transactions", body, JSON
+        )
+        check_error(reply, 400, "bad_request")  # served, not 503
+        # What an address sends counts against its share (2 MiB), and only its own: past it,
+        # 429 for that address, while another's bodies go on.
+        partial = connect(server, nursery, host="10.0.0.1")
+        await partial.stream.send_all(announce(2 * mib) + b" " * (mib * 3 // 2))
+        await trio.sleep(0.1)
+        assert server.budget.by_source["10.0.0.1"] == mib * 3 // 2
+        over = connect(server, nursery, host="10.0.0.1")
+        await over.stream.send_all(announce(mib) + b" " * mib)
+        reply = await over.response()
+        assert reply is not None
+        check_error(reply, 429, "overloaded")
+        assert reply.headers["connection"] == "close"
+        other = connect(server, nursery, host="10.0.0.2")
+        await other.stream.send_all(announce(2 * mib) + b" " * mib)
+        await trio.sleep(0.1)
+        assert server.budget.by_source["10.0.0.2"] == mib
+        # The heads with no body: 408 at the grace plus their length at the minimum rate.
+        for http in heads:
+            reply = await http.response()
+            assert reply is not None
+            check_error(reply, 408, "request_timeout")
+        limits = server.limits
+        assert trio.current_time() == pytest.approx(
+            limits.body_grace_s + mib / limits.body_bytes_per_s_min, abs=1
+        )
+        for http in (partial, other, over, *heads):
+            await http.aclose()
+        while server.caps.slots:  # noqa: ASYNC110
+            await trio.sleep(0.1)
+        assert server.budget.held == 0 and not server.budget.by_source
+
+
+async def test_a_client_that_does_not_read_its_100_continue_is_closed_in_time(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with fake_gateway(tmp_path) as (server, _, nursery):
+        http = connect(server, nursery, lockstep=True)
+        head = request(
+            "POST",
+            "/v1/transactions",
+            None,
+            {**JSON, "Expect": "100-continue", "Content-Length": "1000"},
+        )
+        await http.stream.send_all(head)  # and never reads
+        start = trio.current_time()
+        with trio.fail_after(60):
+            while server.caps.slots:  # noqa: ASYNC110
+                await trio.sleep(0.1)
+        assert trio.current_time() - start == pytest.approx(server.limits.send_timeout_s, abs=0.2)
+        assert not server.connections and server.budget.held == 0
+
+
+async def test_head_is_answered_without_a_body_and_keep_alive_goes_on(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with fake_gateway(tmp_path) as (server, _, nursery):
+        http = connect(server, nursery)
+        await http.stream.send_all(request("HEAD", "/v1/status") + request("GET", "/v1/status"))
+        head = await http.head()
+        assert head is not None
+        status, headers = head
+        assert status == 405 and headers["allow"] == "GET" and int(headers["content-length"]) > 0
+        reply = await http.response()  # the next bytes are the next response, not a body
+        assert reply is not None and reply.status == 200 and reply.doc["member"] == "m0"
         await http.aclose()
 
 

@@ -31,7 +31,8 @@ push (one block's receipts for a connection) is split into per-transaction bundl
 (`BlockReceipts.bundles`), each `pack(bundle.to_array())`.
 
 Bounds (every one tested, tests/node/test_gateway.py): the HTTP wire's (http11.py: head bytes
-and deadline, body bytes and deadline, idle keep-alive, body bytes held over all connections);
+and deadline, body bytes and deadline with a minimum rate, idle keep-alive, every write under a
+deadline, body bytes held over all connections and per source, charged as they arrive);
 connections in all and per source (sources.ConnectionCaps, the client port's own rule, silent
 connections evicted first); SSE streams at once (`SSE_STREAMS_MAX`); an SSE stream holds at most
 `SSE_CREDIT` blocks in its connection's queue (credit is granted only as blocks are written to

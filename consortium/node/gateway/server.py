@@ -67,10 +67,13 @@ from consortium.protocol.verify import Bundle
 CONNECTIONS_MAX = 256  # gateway connections in all (the per-source cap is the client port's)
 HEAD_BYTES_MAX = 8192
 HEAD_TIMEOUT_S = 5.0  # a request head, whole, from its first byte (the first: from the accept)
-BODY_TIMEOUT_S = 30.0  # a request body, whole, from the end of its head
+BODY_TIMEOUT_S = 30.0  # a request body, whole, from the end of its head, at most...
+BODY_GRACE_S = 5.0  # ...and at least this plus its length at BODY_BYTES_PER_S_MIN
+BODY_BYTES_PER_S_MIN = 64 << 10
 IDLE_TIMEOUT_S = 30.0  # a keep-alive connection with no request this long is closed
 SEND_TIMEOUT_S = 10.0  # an answer not taken by the client in this time closes the connection
 BODY_BYTES_HELD_MAX = 256 << 20  # request bodies read or being served at once, all connections
+BODY_BYTES_PER_SOURCE_MAX = 64 << 20  # ...of which one source's (and the largest body)
 WAIT_MS_MAX = 30_000
 SSE_STREAMS_MAX = 16  # of the member's FOLLOWS_MAX (32): native followers keep the rest
 SSE_CREDIT = 16  # blocks a stream may have queued and unwritten (credit, granted as it drains)
@@ -254,6 +257,7 @@ class GatewayServer:
         log: logging.Logger | None = None,
         limits: Limits | None = None,
         body_bytes_held_max: int = BODY_BYTES_HELD_MAX,
+        body_bytes_source_max: int = BODY_BYTES_PER_SOURCE_MAX,
         sse_streams_max: int = SSE_STREAMS_MAX,
     ) -> None:
         if tls is not None and tls_accepts is None:
@@ -261,13 +265,26 @@ class GatewayServer:
         self.handler = handler
         self.listen = listen
         self.frame_bytes_max = frame_bytes_max
-        # A submit's JSON: base64 (4/3) of at most a frame of transactions, and per
-        # transaction its quotes and comma.
-        body_max = frame_bytes_max * 4 // 3 + 4 * TXS_PER_REQUEST_MAX + 4096
-        self.limits = limits or Limits(
-            HEAD_BYTES_MAX, body_max, HEAD_TIMEOUT_S, BODY_TIMEOUT_S, IDLE_TIMEOUT_S, SEND_TIMEOUT_S
+        # The largest body is the largest submit's JSON: base64 (4/3) of at most a native
+        # frame of transactions, and per transaction its quotes and comma. A size derived from
+        # a parameter, so bounded: frame_bytes_max is the signed genesis's (the members', not a
+        # client's, to set), the native port takes frames that large from anyone already, and
+        # one source's share of the body budget caps it whatever the genesis says (a 1 GiB
+        # frame does not make 1.4 GB bodies).
+        body_max = min(
+            frame_bytes_max * 4 // 3 + 4 * TXS_PER_REQUEST_MAX + 4096, body_bytes_source_max
         )
-        self.budget = BodyBudget(body_bytes_held_max)
+        self.limits = limits or Limits(
+            HEAD_BYTES_MAX,
+            body_max,
+            HEAD_TIMEOUT_S,
+            BODY_TIMEOUT_S,
+            IDLE_TIMEOUT_S,
+            SEND_TIMEOUT_S,
+            BODY_GRACE_S,
+            BODY_BYTES_PER_S_MIN,
+        )
+        self.budget = BodyBudget(body_bytes_held_max, body_bytes_source_max)
         self.sse_streams_max = sse_streams_max
         self.log = log or logging.getLogger("consortium.gateway")
         self._ratelog = RateLimitedLog(self.log)
@@ -373,7 +390,7 @@ class GatewayServer:
         conn.tls_key = tls_key
         self.connections[conn.id] = conn
         self.counters["connections"] += 1
-        reader = HttpReader(channel, self.limits, self.budget, started)
+        reader = HttpReader(channel, self.limits, self.budget, started, slot.source)
         try:
             with conn.scope:
                 await self._requests(channel, reader, conn, slot)
@@ -406,7 +423,8 @@ class GatewayServer:
                 return  # a stream ended: so does the connection
             if not incoming.keep_alive or not conn.open:
                 response.close = True
-            if not await self._send(channel, response) or response.close:
+            data = response.encode(head_only=incoming.method == "HEAD")
+            if not await self._send(channel, data) or response.close:
                 return
 
     async def _linger(self, channel: trio.abc.Stream) -> None:
