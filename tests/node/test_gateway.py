@@ -67,7 +67,7 @@ from consortium.protocol.verify import (
     verify_read,
 )
 from tests.ledger.chain_fixture import build_chain
-from tests.node.fakes import GENESIS, FakeNode, open_store
+from tests.node.fakes import GENESIS, FakeNode, max_gap_while, open_store
 from tests.protocol.fixtures import BLOCK, block_vote, good_bundle
 
 HOST = "127.0.0.1"
@@ -997,6 +997,65 @@ async def test_head_is_answered_without_a_body_and_keep_alive_goes_on(
         reply = await http.response()  # the next bytes are the next response, not a body
         assert reply is not None and reply.status == 200 and reply.doc["member"] == "m0"
         await http.aclose()
+
+
+async def test_a_large_body_that_is_no_submit_is_refused_without_freezing_the_member(
+    tmp_path: Path,
+) -> None:
+    """A submit body is never parsed as JSON on the event loop past JSON_PARSE_BYTES_MAX: 22 MB
+    of nested or wide JSON cost seconds of CPU and hundreds of MB there, freezing consensus.
+    Bodies near the size limit are refused by a linear scan (or, shaped right, by the
+    per-transaction checks, which yield), and the loop stays responsive (CPU-time probe)."""
+    async with fake_gateway(tmp_path) as (server, _, nursery):
+        body_max = server.limits.body_bytes_max
+        head, tail = b'{"transactions": ', b"}"
+        room = body_max - len(head) - len(tail)
+        valid = base64.b64encode(pack([[b"b" * 100, 1, 2], b"s" * 64])).decode()
+        many = (room - 10) // (len(valid) + 4)
+        bodies = {
+            "nested": head + b"[" * (room // 2) + b"]" * (room // 2) + tail,
+            "wide": b'{"x": [' + b"1," * ((body_max - 10) // 2) + b"1]}",
+            "strings": head + b"[" + b'"",' * ((room - 10) // 3) + b'""]' + tail,
+            "last": json.dumps({"transactions": [valid] * many + ["!"]}).encode(),
+        }
+        for name, body in bodies.items():
+            assert body_max - 8192 < len(body) <= body_max, name
+        status = connect(server, nursery, host="10.0.0.9")
+        replies: dict[str, Reply] = {}
+
+        async def work() -> None:
+            for name, body in bodies.items():
+                http = connect(server, nursery)
+                replies[name] = await http.ask("POST", "/v1/transactions", body, JSON)
+                await http.aclose()
+                assert (await status.ask("GET", "/v1/status")).status == 200
+
+        gap = await max_gap_while(work)
+        for reply in replies.values():
+            check_error(reply, 400, "bad_request")
+        assert "at most 100000 transactions" in replies["strings"].doc["error"]["message"]
+        assert f"transactions[{many}]" in replies["last"].doc["error"]["message"]
+        assert gap < 0.15, f"the event loop was frozen for {gap:.2f} s of CPU"
+        assert server.budget.held == 0
+
+
+async def test_a_large_submit_is_read_without_parsing_json() -> None:
+    """The scanner reads every large submit a JSON encoder writes: whitespace anywhere between
+    tokens, and the escaped solidus some encoders write in base64; what it makes is what the
+    JSON parse of the same body makes."""
+    server = GatewayServer(_Nothing(), listen=(HOST, 0), frame_bytes_max=1 << 20)  # type: ignore[arg-type]
+    txs = [[[os.urandom(100), i, 2], os.urandom(64)] for i in range(2000)]
+    texts = [base64.b64encode(pack(t)).decode() for t in txs]
+    body = json.dumps({"transactions": texts}, indent=2).replace("/", "\\/").encode()
+    assert len(body) > gateway_module.JSON_PARSE_BYTES_MAX
+    scanned = gateway_module._scan_submit(body)
+    assert isinstance(scanned, list)
+    request = await server._native_submit(1, scanned)
+    assert request == await server._native_submit(1, json.loads(body)["transactions"])
+    assert request.txs == txs  # type: ignore[attr-defined]
+    assert gateway_module._scan_submit(b' \n{ "transactions" :[ ]\t}\r\n') == []
+    for bad in (b'{"transactions": [', b'{"transactions": []', b'{"transactions": []}x', b"[]"):
+        assert isinstance(gateway_module._scan_submit(bad), str), bad
 
 
 async def test_a_subscriber_that_never_reads_is_ended_and_costs_bounded_memory(

@@ -5,8 +5,9 @@ Theory of operation
 -------------------
 One way to do a step. Every gateway request becomes the native `Request` (protocol/messages.py),
 built as the native frame and decoded by the native `decode_request` (so its size and shape
-checks are the native ones), and is served by the member's one `ClientHandler.handle(conn,
-request)` (node/service.py), the very call the native port makes. `conn` is a
+checks are the native ones; the submit's are made per transaction: below), and is served by
+the member's one `ClientHandler.handle(conn, request)` (node/service.py), the very call the
+native port makes. `conn` is a
 `GatewayConnection`, a `ClientConnection` (node/client_port.py) whose queued frames the gateway
 reads back (`take`) and translates to JSON instead of writing them to a socket. Admission,
 signature checks and their rationing, replay refusal, watch and follow bounds, overload rules:
@@ -24,6 +25,12 @@ is called when it ends, whatever ended it.
                                              UnfollowRequest at its end: Server-Sent Events
     GET  /v1/status                          StatusRequest
     GET  /openapi.json                       the document (package data)
+
+The submit is the one request not built as its native frame: its transactions are checked one
+at a time as decode_request checks the frame (each canonical msgpack, the frame's size, their
+number), yielding between them, as a 16 MiB frame checked in one step holds the event loop
+for half a second; and its body is parsed as JSON only when small (a large one is read by a
+linear scan of the one shape it may have: server._scan_submit).
 
 What the member signed reaches the client as the exact canonical msgpack the native port
 sends, base64-encoded: a client checks it as it checks the native port's answers. A "receipts"
