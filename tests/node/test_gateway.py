@@ -1113,6 +1113,70 @@ async def test_a_slow_reader_is_told_why_its_stream_ended(
         assert server.counters["sse_slow_reader"] == 1
 
 
+async def test_one_address_cannot_take_every_stream_they_are_shared_fairly(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """As the member shares its follows (service._share_follow): one address holding every SSE
+    slot gives one up to another that holds fewer (by two or more), told why."""
+    async with fake_gateway(tmp_path, sse_streams_max=4) as (server, _, nursery):
+
+        async def follow(host: str) -> Http:
+            http = connect(server, nursery, host=host)
+            await http.stream.send_all(request("GET", "/v1/follow?from=29"))
+            head = await http.head()
+            assert head is not None and head[0] == 200, head
+            return http
+
+        greedy = [await follow("10.0.0.1") for _ in range(4)]
+        check_error(
+            await connect(server, nursery, host="10.0.0.1").ask("GET", "/v1/follow?from=1"),
+            503,
+            "too_many_subscribers",
+        )
+        other = [await follow("10.0.0.2"), await follow("10.0.0.2")]
+        assert server.sse_open == 4 and server.counters["sse_shared_fairly"] == 2
+        # The newest two of the greedy address's streams ended, each with its reason.
+        for http in greedy[2:]:
+            while await http._more():
+                pass
+            error = json.loads(
+                bytes(http.buffer).rsplit(b"event: error\n", 1)[1].split(b"data: ", 1)[1]
+            )
+            assert error["error"]["code"] == "overloaded" and "fairly" in error["error"]["message"]
+        # Two each: the fair part. A third for either is refused, not shared.
+        reply = await connect(server, nursery, host="10.0.0.2").ask("GET", "/v1/follow?from=1")
+        check_error(reply, 503, "too_many_subscribers")
+        for http in (*greedy[:2], *other):  # the others keep streaming
+            while b"id: 30\n" not in http.buffer:
+                assert await http._more()
+            await http.aclose()
+        while server.sse_open:  # noqa: ASYNC110
+            await trio.sleep(0.1)
+
+
+async def test_more_blocks_than_the_credit_end_the_stream_with_a_reason(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The member never sends a stream more blocks than its credit; if it did (a bug), the
+    stream ends, told why, instead of an assert failing in the stream's task."""
+    async with fake_gateway(tmp_path) as (server, _, nursery):
+        http = connect(server, nursery, lockstep=True)
+        await http.stream.send_all(request("GET", "/v1/follow?from=1"))
+        await trio.sleep(1)  # (the writer is stuck on the head: SSE_CREDIT blocks queued)
+        [conn] = server.connections.values()
+        conn.push(b"\x93" + pack(1) + pack("block") + pack([b"header", [], b"signature"]))
+        while await http._more():
+            pass
+        events = bytes(http.buffer).split(b"\n\n")
+        assert events[-2].startswith(b"event: error\n"), events[-2:]
+        error = json.loads(events[-2].split(b"data: ", 1)[1])
+        assert error["error"]["code"] == "internal" and "granted" in error["error"]["message"]
+        assert bytes(http.buffer).count(b"event: block\n") == SSE_CREDIT  # then the end
+        assert server.counters["sse_credit_exceeded"] == 1
+        while server.sse_open:  # noqa: ASYNC110
+            await trio.sleep(0.1)
+
+
 async def test_a_stream_the_member_ends_ends_with_an_error_event(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:

@@ -43,9 +43,11 @@ deadline, body bytes held over all connections and per source, charged as they a
 connections in all and per source (sources.ConnectionCaps, the client port's own rule, silent
 connections evicted first); SSE streams at once (`SSE_STREAMS_MAX`); an SSE stream holds at most
 `SSE_CREDIT` blocks in its connection's queue (credit is granted only as blocks are written to
-the socket), and a write that does not finish within `SSE_SEND_TIMEOUT_S` ends the stream (slow
-reader: `event: error`, best effort); `wait_ms` at most WAIT_MS_MAX; transactions per request
-the native TXS_PER_REQUEST_MAX; replies and pushes the ClientConnection's own bounds. A bug
+the socket; a block beyond it, a bug, ends the stream with a reason), the streams are shared
+max-min fairly among sources (`_share_stream`, as the member shares follows), and a write
+that does not finish within `SSE_SEND_TIMEOUT_S` ends the stream (slow reader: `event: error`,
+best effort); `wait_ms` at most WAIT_MS_MAX; transactions per request the native
+TXS_PER_REQUEST_MAX; replies and pushes the ClientConnection's own bounds. A bug
 reached by client input is answered 500 `internal`, logged with its traceback, and the server
 goes on.
 
@@ -55,8 +57,8 @@ client's or a member's: `tls_accepts`), checked again at each request (a revoked
 answered 403 `forbidden` and the connection closes).
 
 Counters (status `gateway.events`, /metrics `consortium_gateway_events_total{event}`):
-`connections`, `request_<endpoint>`, `error_<code>`, `sse_streams`, `sse_slow_reader`, the
-caps' refusals and evictions, `tls_*`.
+`connections`, `request_<endpoint>`, `error_<code>`, `sse_streams`, `sse_slow_reader`,
+`sse_shared_fairly`, `sse_credit_exceeded`, the caps' refusals and evictions, `tls_*`.
 """
 
 from __future__ import annotations

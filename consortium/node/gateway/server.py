@@ -118,8 +118,9 @@ class GatewayConnection(ClientConnection):
     fill its queue with pushes nobody reads between requests (they are counted in
     `pushes_dropped`, and the watches behind them end as the handler's do)."""
 
-    def __init__(self, conn_id: int, peer: str) -> None:
+    def __init__(self, conn_id: int, peer: str, source: str = "") -> None:
         super().__init__(conn_id, peer, OUTBOUND_FRAMES_MAX, OUTBOUND_BYTES_MAX)
+        self.source = source  # where it comes from (sources.source_group): per-source shares
         self.collecting = False
         self.pushes_dropped = 0
         self._req_ids = itertools.count(1)
@@ -149,15 +150,26 @@ class _Events:
 
     def __init__(self) -> None:
         self.queue: deque[tuple[bytes, bool]] = deque()  # (event, whether it is a block)
+        self.blocks = 0  # blocks put and not yet written (queued, or being written)
         self.finished = False
         self.writing_since: float | None = None  # when the write in progress began
         self.done = trio.Event()  # the writer wrote everything, or gave up
         self._wakeup = trio.Event()
 
-    def put(self, event: bytes, *, block: bool) -> None:
-        assert not block or sum(b for _, b in self.queue) < SSE_CREDIT, "credit exceeded"
+    def put(self, event: bytes, *, block: bool) -> bool:
+        """Queue `event`; False (nothing queued) for a block beyond the credit: the member
+        sent more than it was granted, and the stream is to end."""
+        if block:
+            if self.blocks >= SSE_CREDIT:
+                return False
+            self.blocks += 1
         self.queue.append((event, block))
         self._wakeup.set()
+        return True
+
+    def written(self, block: bool) -> None:
+        if block:
+            self.blocks -= 1
 
     def finish(self) -> None:
         self.finished = True
@@ -334,7 +346,9 @@ class GatewayServer:
         self._tls_accepts = tls_accepts
         self.connections: dict[int, GatewayConnection] = {}
         self._ids = itertools.count(CONNECTION_IDS_FROM)
-        self.sse_open = 0
+        # The SSE streams running, by source (sources.source_group): (connection, follow id),
+        # oldest first. Shared max-min fairly (`_share_stream`), as the member shares follows.
+        self._streams: dict[str, list[tuple[GatewayConnection, int]]] = {}
         self.port = 0
         self._openapi = openapi_document()
         self._endpoints: dict[
@@ -353,6 +367,11 @@ class GatewayServer:
             "openapi": self._openapi_route,
         }
         assert set(self._endpoints) == {r.name for r in ROUTES}
+
+    @property
+    def sse_open(self) -> int:
+        """SSE streams running now."""
+        return sum(map(len, self._streams.values()))
 
     @property
     def url(self) -> str:
@@ -424,7 +443,7 @@ class GatewayServer:
             if secured is None:
                 return
             channel, peer, tls_key = secured
-        conn = GatewayConnection(next(self._ids), peer)
+        conn = GatewayConnection(next(self._ids), peer, slot.source)
         conn.tls_key = tls_key
         self.connections[conn.id] = conn
         self.counters["connections"] += 1
@@ -823,15 +842,18 @@ class GatewayServer:
             from_height = _whole(fields["from"], "from", 2**63 - 1)
         else:
             raise _bad("from is required: GET /v1/follow?from=HEIGHT")
-        if self.sse_open >= self.sse_streams_max:
+        if self.sse_open >= self.sse_streams_max and not self._share_stream(conn.source):
             raise HttpError(
                 "too_many_subscribers",
                 f"{self.sse_streams_max} streams are open on this member's gateway; try later",
                 headers=(("Retry-After", "5"),),
             )
-        self.sse_open += 1
+        follow_id = conn.next_req_id()
+        entry = (conn, follow_id)
+        mine = self._streams.setdefault(conn.source, [])
+        mine.append(entry)
         try:
-            request = self._native(FollowRequest(conn.next_req_id(), from_height, SSE_CREDIT))
+            request = self._native(FollowRequest(follow_id, from_height, SSE_CREDIT))
             _, pushed = await self._call(conn, request)
             self.counters["sse_streams"] += 1
             if await self._send(channel, SSE_HEAD):
@@ -840,7 +862,32 @@ class GatewayServer:
                 await self.handler.handle(conn, UnfollowRequest(conn.next_req_id(), request.req_id))
             return None
         finally:
-            self.sse_open -= 1
+            if entry in mine:  # (else: given up to another source, `_share_stream`)
+                mine.remove(entry)
+            if not mine and self._streams.get(conn.source) is mine:
+                del self._streams[conn.source]
+
+    def _share_stream(self, source: str) -> bool:
+        """Every SSE slot is taken: a source holding fewer streams than the fullest source (by
+        two or more) takes that source's newest stream, which ends with a reason (max-min fair,
+        as the member shares its follows: service._share_follow), so one client, however many
+        connections it opens, cannot lock the others out. False when `source` already holds
+        its fair part."""
+        mine = len(self._streams.get(source, ()))
+        fullest = max(self._streams, key=lambda s: len(self._streams[s]), default=None)
+        if fullest is None or len(self._streams[fullest]) < mine + 2:
+            return False
+        victim, follow_id = self._streams[fullest].pop()
+        if not self._streams[fullest]:
+            del self._streams[fullest]
+        self.counters["sse_shared_fairly"] += 1
+        # Read by its stream as the member's error on the follow: its `error` event, its end.
+        victim.error(
+            follow_id,
+            "stream ended: this member's gateway shares its streams fairly among its clients' "
+            "addresses, and another needed one; follow again later",
+        )
+        return True
 
     async def _stream(
         self,
@@ -893,7 +940,20 @@ class GatewayServer:
                         why = {"code": "forbidden", "message": "your TLS key is no longer admitted"}
                         break
                     data = {"height": height, "block": _b64(frame[len(prefix) :])}
-                    out.put(sse_event("block", data, height), block=True)
+                    if not out.put(sse_event("block", data, height), block=True):
+                        self.counters["sse_credit_exceeded"] += 1
+                        self.log.error(
+                            "gateway stream of %s: the member sent more blocks than the "
+                            "stream's credit (%d): ended",
+                            conn.peer,
+                            SSE_CREDIT,
+                        )
+                        why = {
+                            "code": "internal",
+                            "message": "the stream ended: the member sent more blocks than it "
+                            "was granted (a bug, logged by the member); follow again",
+                        }
+                        break
                     height += 1
                     continue
                 message = unpack(frame)
@@ -924,6 +984,7 @@ class GatewayServer:
                 out.writing_since = trio.current_time()
                 await channel.send_all(data)
                 out.writing_since = None
+                out.written(block)
                 if block:
                     written += 1
                     if written >= SSE_CREDIT // 2:
