@@ -201,6 +201,9 @@ class ClientService:
     def subscribed(self, conn: client_port.ClientConnection) -> bool:
         return bool(conn.watched) or bool(self._follows.get(conn.id))
 
+    def unwatch(self, conn: client_port.ClientConnection, tx_ids: set[bytes]) -> None:
+        self.watches.unwatch_connection(conn, tx_ids)
+
     async def handle(self, conn: client_port.ClientConnection, request: messages.Request) -> None:
         match request:
             case messages.SubmitRequest():
@@ -212,7 +215,7 @@ class ClientService:
                 try:
                     conn.reply(request.req_id, await self.node.read_value(request.key))
                 except ReadRefused as exc:
-                    conn.error(request.req_id, f"read refused: {exc}")
+                    conn.error(request.req_id, f"read refused: {exc}", kind="overloaded")
             case messages.TransferRequest():
                 checked = self._maintenance_refusal(request)
                 why = (
@@ -226,7 +229,9 @@ class ClientService:
                     self.node.metrics.rejected_at_submit["maintenance_refused"] = (
                         self.node.metrics.rejected_at_submit.get("maintenance_refused", 0) + 1
                     )
-                    conn.error(request.req_id, f"leadership transfer refused: {why}")
+                    conn.error(
+                        request.req_id, f"leadership transfer refused: {why}", kind="bad_request"
+                    )
             case messages.BlockRequest():
                 await self._block_reply(conn, request.req_id, request.height)
             case messages.StatusRequest():
@@ -240,7 +245,11 @@ class ClientService:
             case messages.CreditRequest():
                 follow = self._follows.get(conn.id, {}).get(request.follow_id)
                 if follow is None:
-                    conn.error(request.req_id, f"no follow {request.follow_id} on this connection")
+                    conn.error(
+                        request.req_id,
+                        f"no follow {request.follow_id} on this connection",
+                        kind="bad_request",
+                    )
                     return
                 follow.credit = min(limits.FOLLOW_CREDIT_MAX, follow.credit + request.credit)
                 follow.wakeup.set()
@@ -251,7 +260,7 @@ class ClientService:
                     follow.scope.cancel()
                 conn.reply(request.req_id, None)
             case _:
-                conn.error(request.req_id, "unsupported request")
+                conn.error(request.req_id, "unsupported request", kind="bad_request")
 
     # --- follow -----------------------------------------------------------------------------
 
@@ -261,15 +270,22 @@ class ClientService:
             conn.error(
                 request.req_id,
                 f"at most {limits.FOLLOWS_PER_CONNECTION_MAX} follows per connection",
+                kind="too_many_follows",
             )
             return
         if sum(len(f) for f in self._follows.values()) >= FOLLOWS_MAX and not self._share_follow(
             len(follows)
         ):
-            conn.error(request.req_id, f"at most {FOLLOWS_MAX} follows on this member: try later")
+            conn.error(
+                request.req_id,
+                f"at most {FOLLOWS_MAX} follows on this member: try later",
+                kind="too_many_follows",
+            )
             return
         if request.req_id in follows or self._nursery is None:
-            conn.error(request.req_id, f"follow {request.req_id} is already running")
+            conn.error(
+                request.req_id, f"follow {request.req_id} is already running", kind="bad_request"
+            )
             return
         follow = _Follow(conn, request.req_id, request.from_height, request.credit)
         follows[request.req_id] = follow
@@ -291,6 +307,7 @@ class ClientService:
             victim.follow_id,
             "follow ended: this member shares its follow slots fairly among its clients; "
             "follow again later",
+            kind="overloaded",
         )
         return True
 
@@ -354,7 +371,7 @@ class ClientService:
             if follows.get(follow.follow_id) is follow:
                 del follows[follow.follow_id]
         if why:
-            conn.error(follow.follow_id, why)
+            conn.error(follow.follow_id, why, kind="overloaded")
 
     def _heaviest_follower(self) -> client_port.ClientConnection | None:
         conns = [f.conn for fs in self._follows.values() for f in fs.values()]
@@ -425,12 +442,13 @@ class ClientService:
         for bundle in (await self._bundles.first_bundles(answered)).values():
             conn.push_receipt(bundle)  # already committed: its first receipt
         if full:
-            conn.error(request.req_id, "too many pending receipts watched")
+            conn.error(request.req_id, "too many pending receipts watched", kind="overloaded")
         elif len(committed) > len(answered):
             conn.error(
                 request.req_id,
                 f"{len(committed) - len(answered)} committed ids not answered (at most "
                 f"{COMMITTED_LOOKUPS_PER_REQUEST_MAX} per request): ask again",
+                kind="overloaded",
             )
         else:
             conn.reply(request.req_id, None)

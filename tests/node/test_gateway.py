@@ -766,6 +766,9 @@ class _Nothing:
     def subscribed(self, conn: Any) -> bool:
         return False
 
+    def unwatch(self, conn: Any, tx_ids: set[bytes]) -> None:
+        pass
+
 
 # --- limits on the autojump clock ----------------------------------------------------------------
 
@@ -1175,6 +1178,65 @@ async def test_more_blocks_than_the_credit_end_the_stream_with_a_reason(
         assert server.counters["sse_credit_exceeded"] == 1
         while server.sse_open:  # noqa: ASYNC110
             await trio.sleep(0.1)
+
+
+async def test_the_receipts_a_request_watches_are_unwatched_when_it_ends(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A wait_ms request's watches end with the request, not ID_WATCH_AGE_S (600 s) later on a
+    keep-alive connection nobody reads pushes from."""
+    async with fake_gateway(tmp_path) as (server, service, nursery):
+        http = connect(server, nursery)
+        reply = await http.ask("GET", f"/v1/transactions/{'ab' * 32}/receipt?wait_ms=1000")
+        check_error(reply, 404, "not_found")
+        [conn] = server.connections.values()  # (keep-alive: still open)
+        assert service.watches.count == 0 and not conn.watched
+        # A request still waiting when its client leaves: its watch ends with it as well.
+        await http.stream.send_all(get(f"/v1/transactions/{'cd' * 32}/receipt?wait_ms=30000"))
+        await trio.sleep(1)
+        assert service.watches.count == 1
+        await http.aclose()
+        with trio.fail_after(60):
+            while server.connections:  # noqa: ASYNC110
+                await trio.sleep(0.1)
+        assert service.watches.count == 0
+
+
+def test_every_refusal_of_the_handler_names_its_kind_and_the_gateway_maps_each() -> None:
+    """The gateway answers a handler's error reply by the kind the handler gave it, never by
+    its English: every conn.error in service.py passes `kind=`, one of client_port.Refusal,
+    and each kind has its HTTP status."""
+    import ast
+    import typing
+
+    from consortium.node import client_port, service
+
+    kinds = set(typing.get_args(client_port.Refusal))
+    calls = [
+        node
+        for node in ast.walk(ast.parse(Path(service.__file__).read_text()))
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "error"
+        and not (isinstance(node.func.value, ast.Attribute) and node.func.value.attr == "log")
+    ]
+    assert len(calls) >= 10
+    for call in calls:
+        given = {k.arg: k.value for k in call.keywords}
+        where = f"service.py line {call.lineno}"
+        assert "kind" in given, f"{where}: conn.error without kind="
+        value = given["kind"]
+        assert isinstance(value, ast.Constant) and value.value in kinds, where
+    expected = {
+        "bad_request": (400, "bad_request"),
+        "overloaded": (503, "overloaded"),
+        "too_many_follows": (503, "too_many_subscribers"),
+        "internal": (500, "internal"),
+    }
+    assert set(expected) == kinds
+    for kind, (status, code) in expected.items():
+        error = gateway_module._refusal(kind, "a message in any words")
+        assert (error.status, error.code) == (status, code), kind
 
 
 async def test_a_stream_the_member_ends_ends_with_an_error_event(

@@ -25,7 +25,12 @@ from consortium.crypto.codec import (
     unpack,
     unpack_canonical,
 )
-from consortium.node.client_port import OUTBOUND_BYTES_MAX, ClientConnection, ClientHandler
+from consortium.node.client_port import (
+    OUTBOUND_BYTES_MAX,
+    ClientConnection,
+    ClientHandler,
+    Refusal,
+)
 from consortium.node.gateway.http11 import (
     SSE_HEAD,
     SSE_KEEPALIVE,
@@ -124,9 +129,15 @@ class GatewayConnection(ClientConnection):
         self.collecting = False
         self.pushes_dropped = 0
         self._req_ids = itertools.count(1)
+        self.refusals: dict[int, Refusal] = {}  # req id -> the kind of its error reply
 
     def next_req_id(self) -> int:
         return next(self._req_ids)
+
+    def error(self, req_id: int, message: str, *, kind: Refusal = "bad_request") -> bool:
+        if req_id != PUSH:
+            self.refusals[req_id] = kind
+        return super().error(req_id, message, kind=kind)
 
     def push(self, body: bytes) -> bool:
         if not self.collecting and (
@@ -564,6 +575,11 @@ class GatewayServer:
             )
         finally:
             conn.collecting = False
+            if conn.watched:
+                # What the request watched (its submit's ids, its receipt's) ends with it: the
+                # pushes would be dropped now, and the watches held the member's node-wide
+                # capacity for up to ID_WATCH_AGE_S on a keep-alive connection.
+                self.handler.unwatch(conn, set(conn.watched))
 
     def _admitted(self, conn: GatewayConnection) -> bool:
         assert conn.tls_key is not None and self._tls_accepts is not None
@@ -611,8 +627,10 @@ class GatewayServer:
             raise HttpError(
                 "overloaded", str(why), status=429, close=True, headers=(("Retry-After", "1"),)
             )
+        kind = conn.refusals.pop(request.req_id, "bad_request")
+        conn.refusals.clear()  # (errors of requests nobody waits for any more)
         if reply[1] == "error":
-            raise _refusal(str(reply[2]))
+            raise _refusal(kind, str(reply[2]))
         return reply[2], others
 
     def _receipts(self, frames: list[bytes], wanted: set[bytes], out: dict[bytes, bytes]) -> None:
@@ -886,6 +904,7 @@ class GatewayServer:
             follow_id,
             "stream ended: this member's gateway shares its streams fairly among its clients' "
             "addresses, and another needed one; follow again later",
+            kind="overloaded",
         )
         return True
 
@@ -1070,16 +1089,15 @@ def _tx_id(text: str) -> bytes:
     return bytes.fromhex(text)
 
 
-def _refusal(message: str) -> HttpError:
-    """The HTTP error for one of the handler's error replies."""
-    if message.startswith("internal error"):
-        return HttpError("internal", message)
-    if "follows" in message and "at most" in message:
-        return HttpError("too_many_subscribers", message, headers=(("Retry-After", "5"),))
-    if message.startswith("read refused") or any(
-        word in message for word in ("overloaded", "too many", "try later", "ask again")
-    ):
-        return HttpError("overloaded", message, status=503, headers=(("Retry-After", "1"),))
-    if "no longer admitted" in message:
-        return HttpError("forbidden", message, close=True)
-    return _bad(message)
+def _refusal(kind: Refusal, message: str) -> HttpError:
+    """The HTTP error for one of the handler's error replies, by the kind it gave
+    (client_port.Refusal), never by its wording."""
+    match kind:
+        case "internal":
+            return HttpError("internal", message)
+        case "too_many_follows":
+            return HttpError("too_many_subscribers", message, headers=(("Retry-After", "5"),))
+        case "overloaded":
+            return HttpError("overloaded", message, status=503, headers=(("Retry-After", "1"),))
+        case "bad_request":
+            return _bad(message)
