@@ -16,8 +16,9 @@ with a TLS 1.3 handshake within `handshake_timeout_s` (at most `handshakes_max` 
 client presenting a certificate whose key `tls_accepts` admits (an admitted client's or a
 member's). A key it does not admit gets [0, "error", why] inside TLS, then the connection
 closes. The pin holds for the connection's life: each request re-checks the key (a lookup), and
-`recheck_tls_keys` (called by the member when a block applies client changes) closes the
-connections whose key is no longer admitted, follow streams included. A client that connects
+`recheck_tls_keys` (called by the member when a block applies client changes, with the
+gateway's own: service.tls_rechecks) closes the connections whose key is no longer admitted,
+follow streams included. A client that connects
 without TLS to a TLS port, or with TLS to a plain one, gets [0, "error", why] in plain framing
 naming the setting to change, and the member logs and counts it (`tls_required`,
 `tls_unexpected`).

@@ -327,6 +327,8 @@ class Node:
                         log=self.log,
                     )
                     self.gateway_port = await nursery.start(self.gateway.run)
+                    if gateway_tls is not None:  # (a revoked key's connections close here too)
+                        self.service.tls_rechecks.append(self.gateway.recheck_tls_keys)
                     self.gateway_status = self.gateway.status
                 if self.http_listen is not None:
                     # The metrics registry (prometheus_client's import, ~0.1 s) now, before the

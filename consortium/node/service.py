@@ -139,6 +139,9 @@ class ClientService:
         self._follows: dict[int, dict[int, _Follow]] = {}  # conn id -> follow id -> follow
         self._nursery: trio.Nursery | None = None
         self._server: client_port.ClientServer | None = None
+        # What closes the connections of TLS keys no longer admitted, per port that pins them
+        # (the client port's, the gateway's recheck_tls_keys), run when client changes apply.
+        self.tls_rechecks: list[Callable[[], int]] = []
         self._bundles = ReceiptBundles(node)
         self._block_threads = trio.CapacityLimiter(BLOCK_READ_THREADS)
         self._blocks_encoded: OrderedDict[int, bytes] = OrderedDict()  # height -> _encode_block
@@ -171,6 +174,8 @@ class ClientService:
             tls_accepts=self.tls_name if tls is not None else None,
         )
         self.node.client_tls_status = server.tls_status
+        if tls is not None:
+            self.tls_rechecks.append(server.recheck_tls_keys)
         self.node.client_port_events = lambda: {**server.counters, **self.ration.counters}
         self._server = server
         async with trio.open_nursery() as nursery:
@@ -314,14 +319,11 @@ class ClientService:
     def _block_executed(self, block: Block) -> None:
         """A block is durable (durable()): wake the follows that wait for it; at a
         checkpoint boundary, where client changes take effect, close the TLS connections of
-        keys no longer admitted (follow streams and all)."""
-        server = self._server
-        if (
-            server is not None
-            and self.node.config.tls_client
-            and block.height % self.node.genesis.params.checkpoint_interval == 0
-        ):
-            server.recheck_tls_keys()
+        keys no longer admitted, on every port that pins them (`tls_rechecks`: follow streams,
+        waiting gateway requests and all)."""
+        if self.tls_rechecks and block.height % self.node.genesis.params.checkpoint_interval == 0:
+            for recheck in self.tls_rechecks:
+                recheck()
         for follows in self._follows.values():
             for follow in follows.values():
                 if follow.next_height == block.height:

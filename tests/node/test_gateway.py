@@ -711,6 +711,52 @@ async def test_https_admits_only_keys_the_client_port_admits(tmp_path: Path) -> 
             assert outcome.status == "committed", outcome.reason
 
 
+async def test_a_key_revoked_while_its_gateway_request_waits_is_cut_off(tmp_path: Path) -> None:
+    """The member's recheck of TLS keys, when client changes take effect, covers gateway
+    connections too: a request waiting (wait_ms) is answered 403 and its connection closes,
+    a stream ends with its `forbidden` event, not at their next request."""
+    with trio.fail_after(30):
+        async with gateway_member(tmp_path, tls=True) as node:
+            gateway = node.gateway
+            assert gateway is not None
+            key = client_key(node)
+            context = make_context(key, "c1", node.chain_id, server=False)
+
+            async def connect_tls() -> Http:
+                stream = await trio.open_ssl_over_tcp_stream(
+                    HOST, node.gateway_port, ssl_context=context
+                )
+                return Http(stream)
+
+            waiting, following = await connect_tls(), await connect_tls()
+            path = f"/v1/transactions/{'ab' * 32}/receipt?wait_ms=20000"
+            await waiting.stream.send_all(get(path))
+            await following.stream.send_all(get("/v1/follow?from=1"))
+            head = await following.head()
+            assert head is not None and head[0] == 200
+            while len(gateway.connections) < 2 or not node.service.watches.count:  # noqa: ASYNC110
+                await trio.sleep(0.01)
+            label = node.app.admitted.pop(key.public)  # revoked, as a client change does it
+            try:
+                block = type("Block", (), {"height": node.genesis.params.checkpoint_interval})
+                node.service._block_executed(block)  # type: ignore[arg-type]
+                start = trio.current_time()
+                reply = await waiting.response()
+                assert trio.current_time() - start < 5  # (not the 20 s it would have waited)
+                assert reply is not None
+                check_error(reply, 403, "forbidden")
+                assert await waiting.closed()
+                while await following._more():
+                    pass
+                tail = bytes(following.buffer).rsplit(b"event: error\n", 1)[1]
+                assert json.loads(tail.split(b"data: ", 1)[1])["error"]["code"] == "forbidden"
+                assert gateway.counters["tls_revoked_disconnected"] == 2
+            finally:
+                node.app.admitted[key.public] = label
+            for http in (waiting, following):
+                await http.aclose()
+
+
 # --- the document and the server ----------------------------------------------------------------
 
 

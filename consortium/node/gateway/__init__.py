@@ -54,7 +54,9 @@ goes on.
 TLS (`[tls] gateway = true`): HTTPS with the member's identity, as on the client port: TLS 1.3,
 mutual, the client presenting a certificate for a key the client port admits (an admitted
 client's or a member's: `tls_accepts`), checked again at each request (a revoked key is
-answered 403 `forbidden` and the connection closes).
+answered 403 `forbidden` and the connection closes), and by `recheck_tls_keys` when client
+changes take effect (the member calls it with the client port's: a request waiting or a stream
+of a revoked key is cut off then, with its 403 or its `forbidden` event).
 
 Counters (status `gateway.events`, /metrics `consortium_gateway_events_total{event}`):
 `connections`, `request_<endpoint>`, `error_<code>`, `sse_streams`, `sse_slow_reader`,

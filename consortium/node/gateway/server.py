@@ -99,6 +99,7 @@ LINGER_BYTES_MAX = 1 << 20  # ...and dropped, at most this much (GatewayServer._
 # client port numbers its connections from 1: the gateway's are numbered apart, or one port's
 # connection ending cancelled the other's follows (a test caught it).
 CONNECTION_IDS_FROM = 1 << 62
+REVOKED = "revoked"  # a connection's closed_reason when its TLS key was revoked meanwhile
 QUERY_FIELDS_MAX = 8
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _BASE64URL = re.compile(r"[A-Za-z0-9_-]*")
@@ -554,17 +555,17 @@ class GatewayServer:
             if incoming.method == "GET" and incoming.body:
                 raise _bad("a GET request carries no body")
             if conn.tls_key is not None and not self._admitted(conn):
-                raise HttpError(
-                    "forbidden",
-                    f"your TLS key {conn.tls_key.hex()[:16]}… is no longer an admitted client "
-                    "of this network",
-                    close=True,
-                )
+                raise self._forbidden(conn)
             params = route.match(incoming.path)
             assert params is not None
-            return await self._endpoints[route.name](channel, conn, incoming, params)
+            response = await self._endpoints[route.name](channel, conn, incoming, params)
+            if conn.closed_reason == REVOKED and response is not None:
+                raise self._forbidden(conn)  # (revoked while it waited)
+            return response
         except HttpError as exc:
-            return self._error(exc)
+            revoked = conn.closed_reason == REVOKED and conn.tls_key is not None
+            # (revoked while it waited: that is the answer)
+            return self._error(self._forbidden(conn) if revoked else exc)
         except Exception:
             # A bug reached by client input must not take the member down: log it loudly
             # with its traceback, answer 500, keep serving.
@@ -580,6 +581,39 @@ class GatewayServer:
                 # pushes would be dropped now, and the watches held the member's node-wide
                 # capacity for up to ID_WATCH_AGE_S on a keep-alive connection.
                 self.handler.unwatch(conn, set(conn.watched))
+
+    @staticmethod
+    def _forbidden(conn: GatewayConnection) -> HttpError:
+        assert conn.tls_key is not None
+        return HttpError(
+            "forbidden",
+            f"your TLS key {conn.tls_key.hex()[:16]}… is no longer an admitted client of this "
+            "network",
+            close=True,
+        )
+
+    def recheck_tls_keys(self) -> int:
+        """Close the connections whose TLS key is no longer admitted (a revocation took
+        effect: called by the member with the client port's recheck, service.tls_rechecks);
+        how many. A request waiting (wait_ms) is answered 403 `forbidden`, a stream ends with
+        its `forbidden` error event, within client_port.FLUSH_S."""
+        if self._tls_accepts is None:
+            return 0
+        gone = [
+            c
+            for c in self.connections.values()
+            if c.open and c.tls_key is not None and not self._admitted(c)
+        ]
+        for conn in gone:
+            assert conn.tls_key is not None
+            self.counters["tls_revoked_disconnected"] += 1
+            self._ratelog.warning(
+                "tls_revoked",
+                f"gateway client {conn.peer}: its TLS key {conn.tls_key.hex()[:16]}… is no "
+                "longer an admitted client's: disconnected",
+            )
+            conn.close_soon(REVOKED, "your TLS key is no longer admitted")
+        return len(gone)
 
     def _admitted(self, conn: GatewayConnection) -> bool:
         assert conn.tls_key is not None and self._tls_accepts is not None
@@ -977,7 +1011,8 @@ class GatewayServer:
                     continue
                 message = unpack(frame)
                 if message[1] == "error" and message[0] in (follow_id, PUSH):
-                    why = {"code": "overloaded", "message": str(message[2])}
+                    code = "forbidden" if conn.closed_reason == REVOKED else "overloaded"
+                    why = {"code": code, "message": str(message[2])}
                 # (else: a credit request's reply)
             out.put(sse_event("error", {"error": why}), block=False)
             out.finish()
