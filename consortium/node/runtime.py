@@ -322,6 +322,7 @@ class Node:
                         listen=self.gateway_listen,
                         frame_bytes_max=self.genesis.params.frame_bytes_max,
                         source_connections_max=self.config.client_connections_per_source,
+                        source_counts=self.service.connection_sources,
                         tls=gateway_tls,
                         tls_accepts=self.service.tls_name if gateway_tls is not None else None,
                         log=self.log,

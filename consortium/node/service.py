@@ -38,7 +38,7 @@ follow   committed blocks from a height on, each with our block signature (proto
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -182,6 +182,12 @@ class ClientService:
             self._nursery = nursery
             await nursery.start(server.run)
             task_status.started(server.listen_port)
+
+    @property
+    def connection_sources(self) -> Counter[str] | None:
+        """The client port's connections by source (sources.ConnectionCaps), which the gateway
+        counts its own into (one per-source limit for both ports); None before `run`."""
+        return None if self._server is None else self._server.caps.sources
 
     def tls_name(self, key: bytes) -> str | None:
         """Who a client port (or gateway) TLS key belongs to: a client admitted now

@@ -629,6 +629,71 @@ async def test_connections_are_capped_per_source_silent_ones_evicted_first(
             await still_serves(node)
 
 
+async def test_one_address_counts_its_connections_over_both_ports_together(
+    tmp_path: Path,
+) -> None:
+    """The per-source limit is one count for the client port and the gateway: an address with
+    its connections open on the native port has none left on the gateway, and back."""
+    with trio.fail_after(20):
+        async with gateway_member(tmp_path) as node:
+            gateway = node.gateway
+            assert gateway is not None and node.service._server is not None
+            native_caps = node.service._server.caps
+            assert gateway.caps.sources is native_caps.sources
+            native_caps.source_connections_max = gateway.caps.source_connections_max = 2
+            natives = []
+            for req_id in (1, 2):  # two native connections that asked (not evictable)
+                stream = await trio.open_tcp_stream(HOST, node.client_port)
+                await stream.send_all(encode_frames([pack(["status", req_id])]))
+                assert await FrameReader(stream, 1 << 24).read() is not None
+                natives.append(stream)
+            check_error(await ask(node.gateway_port, "GET", "/v1/status"), 429, "overloaded")
+            assert gateway.counters["refused_too_many_from_source"] == 1
+            await natives.pop().aclose()
+            while native_caps.sources[HOST] > 1:  # noqa: ASYNC110
+                await trio.sleep(0.01)
+            http = await Http.open(node.gateway_port)
+            assert (await http.ask("GET", "/v1/status")).status == 200
+            # Now the gateway holds the address's second connection: the native port refuses.
+            stream = await trio.open_tcp_stream(HOST, node.client_port)
+            frame = await FrameReader(stream, 1 << 24).read()
+            assert frame is not None and "connections open" in unpack(frame)[2]
+            for closing in (stream, *natives, http):
+                await closing.aclose()
+
+
+async def test_tls_handshakes_at_once_are_capped(tmp_path: Path) -> None:
+    with trio.fail_after(20):
+        async with gateway_member(tmp_path, tls=True) as node:
+            gateway = node.gateway
+            assert gateway is not None
+            gateway._handshakes_max = 1
+            silent = await trio.open_tcp_stream(HOST, node.gateway_port)  # holds the one
+            while not gateway._handshakes:  # noqa: ASYNC110
+                await trio.sleep(0.01)
+            context = make_context(client_key(node), "c1", node.chain_id, server=False)
+
+            async def status() -> int | None:
+                stream = await trio.open_ssl_over_tcp_stream(
+                    HOST, node.gateway_port, ssl_context=context
+                )
+                try:
+                    await stream.send_all(get("/v1/status"))
+                    reply = await Http(stream).response()
+                except (trio.BrokenResourceError, OSError):
+                    return None
+                finally:
+                    await trio.aclose_forcefully(stream)
+                return None if reply is None else reply.status
+
+            assert await status() is None  # closed before its handshake
+            assert gateway.counters["refused_too_many_handshakes"] == 1
+            await silent.aclose()
+            while gateway._handshakes:  # noqa: ASYNC110
+                await trio.sleep(0.01)
+            assert await status() == 200
+
+
 async def test_sse_subscribers_are_capped_and_the_others_keep_streaming(tmp_path: Path) -> None:
     with trio.fail_after(30):
         async with gateway_member(tmp_path) as node:

@@ -27,6 +27,7 @@ from consortium.crypto.codec import (
 )
 from consortium.node.client_port import (
     OUTBOUND_BYTES_MAX,
+    TLS_HANDSHAKES_MAX,
     ClientConnection,
     ClientHandler,
     Refusal,
@@ -314,7 +315,9 @@ class GatewayServer:
         frame_bytes_max: int,
         source_connections_max: int = 64,
         connections_max: int = CONNECTIONS_MAX,
+        source_counts: Counter[str] | None = None,
         tls: TlsIdentity | None = None,
+        handshakes_max: int = TLS_HANDSHAKES_MAX,
         tls_accepts: Callable[[bytes], str | None] | None = None,
         log: logging.Logger | None = None,
         limits: Limits | None = None,
@@ -351,9 +354,19 @@ class GatewayServer:
         self.log = log or logging.getLogger("consortium.gateway")
         self._ratelog = RateLimitedLog(self.log)
         self.counters: Counter[str] = Counter()
+        # Per source, one count with the client port's (`source_counts`): an address gets
+        # `source_connections_max` connections over both ports, not that many on each. In all,
+        # the gateway's own CONNECTIONS_MAX: neither port's clients can take the other's slots.
         self.caps = ConnectionCaps(
-            connections_max, source_connections_max, self.counters, self._ratelog.warning, "gateway"
+            connections_max,
+            source_connections_max,
+            self.counters,
+            self._ratelog.warning,
+            "gateway",
+            source_counts,
         )
+        self._handshakes_max = handshakes_max  # TLS handshakes at once, as on the client port
+        self._handshakes = 0
         self._tls = tls
         self._tls_accepts = tls_accepts
         self.connections: dict[int, GatewayConnection] = {}
@@ -1073,6 +1086,23 @@ class GatewayServer:
         """The TLS handshake, by `deadline`, and the client's certificate key; None (counted,
         logged) when it fails. A key the client port would not admit is let in and answered
         403 `forbidden` at its first request (it can read that over TLS)."""
+        assert self._tls is not None and self._tls_accepts is not None
+        if self._handshakes >= self._handshakes_max:
+            self.counters["refused_too_many_handshakes"] += 1
+            self._ratelog.warning(
+                "tls_too_many",
+                f"refusing gateway client {peer}: {self._handshakes_max} TLS handshakes open",
+            )
+            return None
+        self._handshakes += 1
+        try:
+            return await self._handshake(stream, peer, deadline)
+        finally:
+            self._handshakes -= 1
+
+    async def _handshake(
+        self, stream: trio.abc.Stream, peer: str, deadline: float
+    ) -> tuple[trio.abc.Stream, str, bytes] | None:
         assert self._tls is not None and self._tls_accepts is not None
         with trio.move_on_at(deadline):
             first = bytes(await stream.receive_some(4096))
