@@ -47,7 +47,7 @@ from consortium.node.gateway.http11 import (
 )
 from consortium.node.logs import RateLimitedLog
 from consortium.node.sources import ConnectionCaps, Slot, source_group
-from consortium.protocol.limits import TXS_PER_REQUEST_MAX
+from consortium.protocol.limits import KEY_BYTES_MAX, TXS_PER_REQUEST_MAX
 from consortium.protocol.messages import (
     PUSH,
     BlockReceipts,
@@ -102,8 +102,6 @@ LINGER_BYTES_MAX = 1 << 20  # ...and dropped, at most this much (GatewayServer._
 CONNECTION_IDS_FROM = 1 << 62
 REVOKED = "revoked"  # a connection's closed_reason when its TLS key was revoked meanwhile
 QUERY_FIELDS_MAX = 8
-_HEX64 = re.compile(r"[0-9a-f]{64}")
-_BASE64URL = re.compile(r"[A-Za-z0-9_-]*")
 _DIGITS = re.compile(r"[0-9]{1,19}")
 _JSON_SPACE = b" \t\r\n"
 _SUBMIT_OPEN = re.compile(rb'[ \t\r\n]*\{[ \t\r\n]*"transactions"[ \t\r\n]*:[ \t\r\n]*\[')
@@ -199,26 +197,113 @@ class _Events:
 
 
 @dataclass(frozen=True, slots=True)
+class Param:
+    """One parameter of a route, as the server checks it and as the OpenAPI document gives it
+    (`schema`; a test holds the document to this table): a whole number from 0 to `maximum`
+    (decimal digits only, at most 19), or a string matching `pattern` of `min_length` to
+    `max_length` characters."""
+
+    name: str
+    where: str  # "path", "query" or "header"
+    maximum: int | None = None  # a whole number up to this; else a string:
+    pattern: str = ""
+    min_length: int = 0
+    max_length: int | None = None
+    required: bool = False
+
+    def schema(self) -> dict[str, Any]:
+        if self.maximum is not None:
+            return {"type": "integer", "minimum": 0, "maximum": self.maximum}
+        schema: dict[str, Any] = {"type": "string", "pattern": self.pattern}
+        if self.min_length:
+            schema["minLength"] = self.min_length
+        if self.max_length is not None:
+            schema["maxLength"] = self.max_length
+        return schema
+
+    def check(self, text: str) -> str:
+        """`text` if it is a value of this parameter; else HttpError bad_request."""
+        if self.maximum is not None:
+            if not _DIGITS.fullmatch(text) or int(text) > self.maximum:
+                raise _bad(
+                    f"{self.name} must be a whole number from 0 to {self.maximum}, not "
+                    f"{text[:40]!r}"
+                )
+        elif (
+            not re.fullmatch(self.pattern.removeprefix("^").removesuffix("$"), text)
+            or len(text) < self.min_length
+            or (self.max_length is not None and len(text) > self.max_length)
+        ):
+            size = f"{self.min_length} to {self.max_length} characters"
+            raise _bad(f"{self.name} must match {self.pattern} ({size}), not {text[:40]!r}")
+        return text
+
+
+WAIT_MS = Param("wait_ms", "query", maximum=WAIT_MS_MAX)
+HEIGHT_MAX = 2**63 - 1
+
+
+@dataclass(frozen=True, slots=True)
 class Route:
     method: str
     template: str  # "/v1/kv/{key}": the OpenAPI document's path
     name: str  # the endpoint (counters: request_<name>)
+    params: tuple[Param, ...] = ()  # its parameters: no other query parameter is taken
 
     def match(self, path: str) -> dict[str, str] | None:
         pattern = re.sub(r"\\{(\w+)\\}", r"(?P<\1>[^/]+)", re.escape(self.template))
         found = re.fullmatch(pattern, path)
         return None if found is None else found.groupdict()
 
+    def query(self) -> dict[str, Param]:
+        return {p.name: p for p in self.params if p.where == "query"}
 
+
+# Every route and its parameters: the server reads them here, and the test holds the OpenAPI
+# document to this table (names, places, requiredness, schemas).
 ROUTES: tuple[Route, ...] = (
-    Route("POST", "/v1/transactions", "submit"),
-    Route("GET", "/v1/transactions/{tx_id}/receipt", "receipt"),
-    Route("GET", "/v1/kv/{key}", "kv"),
-    Route("GET", "/v1/blocks/{height}", "block"),
-    Route("GET", "/v1/follow", "follow"),
+    Route("POST", "/v1/transactions", "submit", (WAIT_MS,)),
+    Route(
+        "GET",
+        "/v1/transactions/{tx_id}/receipt",
+        "receipt",
+        (Param("tx_id", "path", pattern="^[0-9a-f]{64}$", required=True), WAIT_MS),
+    ),
+    Route(
+        "GET",
+        "/v1/kv/{key}",
+        "kv",
+        (
+            # base64url without padding: a length of 4k+1 encodes no bytes
+            Param(
+                "key",
+                "path",
+                pattern="^(?:[A-Za-z0-9_-]{4})*(?:[A-Za-z0-9_-]{2,3})?$",
+                min_length=1,
+                max_length=-(-KEY_BYTES_MAX * 4 // 3),
+                required=True,
+            ),
+        ),
+    ),
+    Route(
+        "GET",
+        "/v1/blocks/{height}",
+        "block",
+        (Param("height", "path", maximum=HEIGHT_MAX, required=True),),
+    ),
+    Route(
+        "GET",
+        "/v1/follow",
+        "follow",
+        (
+            Param("from", "query", maximum=HEIGHT_MAX),  # (required without Last-Event-ID)
+            Param("Last-Event-ID", "header", maximum=HEIGHT_MAX - 1),
+        ),
+    ),
     Route("GET", "/v1/status", "status"),
     Route("GET", "/openapi.json", "openapi"),
 )
+ROUTES_BY_NAME = {r.name: r for r in ROUTES}
 
 
 def openapi_document() -> bytes:
@@ -234,7 +319,9 @@ def _bad(message: str) -> HttpError:
     return HttpError("bad_request", message)
 
 
-def _query(incoming: Incoming, allowed: set[str]) -> dict[str, str]:
+def _query(incoming: Incoming, route: Route) -> dict[str, str]:
+    """The route's query parameters, each checked (`Param.check`); one it does not take, or
+    a malformed query string, is refused."""
     try:
         pairs = parse_qsl(
             incoming.query,
@@ -246,22 +333,12 @@ def _query(incoming: Incoming, allowed: set[str]) -> dict[str, str]:
     except ValueError:
         raise _bad("malformed query string") from None
     fields = dict(pairs)
-    unknown = sorted(set(fields) - allowed)
+    allowed = route.query()
+    unknown = sorted(set(fields) - set(allowed))
     if unknown:
         known = ", ".join(sorted(allowed)) or "none"
         raise _bad(f"unknown query parameter {unknown[0][:40]!r} (known: {known})")
-    return fields
-
-
-def _whole(text: str, what: str, hi: int) -> int:
-    """A decimal whole number from 0 to `hi` (no sign, no spaces)."""
-    if not _DIGITS.fullmatch(text) or int(text) > hi:
-        raise _bad(f"{what} must be a whole number from 0 to {hi}, not {text[:40]!r}")
-    return int(text)
-
-
-def _wait_ms(fields: dict[str, str]) -> int:
-    return _whole(fields.get("wait_ms", "0"), "wait_ms", WAIT_MS_MAX)
+    return {name: allowed[name].check(text) for name, text in fields.items()}
 
 
 def _json_body(incoming: Incoming) -> Any:
@@ -571,6 +648,10 @@ class GatewayServer:
                 raise self._forbidden(conn)
             params = route.match(incoming.path)
             assert params is not None
+            for param in route.params:  # (the table's checks: ROUTES)
+                if param.where == "path":
+                    param.check(params[param.name])
+            params.update(_query(incoming, route))
             response = await self._endpoints[route.name](channel, conn, incoming, params)
             if conn.closed_reason == REVOKED and response is not None:
                 raise self._forbidden(conn)  # (revoked while it waited)
@@ -721,7 +802,7 @@ class GatewayServer:
         incoming: Incoming,
         params: dict[str, str],
     ) -> Response:
-        wait_ms = _wait_ms(_query(incoming, {"wait_ms"}))
+        wait_ms = int(params.get("wait_ms", "0"))
         _content_json(incoming)
         items: Sequence[bytes | str]
         if len(incoming.body) <= JSON_PARSE_BYTES_MAX:
@@ -814,8 +895,8 @@ class GatewayServer:
         incoming: Incoming,
         params: dict[str, str],
     ) -> Response:
-        wait_ms = _wait_ms(_query(incoming, {"wait_ms"}))
-        tx_id = _tx_id(params["tx_id"])
+        wait_ms = int(params.get("wait_ms", "0"))
+        tx_id = bytes.fromhex(params["tx_id"])
         bundle, _ = await self._call(conn, self._native(ReceiptRequest(conn.next_req_id(), tx_id)))
         raw: bytes | None = None if bundle is None else pack(bundle)
         if raw is None and wait_ms:
@@ -836,10 +917,7 @@ class GatewayServer:
         incoming: Incoming,
         params: dict[str, str],
     ) -> Response:
-        _query(incoming, set())
         text = params["key"]
-        if not _BASE64URL.fullmatch(text) or len(text) % 4 == 1:
-            raise _bad("the key must be base64url without padding")
         key = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
         reply, _ = await self._call(conn, self._native(GetRequest(conn.next_req_id(), key)))
         key, value, height, block_hash, signer, _ = reply
@@ -862,8 +940,7 @@ class GatewayServer:
         incoming: Incoming,
         params: dict[str, str],
     ) -> Response:
-        _query(incoming, set())
-        height = _whole(params["height"], "the height", 2**63 - 1)
+        height = int(params["height"])
         block, _ = await self._call(conn, self._native(BlockRequest(conn.next_req_id(), height)))
         if block is None:
             raise HttpError("not_found", f"this member has no block {height}")
@@ -876,7 +953,6 @@ class GatewayServer:
         incoming: Incoming,
         params: dict[str, str],
     ) -> Response:
-        _query(incoming, set())
         text, _ = await self._call(conn, self._native(StatusRequest(conn.next_req_id())))
         return Response(200, str(text).encode() + b"\n")
 
@@ -887,7 +963,6 @@ class GatewayServer:
         incoming: Incoming,
         params: dict[str, str],
     ) -> Response:
-        _query(incoming, set())
         return Response(200, self._openapi)
 
     # --- follow: Server-Sent Events ---------------------------------------------------------
@@ -899,12 +974,12 @@ class GatewayServer:
         incoming: Incoming,
         params: dict[str, str],
     ) -> Response | None:
-        fields = _query(incoming, {"from"})
         last = incoming.headers.get("last-event-id")
         if last is not None:  # an EventSource reconnecting: on from the block after it
-            from_height = _whole(last.strip(), "Last-Event-ID", 2**63 - 2) + 1
-        elif "from" in fields:
-            from_height = _whole(fields["from"], "from", 2**63 - 1)
+            [_, last_event_id] = ROUTES_BY_NAME["follow"].params
+            from_height = int(last_event_id.check(last.strip())) + 1
+        elif "from" in params:
+            from_height = int(params["from"])
         else:
             raise _bad("from is required: GET /v1/follow?from=HEIGHT")
         if self.sse_open >= self.sse_streams_max and not self._share_stream(conn.source):
@@ -1146,12 +1221,6 @@ class GatewayServer:
             return secured, f"{name}@{peer}", key
         self.counters["tls_handshake_timeout"] += 1
         return None
-
-
-def _tx_id(text: str) -> bytes:
-    if not _HEX64.fullmatch(text):
-        raise _bad(f"a transaction id is 64 lowercase hex digits, not {text[:80]!r}")
-    return bytes.fromhex(text)
 
 
 def _refusal(kind: Refusal, message: str) -> HttpError:
