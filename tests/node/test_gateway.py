@@ -1450,6 +1450,30 @@ def test_init_gateway_writes_a_listener_per_member_and_gateways_json(tmp_path: P
     assert load_config(tmp_path / "plain" / "nodes" / "n1").gateway_listen is None
 
 
+def test_init_gateway_with_hosts_refuses_a_gateway_port_that_is_another_listeners(
+    tmp_path: Path,
+) -> None:
+    """With --hosts a gateway listens on its client port + 100: refused in one line when that
+    is a peer port (or another listener's) on the same host, before anything is written."""
+    hosts = "10.9.0.1,10.9.0.2,10.9.0.3,10.9.0.4"
+    directory = tmp_path / "net"
+    options = ["init", "--dir", str(directory), "--hosts", hosts, "--gateway"]
+    result = CliRunner().invoke(app, [*options, "--client-port", "7000", "--peer-port", "7100"])
+    assert result.exit_code != 0
+    message = result.output.strip()
+    assert "n1's gateway port 7100" in message and "n1's peer port" in message, message
+    assert len(message.splitlines()) == 1 and not directory.exists()
+    # Several members on one host: a member's gateway port is another member's peer port.
+    shared = ["--hosts", "10.9.0.1,10.9.0.1", "--client-port", "7000", "--peer-port", "7101"]
+    result = CliRunner().invoke(app, ["init", "--dir", str(directory), "--gateway", *shared])
+    assert result.exit_code != 0, result.output
+    assert "n2's gateway port 7101" in result.output and "n1's peer port" in result.output
+    result = CliRunner().invoke(app, [*options, "--client-port", "7000", "--peer-port", "7200"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads((directory / "gateways.json").read_text())
+    assert doc["gateways"][0]["url"] == "http://10.9.0.1:7100"
+
+
 def test_gateway_settings_are_checked_and_the_environment_turns_it_on(tmp_path: Path) -> None:
     init_network(tmp_path / "net", members=4, clients=1)
     home = tmp_path / "net" / "nodes" / "n1"
