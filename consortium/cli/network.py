@@ -125,6 +125,9 @@ def init_network(
 
     if addresses is not None and len(addresses) != members:
         raise NetworkError(f"{len(addresses)} hosts given for {members} members")
+    gateways: list[str] = []  # each member's gateway address, host:port
+    if addresses is not None and gateway:
+        gateways = gateway_addresses(addresses)  # (checked before anything is written)
     if directory.exists() and any(directory.iterdir()):
         if not force:
             raise NetworkError(
@@ -142,7 +145,6 @@ def init_network(
     directory.mkdir(parents=True, exist_ok=True)
     # Per member: peer, client and HTTP (health/metrics) ports, all distinct. The HTTP
     # listener is plain and unauthenticated, so init puts it on loopback whatever the hosts.
-    gateways: list[str] = []  # each member's gateway address, host:port
     if addresses is None:
         ports = free_ports((4 if gateway else 3) * members, host)
         addresses = [
@@ -155,10 +157,6 @@ def init_network(
             gateways = [f"{host}:{p}" for p in ports[3 * members :]]
     else:
         http_ports = [HTTP_PORT_BASE + i for i in range(members)]  # one host each
-        if gateway:
-            for _, client in addresses:
-                client_host, _, client_port = client.rpartition(":")
-                gateways.append(f"{client_host}:{int(client_port) + GATEWAY_PORT_OFFSET}")
     member_keys = [KeyPair.generate() for _ in range(members)]
     member_list = tuple(
         Member(
@@ -201,6 +199,37 @@ def init_network(
     if gateway:
         write_gateways(directory, genesis, gateways, tls=tls)
     return genesis
+
+
+def gateway_addresses(addresses: Sequence[tuple[str, str]]) -> list[str]:
+    """Each member's gateway address with --hosts: its client port + GATEWAY_PORT_OFFSET on its
+    client host. NetworkError, in one line, when one is another listener's address (a peer
+    or client port of a member on that host, another gateway) or its member's HTTP port, or no
+    port at all: e.g. --client-port 7000 --peer-port 7100."""
+    taken: dict[str, str] = {}
+    for i, (peer, client) in enumerate(addresses):
+        taken[peer] = f"n{i + 1}'s peer port"
+        taken[client] = f"n{i + 1}'s client port"
+    gateways = []
+    for i, (_, client) in enumerate(addresses):
+        client_host, _, client_port = client.rpartition(":")
+        port = int(client_port) + GATEWAY_PORT_OFFSET
+        address = f"{client_host}:{port}"
+        clash = (
+            "beyond 65535"
+            if port > 65535
+            else taken.get(address)
+            or (f"n{i + 1}'s HTTP port" if port == HTTP_PORT_BASE + i else None)
+        )
+        if clash:
+            raise NetworkError(
+                f"--gateway: n{i + 1}'s gateway port {port} (its client port + "
+                f"{GATEWAY_PORT_OFFSET}) is {clash} on {client_host}; choose --client-port "
+                "and --peer-port so that no port is another's + 100"
+            )
+        taken[address] = f"n{i + 1}'s gateway port"
+        gateways.append(address)
+    return gateways
 
 
 def write_gateways(

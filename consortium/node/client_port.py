@@ -16,8 +16,9 @@ with a TLS 1.3 handshake within `handshake_timeout_s` (at most `handshakes_max` 
 client presenting a certificate whose key `tls_accepts` admits (an admitted client's or a
 member's). A key it does not admit gets [0, "error", why] inside TLS, then the connection
 closes. The pin holds for the connection's life: each request re-checks the key (a lookup), and
-`recheck_tls_keys` (called by the member when a block applies client changes) closes the
-connections whose key is no longer admitted, follow streams included. A client that connects
+`recheck_tls_keys` (called by the member when a block applies client changes, with the
+gateway's own: service.tls_rechecks) closes the connections whose key is no longer admitted,
+follow streams included. A client that connects
 without TLS to a TLS port, or with TLS to a plain one, gets [0, "error", why] in plain framing
 naming the setting to change, and the member logs and counts it (`tls_required`,
 `tls_unexpected`).
@@ -59,7 +60,7 @@ import itertools
 import logging
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import trio
 
@@ -97,6 +98,14 @@ REPLY_BACKLOG_BYTES = 8 << 20  # the reader waits while a connection has this mu
 REPLY_DRAIN_S = 60.0  # ...and closes it as a slow consumer when it does not drain in this time
 
 
+# What an error reply is (ClientConnection.error's `kind`): a request the member will not serve
+# as asked (bad_request), one it cannot serve now (overloaded: ask again later), a follow over
+# the follow bounds (too_many_follows), a bug (internal). Every refusal the handler makes names
+# its kind (a test reads service.py for it): the gateway chose HTTP statuses by the English of
+# the message before, and a rewording changed the status.
+Refusal = Literal["bad_request", "overloaded", "too_many_follows", "internal"]
+
+
 class ClientHandler(Protocol):
     async def handle(self, conn: ClientConnection, request: Request) -> None:
         """Serve one request: answer with conn.reply/conn.error; may push later."""
@@ -107,6 +116,10 @@ class ClientHandler(Protocol):
     def subscribed(self, conn: ClientConnection) -> bool:
         """Whether `conn` waits for something the member will push (a follow, a watched
         receipt): such a connection is not idle however long the client sends nothing."""
+
+    def unwatch(self, conn: ClientConnection, tx_ids: set[bytes]) -> None:
+        """`conn` no longer waits for these ids' receipts (the gateway, when the HTTP request
+        that watched them ends: the connection may live on, keep-alive, nobody reading)."""
 
 
 class ClientConnection:
@@ -156,7 +169,10 @@ class ClientConnection:
     def reply(self, req_id: int, payload: Any) -> bool:
         return self.push(pack([req_id, "ok", payload]))
 
-    def error(self, req_id: int, message: str) -> bool:
+    def error(self, req_id: int, message: str, *, kind: Refusal = "bad_request") -> bool:
+        """Answer `req_id` (or PUSH) with an error. `kind` is what the refusal is, for a port
+        that speaks another protocol (the HTTP gateway answers each kind with its status); the
+        native wire carries the message alone."""
         return self.push(pack([req_id, "error", message[:MESSAGE_CHARS_MAX]]))
 
     def push_block_receipts(self, frame: bytes) -> bool:
@@ -577,7 +593,7 @@ class ClientServer:
                 # with its traceback, answer the request, keep serving.
                 self.counters["internal_error"] += 1
                 self.log.exception("internal error serving %s from %s", request, conn.peer)
-                conn.error(request.req_id, "internal error (logged by the member)")
+                conn.error(request.req_id, "internal error (logged by the member)", kind="internal")
 
 
 async def _tell(stream: trio.abc.SendStream, message: str) -> None:

@@ -322,11 +322,14 @@ class Node:
                         listen=self.gateway_listen,
                         frame_bytes_max=self.genesis.params.frame_bytes_max,
                         source_connections_max=self.config.client_connections_per_source,
+                        source_counts=self.service.connection_sources,
                         tls=gateway_tls,
                         tls_accepts=self.service.tls_name if gateway_tls is not None else None,
                         log=self.log,
                     )
                     self.gateway_port = await nursery.start(self.gateway.run)
+                    if gateway_tls is not None:  # (a revoked key's connections close here too)
+                        self.service.tls_rechecks.append(self.gateway.recheck_tls_keys)
                     self.gateway_status = self.gateway.status
                 if self.http_listen is not None:
                     # The metrics registry (prometheus_client's import, ~0.1 s) now, before the

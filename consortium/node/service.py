@@ -38,7 +38,7 @@ follow   committed blocks from a height on, each with our block signature (proto
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -139,6 +139,9 @@ class ClientService:
         self._follows: dict[int, dict[int, _Follow]] = {}  # conn id -> follow id -> follow
         self._nursery: trio.Nursery | None = None
         self._server: client_port.ClientServer | None = None
+        # What closes the connections of TLS keys no longer admitted, per port that pins them
+        # (the client port's, the gateway's recheck_tls_keys), run when client changes apply.
+        self.tls_rechecks: list[Callable[[], int]] = []
         self._bundles = ReceiptBundles(node)
         self._block_threads = trio.CapacityLimiter(BLOCK_READ_THREADS)
         self._blocks_encoded: OrderedDict[int, bytes] = OrderedDict()  # height -> _encode_block
@@ -171,12 +174,20 @@ class ClientService:
             tls_accepts=self.tls_name if tls is not None else None,
         )
         self.node.client_tls_status = server.tls_status
+        if tls is not None:
+            self.tls_rechecks.append(server.recheck_tls_keys)
         self.node.client_port_events = lambda: {**server.counters, **self.ration.counters}
         self._server = server
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             await nursery.start(server.run)
             task_status.started(server.listen_port)
+
+    @property
+    def connection_sources(self) -> Counter[str] | None:
+        """The client port's connections by source (sources.ConnectionCaps), which the gateway
+        counts its own into (one per-source limit for both ports); None before `run`."""
+        return None if self._server is None else self._server.caps.sources
 
     def tls_name(self, key: bytes) -> str | None:
         """Who a client port (or gateway) TLS key belongs to: a client admitted now
@@ -201,6 +212,9 @@ class ClientService:
     def subscribed(self, conn: client_port.ClientConnection) -> bool:
         return bool(conn.watched) or bool(self._follows.get(conn.id))
 
+    def unwatch(self, conn: client_port.ClientConnection, tx_ids: set[bytes]) -> None:
+        self.watches.unwatch_connection(conn, tx_ids)
+
     async def handle(self, conn: client_port.ClientConnection, request: messages.Request) -> None:
         match request:
             case messages.SubmitRequest():
@@ -212,7 +226,7 @@ class ClientService:
                 try:
                     conn.reply(request.req_id, await self.node.read_value(request.key))
                 except ReadRefused as exc:
-                    conn.error(request.req_id, f"read refused: {exc}")
+                    conn.error(request.req_id, f"read refused: {exc}", kind="overloaded")
             case messages.TransferRequest():
                 checked = self._maintenance_refusal(request)
                 why = (
@@ -226,7 +240,9 @@ class ClientService:
                     self.node.metrics.rejected_at_submit["maintenance_refused"] = (
                         self.node.metrics.rejected_at_submit.get("maintenance_refused", 0) + 1
                     )
-                    conn.error(request.req_id, f"leadership transfer refused: {why}")
+                    conn.error(
+                        request.req_id, f"leadership transfer refused: {why}", kind="bad_request"
+                    )
             case messages.BlockRequest():
                 await self._block_reply(conn, request.req_id, request.height)
             case messages.StatusRequest():
@@ -240,7 +256,11 @@ class ClientService:
             case messages.CreditRequest():
                 follow = self._follows.get(conn.id, {}).get(request.follow_id)
                 if follow is None:
-                    conn.error(request.req_id, f"no follow {request.follow_id} on this connection")
+                    conn.error(
+                        request.req_id,
+                        f"no follow {request.follow_id} on this connection",
+                        kind="bad_request",
+                    )
                     return
                 follow.credit = min(limits.FOLLOW_CREDIT_MAX, follow.credit + request.credit)
                 follow.wakeup.set()
@@ -251,7 +271,7 @@ class ClientService:
                     follow.scope.cancel()
                 conn.reply(request.req_id, None)
             case _:
-                conn.error(request.req_id, "unsupported request")
+                conn.error(request.req_id, "unsupported request", kind="bad_request")
 
     # --- follow -----------------------------------------------------------------------------
 
@@ -261,15 +281,22 @@ class ClientService:
             conn.error(
                 request.req_id,
                 f"at most {limits.FOLLOWS_PER_CONNECTION_MAX} follows per connection",
+                kind="too_many_follows",
             )
             return
         if sum(len(f) for f in self._follows.values()) >= FOLLOWS_MAX and not self._share_follow(
             len(follows)
         ):
-            conn.error(request.req_id, f"at most {FOLLOWS_MAX} follows on this member: try later")
+            conn.error(
+                request.req_id,
+                f"at most {FOLLOWS_MAX} follows on this member: try later",
+                kind="too_many_follows",
+            )
             return
         if request.req_id in follows or self._nursery is None:
-            conn.error(request.req_id, f"follow {request.req_id} is already running")
+            conn.error(
+                request.req_id, f"follow {request.req_id} is already running", kind="bad_request"
+            )
             return
         follow = _Follow(conn, request.req_id, request.from_height, request.credit)
         follows[request.req_id] = follow
@@ -291,20 +318,18 @@ class ClientService:
             victim.follow_id,
             "follow ended: this member shares its follow slots fairly among its clients; "
             "follow again later",
+            kind="overloaded",
         )
         return True
 
     def _block_executed(self, block: Block) -> None:
         """A block is durable (durable()): wake the follows that wait for it; at a
         checkpoint boundary, where client changes take effect, close the TLS connections of
-        keys no longer admitted (follow streams and all)."""
-        server = self._server
-        if (
-            server is not None
-            and self.node.config.tls_client
-            and block.height % self.node.genesis.params.checkpoint_interval == 0
-        ):
-            server.recheck_tls_keys()
+        keys no longer admitted, on every port that pins them (`tls_rechecks`: follow streams,
+        waiting gateway requests and all)."""
+        if self.tls_rechecks and block.height % self.node.genesis.params.checkpoint_interval == 0:
+            for recheck in self.tls_rechecks:
+                recheck()
         for follows in self._follows.values():
             for follow in follows.values():
                 if follow.next_height == block.height:
@@ -354,7 +379,7 @@ class ClientService:
             if follows.get(follow.follow_id) is follow:
                 del follows[follow.follow_id]
         if why:
-            conn.error(follow.follow_id, why)
+            conn.error(follow.follow_id, why, kind="overloaded")
 
     def _heaviest_follower(self) -> client_port.ClientConnection | None:
         conns = [f.conn for fs in self._follows.values() for f in fs.values()]
@@ -425,12 +450,13 @@ class ClientService:
         for bundle in (await self._bundles.first_bundles(answered)).values():
             conn.push_receipt(bundle)  # already committed: its first receipt
         if full:
-            conn.error(request.req_id, "too many pending receipts watched")
+            conn.error(request.req_id, "too many pending receipts watched", kind="overloaded")
         elif len(committed) > len(answered):
             conn.error(
                 request.req_id,
                 f"{len(committed) - len(answered)} committed ids not answered (at most "
                 f"{COMMITTED_LOOKUPS_PER_REQUEST_MAX} per request): ask again",
+                kind="overloaded",
             )
         else:
             conn.reply(request.req_id, None)

@@ -50,9 +50,10 @@ class ConnectionCaps:
     evictable is the new one refused.
 
     Counted in `counters`: refused_too_many_from_source, refused_too_many_connections,
-    evicted_idle_first_request. The owner runs each admitted connection inside its slot's
-    scope (an eviction cancels it), calls `asked` at its first whole request and `release`
-    when it ends."""
+    evicted_idle_first_request. Two ports' caps may share the per-source count (`sources`):
+    each evicts only its own silent connections. The owner runs each admitted connection
+    inside its slot's scope (an eviction cancels it), calls `asked` at its first whole request
+    and `release` when it ends."""
 
     def __init__(
         self,
@@ -61,13 +62,17 @@ class ConnectionCaps:
         counters: Counter[str],
         warn: Callable[[str, str], None],
         port: str = "client port",
+        sources: Counter[str] | None = None,
     ) -> None:
         self.connections_max = connections_max
         self.source_connections_max = source_connections_max
         self.counters = counters
         self._warn = warn  # (a rate-limited log's warning(key, message))
         self._port = port
-        self.sources: Counter[str] = Counter()  # admitted connections by source
+        # Admitted connections by source: `sources`, to share one count with another port's
+        # caps (the gateway counts the client port's: one address gets its connections over
+        # both ports together, not 64 on each).
+        self.sources: Counter[str] = Counter() if sources is None else sources
         self.slots = 0  # admitted connections
         # Admitted connections that have not sent a whole request yet, oldest first, by source.
         self.silent: dict[str, OrderedDict[int, Slot]] = {}

@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import ssl
 import time
 from collections.abc import AsyncIterator
@@ -50,7 +51,7 @@ from consortium.ledger.tx import Put, Transaction
 from consortium.node.config import ConfigError, config_path, load_config, load_identity
 from consortium.node.gateway import GatewayServer
 from consortium.node.gateway import server as gateway_module
-from consortium.node.gateway.http11 import ERRORS, Limits
+from consortium.node.gateway.http11 import ERRORS, HttpError, Limits
 from consortium.node.gateway.server import ROUTES, SSE_CREDIT, openapi_document
 from consortium.node.runtime import Node, make_node
 from consortium.node.service import ClientService
@@ -67,7 +68,7 @@ from consortium.protocol.verify import (
     verify_read,
 )
 from tests.ledger.chain_fixture import build_chain
-from tests.node.fakes import GENESIS, FakeNode, open_store
+from tests.node.fakes import GENESIS, FakeNode, max_gap_while, open_store
 from tests.protocol.fixtures import BLOCK, block_vote, good_bundle
 
 HOST = "127.0.0.1"
@@ -503,7 +504,6 @@ async def test_bad_input_on_every_endpoint_gets_a_clear_error_and_changes_nothin
                 (get("/v2/anything"), 404, missing),
                 (get("/"), 404, missing),
                 (request("DELETE", "/v1/status"), 405, not_allowed),
-                (request("HEAD", "/v1/status"), 405, not_allowed),
                 (get("/v1/transactions"), 405, not_allowed),
                 (request("POST", "/v1/status", b"{}", JSON), 405, not_allowed),
                 (get("/v1/status", {"X-Big": "x" * 9000}), 431, "header_too_large"),
@@ -630,6 +630,71 @@ async def test_connections_are_capped_per_source_silent_ones_evicted_first(
             await still_serves(node)
 
 
+async def test_one_address_counts_its_connections_over_both_ports_together(
+    tmp_path: Path,
+) -> None:
+    """The per-source limit is one count for the client port and the gateway: an address with
+    its connections open on the native port has none left on the gateway, and back."""
+    with trio.fail_after(20):
+        async with gateway_member(tmp_path) as node:
+            gateway = node.gateway
+            assert gateway is not None and node.service._server is not None
+            native_caps = node.service._server.caps
+            assert gateway.caps.sources is native_caps.sources
+            native_caps.source_connections_max = gateway.caps.source_connections_max = 2
+            natives = []
+            for req_id in (1, 2):  # two native connections that asked (not evictable)
+                stream = await trio.open_tcp_stream(HOST, node.client_port)
+                await stream.send_all(encode_frames([pack(["status", req_id])]))
+                assert await FrameReader(stream, 1 << 24).read() is not None
+                natives.append(stream)
+            check_error(await ask(node.gateway_port, "GET", "/v1/status"), 429, "overloaded")
+            assert gateway.counters["refused_too_many_from_source"] == 1
+            await natives.pop().aclose()
+            while native_caps.sources[HOST] > 1:  # noqa: ASYNC110
+                await trio.sleep(0.01)
+            http = await Http.open(node.gateway_port)
+            assert (await http.ask("GET", "/v1/status")).status == 200
+            # Now the gateway holds the address's second connection: the native port refuses.
+            stream = await trio.open_tcp_stream(HOST, node.client_port)
+            frame = await FrameReader(stream, 1 << 24).read()
+            assert frame is not None and "connections open" in unpack(frame)[2]
+            for closing in (stream, *natives, http):
+                await closing.aclose()
+
+
+async def test_tls_handshakes_at_once_are_capped(tmp_path: Path) -> None:
+    with trio.fail_after(20):
+        async with gateway_member(tmp_path, tls=True) as node:
+            gateway = node.gateway
+            assert gateway is not None
+            gateway._handshakes_max = 1
+            silent = await trio.open_tcp_stream(HOST, node.gateway_port)  # holds the one
+            while not gateway._handshakes:  # noqa: ASYNC110
+                await trio.sleep(0.01)
+            context = make_context(client_key(node), "c1", node.chain_id, server=False)
+
+            async def status() -> int | None:
+                stream = await trio.open_ssl_over_tcp_stream(
+                    HOST, node.gateway_port, ssl_context=context
+                )
+                try:
+                    await stream.send_all(get("/v1/status"))
+                    reply = await Http(stream).response()
+                except (trio.BrokenResourceError, OSError):
+                    return None
+                finally:
+                    await trio.aclose_forcefully(stream)
+                return None if reply is None else reply.status
+
+            assert await status() is None  # closed before its handshake
+            assert gateway.counters["refused_too_many_handshakes"] == 1
+            await silent.aclose()
+            while gateway._handshakes:  # noqa: ASYNC110
+                await trio.sleep(0.01)
+            assert await status() == 200
+
+
 async def test_sse_subscribers_are_capped_and_the_others_keep_streaming(tmp_path: Path) -> None:
     with trio.fail_after(30):
         async with gateway_member(tmp_path) as node:
@@ -712,6 +777,52 @@ async def test_https_admits_only_keys_the_client_port_admits(tmp_path: Path) -> 
             assert outcome.status == "committed", outcome.reason
 
 
+async def test_a_key_revoked_while_its_gateway_request_waits_is_cut_off(tmp_path: Path) -> None:
+    """The member's recheck of TLS keys, when client changes take effect, covers gateway
+    connections too: a request waiting (wait_ms) is answered 403 and its connection closes,
+    a stream ends with its `forbidden` event, not at their next request."""
+    with trio.fail_after(30):
+        async with gateway_member(tmp_path, tls=True) as node:
+            gateway = node.gateway
+            assert gateway is not None
+            key = client_key(node)
+            context = make_context(key, "c1", node.chain_id, server=False)
+
+            async def connect_tls() -> Http:
+                stream = await trio.open_ssl_over_tcp_stream(
+                    HOST, node.gateway_port, ssl_context=context
+                )
+                return Http(stream)
+
+            waiting, following = await connect_tls(), await connect_tls()
+            path = f"/v1/transactions/{'ab' * 32}/receipt?wait_ms=20000"
+            await waiting.stream.send_all(get(path))
+            await following.stream.send_all(get("/v1/follow?from=1"))
+            head = await following.head()
+            assert head is not None and head[0] == 200
+            while len(gateway.connections) < 2 or not node.service.watches.count:  # noqa: ASYNC110
+                await trio.sleep(0.01)
+            label = node.app.admitted.pop(key.public)  # revoked, as a client change does it
+            try:
+                block = type("Block", (), {"height": node.genesis.params.checkpoint_interval})
+                node.service._block_executed(block)  # type: ignore[arg-type]
+                start = trio.current_time()
+                reply = await waiting.response()
+                assert trio.current_time() - start < 5  # (not the 20 s it would have waited)
+                assert reply is not None
+                check_error(reply, 403, "forbidden")
+                assert await waiting.closed()
+                while await following._more():
+                    pass
+                tail = bytes(following.buffer).rsplit(b"event: error\n", 1)[1]
+                assert json.loads(tail.split(b"data: ", 1)[1])["error"]["code"] == "forbidden"
+                assert gateway.counters["tls_revoked_disconnected"] == 2
+            finally:
+                node.app.admitted[key.public] = label
+            for http in (waiting, following):
+                await http.aclose()
+
+
 # --- the document and the server ----------------------------------------------------------------
 
 
@@ -732,6 +843,49 @@ def test_the_openapi_document_and_the_server_agree_on_paths_methods_and_error_co
         assert f"{route.method} {route.template}" in doc_text or route.template == "/v1/follow"
     jsonschema.Draft202012Validator.check_schema(DOC["components"]["schemas"]["Error"])
     assert DOC["openapi"].startswith("3.1")
+
+
+def test_every_route_takes_the_parameters_the_document_gives_and_checks_them_alike() -> None:
+    """One table (server.ROUTES) is what the server takes and checks, and what the document
+    must say: each route's parameters by name and place, whether required, their schemas; and
+    on values at every edge the server's check and the document's schema agree."""
+    samples = [
+        *("", "0", "1", "01", "-1", "+1", "1.5", "1e3", " 1", "0x1", "a", "0" * 20),
+        *("30000", "30001", "9223372036854775806", "9223372036854775807"),
+        *("9223372036854775808", "99999999999999999999"),
+        *("ab" * 32, "AB" * 32, "ab" * 31, "ab" * 33, "g" * 64),
+        *("Y", "YQ", "YWI", "YWJj", "YWJjZ", "YWJjZA", "a+b", "a/b", "YQ==", "YQ=", "a_-b"),
+        *("x" * 5461, "x" * 5462, "x" * 5463, "x" * 5464),
+    ]
+    for route in ROUTES:
+        op = DOC["paths"][route.template][route.method.lower()]
+        documented = {(p["name"], p["in"]): p for p in op.get("parameters", [])}
+        assert set(documented) == {(p.name, p.where) for p in route.params}, route.template
+        in_path = set(re.findall(r"{(\w+)}", route.template))
+        assert in_path == {p.name for p in route.params if p.where == "path"}, route.template
+        for param in route.params:
+            doc = documented[(param.name, param.where)]
+            where = f"{route.template} {param.name}"
+            assert doc.get("required", False) == param.required, where
+            schema = {k: v for k, v in doc["schema"].items() if k != "default"}
+            assert schema == param.schema(), where
+            validator = jsonschema.Draft202012Validator(schema)
+            for text in samples:
+                try:
+                    param.check(text)
+                    served = True
+                except HttpError:
+                    served = False
+                if param.maximum is not None:  # (docs/gateway.md: digits only, at most 19)
+                    number = re.fullmatch(r"[0-9]{1,19}", text) is not None
+                    allowed = number and validator.is_valid(int(text))
+                else:
+                    allowed = validator.is_valid(text)
+                assert served == allowed, (where, text, served)
+    # The two the document got wrong: a key of 4k+1 characters, and `from` past 2^63-1.
+    kv = {p.name: p for r in ROUTES for p in r.params}["key"]
+    assert not jsonschema.Draft202012Validator(kv.schema()).is_valid("YWJjZ")
+    assert DOC["paths"]["/v1/follow"]["get"]["parameters"][0]["schema"]["maximum"] == 2**63 - 1
 
 
 def test_the_document_ships_with_the_package() -> None:
@@ -766,6 +920,9 @@ class _Nothing:
 
     def subscribed(self, conn: Any) -> bool:
         return False
+
+    def unwatch(self, conn: Any, tx_ids: set[bytes]) -> None:
+        pass
 
 
 # --- limits on the autojump clock ----------------------------------------------------------------
@@ -811,11 +968,13 @@ async def released(server: GatewayServer, http: Http) -> None:
             await trio.sleep(0.01)
 
 
-def connect(server: GatewayServer, nursery: trio.Nursery, *, lockstep: bool = False) -> Http:
+def connect(
+    server: GatewayServer, nursery: trio.Nursery, *, lockstep: bool = False, host: str = "10.0.0.1"
+) -> Http:
     client, end = (
         trio.testing.lockstep_stream_pair() if lockstep else trio.testing.memory_stream_pair()
     )
-    nursery.start_soon(server.serve_stream, end, "10.0.0.1", 40000)
+    nursery.start_soon(server.serve_stream, end, host, 40000)
     return Http(client)  # type: ignore[arg-type]
 
 
@@ -835,7 +994,8 @@ async def test_slow_clients_get_408_and_their_slot_back(
         assert trio.current_time() == pytest.approx(limits.head_timeout_s, abs=0.01)
         assert await http.closed()
         await released(server, http)
-        # A body trickled in: 408 at the body deadline, counted from the end of the head.
+        # A body trickled in: 408 at the body deadline, counted from the end of the head: the
+        # grace, and the body's length at the minimum rate...
         http = connect(server, nursery)
         start = trio.current_time()
         await http.stream.send_all(
@@ -845,6 +1005,21 @@ async def test_slow_clients_get_408_and_their_slot_back(
         reply = await http.response()
         assert reply is not None
         check_error(reply, 408, "request_timeout")
+        expected = limits.body_grace_s + 100 / limits.body_bytes_per_s_min
+        assert trio.current_time() - start == pytest.approx(expected, abs=0.01)
+        assert await http.closed()
+        await released(server, http)
+        # ...and never more than the body deadline, however long the body.
+        http = connect(server, nursery)
+        start = trio.current_time()
+        length = limits.body_bytes_max
+        await http.stream.send_all(
+            request("POST", "/v1/transactions", None, {"Content-Length": str(length), **JSON})
+        )
+        reply = await http.response()
+        assert reply is not None
+        check_error(reply, 408, "request_timeout")
+        assert limits.body_grace_s + length / limits.body_bytes_per_s_min > limits.body_timeout_s
         assert trio.current_time() - start == pytest.approx(limits.body_timeout_s, abs=0.01)
         assert await http.closed()
         await released(server, http)
@@ -884,6 +1059,161 @@ async def test_slow_clients_get_408_and_their_slot_back(
         replies = [await http.response() for _ in range(3)]
         assert [r.status for r in replies if r is not None] == [200, 200, 404]
         await http.aclose()
+
+
+async def test_heads_without_bodies_hold_no_budget_and_a_source_holds_only_its_share(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Body bytes are charged as they arrive: connections from one address that send a head
+    announcing a large body and then nothing hold no budget (they used to reserve it all,
+    and every other client's POST got 503), and what one address does send is capped at its
+    share of the budget."""
+    mib = 1 << 20
+    options = {"body_bytes_held_max": 8 * mib, "body_bytes_source_max": 2 * mib}
+    async with fake_gateway(tmp_path, **options) as (server, _, nursery):
+        assert server.limits.body_bytes_max == 2 * mib  # (the share caps the largest body)
+
+        def announce(length: int) -> bytes:
+            return request(
+                "POST", "/v1/transactions", None, {"Content-Length": str(length), **JSON}
+            )
+
+        heads = []
+        for _ in range(20):  # announced: 20 MiB, over twice the whole budget
+            http = connect(server, nursery, host="10.0.0.1")
+            await http.stream.send_all(announce(mib))
+            heads.append(http)
+        await trio.sleep(0.5)
+        assert server.budget.held == 0
+        body = b'{"transactions": [1]}'  # (answered by the gateway: no member behind it)
+        reply = await connect(server, nursery, host="10.0.0.2").ask(
+            "POST", "/v1/transactions", body, JSON
+        )
+        check_error(reply, 400, "bad_request")  # served, not 503
+        # What an address sends counts against its share (2 MiB), and only its own: past it,
+        # 429 for that address, while another's bodies go on.
+        partial = connect(server, nursery, host="10.0.0.1")
+        await partial.stream.send_all(announce(2 * mib) + b" " * (mib * 3 // 2))
+        await trio.sleep(0.1)
+        assert server.budget.by_source["10.0.0.1"] == mib * 3 // 2
+        over = connect(server, nursery, host="10.0.0.1")
+        await over.stream.send_all(announce(mib) + b" " * mib)
+        reply = await over.response()
+        assert reply is not None
+        check_error(reply, 429, "overloaded")
+        assert reply.headers["connection"] == "close"
+        other = connect(server, nursery, host="10.0.0.2")
+        await other.stream.send_all(announce(2 * mib) + b" " * mib)
+        await trio.sleep(0.1)
+        assert server.budget.by_source["10.0.0.2"] == mib
+        # The heads with no body: 408 at the grace plus their length at the minimum rate.
+        for http in heads:
+            reply = await http.response()
+            assert reply is not None
+            check_error(reply, 408, "request_timeout")
+        limits = server.limits
+        assert trio.current_time() == pytest.approx(
+            limits.body_grace_s + mib / limits.body_bytes_per_s_min, abs=1
+        )
+        for http in (partial, other, over, *heads):
+            await http.aclose()
+        while server.caps.slots:  # noqa: ASYNC110
+            await trio.sleep(0.1)
+        assert server.budget.held == 0 and not server.budget.by_source
+
+
+async def test_a_client_that_does_not_read_its_100_continue_is_closed_in_time(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with fake_gateway(tmp_path) as (server, _, nursery):
+        http = connect(server, nursery, lockstep=True)
+        head = request(
+            "POST",
+            "/v1/transactions",
+            None,
+            {**JSON, "Expect": "100-continue", "Content-Length": "1000"},
+        )
+        await http.stream.send_all(head)  # and never reads
+        start = trio.current_time()
+        with trio.fail_after(60):
+            while server.caps.slots:  # noqa: ASYNC110
+                await trio.sleep(0.1)
+        assert trio.current_time() - start == pytest.approx(server.limits.send_timeout_s, abs=0.2)
+        assert not server.connections and server.budget.held == 0
+
+
+async def test_head_is_answered_without_a_body_and_keep_alive_goes_on(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with fake_gateway(tmp_path) as (server, _, nursery):
+        http = connect(server, nursery)
+        await http.stream.send_all(request("HEAD", "/v1/status") + request("GET", "/v1/status"))
+        head = await http.head()
+        assert head is not None
+        status, headers = head
+        assert status == 405 and headers["allow"] == "GET" and int(headers["content-length"]) > 0
+        reply = await http.response()  # the next bytes are the next response, not a body
+        assert reply is not None and reply.status == 200 and reply.doc["member"] == "m0"
+        await http.aclose()
+
+
+async def test_a_large_body_that_is_no_submit_is_refused_without_freezing_the_member(
+    tmp_path: Path,
+) -> None:
+    """A submit body is never parsed as JSON on the event loop past JSON_PARSE_BYTES_MAX: 22 MB
+    of nested or wide JSON cost seconds of CPU and hundreds of MB there, freezing consensus.
+    Bodies near the size limit are refused by a linear scan (or, shaped right, by the
+    per-transaction checks, which yield), and the loop stays responsive (CPU-time probe)."""
+    async with fake_gateway(tmp_path) as (server, _, nursery):
+        body_max = server.limits.body_bytes_max
+        head, tail = b'{"transactions": ', b"}"
+        room = body_max - len(head) - len(tail)
+        valid = base64.b64encode(pack([[b"b" * 100, 1, 2], b"s" * 64])).decode()
+        many = (room - 10) // (len(valid) + 4)
+        bodies = {
+            "nested": head + b"[" * (room // 2) + b"]" * (room // 2) + tail,
+            "wide": b'{"x": [' + b"1," * ((body_max - 10) // 2) + b"1]}",
+            "strings": head + b"[" + b'"",' * ((room - 10) // 3) + b'""]' + tail,
+            "last": json.dumps({"transactions": [valid] * many + ["!"]}).encode(),
+        }
+        for name, body in bodies.items():
+            assert body_max - 8192 < len(body) <= body_max, name
+        status = connect(server, nursery, host="10.0.0.9")
+        replies: dict[str, Reply] = {}
+
+        async def work() -> None:
+            for name, body in bodies.items():
+                http = connect(server, nursery)
+                replies[name] = await http.ask("POST", "/v1/transactions", body, JSON)
+                await http.aclose()
+                assert (await status.ask("GET", "/v1/status")).status == 200
+
+        gap = await max_gap_while(work)
+        for reply in replies.values():
+            check_error(reply, 400, "bad_request")
+        assert "at most 100000 transactions" in replies["strings"].doc["error"]["message"]
+        assert f"transactions[{many}]" in replies["last"].doc["error"]["message"]
+        assert gap < 0.15, f"the event loop was frozen for {gap:.2f} s of CPU"
+        assert server.budget.held == 0
+
+
+async def test_a_large_submit_is_read_without_parsing_json() -> None:
+    """The scanner reads every large submit a JSON encoder writes: whitespace anywhere between
+    tokens, and the escaped solidus some encoders write in base64; what it makes is what the
+    JSON parse of the same body makes."""
+    server = GatewayServer(_Nothing(), listen=(HOST, 0), frame_bytes_max=1 << 20)  # type: ignore[arg-type]
+    txs = [[[os.urandom(100), i, 2], os.urandom(64)] for i in range(2000)]
+    texts = [base64.b64encode(pack(t)).decode() for t in txs]
+    body = json.dumps({"transactions": texts}, indent=2).replace("/", "\\/").encode()
+    assert len(body) > gateway_module.JSON_PARSE_BYTES_MAX
+    scanned = gateway_module._scan_submit(body)
+    assert isinstance(scanned, list)
+    request = await server._native_submit(1, scanned)
+    assert request == await server._native_submit(1, json.loads(body)["transactions"])
+    assert request.txs == txs  # type: ignore[attr-defined]
+    assert gateway_module._scan_submit(b' \n{ "transactions" :[ ]\t}\r\n') == []
+    for bad in (b'{"transactions": [', b'{"transactions": []', b'{"transactions": []}x', b"[]"):
+        assert isinstance(gateway_module._scan_submit(bad), str), bad
 
 
 async def test_a_subscriber_that_never_reads_is_ended_and_costs_bounded_memory(
@@ -941,6 +1271,129 @@ async def test_a_slow_reader_is_told_why_its_stream_ended(
         assert server.counters["sse_slow_reader"] == 1
 
 
+async def test_one_address_cannot_take_every_stream_they_are_shared_fairly(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """As the member shares its follows (service._share_follow): one address holding every SSE
+    slot gives one up to another that holds fewer (by two or more), told why."""
+    async with fake_gateway(tmp_path, sse_streams_max=4) as (server, _, nursery):
+
+        async def follow(host: str) -> Http:
+            http = connect(server, nursery, host=host)
+            await http.stream.send_all(request("GET", "/v1/follow?from=29"))
+            head = await http.head()
+            assert head is not None and head[0] == 200, head
+            return http
+
+        greedy = [await follow("10.0.0.1") for _ in range(4)]
+        check_error(
+            await connect(server, nursery, host="10.0.0.1").ask("GET", "/v1/follow?from=1"),
+            503,
+            "too_many_subscribers",
+        )
+        other = [await follow("10.0.0.2"), await follow("10.0.0.2")]
+        assert server.sse_open == 4 and server.counters["sse_shared_fairly"] == 2
+        # The newest two of the greedy address's streams ended, each with its reason.
+        for http in greedy[2:]:
+            while await http._more():
+                pass
+            error = json.loads(
+                bytes(http.buffer).rsplit(b"event: error\n", 1)[1].split(b"data: ", 1)[1]
+            )
+            assert error["error"]["code"] == "overloaded" and "fairly" in error["error"]["message"]
+        # Two each: the fair part. A third for either is refused, not shared.
+        reply = await connect(server, nursery, host="10.0.0.2").ask("GET", "/v1/follow?from=1")
+        check_error(reply, 503, "too_many_subscribers")
+        for http in (*greedy[:2], *other):  # the others keep streaming
+            while b"id: 30\n" not in http.buffer:
+                assert await http._more()
+            await http.aclose()
+        while server.sse_open:  # noqa: ASYNC110
+            await trio.sleep(0.1)
+
+
+async def test_more_blocks_than_the_credit_end_the_stream_with_a_reason(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The member never sends a stream more blocks than its credit; if it did (a bug), the
+    stream ends, told why, instead of an assert failing in the stream's task."""
+    async with fake_gateway(tmp_path) as (server, _, nursery):
+        http = connect(server, nursery, lockstep=True)
+        await http.stream.send_all(request("GET", "/v1/follow?from=1"))
+        await trio.sleep(1)  # (the writer is stuck on the head: SSE_CREDIT blocks queued)
+        [conn] = server.connections.values()
+        conn.push(b"\x93" + pack(1) + pack("block") + pack([b"header", [], b"signature"]))
+        while await http._more():
+            pass
+        events = bytes(http.buffer).split(b"\n\n")
+        assert events[-2].startswith(b"event: error\n"), events[-2:]
+        error = json.loads(events[-2].split(b"data: ", 1)[1])
+        assert error["error"]["code"] == "internal" and "granted" in error["error"]["message"]
+        assert bytes(http.buffer).count(b"event: block\n") == SSE_CREDIT  # then the end
+        assert server.counters["sse_credit_exceeded"] == 1
+        while server.sse_open:  # noqa: ASYNC110
+            await trio.sleep(0.1)
+
+
+async def test_the_receipts_a_request_watches_are_unwatched_when_it_ends(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A wait_ms request's watches end with the request, not ID_WATCH_AGE_S (600 s) later on a
+    keep-alive connection nobody reads pushes from."""
+    async with fake_gateway(tmp_path) as (server, service, nursery):
+        http = connect(server, nursery)
+        reply = await http.ask("GET", f"/v1/transactions/{'ab' * 32}/receipt?wait_ms=1000")
+        check_error(reply, 404, "not_found")
+        [conn] = server.connections.values()  # (keep-alive: still open)
+        assert service.watches.count == 0 and not conn.watched
+        # A request still waiting when its client leaves: its watch ends with it as well.
+        await http.stream.send_all(get(f"/v1/transactions/{'cd' * 32}/receipt?wait_ms=30000"))
+        await trio.sleep(1)
+        assert service.watches.count == 1
+        await http.aclose()
+        with trio.fail_after(60):
+            while server.connections:  # noqa: ASYNC110
+                await trio.sleep(0.1)
+        assert service.watches.count == 0
+
+
+def test_every_refusal_of_the_handler_names_its_kind_and_the_gateway_maps_each() -> None:
+    """The gateway answers a handler's error reply by the kind the handler gave it, never by
+    its English: every conn.error in service.py passes `kind=`, one of client_port.Refusal,
+    and each kind has its HTTP status."""
+    import ast
+    import typing
+
+    from consortium.node import client_port, service
+
+    kinds = set(typing.get_args(client_port.Refusal))
+    calls = [
+        node
+        for node in ast.walk(ast.parse(Path(service.__file__).read_text()))
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "error"
+        and not (isinstance(node.func.value, ast.Attribute) and node.func.value.attr == "log")
+    ]
+    assert len(calls) >= 10
+    for call in calls:
+        given = {k.arg: k.value for k in call.keywords}
+        where = f"service.py line {call.lineno}"
+        assert "kind" in given, f"{where}: conn.error without kind="
+        value = given["kind"]
+        assert isinstance(value, ast.Constant) and value.value in kinds, where
+    expected = {
+        "bad_request": (400, "bad_request"),
+        "overloaded": (503, "overloaded"),
+        "too_many_follows": (503, "too_many_subscribers"),
+        "internal": (500, "internal"),
+    }
+    assert set(expected) == kinds
+    for kind, (status, code) in expected.items():
+        error = gateway_module._refusal(kind, "a message in any words")
+        assert (error.status, error.code) == (status, code), kind
+
+
 async def test_a_stream_the_member_ends_ends_with_an_error_event(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
@@ -995,6 +1448,30 @@ def test_init_gateway_writes_a_listener_per_member_and_gateways_json(tmp_path: P
     init_network(tmp_path / "plain", members=4, clients=1)
     assert not (tmp_path / "plain" / "gateways.json").exists()
     assert load_config(tmp_path / "plain" / "nodes" / "n1").gateway_listen is None
+
+
+def test_init_gateway_with_hosts_refuses_a_gateway_port_that_is_another_listeners(
+    tmp_path: Path,
+) -> None:
+    """With --hosts a gateway listens on its client port + 100: refused in one line when that
+    is a peer port (or another listener's) on the same host, before anything is written."""
+    hosts = "10.9.0.1,10.9.0.2,10.9.0.3,10.9.0.4"
+    directory = tmp_path / "net"
+    options = ["init", "--dir", str(directory), "--hosts", hosts, "--gateway"]
+    result = CliRunner().invoke(app, [*options, "--client-port", "7000", "--peer-port", "7100"])
+    assert result.exit_code != 0
+    message = result.output.strip()
+    assert "n1's gateway port 7100" in message and "n1's peer port" in message, message
+    assert len(message.splitlines()) == 1 and not directory.exists()
+    # Several members on one host: a member's gateway port is another member's peer port.
+    shared = ["--hosts", "10.9.0.1,10.9.0.1", "--client-port", "7000", "--peer-port", "7101"]
+    result = CliRunner().invoke(app, ["init", "--dir", str(directory), "--gateway", *shared])
+    assert result.exit_code != 0, result.output
+    assert "n2's gateway port 7101" in result.output and "n1's peer port" in result.output
+    result = CliRunner().invoke(app, [*options, "--client-port", "7000", "--peer-port", "7200"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads((directory / "gateways.json").read_text())
+    assert doc["gateways"][0]["url"] == "http://10.9.0.1:7100"
 
 
 def test_gateway_settings_are_checked_and_the_environment_turns_it_on(tmp_path: Path) -> None:

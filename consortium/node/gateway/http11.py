@@ -12,10 +12,19 @@ Reading a request (`HttpReader.next_request`):
 - The body is read only with a Content-Length (`Transfer-Encoding` is refused: 400
   `bad_request`, then close: a chunked body cannot be skipped without reading it). A length
   over `body_bytes_max` is refused 413 `payload_too_large` before a byte of it is read, then
-  close; so is a length the gateway-wide `BodyBudget` cannot hold now (503 `overloaded`):
-  bodies being read and served at once hold at most that many bytes in all. The whole body
-  must come within `body_timeout_s` of the end of the head: else 408, then close.
-- A client that sends `Expect: 100-continue` is told to go on once its length is accepted.
+  close.
+- Body bytes are charged to the gateway-wide `BodyBudget` as they arrive, never reserved from
+  the Content-Length: a head announcing a large body holds nothing, so connections that send
+  heads and no body cannot lock every other client's POST out. The budget also caps what one
+  source (sources.source_group) holds. A body the budget cannot hold any more is refused
+  mid-way (429 `overloaded` for the source's share, 503 for the gateway's), then close.
+- The whole body must come within `body_grace_s` + its length at `body_bytes_per_s_min` of the
+  end of the head, and never later than `body_timeout_s`: a minimum transfer rate, so a body
+  trickled in holds its slot and its bytes for seconds, not the full deadline. Else 408, then
+  close.
+- A client that sends `Expect: 100-continue` is told to go on once its length is accepted,
+  within `send_timeout_s` (a client that does not read it is closed without a word: every write
+  here is under a deadline).
 - Bytes after a request (a pipelined next one) stay in the reader's buffer for the next call:
   one request is in progress at a time.
 
@@ -26,6 +35,7 @@ Every error here is an `HttpError` the server answers as JSON (`{"error": {"code
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -115,7 +125,9 @@ class Response:
     headers: tuple[tuple[str, str], ...] = ()
     close: bool = False
 
-    def encode(self) -> bytes:
+    def encode(self, *, head_only: bool = False) -> bytes:
+        """The response's bytes; `head_only` (the answer to HEAD): its head alone, with the
+        Content-Length the body would have (RFC 9110 9.3.2), so that keep-alive goes on."""
         lines = [
             f"HTTP/1.1 {self.status} {REASONS.get(self.status, 'Unknown')}",
             f"Content-Type: {self.content_type}",
@@ -124,7 +136,8 @@ class Response:
             "Connection: close" if self.close else "Connection: keep-alive",
             *(f"{k}: {v}" for k, v in self.headers),
         ]
-        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + self.body
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        return head if head_only else head + self.body
 
 
 def json_response(status: int, doc: Any, headers: tuple[tuple[str, str], ...] = ()) -> Response:
@@ -161,21 +174,34 @@ SSE_KEEPALIVE = b": keepalive\n\n"
 
 @dataclass
 class BodyBudget:
-    """Request body bytes held at once over every connection of the gateway (being read, and
-    until their request is answered)."""
+    """Request body bytes held at once over every connection of the gateway (charged as they
+    arrive, held until their request is answered): at most `bytes_max` in all and
+    `source_bytes_max` from one source (sources.source_group)."""
 
     bytes_max: int
+    source_bytes_max: int
     held: int = 0
+    by_source: Counter[str] = field(default_factory=Counter)
 
-    def take(self, n: int) -> bool:
+    def take(self, n: int, source: str) -> str | None:
+        """Charge `n` bytes to `source`; None, or why not ("source": its share is full,
+        "all": the gateway's is)."""
+        if self.by_source[source] + n > self.source_bytes_max:
+            return "source"
         if self.held + n > self.bytes_max:
-            return False
+            return "all"
         self.held += n
-        return True
+        self.by_source[source] += n
+        return None
 
-    def give(self, n: int) -> None:
+    def give(self, n: int, source: str) -> None:
+        if not n:
+            return
         self.held -= n
-        assert self.held >= 0
+        self.by_source[source] -= n
+        assert self.held >= 0 and self.by_source[source] >= 0
+        if not self.by_source[source]:
+            del self.by_source[source]
 
 
 @dataclass
@@ -186,6 +212,12 @@ class Limits:
     body_timeout_s: float
     idle_timeout_s: float
     send_timeout_s: float
+    body_grace_s: float = 5.0  # a body's deadline: this, plus its length at...
+    body_bytes_per_s_min: int = 64 << 10  # ...this rate (at most body_timeout_s)
+
+    def body_deadline_s(self, length: int) -> float:
+        """How long a body of `length` bytes may take, from the end of its head."""
+        return min(self.body_timeout_s, self.body_grace_s + length / self.body_bytes_per_s_min)
 
 
 @dataclass
@@ -197,13 +229,14 @@ class HttpReader:
     limits: Limits
     budget: BodyBudget
     started: float
+    source: str = ""  # whose share of the budget the bodies are charged to
     buffer: bytearray = field(default_factory=bytearray)
     requests: int = 0
     held: int = 0  # body bytes of the current request held in the budget
 
     def release(self) -> None:
         """The current request is answered: its body's bytes go back to the budget."""
-        self.budget.give(self.held)
+        self.budget.give(self.held, self.source)
         self.held = 0
 
     async def _receive(self) -> bool:
@@ -256,19 +289,16 @@ class HttpReader:
             )
         body = b""
         if length:
-            if not self.budget.take(length):
-                raise HttpError(
-                    "overloaded",
-                    "the gateway holds as many request bodies as it may at once; try again",
-                    status=503,
-                    close=True,
-                    headers=(("Retry-After", "1"),),
-                )
-            self.held = length
+            deadline = trio.current_time() + limits.body_deadline_s(length)
             if request.headers.get("expect", "").lower() == "100-continue":
                 # (curl asks before a large body, and waits a second for this otherwise)
-                await self.stream.send_all(b"HTTP/1.1 100 Continue\r\n\r\n")
-            read = await self._body(length, trio.current_time() + limits.body_timeout_s)
+                told = False
+                with trio.move_on_after(limits.send_timeout_s):
+                    await self.stream.send_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                    told = True
+                if not told:
+                    return None  # it does not read what it asked for: closed without a word
+            read = await self._body(length, deadline)
             if read is None:
                 return None
             body = read
@@ -308,8 +338,17 @@ class HttpReader:
         )
 
     async def _body(self, length: int, deadline: float) -> bytes | None:
+        """The body, its bytes charged to the budget as they arrive (module docstring)."""
         with trio.move_on_at(deadline):
-            while len(self.buffer) < length:
+            while True:
+                have = min(len(self.buffer), length)
+                if have > self.held:
+                    full = self.budget.take(have - self.held, self.source)
+                    if full is not None:
+                        raise self._budget_full(full)
+                    self.held = have
+                if have == length:
+                    break
                 if not await self._receive():
                     return None
             body = bytes(self.buffer[:length])
@@ -317,6 +356,26 @@ class HttpReader:
             return body
         raise HttpError(
             "request_timeout",
-            f"the request body did not arrive within {self.limits.body_timeout_s:g} s",
+            f"the request body of {length} bytes did not arrive within "
+            f"{self.limits.body_deadline_s(length):g} s (at least "
+            f"{self.limits.body_bytes_per_s_min} bytes/s are needed)",
             close=True,
+        )
+
+    def _budget_full(self, which: str) -> HttpError:
+        if which == "source":
+            return HttpError(
+                "overloaded",
+                "request bodies from your address hold as many bytes as one address may at "
+                "once; try again",
+                status=429,
+                close=True,
+                headers=(("Retry-After", "1"),),
+            )
+        return HttpError(
+            "overloaded",
+            "the gateway holds as many request bodies as it may at once; try again",
+            status=503,
+            close=True,
+            headers=(("Retry-After", "1"),),
         )

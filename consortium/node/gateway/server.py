@@ -10,7 +10,7 @@ import json
 import logging
 import re
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -18,8 +18,20 @@ from urllib.parse import parse_qsl
 
 import trio
 
-from consortium.crypto.codec import WireFormatError, pack, unpack, unpack_canonical
-from consortium.node.client_port import OUTBOUND_BYTES_MAX, ClientConnection, ClientHandler
+from consortium.crypto.codec import (
+    WireFormatError,
+    array_header_bytes,
+    pack,
+    unpack,
+    unpack_canonical,
+)
+from consortium.node.client_port import (
+    OUTBOUND_BYTES_MAX,
+    TLS_HANDSHAKES_MAX,
+    ClientConnection,
+    ClientHandler,
+    Refusal,
+)
 from consortium.node.gateway.http11 import (
     SSE_HEAD,
     SSE_KEEPALIVE,
@@ -35,7 +47,7 @@ from consortium.node.gateway.http11 import (
 )
 from consortium.node.logs import RateLimitedLog
 from consortium.node.sources import ConnectionCaps, Slot, source_group
-from consortium.protocol.limits import TXS_PER_REQUEST_MAX
+from consortium.protocol.limits import KEY_BYTES_MAX, TXS_PER_REQUEST_MAX
 from consortium.protocol.messages import (
     PUSH,
     BlockReceipts,
@@ -67,10 +79,13 @@ from consortium.protocol.verify import Bundle
 CONNECTIONS_MAX = 256  # gateway connections in all (the per-source cap is the client port's)
 HEAD_BYTES_MAX = 8192
 HEAD_TIMEOUT_S = 5.0  # a request head, whole, from its first byte (the first: from the accept)
-BODY_TIMEOUT_S = 30.0  # a request body, whole, from the end of its head
+BODY_TIMEOUT_S = 30.0  # a request body, whole, from the end of its head, at most...
+BODY_GRACE_S = 5.0  # ...and at least this plus its length at BODY_BYTES_PER_S_MIN
+BODY_BYTES_PER_S_MIN = 64 << 10
 IDLE_TIMEOUT_S = 30.0  # a keep-alive connection with no request this long is closed
 SEND_TIMEOUT_S = 10.0  # an answer not taken by the client in this time closes the connection
 BODY_BYTES_HELD_MAX = 256 << 20  # request bodies read or being served at once, all connections
+BODY_BYTES_PER_SOURCE_MAX = 64 << 20  # ...of which one source's (and the largest body)
 WAIT_MS_MAX = 30_000
 SSE_STREAMS_MAX = 16  # of the member's FOLLOWS_MAX (32): native followers keep the rest
 SSE_CREDIT = 16  # blocks a stream may have queued and unwritten (credit, granted as it drains)
@@ -85,10 +100,16 @@ LINGER_BYTES_MAX = 1 << 20  # ...and dropped, at most this much (GatewayServer._
 # client port numbers its connections from 1: the gateway's are numbered apart, or one port's
 # connection ending cancelled the other's follows (a test caught it).
 CONNECTION_IDS_FROM = 1 << 62
+REVOKED = "revoked"  # a connection's closed_reason when its TLS key was revoked meanwhile
 QUERY_FIELDS_MAX = 8
-_HEX64 = re.compile(r"[0-9a-f]{64}")
-_BASE64URL = re.compile(r"[A-Za-z0-9_-]*")
 _DIGITS = re.compile(r"[0-9]{1,19}")
+_JSON_SPACE = b" \t\r\n"
+_SUBMIT_OPEN = re.compile(rb'[ \t\r\n]*\{[ \t\r\n]*"transactions"[ \t\r\n]*:[ \t\r\n]*\[')
+_SUBMIT_CLOSE = re.compile(rb"\][ \t\r\n]*\}[ \t\r\n]*")
+# A submit body up to this size is parsed as JSON (any JSON of the shape; a few ms of CPU at
+# worst); a larger one is read by `_scan_submit`, which parses nothing.
+JSON_PARSE_BYTES_MAX = 256 << 10
+DECODE_CHECKPOINT_BYTES = 256 << 10  # the transactions' decoding yields to the loop this often
 # The first bytes of a receipt push (pack([0, "receipt", ...]) and pack([0, "receipts", ...])).
 _RECEIPT_PUSH = b"\x93\x00" + pack("receipt")
 _RECEIPTS_PUSH = b"\x93\x00" + pack("receipts")
@@ -102,14 +123,21 @@ class GatewayConnection(ClientConnection):
     fill its queue with pushes nobody reads between requests (they are counted in
     `pushes_dropped`, and the watches behind them end as the handler's do)."""
 
-    def __init__(self, conn_id: int, peer: str) -> None:
+    def __init__(self, conn_id: int, peer: str, source: str = "") -> None:
         super().__init__(conn_id, peer, OUTBOUND_FRAMES_MAX, OUTBOUND_BYTES_MAX)
+        self.source = source  # where it comes from (sources.source_group): per-source shares
         self.collecting = False
         self.pushes_dropped = 0
         self._req_ids = itertools.count(1)
+        self.refusals: dict[int, Refusal] = {}  # req id -> the kind of its error reply
 
     def next_req_id(self) -> int:
         return next(self._req_ids)
+
+    def error(self, req_id: int, message: str, *, kind: Refusal = "bad_request") -> bool:
+        if req_id != PUSH:
+            self.refusals[req_id] = kind
+        return super().error(req_id, message, kind=kind)
 
     def push(self, body: bytes) -> bool:
         if not self.collecting and (
@@ -133,15 +161,26 @@ class _Events:
 
     def __init__(self) -> None:
         self.queue: deque[tuple[bytes, bool]] = deque()  # (event, whether it is a block)
+        self.blocks = 0  # blocks put and not yet written (queued, or being written)
         self.finished = False
         self.writing_since: float | None = None  # when the write in progress began
         self.done = trio.Event()  # the writer wrote everything, or gave up
         self._wakeup = trio.Event()
 
-    def put(self, event: bytes, *, block: bool) -> None:
-        assert not block or sum(b for _, b in self.queue) < SSE_CREDIT, "credit exceeded"
+    def put(self, event: bytes, *, block: bool) -> bool:
+        """Queue `event`; False (nothing queued) for a block beyond the credit: the member
+        sent more than it was granted, and the stream is to end."""
+        if block:
+            if self.blocks >= SSE_CREDIT:
+                return False
+            self.blocks += 1
         self.queue.append((event, block))
         self._wakeup.set()
+        return True
+
+    def written(self, block: bool) -> None:
+        if block:
+            self.blocks -= 1
 
     def finish(self) -> None:
         self.finished = True
@@ -158,26 +197,113 @@ class _Events:
 
 
 @dataclass(frozen=True, slots=True)
+class Param:
+    """One parameter of a route, as the server checks it and as the OpenAPI document gives it
+    (`schema`; a test holds the document to this table): a whole number from 0 to `maximum`
+    (decimal digits only, at most 19), or a string matching `pattern` of `min_length` to
+    `max_length` characters."""
+
+    name: str
+    where: str  # "path", "query" or "header"
+    maximum: int | None = None  # a whole number up to this; else a string:
+    pattern: str = ""
+    min_length: int = 0
+    max_length: int | None = None
+    required: bool = False
+
+    def schema(self) -> dict[str, Any]:
+        if self.maximum is not None:
+            return {"type": "integer", "minimum": 0, "maximum": self.maximum}
+        schema: dict[str, Any] = {"type": "string", "pattern": self.pattern}
+        if self.min_length:
+            schema["minLength"] = self.min_length
+        if self.max_length is not None:
+            schema["maxLength"] = self.max_length
+        return schema
+
+    def check(self, text: str) -> str:
+        """`text` if it is a value of this parameter; else HttpError bad_request."""
+        if self.maximum is not None:
+            if not _DIGITS.fullmatch(text) or int(text) > self.maximum:
+                raise _bad(
+                    f"{self.name} must be a whole number from 0 to {self.maximum}, not "
+                    f"{text[:40]!r}"
+                )
+        elif (
+            not re.fullmatch(self.pattern.removeprefix("^").removesuffix("$"), text)
+            or len(text) < self.min_length
+            or (self.max_length is not None and len(text) > self.max_length)
+        ):
+            size = f"{self.min_length} to {self.max_length} characters"
+            raise _bad(f"{self.name} must match {self.pattern} ({size}), not {text[:40]!r}")
+        return text
+
+
+WAIT_MS = Param("wait_ms", "query", maximum=WAIT_MS_MAX)
+HEIGHT_MAX = 2**63 - 1
+
+
+@dataclass(frozen=True, slots=True)
 class Route:
     method: str
     template: str  # "/v1/kv/{key}": the OpenAPI document's path
     name: str  # the endpoint (counters: request_<name>)
+    params: tuple[Param, ...] = ()  # its parameters: no other query parameter is taken
 
     def match(self, path: str) -> dict[str, str] | None:
         pattern = re.sub(r"\\{(\w+)\\}", r"(?P<\1>[^/]+)", re.escape(self.template))
         found = re.fullmatch(pattern, path)
         return None if found is None else found.groupdict()
 
+    def query(self) -> dict[str, Param]:
+        return {p.name: p for p in self.params if p.where == "query"}
 
+
+# Every route and its parameters: the server reads them here, and the test holds the OpenAPI
+# document to this table (names, places, requiredness, schemas).
 ROUTES: tuple[Route, ...] = (
-    Route("POST", "/v1/transactions", "submit"),
-    Route("GET", "/v1/transactions/{tx_id}/receipt", "receipt"),
-    Route("GET", "/v1/kv/{key}", "kv"),
-    Route("GET", "/v1/blocks/{height}", "block"),
-    Route("GET", "/v1/follow", "follow"),
+    Route("POST", "/v1/transactions", "submit", (WAIT_MS,)),
+    Route(
+        "GET",
+        "/v1/transactions/{tx_id}/receipt",
+        "receipt",
+        (Param("tx_id", "path", pattern="^[0-9a-f]{64}$", required=True), WAIT_MS),
+    ),
+    Route(
+        "GET",
+        "/v1/kv/{key}",
+        "kv",
+        (
+            # base64url without padding: a length of 4k+1 encodes no bytes
+            Param(
+                "key",
+                "path",
+                pattern="^(?:[A-Za-z0-9_-]{4})*(?:[A-Za-z0-9_-]{2,3})?$",
+                min_length=1,
+                max_length=-(-KEY_BYTES_MAX * 4 // 3),
+                required=True,
+            ),
+        ),
+    ),
+    Route(
+        "GET",
+        "/v1/blocks/{height}",
+        "block",
+        (Param("height", "path", maximum=HEIGHT_MAX, required=True),),
+    ),
+    Route(
+        "GET",
+        "/v1/follow",
+        "follow",
+        (
+            Param("from", "query", maximum=HEIGHT_MAX),  # (required without Last-Event-ID)
+            Param("Last-Event-ID", "header", maximum=HEIGHT_MAX - 1),
+        ),
+    ),
     Route("GET", "/v1/status", "status"),
     Route("GET", "/openapi.json", "openapi"),
 )
+ROUTES_BY_NAME = {r.name: r for r in ROUTES}
 
 
 def openapi_document() -> bytes:
@@ -193,7 +319,9 @@ def _bad(message: str) -> HttpError:
     return HttpError("bad_request", message)
 
 
-def _query(incoming: Incoming, allowed: set[str]) -> dict[str, str]:
+def _query(incoming: Incoming, route: Route) -> dict[str, str]:
+    """The route's query parameters, each checked (`Param.check`); one it does not take, or
+    a malformed query string, is refused."""
     try:
         pairs = parse_qsl(
             incoming.query,
@@ -205,35 +333,50 @@ def _query(incoming: Incoming, allowed: set[str]) -> dict[str, str]:
     except ValueError:
         raise _bad("malformed query string") from None
     fields = dict(pairs)
-    unknown = sorted(set(fields) - allowed)
+    allowed = route.query()
+    unknown = sorted(set(fields) - set(allowed))
     if unknown:
         known = ", ".join(sorted(allowed)) or "none"
         raise _bad(f"unknown query parameter {unknown[0][:40]!r} (known: {known})")
-    return fields
-
-
-def _whole(text: str, what: str, hi: int) -> int:
-    """A decimal whole number from 0 to `hi` (no sign, no spaces)."""
-    if not _DIGITS.fullmatch(text) or int(text) > hi:
-        raise _bad(f"{what} must be a whole number from 0 to {hi}, not {text[:40]!r}")
-    return int(text)
-
-
-def _wait_ms(fields: dict[str, str]) -> int:
-    return _whole(fields.get("wait_ms", "0"), "wait_ms", WAIT_MS_MAX)
+    return {name: allowed[name].check(text) for name, text in fields.items()}
 
 
 def _json_body(incoming: Incoming) -> Any:
+    try:
+        return json.loads(incoming.body)
+    except (ValueError, RecursionError) as exc:  # (UnicodeDecodeError is a ValueError)
+        raise HttpError("bad_json", f"the body is not JSON: {str(exc)[:120]}") from None
+
+
+def _content_json(incoming: Incoming) -> None:
     kind = incoming.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if kind != "application/json":
         raise HttpError(
             "unsupported_media_type",
             f"the body must be JSON (Content-Type: application/json), not {kind[:60]!r}",
         )
-    try:
-        return json.loads(incoming.body)
-    except (ValueError, RecursionError) as exc:  # (UnicodeDecodeError is a ValueError)
-        raise HttpError("bad_json", f"the body is not JSON: {str(exc)[:120]}") from None
+
+
+def _scan_submit(body: bytes) -> list[bytes] | str:
+    """The items of a submit body of the one shape the gateway reads at any size,
+    `{"transactions": [<item>, ...]}` with JSON whitespace between the tokens, or why not:
+    found with a few linear C scans (no JSON is parsed, nothing nests), the items unchecked
+    (`_texts` checks each is a string) and at most TXS_PER_REQUEST_MAX of them. A parse of
+    a large body on the event loop froze the member (seconds of CPU and hundreds of MB for
+    22 MB of nested or wide JSON); base64 never needs an escape but `\\/`, so no string of a
+    submit does."""
+    opened = _SUBMIT_OPEN.match(body)
+    if opened is None:
+        return 'it does not begin {"transactions": ['
+    end = body.rfind(b"]")
+    if end < opened.end() or _SUBMIT_CLOSE.fullmatch(body, end) is None:
+        return "it does not end ]}"
+    middle = body[opened.end() : end]
+    if not middle.strip(_JSON_SPACE):
+        return []
+    if middle.count(b",") >= TXS_PER_REQUEST_MAX:
+        return f"at most {TXS_PER_REQUEST_MAX} transactions per request"
+    return middle.split(b",")
 
 
 class GatewayServer:
@@ -249,11 +392,14 @@ class GatewayServer:
         frame_bytes_max: int,
         source_connections_max: int = 64,
         connections_max: int = CONNECTIONS_MAX,
+        source_counts: Counter[str] | None = None,
         tls: TlsIdentity | None = None,
+        handshakes_max: int = TLS_HANDSHAKES_MAX,
         tls_accepts: Callable[[bytes], str | None] | None = None,
         log: logging.Logger | None = None,
         limits: Limits | None = None,
         body_bytes_held_max: int = BODY_BYTES_HELD_MAX,
+        body_bytes_source_max: int = BODY_BYTES_PER_SOURCE_MAX,
         sse_streams_max: int = SSE_STREAMS_MAX,
     ) -> None:
         if tls is not None and tls_accepts is None:
@@ -261,25 +407,50 @@ class GatewayServer:
         self.handler = handler
         self.listen = listen
         self.frame_bytes_max = frame_bytes_max
-        # A submit's JSON: base64 (4/3) of at most a frame of transactions, and per
-        # transaction its quotes and comma.
-        body_max = frame_bytes_max * 4 // 3 + 4 * TXS_PER_REQUEST_MAX + 4096
-        self.limits = limits or Limits(
-            HEAD_BYTES_MAX, body_max, HEAD_TIMEOUT_S, BODY_TIMEOUT_S, IDLE_TIMEOUT_S, SEND_TIMEOUT_S
+        # The largest body is the largest submit's JSON: base64 (4/3) of at most a native
+        # frame of transactions, and per transaction its quotes and comma. A size derived from
+        # a parameter, so bounded: frame_bytes_max is the signed genesis's (the members', not a
+        # client's, to set), the native port takes frames that large from anyone already, and
+        # one source's share of the body budget caps it whatever the genesis says (a 1 GiB
+        # frame does not make 1.4 GB bodies).
+        body_max = min(
+            frame_bytes_max * 4 // 3 + 4 * TXS_PER_REQUEST_MAX + 4096, body_bytes_source_max
         )
-        self.budget = BodyBudget(body_bytes_held_max)
+        self.limits = limits or Limits(
+            HEAD_BYTES_MAX,
+            body_max,
+            HEAD_TIMEOUT_S,
+            BODY_TIMEOUT_S,
+            IDLE_TIMEOUT_S,
+            SEND_TIMEOUT_S,
+            BODY_GRACE_S,
+            BODY_BYTES_PER_S_MIN,
+        )
+        self.budget = BodyBudget(body_bytes_held_max, body_bytes_source_max)
         self.sse_streams_max = sse_streams_max
         self.log = log or logging.getLogger("consortium.gateway")
         self._ratelog = RateLimitedLog(self.log)
         self.counters: Counter[str] = Counter()
+        # Per source, one count with the client port's (`source_counts`): an address gets
+        # `source_connections_max` connections over both ports, not that many on each. In all,
+        # the gateway's own CONNECTIONS_MAX: neither port's clients can take the other's slots.
         self.caps = ConnectionCaps(
-            connections_max, source_connections_max, self.counters, self._ratelog.warning, "gateway"
+            connections_max,
+            source_connections_max,
+            self.counters,
+            self._ratelog.warning,
+            "gateway",
+            source_counts,
         )
+        self._handshakes_max = handshakes_max  # TLS handshakes at once, as on the client port
+        self._handshakes = 0
         self._tls = tls
         self._tls_accepts = tls_accepts
         self.connections: dict[int, GatewayConnection] = {}
         self._ids = itertools.count(CONNECTION_IDS_FROM)
-        self.sse_open = 0
+        # The SSE streams running, by source (sources.source_group): (connection, follow id),
+        # oldest first. Shared max-min fairly (`_share_stream`), as the member shares follows.
+        self._streams: dict[str, list[tuple[GatewayConnection, int]]] = {}
         self.port = 0
         self._openapi = openapi_document()
         self._endpoints: dict[
@@ -298,6 +469,11 @@ class GatewayServer:
             "openapi": self._openapi_route,
         }
         assert set(self._endpoints) == {r.name for r in ROUTES}
+
+    @property
+    def sse_open(self) -> int:
+        """SSE streams running now."""
+        return sum(map(len, self._streams.values()))
 
     @property
     def url(self) -> str:
@@ -369,11 +545,11 @@ class GatewayServer:
             if secured is None:
                 return
             channel, peer, tls_key = secured
-        conn = GatewayConnection(next(self._ids), peer)
+        conn = GatewayConnection(next(self._ids), peer, slot.source)
         conn.tls_key = tls_key
         self.connections[conn.id] = conn
         self.counters["connections"] += 1
-        reader = HttpReader(channel, self.limits, self.budget, started)
+        reader = HttpReader(channel, self.limits, self.budget, started, slot.source)
         try:
             with conn.scope:
                 await self._requests(channel, reader, conn, slot)
@@ -406,7 +582,8 @@ class GatewayServer:
                 return  # a stream ended: so does the connection
             if not incoming.keep_alive or not conn.open:
                 response.close = True
-            if not await self._send(channel, response) or response.close:
+            data = response.encode(head_only=incoming.method == "HEAD")
+            if not await self._send(channel, data) or response.close:
                 return
 
     async def _linger(self, channel: trio.abc.Stream) -> None:
@@ -468,17 +645,21 @@ class GatewayServer:
             if incoming.method == "GET" and incoming.body:
                 raise _bad("a GET request carries no body")
             if conn.tls_key is not None and not self._admitted(conn):
-                raise HttpError(
-                    "forbidden",
-                    f"your TLS key {conn.tls_key.hex()[:16]}… is no longer an admitted client "
-                    "of this network",
-                    close=True,
-                )
+                raise self._forbidden(conn)
             params = route.match(incoming.path)
             assert params is not None
-            return await self._endpoints[route.name](channel, conn, incoming, params)
+            for param in route.params:  # (the table's checks: ROUTES)
+                if param.where == "path":
+                    param.check(params[param.name])
+            params.update(_query(incoming, route))
+            response = await self._endpoints[route.name](channel, conn, incoming, params)
+            if conn.closed_reason == REVOKED and response is not None:
+                raise self._forbidden(conn)  # (revoked while it waited)
+            return response
         except HttpError as exc:
-            return self._error(exc)
+            revoked = conn.closed_reason == REVOKED and conn.tls_key is not None
+            # (revoked while it waited: that is the answer)
+            return self._error(self._forbidden(conn) if revoked else exc)
         except Exception:
             # A bug reached by client input must not take the member down: log it loudly
             # with its traceback, answer 500, keep serving.
@@ -489,6 +670,44 @@ class GatewayServer:
             )
         finally:
             conn.collecting = False
+            if conn.watched:
+                # What the request watched (its submit's ids, its receipt's) ends with it: the
+                # pushes would be dropped now, and the watches held the member's node-wide
+                # capacity for up to ID_WATCH_AGE_S on a keep-alive connection.
+                self.handler.unwatch(conn, set(conn.watched))
+
+    @staticmethod
+    def _forbidden(conn: GatewayConnection) -> HttpError:
+        assert conn.tls_key is not None
+        return HttpError(
+            "forbidden",
+            f"your TLS key {conn.tls_key.hex()[:16]}… is no longer an admitted client of this "
+            "network",
+            close=True,
+        )
+
+    def recheck_tls_keys(self) -> int:
+        """Close the connections whose TLS key is no longer admitted (a revocation took
+        effect: called by the member with the client port's recheck, service.tls_rechecks);
+        how many. A request waiting (wait_ms) is answered 403 `forbidden`, a stream ends with
+        its `forbidden` error event, within client_port.FLUSH_S."""
+        if self._tls_accepts is None:
+            return 0
+        gone = [
+            c
+            for c in self.connections.values()
+            if c.open and c.tls_key is not None and not self._admitted(c)
+        ]
+        for conn in gone:
+            assert conn.tls_key is not None
+            self.counters["tls_revoked_disconnected"] += 1
+            self._ratelog.warning(
+                "tls_revoked",
+                f"gateway client {conn.peer}: its TLS key {conn.tls_key.hex()[:16]}… is no "
+                "longer an admitted client's: disconnected",
+            )
+            conn.close_soon(REVOKED, "your TLS key is no longer admitted")
+        return len(gone)
 
     def _admitted(self, conn: GatewayConnection) -> bool:
         assert conn.tls_key is not None and self._tls_accepts is not None
@@ -501,15 +720,18 @@ class GatewayServer:
         fit the member's frame limit, and decoded by the native decoder (its checks)."""
         frame = encode_request(request)
         if len(frame) > self.frame_bytes_max:
-            raise HttpError(
-                "payload_too_large",
-                f"the request makes a native frame of {len(frame)} bytes; at most "
-                f"{self.frame_bytes_max} are served",
-            )
+            raise self._too_large(len(frame))
         try:
             return decode_request(frame, self.frame_bytes_max)
         except RequestError as exc:
             raise _bad(f"bad request: {exc}") from None
+
+    def _too_large(self, size: int, *, so_far: bool = False) -> HttpError:
+        return HttpError(
+            "payload_too_large",
+            f"the request makes a native frame of {'at least ' if so_far else ''}{size} bytes; "
+            f"at most {self.frame_bytes_max} are served",
+        )
 
     async def _call(self, conn: GatewayConnection, request: Request) -> tuple[Any, list[bytes]]:
         """Serve `request` through the handler: the payload of its ok reply, and the other
@@ -533,8 +755,10 @@ class GatewayServer:
             raise HttpError(
                 "overloaded", str(why), status=429, close=True, headers=(("Retry-After", "1"),)
             )
+        kind = conn.refusals.pop(request.req_id, "bad_request")
+        conn.refusals.clear()  # (errors of requests nobody waits for any more)
         if reply[1] == "error":
-            raise _refusal(str(reply[2]))
+            raise _refusal(kind, str(reply[2]))
         return reply[2], others
 
     def _receipts(self, frames: list[bytes], wanted: set[bytes], out: dict[bytes, bytes]) -> None:
@@ -578,28 +802,17 @@ class GatewayServer:
         incoming: Incoming,
         params: dict[str, str],
     ) -> Response:
-        wait_ms = _wait_ms(_query(incoming, {"wait_ms"}))
-        doc = _json_body(incoming)
-        if not isinstance(doc, dict) or set(doc) != {"transactions"}:
-            raise _bad('the body must be {"transactions": ["<base64>", ...]}')
-        listed = doc["transactions"]
-        if not isinstance(listed, list):
-            raise _bad('"transactions" must be a list of base64 strings')
-        if len(listed) > TXS_PER_REQUEST_MAX:
-            raise _bad(f"at most {TXS_PER_REQUEST_MAX} transactions per request")
-        txs = []
-        for i, text in enumerate(listed):
-            if not isinstance(text, str):
-                raise _bad(f"transactions[{i}] must be a base64 string")
-            try:
-                raw = base64.b64decode(text, validate=True)
-            except (ValueError, binascii.Error):
-                raise _bad(f"transactions[{i}] is not base64 (standard, padded)") from None
-            try:
-                txs.append(unpack_canonical(raw, max_len=self.frame_bytes_max))
-            except WireFormatError as exc:
-                raise _bad(f"transactions[{i}] is not canonical msgpack: {exc}") from None
-        request = self._native(SubmitRequest(conn.next_req_id(), txs))
+        wait_ms = int(params.get("wait_ms", "0"))
+        _content_json(incoming)
+        items: Sequence[bytes | str]
+        if len(incoming.body) <= JSON_PARSE_BYTES_MAX:
+            items = self._parse_submit(incoming)
+        else:
+            scanned = _scan_submit(incoming.body)
+            if isinstance(scanned, str):
+                raise _bad(f'the body must be {{"transactions": ["<base64>", ...]}}: {scanned}')
+            items = scanned
+        request = await self._native_submit(conn.next_req_id(), items)
         conn.collecting = wait_ms > 0
         verdicts, pushed = await self._call(conn, request)
         accepted = {v[0] for v in verdicts if v[1] == "accepted" and v[0]}
@@ -616,6 +829,65 @@ class GatewayServer:
             )
         return json_response(200, {"results": results})
 
+    @staticmethod
+    def _parse_submit(incoming: Incoming) -> list[str]:
+        """A small submit body, parsed as JSON: its strings, or why it is refused."""
+        doc = _json_body(incoming)
+        if not isinstance(doc, dict) or set(doc) != {"transactions"}:
+            raise _bad('the body must be {"transactions": ["<base64>", ...]}')
+        listed = doc["transactions"]
+        if not isinstance(listed, list):
+            raise _bad('"transactions" must be a list of base64 strings')
+        if len(listed) > TXS_PER_REQUEST_MAX:
+            raise _bad(f"at most {TXS_PER_REQUEST_MAX} transactions per request")
+        for i, text in enumerate(listed):
+            if not isinstance(text, str):
+                raise _bad(f"transactions[{i}] must be a base64 string")
+        return listed
+
+    async def _native_submit(self, req_id: int, items: Sequence[bytes | str]) -> Request:
+        """The native submit of `items` (scanned JSON tokens, or parsed strings): each the
+        base64 of a transaction's canonical msgpack. What `_native` makes of a request, with
+        the native decoder's checks made one transaction at a time, yielding to the event loop
+        every DECODE_CHECKPOINT_BYTES: a native frame of transactions is up to
+        frame_bytes_max, and decode_request checks one in a single step (~0.5 s of CPU for a
+        16 MiB frame). The checks are the same: the frame's size, each transaction one
+        canonical value within the decoder's limits (unpack_canonical, as decode_request
+        applies to the whole frame), at most TXS_PER_REQUEST_MAX (the scanner's and the JSON
+        path's); the rest of the frame is ours, canonical by construction."""
+        txs = []
+        # The frame's bytes: its own (the empty list's header replaced), then each transaction's.
+        size = len(encode_request(SubmitRequest(req_id, []))) - 1 + array_header_bytes(len(items))
+        done = 0
+        for i, item in enumerate(items):
+            if isinstance(item, str):  # (parsed JSON: the string itself)
+                text = item.encode("utf-8")
+            else:  # (scanned: the JSON token, quotes and all)
+                text = item.strip(_JSON_SPACE)
+                if len(text) < 2 or text[0] != 0x22 or text[-1] != 0x22:
+                    raise _bad(f"transactions[{i}] must be a base64 string")
+                text = text[1:-1]
+                if b"\\" in text:
+                    text = text.replace(b"\\/", b"/")  # (a JSON encoder's escaped solidus)
+            try:
+                raw = base64.b64decode(text, validate=True)
+            except (ValueError, binascii.Error):
+                raise _bad(f"transactions[{i}] is not base64 (standard, padded)") from None
+            size += len(raw)
+            if size > self.frame_bytes_max:
+                raise self._too_large(size, so_far=True)
+            try:
+                txs.append(unpack_canonical(raw))
+            except WireFormatError as exc:
+                raise _bad(f"transactions[{i}] is not canonical msgpack: {exc}") from None
+            done += len(text) + 16
+            if done >= DECODE_CHECKPOINT_BYTES:
+                done = 0
+                await trio.lowlevel.checkpoint()
+        if len(txs) > TXS_PER_REQUEST_MAX:  # (checked before: the native decoder's check)
+            raise _bad(f"at most {TXS_PER_REQUEST_MAX} transactions per request")
+        return SubmitRequest(req_id, txs)
+
     async def _receipt(
         self,
         channel: trio.abc.Stream,
@@ -623,8 +895,8 @@ class GatewayServer:
         incoming: Incoming,
         params: dict[str, str],
     ) -> Response:
-        wait_ms = _wait_ms(_query(incoming, {"wait_ms"}))
-        tx_id = _tx_id(params["tx_id"])
+        wait_ms = int(params.get("wait_ms", "0"))
+        tx_id = bytes.fromhex(params["tx_id"])
         bundle, _ = await self._call(conn, self._native(ReceiptRequest(conn.next_req_id(), tx_id)))
         raw: bytes | None = None if bundle is None else pack(bundle)
         if raw is None and wait_ms:
@@ -645,10 +917,7 @@ class GatewayServer:
         incoming: Incoming,
         params: dict[str, str],
     ) -> Response:
-        _query(incoming, set())
         text = params["key"]
-        if not _BASE64URL.fullmatch(text) or len(text) % 4 == 1:
-            raise _bad("the key must be base64url without padding")
         key = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
         reply, _ = await self._call(conn, self._native(GetRequest(conn.next_req_id(), key)))
         key, value, height, block_hash, signer, _ = reply
@@ -671,8 +940,7 @@ class GatewayServer:
         incoming: Incoming,
         params: dict[str, str],
     ) -> Response:
-        _query(incoming, set())
-        height = _whole(params["height"], "the height", 2**63 - 1)
+        height = int(params["height"])
         block, _ = await self._call(conn, self._native(BlockRequest(conn.next_req_id(), height)))
         if block is None:
             raise HttpError("not_found", f"this member has no block {height}")
@@ -685,7 +953,6 @@ class GatewayServer:
         incoming: Incoming,
         params: dict[str, str],
     ) -> Response:
-        _query(incoming, set())
         text, _ = await self._call(conn, self._native(StatusRequest(conn.next_req_id())))
         return Response(200, str(text).encode() + b"\n")
 
@@ -696,7 +963,6 @@ class GatewayServer:
         incoming: Incoming,
         params: dict[str, str],
     ) -> Response:
-        _query(incoming, set())
         return Response(200, self._openapi)
 
     # --- follow: Server-Sent Events ---------------------------------------------------------
@@ -708,23 +974,26 @@ class GatewayServer:
         incoming: Incoming,
         params: dict[str, str],
     ) -> Response | None:
-        fields = _query(incoming, {"from"})
         last = incoming.headers.get("last-event-id")
         if last is not None:  # an EventSource reconnecting: on from the block after it
-            from_height = _whole(last.strip(), "Last-Event-ID", 2**63 - 2) + 1
-        elif "from" in fields:
-            from_height = _whole(fields["from"], "from", 2**63 - 1)
+            [_, last_event_id] = ROUTES_BY_NAME["follow"].params
+            from_height = int(last_event_id.check(last.strip())) + 1
+        elif "from" in params:
+            from_height = int(params["from"])
         else:
             raise _bad("from is required: GET /v1/follow?from=HEIGHT")
-        if self.sse_open >= self.sse_streams_max:
+        if self.sse_open >= self.sse_streams_max and not self._share_stream(conn.source):
             raise HttpError(
                 "too_many_subscribers",
                 f"{self.sse_streams_max} streams are open on this member's gateway; try later",
                 headers=(("Retry-After", "5"),),
             )
-        self.sse_open += 1
+        follow_id = conn.next_req_id()
+        entry = (conn, follow_id)
+        mine = self._streams.setdefault(conn.source, [])
+        mine.append(entry)
         try:
-            request = self._native(FollowRequest(conn.next_req_id(), from_height, SSE_CREDIT))
+            request = self._native(FollowRequest(follow_id, from_height, SSE_CREDIT))
             _, pushed = await self._call(conn, request)
             self.counters["sse_streams"] += 1
             if await self._send(channel, SSE_HEAD):
@@ -733,7 +1002,33 @@ class GatewayServer:
                 await self.handler.handle(conn, UnfollowRequest(conn.next_req_id(), request.req_id))
             return None
         finally:
-            self.sse_open -= 1
+            if entry in mine:  # (else: given up to another source, `_share_stream`)
+                mine.remove(entry)
+            if not mine and self._streams.get(conn.source) is mine:
+                del self._streams[conn.source]
+
+    def _share_stream(self, source: str) -> bool:
+        """Every SSE slot is taken: a source holding fewer streams than the fullest source (by
+        two or more) takes that source's newest stream, which ends with a reason (max-min fair,
+        as the member shares its follows: service._share_follow), so one client, however many
+        connections it opens, cannot lock the others out. False when `source` already holds
+        its fair part."""
+        mine = len(self._streams.get(source, ()))
+        fullest = max(self._streams, key=lambda s: len(self._streams[s]), default=None)
+        if fullest is None or len(self._streams[fullest]) < mine + 2:
+            return False
+        victim, follow_id = self._streams[fullest].pop()
+        if not self._streams[fullest]:
+            del self._streams[fullest]
+        self.counters["sse_shared_fairly"] += 1
+        # Read by its stream as the member's error on the follow: its `error` event, its end.
+        victim.error(
+            follow_id,
+            "stream ended: this member's gateway shares its streams fairly among its clients' "
+            "addresses, and another needed one; follow again later",
+            kind="overloaded",
+        )
+        return True
 
     async def _stream(
         self,
@@ -786,12 +1081,26 @@ class GatewayServer:
                         why = {"code": "forbidden", "message": "your TLS key is no longer admitted"}
                         break
                     data = {"height": height, "block": _b64(frame[len(prefix) :])}
-                    out.put(sse_event("block", data, height), block=True)
+                    if not out.put(sse_event("block", data, height), block=True):
+                        self.counters["sse_credit_exceeded"] += 1
+                        self.log.error(
+                            "gateway stream of %s: the member sent more blocks than the "
+                            "stream's credit (%d): ended",
+                            conn.peer,
+                            SSE_CREDIT,
+                        )
+                        why = {
+                            "code": "internal",
+                            "message": "the stream ended: the member sent more blocks than it "
+                            "was granted (a bug, logged by the member); follow again",
+                        }
+                        break
                     height += 1
                     continue
                 message = unpack(frame)
                 if message[1] == "error" and message[0] in (follow_id, PUSH):
-                    why = {"code": "overloaded", "message": str(message[2])}
+                    code = "forbidden" if conn.closed_reason == REVOKED else "overloaded"
+                    why = {"code": code, "message": str(message[2])}
                 # (else: a credit request's reply)
             out.put(sse_event("error", {"error": why}), block=False)
             out.finish()
@@ -817,6 +1126,7 @@ class GatewayServer:
                 out.writing_since = trio.current_time()
                 await channel.send_all(data)
                 out.writing_since = None
+                out.written(block)
                 if block:
                     written += 1
                     if written >= SSE_CREDIT // 2:
@@ -851,6 +1161,23 @@ class GatewayServer:
         """The TLS handshake, by `deadline`, and the client's certificate key; None (counted,
         logged) when it fails. A key the client port would not admit is let in and answered
         403 `forbidden` at its first request (it can read that over TLS)."""
+        assert self._tls is not None and self._tls_accepts is not None
+        if self._handshakes >= self._handshakes_max:
+            self.counters["refused_too_many_handshakes"] += 1
+            self._ratelog.warning(
+                "tls_too_many",
+                f"refusing gateway client {peer}: {self._handshakes_max} TLS handshakes open",
+            )
+            return None
+        self._handshakes += 1
+        try:
+            return await self._handshake(stream, peer, deadline)
+        finally:
+            self._handshakes -= 1
+
+    async def _handshake(
+        self, stream: trio.abc.Stream, peer: str, deadline: float
+    ) -> tuple[trio.abc.Stream, str, bytes] | None:
         assert self._tls is not None and self._tls_accepts is not None
         with trio.move_on_at(deadline):
             first = bytes(await stream.receive_some(4096))
@@ -896,22 +1223,15 @@ class GatewayServer:
         return None
 
 
-def _tx_id(text: str) -> bytes:
-    if not _HEX64.fullmatch(text):
-        raise _bad(f"a transaction id is 64 lowercase hex digits, not {text[:80]!r}")
-    return bytes.fromhex(text)
-
-
-def _refusal(message: str) -> HttpError:
-    """The HTTP error for one of the handler's error replies."""
-    if message.startswith("internal error"):
-        return HttpError("internal", message)
-    if "follows" in message and "at most" in message:
-        return HttpError("too_many_subscribers", message, headers=(("Retry-After", "5"),))
-    if message.startswith("read refused") or any(
-        word in message for word in ("overloaded", "too many", "try later", "ask again")
-    ):
-        return HttpError("overloaded", message, status=503, headers=(("Retry-After", "1"),))
-    if "no longer admitted" in message:
-        return HttpError("forbidden", message, close=True)
-    return _bad(message)
+def _refusal(kind: Refusal, message: str) -> HttpError:
+    """The HTTP error for one of the handler's error replies, by the kind it gave
+    (client_port.Refusal), never by its wording."""
+    match kind:
+        case "internal":
+            return HttpError("internal", message)
+        case "too_many_follows":
+            return HttpError("too_many_subscribers", message, headers=(("Retry-After", "5"),))
+        case "overloaded":
+            return HttpError("overloaded", message, status=503, headers=(("Retry-After", "1"),))
+        case "bad_request":
+            return _bad(message)
