@@ -40,6 +40,7 @@ from consortium.client.errors import ClientError
 from consortium.client.outcome import TxOutcome
 from consortium.client.receipts import from_bundles
 from consortium.client.tally import Vouch, is_final_rejection, tally
+from consortium.crypto.certs import CertificateError, certificate_public_key
 from consortium.crypto.codec import WireFormatError, pack, unpack_canonical
 from consortium.crypto.signing import Ed25519Verifier, Verifier
 from consortium.ledger.genesis import Genesis
@@ -120,7 +121,12 @@ def decode_bundle(text: str) -> Bundle:
 class _Http:
     """One keep-alive connection to one gateway."""
 
-    def __init__(self, url: str, timeout_s: float, context: ssl.SSLContext | None) -> None:
+    def __init__(
+        self, url: str, timeout_s: float, context: ssl.SSLContext | None, pin: bytes
+    ) -> None:
+        """`pin`: the genesis key of the member this URL is configured for; an https://
+        gateway must present a certificate for exactly that key (the network's issuer is
+        public: anyone can chain a certificate to it, so the chain alone proves nothing)."""
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ClientError(f"{url!r} is not an http:// or https:// gateway URL")
@@ -129,6 +135,7 @@ class _Http:
         self.port = parts.port or (443 if self.https else 80)
         self.timeout_s = timeout_s
         self.context = context
+        self.pin = pin
         self.conn: http.client.HTTPConnection | None = None
 
     def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
@@ -142,6 +149,8 @@ class _Http:
                 if self.https
                 else http.client.HTTPConnection(self.host, self.port, timeout=self.timeout_s)
             )
+            if self.https:
+                self._pinned()
         data = None if body is None else json.dumps(body).encode()
         headers = {"Content-Type": "application/json"} if data is not None else {}
         try:
@@ -164,6 +173,30 @@ class _Http:
                 raise GatewayError(reply.status, "unknown", "an error without an error body")
             raise GatewayError(reply.status, str(error.get("code")), str(error.get("message")))
         return reply.status, doc
+
+    def _pinned(self) -> None:
+        """Connect, and refuse a gateway whose certificate is not for the member's key,
+        before anything is sent (as the native client pins its TLS connections)."""
+        assert self.conn is not None
+        try:
+            self.conn.connect()
+            sock = self.conn.sock
+            der = sock.getpeercert(binary_form=True) if isinstance(sock, ssl.SSLSocket) else None
+        except (OSError, http.client.HTTPException):
+            self.close()
+            raise
+        key = None
+        if der is not None:
+            try:
+                key = certificate_public_key(der)
+            except CertificateError:
+                key = None
+        if key != self.pin:
+            self.close()
+            raise ClientError(
+                f"the gateway at {self.host}:{self.port} presented a certificate for another key "
+                f"than its member's ({self.pin.hex()[:16]}…): not that member (check gateways.json)"
+            )
 
     def close(self) -> None:
         if self.conn is not None:
@@ -321,7 +354,12 @@ class GatewayClient:
         untrusted, so whatever decoding it raises is a reason to ask again, not a bug to die
         of silently."""
         try:
-            http_ = _Http(gateway.url, 10.0 + self.wait_ms / 1000, self.ssl_context)
+            http_ = _Http(
+                gateway.url,
+                10.0 + self.wait_ms / 1000,
+                self.ssl_context,
+                self.genesis.members[index].public_key,
+            )
         except ClientError as exc:
             record.errors[gateway.member] = str(exc)
             return

@@ -199,3 +199,97 @@ def test_an_answer_that_breaks_the_decoder_is_that_member_s_error(
     assert outcome.status == "pending"
     assert "n2: the decoder broke" in outcome.reason
     assert len(calls) >= 2  # asked again after the failure (the thread lived on)
+
+
+# --- HTTPS: the gateway must present its member's key ----------------------------------------
+
+
+def test_an_https_gateway_with_another_member_s_key_is_refused_before_anything_is_sent() -> None:
+    """The network's issuer is public, so any endpoint can chain a certificate to it: the
+    client pins the key genesis lists for the member the URL is configured for (as the native
+    client pins its connections), or an impostor could answer in that member's name."""
+    import ssl
+
+    from consortium.crypto.keys import KeyPair
+    from consortium.protocol.tls import make_context
+    from tests.ledger.chain_fixture import MEMBERS
+
+    seen: list[str] = []
+
+    def answer(method: str, path: str, body: Any) -> tuple[int, Any]:
+        seen.append(path)
+        return 200, {"ok": True}
+
+    with fake_gateway(answer) as (url, _), _tls_front(url, MEMBERS[2]) as https_url:
+        client_context = make_context(
+            KeyPair.from_seed(b"\x07" * 32), "c1", GENESIS.chain_id, server=False
+        )
+        impostor = gateway_module._Http(https_url, 5.0, client_context, MEMBERS[1].public)
+        with pytest.raises(ClientError, match="certificate for another key than its member"):
+            impostor.request("GET", "/v1/status")
+        assert seen == []  # refused at the handshake's end: the request never left
+        member = gateway_module._Http(https_url, 5.0, client_context, MEMBERS[2].public)
+        assert member.request("GET", "/v1/status") == (200, {"ok": True})
+        member.close()
+        assert seen == ["/v1/status"]
+        assert isinstance(client_context, ssl.SSLContext)
+
+
+@contextmanager
+def _tls_front(url: str, keys: Any) -> Iterator[str]:
+    """A TLS terminator on 127.0.0.1 presenting `keys`' certificate (the network's issuer),
+    relaying to the plain gateway at `url`."""
+    import socket
+
+    from consortium.protocol.tls import make_context
+
+    context = make_context(keys, "gw", GENESIS.chain_id, server=True)
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = int(url.rsplit(":", 1)[1])
+    stop = threading.Event()
+    opened: list[socket.socket] = []  # closed at the end, whatever the relays did
+
+    def relay(a: socket.socket, b: socket.socket) -> None:
+        try:
+            while data := a.recv(65536):
+                b.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for end in (a, b):
+                try:
+                    end.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def serve() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                raw, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            try:
+                raw.settimeout(5.0)
+                tls = context.wrap_socket(raw, server_side=True)
+                tls.settimeout(None)
+            except OSError:
+                raw.close()
+                continue
+            upstream = socket.create_connection(("127.0.0.1", port))
+            opened.extend((tls, upstream))
+            threading.Thread(target=relay, args=(tls, upstream), daemon=True).start()
+            threading.Thread(target=relay, args=(upstream, tls), daemon=True).start()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"https://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join(2.0)
+        listener.close()
+        for end in opened:
+            end.close()

@@ -465,6 +465,9 @@ async def test_bad_input_on_every_endpoint_gets_a_clear_error_and_changes_nothin
                 (post(b'{"transactions": [1]}'), 400, bad),
                 (post(b'{"transactions": ["!!!"]}'), 400, bad),
                 (post(b'{"transactions": ["AA="]}'), 400, bad),
+                # a lone surrogate (valid JSON, no UTF-8 encoding): was a 500 and a traceback
+                (post(b'{"transactions": ["\\ud800"]}'), 400, bad),
+                (post('{"transactions": ["\u00e9AAA"]}'.encode()), 400, bad),
                 (post(submit_body(b"\xcc\x01")), 400, bad),  # non-canonical msgpack
                 (post(json.dumps(too_many).encode()), 400, bad),
                 (post(submit_body(tx), query="?wait_ms=abc"), 400, bad),

@@ -556,6 +556,9 @@ export class GatewayClient {
         minVersion: "TLSv1.3",
         maxVersion: "TLSv1.3",
         maxCachedSessions: 0, // (every connection is pinned in its own handshake)
+        // Whatever NODE_TLS_REJECT_UNAUTHORIZED says: the chain to the network's issuer is
+        // checked before anything is sent, and the pin below with it.
+        rejectUnauthorized: true,
         // Not the hostname (members are named by key): the key genesis lists for THIS member.
         checkServerIdentity: (_host, cert) => pinError(X509Certificate, member, cert.raw),
       });

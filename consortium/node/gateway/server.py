@@ -85,7 +85,9 @@ BODY_BYTES_PER_S_MIN = 64 << 10
 IDLE_TIMEOUT_S = 30.0  # a keep-alive connection with no request this long is closed
 SEND_TIMEOUT_S = 10.0  # an answer not taken by the client in this time closes the connection
 BODY_BYTES_HELD_MAX = 256 << 20  # request bodies read or being served at once, all connections
-BODY_BYTES_PER_SOURCE_MAX = 64 << 20  # ...of which one source's (and the largest body)
+# ...of which one source's (and the largest body): a sixteenth, so that holding the whole
+# budget takes sixteen addresses (or /64s), not four.
+BODY_BYTES_PER_SOURCE_MAX = 16 << 20
 WAIT_MS_MAX = 30_000
 SSE_STREAMS_MAX = 16  # of the member's FOLLOWS_MAX (32): native followers keep the rest
 SSE_CREDIT = 16  # blocks a stream may have queued and unwritten (credit, granted as it drains)
@@ -861,7 +863,9 @@ class GatewayServer:
         done = 0
         for i, item in enumerate(items):
             if isinstance(item, str):  # (parsed JSON: the string itself)
-                text = item.encode("utf-8")
+                if not item.isascii():  # (base64 is ASCII; a lone surrogate cannot encode)
+                    raise _bad(f"transactions[{i}] is not base64 (standard, padded)")
+                text = item.encode("ascii")
             else:  # (scanned: the JSON token, quotes and all)
                 text = item.strip(_JSON_SPACE)
                 if len(text) < 2 or text[0] != 0x22 or text[-1] != 0x22:
