@@ -20,9 +20,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
-import trio
 
-from consortium.cli.demo import wait_until_up
 from consortium.cli.network import LocalNetwork, init_network, load_client_setup
 from consortium.client.gateway import Gateway, GatewayClient, load_gateways
 from consortium.crypto.codec import unpack
@@ -34,6 +32,7 @@ from consortium.ledger.genesis import Genesis, Params
 from consortium.ledger.tx import Put, Transaction
 from consortium.protocol.receipts import ReceiptFormatError, loads, verify_receipt
 from consortium.protocol.verify import Bundle, FollowedBlock, verify_bundle, verify_followed
+from tests.e2e.procs import running
 
 pytestmark = pytest.mark.e2e
 
@@ -44,13 +43,8 @@ def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalNetwork]:
     init_network(
         directory, members=4, clients=1, gateway=True, params=Params(request_timeout_ms=2000)
     )
-    net = LocalNetwork(directory)
-    net.start()
-    try:
-        trio.run(wait_until_up, load_client_setup(directory).genesis, 30.0)
+    with running(directory) as net:
         yield net
-    finally:
-        net.stop()
 
 
 def setup(network: LocalNetwork) -> tuple[Genesis, list[Gateway], KeyPair]:

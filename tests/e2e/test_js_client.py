@@ -23,11 +23,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import trio
 
-from consortium.cli.demo import wait_until_up
 from consortium.cli.network import LocalNetwork, load_client_setup
-from tests.e2e.procs import cli
+from tests.e2e.procs import cli, running
 
 pytestmark = pytest.mark.e2e
 
@@ -40,15 +38,9 @@ def gateway_network(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[
     tls = ["--tls"] if request.param == "https" else []
     init = cli("init", "--dir", str(directory), "--members", "4", "--gateway", *tls)
     assert init.returncode == 0, init.stderr + init.stdout
-    net = LocalNetwork(directory)
-    net.start()
-    try:
-        setup = load_client_setup(directory)
-        keys = setup.key(1)
-        trio.run(wait_until_up, setup.genesis, 30.0, setup.client_options(keys))
+    setup = load_client_setup(directory)
+    with running(directory, setup.client_options(setup.key(1))) as net:
         yield net
-    finally:
-        net.stop()
 
 
 def _toolchain() -> tuple[str, str]:
