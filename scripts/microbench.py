@@ -6,6 +6,13 @@ and with CONSORTIUM_PURE=1 to compare compiled with source.
 
     .venv/bin/python scripts/microbench.py
     CONSORTIUM_PURE=1 .venv/bin/python scripts/microbench.py
+    .venv/bin/python scripts/microbench.py --floor
+
+--floor measures, one at a time and each alone on the machine, the work a pbft member does for
+every transaction whatever the code around it (docs/bench.md, "The floor"): decoding it from
+a client's submission, checking its signature, executing it in a block of the bench's size,
+and writing that block durably (SQLite, WAL, fsync) into a store that grows to the bench's
+20,000 transactions. CPU time (user and system), not wall time.
 
 Loopback only (127.0.0.1, an ephemeral port); bounded (a few seconds); stops by itself.
 """
@@ -14,6 +21,8 @@ from __future__ import annotations
 
 import multiprocessing
 import resource
+import sys
+import tempfile
 import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
@@ -130,5 +139,85 @@ def main() -> None:
     print(f"trio CPU per round trip, one side     {cpu:7.1f} us (one send, one receive)")
 
 
+BLOCK_TXS = 114  # the bench's pbft n=4 blocks under load (docs/bench.json: txs_per_block)
+FLOOR_TXS = 20_064  # 176 such blocks: about the bench's --txs 20000
+SUBMIT_TXS = 100  # transactions per client submit frame in the bench (window 200: two lanes of 100)
+
+
+def floor() -> None:
+    """CPU per transaction of each step a pbft member cannot skip, alone (see the docstring)."""
+    from pathlib import Path
+
+    from consortium.cli.network import init_network, load_client_setup
+    from consortium.ledger.state import build_block
+    from consortium.ledger.store import BlockStore
+    from consortium.ledger.tx import Put, Transaction
+    from consortium.node.config import load_identity
+
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = Path(tmp)
+        init_network(directory / "net", members=4, clients=1)
+        genesis = load_identity(directory / "net" / "nodes" / "n1").genesis
+        params = genesis.params
+        key = load_client_setup(directory / "net").keys()[0]
+        expiry = int(time.time() * 1000) + 3_600_000
+        probe = Transaction.create(key, genesis.chain_id, b"0" * 16, expiry, [Put(b"k" * 12, b"")])
+        value = b"v" * max(0, 200 - probe.size)  # the bench's 200 encoded bytes
+        txs = [
+            Transaction.create(
+                key, genesis.chain_id, b"%016d" % i, expiry, [Put(b"k%011d" % i, value)]
+            )
+            for i in range(FLOOR_TXS)
+        ]
+        frames = [
+            pack([[t.body, t.signature] for t in txs[i : i + SUBMIT_TXS]])
+            for i in range(0, FLOOR_TXS, SUBMIT_TXS)
+        ]
+        start = time.process_time()
+        decoded = [
+            Transaction.from_array(raw, params)
+            for frame in frames
+            for raw in unpack_canonical(frame)
+        ]
+        decode_us = (time.process_time() - start) / FLOOR_TXS * 1e6
+        assert [t.id for t in decoded] == [t.id for t in txs]
+        verifier = Ed25519Verifier()
+        start = time.process_time()
+        assert all(t.verify_signature(verifier) for t in decoded)
+        verify_us = (time.process_time() - start) / FLOOR_TXS * 1e6
+        store = BlockStore.open(directory / "ledger.sqlite", genesis)
+        execute_s = write_s = 0.0
+        try:
+            for i in range(0, FLOOR_TXS, BLOCK_TXS):
+                head = store.head
+                started = time.process_time()
+                block, execution = build_block(
+                    head,
+                    ("pbft", 0, head.height + 1),
+                    head.timestamp_ms + 1,
+                    tuple(decoded[i : i + BLOCK_TXS]),
+                    store.app,
+                )
+                written = time.process_time()
+                store.save(blocks=[(block, execution, None)])
+                done = time.process_time()
+                execute_s += written - started
+                write_s += done - written
+        finally:
+            store.close()
+    rows = [
+        ("decode from a submit frame (and its id)", decode_us),
+        ("client signature check", verify_us),
+        (f"execute, in blocks of {BLOCK_TXS}", execute_s / FLOOR_TXS * 1e6),
+        ("durable block write (SQLite, fsync)", write_s / FLOOR_TXS * 1e6),
+    ]
+    for label, us in rows:
+        print(f"{label:<42}{us:7.1f} us per transaction")
+    print(f"{'sum':<42}{sum(us for _, us in rows):7.1f} us per transaction")
+
+
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:] == ["--floor"]:
+        floor()
+    else:
+        main()
