@@ -154,6 +154,10 @@ class _TxState:
     first_sent: float = 0.0
     delivered: bool = False  # handed to at least one connected member (or heard of from one)
     confirmed_at: float | None = None  # when a result first had enough confirmations
+    # The first receipt proven from a "receipts" push: (header hash, the entry's receipt as
+    # decoded, its Vouch). Another member's push of the same header with the same entry
+    # vouches for it without a second decode and Merkle check (_on_block_receipts).
+    proven: tuple[bytes, Any, Vouch] | None = None
 
 
 @dataclass
@@ -485,7 +489,12 @@ class ConsortiumClient:
     def _on_block_receipts(self, member: int, push: BlockReceipts) -> None:
         """A member's receipts in one block: the header is hashed and its signature checked
         once for all of them (verify_header_signature), then each entry's inclusion; entries
-        of transactions already decided (or unknown to us) are not even decoded."""
+        of transactions already decided (or unknown to us) are not even decoded.
+
+        An entry equal to one already proven in the same header (another member's push of
+        the same block) is not decoded or proven again: the member signed that header, and
+        the header's receipts root fixes the receipt at that index, so its signature vouches
+        for the receipt proven there (the proof that proved it goes in its bundle)."""
         header_hash: bytes | None = None
         for i in range(len(push.entries)):
             tx_id = push.tx_id_at(i)
@@ -495,11 +504,6 @@ class ConsortiumClient:
             if state.confirmed_at is not None:
                 self.counters["bundle_after_decision"] += 1
                 continue
-            try:
-                bundle = push.bundle(i)
-            except WireFormatError:
-                self.counters["bad_response"] += 1
-                return
             if header_hash is None:
                 header_hash = push.header.hash
                 problem, signer = verify_header_signature(
@@ -513,7 +517,25 @@ class ConsortiumClient:
                     wrong = "bundle_wrong_signer" if signer != member else "bundle_invalid"
                     self.counters[wrong] += 1
                     return  # the header's signature is every entry's: none of them counts
+            raw = push.entries[i][0]
+            proven = state.proven
+            if proven is not None and proven[0] == header_hash and proven[1] == raw:
+                first = proven[2].bundle
+                bundle = Bundle(
+                    first.receipt, first.proof, first.tree_size, push.header, push.signature
+                )
+                self.counters["bundle_proven_before"] += 1
+                self._vouched(member, state, Vouch(proven[2].receipt, header_hash, bundle))
+                continue
+            try:
+                bundle = push.bundle(i)
+            except WireFormatError:
+                self.counters["bad_response"] += 1
+                return
             self._on_bundle(member, bundle, header_hash)
+            vouch = state.vouched.get(member)
+            if vouch is not None and proven is None:
+                state.proven = (header_hash, raw, vouch)
 
     def _on_bundle(self, member: int, bundle: Bundle, signed_header: bytes | None = None) -> None:
         """A member's bundle for one of our transactions. `signed_header`: the hash of the
@@ -540,7 +562,12 @@ class ConsortiumClient:
         if problem is not None:
             self.counters["bundle_invalid"] += 1
             return
-        state.vouched[member] = Vouch(receipt_bytes, header_hash, bundle)
+        self._vouched(member, state, Vouch(receipt_bytes, header_hash, bundle))
+
+    def _vouched(self, member: int, state: _TxState, vouch: Vouch) -> None:
+        """`member` vouches for `vouch` (verified): decide once enough members agree."""
+        receipt_bytes, header_hash = vouch.receipt, vouch.block_hash
+        state.vouched[member] = vouch
         state.last_news = trio.current_time()
         if confirmations(state.vouched, receipt_bytes, header_hash) >= self.confirmations_needed:
             state.confirmed_at = state.last_news
