@@ -154,9 +154,10 @@ class _TxState:
     first_sent: float = 0.0
     delivered: bool = False  # handed to at least one connected member (or heard of from one)
     confirmed_at: float | None = None  # when a result first had enough confirmations
-    # The first receipt proven from a "receipts" push: (header hash, the entry's receipt as
-    # decoded, its Vouch). Another member's push of the same header with the same entry
-    # vouches for it without a second decode and Merkle check (_on_block_receipts).
+    # The latest receipt proven from a "receipts" push, until the decision: (header hash, the
+    # entry's receipt as decoded, its Vouch). Another member's push of the same header with
+    # the same entry vouches for it without a second decode and Merkle check
+    # (_on_block_receipts).
     proven: tuple[bytes, Any, Vouch] | None = None
 
 
@@ -534,7 +535,10 @@ class ConsortiumClient:
                 return
             self._on_bundle(member, bundle, header_hash)
             vouch = state.vouched.get(member)
-            if vouch is not None and proven is None:
+            if vouch is not None and state.confirmed_at is None:
+                # The latest proven entry: a liar proven first (its own header, or another
+                # entry of the same block) costs the members after it one full check each,
+                # not the shortcut for good.
                 state.proven = (header_hash, raw, vouch)
 
     def _on_bundle(self, member: int, bundle: Bundle, signed_header: bytes | None = None) -> None:
@@ -571,6 +575,7 @@ class ConsortiumClient:
         state.last_news = trio.current_time()
         if confirmations(state.vouched, receipt_bytes, header_hash) >= self.confirmations_needed:
             state.confirmed_at = state.last_news
+            state.proven = None  # (read only until the decision)
             self._notify()  # waiters wake on decisions only, not on every bundle
 
     def _on_submit_reply(self, member: int, payload: Any, ids: tuple[bytes, ...] = ()) -> None:

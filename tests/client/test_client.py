@@ -8,6 +8,7 @@ receipt and block hash; a fast-path read needs the quorum, 3.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Callable
@@ -18,9 +19,20 @@ import trio
 
 from consortium.client.client import ConsortiumClient, _TxState
 from consortium.client.errors import ClientError
+from consortium.client.receipts import from_bundles
 from consortium.client.sync import SyncClient
+from consortium.client.tally import tally
+from consortium.crypto.merkle import MerkleTree
+from consortium.crypto.signing import Domain, Ed25519Signer
+from consortium.ledger.block import Block, receipts_root
+from consortium.ledger.certificates import SignedVote, block_signature_body
 from consortium.ledger.tx import Put
-from consortium.protocol.messages import SubmitVerdict
+from consortium.protocol.messages import (
+    BlockReceipts,
+    SubmitVerdict,
+    decode_response,
+    encode_block_receipts,
+)
 from consortium.protocol.receipts import loads, verify_receipt
 from tests.client.fakes import (
     GENESIS,
@@ -32,7 +44,7 @@ from tests.client.fakes import (
     committed_in,
     honest,
 )
-from tests.ledger.chain_fixture import CLIENT, build_chain
+from tests.ledger.chain_fixture import CLIENT, MEMBERS, ChainBuilder, build_chain
 
 # --- transactions ----------------------------------------------------------------------------
 
@@ -158,6 +170,88 @@ async def test_a_push_of_another_header_or_another_entry_is_proven_in_full() -> 
             [outcome] = await client.submit_and_wait([client.make_tx([Put(b"k", b"v")])], 0.6)
             assert outcome.status == "pending" and outcome.confirmations == 1
             assert client.counters["bundle_proven_before"] == 0
+
+
+def _push(member: int, block: Block, indexes: list[int], bad_proof: bool = False) -> BlockReceipts:
+    """Member `member`'s "receipts" push of `block`'s entries at `indexes`, as it sends it
+    (bad_proof: each entry's Merkle path one hash too long)."""
+    tree = MerkleTree([r.encode() for r in block.receipts])
+    body = block_signature_body(block.height, block.hash, member)
+    signature = Ed25519Signer(MEMBERS[member]).sign(Domain.BLOCK, GENESIS.chain_id, body)
+    frame = encode_block_receipts(
+        block.header, SignedVote(body, signature), tree, [block.receipts[i] for i in indexes]
+    )
+    push = decode_response(frame, 1 << 24)
+    assert isinstance(push, BlockReceipts)
+    if bad_proof:
+        for entry in push.entries:
+            entry[1].append(b"\0" * 32)
+    return push
+
+
+async def test_a_wrong_proof_counts_once_that_receipt_is_proven_under_that_header() -> None:
+    """A member's signature over a header vouches for every receipt in it: once one member's
+    proof put the receipt at its index under that header, another member's push of the same
+    entry under the same header counts on its checked signature, whatever proof it carries.
+    Before that, its own proof must hold."""
+    b = ChainBuilder(genesis=GENESIS)
+    tx = b.tx(Put(b"k", b"v"))
+    block = b.add([tx, b.tx(Put(b"o", b"v"))])
+    client = ConsortiumClient(GENESIS, CLIENT)
+    client._txs[tx.id] = state = _TxState(tx)
+    client._on_block_receipts(1, _push(1, block, [0], bad_proof=True))  # nothing proven yet
+    assert client.counters["bundle_invalid"] == 1 and not state.vouched
+    client._on_block_receipts(0, _push(0, block, [0]))
+    assert state.proven is not None and state.confirmed_at is None
+    client._on_block_receipts(2, _push(2, block, [0], bad_proof=True))
+    assert client.counters["bundle_proven_before"] == 1
+    decided = tally(state.vouched, state.rejected, client.confirmations_needed)
+    assert decided.status == "committed" and decided.block_hash == block.hash
+    assert state.proven is None  # forgotten at the decision
+    assert verify_receipt(from_bundles(decided.bundles), GENESIS) is None
+
+
+async def test_another_entry_in_the_same_header_is_not_taken_for_the_proven_one() -> None:
+    """A block holds the id twice; a Byzantine member pushes the second occurrence's receipt
+    (rejected: duplicate; validly proven) first. Honest members' pushes of the first receipt
+    under the very same header are not credited with it (the shortcut needs the very entry)."""
+    b = ChainBuilder(genesis=GENESIS)
+    tx = b.tx(Put(b"k", b"v"))
+    block = b.add([tx, tx])
+    assert block.receipts[1].reason == "duplicate"
+    client = ConsortiumClient(GENESIS, CLIENT)
+    client._txs[tx.id] = state = _TxState(tx)
+    client._on_block_receipts(1, _push(1, block, [1]))
+    client._on_block_receipts(0, _push(0, block, [0]))
+    client._on_block_receipts(2, _push(2, block, [0]))
+    decided = tally(state.vouched, state.rejected, client.confirmations_needed)
+    assert decided.status == "committed"
+    assert all(v.receipt == block.receipts[0] for v in decided.bundles)
+    assert client.counters["bundle_proven_before"] == 1  # member 2, after member 0's proof
+
+
+async def test_the_same_entry_under_another_header_is_proven_in_full() -> None:
+    """A liar signs a header whose receipts root holds our receipt unchanged (another receipt
+    forged) and pushes first: honest pushes of the real header are proven in full (the
+    shortcut needs the very header), and the receipt document verifies offline."""
+    b = ChainBuilder(genesis=GENESIS)
+    tx, other = b.tx(Put(b"k", b"v")), b.tx(Put(b"o", b"v"))
+    block = b.add([tx, other])
+    lie = (
+        block.receipts[0],
+        dataclasses.replace(block.receipts[1], status="rejected", reason="x", results=()),
+    )
+    forged = Block(
+        dataclasses.replace(block.header, receipts_root=receipts_root(lie)), block.txs, lie
+    )
+    client = ConsortiumClient(GENESIS, CLIENT)
+    client._txs[tx.id] = state = _TxState(tx)
+    client._on_block_receipts(1, _push(1, forged, [0]))
+    client._on_block_receipts(0, _push(0, block, [0]))
+    client._on_block_receipts(2, _push(2, block, [0]))
+    decided = tally(state.vouched, state.rejected, client.confirmations_needed)
+    assert decided.status == "committed" and decided.block_hash == block.hash
+    assert verify_receipt(from_bundles(decided.bundles), GENESIS) is None
 
 
 async def test_a_committed_bundle_in_the_submit_reply_counts() -> None:
