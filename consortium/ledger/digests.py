@@ -11,7 +11,7 @@ import sqlite3
 import struct
 from collections.abc import Sequence
 
-FORMAT_WITHOUT_DIGESTS = 2  # the store format before table digests (store.SCHEMA_VERSION is 3)
+FORMAT_WITHOUT_DIGESTS = 2  # the store format before table digests (store.SCHEMA_VERSION is 4)
 
 # The digested tables (module rules, "Table digests"): name -> (columns, words for people).
 DIGESTED: dict[str, tuple[tuple[str, ...], str]] = {
@@ -20,7 +20,8 @@ DIGESTED: dict[str, tuple[tuple[str, ...], str]] = {
     "clients": (("key", "label"), "the admitted clients"),
     "pending_client_changes": (("seq", "change_id", "value"), "the pending client changes"),
     "client_changed": (("key", "ms"), "the times of the clients' last changes"),
-    "tx_index": (("tx_id", "height", "idx", "executed"), "the transaction index"),
+    # (expiry_ms since format 4; a store of format 2 or 3 has the first four columns only)
+    "tx_index": (("tx_id", "height", "idx", "executed", "expiry_ms"), "the transaction index"),
     "block_signatures": (("height", "body", "signature"), "the block signatures"),
     "checkpoints": (("seq", "certificate"), "the checkpoint certificates"),
     "records": (("key", "value"), "the consensus records"),
@@ -62,8 +63,10 @@ _TABLE_PART = {t: _part(t) for t in DIGESTED}
 
 
 def table_digest(db: sqlite3.Connection, table: str) -> int:
-    """Scan `table` and compute its digest (row_digest summed mod 2^256)."""
-    columns = ", ".join(DIGESTED[table][0])
+    """Scan `table` and compute its digest (row_digest summed mod 2^256), over the columns of
+    DIGESTED that the table has (a store of an earlier format may lack a later column)."""
+    present = {str(r[1]) for r in db.execute(f"PRAGMA table_info({table})")}
+    columns = ", ".join(c for c in DIGESTED[table][0] if c in present)
     total = 0
     for row in db.execute(f"SELECT {columns} FROM {table}"):  # (our own names)
         total += row_digest(table, row)

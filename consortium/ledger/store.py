@@ -6,8 +6,9 @@ Rules and invariants:
   those commits, for the "fsyncs per block" metric.
 - One `save` = one transaction = one fsync, whatever it holds: new blocks with their
   certificates, block signatures, stable checkpoint certificates, the state writes, the replay
-  set, the transaction index, the applied height and the consensus core's records. fsyncs are
-  grouped per core step, never one per transaction. A save with nothing in it writes nothing.
+  set (client change ids; a transaction's replay entry is its index row), the transaction
+  index, the applied height and the consensus core's records. fsyncs are grouped per core
+  step, never one per transaction. A save with nothing in it writes nothing.
 - Append-only: a block whose height is not head+1, whose previous hash is not the head's hash,
   whose chain id differs or that does not match its Execution is refused before anything is
   written. Block rows are only ever INSERTed (never UPDATEd, REPLACEd or DELETEd).
@@ -20,7 +21,10 @@ Rules and invariants:
 - The transaction index maps an id to its first *executed* receipt: the first occurrence is
   recorded, a later occurrence never replaces an executed one (a later copy is a `duplicate`),
   and only an occurrence that executed may replace an earlier one that did not (a transaction
-  rejected as expiry_too_far that executes later).
+  rejected as expiry_too_far that executes later). Its row also holds the transaction's
+  expiry: an executed row is the id's entry in the replay set (format 4; the replay table
+  keeps the consumed ids that are no transaction's, a client change's), so a block writes one
+  random-key row per transaction for both, and none is ever deleted for expiring.
 - `self.app` is the application state at the head. `save` applies each block's Execution after
   the commit unless the application already reflects it: the node applies as it executes (so the
   next batch of a step runs on top), and the state root, a hash chain with one value per
@@ -92,7 +96,11 @@ from consortium.ledger.state import CachedTable, Execution, KeyValueState
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3  # 3: table digests (format 2 had none; upgraded at open after an audit)
+# 3: table digests (format 2 had none; upgraded at open after an audit). 4: executed ids judged
+# for replays by the transaction index's expiry_ms, the replay table keeping only the ids that
+# are no transaction's (client change ids); format 3 is upgraded at open (_fold_replay).
+SCHEMA_VERSION = 4
+FORMAT_SEPARATE_REPLAY = 3  # the format before the replay set's ids moved into tx_index
 # Start in recovery (module rules); the value says from what, in words for `status`.
 RECOVERY_MARK_KEY = b"node/recovering"
 RESTORED_BACKUP = "a restored backup"
@@ -124,7 +132,8 @@ _SCHEMA = (
         tx_id BLOB PRIMARY KEY,
         height INTEGER NOT NULL,
         idx INTEGER NOT NULL,
-        executed INTEGER NOT NULL
+        executed INTEGER NOT NULL,
+        expiry_ms INTEGER NOT NULL DEFAULT 0
     ) WITHOUT ROWID""",
     """CREATE TABLE IF NOT EXISTS replay (
         tx_id BLOB PRIMARY KEY, expiry_ms INTEGER NOT NULL
@@ -147,12 +156,20 @@ _CLIENT_SCHEMA = (
 )
 
 # The first occurrence of an id is recorded; only an executed occurrence may replace one that
-# did not execute, and nothing replaces an executed one.
+# did not execute, and nothing replaces an executed one. expiry_ms is the transaction's (the id
+# hashes it: every occurrence has the same).
 _INDEX_TX = """
-INSERT INTO tx_index (tx_id, height, idx, executed) VALUES (?, ?, ?, ?)
-ON CONFLICT (tx_id) DO UPDATE SET height = excluded.height, idx = excluded.idx, executed = 1
+INSERT INTO tx_index (tx_id, height, idx, executed, expiry_ms) VALUES (?, ?, ?, ?, ?)
+ON CONFLICT (tx_id) DO UPDATE SET height = excluded.height, idx = excluded.idx, executed = 1,
+    expiry_ms = excluded.expiry_ms
 WHERE tx_index.executed = 0 AND excluded.executed = 1
 """
+# The replay set (ledger/state.py): an executed transaction's id with its expiry, from the
+# transaction index; any other consumed id (a client change's) from the replay table.
+_REPLAY_ONE = (
+    "SELECT expiry_ms FROM tx_index WHERE tx_id = ?1 AND executed = 1 "
+    "UNION ALL SELECT expiry_ms FROM replay WHERE tx_id = ?1"
+)
 
 
 class StoreError(Exception):
@@ -290,6 +307,8 @@ class BlockStore:
             if verify:
                 self._verify_chain()
             self._check_digests(verify)
+            if self._schema == FORMAT_SEPARATE_REPLAY:
+                self._fold_replay()
             self._install_triggers()
             self._load_state()
         except sqlite3.Error as exc:
@@ -389,9 +408,42 @@ class BlockStore:
         except BaseException:
             self._rollback()
             raise
-        self._schema = SCHEMA_VERSION
+        self._schema = FORMAT_SEPARATE_REPLAY
         self.fsync_count += 1
         log.warning("%s: audited clean; upgraded to format 3 (table digests)", self.path)
+
+    def _fold_replay(self) -> None:
+        """Format 3 -> 4, in one transaction: tx_index gains expiry_ms, set from the replay
+        table for the executed ids it holds (0 for an id whose expiry had passed: only an
+        expiry at or after a block's time makes an id a replay), and those ids leave the replay
+        table, which keeps the client change ids. Each block then writes one random-key row
+        per transaction fewer, and deletes none (an index row's expiry just passes)."""
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute("ALTER TABLE tx_index ADD COLUMN expiry_ms INTEGER NOT NULL DEFAULT 0")
+            db.execute(
+                "UPDATE tx_index SET expiry_ms = "
+                "(SELECT r.expiry_ms FROM replay r WHERE r.tx_id = tx_index.tx_id) "
+                "WHERE executed = 1 AND tx_id IN (SELECT tx_id FROM replay)"
+            )
+            db.execute(
+                "DELETE FROM replay WHERE tx_id IN (SELECT tx_id FROM tx_index WHERE executed = 1)"
+            )
+            digests = {t: table_digest(db, t) for t in ("tx_index", "replay")}
+            db.executemany(
+                "UPDATE meta SET value = ? WHERE key = ?",
+                [(d.to_bytes(32, "big"), DIGEST_KEY + t) for t, d in digests.items()],
+            )
+            db.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (SCHEMA_VERSION,))
+            db.execute("COMMIT")
+        except BaseException:
+            self._rollback()
+            raise
+        self._digests.update(digests)
+        self._schema = SCHEMA_VERSION
+        self.fsync_count += 1
+        log.warning("%s: upgraded to format 4 (the replay set's ids in tx_index)", self.path)
 
     def _install_triggers(self) -> None:
         """TEMP triggers on the writer connection: each row a write inserts, updates (upserts
@@ -474,10 +526,10 @@ class BlockStore:
             )
         schema = self._meta("schema")
         self._schema = schema
-        if schema not in (SCHEMA_VERSION, FORMAT_WITHOUT_DIGESTS):
+        if schema not in (SCHEMA_VERSION, FORMAT_SEPARATE_REPLAY, FORMAT_WITHOUT_DIGESTS):
             raise StoreError(
                 f"{self.path}: block store format {schema!r}, this version reads formats "
-                f"{FORMAT_WITHOUT_DIGESTS} and {SCHEMA_VERSION}; move the data directory away "
+                f"{FORMAT_WITHOUT_DIGESTS} to {SCHEMA_VERSION}; move the data directory away "
                 "and let the node catch up"
             )
 
@@ -549,8 +601,10 @@ class BlockStore:
         reader = self._reader
 
         # The key-value state and the replay set stay in the store: read through a bounded
-        # cache, so memory does not grow with the state (ledger/state.py, CachedTable). An id
-        # whose expiry passed is deleted at the next write, and judged by its expiry until then.
+        # cache, so memory does not grow with the state (ledger/state.py, CachedTable). An
+        # executed transaction's id stays in the index and is judged by its expiry there (a
+        # replay only if the expiry is at or after the block's time); the replay table's other
+        # ids are deleted at the next write once expired, and judged by their expiry until then.
         # Read on the reader connection (the committed state): what a write in progress holds
         # is pinned in the cache, never read, and the reads do not wait for its fsync.
         def load_value(key: bytes) -> bytes | None:
@@ -558,9 +612,7 @@ class BlockStore:
             return None if row is None else bytes(row[0])
 
         def load_expiry(tx_id: bytes) -> int | None:
-            row = reader.execute(
-                "SELECT expiry_ms FROM replay WHERE tx_id = ?", (tx_id,)
-            ).fetchone()
+            row = reader.execute(_REPLAY_ONE, (tx_id,)).fetchone()
             return None if row is None else int(row[0])
 
         def load_values(keys: list[bytes]) -> dict[bytes, bytes]:
@@ -569,10 +621,12 @@ class BlockStore:
             }
 
         def load_expiries(tx_ids: list[bytes]) -> dict[bytes, int]:
-            return {
-                bytes(t): int(e)
-                for t, e in _select_in(reader, "tx_id, expiry_ms FROM replay", "tx_id", tx_ids)
-            }
+            rows = _select_in(reader, "tx_id, executed, expiry_ms FROM tx_index", "tx_id", tx_ids)
+            found = {bytes(t): int(e) for t, executed, e in rows if executed}
+            rest = [t for t in tx_ids if t not in found]
+            for t, e in _select_in(reader, "tx_id, expiry_ms FROM replay", "tx_id", rest):
+                found[bytes(t)] = int(e)
+            return found
 
         kv: CachedTable[bytes] = CachedTable(
             load_value, STATE_CACHE_MAX, load_values, STATE_CACHE_BYTES_MAX
@@ -960,13 +1014,17 @@ class BlockStore:
             # Within a block an id executes at most once, at its first occurrence.
             executed = tx.id in consumed and tx.id not in seen
             seen.add(tx.id)
-            index_rows.append((tx.id, h.height, i, int(executed)))
+            index_rows.append((tx.id, h.height, i, int(executed), tx.expiry_ms))
         db.executemany(_INDEX_TX, index_rows)
-        db.executemany(
-            "INSERT INTO replay VALUES (?, ?) "
-            "ON CONFLICT (tx_id) DO UPDATE SET expiry_ms = excluded.expiry_ms",
-            list(execution.consumed),
-        )
+        # The index row of an executed transaction is its replay entry; the replay table holds
+        # only the other consumed ids (client changes').
+        others = [(tid, exp) for tid, exp in execution.consumed if tid not in seen]
+        if others:
+            db.executemany(
+                "INSERT INTO replay VALUES (?, ?) "
+                "ON CONFLICT (tx_id) DO UPDATE SET expiry_ms = excluded.expiry_ms",
+                others,
+            )
         db.executemany(
             "INSERT INTO kv VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
             [(k, v) for k, v in execution.writes.items() if v is not None],

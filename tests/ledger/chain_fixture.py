@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from consortium.crypto.keys import KeyPair
 from consortium.crypto.signing import Domain, Ed25519Signer
+from consortium.ledger.audit import stored_replay
 from consortium.ledger.block import Block, batch_digest, genesis_block, genesis_state_root
 from consortium.ledger.certificates import (
     CheckpointCertificate,
@@ -148,13 +149,7 @@ def stored_state(store: BlockStore) -> tuple[dict[bytes, bytes], dict[bytes, int
     app reads through."""
     db = store._db
     kv = {bytes(k): bytes(v) for k, v in db.execute("SELECT key, value FROM kv")}
-    replay = {
-        bytes(t): int(e)
-        for t, e in db.execute(
-            "SELECT tx_id, expiry_ms FROM replay WHERE expiry_ms >= ?", (store.head.timestamp_ms,)
-        )
-    }
-    return kv, replay
+    return kv, stored_replay(db, store.head.timestamp_ms)
 
 
 def same_state(store: BlockStore, app: KeyValueState) -> bool:

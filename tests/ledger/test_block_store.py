@@ -126,9 +126,7 @@ def test_a_store_of_another_format_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "ledger.sqlite"
     BlockStore.open(path, make_genesis()).close()
     _sql(path, "UPDATE meta SET value = 1 WHERE key = 'schema'")
-    with pytest.raises(
-        StoreError, match="block store format 1, this version reads formats 2 and 3"
-    ):
+    with pytest.raises(StoreError, match="block store format 1, this version reads formats 2 to 4"):
         BlockStore.open(path, make_genesis())
 
 
@@ -441,7 +439,11 @@ def test_block_signatures_and_checkpoints_are_idempotent(tmp_path: Path) -> None
         store.close()
 
 
-def test_the_replay_table_forgets_expired_ids(tmp_path: Path) -> None:
+def test_an_executed_id_is_a_replay_until_its_expiry_also_after_a_reopen(tmp_path: Path) -> None:
+    """Format 4: an executed transaction's replay entry is its index row (never deleted, its
+    expiry just passes); the replay table keeps no transaction's id. Executed again, the same
+    transaction is a duplicate before its expiry and expired after it, from a reopened store
+    (its state read through the cache from the tables) exactly as in memory."""
     chain = ChainBuilder()
     short = chain.tx(Put(b"a", b"1"), expiry_ms=CREATED_MS + 100)
     long = chain.tx(Put(b"b", b"1"), expiry_ms=CREATED_MS + 100_000)
@@ -449,15 +451,27 @@ def test_the_replay_table_forgets_expired_ids(tmp_path: Path) -> None:
     chain.add([], proposed_ms=CREATED_MS + 1_000)
     path = tmp_path / "ledger.sqlite"
     store = BlockStore.open(path, chain.genesis)
-    store.append_blocks(chain.blocks[:1])
-    assert {r[0] for r in _sql(path, "SELECT tx_id FROM replay")} == {short.id, long.id}
-    store.append_blocks(chain.blocks[1:])
+    store.append_blocks(chain.blocks)
     store.close()
-    assert [r[0] for r in _sql(path, "SELECT tx_id FROM replay")] == [long.id]
+    assert _sql(path, "SELECT tx_id FROM replay") == []
+    assert sorted(_sql(path, "SELECT tx_id, expiry_ms FROM tx_index WHERE executed = 1")) == sorted(
+        [(short.id, CREATED_MS + 100), (long.id, CREATED_MS + 100_000)]
+    )
     reopened = BlockStore.open(path, chain.genesis)
-    assert stored_state(reopened)[1] == {long.id: CREATED_MS + 100_000}
-    assert reopened.app.replay.get(long.id) == CREATED_MS + 100_000
-    assert reopened.app.replay.get(short.id) is None
+    try:
+        assert stored_state(reopened)[1] == {long.id: CREATED_MS + 100_000}
+        again = build_block(
+            reopened.head,
+            ("pbft", 3, CREATED_MS + 2_000),
+            CREATED_MS + 2_000,
+            (short, long),
+            reopened.app,
+        )[1]
+        assert [r.reason for r in again.receipts] == ["expired", "duplicate"]
+        in_memory = chain.app.execute(3, CREATED_MS + 2_000, (short, long))
+        assert again == in_memory
+    finally:
+        reopened.close()
 
 
 def test_no_statement_of_a_save_scans_a_whole_table(tmp_path: Path) -> None:

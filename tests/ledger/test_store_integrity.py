@@ -3,16 +3,20 @@ of any table the member relies on is refused at open, naming the table."""
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 from pathlib import Path
 
 import pytest
 
 from consortium.crypto.codec import pack
+from consortium.crypto.keys import KeyPair
 from consortium.ledger.admission import ADMIT
+from consortium.ledger.audit import audit_ledger, stored_replay
 from consortium.ledger.backup import backup_store
 from consortium.ledger.certificates import SignedVote
 from consortium.ledger.digests import DIGEST_KEY, DIGESTED, stored_digests, table_digest
+from consortium.ledger.genesis import Genesis
 from consortium.ledger.store import SCHEMA_VERSION, BlockStore, StoreDamaged, StoreError
 from consortium.ledger.tx import Delete, Put
 from tests.ledger.chain_fixture import (
@@ -26,6 +30,9 @@ from tests.ledger.test_admission import NEW, change, config_tx, new_chain
 
 def _scanned(store: BlockStore) -> dict[str, int]:
     return {t: table_digest(store._db, t) for t in DIGESTED}
+
+
+PRUNED = KeyPair.from_seed(hashlib.sha256(b"a client admitted long ago").digest())
 
 
 def rich_store(path: Path) -> ChainBuilder:
@@ -142,8 +149,12 @@ def test_writes_upserts_pruning_and_rollbacks_keep_the_digests_right(tmp_path: P
             store.save(blocks=chain.blocks[done:], block_signatures=[(3, bad)])
         assert store._digests == before == _scanned(store)
         store.save(blocks=chain.blocks[done:], records=[(b"view", b"2"), (b"gone", None)])
-        # Far later: every id expired, so the write prunes the replay set (the DELETE).
-        later = CREATED_MS + 3_600_000
+        # A client change's id goes into the replay table (a transaction's stays in tx_index).
+        done = len(chain.blocks)
+        chain.add([config_tx(chain, change(chain, ADMIT, PRUNED.public))])
+        store.save(blocks=chain.blocks[done:])
+        # Far later: every id expired, so the write prunes the replay table (the DELETE).
+        later = CREATED_MS + 3_600_001
         replay_before = store._db.execute("SELECT COUNT(*) FROM replay").fetchone()[0]
         done = len(chain.blocks)
         chain.add([chain.tx(Put(b"c", b"1"), expiry_ms=later + 60_000)], proposed_ms=later)
@@ -163,10 +174,85 @@ def test_writes_upserts_pruning_and_rollbacks_keep_the_digests_right(tmp_path: P
     BlockStore.open(path, chain.genesis).close()  # reopens clean
 
 
-def _format_2(path: Path) -> None:
+def _format_3(path: Path, genesis: Genesis) -> None:
+    """The store as format 3 left it: tx_index without expiry_ms, the replay table holding
+    every consumed id not yet expired at the head (each write deleted the expired ones), the
+    digests over those tables."""
+    store = BlockStore.open(path, genesis)
+    now = store.head.timestamp_ms
+    store.close()
+    _sql(
+        path,
+        "INSERT INTO replay SELECT tx_id, expiry_ms FROM tx_index "
+        "WHERE executed = 1 AND expiry_ms >= ?",
+        (now,),
+    )
+    _sql(path, "ALTER TABLE tx_index DROP COLUMN expiry_ms")
+    db = sqlite3.connect(path)
+    try:
+        for table in ("tx_index", "replay"):
+            digest = table_digest(db, table).to_bytes(32, "big")
+            db.execute("UPDATE meta SET value = ? WHERE key = ?", (digest, DIGEST_KEY + table))
+        db.execute("UPDATE meta SET value = 3 WHERE key = 'schema'")
+        db.commit()
+    finally:
+        db.close()
+
+
+def _format_2(path: Path, genesis: Genesis) -> None:
     """The store as a version before table digests left it."""
+    _format_3(path, genesis)
     _sql(path, "DELETE FROM meta WHERE key >= ? AND key < ?", (DIGEST_KEY, "digest0"))
     _sql(path, "UPDATE meta SET value = 2 WHERE key = 'schema'")
+
+
+def test_a_store_of_format_3_has_its_replay_ids_moved_into_the_index_at_its_first_open(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Executed again after the upgrade, an id judges as before it: a duplicate while its
+    expiry is ahead, expired after; one expired before the upgrade keeps expiry 0 in its
+    index row (only an expiry at or after a block's time makes a replay)."""
+    chain = new_chain()
+    short = chain.tx(Put(b"s", b"1"), expiry_ms=CREATED_MS + 100)
+    long = chain.tx(Put(b"l", b"1"), expiry_ms=CREATED_MS + 100_000)
+    chain.add([short, long], proposed_ms=CREATED_MS + 10)
+    chain.add([config_tx(chain, change(chain, ADMIT, NEW.public))], proposed_ms=CREATED_MS + 500)
+    path = tmp_path / "ledger.sqlite"
+    store = BlockStore.open(path, chain.genesis)
+    store.save(blocks=chain.blocks)
+    want = stored_replay(store._db, store.head.timestamp_ms)
+    store.close()
+    assert short.id not in want and long.id in want and len(want) == 3  # and the change id
+    _format_3(path, chain.genesis)
+    assert len(_sql(path, "SELECT tx_id FROM replay")) == 3
+    with caplog.at_level("INFO"):
+        store = BlockStore.open(path, chain.genesis)
+    try:
+        assert "upgraded to format 4" in caplog.text and store.fsync_count == 1
+        assert _sql(path, "SELECT value FROM meta WHERE key = 'schema'") == [(SCHEMA_VERSION,)]
+        assert stored_replay(store._db, store.head.timestamp_ms) == want
+        assert len(_sql(path, "SELECT tx_id FROM replay")) == 1  # the change id alone
+        assert _sql(path, "SELECT expiry_ms FROM tx_index WHERE tx_id = ?", (short.id,)) == [(0,)]
+        assert store._digests == _scanned(store) == stored_digests(store._db)
+        again = chain.app.execute(3, CREATED_MS + 1_000, (short, long))
+        assert store.app.execute(3, CREATED_MS + 1_000, (short, long)) == again
+        assert [r.reason for r in again.receipts] == ["expired", "duplicate"]
+    finally:
+        store.close()
+    assert audit_ledger(path, chain.genesis).ok
+    BlockStore.open(path, chain.genesis).close()  # reopens clean, as format 4
+
+
+def test_a_store_of_format_3_that_does_not_match_its_digests_is_not_upgraded(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "ledger.sqlite"
+    chain = rich_store(path)
+    _format_3(path, chain.genesis)
+    edit_row(path, "replay", "edit")
+    with pytest.raises(StoreDamaged, match=r"\(replay\)"):
+        BlockStore.open(path, chain.genesis)
+    assert _sql(path, "SELECT value FROM meta WHERE key = 'schema'") == [(3,)]
 
 
 def test_a_store_of_format_2_is_audited_then_given_digests_at_its_first_open(
@@ -175,12 +261,13 @@ def test_a_store_of_format_2_is_audited_then_given_digests_at_its_first_open(
     path = tmp_path / "ledger.sqlite"
     chain = rich_store(path)
     want = stored_digests(sqlite3.connect(path))
-    _format_2(path)
+    _format_2(path, chain.genesis)
     with caplog.at_level("INFO"):
         store = BlockStore.open(path, chain.genesis)
     assert "auditing the whole ledger once" in caplog.text
     assert "audited clean; upgraded to format 3" in caplog.text
-    assert store.fsync_count == 1
+    assert "upgraded to format 4" in caplog.text
+    assert store.fsync_count == 2
     store.close()
     assert stored_digests(sqlite3.connect(path)) == want
     assert _sql(path, "SELECT value FROM meta WHERE key = 'schema'") == [(SCHEMA_VERSION,)]
@@ -194,7 +281,7 @@ def test_a_store_of_format_2_whose_state_was_edited_is_not_blessed(tmp_path: Pat
     audits first, so damage from before the upgrade is not taken as the truth."""
     path = tmp_path / "ledger.sqlite"
     chain = rich_store(path)
-    _format_2(path)
+    _format_2(path, chain.genesis)
     edit_row(path, "kv", "edit")
     with pytest.raises(StoreError, match=r"format 2 is upgraded only if it audits clean"):
         BlockStore.open(path, chain.genesis)
