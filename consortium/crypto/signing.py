@@ -35,10 +35,13 @@ class Domain(Enum):
     PBFT = b"consortium/v1/pbft\x00"
     BLOCK = b"consortium/v1/block\x00"
     RAFT_ENTRY = b"consortium/v1/raft-entry\x00"
-    CONFIG = b"consortium/v1/config\x00"
+    CONFIG = b"consortium/v1/config\x00"  # a member's approval of a v2 change (membership.py)
     READ = b"consortium/v1/read\x00"
     CLIENT_CHANGE = b"consortium/v1/client-change\x00"  # a member's approval of an admission
     MAINTENANCE = b"consortium/v1/maintenance\x00"  # an operator's request (leader transfer)
+    # A new member key's signature of the v2 change that adds it or rotates to it: its holder
+    # has it and agreed. A tag of its own, so an approval is never a possession, nor the reverse.
+    POSSESSION = b"consortium/v1/possession\x00"
 
 
 def signed_message(domain: Domain, chain_id: bytes, body: bytes) -> bytes:
