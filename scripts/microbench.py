@@ -95,7 +95,7 @@ def hot_paths() -> list[tuple[str, Callable[[], object], int]]:
     leaves = [bytes([i % 256]) * 100 for i in range(110)]
     tree = MerkleTree(leaves)
     proof, root = tree.proof(37), tree.root
-    row = (b"i" * 32, 12_345, 7, 1)
+    row = (b"i" * 32, 12_345, 7, 1, 1_767_225_600_000)
     return [
         ("canonical decode, 110-receipt push", lambda: unpack_canonical(frame), 2_000),
         ("  of it: the non-wire walk", lambda: _refuse_non_wire(value), 2_000),

@@ -68,6 +68,7 @@ from consortium.ledger.certificates import (
 from consortium.ledger.digests import (
     DIGESTED,
     FORMAT_WITHOUT_DIGESTS,
+    STORE_FORMAT,
     stored_digests,
     table_digest,
 )
@@ -147,6 +148,7 @@ class _Audit:
         self.blocks = 0
         self.certificates = 0
         self.indexed = 0  # tx_index rows met at the position they point at
+        self.index_expiry = False  # the store's tx_index has expiry_ms (format 4)
 
     def report(self, problem: AuditProblem | None) -> AuditReport:
         return AuditReport(
@@ -159,6 +161,20 @@ class _Audit:
         )
 
     def run(self, db: sqlite3.Connection) -> None:
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        schema = (
+            db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+            if "meta" in tables
+            else None
+        )
+        if schema is not None and isinstance(schema[0], int) and schema[0] > STORE_FORMAT:
+            raise _Failed(
+                0,
+                f"the store is of format {schema[0]}, newer than this release reads "
+                f"({STORE_FORMAT}): audit it with the release that wrote it",
+            )
+        # (format 4: each transaction's expiry in its index row, its replay entry once executed)
+        self.index_expiry = "tx_index" in tables and _has_column(db, "tx_index", "expiry_ms")
         g = self.genesis
         genesis = genesis_block(g)
         app = KeyValueState.for_genesis(g, genesis.header.state_root)
@@ -411,8 +427,7 @@ class _Audit:
         ids = list({tx.id for tx in block.txs})
         rows: dict[bytes, tuple[int, int, int]] = {}
         expiries: dict[bytes, int] = {}
-        # (format 4: with each transaction's expiry, its replay entry once executed)
-        expiry = "expiry_ms" if _has_column(db, "tx_index", "expiry_ms") else "NULL"
+        expiry = "expiry_ms" if self.index_expiry else "NULL"
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
             marks = ",".join("?" * len(chunk))

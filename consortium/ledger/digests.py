@@ -11,7 +11,9 @@ import sqlite3
 import struct
 from collections.abc import Sequence
 
-FORMAT_WITHOUT_DIGESTS = 2  # the store format before table digests (store.SCHEMA_VERSION is 4)
+FORMAT_WITHOUT_DIGESTS = 2  # the store format before table digests
+FORMAT_SEPARATE_REPLAY = 3  # the format before the replay set's ids moved into tx_index
+STORE_FORMAT = 4  # the store format this release writes (store.SCHEMA_VERSION; the audit's too)
 
 # The digested tables (module rules, "Table digests"): name -> (columns, words for people).
 DIGESTED: dict[str, tuple[tuple[str, ...], str]] = {

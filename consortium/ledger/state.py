@@ -265,7 +265,9 @@ class KeyValueState:
     clients: Collection[bytes] | Mapping[bytes, str]
     state_root: bytes
     kv: Table[bytes] = field(default_factory=dict)
-    replay: Table[int] = field(default_factory=dict)  # unexpired executed id -> expiry
+    # executed id -> expiry; a replay only while its expiry is not before the block's time (in
+    # memory, expired ids are pruned; a store's table keeps a transaction's id past its expiry)
+    replay: Table[int] = field(default_factory=dict)
     _expiry_heap: list[tuple[int, bytes]] = field(default_factory=list)
     last_timestamp_ms: int = 0
     member_keys: tuple[bytes, ...] = ()

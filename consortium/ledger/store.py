@@ -85,8 +85,10 @@ from consortium.ledger.digests import (
     DIGEST_KEY,
     DIGEST_MOD,
     DIGESTED,
+    FORMAT_SEPARATE_REPLAY,
     FORMAT_WITHOUT_DIGESTS,
     ROW_FUNCTION,
+    STORE_FORMAT,
     row_digest,
     stored_digests,
     table_digest,
@@ -99,8 +101,7 @@ log = logging.getLogger(__name__)
 # 3: table digests (format 2 had none; upgraded at open after an audit). 4: executed ids judged
 # for replays by the transaction index's expiry_ms, the replay table keeping only the ids that
 # are no transaction's (client change ids); format 3 is upgraded at open (_fold_replay).
-SCHEMA_VERSION = 4
-FORMAT_SEPARATE_REPLAY = 3  # the format before the replay set's ids moved into tx_index
+SCHEMA_VERSION = STORE_FORMAT
 # Start in recovery (module rules); the value says from what, in words for `status`.
 RECOVERY_MARK_KEY = b"node/recovering"
 RESTORED_BACKUP = "a restored backup"
@@ -307,7 +308,11 @@ class BlockStore:
             if verify:
                 self._verify_chain()
             self._check_digests(verify)
-            if self._schema == FORMAT_SEPARATE_REPLAY:
+            # (a store stamped 4 without the column: none this release writes, but the fold
+            # repairs one rather than fail on its first block)
+            if self._schema == FORMAT_SEPARATE_REPLAY or not _has_column(
+                db, "tx_index", "expiry_ms"
+            ):
                 self._fold_replay()
             self._install_triggers()
             self._load_state()
@@ -403,7 +408,8 @@ class BlockStore:
                 "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 [(DIGEST_KEY + t, d.to_bytes(32, "big")) for t, d in self._digests.items()],
             )
-            db.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (SCHEMA_VERSION,))
+            # Format 3's layout: the fold to 4 is the next step (_init), its own transaction.
+            db.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (FORMAT_SEPARATE_REPLAY,))
             db.execute("COMMIT")
         except BaseException:
             self._rollback()
@@ -417,10 +423,16 @@ class BlockStore:
         table for the executed ids it holds (0 for an id whose expiry had passed: only an
         expiry at or after a block's time makes an id a replay), and those ids leave the replay
         table, which keeps the client change ids. Each block then writes one random-key row
-        per transaction fewer, and deletes none (an index row's expiry just passes)."""
+        per transaction fewer, and deletes none (an index row's expiry just passes). The two
+        tables must match their digests first, whatever `verify` said: their digests are
+        written anew from what they hold."""
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
+            stored = stored_digests(db)
+            damaged = [t for t in ("tx_index", "replay") if table_digest(db, t) != stored.get(t)]
+            if damaged:
+                raise StoreDamaged(self.path, damaged)
             db.execute("ALTER TABLE tx_index ADD COLUMN expiry_ms INTEGER NOT NULL DEFAULT 0")
             db.execute(
                 "UPDATE tx_index SET expiry_ms = "
@@ -428,7 +440,8 @@ class BlockStore:
                 "WHERE executed = 1 AND tx_id IN (SELECT tx_id FROM replay)"
             )
             db.execute(
-                "DELETE FROM replay WHERE tx_id IN (SELECT tx_id FROM tx_index WHERE executed = 1)"
+                "DELETE FROM replay WHERE EXISTS (SELECT 1 FROM tx_index t "
+                "WHERE t.tx_id = replay.tx_id AND t.executed = 1)"
             )
             digests = {t: table_digest(db, t) for t in ("tx_index", "replay")}
             db.executemany(
@@ -1017,8 +1030,11 @@ class BlockStore:
             index_rows.append((tx.id, h.height, i, int(executed), tx.expiry_ms))
         db.executemany(_INDEX_TX, index_rows)
         # The index row of an executed transaction is its replay entry; the replay table holds
-        # only the other consumed ids (client changes').
-        others = [(tid, exp) for tid, exp in execution.consumed if tid not in seen]
+        # the other consumed ids (client changes'): any id not flagged executed above, so a
+        # flag ever computed wrong shows as a row in both (the audit names it), never as a
+        # replay entry lost.
+        flagged = {row[0] for row in index_rows if row[3]}
+        others = [(tid, exp) for tid, exp in execution.consumed if tid not in flagged]
         if others:
             db.executemany(
                 "INSERT INTO replay VALUES (?, ?) "
@@ -1109,3 +1125,7 @@ def _prefix_end(prefix: bytes) -> bytes | None:
     if not stripped:
         return None
     return stripped[:-1] + bytes([stripped[-1] + 1])
+
+
+def _has_column(db: sqlite3.Connection, table: str, column: str) -> bool:
+    return any(r[1] == column for r in db.execute(f"PRAGMA table_info({table})"))

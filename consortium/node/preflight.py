@@ -201,7 +201,8 @@ def check_data_dir(config: NodeConfig, genesis: Genesis, *, tables: bool = False
 
 def _damaged_tables(db: sqlite3.Connection) -> list[str]:
     """The digested tables that do not match their digests (all of them when a store of
-    format 3 has none; a store of format 2 has none to compare yet: its start audits it)."""
+    format 3 or later has none; a store of format 2 has none to compare yet: its start
+    audits it)."""
     stored = stored_digests(db)
     schema = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
     if not stored and schema is not None and schema[0] == FORMAT_WITHOUT_DIGESTS:

@@ -105,11 +105,15 @@ class RaftMode:
     def _executed(self, tx_ids: list[bytes]) -> set[bytes]:
         """Which of a batch's ids our ledger executed, its last blocks written or not (the
         application state has every block applied; the client port sees only the store)."""
-        replay = self.parts.app.replay
+        app = self.parts.app
+        replay = app.replay
         if isinstance(replay, CachedTable):
             # One query for the batch; the block that executes these ids then finds them cached.
             replay.prefetch(tx_ids)
-        return {t for t in tx_ids if t in replay}
+        # Unexpired at the head, as the in-memory replay set (pruned) holds them: the store
+        # keeps an executed transaction's id past its expiry (ledger/store.py, format 4).
+        now = app.last_timestamp_ms
+        return {t for t in tx_ids if (e := replay.get(t)) is not None and e >= now}
 
     # --- inputs -----------------------------------------------------------------------------
 

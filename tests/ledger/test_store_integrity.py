@@ -243,6 +243,70 @@ def test_a_store_of_format_3_has_its_replay_ids_moved_into_the_index_at_its_firs
     BlockStore.open(path, chain.genesis).close()  # reopens clean, as format 4
 
 
+def test_a_kill_between_the_two_upgrades_of_a_format_2_store_leaves_it_at_format_3(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Format 2 is audited and given digests (format 3) in one transaction, then folded to 4
+    in another: a stop between them leaves a store stamped 3 with format 3's layout, which
+    the next open folds (it used to be stamped 4 already, and then never folded)."""
+    path = tmp_path / "ledger.sqlite"
+    chain = rich_store(path)
+    _format_2(path, chain.genesis)
+
+    def killed(self: BlockStore) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(BlockStore, "_fold_replay", killed)
+    with pytest.raises(KeyboardInterrupt):
+        BlockStore.open(path, chain.genesis)
+    assert _sql(path, "SELECT value FROM meta WHERE key = 'schema'") == [(3,)]
+    monkeypatch.undo()
+    store = BlockStore.open(path, chain.genesis)
+    try:
+        assert _sql(path, "SELECT value FROM meta WHERE key = 'schema'") == [(SCHEMA_VERSION,)]
+        assert store._digests == _scanned(store)
+    finally:
+        store.close()
+    assert audit_ledger(path, chain.genesis).ok
+
+
+def test_a_store_stamped_4_with_the_layout_of_3_is_folded_at_open(tmp_path: Path) -> None:
+    """(what the bug above left behind: repaired, not failed on its first block)"""
+    path = tmp_path / "ledger.sqlite"
+    chain = rich_store(path)
+    _format_3(path, chain.genesis)
+    _sql(path, "UPDATE meta SET value = 4 WHERE key = 'schema'")
+    BlockStore.open(path, chain.genesis).close()
+    columns = [r[1] for r in _sql(path, "PRAGMA table_info(tx_index)")]
+    assert "expiry_ms" in columns
+    assert audit_ledger(path, chain.genesis).ok
+
+
+def test_the_fold_checks_its_two_tables_even_when_the_open_trusts_the_digests(
+    tmp_path: Path,
+) -> None:
+    """verify=False trusts the stored digests; the fold writes the two digests anew from what
+    the tables hold, so it checks them first: damage is never blessed."""
+    path = tmp_path / "ledger.sqlite"
+    chain = rich_store(path)
+    _format_3(path, chain.genesis)
+    edit_row(path, "replay", "edit")
+    with pytest.raises(StoreDamaged, match=r"\(replay\)"):
+        BlockStore.open(path, chain.genesis, verify=False)
+    assert _sql(path, "SELECT value FROM meta WHERE key = 'schema'") == [(3,)]
+
+
+def test_the_audit_names_a_format_newer_than_it_reads(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite"
+    chain = rich_store(path)
+    _sql(path, "UPDATE meta SET value = ? WHERE key = 'schema'", (SCHEMA_VERSION + 1,))
+    report = audit_ledger(path, chain.genesis)
+    assert report.problem is not None
+    assert f"of format {SCHEMA_VERSION + 1}, newer than this release reads" in (
+        report.problem.reason
+    )
+
+
 def test_a_store_of_format_3_that_does_not_match_its_digests_is_not_upgraded(
     tmp_path: Path,
 ) -> None:

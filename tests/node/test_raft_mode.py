@@ -39,6 +39,24 @@ def test_the_executed_lookup_costs_one_query_per_batch_and_none_at_execution(
         node.store.close()
 
 
+def test_an_executed_id_past_its_expiry_is_not_taken_for_executed(tmp_path: Path) -> None:
+    """As in the in-memory replay set (pruned at each block): the store keeps an executed
+    transaction's id with its expiry (format 4), and only an expiry at or after the head's
+    time makes it executed for the leader's batches, as for the replay check."""
+    init_network(tmp_path / "net", members=3, clients=1, mode="raft", params=Params())
+    identity = load_identity(tmp_path / "net" / "nodes" / "n1")
+    node = make_node(identity.config, identity.genesis, identity.keys)
+    assert isinstance(node.mode, RaftMode)
+    try:
+        old, live, never = (bytes([i]) * 32 for i in (1, 2, 3))
+        node.app.replay[old] = 4_999
+        node.app.replay[live] = 5_000
+        node.app.last_timestamp_ms = 5_000
+        assert node.mode._executed([old, live, never]) == {live}
+    finally:
+        node.store.close()
+
+
 def test_a_targets_transfer_window_starts_when_its_write_is_durable(tmp_path: Path) -> None:
     """A transfer's target honours TimeoutNow only within E/4 of the leader's last entry
     becoming durable here (crashft/node.py, _on_timeout_now). The core learns time only from
