@@ -69,6 +69,7 @@ from consortium.ledger.digests import (
     DIGESTED,
     FORMAT_WITHOUT_DIGESTS,
     STORE_FORMAT,
+    has_column,
     stored_digests,
     table_digest,
 )
@@ -161,6 +162,7 @@ class _Audit:
         )
 
     def run(self, db: sqlite3.Connection) -> None:
+        db.execute("BEGIN")  # one snapshot of the store for the whole audit (WAL: no writer waits)
         tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         schema = (
             db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
@@ -174,7 +176,7 @@ class _Audit:
                 f"({STORE_FORMAT}): audit it with the release that wrote it",
             )
         # (format 4: each transaction's expiry in its index row, its replay entry once executed)
-        self.index_expiry = "tx_index" in tables and _has_column(db, "tx_index", "expiry_ms")
+        self.index_expiry = "tx_index" in tables and has_column(db, "tx_index", "expiry_ms")
         g = self.genesis
         genesis = genesis_block(g)
         app = KeyValueState.for_genesis(g, genesis.header.state_root)
@@ -604,10 +606,6 @@ class _Audit:
             )
 
 
-def _has_column(db: sqlite3.Connection, table: str, column: str) -> bool:
-    return any(r[1] == column for r in db.execute(f"PRAGMA table_info({table})"))
-
-
 def stored_replay(db: sqlite3.Connection, now_ms: int) -> dict[bytes, int]:
     """The replay set a store holds for a block at `now_ms`: each consumed id whose expiry is
     not before it. Format 4: an executed transaction's id in the transaction index, any other
@@ -619,7 +617,7 @@ def stored_replay(db: sqlite3.Connection, now_ms: int) -> dict[bytes, int]:
             "SELECT tx_id, expiry_ms FROM replay WHERE expiry_ms >= ?", (now_ms,)
         )
     }
-    if _has_column(db, "tx_index", "expiry_ms"):
+    if has_column(db, "tx_index", "expiry_ms"):
         executed = "SELECT tx_id, expiry_ms FROM tx_index WHERE executed = 1 AND expiry_ms >= ?"
         for t, e in db.execute(executed, (now_ms,)):
             if bytes(t) in found:

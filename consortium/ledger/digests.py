@@ -75,6 +75,11 @@ def table_digest(db: sqlite3.Connection, table: str) -> int:
     return total % DIGEST_MOD
 
 
+def has_column(db: sqlite3.Connection, table: str, column: str) -> bool:
+    """Whether `table` has `column` (a store of an earlier format may lack a later one)."""
+    return any(r[1] == column for r in db.execute(f"PRAGMA table_info({table})"))
+
+
 def stored_digests(db: sqlite3.Connection) -> dict[str, int]:
     """The digests meta holds (by table; empty for a store from before digests)."""
     return {

@@ -89,6 +89,7 @@ from consortium.ledger.digests import (
     FORMAT_WITHOUT_DIGESTS,
     ROW_FUNCTION,
     STORE_FORMAT,
+    has_column,
     row_digest,
     stored_digests,
     table_digest,
@@ -310,7 +311,7 @@ class BlockStore:
             self._check_digests(verify)
             # (a store stamped 4 without the column: none this release writes, but the fold
             # repairs one rather than fail on its first block)
-            if self._schema == FORMAT_SEPARATE_REPLAY or not _has_column(
+            if self._schema == FORMAT_SEPARATE_REPLAY or not has_column(
                 db, "tx_index", "expiry_ms"
             ):
                 self._fold_replay()
@@ -1030,9 +1031,9 @@ class BlockStore:
             index_rows.append((tx.id, h.height, i, int(executed), tx.expiry_ms))
         db.executemany(_INDEX_TX, index_rows)
         # The index row of an executed transaction is its replay entry; the replay table holds
-        # the other consumed ids (client changes'): any id not flagged executed above, so a
-        # flag ever computed wrong shows as a row in both (the audit names it), never as a
-        # replay entry lost.
+        # the other consumed ids (client changes'): any id not flagged executed above (the
+        # same ids as those not in this block's transactions; said this way so the two
+        # tables together hold every consumed id whatever the flags).
         flagged = {row[0] for row in index_rows if row[3]}
         others = [(tid, exp) for tid, exp in execution.consumed if tid not in flagged]
         if others:
@@ -1125,7 +1126,3 @@ def _prefix_end(prefix: bytes) -> bytes | None:
     if not stripped:
         return None
     return stripped[:-1] + bytes([stripped[-1] + 1])
-
-
-def _has_column(db: sqlite3.Connection, table: str, column: str) -> bool:
-    return any(r[1] == column for r in db.execute(f"PRAGMA table_info({table})"))

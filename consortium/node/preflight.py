@@ -39,6 +39,7 @@ import trio
 from consortium.ledger.digests import (
     DIGESTED,
     FORMAT_WITHOUT_DIGESTS,
+    STORE_FORMAT,
     stored_digests,
     table_digest,
 )
@@ -205,6 +206,11 @@ def _damaged_tables(db: sqlite3.Connection) -> list[str]:
     audits it)."""
     stored = stored_digests(db)
     schema = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+    if schema is not None and isinstance(schema[0], int) and schema[0] > STORE_FORMAT:
+        raise ConfigError(
+            f"the block store is of format {schema[0]}, newer than this release reads "
+            f"({STORE_FORMAT}): run the release that wrote it"
+        )
     if not stored and schema is not None and schema[0] == FORMAT_WITHOUT_DIGESTS:
         return []
     return [t for t in DIGESTED if t not in stored or table_digest(db, t) != stored[t]]

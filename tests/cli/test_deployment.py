@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import socket
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -322,6 +323,21 @@ def test_a_data_dir_of_another_network_is_refused_before_start(tmp_path: Path) -
     shutil.copy(tmp_path / "b" / "genesis.json", homes[0] / "config" / "genesis.json")
     result = runner.invoke(app, ["node", "start", "--home", str(homes[0])])
     assert result.exit_code == 2 and "data directory belongs to network" in result.output
+
+
+def test_node_check_names_a_store_format_newer_than_it_reads(tmp_path: Path) -> None:
+    """(not "damaged, refetch": a newer release wrote it, and an older one is running)"""
+    homes = _keygen_all(tmp_path)
+    genesis = assemble_genesis(tmp_path / "a", homes)
+    config = load_config(homes[0])
+    BlockStore.open(config.store_path, genesis).close()
+    check_data_dir(config, genesis, tables=True)  # clean
+    db = sqlite3.connect(config.store_path)
+    db.execute("UPDATE meta SET value = value + 1 WHERE key = 'schema'")
+    db.commit()
+    db.close()
+    with pytest.raises(ConfigError, match=r"of format \d+, newer than this release reads"):
+        check_data_dir(config, genesis, tables=True)
 
 
 def test_backup_of_an_open_store_includes_commits_still_in_the_wal(tmp_path: Path) -> None:
