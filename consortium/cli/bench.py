@@ -560,7 +560,9 @@ def _cpu_split(per_member: dict[str, dict[str, Any]], vps: float, txs: int) -> d
     PROJECTION of what the network could order with one member per machine of C cores: the
     lowest over members of min(C / CPU per tx, 1 / event-loop CPU per tx, verification
     threads / client-signature CPU per tx), with the member and the bound that set it.
-    Empty when a member could not tell its loop's CPU."""
+    Empty when a member could not tell its loop's CPU. An estimate never exceeds the thread
+    that makes those checks (client checks: the worker threads' CPU; protocol checks: the
+    loop's), so no part is negative when this run's measured rate reads slow."""
     rows = list(per_member.items())
     if not rows or vps <= 0 or txs <= 0:
         return {}
@@ -570,8 +572,8 @@ def _cpu_split(per_member: dict[str, dict[str, Any]], vps: float, txs: int) -> d
     for name, r in rows:
         total = 1000 * r["cpu_s"] / txs
         loop = 1000 * r["loop_cpu_s"] / txs
-        client_sig = 1000 * r["client_verifications"] / vps / txs
-        protocol_sig = 1000 * r["protocol_verifications"] / vps / txs
+        client_sig = min(1000 * r["client_verifications"] / vps / txs, max(0.0, total - loop))
+        protocol_sig = min(1000 * r["protocol_verifications"] / vps / txs, loop)
         parts[name] = {
             "cpu_ms_per_tx": total,
             "loop_ms_per_tx": loop,

@@ -116,5 +116,12 @@ def test_the_cpu_split_and_its_projection_follow_the_formula() -> None:
         "member": "n1",
         "bound": "signature threads",
     }
+    # A run whose measured rate reads slow: the estimate is capped at the workers' CPU (0.2 ms
+    # per tx here), so the rest is 0, never negative, and the parts still add up.
+    members["n1"] = member(3.0, 1.0, 10_000, 2_000)
+    slow = _cpu_split(members, vps=2_000.0, txs=10_000)["per_member"]["n1"]
+    assert slow["client_checks_ms_per_tx"] == pytest.approx(0.2)
+    assert slow["rest_ms_per_tx"] == pytest.approx(0.0)
+    assert sum(slow[k] for k in parts) == pytest.approx(slow["cpu_ms_per_tx"])
     members["n2"]["loop_cpu_s"] = None
     assert _cpu_split(members, vps=20_000.0, txs=10_000) == {}
