@@ -1196,7 +1196,11 @@ async def test_a_large_body_that_is_no_submit_is_refused_without_freezing_the_me
             check_error(reply, 400, "bad_request")
         assert "at most 100000 transactions" in replies["strings"].doc["error"]["message"]
         assert f"transactions[{many}]" in replies["last"].doc["error"]["message"]
-        assert gap < 0.15, f"the event loop was frozen for {gap:.2f} s of CPU"
+        # Parsing such a body as JSON on the loop froze it for seconds (3.6 s of CPU for 22 MB
+        # nested); the scan costs 0.05-0.06 s alone, and up to 0.16 s was seen under a full
+        # suite on two loaded cores (caches and clocks shared): the bound catches the former
+        # with room for the latter.
+        assert gap < 0.5, f"the event loop was frozen for {gap:.2f} s of CPU"
         assert server.budget.held == 0
 
 
