@@ -143,6 +143,40 @@ reached the lost term restored or down) no member can learn a safe floor, as the
 have elected a leader only they knew of: the recovering members keep asking every E/2 and wait
 for members that are not recovering, and status counts the answers of recovering members.
 
+Membership (docs/design/membership.md, part 4). The node holds the configuration its ledger
+applied (`members`: voters and learners by id; RaftConfig.members at start) and follows the
+executor's reconfigure(config, index), called when applying the entry at `index` activated
+`config` (configuration on apply: an uncommitted entry changes nobody's configuration) and after
+a snapshot install. The voters form every majority: commit, elections, CheckQuorum, ReadIndex,
+the clock median, the recovery gate's reports. Learners get appends, heartbeats and snapshots
+and apply, but never vote, campaign or count. A leader's messages are taken from any id (we may
+not have applied the configuration that made it a member: only its entries bring us there);
+anything else from an id outside our applied configuration is dropped (`not_member`), and a
+vote request from a learner too. A "change entry" holds a transaction carrying a v2 members
+change (`member_change_of`, injectable as `change_of`); whether the ledger accepts it is known
+only at apply, so the rules are conservative:
+
+    R1  the leader appends a change entry only if (a) an entry of its term has committed
+        (Ongaro's fix), (b) no change entry is above what its ledger applied, (c) a majority of
+        its configuration's voters reported (APPEND-REPLY, HEARTBEAT-REPLY) an applied epoch
+        equal to its own, (d) the entry carries that change alone, (e) a promote's learner is
+        within params.window entries of the leader's last index (learner_lag). Otherwise the
+        transaction stays in the pool, counted once per reason.
+    R2  after appending a change entry the leader appends no batch until it applied it (a
+        no-op goes: the transfer marker, a new term's first entry).
+    R3  no campaign while the log holds a committed change entry the ledger has not applied
+        (etcd's hasUnappliedConfChanges); a voter refuses a (pre-)vote to a candidate whose
+        epoch (VOTE's) is below its own applied epoch, or that is no voter of its applied
+        configuration. With R1c, members two configurations behind are a minority that can
+        collect votes only from each other: only adjacent configurations compete, and their
+        majorities intersect.
+
+A member that applies a configuration without it is removed for good (`removed_at`, status
+`removed`): it neither campaigns nor answers votes; as leader it stops proposing, hands
+leadership to the most caught-up voter of the new configuration (a transfer of its own) and
+steps down when that completes, or at once when the transfer is abandoned or nobody can take
+it. The shell lingers, then exits.
+
 Nothing here reads a clock, randomness, the network or the disk; randomness for election
 timeouts comes from a seed, and everything the node holds is bounded (pool_max, reads_max,
 inflight_max, log compaction). Every input (the methods marked @_input) ends with
