@@ -512,3 +512,22 @@ def test_the_default_change_predicate_reads_the_raw_op_and_never_raises() -> Non
         tx = Transaction(junk, bytes(64), sha256(junk), bytes(32), bytes(32), b"n", 1, ())
         assert member_change_of(tx) is None
     assert member_change_of(g.txs[0]) is None
+
+
+def test_a_joiner_behind_the_compaction_point_applies_the_changes_in_the_blocks_it_installs() -> (
+    None
+):
+    g = grown(log_keep=2)
+    change(g, 0, g.change_tx([g.add_op(3)]))
+    change(g, 0, g.change_tx([PromoteLearner(3)]))
+    g.propose(0, *g.txs[:32])
+    g.run(1_000)
+    leader = g.node(0)
+    assert leader.log.snap_index > 4  # the changes are compacted away: blocks only
+    change(g, 0, g.change_tx([g.add_op(4)]), ms=3_000)
+    joiner = g.node(4)
+    assert joiner.blocks_installed > 0
+    # It re-executed the blocks of both earlier changes and reported each activation.
+    assert [e for e, _ in g.members[4].activations] == [1, 2, 3]
+    assert joiner.epoch == 3 and not joiner.is_voter
+    assert g.members[4].activations == g.members[1].activations
