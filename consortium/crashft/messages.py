@@ -8,19 +8,24 @@ The sender of a message is the member at the other end of the authenticated peer
 which the shell passes to the core; no message names its own sender. Every frame is one
 canonical msgpack array naming its kind first:
 
-    VOTE          ["vote", term, last_index, last_term, prevote, transfer]
+    VOTE          ["vote", term, last_index, last_term, prevote, transfer, epoch]
+                  epoch: the candidate's applied configuration epoch (a voter at a later
+                  epoch refuses it: crashft/node.py, "Membership")
     VOTE-REPLY    ["vote_reply", term, granted, prevote]
     APPEND        ["append", term, prev_index, prev_term, commit, [entry, ...]]
-    APPEND-REPLY  ["append_reply", term, success, index, hint, wall_ms]
+    APPEND-REPLY  ["append_reply", term, success, index, hint, wall_ms, epoch]
                   success: index is the follower's match; else index is the rejected
                   prev_index and hint the follower's last index (to skip back quickly);
-                  wall_ms the sender's wall clock as it sent the reply
+                  wall_ms the sender's wall clock as it sent the reply; epoch the sender's
+                  applied configuration epoch (the leader proposes a member change only once
+                  a majority of its voters reported its own)
     HEARTBEAT     ["heartbeat", term, commit, ctx]     commit = min(follower's match, commit)
-    HEARTBEAT-R   ["heartbeat_reply", term, ctx, wall_ms, recovering]   ctx confirms
+    HEARTBEAT-R   ["heartbeat_reply", term, ctx, wall_ms, recovering, epoch]   ctx confirms
                   leadership for ReadIndex; wall_ms as in APPEND-REPLY (the leader proposes
                   only while its own clock agrees with a majority's: crashft/node.py);
                   recovering: the sender is behind its recovery gate and cannot campaign, so
-                  the leader hands leadership to it neither on request nor for its clock
+                  the leader hands leadership to it neither on request nor for its clock;
+                  epoch as in APPEND-REPLY
     SNAPSHOT      ["snapshot", term, index, term_at_index, height, block_hash]
                   "entries up to index are compacted: fetch blocks up to height"
     FETCH         ["fetch", term, from_height, to_height]
@@ -140,6 +145,7 @@ class Vote:
     last_term: int
     prevote: bool
     transfer: bool  # a leadership transfer: voters ignore their leader lease
+    epoch: int = 0  # the candidate's applied configuration epoch
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +171,7 @@ class AppendReply:
     index: int
     hint: int
     wall_ms: int  # the follower's wall clock when it answered
+    epoch: int = 0  # the follower's applied configuration epoch
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +187,7 @@ class HeartbeatReply:
     ctx: int
     wall_ms: int  # the follower's wall clock when it answered
     recovering: bool  # behind its recovery gate: it cannot campaign (no transfer to it)
+    epoch: int = 0  # the follower's applied configuration epoch
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,7 +283,15 @@ def encode(msg: Message) -> bytes:
     match msg:
         case Vote():
             return pack(
-                ["vote", msg.term, msg.last_index, msg.last_term, msg.prevote, msg.transfer]
+                [
+                    "vote",
+                    msg.term,
+                    msg.last_index,
+                    msg.last_term,
+                    msg.prevote,
+                    msg.transfer,
+                    msg.epoch,
+                ]
             )
         case VoteReply():
             return pack(["vote_reply", msg.term, msg.granted, msg.prevote])
@@ -291,11 +307,23 @@ def encode(msg: Message) -> bytes:
                 ]
             )
         case AppendReply():
-            return pack(["append_reply", msg.term, msg.success, msg.index, msg.hint, msg.wall_ms])
+            return pack(
+                [
+                    "append_reply",
+                    msg.term,
+                    msg.success,
+                    msg.index,
+                    msg.hint,
+                    msg.wall_ms,
+                    msg.epoch,
+                ]
+            )
         case Heartbeat():
             return pack(["heartbeat", msg.term, msg.commit, msg.ctx])
         case HeartbeatReply():
-            return pack(["heartbeat_reply", msg.term, msg.ctx, msg.wall_ms, msg.recovering])
+            return pack(
+                ["heartbeat_reply", msg.term, msg.ctx, msg.wall_ms, msg.recovering, msg.epoch]
+            )
         case Snapshot():
             return pack(
                 ["snapshot", msg.term, msg.index, msg.index_term, msg.height, msg.block_hash]
@@ -320,12 +348,12 @@ def encode(msg: Message) -> bytes:
 
 
 _SHAPES = {
-    "vote": 6,
+    "vote": 7,
     "vote_reply": 4,
     "append": 6,
-    "append_reply": 6,
+    "append_reply": 7,
     "heartbeat": 4,
-    "heartbeat_reply": 5,
+    "heartbeat_reply": 6,
     "snapshot": 6,
     "fetch": 4,
     "blocks": 3,
@@ -359,6 +387,7 @@ def decode(frame: bytes, params: Params) -> Message:
                 as_int(a[3], "last_term"),
                 as_bool(a[4], "prevote"),
                 as_bool(a[5], "transfer"),
+                as_int(a[6], "epoch"),
             )
         case "vote_reply":
             return VoteReply(
@@ -387,6 +416,7 @@ def decode(frame: bytes, params: Params) -> Message:
                 as_int(a[3], "index"),
                 as_int(a[4], "hint"),
                 as_int(a[5], "wall_ms"),
+                as_int(a[6], "epoch"),
             )
         case "heartbeat":
             return Heartbeat(as_int(a[1], "term"), as_int(a[2], "commit"), as_int(a[3], "ctx"))
@@ -396,6 +426,7 @@ def decode(frame: bytes, params: Params) -> Message:
                 as_int(a[2], "ctx"),
                 as_int(a[3], "wall_ms"),
                 as_bool(a[4], "recovering"),
+                as_int(a[5], "epoch"),
             )
         case "snapshot":
             return Snapshot(

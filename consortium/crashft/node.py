@@ -143,6 +143,40 @@ reached the lost term restored or down) no member can learn a safe floor, as the
 have elected a leader only they knew of: the recovering members keep asking every E/2 and wait
 for members that are not recovering, and status counts the answers of recovering members.
 
+Membership (docs/design/membership.md, part 4). The node holds the configuration its ledger
+applied (`members`: voters and learners by id; RaftConfig.members at start) and follows the
+executor's reconfigure(config, index), called when applying the entry at `index` activated
+`config` (configuration on apply: an uncommitted entry changes nobody's configuration) and after
+a snapshot install. The voters form every majority: commit, elections, CheckQuorum, ReadIndex,
+the clock median, the recovery gate's reports. Learners get appends, heartbeats and snapshots
+and apply, but never vote, campaign or count. A leader's messages are taken from any id (we may
+not have applied the configuration that made it a member: only its entries bring us there);
+anything else from an id outside our applied configuration is dropped (`not_member`), and a
+vote request from a learner too. A "change entry" holds a transaction carrying a v2 members
+change (`member_change_of`, injectable as `change_of`); whether the ledger accepts it is known
+only at apply, so the rules are conservative:
+
+    R1  the leader appends a change entry only if (a) an entry of its term has committed
+        (Ongaro's fix), (b) no change entry is above what its ledger applied, (c) a majority of
+        its configuration's voters reported (APPEND-REPLY, HEARTBEAT-REPLY) an applied epoch
+        equal to its own, (d) the entry carries that change alone, (e) a promote's learner is
+        within params.window entries of the leader's last index (learner_lag). Otherwise the
+        transaction stays in the pool, counted once per reason.
+    R2  after appending a change entry the leader appends no batch until it applied it (a
+        no-op goes: the transfer marker, a new term's first entry).
+    R3  no campaign while the log holds a committed change entry the ledger has not applied
+        (etcd's hasUnappliedConfChanges); a voter refuses a (pre-)vote to a candidate whose
+        epoch (VOTE's) is below its own applied epoch, or that is no voter of its applied
+        configuration. With R1c, members two configurations behind are a minority that can
+        collect votes only from each other: only adjacent configurations compete, and their
+        majorities intersect.
+
+A member that applies a configuration without it is removed for good (`removed_at`, status
+`removed`): it neither campaigns nor answers votes; as leader it stops proposing, hands
+leadership to the most caught-up voter of the new configuration (a transfer of its own) and
+steps down when that completes, or at once when the transfer is abandoned or nobody can take
+it. The shell lingers, then exits.
+
 Nothing here reads a clock, randomness, the network or the disk; randomness for election
 timeouts comes from a seed, and everything the node holds is bounded (pool_max, reads_max,
 inflight_max, log compaction). Every input (the methods marked @_input) ends with
@@ -174,6 +208,7 @@ from consortium.crypto.codec import (
     as_int,
     as_list,
     pack,
+    unpack,
     unpack_canonical,
 )
 from consortium.crypto.hashing import sha256
@@ -181,6 +216,16 @@ from consortium.crypto.signing import Domain, Signer
 from consortium.ledger.certificates import raft_entry_body
 from consortium.ledger.clock import ClockOffset, median_band, off_band_ms
 from consortium.ledger.genesis import Genesis, Params
+from consortium.ledger.membership import (
+    CHANGE_FORMAT,
+    MEMBERS,
+    MEMBERS_MAX,
+    VOTER,
+    ChangeV2,
+    Configuration,
+    PromoteLearner,
+    genesis_configuration,
+)
 from consortium.ledger.tx import Transaction
 
 FOLLOWER = "follower"
@@ -209,6 +254,7 @@ READ_ID_SPREAD_SHIFT = 2
 # tells the client so: the runtime and the simulator both.
 READ_TIMEOUT_MS = 5_000
 _LONG_AGO = -(2**62)
+CHANGE_CACHE_MAX = 1 << 16  # entries whose change-entry status is remembered
 
 
 def log_key(index: int) -> bytes:
@@ -253,14 +299,45 @@ def _input(
     return checked
 
 
+_CHANGE_MARK = CHANGE_FORMAT.encode()
+
+
+def member_change_of(tx: Transaction) -> ChangeV2 | None:
+    """The v2 member change a transaction carries, if it is a "change entry"'s transaction:
+    its single op is the 4-element ["config", body, approvals, possessions] whose body
+    decodes as a change of kind "members". Reads the raw op array of the body (whatever
+    ledger/tx.py makes of it); never raises. Whether it will be *accepted* is decided at
+    apply, so what this says is only a conservative guess (crashft rules R1 to R3)."""
+    if _CHANGE_MARK not in tx.body:  # (cheap: nearly every transaction stops here)
+        return None
+    try:
+        body = unpack(tx.body)
+        if not isinstance(body, list) or len(body) != 5:
+            return None
+        ops = body[4]
+        if not isinstance(ops, list) or len(ops) != 1:
+            return None
+        op = ops[0]
+        if not isinstance(op, list) or len(op) != 4 or op[0] != "config":
+            return None
+        if not isinstance(op[1], bytes):
+            return None
+        change = ChangeV2.decode(op[1])
+    except Exception:  # hostile input: never raise, it is no change
+        return None
+    return change if change.kind == MEMBERS else None
+
+
 class RecoveryError(Exception):
     """Persisted Raft state that does not decode or does not fit together."""
 
 
 @dataclass(frozen=True, slots=True)
 class RaftConfig:
-    me: int
-    n: int
+    me: int  # our member id
+    # The configuration applied when the node starts (voters and learners by id); the node
+    # follows later ones through reconfigure().
+    members: Configuration
     chain_id: bytes
     params: Params
     seed: bytes  # randomness for election timeouts (the core never draws its own)
@@ -282,10 +359,6 @@ class RaftConfig:
     # goes alone; 0 sends it at once.
     commit_notice_ms: int = 0
 
-    @property
-    def majority(self) -> int:
-        return self.n // 2 + 1
-
     @classmethod
     def from_genesis(cls, genesis: Genesis, me: int, seed: bytes, **overrides: Any) -> RaftConfig:
         """E = params.request_timeout_ms (the one timeout genesis names), heartbeats at E/10;
@@ -293,7 +366,7 @@ class RaftConfig:
         election = genesis.params.request_timeout_ms
         config = cls(
             me=me,
-            n=genesis.n,
+            members=genesis_configuration(genesis),
             chain_id=genesis.chain_id,
             params=genesis.params,
             seed=seed,
@@ -448,6 +521,8 @@ class Progress:
     # Its last heartbeat reply said it is behind its recovery gate: it cannot campaign, so it
     # is no transfer target (a TimeoutNow to it would only stop our proposals for E).
     recovering: bool = False
+    # Its applied configuration epoch, from its last reply (-1: not heard this term): R1c.
+    epoch: int = -1
 
 
 @dataclass(slots=True)
@@ -456,6 +531,7 @@ class _Pending:
     arrived_ms: int
     forwarded_ms: int | None = None
     forwards: int = 0
+    held: str = ""  # why a member change waits in the pool (a reason; counted once per change)
 
 
 @dataclass(slots=True)
@@ -502,20 +578,30 @@ class RaftNode:
         recovered: RecoveredState | None = None,
         executed: Callable[[list[bytes]], Collection[bytes]] = lambda tx_ids: (),
         recovering: bool = False,
+        change_of: Callable[[Transaction], ChangeV2 | None] = member_change_of,
     ) -> None:
         """`tx_ok`: may the leader order this transaction (its signature). `executed`: which of
         these ids the shell's ledger has executed, its last blocks written or not (a leader
         orders none of them again). `recovering`: start behind the recovery gate (module
         docstring, "Recovery"): the records may be older than what this member sent (a
-        restored backup, lost state)."""
-        assert 0 <= config.me < config.n
+        restored backup, lost state). `change_of`: the member change a transaction carries, if
+        it makes its entry a change entry (rules R1 to R3, "Membership")."""
+        assert 0 <= config.me < m.MEMBER_MAX
         self.config = config
         self.me = config.me
-        self.n = config.n
+        self.members = config.members  # the applied configuration (reconfigure)
+        self._change_of = change_of
+        # Removal: the index of the entry whose application removed us, once applied.
+        self.removed_at: int | None = None
+        # Whether the entry at (index, term) is a change entry, once asked (pruned as applied).
+        self._change_entries: dict[tuple[int, int], bool] = {}
         self._signer = signer
         self._tx_ok = tx_ok
         self._executed = executed
         rec = recovered or RecoveredState()
+        # The last entry the shell reported applied (entry_applied, installed): a change entry
+        # takes effect only there (configuration on apply).
+        self._shell_applied = rec.applied_index
         self.term = rec.term
         self.voted_for = rec.voted_for
         self.role = FOLLOWER
@@ -634,14 +720,15 @@ class RaftNode:
         self.blocks_installed = 0
         self._install_problem = ""
         self.last_election_reason = ""
+        voters_else = self._other_voters()
         self._recovery = (
             _TermRecovery(
-                sha256(config.seed + b"/recovery")[: m.NONCE_BYTES], (self.n - 1) // 2 + 1
+                sha256(config.seed + b"/recovery")[: m.NONCE_BYTES], len(voters_else) // 2 + 1
             )
-            if recovering and self.n > 1
+            if recovering and voters_else
             else None
         )
-        self._query_answered_ms = [_LONG_AGO] * self.n
+        self._query_answered_ms: dict[int, int] = {}
         # (term, vote) at the last invariant check: terms never go back, one vote per term.
         self._checked_vote = (self.term, self.voted_for)
         # Clocks. As follower: ours against the times our leader stamped (ledger/clock.py).
@@ -667,15 +754,48 @@ class RaftNode:
         return self.role == LEADER
 
     @property
-    def majority(self) -> int:
-        return self.config.majority
+    def n(self) -> int:
+        """The voters of the applied configuration: what every majority is of."""
+        return self.members.n
 
     @property
-    def peers(self) -> range:
-        return range(self.n)
+    def majority(self) -> int:
+        return self.members.n // 2 + 1
+
+    @property
+    def epoch(self) -> int:
+        """The applied configuration's epoch."""
+        return self.members.epoch
+
+    @property
+    def peers(self) -> tuple[int, ...]:
+        return tuple(mi.id for mi in self.members.members)
+
+    @property
+    def is_voter(self) -> bool:
+        return self._is_voter(self.me)
+
+    @property
+    def removed(self) -> bool:
+        """We applied a configuration without us: we neither campaign nor answer votes (the
+        shell lingers, then exits 0)."""
+        return self.removed_at is not None
+
+    def _is_voter(self, member: int) -> bool:
+        info = self.members.member(member)
+        return info is not None and info.role == VOTER
 
     def _others(self) -> list[int]:
-        return [i for i in range(self.n) if i != self.me]
+        """Every other member of the applied configuration, voters and learners, by id: who
+        gets appends, heartbeats and snapshots."""
+        return [mi.id for mi in self.members.members if mi.id != self.me]
+
+    def _other_voters(self) -> list[int]:
+        return [mi.id for mi in self.members.voters if mi.id != self.me]
+
+    def _sole_voter(self) -> bool:
+        voters = self.members.voters
+        return len(voters) == 1 and voters[0].id == self.me
 
     # --- input: time --------------------------------------------------------------------------
 
@@ -693,7 +813,7 @@ class RaftNode:
         if not self._started:
             self._started = True
             self._reset_election_timer()
-            if self.n == 1:
+            if self._sole_voter():
                 self._campaign(pre=False)
             return
         if self.role == LEADER:
@@ -718,7 +838,9 @@ class RaftNode:
             self._broadcast_heartbeat()
         if self._now >= self._check_quorum_due:
             self._check_quorum_due = self._now + cfg.election_ms
-            active = 1 + sum(1 for p in self._others() if self._progress[p].recent_active)
+            active = int(self.is_voter) + sum(
+                1 for p in self._other_voters() if self._progress[p].recent_active
+            )
             if cfg.check_quorum and active < self.majority:
                 self.step_downs.append(
                     f"term {self.term}: heard from {active} of {self.n} members within "
@@ -742,6 +864,10 @@ class RaftNode:
             )
             self._transfer_failed_ms[self._transferee] = self._now
             self._transferee = None
+        if self.removed:
+            if self._transferee is None:  # (the hand-over was abandoned, or never began)
+                self._step_down_removed()
+            return
         if self._transferee is None:
             self._clock_handoff_to = None
             self._maybe_hand_off_for_clock()
@@ -772,7 +898,7 @@ class RaftNode:
 
     @_input
     def receive(self, sender: int, msg: m.Message | bytes) -> None:
-        if not 0 <= sender < self.n or sender == self.me:
+        if not 0 <= sender < m.MEMBER_MAX or sender == self.me:
             self.rejected[drop.UNKNOWN_SENDER] += 1
             return
         if isinstance(msg, bytes):
@@ -781,6 +907,16 @@ class RaftNode:
             except WireFormatError:
                 self.rejected[drop.MALFORMED] += 1
                 return
+        if self.members.member(sender) is None and not isinstance(msg, m.FROM_LEADER):
+            # Not in our applied configuration (R3): a removed member that has not applied its
+            # removal yet gets no vote and moves no term. A leader's messages are taken from
+            # any id: we may not have applied the configuration that made it a member, and
+            # only its entries bring us there (its term was won by a majority of voters).
+            self.rejected[drop.NOT_MEMBER] += 1
+            return
+        if isinstance(msg, m.Vote) and not self._is_voter(sender):
+            self.rejected[drop.VOTE_FROM_LEARNER] += 1  # (learners never campaign)
+            return
         term = getattr(msg, "term", None)
         if term is not None and not self._term_gate(sender, msg, term):
             return
@@ -845,7 +981,9 @@ class RaftNode:
                 self.config.pre_vote or self.config.check_quorum
             ):
                 # A stale leader (or one that missed our term bump): tell it our term.
-                self._send(sender, m.AppendReply(self.term, False, 0, 0, self._wall_out))
+                self._send(
+                    sender, m.AppendReply(self.term, False, 0, 0, self._wall_out, self.epoch)
+                )
             elif isinstance(msg, m.Vote) and msg.prevote:
                 self._send(sender, m.VoteReply(self.term, False, True))
             self.rejected[drop.STALE_TERM] += 1
@@ -898,6 +1036,9 @@ class RaftNode:
             # entries we acknowledged; we ask for no vote until past the recovery gate.
             self._reset_election_timer()
             return
+        if not self._may_campaign():
+            self._reset_election_timer()
+            return
         self.elections += 1
         self._votes = {self.me: True}
         self.leader = None
@@ -913,7 +1054,7 @@ class RaftNode:
             term = self.term
         if self._tally():
             return
-        vote = m.Vote(term, self.log.last_index, self.log.last_term, pre, transfer)
+        vote = m.Vote(term, self.log.last_index, self.log.last_term, pre, transfer, self.epoch)
         self._send(None, vote)
         self._vote_request = vote
         self._vote_again_ms = self._now + self.config.heartbeat_ms
@@ -928,14 +1069,16 @@ class RaftNode:
         says no; a PreVote is judged afresh."""
         assert self._vote_request is not None, "a candidate without a campaign"
         self._vote_again_ms = self._now + self.config.heartbeat_ms
-        for peer in self._others():
+        for peer in self._other_voters():
             if peer not in self._votes:
                 self._send(peer, self._vote_request)
 
     def _tally(self) -> bool:
         """Act on the votes so far; True if the election is decided."""
-        granted = sum(1 for v in self._votes.values() if v)
-        rejected = sum(1 for v in self._votes.values() if not v)
+        # Only the voters of our applied configuration count (a reply of one that left since
+        # it answered is dropped with it).
+        granted = sum(1 for p, v in self._votes.items() if v and self._is_voter(p))
+        rejected = sum(1 for p, v in self._votes.items() if not v and self._is_voter(p))
         if granted >= self.majority:
             if self.role == PRE_CANDIDATE:
                 self._campaign(pre=False)
@@ -954,6 +1097,12 @@ class RaftNode:
             self.rejected[drop.VOTE_WHILE_RECOVERING] += 1
             self._send(sender, m.VoteReply(self.term, False, msg.prevote))
             return
+        refusal = self._vote_refusal(sender, msg)
+        if refusal is not None:
+            self.rejected[refusal] += 1
+            if refusal != drop.VOTE_NOT_VOTER:  # (a learner or removed member stays silent)
+                self._send(sender, m.VoteReply(self.term, False, msg.prevote))
+            return
         can_vote = (
             self.voted_for == sender
             or (self.voted_for is None and self.leader is None)
@@ -971,6 +1120,28 @@ class RaftNode:
         else:
             self._send(sender, m.VoteReply(self.term, False, msg.prevote))
 
+    def _may_campaign(self) -> bool:
+        """Whether we may start an election: only a voter of our applied configuration (a
+        learner never; a removed member never again), and (R3) not while our log holds a
+        committed change entry we have not applied: we would campaign, and count votes, with
+        a configuration already replaced (etcd's hasUnappliedConfChanges)."""
+        if not self.is_voter or self.removed:
+            return False
+        return not self._change_between(self._shell_applied, self.commit)
+
+    def _vote_refusal(self, sender: int, msg: m.Vote) -> str | None:
+        """Why a (pre-)vote request gets no grant for membership's sake, if it does not: we
+        are no voter (a learner, or removed: we do not answer), the candidate is no voter of
+        our applied configuration, or (R3) its applied epoch is below ours: it may count a
+        majority of a configuration two changes old."""
+        if not self.is_voter or self.removed:
+            return drop.VOTE_NOT_VOTER
+        if not self._is_voter(sender):
+            return drop.NOT_MEMBER
+        if msg.epoch < self.epoch:
+            return drop.VOTE_STALE_EPOCH
+        return None
+
     def _on_vote_reply(self, sender: int, msg: m.VoteReply) -> None:
         if self.role == PRE_CANDIDATE and msg.prevote and msg.term == self.term + 1:
             self._votes[sender] = msg.granted
@@ -983,7 +1154,7 @@ class RaftNode:
             self._tally()
 
     def _become_leader(self) -> None:
-        assert self.role == CANDIDATE or self.n == 1
+        assert self.role == CANDIDATE or self._sole_voter()
         self.role = LEADER
         if self.leader != self.me:
             self.leader_changes += 1
@@ -1116,6 +1287,7 @@ class RaftNode:
         pr = self._progress[sender]
         pr.recent_active = True
         pr.heard_ms, pr.wall_ms = self._now, msg.wall_ms
+        pr.epoch = msg.epoch
         if msg.success:
             if msg.index > self.log.last_index:
                 self.rejected[drop.APPEND_REPLY_BEYOND_LOG] += 1
@@ -1168,7 +1340,10 @@ class RaftNode:
     def _maybe_commit(self) -> bool:
         """Commit by counting, only entries of our own term (Figure 8: rules.commit_index); we
         count ourselves for what the shell reported durable (persisted)."""
-        matches = [self._stable_last] + [self._progress[p].match for p in self._others()]
+        matches = [self._stable_last] if self.is_voter else []
+        matches += [self._progress[p].match for p in self._other_voters()]
+        if not matches:
+            return False  # (no voter: cannot happen in a valid configuration)
         commit = rules.commit_index(matches, self.log.term_at, self.term, self.commit)
         if commit > self.commit:
             self.commit = commit
@@ -1192,6 +1367,7 @@ class RaftNode:
         pr.recent_active = True
         pr.heard_ms, pr.wall_ms = self._now, msg.wall_ms
         pr.recovering = msg.recovering
+        pr.epoch = msg.epoch
         if msg.ctx > pr.read_ctx:
             pr.read_ctx = min(msg.ctx, self._read_ctx)
             self._release_reads()
@@ -1226,7 +1402,10 @@ class RaftNode:
             # Everything up to our commit index is committed and so identical: skip it.
             skip = self.commit - prev
             if skip >= len(entries):
-                self._send(sender, m.AppendReply(self.term, True, self.commit, 0, self._wall_out))
+                self._send(
+                    sender,
+                    m.AppendReply(self.term, True, self.commit, 0, self._wall_out, self.epoch),
+                )
                 return
             entries = entries[skip:]
             prev = self.commit
@@ -1244,7 +1423,8 @@ class RaftNode:
                         break
                     hint -= 1
             self._send(
-                sender, m.AppendReply(self.term, False, msg.prev_index, hint, self._wall_out)
+                sender,
+                m.AppendReply(self.term, False, msg.prev_index, hint, self._wall_out, self.epoch),
             )
             self.rejected[drop.APPEND_MISMATCH] += 1
             return
@@ -1268,14 +1448,17 @@ class RaftNode:
             # Fresh from when it is durable (persisted), not from now: the write may take long.
             self._last_entry, self._last_entry_ms = last, None
             self._last_entry_restamp = False
-        self._send(sender, m.AppendReply(self.term, True, last_new, 0, self._wall_out))
+        self._send(sender, m.AppendReply(self.term, True, last_new, 0, self._wall_out, self.epoch))
 
     def _on_heartbeat(self, sender: int, msg: m.Heartbeat) -> None:
         self._heard_from_leader(sender)
         self.leader_commit = max(self.leader_commit, msg.commit)  # (status only)
         self.commit = max(self.commit, min(msg.commit, self.log.last_index))
         self._send(
-            sender, m.HeartbeatReply(self.term, msg.ctx, self._wall_out, self._recovery is not None)
+            sender,
+            m.HeartbeatReply(
+                self.term, msg.ctx, self._wall_out, self._recovery is not None, self.epoch
+            ),
         )
 
     def _mark_dirty(self, index: int) -> None:
@@ -1289,11 +1472,15 @@ class RaftNode:
     def _on_snapshot(self, sender: int, msg: m.Snapshot) -> None:
         self._heard_from_leader(sender)
         if msg.index <= self.commit:
-            self._send(sender, m.AppendReply(self.term, True, self.commit, 0, self._wall_out))
+            self._send(
+                sender, m.AppendReply(self.term, True, self.commit, 0, self._wall_out, self.epoch)
+            )
             return
         if self.log.term_at(msg.index) == msg.index_term:
             self.commit = msg.index  # we hold it: fast-forward
-            self._send(sender, m.AppendReply(self.term, True, msg.index, 0, self._wall_out))
+            self._send(
+                sender, m.AppendReply(self.term, True, msg.index, 0, self._wall_out, self.epoch)
+            )
             return
         if msg.height < self.height:
             self.rejected[drop.SNAPSHOT_BELOW_LEDGER] += 1
@@ -1372,6 +1559,7 @@ class RaftNode:
             self.applied = index
             self.commit = max(self.commit, index)
         self._points[index] = (height, block_hash)
+        self._applied_to(index)
         inst = self._install
         if inst is not None:
             inst.awaiting = False
@@ -1401,7 +1589,10 @@ class RaftNode:
         self._snap_dirty = True
         self.applied = max(self.applied, inst.index)
         self.commit = max(self.commit, inst.index)
-        self._send(inst.leader, m.AppendReply(self.term, True, inst.index, 0, self._wall_out))
+        self._applied_to(inst.index)
+        self._send(
+            inst.leader, m.AppendReply(self.term, True, inst.index, 0, self._wall_out, self.epoch)
+        )
 
     # --- transactions -------------------------------------------------------------------------
 
@@ -1485,12 +1676,27 @@ class RaftNode:
             self.rejected[drop.FORWARD_GAVE_UP] += 1
 
     def _maybe_batch(self) -> None:
-        cfg = self.config
-        params = cfg.params
-        if self.role != LEADER or self._transferee is not None:
+        if self.role != LEADER or self._transferee is not None or self.removed:
             return
         if self._pool and not self._clock_agrees():
             return  # block time is our clock: not while it is off the majority's (or unknown)
+        if self._change_between(self._shell_applied, self.log.last_index):
+            # R2: no batch after a change entry until we applied it; a change first in line
+            # waits for the same reason (R1b).
+            head = next(iter(self._pool.values()), None)
+            if head is not None and self._change_of(head.tx) is not None:
+                self._hold(head, drop.CHANGE_UNAPPLIED)
+            return
+        held: list[tuple[bytes, _Pending]] = []  # member changes R1 keeps in the pool
+        try:
+            self._cut_batches(held)
+        finally:
+            for tx_id, pending in held:  # (at the pool's end: the others go first)
+                self._pool[tx_id] = pending
+
+    def _cut_batches(self, held: list[tuple[bytes, _Pending]]) -> None:
+        cfg = self.config
+        params = cfg.params
         while self._pool and self.log.last_index - self.commit < cfg.uncommitted_max:
             idle = self.log.last_index == self.commit
             oldest = next(iter(self._pool.values()))
@@ -1502,17 +1708,32 @@ class RaftNode:
                 return
             txs: list[Transaction] = []
             size = 0
+            change = False
             while self._pool and len(txs) < params.batch_txs_max:
                 tx_id, pending = next(iter(self._pool.items()))
                 tx = pending.tx
                 if txs and size + tx.size > params.batch_bytes_max:
                     break
+                if self._change_of(tx) is not None:
+                    if txs:
+                        # R1d: a change entry carries its change alone (it goes next).
+                        self._hold(pending, drop.CHANGE_OWN_ENTRY)
+                        break
+                    why = self._change_refusal(tx)
+                    if why is not None:
+                        del self._pool[tx_id]
+                        self._hold(pending, why)
+                        held.append((tx_id, pending))
+                        continue
+                    change = True
                 del self._pool[tx_id]
                 if not self._tx_ok(tx):
                     self.rejected[drop.TX_NOT_OK] += 1
                     continue
                 txs.append(tx)
                 size += tx.size
+                if change:
+                    break  # R1d: alone in its entry
             if txs:
                 # An id leaves _uncommitted_ids when its entry commits, and the shell applies
                 # the entry in that same Ready: from then on only its ledger knows it, and a
@@ -1533,6 +1754,71 @@ class RaftNode:
             self.log.append(entry)
             self._mark_dirty(index)
             self._uncommitted_ids.update(t.id for t in txs)
+            if change:
+                return  # R2: nothing more until we applied it
+
+    def _hold(self, pending: _Pending, reason: str) -> None:
+        """A member change stays in the pool for `reason` (counted once per reason it meets)."""
+        if pending.held != reason:
+            pending.held = reason
+            self.rejected[reason] += 1
+
+    def _change_between(self, lo: int, hi: int) -> bool:
+        """Whether our log holds a change entry at an index in (lo, hi] (compacted entries
+        are applied: never)."""
+        for index in range(max(lo + 1, self.log.first_index), min(hi, self.log.last_index) + 1):
+            entry = self.log.entry(index)
+            key = (index, entry.term)
+            found = self._change_entries.get(key)
+            if found is None:
+                found = any(self._change_of(tx) is not None for tx in entry.txs)
+                if len(self._change_entries) >= CHANGE_CACHE_MAX:
+                    self._change_entries.clear()
+                self._change_entries[key] = found
+            if found:
+                return True
+        return False
+
+    def _change_refusal(self, tx: Transaction) -> str | None:
+        """R1: why the leader may not append this member change now, or None. Checked in the
+        design's order (docs/design/membership.md, part 4); (d) is _cut_batches' (the entry
+        carries the change alone) and R2 is _maybe_batch's."""
+        if not self._r1a_ok():
+            return drop.CHANGE_TERM_UNCOMMITTED
+        if self._change_between(self._shell_applied, self.log.last_index):
+            return drop.CHANGE_UNAPPLIED  # (b)
+        if not self._r1c_ok():
+            return drop.CHANGE_EPOCHS_BEHIND
+        change = self._change_of(tx)
+        assert change is not None
+        for op in change.ops:
+            if isinstance(op, PromoteLearner):
+                lag = self.learner_lag(op.id)
+                if lag is not None and lag > self.config.params.window:
+                    return drop.LEARNER_BEHIND  # (e)
+        return None
+
+    def _r1a_ok(self) -> bool:
+        """R1a (Ongaro's fix): an entry of our own term has committed."""
+        return self.log.term_at(self.commit) == self.term
+
+    def _r1c_ok(self) -> bool:
+        """R1c: a majority of our configuration's voters (us included) reported an applied
+        epoch equal to ours, so at most a minority is on an older configuration when we
+        propose the next one."""
+        same = int(self.is_voter) + sum(
+            1 for p in self._other_voters() if self._progress[p].epoch == self.epoch
+        )
+        return same >= self.majority
+
+    def learner_lag(self, member: int) -> int | None:
+        """How many entries the learner `member` is behind our last index, as leader; None when
+        we do not lead or it is no learner of our applied configuration (the shell's client
+        port refuses a promote with `learner_behind` above params.window)."""
+        info = self.members.member(member)
+        if self.role != LEADER or info is None or info.role == VOTER or member == self.me:
+            return None
+        return max(0, self.log.last_index - self._progress[member].match)
 
     # --- clocks -------------------------------------------------------------------------------
 
@@ -1547,7 +1833,7 @@ class RaftNode:
         its reply arrived (so a jump of our own wall clock shows at once), and how many there
         are; None while fewer than a majority."""
         clocks = [self._wall]
-        for p in self._others():
+        for p in self._other_voters():
             clock = self._peer_clock(p)
             if clock is not None:
                 clocks.append(clock)
@@ -1594,7 +1880,7 @@ class RaftNode:
         band, count = known
         agree = [
             p
-            for p in self._others()
+            for p in self._other_voters()
             if self._progress[p].recent_active
             and (clock := self._peer_clock(p)) is not None
             and self._agrees(clock, band)
@@ -1640,7 +1926,7 @@ class RaftNode:
         known = self._clock_band()
         skew = self.config.params.timestamp_skew_ms
         if known is None:
-            heard = 1 + sum(1 for p in self._others() if self._peer_clock(p) is not None)
+            heard = 1 + sum(1 for p in self._other_voters() if self._peer_clock(p) is not None)
             return {
                 "offset_ms": None,
                 "samples": heard,
@@ -1699,7 +1985,7 @@ class RaftNode:
         if self.log.term_at(self.commit) != self.term:
             self._reads_unready.append((requester, read_id))  # until our term commits
             return
-        if self.n == 1:
+        if self._sole_voter():
             self._release(requester, read_id, self.commit)
             return
         self._reads.append(_Read(self._read_ctx + 1, requester, read_id, self.commit))
@@ -1708,7 +1994,8 @@ class RaftNode:
     def _release_reads(self) -> None:
         # The latest heartbeat round a majority (ours included) echoed (thesis §6.4).
         confirmed = rules.majority_match(
-            [self._read_ctx] + [self._progress[p].read_ctx for p in self._others()]
+            [self._read_ctx] * self.is_voter
+            + [self._progress[p].read_ctx for p in self._other_voters()]
         )
         while self._reads and self._reads[0].ctx <= confirmed:
             r = self._reads.popleft()
@@ -1765,8 +2052,12 @@ class RaftNode:
         cfg = self.config
         if self.role != LEADER:
             return f"not the leader (leader: {self.leader})"
-        if not 0 <= target < self.n:
+        if self.removed:
+            return "we left the configuration: leadership goes to a member of the new one"
+        if self.members.member(target) is None:
             return f"no member {target}"
+        if not self._is_voter(target):
+            return f"member {target} is a learner: it cannot campaign"
         if target == self.me:
             return "already the leader"
         if self._transferee is not None and self._transfer_by_operator:
@@ -1846,7 +2137,10 @@ class RaftNode:
                 self._send(p, m.TermQuery(rec.nonce))
 
     def _on_term_query(self, sender: int, msg: m.TermQuery) -> None:
-        if self._now - self._query_answered_ms[sender] < self.config.election_ms // 4:
+        if (
+            self._now - self._query_answered_ms.get(sender, _LONG_AGO)
+            < self.config.election_ms // 4
+        ):
             self.rejected[drop.QUERY_TOO_OFTEN] += 1
             return
         self._query_answered_ms[sender] = self._now
@@ -1868,6 +2162,8 @@ class RaftNode:
             rec.recovering_peers.add(sender)
             return
         rec.recovering_peers.discard(sender)
+        if not self._is_voter(sender):
+            return  # (a learner's term is no voter's: it says nothing of the votes cast)
         rec.reports[sender] = max(rec.reports.get(sender, 0), msg.current_term)
         if len(rec.reports) >= rec.needed:
             rec.floor = max(rec.reports.values()) + 1
@@ -1883,6 +2179,81 @@ class RaftNode:
         """The shell applied the committed entry `index` (a no-op leaves height unchanged)."""
         self.height, self.block_hash = height, block_hash
         self._points[index] = (height, block_hash)
+        self._applied_to(index)
+
+    def _applied_to(self, index: int) -> None:
+        self._shell_applied = max(self._shell_applied, index)
+        if len(self._change_entries) > 2 * len(self.log) + 64:
+            self._change_entries = {
+                k: v for k, v in self._change_entries.items() if k[0] > self._shell_applied
+            }
+
+    @_input
+    def reconfigure(self, config: Configuration, index: int) -> None:
+        """Applying the entry at `index` activated `config` (configuration on apply: the
+        executor calls this right after entry_applied or installed for that entry, and after
+        a snapshot install with the configuration the ledger ends in). A configuration not
+        newer than ours is ignored (a repeat).
+
+        From here the voters of `config` form every majority. A leader tracks the members
+        added and forgets the removed. A member `config` leaves out is removed for good: it
+        neither campaigns nor answers votes; as leader it stops proposing, hands leadership
+        to the most caught-up voter of `config` (a transfer of its own) and steps down once
+        that completes or is abandoned."""
+        if config.epoch <= self.members.epoch:
+            return
+        was_member = self.members.member(self.me) is not None
+        self.members = config
+        self._applied_to(index)
+        if was_member and config.member(self.me) is None and self.removed_at is None:
+            # (a joiner replaying configurations from before its addition was never in them)
+            self.removed_at = index
+        for p in [p for p in self._query_answered_ms if config.member(p) is None]:
+            del self._query_answered_ms[p]
+        for p in [p for p in self._transfer_failed_ms if not self._is_voter(p)]:
+            del self._transfer_failed_ms[p]
+        if self.role == LEADER:
+            for p in [p for p in self._progress if config.member(p) is None]:
+                del self._progress[p]
+            for p in self._others():
+                if p not in self._progress:
+                    self._progress[p] = Progress(
+                        next=self.log.last_index + 1, last_progress_ms=self._now
+                    )
+                    self._send_append(p, allow_empty=True)  # a probe: where do our logs match
+            if self._transferee is not None and not self._is_voter(self._transferee):
+                self._transferee = None
+            if self._clock_handoff_to is not None and not self._is_voter(self._clock_handoff_to):
+                self._clock_handoff_to = None
+            if self.removed and self._transferee is None and not self._hand_over():
+                self._step_down_removed()
+        elif self.role in (PRE_CANDIDATE, CANDIDATE):
+            if not self.is_voter or self.removed:
+                self._become_follower(self.term, None)
+            else:
+                self._tally()
+
+    def _hand_over(self) -> bool:
+        """Removed as leader: start a transfer to the most caught-up voter of the new
+        configuration heard from within E (lowest id among equals); False if there is none."""
+        able = [
+            p
+            for p in self._other_voters()
+            if self._progress[p].recent_active and not self._progress[p].recovering
+        ]
+        if not able:
+            return False
+        target = min(able, key=lambda p: (-self._progress[p].match, p))
+        self._start_transfer(target, by_operator=False)
+        return True
+
+    def _step_down_removed(self) -> None:
+        self.step_downs.append(
+            f"term {self.term}: removed from the configuration at index {self.removed_at} "
+            f"(epoch {self.epoch}): stepped down"
+        )
+        del self.step_downs[:-8]
+        self._become_follower(self.term, None)
 
     def _advance(self) -> None:
         """What the last input made due (run after every outermost input, never by the shell):
@@ -2074,7 +2445,7 @@ class RaftNode:
         if self.role == LEADER:
             assert self.leader == self.me
             assert self.voted_for == self.me
-            assert len(self._progress) == self.n - 1
+            assert set(self._progress) == set(self._others())
         else:
             assert self.leader != self.me
             assert not self._progress
@@ -2086,12 +2457,16 @@ class RaftNode:
             assert self._transferee != self.me
         if self._recovery is not None:
             assert self.role == FOLLOWER  # it never campaigns
-            assert len(self._recovery.reports) < self.n
-            assert len(self._recovery.recovering_peers) < self.n
+            assert len(self._recovery.reports) <= MEMBERS_MAX
+            assert len(self._recovery.recovering_peers) <= MEMBERS_MAX
         assert len(self._pool) <= cfg.pool_max
         assert len(self._reads) + len(self._reads_unready) <= cfg.reads_max
         assert len(self._forwarded_reads) <= cfg.reads_max
-        assert len(self._transfer_failed_ms) < self.n
+        assert len(self._transfer_failed_ms) <= MEMBERS_MAX
+        assert len(self._query_answered_ms) <= MEMBERS_MAX
+        assert len(self._change_entries) <= CHANGE_CACHE_MAX
+        if self.removed:
+            assert self.role not in (CANDIDATE, PRE_CANDIDATE)
         assert self._last_entry_ms is None or self._last_entry_ms <= self._now
 
     def check_invariants(self) -> None:
@@ -2143,6 +2518,15 @@ class RaftNode:
         return {
             "mode": "raft",
             "role": self.role,
+            "epoch": self.epoch,
+            "voter": self.is_voter,
+            "removed": self.removed,
+            "removed_at": self.removed_at,
+            "learners": [
+                {"id": mi.id, "match": self._progress[mi.id].match, "lag": lag}
+                for mi in self.members.members
+                if (lag := self.learner_lag(mi.id)) is not None
+            ],
             "term": self.term,
             "leader": self.leader,
             "voted_for": self.voted_for,
@@ -2219,7 +2603,8 @@ class RaftNode:
             return "no leader known (waiting for an election)"
         if self.role == LEADER:
             behind = [p for p in self._others() if not self._progress[p].recent_active]
-            if 1 + (self.n - 1 - len(behind)) < self.majority:
+            live = int(self.is_voter) + sum(1 for p in self._other_voters() if p not in behind)
+            if live < self.majority:
                 return f"no quorum: members {', '.join(map(str, behind))} not responding"
             if self.log.term_at(self.commit) != self.term:
                 return f"committing the first entry of term {self.term}"

@@ -143,3 +143,54 @@ TX_NOT_OK = _reason(
 TX_EXECUTED = _reason(
     "tx_executed", BENIGN, "as leader, a transaction the ledger executed already: not ordered"
 )
+
+# --- membership (crashft/node.py, "Membership") -------------------------------------------------
+
+NOT_MEMBER = _reason(
+    "not_member",
+    BENIGN,
+    "a message other than a leader's from an id outside our applied configuration (a removed "
+    "member that has not applied its removal, or one we have not applied the addition of)",
+)
+VOTE_STALE_EPOCH = _reason(
+    "vote_stale_epoch",
+    BENIGN,
+    "a vote request from a candidate whose applied configuration epoch is below ours (R3)",
+)
+VOTE_NOT_VOTER = _reason(
+    "vote_not_voter",
+    BENIGN,
+    "a vote request while we are no voter of our applied configuration (a learner, or removed)",
+)
+VOTE_FROM_LEARNER = _reason(
+    "vote_from_learner",
+    BENIGN,
+    "a vote request from a learner of our applied configuration: dropped before it moves our term",
+)
+CHANGE_TERM_UNCOMMITTED = _reason(
+    "change_term_uncommitted",
+    BENIGN,
+    "a member change waits in the pool: no entry of the leader's term has committed yet (R1a)",
+)
+CHANGE_UNAPPLIED = _reason(
+    "change_unapplied",
+    BENIGN,
+    "a member change waits in the pool: an earlier change entry is not applied yet (R1b)",
+)
+CHANGE_EPOCHS_BEHIND = _reason(
+    "change_epochs_behind",
+    BENIGN,
+    "a member change waits in the pool: fewer than a majority of voters reported the "
+    "leader's applied epoch (R1c)",
+)
+CHANGE_OWN_ENTRY = _reason(
+    "change_own_entry",
+    BENIGN,
+    "a batch was cut before a member change: a change entry carries that change alone (R1d)",
+)
+LEARNER_BEHIND = _reason(
+    "learner_behind",
+    BENIGN,
+    "a promote waits in the pool: the learner's match index is over params.window entries "
+    "behind the leader's last index (R1e)",
+)

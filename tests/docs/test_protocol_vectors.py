@@ -142,7 +142,7 @@ def test_client_change_id_and_approval_as_documented(doc: dict[str, bytes]) -> N
 def test_handshake_transcript_as_documented(doc: dict[str, bytes]) -> None:
     assert msgpack.unpackb(doc["handshake.transcript"]) == [
         "handshake",
-        2,  # the peer protocol's version
+        3,  # the peer protocol's version
         b"\xaa" * 32,
         0,
         1,
@@ -167,15 +167,19 @@ def test_transfer_request_and_timeout_now_as_documented(doc: dict[str, bytes]) -
 
 
 def test_raft_replies_carry_the_followers_wall_clock_as_documented(doc: dict[str, bytes]) -> None:
-    # ["append_reply", term 3, success, index 7, hint 0, wall_ms] and
-    # ["heartbeat_reply", term 3, ctx 5, wall_ms, recovering]: the leader's clock check
-    # (docs/raft.md), and whether the follower could take leadership over.
+    # ["append_reply", term 3, success, index 7, hint 0, wall_ms, epoch 2] and
+    # ["heartbeat_reply", term 3, ctx 5, wall_ms, recovering, epoch 2]: the leader's clock
+    # check (docs/raft.md), whether the follower could take leadership over, and its applied
+    # configuration epoch (R1c: a member change waits for a majority at the leader's epoch).
     assert doc["raft.append_reply"] == msgpack.packb(
-        ["append_reply", 3, True, 7, 0, FOLLOWER_WALL_MS]
+        ["append_reply", 3, True, 7, 0, FOLLOWER_WALL_MS, 2]
     )
     assert doc["raft.heartbeat_reply"] == msgpack.packb(
-        ["heartbeat_reply", 3, 5, FOLLOWER_WALL_MS, False]
+        ["heartbeat_reply", 3, 5, FOLLOWER_WALL_MS, False, 2]
     )
+    # ["vote", term 4, last_index 7, last_term 3, prevote, transfer, epoch 2] (R3: a voter at
+    # a later applied epoch refuses it)
+    assert doc["raft.vote"] == msgpack.packb(["vote", 4, 7, 3, False, False, 2])
 
 
 def test_doc_vectors_parser_refuses_junk() -> None:

@@ -173,11 +173,13 @@ def protocol_vectors() -> dict[str, bytes]:
             raft_messages.TermReport(RECOVERY_NONCE, 7, False)
         ),
         "raft.append_reply": raft_messages.encode(
-            raft_messages.AppendReply(3, True, 7, 0, FOLLOWER_WALL_MS)
+            raft_messages.AppendReply(3, True, 7, 0, FOLLOWER_WALL_MS, 2)
         ),
         "raft.heartbeat_reply": raft_messages.encode(
-            raft_messages.HeartbeatReply(3, 5, FOLLOWER_WALL_MS, False)
+            raft_messages.HeartbeatReply(3, 5, FOLLOWER_WALL_MS, False, 2)
         ),
+        # a candidate of term 4 whose log ends at (index 7, term 3), at applied epoch 2
+        "raft.vote": raft_messages.encode(raft_messages.Vote(4, 7, 3, False, False, 2)),
     }
 
 

@@ -19,12 +19,21 @@ clock to member i's election deadline and ticks i alone, so exactly one member c
 member's wall clock is EPOCH_MS + now, plus `wall_offset_ms[i]` for one a test sets wrong.
 Crashed members keep their records and their ledger (a block store is durable); `restart(i)`
 rebuilds the core from them exactly as the simulator does.
+
+Membership (`spares=k`): k more members, ids n..n+k-1, whose keys genesis lacks; they run from
+the start with the genesis configuration, which does not name them (joiners: they only take a
+leader's messages). A member change is a client transaction whose one op puts the v2 change
+body under MEMBERS_KEY (`change_tx`; the ledger's v2 `config` op is part A's: `change_of` is
+the core's injectable predicate, told here to read this stand-in). Applying an entry that
+holds one runs ledger.membership.apply_ops on the member's configuration, as the executor will
+(configuration on apply), and calls reconfigure(config, index) right after entry_applied (or
+installed, for a transferred block).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from consortium.crashft import messages as m
 from consortium.crashft import reasons
@@ -38,11 +47,28 @@ from consortium.crashft.node import (
     RecoveredState,
 )
 from consortium.crashft.transfer import blocks_reply, replay_block
+from consortium.crypto.keys import KeyPair
 from consortium.ledger.block import BlockHeader, genesis_block, genesis_state_root
 from consortium.ledger.genesis import Params
+from consortium.ledger.membership import (
+    MEMBERS,
+    AddMember,
+    ChangeOp,
+    ChangeV2,
+    Configuration,
+    apply_ops,
+    genesis_configuration,
+)
 from consortium.ledger.state import KeyValueState, build_block
-from consortium.ledger.tx import Transaction
-from consortium.sim.cluster import EPOCH_MS, HmacSigner, member_keys, sim_genesis, workload
+from consortium.ledger.tx import Put, Transaction
+from consortium.sim.cluster import (
+    CLIENT_SEED,
+    EPOCH_MS,
+    HmacSigner,
+    member_keys,
+    sim_genesis,
+    workload,
+)
 from consortium.sim.raft_cluster import RaftChecker
 
 PARAMS = Params(
@@ -56,6 +82,21 @@ E = PARAMS.request_timeout_ms
 HEARTBEAT = E // 10
 
 Factory = Callable[..., RaftNode]  # like RaftNode(config, signer, tx_ok=, recovered=, executed=)
+MEMBERS_KEY = b"__members__"  # the stand-in for a v2 members change (module docstring)
+
+
+def harness_change_of(tx: Transaction) -> ChangeV2 | None:
+    """The member change a harness transaction carries (`change_tx`), never raising."""
+    if len(tx.ops) != 1:
+        return None
+    op = tx.ops[0]
+    if not isinstance(op, Put) or op.key != MEMBERS_KEY:
+        return None
+    try:
+        change = ChangeV2.decode(op.value)
+    except Exception:  # (a test may put junk there)
+        return None
+    return change if change.kind == MEMBERS else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +128,11 @@ class Member:
     read_failures: list[tuple[int, str]] = field(default_factory=list)
     readys: list[Ready] = field(default_factory=list)  # every non-empty Ready, in order
     incarnation: int = 0
+    config: Configuration | None = None  # the configuration its ledger applied (membership)
+    highest_id: int = 0
+    used_names: set[str] = field(default_factory=set)
+    used_keys: set[bytes] = field(default_factory=set)
+    activations: list[tuple[int, int]] = field(default_factory=list)  # (epoch, index)
 
 
 class RaftGroup:
@@ -98,16 +144,21 @@ class RaftGroup:
         factory: Factory = RaftNode,
         factories: dict[int, Factory] | None = None,
         start: bool = True,
+        spares: int = 0,
         **overrides: object,
     ) -> None:
+        self.genesis = sim_genesis(n, params, mode="raft")
+        self.genesis_n = n
+        n += spares
         self.n = n
         self.params = params
-        self.genesis = sim_genesis(n, params, mode="raft")
         self.chain_id = self.genesis.chain_id
         self.signers = [HmacSigner(k.public, k.seed()) for k in member_keys(n)]
         self.txs: tuple[Transaction, ...] = workload(self.chain_id, 64)
         self._valid = {tx.id for tx in self.txs}
+        self.membership = spares > 0
         self.check = RaftChecker(n, self.genesis.client_keys())
+        self._change_nonce = 0
         # Commit notices go at once unless a test asks for them deferred (commit_notice_ms),
         # so settle() alone spreads a commit; the simulator runs the deferred default.
         self.overrides = {"commit_notice_ms": 0, **overrides}
@@ -124,8 +175,13 @@ class RaftGroup:
                 self.chain_id, params, self.genesis.client_keys(), genesis_state_root(self.chain_id)
             )
             member = Member(i, None, app, g.header, [g.hash])
-            member.raft = self._make(i, RecoveredState(block_hash=g.hash))
+            genesis_config = genesis_configuration(self.genesis)
+            member.config = genesis_config
+            member.highest_id = genesis_config.members[-1].id
+            member.used_names = {mi.name for mi in genesis_config.members}
+            member.used_keys = {mi.public_key for mi in genesis_config.members}
             self.members.append(member)
+            member.raft = self._make(i, RecoveredState(block_hash=g.hash))
         if start:
             for i in range(n):
                 self.tick(i)
@@ -134,10 +190,14 @@ class RaftGroup:
 
     def config(self, i: int) -> RaftConfig:
         seed = b"harness/%d/%d" % (i, self.members[i].incarnation if i < len(self.members) else 0)
-        return RaftConfig.from_genesis(self.genesis, i, seed, **self.overrides)
+        config = RaftConfig.from_genesis(self.genesis, i, seed, **self.overrides)
+        applied = self.members[i].config if i < len(self.members) else None
+        return config if applied is None else replace(config, members=applied)
 
     def _make(self, i: int, recovered: RecoveredState, recovering: bool = False) -> RaftNode:
-        extra = {"recovering": True} if recovering else {}
+        extra: dict[str, object] = {"recovering": True} if recovering else {}
+        if self.membership:
+            extra["change_of"] = harness_change_of
         return self.factories[i](
             self.config(i),
             self.signers[i],
@@ -146,6 +206,68 @@ class RaftGroup:
             executed=lambda tx_ids: {t for t in tx_ids if t in self.members[i].committed_ids},
             **extra,
         )
+
+    def change_tx(self, ops: list[ChangeOp], *, at: int = 0) -> Transaction:
+        """A client transaction carrying the v2 members change `ops`, approved under the
+        configuration member `at` applied (approvals are the ledger's: not checked here)."""
+        config = self.members[at].config
+        assert config is not None
+        self._change_nonce += 1
+        change = ChangeV2.create(
+            config,
+            MEMBERS,
+            ops,
+            b"change %d" % self._change_nonce,
+            EPOCH_MS + 10 * 60 * 1000,
+            created_ms=EPOCH_MS,
+        )
+        client = KeyPair.from_seed(CLIENT_SEED)
+        tx = Transaction.create(
+            client,
+            self.chain_id,
+            b"members %d" % self._change_nonce,
+            EPOCH_MS + 5 * 60 * 1000,
+            [Put(MEMBERS_KEY, change.encode())],
+        )
+        self._valid.add(tx.id)
+        return tx
+
+    def add_op(self, member: int) -> AddMember:
+        """The op adding spare `member` (its key from member_keys). It gets id `member` when
+        the spares are added in id order (ids are next_id's: 1 + the highest ever given)."""
+        key = self.signers[member].public_key
+        return AddMember(
+            f"n{member + 1}", key, f"127.0.0.1:{7100 + member}", f"127.0.0.1:{7200 + member}"
+        )
+
+    def _activate(
+        self, member: Member, raft: RaftNode, txs: tuple[Transaction, ...], index: int
+    ) -> None:
+        """Configuration on apply: a member change in the block just applied activates."""
+        if not self.membership:
+            return
+        for tx in txs:
+            change = harness_change_of(tx)
+            config = member.config
+            assert config is not None
+            if change is None or change.epoch != config.epoch:
+                continue  # (config_superseded)
+            result = apply_ops(
+                config,
+                change,
+                highest_id=member.highest_id,
+                used_keys=member.used_keys,
+                used_names=member.used_names,
+            )
+            if not isinstance(result, Configuration):
+                continue
+            member.config = result
+            member.highest_id = max(member.highest_id, result.members[-1].id)
+            member.used_names |= {mi.name for mi in result.members}
+            member.used_keys |= {mi.public_key for mi in result.members}
+            member.activations.append((result.epoch, index))
+            raft.reconfigure(result, index)
+            return  # (one change per block in raft: config_change_pending)
 
     def tx_ok(self, tx: Transaction) -> bool:
         return tx.id in self._valid
@@ -299,6 +421,7 @@ class RaftGroup:
         self._append_block(member, block.header, block.hash, execution, block.txs)
         member.blocks.append(TransferredBlock(block.header, block.txs, entry.certificate.encode()))
         raft.entry_applied(entry.index, block.height, block.hash)
+        self._activate(member, raft, block.txs, entry.index)
 
     def _install(self, member: Member, raft: RaftNode, tb: TransferredBlock) -> None:
         result = replay_block(member.head, tb, member.app)
@@ -310,6 +433,7 @@ class RaftGroup:
         self._append_block(member, block.header, block.hash, execution, block.txs)
         member.blocks.append(TransferredBlock(block.header, block.txs, tb.certificate))
         raft.installed(block.height, block.hash, term, index)
+        self._activate(member, raft, block.txs, index)
 
     def _append_block(
         self,

@@ -28,7 +28,10 @@ def test_malformed_frames_and_unknown_senders_are_counted_never_raised() -> None
     for frame in frames:
         assert g.receive(1, 0, frame).messages == []
     assert n2.rejected["malformed"] == len(frames)
-    for sender in (-1, 1, 3, 99):
+    for sender in (-1, 1, 1 << 16):  # no member id, or our own
         g.receive(1, sender, m.encode(m.Vote(9, 9, 9, False, True)))
-    assert n2.rejected["unknown_sender"] == 4
+    assert n2.rejected["unknown_sender"] == 3
+    for sender in (3, 99):  # an id, but no member of the configuration n2 applied
+        g.receive(1, sender, m.encode(m.Vote(9, 9, 9, False, True)))
+    assert n2.rejected["not_member"] == 2
     assert (n2.term, n2.leader, n2.role) == (1, 0, FOLLOWER)
