@@ -142,7 +142,7 @@ def test_client_change_id_and_approval_as_documented(doc: dict[str, bytes]) -> N
 def test_handshake_transcript_as_documented(doc: dict[str, bytes]) -> None:
     assert msgpack.unpackb(doc["handshake.transcript"]) == [
         "handshake",
-        2,  # the peer protocol's version
+        3,  # the peer protocol's version
         b"\xaa" * 32,
         0,
         1,
