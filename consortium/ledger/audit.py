@@ -28,15 +28,25 @@ this order, it stops at the first failure and names the height and the problem:
        an occurrence that executed at (height, index), executed; one that did not, at an
        earlier occurrence of the same id or at a later one that executed.
 
+Membership (docs/design/membership.md 6.4). Re-execution carries the configurations, and every
+height is judged by config(h), the configuration that orders it: step 4 requires a v2 change
+with an `ok` receipt to carry its proofs of possession and a quorum of config(h)'s voters;
+steps 5 to 7 check certificates, the raft leader and block signatures against config(h)
+(legacy vote bodies at epoch 0 only); before step 8, a stored header whose config_digest
+differs from re-execution's is named as a change applied at the wrong height; in pbft, every
+activation height has a checkpoint certificate. With a trust anchor (HEIGHT, HASH) the block at
+HEIGHT must hash to HASH, and a ledger ending below it fails.
+
 After the last block: a checkpoint certificate above the head means certified blocks were cut
-off; the stored key-value table and replay set (what the node serves and loads) must equal the
-re-executed state, and so must the admitted clients and the pending client changes; the
-transaction index holds no row for an id no block holds; every consensus record (records)
-decodes; and every table the node keeps a digest of (digests.DIGESTED) matches it, so a deleted
-block signature, checkpoint certificate or consensus record, which nothing above can miss, is
-named too. `verifier`
-checks member signatures (commit and checkpoint certificates,
-block signatures); Ed25519 by default.
+off; the stored configurations, pending member change and used keys must equal re-execution,
+and each stored configuration chain entry must be the ledger's configuration and header at its
+activation, certified by the configuration before; the stored key-value table and replay set
+(what the node serves and loads) must equal the re-executed state, and so must the admitted
+clients and the pending client changes; the transaction index holds no row for an id no block
+holds; every consensus record (records) decodes; and every table the node keeps a digest of
+(digests.DIGESTED) matches it, so a deleted block signature, checkpoint certificate or
+consensus record, which nothing above can miss, is named too. `verifier` checks member
+signatures (commit and checkpoint certificates, block signatures); Ed25519 by default.
 """
 
 from __future__ import annotations
@@ -46,8 +56,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from consortium.crypto.codec import WireFormatError, unpack, unpack_canonical
-from consortium.crypto.signing import Ed25519Verifier, Verifier
+from consortium.crypto.codec import WireFormatError, as_list, unpack, unpack_canonical
+from consortium.crypto.signing import Domain, Ed25519Verifier, Verifier
 from consortium.ledger.admission import PendingChange, check_approvals, check_client_key
 from consortium.ledger.block import (
     ZERO_HASH,
@@ -59,7 +69,9 @@ from consortium.ledger.block import (
     genesis_block,
 )
 from consortium.ledger.certificates import (
+    VOTE_BODY_BYTES_MAX,
     CheckpointCertificate,
+    CommitCertificate,
     RaftEntryCertificate,
     SignedVote,
     decode_certificate,
@@ -74,8 +86,11 @@ from consortium.ledger.digests import (
     table_digest,
 )
 from consortium.ledger.genesis import Genesis
+from consortium.ledger.membership import Configuration, approval_problem, possession_problem
 from consortium.ledger.state import Execution, KeyValueState, build_block
-from consortium.ledger.tx import ConfigChange
+from consortium.ledger.tx import ConfigChange, ConfigChangeV2
+
+TrustAnchor = tuple[int, bytes]  # (height, block hash): `--trust HEIGHT:HASH`
 
 _HEADER_FIELDS = (
     "chain_id",
@@ -112,10 +127,17 @@ class _Failed(Exception):
         self.reason = reason
 
 
-def audit_ledger(db_path: Path, genesis: Genesis, verifier: Verifier | None = None) -> AuditReport:
+def audit_ledger(
+    db_path: Path,
+    genesis: Genesis,
+    verifier: Verifier | None = None,
+    *,
+    trust: TrustAnchor | None = None,
+) -> AuditReport:
     """Audit the ledger file at `db_path` against `genesis`; reports, never raises, on a bad
-    ledger."""
-    audit = _Audit(genesis, verifier or Ed25519Verifier())
+    ledger. `trust`: the block at that height must have that hash, and the ledger must reach
+    it."""
+    audit = _Audit(genesis, verifier or Ed25519Verifier(), trust)
     try:
         db = sqlite3.connect(f"{Path(db_path).resolve().as_uri()}?mode=ro", uri=True)
     except sqlite3.Error as exc:
@@ -133,12 +155,22 @@ def audit_ledger(db_path: Path, genesis: Genesis, verifier: Verifier | None = No
     return audit.report(None)
 
 
+def _digest_of(encoded: bytes) -> bytes:
+    from consortium.crypto.hashing import sha256
+
+    return sha256(encoded)
+
+
 def _short(data: bytes) -> str:
     return data.hex()[:12] + "…"
 
 
 class _Audit:
-    def __init__(self, genesis: Genesis, verifier: Verifier) -> None:
+    def __init__(self, genesis: Genesis, verifier: Verifier, trust: TrustAnchor | None) -> None:
+        self.trust = trust
+        self.app: KeyValueState | None = None
+        self._accepted_at: dict[bytes, int] = {}  # member change id -> height that accepted it
+        self._activated_at: tuple[int, int] | None = None  # (E, epoch) of the last activation
         self._raft_point = (0, 0)  # (term, index) of the last raft block checked
         self.genesis = genesis
         self.verifier = verifier
@@ -180,6 +212,7 @@ class _Audit:
         g = self.genesis
         genesis = genesis_block(g)
         app = KeyValueState.for_genesis(g, genesis.header.state_root)
+        self.app = app
         prev: BlockHeader | None = None
         rows = db.execute(
             "SELECT height, hash, header, body, receipts, certificate FROM blocks ORDER BY height"
@@ -214,14 +247,23 @@ class _Audit:
             if prev is not None:
                 execution = self._re_execute(block, prev, app)
                 self._tx_index(db, block, execution)
+                self._activation(db, header, execution)
+            self._anchor(header)
             prev = header
             self.height = height
             self.head_hash = header.hash
             self.blocks += 1
         if prev is None:
             raise _Failed(0, "the ledger holds no blocks, not even genesis")
+        if self.trust is not None and prev.height < self.trust[0]:
+            raise _Failed(
+                prev.height,
+                f"the ledger ends at height {prev.height} and does not reach the trust anchor "
+                f"at height {self.trust[0]}",
+            )
         self._checkpoints_above(db, prev.height)
         self._served_state(db, prev, app)
+        self._membership_state(db, prev, app)
         self._tx_index_extra(db, prev.height)
         self._records(db, prev.height)
         self._digests(db, prev.height)
@@ -259,6 +301,11 @@ class _Audit:
             raise _Failed(header.height, problem)
         return block
 
+    def _config(self, height: int) -> Configuration:
+        """config(h), from re-execution so far (blocks below h)."""
+        assert self.app is not None
+        return self.app.config_at(height)
+
     def _transactions(self, block: Block) -> None:
         for i, tx in enumerate(block.txs):
             if tx.chain_id != self.chain_id:
@@ -270,6 +317,24 @@ class _Audit:
                     block.height, f"transaction {i} ({_short(tx.id)}) has a bad client signature"
                 )
             op = tx.ops[0]
+            if isinstance(op, ConfigChangeV2) and block.receipts[i].status == "ok":
+                config = self._config(block.height)
+                change = op.change
+                problem = possession_problem(change, op.possessions)
+                if problem is not None:
+                    raise _Failed(
+                        block.height,
+                        f"change {_short(change.id)} (transaction {i}) accepted at "
+                        f"{block.height} without valid proofs of possession: {problem.detail}",
+                    )
+                problem = approval_problem(config, change.encode(), op.approvals)
+                if problem is not None:
+                    raise _Failed(
+                        block.height,
+                        f"change {_short(change.id)} (transaction {i}) accepted at "
+                        f"{block.height} without a quorum of configuration {config.epoch}: "
+                        f"{problem.detail}",
+                    )
             if isinstance(op, ConfigChange) and block.receipts[i].status == "ok":
                 g = self.genesis
                 members = [m.public_key for m in g.members]
@@ -318,7 +383,7 @@ class _Audit:
                 f"commit certificate is for another batch digest ({_short(cert.digest)}; these "
                 f"transactions and proposed timestamp give {_short(digest)})",
             )
-        problem = cert.verify(self.genesis, self.verifier)
+        problem = self._certificate_problem(cert, self._config(height))
         if problem:
             raise _Failed(height, f"commit certificate: {problem}")
         self.certificates += 1
@@ -348,7 +413,7 @@ class _Audit:
                 f"leader certificate is for another batch digest ({_short(cert.digest)}; these "
                 f"transactions and proposed timestamp give {_short(digest)})",
             )
-        problem = cert.verify(self.genesis, self.verifier)
+        problem = self._raft_problem(cert, self._config(height))
         if problem:
             raise _Failed(height, f"leader certificate: {problem}")
         if term < self._raft_point[0] or index <= self._raft_point[1]:
@@ -369,9 +434,21 @@ class _Audit:
                 (header.height,),
             )
         )
-        problem = verify_block_signatures(
-            votes, header.height, header.hash, self.genesis, self.verifier, 0
-        )
+        config = self._config(header.height)
+        if config.epoch == 0:
+            problem = verify_block_signatures(
+                votes, header.height, header.hash, self.genesis, self.verifier, 0
+            )
+        else:
+            problem = self._votes_problem(
+                votes,
+                config,
+                Domain.BLOCK,
+                "block",
+                [header.height, header.hash],
+                0,
+                voters_only=False,
+            )
         if problem:
             raise _Failed(header.height, f"block signature: {problem}")
 
@@ -396,7 +473,7 @@ class _Audit:
             raise _Failed(seq, f"checkpoint certificate does not decode: {exc}") from None
         if cert.seq != seq:
             raise _Failed(seq, f"checkpoint certificate is for seq {cert.seq}, stored at {seq}")
-        problem = cert.verify(self.genesis, self.verifier)
+        problem = self._certificate_problem(cert, self._config(seq))
         if problem:
             raise _Failed(seq, f"checkpoint certificate: {problem}")
         self.certificates += 1
@@ -404,7 +481,10 @@ class _Audit:
 
     def _re_execute(self, block: Block, prev: BlockHeader, app: KeyValueState) -> Execution:
         stored = block.header
+        pending = app.pending_member
         rebuilt, execution = build_block(prev, stored.consensus, stored.proposed_ms, block.txs, app)
+        if rebuilt.header.config_digest != stored.config_digest:
+            raise _Failed(stored.height, self._wrong_height(stored, rebuilt.header, pending))
         if rebuilt.header != stored:
             for name in _HEADER_FIELDS:
                 want, got = getattr(rebuilt.header, name), getattr(stored, name)
@@ -418,7 +498,148 @@ class _Audit:
         if rebuilt.receipts != block.receipts:
             raise _Failed(stored.height, "stored receipts differ from re-execution")
         app.apply(execution)
+        if execution.member_accepted is not None:
+            self._accepted_at[execution.member_accepted[1]] = stored.height
         return execution
+
+    def _wrong_height(
+        self, stored: BlockHeader, rebuilt: BlockHeader, pending: tuple[int, bytes, Any] | None
+    ) -> str:
+        """Why header h's configuration differs from re-execution's, in the design's words."""
+        assert self.app is not None
+        h = stored.height
+        committed = (
+            "no configuration change"
+            if stored.config_digest is None
+            else f"configuration {_short(stored.config_digest)}"
+        )
+        c: int | str
+        if pending is not None:  # a pbft change waiting for its E
+            c = self._accepted_at.get(pending[1], "?")
+            effective = pending[0]
+        else:  # the change activated last, as re-execution has it
+            epoch = self.app.config_at(h + 1).epoch
+            effective = self.app.configs.get(epoch, (h + 1, None))[0] - 1
+            c = max((at for at in self._accepted_at.values() if at <= effective), default="?")
+        if rebuilt.config_digest is None and pending is None and not self._accepted_at:
+            return (
+                f"header {h} commits {committed}, but no configuration change was accepted: "
+                "re-execution gives none"
+            )
+        return (
+            f"configuration change accepted at {c} applied at the wrong height: header {h} "
+            f"commits {committed}, the rules put it at {effective}"
+        )
+
+    def _activation(
+        self, db: sqlite3.Connection, header: BlockHeader, execution: Execution
+    ) -> None:
+        """pbft: a block above an activation height E needs the checkpoint certificate of E
+        stored (the next configuration starts from it, and only then orders E+1). Block E
+        alone may wait for it: a member writes the certificate after the block."""
+        if header.consensus[0] != "pbft":
+            return
+        if self._activated_at is not None:
+            e, epoch = self._activated_at
+            self._activated_at = None
+            row = db.execute("SELECT 1 FROM checkpoints WHERE seq = ?", (e,)).fetchone()
+            if row is None:
+                raise _Failed(
+                    header.height,
+                    f"configuration {epoch} was activated at {e} and orders this block, but no "
+                    f"checkpoint certificate of {e} is stored",
+                )
+        if execution.config_activated is not None:
+            self._activated_at = (header.height, execution.config_activated.epoch)
+
+    def _anchor(self, header: BlockHeader) -> None:
+        if (
+            self.trust is not None
+            and header.height == self.trust[0]
+            and header.hash != self.trust[1]
+        ):
+            raise _Failed(
+                header.height,
+                f"block {header.height} hashes to {_short(header.hash)}, the trust anchor "
+                f"says {_short(self.trust[1])}",
+            )
+
+    # --- certificates by configuration ------------------------------------------------------
+
+    def _certificate_problem(
+        self, cert: CommitCertificate | CheckpointCertificate, config: Configuration
+    ) -> str | None:
+        """A commit or checkpoint certificate judged by `config`, the configuration that
+        orders its seq. THE one place the audit calls the certificates' own verify: at epoch
+        0 with the genesis (today's bodies); from epoch 1 on, the epoch-tagged votes are
+        checked here from their decoded fields against the configuration's voters and keys.
+        (When ledger/certificates.py verifies against a Configuration, this becomes
+        `cert.verify(config, self.verifier)`.)"""
+        if config.epoch == 0:
+            return cert.verify(self.genesis, self.verifier)
+        if isinstance(cert, CommitCertificate):
+            expect: list[Any] = [config.epoch, cert.view, cert.seq, cert.digest]
+            return self._votes_problem(cert.votes, config, Domain.PBFT, "commit", expect, None)
+        expect = [config.epoch, cert.seq, cert.block_hash]
+        return self._votes_problem(cert.votes, config, Domain.PBFT, "checkpoint", expect, None)
+
+    def _raft_problem(self, cert: RaftEntryCertificate, config: Configuration) -> str | None:
+        """The leader of a raft entry is a member of config(h) and signed it with its key
+        there."""
+        if config.epoch == 0:
+            return cert.verify(self.genesis, self.verifier)
+        member = config.member(cert.leader)
+        if member is None:
+            return f"leader {cert.leader} is not a member of configuration {config.epoch}"
+        if not self.verifier.verify(
+            member.public_key, Domain.RAFT_ENTRY, self.chain_id, cert.body, cert.signature
+        ):
+            return f"bad entry signature by {member.name}"
+        return None
+
+    def _votes_problem(
+        self,
+        votes: tuple[SignedVote, ...],
+        config: Configuration,
+        domain: Domain,
+        kind: str,
+        expect: list[Any],
+        needed: int | None,
+        *,
+        voters_only: bool = True,
+    ) -> str | None:
+        """Each vote decodes to [kind, *expect, sender], senders distinct ids of `config`
+        (its voters, or any member for block signatures), each signature valid under the
+        sender's key there; at least `needed` (None: the quorum) of them."""
+        signers: set[int] = set()
+        for i, vote in enumerate(votes):
+            try:
+                a = as_list(
+                    unpack_canonical(vote.body, max_len=VOTE_BODY_BYTES_MAX), len(expect) + 2, kind
+                )
+            except WireFormatError as exc:
+                return f"{kind} vote {i}: {exc}"
+            if a[0] != kind or a[1:-1] != expect:
+                return f"{kind} vote {i} is not for this {kind} of configuration {config.epoch}"
+            sender = a[-1]
+            member = (
+                config.member(sender)
+                if isinstance(sender, int) and not isinstance(sender, bool)
+                else None
+            )
+            if member is None or (voters_only and member.role != "voter"):
+                return f"{kind} vote {i}: {sender!r} is not a voter of configuration {config.epoch}"
+            if sender in signers:
+                return f"{kind} vote {i}: member {member.name} counted twice"
+            if not self.verifier.verify(
+                member.public_key, domain, self.chain_id, vote.body, vote.signature
+            ):
+                return f"{kind} vote {i}: bad signature by {member.name}"
+            signers.add(sender)
+        want = config.quorum if needed is None else needed
+        if len(signers) < want:
+            return f"{len(signers)} distinct {kind} signatures, {want} needed"
+        return None
 
     def _tx_index(self, db: sqlite3.Connection, block: Block, execution: Execution) -> None:
         """Each transaction of the block where the node's transaction index records it (the
@@ -558,6 +779,83 @@ class _Audit:
                 f"{'its digest' if len(wrong) == 1 else 'their digests'}: a row edited, added "
                 "or deleted since the member wrote it",
             )
+
+    def _membership_state(
+        self, db: sqlite3.Connection, head: BlockHeader, app: KeyValueState
+    ) -> None:
+        """The membership tables (format 5) equal re-execution, and each configuration chain
+        entry is the ledger's configuration and header at its activation, certified by the
+        configuration before it. A store of an earlier format has none of them."""
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if "configurations" not in tables:
+            return
+        stored_configs: dict[int, tuple[int, bytes]] = {}
+        for epoch, first, digest, value in db.execute(
+            "SELECT epoch, first_height, digest, value FROM configurations"
+        ):
+            stored_configs[int(epoch)] = (int(first), bytes(value))
+            if bytes(digest) != _digest_of(bytes(value)):
+                raise _Failed(head.height, f"the stored configuration {epoch}'s digest is wrong")
+        if stored_configs != {e: (f, c.encode()) for e, (f, c) in app.configs.items()}:
+            raise _Failed(
+                head.height, "the stored configurations (configurations) differ from re-execution"
+            )
+        row = db.execute(
+            "SELECT effective_height, change_id, value FROM pending_member_change"
+        ).fetchone()
+        stored_pending = None if row is None else (int(row[0]), bytes(row[1]), bytes(row[2]))
+        want = app.pending_member
+        if stored_pending != (None if want is None else (want[0], want[1], want[2].encode())):
+            raise _Failed(
+                head.height,
+                "the stored pending member change (pending_member_change) differs from "
+                "re-execution",
+            )
+        stored_used = {
+            bytes(k): str(kind) for k, kind in db.execute("SELECT key, kind FROM used_keys")
+        }
+        if stored_used != app.used_keys:
+            raise _Failed(head.height, "the stored used keys (used_keys) differ from re-execution")
+        for epoch, entry in db.execute("SELECT epoch, entry FROM config_chain ORDER BY epoch"):
+            problem = self._chain_entry_problem(db, int(epoch), bytes(entry), app)
+            if problem is not None:
+                raise _Failed(head.height, f"configuration chain entry {epoch}: {problem}")
+
+    def _chain_entry_problem(
+        self, db: sqlite3.Connection, epoch: int, entry: bytes, app: KeyValueState
+    ) -> str | None:
+        """[epoch, configuration, header, certificate] (docs/design/membership.md 6.1), checked
+        against the ledger alone: no chain logic is needed here."""
+        try:
+            a = as_list(unpack_canonical(entry), 4, "chain entry")
+        except WireFormatError as exc:
+            return f"does not decode: {exc}"
+        if a[0] != epoch or epoch not in app.configs or epoch - 1 not in app.configs:
+            return "names no configuration re-execution activated"
+        first, config = app.configs[epoch]
+        at = first - 1
+        if a[1] != config.encode():
+            return "its configuration is not the ledger's"
+        row = db.execute("SELECT header FROM blocks WHERE height = ?", (at,)).fetchone()
+        if row is None or a[2] != bytes(row[0]):
+            return f"its header is not the ledger's at the activation height {at}"
+        header = BlockHeader.from_array(unpack_canonical(bytes(row[0])))
+        previous = app.configs[epoch - 1][1]
+        if not isinstance(a[3], bytes):
+            return "its certificate is not bytes"
+        try:
+            if previous.mode == "pbft":
+                cert = CheckpointCertificate.from_array(unpack_canonical(a[3]))
+                if (cert.seq, cert.block_hash) != (at, header.hash):
+                    return f"its certificate is not for block {at}"
+                return self._certificate_problem(cert, previous)
+            pair = as_list(unpack_canonical(a[3]), 2, "raft chain certificate")
+            vote = SignedVote.from_array(pair)
+        except WireFormatError as exc:
+            return f"its certificate does not decode: {exc}"
+        return self._votes_problem(
+            (vote,), previous, Domain.BLOCK, "block", [at, header.hash], 1, voters_only=False
+        )
 
     def _served_state(self, db: sqlite3.Connection, head: BlockHeader, app: KeyValueState) -> None:
         """The tables the node serves reads from and reloads at start must be what re-execution
