@@ -14,6 +14,7 @@ from consortium.ledger.admission import ADMIT, ClientChange
 from consortium.ledger.audit import audit_ledger
 from consortium.ledger.certificates import CheckpointCertificate
 from consortium.ledger.digests import MEMBERSHIP_TABLES, stored_digests, table_digest
+from consortium.ledger.genesis import Genesis
 from consortium.ledger.membership import AdmitClient, RemoveMember, RotateKey
 from consortium.ledger.state import KeyValueState
 from consortium.ledger.store import SCHEMA_VERSION, BlockStore, StoreError
@@ -223,3 +224,56 @@ def test_a_stored_configuration_that_does_not_decode_is_named(tmp_path: Path) ->
     db.close()
     with pytest.raises(StoreError, match="configuration 0 does not decode"):
         BlockStore.open(path, chain.genesis, verify=False)
+
+
+UPGRADE_CHILD = """
+import sys, time
+from pathlib import Path
+sys.path.insert(0, {root!r})
+from consortium.ledger.store import BlockStore
+from tests.ledger.test_membership_store import rich_genesis
+
+real = BlockStore._insert_genesis_membership
+
+def slow(self):
+    real(self)  # the tables exist and hold their rows, uncommitted
+    print("inside", flush=True)
+    time.sleep(60)
+
+BlockStore._insert_genesis_membership = slow
+BlockStore.open(Path({path!r}), rich_genesis())
+"""
+
+
+def rich_genesis() -> Genesis:
+    """The genesis of `rich_store`'s chains (for a child process)."""
+    return member_chain().genesis
+
+
+def test_a_kill_9_inside_the_upgrade_leaves_format_4(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    path = tmp_path / "ledger.sqlite"
+    chain = rich_store(path, member_change=False)
+    format_4(path)
+    root = str(Path(__file__).parents[2])
+    child = UPGRADE_CHILD.format(root=root, path=str(path))
+    proc = subprocess.Popen([sys.executable, "-c", child], stdout=subprocess.PIPE)
+    assert proc.stdout is not None
+    try:
+        assert proc.stdout.readline().strip() == b"inside"
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
+    assert _sql(path, "SELECT value FROM meta WHERE key = 'schema'") == [(4,)]
+    tables = {r[0] for r in _sql(path, "SELECT name FROM sqlite_master WHERE type='table'")}
+    assert not tables & set(MEMBERSHIP_TABLES)
+    store = BlockStore.open(path, chain.genesis)
+    try:
+        same_membership(store.app, chain.app)
+    finally:
+        store.close()
+    assert _sql(path, "SELECT value FROM meta WHERE key = 'schema'") == [(SCHEMA_VERSION,)]
+    assert audit_ledger(path, chain.genesis).ok
