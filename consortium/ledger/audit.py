@@ -521,6 +521,12 @@ class _Audit:
             epoch = self.app.config_at(h + 1).epoch
             effective = self.app.configs.get(epoch, (h + 1, None))[0] - 1
             c = max((at for at in self._accepted_at.values() if at <= effective), default="?")
+        if stored.config_digest is not None and rebuilt.config_digest is not None:
+            return (
+                f"header {h} commits {committed}, re-execution gives configuration "
+                f"{_short(rebuilt.config_digest)}: not the configuration the accepted changes "
+                "make"
+            )
         if rebuilt.config_digest is None and pending is None and not self._accepted_at:
             return (
                 f"header {h} commits {committed}, but no configuration change was accepted: "

@@ -368,3 +368,33 @@ def test_ledger_verify_takes_trust(tmp_path: Path) -> None:
     assert result.exit_code != 0 and "does not reach the trust anchor" in result.output
     result = CliRunner().invoke(app, [*base, "--trust", "12:nothex"])
     assert result.exit_code == 2 and "expected HEIGHT:HASH" in result.output
+
+
+def test_a_header_committing_another_configuration_is_named(tmp_path: Path) -> None:
+    """A 9-field header whose digest is not re-execution's, and an 8-field header where a
+    9-field one belongs (after the activation), are both named before any other field."""
+    import sqlite3
+    from dataclasses import replace
+
+    chain = member_chain("raft")
+    accepted(chain.add([v2_tx(chain, v2_change(chain, add_op(0)))]))
+    chain.add([])
+    block, _, cert = chain.blocks[1]  # height 2, under configuration 1
+    assert block.header.config_digest is not None
+    for forged_digest, words in (
+        (b"\5" * 32, "re-execution gives configuration"),
+        (None, "applied at the wrong height: header 2 commits no configuration change"),
+    ):
+        path = tmp_path / f"{forged_digest is None}.sqlite"
+        store_of(path, chain, signatures=False)
+        forged = replace(block.header, config_digest=forged_digest)
+        db = sqlite3.connect(path)
+        db.execute(
+            "UPDATE blocks SET hash = ?, header = ? WHERE height = 2",
+            (forged.hash, forged.encode()),
+        )
+        db.commit()
+        db.close()
+        height, reason = failed(audit_ledger(path, chain.genesis))
+        assert height == 2 and words in reason, reason
+    assert cert is not None
