@@ -10,7 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from consortium.crypto.codec import pack, unpack, unpack_canonical
@@ -487,13 +487,18 @@ def test_any_flipped_bit_in_anything_stored_is_found(
         assert isinstance(value, bytes)
         flipped = bytearray(value)
         flipped[at % len(flipped)] ^= 1 << bit
-        _sql(
-            path,
-            f"UPDATE {table} SET {column} = ? WHERE {key} = ? AND {column} = ?",
-            bytes(flipped),
-            row_key,
-            value,
-        )
+        try:
+            _sql(
+                path,
+                f"UPDATE {table} SET {column} = ? WHERE {key} = ? AND {column} = ?",
+                bytes(flipped),
+                row_key,
+                value,
+            )
+        except sqlite3.IntegrityError:
+            # The flip made another row's primary key (a block signature body whose signer
+            # bit now names the other signer of that height): such damage cannot be stored.
+            assume(False)
         report = audit_ledger(path, genesis)
         assert not report.ok, (table, column, row_key)
         assert report.problem is not None and report.problem.height == row_key
