@@ -891,6 +891,10 @@ class _Audit:
                 raise _Failed(
                     head.height, f"a stored pending client change (pending_client_changes): {exc}"
                 ) from None
+            # The table keeps acceptance order; the state orders by (effective height,
+            # acceptance): a v1 change accepted after a v2 one may take effect first (as the
+            # store loads them).
+            stored_pending.sort(key=lambda p: p.effective_height)
         else:  # a store from before client changes: it can hold only the genesis clients
             stored_clients = {c.public_key: c.name for c in self.genesis.clients}
             stored_pending = []

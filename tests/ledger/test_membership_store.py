@@ -147,6 +147,8 @@ def test_pending_client_changes_load_by_effective_height(tmp_path: Path) -> None
         assert [p.client_key for p in store.app.pending] == [NEW.public, other.public]
     finally:
         store.close()
+    report = audit_ledger(path, chain.genesis)  # the audit compares them in that order too
+    assert report.ok, report.problem
 
 
 def test_a_format_4_store_is_upgraded_at_open_in_one_transaction(
