@@ -556,7 +556,9 @@ class KeyValueState:
                         case Get(key=k):
                             results.append(read(k))
                         case ConfigChange():
-                            refusal = self._check_change(op, timestamp_ms, seen_here, recorded)
+                            refusal = self._check_change(
+                                op, timestamp_ms, seen_here, recorded, block.used
+                            )
                             if refusal is not None:
                                 reason = refusal.reason
                                 break
@@ -700,10 +702,14 @@ class KeyValueState:
         timestamp_ms: int,
         seen_here: set[bytes],
         recorded: list[PendingChange],
+        used_here: Mapping[bytes, str],
     ) -> Refusal | None:
         """Why a v1 client change cannot be accepted in this block, or None; cheapest first.
         v1 changes are judged by today's rules while the configuration is genesis's (epoch
-        0), and refused as superseded from epoch 1 on."""
+        0), and refused as superseded from epoch 1 on. A key that was ever a member's
+        (used_keys, or made one earlier in this block: a pending pbft member's key too) is
+        refused as a member's key, as today's members are: else a v1 admit could make the
+        pending member's key a client's as well."""
         c = op.change
         refusal = self._shared_problem(
             c.chain_id, c.id, c.expiry_ms, c.created_ms, timestamp_ms, seen_here
@@ -719,6 +725,8 @@ class KeyValueState:
         refusal = check_client_key(c.client_key, self.member_keys)
         if refusal is not None:
             return refusal
+        if MEMBER_KEY in (self.used_keys.get(c.client_key), used_here.get(c.client_key)):
+            return Refusal("config_member_key", "the key is a member's key, not a client's")
         if not self.member_keys:
             return Refusal("config_no_quorum", "this state has no members to approve changes")
         refusal = self._client_problem(c.kind, c.client_key, c.created_ms, timestamp_ms, recorded)

@@ -38,6 +38,7 @@ from tests.ledger.membership_fixture import (
     SPARES,
     K,
     L,
+    MemberChain,
     accepted,
     add_op,
     approvals,
@@ -309,6 +310,37 @@ def test_v1_changes_are_refused_as_superseded_from_epoch_1() -> None:
     from tests.ledger.test_admission import approve
 
     assert refused(chain.add([chain.tx(ConfigChange(v1, approve(v1)))])) == "config_superseded"
+
+
+def _v1_admit(chain: object, key: bytes, nonce: bytes = b"v1") -> Transaction:
+    from tests.ledger.test_admission import approve
+
+    assert isinstance(chain, MemberChain)
+    v1 = ClientChange.create(
+        chain.genesis.chain_id,
+        ADMIT,
+        key,
+        "v1",
+        nonce,
+        CREATED_MS + HOUR_MS,
+        created_ms=chain.head.timestamp_ms,
+    )
+    return chain.tx(ConfigChange(v1, approve(v1)))
+
+
+def test_a_v1_admit_of_a_pending_members_key_is_refused() -> None:
+    """Still at epoch 0 (pbft, before E), a v1 change must not make the key of a member
+    about to join a client's too: it is refused as a member's key, as a genesis member's is."""
+    chain = member_chain()
+    accepted(chain.add([v2_tx(chain, v2_change(chain, add_op(0)))]))
+    assert chain.app.pending_member is not None and chain.app.config.epoch == 0  # type: ignore[union-attr]
+    assert refused(chain.add([_v1_admit(chain, SPARES[0].public)])) == "config_member_key"
+    # and in the block that makes it a member's
+    other = member_chain()
+    add = v2_tx(other, v2_change(other, add_op(1), nonce=b"m"))
+    block = other.add([add, _v1_admit(other, SPARES[1].public)])
+    assert [r.reason for r in block.receipts] == ["", "config_member_key"]
+    assert SPARES[1].public not in {p.client_key for p in other.app.pending}
 
 
 def test_used_keys_are_never_admitted_again() -> None:
