@@ -133,11 +133,13 @@ def audit_ledger(
     verifier: Verifier | None = None,
     *,
     trust: TrustAnchor | None = None,
+    member_changes: bool = False,
 ) -> AuditReport:
     """Audit the ledger file at `db_path` against `genesis`; reports, never raises, on a bad
     ledger. `trust`: the block at that height must have that hash, and the ledger must reach
-    it."""
-    audit = _Audit(genesis, verifier or Ed25519Verifier(), trust)
+    it. `member_changes`: re-execute as a node with KeyValueState.member_changes does (False
+    in this release, as the node: a ledger that accepted a member change then fails)."""
+    audit = _Audit(genesis, verifier or Ed25519Verifier(), trust, member_changes)
     try:
         db = sqlite3.connect(f"{Path(db_path).resolve().as_uri()}?mode=ro", uri=True)
     except sqlite3.Error as exc:
@@ -166,8 +168,15 @@ def _short(data: bytes) -> str:
 
 
 class _Audit:
-    def __init__(self, genesis: Genesis, verifier: Verifier, trust: TrustAnchor | None) -> None:
+    def __init__(
+        self,
+        genesis: Genesis,
+        verifier: Verifier,
+        trust: TrustAnchor | None,
+        member_changes: bool = False,
+    ) -> None:
         self.trust = trust
+        self.member_changes = member_changes
         self.app: KeyValueState | None = None
         self._accepted_at: dict[bytes, int] = {}  # member change id -> height that accepted it
         self._activated_at: tuple[int, int] | None = None  # (E, epoch) of the last activation
@@ -211,7 +220,9 @@ class _Audit:
         self.index_expiry = "tx_index" in tables and has_column(db, "tx_index", "expiry_ms")
         g = self.genesis
         genesis = genesis_block(g)
-        app = KeyValueState.for_genesis(g, genesis.header.state_root)
+        app = KeyValueState.for_genesis(
+            g, genesis.header.state_root, member_changes=self.member_changes
+        )
         self.app = app
         prev: BlockHeader | None = None
         rows = db.execute(

@@ -14,7 +14,10 @@ failures are deterministic `rejected` receipts that change nothing:
     cas_mismatch     a compare-and-set found another value (the whole transaction is undone)
     config_*         a client change was refused (ledger/admission.py: no quorum, a bad or
                      duplicate or non-member approval, an invalid key, a replayed, expired or
-                     no-op change); the transaction's id is spent, the change's is not
+                     no-op change), or a member change (membership.py; and
+                     config_members_unavailable: member changes are not enabled in this
+                     release, `member_changes`); the transaction's id is spent, the change's
+                     is not
 
 Admitted clients are state too (ledger/admission.py): the set `admitted` and the changes
 `pending` until their effective height E, a checkpoint boundary. A block at height E first
@@ -355,6 +358,10 @@ class KeyValueState:
     pending_member: PendingMember | None = None
     configs: dict[int, tuple[int, Configuration]] = field(default_factory=dict)
     used_keys: dict[bytes, str] = field(default_factory=dict)  # key -> member | client
+    # Whether a v2 change of kind "members" may be accepted. False in every production path
+    # until the consensus cores and the node follow configurations (issue 19 parts B to D):
+    # such a change is refused as config_members_unavailable. v2 client changes are not gated.
+    member_changes: bool = False
     admitted: dict[bytes, str] = field(init=False)  # client key -> label
     _pending_last: dict[bytes, PendingChange] = field(init=False)  # key -> its latest change
     _used_names: set[str] = field(init=False)  # every name a member ever had
@@ -412,6 +419,7 @@ class KeyValueState:
         configs: dict[int, tuple[int, Configuration]] | None = None,
         pending_member: PendingMember | None = None,
         used_keys: dict[bytes, str] | None = None,
+        member_changes: bool = False,
     ) -> KeyValueState:
         """The state of `genesis`'s network at `state_root` (at genesis when the rest is
         omitted): genesis clients by name, the genesis configuration, the keys of both as
@@ -438,6 +446,7 @@ class KeyValueState:
             pending_member=pending_member,
             configs=dict(configs),
             used_keys=used_keys,
+            member_changes=member_changes,
         )
 
     def config_at(self, height: int) -> Configuration:
@@ -788,6 +797,10 @@ class KeyValueState:
         )
         if refusal is not None:
             return refusal
+        if change.kind != CLIENTS and not self.member_changes:
+            return Refusal(
+                "config_members_unavailable", "member changes are not enabled in this release"
+            )
         config = self.config
         if config is None or not self.member_keys:
             return Refusal("config_no_quorum", "this state has no members to approve changes")

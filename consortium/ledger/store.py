@@ -248,10 +248,18 @@ class BlockStore:
     """Use `BlockStore.open`. One writing connection, used by one task at a time (its COMMIT may
     run on a worker thread, Node._write), and a read-only one for the hot reads (_open_reader)."""
 
-    def __init__(self, db: sqlite3.Connection, path: Path, genesis: Genesis) -> None:
+    def __init__(
+        self,
+        db: sqlite3.Connection,
+        path: Path,
+        genesis: Genesis,
+        *,
+        member_changes: bool = False,
+    ) -> None:
         self._db = db
         self.path = path
         self.genesis = genesis
+        self.member_changes = member_changes  # KeyValueState.member_changes, for its app
         self.fsync_count = 0
         self.last_commit_s = 0.0  # how long the last save's COMMIT (its fsync) took
         # What stage() wrote, for commit_staged()/finish_staged(): (head, blocks, applied, mark)
@@ -264,7 +272,9 @@ class BlockStore:
         self._deltas: dict[str, int] = {}
         self._staged_digests: dict[str, int] | None = None
         self._head: BlockHeader = genesis_block(genesis).header
-        self.app = KeyValueState.for_genesis(genesis, self._head.state_root)
+        self.app = KeyValueState.for_genesis(
+            genesis, self._head.state_root, member_changes=member_changes
+        )
 
     # --- opening ----------------------------------------------------------------------------
 
@@ -276,10 +286,12 @@ class BlockStore:
         *,
         verify: bool = True,
         created_mark: str | None = None,
+        member_changes: bool = False,
     ) -> BlockStore:
         """Open (or create, writing block 0) the store for `genesis`; see the module rules.
         `created_mark`: if this creates the store, the RECOVERY_MARK_KEY record it carries
-        from the transaction that creates it (node/preflight.py, open_store)."""
+        from the transaction that creates it (node/preflight.py, open_store).
+        `member_changes`: its state's KeyValueState.member_changes (False in this release)."""
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
             # check_same_thread=False: the node may run a save on a worker thread; only one task
@@ -289,7 +301,7 @@ class BlockStore:
             raise StoreError(f"{path}: cannot open the block store: {exc}") from None
         store: BlockStore | None = None
         try:
-            store = cls(db, path, genesis)
+            store = cls(db, path, genesis, member_changes=member_changes)
             store._configure()
             store._reader = _open_reader(path)
             store._init(verify, created_mark)
@@ -431,7 +443,7 @@ class BlockStore:
             "before it is trusted and upgraded",
             self.path,
         )
-        report = audit_ledger(self.path, self.genesis)
+        report = audit_ledger(self.path, self.genesis, member_changes=self.member_changes)
         if not report.ok:
             raise StoreError(
                 f"{self.path}: a store of format 2 is upgraded only if it audits clean, and it "
@@ -773,6 +785,7 @@ class BlockStore:
             configs=configs,
             pending_member=pending_member,
             used_keys=used_keys,
+            member_changes=self.member_changes,
         )
 
     def _load_membership(

@@ -18,7 +18,7 @@ from consortium.crypto.codec import pack
 from consortium.crypto.keys import KeyPair
 from consortium.crypto.signing import Domain, Ed25519Signer
 from consortium.ledger.admission import Approval
-from consortium.ledger.block import Block, batch_digest
+from consortium.ledger.block import Block, batch_digest, genesis_state_root
 from consortium.ledger.certificates import (
     CheckpointCertificate,
     CommitCertificate,
@@ -38,7 +38,7 @@ from consortium.ledger.membership import (
     Kind,
     Possession,
 )
-from consortium.ledger.state import build_block
+from consortium.ledger.state import KeyValueState, build_block
 from consortium.ledger.tx import ConfigChangeV2, Transaction
 from tests.ledger.chain_fixture import CLIENT, CREATED_MS, MEMBERS, ChainBuilder, make_genesis
 
@@ -81,6 +81,14 @@ class MemberChain(ChainBuilder):
 
     signers: tuple[int, ...] | None = None  # voters (ids) who sign; None: the first quorum
     certificates: dict[int, bytes] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        # Member changes are gated off in this release (KeyValueState.member_changes); these
+        # chains exercise them.
+        self.app = KeyValueState.for_genesis(
+            self.genesis, genesis_state_root(self.genesis.chain_id), member_changes=True
+        )
 
     def config_at(self, height: int) -> Configuration:
         return self.app.config_at(height)

@@ -529,8 +529,8 @@ def test_a_good_store_with_every_table_filled_passes_the_audit(tmp_path: Path) -
     from tests.ledger.test_store_integrity import rich_store
 
     path = tmp_path / "ledger.sqlite"
-    chain = rich_store(path)
-    assert audit_ledger(path, chain.genesis).ok
+    chain = rich_store(path)  # (it holds member changes: re-executed with them enabled)
+    assert audit_ledger(path, chain.genesis, member_changes=True).ok
 
 
 @pytest.mark.parametrize("how", ["edit", "delete", "add"])
@@ -554,7 +554,7 @@ def test_the_audit_names_a_changed_row_of_any_table(tmp_path: Path, table: str, 
     path = tmp_path / "ledger.sqlite"
     chain = rich_store(path)
     edit_row(path, table, how)
-    report = audit_ledger(path, chain.genesis)
+    report = audit_ledger(path, chain.genesis, member_changes=True)
     assert not report.ok and report.problem is not None
     # Named by the table's own name, or by the deeper check that found it first.
     words = {

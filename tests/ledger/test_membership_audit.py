@@ -41,7 +41,7 @@ def store_of(
     checkpoints: bool = True,
     signatures: bool = True,
 ) -> None:
-    store = BlockStore.open(path, chain.genesis)
+    store = BlockStore.open(path, chain.genesis, member_changes=True)
     try:
         store.save(
             blocks=chain.blocks,
@@ -88,7 +88,7 @@ def test_a_ledger_that_changes_members_verifies(tmp_path: Path, mode: str) -> No
         chain.add([chain.tx(Put(b"a", b"1"))])  # led and signed by n2 (id 1) now
     path = tmp_path / "ledger.sqlite"
     store_of(path, chain)
-    report = audit_ledger(path, chain.genesis)
+    report = audit_ledger(path, chain.genesis, member_changes=True)
     assert report.ok, report.problem
     assert report.height == chain.head.height and report.head_hash == chain.head.hash
 
@@ -104,10 +104,10 @@ def test_a_change_applied_at_the_wrong_height_is_named(tmp_path: Path) -> None:
     assert chain.blocks[e - 1][0].header.config_digest is None
     assert chain.blocks[e + K - 1][0].header.config_digest == config.digest
     path = tmp_path / "ledger.sqlite"
-    store = BlockStore.open(path, chain.genesis)
+    store = BlockStore.open(path, chain.genesis, member_changes=True)
     store.save(blocks=chain.blocks[: e + K], checkpoints=[chain.checkpoint(e + K)])
     store.close()
-    height, reason = failed(audit_ledger(path, chain.genesis))
+    height, reason = failed(audit_ledger(path, chain.genesis, member_changes=True))
     assert height == e
     assert reason == (
         f"configuration change accepted at 1 applied at the wrong height: header {e} commits "
@@ -127,7 +127,7 @@ def test_a_change_accepted_without_a_quorum_is_named(
     monkeypatch.undo()
     path = tmp_path / "ledger.sqlite"
     store_of(path, chain)
-    height, reason = failed(audit_ledger(path, chain.genesis))
+    height, reason = failed(audit_ledger(path, chain.genesis, member_changes=True))
     assert height == 2
     assert reason.startswith(f"change {change.id.hex()[:12]}… (transaction 0) accepted at 2 ")
     assert "without a quorum of configuration 0: 2 voter signature(s), 3 needed" in reason
@@ -143,7 +143,7 @@ def test_a_change_accepted_without_its_possession_is_named(
     monkeypatch.undo()
     path = tmp_path / "ledger.sqlite"
     store_of(path, chain)
-    height, reason = failed(audit_ledger(path, chain.genesis))
+    height, reason = failed(audit_ledger(path, chain.genesis, member_changes=True))
     assert height == 1 and "without valid proofs of possession" in reason
 
 
@@ -169,7 +169,7 @@ def test_certificates_are_judged_by_the_configuration_of_their_height(tmp_path: 
     )
     path = tmp_path / "ledger.sqlite"
     store_of(path, chain)
-    height, reason = failed(audit_ledger(path, chain.genesis))
+    height, reason = failed(audit_ledger(path, chain.genesis, member_changes=True))
     assert height == first and reason == "commit certificate: commit vote 1: bad signature by n2"
 
 
@@ -194,7 +194,7 @@ def test_a_legacy_certificate_is_refused_after_epoch_0(tmp_path: Path) -> None:
     )
     path = tmp_path / "ledger.sqlite"
     store_of(path, chain)
-    height, reason = failed(audit_ledger(path, chain.genesis))
+    height, reason = failed(audit_ledger(path, chain.genesis, member_changes=True))
     assert height == first and reason.startswith("commit certificate: commit vote 0:")
 
 
@@ -217,10 +217,10 @@ def test_a_block_signature_by_a_key_that_left_is_refused(tmp_path: Path) -> None
     old = SignedVote(
         body, signer(MEMBERS[1].public).sign(Domain.BLOCK, chain.genesis.chain_id, body)
     )
-    store = BlockStore.open(path, chain.genesis)
+    store = BlockStore.open(path, chain.genesis, member_changes=True)
     store.add_block_signatures(first, [old])
     store.close()
-    height, reason = failed(audit_ledger(path, chain.genesis))
+    height, reason = failed(audit_ledger(path, chain.genesis, member_changes=True))
     assert height == first and reason == "block signature: block vote 0: bad signature by n2"
     # the same key signed the block before the rotation's boundary validly
     ok = tmp_path / "ok.sqlite"
@@ -230,10 +230,10 @@ def test_a_block_signature_by_a_key_that_left_is_refused(tmp_path: Path) -> None
     vote = SignedVote(
         body, signer(MEMBERS[1].public).sign(Domain.BLOCK, chain.genesis.chain_id, body)
     )
-    store = BlockStore.open(ok, chain.genesis)
+    store = BlockStore.open(ok, chain.genesis, member_changes=True)
     store.add_block_signatures(earlier.height, [vote])
     store.close()
-    assert audit_ledger(ok, chain.genesis).ok
+    assert audit_ledger(ok, chain.genesis, member_changes=True).ok
 
 
 def test_a_raft_block_led_by_a_removed_member_is_refused(tmp_path: Path) -> None:
@@ -248,7 +248,7 @@ def test_a_raft_block_led_by_a_removed_member_is_refused(tmp_path: Path) -> None
     chain.add([chain.tx(Put(b"a", b"1"))])
     path = tmp_path / "ledger.sqlite"
     store_of(path, chain, signatures=False)
-    height, reason = failed(audit_ledger(path, chain.genesis))
+    height, reason = failed(audit_ledger(path, chain.genesis, member_changes=True))
     assert (
         height == 3 and reason == "leader certificate: leader 0 is not a member of configuration 2"
     )
@@ -261,11 +261,13 @@ def test_a_missing_checkpoint_at_the_activation_height_is_named(tmp_path: Path) 
     chain.run_to(e)
     path = tmp_path / "ledger.sqlite"
     store_of(path, chain, checkpoints=False)
-    assert audit_ledger(path, chain.genesis).ok  # block E alone may wait for it
+    assert audit_ledger(
+        path, chain.genesis, member_changes=True
+    ).ok  # block E alone may wait for it
     chain.add([])
     path = tmp_path / "longer.sqlite"
     store_of(path, chain, checkpoints=False)
-    height, reason = failed(audit_ledger(path, chain.genesis))
+    height, reason = failed(audit_ledger(path, chain.genesis, member_changes=True))
     assert height == e + 1
     assert reason == (
         f"configuration 1 was activated at {e} and orders this block, but no checkpoint "
@@ -298,13 +300,13 @@ def test_the_membership_tables_must_equal_re_execution(
     accepted(chain.add([v2_tx(chain, v2_change(chain, add_op(1), nonce=b"2"))]))  # pending
     path = tmp_path / "ledger.sqlite"
     store_of(path, chain)
-    assert audit_ledger(path, chain.genesis).ok
+    assert audit_ledger(path, chain.genesis, member_changes=True).ok
     if table == "used_keys":
         statement = "DELETE FROM used_keys WHERE key = ?"
         _sql(path, statement, (SPARES[1].public,))
     else:
         _sql(path, statement)
-    height, reason = failed(audit_ledger(path, chain.genesis))
+    height, reason = failed(audit_ledger(path, chain.genesis, member_changes=True))
     assert height == chain.head.height and f"the stored {words}" in reason
 
 
@@ -318,17 +320,17 @@ def test_a_chain_entry_must_be_the_ledgers(tmp_path: Path) -> None:
     header = chain.blocks[e - 1][0].header
     path = tmp_path / "ledger.sqlite"
     store_of(path, chain)
-    store = BlockStore.open(path, chain.genesis)
+    store = BlockStore.open(path, chain.genesis, member_changes=True)
     store.put_config_chain(1, pack([1, config.encode(), header.encode(), certificate.encode()]))
     store.close()
-    assert audit_ledger(path, chain.genesis).ok
+    assert audit_ledger(path, chain.genesis, member_changes=True).ok
     wrong = tmp_path / "wrong.sqlite"
     store_of(wrong, chain)
     other = chain.blocks[e - 2][0].header  # the header below the activation
-    store = BlockStore.open(wrong, chain.genesis)
+    store = BlockStore.open(wrong, chain.genesis, member_changes=True)
     store.put_config_chain(1, pack([1, config.encode(), other.encode(), certificate.encode()]))
     store.close()
-    _, reason = failed(audit_ledger(wrong, chain.genesis))
+    _, reason = failed(audit_ledger(wrong, chain.genesis, member_changes=True))
     assert reason == (
         f"configuration chain entry 1: its header is not the ledger's at the activation height {e}"
     )
@@ -340,11 +342,15 @@ def test_the_trust_anchor(tmp_path: Path) -> None:
     store_of(path, chain)
     e = chain.app.configs[1][0] - 1
     good = chain.blocks[e - 1][0].hash
-    assert audit_ledger(path, chain.genesis, trust=(e, good)).ok
-    height, reason = failed(audit_ledger(path, chain.genesis, trust=(e, b"\1" * 32)))
+    assert audit_ledger(path, chain.genesis, member_changes=True, trust=(e, good)).ok
+    height, reason = failed(
+        audit_ledger(path, chain.genesis, member_changes=True, trust=(e, b"\1" * 32))
+    )
     assert height == e and reason.startswith(f"block {e} hashes to {good.hex()[:12]}…, the trust")
     beyond = chain.head.height + 5
-    height, reason = failed(audit_ledger(path, chain.genesis, trust=(beyond, good)))
+    height, reason = failed(
+        audit_ledger(path, chain.genesis, member_changes=True, trust=(beyond, good))
+    )
     assert reason == (
         f"the ledger ends at height {chain.head.height} and does not reach the trust anchor at "
         f"height {beyond}"
@@ -354,12 +360,16 @@ def test_the_trust_anchor(tmp_path: Path) -> None:
 def test_ledger_verify_takes_trust(tmp_path: Path) -> None:
     from consortium.cli.main import app
 
-    chain = pbft_history()
+    # (no member change: `ledger verify` re-executes as this release's node, which refuses
+    # them: KeyValueState.member_changes)
+    chain = member_chain()
+    for _ in range(6):
+        chain.add_puts(1)
     path = tmp_path / "ledger.sqlite"
     store_of(path, chain)
     genesis_file = tmp_path / "genesis.json"
     genesis_file.write_text(chain.genesis.to_json())
-    e = chain.app.configs[1][0] - 1
+    e = 4
     good = chain.blocks[e - 1][0].hash.hex()
     base = ["ledger", "verify", "--db", str(path), "--genesis", str(genesis_file)]
     result = CliRunner().invoke(app, [*base, "--trust", f"{e}:{good}"])
@@ -395,6 +405,6 @@ def test_a_header_committing_another_configuration_is_named(tmp_path: Path) -> N
         )
         db.commit()
         db.close()
-        height, reason = failed(audit_ledger(path, chain.genesis))
+        height, reason = failed(audit_ledger(path, chain.genesis, member_changes=True))
         assert height == 2 and words in reason, reason
     assert cert is not None

@@ -496,7 +496,12 @@ def test_a_change_beyond_the_largest_configuration_is_refused() -> None:
         tuple(MemberInfo(i, f"b{i}", k, "10.0.0.1:1", "10.0.0.1:2") for i, k in enumerate(keys)),
     )
     app = KeyValueState(
-        chain.genesis.chain_id, PARAMS, {CLIENT.public: "c"}, b"\0" * 32, config=big
+        chain.genesis.chain_id,
+        PARAMS,
+        {CLIENT.public: "c"},
+        b"\0" * 32,
+        config=big,
+        member_changes=True,
     )
     change = ChangeV2.create(
         big, "members", [add_op(0)], b"n", CREATED_MS + HOUR_MS, created_ms=CREATED_MS
@@ -575,7 +580,9 @@ def test_ids_are_never_reused() -> None:
 def test_a_state_without_a_configuration_refuses_v2_changes() -> None:
     chain = member_chain()
     change = v2_change(chain, add_op(0))
-    bare = KeyValueState(chain.genesis.chain_id, PARAMS, {CLIENT.public: "c"}, b"\0" * 32)
+    bare = KeyValueState(
+        chain.genesis.chain_id, PARAMS, {CLIENT.public: "c"}, b"\0" * 32, member_changes=True
+    )
     execution = bare.execute(1, CREATED_MS + 1, (v2_tx(chain, change),))
     assert execution.receipts[0].reason == "config_no_quorum"
     assert execution.member_accepted is None

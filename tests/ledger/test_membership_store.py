@@ -58,7 +58,7 @@ def activation_checkpoints(chain: MemberChain, start: int = 0) -> list[Checkpoin
 
 
 def _save(path: Path, chain: MemberChain, start: int) -> None:
-    store = BlockStore.open(path, chain.genesis)
+    store = BlockStore.open(path, chain.genesis, member_changes=True)
     try:
         store.save(blocks=chain.blocks[start:], checkpoints=activation_checkpoints(chain, start))
         same_membership(store.app, chain.app)
@@ -76,7 +76,7 @@ def test_the_membership_state_survives_a_reopen_at_every_step(tmp_path: Path, mo
         nonlocal saved
         _save(path, chain, saved)
         saved = len(chain.blocks)
-        store = BlockStore.open(path, chain.genesis)
+        store = BlockStore.open(path, chain.genesis, member_changes=True)
         try:
             same_membership(store.app, chain.app)
             # and it executes the next block exactly as the in-memory state does
@@ -101,7 +101,7 @@ def test_the_membership_state_survives_a_reopen_at_every_step(tmp_path: Path, mo
     chain.run_to(chain.head.height + 2 * PARAMS.window)
     checkpoint()
     assert chain.app.config.epoch == 2 and len(chain.app.configs) == 3
-    report = audit_ledger(path, chain.genesis)
+    report = audit_ledger(path, chain.genesis, member_changes=True)
     assert report.ok, report.problem
 
 
@@ -142,12 +142,14 @@ def test_pending_client_changes_load_by_effective_height(tmp_path: Path) -> None
     accepted(chain.add([chain.tx(ConfigChange(v1, approve(v1)))]))
     path = tmp_path / "ledger.sqlite"
     _save(path, chain, 0)
-    store = BlockStore.open(path, chain.genesis)
+    store = BlockStore.open(path, chain.genesis, member_changes=True)
     try:
         assert [p.client_key for p in store.app.pending] == [NEW.public, other.public]
     finally:
         store.close()
-    report = audit_ledger(path, chain.genesis)  # the audit compares them in that order too
+    report = audit_ledger(
+        path, chain.genesis, member_changes=True
+    )  # the audit compares them in that order too
     assert report.ok, report.problem
 
 
@@ -159,7 +161,7 @@ def test_a_format_4_store_is_upgraded_at_open_in_one_transaction(
     want = stored_digests(sqlite3.connect(path))
     format_4(path)
     with caplog.at_level("INFO"):
-        store = BlockStore.open(path, chain.genesis)
+        store = BlockStore.open(path, chain.genesis, member_changes=True)
     try:
         assert "upgraded to format 5" in caplog.text and store.fsync_count == 1
         assert _sql(path, "SELECT value FROM meta WHERE key = 'schema'") == [(SCHEMA_VERSION,)]
@@ -169,7 +171,7 @@ def test_a_format_4_store_is_upgraded_at_open_in_one_transaction(
     finally:
         store.close()
     assert stored_digests(sqlite3.connect(path)) == want
-    report = audit_ledger(path, chain.genesis)
+    report = audit_ledger(path, chain.genesis, member_changes=True)
     assert report.ok, report.problem
 
 
@@ -185,21 +187,23 @@ def test_a_kill_during_the_upgrade_leaves_format_4(
 
     monkeypatch.setattr(BlockStore, "_insert_genesis_membership", killed)
     with pytest.raises(KeyboardInterrupt):
-        BlockStore.open(path, chain.genesis)
+        BlockStore.open(path, chain.genesis, member_changes=True)
     assert _sql(path, "SELECT value FROM meta WHERE key = 'schema'") == [(4,)]
     tables = {r[0] for r in _sql(path, "SELECT name FROM sqlite_master WHERE type='table'")}
     assert not tables & set(MEMBERSHIP_TABLES)
-    assert audit_ledger(path, chain.genesis).ok  # a format-4 store audits as one
+    assert audit_ledger(
+        path, chain.genesis, member_changes=True
+    ).ok  # a format-4 store audits as one
     monkeypatch.undo()
-    BlockStore.open(path, chain.genesis).close()
+    BlockStore.open(path, chain.genesis, member_changes=True).close()
     assert _sql(path, "SELECT value FROM meta WHERE key = 'schema'") == [(SCHEMA_VERSION,)]
-    assert audit_ledger(path, chain.genesis).ok
+    assert audit_ledger(path, chain.genesis, member_changes=True).ok
 
 
 def test_the_configuration_chain_is_written_read_and_digested(tmp_path: Path) -> None:
     path = tmp_path / "ledger.sqlite"
     chain = member_chain()
-    store = BlockStore.open(path, chain.genesis)
+    store = BlockStore.open(path, chain.genesis, member_changes=True)
     try:
         entry = pack([1, b"config", b"header", b"certificate"])
         store.put_config_chain(1, entry)
@@ -212,7 +216,7 @@ def test_the_configuration_chain_is_written_read_and_digested(tmp_path: Path) ->
             store.put_config_chain(0, b"genesis has none")
     finally:
         store.close()
-    BlockStore.open(path, chain.genesis).close()  # its digest holds
+    BlockStore.open(path, chain.genesis, member_changes=True).close()  # its digest holds
 
 
 def test_a_stored_configuration_that_does_not_decode_is_named(tmp_path: Path) -> None:
@@ -225,7 +229,7 @@ def test_a_stored_configuration_that_does_not_decode_is_named(tmp_path: Path) ->
     db.commit()
     db.close()
     with pytest.raises(StoreError, match="configuration 0 does not decode"):
-        BlockStore.open(path, chain.genesis, verify=False)
+        BlockStore.open(path, chain.genesis, member_changes=True, verify=False)
 
 
 UPGRADE_CHILD = """
@@ -272,10 +276,10 @@ def test_a_kill_9_inside_the_upgrade_leaves_format_4(tmp_path: Path) -> None:
     assert _sql(path, "SELECT value FROM meta WHERE key = 'schema'") == [(4,)]
     tables = {r[0] for r in _sql(path, "SELECT name FROM sqlite_master WHERE type='table'")}
     assert not tables & set(MEMBERSHIP_TABLES)
-    store = BlockStore.open(path, chain.genesis)
+    store = BlockStore.open(path, chain.genesis, member_changes=True)
     try:
         same_membership(store.app, chain.app)
     finally:
         store.close()
     assert _sql(path, "SELECT value FROM meta WHERE key = 'schema'") == [(SCHEMA_VERSION,)]
-    assert audit_ledger(path, chain.genesis).ok
+    assert audit_ledger(path, chain.genesis, member_changes=True).ok
