@@ -157,6 +157,22 @@ def audit_ledger(
     return audit.report(None)
 
 
+def _has_fields(body: bytes, n: int) -> bool:
+    """Whether a vote body decodes to a list of `n` fields."""
+    try:
+        a = unpack_canonical(body, max_len=VOTE_BODY_BYTES_MAX)
+    except WireFormatError:
+        return False
+    return isinstance(a, list) and len(a) == n
+
+
+def _same(got: list[Any], want: list[Any]) -> bool:
+    """Field by field equal and of the same type (True is no epoch 1, nor 1.0 a seq)."""
+    return len(got) == len(want) and all(
+        type(g) is type(w) and g == w for g, w in zip(got, want, strict=True)
+    )
+
+
 def _digest_of(encoded: bytes) -> bytes:
     from consortium.crypto.hashing import sha256
 
@@ -587,18 +603,24 @@ class _Audit:
         self, cert: CommitCertificate | CheckpointCertificate, config: Configuration
     ) -> str | None:
         """A commit or checkpoint certificate judged by `config`, the configuration that
-        orders its seq. THE one place the audit calls the certificates' own verify: at epoch
-        0 with the genesis (today's bodies); from epoch 1 on, the epoch-tagged votes are
-        checked here from their decoded fields against the configuration's voters and keys.
-        (When ledger/certificates.py verifies against a Configuration, this becomes
-        `cert.verify(config, self.verifier)`.)"""
-        if config.epoch == 0:
-            return cert.verify(self.genesis, self.verifier)
+        orders its seq. THE one place the audit judges pbft certificates (when
+        ledger/certificates.py verifies against a Configuration, all of this becomes
+        `cert.verify(config, self.verifier, stored=True)`). Votes are epoch-tagged,
+        ["commit", epoch, view, seq, digest, sender] and ["checkpoint", epoch, seq, block_hash,
+        sender], naming `config`'s epoch and signed by Q distinct voters of it. At epoch 0 a
+        stored certificate may also hold today's (legacy) bodies without the epoch: one with
+        only those is checked by their own verify against the genesis, as before; one with any
+        tagged vote by `_votes_problem`, each vote either legacy or tagged with epoch 0."""
         if isinstance(cert, CommitCertificate):
-            expect: list[Any] = [config.epoch, cert.view, cert.seq, cert.digest]
-            return self._votes_problem(cert.votes, config, Domain.PBFT, "commit", expect, None)
-        expect = [config.epoch, cert.seq, cert.block_hash]
-        return self._votes_problem(cert.votes, config, Domain.PBFT, "checkpoint", expect, None)
+            kind, expect = "commit", [cert.view, cert.seq, cert.digest]
+        else:
+            kind, expect = "checkpoint", [cert.seq, cert.block_hash]
+        legacy = config.epoch == 0
+        if legacy and not any(_has_fields(v.body, len(expect) + 3) for v in cert.votes):
+            return cert.verify(self.genesis, self.verifier)
+        return self._votes_problem(
+            cert.votes, config, Domain.PBFT, kind, [config.epoch, *expect], None, legacy=legacy
+        )
 
     def _raft_problem(self, cert: RaftEntryCertificate, config: Configuration) -> str | None:
         """The leader of a raft entry is a member of config(h) and signed it with its key
@@ -624,19 +646,26 @@ class _Audit:
         needed: int | None,
         *,
         voters_only: bool = True,
+        legacy: bool = False,
     ) -> str | None:
         """Each vote decodes to [kind, *expect, sender], senders distinct ids of `config`
         (its voters, or any member for block signatures), each signature valid under the
-        sender's key there; at least `needed` (None: the quorum) of them."""
+        sender's key there; at least `needed` (None: the quorum) of them. `legacy` (pbft
+        votes at epoch 0; expect[0] is then the epoch): a vote without the epoch field,
+        [kind, *expect[1:], sender], counts too."""
         signers: set[int] = set()
         for i, vote in enumerate(votes):
             try:
-                a = as_list(
-                    unpack_canonical(vote.body, max_len=VOTE_BODY_BYTES_MAX), len(expect) + 2, kind
-                )
+                a = as_list(unpack_canonical(vote.body, max_len=VOTE_BODY_BYTES_MAX), what=kind)
             except WireFormatError as exc:
                 return f"{kind} vote {i}: {exc}"
-            if a[0] != kind or a[1:-1] != expect:
+            if legacy and len(a) == len(expect) + 1:
+                named = [expect[0], *a[1:-1]]  # a body of before the epoch: epoch 0's
+            elif len(a) == len(expect) + 2:
+                named = a[1:-1]
+            else:
+                return f"{kind} vote {i}: {kind}: expected {len(expect) + 2} fields, got {len(a)}"
+            if a[0] != kind or not _same(named, expect):
                 return f"{kind} vote {i} is not for this {kind} of configuration {config.epoch}"
             sender = a[-1]
             member = (

@@ -2,8 +2,9 @@
 
 `MemberChain` is a ChainBuilder whose certificates are signed by the configuration that orders
 each height (config(h), KeyValueState.config_at): the first quorum of its voters by id. Votes
-of epoch 0 have today's bodies; from epoch 1 on they carry the epoch as their second field
-(docs/design/membership.md 3.1). Raft blocks are led by the first voter of config(h).
+of epoch 0 have today's bodies (or tagged ones: `legacy`); from epoch 1 on they carry the epoch
+as their second field (docs/design/membership.md 3.1). Raft blocks are led by the first voter
+of config(h).
 `v2_change`, `v2_tx` build v2 changes approved and proven as execution wants them, with knobs
 to break each part.
 """
@@ -54,14 +55,19 @@ def signer(key: bytes) -> Ed25519Signer:
     return Ed25519Signer(KEYS[key])
 
 
-def commit_vote_body(config: Configuration, seq: int, digest: bytes, sender: int) -> bytes:
-    if config.epoch == 0:
+def commit_vote_body(
+    config: Configuration, seq: int, digest: bytes, sender: int, *, legacy: bool = True
+) -> bytes:
+    """`legacy`: today's body at epoch 0 (else the epoch-tagged one there too)."""
+    if config.epoch == 0 and legacy:
         return commit_body(0, seq, digest, sender)
     return pack(["commit", config.epoch, 0, seq, digest, sender])
 
 
-def checkpoint_vote_body(config: Configuration, seq: int, block_hash: bytes, sender: int) -> bytes:
-    if config.epoch == 0:
+def checkpoint_vote_body(
+    config: Configuration, seq: int, block_hash: bytes, sender: int, *, legacy: bool = True
+) -> bytes:
+    if config.epoch == 0 and legacy:
         return checkpoint_body(seq, block_hash, sender)
     return pack(["checkpoint", config.epoch, seq, block_hash, sender])
 
@@ -81,6 +87,9 @@ class MemberChain(ChainBuilder):
 
     signers: tuple[int, ...] | None = None  # voters (ids) who sign; None: the first quorum
     certificates: dict[int, bytes] = field(default_factory=dict)
+    # Epoch 0's votes with today's bodies (as stored before the upgrade); False: epoch-tagged,
+    # as every member signs them after it.
+    legacy: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -115,7 +124,7 @@ class MemberChain(ChainBuilder):
         if self.genesis.mode == "pbft":
             votes = []
             for i in self.quorum_ids(config):
-                body = commit_vote_body(config, seq, digest, i)
+                body = commit_vote_body(config, seq, digest, i, legacy=self.legacy)
                 key = config.key_of(i)
                 assert key is not None
                 votes.append(SignedVote(body, signer(key).sign(Domain.PBFT, chain_id, body)))
@@ -147,7 +156,7 @@ class MemberChain(ChainBuilder):
         block_hash = self.blocks[seq - 1][0].hash
         votes = []
         for i in self.quorum_ids(config):
-            body = checkpoint_vote_body(config, seq, block_hash, i)
+            body = checkpoint_vote_body(config, seq, block_hash, i, legacy=self.legacy)
             key = config.key_of(i)
             assert key is not None
             sig = signer(key).sign(Domain.PBFT, self.genesis.chain_id, body)

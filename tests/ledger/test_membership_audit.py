@@ -9,11 +9,16 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from consortium.crypto.codec import pack
+from consortium.crypto.codec import as_list, pack, unpack_canonical
 from consortium.crypto.signing import Domain
 from consortium.ledger import state as state_module
 from consortium.ledger.audit import AuditReport, audit_ledger
-from consortium.ledger.certificates import CommitCertificate, SignedVote, commit_body
+from consortium.ledger.certificates import (
+    CheckpointCertificate,
+    CommitCertificate,
+    SignedVote,
+    commit_body,
+)
 from consortium.ledger.membership import RemoveMember, RotateKey
 from consortium.ledger.store import BlockStore
 from consortium.ledger.tx import Put
@@ -408,3 +413,91 @@ def test_a_header_committing_another_configuration_is_named(tmp_path: Path) -> N
         height, reason = failed(audit_ledger(path, chain.genesis, member_changes=True))
         assert height == 2 and words in reason, reason
     assert cert is not None
+
+
+def _tagged_commit(
+    chain: MemberChain, height: int, epoch: int, legacy: tuple[int, ...] = ()
+) -> bytes:
+    """A commit certificate of `height` by the first quorum of config(height)'s voters, each
+    vote tagged with `epoch` (those in `legacy`: today's body instead), validly signed."""
+    config = chain.config_at(height)
+    digest = _digest(chain, height)
+    votes = []
+    for m in config.voters[: config.quorum]:
+        if m.id in legacy:
+            body = commit_body(0, height, digest, m.id)
+        else:
+            body = pack(["commit", epoch, 0, height, digest, m.id])
+        sig = signer(m.public_key).sign(Domain.PBFT, chain.genesis.chain_id, body)
+        votes.append(SignedVote(body, sig))
+    return CommitCertificate(0, height, digest, tuple(votes)).encode()
+
+
+def test_epoch_0_certificates_may_carry_epoch_tagged_votes(tmp_path: Path) -> None:
+    """After the upgrade members sign tagged bodies at epoch 0 too: commit and checkpoint
+    certificates and a chain entry certified by configuration 0 with them verify (as do
+    today's bodies, stored before the upgrade, and a certificate mixing the two)."""
+    chain = member_chain()
+    chain.legacy = False
+    chain.add([chain.tx(Put(b"a", b"1"))])
+    accepted(chain.add([v2_tx(chain, v2_change(chain, add_op(0)))]))
+    e = chain.app.pending_member[0]  # type: ignore[index]
+    chain.run_to(e + 1)
+    block, execution, _ = chain.blocks[0]
+    chain.blocks[0] = (block, execution, _tagged_commit(chain, 1, 0, legacy=(0,)))  # mixed
+    path = tmp_path / "ledger.sqlite"
+    store_of(path, chain)
+    config = chain.app.configs[1][1]
+    header = chain.blocks[e - 1][0].header
+    certificate = chain.checkpoint(e)
+    assert len(as_list(unpack_canonical(certificate.votes[0].body))) == 5  # tagged
+    store = BlockStore.open(path, chain.genesis, member_changes=True)
+    store.put_config_chain(1, pack([1, config.encode(), header.encode(), certificate.encode()]))
+    store.close()
+    report = audit_ledger(path, chain.genesis, member_changes=True)
+    assert report.ok, report.problem
+
+
+@pytest.mark.parametrize("where", ["epoch 0", "epoch 1"])
+def test_a_vote_tagged_with_another_epoch_is_refused(tmp_path: Path, where: str) -> None:
+    """Signed by the right keys for the right block, but naming another configuration: the
+    epoch field is compared too."""
+    chain = pbft_history()
+    height = 1 if where == "epoch 0" else chain.app.configs[1][0]
+    epoch = chain.config_at(height).epoch
+    block, execution, _ = chain.blocks[height - 1]
+    chain.blocks[height - 1] = (block, execution, _tagged_commit(chain, height, epoch + 1))
+    path = tmp_path / "ledger.sqlite"
+    store_of(path, chain)
+    assert failed(audit_ledger(path, chain.genesis, member_changes=True)) == (
+        height,
+        f"commit certificate: commit vote 0 is not for this commit of configuration {epoch}",
+    )
+
+
+def test_a_chain_entry_certified_under_another_epoch_is_refused(tmp_path: Path) -> None:
+    chain = member_chain()
+    chain.legacy = False
+    accepted(chain.add([v2_tx(chain, v2_change(chain, add_op(0)))]))
+    e = chain.app.pending_member[0]  # type: ignore[index]
+    chain.run_to(e + 1)
+    path = tmp_path / "ledger.sqlite"
+    store_of(path, chain)
+    config = chain.app.configs[1][1]
+    header = chain.blocks[e - 1][0].header
+    genesis_config = chain.app.configs[0][1]
+    votes = []
+    for m in genesis_config.voters[: genesis_config.quorum]:
+        body = pack(["checkpoint", 1, e, header.hash, m.id])  # names the next epoch
+        votes.append(
+            SignedVote(body, signer(m.public_key).sign(Domain.PBFT, header.chain_id, body))
+        )
+    certificate = CheckpointCertificate(e, header.hash, tuple(votes))
+    store = BlockStore.open(path, chain.genesis, member_changes=True)
+    store.put_config_chain(1, pack([1, config.encode(), header.encode(), certificate.encode()]))
+    store.close()
+    _, reason = failed(audit_ledger(path, chain.genesis, member_changes=True))
+    assert reason == (
+        "configuration chain entry 1: checkpoint vote 0 is not for this checkpoint of "
+        "configuration 0"
+    )
