@@ -80,7 +80,10 @@ from consortium.ledger.certificates import (
 from consortium.ledger.digests import (
     DIGESTED,
     FORMAT_WITHOUT_DIGESTS,
+    FORMAT_WITHOUT_MEMBERSHIP,
+    MEMBERSHIP_TABLES,
     STORE_FORMAT,
+    digested_tables,
     has_column,
     stored_digests,
     table_digest,
@@ -207,6 +210,7 @@ class _Audit:
         self.certificates = 0
         self.indexed = 0  # tx_index rows met at the position they point at
         self.index_expiry = False  # the store's tx_index has expiry_ms (format 4)
+        self.schema: object = None  # the format stamped in meta (None: no stamp)
 
     def report(self, problem: AuditProblem | None) -> AuditReport:
         return AuditReport(
@@ -226,6 +230,7 @@ class _Audit:
             if "meta" in tables
             else None
         )
+        self.schema = None if schema is None else schema[0]
         if schema is not None and isinstance(schema[0], int) and schema[0] > STORE_FORMAT:
             raise _Failed(
                 0,
@@ -808,10 +813,18 @@ class _Audit:
         """Each table against its digest in meta. A store of format 2 (before digests) has
         none; one of a later format must have every one (deleting them is no way around it)."""
         stored = stored_digests(db)
-        schema = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
-        if not stored and schema is not None and schema[0] == FORMAT_WITHOUT_DIGESTS:
+        if not stored and self.schema == FORMAT_WITHOUT_DIGESTS:
             return
         tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        # The format stamped decides whether the membership tables must be there (as
+        # BlockStore.open does): a dropped table with its digest row is no way around it. (A
+        # store from before client changes lacks its client tables; the store makes them.)
+        absent = [
+            t for t in digested_tables(self.schema) if t in MEMBERSHIP_TABLES and t not in tables
+        ]
+        if absent:
+            named = ", ".join(f"{DIGESTED[t][1]} ({t})" for t in absent)
+            raise _Failed(head, f"the store is of format {self.schema!r} but has no table {named}")
         wrong = [
             t
             for t in DIGESTED
@@ -833,8 +846,19 @@ class _Audit:
         entry is the ledger's configuration and header at its activation, certified by the
         configuration before it. A store of an earlier format has none of them."""
         tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        if "configurations" not in tables:
+        absent = [t for t in MEMBERSHIP_TABLES if t not in tables]
+        if isinstance(self.schema, int) and self.schema <= FORMAT_WITHOUT_MEMBERSHIP:
+            if len(absent) < len(MEMBERSHIP_TABLES):  # (an upgrade cut short rolls back whole)
+                raise _Failed(
+                    head.height,
+                    f"the store is of format {self.schema} but has membership tables (format 5)",
+                )
             return
+        if absent:
+            raise _Failed(
+                head.height,
+                f"the store is of format {self.schema} but has no table {', '.join(absent)}",
+            )
         stored_configs: dict[int, tuple[int, bytes]] = {}
         for epoch, first, digest, value in db.execute(
             "SELECT epoch, first_height, digest, value FROM configurations"

@@ -283,3 +283,47 @@ def test_a_kill_9_inside_the_upgrade_leaves_format_4(tmp_path: Path) -> None:
         store.close()
     assert _sql(path, "SELECT value FROM meta WHERE key = 'schema'") == [(SCHEMA_VERSION,)]
     assert audit_ledger(path, chain.genesis, member_changes=True).ok
+
+
+@pytest.mark.parametrize("dropped", [*MEMBERSHIP_TABLES, "all"])
+def test_a_format_5_store_without_a_membership_table_fails_the_audit(
+    tmp_path: Path, dropped: str
+) -> None:
+    """The stamp decides which tables must be there: dropping one with its digest row is
+    refused by the audit as by the store (not skipped as a store of format 4)."""
+    from consortium.ledger.digests import DIGEST_KEY
+    from consortium.ledger.store import StoreDamaged
+
+    path = tmp_path / "ledger.sqlite"
+    chain = member_chain()
+    accepted(chain.add([v2_tx(chain, v2_change(chain, add_op(0)))]))
+    e = chain.app.pending_member[0]  # type: ignore[index]
+    chain.run_to(e + 1)
+    _save(path, chain, 0)
+    config, header = chain.app.configs[1][1], chain.blocks[e - 1][0].header
+    entry = pack([1, config.encode(), header.encode(), chain.checkpoint(e).encode()])
+    store = BlockStore.open(path, chain.genesis, member_changes=True)
+    store.put_config_chain(1, entry)
+    store.close()
+    assert audit_ledger(path, chain.genesis, member_changes=True).ok
+    tables = MEMBERSHIP_TABLES if dropped == "all" else (dropped,)
+    for table in tables:
+        _sql(path, f"DROP TABLE {table}")
+        _sql(path, "DELETE FROM meta WHERE key = ?", (DIGEST_KEY + table,))
+    report = audit_ledger(path, chain.genesis, member_changes=True)
+    assert not report.ok and report.problem is not None
+    assert report.problem.reason.startswith(f"the store is of format {SCHEMA_VERSION} but has no")
+    assert all(t in report.problem.reason for t in tables), report.problem.reason
+    with pytest.raises(StoreDamaged):
+        BlockStore.open(path, chain.genesis)
+
+
+def test_a_store_stamped_4_with_membership_tables_fails_the_audit(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite"
+    chain = member_chain()
+    chain.add([])
+    _save(path, chain, 0)
+    _sql(path, "UPDATE meta SET value = 4 WHERE key = 'schema'")
+    report = audit_ledger(path, chain.genesis, member_changes=True)
+    assert report.problem is not None
+    assert report.problem.reason == "the store is of format 4 but has membership tables (format 5)"
