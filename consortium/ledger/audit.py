@@ -89,7 +89,12 @@ from consortium.ledger.digests import (
     table_digest,
 )
 from consortium.ledger.genesis import Genesis
-from consortium.ledger.membership import Configuration, approval_problem, possession_problem
+from consortium.ledger.membership import (
+    VOTER,
+    Configuration,
+    approval_problem,
+    possession_problem,
+)
 from consortium.ledger.state import Execution, KeyValueState, build_block
 from consortium.ledger.tx import ConfigChange, ConfigChangeV2
 
@@ -628,13 +633,18 @@ class _Audit:
         )
 
     def _raft_problem(self, cert: RaftEntryCertificate, config: Configuration) -> str | None:
-        """The leader of a raft entry is a member of config(h) and signed it with its key
-        there."""
+        """The leader of a raft entry is a voter of config(h) (learners never campaign, so
+        never lead) and signed it with its key there."""
         if config.epoch == 0:
-            return cert.verify(self.genesis, self.verifier)
+            return cert.verify(self.genesis, self.verifier)  # (genesis: voters only)
         member = config.member(cert.leader)
         if member is None:
             return f"leader {cert.leader} is not a member of configuration {config.epoch}"
+        if member.role != VOTER:
+            return (
+                f"leader {member.name} is a learner of configuration {config.epoch}: learners "
+                "never lead"
+            )
         if not self.verifier.verify(
             member.public_key, Domain.RAFT_ENTRY, self.chain_id, cert.body, cert.signature
         ):

@@ -13,11 +13,14 @@ from consortium.crypto.codec import as_list, pack, unpack_canonical
 from consortium.crypto.signing import Domain
 from consortium.ledger import state as state_module
 from consortium.ledger.audit import AuditReport, audit_ledger
+from consortium.ledger.block import batch_digest
 from consortium.ledger.certificates import (
     CheckpointCertificate,
     CommitCertificate,
+    RaftEntryCertificate,
     SignedVote,
     commit_body,
+    raft_entry_body,
 )
 from consortium.ledger.membership import RemoveMember, RotateKey
 from consortium.ledger.store import BlockStore
@@ -500,4 +503,25 @@ def test_a_chain_entry_certified_under_another_epoch_is_refused(tmp_path: Path) 
     assert reason == (
         "configuration chain entry 1: checkpoint vote 0 is not for this checkpoint of "
         "configuration 0"
+    )
+
+
+def test_a_raft_block_led_by_a_learner_is_refused(tmp_path: Path) -> None:
+    """A learner never campaigns, so an entry it signed as leader is no raft history."""
+    chain = member_chain("raft")
+    accepted(chain.add([v2_tx(chain, v2_change(chain, add_op(0)))]))  # s0 (id 4), a learner
+    config = chain.app.config
+    assert config is not None and config.member(4).role == "learner"  # type: ignore[union-attr]
+    block = chain.add([chain.tx(Put(b"a", b"1"))])
+    term, index, proposed_ms = block.header.consensus[1:]
+    digest = batch_digest(int(proposed_ms), [t.id for t in block.txs])
+    body = raft_entry_body(int(term), int(index), digest, 4)
+    sig = signer(SPARES[0].public).sign(Domain.RAFT_ENTRY, chain.genesis.chain_id, body)
+    cert = RaftEntryCertificate(int(term), int(index), digest, 4, sig).encode()
+    chain.blocks[-1] = (block, chain.blocks[-1][1], cert)
+    path = tmp_path / "ledger.sqlite"
+    store_of(path, chain, signatures=False)
+    assert failed(audit_ledger(path, chain.genesis, member_changes=True)) == (
+        2,
+        "leader certificate: leader s0 is a learner of configuration 1: learners never lead",
     )
