@@ -525,3 +525,86 @@ def test_a_raft_block_led_by_a_learner_is_refused(tmp_path: Path) -> None:
         2,
         "leader certificate: leader s0 is a learner of configuration 1: learners never lead",
     )
+
+
+def _entry_store(tmp_path: Path, chain: MemberChain, name: str, certificate: bytes) -> Path:
+    """A store of `chain` whose configuration chain entry 1 carries `certificate`."""
+    first, config = chain.app.configs[1]
+    header = chain.blocks[first - 2][0].header  # the activation height is first - 1
+    path = tmp_path / f"{name}.sqlite"
+    store_of(path, chain)
+    store = BlockStore.open(path, chain.genesis, member_changes=True)
+    store.put_config_chain(1, pack([1, config.encode(), header.encode(), certificate]))
+    store.close()
+    return path
+
+
+def test_a_pbft_chain_entry_needs_a_valid_quorum_certificate(tmp_path: Path) -> None:
+    chain = member_chain()
+    accepted(chain.add([v2_tx(chain, v2_change(chain, add_op(0)))]))
+    e = chain.app.pending_member[0]  # type: ignore[index]
+    chain.run_to(e + 1)
+    good = chain.checkpoint(e)
+    assert audit_ledger(
+        _entry_store(tmp_path, chain, "good", good.encode()), chain.genesis, member_changes=True
+    ).ok
+    chain.signers = (0, 1)  # two of configuration 0's voters: its quorum is 3
+    few = chain.checkpoint(e)
+    chain.signers = None
+    _, reason = failed(
+        audit_ledger(
+            _entry_store(tmp_path, chain, "few", few.encode()), chain.genesis, member_changes=True
+        )
+    )
+    assert reason == "configuration chain entry 1: 2 distinct checkpoint signatures, 3 needed"
+    # n2's vote signed by another key
+    body = good.votes[1].body
+    forged_vote = SignedVote(
+        body, signer(SPARES[7].public).sign(Domain.PBFT, chain.genesis.chain_id, body)
+    )
+    forged = CheckpointCertificate(e, good.block_hash, (good.votes[0], forged_vote, good.votes[2]))
+    _, reason = failed(
+        audit_ledger(
+            _entry_store(tmp_path, chain, "forged", forged.encode()),
+            chain.genesis,
+            member_changes=True,
+        )
+    )
+    assert reason == "configuration chain entry 1: checkpoint vote 1: bad signature by n2"
+
+
+def test_a_raft_chain_entry_needs_a_signature_by_a_member_of_the_previous_configuration(
+    tmp_path: Path,
+) -> None:
+    from consortium.ledger.certificates import block_signature_body
+
+    chain = member_chain("raft")
+    accepted(chain.add([v2_tx(chain, v2_change(chain, add_op(0)))]))
+    chain.add([])
+    c = chain.app.configs[1][0] - 1
+    header = chain.blocks[c - 1][0].header
+
+    def entry_certificate(signer_id: int, key: bytes) -> bytes:
+        body = block_signature_body(c, header.hash, signer_id)
+        return pack([body, signer(key).sign(Domain.BLOCK, chain.genesis.chain_id, body)])
+
+    cases = {
+        "good": (entry_certificate(1, MEMBERS[1].public), None),
+        "forged": (
+            entry_certificate(1, SPARES[7].public),
+            "configuration chain entry 1: block vote 0: bad signature by n2",
+        ),
+        # the member it added (id 4) is not of the configuration before it
+        "newcomer": (
+            entry_certificate(4, SPARES[0].public),
+            "configuration chain entry 1: block vote 0: 4 is not a voter of configuration 0",
+        ),
+    }
+    for name, (certificate, want) in cases.items():
+        report = audit_ledger(
+            _entry_store(tmp_path, chain, name, certificate), chain.genesis, member_changes=True
+        )
+        if want is None:
+            assert report.ok, report.problem
+        else:
+            assert failed(report)[1] == want, name
