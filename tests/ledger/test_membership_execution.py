@@ -9,7 +9,7 @@ from dataclasses import replace
 
 import pytest
 
-from consortium.crypto.codec import WireFormatError, pack
+from consortium.crypto.codec import WireFormatError, digest_of, pack
 from consortium.crypto.keys import KeyPair
 from consortium.crypto.signing import Domain, Ed25519Signer
 from consortium.ledger.admission import ADMIT, REVOKE, ClientChange
@@ -29,7 +29,7 @@ from consortium.ledger.membership import (
     effective_height,
     genesis_configuration,
 )
-from consortium.ledger.state import KeyValueState
+from consortium.ledger.state import Execution, KeyValueState
 from consortium.ledger.tx import ConfigChange, ConfigChangeV2, Put, Transaction
 from tests.ledger.chain_fixture import CLIENT, CREATED_MS, MEMBERS
 from tests.ledger.membership_fixture import (
@@ -155,6 +155,44 @@ def test_the_state_root_carries_the_members_element_only_when_something_happened
     a = chain.app.execute(e, CREATED_MS + e, ())
     b = twin.app.execute(e, CREATED_MS + e, ())
     assert a.config_activated is not None and b.config_activated is None
+
+
+def _root_parts(prev_root: bytes, execution: Execution) -> list[object]:
+    """The state root's elements before the optional ones (ledger-format.md)."""
+    return [
+        "state",
+        prev_root,
+        [[k, execution.writes[k]] for k in sorted(execution.writes)],
+        [tid for tid, _ in execution.consumed],
+    ]
+
+
+@pytest.mark.parametrize("mode", ["pbft", "raft"])
+def test_the_members_element_of_the_state_root_is_exactly_as_documented(mode: str) -> None:
+    """["members", accepted, activated]: pbft accepts at c (accepted only) and activates at
+    E (activated only); raft does both in block c. Each root differs from the one without
+    the element."""
+    chain = member_chain(mode)  # type: ignore[arg-type]
+    prev = chain.head.state_root
+    accepted(chain.add([v2_tx(chain, v2_change(chain, add_op(0)))]))
+    execution = chain.blocks[-1][1]
+    assert execution.member_accepted is not None
+    e, change_id, new = execution.member_accepted
+    parts = _root_parts(prev, execution)
+    activated = new.digest if mode == "raft" else None
+    assert execution.state_root == digest_of(
+        [*parts, ["members", [e, change_id, new.digest], activated]]
+    )
+    assert execution.state_root != digest_of(parts)
+    if mode == "pbft":
+        chain.run_to(e - 1)
+        prev = chain.head.state_root
+        chain.add([])
+        execution = chain.blocks[-1][1]
+        assert execution.config_activated == new
+        parts = _root_parts(prev, execution)
+        assert execution.state_root == digest_of([*parts, ["members", None, new.digest]])
+        assert execution.state_root != digest_of(parts)
 
 
 def test_a_pbft_network_adds_removes_rotates_and_moves_members() -> None:
