@@ -332,6 +332,35 @@ def test_a_v2_client_change_is_pending_until_the_pbft_boundary_and_v1_can_overta
     assert not chain.app.pending
 
 
+def test_a_v1_revoke_after_a_v2_admit_of_the_key_waits_for_it_and_ends_revoked() -> None:
+    """A key's changes apply in the order they were accepted: the v1 revoke's own E (the
+    next boundary) is before the v2 admit's (c+L rounded up), so it takes the admit's, else
+    the admit would apply last and the revoked key end admitted."""
+    chain = member_chain()
+    admit = v2_change(chain, AdmitClient(NEWCLIENT.public, "new"), kind="clients")
+    accepted(chain.add([v2_tx(chain, admit)]))
+    e_admit = E(1)
+    v1 = ClientChange.create(
+        chain.genesis.chain_id,
+        REVOKE,
+        NEWCLIENT.public,
+        "",
+        b"v1",
+        CREATED_MS + HOUR_MS,
+        created_ms=chain.head.timestamp_ms + 1,  # after the admit's block time
+    )
+    from tests.ledger.test_admission import approve
+
+    accepted(chain.add([chain.tx(ConfigChange(v1, approve(v1)))]))
+    assert e_admit > (2 // K + 1) * K  # the revoke's own effective height comes first
+    assert [(p.kind, p.effective_height) for p in chain.app.pending] == [
+        (ADMIT, e_admit),
+        (REVOKE, e_admit),
+    ]
+    chain.run_to(e_admit)
+    assert NEWCLIENT.public not in chain.app.admitted and not chain.app.pending
+
+
 def test_v1_changes_are_refused_as_superseded_from_epoch_1() -> None:
     chain = member_chain()
     chain.add([v2_tx(chain, v2_change(chain, add_op(0)))])
