@@ -127,14 +127,17 @@ def parse_trust(text: str) -> tuple[int, bytes]:
     """`--trust HEIGHT:HASH` as (height, block hash), or the error that says how to write it."""
     height, sep, digest = text.partition(":")
     try:
-        if not sep or not height.isdigit():
+        # (ASCII digits only: "²".isdigit() is true and int() refuses it; int() also refuses
+        # a string of more digits than Python converts)
+        if not sep or not (height.isascii() and height.isdigit()):
             raise ValueError
+        at = int(height)
         block_hash = bytes.fromhex(digest)
         if len(block_hash) != 32:
             raise ValueError
     except ValueError:
         raise fail(
-            f"--trust {text!r}: expected HEIGHT:HASH, a height and a block hash of 64 hex "
+            f"--trust {text[:80]!r}: expected HEIGHT:HASH, a height and a block hash of 64 hex "
             "characters (`consortium member list` prints it as 'trust anchor: E:HASH')"
         ) from None
-    return int(height), block_hash
+    return at, block_hash

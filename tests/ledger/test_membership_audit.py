@@ -384,8 +384,10 @@ def test_ledger_verify_takes_trust(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     result = CliRunner().invoke(app, [*base, "--trust", f"{chain.head.height + 1}:{good}"])
     assert result.exit_code != 0 and "does not reach the trust anchor" in result.output
-    result = CliRunner().invoke(app, [*base, "--trust", "12:nothex"])
-    assert result.exit_code == 2 and "expected HEIGHT:HASH" in result.output
+    for bad in ("12:nothex", f"\u00b2:{good}", f"{'1' * 5000}:{good}", f"-1:{good}"):
+        result = CliRunner().invoke(app, [*base, "--trust", bad])
+        assert result.exit_code == 2 and "expected HEIGHT:HASH" in result.output, bad[:20]
+        assert result.exception is None or isinstance(result.exception, SystemExit), bad[:20]
 
 
 def test_a_header_committing_another_configuration_is_named(tmp_path: Path) -> None:
