@@ -90,6 +90,7 @@ from consortium.ledger.digests import (
 )
 from consortium.ledger.genesis import Genesis
 from consortium.ledger.membership import (
+    CHAIN_ENTRY_BYTES_MAX,
     VOTER,
     Configuration,
     approval_problem,
@@ -163,6 +164,23 @@ def audit_ledger(
     finally:
         db.close()
     return audit.report(None)
+
+
+_TYPE_NAMES = {int: "an integer", bytes: "a blob", str: "text"}
+
+
+def _cells(height: int, table: str, row: tuple[Any, ...], types: tuple[type, ...]) -> Any:
+    """A row of `table` whose cells must be of `types` (as the store writes them): a tampered
+    cell (TEXT for a BLOB, a REAL, NULL) is a named failure, never a TypeError or a silent
+    conversion."""
+    for i, (cell, kind) in enumerate(zip(row, types, strict=True)):
+        if type(cell) is not kind:
+            raise _Failed(
+                height,
+                f"a row of {table} holds {type(cell).__name__} {str(cell)[:16]!r} in column "
+                f"{i + 1}, not {_TYPE_NAMES[kind]}",
+            )
+    return row
 
 
 def _has_fields(body: bytes, n: int) -> bool:
@@ -869,37 +887,39 @@ class _Audit:
                 head.height,
                 f"the store is of format {self.schema} but has no table {', '.join(absent)}",
             )
+        h = head.height
         stored_configs: dict[int, tuple[int, bytes]] = {}
-        for epoch, first, digest, value in db.execute(
-            "SELECT epoch, first_height, digest, value FROM configurations"
-        ):
-            stored_configs[int(epoch)] = (int(first), bytes(value))
-            if bytes(digest) != _digest_of(bytes(value)):
-                raise _Failed(head.height, f"the stored configuration {epoch}'s digest is wrong")
+        for row in db.execute("SELECT epoch, first_height, digest, value FROM configurations"):
+            epoch, first, digest, value = _cells(h, "configurations", row, (int, int, bytes, bytes))
+            stored_configs[epoch] = (first, value)
+            if digest != _digest_of(value):
+                raise _Failed(h, f"the stored configuration {epoch}'s digest is wrong")
         if stored_configs != {e: (f, c.encode()) for e, (f, c) in app.configs.items()}:
-            raise _Failed(
-                head.height, "the stored configurations (configurations) differ from re-execution"
-            )
+            raise _Failed(h, "the stored configurations (configurations) differ from re-execution")
         row = db.execute(
             "SELECT effective_height, change_id, value FROM pending_member_change"
         ).fetchone()
-        stored_pending = None if row is None else (int(row[0]), bytes(row[1]), bytes(row[2]))
+        stored_pending = (
+            None if row is None else _cells(h, "pending_member_change", row, (int, bytes, bytes))
+        )
         want = app.pending_member
         if stored_pending != (None if want is None else (want[0], want[1], want[2].encode())):
             raise _Failed(
-                head.height,
+                h,
                 "the stored pending member change (pending_member_change) differs from "
                 "re-execution",
             )
-        stored_used = {
-            bytes(k): str(kind) for k, kind in db.execute("SELECT key, kind FROM used_keys")
-        }
+        stored_used = dict(
+            _cells(h, "used_keys", row, (bytes, str))
+            for row in db.execute("SELECT key, kind FROM used_keys")
+        )
         if stored_used != app.used_keys:
-            raise _Failed(head.height, "the stored used keys (used_keys) differ from re-execution")
-        for epoch, entry in db.execute("SELECT epoch, entry FROM config_chain ORDER BY epoch"):
-            problem = self._chain_entry_problem(db, int(epoch), bytes(entry), app)
+            raise _Failed(h, "the stored used keys (used_keys) differ from re-execution")
+        for row in db.execute("SELECT epoch, entry FROM config_chain ORDER BY epoch"):
+            epoch, entry = _cells(h, "config_chain", row, (int, bytes))
+            problem = self._chain_entry_problem(db, epoch, entry, app)
             if problem is not None:
-                raise _Failed(head.height, f"configuration chain entry {epoch}: {problem}")
+                raise _Failed(h, f"configuration chain entry {epoch}: {problem}")
 
     def _chain_entry_problem(
         self, db: sqlite3.Connection, epoch: int, entry: bytes, app: KeyValueState
@@ -907,19 +927,27 @@ class _Audit:
         """[epoch, configuration, header, certificate] (docs/design/membership.md 6.1), checked
         against the ledger alone: no chain logic is needed here."""
         try:
-            a = as_list(unpack_canonical(entry), 4, "chain entry")
+            a = as_list(unpack_canonical(entry, max_len=CHAIN_ENTRY_BYTES_MAX), 4, "chain entry")
         except WireFormatError as exc:
             return f"does not decode: {exc}"
-        if a[0] != epoch or epoch not in app.configs or epoch - 1 not in app.configs:
+        if (
+            type(a[0]) is not int
+            or a[0] != epoch
+            or epoch not in app.configs
+            or epoch - 1 not in app.configs
+        ):
             return "names no configuration re-execution activated"
         first, config = app.configs[epoch]
         at = first - 1
         if a[1] != config.encode():
             return "its configuration is not the ledger's"
         row = db.execute("SELECT header FROM blocks WHERE height = ?", (at,)).fetchone()
-        if row is None or a[2] != bytes(row[0]):
+        if row is None or not isinstance(row[0], bytes) or a[2] != row[0]:
             return f"its header is not the ledger's at the activation height {at}"
-        header = BlockHeader.from_array(unpack_canonical(bytes(row[0])))
+        try:
+            header = BlockHeader.from_array(unpack_canonical(row[0]))
+        except WireFormatError as exc:
+            return f"the ledger's header at {at} does not decode: {exc}"
         previous = app.configs[epoch - 1][1]
         if not isinstance(a[3], bytes):
             return "its certificate is not bytes"

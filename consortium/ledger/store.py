@@ -104,7 +104,11 @@ from consortium.ledger.digests import (
     table_digest,
 )
 from consortium.ledger.genesis import Genesis
-from consortium.ledger.membership import Configuration, genesis_configuration
+from consortium.ledger.membership import (
+    CHAIN_ENTRY_BYTES_MAX,
+    Configuration,
+    genesis_configuration,
+)
 from consortium.ledger.state import (
     CLIENT_KEY,
     MEMBER_KEY,
@@ -189,7 +193,9 @@ _MEMBERSHIP_SCHEMA = (
     "CREATE TABLE IF NOT EXISTS used_keys (key BLOB PRIMARY KEY, kind TEXT NOT NULL) WITHOUT ROWID",
     "CREATE TABLE IF NOT EXISTS config_chain (epoch INTEGER PRIMARY KEY, entry BLOB NOT NULL)",
 )
-CONFIG_CHAIN_ENTRY_BYTES_MAX = 1 << 20  # a configuration (<= 512 kB), a header, a certificate
+CONFIG_CHAIN_ENTRY_BYTES_MAX = (
+    CHAIN_ENTRY_BYTES_MAX  # a configuration (<= 512 kB), a header, a certificate
+)
 
 # The first occurrence of an id is recorded; only an executed occurrence may replace one that
 # did not execute, and nothing replaces an executed one. expiry_ms is the transaction's (the id

@@ -610,3 +610,43 @@ def test_a_raft_chain_entry_needs_a_signature_by_a_member_of_the_previous_config
             assert report.ok, report.problem
         else:
             assert failed(report)[1] == want, name
+
+
+@pytest.mark.parametrize(
+    "statement, words",
+    [
+        ("UPDATE configurations SET first_height = 'one' WHERE epoch = 0", "configurations"),
+        ("UPDATE configurations SET value = 'text' WHERE epoch = 1", "configurations"),
+        ("UPDATE configurations SET digest = 7 WHERE epoch = 0", "configurations"),
+        ("UPDATE pending_member_change SET change_id = 'id'", "pending_member_change"),
+        ("UPDATE pending_member_change SET effective_height = 2.5", "pending_member_change"),
+        ("UPDATE used_keys SET key = 'a key' WHERE kind = 'client'", "used_keys"),
+        ("UPDATE config_chain SET entry = 'an entry'", "config_chain"),
+    ],
+)
+def test_a_membership_cell_of_the_wrong_type_is_named(
+    tmp_path: Path, statement: str, words: str
+) -> None:
+    """A tampered file is reported, never a TypeError or a silent conversion (bytes(7) is
+    seven zero bytes)."""
+    chain = member_chain()
+    accepted(chain.add([v2_tx(chain, v2_change(chain, add_op(0)))]))
+    e = chain.app.pending_member[0]  # type: ignore[index]
+    chain.run_to(e + 1)
+    accepted(chain.add([v2_tx(chain, v2_change(chain, add_op(1), nonce=b"2"))]))  # pending
+    path = _entry_store(tmp_path, chain, "ledger", chain.checkpoint(e).encode())
+    assert audit_ledger(path, chain.genesis, member_changes=True).ok
+    _sql(path, statement)
+    height, reason = failed(audit_ledger(path, chain.genesis, member_changes=True))
+    assert height == chain.head.height and reason.startswith(f"a row of {words} holds "), reason
+
+
+def test_an_oversized_chain_entry_is_named(tmp_path: Path) -> None:
+    chain = member_chain()
+    accepted(chain.add([v2_tx(chain, v2_change(chain, add_op(0)))]))
+    chain.run_to(chain.app.pending_member[0] + 1)  # type: ignore[index]
+    path = tmp_path / "ledger.sqlite"
+    store_of(path, chain)
+    _sql(path, "INSERT INTO config_chain VALUES (1, ?)", (pack([1, b"x" * (1 << 20), b"", b""]),))
+    _, reason = failed(audit_ledger(path, chain.genesis, member_changes=True))
+    assert reason.startswith("configuration chain entry 1: does not decode"), reason
