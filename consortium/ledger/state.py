@@ -143,6 +143,14 @@ class _Used:
         yield from (k for k in self._here if k not in self._base)
 
 
+def used_keys_of(client_keys: Iterable[bytes], member_keys: Iterable[bytes]) -> dict[bytes, str]:
+    """used_keys from the keys clients and members ever had (a key both: a member's, as
+    never happens in a ledger: keys are never reused)."""
+    used = dict.fromkeys(client_keys, CLIENT_KEY)
+    used.update(dict.fromkeys(member_keys, MEMBER_KEY))
+    return used
+
+
 def _by_effective_height(p: PendingChange) -> int:
     return p.effective_height
 
@@ -386,11 +394,17 @@ class KeyValueState:
                 self.quorum = self.config.quorum
             if not self.configs:
                 self.configs = {self.config.epoch: (1, self.config)}
-            if not self.used_keys:
-                self.used_keys = dict.fromkeys(self.admitted, CLIENT_KEY)
-                self.used_keys.update(dict.fromkeys(self.member_keys, MEMBER_KEY))
-        elif not self.used_keys:
-            self.used_keys = dict.fromkeys(self.admitted, CLIENT_KEY)
+        if not self.used_keys:
+            # What execution gives: every client key with an accepted change (changed_ms has
+            # each, pending or applied, revoked since or not) besides those admitted now, and
+            # every member key of every configuration (and of a pending one).
+            configs = [c for _, c in self.configs.values()]
+            if self.pending_member is not None:
+                configs.append(self.pending_member[2])
+            self.used_keys = used_keys_of(
+                [*self.admitted, *self.changed_ms, *(p.client_key for p in self.pending)],
+                [*self.member_keys, *(m.public_key for c in configs for m in c.members)],
+            )
         assert self.quorum >= 1 or not self.member_keys, "a quorum of at least one member"
         self._index_configs()
 
@@ -428,8 +442,20 @@ class KeyValueState:
         configs = configs or {0: (1, first)}
         config = configs[max(configs)][1]
         if used_keys is None:
-            used_keys = {c.public_key: CLIENT_KEY for c in genesis.clients}
-            used_keys.update({m.public_key: MEMBER_KEY for m in genesis.members})
+            used_keys = used_keys_of(
+                [
+                    *(c.public_key for c in genesis.clients),
+                    *(admitted or ()),
+                    *(changed_ms or ()),
+                    *(p.client_key for p in pending or ()),
+                ],
+                [m.public_key for _, c in configs.values() for m in c.members]
+                + (
+                    []
+                    if pending_member is None
+                    else [m.public_key for m in pending_member[2].members]
+                ),
+            )
         return cls(
             genesis.chain_id,
             genesis.params,

@@ -659,3 +659,52 @@ def test_params_fix_the_effective_height() -> None:
     p = Params(checkpoint_interval=32, window=64)
     assert [effective_height("pbft", c, p) for c in (45, 64, 65)] == [128, 128, 160]
     assert REVOKE == "revoke"
+
+
+def test_a_state_built_without_used_keys_derives_them_as_execution_does() -> None:
+    """From the clients admitted, every key with an accepted change (a revoked one too, and a
+    pending one) and every member key of every configuration, pending ones included."""
+    from tests.ledger.test_admission import approve
+
+    chain = member_chain()
+    gone = KeyPair.from_seed(hashlib.sha256(b"a client revoked").digest())
+    for kind, nonce in ((ADMIT, b"a"), (REVOKE, b"r")):
+        c = ClientChange.create(
+            chain.genesis.chain_id,
+            kind,
+            gone.public,
+            "g" if kind == ADMIT else "",
+            nonce,
+            CREATED_MS + HOUR_MS,
+            created_ms=chain.head.timestamp_ms + 1,
+        )
+        accepted(chain.add([chain.tx(ConfigChange(c, approve(c)))]))
+        chain.run_to(chain.app.pending[-1].effective_height)
+    assert gone.public not in chain.app.admitted and gone.public in chain.app.changed_ms
+    admit = v2_change(chain, AdmitClient(NEWCLIENT.public, "n"), kind="clients", nonce=b"n")
+    accepted(chain.add([v2_tx(chain, admit)]))  # pending
+    accepted(chain.add([v2_tx(chain, v2_change(chain, add_op(0)))]))  # pending member
+    app = chain.app
+    rebuilt = KeyValueState(
+        app.chain_id,
+        app.params,
+        dict(app.admitted),
+        app.state_root,
+        pending=list(app.pending),
+        changed_ms=dict(app.changed_ms),
+        config=app.config,
+        configs=dict(app.configs),
+        pending_member=app.pending_member,
+    )
+    assert rebuilt.used_keys == app.used_keys
+    assert {gone.public, NEWCLIENT.public, SPARES[0].public} <= set(rebuilt.used_keys)
+    again = KeyValueState.for_genesis(
+        chain.genesis,
+        app.state_root,
+        admitted=dict(app.admitted),
+        pending=list(app.pending),
+        changed_ms=dict(app.changed_ms),
+        configs=dict(app.configs),
+        pending_member=app.pending_member,
+    )
+    assert again.used_keys == app.used_keys
