@@ -31,11 +31,13 @@ this order, it stops at the first failure and names the height and the problem:
 Membership (docs/design/membership.md 6.4). Re-execution carries the configurations, and every
 height is judged by config(h), the configuration that orders it: step 4 requires a v2 change
 with an `ok` receipt to carry its proofs of possession and a quorum of config(h)'s voters;
-steps 5 to 7 check certificates, the raft leader and block signatures against config(h)
-(legacy vote bodies at epoch 0 only); before step 8, a stored header whose config_digest
-differs from re-execution's is named as a change applied at the wrong height; in pbft, every
-activation height has a checkpoint certificate. With a trust anchor (HEIGHT, HASH) the block at
-HEIGHT must hash to HASH, and a ledger ending below it fails.
+steps 5 to 7 check certificates, the raft leader (a voter) and block signatures against
+config(h) (epoch-tagged pbft votes; legacy ones too at epoch 0 only); before step 8, a
+stored header whose config_digest differs from re-execution's is named as a change applied at
+the wrong height; in pbft, every activation height has a checkpoint certificate. With a
+trust anchor (HEIGHT, HASH) the block at HEIGHT must hash to HASH, and a ledger ending below
+it fails. Re-execution refuses member changes unless `member_changes`
+(KeyValueState.member_changes), as this release's node does.
 
 After the last block: a checkpoint certificate above the head means certified blocks were cut
 off; the stored configurations, pending member change and used keys must equal re-execution,
