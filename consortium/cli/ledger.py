@@ -79,6 +79,14 @@ def ledger_verify(
         Path | None, typer.Option("--genesis", help="The genesis file to audit against.")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    trust: Annotated[
+        str | None,
+        typer.Option(
+            "--trust",
+            help="A trust anchor HEIGHT:HASH: the block at HEIGHT must hash to HASH (64 hex "
+            "characters), and the ledger must reach it.",
+        ),
+    ] = None,
 ) -> None:
     """Audit a ledger from the genesis file alone: hash chain, Merkle roots, every certificate,
     every client signature, and re-execution to the same state roots. With --home, the ledger
@@ -100,6 +108,7 @@ def ledger_verify(
         genesis_path = genesis_path or config.genesis_path
     if db is None or genesis_path is None:
         raise fail("give --home DIR, or both --db FILE and --genesis FILE")
+    anchor = None if trust is None else parse_trust(trust)
     if not db.exists():
         raise fail(f"{db}: no ledger file")
     try:
@@ -108,7 +117,27 @@ def ledger_verify(
         genesis = load_genesis(genesis_path)
     except GenesisError as exc:
         raise fail(str(exc)) from None
-    report = audit_ledger(db, genesis)
+    report = audit_ledger(db, genesis, trust=anchor)
     output.print_audit(db, report, as_json=as_json)
     if not report.ok:
         raise typer.Exit(EXIT_FAILED)
+
+
+def parse_trust(text: str) -> tuple[int, bytes]:
+    """`--trust HEIGHT:HASH` as (height, block hash), or the error that says how to write it."""
+    height, sep, digest = text.partition(":")
+    try:
+        # (ASCII digits only: "²".isdigit() is true and int() refuses it; int() also refuses
+        # a string of more digits than Python converts)
+        if not sep or not (height.isascii() and height.isdigit()):
+            raise ValueError
+        at = int(height)
+        block_hash = bytes.fromhex(digest)
+        if len(block_hash) != 32:
+            raise ValueError
+    except ValueError:
+        raise fail(
+            f"--trust {text[:80]!r}: expected HEIGHT:HASH, a height and a block hash of 64 hex "
+            "characters (`consortium member list` prints it as 'trust anchor: E:HASH')"
+        ) from None
+    return at, block_hash

@@ -158,16 +158,28 @@ class Refusal:
 
 
 def check_approvals(
-    change: ClientChange,
+    change: ClientChange | tuple[bytes, bytes],
     approvals: Sequence[Approval],
     member_keys: Sequence[bytes],
     quorum: int,
     verify: SignatureCheck = verify_ed25519,
+    *,
+    domain: Domain = Domain.CLIENT_CHANGE,
+    whose: str = "genesis",
 ) -> Refusal | None:
-    """None if `approvals` are valid signatures of at least `quorum` distinct members.
+    """None if `approvals` are valid signatures (under `domain`) of at least `quorum`
+    distinct keys of `member_keys`.
+
+    v1, as always: a ClientChange, the genesis members' keys and genesis.quorum, under
+    Domain.CLIENT_CHANGE. Generalised (docs/design/membership.md 1.3) for a v2 change:
+    `change` is (chain_id, change body), `member_keys` the voters of the configuration in
+    force (learners never approve) and `quorum` its quorum, under Domain.CONFIG, and `whose`
+    names it ("configuration 3") in the refusals. membership.approval_problem judges the same
+    from a Configuration (this module cannot import that one's: it imports this).
 
     Strict on purpose: one duplicate, one non-member or one bad signature refuses the whole
     change, so every approval in an accepted change in the ledger is a member's real one."""
+    chain_id, body = (change.chain_id, change.body) if isinstance(change, ClientChange) else change
     members = set(member_keys)
     seen: set[bytes] = set()
     for key, sig in approvals:
@@ -175,17 +187,16 @@ def check_approvals(
             return Refusal("config_duplicate_signer", f"member {key.hex()[:16]}… signed twice")
         seen.add(key)
         if key not in members:
-            return Refusal(
-                "config_non_member_signer", f"signer {key.hex()[:16]}… is not a genesis member"
-            )
-        if not verify(key, Domain.CLIENT_CHANGE, change.chain_id, change.body, sig):
+            what = "a genesis member" if whose == "genesis" else f"a voter of {whose}"
+            return Refusal("config_non_member_signer", f"signer {key.hex()[:16]}… is not {what}")
+        if not verify(key, domain, chain_id, body, sig):
             return Refusal(
                 "config_bad_signature",
                 f"member {key.hex()[:16]}…'s signature does not verify for this change and chain",
             )
     if len(seen) < quorum:
         signatures = "1 member signature" if len(seen) == 1 else f"{len(seen)} member signatures"
-        return Refusal("config_no_quorum", f"{signatures}, {quorum} needed (genesis quorum)")
+        return Refusal("config_no_quorum", f"{signatures}, {quorum} needed ({whose} quorum)")
     return None
 
 

@@ -28,15 +28,27 @@ this order, it stops at the first failure and names the height and the problem:
        an occurrence that executed at (height, index), executed; one that did not, at an
        earlier occurrence of the same id or at a later one that executed.
 
+Membership (docs/design/membership.md 6.4). Re-execution carries the configurations, and every
+height is judged by config(h), the configuration that orders it: step 4 requires a v2 change
+with an `ok` receipt to carry its proofs of possession and a quorum of config(h)'s voters;
+steps 5 to 7 check certificates, the raft leader (a voter) and block signatures against
+config(h) (epoch-tagged pbft votes; legacy ones too at epoch 0 only); before step 8, a
+stored header whose config_digest differs from re-execution's is named as a change applied at
+the wrong height; in pbft, every activation height has a checkpoint certificate. With a
+trust anchor (HEIGHT, HASH) the block at HEIGHT must hash to HASH, and a ledger ending below
+it fails. Re-execution refuses member changes unless `member_changes`
+(KeyValueState.member_changes), as this release's node does.
+
 After the last block: a checkpoint certificate above the head means certified blocks were cut
-off; the stored key-value table and replay set (what the node serves and loads) must equal the
-re-executed state, and so must the admitted clients and the pending client changes; the
-transaction index holds no row for an id no block holds; every consensus record (records)
-decodes; and every table the node keeps a digest of (digests.DIGESTED) matches it, so a deleted
-block signature, checkpoint certificate or consensus record, which nothing above can miss, is
-named too. `verifier`
-checks member signatures (commit and checkpoint certificates,
-block signatures); Ed25519 by default.
+off; the stored configurations, pending member change and used keys must equal re-execution,
+and each stored configuration chain entry must be the ledger's configuration and header at its
+activation, certified by the configuration before; the stored key-value table and replay set
+(what the node serves and loads) must equal the re-executed state, and so must the admitted
+clients and the pending client changes; the transaction index holds no row for an id no block
+holds; every consensus record (records) decodes; and every table the node keeps a digest of
+(digests.DIGESTED) matches it, so a deleted block signature, checkpoint certificate or
+consensus record, which nothing above can miss, is named too. `verifier` checks member
+signatures (commit and checkpoint certificates, block signatures); Ed25519 by default.
 """
 
 from __future__ import annotations
@@ -46,8 +58,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from consortium.crypto.codec import WireFormatError, unpack, unpack_canonical
-from consortium.crypto.signing import Ed25519Verifier, Verifier
+from consortium.crypto.codec import WireFormatError, as_list, unpack, unpack_canonical
+from consortium.crypto.signing import Domain, Ed25519Verifier, Verifier
 from consortium.ledger.admission import PendingChange, check_approvals, check_client_key
 from consortium.ledger.block import (
     ZERO_HASH,
@@ -59,7 +71,9 @@ from consortium.ledger.block import (
     genesis_block,
 )
 from consortium.ledger.certificates import (
+    VOTE_BODY_BYTES_MAX,
     CheckpointCertificate,
+    CommitCertificate,
     RaftEntryCertificate,
     SignedVote,
     decode_certificate,
@@ -68,14 +82,26 @@ from consortium.ledger.certificates import (
 from consortium.ledger.digests import (
     DIGESTED,
     FORMAT_WITHOUT_DIGESTS,
+    FORMAT_WITHOUT_MEMBERSHIP,
+    MEMBERSHIP_TABLES,
     STORE_FORMAT,
+    digested_tables,
     has_column,
     stored_digests,
     table_digest,
 )
 from consortium.ledger.genesis import Genesis
+from consortium.ledger.membership import (
+    CHAIN_ENTRY_BYTES_MAX,
+    VOTER,
+    Configuration,
+    approval_problem,
+    possession_problem,
+)
 from consortium.ledger.state import Execution, KeyValueState, build_block
-from consortium.ledger.tx import ConfigChange
+from consortium.ledger.tx import ConfigChange, ConfigChangeV2
+
+TrustAnchor = tuple[int, bytes]  # (height, block hash): `--trust HEIGHT:HASH`
 
 _HEADER_FIELDS = (
     "chain_id",
@@ -112,10 +138,19 @@ class _Failed(Exception):
         self.reason = reason
 
 
-def audit_ledger(db_path: Path, genesis: Genesis, verifier: Verifier | None = None) -> AuditReport:
+def audit_ledger(
+    db_path: Path,
+    genesis: Genesis,
+    verifier: Verifier | None = None,
+    *,
+    trust: TrustAnchor | None = None,
+    member_changes: bool = False,
+) -> AuditReport:
     """Audit the ledger file at `db_path` against `genesis`; reports, never raises, on a bad
-    ledger."""
-    audit = _Audit(genesis, verifier or Ed25519Verifier())
+    ledger. `trust`: the block at that height must have that hash, and the ledger must reach
+    it. `member_changes`: re-execute as a node with KeyValueState.member_changes does (False
+    in this release, as the node: a ledger that accepted a member change then fails)."""
+    audit = _Audit(genesis, verifier or Ed25519Verifier(), trust, member_changes)
     try:
         db = sqlite3.connect(f"{Path(db_path).resolve().as_uri()}?mode=ro", uri=True)
     except sqlite3.Error as exc:
@@ -133,12 +168,62 @@ def audit_ledger(db_path: Path, genesis: Genesis, verifier: Verifier | None = No
     return audit.report(None)
 
 
+_TYPE_NAMES = {int: "an integer", bytes: "a blob", str: "text"}
+
+
+def _cells(height: int, table: str, row: tuple[Any, ...], types: tuple[type, ...]) -> Any:
+    """A row of `table` whose cells must be of `types` (as the store writes them): a tampered
+    cell (TEXT for a BLOB, a REAL, NULL) is a named failure, never a TypeError or a silent
+    conversion."""
+    for i, (cell, kind) in enumerate(zip(row, types, strict=True)):
+        if type(cell) is not kind:
+            raise _Failed(
+                height,
+                f"a row of {table} holds {type(cell).__name__} {str(cell)[:16]!r} in column "
+                f"{i + 1}, not {_TYPE_NAMES[kind]}",
+            )
+    return row
+
+
+def _has_fields(body: bytes, n: int) -> bool:
+    """Whether a vote body decodes to a list of `n` fields."""
+    try:
+        a = unpack_canonical(body, max_len=VOTE_BODY_BYTES_MAX)
+    except WireFormatError:
+        return False
+    return isinstance(a, list) and len(a) == n
+
+
+def _same(got: list[Any], want: list[Any]) -> bool:
+    """Field by field equal and of the same type (True is no epoch 1, nor 1.0 a seq)."""
+    return len(got) == len(want) and all(
+        type(g) is type(w) and g == w for g, w in zip(got, want, strict=True)
+    )
+
+
+def _digest_of(encoded: bytes) -> bytes:
+    from consortium.crypto.hashing import sha256
+
+    return sha256(encoded)
+
+
 def _short(data: bytes) -> str:
     return data.hex()[:12] + "…"
 
 
 class _Audit:
-    def __init__(self, genesis: Genesis, verifier: Verifier) -> None:
+    def __init__(
+        self,
+        genesis: Genesis,
+        verifier: Verifier,
+        trust: TrustAnchor | None,
+        member_changes: bool = False,
+    ) -> None:
+        self.trust = trust
+        self.member_changes = member_changes
+        self.app: KeyValueState | None = None
+        self._accepted_at: dict[bytes, int] = {}  # member change id -> height that accepted it
+        self._activated_at: tuple[int, int] | None = None  # (E, epoch) of the last activation
         self._raft_point = (0, 0)  # (term, index) of the last raft block checked
         self.genesis = genesis
         self.verifier = verifier
@@ -150,6 +235,7 @@ class _Audit:
         self.certificates = 0
         self.indexed = 0  # tx_index rows met at the position they point at
         self.index_expiry = False  # the store's tx_index has expiry_ms (format 4)
+        self.schema: object = None  # the format stamped in meta (None: no stamp)
 
     def report(self, problem: AuditProblem | None) -> AuditReport:
         return AuditReport(
@@ -169,6 +255,7 @@ class _Audit:
             if "meta" in tables
             else None
         )
+        self.schema = None if schema is None else schema[0]
         if schema is not None and isinstance(schema[0], int) and schema[0] > STORE_FORMAT:
             raise _Failed(
                 0,
@@ -179,7 +266,10 @@ class _Audit:
         self.index_expiry = "tx_index" in tables and has_column(db, "tx_index", "expiry_ms")
         g = self.genesis
         genesis = genesis_block(g)
-        app = KeyValueState.for_genesis(g, genesis.header.state_root)
+        app = KeyValueState.for_genesis(
+            g, genesis.header.state_root, member_changes=self.member_changes
+        )
+        self.app = app
         prev: BlockHeader | None = None
         rows = db.execute(
             "SELECT height, hash, header, body, receipts, certificate FROM blocks ORDER BY height"
@@ -214,14 +304,23 @@ class _Audit:
             if prev is not None:
                 execution = self._re_execute(block, prev, app)
                 self._tx_index(db, block, execution)
+                self._activation(db, header, execution)
+            self._anchor(header)
             prev = header
             self.height = height
             self.head_hash = header.hash
             self.blocks += 1
         if prev is None:
             raise _Failed(0, "the ledger holds no blocks, not even genesis")
+        if self.trust is not None and prev.height < self.trust[0]:
+            raise _Failed(
+                prev.height,
+                f"the ledger ends at height {prev.height} and does not reach the trust anchor "
+                f"at height {self.trust[0]}",
+            )
         self._checkpoints_above(db, prev.height)
         self._served_state(db, prev, app)
+        self._membership_state(db, prev, app)
         self._tx_index_extra(db, prev.height)
         self._records(db, prev.height)
         self._digests(db, prev.height)
@@ -259,6 +358,11 @@ class _Audit:
             raise _Failed(header.height, problem)
         return block
 
+    def _config(self, height: int) -> Configuration:
+        """config(h), from re-execution so far (blocks below h)."""
+        assert self.app is not None
+        return self.app.config_at(height)
+
     def _transactions(self, block: Block) -> None:
         for i, tx in enumerate(block.txs):
             if tx.chain_id != self.chain_id:
@@ -270,6 +374,24 @@ class _Audit:
                     block.height, f"transaction {i} ({_short(tx.id)}) has a bad client signature"
                 )
             op = tx.ops[0]
+            if isinstance(op, ConfigChangeV2) and block.receipts[i].status == "ok":
+                config = self._config(block.height)
+                change = op.change
+                problem = possession_problem(change, op.possessions)
+                if problem is not None:
+                    raise _Failed(
+                        block.height,
+                        f"change {_short(change.id)} (transaction {i}) accepted at "
+                        f"{block.height} without valid proofs of possession: {problem.detail}",
+                    )
+                problem = approval_problem(config, change.encode(), op.approvals)
+                if problem is not None:
+                    raise _Failed(
+                        block.height,
+                        f"change {_short(change.id)} (transaction {i}) accepted at "
+                        f"{block.height} without a quorum of configuration {config.epoch}: "
+                        f"{problem.detail}",
+                    )
             if isinstance(op, ConfigChange) and block.receipts[i].status == "ok":
                 g = self.genesis
                 members = [m.public_key for m in g.members]
@@ -318,7 +440,7 @@ class _Audit:
                 f"commit certificate is for another batch digest ({_short(cert.digest)}; these "
                 f"transactions and proposed timestamp give {_short(digest)})",
             )
-        problem = cert.verify(self.genesis, self.verifier)
+        problem = self._certificate_problem(cert, self._config(height))
         if problem:
             raise _Failed(height, f"commit certificate: {problem}")
         self.certificates += 1
@@ -348,7 +470,7 @@ class _Audit:
                 f"leader certificate is for another batch digest ({_short(cert.digest)}; these "
                 f"transactions and proposed timestamp give {_short(digest)})",
             )
-        problem = cert.verify(self.genesis, self.verifier)
+        problem = self._raft_problem(cert, self._config(height))
         if problem:
             raise _Failed(height, f"leader certificate: {problem}")
         if term < self._raft_point[0] or index <= self._raft_point[1]:
@@ -369,9 +491,21 @@ class _Audit:
                 (header.height,),
             )
         )
-        problem = verify_block_signatures(
-            votes, header.height, header.hash, self.genesis, self.verifier, 0
-        )
+        config = self._config(header.height)
+        if config.epoch == 0:
+            problem = verify_block_signatures(
+                votes, header.height, header.hash, self.genesis, self.verifier, 0
+            )
+        else:
+            problem = self._votes_problem(
+                votes,
+                config,
+                Domain.BLOCK,
+                "block",
+                [header.height, header.hash],
+                0,
+                voters_only=False,
+            )
         if problem:
             raise _Failed(header.height, f"block signature: {problem}")
 
@@ -396,7 +530,7 @@ class _Audit:
             raise _Failed(seq, f"checkpoint certificate does not decode: {exc}") from None
         if cert.seq != seq:
             raise _Failed(seq, f"checkpoint certificate is for seq {cert.seq}, stored at {seq}")
-        problem = cert.verify(self.genesis, self.verifier)
+        problem = self._certificate_problem(cert, self._config(seq))
         if problem:
             raise _Failed(seq, f"checkpoint certificate: {problem}")
         self.certificates += 1
@@ -404,7 +538,10 @@ class _Audit:
 
     def _re_execute(self, block: Block, prev: BlockHeader, app: KeyValueState) -> Execution:
         stored = block.header
+        pending = app.pending_member
         rebuilt, execution = build_block(prev, stored.consensus, stored.proposed_ms, block.txs, app)
+        if rebuilt.header.config_digest != stored.config_digest:
+            raise _Failed(stored.height, self._wrong_height(stored, rebuilt.header, pending))
         if rebuilt.header != stored:
             for name in _HEADER_FIELDS:
                 want, got = getattr(rebuilt.header, name), getattr(stored, name)
@@ -418,7 +555,172 @@ class _Audit:
         if rebuilt.receipts != block.receipts:
             raise _Failed(stored.height, "stored receipts differ from re-execution")
         app.apply(execution)
+        if execution.member_accepted is not None:
+            self._accepted_at[execution.member_accepted[1]] = stored.height
         return execution
+
+    def _wrong_height(
+        self, stored: BlockHeader, rebuilt: BlockHeader, pending: tuple[int, bytes, Any] | None
+    ) -> str:
+        """Why header h's configuration differs from re-execution's, in the design's words."""
+        assert self.app is not None
+        h = stored.height
+        committed = (
+            "no configuration change"
+            if stored.config_digest is None
+            else f"configuration {_short(stored.config_digest)}"
+        )
+        c: int | str
+        if pending is not None:  # a pbft change waiting for its E
+            c = self._accepted_at.get(pending[1], "?")
+            effective = pending[0]
+        else:  # the change activated last, as re-execution has it
+            epoch = self.app.config_at(h + 1).epoch
+            effective = self.app.configs.get(epoch, (h + 1, None))[0] - 1
+            c = max((at for at in self._accepted_at.values() if at <= effective), default="?")
+        if stored.config_digest is not None and rebuilt.config_digest is not None:
+            return (
+                f"header {h} commits {committed}, re-execution gives configuration "
+                f"{_short(rebuilt.config_digest)}: not the configuration the accepted changes "
+                "make"
+            )
+        if rebuilt.config_digest is None and pending is None and not self._accepted_at:
+            return (
+                f"header {h} commits {committed}, but no configuration change was accepted: "
+                "re-execution gives none"
+            )
+        return (
+            f"configuration change accepted at {c} applied at the wrong height: header {h} "
+            f"commits {committed}, the rules put it at {effective}"
+        )
+
+    def _activation(
+        self, db: sqlite3.Connection, header: BlockHeader, execution: Execution
+    ) -> None:
+        """pbft: a block above an activation height E needs the checkpoint certificate of E
+        stored (the next configuration starts from it, and only then orders E+1). Block E
+        alone may wait for it: a member writes the certificate after the block."""
+        if header.consensus[0] != "pbft":
+            return
+        if self._activated_at is not None:
+            e, epoch = self._activated_at
+            self._activated_at = None
+            row = db.execute("SELECT 1 FROM checkpoints WHERE seq = ?", (e,)).fetchone()
+            if row is None:
+                raise _Failed(
+                    header.height,
+                    f"configuration {epoch} was activated at {e} and orders this block, but no "
+                    f"checkpoint certificate of {e} is stored",
+                )
+        if execution.config_activated is not None:
+            self._activated_at = (header.height, execution.config_activated.epoch)
+
+    def _anchor(self, header: BlockHeader) -> None:
+        if (
+            self.trust is not None
+            and header.height == self.trust[0]
+            and header.hash != self.trust[1]
+        ):
+            raise _Failed(
+                header.height,
+                f"block {header.height} hashes to {_short(header.hash)}, the trust anchor "
+                f"says {_short(self.trust[1])}",
+            )
+
+    # --- certificates by configuration ------------------------------------------------------
+
+    def _certificate_problem(
+        self, cert: CommitCertificate | CheckpointCertificate, config: Configuration
+    ) -> str | None:
+        """A commit or checkpoint certificate judged by `config`, the configuration that
+        orders its seq. THE one place the audit judges pbft certificates (when
+        ledger/certificates.py verifies against a Configuration, all of this becomes
+        `cert.verify(config, self.verifier, stored=True)`). Votes are epoch-tagged,
+        ["commit", epoch, view, seq, digest, sender] and ["checkpoint", epoch, seq, block_hash,
+        sender], naming `config`'s epoch and signed by Q distinct voters of it. At epoch 0 a
+        stored certificate may also hold today's (legacy) bodies without the epoch: one with
+        only those is checked by their own verify against the genesis, as before; one with any
+        tagged vote by `_votes_problem`, each vote either legacy or tagged with epoch 0."""
+        if isinstance(cert, CommitCertificate):
+            kind, expect = "commit", [cert.view, cert.seq, cert.digest]
+        else:
+            kind, expect = "checkpoint", [cert.seq, cert.block_hash]
+        legacy = config.epoch == 0
+        if legacy and not any(_has_fields(v.body, len(expect) + 3) for v in cert.votes):
+            return cert.verify(self.genesis, self.verifier)
+        return self._votes_problem(
+            cert.votes, config, Domain.PBFT, kind, [config.epoch, *expect], None, legacy=legacy
+        )
+
+    def _raft_problem(self, cert: RaftEntryCertificate, config: Configuration) -> str | None:
+        """The leader of a raft entry is a voter of config(h) (learners never campaign, so
+        never lead) and signed it with its key there."""
+        if config.epoch == 0:
+            return cert.verify(self.genesis, self.verifier)  # (genesis: voters only)
+        member = config.member(cert.leader)
+        if member is None:
+            return f"leader {cert.leader} is not a member of configuration {config.epoch}"
+        if member.role != VOTER:
+            return (
+                f"leader {member.name} is a learner of configuration {config.epoch}: learners "
+                "never lead"
+            )
+        if not self.verifier.verify(
+            member.public_key, Domain.RAFT_ENTRY, self.chain_id, cert.body, cert.signature
+        ):
+            return f"bad entry signature by {member.name}"
+        return None
+
+    def _votes_problem(
+        self,
+        votes: tuple[SignedVote, ...],
+        config: Configuration,
+        domain: Domain,
+        kind: str,
+        expect: list[Any],
+        needed: int | None,
+        *,
+        voters_only: bool = True,
+        legacy: bool = False,
+    ) -> str | None:
+        """Each vote decodes to [kind, *expect, sender], senders distinct ids of `config`
+        (its voters, or any member for block signatures), each signature valid under the
+        sender's key there; at least `needed` (None: the quorum) of them. `legacy` (pbft
+        votes at epoch 0; expect[0] is then the epoch): a vote without the epoch field,
+        [kind, *expect[1:], sender], counts too."""
+        signers: set[int] = set()
+        for i, vote in enumerate(votes):
+            try:
+                a = as_list(unpack_canonical(vote.body, max_len=VOTE_BODY_BYTES_MAX), what=kind)
+            except WireFormatError as exc:
+                return f"{kind} vote {i}: {exc}"
+            if legacy and len(a) == len(expect) + 1:
+                named = [expect[0], *a[1:-1]]  # a body of before the epoch: epoch 0's
+            elif len(a) == len(expect) + 2:
+                named = a[1:-1]
+            else:
+                return f"{kind} vote {i}: {kind}: expected {len(expect) + 2} fields, got {len(a)}"
+            if a[0] != kind or not _same(named, expect):
+                return f"{kind} vote {i} is not for this {kind} of configuration {config.epoch}"
+            sender = a[-1]
+            member = (
+                config.member(sender)
+                if isinstance(sender, int) and not isinstance(sender, bool)
+                else None
+            )
+            if member is None or (voters_only and member.role != "voter"):
+                return f"{kind} vote {i}: {sender!r} is not a voter of configuration {config.epoch}"
+            if sender in signers:
+                return f"{kind} vote {i}: member {member.name} counted twice"
+            if not self.verifier.verify(
+                member.public_key, domain, self.chain_id, vote.body, vote.signature
+            ):
+                return f"{kind} vote {i}: bad signature by {member.name}"
+            signers.add(sender)
+        want = config.quorum if needed is None else needed
+        if len(signers) < want:
+            return f"{len(signers)} distinct {kind} signatures, {want} needed"
+        return None
 
     def _tx_index(self, db: sqlite3.Connection, block: Block, execution: Execution) -> None:
         """Each transaction of the block where the node's transaction index records it (the
@@ -541,10 +843,18 @@ class _Audit:
         """Each table against its digest in meta. A store of format 2 (before digests) has
         none; one of a later format must have every one (deleting them is no way around it)."""
         stored = stored_digests(db)
-        schema = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
-        if not stored and schema is not None and schema[0] == FORMAT_WITHOUT_DIGESTS:
+        if not stored and self.schema == FORMAT_WITHOUT_DIGESTS:
             return
         tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        # The format stamped decides whether the membership tables must be there (as
+        # BlockStore.open does): a dropped table with its digest row is no way around it. (A
+        # store from before client changes lacks its client tables; the store makes them.)
+        absent = [
+            t for t in digested_tables(self.schema) if t in MEMBERSHIP_TABLES and t not in tables
+        ]
+        if absent:
+            named = ", ".join(f"{DIGESTED[t][1]} ({t})" for t in absent)
+            raise _Failed(head, f"the store is of format {self.schema!r} but has no table {named}")
         wrong = [
             t
             for t in DIGESTED
@@ -558,6 +868,104 @@ class _Audit:
                 f"{'its digest' if len(wrong) == 1 else 'their digests'}: a row edited, added "
                 "or deleted since the member wrote it",
             )
+
+    def _membership_state(
+        self, db: sqlite3.Connection, head: BlockHeader, app: KeyValueState
+    ) -> None:
+        """The membership tables (format 5) equal re-execution, and each configuration chain
+        entry is the ledger's configuration and header at its activation, certified by the
+        configuration before it. A store of an earlier format has none of them."""
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        absent = [t for t in MEMBERSHIP_TABLES if t not in tables]
+        if isinstance(self.schema, int) and self.schema <= FORMAT_WITHOUT_MEMBERSHIP:
+            if len(absent) < len(MEMBERSHIP_TABLES):  # (an upgrade cut short rolls back whole)
+                raise _Failed(
+                    head.height,
+                    f"the store is of format {self.schema} but has membership tables (format 5)",
+                )
+            return
+        if absent:
+            raise _Failed(
+                head.height,
+                f"the store is of format {self.schema} but has no table {', '.join(absent)}",
+            )
+        h = head.height
+        stored_configs: dict[int, tuple[int, bytes]] = {}
+        for row in db.execute("SELECT epoch, first_height, digest, value FROM configurations"):
+            epoch, first, digest, value = _cells(h, "configurations", row, (int, int, bytes, bytes))
+            stored_configs[epoch] = (first, value)
+            if digest != _digest_of(value):
+                raise _Failed(h, f"the stored configuration {epoch}'s digest is wrong")
+        if stored_configs != {e: (f, c.encode()) for e, (f, c) in app.configs.items()}:
+            raise _Failed(h, "the stored configurations (configurations) differ from re-execution")
+        row = db.execute(
+            "SELECT effective_height, change_id, value FROM pending_member_change"
+        ).fetchone()
+        stored_pending = (
+            None if row is None else _cells(h, "pending_member_change", row, (int, bytes, bytes))
+        )
+        want = app.pending_member
+        if stored_pending != (None if want is None else (want[0], want[1], want[2].encode())):
+            raise _Failed(
+                h,
+                "the stored pending member change (pending_member_change) differs from "
+                "re-execution",
+            )
+        stored_used = dict(
+            _cells(h, "used_keys", row, (bytes, str))
+            for row in db.execute("SELECT key, kind FROM used_keys")
+        )
+        if stored_used != app.used_keys:
+            raise _Failed(h, "the stored used keys (used_keys) differ from re-execution")
+        for row in db.execute("SELECT epoch, entry FROM config_chain ORDER BY epoch"):
+            epoch, entry = _cells(h, "config_chain", row, (int, bytes))
+            problem = self._chain_entry_problem(db, epoch, entry, app)
+            if problem is not None:
+                raise _Failed(h, f"configuration chain entry {epoch}: {problem}")
+
+    def _chain_entry_problem(
+        self, db: sqlite3.Connection, epoch: int, entry: bytes, app: KeyValueState
+    ) -> str | None:
+        """[epoch, configuration, header, certificate] (docs/design/membership.md 6.1), checked
+        against the ledger alone: no chain logic is needed here."""
+        try:
+            a = as_list(unpack_canonical(entry, max_len=CHAIN_ENTRY_BYTES_MAX), 4, "chain entry")
+        except WireFormatError as exc:
+            return f"does not decode: {exc}"
+        if (
+            type(a[0]) is not int
+            or a[0] != epoch
+            or epoch not in app.configs
+            or epoch - 1 not in app.configs
+        ):
+            return "names no configuration re-execution activated"
+        first, config = app.configs[epoch]
+        at = first - 1
+        if a[1] != config.encode():
+            return "its configuration is not the ledger's"
+        row = db.execute("SELECT header FROM blocks WHERE height = ?", (at,)).fetchone()
+        if row is None or not isinstance(row[0], bytes) or a[2] != row[0]:
+            return f"its header is not the ledger's at the activation height {at}"
+        try:
+            header = BlockHeader.from_array(unpack_canonical(row[0]))
+        except WireFormatError as exc:
+            return f"the ledger's header at {at} does not decode: {exc}"
+        previous = app.configs[epoch - 1][1]
+        if not isinstance(a[3], bytes):
+            return "its certificate is not bytes"
+        try:
+            if previous.mode == "pbft":
+                cert = CheckpointCertificate.from_array(unpack_canonical(a[3]))
+                if (cert.seq, cert.block_hash) != (at, header.hash):
+                    return f"its certificate is not for block {at}"
+                return self._certificate_problem(cert, previous)
+            pair = as_list(unpack_canonical(a[3]), 2, "raft chain certificate")
+            vote = SignedVote.from_array(pair)
+        except WireFormatError as exc:
+            return f"its certificate does not decode: {exc}"
+        return self._votes_problem(
+            (vote,), previous, Domain.BLOCK, "block", [at, header.hash], 1, voters_only=False
+        )
 
     def _served_state(self, db: sqlite3.Connection, head: BlockHeader, app: KeyValueState) -> None:
         """The tables the node serves reads from and reloads at start must be what re-execution
@@ -587,6 +995,10 @@ class _Audit:
                 raise _Failed(
                     head.height, f"a stored pending client change (pending_client_changes): {exc}"
                 ) from None
+            # The table keeps acceptance order; the state orders by (effective height,
+            # acceptance): a v1 change accepted after a v2 one may take effect first (as the
+            # store loads them).
+            stored_pending.sort(key=lambda p: p.effective_height)
         else:  # a store from before client changes: it can hold only the genesis clients
             stored_clients = {c.public_key: c.name for c in self.genesis.clients}
             stored_pending = []

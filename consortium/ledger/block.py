@@ -7,6 +7,11 @@ the RFC 6962 Merkle root of the transaction ids, the state root after execution,
 of the receipts, and consensus metadata (pbft: mode, sequence number, proposed timestamp; raft:
 mode, term, index, proposed timestamp). The view a batch committed in differs between replicas and
 never enters the hash. Block hash = SHA-256 of the canonical header. Block 0 is genesis.
+
+A 9th field, config_digest, is present exactly when the configuration in force after the block
+(ledger/membership.py) has epoch >= 1, and is then its digest (docs/design/membership.md 2.1).
+Epoch-0 headers commit to the genesis configuration through the chain id, so a network that
+never changes members keeps 8-field headers, byte for byte.
 """
 
 from __future__ import annotations
@@ -48,9 +53,11 @@ class BlockHeader:
     consensus: tuple[
         str | int, ...
     ]  # ("pbft", seq, proposed_ms) | ("raft", term, index, proposed_ms)
+    # The digest of the configuration in force after this block when its epoch is >= 1
+    config_digest: bytes | None = None
 
     def to_array(self) -> list[Any]:
-        return [
+        a: list[Any] = [
             self.chain_id,
             self.height,
             self.prev_hash,
@@ -60,6 +67,9 @@ class BlockHeader:
             self.receipts_root,
             list(self.consensus),
         ]
+        if self.config_digest is not None:
+            a.append(self.config_digest)
+        return a
 
     def encode(self) -> bytes:
         return pack(self.to_array())
@@ -76,7 +86,9 @@ class BlockHeader:
 
     @classmethod
     def from_array(cls, v: Any) -> BlockHeader:
-        a = as_list(v, 8, "block header")
+        a = as_list(v, what="block header")
+        if len(a) not in (8, 9):
+            raise WireFormatError(f"block header: expected 8 or 9 fields, got {len(a)}")
         cons = as_list(a[7], what="consensus")
         if not cons or not all(isinstance(x, str | int) and not isinstance(x, bool) for x in cons):
             raise WireFormatError("consensus: expected a mode and integers")
@@ -90,6 +102,7 @@ class BlockHeader:
             state_root=as_bytes(a[5], "state_root", size=32),
             receipts_root=as_bytes(a[6], "receipts_root", size=32),
             consensus=tuple(cons),
+            config_digest=as_bytes(a[8], "config_digest", size=32) if len(a) == 9 else None,
         )
 
 

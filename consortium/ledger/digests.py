@@ -13,7 +13,8 @@ from collections.abc import Sequence
 
 FORMAT_WITHOUT_DIGESTS = 2  # the store format before table digests
 FORMAT_SEPARATE_REPLAY = 3  # the format before the replay set's ids moved into tx_index
-STORE_FORMAT = 4  # the store format this release writes (store.SCHEMA_VERSION; the audit's too)
+FORMAT_WITHOUT_MEMBERSHIP = 4  # the format before the membership tables (issue 19)
+STORE_FORMAT = 5  # the store format this release writes (store.SCHEMA_VERSION; the audit's too)
 
 # The digested tables (module rules, "Table digests"): name -> (columns, words for people).
 DIGESTED: dict[str, tuple[tuple[str, ...], str]] = {
@@ -27,7 +28,18 @@ DIGESTED: dict[str, tuple[tuple[str, ...], str]] = {
     "block_signatures": (("height", "body", "signature"), "the block signatures"),
     "checkpoints": (("seq", "certificate"), "the checkpoint certificates"),
     "records": (("key", "value"), "the consensus records"),
+    # format 5 (docs/design/membership.md 2.2): derived state, then evidence
+    "configurations": (("epoch", "first_height", "digest", "value"), "the configurations"),
+    "pending_member_change": (
+        ("id", "effective_height", "change_id", "value"),
+        "the pending member change",
+    ),
+    "used_keys": (("key", "kind"), "the keys ever used"),
+    "config_chain": (("epoch", "entry"), "the configuration chain"),
 }
+# The tables format 5 added: a store of an earlier format has neither them nor their digests
+# until its upgrade (store.py _add_membership_tables).
+MEMBERSHIP_TABLES = ("configurations", "pending_member_change", "used_keys", "config_chain")
 DIGEST_KEY = "digest/"  # meta key prefix: digest/<table> -> 32 bytes, big-endian
 DIGEST_MOD = 1 << 256
 ROW_FUNCTION = "consortium_row_digest"
@@ -62,6 +74,13 @@ def _part(value: object) -> bytes:
 
 
 _TABLE_PART = {t: _part(t) for t in DIGESTED}
+
+
+def digested_tables(schema: object) -> list[str]:
+    """The digested tables a store stamped with format `schema` has."""
+    if isinstance(schema, int) and schema <= FORMAT_WITHOUT_MEMBERSHIP:
+        return [t for t in DIGESTED if t not in MEMBERSHIP_TABLES]
+    return list(DIGESTED)
 
 
 def table_digest(db: sqlite3.Connection, table: str) -> int:

@@ -88,6 +88,7 @@ VOTERS_MIN: dict[Mode, int] = {"pbft": 4, "raft": 1}  # as at genesis
 # Above the largest valid configuration (MEMBERS_MAX members with the longest names and
 # addresses of 4-byte characters: about 290 kB; the tests build it).
 CONFIGURATION_BYTES_MAX = 512 * 1024
+CHAIN_ENTRY_BYTES_MAX = 1 << 20  # a chain entry: a configuration, a header, a certificate
 CHANGE_BODY_BYTES_MAX = 2048
 MEMBER_OPS_MAX = 4
 POSSESSIONS_MAX = MEMBER_OPS_MAX  # one per add or rotate, at most

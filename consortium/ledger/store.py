@@ -33,6 +33,12 @@ Rules and invariants:
   for their effective height (`pending_client_changes`, in the order they were accepted) and
   the block time of each key's last accepted change (`client_changed`) are application state:
   written with the block that changes them, loaded at open.
+- The configurations (`configurations`: every one, with the first height it orders), a pbft
+  member change waiting for its effective height (`pending_member_change`, at most one) and
+  every key that was ever a member's or a client's (`used_keys`) are application state too
+  (format 5, docs/design/membership.md 2.2): written with the block that changes them, loaded
+  at open. `config_chain` holds each activation's chain entry, evidence beside the ledger like
+  `checkpoints`, written by the node (`put_config_chain`) and served from here.
 - The data directory is stamped with the chain id; a store of another network is refused.
 - The record RECOVERY_MARK_KEY (in the records table, beside the core's own records, so it is
   written and deleted in the same transactions) says the member must start in recovery: its
@@ -87,21 +93,38 @@ from consortium.ledger.digests import (
     DIGESTED,
     FORMAT_SEPARATE_REPLAY,
     FORMAT_WITHOUT_DIGESTS,
+    FORMAT_WITHOUT_MEMBERSHIP,
+    MEMBERSHIP_TABLES,
     ROW_FUNCTION,
     STORE_FORMAT,
+    digested_tables,
     has_column,
     row_digest,
     stored_digests,
     table_digest,
 )
 from consortium.ledger.genesis import Genesis
-from consortium.ledger.state import CachedTable, Execution, KeyValueState
+from consortium.ledger.membership import (
+    CHAIN_ENTRY_BYTES_MAX,
+    Configuration,
+    genesis_configuration,
+)
+from consortium.ledger.state import (
+    CLIENT_KEY,
+    MEMBER_KEY,
+    CachedTable,
+    Execution,
+    KeyValueState,
+    PendingMember,
+)
 
 log = logging.getLogger(__name__)
 
 # 3: table digests (format 2 had none; upgraded at open after an audit). 4: executed ids judged
 # for replays by the transaction index's expiry_ms, the replay table keeping only the ids that
 # are no transaction's (client change ids); format 3 is upgraded at open (_fold_replay).
+# 5: the membership tables (configurations, pending_member_change, used_keys, config_chain);
+# format 4 is upgraded at open (_add_membership_tables).
 SCHEMA_VERSION = STORE_FORMAT
 # Start in recovery (module rules); the value says from what, in words for `status`.
 RECOVERY_MARK_KEY = b"node/recovering"
@@ -155,6 +178,23 @@ _CLIENT_SCHEMA = (
     # without it had no accepted change in the current change format: given it empty at open)
     "CREATE TABLE IF NOT EXISTS client_changed (key BLOB PRIMARY KEY, ms INTEGER NOT NULL) "
     "WITHOUT ROWID",
+)
+
+# Members (format 5, docs/design/membership.md 2.2): derived state, then evidence.
+_MEMBERSHIP_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS configurations (
+        epoch INTEGER PRIMARY KEY, first_height INTEGER NOT NULL, digest BLOB NOT NULL,
+        value BLOB NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS pending_member_change (
+        id INTEGER PRIMARY KEY CHECK (id = 0), effective_height INTEGER NOT NULL,
+        change_id BLOB NOT NULL, value BLOB NOT NULL
+    )""",
+    "CREATE TABLE IF NOT EXISTS used_keys (key BLOB PRIMARY KEY, kind TEXT NOT NULL) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS config_chain (epoch INTEGER PRIMARY KEY, entry BLOB NOT NULL)",
+)
+CONFIG_CHAIN_ENTRY_BYTES_MAX = (
+    CHAIN_ENTRY_BYTES_MAX  # a configuration (<= 512 kB), a header, a certificate
 )
 
 # The first occurrence of an id is recorded; only an executed occurrence may replace one that
@@ -214,10 +254,18 @@ class BlockStore:
     """Use `BlockStore.open`. One writing connection, used by one task at a time (its COMMIT may
     run on a worker thread, Node._write), and a read-only one for the hot reads (_open_reader)."""
 
-    def __init__(self, db: sqlite3.Connection, path: Path, genesis: Genesis) -> None:
+    def __init__(
+        self,
+        db: sqlite3.Connection,
+        path: Path,
+        genesis: Genesis,
+        *,
+        member_changes: bool = False,
+    ) -> None:
         self._db = db
         self.path = path
         self.genesis = genesis
+        self.member_changes = member_changes  # KeyValueState.member_changes, for its app
         self.fsync_count = 0
         self.last_commit_s = 0.0  # how long the last save's COMMIT (its fsync) took
         # What stage() wrote, for commit_staged()/finish_staged(): (head, blocks, applied, mark)
@@ -230,7 +278,9 @@ class BlockStore:
         self._deltas: dict[str, int] = {}
         self._staged_digests: dict[str, int] | None = None
         self._head: BlockHeader = genesis_block(genesis).header
-        self.app = KeyValueState.for_genesis(genesis, self._head.state_root)
+        self.app = KeyValueState.for_genesis(
+            genesis, self._head.state_root, member_changes=member_changes
+        )
 
     # --- opening ----------------------------------------------------------------------------
 
@@ -242,10 +292,12 @@ class BlockStore:
         *,
         verify: bool = True,
         created_mark: str | None = None,
+        member_changes: bool = False,
     ) -> BlockStore:
         """Open (or create, writing block 0) the store for `genesis`; see the module rules.
         `created_mark`: if this creates the store, the RECOVERY_MARK_KEY record it carries
-        from the transaction that creates it (node/preflight.py, open_store)."""
+        from the transaction that creates it (node/preflight.py, open_store).
+        `member_changes`: its state's KeyValueState.member_changes (False in this release)."""
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
             # check_same_thread=False: the node may run a save on a worker thread; only one task
@@ -255,7 +307,7 @@ class BlockStore:
             raise StoreError(f"{path}: cannot open the block store: {exc}") from None
         store: BlockStore | None = None
         try:
-            store = cls(db, path, genesis)
+            store = cls(db, path, genesis, member_changes=member_changes)
             store._configure()
             store._reader = _open_reader(path)
             store._init(verify, created_mark)
@@ -315,6 +367,8 @@ class BlockStore:
                 db, "tx_index", "expiry_ms"
             ):
                 self._fold_replay()
+            if self._schema == FORMAT_WITHOUT_MEMBERSHIP:
+                self._add_membership_tables()
             self._install_triggers()
             self._load_state()
         except sqlite3.Error as exc:
@@ -326,12 +380,13 @@ class BlockStore:
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
-            for statement in _SCHEMA + _CLIENT_SCHEMA:
+            for statement in _SCHEMA + _CLIENT_SCHEMA + _MEMBERSHIP_SCHEMA:
                 db.execute(statement)
             if db.execute("SELECT 1 FROM meta WHERE key = 'chain_id'").fetchone() is not None:
                 db.execute("ROLLBACK")
                 return False
             self._insert_genesis_clients()
+            self._insert_genesis_membership()
             g = genesis_block(self.genesis)
             db.executemany(
                 "INSERT INTO meta (key, value) VALUES (?, ?)",
@@ -370,14 +425,15 @@ class BlockStore:
         if self._schema == FORMAT_WITHOUT_DIGESTS:
             self._upgrade_to_digests()
             return
-        missing = [t for t in DIGESTED if t not in stored]
+        tables = digested_tables(self._schema)
+        missing = [t for t in tables if t not in stored]
         if missing:
             raise StoreDamaged(self.path, missing)  # (its digest row was deleted)
         if verify:
-            wrong = [t for t in DIGESTED if table_digest(db, t) != stored[t]]
+            wrong = [t for t in tables if table_digest(db, t) != stored[t]]
             if wrong:
                 raise StoreDamaged(self.path, wrong)
-        self._digests = {t: stored[t] for t in DIGESTED}
+        self._digests = {t: stored[t] for t in tables}
 
     def _upgrade_to_digests(self) -> None:
         """A store of format 2, from a version without table digests: its tables are taken
@@ -393,7 +449,7 @@ class BlockStore:
             "before it is trusted and upgraded",
             self.path,
         )
-        report = audit_ledger(self.path, self.genesis)
+        report = audit_ledger(self.path, self.genesis, member_changes=self.member_changes)
         if not report.ok:
             raise StoreError(
                 f"{self.path}: a store of format 2 is upgraded only if it audits clean, and it "
@@ -401,7 +457,7 @@ class BlockStore:
                 "ledger from the other members: `consortium node refetch --home HOME`, then "
                 "start it"
             )
-        self._digests = {t: table_digest(db, t) for t in DIGESTED}
+        self._digests = {t: table_digest(db, t) for t in digested_tables(self._schema)}
         db.execute("BEGIN IMMEDIATE")
         try:
             db.executemany(
@@ -449,6 +505,41 @@ class BlockStore:
                 "UPDATE meta SET value = ? WHERE key = ?",
                 [(d.to_bytes(32, "big"), DIGEST_KEY + t) for t, d in digests.items()],
             )
+            db.execute(
+                "UPDATE meta SET value = ? WHERE key = 'schema'", (FORMAT_WITHOUT_MEMBERSHIP,)
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            self._rollback()
+            raise
+        self._digests.update(digests)
+        self._schema = FORMAT_WITHOUT_MEMBERSHIP
+        self.fsync_count += 1
+        log.warning("%s: upgraded to format 4 (the replay set's ids in tx_index)", self.path)
+
+    def _add_membership_tables(self) -> None:
+        """Format 4 -> 5, in one transaction (docs/design/membership.md 2.2): the membership
+        tables, the genesis configuration (a store of format 4 never changed members: nothing
+        could), used_keys from the genesis members and clients and every key with an accepted
+        client change (client_changed: exactly what re-execution gives), their digests, and
+        the stamp. A stop before the COMMIT leaves format 4, upgraded at the next open."""
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _MEMBERSHIP_SCHEMA:
+                db.execute(statement)
+            self._insert_genesis_membership()
+            db.execute(
+                "INSERT INTO used_keys (key, kind) SELECT key, ? FROM client_changed WHERE true "
+                "ON CONFLICT (key) DO NOTHING",
+                (CLIENT_KEY,),
+            )
+            digests = {t: table_digest(db, t) for t in MEMBERSHIP_TABLES}
+            db.executemany(
+                "INSERT INTO meta (key, value) VALUES (?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                [(DIGEST_KEY + t, d.to_bytes(32, "big")) for t, d in digests.items()],
+            )
             db.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (SCHEMA_VERSION,))
             db.execute("COMMIT")
         except BaseException:
@@ -457,7 +548,23 @@ class BlockStore:
         self._digests.update(digests)
         self._schema = SCHEMA_VERSION
         self.fsync_count += 1
-        log.warning("%s: upgraded to format 4 (the replay set's ids in tx_index)", self.path)
+        log.warning("%s: upgraded to format 5 (the membership tables)", self.path)
+
+    def _insert_genesis_membership(self) -> None:
+        """The genesis configuration (epoch 0, ordering from height 1) and its members' and
+        the genesis clients' keys as used."""
+        db = self._db
+        config = genesis_configuration(self.genesis)
+        db.execute(
+            "INSERT INTO configurations (epoch, first_height, digest, value) VALUES (0, 1, ?, ?)",
+            (config.digest, config.encode()),
+        )
+        rows = {c.public_key: CLIENT_KEY for c in self.genesis.clients}
+        rows.update({m.public_key: MEMBER_KEY for m in self.genesis.members})
+        db.executemany(
+            "INSERT INTO used_keys (key, kind) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
+            list(rows.items()),
+        )
 
     def _install_triggers(self) -> None:
         """TEMP triggers on the writer connection: each row a write inserts, updates (upserts
@@ -540,7 +647,12 @@ class BlockStore:
             )
         schema = self._meta("schema")
         self._schema = schema
-        if schema not in (SCHEMA_VERSION, FORMAT_SEPARATE_REPLAY, FORMAT_WITHOUT_DIGESTS):
+        if schema not in (
+            SCHEMA_VERSION,
+            FORMAT_WITHOUT_MEMBERSHIP,
+            FORMAT_SEPARATE_REPLAY,
+            FORMAT_WITHOUT_DIGESTS,
+        ):
             raise StoreError(
                 f"{self.path}: block store format {schema!r}, this version reads formats "
                 f"{FORMAT_WITHOUT_DIGESTS} to {SCHEMA_VERSION}; move the data directory away "
@@ -663,6 +775,10 @@ class BlockStore:
         changed_ms = {
             bytes(k): int(ms) for k, ms in db.execute("SELECT key, ms FROM client_changed")
         }
+        configs, pending_member = self._load_membership()
+        used_keys = {
+            bytes(k): str(kind) for k, kind in db.execute("SELECT key, kind FROM used_keys")
+        }
         self.app = KeyValueState.for_genesis(
             self.genesis,
             head.state_root,
@@ -672,7 +788,41 @@ class BlockStore:
             kv=kv,
             replay=replay,
             last_timestamp_ms=head.timestamp_ms,
+            configs=configs,
+            pending_member=pending_member,
+            used_keys=used_keys,
+            member_changes=self.member_changes,
         )
+
+    def _load_membership(
+        self,
+    ) -> tuple[dict[int, tuple[int, Configuration]], PendingMember | None]:
+        db = self._db
+        height = self._head.height
+        configs: dict[int, tuple[int, Configuration]] = {}
+        for epoch, first, digest, value in db.execute(
+            "SELECT epoch, first_height, digest, value FROM configurations ORDER BY epoch"
+        ):
+            config = self._configuration(height, bytes(value), f"configuration {epoch}")
+            if config.epoch != epoch or config.digest != bytes(digest):
+                raise self._damaged(height, f"configuration {epoch} is not the one stored for it")
+            configs[int(epoch)] = (int(first), config)
+        if 0 not in configs or configs[0][1] != genesis_configuration(self.genesis):
+            raise self._damaged(height, "the stored configurations do not start at genesis's")
+        row = db.execute(
+            "SELECT effective_height, change_id, value FROM pending_member_change"
+        ).fetchone()
+        pending: PendingMember | None = None
+        if row is not None:
+            config = self._configuration(height, bytes(row[2]), "the pending configuration")
+            pending = (int(row[0]), bytes(row[1]), config)
+        return configs, pending
+
+    def _configuration(self, height: int, value: bytes, what: str) -> Configuration:
+        try:
+            return Configuration.decode(value)
+        except WireFormatError as exc:
+            raise self._damaged(height, f"{what} does not decode ({exc})") from None
 
     # --- reading ----------------------------------------------------------------------------
 
@@ -845,6 +995,7 @@ class BlockStore:
         records: Sequence[Record] = (),
         block_signatures: Sequence[tuple[int, SignedVote]] = (),
         checkpoints: Sequence[CheckpointCertificate] = (),
+        config_chain: Sequence[tuple[int, bytes]] = (),
     ) -> None:
         """One transaction, one fsync, for everything given (a record value None deletes the
         key); then apply the blocks' Executions that `self.app` does not reflect yet. A refused
@@ -854,6 +1005,7 @@ class BlockStore:
             records=records,
             block_signatures=block_signatures,
             checkpoints=checkpoints,
+            config_chain=config_chain,
         ):
             self.commit_staged()
             self.finish_staged()
@@ -865,6 +1017,7 @@ class BlockStore:
         records: Sequence[Record] = (),
         block_signatures: Sequence[tuple[int, SignedVote]] = (),
         checkpoints: Sequence[CheckpointCertificate] = (),
+        config_chain: Sequence[tuple[int, bytes]] = (),
     ) -> bool:
         """`save` in three steps, so the fsync can run off the caller's thread: write
         everything in one open transaction (False: nothing to write, no transaction open);
@@ -873,7 +1026,17 @@ class BlockStore:
         assert self._staged is None, "a staged write is still open"
         new_head = self._check_blocks(blocks)
         applied = self._applied_prefix(blocks)
-        if not (blocks or records or block_signatures or checkpoints):
+        for epoch, entry in config_chain:
+            if (
+                epoch < 1
+                or not isinstance(entry, bytes)
+                or len(entry) > CONFIG_CHAIN_ENTRY_BYTES_MAX
+            ):
+                raise StoreError(
+                    f"config chain entry of epoch {epoch}: epochs from 1, entries of bytes up to "
+                    f"{CONFIG_CHAIN_ENTRY_BYTES_MAX}; nothing written"
+                )
+        if not (blocks or records or block_signatures or checkpoints or config_chain):
             return False
         db = self._db
         try:
@@ -895,6 +1058,7 @@ class BlockStore:
                 "INSERT OR IGNORE INTO checkpoints VALUES (?, ?)",
                 [(cp.seq, cp.encode()) for cp in checkpoints],
             )
+            db.executemany("INSERT OR IGNORE INTO config_chain VALUES (?, ?)", config_chain)
             db.executemany(
                 "INSERT INTO records VALUES (?, ?) "
                 "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
@@ -1051,6 +1215,25 @@ class BlockStore:
         )
         if execution.activated or execution.recorded:
             self._write_client_changes(execution)
+        if execution.used:
+            db.executemany(
+                "INSERT INTO used_keys (key, kind) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
+                execution.used,
+            )
+        if execution.member_accepted is not None and execution.config_activated is None:
+            effective, change_id, config = execution.member_accepted
+            db.execute(
+                "INSERT INTO pending_member_change VALUES (0, ?, ?, ?)",
+                (effective, change_id, config.encode()),
+            )
+        if execution.config_activated is not None:
+            config = execution.config_activated
+            db.execute("DELETE FROM pending_member_change")
+            db.execute(
+                "INSERT INTO configurations (epoch, first_height, digest, value) "
+                "VALUES (?, ?, ?, ?)",
+                (config.epoch, h.height + 1, config.digest, config.encode()),
+            )
 
     def _write_client_changes(self, execution: Execution) -> None:
         db = self._db
@@ -1085,6 +1268,22 @@ class BlockStore:
     def put_checkpoint(self, cert: CheckpointCertificate) -> None:
         """Idempotent: the first certificate stored for a seq is kept."""
         self.save(checkpoints=[cert])
+
+    def put_config_chain(self, epoch: int, entry: bytes) -> None:
+        """Store the chain entry of `epoch`'s activation (docs/design/membership.md 6.1),
+        written whole as the node built or verified it; idempotent: the first entry stored
+        for an epoch is kept. (`save(config_chain=...)` writes it with other things.)"""
+        self.save(config_chain=[(epoch, entry)])
+
+    def config_chain(self, from_epoch: int = 1, limit: int = 1024) -> list[tuple[int, bytes]]:
+        """The stored chain entries from `from_epoch` on, by epoch, at most `limit`."""
+        return [
+            (int(epoch), bytes(entry))
+            for epoch, entry in self._db.execute(
+                "SELECT epoch, entry FROM config_chain WHERE epoch >= ? ORDER BY epoch LIMIT ?",
+                (from_epoch, limit),
+            )
+        ]
 
     def close(self) -> None:
         self._reader.close()

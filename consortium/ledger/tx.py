@@ -15,7 +15,16 @@ Operations (the default key-value application):
     ["get", key]                             read key, ordered like any write
     ["config", change, [[member_key, sig]...]] admit or revoke a client key, approved by a quorum
                                              of members (ledger/admission.py); it must be the
-                                             transaction's only operation
+                                             transaction's only operation (v1: executed only
+                                             while the configuration's epoch is 0)
+    ["config", change, approvals, possessions] a v2 change of clients or members
+                                             (ledger/membership.py): at most 128 approvals
+                                             under Domain.CONFIG, at most 4 proofs of
+                                             possession, a body of at most 2,048 bytes; also
+                                             the transaction's only operation
+
+Both config ops are ConfigChange ops (`CONFIG_OPS`, `is_config`): a transaction with one holds
+nothing else.
 """
 
 from __future__ import annotations
@@ -38,6 +47,12 @@ from consortium.crypto.keys import SIGNATURE_BYTES, KeyPair
 from consortium.crypto.signing import Domain, Signer, Verifier
 from consortium.ledger.admission import Approval, ClientChange, decode_approvals
 from consortium.ledger.genesis import Params
+from consortium.ledger.membership import (
+    CHANGE_BODY_BYTES_MAX,
+    ChangeV2,
+    Possession,
+    decode_possessions,
+)
 
 NONCE_BYTES_MAX = 32
 
@@ -71,7 +86,24 @@ class ConfigChange:
     approvals: tuple[Approval, ...]
 
 
-Op = Put | Delete | CompareAndSet | Get | ConfigChange
+@dataclass(frozen=True, slots=True)
+class ConfigChangeV2:
+    """A v2 change of clients or members with its approvals and proofs of possession. A class
+    of its own rather than a second shape of ConfigChange: every reader of a v1 change's
+    fields (client_key, kind) keeps its type; `is_config` covers both."""
+
+    change: ChangeV2
+    approvals: tuple[Approval, ...]
+    possessions: tuple[Possession, ...]
+
+
+Op = Put | Delete | CompareAndSet | Get | ConfigChange | ConfigChangeV2
+CONFIG_OPS = (ConfigChange, ConfigChangeV2)
+
+
+def is_config(op: Op) -> bool:
+    """Whether `op` is a change of clients or members, v1 or v2."""
+    return isinstance(op, CONFIG_OPS)
 
 
 def op_to_array(op: Op) -> list[Any]:
@@ -86,6 +118,8 @@ def op_to_array(op: Op) -> list[Any]:
             return ["get", k]
         case ConfigChange(change=c, approvals=a):
             return ["config", c.body, [list(x) for x in a]]
+        case ConfigChangeV2(change=c, approvals=a, possessions=p):
+            return ["config", c.encode(), [list(x) for x in a], [list(x) for x in p]]
 
 
 def op_from_array(v: Any, params: Params) -> Op:
@@ -106,6 +140,12 @@ def op_from_array(v: Any, params: Params) -> Op:
         return Get(as_bytes(arr[1], "key", max_len=kmax))
     if kind == "config" and len(arr) == 3:
         return ConfigChange(ClientChange.decode(arr[1]), decode_approvals(arr[2]))
+    if kind == "config" and len(arr) == 4:
+        return ConfigChangeV2(
+            ChangeV2.decode(as_bytes(arr[1], "config change", max_len=CHANGE_BODY_BYTES_MAX)),
+            decode_approvals(arr[2]),
+            decode_possessions(arr[3]),
+        )
     raise WireFormatError(f"op: unknown operation {str(kind)[:16]!r} or wrong arity")
 
 
@@ -198,6 +238,6 @@ def _decode_cached(body: bytes, sig: bytes, params: Params) -> Transaction:
     if not 0 < len(ops_v) <= params.ops_per_tx_max:
         raise WireFormatError(f"ops: a transaction has 1..{params.ops_per_tx_max} operations")
     ops = tuple(op_from_array(o, params) for o in ops_v)
-    if len(ops) > 1 and any(isinstance(o, ConfigChange) for o in ops):
+    if len(ops) > 1 and any(isinstance(o, CONFIG_OPS) for o in ops):
         raise WireFormatError("ops: a config operation must be the transaction's only operation")
     return Transaction(body, sig, sha256(body), chain_id, client_key, nonce, expiry_ms, ops)

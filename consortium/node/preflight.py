@@ -37,9 +37,9 @@ from pathlib import Path
 import trio
 
 from consortium.ledger.digests import (
-    DIGESTED,
     FORMAT_WITHOUT_DIGESTS,
     STORE_FORMAT,
+    digested_tables,
     stored_digests,
     table_digest,
 )
@@ -213,7 +213,11 @@ def _damaged_tables(db: sqlite3.Connection) -> list[str]:
         )
     if not stored and schema is not None and schema[0] == FORMAT_WITHOUT_DIGESTS:
         return []
-    return [t for t in DIGESTED if t not in stored or table_digest(db, t) != stored[t]]
+    return [
+        t
+        for t in digested_tables(schema[0] if schema is not None else None)
+        if t not in stored or table_digest(db, t) != stored[t]
+    ]
 
 
 @dataclass(frozen=True, slots=True)

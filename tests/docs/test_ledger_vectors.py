@@ -66,6 +66,16 @@ def test_chain_id_is_the_hash_of_the_canonical_genesis(doc: dict[str, bytes]) ->
                          16777216, 2000]  # fmt: skip
 
 
+def test_the_genesis_configuration_as_documented(doc: dict[str, bytes]) -> None:
+    """Epoch 0 (docs/design/membership.md 1.1): genesis member i as id i, a voter, with its
+    genesis name, key and addresses; its digest is the hash of its encoding."""
+    fields = msgpack.unpackb(doc["config.genesis"])
+    genesis = msgpack.unpackb(doc["genesis.canonical"])
+    assert fields[:4] == ["consortium-config/1", doc["chain_id"], 0, "pbft"]
+    assert fields[4] == [[i, *m, "voter"] for i, m in enumerate(genesis[4])]
+    assert doc["config.genesis_digest"] == _h(doc["config.genesis"])
+
+
 def test_genesis_block_as_documented(doc: dict[str, bytes]) -> None:
     chain_id = doc["chain_id"]
     assert doc["genesis.state_root"] == _h(_pack(["state-genesis", chain_id]))

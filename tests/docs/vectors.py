@@ -31,6 +31,7 @@ from consortium.ledger.certificates import (
     raft_entry_body,
 )
 from consortium.ledger.genesis import Client, Genesis, Member, Params
+from consortium.ledger.membership import genesis_configuration
 from consortium.ledger.state import Execution, KeyValueState, build_block
 from consortium.ledger.tx import Op, Put, Transaction
 from consortium.node.transport import handshake_transcript
@@ -208,12 +209,15 @@ def ledger_vectors() -> dict[str, bytes]:
             [tid for tid, _ in execution.consumed],
         ]
     )
+    config = genesis_configuration(g)
     return {
         "genesis.canonical": pack(g.as_array()),
         "chain_id": chain_id,
         "genesis.state_root": g0.state_root,
         "genesis.header": g0.encode(),
         "genesis.hash": g0.hash,
+        "config.genesis": config.encode(),
+        "config.genesis_digest": config.digest,
         "block1.tx_root": h.tx_root,
         "block1.state_preimage": state_preimage,
         "block1.state_root": h.state_root,

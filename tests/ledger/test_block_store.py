@@ -126,7 +126,10 @@ def test_a_store_of_another_format_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "ledger.sqlite"
     BlockStore.open(path, make_genesis()).close()
     _sql(path, "UPDATE meta SET value = 1 WHERE key = 'schema'")
-    with pytest.raises(StoreError, match="block store format 1, this version reads formats 2 to 4"):
+    with pytest.raises(StoreError, match="block store format 1, this version reads formats 2 to 5"):
+        BlockStore.open(path, make_genesis())
+    _sql(path, "UPDATE meta SET value = 6 WHERE key = 'schema'")  # a newer release's
+    with pytest.raises(StoreError, match="block store format 6, this version reads formats 2 to 5"):
         BlockStore.open(path, make_genesis())
 
 

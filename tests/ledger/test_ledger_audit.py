@@ -10,7 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from consortium.crypto.codec import pack, unpack, unpack_canonical
@@ -487,13 +487,18 @@ def test_any_flipped_bit_in_anything_stored_is_found(
         assert isinstance(value, bytes)
         flipped = bytearray(value)
         flipped[at % len(flipped)] ^= 1 << bit
-        _sql(
-            path,
-            f"UPDATE {table} SET {column} = ? WHERE {key} = ? AND {column} = ?",
-            bytes(flipped),
-            row_key,
-            value,
-        )
+        try:
+            _sql(
+                path,
+                f"UPDATE {table} SET {column} = ? WHERE {key} = ? AND {column} = ?",
+                bytes(flipped),
+                row_key,
+                value,
+            )
+        except sqlite3.IntegrityError:
+            # The flip made another row's primary key (a block signature body whose signer
+            # bit now names the other signer of that height): such damage cannot be stored.
+            assume(False)
         report = audit_ledger(path, genesis)
         assert not report.ok, (table, column, row_key)
         assert report.problem is not None and report.problem.height == row_key
@@ -524,8 +529,8 @@ def test_a_good_store_with_every_table_filled_passes_the_audit(tmp_path: Path) -
     from tests.ledger.test_store_integrity import rich_store
 
     path = tmp_path / "ledger.sqlite"
-    chain = rich_store(path)
-    assert audit_ledger(path, chain.genesis).ok
+    chain = rich_store(path)  # (it holds member changes: re-executed with them enabled)
+    assert audit_ledger(path, chain.genesis, member_changes=True).ok
 
 
 @pytest.mark.parametrize("how", ["edit", "delete", "add"])
@@ -549,7 +554,7 @@ def test_the_audit_names_a_changed_row_of_any_table(tmp_path: Path, table: str, 
     path = tmp_path / "ledger.sqlite"
     chain = rich_store(path)
     edit_row(path, table, how)
-    report = audit_ledger(path, chain.genesis)
+    report = audit_ledger(path, chain.genesis, member_changes=True)
     assert not report.ok and report.problem is not None
     # Named by the table's own name, or by the deeper check that found it first.
     words = {

@@ -15,8 +15,15 @@ from consortium.ledger.admission import ADMIT
 from consortium.ledger.audit import audit_ledger, stored_replay
 from consortium.ledger.backup import backup_store
 from consortium.ledger.certificates import SignedVote
-from consortium.ledger.digests import DIGEST_KEY, DIGESTED, stored_digests, table_digest
+from consortium.ledger.digests import (
+    DIGEST_KEY,
+    DIGESTED,
+    MEMBERSHIP_TABLES,
+    stored_digests,
+    table_digest,
+)
 from consortium.ledger.genesis import Genesis
+from consortium.ledger.membership import AdmitClient
 from consortium.ledger.store import SCHEMA_VERSION, BlockStore, StoreDamaged, StoreError
 from consortium.ledger.tx import Delete, Put
 from tests.ledger.chain_fixture import (
@@ -25,6 +32,7 @@ from tests.ledger.chain_fixture import (
     block_signatures,
     checkpoint,
 )
+from tests.ledger.membership_fixture import add_op, member_chain, v2_change, v2_tx
 from tests.ledger.test_admission import NEW, change, config_tx, new_chain
 
 
@@ -35,20 +43,37 @@ def _scanned(store: BlockStore) -> dict[str, int]:
 PRUNED = KeyPair.from_seed(hashlib.sha256(b"a client admitted long ago").digest())
 
 
-def rich_store(path: Path) -> ChainBuilder:
-    """A closed store at `path` with a row in every digested table."""
-    chain = new_chain()
+def rich_store(path: Path, *, member_change: bool = True) -> ChainBuilder:
+    """A closed store at `path` with a row in every digested table (a member change pending,
+    a configuration chain entry)."""
+    chain = member_chain()
     chain.add([chain.tx(Put(b"a", b"1")), chain.tx(Put(b"b", b"2"))])
     chain.add([config_tx(chain, change(chain, ADMIT, NEW.public))])
+    entries: list[tuple[int, bytes]] = []
+    checkpoints = [checkpoint(chain.genesis, 2, chain.blocks[1][0].hash)]
+    if member_change:  # (a store of format 4 or before cannot hold one)
+        chain.add([v2_tx(chain, v2_change(chain, add_op(0)))])
+        e = chain.app.pending_member[0]  # type: ignore[index]
+        chain.run_to(e)  # in force: a chain entry, certified by the genesis configuration
+        certificate = chain.checkpoint(e)
+        checkpoints.append(certificate)
+        config = chain.app.config
+        assert config is not None and config.epoch == 1
+        entries.append((1, pack([1, config.encode(), chain.head.encode(), certificate.encode()])))
+        chain.add([v2_tx(chain, v2_change(chain, add_op(1), nonce=b"2"))])  # and one pending
+        admit = v2_change(chain, AdmitClient(PRUNED.public, "p"), kind="clients", nonce=b"3")
+        chain.add([v2_tx(chain, admit)])  # and a pending client change again
+        assert chain.app.pending_member
     assert chain.app.pending and chain.app.changed_ms
     store = BlockStore.open(path, chain.genesis)
     try:
-        block = chain.blocks[-1][0]
+        block = chain.blocks[1][0]
         store.save(
             blocks=chain.blocks,
             records=[(b"pbft/view", pack([1, 1, 0])), (b"pbft/log/1", pack([b"entry"]))],
             block_signatures=[(2, v) for v in block_signatures(chain.genesis, block)],
-            checkpoints=[checkpoint(chain.genesis, 2, chain.head.hash)],
+            checkpoints=checkpoints,
+            config_chain=entries,
         )
         assert store._digests == _scanned(store)
     finally:
@@ -103,6 +128,10 @@ def test_a_changed_row_of_any_table_is_refused_at_open_naming_the_table(
     path = tmp_path / "ledger.sqlite"
     chain = rich_store(path)
     BlockStore.open(path, chain.genesis).close()  # clean before the change
+    if (table, how) == ("pending_member_change", "add"):
+        with pytest.raises(sqlite3.IntegrityError, match="CHECK"):  # the schema holds one row
+            edit_row(path, table, how)
+        return
     edit_row(path, table, how)
     with pytest.raises(StoreDamaged) as caught:
         BlockStore.open(path, chain.genesis)
@@ -174,6 +203,22 @@ def test_writes_upserts_pruning_and_rollbacks_keep_the_digests_right(tmp_path: P
     BlockStore.open(path, chain.genesis).close()  # reopens clean
 
 
+def format_4(path: Path) -> None:
+    """The store as format 4 left it (a store that never changed members): no membership
+    tables, nor their digests."""
+    db = sqlite3.connect(path)
+    try:
+        assert db.execute("SELECT COUNT(*) FROM configurations").fetchone() == (1,)
+        assert db.execute("SELECT COUNT(*) FROM pending_member_change").fetchone() == (0,)
+        for table in MEMBERSHIP_TABLES:
+            db.execute(f"DROP TABLE {table}")
+            db.execute("DELETE FROM meta WHERE key = ?", (DIGEST_KEY + table,))
+        db.execute("UPDATE meta SET value = 4 WHERE key = 'schema'")
+        db.commit()
+    finally:
+        db.close()
+
+
 def _format_3(path: Path, genesis: Genesis) -> None:
     """The store as format 3 left it: tx_index without expiry_ms, the replay table holding
     every consumed id not yet expired at the head (each write deleted the expired ones), the
@@ -181,6 +226,7 @@ def _format_3(path: Path, genesis: Genesis) -> None:
     store = BlockStore.open(path, genesis)
     now = store.head.timestamp_ms
     store.close()
+    format_4(path)
     _sql(
         path,
         "INSERT INTO replay SELECT tx_id, expiry_ms FROM tx_index "
@@ -228,7 +274,8 @@ def test_a_store_of_format_3_has_its_replay_ids_moved_into_the_index_at_its_firs
     with caplog.at_level("INFO"):
         store = BlockStore.open(path, chain.genesis)
     try:
-        assert "upgraded to format 4" in caplog.text and store.fsync_count == 1
+        assert "upgraded to format 4" in caplog.text and "upgraded to format 5" in caplog.text
+        assert store.fsync_count == 2  # each upgrade its own transaction
         assert _sql(path, "SELECT value FROM meta WHERE key = 'schema'") == [(SCHEMA_VERSION,)]
         assert stored_replay(store._db, store.head.timestamp_ms) == want
         assert len(_sql(path, "SELECT tx_id FROM replay")) == 1  # the change id alone
@@ -250,7 +297,7 @@ def test_a_kill_between_the_two_upgrades_of_a_format_2_store_leaves_it_at_format
     in another: a stop between them leaves a store stamped 3 with format 3's layout, which
     the next open folds (it used to be stamped 4 already, and then never folded)."""
     path = tmp_path / "ledger.sqlite"
-    chain = rich_store(path)
+    chain = rich_store(path, member_change=False)
     _format_2(path, chain.genesis)
 
     def killed(self: BlockStore) -> None:
@@ -273,7 +320,7 @@ def test_a_kill_between_the_two_upgrades_of_a_format_2_store_leaves_it_at_format
 def test_a_store_stamped_4_with_the_layout_of_3_is_folded_at_open(tmp_path: Path) -> None:
     """(what the bug above left behind: repaired, not failed on its first block)"""
     path = tmp_path / "ledger.sqlite"
-    chain = rich_store(path)
+    chain = rich_store(path, member_change=False)
     _format_3(path, chain.genesis)
     _sql(path, "UPDATE meta SET value = 4 WHERE key = 'schema'")
     BlockStore.open(path, chain.genesis).close()
@@ -288,7 +335,7 @@ def test_the_fold_checks_its_two_tables_even_when_the_open_trusts_the_digests(
     """verify=False trusts the stored digests; the fold writes the two digests anew from what
     the tables hold, so it checks them first: damage is never blessed."""
     path = tmp_path / "ledger.sqlite"
-    chain = rich_store(path)
+    chain = rich_store(path, member_change=False)
     _format_3(path, chain.genesis)
     edit_row(path, "replay", "edit")
     with pytest.raises(StoreDamaged, match=r"\(replay\)"):
@@ -311,7 +358,7 @@ def test_a_store_of_format_3_that_does_not_match_its_digests_is_not_upgraded(
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "ledger.sqlite"
-    chain = rich_store(path)
+    chain = rich_store(path, member_change=False)
     _format_3(path, chain.genesis)
     edit_row(path, "replay", "edit")
     with pytest.raises(StoreDamaged, match=r"\(replay\)"):
@@ -323,15 +370,15 @@ def test_a_store_of_format_2_is_audited_then_given_digests_at_its_first_open(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     path = tmp_path / "ledger.sqlite"
-    chain = rich_store(path)
+    chain = rich_store(path, member_change=False)
     want = stored_digests(sqlite3.connect(path))
     _format_2(path, chain.genesis)
     with caplog.at_level("INFO"):
         store = BlockStore.open(path, chain.genesis)
     assert "auditing the whole ledger once" in caplog.text
     assert "audited clean; upgraded to format 3" in caplog.text
-    assert "upgraded to format 4" in caplog.text
-    assert store.fsync_count == 2
+    assert "upgraded to format 4" in caplog.text and "upgraded to format 5" in caplog.text
+    assert store.fsync_count == 3
     store.close()
     assert stored_digests(sqlite3.connect(path)) == want
     assert _sql(path, "SELECT value FROM meta WHERE key = 'schema'") == [(SCHEMA_VERSION,)]
@@ -344,7 +391,7 @@ def test_a_store_of_format_2_whose_state_was_edited_is_not_blessed(tmp_path: Pat
     """Before digests, an edited state could only be found by re-execution: the upgrade
     audits first, so damage from before the upgrade is not taken as the truth."""
     path = tmp_path / "ledger.sqlite"
-    chain = rich_store(path)
+    chain = rich_store(path, member_change=False)
     _format_2(path, chain.genesis)
     edit_row(path, "kv", "edit")
     with pytest.raises(StoreError, match=r"format 2 is upgraded only if it audits clean"):

@@ -70,6 +70,7 @@ from consortium.ledger.store import BlockStore, StoredBlock
 from consortium.ledger.tx import (
     CompareAndSet,
     ConfigChange,
+    ConfigChangeV2,
     Delete,
     Get,
     Op,
@@ -225,6 +226,8 @@ def _op(op: Op) -> dict[str, Any]:
         case Get(key=k):
             return {"op": "get", "key": _shown(k)}
         case ConfigChange(approvals=a):
+            return {"op": "config", "approvals": len(a)}
+        case ConfigChangeV2(approvals=a):  # (ledger part A: the v2 op; part D may show more)
             return {"op": "config", "approvals": len(a)}
 
 
