@@ -24,7 +24,7 @@ from consortium.crypto.keys import SIGNATURE_BYTES, KeyPair
 # its sender's height, TIMEOUT-NOW an index, raft replies a wall clock, the transfer body a
 # term, and the recovery queries and reports exist. The domain tags below version the
 # signature scheme, which did not change.
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 
 
 class Domain(Enum):

@@ -74,6 +74,7 @@ from consortium.ledger.digests import (
     table_digest,
 )
 from consortium.ledger.genesis import Genesis
+from consortium.ledger.membership import genesis_configuration
 from consortium.ledger.state import Execution, KeyValueState, build_block
 from consortium.ledger.tx import ConfigChange
 
@@ -318,7 +319,7 @@ class _Audit:
                 f"commit certificate is for another batch digest ({_short(cert.digest)}; these "
                 f"transactions and proposed timestamp give {_short(digest)})",
             )
-        problem = cert.verify(self.genesis, self.verifier)
+        problem = cert.verify(genesis_configuration(self.genesis), self.verifier, stored=True)
         if problem:
             raise _Failed(height, f"commit certificate: {problem}")
         self.certificates += 1
@@ -370,7 +371,7 @@ class _Audit:
             )
         )
         problem = verify_block_signatures(
-            votes, header.height, header.hash, self.genesis, self.verifier, 0
+            votes, header.height, header.hash, genesis_configuration(self.genesis), self.verifier, 0
         )
         if problem:
             raise _Failed(header.height, f"block signature: {problem}")
@@ -396,7 +397,7 @@ class _Audit:
             raise _Failed(seq, f"checkpoint certificate does not decode: {exc}") from None
         if cert.seq != seq:
             raise _Failed(seq, f"checkpoint certificate is for seq {cert.seq}, stored at {seq}")
-        problem = cert.verify(self.genesis, self.verifier)
+        problem = cert.verify(genesis_configuration(self.genesis), self.verifier, stored=True)
         if problem:
             raise _Failed(seq, f"checkpoint certificate: {problem}")
         self.certificates += 1

@@ -205,9 +205,11 @@ class PbftMode:
             self.genesis.params,
             serve.from_seq,
             self.parts.store.height,
-            self.core.stable_certificate,
+            serve.stable or self.core.stable_certificate,
             block_at,
             serve.bytes_max,
+            epoch=serve.epoch,
+            last_seq=serve.last_seq,
         )
         self.parts.send_peer(serve.peer, frame)
         return len(frame)

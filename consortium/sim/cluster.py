@@ -516,8 +516,9 @@ class SimCluster(SimShell[SimNode]):
         """The equivocation checker sees every vote an honest member signs. Read off the body
         bytes (pbft/messages.py; a frame is [bin8 body, signature, ...]) without decoding, since
         every message of every run passes here: a body is [fixstr kind, *slot, ...]; PREPARE,
-        COMMIT and NEW-VIEW end with [digest (bin8 32), sender (fixint)], the slot (view, seq;
-        NEW-VIEW: view) lying between; PRE-PREPARE is [kind, view, seq, digest, ...]."""
+        COMMIT and NEW-VIEW end with [digest (bin8 32), sender (fixint)], the slot (epoch, view,
+        seq; NEW-VIEW: epoch, view) lying between; PRE-PREPARE is [kind, epoch, view, seq,
+        digest, ...]."""
         if node.index in self.byzantine or len(frame) < 3 or frame[1] != 0xC4:
             return  # (a Byzantine member's frames may be anything: the checker skips them)
         body = frame[3 : 3 + frame[2]]
@@ -530,7 +531,10 @@ class SimCluster(SimShell[SimNode]):
         elif body[2:end] == b"preprepare":
             fields = unpack(body)
             self.votes.signed(
-                node.index, "PRE-PREPARE", pack(fields[1]) + pack(fields[2]), fields[3]
+                node.index,
+                "PRE-PREPARE",
+                pack(fields[1]) + pack(fields[2]) + pack(fields[3]),
+                fields[4],
             )
 
     # --- the loop ---------------------------------------------------------------------------
@@ -610,9 +614,11 @@ class SimCluster(SimShell[SimNode]):
             self.params,
             serve.from_seq,
             durable,
-            node.stable,
+            serve.stable or node.stable,
             block_at,
             serve.bytes_max,
+            epoch=serve.epoch,
+            last_seq=serve.last_seq,
         )
         self.net.send(self.now_ms, node.index, serve.peer, frame)
         node.replica.served(serve, len(frame))
