@@ -138,6 +138,8 @@ def _check_signers(
             else None
         )
         if member is None or (epoch_tagged and member.role != VOTER):
+            if not epoch_tagged:  # (block signatures: the words receipts have always used)
+                return f"{kind} vote {i}: signer {signer!r} is not a member"
             return f"{kind} vote {i}: signer {signer!r} is not a member of epoch {config.epoch}"
         if signer in signers:
             return f"{kind} vote {i}: member {member.name} counted twice"

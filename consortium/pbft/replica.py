@@ -396,6 +396,7 @@ class PbftReplica:
         # shell's ledger state answers (KeyValueState.may_submit). Without it (a core with no
         # ledger, as in unit tests) every key is taken as admitted, as before the rule.
         self._ever_admitted = ever_admitted or (lambda tx: True)
+        self._held_for_config = False  # messages wait in _future until config(seq) is known
         self._unadmitted: set[int] = set()  # seqs whose PREPARE waits for an admission (<= L)
         self._members = Members(
             self.chain_id,
@@ -658,7 +659,9 @@ class PbftReplica:
         self._last_block_hash = block_hash
         if self.active and self._timeouts:
             self._timeouts = 0  # a request executed: the timeout returns to its base
-            self._records.append((records.VIEW_KEY, records.view_value(self.view, True, 0)))
+            self._records.append(
+                (records.VIEW_KEY, records.view_value(self.view, True, 0, epoch=self.epoch))
+            )
         if self._work_since_ms is not None:
             self._work_since_ms = self._mono_ms
         stable = self.stable_certificate
@@ -670,6 +673,10 @@ class PbftReplica:
             self._checkpoint(seq, block_hash)
         if self._unadmitted:
             self._prepare_admitted()
+        if self._held_for_config and self.active:
+            self._held_for_config = False
+            for sender, msg in self._future.drain(self.view):
+                self._on_input(sender, msg)  # held again while still not known
         self._maybe_propose()
         self._check_invariants()
 
@@ -764,10 +771,20 @@ class PbftReplica:
             self.rejected[drop.OUTSIDE_WINDOW] += 1
             self._repeated(msg)
             return False
+        end = self.config.end
+        if end is not None and msg.seq > end:
+            self.rejected[drop.BEYOND_EPOCH] += 1
+            return False
         if msg.seq > self._log.high:
             if not self._future.add(msg.sender, msg):
                 self.rejected[drop.BUFFER_FULL] += 1
             self._behind()
+            return False
+        if not self._knows_config(msg.seq):
+            # Its configuration is not fixed by what we executed yet: kept until it is.
+            self._held_for_config = True
+            if not self._future.add(msg.sender, msg):
+                self.rejected[drop.BUFFER_FULL] += 1
             return False
         return True
 
@@ -1123,7 +1140,24 @@ class PbftReplica:
             return  # recovering: we may have proposed in this view before our state was lost
         params = self.params
         pool = self._pool
-        while pool.pending_count and self._next_seq <= self._log.high:
+        limit = self._propose_limit()
+        while not pool.pending_count and self._change_pending() and self._next_seq <= limit:
+            # A change is pending and nothing else to order: empty batches bring the ledger
+            # to E even on an idle network (pipelined within the window, never above E).
+            seq = self._next_seq
+            self._next_seq += 1
+            pp = PrePrepare.create(
+                self._signer,
+                self.chain_id,
+                self.view,
+                seq,
+                self._wall_ms,
+                self.me,
+                (),
+                epoch=self.epoch,
+            )
+            self._accept_preprepare(self._log.slot(seq, self.view), pp)
+        while pool.pending_count and self._next_seq <= limit:
             idle = self._last_committed >= self._next_seq - 1
             full = (
                 pool.pending_count >= params.batch_txs_max
@@ -1158,6 +1192,34 @@ class PbftReplica:
             )
             self._accept_preprepare(self._log.slot(seq, self.view), pp)
 
+    def _change_pending(self) -> bool:
+        """A configuration change is pending and E is not yet executed: work (timer (a)), and
+        what the primary proposes empty batches for."""
+        end = self.config.end
+        return end is not None and self.last_executed < end
+
+    def _propose_limit(self) -> int:
+        """The highest seq the primary may propose: the window, and never above E."""
+        end = self.config.end
+        return self._log.high if end is None else min(self._log.high, end)
+
+    def _knows_config(self, seq: int) -> bool:
+        """Whether config(seq) is fixed by what we executed (design 3.2, the vote rule):
+        config(seq) depends only on blocks <= seq-L-1, because a change at c >= seq-L has
+        E >= seq. Bites only after a stable certificate was adopted above what we executed."""
+        return self.config.end is not None or seq <= self.last_executed + self.params.window + 1
+
+    def set_end(self, end: int) -> None:
+        """A member change is pending: this epoch orders nothing above `end` (E). Called by
+        pbft/epochs.py when the block accepting the change executed (E >= that block + L, so no
+        honest replica voted above E)."""
+        assert self.config.end is None or self.config.end == end
+        assert end > self.config.start
+        self.config = replace(self.config, end=end)
+        self._members = replace(self._members, end=end)
+        self._maybe_propose()
+        self._check_invariants()
+
     # --- checkpoints ------------------------------------------------------------------------
 
     def _checkpoint(self, seq: int, block_hash: bytes) -> None:
@@ -1176,6 +1238,9 @@ class PbftReplica:
             self.rejected[drop.NOT_CHECKPOINT_SEQ] += 1
             return
         peer = vote.sender
+        if self.config.end is not None and vote.seq > self.config.end:
+            self.rejected[drop.BEYOND_EPOCH] += 1
+            return
         repeat = vote.seq <= self._retransmit.peer_executed[peer]
         if vote.seq <= self._log.low:
             self.rejected[drop.STALE_CHECKPOINT] += 1
@@ -1280,7 +1345,12 @@ class PbftReplica:
             self._try_new_view()
             return
         pool = self._pool
-        if not (pool.pending_count or pool.in_flight_count or self._behind_committed()):
+        if not (
+            pool.pending_count
+            or pool.in_flight_count
+            or self._behind_committed()
+            or self._change_pending()
+        ):
             self._work_since_ms = None
             return
         self._work_started()
@@ -1374,11 +1444,16 @@ class PbftReplica:
             for s in sorted(self._prepared)
             if low < s <= low + self.params.window
         )
+        # At the epoch's start the stable certificate (E of the previous epoch) is the
+        # previous configuration's, which this epoch never checks: nil, as seq 0 at genesis.
+        stable = self.stable_certificate
+        if stable is not None and stable.seq <= self.config.start:
+            stable = None
         vc = ViewChange.create(
             self._signer,
             self.chain_id,
             view,
-            self.stable_certificate,
+            stable,
             proofs,
             self.me,
             epoch=self.epoch,
@@ -1387,7 +1462,9 @@ class PbftReplica:
         frame = encode(vc)
         self._own_vc = frame
         self._vcs[self.me] = vc
-        self._records.append((records.VIEW_KEY, records.view_value(view, False, self._timeouts)))
+        self._records.append(
+            (records.VIEW_KEY, records.view_value(view, False, self._timeouts, epoch=self.epoch))
+        )
         self._records.append((records.VIEW_CHANGE_KEY, frame))
         self._messages.append(Outbound(None, frame))
         self._vc_backoff = 1
@@ -1629,7 +1706,10 @@ class PbftReplica:
         self._work_since_ms = None
         self._progress_ms = self._mono_ms
         self._records.append(
-            (records.VIEW_KEY, records.view_value(self.view, True, self._timeouts))
+            (
+                records.VIEW_KEY,
+                records.view_value(self.view, True, self._timeouts, epoch=self.epoch),
+            )
         )
         self._records.append((records.NEW_VIEW_KEY, frame))
         self._records.append((records.VIEW_CHANGE_KEY, None))
@@ -2013,6 +2093,22 @@ class PbftReplica:
 
     def _on_blocks(self, reply: Blocks) -> None:
         if reply.sender != self._fetch_peer:
+            cert = reply.stable
+            if (
+                not reply.blocks
+                and cert is not None
+                and cert.seq == self.config.end
+                and cert.seq > self._log.low
+            ):
+                # A certificate-only answer for our own E (a removed member, or one already in
+                # the next epoch, answering our CHECKPOINT or VIEW-CHANGE): taken unasked.
+                if not self._verified(reply):
+                    return
+                if check_checkpoint_certificate(self._members, self._verifier, cert) is not None:
+                    self.rejected[drop.BAD_TRANSFER] += 1
+                elif not self._differs_from_ours(cert):
+                    self._stabilize(cert)
+                return
             self.rejected[drop.UNASKED_BLOCKS] += 1
             return
         if not self._verified(reply):
@@ -2021,6 +2117,8 @@ class PbftReplica:
         self._fetch_claims[peer] = reply.height  # its latest claim replaces the one before
         cert = reply.stable
         if cert is not None and cert.seq > self._log.low:
+            # (it moves our window, a hint only: a block above what fixes its configuration,
+            # last executed + L + 1, is never accepted, below)
             if check_checkpoint_certificate(self._members, self._verifier, cert) is not None:
                 self.rejected[drop.BAD_TRANSFER] += 1
                 self._fetch_from(self._pick_fetch_peer(self._transfer_target()))
@@ -2034,6 +2132,10 @@ class PbftReplica:
                 continue
             if seq != self._last_committed + 1 or seq > self._log.high:
                 break
+            if self.config.end is not None and seq > self.config.end:
+                break  # (the next configuration certifies it: pbft/epochs.py)
+            if not self._knows_config(seq):
+                break  # config(seq) is not fixed by what we executed: asked again later
             problem = self._transferred_problem(block)
             if problem is not None:
                 # A lying or broken peer: never trust it for this round; ask the next one.
@@ -2149,8 +2251,18 @@ class PbftReplica:
             self._log.advance(best.seq)
             if best.seq > self._last_committed:
                 self._highest_accepted = best.seq
+        if self.config.start > self._log.low:
+            # The epoch orders only above its start (S_e): never a vote at or below it, even
+            # when no certificate for it was passed in.
+            self._log.advance(self.config.start)
+            self._highest_accepted = max(self._highest_accepted, self.config.start)
         low = self._log.low
         self._next_seq = max(self._next_seq, low + 1)
+        if restored.epoch != self.epoch:
+            # A view record of another epoch (the step entering this one writes [e, 0, 1, 0]
+            # with the rest): views restart at 0 in every epoch.
+            restored.view, restored.active, restored.timeouts = 0, True, 0
+            restored.view_change = restored.new_view = None
         self.view, self.active = restored.view, restored.active
         self._timeouts = restored.timeouts  # a restart does not reset the view-change timer
         for vote, _ in restored.checkpoints:

@@ -63,6 +63,7 @@ class Members:
     window: int
     epoch: int = 0
     start: int = 0
+    end: int | None = None  # E, once a change is pending: nothing above it was prepared
     ids: tuple[int, ...] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -172,6 +173,8 @@ def check_view_change(members: Members, verifier: Verifier, vc: ViewChange) -> s
     else:
         if vc.stable.seq != vc.stable_seq:
             return "view change: certificate for another sequence number"
+        if members.end is not None and vc.stable_seq > members.end:
+            return "view change: a certificate above the epoch's end"
         if vc.stable_seq <= members.start:
             return "view change: a certificate at or below the epoch's start"
         problem = check_checkpoint_certificate(members, verifier, vc.stable)
@@ -181,6 +184,8 @@ def check_view_change(members: Members, verifier: Verifier, vc: ViewChange) -> s
     for proof in vc.prepared:
         if not last < proof.seq <= vc.stable_seq + members.window:
             return "view change: prepared proofs out of order or outside the window"
+        if members.end is not None and proof.seq > members.end:
+            return "view change: a prepared proof above the epoch's end"
         if proof.view >= vc.view:
             return "view change: a prepared proof from a view not below the new one"
         problem = check_proof(members, verifier, proof)
