@@ -30,6 +30,7 @@ class EpochGroup:
         self.config0 = genesis_configuration(self.genesis)
         self.mono_ms = 1
         self.down: set[int] = set()
+        self.records: dict[int, list[tuple[bytes, bytes | None]]] = {}  # every record written
         self.changes: dict[int, list[EpochChange]] = {}
         self.committed: dict[int, dict[int, tuple[int, bytes]]] = {}  # id -> seq -> (epoch, d)
         g = genesis_block(self.genesis)
@@ -102,6 +103,7 @@ class EpochGroup:
                 if not ready:
                     continue
                 moved = True
+                self.records.setdefault(i, []).extend(ready.records)
                 for batch in ready.committed:
                     epoch = node.epoch
                     seen = self.committed.setdefault(i, {})

@@ -426,3 +426,18 @@ def test_a_view_change_right_after_entering_carries_no_certificate_for_the_start
     vcs = [decode(f, g.params) for f in g.sent[1][mark[1] :]]
     own = [m for m in vcs if type(m).__name__ == "ViewChange"]
     assert own and own[0].stable is None and own[0].stable_seq == end
+
+
+def test_a_replica_never_votes_at_or_below_its_epochs_start() -> None:
+    """S_e < seq: even started without the E certificate, the low watermark is the start."""
+    from consortium.pbft import records
+
+    g = EpochGroup(4)
+    nxt = configuration(g.chain_id, 1, {0: 0, 1: 1, 2: 2, 3: 3})
+    stale_view = [(records.VIEW_KEY, records.view_value(3, False, 2))]  # epoch 0's record
+    node = g.make(1, nxt, start=6, recovered=RecoveredState(6, block_hash(6), None, stale_view))
+    assert node.low_watermark == 6
+    assert (node.view, node.active) == (0, True), "views restart at 0 in every epoch"
+    at_start = Prepare.create(SIGNERS[2], g.chain_id, 0, 6, bytes(32), 2, epoch=1)
+    node.receive(2, encode(at_start))
+    assert node.rejected["outside_window"] == 1

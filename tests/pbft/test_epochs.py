@@ -7,8 +7,11 @@ from __future__ import annotations
 from epoch_harness import EpochGroup
 from pbft_harness import PARAMS, block_hash
 
+from consortium.crypto.codec import pack
+from consortium.ledger.certificates import CheckpointCertificate
 from consortium.ledger.membership import effective_height
 from consortium.pbft import reasons as drop
+from consortium.pbft import records
 from consortium.pbft.messages import Commit, Prepare
 from consortium.pbft.replica import RecoveredState
 
@@ -212,3 +215,40 @@ def test_a_restart_with_a_pending_change_from_the_store() -> None:
     group.tick_all(0)
     group.run(1_000)
     assert all(node.epoch == 1 for node in group.nodes.values())
+
+
+def test_entering_the_next_epoch_writes_the_view_record_with_its_epoch() -> None:
+    group = EpochGroup(4)
+    _to_c(group)
+    _pending(group, group.configuration(1, [(0, 0), (1, 1), (2, 2), (3, 3)]))
+    group.run(1_000)
+    views = [v for k, v in group.records[1] if k == records.VIEW_KEY]
+    assert pack([1, 0, 1, 0]) in views
+    # A 3-field record (every record written before epochs) reads as epoch 0; 4 fields name it.
+    restored = records.parse([(records.VIEW_KEY, pack([5, 1, 2]))], PARAMS, 1)
+    assert (restored.epoch, restored.view, restored.timeouts) == (0, 5, 2)
+    restored = records.parse([(records.VIEW_KEY, pack([1, 0, 1, 0]))], PARAMS, 1)
+    assert (restored.epoch, restored.view, restored.active) == (1, 0, True)
+
+
+def test_votes_wait_until_what_fixes_their_configuration_is_executed() -> None:
+    """A replica that adopted a stable certificate above what it executed holds back votes
+    above last_executed + L + 1 (their configuration depends on blocks it lacks) and takes
+    them once it executed far enough."""
+    group = EpochGroup(4)
+    node = group.nodes[1]
+    replica = node.replica
+    assert replica is not None
+    # Jump the window: a stable certificate at 8 while nothing is executed (K = 2, L = 4).
+    from consortium.pbft.messages import Checkpoint
+
+    votes = tuple(
+        Checkpoint.create(group.signers[s], group.chain_id, 8, block_hash(8), s).vote()
+        for s in (0, 2, 3)
+    )
+    replica._stabilize(CheckpointCertificate(8, block_hash(8), votes))
+    assert replica.low_watermark == 8 and replica.last_executed == 0
+    early = Prepare.create(group.signers[2], group.chain_id, 0, 9, b"p" * 32, 2)
+    node.receive(2, early)
+    assert replica._held_for_config and len(replica._future) == 1
+    assert 9 not in {s for s in range(9, 13) if replica._log.get(s) is not None}
