@@ -22,16 +22,20 @@ from consortium.ledger.membership import (
     effective_height,
     genesis_configuration,
 )
+from consortium.ledger.tx import Transaction
+from consortium.pbft.effects import Serve
 from consortium.pbft.epochs import PbftEpochs
 from consortium.pbft.messages import (
     Checkpoint,
     Commit,
     Prepare,
     PrePrepare,
+    TransferredBlock,
     decode,
     encode,
 )
 from consortium.pbft.replica import PbftConfig, PbftReplica, RecoveredState
+from consortium.pbft.transfer import blocks_reply
 from consortium.sim.cluster import (
     EPOCH_MS,
     HmacSigner,
@@ -92,10 +96,13 @@ class EpochGroup:
         self.nodes: dict[int, PbftEpochs] = {i: self.make(i, self.config) for i in range(n)}
         self.executed: dict[int, list[int]] = {i: [] for i in range(n)}
         self.certs: dict[int, CommitCertificate] = {}
+        self.batches: dict[int, tuple[int, tuple[Transaction, ...]]] = {}
         self.sent: dict[int, list[bytes]] = {i: [] for i in range(n)}
         self.change: tuple[int, int, Configuration, dict[int, int]] | None = None  # c, E, next
         self.silent: set[int] = set()
         self.silent_from_c: set[int] = set()  # fall silent once block c executed there
+        self.cut: set[int] = set()  # cut off the network: nothing to or from them
+        self.blocks: dict[int, dict[int, TransferredBlock]] = {i: {} for i in range(n)}
         self.tick(0)
 
     def make(
@@ -150,6 +157,9 @@ class EpochGroup:
         node.executed(seq, block_hash(seq))
         self.executed[i].append(seq)
         self.certs.setdefault(seq, cert)
+        self.blocks[i][seq] = TransferredBlock(
+            proposed_ms=self.batches[seq][0], txs=self.batches[seq][1], certificate=cert
+        )
         if self.change is not None and seq == self.change[0]:
             _c, end, nxt, ids_keys = self.change
             rotated = ids_keys.get(i)
@@ -168,17 +178,43 @@ class EpochGroup:
                     continue
                 moved = True
                 for batch in ready.committed:
+                    self.batches.setdefault(batch.seq, (batch.proposed_ms, batch.txs))
                     self._execute(i, batch.seq, batch.certificate)
-                if i in self.silent:
+                if i in self.silent or i in self.cut:
                     continue
                 for out in ready.messages:
                     self.sent[i].append(out.frame)
                     for dst in sorted(self.nodes):
-                        if dst != i and (out.dest is None or out.dest == dst):
+                        if dst != i and dst not in self.cut and out.dest in (None, dst):
                             self.nodes[dst].receive(i, out.frame)
+                for serve in ready.serve:
+                    self._serve(i, serve)
             self._join()
             if not moved:
                 break
+
+    def _serve(self, i: int, serve: Serve) -> None:
+        """Answer a FETCH from member i's executed blocks, as the shell does."""
+        node, blocks = self.nodes[i], self.blocks[i]
+        height = max(blocks, default=0)
+        stable = serve.stable or node.stable_certificate
+        signer = SIGNERS[self.key_of[i]] if serve.epoch == node.epoch else SIGNERS[i]
+        frame = blocks_reply(
+            signer,
+            self.chain_id,
+            i,
+            self.params,
+            serve.from_seq,
+            height,
+            stable,
+            blocks.get,
+            serve.bytes_max,
+            epoch=serve.epoch,
+            last_seq=serve.last_seq,
+        )
+        node.served(serve, len(frame))
+        if serve.peer in self.nodes and serve.peer not in self.cut:
+            self.nodes[serve.peer].receive(i, frame)
 
     def run(self, ms: int, step_ms: int = 50) -> None:
         for _ in range(ms // step_ms):
@@ -205,7 +241,7 @@ class EpochGroup:
                     recovered=RecoveredState(end, block_hash(end), cert, []),
                 )
                 self.nodes[i].tick(self.mono_ms, WALL + self.mono_ms)
-                self.executed[i], self.sent[i] = [], []
+                self.executed[i], self.sent[i], self.blocks[i] = [], [], {}
         if all(n.epoch == nxt.epoch for n in self.nodes.values()):
             self.config = nxt
             self.configs[nxt.epoch] = nxt
@@ -231,7 +267,7 @@ def _epoch_1_commits(g: EpochGroup, first: int) -> None:
     g.propose(2)
     g.run(3_000)
     for i, node in g.nodes.items():
-        if node.replica is not None:
+        if node.replica is not None and i not in g.cut:
             assert first in g.executed[i] or node.last_executed >= first, (i, g.executed[i])
 
 
@@ -441,3 +477,22 @@ def test_a_replica_never_votes_at_or_below_its_epochs_start() -> None:
     at_start = Prepare.create(SIGNERS[2], g.chain_id, 0, 6, bytes(32), 2, epoch=1)
     node.receive(2, encode(at_start))
     assert node.rejected["outside_window"] == 1
+
+
+def test_a_member_cut_off_across_the_boundary_catches_up_into_the_next_epoch() -> None:
+    """Cut off before block c, it learns of the change only from the blocks it fetches: the
+    others (in e+1) serve epoch-e blocks up to E with the E certificate, and it enters e+1."""
+    g = EpochGroup(4)
+    g.cut.add(3)
+    end = _through_change(g, {0: 0, 1: 1, 2: 2, 3: 3})
+    assert [g.nodes[i].epoch for i in range(4)] == [1, 1, 1, 0]
+    _epoch_1_commits(g, end + 1)
+    g.propose(4)
+    g.run(3_000)
+    top = g.nodes[0].last_executed
+    assert top >= end + 2
+    g.cut.clear()
+    g.run(10_000)
+    late = g.nodes[3]
+    assert late.epoch == 1, late.status()
+    assert late.last_executed >= end + 2, late.status()
