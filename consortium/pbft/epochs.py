@@ -36,6 +36,7 @@ Why no sequence number is ordered by two configurations: design 3.3 (docs/protoc
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -44,6 +45,7 @@ from typing import Any
 from consortium.crypto.codec import WireFormatError
 from consortium.crypto.signing import Signer
 from consortium.ledger.certificates import CheckpointCertificate
+from consortium.ledger.clock import ClockOffset
 from consortium.ledger.genesis import Params
 from consortium.ledger.membership import Configuration
 from consortium.ledger.tx import Transaction
@@ -146,6 +148,7 @@ class PbftEpochs:
         self._serve: list[Serve] = []
         self._changes: list[EpochChange] = []
         self._answered_ms: dict[int, int] = {}
+        self._claims: dict[int, int] = {}  # voters of ours speaking in a later epoch: their seq
         self._removed_since_ms: int | None = None
         self._mono_ms = 0
         self._wall_ms = 0
@@ -154,9 +157,24 @@ class PbftEpochs:
             signer,
             recovered,
         )
-        self.rejected: Counter[str] = self.replica.rejected
+        self.rejected: Counter[str]
+        object.__setattr__(self, "rejected", self.replica.rejected)  # one count for all epochs
         if pending is not None:
             self.config_pending(*pending)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # A name the current replica has (and this class does not define) is the replica's:
+        # tests and the simulator's fault scripts set replica fields through the core.
+        replica = self.__dict__.get("replica")
+        if (
+            name not in self.__dict__
+            and replica is not None
+            and hasattr(replica, name)
+            and not hasattr(type(self), name)
+        ):
+            setattr(replica, name, value)
+            return
+        object.__setattr__(self, name, value)
 
     def __getattr__(self, name: str) -> Any:
         # Everything else is the current replica's (view, primary, stable_certificate, ...).
@@ -220,6 +238,38 @@ class PbftEpochs:
                 self._answer_previous(sender, msg, self.previous[0], self.previous[1])
         else:
             self.rejected[drop.UNKNOWN_EPOCH] += 1
+        if epoch > self.epoch:
+            self._later_epoch(sender, msg)
+
+    def _later_epoch(self, sender: int, msg: Message) -> None:
+        """A voter of our epoch speaking in a later one claims to be past our end: its seq
+        (a CHECKPOINT's, a FETCH's from_seq - 1, ...) counts as a claim of how far it executed.
+        f+1 such claims start a FETCH, as CHECKPOINTs above the window do (the replica takes the
+        (f+1)-th highest claim, so f liars cannot move it). Nothing is adopted from them: the
+        blocks fetched are checked against their certificates. Without this an idle member cut
+        off across a boundary never catches up (tests/pbft/test_epoch_changes.py)."""
+        replica = self.replica
+        if replica is None or msg.sender != sender or self.configuration.member(sender) is None:
+            return
+        seq = getattr(msg, "seq", None)
+        if seq is None:
+            seq = getattr(msg, "from_seq", 1) - 1
+        if isinstance(seq, int) and seq > 0:
+            self._claims[sender] = max(self._claims.get(sender, 0), seq)
+            replica.claim_executed(sender, seq)
+
+    def inputs(self) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext() if self.replica is None else self.replica.inputs()
+
+    @property
+    def clock(self) -> ClockOffset:
+        assert self.replica is not None
+        return self.replica.clock
+
+    @clock.setter
+    def clock(self, value: ClockOffset) -> None:
+        assert self.replica is not None
+        self.replica.clock = value
 
     def propose(self, tx: Transaction) -> None:
         self.propose_all((tx,))
@@ -270,11 +320,13 @@ class PbftEpochs:
 
     def status(self) -> dict[str, Any]:
         out = self.replica.status() if self.replica is not None else {}
-        out["epoch"] = self.epoch
-        out["epoch_start"] = self.start
-        out["epoch_end"] = self.end
-        out["removed_at"] = self.removed_at
-        out["next_epoch_buffered"] = len(self._next)
+        if self.epoch or self.pending is not None or self.removed_at is not None:
+            # (a network that never changed members reports what it always did)
+            out["epoch"] = self.epoch
+            out["epoch_start"] = self.start
+            out["epoch_end"] = self.end
+            out["removed_at"] = self.removed_at
+            out["next_epoch_buffered"] = len(self._next)
         return out
 
     # --- entering the next epoch --------------------------------------------------------------
@@ -313,6 +365,7 @@ class PbftEpochs:
             RecoveredState(end, replica._last_block_hash, cert, []),
         )
         new.rejected = self.rejected
+        new.clock = replica.clock  # (our wall clock's offset does not change with the epoch)
         self.replica = new
         self._extra_records.extend(old_records)
         self._extra_records.append(view_record)
@@ -321,6 +374,10 @@ class PbftEpochs:
             new.tick(self._mono_ms, self._wall_ms)
         for sender, msg in self._next.drain():
             new.receive(sender, msg)
+        # Claims heard from the later epoch: how far its members are, for our catch-up there.
+        for sender, seq in sorted(self._claims.items()):
+            new.claim_executed(sender, seq)
+        self._claims = {}
         # What replica e still had to send (its last CHECKPOINT, answers) goes out too.
         self._next = self._new_buffer()
 

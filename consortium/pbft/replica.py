@@ -2004,6 +2004,16 @@ class PbftReplica:
         """How far `peer` claims to have executed: by its CHECKPOINTs or its last BLOCKS."""
         return max(self._retransmit.peer_executed[peer], self._fetch_claims[peer])
 
+    def claim_executed(self, peer: int, seq: int) -> None:
+        """`peer` showed, outside this epoch's messages, that it executed up to `seq` (it
+        speaks in a later epoch: pbft/epochs.py). Like a CHECKPOINT above the window, it only
+        steers state transfer (the (f+1)-th highest claim), and nothing is adopted from it."""
+        if peer == self.me or peer not in self._keys:
+            return
+        self._retransmit.executed_by(peer, seq)
+        self._maybe_fetch()
+        self._check_invariants()
+
     def _maybe_fetch(self) -> None:
         if not self._clock_known:
             return

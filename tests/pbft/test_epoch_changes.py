@@ -496,3 +496,22 @@ def test_a_member_cut_off_across_the_boundary_catches_up_into_the_next_epoch() -
     late = g.nodes[3]
     assert late.epoch == 1, late.status()
     assert late.last_executed >= end + 2, late.status()
+
+
+def test_an_idle_member_cut_off_across_the_boundary_catches_up_too() -> None:
+    """As above, with no transaction of its own to wait for: what it hears of the later
+    epoch (f+1 members claiming it) is what starts its catch-up."""
+    g = EpochGroup(4)
+    g.cut.add(3)
+    end = g.plan(1, {0: 0, 1: 1, 2: 2, 3: 3})
+    g.propose(1, to=(0, 1, 2))
+    g.run(3_000)
+    g.propose(4, to=(0, 1, 2))
+    g.run(3_000)
+    assert g.nodes[0].epoch == 1 and g.nodes[0].last_executed >= end + 1
+    g.cut.clear()
+    g.propose(2, to=(0, 1, 2))
+    g.run(10_000)
+    late = g.nodes[3]
+    assert late.epoch == 1, late.status()
+    assert late.last_executed == g.nodes[0].last_executed, late.status()
