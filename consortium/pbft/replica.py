@@ -2126,6 +2126,12 @@ class PbftReplica:
         peer = reply.sender
         self._fetch_claims[peer] = reply.height  # its latest claim replaces the one before
         cert = reply.stable
+        end = self.config.end
+        if cert is not None and end is not None and cert.seq > end:
+            # Epoch-e votes above E: only keys that left after E was certified sign there
+            # (design 3.3). Adopting it would move h past E, and we would never enter e+1.
+            self.rejected[drop.BEYOND_EPOCH] += 1
+            cert = None
         if cert is not None and cert.seq > self._log.low:
             # (it moves our window, a hint only: a block above what fixes its configuration,
             # last executed + L + 1, is never accepted, below)

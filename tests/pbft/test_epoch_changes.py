@@ -515,3 +515,26 @@ def test_an_idle_member_cut_off_across_the_boundary_catches_up_too() -> None:
     late = g.nodes[3]
     assert late.epoch == 1, late.status()
     assert late.last_executed == g.nodes[0].last_executed, late.status()
+
+
+def test_a_transferred_certificate_above_e_is_never_adopted() -> None:
+    """Keys that left after E may sign epoch-e CHECKPOINTs above E (design 3.3): such a
+    certificate in a BLOCKS answer would move h past E, and the member would never enter e+1."""
+    from consortium.pbft.messages import Blocks
+
+    g = EpochGroup(4)
+    nxt = configuration(g.chain_id, 1, {0: 0, 1: 1, 4: 4, 5: 5})
+    node = g.make(1, g.config, pending=(6, nxt))
+    node.tick(g.mono_ms, WALL + g.mono_ms)
+    assert node.replica is not None
+    node.replica._fetch_from(2)
+    votes = tuple(
+        Checkpoint.create(SIGNERS[k], g.chain_id, 8, block_hash(8), k, epoch=0).vote()
+        for k in (0, 2, 3)
+    )
+    cert = CheckpointCertificate(8, block_hash(8), votes)
+    assert cert.verify(g.config, VERIFIER) is None  # a valid certificate of epoch 0's keys
+    reply = Blocks.create(SIGNERS[2], g.chain_id, 1, 8, cert, (), 2, epoch=0)
+    node.receive(2, encode(reply))
+    assert node.low_watermark == 0
+    assert node.rejected["beyond_epoch"] == 1
