@@ -146,6 +146,7 @@ class PbftEpochs:
         self._extra: list[Outbound] = []
         self._extra_records: list[tuple[bytes, bytes | None]] = []
         self._serve: list[Serve] = []
+        self._stable: list[CheckpointCertificate] = []  # replica e's last, for the shell
         self._changes: list[EpochChange] = []
         self._answered_ms: dict[int, int] = {}
         self._claims: dict[int, int] = {}  # voters of ours speaking in a later epoch: their seq
@@ -295,7 +296,8 @@ class PbftEpochs:
         ready.records[:0] = self._extra_records
         ready.messages.extend(self._extra)
         ready.serve.extend(self._serve)
-        self._extra_records, self._extra, self._serve = [], [], []
+        ready.stable_checkpoints[:0] = self._stable
+        self._extra_records, self._extra, self._serve, self._stable = [], [], [], []
         return ready
 
     def take_epoch_changes(self) -> list[EpochChange]:
@@ -387,6 +389,7 @@ class PbftEpochs:
         ready = replica.take_ready()
         self._extra.extend(ready.messages)
         self._serve.extend(ready.serve)
+        self._stable.extend(ready.stable_checkpoints)  # (E's, when it formed in this step)
         out: list[tuple[bytes, bytes | None]] = list(ready.records)
         for seq in range(max(end - self.params.window, 0) + 1, end + 1):
             if seq % self.params.checkpoint_interval == 0:

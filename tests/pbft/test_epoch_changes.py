@@ -538,3 +538,25 @@ def test_a_transferred_certificate_above_e_is_never_adopted() -> None:
     node.receive(2, encode(reply))
     assert node.low_watermark == 0
     assert node.rejected["beyond_epoch"] == 1
+
+
+def test_the_e_certificate_reaches_the_shell_as_a_stable_checkpoint() -> None:
+    """Whether E's certificate forms before or in the step that enters e+1, the shell is
+    handed it among the stable checkpoints (it stores it in `checkpoints`)."""
+    g = EpochGroup(4)
+    seen: dict[int, set[int]] = {i: set() for i in range(4)}
+    take = {i: g.nodes[i].take_ready for i in range(4)}
+
+    def spy(i: int):  # type: ignore[no-untyped-def]
+        def take_ready():  # type: ignore[no-untyped-def]
+            ready = take[i]()
+            seen[i].update(c.seq for c in ready.stable_checkpoints)
+            return ready
+
+        return take_ready
+
+    for i in range(4):
+        g.nodes[i].take_ready = spy(i)  # type: ignore[method-assign]
+    end = _through_change(g, {0: 0, 1: 1, 2: 2, 3: 3})
+    assert all(g.nodes[i].epoch == 1 for i in range(4))
+    assert all(end in seen[i] for i in range(4)), seen
