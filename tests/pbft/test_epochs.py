@@ -252,3 +252,45 @@ def test_votes_wait_until_what_fixes_their_configuration_is_executed() -> None:
     node.receive(2, early)
     assert replica._held_for_config and len(replica._future) == 1
     assert 9 not in {s for s in range(9, 13) if replica._log.get(s) is not None}
+
+
+def test_a_fetch_of_the_previous_epoch_is_served_up_to_e_with_its_certificate() -> None:
+    from consortium.pbft.messages import Fetch, TransferredBlock
+    from consortium.pbft.transfer import blocks_reply
+
+    group = EpochGroup(4)
+    _to_c(group)
+    _pending(group, group.configuration(1, [(0, 0), (1, 1), (2, 2), (3, 3)]))
+    group.run(1_000)
+    node = group.nodes[0]
+    assert node.epoch == 1
+    node.tick(group.mono_ms + 1_000, 0)
+    node.receive(3, Fetch.create(group.signers[3], group.chain_id, 3, 3, epoch=0))
+    [serve] = node.take_ready().serve
+    assert (serve.epoch, serve.last_seq, serve.from_seq) == (0, E, 3)
+    assert serve.stable is not None and serve.stable.seq == E
+    # The answer stops at E even when the server's ledger is higher (never spans two epochs).
+    cert = group.certificate(0, 1)
+    frame = blocks_reply(
+        group.signers[0],
+        group.chain_id,
+        0,
+        PARAMS,
+        3,
+        E + 3,
+        serve.stable,
+        lambda seq: TransferredBlock(proposed_ms=0, txs=(), certificate=_fake(seq)),
+        epoch=0,
+        last_seq=E,
+    )
+    from consortium.pbft.messages import Blocks, decode
+
+    answer = decode(frame, PARAMS)
+    assert isinstance(answer, Blocks) and answer.epoch == 0
+    assert [b.seq for b in answer.blocks] == list(range(3, E + 1)) and answer.stable == cert
+
+
+def _fake(seq: int) -> object:
+    from consortium.ledger.certificates import CommitCertificate
+
+    return CommitCertificate(0, seq, b"f" * 32, ())
