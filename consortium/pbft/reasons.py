@@ -64,7 +64,8 @@ UNKNOWN_EPOCH = _reason(
 BEYOND_EPOCH = _reason(
     "beyond_epoch",
     MISBEHAVIOUR,
-    "an ordering message for a seq above our epoch's end E: no honest member votes there",
+    "an ordering message or checkpoint certificate for a seq above our epoch's end E: no "
+    "honest member votes there",
 )
 NEXT_EPOCH_FULL = _reason(
     "next_epoch_full",
