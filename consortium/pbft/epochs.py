@@ -177,6 +177,13 @@ class PbftEpochs:
             return
         object.__setattr__(self, name, value)
 
+    def __delattr__(self, name: str) -> None:
+        replica = self.__dict__.get("replica")
+        if name not in self.__dict__ and replica is not None:
+            delattr(replica, name)
+            return
+        object.__delattr__(self, name)
+
     def __getattr__(self, name: str) -> Any:
         # Everything else is the current replica's (view, primary, stable_certificate, ...).
         replica = self.__dict__.get("replica")
