@@ -27,9 +27,10 @@ stabilisation at E collected its log; the rest of its records are deleted in thi
 write), replica e+1 starts in view 0 with start and low watermark E and the E certificate as
 its stable certificate, `pbft/view` is written as [e+1, 0, 1, 0], the buffered messages are fed
 in, and take_epoch_changes() tells the shell (after that step's Ready) to store the E
-certificate (`checkpoints`, the config chain) and that the epoch changed. A member not in the next configuration (removed)
-starts no replica: it sends no ordering message, keeps answering as above for 4 timeouts, and
-`removed_at` (E, also an EpochChange to an epoch without us) tells the shell to exit 0.
+certificate (`checkpoints`, the config chain) and that the epoch changed. A member not in the
+next configuration (removed) starts no replica: it sends no ordering message, keeps answering
+as above for 4 timeouts, and `removed_at` (E, also an EpochChange to an epoch without us)
+tells the shell to exit 0.
 
 Why no sequence number is ordered by two configurations: design 3.3 (docs/protocol.md).
 """
