@@ -2091,10 +2091,12 @@ class PbftReplica:
         self._served_ms[fetch.sender] = self._mono_ms
         self._served_from[fetch.sender] = fetch.from_seq
         self._relay_new_view(fetch.sender)  # a restarted peer may not know our view either
+        # Only this epoch's blocks, (S_e, E_e]: an answer never spans two configurations (an
+        # earlier epoch's are served through pbft/epochs.py, with its E certificate).
         self._serve.append(
             Serve(
                 fetch.sender,
-                max(1, fetch.from_seq),
+                max(self.config.start + 1, fetch.from_seq),
                 grant,
                 epoch=self.epoch,
                 last_seq=self.config.end,

@@ -560,3 +560,26 @@ def test_the_e_certificate_reaches_the_shell_as_a_stable_checkpoint() -> None:
     end = _through_change(g, {0: 0, 1: 1, 2: 2, 3: 3})
     assert all(g.nodes[i].epoch == 1 for i in range(4))
     assert all(end in seen[i] for i in range(4)), seen
+
+
+def test_a_fetch_in_the_next_epoch_is_served_from_its_start_only() -> None:
+    """An answer never spans two configurations: in e+1 a FETCH from below S_{e+1} is served
+    from S_{e+1}+1 (epoch e's blocks come with epoch e's FETCH and E certificate)."""
+    from consortium.pbft.messages import Fetch
+
+    g = EpochGroup(4)
+    end = _through_change(g, {0: 0, 1: 1, 2: 2, 3: 3})
+    _epoch_1_commits(g, end + 1)
+    node = g.nodes[0]
+    node.take_ready()
+    node.receive(1, encode(Fetch.create(SIGNERS[1], g.chain_id, 2, 1, epoch=1)))
+    serves = node.take_ready().serve
+    assert [(s.from_seq, s.epoch) for s in serves] == [(end + 1, 1)]
+    # The same FETCH naming epoch 0 is epoch 0's: blocks up to E with the E certificate.
+    g.mono_ms += 1_000
+    node.tick(g.mono_ms, WALL + g.mono_ms)
+    node.take_ready()
+    node.receive(1, encode(Fetch.create(SIGNERS[1], g.chain_id, 2, 1, epoch=0)))
+    serves = node.take_ready().serve
+    assert [(s.from_seq, s.epoch, s.last_seq) for s in serves] == [(2, 0, end)]
+    assert serves[0].stable is not None and serves[0].stable.seq == end
