@@ -59,6 +59,7 @@ from consortium.pbft.messages import (
     Fetch,
     Message,
     ViewChange,
+    ViewReport,
     decode,
     encode,
     frame_bytes_limit,
@@ -260,9 +261,14 @@ class PbftEpochs:
         replica = self.replica
         if replica is None or msg.sender != sender or self.configuration.member(sender) is None:
             return
-        seq = getattr(msg, "seq", None)
-        if seq is None:
-            seq = getattr(msg, "from_seq", 1) - 1
+        if isinstance(msg, Blocks):
+            seq = msg.height
+        elif isinstance(msg, ViewReport):
+            seq = msg.last_executed
+        elif isinstance(msg, Fetch):
+            seq = msg.from_seq - 1
+        else:
+            seq = getattr(msg, "seq", 0)
         if isinstance(seq, int) and seq > 0:
             self._claims[sender] = max(self._claims.get(sender, 0), seq)
             replica.claim_executed(sender, seq)

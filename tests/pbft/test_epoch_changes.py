@@ -583,3 +583,24 @@ def test_a_fetch_in_the_next_epoch_is_served_from_its_start_only() -> None:
     serves = node.take_ready().serve
     assert [(s.from_seq, s.epoch, s.last_seq) for s in serves] == [(2, 0, end)]
     assert serves[0].stable is not None and serves[0].stable.seq == end
+
+
+def test_f_plus_1_voters_speaking_in_a_later_epoch_start_a_fetch() -> None:
+    """Their later-epoch messages cannot be checked here, but how far they claim to be (a
+    VIEW-REPORT's last executed, a BLOCKS's height, a seq) steers state transfer once f+1
+    voters of ours claim it; one voter alone does not."""
+    from consortium.pbft.messages import Blocks, Fetch, ViewReport
+
+    g = EpochGroup(4)
+    g.run(2_000)  # idle: nothing to fetch
+    node = g.nodes[3]
+    node.take_ready()
+    report = ViewReport.create(SIGNERS[1], g.chain_id, bytes(16), 0, 40, 1, epoch=2)
+    node.receive(1, encode(report))
+    fetches = [m for m in (decode(o.frame, g.params) for o in node.take_ready().messages)]
+    assert not [m for m in fetches if isinstance(m, Fetch)], "one claim is not enough"
+    blocks = Blocks.create(SIGNERS[2], g.chain_id, 1, 40, None, (), 2, epoch=1)
+    node.receive(2, encode(blocks))
+    out = [decode(o.frame, g.params) for o in node.take_ready().messages]
+    assert [m.from_seq for m in out if isinstance(m, Fetch)] == [1]
+    assert node.rejected["unknown_epoch"] == 2
