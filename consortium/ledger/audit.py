@@ -71,7 +71,6 @@ from consortium.ledger.block import (
     genesis_block,
 )
 from consortium.ledger.certificates import (
-    VOTE_BODY_BYTES_MAX,
     CheckpointCertificate,
     CommitCertificate,
     RaftEntryCertificate,
@@ -183,22 +182,6 @@ def _cells(height: int, table: str, row: tuple[Any, ...], types: tuple[type, ...
                 f"{i + 1}, not {_TYPE_NAMES[kind]}",
             )
     return row
-
-
-def _has_fields(body: bytes, n: int) -> bool:
-    """Whether a vote body decodes to a list of `n` fields."""
-    try:
-        a = unpack_canonical(body, max_len=VOTE_BODY_BYTES_MAX)
-    except WireFormatError:
-        return False
-    return isinstance(a, list) and len(a) == n
-
-
-def _same(got: list[Any], want: list[Any]) -> bool:
-    """Field by field equal and of the same type (True is no epoch 1, nor 1.0 a seq)."""
-    return len(got) == len(want) and all(
-        type(g) is type(w) and g == w for g, w in zip(got, want, strict=True)
-    )
 
 
 def _digest_of(encoded: bytes) -> bytes:
@@ -491,21 +474,9 @@ class _Audit:
                 (header.height,),
             )
         )
-        config = self._config(header.height)
-        if config.epoch == 0:
-            problem = verify_block_signatures(
-                votes, header.height, header.hash, self.genesis, self.verifier, 0
-            )
-        else:
-            problem = self._votes_problem(
-                votes,
-                config,
-                Domain.BLOCK,
-                "block",
-                [header.height, header.hash],
-                0,
-                voters_only=False,
-            )
+        problem = verify_block_signatures(
+            votes, header.height, header.hash, self._config(header.height), self.verifier, 0
+        )
         if problem:
             raise _Failed(header.height, f"block signature: {problem}")
 
@@ -633,24 +604,10 @@ class _Audit:
         self, cert: CommitCertificate | CheckpointCertificate, config: Configuration
     ) -> str | None:
         """A commit or checkpoint certificate judged by `config`, the configuration that
-        orders its seq. THE one place the audit judges pbft certificates (when
-        ledger/certificates.py verifies against a Configuration, all of this becomes
-        `cert.verify(config, self.verifier, stored=True)`). Votes are epoch-tagged,
-        ["commit", epoch, view, seq, digest, sender] and ["checkpoint", epoch, seq, block_hash,
-        sender], naming `config`'s epoch and signed by Q distinct voters of it. At epoch 0 a
-        stored certificate may also hold today's (legacy) bodies without the epoch: one with
-        only those is checked by their own verify against the genesis, as before; one with any
-        tagged vote by `_votes_problem`, each vote either legacy or tagged with epoch 0."""
-        if isinstance(cert, CommitCertificate):
-            kind, expect = "commit", [cert.view, cert.seq, cert.digest]
-        else:
-            kind, expect = "checkpoint", [cert.seq, cert.block_hash]
-        legacy = config.epoch == 0
-        if legacy and not any(_has_fields(v.body, len(expect) + 3) for v in cert.votes):
-            return cert.verify(self.genesis, self.verifier)
-        return self._votes_problem(
-            cert.votes, config, Domain.PBFT, kind, [config.epoch, *expect], None, legacy=legacy
-        )
+        orders its seq: Q distinct voters of it, each vote naming its epoch. `stored=True`: at
+        epoch 0 a certificate written before protocol 3 may also hold legacy bodies without
+        the epoch (ledger/certificates.py)."""
+        return cert.verify(config, self.verifier, stored=True)
 
     def _raft_problem(self, cert: RaftEntryCertificate, config: Configuration) -> str | None:
         """The leader of a raft entry is a voter of config(h) (learners never campaign, so
@@ -669,57 +626,6 @@ class _Audit:
             member.public_key, Domain.RAFT_ENTRY, self.chain_id, cert.body, cert.signature
         ):
             return f"bad entry signature by {member.name}"
-        return None
-
-    def _votes_problem(
-        self,
-        votes: tuple[SignedVote, ...],
-        config: Configuration,
-        domain: Domain,
-        kind: str,
-        expect: list[Any],
-        needed: int | None,
-        *,
-        voters_only: bool = True,
-        legacy: bool = False,
-    ) -> str | None:
-        """Each vote decodes to [kind, *expect, sender], senders distinct ids of `config`
-        (its voters, or any member for block signatures), each signature valid under the
-        sender's key there; at least `needed` (None: the quorum) of them. `legacy` (pbft
-        votes at epoch 0; expect[0] is then the epoch): a vote without the epoch field,
-        [kind, *expect[1:], sender], counts too."""
-        signers: set[int] = set()
-        for i, vote in enumerate(votes):
-            try:
-                a = as_list(unpack_canonical(vote.body, max_len=VOTE_BODY_BYTES_MAX), what=kind)
-            except WireFormatError as exc:
-                return f"{kind} vote {i}: {exc}"
-            if legacy and len(a) == len(expect) + 1:
-                named = [expect[0], *a[1:-1]]  # a body of before the epoch: epoch 0's
-            elif len(a) == len(expect) + 2:
-                named = a[1:-1]
-            else:
-                return f"{kind} vote {i}: {kind}: expected {len(expect) + 2} fields, got {len(a)}"
-            if a[0] != kind or not _same(named, expect):
-                return f"{kind} vote {i} is not for this {kind} of configuration {config.epoch}"
-            sender = a[-1]
-            member = (
-                config.member(sender)
-                if isinstance(sender, int) and not isinstance(sender, bool)
-                else None
-            )
-            if member is None or (voters_only and member.role != "voter"):
-                return f"{kind} vote {i}: {sender!r} is not a voter of configuration {config.epoch}"
-            if sender in signers:
-                return f"{kind} vote {i}: member {member.name} counted twice"
-            if not self.verifier.verify(
-                member.public_key, domain, self.chain_id, vote.body, vote.signature
-            ):
-                return f"{kind} vote {i}: bad signature by {member.name}"
-            signers.add(sender)
-        want = config.quorum if needed is None else needed
-        if len(signers) < want:
-            return f"{len(signers)} distinct {kind} signatures, {want} needed"
         return None
 
     def _tx_index(self, db: sqlite3.Connection, block: Block, execution: Execution) -> None:
@@ -963,9 +869,7 @@ class _Audit:
             vote = SignedVote.from_array(pair)
         except WireFormatError as exc:
             return f"its certificate does not decode: {exc}"
-        return self._votes_problem(
-            (vote,), previous, Domain.BLOCK, "block", [at, header.hash], 1, voters_only=False
-        )
+        return verify_block_signatures((vote,), at, header.hash, previous, self.verifier, 1)
 
     def _served_state(self, db: sqlite3.Connection, head: BlockHeader, app: KeyValueState) -> None:
         """The tables the node serves reads from and reloads at start must be what re-execution

@@ -1,17 +1,26 @@
-"""Certificates stored beside blocks, checkable offline from the genesis file alone.
+"""Certificates stored beside blocks, checkable offline against the configuration that
+ordered their height (ledger/membership.py; genesis_configuration(genesis) at epoch 0).
 
 They live in the ledger (not in a consensus core) because the audit checks them and the ledger
 must not import a core. The PBFT core signs exactly these bodies.
 
-    COMMIT body       ["commit", view, seq, digest, sender]          Domain.PBFT
-    CHECKPOINT body   ["checkpoint", seq, block_hash, sender]        Domain.PBFT
-    block signature   ["block", height, block_hash, signer]          Domain.BLOCK
+    COMMIT body       ["commit", epoch, view, seq, digest, sender]        Domain.PBFT
+    CHECKPOINT body   ["checkpoint", epoch, seq, block_hash, sender]      Domain.PBFT
+    block signature   ["block", height, block_hash, signer]               Domain.BLOCK
 
-A commit certificate is Q signed COMMITs from distinct members for one (view, seq, digest);
-a checkpoint certificate is Q signed CHECKPOINTs for one (seq, block hash); f+1 block signatures
-from distinct members certify a header (and so any receipt proved against it). Honest replicas
-may hold different valid certificates for one block, which is why certificates are never hashed
-into blocks. Each vote keeps the exact signed bytes, so verification never re-encodes.
+Senders and signers are member ids (genesis member i is id i). A commit certificate is Q
+signed COMMITs from distinct voters of one configuration, each naming its epoch, for one
+(view, seq, digest); a checkpoint certificate is Q signed CHECKPOINTs for one (seq, block
+hash), likewise; f+1 block signatures from distinct members of config(height) certify a
+header (and so any receipt proved against it). Block bodies name no epoch: the height decides
+the configuration.
+
+Legacy bodies. Certificates stored before protocol version 3 hold 5-field COMMIT and 4-field
+CHECKPOINT bodies with no epoch: they are valid only against an epoch-0 configuration and only
+when the caller says the certificate comes from a store (`stored=True`), never from the wire.
+Honest replicas may hold different valid certificates for one block, which is why certificates
+are never hashed into blocks. Each vote keeps the exact signed bytes, so verification never
+re-encodes.
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ from consortium.crypto.codec import (
 )
 from consortium.crypto.signing import Domain, Verifier
 from consortium.ledger.genesis import Genesis
+from consortium.ledger.membership import VOTER, Configuration
 
 VOTE_BODY_BYTES_MAX = 256
 
@@ -50,11 +60,21 @@ class SignedVote:
         )
 
 
-def commit_body(view: int, seq: int, digest: bytes, sender: int) -> bytes:
+def commit_body(epoch: int, view: int, seq: int, digest: bytes, sender: int) -> bytes:
+    return pack(["commit", epoch, view, seq, digest, sender])
+
+
+def checkpoint_body(epoch: int, seq: int, block_hash: bytes, sender: int) -> bytes:
+    return pack(["checkpoint", epoch, seq, block_hash, sender])
+
+
+def legacy_commit_body(view: int, seq: int, digest: bytes, sender: int) -> bytes:
+    """A COMMIT body as protocol version 2 signed it (stored certificates only)."""
     return pack(["commit", view, seq, digest, sender])
 
 
-def checkpoint_body(seq: int, block_hash: bytes, sender: int) -> bytes:
+def legacy_checkpoint_body(seq: int, block_hash: bytes, sender: int) -> bytes:
+    """A CHECKPOINT body as protocol version 2 signed it (stored certificates only)."""
     return pack(["checkpoint", seq, block_hash, sender])
 
 
@@ -69,8 +89,10 @@ _VOTE_FIELDS = {
 }
 
 
-def _decode_body(body: bytes, kind: str, n_fields: int) -> list[Any]:
-    a = as_list(unpack_canonical(body, max_len=VOTE_BODY_BYTES_MAX), n_fields, kind)
+def _decode_body(body: bytes, kind: str, n_fields: tuple[int, ...]) -> list[Any]:
+    a = as_list(unpack_canonical(body, max_len=VOTE_BODY_BYTES_MAX), what=kind)
+    if len(a) not in n_fields:
+        raise WireFormatError(f"{kind}: expected {n_fields[0]} fields, got {len(a)}")
     if a[0] != kind:
         raise WireFormatError(f"expected a {kind} vote, got {str(a[0])[:16]!r}")
     return a
@@ -78,32 +100,53 @@ def _decode_body(body: bytes, kind: str, n_fields: int) -> list[Any]:
 
 def _check_signers(
     votes: tuple[SignedVote, ...],
-    genesis: Genesis,
+    config: Configuration,
     verifier: Verifier,
     domain: Domain,
     expect: list[Any],
     kind: str,
     needed: int,
+    *,
+    epoch_tagged: bool = True,
+    stored: bool = False,
 ) -> str | None:
-    """Shared check: each vote decodes to `expect` + [signer], signers distinct members, valid."""
+    """Shared check: each vote decodes to [kind, epoch] + `expect` + [signer] (block
+    signatures: no epoch), naming `config`'s epoch; signers are distinct members of `config`
+    (voters, for pbft votes) and each signature is valid under the signer's key there. A
+    legacy vote without the epoch counts only when `stored` and `config` is epoch 0."""
+    fields = len(expect) + 2
+    legacy_ok = epoch_tagged and stored and config.epoch == 0
+    shapes = (fields + 1, fields) if legacy_ok else (fields + 1,) if epoch_tagged else (fields,)
     signers: set[int] = set()
     for i, vote in enumerate(votes):
         try:
-            a = _decode_body(vote.body, kind, len(expect) + 2)
+            a = _decode_body(vote.body, kind, shapes)
         except WireFormatError as exc:
             return f"{kind} vote {i}: {exc}"
+        if epoch_tagged and len(a) == fields + 1:
+            epoch = a[1]
+            if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch != config.epoch:
+                return f"{kind} vote {i} names epoch {epoch!r}, not {config.epoch}"
+            a = [a[0], *a[2:]]
         if a[1:-1] != expect:
             return f"{kind} vote {i} is not for this {_VOTE_FIELDS[kind]}"
         signer = a[-1]
-        # bool is an int in Python; a canonical signer index is a plain integer.
-        if not isinstance(signer, int) or isinstance(signer, bool) or not 0 <= signer < genesis.n:
-            return f"{kind} vote {i}: signer {signer!r} is not a member"
+        # bool is an int in Python; a canonical signer id is a plain integer.
+        member = (
+            config.member(signer)
+            if isinstance(signer, int) and not isinstance(signer, bool)
+            else None
+        )
+        if member is None or (epoch_tagged and member.role != VOTER):
+            if not epoch_tagged:  # (block signatures: the words receipts have always used)
+                return f"{kind} vote {i}: signer {signer!r} is not a member"
+            return f"{kind} vote {i}: signer {signer!r} is not a member of epoch {config.epoch}"
         if signer in signers:
-            return f"{kind} vote {i}: member {genesis.members[signer].name} counted twice"
+            return f"{kind} vote {i}: member {member.name} counted twice"
         if not verifier.verify(
-            genesis.members[signer].public_key, domain, genesis.chain_id, vote.body, vote.signature
+            member.public_key, domain, config.chain_id, vote.body, vote.signature
         ):
-            return f"{kind} vote {i}: bad signature by {genesis.members[signer].name}"
+            return f"{kind} vote {i}: bad signature by {member.name}"
         signers.add(signer)
     if len(signers) < needed:
         return f"{len(signers)} distinct {kind} signatures, {needed} needed"
@@ -136,15 +179,20 @@ class CommitCertificate:
             tuple(SignedVote.from_array(x) for x in votes),
         )
 
-    def verify(self, genesis: Genesis, verifier: Verifier) -> str | None:
+    def verify(
+        self, config: Configuration, verifier: Verifier, *, stored: bool = False
+    ) -> str | None:
+        """Q distinct voters of `config`, each COMMIT naming its epoch (`stored`: legacy
+        epoch-less bodies also count at epoch 0)."""
         return _check_signers(
             self.votes,
-            genesis,
+            config,
             verifier,
             Domain.PBFT,
             [self.view, self.seq, self.digest],
             "commit",
-            genesis.quorum,
+            config.quorum,
+            stored=stored,
         )
 
 
@@ -172,15 +220,20 @@ class CheckpointCertificate:
             tuple(SignedVote.from_array(x) for x in votes),
         )
 
-    def verify(self, genesis: Genesis, verifier: Verifier) -> str | None:
+    def verify(
+        self, config: Configuration, verifier: Verifier, *, stored: bool = False
+    ) -> str | None:
+        """Q distinct voters of `config`, each CHECKPOINT naming its epoch (`stored`: legacy
+        epoch-less bodies also count at epoch 0)."""
         return _check_signers(
             self.votes,
-            genesis,
+            config,
             verifier,
             Domain.PBFT,
             [self.seq, self.block_hash],
             "checkpoint",
-            genesis.quorum,
+            config.quorum,
+            stored=stored,
         )
 
 
@@ -188,13 +241,21 @@ def verify_block_signatures(
     votes: tuple[SignedVote, ...],
     height: int,
     block_hash: bytes,
-    genesis: Genesis,
+    config: Configuration,
     verifier: Verifier,
     needed: int,
 ) -> str | None:
-    """f+1 distinct member signatures over (chain id, height, block hash) certify a header."""
+    """f+1 distinct member signatures over (chain id, height, block hash) certify a header;
+    `config` is config(height), whose members and keys count."""
     return _check_signers(
-        votes, genesis, verifier, Domain.BLOCK, [height, block_hash], "block", needed
+        votes,
+        config,
+        verifier,
+        Domain.BLOCK,
+        [height, block_hash],
+        "block",
+        needed,
+        epoch_tagged=False,
     )
 
 

@@ -64,6 +64,7 @@ from consortium.ledger.state import Execution, KeyValueState, build_block
 from consortium.ledger.store import RECOVERY_MARK_KEY
 from consortium.ledger.tx import Transaction
 from consortium.pbft import effects as pbft
+from consortium.pbft.epochs import PbftEpochs
 from consortium.pbft.replica import PbftReplica
 
 StagedBlock = tuple[Block, Execution, bytes | None]  # block, its execution, its certificate
@@ -194,7 +195,7 @@ class Executor:
 
     def __init__(
         self,
-        core: PbftReplica | raft.RaftNode,
+        core: PbftReplica | PbftEpochs | raft.RaftNode,
         app: KeyValueState,
         head: BlockHeader,
         signer: Signer,

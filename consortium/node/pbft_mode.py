@@ -10,12 +10,14 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from consortium.crypto.signing import Domain
+from consortium.crypto.signing import Domain, Signer
 from consortium.ledger.certificates import decode_certificate
+from consortium.ledger.membership import genesis_configuration
 from consortium.ledger.store import RECOVERY_MARK_KEY
 from consortium.node.parts import MemberParts
 from consortium.pbft import messages as pbft_messages
 from consortium.pbft import reasons as drop
+from consortium.pbft.epochs import PbftEpochs
 from consortium.pbft.replica import PbftConfig, PbftReplica, RecoveredState
 from consortium.pbft.replica import Serve as PbftServe
 from consortium.pbft.transfer import blocks_reply
@@ -73,13 +75,29 @@ class PbftMode:
         self.me = parts.me
         store = parts.store
         head = store.head
-        self.core = PbftReplica(
-            PbftConfig.from_genesis(self.genesis, self.me, seed=os.urandom(16)),
+        nonce = [None if parts.recovering_from is None else os.urandom(16)]
+
+        def make(config: PbftConfig, signer: Signer, recovered: RecoveredState) -> PbftReplica:
+            recovery_nonce, nonce[0] = nonce[0], None  # (only the replica started here)
+            return PbftReplica(
+                config,
+                signer,
+                parts.verifier,
+                tx_ok=parts.tx_cache.check,
+                # The state executed so far (written or not): keys admitted ever, never fewer.
+                ever_admitted=parts.app.may_submit,
+                recovered=recovered,
+                recovery_nonce=recovery_nonce,
+            )
+
+        # One replica per configuration (pbft/epochs.py); the genesis one until part D feeds
+        # the store's configuration and pending change here.
+        self.core = PbftEpochs(
+            genesis_configuration(self.genesis),
+            self.me,
+            self.genesis.params,
             parts.signer,
-            parts.verifier,
-            tx_ok=parts.tx_cache.check,
-            # The state executed so far (written or not): keys admitted ever, never fewer.
-            ever_admitted=parts.app.may_submit,
+            make=make,
             recovered=RecoveredState(
                 last_executed=head.height,
                 last_block_hash=head.hash,
@@ -87,7 +105,7 @@ class PbftMode:
                 # (the recovery mark is the shell's, not one of the core's records)
                 records=[r for r in store.load_records() if r[0] != RECOVERY_MARK_KEY],
             ),
-            recovery_nonce=None if parts.recovering_from is None else os.urandom(16),
+            seed=os.urandom(16),
         )
         self.start_applied_index = 0  # (raft's; no raft index in pbft)
         self.clock = RunningClock(max(STALL_MIN_MS, self.genesis.params.request_timeout_ms // 2))
@@ -205,14 +223,16 @@ class PbftMode:
             self.genesis.params,
             serve.from_seq,
             self.parts.store.height,
-            self.core.stable_certificate,
+            serve.stable or self.core.stable_certificate,
             block_at,
             serve.bytes_max,
+            epoch=serve.epoch,
+            last_seq=serve.last_seq,
         )
         self.parts.send_peer(serve.peer, frame)
         return len(frame)
 
-    def _log_view(self, core: PbftReplica) -> None:
+    def _log_view(self, core: PbftEpochs) -> None:
         """One line per view change and per view entered (rate-limited by its nature)."""
         state = (core.view, core.active)
         if state == self._view_logged:

@@ -36,6 +36,12 @@ class Serve:
     peer: int
     from_seq: int
     bytes_max: int
+    # Epochs (pbft/epochs.py): the answer's epoch, the last block it may carry (an epoch's
+    # end E: an answer never spans two configurations) and the certificate it carries instead
+    # of the shell's latest stable one (the E certificate at a boundary); defaults at epoch 0.
+    epoch: int = 0
+    last_seq: int | None = None
+    stable: CheckpointCertificate | None = None
 
 
 @dataclass(frozen=True, slots=True)

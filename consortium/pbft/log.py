@@ -31,7 +31,7 @@ committed_local implies prepared; prepared implies a PRE-PREPARE.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 
 from consortium.ledger.certificates import CommitCertificate
@@ -197,11 +197,11 @@ class FutureBuffer:
     """Messages that arrived ahead of this replica (above the window, or for a higher view),
     bounded per sender in count and bytes. Order: sender, then arrival."""
 
-    def __init__(self, n: int, messages_max: int, bytes_max: int) -> None:
+    def __init__(self, ids: Iterable[int], messages_max: int, bytes_max: int) -> None:
         self.messages_max = messages_max
         self.bytes_max = bytes_max
-        self._queues: list[deque[Buffered]] = [deque() for _ in range(n)]
-        self._bytes = [0] * n
+        self._queues: dict[int, deque[Buffered]] = {i: deque() for i in ids}  # by member id
+        self._bytes = dict.fromkeys(self._queues, 0)
 
     def add(self, sender: int, msg: Buffered) -> bool:
         size = wire_bytes(msg)
@@ -215,7 +215,7 @@ class FutureBuffer:
     def drain(self, view: int) -> list[tuple[int, Buffered]]:
         """Remove and return the messages of `view`; those of older views are dropped."""
         out: list[tuple[int, Buffered]] = []
-        for sender, queue in enumerate(self._queues):
+        for sender, queue in self._queues.items():
             keep: deque[Buffered] = deque()
             for msg in queue:
                 if msg.view > view:
@@ -228,9 +228,10 @@ class FutureBuffer:
         return out
 
     def __len__(self) -> int:
-        return sum(len(q) for q in self._queues)
+        return sum(len(q) for q in self._queues.values())
 
     def check(self) -> None:
-        for queue, size in zip(self._queues, self._bytes, strict=True):
+        for sender, queue in self._queues.items():
+            size = self._bytes[sender]
             assert len(queue) <= self.messages_max
             assert size <= self.bytes_max

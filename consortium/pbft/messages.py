@@ -5,27 +5,32 @@ Theory of operation
 -------------------
 Every message travels as one canonical msgpack array [body, signature]; a PRE-PREPARE appends
 its batch: [body, signature, [tx.to_array(), ...]]. The body is the canonical encoding of a
-fixed-order array naming the kind first and the sender last:
+fixed-order array naming the kind first, the sender's epoch (configuration number,
+ledger/membership.py) second and the sender (its member id) last:
 
-    PRE-PREPARE  ["preprepare", view, seq, digest, proposed_ms, sender]   + the batch
-    PREPARE      ["prepare", view, seq, digest, sender]
-    COMMIT       ["commit", view, seq, digest, sender]     == certificates.commit_body
-    CHECKPOINT   ["checkpoint", seq, block_hash, sender]   == certificates.checkpoint_body
-    VIEW-CHANGE  ["viewchange", view, stable_seq, proofs_digest, sender]
+    PRE-PREPARE  ["preprepare", epoch, view, seq, digest, proposed_ms, sender]   + the batch
+    PREPARE      ["prepare", epoch, view, seq, digest, sender]
+    COMMIT       ["commit", epoch, view, seq, digest, sender]   == certificates.commit_body
+    CHECKPOINT   ["checkpoint", epoch, seq, block_hash, sender] == certificates.checkpoint_body
+    VIEW-CHANGE  ["viewchange", epoch, view, stable_seq, proofs_digest, sender]
                  + [stable checkpoint certificate or nil, [prepared proof, ...]]
-    NEW-VIEW     ["newview", view, proofs_digest, sender]
+    NEW-VIEW     ["newview", epoch, view, proofs_digest, sender]
                  + [[VIEW-CHANGE frame, ...], [[PRE-PREPARE body, signature], ...]]
-    BATCH-REQ    ["batchreq", digest, sender]               ask any replica for a batch
-    BATCH        ["batch", digest, proposed_ms, sender]     + the batch (checked by digest)
-    FETCH        ["fetch", from_seq, sender]                state transfer: blocks from a seq
-    BLOCKS       ["blocks", from_seq, height, sender]   height: how far the sender claims
-                 to have executed (its ledger height when it answered)
+    BATCH-REQ    ["batchreq", epoch, digest, sender]            ask any replica for a batch
+    BATCH        ["batch", epoch, digest, proposed_ms, sender]  + the batch (checked by digest)
+    FETCH        ["fetch", epoch, from_seq, sender]             state transfer: blocks from a seq
+    BLOCKS       ["blocks", epoch, from_seq, height, sender]   height: how far the sender
+                 claims to have executed (its ledger height when it answered)
                  + [stable checkpoint certificate or nil, [[proposed_ms, batch, commit
                    certificate], ...]]   each block checked by its own commit certificate
-    VIEW-QUERY   ["viewquery", nonce, sender]               a recovering member asks a peer's
-                                                            view (pbft/recovery.py)
-    VIEW-REPORT  ["viewreport", nonce, view, last_executed, sender]   the answer, signed over
-                                                            the asker's fresh nonce
+    VIEW-QUERY   ["viewquery", epoch, nonce, sender]            a recovering member asks a
+                                                                peer's view (pbft/recovery.py)
+    VIEW-REPORT  ["viewreport", epoch, nonce, view, last_executed, sender]   the answer, signed
+                                                                over the asker's fresh nonce
+
+The epoch is where pbft/epochs.py routes a message: a replica (pbft/replica.py) handles only
+its own epoch's. `create` takes it as the keyword `epoch` (0 by default: the genesis
+configuration).
 
 VIEW-CHANGE and NEW-VIEW sign a short body that binds their proofs by digest
 (proofs_digest = SHA-256 of the canonical encoding of the attached proofs), so bodies stay
@@ -101,18 +106,22 @@ __all__ = [
 BODY_BYTES_MAX = 256  # every body is a short array of small ints and two 32-byte hashes
 DIGEST_BYTES = 32
 NONCE_BYTES = 16  # VIEW-QUERY / VIEW-REPORT: fresh per recovering start (pbft/recovery.py)
+SENDER_MAX = (1 << 16) - 1  # member ids are below 2^16 (ledger/membership.py MEMBER_IDS)
 
 
-def preprepare_body(view: int, seq: int, digest: bytes, proposed_ms: int, sender: int) -> bytes:
-    return pack(["preprepare", view, seq, digest, proposed_ms, sender])
+def preprepare_body(
+    view: int, seq: int, digest: bytes, proposed_ms: int, sender: int, epoch: int = 0
+) -> bytes:
+    return pack(["preprepare", epoch, view, seq, digest, proposed_ms, sender])
 
 
-def prepare_body(view: int, seq: int, digest: bytes, sender: int) -> bytes:
-    return pack(["prepare", view, seq, digest, sender])
+def prepare_body(view: int, seq: int, digest: bytes, sender: int, epoch: int = 0) -> bytes:
+    return pack(["prepare", epoch, view, seq, digest, sender])
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PrePrepare:
+    epoch: int = 0  # the sender's configuration (body field 2)
     view: int
     seq: int
     digest: bytes
@@ -134,11 +143,13 @@ class PrePrepare:
         txs: tuple[Transaction, ...],
         *,
         digest: bytes | None = None,  # tests only: a digest that does not match the batch
+        epoch: int = 0,
     ) -> PrePrepare:
         if digest is None:
             digest = batch_digest(proposed_ms, [t.id for t in txs])
-        body = preprepare_body(view, seq, digest, proposed_ms, sender)
+        body = preprepare_body(view, seq, digest, proposed_ms, sender, epoch)
         return cls(
+            epoch=epoch,
             view=view,
             seq=seq,
             digest=digest,
@@ -159,6 +170,7 @@ class PrePrepare:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Prepare:
+    epoch: int = 0  # the sender's configuration (body field 2)
     view: int
     seq: int
     digest: bytes
@@ -168,10 +180,19 @@ class Prepare:
 
     @classmethod
     def create(
-        cls, signer: Signer, chain_id: bytes, view: int, seq: int, digest: bytes, sender: int
+        cls,
+        signer: Signer,
+        chain_id: bytes,
+        view: int,
+        seq: int,
+        digest: bytes,
+        sender: int,
+        *,
+        epoch: int = 0,
     ) -> Prepare:
-        body = prepare_body(view, seq, digest, sender)
+        body = prepare_body(view, seq, digest, sender, epoch)
         return cls(
+            epoch=epoch,
             view=view,
             seq=seq,
             digest=digest,
@@ -183,6 +204,7 @@ class Prepare:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Commit:
+    epoch: int = 0  # the sender's configuration (body field 2)
     view: int
     seq: int
     digest: bytes
@@ -192,10 +214,19 @@ class Commit:
 
     @classmethod
     def create(
-        cls, signer: Signer, chain_id: bytes, view: int, seq: int, digest: bytes, sender: int
+        cls,
+        signer: Signer,
+        chain_id: bytes,
+        view: int,
+        seq: int,
+        digest: bytes,
+        sender: int,
+        *,
+        epoch: int = 0,
     ) -> Commit:
-        body = commit_body(view, seq, digest, sender)
+        body = commit_body(epoch, view, seq, digest, sender)
         return cls(
+            epoch=epoch,
             view=view,
             seq=seq,
             digest=digest,
@@ -210,6 +241,7 @@ class Commit:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Checkpoint:
+    epoch: int = 0  # the sender's configuration (body field 2)
     seq: int
     block_hash: bytes
     sender: int
@@ -218,10 +250,18 @@ class Checkpoint:
 
     @classmethod
     def create(
-        cls, signer: Signer, chain_id: bytes, seq: int, block_hash: bytes, sender: int
+        cls,
+        signer: Signer,
+        chain_id: bytes,
+        seq: int,
+        block_hash: bytes,
+        sender: int,
+        *,
+        epoch: int = 0,
     ) -> Checkpoint:
-        body = checkpoint_body(seq, block_hash, sender)
+        body = checkpoint_body(epoch, seq, block_hash, sender)
         return cls(
+            epoch=epoch,
             seq=seq,
             block_hash=block_hash,
             sender=sender,
@@ -260,6 +300,7 @@ class PreparedProof:
         proofs kept every matching PREPARE, Q-1 being what check_proof admits)."""
         return PreparedProof(
             preprepare=PrePrepare(
+                epoch=self.preprepare.epoch,
                 view=self.preprepare.view,
                 seq=self.preprepare.seq,
                 digest=self.preprepare.digest,
@@ -287,6 +328,7 @@ def proofs_digest_of(
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ViewChange:
+    epoch: int = 0  # the sender's configuration (body field 2)
     view: int  # the view this replica moves to
     stable_seq: int
     proofs_digest: bytes
@@ -305,11 +347,16 @@ class ViewChange:
         stable: CheckpointCertificate | None,
         prepared: tuple[PreparedProof, ...],
         sender: int,
+        *,
+        epoch: int = 0,
+        stable_seq: int | None = None,  # the epoch's start when `stable` is nil (epochs.py)
     ) -> ViewChange:
-        stable_seq = 0 if stable is None else stable.seq
+        if stable_seq is None or stable is not None:
+            stable_seq = 0 if stable is None else stable.seq
         digest = proofs_digest_of(stable, prepared)
-        body = pack(["viewchange", view, stable_seq, digest, sender])
+        body = pack(["viewchange", epoch, view, stable_seq, digest, sender])
         return cls(
+            epoch=epoch,
             view=view,
             stable_seq=stable_seq,
             proofs_digest=digest,
@@ -327,6 +374,7 @@ def new_view_digest(frames: tuple[bytes, ...], preprepares: tuple[PrePrepare, ..
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class NewView:
+    epoch: int = 0  # the sender's configuration (body field 2)
     view: int
     proofs_digest: bytes
     sender: int
@@ -344,10 +392,13 @@ class NewView:
         view_change_frames: tuple[bytes, ...],
         preprepares: tuple[PrePrepare, ...],
         sender: int,
+        *,
+        epoch: int = 0,
     ) -> NewView:
         digest = new_view_digest(view_change_frames, preprepares)
-        body = pack(["newview", view, digest, sender])
+        body = pack(["newview", epoch, view, digest, sender])
         return cls(
+            epoch=epoch,
             view=view,
             proofs_digest=digest,
             sender=sender,
@@ -360,15 +411,19 @@ class NewView:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class BatchRequest:
+    epoch: int = 0  # the sender's configuration (body field 2)
     digest: bytes
     sender: int
     body: bytes
     signature: bytes
 
     @classmethod
-    def create(cls, signer: Signer, chain_id: bytes, digest: bytes, sender: int) -> BatchRequest:
-        body = pack(["batchreq", digest, sender])
+    def create(
+        cls, signer: Signer, chain_id: bytes, digest: bytes, sender: int, *, epoch: int = 0
+    ) -> BatchRequest:
+        body = pack(["batchreq", epoch, digest, sender])
         return cls(
+            epoch=epoch,
             digest=digest,
             sender=sender,
             body=body,
@@ -381,6 +436,7 @@ class Batch:
     """A batch sent by digest; valid when batch_digest(proposed_ms, ids) == digest, whoever
     sends it."""
 
+    epoch: int = 0  # the sender's configuration (body field 2)
     digest: bytes
     proposed_ms: int
     sender: int
@@ -398,11 +454,13 @@ class Batch:
         sender: int,
         *,
         digest: bytes | None = None,  # tests only
+        epoch: int = 0,
     ) -> Batch:
         if digest is None:
             digest = batch_digest(proposed_ms, [t.id for t in txs])
-        body = pack(["batch", digest, proposed_ms, sender])
+        body = pack(["batch", epoch, digest, proposed_ms, sender])
         return cls(
+            epoch=epoch,
             digest=digest,
             proposed_ms=proposed_ms,
             sender=sender,
@@ -414,15 +472,19 @@ class Batch:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Fetch:
+    epoch: int = 0  # the sender's configuration (body field 2)
     from_seq: int
     sender: int
     body: bytes
     signature: bytes
 
     @classmethod
-    def create(cls, signer: Signer, chain_id: bytes, from_seq: int, sender: int) -> Fetch:
-        body = pack(["fetch", from_seq, sender])
+    def create(
+        cls, signer: Signer, chain_id: bytes, from_seq: int, sender: int, *, epoch: int = 0
+    ) -> Fetch:
+        body = pack(["fetch", epoch, from_seq, sender])
         return cls(
+            epoch=epoch,
             from_seq=from_seq,
             sender=sender,
             body=body,
@@ -449,6 +511,7 @@ class TransferredBlock:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Blocks:
+    epoch: int = 0  # the sender's configuration (body field 2)
     from_seq: int
     # The sender's ledger height as it answered: how far it claims to be. An answer with fewer
     # blocks than fit one frame while it claims more counts as slow (pbft/replica.py).
@@ -469,9 +532,12 @@ class Blocks:
         stable: CheckpointCertificate | None,
         blocks: tuple[TransferredBlock, ...],
         sender: int,
+        *,
+        epoch: int = 0,
     ) -> Blocks:
-        body = pack(["blocks", from_seq, height, sender])
+        body = pack(["blocks", epoch, from_seq, height, sender])
         return cls(
+            epoch=epoch,
             from_seq=from_seq,
             height=height,
             sender=sender,
@@ -487,15 +553,19 @@ class ViewQuery:
     """A recovering member asks a peer for its view, with a nonce it chose for this start, so
     an answer recorded before its state was lost can never be replayed to it."""
 
+    epoch: int = 0  # the sender's configuration (body field 2)
     nonce: bytes
     sender: int
     body: bytes
     signature: bytes
 
     @classmethod
-    def create(cls, signer: Signer, chain_id: bytes, nonce: bytes, sender: int) -> ViewQuery:
-        body = pack(["viewquery", nonce, sender])
+    def create(
+        cls, signer: Signer, chain_id: bytes, nonce: bytes, sender: int, *, epoch: int = 0
+    ) -> ViewQuery:
+        body = pack(["viewquery", epoch, nonce, sender])
         return cls(
+            epoch=epoch,
             nonce=nonce,
             sender=sender,
             body=body,
@@ -508,6 +578,7 @@ class ViewReport:
     """The answer to a VIEW-QUERY: the sender's view (the one it is in or moving to) and the
     highest sequence number it executed, signed together with the asker's nonce."""
 
+    epoch: int = 0  # the sender's configuration (body field 2)
     nonce: bytes
     view: int
     last_executed: int
@@ -524,9 +595,12 @@ class ViewReport:
         view: int,
         last_executed: int,
         sender: int,
+        *,
+        epoch: int = 0,
     ) -> ViewReport:
-        body = pack(["viewreport", nonce, view, last_executed, sender])
+        body = pack(["viewreport", epoch, nonce, view, last_executed, sender])
         return cls(
+            epoch=epoch,
             nonce=nonce,
             view=view,
             last_executed=last_executed,
@@ -598,13 +672,14 @@ def _preprepare(body: bytes, signature: bytes, txs: tuple[Transaction, ...]) -> 
     fields = _fields(body)
     if fields[0] != "preprepare":
         raise WireFormatError("expected a preprepare body")
-    as_list(fields, 6, "preprepare")
+    as_list(fields, 7, "preprepare")
     return PrePrepare(
-        view=as_int(fields[1], "view"),
-        seq=as_int(fields[2], "seq"),
-        digest=as_bytes(fields[3], "digest", size=DIGEST_BYTES),
-        proposed_ms=as_int(fields[4], "proposed_ms"),
-        sender=as_int(fields[5], "sender"),
+        epoch=as_int(fields[1], "epoch"),
+        view=as_int(fields[2], "view"),
+        seq=as_int(fields[3], "seq"),
+        digest=as_bytes(fields[4], "digest", size=DIGEST_BYTES),
+        proposed_ms=as_int(fields[5], "proposed_ms"),
+        sender=as_int(fields[6], "sender", hi=SENDER_MAX),
         txs=txs,
         body=body,
         signature=signature,
@@ -616,13 +691,14 @@ def _vote(body: bytes, signature: bytes) -> Prepare | Commit:
     kind = fields[0]
     if kind not in ("prepare", "commit"):
         raise WireFormatError(f"expected a prepare or commit body, got {str(kind)[:16]!r}")
-    as_list(fields, 5, kind)
+    as_list(fields, 6, kind)
     cls = Prepare if kind == "prepare" else Commit
     return cls(
-        view=as_int(fields[1], "view"),
-        seq=as_int(fields[2], "seq"),
-        digest=as_bytes(fields[3], "digest", size=DIGEST_BYTES),
-        sender=as_int(fields[4], "sender"),
+        epoch=as_int(fields[1], "epoch"),
+        view=as_int(fields[2], "view"),
+        seq=as_int(fields[3], "seq"),
+        digest=as_bytes(fields[4], "digest", size=DIGEST_BYTES),
+        sender=as_int(fields[5], "sender", hi=SENDER_MAX),
         body=body,
         signature=signature,
     )
@@ -687,72 +763,78 @@ def decode(frame: bytes, params: Params) -> Message:
     if kind in ("prepare", "commit"):
         return _vote(body, signature)
     if kind == "checkpoint":
-        as_list(fields, 4, kind)
+        as_list(fields, 5, kind)
         return Checkpoint(
-            seq=as_int(fields[1], "seq"),
-            block_hash=as_bytes(fields[2], "block_hash", size=DIGEST_BYTES),
-            sender=as_int(fields[3], "sender"),
+            epoch=as_int(fields[1], "epoch"),
+            seq=as_int(fields[2], "seq"),
+            block_hash=as_bytes(fields[3], "block_hash", size=DIGEST_BYTES),
+            sender=as_int(fields[4], "sender", hi=SENDER_MAX),
             body=body,
             signature=signature,
         )
     if kind == "viewchange":
-        as_list(fields, 5, kind)
+        as_list(fields, 6, kind)
         raw = as_list(envelope[3], what="prepared proofs")
         if len(raw) > params.window:
             raise WireFormatError(f"viewchange: more than {params.window} prepared proofs")
         return ViewChange(
-            view=as_int(fields[1], "view"),
-            stable_seq=as_int(fields[2], "stable_seq"),
-            proofs_digest=as_bytes(fields[3], "proofs_digest", size=DIGEST_BYTES),
-            sender=as_int(fields[4], "sender"),
+            epoch=as_int(fields[1], "epoch"),
+            view=as_int(fields[2], "view"),
+            stable_seq=as_int(fields[3], "stable_seq"),
+            proofs_digest=as_bytes(fields[4], "proofs_digest", size=DIGEST_BYTES),
+            sender=as_int(fields[5], "sender", hi=SENDER_MAX),
             stable=_stable(envelope[2]),
             prepared=tuple(_proof(p, params) for p in raw),
             body=body,
             signature=signature,
         )
     if kind == "newview":
-        as_list(fields, 4, kind)
+        as_list(fields, 5, kind)
         frames = as_list(envelope[2], what="view changes")
         pps = as_list(envelope[3], what="re-issued preprepares")
         if len(frames) > 1024 or len(pps) > params.window:
             raise WireFormatError("newview: too many view changes or preprepares")
         return NewView(
-            view=as_int(fields[1], "view"),
-            proofs_digest=as_bytes(fields[2], "proofs_digest", size=DIGEST_BYTES),
-            sender=as_int(fields[3], "sender"),
+            epoch=as_int(fields[1], "epoch"),
+            view=as_int(fields[2], "view"),
+            proofs_digest=as_bytes(fields[3], "proofs_digest", size=DIGEST_BYTES),
+            sender=as_int(fields[4], "sender", hi=SENDER_MAX),
             view_change_frames=tuple(as_bytes(f, "view change frame") for f in frames),
             preprepares=tuple(_preprepare(*_signed(p, "preprepare"), ()) for p in pps),
             body=body,
             signature=signature,
         )
     if kind == "batchreq":
-        as_list(fields, 3, kind)
+        as_list(fields, 4, kind)
         return BatchRequest(
-            digest=as_bytes(fields[1], "digest", size=DIGEST_BYTES),
-            sender=as_int(fields[2], "sender"),
+            epoch=as_int(fields[1], "epoch"),
+            digest=as_bytes(fields[2], "digest", size=DIGEST_BYTES),
+            sender=as_int(fields[3], "sender", hi=SENDER_MAX),
             body=body,
             signature=signature,
         )
     if kind == "batch":
-        as_list(fields, 4, kind)
+        as_list(fields, 5, kind)
         return Batch(
-            digest=as_bytes(fields[1], "digest", size=DIGEST_BYTES),
-            proposed_ms=as_int(fields[2], "proposed_ms"),
-            sender=as_int(fields[3], "sender"),
+            epoch=as_int(fields[1], "epoch"),
+            digest=as_bytes(fields[2], "digest", size=DIGEST_BYTES),
+            proposed_ms=as_int(fields[3], "proposed_ms"),
+            sender=as_int(fields[4], "sender", hi=SENDER_MAX),
             txs=_txs(envelope[2], params),
             body=body,
             signature=signature,
         )
     if kind == "fetch":
-        as_list(fields, 3, kind)
+        as_list(fields, 4, kind)
         return Fetch(
-            from_seq=as_int(fields[1], "from_seq"),
-            sender=as_int(fields[2], "sender"),
+            epoch=as_int(fields[1], "epoch"),
+            from_seq=as_int(fields[2], "from_seq"),
+            sender=as_int(fields[3], "sender", hi=SENDER_MAX),
             body=body,
             signature=signature,
         )
     if kind == "blocks":
-        as_list(fields, 4, kind)
+        as_list(fields, 5, kind)
         raw_blocks = as_list(envelope[3], what="blocks")
         if len(raw_blocks) > params.window:
             raise WireFormatError(f"blocks: more than {params.window} blocks")
@@ -767,29 +849,32 @@ def decode(frame: bytes, params: Params) -> Message:
                 )
             )
         return Blocks(
-            from_seq=as_int(fields[1], "from_seq"),
-            height=as_int(fields[2], "height"),
-            sender=as_int(fields[3], "sender"),
+            epoch=as_int(fields[1], "epoch"),
+            from_seq=as_int(fields[2], "from_seq"),
+            height=as_int(fields[3], "height"),
+            sender=as_int(fields[4], "sender", hi=SENDER_MAX),
             stable=_stable(envelope[2]),
             blocks=tuple(blocks),
             body=body,
             signature=signature,
         )
     if kind == "viewquery":
-        as_list(fields, 3, kind)
+        as_list(fields, 4, kind)
         return ViewQuery(
-            nonce=as_bytes(fields[1], "nonce", size=NONCE_BYTES),
-            sender=as_int(fields[2], "sender"),
+            epoch=as_int(fields[1], "epoch"),
+            nonce=as_bytes(fields[2], "nonce", size=NONCE_BYTES),
+            sender=as_int(fields[3], "sender", hi=SENDER_MAX),
             body=body,
             signature=signature,
         )
     if kind == "viewreport":
-        as_list(fields, 5, kind)
+        as_list(fields, 6, kind)
         return ViewReport(
-            nonce=as_bytes(fields[1], "nonce", size=NONCE_BYTES),
-            view=as_int(fields[2], "view"),
-            last_executed=as_int(fields[3], "last_executed"),
-            sender=as_int(fields[4], "sender"),
+            epoch=as_int(fields[1], "epoch"),
+            nonce=as_bytes(fields[2], "nonce", size=NONCE_BYTES),
+            view=as_int(fields[3], "view"),
+            last_executed=as_int(fields[4], "last_executed"),
+            sender=as_int(fields[5], "sender", hi=SENDER_MAX),
             body=body,
             signature=signature,
         )
@@ -813,8 +898,10 @@ class _Unsigned:
 def worst_case_frames(params: Params, n: int, window: int | None = None) -> dict[str, int]:
     """The largest frame of each kind that n members with these parameters may have to send
     one another, computed from the real encodings with every field at its largest: integers
-    at INT_MAX, the sender n-1, certificates of n votes (what their checks admit), prepared
-    proofs of Q-1 PREPAREs (what check_proof admits, and what an honest replica keeps), a
+    at INT_MAX (the epoch too), the sender the largest member id (65,535), certificates of n
+    votes (what their checks admit: sizing them at MEMBERS_MAX would refuse geneses that work,
+    since frame_size_problem is asked of each configuration at its own n), prepared proofs of
+    Q-1 PREPAREs (what check_proof admits, and what an honest replica keeps), a
     NEW-VIEW of Q VIEW-CHANGEs each with `window` proofs (params.window by default) and
     `window` re-issued PRE-PREPAREs, and a full batch where a message carries one
     (ledger.tx.batch_wire_bytes_max). A list of k equal items is sized as its msgpack header
@@ -822,26 +909,26 @@ def worst_case_frames(params: Params, n: int, window: int | None = None) -> dict
     decode() refuses any frame above frame_bytes_limit(params)."""
     window = params.window if window is None else window
     quorum = (n + (n - 1) // 3 + 2) // 2
-    signer, chain_id, digest, top, last = _Unsigned(), bytes(32), bytes(32), INT_MAX, n - 1
+    signer, chain_id, digest, top, last = _Unsigned(), bytes(32), bytes(32), INT_MAX, SENDER_MAX
     sig = bytes(SIGNATURE_BYTES)
     batch = batch_wire_bytes_max(params)
 
     def with_batch(frame: bytes) -> int:
         return len(frame) - 1 + batch  # its empty batch (a 1-byte array) made full
 
-    pp = PrePrepare.create(signer, chain_id, top, top, top, last, (), digest=digest)
-    commit = SignedVote(commit_body(top, top, digest, last), sig)
-    checkpoint = SignedVote(checkpoint_body(top, digest, last), sig)
+    pp = PrePrepare.create(signer, chain_id, top, top, top, last, (), digest=digest, epoch=top)
+    commit = SignedVote(commit_body(top, top, top, digest, last), sig)
+    checkpoint = SignedVote(checkpoint_body(top, top, digest, last), sig)
     stable = CheckpointCertificate(top, digest, (checkpoint,) * n)
     block = TransferredBlock(
         proposed_ms=top, txs=(), certificate=CommitCertificate(top, top, digest, (commit,) * n)
     )
-    prepare = Prepare.create(signer, chain_id, top, top, digest, last)
+    prepare = Prepare.create(signer, chain_id, top, top, digest, last, epoch=top)
     proofs = PreparedProof(preprepare=pp, prepares=(prepare,) * (quorum - 1))
     proof_bytes = len(pack(proofs.to_array()))
-    bare_vc = encode(ViewChange.create(signer, chain_id, top, stable, (), last))
+    bare_vc = encode(ViewChange.create(signer, chain_id, top, stable, (), last, epoch=top))
     view_change = len(bare_vc) - 1 + array_header_bytes(window) + window * proof_bytes
-    bare_nv = encode(NewView.create(signer, chain_id, top, (), (), last))
+    bare_nv = encode(NewView.create(signer, chain_id, top, (), (), last, epoch=top))
     reissued = len(pack([pp.body, pp.signature]))
     new_view = (
         len(bare_nv)
@@ -853,9 +940,11 @@ def worst_case_frames(params: Params, n: int, window: int | None = None) -> dict
     )
     return {
         "PRE-PREPARE": with_batch(encode(pp)),
-        "BATCH": with_batch(encode(Batch.create(signer, chain_id, top, (), last, digest=digest))),
+        "BATCH": with_batch(
+            encode(Batch.create(signer, chain_id, top, (), last, digest=digest, epoch=top))
+        ),
         "BLOCKS": with_batch(
-            encode(Blocks.create(signer, chain_id, top, top, stable, (block,), last))
+            encode(Blocks.create(signer, chain_id, top, top, stable, (block,), last, epoch=top))
         ),
         "VIEW-CHANGE": view_change,
         "NEW-VIEW": new_view,

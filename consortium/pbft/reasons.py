@@ -50,6 +50,28 @@ SENDER_MISMATCH = _reason(
 BAD_SIGNATURE = _reason(
     "bad_signature", MISBEHAVIOUR, "the signature does not verify over the body received"
 )
+STALE_EPOCH = _reason(
+    "stale_epoch",
+    BENIGN,
+    "a message of an epoch (configuration) before ours: a member finishing or behind it",
+)
+UNKNOWN_EPOCH = _reason(
+    "unknown_epoch",
+    BENIGN,
+    "a message of an epoch after the next one we know, or of the next one from a member not in "
+    "it (we may be behind)",
+)
+BEYOND_EPOCH = _reason(
+    "beyond_epoch",
+    MISBEHAVIOUR,
+    "an ordering message or checkpoint certificate for a seq above our epoch's end E: no "
+    "honest member votes there",
+)
+NEXT_EPOCH_FULL = _reason(
+    "next_epoch_full",
+    BENIGN,
+    "a message of the next epoch dropped: its sender's buffer until we enter that epoch is full",
+)
 DUPLICATE = _reason(
     "duplicate",
     BENIGN,

@@ -86,8 +86,12 @@ def checkpoint_key(seq: int) -> bytes:
     return _CHECKPOINT_PREFIX + b"%020d" % seq
 
 
-def view_value(view: int, active: bool, timeouts: int = 0) -> bytes:
-    return pack([view, 1 if active else 0, timeouts])
+def view_value(view: int, active: bool, timeouts: int = 0, *, epoch: int = 0) -> bytes:
+    """[view, active, timeouts] at epoch 0 (as before epochs existed); [epoch, view, active,
+    timeouts] from epoch 1 on (pbft/epochs.py)."""
+    if epoch == 0:
+        return pack([view, 1 if active else 0, timeouts])
+    return pack([epoch, view, 1 if active else 0, timeouts])
 
 
 def proof_key(seq: int) -> bytes:
@@ -116,6 +120,7 @@ class Restored:
     checkpoints: list[tuple[Checkpoint, bytes]] = field(default_factory=list)  # (vote, frame)
     slots: dict[int, RestoredSlot] = field(default_factory=dict)
     proofs: dict[int, tuple[PrePrepare, list[Prepare], bytes]] = field(default_factory=dict)
+    epoch: int = 0  # of the view record (pbft/epochs.py); 0 when absent or 3 fields
     view: int = 0
     active: bool = True
     timeouts: int = 0  # successive view changes since a request last executed
@@ -143,8 +148,10 @@ def _parse_one(out: Restored, key: bytes, value: bytes, params: Params, me: int)
         return
     if key == VIEW_KEY:
         a = as_list(unpack_canonical(value), what="view record")
-        if len(a) not in (2, 3):  # [view, active] before timeouts were persisted
-            raise WireFormatError("view record: expected [view, active, timeouts]")
+        if len(a) not in (2, 3, 4):  # [view, active] before timeouts were persisted
+            raise WireFormatError("view record: expected [epoch, view, active, timeouts]")
+        if len(a) == 4:  # from epoch 1 on; 2 or 3 fields read as epoch 0
+            out.epoch, a = as_int(a[0], "epoch"), a[1:]
         out.view, out.active = as_int(a[0], "view"), bool(as_int(a[1], "active"))
         out.timeouts = as_int(a[2], "timeouts") if len(a) == 3 else 0
         return

@@ -67,7 +67,7 @@ class ViewRecovery:
     """What a recovering replica has learned so far (bounded: one report per member)."""
 
     nonce: bytes
-    n: int
+    ids: tuple[int, ...]  # the voters' member ids
     f: int
     me: int
     reports: dict[int, tuple[int, int]] = field(default_factory=dict)  # peer -> (view, executed)
@@ -78,12 +78,16 @@ class ViewRecovery:
         assert len(self.nonce) == NONCE_BYTES
 
     @property
+    def n(self) -> int:
+        return len(self.ids)
+
+    @property
     def needed(self) -> int:
         """Reports from other members before the floor is known: n - f - 1."""
         return self.n - self.f - 1
 
     def add(self, peer: int, view: int, executed: int) -> None:
-        assert 0 <= peer < self.n and peer != self.me
+        assert peer in self.ids and peer != self.me
         old_view, old_executed = self.reports.get(peer, (0, 0))
         self.reports[peer] = (max(view, old_view), max(executed, old_executed))
 
@@ -106,7 +110,7 @@ class ViewRecovery:
         return executed[self.f] if len(executed) > self.f else 0
 
     def unanswered(self) -> list[int]:
-        return [p for p in range(self.n) if p != self.me and p not in self.reports]
+        return [p for p in self.ids if p != self.me and p not in self.reports]
 
     def status(self, view: int, active: bool, executed: int, caught_up_to: int) -> dict[str, Any]:
         floor = self.floor

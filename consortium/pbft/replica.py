@@ -144,6 +144,7 @@ from consortium.ledger.certificates import (
 )
 from consortium.ledger.clock import OFFSET_SAMPLES_MAX, ClockOffset
 from consortium.ledger.genesis import Genesis, Params
+from consortium.ledger.membership import Configuration
 from consortium.ledger.tx import Transaction
 from consortium.pbft import reasons as drop
 from consortium.pbft import records, rules
@@ -239,18 +240,45 @@ PENDING_BYTES_MAX = 256 * 1024 * 1024
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PbftConfig:
+    """One epoch's replica: its configuration's voters (member id, key), sorted by id, and
+    the part of the ledger it orders, (start, end] (pbft/epochs.py)."""
+
     chain_id: bytes
-    member_keys: tuple[bytes, ...]  # index = member id (genesis order)
-    me: int
+    members: tuple[tuple[int, bytes], ...]  # the voters (member id, public key), by id
+    me: int  # this replica's member id
     params: Params
     # Randomness for the core, which draws none of its own (the first member asked for blocks
     # is drawn from it, so that a faulty member is not every restarted replica's first choice).
     # The node passes fresh random bytes; the simulator derives them from its seed.
     seed: bytes = b""
+    epoch: int = 0
+    start: int = 0  # S_e = E_{e-1}: the epoch orders seqs above it; the initial low watermark
+    end: int | None = None  # E_e once a change is pending: the epoch orders nothing above it
+
+    def __post_init__(self) -> None:
+        ids = [i for i, _ in self.members]
+        assert ids == sorted(set(ids)), "members sorted by id, ids distinct"
+        assert self.end is None or self.end > self.start
+
+    @property
+    def ids(self) -> tuple[int, ...]:
+        return tuple(i for i, _ in self.members)
+
+    @property
+    def keys(self) -> dict[int, bytes]:
+        return dict(self.members)
+
+    @property
+    def member_keys(self) -> tuple[bytes, ...]:
+        return tuple(k for _, k in self.members)
 
     @property
     def n(self) -> int:
-        return len(self.member_keys)
+        return len(self.members)
+
+    def primary(self, view: int) -> int:
+        """The primary of `view`: voters[view mod n] (ledger Configuration.primary)."""
+        return self.members[view % len(self.members)][0]
 
     @property
     def f(self) -> int:
@@ -263,12 +291,35 @@ class PbftConfig:
 
     @classmethod
     def from_genesis(cls, genesis: Genesis, me: int, *, seed: bytes = b"") -> PbftConfig:
+        """Epoch 0: genesis member i as id i, from seq 0."""
         return cls(
             chain_id=genesis.chain_id,
-            member_keys=tuple(m.public_key for m in genesis.members),
+            members=tuple((i, m.public_key) for i, m in enumerate(genesis.members)),
             me=me,
             params=genesis.params,
             seed=seed,
+        )
+
+    @classmethod
+    def from_configuration(
+        cls,
+        config: Configuration,
+        me: int,
+        params: Params,
+        *,
+        start: int = 0,
+        end: int | None = None,
+        seed: bytes = b"",
+    ) -> PbftConfig:
+        return cls(
+            chain_id=config.chain_id,
+            members=tuple((m.id, m.public_key) for m in config.voters),
+            me=me,
+            params=params,
+            seed=seed,
+            epoch=config.epoch,
+            start=start,
+            end=end,
         )
 
 
@@ -320,14 +371,18 @@ class PbftReplica:
         sent (a restored backup, or lost state): pbft/recovery.py."""
         params = config.params
         assert config.n >= 4, "pbft needs n = 3f+1 >= 4 members"
-        assert 0 <= config.me < config.n
-        assert signer.public_key == config.member_keys[config.me], "signer is not member `me`"
+        assert config.me in config.keys, "`me` is not a voter of this epoch"
+        assert signer.public_key == config.keys[config.me], "signer is not member `me`"
         assert params.window % params.checkpoint_interval == 0
         self.config = config
         self.params = params
         self.chain_id = config.chain_id
         self.me = config.me
         self.n = config.n
+        self.epoch = config.epoch
+        self.ids = config.ids  # the voters' member ids, sorted
+        self._keys = config.keys
+        self._others = tuple(i for i in self.ids if i != self.me)
         self.f = config.f
         self.quorum = config.quorum  # what this replica waits for (a test subclass lowers it)
         self.retransmit_ms = (
@@ -341,15 +396,23 @@ class PbftReplica:
         # shell's ledger state answers (KeyValueState.may_submit). Without it (a core with no
         # ledger, as in unit tests) every key is taken as admitted, as before the rule.
         self._ever_admitted = ever_admitted or (lambda tx: True)
+        self._held_for_config = False  # messages wait in _future until config(seq) is known
         self._unadmitted: set[int] = set()  # seqs whose PREPARE waits for an admission (<= L)
-        self._members = Members(self.chain_id, config.member_keys, self.quorum, params.window)
+        self._members = Members(
+            self.chain_id,
+            self._keys,
+            self.quorum,
+            params.window,
+            epoch=config.epoch,
+            start=config.start,
+        )
 
         self.view = 0
         self.active = True  # normal operation in self.view (False: moving to it)
         self.view_changes = 0  # view changes this replica started or joined
         # Highest seq each peer sent us a valid COMMIT for: status only (the peers' lag; a
         # checkpoint, which moves peer_executed, comes only every checkpoint_interval).
-        self.peers_committed = [0] * self.n
+        self.peers_committed = dict.fromkeys(self.ids, 0)
         self.last_view_change_reason = ""
         self.view_change_history: deque[tuple[int, str]] = deque(maxlen=16)  # (view, why)
         self.rejected: Counter[str] = Counter()
@@ -368,12 +431,12 @@ class PbftReplica:
         self._checkpoints = CheckpointVotes(self.me)
         self._pool = TxPool(pending_txs_max, pending_bytes_max, remembered_max=pending_txs_max)
         self._future = FutureBuffer(
-            self.n,
+            self.ids,
             messages_max=3 * params.window,
             bytes_max=2 * params.batch_bytes_max + 64 * 1024,
         )
         self._retransmit = Retransmitter(
-            self.n, self.me, self.retransmit_ms, self._log, self._checkpoints
+            self.ids, self.me, self.retransmit_ms, self._log, self._checkpoints
         )
         self._clock_known = False
         self._mono_ms = 0
@@ -390,16 +453,16 @@ class PbftReplica:
         self._nv_frame: bytes | None = None  # the NEW-VIEW that started self.view
         self._reissued_max = 0  # its max_s: fresh PRE-PREPAREs in self.view start above it
         self._nv_sent = False  # as primary of self.view
-        self._nv_relayed_ms = [_LONG_AGO] * self.n
-        self._vc_checked_ms = [_LONG_AGO] * self.n
-        self._nv_checked_ms = [_LONG_AGO] * self.n
+        self._nv_relayed_ms = dict.fromkeys(self.ids, _LONG_AGO)
+        self._vc_checked_ms = dict.fromkeys(self.ids, _LONG_AGO)
+        self._nv_checked_ms = dict.fromkeys(self.ids, _LONG_AGO)
         self._timeouts = 0  # successive view changes since a request last executed
         self._work_since_ms: int | None = None  # progress timer (a)
         self._nv_timer_at: int | None = None  # waiting for NEW-VIEW (Q members at >= view)
         self._vc_since_ms = 0  # when we started or joined the view change under way (status)
         # Per peer, the view and time of its latest PRE-PREPARE/PREPARE/COMMIT for a view below
         # ours: status only, to say when we wait alone while the others work in a lower view.
-        self._seen_working = [(-1, _LONG_AGO)] * self.n
+        self._seen_working = dict.fromkeys(self.ids, (-1, _LONG_AGO))
         self._wanted: dict[bytes, _Wanted] = {}  # batch digest -> when and how often asked
         # The batches the NEW-VIEW we are building as primary still lacks (<= L), and those
         # given up after BATCH_ASKS_MAX asks in this (view, active) state (<= L).
@@ -411,10 +474,10 @@ class PbftReplica:
         # Bytes each peer may still make us send this interval (BATCH and BLOCKS answers),
         # and the BATCH-REQs and FETCHes beyond our height it may still make: refilled per
         # interval.
-        self._serve_budget = [self._serve_budget_full] * self.n
-        self._batch_asks_left = [params.window] * self.n
-        self._empty_fetches_left = [EMPTY_FETCHES_PER_INTERVAL] * self.n
-        self._forward_tokens = [self._forward_budget] * self.n
+        self._serve_budget = dict.fromkeys(self.ids, self._serve_budget_full)
+        self._batch_asks_left = dict.fromkeys(self.ids, params.window)
+        self._empty_fetches_left = dict.fromkeys(self.ids, EMPTY_FETCHES_PER_INTERVAL)
+        self._forward_tokens = dict.fromkeys(self.ids, self._forward_budget)
         self._forwarded_this_interval = 0  # what we forwarded to the primary this interval
         self._tokens_refilled_ms = 0
 
@@ -422,20 +485,23 @@ class PbftReplica:
         self._rng_counter = 0
         self._fetch_peer: int | None = None
         self._fetch_sent_ms = _LONG_AGO
-        # Round robin over the others from a random one (never this replica).
-        self._fetch_next = (self.me + 1 + self._random_below(self.n - 1)) % self.n
-        self._fetch_slow_ms = [_LONG_AGO] * self.n  # when each last answered slowly, or not
-        self._fetch_claims = [0] * self.n  # the height each claimed in its last BLOCKS
+        # Round robin over the others from a random one (never this replica), by position in
+        # the voters (at epoch 0 position and id agree).
+        mine = self.ids.index(self.me)
+        self._fetch_next = (mine + 1 + self._random_below(self.n - 1)) % self.n
+        # when each last answered slowly, or not, and the height each claimed in its last BLOCKS
+        self._fetch_slow_ms = dict.fromkeys(self.ids, _LONG_AGO)
+        self._fetch_claims = dict.fromkeys(self.ids, 0)
         # The smallest a block can encode to (no transaction, Q minimal COMMITs): an answer
         # with less room left than this in its frame could not have carried another block.
-        vote = SignedVote(commit_body(0, 1, bytes(32), 0), bytes(64))
+        vote = SignedVote(commit_body(0, 0, 1, bytes(32), 0), bytes(64))
         cert = CommitCertificate(0, 1, bytes(32), (vote,) * self.quorum)
         self._block_bytes_min = len(
             pack(TransferredBlock(proposed_ms=0, txs=(), certificate=cert).to_array())
         )
         self.transfer_slow = 0  # answers with fewer blocks than fit while the peer had more
-        self._served_ms = [_LONG_AGO] * self.n
-        self._served_from = [0] * self.n
+        self._served_ms = dict.fromkeys(self.ids, _LONG_AGO)
+        self._served_from = dict.fromkeys(self.ids, 0)
         self._progress_ms = 0  # last time something committed here
         self._transferred_to = 0  # highest seq delivered by state transfer
         self.transferred = 0  # blocks accepted by state transfer
@@ -448,10 +514,10 @@ class PbftReplica:
         self._recovery = (
             None
             if recovery_nonce is None
-            else ViewRecovery(recovery_nonce, self.n, self.f, self.me)
+            else ViewRecovery(recovery_nonce, self.ids, self.f, self.me)
         )
-        self._query_answered_ms = [_LONG_AGO] * self.n
-        self._report_checked_ms = [_LONG_AGO] * self.n
+        self._query_answered_ms = dict.fromkeys(self.ids, _LONG_AGO)
+        self._report_checked_ms = dict.fromkeys(self.ids, _LONG_AGO)
         # Our execution diverged from what a quorum certified: (seq, our block hash, theirs).
         # From then on we sign nothing (_may_speak): votes from a state the network disowns
         # are worth nothing, and the operator recovers the member (docs/operations.md).
@@ -470,7 +536,7 @@ class PbftReplica:
 
     @property
     def primary(self) -> int:
-        return self.view % self.n
+        return self.config.primary(self.view)
 
     @property
     def low_watermark(self) -> int:
@@ -524,7 +590,7 @@ class PbftReplica:
                 self.primary == self.me
                 and self.active
                 and peer == batch.sender
-                and 0 <= peer < self.n
+                and peer in self._keys
                 and len(batch.txs) <= self._forward_tokens[peer]
             )
         # The digest first (one hash): any member that saw our BATCH-REQ knows it and could
@@ -593,7 +659,9 @@ class PbftReplica:
         self._last_block_hash = block_hash
         if self.active and self._timeouts:
             self._timeouts = 0  # a request executed: the timeout returns to its base
-            self._records.append((records.VIEW_KEY, records.view_value(self.view, True, 0)))
+            self._records.append(
+                (records.VIEW_KEY, records.view_value(self.view, True, 0, epoch=self.epoch))
+            )
         if self._work_since_ms is not None:
             self._work_since_ms = self._mono_ms
         stable = self.stable_certificate
@@ -605,6 +673,10 @@ class PbftReplica:
             self._checkpoint(seq, block_hash)
         if self._unadmitted:
             self._prepare_admitted()
+        if self._held_for_config and self.active:
+            self._held_for_config = False
+            for sender, msg in self._future.drain(self.view):
+                self._on_input(sender, msg)  # held again while still not known
         self._maybe_propose()
         self._check_invariants()
 
@@ -628,7 +700,7 @@ class PbftReplica:
     # --- dispatch and admission -------------------------------------------------------------
 
     def _on_input(self, sender: int, msg: bytes | Message) -> None:
-        if not 0 <= sender < self.n:
+        if sender not in self._keys:
             self.rejected[drop.NOT_MEMBER] += 1
             return
         if sender == self.me:
@@ -640,6 +712,10 @@ class PbftReplica:
             except WireFormatError:
                 self.rejected[drop.MALFORMED] += 1
                 return
+        if msg.epoch != self.epoch:
+            # (pbft/epochs.py routes by epoch: only its own epoch's messages reach a replica)
+            self.rejected[drop.STALE_EPOCH if msg.epoch < self.epoch else drop.UNKNOWN_EPOCH] += 1
+            return
         if msg.sender != sender and not isinstance(msg, NewView):
             # (a NEW-VIEW is self-authenticating: any replica may relay the primary's)
             self.rejected[drop.SENDER_MISMATCH] += 1
@@ -672,7 +748,7 @@ class PbftReplica:
 
     def _admit(self, msg: PrePrepare | Prepare | Commit) -> bool:
         """Role, view and window checks, cheapest first; buffers what arrived early."""
-        view_primary = msg.view % self.n
+        view_primary = self.config.primary(msg.view)
         if isinstance(msg, PrePrepare) and msg.sender != view_primary:
             self.rejected[drop.NOT_PRIMARY] += 1
             return False
@@ -695,16 +771,26 @@ class PbftReplica:
             self.rejected[drop.OUTSIDE_WINDOW] += 1
             self._repeated(msg)
             return False
+        end = self.config.end
+        if end is not None and msg.seq > end:
+            self.rejected[drop.BEYOND_EPOCH] += 1
+            return False
         if msg.seq > self._log.high:
             if not self._future.add(msg.sender, msg):
                 self.rejected[drop.BUFFER_FULL] += 1
             self._behind()
             return False
+        if not self._knows_config(msg.seq):
+            # Its configuration is not fixed by what we executed yet: kept until it is.
+            self._held_for_config = True
+            if not self._future.add(msg.sender, msg):
+                self.rejected[drop.BUFFER_FULL] += 1
+            return False
         return True
 
     def _verified(self, msg: Message) -> bool:
         ok = self._verifier.verify(
-            self.config.member_keys[msg.sender], Domain.PBFT, self.chain_id, msg.body, msg.signature
+            self._keys[msg.sender], Domain.PBFT, self.chain_id, msg.body, msg.signature
         )
         if not ok:
             self.rejected[drop.BAD_SIGNATURE] += 1
@@ -811,7 +897,7 @@ class PbftReplica:
             self._withheld()  # recovering: we may have prepared another digest here
         else:
             prepare = Prepare.create(
-                self._signer, self.chain_id, pp.view, pp.seq, pp.digest, self.me
+                self._signer, self.chain_id, pp.view, pp.seq, pp.digest, self.me, epoch=self.epoch
             )
             slot.prepares[self.me] = prepare
             frame = encode(prepare)
@@ -878,7 +964,13 @@ class PbftReplica:
                 self._unadmitted.discard(seq)
                 # As _accept_preprepare does: persist our PREPARE, then send it.
                 prepare = Prepare.create(
-                    self._signer, self.chain_id, pp.view, pp.seq, pp.digest, self.me
+                    self._signer,
+                    self.chain_id,
+                    pp.view,
+                    pp.seq,
+                    pp.digest,
+                    self.me,
+                    epoch=self.epoch,
                 )
                 slot.prepares[self.me] = prepare
                 frame = encode(prepare)
@@ -978,7 +1070,13 @@ class PbftReplica:
                 self._records.append((records.proof_key(pp.seq), value))
             if self._may_speak(pp.view):
                 commit = Commit.create(
-                    self._signer, self.chain_id, pp.view, pp.seq, pp.digest, self.me
+                    self._signer,
+                    self.chain_id,
+                    pp.view,
+                    pp.seq,
+                    pp.digest,
+                    self.me,
+                    epoch=self.epoch,
                 )
                 slot.commits[self.me] = commit
                 frame = encode(commit)
@@ -1042,7 +1140,24 @@ class PbftReplica:
             return  # recovering: we may have proposed in this view before our state was lost
         params = self.params
         pool = self._pool
-        while pool.pending_count and self._next_seq <= self._log.high:
+        limit = self._propose_limit()
+        while not pool.pending_count and self._change_pending() and self._next_seq <= limit:
+            # A change is pending and nothing else to order: empty batches bring the ledger
+            # to E even on an idle network (pipelined within the window, never above E).
+            seq = self._next_seq
+            self._next_seq += 1
+            pp = PrePrepare.create(
+                self._signer,
+                self.chain_id,
+                self.view,
+                seq,
+                self._wall_ms,
+                self.me,
+                (),
+                epoch=self.epoch,
+            )
+            self._accept_preprepare(self._log.slot(seq, self.view), pp)
+        while pool.pending_count and self._next_seq <= limit:
             idle = self._last_committed >= self._next_seq - 1
             full = (
                 pool.pending_count >= params.batch_txs_max
@@ -1066,14 +1181,51 @@ class PbftReplica:
             seq = self._next_seq
             self._next_seq += 1
             pp = PrePrepare.create(
-                self._signer, self.chain_id, self.view, seq, self._wall_ms, self.me, txs
+                self._signer,
+                self.chain_id,
+                self.view,
+                seq,
+                self._wall_ms,
+                self.me,
+                txs,
+                epoch=self.epoch,
             )
             self._accept_preprepare(self._log.slot(seq, self.view), pp)
+
+    def _change_pending(self) -> bool:
+        """A configuration change is pending and E is not yet executed: work (timer (a)), and
+        what the primary proposes empty batches for."""
+        end = self.config.end
+        return end is not None and self.last_executed < end
+
+    def _propose_limit(self) -> int:
+        """The highest seq the primary may propose: the window, and never above E."""
+        end = self.config.end
+        return self._log.high if end is None else min(self._log.high, end)
+
+    def _knows_config(self, seq: int) -> bool:
+        """Whether config(seq) is fixed by what we executed (design 3.2, the vote rule):
+        config(seq) depends only on blocks <= seq-L-1, because a change at c >= seq-L has
+        E >= seq. Bites only after a stable certificate was adopted above what we executed."""
+        return self.config.end is not None or seq <= self.last_executed + self.params.window + 1
+
+    def set_end(self, end: int) -> None:
+        """A member change is pending: this epoch orders nothing above `end` (E). Called by
+        pbft/epochs.py when the block accepting the change executed (E >= that block + L, so no
+        honest replica voted above E)."""
+        assert self.config.end is None or self.config.end == end
+        assert end > self.config.start
+        self.config = replace(self.config, end=end)
+        self._members = replace(self._members, end=end)
+        self._maybe_propose()
+        self._check_invariants()
 
     # --- checkpoints ------------------------------------------------------------------------
 
     def _checkpoint(self, seq: int, block_hash: bytes) -> None:
-        vote = Checkpoint.create(self._signer, self.chain_id, seq, block_hash, self.me)
+        vote = Checkpoint.create(
+            self._signer, self.chain_id, seq, block_hash, self.me, epoch=self.epoch
+        )
         frame = encode(vote)
         self._records.append((records.checkpoint_key(seq), frame))
         self._messages.append(Outbound(None, frame))
@@ -1086,6 +1238,9 @@ class PbftReplica:
             self.rejected[drop.NOT_CHECKPOINT_SEQ] += 1
             return
         peer = vote.sender
+        if self.config.end is not None and vote.seq > self.config.end:
+            self.rejected[drop.BEYOND_EPOCH] += 1
+            return
         repeat = vote.seq <= self._retransmit.peer_executed[peer]
         if vote.seq <= self._log.low:
             self.rejected[drop.STALE_CHECKPOINT] += 1
@@ -1190,7 +1345,12 @@ class PbftReplica:
             self._try_new_view()
             return
         pool = self._pool
-        if not (pool.pending_count or pool.in_flight_count or self._behind_committed()):
+        if not (
+            pool.pending_count
+            or pool.in_flight_count
+            or self._behind_committed()
+            or self._change_pending()
+        ):
             self._work_since_ms = None
             return
         self._work_started()
@@ -1242,6 +1402,7 @@ class PbftReplica:
                     tuple(chunk),
                     self.me,
                     digest=FORWARD_DIGEST,
+                    epoch=self.epoch,
                 )
                 self._messages.append(Outbound(self.primary, encode(batch)))
                 chunk, size = [], 0
@@ -1283,13 +1444,27 @@ class PbftReplica:
             for s in sorted(self._prepared)
             if low < s <= low + self.params.window
         )
+        # At the epoch's start the stable certificate (E of the previous epoch) is the
+        # previous configuration's, which this epoch never checks: nil, as seq 0 at genesis.
+        stable = self.stable_certificate
+        if stable is not None and stable.seq <= self.config.start:
+            stable = None
         vc = ViewChange.create(
-            self._signer, self.chain_id, view, self.stable_certificate, proofs, self.me
+            self._signer,
+            self.chain_id,
+            view,
+            stable,
+            proofs,
+            self.me,
+            epoch=self.epoch,
+            stable_seq=self.config.start,
         )
         frame = encode(vc)
         self._own_vc = frame
         self._vcs[self.me] = vc
-        self._records.append((records.VIEW_KEY, records.view_value(view, False, self._timeouts)))
+        self._records.append(
+            (records.VIEW_KEY, records.view_value(view, False, self._timeouts, epoch=self.epoch))
+        )
         self._records.append((records.VIEW_CHANGE_KEY, frame))
         self._messages.append(Outbound(None, frame))
         self._vc_backoff = 1
@@ -1426,6 +1601,7 @@ class PbftReplica:
                 self.me,
                 batches[item.seq],
                 digest=item.digest,
+                epoch=self.epoch,
             )
             for item in plan.reissue
         )
@@ -1436,6 +1612,7 @@ class PbftReplica:
             tuple(encode(vc) for vc in chosen),
             tuple(replace(pp, txs=()) for pp in pps),
             self.me,
+            epoch=self.epoch,
         )
         self._nv_sent = True
         frame = encode(nv)
@@ -1446,7 +1623,7 @@ class PbftReplica:
         if nv.view < self.view or (nv.view == self.view and self.active):
             self.rejected[drop.STALE_NEW_VIEW] += 1
             return
-        if nv.sender != nv.view % self.n:
+        if nv.sender != self.config.primary(nv.view):
             self.rejected[drop.NOT_PRIMARY] += 1
             return
         if not self._verified(nv):
@@ -1529,7 +1706,10 @@ class PbftReplica:
         self._work_since_ms = None
         self._progress_ms = self._mono_ms
         self._records.append(
-            (records.VIEW_KEY, records.view_value(self.view, True, self._timeouts))
+            (
+                records.VIEW_KEY,
+                records.view_value(self.view, True, self._timeouts, epoch=self.epoch),
+            )
         )
         self._records.append((records.NEW_VIEW_KEY, frame))
         self._records.append((records.VIEW_CHANGE_KEY, None))
@@ -1658,7 +1838,9 @@ class PbftReplica:
             self.rejected[drop.BATCH_REQUESTS_FULL] += 1
             return
         self._wanted[digest] = _Wanted(self._mono_ms)
-        request = encode(BatchRequest.create(self._signer, self.chain_id, digest, self.me))
+        request = encode(
+            BatchRequest.create(self._signer, self.chain_id, digest, self.me, epoch=self.epoch)
+        )
         self._messages.append(Outbound(None, request))
 
     def _batch_needed(self, digest: bytes) -> bool:
@@ -1697,16 +1879,20 @@ class PbftReplica:
                 continue
             want.asked_ms = self._mono_ms
             want.asks += 1
-            request = encode(BatchRequest.create(self._signer, self.chain_id, digest, self.me))
+            request = encode(
+                BatchRequest.create(self._signer, self.chain_id, digest, self.me, epoch=self.epoch)
+            )
             self._messages.append(Outbound(None, request))
         if self._mono_ms - self._tokens_refilled_ms >= self.retransmit_ms:
             self._tokens_refilled_ms = self._mono_ms
             # (an overdrawn budget starts the interval that much lower)
             full = self._serve_budget_full
-            self._serve_budget = [min(full, left + full) for left in self._serve_budget]
-            self._batch_asks_left = [self.params.window] * self.n
-            self._empty_fetches_left = [EMPTY_FETCHES_PER_INTERVAL] * self.n
-            self._forward_tokens = [self._forward_budget] * self.n
+            self._serve_budget = {
+                p: min(full, left + full) for p, left in self._serve_budget.items()
+            }
+            self._batch_asks_left = dict.fromkeys(self.ids, self.params.window)
+            self._empty_fetches_left = dict.fromkeys(self.ids, EMPTY_FETCHES_PER_INTERVAL)
+            self._forward_tokens = dict.fromkeys(self.ids, self._forward_budget)
             self._forwarded_this_interval = 0
 
     @property
@@ -1731,7 +1917,9 @@ class PbftReplica:
         proposed_ms = self._proposed_ms_of(req.digest)
         if proposed_ms is None:
             return
-        batch = Batch.create(self._signer, self.chain_id, proposed_ms, txs, self.me)
+        batch = Batch.create(
+            self._signer, self.chain_id, proposed_ms, txs, self.me, epoch=self.epoch
+        )
         frame = encode(batch)
         self._serve_budget[req.sender] -= len(frame)
         self._messages.append(Outbound(req.sender, frame))
@@ -1806,12 +1994,25 @@ class PbftReplica:
 
     def _transfer_target(self) -> int:
         """How far f+1 peers (one honest at least) showed they executed, or our h."""
-        claims = sorted(map(max, self._retransmit.peer_executed, self._fetch_claims), reverse=True)
+        claims = sorted(
+            (max(self._retransmit.peer_executed[p], self._fetch_claims[p]) for p in self.ids),
+            reverse=True,
+        )
         return max(self._log.low, claims[self.f] if len(claims) > self.f else 0)
 
     def _claimed(self, peer: int) -> int:
         """How far `peer` claims to have executed: by its CHECKPOINTs or its last BLOCKS."""
         return max(self._retransmit.peer_executed[peer], self._fetch_claims[peer])
+
+    def claim_executed(self, peer: int, seq: int) -> None:
+        """`peer` showed, outside this epoch's messages, that it executed up to `seq` (it
+        speaks in a later epoch: pbft/epochs.py). Like a CHECKPOINT above the window, it only
+        steers state transfer (the (f+1)-th highest claim), and nothing is adopted from it."""
+        if peer == self.me or peer not in self._keys:
+            return
+        self._retransmit.executed_by(peer, seq)
+        self._maybe_fetch()
+        self._check_invariants()
 
     def _maybe_fetch(self) -> None:
         if not self._clock_known:
@@ -1848,19 +2049,21 @@ class PbftReplica:
         have executed up to the target: a slow member is asked again only when every other
         one was slow too, whatever it claims (one that claims to be far ahead and trickles
         blocks must not set the pace of our catch-up)."""
-        order = [(self._fetch_next + i) % self.n for i in range(self.n)]
+        order = [self.ids[(self._fetch_next + i) % self.n] for i in range(self.n)]
         order = [p for p in order if p != self.me]
         skip_ms = FETCH_SLOW_SKIP_INTERVALS * self.retransmit_ms
         prompt = [p for p in order if self._mono_ms - self._fetch_slow_ms[p] >= skip_ms]
         ahead = [p for p in order if self._claimed(p) >= target]
         peer = ([p for p in prompt if p in ahead] or prompt or ahead or order)[0]
-        self._fetch_next = (peer + 1) % self.n
+        self._fetch_next = (self.ids.index(peer) + 1) % self.n
         return peer
 
     def _fetch_from(self, peer: int) -> None:
         self._fetch_peer = peer
         self._fetch_sent_ms = self._mono_ms
-        fetch = Fetch.create(self._signer, self.chain_id, self._last_committed + 1, self.me)
+        fetch = Fetch.create(
+            self._signer, self.chain_id, self._last_committed + 1, self.me, epoch=self.epoch
+        )
         self._messages.append(Outbound(peer, encode(fetch)))
 
     def _on_fetch(self, fetch: Fetch) -> None:
@@ -1888,10 +2091,36 @@ class PbftReplica:
         self._served_ms[fetch.sender] = self._mono_ms
         self._served_from[fetch.sender] = fetch.from_seq
         self._relay_new_view(fetch.sender)  # a restarted peer may not know our view either
-        self._serve.append(Serve(fetch.sender, max(1, fetch.from_seq), grant))
+        # Only this epoch's blocks, (S_e, E_e]: an answer never spans two configurations (an
+        # earlier epoch's are served through pbft/epochs.py, with its E certificate).
+        self._serve.append(
+            Serve(
+                fetch.sender,
+                max(self.config.start + 1, fetch.from_seq),
+                grant,
+                epoch=self.epoch,
+                last_seq=self.config.end,
+            )
+        )
 
     def _on_blocks(self, reply: Blocks) -> None:
         if reply.sender != self._fetch_peer:
+            cert = reply.stable
+            if (
+                not reply.blocks
+                and cert is not None
+                and cert.seq == self.config.end
+                and cert.seq > self._log.low
+            ):
+                # A certificate-only answer for our own E (a removed member, or one already in
+                # the next epoch, answering our CHECKPOINT or VIEW-CHANGE): taken unasked.
+                if not self._verified(reply):
+                    return
+                if check_checkpoint_certificate(self._members, self._verifier, cert) is not None:
+                    self.rejected[drop.BAD_TRANSFER] += 1
+                elif not self._differs_from_ours(cert):
+                    self._stabilize(cert)
+                return
             self.rejected[drop.UNASKED_BLOCKS] += 1
             return
         if not self._verified(reply):
@@ -1899,7 +2128,15 @@ class PbftReplica:
         peer = reply.sender
         self._fetch_claims[peer] = reply.height  # its latest claim replaces the one before
         cert = reply.stable
+        end = self.config.end
+        if cert is not None and end is not None and cert.seq > end:
+            # Epoch-e votes above E: only keys that left after E was certified sign there
+            # (design 3.3). Adopting it would move h past E, and we would never enter e+1.
+            self.rejected[drop.BEYOND_EPOCH] += 1
+            cert = None
         if cert is not None and cert.seq > self._log.low:
+            # (it moves our window, a hint only: a block above what fixes its configuration,
+            # last executed + L + 1, is never accepted, below)
             if check_checkpoint_certificate(self._members, self._verifier, cert) is not None:
                 self.rejected[drop.BAD_TRANSFER] += 1
                 self._fetch_from(self._pick_fetch_peer(self._transfer_target()))
@@ -1913,6 +2150,10 @@ class PbftReplica:
                 continue
             if seq != self._last_committed + 1 or seq > self._log.high:
                 break
+            if self.config.end is not None and seq > self.config.end:
+                break  # (the next configuration certifies it: pbft/epochs.py)
+            if not self._knows_config(seq):
+                break  # config(seq) is not fixed by what we executed: asked again later
             problem = self._transferred_problem(block)
             if problem is not None:
                 # A lying or broken peer: never trust it for this round; ask the next one.
@@ -2028,8 +2269,18 @@ class PbftReplica:
             self._log.advance(best.seq)
             if best.seq > self._last_committed:
                 self._highest_accepted = best.seq
+        if self.config.start > self._log.low:
+            # The epoch orders only above its start (S_e): never a vote at or below it, even
+            # when no certificate for it was passed in.
+            self._log.advance(self.config.start)
+            self._highest_accepted = max(self._highest_accepted, self.config.start)
         low = self._log.low
         self._next_seq = max(self._next_seq, low + 1)
+        if restored.epoch != self.epoch:
+            # A view record of another epoch (the step entering this one writes [e, 0, 1, 0]
+            # with the rest): views restart at 0 in every epoch.
+            restored.view, restored.active, restored.timeouts = 0, True, 0
+            restored.view_change = restored.new_view = None
         self.view, self.active = restored.view, restored.active
         self._timeouts = restored.timeouts  # a restart does not reset the view-change timer
         for vote, _ in restored.checkpoints:
@@ -2169,7 +2420,9 @@ class PbftReplica:
         if rec.asked_ms is not None and self._mono_ms - rec.asked_ms < self.retransmit_ms:
             return
         rec.asked_ms = self._mono_ms
-        query = encode(ViewQuery.create(self._signer, self.chain_id, rec.nonce, self.me))
+        query = encode(
+            ViewQuery.create(self._signer, self.chain_id, rec.nonce, self.me, epoch=self.epoch)
+        )
         for peer in rec.unanswered():
             self._messages.append(Outbound(peer, query))
 
@@ -2183,7 +2436,13 @@ class PbftReplica:
             return
         self._query_answered_ms[query.sender] = self._mono_ms
         report = ViewReport.create(
-            self._signer, self.chain_id, query.nonce, self.view, self.last_executed, self.me
+            self._signer,
+            self.chain_id,
+            query.nonce,
+            self.view,
+            self.last_executed,
+            self.me,
+            epoch=self.epoch,
         )
         self._messages.append(Outbound(query.sender, encode(report)))
 
@@ -2238,8 +2497,8 @@ class PbftReplica:
         self._pool.check()
         self._future.check()
         self._checkpoints.check(self._log.low, self._log.high, self.params.window)
-        assert all(0 <= k <= self.params.window for k in self._batch_asks_left)
-        assert all(0 <= k <= EMPTY_FETCHES_PER_INTERVAL for k in self._empty_fetches_left)
+        assert all(0 <= k <= self.params.window for k in self._batch_asks_left.values())
+        assert all(0 <= k <= EMPTY_FETCHES_PER_INTERVAL for k in self._empty_fetches_left.values())
         for seq, proof in self._prepared.items():
             assert proof.seq == seq and self._log.low < seq <= self._log.high
         for slot in self._log.window_slots():
@@ -2284,8 +2543,8 @@ class PbftReplica:
                 {"reason": e.reason, "view": e.view, "seq": e.seq, "primary": e.primary}
                 for e in self.evidence
             ],
-            "peers_executed": list(self._retransmit.peer_executed),
-            "peers_committed": list(self.peers_committed),
+            "peers_executed": list(self._retransmit.peer_executed.values()),
+            "peers_committed": list(self.peers_committed.values()),
             "view_change": self._view_change_progress(),
             "catching_up": self._catching_up(),
             "recovering": None
@@ -2346,7 +2605,7 @@ class PbftReplica:
             return None
         working = [
             (view, peer)
-            for peer, (view, seen_ms) in enumerate(self._seen_working)
+            for peer, (view, seen_ms) in self._seen_working.items()
             if peer != self.me
             and 0 <= view < self.view
             and seen_ms >= self._vc_since_ms

@@ -56,22 +56,22 @@ _NEVER = 2**62
 class Retransmitter:
     def __init__(
         self,
-        n: int,
+        ids: tuple[int, ...],
         me: int,
         retransmit_ms: int,
         log: MessageLog,
         checkpoints: CheckpointVotes,
     ) -> None:
         assert retransmit_ms > 0
-        self.n = n
+        self.ids = ids  # the voters' member ids
         self.me = me
         self.retransmit_ms = retransmit_ms
         self._settle_ms = retransmit_ms // 2
         self._log = log
         self._checkpoints = checkpoints
-        self.peer_executed = [0] * n  # highest seq each peer showed it executed
+        self.peer_executed = dict.fromkeys(ids, 0)  # highest seq each peer showed it executed
         self._replies: dict[int, int] = {}  # peer -> checkpoint seq it repeated
-        self._replied_ms = [_LONG_AGO] * n
+        self._replied_ms = dict.fromkeys(ids, _LONG_AGO)
         self._checkpoint_due_ms: int | None = None
         self._next_due_ms = _NEVER  # no slot's retransmit_at_ms is earlier
         self._checkpoint_backoff = 1
@@ -140,7 +140,7 @@ class Retransmitter:
     def _resend(self, slot: Slot, now_ms: int, primary: int, out: list[Outbound]) -> bool:
         latest = slot.latest_own()
         before = len(out)
-        for peer in range(self.n):
+        for peer in self.ids:
             if peer == self.me:
                 continue
             if slot.committed_local and peer in slot.commits:

@@ -37,17 +37,26 @@ def blocks_reply(
     stable: CheckpointCertificate | None,
     block_at: Callable[[int], TransferredBlock | None],
     bytes_max: int | None = None,
+    *,
+    epoch: int = 0,
+    last_seq: int | None = None,
 ) -> bytes:
     """The BLOCKS frame answering FETCH(from_seq), read through block_at(seq): within
-    `bytes_max` (the peer's budget; None: one frame) except that it always carries one block."""
+    `bytes_max` (the peer's budget; None: one frame) except that it always carries one block.
+    `epoch`: the sender's; `last_seq`: the last block it may carry (an epoch boundary E: an
+    answer never spans two configurations, pbft/epochs.py)."""
     blocks: list[TransferredBlock] = []
     # What the answer costs without blocks, plus the blocks list's own header (array32 at most).
-    size = len(encode(Blocks.create(signer, chain_id, from_seq, height, stable, (), me))) + 5
+    size = (
+        len(encode(Blocks.create(signer, chain_id, from_seq, height, stable, (), me, epoch=epoch)))
+        + 5
+    )
     limit = frame_bytes_limit(params)
     if bytes_max is not None:
         limit = min(limit, bytes_max)
     seq = from_seq
-    while seq <= height and len(blocks) < params.window:
+    last = height if last_seq is None else min(height, last_seq)
+    while seq <= last and len(blocks) < params.window:
         block = block_at(seq)
         if block is None:
             break
@@ -58,4 +67,6 @@ def blocks_reply(
         blocks.append(block)
         size += block_size
         seq += 1
-    return encode(Blocks.create(signer, chain_id, from_seq, height, stable, tuple(blocks), me))
+    return encode(
+        Blocks.create(signer, chain_id, from_seq, height, stable, tuple(blocks), me, epoch=epoch)
+    )

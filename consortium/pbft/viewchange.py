@@ -30,8 +30,8 @@ every certificate for seq from a view >= v' names the same digest.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 from consortium.crypto.codec import WireFormatError, as_list, unpack_canonical
 from consortium.crypto.signing import Domain, Verifier
@@ -53,21 +53,32 @@ NULL_DIGEST = batch_digest(NULL_PROPOSED_MS, [])
 
 @dataclass(frozen=True, slots=True)
 class Members:
-    """What checking a proof needs: the chain, the members' keys, the quorum and the window."""
+    """What checking a proof needs: the chain, the voters' keys by member id, the quorum, the
+    window, the epoch every signed body must name, and the epoch's start (S_e: a VIEW-CHANGE
+    whose stable seq is the start carries no certificate, as seq 0 at genesis)."""
 
     chain_id: bytes
-    keys: tuple[bytes, ...]
+    keys: Mapping[int, bytes]
     quorum: int
     window: int
+    epoch: int = 0
+    start: int = 0
+    end: int | None = None  # E, once a change is pending: nothing above it was prepared
+    ids: tuple[int, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ids", tuple(sorted(self.keys)))
 
     @property
     def n(self) -> int:
         return len(self.keys)
 
+    def primary(self, view: int) -> int:
+        return self.ids[view % len(self.ids)]
+
     def signed(self, verifier: Verifier, sender: int, body: bytes, signature: bytes) -> bool:
-        return 0 <= sender < self.n and verifier.verify(
-            self.keys[sender], Domain.PBFT, self.chain_id, body, signature
-        )
+        key = self.keys.get(sender)
+        return key is not None and verifier.verify(key, Domain.PBFT, self.chain_id, body, signature)
 
 
 def _quorum_of_votes(
@@ -77,14 +88,18 @@ def _quorum_of_votes(
     kind: str,
     expect: list[object],
 ) -> str | None:
-    """Q distinct members' valid votes, each body == [kind, *expect, signer]."""
+    """Q distinct members' valid votes, each body == [kind, epoch, *expect, signer] with this
+    epoch (never a legacy epoch-less body: those are valid only from a store)."""
     signers: set[int] = set()
     for vote in votes:
         try:
-            fields = as_list(unpack_canonical(vote.body, max_len=256), len(expect) + 2, kind)
+            fields = as_list(unpack_canonical(vote.body, max_len=256), len(expect) + 3, kind)
         except WireFormatError as exc:
             return f"{kind} vote: {exc}"
-        if fields[0] != kind or fields[1:-1] != expect:
+        epoch = fields[1]
+        if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch != members.epoch:
+            return f"{kind} vote for epoch {epoch!r}, not {members.epoch}"
+        if fields[0] != kind or fields[2:-1] != expect:
             return f"{kind} vote for something else"
         signer = fields[-1]
         if not isinstance(signer, int) or isinstance(signer, bool) or signer in signers:
@@ -118,7 +133,9 @@ def check_commit_certificate(
 def check_proof(members: Members, verifier: Verifier, proof: PreparedProof) -> str | None:
     """A prepared certificate: the primary's PRE-PREPARE and Q-1 matching PREPAREs."""
     pp = proof.preprepare
-    primary = pp.view % members.n
+    primary = members.primary(pp.view)
+    if pp.epoch != members.epoch or any(p.epoch != members.epoch for p in proof.prepares):
+        return f"prepared proof: a message of another epoch than {members.epoch}"
     if pp.sender != primary:
         return "prepared proof: pre-prepare not from the primary of its view"
     if not members.signed(verifier, pp.sender, pp.body, pp.signature):
@@ -146,12 +163,20 @@ def check_view_change(members: Members, verifier: Verifier, vc: ViewChange) -> s
     """Everything but the sender's own signature, which the replica checks first."""
     if vc.proofs_digest != proofs_digest_of(vc.stable, vc.prepared):
         return "view change: proofs do not match the signed digest"
+    if vc.epoch != members.epoch:
+        return f"view change: epoch {vc.epoch}, not {members.epoch}"
     if vc.stable is None:
-        if vc.stable_seq != 0:
+        # The epoch's start needs none: its certificate was made by the previous
+        # configuration, which this epoch never checks (0 at genesis).
+        if vc.stable_seq != members.start:
             return "view change: a stable sequence number without its certificate"
     else:
         if vc.stable.seq != vc.stable_seq:
             return "view change: certificate for another sequence number"
+        if members.end is not None and vc.stable_seq > members.end:
+            return "view change: a certificate above the epoch's end"
+        if vc.stable_seq <= members.start:
+            return "view change: a certificate at or below the epoch's start"
         problem = check_checkpoint_certificate(members, verifier, vc.stable)
         if problem is not None:
             return f"view change: {problem}"
@@ -159,6 +184,8 @@ def check_view_change(members: Members, verifier: Verifier, vc: ViewChange) -> s
     for proof in vc.prepared:
         if not last < proof.seq <= vc.stable_seq + members.window:
             return "view change: prepared proofs out of order or outside the window"
+        if members.end is not None and proof.seq > members.end:
+            return "view change: a prepared proof above the epoch's end"
         if proof.view >= vc.view:
             return "view change: a prepared proof from a view not below the new one"
         problem = check_proof(members, verifier, proof)
@@ -240,7 +267,8 @@ def check_new_view(
             f"{len(plan.reissue)}"
         )
     for want, pp in zip(plan.reissue, nv.preprepares, strict=True):
-        if (pp.view, pp.seq, pp.digest, pp.proposed_ms, pp.sender) != (
+        if (pp.epoch, pp.view, pp.seq, pp.digest, pp.proposed_ms, pp.sender) != (
+            nv.epoch,
             nv.view,
             want.seq,
             want.digest,

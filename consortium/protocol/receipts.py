@@ -44,6 +44,7 @@ from consortium.crypto.signing import Ed25519Verifier, Verifier
 from consortium.ledger.block import BlockHeader, Receipt
 from consortium.ledger.certificates import SignedVote, verify_block_signatures
 from consortium.ledger.genesis import Genesis
+from consortium.ledger.membership import genesis_configuration
 
 FORMAT = "consortium-receipt/1"
 PROOF_HASHES_MAX = 64
@@ -243,7 +244,12 @@ def verify_receipt(
         )
     needed = signatures_needed(genesis)
     problem = verify_block_signatures(
-        proof.signatures, header.height, header.hash, genesis, verifier, needed
+        proof.signatures,
+        header.height,
+        header.hash,
+        genesis_configuration(genesis),
+        verifier,
+        needed,
     )
     if problem is not None:
         return f"block signatures: {problem}"

@@ -20,9 +20,9 @@ def worst_case_frames(params: Params, n: int, mode: Mode) -> dict[str, int]:
     params.frame_bytes_max (the client port's frame limit), from the real encodings with every
     integer at its largest: a submit of the largest transaction, and the reply to "block" for
     a block of a full batch (its header, transactions, a receipt per transaction with the
-    longest reason a receipt decodes with, the certificate, n block signatures). Receipts of
-    reads (`get` results) are left out: a read's value is bounded per operation
-    (value_bytes_max), not per frame."""
+    longest reason a receipt decodes with, the certificate, n block signatures; signers at the
+    largest member id, 65,535). Receipts of reads (`get` results) are left out: a read's value
+    is bounded per operation (value_bytes_max), not per frame."""
     top, digest = 2**63 - 1, bytes(32)
     batch = batch_wire_bytes_max(params)
     consensus: tuple[str | int, ...] = (
@@ -31,11 +31,11 @@ def worst_case_frames(params: Params, n: int, mode: Mode) -> dict[str, int]:
     header = BlockHeader(digest, top, digest, top, digest, digest, digest, consensus)
     receipt = len(Receipt(digest, "rejected", "r" * 64, (), top, top).encode())
     if mode == "pbft":
-        commit = SignedVote(commit_body(top, top, digest, n - 1), bytes(64))
+        commit = SignedVote(commit_body(top, top, top, digest, 65535), bytes(64))
         certificate = CommitCertificate(top, top, digest, (commit,) * n).encode()
     else:
         certificate = bytes(256)
-    signature = SignedVote(block_signature_body(top, digest, n - 1), bytes(64)).to_array()
+    signature = SignedVote(block_signature_body(top, digest, 65535), bytes(64)).to_array()
     block = pack([top, "ok", [header.to_array(), [], [], certificate, [signature] * n]])
     count = params.batch_txs_max
     receipts = array_header_bytes(count) + count * receipt

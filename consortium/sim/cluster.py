@@ -63,11 +63,13 @@ from consortium.crypto.signing import (
 from consortium.ledger.block import BlockHeader, genesis_block, genesis_state_root
 from consortium.ledger.certificates import CheckpointCertificate
 from consortium.ledger.genesis import Client, Genesis, GenesisError, Member, Mode, Params
+from consortium.ledger.membership import genesis_configuration
 from consortium.ledger.state import KeyValueState, build_block
 from consortium.ledger.store import RECOVERY_MARK_KEY, RESTORED_BACKUP
 from consortium.ledger.tx import ConfigChange, Put, Transaction
 from consortium.node.executor import ConsensusCore, Executed, Executor, Write
 from consortium.pbft import messages as pbft_messages
+from consortium.pbft.epochs import PbftEpochs
 from consortium.pbft.messages import TransferredBlock, decode
 from consortium.pbft.replica import CommittedBatch, PbftConfig, PbftReplica, RecoveredState, Serve
 from consortium.pbft.transfer import blocks_reply
@@ -243,7 +245,7 @@ class SimNode:
     (executed; durable up to durable_height) and its durable records."""
 
     index: int
-    replica: PbftReplica
+    replica: PbftEpochs  # one replica per configuration (pbft/epochs.py)
     executor: Executor
     app: KeyValueState
     head: BlockHeader  # the last block executed
@@ -367,31 +369,44 @@ class SimCluster(SimShell[SimNode]):
         head: BlockHeader,
         stable: CheckpointCertificate | None,
         stored: dict[bytes, bytes],
-    ) -> PbftReplica:
+    ) -> PbftEpochs:
         factory = self._factories.get(i, honest_replica)
         # The recovery mark is the shell's record, not the core's (node/runtime.py).
         records = sorted((k, v) for k, v in stored.items() if k != RECOVERY_MARK_KEY)
         recovered = RecoveredState(head.height, head.hash, stable, records)
         # The core's randomness, from the run's seed (another draw after each restart).
         seed = b"%d/%d/%d" % (self.seed, i, self.now_ms)
-        config = PbftConfig.from_genesis(self.genesis, i, seed=seed)
-        if RECOVERY_MARK_KEY in stored:
-            assert factory is honest_replica, "only honest members are restored from backups"
-            return PbftReplica(
-                config,
-                self.signers[i],
-                self.verifier,
-                tx_ok=self._tx_ok,
-                recovered=recovered,
-                ever_admitted=app.may_submit,
-                recovery_nonce=self.rng.randbytes(16),  # fresh per start, as the runtime's
-            )
-        return factory(
-            config, self.signers[i], self.verifier, self._tx_ok, recovered, app.may_submit
+        restore = RECOVERY_MARK_KEY in stored
+        first = [True]
+
+        def make(config: PbftConfig, signer: Signer, recovered: RecoveredState) -> PbftReplica:
+            if restore and first[0]:
+                first[0] = False
+                assert factory is honest_replica, "only honest members are restored from backups"
+                return PbftReplica(
+                    config,
+                    signer,
+                    self.verifier,
+                    tx_ok=self._tx_ok,
+                    recovered=recovered,
+                    ever_admitted=app.may_submit,
+                    recovery_nonce=self.rng.randbytes(16),  # fresh per start, as the runtime's
+                )
+            return factory(config, signer, self.verifier, self._tx_ok, recovered, app.may_submit)
+
+        # One step code for the simulator and the node: the genesis configuration's epochs.
+        return PbftEpochs(
+            genesis_configuration(self.genesis),
+            i,
+            self.params,
+            self.signers[i],
+            make=make,
+            recovered=recovered,
+            seed=seed,
         )
 
     def _new_executor(
-        self, i: int, replica: PbftReplica, app: KeyValueState, head: BlockHeader
+        self, i: int, replica: PbftEpochs, app: KeyValueState, head: BlockHeader
     ) -> Executor:
         """The node runtime's executor (a broken one for the checker-teeth tests), told of the
         store's recovery mark as the runtime tells it."""
@@ -516,8 +531,9 @@ class SimCluster(SimShell[SimNode]):
         """The equivocation checker sees every vote an honest member signs. Read off the body
         bytes (pbft/messages.py; a frame is [bin8 body, signature, ...]) without decoding, since
         every message of every run passes here: a body is [fixstr kind, *slot, ...]; PREPARE,
-        COMMIT and NEW-VIEW end with [digest (bin8 32), sender (fixint)], the slot (view, seq;
-        NEW-VIEW: view) lying between; PRE-PREPARE is [kind, view, seq, digest, ...]."""
+        COMMIT and NEW-VIEW end with [digest (bin8 32), sender (fixint)], the slot (epoch, view,
+        seq; NEW-VIEW: epoch, view) lying between; PRE-PREPARE is [kind, epoch, view, seq,
+        digest, ...]."""
         if node.index in self.byzantine or len(frame) < 3 or frame[1] != 0xC4:
             return  # (a Byzantine member's frames may be anything: the checker skips them)
         body = frame[3 : 3 + frame[2]]
@@ -530,7 +546,10 @@ class SimCluster(SimShell[SimNode]):
         elif body[2:end] == b"preprepare":
             fields = unpack(body)
             self.votes.signed(
-                node.index, "PRE-PREPARE", pack(fields[1]) + pack(fields[2]), fields[3]
+                node.index,
+                "PRE-PREPARE",
+                pack(fields[1]) + pack(fields[2]) + pack(fields[3]),
+                fields[4],
             )
 
     # --- the loop ---------------------------------------------------------------------------
@@ -610,9 +629,11 @@ class SimCluster(SimShell[SimNode]):
             self.params,
             serve.from_seq,
             durable,
-            node.stable,
+            serve.stable or node.stable,
             block_at,
             serve.bytes_max,
+            epoch=serve.epoch,
+            last_seq=serve.last_seq,
         )
         self.net.send(self.now_ms, node.index, serve.peer, frame)
         node.replica.served(serve, len(frame))

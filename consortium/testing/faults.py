@@ -18,7 +18,7 @@ from consortium.ledger.block import Block, receipts_root
 from consortium.ledger.certificates import SignedVote, block_signature_body
 from consortium.node.runtime import Node
 from consortium.pbft import messages as pbft_messages
-from consortium.pbft.replica import PbftReplica
+from consortium.pbft.epochs import PbftEpochs
 
 BYZANTINE_BEHAVIOURS = ("silent-primary", "equivocating-primary")
 FORGED_REASON = "forged"  # what a member that lies in its receipts says of every transaction
@@ -34,7 +34,7 @@ def byzantine_outbound(node: Node, behaviour: str) -> Callable[[int | None, byte
     if node.genesis.mode != "pbft":
         raise ValueError("--byzantine is a pbft test mode")
     core = node.core
-    assert isinstance(core, PbftReplica)
+    assert isinstance(core, PbftEpochs)
     send = node.send_peer
     others = [i for i in range(node.genesis.n) if i != node.me]
 

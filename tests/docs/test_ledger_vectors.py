@@ -111,8 +111,9 @@ def test_block_one_as_documented(doc: dict[str, bytes]) -> None:
     assert _h(b"\x01" + pair + leaves[2]) == doc["block1.tx_root"]
     # The batch digest and the vote bodies over it.
     assert doc["batch.digest"] == _h(_pack(["batch", PROPOSED_MS, ids]))
-    assert msgpack.unpackb(doc["commit.body"]) == ["commit", 0, 1, doc["batch.digest"], 0]
-    assert msgpack.unpackb(doc["checkpoint.body"]) == ["checkpoint", 1, doc["block1.hash"], 0]
+    # [kind, epoch, ...fields, sender]: epoch 0 (genesis), view 0, seq 1, member 0
+    assert msgpack.unpackb(doc["commit.body"]) == ["commit", 0, 0, 1, doc["batch.digest"], 0]
+    assert msgpack.unpackb(doc["checkpoint.body"]) == ["checkpoint", 0, 1, doc["block1.hash"], 0]
     assert msgpack.unpackb(doc["raft_entry.body"]) == ["raft-entry", 3, 7, doc["batch.digest"], 0]
 
 

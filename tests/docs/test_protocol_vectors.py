@@ -195,11 +195,11 @@ def test_recovery_queries_and_reports_as_documented(doc: dict[str, bytes]) -> No
     nonce = b"\x5e" * 16
     pbft = b"consortium/v1/pbft\x00" + doc["chain_id"]
     body, signature = msgpack.unpackb(doc["viewquery.frame"])
-    assert msgpack.unpackb(body) == ["viewquery", nonce, 0]
+    assert msgpack.unpackb(body) == ["viewquery", 0, nonce, 0]  # epoch 0, n1
     n1 = nacl.signing.SigningKey(MEMBER_SEEDS["n1"]).verify_key
     assert _verify(bytes(n1), pbft + body, signature)
     body, signature = msgpack.unpackb(doc["viewreport.frame"])
-    assert msgpack.unpackb(body) == ["viewreport", nonce, 2, 1, 1]  # view 2, executed 1, n2
+    assert msgpack.unpackb(body) == ["viewreport", 0, nonce, 2, 1, 1]  # view 2, executed 1, n2
     n2 = nacl.signing.SigningKey(MEMBER_SEEDS["n2"]).verify_key
     assert _verify(bytes(n2), pbft + body, signature)
     # Raft members trust each other: no signature; the nonce alone makes an answer fresh.

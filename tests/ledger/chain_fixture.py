@@ -58,7 +58,9 @@ def vote(genesis: Genesis, domain: Domain, body: bytes, signer: int) -> SignedVo
 def certificate(
     genesis: Genesis, seq: int, digest: bytes, signers: tuple[int, ...] = QUORUM, view: int = 0
 ) -> CommitCertificate:
-    votes = tuple(vote(genesis, Domain.PBFT, commit_body(view, seq, digest, s), s) for s in signers)
+    votes = tuple(
+        vote(genesis, Domain.PBFT, commit_body(0, view, seq, digest, s), s) for s in signers
+    )
     return CommitCertificate(view, seq, digest, votes)
 
 
@@ -66,7 +68,7 @@ def checkpoint(
     genesis: Genesis, seq: int, block_hash: bytes, signers: tuple[int, ...] = QUORUM
 ) -> CheckpointCertificate:
     votes = tuple(
-        vote(genesis, Domain.PBFT, checkpoint_body(seq, block_hash, s), s) for s in signers
+        vote(genesis, Domain.PBFT, checkpoint_body(0, seq, block_hash, s), s) for s in signers
     )
     return CheckpointCertificate(seq, block_hash, votes)
 

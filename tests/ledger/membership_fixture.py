@@ -26,8 +26,8 @@ from consortium.ledger.certificates import (
     RaftEntryCertificate,
     SignedVote,
     block_signature_body,
-    checkpoint_body,
-    commit_body,
+    legacy_checkpoint_body,
+    legacy_commit_body,
     raft_entry_body,
 )
 from consortium.ledger.genesis import Mode, Params
@@ -60,7 +60,7 @@ def commit_vote_body(
 ) -> bytes:
     """`legacy`: today's body at epoch 0 (else the epoch-tagged one there too)."""
     if config.epoch == 0 and legacy:
-        return commit_body(0, seq, digest, sender)
+        return legacy_commit_body(0, seq, digest, sender)
     return pack(["commit", config.epoch, 0, seq, digest, sender])
 
 
@@ -68,7 +68,7 @@ def checkpoint_vote_body(
     config: Configuration, seq: int, block_hash: bytes, sender: int, *, legacy: bool = True
 ) -> bytes:
     if config.epoch == 0 and legacy:
-        return checkpoint_body(seq, block_hash, sender)
+        return legacy_checkpoint_body(seq, block_hash, sender)
     return pack(["checkpoint", config.epoch, seq, block_hash, sender])
 
 

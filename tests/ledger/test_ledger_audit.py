@@ -193,7 +193,7 @@ def _bad_client_signature(path: Path, chain: ChainBuilder) -> None:
 def _vote_for_another_view(path: Path, chain: ChainBuilder) -> None:
     block = chain.blocks[2][0]
     cert = certificate(chain.genesis, 3, _digest(block))
-    stray = vote(chain.genesis, Domain.PBFT, commit_body(1, 3, cert.digest, 3), 3)
+    stray = vote(chain.genesis, Domain.PBFT, commit_body(0, 1, 3, cert.digest, 3), 3)
     edited = replace(cert, votes=(*cert.votes[:2], stray))
     _sql(path, "UPDATE blocks SET certificate = ? WHERE height = 3", edited.encode())
 
@@ -201,7 +201,7 @@ def _vote_for_another_view(path: Path, chain: ChainBuilder) -> None:
 def _non_member_signer(path: Path, chain: ChainBuilder) -> None:
     block = chain.blocks[2][0]
     cert = certificate(chain.genesis, 3, _digest(block))
-    body = commit_body(0, 3, cert.digest, 7)
+    body = commit_body(0, 0, 3, cert.digest, 7)
     stray = SignedVote(body, vote(chain.genesis, Domain.PBFT, body, 0).signature)
     edited = replace(cert, votes=(*cert.votes[:2], stray))
     _sql(path, "UPDATE blocks SET certificate = ? WHERE height = 3", edited.encode())

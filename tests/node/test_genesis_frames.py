@@ -64,7 +64,7 @@ REFUSED = [
         Params(batch_bytes_max=256 * 1024),
         "with 10 members .* a pbft NEW-VIEW can take .* bytes, more than the 331,776 a "
         "member decodes .*: "
-        "lower params.window to 48 or less and params.checkpoint_interval to 24 or less",
+        "lower params.window to 44 or less and params.checkpoint_interval to 22 or less",
     ),
     ("pbft", 22, Params(window=256), ".* NEW-VIEW .*: lower params.window to 128 or less$"),
     # ... and a raft frame limit below one legal batch: the cluster halted for good.

@@ -22,7 +22,7 @@ from consortium.node.config import load_identity
 from consortium.node.metrics import Families, Histogram, MemberMetrics, prometheus_text
 from consortium.node.metrics import text as exposition
 from consortium.node.runtime import Node, make_node
-from consortium.pbft.replica import PbftReplica
+from consortium.pbft.epochs import PbftEpochs
 from tests.node.exposition import parse
 from tests.node.test_node_http import lone_member
 
@@ -144,7 +144,7 @@ def test_a_pbft_member_alone_in_a_view_change_shows_in_a_gauge(
 
         assert alone() == 0
         core = node.core
-        assert isinstance(core, PbftReplica)
+        assert isinstance(core, PbftEpochs)
         core._start_view_change(1, "no request executed within the timeout")
         assert alone() == 0  # in a view change, not (yet) known to be alone
         others = {"members": [0, 2, 3], "view": 0, "needed_to_move_others": 2}

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pbft_harness import WALL, Group, block_hash, drive, frames
 
 from consortium.ledger.certificates import CheckpointCertificate
+from consortium.ledger.membership import genesis_configuration
 from consortium.pbft import records
 from consortium.pbft.messages import (
     Blocks,
@@ -54,7 +55,7 @@ def test_a_checkpoint_is_stable_at_q_matching_votes_from_distinct_members() -> N
     ready = r.take_ready()
     (cert,) = ready.stable_checkpoints
     assert (cert.seq, cert.block_hash) == (2, block_hash(2))
-    assert cert.verify(group.genesis, group.verifier) is None
+    assert cert.verify(genesis_configuration(group.genesis), group.verifier) is None
     assert (records.STABLE_KEY, cert.encode()) in ready.records
     assert r.low_watermark == r.stable_checkpoint_seq == 2
     assert r.high_watermark == 2 + group.params.window

@@ -44,8 +44,8 @@ def test_commit_and_checkpoint_bodies_are_the_certificate_bodies() -> None:
     s = GROUP.signers[1]
     commit = Commit.create(s, GROUP.chain_id, 3, 7, b"d" * 32, 1)
     checkpoint = Checkpoint.create(s, GROUP.chain_id, 8, b"h" * 32, 1)
-    assert commit.body == commit_body(3, 7, b"d" * 32, 1)
-    assert checkpoint.body == checkpoint_body(8, b"h" * 32, 1)
+    assert commit.body == commit_body(0, 3, 7, b"d" * 32, 1)
+    assert checkpoint.body == checkpoint_body(0, 8, b"h" * 32, 1)
     assert GROUP.verifier.verify(
         GROUP.signers[1].public_key, Domain.PBFT, GROUP.chain_id, commit.body, commit.signature
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pbft_harness import WALL, Group, block_hash, frames, sent
 
 from consortium.crypto.codec import unpack
+from consortium.ledger.membership import genesis_configuration
 from consortium.pbft import records, rules
 from consortium.pbft.messages import Prepare, PrePrepare, decode, encode
 
@@ -115,7 +116,9 @@ def test_a_committed_batch_carries_q_signed_commits_for_its_view_seq_and_digest(
     for i in range(4):
         (batch,) = [b for ready in readys[i] for b in ready.committed]
         assert batch.txs == (group.txs[0],)
-        assert batch.certificate.verify(group.genesis, group.verifier) is None
+        assert (
+            batch.certificate.verify(genesis_configuration(group.genesis), group.verifier) is None
+        )
         assert (batch.certificate.view, batch.certificate.seq) == (0, 1)
         assert batch.certificate.digest == batch.digest
         assert len(batch.certificate.votes) == group.genesis.quorum

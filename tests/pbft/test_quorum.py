@@ -16,7 +16,7 @@ from consortium.pbft.replica import PbftConfig
 def config(n: int) -> PbftConfig:
     return PbftConfig(
         chain_id=b"\x00" * 32,
-        member_keys=tuple(i.to_bytes(32, "big") for i in range(n)),
+        members=tuple((i, i.to_bytes(32, "big")) for i in range(n)),
         me=0,
         params=Params(),
     )

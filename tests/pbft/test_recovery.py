@@ -23,6 +23,7 @@ from consortium.crypto.codec import pack
 from consortium.ledger.block import batch_digest, genesis_block
 from consortium.ledger.certificates import CheckpointCertificate
 from consortium.ledger.genesis import Params
+from consortium.ledger.membership import genesis_configuration
 from consortium.pbft import records
 from consortium.pbft.messages import PrePrepare, ViewQuery, ViewReport, decode, encode
 from consortium.pbft.records import RecoveryError
@@ -86,7 +87,7 @@ def test_a_restarted_replica_that_sent_its_commit_still_holds_the_batch() -> Non
         restarted.receive(s, group.commit(pp, s))
     (batch,) = restarted.take_ready().committed
     assert batch.txs == group.txs[:2]
-    assert batch.certificate.verify(group.genesis, group.verifier) is None
+    assert batch.certificate.verify(genesis_configuration(group.genesis), group.verifier) is None
 
 
 def test_a_restarted_primary_numbers_on_after_its_last_preprepare() -> None:
@@ -383,7 +384,7 @@ def test_the_floor_is_above_every_view_used_whichever_n_minus_f_minus_1_answer_f
         for liars in itertools.combinations(moved, f - 1):
             for k in range(n - f - 1, n):
                 for answered in itertools.combinations(others, k):
-                    rec = ViewRecovery(NONCE, n, f, me)
+                    rec = ViewRecovery(NONCE, tuple(range(n)), f, me)
                     for peer in answered:
                         honest_high = peer in moved and peer not in liars
                         rec.add(peer, w if honest_high else 0, 0)
