@@ -146,49 +146,29 @@ def _protocol_2_frame(value: bytes) -> bool:
     epoch)? A prepared proof is [PRE-PREPARE frame, [PREPARE frames]]: its PRE-PREPARE says."""
     try:
         a = as_list(unpack_canonical(value), what="record")
-        if len(a) == 2 and isinstance(a[0], bytes) and isinstance(a[1], list):
-            inner = as_list(unpack_canonical(a[0]), what="record")
-            if inner and isinstance(inner[0], bytes) and not isinstance(a[1], bytes):
-                a = inner  # (a proof: judge its PRE-PREPARE frame)
+        if len(a) == 2 and isinstance(a[1], list):
+            a = as_list(unpack_canonical(as_bytes(a[0], "frame")), what="record")
         body = as_list(unpack_canonical(as_bytes(a[0], "body")), what="body")
-    except WireFormatError:
+    except (WireFormatError, IndexError):
         return False
     kind = body[0] if body else None
     return isinstance(kind, str) and _BODY_FIELDS.get(kind) == len(body) + 1
 
 
-def _record_seq(key: bytes) -> int | None:
-    for prefix in (_LOG_PREFIX, _PROOF_PREFIX, _CHECKPOINT_PREFIX):
-        if key.startswith(prefix):
-            text = key[len(prefix) :].partition(b"/")[0]
-            return int(text) if text.isdigit() else None
-    return None
-
-
-def parse(
-    records: list[tuple[bytes, bytes]], params: Params, me: int, last_executed: int = 0
-) -> Restored:
-    """`last_executed`: the ledger's height. Records written by protocol version 2 (before
-    the upgrade to epochs) are dropped where dropping cannot make this member contradict
-    itself: votes for a seq it has executed (the block holds the outcome) and its VIEW-CHANGE
-    and NEW-VIEW (no member of protocol 3 accepts an epoch-less message, so none can hold both
-    it and what this member sends now). A protocol 2 vote above the ledger's height stops the
-    start: it may be part of a prepared certificate that a view change must carry."""
+def parse(records: list[tuple[bytes, bytes]], params: Params, me: int) -> Restored:
     out = Restored()
     for key, value in sorted(records):
         try:
             _parse_one(out, key, value, params, me)
         except WireFormatError as exc:
             if _protocol_2_frame(value):
-                seq = _record_seq(key)
-                if seq is None or seq <= last_executed:
-                    out.unknown_keys.append(key)  # deleted by the replica's first write
-                    continue
+                # Dropping them is not safe: a member's votes since its stable checkpoint are
+                # what its VIEW-CHANGE carries, so a network restarted without them could
+                # re-order heights some members hold (an outside review found the fork).
                 raise RecoveryError(
-                    f"consensus record {key!r} is a vote of protocol version 2 for seq {seq}, "
-                    f"above this member's ledger height {last_executed}: it was upgraded with "
-                    "a batch in flight. Upgrade pbft members only when the network is idle "
-                    "(docs/operations.md, 'Upgrading to protocol 3')"
+                    f"consensus record {key!r} was written by protocol version 2: a pbft "
+                    "network cannot be upgraded in place to protocol 3 yet (docs/operations.md, "
+                    "'Upgrading to protocol 3'); run the previous release"
                 ) from None
             raise RecoveryError(
                 f"consensus record {key!r} does not decode ({exc}); the data directory was "

@@ -2260,7 +2260,7 @@ class PbftReplica:
     def _restore(self, recovered: RecoveredState) -> None:
         """Reload own votes, view and proofs, so a restarted replica re-sends them and never
         contradicts them."""
-        restored = records.parse(recovered.records, self.params, self.me, recovered.last_executed)
+        restored = records.parse(recovered.records, self.params, self.me)
         window = self.params.window
         certs = [c for c in (recovered.stable_checkpoint, restored.stable) if c is not None]
         if certs:

@@ -89,28 +89,17 @@ def _quorum_of_votes(
     expect: list[object],
 ) -> str | None:
     """Q distinct members' valid votes, each body == [kind, epoch, *expect, signer] with this
-    epoch. At epoch 0 a vote may also be protocol 2's epoch-less [kind, *expect, signer]: the
-    certificates of blocks and checkpoints made before the upgrade, which a member serves with
-    its blocks (state transfer) and carries in its VIEW-CHANGE as its stable checkpoint. Such a
-    vote means what it meant then, Q members committing one batch (or one state) at that seq,
-    so a member behind at the upgrade can still catch up. Live votes (PREPARE, COMMIT,
-    CHECKPOINT messages) are never epoch-less: those decode in pbft/messages.py."""
+    epoch (never a legacy epoch-less body: those are valid only from a store)."""
     signers: set[int] = set()
-    tagged = len(expect) + 3
-    shapes = (tagged, tagged - 1) if members.epoch == 0 else (tagged,)
     for vote in votes:
         try:
-            fields = as_list(unpack_canonical(vote.body, max_len=256), what=kind)
-            if len(fields) not in shapes:
-                raise WireFormatError(f"{kind}: expected {tagged} fields, got {len(fields)}")
+            fields = as_list(unpack_canonical(vote.body, max_len=256), len(expect) + 3, kind)
         except WireFormatError as exc:
             return f"{kind} vote: {exc}"
-        if len(fields) == tagged:
-            epoch = fields[1]
-            if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch != members.epoch:
-                return f"{kind} vote for epoch {epoch!r}, not {members.epoch}"
-            fields = [fields[0], *fields[2:]]
-        if fields[0] != kind or fields[1:-1] != expect:
+        epoch = fields[1]
+        if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch != members.epoch:
+            return f"{kind} vote for epoch {epoch!r}, not {members.epoch}"
+        if fields[0] != kind or fields[2:-1] != expect:
             return f"{kind} vote for something else"
         signer = fields[-1]
         if not isinstance(signer, int) or isinstance(signer, bool) or signer in signers:

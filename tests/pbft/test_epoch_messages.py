@@ -41,11 +41,6 @@ from consortium.pbft.messages import (
     encode,
     worst_case_frames,
 )
-from consortium.pbft.viewchange import (
-    Members,
-    check_checkpoint_certificate,
-    check_commit_certificate,
-)
 from consortium.sim.cluster import HmacSigner, HmacVerifier, member_keys, sim_genesis
 
 KEYS = member_keys(7)
@@ -209,35 +204,6 @@ def test_legacy_bodies_count_only_at_epoch_0_and_only_from_a_store() -> None:
         _checkpoint_cert(1, [(0, 0), (2, 2), (3, 3)], legacy=True).verify(c1, VERIFIER, stored=True)
         is not None
     )
-
-
-def test_the_core_takes_certificates_made_before_the_upgrade_at_epoch_0_only() -> None:
-    """Blocks and stable checkpoints certified under protocol 2 carry epoch-less votes. A
-    member behind at the upgrade fetches such blocks (and a VIEW-CHANGE carries such a stable
-    checkpoint), so the core's certificate checks take them at epoch 0, as a store does;
-    never at a later epoch, and a live vote never decodes without its epoch (test above)."""
-
-    def members(config: Configuration) -> Members:
-        keys = {m.id: m.public_key for m in config.voters}
-        return Members(CHAIN, keys, config.quorum, PARAMS.window, epoch=config.epoch)
-
-    g = members(genesis_configuration(GENESIS))
-    voters = [(0, 0), (1, 1), (2, 2)]
-    assert check_commit_certificate(g, VERIFIER, _commit_cert(0, voters, legacy=True)) is None
-    legacy_cp = _checkpoint_cert(0, voters, legacy=True)
-    assert check_checkpoint_certificate(g, VERIFIER, legacy_cp) is None
-    mixed = _commit_cert(0, voters[:2], legacy=True).votes + _commit_cert(0, voters[2:]).votes
-    assert check_commit_certificate(g, VERIFIER, CommitCertificate(0, 5, DIGEST, mixed)) is None
-    # Still Q distinct signers, each legacy vote for this (view, seq, digest).
-    too_few = _commit_cert(0, voters[:2], legacy=True)
-    assert "3 needed" in (check_commit_certificate(g, VERIFIER, too_few) or "")
-    other = CommitCertificate(0, 6, DIGEST, _commit_cert(0, voters, legacy=True).votes)
-    assert "something else" in (check_commit_certificate(g, VERIFIER, other) or "")
-    e1 = members(config_of(1, EPOCH1))
-    epoch1 = [(0, 0), (2, 2), (3, 3)]
-    problem = check_commit_certificate(e1, VERIFIER, _commit_cert(1, epoch1, legacy=True))
-    assert problem is not None and "expected 6 fields" in problem
-    assert check_commit_certificate(e1, VERIFIER, _commit_cert(1, epoch1)) is None
 
 
 def test_block_signatures_are_checked_against_the_configuration_of_the_height() -> None:

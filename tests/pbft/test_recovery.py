@@ -25,7 +25,7 @@ from consortium.ledger.certificates import CheckpointCertificate
 from consortium.ledger.genesis import Params
 from consortium.ledger.membership import genesis_configuration
 from consortium.pbft import records
-from consortium.pbft.messages import Prepare, PrePrepare, ViewQuery, ViewReport, decode, encode
+from consortium.pbft.messages import PrePrepare, ViewQuery, ViewReport, decode, encode
 from consortium.pbft.records import RecoveryError
 from consortium.pbft.recovery import ViewRecovery
 from consortium.pbft.replica import Ready, RecoveredState
@@ -155,37 +155,31 @@ def _protocol_2(frame: bytes) -> bytes:
     return pack([pack([body[0], *body[2:]]), *envelope[1:]])
 
 
-def test_records_of_protocol_2_are_dropped_at_or_below_the_ledger_height() -> None:
-    """An idle network upgraded to protocol 3: each member's records still hold its epoch-less
-    votes of the last seqs since the stable checkpoint. Their outcome is in the ledger, and no
-    member of protocol 3 accepts an epoch-less message, so the restart drops them (in its
-    first write) instead of refusing to start."""
+def test_records_of_protocol_2_stop_the_start_and_say_why() -> None:
+    """A pbft member's votes since its stable checkpoint are what its VIEW-CHANGE carries;
+    protocol 3 cannot send them, and dropping them could let a view change re-order heights
+    that some members hold. So the start refuses, naming the record and the reason, rather
+    than calling the data directory damaged."""
     group = Group()
-    old: list[tuple[bytes, bytes]] = []
-    for seq in (1, 2):
-        ready = drive(group, 1, group.preprepare(seq, group.txs[seq : seq + 1]))
-        old += [(k, _protocol_2(v)) for k, v in ready.records if v is not None and b"log/" in k]
-    old.append((records.checkpoint_key(2), _protocol_2(encode(group.checkpoint(2, 1)))))
-    old.append((records.VIEW_KEY, pack([0, 1, 0])))
-    kinds = {key.rsplit(b"/", 1)[-1] for key, _ in old}
-    assert {b"preprepare", b"prepare", b"commit"} <= kinds  # (what the test is about)
-    with pytest.raises(RecoveryError, match="protocol version 2 for seq 2, above"):
-        group.make(1, RecoveredState(1, block_hash(1), None, old))
-    restarted = group.make(1, RecoveredState(2, block_hash(2), None, old))
-    dropped = {key for key, value in restarted.take_ready().records if value is None}
-    assert dropped == {key for key, _ in old if key != records.VIEW_KEY}
-    # It votes again, in protocol 3, for the next seq.
-    group.replicas[1] = restarted
-    ready = drive(group, 1, group.preprepare(3, group.txs[3:4]))
-    assert any(isinstance(decode(f, PARAMS), Prepare) for f in frames(ready))
+    ready = drive(group, 1, group.preprepare(1, group.txs[1:2]))
+    old = [(k, _protocol_2(v)) for k, v in ready.records if v is not None and b"log/" in k]
+    assert {key.rsplit(b"/", 1)[-1] for key, _ in old} == {b"preprepare", b"prepare", b"commit"}
+    proof = records.proof_value(
+        _protocol_2(encode(group.preprepare(2, group.txs[2:3]))),
+        [_protocol_2(encode(group.prepare(group.preprepare(2, group.txs[2:3]), 2)))],
+    )
+    view_change = (records.VIEW_CHANGE_KEY, _protocol_2(encode(group.checkpoint(1, 1))))
+    for record in [*old, (records.proof_key(2), proof), view_change]:
+        with pytest.raises(RecoveryError, match="written by protocol version 2: a pbft network"):
+            group.make(1, RecoveredState(1, block_hash(1), None, [record]))
 
 
-def test_a_corrupt_record_is_still_refused_when_it_looks_nothing_like_protocol_2() -> None:
+def test_a_corrupt_record_is_not_mistaken_for_protocol_2() -> None:
     group = Group()
     key = records.slot_key(1, "prepare")
     junk = pack([pack(["prepare", 0, 1]), b"s" * 64])  # a body of neither version's shape
     with pytest.raises(RecoveryError, match="does not decode"):
-        group.make(1, RecoveredState(5, block_hash(5), None, [(key, junk)]))
+        group.make(1, RecoveredState(1, block_hash(1), None, [(key, junk)]))
 
 
 def test_a_restart_keeps_the_doubled_view_change_timeout() -> None:
