@@ -1144,19 +1144,7 @@ class PbftReplica:
         while not pool.pending_count and self._change_pending() and self._next_seq <= limit:
             # A change is pending and nothing else to order: empty batches bring the ledger
             # to E even on an idle network (pipelined within the window, never above E).
-            seq = self._next_seq
-            self._next_seq += 1
-            pp = PrePrepare.create(
-                self._signer,
-                self.chain_id,
-                self.view,
-                seq,
-                self._wall_ms,
-                self.me,
-                (),
-                epoch=self.epoch,
-            )
-            self._accept_preprepare(self._log.slot(seq, self.view), pp)
+            self._propose(())
         while pool.pending_count and self._next_seq <= limit:
             idle = self._last_committed >= self._next_seq - 1
             full = (
@@ -1178,19 +1166,24 @@ class PbftReplica:
                 txs = admitted
                 if not txs:
                     continue
-            seq = self._next_seq
-            self._next_seq += 1
-            pp = PrePrepare.create(
-                self._signer,
-                self.chain_id,
-                self.view,
-                seq,
-                self._wall_ms,
-                self.me,
-                txs,
-                epoch=self.epoch,
-            )
-            self._accept_preprepare(self._log.slot(seq, self.view), pp)
+            self._propose(txs)
+
+    def _propose(self, txs: tuple[Transaction, ...]) -> None:
+        """As primary: the next sequence number gets this batch (empty while a change waits
+        for its E on an idle network)."""
+        seq = self._next_seq
+        self._next_seq += 1
+        pp = PrePrepare.create(
+            self._signer,
+            self.chain_id,
+            self.view,
+            seq,
+            self._wall_ms,
+            self.me,
+            txs,
+            epoch=self.epoch,
+        )
+        self._accept_preprepare(self._log.slot(seq, self.view), pp)
 
     def _change_pending(self) -> bool:
         """A configuration change is pending and E is not yet executed: work (timer (a)), and
